@@ -1,0 +1,7 @@
+//! Reading, cleaning and splitting text, and cutting it into language-model batches.
+
+pub mod lm;
+mod text;
+
+pub use lm::{LmBatch, LmSplits};
+pub use text::{normalize, read_corpus, read_text, Encoding};

@@ -1,0 +1,183 @@
+//! Text generation: sampling (temperature, top-k, top-p, repetition penalty) and the
+//! decoding loop over a causal model with a key/value cache.
+
+mod sampler;
+
+pub use sampler::{Sampler, SamplingConfig};
+
+use candle_core::{Device, Tensor, D};
+
+use crate::models::gpt2::Gpt2;
+use crate::nn::{KvCache, Mode};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::{Error, Result};
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Length,
+    Stop,
+    EndOfText,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    /// How many prompt tokens were dropped from the left to fit the context window.
+    pub prompt_truncated: usize,
+    pub prompt_tokens: usize,
+}
+
+/// Logits of the last position for `ids`, run through the model with `cache`.
+fn next_logits(
+    model: &Gpt2,
+    ids: &[u32],
+    cache: &mut KvCache,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let x = Tensor::new(ids, device)?.unsqueeze(0)?;
+    let h = model.hidden(&x, Some(cache), &mut Mode::Eval)?;
+    let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+    let logits = model.logits(&last)?.squeeze(0)?.squeeze(0)?;
+    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+}
+
+/// Generate up to `max_new_tokens` tokens after `prompt`. `on_text` receives each piece
+/// of new text as soon as it is complete (held back only while it could be the start of
+/// a stop string); it returns false to stop early.
+pub fn generate(
+    model: &Gpt2,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    max_new_tokens: usize,
+    sampling: &SamplingConfig,
+    stop: &[String],
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation> {
+    sampling.validate()?;
+    let ctx = model.config.n_positions;
+    let mut ids = tokenizer.encode(prompt)?;
+    if ids.is_empty() {
+        let start = model
+            .config
+            .bos_token_id
+            .or_else(|| tokenizer.encode("\n").ok().and_then(|v| v.first().copied()));
+        match start {
+            Some(id) => ids.push(id),
+            None => {
+                return Err(Error::invalid(
+                    "prompt",
+                    "is empty and the model has no start token",
+                ))
+            }
+        }
+    }
+    let prompt_truncated = ids.len().saturating_sub(ctx - 1);
+    ids.drain(..prompt_truncated);
+    let prompt_tokens = ids.len();
+    let device = Device::Cpu;
+    let mut sampler = Sampler::new(sampling.clone(), model.config.vocab_size);
+    let mut cache = KvCache::new(model.config.n_layer);
+    let mut decoder = StreamDecoder::new(tokenizer);
+    let mut logits = next_logits(model, &ids, &mut cache, &device)?;
+    let mut generated: Vec<u32> = Vec::new();
+    let mut text = String::new();
+    let mut emitted = 0usize;
+    let eos = model.config.eos_token_id;
+    let mut finish = FinishReason::Length;
+    while generated.len() < max_new_tokens {
+        let history: Vec<u32> = ids.iter().chain(&generated).copied().collect();
+        let next = sampler.sample(&mut logits, &history);
+        if Some(next) == eos {
+            finish = FinishReason::EndOfText;
+            break;
+        }
+        generated.push(next);
+        text.push_str(&decoder.push(next)?);
+        if let Some(pos) = stop
+            .iter()
+            .filter_map(|s| text[emitted..].find(s.as_str()).map(|p| p + emitted))
+            .min()
+        {
+            text.truncate(pos);
+            finish = FinishReason::Stop;
+            break;
+        }
+        let safe = safe_prefix_len(&text, emitted, stop);
+        if safe > emitted {
+            if !on_text(&text[emitted..safe]) {
+                emitted = safe;
+                finish = FinishReason::Stop;
+                break;
+            }
+            emitted = safe;
+        }
+        if generated.len() == max_new_tokens {
+            break;
+        }
+        if cache.len() >= ctx {
+            // The window is full: keep the most recent half and recompute its cache.
+            let all: Vec<u32> = ids.iter().chain(&generated).copied().collect();
+            let keep = &all[all.len() - ctx / 2..];
+            cache.clear();
+            logits = next_logits(model, keep, &mut cache, &device)?;
+        } else {
+            logits = next_logits(model, &[next], &mut cache, &device)?;
+        }
+    }
+    if emitted < text.len() {
+        on_text(&text[emitted..]);
+    }
+    Ok(Generation {
+        ids: generated,
+        text,
+        finish,
+        prompt_truncated,
+        prompt_tokens,
+    })
+}
+
+/// The end of the part of `text` that can be shown: everything except a suffix that is
+/// the beginning of some stop string.
+fn safe_prefix_len(text: &str, from: usize, stop: &[String]) -> usize {
+    let mut safe = text.len();
+    for s in stop {
+        for (i, _) in text[from..].char_indices() {
+            let start = from + i;
+            let tail = &text[start..];
+            if tail.len() < s.len() && s.starts_with(tail) {
+                safe = safe.min(start);
+                break;
+            }
+        }
+    }
+    safe
+}
+
+/// Logits `[T, vocab]` of a whole sequence in one pass, without a cache (for checks).
+pub fn full_logits(model: &Gpt2, ids: &[u32]) -> Result<Tensor> {
+    let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+    Ok(model.forward(&x, None, &mut Mode::Eval)?.squeeze(0)?)
+}
+
+/// Index of the largest value (greedy choice).
+pub fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_back_possible_stop_prefix() {
+        let stop = vec!["END".to_string()];
+        assert_eq!(safe_prefix_len("abcEN", 0, &stop), 3);
+        assert_eq!(safe_prefix_len("abcE", 0, &stop), 3);
+        assert_eq!(safe_prefix_len("abcx", 0, &stop), 4);
+        assert_eq!(safe_prefix_len("abc", 0, &[]), 3);
+    }
+}

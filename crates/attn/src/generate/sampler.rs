@@ -1,0 +1,209 @@
+//! Choosing the next token from logits.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingConfig {
+    /// 0 means greedy (always the most likely token).
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    /// HF's CTRL-style penalty: logits of tokens already present are divided by it when
+    /// positive and multiplied by it when negative. 1 disables it.
+    pub repetition_penalty: f64,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::invalid(
+                "temperature",
+                format!("{} must be ≥ 0", self.temperature),
+            ));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::invalid("top-k", "must be at least 1"));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::invalid("top-p", format!("{p} is not in (0, 1]")));
+            }
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::invalid(
+                "repetition-penalty",
+                format!("{} must be a positive number", self.repetition_penalty),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    config: SamplingConfig,
+    rng: Rng,
+    vocab: usize,
+    seen: Vec<bool>,
+}
+
+impl Sampler {
+    pub fn new(config: SamplingConfig, vocab: usize) -> Self {
+        let rng = Rng::new(config.seed);
+        Sampler {
+            config,
+            rng,
+            vocab,
+            seen: vec![false; vocab],
+        }
+    }
+
+    /// Pick the next id. `logits` is modified (penalties, temperature).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let c = &self.config;
+        if c.repetition_penalty != 1.0 {
+            self.seen.iter_mut().for_each(|s| *s = false);
+            for &id in history {
+                if (id as usize) < self.vocab {
+                    self.seen[id as usize] = true;
+                }
+            }
+            let r = c.repetition_penalty as f32;
+            for (l, &s) in logits.iter_mut().zip(&self.seen) {
+                if s {
+                    *l = if *l > 0.0 { *l / r } else { *l * r };
+                }
+            }
+        }
+        if c.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / c.temperature as f32;
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l * inv_t))
+            .collect();
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Some(k) = c.top_k {
+            cand.truncate(k.min(cand.len()));
+        }
+        let max = cand[0].1;
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|&(_, l)| ((l - max) as f64).exp())
+            .collect();
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+        if let Some(top_p) = c.top_p {
+            // Keep the smallest prefix whose mass reaches top_p (at least one token).
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                acc += p;
+                if acc >= top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            let s: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= s);
+        }
+        let u = self.rng.next_f64();
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if u < acc {
+                return cand[i].0;
+            }
+        }
+        cand[probs.len() - 1].0
+    }
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(cfg: SamplingConfig, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut s = Sampler::new(cfg, logits.len());
+        let mut c = vec![0; logits.len()];
+        for _ in 0..n {
+            c[s.sample(&mut logits.to_vec(), &[]) as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn greedy_top_k_top_p_and_frequencies() {
+        let logits = [1.0f32, 3.0, 2.0, 0.0];
+        let greedy = SamplingConfig {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(counts(greedy, &logits, 5), vec![0, 5, 0, 0]);
+        let top2 = SamplingConfig {
+            top_k: Some(2),
+            ..Default::default()
+        };
+        let c = counts(top2, &logits, 2000);
+        assert_eq!(c[0] + c[3], 0);
+        // p(1)/p(2) = e: about 0.731 of the draws.
+        let frac = c[1] as f64 / 2000.0;
+        assert!((frac - 0.731).abs() < 0.04, "{frac}");
+        // Softmax of [1,3,2,0] is [.087,.644,.237,.032]: top-p 0.7 keeps tokens 1 and 2.
+        let nucleus = SamplingConfig {
+            top_p: Some(0.7),
+            ..Default::default()
+        };
+        let c = counts(nucleus, &logits, 1000);
+        assert_eq!(c[0] + c[3], 0);
+        assert!(c[2] > 0);
+    }
+
+    #[test]
+    fn repetition_penalty_follows_hf_rule() {
+        let cfg = SamplingConfig {
+            temperature: 0.0,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(cfg, 3);
+        let mut logits = [4.0f32, 3.0, -1.0];
+        // Token 0 seen: 4 / 2 = 2 < 3, so greedy now picks token 1.
+        assert_eq!(s.sample(&mut logits, &[0, 2]), 1);
+        assert_eq!(logits, [2.0, 3.0, -2.0]);
+        assert!(SamplingConfig {
+            top_p: Some(1.5),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! Evaluation metrics.
+
+pub mod perplexity;
+
+pub use perplexity::{perplexity, Perplexity};

@@ -1,0 +1,306 @@
+//! A thin layer over the `tokenizers` crate. Two kinds can be trained from a corpus:
+//!
+//! * `char`: one token per Unicode character seen in the corpus (nanoGPT's char level);
+//!   stored as a BPE model with no merges and a `Fuse` decoder, so the file is an ordinary
+//!   `tokenizer.json` that Python's `tokenizers` loads as it is.
+//! * byte-level BPE (GPT-2's scheme): 256 byte symbols plus learned merges, with the
+//!   `<|endoftext|>` special token. Any text round-trips, whatever its script.
+//!
+//! Any other `tokenizer.json` (WordPiece, SentencePiece-style...) loads too.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, TokenizerBuilder};
+
+use crate::{Error, Result};
+
+/// GPT-2's end-of-text token, used by byte-level BPE tokenizers trained here.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// True when the tokenizer has neither normaliser nor pre-tokeniser: then every input
+    /// character must be covered by a token, and a gap means a character outside the
+    /// vocabulary (which the BPE model would otherwise drop silently).
+    strict_coverage: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer(vocab_size={})", self.vocab_size())
+    }
+}
+
+fn tk_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    fn wrap(inner: tokenizers::Tokenizer) -> Self {
+        let strict_coverage =
+            inner.get_normalizer().is_none() && inner.get_pre_tokenizer().is_none();
+        Tokenizer {
+            inner,
+            strict_coverage,
+        }
+    }
+
+    /// A character-level tokenizer whose vocabulary is every distinct character of `text`,
+    /// in code point order (as nanoGPT's `sorted(set(text))`).
+    pub fn train_char(text: &str) -> Result<Self> {
+        let chars: BTreeSet<char> = text.chars().collect();
+        if chars.is_empty() {
+            return Err(Error::invalid(
+                "data",
+                "no characters to build a vocabulary from",
+            ));
+        }
+        let vocab: tokenizers::models::bpe::Vocab = chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .map_err(tk_err)?;
+        let inner: tokenizers::Tokenizer = TokenizerBuilder::<
+            ModelWrapper,
+            tokenizers::NormalizerWrapper,
+            PreTokenizerWrapper,
+            tokenizers::PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(bpe.into())
+        .with_decoder(Some(Fuse::new().into()))
+        .build()
+        .map_err(tk_err)?
+        .into();
+        Ok(Self::wrap(inner))
+    }
+
+    /// A byte-level BPE tokenizer (GPT-2 style) trained on `text` up to `vocab_size`
+    /// tokens, which counts the 256 byte symbols and the `<|endoftext|>` token.
+    pub fn train_bpe(text: &str, vocab_size: usize) -> Result<Self> {
+        let min = 256 + 1;
+        if vocab_size < min {
+            return Err(Error::invalid(
+                "vocab-size",
+                format!("{vocab_size} is too small for byte-level BPE (at least {min}: 256 bytes + <|endoftext|>)"),
+            ));
+        }
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .build()
+            .into();
+        let byte_level = ByteLevel::new(false, false, true);
+        let mut inner: tokenizers::Tokenizer = TokenizerBuilder::<
+            ModelWrapper,
+            tokenizers::NormalizerWrapper,
+            PreTokenizerWrapper,
+            tokenizers::PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(BPE::default().into())
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_decoder(Some(ByteLevelDecoder::new(false, false, true).into()))
+        .build()
+        .map_err(tk_err)?
+        .into();
+        inner
+            .train(&mut trainer, text.split_inclusive('\n'))
+            .map_err(tk_err)?;
+        Ok(Self::wrap(inner))
+    }
+
+    /// Load a `tokenizer.json` file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::bad_file(path, "tokenizer file not found"));
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
+        Ok(Self::wrap(inner))
+    }
+
+    /// Save as `tokenizer.json`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.inner.to_string(true).map_err(tk_err)?;
+        crate::checkpoint::write_atomic(path, json.as_bytes())
+    }
+
+    /// The number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The id of the end-of-text token, when the vocabulary has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        ["<|endoftext|>", "</s>", "[SEP]", "<eos>"]
+            .iter()
+            .find_map(|t| self.token_to_id(t))
+    }
+
+    /// Encode text without adding special tokens. A character the vocabulary cannot
+    /// represent is an error naming it, never a silent drop.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tk_err)?;
+        if self.strict_coverage {
+            let mut covered = 0usize;
+            for &(start, end) in enc.get_offsets() {
+                if start > covered {
+                    return Err(self.uncovered(text, covered));
+                }
+                covered = covered.max(end);
+            }
+            if covered < text.len() {
+                return Err(self.uncovered(text, covered));
+            }
+        }
+        Ok(enc.get_ids().to_vec())
+    }
+
+    fn uncovered(&self, text: &str, byte: usize) -> Error {
+        let c = text[byte..].chars().next().unwrap_or('?');
+        Error::Tokenizer(format!(
+            "the character {c:?} (U+{:04X}) at byte {byte} is not in the tokenizer's vocabulary",
+            c as u32
+        ))
+    }
+
+    /// Decode ids to text (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let n = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= n) {
+            return Err(Error::Tokenizer(format!(
+                "id {bad} is outside the vocabulary of {n} tokens"
+            )));
+        }
+        self.inner.decode(ids, false).map_err(tk_err)
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// Decodes a stream of ids piece by piece, holding back bytes until they form whole
+/// characters (byte-level BPE can split one character over several tokens).
+pub struct StreamDecoder<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl<'a> StreamDecoder<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        StreamDecoder {
+            tokenizer,
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Add one id; returns the new text that is now complete, if any.
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids)?;
+        // A trailing U+FFFD means an incomplete UTF-8 sequence: wait for more tokens.
+        if text.ends_with('\u{fffd}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
+            return Ok(String::new());
+        }
+        let new = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        // Keep the buffer short: restart from a clean boundary once text was emitted.
+        if self.ids.len() > 64 {
+            self.ids.clear();
+            self.emitted = 0;
+        }
+        Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIXED: &str =
+        "To be, or not to be: that is the question.\n床前明月光，疑是地上霜。\n\tTabs & ümlauts!\n";
+
+    #[test]
+    fn char_round_trip_and_unknown_character() {
+        let tok = Tokenizer::train_char(MIXED).unwrap();
+        let ids = tok.encode(MIXED).unwrap();
+        assert_eq!(ids.len(), MIXED.chars().count());
+        assert_eq!(tok.decode(&ids).unwrap(), MIXED);
+        let err = tok.encode("To be§").unwrap_err().to_string();
+        assert!(err.contains("U+00A7") && err.contains("byte 5"), "{err}");
+    }
+
+    #[test]
+    fn bpe_round_trip_english_and_chinese() {
+        let corpus = MIXED.repeat(20);
+        let tok = Tokenizer::train_bpe(&corpus, 300).unwrap();
+        assert!(tok.vocab_size() <= 300 && tok.vocab_size() > 257);
+        for text in [MIXED, "unseen words: xylophone 鱷魚 🦀\n"] {
+            let ids = tok.encode(text).unwrap();
+            assert_eq!(tok.decode(&ids).unwrap(), text);
+        }
+        // Merges were learned: the training text takes fewer tokens than bytes.
+        assert!(tok.encode(MIXED).unwrap().len() < MIXED.len());
+        assert!(tok.eos_id().is_some());
+    }
+
+    #[test]
+    fn stream_decoder_waits_for_whole_characters() {
+        let tok = Tokenizer::train_bpe(&"abc\n".repeat(10), 260).unwrap();
+        let text = "月光🦀 ok";
+        let ids = tok.encode(text).unwrap();
+        let mut dec = StreamDecoder::new(&tok);
+        let mut out = String::new();
+        for &id in &ids {
+            let piece = dec.push(id).unwrap();
+            assert!(!piece.contains('\u{fffd}'));
+            out.push_str(&piece);
+        }
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn save_load_same_encoding() {
+        let dir = std::env::temp_dir().join(format!("attn-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for tok in [
+            Tokenizer::train_char(MIXED).unwrap(),
+            Tokenizer::train_bpe(&MIXED.repeat(5), 280).unwrap(),
+        ] {
+            let p = dir.join("tokenizer.json");
+            tok.save(&p).unwrap();
+            let back = Tokenizer::from_file(&p).unwrap();
+            assert_eq!(back.encode(MIXED).unwrap(), tok.encode(MIXED).unwrap());
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

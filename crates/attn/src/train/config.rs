@@ -1,0 +1,224 @@
+//! Every training hyperparameter in one struct, and the named presets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    // Model shape.
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Context length: the model's n_positions and the training window.
+    pub block_size: usize,
+    pub dropout: f32,
+    /// `char`, `bpe:N` (byte-level BPE with N tokens) or a path to a tokenizer.json.
+    pub tokenizer: String,
+    // Optimisation.
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_iters: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_iters: usize,
+    pub lr_decay_iters: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub grad_clip: f64,
+    // Evaluation and bookkeeping.
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    pub log_interval: usize,
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+/// Names accepted by [`TrainConfig::preset`].
+pub const PRESETS: &[&str] = &["shakespeare-char-cpu", "shakespeare-char", "gpt2-small"];
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self::preset("shakespeare-char-cpu").unwrap()
+    }
+}
+
+impl TrainConfig {
+    /// A named recipe.
+    /// * `shakespeare-char-cpu`: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide,
+    ///   context 64, batch 12, 2000 iterations, lr 1e-3 → 1e-4, dropout 0, β2 0.99).
+    /// * `shakespeare-char`: nanoGPT's GPU recipe (6 × 6 × 384, context 256, batch 64,
+    ///   dropout 0.2, 5000 iterations).
+    /// * `gpt2-small`: GPT-2's 124M shape (12 × 12 × 768, context 1024, BPE 50257).
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = TrainConfig {
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 64,
+            dropout: 0.0,
+            tokenizer: "char".into(),
+            batch_size: 12,
+            grad_accum: 1,
+            max_iters: 2000,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_iters: 100,
+            lr_decay_iters: 2000,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            grad_clip: 1.0,
+            eval_interval: 250,
+            eval_iters: 20,
+            log_interval: 10,
+            val_fraction: 0.1,
+            seed: 1337,
+        };
+        match name {
+            "shakespeare-char-cpu" => Ok(base),
+            "shakespeare-char" => Ok(TrainConfig {
+                n_layer: 6,
+                n_head: 6,
+                n_embd: 384,
+                block_size: 256,
+                dropout: 0.2,
+                batch_size: 64,
+                max_iters: 5000,
+                lr_decay_iters: 5000,
+                eval_iters: 200,
+                ..base
+            }),
+            "gpt2-small" => Ok(TrainConfig {
+                n_layer: 12,
+                n_head: 12,
+                n_embd: 768,
+                block_size: 1024,
+                dropout: 0.0,
+                tokenizer: "bpe:50257".into(),
+                batch_size: 8,
+                lr: 6e-4,
+                min_lr: 6e-5,
+                beta2: 0.95,
+                warmup_iters: 2000,
+                max_iters: 600_000,
+                lr_decay_iters: 600_000,
+                eval_interval: 1000,
+                eval_iters: 50,
+                ..base
+            }),
+            _ => Err(Error::invalid(
+                "preset",
+                format!("unknown preset {name:?} (known: {})", PRESETS.join(", ")),
+            )),
+        }
+    }
+
+    /// Reject values that make no sense, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("n-layer", self.n_layer),
+            ("n-head", self.n_head),
+            ("n-embd", self.n_embd),
+            ("block-size", self.block_size),
+            ("batch-size", self.batch_size),
+            ("grad-accum", self.grad_accum),
+            ("eval-iters", self.eval_iters),
+            ("eval-interval", self.eval_interval),
+            ("log-interval", self.log_interval),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid(name, "must be at least 1"));
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            return Err(Error::invalid(
+                "n-head",
+                format!(
+                    "n-embd {} is not divisible by n-head {}",
+                    self.n_embd, self.n_head
+                ),
+            ));
+        }
+        let finite_pos = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    name,
+                    format!("{v} must be a positive number"),
+                ))
+            }
+        };
+        finite_pos("lr", self.lr)?;
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return Err(Error::invalid(
+                "min-lr",
+                format!("{} must be in [0, lr]", self.min_lr),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                "weight-decay",
+                format!("{} must be ≥ 0", self.weight_decay),
+            ));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::invalid(name, format!("{b} is not in [0, 1)")));
+            }
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(Error::invalid(
+                "grad-clip",
+                format!("{} must be ≥ 0 (0 disables)", self.grad_clip),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid(
+                "dropout",
+                format!("{} is not in [0, 1)", self.dropout),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(Error::invalid(
+                "val-fraction",
+                format!("{} is not in [0, 1)", self.val_fraction),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokens processed by one optimiser step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch_size * self.block_size * self.grad_accum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_nonsense_is_named() {
+        for p in PRESETS {
+            TrainConfig::preset(p).unwrap().validate().unwrap();
+        }
+        assert!(TrainConfig::preset("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("shakespeare-char-cpu"));
+        let bad = TrainConfig {
+            lr: -1.0,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("lr"));
+        let bad = TrainConfig {
+            n_layer: 0,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("n-layer"));
+    }
+}

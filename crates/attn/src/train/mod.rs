@@ -1,0 +1,493 @@
+//! The training loop: batches → forward → loss → backward → clip → AdamW → schedule,
+//! with periodic validation, the best model kept, and a resumable checkpoint.
+//!
+//! Output folder layout:
+//! * `config.json`, `model.safetensors`, `tokenizer.json`, `generation_config.json`:
+//!   the best model so far (lowest validation loss), an ordinary HF GPT-2 folder;
+//! * `checkpoint/`: the latest complete training state (model, `optimizer.safetensors`,
+//!   `trainer_state.json` with step, RNG state and config), replaced atomically;
+//! * `metrics.jsonl`: one JSON object per logged step and per evaluation.
+
+mod config;
+pub mod optimizer;
+pub mod schedule;
+
+pub use config::{TrainConfig, PRESETS};
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, read_safetensors, write_json, write_safetensors};
+use crate::data::{lm, read_corpus, Encoding, LmSplits};
+use crate::models::gpt2::{Gpt2, Gpt2Config};
+use crate::nn::{Mode, ParamBuilder, Params};
+use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use optimizer::{clip_global_norm, AdamW, AdamWConfig};
+use schedule::CosineSchedule;
+
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Where the training text comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    pub files: Vec<PathBuf>,
+    #[serde(with = "encoding_serde")]
+    pub encoding: Encoding,
+}
+
+mod encoding_serde {
+    use super::Encoding;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match e {
+            Encoding::Utf8 => "utf8",
+            Encoding::Latin1 => "latin1",
+        })
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Encoding, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What is saved in `checkpoint/trainer_state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    rng_state: u64,
+    best_val_loss: Option<f64>,
+    config: TrainConfig,
+    data: DataSpec,
+    n_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStats {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_sec: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalStats {
+    pub step: usize,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    /// True when this evaluation set a new best and the model was saved.
+    pub best: bool,
+}
+
+pub enum Event<'a> {
+    Step(&'a StepStats),
+    Eval(&'a EvalStats),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: usize,
+    pub final_train_loss: f64,
+    pub final_val_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    /// Seconds spent in training steps (evaluation and saving excluded).
+    pub train_seconds: f64,
+}
+
+/// Build the tokenizer a config asks for: `char`, `bpe:N`, or a tokenizer.json path
+/// (or a folder holding one).
+pub fn build_tokenizer(spec: &str, corpus: &str) -> Result<Tokenizer> {
+    if spec == "char" {
+        return Tokenizer::train_char(corpus);
+    }
+    if let Some(n) = spec.strip_prefix("bpe:") {
+        let n: usize = n.parse().map_err(|_| {
+            Error::invalid(
+                "tokenizer",
+                format!("{spec:?}: expected bpe:N with N a number"),
+            )
+        })?;
+        return Tokenizer::train_bpe(corpus, n);
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Tokenizer::from_file(&path.join(checkpoint::TOKENIZER));
+    }
+    if path.is_file() {
+        return Tokenizer::from_file(path);
+    }
+    Err(Error::invalid(
+        "tokenizer",
+        format!("{spec:?} is neither char, bpe:N, nor an existing tokenizer.json or folder"),
+    ))
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: Gpt2,
+    pub params: Params,
+    pub tokenizer: Tokenizer,
+    opt: AdamW,
+    schedule: CosineSchedule,
+    splits: LmSplits,
+    data: DataSpec,
+    rng: Rng,
+    step: usize,
+    best_val_loss: Option<f64>,
+    out: PathBuf,
+    device: Device,
+    last_train_loss: f64,
+}
+
+impl Trainer {
+    /// Start a new run: read the data, build the tokenizer and a freshly initialised model.
+    pub fn new(config: TrainConfig, data: DataSpec, out: &Path, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let corpus = read_corpus(&data.files, data.encoding)?;
+        let tokenizer = build_tokenizer(&config.tokenizer, &corpus)?;
+        let mut rng = Rng::new(config.seed);
+        let init_rng = rng.fork();
+        let mut pb = ParamBuilder::init(init_rng, device);
+        let model = Gpt2::new(model_config(&config, &tokenizer), &mut pb)?;
+        let params = pb.finish()?;
+        Self::assemble(
+            config, data, &corpus, tokenizer, model, params, rng, out, device,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: TrainConfig,
+        data: DataSpec,
+        corpus: &str,
+        tokenizer: Tokenizer,
+        model: Gpt2,
+        params: Params,
+        rng: Rng,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let ids = tokenizer.encode(corpus)?;
+        let splits = LmSplits::new(ids, config.val_fraction)?;
+        splits.check_block(config.block_size)?;
+        let opt = AdamW::new(
+            &params,
+            AdamWConfig {
+                beta1: config.beta1,
+                beta2: config.beta2,
+                eps: 1e-8,
+                weight_decay: config.weight_decay,
+            },
+        )?;
+        let schedule = CosineSchedule {
+            lr: config.lr,
+            min_lr: config.min_lr,
+            warmup_iters: config.warmup_iters,
+            decay_iters: config.lr_decay_iters,
+        };
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        Ok(Trainer {
+            config,
+            model,
+            params,
+            tokenizer,
+            opt,
+            schedule,
+            splits,
+            data,
+            rng,
+            step: 0,
+            best_val_loss: None,
+            out: out.to_path_buf(),
+            device: device.clone(),
+            last_train_loss: f64::NAN,
+        })
+    }
+
+    /// Continue the run saved in `out/checkpoint`. `max_iters`, when given, replaces the
+    /// saved value (to extend a finished run); `data`, when given, replaces the saved file
+    /// list (the text must tokenize to the same number of tokens).
+    pub fn resume(
+        out: &Path,
+        max_iters: Option<usize>,
+        data: Option<DataSpec>,
+        device: &Device,
+    ) -> Result<Self> {
+        let ckpt = checkpoint::resolve_dir(&out.join(CHECKPOINT_DIR)).ok_or_else(|| {
+            Error::bad_file(
+                out,
+                "no checkpoint/ folder to resume from (was this folder written by attn train?)",
+            )
+        })?;
+        let state_path = ckpt.join(STATE_FILE);
+        let state: TrainerState = serde_json::from_value(checkpoint::read_json(&state_path)?)
+            .map_err(|e| Error::bad_file(&state_path, format!("not a valid trainer state: {e}")))?;
+        let mut config = state.config.clone();
+        if let Some(m) = max_iters {
+            config.max_iters = m;
+        }
+        config.validate()?;
+        let data = data.unwrap_or(state.data.clone());
+        let corpus = read_corpus(&data.files, data.encoding)?;
+        let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
+        let tensors = read_safetensors(&ckpt.join(checkpoint::WEIGHTS), device)?;
+        let mut pb = ParamBuilder::load(tensors, device);
+        let model = Gpt2::new(model_config(&config, &tokenizer), &mut pb)?;
+        let params = pb.finish()?;
+        let mut t = Self::assemble(
+            config,
+            data,
+            &corpus,
+            tokenizer,
+            model,
+            params,
+            Rng::from_state(state.rng_state),
+            out,
+            device,
+        )?;
+        let n_tokens = t.splits.train.len() + t.splits.val.len();
+        if n_tokens != state.n_tokens {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "the data now has {n_tokens} tokens but the run started with {}: resume with the same files",
+                    state.n_tokens
+                ),
+            ));
+        }
+        let moments = read_safetensors(&ckpt.join(OPTIMIZER_FILE), device)?;
+        t.opt.load_state(moments, state.step)?;
+        t.step = state.step;
+        t.best_val_loss = state.best_val_loss;
+        Ok(t)
+    }
+
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    pub fn out_dir(&self) -> &Path {
+        &self.out
+    }
+
+    pub fn splits(&self) -> &LmSplits {
+        &self.splits
+    }
+
+    /// One optimiser step (over `grad_accum` micro-batches); returns its statistics.
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        let started = Instant::now();
+        let cfg = &self.config;
+        let lr = self.schedule.at(self.step);
+        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        let mut loss_sum = 0f64;
+        for _ in 0..cfg.grad_accum {
+            let starts = lm::random_windows(
+                &self.splits.train,
+                cfg.batch_size,
+                cfg.block_size,
+                &mut self.rng,
+            );
+            let batch = lm::batch_at(&self.splits.train, &starts, cfg.block_size, &self.device)?;
+            let loss = self
+                .model
+                .loss(&batch.x, &batch.y, &mut Mode::Train(&mut self.rng))?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let loss = (loss / cfg.grad_accum as f64)?;
+            let store = loss.backward()?;
+            for (name, var) in self.params.iter() {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    let g = match grads.remove(name) {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    };
+                    grads.insert(name.clone(), g);
+                }
+            }
+        }
+        let grad_norm = clip_global_norm(&mut grads, cfg.grad_clip)?;
+        self.opt.step(&grads, lr)?;
+        self.step += 1;
+        let loss = loss_sum / cfg.grad_accum as f64;
+        if !loss.is_finite() {
+            return Err(Error::invalid(
+                "training",
+                format!(
+                    "the loss became {loss} at step {}; lower --lr or check the data",
+                    self.step
+                ),
+            ));
+        }
+        self.last_train_loss = loss;
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_sec: cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Mean loss over `eval_iters` fixed batches of `ids` (the same windows at every
+    /// evaluation, so successive estimates are comparable).
+    fn estimate(&self, ids: &[u32], salt: u64) -> Result<f64> {
+        let cfg = &self.config;
+        let mut rng = Rng::new(cfg.seed ^ salt);
+        let mut total = 0f64;
+        for _ in 0..cfg.eval_iters {
+            let starts = lm::random_windows(ids, cfg.batch_size, cfg.block_size, &mut rng);
+            let batch = lm::batch_at(ids, &starts, cfg.block_size, &self.device)?;
+            let loss = self.model.loss(&batch.x, &batch.y, &mut Mode::Eval)?;
+            total += loss.to_scalar::<f32>()? as f64;
+        }
+        Ok(total / cfg.eval_iters as f64)
+    }
+
+    /// Estimate training and validation loss; save the model if validation improved
+    /// (or, without a validation split, always), then save the resumable checkpoint.
+    pub fn evaluate_and_save(&mut self) -> Result<EvalStats> {
+        let train_loss = self.estimate(&self.splits.train, 0x7472_6169_6e00)?;
+        let val_loss = if self.splits.val.len() > self.config.block_size {
+            Some(self.estimate(&self.splits.val, 0x7661_6c00)?)
+        } else {
+            None
+        };
+        let best = match (val_loss, self.best_val_loss) {
+            (Some(v), Some(b)) => v < b,
+            _ => true,
+        };
+        if best {
+            if let Some(v) = val_loss {
+                self.best_val_loss = Some(v);
+            }
+            self.save_model(&self.out.clone())?;
+        }
+        self.save_checkpoint()?;
+        let stats = EvalStats {
+            step: self.step,
+            train_loss,
+            val_loss,
+            best,
+        };
+        let mut line = serde_json::to_value(&stats).unwrap();
+        line["type"] = "eval".into();
+        self.append_metrics(&line)?;
+        Ok(stats)
+    }
+
+    fn generation_config(&self) -> serde_json::Value {
+        let mut g = serde_json::json!({ "do_sample": true, "temperature": 0.8, "top_k": 200 });
+        if let Some(eos) = self.tokenizer.eos_id() {
+            g["eos_token_id"] = eos.into();
+            g["bos_token_id"] = eos.into();
+        }
+        g
+    }
+
+    /// Save the current model as an HF folder at `dir`.
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        checkpoint::save_gpt2(
+            dir,
+            &self.model.config,
+            &self.params,
+            &self.tokenizer,
+            &self.generation_config(),
+        )
+    }
+
+    /// Write the complete training state to `out/checkpoint`, atomically as a folder.
+    pub fn save_checkpoint(&self) -> Result<()> {
+        let dst = self.out.join(CHECKPOINT_DIR);
+        let tmp = self.out.join(format!("{CHECKPOINT_DIR}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        self.save_model(&tmp)?;
+        write_safetensors(&tmp.join(OPTIMIZER_FILE), &self.opt.state_tensors())?;
+        let state = TrainerState {
+            step: self.step,
+            rng_state: self.rng.state(),
+            best_val_loss: self.best_val_loss,
+            config: self.config.clone(),
+            data: self.data.clone(),
+            n_tokens: self.splits.train.len() + self.splits.val.len(),
+        };
+        write_json(
+            &tmp.join(STATE_FILE),
+            &serde_json::to_value(&state).unwrap(),
+        )?;
+        checkpoint::replace_dir(&tmp, &dst)
+    }
+
+    fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
+        let path = self.out.join(METRICS_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+    }
+
+    /// Train until `max_iters`, evaluating every `eval_interval` steps (and at the start
+    /// of a new run and at the end), reporting to `on_event`.
+    pub fn run(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
+        let mut train_seconds = 0f64;
+        let mut last_eval = None;
+        if self.step == 0 {
+            let e = self.evaluate_and_save()?;
+            on_event(Event::Eval(&e));
+            last_eval = Some(e);
+        }
+        while self.step < self.config.max_iters {
+            let t0 = Instant::now();
+            let s = self.train_step()?;
+            train_seconds += t0.elapsed().as_secs_f64();
+            if s.step % self.config.log_interval == 0 || s.step == self.config.max_iters {
+                let mut line = serde_json::to_value(&s).unwrap();
+                line["type"] = "train".into();
+                self.append_metrics(&line)?;
+            }
+            on_event(Event::Step(&s));
+            if s.step % self.config.eval_interval == 0 || s.step == self.config.max_iters {
+                let e = self.evaluate_and_save()?;
+                on_event(Event::Eval(&e));
+                last_eval = Some(e);
+            }
+        }
+        Ok(Summary {
+            steps: self.step,
+            final_train_loss: last_eval
+                .as_ref()
+                .map_or(self.last_train_loss, |e| e.train_loss),
+            final_val_loss: last_eval.and_then(|e| e.val_loss),
+            best_val_loss: self.best_val_loss,
+            train_seconds,
+        })
+    }
+}
+
+/// The GPT-2 config for a training config and tokenizer.
+pub fn model_config(config: &TrainConfig, tokenizer: &Tokenizer) -> Gpt2Config {
+    let mut c = Gpt2Config::new(
+        tokenizer.vocab_size(),
+        config.block_size,
+        config.n_embd,
+        config.n_layer,
+        config.n_head,
+    );
+    c.set_dropout(config.dropout);
+    c.bos_token_id = tokenizer.eos_id();
+    c.eos_token_id = tokenizer.eos_id();
+    c
+}
