@@ -26,9 +26,9 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// True when the tokenizer has neither normaliser nor pre-tokeniser: then every input
-    /// character must be covered by a token, and a gap means a character outside the
-    /// vocabulary (which the BPE model would otherwise drop silently).
+    /// True for a char-level tokenizer (no normaliser, no pre-tokeniser): then every
+    /// input character must be in the vocabulary, which the BPE model would otherwise
+    /// drop silently.
     strict_coverage: bool,
 }
 
@@ -163,19 +163,22 @@ impl Tokenizer {
     /// Encode text without adding special tokens. A character the vocabulary cannot
     /// represent is an error naming it, never a silent drop.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tk_err)?;
         if self.strict_coverage {
-            let mut covered = 0usize;
-            for &(start, end) in enc.get_offsets() {
-                if start > covered {
-                    return Err(self.uncovered(text, covered));
+            // Every character must be a token of its own (BPE merges only combine
+            // characters that are in the vocabulary).
+            let mut buf = [0u8; 4];
+            let mut known = std::collections::HashSet::new();
+            for (byte, c) in text.char_indices() {
+                if known.contains(&c) {
+                    continue;
                 }
-                covered = covered.max(end);
-            }
-            if covered < text.len() {
-                return Err(self.uncovered(text, covered));
+                if self.inner.token_to_id(c.encode_utf8(&mut buf)).is_none() {
+                    return Err(self.uncovered(text, byte));
+                }
+                known.insert(c);
             }
         }
+        let enc = self.inner.encode(text, false).map_err(tk_err)?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -45,9 +45,68 @@ fn next_logits(
     Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
 
-/// Generate up to `max_new_tokens` tokens after `prompt`. `on_text` receives each piece
-/// of new text as soon as it is complete (held back only while it could be the start of
-/// a stop string); it returns false to stop early.
+/// Generate up to `max_new_tokens` ids after the prompt `ids` (which must fit the
+/// context), calling `on_token` with each; it returns false to stop. Stops early at the
+/// model's end-of-text id. When the context window fills up, the most recent half of the
+/// sequence is kept and its cache recomputed.
+pub fn generate_ids(
+    model: &Gpt2,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    sampling: &SamplingConfig,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, FinishReason)> {
+    sampling.validate()?;
+    let ctx = model.config.n_positions;
+    if prompt.is_empty() || prompt.len() > ctx {
+        return Err(Error::invalid(
+            "prompt",
+            format!(
+                "has {} tokens; it needs between 1 and the context of {ctx}",
+                prompt.len()
+            ),
+        ));
+    }
+    let device = Device::Cpu;
+    let mut sampler = Sampler::new(sampling.clone(), model.config.vocab_size);
+    let mut cache = KvCache::new(model.config.n_layer);
+    let mut logits = next_logits(model, prompt, &mut cache, &device)?;
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut generated = Vec::with_capacity(max_new_tokens);
+    let eos = model.config.eos_token_id;
+    while generated.len() < max_new_tokens {
+        let next = sampler.sample(&mut logits, &history);
+        if Some(next) == eos {
+            return Ok((generated, FinishReason::EndOfText));
+        }
+        generated.push(next);
+        history.push(next);
+        if !on_token(next) {
+            return Ok((generated, FinishReason::Stop));
+        }
+        if generated.len() == max_new_tokens {
+            break;
+        }
+        logits = if cache.len() >= ctx {
+            cache.clear();
+            next_logits(
+                model,
+                &history[history.len() - ctx / 2..],
+                &mut cache,
+                &device,
+            )?
+        } else {
+            next_logits(model, &[next], &mut cache, &device)?
+        };
+    }
+    Ok((generated, FinishReason::Length))
+}
+
+/// Generate up to `max_new_tokens` tokens after the text `prompt`. A prompt longer than
+/// the context keeps its last `n_positions - 1` tokens (reported in
+/// [`Generation::prompt_truncated`]). `on_text` receives each piece of new text as soon
+/// as it is complete (held back only while it could be the start of a stop string); it
+/// returns false to stop early.
 pub fn generate(
     model: &Gpt2,
     tokenizer: &Tokenizer,
@@ -57,7 +116,6 @@ pub fn generate(
     stop: &[String],
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    sampling.validate()?;
     let ctx = model.config.n_positions;
     let mut ids = tokenizer.encode(prompt)?;
     if ids.is_empty() {
@@ -75,58 +133,43 @@ pub fn generate(
             }
         }
     }
-    let prompt_truncated = ids.len().saturating_sub(ctx - 1);
+    let prompt_truncated = ids.len().saturating_sub(ctx.saturating_sub(1).max(1));
     ids.drain(..prompt_truncated);
-    let prompt_tokens = ids.len();
-    let device = Device::Cpu;
-    let mut sampler = Sampler::new(sampling.clone(), model.config.vocab_size);
-    let mut cache = KvCache::new(model.config.n_layer);
     let mut decoder = StreamDecoder::new(tokenizer);
-    let mut logits = next_logits(model, &ids, &mut cache, &device)?;
-    let mut generated: Vec<u32> = Vec::new();
     let mut text = String::new();
     let mut emitted = 0usize;
-    let eos = model.config.eos_token_id;
-    let mut finish = FinishReason::Length;
-    while generated.len() < max_new_tokens {
-        let history: Vec<u32> = ids.iter().chain(&generated).copied().collect();
-        let next = sampler.sample(&mut logits, &history);
-        if Some(next) == eos {
-            finish = FinishReason::EndOfText;
-            break;
+    let mut stopped = false;
+    let mut error = None;
+    let (generated, mut finish) = generate_ids(model, &ids, max_new_tokens, sampling, &mut |id| {
+        match decoder.push(id) {
+            Ok(piece) => text.push_str(&piece),
+            Err(e) => {
+                error = Some(e);
+                return false;
+            }
         }
-        generated.push(next);
-        text.push_str(&decoder.push(next)?);
         if let Some(pos) = stop
             .iter()
             .filter_map(|s| text[emitted..].find(s.as_str()).map(|p| p + emitted))
             .min()
         {
             text.truncate(pos);
-            finish = FinishReason::Stop;
-            break;
+            stopped = true;
+            return false;
         }
         let safe = safe_prefix_len(&text, emitted, stop);
         if safe > emitted {
-            if !on_text(&text[emitted..safe]) {
-                emitted = safe;
-                finish = FinishReason::Stop;
-                break;
-            }
+            let go_on = on_text(&text[emitted..safe]);
             emitted = safe;
+            return go_on;
         }
-        if generated.len() == max_new_tokens {
-            break;
-        }
-        if cache.len() >= ctx {
-            // The window is full: keep the most recent half and recompute its cache.
-            let all: Vec<u32> = ids.iter().chain(&generated).copied().collect();
-            let keep = &all[all.len() - ctx / 2..];
-            cache.clear();
-            logits = next_logits(model, keep, &mut cache, &device)?;
-        } else {
-            logits = next_logits(model, &[next], &mut cache, &device)?;
-        }
+        true
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if stopped {
+        finish = FinishReason::Stop;
     }
     if emitted < text.len() {
         on_text(&text[emitted..]);
@@ -136,7 +179,7 @@ pub fn generate(
         text,
         finish,
         prompt_truncated,
-        prompt_tokens,
+        prompt_tokens: ids.len(),
     })
 }
 

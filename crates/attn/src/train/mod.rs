@@ -165,6 +165,40 @@ impl Trainer {
         )
     }
 
+    /// A run on random tokens, for benchmarks: the tokenizer has exactly
+    /// `vocab_size` single-character tokens and the data is `n_tokens` random ids.
+    /// Nothing is written unless a save method is called.
+    pub fn synthetic(
+        config: TrainConfig,
+        vocab_size: usize,
+        n_tokens: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let alphabet: String = (0x100u32..0x100 + vocab_size as u32)
+            .filter_map(char::from_u32)
+            .collect();
+        let tokenizer = Tokenizer::train_char(&alphabet)?;
+        let mut rng = Rng::new(config.seed);
+        let corpus: String = {
+            let chars: Vec<char> = alphabet.chars().collect();
+            (0..n_tokens)
+                .map(|_| chars[rng.below(chars.len())])
+                .collect()
+        };
+        let mut pb = ParamBuilder::init(rng.fork(), device);
+        let model = Gpt2::new(model_config(&config, &tokenizer), &mut pb)?;
+        let params = pb.finish()?;
+        let data = DataSpec {
+            files: vec![],
+            encoding: Encoding::Utf8,
+        };
+        let out = std::env::temp_dir().join("attn-synthetic");
+        Self::assemble(
+            config, data, &corpus, tokenizer, model, params, rng, &out, device,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: TrainConfig,
@@ -195,7 +229,6 @@ impl Trainer {
             warmup_iters: config.warmup_iters,
             decay_iters: config.lr_decay_iters,
         };
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         Ok(Trainer {
             config,
             model,
@@ -431,6 +464,7 @@ impl Trainer {
 
     fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
         let path = self.out.join(METRICS_FILE);
+        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

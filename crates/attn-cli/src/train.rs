@@ -1,0 +1,271 @@
+//! `attn train`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use attn::data::Encoding;
+use attn::nn::default_device;
+use attn::train::{DataSpec, Event, TrainConfig, Trainer, METRICS_FILE};
+use attn::{Error, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Flags that override a preset's values, one per hyperparameter.
+#[derive(Args, Clone, Default)]
+pub struct Overrides {
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    /// Context length (the model's n_positions).
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// char, bpe:N, or a tokenizer.json (or a folder holding one).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub max_iters: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_lr: Option<f64>,
+    #[arg(long)]
+    pub warmup_iters: Option<usize>,
+    #[arg(long)]
+    pub lr_decay_iters: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub beta1: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub beta2: Option<f64>,
+    /// Clip gradients to this global norm (0 disables).
+    #[arg(long, allow_negative_numbers = true)]
+    pub grad_clip: Option<f64>,
+    #[arg(long)]
+    pub eval_interval: Option<usize>,
+    /// Batches per loss estimate.
+    #[arg(long)]
+    pub eval_iters: Option<usize>,
+    #[arg(long)]
+    pub log_interval: Option<usize>,
+    /// Fraction of the data (its end) held out for validation.
+    #[arg(long, allow_negative_numbers = true)]
+    pub val_fraction: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    pub fn apply(&self, c: &mut TrainConfig) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            n_layer,
+            n_head,
+            n_embd,
+            block_size,
+            dropout,
+            tokenizer,
+            batch_size,
+            grad_accum,
+            max_iters,
+            lr,
+            min_lr,
+            warmup_iters,
+            lr_decay_iters,
+            weight_decay,
+            beta1,
+            beta2,
+            grad_clip,
+            eval_interval,
+            eval_iters,
+            log_interval,
+            val_fraction,
+            seed
+        );
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training text files (default: the preset's corpus under $ATTN_DATA_DIR).
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Output folder: the best model (HF layout), checkpoint/, metrics.jsonl, loss.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Recipe to start from (shakespeare-char-cpu, shakespeare-char, gpt2-small).
+    #[arg(long, default_value = "shakespeare-char-cpu")]
+    preset: String,
+    /// Encoding of the data files: utf8 or latin1.
+    #[arg(long, default_value = "utf8")]
+    encoding: Encoding,
+    /// Continue the run saved in --out (its saved settings are used; --max-iters may extend it).
+    #[arg(long)]
+    resume: bool,
+    /// Print a JSON summary on stdout at the end.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// The corpus a preset trains on by default, relative to the data folder.
+fn default_corpus(preset: &str) -> &'static str {
+    match preset {
+        "shakespeare-char-cpu" | "shakespeare-char" => "tinyshakespeare/input.txt",
+        _ => "gutenberg",
+    }
+}
+
+fn resolve_data(args: &TrainArgs) -> Result<Vec<PathBuf>> {
+    if !args.data.is_empty() {
+        for p in &args.data {
+            if !p.is_file() {
+                return Err(Error::bad_file(p, "data file not found"));
+            }
+        }
+        return Ok(args.data.clone());
+    }
+    let dir = crate::data_dir();
+    let wanted = dir.join(default_corpus(&args.preset));
+    if wanted.is_file() {
+        return Ok(vec![wanted]);
+    }
+    if wanted.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&wanted)
+            .map_err(|e| Error::io(&wanted, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+            .collect();
+        files.sort();
+        if !files.is_empty() {
+            return Ok(files);
+        }
+    }
+    Err(Error::invalid(
+        "data",
+        format!(
+            "no training text given and none found at {}: pass --data FILE..., or set ATTN_DATA_DIR \
+             to a folder containing {} (for example the tinyshakespeare input.txt)",
+            wanted.display(),
+            default_corpus(&args.preset)
+        ),
+    ))
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let device = default_device();
+    let mut trainer = if a.resume {
+        let data = if a.data.is_empty() {
+            None
+        } else {
+            Some(DataSpec {
+                files: resolve_data(&a)?,
+                encoding: a.encoding,
+            })
+        };
+        let t = Trainer::resume(&a.out, a.overrides.max_iters, data, &device)?;
+        eprintln!("resuming {} at step {}", a.out.display(), t.step());
+        t
+    } else {
+        let mut config = TrainConfig::preset(&a.preset)?;
+        a.overrides.apply(&mut config);
+        config.validate()?;
+        let data = DataSpec {
+            files: resolve_data(&a)?,
+            encoding: a.encoding,
+        };
+        if a.out.join(attn::train::CHECKPOINT_DIR).exists() {
+            return Err(Error::bad_file(
+                &a.out,
+                "already holds a training run: pass --resume to continue it, or choose another --out",
+            ));
+        }
+        Trainer::new(config, data, &a.out, &device)?
+    };
+    let cfg = trainer.config.clone();
+    eprintln!(
+        "model: {} layers, {} heads, {} wide, context {}, vocab {} — {:.2}M parameters; {} training / {} validation tokens",
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_embd,
+        cfg.block_size,
+        trainer.model.config.vocab_size,
+        trainer.params.count() as f64 / 1e6,
+        trainer.splits().train.len(),
+        trainer.splits().val.len()
+    );
+    let pb = ProgressBar::new(cfg.max_iters as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_position(trainer.step() as u64);
+    let started = Instant::now();
+    let mut smoothed_tps = None::<f64>;
+    let out = a.out.clone();
+    let summary = trainer.run(&mut |event| match event {
+        Event::Step(s) => {
+            let tps = smoothed_tps.map_or(s.tokens_per_sec, |t| 0.9 * t + 0.1 * s.tokens_per_sec);
+            smoothed_tps = Some(tps);
+            pb.set_position(s.step as u64);
+            pb.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                s.loss, s.lr, tps
+            ));
+        }
+        Event::Eval(e) => {
+            let val = e.val_loss.map_or("-".to_string(), |v| format!("{v:.4}"));
+            pb.suspend(|| {
+                eprintln!(
+                    "step {:>6}: train loss {:.4}, val loss {}{}",
+                    e.step,
+                    e.train_loss,
+                    val,
+                    if e.best { " (best, saved)" } else { "" }
+                )
+            });
+            if let Err(err) =
+                crate::plot::plot_metrics(&out.join(METRICS_FILE), &out.join("loss.png"))
+            {
+                pb.suspend(|| eprintln!("warning: could not draw loss.png: {err}"));
+            }
+        }
+    })?;
+    pb.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    eprintln!(
+        "done: {} steps in {:.1} s ({:.1} s training); best val loss {}; model in {}",
+        summary.steps,
+        wall,
+        summary.train_seconds,
+        summary
+            .best_val_loss
+            .map_or("-".into(), |v| format!("{v:.4}")),
+        display(&a.out)
+    );
+    if a.json {
+        let mut v = serde_json::to_value(&summary).unwrap();
+        v["wall_seconds"] = wall.into();
+        crate::print_json(&v);
+    }
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
