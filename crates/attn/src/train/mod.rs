@@ -340,9 +340,13 @@ impl Trainer {
             let store = loss.backward()?;
             for (name, var) in self.params.iter() {
                 if let Some(g) = store.get(var.as_tensor()) {
+                    // Detach: a gradient computed from a parameter carries the op graph
+                    // back through the whole forward pass; kept in the AdamW moments it
+                    // would chain every step's graph to the next (memory grows without end).
+                    let g = g.detach();
                     let g = match grads.remove(name) {
                         Some(acc) => (acc + g)?,
-                        None => g.clone(),
+                        None => g,
                     };
                     grads.insert(name.clone(), g);
                 }

@@ -51,6 +51,8 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (name, (var, m, v)) in self.state.iter_mut() {
             let Some(g) = grads.get(name) else { continue };
+            // Never let a gradient's op graph into the moments, which live across steps.
+            let g = &g.detach();
             *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let mut p = var.as_tensor().detach();
@@ -183,6 +185,26 @@ mod tests {
         for (i, g) in [0.5, -2.0].into_iter().enumerate() {
             assert!((w[0][i] as f64 - reference(g, true)).abs() < 1e-6);
             assert!((b[i] as f64 - reference(g, false)).abs() < 1e-6);
+        }
+    }
+
+    /// Moments must not keep a gradient's op graph alive: that chained every step's
+    /// forward graph to the next and exhausted memory within a few hundred steps.
+    #[test]
+    fn moments_hold_no_graph() {
+        let dev = Device::Cpu;
+        let mut pb = ParamBuilder::init(Rng::new(0), &dev);
+        let w = pb.get("w", &[2, 2], Init::Ones).unwrap();
+        let params = pb.finish().unwrap();
+        let mut opt = AdamW::new(&params, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 }).unwrap();
+        // A "gradient" that is itself the result of ops on a parameter.
+        let g = (w.sqr().unwrap() * 2.0).unwrap();
+        assert!(g.track_op());
+        let mut grads = HashMap::new();
+        grads.insert("w".to_string(), g);
+        opt.step(&grads, 0.1).unwrap();
+        for (name, t) in opt.state_tensors() {
+            assert!(!t.track_op(), "{name} keeps an op graph");
         }
     }
 
