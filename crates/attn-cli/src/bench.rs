@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use attn::checkpoint::load_gpt2;
+use attn::checkpoint::load_causal_lm;
 use attn::generate::{generate_ids, SamplingConfig};
 use attn::models::gpt2::Gpt2;
+use attn::models::CausalLm;
 use attn::nn::{default_device, ParamBuilder};
 use attn::rng::Rng;
 use attn::train::{TrainConfig, Trainer};
@@ -117,8 +118,8 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
 
 fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let device = default_device();
-    let mut model: Gpt2 = match (&a.model, &a.preset) {
-        (Some(dir), None) => load_gpt2(dir, &device)?.model,
+    let model: Box<dyn CausalLm> = match (&a.model, &a.preset) {
+        (Some(dir), None) => load_causal_lm(dir, &device)?.model,
         (None, Some(p)) => {
             let config = TrainConfig::preset(p)?;
             let vocab = vocab_for(&config, a.vocab_size);
@@ -131,27 +132,27 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             );
             mc.set_dropout(0.0);
             let mut pb = ParamBuilder::init(Rng::new(1), &device);
-            Gpt2::new(mc, &mut pb)?
+            Box::new(Gpt2::new(mc, &mut pb)?)
         }
         _ => return Err(Error::invalid("model", "give --model DIR or --preset NAME")),
     };
-    let ctx = model.config.n_positions;
+    let ctx = model.context();
     let p = a.prompt_tokens.clamp(1, ctx - 1);
     let n = a.max_new_tokens.unwrap_or(128).min(ctx - p);
     let mut rng = Rng::new(7);
     let prompt: Vec<u32> = (0..p)
-        .map(|_| rng.below(model.config.vocab_size) as u32)
+        .map(|_| rng.below(model.vocab_size()) as u32)
         .collect();
     let greedy = SamplingConfig {
         temperature: 0.0,
+        ignore_eos: true, // measure a fixed number of tokens
         ..Default::default()
     };
-    model.config.eos_token_id = None; // measure a fixed number of tokens
-                                      // Warm-up, then a timed run: the first token's time is the prefill.
-    generate_ids(&model, &prompt, 2, &greedy, &mut |_| true)?;
+    // Warm-up, then a timed run: the first token's time is the prefill.
+    generate_ids(model.as_ref(), &prompt, 2, &greedy, &mut |_| true)?;
     let t0 = Instant::now();
     let mut first = None;
-    let (ids, _) = generate_ids(&model, &prompt, n, &greedy, &mut |_| {
+    let (ids, _) = generate_ids(model.as_ref(), &prompt, n, &greedy, &mut |_| {
         first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
         true
     })?;
@@ -166,7 +167,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             "prefill_tokens_per_sec": p as f64 / prefill,
             "new_tokens": ids.len(),
             "prompt_tokens": p,
-            "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "vocab_size": model.config.vocab_size,
+            "n_layer": model.n_layer(), "vocab_size": model.vocab_size(),
         }));
     } else {
         println!(

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use attn::checkpoint::load_gpt2;
+use attn::checkpoint::load_causal_lm;
 use attn::data::{normalize, read_text, Encoding};
 use attn::metrics::perplexity;
 use attn::nn::default_device;
@@ -41,12 +41,18 @@ pub struct PerplexityArgs {
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
     let EvalCommand::Perplexity(a) = cmd;
-    let loaded = load_gpt2(&a.model, &default_device())?;
+    let loaded = load_causal_lm(&a.model, &default_device())?;
     let text = normalize(&read_text(&a.data, a.encoding)?);
     let ids = loaded.tokenizer.encode(&text)?;
-    let max_length = a.max_length.unwrap_or(loaded.model.config.n_positions);
+    let max_length = a.max_length.unwrap_or(loaded.model.context());
     let stride = a.stride.unwrap_or(max_length);
-    let p = perplexity(&loaded.model, &ids, max_length, stride, a.batch_size)?;
+    let p = perplexity(
+        loaded.model.as_ref(),
+        &ids,
+        max_length,
+        stride,
+        a.batch_size,
+    )?;
     if a.json {
         crate::print_json(&serde_json::to_value(p).unwrap());
     } else {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use attn::checkpoint::load_gpt2;
+use attn::checkpoint::load_causal_lm;
 use attn::generate::{generate, SamplingConfig};
 use attn::nn::default_device;
 use attn::Result;
@@ -41,7 +41,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let loaded = load_gpt2(&a.model, &default_device())?;
+    let loaded = load_causal_lm(&a.model, &default_device())?;
     let g = &loaded.generation;
     let sampling = SamplingConfig {
         temperature: a
@@ -52,6 +52,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         top_p: a.top_p.or_else(|| g["top_p"].as_f64()),
         repetition_penalty: a.repetition_penalty,
         seed: a.seed,
+        ignore_eos: false,
     };
     sampling.validate()?;
     let mut out = std::io::stdout().lock();
@@ -61,7 +62,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             .is_ok()
     };
     let echo = !a.no_echo;
-    let ctx = loaded.model.config.n_positions;
+    let ctx = loaded.model.context();
     // Echo the part of the prompt the model will actually see, after a possible warning.
     let prompt_ids = loaded.tokenizer.encode(&a.prompt)?;
     if prompt_ids.len() > ctx - 1 {
@@ -76,7 +77,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         write(&loaded.tokenizer.decode(kept)?);
     }
     let result = generate(
-        &loaded.model,
+        loaded.model.as_ref(),
         &loaded.tokenizer,
         &a.prompt,
         a.max_new_tokens,

@@ -3,7 +3,9 @@
 //! with a non-zero exit code.
 
 mod bench;
+mod embed;
 mod eval;
+mod export;
 mod generate;
 mod plot;
 mod tokenizer;
@@ -50,6 +52,10 @@ enum Command {
     /// Train and save tokenizers.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
+    /// Sentence embeddings from a BERT encoder (one text per line in, JSON out).
+    Embed(embed::EmbedArgs),
+    /// Write a model folder in Hugging Face layout, optionally in f16 or bf16.
+    Export(export::ExportArgs),
     /// Measure training and decoding speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
         Command::Eval(c) => eval::run(c),
         Command::Tokenizer(c) => tokenizer::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::Embed(a) => embed::run(a),
+        Command::Export(a) => export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use crate::models::gpt2::{Gpt2, Gpt2Config};
+use crate::models::llama::{Llama, LlamaConfig};
+use crate::models::CausalLm;
 use crate::nn::{ParamBuilder, Params};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -72,6 +74,43 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
         .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))
 }
 
+/// Every tensor of a model folder: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`.
+pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join(WEIGHTS);
+    let index = dir.join("model.safetensors.index.json");
+    if single.is_file() || !index.is_file() {
+        return read_safetensors(&single, device);
+    }
+    let value = read_json(&index)?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::bad_file(&index, "no weight_map object"))?;
+    let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    files.sort();
+    files.dedup();
+    let mut out = HashMap::new();
+    for f in files {
+        if f.contains('/') || f.contains("..") {
+            return Err(Error::bad_file(
+                &index,
+                format!("shard name {f:?} must be a plain file name"),
+            ));
+        }
+        out.extend(read_safetensors(&dir.join(f), device)?);
+    }
+    for name in map.keys() {
+        if !out.contains_key(name) {
+            return Err(Error::bad_file(
+                &index,
+                format!("lists {name} but no shard holds it"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Save a GPT-2 model folder in HF layout.
 pub fn save_gpt2(
     dir: &Path,
@@ -112,47 +151,61 @@ pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     read_json(&path)
 }
 
-/// Load a GPT-2 model folder, checking that config, weights and tokenizer agree.
-pub fn load_gpt2(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
+/// The `model_type` of a config, or an error naming the file.
+fn model_type(dir: &Path, value: &serde_json::Value) -> Result<String> {
+    value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| Error::bad_file(dir.join(CONFIG), "has no model_type"))
+}
+
+/// Build a GPT-2 from a folder's config and weights (no tokenizer needed).
+pub fn load_gpt2_model(dir: &Path, device: &Device) -> Result<(Gpt2, Params)> {
     let cfg_path = dir.join(CONFIG);
     let value = read_config(dir)?;
-    match value.get("model_type").and_then(|v| v.as_str()) {
-        Some("gpt2") => {}
-        other => {
-            return Err(Error::bad_file(
-                &cfg_path,
-                format!("model_type {other:?} is not a GPT-2 model (expected \"gpt2\")"),
-            ))
-        }
+    let mt = model_type(dir, &value)?;
+    if mt != "gpt2" {
+        return Err(Error::bad_file(
+            &cfg_path,
+            format!("model_type {mt:?} is not a GPT-2 model (expected \"gpt2\")"),
+        ));
     }
     let config: Gpt2Config = serde_json::from_value(value)
         .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid GPT-2 config: {e}")))?;
     config
         .validate()
         .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
-    let tensors = read_safetensors(&dir.join(WEIGHTS), device)?;
-    let mut pb = ParamBuilder::load(tensors, device);
+    let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
     let model = Gpt2::new(config, &mut pb)?;
     let params = pb
         .finish()
         .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
+    Ok((model, params))
+}
+
+/// Build a Llama from a folder's config and weights (no tokenizer needed).
+pub fn load_llama_model(dir: &Path, device: &Device) -> Result<(Llama, Params)> {
+    let cfg_path = dir.join(CONFIG);
+    let config: LlamaConfig = serde_json::from_value(read_config(dir)?)
+        .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid Llama config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
+    let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
+    let model = Llama::new(config, &mut pb)?;
+    let params = pb
+        .finish()
+        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
+    Ok((model, params))
+}
+
+/// Load a GPT-2 model folder, checking that config, weights and tokenizer agree.
+pub fn load_gpt2(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
+    let (model, params) = load_gpt2_model(dir, device)?;
     let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
-    if tokenizer.vocab_size() > model.config.vocab_size {
-        return Err(Error::bad_file(
-            dir.join(TOKENIZER),
-            format!(
-                "the tokenizer has {} tokens but the model's vocab_size is {}: they do not belong together",
-                tokenizer.vocab_size(),
-                model.config.vocab_size
-            ),
-        ));
-    }
-    let gen_path = dir.join(GENERATION_CONFIG);
-    let generation = if gen_path.is_file() {
-        read_json(&gen_path)?
-    } else {
-        serde_json::json!({})
-    };
+    check_vocab(dir, &tokenizer, model.config.vocab_size)?;
+    let generation = read_generation(dir)?;
     Ok(LoadedGpt2 {
         model,
         params,
@@ -160,6 +213,72 @@ pub fn load_gpt2(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
         generation,
         dir: dir.to_path_buf(),
     })
+}
+
+/// A decoder-only language model of any supported family, with its tokenizer.
+pub struct LoadedLm {
+    pub model: Box<dyn CausalLm>,
+    pub params: Params,
+    pub tokenizer: Tokenizer,
+    pub generation: serde_json::Value,
+    pub model_type: String,
+}
+
+/// Load a GPT-2 or Llama model folder for generation or scoring.
+pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
+    let value = read_config(dir)?;
+    let cfg_path = dir.join(CONFIG);
+    let model_type = model_type(dir, &value)?;
+    match model_type.as_str() {
+        "gpt2" => {
+            let l = load_gpt2(dir, device)?;
+            Ok(LoadedLm {
+                model: Box::new(l.model),
+                params: l.params,
+                tokenizer: l.tokenizer,
+                generation: l.generation,
+                model_type,
+            })
+        }
+        "llama" | "mistral" => {
+            let (model, params) = load_llama_model(dir, device)?;
+            let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
+            check_vocab(dir, &tokenizer, model.config.vocab_size)?;
+            Ok(LoadedLm {
+                model: Box::new(model),
+                params,
+                tokenizer,
+                generation: read_generation(dir)?,
+                model_type,
+            })
+        }
+        other => Err(Error::bad_file(
+            &cfg_path,
+            format!("model_type {other:?} is not a causal language model attn knows (expected gpt2 or llama)"),
+        )),
+    }
+}
+
+fn check_vocab(dir: &Path, tokenizer: &Tokenizer, vocab_size: usize) -> Result<()> {
+    if tokenizer.vocab_size() > vocab_size {
+        return Err(Error::bad_file(
+            dir.join(TOKENIZER),
+            format!(
+                "the tokenizer has {} tokens but the model's vocab_size is {vocab_size}: they do not belong together",
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn read_generation(dir: &Path) -> Result<serde_json::Value> {
+    let gen_path = dir.join(GENERATION_CONFIG);
+    if gen_path.is_file() {
+        read_json(&gen_path)
+    } else {
+        Ok(serde_json::json!({}))
+    }
 }
 
 /// Replace directory `dst` with the complete directory `tmp` so that at every moment
@@ -194,4 +313,139 @@ pub fn resolve_dir(dst: &Path) -> Option<PathBuf> {
         let old = old_dir(dst);
         old.is_dir().then_some(old)
     }
+}
+
+/// A loaded BERT encoder (`BertModel` or `BertForSequenceClassification`).
+pub struct LoadedBert {
+    pub model: crate::models::bert::Bert,
+    pub params: Params,
+    pub tokenizer: Tokenizer,
+    /// The longest input in tokens: sentence-transformers' `max_seq_length` when the
+    /// folder has `sentence_bert_config.json`, else `max_position_embeddings`.
+    pub max_len: usize,
+}
+
+pub fn load_bert(dir: &Path, device: &Device) -> Result<LoadedBert> {
+    let (model, params) = load_bert_model(dir, device)?;
+    let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
+    check_vocab(dir, &tokenizer, model.config.vocab_size)?;
+    let st = dir.join("sentence_bert_config.json");
+    let max_len = if st.is_file() {
+        read_json(&st)?
+            .get("max_seq_length")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+    } else {
+        None
+    }
+    .unwrap_or(model.config.max_position_embeddings)
+    .min(model.config.max_position_embeddings);
+    Ok(LoadedBert {
+        model,
+        params,
+        tokenizer,
+        max_len,
+    })
+}
+
+/// Build a BERT from a folder's config and weights: `BertModel` (bare names) or
+/// `BertForSequenceClassification` (`bert.` names and `classifier.*`).
+pub fn load_bert_model(dir: &Path, device: &Device) -> Result<(crate::models::bert::Bert, Params)> {
+    use crate::models::bert::{Bert, BertConfig};
+    let cfg_path = dir.join(CONFIG);
+    let value = read_config(dir)?;
+    if value.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
+        return Err(Error::bad_file(
+            &cfg_path,
+            "model_type is not \"bert\" (attn embeds with BERT encoders)",
+        ));
+    }
+    let config: BertConfig = serde_json::from_value(value)
+        .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
+    let tensors = read_weights(dir, device)?;
+    let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+        "bert."
+    } else {
+        ""
+    };
+    let with_pooler = tensors.contains_key(&format!("{prefix}pooler.dense.weight"));
+    let labels = tensors
+        .contains_key("classifier.weight")
+        .then(|| config.labels());
+    let mut pb = ParamBuilder::load(tensors, device);
+    let model = Bert::new(config, &mut pb, prefix, with_pooler, labels)?;
+    let params = pb
+        .finish()
+        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
+    Ok((model, params))
+}
+
+/// Load a Marian encoder-decoder folder (the tokenizer is optional here: translation
+/// as a task comes with its own tokenizer handling).
+pub fn load_marian(dir: &Path, device: &Device) -> Result<(crate::models::marian::Marian, Params)> {
+    use crate::models::marian::{Marian, MarianConfig};
+    let cfg_path = dir.join(CONFIG);
+    let value = read_config(dir)?;
+    if value.get("model_type").and_then(|v| v.as_str()) != Some("marian") {
+        return Err(Error::bad_file(&cfg_path, "model_type is not \"marian\""));
+    }
+    let config: MarianConfig = serde_json::from_value(value)
+        .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid Marian config: {e}")))?;
+    let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
+    let model = Marian::new(config, &mut pb)?;
+    let params = pb
+        .finish()
+        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
+    Ok((model, params))
+}
+
+/// Load any supported model folder just to collect its parameters (for export).
+pub fn load_params(dir: &Path, device: &Device) -> Result<Params> {
+    let value = read_config(dir)?;
+    match value.get("model_type").and_then(|v| v.as_str()) {
+        Some("gpt2") => Ok(load_gpt2_model(dir, device)?.1),
+        Some("llama") | Some("mistral") => Ok(load_llama_model(dir, device)?.1),
+        Some("bert") => Ok(load_bert_model(dir, device)?.1),
+        Some("marian") => Ok(load_marian(dir, device)?.1),
+        other => Err(Error::bad_file(
+            dir.join(CONFIG),
+            format!("model_type {other:?} is not supported (gpt2, llama, bert, marian)"),
+        )),
+    }
+}
+
+/// Copy a model folder to `out` with its weights converted to `dtype`: config (with
+/// `torch_dtype` set), weights, and the tokenizer and generation files when present.
+pub fn export(dir: &Path, out: &Path, dtype: candle_core::DType, device: &Device) -> Result<()> {
+    let params = load_params(dir, device)?;
+    let mut tensors = BTreeMap::new();
+    for (name, t) in params.tensors() {
+        tensors.insert(name, t.to_dtype(dtype)?);
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_safetensors(&out.join(WEIGHTS), &tensors)?;
+    for f in [
+        TOKENIZER,
+        GENERATION_CONFIG,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+    ] {
+        let src = dir.join(f);
+        if src.is_file() {
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            write_atomic(&out.join(f), &bytes)?;
+        }
+    }
+    let mut config = read_config(dir)?;
+    config["torch_dtype"] = match dtype {
+        candle_core::DType::F16 => "float16",
+        candle_core::DType::BF16 => "bfloat16",
+        _ => "float32",
+    }
+    .into();
+    write_json(&out.join(CONFIG), &config)
 }

@@ -129,8 +129,11 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(Error::bad_file(path, "tokenizer file not found"));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let mut inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
+        // attn pads batches itself (with attention masks); a fixed padding stored in
+        // the file would pad every single text.
+        inner.with_padding(None);
         Ok(Self::wrap(inner))
     }
 
@@ -188,6 +191,23 @@ impl Tokenizer {
             "the character {c:?} (U+{:04X}) at byte {byte} is not in the tokenizer's vocabulary",
             c as u32
         ))
+    }
+
+    /// Encode text as a model input: with the special tokens of the tokenizer's
+    /// post-processor (BERT's `[CLS] … [SEP]`, for example), truncated to `max_len`.
+    pub fn encode_for_model(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
+        let mut enc = self.inner.encode(text, true).map_err(tk_err)?;
+        if enc.len() > max_len {
+            // Keep the trailing special token(s) by re-encoding with truncation.
+            let mut t = self.inner.clone();
+            t.with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(tk_err)?;
+            enc = t.encode(text, true).map_err(tk_err)?;
+        }
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Decode ids to text (special tokens kept).

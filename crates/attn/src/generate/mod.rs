@@ -7,7 +7,7 @@ pub use sampler::{Sampler, SamplingConfig};
 
 use candle_core::{Device, Tensor, D};
 
-use crate::models::gpt2::Gpt2;
+use crate::models::CausalLm;
 use crate::nn::{KvCache, Mode};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
@@ -33,7 +33,7 @@ pub struct Generation {
 
 /// Logits of the last position for `ids`, run through the model with `cache`.
 fn next_logits(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     ids: &[u32],
     cache: &mut KvCache,
     device: &Device,
@@ -50,14 +50,14 @@ fn next_logits(
 /// model's end-of-text id. When the context window fills up, the most recent half of the
 /// sequence is kept and its cache recomputed.
 pub fn generate_ids(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     prompt: &[u32],
     max_new_tokens: usize,
     sampling: &SamplingConfig,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, FinishReason)> {
     sampling.validate()?;
-    let ctx = model.config.n_positions;
+    let ctx = model.context();
     if prompt.is_empty() || prompt.len() > ctx {
         return Err(Error::invalid(
             "prompt",
@@ -68,12 +68,16 @@ pub fn generate_ids(
         ));
     }
     let device = Device::Cpu;
-    let mut sampler = Sampler::new(sampling.clone(), model.config.vocab_size);
-    let mut cache = KvCache::new(model.config.n_layer);
+    let mut sampler = Sampler::new(sampling.clone(), model.vocab_size());
+    let mut cache = KvCache::new(model.n_layer());
     let mut logits = next_logits(model, prompt, &mut cache, &device)?;
     let mut history: Vec<u32> = prompt.to_vec();
     let mut generated = Vec::with_capacity(max_new_tokens);
-    let eos = model.config.eos_token_id;
+    let eos = if sampling.ignore_eos {
+        None
+    } else {
+        model.eos()
+    };
     while generated.len() < max_new_tokens {
         let next = sampler.sample(&mut logits, &history);
         if Some(next) == eos {
@@ -108,7 +112,7 @@ pub fn generate_ids(
 /// as it is complete (held back only while it could be the start of a stop string); it
 /// returns false to stop early.
 pub fn generate(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     prompt: &str,
     max_new_tokens: usize,
@@ -116,12 +120,11 @@ pub fn generate(
     stop: &[String],
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    let ctx = model.config.n_positions;
+    let ctx = model.context();
     let mut ids = tokenizer.encode(prompt)?;
     if ids.is_empty() {
         let start = model
-            .config
-            .bos_token_id
+            .bos()
             .or_else(|| tokenizer.encode("\n").ok().and_then(|v| v.first().copied()));
         match start {
             Some(id) => ids.push(id),
@@ -201,7 +204,7 @@ fn safe_prefix_len(text: &str, from: usize, stop: &[String]) -> usize {
 }
 
 /// Logits `[T, vocab]` of a whole sequence in one pass, without a cache (for checks).
-pub fn full_logits(model: &Gpt2, ids: &[u32]) -> Result<Tensor> {
+pub fn full_logits(model: &dyn CausalLm, ids: &[u32]) -> Result<Tensor> {
     let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
     Ok(model.forward(&x, None, &mut Mode::Eval)?.squeeze(0)?)
 }

@@ -15,6 +15,9 @@ pub struct SamplingConfig {
     /// positive and multiplied by it when negative. 1 disables it.
     pub repetition_penalty: f64,
     pub seed: u64,
+    /// Keep generating past the end-of-text token (for benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingConfig {
@@ -25,6 +28,7 @@ impl Default for SamplingConfig {
             top_p: None,
             repetition_penalty: 1.0,
             seed: 0,
+            ignore_eos: false,
         }
     }
 }

@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::models::gpt2::Gpt2;
+use crate::models::CausalLm;
 use crate::nn::Mode;
 use crate::{Error, Result};
 
@@ -21,7 +21,7 @@ pub struct Perplexity {
 }
 
 /// Sum of −log p(target) over the positions `from..` of each row.
-fn window_nll(model: &Gpt2, windows: &[&[u32]], from: &[usize]) -> Result<f64> {
+fn window_nll(model: &dyn CausalLm, windows: &[&[u32]], from: &[usize]) -> Result<f64> {
     let t = windows[0].len();
     let flat: Vec<u32> = windows.iter().flat_map(|w| w.iter().copied()).collect();
     let x = Tensor::from_vec(flat, (windows.len(), t), &Device::Cpu)?;
@@ -39,13 +39,13 @@ fn window_nll(model: &Gpt2, windows: &[&[u32]], from: &[usize]) -> Result<f64> {
 }
 
 pub fn perplexity(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     ids: &[u32],
     max_length: usize,
     stride: usize,
     batch: usize,
 ) -> Result<Perplexity> {
-    let ctx = model.config.n_positions;
+    let ctx = model.context();
     if max_length == 0 || max_length > ctx {
         return Err(Error::invalid(
             "max-length",

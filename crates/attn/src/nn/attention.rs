@@ -87,3 +87,36 @@ pub fn causal_attention(
     let w = dropout(&w, attn_pdrop, mode)?;
     Ok(w.matmul(v)?)
 }
+
+/// The additive padding mask `[B, 1, 1, Tk]` for `mask` `[B, Tk]` (1 = token, 0 =
+/// padding): 0 for tokens, the dtype's lowest value for padding, as transformers does.
+pub fn padding_mask(mask: &Tensor, dtype: candle_core::DType) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let m = mask.to_dtype(dtype)?;
+    let min = match dtype {
+        candle_core::DType::F64 => f64::MIN,
+        candle_core::DType::F32 => f32::MIN as f64,
+        _ => -65504.0,
+    };
+    Ok(((m.ones_like()? - &m)? * min)?.reshape((b, 1, 1, t))?)
+}
+
+/// softmax(q kᵀ / √d + mask) v without causality (encoders, cross-attention); `mask`
+/// is additive and broadcast to the scores `[B, H, Tq, Tk]`.
+pub fn masked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    pdrop: f32,
+    mode: &mut Mode,
+) -> Result<Tensor> {
+    let hd = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?)? * (1.0 / (hd as f64).sqrt()))?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let w = dropout(&softmax_last(&scores, mode)?, pdrop, mode)?;
+    Ok(w.matmul(v)?)
+}

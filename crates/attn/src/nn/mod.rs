@@ -4,7 +4,7 @@
 mod attention;
 mod params;
 
-pub use attention::{causal_attention, KvCache};
+pub use attention::{causal_attention, masked_attention, padding_mask, KvCache};
 pub use params::{Init, ParamBuilder, Params};
 
 use candle_core::{DType, Device, Tensor, D};
@@ -37,6 +37,21 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     };
     let mut out_dims = dims;
     *out_dims.last_mut().unwrap() = w.dim(1)?;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// `x @ wᵀ + b` with `w` stored `[out, in]` (PyTorch `nn.Linear`). `x` is `[..., in]`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_dim = *dims.last().unwrap();
+    let rows = x.elem_count() / in_dim;
+    let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = w.dim(0)?;
     Ok(y.reshape(out_dims)?)
 }
 

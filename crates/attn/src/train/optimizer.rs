@@ -196,7 +196,16 @@ mod tests {
         let mut pb = ParamBuilder::init(Rng::new(0), &dev);
         let w = pb.get("w", &[2, 2], Init::Ones).unwrap();
         let params = pb.finish().unwrap();
-        let mut opt = AdamW::new(&params, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 }).unwrap();
+        let mut opt = AdamW::new(
+            &params,
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+        )
+        .unwrap();
         // A "gradient" that is itself the result of ops on a parameter.
         let g = (w.sqr().unwrap() * 2.0).unwrap();
         assert!(g.track_op());

@@ -1,0 +1,39 @@
+//! `attn export`: write a model folder in HF layout with weights in a chosen dtype.
+
+use std::path::PathBuf;
+
+use attn::checkpoint::export;
+use attn::nn::default_device;
+use attn::Result;
+use candle_core::DType;
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Model folder to read (gpt2, llama, bert or marian).
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = ExportDtype::F32)]
+    dtype: ExportDtype,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let dtype = match a.dtype {
+        ExportDtype::F32 => DType::F32,
+        ExportDtype::F16 => DType::F16,
+        ExportDtype::Bf16 => DType::BF16,
+    };
+    export(&a.model, &a.out, dtype, &default_device())?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
