@@ -52,7 +52,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         top_p: a.top_p.or_else(|| g["top_p"].as_f64()),
         repetition_penalty: a.repetition_penalty,
         seed: a.seed,
-        ignore_eos: false,
+        ..Default::default()
     };
     sampling.validate()?;
     let mut out = std::io::stdout().lock();

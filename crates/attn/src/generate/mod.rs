@@ -138,6 +138,10 @@ pub fn generate(
     }
     let prompt_truncated = ids.len().saturating_sub(ctx.saturating_sub(1).max(1));
     ids.drain(..prompt_truncated);
+    let sampling = &SamplingConfig {
+        vocab_limit: Some(tokenizer.vocab_size()),
+        ..sampling.clone()
+    };
     let mut decoder = StreamDecoder::new(tokenizer);
     let mut text = String::new();
     let mut emitted = 0usize;

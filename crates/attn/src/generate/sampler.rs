@@ -18,6 +18,10 @@ pub struct SamplingConfig {
     /// Keep generating past the end-of-text token (for benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Only ids below this are ever chosen: a model's vocabulary can be larger than
+    /// its tokenizer's (padded embeddings), and those extra ids decode to nothing.
+    #[serde(default)]
+    pub vocab_limit: Option<usize>,
 }
 
 impl Default for SamplingConfig {
@@ -29,6 +33,7 @@ impl Default for SamplingConfig {
             repetition_penalty: 1.0,
             seed: 0,
             ignore_eos: false,
+            vocab_limit: None,
         }
     }
 }
@@ -80,6 +85,10 @@ impl Sampler {
     /// Pick the next id. `logits` is modified (penalties, temperature).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let c = &self.config;
+        let logits = match c.vocab_limit {
+            Some(n) if n > 0 && n < logits.len() => &mut logits[..n],
+            _ => logits,
+        };
         if c.repetition_penalty != 1.0 {
             self.seen.iter_mut().for_each(|s| *s = false);
             for &id in history {

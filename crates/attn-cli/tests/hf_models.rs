@@ -1,0 +1,218 @@
+//! `attn generate`, `eval perplexity`, `embed` and `export` on Hugging Face folders
+//! (the committed transformers fixtures and the real all-MiniLM-L6-v2).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn attn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attn"))
+        .args(args)
+        .output()
+        .expect("the attn binary runs")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../attn/tests/fixtures/hf")
+        .join(name)
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("attn-hfcli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of a fixture model with a char tokenizer of `n` tokens added.
+fn with_tokenizer(name: &str, n: usize, dir: &Path) -> PathBuf {
+    let m = dir.join(name);
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(name).join(f), m.join(f)).unwrap();
+    }
+    // Letters first (the prompts use them), then accented letters: no control characters.
+    let alphabet: String = ('A'..='Z')
+        .chain('a'..='z')
+        .chain('À'..='ÿ')
+        .filter(|c| *c != '×' && *c != '÷')
+        .take(n)
+        .collect();
+    assert_eq!(alphabet.chars().count(), n);
+    let text = dir.join("alphabet.txt");
+    std::fs::write(&text, &alphabet).unwrap();
+    ok(&attn(&[
+        "tokenizer",
+        "train",
+        "--kind",
+        "char",
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+    ]));
+    m
+}
+
+#[test]
+fn generate_and_perplexity_work_on_llama_and_gpt2_folders() {
+    let dir = temp("causal");
+    // The char tokenizer also gets "\n" from the file ending: n - 1 letters + newline.
+    for (name, vocab) in [("llama-gqa", 103), ("gpt2-tiny", 99)] {
+        let m = with_tokenizer(name, vocab - 1, &dir);
+        let mdir = m.to_str().unwrap();
+        let g1 = ok(&attn(&[
+            "generate",
+            "--model",
+            mdir,
+            "--prompt",
+            "ABC",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--no-echo",
+        ]));
+        let g2 = ok(&attn(&[
+            "generate",
+            "--model",
+            mdir,
+            "--prompt",
+            "ABC",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--no-echo",
+        ]));
+        assert_eq!(g1, g2);
+        assert!(g1.trim_end_matches('\n').chars().count() <= 12);
+        let data = dir.join("text.txt");
+        std::fs::write(&data, "ABCDEFGHIJKLMNOPQRSTUVWXYZ".repeat(8)).unwrap();
+        let p = ok(&attn(&[
+            "eval",
+            "perplexity",
+            "--model",
+            mdir,
+            "--data",
+            data.to_str().unwrap(),
+            "--max-length",
+            "32",
+            "--stride",
+            "16",
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        assert_eq!(v["tokens"], 26 * 8 - 1);
+        // A random model is close to uniform over its vocabulary.
+        let nll = v["nll"].as_f64().unwrap();
+        assert!((nll - (vocab as f64).ln()).abs() < 1.0, "{name}: nll {nll}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unknown_model_types_are_named() {
+    let o = attn(&[
+        "generate",
+        "--model",
+        fixture("bert-tiny").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("error:") && err.contains("\"bert\"") && err.contains("gpt2 or llama"),
+        "{err}"
+    );
+}
+
+#[test]
+fn embed_reproduces_sentence_transformers_for_minilm() {
+    let models = std::env::var_os("ATTN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models")
+        });
+    let model = models.join("all-MiniLM-L6-v2");
+    if !model.is_dir() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "{} missing under CI",
+            model.display()
+        );
+        eprintln!("skipping: {} not found", model.display());
+        return;
+    }
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("minilm").join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    let sentences: Vec<&str> = meta["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let dir = temp("embed");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, sentences.join("\n") + "\n").unwrap();
+    let out = ok(&attn(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--normalize",
+        "--batch-size",
+        "3",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let got = v["embeddings"].as_array().unwrap();
+    assert_eq!(got.len(), sentences.len());
+    let r = candle_core::safetensors::load(
+        fixture("minilm").join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = r["embeddings_normalized"].to_vec2::<f32>().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        let g: Vec<f64> = g
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(g.len(), 384);
+        let cos: f64 = g.iter().zip(w).map(|(a, b)| a * *b as f64).sum();
+        let diff = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - *b as f64).abs())
+            .fold(0.0, f64::max);
+        assert!(cos >= 0.99999 && diff <= 1e-4, "cos {cos}, diff {diff}");
+    }
+    // Without --normalize, vectors are the raw means (not unit length).
+    let raw = ok(&attn(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let first: Vec<f64> = v["embeddings"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let norm = first.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() > 1e-3, "norm {norm}");
+    std::fs::remove_dir_all(&dir).ok();
+}

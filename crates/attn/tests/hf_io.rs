@@ -1,0 +1,249 @@
+//! Reading and writing HF folders: sharded and half-precision weights, export round
+//! trips, errors that list what was expected and found, and the real MiniLM encoder.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use attn::checkpoint::{
+    export, load_bert, load_gpt2_model, load_params, read_safetensors, write_safetensors,
+};
+use attn::models::bert::{l2_normalize, mean_pool};
+use attn::models::CausalLm;
+use attn::nn::Mode;
+use candle_core::{DType, Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+fn logits(dir: &Path) -> Vec<f32> {
+    let r = read_safetensors(
+        &fixture("gpt2-tiny").join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let x = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let (model, _) = load_gpt2_model(dir, &Device::Cpu).unwrap();
+    model
+        .forward(&x, None, &mut Mode::Eval)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn sharded_weights_load_like_a_single_file() {
+    let dir = common::temp_dir("sharded");
+    common::copy_dir(&fixture("gpt2-tiny"), &dir);
+    let tensors = read_safetensors(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let mut shards = [BTreeMap::new(), BTreeMap::new()];
+    let mut map = serde_json::Map::new();
+    for (i, (k, v)) in tensors.into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        map.insert(k.clone(), file.into());
+        shards[i % 2].insert(k, v);
+    }
+    for (i, s) in shards.iter().enumerate() {
+        write_safetensors(
+            &dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+            s,
+        )
+        .unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    assert_eq!(logits(&dir), logits(&fixture("gpt2-tiny")));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn export_round_trips_in_every_dtype() {
+    let dir = common::temp_dir("export");
+    let want = logits(&fixture("gpt2-tiny"));
+    for (dtype, tol) in [(DType::F32, 0.0), (DType::F16, 2e-2), (DType::BF16, 1e-1)] {
+        let out = dir.join(format!("{dtype:?}"));
+        export(&fixture("gpt2-tiny"), &out, dtype, &Device::Cpu).unwrap();
+        let saved = read_safetensors(&out.join("model.safetensors"), &Device::Cpu).unwrap();
+        assert!(saved.values().all(|t| t.dtype() == dtype));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert!(cfg["torch_dtype"].is_string());
+        let d = max_diff(&logits(&out), &want);
+        assert!(d <= tol, "{dtype:?}: logits differ by {d}");
+    }
+    // Every family exports the tensors it loaded, under the same names.
+    for name in ["llama-gqa", "llama-tied-6heads", "bert-tiny", "marian-tiny"] {
+        let out = dir.join(name);
+        export(&fixture(name), &out, DType::F32, &Device::Cpu).unwrap();
+        let a = read_safetensors(&fixture(name).join("model.safetensors"), &Device::Cpu).unwrap();
+        let b = read_safetensors(&out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let mut ka: Vec<_> = a.keys().collect();
+        let mut kb: Vec<_> = b.keys().collect();
+        ka.sort();
+        kb.sort();
+        assert_eq!(ka, kb, "{name}: exported names differ");
+        load_params(&out, &Device::Cpu).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn rewrite(dir: &Path, f: impl FnOnce(&mut BTreeMap<String, Tensor>)) {
+    let mut t: BTreeMap<String, Tensor> =
+        read_safetensors(&dir.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .collect();
+    f(&mut t);
+    write_safetensors(&dir.join("model.safetensors"), &t).unwrap();
+}
+
+#[test]
+fn mismatched_checkpoints_list_expected_and_found() {
+    let dir = common::temp_dir("mismatch");
+    let case = |name: &str| -> PathBuf {
+        let d = dir.join(name);
+        common::copy_dir(&fixture("gpt2-tiny"), &d);
+        d
+    };
+    let err = |d: &Path| {
+        load_params(d, &Device::Cpu)
+            .err()
+            .expect("loading must fail")
+            .to_string()
+    };
+
+    let d = case("missing");
+    rewrite(&d, |t| {
+        t.remove("transformer.h.1.mlp.c_fc.weight");
+    });
+    let e = err(&d);
+    assert!(
+        e.contains("missing tensors: transformer.h.1.mlp.c_fc.weight [32, 128]"),
+        "{e}"
+    );
+
+    let d = case("unexpected");
+    rewrite(&d, |t| {
+        t.insert(
+            "transformer.h.9.extra".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = err(&d);
+    assert!(
+        e.contains("unexpected tensors: transformer.h.9.extra"),
+        "{e}"
+    );
+
+    let d = case("shape");
+    rewrite(&d, |t| {
+        t.insert(
+            "transformer.ln_f.bias".into(),
+            Tensor::zeros(31, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = err(&d);
+    assert!(
+        e.contains("transformer.ln_f.bias: expected [32], found [31]"),
+        "{e}"
+    );
+
+    let d = case("unknown-type");
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"gpt2\"", "\"gpt-j\"");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = err(&d);
+    assert!(
+        e.contains("gpt-j") && e.contains("gpt2, llama, bert, marian"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// all-MiniLM-L6-v2 reproduces sentence-transformers' embeddings (recorded by
+/// scripts/make_hf_fixtures.py) through attn's own tokenizer and encoder.
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let Some(models) = common::models_dir() else {
+        return;
+    };
+    let dir = models.join("all-MiniLM-L6-v2");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("minilm").join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    let r = read_safetensors(
+        &fixture("minilm").join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loaded = load_bert(&dir, &Device::Cpu).unwrap();
+    assert_eq!(loaded.max_len, 256);
+    let sentences: Vec<&str> = meta["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let want_ids = r["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    let want_mask = r["attention_mask"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    let t = want_ids[0].len();
+    let (mut ids, mut mask) = (vec![], vec![]);
+    for (i, s) in sentences.iter().enumerate() {
+        let e = loaded
+            .tokenizer
+            .encode_for_model(s, loaded.max_len)
+            .unwrap();
+        let n = want_mask[i].iter().sum::<u32>() as usize;
+        assert_eq!(e, want_ids[i][..n], "token ids of {s:?}");
+        ids.extend(e.iter().copied().chain(std::iter::repeat(0)).take(t));
+        mask.extend((0..t).map(|j| u32::from(j < e.len())));
+    }
+    let ids = Tensor::from_vec(ids, (sentences.len(), t), &Device::Cpu).unwrap();
+    let mask = Tensor::from_vec(mask, (sentences.len(), t), &Device::Cpu).unwrap();
+    let out = loaded
+        .model
+        .forward(&ids, &mask, None, &mut Mode::Eval)
+        .unwrap();
+    let emb = l2_normalize(&mean_pool(&out.last_hidden_state, &mask).unwrap()).unwrap();
+    let got = emb.to_vec2::<f32>().unwrap();
+    let want = r["embeddings_normalized"].to_vec2::<f32>().unwrap();
+    let mut worst_cos = 1f64;
+    let mut worst_abs = 0f32;
+    for (g, w) in got.iter().zip(&want) {
+        let cos: f64 = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        worst_cos = worst_cos.min(cos);
+        worst_abs = worst_abs.max(max_diff(g, w));
+    }
+    eprintln!("MiniLM: worst cosine {worst_cos:.9}, max abs difference {worst_abs:.3e}");
+    assert!(worst_cos >= 0.99999, "cosine {worst_cos}");
+    assert!(worst_abs <= 1e-4, "max abs difference {worst_abs}");
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Check that model folders written by attn load in Hugging Face transformers
+unchanged and compute the same numbers.
+
+1. For every fixture under crates/attn/tests/fixtures/hf (gpt2, llama, bert,
+   marian), run `attn export --model FIXTURE --out TMP/NAME`, load the result with
+   transformers (`output_loading_info=True`), require no missing and no unexpected
+   keys, and compare its outputs on the fixture's recorded inputs with the recorded
+   reference (max abs difference printed).
+2. With --trained DIR (a folder written by `attn train`), load it as a
+   GPT2LMHeadModel with its tokenizer.json through `tokenizers`, score a text with
+   disjoint windows of the model's context, and compare with
+   `attn eval perplexity --json` on the same text.
+
+    /work/venv/bin/python scripts/check_hf_export.py --attn target/release/attn \
+        [--trained runs/shakespeare --text held-out.txt]
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from transformers import (BertForSequenceClassification, GPT2LMHeadModel,
+                          LlamaForCausalLM, MarianMTModel)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "crates", "attn", "tests", "fixtures", "hf")
+CLASSES = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM,
+           "bert": BertForSequenceClassification, "marian": MarianMTModel}
+
+
+def outputs(kind, model, ref):
+    with torch.no_grad():
+        if kind in ("gpt2", "llama"):
+            return model(ref["input_ids"]).logits
+        if kind == "bert":
+            return model(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
+                         token_type_ids=ref["token_type_ids"]).logits
+        return model(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
+                     decoder_input_ids=ref["decoder_input_ids"]).logits
+
+
+def check_exports(attn, tmp, dtypes):
+    failures = 0
+    for name in sorted(os.listdir(FIXTURES)):
+        kind = name.split("-")[0]
+        if kind not in CLASSES:
+            continue
+        ref = load_file(os.path.join(FIXTURES, name, "reference.safetensors"))
+        for dtype in dtypes:
+            out = os.path.join(tmp, f"{name}-{dtype}")
+            subprocess.run([attn, "export", "--model", os.path.join(FIXTURES, name), "--out", out,
+                            "--dtype", dtype], check=True, capture_output=True)
+            model, info = CLASSES[kind].from_pretrained(out, output_loading_info=True,
+                                                        dtype=torch.float32)
+            model.eval()
+            missing, unexpected = info["missing_keys"], info["unexpected_keys"]
+            diff = (outputs(kind, model, ref) - ref["logits"]).abs().max().item()
+            tol = 1e-5 if dtype == "f32" else 5e-2
+            ok = not missing and not unexpected and diff <= tol
+            failures += not ok
+            print(f"{name:20s} {dtype:5s} missing={list(missing)} unexpected={list(unexpected)} "
+                  f"max|logits diff|={diff:.3e} {'ok' if ok else 'FAIL'}")
+    return failures
+
+
+def check_trained(attn, model_dir, text_path):
+    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    with open(text_path, encoding="utf-8") as f:
+        text = f.read()
+    ids = torch.tensor([tok.encode(text, add_special_tokens=False).ids])
+    ctx = model.config.n_positions
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, ids.shape[1], ctx):
+            window = ids[:, begin:begin + ctx]
+            if window.shape[1] < 2:
+                continue
+            loss = model(window, labels=window).loss.item()
+            total += loss * (window.shape[1] - 1)
+            count += window.shape[1] - 1
+    ref = json.loads(subprocess.run([attn, "eval", "perplexity", "--model", model_dir, "--data",
+                                     text_path, "--json"], check=True, capture_output=True,
+                                    text=True).stdout)
+    nll = total / count
+    ok = count == ref["tokens"] and abs(nll - ref["nll"]) < 1e-4
+    print(f"trained {model_dir}: transformers nll {nll:.6f} over {count} tokens, "
+          f"attn nll {ref['nll']:.6f} over {ref['tokens']} {'ok' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--attn", required=True, help="path to the attn binary")
+    p.add_argument("--dtypes", nargs="+", default=["f32", "f16", "bf16"])
+    p.add_argument("--trained", help="a folder written by attn train")
+    p.add_argument("--text", help="text to score with --trained")
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        failures = check_exports(os.path.abspath(a.attn), tmp, a.dtypes)
+    if a.trained:
+        failures += check_trained(os.path.abspath(a.attn), a.trained, a.text)
+    print("all checks passed" if failures == 0 else f"{failures} checks failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
