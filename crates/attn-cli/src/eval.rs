@@ -13,6 +13,62 @@ use clap::{Args, Subcommand};
 pub enum EvalCommand {
     /// Perplexity of a language model on a text file.
     Perplexity(PerplexityArgs),
+    /// Accuracy, precision, recall, F1 and the confusion matrix of predicted labels
+    /// against gold labels (one label per line in each file), as scikit-learn computes them.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Args)]
+pub struct ClassifyArgs {
+    #[arg(long)]
+    pred: PathBuf,
+    #[arg(long)]
+    gold: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = read_text(path, Encoding::Utf8)?;
+    let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    if let Some(i) = labels.iter().position(|l| l.is_empty()) {
+        return Err(attn::Error::bad_file(
+            path,
+            format!("line {}: empty label", i + 1),
+        ));
+    }
+    Ok(labels)
+}
+
+fn run_classify(a: ClassifyArgs) -> Result<()> {
+    let report =
+        attn::metrics::classification_report(&read_labels(&a.gold)?, &read_labels(&a.pred)?)?;
+    if a.json {
+        crate::print_json(&report.to_json());
+    } else {
+        println!("accuracy {:.4}", report.accuracy);
+        println!(
+            "{:>20} {:>9} {:>9} {:>9} {:>8}",
+            "", "precision", "recall", "f1", "support"
+        );
+        for (l, c) in &report.per_class {
+            println!(
+                "{:>20} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+                l, c.precision, c.recall, c.f1, c.support
+            );
+        }
+        for (name, p) in [
+            ("macro", &report.macro_avg),
+            ("micro", &report.micro),
+            ("weighted", &report.weighted),
+        ] {
+            println!(
+                "{:>20} {:>9.4} {:>9.4} {:>9.4}",
+                name, p.precision, p.recall, p.f1
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -40,7 +96,10 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
-    let EvalCommand::Perplexity(a) = cmd;
+    let a = match cmd {
+        EvalCommand::Perplexity(a) => a,
+        EvalCommand::Classify(a) => return run_classify(a),
+    };
     let loaded = load_causal_lm(&a.model, &default_device())?;
     let text = normalize(&read_text(&a.data, a.encoding)?);
     let ids = loaded.tokenizer.encode(&text)?;

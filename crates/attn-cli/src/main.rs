@@ -3,6 +3,7 @@
 //! with a non-zero exit code.
 
 mod bench;
+mod classify;
 mod embed;
 mod eval;
 mod export;
@@ -46,6 +47,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate text from a trained model, streaming it to stdout.
     Generate(generate::GenerateArgs),
+    /// Text classification: train, predict, evaluate.
+    #[command(subcommand)]
+    Classify(classify::ClassifyCommand),
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(c) => tokenizer::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Embed(a) => embed::run(a),
+        Command::Classify(c) => classify::run(c),
         Command::Export(a) => export::run(a),
     };
     match result {

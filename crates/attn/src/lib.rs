@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod rng;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 

@@ -124,6 +124,31 @@ impl Tokenizer {
         Ok(Self::wrap(inner))
     }
 
+    /// Add BERT's `[PAD]`, `[CLS]`, `[SEP]` and a post-processor that wraps every input
+    /// as `[CLS] text [SEP]`, for encoders trained here. Returns the `[PAD]` id.
+    pub fn add_classifier_specials(&mut self) -> Result<u32> {
+        let specials: Vec<AddedToken> = ["[PAD]", "[CLS]", "[SEP]"]
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        self.inner.add_special_tokens(specials).map_err(tk_err)?;
+        let id = |t: &str| {
+            self.token_to_id(t)
+                .ok_or_else(|| Error::Tokenizer(format!("{t} was not added")))
+        };
+        let (pad, cls, sep) = (id("[PAD]")?, id("[CLS]")?, id("[SEP]")?);
+        let post = tokenizers::processors::template::TemplateProcessing::builder()
+            .try_single("[CLS] $A [SEP]")
+            .map_err(tk_err)?
+            .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
+            .map_err(tk_err)?
+            .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+            .build()
+            .map_err(tk_err)?;
+        self.inner.with_post_processor(Some(post));
+        Ok(pad)
+    }
+
     /// Load a `tokenizer.json` file.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {

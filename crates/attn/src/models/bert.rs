@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor, D};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::nn::{
     dropout, layer_norm, linear, masked_attention, padding_mask, Init, Mode, ParamBuilder,
@@ -27,7 +27,7 @@ fn default_drop() -> f32 {
     0.1
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -59,6 +59,80 @@ pub struct BertConfig {
 }
 
 impl BertConfig {
+    /// A classifier config with BERT's defaults for everything but the shape.
+    pub fn classifier(
+        vocab_size: usize,
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        max_len: usize,
+        labels: &[String],
+    ) -> Self {
+        BertConfig {
+            vocab_size,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: 4 * hidden,
+            max_position_embeddings: max_len,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            pad_token_id: Some(0),
+            position_embedding_type: Some("absolute".into()),
+            id2label: None,
+            num_labels: None,
+            architectures: None,
+        }
+        .with_labels(labels)
+    }
+
+    /// Set the label names (HF's `id2label`, `num_labels`) and mark the config as a
+    /// sequence classifier.
+    pub fn with_labels(mut self, labels: &[String]) -> Self {
+        self.id2label = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.clone()))
+                .collect(),
+        );
+        self.num_labels = Some(labels.len());
+        self.architectures = Some(vec!["BertForSequenceClassification".into()]);
+        self
+    }
+
+    /// Label names in id order.
+    pub fn label_names(&self) -> Vec<String> {
+        let n = self.labels();
+        (0..n)
+            .map(|i| {
+                self.id2label
+                    .as_ref()
+                    .and_then(|m| m.get(&i.to_string()).cloned())
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
+    }
+
+    /// The HF `config.json` content.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let o = v.as_object_mut().unwrap();
+        o.insert("model_type".into(), "bert".into());
+        if let Some(m) = &self.id2label {
+            let l2i: serde_json::Map<String, serde_json::Value> = m
+                .iter()
+                .map(|(i, l)| (l.clone(), i.parse::<u64>().unwrap_or(0).into()))
+                .collect();
+            o.insert("label2id".into(), l2i.into());
+        }
+        o.retain(|_, v| !v.is_null());
+        v
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -116,7 +190,40 @@ impl BertConfig {
     }
 }
 
+/// Low-rank adapters on the query and value projections (Hu et al. 2021): the layer
+/// computes `W x + (α/r) B A x` with `A` `[r, in]` and `B` `[out, r]`; B starts at zero
+/// so training starts from the pretrained function.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+}
+
+/// The projections LoRA adapts, as HF module names inside a layer.
+pub const LORA_TARGETS: [&str; 2] = ["attention.self.query", "attention.self.value"];
+
+struct Lora {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+impl Lora {
+    fn apply(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let d = linear(&linear(x, &self.a, None)?, &self.b, None)?;
+        Ok((y + (d * self.scale)?)?)
+    }
+}
+
 struct Layer {
+    lora_q: Option<Lora>,
+    lora_v: Option<Lora>,
     q: (Tensor, Tensor),
     k: (Tensor, Tensor),
     v: (Tensor, Tensor),
@@ -159,6 +266,19 @@ impl Bert {
         with_pooler: bool,
         num_labels: Option<usize>,
     ) -> Result<Self> {
+        Self::with_lora(config, pb, prefix, with_pooler, num_labels, None)
+    }
+
+    /// As [`Bert::new`], with LoRA adapters on every layer's query and value
+    /// projections (parameters `<module>.lora_A.weight` and `<module>.lora_B.weight`).
+    pub fn with_lora(
+        config: BertConfig,
+        pb: &mut ParamBuilder,
+        prefix: &str,
+        with_pooler: bool,
+        num_labels: Option<usize>,
+        lora: Option<LoraConfig>,
+    ) -> Result<Self> {
         config.validate()?;
         let h = config.hidden_size;
         let normal = Init::Normal { std: 0.02 };
@@ -197,7 +317,28 @@ impl Bert {
         let mut layers = vec![];
         for l in 0..config.num_hidden_layers {
             let q = p(&format!("encoder.layer.{l}"));
+            let adapter = |pb: &mut ParamBuilder, module: &str| -> Result<Option<Lora>> {
+                let Some(cfg) = lora else { return Ok(None) };
+                let name = format!("{q}.{module}");
+                let a = pb.get(
+                    &format!("{name}.lora_A.weight"),
+                    &[cfg.r, h],
+                    Init::Normal {
+                        std: 1.0 / (h as f64).sqrt(),
+                    },
+                )?;
+                let b = pb.get(&format!("{name}.lora_B.weight"), &[h, cfg.r], Init::Zeros)?;
+                Ok(Some(Lora {
+                    a,
+                    b,
+                    scale: cfg.scale(),
+                }))
+            };
+            let lora_q = adapter(pb, LORA_TARGETS[0])?;
+            let lora_v = adapter(pb, LORA_TARGETS[1])?;
             layers.push(Layer {
+                lora_q,
+                lora_v,
                 q: lin(pb, &format!("{q}.attention.self.query"), h, h)?,
                 k: lin(pb, &format!("{q}.attention.self.key"), h, h)?,
                 v: lin(pb, &format!("{q}.attention.self.value"), h, h)?,
@@ -289,13 +430,18 @@ impl Bert {
         let mask = padding_mask(attention_mask, x.dtype())?;
         let mut hidden_states = vec![x.clone()];
         for layer in &self.layers {
-            let heads = |p: &(Tensor, Tensor)| -> Result<Tensor> {
-                Ok(linear(&x, &p.0, Some(&p.1))?
-                    .reshape((b, t, nh, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
+            let heads = |p: &(Tensor, Tensor), lora: &Option<Lora>| -> Result<Tensor> {
+                let mut y = linear(&x, &p.0, Some(&p.1))?;
+                if let Some(l) = lora {
+                    y = l.apply(&x, y)?;
+                }
+                Ok(y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
             };
-            let (q, k, v) = (heads(&layer.q)?, heads(&layer.k)?, heads(&layer.v)?);
+            let (q, k, v) = (
+                heads(&layer.q, &layer.lora_q)?,
+                heads(&layer.k, &None)?,
+                heads(&layer.v, &layer.lora_v)?,
+            );
             let y = masked_attention(
                 &q,
                 &k,

@@ -39,6 +39,18 @@ impl Params {
         self.vars.is_empty()
     }
 
+    /// The parameters whose names satisfy `keep`.
+    pub fn filter(&self, keep: impl Fn(&str) -> bool) -> Params {
+        Params {
+            vars: self
+                .vars
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
     /// Total number of scalars.
     pub fn count(&self) -> usize {
         self.vars.values().map(|v| v.elem_count()).sum()
@@ -60,8 +72,15 @@ enum Source {
 
 /// Hands out parameters to a model's constructor, either freshly initialised or looked
 /// up in a loaded checkpoint (checking shapes, and afterwards that nothing was left over).
+type NamePredicate = Box<dyn Fn(&str) -> bool>;
+
 pub struct ParamBuilder {
     source: Source,
+    /// When loading: parameters absent from the checkpoint that may be created fresh
+    /// (a new classification head, LoRA adapters), with the generator to draw them.
+    init_missing: Option<(Rng, NamePredicate)>,
+    /// Parameters handed out detached: they are saved but get no gradient.
+    frozen: Option<NamePredicate>,
     device: Device,
     dtype: DType,
     params: Params,
@@ -80,6 +99,19 @@ impl ParamBuilder {
         Self::with_source(Source::Load(tensors), device)
     }
 
+    /// When loading, create the parameters for which `allowed` is true if the checkpoint
+    /// lacks them, drawing from `rng`.
+    pub fn init_missing(mut self, rng: Rng, allowed: impl Fn(&str) -> bool + 'static) -> Self {
+        self.init_missing = Some((rng, Box::new(allowed)));
+        self
+    }
+
+    /// Hand out the parameters for which `frozen` is true without gradient tracking.
+    pub fn freeze(mut self, frozen: impl Fn(&str) -> bool + 'static) -> Self {
+        self.frozen = Some(Box::new(frozen));
+        self
+    }
+
     /// Keep parameters in `dtype` (f32 by default; f64 for gradient checks).
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
@@ -89,6 +121,8 @@ impl ParamBuilder {
     fn with_source(source: Source, device: &Device) -> Self {
         ParamBuilder {
             source,
+            init_missing: None,
+            frozen: None,
             device: device.clone(),
             dtype: DType::F32,
             params: Params::default(),
@@ -101,17 +135,22 @@ impl ParamBuilder {
     /// collected and reported together by [`ParamBuilder::finish`]; until then a
     /// placeholder of the right shape is returned.
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let fresh = |rng: &mut Rng, device: &Device, dtype: DType| -> Result<Tensor> {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = match init {
+                Init::Zeros => vec![0.0; n],
+                Init::Ones => vec![1.0; n],
+                Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
+            };
+            Ok(Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?)
+        };
         let t = match &mut self.source {
-            Source::Init(rng) => {
-                let n: usize = shape.iter().product();
-                let data: Vec<f32> = match init {
-                    Init::Zeros => vec![0.0; n],
-                    Init::Ones => vec![1.0; n],
-                    Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
-                };
-                Tensor::from_vec(data, shape, &self.device)?.to_dtype(self.dtype)?
-            }
+            Source::Init(rng) => fresh(rng, &self.device, self.dtype)?,
             Source::Load(map) => match map.remove(name) {
+                None if self.init_missing.as_ref().is_some_and(|(_, ok)| ok(name)) => {
+                    let (rng, _) = self.init_missing.as_mut().unwrap();
+                    fresh(rng, &self.device, self.dtype)?
+                }
                 None => {
                     self.missing.push(format!("{name} {shape:?}"));
                     Tensor::zeros(shape, self.dtype, &self.device)?
@@ -125,7 +164,11 @@ impl ParamBuilder {
             },
         };
         let var = Var::from_tensor(&t)?;
-        let out = var.as_tensor().clone();
+        let out = if self.frozen.as_ref().is_some_and(|f| f(name)) {
+            var.as_tensor().detach()
+        } else {
+            var.as_tensor().clone()
+        };
         self.params.vars.insert(name.to_string(), var);
         Ok(out)
     }

@@ -1,0 +1,263 @@
+//! `attn classify train | predict | eval`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use attn::data::labelled::{read_labelled, split_holdout};
+use attn::data::Encoding;
+use attn::models::bert::LoraConfig;
+use attn::nn::default_device;
+use attn::tasks::classify::{train, Classifier, ClassifyConfig, ClassifyEvent, Start};
+use attn::{Error, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Subcommand)]
+pub enum ClassifyCommand {
+    /// Train a text classifier from labelled data (from scratch or by fine-tuning --model).
+    Train(TrainArgs),
+    /// Label texts read from stdin, one per line.
+    Predict(PredictArgs),
+    /// Score a classifier on labelled data.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training data: TSV (label<TAB>text), CSV with label,text header, JSONL, or a
+    /// folder with one file per class.
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data (same formats); without it a fraction of --data is held out.
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    /// Fraction held out when --valid is not given (shuffled with --seed).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Pretrained HF BERT folder to fine-tune.
+    #[arg(long, conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// Train from scratch: bert-small (4 layers × 256) or bert-tiny (2 layers × 128).
+    #[arg(long)]
+    preset: Option<String>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "utf8")]
+    encoding: Encoding,
+    /// LoRA rank: adapters on the query and value projections instead of full fine-tuning.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Save LoRA adapters in adapter_model.safetensors instead of merging them.
+    #[arg(long)]
+    lora_separate: bool,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Tokenizer for training from scratch: bpe:N or char.
+    #[arg(long)]
+    tokenizer: Option<String>,
+    #[arg(long)]
+    dropout: Option<f32>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Print one JSON object per line with the label and every class probability.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "utf8")]
+    encoding: Encoding,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+pub fn run(cmd: ClassifyCommand) -> Result<()> {
+    match cmd {
+        ClassifyCommand::Train(a) => run_train(a),
+        ClassifyCommand::Predict(a) => run_predict(a),
+        ClassifyCommand::Eval(a) => run_eval(a),
+    }
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let mut cfg = ClassifyConfig {
+        seed: a.seed,
+        merge_lora: !a.lora_separate,
+        ..Default::default()
+    };
+    let start = match (&a.model, a.preset.as_deref()) {
+        (Some(m), _) => Start::Pretrained(m.clone()),
+        (None, Some("bert-small")) | (None, None) => {
+            cfg.lr = 5e-4;
+            cfg.epochs = 4;
+            Start::Scratch
+        }
+        (None, Some("bert-tiny")) => {
+            cfg.lr = 1e-3;
+            cfg.hidden = 128;
+            cfg.layers = 2;
+            cfg.heads = 2;
+            Start::Scratch
+        }
+        (None, Some(p)) => {
+            return Err(Error::invalid(
+                "preset",
+                format!("unknown preset {p:?} (bert-small, bert-tiny)"),
+            ))
+        }
+    };
+    if let Some(r) = a.lora_rank {
+        cfg.lora = Some(LoraConfig {
+            r,
+            lora_alpha: a.lora_alpha,
+        });
+        cfg.lr = 5e-4;
+    }
+    macro_rules! set { ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* }; }
+    set!(
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        warmup_ratio,
+        max_len,
+        tokenizer,
+        dropout
+    );
+    cfg.validate()?;
+    let data = read_labelled(&a.data, a.encoding)?;
+    let (train_set, val_set) = match &a.valid {
+        Some(v) => (data, read_labelled(v, a.encoding)?),
+        None => split_holdout(data, a.val_fraction, a.seed)?,
+    };
+    eprintln!(
+        "{} training / {} validation examples",
+        train_set.len(),
+        val_set.len()
+    );
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}").unwrap(),
+    );
+    let summary = train(
+        &cfg,
+        &start,
+        &train_set,
+        &val_set,
+        &a.out,
+        &default_device(),
+        &mut |e| match e {
+            ClassifyEvent::Step { step, total, loss } => {
+                pb.set_length(total as u64);
+                pb.set_position(step as u64);
+                pb.set_message(format!("loss {loss:.4}"));
+            }
+            ClassifyEvent::Epoch(r) => pb.suspend(|| {
+                eprintln!(
+                    "epoch {}: train loss {:.4}, val accuracy {:.4}, macro F1 {:.4} ({:.0} s){}",
+                    r.epoch,
+                    r.train_loss,
+                    r.val_accuracy,
+                    r.val_macro_f1,
+                    r.seconds,
+                    if r.best { " (best, saved)" } else { "" }
+                )
+            }),
+        },
+    )?;
+    pb.finish_and_clear();
+    eprintln!(
+        "best epoch {} (val accuracy {:.4}); trained {} of {} parameters ({:.2}%) in {:.0} s; model in {}",
+        summary.best_epoch,
+        summary.best_val_accuracy,
+        summary.trainable_params,
+        summary.total_params,
+        100.0 * summary.trainable_params as f64 / summary.total_params as f64,
+        summary.train_seconds,
+        a.out.display()
+    );
+    if a.json {
+        crate::print_json(&serde_json::to_value(&summary).unwrap());
+    }
+    Ok(())
+}
+
+fn run_predict(a: PredictArgs) -> Result<()> {
+    let clf = Classifier::load(&a.model, &default_device())?;
+    let texts: Vec<String> = std::io::stdin()
+        .lock()
+        .lines()
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::invalid("stdin", format!("cannot read the texts: {e}")))?;
+    let texts: Vec<String> = texts.iter().map(|t| attn::data::normalize(t)).collect();
+    let probs = clf.predict(&texts, a.batch_size)?;
+    let mut out = std::io::stdout().lock();
+    for p in probs {
+        let best = (0..p.len())
+            .max_by(|&x, &y| p[x].total_cmp(&p[y]))
+            .unwrap_or(0);
+        let line = if a.json {
+            let probs: serde_json::Map<String, serde_json::Value> = clf
+                .labels
+                .iter()
+                .zip(&p)
+                .map(|(l, v)| (l.clone(), (*v as f64).into()))
+                .collect();
+            serde_json::json!({ "label": clf.labels[best], "probabilities": probs }).to_string()
+        } else {
+            clf.labels[best].clone()
+        };
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    let clf = Classifier::load(&a.model, &default_device())?;
+    let data = read_labelled(&a.data, a.encoding)?;
+    let report = clf.evaluate(&data, a.batch_size)?;
+    if a.json {
+        crate::print_json(&report.to_json());
+    } else {
+        println!(
+            "accuracy {:.4}; macro P {:.4} R {:.4} F1 {:.4} over {} examples",
+            report.accuracy,
+            report.macro_avg.precision,
+            report.macro_avg.recall,
+            report.macro_avg.f1,
+            data.len()
+        );
+    }
+    Ok(())
+}

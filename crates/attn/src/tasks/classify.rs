@@ -1,0 +1,649 @@
+//! Text classification with a BERT-style encoder and a linear head on the pooled
+//! output: training from scratch (with a tokenizer trained on the training text),
+//! fine-tuning a pretrained HF BERT fully or with LoRA adapters, prediction and
+//! evaluation. Texts are batched by length, padded, and masked, so padding never
+//! changes a text's logits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, read_json, read_weights, write_json, write_safetensors};
+use crate::data::labelled::Example;
+use crate::metrics::{classification_report, ClassificationReport};
+use crate::models::bert::{Bert, BertConfig, LoraConfig, LORA_TARGETS};
+use crate::nn::{cross_entropy, Mode, ParamBuilder, Params};
+use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use crate::train::optimizer::{clip_global_norm, AdamW, AdamWConfig};
+use crate::{Error, Result};
+
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Fraction of the steps spent warming the learning rate up (then linear decay to 0).
+    pub warmup_ratio: f64,
+    pub grad_clip: f64,
+    /// Longest input in tokens (special tokens included); longer texts are truncated.
+    pub max_len: usize,
+    pub seed: u64,
+    /// LoRA adapters instead of full fine-tuning (pretrained models only).
+    pub lora: Option<LoraConfig>,
+    /// Save LoRA adapters merged into the weights (an ordinary HF folder), or beside them.
+    pub merge_lora: bool,
+    /// From-scratch encoder shape and tokenizer.
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// `bpe:N` or `char` for a tokenizer trained on the training texts.
+    pub tokenizer: String,
+    pub dropout: f32,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        ClassifyConfig {
+            epochs: 3,
+            batch_size: 32,
+            lr: 5e-5,
+            weight_decay: 0.01,
+            warmup_ratio: 0.1,
+            grad_clip: 1.0,
+            max_len: 128,
+            seed: 42,
+            lora: None,
+            merge_lora: true,
+            hidden: 256,
+            layers: 4,
+            heads: 4,
+            tokenizer: "bpe:8000".into(),
+            dropout: 0.1,
+        }
+    }
+}
+
+impl ClassifyConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("epochs", self.epochs),
+            ("batch-size", self.batch_size),
+            ("max-len", self.max_len),
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("heads", self.heads),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(name, "must be at least 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid(
+                "lr",
+                format!("{} must be a positive number", self.lr),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(Error::invalid(
+                "warmup-ratio",
+                format!("{} is not in [0, 1)", self.warmup_ratio),
+            ));
+        }
+        if let Some(l) = &self.lora {
+            if l.r == 0 {
+                return Err(Error::invalid("lora-rank", "must be at least 1"));
+            }
+        }
+        if self.hidden % self.heads != 0 {
+            return Err(Error::invalid(
+                "heads",
+                format!("hidden {} is not divisible by {}", self.hidden, self.heads),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A trained classifier: encoder with head, tokenizer, label names.
+pub struct Classifier {
+    pub model: Bert,
+    pub params: Params,
+    pub tokenizer: Tokenizer,
+    pub labels: Vec<String>,
+    pub max_len: usize,
+    pad: u32,
+    /// The checkpoint's name prefix for encoder tensors (`"bert."` or `""`).
+    prefix: String,
+    lora: Option<LoraConfig>,
+}
+
+fn is_lora(name: &str) -> bool {
+    name.contains(".lora_A.") || name.contains(".lora_B.")
+}
+
+fn is_head(name: &str) -> bool {
+    name.starts_with("classifier.")
+}
+
+/// Fold `<module>.lora_A/B.weight` pairs into `<module>.weight` (W + scale·B·A) and
+/// drop them.
+fn merge_adapters(tensors: &mut BTreeMap<String, Tensor>, scale: f64) -> Result<()> {
+    let modules: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
+        .collect();
+    for m in modules {
+        let a = tensors.remove(&format!("{m}.lora_A.weight")).unwrap();
+        let b = tensors
+            .remove(&format!("{m}.lora_B.weight"))
+            .ok_or_else(|| Error::Model(format!("adapter {m} has lora_A but no lora_B")))?;
+        let w = tensors
+            .get(&format!("{m}.weight"))
+            .ok_or_else(|| Error::Model(format!("adapter {m} has no base weight {m}.weight")))?;
+        let merged = (w + (b.matmul(&a)? * scale)?)?;
+        tensors.insert(format!("{m}.weight"), merged);
+    }
+    Ok(())
+}
+
+impl Classifier {
+    /// Load a classifier folder written by [`train`] (or any HF
+    /// `BertForSequenceClassification` folder); LoRA adapters saved beside the weights
+    /// are merged in.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join(checkpoint::CONFIG);
+        let config: BertConfig = serde_json::from_value(checkpoint::read_config(dir)?)
+            .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
+        if !config.is_classifier() {
+            return Err(Error::bad_file(
+                &cfg_path,
+                "not a sequence classifier (architectures lacks BertForSequenceClassification)",
+            ));
+        }
+        let mut tensors: BTreeMap<String, Tensor> =
+            read_weights(dir, device)?.into_iter().collect();
+        let adapter = dir.join(ADAPTER_WEIGHTS);
+        if adapter.is_file() {
+            let lora: LoraConfig = serde_json::from_value(read_json(&dir.join(ADAPTER_CONFIG))?)
+                .map_err(|e| {
+                    Error::bad_file(
+                        dir.join(ADAPTER_CONFIG),
+                        format!("not a valid adapter config: {e}"),
+                    )
+                })?;
+            tensors.extend(checkpoint::read_safetensors(&adapter, device)?);
+            merge_adapters(&mut tensors, lora.scale())?;
+        }
+        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let labels = config.label_names();
+        let mut pb = ParamBuilder::load(tensors.into_iter().collect(), device);
+        let model = Bert::new(config, &mut pb, prefix, true, Some(labels.len()))?;
+        let params = pb
+            .finish()
+            .map_err(|e| Error::bad_file(dir.join(checkpoint::WEIGHTS), e.to_string()))?;
+        let tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
+        let max_len = read_json(&dir.join("attn_classifier.json"))
+            .ok()
+            .and_then(|v| v["max_len"].as_u64())
+            .map(|v| v as usize)
+            .unwrap_or(model.config.max_position_embeddings)
+            .min(model.config.max_position_embeddings);
+        let pad = model.config.pad_token_id.unwrap_or(0);
+        Ok(Classifier {
+            model,
+            params,
+            tokenizer,
+            labels,
+            max_len,
+            pad,
+            prefix: prefix.into(),
+            lora: None,
+        })
+    }
+
+    /// Token ids of each text, truncated to `max_len`.
+    pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        texts
+            .iter()
+            .map(|t| self.tokenizer.encode_for_model(t, self.max_len))
+            .collect()
+    }
+
+    /// Logits `[n, labels]` for encoded texts, padded to the longest with a mask.
+    pub fn logits(&self, batch: &[&[u32]], mode: &mut Mode) -> Result<Tensor> {
+        let dev = Device::Cpu;
+        let t = batch.iter().map(|e| e.len()).max().unwrap_or(1).max(1);
+        let mut ids = Vec::with_capacity(batch.len() * t);
+        let mut mask = Vec::with_capacity(batch.len() * t);
+        for e in batch {
+            ids.extend(e.iter().copied().chain(std::iter::repeat(self.pad)).take(t));
+            mask.extend((0..t).map(|i| u32::from(i < e.len())));
+        }
+        let ids = Tensor::from_vec(ids, (batch.len(), t), &dev)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), t), &dev)?;
+        let out = self.model.forward(&ids, &mask, None, mode)?;
+        self.model.classify(&out, mode)
+    }
+
+    /// Class probabilities for each text, batched by length.
+    pub fn predict(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        let encoded = self.encode(texts)?;
+        let mut order: Vec<usize> = (0..encoded.len()).collect();
+        order.sort_by_key(|&i| encoded[i].len());
+        let mut out = vec![vec![]; encoded.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| encoded[i].as_slice()).collect();
+            let logits = self.logits(&batch, &mut Mode::Eval)?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+            for (&i, p) in chunk.iter().zip(probs) {
+                out[i] = p;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The most probable label of each text.
+    pub fn predict_labels(&self, texts: &[String], batch_size: usize) -> Result<Vec<String>> {
+        Ok(self
+            .predict(texts, batch_size)?
+            .iter()
+            .map(|p| {
+                let best = (0..p.len())
+                    .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                    .unwrap_or(0);
+                self.labels[best].clone()
+            })
+            .collect())
+    }
+
+    /// Score labelled examples; a gold label the model never saw is an error.
+    pub fn evaluate(
+        &self,
+        examples: &[Example],
+        batch_size: usize,
+    ) -> Result<ClassificationReport> {
+        for (i, e) in examples.iter().enumerate() {
+            if !self.labels.contains(&e.label) {
+                return Err(Error::invalid(
+                    "data",
+                    format!(
+                        "example {}: label {:?} was never seen in training (the model knows {})",
+                        i + 1,
+                        e.label,
+                        self.labels.join(", ")
+                    ),
+                ));
+            }
+        }
+        let texts: Vec<String> = examples.iter().map(|e| e.text.clone()).collect();
+        let gold: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+        classification_report(&gold, &self.predict_labels(&texts, batch_size)?)
+    }
+
+    /// Save as an HF `BertForSequenceClassification` folder (encoder names under
+    /// `bert.`). LoRA adapters are merged, or written to `adapter_model.safetensors`
+    /// with `adapter_config.json` when `merge` is false.
+    pub fn save(&self, dir: &Path, merge: bool) -> Result<()> {
+        let mut tensors = BTreeMap::new();
+        for (name, t) in self.params.tensors() {
+            let name = if is_head(&name) || self.prefix == "bert." {
+                name
+            } else {
+                format!("bert.{name}")
+            };
+            tensors.insert(name, t);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        match self.lora {
+            Some(l) if !merge => {
+                let adapters: BTreeMap<String, Tensor> = tensors
+                    .iter()
+                    .filter(|(k, _)| is_lora(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                tensors.retain(|k, _| !is_lora(k));
+                write_safetensors(&dir.join(ADAPTER_WEIGHTS), &adapters)?;
+                let mut cfg = serde_json::to_value(l).unwrap();
+                cfg["target_modules"] = serde_json::json!(LORA_TARGETS);
+                write_json(&dir.join(ADAPTER_CONFIG), &cfg)?;
+            }
+            Some(l) => merge_adapters(&mut tensors, l.scale())?,
+            None => {}
+        }
+        write_safetensors(&dir.join(checkpoint::WEIGHTS), &tensors)?;
+        self.tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
+        write_json(
+            &dir.join("attn_classifier.json"),
+            &serde_json::json!({ "max_len": self.max_len }),
+        )?;
+        let mut config = self.model.config.clone().with_labels(&self.labels);
+        config.pad_token_id = Some(self.pad);
+        write_json(&dir.join(checkpoint::CONFIG), &config.to_hf_json())
+    }
+}
+
+/// Where a classifier starts.
+pub enum Start {
+    /// A small encoder and a tokenizer trained on the training texts.
+    Scratch,
+    /// A pretrained HF BERT folder (e.g. all-MiniLM-L6-v2).
+    Pretrained(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_accuracy: f64,
+    pub val_macro_f1: f64,
+    pub seconds: f64,
+    pub best: bool,
+}
+
+pub enum ClassifyEvent<'a> {
+    Step {
+        step: usize,
+        total: usize,
+        loss: f64,
+    },
+    Epoch(&'a EpochReport),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifySummary {
+    pub best_epoch: usize,
+    pub best_val_accuracy: f64,
+    pub total_params: usize,
+    pub trainable_params: usize,
+    pub train_seconds: f64,
+    pub epochs: Vec<EpochReport>,
+}
+
+/// Sorted distinct labels of the training set.
+pub fn label_set(train: &[Example]) -> Vec<String> {
+    let mut labels: Vec<String> = train.iter().map(|e| e.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+fn build(
+    cfg: &ClassifyConfig,
+    start: &Start,
+    train: &[Example],
+    labels: &[String],
+    device: &Device,
+) -> Result<Classifier> {
+    let mut rng = Rng::new(cfg.seed);
+    match start {
+        Start::Scratch => {
+            if cfg.lora.is_some() {
+                return Err(Error::invalid(
+                    "lora-rank",
+                    "LoRA adapts a pretrained --model; a model trained from scratch trains fully",
+                ));
+            }
+            let corpus: String = train.iter().map(|e| format!("{}\n", e.text)).collect();
+            let mut tokenizer = crate::train::build_tokenizer(&cfg.tokenizer, &corpus)?;
+            let pad = tokenizer.add_classifier_specials()?;
+            let mut config = BertConfig::classifier(
+                tokenizer.vocab_size(),
+                cfg.hidden,
+                cfg.layers,
+                cfg.heads,
+                cfg.max_len,
+                labels,
+            );
+            config.hidden_dropout_prob = cfg.dropout;
+            config.attention_probs_dropout_prob = cfg.dropout;
+            config.pad_token_id = Some(pad);
+            let mut pb = ParamBuilder::init(rng.fork(), device);
+            let model = Bert::new(config, &mut pb, "bert.", true, Some(labels.len()))?;
+            Ok(Classifier {
+                model,
+                params: pb.finish()?,
+                tokenizer,
+                labels: labels.to_vec(),
+                max_len: cfg.max_len,
+                pad,
+                prefix: "bert.".into(),
+                lora: None,
+            })
+        }
+        Start::Pretrained(dir) => {
+            let cfg_path = dir.join(checkpoint::CONFIG);
+            let value = checkpoint::read_config(dir)?;
+            if value.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
+                return Err(Error::bad_file(
+                    &cfg_path,
+                    "fine-tuning needs a BERT model (model_type \"bert\")",
+                ));
+            }
+            let mut config: BertConfig = serde_json::from_value(value)
+                .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
+            config = config.with_labels(labels);
+            let tensors = read_weights(dir, device)?;
+            let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+                "bert."
+            } else {
+                ""
+            };
+            // A new head (and adapters) on top of the pretrained encoder; any head the
+            // checkpoint had is replaced because the labels are new.
+            let mut tensors = tensors;
+            tensors.retain(|k, _| !is_head(k));
+            let lora = cfg.lora;
+            let mut pb = ParamBuilder::load(tensors, device).init_missing(rng.fork(), move |n| {
+                is_head(n) || is_lora(n) || n.contains("pooler.")
+            });
+            if lora.is_some() {
+                pb = pb.freeze(|n| !(is_lora(n) || is_head(n)));
+            }
+            let model = Bert::with_lora(config, &mut pb, prefix, true, Some(labels.len()), lora)?;
+            let params = pb
+                .finish()
+                .map_err(|e| Error::bad_file(dir.join(checkpoint::WEIGHTS), e.to_string()))?;
+            let mut tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
+            let max_len = cfg.max_len.min(model.config.max_position_embeddings);
+            let pad = model.config.pad_token_id.unwrap_or(0);
+            if tokenizer.encode_for_model("x", max_len)?.len() < 2 {
+                // No [CLS]/[SEP] post-processor in this tokenizer: add ours.
+                tokenizer.add_classifier_specials()?;
+            }
+            Ok(Classifier {
+                model,
+                params,
+                tokenizer,
+                labels: labels.to_vec(),
+                max_len,
+                pad,
+                prefix: prefix.into(),
+                lora,
+            })
+        }
+    }
+}
+
+/// Batches of example indices: shuffled, then grouped by similar length (sorted within
+/// windows of 50 batches), then the batch order shuffled.
+fn length_batches(lengths: &[usize], batch: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..lengths.len()).collect();
+    for i in (1..idx.len()).rev() {
+        idx.swap(i, rng.below(i + 1));
+    }
+    let mut batches = vec![];
+    for window in idx.chunks(batch * 50) {
+        let mut w = window.to_vec();
+        w.sort_by_key(|&i| lengths[i]);
+        batches.extend(w.chunks(batch).map(|c| c.to_vec()));
+    }
+    for i in (1..batches.len()).rev() {
+        batches.swap(i, rng.below(i + 1));
+    }
+    batches
+}
+
+/// Train a classifier on `train`, choosing the epoch with the best validation accuracy
+/// (saved to `out`).
+pub fn train(
+    cfg: &ClassifyConfig,
+    start: &Start,
+    train: &[Example],
+    val: &[Example],
+    out: &Path,
+    device: &Device,
+    on_event: &mut dyn FnMut(ClassifyEvent),
+) -> Result<ClassifySummary> {
+    cfg.validate()?;
+    if train.is_empty() || val.is_empty() {
+        return Err(Error::invalid(
+            "data",
+            "training and validation sets must both be non-empty",
+        ));
+    }
+    let labels = label_set(train);
+    if labels.len() < 2 {
+        return Err(Error::invalid(
+            "data",
+            format!(
+                "only one label ({:?}) in the training data: nothing to classify",
+                labels[0]
+            ),
+        ));
+    }
+    let clf = build(cfg, start, train, &labels, device)?;
+    // Trainable: everything for full training; adapters and head for LoRA.
+    let trainable = if cfg.lora.is_some() {
+        clf.params.filter(|n| is_lora(n) || is_head(n))
+    } else {
+        clf.params.clone()
+    };
+    let mut opt = AdamW::new(
+        &trainable,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: cfg.weight_decay,
+        },
+    )?;
+    let label_id: HashMap<&str, u32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i as u32))
+        .collect();
+    let train_texts: Vec<String> = train.iter().map(|e| e.text.clone()).collect();
+    let encoded = clf.encode(&train_texts)?;
+    let targets: Vec<u32> = train.iter().map(|e| label_id[e.label.as_str()]).collect();
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
+    for (i, e) in val.iter().enumerate() {
+        if !label_id.contains_key(e.label.as_str()) {
+            return Err(Error::invalid(
+                "valid",
+                format!(
+                    "validation example {}: label {:?} does not occur in the training data",
+                    i + 1,
+                    e.label
+                ),
+            ));
+        }
+    }
+    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let total = steps_per_epoch * cfg.epochs;
+    let warmup = (total as f64 * cfg.warmup_ratio).round() as usize;
+    let lr_at = |s: usize| -> f64 {
+        if s < warmup {
+            cfg.lr * (s + 1) as f64 / warmup as f64
+        } else {
+            cfg.lr * (total - s) as f64 / (total - warmup).max(1) as f64
+        }
+    };
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics =
+        std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let mut step = 0;
+    let mut reports = vec![];
+    let mut best: Option<(usize, f64)> = None;
+    let mut train_seconds = 0.0;
+    for epoch in 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let mut loss_sum = 0.0;
+        let batches = length_batches(&lengths, cfg.batch_size, &mut rng);
+        for b in &batches {
+            let ids: Vec<&[u32]> = b.iter().map(|&i| encoded[i].as_slice()).collect();
+            let y = Tensor::from_vec(
+                b.iter().map(|&i| targets[i]).collect::<Vec<_>>(),
+                b.len(),
+                device,
+            )?;
+            let logits = clf.logits(&ids, &mut Mode::Train(&mut rng))?;
+            let loss = cross_entropy(&logits, &y)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(Error::invalid(
+                    "training",
+                    format!("the loss became {l} at step {step}; lower --lr"),
+                ));
+            }
+            loss_sum += l;
+            let store = loss.backward()?;
+            let mut grads = HashMap::new();
+            for (name, var) in trainable.iter() {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    grads.insert(name.clone(), g.detach());
+                }
+            }
+            clip_global_norm(&mut grads, cfg.grad_clip)?;
+            opt.step(&grads, lr_at(step))?;
+            step += 1;
+            on_event(ClassifyEvent::Step {
+                step,
+                total,
+                loss: l,
+            });
+        }
+        train_seconds += t0.elapsed().as_secs_f64();
+        let report = clf.evaluate(val, 64)?;
+        let is_best = best.is_none_or(|(_, acc)| report.accuracy > acc);
+        if is_best {
+            best = Some((epoch, report.accuracy));
+            clf.save(out, cfg.merge_lora)?;
+        }
+        let r = EpochReport {
+            epoch,
+            train_loss: loss_sum / batches.len() as f64,
+            val_accuracy: report.accuracy,
+            val_macro_f1: report.macro_avg.f1,
+            seconds: t0.elapsed().as_secs_f64(),
+            best: is_best,
+        };
+        writeln!(metrics, "{}", serde_json::to_string(&r).unwrap())
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        on_event(ClassifyEvent::Epoch(&r));
+        reports.push(r);
+    }
+    let (best_epoch, best_val_accuracy) = best.unwrap();
+    Ok(ClassifySummary {
+        best_epoch,
+        best_val_accuracy,
+        total_params: clf.params.count(),
+        trainable_params: trainable.count(),
+        train_seconds,
+        epochs: reports,
+    })
+}

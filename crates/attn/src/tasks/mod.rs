@@ -1,0 +1,3 @@
+//! Applications built on the models: the glue between data, model and metrics.
+
+pub mod classify;

@@ -1,0 +1,211 @@
+//! Text classification: training learns, padding never changes logits, save → load gives
+//! the same predictions, LoRA trains only its adapters and head, bad labels are named.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use attn::data::labelled::Example;
+use attn::models::bert::LoraConfig;
+use attn::nn::{default_device, Mode};
+use attn::tasks::classify::{train, Classifier, ClassifyConfig, Start};
+use attn::tokenizer::Tokenizer;
+
+/// Two classes told apart by their words: "good"/"great" vs "bad"/"awful", with noise words.
+fn synthetic(n: usize, seed: u64) -> Vec<Example> {
+    let mut rng = attn::rng::Rng::new(seed);
+    let noise = [
+        "the", "film", "was", "plot", "actors", "and", "very", "quite", "ending",
+    ];
+    (0..n)
+        .map(|i| {
+            let pos = i % 2 == 0;
+            let key = if pos {
+                ["good", "great"][rng.below(2)]
+            } else {
+                ["bad", "awful"][rng.below(2)]
+            };
+            let mut words: Vec<&str> = (0..2 + rng.below(8))
+                .map(|_| noise[rng.below(noise.len())])
+                .collect();
+            words.insert(rng.below(words.len() + 1), key);
+            Example {
+                label: if pos { "pos".into() } else { "neg".into() },
+                text: words.join(" "),
+            }
+        })
+        .collect()
+}
+
+fn tiny_config() -> ClassifyConfig {
+    ClassifyConfig {
+        epochs: 3,
+        batch_size: 16,
+        lr: 3e-3,
+        hidden: 32,
+        layers: 1,
+        heads: 2,
+        max_len: 64,
+        tokenizer: "char".into(),
+        dropout: 0.0,
+        ..Default::default()
+    }
+}
+
+fn logits_of(clf: &Classifier, texts: &[&str]) -> Vec<Vec<f32>> {
+    let enc = clf
+        .encode(&texts.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+        .unwrap();
+    let batch: Vec<&[u32]> = enc.iter().map(|e| e.as_slice()).collect();
+    clf.logits(&batch, &mut Mode::Eval)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
+#[test]
+fn scratch_classifier_learns_saves_and_ignores_padding() {
+    let dir = common::temp_dir("clf-scratch");
+    let (tr, va) = (synthetic(400, 1), synthetic(80, 2));
+    let cfg = ClassifyConfig {
+        epochs: 8,
+        ..tiny_config()
+    };
+    let s = train(
+        &cfg,
+        &Start::Scratch,
+        &tr,
+        &va,
+        &dir,
+        &default_device(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(s.best_val_accuracy >= 0.95, "{s:?}");
+    let clf = Classifier::load(&dir, &default_device()).unwrap();
+    assert_eq!(clf.labels, vec!["neg", "pos"]);
+    // Reloaded model scores like the one that was saved (its accuracy at the best epoch).
+    let report = clf.evaluate(&va, 7).unwrap();
+    assert!((report.accuracy - s.best_val_accuracy).abs() < 1e-12);
+    // Padding invariance: alone vs batched with a much longer text.
+    let short = "good film";
+    let long = "the film was quite good and the actors were very good and the ending was great";
+    let alone = logits_of(&clf, &[short]);
+    let padded = logits_of(&clf, &[short, long]);
+    for (a, b) in alone[0].iter().zip(&padded[0]) {
+        assert!(
+            (a - b).abs() < 1e-5,
+            "padding changed logits: {alone:?} vs {padded:?}"
+        );
+    }
+    // An unseen label at evaluation time is named.
+    let bad = vec![Example {
+        label: "meh".into(),
+        text: "so so".into(),
+    }];
+    let e = clf.evaluate(&bad, 4).err().unwrap().to_string();
+    assert!(e.contains("\"meh\"") && e.contains("neg, pos"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A pretrained-style folder: the bert-tiny transformers fixture with a char tokenizer.
+fn pretrained(dir: &Path) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bert-tiny");
+    let m = dir.join("base");
+    common::copy_dir(&src, &m);
+    let text: String = synthetic(50, 3)
+        .iter()
+        .map(|e| e.text.clone() + "\n")
+        .collect();
+    let mut tok = Tokenizer::train_char(&text).unwrap();
+    tok.add_classifier_specials().unwrap();
+    tok.save(&m.join("tokenizer.json")).unwrap();
+    m
+}
+
+#[test]
+fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
+    let dir = common::temp_dir("clf-lora");
+    let base = pretrained(&dir);
+    let (tr, va) = (synthetic(300, 4), synthetic(60, 5));
+    let mut cfg = ClassifyConfig {
+        lora: Some(LoraConfig {
+            r: 2,
+            lora_alpha: 4.0,
+        }),
+        epochs: 2,
+        lr: 5e-3,
+        ..tiny_config()
+    };
+    let merged = dir.join("merged");
+    let s = train(
+        &cfg,
+        &Start::Pretrained(base.clone()),
+        &tr,
+        &va,
+        &merged,
+        &default_device(),
+        &mut |_| {},
+    )
+    .unwrap();
+    // 2 layers × 2 adapted projections × (2·32 + 32·2) + head (2·32 + 2).
+    assert_eq!(s.trainable_params, 2 * 2 * (2 * 32 + 32 * 2) + 2 * 32 + 2);
+    assert!(s.trainable_params * 10 < s.total_params);
+    // Frozen weights did not move: the merged folder differs from the base only in the
+    // adapted query/value weights and the new head.
+    let a = attn::checkpoint::read_safetensors(&base.join("model.safetensors"), &default_device())
+        .unwrap();
+    let b =
+        attn::checkpoint::read_safetensors(&merged.join("model.safetensors"), &default_device())
+            .unwrap();
+    for (name, t) in &a {
+        if name.starts_with("classifier.")
+            || name.ends_with("query.weight")
+            || name.ends_with("value.weight")
+        {
+            continue;
+        }
+        let d = (t - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name} changed under LoRA");
+    }
+    assert!(!b.keys().any(|k| k.contains("lora_")));
+    // Separate adapters: the folder holds the base weights plus adapter files, and
+    // loads to the same predictions as the merged folder.
+    cfg.merge_lora = false;
+    let separate = dir.join("separate");
+    train(
+        &cfg,
+        &Start::Pretrained(base),
+        &tr,
+        &va,
+        &separate,
+        &default_device(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(
+        separate.join("adapter_model.safetensors").is_file()
+            && separate.join("adapter_config.json").is_file()
+    );
+    let m1 = Classifier::load(&merged, &default_device()).unwrap();
+    let m2 = Classifier::load(&separate, &default_device()).unwrap();
+    let texts = [
+        "good film",
+        "awful plot and bad actors",
+        "the ending was great",
+    ];
+    let (l1, l2) = (logits_of(&m1, &texts), logits_of(&m2, &texts));
+    for (x, y) in l1.iter().flatten().zip(l2.iter().flatten()) {
+        assert!((x - y).abs() < 1e-4, "{l1:?} vs {l2:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
