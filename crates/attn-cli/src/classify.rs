@@ -1,6 +1,6 @@
 //! `attn classify train | predict | eval`.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use attn::data::labelled::{read_labelled, split_holdout};

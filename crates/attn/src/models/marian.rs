@@ -272,6 +272,36 @@ impl Marian {
         })
     }
 
+    /// Post-LN residual for an attention output `y` (heads merged):
+    /// LayerNorm(x + dropout(out_proj(y))).
+    fn attn_residual(&self, x: &Tensor, y: &Tensor, a: &Attn, mode: &mut Mode) -> Result<Tensor> {
+        let y = dropout(
+            &linear(y, &a.out.0, Some(&a.out.1))?,
+            self.config.dropout,
+            mode,
+        )?;
+        layer_norm(&(x + y)?, &a.ln.0, &a.ln.1, 1e-5, mode)
+    }
+
+    /// The MLP sub-block with its post-LN residual: LayerNorm(x + fc2(act(fc1(x)))).
+    fn ffn(
+        &self,
+        x: &Tensor,
+        fc1: &(Tensor, Tensor),
+        fc2: &(Tensor, Tensor),
+        ln: &(Tensor, Tensor),
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let h = dropout(
+            &self.act(&linear(x, &fc1.0, Some(&fc1.1))?)?,
+            cfg.activation_dropout,
+            mode,
+        )?;
+        let h = dropout(&linear(&h, &fc2.0, Some(&fc2.1))?, cfg.dropout, mode)?;
+        layer_norm(&(x + h)?, &ln.0, &ln.1, 1e-5, mode)
+    }
+
     fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let d = self.config.d_model;
@@ -333,15 +363,8 @@ impl Marian {
                 cfg.attention_dropout,
                 mode,
             )?)?;
-            let y = dropout(&linear(&y, &a.out.0, Some(&a.out.1))?, cfg.dropout, mode)?;
-            x = layer_norm(&(x + y)?, &a.ln.0, &a.ln.1, 1e-5, mode)?;
-            let h = dropout(
-                &self.act(&linear(&x, &l.fc1.0, Some(&l.fc1.1))?)?,
-                cfg.activation_dropout,
-                mode,
-            )?;
-            let h = dropout(&linear(&h, &l.fc2.0, Some(&l.fc2.1))?, cfg.dropout, mode)?;
-            x = layer_norm(&(x + h)?, &l.ln.0, &l.ln.1, 1e-5, mode)?;
+            x = self.attn_residual(&x, &y, a, mode)?;
+            x = self.ffn(&x, &l.fc1, &l.fc2, &l.ln, mode)?;
         }
         Ok(x)
     }
@@ -389,8 +412,7 @@ impl Marian {
                 None => (k, v),
             };
             let y = self.merge(&causal_attention(&q, &k, &v, cfg.attention_dropout, mode)?)?;
-            let y = dropout(&linear(&y, &a.out.0, Some(&a.out.1))?, cfg.dropout, mode)?;
-            x = layer_norm(&(x + y)?, &a.ln.0, &a.ln.1, 1e-5, mode)?;
+            x = self.attn_residual(&x, &y, a, mode)?;
 
             let c = &l.cross;
             let q = self.heads(&x, &c.q, nh)?;
@@ -406,16 +428,9 @@ impl Marian {
                 cfg.attention_dropout,
                 mode,
             )?)?;
-            let y = dropout(&linear(&y, &c.out.0, Some(&c.out.1))?, cfg.dropout, mode)?;
-            x = layer_norm(&(x + y)?, &c.ln.0, &c.ln.1, 1e-5, mode)?;
+            x = self.attn_residual(&x, &y, c, mode)?;
 
-            let h = dropout(
-                &self.act(&linear(&x, &l.fc1.0, Some(&l.fc1.1))?)?,
-                cfg.activation_dropout,
-                mode,
-            )?;
-            let h = dropout(&linear(&h, &l.fc2.0, Some(&l.fc2.1))?, cfg.dropout, mode)?;
-            x = layer_norm(&(x + h)?, &l.ln.0, &l.ln.1, 1e-5, mode)?;
+            x = self.ffn(&x, &l.fc1, &l.fc2, &l.ln, mode)?;
         }
         Ok(x)
     }
