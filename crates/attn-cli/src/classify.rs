@@ -177,6 +177,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
         &default_device(),
         &mut |e| match e {
             ClassifyEvent::Step { step, total, loss } => {
+                // Without a terminal the bar is hidden: leave a line in the log now and then.
+                if !std::io::stderr().is_terminal() && step % 50 == 0 {
+                    eprintln!("step {step}/{total}: loss {loss:.4}");
+                }
                 pb.set_length(total as u64);
                 pb.set_position(step as u64);
                 pb.set_message(format!("loss {loss:.4}"));
