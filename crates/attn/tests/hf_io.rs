@@ -10,7 +10,6 @@ use attn::checkpoint::{
     export, load_bert, load_gpt2_model, load_params, read_safetensors, write_safetensors,
 };
 use attn::models::bert::{l2_normalize, mean_pool};
-use attn::models::CausalLm;
 use attn::nn::Mode;
 use candle_core::{DType, Device, Tensor};
 
