@@ -16,6 +16,180 @@ pub enum EvalCommand {
     /// Accuracy, precision, recall, F1 and the confusion matrix of predicted labels
     /// against gold labels (one label per line in each file), as scikit-learn computes them.
     Classify(ClassifyArgs),
+    /// Corpus BLEU as sacreBLEU 2.x computes it (same score and signature).
+    Bleu(BleuArgs),
+    /// Corpus chrF / chrF++ as sacreBLEU 2.x computes it.
+    Chrf(ChrfArgs),
+}
+
+#[derive(Args)]
+pub struct RefArgs {
+    /// Hypotheses, one per line.
+    #[arg(long)]
+    hyp: PathBuf,
+    /// References, one per line, parallel to --hyp (repeat for several references).
+    #[arg(long = "ref", required = true)]
+    refs: Vec<PathBuf>,
+    #[arg(long)]
+    lowercase: bool,
+    /// Score each line separately (sacreBLEU's sentence-level scores).
+    #[arg(long)]
+    sentence: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BleuArgs {
+    #[command(flatten)]
+    common: RefArgs,
+    /// 13a (default), intl, zh, char or none.
+    #[arg(long, default_value = "13a")]
+    tokenize: String,
+    /// exp (default), floor, add-k or none.
+    #[arg(long, default_value = "exp")]
+    smooth_method: String,
+    #[arg(long)]
+    smooth_value: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct ChrfArgs {
+    #[command(flatten)]
+    common: RefArgs,
+    /// Word n-gram order: 0 for chrF, 2 for chrF++.
+    #[arg(long, default_value_t = 0)]
+    word_order: usize,
+    #[arg(long, default_value_t = 6)]
+    char_order: usize,
+    #[arg(long, default_value_t = 2.0)]
+    beta: f64,
+    /// Keep whitespace in character n-grams.
+    #[arg(long)]
+    whitespace: bool,
+}
+
+fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
+    Ok(read_text(path, Encoding::Utf8)?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+fn read_streams(a: &RefArgs) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let hyps = read_lines(&a.hyp)?;
+    let mut refs = vec![];
+    for r in &a.refs {
+        let lines = read_lines(r)?;
+        if lines.len() != hyps.len() {
+            return Err(attn::Error::bad_file(
+                r,
+                format!(
+                    "{} lines, but {} has {}: hypotheses and references must be parallel",
+                    lines.len(),
+                    a.hyp.display(),
+                    hyps.len()
+                ),
+            ));
+        }
+        refs.push(lines);
+    }
+    Ok((hyps, refs))
+}
+
+fn run_bleu(a: BleuArgs) -> Result<()> {
+    use attn::metrics::bleu::{corpus_bleu, sentence_bleu, BleuConfig, Smooth};
+    let smooth = match a.smooth_method.as_str() {
+        "exp" => Smooth::Exp,
+        "none" => Smooth::None,
+        "floor" => Smooth::Floor(a.smooth_value),
+        "add-k" => Smooth::AddK(a.smooth_value),
+        other => {
+            return Err(attn::Error::invalid(
+                "smooth-method",
+                format!("{other:?} is not exp, floor, add-k or none"),
+            ))
+        }
+    };
+    let mut cfg = BleuConfig {
+        tokenize: a.tokenize.parse()?,
+        lowercase: a.common.lowercase,
+        smooth,
+        ..Default::default()
+    };
+    let (hyps, refs) = read_streams(&a.common)?;
+    if a.common.sentence {
+        cfg.effective_order = true;
+        for (i, h) in hyps.iter().enumerate() {
+            let r: Vec<&str> = refs.iter().map(|s| s[i].as_str()).collect();
+            let s = sentence_bleu(h, &r, &cfg);
+            if a.common.json {
+                crate::print_json(&serde_json::to_value(&s).unwrap());
+            } else {
+                println!("BLEU = {:.2}", s.score);
+            }
+        }
+        return Ok(());
+    }
+    let s = corpus_bleu(&hyps, &refs, &cfg)?;
+    if a.common.json {
+        crate::print_json(&serde_json::json!({
+            "score": s.score, "signature": s.signature, "precisions": s.precisions, "bp": s.bp,
+            "sys_len": s.sys_len, "ref_len": s.ref_len,
+        }));
+    } else {
+        let p: Vec<String> = s.precisions.iter().map(|p| format!("{p:.1}")).collect();
+        println!(
+            "BLEU|{} = {:.2} {} (BP = {:.3} ratio = {:.3} hyp_len = {} ref_len = {})",
+            s.signature,
+            s.score,
+            p.join("/"),
+            s.bp,
+            s.sys_len as f64 / s.ref_len.max(1) as f64,
+            s.sys_len,
+            s.ref_len
+        );
+    }
+    Ok(())
+}
+
+fn run_chrf(a: ChrfArgs) -> Result<()> {
+    use attn::metrics::chrf::{corpus_chrf, sentence_chrf, ChrfConfig};
+    if a.char_order == 0 || !(a.beta > 0.0) {
+        return Err(attn::Error::invalid(
+            "char-order/beta",
+            "char-order must be ≥ 1 and beta > 0",
+        ));
+    }
+    let cfg = ChrfConfig {
+        char_order: a.char_order,
+        word_order: a.word_order,
+        beta: a.beta,
+        lowercase: a.common.lowercase,
+        whitespace: a.whitespace,
+        eps_smoothing: false,
+    };
+    let (hyps, refs) = read_streams(&a.common)?;
+    let name = format!("chrF{}{}", a.beta, "+".repeat(a.word_order));
+    if a.common.sentence {
+        for (i, h) in hyps.iter().enumerate() {
+            let r: Vec<&str> = refs.iter().map(|s| s[i].as_str()).collect();
+            let s = sentence_chrf(h, &r, &cfg);
+            if a.common.json {
+                crate::print_json(&serde_json::to_value(&s).unwrap());
+            } else {
+                println!("{name} = {:.2}", s.score);
+            }
+        }
+        return Ok(());
+    }
+    let s = corpus_chrf(&hyps, &refs, &cfg)?;
+    if a.common.json {
+        crate::print_json(&serde_json::to_value(&s).unwrap());
+    } else {
+        println!("{name}|{} = {:.2}", s.signature, s.score);
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -99,6 +273,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let a = match cmd {
         EvalCommand::Perplexity(a) => a,
         EvalCommand::Classify(a) => return run_classify(a),
+        EvalCommand::Bleu(a) => return run_bleu(a),
+        EvalCommand::Chrf(a) => return run_chrf(a),
     };
     let loaded = load_causal_lm(&a.model, &default_device())?;
     let text = normalize(&read_text(&a.data, a.encoding)?);
