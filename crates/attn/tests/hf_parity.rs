@@ -272,3 +272,48 @@ fn marian_matches_transformers() {
         );
     }
 }
+
+/// Greedy and beam search give transformers' `generate` tokens (and beam scores) on the
+/// Marian fixtures: num_beams 3, length_penalty 1.0 and 0.6, early_stopping, 12 new tokens.
+#[test]
+fn marian_beam_search_matches_transformers_generate() {
+    use attn::generate::beam::{translate, BeamConfig};
+    for name in ["marian-tiny", "marian-3heads"] {
+        let r = reference(name);
+        let (model, _) = load_marian(&fixture(name), &Device::Cpu).unwrap();
+        let src = ids(&r["input_ids"]).to_vec2::<u32>().unwrap();
+        let mask = ids(&r["attention_mask"]).to_vec2::<u32>().unwrap();
+        let pad = model.config.pad_token_id;
+        for (key, beams, lp) in [
+            ("greedy", 1, 1.0),
+            ("beam3_lp1.0", 3, 1.0),
+            ("beam3_lp0.6", 3, 0.6),
+        ] {
+            let want = ids(&r[key]).to_vec2::<u32>().unwrap();
+            for row in 0..src.len() {
+                let n = mask[row].iter().sum::<u32>() as usize;
+                let cfg = BeamConfig {
+                    num_beams: beams,
+                    length_penalty: lp,
+                    max_new_tokens: 12,
+                    forced_eos: true,
+                };
+                let h = translate(&model, &src[row][..n], &cfg).unwrap();
+                // transformers' rows: start token, the tokens, then padding.
+                let mut expected: Vec<u32> = want[row][1..].to_vec();
+                while expected.last() == Some(&pad) && expected.len() > h.ids.len() {
+                    expected.pop();
+                }
+                assert_eq!(h.ids, expected, "{name} {key} row {row}");
+                if beams > 1 {
+                    let s = r[&format!("{key}_scores")].to_vec1::<f32>().unwrap()[row] as f64;
+                    assert!(
+                        (h.score - s).abs() < 1e-4,
+                        "{name} {key} row {row}: score {} vs {s}",
+                        h.score
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Text generation: sampling (temperature, top-k, top-p, repetition penalty) and the
 //! decoding loop over a causal model with a key/value cache.
 
+pub mod beam;
 mod sampler;
 
 pub use sampler::{Sampler, SamplingConfig};

@@ -35,6 +35,15 @@ impl KvCache {
         self.layers.iter_mut().for_each(|l| *l = None);
     }
 
+    /// Keep the rows (batch entries) `idx` of every cached tensor, in that order: how
+    /// beam search follows the beams it keeps.
+    pub fn select(&mut self, idx: &Tensor) -> Result<()> {
+        for l in self.layers.iter_mut().flatten() {
+            *l = (l.0.index_select(idx, 0)?, l.1.index_select(idx, 0)?);
+        }
+        Ok(())
+    }
+
     /// Append this step's keys and values for `layer`; returns all keys and values.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let kv = match &self.layers[layer] {
