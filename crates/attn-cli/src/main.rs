@@ -11,6 +11,7 @@ mod generate;
 mod plot;
 mod tokenizer;
 mod train;
+mod translate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate text from a trained model, streaming it to stdout.
     Generate(generate::GenerateArgs),
+    /// Translate stdin to stdout with an encoder-decoder model, or train one.
+    Translate(translate::TranslateCommand),
     /// Text classification: train, predict, evaluate.
     #[command(subcommand)]
     Classify(classify::ClassifyCommand),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => bench::run(c),
         Command::Embed(a) => embed::run(a),
         Command::Classify(c) => classify::run(c),
+        Command::Translate(c) => translate::run(c),
         Command::Export(a) => export::run(a),
     };
     match result {

@@ -235,6 +235,24 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Decode ids to text without special tokens (padding, end-of-sentence...).
+    pub fn decode_clean(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(tk_err)
+    }
+
+    /// Add special tokens (no-op for those already present); returns their ids in order.
+    pub fn add_specials(&mut self, tokens: &[&str]) -> Result<Vec<u32>> {
+        let added: Vec<AddedToken> = tokens.iter().map(|t| AddedToken::from(*t, true)).collect();
+        self.inner.add_special_tokens(added).map_err(tk_err)?;
+        tokens
+            .iter()
+            .map(|t| {
+                self.token_to_id(t)
+                    .ok_or_else(|| Error::Tokenizer(format!("{t} was not added")))
+            })
+            .collect()
+    }
+
     /// Decode ids to text (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let n = self.vocab_size();

@@ -5,7 +5,7 @@
 //! embedding plus `final_logits_bias`. Linear weights are `[out, in]`.
 
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::nn::{
     causal_attention, dropout, layer_norm, linear, masked_attention, padding_mask, Init, KvCache,
@@ -23,7 +23,7 @@ fn default_drop() -> f32 {
     0.1
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MarianConfig {
     pub vocab_size: usize,
     pub d_model: usize,
@@ -56,6 +56,55 @@ pub struct MarianConfig {
 }
 
 impl MarianConfig {
+    /// A Transformer ("Attention Is All You Need" layout, post-LN) with Marian's
+    /// conventions: shared vocabulary, decoder starting from the pad token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn transformer(
+        vocab_size: usize,
+        d_model: usize,
+        layers: usize,
+        heads: usize,
+        ffn: usize,
+        max_positions: usize,
+        pad: u32,
+        eos: u32,
+    ) -> Self {
+        MarianConfig {
+            vocab_size,
+            d_model,
+            encoder_layers: layers,
+            decoder_layers: layers,
+            encoder_attention_heads: heads,
+            decoder_attention_heads: heads,
+            encoder_ffn_dim: ffn,
+            decoder_ffn_dim: ffn,
+            max_position_embeddings: max_positions,
+            activation_function: "relu".into(),
+            scale_embedding: true,
+            share_encoder_decoder_embeddings: true,
+            normalize_before: false,
+            dropout: 0.1,
+            attention_dropout: 0.0,
+            activation_dropout: 0.0,
+            pad_token_id: pad,
+            eos_token_id: eos,
+            decoder_start_token_id: pad,
+            decoder_vocab_size: Some(vocab_size),
+        }
+    }
+
+    /// The HF `config.json` content of a `MarianMTModel`.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let o = v.as_object_mut().unwrap();
+        o.insert("model_type".into(), "marian".into());
+        o.insert("architectures".into(), serde_json::json!(["MarianMTModel"]));
+        o.insert("tie_word_embeddings".into(), true.into());
+        o.insert("forced_eos_token_id".into(), self.eos_token_id.into());
+        o.insert("is_encoder_decoder".into(), true.into());
+        v
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [
             ("vocab_size", self.vocab_size),

@@ -477,25 +477,6 @@ fn build(
     }
 }
 
-/// Batches of example indices: shuffled, then grouped by similar length (sorted within
-/// windows of 50 batches), then the batch order shuffled.
-fn length_batches(lengths: &[usize], batch: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
-    let mut idx: Vec<usize> = (0..lengths.len()).collect();
-    for i in (1..idx.len()).rev() {
-        idx.swap(i, rng.below(i + 1));
-    }
-    let mut batches = vec![];
-    for window in idx.chunks(batch * 50) {
-        let mut w = window.to_vec();
-        w.sort_by_key(|&i| lengths[i]);
-        batches.extend(w.chunks(batch).map(|c| c.to_vec()));
-    }
-    for i in (1..batches.len()).rev() {
-        batches.swap(i, rng.below(i + 1));
-    }
-    batches
-}
-
 /// Train a classifier on `train`, choosing the epoch with the best validation accuracy
 /// (saved to `out`).
 pub fn train(
@@ -583,7 +564,7 @@ pub fn train(
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
         let mut loss_sum = 0.0;
-        let batches = length_batches(&lengths, cfg.batch_size, &mut rng);
+        let batches = super::length_batches(&lengths, cfg.batch_size, &mut rng);
         for b in &batches {
             let ids: Vec<&[u32]> = b.iter().map(|&i| encoded[i].as_slice()).collect();
             let y = Tensor::from_vec(

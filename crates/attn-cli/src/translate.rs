@@ -1,0 +1,244 @@
+//! `attn translate` (decode stdin to stdout) and `attn translate train`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use attn::data::Encoding;
+use attn::generate::beam::BeamConfig;
+use attn::nn::default_device;
+use attn::tasks::translate::{
+    read_pairs_tsv, read_parallel, train, TranslateConfig, TranslateEvent, Translator,
+};
+use attn::{Error, Result};
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct TranslateCommand {
+    #[command(subcommand)]
+    sub: Option<TranslateSub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum TranslateSub {
+    /// Train an encoder-decoder Transformer on parallel text.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Model folder (HF MarianMTModel layout with tokenizer.json).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Beam size; 1 is greedy.
+    #[arg(long, default_value_t = 4)]
+    beam: usize,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    length_penalty: f64,
+    /// Most tokens to generate per sentence (default: the model's limit).
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Sentences per call (decoding is currently one sentence at a time).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, requires = "tgt")]
+    src: Option<PathBuf>,
+    #[arg(long, requires = "src")]
+    tgt: Option<PathBuf>,
+    /// source<TAB>target[<TAB>ignored] lines (Tatoeba), instead of --src/--tgt.
+    #[arg(long, conflicts_with_all = ["src", "tgt"])]
+    pairs: Option<PathBuf>,
+    #[arg(long, requires = "valid_tgt")]
+    valid_src: Option<PathBuf>,
+    #[arg(long, requires = "valid_src")]
+    valid_tgt: Option<PathBuf>,
+    /// Without --valid-*, hold out this many pairs (the last ones after a seeded shuffle).
+    #[arg(long, default_value_t = 1000)]
+    holdout: usize,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "utf8")]
+    encoding: Encoding,
+    #[arg(long)]
+    d_model: Option<usize>,
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    ffn: Option<usize>,
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long)]
+    dropout: Option<f32>,
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    eval_interval: Option<usize>,
+    #[arg(long)]
+    bleu_sample: Option<usize>,
+    /// Beam size for the validation BLEU.
+    #[arg(long)]
+    beam: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: TranslateCommand) -> Result<()> {
+    match cmd.sub {
+        Some(TranslateSub::Train(a)) => run_train(a),
+        None => run_decode(cmd.run),
+    }
+}
+
+fn run_decode(a: RunArgs) -> Result<()> {
+    let model = a.model.ok_or_else(|| {
+        Error::invalid("model", "give --model DIR (or use `attn translate train`)")
+    })?;
+    let tr = Translator::load(&model, &default_device())?;
+    let beam = BeamConfig {
+        num_beams: a.beam,
+        length_penalty: a.length_penalty,
+        max_new_tokens: a
+            .max_len
+            .unwrap_or(tr.max_len)
+            .min(tr.model.config.max_position_embeddings - 1),
+        forced_eos: true,
+    };
+    let lines: Vec<String> = std::io::stdin()
+        .lock()
+        .lines()
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::invalid("stdin", format!("cannot read the input: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    let mut truncated = 0;
+    for chunk in lines.chunks(a.batch_size.max(1)) {
+        let texts: Vec<String> = chunk.iter().map(|l| attn::data::normalize(l)).collect();
+        let (hyps, cut) = tr.translate(&texts, &beam)?;
+        truncated += cut;
+        for h in hyps {
+            if writeln!(out, "{h}").is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if truncated > 0 {
+        eprintln!("warning: {truncated} source sentences were longer than the model's {} tokens and were truncated", tr.max_len);
+    }
+    Ok(())
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let mut cfg = TranslateConfig::default();
+    macro_rules! set { ($($f:ident),*) => { $( if let Some(v) = a.$f { cfg.$f = v; } )* }; }
+    set!(
+        d_model,
+        layers,
+        heads,
+        ffn,
+        max_len,
+        dropout,
+        vocab_size,
+        label_smoothing,
+        lr,
+        warmup,
+        max_steps,
+        batch_size,
+        eval_interval,
+        bleu_sample,
+        beam,
+        seed
+    );
+    cfg.validate()?;
+    let (mut pairs, mut skipped) = match (&a.pairs, &a.src, &a.tgt) {
+        (Some(p), _, _) => read_pairs_tsv(p, a.encoding)?,
+        (None, Some(s), Some(t)) => read_parallel(s, t, a.encoding)?,
+        _ => {
+            return Err(Error::invalid(
+                "data",
+                "give --src FILE --tgt FILE, or --pairs TSV",
+            ))
+        }
+    };
+    let val = match (&a.valid_src, &a.valid_tgt) {
+        (Some(s), Some(t)) => {
+            let (v, k) = read_parallel(s, t, a.encoding)?;
+            skipped += k;
+            v
+        }
+        _ => {
+            let mut rng = attn::rng::Rng::new(cfg.seed);
+            for i in (1..pairs.len()).rev() {
+                pairs.swap(i, rng.below(i + 1));
+            }
+            if a.holdout == 0 || a.holdout >= pairs.len() {
+                return Err(Error::invalid(
+                    "holdout",
+                    format!(
+                        "{} must be between 1 and the number of pairs ({})",
+                        a.holdout,
+                        pairs.len()
+                    ),
+                ));
+            }
+            pairs.split_off(pairs.len() - a.holdout)
+        }
+    };
+    if skipped > 0 {
+        eprintln!("warning: skipped {skipped} pairs with an empty side");
+    }
+    eprintln!("{} training / {} validation pairs", pairs.len(), val.len());
+    let quiet = !std::io::stderr().is_terminal();
+    let summary = train(
+        &cfg,
+        &pairs,
+        &val,
+        &a.out,
+        &default_device(),
+        &mut |e| match e {
+            TranslateEvent::Step { step, loss, lr } => {
+                if step % 100 == 0 || (!quiet && step % 10 == 0) {
+                    eprintln!("step {step}: loss {loss:.4} lr {lr:.2e}");
+                }
+            }
+            TranslateEvent::Eval(e) => eprintln!(
+                "step {}: train loss {:.4}, val loss {:.4}, val BLEU {:.2}{}",
+                e.step,
+                e.train_loss,
+                e.val_loss,
+                e.val_bleu,
+                if e.best { " (best, saved)" } else { "" }
+            ),
+        },
+    )?;
+    eprintln!(
+        "best val BLEU {:.2} at step {}; {:.1}M parameters; {:.0} s of training; model in {}",
+        summary.best_val_bleu,
+        summary.best_step,
+        summary.parameters as f64 / 1e6,
+        summary.train_seconds,
+        a.out.display()
+    );
+    if a.json {
+        crate::print_json(&serde_json::to_value(&summary).unwrap());
+    }
+    Ok(())
+}

@@ -1,0 +1,504 @@
+//! Machine translation: parallel data, a shared byte-level BPE vocabulary, an
+//! encoder-decoder Transformer trained with label smoothing and a warm-up schedule,
+//! validation loss and BLEU during training, and greedy or beam-search decoding.
+//! Output folders are HF `MarianMTModel` folders with a `tokenizer.json`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, read_json, write_json, write_safetensors};
+use crate::data::{normalize, read_text, Encoding};
+use crate::generate::beam::{translate as decode, BeamConfig};
+use crate::metrics::bleu::{corpus_bleu, BleuConfig};
+use crate::models::marian::{Marian, MarianConfig};
+use crate::nn::{Mode, ParamBuilder, Params};
+use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use crate::train::optimizer::{clip_global_norm, AdamW, AdamWConfig};
+use crate::{Error, Result};
+
+pub const PAD: &str = "<pad>";
+pub const EOS: &str = "</s>";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub src: String,
+    pub tgt: String,
+}
+
+/// Read `source<TAB>target[<TAB>ignored]` lines (Tatoeba's layout). Lines with an empty
+/// side are skipped and counted.
+pub fn read_pairs_tsv(path: &Path, encoding: Encoding) -> Result<(Vec<Pair>, usize)> {
+    let text = read_text(path, encoding)?;
+    let mut pairs = vec![];
+    let mut skipped = 0;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            skipped += 1;
+            continue;
+        }
+        let mut parts = line.split('\t');
+        let (Some(src), Some(tgt)) = (parts.next(), parts.next()) else {
+            return Err(Error::bad_file(
+                path,
+                format!("line {}: expected source<TAB>target", i + 1),
+            ));
+        };
+        push_pair(&mut pairs, &mut skipped, src, tgt);
+    }
+    finish(path, pairs, skipped)
+}
+
+fn push_pair(pairs: &mut Vec<Pair>, skipped: &mut usize, src: &str, tgt: &str) {
+    let (src, tgt) = (
+        normalize(src).trim().to_string(),
+        normalize(tgt).trim().to_string(),
+    );
+    if src.is_empty() || tgt.is_empty() {
+        *skipped += 1;
+    } else {
+        pairs.push(Pair { src, tgt });
+    }
+}
+
+fn finish(path: &Path, pairs: Vec<Pair>, skipped: usize) -> Result<(Vec<Pair>, usize)> {
+    if pairs.is_empty() {
+        return Err(Error::bad_file(path, "no sentence pairs"));
+    }
+    Ok((pairs, skipped))
+}
+
+/// Read two parallel files, one sentence per line; their line counts must agree.
+pub fn read_parallel(src: &Path, tgt: &Path, encoding: Encoding) -> Result<(Vec<Pair>, usize)> {
+    let (a, b) = (read_text(src, encoding)?, read_text(tgt, encoding)?);
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    if la.len() != lb.len() {
+        return Err(Error::bad_file(
+            tgt,
+            format!(
+                "{} lines, but {} has {}: source and target must be parallel",
+                lb.len(),
+                src.display(),
+                la.len()
+            ),
+        ));
+    }
+    let mut pairs = vec![];
+    let mut skipped = 0;
+    for (s, t) in la.iter().zip(&lb) {
+        push_pair(&mut pairs, &mut skipped, s, t);
+    }
+    finish(src, pairs, skipped)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranslateConfig {
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    /// Longest sentence in tokens (end-of-sentence included); longer ones are truncated.
+    pub max_len: usize,
+    pub dropout: f32,
+    /// Shared byte-level BPE vocabulary size.
+    pub vocab_size: usize,
+    pub label_smoothing: f64,
+    /// Peak learning rate, reached after `warmup` steps, then ∝ 1/√step.
+    pub lr: f64,
+    pub warmup: usize,
+    pub max_steps: usize,
+    pub batch_size: usize,
+    pub grad_clip: f64,
+    pub eval_interval: usize,
+    /// Validation pairs decoded for BLEU at each evaluation.
+    pub bleu_sample: usize,
+    pub beam: usize,
+    pub seed: u64,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        TranslateConfig {
+            d_model: 256,
+            layers: 3,
+            heads: 4,
+            ffn: 1024,
+            max_len: 64,
+            dropout: 0.1,
+            vocab_size: 8000,
+            label_smoothing: 0.1,
+            lr: 7e-4,
+            warmup: 1000,
+            max_steps: 10_000,
+            batch_size: 64,
+            grad_clip: 1.0,
+            eval_interval: 1000,
+            bleu_sample: 200,
+            beam: 1,
+            seed: 7,
+        }
+    }
+}
+
+impl TranslateConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("d-model", self.d_model),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("ffn", self.ffn),
+            ("max-len", self.max_len),
+            ("batch-size", self.batch_size),
+            ("max-steps", self.max_steps),
+            ("eval-interval", self.eval_interval),
+            ("beam", self.beam),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(name, "must be at least 1"));
+            }
+        }
+        if self.d_model % self.heads != 0 || self.d_model % 2 != 0 {
+            return Err(Error::invalid(
+                "heads",
+                format!(
+                    "d-model {} must be even and divisible by heads {}",
+                    self.d_model, self.heads
+                ),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid(
+                "lr",
+                format!("{} must be a positive number", self.lr),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::invalid(
+                "label-smoothing",
+                format!("{} is not in [0, 1)", self.label_smoothing),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct Translator {
+    pub model: Marian,
+    pub params: Params,
+    pub tokenizer: Tokenizer,
+    pub max_len: usize,
+}
+
+impl Translator {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let (model, params) = checkpoint::load_marian(dir, device)?;
+        let tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
+        let max_len = read_json(&dir.join("attn_translate.json"))
+            .ok()
+            .and_then(|v| v["max_len"].as_u64())
+            .map(|v| v as usize)
+            .unwrap_or(model.config.max_position_embeddings)
+            .min(model.config.max_position_embeddings);
+        Ok(Translator {
+            model,
+            params,
+            tokenizer,
+            max_len,
+        })
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        write_safetensors(&dir.join(checkpoint::WEIGHTS), &self.params.tensors())?;
+        self.tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
+        let c = &self.model.config;
+        write_json(
+            &dir.join(checkpoint::GENERATION_CONFIG),
+            &serde_json::json!({
+                "decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
+                "forced_eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
+                "num_beams": 4, "max_length": self.max_len,
+            }),
+        )?;
+        write_json(
+            &dir.join("attn_translate.json"),
+            &serde_json::json!({ "max_len": self.max_len }),
+        )?;
+        write_json(&dir.join(checkpoint::CONFIG), &c.to_hf_json())
+    }
+
+    /// Source ids with end-of-sentence, truncated to `max_len`; the flag says whether
+    /// anything was cut.
+    pub fn encode_src(&self, text: &str) -> Result<(Vec<u32>, bool)> {
+        let mut ids = self.tokenizer.encode(text)?;
+        let cut = ids.len() > self.max_len - 1;
+        ids.truncate(self.max_len - 1);
+        ids.push(self.model.config.eos_token_id);
+        Ok((ids, cut))
+    }
+
+    /// Translate sentences one by one; returns the texts and how many were truncated.
+    pub fn translate(&self, texts: &[String], beam: &BeamConfig) -> Result<(Vec<String>, usize)> {
+        let mut out = Vec::with_capacity(texts.len());
+        let mut truncated = 0;
+        for t in texts {
+            if t.trim().is_empty() {
+                out.push(String::new());
+                continue;
+            }
+            let (ids, cut) = self.encode_src(t)?;
+            truncated += usize::from(cut);
+            let h = decode(&self.model, &ids, beam)?;
+            out.push(self.tokenizer.decode_clean(&h.ids)?.trim().to_string());
+        }
+        Ok((out, truncated))
+    }
+}
+
+/// Mean label-smoothed cross-entropy over the positions where `mask` is 1.
+fn smoothed_loss(logits: &Tensor, targets: &Tensor, mask: &Tensor, eps: f64) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    let logp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
+    let nll = logp
+        .gather(&targets.reshape((b * t, 1))?, 1)?
+        .squeeze(1)?
+        .neg()?;
+    let smooth = logp.mean(D::Minus1)?.neg()?;
+    let per_token = ((nll * (1.0 - eps))? + (smooth * eps)?)?;
+    let mask = mask.reshape(b * t)?.to_dtype(per_token.dtype())?;
+    Ok(((per_token * &mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()? as f64)?)
+}
+
+struct Encoded {
+    src: Vec<Vec<u32>>,
+    tgt: Vec<Vec<u32>>,
+}
+
+/// Tensors of one batch: source ids and mask, decoder inputs, targets and mask.
+fn batch(e: &Encoded, idx: &[usize], pad: u32, start: u32, dev: &Device) -> Result<[Tensor; 5]> {
+    let s_len = idx.iter().map(|&i| e.src[i].len()).max().unwrap_or(1);
+    let t_len = idx.iter().map(|&i| e.tgt[i].len()).max().unwrap_or(1);
+    let (mut src, mut smask, mut dec, mut tgt, mut tmask) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for &i in idx {
+        let (s, t) = (&e.src[i], &e.tgt[i]);
+        src.extend(s.iter().copied().chain(std::iter::repeat(pad)).take(s_len));
+        smask.extend((0..s_len).map(|j| u32::from(j < s.len())));
+        // Decoder reads [start] + target without its last token; learns the target.
+        dec.extend(
+            std::iter::once(start)
+                .chain(t.iter().copied())
+                .chain(std::iter::repeat(pad))
+                .take(t_len),
+        );
+        tgt.extend(t.iter().copied().chain(std::iter::repeat(pad)).take(t_len));
+        tmask.extend((0..t_len).map(|j| u32::from(j < t.len())));
+    }
+    let n = idx.len();
+    Ok([
+        Tensor::from_vec(src, (n, s_len), dev)?,
+        Tensor::from_vec(smask, (n, s_len), dev)?,
+        Tensor::from_vec(dec, (n, t_len), dev)?,
+        Tensor::from_vec(tgt, (n, t_len), dev)?,
+        Tensor::from_vec(tmask, (n, t_len), dev)?,
+    ])
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TranslateEval {
+    pub step: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_bleu: f64,
+    pub best: bool,
+}
+
+pub enum TranslateEvent<'a> {
+    Step { step: usize, loss: f64, lr: f64 },
+    Eval(&'a TranslateEval),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TranslateSummary {
+    pub steps: usize,
+    pub best_val_bleu: f64,
+    pub best_step: usize,
+    pub parameters: usize,
+    pub train_seconds: f64,
+}
+
+/// Train a translator; the model with the best validation BLEU is saved to `out`.
+pub fn train(
+    cfg: &TranslateConfig,
+    train: &[Pair],
+    val: &[Pair],
+    out: &Path,
+    device: &Device,
+    on_event: &mut dyn FnMut(TranslateEvent),
+) -> Result<TranslateSummary> {
+    cfg.validate()?;
+    if train.is_empty() || val.is_empty() {
+        return Err(Error::invalid(
+            "data",
+            "training and validation pairs must both be non-empty",
+        ));
+    }
+    let corpus: String = train
+        .iter()
+        .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
+        .collect();
+    let mut tokenizer = Tokenizer::train_bpe(&corpus, cfg.vocab_size)?;
+    let ids = tokenizer.add_specials(&[PAD, EOS])?;
+    let (pad, eos) = (ids[0], ids[1]);
+    let mc = MarianConfig {
+        dropout: cfg.dropout,
+        ..MarianConfig::transformer(
+            tokenizer.vocab_size(),
+            cfg.d_model,
+            cfg.layers,
+            cfg.heads,
+            cfg.ffn,
+            cfg.max_len + 1,
+            pad,
+            eos,
+        )
+    };
+    let mut rng = Rng::new(cfg.seed);
+    let mut pb = ParamBuilder::init(rng.fork(), device);
+    let model = Marian::new(mc, &mut pb)?;
+    let params = pb.finish()?;
+    let tr = Translator {
+        model,
+        params,
+        tokenizer,
+        max_len: cfg.max_len,
+    };
+    let encode = |pairs: &[Pair]| -> Result<Encoded> {
+        let mut e = Encoded {
+            src: vec![],
+            tgt: vec![],
+        };
+        for p in pairs {
+            e.src.push(tr.encode_src(&p.src)?.0);
+            e.tgt.push(tr.encode_src(&p.tgt)?.0);
+        }
+        Ok(e)
+    };
+    let (etrain, eval) = (encode(train)?, encode(val)?);
+    let mut opt = AdamW::new(
+        &tr.params,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-9,
+            weight_decay: 0.0,
+        },
+    )?;
+    let lr_at = |s: usize| -> f64 {
+        let s = (s + 1) as f64;
+        let w = cfg.warmup.max(1) as f64;
+        cfg.lr * (s / w).min((w / s).sqrt())
+    };
+    let start = tr.model.config.decoder_start_token_id;
+    let lengths: Vec<usize> = etrain
+        .src
+        .iter()
+        .zip(&etrain.tgt)
+        .map(|(s, t)| s.len().max(t.len()))
+        .collect();
+    let mut order: Vec<Vec<usize>> = vec![];
+    let beam = BeamConfig {
+        num_beams: cfg.beam,
+        length_penalty: 1.0,
+        max_new_tokens: cfg.max_len,
+        forced_eos: true,
+    };
+    let bleu_n = cfg.bleu_sample.min(val.len());
+    let refs = vec![val[..bleu_n]
+        .iter()
+        .map(|p| p.tgt.clone())
+        .collect::<Vec<_>>()];
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics =
+        std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let (mut best, mut best_step, mut train_seconds, mut loss_acc, mut loss_n) =
+        (f64::NEG_INFINITY, 0, 0.0, 0.0, 0);
+    for step in 0..cfg.max_steps {
+        if order.is_empty() {
+            order = crate::tasks::length_batches(&lengths, cfg.batch_size, &mut rng);
+        }
+        let idx = order.pop().unwrap();
+        let t0 = Instant::now();
+        let [src, smask, dec, tgt, tmask] = batch(&etrain, &idx, pad, start, device)?;
+        let mut mode = Mode::Train(&mut rng);
+        let logits = tr.model.forward(&src, &smask, &dec, &mut mode)?;
+        let loss = smoothed_loss(&logits, &tgt, &tmask, cfg.label_smoothing)?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            return Err(Error::invalid(
+                "training",
+                format!("the loss became {l} at step {step}; lower --lr"),
+            ));
+        }
+        let store = loss.backward()?;
+        let mut grads = std::collections::HashMap::new();
+        for (name, var) in tr.params.iter() {
+            if let Some(g) = store.get(var.as_tensor()) {
+                grads.insert(name.clone(), g.detach());
+            }
+        }
+        clip_global_norm(&mut grads, cfg.grad_clip)?;
+        let lr = lr_at(step);
+        opt.step(&grads, lr)?;
+        train_seconds += t0.elapsed().as_secs_f64();
+        loss_acc += l;
+        loss_n += 1;
+        on_event(TranslateEvent::Step {
+            step: step + 1,
+            loss: l,
+            lr,
+        });
+        if (step + 1) % cfg.eval_interval == 0 || step + 1 == cfg.max_steps {
+            let mut vl = 0.0;
+            let all: Vec<usize> = (0..val.len()).collect();
+            let chunks: Vec<&[usize]> = all.chunks(64).collect();
+            for c in &chunks {
+                let [s, sm, d, t, tm] = batch(&eval, c, pad, start, device)?;
+                let lg = tr.model.forward(&s, &sm, &d, &mut Mode::Eval)?;
+                vl += smoothed_loss(&lg, &t, &tm, 0.0)?.to_scalar::<f32>()? as f64;
+            }
+            let srcs: Vec<String> = val[..bleu_n].iter().map(|p| p.src.clone()).collect();
+            let (hyps, _) = tr.translate(&srcs, &beam)?;
+            let bleu = corpus_bleu(&hyps, &refs, &BleuConfig::default())?.score;
+            let is_best = bleu > best;
+            if is_best {
+                best = bleu;
+                best_step = step + 1;
+                tr.save(out)?;
+            }
+            let e = TranslateEval {
+                step: step + 1,
+                train_loss: loss_acc / loss_n as f64,
+                val_loss: vl / chunks.len() as f64,
+                val_bleu: bleu,
+                best: is_best,
+            };
+            (loss_acc, loss_n) = (0.0, 0);
+            writeln!(metrics, "{}", serde_json::to_string(&e).unwrap())
+                .map_err(|e| Error::io(&metrics_path, e))?;
+            on_event(TranslateEvent::Eval(&e));
+        }
+    }
+    Ok(TranslateSummary {
+        steps: cfg.max_steps,
+        best_val_bleu: best,
+        best_step,
+        parameters: tr.params.count(),
+        train_seconds,
+    })
+}
