@@ -7,6 +7,9 @@ unchanged and compute the same numbers.
    transformers (`output_loading_info=True`), require no missing and no unexpected
    keys, and compare its outputs on the fixture's recorded inputs with the recorded
    reference (max abs difference printed).
+3. With --classifier DIR --texts FILE (a folder written by `attn classify train`),
+   load it as a BertForSequenceClassification and compare its class probabilities
+   with `attn classify predict --json` on the texts.
 2. With --trained DIR (a folder written by `attn train`), load it as a
    GPT2LMHeadModel with its tokenizer.json through `tokenizers`, score a text with
    disjoint windows of the model's context, and compare with
@@ -96,18 +99,48 @@ def check_trained(attn, model_dir, text_path):
     return 0 if ok else 1
 
 
+def check_classifier(attn, model_dir, texts_path):
+    model, info = BertForSequenceClassification.from_pretrained(model_dir, output_loading_info=True)
+    model.eval()
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok.no_padding()
+    with open(texts_path, encoding="utf-8") as f:
+        texts = f.read().splitlines()
+    with open(texts_path, "rb") as f:
+        out = subprocess.run([attn, "classify", "predict", "--model", model_dir, "--json"], stdin=f,
+                             check=True, capture_output=True, text=True).stdout.splitlines()
+    worst = 0.0
+    for text, line in zip(texts, out):
+        ids = torch.tensor([tok.encode(text).ids])
+        with torch.no_grad():
+            probs = model(ids).logits.softmax(-1)[0]
+        got = json.loads(line)["probabilities"]
+        for i, p in enumerate(probs.tolist()):
+            worst = max(worst, abs(p - got[model.config.id2label[i]]))
+    missing, unexpected = info["missing_keys"], info["unexpected_keys"]
+    ok = not missing and not unexpected and worst < 1e-5 and len(out) == len(texts)
+    print(f"classifier {model_dir}: missing={list(missing)} unexpected={list(unexpected)} "
+          f"labels={model.config.id2label} max|prob diff|={worst:.2e} over {len(texts)} texts "
+          f"{'ok' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--attn", required=True, help="path to the attn binary")
     p.add_argument("--dtypes", nargs="+", default=["f32", "f16", "bf16"])
     p.add_argument("--trained", help="a folder written by attn train")
     p.add_argument("--text", help="text to score with --trained")
+    p.add_argument("--classifier", help="a folder written by attn classify train")
+    p.add_argument("--texts", help="texts (one per line) to classify with --classifier")
     a = p.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         failures = check_exports(os.path.abspath(a.attn), tmp, a.dtypes)
     if a.trained:
         failures += check_trained(os.path.abspath(a.attn), a.trained, a.text)
+    if a.classifier:
+        failures += check_classifier(os.path.abspath(a.attn), a.classifier, a.texts)
     print("all checks passed" if failures == 0 else f"{failures} checks failed")
     sys.exit(1 if failures else 0)
 
