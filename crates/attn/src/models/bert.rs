@@ -399,15 +399,7 @@ impl Bert {
     ) -> Result<BertOutput> {
         let cfg = &self.config;
         let (b, t) = ids.dims2()?;
-        if t > cfg.max_position_embeddings {
-            return Err(Error::invalid(
-                "sequence length",
-                format!(
-                    "{t} tokens exceed the model's {} positions",
-                    cfg.max_position_embeddings
-                ),
-            ));
-        }
+        crate::nn::check_positions(t, cfg.max_position_embeddings)?;
         let h = cfg.hidden_size;
         let (nh, hd) = (cfg.num_attention_heads, h / cfg.num_attention_heads);
         let dev = ids.device();

@@ -274,16 +274,7 @@ impl Gpt2 {
         let cfg = &self.config;
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + t > cfg.n_positions {
-            return Err(Error::invalid(
-                "sequence length",
-                format!(
-                    "{} positions exceed the model's context of {}",
-                    offset + t,
-                    cfg.n_positions
-                ),
-            ));
-        }
+        crate::nn::check_positions(offset + t, cfg.n_positions)?;
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let hd = c / nh;
         let eps = cfg.layer_norm_epsilon;

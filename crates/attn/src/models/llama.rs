@@ -317,16 +317,7 @@ impl Llama {
         let cfg = &self.config;
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + t > cfg.max_position_embeddings {
-            return Err(Error::invalid(
-                "sequence length",
-                format!(
-                    "{} positions exceed the model's context of {}",
-                    offset + t,
-                    cfg.max_position_embeddings
-                ),
-            ));
-        }
+        crate::nn::check_positions(offset + t, cfg.max_position_embeddings)?;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let mut x = self
             .embed

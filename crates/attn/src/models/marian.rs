@@ -354,16 +354,7 @@ impl Marian {
     fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let d = self.config.d_model;
-        if offset + t > self.config.max_position_embeddings {
-            return Err(Error::invalid(
-                "sequence length",
-                format!(
-                    "{} positions exceed the model's {}",
-                    offset + t,
-                    self.config.max_position_embeddings
-                ),
-            ));
-        }
+        crate::nn::check_positions(offset + t, self.config.max_position_embeddings)?;
         let scale = if self.config.scale_embedding {
             (d as f64).sqrt()
         } else {

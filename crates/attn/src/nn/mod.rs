@@ -103,6 +103,17 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::loss::cross_entropy(&logits, targets)?)
 }
 
+/// Error unless `needed` positions fit a model made for `limit`.
+pub fn check_positions(needed: usize, limit: usize) -> Result<()> {
+    if needed > limit {
+        return Err(crate::Error::invalid(
+            "sequence length",
+            format!("{needed} positions exceed the model's context of {limit}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The device attn computes on: CPU unless built with CUDA and one is present.
 pub fn default_device() -> Device {
     Device::Cpu
