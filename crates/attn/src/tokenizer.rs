@@ -44,8 +44,10 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
 
 impl Tokenizer {
     fn wrap(inner: tokenizers::Tokenizer) -> Self {
+        let has_unk =
+            matches!(inner.get_model(), ModelWrapper::BPE(b) if b.get_unk_token().is_some());
         let strict_coverage =
-            inner.get_normalizer().is_none() && inner.get_pre_tokenizer().is_none();
+            inner.get_normalizer().is_none() && inner.get_pre_tokenizer().is_none() && !has_unk;
         Tokenizer {
             inner,
             strict_coverage,
@@ -55,6 +57,16 @@ impl Tokenizer {
     /// A character-level tokenizer whose vocabulary is every distinct character of `text`,
     /// in code point order (as nanoGPT's `sorted(set(text))`).
     pub fn train_char(text: &str) -> Result<Self> {
+        Self::char_vocab(text, None)
+    }
+
+    /// A character-level tokenizer that maps characters it never saw to `[UNK]` (the
+    /// last id) instead of refusing them: for classifiers, which meet new text.
+    pub fn train_char_with_unk(text: &str) -> Result<Self> {
+        Self::char_vocab(text, Some("[UNK]"))
+    }
+
+    fn char_vocab(text: &str, unk: Option<&str>) -> Result<Self> {
         let chars: BTreeSet<char> = text.chars().collect();
         if chars.is_empty() {
             return Err(Error::invalid(
@@ -62,12 +74,17 @@ impl Tokenizer {
                 "no characters to build a vocabulary from",
             ));
         }
-        let vocab: tokenizers::models::bpe::Vocab = chars
+        let mut vocab: tokenizers::models::bpe::Vocab = chars
             .iter()
             .enumerate()
             .map(|(i, c)| (c.to_string(), i as u32))
             .collect();
-        let bpe = BPE::builder()
+        let mut builder = BPE::builder();
+        if let Some(u) = unk {
+            vocab.insert(u.to_string(), chars.len() as u32);
+            builder = builder.unk_token(u.to_string());
+        }
+        let bpe = builder
             .vocab_and_merges(vocab, vec![])
             .build()
             .map_err(tk_err)?;
@@ -323,6 +340,13 @@ mod tests {
         assert_eq!(tok.decode(&ids).unwrap(), MIXED);
         let err = tok.encode("To be§").unwrap_err().to_string();
         assert!(err.contains("U+00A7") && err.contains("byte 5"), "{err}");
+    }
+
+    #[test]
+    fn char_with_unk_maps_unseen_characters() {
+        let tok = Tokenizer::train_char_with_unk("abc").unwrap();
+        let unk = tok.token_to_id("[UNK]").unwrap();
+        assert_eq!(tok.encode("abz").unwrap(), vec![0, 1, unk]);
     }
 
     #[test]

@@ -397,7 +397,12 @@ fn build(
                 ));
             }
             let corpus: String = train.iter().map(|e| format!("{}\n", e.text)).collect();
-            let mut tokenizer = crate::train::build_tokenizer(&cfg.tokenizer, &corpus)?;
+            // A classifier meets characters its training text lacked: unknown, not an error.
+            let mut tokenizer = if cfg.tokenizer == "char" {
+                Tokenizer::train_char_with_unk(&corpus)?
+            } else {
+                crate::train::build_tokenizer(&cfg.tokenizer, &corpus)?
+            };
             let pad = tokenizer.add_classifier_specials()?;
             let mut config = BertConfig::classifier(
                 tokenizer.vocab_size(),
