@@ -188,10 +188,13 @@ mod tests {
             SacreTokenizer::T13a.tokens("Tom &amp; Jerry").join(" "),
             "Tom & Jerry"
         );
+        // zh: CJK characters apart, then 13a's rules without its padding: a period after a
+        // letter splits off; after a digit at the very end it does not.
         assert_eq!(
             SacreTokenizer::Zh.tokens("我爱北京 abc.").join(" "),
-            "我 爱 北 京 abc."
+            "我 爱 北 京 abc ."
         );
+        assert_eq!(SacreTokenizer::Zh.tokens("我 2000.").join(" "), "我 2000.");
         assert_eq!(SacreTokenizer::Char.tokens("a b").len(), 2);
     }
 }
