@@ -16,7 +16,9 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, TokenizerBuilder};
+use tokenizers::{
+    AddedToken, DecoderWrapper, ModelWrapper, PostProcessor, PreTokenizerWrapper, TokenizerBuilder,
+};
 
 use crate::{Error, Result};
 
@@ -238,17 +240,19 @@ impl Tokenizer {
     /// Encode text as a model input: with the special tokens of the tokenizer's
     /// post-processor (BERT's `[CLS] … [SEP]`, for example), truncated to `max_len`.
     pub fn encode_for_model(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
-        let mut enc = self.inner.encode(text, true).map_err(tk_err)?;
-        if enc.len() > max_len {
-            // Keep the trailing special token(s) by re-encoding with truncation.
-            let mut t = self.inner.clone();
-            t.with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_len,
-                ..Default::default()
-            }))
-            .map_err(tk_err)?;
-            enc = t.encode(text, true).map_err(tk_err)?;
-        }
+        // Truncate the text's own tokens so that the special tokens still fit, then let
+        // the post-processor add them: no second encoding, no copy of the tokenizer.
+        let mut enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let specials = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        enc.truncate(
+            max_len.saturating_sub(specials),
+            0,
+            tokenizers::TruncationDirection::Right,
+        );
+        let enc = self.inner.post_process(enc, None, true).map_err(tk_err)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -340,6 +344,24 @@ mod tests {
         assert_eq!(tok.decode(&ids).unwrap(), MIXED);
         let err = tok.encode("To be§").unwrap_err().to_string();
         assert!(err.contains("U+00A7") && err.contains("byte 5"), "{err}");
+    }
+
+    #[test]
+    fn model_inputs_are_truncated_inside_their_special_tokens() {
+        let mut tok = Tokenizer::train_char("abcdef").unwrap();
+        tok.add_classifier_specials().unwrap();
+        let (cls, sep) = (
+            tok.token_to_id("[CLS]").unwrap(),
+            tok.token_to_id("[SEP]").unwrap(),
+        );
+        assert_eq!(
+            tok.encode_for_model("abcdef", 4).unwrap(),
+            vec![cls, 0, 1, sep]
+        );
+        assert_eq!(
+            tok.encode_for_model("ab", 16).unwrap(),
+            vec![cls, 0, 1, sep]
+        );
     }
 
     #[test]

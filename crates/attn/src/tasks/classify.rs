@@ -19,7 +19,7 @@ use crate::models::bert::{Bert, BertConfig, LoraConfig, LORA_TARGETS};
 use crate::nn::{cross_entropy, Mode, ParamBuilder, Params};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use crate::train::optimizer::{clip_global_norm, AdamW, AdamWConfig};
+use crate::train::optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
 use crate::{Error, Result};
 
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -587,13 +587,7 @@ pub fn train(
                 ));
             }
             loss_sum += l;
-            let store = loss.backward()?;
-            let mut grads = HashMap::new();
-            for (name, var) in trainable.iter() {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    grads.insert(name.clone(), g.detach());
-                }
-            }
+            let mut grads = gradients(&trainable, &loss.backward()?);
             clip_global_norm(&mut grads, cfg.grad_clip)?;
             opt.step(&grads, lr_at(step))?;
             step += 1;

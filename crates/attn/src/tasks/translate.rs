@@ -18,7 +18,7 @@ use crate::models::marian::{Marian, MarianConfig};
 use crate::nn::{Mode, ParamBuilder, Params};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use crate::train::optimizer::{clip_global_norm, AdamW, AdamWConfig};
+use crate::train::optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
 use crate::{Error, Result};
 
 pub const PAD: &str = "<pad>";
@@ -445,13 +445,7 @@ pub fn train(
                 format!("the loss became {l} at step {step}; lower --lr"),
             ));
         }
-        let store = loss.backward()?;
-        let mut grads = std::collections::HashMap::new();
-        for (name, var) in tr.params.iter() {
-            if let Some(g) = store.get(var.as_tensor()) {
-                grads.insert(name.clone(), g.detach());
-            }
-        }
+        let mut grads = gradients(&tr.params, &loss.backward()?);
         clip_global_norm(&mut grads, cfg.grad_clip)?;
         let lr = lr_at(step);
         opt.step(&grads, lr)?;

@@ -29,7 +29,7 @@ use crate::nn::{Mode, ParamBuilder, Params};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use optimizer::{clip_global_norm, AdamW, AdamWConfig};
+use optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
 use schedule::CosineSchedule;
 
 const STATE_FILE: &str = "trainer_state.json";
@@ -337,19 +337,12 @@ impl Trainer {
                 .loss(&batch.x, &batch.y, &mut Mode::Train(&mut self.rng))?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let loss = (loss / cfg.grad_accum as f64)?;
-            let store = loss.backward()?;
-            for (name, var) in self.params.iter() {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    // Detach: a gradient computed from a parameter carries the op graph
-                    // back through the whole forward pass; kept in the AdamW moments it
-                    // would chain every step's graph to the next (memory grows without end).
-                    let g = g.detach();
-                    let g = match grads.remove(name) {
-                        Some(acc) => (acc + g)?,
-                        None => g,
-                    };
-                    grads.insert(name.clone(), g);
-                }
+            for (name, g) in gradients(&self.params, &loss.backward()?) {
+                let g = match grads.remove(&name) {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                };
+                grads.insert(name, g);
             }
         }
         let grad_norm = clip_global_norm(&mut grads, cfg.grad_clip)?;

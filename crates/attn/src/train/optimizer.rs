@@ -100,6 +100,24 @@ impl AdamW {
     }
 }
 
+/// The gradients of `params` in a backward pass, by name, detached: a gradient computed
+/// from a parameter carries the op graph back through the whole forward pass, and kept
+/// in the AdamW moments it would chain every step's graph to the next (memory grows
+/// without end).
+pub fn gradients(
+    params: &Params,
+    store: &candle_core::backprop::GradStore,
+) -> HashMap<String, Tensor> {
+    params
+        .iter()
+        .filter_map(|(name, var)| {
+            store
+                .get(var.as_tensor())
+                .map(|g| (name.clone(), g.detach()))
+        })
+        .collect()
+}
+
 /// The global L2 norm of all gradients.
 pub fn global_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
     let mut sum = 0f64;
