@@ -40,7 +40,7 @@ struct RunArgs {
     /// Most tokens to generate per sentence (default: the model's limit).
     #[arg(long)]
     max_len: Option<usize>,
-    /// Sentences per call (decoding is currently one sentence at a time).
+    /// Sentences decoded together (batched beam search).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
 }
@@ -58,9 +58,14 @@ struct TrainArgs {
     valid_src: Option<PathBuf>,
     #[arg(long, requires = "valid_src")]
     valid_tgt: Option<PathBuf>,
-    /// Without --valid-*, hold out this many pairs (the last ones after a seeded shuffle).
+    /// Without --valid-*: test pairs held out (after a fixed shuffle of the data) and
+    /// written to OUT/holdout.src and OUT/holdout.tgt; never used for training or
+    /// choosing the checkpoint.
     #[arg(long, default_value_t = 1000)]
     holdout: usize,
+    /// Without --valid-*: validation pairs taken next from the shuffled data.
+    #[arg(long, default_value_t = 500)]
+    valid_size: usize,
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "utf8")]
@@ -98,9 +103,19 @@ struct TrainArgs {
     beam: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Swap the two sides: translate what --tgt / the TSV's second column holds into
+    /// the other (e.g. Tatoeba's Chinese into English).
+    #[arg(long)]
+    reverse: bool,
+    /// sacreBLEU tokenizer for the validation BLEU (13a, intl, zh, char, none, auto).
+    #[arg(long)]
+    bleu_tokenize: Option<String>,
     #[arg(long)]
     json: bool,
 }
+
+/// Seed of the shuffle that splits a single parallel file into train / valid / test.
+const HOLDOUT_SEED: u64 = 20_261_128;
 
 pub fn run(cmd: TranslateCommand) -> Result<()> {
     match cmd.sub {
@@ -128,17 +143,20 @@ fn run_decode(a: RunArgs) -> Result<()> {
         .lines()
         .collect::<std::io::Result<_>>()
         .map_err(|e| Error::invalid("stdin", format!("cannot read the input: {e}")))?;
+    let texts: Vec<String> = lines.iter().map(|l| attn::data::normalize(l)).collect();
+    let batch = a.batch_size.max(1);
     let mut out = std::io::stdout().lock();
     let mut truncated = 0;
-    for chunk in lines.chunks(a.batch_size.max(1)) {
-        let texts: Vec<String> = chunk.iter().map(|l| attn::data::normalize(l)).collect();
-        let (hyps, cut) = tr.translate(&texts, &beam)?;
+    // Groups of several batches: sorted by length inside a group, written as they finish.
+    for group in texts.chunks(batch * 16) {
+        let (hyps, cut) = tr.translate(group, &beam, batch)?;
         truncated += cut;
         for h in hyps {
             if writeln!(out, "{h}").is_err() {
                 return Ok(());
             }
         }
+        let _ = out.flush();
     }
     if truncated > 0 {
         eprintln!("warning: {truncated} source sentences were longer than the model's {} tokens and were truncated", tr.max_len);
@@ -165,7 +183,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
         eval_interval,
         bleu_sample,
         beam,
-        seed
+        seed,
+        bleu_tokenize
     );
     cfg.validate()?;
     let (mut pairs, mut skipped) = match (&a.pairs, &a.src, &a.tgt) {
@@ -178,28 +197,58 @@ fn run_train(a: TrainArgs) -> Result<()> {
             ))
         }
     };
+    let swap = |v: &mut Vec<attn::tasks::translate::Pair>| {
+        if a.reverse {
+            v.iter_mut()
+                .for_each(|p| std::mem::swap(&mut p.src, &mut p.tgt));
+        }
+    };
+    swap(&mut pairs);
     let val = match (&a.valid_src, &a.valid_tgt) {
         (Some(s), Some(t)) => {
-            let (v, k) = read_parallel(s, t, a.encoding)?;
+            let (mut v, k) = read_parallel(s, t, a.encoding)?;
+            swap(&mut v);
             skipped += k;
             v
         }
         _ => {
-            let mut rng = attn::rng::Rng::new(cfg.seed);
+            // A split that depends on the data only (not on --seed), so that every run
+            // on the same file, in either direction, holds out the same pairs.
+            let mut rng = attn::rng::Rng::new(HOLDOUT_SEED);
             for i in (1..pairs.len()).rev() {
                 pairs.swap(i, rng.below(i + 1));
             }
-            if a.holdout == 0 || a.holdout >= pairs.len() {
+            if a.valid_size == 0 || a.holdout + a.valid_size >= pairs.len() {
                 return Err(Error::invalid(
                     "holdout",
                     format!(
-                        "{} must be between 1 and the number of pairs ({})",
+                        "--holdout {} plus --valid-size {} (at least 1) must leave training pairs out of {}",
                         a.holdout,
+                        a.valid_size,
                         pairs.len()
                     ),
                 ));
             }
-            pairs.split_off(pairs.len() - a.holdout)
+            let held = pairs.split_off(pairs.len() - a.holdout);
+            let val = pairs.split_off(pairs.len() - a.valid_size);
+            if !held.is_empty() {
+                // The test pairs, never trained or selected on, to be scored afterwards.
+                std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+                for (name, side) in [("holdout.src", true), ("holdout.tgt", false)] {
+                    let text: String = held
+                        .iter()
+                        .map(|p| format!("{}\n", if side { &p.src } else { &p.tgt }))
+                        .collect();
+                    attn::checkpoint::write_atomic(&a.out.join(name), text.as_bytes())?;
+                }
+                eprintln!(
+                    "held out {} test pairs: {} and {}",
+                    held.len(),
+                    a.out.join("holdout.src").display(),
+                    a.out.join("holdout.tgt").display()
+                );
+            }
+            val
         }
     };
     if skipped > 0 {

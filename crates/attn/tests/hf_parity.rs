@@ -274,10 +274,11 @@ fn marian_matches_transformers() {
 }
 
 /// Greedy and beam search give transformers' `generate` tokens (and beam scores) on the
-/// Marian fixtures: num_beams 3, length_penalty 1.0 and 0.6, early_stopping, 12 new tokens.
+/// Marian fixtures: num_beams 3, length_penalty 1.0 and 0.6, early_stopping, 12 new tokens;
+/// one sentence at a time and all rows as one padded batch.
 #[test]
 fn marian_beam_search_matches_transformers_generate() {
-    use attn::generate::beam::{translate, BeamConfig};
+    use attn::generate::beam::{translate, translate_batch, BeamConfig};
     for name in ["marian-tiny", "marian-3heads"] {
         let r = reference(name);
         let (model, _) = load_marian(&fixture(name), &Device::Cpu).unwrap();
@@ -290,15 +291,26 @@ fn marian_beam_search_matches_transformers_generate() {
             ("beam3_lp0.6", 3, 0.6),
         ] {
             let want = ids(&r[key]).to_vec2::<u32>().unwrap();
+            let cfg = BeamConfig {
+                num_beams: beams,
+                length_penalty: lp,
+                max_new_tokens: 12,
+                forced_eos: true,
+            };
+            let srcs: Vec<&[u32]> = (0..src.len())
+                .map(|row| &src[row][..mask[row].iter().sum::<u32>() as usize])
+                .collect();
+            let batched = translate_batch(&model, &srcs, &cfg).unwrap();
+            assert_eq!(batched.len(), src.len());
             for row in 0..src.len() {
-                let n = mask[row].iter().sum::<u32>() as usize;
-                let cfg = BeamConfig {
-                    num_beams: beams,
-                    length_penalty: lp,
-                    max_new_tokens: 12,
-                    forced_eos: true,
-                };
-                let h = translate(&model, &src[row][..n], &cfg).unwrap();
+                let h = translate(&model, srcs[row], &cfg).unwrap();
+                assert_eq!(batched[row].ids, h.ids, "{name} {key} row {row}: batched");
+                assert!(
+                    (batched[row].score - h.score).abs() < 1e-4,
+                    "{name} {key} row {row}: batched score {} vs {}",
+                    batched[row].score,
+                    h.score
+                );
                 // transformers' rows: start token, the tokens, then padding.
                 let mut expected: Vec<u32> = want[row][1..].to_vec();
                 while expected.last() == Some(&pad) && expected.len() > h.ids.len() {

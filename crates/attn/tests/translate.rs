@@ -66,14 +66,14 @@ fn learns_a_word_mapping_and_reloads() {
         forced_eos: true,
     };
     let (out, cut) = t
-        .translate(&["red cat runs".to_string(), "".to_string()], &beam)
+        .translate(&["red cat runs".to_string(), "".to_string()], &beam, 2)
         .unwrap();
     assert_eq!(out[0], "rot katze rennt");
     assert_eq!(out[1], "", "an empty line translates to an empty line");
     assert_eq!(cut, 0);
     // A sentence longer than the model's limit is truncated and counted, not a crash.
     let long = vec!["red cat ".repeat(30)];
-    let (_, cut) = t.translate(&long, &beam).unwrap();
+    let (_, cut) = t.translate(&long, &beam, 4).unwrap();
     assert_eq!(cut, 1);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -212,6 +212,16 @@ impl MarianCache {
     pub fn is_empty(&self) -> bool {
         self.self_attn.is_empty()
     }
+
+    /// Keep the rows `idx` of the cross-attention keys and values (sentences leaving a
+    /// batched search).
+    pub fn select_cross(&mut self, idx: &Tensor) -> Result<()> {
+        for (k, v) in self.cross.iter_mut() {
+            *k = k.index_select(idx, 0)?;
+            *v = v.index_select(idx, 0)?;
+        }
+        Ok(())
+    }
 }
 
 /// Marian's sinusoidal table: for position p and j < d/2, angle p / 10000^(2j/d); the
@@ -495,6 +505,10 @@ impl Marian {
 
     pub fn dtype(&self) -> DType {
         self.shared.dtype()
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        self.shared.device()
     }
 }
 

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, read_json, write_json, write_safetensors};
 use crate::data::{normalize, read_text, Encoding};
-use crate::generate::beam::{translate as decode, BeamConfig};
+use crate::generate::beam::{translate_batch as decode_batch, BeamConfig};
 use crate::metrics::bleu::{corpus_bleu, BleuConfig};
+use crate::metrics::sacre_tokenize::SacreTokenizer;
 use crate::models::marian::{Marian, MarianConfig};
 use crate::nn::{Mode, ParamBuilder, Params};
 use crate::rng::Rng;
@@ -118,6 +119,24 @@ pub struct TranslateConfig {
     pub bleu_sample: usize,
     pub beam: usize,
     pub seed: u64,
+    /// sacreBLEU tokenizer for the validation BLEU: 13a, intl, zh, char, none, or
+    /// "auto" (zh when the validation targets contain Chinese characters, else 13a).
+    #[serde(default = "auto")]
+    pub bleu_tokenize: String,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+/// The tokenizer "auto" picks for reference texts: zh when any contains a CJK ideograph.
+pub fn auto_bleu_tokenizer(refs: &[String]) -> SacreTokenizer {
+    let cjk = |c: char| matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF);
+    if refs.iter().any(|r| r.chars().any(cjk)) {
+        SacreTokenizer::Zh
+    } else {
+        SacreTokenizer::T13a
+    }
 }
 
 impl Default for TranslateConfig {
@@ -140,6 +159,7 @@ impl Default for TranslateConfig {
             bleu_sample: 200,
             beam: 1,
             seed: 7,
+            bleu_tokenize: auto(),
         }
     }
 }
@@ -175,6 +195,9 @@ impl TranslateConfig {
                 "lr",
                 format!("{} must be a positive number", self.lr),
             ));
+        }
+        if self.bleu_tokenize != "auto" {
+            self.bleu_tokenize.parse::<SacreTokenizer>()?;
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(Error::invalid(
@@ -241,19 +264,32 @@ impl Translator {
         Ok((ids, cut))
     }
 
-    /// Translate sentences one by one; returns the texts and how many were truncated.
-    pub fn translate(&self, texts: &[String], beam: &BeamConfig) -> Result<(Vec<String>, usize)> {
-        let mut out = Vec::with_capacity(texts.len());
+    /// Translate sentences, `batch_size` at a time (sentences of similar length decoded
+    /// together); returns the texts in input order and how many sources were truncated.
+    pub fn translate(
+        &self,
+        texts: &[String],
+        beam: &BeamConfig,
+        batch_size: usize,
+    ) -> Result<(Vec<String>, usize)> {
+        let mut out = vec![String::new(); texts.len()];
         let mut truncated = 0;
-        for t in texts {
+        let mut encoded: Vec<(usize, Vec<u32>)> = vec![];
+        for (i, t) in texts.iter().enumerate() {
             if t.trim().is_empty() {
-                out.push(String::new());
                 continue;
             }
             let (ids, cut) = self.encode_src(t)?;
             truncated += usize::from(cut);
-            let h = decode(&self.model, &ids, beam)?;
-            out.push(self.tokenizer.decode_clean(&h.ids)?.trim().to_string());
+            encoded.push((i, ids));
+        }
+        encoded.sort_by_key(|(_, ids)| ids.len());
+        for chunk in encoded.chunks(batch_size.max(1)) {
+            let srcs: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
+            let hyps = decode_batch(&self.model, &srcs, beam)?;
+            for ((i, _), h) in chunk.iter().zip(hyps) {
+                out[*i] = self.tokenizer.decode_clean(&h.ids)?.trim().to_string();
+            }
         }
         Ok((out, truncated))
     }
@@ -422,6 +458,13 @@ pub fn train(
         .iter()
         .map(|p| p.tgt.clone())
         .collect::<Vec<_>>()];
+    let bleu_cfg = BleuConfig {
+        tokenize: match cfg.bleu_tokenize.as_str() {
+            "auto" => auto_bleu_tokenizer(&refs[0]),
+            t => t.parse()?,
+        },
+        ..BleuConfig::default()
+    };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics =
@@ -467,8 +510,8 @@ pub fn train(
                 vl += smoothed_loss(&lg, &t, &tm, 0.0)?.to_scalar::<f32>()? as f64;
             }
             let srcs: Vec<String> = val[..bleu_n].iter().map(|p| p.src.clone()).collect();
-            let (hyps, _) = tr.translate(&srcs, &beam)?;
-            let bleu = corpus_bleu(&hyps, &refs, &BleuConfig::default())?.score;
+            let (hyps, _) = tr.translate(&srcs, &beam, 32)?;
+            let bleu = corpus_bleu(&hyps, &refs, &bleu_cfg)?.score;
             let is_best = bleu > best;
             if is_best {
                 best = bleu;
