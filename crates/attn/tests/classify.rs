@@ -66,7 +66,7 @@ fn logits_of(clf: &Classifier, texts: &[&str]) -> Vec<Vec<f32>> {
 #[test]
 fn scratch_classifier_learns_saves_and_ignores_padding() {
     let dir = common::temp_dir("clf-scratch");
-    let (tr, va) = (synthetic(400, 1), synthetic(80, 2));
+    let (tr, va) = (synthetic(800, 1), synthetic(80, 2));
     let cfg = ClassifyConfig {
         epochs: 8,
         ..tiny_config()

@@ -68,7 +68,7 @@ fn encode_batch(model: &Marian, srcs: &[&[u32]], copies: usize) -> Result<(Tenso
         return Ok((enc, mask));
     }
     let rep: Vec<u32> = (0..srcs.len() as u32)
-        .flat_map(|i| std::iter::repeat(i).take(copies))
+        .flat_map(|i| std::iter::repeat_n(i, copies))
         .collect();
     let rep = Tensor::new(rep.as_slice(), &dev)?;
     Ok((enc.index_select(&rep, 0)?, mask.index_select(&rep, 0)?))

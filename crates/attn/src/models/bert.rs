@@ -384,7 +384,7 @@ impl Bert {
         Ok(match self.config.hidden_act.as_str() {
             "gelu" => x.gelu_erf()?,
             "relu" => x.relu()?,
-            _ => x.gelu()?,
+            _ => crate::nn::gelu_tanh(x)?,
         })
     }
 

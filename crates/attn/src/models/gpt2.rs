@@ -241,7 +241,7 @@ impl Gpt2 {
         Ok(match self.config.activation_function.as_str() {
             "gelu" => x.gelu_erf()?,
             "relu" => x.relu()?,
-            _ => x.gelu()?, // gelu_new / gelu_pytorch_tanh: the tanh approximation
+            _ => crate::nn::gelu_tanh(x)?, // gelu_new / gelu_pytorch_tanh: the tanh approximation
         })
     }
 

@@ -325,7 +325,7 @@ impl Marian {
     fn act(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self.config.activation_function.as_str() {
             "gelu" => x.gelu_erf()?,
-            "gelu_new" => x.gelu()?,
+            "gelu_new" => crate::nn::gelu_tanh(x)?,
             "relu" => x.relu()?,
             _ => x.silu()?,
         })

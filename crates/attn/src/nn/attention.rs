@@ -86,6 +86,12 @@ pub fn causal_attention(
     let tk = k.dim(2)?;
     let offset = tk - tq;
     let scale = 1.0 / (hd as f64).sqrt();
+    if super::fused::usable(q) {
+        let scores = q.matmul(&k.transpose(D::Minus2, D::Minus1)?)?;
+        let w = super::fused::causal_softmax(&scores, scale)?;
+        let w = dropout(&w, attn_pdrop, mode)?;
+        return Ok(w.matmul(v)?);
+    }
     let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?)? * scale)?;
     let scores = if tq > 1 {
         scores.broadcast_add(&causal_mask(tq, offset, q.device())?.to_dtype(q.dtype())?)?

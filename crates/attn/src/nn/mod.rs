@@ -2,6 +2,7 @@
 //! attention, dropout.
 
 mod attention;
+pub mod fused;
 mod params;
 
 pub use attention::{causal_attention, masked_attention, padding_mask, KvCache};
@@ -59,6 +60,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// differentiable primitives: candle's fused `layer_norm` kernel has no backward pass and
 /// would silently stop the gradients (see DESIGN.md).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, mode: &Mode) -> Result<Tensor> {
+    if fused::usable(x) {
+        return fused::layer_norm(x, w, b, eps);
+    }
     if !mode.is_train() && x.is_contiguous() && x.dtype() != DType::F64 {
         return Ok(candle_nn::ops::layer_norm(x, w, b, eps as f32)?);
     }
@@ -71,11 +75,22 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, mode: &Mode) -> 
 
 /// Softmax over the last dimension; differentiable in training, fused otherwise.
 pub fn softmax_last(x: &Tensor, mode: &Mode) -> Result<Tensor> {
+    if fused::usable(x) {
+        return fused::softmax(x, 1.0);
+    }
     if mode.is_train() || x.dtype() == DType::F64 {
         Ok(candle_nn::ops::softmax(x, D::Minus1)?)
     } else {
         Ok(candle_nn::ops::softmax_last_dim(x)?)
     }
+}
+
+/// GELU with the tanh approximation (GPT-2's `gelu_new`), fused where possible.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if fused::usable(x) {
+        return fused::gelu_tanh(x);
+    }
+    Ok(x.gelu()?)
 }
 
 /// Inverted dropout: in training, zero each element with probability `p` and scale the
@@ -100,6 +115,12 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
         _ => logits.clone(),
     };
+    if fused::usable(&logits) {
+        let n = targets.elem_count();
+        let w =
+            Tensor::full(1.0 / n.max(1) as f64, n, logits.device())?.to_dtype(logits.dtype())?;
+        return fused::cross_entropy(&logits, targets, &w, 0.0);
+    }
     Ok(candle_nn::loss::cross_entropy(&logits, targets)?)
 }
 

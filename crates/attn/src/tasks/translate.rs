@@ -298,6 +298,20 @@ impl Translator {
 /// Mean label-smoothed cross-entropy over the positions where `mask` is 1.
 fn smoothed_loss(logits: &Tensor, targets: &Tensor, mask: &Tensor, eps: f64) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
+    if crate::nn::fused::usable(logits) {
+        let mask = mask.reshape(b * t)?.to_dtype(logits.dtype())?;
+        let total = mask
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let weights = (&mask / total.max(1.0))?;
+        return crate::nn::fused::cross_entropy(
+            &logits.reshape((b * t, v))?,
+            &targets.reshape(b * t)?,
+            &weights,
+            eps,
+        );
+    }
     let logp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
     let nll = logp
         .gather(&targets.reshape((b * t, 1))?, 1)?

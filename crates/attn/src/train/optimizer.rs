@@ -28,8 +28,12 @@ impl AdamW {
     pub fn new(params: &Params, config: AdamWConfig) -> Result<Self> {
         let mut state = BTreeMap::new();
         for (name, var) in params.iter() {
-            let z = var.as_tensor().zeros_like()?;
-            state.insert(name.clone(), (var.clone(), z.clone(), z));
+            // Two buffers: the fused step updates them in place.
+            let t = var.as_tensor();
+            state.insert(
+                name.clone(),
+                (var.clone(), t.zeros_like()?, t.zeros_like()?),
+            );
         }
         Ok(AdamW {
             config,
@@ -53,6 +57,30 @@ impl AdamW {
             let Some(g) = grads.get(name) else { continue };
             // Never let a gradient's op graph into the moments, which live across steps.
             let g = &g.detach();
+            let p = var.as_tensor();
+            if crate::nn::fused::usable(p)
+                && p.is_contiguous()
+                && m.is_contiguous()
+                && v.is_contiguous()
+            {
+                let decay = if Self::decays(var) {
+                    c.weight_decay
+                } else {
+                    0.0
+                };
+                crate::nn::fused::adamw_step(
+                    p,
+                    m,
+                    v,
+                    g,
+                    lr,
+                    decay,
+                    (c.beta1, c.beta2),
+                    (bc1, bc2),
+                    c.eps,
+                )?;
+                continue;
+            }
             *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let mut p = var.as_tensor().detach();

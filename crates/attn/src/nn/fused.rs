@@ -1,0 +1,848 @@
+//! Fused CPU kernels, each with its backward pass: GELU (tanh approximation), layer norm,
+//! softmax with scale and causal mask, softmax cross-entropy with label smoothing and
+//! per-row weights, and the AdamW update done in place.
+//!
+//! candle runs a composite like layer norm as a chain of elementwise operations, each a
+//! separate pass over memory with a fresh allocation, mostly on one core; its own fused
+//! layer norm and softmax have no backward (DESIGN.md). Each kernel here is a candle
+//! custom op whose forward is one pass per row (rows split over the rayon pool when the
+//! work is large) and whose `bwd` is another such op, so autodiff works through it.
+//! They take f32 and f64 tensors on the CPU; the callers in `nn` fall back to the
+//! composite paths elsewhere, or when [`set_enabled`]`(false)` (or `ATTN_FUSED=0`).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp2,
+    InplaceOp3, Layout, Shape, Tensor, WithDType,
+};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// 0: not decided yet (read ATTN_FUSED), 1: on, 2: off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the fused kernels are used (default yes; `ATTN_FUSED=0` turns them off).
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("ATTN_FUSED").map_or(true, |v| v != "0");
+            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Turn the fused kernels on or off for the whole process (tests compare both paths).
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether `t` can go through the fused kernels.
+pub fn usable(t: &Tensor) -> bool {
+    enabled() && t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+trait Real: Float + WithDType + Send + Sync + std::iter::Sum {
+    fn slice_mut(s: &mut CpuStorage) -> candle_core::Result<&mut [Self]>;
+}
+impl Real for f32 {
+    fn slice_mut(s: &mut CpuStorage) -> candle_core::Result<&mut [Self]> {
+        match s {
+            CpuStorage::F32(v) => Ok(v),
+            s => bail!("expected f32, found {:?}", s.dtype()),
+        }
+    }
+}
+impl Real for f64 {
+    fn slice_mut(s: &mut CpuStorage) -> candle_core::Result<&mut [Self]> {
+        match s {
+            CpuStorage::F64(v) => Ok(v),
+            s => bail!("expected f64, found {:?}", s.dtype()),
+        }
+    }
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => bail!("fused kernel: the input is not contiguous"),
+    }
+}
+
+/// Elements below which a kernel stays on the calling thread.
+const PAR_MIN: usize = 1 << 14;
+
+/// Rows of `row` elements per parallel task: about `PAR_MIN` elements each, or all rows
+/// in one task when the whole job is small.
+fn rows_per_task(total: usize, row: usize) -> usize {
+    let row = row.max(1);
+    if total < 2 * PAR_MIN {
+        (total / row).max(1)
+    } else {
+        (PAR_MIN / row).max(1)
+    }
+}
+
+/// Run `f(first_row, out_rows)` over `out`, split into groups of whole rows.
+fn for_rows<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    let per = rows_per_task(out.len(), row);
+    if per * row >= out.len() {
+        f(0, out);
+        return;
+    }
+    out.par_chunks_mut(per * row)
+        .enumerate()
+        .for_each(|(i, chunk)| f(i * per, chunk));
+}
+
+macro_rules! dispatch {
+    ($s:expr, $f:ident ( $($a:expr),* )) => {
+        match $s {
+            CpuStorage::F32(_) => $f::<f32>($($a),*),
+            CpuStorage::F64(_) => $f::<f64>($($a),*),
+            s => bail!("fused kernel: dtype {:?} is not supported", s.dtype()),
+        }
+    };
+}
+
+// ---------------------------------------------------------------- GELU (tanh form)
+
+const GELU_A: f64 = 0.044715;
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+/// tanh(u) as 1 − 2/(e^{2u} + 1): one exp, exact limits at ±∞.
+#[inline(always)]
+fn tanh_fast<T: Real>(u: T) -> T {
+    let two = T::one() + T::one();
+    T::one() - two / ((two * u).exp() + T::one())
+}
+
+struct GeluTanh;
+
+fn gelu_fwd<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = slice::<T>(s, l)?;
+    let (c, a, half) = (
+        T::from(SQRT_2_OVER_PI).unwrap(),
+        T::from(GELU_A).unwrap(),
+        T::from(0.5).unwrap(),
+    );
+    let mut y = vec![T::zero(); x.len()];
+    for_rows(&mut y, 1, |start, out| {
+        for (o, &v) in out.iter_mut().zip(&x[start..]) {
+            let t = tanh_fast(c * (v + a * v * v * v));
+            *o = half * v * (T::one() + t);
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
+}
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "attn-gelu-tanh"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s, gelu_fwd(s, l))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &GeluTanhBwd)?))
+    }
+}
+
+struct GeluTanhBwd;
+
+fn gelu_bwd<T: Real>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (x, g) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
+    let (c, a, half) = (
+        T::from(SQRT_2_OVER_PI).unwrap(),
+        T::from(GELU_A).unwrap(),
+        T::from(0.5).unwrap(),
+    );
+    let three = T::from(3.0).unwrap();
+    let mut dx = vec![T::zero(); x.len()];
+    for_rows(&mut dx, 1, |start, out| {
+        for ((o, &v), &gv) in out.iter_mut().zip(&x[start..]).zip(&g[start..]) {
+            let t = tanh_fast(c * (v + a * v * v * v));
+            let d = half * (T::one() + t)
+                + half * v * (T::one() - t * t) * c * (T::one() + three * a * v * v);
+            *o = gv * d;
+        }
+    });
+    Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
+}
+
+impl CustomOp2 for GeluTanhBwd {
+    fn name(&self) -> &'static str {
+        "attn-gelu-tanh-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, gelu_bwd(s1, l1, s2, l2))
+    }
+}
+
+/// GELU with the tanh approximation (GPT-2's `gelu_new`), fused forward and backward.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(GeluTanh)?)
+}
+
+// ---------------------------------------------------------------- layer norm
+
+struct LayerNorm {
+    eps: f64,
+}
+
+/// Mean and 1/√(var + eps) of one row.
+#[inline(always)]
+fn moments<T: Real>(row: &[T], eps: T) -> (T, T) {
+    let n = T::from(row.len()).unwrap();
+    let mean = row.iter().copied().sum::<T>() / n;
+    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+    (mean, T::one() / (var + eps).sqrt())
+}
+
+fn ln_fwd<T: Real>(
+    eps: f64,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (x, w, b) = (
+        slice::<T>(s1, l1)?,
+        slice::<T>(s2, l2)?,
+        slice::<T>(s3, l3)?,
+    );
+    let d = w.len();
+    if d == 0 || b.len() != d || x.len() % d != 0 {
+        bail!(
+            "layer norm: weight {} / bias {} do not fit rows of {:?}",
+            d,
+            b.len(),
+            l1.shape()
+        );
+    }
+    let eps = T::from(eps).unwrap();
+    let mut y = vec![T::zero(); x.len()];
+    for_rows(&mut y, d, |r0, out| {
+        for (k, o) in out.chunks_mut(d).enumerate() {
+            let xr = &x[(r0 + k) * d..(r0 + k + 1) * d];
+            let (mean, rstd) = moments(xr, eps);
+            for j in 0..d {
+                o[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+            }
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "attn-layer-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, ln_fwd(self.eps, s1, l1, s2, l2, s3, l3))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let rows = x.elem_count() / d;
+        let packed = x.apply_op3_no_bwd(w, &g.contiguous()?, &LayerNormBwd { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, rows, 1)?.reshape(w.shape())?;
+        let db = packed.narrow(0, rows + 1, 1)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Gradients of layer norm in one pass: `[rows + 2, d]` holding dx, then dweight, dbias.
+struct LayerNormBwd {
+    eps: f64,
+}
+
+fn ln_bwd<T: Real>(
+    eps: f64,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (x, w, g) = (
+        slice::<T>(s1, l1)?,
+        slice::<T>(s2, l2)?,
+        slice::<T>(s3, l3)?,
+    );
+    let d = w.len();
+    let rows = x.len() / d;
+    let eps = T::from(eps).unwrap();
+    let n = T::from(d).unwrap();
+    let mut out = vec![T::zero(); (rows + 2) * d];
+    let (dx, dwb) = out.split_at_mut(rows * d);
+    let per = rows_per_task(dx.len(), d);
+    // Each task returns its partial dweight and dbias, summed afterwards.
+    let task = |r0: usize, chunk: &mut [T]| -> Vec<T> {
+        let mut acc = vec![T::zero(); 2 * d];
+        let mut xhat = vec![T::zero(); d];
+        for (k, o) in chunk.chunks_mut(d).enumerate() {
+            let r = r0 + k;
+            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let (mean, rstd) = moments(xr, eps);
+            let (mut m1, mut m2) = (T::zero(), T::zero());
+            for j in 0..d {
+                xhat[j] = (xr[j] - mean) * rstd;
+                let gw = gr[j] * w[j];
+                m1 = m1 + gw;
+                m2 = m2 + gw * xhat[j];
+                acc[j] = acc[j] + gr[j] * xhat[j];
+                acc[d + j] = acc[d + j] + gr[j];
+            }
+            let (m1, m2) = (m1 / n, m2 / n);
+            for j in 0..d {
+                o[j] = rstd * (gr[j] * w[j] - m1 - xhat[j] * m2);
+            }
+        }
+        acc
+    };
+    let partials: Vec<Vec<T>> = if per * d >= dx.len() {
+        vec![task(0, dx)]
+    } else {
+        dx.par_chunks_mut(per * d)
+            .enumerate()
+            .map(|(i, c)| task(i * per, c))
+            .collect()
+    };
+    for p in partials {
+        for (o, v) in dwb.iter_mut().zip(p) {
+            *o = *o + v;
+        }
+    }
+    Ok((T::to_cpu_storage_owned(out), Shape::from((rows + 2, d))))
+}
+
+impl CustomOp3 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "attn-layer-norm-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, ln_bwd(self.eps, s1, l1, s2, l2, s3, l3))
+    }
+}
+
+/// Layer norm over the last dimension with weight and bias, fused forward and backward.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps })?)
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// softmax(scale · x) over the last dimension; with `causal = Some((tq, offset))` the
+/// rows are queries `i = row % tq` and only keys `j ≤ offset + i` are seen (the others
+/// get weight 0).
+#[derive(Clone, Copy)]
+struct Softmax {
+    scale: f64,
+    causal: Option<(usize, usize)>,
+}
+
+fn sm_fwd<T: Real>(
+    op: Softmax,
+    s: &CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = slice::<T>(s, l)?;
+    let n = *l.dims().last().unwrap_or(&1);
+    if n == 0 {
+        return Ok((T::to_cpu_storage_owned(vec![]), l.shape().clone()));
+    }
+    let scale = T::from(op.scale).unwrap();
+    let mut y = vec![T::zero(); x.len()];
+    for_rows(&mut y, n, |r0, out| {
+        for (k, o) in out.chunks_mut(n).enumerate() {
+            let r = r0 + k;
+            let xr = &x[r * n..(r + 1) * n];
+            let seen = match op.causal {
+                Some((tq, offset)) => (offset + r % tq + 1).min(n),
+                None => n,
+            };
+            let max = xr[..seen]
+                .iter()
+                .fold(T::neg_infinity(), |m, &v| Float::max(m, v * scale));
+            let mut sum = T::zero();
+            for j in 0..seen {
+                let e = (xr[j] * scale - max).exp();
+                o[j] = e;
+                sum = sum + e;
+            }
+            let inv = T::one() / sum;
+            for v in o[..seen].iter_mut() {
+                *v = *v * inv;
+            }
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "attn-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s, sm_fwd(*self, s, l))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(
+            &g.contiguous()?,
+            &SoftmaxBwd { scale: self.scale },
+        )?))
+    }
+}
+
+/// dx = scale · y ⊙ (g − Σⱼ gⱼ yⱼ), row by row.
+struct SoftmaxBwd {
+    scale: f64,
+}
+
+fn sm_bwd<T: Real>(
+    scale: f64,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (y, g) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
+    let n = *l1.dims().last().unwrap_or(&1);
+    let scale = T::from(scale).unwrap();
+    let mut dx = vec![T::zero(); y.len()];
+    if n > 0 {
+        for_rows(&mut dx, n, |r0, out| {
+            for (k, o) in out.chunks_mut(n).enumerate() {
+                let r = r0 + k;
+                let (yr, gr) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
+                let dot = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum::<T>();
+                for j in 0..n {
+                    o[j] = scale * yr[j] * (gr[j] - dot);
+                }
+            }
+        });
+    }
+    Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "attn-softmax-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, sm_bwd(self.scale, s1, l1, s2, l2))
+    }
+}
+
+/// softmax(scale · x) over the last dimension, fused forward and backward.
+pub fn softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Softmax {
+        scale,
+        causal: None,
+    })?)
+}
+
+/// Attention weights from raw scores `[.., tq, tk]`: softmax(scale · scores) with the
+/// causal mask for queries at positions `offset..offset + tq` (`tk = offset + tq`),
+/// without building the mask.
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    let dims = scores.dims();
+    let (tq, tk) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    if tk < tq {
+        return Err(crate::Error::invalid(
+            "attention",
+            format!("{tq} queries against only {tk} keys"),
+        ));
+    }
+    Ok(scores.contiguous()?.apply_op1(Softmax {
+        scale,
+        causal: Some((tq, tk - tq)),
+    })?)
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+/// Σ_r w_r · ((1 − ε) · (−log p_r[t_r]) + ε · mean_j(−log p_r[j])) over logits `[n, v]`,
+/// targets `[n]` (u32) and row weights `[n]`.
+struct CrossEntropy {
+    smoothing: f64,
+}
+
+/// log Σ exp of a row.
+#[inline(always)]
+fn logsumexp<T: Real>(row: &[T]) -> T {
+    let max = row.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v));
+    max + row.iter().map(|&v| (v - max).exp()).sum::<T>().ln()
+}
+
+fn targets<'a>(s: &'a CpuStorage, l: &Layout, v: usize) -> candle_core::Result<&'a [u32]> {
+    let t = slice::<u32>(s, l)?;
+    if let Some(bad) = t.iter().find(|&&t| t as usize >= v) {
+        bail!("cross-entropy: target {bad} is outside the vocabulary of {v}");
+    }
+    Ok(t)
+}
+
+fn ce_fwd<T: Real>(
+    eps: f64,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = slice::<T>(s1, l1)?;
+    let v = *l1.dims().last().unwrap_or(&1);
+    let t = targets(s2, l2, v)?;
+    let w = slice::<T>(s3, l3)?;
+    let n = x.len() / v.max(1);
+    if t.len() != n || w.len() != n {
+        bail!(
+            "cross-entropy: {n} rows, {} targets, {} weights",
+            t.len(),
+            w.len()
+        );
+    }
+    let eps = T::from(eps).unwrap();
+    let vf = T::from(v).unwrap();
+    let row_loss = |r: usize| -> T {
+        if w[r] == T::zero() {
+            return T::zero();
+        }
+        let xr = &x[r * v..(r + 1) * v];
+        let lse = logsumexp(xr);
+        let nll = lse - xr[t[r] as usize];
+        let smooth = if eps > T::zero() {
+            lse - xr.iter().copied().sum::<T>() / vf
+        } else {
+            T::zero()
+        };
+        w[r] * ((T::one() - eps) * nll + eps * smooth)
+    };
+    let loss: T = if x.len() < 2 * PAR_MIN {
+        (0..n).map(row_loss).sum()
+    } else {
+        (0..n).into_par_iter().map(row_loss).sum()
+    };
+    Ok((T::to_cpu_storage_owned(vec![loss]), Shape::from(())))
+}
+
+impl CustomOp3 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "attn-cross-entropy"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, ce_fwd(self.smoothing, s1, l1, s2, l2, s3, l3))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        w: &Tensor,
+        _loss: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let scale = g.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let dx = x.apply_op3_no_bwd(
+            t,
+            w,
+            &CrossEntropyBwd {
+                smoothing: self.smoothing,
+                scale,
+            },
+        )?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// d loss / d logits = scale · w_r · (p_r − (1 − ε) · onehot(t_r) − ε / v).
+struct CrossEntropyBwd {
+    smoothing: f64,
+    scale: f64,
+}
+
+fn ce_bwd<T: Real>(
+    op: &CrossEntropyBwd,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = slice::<T>(s1, l1)?;
+    let v = *l1.dims().last().unwrap_or(&1);
+    let t = targets(s2, l2, v)?;
+    let w = slice::<T>(s3, l3)?;
+    let eps = T::from(op.smoothing).unwrap();
+    let scale = T::from(op.scale).unwrap();
+    let uniform = eps / T::from(v).unwrap();
+    let mut dx = vec![T::zero(); x.len()];
+    for_rows(&mut dx, v, |r0, out| {
+        for (k, o) in out.chunks_mut(v).enumerate() {
+            let r = r0 + k;
+            if w[r] == T::zero() {
+                continue;
+            }
+            let xr = &x[r * v..(r + 1) * v];
+            let lse = logsumexp(xr);
+            let f = scale * w[r];
+            for j in 0..v {
+                o[j] = f * ((xr[j] - lse).exp() - uniform);
+            }
+            let tj = t[r] as usize;
+            o[tj] = o[tj] - f * (T::one() - eps);
+        }
+    });
+    Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
+}
+
+impl CustomOp3 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "attn-cross-entropy-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, ce_bwd(self, s1, l1, s2, l2, s3, l3))
+    }
+}
+
+/// Weighted, label-smoothed softmax cross-entropy, summed over rows: logits `[n, v]`,
+/// targets `[n]` (u32), weights `[n]` (same dtype as the logits; `1/n` everywhere gives
+/// the mean). Rows of weight 0 cost nothing. Returns a scalar.
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    smoothing: f64,
+) -> Result<Tensor> {
+    Ok(logits.contiguous()?.apply_op3(
+        &targets.to_dtype(DType::U32)?.contiguous()?,
+        &weights.to_dtype(logits.dtype())?.contiguous()?,
+        CrossEntropy { smoothing },
+    )?)
+}
+
+// ---------------------------------------------------------------- AdamW, in place
+
+/// m ← β·m + (1 − β)·g, or with `square` v ← β·v + (1 − β)·g².
+struct Moment {
+    beta: f64,
+    square: bool,
+}
+
+fn moment<T: Real>(
+    op: &Moment,
+    dst: &mut CpuStorage,
+    dl: &Layout,
+    g: &CpuStorage,
+    gl: &Layout,
+) -> candle_core::Result<()> {
+    let g = slice::<T>(g, gl)?;
+    let Some((a, b)) = dl.contiguous_offsets() else {
+        bail!("adamw: moment not contiguous")
+    };
+    let m = &mut T::slice_mut(dst)?[a..b];
+    if m.len() != g.len() {
+        bail!("adamw: gradient of {} elements for {}", g.len(), m.len());
+    }
+    let beta = T::from(op.beta).unwrap();
+    let one_m = T::one() - beta;
+    for_rows(m, 1, |s, out| {
+        for (o, &gv) in out.iter_mut().zip(&g[s..]) {
+            let x = if op.square { gv * gv } else { gv };
+            *o = beta * *o + one_m * x;
+        }
+    });
+    Ok(())
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "attn-adamw-moment"
+    }
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
+        match dst {
+            CpuStorage::F32(_) => moment::<f32>(self, dst, dst_l, g, gl),
+            CpuStorage::F64(_) => moment::<f64>(self, dst, dst_l, g, gl),
+            s => bail!("adamw: dtype {:?} is not supported", s.dtype()),
+        }
+    }
+}
+
+/// p ← p·(1 − lr·wd) − lr · (m / bc1) / (√(v / bc2) + ε).
+struct Update {
+    lr: f64,
+    decay: f64,
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+}
+
+fn update<T: Real>(
+    op: &Update,
+    dst: &mut CpuStorage,
+    dl: &Layout,
+    srcs: [(&CpuStorage, &Layout); 2],
+) -> candle_core::Result<()> {
+    let [(m, ml), (v, vl)] = srcs;
+    let (m, v) = (slice::<T>(m, ml)?, slice::<T>(v, vl)?);
+    let Some((a, b)) = dl.contiguous_offsets() else {
+        bail!("adamw: parameter not contiguous")
+    };
+    let p = &mut T::slice_mut(dst)?[a..b];
+    if p.len() != m.len() || p.len() != v.len() {
+        bail!("adamw: moments do not match the parameter");
+    }
+    let f = |x: f64| T::from(x).unwrap();
+    let (keep, lr, bc1, bc2, eps) = (
+        f(1.0 - op.lr * op.decay),
+        f(op.lr),
+        f(op.bc1),
+        f(op.bc2),
+        f(op.eps),
+    );
+    for_rows(p, 1, |s, out| {
+        for ((o, &mv), &vv) in out.iter_mut().zip(&m[s..]).zip(&v[s..]) {
+            *o = *o * keep - lr * (mv / bc1) / ((vv / bc2).sqrt() + eps);
+        }
+    });
+    Ok(())
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "attn-adamw-update"
+    }
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        let srcs = [(m, ml), (v, vl)];
+        match dst {
+            CpuStorage::F32(_) => update::<f32>(self, dst, dst_l, srcs),
+            CpuStorage::F64(_) => update::<f64>(self, dst, dst_l, srcs),
+            s => bail!("adamw: dtype {:?} is not supported", s.dtype()),
+        }
+    }
+}
+
+/// One AdamW step for one parameter, in place: moments `m`, `v` and the parameter `p`
+/// (all contiguous, same dtype and size as the gradient `g`).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    p: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    lr: f64,
+    decay: f64,
+    (beta1, beta2): (f64, f64),
+    (bc1, bc2): (f64, f64),
+    eps: f64,
+) -> Result<()> {
+    let g = g.to_dtype(p.dtype())?.contiguous()?;
+    m.inplace_op2(
+        &g,
+        &Moment {
+            beta: beta1,
+            square: false,
+        },
+    )?;
+    v.inplace_op2(
+        &g,
+        &Moment {
+            beta: beta2,
+            square: true,
+        },
+    )?;
+    p.inplace_op3(
+        m,
+        v,
+        &Update {
+            lr,
+            decay,
+            bc1,
+            bc2,
+            eps,
+        },
+    )?;
+    Ok(())
+}
