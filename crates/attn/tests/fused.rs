@@ -125,6 +125,23 @@ fn gelu_matches_the_formula() {
 }
 
 #[test]
+fn bias_add_matches_broadcast_add() {
+    for dtype in [DType::F32, DType::F64] {
+        for shape in SHAPES {
+            let mut rng = Rng::new(8);
+            let x = randn(&mut rng, shape, dtype, 1.0);
+            let b = randn(&mut rng, &[*shape.last().unwrap()], dtype, 1.0);
+            compare(
+                "add_bias",
+                &[x, b],
+                &|t| fused::add_bias(&t[0], &t[1]).unwrap(),
+                &|t| t[0].broadcast_add(&t[1]).unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
 fn layer_norm_matches_the_composite() {
     for dtype in [DType::F32, DType::F64] {
         for shape in SHAPES {

@@ -200,6 +200,107 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(GeluTanh)?)
 }
 
+// ---------------------------------------------------------------- bias add
+
+/// x + b with `b` broadcast over the rows of `x` (`[.., n]`, `b` `[n]`).
+struct AddBias;
+
+fn bias_fwd<T: Real>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (x, b) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
+    let n = b.len();
+    if n == 0 || x.len() % n != 0 {
+        bail!("bias of {n} does not fit {:?}", l1.shape());
+    }
+    let mut y = vec![T::zero(); x.len()];
+    for_rows(&mut y, n, |r0, out| {
+        for (o, xv) in out.chunks_mut(n).zip(x[r0 * n..].chunks(n)) {
+            for j in 0..n {
+                o[j] = xv[j] + b[j];
+            }
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+}
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "attn-add-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, bias_fwd(s1, l1, s2, l2))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = g.contiguous()?.apply_op1_no_bwd(&ColumnSum)?.reshape(b.shape())?;
+        Ok((Some(g.clone()), Some(db)))
+    }
+}
+
+/// Sums over all rows: `[.., n]` → `[n]`.
+struct ColumnSum;
+
+fn colsum<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = slice::<T>(s, l)?;
+    let n = *l.dims().last().unwrap_or(&1);
+    let rows = x.len() / n.max(1);
+    let per = rows_per_task(x.len(), n);
+    let task = |r0: usize, r1: usize| -> Vec<T> {
+        let mut acc = vec![T::zero(); n];
+        for r in r0..r1 {
+            for (a, &v) in acc.iter_mut().zip(&x[r * n..(r + 1) * n]) {
+                *a = *a + v;
+            }
+        }
+        acc
+    };
+    let parts: Vec<Vec<T>> = if per >= rows {
+        vec![task(0, rows)]
+    } else {
+        (0..rows.div_ceil(per))
+            .into_par_iter()
+            .map(|i| task(i * per, ((i + 1) * per).min(rows)))
+            .collect()
+    };
+    let mut out = vec![T::zero(); n];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o = *o + v;
+        }
+    }
+    Ok((T::to_cpu_storage_owned(out), Shape::from(n)))
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "attn-column-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s, colsum(s, l))
+    }
+}
+
+/// `x + b`, `b` a vector broadcast over the last dimension; the bias gradient is one
+/// pass of column sums.
+pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&b.contiguous()?, AddBias)?)
+}
+
 // ---------------------------------------------------------------- layer norm
 
 struct LayerNorm {

@@ -33,6 +33,7 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let rows = x.elem_count() / in_dim;
     let y = x.reshape((rows, in_dim))?.matmul(w)?;
     let y = match b {
+        Some(b) if b.rank() == 1 && fused::usable(&y) => fused::add_bias(&y, b)?,
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
@@ -48,6 +49,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let rows = x.elem_count() / in_dim;
     let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
     let y = match b {
+        Some(b) if b.rank() == 1 && fused::usable(&y) => fused::add_bias(&y, b)?,
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
