@@ -310,3 +310,27 @@ fn adamw_in_place_matches_the_tensor_expression() {
         assert!(d < 1e-6, "AdamW differs by {d}");
     }
 }
+
+#[test]
+fn small_matmul_matches_candle_matmul_both_layouts() {
+    // Decoding shapes: 1–4 rows, GPT-2 Conv1D [k, n] and Linear [n, k] weights, sizes
+    // that leave tails after the 32- and 8-wide SIMD steps and split over threads.
+    for (m, k, n) in [(1, 5, 3), (1, 768, 2304), (3, 100, 1037), (4, 64, 50)] {
+        let mut rng = Rng::new(10);
+        let x = randn(&mut rng, &[m, k], DType::F32, 1.0);
+        let w_kn = randn(&mut rng, &[k, n], DType::F32, 0.1);
+        let w_nk = randn(&mut rng, &[n, k], DType::F32, 0.1);
+        compare(
+            "small_matmul [k, n]",
+            &[x.clone(), w_kn],
+            &|t| fused::small_matmul(&t[0], &t[1], false).unwrap(),
+            &|t| t[0].matmul(&t[1]).unwrap(),
+        );
+        compare(
+            "small_matmul [n, k]",
+            &[x, w_nk],
+            &|t| fused::small_matmul(&t[0], &t[1], true).unwrap(),
+            &|t| t[0].matmul(&t[1].t().unwrap()).unwrap(),
+        );
+    }
+}

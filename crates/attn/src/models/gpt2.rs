@@ -260,7 +260,7 @@ impl Gpt2 {
     /// The output head (tied to the token embedding) applied to hidden states `[B, T, C]`.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let (b, t, c) = h.dims3()?;
-        let logits = h.reshape((b * t, c))?.matmul(&self.wte.t()?)?;
+        let logits = crate::nn::linear(&h.reshape((b * t, c))?, &self.wte, None)?;
         Ok(logits.reshape((b, t, self.config.vocab_size))?)
     }
 

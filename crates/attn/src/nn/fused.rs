@@ -947,3 +947,182 @@ pub fn adamw_step(
     )?;
     Ok(())
 }
+
+// ---------------------------------------------------------------- small-batch matmul
+
+/// `x [m, k]` times a weight matrix, for the few rows of token-by-token decoding, where
+/// a general GEMM cannot reach the memory bandwidth that streaming the weights needs.
+/// `w` is `[n, k]` (PyTorch `nn.Linear`, `transposed`: y = x wᵀ) or `[k, n]` (GPT-2
+/// `Conv1D`: y = x w). Each weight is read once per call; both cores take half of the
+/// outputs.
+struct SmallMatmul {
+    transposed: bool,
+}
+
+/// Largest number of rows sent to the small-batch kernel.
+pub const SMALL_M: usize = 4;
+
+mod simd {
+    /// Σ a[i]·b[i].
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
+        }
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// y[i] += s·x[i].
+    pub fn axpy(s: f32, x: &[f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { axpy_avx2(s, x, y) };
+        }
+        for (o, v) in y.iter_mut().zip(x) {
+            *o += s * v;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+        let mut total: f32 = lanes.iter().sum();
+        while i < n {
+            total += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        total
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn axpy_avx2(s: f32, x: &[f32], y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let sv = _mm256_set1_ps(s);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(sv, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), v);
+            i += 8;
+        }
+        while i < n {
+            *py.add(i) += s * *px.add(i);
+            i += 1;
+        }
+    }
+}
+
+pub use simd::{axpy as simd_axpy, dot as simd_dot};
+
+impl CustomOp2 for SmallMatmul {
+    fn name(&self) -> &'static str {
+        "attn-small-matmul"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?);
+        let (m, k) = l1.shape().dims2()?;
+        let (r, c) = l2.shape().dims2()?;
+        let n = if self.transposed { r } else { c };
+        if (if self.transposed { c } else { r }) != k {
+            bail!("small matmul: {:?} times {:?}", l1.shape(), l2.shape());
+        }
+        let mut y = vec![0f32; m * n];
+        let threads = rayon::current_num_threads().clamp(1, 8);
+        // Output columns per task, a multiple of 16.
+        let per = (n.div_ceil(threads) + 15) / 16 * 16;
+        // Each task fills columns [c0, c1) of every row, into its own buffer.
+        let task = |c0: usize| -> Vec<f32> {
+            let c1 = (c0 + per).min(n);
+            let mut out = vec![0f32; m * (c1 - c0)];
+            let width = c1 - c0;
+            if self.transposed {
+                for j in c0..c1 {
+                    let wr = &w[j * k..(j + 1) * k];
+                    for i in 0..m {
+                        out[i * width + j - c0] = simd::dot(&x[i * k..(i + 1) * k], wr);
+                    }
+                }
+            } else {
+                for kk in 0..k {
+                    let wr = &w[kk * n + c0..kk * n + c1];
+                    for i in 0..m {
+                        simd::axpy(x[i * k + kk], wr, &mut out[i * width..(i + 1) * width]);
+                    }
+                }
+            }
+            out
+        };
+        let starts: Vec<usize> = (0..n).step_by(per.max(1)).collect();
+        let parts: Vec<Vec<f32>> = if starts.len() == 1 || m * n * k < 1 << 16 {
+            starts.iter().map(|&c0| task(c0)).collect()
+        } else {
+            starts.par_iter().map(|&c0| task(c0)).collect()
+        };
+        for (&c0, part) in starts.iter().zip(parts) {
+            let width = (c0 + per).min(n) - c0;
+            for i in 0..m {
+                y[i * n + c0..i * n + c0 + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let w = w.detach();
+        Ok(if self.transposed {
+            (Some(g.matmul(&w)?), Some(g.t()?.matmul(x)?))
+        } else {
+            (Some(g.matmul(&w.t()?)?), Some(x.t()?.matmul(g)?))
+        })
+    }
+}
+
+/// Whether `x @ w` with `rows` rows should use the small-batch kernel.
+pub fn small_matmul_fits(x: &Tensor, w: &Tensor, rows: usize) -> bool {
+    rows <= SMALL_M
+        && enabled()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && w.rank() == 2
+        && w.is_contiguous()
+}
+
+/// `x [m, k] @ wᵀ` for `w [n, k]` (transposed) or `x @ w` for `w [k, n]`, m small.
+pub fn small_matmul(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(w, SmallMatmul { transposed })?)
+}

@@ -31,7 +31,12 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_dim = *dims.last().unwrap();
     let rows = x.elem_count() / in_dim;
-    let y = x.reshape((rows, in_dim))?.matmul(w)?;
+    let x2 = x.reshape((rows, in_dim))?;
+    let y = if fused::small_matmul_fits(&x2, w, rows) {
+        fused::small_matmul(&x2, w, false)?
+    } else {
+        x2.matmul(w)?
+    };
     let y = match b {
         Some(b) if b.rank() == 1 && fused::usable(&y) => fused::add_bias(&y, b)?,
         Some(b) => y.broadcast_add(b)?,
@@ -47,7 +52,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_dim = *dims.last().unwrap();
     let rows = x.elem_count() / in_dim;
-    let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, in_dim))?;
+    let y = if fused::small_matmul_fits(&x2, w, rows) {
+        fused::small_matmul(&x2, w, true)?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let y = match b {
         Some(b) if b.rank() == 1 && fused::usable(&y) => fused::add_bias(&y, b)?,
         Some(b) => y.broadcast_add(b)?,
