@@ -199,8 +199,8 @@ impl<'a> Lm<'a> {
                     }
                     Err(e) => {
                         for s in running.drain(..) {
-                            let _ = s.job.events.send(Event::Error(e.clone()));
                             self.metrics.finished("error");
+                            let _ = s.job.events.send(Event::Error(e.clone()));
                         }
                     }
                 }
@@ -218,8 +218,8 @@ impl<'a> Lm<'a> {
             return None;
         }
         if Instant::now() > job.deadline {
-            let _ = job.events.send(Event::Error(timeout_error()));
             self.metrics.finished("timeout");
+            let _ = job.events.send(Event::Error(timeout_error()));
             return None;
         }
         match guarded("prompt", || self.backend.prefill(&job.prompt)) {
@@ -242,8 +242,8 @@ impl<'a> Lm<'a> {
                 })
             }
             Err(e) => {
-                let _ = job.events.send(Event::Error(e));
                 self.metrics.finished("error");
+                let _ = job.events.send(Event::Error(e));
                 None
             }
         }
@@ -254,12 +254,12 @@ impl<'a> Lm<'a> {
             let _ = s.job.events.send(Event::Text(s.text[s.emitted..].to_string()));
             s.emitted = s.text.len();
         }
+        self.metrics.finished(reason);
         let _ = s.job.events.send(Event::Done(Finish {
             reason,
             prompt_tokens: s.job.prompt_tokens,
             completion_tokens: s.generated,
         }));
-        self.metrics.finished(reason);
     }
 
     /// Sample the next token of `s` and send any text it completes; `None` once done.
@@ -270,8 +270,8 @@ impl<'a> Lm<'a> {
         }
         let now = Instant::now();
         if now > s.job.deadline {
-            let _ = s.job.events.send(Event::Error(timeout_error()));
             self.metrics.finished("timeout");
+            let _ = s.job.events.send(Event::Error(timeout_error()));
             return None;
         }
         let next = s.sampler.sample(&mut s.logits, &s.history);
@@ -293,8 +293,8 @@ impl<'a> Lm<'a> {
         match s.decoder.push(next) {
             Ok(piece) => s.text.push_str(&piece),
             Err(e) => {
-                let _ = s.job.events.send(Event::Error(ApiError::internal(format!("decoding failed: {e}"))));
                 self.metrics.finished("error");
+                let _ = s.job.events.send(Event::Error(ApiError::internal(format!("decoding failed: {e}"))));
                 return None;
             }
         }
@@ -329,8 +329,8 @@ impl<'a> Lm<'a> {
                     s.fresh = true;
                 }
                 Err(e) => {
-                    let _ = s.job.events.send(Event::Error(e));
                     self.metrics.finished("error");
+                    let _ = s.job.events.send(Event::Error(e));
                     return None;
                 }
             }
