@@ -35,7 +35,9 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
 fi
 "$VENV/bin/python" -c "import openai; print('openai', openai.__version__)"
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 "${CHROMIUM:-/usr/bin/chromium}" --version
 if [ ! -d "$NODE_DIR/node_modules/playwright-core" ]; then
