@@ -38,7 +38,13 @@ fn main() -> attn::Result<()> {
         let bpe: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(8192);
         (Tokenizer::train_bpe(&text, bpe)?, 50257)
     };
-    let mut cfg = Gpt2Config::new(vocab, preset.block_size, preset.n_embd, preset.n_layer, preset.n_head);
+    let mut cfg = Gpt2Config::new(
+        vocab,
+        preset.block_size,
+        preset.n_embd,
+        preset.n_layer,
+        preset.n_head,
+    );
     cfg.set_dropout(0.0);
     cfg.eos_token_id = tok.eos_id();
     cfg.bos_token_id = tok.eos_id();

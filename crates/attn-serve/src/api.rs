@@ -99,10 +99,9 @@ impl<'a> Fields<'a> {
     pub fn uint(&self, k: &str) -> Result<Option<u64>, ApiError> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid(k, format!("'{k}' must be a non-negative integer"))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                ApiError::invalid(k, format!("'{k}' must be a non-negative integer"))
+            }),
         }
     }
 
@@ -149,25 +148,37 @@ pub fn gen_params(f: &Fields, default_max: usize, limit: usize) -> Result<GenPar
     } else {
         "max_tokens"
     };
-    let max_tokens = match f.uint(max_key)? {
-        None => default_max.min(limit),
-        Some(0) => return Err(ApiError::invalid(max_key, format!("'{max_key}' must be at least 1"))),
-        Some(n) if n > limit as u64 => {
-            return Err(ApiError::invalid(
+    let max_tokens =
+        match f.uint(max_key)? {
+            None => default_max.min(limit),
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    max_key,
+                    format!("'{max_key}' must be at least 1"),
+                ))
+            }
+            Some(n) if n > limit as u64 => return Err(ApiError::invalid(
                 max_key,
-                format!("'{max_key}' is {n}, above this server's limit of {limit} (--max-tokens-limit)"),
-            ))
-        }
-        Some(n) => n as usize,
-    };
+                format!(
+                    "'{max_key}' is {n}, above this server's limit of {limit} (--max-tokens-limit)"
+                ),
+            )),
+            Some(n) => n as usize,
+        };
     let temperature = f.f64("temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", format!("'temperature' is {temperature}; it must be between 0 and 2")));
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("'temperature' is {temperature}; it must be between 0 and 2"),
+        ));
     }
     let top_p = f.f64("top_p")?;
     if let Some(p) = top_p {
         if !(p > 0.0 && p <= 1.0) {
-            return Err(ApiError::invalid("top_p", format!("'top_p' is {p}; it must be in (0, 1]")));
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("'top_p' is {p}; it must be in (0, 1]"),
+            ));
         }
     }
     let top_k = match f.uint("top_k")? {
@@ -185,7 +196,10 @@ pub fn gen_params(f: &Fields, default_max: usize, limit: usize) -> Result<GenPar
             Some(_) => true,
         };
         if on {
-            return Err(ApiError::invalid(k, format!("'{k}' is not supported by this server")));
+            return Err(ApiError::invalid(
+                k,
+                format!("'{k}' is not supported by this server"),
+            ));
         }
     }
     let seed = match f.get("seed") {
@@ -206,18 +220,31 @@ pub fn gen_params(f: &Fields, default_max: usize, limit: usize) -> Result<GenPar
             for it in items {
                 match it.as_str() {
                     Some(s) => v.push(s.to_string()),
-                    None => return Err(ApiError::invalid("stop", "'stop' must be a string or a list of strings")),
+                    None => {
+                        return Err(ApiError::invalid(
+                            "stop",
+                            "'stop' must be a string or a list of strings",
+                        ))
+                    }
                 }
             }
             v
         }
-        Some(_) => return Err(ApiError::invalid("stop", "'stop' must be a string or a list of strings")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "'stop' must be a string or a list of strings",
+            ))
+        }
     };
     if stop.len() > 4 {
         return Err(ApiError::invalid("stop", "at most 4 stop sequences"));
     }
     if stop.iter().any(|s| s.is_empty()) {
-        return Err(ApiError::invalid("stop", "stop sequences must not be empty"));
+        return Err(ApiError::invalid(
+            "stop",
+            "stop sequences must not be empty",
+        ));
     }
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
@@ -245,7 +272,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -264,7 +295,13 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }
@@ -275,9 +312,18 @@ mod tests {
         let e = gen_params(&Fields::of(&v).unwrap(), 16, 256).unwrap_err();
         assert_eq!((e.status, e.param.as_deref()), (400, Some("max_tokens")));
         let v = json!({"temperature": "hot"});
-        assert_eq!(gen_params(&Fields::of(&v).unwrap(), 16, 256).unwrap_err().param.as_deref(), Some("temperature"));
+        assert_eq!(
+            gen_params(&Fields::of(&v).unwrap(), 16, 256)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("temperature")
+        );
         let v = json!({"stop": "\n\n", "seed": -3, "top_p": 0.9});
         let p = gen_params(&Fields::of(&v).unwrap(), 16, 256).unwrap();
-        assert_eq!((p.stop, p.seed, p.max_tokens), (vec!["\n\n".to_string()], (-3i64) as u64, 16));
+        assert_eq!(
+            (p.stop, p.seed, p.max_tokens),
+            (vec!["\n\n".to_string()], (-3i64) as u64, 16)
+        );
     }
 }

@@ -165,7 +165,10 @@ impl Interleaved {
             match cache {
                 SeqCache::Lib(c) => out.push(self.last_logits(&[*id], c)?),
                 SeqCache::Gpt2 { .. } => {
-                    return Err(Error::invalid("cache", "a GPT-2 batch cache in the interleaved path"))
+                    return Err(Error::invalid(
+                        "cache",
+                        "a GPT-2 batch cache in the interleaved path",
+                    ))
                 }
             }
         }
@@ -203,7 +206,10 @@ impl Gpt2Batched {
             Ok(v.as_tensor().to_dtype(DType::F32)?)
         };
         let pair = |name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((get(&format!("{name}.weight"))?, get(&format!("{name}.bias"))?))
+            Ok((
+                get(&format!("{name}.weight"))?,
+                get(&format!("{name}.bias"))?,
+            ))
         };
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
@@ -244,7 +250,13 @@ impl Gpt2Batched {
     }
 
     fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let h = layer_norm(x, &self.ln_f.0, &self.ln_f.1, self.cfg.layer_norm_epsilon, &Mode::Eval)?;
+        let h = layer_norm(
+            x,
+            &self.ln_f.0,
+            &self.ln_f.1,
+            self.cfg.layer_norm_epsilon,
+            &Mode::Eval,
+        )?;
         Ok(h.matmul(&self.wte.t()?)?)
     }
 
@@ -269,7 +281,13 @@ impl Gpt2Batched {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         let mut maps = want_weights.then(Vec::new);
         for blk in &self.blocks {
-            let h = layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, cfg.layer_norm_epsilon, &Mode::Eval)?;
+            let h = layer_norm(
+                &x,
+                &blk.ln_1.0,
+                &blk.ln_1.1,
+                cfg.layer_norm_epsilon,
+                &Mode::Eval,
+            )?;
             let qkv = conv1d(&h, &blk.c_attn.0, Some(&blk.c_attn.1))?; // [T, 3C]
             let heads = |i: usize| -> Result<Tensor> {
                 Ok(qkv
@@ -317,7 +335,13 @@ impl Gpt2Batched {
         let mut x = (self.wte.embedding(&ids)? + self.wpe.embedding(&pos)?)?; // [B, C]
         let scale = 1.0 / (hd as f64).sqrt();
         for (l, blk) in self.blocks.iter().enumerate() {
-            let h = layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, cfg.layer_norm_epsilon, &Mode::Eval)?;
+            let h = layer_norm(
+                &x,
+                &blk.ln_1.0,
+                &blk.ln_1.1,
+                cfg.layer_norm_epsilon,
+                &Mode::Eval,
+            )?;
             let qkv = conv1d(&h, &blk.c_attn.0, Some(&blk.c_attn.1))?; // [B, 3C]
             let mut ys = Vec::with_capacity(b);
             for (r, (cache, _)) in rows.iter_mut().enumerate() {
@@ -327,7 +351,10 @@ impl Gpt2Batched {
                 };
                 let (q, k, v) = (head(0)?, head(1)?, head(2)?);
                 let SeqCache::Gpt2 { layers, .. } = &mut **cache else {
-                    return Err(Error::invalid("cache", "a library cache in the batched path"));
+                    return Err(Error::invalid(
+                        "cache",
+                        "a library cache in the batched path",
+                    ));
                 };
                 let (pk, pv) = &layers[l];
                 let k = Tensor::cat(&[pk, &k], 2)?;

@@ -34,7 +34,11 @@ pub struct Message {
 fn token_text(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or("").to_string(),
+        Some(Value::Object(o)) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         _ => String::new(),
     }
 }
@@ -46,7 +50,8 @@ impl ChatTemplate {
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(ChatTemplate { jinja: None });
         };
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cfg: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let template = match cfg.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             // A list of named templates: take "default", else the first.
@@ -63,9 +68,15 @@ impl ChatTemplate {
             return Ok(ChatTemplate { jinja: None });
         };
         let mut env = minijinja::Environment::new();
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", template)
             .map_err(|e| format!("{}: chat_template does not parse: {e}", path.display()))?;
         let bos = token_text(cfg.get("bos_token"));
@@ -82,14 +93,18 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[Message]) -> Result<String, ApiError> {
         match &self.jinja {
             Some((env, bos, eos)) => {
-                let t = env.get_template("chat").map_err(|e| ApiError::internal(e.to_string()))?;
+                let t = env
+                    .get_template("chat")
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 t.render(minijinja::context! {
                     messages => messages,
                     add_generation_prompt => true,
                     bos_token => bos,
                     eos_token => eos,
                 })
-                .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))
+                .map_err(|e| {
+                    ApiError::invalid("messages", format!("the chat template failed: {e}"))
+                })
             }
             None => {
                 let mut s = String::new();
@@ -111,10 +126,16 @@ impl ChatTemplate {
 /// string or a list of `{"type": "text", "text": ...}` parts.
 pub fn parse_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
     let Some(Value::Array(items)) = v else {
-        return Err(ApiError::invalid("messages", "'messages' must be a list of messages"));
+        return Err(ApiError::invalid(
+            "messages",
+            "'messages' must be a list of messages",
+        ));
     };
     if items.is_empty() {
-        return Err(ApiError::invalid("messages", "'messages' must not be empty"));
+        return Err(ApiError::invalid(
+            "messages",
+            "'messages' must not be empty",
+        ));
     }
     let mut out = Vec::with_capacity(items.len());
     for (i, m) in items.iter().enumerate() {
@@ -123,21 +144,39 @@ pub fn parse_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
             .get("role")
             .and_then(Value::as_str)
             .filter(|r| matches!(*r, "system" | "developer" | "user" | "assistant" | "tool"))
-            .ok_or_else(|| ApiError::invalid(&param, "each message needs a role: system, user or assistant"))?;
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    &param,
+                    "each message needs a role: system, user or assistant",
+                )
+            })?;
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Null) | None => String::new(),
             Some(Value::Array(parts)) => {
                 let mut s = String::new();
                 for p in parts {
-                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    match (
+                        p.get("type").and_then(Value::as_str),
+                        p.get("text").and_then(Value::as_str),
+                    ) {
                         (Some("text"), Some(t)) => s.push_str(t),
-                        _ => return Err(ApiError::invalid(&param, "only text content parts are supported")),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                &param,
+                                "only text content parts are supported",
+                            ))
+                        }
                     }
                 }
                 s
             }
-            Some(_) => return Err(ApiError::invalid(&param, "'content' must be a string or a list of text parts")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &param,
+                    "'content' must be a string or a list of text parts",
+                ))
+            }
         };
         let role = if role == "developer" { "system" } else { role };
         out.push(Message {
@@ -160,7 +199,10 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "Hi"}]}
         ])))
         .unwrap();
-        assert_eq!(simple.render(&msgs).unwrap(), "System: Be brief.\nUser: Hi\nAssistant:");
+        assert_eq!(
+            simple.render(&msgs).unwrap(),
+            "System: Be brief.\nUser: Hi\nAssistant:"
+        );
         let dir = std::env::temp_dir().join(format!("attn-serve-chat-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -169,8 +211,14 @@ mod tests {
         )
         .unwrap();
         let t = ChatTemplate::load(&dir).unwrap();
-        assert_eq!(t.render(&msgs).unwrap(), "<s>[system]Be brief.[user]Hi[assistant]");
+        assert_eq!(
+            t.render(&msgs).unwrap(),
+            "<s>[system]Be brief.[user]Hi[assistant]"
+        );
         std::fs::remove_dir_all(&dir).ok();
-        assert!(parse_messages(Some(&serde_json::json!([{"role": "wizard", "content": "x"}]))).is_err());
+        assert!(parse_messages(Some(
+            &serde_json::json!([{"role": "wizard", "content": "x"}])
+        ))
+        .is_err());
     }
 }

@@ -66,7 +66,10 @@ pub enum Job {
 }
 
 pub enum EngineModel {
-    Lm { backend: Backend, tokenizer: Tokenizer },
+    Lm {
+        backend: Backend,
+        tokenizer: Tokenizer,
+    },
     Bert(attn::checkpoint::LoadedBert),
 }
 
@@ -74,16 +77,22 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> attn::Result<T>) -> Result<T, ApiE
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ApiError::internal(format!("{what} failed: {e}"))),
-        Err(_) => Err(ApiError::internal(format!("{what} failed (internal panic)"))),
+        Err(_) => Err(ApiError::internal(format!(
+            "{what} failed (internal panic)"
+        ))),
     }
 }
 
 /// Run jobs until every sender is gone.
 pub fn run(model: EngineModel, rx: Receiver<Job>, metrics: Arc<Metrics>, max_concurrency: usize) {
     match model {
-        EngineModel::Lm { backend, tokenizer } => {
-            Lm { backend: &backend, tokenizer: &tokenizer, metrics: &metrics, max_concurrency }.run(rx)
+        EngineModel::Lm { backend, tokenizer } => Lm {
+            backend: &backend,
+            tokenizer: &tokenizer,
+            metrics: &metrics,
+            max_concurrency,
         }
+        .run(rx),
         EngineModel::Bert(bert) => {
             while let Ok(job) = rx.recv() {
                 metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
@@ -92,10 +101,14 @@ pub fn run(model: EngineModel, rx: Receiver<Job>, metrics: Arc<Metrics>, max_con
                         let _ = reply.send(guarded("embedding", || embed(&bert, &batch)));
                     }
                     Job::Attention { reply, .. } => {
-                        let _ = reply.send(Err(ApiError::bad_request("attention maps need a GPT-2 model")));
+                        let _ = reply.send(Err(ApiError::bad_request(
+                            "attention maps need a GPT-2 model",
+                        )));
                     }
                     Job::Generate(g) => {
-                        let _ = g.events.send(Event::Error(ApiError::bad_request("this model does not generate text")));
+                        let _ = g.events.send(Event::Error(ApiError::bad_request(
+                            "this model does not generate text",
+                        )));
                     }
                 }
             }
@@ -172,7 +185,9 @@ impl<'a> Lm<'a> {
                         let _ = reply.send(guarded("attention", || self.backend.attention(&ids)));
                     }
                     Job::Embed { reply, .. } => {
-                        let _ = reply.send(Err(ApiError::bad_request("embeddings need an encoder (BERT) model")));
+                        let _ = reply.send(Err(ApiError::bad_request(
+                            "embeddings need an encoder (BERT) model",
+                        )));
                     }
                 }
             }
@@ -180,7 +195,8 @@ impl<'a> Lm<'a> {
             if active.is_empty() {
                 continue;
             }
-            let mut running: Vec<Seq<'a>> = active.drain(..).filter_map(|s| self.advance(s)).collect();
+            let mut running: Vec<Seq<'a>> =
+                active.drain(..).filter_map(|s| self.advance(s)).collect();
             let mut rows: Vec<(&mut SeqCache, u32)> = running
                 .iter_mut()
                 .filter(|s| !s.fresh)
@@ -224,7 +240,9 @@ impl<'a> Lm<'a> {
         }
         match guarded("prompt", || self.backend.prefill(&job.prompt)) {
             Ok((cache, logits)) => {
-                self.metrics.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+                self.metrics
+                    .prompt_tokens
+                    .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
                 let sampler = Sampler::new(job.sampling.clone(), self.backend.vocab_size());
                 Some(Seq {
                     history: job.prompt.clone(),
@@ -251,7 +269,10 @@ impl<'a> Lm<'a> {
 
     fn finish(&self, s: &mut Seq, reason: &'static str) {
         if s.emitted < s.text.len() {
-            let _ = s.job.events.send(Event::Text(s.text[s.emitted..].to_string()));
+            let _ = s
+                .job
+                .events
+                .send(Event::Text(s.text[s.emitted..].to_string()));
             s.emitted = s.text.len();
         }
         self.metrics.finished(reason);
@@ -277,24 +298,34 @@ impl<'a> Lm<'a> {
         let next = s.sampler.sample(&mut s.logits, &s.history);
         let now = Instant::now();
         match s.last_time {
-            None => self.metrics.ttft(now.duration_since(s.job.arrived).as_secs_f64()),
+            None => self
+                .metrics
+                .ttft(now.duration_since(s.job.arrived).as_secs_f64()),
             Some(t) => self.metrics.per_token(now.duration_since(t).as_secs_f64()),
         }
         s.last_time = Some(now);
-        let eos = if s.job.sampling.ignore_eos { None } else { self.backend.eos() };
+        let eos = if s.job.sampling.ignore_eos {
+            None
+        } else {
+            self.backend.eos()
+        };
         if Some(next) == eos {
             self.finish(&mut s, "stop");
             return None;
         }
         s.generated += 1;
-        self.metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .tokens_generated
+            .fetch_add(1, Ordering::Relaxed);
         s.history.push(next);
         s.last = next;
         match s.decoder.push(next) {
             Ok(piece) => s.text.push_str(&piece),
             Err(e) => {
                 self.metrics.finished("error");
-                let _ = s.job.events.send(Event::Error(ApiError::internal(format!("decoding failed: {e}"))));
+                let _ = s.job.events.send(Event::Error(ApiError::internal(format!(
+                    "decoding failed: {e}"
+                ))));
                 return None;
             }
         }
@@ -311,7 +342,10 @@ impl<'a> Lm<'a> {
         }
         let safe = safe_prefix_len(&s.text, s.emitted, &s.job.stop);
         if safe > s.emitted {
-            let _ = s.job.events.send(Event::Text(s.text[s.emitted..safe].to_string()));
+            let _ = s
+                .job
+                .events
+                .send(Event::Text(s.text[s.emitted..safe].to_string()));
             s.emitted = safe;
         }
         if s.generated >= s.job.max_tokens {
@@ -340,8 +374,12 @@ impl<'a> Lm<'a> {
 }
 
 pub fn timeout_error() -> ApiError {
-    ApiError::new(504, "timeout_error", "the request ran past this server's time limit (--request-timeout)")
-        .with_code("timeout")
+    ApiError::new(
+        504,
+        "timeout_error",
+        "the request ran past this server's time limit (--request-timeout)",
+    )
+    .with_code("timeout")
 }
 
 /// The end of the part of `text` that can be sent: all but a suffix that could be the

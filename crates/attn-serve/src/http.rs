@@ -78,9 +78,11 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
                 .map(str::trim);
             match given {
                 Some(g) if same_secret(g.as_bytes(), key.as_bytes()) => next.run(req).await,
-                Some(_) => ApiError::new(401, "invalid_request_error", "Incorrect API key provided.")
-                    .with_code("invalid_api_key")
-                    .into_response(),
+                Some(_) => {
+                    ApiError::new(401, "invalid_request_error", "Incorrect API key provided.")
+                        .with_code("invalid_api_key")
+                        .into_response()
+                }
                 None => ApiError::new(
                     401,
                     "invalid_request_error",
@@ -97,18 +99,33 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::new(404, "invalid_request_error", format!("Unknown endpoint: {} {}", req.method(), req.uri().path()))
-        .with_code("unknown_url")
+    ApiError::new(
+        404,
+        "invalid_request_error",
+        format!("Unknown endpoint: {} {}", req.method(), req.uri().path()),
+    )
+    .with_code("unknown_url")
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::new(405, "invalid_request_error", format!("Method {} is not allowed on {}", req.method(), req.uri().path()))
-        .with_code("method_not_allowed")
+    ApiError::new(
+        405,
+        "invalid_request_error",
+        format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .with_code("method_not_allowed")
 }
 
 async fn playground() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         PLAYGROUND,
     )
         .into_response()
@@ -127,7 +144,10 @@ async fn health(State(st): St) -> Json<Value> {
 
 async fn metrics(State(st): St) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         st.metrics.render(),
     )
         .into_response()
@@ -149,8 +169,12 @@ async fn model(State(st): St, Path(id): Path<String>) -> Result<Json<Value>, Api
 }
 
 fn unknown_model(name: &str) -> ApiError {
-    let mut e = ApiError::new(404, "invalid_request_error", format!("The model '{name}' does not exist"))
-        .with_code("model_not_found");
+    let mut e = ApiError::new(
+        404,
+        "invalid_request_error",
+        format!("The model '{name}' does not exist"),
+    )
+    .with_code("model_not_found");
     e.param = Some("model".into());
     e
 }
@@ -159,8 +183,12 @@ fn unknown_model(name: &str) -> ApiError {
 async fn read_json(st: &AppState, req: Request) -> Result<Value, ApiError> {
     let limit = st.cfg.max_body_bytes;
     let too_large = || {
-        ApiError::new(413, "invalid_request_error", format!("The request body is larger than this server's limit of {limit} bytes"))
-            .with_code("request_too_large")
+        ApiError::new(
+            413,
+            "invalid_request_error",
+            format!("The request body is larger than this server's limit of {limit} bytes"),
+        )
+        .with_code("request_too_large")
     };
     let declared = req
         .headers()
@@ -170,18 +198,28 @@ async fn read_json(st: &AppState, req: Request) -> Result<Value, ApiError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) || e.to_string().contains("length limit") {
-            too_large()
-        } else {
-            ApiError::bad_request(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
+                || e.to_string().contains("length limit")
+            {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}")).with_code("invalid_json")
+        ApiError::bad_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+        .with_code("invalid_json")
     })?;
     if !v.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object").with_code("invalid_json"));
+        return Err(
+            ApiError::bad_request("the request body must be a JSON object")
+                .with_code("invalid_json"),
+        );
     }
     Ok(v)
 }
@@ -197,7 +235,13 @@ fn need_lm(st: &AppState, what: &str) -> Result<(), ApiError> {
     if st.is_lm() {
         Ok(())
     } else {
-        Err(ApiError::invalid("model", format!("the model '{}' is an encoder: it serves embeddings, not {what}", st.model_id)))
+        Err(ApiError::invalid(
+            "model",
+            format!(
+                "the model '{}' is an encoder: it serves embeddings, not {what}",
+                st.model_id
+            ),
+        ))
     }
 }
 
@@ -209,7 +253,10 @@ fn submit(st: &AppState, job: Job) -> Result<(), ApiError> {
         return Err(ApiError::new(
             429,
             "rate_limit_exceeded",
-            format!("The server is busy: {} requests are already waiting (--max-queue). Retry later.", st.cfg.max_queue),
+            format!(
+                "The server is busy: {} requests are already waiting (--max-queue). Retry later.",
+                st.cfg.max_queue
+            ),
         )
         .with_code("queue_full"));
     }
@@ -220,13 +267,17 @@ fn submit(st: &AppState, job: Job) -> Result<(), ApiError> {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn request_id(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     format!("{prefix}-{:x}{:04x}", t & 0xffff_ffff_ffff, n & 0xffff)
 }
 
@@ -237,10 +288,20 @@ fn encode_prompt(st: &AppState, text: &str, param: &str) -> Result<Vec<u32>, Api
         .encode(text)
         .map_err(|e| ApiError::invalid(param, format!("the prompt cannot be tokenized: {e}")))?;
     if ids.is_empty() {
-        let start = st.bos.or_else(|| st.tokenizer.encode("\n").ok().and_then(|v| v.first().copied()));
+        let start = st.bos.or_else(|| {
+            st.tokenizer
+                .encode("\n")
+                .ok()
+                .and_then(|v| v.first().copied())
+        });
         match start {
             Some(id) => ids.push(id),
-            None => return Err(ApiError::invalid(param, "the prompt is empty and the model has no start token")),
+            None => {
+                return Err(ApiError::invalid(
+                    param,
+                    "the prompt is empty and the model has no start token",
+                ))
+            }
         }
     }
     Ok(ids)
@@ -256,15 +317,32 @@ async fn completions(State(st): St, req: Request) -> Response {
         let ids = match f.get("prompt") {
             None => return Err(ApiError::invalid("prompt", "'prompt' is required")),
             Some(Value::String(s)) => encode_prompt(&st, s, "prompt")?,
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => encode_prompt(&st, a[0].as_str().unwrap_or(""), "prompt")?,
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                encode_prompt(&st, a[0].as_str().unwrap_or(""), "prompt")?
+            }
             Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
-                let ids: Vec<u32> = a.iter().filter_map(Value::as_u64).map(|x| x.min(u32::MAX as u64) as u32).collect();
+                let ids: Vec<u32> = a
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x.min(u32::MAX as u64) as u32)
+                    .collect();
                 if ids.iter().any(|&i| i as usize >= st.vocab_size) {
-                    return Err(ApiError::invalid("prompt", format!("token ids must be below the vocabulary size {}", st.vocab_size)));
+                    return Err(ApiError::invalid(
+                        "prompt",
+                        format!(
+                            "token ids must be below the vocabulary size {}",
+                            st.vocab_size
+                        ),
+                    ));
                 }
                 ids
             }
-            Some(_) => return Err(ApiError::invalid("prompt", "'prompt' must be a string, a list of one string, or a list of token ids")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "'prompt' must be a string, a list of one string, or a list of token ids",
+                ))
+            }
         };
         generate(&st, ids, p, false).await
     }
@@ -344,17 +422,27 @@ impl Shape {
         match ev {
             Some(Event::Text(t)) => (vec![self.chunk(Some(&t), None, false)], false),
             Some(Event::Done(f)) => {
-                let mut out = vec![self.chunk(if self.chat { None } else { Some("") }, Some(f.reason), false)];
+                let mut out = vec![self.chunk(
+                    if self.chat { None } else { Some("") },
+                    Some(f.reason),
+                    false,
+                )];
                 if self.include_usage {
                     out.push(self.usage_chunk(&f));
                 }
                 out.push("data: [DONE]\n\n".into());
                 (out, true)
             }
-            Some(Event::Error(e)) => (vec![format!("data: {}\n\n", e.body()), "data: [DONE]\n\n".into()], true),
+            Some(Event::Error(e)) => (
+                vec![format!("data: {}\n\n", e.body()), "data: [DONE]\n\n".into()],
+                true,
+            ),
             None => {
                 let e = ApiError::internal("the generation ended without a result");
-                (vec![format!("data: {}\n\n", e.body()), "data: [DONE]\n\n".into()], true)
+                (
+                    vec![format!("data: {}\n\n", e.body()), "data: [DONE]\n\n".into()],
+                    true,
+                )
             }
         }
     }
@@ -383,7 +471,12 @@ struct StreamState {
     shape: Shape,
 }
 
-async fn generate(st: &AppState, mut ids: Vec<u32>, p: GenParams, chat: bool) -> Result<Response, ApiError> {
+async fn generate(
+    st: &AppState,
+    mut ids: Vec<u32>,
+    p: GenParams,
+    chat: bool,
+) -> Result<Response, ApiError> {
     let prompt_tokens = ids.len();
     let keep = st.context.saturating_sub(1).max(1);
     if ids.len() > keep {
@@ -400,7 +493,9 @@ async fn generate(st: &AppState, mut ids: Vec<u32>, p: GenParams, chat: bool) ->
         ignore_eos: p.ignore_eos,
         vocab_limit: Some(st.tokenizer.vocab_size()),
     };
-    sampling.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    sampling
+        .validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     submit(
         st,
         Job::Generate(GenJob {
@@ -444,7 +539,12 @@ async fn generate(st: &AppState, mut ids: Vec<u32>, p: GenParams, chat: bool) ->
     }
     let (lines, over) = shape.event(first);
     pending.extend(lines);
-    let state = StreamState { rx, pending, over, shape };
+    let state = StreamState {
+        rx,
+        pending,
+        over,
+        shape,
+    };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(line) = s.pending.pop_front() {
@@ -461,7 +561,10 @@ async fn generate(st: &AppState, mut ids: Vec<u32>, p: GenParams, chat: bool) ->
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
@@ -536,22 +639,50 @@ async fn attention(State(st): St, req: Request) -> Response {
         let f = Fields::of(&body)?;
         check_model(&st, &f)?;
         need_lm(&st, "attention maps")?;
-        let text = f.str("input")?.ok_or_else(|| ApiError::invalid("input", "'input' (a string) is required"))?;
+        let text = f
+            .str("input")?
+            .ok_or_else(|| ApiError::invalid("input", "'input' (a string) is required"))?;
         let ids = encode_prompt(&st, text, "input")?;
         let max = st.cfg.max_attention_tokens.min(st.context);
         if ids.len() > max {
-            return Err(ApiError::invalid("input", format!("the input has {} tokens; attention maps are limited to {max}", ids.len())));
+            return Err(ApiError::invalid(
+                "input",
+                format!(
+                    "the input has {} tokens; attention maps are limited to {max}",
+                    ids.len()
+                ),
+            ));
         }
         let tokens: Vec<String> = ids
             .iter()
-            .map(|&id| st.tokenizer.decode(&[id]).unwrap_or_else(|_| format!("#{id}")))
+            .map(|&id| {
+                st.tokenizer
+                    .decode(&[id])
+                    .unwrap_or_else(|_| format!("#{id}"))
+            })
             .collect();
         let (reply, rx) = oneshot::channel();
-        submit(&st, Job::Attention { ids: ids.clone(), reply })?;
-        let maps = rx.await.map_err(|_| ApiError::internal("the model thread dropped the request"))??;
+        submit(
+            &st,
+            Job::Attention {
+                ids: ids.clone(),
+                reply,
+            },
+        )?;
+        let maps = rx
+            .await
+            .map_err(|_| ApiError::internal("the model thread dropped the request"))??;
         let rounded: Vec<Vec<Vec<Vec<f64>>>> = maps
             .iter()
-            .map(|l| l.iter().map(|h| h.iter().map(|r| r.iter().map(|&w| (w as f64 * 1e4).round() / 1e4).collect()).collect()).collect())
+            .map(|l| {
+                l.iter()
+                    .map(|h| {
+                        h.iter()
+                            .map(|r| r.iter().map(|&w| (w as f64 * 1e4).round() / 1e4).collect())
+                            .collect()
+                    })
+                    .collect()
+            })
             .collect();
         Ok(Json(json!({
             "object": "attention",

@@ -92,7 +92,9 @@ impl AppState {
 /// Load the model, start its thread, and build the application.
 pub fn build(cfg: ServeConfig) -> Result<axum::Router, String> {
     if cfg.max_concurrency == 0 || cfg.max_queue == 0 || cfg.max_tokens_limit == 0 {
-        return Err("--max-concurrency, --max-queue and --max-tokens-limit must be at least 1".into());
+        return Err(
+            "--max-concurrency, --max-queue and --max-tokens-limit must be at least 1".into(),
+        );
     }
     let model_id = cfg.model_name.clone().unwrap_or_else(|| {
         cfg.model
@@ -164,7 +166,10 @@ struct ModelInfo {
 fn load(dir: &std::path::Path, batched: bool) -> Result<(EngineModel, ModelInfo), String> {
     let dev = candle_core::Device::Cpu;
     let config = attn::checkpoint::read_config(dir).map_err(|e| e.to_string())?;
-    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let model_type = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     if model_type == "bert" {
         let bert = attn::checkpoint::load_bert(dir, &dev).map_err(|e| e.to_string())?;
         let info = ModelInfo {
@@ -197,7 +202,9 @@ pub async fn serve(
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Start a server on a background thread (its own runtime) and return its address:
@@ -205,8 +212,11 @@ pub async fn serve(
 pub fn spawn(cfg: ServeConfig) -> Result<SocketAddr, String> {
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let app = build(cfg)?;
-    let std_listener = std::net::TcpListener::bind(&addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
-    std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let std_listener =
+        std::net::TcpListener::bind(&addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
     let local = std_listener.local_addr().map_err(|e| e.to_string())?;
     std::thread::Builder::new()
         .name("attn-http".into())

@@ -24,7 +24,11 @@ impl Histogram {
     }
 
     pub fn observe(&mut self, v: f64) {
-        let i = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
         self.counts[i] += 1;
         self.sum += v;
         self.count += 1;
@@ -87,7 +91,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Metrics {
     pub fn request(&self, endpoint: &str, status: u16) {
-        *lock(&self.requests).entry((endpoint.to_string(), status)).or_insert(0) += 1;
+        *lock(&self.requests)
+            .entry((endpoint.to_string(), status))
+            .or_insert(0) += 1;
     }
 
     /// A generation ended: `stop`, `length`, `client_disconnected`, `timeout`, `error`.
@@ -115,7 +121,10 @@ impl Metrics {
         let mut s = String::new();
         s.push_str("# HELP attn_requests_total HTTP requests by endpoint and status.\n# TYPE attn_requests_total counter\n");
         for ((ep, st), n) in lock(&self.requests).iter() {
-            let _ = writeln!(s, "attn_requests_total{{endpoint=\"{ep}\",status=\"{st}\"}} {n}");
+            let _ = writeln!(
+                s,
+                "attn_requests_total{{endpoint=\"{ep}\",status=\"{st}\"}} {n}"
+            );
         }
         s.push_str("# HELP attn_generations_total Generations that ended, by reason.\n# TYPE attn_generations_total counter\n");
         for reason in ["stop", "length", "client_disconnected", "timeout", "error"] {
@@ -123,17 +132,41 @@ impl Metrics {
             let _ = writeln!(s, "attn_generations_total{{reason=\"{reason}\"}} {n}");
         }
         let counters = [
-            ("attn_tokens_generated_total", "Tokens generated.", self.tokens_generated.load(Ordering::Relaxed)),
-            ("attn_prompt_tokens_total", "Prompt tokens processed.", self.prompt_tokens.load(Ordering::Relaxed)),
+            (
+                "attn_tokens_generated_total",
+                "Tokens generated.",
+                self.tokens_generated.load(Ordering::Relaxed),
+            ),
+            (
+                "attn_prompt_tokens_total",
+                "Prompt tokens processed.",
+                self.prompt_tokens.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
         let gauges = [
-            ("attn_queue_depth", "Requests waiting for a decoding slot.", self.queue_depth.load(Ordering::Relaxed) as u64),
-            ("attn_active_sequences", "Sequences being decoded.", self.active.load(Ordering::Relaxed) as u64),
-            ("process_resident_memory_bytes", "Resident set size.", rss_bytes().0),
-            ("attn_process_peak_resident_memory_bytes", "Peak resident set size (VmHWM).", rss_bytes().1),
+            (
+                "attn_queue_depth",
+                "Requests waiting for a decoding slot.",
+                self.queue_depth.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "attn_active_sequences",
+                "Sequences being decoded.",
+                self.active.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident set size.",
+                rss_bytes().0,
+            ),
+            (
+                "attn_process_peak_resident_memory_bytes",
+                "Peak resident set size (VmHWM).",
+                rss_bytes().1,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -143,9 +176,21 @@ impl Metrics {
             "# HELP process_uptime_seconds Seconds since the server started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {:.3}",
             self.started.elapsed().as_secs_f64()
         );
-        lock(&self.ttft).render(&mut s, "attn_time_to_first_token_seconds", "From request arrival to the first generated token.");
-        lock(&self.per_token).render(&mut s, "attn_time_per_output_token_seconds", "Between consecutive tokens of one generation.");
-        lock(&self.batch).render(&mut s, "attn_decode_batch_size", "Sequences per decode step.");
+        lock(&self.ttft).render(
+            &mut s,
+            "attn_time_to_first_token_seconds",
+            "From request arrival to the first generated token.",
+        );
+        lock(&self.per_token).render(
+            &mut s,
+            "attn_time_per_output_token_seconds",
+            "Between consecutive tokens of one generation.",
+        );
+        lock(&self.batch).render(
+            &mut s,
+            "attn_decode_batch_size",
+            "Sequences per decode step.",
+        );
         s
     }
 }

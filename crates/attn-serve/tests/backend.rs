@@ -11,7 +11,12 @@ use candle_core::Device;
 fn ragged_batch_steps_match_the_library_forward_pass() {
     let dir = common::tiny_model("backend");
     let reference = load_causal_lm(&dir, &Device::Cpu).unwrap();
-    let backend = Backend::new(load_causal_lm(&dir, &Device::Cpu).unwrap(), &read_config(&dir).unwrap(), true).unwrap();
+    let backend = Backend::new(
+        load_causal_lm(&dir, &Device::Cpu).unwrap(),
+        &read_config(&dir).unwrap(),
+        true,
+    )
+    .unwrap();
     assert!(backend.is_batched());
     let tok = &reference.tokenizer;
     // Three sequences of different lengths, each continued by the same five tokens.
@@ -20,13 +25,21 @@ fn ragged_batch_steps_match_the_library_forward_pass() {
     let mut seqs: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
     let mut caches = Vec::new();
     let close = |a: &[f32], b: &[f32], what: &str| {
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-4, "{what}: max difference {d}");
     };
     for s in &seqs {
         let (cache, logits) = backend.prefill(s).unwrap();
         let want = full_logits(reference.model.as_ref(), s).unwrap();
-        close(&logits, &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(), "prefill");
+        close(
+            &logits,
+            &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(),
+            "prefill",
+        );
         caches.push(cache);
     }
     for &id in &tail {
@@ -35,10 +48,17 @@ fn ragged_batch_steps_match_the_library_forward_pass() {
         for (s, g) in seqs.iter_mut().zip(&got) {
             s.push(id);
             let want = full_logits(reference.model.as_ref(), s).unwrap();
-            close(g, &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(), "step");
+            close(
+                g,
+                &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(),
+                "step",
+            );
         }
     }
     // Attention maps: one [H, T, T] per layer.
     let maps = backend.attention(&seqs[1]).unwrap();
-    assert_eq!((maps.len(), maps[0].len(), maps[0][0].len()), (2, 4, seqs[1].len()));
+    assert_eq!(
+        (maps.len(), maps[0].len(), maps[0][0].len()),
+        (2, 4, seqs[1].len())
+    );
 }

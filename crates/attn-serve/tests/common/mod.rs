@@ -66,7 +66,11 @@ impl Response {
     pub fn error(&self) -> (String, Option<String>, Option<String>) {
         let v = self.json();
         let e = &v["error"];
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", self.body);
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
         (
             e["type"].as_str().unwrap().to_string(),
             e["code"].as_str().map(str::to_string),
@@ -75,13 +79,22 @@ impl Response {
     }
 }
 
-fn request_bytes(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if method == "POST" {
-        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
@@ -116,8 +129,11 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = raw;
     loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             break;
         }
@@ -128,7 +144,13 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
 }
 
 /// One request, the whole response read (Connection: close).
-pub fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     // A server may answer (413) and close before reading a large body: ignore the
@@ -167,7 +189,14 @@ impl Stream {
     pub fn open(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Stream {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        s.write_all(&request_bytes(addr, "POST", path, &[], body.to_string().as_bytes())).unwrap();
+        s.write_all(&request_bytes(
+            addr,
+            "POST",
+            path,
+            &[],
+            body.to_string().as_bytes(),
+        ))
+        .unwrap();
         let mut reader = BufReader::new(s);
         let (status, _) = read_head(&mut reader);
         Stream { status, reader }
@@ -192,7 +221,10 @@ impl Stream {
 pub fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
     let text = get(addr, "/metrics").body;
     text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -201,7 +233,10 @@ pub fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = std::time::Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
