@@ -148,23 +148,24 @@ pub fn gen_params(f: &Fields, default_max: usize, limit: usize) -> Result<GenPar
     } else {
         "max_tokens"
     };
-    let max_tokens =
-        match f.uint(max_key)? {
-            None => default_max.min(limit),
-            Some(0) => {
-                return Err(ApiError::invalid(
-                    max_key,
-                    format!("'{max_key}' must be at least 1"),
-                ))
-            }
-            Some(n) if n > limit as u64 => return Err(ApiError::invalid(
+    let max_tokens = match f.uint(max_key)? {
+        None => default_max.min(limit),
+        Some(0) => {
+            return Err(ApiError::invalid(
+                max_key,
+                format!("'{max_key}' must be at least 1"),
+            ))
+        }
+        Some(n) if n > limit as u64 => {
+            return Err(ApiError::invalid(
                 max_key,
                 format!(
                     "'{max_key}' is {n}, above this server's limit of {limit} (--max-tokens-limit)"
                 ),
-            )),
-            Some(n) => n as usize,
-        };
+            ))
+        }
+        Some(n) => n as usize,
+    };
     let temperature = f.f64("temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(

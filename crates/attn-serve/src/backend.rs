@@ -37,6 +37,10 @@ impl SeqCache {
             SeqCache::Gpt2 { len, .. } => *len,
         }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Attention weights of one forward pass: per layer `[H, T, T]` (row = query position).

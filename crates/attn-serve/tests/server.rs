@@ -187,7 +187,9 @@ fn faults_are_answered_and_the_server_keeps_serving() {
     };
     still_serving();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    // (what, headers, body, expected status, expected error type)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             key.to_vec(),
