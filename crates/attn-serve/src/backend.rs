@@ -113,6 +113,15 @@ impl Backend {
         }
     }
 
+    /// Run several prompts (of any lengths) together: for GPT-2 one padded forward pass,
+    /// else one after another. Returns each prompt's cache and last-position logits.
+    pub fn prefill_many(&self, prompts: &[&[u32]]) -> Result<Vec<(SeqCache, Vec<f32>)>> {
+        match self {
+            Backend::Gpt2(b) if prompts.len() > 1 => b.prefill_batch(prompts),
+            _ => prompts.iter().map(|p| self.prefill(p)).collect(),
+        }
+    }
+
     /// One new token for each sequence; returns each sequence's next logits.
     pub fn step(&self, rows: &mut [(&mut SeqCache, u32)]) -> Result<Vec<Vec<f32>>> {
         match self {
@@ -314,6 +323,89 @@ impl Gpt2Batched {
         let last = x.narrow(0, t - 1, 1)?;
         let logits = self.head(&last)?.flatten_all()?.to_vec1::<f32>()?;
         Ok((SeqCache::Gpt2 { layers, len: t }, logits, maps))
+    }
+
+    /// Several prompts from position 0 in one pass, right-padded to the longest. No
+    /// padding mask is needed: under the causal mask a real position only sees earlier
+    /// positions, which are real too; the padded positions' outputs are never read and
+    /// their keys and values are cut off each row's cache.
+    pub fn prefill_batch(&self, prompts: &[&[u32]]) -> Result<Vec<(SeqCache, Vec<f32>)>> {
+        let cfg = &self.cfg;
+        let b = prompts.len();
+        let t = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        if b == 0 || prompts.iter().any(|p| p.is_empty()) {
+            return Err(Error::invalid(
+                "prompt",
+                "every prompt needs at least one token",
+            ));
+        }
+        attn::nn::check_positions(t, cfg.n_positions)?;
+        let (c, nh) = (cfg.n_embd, cfg.n_head);
+        let hd = c / nh;
+        let dev = Device::Cpu;
+        let mut ids = Vec::with_capacity(b * t);
+        for p in prompts {
+            ids.extend(p.iter().copied().chain(std::iter::repeat(0)).take(t));
+        }
+        let ids = Tensor::from_vec(ids, b * t, &dev)?;
+        let pos = Tensor::arange(0u32, t as u32, &dev)?;
+        let x = self.wte.embedding(&ids)?.reshape((b, t, c))?;
+        let mut x = x.broadcast_add(&self.wpe.embedding(&pos)?)?;
+        let mask = causal_mask(t, &dev)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut kv = Vec::with_capacity(cfg.n_layer);
+        for blk in &self.blocks {
+            let h = layer_norm(
+                &x,
+                &blk.ln_1.0,
+                &blk.ln_1.1,
+                cfg.layer_norm_epsilon,
+                &Mode::Eval,
+            )?;
+            let qkv = conv1d(&h, &blk.c_attn.0, Some(&blk.c_attn.1))?; // [B, T, 3C]
+            let heads = |i: usize| -> Result<Tensor> {
+                Ok(qkv
+                    .narrow(2, i * c, c)?
+                    .reshape((b, t, nh, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
+            };
+            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+            let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?)? * scale)?;
+            let w = softmax_last(&scores.broadcast_add(&mask)?, &Mode::Eval)?;
+            let y = w.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+            kv.push((k, v));
+            let y = conv1d(&y, &blk.attn_proj.0, Some(&blk.attn_proj.1))?;
+            x = self.mlp(blk, (x + y)?)?;
+        }
+        let last: Vec<u32> = prompts
+            .iter()
+            .enumerate()
+            .map(|(r, p)| (r * t + p.len() - 1) as u32)
+            .collect();
+        let last = Tensor::new(last.as_slice(), &dev)?;
+        let h = x.reshape((b * t, c))?.index_select(&last, 0)?;
+        let logits = self.head(&h)?.to_vec2::<f32>()?;
+        let mut out = Vec::with_capacity(b);
+        for (r, (p, l)) in prompts.iter().zip(logits).enumerate() {
+            let layers = kv
+                .iter()
+                .map(|(k, v)| {
+                    let cut = |x: &Tensor| -> Result<Tensor> {
+                        Ok(x.narrow(0, r, 1)?.narrow(2, 0, p.len())?.contiguous()?)
+                    };
+                    Ok((cut(k)?, cut(v)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push((
+                SeqCache::Gpt2 {
+                    layers,
+                    len: p.len(),
+                },
+                l,
+            ));
+        }
+        Ok(out)
     }
 
     /// One token for each row, every row continuing its own cache.

@@ -161,8 +161,9 @@ impl<'a> Lm<'a> {
     fn run(&self, rx: Receiver<Job>) {
         let mut active: Vec<Seq<'a>> = Vec::new();
         loop {
-            while active.len() < self.max_concurrency {
-                let job = if active.is_empty() {
+            let mut admitted: Vec<GenJob> = Vec::new();
+            while active.len() + admitted.len() < self.max_concurrency {
+                let job = if active.is_empty() && admitted.is_empty() {
                     match rx.recv() {
                         Ok(j) => j,
                         Err(_) => return,
@@ -176,11 +177,7 @@ impl<'a> Lm<'a> {
                 };
                 self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 match job {
-                    Job::Generate(g) => {
-                        if let Some(s) = self.start(g) {
-                            active.push(s);
-                        }
-                    }
+                    Job::Generate(g) => admitted.push(g),
                     Job::Attention { ids, reply } => {
                         let _ = reply.send(guarded("attention", || self.backend.attention(&ids)));
                     }
@@ -191,6 +188,7 @@ impl<'a> Lm<'a> {
                     }
                 }
             }
+            active.extend(self.start(admitted));
             self.metrics.active.store(active.len(), Ordering::Relaxed);
             if active.is_empty() {
                 continue;
@@ -227,44 +225,66 @@ impl<'a> Lm<'a> {
         }
     }
 
-    /// Admit a job: run its prompt through the model.
-    fn start(&self, job: GenJob) -> Option<Seq<'a>> {
-        if job.events.is_closed() {
-            self.metrics.finished("client_disconnected");
-            return None;
-        }
-        if Instant::now() > job.deadline {
-            self.metrics.finished("timeout");
-            let _ = job.events.send(Event::Error(timeout_error()));
-            return None;
-        }
-        match guarded("prompt", || self.backend.prefill(&job.prompt)) {
-            Ok((cache, logits)) => {
-                self.metrics
-                    .prompt_tokens
-                    .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
-                let sampler = Sampler::new(job.sampling.clone(), self.backend.vocab_size());
-                Some(Seq {
-                    history: job.prompt.clone(),
-                    sampler,
-                    cache,
-                    logits,
-                    generated: 0,
-                    decoder: StreamDecoder::new(self.tokenizer),
-                    text: String::new(),
-                    emitted: 0,
-                    last: 0,
-                    last_time: None,
-                    fresh: false,
-                    job,
-                })
+    /// Admit jobs: run their prompts through the model, prompts of similar length
+    /// together (one padded pass for GPT-2).
+    fn start(&self, jobs: Vec<GenJob>) -> Vec<Seq<'a>> {
+        let now = Instant::now();
+        let mut jobs: Vec<GenJob> = jobs
+            .into_iter()
+            .filter(|job| {
+                if job.events.is_closed() {
+                    self.metrics.finished("client_disconnected");
+                    return false;
+                }
+                if now > job.deadline {
+                    self.metrics.finished("timeout");
+                    let _ = job.events.send(Event::Error(timeout_error()));
+                    return false;
+                }
+                true
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.prompt.len());
+        let mut out = Vec::with_capacity(jobs.len());
+        let lens: Vec<usize> = jobs.iter().map(|j| j.prompt.len()).collect();
+        let mut jobs = jobs.into_iter();
+        let mut at = 0;
+        while at < lens.len() {
+            let n = prefill_group_len(&lens[at..]);
+            at += n;
+            let group: Vec<GenJob> = jobs.by_ref().take(n).collect();
+            let prompts: Vec<&[u32]> = group.iter().map(|j| j.prompt.as_slice()).collect();
+            match guarded("prompt", || self.backend.prefill_many(&prompts)) {
+                Ok(results) => {
+                    for (job, (cache, logits)) in group.into_iter().zip(results) {
+                        self.metrics
+                            .prompt_tokens
+                            .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+                        out.push(Seq {
+                            history: job.prompt.clone(),
+                            sampler: Sampler::new(job.sampling.clone(), self.backend.vocab_size()),
+                            cache,
+                            logits,
+                            generated: 0,
+                            decoder: StreamDecoder::new(self.tokenizer),
+                            text: String::new(),
+                            emitted: 0,
+                            last: 0,
+                            last_time: None,
+                            fresh: false,
+                            job,
+                        });
+                    }
+                }
+                Err(e) => {
+                    for job in group {
+                        self.metrics.finished("error");
+                        let _ = job.events.send(Event::Error(e.clone()));
+                    }
+                }
             }
-            Err(e) => {
-                self.metrics.finished("error");
-                let _ = job.events.send(Event::Error(e));
-                None
-            }
         }
+        out
     }
 
     fn finish(&self, s: &mut Seq, reason: &'static str) {
@@ -373,6 +393,22 @@ impl<'a> Lm<'a> {
     }
 }
 
+/// How many of `sorted` (prompts by increasing length) to run in one padded pass: as
+/// many as keep the padding under half the real tokens (plus a little slack).
+fn prefill_group_len(sorted: &[usize]) -> usize {
+    let mut real = 0;
+    let mut n = 0;
+    for &len in sorted {
+        // The group's padded size if this prompt (the longest so far) joins.
+        if n > 0 && len * (n + 1) > (real + len) * 3 / 2 + 16 {
+            break;
+        }
+        real += len;
+        n += 1;
+    }
+    n.max(1)
+}
+
 pub fn timeout_error() -> ApiError {
     ApiError::new(
         504,
@@ -400,6 +436,13 @@ pub fn safe_prefix_len(text: &str, from: usize, stop: &[String]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prompts_of_similar_length_share_a_prefill() {
+        assert_eq!(super::prefill_group_len(&[3, 3, 4, 5, 6]), 5);
+        assert_eq!(super::prefill_group_len(&[2, 2, 300]), 2);
+        assert_eq!(super::prefill_group_len(&[300]), 1);
+    }
+
     #[test]
     fn stop_prefixes_are_held_back() {
         let stop = vec!["\nUser:".to_string()];

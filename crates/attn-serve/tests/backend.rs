@@ -42,6 +42,20 @@ fn ragged_batch_steps_match_the_library_forward_pass() {
         );
         caches.push(cache);
     }
+    // The three prompts in one padded pass: same logits, and caches that the decode
+    // steps below continue (the second half of the rows).
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    for ((cache, logits), s) in backend.prefill_many(&refs).unwrap().into_iter().zip(&seqs) {
+        let want = full_logits(reference.model.as_ref(), s).unwrap();
+        close(
+            &logits,
+            &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(),
+            "batched prefill",
+        );
+        assert_eq!(cache.len(), s.len());
+        caches.push(cache);
+    }
+    seqs.extend(seqs.clone());
     for &id in &tail {
         let mut rows: Vec<_> = caches.iter_mut().map(|c| (c, id)).collect();
         let got = backend.step(&mut rows).unwrap();
