@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod generate;
 mod plot;
+mod serve;
 mod tokenizer;
 mod train;
 mod translate;
@@ -66,6 +67,8 @@ enum Command {
     /// Measure training and decoding speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve a model over HTTP (OpenAI-compatible API, playground): runs attn-serve.
+    Serve(serve::ServeArgs),
 }
 
 /// The folder where corpora are looked up when `--data` is not given:
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Classify(c) => classify::run(c),
         Command::Translate(c) => translate::run(c),
         Command::Export(a) => export::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
