@@ -64,7 +64,7 @@ fn gradients_match_finite_differences_for_every_parameter() {
         let n = base.len();
         for k in 0..4 {
             let i = (k * 7919 + name.len()) % n;
-            let mut set = |delta: f64| {
+            let set = |delta: f64| {
                 let mut v = base.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())

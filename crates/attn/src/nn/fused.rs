@@ -247,7 +247,10 @@ impl CustomOp2 for AddBias {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = g.contiguous()?.apply_op1_no_bwd(&ColumnSum)?.reshape(b.shape())?;
+        let db = g
+            .contiguous()?
+            .apply_op1_no_bwd(&ColumnSum)?
+            .reshape(b.shape())?;
         Ok((Some(g.clone()), Some(db)))
     }
 }
@@ -1001,7 +1004,11 @@ mod simd {
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
             i += 8;
         }
         let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -1090,7 +1097,8 @@ impl CustomOp2 for SmallMatmul {
         for (&c0, part) in starts.iter().zip(parts) {
             let width = (c0 + per).min(n) - c0;
             for i in 0..m {
-                y[i * n + c0..i * n + c0 + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+                y[i * n + c0..i * n + c0 + width]
+                    .copy_from_slice(&part[i * width..(i + 1) * width]);
             }
         }
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
