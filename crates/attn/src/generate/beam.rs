@@ -141,6 +141,8 @@ pub fn translate_batch(
         force_eos(&mut rows, cur_len, cfg, eos);
         // Rows of the next step's batch (indices into this step's rows) and their tokens.
         let (mut keep, mut next_last, mut next_active) = (vec![], vec![], vec![]);
+        // Rows (k per sentence) of the sentences that stay, for the encoder side.
+        let mut stay_rows: Vec<u32> = vec![];
         for (slot, &si) in active.iter().enumerate() {
             let st = &mut states[si];
             let rows = &rows[slot * k..(slot + 1) * k];
@@ -153,6 +155,7 @@ pub fn translate_batch(
                 continue;
             }
             next_active.push(si);
+            stay_rows.extend((slot * k) as u32..((slot + 1) * k) as u32);
             for (b, t) in chosen {
                 keep.push((slot * k + b) as u32);
                 next_last.push(t);
@@ -165,13 +168,7 @@ pub fn translate_batch(
         cache.self_attn.select(&idx)?;
         if next_active.len() != active.len() {
             // Sentences left: drop their rows from the encoder side too.
-            let rows: Vec<u32> = active
-                .iter()
-                .enumerate()
-                .filter(|(_, si)| !states[**si].done)
-                .flat_map(|(slot, _)| (slot * k) as u32..((slot + 1) * k) as u32)
-                .collect();
-            let rows = Tensor::new(rows.as_slice(), &dev)?;
+            let rows = Tensor::new(stay_rows.as_slice(), &dev)?;
             enc = enc.index_select(&rows, 0)?;
             mask = mask.index_select(&rows, 0)?;
             cache.select_cross(&rows)?;

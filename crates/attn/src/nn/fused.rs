@@ -100,6 +100,15 @@ fn for_rows<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sy
         .for_each(|(i, chunk)| f(i * per, chunk));
 }
 
+/// Sum per-task partial vectors into `out`.
+fn add_partials<T: Real>(out: &mut [T], parts: Vec<Vec<T>>) {
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o = *o + v;
+        }
+    }
+}
+
 macro_rules! dispatch {
     ($s:expr, $f:ident ( $($a:expr),* )) => {
         match $s {
@@ -281,11 +290,7 @@ fn colsum<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorag
             .collect()
     };
     let mut out = vec![T::zero(); n];
-    for p in parts {
-        for (o, v) in out.iter_mut().zip(p) {
-            *o = *o + v;
-        }
-    }
+    add_partials(&mut out, parts);
     Ok((T::to_cpu_storage_owned(out), Shape::from(n)))
 }
 
@@ -447,11 +452,7 @@ fn ln_bwd<T: Real>(
             .map(|(i, c)| task(i * per, c))
             .collect()
     };
-    for p in partials {
-        for (o, v) in dwb.iter_mut().zip(p) {
-            *o = *o + v;
-        }
-    }
+    add_partials(dwb, partials);
     Ok((T::to_cpu_storage_owned(out), Shape::from((rows + 2, d))))
 }
 
