@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use attn::checkpoint::load_causal_lm;
+use attn::checkpoint::{load_causal_lm, load_causal_lm_graph, read_config};
+use attn::infer::{Gpt2Engine, WeightType};
 use attn::generate::{generate_ids, SamplingConfig};
 use attn::models::gpt2::Gpt2;
 use attn::models::CausalLm;
@@ -21,6 +22,9 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Decode tokens/s at batch 1 with the KV cache (greedy), and prefill tokens/s.
     Generate(BenchGenerateArgs),
+    /// Memory read bandwidth with every thread of the pool streaming its share of a
+    /// large buffer: the bound for decoding, which reads each weight once per token.
+    Bandwidth(BenchBandwidthArgs),
 }
 
 #[derive(Args)]
@@ -55,6 +59,25 @@ pub struct BenchGenerateArgs {
     prompt_tokens: usize,
     #[arg(long)]
     vocab_size: Option<usize>,
+    /// Store a GPT-2's matrices as f32, f16, q8 or q4 for this run (default: as the
+    /// folder holds them; f32 for presets).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Decode through the tensor graph instead of the inference engine.
+    #[arg(long)]
+    graph: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchBandwidthArgs {
+    /// Bytes read per pass, in MiB (well above the caches).
+    #[arg(long, default_value_t = 1024)]
+    mib: usize,
+    /// Passes; the best is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
     #[arg(long)]
     json: bool,
 }
@@ -71,6 +94,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Train(a) => bench_train(a),
         BenchCommand::Generate(a) => bench_generate(a),
+        BenchCommand::Bandwidth(a) => bench_bandwidth(a),
     }
 }
 
@@ -116,10 +140,51 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_bandwidth(a: BenchBandwidthArgs) -> Result<()> {
+    use rayon::prelude::*;
+    if a.mib == 0 || a.repeats == 0 {
+        return Err(Error::invalid("mib", "--mib and --repeats must be at least 1"));
+    }
+    let words = a.mib * (1 << 20) / 8;
+    let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
+    let threads = rayon::current_num_threads();
+    let mut best = f64::INFINITY;
+    let mut check = 0u64;
+    for _ in 0..a.repeats {
+        let t0 = Instant::now();
+        let per = words.div_ceil(threads);
+        let sum: u64 = buf
+            .par_chunks(per)
+            .map(|c| c.iter().fold(0u64, |s, &v| s.wrapping_add(v)))
+            .reduce(|| 0, u64::wrapping_add);
+        best = best.min(t0.elapsed().as_secs_f64());
+        check ^= sum;
+    }
+    let gbs = (words * 8) as f64 / best / 1e9;
+    if a.json {
+        crate::print_json(&serde_json::json!({
+            "read_gb_per_sec": gbs, "bytes": words * 8, "threads": threads, "checksum": check,
+        }));
+    } else {
+        println!("read bandwidth: {gbs:.1} GB/s ({} MiB, {threads} threads, best of {})", a.mib, a.repeats);
+    }
+    Ok(())
+}
+
 fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let device = default_device();
+    let ty = a.dtype.as_deref().map(WeightType::parse).transpose()?;
     let model: Box<dyn CausalLm> = match (&a.model, &a.preset) {
-        (Some(dir), None) => load_causal_lm(dir, &device)?.model,
+        (Some(dir), None) if a.graph => load_causal_lm_graph(dir, &device)?.model,
+        (Some(dir), None) => match ty {
+            Some(ty) => {
+                if read_config(dir)?.get("model_type").and_then(|v| v.as_str()) != Some("gpt2") {
+                    return Err(Error::invalid("dtype", "--dtype applies to GPT-2 models only"));
+                }
+                Box::new(Gpt2Engine::load(dir, Some(ty))?)
+            }
+            None => load_causal_lm(dir, &device)?.model,
+        },
         (None, Some(p)) => {
             let config = TrainConfig::preset(p)?;
             let vocab = vocab_for(&config, a.vocab_size);
@@ -132,10 +197,20 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             );
             mc.set_dropout(0.0);
             let mut pb = ParamBuilder::init(Rng::new(1), &device);
-            Box::new(Gpt2::new(mc, &mut pb)?)
+            let model = Gpt2::new(mc.clone(), &mut pb)?;
+            if a.graph || !device.is_cpu() {
+                Box::new(model)
+            } else {
+                let params = pb.finish()?;
+                Box::new(Gpt2Engine::from_params(mc, &params, ty.unwrap_or(WeightType::F32))?)
+            }
         }
         _ => return Err(Error::invalid("model", "give --model DIR or --preset NAME")),
     };
+    // What one decoded token reads, when the model is on the inference engine.
+    let engine = model.as_any().and_then(|m| m.downcast_ref::<Gpt2Engine>());
+    let weight_bytes = engine.map(|e| e.weight_bytes_per_token());
+    let weight_type = engine.map(|e| e.weight_type().name());
     let ctx = model.context();
     let p = a.prompt_tokens.clamp(1, ctx - 1);
     let n = a.max_new_tokens.unwrap_or(128).min(ctx - p);
@@ -168,6 +243,10 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             "new_tokens": ids.len(),
             "prompt_tokens": p,
             "n_layer": model.n_layer(), "vocab_size": model.vocab_size(),
+            "engine": if engine.is_some() { "native" } else { "graph" },
+            "weight_type": weight_type,
+            "weight_bytes_per_token": weight_bytes,
+            "threads": rayon::current_num_threads(),
         }));
     } else {
         println!(

@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod generate;
 mod plot;
+mod quantize;
 mod serve;
 mod tokenizer;
 mod train;
@@ -64,6 +65,8 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Write a model folder in Hugging Face layout, optionally in f16 or bf16.
     Export(export::ExportArgs),
+    /// Store a GPT-2's weights as f16, 8-bit or 4-bit blocks (smaller, faster decoding).
+    Quantize(quantize::QuantizeArgs),
     /// Measure training and decoding speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Classify(c) => classify::run(c),
         Command::Translate(c) => translate::run(c),
         Command::Export(a) => export::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => serve::run(a),
     };
     match result {

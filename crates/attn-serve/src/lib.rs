@@ -182,7 +182,7 @@ fn load(dir: &std::path::Path, batched: bool) -> Result<(EngineModel, ModelInfo)
         };
         return Ok((EngineModel::Bert(bert), info));
     }
-    let lm = attn::checkpoint::load_causal_lm(dir, &dev).map_err(|e| e.to_string())?;
+    let lm = attn::checkpoint::load_causal_lm_graph(dir, &dev).map_err(|e| e.to_string())?;
     let tokenizer = lm.tokenizer.clone();
     let backend = backend::Backend::new(lm, &config, batched).map_err(|e| e.to_string())?;
     let info = ModelInfo {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use attn::checkpoint::{load_causal_lm, read_config};
+use attn::checkpoint::{load_causal_lm_graph, read_config};
 use attn::generate::full_logits;
 use attn_serve::backend::Backend;
 use candle_core::Device;
@@ -10,9 +10,9 @@ use candle_core::Device;
 #[test]
 fn ragged_batch_steps_match_the_library_forward_pass() {
     let dir = common::tiny_model("backend");
-    let reference = load_causal_lm(&dir, &Device::Cpu).unwrap();
+    let reference = load_causal_lm_graph(&dir, &Device::Cpu).unwrap();
     let backend = Backend::new(
-        load_causal_lm(&dir, &Device::Cpu).unwrap(),
+        load_causal_lm_graph(&dir, &Device::Cpu).unwrap(),
         &read_config(&dir).unwrap(),
         true,
     )

@@ -224,11 +224,54 @@ pub struct LoadedLm {
     pub model_type: String,
 }
 
-/// Load a GPT-2 or Llama model folder for generation or scoring.
+/// Whether GPT-2 inference goes through the tensor graph instead of the inference
+/// engine (`ATTN_ENGINE=graph`).
+pub fn graph_inference() -> bool {
+    std::env::var("ATTN_ENGINE").is_ok_and(|v| v.eq_ignore_ascii_case("graph"))
+}
+
+/// Whether a folder holds 8- or 4-bit weights written by `attn quantize`.
+pub fn is_quantized(value: &serde_json::Value) -> bool {
+    value.get("attn_quantization").is_some()
+}
+
+/// Load a GPT-2 or Llama model folder for generation or scoring. On the CPU a GPT-2
+/// runs on the inference engine ([`crate::infer::Gpt2Engine`], same logits, faster;
+/// `params` is then empty) unless `ATTN_ENGINE=graph`; quantized folders always do.
 pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
+    let value = read_config(dir)?;
+    let model_type = model_type(dir, &value)?;
+    let quantized = is_quantized(&value);
+    if model_type == "gpt2" && (quantized || (device.is_cpu() && !graph_inference())) {
+        if quantized && !device.is_cpu() {
+            return Err(Error::invalid("device", "quantized models run on the CPU only"));
+        }
+        let engine = crate::infer::Gpt2Engine::load(dir, None)?;
+        let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
+        check_vocab(dir, &tokenizer, engine.config.vocab_size)?;
+        return Ok(LoadedLm {
+            model: Box::new(engine),
+            params: Params::default(),
+            tokenizer,
+            generation: read_generation(dir)?,
+            model_type,
+        });
+    }
+    load_causal_lm_graph(dir, device)
+}
+
+/// [`load_causal_lm`] through the tensor graph, with the parameters (not for quantized
+/// folders).
+pub fn load_causal_lm_graph(dir: &Path, device: &Device) -> Result<LoadedLm> {
     let value = read_config(dir)?;
     let cfg_path = dir.join(CONFIG);
     let model_type = model_type(dir, &value)?;
+    if is_quantized(&value) {
+        return Err(Error::bad_file(
+            &cfg_path,
+            "the folder holds quantized weights (attn quantize), which only the inference engine reads",
+        ));
+    }
     match model_type.as_str() {
         "gpt2" => {
             let l = load_gpt2(dir, device)?;

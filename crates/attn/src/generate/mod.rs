@@ -32,18 +32,49 @@ pub struct Generation {
     pub prompt_tokens: usize,
 }
 
-/// Logits of the last position for `ids`, run through the model with `cache`.
-fn next_logits(
-    model: &dyn CausalLm,
-    ids: &[u32],
-    cache: &mut KvCache,
-    device: &Device,
-) -> Result<Vec<f32>> {
-    let x = Tensor::new(ids, device)?.unsqueeze(0)?;
-    let h = model.hidden(&x, Some(cache), &mut Mode::Eval)?;
-    let last = h.narrow(1, h.dim(1)? - 1, 1)?;
-    let logits = model.logits(&last)?.squeeze(0)?.squeeze(0)?;
-    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+/// One sequence being decoded: tokens go in, the next token's logits come out.
+pub trait Session {
+    /// Positions held.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forget every position.
+    fn clear(&mut self);
+    /// Append `ids` (at least one) and return the logits after the last of them.
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
+}
+
+/// A session over any [`CausalLm`] through its `hidden` pass and a [`KvCache`].
+struct GraphSession<'a> {
+    model: &'a dyn CausalLm,
+    cache: KvCache,
+}
+
+impl Session for GraphSession<'_> {
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn clear(&mut self) {
+        self.cache.clear();
+    }
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let h = self.model.hidden(&x, Some(&mut self.cache), &mut Mode::Eval)?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        let logits = self.model.logits(&last)?.squeeze(0)?.squeeze(0)?;
+        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+    }
+}
+
+/// A decoding session for `model`: its own when it has one, else a [`KvCache`].
+pub fn session(model: &dyn CausalLm) -> Box<dyn Session + '_> {
+    model.native_session().unwrap_or_else(|| {
+        Box::new(GraphSession {
+            model,
+            cache: KvCache::new(model.n_layer()),
+        })
+    })
 }
 
 /// Generate up to `max_new_tokens` ids after the prompt `ids` (which must fit the
@@ -68,10 +99,9 @@ pub fn generate_ids(
             ),
         ));
     }
-    let device = Device::Cpu;
     let mut sampler = Sampler::new(sampling.clone(), model.vocab_size());
-    let mut cache = KvCache::new(model.n_layer());
-    let mut logits = next_logits(model, prompt, &mut cache, &device)?;
+    let mut cache = session(model);
+    let mut logits = cache.feed(prompt)?;
     let mut history: Vec<u32> = prompt.to_vec();
     let mut generated = Vec::with_capacity(max_new_tokens);
     let eos = if sampling.ignore_eos {
@@ -94,14 +124,9 @@ pub fn generate_ids(
         }
         logits = if cache.len() >= ctx {
             cache.clear();
-            next_logits(
-                model,
-                &history[history.len() - ctx / 2..],
-                &mut cache,
-                &device,
-            )?
+            cache.feed(&history[history.len() - ctx / 2..])?
         } else {
-            next_logits(model, &[next], &mut cache, &device)?
+            cache.feed(&[next])?
         };
     }
     Ok((generated, FinishReason::Length))

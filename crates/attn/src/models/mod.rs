@@ -33,6 +33,15 @@ pub trait CausalLm {
     fn n_layer(&self) -> usize;
     fn bos(&self) -> Option<u32>;
     fn eos(&self) -> Option<u32>;
+    /// A decoding session with the model's own cache, for models that keep one outside
+    /// [`KvCache`] (the CPU inference engine); `None` means "use `hidden` with a `KvCache`".
+    fn native_session(&self) -> Option<Box<dyn crate::generate::Session + '_>> {
+        None
+    }
+    /// The concrete model, for callers that need more than this trait (benchmarks).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 impl CausalLm for gpt2::Gpt2 {

@@ -47,7 +47,7 @@ pub fn usable(t: &Tensor) -> bool {
     enabled() && t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
-trait Real: Float + WithDType + Send + Sync + std::iter::Sum {
+pub(crate) trait Real: Float + WithDType + Send + Sync + std::iter::Sum {
     fn slice_mut(s: &mut CpuStorage) -> candle_core::Result<&mut [Self]>;
 }
 impl Real for f32 {
@@ -89,7 +89,7 @@ fn rows_per_task(total: usize, row: usize) -> usize {
 }
 
 /// Run `f(first_row, out_rows)` over `out`, split into groups of whole rows.
-fn for_rows<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+pub(crate) fn for_rows<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     let per = rows_per_task(out.len(), row);
     if per * row >= out.len() {
         f(0, out);
@@ -129,6 +129,13 @@ const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 fn tanh_fast<T: Real>(u: T) -> T {
     let two = T::one() + T::one();
     T::one() - two / ((two * u).exp() + T::one())
+}
+
+/// GELU (tanh form) of one value, as the fused kernel computes it.
+#[inline(always)]
+pub(crate) fn gelu_tanh_one(v: f32) -> f32 {
+    let (c, a) = (SQRT_2_OVER_PI as f32, GELU_A as f32);
+    0.5 * v * (1.0 + tanh_fast(c * (v + a * v * v * v)))
 }
 
 struct GeluTanh;
@@ -317,7 +324,7 @@ struct LayerNorm {
 
 /// Mean and 1/√(var + eps) of one row.
 #[inline(always)]
-fn moments<T: Real>(row: &[T], eps: T) -> (T, T) {
+pub(crate) fn moments<T: Real>(row: &[T], eps: T) -> (T, T) {
     let n = T::from(row.len()).unwrap();
     let mean = row.iter().copied().sum::<T>() / n;
     let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;

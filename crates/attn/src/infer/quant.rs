@@ -1,0 +1,648 @@
+//! Weight matrices for inference in four storage types, and the matrix products over them.
+//!
+//! A [`QMatrix`] is `[rows, cols]` row-major with one output per row (`y = W x`), so a
+//! product reads each row once, front to back. Storage types:
+//! - `F32`, `F16` (IEEE half, converted in registers with F16C);
+//! - `Q8`: blocks of 32 weights along a row, each an `i8` in −127..=127 times one f16
+//!   scale per block (`max|w| / 127`): 34 bytes per 32 weights;
+//! - `Q4`: blocks of 32, each a 4-bit code 0..=15 standing for `(code − 8) · d` with the
+//!   f16 scale `d = w_max / −8` (`w_max` the weight of largest magnitude, sign kept),
+//!   two codes per byte (element `i` in the low nibble of byte `i`, element `i + 16` in the
+//!   high nibble): 18 bytes per 32 weights.
+//!
+//! Codes and scales are kept in two separate arrays, so that eight scales convert with
+//! one instruction. For the quantized types the input vector is itself quantized to 8
+//! bits per block of 32 (scale `max|x| / 127`) and each block's dot product is done in
+//! integers (AVX2 `maddubs`/`madd`), then scaled.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// Weights per quantization block.
+pub const QK: usize = 32;
+
+/// How a weight matrix is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+impl WeightType {
+    /// Parse `f32`, `f16`, `q8` (`q8_0`) or `q4` (`q4_0`).
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => WeightType::F32,
+            "f16" | "float16" => WeightType::F16,
+            "q8" | "q8_0" => WeightType::Q8,
+            "q4" | "q4_0" => WeightType::Q4,
+            other => {
+                return Err(Error::invalid(
+                    "dtype",
+                    format!("{other:?} is not one of f32, f16, q8, q4"),
+                ))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightType::F32 => "f32",
+            WeightType::F16 => "f16",
+            WeightType::Q8 => "q8_0",
+            WeightType::Q4 => "q4_0",
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WeightType::Q8 | WeightType::Q4)
+    }
+
+    /// Bytes of one stored row of `cols` weights.
+    pub fn row_bytes(self, cols: usize) -> usize {
+        match self {
+            WeightType::F32 => 4 * cols,
+            WeightType::F16 => 2 * cols,
+            WeightType::Q8 => cols / QK * (QK + 2),
+            WeightType::Q4 => cols / QK * (QK / 2 + 2),
+        }
+    }
+}
+
+/// The stored values of a [`QMatrix`].
+#[derive(Clone)]
+pub enum Data {
+    F32(Vec<f32>),
+    /// IEEE half bits.
+    F16(Vec<u16>),
+    /// Codes `[rows · cols]` and f16 scale bits `[rows · cols / 32]`.
+    Q8 { qs: Vec<i8>, d: Vec<u16> },
+    /// Packed codes `[rows · cols / 2]` and f16 scale bits `[rows · cols / 32]`.
+    Q4 { qs: Vec<u8>, d: Vec<u16> },
+}
+
+/// A `[rows, cols]` weight matrix (one output per row).
+#[derive(Clone)]
+pub struct QMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Data,
+}
+
+impl QMatrix {
+    /// Store row-major f32 values `[rows, cols]` as `ty`. The quantized types need `cols`
+    /// to be a multiple of 32.
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize, ty: WeightType) -> Result<Self> {
+        if values.len() != rows * cols {
+            return Err(Error::invalid(
+                "weights",
+                format!("{} values for a {rows}×{cols} matrix", values.len()),
+            ));
+        }
+        if ty.is_quantized() && cols % QK != 0 {
+            return Err(Error::invalid(
+                "dtype",
+                format!(
+                    "{} needs rows whose length is a multiple of {QK}; this matrix has {cols}",
+                    ty.name()
+                ),
+            ));
+        }
+        let data = match ty {
+            WeightType::F32 => Data::F32(values.to_vec()),
+            WeightType::F16 => Data::F16(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect()),
+            WeightType::Q8 => {
+                let mut qs = vec![0i8; values.len()];
+                let mut d = vec![0u16; values.len() / QK];
+                qs.par_chunks_mut(QK)
+                    .zip(d.par_iter_mut())
+                    .zip(values.par_chunks(QK))
+                    .for_each(|((q, d), x)| *d = quantize_q8_block(x, q));
+                Data::Q8 { qs, d }
+            }
+            WeightType::Q4 => {
+                let mut qs = vec![0u8; values.len() / 2];
+                let mut d = vec![0u16; values.len() / QK];
+                qs.par_chunks_mut(QK / 2)
+                    .zip(d.par_iter_mut())
+                    .zip(values.par_chunks(QK))
+                    .for_each(|((q, d), x)| *d = quantize_q4_block(x, q));
+                Data::Q4 { qs, d }
+            }
+        };
+        Ok(QMatrix { rows, cols, data })
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        match self.data {
+            Data::F32(_) => WeightType::F32,
+            Data::F16(_) => WeightType::F16,
+            Data::Q8 { .. } => WeightType::Q8,
+            Data::Q4 { .. } => WeightType::Q4,
+        }
+    }
+
+    /// Bytes of weights read by one product.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.weight_type().row_bytes(self.cols)
+    }
+
+    /// Row `r` as f32 values, written to `out` (`cols` long).
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        let c = self.cols;
+        match &self.data {
+            Data::F32(v) => out.copy_from_slice(&v[r * c..(r + 1) * c]),
+            Data::F16(v) => {
+                for (o, &h) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
+                    *o = f16::from_bits(h).to_f32();
+                }
+            }
+            Data::Q8 { qs, d } => {
+                let nb = c / QK;
+                for b in 0..nb {
+                    let s = f16::from_bits(d[r * nb + b]).to_f32();
+                    let q = &qs[r * c + b * QK..r * c + (b + 1) * QK];
+                    for (o, &q) in out[b * QK..(b + 1) * QK].iter_mut().zip(q) {
+                        *o = q as f32 * s;
+                    }
+                }
+            }
+            Data::Q4 { qs, d } => {
+                let nb = c / QK;
+                for b in 0..nb {
+                    let s = f16::from_bits(d[r * nb + b]).to_f32();
+                    let q = &qs[(r * nb + b) * QK / 2..(r * nb + b + 1) * QK / 2];
+                    let o = &mut out[b * QK..(b + 1) * QK];
+                    for i in 0..QK / 2 {
+                        o[i] = ((q[i] & 15) as i32 - 8) as f32 * s;
+                        o[i + QK / 2] = ((q[i] >> 4) as i32 - 8) as f32 * s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// All values as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols.max(1))
+            .enumerate()
+            .for_each(|(r, o)| self.row_to_f32(r, o));
+        out
+    }
+}
+
+/// Quantize 32 values to `i8` codes; returns the f16 scale bits.
+fn quantize_q8_block(x: &[f32], q: &mut [i8]) -> u16 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = f16::from_f32(amax / 127.0);
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    d.to_bits()
+}
+
+/// Quantize 32 values to packed 4-bit codes; returns the f16 scale bits.
+fn quantize_q4_block(x: &[f32], q: &mut [u8]) -> u16 {
+    let wmax = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = wmax / -8.0;
+    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let code = |v: f32| ((v * inv + 8.5) as i32).clamp(0, 15) as u8;
+    for i in 0..QK / 2 {
+        q[i] = code(x[i]) | (code(x[i + QK / 2]) << 4);
+    }
+    f16::from_f32(d).to_bits()
+}
+
+/// An input vector quantized to 8 bits per block of 32 (f32 scales).
+struct QVec {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+}
+
+fn quantize_input(x: &[f32]) -> QVec {
+    let mut qs = vec![0i8; x.len()];
+    let mut d = vec![0f32; x.len() / QK];
+    for ((q, d), x) in qs.chunks_mut(QK).zip(d.iter_mut()).zip(x.chunks(QK)) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *d = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = (v * inv).round() as i8;
+        }
+    }
+    QVec { qs, d }
+}
+
+// ------------------------------------------------------------------ dot products
+
+/// Whether the AVX2 kernels can run here.
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+mod scalar {
+    use super::{f16, QK};
+
+    pub fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
+        x.iter().zip(w).map(|(&a, &b)| a * f16::from_bits(b).to_f32()).sum()
+    }
+
+    pub fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
+        let mut sum = 0f32;
+        for b in 0..wd.len() {
+            let mut acc = 0i32;
+            for i in b * QK..(b + 1) * QK {
+                acc += xq[i] as i32 * wq[i] as i32;
+            }
+            sum += acc as f32 * xd[b] * f16::from_bits(wd[b]).to_f32();
+        }
+        sum
+    }
+
+    pub fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+        let mut sum = 0f32;
+        for b in 0..wd.len() {
+            let mut acc = 0i32;
+            for i in 0..QK / 2 {
+                let byte = wq[b * QK / 2 + i];
+                acc += xq[b * QK + i] as i32 * ((byte & 15) as i32 - 8);
+                acc += xq[b * QK + i + QK / 2] as i32 * ((byte >> 4) as i32 - 8);
+            }
+            sum += acc as f32 * xd[b] * f16::from_bits(wd[b]).to_f32();
+        }
+        sum
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::QK;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
+        let n = x.len().min(w.len());
+        let (px, pw) = (x.as_ptr(), w.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(o) as *const __m128i));
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(o)), wv, *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i) as *const __m128i));
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), wv, acc[0]);
+            i += 8;
+        }
+        let mut total = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            total += *px.add(i) * half::f16::from_bits(*pw.add(i)).to_f32();
+            i += 1;
+        }
+        total
+    }
+
+    /// Σ over 32 lanes of x·w for signed bytes (|x| ≤ 127), as 8 f32 partial sums.
+    #[inline(always)]
+    unsafe fn block_dot(x: __m256i, w: __m256i) -> __m256 {
+        let ax = _mm256_sign_epi8(x, x);
+        let sw = _mm256_sign_epi8(w, x);
+        let p16 = _mm256_maddubs_epi16(ax, sw);
+        let p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+        _mm256_cvtepi32_ps(p32)
+    }
+
+    /// The scales of blocks `b..b+8`: x's f32 scales times w's f16 scales.
+    #[inline(always)]
+    unsafe fn scales8(xd: *const f32, wd: *const u16) -> [f32; 8] {
+        let w = _mm256_cvtph_ps(_mm_loadu_si128(wd as *const __m128i));
+        let s = _mm256_mul_ps(_mm256_loadu_ps(xd), w);
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), s);
+        out
+    }
+
+    #[inline(always)]
+    unsafe fn unpack_q4(p: *const u8) -> __m256i {
+        let raw = _mm_loadu_si128(p as *const __m128i);
+        let m = _mm_set1_epi8(15);
+        let lo = _mm_and_si128(raw, m);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
+        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
+        let nb = wd.len();
+        let (px, pw) = (xq.as_ptr(), wq.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 8 <= nb {
+            let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
+            for k in (0..8).step_by(2) {
+                let o = (b + k) * QK;
+                let x0 = _mm256_loadu_si256(px.add(o) as *const __m256i);
+                let w0 = _mm256_loadu_si256(pw.add(o) as *const __m256i);
+                let x1 = _mm256_loadu_si256(px.add(o + QK) as *const __m256i);
+                let w1 = _mm256_loadu_si256(pw.add(o + QK) as *const __m256i);
+                acc0 = _mm256_fmadd_ps(block_dot(x0, w0), _mm256_set1_ps(s[k]), acc0);
+                acc1 = _mm256_fmadd_ps(block_dot(x1, w1), _mm256_set1_ps(s[k + 1]), acc1);
+            }
+            b += 8;
+        }
+        while b < nb {
+            let o = b * QK;
+            let x0 = _mm256_loadu_si256(px.add(o) as *const __m256i);
+            let w0 = _mm256_loadu_si256(pw.add(o) as *const __m256i);
+            let s = xd[b] * half::f16::from_bits(wd[b]).to_f32();
+            acc0 = _mm256_fmadd_ps(block_dot(x0, w0), _mm256_set1_ps(s), acc0);
+            b += 1;
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+        let nb = wd.len();
+        let (px, pw) = (xq.as_ptr(), wq.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 8 <= nb {
+            let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
+            for k in (0..8).step_by(2) {
+                let x0 = _mm256_loadu_si256(px.add((b + k) * QK) as *const __m256i);
+                let x1 = _mm256_loadu_si256(px.add((b + k + 1) * QK) as *const __m256i);
+                let w0 = unpack_q4(pw.add((b + k) * QK / 2));
+                let w1 = unpack_q4(pw.add((b + k + 1) * QK / 2));
+                acc0 = _mm256_fmadd_ps(block_dot(x0, w0), _mm256_set1_ps(s[k]), acc0);
+                acc1 = _mm256_fmadd_ps(block_dot(x1, w1), _mm256_set1_ps(s[k + 1]), acc1);
+            }
+            b += 8;
+        }
+        while b < nb {
+            let x0 = _mm256_loadu_si256(px.add(b * QK) as *const __m256i);
+            let w0 = unpack_q4(pw.add(b * QK / 2));
+            let s = xd[b] * half::f16::from_bits(wd[b]).to_f32();
+            acc0 = _mm256_fmadd_ps(block_dot(x0, w0), _mm256_set1_ps(s), acc0);
+            b += 1;
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+}
+
+fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        return unsafe { avx::dot_f16(x, w) };
+    }
+    scalar::dot_f16(x, w)
+}
+
+fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected; all slices cover wd.len() blocks.
+        return unsafe { avx::dot_q8(xq, xd, wq, wd) };
+    }
+    scalar::dot_q8(xq, xd, wq, wd)
+}
+
+fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected; all slices cover wd.len() blocks.
+        return unsafe { avx::dot_q4(xq, xd, wq, wd) };
+    }
+    scalar::dot_q4(xq, xd, wq, wd)
+}
+
+// ------------------------------------------------------------------ products
+
+/// Rows of the input above which an f32 product goes to the blocked GEMM.
+const GEMM_MIN_ROWS: usize = 8;
+
+/// `out[i, r] = Σ_c x[i, c] · W[r, c] (+ bias[r])` for `n` input rows. `out` is
+/// `[n, rows]`. Work is split over the rayon pool by weight rows, so each weight is read
+/// once for all `n` inputs.
+pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(x.len(), n * cols, "matmul: input length");
+    assert_eq!(out.len(), n * rows, "matmul: output length");
+    if let (Data::F32(wv), true) = (&w.data, n >= GEMM_MIN_ROWS) {
+        gemm_f32(x, n, wv, rows, cols, out);
+    } else {
+        // Quantize the inputs once for the integer kernels.
+        let qx: Vec<QVec> = if w.weight_type().is_quantized() {
+            x.chunks(cols).map(quantize_input).collect()
+        } else {
+            vec![]
+        };
+        // Each task takes a run of weight rows and writes them for every input row into
+        // its own `[chunk, n]` buffer; the buffers are scattered into `out` afterwards.
+        let threads = rayon::current_num_threads().max(1);
+        let per = (rows / (threads * 8)).clamp(8, 256).min(rows.max(1));
+        let mut tmp = vec![0f32; rows * n];
+        tmp.par_chunks_mut(per * n).enumerate().for_each(|(t, buf)| {
+            let r0 = t * per;
+            for (k, o) in buf.chunks_mut(n).enumerate() {
+                let r = r0 + k;
+                for (i, o) in o.iter_mut().enumerate() {
+                    let xi = &x[i * cols..(i + 1) * cols];
+                    *o = match &w.data {
+                        Data::F32(v) => crate::nn::fused::simd_dot(xi, &v[r * cols..(r + 1) * cols]),
+                        Data::F16(v) => dot_f16(xi, &v[r * cols..(r + 1) * cols]),
+                        Data::Q8 { qs, d } => {
+                            let nb = cols / QK;
+                            dot_q8(&qx[i].qs, &qx[i].d, &qs[r * cols..(r + 1) * cols], &d[r * nb..(r + 1) * nb])
+                        }
+                        Data::Q4 { qs, d } => {
+                            let nb = cols / QK;
+                            dot_q4(&qx[i].qs, &qx[i].d, &qs[r * cols / 2..(r + 1) * cols / 2], &d[r * nb..(r + 1) * nb])
+                        }
+                    };
+                }
+            }
+        });
+        if n == 1 {
+            out.copy_from_slice(&tmp);
+        } else {
+            for r in 0..rows {
+                for i in 0..n {
+                    out[i * rows + r] = tmp[r * n + i];
+                }
+            }
+        }
+    }
+    if let Some(b) = bias {
+        for o in out.chunks_mut(rows) {
+            for (o, b) in o.iter_mut().zip(b) {
+                *o += b;
+            }
+        }
+    }
+}
+
+fn gemm_f32(x: &[f32], n: usize, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the pointers cover n×cols (x), rows×cols (w) and n×rows (out) elements,
+    // with the strides given; out does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            n,
+            rows,
+            cols,
+            out.as_mut_ptr(),
+            1,
+            rows as isize,
+            false,
+            x.as_ptr(),
+            1,
+            cols as isize,
+            w.as_ptr(),
+            cols as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    fn reference(x: &[f32], n: usize, w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * rows];
+        for i in 0..n {
+            for r in 0..rows {
+                out[i * rows + r] = (0..cols).map(|c| x[i * cols + c] * w[r * cols + c]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_match_the_dequantized_weights() {
+        let (rows, cols) = (37, 320);
+        let w = values(rows * cols, 1);
+        for n in [1, 3, 9] {
+            let x = values(n * cols, 2 + n as u64);
+            for ty in [WeightType::F32, WeightType::F16, WeightType::Q8, WeightType::Q4] {
+                let q = QMatrix::from_f32(&w, rows, cols, ty).unwrap();
+                let deq = q.to_f32();
+                let mut out = vec![0f32; n * rows];
+                matmul(&x, n, &q, None, &mut out);
+                let want = reference(&x, n, &deq, rows, cols);
+                // The quantized kernels also round the input to 8 bits per block.
+                let tol = match ty {
+                    WeightType::F32 | WeightType::F16 => 1e-4,
+                    _ => 0.08,
+                };
+                for (a, b) in out.iter().zip(&want) {
+                    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{ty:?} n={n}: {a} vs {b}");
+                }
+                // The scalar and SIMD kernels agree closely on the integer path.
+                if ty.is_quantized() {
+                    let qx = quantize_input(&x[..cols]);
+                    let (simd, scal) = match &q.data {
+                        Data::Q8 { qs, d } => (
+                            dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK]),
+                            scalar::dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK]),
+                        ),
+                        Data::Q4 { qs, d } => (
+                            dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK]),
+                            scalar::dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK]),
+                        ),
+                        _ => unreachable!(),
+                    };
+                    assert!((simd - scal).abs() < 1e-4 * (1.0 + scal.abs()), "{simd} vs {scal}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantization_error_is_bounded_by_half_a_step() {
+        let (rows, cols) = (4, 64);
+        let w = values(rows * cols, 7);
+        // Q8: round to nearest of 127 steps; Q4: 8 steps, and the extreme opposite in sign
+        // to the block's largest weight may be clipped by one more half step.
+        for (ty, step_div, steps_off) in [(WeightType::Q8, 127.0f32, 0.5f32), (WeightType::Q4, 8.0, 1.0)] {
+            let q = QMatrix::from_f32(&w, rows, cols, ty).unwrap();
+            let deq = q.to_f32();
+            for (blk, dq) in w.chunks(QK).zip(deq.chunks(QK)) {
+                let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let step = amax / step_div;
+                for (a, b) in blk.iter().zip(dq) {
+                    assert!((a - b).abs() <= steps_off * step * 1.01 + 1e-3 * amax, "{ty:?}: {a} vs {b}");
+                }
+            }
+        }
+        assert_eq!(WeightType::Q8.row_bytes(768), 816);
+        assert_eq!(WeightType::Q4.row_bytes(768), 432);
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let err = QMatrix::from_f32(&[0.0; 30], 1, 30, WeightType::Q8).err().unwrap();
+        assert!(err.to_string().contains("multiple of 32"), "{err}");
+        assert!(QMatrix::from_f32(&[0.0; 30], 2, 30, WeightType::F32).is_err());
+        assert!(WeightType::parse("q3").is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! The inference engine against the tensor-graph model it mirrors: same folder, same
+//! logits, for whole sequences, token-by-token decoding and ragged batches.
+
+use attn::checkpoint::{load_gpt2, save_gpt2};
+use attn::generate::full_logits;
+use attn::infer::{Gpt2Engine, Want, WeightType};
+use attn::models::gpt2::{Gpt2, Gpt2Config};
+use attn::nn::ParamBuilder;
+use attn::rng::Rng;
+use attn::tokenizer::Tokenizer;
+use candle_core::Device;
+
+/// A random GPT-2 saved as a folder; returns the folder.
+fn random_gpt2(dir: &std::path::Path, act: &str, seed: u64) -> Gpt2Config {
+    let mut config = Gpt2Config::new(96, 40, 64, 3, 4);
+    config.activation_function = act.to_string();
+    let mut pb = ParamBuilder::init(Rng::new(seed), &Device::Cpu);
+    let _model = Gpt2::new(config.clone(), &mut pb).unwrap();
+    let params = pb.finish().unwrap();
+    // Non-zero biases and norms, so that every parameter is exercised.
+    for (name, t) in params.tensors() {
+        if name.contains("bias") || name.contains("ln_") {
+            let noise = (t.randn_like(0.0, 0.1).unwrap() + t.clone()).unwrap();
+            params.get(&name).unwrap().set(&noise).unwrap();
+        }
+    }
+    let text: String = (0..96u8).map(|b| (b' ' + b % 90) as char).collect();
+    let tok = Tokenizer::train_char(&text).unwrap();
+    save_gpt2(dir, &config, &params, &tok, &serde_json::json!({})).unwrap();
+    config
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn engine_logits_match_the_model_whole_incremental_and_batched() {
+    for (i, act) in ["gelu_new", "gelu", "relu"].iter().enumerate() {
+        let dir = tempfile_dir(&format!("engine-{act}"));
+        let config = random_gpt2(&dir, act, 11 + i as u64);
+        let lm = load_gpt2(&dir, &Device::Cpu).unwrap();
+        let engine = Gpt2Engine::load(&dir, None).unwrap();
+        assert_eq!(engine.weight_type(), WeightType::F32);
+        let ids: Vec<u32> = (0..23).map(|k| (k * 37 + 5) % config.vocab_size as u32).collect();
+        let want = full_logits(&lm.model, &ids).unwrap().to_vec2::<f32>().unwrap();
+        let want_flat: Vec<f32> = want.iter().flatten().copied().collect();
+
+        // The whole sequence at once (GEMM path, more than 8 rows).
+        let mut st = engine.new_state();
+        let all = engine.forward(&mut [&mut st], &[&ids], Want::All).unwrap();
+        assert!(max_rel(&all[0], &want_flat) < 1e-4, "{act}: whole {}", max_rel(&all[0], &want_flat));
+
+        // A 5-token prompt, then one token at a time (the small-batch path).
+        let mut st = engine.new_state();
+        let mut got = engine.forward(&mut [&mut st], &[&ids[..5]], Want::All).unwrap().remove(0);
+        for k in 5..ids.len() {
+            let l = engine.forward(&mut [&mut st], &[&ids[k..k + 1]], Want::Last).unwrap().remove(0);
+            got.extend(l);
+        }
+        assert_eq!(st.len(), ids.len());
+        assert!(max_rel(&got, &want_flat) < 1e-4, "{act}: incremental {}", max_rel(&got, &want_flat));
+
+        // Three sequences of different lengths and histories in one call.
+        let (mut a, mut b, mut c) = (engine.new_state(), engine.new_state(), engine.new_state());
+        engine.forward(&mut [&mut a], &[&ids[..7]], Want::Last).unwrap();
+        engine.forward(&mut [&mut b], &[&ids[..2]], Want::Last).unwrap();
+        let out = engine
+            .forward(&mut [&mut a, &mut b, &mut c], &[&ids[7..8], &ids[2..6], &ids[..3]], Want::Last)
+            .unwrap();
+        let v = config.vocab_size;
+        for (got, pos) in out.iter().zip([7usize, 5, 2]) {
+            let w = &want_flat[pos * v..(pos + 1) * v];
+            assert!(max_rel(got, w) < 1e-4, "{act}: batch row at {pos}: {}", max_rel(got, w));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn engine_refuses_bad_input() {
+    let dir = tempfile_dir("engine-bad");
+    let config = random_gpt2(&dir, "gelu_new", 3);
+    let engine = Gpt2Engine::load(&dir, None).unwrap();
+    let mut st = engine.new_state();
+    let too_big = config.vocab_size as u32;
+    let e = engine.forward(&mut [&mut st], &[&[1, too_big]], Want::Last).err().unwrap();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    let long: Vec<u32> = vec![1; config.n_positions + 1];
+    assert!(engine.forward(&mut [&mut st], &[&long], Want::Last).is_err());
+    assert!(engine.forward(&mut [&mut st], &[&[]], Want::Last).is_err());
+    assert_eq!(st.len(), 0, "a refused call changes nothing");
+    let e = Gpt2Engine::load(&dir.join("missing"), None).err().unwrap();
+    assert!(e.to_string().contains("config.json"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("attn-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn quantized_folders_round_trip_and_stay_close_to_f32() {
+    let dir = tempfile_dir("engine-quant");
+    let config = random_gpt2(&dir, "gelu_new", 5);
+    let ids: Vec<u32> = (0..17).map(|k| (k * 13 + 2) % config.vocab_size as u32).collect();
+    let run = |e: &Gpt2Engine| {
+        let mut st = e.new_state();
+        e.forward(&mut [&mut st], &[&ids], Want::All).unwrap().remove(0)
+    };
+    let reference = run(&Gpt2Engine::load(&dir, None).unwrap());
+    for (ty, tol) in [(WeightType::F16, 2e-3), (WeightType::Q8, 0.03), (WeightType::Q4, 0.25)] {
+        let engine = Gpt2Engine::load(&dir, Some(ty)).unwrap();
+        let got = run(&engine);
+        let err = max_rel(&got, &reference);
+        assert!(err < tol, "{ty:?}: {err}");
+        assert!(err > 0.0, "{ty:?} changed nothing");
+        let out = tempfile_dir(&format!("engine-quant-{}", ty.name()));
+        engine.save(&out, Some(&dir)).unwrap();
+        assert!(out.join("tokenizer.json").is_file());
+        let back = Gpt2Engine::load(&out, None).unwrap();
+        assert_eq!(back.weight_type(), ty);
+        assert_eq!(run(&back), got, "{ty:?}: the saved folder gives the same logits");
+        assert_eq!(back.weight_bytes_per_token(), engine.weight_bytes_per_token());
+        if ty.is_quantized() {
+            let e = Gpt2Engine::load(&out, Some(WeightType::F32)).err().unwrap();
+            assert!(e.to_string().contains("cannot be loaded as f32"), "{e}");
+        } else {
+            // f16 folders keep the Hugging Face layout: the tensor-graph model reads them.
+            let lm = load_gpt2(&out, &Device::Cpu).unwrap();
+            let g = full_logits(&lm.model, &ids).unwrap().to_vec2::<f32>().unwrap();
+            let g: Vec<f32> = g.into_iter().flatten().collect();
+            assert!(max_rel(&g, &got) < 1e-4, "f16 folder in the graph model: {}", max_rel(&g, &got));
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
