@@ -1,8 +1,9 @@
-//! The batched GPT-2 decode path gives the library model's logits.
+//! The server's GPT-2 back end (the inference engine, batched) gives the tensor-graph
+//! model's logits for prompts, ragged prompt batches and decode steps.
 
 mod common;
 
-use attn::checkpoint::{load_causal_lm_graph, read_config};
+use attn::checkpoint::{load_causal_lm_graph, load_gpt2_engine};
 use attn::generate::full_logits;
 use attn_serve::backend::Backend;
 use candle_core::Device;
@@ -11,12 +12,7 @@ use candle_core::Device;
 fn ragged_batch_steps_match_the_library_forward_pass() {
     let dir = common::tiny_model("backend");
     let reference = load_causal_lm_graph(&dir, &Device::Cpu).unwrap();
-    let backend = Backend::new(
-        load_causal_lm_graph(&dir, &Device::Cpu).unwrap(),
-        &read_config(&dir).unwrap(),
-        true,
-    )
-    .unwrap();
+    let backend = Backend::gpt2(load_gpt2_engine(&dir).unwrap().0, true);
     assert!(backend.is_batched());
     let tok = &reference.tokenizer;
     // Three sequences of different lengths, each continued by the same five tokens.

@@ -246,9 +246,7 @@ pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
         if quantized && !device.is_cpu() {
             return Err(Error::invalid("device", "quantized models run on the CPU only"));
         }
-        let engine = crate::infer::Gpt2Engine::load(dir, None)?;
-        let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
-        check_vocab(dir, &tokenizer, engine.config.vocab_size)?;
+        let (engine, tokenizer) = load_gpt2_engine(dir)?;
         return Ok(LoadedLm {
             model: Box::new(engine),
             params: Params::default(),
@@ -258,6 +256,14 @@ pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
         });
     }
     load_causal_lm_graph(dir, device)
+}
+
+/// A GPT-2 folder (any weight type) on the inference engine, with its tokenizer.
+pub fn load_gpt2_engine(dir: &Path) -> Result<(crate::infer::Gpt2Engine, Tokenizer)> {
+    let engine = crate::infer::Gpt2Engine::load(dir, None)?;
+    let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
+    check_vocab(dir, &tokenizer, engine.config.vocab_size)?;
+    Ok((engine, tokenizer))
 }
 
 /// [`load_causal_lm`] through the tensor graph, with the parameters (not for quantized

@@ -140,3 +140,28 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn attention_maps_are_causal_distributions() {
+    let dir = tempfile_dir("engine-maps");
+    let config = random_gpt2(&dir, "gelu_new", 9);
+    let engine = Gpt2Engine::load(&dir, None).unwrap();
+    let ids: Vec<u32> = (0..6).map(|k| k * 5 + 1).collect();
+    let maps = engine.attention_maps(&ids).unwrap();
+    assert_eq!(maps.len(), config.n_layer);
+    assert_eq!(maps[0].len(), config.n_head);
+    for layer in &maps {
+        for head in layer {
+            assert_eq!(head.len(), ids.len());
+            for (q, row) in head.iter().enumerate() {
+                assert_eq!(row.len(), ids.len());
+                assert!(row[q + 1..].iter().all(|&v| v == 0.0), "no weight on later positions");
+                let sum: f32 = row.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
+            }
+        }
+    }
+    // The first position can only attend to itself.
+    assert!((maps[1][2][0][0] - 1.0).abs() < 1e-6);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -285,7 +285,27 @@ impl Gpt2Engine {
     /// Run new tokens through the model: `tokens[s]` continues sequence `states[s]` (any
     /// lengths, at least one token each). Returns per sequence what `want` asks for.
     pub fn forward(&self, states: &mut [&mut Gpt2State], tokens: &[&[u32]], want: Want) -> Result<Vec<Vec<f32>>> {
+        self.run(states, tokens, want, None)
+    }
+
+    /// Attention weights of every layer and head for `ids` from an empty cache:
+    /// `[layer][head][query][key]`, zero above the diagonal.
+    pub fn attention_maps(&self, ids: &[u32]) -> Result<Vec<Vec<Vec<Vec<f32>>>>> {
+        let mut st = self.new_state();
+        let mut maps = Vec::with_capacity(self.config.n_layer);
+        self.run(&mut [&mut st], &[ids], Want::Last, Some(&mut maps))?;
+        Ok(maps)
+    }
+
+    fn run(
+        &self,
+        states: &mut [&mut Gpt2State],
+        tokens: &[&[u32]],
+        want: Want,
+        mut maps: Option<&mut Vec<Vec<Vec<Vec<f32>>>>>,
+    ) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.config;
+        let capture = maps.is_some();
         if states.len() != tokens.len() {
             return Err(Error::invalid("tokens", "one token list per sequence is needed"));
         }
@@ -351,13 +371,14 @@ impl Gpt2Engine {
                 .iter()
                 .map(|st| (st.k[l].as_slice(), st.v[l].as_slice(), st.len))
                 .collect();
-            let outs: Vec<Vec<f32>> = jobs
+            let outs: Vec<(Vec<f32>, Vec<Vec<f32>>)> = jobs
                 .par_iter()
                 .map(|&(s, hh)| {
                     let (kc, vc, past) = caches[s];
                     let t = tokens[s].len();
                     let mut out = vec![0f32; t * hd];
                     let mut w = vec![0f32; past + t];
+                    let mut kept = Vec::new();
                     for j in 0..t {
                         let q = &qkv[(first[s] + j) * 3 * c + hh * hd..][..hd];
                         let upto = past + j + 1;
@@ -375,11 +396,19 @@ impl Gpt2Engine {
                         for (p, &wp) in w[..upto].iter().enumerate() {
                             simd_axpy(wp / sum, &vc[p * c + hh * hd..][..hd], o);
                         }
+                        if capture {
+                            let mut row: Vec<f32> = w.iter().map(|&wp| wp / sum).collect();
+                            row[upto..].iter_mut().for_each(|v| *v = 0.0);
+                            kept.push(row);
+                        }
                     }
-                    out
+                    (out, kept)
                 })
                 .collect();
-            for (&(s, hh), out) in jobs.iter().zip(&outs) {
+            if let Some(m) = maps.as_deref_mut() {
+                m.push(outs.iter().map(|(_, kept)| kept.clone()).collect());
+            }
+            for (&(s, hh), (out, _)) in jobs.iter().zip(&outs) {
                 for j in 0..tokens[s].len() {
                     y[(first[s] + j) * c + hh * hd..][..hd].copy_from_slice(&out[j * hd..(j + 1) * hd]);
                 }

@@ -466,7 +466,31 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
     assert_eq!(x.len(), n * cols, "matmul: input length");
     assert_eq!(out.len(), n * rows, "matmul: output length");
     if let (Data::F32(wv), true) = (&w.data, n >= GEMM_MIN_ROWS) {
-        gemm_f32(x, n, wv, rows, cols, out);
+        gemm_f32(x, n, wv, rows, cols, out, true);
+    } else if n >= GEMM_MIN_ROWS {
+        // Many input rows: each task expands a panel of weight rows to f32 (once for all
+        // inputs) and multiplies it with the blocked GEMM.
+        let per = PANEL_ROWS.min(rows.max(1));
+        let panels: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per))
+            .into_par_iter()
+            .map(|p| {
+                let r0 = p * per;
+                let k = per.min(rows - r0);
+                let mut panel = vec![0f32; k * cols];
+                for (j, row) in panel.chunks_mut(cols).enumerate() {
+                    w.row_to_f32(r0 + j, row);
+                }
+                let mut part = vec![0f32; n * k];
+                gemm_f32(x, n, &panel, k, cols, &mut part, false);
+                (r0, part)
+            })
+            .collect();
+        for (r0, part) in panels {
+            let k = part.len() / n;
+            for i in 0..n {
+                out[i * rows + r0..i * rows + r0 + k].copy_from_slice(&part[i * k..(i + 1) * k]);
+            }
+        }
     } else {
         // Quantize the inputs once for the integer kernels.
         let qx: Vec<QVec> = if w.weight_type().is_quantized() {
@@ -519,9 +543,12 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
     }
 }
 
-fn gemm_f32(x: &[f32], n: usize, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+/// Weight rows expanded to f32 at a time by the many-row product of quantized weights.
+const PANEL_ROWS: usize = 64;
+
+fn gemm_f32(x: &[f32], n: usize, w: &[f32], rows: usize, cols: usize, out: &mut [f32], parallel: bool) {
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
+    let par = if threads > 1 && parallel {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
