@@ -66,6 +66,10 @@ pub struct BenchGenerateArgs {
     /// Decode through the tensor graph instead of the inference engine.
     #[arg(long)]
     graph: bool,
+    /// Also decode this many sequences together (inference engine) and report the
+    /// total tokens/s of the batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     #[arg(long)]
     json: bool,
 }
@@ -233,6 +237,22 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     })?;
     let total = t0.elapsed().as_secs_f64();
     let prefill = first.unwrap_or(total);
+    // Several sequences at once: every weight read serves all of them.
+    let batch_tps = match (engine, a.batch) {
+        (_, 0) => return Err(Error::invalid("batch", "must be at least 1")),
+        (_, 1) => None,
+        (None, _) => return Err(Error::invalid("batch", "batched decoding needs the inference engine (a GPT-2, without --graph)")),
+        (Some(e), b) => {
+            let prompts: Vec<Vec<u32>> = (0..b)
+                .map(|_| (0..p).map(|_| rng.below(model.vocab_size()) as u32).collect())
+                .collect();
+            let refs: Vec<&[u32]> = prompts.iter().map(|x| x.as_slice()).collect();
+            let t = Instant::now();
+            let out = e.generate_batch(&refs, n, &greedy)?;
+            let tokens: usize = out.iter().map(|o| o.0.len()).sum();
+            Some(tokens as f64 / t.elapsed().as_secs_f64())
+        }
+    };
     let decode_tps = (ids.len().saturating_sub(1)) as f64 / (total - prefill).max(1e-9);
     let overall = ids.len() as f64 / total;
     if a.json {
@@ -247,6 +267,8 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             "weight_type": weight_type,
             "weight_bytes_per_token": weight_bytes,
             "threads": rayon::current_num_threads(),
+            "batch": a.batch,
+            "batch_tokens_per_sec": batch_tps,
         }));
     } else {
         println!(
@@ -256,6 +278,9 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             p,
             prefill * 1e3
         );
+        if let Some(t) = batch_tps {
+            println!("batch of {}: {t:.1} tokens/s in total (prompts and decoding)", a.batch);
+        }
     }
     Ok(())
 }

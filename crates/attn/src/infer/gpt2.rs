@@ -764,3 +764,79 @@ impl Gpt2Engine {
         Self::from_plain(config, Path::new("(parameters)"), plain, ty, None)
     }
 }
+
+impl Gpt2Engine {
+    /// Generate after each prompt, all sequences advancing together: one forward pass
+    /// per step for every sequence still running (a sequence leaves the batch at the
+    /// model's end-of-text id or after `max_new_tokens`). Sequence `i` samples with seed
+    /// `sampling.seed + i`, so its tokens are those of decoding it alone with that seed.
+    pub fn generate_batch(
+        &self,
+        prompts: &[&[u32]],
+        max_new_tokens: usize,
+        sampling: &crate::generate::SamplingConfig,
+    ) -> Result<Vec<(Vec<u32>, crate::generate::FinishReason)>> {
+        use crate::generate::{FinishReason, Sampler, SamplingConfig};
+        sampling.validate()?;
+        let ctx = self.config.n_positions;
+        for p in prompts {
+            if p.is_empty() || p.len() + max_new_tokens > ctx {
+                return Err(Error::invalid(
+                    "prompt",
+                    format!(
+                        "has {} tokens; with {max_new_tokens} new ones it needs between 1 and the context of {ctx}",
+                        p.len()
+                    ),
+                ));
+            }
+        }
+        let eos = if sampling.ignore_eos { None } else { self.config.eos_token_id };
+        let mut states: Vec<Gpt2State> = prompts.iter().map(|_| self.new_state()).collect();
+        let mut samplers: Vec<Sampler> = (0..prompts.len())
+            .map(|i| {
+                let cfg = SamplingConfig { seed: sampling.seed.wrapping_add(i as u64), ..sampling.clone() };
+                Sampler::new(cfg, self.config.vocab_size)
+            })
+            .collect();
+        let mut history: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        let mut out: Vec<(Vec<u32>, FinishReason)> =
+            prompts.iter().map(|_| (Vec::new(), FinishReason::Length)).collect();
+        let mut logits = {
+            let mut refs: Vec<&mut Gpt2State> = states.iter_mut().collect();
+            self.forward(&mut refs, prompts, Want::Last)?
+        };
+        let mut running: Vec<usize> = (0..prompts.len()).collect();
+        while !running.is_empty() {
+            let mut next_running = Vec::with_capacity(running.len());
+            let mut feed = Vec::with_capacity(running.len());
+            for (k, &i) in running.iter().enumerate() {
+                let id = samplers[i].sample(&mut logits[k], &history[i]);
+                if Some(id) == eos {
+                    out[i].1 = FinishReason::EndOfText;
+                    continue;
+                }
+                out[i].0.push(id);
+                history[i].push(id);
+                if out[i].0.len() < max_new_tokens {
+                    next_running.push(i);
+                    feed.push([id]);
+                }
+            }
+            running = next_running;
+            if running.is_empty() {
+                break;
+            }
+            let mut refs: Vec<&mut Gpt2State> = Vec::with_capacity(running.len());
+            let mut pick = running.iter().peekable();
+            for (i, st) in states.iter_mut().enumerate() {
+                if pick.peek() == Some(&&i) {
+                    refs.push(st);
+                    pick.next();
+                }
+            }
+            let toks: Vec<&[u32]> = feed.iter().map(|f| f.as_slice()).collect();
+            logits = self.forward(&mut refs, &toks, Want::Last)?;
+        }
+        Ok(out)
+    }
+}
