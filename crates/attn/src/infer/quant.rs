@@ -208,15 +208,52 @@ fn quantize_q8_block(x: &[f32], q: &mut [i8]) -> u16 {
 }
 
 /// Quantize 32 values to packed 4-bit codes; returns the f16 scale bits.
+///
+/// The scale is chosen for the least squared error: starting from `w_max / −8` (which
+/// represents the largest weight exactly), a few nearby scales are tried, each refitted
+/// by least squares to its own codes, and the best is kept.
 fn quantize_q4_block(x: &[f32], q: &mut [u8]) -> u16 {
     let wmax = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let d = wmax / -8.0;
-    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let code = |v: f32| ((v * inv + 8.5) as i32).clamp(0, 15) as u8;
-    for i in 0..QK / 2 {
-        q[i] = code(x[i]) | (code(x[i + QK / 2]) << 4);
+    if wmax == 0.0 {
+        q.iter_mut().for_each(|b| *b = 0x88);
+        return f16::from_f32(0.0).to_bits();
     }
-    f16::from_f32(d).to_bits()
+    let codes = |d: f32| -> [i32; QK] {
+        let inv = 1.0 / d;
+        let mut c = [0i32; QK];
+        for (c, &v) in c.iter_mut().zip(x) {
+            *c = ((v * inv + 8.5).floor() as i32).clamp(0, 15) - 8;
+        }
+        c
+    };
+    let error = |d: f32, c: &[i32; QK]| -> f32 {
+        x.iter().zip(c).map(|(&v, &k)| (v - k as f32 * d).powi(2)).sum()
+    };
+    // The scale as stored (f16), so that the error measured is the error obtained.
+    let round = |d: f32| f16::from_f32(d).to_f32();
+    let mut best_d = round(wmax / -8.0);
+    let mut best_c = codes(best_d);
+    let mut best_e = error(best_d, &best_c);
+    for step in 1..=8 {
+        let d0 = wmax / -(8.0 - 0.125 * step as f32);
+        let c = codes(d0);
+        // Least-squares scale for these codes: Σ x·k / Σ k².
+        let (num, den) = x.iter().zip(&c).fold((0f32, 0f32), |(n, d), (&v, &k)| (n + v * k as f32, d + (k * k) as f32));
+        for d in [round(d0), if den > 0.0 { round(num / den) } else { round(d0) }] {
+            if d == 0.0 || !d.is_finite() {
+                continue;
+            }
+            let c = codes(d);
+            let e = error(d, &c);
+            if e < best_e {
+                (best_d, best_c, best_e) = (d, c, e);
+            }
+        }
+    }
+    for i in 0..QK / 2 {
+        q[i] = (best_c[i] + 8) as u8 | (((best_c[i + QK / 2] + 8) as u8) << 4);
+    }
+    f16::from_f32(best_d).to_bits()
 }
 
 /// An input vector quantized to 8 bits per block of 32 (f32 scales).
@@ -660,6 +697,18 @@ mod tests {
                     assert!((a - b).abs() <= steps_off * step * 1.01 + 1e-3 * amax, "{ty:?}: {a} vs {b}");
                 }
             }
+        }
+        // The searched Q4 scale is never worse (squared error) than the plain max scale.
+        let q = QMatrix::from_f32(&w, rows, cols, WeightType::Q4).unwrap().to_f32();
+        for (blk, dq) in w.chunks(QK).zip(q.chunks(QK)) {
+            let wmax = blk.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = f16::from_f32(wmax / -8.0).to_f32();
+            let plain: f32 = blk
+                .iter()
+                .map(|&v| (v - (((v / d + 8.5).floor()).clamp(0.0, 15.0) - 8.0) * d).powi(2))
+                .sum();
+            let searched: f32 = blk.iter().zip(dq).map(|(a, b)| (a - b).powi(2)).sum();
+            assert!(searched <= plain * (1.0 + 1e-5), "{searched} > {plain}");
         }
         assert_eq!(WeightType::Q8.row_bytes(768), 816);
         assert_eq!(WeightType::Q4.row_bytes(768), 432);
