@@ -11,10 +11,11 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use super::attend::attend_head;
 use super::quant::{matmul, QMatrix, WeightType};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::models::gpt2::Gpt2Config;
-use crate::nn::fused::{gelu_tanh_one, moments, simd_axpy, simd_dot};
+use crate::nn::fused::{gelu_tanh_one, moments};
 use crate::{Error, Result};
 
 struct Norm {
@@ -377,31 +378,10 @@ impl Gpt2Engine {
                     let (kc, vc, past) = caches[s];
                     let t = tokens[s].len();
                     let mut out = vec![0f32; t * hd];
-                    let mut w = vec![0f32; past + t];
                     let mut kept = Vec::new();
-                    for j in 0..t {
-                        let q = &qkv[(first[s] + j) * 3 * c + hh * hd..][..hd];
-                        let upto = past + j + 1;
-                        let mut max = f32::NEG_INFINITY;
-                        for (p, wp) in w[..upto].iter_mut().enumerate() {
-                            *wp = simd_dot(q, &kc[p * c + hh * hd..][..hd]) * scale;
-                            max = max.max(*wp);
-                        }
-                        let mut sum = 0f32;
-                        for wp in &mut w[..upto] {
-                            *wp = (*wp - max).exp();
-                            sum += *wp;
-                        }
-                        let o = &mut out[j * hd..(j + 1) * hd];
-                        for (p, &wp) in w[..upto].iter().enumerate() {
-                            simd_axpy(wp / sum, &vc[p * c + hh * hd..][..hd], o);
-                        }
-                        if capture {
-                            let mut row: Vec<f32> = w.iter().map(|&wp| wp / sum).collect();
-                            row[upto..].iter_mut().for_each(|v| *v = 0.0);
-                            kept.push(row);
-                        }
-                    }
+                    let q = &qkv[first[s] * 3 * c + hh * hd..];
+                    let keep = if capture { Some(&mut kept) } else { None };
+                    attend_head(q, 3 * c, &kc[hh * hd..], &vc[hh * hd..], c, past, t, hd, scale, &mut out, keep);
                     (out, kept)
                 })
                 .collect();

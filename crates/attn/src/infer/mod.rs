@@ -5,6 +5,7 @@
 //! Training and the gradient checks use [`crate::models`]; this module reads the same
 //! Hugging Face folders and gives the same logits (to rounding), faster.
 
+mod attend;
 pub mod gpt2;
 pub mod quant;
 

@@ -296,6 +296,26 @@ fn avx2() -> bool {
     }
 }
 
+/// Whether the AVX-512 (with VNNI) kernels can run here.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            avx2()
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::env::var("ATTN_NO_AVX512").is_err()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 mod scalar {
     use super::{f16, QK};
 
@@ -463,7 +483,132 @@ mod avx {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::QK;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,f16c,fma")]
+    pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
+        let n = x.len().min(w.len());
+        let (px, pw) = (x.as_ptr(), w.as_ptr());
+        let mut a0 = _mm512_setzero_ps();
+        let mut a1 = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
+            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i + 16) as *const __m256i));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), w0, a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i + 16)), w1, a1);
+            i += 32;
+        }
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        while i < n {
+            total += *px.add(i) * half::f16::from_bits(*pw.add(i)).to_f32();
+            i += 1;
+        }
+        total
+    }
+
+    /// Σ x·w over 64 signed bytes (two blocks) as 16 i32 lanes, lanes 0–7 the first
+    /// block's and 8–15 the second's: |x| (unsigned) times w with x's sign, by VNNI.
+    #[inline(always)]
+    unsafe fn pair_dot(x: __m512i, w: __m512i) -> __m512 {
+        let ax = _mm512_abs_epi8(x);
+        let neg = _mm512_movepi8_mask(x);
+        let sw = _mm512_mask_sub_epi8(w, neg, _mm512_setzero_si512(), w);
+        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sw))
+    }
+
+    /// Scale `a` in lanes 0–7 and `b` in lanes 8–15.
+    #[inline(always)]
+    unsafe fn pair_scale(a: f32, b: f32) -> __m512 {
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(_mm512_set1_ps(a), _mm512_set1_ps(b))
+    }
+
+    /// The f32 scales of blocks `b..b+8`: x's times w's (f16).
+    #[inline(always)]
+    unsafe fn scales8(xd: *const f32, wd: *const u16) -> [f32; 8] {
+        let w = _mm256_cvtph_ps(_mm_loadu_si128(wd as *const __m128i));
+        let s = _mm256_mul_ps(_mm256_loadu_ps(xd), w);
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), s);
+        out
+    }
+
+    /// Two Q4 blocks (32 packed bytes) as 64 signed codes in element order.
+    #[inline(always)]
+    unsafe fn unpack_q4_pair(p: *const u8) -> __m512i {
+        let raw = _mm256_loadu_si256(p as *const __m256i);
+        let m = _mm256_set1_epi8(15);
+        let lo = _mm256_and_si256(raw, m);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m);
+        // [b.lo, b1.lo, b.hi, b1.hi] → [b.lo, b.hi, b1.lo, b1.hi]
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v);
+        _mm512_sub_epi8(v, _mm512_set1_epi8(8))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
+    pub unsafe fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
+        let nb = wd.len();
+        let (px, pw) = (xq.as_ptr(), wq.as_ptr());
+        let mut a0 = _mm512_setzero_ps();
+        let mut a1 = _mm512_setzero_ps();
+        let mut b = 0;
+        while b + 8 <= nb {
+            let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
+            for k in (0..8).step_by(4) {
+                let o = (b + k) * QK;
+                let x0 = _mm512_loadu_si512(px.add(o) as *const __m512i);
+                let w0 = _mm512_loadu_si512(pw.add(o) as *const __m512i);
+                let x1 = _mm512_loadu_si512(px.add(o + 2 * QK) as *const __m512i);
+                let w1 = _mm512_loadu_si512(pw.add(o + 2 * QK) as *const __m512i);
+                a0 = _mm512_fmadd_ps(pair_dot(x0, w0), pair_scale(s[k], s[k + 1]), a0);
+                a1 = _mm512_fmadd_ps(pair_dot(x1, w1), pair_scale(s[k + 2], s[k + 3]), a1);
+            }
+            b += 8;
+        }
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        if b < nb {
+            total += super::scalar::dot_q8(&xq[b * QK..], &xd[b..], &wq[b * QK..], &wd[b..]);
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
+    pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+        let nb = wd.len();
+        let (px, pw) = (xq.as_ptr(), wq.as_ptr());
+        let mut a0 = _mm512_setzero_ps();
+        let mut a1 = _mm512_setzero_ps();
+        let mut b = 0;
+        while b + 8 <= nb {
+            let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
+            for k in (0..8).step_by(4) {
+                let x0 = _mm512_loadu_si512(px.add((b + k) * QK) as *const __m512i);
+                let x1 = _mm512_loadu_si512(px.add((b + k + 2) * QK) as *const __m512i);
+                let w0 = unpack_q4_pair(pw.add((b + k) * QK / 2));
+                let w1 = unpack_q4_pair(pw.add((b + k + 2) * QK / 2));
+                a0 = _mm512_fmadd_ps(pair_dot(x0, w0), pair_scale(s[k], s[k + 1]), a0);
+                a1 = _mm512_fmadd_ps(pair_dot(x1, w1), pair_scale(s[k + 2], s[k + 3]), a1);
+            }
+            b += 8;
+        }
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        if b < nb {
+            total += super::scalar::dot_q4(&xq[b * QK..], &xd[b..], &wq[b * QK / 2..], &wd[b..]);
+        }
+        total
+    }
+}
+
 fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { avx512::dot_f16(x, w) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: AVX2, FMA and F16C were detected.
@@ -474,6 +619,11 @@ fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
 
 fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F/BW/VNNI were detected; all slices cover wd.len() blocks.
+        return unsafe { avx512::dot_q8(xq, xd, wq, wd) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: AVX2, FMA and F16C were detected; all slices cover wd.len() blocks.
         return unsafe { avx::dot_q8(xq, xd, wq, wd) };
@@ -482,6 +632,11 @@ fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
 }
 
 fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F/BW/VNNI were detected; all slices cover wd.len() blocks.
+        return unsafe { avx512::dot_q4(xq, xd, wq, wd) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: AVX2, FMA and F16C were detected; all slices cover wd.len() blocks.
@@ -535,35 +690,40 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         } else {
             vec![]
         };
-        // Each task takes a run of weight rows and writes them for every input row into
-        // its own `[chunk, n]` buffer; the buffers are scattered into `out` afterwards.
-        let threads = rayon::current_num_threads().max(1);
-        let per = (rows / (threads * 8)).clamp(8, 256).min(rows.max(1));
-        let mut tmp = vec![0f32; rows * n];
-        tmp.par_chunks_mut(per * n).enumerate().for_each(|(t, buf)| {
-            let r0 = t * per;
-            for (k, o) in buf.chunks_mut(n).enumerate() {
-                let r = r0 + k;
-                for (i, o) in o.iter_mut().enumerate() {
-                    let xi = &x[i * cols..(i + 1) * cols];
-                    *o = match &w.data {
-                        Data::F32(v) => crate::nn::fused::simd_dot(xi, &v[r * cols..(r + 1) * cols]),
-                        Data::F16(v) => dot_f16(xi, &v[r * cols..(r + 1) * cols]),
-                        Data::Q8 { qs, d } => {
-                            let nb = cols / QK;
-                            dot_q8(&qx[i].qs, &qx[i].d, &qs[r * cols..(r + 1) * cols], &d[r * nb..(r + 1) * nb])
-                        }
-                        Data::Q4 { qs, d } => {
-                            let nb = cols / QK;
-                            dot_q4(&qx[i].qs, &qx[i].d, &qs[r * cols / 2..(r + 1) * cols / 2], &d[r * nb..(r + 1) * nb])
-                        }
-                    };
+        // Each task takes a run of weight rows and computes them for every input row.
+        let dot = |r: usize, i: usize| -> f32 {
+            let xi = &x[i * cols..(i + 1) * cols];
+            match &w.data {
+                Data::F32(v) => crate::nn::fused::simd_dot(xi, &v[r * cols..(r + 1) * cols]),
+                Data::F16(v) => dot_f16(xi, &v[r * cols..(r + 1) * cols]),
+                Data::Q8 { qs, d } => {
+                    let nb = cols / QK;
+                    dot_q8(&qx[i].qs, &qx[i].d, &qs[r * cols..(r + 1) * cols], &d[r * nb..(r + 1) * nb])
+                }
+                Data::Q4 { qs, d } => {
+                    let nb = cols / QK;
+                    dot_q4(&qx[i].qs, &qx[i].d, &qs[r * cols / 2..(r + 1) * cols / 2], &d[r * nb..(r + 1) * nb])
                 }
             }
-        });
+        };
+        let threads = rayon::current_num_threads().max(1);
+        let per = (rows / (threads * 8)).clamp(8, 256).min(rows.max(1));
         if n == 1 {
-            out.copy_from_slice(&tmp);
+            out.par_chunks_mut(per).enumerate().for_each(|(t, o)| {
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = dot(t * per + k, 0);
+                }
+            });
         } else {
+            // Written `[rows, n]` by the tasks, then transposed into `out`.
+            let mut tmp = vec![0f32; rows * n];
+            tmp.par_chunks_mut(per * n).enumerate().for_each(|(t, buf)| {
+                for (k, o) in buf.chunks_mut(n).enumerate() {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        *o = dot(t * per + k, i);
+                    }
+                }
+            });
             for r in 0..rows {
                 for i in 0..n {
                     out[i * rows + r] = tmp[r * n + i];
@@ -577,6 +737,57 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
                 *o += b;
             }
         }
+    }
+}
+
+/// `dst[m, n] (row stride dst_rs) = beta · A B`, single-threaded, where `A[i, l] =
+/// a[i·a_rs + l·a_cs]` and `B[l, j] = b[l·b_rs + j·b_cs]`. The slices must cover every
+/// element so addressed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    beta: f32,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(last(dst_rs, 1, m, n) < dst.len(), "gemm_strided: dst too short");
+    assert!(last(a_rs, a_cs, m, k) < a.len(), "gemm_strided: a too short");
+    assert!(last(b_rs, b_cs, k, n) < b.len(), "gemm_strided: b too short");
+    // SAFETY: the asserts above keep every addressed element inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -676,6 +887,16 @@ mod tests {
                         _ => unreachable!(),
                     };
                     assert!((simd - scal).abs() < 1e-4 * (1.0 + scal.abs()), "{simd} vs {scal}");
+                    // Both SIMD widths, when this CPU has them, against the scalar kernel.
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2() {
+                        let a = match &q.data {
+                            Data::Q8 { qs, d } => unsafe { avx::dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK]) },
+                            Data::Q4 { qs, d } => unsafe { avx::dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK]) },
+                            _ => unreachable!(),
+                        };
+                        assert!((a - scal).abs() < 1e-4 * (1.0 + scal.abs()), "avx2 {a} vs {scal}");
+                    }
                 }
             }
         }

@@ -1,0 +1,156 @@
+//! Causal attention of one head against its key/value cache, for the inference engine.
+//!
+//! A few queries (decoding): scores, softmax and the weighted sum of values row by row,
+//! with the dot products and sums in AVX2 registers. Many queries (a prompt): the scores
+//! and the weighted sum are two blocked matrix products.
+
+use super::quant::gemm_strided;
+
+/// Queries at or above which the products go through the blocked GEMM.
+const GEMM_MIN_QUERIES: usize = 8;
+
+/// Attention of `t` new queries of one head. Query `j` is `q[j·q_stride..][..hd]` at
+/// position `past + j`; key and value `p` are `k[p·kv_stride..][..hd]` and
+/// `v[p·kv_stride..][..hd]` (the cache already holds the new positions). Writes
+/// `out` `[t, hd]`; with `keep`, also each query's weights over `past + t` positions.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_head(
+    q: &[f32],
+    q_stride: usize,
+    k: &[f32],
+    v: &[f32],
+    kv_stride: usize,
+    past: usize,
+    t: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    keep: Option<&mut Vec<Vec<f32>>>,
+) {
+    let n = past + t;
+    let mut w = if t >= GEMM_MIN_QUERIES {
+        let mut s = vec![0f32; t * n];
+        // S = scale · Q Kᵀ
+        gemm_strided(t, n, hd, &mut s, n, q, q_stride, 1, k, 1, kv_stride, scale);
+        s
+    } else {
+        let mut s = vec![0f32; t * n];
+        for j in 0..t {
+            let qj = &q[j * q_stride..][..hd];
+            scores(qj, k, kv_stride, past + j + 1, hd, scale, &mut s[j * n..]);
+        }
+        s
+    };
+    for j in 0..t {
+        let row = &mut w[j * n..(j + 1) * n];
+        let upto = past + j + 1;
+        let max = row[..upto].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0f32;
+        for x in &mut row[..upto] {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        row[..upto].iter_mut().for_each(|x| *x *= inv);
+        row[upto..].iter_mut().for_each(|x| *x = 0.0);
+    }
+    if t >= GEMM_MIN_QUERIES {
+        // O = P V
+        out.iter_mut().for_each(|o| *o = 0.0);
+        gemm_strided(t, hd, n, out, hd, &w, n, 1, v, kv_stride, 1, 1.0);
+    } else {
+        for j in 0..t {
+            weighted_sum(&w[j * n..j * n + past + j + 1], v, kv_stride, hd, &mut out[j * hd..(j + 1) * hd]);
+        }
+    }
+    if let Some(keep) = keep {
+        keep.extend(w.chunks(n).map(|r| r.to_vec()));
+    }
+}
+
+/// `out[p] = scale · q·k_p` for `p < count`.
+fn scores(q: &[f32], k: &[f32], stride: usize, count: usize, hd: usize, scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if hd % 8 == 0 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present; every row p < count lies inside k.
+        unsafe { avx::scores(q, k, stride, count, hd, scale, out) };
+        return;
+    }
+    for (p, o) in out[..count].iter_mut().enumerate() {
+        let kp = &k[p * stride..][..hd];
+        *o = q.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
+    }
+}
+
+/// `out = Σ_p w[p] · v_p`.
+fn weighted_sum(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if hd % 8 == 0 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present; every row p < w.len() lies inside v.
+        unsafe { avx::weighted_sum(w, v, stride, hd, out) };
+        return;
+    }
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (p, &wp) in w.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[p * stride..][..hd]) {
+            *o += wp * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores(q: &[f32], k: &[f32], stride: usize, count: usize, hd: usize, scale: f32, out: &mut [f32]) {
+        let (pq, pk) = (q.as_ptr(), k.as_ptr());
+        for (p, o) in out[..count].iter_mut().enumerate() {
+            let kp = pk.add(p * stride);
+            let mut a0 = _mm256_setzero_ps();
+            let mut a1 = _mm256_setzero_ps();
+            let mut d = 0;
+            while d + 16 <= hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(d)), _mm256_loadu_ps(kp.add(d)), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(d + 8)), _mm256_loadu_ps(kp.add(d + 8)), a1);
+                d += 16;
+            }
+            if d < hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(d)), _mm256_loadu_ps(kp.add(d)), a0);
+            }
+            let s = _mm256_add_ps(a0, a1);
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            *o = _mm_cvtss_f32(s) * scale;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_sum(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
+        let pv = v.as_ptr();
+        let po = out.as_mut_ptr();
+        // Sixteen lanes of the output at a time stay in registers over all positions.
+        let mut d = 0;
+        while d < hd {
+            let wide = hd - d >= 16;
+            let mut a0 = _mm256_setzero_ps();
+            let mut a1 = _mm256_setzero_ps();
+            for (p, &wp) in w.iter().enumerate() {
+                let s = _mm256_set1_ps(wp);
+                let row = pv.add(p * stride + d);
+                a0 = _mm256_fmadd_ps(s, _mm256_loadu_ps(row), a0);
+                if wide {
+                    a1 = _mm256_fmadd_ps(s, _mm256_loadu_ps(row.add(8)), a1);
+                }
+            }
+            _mm256_storeu_ps(po.add(d), a0);
+            if wide {
+                _mm256_storeu_ps(po.add(d + 8), a1);
+                d += 16;
+            } else {
+                d += 8;
+            }
+        }
+    }
+}
