@@ -45,11 +45,7 @@ pub(crate) fn attend_head(
         let row = &mut w[j * n..(j + 1) * n];
         let upto = past + j + 1;
         let max = row[..upto].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
-        for x in &mut row[..upto] {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
+        let sum = super::vmath::exp_shifted(&mut row[..upto], max);
         let inv = 1.0 / sum;
         row[..upto].iter_mut().for_each(|x| *x *= inv);
         row[upto..].iter_mut().for_each(|x| *x = 0.0);

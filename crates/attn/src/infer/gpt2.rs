@@ -15,7 +15,7 @@ use super::attend::attend_head;
 use super::quant::{matmul, QMatrix, WeightType};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::models::gpt2::Gpt2Config;
-use crate::nn::fused::{gelu_tanh_one, moments};
+use crate::nn::fused::moments;
 use crate::{Error, Result};
 
 struct Norm {
@@ -279,7 +279,7 @@ impl Gpt2Engine {
             "gelu" => xs.iter_mut().for_each(|v| {
                 *v = 0.5 * *v * (1.0 + candle_core::cpu::erf::erf_f32(*v / std::f32::consts::SQRT_2))
             }),
-            _ => xs.iter_mut().for_each(|v| *v = gelu_tanh_one(*v)),
+            _ => super::vmath::gelu_tanh(xs),
         });
     }
 
@@ -508,8 +508,9 @@ impl Gpt2Engine {
         let mut matrix = |name: &str, m: &QMatrix, hf_in_out: bool| {
             let (rows, cols) = (m.rows, m.cols);
             match &m.data {
-                Data::F32(v) => {
-                    let bytes = if hf_in_out { transpose(v, rows, cols) } else { v.clone() };
+                Data::F32(_) => {
+                    let v = m.to_f32();
+                    let bytes = if hf_in_out { transpose(&v, rows, cols) } else { v };
                     let shape = if hf_in_out { vec![cols, rows] } else { vec![rows, cols] };
                     blobs.push((name.into(), Dtype::F32, shape, bytes.iter().flat_map(|x| x.to_le_bytes()).collect()));
                 }

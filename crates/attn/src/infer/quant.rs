@@ -76,6 +76,7 @@ impl WeightType {
 /// The stored values of a [`QMatrix`].
 #[derive(Clone)]
 pub enum Data {
+    /// Panels of 32 rows, `[cols][32]` each (see [`super::panel`]).
     F32(Vec<f32>),
     /// IEEE half bits.
     F16(Vec<u16>),
@@ -113,7 +114,7 @@ impl QMatrix {
             ));
         }
         let data = match ty {
-            WeightType::F32 => Data::F32(values.to_vec()),
+            WeightType::F32 => Data::F32(super::panel::pack(values, rows, cols)),
             WeightType::F16 => Data::F16(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect()),
             WeightType::Q8 => {
                 let mut qs = vec![0i8; values.len()];
@@ -155,7 +156,7 @@ impl QMatrix {
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
         let c = self.cols;
         match &self.data {
-            Data::F32(v) => out.copy_from_slice(&v[r * c..(r + 1) * c]),
+            Data::F32(v) => super::panel::unpack_row(v, c, r, out),
             Data::F16(v) => {
                 for (o, &h) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
                     *o = f16::from_bits(h).to_f32();
@@ -647,7 +648,7 @@ fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
 
 // ------------------------------------------------------------------ products
 
-/// Rows of the input above which an f32 product goes to the blocked GEMM.
+/// Input rows from which an f16 or quantized product expands its weights to f32 panels.
 const GEMM_MIN_ROWS: usize = 8;
 
 /// `out[i, r] = Σ_c x[i, c] · W[r, c] (+ bias[r])` for `n` input rows. `out` is
@@ -657,32 +658,23 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(x.len(), n * cols, "matmul: input length");
     assert_eq!(out.len(), n * rows, "matmul: output length");
-    if let (Data::F32(wv), true) = (&w.data, n >= GEMM_MIN_ROWS) {
-        gemm_f32(x, n, wv, rows, cols, out, true);
+    if let Data::F32(panels) = &w.data {
+        super::panel::matmul(x, n, rows, cols, super::panel::Panels::Stored(panels), out);
     } else if n >= GEMM_MIN_ROWS {
         // Many input rows: each task expands a panel of weight rows to f32 (once for all
-        // inputs) and multiplies it with the blocked GEMM.
-        let per = PANEL_ROWS.min(rows.max(1));
-        let panels: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per))
-            .into_par_iter()
-            .map(|p| {
-                let r0 = p * per;
-                let k = per.min(rows - r0);
-                let mut panel = vec![0f32; k * cols];
-                for (j, row) in panel.chunks_mut(cols).enumerate() {
-                    w.row_to_f32(r0 + j, row);
+        // inputs) and runs the panel product on it.
+        let nr = super::panel::NR;
+        let fill = |p: usize, panel: &mut [f32]| {
+            let mut row = vec![0f32; cols];
+            panel.iter_mut().for_each(|v| *v = 0.0);
+            for j in 0..nr.min(rows - p * nr) {
+                w.row_to_f32(p * nr + j, &mut row);
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * nr + j] = v;
                 }
-                let mut part = vec![0f32; n * k];
-                gemm_f32(x, n, &panel, k, cols, &mut part, false);
-                (r0, part)
-            })
-            .collect();
-        for (r0, part) in panels {
-            let k = part.len() / n;
-            for i in 0..n {
-                out[i * rows + r0..i * rows + r0 + k].copy_from_slice(&part[i * k..(i + 1) * k]);
             }
-        }
+        };
+        super::panel::matmul(x, n, rows, cols, super::panel::Panels::Fill(&fill), out);
     } else {
         // Quantize the inputs once for the integer kernels.
         let qx: Vec<QVec> = if w.weight_type().is_quantized() {
@@ -694,7 +686,7 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         let dot = |r: usize, i: usize| -> f32 {
             let xi = &x[i * cols..(i + 1) * cols];
             match &w.data {
-                Data::F32(v) => crate::nn::fused::simd_dot(xi, &v[r * cols..(r + 1) * cols]),
+                Data::F32(_) => unreachable!("f32 products go through the panels"),
                 Data::F16(v) => dot_f16(xi, &v[r * cols..(r + 1) * cols]),
                 Data::Q8 { qs, d } => {
                     let nb = cols / QK;
@@ -787,43 +779,6 @@ pub(crate) fn gemm_strided(
             false,
             false,
             gemm::Parallelism::None,
-        );
-    }
-}
-
-/// Weight rows expanded to f32 at a time by the many-row product of quantized weights.
-const PANEL_ROWS: usize = 64;
-
-fn gemm_f32(x: &[f32], n: usize, w: &[f32], rows: usize, cols: usize, out: &mut [f32], parallel: bool) {
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && parallel {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the pointers cover n×cols (x), rows×cols (w) and n×rows (out) elements,
-    // with the strides given; out does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            n,
-            rows,
-            cols,
-            out.as_mut_ptr(),
-            1,
-            rows as isize,
-            false,
-            x.as_ptr(),
-            1,
-            cols as isize,
-            w.as_ptr(),
-            cols as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
         );
     }
 }

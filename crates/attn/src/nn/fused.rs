@@ -131,13 +131,6 @@ fn tanh_fast<T: Real>(u: T) -> T {
     T::one() - two / ((two * u).exp() + T::one())
 }
 
-/// GELU (tanh form) of one value, as the fused kernel computes it.
-#[inline(always)]
-pub(crate) fn gelu_tanh_one(v: f32) -> f32 {
-    let (c, a) = (SQRT_2_OVER_PI as f32, GELU_A as f32);
-    0.5 * v * (1.0 + tanh_fast(c * (v + a * v * v * v)))
-}
-
 struct GeluTanh;
 
 fn gelu_fwd<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {

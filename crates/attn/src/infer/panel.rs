@@ -1,0 +1,225 @@
+//! f32 matrix products over weights stored in column panels.
+//!
+//! A `[rows, cols]` weight matrix is kept as panels of [`NR`] rows, each panel laid out
+//! `[cols][NR]` (the last panel padded with zeros). A product then streams each panel
+//! front to back once, broadcasting one input value against 32 weights per step: the
+//! same loop is a bandwidth-bound matrix-vector product at batch 1 and, with several
+//! input rows sharing each panel load, a compute-bound matrix product for prompts. The
+//! inner loop is plain Rust over fixed-size arrays, compiled three times (AVX-512, AVX2,
+//! portable) and picked at run time.
+
+use rayon::prelude::*;
+
+/// Weight rows per panel.
+pub const NR: usize = 32;
+
+/// Panels for row-major `values` `[rows, cols]`.
+pub fn pack(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let panels = rows.div_ceil(NR);
+    let mut out = vec![0f32; panels * cols * NR];
+    out.par_chunks_mut(cols * NR).enumerate().for_each(|(p, panel)| {
+        for j in 0..NR.min(rows - p * NR) {
+            let row = &values[(p * NR + j) * cols..(p * NR + j + 1) * cols];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * NR + j] = v;
+            }
+        }
+    });
+    out
+}
+
+/// Row `r` of a packed matrix.
+pub fn unpack_row(panels: &[f32], cols: usize, r: usize, out: &mut [f32]) {
+    let panel = &panels[(r / NR) * cols * NR..][..cols * NR];
+    for (kk, o) in out.iter_mut().enumerate().take(cols) {
+        *o = panel[kk * NR + r % NR];
+    }
+}
+
+/// `out[r][j] = Σ_kk x_r[kk] · panel[kk][j]` for the `MR` input rows `x_r`.
+#[inline(always)]
+fn body<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
+    let k = panel.len() / NR;
+    for r in x {
+        assert!(r.len() >= k);
+    }
+    let mut acc = [[0f32; NR]; MR];
+    for kk in 0..k {
+        let p: &[f32; NR] = panel[kk * NR..kk * NR + NR].try_into().unwrap();
+        for r in 0..MR {
+            // SAFETY: every x[r] holds at least k values (asserted above).
+            let xv = unsafe { *x[r].get_unchecked(kk) };
+            for j in 0..NR {
+                acc[r][j] = xv.mul_add(p[j], acc[r][j]);
+            }
+        }
+    }
+    *out = acc;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn body512<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
+    body::<MR>(x, panel, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn body256<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
+    body::<MR>(x, panel, out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::is_x86_feature_detected!("fma");
+            if fma && std::is_x86_feature_detected!("avx512f") && std::env::var("ATTN_NO_AVX512").is_err() {
+                return Isa::Avx512;
+            }
+            if fma && std::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+fn run<const MR: usize>(isa: Isa, x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
+    match isa {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { body512::<MR>(x, panel, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { body256::<MR>(x, panel, out) },
+        _ => body::<MR>(x, panel, out),
+    }
+}
+
+/// Input rows per kernel call: as many as the registers hold accumulators for.
+fn block_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 6,
+        Isa::Avx2 => 3,
+        Isa::Portable => 2,
+    }
+}
+
+/// One panel against up to `block_rows` input rows, written to `out[i][..NR]`.
+fn panel_rows(isa: Isa, x: &[&[f32]], panel: &[f32], out: &mut [[f32; NR]]) {
+    macro_rules! go {
+        ($m:literal) => {{
+            let xs: &[&[f32]; $m] = x.try_into().unwrap();
+            let o: &mut [[f32; NR]; $m] = out.try_into().unwrap();
+            run::<$m>(isa, xs, panel, o)
+        }};
+    }
+    match x.len() {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        8 => go!(8),
+        m => unreachable!("{m} rows per block"),
+    }
+}
+
+/// Where each panel comes from: stored, or produced on demand into a scratch buffer.
+pub enum Panels<'a> {
+    Stored(&'a [f32]),
+    Fill(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+}
+
+/// `out[i, r] = Σ_c x[i, c] · W[r, c]` for `n` input rows, `out` `[n, rows]`, with `W`
+/// given as panels. Panels are split over the rayon pool.
+pub fn matmul(x: &[f32], n: usize, rows: usize, cols: usize, panels: Panels<'_>, out: &mut [f32]) {
+    let isa = isa();
+    let np = rows.div_ceil(NR);
+    let threads = rayon::current_num_threads().max(1);
+    // Panels per task: several tasks per thread, fewer when each panel is much work.
+    let per = (np / (threads * 4)).clamp(1, 64);
+    let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
+    let mb = block_rows(isa);
+    let tasks: Vec<(usize, Vec<f32>)> = (0..np.div_ceil(per))
+        .into_par_iter()
+        .map(|t| {
+            let p0 = t * per;
+            let p1 = (p0 + per).min(np);
+            let width = (p1 - p0) * NR;
+            let mut part = vec![0f32; n * width];
+            let mut scratch = match panels {
+                Panels::Stored(_) => Vec::new(),
+                Panels::Fill(_) => vec![0f32; cols * NR],
+            };
+            let mut acc = vec![[0f32; NR]; mb];
+            for p in p0..p1 {
+                let panel: &[f32] = match panels {
+                    Panels::Stored(all) => &all[p * cols * NR..(p + 1) * cols * NR],
+                    Panels::Fill(f) => {
+                        f(p, &mut scratch);
+                        &scratch
+                    }
+                };
+                for (b, xb) in xs.chunks(mb).enumerate() {
+                    let acc = &mut acc[..xb.len()];
+                    panel_rows(isa, xb, panel, acc);
+                    for (i, a) in acc.iter().enumerate() {
+                        let row = b * mb + i;
+                        part[row * width + (p - p0) * NR..][..NR].copy_from_slice(a);
+                    }
+                }
+            }
+            (p0 * NR, part)
+        })
+        .collect();
+    for (c0, part) in tasks {
+        let width = part.len() / n.max(1);
+        let valid = width.min(rows - c0);
+        for i in 0..n {
+            out[i * rows + c0..i * rows + c0 + valid].copy_from_slice(&part[i * width..i * width + valid]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_products_match_the_plain_sum() {
+        let (rows, cols) = (75, 40);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let packed = pack(&w, rows, cols);
+        let mut row = vec![0f32; cols];
+        unpack_row(&packed, cols, 70, &mut row);
+        assert_eq!(row, &w[70 * cols..71 * cols]);
+        for n in [1, 3, 8, 11, 20] {
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+            let mut out = vec![0f32; n * rows];
+            matmul(&x, n, rows, cols, Panels::Stored(&packed), &mut out);
+            let fill = |p: usize, buf: &mut [f32]| buf.copy_from_slice(&packed[p * cols * NR..(p + 1) * cols * NR]);
+            let mut out2 = vec![0f32; n * rows];
+            matmul(&x, n, rows, cols, Panels::Fill(&fill), &mut out2);
+            assert_eq!(out, out2);
+            for i in 0..n {
+                for r in 0..rows {
+                    let want: f32 = (0..cols).map(|c| x[i * cols + c] * w[r * cols + c]).sum();
+                    let got = out[i * rows + r];
+                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "n={n} [{i},{r}]: {got} vs {want}");
+                }
+            }
+        }
+    }
+}
