@@ -493,17 +493,27 @@ mod avx512 {
     pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
         let n = x.len().min(w.len());
         let (px, pw) = (x.as_ptr(), w.as_ptr());
-        let mut a0 = _mm512_setzero_ps();
-        let mut a1 = _mm512_setzero_ps();
+        // Eight independent sums: enough to hide the FMA latency.
+        let mut acc = [_mm512_setzero_ps(); 8];
         let mut i = 0;
-        while i + 32 <= n {
-            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
-            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i + 16) as *const __m256i));
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), w0, a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i + 16)), w1, a1);
-            i += 32;
+        while i + 128 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * u;
+                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(o) as *const __m256i));
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(o)), wv, *a);
+            }
+            i += 128;
         }
-        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        while i + 16 <= n {
+            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), wv, acc[0]);
+            i += 16;
+        }
+        let s01 = _mm512_add_ps(acc[0], acc[1]);
+        let s23 = _mm512_add_ps(acc[2], acc[3]);
+        let s45 = _mm512_add_ps(acc[4], acc[5]);
+        let s67 = _mm512_add_ps(acc[6], acc[7]);
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s01, s23), _mm512_add_ps(s45, s67)));
         while i < n {
             total += *px.add(i) * half::f16::from_bits(*pw.add(i)).to_f32();
             i += 1;
