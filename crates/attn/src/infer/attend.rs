@@ -2,9 +2,9 @@
 //!
 //! A few queries (decoding): scores, softmax and the weighted sum of values row by row,
 //! with the dot products and sums in AVX2 registers. Many queries (a prompt): the scores
-//! and the weighted sum are two blocked matrix products.
+//! and the weighted sum are two panel products (see [`super::panel`]).
 
-use super::quant::gemm_strided;
+use super::panel::{matmul_serial, NR};
 
 /// Queries at or above which the products go through the blocked GEMM.
 const GEMM_MIN_QUERIES: usize = 8;
@@ -29,9 +29,20 @@ pub(crate) fn attend_head(
 ) {
     let n = past + t;
     let mut w = if t >= GEMM_MIN_QUERIES {
+        // S = scale · Q Kᵀ, with the keys as the panel matrix ([n, hd], one key a row).
+        let mut qs = Vec::with_capacity(t * hd);
+        for j in 0..t {
+            qs.extend(q[j * q_stride..][..hd].iter().map(|v| v * scale));
+        }
+        let mut keys = vec![0f32; n.div_ceil(NR) * hd * NR];
+        for p in 0..n {
+            let dst = &mut keys[(p / NR) * hd * NR..];
+            for (d, &v) in k[p * kv_stride..][..hd].iter().enumerate() {
+                dst[d * NR + p % NR] = v;
+            }
+        }
         let mut s = vec![0f32; t * n];
-        // S = scale · Q Kᵀ
-        gemm_strided(t, n, hd, &mut s, n, q, q_stride, 1, k, 1, kv_stride, scale);
+        matmul_serial(&qs, t, n, hd, &keys, &mut s);
         s
     } else {
         let mut s = vec![0f32; t * n];
@@ -51,9 +62,16 @@ pub(crate) fn attend_head(
         row[upto..].iter_mut().for_each(|x| *x = 0.0);
     }
     if t >= GEMM_MIN_QUERIES {
-        // O = P V
-        out.iter_mut().for_each(|o| *o = 0.0);
-        gemm_strided(t, hd, n, out, hd, &w, n, 1, v, kv_stride, 1, 1.0);
+        // O = P V, with Vᵀ ([hd, n]) as the panel matrix: panel rows are value
+        // dimensions, so each panel step is a slice of one value row.
+        let mut vals = vec![0f32; hd.div_ceil(NR) * n * NR];
+        for p in 0..n {
+            let row = &v[p * kv_stride..][..hd];
+            for (b, chunk) in row.chunks(NR).enumerate() {
+                vals[b * n * NR + p * NR..][..chunk.len()].copy_from_slice(chunk);
+            }
+        }
+        matmul_serial(&w, t, hd, n, &vals, out);
     } else {
         for j in 0..t {
             weighted_sum(&w[j * n..j * n + past + j + 1], v, kv_stride, hd, &mut out[j * hd..(j + 1) * hd]);

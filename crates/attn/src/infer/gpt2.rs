@@ -15,7 +15,6 @@ use super::attend::attend_head;
 use super::quant::{matmul, QMatrix, WeightType};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::models::gpt2::Gpt2Config;
-use crate::nn::fused::moments;
 use crate::{Error, Result};
 
 struct Norm {
@@ -30,10 +29,7 @@ impl Norm {
         crate::nn::fused::for_rows(out, c, |start, out| {
             let x = &x[start * c..start * c + out.len()];
             for (xr, or) in x.chunks(c).zip(out.chunks_mut(c)) {
-                let (mean, rstd) = moments(xr, eps);
-                for i in 0..c {
-                    or[i] = (xr[i] - mean) * rstd * self.w[i] + self.b[i];
-                }
+                super::vmath::layer_norm(xr, &self.w, &self.b, eps, or);
             }
         });
     }

@@ -185,6 +185,26 @@ fn panel_rows(isa: Isa, x: &[&[f32]], panel: &[f32], out: &mut [[f32; NR]]) {
     }
 }
 
+/// [`matmul`] on the calling thread, for stored panels (small products inside a task).
+pub fn matmul_serial(x: &[f32], n: usize, rows: usize, cols: usize, panels: &[f32], out: &mut [f32]) {
+    let isa = isa();
+    let mb = block_rows(isa);
+    let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
+    let mut acc = vec![[0f32; NR]; mb];
+    for p in 0..rows.div_ceil(NR) {
+        let panel = &panels[p * cols * NR..(p + 1) * cols * NR];
+        let valid = NR.min(rows - p * NR);
+        for (b, xb) in xs.chunks(mb).enumerate() {
+            let acc = &mut acc[..xb.len()];
+            panel_rows(isa, xb, panel, acc);
+            for (i, a) in acc.iter().enumerate() {
+                let row = b * mb + i;
+                out[row * rows + p * NR..][..valid].copy_from_slice(&a[..valid]);
+            }
+        }
+    }
+}
+
 /// Where each panel comes from: stored, or produced on demand into a scratch buffer.
 pub enum Panels<'a> {
     Stored(&'a [f32]),
@@ -262,6 +282,9 @@ mod tests {
             let mut out2 = vec![0f32; n * rows];
             matmul(&x, n, rows, cols, Panels::Fill(&fill), &mut out2);
             assert_eq!(out, out2);
+            let mut out3 = vec![0f32; n * rows];
+            matmul_serial(&x, n, rows, cols, &packed, &mut out3);
+            assert_eq!(out, out3);
             for i in 0..n {
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|c| x[i * cols + c] * w[r * cols + c]).sum();

@@ -742,57 +742,6 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
     }
 }
 
-/// `dst[m, n] (row stride dst_rs) = beta · A B`, single-threaded, where `A[i, l] =
-/// a[i·a_rs + l·a_cs]` and `B[l, j] = b[l·b_rs + j·b_cs]`. The slices must cover every
-/// element so addressed.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-    beta: f32,
-) {
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
-    assert!(last(dst_rs, 1, m, n) < dst.len(), "gemm_strided: dst too short");
-    assert!(last(a_rs, a_cs, m, k) < a.len(), "gemm_strided: a too short");
-    assert!(last(b_rs, b_cs, k, n) < b.len(), "gemm_strided: b too short");
-    // SAFETY: the asserts above keep every addressed element inside its slice.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,10 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let y = p * f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // SAFETY: x is clamped, so k is a finite integer in −126..=128 (no saturation needed;
+    // the checked `as` conversion would not vectorise).
+    let ki: i32 = unsafe { k.to_int_unchecked() };
+    let y = p * f32::from_bits(((ki + 127) as u32) << 23);
     if under {
         0.0
     } else {
@@ -51,6 +54,39 @@ fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// Mean and 1/√(variance + eps) of a row, with sixteen partial sums (vectorisable).
+#[inline(always)]
+fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mut s = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            s[j] += c[j];
+        }
+    }
+    let mean = (s.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / n;
+    let mut q = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            let d = c[j] - mean;
+            q[j] += d * d;
+        }
+    }
+    let var = (q.iter().sum::<f32>() + chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// out = (x − mean)·rstd·w + b for one row.
+#[inline(always)]
+fn norm_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let (mean, rstd) = moments_body(x, eps);
+    for i in 0..out.len().min(x.len()).min(w.len()).min(b.len()) {
+        out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+}
+
 macro_rules! dispatch {
     ($body:ident, $avx512:ident, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         #[cfg(target_arch = "x86_64")]
@@ -68,6 +104,19 @@ macro_rules! dispatch {
 
 dispatch!(gelu_body, gelu512, gelu256, (xs: &mut [f32]) -> ());
 dispatch!(softmax_body, softmax512, softmax256, (xs: &mut [f32], max: f32) -> f32);
+dispatch!(norm_body, norm512, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> ());
+
+/// Layer norm of one row.
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    match level() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        2 => unsafe { norm512(x, w, b, eps, out) },
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { norm256(x, w, b, eps, out) },
+        _ => norm_body(x, w, b, eps, out),
+    }
+}
 
 fn level() -> u8 {
     use std::sync::OnceLock;
@@ -136,6 +185,16 @@ mod tests {
         for (&x, &y) in xs.iter().zip(&g) {
             let want = 0.5 * x as f64 * (1.0 + (0.797_884_560_802_865_4 * (x as f64 + 0.044715 * (x as f64).powi(3))).tanh());
             assert!((y as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "gelu({x}): {y} vs {want}");
+        }
+        let row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 3.0 + 1.0).collect();
+        let (w, b) = (vec![1.5f32; 37], vec![0.25f32; 37]);
+        let mut out = vec![0f32; 37];
+        layer_norm(&row, &w, &b, 1e-5, &mut out);
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / 37.0;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / 37.0;
+        for (o, &v) in out.iter().zip(&row) {
+            let want = (v as f64 - mean) / (var + 1e-5).sqrt() * 1.5 + 0.25;
+            assert!((*o as f64 - want).abs() < 1e-5, "{o} vs {want}");
         }
         let mut s = vec![1.0f32, 2.0, 3.0];
         let sum = exp_shifted(&mut s, 3.0);

@@ -47,7 +47,7 @@ pub fn usable(t: &Tensor) -> bool {
     enabled() && t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
-pub(crate) trait Real: Float + WithDType + Send + Sync + std::iter::Sum {
+trait Real: Float + WithDType + Send + Sync + std::iter::Sum {
     fn slice_mut(s: &mut CpuStorage) -> candle_core::Result<&mut [Self]>;
 }
 impl Real for f32 {
@@ -317,7 +317,7 @@ struct LayerNorm {
 
 /// Mean and 1/√(var + eps) of one row.
 #[inline(always)]
-pub(crate) fn moments<T: Real>(row: &[T], eps: T) -> (T, T) {
+fn moments<T: Real>(row: &[T], eps: T) -> (T, T) {
     let n = T::from(row.len()).unwrap();
     let mean = row.iter().copied().sum::<T>() / n;
     let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
