@@ -497,6 +497,11 @@ mod avx512 {
         let mut acc = [_mm512_setzero_ps(); 8];
         let mut i = 0;
         while i + 128 <= n {
+            // Ask for the weights 2 KiB ahead (the rest of this row or the next one).
+            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024 + 32) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024 + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024 + 96) as *const i8);
             for (u, a) in acc.iter_mut().enumerate() {
                 let o = i + 16 * u;
                 let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(o) as *const __m256i));
@@ -568,6 +573,11 @@ mod avx512 {
         let mut a1 = _mm512_setzero_ps();
         let mut b = 0;
         while b + 8 <= nb {
+            // The codes 2 KiB ahead, and the scales.
+            for l in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(pw.add(b * QK + 2048 + 64 * l) as *const i8);
+            }
+            _mm_prefetch::<_MM_HINT_T0>(wd.as_ptr().add(b + 64) as *const i8);
             let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
             for k in (0..8).step_by(4) {
                 let o = (b + k) * QK;
@@ -595,6 +605,10 @@ mod avx512 {
         let mut a1 = _mm512_setzero_ps();
         let mut b = 0;
         while b + 8 <= nb {
+            // The codes 1 KiB ahead, and the scales.
+            _mm_prefetch::<_MM_HINT_T0>(pw.add(b * QK / 2 + 1024) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pw.add(b * QK / 2 + 1024 + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(wd.as_ptr().add(b + 64) as *const i8);
             let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
             for k in (0..8).step_by(4) {
                 let x0 = _mm512_loadu_si512(px.add((b + k) * QK) as *const __m512i);
