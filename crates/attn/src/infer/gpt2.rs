@@ -136,7 +136,7 @@ impl Gpt2Engine {
         let value = read_json(&cfg_path)?;
         let config: Gpt2Config = serde_json::from_value(value.clone())
             .map_err(|e| bad(&cfg_path, format!("not a GPT-2 config: {e}")))?;
-        config.validate()?;
+        config.validate().map_err(|e| bad(&cfg_path, e.to_string()))?;
         let path = dir.join(WEIGHTS);
         if !path.is_file() {
             return Err(bad(&path, "file not found"));
