@@ -406,7 +406,7 @@ mod avx {
 
     /// The scales of blocks `b..b+8`: x's f32 scales times w's f16 scales.
     #[inline(always)]
-    unsafe fn scales8(xd: *const f32, wd: *const u16) -> [f32; 8] {
+    pub(super) unsafe fn scales8(xd: *const f32, wd: *const u16) -> [f32; 8] {
         let w = _mm256_cvtph_ps(_mm_loadu_si128(wd as *const __m128i));
         let s = _mm256_mul_ps(_mm256_loadu_ps(xd), w);
         let mut out = [0f32; 8];
@@ -486,6 +486,7 @@ mod avx {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::avx::scales8;
     use super::QK;
     use std::arch::x86_64::*;
 
@@ -540,16 +541,6 @@ mod avx512 {
     #[inline(always)]
     unsafe fn pair_scale(a: f32, b: f32) -> __m512 {
         _mm512_shuffle_f32x4::<0b01_00_01_00>(_mm512_set1_ps(a), _mm512_set1_ps(b))
-    }
-
-    /// The f32 scales of blocks `b..b+8`: x's times w's (f16).
-    #[inline(always)]
-    unsafe fn scales8(xd: *const f32, wd: *const u16) -> [f32; 8] {
-        let w = _mm256_cvtph_ps(_mm_loadu_si128(wd as *const __m128i));
-        let s = _mm256_mul_ps(_mm256_loadu_ps(xd), w);
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), s);
-        out
     }
 
     /// Two Q4 blocks (32 packed bytes) as 64 signed codes in element order.
@@ -628,47 +619,30 @@ mod avx512 {
     }
 }
 
-fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F was detected.
-        return unsafe { avx512::dot_f16(x, w) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2, FMA and F16C were detected.
-        return unsafe { avx::dot_f16(x, w) };
-    }
-    scalar::dot_f16(x, w)
+/// A dot product that runs the widest kernel this CPU has: AVX-512 (with VNNI), AVX2,
+/// or the portable one.
+macro_rules! widest {
+    ($name:ident ($($a:ident: $t:ty),*)) => {
+        fn $name($($a: $t),*) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            if avx512() {
+                // SAFETY: AVX-512F/BW/VNNI (and AVX2, FMA, F16C) were detected; the
+                // kernels read only within the slices given.
+                return unsafe { avx512::$name($($a),*) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                // SAFETY: AVX2, FMA and F16C were detected; as above.
+                return unsafe { avx::$name($($a),*) };
+            }
+            scalar::$name($($a),*)
+        }
+    };
 }
 
-fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F/BW/VNNI were detected; all slices cover wd.len() blocks.
-        return unsafe { avx512::dot_q8(xq, xd, wq, wd) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2, FMA and F16C were detected; all slices cover wd.len() blocks.
-        return unsafe { avx::dot_q8(xq, xd, wq, wd) };
-    }
-    scalar::dot_q8(xq, xd, wq, wd)
-}
-
-fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F/BW/VNNI were detected; all slices cover wd.len() blocks.
-        return unsafe { avx512::dot_q4(xq, xd, wq, wd) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2, FMA and F16C were detected; all slices cover wd.len() blocks.
-        return unsafe { avx::dot_q4(xq, xd, wq, wd) };
-    }
-    scalar::dot_q4(xq, xd, wq, wd)
-}
+widest!(dot_f16(x: &[f32], w: &[u16]));
+widest!(dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]));
+widest!(dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]));
 
 // ------------------------------------------------------------------ products
 
