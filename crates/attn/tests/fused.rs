@@ -325,3 +325,27 @@ fn small_matmul_matches_candle_matmul_both_layouts() {
         );
     }
 }
+
+#[test]
+fn panel_matmul_matches_candle_matmul_values_and_gradients() {
+    // Training shapes: many rows (past the row-blocked path at 256), widths that leave
+    // partial 32-column panels, both weight layouts.
+    for (m, k, n) in [(8, 5, 3), (40, 64, 100), (300, 70, 37)] {
+        let mut rng = Rng::new(12);
+        let x = randn(&mut rng, &[m, k], DType::F32, 1.0);
+        let w_kn = randn(&mut rng, &[k, n], DType::F32, 0.1);
+        let w_nk = randn(&mut rng, &[n, k], DType::F32, 0.1);
+        compare(
+            "panel_matmul [k, n]",
+            &[x.clone(), w_kn],
+            &|t| fused::panel_matmul(&t[0], &t[1], false).unwrap(),
+            &|t| t[0].matmul(&t[1]).unwrap(),
+        );
+        compare(
+            "panel_matmul [n, k]",
+            &[x, w_nk],
+            &|t| fused::panel_matmul(&t[0], &t[1], true).unwrap(),
+            &|t| t[0].matmul(&t[1].t().unwrap()).unwrap(),
+        );
+    }
+}

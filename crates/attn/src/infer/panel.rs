@@ -215,6 +215,9 @@ pub fn matmul_serial(x: &[f32], n: usize, rows: usize, cols: usize, panels: &[f3
     }
 }
 
+/// Input rows above which [`matmul`] blocks over rows instead of over panels.
+const LARGE_N: usize = 256;
+
 /// Where each panel comes from: stored, or produced on demand into a scratch buffer.
 pub enum Panels<'a> {
     Stored(&'a [f32]),
@@ -224,9 +227,30 @@ pub enum Panels<'a> {
 /// `out[i, r] = Σ_c x[i, c] · W[r, c]` for `n` input rows, `out` `[n, rows]`, with `W`
 /// given as panels. Panels are split over the rayon pool.
 pub fn matmul(x: &[f32], n: usize, rows: usize, cols: usize, panels: Panels<'_>, out: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    if n > LARGE_N {
+        // Many input rows (training): fill every panel once, then give each task a block
+        // of input rows against all panels, so the rows stay in cache while the panels
+        // stream past them.
+        let filled;
+        let all: &[f32] = match panels {
+            Panels::Stored(p) => p,
+            Panels::Fill(f) => {
+                let mut v = vec![0f32; rows.div_ceil(NR) * cols * NR];
+                v.par_chunks_mut(cols * NR).enumerate().for_each(|(p, buf)| f(p, buf));
+                filled = v;
+                &filled
+            }
+        };
+        let chunk = n.div_ceil(threads * 4).clamp(6, 192).div_ceil(6) * 6;
+        out.par_chunks_mut(chunk * rows).enumerate().for_each(|(c, o)| {
+            let m = o.len() / rows;
+            matmul_serial(&x[c * chunk * cols..(c * chunk + m) * cols], m, rows, cols, all, o);
+        });
+        return;
+    }
     let isa = isa();
     let np = rows.div_ceil(NR);
-    let threads = rayon::current_num_threads().max(1);
     // Panels per task: several tasks per thread, fewer when each panel is much work.
     let per = (np / (threads * 4)).clamp(1, 64);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
@@ -284,7 +308,7 @@ mod tests {
         let mut row = vec![0f32; cols];
         unpack_row(&packed, cols, 70, &mut row);
         assert_eq!(row, &w[70 * cols..71 * cols]);
-        for n in [1, 3, 8, 11, 20] {
+        for n in [1, 3, 8, 11, 20, 300] {
             let x: Vec<f32> = (0..n * cols).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
             let mut out = vec![0f32; n * rows];
             matmul(&x, n, rows, cols, Panels::Stored(&packed), &mut out);

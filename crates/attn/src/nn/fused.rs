@@ -1135,3 +1135,95 @@ pub fn small_matmul_fits(x: &Tensor, w: &Tensor, rows: usize) -> bool {
 pub fn small_matmul(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2(w, SmallMatmul { transposed })?)
 }
+
+// ---------------------------------------------------------------- panel matmul
+
+/// `a [m, k] @ b'` where `b'` is `b [k, n]`, or `bᵀ` for `b [n, k]` (`transposed`), by
+/// the inference engine's panel kernel (see [`crate::infer::panel`]): `b'` is packed into
+/// 32-column panels once per call (cost k·n, against m·k·n for the product), then
+/// streamed against blocks of rows of `a`. The backward pass is two more such products.
+struct PanelMatmul {
+    transposed: bool,
+}
+
+impl candle_core::CustomOp2 for PanelMatmul {
+    fn name(&self) -> &'static str {
+        "attn-panel-matmul"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::infer::panel::{matmul, Panels, NR};
+        let (a, b) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?);
+        let (m, k) = l1.shape().dims2()?;
+        let (r, c) = l2.shape().dims2()?;
+        let (kb, n) = if self.transposed { (c, r) } else { (r, c) };
+        if kb != k {
+            bail!("panel matmul: {:?} times {:?}", l1.shape(), l2.shape());
+        }
+        let transposed = self.transposed;
+        let fill = |p: usize, panel: &mut [f32]| {
+            let c0 = p * NR;
+            let width = NR.min(n - c0);
+            if width < NR {
+                panel.iter_mut().for_each(|v| *v = 0.0);
+            }
+            if transposed {
+                for j in 0..width {
+                    let row = &b[(c0 + j) * k..(c0 + j + 1) * k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * NR + j] = v;
+                    }
+                }
+            } else {
+                for kk in 0..k {
+                    panel[kk * NR..kk * NR + width].copy_from_slice(&b[kk * n + c0..kk * n + c0 + width]);
+                }
+            }
+        };
+        let mut y = vec![0f32; m * n];
+        matmul(a, m, n, k, Panels::Fill(&fill), &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = |x: &Tensor, y: &Tensor, t: bool| x.contiguous()?.apply_op2(&y.contiguous()?, PanelMatmul { transposed: t });
+        let (a, b) = (a.detach(), b.detach());
+        // y = a·b' ⇒ da = g·b'ᵀ; db' = aᵀ·g, so db = aᵀ·g, or gᵀ·a when b' = bᵀ.
+        let da = op(g, &b, !self.transposed)?;
+        let db = if self.transposed {
+            op(&g.t()?, &a, false)?
+        } else {
+            op(&a.t()?, g, false)?
+        };
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// Rows from which f32 products on the CPU go through the panel kernel.
+pub const PANEL_MIN_M: usize = 8;
+
+/// Whether `x @ w` (or `x @ wᵀ`) with `rows` rows should use the panel kernel.
+pub fn panel_matmul_fits(x: &Tensor, w: &Tensor, rows: usize) -> bool {
+    rows >= PANEL_MIN_M
+        && enabled()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && w.rank() == 2
+}
+
+/// `x [m, k] @ w` for `w [k, n]`, or `x @ wᵀ` for `w [n, k]` (`transposed`), through the
+/// panel kernel, with its backward pass.
+pub fn panel_matmul(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, PanelMatmul { transposed })?)
+}

@@ -34,6 +34,8 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let x2 = x.reshape((rows, in_dim))?;
     let y = if fused::small_matmul_fits(&x2, w, rows) {
         fused::small_matmul(&x2, w, false)?
+    } else if fused::panel_matmul_fits(&x2, w, rows) {
+        fused::panel_matmul(&x2, w, false)?
     } else {
         x2.matmul(w)?
     };
@@ -55,6 +57,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let x2 = x.reshape((rows, in_dim))?;
     let y = if fused::small_matmul_fits(&x2, w, rows) {
         fused::small_matmul(&x2, w, true)?
+    } else if fused::panel_matmul_fits(&x2, w, rows) {
+        fused::panel_matmul(&x2, w, true)?
     } else {
         x2.matmul(&w.t()?)?
     };
