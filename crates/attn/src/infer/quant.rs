@@ -187,6 +187,67 @@ impl QMatrix {
         }
     }
 
+    /// Rows `32p..32p+32` as one f32 panel `[cols][32]` (zeros past the last row), for
+    /// the panel product: 32×32 tiles are expanded row by row, then transposed in cache.
+    pub(crate) fn fill_panel(&self, p: usize, panel: &mut [f32]) {
+        const T: usize = 32;
+        let (rows, cols) = (self.rows, self.cols);
+        let r0 = p * T;
+        let valid = T.min(rows - r0);
+        let mut tile = [[0f32; T]; T];
+        for c0 in (0..cols).step_by(T) {
+            let width = T.min(cols - c0);
+            for (j, t) in tile.iter_mut().enumerate() {
+                if j < valid {
+                    self.tile_row(r0 + j, c0, &mut t[..width]);
+                } else {
+                    *t = [0.0; T];
+                }
+            }
+            for i in 0..width {
+                let dst: &mut [f32] = &mut panel[(c0 + i) * T..(c0 + i + 1) * T];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = tile[j][i];
+                }
+            }
+        }
+    }
+
+    /// Elements `c0..c0 + out.len()` of row `r` as f32 (for the quantized types `c0` is
+    /// a block start and the length one block).
+    fn tile_row(&self, r: usize, c0: usize, out: &mut [f32]) {
+        let c = self.cols;
+        match &self.data {
+            Data::F32(v) => {
+                let panel = &v[(r / 32) * c * 32..];
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = panel[(c0 + i) * 32 + r % 32];
+                }
+            }
+            Data::F16(v) => {
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                let src: &[f16] = v[r * c + c0..r * c + c0 + out.len()].reinterpret_cast();
+                src.convert_to_f32_slice(out);
+            }
+            Data::Q8 { qs, d } => {
+                let s = f16::from_bits(d[(r * c + c0) / QK]).to_f32();
+                for (o, &q) in out.iter_mut().zip(&qs[r * c + c0..r * c + c0 + QK]) {
+                    *o = q as f32 * s;
+                }
+            }
+            Data::Q4 { qs, d } => {
+                let b = (r * c + c0) / QK;
+                let s = f16::from_bits(d[b]).to_f32();
+                let q = &qs[b * QK / 2..(b + 1) * QK / 2];
+                let (lo, hi) = out.split_at_mut(QK / 2);
+                for i in 0..QK / 2 {
+                    lo[i] = ((q[i] & 15) as i32 - 8) as f32 * s;
+                    hi[i] = ((q[i] >> 4) as i32 - 8) as f32 * s;
+                }
+            }
+        }
+    }
+
     /// All values as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
@@ -662,16 +723,8 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         // Many input rows: each task expands a panel of weight rows to f32 (once for all
         // inputs) and runs the panel product on it.
         let nr = super::panel::NR;
-        let fill = |p: usize, panel: &mut [f32]| {
-            let mut row = vec![0f32; cols];
-            panel.iter_mut().for_each(|v| *v = 0.0);
-            for j in 0..nr.min(rows - p * nr) {
-                w.row_to_f32(p * nr + j, &mut row);
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * nr + j] = v;
-                }
-            }
-        };
+        let fill = |p: usize, panel: &mut [f32]| w.fill_panel(p, panel);
+        debug_assert_eq!(nr, QK);
         super::panel::matmul(x, n, rows, cols, super::panel::Panels::Fill(&fill), out);
     } else {
         // Quantize the inputs once for the integer kernels.
