@@ -66,12 +66,12 @@ fn body_one(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     let mut acc = [[0f32; NR]; 4];
     let mut kk = 0;
     while kk + 4 <= k {
-        // The panel 4 KiB ahead (a prefetch past the end is harmless).
+        // The panel 8 KiB ahead (a prefetch past the end is harmless).
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch reads nothing and cannot fault.
         unsafe {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let ahead = panel.as_ptr().wrapping_add(kk * NR + 1024) as *const i8;
+            let ahead = panel.as_ptr().wrapping_add(kk * NR + 2048) as *const i8;
             for l in 0..8 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l));
             }
