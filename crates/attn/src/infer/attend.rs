@@ -5,6 +5,7 @@
 //! and the weighted sum are two panel products (see [`super::panel`]).
 
 use super::panel::{matmul_serial, NR};
+use super::{isa, Isa};
 
 /// Queries at or above which the products go through the blocked GEMM.
 const GEMM_MIN_QUERIES: usize = 8;
@@ -85,8 +86,9 @@ pub(crate) fn attend_head(
 /// `out[p] = scale · q·k_p` for `p < count`.
 fn scores(q: &[f32], k: &[f32], stride: usize, count: usize, hd: usize, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA are present; every row p < count lies inside k.
+    if hd % 8 == 0 && isa() != Isa::Portable {
+        // SAFETY: AVX2 and FMA are present (every non-portable level has them); every
+        // row p < count lies inside k.
         unsafe { avx::scores(q, k, stride, count, hd, scale, out) };
         return;
     }
@@ -99,8 +101,9 @@ fn scores(q: &[f32], k: &[f32], stride: usize, count: usize, hd: usize, scale: f
 /// `out = Σ_p w[p] · v_p`.
 fn weighted_sum(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA are present; every row p < w.len() lies inside v.
+    if hd % 8 == 0 && isa() != Isa::Portable {
+        // SAFETY: AVX2 and FMA are present (as above); every row p < w.len() lies
+        // inside v.
         unsafe { avx::weighted_sum(w, v, stride, hd, out) };
         return;
     }

@@ -678,10 +678,9 @@ impl crate::models::CausalLm for Gpt2Engine {
         self.whole(ids, cache, mode, Want::Hidden)
     }
     fn logits(&self, h: &candle_core::Tensor) -> Result<candle_core::Tensor> {
-        let (b, t, c) = h.dims3()?;
+        let (b, t, _) = h.dims3()?;
         let flat = h.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let logits = self.head(&flat);
-        let _ = c;
         Ok(candle_core::Tensor::from_vec(logits, (b, t, self.config.vocab_size), h.device())?)
     }
     fn forward(&self, ids: &candle_core::Tensor, cache: Option<&mut crate::nn::KvCache>, mode: &mut crate::nn::Mode) -> Result<candle_core::Tensor> {
@@ -775,45 +774,51 @@ impl Gpt2Engine {
                 Sampler::new(cfg, self.config.vocab_size)
             })
             .collect();
+        // Each sequence's prompt and tokens so far (the sampler's repetition history).
         let mut history: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
-        let mut out: Vec<(Vec<u32>, FinishReason)> =
-            prompts.iter().map(|_| (Vec::new(), FinishReason::Length)).collect();
+        let mut finish = vec![FinishReason::Length; prompts.len()];
         let mut logits = {
             let mut refs: Vec<&mut Gpt2State> = states.iter_mut().collect();
             self.forward(&mut refs, prompts, Want::Last)?
         };
+        // Indices of the sequences still decoding, ascending; logits[k] is running[k]'s.
         let mut running: Vec<usize> = (0..prompts.len()).collect();
-        while !running.is_empty() {
-            let mut next_running = Vec::with_capacity(running.len());
+        loop {
             let mut feed = Vec::with_capacity(running.len());
-            for (k, &i) in running.iter().enumerate() {
-                let id = samplers[i].sample(&mut logits[k], &history[i]);
-                if Some(id) == eos {
-                    out[i].1 = FinishReason::EndOfText;
-                    continue;
-                }
-                out[i].0.push(id);
-                history[i].push(id);
-                if out[i].0.len() < max_new_tokens {
-                    next_running.push(i);
-                    feed.push([id]);
-                }
-            }
-            running = next_running;
+            running = running
+                .iter()
+                .zip(logits.iter_mut())
+                .filter_map(|(&i, l)| {
+                    let id = samplers[i].sample(l, &history[i]);
+                    if Some(id) == eos {
+                        finish[i] = FinishReason::EndOfText;
+                        return None;
+                    }
+                    history[i].push(id);
+                    (history[i].len() - prompts[i].len() < max_new_tokens).then(|| {
+                        feed.push([id]);
+                        i
+                    })
+                })
+                .collect();
             if running.is_empty() {
                 break;
             }
-            let mut refs: Vec<&mut Gpt2State> = Vec::with_capacity(running.len());
-            let mut pick = running.iter().peekable();
-            for (i, st) in states.iter_mut().enumerate() {
-                if pick.peek() == Some(&&i) {
-                    refs.push(st);
-                    pick.next();
-                }
-            }
+            let mut refs: Vec<&mut Gpt2State> = states
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| running.binary_search(i).is_ok())
+                .map(|(_, st)| st)
+                .collect();
             let toks: Vec<&[u32]> = feed.iter().map(|f| f.as_slice()).collect();
             logits = self.forward(&mut refs, &toks, Want::Last)?;
         }
+        let out = history
+            .into_iter()
+            .zip(prompts)
+            .zip(finish)
+            .map(|((h, p), f)| (h[p.len()..].to_vec(), f))
+            .collect();
         Ok(out)
     }
 }

@@ -13,3 +13,30 @@ mod vmath;
 
 pub use gpt2::{Gpt2Engine, Gpt2State, Want};
 pub use quant::{QMatrix, WeightType};
+
+/// The widest vector instructions the engine's plain-Rust kernels are compiled for,
+/// detected once (`ATTN_NO_AVX512=1` caps it at AVX2).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+pub(crate) fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::is_x86_feature_detected!("fma");
+            if fma && std::is_x86_feature_detected!("avx512f") && std::env::var("ATTN_NO_AVX512").is_err() {
+                return Isa::Avx512;
+            }
+            if fma && std::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}

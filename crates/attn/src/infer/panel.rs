@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use super::{isa, Isa};
+
 /// Weight rows per panel.
 pub const NR: usize = 32;
 
@@ -17,22 +19,37 @@ pub const NR: usize = 32;
 pub fn pack(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let panels = rows.div_ceil(NR);
     let mut out = vec![0f32; panels * cols * NR];
-    out.par_chunks_mut(cols * NR).enumerate().for_each(|(p, panel)| {
-        for j in 0..NR.min(rows - p * NR) {
-            let row = &values[(p * NR + j) * cols..(p * NR + j + 1) * cols];
-            for (kk, &v) in row.iter().enumerate() {
-                panel[kk * NR + j] = v;
-            }
-        }
-    });
+    out.par_chunks_mut(cols * NR)
+        .enumerate()
+        .for_each(|(p, panel)| pack_panel(values, rows, cols, p, panel));
     out
+}
+
+/// Panel `p` of row-major `values` `[rows, cols]`, written into `panel` (`cols · NR`
+/// long; the rows past the last are zero).
+pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mut [f32]) {
+    let valid = NR.min(rows - p * NR);
+    if valid < NR {
+        panel.iter_mut().for_each(|v| *v = 0.0);
+    }
+    for j in 0..valid {
+        let row = &values[(p * NR + j) * cols..(p * NR + j + 1) * cols];
+        for (kk, &v) in row.iter().enumerate() {
+            panel[kk * NR + j] = v;
+        }
+    }
 }
 
 /// Row `r` of a packed matrix.
 pub fn unpack_row(panels: &[f32], cols: usize, r: usize, out: &mut [f32]) {
+    unpack_range(panels, cols, r, 0, &mut out[..cols]);
+}
+
+/// Elements `c0..c0 + out.len()` of row `r` of a packed matrix.
+pub fn unpack_range(panels: &[f32], cols: usize, r: usize, c0: usize, out: &mut [f32]) {
     let panel = &panels[(r / NR) * cols * NR..][..cols * NR];
-    for (kk, o) in out.iter_mut().enumerate().take(cols) {
-        *o = panel[kk * NR + r % NR];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = panel[(c0 + i) * NR + r % NR];
     }
 }
 
@@ -119,31 +136,6 @@ unsafe fn body512<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[
 #[target_feature(enable = "avx2,fma")]
 unsafe fn body256<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
     body::<MR>(x, panel, out)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-fn isa() -> Isa {
-    use std::sync::OnceLock;
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let fma = std::is_x86_feature_detected!("fma");
-            if fma && std::is_x86_feature_detected!("avx512f") && std::env::var("ATTN_NO_AVX512").is_err() {
-                return Isa::Avx512;
-            }
-            if fma && std::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    })
 }
 
 fn run<const MR: usize>(isa: Isa, x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {

@@ -154,36 +154,8 @@ impl QMatrix {
 
     /// Row `r` as f32 values, written to `out` (`cols` long).
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
-        let c = self.cols;
-        match &self.data {
-            Data::F32(v) => super::panel::unpack_row(v, c, r, out),
-            Data::F16(v) => {
-                for (o, &h) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
-                    *o = f16::from_bits(h).to_f32();
-                }
-            }
-            Data::Q8 { qs, d } => {
-                let nb = c / QK;
-                for b in 0..nb {
-                    let s = f16::from_bits(d[r * nb + b]).to_f32();
-                    let q = &qs[r * c + b * QK..r * c + (b + 1) * QK];
-                    for (o, &q) in out[b * QK..(b + 1) * QK].iter_mut().zip(q) {
-                        *o = q as f32 * s;
-                    }
-                }
-            }
-            Data::Q4 { qs, d } => {
-                let nb = c / QK;
-                for b in 0..nb {
-                    let s = f16::from_bits(d[r * nb + b]).to_f32();
-                    let q = &qs[(r * nb + b) * QK / 2..(r * nb + b + 1) * QK / 2];
-                    let o = &mut out[b * QK..(b + 1) * QK];
-                    for i in 0..QK / 2 {
-                        o[i] = ((q[i] & 15) as i32 - 8) as f32 * s;
-                        o[i + QK / 2] = ((q[i] >> 4) as i32 - 8) as f32 * s;
-                    }
-                }
-            }
+        for (k, tile) in out[..self.cols].chunks_mut(QK).enumerate() {
+            self.tile_row(r, k * QK, tile);
         }
     }
 
@@ -214,16 +186,12 @@ impl QMatrix {
     }
 
     /// Elements `c0..c0 + out.len()` of row `r` as f32 (for the quantized types `c0` is
-    /// a block start and the length one block).
+    /// a block start and the length one block, which is how `row_to_f32` and
+    /// `fill_panel` call it).
     fn tile_row(&self, r: usize, c0: usize, out: &mut [f32]) {
         let c = self.cols;
         match &self.data {
-            Data::F32(v) => {
-                let panel = &v[(r / 32) * c * 32..];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = panel[(c0 + i) * 32 + r % 32];
-                }
-            }
+            Data::F32(v) => super::panel::unpack_range(v, c, r, c0, out),
             Data::F16(v) => {
                 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
                 let src: &[f16] = v[r * c + c0..r * c + c0 + out.len()].reinterpret_cast();
@@ -260,13 +228,17 @@ impl QMatrix {
 
 /// Quantize 32 values to `i8` codes; returns the f16 scale bits.
 fn quantize_q8_block(x: &[f32], q: &mut [i8]) -> u16 {
+    f16::from_f32(quantize_8bit(x, q)).to_bits()
+}
+
+/// Codes `round(x · 127 / max|x|)` into `q`; returns the scale `max|x| / 127`.
+fn quantize_8bit(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = f16::from_f32(amax / 127.0);
     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(x) {
         *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
     }
-    d.to_bits()
+    amax / 127.0
 }
 
 /// Quantize 32 values to packed 4-bit codes; returns the f16 scale bits.
@@ -328,12 +300,7 @@ fn quantize_input(x: &[f32]) -> QVec {
     let mut qs = vec![0i8; x.len()];
     let mut d = vec![0f32; x.len() / QK];
     for ((q, d), x) in qs.chunks_mut(QK).zip(d.iter_mut()).zip(x.chunks(QK)) {
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        *d = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        for (q, &v) in q.iter_mut().zip(x) {
-            *q = (v * inv).round() as i8;
-        }
+        *d = quantize_8bit(x, q);
     }
     QVec { qs, d }
 }
@@ -708,7 +675,7 @@ widest!(dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]));
 // ------------------------------------------------------------------ products
 
 /// Input rows from which an f16 or quantized product expands its weights to f32 panels.
-const GEMM_MIN_ROWS: usize = 8;
+const PANEL_MIN_ROWS: usize = 8;
 
 /// `out[i, r] = Σ_c x[i, c] · W[r, c] (+ bias[r])` for `n` input rows. `out` is
 /// `[n, rows]`. Work is split over the rayon pool by weight rows, so each weight is read
@@ -719,7 +686,7 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
     assert_eq!(out.len(), n * rows, "matmul: output length");
     if let Data::F32(panels) = &w.data {
         super::panel::matmul(x, n, rows, cols, super::panel::Panels::Stored(panels), out);
-    } else if n >= GEMM_MIN_ROWS {
+    } else if n >= PANEL_MIN_ROWS {
         // Many input rows: each task expands a panel of weight rows to f32 (once for all
         // inputs) and runs the panel product on it.
         let nr = super::panel::NR;

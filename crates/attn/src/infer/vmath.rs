@@ -1,5 +1,7 @@
-//! Vectorisable exp, GELU and softmax for the inference engine: plain Rust loops with no
+//! Vectorisable exp, GELU, softmax and layer norm for the inference engine: plain Rust loops with no
 //! library calls inside, compiled for AVX-512, AVX2 or portably and picked at run time.
+
+use super::{isa, Isa};
 
 /// e^x to about 2 ulp for x in the f32 range (0 below −87.3; e^88.3 ≈ 2·10³⁸ above 88.3):
 /// x = k·ln 2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^k from the exponent.
@@ -87,8 +89,10 @@ fn norm_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// A public function `$name` running `$body` compiled for AVX-512, AVX2 or portably,
+/// whichever [`isa`] says this CPU has.
 macro_rules! dispatch {
-    ($body:ident, $avx512:ident, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+    ($(#[$m:meta])* $name:ident = $body:ident, $avx512:ident, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,fma")]
         unsafe fn $avx512($($a: $t),*) -> $r {
@@ -99,66 +103,32 @@ macro_rules! dispatch {
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }
+        $(#[$m])*
+        pub fn $name($($a: $t),*) -> $r {
+            match isa() {
+                // SAFETY: the features were detected at run time.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { $avx512($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { $avx2($($a),*) },
+                _ => $body($($a),*),
+            }
+        }
     };
 }
 
-dispatch!(gelu_body, gelu512, gelu256, (xs: &mut [f32]) -> ());
-dispatch!(softmax_body, softmax512, softmax256, (xs: &mut [f32], max: f32) -> f32);
-dispatch!(norm_body, norm512, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> ());
-
-/// Layer norm of one row.
-pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
-    match level() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { norm512(x, w, b, eps, out) },
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { norm256(x, w, b, eps, out) },
-        _ => norm_body(x, w, b, eps, out),
-    }
-}
-
-fn level() -> u8 {
-    use std::sync::OnceLock;
-    static L: OnceLock<u8> = OnceLock::new();
-    *L.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let fma = std::is_x86_feature_detected!("fma");
-            if fma && std::is_x86_feature_detected!("avx512f") && std::env::var("ATTN_NO_AVX512").is_err() {
-                return 2;
-            }
-            if fma && std::is_x86_feature_detected!("avx2") {
-                return 1;
-            }
-        }
-        0
-    })
-}
-
-/// GELU (tanh form) in place.
-pub fn gelu_tanh(xs: &mut [f32]) {
-    match level() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { gelu512(xs) },
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { gelu256(xs) },
-        _ => gelu_body(xs),
-    }
-}
-
-/// `x ← e^{x − max}` in place; returns Σ.
-pub fn exp_shifted(xs: &mut [f32], max: f32) -> f32 {
-    match level() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { softmax512(xs, max) },
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { softmax256(xs, max) },
-        _ => softmax_body(xs, max),
-    }
-}
+dispatch!(
+    /// GELU (tanh form) in place.
+    gelu_tanh = gelu_body, gelu512, gelu256, (xs: &mut [f32]) -> ()
+);
+dispatch!(
+    /// `x ← e^{x − max}` in place; returns Σ.
+    exp_shifted = softmax_body, softmax512, softmax256, (xs: &mut [f32], max: f32) -> f32
+);
+dispatch!(
+    /// Layer norm of one row.
+    layer_norm = norm_body, norm512, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> ()
+);
 
 #[cfg(test)]
 mod tests {

@@ -1043,7 +1043,6 @@ mod simd {
     }
 }
 
-pub use simd::{axpy as simd_axpy, dot as simd_dot};
 
 impl CustomOp2 for SmallMatmul {
     fn name(&self) -> &'static str {
@@ -1157,7 +1156,7 @@ impl candle_core::CustomOp2 for PanelMatmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use crate::infer::panel::{matmul, Panels, NR};
+        use crate::infer::panel::{matmul, pack_panel, Panels, NR};
         let (a, b) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?);
         let (m, k) = l1.shape().dims2()?;
         let (r, c) = l2.shape().dims2()?;
@@ -1167,19 +1166,15 @@ impl candle_core::CustomOp2 for PanelMatmul {
         }
         let transposed = self.transposed;
         let fill = |p: usize, panel: &mut [f32]| {
-            let c0 = p * NR;
-            let width = NR.min(n - c0);
-            if width < NR {
-                panel.iter_mut().for_each(|v| *v = 0.0);
-            }
             if transposed {
-                for j in 0..width {
-                    let row = &b[(c0 + j) * k..(c0 + j + 1) * k];
-                    for (kk, &v) in row.iter().enumerate() {
-                        panel[kk * NR + j] = v;
-                    }
-                }
+                // b is [n, k]: its rows are the panel's rows.
+                pack_panel(b, n, k, p, panel);
             } else {
+                let c0 = p * NR;
+                let width = NR.min(n - c0);
+                if width < NR {
+                    panel.iter_mut().for_each(|v| *v = 0.0);
+                }
                 for kk in 0..k {
                     panel[kk * NR..kk * NR + width].copy_from_slice(&b[kk * n + c0..kk * n + c0 + width]);
                 }
