@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use attn::checkpoint::{load_causal_lm, load_causal_lm_graph, read_config};
-use attn::infer::{Gpt2Engine, WeightType};
 use attn::generate::{generate_ids, SamplingConfig};
+use attn::infer::{Gpt2Engine, WeightType};
 use attn::models::gpt2::Gpt2;
 use attn::models::CausalLm;
 use attn::nn::{default_device, ParamBuilder};
@@ -147,10 +147,16 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
 fn bench_bandwidth(a: BenchBandwidthArgs) -> Result<()> {
     use rayon::prelude::*;
     if a.mib == 0 || a.repeats == 0 {
-        return Err(Error::invalid("mib", "--mib and --repeats must be at least 1"));
+        return Err(Error::invalid(
+            "mib",
+            "--mib and --repeats must be at least 1",
+        ));
     }
     let words = a.mib * (1 << 20) / 8;
-    let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
+    let buf: Vec<u64> = (0..words as u64)
+        .into_par_iter()
+        .map(|i| i.wrapping_mul(0x9E37_79B9))
+        .collect();
     let threads = rayon::current_num_threads();
     let mut best = f64::INFINITY;
     let mut check = 0u64;
@@ -170,7 +176,10 @@ fn bench_bandwidth(a: BenchBandwidthArgs) -> Result<()> {
             "read_gb_per_sec": gbs, "bytes": words * 8, "threads": threads, "checksum": check,
         }));
     } else {
-        println!("read bandwidth: {gbs:.1} GB/s ({} MiB, {threads} threads, best of {})", a.mib, a.repeats);
+        println!(
+            "read bandwidth: {gbs:.1} GB/s ({} MiB, {threads} threads, best of {})",
+            a.mib, a.repeats
+        );
     }
     Ok(())
 }
@@ -183,7 +192,10 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         (Some(dir), None) => match ty {
             Some(ty) => {
                 if read_config(dir)?.get("model_type").and_then(|v| v.as_str()) != Some("gpt2") {
-                    return Err(Error::invalid("dtype", "--dtype applies to GPT-2 models only"));
+                    return Err(Error::invalid(
+                        "dtype",
+                        "--dtype applies to GPT-2 models only",
+                    ));
                 }
                 Box::new(Gpt2Engine::load(dir, Some(ty))?)
             }
@@ -206,7 +218,11 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
                 Box::new(model)
             } else {
                 let params = pb.finish()?;
-                Box::new(Gpt2Engine::from_params(mc, &params, ty.unwrap_or(WeightType::F32))?)
+                Box::new(Gpt2Engine::from_params(
+                    mc,
+                    &params,
+                    ty.unwrap_or(WeightType::F32),
+                )?)
             }
         }
         _ => return Err(Error::invalid("model", "give --model DIR or --preset NAME")),
@@ -241,10 +257,19 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let batch_tps = match (engine, a.batch) {
         (_, 0) => return Err(Error::invalid("batch", "must be at least 1")),
         (_, 1) => None,
-        (None, _) => return Err(Error::invalid("batch", "batched decoding needs the inference engine (a GPT-2, without --graph)")),
+        (None, _) => {
+            return Err(Error::invalid(
+                "batch",
+                "batched decoding needs the inference engine (a GPT-2, without --graph)",
+            ))
+        }
         (Some(e), b) => {
             let prompts: Vec<Vec<u32>> = (0..b)
-                .map(|_| (0..p).map(|_| rng.below(model.vocab_size()) as u32).collect())
+                .map(|_| {
+                    (0..p)
+                        .map(|_| rng.below(model.vocab_size()) as u32)
+                        .collect()
+                })
                 .collect();
             let refs: Vec<&[u32]> = prompts.iter().map(|x| x.as_slice()).collect();
             let t = Instant::now();
@@ -279,7 +304,10 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             prefill * 1e3
         );
         if let Some(t) = batch_tps {
-            println!("batch of {}: {t:.1} tokens/s in total (prompts and decoding)", a.batch);
+            println!(
+                "batch of {}: {t:.1} tokens/s in total (prompts and decoding)",
+                a.batch
+            );
         }
     }
     Ok(())

@@ -51,7 +51,10 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let ty = WeightType::parse(&a.dtype)?;
     if ty == WeightType::F32 {
-        return Err(Error::invalid("dtype", "f32 is what the model already is; choose f16, q8 or q4"));
+        return Err(Error::invalid(
+            "dtype",
+            "f32 is what the model already is; choose f16, q8 or q4",
+        ));
     }
     let src = resolve_dir(&a.model).unwrap_or(a.model.clone());
     let config = read_config(&src)?;
@@ -69,7 +72,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         _ => false,
     };
     if same {
-        return Err(Error::invalid("out", "must be a different folder from --model"));
+        return Err(Error::invalid(
+            "out",
+            "must be a different folder from --model",
+        ));
     }
     let t0 = Instant::now();
     let engine = Gpt2Engine::load(&src, Some(ty))?;

@@ -20,7 +20,8 @@ fn stderr(o: &Output) -> String {
 
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 fn fails_with(o: &Output, needle: &str) {
@@ -41,10 +42,34 @@ fn train(dir: &Path, corpus: &Path, n_embd: &str) -> PathBuf {
     let out = dir.join(format!("model-{n_embd}"));
     let o = attn(
         &[
-            "train", "--data", corpus.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--max-iters", "60", "--n-layer", "2", "--n-head", "2", "--n-embd", n_embd,
-            "--block-size", "32", "--batch-size", "8", "--eval-interval", "30", "--eval-iters", "2",
-            "--warmup-iters", "5", "--lr-decay-iters", "60", "--dropout", "0", "--json",
+            "train",
+            "--data",
+            corpus.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-iters",
+            "60",
+            "--n-layer",
+            "2",
+            "--n-head",
+            "2",
+            "--n-embd",
+            n_embd,
+            "--block-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--eval-interval",
+            "30",
+            "--eval-iters",
+            "2",
+            "--warmup-iters",
+            "5",
+            "--lr-decay-iters",
+            "60",
+            "--dropout",
+            "0",
+            "--json",
         ],
         &[],
     );
@@ -56,44 +81,156 @@ fn train(dir: &Path, corpus: &Path, n_embd: &str) -> PathBuf {
 fn quantize_writes_smaller_folders_that_score_close_to_f32() {
     let dir = temp("e2e");
     let corpus = dir.join("corpus.txt");
-    let text = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n";
+    let text =
+        "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n";
     std::fs::write(&corpus, text.repeat(80)).unwrap();
     let model = train(&dir, &corpus, "32");
     let m = model.to_str().unwrap();
     let c = corpus.to_str().unwrap();
 
     // The engine's f32 perplexity equals the tensor graph's.
-    let graph = json(&attn(&["eval", "perplexity", "--model", m, "--data", c, "--json"], &[("ATTN_ENGINE", "graph")]));
-    let native = json(&attn(&["eval", "perplexity", "--model", m, "--data", c, "--json"], &[]));
-    let (g, n) = (graph["perplexity"].as_f64().unwrap(), native["perplexity"].as_f64().unwrap());
+    let graph = json(&attn(
+        &["eval", "perplexity", "--model", m, "--data", c, "--json"],
+        &[("ATTN_ENGINE", "graph")],
+    ));
+    let native = json(&attn(
+        &["eval", "perplexity", "--model", m, "--data", c, "--json"],
+        &[],
+    ));
+    let (g, n) = (
+        graph["perplexity"].as_f64().unwrap(),
+        native["perplexity"].as_f64().unwrap(),
+    );
     assert!((g - n).abs() < 1e-4 * g, "graph {g} vs engine {n}");
 
-    for (dtype, name, max_change) in [("f16", "f16", 0.001), ("q8", "q8_0", 0.02), ("q4", "q4_0", 0.5)] {
+    for (dtype, name, max_change) in [
+        ("f16", "f16", 0.001),
+        ("q8", "q8_0", 0.02),
+        ("q4", "q4_0", 0.5),
+    ] {
         let out = dir.join(dtype);
         let o = out.to_str().unwrap();
-        let v = json(&attn(&["quantize", "--model", m, "--out", o, "--dtype", dtype, "--eval-data", c, "--json"], &[]));
+        let v = json(&attn(
+            &[
+                "quantize",
+                "--model",
+                m,
+                "--out",
+                o,
+                "--dtype",
+                dtype,
+                "--eval-data",
+                c,
+                "--json",
+            ],
+            &[],
+        ));
         assert_eq!(v["dtype"], name);
-        assert!(v["bytes_after"].as_u64().unwrap() < v["bytes_before"].as_u64().unwrap(), "{v}");
-        assert!((v["perplexity_f32"].as_f64().unwrap() - n).abs() < 1e-4 * n, "{v}");
+        assert!(
+            v["bytes_after"].as_u64().unwrap() < v["bytes_before"].as_u64().unwrap(),
+            "{v}"
+        );
+        assert!(
+            (v["perplexity_f32"].as_f64().unwrap() - n).abs() < 1e-4 * n,
+            "{v}"
+        );
         let change = v["perplexity_change"].as_f64().unwrap();
-        assert!(change.abs() < max_change, "{dtype}: perplexity change {change}");
+        assert!(
+            change.abs() < max_change,
+            "{dtype}: perplexity change {change}"
+        );
         // The folder works for eval, generation and the benchmark.
-        let p = json(&attn(&["eval", "perplexity", "--model", o, "--data", c, "--json"], &[]));
-        assert!((p["perplexity"].as_f64().unwrap() - v["perplexity"].as_f64().unwrap()).abs() < 1e-6 * n);
-        let g = attn(&["generate", "--model", o, "--prompt", "the quick", "--max-new-tokens", "12", "--seed", "1"], &[]);
+        let p = json(&attn(
+            &["eval", "perplexity", "--model", o, "--data", c, "--json"],
+            &[],
+        ));
+        assert!(
+            (p["perplexity"].as_f64().unwrap() - v["perplexity"].as_f64().unwrap()).abs()
+                < 1e-6 * n
+        );
+        let g = attn(
+            &[
+                "generate",
+                "--model",
+                o,
+                "--prompt",
+                "the quick",
+                "--max-new-tokens",
+                "12",
+                "--seed",
+                "1",
+            ],
+            &[],
+        );
         assert!(g.status.success() && !g.stdout.is_empty(), "{}", stderr(&g));
-        let b = json(&attn(&["bench", "generate", "--model", o, "--max-new-tokens", "4", "--json"], &[]));
+        let b = json(&attn(
+            &[
+                "bench",
+                "generate",
+                "--model",
+                o,
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ],
+            &[],
+        ));
         assert_eq!(b["weight_type"], name);
         assert_eq!(b["engine"], "native");
     }
 
     // Bad input: each a one-line error naming the problem.
-    fails_with(&attn(&["quantize", "--model", m, "--out", dir.join("x").to_str().unwrap(), "--dtype", "q3"], &[]), "q3");
-    fails_with(&attn(&["quantize", "--model", m, "--out", m, "--dtype", "q8"], &[]), "different folder");
-    fails_with(&attn(&["quantize", "--model", "/no/such/model", "--out", dir.join("y").to_str().unwrap(), "--dtype", "q8"], &[]), "not found");
+    fails_with(
+        &attn(
+            &[
+                "quantize",
+                "--model",
+                m,
+                "--out",
+                dir.join("x").to_str().unwrap(),
+                "--dtype",
+                "q3",
+            ],
+            &[],
+        ),
+        "q3",
+    );
+    fails_with(
+        &attn(
+            &["quantize", "--model", m, "--out", m, "--dtype", "q8"],
+            &[],
+        ),
+        "different folder",
+    );
+    fails_with(
+        &attn(
+            &[
+                "quantize",
+                "--model",
+                "/no/such/model",
+                "--out",
+                dir.join("y").to_str().unwrap(),
+                "--dtype",
+                "q8",
+            ],
+            &[],
+        ),
+        "not found",
+    );
     let narrow = train(&dir, &corpus, "16");
     fails_with(
-        &attn(&["quantize", "--model", narrow.to_str().unwrap(), "--out", dir.join("z").to_str().unwrap(), "--dtype", "q4"], &[]),
+        &attn(
+            &[
+                "quantize",
+                "--model",
+                narrow.to_str().unwrap(),
+                "--out",
+                dir.join("z").to_str().unwrap(),
+                "--dtype",
+                "q4",
+            ],
+            &[],
+        ),
         "multiple of 32",
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -101,7 +238,21 @@ fn quantize_writes_smaller_folders_that_score_close_to_f32() {
 
 #[test]
 fn bandwidth_benchmark_reports_a_rate() {
-    let v = json(&attn(&["bench", "bandwidth", "--mib", "16", "--repeats", "2", "--json"], &[]));
+    let v = json(&attn(
+        &[
+            "bench",
+            "bandwidth",
+            "--mib",
+            "16",
+            "--repeats",
+            "2",
+            "--json",
+        ],
+        &[],
+    ));
     assert!(v["read_gb_per_sec"].as_f64().unwrap() > 0.1, "{v}");
-    fails_with(&attn(&["bench", "bandwidth", "--mib", "0"], &[]), "at least 1");
+    fails_with(
+        &attn(&["bench", "bandwidth", "--mib", "0"], &[]),
+        "at least 1",
+    );
 }

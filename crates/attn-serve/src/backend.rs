@@ -39,7 +39,10 @@ pub type AttentionMaps = Vec<Vec<Vec<Vec<f32>>>>;
 
 pub enum Backend {
     /// A GPT-2 on the inference engine; `batched: false` runs requests one at a time.
-    Engine { engine: Gpt2Engine, batched: bool },
+    Engine {
+        engine: Gpt2Engine,
+        batched: bool,
+    },
     Interleaved(Box<dyn CausalLm>),
 }
 
@@ -84,7 +87,9 @@ impl Backend {
         match self {
             Backend::Engine { engine, .. } => {
                 let mut st = engine.new_state();
-                let logits = engine.forward(&mut [&mut st], &[ids], Want::Last)?.remove(0);
+                let logits = engine
+                    .forward(&mut [&mut st], &[ids], Want::Last)?
+                    .remove(0);
                 Ok((SeqCache::Engine(st), logits))
             }
             Backend::Interleaved(model) => {
@@ -99,11 +104,19 @@ impl Backend {
     /// after another. Returns each prompt's cache and last-position logits.
     pub fn prefill_many(&self, prompts: &[&[u32]]) -> Result<Vec<(SeqCache, Vec<f32>)>> {
         match self {
-            Backend::Engine { engine, batched: true } if prompts.len() > 1 => {
-                let mut states: Vec<Gpt2State> = prompts.iter().map(|_| engine.new_state()).collect();
+            Backend::Engine {
+                engine,
+                batched: true,
+            } if prompts.len() > 1 => {
+                let mut states: Vec<Gpt2State> =
+                    prompts.iter().map(|_| engine.new_state()).collect();
                 let mut refs: Vec<&mut Gpt2State> = states.iter_mut().collect();
                 let logits = engine.forward(&mut refs, prompts, Want::Last)?;
-                Ok(states.into_iter().map(SeqCache::Engine).zip(logits).collect())
+                Ok(states
+                    .into_iter()
+                    .map(SeqCache::Engine)
+                    .zip(logits)
+                    .collect())
             }
             _ => prompts.iter().map(|p| self.prefill(p)).collect(),
         }
@@ -119,7 +132,10 @@ impl Backend {
                     match &mut **cache {
                         SeqCache::Engine(st) => states.push(st),
                         SeqCache::Lib(_) => {
-                            return Err(Error::invalid("cache", "a tensor-graph cache in the engine path"))
+                            return Err(Error::invalid(
+                                "cache",
+                                "a tensor-graph cache in the engine path",
+                            ))
                         }
                     }
                     ids.push([*id]);
@@ -130,7 +146,11 @@ impl Backend {
                 } else {
                     let mut out = Vec::with_capacity(toks.len());
                     for (st, t) in states.iter_mut().zip(&toks) {
-                        out.push(engine.forward(&mut [&mut **st], &[t], Want::Last)?.remove(0));
+                        out.push(
+                            engine
+                                .forward(&mut [&mut **st], &[t], Want::Last)?
+                                .remove(0),
+                        );
                     }
                     Ok(out)
                 }
@@ -141,7 +161,10 @@ impl Backend {
                     match cache {
                         SeqCache::Lib(c) => out.push(last_logits(model.as_ref(), &[*id], c)?),
                         SeqCache::Engine(_) => {
-                            return Err(Error::invalid("cache", "an engine cache in the tensor-graph path"))
+                            return Err(Error::invalid(
+                                "cache",
+                                "an engine cache in the tensor-graph path",
+                            ))
                         }
                     }
                 }

@@ -183,7 +183,8 @@ fn load(dir: &std::path::Path, batched: bool) -> Result<(EngineModel, ModelInfo)
         return Ok((EngineModel::Bert(bert), info));
     }
     let (backend, tokenizer) = if model_type == "gpt2" {
-        let (engine, tokenizer) = attn::checkpoint::load_gpt2_engine(dir).map_err(|e| e.to_string())?;
+        let (engine, tokenizer) =
+            attn::checkpoint::load_gpt2_engine(dir).map_err(|e| e.to_string())?;
         (backend::Backend::gpt2(engine, batched), tokenizer)
     } else {
         let lm = attn::checkpoint::load_causal_lm_graph(dir, &dev).map_err(|e| e.to_string())?;

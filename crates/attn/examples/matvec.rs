@@ -12,12 +12,19 @@ fn main() {
     let mut s = 1u64;
     let w: Vec<f32> = (0..rows * cols)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
         })
         .collect();
     let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
-    for ty in [WeightType::F32, WeightType::F16, WeightType::Q8, WeightType::Q4] {
+    for ty in [
+        WeightType::F32,
+        WeightType::F16,
+        WeightType::Q8,
+        WeightType::Q4,
+    ] {
         let q = QMatrix::from_f32(&w, rows, cols, ty).unwrap();
         let mut out = vec![0f32; rows];
         matmul(&x, 1, &q, None, &mut out);

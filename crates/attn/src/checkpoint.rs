@@ -244,7 +244,10 @@ pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
     let quantized = is_quantized(&value);
     if model_type == "gpt2" && (quantized || (device.is_cpu() && !graph_inference())) {
         if quantized && !device.is_cpu() {
-            return Err(Error::invalid("device", "quantized models run on the CPU only"));
+            return Err(Error::invalid(
+                "device",
+                "quantized models run on the CPU only",
+            ));
         }
         let (engine, tokenizer) = load_gpt2_engine(dir)?;
         return Ok(LoadedLm {

@@ -44,36 +44,67 @@ fn engine_logits_match_the_model_whole_incremental_and_batched() {
         let lm = load_gpt2(&dir, &Device::Cpu).unwrap();
         let engine = Gpt2Engine::load(&dir, None).unwrap();
         assert_eq!(engine.weight_type(), WeightType::F32);
-        let ids: Vec<u32> = (0..23).map(|k| (k * 37 + 5) % config.vocab_size as u32).collect();
-        let want = full_logits(&lm.model, &ids).unwrap().to_vec2::<f32>().unwrap();
+        let ids: Vec<u32> = (0..23)
+            .map(|k| (k * 37 + 5) % config.vocab_size as u32)
+            .collect();
+        let want = full_logits(&lm.model, &ids)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let want_flat: Vec<f32> = want.iter().flatten().copied().collect();
 
         // The whole sequence at once (GEMM path, more than 8 rows).
         let mut st = engine.new_state();
         let all = engine.forward(&mut [&mut st], &[&ids], Want::All).unwrap();
-        assert!(max_rel(&all[0], &want_flat) < 1e-4, "{act}: whole {}", max_rel(&all[0], &want_flat));
+        assert!(
+            max_rel(&all[0], &want_flat) < 1e-4,
+            "{act}: whole {}",
+            max_rel(&all[0], &want_flat)
+        );
 
         // A 5-token prompt, then one token at a time (the small-batch path).
         let mut st = engine.new_state();
-        let mut got = engine.forward(&mut [&mut st], &[&ids[..5]], Want::All).unwrap().remove(0);
+        let mut got = engine
+            .forward(&mut [&mut st], &[&ids[..5]], Want::All)
+            .unwrap()
+            .remove(0);
         for k in 5..ids.len() {
-            let l = engine.forward(&mut [&mut st], &[&ids[k..k + 1]], Want::Last).unwrap().remove(0);
+            let l = engine
+                .forward(&mut [&mut st], &[&ids[k..k + 1]], Want::Last)
+                .unwrap()
+                .remove(0);
             got.extend(l);
         }
         assert_eq!(st.len(), ids.len());
-        assert!(max_rel(&got, &want_flat) < 1e-4, "{act}: incremental {}", max_rel(&got, &want_flat));
+        assert!(
+            max_rel(&got, &want_flat) < 1e-4,
+            "{act}: incremental {}",
+            max_rel(&got, &want_flat)
+        );
 
         // Three sequences of different lengths and histories in one call.
         let (mut a, mut b, mut c) = (engine.new_state(), engine.new_state(), engine.new_state());
-        engine.forward(&mut [&mut a], &[&ids[..7]], Want::Last).unwrap();
-        engine.forward(&mut [&mut b], &[&ids[..2]], Want::Last).unwrap();
+        engine
+            .forward(&mut [&mut a], &[&ids[..7]], Want::Last)
+            .unwrap();
+        engine
+            .forward(&mut [&mut b], &[&ids[..2]], Want::Last)
+            .unwrap();
         let out = engine
-            .forward(&mut [&mut a, &mut b, &mut c], &[&ids[7..8], &ids[2..6], &ids[..3]], Want::Last)
+            .forward(
+                &mut [&mut a, &mut b, &mut c],
+                &[&ids[7..8], &ids[2..6], &ids[..3]],
+                Want::Last,
+            )
             .unwrap();
         let v = config.vocab_size;
         for (got, pos) in out.iter().zip([7usize, 5, 2]) {
             let w = &want_flat[pos * v..(pos + 1) * v];
-            assert!(max_rel(got, w) < 1e-4, "{act}: batch row at {pos}: {}", max_rel(got, w));
+            assert!(
+                max_rel(got, w) < 1e-4,
+                "{act}: batch row at {pos}: {}",
+                max_rel(got, w)
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -86,10 +117,15 @@ fn engine_refuses_bad_input() {
     let engine = Gpt2Engine::load(&dir, None).unwrap();
     let mut st = engine.new_state();
     let too_big = config.vocab_size as u32;
-    let e = engine.forward(&mut [&mut st], &[&[1, too_big]], Want::Last).err().unwrap();
+    let e = engine
+        .forward(&mut [&mut st], &[&[1, too_big]], Want::Last)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
     let long: Vec<u32> = vec![1; config.n_positions + 1];
-    assert!(engine.forward(&mut [&mut st], &[&long], Want::Last).is_err());
+    assert!(engine
+        .forward(&mut [&mut st], &[&long], Want::Last)
+        .is_err());
     assert!(engine.forward(&mut [&mut st], &[&[]], Want::Last).is_err());
     assert_eq!(st.len(), 0, "a refused call changes nothing");
     let e = Gpt2Engine::load(&dir.join("missing"), None).err().unwrap();
@@ -107,13 +143,21 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
 fn quantized_folders_round_trip_and_stay_close_to_f32() {
     let dir = tempfile_dir("engine-quant");
     let config = random_gpt2(&dir, "gelu_new", 5);
-    let ids: Vec<u32> = (0..17).map(|k| (k * 13 + 2) % config.vocab_size as u32).collect();
+    let ids: Vec<u32> = (0..17)
+        .map(|k| (k * 13 + 2) % config.vocab_size as u32)
+        .collect();
     let run = |e: &Gpt2Engine| {
         let mut st = e.new_state();
-        e.forward(&mut [&mut st], &[&ids], Want::All).unwrap().remove(0)
+        e.forward(&mut [&mut st], &[&ids], Want::All)
+            .unwrap()
+            .remove(0)
     };
     let reference = run(&Gpt2Engine::load(&dir, None).unwrap());
-    for (ty, tol) in [(WeightType::F16, 2e-3), (WeightType::Q8, 0.03), (WeightType::Q4, 0.25)] {
+    for (ty, tol) in [
+        (WeightType::F16, 2e-3),
+        (WeightType::Q8, 0.03),
+        (WeightType::Q4, 0.25),
+    ] {
         let engine = Gpt2Engine::load(&dir, Some(ty)).unwrap();
         let got = run(&engine);
         let err = max_rel(&got, &reference);
@@ -124,17 +168,31 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
         assert!(out.join("tokenizer.json").is_file());
         let back = Gpt2Engine::load(&out, None).unwrap();
         assert_eq!(back.weight_type(), ty);
-        assert_eq!(run(&back), got, "{ty:?}: the saved folder gives the same logits");
-        assert_eq!(back.weight_bytes_per_token(), engine.weight_bytes_per_token());
+        assert_eq!(
+            run(&back),
+            got,
+            "{ty:?}: the saved folder gives the same logits"
+        );
+        assert_eq!(
+            back.weight_bytes_per_token(),
+            engine.weight_bytes_per_token()
+        );
         if ty.is_quantized() {
             let e = Gpt2Engine::load(&out, Some(WeightType::F32)).err().unwrap();
             assert!(e.to_string().contains("cannot be loaded as f32"), "{e}");
         } else {
             // f16 folders keep the Hugging Face layout: the tensor-graph model reads them.
             let lm = load_gpt2(&out, &Device::Cpu).unwrap();
-            let g = full_logits(&lm.model, &ids).unwrap().to_vec2::<f32>().unwrap();
+            let g = full_logits(&lm.model, &ids)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             let g: Vec<f32> = g.into_iter().flatten().collect();
-            assert!(max_rel(&g, &got) < 1e-4, "f16 folder in the graph model: {}", max_rel(&g, &got));
+            assert!(
+                max_rel(&g, &got) < 1e-4,
+                "f16 folder in the graph model: {}",
+                max_rel(&g, &got)
+            );
         }
         let _ = std::fs::remove_dir_all(&out);
     }
@@ -155,7 +213,10 @@ fn attention_maps_are_causal_distributions() {
             assert_eq!(head.len(), ids.len());
             for (q, row) in head.iter().enumerate() {
                 assert_eq!(row.len(), ids.len());
-                assert!(row[q + 1..].iter().all(|&v| v == 0.0), "no weight on later positions");
+                assert!(
+                    row[q + 1..].iter().all(|&v| v == 0.0),
+                    "no weight on later positions"
+                );
                 let sum: f32 = row.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
             }
@@ -176,10 +237,18 @@ fn batched_generation_gives_each_sequence_its_own_decoding() {
     let prompts: Vec<Vec<u32>> = vec![vec![3, 9, 27], vec![50], (10..22).collect()];
     let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
     for temperature in [0.0, 0.9] {
-        let sampling = SamplingConfig { temperature, seed: 40, ignore_eos: true, ..Default::default() };
+        let sampling = SamplingConfig {
+            temperature,
+            seed: 40,
+            ignore_eos: true,
+            ..Default::default()
+        };
         let batch = engine.generate_batch(&refs, 12, &sampling).unwrap();
         for (i, p) in prompts.iter().enumerate() {
-            let alone = SamplingConfig { seed: 40 + i as u64, ..sampling.clone() };
+            let alone = SamplingConfig {
+                seed: 40 + i as u64,
+                ..sampling.clone()
+            };
             // Greedy decoding is compared with the tensor-graph model, sampling with the
             // engine decoding the sequence alone.
             let (want, _) = if temperature == 0.0 {
@@ -191,7 +260,10 @@ fn batched_generation_gives_each_sequence_its_own_decoding() {
         }
     }
     let too_long: Vec<u32> = vec![1; config.n_positions];
-    let e = engine.generate_batch(&[&too_long], 5, &SamplingConfig::default()).err().unwrap();
+    let e = engine
+        .generate_batch(&[&too_long], 5, &SamplingConfig::default())
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("context"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

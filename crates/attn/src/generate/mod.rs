@@ -60,7 +60,9 @@ impl Session for GraphSession<'_> {
     }
     fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
-        let h = self.model.hidden(&x, Some(&mut self.cache), &mut Mode::Eval)?;
+        let h = self
+            .model
+            .hidden(&x, Some(&mut self.cache), &mut Mode::Eval)?;
         let last = h.narrow(1, h.dim(1)? - 1, 1)?;
         let logits = self.model.logits(&last)?.squeeze(0)?.squeeze(0)?;
         Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?)

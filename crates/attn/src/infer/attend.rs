@@ -75,7 +75,13 @@ pub(crate) fn attend_head(
         matmul_serial(&w, t, hd, n, &vals, out);
     } else {
         for j in 0..t {
-            weighted_sum(&w[j * n..j * n + past + j + 1], v, kv_stride, hd, &mut out[j * hd..(j + 1) * hd]);
+            weighted_sum(
+                &w[j * n..j * n + past + j + 1],
+                v,
+                kv_stride,
+                hd,
+                &mut out[j * hd..(j + 1) * hd],
+            );
         }
     }
     if let Some(keep) = keep {
@@ -84,7 +90,15 @@ pub(crate) fn attend_head(
 }
 
 /// `out[p] = scale · q·k_p` for `p < count`.
-fn scores(q: &[f32], k: &[f32], stride: usize, count: usize, hd: usize, scale: f32, out: &mut [f32]) {
+fn scores(
+    q: &[f32],
+    k: &[f32],
+    stride: usize,
+    count: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if hd % 8 == 0 && isa() != Isa::Portable {
         // SAFETY: AVX2 and FMA are present (every non-portable level has them); every
@@ -120,7 +134,15 @@ mod avx {
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores(q: &[f32], k: &[f32], stride: usize, count: usize, hd: usize, scale: f32, out: &mut [f32]) {
+    pub unsafe fn scores(
+        q: &[f32],
+        k: &[f32],
+        stride: usize,
+        count: usize,
+        hd: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
         let (pq, pk) = (q.as_ptr(), k.as_ptr());
         for (p, o) in out[..count].iter_mut().enumerate() {
             let kp = pk.add(p * stride);
@@ -129,7 +151,11 @@ mod avx {
             let mut d = 0;
             while d + 16 <= hd {
                 a0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(d)), _mm256_loadu_ps(kp.add(d)), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(d + 8)), _mm256_loadu_ps(kp.add(d + 8)), a1);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pq.add(d + 8)),
+                    _mm256_loadu_ps(kp.add(d + 8)),
+                    a1,
+                );
                 d += 16;
             }
             if d < hd {

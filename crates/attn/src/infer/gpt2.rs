@@ -67,7 +67,10 @@ impl Gpt2State {
 
     /// Forget every position (the buffers are kept for reuse).
     pub fn clear(&mut self) {
-        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
+        self.k
+            .iter_mut()
+            .chain(self.v.iter_mut())
+            .for_each(Vec::clear);
         self.len = 0;
     }
 
@@ -123,7 +126,12 @@ fn to_f32(path: &Path, name: &str, t: &safetensors::tensor::TensorView<'_>) -> R
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => return Err(bad(path, format!("tensor {name} has dtype {other:?}; expected f32, f16 or bf16"))),
+        other => {
+            return Err(bad(
+                path,
+                format!("tensor {name} has dtype {other:?}; expected f32, f16 or bf16"),
+            ))
+        }
     })
 }
 
@@ -136,7 +144,9 @@ impl Gpt2Engine {
         let value = read_json(&cfg_path)?;
         let config: Gpt2Config = serde_json::from_value(value.clone())
             .map_err(|e| bad(&cfg_path, format!("not a GPT-2 config: {e}")))?;
-        config.validate().map_err(|e| bad(&cfg_path, e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| bad(&cfg_path, e.to_string()))?;
         let path = dir.join(WEIGHTS);
         if !path.is_file() {
             return Err(bad(&path, "file not found"));
@@ -151,12 +161,17 @@ impl Gpt2Engine {
             .as_ref()
             .and_then(|m| m.get(QUANT_KEY).cloned());
         if let Some(q) = stored {
-            let qty = WeightType::parse(&q).map_err(|_| bad(&path, format!("unknown {QUANT_KEY} {q:?}")))?;
+            let qty = WeightType::parse(&q)
+                .map_err(|_| bad(&path, format!("unknown {QUANT_KEY} {q:?}")))?;
             if let Some(t) = ty {
                 if t != qty {
                     return Err(Error::invalid(
                         "dtype",
-                        format!("the folder holds {} weights; it cannot be loaded as {}", qty.name(), t.name()),
+                        format!(
+                            "the folder holds {} weights; it cannot be loaded as {}",
+                            qty.name(),
+                            t.name()
+                        ),
                     ));
                 }
             }
@@ -168,11 +183,21 @@ impl Gpt2Engine {
             if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
                 continue;
             }
-            half_weights |= matches!(t.dtype(), safetensors::Dtype::F16 | safetensors::Dtype::BF16);
-            let key = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+            half_weights |= matches!(
+                t.dtype(),
+                safetensors::Dtype::F16 | safetensors::Dtype::BF16
+            );
+            let key = name
+                .strip_prefix("transformer.")
+                .unwrap_or(&name)
+                .to_string();
             tensors.insert(key, (to_f32(&path, &name, &t)?, t.shape().to_vec()));
         }
-        let ty = ty.unwrap_or(if half_weights { WeightType::F16 } else { WeightType::F32 });
+        let ty = ty.unwrap_or(if half_weights {
+            WeightType::F16
+        } else {
+            WeightType::F32
+        });
         Self::from_plain(config, &path, tensors, ty, None)
     }
 
@@ -191,7 +216,10 @@ impl Gpt2Engine {
                 .remove(name)
                 .ok_or_else(|| bad(path, format!("tensor transformer.{name} is missing")))?;
             if s != shape {
-                return Err(bad(path, format!("tensor transformer.{name} has shape {s:?}, expected {shape:?}")));
+                return Err(bad(
+                    path,
+                    format!("tensor transformer.{name} has shape {s:?}, expected {shape:?}"),
+                ));
             }
             Ok(v)
         };
@@ -213,12 +241,18 @@ impl Gpt2Engine {
             let out = linear(&mut t, &format!("{p}.mlp.c_proj.weight"), inner, c)?;
             let mut v = |n: &str, len: usize| take(&mut t, &format!("{p}.{n}"), &[len]);
             layers.push(Layer {
-                ln_1: Norm { w: v("ln_1.weight", c)?, b: v("ln_1.bias", c)? },
+                ln_1: Norm {
+                    w: v("ln_1.weight", c)?,
+                    b: v("ln_1.bias", c)?,
+                },
                 qkv,
                 qkv_b: v("attn.c_attn.bias", 3 * c)?,
                 proj,
                 proj_b: v("attn.c_proj.bias", c)?,
-                ln_2: Norm { w: v("ln_2.weight", c)?, b: v("ln_2.bias", c)? },
+                ln_2: Norm {
+                    w: v("ln_2.weight", c)?,
+                    b: v("ln_2.bias", c)?,
+                },
                 fc,
                 fc_b: v("mlp.c_fc.bias", inner)?,
                 out,
@@ -227,7 +261,12 @@ impl Gpt2Engine {
         }
         let wte = match quantized {
             Some(q) => q("transformer.wte.weight", config.vocab_size, c)?,
-            None => QMatrix::from_f32(&take(&mut t, "wte.weight", &[config.vocab_size, c])?, config.vocab_size, c, ty)?,
+            None => QMatrix::from_f32(
+                &take(&mut t, "wte.weight", &[config.vocab_size, c])?,
+                config.vocab_size,
+                c,
+                ty,
+            )?,
         };
         let wpe = take(&mut t, "wpe.weight", &[config.n_positions, c])?;
         let ln_f = Norm {
@@ -273,7 +312,8 @@ impl Gpt2Engine {
         crate::nn::fused::for_rows(x, 1, |_, xs| match kind {
             "relu" => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
             "gelu" => xs.iter_mut().for_each(|v| {
-                *v = 0.5 * *v * (1.0 + candle_core::cpu::erf::erf_f32(*v / std::f32::consts::SQRT_2))
+                *v =
+                    0.5 * *v * (1.0 + candle_core::cpu::erf::erf_f32(*v / std::f32::consts::SQRT_2))
             }),
             _ => super::vmath::gelu_tanh(xs),
         });
@@ -281,7 +321,12 @@ impl Gpt2Engine {
 
     /// Run new tokens through the model: `tokens[s]` continues sequence `states[s]` (any
     /// lengths, at least one token each). Returns per sequence what `want` asks for.
-    pub fn forward(&self, states: &mut [&mut Gpt2State], tokens: &[&[u32]], want: Want) -> Result<Vec<Vec<f32>>> {
+    pub fn forward(
+        &self,
+        states: &mut [&mut Gpt2State],
+        tokens: &[&[u32]],
+        want: Want,
+    ) -> Result<Vec<Vec<f32>>> {
         self.run(states, tokens, want, None)
     }
 
@@ -304,7 +349,10 @@ impl Gpt2Engine {
         let cfg = &self.config;
         let capture = maps.is_some();
         if states.len() != tokens.len() {
-            return Err(Error::invalid("tokens", "one token list per sequence is needed"));
+            return Err(Error::invalid(
+                "tokens",
+                "one token list per sequence is needed",
+            ));
         }
         for (st, t) in states.iter().zip(tokens) {
             if t.is_empty() {
@@ -318,7 +366,10 @@ impl Gpt2Engine {
                 ));
             }
             if st.k.len() != cfg.n_layer {
-                return Err(Error::invalid("state", "was not made by this model's new_state"));
+                return Err(Error::invalid(
+                    "state",
+                    "was not made by this model's new_state",
+                ));
             }
         }
         let c = cfg.n_embd;
@@ -363,7 +414,9 @@ impl Gpt2Engine {
                 }
             }
             // One task per (sequence, head): its queries against its own cache.
-            let jobs: Vec<(usize, usize)> = (0..tokens.len()).flat_map(|s| (0..nh).map(move |hh| (s, hh))).collect();
+            let jobs: Vec<(usize, usize)> = (0..tokens.len())
+                .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
+                .collect();
             let caches: Vec<(&[f32], &[f32], usize)> = states
                 .iter()
                 .map(|st| (st.k[l].as_slice(), st.v[l].as_slice(), st.len))
@@ -377,7 +430,19 @@ impl Gpt2Engine {
                     let mut kept = Vec::new();
                     let q = &qkv[first[s] * 3 * c + hh * hd..];
                     let keep = if capture { Some(&mut kept) } else { None };
-                    attend_head(q, 3 * c, &kc[hh * hd..], &vc[hh * hd..], c, past, t, hd, scale, &mut out, keep);
+                    attend_head(
+                        q,
+                        3 * c,
+                        &kc[hh * hd..],
+                        &vc[hh * hd..],
+                        c,
+                        past,
+                        t,
+                        hd,
+                        scale,
+                        &mut out,
+                        keep,
+                    );
                     (out, kept)
                 })
                 .collect();
@@ -386,7 +451,8 @@ impl Gpt2Engine {
             }
             for (&(s, hh), (out, _)) in jobs.iter().zip(&outs) {
                 for j in 0..tokens[s].len() {
-                    y[(first[s] + j) * c + hh * hd..][..hd].copy_from_slice(&out[j * hd..(j + 1) * hd]);
+                    y[(first[s] + j) * c + hh * hd..][..hd]
+                        .copy_from_slice(&out[j * hd..(j + 1) * hd]);
                 }
             }
             matmul(&y, n, &layer.proj, Some(&layer.proj_b), &mut a);
@@ -402,8 +468,16 @@ impl Gpt2Engine {
         }
         // The rows asked for, normalised, then through the head.
         let rows: Vec<(usize, usize)> = match want {
-            Want::Last => tokens.iter().enumerate().map(|(s, t)| (first[s] + t.len() - 1, 1)).collect(),
-            _ => tokens.iter().enumerate().map(|(s, t)| (first[s], t.len())).collect(),
+            Want::Last => tokens
+                .iter()
+                .enumerate()
+                .map(|(s, t)| (first[s] + t.len() - 1, 1))
+                .collect(),
+            _ => tokens
+                .iter()
+                .enumerate()
+                .map(|(s, t)| (first[s], t.len()))
+                .collect(),
         };
         let m: usize = rows.iter().map(|r| r.1).sum();
         let mut sel = Vec::with_capacity(m * c);
@@ -461,14 +535,21 @@ fn matrix_names(cfg: &Gpt2Config) -> Vec<(String, usize, usize)> {
 
 impl Gpt2Engine {
     fn matrices(&self) -> Vec<&QMatrix> {
-        self.layers.iter().flat_map(|l| [&l.qkv, &l.proj, &l.fc, &l.out]).collect()
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.proj, &l.fc, &l.out])
+            .collect()
     }
 
     /// The vectors (norms, biases, position embedding) under their Hugging Face names.
     fn vectors(&self) -> Vec<(String, &[f32], Vec<usize>)> {
         let c = self.config.n_embd;
         let mut v: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
-        v.push(("transformer.wpe.weight".into(), &self.wpe, vec![self.config.n_positions, c]));
+        v.push((
+            "transformer.wpe.weight".into(),
+            &self.wpe,
+            vec![self.config.n_positions, c],
+        ));
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("transformer.h.{i}");
             for (n, x) in [
@@ -495,9 +576,9 @@ impl Gpt2Engine {
     /// folders store each matrix as `NAME.qs` (codes, `[out, in]` or `[out, in/2]`) and
     /// `NAME.scales` (f16, `[out, in/32]`) and load in attn.
     pub fn save(&self, dir: &Path, source_dir: Option<&Path>) -> Result<()> {
+        use super::quant::Data;
         use safetensors::tensor::TensorView;
         use safetensors::Dtype;
-        use super::quant::Data;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let ty = self.weight_type();
         let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -506,22 +587,68 @@ impl Gpt2Engine {
             match &m.data {
                 Data::F32(_) => {
                     let v = m.to_f32();
-                    let bytes = if hf_in_out { transpose(&v, rows, cols) } else { v };
-                    let shape = if hf_in_out { vec![cols, rows] } else { vec![rows, cols] };
-                    blobs.push((name.into(), Dtype::F32, shape, bytes.iter().flat_map(|x| x.to_le_bytes()).collect()));
+                    let bytes = if hf_in_out {
+                        transpose(&v, rows, cols)
+                    } else {
+                        v
+                    };
+                    let shape = if hf_in_out {
+                        vec![cols, rows]
+                    } else {
+                        vec![rows, cols]
+                    };
+                    blobs.push((
+                        name.into(),
+                        Dtype::F32,
+                        shape,
+                        bytes.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ));
                 }
                 Data::F16(v) => {
-                    let bytes = if hf_in_out { transpose(v, rows, cols) } else { v.clone() };
-                    let shape = if hf_in_out { vec![cols, rows] } else { vec![rows, cols] };
-                    blobs.push((name.into(), Dtype::F16, shape, bytes.iter().flat_map(|x| x.to_le_bytes()).collect()));
+                    let bytes = if hf_in_out {
+                        transpose(v, rows, cols)
+                    } else {
+                        v.clone()
+                    };
+                    let shape = if hf_in_out {
+                        vec![cols, rows]
+                    } else {
+                        vec![rows, cols]
+                    };
+                    blobs.push((
+                        name.into(),
+                        Dtype::F16,
+                        shape,
+                        bytes.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ));
                 }
                 Data::Q8 { qs, d } => {
-                    blobs.push((format!("{name}{QS}"), Dtype::I8, vec![rows, cols], qs.iter().map(|&q| q as u8).collect()));
-                    blobs.push((format!("{name}{SCALES}"), Dtype::F16, vec![rows, cols / 32], d.iter().flat_map(|x| x.to_le_bytes()).collect()));
+                    blobs.push((
+                        format!("{name}{QS}"),
+                        Dtype::I8,
+                        vec![rows, cols],
+                        qs.iter().map(|&q| q as u8).collect(),
+                    ));
+                    blobs.push((
+                        format!("{name}{SCALES}"),
+                        Dtype::F16,
+                        vec![rows, cols / 32],
+                        d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ));
                 }
                 Data::Q4 { qs, d } => {
-                    blobs.push((format!("{name}{QS}"), Dtype::U8, vec![rows, cols / 2], qs.clone()));
-                    blobs.push((format!("{name}{SCALES}"), Dtype::F16, vec![rows, cols / 32], d.iter().flat_map(|x| x.to_le_bytes()).collect()));
+                    blobs.push((
+                        format!("{name}{QS}"),
+                        Dtype::U8,
+                        vec![rows, cols / 2],
+                        qs.clone(),
+                    ));
+                    blobs.push((
+                        format!("{name}{SCALES}"),
+                        Dtype::F16,
+                        vec![rows, cols / 32],
+                        d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ));
                 }
             }
         };
@@ -530,7 +657,12 @@ impl Gpt2Engine {
             matrix(name, m, true);
         }
         for (name, v, shape) in self.vectors() {
-            blobs.push((name, Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+            blobs.push((
+                name,
+                Dtype::F32,
+                shape,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
         }
         let views = blobs
             .iter()
@@ -555,12 +687,14 @@ impl Gpt2Engine {
                 let entry = entry.map_err(|e| Error::io(src, e))?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let skip = name == CONFIG || name.starts_with("model") && name.contains(".safetensors")
+                let skip = name == CONFIG
+                    || name.starts_with("model") && name.contains(".safetensors")
                     || name.starts_with('.')
                     || name.ends_with(".bin")
                     || !entry.path().is_file();
                 if !skip {
-                    let bytes = std::fs::read(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+                    let bytes =
+                        std::fs::read(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
                     crate::checkpoint::write_atomic(&dir.join(&*name), &bytes)?;
                 }
             }
@@ -597,20 +731,38 @@ impl Gpt2Engine {
             if t.dtype() != dtype || t.shape() != shape {
                 return Err(bad(
                     path,
-                    format!("tensor {name} is {:?} {:?}, expected {dtype:?} {shape:?}", t.dtype(), t.shape()),
+                    format!(
+                        "tensor {name} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                        t.dtype(),
+                        t.shape()
+                    ),
                 ));
             }
             Ok(t.data().to_vec())
         };
-        let halves = |b: Vec<u8>| -> Vec<u16> { b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect() };
+        let halves = |b: Vec<u8>| -> Vec<u16> {
+            b.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
         let qmatrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
             if cols % super::quant::QK != 0 {
-                return Err(bad(path, format!("{name}: {cols} columns is not a multiple of 32")));
+                return Err(bad(
+                    path,
+                    format!("{name}: {cols} columns is not a multiple of 32"),
+                ));
             }
-            let d = halves(tensor(&format!("{name}{SCALES}"), Dtype::F16, &[rows, cols / 32])?);
+            let d = halves(tensor(
+                &format!("{name}{SCALES}"),
+                Dtype::F16,
+                &[rows, cols / 32],
+            )?);
             let data = match ty {
                 WeightType::Q8 => Data::Q8 {
-                    qs: tensor(&format!("{name}{QS}"), Dtype::I8, &[rows, cols])?.into_iter().map(|b| b as i8).collect(),
+                    qs: tensor(&format!("{name}{QS}"), Dtype::I8, &[rows, cols])?
+                        .into_iter()
+                        .map(|b| b as i8)
+                        .collect(),
                     d,
                 },
                 _ => Data::Q4 {
@@ -626,7 +778,10 @@ impl Gpt2Engine {
             if name.ends_with(QS) || name.ends_with(SCALES) {
                 continue;
             }
-            let key = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+            let key = name
+                .strip_prefix("transformer.")
+                .unwrap_or(&name)
+                .to_string();
             plain.insert(key, (to_f32(path, &name, &t)?, t.shape().to_vec()));
         }
         Self::from_plain(config, path, plain, ty, Some(&qmatrix))
@@ -651,7 +806,13 @@ fn rows_of(ids: &candle_core::Tensor) -> Result<Vec<Vec<u32>>> {
 }
 
 impl Gpt2Engine {
-    fn whole(&self, ids: &candle_core::Tensor, cache: Option<&mut crate::nn::KvCache>, mode: &crate::nn::Mode, want: Want) -> Result<candle_core::Tensor> {
+    fn whole(
+        &self,
+        ids: &candle_core::Tensor,
+        cache: Option<&mut crate::nn::KvCache>,
+        mode: &crate::nn::Mode,
+        want: Want,
+    ) -> Result<candle_core::Tensor> {
         if cache.is_some() {
             return Err(Error::invalid(
                 "cache",
@@ -659,7 +820,10 @@ impl Gpt2Engine {
             ));
         }
         if mode.is_train() {
-            return Err(Error::invalid("mode", "the inference engine does not train; load the model for training instead"));
+            return Err(Error::invalid(
+                "mode",
+                "the inference engine does not train; load the model for training instead",
+            ));
         }
         let rows = rows_of(ids)?;
         let (b, t) = ids.dims2()?;
@@ -669,21 +833,42 @@ impl Gpt2Engine {
         let out = self.forward(&mut refs, &toks, want)?;
         let width = out[0].len() / t;
         let flat: Vec<f32> = out.into_iter().flatten().collect();
-        Ok(candle_core::Tensor::from_vec(flat, (b, t, width), ids.device())?)
+        Ok(candle_core::Tensor::from_vec(
+            flat,
+            (b, t, width),
+            ids.device(),
+        )?)
     }
 }
 
 impl crate::models::CausalLm for Gpt2Engine {
-    fn hidden(&self, ids: &candle_core::Tensor, cache: Option<&mut crate::nn::KvCache>, mode: &mut crate::nn::Mode) -> Result<candle_core::Tensor> {
+    fn hidden(
+        &self,
+        ids: &candle_core::Tensor,
+        cache: Option<&mut crate::nn::KvCache>,
+        mode: &mut crate::nn::Mode,
+    ) -> Result<candle_core::Tensor> {
         self.whole(ids, cache, mode, Want::Hidden)
     }
     fn logits(&self, h: &candle_core::Tensor) -> Result<candle_core::Tensor> {
         let (b, t, _) = h.dims3()?;
-        let flat = h.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let flat = h
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let logits = self.head(&flat);
-        Ok(candle_core::Tensor::from_vec(logits, (b, t, self.config.vocab_size), h.device())?)
+        Ok(candle_core::Tensor::from_vec(
+            logits,
+            (b, t, self.config.vocab_size),
+            h.device(),
+        )?)
     }
-    fn forward(&self, ids: &candle_core::Tensor, cache: Option<&mut crate::nn::KvCache>, mode: &mut crate::nn::Mode) -> Result<candle_core::Tensor> {
+    fn forward(
+        &self,
+        ids: &candle_core::Tensor,
+        cache: Option<&mut crate::nn::KvCache>,
+        mode: &mut crate::nn::Mode,
+    ) -> Result<candle_core::Tensor> {
         self.whole(ids, cache, mode, Want::All)
     }
     fn context(&self) -> usize {
@@ -702,7 +887,10 @@ impl crate::models::CausalLm for Gpt2Engine {
         self.config.eos_token_id
     }
     fn native_session(&self) -> Option<Box<dyn crate::generate::Session + '_>> {
-        Some(Box::new(EngineSession { engine: self, state: self.new_state() }))
+        Some(Box::new(EngineSession {
+            engine: self,
+            state: self.new_state(),
+        }))
     }
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
@@ -722,19 +910,32 @@ impl crate::generate::Session for EngineSession<'_> {
         self.state.clear();
     }
     fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        Ok(self.engine.forward(&mut [&mut self.state], &[ids], Want::Last)?.remove(0))
+        Ok(self
+            .engine
+            .forward(&mut [&mut self.state], &[ids], Want::Last)?
+            .remove(0))
     }
 }
 
 impl Gpt2Engine {
     /// Build from a tensor-graph model's parameters (Hugging Face names), storing the
     /// matrices as `ty`.
-    pub fn from_params(config: Gpt2Config, params: &crate::nn::Params, ty: WeightType) -> Result<Self> {
+    pub fn from_params(
+        config: Gpt2Config,
+        params: &crate::nn::Params,
+        ty: WeightType,
+    ) -> Result<Self> {
         let mut plain: Plain = HashMap::new();
         for (name, t) in params.tensors() {
             let shape = t.dims().to_vec();
-            let v = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let key = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+            let v = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let key = name
+                .strip_prefix("transformer.")
+                .unwrap_or(&name)
+                .to_string();
             plain.insert(key, (v, shape));
         }
         Self::from_plain(config, Path::new("(parameters)"), plain, ty, None)
@@ -766,11 +967,18 @@ impl Gpt2Engine {
                 ));
             }
         }
-        let eos = if sampling.ignore_eos { None } else { self.config.eos_token_id };
+        let eos = if sampling.ignore_eos {
+            None
+        } else {
+            self.config.eos_token_id
+        };
         let mut states: Vec<Gpt2State> = prompts.iter().map(|_| self.new_state()).collect();
         let mut samplers: Vec<Sampler> = (0..prompts.len())
             .map(|i| {
-                let cfg = SamplingConfig { seed: sampling.seed.wrapping_add(i as u64), ..sampling.clone() };
+                let cfg = SamplingConfig {
+                    seed: sampling.seed.wrapping_add(i as u64),
+                    ..sampling.clone()
+                };
                 Sampler::new(cfg, self.config.vocab_size)
             })
             .collect();

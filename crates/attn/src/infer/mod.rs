@@ -30,7 +30,10 @@ pub(crate) fn isa() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let fma = std::is_x86_feature_detected!("fma");
-            if fma && std::is_x86_feature_detected!("avx512f") && std::env::var("ATTN_NO_AVX512").is_err() {
+            if fma
+                && std::is_x86_feature_detected!("avx512f")
+                && std::env::var("ATTN_NO_AVX512").is_err()
+            {
                 return Isa::Avx512;
             }
             if fma && std::is_x86_feature_detected!("avx2") {

@@ -188,7 +188,14 @@ fn panel_rows(isa: Isa, x: &[&[f32]], panel: &[f32], out: &mut [[f32; NR]]) {
 }
 
 /// [`matmul`] on the calling thread, for stored panels (small products inside a task).
-pub fn matmul_serial(x: &[f32], n: usize, rows: usize, cols: usize, panels: &[f32], out: &mut [f32]) {
+pub fn matmul_serial(
+    x: &[f32],
+    n: usize,
+    rows: usize,
+    cols: usize,
+    panels: &[f32],
+    out: &mut [f32],
+) {
     let isa = isa();
     let mb = block_rows(isa);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
@@ -229,16 +236,27 @@ pub fn matmul(x: &[f32], n: usize, rows: usize, cols: usize, panels: Panels<'_>,
             Panels::Stored(p) => p,
             Panels::Fill(f) => {
                 let mut v = vec![0f32; rows.div_ceil(NR) * cols * NR];
-                v.par_chunks_mut(cols * NR).enumerate().for_each(|(p, buf)| f(p, buf));
+                v.par_chunks_mut(cols * NR)
+                    .enumerate()
+                    .for_each(|(p, buf)| f(p, buf));
                 filled = v;
                 &filled
             }
         };
         let chunk = n.div_ceil(threads * 4).clamp(6, 192).div_ceil(6) * 6;
-        out.par_chunks_mut(chunk * rows).enumerate().for_each(|(c, o)| {
-            let m = o.len() / rows;
-            matmul_serial(&x[c * chunk * cols..(c * chunk + m) * cols], m, rows, cols, all, o);
-        });
+        out.par_chunks_mut(chunk * rows)
+            .enumerate()
+            .for_each(|(c, o)| {
+                let m = o.len() / rows;
+                matmul_serial(
+                    &x[c * chunk * cols..(c * chunk + m) * cols],
+                    m,
+                    rows,
+                    cols,
+                    all,
+                    o,
+                );
+            });
         return;
     }
     let isa = isa();
@@ -283,7 +301,8 @@ pub fn matmul(x: &[f32], n: usize, rows: usize, cols: usize, panels: Panels<'_>,
         let width = part.len() / n.max(1);
         let valid = width.min(rows - c0);
         for i in 0..n {
-            out[i * rows + c0..i * rows + c0 + valid].copy_from_slice(&part[i * width..i * width + valid]);
+            out[i * rows + c0..i * rows + c0 + valid]
+                .copy_from_slice(&part[i * width..i * width + valid]);
         }
     }
 }
@@ -295,16 +314,22 @@ mod tests {
     #[test]
     fn packed_products_match_the_plain_sum() {
         let (rows, cols) = (75, 42);
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
         let packed = pack(&w, rows, cols);
         let mut row = vec![0f32; cols];
         unpack_row(&packed, cols, 70, &mut row);
         assert_eq!(row, &w[70 * cols..71 * cols]);
         for n in [1, 3, 8, 11, 20, 300] {
-            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+                .collect();
             let mut out = vec![0f32; n * rows];
             matmul(&x, n, rows, cols, Panels::Stored(&packed), &mut out);
-            let fill = |p: usize, buf: &mut [f32]| buf.copy_from_slice(&packed[p * cols * NR..(p + 1) * cols * NR]);
+            let fill = |p: usize, buf: &mut [f32]| {
+                buf.copy_from_slice(&packed[p * cols * NR..(p + 1) * cols * NR])
+            };
             let mut out2 = vec![0f32; n * rows];
             matmul(&x, n, rows, cols, Panels::Fill(&fill), &mut out2);
             assert_eq!(out, out2);
@@ -315,7 +340,10 @@ mod tests {
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|c| x[i * cols + c] * w[r * cols + c]).sum();
                     let got = out[i * rows + r];
-                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "n={n} [{i},{r}]: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "n={n} [{i},{r}]: {got} vs {want}"
+                    );
                 }
             }
         }

@@ -115,7 +115,9 @@ impl QMatrix {
         }
         let data = match ty {
             WeightType::F32 => Data::F32(super::panel::pack(values, rows, cols)),
-            WeightType::F16 => Data::F16(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect()),
+            WeightType::F16 => {
+                Data::F16(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
+            }
             WeightType::Q8 => {
                 let mut qs = vec![0i8; values.len()];
                 let mut d = vec![0u16; values.len() / QK];
@@ -247,7 +249,9 @@ fn quantize_8bit(x: &[f32], q: &mut [i8]) -> f32 {
 /// represents the largest weight exactly), a few nearby scales are tried, each refitted
 /// by least squares to its own codes, and the best is kept.
 fn quantize_q4_block(x: &[f32], q: &mut [u8]) -> u16 {
-    let wmax = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let wmax = x
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     if wmax == 0.0 {
         q.iter_mut().for_each(|b| *b = 0x88);
         return f16::from_f32(0.0).to_bits();
@@ -261,7 +265,10 @@ fn quantize_q4_block(x: &[f32], q: &mut [u8]) -> u16 {
         c
     };
     let error = |d: f32, c: &[i32; QK]| -> f32 {
-        x.iter().zip(c).map(|(&v, &k)| (v - k as f32 * d).powi(2)).sum()
+        x.iter()
+            .zip(c)
+            .map(|(&v, &k)| (v - k as f32 * d).powi(2))
+            .sum()
     };
     // The scale as stored (f16), so that the error measured is the error obtained.
     let round = |d: f32| f16::from_f32(d).to_f32();
@@ -272,8 +279,17 @@ fn quantize_q4_block(x: &[f32], q: &mut [u8]) -> u16 {
         let d0 = wmax / -(8.0 - 0.125 * step as f32);
         let c = codes(d0);
         // Least-squares scale for these codes: Σ x·k / Σ k².
-        let (num, den) = x.iter().zip(&c).fold((0f32, 0f32), |(n, d), (&v, &k)| (n + v * k as f32, d + (k * k) as f32));
-        for d in [round(d0), if den > 0.0 { round(num / den) } else { round(d0) }] {
+        let (num, den) = x.iter().zip(&c).fold((0f32, 0f32), |(n, d), (&v, &k)| {
+            (n + v * k as f32, d + (k * k) as f32)
+        });
+        for d in [
+            round(d0),
+            if den > 0.0 {
+                round(num / den)
+            } else {
+                round(d0)
+            },
+        ] {
             if d == 0.0 || !d.is_finite() {
                 continue;
             }
@@ -349,7 +365,10 @@ mod scalar {
     use super::{f16, QK};
 
     pub fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
-        x.iter().zip(w).map(|(&a, &b)| a * f16::from_bits(b).to_f32()).sum()
+        x.iter()
+            .zip(w)
+            .map(|(&a, &b)| a * f16::from_bits(b).to_f32())
+            .sum()
     }
 
     pub fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
@@ -547,7 +566,10 @@ mod avx512 {
         let s23 = _mm512_add_ps(acc[2], acc[3]);
         let s45 = _mm512_add_ps(acc[4], acc[5]);
         let s67 = _mm512_add_ps(acc[6], acc[7]);
-        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s01, s23), _mm512_add_ps(s45, s67)));
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(s01, s23),
+            _mm512_add_ps(s45, s67),
+        ));
         while i < n {
             total += *px.add(i) * half::f16::from_bits(*pw.add(i)).to_f32();
             i += 1;
@@ -708,11 +730,21 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
                 Data::F16(v) => dot_f16(xi, &v[r * cols..(r + 1) * cols]),
                 Data::Q8 { qs, d } => {
                     let nb = cols / QK;
-                    dot_q8(&qx[i].qs, &qx[i].d, &qs[r * cols..(r + 1) * cols], &d[r * nb..(r + 1) * nb])
+                    dot_q8(
+                        &qx[i].qs,
+                        &qx[i].d,
+                        &qs[r * cols..(r + 1) * cols],
+                        &d[r * nb..(r + 1) * nb],
+                    )
                 }
                 Data::Q4 { qs, d } => {
                     let nb = cols / QK;
-                    dot_q4(&qx[i].qs, &qx[i].d, &qs[r * cols / 2..(r + 1) * cols / 2], &d[r * nb..(r + 1) * nb])
+                    dot_q4(
+                        &qx[i].qs,
+                        &qx[i].d,
+                        &qs[r * cols / 2..(r + 1) * cols / 2],
+                        &d[r * nb..(r + 1) * nb],
+                    )
                 }
             }
         };
@@ -727,13 +759,15 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         } else {
             // Written `[rows, n]` by the tasks, then transposed into `out`.
             let mut tmp = vec![0f32; rows * n];
-            tmp.par_chunks_mut(per * n).enumerate().for_each(|(t, buf)| {
-                for (k, o) in buf.chunks_mut(n).enumerate() {
-                    for (i, o) in o.iter_mut().enumerate() {
-                        *o = dot(t * per + k, i);
+            tmp.par_chunks_mut(per * n)
+                .enumerate()
+                .for_each(|(t, buf)| {
+                    for (k, o) in buf.chunks_mut(n).enumerate() {
+                        for (i, o) in o.iter_mut().enumerate() {
+                            *o = dot(t * per + k, i);
+                        }
                     }
-                }
-            });
+                });
             for r in 0..rows {
                 for i in 0..n {
                     out[i * rows + r] = tmp[r * n + i];
@@ -758,7 +792,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0
             })
             .collect()
@@ -780,7 +816,12 @@ mod tests {
         let w = values(rows * cols, 1);
         for n in [1, 3, 9] {
             let x = values(n * cols, 2 + n as u64);
-            for ty in [WeightType::F32, WeightType::F16, WeightType::Q8, WeightType::Q4] {
+            for ty in [
+                WeightType::F32,
+                WeightType::F16,
+                WeightType::Q8,
+                WeightType::Q4,
+            ] {
                 let q = QMatrix::from_f32(&w, rows, cols, ty).unwrap();
                 let deq = q.to_f32();
                 let mut out = vec![0f32; n * rows];
@@ -792,7 +833,10 @@ mod tests {
                     _ => 0.08,
                 };
                 for (a, b) in out.iter().zip(&want) {
-                    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{ty:?} n={n}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= tol * (1.0 + b.abs()),
+                        "{ty:?} n={n}: {a} vs {b}"
+                    );
                 }
                 // The scalar and SIMD kernels agree closely on the integer path.
                 if ty.is_quantized() {
@@ -808,16 +852,26 @@ mod tests {
                         ),
                         _ => unreachable!(),
                     };
-                    assert!((simd - scal).abs() < 1e-4 * (1.0 + scal.abs()), "{simd} vs {scal}");
+                    assert!(
+                        (simd - scal).abs() < 1e-4 * (1.0 + scal.abs()),
+                        "{simd} vs {scal}"
+                    );
                     // Both SIMD widths, when this CPU has them, against the scalar kernel.
                     #[cfg(target_arch = "x86_64")]
                     if avx2() {
                         let a = match &q.data {
-                            Data::Q8 { qs, d } => unsafe { avx::dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK]) },
-                            Data::Q4 { qs, d } => unsafe { avx::dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK]) },
+                            Data::Q8 { qs, d } => unsafe {
+                                avx::dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK])
+                            },
+                            Data::Q4 { qs, d } => unsafe {
+                                avx::dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK])
+                            },
                             _ => unreachable!(),
                         };
-                        assert!((a - scal).abs() < 1e-4 * (1.0 + scal.abs()), "avx2 {a} vs {scal}");
+                        assert!(
+                            (a - scal).abs() < 1e-4 * (1.0 + scal.abs()),
+                            "avx2 {a} vs {scal}"
+                        );
                     }
                 }
             }
@@ -830,21 +884,31 @@ mod tests {
         let w = values(rows * cols, 7);
         // Q8: round to nearest of 127 steps; Q4: 8 steps, and the extreme opposite in sign
         // to the block's largest weight may be clipped by one more half step.
-        for (ty, step_div, steps_off) in [(WeightType::Q8, 127.0f32, 0.5f32), (WeightType::Q4, 8.0, 1.0)] {
+        for (ty, step_div, steps_off) in [
+            (WeightType::Q8, 127.0f32, 0.5f32),
+            (WeightType::Q4, 8.0, 1.0),
+        ] {
             let q = QMatrix::from_f32(&w, rows, cols, ty).unwrap();
             let deq = q.to_f32();
             for (blk, dq) in w.chunks(QK).zip(deq.chunks(QK)) {
                 let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let step = amax / step_div;
                 for (a, b) in blk.iter().zip(dq) {
-                    assert!((a - b).abs() <= steps_off * step * 1.01 + 1e-3 * amax, "{ty:?}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= steps_off * step * 1.01 + 1e-3 * amax,
+                        "{ty:?}: {a} vs {b}"
+                    );
                 }
             }
         }
         // The searched Q4 scale is never worse (squared error) than the plain max scale.
-        let q = QMatrix::from_f32(&w, rows, cols, WeightType::Q4).unwrap().to_f32();
+        let q = QMatrix::from_f32(&w, rows, cols, WeightType::Q4)
+            .unwrap()
+            .to_f32();
         for (blk, dq) in w.chunks(QK).zip(q.chunks(QK)) {
-            let wmax = blk.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let wmax = blk
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
             let d = f16::from_f32(wmax / -8.0).to_f32();
             let plain: f32 = blk
                 .iter()
@@ -859,7 +923,9 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_refused() {
-        let err = QMatrix::from_f32(&[0.0; 30], 1, 30, WeightType::Q8).err().unwrap();
+        let err = QMatrix::from_f32(&[0.0; 30], 1, 30, WeightType::Q8)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("multiple of 32"), "{err}");
         assert!(QMatrix::from_f32(&[0.0; 30], 2, 30, WeightType::F32).is_err());
         assert!(WeightType::parse("q3").is_err());

@@ -76,7 +76,13 @@ fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
             q[j] += d * d;
         }
     }
-    let var = (q.iter().sum::<f32>() + chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+    let var = (q.iter().sum::<f32>()
+        + chunks
+            .remainder()
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>())
+        / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -147,16 +153,28 @@ mod tests {
                 assert!(a > 1.9e38 && a.is_finite(), "exp({x}) = {a}");
                 continue;
             }
-            assert!((a - b).abs() <= 4.0 * f32::EPSILON * b, "exp({x}): {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b,
+                "exp({x}): {a} vs {b}"
+            );
         }
         assert_eq!(exp(-200.0), 0.0);
         let mut g = xs.clone();
         gelu_tanh(&mut g);
         for (&x, &y) in xs.iter().zip(&g) {
-            let want = 0.5 * x as f64 * (1.0 + (0.797_884_560_802_865_4 * (x as f64 + 0.044715 * (x as f64).powi(3))).tanh());
-            assert!((y as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "gelu({x}): {y} vs {want}");
+            let want = 0.5
+                * x as f64
+                * (1.0
+                    + (0.797_884_560_802_865_4 * (x as f64 + 0.044715 * (x as f64).powi(3)))
+                        .tanh());
+            assert!(
+                (y as f64 - want).abs() < 1e-6 * (1.0 + want.abs()),
+                "gelu({x}): {y} vs {want}"
+            );
         }
-        let row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 3.0 + 1.0).collect();
+        let row: Vec<f32> = (0..37)
+            .map(|i| (i as f32 * 0.7).sin() * 3.0 + 1.0)
+            .collect();
         let (w, b) = (vec![1.5f32; 37], vec![0.25f32; 37]);
         let mut out = vec![0f32; 37];
         layer_norm(&row, &w, &b, 1e-5, &mut out);

@@ -89,7 +89,11 @@ fn rows_per_task(total: usize, row: usize) -> usize {
 }
 
 /// Run `f(first_row, out_rows)` over `out`, split into groups of whole rows.
-pub(crate) fn for_rows<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+pub(crate) fn for_rows<T: Send>(
+    out: &mut [T],
+    row: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
     let per = rows_per_task(out.len(), row);
     if per * row >= out.len() {
         f(0, out);
@@ -1043,7 +1047,6 @@ mod simd {
     }
 }
 
-
 impl CustomOp2 for SmallMatmul {
     fn name(&self) -> &'static str {
         "attn-small-matmul"
@@ -1176,7 +1179,8 @@ impl candle_core::CustomOp2 for PanelMatmul {
                     panel.iter_mut().for_each(|v| *v = 0.0);
                 }
                 for kk in 0..k {
-                    panel[kk * NR..kk * NR + width].copy_from_slice(&b[kk * n + c0..kk * n + c0 + width]);
+                    panel[kk * NR..kk * NR + width]
+                        .copy_from_slice(&b[kk * n + c0..kk * n + c0 + width]);
                 }
             }
         };
@@ -1191,7 +1195,10 @@ impl candle_core::CustomOp2 for PanelMatmul {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let op = |x: &Tensor, y: &Tensor, t: bool| x.contiguous()?.apply_op2(&y.contiguous()?, PanelMatmul { transposed: t });
+        let op = |x: &Tensor, y: &Tensor, t: bool| {
+            x.contiguous()?
+                .apply_op2(&y.contiguous()?, PanelMatmul { transposed: t })
+        };
         let (a, b) = (a.detach(), b.detach());
         // y = a·b' ⇒ da = g·b'ᵀ; db' = aᵀ·g, so db = aᵀ·g, or gᵀ·a when b' = bᵀ.
         let da = op(g, &b, !self.transposed)?;
@@ -1220,5 +1227,6 @@ pub fn panel_matmul_fits(x: &Tensor, w: &Tensor, rows: usize) -> bool {
 /// `x [m, k] @ w` for `w [k, n]`, or `x @ wᵀ` for `w [n, k]` (`transposed`), through the
 /// panel kernel, with its backward pass.
 pub fn panel_matmul(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, PanelMatmul { transposed })?)
+    Ok(x.contiguous()?
+        .apply_op2(&w.contiguous()?, PanelMatmul { transposed })?)
 }
