@@ -8,7 +8,7 @@ use crate::{Error, Result};
 
 /// Token ids split deterministically: the first part for training, the rest for validation,
 /// as nanoGPT does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LmSplits {
     pub train: Vec<u32>,
     pub val: Vec<u32>,

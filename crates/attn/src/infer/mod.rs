@@ -9,7 +9,7 @@ mod attend;
 pub mod gpt2;
 pub mod panel;
 pub mod quant;
-mod vmath;
+pub(crate) mod vmath;
 
 pub use gpt2::{Gpt2Engine, Gpt2State, Want};
 pub use quant::{QMatrix, WeightType};

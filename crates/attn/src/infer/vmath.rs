@@ -1,12 +1,11 @@
 //! Vectorisable exp, GELU, softmax and layer norm for the inference engine: plain Rust loops with no
 //! library calls inside, compiled for AVX-512, AVX2 or portably and picked at run time.
 
-use super::{isa, Isa};
 
 /// e^x to about 2 ulp for x in the f32 range (0 below −87.3; e^88.3 ≈ 2·10³⁸ above 88.3):
 /// x = k·ln 2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^k from the exponent.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -33,7 +32,7 @@ fn exp(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_body(xs: &mut [f32]) {
+pub(crate) fn gelu_body(xs: &mut [f32]) {
     const C: f32 = 0.797_884_6;
     const A: f32 = 0.044715;
     for v in xs.iter_mut() {
@@ -58,7 +57,7 @@ fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
 
 /// Mean and 1/√(variance + eps) of a row, with sixteen partial sums (vectorisable).
 #[inline(always)]
-fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
+pub(crate) fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mut s = [0f32; 16];
     let mut chunks = row.chunks_exact(16);
@@ -111,17 +110,19 @@ macro_rules! dispatch {
         }
         $(#[$m])*
         pub fn $name($($a: $t),*) -> $r {
-            match isa() {
+            match $crate::infer::isa() {
                 // SAFETY: the features were detected at run time.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { $avx512($($a),*) },
+                $crate::infer::Isa::Avx512 => unsafe { $avx512($($a),*) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { $avx2($($a),*) },
+                $crate::infer::Isa::Avx2 => unsafe { $avx2($($a),*) },
                 _ => $body($($a),*),
             }
         }
     };
 }
+
+pub(crate) use dispatch;
 
 dispatch!(
     /// GELU (tanh form) in place.

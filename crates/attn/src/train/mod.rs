@@ -9,6 +9,8 @@
 //! * `metrics.jsonl`: one JSON object per logged step and per evaluation.
 
 mod config;
+mod kernels;
+pub mod native;
 pub mod optimizer;
 pub mod schedule;
 
@@ -29,6 +31,7 @@ use crate::nn::{Mode, ParamBuilder, Params};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
+use native::NativeGpt2;
 use optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
 use schedule::CosineSchedule;
 
@@ -147,6 +150,21 @@ pub struct Trainer {
     out: PathBuf,
     device: Device,
     last_train_loss: f64,
+    /// The hand-written training step, when it covers the model (see [`native`]);
+    /// otherwise steps go through candle's autograd on `model`. While it is in use,
+    /// `params` is brought up to date at evaluations and saves ([`Trainer::sync_params`]).
+    native: Option<NativeGpt2>,
+}
+
+/// Whether the native step trains this model here: GPT-2 with the tanh GELU, no
+/// dropout, f32 on the CPU, fused kernels on (`ATTN_FUSED=0` turns them off) and
+/// `ATTN_TRAINER` not `graph`.
+fn native_applies(model: &Gpt2, device: &Device) -> bool {
+    device.is_cpu()
+        && model.dtype() == candle_core::DType::F32
+        && crate::nn::fused::enabled()
+        && std::env::var("ATTN_TRAINER").map_or(true, |v| v != "graph")
+        && NativeGpt2::supports(&model.config)
 }
 
 impl Trainer {
@@ -223,6 +241,11 @@ impl Trainer {
                 weight_decay: config.weight_decay,
             },
         )?;
+        let native = if native_applies(&model, device) {
+            Some(NativeGpt2::from_params(&model.config, &params)?)
+        } else {
+            None
+        };
         let schedule = CosineSchedule {
             lr: config.lr,
             min_lr: config.min_lr,
@@ -244,6 +267,7 @@ impl Trainer {
             out: out.to_path_buf(),
             device: device.clone(),
             last_train_loss: f64::NAN,
+            native,
         })
     }
 
@@ -300,6 +324,9 @@ impl Trainer {
         }
         let moments = read_safetensors(&ckpt.join(OPTIMIZER_FILE), device)?;
         t.opt.load_state(moments, state.step)?;
+        if let Some(n) = t.native.as_mut() {
+            n.load_moments(&t.opt.state_tensors(), state.step)?;
+        }
         t.step = state.step;
         t.best_val_loss = state.best_val_loss;
         Ok(t)
@@ -317,11 +344,113 @@ impl Trainer {
         &self.splits
     }
 
+    /// Which implementation runs the steps: `"native"` or `"graph"`.
+    pub fn engine(&self) -> &'static str {
+        if self.native.is_some() {
+            "native"
+        } else {
+            "graph"
+        }
+    }
+
+    /// Train through candle's autograd from here on even where the native step applies
+    /// (for comparing the two): the parameters and moments move to the graph model.
+    pub fn without_native(mut self) -> Result<Self> {
+        if let Some(n) = self.native.take() {
+            n.write_params(&self.params)?;
+            let moments = n.moment_tensors(&self.device)?.into_iter().collect();
+            self.opt.load_state(moments, self.opt.t)?;
+        }
+        Ok(self)
+    }
+
+    /// Copy the native step's parameters into `params` (and so `model`); a no-op on
+    /// the graph path. Evaluations and saves do this themselves.
+    pub fn sync_params(&self) -> Result<()> {
+        match &self.native {
+            Some(n) => n.write_params(&self.params),
+            None => Ok(()),
+        }
+    }
+
+    /// Token windows `(x, y)` of the training split at `starts`.
+    fn windows(ids: &[u32], starts: &[usize], block: usize) -> (Vec<u32>, Vec<u32>) {
+        let mut x = Vec::with_capacity(starts.len() * block);
+        let mut y = Vec::with_capacity(starts.len() * block);
+        for &s in starts {
+            x.extend_from_slice(&ids[s..s + block]);
+            y.extend_from_slice(&ids[s + 1..s + block + 1]);
+        }
+        (x, y)
+    }
+
+    fn native_step(&mut self, lr: f64) -> Result<(f64, f64)> {
+        let cfg = &self.config;
+        let n = self.native.as_mut().expect("native step");
+        n.zero_grads();
+        let mut loss_sum = 0f64;
+        for _ in 0..cfg.grad_accum {
+            let starts = lm::random_windows(
+                &self.splits.train,
+                cfg.batch_size,
+                cfg.block_size,
+                &mut self.rng,
+            );
+            let (x, y) = Self::windows(&self.splits.train, &starts, cfg.block_size);
+            loss_sum += n.forward_backward(
+                &x,
+                &y,
+                cfg.batch_size,
+                cfg.block_size,
+                1.0 / cfg.grad_accum as f32,
+            )?;
+        }
+        let norm = n.grad_norm();
+        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+            cfg.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        n.adamw_step(&self.opt.config, lr, scale);
+        self.opt.t += 1;
+        Ok((loss_sum, norm))
+    }
+
     /// One optimiser step (over `grad_accum` micro-batches); returns its statistics.
     pub fn train_step(&mut self) -> Result<StepStats> {
         let started = Instant::now();
-        let cfg = &self.config;
         let lr = self.schedule.at(self.step);
+        let (loss_sum, grad_norm) = if self.native.is_some() {
+            self.native_step(lr)?
+        } else {
+            self.graph_step(lr)?
+        };
+        self.step += 1;
+        let cfg = &self.config;
+        let loss = loss_sum / cfg.grad_accum as f64;
+        if !loss.is_finite() {
+            return Err(Error::invalid(
+                "training",
+                format!(
+                    "the loss became {loss} at step {}; lower --lr or check the data",
+                    self.step
+                ),
+            ));
+        }
+        self.last_train_loss = loss;
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_sec: cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// A step through candle's autograd; returns the summed micro-batch losses and the
+    /// gradient norm before clipping.
+    fn graph_step(&mut self, lr: f64) -> Result<(f64, f64)> {
+        let cfg = &self.config;
         let mut grads: HashMap<String, Tensor> = HashMap::new();
         let mut loss_sum = 0f64;
         for _ in 0..cfg.grad_accum {
@@ -347,35 +476,22 @@ impl Trainer {
         }
         let grad_norm = clip_global_norm(&mut grads, cfg.grad_clip)?;
         self.opt.step(&grads, lr)?;
-        self.step += 1;
-        let loss = loss_sum / cfg.grad_accum as f64;
-        if !loss.is_finite() {
-            return Err(Error::invalid(
-                "training",
-                format!(
-                    "the loss became {loss} at step {}; lower --lr or check the data",
-                    self.step
-                ),
-            ));
-        }
-        self.last_train_loss = loss;
-        Ok(StepStats {
-            step: self.step,
-            loss,
-            lr,
-            grad_norm,
-            tokens_per_sec: cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64(),
-        })
+        Ok((loss_sum, grad_norm))
     }
 
     /// Mean loss over `eval_iters` fixed batches of `ids` (the same windows at every
     /// evaluation, so successive estimates are comparable).
-    fn estimate(&self, ids: &[u32], salt: u64) -> Result<f64> {
+    fn estimate(&mut self, ids: &[u32], salt: u64) -> Result<f64> {
         let cfg = &self.config;
         let mut rng = Rng::new(cfg.seed ^ salt);
         let mut total = 0f64;
         for _ in 0..cfg.eval_iters {
             let starts = lm::random_windows(ids, cfg.batch_size, cfg.block_size, &mut rng);
+            if let Some(n) = self.native.as_mut() {
+                let (x, y) = Self::windows(ids, &starts, cfg.block_size);
+                total += n.loss(&x, &y, cfg.batch_size, cfg.block_size)?;
+                continue;
+            }
             let batch = lm::batch_at(ids, &starts, cfg.block_size, &self.device)?;
             let loss = self.model.loss(&batch.x, &batch.y, &mut Mode::Eval)?;
             total += loss.to_scalar::<f32>()? as f64;
@@ -386,12 +502,15 @@ impl Trainer {
     /// Estimate training and validation loss; save the model if validation improved
     /// (or, without a validation split, always), then save the resumable checkpoint.
     pub fn evaluate_and_save(&mut self) -> Result<EvalStats> {
-        let train_loss = self.estimate(&self.splits.train, 0x7472_6169_6e00)?;
-        let val_loss = if self.splits.val.len() > self.config.block_size {
-            Some(self.estimate(&self.splits.val, 0x7661_6c00)?)
+        let splits = std::mem::take(&mut self.splits);
+        let train_loss = self.estimate(&splits.train, 0x7472_6169_6e00);
+        let val_loss = if splits.val.len() > self.config.block_size {
+            self.estimate(&splits.val, 0x7661_6c00).map(Some)
         } else {
-            None
+            Ok(None)
         };
+        self.splits = splits;
+        let (train_loss, val_loss) = (train_loss?, val_loss?);
         let best = match (val_loss, self.best_val_loss) {
             (Some(v), Some(b)) => v < b,
             _ => true,
@@ -426,6 +545,7 @@ impl Trainer {
 
     /// Save the current model as an HF folder at `dir`.
     pub fn save_model(&self, dir: &Path) -> Result<()> {
+        self.sync_params()?;
         checkpoint::save_gpt2(
             dir,
             &self.model.config,
@@ -443,7 +563,11 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         self.save_model(&tmp)?;
-        write_safetensors(&tmp.join(OPTIMIZER_FILE), &self.opt.state_tensors())?;
+        let moments = match &self.native {
+            Some(n) => n.moment_tensors(&self.device)?,
+            None => self.opt.state_tensors(),
+        };
+        write_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
         let state = TrainerState {
             step: self.step,
             rng_state: self.rng.state(),

@@ -1,0 +1,659 @@
+//! Slice kernels for the native GPT-2 training step ([`super::native`]): matrix products
+//! on the inference engine's panel kernel, layer norm, GELU, causal attention and softmax
+//! cross-entropy, each forward with its backward, and the AdamW update. Row-wise work
+//! is split over the rayon pool; the inner loops are compiled for AVX-512, AVX2 or
+//! portably and picked at run time (as in [`crate::infer::vmath`]).
+
+use rayon::prelude::*;
+
+use crate::infer::panel::{self, Panels, NR};
+use crate::infer::vmath::{self, dispatch};
+
+/// The right-hand matrix of a product: `Nn(b)` is `b [k, n]` row-major, `Nt(b)` is
+/// `b [n, k]` row-major and its transpose is used.
+#[derive(Clone, Copy)]
+pub enum Rhs<'a> {
+    Nn(&'a [f32]),
+    Nt(&'a [f32]),
+}
+
+/// Panel `p` (output columns `p·NR..`) of the right-hand matrix, `[k][NR]`.
+fn fill(b: Rhs, k: usize, n: usize, p: usize, out: &mut [f32]) {
+    match b {
+        Rhs::Nt(b) => panel::pack_panel(b, n, k, p, out),
+        Rhs::Nn(b) => {
+            let c0 = p * NR;
+            let w = NR.min(n - c0);
+            if w < NR {
+                out.iter_mut().for_each(|v| *v = 0.0);
+            }
+            for kk in 0..k {
+                out[kk * NR..kk * NR + w].copy_from_slice(&b[kk * n + c0..kk * n + c0 + w]);
+            }
+        }
+    }
+}
+
+/// `out [m, n] = a [m, k] · b`, on both cores.
+pub fn gemm(a: &[f32], m: usize, k: usize, n: usize, b: Rhs, out: &mut [f32]) {
+    debug_assert!(a.len() >= m * k && out.len() >= m * n);
+    let f = |p: usize, panel: &mut [f32]| fill(b, k, n, p, panel);
+    panel::matmul(a, m, n, k, Panels::Fill(&f), &mut out[..m * n]);
+}
+
+/// [`gemm`] on the calling thread; `scratch` holds the packed right-hand side.
+pub fn gemm_serial(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: Rhs,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let np = n.div_ceil(NR);
+    scratch.resize(np * k * NR, 0.0);
+    for p in 0..np {
+        fill(b, k, n, p, &mut scratch[p * k * NR..(p + 1) * k * NR]);
+    }
+    panel::matmul_serial(a, m, n, k, scratch, &mut out[..m * n]);
+}
+
+/// Rows per parallel task for rows of `row` elements: about 16K elements each.
+fn rows_per_task(rows: usize, row: usize) -> usize {
+    (16384 / row.max(1)).clamp(1, rows.max(1))
+}
+
+/// `out [n, m] = aᵀ` for `a [m, n]`, in 32×32 tiles, on both cores.
+pub fn transpose(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
+    const BS: usize = 32;
+    out[..m * n]
+        .par_chunks_mut(BS * m)
+        .enumerate()
+        .for_each(|(bi, o)| {
+            let j0 = bi * BS;
+            let cols = o.len() / m;
+            for i0 in (0..m).step_by(BS) {
+                let i1 = (i0 + BS).min(m);
+                for jj in 0..cols {
+                    let j = j0 + jj;
+                    for i in i0..i1 {
+                        o[jj * m + i] = a[i * n + j];
+                    }
+                }
+            }
+        });
+}
+
+/// `out[j] += Σ_i a[i, j]` for `a [m, n]`.
+pub fn colsum_add(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
+    let per = rows_per_task(m, n).max(64);
+    let parts: Vec<Vec<f32>> = a[..m * n]
+        .par_chunks(per * n)
+        .map(|c| {
+            let mut acc = vec![0f32; n];
+            for r in c.chunks(n) {
+                add_row(&mut acc, r);
+            }
+            acc
+        })
+        .collect();
+    for p in parts {
+        add_row(&mut out[..n], &p);
+    }
+}
+
+#[inline(always)]
+fn add_body(acc: &mut [f32], x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+dispatch!(
+    /// `acc += x`.
+    add_row = add_body, add512, add256, (acc: &mut [f32], x: &[f32]) -> ()
+);
+
+/// `acc += x` over long slices, on both cores.
+pub fn add_into(acc: &mut [f32], x: &[f32]) {
+    acc.par_chunks_mut(1 << 15)
+        .zip(x.par_chunks(1 << 15))
+        .for_each(|(a, x)| add_row(a, x));
+}
+
+#[inline(always)]
+fn bias_res_body(out: &mut [f32], y: &[f32], res: &[f32], b: &[f32]) {
+    for i in 0..out.len() {
+        out[i] = res[i] + y[i] + b[i];
+    }
+}
+dispatch!(
+    /// `out = res + y + b` for one row.
+    bias_res_row = bias_res_body, bias_res512, bias_res256,
+    (out: &mut [f32], y: &[f32], res: &[f32], b: &[f32]) -> ()
+);
+
+/// `out[i] = res[i] + y[i] + b` for every row `i` of `[m, n]`.
+pub fn add_bias_residual(out: &mut [f32], y: &[f32], res: &[f32], b: &[f32], m: usize) {
+    let n = b.len();
+    let per = rows_per_task(m, n);
+    out[..m * n]
+        .par_chunks_mut(per * n)
+        .enumerate()
+        .for_each(|(c, o)| {
+            for (i, row) in o.chunks_mut(n).enumerate() {
+                let r = (c * per + i) * n;
+                bias_res_row(row, &y[r..r + n], &res[r..r + n], b);
+            }
+        });
+}
+
+#[inline(always)]
+fn bias_body(y: &mut [f32], b: &[f32]) {
+    for (v, b) in y.iter_mut().zip(b) {
+        *v += b;
+    }
+}
+
+#[inline(always)]
+fn bias_gelu_body(y: &mut [f32], b: &[f32], out: &mut [f32]) {
+    bias_body(y, b);
+    out.copy_from_slice(y);
+    vmath::gelu_body(out);
+}
+dispatch!(
+    /// `y += b` for one row.
+    bias_row = bias_body, bias512, bias256, (y: &mut [f32], b: &[f32]) -> ()
+);
+dispatch!(
+    /// `y += b; out = gelu(y)` for one row.
+    bias_gelu_row = bias_gelu_body, bias_gelu512, bias_gelu256,
+    (y: &mut [f32], b: &[f32], out: &mut [f32]) -> ()
+);
+
+/// `y[i] += b` for every row of `y [m, n]`.
+pub fn add_bias(y: &mut [f32], b: &[f32], m: usize) {
+    let n = b.len();
+    let per = rows_per_task(m, n);
+    y[..m * n]
+        .par_chunks_mut(per * n)
+        .for_each(|c| c.chunks_mut(n).for_each(|row| bias_row(row, b)));
+}
+
+/// `y[i] += b` and `out[i] = gelu(y[i])` (tanh form) for every row of `[m, n]`.
+pub fn add_bias_gelu(y: &mut [f32], b: &[f32], out: &mut [f32], m: usize) {
+    let n = b.len();
+    let per = rows_per_task(m, n);
+    y[..m * n]
+        .par_chunks_mut(per * n)
+        .zip(out[..m * n].par_chunks_mut(per * n))
+        .for_each(|(yc, oc)| {
+            for (yr, or) in yc.chunks_mut(n).zip(oc.chunks_mut(n)) {
+                bias_gelu_row(yr, b, or);
+            }
+        });
+}
+
+#[inline(always)]
+fn gelu_grad_body(x: &[f32], g: &mut [f32]) {
+    const C: f32 = 0.797_884_6;
+    const A: f32 = 0.044715;
+    for (gv, &x) in g.iter_mut().zip(x) {
+        let u = C * (x + A * x * x * x);
+        let t = 1.0 - 2.0 / (vmath::exp(2.0 * u) + 1.0);
+        let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x);
+        *gv *= d;
+    }
+}
+dispatch!(
+    /// `g ← g · gelu'(x)` (tanh form).
+    gelu_grad_row = gelu_grad_body, gelu_grad512, gelu_grad256, (x: &[f32], g: &mut [f32]) -> ()
+);
+
+/// `g ← g · gelu'(x)` over whole buffers, on both cores.
+pub fn gelu_backward(x: &[f32], g: &mut [f32]) {
+    g.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(g, x)| gelu_grad_row(x, g));
+}
+
+// ---------------------------------------------------------------- layer norm
+
+#[inline(always)]
+fn ln_fwd_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
+    let (mean, rstd) = vmath::moments_body(x, eps);
+    for i in 0..out.len() {
+        out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+    (mean, rstd)
+}
+dispatch!(
+    ln_fwd_row = ln_fwd_body, ln_fwd512, ln_fwd256,
+    (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32)
+);
+
+/// Layer norm of each row of `x [m, n]` into `out`, keeping each row's mean and
+/// 1/√(var + eps) in `stats [m, 2]` for the backward pass.
+pub fn layer_norm(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    m: usize,
+    out: &mut [f32],
+    stats: &mut [f32],
+) {
+    let n = w.len();
+    let per = rows_per_task(m, n);
+    out[..m * n]
+        .par_chunks_mut(per * n)
+        .zip(stats[..2 * m].par_chunks_mut(per * 2))
+        .enumerate()
+        .for_each(|(c, (o, s))| {
+            for (i, (row, st)) in o.chunks_mut(n).zip(s.chunks_mut(2)).enumerate() {
+                let r = (c * per + i) * n;
+                let (mean, rstd) = ln_fwd_row(&x[r..r + n], w, b, eps, row);
+                st[0] = mean;
+                st[1] = rstd;
+            }
+        });
+}
+
+/// One row: `dx += rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂))`, `dw += g·x̂`, `db += g`.
+#[inline(always)]
+fn ln_bwd_body(
+    g: &[f32],
+    x: &[f32],
+    mean: f32,
+    rstd: f32,
+    w: &[f32],
+    dx: &mut [f32],
+    dwb: &mut [f32],
+) {
+    let n = g.len();
+    let (dw, db) = dwb.split_at_mut(n);
+    let mut s1 = [0f32; 16];
+    let mut s2 = [0f32; 16];
+    for i in 0..n {
+        let xh = (x[i] - mean) * rstd;
+        let gw = g[i] * w[i];
+        s1[i % 16] += gw;
+        s2[i % 16] += gw * xh;
+        dw[i] += g[i] * xh;
+        db[i] += g[i];
+    }
+    let m1 = s1.iter().sum::<f32>() / n as f32;
+    let m2 = s2.iter().sum::<f32>() / n as f32;
+    for i in 0..n {
+        let xh = (x[i] - mean) * rstd;
+        dx[i] += rstd * (g[i] * w[i] - m1 - xh * m2);
+    }
+}
+dispatch!(
+    ln_bwd_row = ln_bwd_body, ln_bwd512, ln_bwd256,
+    (g: &[f32], x: &[f32], mean: f32, rstd: f32, w: &[f32], dx: &mut [f32], dwb: &mut [f32]) -> ()
+);
+
+/// Backward of [`layer_norm`]: adds the input gradient into `dx` and the weight and
+/// bias gradients into `dw`, `db`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward(
+    g: &[f32],
+    x: &[f32],
+    stats: &[f32],
+    w: &[f32],
+    m: usize,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let n = w.len();
+    let per = rows_per_task(m, n).max(16);
+    let parts: Vec<Vec<f32>> = dx[..m * n]
+        .par_chunks_mut(per * n)
+        .enumerate()
+        .map(|(c, d)| {
+            let mut acc = vec![0f32; 2 * n];
+            for (i, row) in d.chunks_mut(n).enumerate() {
+                let r = c * per + i;
+                ln_bwd_row(
+                    &g[r * n..(r + 1) * n],
+                    &x[r * n..(r + 1) * n],
+                    stats[2 * r],
+                    stats[2 * r + 1],
+                    w,
+                    row,
+                    &mut acc,
+                );
+            }
+            acc
+        })
+        .collect();
+    for p in parts {
+        add_row(dw, &p[..n]);
+        add_row(db, &p[n..]);
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+/// A pointer that tasks write through at disjoint places.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every use writes elements no other task touches.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+#[derive(Default)]
+struct HeadScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    o: Vec<f32>,
+    sq: Vec<f32>,
+    sq2: Vec<f32>,
+    panels: Vec<f32>,
+}
+
+impl HeadScratch {
+    /// Copy head `h` of sequence `bi` out of `qkv [b·t, 3c]`: queries (times `scale`),
+    /// keys and values, each `[t, hd]`.
+    fn gather(&mut self, qkv: &[f32], bi: usize, h: usize, t: usize, c: usize, hd: usize, scale: f32) {
+        for buf in [&mut self.q, &mut self.k, &mut self.v] {
+            buf.resize(t * hd, 0.0);
+        }
+        for i in 0..t {
+            let row = &qkv[(bi * t + i) * 3 * c..][..3 * c];
+            let q = &row[h * hd..][..hd];
+            for (d, &x) in self.q[i * hd..(i + 1) * hd].iter_mut().zip(q) {
+                *d = x * scale;
+            }
+            self.k[i * hd..(i + 1) * hd].copy_from_slice(&row[c + h * hd..][..hd]);
+            self.v[i * hd..(i + 1) * hd].copy_from_slice(&row[2 * c + h * hd..][..hd]);
+        }
+    }
+}
+
+/// Causal multi-head attention for `b` sequences of `t` positions: queries, keys and
+/// values are the thirds of `qkv [b·t, 3c]`; writes the attention weights to
+/// `probs [b, nh, t, t]` (zero above the diagonal) and the heads' outputs, side by side,
+/// to `y [b·t, c]`.
+pub fn attention(
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    probs: &mut [f32],
+    y: &mut [f32],
+) {
+    let hd = c / nh;
+    let scale = 1.0 / (hd as f32).sqrt();
+    assert!(y.len() >= b * t * c && probs.len() >= b * nh * t * t);
+    let yp = SyncPtr(y.as_mut_ptr());
+    probs[..b * nh * t * t]
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .for_each_init(HeadScratch::default, |s, (bh, p)| {
+            let yp = yp;
+            let (bi, h) = (bh / nh, bh % nh);
+            s.gather(qkv, bi, h, t, c, hd, scale);
+            gemm_serial(&s.q, t, hd, t, Rhs::Nt(&s.k), p, &mut s.panels);
+            for i in 0..t {
+                let row = &mut p[i * t..(i + 1) * t];
+                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let sum = vmath::exp_shifted(&mut row[..=i], max);
+                let inv = 1.0 / sum;
+                row[..=i].iter_mut().for_each(|x| *x *= inv);
+                row[i + 1..].iter_mut().for_each(|x| *x = 0.0);
+            }
+            s.o.resize(t * hd, 0.0);
+            gemm_serial(p, t, t, hd, Rhs::Nn(&s.v), &mut s.o, &mut s.panels);
+            for i in 0..t {
+                // SAFETY: row bi·t + i, columns h·hd.. belong to this task alone.
+                unsafe {
+                    let dst = yp.0.add((bi * t + i) * c + h * hd);
+                    std::ptr::copy_nonoverlapping(s.o[i * hd..].as_ptr(), dst, hd);
+                }
+            }
+        });
+}
+
+/// Backward of [`attention`]: from the output gradient `dy [b·t, c]` writes the
+/// gradient of `qkv` to `dqkv [b·t, 3c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dy: &[f32],
+    qkv: &[f32],
+    probs: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    dqkv: &mut [f32],
+) {
+    let hd = c / nh;
+    let scale = 1.0 / (hd as f32).sqrt();
+    assert!(dqkv.len() >= b * t * 3 * c);
+    let dp = SyncPtr(dqkv.as_mut_ptr());
+    probs[..b * nh * t * t]
+        .par_chunks(t * t)
+        .enumerate()
+        .for_each_init(HeadScratch::default, |s, (bh, p)| {
+            let dp = dp;
+            let (bi, h) = (bh / nh, bh % nh);
+            s.gather(qkv, bi, h, t, c, hd, scale);
+            s.g.resize(t * hd, 0.0);
+            for i in 0..t {
+                s.g[i * hd..(i + 1) * hd].copy_from_slice(&dy[(bi * t + i) * c + h * hd..][..hd]);
+            }
+            s.sq.resize(t * t, 0.0);
+            s.sq2.resize(t * t, 0.0);
+            s.o.resize(t * hd, 0.0);
+            let scatter = |o: &[f32], part: usize, mul: f32| {
+                for i in 0..t {
+                    // SAFETY: row bi·t + i, columns part·c + h·hd.. belong to this task.
+                    unsafe {
+                        let dst = dp.0.add((bi * t + i) * 3 * c + part * c + h * hd);
+                        for d in 0..hd {
+                            *dst.add(d) = o[i * hd + d] * mul;
+                        }
+                    }
+                }
+            };
+            // dV = Pᵀ·dY
+            transpose_serial(p, t, t, &mut s.sq2);
+            gemm_serial(&s.sq2, t, t, hd, Rhs::Nn(&s.g), &mut s.o, &mut s.panels);
+            scatter(&s.o, 2, 1.0);
+            // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the diagonal.
+            gemm_serial(&s.g, t, hd, t, Rhs::Nt(&s.v), &mut s.sq, &mut s.panels);
+            for i in 0..t {
+                let (pr, dr) = (&p[i * t..(i + 1) * t], &mut s.sq[i * t..(i + 1) * t]);
+                let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
+                for j in 0..=i {
+                    dr[j] = pr[j] * (dr[j] - dot);
+                }
+                dr[i + 1..].iter_mut().for_each(|x| *x = 0.0);
+            }
+            // dQ = scale · dS·K
+            gemm_serial(&s.sq, t, t, hd, Rhs::Nn(&s.k), &mut s.o, &mut s.panels);
+            scatter(&s.o, 0, scale);
+            // dK = dSᵀ·(scale·Q)
+            transpose_serial(&s.sq, t, t, &mut s.sq2);
+            gemm_serial(&s.sq2, t, t, hd, Rhs::Nn(&s.q), &mut s.o, &mut s.panels);
+            scatter(&s.o, 1, 1.0);
+        });
+}
+
+fn transpose_serial(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
+    for i0 in (0..m).step_by(16) {
+        for j in 0..n {
+            for i in i0..(i0 + 16).min(m) {
+                out[j * m + i] = a[i * n + j];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+/// Softmax cross-entropy of each row of `logits [m, v]` against `targets`: returns the
+/// summed loss (f64) and, with `grad_scale`, replaces the logits by
+/// `grad_scale · (softmax − onehot)`.
+pub fn cross_entropy(logits: &mut [f32], v: usize, targets: &[u32], grad_scale: Option<f32>) -> f64 {
+    let m = targets.len();
+    let per = rows_per_task(m, v).max(8);
+    logits[..m * v]
+        .par_chunks_mut(per * v)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut loss = 0f64;
+            for (i, row) in chunk.chunks_mut(v).enumerate() {
+                let y = targets[c * per + i] as usize;
+                let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let logit_y = row[y];
+                let sum = vmath::exp_shifted(row, max);
+                loss += (sum.ln() + max - logit_y) as f64;
+                if let Some(s) = grad_scale {
+                    let inv = s / sum;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                    row[y] -= s;
+                }
+            }
+            loss
+        })
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum() // in chunk order: the same total on every run
+}
+
+// ---------------------------------------------------------------- optimiser
+
+/// Σ x² (f64), on both cores.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    x.par_chunks(1 << 15)
+        .map(|c| {
+            let mut s = [0f32; 16];
+            for (i, v) in c.iter().enumerate() {
+                s[i % 16] += v * v;
+            }
+            s.iter().map(|&v| v as f64).sum::<f64>()
+        })
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum() // in chunk order: the same total on every run
+}
+
+/// The AdamW constants of one update.
+#[derive(Clone, Copy)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+    pub eps: f32,
+    /// Multiplies the gradient (clipping).
+    pub grad_scale: f32,
+}
+
+#[inline(always)]
+fn adamw_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+    let keep = 1.0 - s.lr * s.decay;
+    for i in 0..p.len() {
+        let gi = g[i] * s.grad_scale;
+        m[i] = s.beta1 * m[i] + (1.0 - s.beta1) * gi;
+        v[i] = s.beta2 * v[i] + (1.0 - s.beta2) * gi * gi;
+        p[i] = p[i] * keep - s.lr * (m[i] / s.bc1) / ((v[i] / s.bc2).sqrt() + s.eps);
+    }
+}
+dispatch!(
+    adamw_chunk = adamw_body, adamw512, adamw256,
+    (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) -> ()
+);
+
+/// One AdamW update of `p` in place, with moments `m`, `v`, on both cores.
+pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+    const CH: usize = 1 << 14;
+    p.par_chunks_mut(CH)
+        .zip(g.par_chunks(CH))
+        .zip(m.par_chunks_mut(CH))
+        .zip(v.par_chunks_mut(CH))
+        .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, s));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0))
+            .collect()
+    }
+
+    #[test]
+    fn products_and_transpose_match_plain_loops() {
+        let (m, k, n) = (37, 45, 70);
+        let a = data(m * k, 1);
+        let bn = data(k * n, 2); // [k, n]
+        let mut bt = vec![0f32; n * k]; // [n, k]
+        transpose(&bn, k, n, &mut bt);
+        for i in 0..k {
+            for j in 0..n {
+                assert_eq!(bt[j * k + i], bn[i * n + j]);
+            }
+        }
+        let mut want = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|l| a[i * k + l] * bn[l * n + j]).sum();
+            }
+        }
+        for rhs in [Rhs::Nn(&bn), Rhs::Nt(&bt)] {
+            let mut out = vec![0f32; m * n];
+            gemm(&a, m, k, n, rhs, &mut out);
+            let mut out2 = vec![0f32; m * n];
+            gemm_serial(&a, m, k, n, rhs, &mut out2, &mut Vec::new());
+            for ((o, o2), w) in out.iter().zip(&out2).zip(&want) {
+                assert!((o - w).abs() < 1e-4 && (o2 - w).abs() < 1e-4);
+            }
+        }
+        let mut cs = vec![1f32; n];
+        colsum_add(&bn, k, n, &mut cs);
+        for j in 0..n {
+            let w: f32 = 1.0 + (0..k).map(|i| bn[i * n + j]).sum::<f32>();
+            assert!((cs[j] - w).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn adamw_matches_the_recurrence() {
+        let n = 1000;
+        let mut p = data(n, 3);
+        let g = data(n, 4);
+        let (mut m, mut v) = (vec![0.1f32; n], vec![0.2f32; n]);
+        let p0 = p.clone();
+        let s = AdamWStep {
+            lr: 0.01,
+            decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            bc1: 0.5,
+            bc2: 0.25,
+            eps: 1e-8,
+            grad_scale: 0.5,
+        };
+        adamw(&mut p, &g, &mut m, &mut v, s);
+        for i in 0..n {
+            let gi = g[i] as f64 * 0.5;
+            let mi = 0.9 * 0.1 + 0.1 * gi;
+            let vi = 0.99 * 0.2 + 0.01 * gi * gi;
+            let want = p0[i] as f64 * (1.0 - 0.001) - 0.01 * (mi / 0.5) / ((vi / 0.25).sqrt() + 1e-8);
+            assert!((p[i] as f64 - want).abs() < 1e-6, "{} vs {want}", p[i]);
+            assert!((m[i] as f64 - mi).abs() < 1e-6 && (v[i] as f64 - vi).abs() < 1e-6);
+        }
+    }
+}

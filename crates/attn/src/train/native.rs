@@ -1,0 +1,628 @@
+//! GPT-2 training outside candle's autograd, for speed on the CPU.
+//!
+//! candle records every operation of the forward pass in a graph and, going backward,
+//! allocates and zero-fills a gradient for each, broadcasts biases with general binary
+//! ops and copies strided transposes; at the sizes trained on a laptop that machinery
+//! costs more than the arithmetic. Here the parameters, their gradients and the AdamW
+//! moments are three flat `f32` buffers, every activation the backward pass needs has a
+//! buffer allocated once for the batch shape, and the backward pass is written out by
+//! hand (as llm.c does), over the slice kernels of [`super::kernels`]. The arithmetic is
+//! the model's in [`crate::models::gpt2`]; tests compare losses and every gradient with
+//! candle's autograd on that model, and whole training runs with the graph trainer.
+//!
+//! Covered: GPT-2 with the tanh GELU (`gelu_new`, `gelu_pytorch_tanh`), f32 on the CPU,
+//! no dropout. The trainer uses the graph model for anything else.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{Device, Tensor};
+
+use super::kernels::{self as k, AdamWStep, Rhs};
+use super::optimizer::AdamWConfig;
+use crate::models::gpt2::Gpt2Config;
+use crate::nn::Params;
+use crate::{Error, Result};
+
+/// One named parameter inside the flat buffers.
+struct Slot {
+    name: String,
+    off: usize,
+    shape: Vec<usize>,
+}
+
+impl Slot {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Weight decay applies to matrices only (as in [`super::optimizer::AdamW`]).
+    fn decays(&self) -> bool {
+        self.shape.len() >= 2
+    }
+    fn range(&self) -> std::ops::Range<usize> {
+        self.off..self.off + self.len()
+    }
+}
+
+/// Offsets of one block's parameters. Each norm's bias directly follows its weight.
+#[derive(Clone, Copy)]
+struct BlockAt {
+    ln1: usize,
+    qkv_w: usize,
+    qkv_b: usize,
+    proj_w: usize,
+    proj_b: usize,
+    ln2: usize,
+    fc_w: usize,
+    fc_b: usize,
+    fcp_w: usize,
+    fcp_b: usize,
+}
+
+/// Activations kept for the backward pass, and its scratch, for one batch shape.
+#[derive(Default)]
+struct Acts {
+    b: usize,
+    t: usize,
+    /// Residual stream entering each block, and after the last (`n_layer + 1`).
+    res: Vec<Vec<f32>>,
+    ln1: Vec<Vec<f32>>,
+    ln1_stats: Vec<Vec<f32>>,
+    qkv: Vec<Vec<f32>>,
+    probs: Vec<Vec<f32>>,
+    atty: Vec<Vec<f32>>,
+    /// Residual stream after each block's attention.
+    mid: Vec<Vec<f32>>,
+    ln2: Vec<Vec<f32>>,
+    ln2_stats: Vec<Vec<f32>>,
+    fch: Vec<Vec<f32>>,
+    gelu: Vec<Vec<f32>>,
+    lnf: Vec<f32>,
+    lnf_stats: Vec<f32>,
+    logits: Vec<f32>,
+    tmp: Vec<f32>,
+    dres: Vec<f32>,
+    dln: Vec<f32>,
+    dbig: Vec<f32>,
+    dqkv: Vec<f32>,
+    tr: Vec<f32>,
+    wtmp: Vec<f32>,
+}
+
+/// A GPT-2 with its parameters, gradients and AdamW moments in flat buffers.
+pub struct NativeGpt2 {
+    vocab: usize,
+    n_pos: usize,
+    c: usize,
+    nh: usize,
+    f: usize,
+    eps: f32,
+    slots: Vec<Slot>,
+    wte: usize,
+    wpe: usize,
+    blocks: Vec<BlockAt>,
+    lnf: usize,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// AdamW updates applied so far (for the bias corrections).
+    t: usize,
+    acts: Acts,
+}
+
+impl NativeGpt2 {
+    /// Whether this path computes the model `config` describes.
+    pub fn supports(config: &Gpt2Config) -> bool {
+        matches!(
+            config.activation_function.as_str(),
+            "gelu_new" | "gelu_pytorch_tanh"
+        ) && config.resid_pdrop == 0.0
+            && config.embd_pdrop == 0.0
+            && config.attn_pdrop == 0.0
+            && config.tie_word_embeddings
+    }
+
+    /// Copy the parameters of a [`crate::models::gpt2::Gpt2`] built from `params`.
+    pub fn from_params(config: &Gpt2Config, params: &Params) -> Result<Self> {
+        if !Self::supports(config) {
+            return Err(Error::Model(
+                "the native trainer covers GPT-2 with the tanh GELU and no dropout".into(),
+            ));
+        }
+        let (c, f) = (config.n_embd, config.inner());
+        let mut slots = Vec::new();
+        let mut off = 0;
+        let mut add = |name: String, shape: Vec<usize>| {
+            let at = off;
+            off += shape.iter().product::<usize>();
+            slots.push(Slot {
+                name,
+                off: at,
+                shape,
+            });
+            at
+        };
+        let wte = add("transformer.wte.weight".into(), vec![config.vocab_size, c]);
+        let wpe = add("transformer.wpe.weight".into(), vec![config.n_positions, c]);
+        let mut blocks = Vec::new();
+        for l in 0..config.n_layer {
+            let p = format!("transformer.h.{l}");
+            let ln1 = add(format!("{p}.ln_1.weight"), vec![c]);
+            add(format!("{p}.ln_1.bias"), vec![c]);
+            let qkv_w = add(format!("{p}.attn.c_attn.weight"), vec![c, 3 * c]);
+            let qkv_b = add(format!("{p}.attn.c_attn.bias"), vec![3 * c]);
+            let proj_w = add(format!("{p}.attn.c_proj.weight"), vec![c, c]);
+            let proj_b = add(format!("{p}.attn.c_proj.bias"), vec![c]);
+            let ln2 = add(format!("{p}.ln_2.weight"), vec![c]);
+            add(format!("{p}.ln_2.bias"), vec![c]);
+            let fc_w = add(format!("{p}.mlp.c_fc.weight"), vec![c, f]);
+            let fc_b = add(format!("{p}.mlp.c_fc.bias"), vec![f]);
+            let fcp_w = add(format!("{p}.mlp.c_proj.weight"), vec![f, c]);
+            let fcp_b = add(format!("{p}.mlp.c_proj.bias"), vec![c]);
+            blocks.push(BlockAt {
+                ln1,
+                qkv_w,
+                qkv_b,
+                proj_w,
+                proj_b,
+                ln2,
+                fc_w,
+                fc_b,
+                fcp_w,
+                fcp_b,
+            });
+        }
+        let lnf = add("transformer.ln_f.weight".into(), vec![c]);
+        add("transformer.ln_f.bias".into(), vec![c]);
+        let total = off;
+        let mut flat = vec![0f32; total];
+        for s in &slots {
+            let var = params
+                .get(&s.name)
+                .ok_or_else(|| Error::Model(format!("the model has no parameter {}", s.name)))?;
+            if var.dims() != s.shape.as_slice() {
+                return Err(Error::Model(format!(
+                    "{} has shape {:?}, expected {:?}",
+                    s.name,
+                    var.dims(),
+                    s.shape
+                )));
+            }
+            let values = var
+                .as_tensor()
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            flat[s.range()].copy_from_slice(&values);
+        }
+        Ok(NativeGpt2 {
+            vocab: config.vocab_size,
+            n_pos: config.n_positions,
+            c,
+            nh: config.n_head,
+            f,
+            eps: config.layer_norm_epsilon as f32,
+            slots,
+            wte,
+            wpe,
+            blocks,
+            lnf,
+            params: flat,
+            grads: vec![0f32; total],
+            m: vec![0f32; total],
+            v: vec![0f32; total],
+            t: 0,
+            acts: Acts::default(),
+        })
+    }
+
+    /// Write the current parameters into `params` (the graph model's variables).
+    pub fn write_params(&self, params: &Params) -> Result<()> {
+        for s in &self.slots {
+            if let Some(var) = params.get(&s.name) {
+                let t = Tensor::from_slice(&self.params[s.range()], s.shape.as_slice(), var.device())?
+                    .to_dtype(var.dtype())?;
+                var.set(&t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The AdamW moments as `exp_avg.<name>` / `exp_avg_sq.<name>` tensors, the names
+    /// [`super::optimizer::AdamW::state_tensors`] uses (checkpoints are interchangeable).
+    pub fn moment_tensors(&self, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for s in &self.slots {
+            for (prefix, buf) in [("exp_avg", &self.m), ("exp_avg_sq", &self.v)] {
+                out.insert(
+                    format!("{prefix}.{}", s.name),
+                    Tensor::from_slice(&buf[s.range()], s.shape.as_slice(), device)?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restore moments saved by [`Self::moment_tensors`] (or the graph trainer) after
+    /// `t` updates.
+    pub fn load_moments(&mut self, tensors: &BTreeMap<String, Tensor>, t: usize) -> Result<()> {
+        for s in &self.slots {
+            for (prefix, buf) in [("exp_avg", &mut self.m), ("exp_avg_sq", &mut self.v)] {
+                let key = format!("{prefix}.{}", s.name);
+                let saved = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::Model(format!("optimizer state lacks {key}")))?;
+                if saved.dims() != s.shape.as_slice() {
+                    return Err(Error::Model(format!(
+                        "optimizer state {key} has shape {:?}, the parameter {:?}",
+                        saved.dims(),
+                        s.shape
+                    )));
+                }
+                let values = saved
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                buf[s.range()].copy_from_slice(&values);
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+
+    /// The gradients of the last [`Self::forward_backward`] calls, by parameter name.
+    pub fn gradient_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                Ok((
+                    s.name.clone(),
+                    Tensor::from_slice(&self.grads[s.range()], s.shape.as_slice(), device)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The values of parameter `name`, for changing them in place.
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let r = self.slots.iter().find(|s| s.name == name)?.range();
+        Some(&mut self.params[r])
+    }
+
+    /// Number of scalars.
+    pub fn count(&self) -> usize {
+        self.params.len()
+    }
+
+    fn ensure_acts(&mut self, b: usize, t: usize) {
+        if self.acts.b == b && self.acts.t == t {
+            return;
+        }
+        let (m, c, f, nl) = (b * t, self.c, self.f, self.blocks.len());
+        let per = |n: usize, count: usize| vec![vec![0f32; n]; count];
+        self.acts = Acts {
+            b,
+            t,
+            res: per(m * c, nl + 1),
+            ln1: per(m * c, nl),
+            ln1_stats: per(2 * m, nl),
+            qkv: per(3 * m * c, nl),
+            probs: per(b * self.nh * t * t, nl),
+            atty: per(m * c, nl),
+            mid: per(m * c, nl),
+            ln2: per(m * c, nl),
+            ln2_stats: per(2 * m, nl),
+            fch: per(m * f, nl),
+            gelu: per(m * f, nl),
+            lnf: vec![0f32; m * c],
+            lnf_stats: vec![0f32; 2 * m],
+            logits: vec![0f32; m * self.vocab],
+            tmp: vec![0f32; m * c],
+            dres: vec![0f32; m * c],
+            dln: vec![0f32; m * c],
+            dbig: vec![0f32; m * f],
+            dqkv: vec![0f32; 3 * m * c],
+            tr: vec![0f32; m * f.max(3 * c).max(self.vocab)],
+            wtmp: vec![0f32; c * f.max(3 * c).max(self.vocab)],
+        };
+    }
+
+    fn check_ids(&self, ids: &[u32], what: &str, b: usize, t: usize) -> Result<()> {
+        if ids.len() != b * t || b == 0 || t == 0 {
+            return Err(Error::invalid(
+                what,
+                format!("{} ids for a batch of {b} × {t}", ids.len()),
+            ));
+        }
+        if t > self.n_pos {
+            return Err(Error::invalid(
+                what,
+                format!("{t} positions, the model has {}", self.n_pos),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.vocab) {
+            return Err(Error::invalid(
+                what,
+                format!("token id {bad} is outside the vocabulary of {}", self.vocab),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The forward pass for `ids [b, t]`, up to the logits.
+    fn forward(&mut self, ids: &[u32], b: usize, t: usize) -> Result<()> {
+        self.check_ids(ids, "input ids", b, t)?;
+        self.ensure_acts(b, t);
+        let (m, c, f, nh, eps) = (b * t, self.c, self.f, self.nh, self.eps);
+        let w = &self.params;
+        let a = &mut self.acts;
+        let p = |off: usize, len: usize| &w[off..off + len];
+        for (r, &id) in ids.iter().enumerate() {
+            let (e, pos) = (
+                p(self.wte + id as usize * c, c),
+                p(self.wpe + (r % t) * c, c),
+            );
+            for ((o, x), y) in a.res[0][r * c..(r + 1) * c].iter_mut().zip(e).zip(pos) {
+                *o = x + y;
+            }
+        }
+        for (l, at) in self.blocks.iter().enumerate() {
+            k::layer_norm(
+                &a.res[l],
+                p(at.ln1, c),
+                p(at.ln1 + c, c),
+                eps,
+                m,
+                &mut a.ln1[l],
+                &mut a.ln1_stats[l],
+            );
+            k::gemm(&a.ln1[l], m, c, 3 * c, Rhs::Nn(p(at.qkv_w, 3 * c * c)), &mut a.qkv[l]);
+            k::add_bias(&mut a.qkv[l], p(at.qkv_b, 3 * c), m);
+            k::attention(&a.qkv[l], b, t, c, nh, &mut a.probs[l], &mut a.atty[l]);
+            k::gemm(&a.atty[l], m, c, c, Rhs::Nn(p(at.proj_w, c * c)), &mut a.tmp);
+            k::add_bias_residual(&mut a.mid[l], &a.tmp, &a.res[l], p(at.proj_b, c), m);
+            k::layer_norm(
+                &a.mid[l],
+                p(at.ln2, c),
+                p(at.ln2 + c, c),
+                eps,
+                m,
+                &mut a.ln2[l],
+                &mut a.ln2_stats[l],
+            );
+            k::gemm(&a.ln2[l], m, c, f, Rhs::Nn(p(at.fc_w, c * f)), &mut a.fch[l]);
+            k::add_bias_gelu(&mut a.fch[l], p(at.fc_b, f), &mut a.gelu[l], m);
+            k::gemm(&a.gelu[l], m, f, c, Rhs::Nn(p(at.fcp_w, f * c)), &mut a.tmp);
+            let (done, next) = a.res.split_at_mut(l + 1);
+            let _ = done;
+            k::add_bias_residual(&mut next[0], &a.tmp, &a.mid[l], p(at.fcp_b, c), m);
+        }
+        let nl = self.blocks.len();
+        k::layer_norm(
+            &a.res[nl],
+            p(self.lnf, c),
+            p(self.lnf + c, c),
+            eps,
+            m,
+            &mut a.lnf,
+            &mut a.lnf_stats,
+        );
+        k::gemm(
+            &a.lnf,
+            m,
+            c,
+            self.vocab,
+            Rhs::Nt(p(self.wte, self.vocab * c)),
+            &mut a.logits,
+        );
+        Ok(())
+    }
+
+    /// Mean next-token loss of `ids [b, t]` against `targets [b, t]`.
+    pub fn loss(&mut self, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
+        self.check_ids(targets, "targets", b, t)?;
+        self.forward(ids, b, t)?;
+        let sum = k::cross_entropy(&mut self.acts.logits, self.vocab, targets, None);
+        Ok(sum / (b * t) as f64)
+    }
+
+    /// Set every gradient to zero (before the micro-batches of a step).
+    pub fn zero_grads(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = 0.0);
+    }
+
+    /// Forward and backward pass for `ids [b, t]` against `targets`: adds
+    /// `scale ·` the gradient of the mean loss to the gradients; returns the mean loss.
+    pub fn forward_backward(
+        &mut self,
+        ids: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<f64> {
+        self.check_ids(targets, "targets", b, t)?;
+        self.forward(ids, b, t)?;
+        let m = b * t;
+        let sum = k::cross_entropy(
+            &mut self.acts.logits,
+            self.vocab,
+            targets,
+            Some(scale / m as f32),
+        );
+        self.backward(ids, b, t);
+        Ok(sum / m as f64)
+    }
+
+    /// The backward pass of the last forward pass, whose logits now hold the loss
+    /// gradient.
+    fn backward(&mut self, ids: &[u32], b: usize, t: usize) {
+        let (m, c, f, nh, v) = (b * t, self.c, self.f, self.nh, self.vocab);
+        let w = &self.params;
+        let g = &mut self.grads;
+        let a = &mut self.acts;
+        let p = |off: usize, len: usize| &w[off..off + len];
+        // Weight gradient dW [rows, cols] += xᵀ·dy for x [m, rows], dy [m, cols].
+        let weight_grad = |x: &[f32],
+                           rows: usize,
+                           dy: &[f32],
+                           cols: usize,
+                           tr: &mut [f32],
+                           wtmp: &mut [f32],
+                           dw: &mut [f32]| {
+            k::transpose(x, m, rows, tr);
+            k::gemm(tr, rows, m, cols, Rhs::Nn(dy), wtmp);
+            k::add_into(&mut dw[..rows * cols], &wtmp[..rows * cols]);
+        };
+        // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
+        weight_grad(
+            &a.logits,
+            v,
+            &a.lnf,
+            c,
+            &mut a.tr,
+            &mut a.wtmp,
+            &mut g[self.wte..],
+        );
+        k::gemm(&a.logits, m, v, c, Rhs::Nn(p(self.wte, v * c)), &mut a.dln);
+        a.dres.iter_mut().for_each(|x| *x = 0.0);
+        let nl = self.blocks.len();
+        {
+            let (gw, gb) = g[self.lnf..self.lnf + 2 * c].split_at_mut(c);
+            k::layer_norm_backward(
+                &a.dln,
+                &a.res[nl],
+                &a.lnf_stats,
+                p(self.lnf, c),
+                m,
+                &mut a.dres,
+                gw,
+                gb,
+            );
+        }
+        for (l, at) in self.blocks.iter().enumerate().rev() {
+            // MLP: res[l+1] = mid + gelu(ln2·Wfc + bfc)·Wfcp + bfcp.
+            k::gemm(&a.dres, m, c, f, Rhs::Nt(p(at.fcp_w, f * c)), &mut a.dbig);
+            weight_grad(
+                &a.gelu[l],
+                f,
+                &a.dres,
+                c,
+                &mut a.tr,
+                &mut a.wtmp,
+                &mut g[at.fcp_w..],
+            );
+            k::colsum_add(&a.dres, m, c, &mut g[at.fcp_b..at.fcp_b + c]);
+            k::gelu_backward(&a.fch[l], &mut a.dbig);
+            k::gemm(&a.dbig, m, f, c, Rhs::Nt(p(at.fc_w, c * f)), &mut a.dln);
+            weight_grad(
+                &a.ln2[l],
+                c,
+                &a.dbig,
+                f,
+                &mut a.tr,
+                &mut a.wtmp,
+                &mut g[at.fc_w..],
+            );
+            k::colsum_add(&a.dbig, m, f, &mut g[at.fc_b..at.fc_b + f]);
+            {
+                let (gw, gb) = g[at.ln2..at.ln2 + 2 * c].split_at_mut(c);
+                k::layer_norm_backward(
+                    &a.dln,
+                    &a.mid[l],
+                    &a.ln2_stats[l],
+                    p(at.ln2, c),
+                    m,
+                    &mut a.dres,
+                    gw,
+                    gb,
+                );
+            }
+            // Attention: mid = res[l] + attn(ln1)·Wproj + bproj.
+            k::gemm(&a.dres, m, c, c, Rhs::Nt(p(at.proj_w, c * c)), &mut a.dln);
+            weight_grad(
+                &a.atty[l],
+                c,
+                &a.dres,
+                c,
+                &mut a.tr,
+                &mut a.wtmp,
+                &mut g[at.proj_w..],
+            );
+            k::colsum_add(&a.dres, m, c, &mut g[at.proj_b..at.proj_b + c]);
+            k::attention_backward(&a.dln, &a.qkv[l], &a.probs[l], b, t, c, nh, &mut a.dqkv);
+            k::gemm(&a.dqkv, m, 3 * c, c, Rhs::Nt(p(at.qkv_w, 3 * c * c)), &mut a.dln);
+            weight_grad(
+                &a.ln1[l],
+                c,
+                &a.dqkv,
+                3 * c,
+                &mut a.tr,
+                &mut a.wtmp,
+                &mut g[at.qkv_w..],
+            );
+            k::colsum_add(&a.dqkv, m, 3 * c, &mut g[at.qkv_b..at.qkv_b + 3 * c]);
+            {
+                let (gw, gb) = g[at.ln1..at.ln1 + 2 * c].split_at_mut(c);
+                k::layer_norm_backward(
+                    &a.dln,
+                    &a.res[l],
+                    &a.ln1_stats[l],
+                    p(at.ln1, c),
+                    m,
+                    &mut a.dres,
+                    gw,
+                    gb,
+                );
+            }
+        }
+        // Embeddings.
+        for (r, &id) in ids.iter().enumerate() {
+            let d = &a.dres[r * c..(r + 1) * c];
+            let e = self.wte + id as usize * c;
+            for (x, y) in g[e..e + c].iter_mut().zip(d) {
+                *x += y;
+            }
+            let q = self.wpe + (r % t) * c;
+            for (x, y) in g[q..q + c].iter_mut().zip(d) {
+                *x += y;
+            }
+        }
+    }
+
+    /// The global L2 norm of the gradients.
+    pub fn grad_norm(&self) -> f64 {
+        k::sum_squares(&self.grads).sqrt()
+    }
+
+    /// One AdamW update with learning rate `lr`, the gradients first multiplied by
+    /// `grad_scale` (clipping).
+    pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
+        self.t += 1;
+        let bc1 = 1.0 - config.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - config.beta2.powi(self.t as i32);
+        for s in &self.slots {
+            let r = s.range();
+            k::adamw(
+                &mut self.params[r.clone()],
+                &self.grads[r.clone()],
+                &mut self.m[r.clone()],
+                &mut self.v[r],
+                AdamWStep {
+                    lr: lr as f32,
+                    decay: if s.decays() {
+                        config.weight_decay as f32
+                    } else {
+                        0.0
+                    },
+                    beta1: config.beta1 as f32,
+                    beta2: config.beta2 as f32,
+                    bc1: bc1 as f32,
+                    bc2: bc2 as f32,
+                    eps: config.eps as f32,
+                    grad_scale: grad_scale as f32,
+                },
+            );
+        }
+    }
+}
