@@ -131,11 +131,13 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
             "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
             "block_size": config.block_size, "batch_size": config.batch_size, "vocab_size": vocab,
             "last_loss": last_loss,
+            "engine": trainer.engine(),
         }));
     } else {
         println!(
-            "train {}: {:.0} tokens/s ({:.1} ms/step, {} steps)",
+            "train {} ({}): {:.0} tokens/s ({:.1} ms/step, {} steps)",
             a.preset,
+            trainer.engine(),
             tps,
             1e3 * secs / a.steps as f64,
             a.steps

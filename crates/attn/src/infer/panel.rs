@@ -149,6 +149,136 @@ fn run<const MR: usize>(isa: Isa, x: &[&[f32]; MR], panel: &[f32], out: &mut [[f
     }
 }
 
+/// `out[r][j] = Σ_kk x[kk·ld + r] · panel[kk][j]` for `MR` input rows given as
+/// columns of `x` (the transposed layout: the `MR` values of one step are adjacent).
+#[inline(always)]
+fn body_t<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32; NR]; MR]) {
+    let k = panel.len() / NR;
+    assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
+    let mut acc = [[0f32; NR]; MR];
+    for kk in 0..k {
+        let p: &[f32; NR] = panel[kk * NR..kk * NR + NR].try_into().unwrap();
+        for r in 0..MR {
+            // SAFETY: kk·ld + r < x.len() (asserted above).
+            let xv = unsafe { *x.get_unchecked(kk * ld + r) };
+            for j in 0..NR {
+                acc[r][j] = xv.mul_add(p[j], acc[r][j]);
+            }
+        }
+    }
+    *out = acc;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn body_t512<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32; NR]; MR]) {
+    body_t::<MR>(x, ld, panel, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn body_t256<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32; NR]; MR]) {
+    body_t::<MR>(x, ld, panel, out)
+}
+
+/// One panel against `rows` (at most `block_rows`) transposed input rows.
+fn panel_rows_t(isa: Isa, x: &[f32], ld: usize, rows: usize, panel: &[f32], out: &mut [[f32; NR]]) {
+    macro_rules! go {
+        ($m:literal) => {{
+            let o: &mut [[f32; NR]; $m] = out.try_into().unwrap();
+            match isa {
+                // SAFETY: the features were detected at run time.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { body_t512::<$m>(x, ld, panel, o) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { body_t256::<$m>(x, ld, panel, o) },
+                _ => body_t::<$m>(x, ld, panel, o),
+            }
+        }};
+    }
+    match rows {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        m => unreachable!("{m} rows per block"),
+    }
+}
+
+/// `out[i, r] (+)= Σ_c xt[c, i] · W[r, c]` for the `n` columns `i` of `xt [k, ld]`
+/// (that is, `xtᵀ · Wᵀ` without transposing `xt`), `out` `[n, rows]`, `W` given as
+/// stored panels of `k` columns; on the calling thread. Adds to `out` when
+/// `accumulate`.
+pub fn matmul_tn_serial(
+    xt: &[f32],
+    ld: usize,
+    n: usize,
+    rows: usize,
+    k: usize,
+    panels: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    let isa = isa();
+    let mb = block_rows(isa).min(6);
+    // The columns of xt, mb at a time, packed as [k][mb] so each step reads adjacent
+    // values (read in place they would be ld apart, a cache line each).
+    let blocks = n.div_ceil(mb);
+    let mut packed = vec![0f32; blocks * k * mb];
+    for (kk, row) in xt.chunks(ld).take(k).enumerate() {
+        for b in 0..blocks {
+            let w = mb.min(n - b * mb);
+            packed[(b * k + kk) * mb..][..w].copy_from_slice(&row[b * mb..b * mb + w]);
+        }
+    }
+    let mut acc = vec![[0f32; NR]; mb];
+    for p in 0..rows.div_ceil(NR) {
+        let panel = &panels[p * k * NR..(p + 1) * k * NR];
+        let valid = NR.min(rows - p * NR);
+        for b in 0..blocks {
+            let i0 = b * mb;
+            let m = mb.min(n - i0);
+            let acc = &mut acc[..m];
+            panel_rows_t(isa, &packed[b * k * mb..(b + 1) * k * mb], mb, m, panel, acc);
+            for (i, a) in acc.iter().enumerate() {
+                let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
+                if accumulate {
+                    for (o, v) in o.iter_mut().zip(a) {
+                        *o += v;
+                    }
+                } else {
+                    o.copy_from_slice(&a[..valid]);
+                }
+            }
+        }
+    }
+}
+
+/// [`matmul_tn_serial`] over the rayon pool, blocks of output rows per task.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_tn(
+    xt: &[f32],
+    ld: usize,
+    n: usize,
+    rows: usize,
+    k: usize,
+    panels: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads * 4).clamp(6, 96).div_ceil(6) * 6;
+    out[..n * rows]
+        .par_chunks_mut(chunk * rows)
+        .enumerate()
+        .for_each(|(c, o)| {
+            let m = o.len() / rows;
+            matmul_tn_serial(&xt[c * chunk..], ld, m, rows, k, panels, o, accumulate);
+        });
+}
+
 /// Input rows per kernel call: as many as the registers hold accumulators for.
 fn block_rows(isa: Isa) -> usize {
     match isa {

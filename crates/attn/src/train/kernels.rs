@@ -4,6 +4,13 @@
 //! is split over the rayon pool; the inner loops are compiled for AVX-512, AVX2 or
 //! portably and picked at run time (as in [`crate::infer::vmath`]).
 
+/// Run `f` on a thread of the rayon pool, so that the many parallel loops inside it
+/// start from a worker (cheap) instead of each waking the pool from outside and putting
+/// the caller to sleep until it finishes.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 use rayon::prelude::*;
 
 use crate::infer::panel::{self, Panels, NR};
@@ -24,9 +31,14 @@ fn fill(b: Rhs, k: usize, n: usize, p: usize, out: &mut [f32]) {
         Rhs::Nn(b) => {
             let c0 = p * NR;
             let w = NR.min(n - c0);
-            if w < NR {
-                out.iter_mut().for_each(|v| *v = 0.0);
+            if w == NR {
+                for (kk, o) in out[..k * NR].chunks_exact_mut(NR).enumerate() {
+                    let o: &mut [f32; NR] = o.try_into().unwrap();
+                    *o = b[kk * n + c0..kk * n + c0 + NR].try_into().unwrap();
+                }
+                return;
             }
+            out.iter_mut().for_each(|v| *v = 0.0);
             for kk in 0..k {
                 out[kk * NR..kk * NR + w].copy_from_slice(&b[kk * n + c0..kk * n + c0 + w]);
             }
@@ -34,11 +46,63 @@ fn fill(b: Rhs, k: usize, n: usize, p: usize, out: &mut [f32]) {
     }
 }
 
-/// `out [m, n] = a [m, k] · b`, on both cores.
-pub fn gemm(a: &[f32], m: usize, k: usize, n: usize, b: Rhs, out: &mut [f32]) {
+/// All panels of the right-hand matrix into `panels`, on both cores.
+fn pack_all(b: Rhs, k: usize, n: usize, panels: &mut Vec<f32>) {
+    let np = n.div_ceil(NR);
+    panels.resize(np * k * NR, 0.0);
+    panels[..np * k * NR]
+        .par_chunks_mut(k * NR)
+        .enumerate()
+        .for_each(|(p, out)| fill(b, k, n, p, out));
+}
+
+/// `out [m, n] = a [m, k] · b`, on both cores; `panels` is scratch for the packed `b`.
+pub fn gemm(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: Rhs,
+    out: &mut [f32],
+    panels: &mut Vec<f32>,
+) {
     debug_assert!(a.len() >= m * k && out.len() >= m * n);
-    let f = |p: usize, panel: &mut [f32]| fill(b, k, n, p, panel);
-    panel::matmul(a, m, n, k, Panels::Fill(&f), &mut out[..m * n]);
+    pack_all(b, k, n, panels);
+    panel::matmul(a, m, n, k, Panels::Stored(panels), &mut out[..m * n]);
+}
+
+/// `dw [rows, cols] += xᵀ · dy` for `x [m, rows]`, `dy [m, cols]` (a weight gradient),
+/// without transposing `x`; on both cores.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_tn_acc(
+    x: &[f32],
+    m: usize,
+    rows: usize,
+    dy: &[f32],
+    cols: usize,
+    dw: &mut [f32],
+    panels: &mut Vec<f32>,
+) {
+    pack_all(Rhs::Nn(dy), m, cols, panels);
+    panel::matmul_tn(x, rows, rows, cols, m, panels, &mut dw[..rows * cols], true);
+}
+
+/// `out [n, cols] = xtᵀ · b` for `xt [k, n]` on the calling thread (`b` is `[k, cols]`).
+fn gemm_tn_serial(
+    xt: &[f32],
+    k: usize,
+    n: usize,
+    b: &[f32],
+    cols: usize,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let np = cols.div_ceil(NR);
+    scratch.resize(np * k * NR, 0.0);
+    for p in 0..np {
+        fill(Rhs::Nn(b), k, cols, p, &mut scratch[p * k * NR..(p + 1) * k * NR]);
+    }
+    panel::matmul_tn_serial(xt, n, n, cols, k, scratch, &mut out[..n * cols], false);
 }
 
 /// [`gemm`] on the calling thread; `scratch` holds the packed right-hand side.
@@ -62,27 +126,6 @@ pub fn gemm_serial(
 /// Rows per parallel task for rows of `row` elements: about 16K elements each.
 fn rows_per_task(rows: usize, row: usize) -> usize {
     (16384 / row.max(1)).clamp(1, rows.max(1))
-}
-
-/// `out [n, m] = aᵀ` for `a [m, n]`, in 32×32 tiles, on both cores.
-pub fn transpose(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
-    const BS: usize = 32;
-    out[..m * n]
-        .par_chunks_mut(BS * m)
-        .enumerate()
-        .for_each(|(bi, o)| {
-            let j0 = bi * BS;
-            let cols = o.len() / m;
-            for i0 in (0..m).step_by(BS) {
-                let i1 = (i0 + BS).min(m);
-                for jj in 0..cols {
-                    let j = j0 + jj;
-                    for i in i0..i1 {
-                        o[jj * m + i] = a[i * n + j];
-                    }
-                }
-            }
-        });
 }
 
 /// `out[j] += Σ_i a[i, j]` for `a [m, n]`.
@@ -113,13 +156,6 @@ dispatch!(
     /// `acc += x`.
     add_row = add_body, add512, add256, (acc: &mut [f32], x: &[f32]) -> ()
 );
-
-/// `acc += x` over long slices, on both cores.
-pub fn add_into(acc: &mut [f32], x: &[f32]) {
-    acc.par_chunks_mut(1 << 15)
-        .zip(x.par_chunks(1 << 15))
-        .for_each(|(a, x)| add_row(a, x));
-}
 
 #[inline(always)]
 fn bias_res_body(out: &mut [f32], y: &[f32], res: &[f32], b: &[f32]) {
@@ -352,7 +388,6 @@ struct HeadScratch {
     g: Vec<f32>,
     o: Vec<f32>,
     sq: Vec<f32>,
-    sq2: Vec<f32>,
     panels: Vec<f32>,
 }
 
@@ -449,7 +484,6 @@ pub fn attention_backward(
                 s.g[i * hd..(i + 1) * hd].copy_from_slice(&dy[(bi * t + i) * c + h * hd..][..hd]);
             }
             s.sq.resize(t * t, 0.0);
-            s.sq2.resize(t * t, 0.0);
             s.o.resize(t * hd, 0.0);
             let scatter = |o: &[f32], part: usize, mul: f32| {
                 for i in 0..t {
@@ -463,8 +497,7 @@ pub fn attention_backward(
                 }
             };
             // dV = Pᵀ·dY
-            transpose_serial(p, t, t, &mut s.sq2);
-            gemm_serial(&s.sq2, t, t, hd, Rhs::Nn(&s.g), &mut s.o, &mut s.panels);
+            gemm_tn_serial(p, t, t, &s.g, hd, &mut s.o, &mut s.panels);
             scatter(&s.o, 2, 1.0);
             // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the diagonal.
             gemm_serial(&s.g, t, hd, t, Rhs::Nt(&s.v), &mut s.sq, &mut s.panels);
@@ -480,20 +513,9 @@ pub fn attention_backward(
             gemm_serial(&s.sq, t, t, hd, Rhs::Nn(&s.k), &mut s.o, &mut s.panels);
             scatter(&s.o, 0, scale);
             // dK = dSᵀ·(scale·Q)
-            transpose_serial(&s.sq, t, t, &mut s.sq2);
-            gemm_serial(&s.sq2, t, t, hd, Rhs::Nn(&s.q), &mut s.o, &mut s.panels);
+            gemm_tn_serial(&s.sq, t, t, &s.q, hd, &mut s.o, &mut s.panels);
             scatter(&s.o, 1, 1.0);
         });
-}
-
-fn transpose_serial(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
-    for i0 in (0..m).step_by(16) {
-        for j in 0..n {
-            for i in i0..(i0 + 16).min(m) {
-                out[j * m + i] = a[i * n + j];
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------- cross-entropy
@@ -595,15 +617,14 @@ mod tests {
     }
 
     #[test]
-    fn products_and_transpose_match_plain_loops() {
+    fn products_match_plain_loops() {
         let (m, k, n) = (37, 45, 70);
         let a = data(m * k, 1);
         let bn = data(k * n, 2); // [k, n]
         let mut bt = vec![0f32; n * k]; // [n, k]
-        transpose(&bn, k, n, &mut bt);
         for i in 0..k {
             for j in 0..n {
-                assert_eq!(bt[j * k + i], bn[i * n + j]);
+                bt[j * k + i] = bn[i * n + j];
             }
         }
         let mut want = vec![0f32; m * n];
@@ -614,11 +635,24 @@ mod tests {
         }
         for rhs in [Rhs::Nn(&bn), Rhs::Nt(&bt)] {
             let mut out = vec![0f32; m * n];
-            gemm(&a, m, k, n, rhs, &mut out);
+            gemm(&a, m, k, n, rhs, &mut out, &mut Vec::new());
             let mut out2 = vec![0f32; m * n];
             gemm_serial(&a, m, k, n, rhs, &mut out2, &mut Vec::new());
             for ((o, o2), w) in out.iter().zip(&out2).zip(&want) {
                 assert!((o - w).abs() < 1e-4 && (o2 - w).abs() < 1e-4);
+            }
+        }
+        // aᵀ·b for a [k', m'] = bt viewed as [n, k] rows: (btᵀ)·a' with a' [n, m].
+        let a2 = data(n * m, 5); // [n, m]
+        let mut tn = vec![0.5f32; k * m]; // [k, m]
+        gemm_tn_acc(&bt, n, k, &a2, m, &mut tn, &mut Vec::new());
+        let mut tn2 = vec![0f32; k * m];
+        gemm_tn_serial(&bt, n, k, &a2, m, &mut tn2, &mut Vec::new());
+        for i in 0..k {
+            for j in 0..m {
+                let w: f32 = (0..n).map(|r| bt[r * k + i] * a2[r * m + j]).sum();
+                assert!((tn[i * m + j] - 0.5 - w).abs() < 1e-4, "tn [{i},{j}]");
+                assert!((tn2[i * m + j] - w).abs() < 1e-4, "tn serial [{i},{j}]");
             }
         }
         let mut cs = vec![1f32; n];

@@ -84,8 +84,8 @@ struct Acts {
     dln: Vec<f32>,
     dbig: Vec<f32>,
     dqkv: Vec<f32>,
-    tr: Vec<f32>,
-    wtmp: Vec<f32>,
+    /// Packed right-hand sides of the products.
+    panels: Vec<f32>,
 }
 
 /// A GPT-2 with its parameters, gradients and AdamW moments in flat buffers.
@@ -322,8 +322,7 @@ impl NativeGpt2 {
             dln: vec![0f32; m * c],
             dbig: vec![0f32; m * f],
             dqkv: vec![0f32; 3 * m * c],
-            tr: vec![0f32; m * f.max(3 * c).max(self.vocab)],
-            wtmp: vec![0f32; c * f.max(3 * c).max(self.vocab)],
+            panels: Vec::new(),
         };
     }
 
@@ -376,10 +375,10 @@ impl NativeGpt2 {
                 &mut a.ln1[l],
                 &mut a.ln1_stats[l],
             );
-            k::gemm(&a.ln1[l], m, c, 3 * c, Rhs::Nn(p(at.qkv_w, 3 * c * c)), &mut a.qkv[l]);
+            k::gemm(&a.ln1[l], m, c, 3 * c, Rhs::Nn(p(at.qkv_w, 3 * c * c)), &mut a.qkv[l], &mut a.panels);
             k::add_bias(&mut a.qkv[l], p(at.qkv_b, 3 * c), m);
             k::attention(&a.qkv[l], b, t, c, nh, &mut a.probs[l], &mut a.atty[l]);
-            k::gemm(&a.atty[l], m, c, c, Rhs::Nn(p(at.proj_w, c * c)), &mut a.tmp);
+            k::gemm(&a.atty[l], m, c, c, Rhs::Nn(p(at.proj_w, c * c)), &mut a.tmp, &mut a.panels);
             k::add_bias_residual(&mut a.mid[l], &a.tmp, &a.res[l], p(at.proj_b, c), m);
             k::layer_norm(
                 &a.mid[l],
@@ -390,9 +389,9 @@ impl NativeGpt2 {
                 &mut a.ln2[l],
                 &mut a.ln2_stats[l],
             );
-            k::gemm(&a.ln2[l], m, c, f, Rhs::Nn(p(at.fc_w, c * f)), &mut a.fch[l]);
+            k::gemm(&a.ln2[l], m, c, f, Rhs::Nn(p(at.fc_w, c * f)), &mut a.fch[l], &mut a.panels);
             k::add_bias_gelu(&mut a.fch[l], p(at.fc_b, f), &mut a.gelu[l], m);
-            k::gemm(&a.gelu[l], m, f, c, Rhs::Nn(p(at.fcp_w, f * c)), &mut a.tmp);
+            k::gemm(&a.gelu[l], m, f, c, Rhs::Nn(p(at.fcp_w, f * c)), &mut a.tmp, &mut a.panels);
             let (done, next) = a.res.split_at_mut(l + 1);
             let _ = done;
             k::add_bias_residual(&mut next[0], &a.tmp, &a.mid[l], p(at.fcp_b, c), m);
@@ -414,6 +413,7 @@ impl NativeGpt2 {
             self.vocab,
             Rhs::Nt(p(self.wte, self.vocab * c)),
             &mut a.logits,
+            &mut a.panels,
         );
         Ok(())
     }
@@ -421,9 +421,11 @@ impl NativeGpt2 {
     /// Mean next-token loss of `ids [b, t]` against `targets [b, t]`.
     pub fn loss(&mut self, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
         self.check_ids(targets, "targets", b, t)?;
-        self.forward(ids, b, t)?;
-        let sum = k::cross_entropy(&mut self.acts.logits, self.vocab, targets, None);
-        Ok(sum / (b * t) as f64)
+        k::in_pool(|| {
+            self.forward(ids, b, t)?;
+            let sum = k::cross_entropy(&mut self.acts.logits, self.vocab, targets, None);
+            Ok(sum / (b * t) as f64)
+        })
     }
 
     /// Set every gradient to zero (before the micro-batches of a step).
@@ -442,16 +444,18 @@ impl NativeGpt2 {
         scale: f32,
     ) -> Result<f64> {
         self.check_ids(targets, "targets", b, t)?;
-        self.forward(ids, b, t)?;
-        let m = b * t;
-        let sum = k::cross_entropy(
-            &mut self.acts.logits,
-            self.vocab,
-            targets,
-            Some(scale / m as f32),
-        );
-        self.backward(ids, b, t);
-        Ok(sum / m as f64)
+        k::in_pool(|| {
+            self.forward(ids, b, t)?;
+            let m = b * t;
+            let sum = k::cross_entropy(
+                &mut self.acts.logits,
+                self.vocab,
+                targets,
+                Some(scale / m as f32),
+            );
+            self.backward(ids, b, t);
+            Ok(sum / m as f64)
+        })
     }
 
     /// The backward pass of the last forward pass, whose logits now hold the loss
@@ -462,29 +466,9 @@ impl NativeGpt2 {
         let g = &mut self.grads;
         let a = &mut self.acts;
         let p = |off: usize, len: usize| &w[off..off + len];
-        // Weight gradient dW [rows, cols] += xᵀ·dy for x [m, rows], dy [m, cols].
-        let weight_grad = |x: &[f32],
-                           rows: usize,
-                           dy: &[f32],
-                           cols: usize,
-                           tr: &mut [f32],
-                           wtmp: &mut [f32],
-                           dw: &mut [f32]| {
-            k::transpose(x, m, rows, tr);
-            k::gemm(tr, rows, m, cols, Rhs::Nn(dy), wtmp);
-            k::add_into(&mut dw[..rows * cols], &wtmp[..rows * cols]);
-        };
         // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
-        weight_grad(
-            &a.logits,
-            v,
-            &a.lnf,
-            c,
-            &mut a.tr,
-            &mut a.wtmp,
-            &mut g[self.wte..],
-        );
-        k::gemm(&a.logits, m, v, c, Rhs::Nn(p(self.wte, v * c)), &mut a.dln);
+        k::gemm_tn_acc(&a.logits, m, v, &a.lnf, c, &mut g[self.wte..], &mut a.panels);
+        k::gemm(&a.logits, m, v, c, Rhs::Nn(p(self.wte, v * c)), &mut a.dln, &mut a.panels);
         a.dres.iter_mut().for_each(|x| *x = 0.0);
         let nl = self.blocks.len();
         {
@@ -502,28 +486,12 @@ impl NativeGpt2 {
         }
         for (l, at) in self.blocks.iter().enumerate().rev() {
             // MLP: res[l+1] = mid + gelu(ln2·Wfc + bfc)·Wfcp + bfcp.
-            k::gemm(&a.dres, m, c, f, Rhs::Nt(p(at.fcp_w, f * c)), &mut a.dbig);
-            weight_grad(
-                &a.gelu[l],
-                f,
-                &a.dres,
-                c,
-                &mut a.tr,
-                &mut a.wtmp,
-                &mut g[at.fcp_w..],
-            );
+            k::gemm(&a.dres, m, c, f, Rhs::Nt(p(at.fcp_w, f * c)), &mut a.dbig, &mut a.panels);
+            k::gemm_tn_acc(&a.gelu[l], m, f, &a.dres, c, &mut g[at.fcp_w..], &mut a.panels);
             k::colsum_add(&a.dres, m, c, &mut g[at.fcp_b..at.fcp_b + c]);
             k::gelu_backward(&a.fch[l], &mut a.dbig);
-            k::gemm(&a.dbig, m, f, c, Rhs::Nt(p(at.fc_w, c * f)), &mut a.dln);
-            weight_grad(
-                &a.ln2[l],
-                c,
-                &a.dbig,
-                f,
-                &mut a.tr,
-                &mut a.wtmp,
-                &mut g[at.fc_w..],
-            );
+            k::gemm(&a.dbig, m, f, c, Rhs::Nt(p(at.fc_w, c * f)), &mut a.dln, &mut a.panels);
+            k::gemm_tn_acc(&a.ln2[l], m, c, &a.dbig, f, &mut g[at.fc_w..], &mut a.panels);
             k::colsum_add(&a.dbig, m, f, &mut g[at.fc_b..at.fc_b + f]);
             {
                 let (gw, gb) = g[at.ln2..at.ln2 + 2 * c].split_at_mut(c);
@@ -539,28 +507,12 @@ impl NativeGpt2 {
                 );
             }
             // Attention: mid = res[l] + attn(ln1)·Wproj + bproj.
-            k::gemm(&a.dres, m, c, c, Rhs::Nt(p(at.proj_w, c * c)), &mut a.dln);
-            weight_grad(
-                &a.atty[l],
-                c,
-                &a.dres,
-                c,
-                &mut a.tr,
-                &mut a.wtmp,
-                &mut g[at.proj_w..],
-            );
+            k::gemm(&a.dres, m, c, c, Rhs::Nt(p(at.proj_w, c * c)), &mut a.dln, &mut a.panels);
+            k::gemm_tn_acc(&a.atty[l], m, c, &a.dres, c, &mut g[at.proj_w..], &mut a.panels);
             k::colsum_add(&a.dres, m, c, &mut g[at.proj_b..at.proj_b + c]);
             k::attention_backward(&a.dln, &a.qkv[l], &a.probs[l], b, t, c, nh, &mut a.dqkv);
-            k::gemm(&a.dqkv, m, 3 * c, c, Rhs::Nt(p(at.qkv_w, 3 * c * c)), &mut a.dln);
-            weight_grad(
-                &a.ln1[l],
-                c,
-                &a.dqkv,
-                3 * c,
-                &mut a.tr,
-                &mut a.wtmp,
-                &mut g[at.qkv_w..],
-            );
+            k::gemm(&a.dqkv, m, 3 * c, c, Rhs::Nt(p(at.qkv_w, 3 * c * c)), &mut a.dln, &mut a.panels);
+            k::gemm_tn_acc(&a.ln1[l], m, c, &a.dqkv, 3 * c, &mut g[at.qkv_w..], &mut a.panels);
             k::colsum_add(&a.dqkv, m, 3 * c, &mut g[at.qkv_b..at.qkv_b + 3 * c]);
             {
                 let (gw, gb) = g[at.ln1..at.ln1 + 2 * c].split_at_mut(c);
@@ -601,13 +553,15 @@ impl NativeGpt2 {
         self.t += 1;
         let bc1 = 1.0 - config.beta1.powi(self.t as i32);
         let bc2 = 1.0 - config.beta2.powi(self.t as i32);
-        for s in &self.slots {
+        let (slots, params, grads) = (&self.slots, &mut self.params, &self.grads);
+        let (m, v) = (&mut self.m, &mut self.v);
+        k::in_pool(|| for s in slots {
             let r = s.range();
             k::adamw(
-                &mut self.params[r.clone()],
-                &self.grads[r.clone()],
-                &mut self.m[r.clone()],
-                &mut self.v[r],
+                &mut params[r.clone()],
+                &grads[r.clone()],
+                &mut m[r.clone()],
+                &mut v[r],
                 AdamWStep {
                     lr: lr as f32,
                     decay: if s.decays() {
@@ -623,6 +577,6 @@ impl NativeGpt2 {
                     grad_scale: grad_scale as f32,
                 },
             );
-        }
+        });
     }
 }
