@@ -230,7 +230,16 @@ pub fn matmul_tn_serial(
     for (kk, row) in xt.chunks(ld).take(k).enumerate() {
         for b in 0..blocks {
             let w = mb.min(n - b * mb);
-            packed[(b * k + kk) * mb..][..w].copy_from_slice(&row[b * mb..b * mb + w]);
+            let dst = &mut packed[(b * k + kk) * mb..][..w];
+            if w == 6 {
+                // A fixed-size copy: moves, not a call to memcpy per 24 bytes.
+                let d: &mut [f32; 6] = dst.try_into().unwrap();
+                *d = row[b * 6..b * 6 + 6].try_into().unwrap();
+            } else {
+                for (d, v) in dst.iter_mut().zip(&row[b * mb..b * mb + w]) {
+                    *d = *v;
+                }
+            }
         }
     }
     let mut acc = vec![[0f32; NR]; mb];
@@ -338,7 +347,13 @@ pub fn matmul_serial(
             panel_rows(isa, xb, panel, acc);
             for (i, a) in acc.iter().enumerate() {
                 let row = b * mb + i;
-                out[row * rows + p * NR..][..valid].copy_from_slice(&a[..valid]);
+                let o = &mut out[row * rows + p * NR..][..valid];
+                if valid == NR {
+                    let o: &mut [f32; NR] = o.try_into().unwrap();
+                    *o = *a;
+                } else {
+                    o.copy_from_slice(&a[..valid]);
+                }
             }
         }
     }
