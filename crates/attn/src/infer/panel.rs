@@ -32,10 +32,15 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
     if valid < NR {
         panel.iter_mut().for_each(|v| *v = 0.0);
     }
-    for j in 0..valid {
-        let row = &values[(p * NR + j) * cols..(p * NR + j + 1) * cols];
-        for (kk, &v) in row.iter().enumerate() {
-            panel[kk * NR + j] = v;
+    // Sixteen columns (one cache line of each row) at a time, so the sixteen panel
+    // rows being written stay in L1 while all the rows are read.
+    for c0 in (0..cols).step_by(16) {
+        let c1 = (c0 + 16).min(cols);
+        for j in 0..valid {
+            let row = &values[(p * NR + j) * cols + c0..(p * NR + j) * cols + c1];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[(c0 + kk) * NR + j] = v;
+            }
         }
     }
 }
@@ -211,6 +216,7 @@ fn panel_rows_t(isa: Isa, x: &[f32], ld: usize, rows: usize, panel: &[f32], out:
 /// (that is, `xtᵀ · Wᵀ` without transposing `xt`), `out` `[n, rows]`, `W` given as
 /// stored panels of `k` columns; on the calling thread. Adds to `out` when
 /// `accumulate`.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_tn_serial(
     xt: &[f32],
     ld: usize,
@@ -220,6 +226,24 @@ pub fn matmul_tn_serial(
     panels: &[f32],
     out: &mut [f32],
     accumulate: bool,
+) {
+    matmul_tn_serial_from(xt, ld, n, rows, k, panels, out, accumulate, false)
+}
+
+/// [`matmul_tn_serial`]; with `from_diagonal`, output row `i` sums only over steps
+/// `c ≥ i` (rounded down to its block): right when `xt[c, i] = 0` for `c < i`, as for
+/// the transpose of a causal (lower-triangular) matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_tn_serial_from(
+    xt: &[f32],
+    ld: usize,
+    n: usize,
+    rows: usize,
+    k: usize,
+    panels: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    from_diagonal: bool,
 ) {
     let isa = isa();
     let mb = block_rows(isa).min(6);
@@ -250,7 +274,15 @@ pub fn matmul_tn_serial(
             let i0 = b * mb;
             let m = mb.min(n - i0);
             let acc = &mut acc[..m];
-            panel_rows_t(isa, &packed[b * k * mb..(b + 1) * k * mb], mb, m, panel, acc);
+            let k0 = if from_diagonal { i0.min(k) } else { 0 };
+            panel_rows_t(
+                isa,
+                &packed[(b * k + k0) * mb..(b + 1) * k * mb],
+                mb,
+                m,
+                &panel[k0 * NR..],
+                acc,
+            );
             for (i, a) in acc.iter().enumerate() {
                 let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
                 if accumulate {
@@ -335,6 +367,32 @@ pub fn matmul_serial(
     panels: &[f32],
     out: &mut [f32],
 ) {
+    matmul_serial_causal(x, n, rows, cols, panels, out, Causal::Full)
+}
+
+/// What a causal product may leave out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Causal {
+    /// Everything.
+    Full,
+    /// Output `[i, r]` is needed only for `r ≤ i`: panels wholly above the row are
+    /// skipped and those entries of `out` left as they were.
+    Lower,
+    /// Input `x[i, c]` is zero for `c > i`: row `i` sums over `c ≤ i` only (rounded up
+    /// to its block).
+    Prefix,
+}
+
+/// [`matmul_serial`], skipping what `causal` says is not needed.
+pub fn matmul_serial_causal(
+    x: &[f32],
+    n: usize,
+    rows: usize,
+    cols: usize,
+    panels: &[f32],
+    out: &mut [f32],
+    causal: Causal,
+) {
     let isa = isa();
     let mb = block_rows(isa);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
@@ -343,8 +401,16 @@ pub fn matmul_serial(
         let panel = &panels[p * cols * NR..(p + 1) * cols * NR];
         let valid = NR.min(rows - p * NR);
         for (b, xb) in xs.chunks(mb).enumerate() {
+            let last = b * mb + xb.len() - 1;
+            if causal == Causal::Lower && last < p * NR {
+                continue;
+            }
             let acc = &mut acc[..xb.len()];
-            panel_rows(isa, xb, panel, acc);
+            if causal == Causal::Prefix && last + 1 < cols {
+                panel_rows(isa, xb, &panel[..(last + 1) * NR], acc);
+            } else {
+                panel_rows(isa, xb, panel, acc);
+            }
             for (i, a) in acc.iter().enumerate() {
                 let row = b * mb + i;
                 let o = &mut out[row * rows + p * NR..][..valid];

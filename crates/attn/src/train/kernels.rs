@@ -13,7 +13,7 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 use rayon::prelude::*;
 
-use crate::infer::panel::{self, Panels, NR};
+use crate::infer::panel::{self, Causal, Panels, NR};
 use crate::infer::vmath::{self, dispatch};
 
 /// The right-hand matrix of a product: `Nn(b)` is `b [k, n]` row-major, `Nt(b)` is
@@ -50,10 +50,31 @@ fn fill(b: Rhs, k: usize, n: usize, p: usize, out: &mut [f32]) {
 fn pack_all(b: Rhs, k: usize, n: usize, panels: &mut Vec<f32>) {
     let np = n.div_ceil(NR);
     panels.resize(np * k * NR, 0.0);
-    panels[..np * k * NR]
-        .par_chunks_mut(k * NR)
-        .enumerate()
-        .for_each(|(p, out)| fill(b, k, n, p, out));
+    match b {
+        Rhs::Nn(b) if n % NR == 0 && k >= 64 => {
+            // Row by row (each row of b read once, front to back), into every panel:
+            // reading panel by panel would take 128 bytes from each row in turn.
+            let ptr = SyncPtr(panels.as_mut_ptr());
+            (0..k.div_ceil(32)).into_par_iter().for_each(|c| {
+                let ptr = ptr;
+                for kk in c * 32..(c * 32 + 32).min(k) {
+                    let row = &b[kk * n..(kk + 1) * n];
+                    for (p, src) in row.chunks_exact(NR).enumerate() {
+                        let src: &[f32; NR] = src.try_into().unwrap();
+                        // SAFETY: step kk of panel p; steps are split between tasks.
+                        unsafe {
+                            let dst = ptr.0.add((p * k + kk) * NR) as *mut [f32; NR];
+                            *dst = *src;
+                        }
+                    }
+                }
+            });
+        }
+        _ => panels[..np * k * NR]
+            .par_chunks_mut(k * NR)
+            .enumerate()
+            .for_each(|(p, out)| fill(b, k, n, p, out)),
+    }
 }
 
 /// `out [m, n] = a [m, k] · b`, on both cores; `panels` is scratch for the packed `b`.
@@ -88,6 +109,7 @@ pub fn gemm_tn_acc(
 }
 
 /// `out [n, cols] = xtᵀ · b` for `xt [k, n]` on the calling thread (`b` is `[k, cols]`).
+#[allow(clippy::too_many_arguments)]
 fn gemm_tn_serial(
     xt: &[f32],
     k: usize,
@@ -96,16 +118,28 @@ fn gemm_tn_serial(
     cols: usize,
     out: &mut [f32],
     scratch: &mut Vec<f32>,
+    from_diagonal: bool,
 ) {
     let np = cols.div_ceil(NR);
     scratch.resize(np * k * NR, 0.0);
     for p in 0..np {
         fill(Rhs::Nn(b), k, cols, p, &mut scratch[p * k * NR..(p + 1) * k * NR]);
     }
-    panel::matmul_tn_serial(xt, n, n, cols, k, scratch, &mut out[..n * cols], false);
+    panel::matmul_tn_serial_from(
+        xt,
+        n,
+        n,
+        cols,
+        k,
+        scratch,
+        &mut out[..n * cols],
+        false,
+        from_diagonal,
+    );
 }
 
 /// [`gemm`] on the calling thread; `scratch` holds the packed right-hand side.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_serial(
     a: &[f32],
     m: usize,
@@ -114,13 +148,14 @@ pub fn gemm_serial(
     b: Rhs,
     out: &mut [f32],
     scratch: &mut Vec<f32>,
+    causal: Causal,
 ) {
     let np = n.div_ceil(NR);
     scratch.resize(np * k * NR, 0.0);
     for p in 0..np {
         fill(b, k, n, p, &mut scratch[p * k * NR..(p + 1) * k * NR]);
     }
-    panel::matmul_serial(a, m, n, k, scratch, &mut out[..m * n]);
+    panel::matmul_serial_causal(a, m, n, k, scratch, &mut out[..m * n], causal);
 }
 
 /// Rows per parallel task for rows of `row` elements: about 16K elements each.
@@ -434,7 +469,7 @@ pub fn attention(
             let yp = yp;
             let (bi, h) = (bh / nh, bh % nh);
             s.gather(qkv, bi, h, t, c, hd, scale);
-            gemm_serial(&s.q, t, hd, t, Rhs::Nt(&s.k), p, &mut s.panels);
+            gemm_serial(&s.q, t, hd, t, Rhs::Nt(&s.k), p, &mut s.panels, Causal::Lower);
             for i in 0..t {
                 let row = &mut p[i * t..(i + 1) * t];
                 let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -444,7 +479,7 @@ pub fn attention(
                 row[i + 1..].iter_mut().for_each(|x| *x = 0.0);
             }
             s.o.resize(t * hd, 0.0);
-            gemm_serial(p, t, t, hd, Rhs::Nn(&s.v), &mut s.o, &mut s.panels);
+            gemm_serial(p, t, t, hd, Rhs::Nn(&s.v), &mut s.o, &mut s.panels, Causal::Prefix);
             for i in 0..t {
                 // SAFETY: row bi·t + i, columns h·hd.. belong to this task alone.
                 unsafe {
@@ -497,10 +532,10 @@ pub fn attention_backward(
                 }
             };
             // dV = Pᵀ·dY
-            gemm_tn_serial(p, t, t, &s.g, hd, &mut s.o, &mut s.panels);
+            gemm_tn_serial(p, t, t, &s.g, hd, &mut s.o, &mut s.panels, true);
             scatter(&s.o, 2, 1.0);
             // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the diagonal.
-            gemm_serial(&s.g, t, hd, t, Rhs::Nt(&s.v), &mut s.sq, &mut s.panels);
+            gemm_serial(&s.g, t, hd, t, Rhs::Nt(&s.v), &mut s.sq, &mut s.panels, Causal::Lower);
             for i in 0..t {
                 let (pr, dr) = (&p[i * t..(i + 1) * t], &mut s.sq[i * t..(i + 1) * t]);
                 let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
@@ -510,10 +545,10 @@ pub fn attention_backward(
                 dr[i + 1..].iter_mut().for_each(|x| *x = 0.0);
             }
             // dQ = scale · dS·K
-            gemm_serial(&s.sq, t, t, hd, Rhs::Nn(&s.k), &mut s.o, &mut s.panels);
+            gemm_serial(&s.sq, t, t, hd, Rhs::Nn(&s.k), &mut s.o, &mut s.panels, Causal::Prefix);
             scatter(&s.o, 0, scale);
             // dK = dSᵀ·(scale·Q)
-            gemm_tn_serial(&s.sq, t, t, &s.q, hd, &mut s.o, &mut s.panels);
+            gemm_tn_serial(&s.sq, t, t, &s.q, hd, &mut s.o, &mut s.panels, true);
             scatter(&s.o, 1, 1.0);
         });
 }
@@ -637,7 +672,7 @@ mod tests {
             let mut out = vec![0f32; m * n];
             gemm(&a, m, k, n, rhs, &mut out, &mut Vec::new());
             let mut out2 = vec![0f32; m * n];
-            gemm_serial(&a, m, k, n, rhs, &mut out2, &mut Vec::new());
+            gemm_serial(&a, m, k, n, rhs, &mut out2, &mut Vec::new(), Causal::Full);
             for ((o, o2), w) in out.iter().zip(&out2).zip(&want) {
                 assert!((o - w).abs() < 1e-4 && (o2 - w).abs() < 1e-4);
             }
@@ -647,7 +682,7 @@ mod tests {
         let mut tn = vec![0.5f32; k * m]; // [k, m]
         gemm_tn_acc(&bt, n, k, &a2, m, &mut tn, &mut Vec::new());
         let mut tn2 = vec![0f32; k * m];
-        gemm_tn_serial(&bt, n, k, &a2, m, &mut tn2, &mut Vec::new());
+        gemm_tn_serial(&bt, n, k, &a2, m, &mut tn2, &mut Vec::new(), false);
         for i in 0..k {
             for j in 0..m {
                 let w: f32 = (0..n).map(|r| bt[r * k + i] * a2[r * m + j]).sum();
