@@ -35,7 +35,8 @@ fn perturb(params: &attn::nn::Params, seed: u64) {
             let v: Vec<f32> = (0..n)
                 .map(|_| base + 0.2 * (rng.below(1000) as f32 / 500.0 - 1.0))
                 .collect();
-            var.set(&Tensor::from_vec(v, n, &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(v, n, &Device::Cpu).unwrap())
+                .unwrap();
         }
     }
 }
@@ -68,7 +69,13 @@ fn compare(c: usize, nh: usize, layers: usize, vocab: usize, b: usize, t: usize)
     assert_eq!(got.len(), want.len());
     for (name, w) in &want {
         let g = &got[name];
-        let scale = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = w
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let diff = (g - w)
             .unwrap()
             .abs()
@@ -234,6 +241,10 @@ fn training_runs_match_the_graph_trainer_and_resume_exactly() {
     let mut resumed = Trainer::resume(&out, Some(8), None, &dev).unwrap();
     assert_eq!(resumed.engine(), "native");
     let (rs, _) = run(&mut resumed);
-    assert_eq!(rs, ns[4..], "resumed run differs from the uninterrupted one");
+    assert_eq!(
+        rs,
+        ns[4..],
+        "resumed run differs from the uninterrupted one"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

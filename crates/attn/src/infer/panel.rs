@@ -176,13 +176,23 @@ fn body_t<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn body_t512<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32; NR]; MR]) {
+unsafe fn body_t512<const MR: usize>(
+    x: &[f32],
+    ld: usize,
+    panel: &[f32],
+    out: &mut [[f32; NR]; MR],
+) {
     body_t::<MR>(x, ld, panel, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn body_t256<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32; NR]; MR]) {
+unsafe fn body_t256<const MR: usize>(
+    x: &[f32],
+    ld: usize,
+    panel: &[f32],
+    out: &mut [[f32; NR]; MR],
+) {
     body_t::<MR>(x, ld, panel, out)
 }
 
@@ -250,51 +260,59 @@ pub fn matmul_tn_serial_from(
     // The columns of xt, mb at a time, packed as [k][mb] so each step reads adjacent
     // values (read in place they would be ld apart, a cache line each).
     let blocks = n.div_ceil(mb);
-    let mut packed = vec![0f32; blocks * k * mb];
-    for (kk, row) in xt.chunks(ld).take(k).enumerate() {
-        for b in 0..blocks {
-            let w = mb.min(n - b * mb);
-            let dst = &mut packed[(b * k + kk) * mb..][..w];
-            if w == 6 {
-                // A fixed-size copy: moves, not a call to memcpy per 24 bytes.
-                let d: &mut [f32; 6] = dst.try_into().unwrap();
-                *d = row[b * 6..b * 6 + 6].try_into().unwrap();
-            } else {
-                for (d, v) in dst.iter_mut().zip(&row[b * mb..b * mb + w]) {
-                    *d = *v;
-                }
-            }
-        }
+    // A buffer kept per thread: a fresh one would be new pages to fault in every call.
+    thread_local! {
+        static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let mut acc = vec![[0f32; NR]; mb];
-    for p in 0..rows.div_ceil(NR) {
-        let panel = &panels[p * k * NR..(p + 1) * k * NR];
-        let valid = NR.min(rows - p * NR);
-        for b in 0..blocks {
-            let i0 = b * mb;
-            let m = mb.min(n - i0);
-            let acc = &mut acc[..m];
-            let k0 = if from_diagonal { i0.min(k) } else { 0 };
-            panel_rows_t(
-                isa,
-                &packed[(b * k + k0) * mb..(b + 1) * k * mb],
-                mb,
-                m,
-                &panel[k0 * NR..],
-                acc,
-            );
-            for (i, a) in acc.iter().enumerate() {
-                let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
-                if accumulate {
-                    for (o, v) in o.iter_mut().zip(a) {
-                        *o += v;
-                    }
+    PACKED.with_borrow_mut(|packed| {
+        if packed.len() < blocks * k * mb {
+            packed.resize(blocks * k * mb, 0.0);
+        }
+        for (kk, row) in xt.chunks(ld).take(k).enumerate() {
+            for b in 0..blocks {
+                let w = mb.min(n - b * mb);
+                let dst = &mut packed[(b * k + kk) * mb..][..w];
+                if w == 6 {
+                    // A fixed-size copy: moves, not a call to memcpy per 24 bytes.
+                    let d: &mut [f32; 6] = dst.try_into().unwrap();
+                    *d = row[b * 6..b * 6 + 6].try_into().unwrap();
                 } else {
-                    o.copy_from_slice(&a[..valid]);
+                    for (d, v) in dst.iter_mut().zip(&row[b * mb..b * mb + w]) {
+                        *d = *v;
+                    }
                 }
             }
         }
-    }
+        let mut acc = vec![[0f32; NR]; mb];
+        for p in 0..rows.div_ceil(NR) {
+            let panel = &panels[p * k * NR..(p + 1) * k * NR];
+            let valid = NR.min(rows - p * NR);
+            for b in 0..blocks {
+                let i0 = b * mb;
+                let m = mb.min(n - i0);
+                let acc = &mut acc[..m];
+                let k0 = if from_diagonal { i0.min(k) } else { 0 };
+                panel_rows_t(
+                    isa,
+                    &packed[(b * k + k0) * mb..(b + 1) * k * mb],
+                    mb,
+                    m,
+                    &panel[k0 * NR..],
+                    acc,
+                );
+                for (i, a) in acc.iter().enumerate() {
+                    let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
+                    if accumulate {
+                        for (o, v) in o.iter_mut().zip(a) {
+                            *o += v;
+                        }
+                    } else {
+                        o.copy_from_slice(&a[..valid]);
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// [`matmul_tn_serial`] over the rayon pool, blocks of output rows per task.

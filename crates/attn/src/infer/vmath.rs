@@ -1,7 +1,6 @@
 //! Vectorisable exp, GELU, softmax and layer norm for the inference engine: plain Rust loops with no
 //! library calls inside, compiled for AVX-512, AVX2 or portably and picked at run time.
 
-
 /// e^x to about 2 ulp for x in the f32 range (0 below −87.3; e^88.3 ≈ 2·10³⁸ above 88.3):
 /// x = k·ln 2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^k from the exponent.
 #[inline(always)]

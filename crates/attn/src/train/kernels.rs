@@ -123,7 +123,13 @@ fn gemm_tn_serial(
     let np = cols.div_ceil(NR);
     scratch.resize(np * k * NR, 0.0);
     for p in 0..np {
-        fill(Rhs::Nn(b), k, cols, p, &mut scratch[p * k * NR..(p + 1) * k * NR]);
+        fill(
+            Rhs::Nn(b),
+            k,
+            cols,
+            p,
+            &mut scratch[p * k * NR..(p + 1) * k * NR],
+        );
     }
     panel::matmul_tn_serial_from(
         xt,
@@ -426,10 +432,25 @@ struct HeadScratch {
     panels: Vec<f32>,
 }
 
+thread_local! {
+    /// Per-thread scratch of the attention tasks (kept: fresh buffers would be new pages
+    /// to fault in at every step).
+    static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
+}
+
 impl HeadScratch {
     /// Copy head `h` of sequence `bi` out of `qkv [b·t, 3c]`: queries (times `scale`),
     /// keys and values, each `[t, hd]`.
-    fn gather(&mut self, qkv: &[f32], bi: usize, h: usize, t: usize, c: usize, hd: usize, scale: f32) {
+    fn gather(
+        &mut self,
+        qkv: &[f32],
+        bi: usize,
+        h: usize,
+        t: usize,
+        c: usize,
+        hd: usize,
+        scale: f32,
+    ) {
         for buf in [&mut self.q, &mut self.k, &mut self.v] {
             buf.resize(t * hd, 0.0);
         }
@@ -465,28 +486,48 @@ pub fn attention(
     probs[..b * nh * t * t]
         .par_chunks_mut(t * t)
         .enumerate()
-        .for_each_init(HeadScratch::default, |s, (bh, p)| {
-            let yp = yp;
-            let (bi, h) = (bh / nh, bh % nh);
-            s.gather(qkv, bi, h, t, c, hd, scale);
-            gemm_serial(&s.q, t, hd, t, Rhs::Nt(&s.k), p, &mut s.panels, Causal::Lower);
-            for i in 0..t {
-                let row = &mut p[i * t..(i + 1) * t];
-                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let sum = vmath::exp_shifted(&mut row[..=i], max);
-                let inv = 1.0 / sum;
-                row[..=i].iter_mut().for_each(|x| *x *= inv);
-                row[i + 1..].iter_mut().for_each(|x| *x = 0.0);
-            }
-            s.o.resize(t * hd, 0.0);
-            gemm_serial(p, t, t, hd, Rhs::Nn(&s.v), &mut s.o, &mut s.panels, Causal::Prefix);
-            for i in 0..t {
-                // SAFETY: row bi·t + i, columns h·hd.. belong to this task alone.
-                unsafe {
-                    let dst = yp.0.add((bi * t + i) * c + h * hd);
-                    std::ptr::copy_nonoverlapping(s.o[i * hd..].as_ptr(), dst, hd);
+        .for_each(|(bh, p)| {
+            HEAD_SCRATCH.with_borrow_mut(|s| {
+                let yp = yp;
+                let (bi, h) = (bh / nh, bh % nh);
+                s.gather(qkv, bi, h, t, c, hd, scale);
+                gemm_serial(
+                    &s.q,
+                    t,
+                    hd,
+                    t,
+                    Rhs::Nt(&s.k),
+                    p,
+                    &mut s.panels,
+                    Causal::Lower,
+                );
+                for i in 0..t {
+                    let row = &mut p[i * t..(i + 1) * t];
+                    let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let sum = vmath::exp_shifted(&mut row[..=i], max);
+                    let inv = 1.0 / sum;
+                    row[..=i].iter_mut().for_each(|x| *x *= inv);
+                    row[i + 1..].iter_mut().for_each(|x| *x = 0.0);
                 }
-            }
+                s.o.resize(t * hd, 0.0);
+                gemm_serial(
+                    p,
+                    t,
+                    t,
+                    hd,
+                    Rhs::Nn(&s.v),
+                    &mut s.o,
+                    &mut s.panels,
+                    Causal::Prefix,
+                );
+                for i in 0..t {
+                    // SAFETY: row bi·t + i, columns h·hd.. belong to this task alone.
+                    unsafe {
+                        let dst = yp.0.add((bi * t + i) * c + h * hd);
+                        std::ptr::copy_nonoverlapping(s.o[i * hd..].as_ptr(), dst, hd);
+                    }
+                }
+            })
         });
 }
 
@@ -510,46 +551,67 @@ pub fn attention_backward(
     probs[..b * nh * t * t]
         .par_chunks(t * t)
         .enumerate()
-        .for_each_init(HeadScratch::default, |s, (bh, p)| {
-            let dp = dp;
-            let (bi, h) = (bh / nh, bh % nh);
-            s.gather(qkv, bi, h, t, c, hd, scale);
-            s.g.resize(t * hd, 0.0);
-            for i in 0..t {
-                s.g[i * hd..(i + 1) * hd].copy_from_slice(&dy[(bi * t + i) * c + h * hd..][..hd]);
-            }
-            s.sq.resize(t * t, 0.0);
-            s.o.resize(t * hd, 0.0);
-            let scatter = |o: &[f32], part: usize, mul: f32| {
+        .for_each(|(bh, p)| {
+            HEAD_SCRATCH.with_borrow_mut(|s| {
+                let dp = dp;
+                let (bi, h) = (bh / nh, bh % nh);
+                s.gather(qkv, bi, h, t, c, hd, scale);
+                s.g.resize(t * hd, 0.0);
                 for i in 0..t {
-                    // SAFETY: row bi·t + i, columns part·c + h·hd.. belong to this task.
-                    unsafe {
-                        let dst = dp.0.add((bi * t + i) * 3 * c + part * c + h * hd);
-                        for d in 0..hd {
-                            *dst.add(d) = o[i * hd + d] * mul;
+                    s.g[i * hd..(i + 1) * hd]
+                        .copy_from_slice(&dy[(bi * t + i) * c + h * hd..][..hd]);
+                }
+                s.sq.resize(t * t, 0.0);
+                s.o.resize(t * hd, 0.0);
+                let scatter = |o: &[f32], part: usize, mul: f32| {
+                    for i in 0..t {
+                        // SAFETY: row bi·t + i, columns part·c + h·hd.. belong to this task.
+                        unsafe {
+                            let dst = dp.0.add((bi * t + i) * 3 * c + part * c + h * hd);
+                            for d in 0..hd {
+                                *dst.add(d) = o[i * hd + d] * mul;
+                            }
                         }
                     }
+                };
+                // dV = Pᵀ·dY
+                gemm_tn_serial(p, t, t, &s.g, hd, &mut s.o, &mut s.panels, true);
+                scatter(&s.o, 2, 1.0);
+                // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the diagonal.
+                gemm_serial(
+                    &s.g,
+                    t,
+                    hd,
+                    t,
+                    Rhs::Nt(&s.v),
+                    &mut s.sq,
+                    &mut s.panels,
+                    Causal::Lower,
+                );
+                for i in 0..t {
+                    let (pr, dr) = (&p[i * t..(i + 1) * t], &mut s.sq[i * t..(i + 1) * t]);
+                    let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
+                    for j in 0..=i {
+                        dr[j] = pr[j] * (dr[j] - dot);
+                    }
+                    dr[i + 1..].iter_mut().for_each(|x| *x = 0.0);
                 }
-            };
-            // dV = Pᵀ·dY
-            gemm_tn_serial(p, t, t, &s.g, hd, &mut s.o, &mut s.panels, true);
-            scatter(&s.o, 2, 1.0);
-            // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the diagonal.
-            gemm_serial(&s.g, t, hd, t, Rhs::Nt(&s.v), &mut s.sq, &mut s.panels, Causal::Lower);
-            for i in 0..t {
-                let (pr, dr) = (&p[i * t..(i + 1) * t], &mut s.sq[i * t..(i + 1) * t]);
-                let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
-                for j in 0..=i {
-                    dr[j] = pr[j] * (dr[j] - dot);
-                }
-                dr[i + 1..].iter_mut().for_each(|x| *x = 0.0);
-            }
-            // dQ = scale · dS·K
-            gemm_serial(&s.sq, t, t, hd, Rhs::Nn(&s.k), &mut s.o, &mut s.panels, Causal::Prefix);
-            scatter(&s.o, 0, scale);
-            // dK = dSᵀ·(scale·Q)
-            gemm_tn_serial(&s.sq, t, t, &s.q, hd, &mut s.o, &mut s.panels, true);
-            scatter(&s.o, 1, 1.0);
+                // dQ = scale · dS·K
+                gemm_serial(
+                    &s.sq,
+                    t,
+                    t,
+                    hd,
+                    Rhs::Nn(&s.k),
+                    &mut s.o,
+                    &mut s.panels,
+                    Causal::Prefix,
+                );
+                scatter(&s.o, 0, scale);
+                // dK = dSᵀ·(scale·Q)
+                gemm_tn_serial(&s.sq, t, t, &s.q, hd, &mut s.o, &mut s.panels, true);
+                scatter(&s.o, 1, 1.0);
+            })
         });
 }
 
@@ -558,7 +620,12 @@ pub fn attention_backward(
 /// Softmax cross-entropy of each row of `logits [m, v]` against `targets`: returns the
 /// summed loss (f64) and, with `grad_scale`, replaces the logits by
 /// `grad_scale · (softmax − onehot)`.
-pub fn cross_entropy(logits: &mut [f32], v: usize, targets: &[u32], grad_scale: Option<f32>) -> f64 {
+pub fn cross_entropy(
+    logits: &mut [f32],
+    v: usize,
+    targets: &[u32],
+    grad_scale: Option<f32>,
+) -> f64 {
     let m = targets.len();
     let per = rows_per_task(m, v).max(8);
     logits[..m * v]
@@ -720,7 +787,8 @@ mod tests {
             let gi = g[i] as f64 * 0.5;
             let mi = 0.9 * 0.1 + 0.1 * gi;
             let vi = 0.99 * 0.2 + 0.01 * gi * gi;
-            let want = p0[i] as f64 * (1.0 - 0.001) - 0.01 * (mi / 0.5) / ((vi / 0.25).sqrt() + 1e-8);
+            let want =
+                p0[i] as f64 * (1.0 - 0.001) - 0.01 * (mi / 0.5) / ((vi / 0.25).sqrt() + 1e-8);
             assert!((p[i] as f64 - want).abs() < 1e-6, "{} vs {want}", p[i]);
             assert!((m[i] as f64 - mi).abs() < 1e-6 && (v[i] as f64 - vi).abs() < 1e-6);
         }

@@ -220,8 +220,9 @@ impl NativeGpt2 {
     pub fn write_params(&self, params: &Params) -> Result<()> {
         for s in &self.slots {
             if let Some(var) = params.get(&s.name) {
-                let t = Tensor::from_slice(&self.params[s.range()], s.shape.as_slice(), var.device())?
-                    .to_dtype(var.dtype())?;
+                let t =
+                    Tensor::from_slice(&self.params[s.range()], s.shape.as_slice(), var.device())?
+                        .to_dtype(var.dtype())?;
                 var.set(&t)?;
             }
         }
@@ -375,10 +376,26 @@ impl NativeGpt2 {
                 &mut a.ln1[l],
                 &mut a.ln1_stats[l],
             );
-            k::gemm(&a.ln1[l], m, c, 3 * c, Rhs::Nn(p(at.qkv_w, 3 * c * c)), &mut a.qkv[l], &mut a.panels);
+            k::gemm(
+                &a.ln1[l],
+                m,
+                c,
+                3 * c,
+                Rhs::Nn(p(at.qkv_w, 3 * c * c)),
+                &mut a.qkv[l],
+                &mut a.panels,
+            );
             k::add_bias(&mut a.qkv[l], p(at.qkv_b, 3 * c), m);
             k::attention(&a.qkv[l], b, t, c, nh, &mut a.probs[l], &mut a.atty[l]);
-            k::gemm(&a.atty[l], m, c, c, Rhs::Nn(p(at.proj_w, c * c)), &mut a.tmp, &mut a.panels);
+            k::gemm(
+                &a.atty[l],
+                m,
+                c,
+                c,
+                Rhs::Nn(p(at.proj_w, c * c)),
+                &mut a.tmp,
+                &mut a.panels,
+            );
             k::add_bias_residual(&mut a.mid[l], &a.tmp, &a.res[l], p(at.proj_b, c), m);
             k::layer_norm(
                 &a.mid[l],
@@ -389,9 +406,25 @@ impl NativeGpt2 {
                 &mut a.ln2[l],
                 &mut a.ln2_stats[l],
             );
-            k::gemm(&a.ln2[l], m, c, f, Rhs::Nn(p(at.fc_w, c * f)), &mut a.fch[l], &mut a.panels);
+            k::gemm(
+                &a.ln2[l],
+                m,
+                c,
+                f,
+                Rhs::Nn(p(at.fc_w, c * f)),
+                &mut a.fch[l],
+                &mut a.panels,
+            );
             k::add_bias_gelu(&mut a.fch[l], p(at.fc_b, f), &mut a.gelu[l], m);
-            k::gemm(&a.gelu[l], m, f, c, Rhs::Nn(p(at.fcp_w, f * c)), &mut a.tmp, &mut a.panels);
+            k::gemm(
+                &a.gelu[l],
+                m,
+                f,
+                c,
+                Rhs::Nn(p(at.fcp_w, f * c)),
+                &mut a.tmp,
+                &mut a.panels,
+            );
             let (done, next) = a.res.split_at_mut(l + 1);
             let _ = done;
             k::add_bias_residual(&mut next[0], &a.tmp, &a.mid[l], p(at.fcp_b, c), m);
@@ -467,8 +500,24 @@ impl NativeGpt2 {
         let a = &mut self.acts;
         let p = |off: usize, len: usize| &w[off..off + len];
         // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
-        k::gemm_tn_acc(&a.logits, m, v, &a.lnf, c, &mut g[self.wte..], &mut a.panels);
-        k::gemm(&a.logits, m, v, c, Rhs::Nn(p(self.wte, v * c)), &mut a.dln, &mut a.panels);
+        k::gemm_tn_acc(
+            &a.logits,
+            m,
+            v,
+            &a.lnf,
+            c,
+            &mut g[self.wte..],
+            &mut a.panels,
+        );
+        k::gemm(
+            &a.logits,
+            m,
+            v,
+            c,
+            Rhs::Nn(p(self.wte, v * c)),
+            &mut a.dln,
+            &mut a.panels,
+        );
         a.dres.iter_mut().for_each(|x| *x = 0.0);
         let nl = self.blocks.len();
         {
@@ -486,12 +535,44 @@ impl NativeGpt2 {
         }
         for (l, at) in self.blocks.iter().enumerate().rev() {
             // MLP: res[l+1] = mid + gelu(ln2·Wfc + bfc)·Wfcp + bfcp.
-            k::gemm(&a.dres, m, c, f, Rhs::Nt(p(at.fcp_w, f * c)), &mut a.dbig, &mut a.panels);
-            k::gemm_tn_acc(&a.gelu[l], m, f, &a.dres, c, &mut g[at.fcp_w..], &mut a.panels);
+            k::gemm(
+                &a.dres,
+                m,
+                c,
+                f,
+                Rhs::Nt(p(at.fcp_w, f * c)),
+                &mut a.dbig,
+                &mut a.panels,
+            );
+            k::gemm_tn_acc(
+                &a.gelu[l],
+                m,
+                f,
+                &a.dres,
+                c,
+                &mut g[at.fcp_w..],
+                &mut a.panels,
+            );
             k::colsum_add(&a.dres, m, c, &mut g[at.fcp_b..at.fcp_b + c]);
             k::gelu_backward(&a.fch[l], &mut a.dbig);
-            k::gemm(&a.dbig, m, f, c, Rhs::Nt(p(at.fc_w, c * f)), &mut a.dln, &mut a.panels);
-            k::gemm_tn_acc(&a.ln2[l], m, c, &a.dbig, f, &mut g[at.fc_w..], &mut a.panels);
+            k::gemm(
+                &a.dbig,
+                m,
+                f,
+                c,
+                Rhs::Nt(p(at.fc_w, c * f)),
+                &mut a.dln,
+                &mut a.panels,
+            );
+            k::gemm_tn_acc(
+                &a.ln2[l],
+                m,
+                c,
+                &a.dbig,
+                f,
+                &mut g[at.fc_w..],
+                &mut a.panels,
+            );
             k::colsum_add(&a.dbig, m, f, &mut g[at.fc_b..at.fc_b + f]);
             {
                 let (gw, gb) = g[at.ln2..at.ln2 + 2 * c].split_at_mut(c);
@@ -507,12 +588,44 @@ impl NativeGpt2 {
                 );
             }
             // Attention: mid = res[l] + attn(ln1)·Wproj + bproj.
-            k::gemm(&a.dres, m, c, c, Rhs::Nt(p(at.proj_w, c * c)), &mut a.dln, &mut a.panels);
-            k::gemm_tn_acc(&a.atty[l], m, c, &a.dres, c, &mut g[at.proj_w..], &mut a.panels);
+            k::gemm(
+                &a.dres,
+                m,
+                c,
+                c,
+                Rhs::Nt(p(at.proj_w, c * c)),
+                &mut a.dln,
+                &mut a.panels,
+            );
+            k::gemm_tn_acc(
+                &a.atty[l],
+                m,
+                c,
+                &a.dres,
+                c,
+                &mut g[at.proj_w..],
+                &mut a.panels,
+            );
             k::colsum_add(&a.dres, m, c, &mut g[at.proj_b..at.proj_b + c]);
             k::attention_backward(&a.dln, &a.qkv[l], &a.probs[l], b, t, c, nh, &mut a.dqkv);
-            k::gemm(&a.dqkv, m, 3 * c, c, Rhs::Nt(p(at.qkv_w, 3 * c * c)), &mut a.dln, &mut a.panels);
-            k::gemm_tn_acc(&a.ln1[l], m, c, &a.dqkv, 3 * c, &mut g[at.qkv_w..], &mut a.panels);
+            k::gemm(
+                &a.dqkv,
+                m,
+                3 * c,
+                c,
+                Rhs::Nt(p(at.qkv_w, 3 * c * c)),
+                &mut a.dln,
+                &mut a.panels,
+            );
+            k::gemm_tn_acc(
+                &a.ln1[l],
+                m,
+                c,
+                &a.dqkv,
+                3 * c,
+                &mut g[at.qkv_w..],
+                &mut a.panels,
+            );
             k::colsum_add(&a.dqkv, m, 3 * c, &mut g[at.qkv_b..at.qkv_b + 3 * c]);
             {
                 let (gw, gb) = g[at.ln1..at.ln1 + 2 * c].split_at_mut(c);
@@ -555,28 +668,30 @@ impl NativeGpt2 {
         let bc2 = 1.0 - config.beta2.powi(self.t as i32);
         let (slots, params, grads) = (&self.slots, &mut self.params, &self.grads);
         let (m, v) = (&mut self.m, &mut self.v);
-        k::in_pool(|| for s in slots {
-            let r = s.range();
-            k::adamw(
-                &mut params[r.clone()],
-                &grads[r.clone()],
-                &mut m[r.clone()],
-                &mut v[r],
-                AdamWStep {
-                    lr: lr as f32,
-                    decay: if s.decays() {
-                        config.weight_decay as f32
-                    } else {
-                        0.0
+        k::in_pool(|| {
+            for s in slots {
+                let r = s.range();
+                k::adamw(
+                    &mut params[r.clone()],
+                    &grads[r.clone()],
+                    &mut m[r.clone()],
+                    &mut v[r],
+                    AdamWStep {
+                        lr: lr as f32,
+                        decay: if s.decays() {
+                            config.weight_decay as f32
+                        } else {
+                            0.0
+                        },
+                        beta1: config.beta1 as f32,
+                        beta2: config.beta2 as f32,
+                        bc1: bc1 as f32,
+                        bc2: bc2 as f32,
+                        eps: config.eps as f32,
+                        grad_scale: grad_scale as f32,
                     },
-                    beta1: config.beta1 as f32,
-                    beta2: config.beta2 as f32,
-                    bc1: bc1 as f32,
-                    bc2: bc2 as f32,
-                    eps: config.eps as f32,
-                    grad_scale: grad_scale as f32,
-                },
-            );
+                );
+            }
         });
     }
 }
