@@ -114,12 +114,28 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     for _ in 0..2 {
         trainer.train_step()?;
     }
+    attn::train::profile::reset();
     let t0 = Instant::now();
     let mut last_loss = 0.0;
     for _ in 0..a.steps {
         last_loss = trainer.train_step()?.loss;
     }
     let secs = t0.elapsed().as_secs_f64();
+    if attn::train::profile::enabled() {
+        // Per-operation times of the native step (ATTN_PROFILE=1), per step.
+        eprintln!(
+            "{:<22}{:>10}{:>8}{:>8}",
+            "operation", "ms/step", "%", "calls"
+        );
+        for (name, total, calls) in attn::train::profile::report() {
+            eprintln!(
+                "{name:<22}{:>10.2}{:>8.1}{:>8}",
+                1e3 * total / a.steps as f64,
+                100.0 * total / secs,
+                calls / a.steps as u64
+            );
+        }
+    }
     let tokens = (a.steps * config.tokens_per_step()) as f64;
     let tps = tokens / secs;
     if a.json {

@@ -283,31 +283,37 @@ pub fn matmul_tn_serial_from(
                 }
             }
         }
+        if !accumulate {
+            out[..n * rows].iter_mut().for_each(|v| *v = 0.0);
+        }
         let mut acc = vec![[0f32; NR]; mb];
-        for p in 0..rows.div_ceil(NR) {
-            let panel = &panels[p * k * NR..(p + 1) * k * NR];
-            let valid = NR.min(rows - p * NR);
-            for b in 0..blocks {
-                let i0 = b * mb;
-                let m = mb.min(n - i0);
-                let acc = &mut acc[..m];
-                let k0 = if from_diagonal { i0.min(k) } else { 0 };
-                panel_rows_t(
-                    isa,
-                    &packed[(b * k + k0) * mb..(b + 1) * k * mb],
-                    mb,
-                    m,
-                    &panel[k0 * NR..],
-                    acc,
-                );
-                for (i, a) in acc.iter().enumerate() {
-                    let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
-                    if accumulate {
+        // KC steps at a time, as in matmul_serial_causal.
+        for c0 in (0..k).step_by(KC) {
+            let c1 = (c0 + KC).min(k);
+            for p in 0..rows.div_ceil(NR) {
+                let panel = &panels[p * k * NR..(p + 1) * k * NR];
+                let valid = NR.min(rows - p * NR);
+                for b in 0..blocks {
+                    let i0 = b * mb;
+                    let m = mb.min(n - i0);
+                    let k0 = if from_diagonal { i0.max(c0) } else { c0 };
+                    if k0 >= c1 {
+                        continue;
+                    }
+                    let acc = &mut acc[..m];
+                    panel_rows_t(
+                        isa,
+                        &packed[(b * k + k0) * mb..(b * k + c1) * mb],
+                        mb,
+                        m,
+                        &panel[k0 * NR..c1 * NR],
+                        acc,
+                    );
+                    for (i, a) in acc.iter().enumerate() {
+                        let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
                         for (o, v) in o.iter_mut().zip(a) {
                             *o += v;
                         }
-                    } else {
-                        o.copy_from_slice(&a[..valid]);
                     }
                 }
             }
@@ -315,7 +321,16 @@ pub fn matmul_tn_serial_from(
     });
 }
 
-/// [`matmul_tn_serial`] over the rayon pool, blocks of output rows per task.
+/// A pointer that tasks write through at disjoint places.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every use writes elements no other task touches.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// [`matmul_tn_serial`] over the rayon pool: the columns of `xt` are packed once
+/// (`scratch`, row by row, so `xt` is read front to back), then each task takes a
+/// group of blocks of columns against every panel.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_tn(
     xt: &[f32],
@@ -326,17 +341,87 @@ pub fn matmul_tn(
     panels: &[f32],
     out: &mut [f32],
     accumulate: bool,
+    scratch: &mut Vec<f32>,
+    ones: bool,
 ) {
+    let isa = isa();
+    let mb = block_rows(isa).min(6);
+    let cols_x = n;
+    // With `ones`, a column of ones follows: its output row is the column sums of W.
+    let n = n + ones as usize;
+    let blocks = n.div_ceil(mb);
+    if scratch.len() < blocks * k * mb {
+        scratch.resize(blocks * k * mb, 0.0);
+    }
+    let pp = SyncPtr(scratch.as_mut_ptr());
+    (0..k.div_ceil(64)).into_par_iter().for_each(|c| {
+        let pp = pp;
+        for kk in c * 64..(c * 64 + 64).min(k) {
+            let row = &xt[kk * ld..kk * ld + cols_x];
+            for b in 0..blocks {
+                let w = mb.min(n - b * mb);
+                // SAFETY: step kk of block b: steps are split between tasks, and
+                // (b·k + kk)·mb + w ≤ blocks·k·mb.
+                unsafe {
+                    let dst = pp.0.add((b * k + kk) * mb);
+                    if w == 6 && b * 6 + 6 <= cols_x {
+                        *(dst as *mut [f32; 6]) = row[b * 6..b * 6 + 6].try_into().unwrap();
+                    } else {
+                        for j in 0..w {
+                            let c = b * mb + j;
+                            *dst.add(j) = if c < cols_x { row[c] } else { 1.0 };
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let packed: &[f32] = scratch;
+    let op = SyncPtr(out.as_mut_ptr());
+    assert!(out.len() >= n * rows);
+    // Each task: a group of blocks (a slab of packed columns that stays in L1 across
+    // a slice of steps) against every panel's slice in turn (from L2).
     let threads = rayon::current_num_threads().max(1);
-    let chunk = n.div_ceil(threads * 4).clamp(6, 96).div_ceil(6) * 6;
-    out[..n * rows]
-        .par_chunks_mut(chunk * rows)
-        .enumerate()
-        .for_each(|(c, o)| {
-            let m = o.len() / rows;
-            matmul_tn_serial(&xt[c * chunk..], ld, m, rows, k, panels, o, accumulate);
-        });
+    let group = (blocks / (threads * 4)).clamp(1, 4);
+    (0..blocks.div_ceil(group)).into_par_iter().for_each(|g| {
+        let op = op;
+        let mut acc = [[0f32; NR]; 6];
+        for c0 in (0..k.max(1)).step_by(KC) {
+            let c1 = (c0 + KC).min(k);
+            for p in 0..rows.div_ceil(NR) {
+                let panel = &panels[p * k * NR + c0 * NR..p * k * NR + c1 * NR];
+                let valid = NR.min(rows - p * NR);
+                for b in g * group..((g + 1) * group).min(blocks) {
+                    let i0 = b * mb;
+                    let m = mb.min(n - i0);
+                    let acc = &mut acc[..m];
+                    let xb = &packed[(b * k + c0) * mb..(b * k + c1) * mb];
+                    panel_rows_t(isa, xb, mb, m, panel, acc);
+                    for (i, a) in acc.iter().enumerate() {
+                        // SAFETY: rows i0.. belong to this task alone;
+                        // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                op.0.add((i0 + i) * rows + p * NR),
+                                valid,
+                            )
+                        };
+                        if accumulate || c0 > 0 {
+                            for (o, v) in o.iter_mut().zip(a) {
+                                *o += v;
+                            }
+                        } else {
+                            o.copy_from_slice(&a[..valid]);
+                        }
+                    }
+                }
+            }
+        }
+    });
 }
+
+/// Steps of a long sum taken at a time (a 32 KiB slice of a panel).
+const KC: usize = 256;
 
 /// Input rows per kernel call: as many as the registers hold accumulators for.
 fn block_rows(isa: Isa) -> usize {
@@ -415,28 +500,45 @@ pub fn matmul_serial_causal(
     let mb = block_rows(isa);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
     let mut acc = vec![[0f32; NR]; mb];
-    for p in 0..rows.div_ceil(NR) {
-        let panel = &panels[p * cols * NR..(p + 1) * cols * NR];
-        let valid = NR.min(rows - p * NR);
-        for (b, xb) in xs.chunks(mb).enumerate() {
-            let last = b * mb + xb.len() - 1;
-            if causal == Causal::Lower && last < p * NR {
-                continue;
-            }
-            let acc = &mut acc[..xb.len()];
-            if causal == Causal::Prefix && last + 1 < cols {
-                panel_rows(isa, xb, &panel[..(last + 1) * NR], acc);
-            } else {
-                panel_rows(isa, xb, panel, acc);
-            }
-            for (i, a) in acc.iter().enumerate() {
-                let row = b * mb + i;
-                let o = &mut out[row * rows + p * NR..][..valid];
-                if valid == NR {
-                    let o: &mut [f32; NR] = o.try_into().unwrap();
-                    *o = *a;
+    // Long sums go KC steps at a time, so that the panel's slice stays in L1 while
+    // every block of rows passes over it.
+    let kc = if causal == Causal::Full {
+        KC
+    } else {
+        cols.max(1)
+    };
+    let mut part: Vec<&[f32]> = Vec::with_capacity(mb);
+    for c0 in (0..cols.max(1)).step_by(kc) {
+        let c1 = (c0 + kc).min(cols);
+        for p in 0..rows.div_ceil(NR) {
+            let panel = &panels[p * cols * NR + c0 * NR..p * cols * NR + c1 * NR];
+            let valid = NR.min(rows - p * NR);
+            for (b, xb) in xs.chunks(mb).enumerate() {
+                let last = b * mb + xb.len() - 1;
+                if causal == Causal::Lower && last < p * NR {
+                    continue;
+                }
+                let acc = &mut acc[..xb.len()];
+                part.clear();
+                part.extend(xb.iter().map(|r| &r[c0..c1]));
+                if causal == Causal::Prefix && last + 1 < cols {
+                    panel_rows(isa, &part, &panel[..(last + 1) * NR], acc);
                 } else {
-                    o.copy_from_slice(&a[..valid]);
+                    panel_rows(isa, &part, panel, acc);
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    let row = b * mb + i;
+                    let o = &mut out[row * rows + p * NR..][..valid];
+                    if c0 > 0 {
+                        for (o, v) in o.iter_mut().zip(a) {
+                            *o += v;
+                        }
+                    } else if valid == NR {
+                        let o: &mut [f32; NR] = o.try_into().unwrap();
+                        *o = *a;
+                    } else {
+                        o.copy_from_slice(&a[..valid]);
+                    }
                 }
             }
         }

@@ -93,7 +93,9 @@ pub fn gemm(
 }
 
 /// `dw [rows, cols] += xᵀ · dy` for `x [m, rows]`, `dy [m, cols]` (a weight gradient),
-/// without transposing `x`; on both cores.
+/// without transposing `x`; on both cores. With `with_bias`, `dw` continues with the
+/// bias gradient `[cols]`, to which the column sums of `dy` are added (the same
+/// product, with a column of ones appended to `x`).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_tn_acc(
     x: &[f32],
@@ -102,10 +104,24 @@ pub fn gemm_tn_acc(
     dy: &[f32],
     cols: usize,
     dw: &mut [f32],
-    panels: &mut Vec<f32>,
+    scratch: (&mut Vec<f32>, &mut Vec<f32>),
+    with_bias: bool,
 ) {
+    let (panels, xpack) = scratch;
     pack_all(Rhs::Nn(dy), m, cols, panels);
-    panel::matmul_tn(x, rows, rows, cols, m, panels, &mut dw[..rows * cols], true);
+    let out_rows = rows + with_bias as usize;
+    panel::matmul_tn(
+        x,
+        rows,
+        rows,
+        cols,
+        m,
+        panels,
+        &mut dw[..out_rows * cols],
+        true,
+        xpack,
+        with_bias,
+    );
 }
 
 /// `out [n, cols] = xtᵀ · b` for `xt [k, n]` on the calling thread (`b` is `[k, cols]`).
@@ -167,24 +183,6 @@ pub fn gemm_serial(
 /// Rows per parallel task for rows of `row` elements: about 16K elements each.
 fn rows_per_task(rows: usize, row: usize) -> usize {
     (16384 / row.max(1)).clamp(1, rows.max(1))
-}
-
-/// `out[j] += Σ_i a[i, j]` for `a [m, n]`.
-pub fn colsum_add(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
-    let per = rows_per_task(m, n).max(64);
-    let parts: Vec<Vec<f32>> = a[..m * n]
-        .par_chunks(per * n)
-        .map(|c| {
-            let mut acc = vec![0f32; n];
-            for r in c.chunks(n) {
-                add_row(&mut acc, r);
-            }
-            acc
-        })
-        .collect();
-    for p in parts {
-        add_row(&mut out[..n], &p);
-    }
 }
 
 #[inline(always)]
@@ -698,14 +696,47 @@ dispatch!(
     (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) -> ()
 );
 
-/// One AdamW update of `p` in place, with moments `m`, `v`, on both cores.
-pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+/// One AdamW update of `p` in place, with moments `m`, `v`, on both cores, in one
+/// parallel pass over `segments` (`start..end` ranges, each with or without weight
+/// decay; `s.decay` applies to those with).
+pub fn adamw(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    segments: &[(usize, usize, bool)],
+    s: AdamWStep,
+) {
     const CH: usize = 1 << 14;
-    p.par_chunks_mut(CH)
-        .zip(g.par_chunks(CH))
-        .zip(m.par_chunks_mut(CH))
-        .zip(v.par_chunks_mut(CH))
-        .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, s));
+    let n = p.len();
+    assert!(g.len() == n && m.len() == n && v.len() == n);
+    let mut tasks = Vec::new();
+    for &(a, b, decays) in segments {
+        assert!(a <= b && b <= n);
+        tasks.extend((a..b).step_by(CH).map(|c| (c, (c + CH).min(b), decays)));
+    }
+    let (pp, mp, vp) = (
+        SyncPtr(p.as_mut_ptr()),
+        SyncPtr(m.as_mut_ptr()),
+        SyncPtr(v.as_mut_ptr()),
+    );
+    tasks.par_iter().for_each(|&(a, b, decays)| {
+        let (pp, mp, vp) = (pp, mp, vp);
+        // SAFETY: a..b lies inside every buffer (asserted) and the tasks' ranges do
+        // not overlap (the segments are disjoint parameters).
+        let (p, m, v) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pp.0.add(a), b - a),
+                std::slice::from_raw_parts_mut(mp.0.add(a), b - a),
+                std::slice::from_raw_parts_mut(vp.0.add(a), b - a),
+            )
+        };
+        let step = AdamWStep {
+            decay: if decays { s.decay } else { 0.0 },
+            ..s
+        };
+        adamw_chunk(p, &g[a..b], m, v, step);
+    });
 }
 
 #[cfg(test)]
@@ -747,7 +778,33 @@ mod tests {
         // aᵀ·b for a [k', m'] = bt viewed as [n, k] rows: (btᵀ)·a' with a' [n, m].
         let a2 = data(n * m, 5); // [n, m]
         let mut tn = vec![0.5f32; k * m]; // [k, m]
-        gemm_tn_acc(&bt, n, k, &a2, m, &mut tn, &mut Vec::new());
+        gemm_tn_acc(
+            &bt,
+            n,
+            k,
+            &a2,
+            m,
+            &mut tn,
+            (&mut Vec::new(), &mut Vec::new()),
+            false,
+        );
+        // With the bias row: the column sums of a2 follow.
+        let mut tb = vec![0f32; (k + 1) * m];
+        gemm_tn_acc(
+            &bt,
+            n,
+            k,
+            &a2,
+            m,
+            &mut tb,
+            (&mut Vec::new(), &mut Vec::new()),
+            true,
+        );
+        for j in 0..m {
+            let w: f32 = (0..n).map(|r| a2[r * m + j]).sum();
+            assert!((tb[k * m + j] - w).abs() < 1e-4, "bias [{j}]");
+            assert!((tb[j] - (tn[j] - 0.5)).abs() < 1e-5);
+        }
         let mut tn2 = vec![0f32; k * m];
         gemm_tn_serial(&bt, n, k, &a2, m, &mut tn2, &mut Vec::new(), false);
         for i in 0..k {
@@ -756,12 +813,6 @@ mod tests {
                 assert!((tn[i * m + j] - 0.5 - w).abs() < 1e-4, "tn [{i},{j}]");
                 assert!((tn2[i * m + j] - w).abs() < 1e-4, "tn serial [{i},{j}]");
             }
-        }
-        let mut cs = vec![1f32; n];
-        colsum_add(&bn, k, n, &mut cs);
-        for j in 0..n {
-            let w: f32 = 1.0 + (0..k).map(|i| bn[i * n + j]).sum::<f32>();
-            assert!((cs[j] - w).abs() < 1e-4);
         }
     }
 
@@ -782,13 +833,20 @@ mod tests {
             eps: 1e-8,
             grad_scale: 0.5,
         };
-        adamw(&mut p, &g, &mut m, &mut v, s);
+        adamw(
+            &mut p,
+            &g,
+            &mut m,
+            &mut v,
+            &[(0, 400, true), (400, n, false)],
+            s,
+        );
         for i in 0..n {
             let gi = g[i] as f64 * 0.5;
             let mi = 0.9 * 0.1 + 0.1 * gi;
             let vi = 0.99 * 0.2 + 0.01 * gi * gi;
-            let want =
-                p0[i] as f64 * (1.0 - 0.001) - 0.01 * (mi / 0.5) / ((vi / 0.25).sqrt() + 1e-8);
+            let keep = if i < 400 { 1.0 - 0.001 } else { 1.0 };
+            let want = p0[i] as f64 * keep - 0.01 * (mi / 0.5) / ((vi / 0.25).sqrt() + 1e-8);
             assert!((p[i] as f64 - want).abs() < 1e-6, "{} vs {want}", p[i]);
             assert!((m[i] as f64 - mi).abs() < 1e-6 && (v[i] as f64 - vi).abs() < 1e-6);
         }

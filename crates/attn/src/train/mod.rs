@@ -12,6 +12,7 @@ mod config;
 mod kernels;
 pub mod native;
 pub mod optimizer;
+pub mod profile;
 pub mod schedule;
 
 pub use config::{TrainConfig, PRESETS};

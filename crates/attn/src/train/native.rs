@@ -19,6 +19,7 @@ use candle_core::{Device, Tensor};
 
 use super::kernels::{self as k, AdamWStep, Rhs};
 use super::optimizer::AdamWConfig;
+use super::profile::time;
 use crate::models::gpt2::Gpt2Config;
 use crate::nn::Params;
 use crate::{Error, Result};
@@ -86,6 +87,8 @@ struct Acts {
     dqkv: Vec<f32>,
     /// Packed right-hand sides of the products.
     panels: Vec<f32>,
+    /// Packed left-hand sides of the weight-gradient products.
+    xpack: Vec<f32>,
 }
 
 /// A GPT-2 with its parameters, gradients and AdamW moments in flat buffers.
@@ -324,6 +327,7 @@ impl NativeGpt2 {
             dbig: vec![0f32; m * f],
             dqkv: vec![0f32; 3 * m * c],
             panels: Vec::new(),
+            xpack: Vec::new(),
         };
     }
 
@@ -367,87 +371,113 @@ impl NativeGpt2 {
             }
         }
         for (l, at) in self.blocks.iter().enumerate() {
-            k::layer_norm(
-                &a.res[l],
-                p(at.ln1, c),
-                p(at.ln1 + c, c),
-                eps,
-                m,
-                &mut a.ln1[l],
-                &mut a.ln1_stats[l],
-            );
-            k::gemm(
-                &a.ln1[l],
-                m,
-                c,
-                3 * c,
-                Rhs::Nn(p(at.qkv_w, 3 * c * c)),
-                &mut a.qkv[l],
-                &mut a.panels,
-            );
-            k::add_bias(&mut a.qkv[l], p(at.qkv_b, 3 * c), m);
-            k::attention(&a.qkv[l], b, t, c, nh, &mut a.probs[l], &mut a.atty[l]);
-            k::gemm(
-                &a.atty[l],
-                m,
-                c,
-                c,
-                Rhs::Nn(p(at.proj_w, c * c)),
-                &mut a.tmp,
-                &mut a.panels,
-            );
-            k::add_bias_residual(&mut a.mid[l], &a.tmp, &a.res[l], p(at.proj_b, c), m);
-            k::layer_norm(
-                &a.mid[l],
-                p(at.ln2, c),
-                p(at.ln2 + c, c),
-                eps,
-                m,
-                &mut a.ln2[l],
-                &mut a.ln2_stats[l],
-            );
-            k::gemm(
-                &a.ln2[l],
-                m,
-                c,
-                f,
-                Rhs::Nn(p(at.fc_w, c * f)),
-                &mut a.fch[l],
-                &mut a.panels,
-            );
-            k::add_bias_gelu(&mut a.fch[l], p(at.fc_b, f), &mut a.gelu[l], m);
-            k::gemm(
-                &a.gelu[l],
-                m,
-                f,
-                c,
-                Rhs::Nn(p(at.fcp_w, f * c)),
-                &mut a.tmp,
-                &mut a.panels,
-            );
+            time("layer_norm", || {
+                k::layer_norm(
+                    &a.res[l],
+                    p(at.ln1, c),
+                    p(at.ln1 + c, c),
+                    eps,
+                    m,
+                    &mut a.ln1[l],
+                    &mut a.ln1_stats[l],
+                )
+            });
+            time("gemm", || {
+                k::gemm(
+                    &a.ln1[l],
+                    m,
+                    c,
+                    3 * c,
+                    Rhs::Nn(p(at.qkv_w, 3 * c * c)),
+                    &mut a.qkv[l],
+                    &mut a.panels,
+                )
+            });
+            time("add_bias", || {
+                k::add_bias(&mut a.qkv[l], p(at.qkv_b, 3 * c), m)
+            });
+            time("attention", || {
+                k::attention(&a.qkv[l], b, t, c, nh, &mut a.probs[l], &mut a.atty[l])
+            });
+            time("gemm", || {
+                k::gemm(
+                    &a.atty[l],
+                    m,
+                    c,
+                    c,
+                    Rhs::Nn(p(at.proj_w, c * c)),
+                    &mut a.tmp,
+                    &mut a.panels,
+                )
+            });
+            time("add_bias_residual", || {
+                k::add_bias_residual(&mut a.mid[l], &a.tmp, &a.res[l], p(at.proj_b, c), m)
+            });
+            time("layer_norm", || {
+                k::layer_norm(
+                    &a.mid[l],
+                    p(at.ln2, c),
+                    p(at.ln2 + c, c),
+                    eps,
+                    m,
+                    &mut a.ln2[l],
+                    &mut a.ln2_stats[l],
+                )
+            });
+            time("gemm", || {
+                k::gemm(
+                    &a.ln2[l],
+                    m,
+                    c,
+                    f,
+                    Rhs::Nn(p(at.fc_w, c * f)),
+                    &mut a.fch[l],
+                    &mut a.panels,
+                )
+            });
+            time("add_bias_gelu", || {
+                k::add_bias_gelu(&mut a.fch[l], p(at.fc_b, f), &mut a.gelu[l], m)
+            });
+            time("gemm", || {
+                k::gemm(
+                    &a.gelu[l],
+                    m,
+                    f,
+                    c,
+                    Rhs::Nn(p(at.fcp_w, f * c)),
+                    &mut a.tmp,
+                    &mut a.panels,
+                )
+            });
             let (done, next) = a.res.split_at_mut(l + 1);
             let _ = done;
-            k::add_bias_residual(&mut next[0], &a.tmp, &a.mid[l], p(at.fcp_b, c), m);
+            time("add_bias_residual", || {
+                k::add_bias_residual(&mut next[0], &a.tmp, &a.mid[l], p(at.fcp_b, c), m)
+            });
         }
         let nl = self.blocks.len();
-        k::layer_norm(
-            &a.res[nl],
-            p(self.lnf, c),
-            p(self.lnf + c, c),
-            eps,
-            m,
-            &mut a.lnf,
-            &mut a.lnf_stats,
-        );
-        k::gemm(
-            &a.lnf,
-            m,
-            c,
-            self.vocab,
-            Rhs::Nt(p(self.wte, self.vocab * c)),
-            &mut a.logits,
-            &mut a.panels,
-        );
+        time("layer_norm", || {
+            k::layer_norm(
+                &a.res[nl],
+                p(self.lnf, c),
+                p(self.lnf + c, c),
+                eps,
+                m,
+                &mut a.lnf,
+                &mut a.lnf_stats,
+            )
+        });
+        time("gemm", || {
+            k::gemm(
+                &a.lnf,
+                m,
+                c,
+                self.vocab,
+                Rhs::Nt(p(self.wte, self.vocab * c)),
+                &mut a.logits,
+                &mut a.panels,
+            )
+        });
         Ok(())
     }
 
@@ -500,145 +530,174 @@ impl NativeGpt2 {
         let a = &mut self.acts;
         let p = |off: usize, len: usize| &w[off..off + len];
         // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
-        k::gemm_tn_acc(
-            &a.logits,
-            m,
-            v,
-            &a.lnf,
-            c,
-            &mut g[self.wte..],
-            &mut a.panels,
-        );
-        k::gemm(
-            &a.logits,
-            m,
-            v,
-            c,
-            Rhs::Nn(p(self.wte, v * c)),
-            &mut a.dln,
-            &mut a.panels,
-        );
+        time("gemm_tn_acc", || {
+            k::gemm_tn_acc(
+                &a.logits,
+                m,
+                v,
+                &a.lnf,
+                c,
+                &mut g[self.wte..],
+                (&mut a.panels, &mut a.xpack),
+                false,
+            )
+        });
+        time("gemm", || {
+            k::gemm(
+                &a.logits,
+                m,
+                v,
+                c,
+                Rhs::Nn(p(self.wte, v * c)),
+                &mut a.dln,
+                &mut a.panels,
+            )
+        });
         a.dres.iter_mut().for_each(|x| *x = 0.0);
         let nl = self.blocks.len();
         {
             let (gw, gb) = g[self.lnf..self.lnf + 2 * c].split_at_mut(c);
-            k::layer_norm_backward(
-                &a.dln,
-                &a.res[nl],
-                &a.lnf_stats,
-                p(self.lnf, c),
-                m,
-                &mut a.dres,
-                gw,
-                gb,
-            );
+            time("layer_norm_backward", || {
+                k::layer_norm_backward(
+                    &a.dln,
+                    &a.res[nl],
+                    &a.lnf_stats,
+                    p(self.lnf, c),
+                    m,
+                    &mut a.dres,
+                    gw,
+                    gb,
+                )
+            });
         }
         for (l, at) in self.blocks.iter().enumerate().rev() {
             // MLP: res[l+1] = mid + gelu(ln2·Wfc + bfc)·Wfcp + bfcp.
-            k::gemm(
-                &a.dres,
-                m,
-                c,
-                f,
-                Rhs::Nt(p(at.fcp_w, f * c)),
-                &mut a.dbig,
-                &mut a.panels,
-            );
-            k::gemm_tn_acc(
-                &a.gelu[l],
-                m,
-                f,
-                &a.dres,
-                c,
-                &mut g[at.fcp_w..],
-                &mut a.panels,
-            );
-            k::colsum_add(&a.dres, m, c, &mut g[at.fcp_b..at.fcp_b + c]);
-            k::gelu_backward(&a.fch[l], &mut a.dbig);
-            k::gemm(
-                &a.dbig,
-                m,
-                f,
-                c,
-                Rhs::Nt(p(at.fc_w, c * f)),
-                &mut a.dln,
-                &mut a.panels,
-            );
-            k::gemm_tn_acc(
-                &a.ln2[l],
-                m,
-                c,
-                &a.dbig,
-                f,
-                &mut g[at.fc_w..],
-                &mut a.panels,
-            );
-            k::colsum_add(&a.dbig, m, f, &mut g[at.fc_b..at.fc_b + f]);
+            time("gemm", || {
+                k::gemm(
+                    &a.dres,
+                    m,
+                    c,
+                    f,
+                    Rhs::Nt(p(at.fcp_w, f * c)),
+                    &mut a.dbig,
+                    &mut a.panels,
+                )
+            });
+            time("gemm_tn_acc", || {
+                k::gemm_tn_acc(
+                    &a.gelu[l],
+                    m,
+                    f,
+                    &a.dres,
+                    c,
+                    &mut g[at.fcp_w..],
+                    (&mut a.panels, &mut a.xpack),
+                    true,
+                )
+            });
+            time("gelu_backward", || k::gelu_backward(&a.fch[l], &mut a.dbig));
+            time("gemm", || {
+                k::gemm(
+                    &a.dbig,
+                    m,
+                    f,
+                    c,
+                    Rhs::Nt(p(at.fc_w, c * f)),
+                    &mut a.dln,
+                    &mut a.panels,
+                )
+            });
+            time("gemm_tn_acc", || {
+                k::gemm_tn_acc(
+                    &a.ln2[l],
+                    m,
+                    c,
+                    &a.dbig,
+                    f,
+                    &mut g[at.fc_w..],
+                    (&mut a.panels, &mut a.xpack),
+                    true,
+                )
+            });
             {
                 let (gw, gb) = g[at.ln2..at.ln2 + 2 * c].split_at_mut(c);
-                k::layer_norm_backward(
-                    &a.dln,
-                    &a.mid[l],
-                    &a.ln2_stats[l],
-                    p(at.ln2, c),
-                    m,
-                    &mut a.dres,
-                    gw,
-                    gb,
-                );
+                time("layer_norm_backward", || {
+                    k::layer_norm_backward(
+                        &a.dln,
+                        &a.mid[l],
+                        &a.ln2_stats[l],
+                        p(at.ln2, c),
+                        m,
+                        &mut a.dres,
+                        gw,
+                        gb,
+                    )
+                });
             }
             // Attention: mid = res[l] + attn(ln1)·Wproj + bproj.
-            k::gemm(
-                &a.dres,
-                m,
-                c,
-                c,
-                Rhs::Nt(p(at.proj_w, c * c)),
-                &mut a.dln,
-                &mut a.panels,
-            );
-            k::gemm_tn_acc(
-                &a.atty[l],
-                m,
-                c,
-                &a.dres,
-                c,
-                &mut g[at.proj_w..],
-                &mut a.panels,
-            );
-            k::colsum_add(&a.dres, m, c, &mut g[at.proj_b..at.proj_b + c]);
-            k::attention_backward(&a.dln, &a.qkv[l], &a.probs[l], b, t, c, nh, &mut a.dqkv);
-            k::gemm(
-                &a.dqkv,
-                m,
-                3 * c,
-                c,
-                Rhs::Nt(p(at.qkv_w, 3 * c * c)),
-                &mut a.dln,
-                &mut a.panels,
-            );
-            k::gemm_tn_acc(
-                &a.ln1[l],
-                m,
-                c,
-                &a.dqkv,
-                3 * c,
-                &mut g[at.qkv_w..],
-                &mut a.panels,
-            );
-            k::colsum_add(&a.dqkv, m, 3 * c, &mut g[at.qkv_b..at.qkv_b + 3 * c]);
+            time("gemm", || {
+                k::gemm(
+                    &a.dres,
+                    m,
+                    c,
+                    c,
+                    Rhs::Nt(p(at.proj_w, c * c)),
+                    &mut a.dln,
+                    &mut a.panels,
+                )
+            });
+            time("gemm_tn_acc", || {
+                k::gemm_tn_acc(
+                    &a.atty[l],
+                    m,
+                    c,
+                    &a.dres,
+                    c,
+                    &mut g[at.proj_w..],
+                    (&mut a.panels, &mut a.xpack),
+                    true,
+                )
+            });
+            time("attention_backward", || {
+                k::attention_backward(&a.dln, &a.qkv[l], &a.probs[l], b, t, c, nh, &mut a.dqkv)
+            });
+            time("gemm", || {
+                k::gemm(
+                    &a.dqkv,
+                    m,
+                    3 * c,
+                    c,
+                    Rhs::Nt(p(at.qkv_w, 3 * c * c)),
+                    &mut a.dln,
+                    &mut a.panels,
+                )
+            });
+            time("gemm_tn_acc", || {
+                k::gemm_tn_acc(
+                    &a.ln1[l],
+                    m,
+                    c,
+                    &a.dqkv,
+                    3 * c,
+                    &mut g[at.qkv_w..],
+                    (&mut a.panels, &mut a.xpack),
+                    true,
+                )
+            });
             {
                 let (gw, gb) = g[at.ln1..at.ln1 + 2 * c].split_at_mut(c);
-                k::layer_norm_backward(
-                    &a.dln,
-                    &a.res[l],
-                    &a.ln1_stats[l],
-                    p(at.ln1, c),
-                    m,
-                    &mut a.dres,
-                    gw,
-                    gb,
-                );
+                time("layer_norm_backward", || {
+                    k::layer_norm_backward(
+                        &a.dln,
+                        &a.res[l],
+                        &a.ln1_stats[l],
+                        p(at.ln1, c),
+                        m,
+                        &mut a.dres,
+                        gw,
+                        gb,
+                    )
+                });
             }
         }
         // Embeddings.
@@ -666,23 +725,23 @@ impl NativeGpt2 {
         self.t += 1;
         let bc1 = 1.0 - config.beta1.powi(self.t as i32);
         let bc2 = 1.0 - config.beta2.powi(self.t as i32);
-        let (slots, params, grads) = (&self.slots, &mut self.params, &self.grads);
-        let (m, v) = (&mut self.m, &mut self.v);
+        let segments: Vec<(usize, usize, bool)> = self
+            .slots
+            .iter()
+            .map(|s| (s.off, s.off + s.len(), s.decays()))
+            .collect();
+        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
         k::in_pool(|| {
-            for s in slots {
-                let r = s.range();
+            time("adamw", || {
                 k::adamw(
-                    &mut params[r.clone()],
-                    &grads[r.clone()],
-                    &mut m[r.clone()],
-                    &mut v[r],
+                    params,
+                    grads,
+                    m,
+                    v,
+                    &segments,
                     AdamWStep {
                         lr: lr as f32,
-                        decay: if s.decays() {
-                            config.weight_decay as f32
-                        } else {
-                            0.0
-                        },
+                        decay: config.weight_decay as f32,
                         beta1: config.beta1 as f32,
                         beta2: config.beta2 as f32,
                         bc1: bc1 as f32,
@@ -690,8 +749,8 @@ impl NativeGpt2 {
                         eps: config.eps as f32,
                         grad_scale: grad_scale as f32,
                     },
-                );
-            }
+                )
+            })
         });
     }
 }
