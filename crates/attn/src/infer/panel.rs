@@ -354,14 +354,18 @@ pub fn matmul_tn(
         scratch.resize(blocks * k * mb, 0.0);
     }
     let pp = SyncPtr(scratch.as_mut_ptr());
-    (0..k.div_ceil(64)).into_par_iter().for_each(|c| {
+    // Eight blocks at a time over all steps: eight output streams (blocks lie k·mb
+    // apart, a distance that would map dozens of streams onto the same few L1 sets),
+    // and 48 adjacent values read from each row.
+    (0..blocks.div_ceil(8)).into_par_iter().for_each(|bg| {
         let pp = pp;
-        for kk in c * 64..(c * 64 + 64).min(k) {
+        let bs = bg * 8..(bg * 8 + 8).min(blocks);
+        for kk in 0..k {
             let row = &xt[kk * ld..kk * ld + cols_x];
-            for b in 0..blocks {
+            for b in bs.clone() {
                 let w = mb.min(n - b * mb);
-                // SAFETY: step kk of block b: steps are split between tasks, and
-                // (b·k + kk)·mb + w ≤ blocks·k·mb.
+                // SAFETY: block b belongs to this task, and (b·k + kk)·mb + w ≤
+                // blocks·k·mb.
                 unsafe {
                     let dst = pp.0.add((b * k + kk) * mb);
                     if w == 6 && b * 6 + 6 <= cols_x {
@@ -379,10 +383,12 @@ pub fn matmul_tn(
     let packed: &[f32] = scratch;
     let op = SyncPtr(out.as_mut_ptr());
     assert!(out.len() >= n * rows);
-    // Each task: a group of blocks (a slab of packed columns that stays in L1 across
-    // a slice of steps) against every panel's slice in turn (from L2).
+    // Each task: a group of blocks (a slab of packed columns that stays in L2 across a
+    // slice of steps) against every panel's slice in turn. The panels (the long side,
+    // k steps) are what streams, once per task: so as few tasks as keep every thread
+    // busy, with slabs of at most 64 blocks (384 KiB).
     let threads = rayon::current_num_threads().max(1);
-    let group = (blocks / (threads * 4)).clamp(1, 4);
+    let group = blocks.div_ceil(threads).clamp(1, 64);
     (0..blocks.div_ceil(group)).into_par_iter().for_each(|g| {
         let op = op;
         let mut acc = [[0f32; NR]; 6];
