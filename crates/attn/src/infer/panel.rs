@@ -563,6 +563,23 @@ pub enum Panels<'a> {
 /// `out[i, r] = Σ_c x[i, c] · W[r, c]` for `n` input rows, `out` `[n, rows]`, with `W`
 /// given as panels. Panels are split over the rayon pool.
 pub fn matmul(x: &[f32], n: usize, rows: usize, cols: usize, panels: Panels<'_>, out: &mut [f32]) {
+    matmul_then(x, n, rows, cols, panels, out, None)
+}
+
+/// Work applied to finished output rows: `(first row, rows [count · width])`.
+pub type Epilogue<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
+
+/// [`matmul`], then `epilogue` on the output rows, each block of rows while it is still
+/// in cache (by the task that computed it, when the rows are many).
+pub fn matmul_then(
+    x: &[f32],
+    n: usize,
+    rows: usize,
+    cols: usize,
+    panels: Panels<'_>,
+    out: &mut [f32],
+    epilogue: Option<Epilogue<'_>>,
+) {
     let threads = rayon::current_num_threads().max(1);
     if n > LARGE_N {
         // Many input rows (training): fill every panel once, then give each task a block
@@ -593,6 +610,9 @@ pub fn matmul(x: &[f32], n: usize, rows: usize, cols: usize, panels: Panels<'_>,
                     all,
                     o,
                 );
+                if let Some(e) = epilogue {
+                    e(c * chunk, o);
+                }
             });
         return;
     }
@@ -641,6 +661,12 @@ pub fn matmul(x: &[f32], n: usize, rows: usize, cols: usize, panels: Panels<'_>,
             out[i * rows + c0..i * rows + c0 + valid]
                 .copy_from_slice(&part[i * width..i * width + valid]);
         }
+    }
+    if let Some(e) = epilogue {
+        out[..n * rows]
+            .par_chunks_mut(16 * rows.max(1))
+            .enumerate()
+            .for_each(|(i, o)| e(16 * i, o));
     }
 }
 

@@ -87,9 +87,114 @@ pub fn gemm(
     out: &mut [f32],
     panels: &mut Vec<f32>,
 ) {
+    gemm_then(a, m, k, n, b, out, panels, None)
+}
+
+/// [`gemm`], then `epilogue` on each block of finished rows while it is in cache.
+#[allow(clippy::too_many_arguments)]
+fn gemm_then(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: Rhs,
+    out: &mut [f32],
+    panels: &mut Vec<f32>,
+    epilogue: Option<panel::Epilogue<'_>>,
+) {
     debug_assert!(a.len() >= m * k && out.len() >= m * n);
     pack_all(b, k, n, panels);
-    panel::matmul(a, m, n, k, Panels::Stored(panels), &mut out[..m * n]);
+    panel::matmul_then(
+        a,
+        m,
+        n,
+        k,
+        Panels::Stored(panels),
+        &mut out[..m * n],
+        epilogue,
+    );
+}
+
+/// `out = a·b + bias` (bias added to every row).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bias(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: Rhs,
+    bias: &[f32],
+    out: &mut [f32],
+    panels: &mut Vec<f32>,
+) {
+    let e = |_: usize, rows: &mut [f32]| rows.chunks_mut(n).for_each(|r| bias_row(r, bias));
+    gemm_then(a, m, k, n, b, out, panels, Some(&e));
+}
+
+/// `out = a·b + bias + res` (a residual connection).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bias_residual(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: Rhs,
+    bias: &[f32],
+    res: &[f32],
+    out: &mut [f32],
+    panels: &mut Vec<f32>,
+) {
+    let e = |r0: usize, rows: &mut [f32]| {
+        for (i, r) in rows.chunks_mut(n).enumerate() {
+            res_bias_row(r, &res[(r0 + i) * n..(r0 + i + 1) * n], bias);
+        }
+    };
+    gemm_then(a, m, k, n, b, out, panels, Some(&e));
+}
+
+/// `out = a·b + bias` and `act = gelu(out)` (tanh form).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bias_gelu(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: Rhs,
+    bias: &[f32],
+    out: &mut [f32],
+    act: &mut [f32],
+    panels: &mut Vec<f32>,
+) {
+    assert!(act.len() >= m * n);
+    let ap = SyncPtr(act.as_mut_ptr());
+    let e = |r0: usize, rows: &mut [f32]| {
+        let ap = ap;
+        for (i, r) in rows.chunks_mut(n).enumerate() {
+            // SAFETY: row r0 + i < m of act, written only by the task that computed
+            // that row of out.
+            let o = unsafe { std::slice::from_raw_parts_mut(ap.0.add((r0 + i) * n), n) };
+            bias_gelu_row(r, bias, o);
+        }
+    };
+    gemm_then(a, m, k, n, b, out, panels, Some(&e));
+}
+
+/// `out = (a·b) ⊙ gelu'(pre)`: the gradient through the GELU of `pre`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_gelu_grad(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: Rhs,
+    pre: &[f32],
+    out: &mut [f32],
+    panels: &mut Vec<f32>,
+) {
+    let e = |r0: usize, rows: &mut [f32]| {
+        gelu_grad_row(&pre[r0 * n..r0 * n + rows.len()], rows);
+    };
+    gemm_then(a, m, k, n, b, out, panels, Some(&e));
 }
 
 /// `dw [rows, cols] += xᵀ · dy` for `x [m, rows]`, `dy [m, cols]` (a weight gradient),
@@ -197,31 +302,15 @@ dispatch!(
 );
 
 #[inline(always)]
-fn bias_res_body(out: &mut [f32], y: &[f32], res: &[f32], b: &[f32]) {
-    for i in 0..out.len() {
-        out[i] = res[i] + y[i] + b[i];
+fn res_bias_body(y: &mut [f32], res: &[f32], b: &[f32]) {
+    for i in 0..y.len() {
+        y[i] += res[i] + b[i];
     }
 }
 dispatch!(
-    /// `out = res + y + b` for one row.
-    bias_res_row = bias_res_body, bias_res512, bias_res256,
-    (out: &mut [f32], y: &[f32], res: &[f32], b: &[f32]) -> ()
+    /// `y += res + b` for one row.
+    res_bias_row = res_bias_body, res_bias512, res_bias256, (y: &mut [f32], res: &[f32], b: &[f32]) -> ()
 );
-
-/// `out[i] = res[i] + y[i] + b` for every row `i` of `[m, n]`.
-pub fn add_bias_residual(out: &mut [f32], y: &[f32], res: &[f32], b: &[f32], m: usize) {
-    let n = b.len();
-    let per = rows_per_task(m, n);
-    out[..m * n]
-        .par_chunks_mut(per * n)
-        .enumerate()
-        .for_each(|(c, o)| {
-            for (i, row) in o.chunks_mut(n).enumerate() {
-                let r = (c * per + i) * n;
-                bias_res_row(row, &y[r..r + n], &res[r..r + n], b);
-            }
-        });
-}
 
 #[inline(always)]
 fn bias_body(y: &mut [f32], b: &[f32]) {
@@ -246,29 +335,6 @@ dispatch!(
     (y: &mut [f32], b: &[f32], out: &mut [f32]) -> ()
 );
 
-/// `y[i] += b` for every row of `y [m, n]`.
-pub fn add_bias(y: &mut [f32], b: &[f32], m: usize) {
-    let n = b.len();
-    let per = rows_per_task(m, n);
-    y[..m * n]
-        .par_chunks_mut(per * n)
-        .for_each(|c| c.chunks_mut(n).for_each(|row| bias_row(row, b)));
-}
-
-/// `y[i] += b` and `out[i] = gelu(y[i])` (tanh form) for every row of `[m, n]`.
-pub fn add_bias_gelu(y: &mut [f32], b: &[f32], out: &mut [f32], m: usize) {
-    let n = b.len();
-    let per = rows_per_task(m, n);
-    y[..m * n]
-        .par_chunks_mut(per * n)
-        .zip(out[..m * n].par_chunks_mut(per * n))
-        .for_each(|(yc, oc)| {
-            for (yr, or) in yc.chunks_mut(n).zip(oc.chunks_mut(n)) {
-                bias_gelu_row(yr, b, or);
-            }
-        });
-}
-
 #[inline(always)]
 fn gelu_grad_body(x: &[f32], g: &mut [f32]) {
     const C: f32 = 0.797_884_6;
@@ -284,13 +350,6 @@ dispatch!(
     /// `g ← g · gelu'(x)` (tanh form).
     gelu_grad_row = gelu_grad_body, gelu_grad512, gelu_grad256, (x: &[f32], g: &mut [f32]) -> ()
 );
-
-/// `g ← g · gelu'(x)` over whole buffers, on both cores.
-pub fn gelu_backward(x: &[f32], g: &mut [f32]) {
-    g.par_chunks_mut(1 << 14)
-        .zip(x.par_chunks(1 << 14))
-        .for_each(|(g, x)| gelu_grad_row(x, g));
-}
 
 // ---------------------------------------------------------------- layer norm
 

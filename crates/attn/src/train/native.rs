@@ -80,7 +80,6 @@ struct Acts {
     lnf: Vec<f32>,
     lnf_stats: Vec<f32>,
     logits: Vec<f32>,
-    tmp: Vec<f32>,
     dres: Vec<f32>,
     dln: Vec<f32>,
     dbig: Vec<f32>,
@@ -321,7 +320,6 @@ impl NativeGpt2 {
             lnf: vec![0f32; m * c],
             lnf_stats: vec![0f32; 2 * m],
             logits: vec![0f32; m * self.vocab],
-            tmp: vec![0f32; m * c],
             dres: vec![0f32; m * c],
             dln: vec![0f32; m * c],
             dbig: vec![0f32; m * f],
@@ -382,36 +380,33 @@ impl NativeGpt2 {
                     &mut a.ln1_stats[l],
                 )
             });
-            time("gemm", || {
-                k::gemm(
+            time("gemm qkv", || {
+                k::gemm_bias(
                     &a.ln1[l],
                     m,
                     c,
                     3 * c,
                     Rhs::Nn(p(at.qkv_w, 3 * c * c)),
+                    p(at.qkv_b, 3 * c),
                     &mut a.qkv[l],
                     &mut a.panels,
                 )
             });
-            time("add_bias", || {
-                k::add_bias(&mut a.qkv[l], p(at.qkv_b, 3 * c), m)
-            });
             time("attention", || {
                 k::attention(&a.qkv[l], b, t, c, nh, &mut a.probs[l], &mut a.atty[l])
             });
-            time("gemm", || {
-                k::gemm(
+            time("gemm proj", || {
+                k::gemm_bias_residual(
                     &a.atty[l],
                     m,
                     c,
                     c,
                     Rhs::Nn(p(at.proj_w, c * c)),
-                    &mut a.tmp,
+                    p(at.proj_b, c),
+                    &a.res[l],
+                    &mut a.mid[l],
                     &mut a.panels,
                 )
-            });
-            time("add_bias_residual", || {
-                k::add_bias_residual(&mut a.mid[l], &a.tmp, &a.res[l], p(at.proj_b, c), m)
             });
             time("layer_norm", || {
                 k::layer_norm(
@@ -424,35 +419,32 @@ impl NativeGpt2 {
                     &mut a.ln2_stats[l],
                 )
             });
-            time("gemm", || {
-                k::gemm(
+            time("gemm fc+gelu", || {
+                k::gemm_bias_gelu(
                     &a.ln2[l],
                     m,
                     c,
                     f,
                     Rhs::Nn(p(at.fc_w, c * f)),
+                    p(at.fc_b, f),
                     &mut a.fch[l],
+                    &mut a.gelu[l],
                     &mut a.panels,
                 )
             });
-            time("add_bias_gelu", || {
-                k::add_bias_gelu(&mut a.fch[l], p(at.fc_b, f), &mut a.gelu[l], m)
-            });
-            time("gemm", || {
-                k::gemm(
+            let (_, next) = a.res.split_at_mut(l + 1);
+            time("gemm fcproj", || {
+                k::gemm_bias_residual(
                     &a.gelu[l],
                     m,
                     f,
                     c,
                     Rhs::Nn(p(at.fcp_w, f * c)),
-                    &mut a.tmp,
+                    p(at.fcp_b, c),
+                    &a.mid[l],
+                    &mut next[0],
                     &mut a.panels,
                 )
-            });
-            let (done, next) = a.res.split_at_mut(l + 1);
-            let _ = done;
-            time("add_bias_residual", || {
-                k::add_bias_residual(&mut next[0], &a.tmp, &a.mid[l], p(at.fcp_b, c), m)
             });
         }
         let nl = self.blocks.len();
@@ -572,13 +564,14 @@ impl NativeGpt2 {
         }
         for (l, at) in self.blocks.iter().enumerate().rev() {
             // MLP: res[l+1] = mid + gelu(ln2·Wfc + bfc)·Wfcp + bfcp.
-            time("gemm", || {
-                k::gemm(
+            time("gemm dgelu", || {
+                k::gemm_gelu_grad(
                     &a.dres,
                     m,
                     c,
                     f,
                     Rhs::Nt(p(at.fcp_w, f * c)),
+                    &a.fch[l],
                     &mut a.dbig,
                     &mut a.panels,
                 )
@@ -595,7 +588,6 @@ impl NativeGpt2 {
                     true,
                 )
             });
-            time("gelu_backward", || k::gelu_backward(&a.fch[l], &mut a.dbig));
             time("gemm", || {
                 k::gemm(
                     &a.dbig,
