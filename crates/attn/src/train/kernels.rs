@@ -404,20 +404,39 @@ fn ln_bwd_body(
     dx: &mut [f32],
     dwb: &mut [f32],
 ) {
+    const L: usize = 16;
     let n = g.len();
     let (dw, db) = dwb.split_at_mut(n);
-    let mut s1 = [0f32; 16];
-    let mut s2 = [0f32; 16];
-    for i in 0..n {
+    let whole = n / L * L;
+    let mut s1 = [0f32; L];
+    let mut s2 = [0f32; L];
+    // Sixteen lanes of fixed-size arrays: the compiler keeps them in vector registers.
+    for c in (0..whole).step_by(L) {
+        let g: &[f32; L] = g[c..c + L].try_into().unwrap();
+        let x: &[f32; L] = x[c..c + L].try_into().unwrap();
+        let w: &[f32; L] = w[c..c + L].try_into().unwrap();
+        let dw: &mut [f32; L] = (&mut dw[c..c + L]).try_into().unwrap();
+        let db: &mut [f32; L] = (&mut db[c..c + L]).try_into().unwrap();
+        for j in 0..L {
+            let xh = (x[j] - mean) * rstd;
+            let gw = g[j] * w[j];
+            s1[j] += gw;
+            s2[j] += gw * xh;
+            dw[j] += g[j] * xh;
+            db[j] += g[j];
+        }
+    }
+    let (mut t1, mut t2) = (0f32, 0f32);
+    for i in whole..n {
         let xh = (x[i] - mean) * rstd;
         let gw = g[i] * w[i];
-        s1[i % 16] += gw;
-        s2[i % 16] += gw * xh;
+        t1 += gw;
+        t2 += gw * xh;
         dw[i] += g[i] * xh;
         db[i] += g[i];
     }
-    let m1 = s1.iter().sum::<f32>() / n as f32;
-    let m2 = s2.iter().sum::<f32>() / n as f32;
+    let m1 = (s1.iter().sum::<f32>() + t1) / n as f32;
+    let m2 = (s2.iter().sum::<f32>() + t2) / n as f32;
     for i in 0..n {
         let xh = (x[i] - mean) * rstd;
         dx[i] += rstd * (g[i] * w[i] - m1 - xh * m2);
