@@ -43,15 +43,25 @@ pub(crate) fn gelu_body(xs: &mut [f32]) {
     }
 }
 
-/// x ← e^{x − max}; returns the sum.
+/// x ← e^{x − max}; returns the sum (sixteen partial sums: a single running sum would
+/// keep the loop scalar, as floating-point addition may not be reordered).
 #[inline(always)]
-fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
+pub(crate) fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = xs.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let c: &mut [f32; 16] = c.try_into().unwrap();
+        for j in 0..16 {
+            c[j] = exp(c[j] - max);
+            acc[j] += c[j];
+        }
+    }
     let mut sum = 0f32;
-    for v in xs.iter_mut() {
+    for v in chunks.into_remainder() {
         *v = exp(*v - max);
         sum += *v;
     }
-    sum
+    acc.iter().sum::<f32>() + sum
 }
 
 /// Mean and 1/√(variance + eps) of a row, with sixteen partial sums (vectorisable).

@@ -542,6 +542,62 @@ impl HeadScratch {
     }
 }
 
+/// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
+#[inline(always)]
+fn causal_softmax_body(row: &mut [f32], live: usize) {
+    let (row, dead) = row.split_at_mut(live);
+    let mut mx = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            mx[j] = if c[j] > mx[j] { c[j] } else { mx[j] };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&mx)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let inv = 1.0 / vmath::softmax_body(row, max);
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+    for x in dead.iter_mut() {
+        *x = 0.0;
+    }
+}
+dispatch!(
+    causal_softmax_row = causal_softmax_body, causal_softmax512, causal_softmax256,
+    (row: &mut [f32], live: usize) -> ()
+);
+
+/// The softmax's backward for one row of weights `p` and their gradient `d` (in place):
+/// `d ← p ⊙ (d − Σ p·d)` over `..live`, zero after.
+#[inline(always)]
+fn softmax_grad_body(p: &[f32], d: &mut [f32], live: usize) {
+    let mut acc = [0f32; 16];
+    let whole = live / 16 * 16;
+    for c in (0..whole).step_by(16) {
+        for j in 0..16 {
+            acc[j] += p[c + j] * d[c + j];
+        }
+    }
+    let mut dot = acc.iter().sum::<f32>();
+    for j in whole..live {
+        dot += p[j] * d[j];
+    }
+    for j in 0..live {
+        d[j] = p[j] * (d[j] - dot);
+    }
+    for x in d[live..].iter_mut() {
+        *x = 0.0;
+    }
+}
+dispatch!(
+    softmax_grad_row = softmax_grad_body, softmax_grad512, softmax_grad256,
+    (p: &[f32], d: &mut [f32], live: usize) -> ()
+);
+
 /// Causal multi-head attention for `b` sequences of `t` positions: queries, keys and
 /// values are the thirds of `qkv [b·t, 3c]`; writes the attention weights to
 /// `probs [b, nh, t, t]` (zero above the diagonal) and the heads' outputs, side by side,
@@ -578,12 +634,7 @@ pub fn attention(
                     Causal::Lower,
                 );
                 for i in 0..t {
-                    let row = &mut p[i * t..(i + 1) * t];
-                    let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let sum = vmath::exp_shifted(&mut row[..=i], max);
-                    let inv = 1.0 / sum;
-                    row[..=i].iter_mut().for_each(|x| *x *= inv);
-                    row[i + 1..].iter_mut().for_each(|x| *x = 0.0);
+                    causal_softmax_row(&mut p[i * t..(i + 1) * t], i + 1);
                 }
                 s.o.resize(t * hd, 0.0);
                 gemm_serial(
@@ -665,12 +716,7 @@ pub fn attention_backward(
                     Causal::Lower,
                 );
                 for i in 0..t {
-                    let (pr, dr) = (&p[i * t..(i + 1) * t], &mut s.sq[i * t..(i + 1) * t]);
-                    let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
-                    for j in 0..=i {
-                        dr[j] = pr[j] * (dr[j] - dot);
-                    }
-                    dr[i + 1..].iter_mut().for_each(|x| *x = 0.0);
+                    softmax_grad_row(&p[i * t..(i + 1) * t], &mut s.sq[i * t..(i + 1) * t], i + 1);
                 }
                 // dQ = scale · dS·K
                 gemm_serial(
