@@ -536,9 +536,29 @@ impl HeadScratch {
             for (d, &x) in self.q[i * hd..(i + 1) * hd].iter_mut().zip(q) {
                 *d = x * scale;
             }
-            self.k[i * hd..(i + 1) * hd].copy_from_slice(&row[c + h * hd..][..hd]);
-            self.v[i * hd..(i + 1) * hd].copy_from_slice(&row[2 * c + h * hd..][..hd]);
+            copy_row(&mut self.k[i * hd..(i + 1) * hd], &row[c + h * hd..][..hd]);
+            copy_row(
+                &mut self.v[i * hd..(i + 1) * hd],
+                &row[2 * c + h * hd..][..hd],
+            );
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` as fixed-size moves for the usual head widths (a call to
+/// memcpy per 128 bytes costs more than the copy).
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    match dst.len() {
+        32 => {
+            let d: &mut [f32; 32] = dst.try_into().unwrap();
+            *d = src.try_into().unwrap();
+        }
+        64 => {
+            let d: &mut [f32; 64] = dst.try_into().unwrap();
+            *d = src.try_into().unwrap();
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -649,10 +669,10 @@ pub fn attention(
                 );
                 for i in 0..t {
                     // SAFETY: row bi·t + i, columns h·hd.. belong to this task alone.
-                    unsafe {
-                        let dst = yp.0.add((bi * t + i) * c + h * hd);
-                        std::ptr::copy_nonoverlapping(s.o[i * hd..].as_ptr(), dst, hd);
-                    }
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(yp.0.add((bi * t + i) * c + h * hd), hd)
+                    };
+                    copy_row(dst, &s.o[i * hd..(i + 1) * hd]);
                 }
             })
         });
@@ -685,8 +705,10 @@ pub fn attention_backward(
                 s.gather(qkv, bi, h, t, c, hd, scale);
                 s.g.resize(t * hd, 0.0);
                 for i in 0..t {
-                    s.g[i * hd..(i + 1) * hd]
-                        .copy_from_slice(&dy[(bi * t + i) * c + h * hd..][..hd]);
+                    copy_row(
+                        &mut s.g[i * hd..(i + 1) * hd],
+                        &dy[(bi * t + i) * c + h * hd..][..hd],
+                    );
                 }
                 s.sq.resize(t * t, 0.0);
                 s.o.resize(t * hd, 0.0);
