@@ -152,7 +152,7 @@ pub fn gemm_bias_residual(
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
 }
 
-/// `out = a·b + bias` and `act = gelu(out)` (tanh form).
+/// `act = gelu(a·b + bias)` (tanh form), and `out` = the GELU's derivative there.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias_gelu(
     a: &[f32],
@@ -179,7 +179,8 @@ pub fn gemm_bias_gelu(
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
 }
 
-/// `out = (a·b) ⊙ gelu'(pre)`: the gradient through the GELU of `pre`.
+/// `out = (a·b) ⊙ dgelu`: the gradient through the GELU, given its derivative (as
+/// [`gemm_bias_gelu`] leaves it).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_gelu_grad(
     a: &[f32],
@@ -187,12 +188,12 @@ pub fn gemm_gelu_grad(
     k: usize,
     n: usize,
     b: Rhs,
-    pre: &[f32],
+    dgelu: &[f32],
     out: &mut [f32],
     panels: &mut Vec<f32>,
 ) {
     let e = |r0: usize, rows: &mut [f32]| {
-        gelu_grad_row(&pre[r0 * n..r0 * n + rows.len()], rows);
+        mul_row(rows, &dgelu[r0 * n..r0 * n + rows.len()]);
     };
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
 }
@@ -319,36 +320,39 @@ fn bias_body(y: &mut [f32], b: &[f32]) {
     }
 }
 
+/// `out = gelu(y + b)` (tanh form), and `y` replaced by the derivative `gelu'(y + b)`,
+/// which is all the backward pass needs (it then costs a multiplication, not an exp).
 #[inline(always)]
 fn bias_gelu_body(y: &mut [f32], b: &[f32], out: &mut [f32]) {
-    bias_body(y, b);
-    out.copy_from_slice(y);
-    vmath::gelu_body(out);
+    const C: f32 = 0.797_884_6;
+    const A: f32 = 0.044715;
+    for i in 0..y.len() {
+        let x = y[i] + b[i];
+        let u = C * (x + A * x * x * x);
+        let t = 1.0 - 2.0 / (vmath::exp(2.0 * u) + 1.0);
+        out[i] = 0.5 * x * (1.0 + t);
+        y[i] = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x);
+    }
 }
 dispatch!(
     /// `y += b` for one row.
     bias_row = bias_body, bias512, bias256, (y: &mut [f32], b: &[f32]) -> ()
 );
 dispatch!(
-    /// `y += b; out = gelu(y)` for one row.
+    /// `out = gelu(y + b)`, `y = gelu'(y + b)` for one row.
     bias_gelu_row = bias_gelu_body, bias_gelu512, bias_gelu256,
     (y: &mut [f32], b: &[f32], out: &mut [f32]) -> ()
 );
 
 #[inline(always)]
-fn gelu_grad_body(x: &[f32], g: &mut [f32]) {
-    const C: f32 = 0.797_884_6;
-    const A: f32 = 0.044715;
-    for (gv, &x) in g.iter_mut().zip(x) {
-        let u = C * (x + A * x * x * x);
-        let t = 1.0 - 2.0 / (vmath::exp(2.0 * u) + 1.0);
-        let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x);
-        *gv *= d;
+fn mul_body(y: &mut [f32], x: &[f32]) {
+    for (v, x) in y.iter_mut().zip(x) {
+        *v *= x;
     }
 }
 dispatch!(
-    /// `g ← g · gelu'(x)` (tanh form).
-    gelu_grad_row = gelu_grad_body, gelu_grad512, gelu_grad256, (x: &[f32], g: &mut [f32]) -> ()
+    /// `y ⊙= x`.
+    mul_row = mul_body, mul512, mul256, (y: &mut [f32], x: &[f32]) -> ()
 );
 
 // ---------------------------------------------------------------- layer norm

@@ -75,7 +75,8 @@ struct Acts {
     mid: Vec<Vec<f32>>,
     ln2: Vec<Vec<f32>>,
     ln2_stats: Vec<Vec<f32>>,
-    fch: Vec<Vec<f32>>,
+    /// The GELU's derivative at each MLP pre-activation.
+    gelu_grad: Vec<Vec<f32>>,
     gelu: Vec<Vec<f32>>,
     lnf: Vec<f32>,
     lnf_stats: Vec<f32>,
@@ -315,7 +316,7 @@ impl NativeGpt2 {
             mid: per(m * c, nl),
             ln2: per(m * c, nl),
             ln2_stats: per(2 * m, nl),
-            fch: per(m * f, nl),
+            gelu_grad: per(m * f, nl),
             gelu: per(m * f, nl),
             lnf: vec![0f32; m * c],
             lnf_stats: vec![0f32; 2 * m],
@@ -427,7 +428,7 @@ impl NativeGpt2 {
                     f,
                     Rhs::Nn(p(at.fc_w, c * f)),
                     p(at.fc_b, f),
-                    &mut a.fch[l],
+                    &mut a.gelu_grad[l],
                     &mut a.gelu[l],
                     &mut a.panels,
                 )
@@ -571,7 +572,7 @@ impl NativeGpt2 {
                     c,
                     f,
                     Rhs::Nt(p(at.fcp_w, f * c)),
-                    &a.fch[l],
+                    &a.gelu_grad[l],
                     &mut a.dbig,
                     &mut a.panels,
                 )
