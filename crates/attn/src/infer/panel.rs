@@ -328,11 +328,122 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
-/// [`matmul_tn_serial`] over the rayon pool: the columns of `xt` are packed once
-/// (`scratch`, row by row, so `xt` is read front to back), then each task takes a
-/// group of blocks of columns against every panel.
+/// [`matmul_tn_serial`] over the rayon pool, each task a group of blocks of columns of
+/// `xt` against every panel. With `ones`, `out` has a row `n` more, to which the column
+/// sums of `W` are added (as if `xt` had a column of ones).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_tn(
+    xt: &[f32],
+    ld: usize,
+    n: usize,
+    rows: usize,
+    k: usize,
+    panels: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    scratch: &mut Vec<f32>,
+    ones: bool,
+) {
+    // Short sums read xt in place; long ones pack it first (measured: in place is
+    // faster at 768 steps, packing at 2048, where the 6-value reads spaced ld apart
+    // miss cache often enough to cost more than one packing pass).
+    if k < 1024 {
+        matmul_tn_inplace(xt, ld, n, rows, k, panels, out, accumulate, ones)
+    } else {
+        matmul_tn_packed(xt, ld, n, rows, k, panels, out, accumulate, scratch, ones)
+    }
+}
+
+/// [`matmul_tn`] reading the columns of `xt` in place.
+#[allow(clippy::too_many_arguments)]
+fn matmul_tn_inplace(
+    xt: &[f32],
+    ld: usize,
+    n: usize,
+    rows: usize,
+    k: usize,
+    panels: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    ones: bool,
+) {
+    let isa = isa();
+    let mb = block_rows(isa).min(6);
+    let blocks = n.div_ceil(mb);
+    let np = rows.div_ceil(NR);
+    let op = SyncPtr(out.as_mut_ptr());
+    assert!(out.len() >= (n + ones as usize) * rows);
+    assert!(k == 0 || xt.len() >= (k - 1) * ld + n);
+    // Each task: a group of blocks of columns of xt, read in place (six adjacent values
+    // per step), against every panel's slice in turn. The panels (the long side, k
+    // steps) are what streams, once per task: so as few tasks as keep every thread
+    // busy, with groups of at most 64 blocks.
+    let threads = rayon::current_num_threads().max(1);
+    let group = blocks.div_ceil(threads).clamp(1, 64);
+    let tasks = blocks.div_ceil(group).max(1);
+    (0..tasks).into_par_iter().for_each(|g| {
+        let op = op;
+        let mut acc = [[0f32; NR]; 6];
+        for c0 in (0..k.max(1)).step_by(KC) {
+            let c1 = (c0 + KC).min(k);
+            for p in 0..np {
+                let panel = &panels[p * k * NR + c0 * NR..p * k * NR + c1 * NR];
+                let valid = NR.min(rows - p * NR);
+                for b in g * group..((g + 1) * group).min(blocks) {
+                    let i0 = b * mb;
+                    let m = mb.min(n - i0);
+                    let acc = &mut acc[..m];
+                    panel_rows_t(isa, &xt[c0 * ld + i0..], ld, m, panel, acc);
+                    for (i, a) in acc.iter().enumerate() {
+                        // SAFETY: rows i0.. belong to this task alone;
+                        // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                op.0.add((i0 + i) * rows + p * NR),
+                                valid,
+                            )
+                        };
+                        if accumulate || c0 > 0 {
+                            for (o, v) in o.iter_mut().zip(a) {
+                                *o += v;
+                            }
+                        } else {
+                            o.copy_from_slice(&a[..valid]);
+                        }
+                    }
+                }
+            }
+        }
+        if ones {
+            // Row n: the column sums of W (the sums over steps of each panel), panels
+            // shared out between the tasks.
+            for p in (g..np).step_by(tasks) {
+                let mut sum = [0f32; NR];
+                for step in panels[p * k * NR..(p + 1) * k * NR].chunks_exact(NR) {
+                    for j in 0..NR {
+                        sum[j] += step[j];
+                    }
+                }
+                let valid = NR.min(rows - p * NR);
+                // SAFETY: row n, columns p·NR.. belong to this task (p ≡ g mod tasks).
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(op.0.add(n * rows + p * NR), valid) };
+                for (o, v) in o.iter_mut().zip(&sum) {
+                    if accumulate {
+                        *o += v;
+                    } else {
+                        *o = *v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`matmul_tn`] with the columns of `xt` packed first (`scratch`, row by row, so `xt`
+/// is read front to back).
+#[allow(clippy::too_many_arguments)]
+fn matmul_tn_packed(
     xt: &[f32],
     ld: usize,
     n: usize,
@@ -673,6 +784,50 @@ pub fn matmul_then(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both strategies of the transposed product (in place below 1024 steps, packed
+    /// above), with and without the row of column sums, against the plain sum.
+    #[test]
+    fn transposed_products_match_the_plain_sum() {
+        for (k, n, rows) in [(70, 13, 40), (1100, 19, 64)] {
+            let xt: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)
+                .collect();
+            let w: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 13) % 19) as f32 / 9.0 - 1.0)
+                .collect();
+            let panels = pack(&w, rows, k);
+            for ones in [false, true] {
+                let out_rows = n + ones as usize;
+                let mut out = vec![0.25f32; out_rows * rows];
+                matmul_tn(
+                    &xt,
+                    n,
+                    n,
+                    rows,
+                    k,
+                    &panels,
+                    &mut out,
+                    true,
+                    &mut Vec::new(),
+                    ones,
+                );
+                for i in 0..out_rows {
+                    for r in 0..rows {
+                        let want: f32 = 0.25
+                            + (0..k)
+                                .map(|c| if i < n { xt[c * n + i] } else { 1.0 } * w[r * k + c])
+                                .sum::<f32>();
+                        let got = out[i * rows + r];
+                        assert!(
+                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "k {k} ones {ones} [{i},{r}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn packed_products_match_the_plain_sum() {
