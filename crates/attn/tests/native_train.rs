@@ -59,7 +59,7 @@ fn compare(c: usize, nh: usize, layers: usize, vocab: usize, b: usize, t: usize)
 
     let mut n = NativeGpt2::from_params(&config, &params).unwrap();
     n.zero_grads();
-    let got_loss = n.forward_backward(&x, &y, b, t, 1.0).unwrap();
+    let got_loss = n.forward_backward(&x, &y, b, t, 1.0, 0).unwrap();
     assert!(
         (got_loss - want_loss).abs() < 1e-5 * want_loss,
         "loss {got_loss} vs {want_loss}"
@@ -102,8 +102,20 @@ fn loss_and_every_gradient_match_autograd() {
 
 #[test]
 fn gradients_match_finite_differences() {
+    finite_differences(0.0, 0);
+}
+
+/// With dropout, the masks are a function of the seed: the loss in training mode with
+/// a fixed seed is a smooth function of the parameters whose gradient the backward pass
+/// gives.
+#[test]
+fn gradients_with_dropout_match_finite_differences() {
+    finite_differences(0.25, 77);
+}
+
+fn finite_differences(pdrop: f32, seed: u64) {
     let mut config = Gpt2Config::new(23, 9, 24, 2, 2);
-    config.set_dropout(0.0);
+    config.set_dropout(pdrop);
     let (_, params) = model(&config, 21);
     perturb(&params, 22);
     let (b, t) = (2, 9);
@@ -111,7 +123,7 @@ fn gradients_match_finite_differences() {
     let y = ids(b * t, 23, 24);
     let mut n = NativeGpt2::from_params(&config, &params).unwrap();
     n.zero_grads();
-    n.forward_backward(&x, &y, b, t, 1.0).unwrap();
+    n.forward_backward(&x, &y, b, t, 1.0, seed).unwrap();
     let grads = n.gradient_tensors(&Device::Cpu).unwrap();
     let probes = [
         ("transformer.wte.weight", 5 * 24 + 3),
@@ -130,9 +142,9 @@ fn gradients_match_finite_differences() {
         let analytic = grads[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()[i] as f64;
         let orig = n.param_mut(name).unwrap()[i];
         n.param_mut(name).unwrap()[i] = orig + h;
-        let up = n.loss(&x, &y, b, t).unwrap();
+        let up = n.loss_in_training(&x, &y, b, t, seed).unwrap();
         n.param_mut(name).unwrap()[i] = orig - h;
-        let down = n.loss(&x, &y, b, t).unwrap();
+        let down = n.loss_in_training(&x, &y, b, t, seed).unwrap();
         n.param_mut(name).unwrap()[i] = orig;
         let numeric = (up - down) / (2.0 * h as f64);
         assert!(
@@ -154,8 +166,29 @@ fn bad_ids_are_refused() {
     assert!(e.to_string().contains("9 positions"), "{e}");
     let e = n.loss(&[1; 4], &[1; 3], 1, 4).unwrap_err();
     assert!(e.to_string().contains("targets"), "{e}");
-    config.set_dropout(0.1);
+    config.activation_function = "relu".into();
     assert!(NativeGpt2::from_params(&config, &params).is_err());
+}
+
+#[test]
+fn dropout_changes_training_loss_only() {
+    let mut config = Gpt2Config::new(31, 16, 32, 2, 2);
+    config.set_dropout(0.3);
+    let (_, params) = model(&config, 5);
+    let (b, t) = (3, 16);
+    let x = ids(b * t, 31, 6);
+    let y = ids(b * t, 31, 7);
+    let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+    let eval = n.loss(&x, &y, b, t).unwrap();
+    let a = n.loss_in_training(&x, &y, b, t, 1).unwrap();
+    let a2 = n.loss_in_training(&x, &y, b, t, 1).unwrap();
+    let c = n.loss_in_training(&x, &y, b, t, 2).unwrap();
+    assert_eq!(a, a2, "the same seed gives the same masks");
+    assert!(a != c && a != eval && c != eval, "{eval} {a} {c}");
+    // Without dropout the training loss is the evaluation loss.
+    config.set_dropout(0.0);
+    let mut n0 = NativeGpt2::from_params(&config, &params).unwrap();
+    assert!((n0.loss_in_training(&x, &y, b, t, 1).unwrap() - eval).abs() < 1e-9);
 }
 
 fn text(path: &std::path::Path) {

@@ -16,6 +16,86 @@ use rayon::prelude::*;
 use crate::infer::panel::{self, Causal, Panels, NR};
 use crate::infer::vmath::{self, dispatch};
 
+/// Inverted dropout drawn from a counter-based hash: element `i` of a site is kept (and
+/// scaled by `1/(1−p)`) or zeroed by a hash of `(seed, i)`, so a mask is recomputed in the
+/// backward pass instead of stored, and is the same whichever thread computes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    /// Per-site seed (see [`Dropout::site`]).
+    pub seed: u64,
+    /// Elements whose hash's top 32 bits fall below this are dropped (`p · 2³²`).
+    threshold: u64,
+    /// `1/(1−p)`.
+    scale: f32,
+}
+
+impl Dropout {
+    /// Dropout with probability `p` for the masks of one step drawn from `seed`; `None`
+    /// when `p` is zero.
+    pub fn new(p: f32, seed: u64) -> Option<Self> {
+        (p > 0.0).then(|| Dropout {
+            seed,
+            threshold: (p as f64 * 4294967296.0) as u64,
+            scale: 1.0 / (1.0 - p),
+        })
+    }
+
+    /// The same dropout for another site (layer and place), with its own masks.
+    pub fn site(self, site: u64) -> Self {
+        Dropout {
+            seed: mix(self.seed ^ mix(site.wrapping_add(0x5151_5151))),
+            ..self
+        }
+    }
+
+    /// The mask value of element `i`: 0 or `1/(1−p)`.
+    #[inline(always)]
+    pub fn factor(&self, i: u64) -> f32 {
+        if (mix(self
+            .seed
+            .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            >> 32)
+            < self.threshold
+        {
+            0.0
+        } else {
+            self.scale
+        }
+    }
+}
+
+/// SplitMix64's finaliser.
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[inline(always)]
+fn drop_body(x: &mut [f32], d: Dropout, first: u64) {
+    for (i, v) in x.iter_mut().enumerate() {
+        *v *= d.factor(first + i as u64);
+    }
+}
+dispatch!(
+    /// `x[i] ← x[i] · mask(first + i)`.
+    drop_row = drop_body, drop512, drop256, (x: &mut [f32], d: Dropout, first: u64) -> ()
+);
+
+/// `out = x ⊙ mask` over whole buffers (element `i` of `x` is mask element `i`), on both
+/// cores.
+pub fn dropout_into(x: &[f32], d: Dropout, out: &mut [f32]) {
+    const CH: usize = 1 << 14;
+    out[..x.len()]
+        .par_chunks_mut(CH)
+        .enumerate()
+        .for_each(|(c, o)| {
+            o.copy_from_slice(&x[c * CH..c * CH + o.len()]);
+            drop_row(o, d, (c * CH) as u64);
+        });
+}
+
 /// The right-hand matrix of a product: `Nn(b)` is `b [k, n]` row-major, `Nt(b)` is
 /// `b [n, k]` row-major and its transpose is used.
 #[derive(Clone, Copy)]
@@ -131,7 +211,7 @@ pub fn gemm_bias(
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
 }
 
-/// `out = a·b + bias + res` (a residual connection).
+/// `out = res + dropout(a·b + bias)` (a residual connection).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias_residual(
     a: &[f32],
@@ -143,10 +223,19 @@ pub fn gemm_bias_residual(
     res: &[f32],
     out: &mut [f32],
     panels: &mut Vec<f32>,
+    dropout: Option<Dropout>,
 ) {
     let e = |r0: usize, rows: &mut [f32]| {
         for (i, r) in rows.chunks_mut(n).enumerate() {
-            res_bias_row(r, &res[(r0 + i) * n..(r0 + i + 1) * n], bias);
+            let res = &res[(r0 + i) * n..(r0 + i + 1) * n];
+            match dropout {
+                None => res_bias_row(r, res, bias),
+                Some(d) => {
+                    bias_row(r, bias);
+                    drop_row(r, d, ((r0 + i) * n) as u64);
+                    add_row(r, res);
+                }
+            }
         }
     };
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
@@ -509,6 +598,8 @@ struct HeadScratch {
     g: Vec<f32>,
     o: Vec<f32>,
     sq: Vec<f32>,
+    /// Dropped-out attention weights.
+    pd: Vec<f32>,
     panels: Vec<f32>,
 }
 
@@ -634,6 +725,7 @@ pub fn attention(
     nh: usize,
     probs: &mut [f32],
     y: &mut [f32],
+    dropout: Option<Dropout>,
 ) {
     let hd = c / nh;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -661,8 +753,24 @@ pub fn attention(
                     causal_softmax_row(&mut p[i * t..(i + 1) * t], i + 1);
                 }
                 s.o.resize(t * hd, 0.0);
+                // The weights the values are summed with: dropped out, or as they are.
+                let w: &[f32] = match dropout {
+                    None => p,
+                    Some(d) => {
+                        s.pd.resize(t * t, 0.0);
+                        s.pd.copy_from_slice(p);
+                        for i in 0..t {
+                            drop_row(
+                                &mut s.pd[i * t..i * t + i + 1],
+                                d,
+                                ((bh * t + i) * t) as u64,
+                            );
+                        }
+                        &s.pd
+                    }
+                };
                 gemm_serial(
-                    p,
+                    w,
                     t,
                     t,
                     hd,
@@ -694,6 +802,7 @@ pub fn attention_backward(
     c: usize,
     nh: usize,
     dqkv: &mut [f32],
+    dropout: Option<Dropout>,
 ) {
     let hd = c / nh;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -727,8 +836,20 @@ pub fn attention_backward(
                         }
                     }
                 };
-                // dV = Pᵀ·dY
-                gemm_tn_serial(p, t, t, &s.g, hd, &mut s.o, &mut s.panels, true);
+                // dV = P'ᵀ·dY, P' the weights after dropout.
+                if let Some(d) = dropout {
+                    s.pd.resize(t * t, 0.0);
+                    s.pd.copy_from_slice(p);
+                    for i in 0..t {
+                        drop_row(
+                            &mut s.pd[i * t..i * t + i + 1],
+                            d,
+                            ((bh * t + i) * t) as u64,
+                        );
+                    }
+                }
+                let w: &[f32] = if dropout.is_some() { &s.pd } else { p };
+                gemm_tn_serial(w, t, t, &s.g, hd, &mut s.o, &mut s.panels, true);
                 scatter(&s.o, 2, 1.0);
                 // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the diagonal.
                 gemm_serial(
@@ -742,7 +863,12 @@ pub fn attention_backward(
                     Causal::Lower,
                 );
                 for i in 0..t {
-                    softmax_grad_row(&p[i * t..(i + 1) * t], &mut s.sq[i * t..(i + 1) * t], i + 1);
+                    let row = &mut s.sq[i * t..(i + 1) * t];
+                    if let Some(d) = dropout {
+                        // Through the dropout: dP = dP' ⊙ mask.
+                        drop_row(&mut row[..i + 1], d, ((bh * t + i) * t) as u64);
+                    }
+                    softmax_grad_row(&p[i * t..(i + 1) * t], row, i + 1);
                 }
                 // dQ = scale · dS·K
                 gemm_serial(
@@ -895,7 +1021,7 @@ mod tests {
 
     fn data(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
-            .map(|i| (((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0))
+            .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
             .collect()
     }
 
@@ -964,6 +1090,32 @@ mod tests {
                 assert!((tn2[i * m + j] - w).abs() < 1e-4, "tn serial [{i},{j}]");
             }
         }
+    }
+
+    #[test]
+    fn dropout_masks_drop_the_asked_fraction_and_repeat() {
+        for p in [0.1f32, 0.5] {
+            let d = Dropout::new(p, 42).unwrap().site(3);
+            let n = 200_000u64;
+            let dropped = (0..n).filter(|&i| d.factor(i) == 0.0).count() as f64 / n as f64;
+            assert!(
+                (dropped - p as f64).abs() < 0.005,
+                "p {p}: dropped {dropped}"
+            );
+            assert!((0..n).all(|i| d.factor(i) == 0.0 || d.factor(i) == 1.0 / (1.0 - p)));
+            // The vectorised row form gives the same mask as the scalar one.
+            let mut row = vec![1f32; 1000];
+            drop_row(&mut row, d, 5000);
+            for (i, v) in row.iter().enumerate() {
+                assert_eq!(*v, d.factor(5000 + i as u64));
+            }
+            // Other sites and seeds: other masks.
+            let e = Dropout::new(p, 42).unwrap().site(4);
+            let f = Dropout::new(p, 43).unwrap().site(3);
+            let same = |a: Dropout, b: Dropout| (0..1000).all(|i| a.factor(i) == b.factor(i));
+            assert!(!same(d, e) && !same(d, f));
+        }
+        assert!(Dropout::new(0.0, 1).is_none());
     }
 
     #[test]

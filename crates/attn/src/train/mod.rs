@@ -157,8 +157,8 @@ pub struct Trainer {
     native: Option<NativeGpt2>,
 }
 
-/// Whether the native step trains this model here: GPT-2 with the tanh GELU, no
-/// dropout, f32 on the CPU, fused kernels on (`ATTN_FUSED=0` turns them off) and
+/// Whether the native step trains this model here: GPT-2 with the tanh GELU, f32 on
+/// the CPU, fused kernels on (`ATTN_FUSED=0` turns them off) and
 /// `ATTN_TRAINER` not `graph`.
 fn native_applies(model: &Gpt2, device: &Device) -> bool {
     device.is_cpu()
@@ -398,12 +398,20 @@ impl Trainer {
                 &mut self.rng,
             );
             let (x, y) = Self::windows(&self.splits.train, &starts, cfg.block_size);
+            // Drawn only with dropout, so that without it the batches are those the graph
+            // trainer draws.
+            let seed = if n.has_dropout() {
+                self.rng.next_u64()
+            } else {
+                0
+            };
             loss_sum += n.forward_backward(
                 &x,
                 &y,
                 cfg.batch_size,
                 cfg.block_size,
                 1.0 / cfg.grad_accum as f32,
+                seed,
             )?;
         }
         let norm = n.grad_norm();

@@ -11,7 +11,9 @@
 //! candle's autograd on that model, and whole training runs with the graph trainer.
 //!
 //! Covered: GPT-2 with the tanh GELU (`gelu_new`, `gelu_pytorch_tanh`), f32 on the CPU,
-//! no dropout. The trainer uses the graph model for anything else.
+//! with dropout (embeddings, attention weights, residual branches; masks from a hash of
+//! a per-step seed, recomputed in the backward pass). The trainer uses the graph model
+//! for anything else.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -82,6 +84,10 @@ struct Acts {
     lnf_stats: Vec<f32>,
     logits: Vec<f32>,
     dres: Vec<f32>,
+    /// The gradient through a residual branch's dropout.
+    dtmp: Vec<f32>,
+    /// The dropout of the last forward pass.
+    drops: Drops,
     dln: Vec<f32>,
     dbig: Vec<f32>,
     dqkv: Vec<f32>,
@@ -89,6 +95,40 @@ struct Acts {
     panels: Vec<f32>,
     /// Packed left-hand sides of the weight-gradient products.
     xpack: Vec<f32>,
+}
+
+/// The dropout of one training forward pass (none in evaluation): each layer and place
+/// has its own masks, drawn from the pass's seed (see [`k::Dropout`]).
+#[derive(Clone, Copy, Default)]
+struct Drops {
+    embd: Option<k::Dropout>,
+    attn: Option<k::Dropout>,
+    resid: Option<k::Dropout>,
+}
+
+impl Drops {
+    fn new((pe, pa, pr): (f32, f32, f32), seed: Option<u64>) -> Self {
+        let Some(seed) = seed else {
+            return Drops::default();
+        };
+        Drops {
+            embd: k::Dropout::new(pe, seed),
+            attn: k::Dropout::new(pa, seed),
+            resid: k::Dropout::new(pr, seed),
+        }
+    }
+    fn embd(&self) -> Option<k::Dropout> {
+        self.embd.map(|d| d.site(0))
+    }
+    fn attn(&self, l: usize) -> Option<k::Dropout> {
+        self.attn.map(|d| d.site(3 * l as u64 + 1))
+    }
+    fn resid_attn(&self, l: usize) -> Option<k::Dropout> {
+        self.resid.map(|d| d.site(3 * l as u64 + 2))
+    }
+    fn resid_mlp(&self, l: usize) -> Option<k::Dropout> {
+        self.resid.map(|d| d.site(3 * l as u64 + 3))
+    }
 }
 
 /// A GPT-2 with its parameters, gradients and AdamW moments in flat buffers.
@@ -99,6 +139,8 @@ pub struct NativeGpt2 {
     nh: usize,
     f: usize,
     eps: f32,
+    /// Dropout probabilities: embeddings, attention weights, residual branches.
+    pdrop: (f32, f32, f32),
     slots: Vec<Slot>,
     wte: usize,
     wpe: usize,
@@ -119,17 +161,14 @@ impl NativeGpt2 {
         matches!(
             config.activation_function.as_str(),
             "gelu_new" | "gelu_pytorch_tanh"
-        ) && config.resid_pdrop == 0.0
-            && config.embd_pdrop == 0.0
-            && config.attn_pdrop == 0.0
-            && config.tie_word_embeddings
+        ) && config.tie_word_embeddings
     }
 
     /// Copy the parameters of a [`crate::models::gpt2::Gpt2`] built from `params`.
     pub fn from_params(config: &Gpt2Config, params: &Params) -> Result<Self> {
         if !Self::supports(config) {
             return Err(Error::Model(
-                "the native trainer covers GPT-2 with the tanh GELU and no dropout".into(),
+                "the native trainer covers GPT-2 with the tanh GELU and a tied head".into(),
             ));
         }
         let (c, f) = (config.n_embd, config.inner());
@@ -205,6 +244,7 @@ impl NativeGpt2 {
             nh: config.n_head,
             f,
             eps: config.layer_norm_epsilon as f32,
+            pdrop: (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop),
             slots,
             wte,
             wpe,
@@ -293,6 +333,12 @@ impl NativeGpt2 {
         Some(&mut self.params[r])
     }
 
+    /// Whether training draws dropout masks.
+    pub fn has_dropout(&self) -> bool {
+        let (a, b, c) = self.pdrop;
+        a > 0.0 || b > 0.0 || c > 0.0
+    }
+
     /// Number of scalars.
     pub fn count(&self) -> usize {
         self.params.len()
@@ -322,6 +368,8 @@ impl NativeGpt2 {
             lnf_stats: vec![0f32; 2 * m],
             logits: vec![0f32; m * self.vocab],
             dres: vec![0f32; m * c],
+            dtmp: vec![0f32; m * c],
+            drops: Drops::default(),
             dln: vec![0f32; m * c],
             dbig: vec![0f32; m * f],
             dqkv: vec![0f32; 3 * m * c],
@@ -352,10 +400,13 @@ impl NativeGpt2 {
         Ok(())
     }
 
-    /// The forward pass for `ids [b, t]`, up to the logits.
-    fn forward(&mut self, ids: &[u32], b: usize, t: usize) -> Result<()> {
+    /// The forward pass for `ids [b, t]`, up to the logits; with `seed`, in training
+    /// mode (dropout drawn from it).
+    fn forward(&mut self, ids: &[u32], b: usize, t: usize, seed: Option<u64>) -> Result<()> {
         self.check_ids(ids, "input ids", b, t)?;
         self.ensure_acts(b, t);
+        let drops = Drops::new(self.pdrop, seed);
+        self.acts.drops = drops;
         let (m, c, f, nh, eps) = (b * t, self.c, self.f, self.nh, self.eps);
         let w = &self.params;
         let a = &mut self.acts;
@@ -367,6 +418,11 @@ impl NativeGpt2 {
             );
             for ((o, x), y) in a.res[0][r * c..(r + 1) * c].iter_mut().zip(e).zip(pos) {
                 *o = x + y;
+            }
+        }
+        if let Some(d) = drops.embd() {
+            for (i, v) in a.res[0][..m * c].iter_mut().enumerate() {
+                *v *= d.factor(i as u64);
             }
         }
         for (l, at) in self.blocks.iter().enumerate() {
@@ -394,7 +450,16 @@ impl NativeGpt2 {
                 )
             });
             time("attention", || {
-                k::attention(&a.qkv[l], b, t, c, nh, &mut a.probs[l], &mut a.atty[l])
+                k::attention(
+                    &a.qkv[l],
+                    b,
+                    t,
+                    c,
+                    nh,
+                    &mut a.probs[l],
+                    &mut a.atty[l],
+                    drops.attn(l),
+                )
             });
             time("gemm proj", || {
                 k::gemm_bias_residual(
@@ -407,6 +472,7 @@ impl NativeGpt2 {
                     &a.res[l],
                     &mut a.mid[l],
                     &mut a.panels,
+                    drops.resid_attn(l),
                 )
             });
             time("layer_norm", || {
@@ -445,6 +511,7 @@ impl NativeGpt2 {
                     &a.mid[l],
                     &mut next[0],
                     &mut a.panels,
+                    drops.resid_mlp(l),
                 )
             });
         }
@@ -478,7 +545,25 @@ impl NativeGpt2 {
     pub fn loss(&mut self, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
         self.check_ids(targets, "targets", b, t)?;
         k::in_pool(|| {
-            self.forward(ids, b, t)?;
+            self.forward(ids, b, t, None)?;
+            let sum = k::cross_entropy(&mut self.acts.logits, self.vocab, targets, None);
+            Ok(sum / (b * t) as f64)
+        })
+    }
+
+    /// [`Self::loss`] in training mode: with the dropout that
+    /// [`Self::forward_backward`] would draw from `seed`.
+    pub fn loss_in_training(
+        &mut self,
+        ids: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        seed: u64,
+    ) -> Result<f64> {
+        self.check_ids(targets, "targets", b, t)?;
+        k::in_pool(|| {
+            self.forward(ids, b, t, Some(seed))?;
             let sum = k::cross_entropy(&mut self.acts.logits, self.vocab, targets, None);
             Ok(sum / (b * t) as f64)
         })
@@ -489,8 +574,9 @@ impl NativeGpt2 {
         self.grads.iter_mut().for_each(|g| *g = 0.0);
     }
 
-    /// Forward and backward pass for `ids [b, t]` against `targets`: adds
-    /// `scale ·` the gradient of the mean loss to the gradients; returns the mean loss.
+    /// Forward and backward pass for `ids [b, t]` against `targets`, in training mode
+    /// (dropout masks drawn from `seed`): adds `scale ·` the gradient of the mean loss to
+    /// the gradients; returns the mean loss.
     pub fn forward_backward(
         &mut self,
         ids: &[u32],
@@ -498,10 +584,11 @@ impl NativeGpt2 {
         b: usize,
         t: usize,
         scale: f32,
+        seed: u64,
     ) -> Result<f64> {
         self.check_ids(targets, "targets", b, t)?;
         k::in_pool(|| {
-            self.forward(ids, b, t)?;
+            self.forward(ids, b, t, Some(seed))?;
             let m = b * t;
             let sum = k::cross_entropy(
                 &mut self.acts.logits,
@@ -521,6 +608,7 @@ impl NativeGpt2 {
         let w = &self.params;
         let g = &mut self.grads;
         let a = &mut self.acts;
+        let drops = a.drops;
         let p = |off: usize, len: usize| &w[off..off + len];
         // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
         time("gemm_tn_acc", || {
@@ -564,10 +652,17 @@ impl NativeGpt2 {
             });
         }
         for (l, at) in self.blocks.iter().enumerate().rev() {
-            // MLP: res[l+1] = mid + gelu(ln2·Wfc + bfc)·Wfcp + bfcp.
+            // MLP: res[l+1] = mid + dropout(gelu(ln2·Wfc + bfc)·Wfcp + bfcp).
+            let dy: &[f32] = match drops.resid_mlp(l) {
+                Some(d) => {
+                    k::dropout_into(&a.dres, d, &mut a.dtmp);
+                    &a.dtmp
+                }
+                None => &a.dres,
+            };
             time("gemm dgelu", || {
                 k::gemm_gelu_grad(
-                    &a.dres,
+                    dy,
                     m,
                     c,
                     f,
@@ -582,7 +677,7 @@ impl NativeGpt2 {
                     &a.gelu[l],
                     m,
                     f,
-                    &a.dres,
+                    dy,
                     c,
                     &mut g[at.fcp_w..],
                     (&mut a.panels, &mut a.xpack),
@@ -627,10 +722,17 @@ impl NativeGpt2 {
                     )
                 });
             }
-            // Attention: mid = res[l] + attn(ln1)·Wproj + bproj.
+            // Attention: mid = res[l] + dropout(attn(ln1)·Wproj + bproj).
+            let dy: &[f32] = match drops.resid_attn(l) {
+                Some(d) => {
+                    k::dropout_into(&a.dres, d, &mut a.dtmp);
+                    &a.dtmp
+                }
+                None => &a.dres,
+            };
             time("gemm", || {
                 k::gemm(
-                    &a.dres,
+                    dy,
                     m,
                     c,
                     c,
@@ -644,7 +746,7 @@ impl NativeGpt2 {
                     &a.atty[l],
                     m,
                     c,
-                    &a.dres,
+                    dy,
                     c,
                     &mut g[at.proj_w..],
                     (&mut a.panels, &mut a.xpack),
@@ -652,7 +754,17 @@ impl NativeGpt2 {
                 )
             });
             time("attention_backward", || {
-                k::attention_backward(&a.dln, &a.qkv[l], &a.probs[l], b, t, c, nh, &mut a.dqkv)
+                k::attention_backward(
+                    &a.dln,
+                    &a.qkv[l],
+                    &a.probs[l],
+                    b,
+                    t,
+                    c,
+                    nh,
+                    &mut a.dqkv,
+                    drops.attn(l),
+                )
             });
             time("gemm", || {
                 k::gemm(
@@ -693,7 +805,12 @@ impl NativeGpt2 {
                 });
             }
         }
-        // Embeddings.
+        // Embeddings (through their dropout).
+        if let Some(d) = drops.embd() {
+            for (i, v) in a.dres[..m * c].iter_mut().enumerate() {
+                *v *= d.factor(i as u64);
+            }
+        }
         for (r, &id) in ids.iter().enumerate() {
             let d = &a.dres[r * c..(r + 1) * c];
             let e = self.wte + id as usize * c;
