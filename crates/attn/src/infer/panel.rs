@@ -157,6 +157,7 @@ fn run<const MR: usize>(isa: Isa, x: &[&[f32]; MR], panel: &[f32], out: &mut [[f
 /// `out[r][j] = Σ_kk x[kk·ld + r] · panel[kk][j]` for `MR` input rows given as
 /// columns of `x` (the transposed layout: the `MR` values of one step are adjacent).
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // r indexes both x (with an offset) and acc
 fn body_t<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32; NR]; MR]) {
     let k = panel.len() / NR;
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
@@ -323,10 +324,19 @@ pub fn matmul_tn_serial_from(
 
 /// A pointer that tasks write through at disjoint places.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: every use writes elements no other task touches.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so that closures capture the whole `SyncPtr`, which is
+    /// `Sync`, rather than its raw-pointer field, which is not).
+    #[inline(always)]
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// [`matmul_tn_serial`] over the rayon pool, each task a group of blocks of columns of
 /// `xt` against every panel. With `ones`, `out` has a row `n` more, to which the column
@@ -382,7 +392,6 @@ fn matmul_tn_inplace(
     let group = blocks.div_ceil(threads).clamp(1, 64);
     let tasks = blocks.div_ceil(group).max(1);
     (0..tasks).into_par_iter().for_each(|g| {
-        let op = op;
         let mut acc = [[0f32; NR]; 6];
         for c0 in (0..k.max(1)).step_by(KC) {
             let c1 = (c0 + KC).min(k);
@@ -399,7 +408,7 @@ fn matmul_tn_inplace(
                         // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
                         let o = unsafe {
                             std::slice::from_raw_parts_mut(
-                                op.0.add((i0 + i) * rows + p * NR),
+                                op.get().add((i0 + i) * rows + p * NR),
                                 valid,
                             )
                         };
@@ -426,8 +435,9 @@ fn matmul_tn_inplace(
                 }
                 let valid = NR.min(rows - p * NR);
                 // SAFETY: row n, columns p·NR.. belong to this task (p ≡ g mod tasks).
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(op.0.add(n * rows + p * NR), valid) };
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(op.get().add(n * rows + p * NR), valid)
+                };
                 for (o, v) in o.iter_mut().zip(&sum) {
                     if accumulate {
                         *o += v;
@@ -469,7 +479,6 @@ fn matmul_tn_packed(
     // apart, a distance that would map dozens of streams onto the same few L1 sets),
     // and 48 adjacent values read from each row.
     (0..blocks.div_ceil(8)).into_par_iter().for_each(|bg| {
-        let pp = pp;
         let bs = bg * 8..(bg * 8 + 8).min(blocks);
         for kk in 0..k {
             let row = &xt[kk * ld..kk * ld + cols_x];
@@ -478,7 +487,7 @@ fn matmul_tn_packed(
                 // SAFETY: block b belongs to this task, and (b·k + kk)·mb + w ≤
                 // blocks·k·mb.
                 unsafe {
-                    let dst = pp.0.add((b * k + kk) * mb);
+                    let dst = pp.get().add((b * k + kk) * mb);
                     if w == 6 && b * 6 + 6 <= cols_x {
                         *(dst as *mut [f32; 6]) = row[b * 6..b * 6 + 6].try_into().unwrap();
                     } else {
@@ -501,7 +510,6 @@ fn matmul_tn_packed(
     let threads = rayon::current_num_threads().max(1);
     let group = blocks.div_ceil(threads).clamp(1, 64);
     (0..blocks.div_ceil(group)).into_par_iter().for_each(|g| {
-        let op = op;
         let mut acc = [[0f32; NR]; 6];
         for c0 in (0..k.max(1)).step_by(KC) {
             let c1 = (c0 + KC).min(k);
@@ -519,7 +527,7 @@ fn matmul_tn_packed(
                         // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
                         let o = unsafe {
                             std::slice::from_raw_parts_mut(
-                                op.0.add((i0 + i) * rows + p * NR),
+                                op.get().add((i0 + i) * rows + p * NR),
                                 valid,
                             )
                         };

@@ -13,7 +13,7 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 use rayon::prelude::*;
 
-use crate::infer::panel::{self, Causal, Panels, NR};
+use crate::infer::panel::{self, Causal, Panels, SyncPtr, NR};
 use crate::infer::vmath::{self, dispatch};
 
 /// Inverted dropout drawn from a counter-based hash: element `i` of a site is kept (and
@@ -131,19 +131,18 @@ fn pack_all(b: Rhs, k: usize, n: usize, panels: &mut Vec<f32>) {
     let np = n.div_ceil(NR);
     panels.resize(np * k * NR, 0.0);
     match b {
-        Rhs::Nn(b) if n % NR == 0 && k >= 64 => {
+        Rhs::Nn(b) if n.is_multiple_of(NR) && k >= 64 => {
             // Row by row (each row of b read once, front to back), into every panel:
             // reading panel by panel would take 128 bytes from each row in turn.
             let ptr = SyncPtr(panels.as_mut_ptr());
             (0..k.div_ceil(32)).into_par_iter().for_each(|c| {
-                let ptr = ptr;
                 for kk in c * 32..(c * 32 + 32).min(k) {
                     let row = &b[kk * n..(kk + 1) * n];
                     for (p, src) in row.chunks_exact(NR).enumerate() {
                         let src: &[f32; NR] = src.try_into().unwrap();
                         // SAFETY: step kk of panel p; steps are split between tasks.
                         unsafe {
-                            let dst = ptr.0.add((p * k + kk) * NR) as *mut [f32; NR];
+                            let dst = ptr.get().add((p * k + kk) * NR) as *mut [f32; NR];
                             *dst = *src;
                         }
                     }
@@ -257,11 +256,10 @@ pub fn gemm_bias_gelu(
     assert!(act.len() >= m * n);
     let ap = SyncPtr(act.as_mut_ptr());
     let e = |r0: usize, rows: &mut [f32]| {
-        let ap = ap;
         for (i, r) in rows.chunks_mut(n).enumerate() {
             // SAFETY: row r0 + i < m of act, written only by the task that computed
             // that row of out.
-            let o = unsafe { std::slice::from_raw_parts_mut(ap.0.add((r0 + i) * n), n) };
+            let o = unsafe { std::slice::from_raw_parts_mut(ap.get().add((r0 + i) * n), n) };
             bias_gelu_row(r, bias, o);
         }
     };
@@ -583,13 +581,6 @@ pub fn layer_norm_backward(
 
 // ---------------------------------------------------------------- attention
 
-/// A pointer that tasks write through at disjoint places.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: every use writes elements no other task touches.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
 #[derive(Default)]
 struct HeadScratch {
     q: Vec<f32>,
@@ -612,6 +603,7 @@ thread_local! {
 impl HeadScratch {
     /// Copy head `h` of sequence `bi` out of `qkv [b·t, 3c]`: queries (times `scale`),
     /// keys and values, each `[t, hd]`.
+    #[allow(clippy::too_many_arguments)]
     fn gather(
         &mut self,
         qkv: &[f32],
@@ -717,6 +709,7 @@ dispatch!(
 /// values are the thirds of `qkv [b·t, 3c]`; writes the attention weights to
 /// `probs [b, nh, t, t]` (zero above the diagonal) and the heads' outputs, side by side,
 /// to `y [b·t, c]`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     qkv: &[f32],
     b: usize,
@@ -736,7 +729,6 @@ pub fn attention(
         .enumerate()
         .for_each(|(bh, p)| {
             HEAD_SCRATCH.with_borrow_mut(|s| {
-                let yp = yp;
                 let (bi, h) = (bh / nh, bh % nh);
                 s.gather(qkv, bi, h, t, c, hd, scale);
                 gemm_serial(
@@ -782,7 +774,7 @@ pub fn attention(
                 for i in 0..t {
                     // SAFETY: row bi·t + i, columns h·hd.. belong to this task alone.
                     let dst = unsafe {
-                        std::slice::from_raw_parts_mut(yp.0.add((bi * t + i) * c + h * hd), hd)
+                        std::slice::from_raw_parts_mut(yp.get().add((bi * t + i) * c + h * hd), hd)
                     };
                     copy_row(dst, &s.o[i * hd..(i + 1) * hd]);
                 }
@@ -813,7 +805,6 @@ pub fn attention_backward(
         .enumerate()
         .for_each(|(bh, p)| {
             HEAD_SCRATCH.with_borrow_mut(|s| {
-                let dp = dp;
                 let (bi, h) = (bh / nh, bh % nh);
                 s.gather(qkv, bi, h, t, c, hd, scale);
                 s.g.resize(t * hd, 0.0);
@@ -829,7 +820,7 @@ pub fn attention_backward(
                     for i in 0..t {
                         // SAFETY: row bi·t + i, columns part·c + h·hd.. belong to this task.
                         unsafe {
-                            let dst = dp.0.add((bi * t + i) * 3 * c + part * c + h * hd);
+                            let dst = dp.get().add((bi * t + i) * 3 * c + part * c + h * hd);
                             for d in 0..hd {
                                 *dst.add(d) = o[i * hd + d] * mul;
                             }
@@ -997,14 +988,13 @@ pub fn adamw(
         SyncPtr(v.as_mut_ptr()),
     );
     tasks.par_iter().for_each(|&(a, b, decays)| {
-        let (pp, mp, vp) = (pp, mp, vp);
         // SAFETY: a..b lies inside every buffer (asserted) and the tasks' ranges do
         // not overlap (the segments are disjoint parameters).
         let (p, m, v) = unsafe {
             (
-                std::slice::from_raw_parts_mut(pp.0.add(a), b - a),
-                std::slice::from_raw_parts_mut(mp.0.add(a), b - a),
-                std::slice::from_raw_parts_mut(vp.0.add(a), b - a),
+                std::slice::from_raw_parts_mut(pp.get().add(a), b - a),
+                std::slice::from_raw_parts_mut(mp.get().add(a), b - a),
+                std::slice::from_raw_parts_mut(vp.get().add(a), b - a),
             )
         };
         let step = AdamWStep {
