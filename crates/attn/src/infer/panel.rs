@@ -265,11 +265,14 @@ pub fn matmul_tn_serial_from(
     thread_local! {
         static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    // Small inputs (an attention head's weights) are read in place: they sit in L1/L2
+    // and packing them would cost as much as the product.
+    let in_place = k * ld <= 1 << 16;
     PACKED.with_borrow_mut(|packed| {
-        if packed.len() < blocks * k * mb {
+        if !in_place && packed.len() < blocks * k * mb {
             packed.resize(blocks * k * mb, 0.0);
         }
-        for (kk, row) in xt.chunks(ld).take(k).enumerate() {
+        for (kk, row) in xt.chunks(ld).take(if in_place { 0 } else { k }).enumerate() {
             for b in 0..blocks {
                 let w = mb.min(n - b * mb);
                 let dst = &mut packed[(b * k + kk) * mb..][..w];
@@ -302,14 +305,12 @@ pub fn matmul_tn_serial_from(
                         continue;
                     }
                     let acc = &mut acc[..m];
-                    panel_rows_t(
-                        isa,
-                        &packed[(b * k + k0) * mb..(b * k + c1) * mb],
-                        mb,
-                        m,
-                        &panel[k0 * NR..c1 * NR],
-                        acc,
-                    );
+                    let (x, step) = if in_place {
+                        (&xt[k0 * ld + i0..], ld)
+                    } else {
+                        (&packed[(b * k + k0) * mb..(b * k + c1) * mb], mb)
+                    };
+                    panel_rows_t(isa, x, step, m, &panel[k0 * NR..c1 * NR], acc);
                     for (i, a) in acc.iter().enumerate() {
                         let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
                         for (o, v) in o.iter_mut().zip(a) {
@@ -792,6 +793,42 @@ pub fn matmul_then(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The serial transposed product, read in place (small) and packed (large), full and
+    /// from the diagonal (for inputs that are zero above it).
+    #[test]
+    fn serial_transposed_products_match_the_plain_sum() {
+        for (k, n, rows) in [(60, 50, 40), (1100, 70, 40)] {
+            for from_diagonal in [false, true] {
+                let xt: Vec<f32> = (0..k * n)
+                    .map(|i| {
+                        let (c, col) = (i / n, i % n);
+                        if from_diagonal && c < col {
+                            0.0
+                        } else {
+                            ((i * 37) % 23) as f32 / 11.0 - 1.0
+                        }
+                    })
+                    .collect();
+                let w: Vec<f32> = (0..rows * k)
+                    .map(|i| ((i * 13) % 19) as f32 / 9.0 - 1.0)
+                    .collect();
+                let panels = pack(&w, rows, k);
+                let mut out = vec![7f32; n * rows];
+                matmul_tn_serial_from(&xt, n, n, rows, k, &panels, &mut out, false, from_diagonal);
+                for i in 0..n {
+                    for r in 0..rows {
+                        let want: f32 = (0..k).map(|c| xt[c * n + i] * w[r * k + c]).sum();
+                        let got = out[i * rows + r];
+                        assert!(
+                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "k {k} diag {from_diagonal} [{i},{r}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Both strategies of the transposed product (in place below 1024 steps, packed
     /// above), with and without the row of column sums, against the plain sum.
