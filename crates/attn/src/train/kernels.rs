@@ -210,7 +210,19 @@ pub fn gemm_bias(
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
 }
 
-/// `out = res + dropout(a·b + bias)` (a residual connection).
+/// Where [`gemm_bias_residual`] also writes the layer norm of its output rows.
+pub struct NormOut<'a> {
+    pub w: &'a [f32],
+    pub b: &'a [f32],
+    pub eps: f32,
+    pub out: &'a mut [f32],
+    /// Each row's mean and 1/√(var + eps), as [`layer_norm`] keeps them.
+    pub stats: &'a mut [f32],
+}
+
+/// `out = res + dropout(a·b + bias)` (a residual connection); with `norm`, also the
+/// layer norm of each output row (the next sublayer's input), computed while the row
+/// is in cache.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias_residual(
     a: &[f32],
@@ -223,17 +235,42 @@ pub fn gemm_bias_residual(
     out: &mut [f32],
     panels: &mut Vec<f32>,
     dropout: Option<Dropout>,
+    norm: Option<NormOut<'_>>,
 ) {
+    let norm = norm.map(|nm| {
+        assert!(nm.out.len() >= m * n && nm.stats.len() >= 2 * m);
+        (
+            nm.w,
+            nm.b,
+            nm.eps,
+            SyncPtr(nm.out.as_mut_ptr()),
+            SyncPtr(nm.stats.as_mut_ptr()),
+        )
+    });
     let e = |r0: usize, rows: &mut [f32]| {
         for (i, r) in rows.chunks_mut(n).enumerate() {
-            let res = &res[(r0 + i) * n..(r0 + i + 1) * n];
+            let row = r0 + i;
+            let res = &res[row * n..(row + 1) * n];
             match dropout {
                 None => res_bias_row(r, res, bias),
                 Some(d) => {
                     bias_row(r, bias);
-                    drop_row(r, d, ((r0 + i) * n) as u64);
+                    drop_row(r, d, (row * n) as u64);
                     add_row(r, res);
                 }
+            }
+            if let Some((w, b, eps, o, st)) = norm {
+                // SAFETY: row `row` < m of the norm's output and stats (asserted above),
+                // written only by the task that computed that row.
+                let (o, st) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(o.get().add(row * n), n),
+                        std::slice::from_raw_parts_mut(st.get().add(2 * row), 2),
+                    )
+                };
+                let (mean, rstd) = ln_fwd_row(r, w, b, eps, o);
+                st[0] = mean;
+                st[1] = rstd;
             }
         }
     };

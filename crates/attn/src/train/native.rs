@@ -426,17 +426,19 @@ impl NativeGpt2 {
             }
         }
         for (l, at) in self.blocks.iter().enumerate() {
-            time("layer_norm", || {
-                k::layer_norm(
-                    &a.res[l],
-                    p(at.ln1, c),
-                    p(at.ln1 + c, c),
-                    eps,
-                    m,
-                    &mut a.ln1[l],
-                    &mut a.ln1_stats[l],
-                )
-            });
+            if l == 0 {
+                time("layer_norm", || {
+                    k::layer_norm(
+                        &a.res[0],
+                        p(at.ln1, c),
+                        p(at.ln1 + c, c),
+                        eps,
+                        m,
+                        &mut a.ln1[0],
+                        &mut a.ln1_stats[0],
+                    )
+                });
+            }
             time("gemm qkv", || {
                 k::gemm_bias(
                     &a.ln1[l],
@@ -473,19 +475,16 @@ impl NativeGpt2 {
                     &mut a.mid[l],
                     &mut a.panels,
                     drops.resid_attn(l),
+                    Some(k::NormOut {
+                        w: p(at.ln2, c),
+                        b: p(at.ln2 + c, c),
+                        eps,
+                        out: &mut a.ln2[l],
+                        stats: &mut a.ln2_stats[l],
+                    }),
                 )
             });
-            time("layer_norm", || {
-                k::layer_norm(
-                    &a.mid[l],
-                    p(at.ln2, c),
-                    p(at.ln2 + c, c),
-                    eps,
-                    m,
-                    &mut a.ln2[l],
-                    &mut a.ln2_stats[l],
-                )
-            });
+
             time("gemm fc+gelu", || {
                 k::gemm_bias_gelu(
                     &a.ln2[l],
@@ -500,6 +499,8 @@ impl NativeGpt2 {
                 )
             });
             let (_, next) = a.res.split_at_mut(l + 1);
+            let (_, ln1_rest) = a.ln1.split_at_mut(l + 1);
+            let (_, ln1s_rest) = a.ln1_stats.split_at_mut(l + 1);
             time("gemm fcproj", || {
                 k::gemm_bias_residual(
                     &a.gelu[l],
@@ -512,21 +513,28 @@ impl NativeGpt2 {
                     &mut next[0],
                     &mut a.panels,
                     drops.resid_mlp(l),
+                    // The next block's first layer norm, or the final one.
+                    Some(match self.blocks.get(l + 1) {
+                        Some(nb) => k::NormOut {
+                            w: p(nb.ln1, c),
+                            b: p(nb.ln1 + c, c),
+                            eps,
+                            out: &mut ln1_rest[0],
+                            stats: &mut ln1s_rest[0],
+                        },
+                        None => k::NormOut {
+                            w: p(self.lnf, c),
+                            b: p(self.lnf + c, c),
+                            eps,
+                            out: &mut a.lnf,
+                            stats: &mut a.lnf_stats,
+                        },
+                    }),
                 )
             });
         }
-        let nl = self.blocks.len();
-        time("layer_norm", || {
-            k::layer_norm(
-                &a.res[nl],
-                p(self.lnf, c),
-                p(self.lnf + c, c),
-                eps,
-                m,
-                &mut a.lnf,
-                &mut a.lnf_stats,
-            )
-        });
+        // ln_f was applied in the last block's residual epilogue.
+
         time("gemm", || {
             k::gemm(
                 &a.lnf,
