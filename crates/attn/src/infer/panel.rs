@@ -158,12 +158,19 @@ fn run<const MR: usize>(isa: Isa, x: &[&[f32]; MR], panel: &[f32], out: &mut [[f
 /// columns of `x` (the transposed layout: the `MR` values of one step are adjacent).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // r indexes both x (with an offset) and acc
-fn body_t<const MR: usize>(x: &[f32], ld: usize, panel: &[f32], out: &mut [[f32; NR]; MR]) {
-    let k = panel.len() / NR;
+fn body_t<const MR: usize>(
+    x: &[f32],
+    ld: usize,
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]; MR],
+) {
+    assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
     let mut acc = [[0f32; NR]; MR];
     for kk in 0..k {
-        let p: &[f32; NR] = panel[kk * NR..kk * NR + NR].try_into().unwrap();
+        let p: &[f32; NR] = panel[kk * ps..kk * ps + NR].try_into().unwrap();
         for r in 0..MR {
             // SAFETY: kk·ld + r < x.len() (asserted above).
             let xv = unsafe { *x.get_unchecked(kk * ld + r) };
@@ -181,9 +188,11 @@ unsafe fn body_t512<const MR: usize>(
     x: &[f32],
     ld: usize,
     panel: &[f32],
+    k: usize,
+    ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    body_t::<MR>(x, ld, panel, out)
+    body_t::<MR>(x, ld, panel, k, ps, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -192,23 +201,36 @@ unsafe fn body_t256<const MR: usize>(
     x: &[f32],
     ld: usize,
     panel: &[f32],
+    k: usize,
+    ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    body_t::<MR>(x, ld, panel, out)
+    body_t::<MR>(x, ld, panel, k, ps, out)
 }
 
 /// One panel against `rows` (at most `block_rows`) transposed input rows.
-fn panel_rows_t(isa: Isa, x: &[f32], ld: usize, rows: usize, panel: &[f32], out: &mut [[f32; NR]]) {
+/// One panel of `k` steps `ps` apart against `rows` transposed input rows.
+#[allow(clippy::too_many_arguments)]
+fn panel_rows_t(
+    isa: Isa,
+    x: &[f32],
+    ld: usize,
+    rows: usize,
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]],
+) {
     macro_rules! go {
         ($m:literal) => {{
             let o: &mut [[f32; NR]; $m] = out.try_into().unwrap();
             match isa {
                 // SAFETY: the features were detected at run time.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { body_t512::<$m>(x, ld, panel, o) },
+                Isa::Avx512 => unsafe { body_t512::<$m>(x, ld, panel, k, ps, o) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { body_t256::<$m>(x, ld, panel, o) },
-                _ => body_t::<$m>(x, ld, panel, o),
+                Isa::Avx2 => unsafe { body_t256::<$m>(x, ld, panel, k, ps, o) },
+                _ => body_t::<$m>(x, ld, panel, k, ps, o),
             }
         }};
     }
@@ -310,7 +332,7 @@ pub fn matmul_tn_serial_from(
                     } else {
                         (&packed[(b * k + k0) * mb..(b * k + c1) * mb], mb)
                     };
-                    panel_rows_t(isa, x, step, m, &panel[k0 * NR..c1 * NR], acc);
+                    panel_rows_t(isa, x, step, m, &panel[k0 * NR..c1 * NR], c1 - k0, NR, acc);
                     for (i, a) in acc.iter().enumerate() {
                         let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
                         for (o, v) in o.iter_mut().zip(a) {
@@ -359,10 +381,32 @@ pub fn matmul_tn(
     // faster at 768 steps, packing at 2048, where the 6-value reads spaced ld apart
     // miss cache often enough to cost more than one packing pass).
     if k < 1024 {
-        matmul_tn_inplace(xt, ld, n, rows, k, panels, out, accumulate, ones)
+        matmul_tn_inplace(xt, ld, n, rows, k, panels, NR, out, accumulate, ones)
     } else {
         matmul_tn_packed(xt, ld, n, rows, k, panels, out, accumulate, scratch, ones)
     }
+}
+
+/// [`matmul_tn`] for short sums (`k` < 1024) with `W` given as its transpose, a
+/// row-major `[k, rows]` array (`rows` a multiple of [`NR`]), read in place: nothing is
+/// packed. `None` when the sum is too long for reading in place to pay.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_tn_unpacked(
+    xt: &[f32],
+    ld: usize,
+    n: usize,
+    rows: usize,
+    k: usize,
+    wt: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    ones: bool,
+) -> Option<()> {
+    if k >= 1024 || rows % NR != 0 {
+        return None;
+    }
+    matmul_tn_inplace(xt, ld, n, rows, k, wt, rows, out, accumulate, ones);
+    Some(())
 }
 
 /// [`matmul_tn`] reading the columns of `xt` in place.
@@ -374,10 +418,20 @@ fn matmul_tn_inplace(
     rows: usize,
     k: usize,
     panels: &[f32],
+    ps: usize,
     out: &mut [f32],
     accumulate: bool,
     ones: bool,
 ) {
+    // Panel p: packed ([p][k][NR], steps NR apart), or the columns p·NR.. of a row-major
+    // [k, ps] matrix read in place (steps ps apart).
+    let base = |p: usize| if ps == NR { p * k * NR } else { p * NR };
+    if ps != NR {
+        assert!(
+            rows % NR == 0 && panels.len() >= k * ps,
+            "strided panels need whole panels"
+        );
+    }
     let isa = isa();
     let mb = block_rows(isa).min(6);
     let blocks = n.div_ceil(mb);
@@ -397,13 +451,13 @@ fn matmul_tn_inplace(
         for c0 in (0..k.max(1)).step_by(KC) {
             let c1 = (c0 + KC).min(k);
             for p in 0..np {
-                let panel = &panels[p * k * NR + c0 * NR..p * k * NR + c1 * NR];
+                let panel = &panels[base(p) + c0 * ps..];
                 let valid = NR.min(rows - p * NR);
                 for b in g * group..((g + 1) * group).min(blocks) {
                     let i0 = b * mb;
                     let m = mb.min(n - i0);
                     let acc = &mut acc[..m];
-                    panel_rows_t(isa, &xt[c0 * ld + i0..], ld, m, panel, acc);
+                    panel_rows_t(isa, &xt[c0 * ld + i0..], ld, m, panel, c1 - c0, ps, acc);
                     for (i, a) in acc.iter().enumerate() {
                         // SAFETY: rows i0.. belong to this task alone;
                         // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
@@ -429,7 +483,10 @@ fn matmul_tn_inplace(
             // shared out between the tasks.
             for p in (g..np).step_by(tasks) {
                 let mut sum = [0f32; NR];
-                for step in panels[p * k * NR..(p + 1) * k * NR].chunks_exact(NR) {
+                for kk in 0..k {
+                    let step: &[f32; NR] = panels[base(p) + kk * ps..base(p) + kk * ps + NR]
+                        .try_into()
+                        .unwrap();
                     for j in 0..NR {
                         sum[j] += step[j];
                     }
@@ -522,7 +579,7 @@ fn matmul_tn_packed(
                     let m = mb.min(n - i0);
                     let acc = &mut acc[..m];
                     let xb = &packed[(b * k + c0) * mb..(b * k + c1) * mb];
-                    panel_rows_t(isa, xb, mb, m, panel, acc);
+                    panel_rows_t(isa, xb, mb, m, panel, c1 - c0, NR, acc);
                     for (i, a) in acc.iter().enumerate() {
                         // SAFETY: rows i0.. belong to this task alone;
                         // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
@@ -834,7 +891,7 @@ mod tests {
     /// above), with and without the row of column sums, against the plain sum.
     #[test]
     fn transposed_products_match_the_plain_sum() {
-        for (k, n, rows) in [(70, 13, 40), (1100, 19, 64)] {
+        for (k, n, rows) in [(70, 13, 40), (70, 13, 64), (1100, 19, 64)] {
             let xt: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)
                 .collect();
@@ -857,6 +914,24 @@ mod tests {
                     &mut Vec::new(),
                     ones,
                 );
+                // W given unpacked, as its transpose [k, rows] (short sums, whole panels).
+                let mut wt = vec![0f32; k * rows];
+                for r in 0..rows {
+                    for c in 0..k {
+                        wt[c * rows + r] = w[r * k + c];
+                    }
+                }
+                let mut out2 = vec![0.25f32; out_rows * rows];
+                let done = matmul_tn_unpacked(&xt, n, n, rows, k, &wt, &mut out2, true, ones);
+                assert_eq!(done.is_some(), k < 1024 && rows % NR == 0);
+                if done.is_some() {
+                    for (a, b) in out.iter().zip(&out2) {
+                        assert!(
+                            (a - b).abs() < 1e-4 * (1.0 + a.abs()),
+                            "unpacked {a} vs {b}"
+                        );
+                    }
+                }
                 for i in 0..out_rows {
                     for r in 0..rows {
                         let want: f32 = 0.25

@@ -338,8 +338,24 @@ pub fn gemm_tn_acc(
     with_bias: bool,
 ) {
     let (panels, xpack) = scratch;
-    pack_all(Rhs::Nn(dy), m, cols, panels);
     let out_rows = rows + with_bias as usize;
+    // Short sums read dy's strips in place; long ones pack them.
+    if panel::matmul_tn_unpacked(
+        x,
+        rows,
+        rows,
+        cols,
+        m,
+        dy,
+        &mut dw[..out_rows * cols],
+        true,
+        with_bias,
+    )
+    .is_some()
+    {
+        return;
+    }
+    pack_all(Rhs::Nn(dy), m, cols, panels);
     panel::matmul_tn(
         x,
         rows,
