@@ -579,7 +579,12 @@ impl NativeGpt2 {
 
     /// Set every gradient to zero (before the micro-batches of a step).
     pub fn zero_grads(&mut self) {
-        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        use rayon::prelude::*;
+        let g = &mut self.grads;
+        k::in_pool(|| {
+            g.par_chunks_mut(1 << 16)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = 0.0))
+        });
     }
 
     /// Forward and backward pass for `ids [b, t]` against `targets`, in training mode
