@@ -380,11 +380,40 @@ pub fn matmul_tn(
     // Short sums read xt in place; long ones pack it first (measured: in place is
     // faster at 768 steps, packing at 2048, where the 6-value reads spaced ld apart
     // miss cache often enough to cost more than one packing pass).
+    let mb = tn_block();
     if k < 1024 {
-        matmul_tn_inplace(xt, ld, n, rows, k, panels, NR, out, accumulate, ones)
-    } else {
-        matmul_tn_packed(xt, ld, n, rows, k, panels, out, accumulate, scratch, ones)
+        let x = |b: usize, c0: usize, _: usize| (&xt[c0 * ld + b * mb..], ld);
+        return tn_tasks(n, rows, k, (panels, NR), out, accumulate, ones, &x);
     }
+    let blocks = n.div_ceil(mb);
+    if scratch.len() < blocks * k * mb {
+        scratch.resize(blocks * k * mb, 0.0);
+    }
+    let pp = SyncPtr(scratch.as_mut_ptr());
+    // Packed as [block][k][mb], eight blocks at a time over all steps: eight output
+    // streams (blocks lie k·mb apart, a distance that would map dozens of streams onto
+    // the same few L1 sets), and 48 adjacent values read from each row.
+    (0..blocks.div_ceil(8)).into_par_iter().for_each(|bg| {
+        for kk in 0..k {
+            let row = &xt[kk * ld..kk * ld + n];
+            for b in bg * 8..(bg * 8 + 8).min(blocks) {
+                let w = mb.min(n - b * mb);
+                // SAFETY: block b belongs to this task, and (b·k + kk)·mb + w ≤
+                // blocks·k·mb.
+                unsafe {
+                    let dst = pp.get().add((b * k + kk) * mb);
+                    if w == 6 {
+                        *(dst as *mut [f32; 6]) = row[b * 6..b * 6 + 6].try_into().unwrap();
+                    } else {
+                        std::ptr::copy_nonoverlapping(row[b * mb..].as_ptr(), dst, w);
+                    }
+                }
+            }
+        }
+    });
+    let packed: &[f32] = scratch;
+    let x = |b: usize, c0: usize, c1: usize| (&packed[(b * k + c0) * mb..(b * k + c1) * mb], mb);
+    tn_tasks(n, rows, k, (panels, NR), out, accumulate, ones, &x);
 }
 
 /// [`matmul_tn`] for short sums (`k` < 1024) with `W` given as its transpose, a
@@ -405,26 +434,38 @@ pub fn matmul_tn_unpacked(
     if k >= 1024 || rows % NR != 0 {
         return None;
     }
-    matmul_tn_inplace(xt, ld, n, rows, k, wt, rows, out, accumulate, ones);
+    let mb = tn_block();
+    let x = |b: usize, c0: usize, _: usize| (&xt[c0 * ld + b * mb..], ld);
+    tn_tasks(n, rows, k, (wt, rows), out, accumulate, ones, &x);
     Some(())
 }
 
-/// [`matmul_tn`] reading the columns of `xt` in place.
+/// Columns per block of the transposed products (the kernel's rows, at most 6).
+fn tn_block() -> usize {
+    block_rows(isa()).min(6)
+}
+
+/// The product of [`matmul_tn`] for columns given block by block: `x(b, c0, c1)` is
+/// block `b`'s values for steps `c0..c1` and the distance between steps. `panels` is
+/// `(data, ps)`: packed (`ps` = `NR`, panel `p` at `p·k·NR`) or `Wᵀ` read in place
+/// (`ps` = its row length, panel `p` at `p·NR`). Each task takes a group of blocks
+/// against every panel's slice in turn; the panels (the long side) stream once per
+/// task, so there are as few tasks as keep every thread busy.
 #[allow(clippy::too_many_arguments)]
-fn matmul_tn_inplace(
-    xt: &[f32],
-    ld: usize,
+fn tn_tasks<'x>(
     n: usize,
     rows: usize,
     k: usize,
-    panels: &[f32],
-    ps: usize,
+    (panels, ps): (&[f32], usize),
     out: &mut [f32],
     accumulate: bool,
     ones: bool,
+    x: &(dyn Fn(usize, usize, usize) -> (&'x [f32], usize) + Sync),
 ) {
-    // Panel p: packed ([p][k][NR], steps NR apart), or the columns p·NR.. of a row-major
-    // [k, ps] matrix read in place (steps ps apart).
+    let isa = isa();
+    let mb = tn_block();
+    let blocks = n.div_ceil(mb);
+    let np = rows.div_ceil(NR);
     let base = |p: usize| if ps == NR { p * k * NR } else { p * NR };
     if ps != NR {
         assert!(
@@ -432,17 +473,8 @@ fn matmul_tn_inplace(
             "strided panels need whole panels"
         );
     }
-    let isa = isa();
-    let mb = block_rows(isa).min(6);
-    let blocks = n.div_ceil(mb);
-    let np = rows.div_ceil(NR);
     let op = SyncPtr(out.as_mut_ptr());
     assert!(out.len() >= (n + ones as usize) * rows);
-    assert!(k == 0 || xt.len() >= (k - 1) * ld + n);
-    // Each task: a group of blocks of columns of xt, read in place (six adjacent values
-    // per step), against every panel's slice in turn. The panels (the long side, k
-    // steps) are what streams, once per task: so as few tasks as keep every thread
-    // busy, with groups of at most 64 blocks.
     let threads = rayon::current_num_threads().max(1);
     let group = blocks.div_ceil(threads).clamp(1, 64);
     let tasks = blocks.div_ceil(group).max(1);
@@ -457,7 +489,8 @@ fn matmul_tn_inplace(
                     let i0 = b * mb;
                     let m = mb.min(n - i0);
                     let acc = &mut acc[..m];
-                    panel_rows_t(isa, &xt[c0 * ld + i0..], ld, m, panel, c1 - c0, ps, acc);
+                    let (xb, step) = x(b, c0, c1);
+                    panel_rows_t(isa, xb, step, m, panel, c1 - c0, ps, acc);
                     for (i, a) in acc.iter().enumerate() {
                         // SAFETY: rows i0.. belong to this task alone;
                         // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
@@ -501,101 +534,6 @@ fn matmul_tn_inplace(
                         *o += v;
                     } else {
                         *o = *v;
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// [`matmul_tn`] with the columns of `xt` packed first (`scratch`, row by row, so `xt`
-/// is read front to back).
-#[allow(clippy::too_many_arguments)]
-fn matmul_tn_packed(
-    xt: &[f32],
-    ld: usize,
-    n: usize,
-    rows: usize,
-    k: usize,
-    panels: &[f32],
-    out: &mut [f32],
-    accumulate: bool,
-    scratch: &mut Vec<f32>,
-    ones: bool,
-) {
-    let isa = isa();
-    let mb = block_rows(isa).min(6);
-    let cols_x = n;
-    // With `ones`, a column of ones follows: its output row is the column sums of W.
-    let n = n + ones as usize;
-    let blocks = n.div_ceil(mb);
-    if scratch.len() < blocks * k * mb {
-        scratch.resize(blocks * k * mb, 0.0);
-    }
-    let pp = SyncPtr(scratch.as_mut_ptr());
-    // Eight blocks at a time over all steps: eight output streams (blocks lie k·mb
-    // apart, a distance that would map dozens of streams onto the same few L1 sets),
-    // and 48 adjacent values read from each row.
-    (0..blocks.div_ceil(8)).into_par_iter().for_each(|bg| {
-        let bs = bg * 8..(bg * 8 + 8).min(blocks);
-        for kk in 0..k {
-            let row = &xt[kk * ld..kk * ld + cols_x];
-            for b in bs.clone() {
-                let w = mb.min(n - b * mb);
-                // SAFETY: block b belongs to this task, and (b·k + kk)·mb + w ≤
-                // blocks·k·mb.
-                unsafe {
-                    let dst = pp.get().add((b * k + kk) * mb);
-                    if w == 6 && b * 6 + 6 <= cols_x {
-                        *(dst as *mut [f32; 6]) = row[b * 6..b * 6 + 6].try_into().unwrap();
-                    } else {
-                        for j in 0..w {
-                            let c = b * mb + j;
-                            *dst.add(j) = if c < cols_x { row[c] } else { 1.0 };
-                        }
-                    }
-                }
-            }
-        }
-    });
-    let packed: &[f32] = scratch;
-    let op = SyncPtr(out.as_mut_ptr());
-    assert!(out.len() >= n * rows);
-    // Each task: a group of blocks (a slab of packed columns that stays in L2 across a
-    // slice of steps) against every panel's slice in turn. The panels (the long side,
-    // k steps) are what streams, once per task: so as few tasks as keep every thread
-    // busy, with slabs of at most 64 blocks (384 KiB).
-    let threads = rayon::current_num_threads().max(1);
-    let group = blocks.div_ceil(threads).clamp(1, 64);
-    (0..blocks.div_ceil(group)).into_par_iter().for_each(|g| {
-        let mut acc = [[0f32; NR]; 6];
-        for c0 in (0..k.max(1)).step_by(KC) {
-            let c1 = (c0 + KC).min(k);
-            for p in 0..rows.div_ceil(NR) {
-                let panel = &panels[p * k * NR + c0 * NR..p * k * NR + c1 * NR];
-                let valid = NR.min(rows - p * NR);
-                for b in g * group..((g + 1) * group).min(blocks) {
-                    let i0 = b * mb;
-                    let m = mb.min(n - i0);
-                    let acc = &mut acc[..m];
-                    let xb = &packed[(b * k + c0) * mb..(b * k + c1) * mb];
-                    panel_rows_t(isa, xb, mb, m, panel, c1 - c0, NR, acc);
-                    for (i, a) in acc.iter().enumerate() {
-                        // SAFETY: rows i0.. belong to this task alone;
-                        // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
-                        let o = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                op.get().add((i0 + i) * rows + p * NR),
-                                valid,
-                            )
-                        };
-                        if accumulate || c0 > 0 {
-                            for (o, v) in o.iter_mut().zip(a) {
-                                *o += v;
-                            }
-                        } else {
-                            o.copy_from_slice(&a[..valid]);
-                        }
                     }
                 }
             }
