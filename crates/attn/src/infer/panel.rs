@@ -431,7 +431,7 @@ pub fn matmul_tn_unpacked(
     accumulate: bool,
     ones: bool,
 ) -> Option<()> {
-    if k >= 1024 || rows % NR != 0 {
+    if k >= 1024 || !rows.is_multiple_of(NR) {
         return None;
     }
     let mb = tn_block();
@@ -469,7 +469,7 @@ fn tn_tasks<'x>(
     let base = |p: usize| if ps == NR { p * k * NR } else { p * NR };
     if ps != NR {
         assert!(
-            rows % NR == 0 && panels.len() >= k * ps,
+            rows.is_multiple_of(NR) && panels.len() >= k * ps,
             "strided panels need whole panels"
         );
     }
