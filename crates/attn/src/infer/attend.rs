@@ -54,13 +54,7 @@ pub(crate) fn attend_head(
         s
     };
     for j in 0..t {
-        let row = &mut w[j * n..(j + 1) * n];
-        let upto = past + j + 1;
-        let max = row[..upto].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let sum = super::vmath::exp_shifted(&mut row[..upto], max);
-        let inv = 1.0 / sum;
-        row[..upto].iter_mut().for_each(|x| *x *= inv);
-        row[upto..].iter_mut().for_each(|x| *x = 0.0);
+        super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], past + j + 1);
     }
     if t >= GEMM_MIN_QUERIES {
         // O = P V, with Vᵀ ([hd, n]) as the panel matrix: panel rows are value

@@ -31,7 +31,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 }
 
 #[inline(always)]
-pub(crate) fn gelu_body(xs: &mut [f32]) {
+fn gelu_body(xs: &mut [f32]) {
     const C: f32 = 0.797_884_6;
     const A: f32 = 0.044715;
     for v in xs.iter_mut() {
@@ -46,7 +46,7 @@ pub(crate) fn gelu_body(xs: &mut [f32]) {
 /// x ← e^{x − max}; returns the sum (sixteen partial sums: a single running sum would
 /// keep the loop scalar, as floating-point addition may not be reordered).
 #[inline(always)]
-pub(crate) fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
+fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = xs.chunks_exact_mut(16);
     for c in &mut chunks {
@@ -66,7 +66,7 @@ pub(crate) fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
 
 /// Mean and 1/√(variance + eps) of a row, with sixteen partial sums (vectorisable).
 #[inline(always)]
-pub(crate) fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
+fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mut s = [0f32; 16];
     let mut chunks = row.chunks_exact(16);
@@ -94,12 +94,39 @@ pub(crate) fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// out = (x − mean)·rstd·w + b for one row.
+/// out = (x − mean)·rstd·w + b for one row; returns the row's mean and 1/√(var + eps)
+/// (the training step keeps them for the backward pass).
 #[inline(always)]
-fn norm_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+fn norm_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
     let (mean, rstd) = moments_body(x, eps);
     for i in 0..out.len().min(x.len()).min(w.len()).min(b.len()) {
         out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+    (mean, rstd)
+}
+
+/// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
+#[inline(always)]
+fn causal_softmax_body(row: &mut [f32], live: usize) {
+    let (row, dead) = row.split_at_mut(live);
+    let mut mx = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            mx[j] = if c[j] > mx[j] { c[j] } else { mx[j] };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&mx)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let inv = 1.0 / softmax_body(row, max);
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+    for x in dead.iter_mut() {
+        *x = 0.0;
     }
 }
 
@@ -142,8 +169,12 @@ dispatch!(
     exp_shifted = softmax_body, softmax512, softmax256, (xs: &mut [f32], max: f32) -> f32
 );
 dispatch!(
-    /// Layer norm of one row.
-    layer_norm = norm_body, norm512, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> ()
+    /// Layer norm of one row; returns its mean and 1/√(var + eps).
+    layer_norm = norm_body, norm512, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32)
+);
+dispatch!(
+    /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
+    causal_softmax = causal_softmax_body, causal_softmax512, causal_softmax256, (row: &mut [f32], live: usize) -> ()
 );
 
 #[cfg(test)]

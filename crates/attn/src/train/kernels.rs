@@ -268,7 +268,7 @@ pub fn gemm_bias_residual(
                         std::slice::from_raw_parts_mut(st.get().add(2 * row), 2),
                     )
                 };
-                let (mean, rstd) = ln_fwd_row(r, w, b, eps, o);
+                let (mean, rstd) = vmath::layer_norm(r, w, b, eps, o);
                 st[0] = mean;
                 st[1] = rstd;
             }
@@ -497,19 +497,6 @@ dispatch!(
 
 // ---------------------------------------------------------------- layer norm
 
-#[inline(always)]
-fn ln_fwd_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
-    let (mean, rstd) = vmath::moments_body(x, eps);
-    for i in 0..out.len() {
-        out[i] = (x[i] - mean) * rstd * w[i] + b[i];
-    }
-    (mean, rstd)
-}
-dispatch!(
-    ln_fwd_row = ln_fwd_body, ln_fwd512, ln_fwd256,
-    (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32)
-);
-
 /// Layer norm of each row of `x [m, n]` into `out`, keeping each row's mean and
 /// 1/√(var + eps) in `stats [m, 2]` for the backward pass.
 pub fn layer_norm(
@@ -530,7 +517,7 @@ pub fn layer_norm(
         .for_each(|(c, (o, s))| {
             for (i, (row, st)) in o.chunks_mut(n).zip(s.chunks_mut(2)).enumerate() {
                 let r = (c * per + i) * n;
-                let (mean, rstd) = ln_fwd_row(&x[r..r + n], w, b, eps, row);
+                let (mean, rstd) = vmath::layer_norm(&x[r..r + n], w, b, eps, row);
                 st[0] = mean;
                 st[1] = rstd;
             }
@@ -702,35 +689,6 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
-#[inline(always)]
-fn causal_softmax_body(row: &mut [f32], live: usize) {
-    let (row, dead) = row.split_at_mut(live);
-    let mut mx = [f32::NEG_INFINITY; 16];
-    let mut chunks = row.chunks_exact(16);
-    for c in &mut chunks {
-        for j in 0..16 {
-            mx[j] = if c[j] > mx[j] { c[j] } else { mx[j] };
-        }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(&mx)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    let inv = 1.0 / vmath::softmax_body(row, max);
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
-    for x in dead.iter_mut() {
-        *x = 0.0;
-    }
-}
-dispatch!(
-    causal_softmax_row = causal_softmax_body, causal_softmax512, causal_softmax256,
-    (row: &mut [f32], live: usize) -> ()
-);
-
 /// The softmax's backward for one row of weights `p` and their gradient `d` (in place):
 /// `d ← p ⊙ (d − Σ p·d)` over `..live`, zero after.
 #[inline(always)]
@@ -795,7 +753,7 @@ pub fn attention(
                     Causal::Lower,
                 );
                 for i in 0..t {
-                    causal_softmax_row(&mut p[i * t..(i + 1) * t], i + 1);
+                    vmath::causal_softmax(&mut p[i * t..(i + 1) * t], i + 1);
                 }
                 s.o.resize(t * hd, 0.0);
                 // The weights the values are summed with: dropped out, or as they are.
