@@ -61,14 +61,21 @@ pub fn random_windows(ids: &[u32], batch: usize, block: usize, rng: &mut Rng) ->
     (0..batch).map(|_| rng.below(max_start + 1)).collect()
 }
 
-/// Build the batch tensors for windows starting at `starts`.
-pub fn batch_at(ids: &[u32], starts: &[usize], block: usize, device: &Device) -> Result<LmBatch> {
+/// The input and target ids (`[len(starts) · block]` each) of windows starting at
+/// `starts`: the targets are the inputs shifted by one.
+pub fn windows(ids: &[u32], starts: &[usize], block: usize) -> (Vec<u32>, Vec<u32>) {
     let mut x = Vec::with_capacity(starts.len() * block);
     let mut y = Vec::with_capacity(starts.len() * block);
     for &s in starts {
         x.extend_from_slice(&ids[s..s + block]);
         y.extend_from_slice(&ids[s + 1..s + block + 1]);
     }
+    (x, y)
+}
+
+/// Build the batch tensors for windows starting at `starts`.
+pub fn batch_at(ids: &[u32], starts: &[usize], block: usize, device: &Device) -> Result<LmBatch> {
+    let (x, y) = windows(ids, starts, block);
     let shape = (starts.len(), block);
     Ok(LmBatch {
         x: Tensor::from_vec(x, shape, device)?,

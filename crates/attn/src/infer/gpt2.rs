@@ -584,6 +584,12 @@ impl Gpt2Engine {
         let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         let mut matrix = |name: &str, m: &QMatrix, hf_in_out: bool| {
             let (rows, cols) = (m.rows, m.cols);
+            // f32 and f16 matrices in the Hugging Face layout: Conv1D weights `[in, out]`.
+            let hf_shape = if hf_in_out {
+                vec![cols, rows]
+            } else {
+                vec![rows, cols]
+            };
             match &m.data {
                 Data::F32(_) => {
                     let v = m.to_f32();
@@ -592,15 +598,10 @@ impl Gpt2Engine {
                     } else {
                         v
                     };
-                    let shape = if hf_in_out {
-                        vec![cols, rows]
-                    } else {
-                        vec![rows, cols]
-                    };
                     blobs.push((
                         name.into(),
                         Dtype::F32,
-                        shape,
+                        hf_shape,
                         bytes.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     ));
                 }
@@ -610,15 +611,10 @@ impl Gpt2Engine {
                     } else {
                         v.clone()
                     };
-                    let shape = if hf_in_out {
-                        vec![cols, rows]
-                    } else {
-                        vec![rows, cols]
-                    };
                     blobs.push((
                         name.into(),
                         Dtype::F16,
-                        shape,
+                        hf_shape,
                         bytes.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     ));
                 }

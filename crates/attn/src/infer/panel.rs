@@ -248,24 +248,9 @@ fn panel_rows_t(
 /// `out[i, r] (+)= Σ_c xt[c, i] · W[r, c]` for the `n` columns `i` of `xt [k, ld]`
 /// (that is, `xtᵀ · Wᵀ` without transposing `xt`), `out` `[n, rows]`, `W` given as
 /// stored panels of `k` columns; on the calling thread. Adds to `out` when
-/// `accumulate`.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_tn_serial(
-    xt: &[f32],
-    ld: usize,
-    n: usize,
-    rows: usize,
-    k: usize,
-    panels: &[f32],
-    out: &mut [f32],
-    accumulate: bool,
-) {
-    matmul_tn_serial_from(xt, ld, n, rows, k, panels, out, accumulate, false)
-}
-
-/// [`matmul_tn_serial`]; with `from_diagonal`, output row `i` sums only over steps
-/// `c ≥ i` (rounded down to its block): right when `xt[c, i] = 0` for `c < i`, as for
-/// the transpose of a causal (lower-triangular) matrix.
+/// `accumulate`. With `from_diagonal`, output row `i` sums only over steps `c ≥ i`
+/// (rounded down to its block): right when `xt[c, i] = 0` for `c < i`, as for the
+/// transpose of a causal (lower-triangular) matrix.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_tn_serial_from(
     xt: &[f32],
@@ -297,16 +282,10 @@ pub fn matmul_tn_serial_from(
         for (kk, row) in xt.chunks(ld).take(if in_place { 0 } else { k }).enumerate() {
             for b in 0..blocks {
                 let w = mb.min(n - b * mb);
-                let dst = &mut packed[(b * k + kk) * mb..][..w];
-                if w == 6 {
-                    // A fixed-size copy: moves, not a call to memcpy per 24 bytes.
-                    let d: &mut [f32; 6] = dst.try_into().unwrap();
-                    *d = row[b * 6..b * 6 + 6].try_into().unwrap();
-                } else {
-                    for (d, v) in dst.iter_mut().zip(&row[b * mb..b * mb + w]) {
-                        *d = *v;
-                    }
-                }
+                pack_step(
+                    &row[b * mb..b * mb + w],
+                    &mut packed[(b * k + kk) * mb..][..w],
+                );
             }
         }
         if !accumulate {
@@ -361,7 +340,7 @@ impl SyncPtr {
     }
 }
 
-/// [`matmul_tn_serial`] over the rayon pool, each task a group of blocks of columns of
+/// [`matmul_tn_serial_from`] over the rayon pool, each task a group of blocks of columns of
 /// `xt` against every panel. With `ones`, `out` has a row `n` more, to which the column
 /// sums of `W` are added (as if `xt` had a column of ones).
 #[allow(clippy::too_many_arguments)]
@@ -400,14 +379,9 @@ pub fn matmul_tn(
                 let w = mb.min(n - b * mb);
                 // SAFETY: block b belongs to this task, and (b·k + kk)·mb + w ≤
                 // blocks·k·mb.
-                unsafe {
-                    let dst = pp.get().add((b * k + kk) * mb);
-                    if w == 6 {
-                        *(dst as *mut [f32; 6]) = row[b * 6..b * 6 + 6].try_into().unwrap();
-                    } else {
-                        std::ptr::copy_nonoverlapping(row[b * mb..].as_ptr(), dst, w);
-                    }
-                }
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(pp.get().add((b * k + kk) * mb), w) };
+                pack_step(&row[b * mb..b * mb + w], dst);
             }
         }
     });
@@ -438,6 +412,20 @@ pub fn matmul_tn_unpacked(
     let x = |b: usize, c0: usize, _: usize| (&xt[c0 * ld + b * mb..], ld);
     tn_tasks(n, rows, k, (wt, rows), out, accumulate, ones, &x);
     Some(())
+}
+
+/// One step of one block of packed columns: `dst = src` (at most 6 values), as
+/// fixed-size moves for a whole block rather than a call to memcpy per 24 bytes.
+#[inline(always)]
+fn pack_step(src: &[f32], dst: &mut [f32]) {
+    if let (Ok(d), Ok(s)) = (
+        <&mut [f32; 6]>::try_from(&mut *dst),
+        <&[f32; 6]>::try_from(src),
+    ) {
+        *d = *s;
+    } else {
+        dst.copy_from_slice(src);
+    }
 }
 
 /// Columns per block of the transposed products (the kernel's rows, at most 6).

@@ -374,17 +374,6 @@ impl Trainer {
         }
     }
 
-    /// Token windows `(x, y)` of the training split at `starts`.
-    fn windows(ids: &[u32], starts: &[usize], block: usize) -> (Vec<u32>, Vec<u32>) {
-        let mut x = Vec::with_capacity(starts.len() * block);
-        let mut y = Vec::with_capacity(starts.len() * block);
-        for &s in starts {
-            x.extend_from_slice(&ids[s..s + block]);
-            y.extend_from_slice(&ids[s + 1..s + block + 1]);
-        }
-        (x, y)
-    }
-
     fn native_step(&mut self, lr: f64) -> Result<(f64, f64)> {
         let cfg = &self.config;
         let n = self.native.as_mut().expect("native step");
@@ -397,7 +386,7 @@ impl Trainer {
                 cfg.block_size,
                 &mut self.rng,
             );
-            let (x, y) = Self::windows(&self.splits.train, &starts, cfg.block_size);
+            let (x, y) = lm::windows(&self.splits.train, &starts, cfg.block_size);
             // Drawn only with dropout, so that without it the batches are those the graph
             // trainer draws.
             let seed = if n.has_dropout() {
@@ -497,7 +486,7 @@ impl Trainer {
         for _ in 0..cfg.eval_iters {
             let starts = lm::random_windows(ids, cfg.batch_size, cfg.block_size, &mut rng);
             if let Some(n) = self.native.as_mut() {
-                let (x, y) = Self::windows(ids, &starts, cfg.block_size);
+                let (x, y) = lm::windows(ids, &starts, cfg.block_size);
                 total += n.loss(&x, &y, cfg.batch_size, cfg.block_size)?;
                 continue;
             }

@@ -339,11 +339,6 @@ impl NativeGpt2 {
         a > 0.0 || b > 0.0 || c > 0.0
     }
 
-    /// Number of scalars.
-    pub fn count(&self) -> usize {
-        self.params.len()
-    }
-
     fn ensure_acts(&mut self, b: usize, t: usize) {
         if self.acts.b == b && self.acts.t == t {
             return;
