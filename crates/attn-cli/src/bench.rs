@@ -122,7 +122,9 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     if attn::train::profile::enabled() {
-        // Per-operation times of the native step (ATTN_PROFILE=1), per step.
+        // Per-operation times of the native step (ATTN_PROFILE=1), per step; with the
+        // batch in shards on several threads, the threads' times add up.
+        eprintln!("(times summed over the threads that ran the batch's shards)");
         eprintln!(
             "{:<22}{:>10}{:>8}{:>8}",
             "operation", "ms/step", "%", "calls"

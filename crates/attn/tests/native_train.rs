@@ -41,8 +41,9 @@ fn perturb(params: &attn::nn::Params, seed: u64) {
     }
 }
 
-/// Loss and gradients of the native step and of candle's autograd, for one shape.
-fn compare(c: usize, nh: usize, layers: usize, vocab: usize, b: usize, t: usize) {
+/// Loss and gradients of the native step (with the batch cut into `shards`) and of
+/// candle's autograd, for one shape.
+fn compare(c: usize, nh: usize, layers: usize, vocab: usize, b: usize, t: usize, shards: usize) {
     let mut config = Gpt2Config::new(vocab, t + 3, c, layers, nh);
     config.set_dropout(0.0);
     let (m, params) = model(&config, 11);
@@ -58,6 +59,7 @@ fn compare(c: usize, nh: usize, layers: usize, vocab: usize, b: usize, t: usize)
     let want = gradients(&params, &loss.backward().unwrap());
 
     let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+    n.set_shards(shards);
     n.zero_grads();
     let got_loss = n.forward_backward(&x, &y, b, t, 1.0, 0).unwrap();
     assert!(
@@ -94,10 +96,11 @@ fn compare(c: usize, nh: usize, layers: usize, vocab: usize, b: usize, t: usize)
 #[test]
 fn loss_and_every_gradient_match_autograd() {
     // Widths that are not multiples of the 32-wide panels; one head; many heads.
-    compare(48, 3, 2, 37, 3, 11);
-    compare(32, 1, 1, 5, 2, 7);
-    // More than 256 rows: the products' row-blocked path.
-    compare(64, 4, 2, 70, 4, 80);
+    compare(48, 3, 2, 37, 3, 11, 1);
+    compare(32, 1, 1, 5, 2, 7, 2);
+    // More than 256 rows: the products' row-blocked path; uneven shards.
+    compare(64, 4, 2, 70, 4, 80, 1);
+    compare(64, 4, 2, 70, 5, 60, 3);
 }
 
 #[test]
@@ -151,6 +154,54 @@ fn finite_differences(pdrop: f32, seed: u64) {
             (numeric - analytic).abs() <= 2e-3 * analytic.abs().max(1e-2),
             "{name}[{i}]: finite difference {numeric}, backward {analytic}"
         );
+    }
+}
+
+/// A batch cut into shards of sequences (one per thread by default) gives the loss and
+/// gradients of one pass over the whole batch, dropout masks included, and the shards'
+/// gradients accumulate over micro-batches like one pass's.
+#[test]
+fn shards_give_the_results_of_one_pass() {
+    let mut config = Gpt2Config::new(29, 12, 32, 2, 2);
+    config.set_dropout(0.2);
+    let (_, params) = model(&config, 31);
+    perturb(&params, 32);
+    let (b, t) = (5, 12);
+    let x = [ids(b * t, 29, 33), ids(b * t, 29, 34)];
+    let y = [ids(b * t, 29, 35), ids(b * t, 29, 36)];
+    let run = |shards: usize| {
+        let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+        n.set_shards(shards);
+        n.zero_grads();
+        let mut losses = Vec::new();
+        for (i, (x, y)) in x.iter().zip(&y).enumerate() {
+            losses.push(n.forward_backward(x, y, b, t, 0.5, 90 + i as u64).unwrap());
+            losses.push(n.loss(x, y, b, t).unwrap());
+            losses.push(n.loss_in_training(x, y, b, t, 7).unwrap());
+        }
+        let mut g: Vec<(String, Vec<f32>)> = n
+            .gradient_tensors(&Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        (losses, g)
+    };
+    let (want_losses, want) = run(1);
+    for shards in [2, 3, 5, 8] {
+        let (losses, got) = run(shards);
+        for (a, w) in losses.iter().zip(&want_losses) {
+            assert!((a - w).abs() < 1e-5 * w, "{shards} shards: loss {a} vs {w}");
+        }
+        for ((name, g), (_, w)) in got.iter().zip(&want) {
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-5 * scale + 1e-8,
+                "{shards} shards, {name}: max |diff| {diff}, max |grad| {scale}"
+            );
+        }
     }
 }
 

@@ -48,21 +48,28 @@ impl Dropout {
         }
     }
 
+    /// The masks from element `by` on: element `i` of the result is element `by + i`
+    /// here (a shard of a batch).
+    pub fn shifted(self, by: u64) -> Self {
+        Dropout {
+            seed: self.seed.wrapping_add(by.wrapping_mul(GOLDEN)),
+            ..self
+        }
+    }
+
     /// The mask value of element `i`: 0 or `1/(1−p)`.
     #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {
-        if (mix(self
-            .seed
-            .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-            >> 32)
-            < self.threshold
-        {
+        if (mix(self.seed.wrapping_add(i.wrapping_mul(GOLDEN))) >> 32) < self.threshold {
             0.0
         } else {
             self.scale
         }
     }
 }
+
+/// The counter's step (SplitMix64's).
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64's finaliser.
 #[inline(always)]
@@ -482,6 +489,18 @@ dispatch!(
     /// `out = gelu(y + b)`, `y = gelu'(y + b)` for one row.
     bias_gelu_row = bias_gelu_body, bias_gelu512, bias_gelu256,
     (y: &mut [f32], b: &[f32], out: &mut [f32]) -> ()
+);
+
+#[inline(always)]
+fn add_clear_body(acc: &mut [f32], x: &mut [f32]) {
+    for (a, x) in acc.iter_mut().zip(x.iter_mut()) {
+        *a += *x;
+        *x = 0.0;
+    }
+}
+dispatch!(
+    /// `acc += x`, then `x = 0`.
+    add_and_clear = add_clear_body, add_clear512, add_clear256, (acc: &mut [f32], x: &mut [f32]) -> ()
 );
 
 #[inline(always)]

@@ -97,13 +97,54 @@ struct Acts {
     xpack: Vec<f32>,
 }
 
+impl Acts {
+    fn ensure(&mut self, lay: &Layout, b: usize, t: usize) {
+        if self.b == b && self.t == t {
+            return;
+        }
+        let (m, c, f, nl) = (b * t, lay.c, lay.f, lay.blocks.len());
+        let per = |n: usize, count: usize| vec![vec![0f32; n]; count];
+        *self = Acts {
+            b,
+            t,
+            res: per(m * c, nl + 1),
+            ln1: per(m * c, nl),
+            ln1_stats: per(2 * m, nl),
+            qkv: per(3 * m * c, nl),
+            probs: per(b * lay.nh * t * t, nl),
+            atty: per(m * c, nl),
+            mid: per(m * c, nl),
+            ln2: per(m * c, nl),
+            ln2_stats: per(2 * m, nl),
+            gelu_grad: per(m * f, nl),
+            gelu: per(m * f, nl),
+            lnf: vec![0f32; m * c],
+            lnf_stats: vec![0f32; 2 * m],
+            logits: vec![0f32; m * lay.vocab],
+            dres: vec![0f32; m * c],
+            dtmp: vec![0f32; m * c],
+            drops: Drops::default(),
+            dln: vec![0f32; m * c],
+            dbig: vec![0f32; m * f],
+            dqkv: vec![0f32; 3 * m * c],
+            panels: Vec::new(),
+            xpack: Vec::new(),
+        };
+    }
+}
+
 /// The dropout of one training forward pass (none in evaluation): each layer and place
-/// has its own masks, drawn from the pass's seed (see [`k::Dropout`]).
+/// has its own masks, drawn from the pass's seed (see [`k::Dropout`]). A shard's masks
+/// are the whole batch's from its first element on.
 #[derive(Clone, Copy, Default)]
 struct Drops {
     embd: Option<k::Dropout>,
     attn: Option<k::Dropout>,
     resid: Option<k::Dropout>,
+    /// Elements before the shard in the `[rows, n_embd]` tensors.
+    row_off: u64,
+    /// Elements before the shard in the attention weights `[b, heads, t, t]`.
+    att_off: u64,
 }
 
 impl Drops {
@@ -115,24 +156,37 @@ impl Drops {
             embd: k::Dropout::new(pe, seed),
             attn: k::Dropout::new(pa, seed),
             resid: k::Dropout::new(pr, seed),
+            row_off: 0,
+            att_off: 0,
+        }
+    }
+    /// The masks of a shard that starts at sequence `b0` (of `t` positions).
+    fn at_sequence(self, b0: usize, t: usize, c: usize, nh: usize) -> Self {
+        Drops {
+            row_off: (b0 * t * c) as u64,
+            att_off: (b0 * nh * t * t) as u64,
+            ..self
         }
     }
     fn embd(&self) -> Option<k::Dropout> {
-        self.embd.map(|d| d.site(0))
+        self.embd.map(|d| d.site(0).shifted(self.row_off))
     }
     fn attn(&self, l: usize) -> Option<k::Dropout> {
-        self.attn.map(|d| d.site(3 * l as u64 + 1))
+        self.attn
+            .map(|d| d.site(3 * l as u64 + 1).shifted(self.att_off))
     }
     fn resid_attn(&self, l: usize) -> Option<k::Dropout> {
-        self.resid.map(|d| d.site(3 * l as u64 + 2))
+        self.resid
+            .map(|d| d.site(3 * l as u64 + 2).shifted(self.row_off))
     }
     fn resid_mlp(&self, l: usize) -> Option<k::Dropout> {
-        self.resid.map(|d| d.site(3 * l as u64 + 3))
+        self.resid
+            .map(|d| d.site(3 * l as u64 + 3).shifted(self.row_off))
     }
 }
 
-/// A GPT-2 with its parameters, gradients and AdamW moments in flat buffers.
-pub struct NativeGpt2 {
+/// The model's sizes and where each parameter sits in the flat buffers.
+struct Layout {
     vocab: usize,
     n_pos: usize,
     c: usize,
@@ -141,18 +195,36 @@ pub struct NativeGpt2 {
     eps: f32,
     /// Dropout probabilities: embeddings, attention weights, residual branches.
     pdrop: (f32, f32, f32),
-    slots: Vec<Slot>,
     wte: usize,
     wpe: usize,
     blocks: Vec<BlockAt>,
     lnf: usize,
+}
+
+/// A GPT-2 with its parameters, gradients and AdamW moments in flat buffers.
+///
+/// A batch of several sequences is cut into shards of whole sequences, one per thread:
+/// each shard runs its forward and backward pass on its own activations and gradient
+/// buffer, the rayon pool's work stealing moving pieces of the slower shard's products
+/// to the thread that finished first, and the shards' gradients are summed before the
+/// update. On two cores this beats splitting every operation of one pass between the
+/// threads: each thread keeps its own rows in its own cache and the threads meet once
+/// per pass instead of at some hundred joins, each of which can find the other asleep.
+pub struct NativeGpt2 {
+    lay: Layout,
+    slots: Vec<Slot>,
     params: Vec<f32>,
     grads: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
     /// AdamW updates applied so far (for the bias corrections).
     t: usize,
-    acts: Acts,
+    /// Activations of each shard of the batch.
+    acts: Vec<Acts>,
+    /// Gradients of shards 1.. (shard 0 adds into `grads`); zero between passes.
+    shard_grads: Vec<Vec<f32>>,
+    /// Shards wanted: `ATTN_SHARDS`, or [`Self::set_shards`]; by default one per thread.
+    shards: Option<usize>,
 }
 
 impl NativeGpt2 {
@@ -238,24 +310,31 @@ impl NativeGpt2 {
             flat[s.range()].copy_from_slice(&values);
         }
         Ok(NativeGpt2 {
-            vocab: config.vocab_size,
-            n_pos: config.n_positions,
-            c,
-            nh: config.n_head,
-            f,
-            eps: config.layer_norm_epsilon as f32,
-            pdrop: (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop),
+            lay: Layout {
+                vocab: config.vocab_size,
+                n_pos: config.n_positions,
+                c,
+                nh: config.n_head,
+                f,
+                eps: config.layer_norm_epsilon as f32,
+                pdrop: (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop),
+                wte,
+                wpe,
+                blocks,
+                lnf,
+            },
             slots,
-            wte,
-            wpe,
-            blocks,
-            lnf,
             params: flat,
             grads: vec![0f32; total],
             m: vec![0f32; total],
             v: vec![0f32; total],
             t: 0,
-            acts: Acts::default(),
+            acts: Vec::new(),
+            shard_grads: Vec::new(),
+            shards: std::env::var("ATTN_SHARDS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&n| n > 0),
         })
     }
 
@@ -335,42 +414,8 @@ impl NativeGpt2 {
 
     /// Whether training draws dropout masks.
     pub fn has_dropout(&self) -> bool {
-        let (a, b, c) = self.pdrop;
+        let (a, b, c) = self.lay.pdrop;
         a > 0.0 || b > 0.0 || c > 0.0
-    }
-
-    fn ensure_acts(&mut self, b: usize, t: usize) {
-        if self.acts.b == b && self.acts.t == t {
-            return;
-        }
-        let (m, c, f, nl) = (b * t, self.c, self.f, self.blocks.len());
-        let per = |n: usize, count: usize| vec![vec![0f32; n]; count];
-        self.acts = Acts {
-            b,
-            t,
-            res: per(m * c, nl + 1),
-            ln1: per(m * c, nl),
-            ln1_stats: per(2 * m, nl),
-            qkv: per(3 * m * c, nl),
-            probs: per(b * self.nh * t * t, nl),
-            atty: per(m * c, nl),
-            mid: per(m * c, nl),
-            ln2: per(m * c, nl),
-            ln2_stats: per(2 * m, nl),
-            gelu_grad: per(m * f, nl),
-            gelu: per(m * f, nl),
-            lnf: vec![0f32; m * c],
-            lnf_stats: vec![0f32; 2 * m],
-            logits: vec![0f32; m * self.vocab],
-            dres: vec![0f32; m * c],
-            dtmp: vec![0f32; m * c],
-            drops: Drops::default(),
-            dln: vec![0f32; m * c],
-            dbig: vec![0f32; m * f],
-            dqkv: vec![0f32; 3 * m * c],
-            panels: Vec::new(),
-            xpack: Vec::new(),
-        };
     }
 
     fn check_ids(&self, ids: &[u32], what: &str, b: usize, t: usize) -> Result<()> {
@@ -380,178 +425,27 @@ impl NativeGpt2 {
                 format!("{} ids for a batch of {b} × {t}", ids.len()),
             ));
         }
-        if t > self.n_pos {
+        if t > self.lay.n_pos {
             return Err(Error::invalid(
                 what,
-                format!("{t} positions, the model has {}", self.n_pos),
+                format!("{t} positions, the model has {}", self.lay.n_pos),
             ));
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.vocab) {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.lay.vocab) {
             return Err(Error::invalid(
                 what,
-                format!("token id {bad} is outside the vocabulary of {}", self.vocab),
+                format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.lay.vocab
+                ),
             ));
         }
-        Ok(())
-    }
-
-    /// The forward pass for `ids [b, t]`, up to the logits; with `seed`, in training
-    /// mode (dropout drawn from it).
-    fn forward(&mut self, ids: &[u32], b: usize, t: usize, seed: Option<u64>) -> Result<()> {
-        self.check_ids(ids, "input ids", b, t)?;
-        self.ensure_acts(b, t);
-        let drops = Drops::new(self.pdrop, seed);
-        self.acts.drops = drops;
-        let (m, c, f, nh, eps) = (b * t, self.c, self.f, self.nh, self.eps);
-        let w = &self.params;
-        let a = &mut self.acts;
-        let p = |off: usize, len: usize| &w[off..off + len];
-        for (r, &id) in ids.iter().enumerate() {
-            let (e, pos) = (
-                p(self.wte + id as usize * c, c),
-                p(self.wpe + (r % t) * c, c),
-            );
-            for ((o, x), y) in a.res[0][r * c..(r + 1) * c].iter_mut().zip(e).zip(pos) {
-                *o = x + y;
-            }
-        }
-        if let Some(d) = drops.embd() {
-            for (i, v) in a.res[0][..m * c].iter_mut().enumerate() {
-                *v *= d.factor(i as u64);
-            }
-        }
-        for (l, at) in self.blocks.iter().enumerate() {
-            if l == 0 {
-                time("layer_norm", || {
-                    k::layer_norm(
-                        &a.res[0],
-                        p(at.ln1, c),
-                        p(at.ln1 + c, c),
-                        eps,
-                        m,
-                        &mut a.ln1[0],
-                        &mut a.ln1_stats[0],
-                    )
-                });
-            }
-            time("gemm qkv", || {
-                k::gemm_bias(
-                    &a.ln1[l],
-                    m,
-                    c,
-                    3 * c,
-                    Rhs::Nn(p(at.qkv_w, 3 * c * c)),
-                    p(at.qkv_b, 3 * c),
-                    &mut a.qkv[l],
-                    &mut a.panels,
-                )
-            });
-            time("attention", || {
-                k::attention(
-                    &a.qkv[l],
-                    b,
-                    t,
-                    c,
-                    nh,
-                    &mut a.probs[l],
-                    &mut a.atty[l],
-                    drops.attn(l),
-                )
-            });
-            time("gemm proj", || {
-                k::gemm_bias_residual(
-                    &a.atty[l],
-                    m,
-                    c,
-                    c,
-                    Rhs::Nn(p(at.proj_w, c * c)),
-                    p(at.proj_b, c),
-                    &a.res[l],
-                    &mut a.mid[l],
-                    &mut a.panels,
-                    drops.resid_attn(l),
-                    Some(k::NormOut {
-                        w: p(at.ln2, c),
-                        b: p(at.ln2 + c, c),
-                        eps,
-                        out: &mut a.ln2[l],
-                        stats: &mut a.ln2_stats[l],
-                    }),
-                )
-            });
-
-            time("gemm fc+gelu", || {
-                k::gemm_bias_gelu(
-                    &a.ln2[l],
-                    m,
-                    c,
-                    f,
-                    Rhs::Nn(p(at.fc_w, c * f)),
-                    p(at.fc_b, f),
-                    &mut a.gelu_grad[l],
-                    &mut a.gelu[l],
-                    &mut a.panels,
-                )
-            });
-            let (_, next) = a.res.split_at_mut(l + 1);
-            let (_, ln1_rest) = a.ln1.split_at_mut(l + 1);
-            let (_, ln1s_rest) = a.ln1_stats.split_at_mut(l + 1);
-            time("gemm fcproj", || {
-                k::gemm_bias_residual(
-                    &a.gelu[l],
-                    m,
-                    f,
-                    c,
-                    Rhs::Nn(p(at.fcp_w, f * c)),
-                    p(at.fcp_b, c),
-                    &a.mid[l],
-                    &mut next[0],
-                    &mut a.panels,
-                    drops.resid_mlp(l),
-                    // The next block's first layer norm, or the final one.
-                    Some(match self.blocks.get(l + 1) {
-                        Some(nb) => k::NormOut {
-                            w: p(nb.ln1, c),
-                            b: p(nb.ln1 + c, c),
-                            eps,
-                            out: &mut ln1_rest[0],
-                            stats: &mut ln1s_rest[0],
-                        },
-                        None => k::NormOut {
-                            w: p(self.lnf, c),
-                            b: p(self.lnf + c, c),
-                            eps,
-                            out: &mut a.lnf,
-                            stats: &mut a.lnf_stats,
-                        },
-                    }),
-                )
-            });
-        }
-        // ln_f was applied in the last block's residual epilogue.
-
-        time("gemm", || {
-            k::gemm(
-                &a.lnf,
-                m,
-                c,
-                self.vocab,
-                Rhs::Nt(p(self.wte, self.vocab * c)),
-                &mut a.logits,
-                &mut a.panels,
-            )
-        });
         Ok(())
     }
 
     /// Mean next-token loss of `ids [b, t]` against `targets [b, t]`.
     pub fn loss(&mut self, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
-        self.check_ids(targets, "targets", b, t)?;
-        k::in_pool(|| {
-            self.forward(ids, b, t, None)?;
-            let sum = k::cross_entropy(&mut self.acts.logits, self.vocab, targets, None);
-            Ok(sum / (b * t) as f64)
-        })
+        self.pass(ids, targets, b, t, None)
     }
 
     /// [`Self::loss`] in training mode: with the dropout that
@@ -564,12 +458,7 @@ impl NativeGpt2 {
         t: usize,
         seed: u64,
     ) -> Result<f64> {
-        self.check_ids(targets, "targets", b, t)?;
-        k::in_pool(|| {
-            self.forward(ids, b, t, Some(seed))?;
-            let sum = k::cross_entropy(&mut self.acts.logits, self.vocab, targets, None);
-            Ok(sum / (b * t) as f64)
-        })
+        self.pass(ids, targets, b, t, Some((seed, None)))
     }
 
     /// Set every gradient to zero (before the micro-batches of a step).
@@ -580,6 +469,20 @@ impl NativeGpt2 {
             g.par_chunks_mut(1 << 16)
                 .for_each(|c| c.iter_mut().for_each(|v| *v = 0.0))
         });
+    }
+
+    /// Cut batches into `n` shards (at most one per sequence); by default, one per
+    /// thread of the rayon pool. Results depend on it only through the order of sums.
+    pub fn set_shards(&mut self, n: usize) {
+        self.shards = Some(n.max(1));
+    }
+
+    /// Shards for a batch of `b` sequences: as asked or one per thread, at most `b`, and
+    /// no more than keep the extra gradient buffers under 1 GiB.
+    fn shard_count(&self, b: usize) -> usize {
+        let want = self.shards.unwrap_or_else(rayon::current_num_threads);
+        let cap = 1 + (1usize << 30) / (4 * self.params.len()).max(1);
+        want.min(b).min(cap).max(1)
     }
 
     /// Forward and backward pass for `ids [b, t]` against `targets`, in training mode
@@ -594,242 +497,88 @@ impl NativeGpt2 {
         scale: f32,
         seed: u64,
     ) -> Result<f64> {
-        self.check_ids(targets, "targets", b, t)?;
-        k::in_pool(|| {
-            self.forward(ids, b, t, Some(seed))?;
-            let m = b * t;
-            let sum = k::cross_entropy(
-                &mut self.acts.logits,
-                self.vocab,
-                targets,
-                Some(scale / m as f32),
-            );
-            self.backward(ids, b, t);
-            Ok(sum / m as f64)
-        })
+        self.pass(ids, targets, b, t, Some((seed, Some(scale))))
     }
 
-    /// The backward pass of the last forward pass, whose logits now hold the loss
-    /// gradient.
-    fn backward(&mut self, ids: &[u32], b: usize, t: usize) {
-        let (m, c, f, nh, v) = (b * t, self.c, self.f, self.nh, self.vocab);
-        let w = &self.params;
-        let g = &mut self.grads;
-        let a = &mut self.acts;
-        let drops = a.drops;
-        let p = |off: usize, len: usize| &w[off..off + len];
-        // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
-        time("gemm_tn_acc", || {
-            k::gemm_tn_acc(
-                &a.logits,
-                m,
-                v,
-                &a.lnf,
-                c,
-                &mut g[self.wte..],
-                (&mut a.panels, &mut a.xpack),
-                false,
-            )
-        });
-        time("gemm", || {
-            k::gemm(
-                &a.logits,
-                m,
-                v,
-                c,
-                Rhs::Nn(p(self.wte, v * c)),
-                &mut a.dln,
-                &mut a.panels,
-            )
-        });
-        a.dres.iter_mut().for_each(|x| *x = 0.0);
-        let nl = self.blocks.len();
-        {
-            let (gw, gb) = g[self.lnf..self.lnf + 2 * c].split_at_mut(c);
-            time("layer_norm_backward", || {
-                k::layer_norm_backward(
-                    &a.dln,
-                    &a.res[nl],
-                    &a.lnf_stats,
-                    p(self.lnf, c),
-                    m,
-                    &mut a.dres,
-                    gw,
-                    gb,
-                )
-            });
+    /// The mean loss of `ids` against `targets`, shard by shard. `train` is `None` in
+    /// evaluation, else the dropout seed and, to run the backward pass too, the
+    /// gradient's scale.
+    fn pass(
+        &mut self,
+        ids: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        train: Option<(u64, Option<f32>)>,
+    ) -> Result<f64> {
+        use rayon::prelude::*;
+        self.check_ids(ids, "input ids", b, t)?;
+        self.check_ids(targets, "targets", b, t)?;
+        let n = self.shard_count(b);
+        self.acts.resize_with(n, Acts::default);
+        let backward_too = matches!(train, Some((_, Some(_))));
+        if backward_too {
+            let len = self.params.len();
+            self.shard_grads.truncate(n - 1);
+            while self.shard_grads.len() < n - 1 {
+                self.shard_grads.push(vec![0f32; len]);
+            }
         }
-        for (l, at) in self.blocks.iter().enumerate().rev() {
-            // MLP: res[l+1] = mid + dropout(gelu(ln2·Wfc + bfc)·Wfcp + bfcp).
-            let dy: &[f32] = match drops.resid_mlp(l) {
-                Some(d) => {
-                    k::dropout_into(&a.dres, d, &mut a.dtmp);
-                    &a.dtmp
+        let (lay, w, m) = (&self.lay, &self.params, b * t);
+        let drops = Drops::new(lay.pdrop, train.map(|(seed, _)| seed));
+        let mut grads: Vec<&mut [f32]> = Vec::with_capacity(n);
+        if backward_too {
+            grads.push(&mut self.grads);
+            grads.extend(self.shard_grads.iter_mut().map(|g| g.as_mut_slice()));
+        }
+        let acts = &mut self.acts;
+        let sums: Vec<f64> = k::in_pool(|| {
+            let run = |s: usize, a: &mut Acts, g: Option<&mut &mut [f32]>| {
+                // Whole sequences b0..b1; the dropout masks are those of the same rows
+                // in the whole batch.
+                let (b0, b1) = (s * b / n, (s + 1) * b / n);
+                let rows = b0 * t..b1 * t;
+                let d = drops.at_sequence(b0, t, lay.c, lay.nh);
+                forward(lay, w, a, &ids[rows.clone()], b1 - b0, t, d);
+                let scale = train.and_then(|(_, s)| s).map(|s| s / m as f32);
+                let sum = k::cross_entropy(&mut a.logits, lay.vocab, &targets[rows.clone()], scale);
+                if let Some(g) = g {
+                    backward(lay, w, g, a, &ids[rows], b1 - b0, t);
                 }
-                None => &a.dres,
+                sum
             };
-            time("gemm dgelu", || {
-                k::gemm_gelu_grad(
-                    dy,
-                    m,
-                    c,
-                    f,
-                    Rhs::Nt(p(at.fcp_w, f * c)),
-                    &a.gelu_grad[l],
-                    &mut a.dbig,
-                    &mut a.panels,
-                )
-            });
-            time("gemm_tn_acc", || {
-                k::gemm_tn_acc(
-                    &a.gelu[l],
-                    m,
-                    f,
-                    dy,
-                    c,
-                    &mut g[at.fcp_w..],
-                    (&mut a.panels, &mut a.xpack),
-                    true,
-                )
-            });
-            time("gemm", || {
-                k::gemm(
-                    &a.dbig,
-                    m,
-                    f,
-                    c,
-                    Rhs::Nt(p(at.fc_w, c * f)),
-                    &mut a.dln,
-                    &mut a.panels,
-                )
-            });
-            time("gemm_tn_acc", || {
-                k::gemm_tn_acc(
-                    &a.ln2[l],
-                    m,
-                    c,
-                    &a.dbig,
-                    f,
-                    &mut g[at.fc_w..],
-                    (&mut a.panels, &mut a.xpack),
-                    true,
-                )
-            });
-            {
-                let (gw, gb) = g[at.ln2..at.ln2 + 2 * c].split_at_mut(c);
-                time("layer_norm_backward", || {
-                    k::layer_norm_backward(
-                        &a.dln,
-                        &a.mid[l],
-                        &a.ln2_stats[l],
-                        p(at.ln2, c),
-                        m,
-                        &mut a.dres,
-                        gw,
-                        gb,
-                    )
-                });
+            if backward_too {
+                acts.par_iter_mut()
+                    .zip(grads.par_iter_mut())
+                    .enumerate()
+                    .map(|(s, (a, g))| run(s, a, Some(g)))
+                    .collect()
+            } else {
+                acts.par_iter_mut()
+                    .enumerate()
+                    .map(|(s, a)| run(s, a, None))
+                    .collect()
             }
-            // Attention: mid = res[l] + dropout(attn(ln1)·Wproj + bproj).
-            let dy: &[f32] = match drops.resid_attn(l) {
-                Some(d) => {
-                    k::dropout_into(&a.dres, d, &mut a.dtmp);
-                    &a.dtmp
+        });
+        if backward_too && n > 1 {
+            // Sum the shards' gradients into shard 0's (the trainer's), leaving theirs
+            // zero for the next pass.
+            let (first, rest) = grads.split_first_mut().expect("one shard at least");
+            const CH: usize = 1 << 14;
+            k::in_pool(|| {
+                let mut rest: Vec<_> = rest.iter_mut().map(|g| g.chunks_mut(CH)).collect();
+                let mut jobs: Vec<(&mut [f32], Vec<&mut [f32]>)> = Vec::new();
+                for c in first.chunks_mut(CH) {
+                    jobs.push((c, rest.iter_mut().map(|r| r.next().unwrap()).collect()));
                 }
-                None => &a.dres,
-            };
-            time("gemm", || {
-                k::gemm(
-                    dy,
-                    m,
-                    c,
-                    c,
-                    Rhs::Nt(p(at.proj_w, c * c)),
-                    &mut a.dln,
-                    &mut a.panels,
-                )
+                jobs.into_par_iter().for_each(|(acc, parts)| {
+                    for p in parts {
+                        k::add_and_clear(acc, p);
+                    }
+                })
             });
-            time("gemm_tn_acc", || {
-                k::gemm_tn_acc(
-                    &a.atty[l],
-                    m,
-                    c,
-                    dy,
-                    c,
-                    &mut g[at.proj_w..],
-                    (&mut a.panels, &mut a.xpack),
-                    true,
-                )
-            });
-            time("attention_backward", || {
-                k::attention_backward(
-                    &a.dln,
-                    &a.qkv[l],
-                    &a.probs[l],
-                    b,
-                    t,
-                    c,
-                    nh,
-                    &mut a.dqkv,
-                    drops.attn(l),
-                )
-            });
-            time("gemm", || {
-                k::gemm(
-                    &a.dqkv,
-                    m,
-                    3 * c,
-                    c,
-                    Rhs::Nt(p(at.qkv_w, 3 * c * c)),
-                    &mut a.dln,
-                    &mut a.panels,
-                )
-            });
-            time("gemm_tn_acc", || {
-                k::gemm_tn_acc(
-                    &a.ln1[l],
-                    m,
-                    c,
-                    &a.dqkv,
-                    3 * c,
-                    &mut g[at.qkv_w..],
-                    (&mut a.panels, &mut a.xpack),
-                    true,
-                )
-            });
-            {
-                let (gw, gb) = g[at.ln1..at.ln1 + 2 * c].split_at_mut(c);
-                time("layer_norm_backward", || {
-                    k::layer_norm_backward(
-                        &a.dln,
-                        &a.res[l],
-                        &a.ln1_stats[l],
-                        p(at.ln1, c),
-                        m,
-                        &mut a.dres,
-                        gw,
-                        gb,
-                    )
-                });
-            }
         }
-        // Embeddings (through their dropout).
-        if let Some(d) = drops.embd() {
-            for (i, v) in a.dres[..m * c].iter_mut().enumerate() {
-                *v *= d.factor(i as u64);
-            }
-        }
-        for (r, &id) in ids.iter().enumerate() {
-            let d = &a.dres[r * c..(r + 1) * c];
-            let e = self.wte + id as usize * c;
-            for (x, y) in g[e..e + c].iter_mut().zip(d) {
-                *x += y;
-            }
-            let q = self.wpe + (r % t) * c;
-            for (x, y) in g[q..q + c].iter_mut().zip(d) {
-                *x += y;
-            }
-        }
+        Ok(sums.iter().sum::<f64>() / m as f64)
     }
 
     /// The global L2 norm of the gradients.
@@ -870,5 +619,367 @@ impl NativeGpt2 {
                 )
             })
         });
+    }
+}
+
+/// The forward pass for `ids [b, t]` (checked), up to the logits, with the dropout
+/// `drops` (none in evaluation), into `a`.
+fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usize, drops: Drops) {
+    a.ensure(lay, b, t);
+    a.drops = drops;
+    let (m, c, f, nh, eps) = (b * t, lay.c, lay.f, lay.nh, lay.eps);
+    let p = |off: usize, len: usize| &w[off..off + len];
+    for (r, &id) in ids.iter().enumerate() {
+        let (e, pos) = (p(lay.wte + id as usize * c, c), p(lay.wpe + (r % t) * c, c));
+        for ((o, x), y) in a.res[0][r * c..(r + 1) * c].iter_mut().zip(e).zip(pos) {
+            *o = x + y;
+        }
+    }
+    if let Some(d) = drops.embd() {
+        for (i, v) in a.res[0][..m * c].iter_mut().enumerate() {
+            *v *= d.factor(i as u64);
+        }
+    }
+    for (l, at) in lay.blocks.iter().enumerate() {
+        if l == 0 {
+            time("layer_norm", || {
+                k::layer_norm(
+                    &a.res[0],
+                    p(at.ln1, c),
+                    p(at.ln1 + c, c),
+                    eps,
+                    m,
+                    &mut a.ln1[0],
+                    &mut a.ln1_stats[0],
+                )
+            });
+        }
+        time("gemm qkv", || {
+            k::gemm_bias(
+                &a.ln1[l],
+                m,
+                c,
+                3 * c,
+                Rhs::Nn(p(at.qkv_w, 3 * c * c)),
+                p(at.qkv_b, 3 * c),
+                &mut a.qkv[l],
+                &mut a.panels,
+            )
+        });
+        time("attention", || {
+            k::attention(
+                &a.qkv[l],
+                b,
+                t,
+                c,
+                nh,
+                &mut a.probs[l],
+                &mut a.atty[l],
+                drops.attn(l),
+            )
+        });
+        time("gemm proj", || {
+            k::gemm_bias_residual(
+                &a.atty[l],
+                m,
+                c,
+                c,
+                Rhs::Nn(p(at.proj_w, c * c)),
+                p(at.proj_b, c),
+                &a.res[l],
+                &mut a.mid[l],
+                &mut a.panels,
+                drops.resid_attn(l),
+                Some(k::NormOut {
+                    w: p(at.ln2, c),
+                    b: p(at.ln2 + c, c),
+                    eps,
+                    out: &mut a.ln2[l],
+                    stats: &mut a.ln2_stats[l],
+                }),
+            )
+        });
+
+        time("gemm fc+gelu", || {
+            k::gemm_bias_gelu(
+                &a.ln2[l],
+                m,
+                c,
+                f,
+                Rhs::Nn(p(at.fc_w, c * f)),
+                p(at.fc_b, f),
+                &mut a.gelu_grad[l],
+                &mut a.gelu[l],
+                &mut a.panels,
+            )
+        });
+        let (_, next) = a.res.split_at_mut(l + 1);
+        let (_, ln1_rest) = a.ln1.split_at_mut(l + 1);
+        let (_, ln1s_rest) = a.ln1_stats.split_at_mut(l + 1);
+        time("gemm fcproj", || {
+            k::gemm_bias_residual(
+                &a.gelu[l],
+                m,
+                f,
+                c,
+                Rhs::Nn(p(at.fcp_w, f * c)),
+                p(at.fcp_b, c),
+                &a.mid[l],
+                &mut next[0],
+                &mut a.panels,
+                drops.resid_mlp(l),
+                // The next block's first layer norm, or the final one.
+                Some(match lay.blocks.get(l + 1) {
+                    Some(nb) => k::NormOut {
+                        w: p(nb.ln1, c),
+                        b: p(nb.ln1 + c, c),
+                        eps,
+                        out: &mut ln1_rest[0],
+                        stats: &mut ln1s_rest[0],
+                    },
+                    None => k::NormOut {
+                        w: p(lay.lnf, c),
+                        b: p(lay.lnf + c, c),
+                        eps,
+                        out: &mut a.lnf,
+                        stats: &mut a.lnf_stats,
+                    },
+                }),
+            )
+        });
+    }
+    // ln_f was applied in the last block's residual epilogue.
+
+    time("gemm", || {
+        k::gemm(
+            &a.lnf,
+            m,
+            c,
+            lay.vocab,
+            Rhs::Nt(p(lay.wte, lay.vocab * c)),
+            &mut a.logits,
+            &mut a.panels,
+        )
+    });
+}
+
+/// The backward pass of the last forward pass, whose logits now hold the loss
+/// gradient.
+/// Adds the gradients to `g`.
+fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b: usize, t: usize) {
+    let (m, c, f, nh, v) = (b * t, lay.c, lay.f, lay.nh, lay.vocab);
+    let drops = a.drops;
+    let p = |off: usize, len: usize| &w[off..off + len];
+    // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
+    time("gemm_tn_acc", || {
+        k::gemm_tn_acc(
+            &a.logits,
+            m,
+            v,
+            &a.lnf,
+            c,
+            &mut g[lay.wte..],
+            (&mut a.panels, &mut a.xpack),
+            false,
+        )
+    });
+    time("gemm", || {
+        k::gemm(
+            &a.logits,
+            m,
+            v,
+            c,
+            Rhs::Nn(p(lay.wte, v * c)),
+            &mut a.dln,
+            &mut a.panels,
+        )
+    });
+    a.dres.iter_mut().for_each(|x| *x = 0.0);
+    let nl = lay.blocks.len();
+    {
+        let (gw, gb) = g[lay.lnf..lay.lnf + 2 * c].split_at_mut(c);
+        time("layer_norm_backward", || {
+            k::layer_norm_backward(
+                &a.dln,
+                &a.res[nl],
+                &a.lnf_stats,
+                p(lay.lnf, c),
+                m,
+                &mut a.dres,
+                gw,
+                gb,
+            )
+        });
+    }
+    for (l, at) in lay.blocks.iter().enumerate().rev() {
+        // MLP: res[l+1] = mid + dropout(gelu(ln2·Wfc + bfc)·Wfcp + bfcp).
+        let dy: &[f32] = match drops.resid_mlp(l) {
+            Some(d) => {
+                k::dropout_into(&a.dres, d, &mut a.dtmp);
+                &a.dtmp
+            }
+            None => &a.dres,
+        };
+        time("gemm dgelu", || {
+            k::gemm_gelu_grad(
+                dy,
+                m,
+                c,
+                f,
+                Rhs::Nt(p(at.fcp_w, f * c)),
+                &a.gelu_grad[l],
+                &mut a.dbig,
+                &mut a.panels,
+            )
+        });
+        time("gemm_tn_acc", || {
+            k::gemm_tn_acc(
+                &a.gelu[l],
+                m,
+                f,
+                dy,
+                c,
+                &mut g[at.fcp_w..],
+                (&mut a.panels, &mut a.xpack),
+                true,
+            )
+        });
+        time("gemm", || {
+            k::gemm(
+                &a.dbig,
+                m,
+                f,
+                c,
+                Rhs::Nt(p(at.fc_w, c * f)),
+                &mut a.dln,
+                &mut a.panels,
+            )
+        });
+        time("gemm_tn_acc", || {
+            k::gemm_tn_acc(
+                &a.ln2[l],
+                m,
+                c,
+                &a.dbig,
+                f,
+                &mut g[at.fc_w..],
+                (&mut a.panels, &mut a.xpack),
+                true,
+            )
+        });
+        {
+            let (gw, gb) = g[at.ln2..at.ln2 + 2 * c].split_at_mut(c);
+            time("layer_norm_backward", || {
+                k::layer_norm_backward(
+                    &a.dln,
+                    &a.mid[l],
+                    &a.ln2_stats[l],
+                    p(at.ln2, c),
+                    m,
+                    &mut a.dres,
+                    gw,
+                    gb,
+                )
+            });
+        }
+        // Attention: mid = res[l] + dropout(attn(ln1)·Wproj + bproj).
+        let dy: &[f32] = match drops.resid_attn(l) {
+            Some(d) => {
+                k::dropout_into(&a.dres, d, &mut a.dtmp);
+                &a.dtmp
+            }
+            None => &a.dres,
+        };
+        time("gemm", || {
+            k::gemm(
+                dy,
+                m,
+                c,
+                c,
+                Rhs::Nt(p(at.proj_w, c * c)),
+                &mut a.dln,
+                &mut a.panels,
+            )
+        });
+        time("gemm_tn_acc", || {
+            k::gemm_tn_acc(
+                &a.atty[l],
+                m,
+                c,
+                dy,
+                c,
+                &mut g[at.proj_w..],
+                (&mut a.panels, &mut a.xpack),
+                true,
+            )
+        });
+        time("attention_backward", || {
+            k::attention_backward(
+                &a.dln,
+                &a.qkv[l],
+                &a.probs[l],
+                b,
+                t,
+                c,
+                nh,
+                &mut a.dqkv,
+                drops.attn(l),
+            )
+        });
+        time("gemm", || {
+            k::gemm(
+                &a.dqkv,
+                m,
+                3 * c,
+                c,
+                Rhs::Nt(p(at.qkv_w, 3 * c * c)),
+                &mut a.dln,
+                &mut a.panels,
+            )
+        });
+        time("gemm_tn_acc", || {
+            k::gemm_tn_acc(
+                &a.ln1[l],
+                m,
+                c,
+                &a.dqkv,
+                3 * c,
+                &mut g[at.qkv_w..],
+                (&mut a.panels, &mut a.xpack),
+                true,
+            )
+        });
+        {
+            let (gw, gb) = g[at.ln1..at.ln1 + 2 * c].split_at_mut(c);
+            time("layer_norm_backward", || {
+                k::layer_norm_backward(
+                    &a.dln,
+                    &a.res[l],
+                    &a.ln1_stats[l],
+                    p(at.ln1, c),
+                    m,
+                    &mut a.dres,
+                    gw,
+                    gb,
+                )
+            });
+        }
+    }
+    // Embeddings (through their dropout).
+    if let Some(d) = drops.embd() {
+        for (i, v) in a.dres[..m * c].iter_mut().enumerate() {
+            *v *= d.factor(i as u64);
+        }
+    }
+    for (r, &id) in ids.iter().enumerate() {
+        let d = &a.dres[r * c..(r + 1) * c];
+        let e = lay.wte + id as usize * c;
+        for (x, y) in g[e..e + c].iter_mut().zip(d) {
+            *x += y;
+        }
+        let q = lay.wpe + (r % t) * c;
+        for (x, y) in g[q..q + c].iter_mut().zip(d) {
+            *x += y;
+        }
     }
 }
