@@ -58,16 +58,23 @@ pub fn unpack_range(panels: &[f32], cols: usize, r: usize, c0: usize, out: &mut 
     }
 }
 
-/// `out[r][j] = Σ_kk x_r[kk] · panel[kk][j]` for the `MR` input rows `x_r`.
+/// `out[r][j] = Σ_kk x_r[kk] · panel[kk·ps + j]` for `k` steps of the `MR` input rows
+/// `x_r` (`ps` = [`NR`] for a packed panel; more for one read in place).
 #[inline(always)]
-fn body<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
-    let k = panel.len() / NR;
+fn body<const MR: usize>(
+    x: &[&[f32]; MR],
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]; MR],
+) {
     for r in x {
         assert!(r.len() >= k);
     }
+    assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     let mut acc = [[0f32; NR]; MR];
     for kk in 0..k {
-        let p: &[f32; NR] = panel[kk * NR..kk * NR + NR].try_into().unwrap();
+        let p: &[f32; NR] = panel[kk * ps..kk * ps + NR].try_into().unwrap();
         for r in 0..MR {
             // SAFETY: every x[r] holds at least k values (asserted above).
             let xv = unsafe { *x[r].get_unchecked(kk) };
@@ -133,24 +140,43 @@ unsafe fn one256(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn body512<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
-    body::<MR>(x, panel, out)
+unsafe fn body512<const MR: usize>(
+    x: &[&[f32]; MR],
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]; MR],
+) {
+    body::<MR>(x, panel, k, ps, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn body256<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
-    body::<MR>(x, panel, out)
+unsafe fn body256<const MR: usize>(
+    x: &[&[f32]; MR],
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]; MR],
+) {
+    body::<MR>(x, panel, k, ps, out)
 }
 
-fn run<const MR: usize>(isa: Isa, x: &[&[f32]; MR], panel: &[f32], out: &mut [[f32; NR]; MR]) {
+fn run<const MR: usize>(
+    isa: Isa,
+    x: &[&[f32]; MR],
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]; MR],
+) {
     match isa {
         // SAFETY: the features were detected at run time.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { body512::<MR>(x, panel, out) },
+        Isa::Avx512 => unsafe { body512::<MR>(x, panel, k, ps, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { body256::<MR>(x, panel, out) },
-        _ => body::<MR>(x, panel, out),
+        Isa::Avx2 => unsafe { body256::<MR>(x, panel, k, ps, out) },
+        _ => body::<MR>(x, panel, k, ps, out),
     }
 }
 
@@ -208,10 +234,9 @@ unsafe fn body_t256<const MR: usize>(
     body_t::<MR>(x, ld, panel, k, ps, out)
 }
 
-/// One panel against `rows` (at most `block_rows`) transposed input rows.
-/// One panel of `k` steps `ps` apart against `rows` transposed input rows.
+/// One panel of `k` steps `ps` apart against `rows` (at most 6) transposed input rows.
 #[allow(clippy::too_many_arguments)]
-fn panel_rows_t(
+pub(crate) fn panel_rows_t(
     isa: Isa,
     x: &[f32],
     ld: usize,
@@ -533,7 +558,7 @@ fn tn_tasks<'x>(
 const KC: usize = 256;
 
 /// Input rows per kernel call: as many as the registers hold accumulators for.
-fn block_rows(isa: Isa) -> usize {
+pub(crate) fn block_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 => 6,
         Isa::Avx2 => 3,
@@ -543,22 +568,39 @@ fn block_rows(isa: Isa) -> usize {
 
 /// One panel against up to `block_rows` input rows, written to `out[i][..NR]`.
 fn panel_rows(isa: Isa, x: &[&[f32]], panel: &[f32], out: &mut [[f32; NR]]) {
-    macro_rules! go {
-        ($m:literal) => {{
-            let xs: &[&[f32]; $m] = x.try_into().unwrap();
-            let o: &mut [[f32; NR]; $m] = out.try_into().unwrap();
-            run::<$m>(isa, xs, panel, o)
-        }};
-    }
-    match x.len() {
-        1 => match isa {
+    if x.len() == 1 {
+        return match isa {
             // SAFETY: the features were detected at run time.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { one512(x[0], panel, &mut out[0]) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { one256(x[0], panel, &mut out[0]) },
             _ => body_one(x[0], panel, &mut out[0]),
-        },
+        };
+    }
+    panel_rows_strided(isa, x, panel, panel.len() / NR, NR, out)
+}
+
+/// `out[i][j] = Σ_kk x[i][kk] · panel[kk·ps + j]` over `k` steps, for up to 8 input
+/// rows: a panel read in place from a row-major matrix `ps` wide (its columns `j..j+NR`
+/// starting at `panel[0]`).
+pub(crate) fn panel_rows_strided(
+    isa: Isa,
+    x: &[&[f32]],
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]],
+) {
+    macro_rules! go {
+        ($m:literal) => {{
+            let xs: &[&[f32]; $m] = x.try_into().unwrap();
+            let o: &mut [[f32; NR]; $m] = out.try_into().unwrap();
+            run::<$m>(isa, xs, panel, k, ps, o)
+        }};
+    }
+    match x.len() {
+        1 => go!(1),
         2 => go!(2),
         3 => go!(3),
         4 => go!(4),

@@ -43,6 +43,30 @@ fn gelu_body(xs: &mut [f32]) {
     }
 }
 
+/// The sum of sixteen partial sums, pairwise (four dependent steps rather than the
+/// sixteen of a running sum: at the length of a short causal row the reduction costs as
+/// much as the row).
+#[inline(always)]
+pub(crate) fn hsum16(mut a: [f32; 16]) -> f32 {
+    for w in [8, 4, 2, 1] {
+        for j in 0..w {
+            a[j] += a[j + w];
+        }
+    }
+    a[0]
+}
+
+/// The largest of sixteen values, pairwise (see [`hsum16`]).
+#[inline(always)]
+pub(crate) fn hmax16(mut a: [f32; 16]) -> f32 {
+    for w in [8, 4, 2, 1] {
+        for j in 0..w {
+            a[j] = if a[j + w] > a[j] { a[j + w] } else { a[j] };
+        }
+    }
+    a[0]
+}
+
 /// x ← e^{x − max}; returns the sum (sixteen partial sums: a single running sum would
 /// keep the loop scalar, as floating-point addition may not be reordered).
 #[inline(always)]
@@ -61,7 +85,7 @@ fn softmax_body(xs: &mut [f32], max: f32) -> f32 {
         *v = exp(*v - max);
         sum += *v;
     }
-    acc.iter().sum::<f32>() + sum
+    hsum16(acc) + sum
 }
 
 /// Mean and 1/√(variance + eps) of a row, with sixteen partial sums (vectorisable).
@@ -75,7 +99,7 @@ fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
             s[j] += c[j];
         }
     }
-    let mean = (s.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / n;
+    let mean = (hsum16(s) + chunks.remainder().iter().sum::<f32>()) / n;
     let mut q = [0f32; 16];
     let mut chunks = row.chunks_exact(16);
     for c in &mut chunks {
@@ -84,7 +108,7 @@ fn moments_body(row: &[f32], eps: f32) -> (f32, f32) {
             q[j] += d * d;
         }
     }
-    let var = (q.iter().sum::<f32>()
+    let var = (hsum16(q)
         + chunks
             .remainder()
             .iter()
@@ -105,10 +129,17 @@ fn norm_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32
     (mean, rstd)
 }
 
-/// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
+/// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero. The
+/// last chunk of sixteen is padded with −∞ (whose exp is 0) instead of finished one
+/// value at a time: a causal row is short on average, and a scalar tail would cost as
+/// much as the rest.
 #[inline(always)]
 fn causal_softmax_body(row: &mut [f32], live: usize) {
-    let (row, dead) = row.split_at_mut(live);
+    let end = live.next_multiple_of(16).min(row.len());
+    row[live..end]
+        .iter_mut()
+        .for_each(|x| *x = f32::NEG_INFINITY);
+    let (row, dead) = row.split_at_mut(end);
     let mut mx = [f32::NEG_INFINITY; 16];
     let mut chunks = row.chunks_exact(16);
     for c in &mut chunks {
@@ -119,14 +150,82 @@ fn causal_softmax_body(row: &mut [f32], live: usize) {
     let max = chunks
         .remainder()
         .iter()
-        .chain(&mx)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        .fold(hmax16(mx), |m, &x| if x > m { x } else { m });
     let inv = 1.0 / softmax_body(row, max);
     for x in row.iter_mut() {
         *x *= inv;
     }
     for x in dead.iter_mut() {
         *x = 0.0;
+    }
+}
+
+/// [`causal_softmax_body`] for the whole `t × t` causal block `p` (row `i` keeps
+/// `i + 1` entries), four rows at a time: the four rows of a group end in the same
+/// chunk of sixteen, so their loops run in step, and the four dependency chains (max,
+/// exp and sum, reciprocal) interleave instead of each row waiting on its own.
+#[inline(always)]
+fn causal_softmax_rows_body(p: &mut [f32], t: usize) {
+    const G: usize = 4;
+    let groups = t / G;
+    for g in 0..groups {
+        let i0 = g * G;
+        let end = (i0 + G).next_multiple_of(16).min(t);
+        let block = &mut p[i0 * t..(i0 + G) * t];
+        for r in 0..G {
+            block[r * t + i0 + r + 1..r * t + end]
+                .iter_mut()
+                .for_each(|x| *x = f32::NEG_INFINITY);
+        }
+        let whole = end / 16;
+        let mut mx = [[f32::NEG_INFINITY; 16]; G];
+        for c in 0..whole {
+            for r in 0..G {
+                let x: &[f32; 16] = block[r * t + 16 * c..r * t + 16 * c + 16]
+                    .try_into()
+                    .unwrap();
+                for j in 0..16 {
+                    mx[r][j] = if x[j] > mx[r][j] { x[j] } else { mx[r][j] };
+                }
+            }
+        }
+        let mut max = [0f32; G];
+        for r in 0..G {
+            max[r] = block[r * t + 16 * whole..r * t + end]
+                .iter()
+                .fold(hmax16(mx[r]), |m, &x| if x > m { x } else { m });
+        }
+        let mut acc = [[0f32; 16]; G];
+        for c in 0..whole {
+            for r in 0..G {
+                let x: &mut [f32; 16] = (&mut block[r * t + 16 * c..r * t + 16 * c + 16])
+                    .try_into()
+                    .unwrap();
+                for j in 0..16 {
+                    x[j] = exp(x[j] - max[r]);
+                    acc[r][j] += x[j];
+                }
+            }
+        }
+        let mut inv = [0f32; G];
+        for r in 0..G {
+            let mut tail = 0f32;
+            for x in block[r * t + 16 * whole..r * t + end].iter_mut() {
+                *x = exp(*x - max[r]);
+                tail += *x;
+            }
+            inv[r] = 1.0 / (hsum16(acc[r]) + tail);
+        }
+        for r in 0..G {
+            let row = &mut block[r * t..(r + 1) * t];
+            for x in row[..end].iter_mut() {
+                *x *= inv[r];
+            }
+            row[end..].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    for i in groups * G..t {
+        causal_softmax_body(&mut p[i * t..(i + 1) * t], i + 1);
     }
 }
 
@@ -175,6 +274,11 @@ dispatch!(
 dispatch!(
     /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
     causal_softmax = causal_softmax_body, causal_softmax512, causal_softmax256, (row: &mut [f32], live: usize) -> ()
+);
+dispatch!(
+    /// [`causal_softmax`] of every row `i` of the `t × t` block `p` with `i + 1` live
+    /// entries.
+    causal_softmax_rows = causal_softmax_rows_body, causal_softmax_rows512, causal_softmax_rows256, (p: &mut [f32], t: usize) -> ()
 );
 
 #[cfg(test)]

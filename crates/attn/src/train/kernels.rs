@@ -13,7 +13,7 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 use rayon::prelude::*;
 
-use crate::infer::panel::{self, Causal, Panels, SyncPtr, NR};
+use crate::infer::panel::{self, Panels, SyncPtr, NR};
 use crate::infer::vmath::{self, dispatch};
 
 /// Inverted dropout drawn from a counter-based hash: element `i` of a site is kept (and
@@ -377,62 +377,6 @@ pub fn gemm_tn_acc(
     );
 }
 
-/// `out [n, cols] = xtᵀ · b` for `xt [k, n]` on the calling thread (`b` is `[k, cols]`).
-#[allow(clippy::too_many_arguments)]
-fn gemm_tn_serial(
-    xt: &[f32],
-    k: usize,
-    n: usize,
-    b: &[f32],
-    cols: usize,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-    from_diagonal: bool,
-) {
-    let np = cols.div_ceil(NR);
-    scratch.resize(np * k * NR, 0.0);
-    for p in 0..np {
-        fill(
-            Rhs::Nn(b),
-            k,
-            cols,
-            p,
-            &mut scratch[p * k * NR..(p + 1) * k * NR],
-        );
-    }
-    panel::matmul_tn_serial_from(
-        xt,
-        n,
-        n,
-        cols,
-        k,
-        scratch,
-        &mut out[..n * cols],
-        false,
-        from_diagonal,
-    );
-}
-
-/// [`gemm`] on the calling thread; `scratch` holds the packed right-hand side.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_serial(
-    a: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    b: Rhs,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-    causal: Causal,
-) {
-    let np = n.div_ceil(NR);
-    scratch.resize(np * k * NR, 0.0);
-    for p in 0..np {
-        fill(b, k, n, p, &mut scratch[p * k * NR..(p + 1) * k * NR]);
-    }
-    panel::matmul_serial_causal(a, m, n, k, scratch, &mut out[..m * n], causal);
-}
-
 /// Rows per parallel task for rows of `row` elements: about 16K elements each.
 fn rows_per_task(rows: usize, row: usize) -> usize {
     (16384 / row.max(1)).clamp(1, rows.max(1))
@@ -585,8 +529,8 @@ fn ln_bwd_body(
         dw[i] += g[i] * xh;
         db[i] += g[i];
     }
-    let m1 = (s1.iter().sum::<f32>() + t1) / n as f32;
-    let m2 = (s2.iter().sum::<f32>() + t2) / n as f32;
+    let m1 = (vmath::hsum16(s1) + t1) / n as f32;
+    let m2 = (vmath::hsum16(s2) + t2) / n as f32;
     for i in 0..n {
         let xh = (x[i] - mean) * rstd;
         dx[i] += rstd * (g[i] * w[i] - m1 - xh * m2);
@@ -640,17 +584,23 @@ pub fn layer_norm_backward(
 
 // ---------------------------------------------------------------- attention
 
+/// One head's operands, laid out for the panel kernel to read in place: rows padded to
+/// whole panels (`hdp` = the head width rounded up to [`NR`]), transposes padded to `tp`
+/// (the sequence length rounded up to [`NR`]); padding is zero.
 #[derive(Default)]
 struct HeadScratch {
+    /// Queries times the softmax scale, `[t][hdp]`.
     q: Vec<f32>,
+    /// Keys `[hd][tp]` (forward) or `[t][hdp]` (backward).
     k: Vec<f32>,
+    /// Values `[t][hdp]` (forward) or `[hd][tp]` (backward).
     v: Vec<f32>,
+    /// The output gradient `[t][hdp]`.
     g: Vec<f32>,
-    o: Vec<f32>,
-    sq: Vec<f32>,
-    /// Dropped-out attention weights.
+    /// The weights' gradient `[t][t]`.
+    ds: Vec<f32>,
+    /// Dropped-out attention weights `[t][t]`.
     pd: Vec<f32>,
-    panels: Vec<f32>,
 }
 
 thread_local! {
@@ -659,34 +609,139 @@ thread_local! {
     static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
 }
 
-impl HeadScratch {
-    /// Copy head `h` of sequence `bi` out of `qkv [b·t, 3c]`: queries (times `scale`),
-    /// keys and values, each `[t, hd]`.
-    #[allow(clippy::too_many_arguments)]
-    fn gather(
-        &mut self,
-        qkv: &[f32],
-        bi: usize,
-        h: usize,
-        t: usize,
-        c: usize,
-        hd: usize,
-        scale: f32,
-    ) {
-        for buf in [&mut self.q, &mut self.k, &mut self.v] {
-            buf.resize(t * hd, 0.0);
-        }
-        for i in 0..t {
-            let row = &qkv[(bi * t + i) * 3 * c..][..3 * c];
-            let q = &row[h * hd..][..hd];
-            for (d, &x) in self.q[i * hd..(i + 1) * hd].iter_mut().zip(q) {
-                *d = x * scale;
+/// Where one head's values sit in `qkv [b·t, 3c]`.
+#[derive(Clone, Copy)]
+struct Head {
+    bi: usize,
+    h: usize,
+    t: usize,
+    c: usize,
+    hd: usize,
+}
+
+impl Head {
+    /// Row `i` of part `part` (0 queries, 1 keys, 2 values) in a `[b·t, 3c]` array.
+    fn at(&self, i: usize, part: usize) -> usize {
+        (self.bi * self.t + i) * 3 * self.c + part * self.c + self.h * self.hd
+    }
+    fn hdp(&self) -> usize {
+        self.hd.next_multiple_of(NR)
+    }
+    fn tp(&self) -> usize {
+        self.t.next_multiple_of(NR)
+    }
+    /// Part `part` of the head as rows `[t][hdp]`, times `mul`.
+    fn rows(&self, qkv: &[f32], part: usize, mul: f32, out: &mut Vec<f32>) {
+        let (hd, hdp) = (self.hd, self.hdp());
+        out.resize(self.t * hdp, 0.0);
+        for i in 0..self.t {
+            let src = &qkv[self.at(i, part)..][..hd];
+            let dst = &mut out[i * hdp..(i + 1) * hdp];
+            if mul == 1.0 {
+                copy_row(&mut dst[..hd], src);
+            } else {
+                for (d, &x) in dst.iter_mut().zip(src) {
+                    *d = x * mul;
+                }
             }
-            copy_row(&mut self.k[i * hd..(i + 1) * hd], &row[c + h * hd..][..hd]);
-            copy_row(
-                &mut self.v[i * hd..(i + 1) * hd],
-                &row[2 * c + h * hd..][..hd],
+            dst[hd..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+    /// Part `part` of the head transposed, `[hd][tp]`: written row by row (each output
+    /// row in one pass, reading a column of the head's rows, which stay in L1).
+    fn transposed(&self, qkv: &[f32], part: usize, out: &mut Vec<f32>) {
+        let (hd, t, tp) = (self.hd, self.t, self.tp());
+        out.resize(hd * tp, 0.0);
+        let first = self.at(0, part);
+        let stride = 3 * self.c;
+        assert!(qkv.len() >= first + (t - 1) * stride + hd);
+        for (d, o) in out.chunks_exact_mut(tp).enumerate() {
+            for (i, o) in o[..t].iter_mut().enumerate() {
+                *o = qkv[first + i * stride + d];
+            }
+            o[t..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+}
+
+/// `out[i][j] = Σ_d a[i][d] · bt[d][j]` for the `t × t` lower triangle (by whole
+/// panels: entries right of the diagonal in its panel are written too), `a` rows `lda`
+/// apart and `hd` long, `bt` `[hd][tp]`.
+fn lower_products(a: &[f32], lda: usize, hd: usize, bt: &[f32], t: usize, out: &mut [f32]) {
+    let isa = crate::infer::isa();
+    let (mb, tp) = (panel::block_rows(isa), t.next_multiple_of(NR));
+    let mut acc = [[0f32; NR]; 8];
+    for i0 in (0..t).step_by(mb) {
+        let m = mb.min(t - i0);
+        let rows: [&[f32]; 8] = std::array::from_fn(|r| &a[(i0 + r.min(m - 1)) * lda..][..hd]);
+        for j0 in (0..i0 + m).step_by(NR) {
+            let valid = NR.min(t - j0);
+            panel::panel_rows_strided(isa, &rows[..m], &bt[j0..], hd, tp, &mut acc[..m]);
+            for (r, a) in acc[..m].iter().enumerate() {
+                out[(i0 + r) * t + j0..][..valid].copy_from_slice(&a[..valid]);
+            }
+        }
+    }
+}
+
+/// `Σ_{j ≤ i} w[i][j] · b[j][..hd]` for each row `i` of the `t × t` lower-triangular
+/// `w`, `b` rows `ldb` apart (a multiple of [`NR`]); handed to `put(i, c0, values)` a
+/// panel of columns `c0..` at a time.
+fn prefix_sums(
+    w: &[f32],
+    t: usize,
+    b: &[f32],
+    ldb: usize,
+    hd: usize,
+    mut put: impl FnMut(usize, usize, &[f32]),
+) {
+    let isa = crate::infer::isa();
+    let mb = panel::block_rows(isa);
+    let mut acc = [[0f32; NR]; 8];
+    for i0 in (0..t).step_by(mb) {
+        let m = mb.min(t - i0);
+        // Rows i0.. need columns up to their last row's diagonal (zero beyond).
+        let k = i0 + m;
+        let rows: [&[f32]; 8] = std::array::from_fn(|r| &w[(i0 + r.min(m - 1)) * t..][..k]);
+        for c0 in (0..hd).step_by(NR) {
+            panel::panel_rows_strided(isa, &rows[..m], &b[c0..], k, ldb, &mut acc[..m]);
+            for (r, a) in acc[..m].iter().enumerate() {
+                put(i0 + r, c0, &a[..NR.min(hd - c0)]);
+            }
+        }
+    }
+}
+
+/// `Σ_{i ≥ j} w[i][j] · b[i][..hd]` for each column `j` of the `t × t` lower-triangular
+/// `w` (that is, `wᵀ·b`), `b` rows `ldb` apart; handed to `put(j, c0, values)`.
+fn suffix_sums(
+    w: &[f32],
+    t: usize,
+    b: &[f32],
+    ldb: usize,
+    hd: usize,
+    mut put: impl FnMut(usize, usize, &[f32]),
+) {
+    let isa = crate::infer::isa();
+    let mb = panel::block_rows(isa).min(6);
+    let mut acc = [[0f32; NR]; 6];
+    for j0 in (0..t).step_by(mb) {
+        let m = mb.min(t - j0);
+        for c0 in (0..hd).step_by(NR) {
+            // Steps i = j0..t: w[i][j0..j0 + m] are adjacent (zero where i < j).
+            panel::panel_rows_t(
+                isa,
+                &w[j0 * t + j0..],
+                t,
+                m,
+                &b[j0 * ldb + c0..],
+                t - j0,
+                ldb,
+                &mut acc[..m],
             );
+            for (r, a) in acc[..m].iter().enumerate() {
+                put(j0 + r, c0, &a[..NR.min(hd - c0)]);
+            }
         }
     }
 }
@@ -709,24 +764,35 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
 }
 
 /// The softmax's backward for one row of weights `p` and their gradient `d` (in place):
-/// `d ← p ⊙ (d − Σ p·d)` over `..live`, zero after.
+/// `d ← p ⊙ (d − Σ p·d)` over `..live`, zero after. Whole chunks of sixteen with the
+/// entries past `live` masked out, rather than a scalar tail.
 #[inline(always)]
 fn softmax_grad_body(p: &[f32], d: &mut [f32], live: usize) {
+    let end = live.next_multiple_of(16).min(d.len());
+    let (p, d_live) = (&p[..end], &mut d[..end]);
     let mut acc = [0f32; 16];
-    let whole = live / 16 * 16;
+    let whole = end / 16 * 16;
     for c in (0..whole).step_by(16) {
         for j in 0..16 {
-            acc[j] += p[c + j] * d[c + j];
+            acc[j] += if c + j < live {
+                p[c + j] * d_live[c + j]
+            } else {
+                0.0
+            };
         }
     }
-    let mut dot = acc.iter().sum::<f32>();
-    for j in whole..live {
-        dot += p[j] * d[j];
+    let mut dot = vmath::hsum16(acc);
+    for j in whole..live.min(end) {
+        dot += p[j] * d_live[j];
     }
-    for j in 0..live {
-        d[j] = p[j] * (d[j] - dot);
+    for j in 0..end {
+        d_live[j] = if j < live {
+            p[j] * (d_live[j] - dot)
+        } else {
+            0.0
+        };
     }
-    for x in d[live..].iter_mut() {
+    for x in d[end..].iter_mut() {
         *x = 0.0;
     }
 }
@@ -753,28 +819,26 @@ pub fn attention(
     let hd = c / nh;
     let scale = 1.0 / (hd as f32).sqrt();
     assert!(y.len() >= b * t * c && probs.len() >= b * nh * t * t);
+    assert!(qkv.len() >= b * t * 3 * c);
     let yp = SyncPtr(y.as_mut_ptr());
     probs[..b * nh * t * t]
         .par_chunks_mut(t * t)
         .enumerate()
         .for_each(|(bh, p)| {
             HEAD_SCRATCH.with_borrow_mut(|s| {
-                let (bi, h) = (bh / nh, bh % nh);
-                s.gather(qkv, bi, h, t, c, hd, scale);
-                gemm_serial(
-                    &s.q,
+                let head = Head {
+                    bi: bh / nh,
+                    h: bh % nh,
                     t,
+                    c,
                     hd,
-                    t,
-                    Rhs::Nt(&s.k),
-                    p,
-                    &mut s.panels,
-                    Causal::Lower,
-                );
-                for i in 0..t {
-                    vmath::causal_softmax(&mut p[i * t..(i + 1) * t], i + 1);
-                }
-                s.o.resize(t * hd, 0.0);
+                };
+                head.rows(qkv, 0, scale, &mut s.q);
+                head.transposed(qkv, 1, &mut s.k);
+                head.rows(qkv, 2, 1.0, &mut s.v);
+                let hdp = head.hdp();
+                lower_products(&s.q, hdp, hd, &s.k, t, p);
+                vmath::causal_softmax_rows(p, t);
                 // The weights the values are summed with: dropped out, or as they are.
                 let w: &[f32] = match dropout {
                     None => p,
@@ -791,23 +855,17 @@ pub fn attention(
                         &s.pd
                     }
                 };
-                gemm_serial(
-                    w,
-                    t,
-                    t,
-                    hd,
-                    Rhs::Nn(&s.v),
-                    &mut s.o,
-                    &mut s.panels,
-                    Causal::Prefix,
-                );
-                for i in 0..t {
-                    // SAFETY: row bi·t + i, columns h·hd.. belong to this task alone.
+                prefix_sums(w, t, &s.v, hdp, hd, |i, c0, vals| {
+                    // SAFETY: row bi·t + i, columns h·hd.. of y belong to this task alone
+                    // (c0 + vals.len() ≤ hd; the bound on y asserted above).
                     let dst = unsafe {
-                        std::slice::from_raw_parts_mut(yp.get().add((bi * t + i) * c + h * hd), hd)
+                        std::slice::from_raw_parts_mut(
+                            yp.get().add((head.bi * t + i) * c + head.h * hd + c0),
+                            vals.len(),
+                        )
                     };
-                    copy_row(dst, &s.o[i * hd..(i + 1) * hd]);
-                }
+                    dst.copy_from_slice(vals);
+                });
             })
         });
 }
@@ -828,32 +886,46 @@ pub fn attention_backward(
 ) {
     let hd = c / nh;
     let scale = 1.0 / (hd as f32).sqrt();
-    assert!(dqkv.len() >= b * t * 3 * c);
+    assert!(dqkv.len() >= b * t * 3 * c && dy.len() >= b * t * c);
     let dp = SyncPtr(dqkv.as_mut_ptr());
     probs[..b * nh * t * t]
         .par_chunks(t * t)
         .enumerate()
         .for_each(|(bh, p)| {
             HEAD_SCRATCH.with_borrow_mut(|s| {
-                let (bi, h) = (bh / nh, bh % nh);
-                s.gather(qkv, bi, h, t, c, hd, scale);
-                s.g.resize(t * hd, 0.0);
+                let head = Head {
+                    bi: bh / nh,
+                    h: bh % nh,
+                    t,
+                    c,
+                    hd,
+                };
+                let hdp = head.hdp();
+                head.rows(qkv, 0, scale, &mut s.q);
+                head.rows(qkv, 1, 1.0, &mut s.k);
+                head.transposed(qkv, 2, &mut s.v);
+                // The output gradient of this head, [t][hdp].
+                s.g.resize(t * hdp, 0.0);
                 for i in 0..t {
+                    let row = &mut s.g[i * hdp..(i + 1) * hdp];
                     copy_row(
-                        &mut s.g[i * hd..(i + 1) * hd],
-                        &dy[(bi * t + i) * c + h * hd..][..hd],
+                        &mut row[..hd],
+                        &dy[(head.bi * t + i) * c + head.h * hd..][..hd],
                     );
+                    row[hd..].iter_mut().for_each(|v| *v = 0.0);
                 }
-                s.sq.resize(t * t, 0.0);
-                s.o.resize(t * hd, 0.0);
-                let scatter = |o: &[f32], part: usize, mul: f32| {
-                    for i in 0..t {
-                        // SAFETY: row bi·t + i, columns part·c + h·hd.. belong to this task.
-                        unsafe {
-                            let dst = dp.get().add((bi * t + i) * 3 * c + part * c + h * hd);
-                            for d in 0..hd {
-                                *dst.add(d) = o[i * hd + d] * mul;
-                            }
+                let put = |part: usize, mul: f32| {
+                    move |i: usize, c0: usize, vals: &[f32]| {
+                        // SAFETY: row bi·t + i, columns part·c + h·hd.. of dqkv belong to
+                        // this task alone (bound asserted above).
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                dp.get().add(head.at(i, part) + c0),
+                                vals.len(),
+                            )
+                        };
+                        for (d, v) in dst.iter_mut().zip(vals) {
+                            *d = v * mul;
                         }
                     }
                 };
@@ -870,42 +942,22 @@ pub fn attention_backward(
                     }
                 }
                 let w: &[f32] = if dropout.is_some() { &s.pd } else { p };
-                gemm_tn_serial(w, t, t, &s.g, hd, &mut s.o, &mut s.panels, true);
-                scatter(&s.o, 2, 1.0);
-                // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the diagonal.
-                gemm_serial(
-                    &s.g,
-                    t,
-                    hd,
-                    t,
-                    Rhs::Nt(&s.v),
-                    &mut s.sq,
-                    &mut s.panels,
-                    Causal::Lower,
-                );
+                suffix_sums(w, t, &s.g, hdp, hd, put(2, 1.0));
+                // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the
+                // diagonal.
+                s.ds.resize(t * t, 0.0);
+                lower_products(&s.g, hdp, hd, &s.v, t, &mut s.ds);
                 for i in 0..t {
-                    let row = &mut s.sq[i * t..(i + 1) * t];
+                    let row = &mut s.ds[i * t..(i + 1) * t];
                     if let Some(d) = dropout {
                         // Through the dropout: dP = dP' ⊙ mask.
                         drop_row(&mut row[..i + 1], d, ((bh * t + i) * t) as u64);
                     }
                     softmax_grad_row(&p[i * t..(i + 1) * t], row, i + 1);
                 }
-                // dQ = scale · dS·K
-                gemm_serial(
-                    &s.sq,
-                    t,
-                    t,
-                    hd,
-                    Rhs::Nn(&s.k),
-                    &mut s.o,
-                    &mut s.panels,
-                    Causal::Prefix,
-                );
-                scatter(&s.o, 0, scale);
-                // dK = dSᵀ·(scale·Q)
-                gemm_tn_serial(&s.sq, t, t, &s.q, hd, &mut s.o, &mut s.panels, true);
-                scatter(&s.o, 1, 1.0);
+                // dQ = scale · dS·K, dK = dSᵀ·(scale·Q).
+                prefix_sums(&s.ds, t, &s.k, hdp, hd, put(0, scale));
+                suffix_sums(&s.ds, t, &s.q, hdp, hd, put(1, 1.0));
             })
         });
 }
@@ -1065,10 +1117,8 @@ mod tests {
         for rhs in [Rhs::Nn(&bn), Rhs::Nt(&bt)] {
             let mut out = vec![0f32; m * n];
             gemm(&a, m, k, n, rhs, &mut out, &mut Vec::new());
-            let mut out2 = vec![0f32; m * n];
-            gemm_serial(&a, m, k, n, rhs, &mut out2, &mut Vec::new(), Causal::Full);
-            for ((o, o2), w) in out.iter().zip(&out2).zip(&want) {
-                assert!((o - w).abs() < 1e-4 && (o2 - w).abs() < 1e-4);
+            for (o, w) in out.iter().zip(&want) {
+                assert!((o - w).abs() < 1e-4);
             }
         }
         // aᵀ·b for a [k', m'] = bt viewed as [n, k] rows: (btᵀ)·a' with a' [n, m].
@@ -1101,13 +1151,68 @@ mod tests {
             assert!((tb[k * m + j] - w).abs() < 1e-4, "bias [{j}]");
             assert!((tb[j] - (tn[j] - 0.5)).abs() < 1e-5);
         }
-        let mut tn2 = vec![0f32; k * m];
-        gemm_tn_serial(&bt, n, k, &a2, m, &mut tn2, &mut Vec::new(), false);
         for i in 0..k {
             for j in 0..m {
                 let w: f32 = (0..n).map(|r| bt[r * k + i] * a2[r * m + j]).sum();
                 assert!((tn[i * m + j] - 0.5 - w).abs() < 1e-4, "tn [{i},{j}]");
-                assert!((tn2[i * m + j] - w).abs() < 1e-4, "tn serial [{i},{j}]");
+            }
+        }
+    }
+
+    /// The attention heads' three products (scores, weighted sums of rows, and the
+    /// transposed weighted sums) against plain loops, for head widths below, at and above
+    /// one panel and sequence lengths that are not whole panels.
+    #[test]
+    fn head_products_match_plain_loops() {
+        for (t, hd) in [(7usize, 12usize), (33, 32), (64, 48), (40, 64)] {
+            let (hdp, tp) = (hd.next_multiple_of(NR), t.next_multiple_of(NR));
+            let mut a = data(t * hdp, 1);
+            let mut b = data(t * hdp, 2);
+            for i in 0..t {
+                a[i * hdp + hd..(i + 1) * hdp].fill(0.0);
+                b[i * hdp + hd..(i + 1) * hdp].fill(0.0);
+            }
+            let mut bt = vec![0f32; hd * tp];
+            for i in 0..t {
+                for d in 0..hd {
+                    bt[d * tp + i] = b[i * hdp + d];
+                }
+            }
+            // Scores: the lower triangle of a·bᵀ.
+            let mut s = vec![f32::NAN; t * t];
+            lower_products(&a, hdp, hd, &bt, t, &mut s);
+            for i in 0..t {
+                for j in 0..=i {
+                    let w: f32 = (0..hd).map(|d| a[i * hdp + d] * b[j * hdp + d]).sum();
+                    assert!((s[i * t + j] - w).abs() < 1e-4, "t {t} hd {hd}: s[{i},{j}]");
+                }
+            }
+            // A lower-triangular w (zero above the diagonal), against b's rows.
+            let mut w = data(t * t, 3);
+            for i in 0..t {
+                w[i * t + i + 1..(i + 1) * t].fill(0.0);
+            }
+            let mut got = vec![f32::NAN; t * hd];
+            prefix_sums(&w, t, &b, hdp, hd, |i, c0, v| {
+                got[i * hd + c0..i * hd + c0 + v.len()].copy_from_slice(v)
+            });
+            let mut got_t = vec![f32::NAN; t * hd];
+            suffix_sums(&w, t, &b, hdp, hd, |j, c0, v| {
+                got_t[j * hd + c0..j * hd + c0 + v.len()].copy_from_slice(v)
+            });
+            for i in 0..t {
+                for d in 0..hd {
+                    let want: f32 = (0..=i).map(|j| w[i * t + j] * b[j * hdp + d]).sum();
+                    let want_t: f32 = (i..t).map(|r| w[r * t + i] * b[r * hdp + d]).sum();
+                    assert!(
+                        (got[i * hd + d] - want).abs() < 1e-4,
+                        "t {t} hd {hd}: [{i},{d}]"
+                    );
+                    assert!(
+                        (got_t[i * hd + d] - want_t).abs() < 1e-4,
+                        "t {t} hd {hd}: ᵀ[{i},{d}]"
+                    );
+                }
             }
         }
     }
