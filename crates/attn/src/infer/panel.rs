@@ -196,6 +196,24 @@ fn body_t<const MR: usize>(
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
     let mut acc = [[0f32; NR]; MR];
     for kk in 0..k {
+        // Inputs read in place are a cache line per step, often a page apart: fetched
+        // ahead, as the hardware prefetcher does not follow such strides.
+        #[cfg(target_arch = "x86_64")]
+        if ld >= 16 {
+            // SAFETY: a prefetch reads nothing and cannot fault.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add((kk + 6) * ld) as *const i8);
+                if ps >= 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        panel.as_ptr().wrapping_add((kk + 6) * ps) as *const i8
+                    );
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        panel.as_ptr().wrapping_add((kk + 6) * ps + 16) as *const i8
+                    );
+                }
+            }
+        }
         let p: &[f32; NR] = panel[kk * ps..kk * ps + NR].try_into().unwrap();
         for r in 0..MR {
             // SAFETY: kk·ld + r < x.len() (asserted above).
