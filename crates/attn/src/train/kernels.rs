@@ -871,7 +871,7 @@ pub fn attention(
                             vals.len(),
                         )
                     };
-                    dst.copy_from_slice(vals);
+                    copy_row(dst, vals);
                 });
             })
         });
