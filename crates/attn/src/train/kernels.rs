@@ -395,7 +395,10 @@ dispatch!(
 
 #[inline(always)]
 fn res_bias_body(y: &mut [f32], res: &[f32], b: &[f32]) {
-    for i in 0..y.len() {
+    // Cut to one length first, or each element keeps its bounds checks (scalar loop).
+    let n = y.len();
+    let (res, b) = (&res[..n], &b[..n]);
+    for i in 0..n {
         y[i] += res[i] + b[i];
     }
 }
@@ -507,7 +510,10 @@ fn ln_bwd_body(
 ) {
     const L: usize = 16;
     let n = g.len();
-    let (dw, db) = dwb.split_at_mut(n);
+    // Every slice cut to n up front: otherwise the loops keep a bounds check per element
+    // and stay scalar.
+    let (x, w, dx) = (&x[..n], &w[..n], &mut dx[..n]);
+    let (dw, db) = dwb[..2 * n].split_at_mut(n);
     let whole = n / L * L;
     let mut s1 = [0f32; L];
     let mut s2 = [0f32; L];
@@ -538,7 +544,17 @@ fn ln_bwd_body(
     }
     let m1 = (vmath::hsum16(s1) + t1) / n as f32;
     let m2 = (vmath::hsum16(s2) + t2) / n as f32;
-    for i in 0..n {
+    for c in (0..whole).step_by(L) {
+        let g: &[f32; L] = g[c..c + L].try_into().unwrap();
+        let x: &[f32; L] = x[c..c + L].try_into().unwrap();
+        let w: &[f32; L] = w[c..c + L].try_into().unwrap();
+        let dx: &mut [f32; L] = (&mut dx[c..c + L]).try_into().unwrap();
+        for j in 0..L {
+            let xh = (x[j] - mean) * rstd;
+            dx[j] += rstd * (g[j] * w[j] - m1 - xh * m2);
+        }
+    }
+    for i in whole..n {
         let xh = (x[i] - mean) * rstd;
         dx[i] += rstd * (g[i] * w[i] - m1 - xh * m2);
     }
@@ -780,12 +796,10 @@ fn softmax_grad_body(p: &[f32], d: &mut [f32], live: usize) {
     let mut acc = [0f32; 16];
     let whole = end / 16 * 16;
     for c in (0..whole).step_by(16) {
+        let pc: &[f32; 16] = p[c..c + 16].try_into().unwrap();
+        let dc: &[f32; 16] = d_live[c..c + 16].try_into().unwrap();
         for j in 0..16 {
-            acc[j] += if c + j < live {
-                p[c + j] * d_live[c + j]
-            } else {
-                0.0
-            };
+            acc[j] += if c + j < live { pc[j] * dc[j] } else { 0.0 };
         }
     }
     let mut dot = vmath::hsum16(acc);
@@ -1040,7 +1054,10 @@ pub struct AdamWStep {
 #[inline(always)]
 fn adamw_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     let keep = 1.0 - s.lr * s.decay;
-    for i in 0..p.len() {
+    // Cut to one length first, or each element keeps its bounds checks (scalar loop).
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
         let gi = g[i] * s.grad_scale;
         m[i] = s.beta1 * m[i] + (1.0 - s.beta1) * gi;
         v[i] = s.beta2 * v[i] + (1.0 - s.beta2) * gi * gi;
