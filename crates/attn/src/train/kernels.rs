@@ -1022,16 +1022,29 @@ pub fn cross_entropy(
 
 // ---------------------------------------------------------------- optimiser
 
+#[inline(always)]
+fn squares_body(c: &[f32]) -> f64 {
+    let mut s = [0f32; 16];
+    let mut chunks = c.chunks_exact(16);
+    for ch in &mut chunks {
+        let ch: &[f32; 16] = ch.try_into().unwrap();
+        for j in 0..16 {
+            s[j] = ch[j].mul_add(ch[j], s[j]);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| (v * v) as f64).sum();
+    s.iter().map(|&v| v as f64).sum::<f64>() + tail
+}
+dispatch!(
+    /// Σ x² of a chunk: sixteen f32 partial sums (a `s[i % 16]` index had kept the loop
+    /// scalar), added in f64.
+    squares = squares_body, squares512, squares256, (c: &[f32]) -> f64
+);
+
 /// Σ x² (f64), on both cores.
 pub fn sum_squares(x: &[f32]) -> f64 {
     x.par_chunks(1 << 15)
-        .map(|c| {
-            let mut s = [0f32; 16];
-            for (i, v) in c.iter().enumerate() {
-                s[i % 16] += v * v;
-            }
-            s.iter().map(|&v| v as f64).sum::<f64>()
-        })
+        .map(squares)
         .collect::<Vec<f64>>()
         .iter()
         .sum() // in chunk order: the same total on every run
