@@ -511,8 +511,11 @@ fn tn_tasks<'x>(
     let tasks = blocks.div_ceil(group).max(1);
     (0..tasks).into_par_iter().for_each(|g| {
         let mut acc = [[0f32; NR]; 6];
-        for c0 in (0..k.max(1)).step_by(KC) {
-            let c1 = (c0 + KC).min(k);
+        // Sums up to 2·KC steps in one pass: each further pass re-reads and re-writes
+        // the (cold) output, which costs more than the panel slice overflowing L1.
+        let kc = if k <= 2 * KC { k.max(1) } else { KC };
+        for c0 in (0..k.max(1)).step_by(kc) {
+            let c1 = (c0 + kc).min(k);
             for p in 0..np {
                 let panel = &panels[base(p) + c0 * ps..];
                 let valid = NR.min(rows - p * NR);
