@@ -189,6 +189,31 @@ fn shards_give_the_results_of_one_pass() {
         (losses, g)
     };
     let (want_losses, want) = run(1);
+    // The two micro-batches accumulate: their gradients, each from zero_grads, add up
+    // to those of the run (which also evaluates between them).
+    let alone = |i: usize| {
+        let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+        n.zero_grads();
+        n.forward_backward(&x[i], &y[i], b, t, 0.5, 90 + i as u64)
+            .unwrap();
+        let g = n.gradient_tensors(&Device::Cpu).unwrap();
+        let mut g: Vec<(String, Vec<f32>)> = g
+            .into_iter()
+            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        g
+    };
+    let (g0, g1) = (alone(0), alone(1));
+    for (((name, w), (_, a)), (_, c)) in want.iter().zip(&g0).zip(&g1) {
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for ((w, a), c) in w.iter().zip(a).zip(c) {
+            assert!(
+                (w - (a + c)).abs() <= 1e-5 * scale + 1e-8,
+                "{name}: accumulated {w}, parts {a} + {c}"
+            );
+        }
+    }
     for shards in [2, 3, 5, 8] {
         let (losses, got) = run(shards);
         for (a, w) in losses.iter().zip(&want_losses) {
