@@ -288,85 +288,6 @@ pub(crate) fn panel_rows_t(
     }
 }
 
-/// `out[i, r] (+)= Σ_c xt[c, i] · W[r, c]` for the `n` columns `i` of `xt [k, ld]`
-/// (that is, `xtᵀ · Wᵀ` without transposing `xt`), `out` `[n, rows]`, `W` given as
-/// stored panels of `k` columns; on the calling thread. Adds to `out` when
-/// `accumulate`. With `from_diagonal`, output row `i` sums only over steps `c ≥ i`
-/// (rounded down to its block): right when `xt[c, i] = 0` for `c < i`, as for the
-/// transpose of a causal (lower-triangular) matrix.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_tn_serial_from(
-    xt: &[f32],
-    ld: usize,
-    n: usize,
-    rows: usize,
-    k: usize,
-    panels: &[f32],
-    out: &mut [f32],
-    accumulate: bool,
-    from_diagonal: bool,
-) {
-    let isa = isa();
-    let mb = block_rows(isa).min(6);
-    // The columns of xt, mb at a time, packed as [k][mb] so each step reads adjacent
-    // values (read in place they would be ld apart, a cache line each).
-    let blocks = n.div_ceil(mb);
-    // A buffer kept per thread: a fresh one would be new pages to fault in every call.
-    thread_local! {
-        static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    // Small inputs (an attention head's weights) are read in place: they sit in L1/L2
-    // and packing them would cost as much as the product.
-    let in_place = k * ld <= 1 << 16;
-    PACKED.with_borrow_mut(|packed| {
-        if !in_place && packed.len() < blocks * k * mb {
-            packed.resize(blocks * k * mb, 0.0);
-        }
-        for (kk, row) in xt.chunks(ld).take(if in_place { 0 } else { k }).enumerate() {
-            for b in 0..blocks {
-                let w = mb.min(n - b * mb);
-                pack_step(
-                    &row[b * mb..b * mb + w],
-                    &mut packed[(b * k + kk) * mb..][..w],
-                );
-            }
-        }
-        if !accumulate {
-            out[..n * rows].iter_mut().for_each(|v| *v = 0.0);
-        }
-        let mut acc = vec![[0f32; NR]; mb];
-        // KC steps at a time, as in matmul_serial_causal.
-        for c0 in (0..k).step_by(KC) {
-            let c1 = (c0 + KC).min(k);
-            for p in 0..rows.div_ceil(NR) {
-                let panel = &panels[p * k * NR..(p + 1) * k * NR];
-                let valid = NR.min(rows - p * NR);
-                for b in 0..blocks {
-                    let i0 = b * mb;
-                    let m = mb.min(n - i0);
-                    let k0 = if from_diagonal { i0.max(c0) } else { c0 };
-                    if k0 >= c1 {
-                        continue;
-                    }
-                    let acc = &mut acc[..m];
-                    let (x, step) = if in_place {
-                        (&xt[k0 * ld + i0..], ld)
-                    } else {
-                        (&packed[(b * k + k0) * mb..(b * k + c1) * mb], mb)
-                    };
-                    panel_rows_t(isa, x, step, m, &panel[k0 * NR..c1 * NR], c1 - k0, NR, acc);
-                    for (i, a) in acc.iter().enumerate() {
-                        let o = &mut out[(i0 + i) * rows + p * NR..][..valid];
-                        for (o, v) in o.iter_mut().zip(a) {
-                            *o += v;
-                        }
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// A pointer that tasks write through at disjoint places.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr(pub(crate) *mut f32);
@@ -383,9 +304,12 @@ impl SyncPtr {
     }
 }
 
-/// [`matmul_tn_serial_from`] over the rayon pool, each task a group of blocks of columns of
-/// `xt` against every panel. With `ones`, `out` has a row `n` more, to which the column
-/// sums of `W` are added (as if `xt` had a column of ones).
+/// `out[i, r] (+)= Σ_c xt[c, i] · W[r, c]` for the `n` columns `i` of `xt [k, ld]`
+/// (that is, `xtᵀ · Wᵀ` without transposing `xt`), `out` `[n, rows]`, `W` given as
+/// stored panels of `k` columns; adds to `out` when `accumulate`. Over the rayon pool,
+/// each task a group of blocks of columns of `xt` against every panel. With `ones`,
+/// `out` has a row `n` more, to which the column sums of `W` are added (as if `xt` had
+/// a column of ones).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_tn(
     xt: &[f32],
@@ -642,62 +566,23 @@ pub fn matmul_serial(
     panels: &[f32],
     out: &mut [f32],
 ) {
-    matmul_serial_causal(x, n, rows, cols, panels, out, Causal::Full)
-}
-
-/// What a causal product may leave out.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Causal {
-    /// Everything.
-    Full,
-    /// Output `[i, r]` is needed only for `r ≤ i`: panels wholly above the row are
-    /// skipped and those entries of `out` left as they were.
-    Lower,
-    /// Input `x[i, c]` is zero for `c > i`: row `i` sums over `c ≤ i` only (rounded up
-    /// to its block).
-    Prefix,
-}
-
-/// [`matmul_serial`], skipping what `causal` says is not needed.
-pub fn matmul_serial_causal(
-    x: &[f32],
-    n: usize,
-    rows: usize,
-    cols: usize,
-    panels: &[f32],
-    out: &mut [f32],
-    causal: Causal,
-) {
     let isa = isa();
     let mb = block_rows(isa);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
     let mut acc = vec![[0f32; NR]; mb];
+    let mut part: Vec<&[f32]> = Vec::with_capacity(mb);
     // Long sums go KC steps at a time, so that the panel's slice stays in L1 while
     // every block of rows passes over it.
-    let kc = if causal == Causal::Full {
-        KC
-    } else {
-        cols.max(1)
-    };
-    let mut part: Vec<&[f32]> = Vec::with_capacity(mb);
-    for c0 in (0..cols.max(1)).step_by(kc) {
-        let c1 = (c0 + kc).min(cols);
+    for c0 in (0..cols.max(1)).step_by(KC) {
+        let c1 = (c0 + KC).min(cols);
         for p in 0..rows.div_ceil(NR) {
             let panel = &panels[p * cols * NR + c0 * NR..p * cols * NR + c1 * NR];
             let valid = NR.min(rows - p * NR);
             for (b, xb) in xs.chunks(mb).enumerate() {
-                let last = b * mb + xb.len() - 1;
-                if causal == Causal::Lower && last < p * NR {
-                    continue;
-                }
                 let acc = &mut acc[..xb.len()];
                 part.clear();
                 part.extend(xb.iter().map(|r| &r[c0..c1]));
-                if causal == Causal::Prefix && last + 1 < cols {
-                    panel_rows(isa, &part, &panel[..(last + 1) * NR], acc);
-                } else {
-                    panel_rows(isa, &part, panel, acc);
-                }
+                panel_rows(isa, &part, panel, acc);
                 for (i, a) in acc.iter().enumerate() {
                     let row = b * mb + i;
                     let o = &mut out[row * rows + p * NR..][..valid];
@@ -872,42 +757,6 @@ pub fn matmul_then(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The serial transposed product, read in place (small) and packed (large), full and
-    /// from the diagonal (for inputs that are zero above it).
-    #[test]
-    fn serial_transposed_products_match_the_plain_sum() {
-        for (k, n, rows) in [(60, 50, 40), (1100, 70, 40)] {
-            for from_diagonal in [false, true] {
-                let xt: Vec<f32> = (0..k * n)
-                    .map(|i| {
-                        let (c, col) = (i / n, i % n);
-                        if from_diagonal && c < col {
-                            0.0
-                        } else {
-                            ((i * 37) % 23) as f32 / 11.0 - 1.0
-                        }
-                    })
-                    .collect();
-                let w: Vec<f32> = (0..rows * k)
-                    .map(|i| ((i * 13) % 19) as f32 / 9.0 - 1.0)
-                    .collect();
-                let panels = pack(&w, rows, k);
-                let mut out = vec![7f32; n * rows];
-                matmul_tn_serial_from(&xt, n, n, rows, k, &panels, &mut out, false, from_diagonal);
-                for i in 0..n {
-                    for r in 0..rows {
-                        let want: f32 = (0..k).map(|c| xt[c * n + i] * w[r * k + c]).sum();
-                        let got = out[i * rows + r];
-                        assert!(
-                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
-                            "k {k} diag {from_diagonal} [{i},{r}]: {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
-    }
 
     /// Both strategies of the transposed product (in place below 1024 steps, packed
     /// above), with and without the row of column sums, against the plain sum.
