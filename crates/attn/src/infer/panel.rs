@@ -138,6 +138,9 @@ unsafe fn one256(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     body_one(x, panel, out)
 }
 
+/// [`body`] written with AVX-512 intrinsics, so that up to 12 rows (24 accumulator
+/// registers of the 32) stay in registers: the compiler leaves the plain loop's array
+/// in memory beyond 6 rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn body512<const MR: usize>(
@@ -147,7 +150,28 @@ unsafe fn body512<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    body::<MR>(x, panel, k, ps, out)
+    use std::arch::x86_64::*;
+    for r in x {
+        assert!(r.len() >= k);
+    }
+    assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
+    let xp: [*const f32; MR] = std::array::from_fn(|r| x[r].as_ptr());
+    let pp = panel.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for kk in 0..k {
+        // SAFETY: kk·ps + NR ≤ panel.len() and kk < x[r].len() (asserted above).
+        let p0 = _mm512_loadu_ps(pp.add(kk * ps));
+        let p1 = _mm512_loadu_ps(pp.add(kk * ps + 16));
+        for (a, x) in acc.iter_mut().zip(&xp) {
+            let xv = _mm512_set1_ps(*x.add(kk));
+            a[0] = _mm512_fmadd_ps(xv, p0, a[0]);
+            a[1] = _mm512_fmadd_ps(xv, p1, a[1]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+        _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -226,6 +250,9 @@ fn body_t<const MR: usize>(
     *out = acc;
 }
 
+/// [`body_t`] written with AVX-512 intrinsics, so that up to 12 rows (24 accumulator
+/// registers of the 32) stay in registers: the compiler leaves the plain loop's array
+/// in memory beyond 6 rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn body_t512<const MR: usize>(
@@ -236,7 +263,33 @@ unsafe fn body_t512<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    body_t::<MR>(x, ld, panel, k, ps, out)
+    use std::arch::x86_64::*;
+    assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
+    assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
+    let (xp, pp) = (x.as_ptr(), panel.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for kk in 0..k {
+        if ld >= 16 {
+            // As in body_t: strided inputs fetched ahead.
+            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld) as *const i8);
+            if ps >= 64 {
+                _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + 16) as *const i8);
+            }
+        }
+        // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
+        let p0 = _mm512_loadu_ps(pp.add(kk * ps));
+        let p1 = _mm512_loadu_ps(pp.add(kk * ps + 16));
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(*xp.add(kk * ld + r));
+            a[0] = _mm512_fmadd_ps(xv, p0, a[0]);
+            a[1] = _mm512_fmadd_ps(xv, p1, a[1]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+        _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -252,7 +305,7 @@ unsafe fn body_t256<const MR: usize>(
     body_t::<MR>(x, ld, panel, k, ps, out)
 }
 
-/// One panel of `k` steps `ps` apart against `rows` (at most 6) transposed input rows.
+/// One panel of `k` steps `ps` apart against `rows` (at most 12) transposed input rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn panel_rows_t(
     isa: Isa,
@@ -284,6 +337,12 @@ pub(crate) fn panel_rows_t(
         4 => go!(4),
         5 => go!(5),
         6 => go!(6),
+        7 => go!(7),
+        8 => go!(8),
+        9 => go!(9),
+        10 => go!(10),
+        11 => go!(11),
+        12 => go!(12),
         m => unreachable!("{m} rows per block"),
     }
 }
@@ -324,7 +383,7 @@ pub fn matmul_tn(
     ones: bool,
 ) {
     // Short sums read xt in place; long ones pack it first (measured: in place is
-    // faster at 768 steps, packing at 2048, where the 6-value reads spaced ld apart
+    // faster at 768 steps, packing at 2048, where the block's reads spaced ld apart
     // miss cache often enough to cost more than one packing pass).
     let mb = tn_block();
     if k < 1024 {
@@ -338,7 +397,7 @@ pub fn matmul_tn(
     let pp = SyncPtr(scratch.as_mut_ptr());
     // Packed as [block][k][mb], eight blocks at a time over all steps: eight output
     // streams (blocks lie k·mb apart, a distance that would map dozens of streams onto
-    // the same few L1 sets), and 48 adjacent values read from each row.
+    // the same few L1 sets), and eight blocks' adjacent values read from each row.
     (0..blocks.div_ceil(8)).into_par_iter().for_each(|bg| {
         for kk in 0..k {
             let row = &xt[kk * ld..kk * ld + n];
@@ -381,11 +440,16 @@ pub fn matmul_tn_unpacked(
     Some(())
 }
 
-/// One step of one block of packed columns: `dst = src` (at most 6 values), as
-/// fixed-size moves for a whole block rather than a call to memcpy per 24 bytes.
+/// One step of one block of packed columns: `dst = src` (at most 12 values), as
+/// fixed-size moves for a whole block rather than a call to memcpy per 24 or 48 bytes.
 #[inline(always)]
 fn pack_step(src: &[f32], dst: &mut [f32]) {
     if let (Ok(d), Ok(s)) = (
+        <&mut [f32; 12]>::try_from(&mut *dst),
+        <&[f32; 12]>::try_from(src),
+    ) {
+        *d = *s;
+    } else if let (Ok(d), Ok(s)) = (
         <&mut [f32; 6]>::try_from(&mut *dst),
         <&[f32; 6]>::try_from(src),
     ) {
@@ -395,9 +459,9 @@ fn pack_step(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Columns per block of the transposed products (the kernel's rows, at most 6).
+/// Columns per block of the transposed products (the kernel's rows, at most 12).
 fn tn_block() -> usize {
-    block_rows(isa()).min(6)
+    product_rows(isa())
 }
 
 /// The product of [`matmul_tn`] for columns given block by block: `x(b, c0, c1)` is
@@ -434,7 +498,7 @@ fn tn_tasks<'x>(
     let group = blocks.div_ceil(threads).clamp(1, 64);
     let tasks = blocks.div_ceil(group).max(1);
     (0..tasks).into_par_iter().for_each(|g| {
-        let mut acc = [[0f32; NR]; 6];
+        let mut acc = [[0f32; NR]; 12];
         // Sums up to 2·KC steps in one pass: each further pass re-reads and re-writes
         // the (cold) output, which costs more than the panel slice overflowing L1.
         let kc = if k <= 2 * KC { k.max(1) } else { KC };
@@ -502,7 +566,17 @@ fn tn_tasks<'x>(
 /// Steps of a long sum taken at a time (a 32 KiB slice of a panel).
 const KC: usize = 256;
 
-/// Input rows per kernel call: as many as the registers hold accumulators for.
+/// Input rows per kernel call in the matrix products: as many as the registers hold
+/// accumulators for (24 of AVX-512's 32 registers).
+pub(crate) fn product_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 12,
+        i => block_rows(i),
+    }
+}
+
+/// Input rows per kernel call for the attention's small products (short sums, where a
+/// smaller block wastes less of the causal triangle).
 pub(crate) fn block_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 => 6,
@@ -553,6 +627,10 @@ pub(crate) fn panel_rows_strided(
         6 => go!(6),
         7 => go!(7),
         8 => go!(8),
+        9 => go!(9),
+        10 => go!(10),
+        11 => go!(11),
+        12 => go!(12),
         m => unreachable!("{m} rows per block"),
     }
 }
@@ -567,7 +645,7 @@ pub fn matmul_serial(
     out: &mut [f32],
 ) {
     let isa = isa();
-    let mb = block_rows(isa);
+    let mb = product_rows(isa);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
     let mut acc = vec![[0f32; NR]; mb];
     let mut part: Vec<&[f32]> = Vec::with_capacity(mb);
@@ -648,7 +726,8 @@ pub fn matmul_then(
                 &filled
             }
         };
-        let chunk = n.div_ceil(threads * 4).clamp(6, 192).div_ceil(6) * 6;
+        let mb = product_rows(isa());
+        let chunk = n.div_ceil(threads * 4).clamp(mb, 192).div_ceil(mb) * mb;
         out.par_chunks_mut(chunk * rows)
             .enumerate()
             .for_each(|(c, o)| {
@@ -672,7 +751,7 @@ pub fn matmul_then(
     // Panels per task: several tasks per thread, fewer when each panel is much work.
     let per = (np / (threads * 4)).clamp(1, 64);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
-    let mb = block_rows(isa);
+    let mb = product_rows(isa);
     let blocks = n.div_ceil(mb);
     assert!(out.len() >= n * rows);
     let op = SyncPtr(out.as_mut_ptr());
@@ -762,7 +841,7 @@ mod tests {
     /// above), with and without the row of column sums, against the plain sum.
     #[test]
     fn transposed_products_match_the_plain_sum() {
-        for (k, n, rows) in [(70, 13, 40), (70, 13, 64), (1100, 19, 64)] {
+        for (k, n, rows) in [(70, 13, 40), (70, 13, 64), (70, 29, 64), (1100, 19, 64)] {
             let xt: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)
                 .collect();
@@ -837,7 +916,7 @@ mod tests {
         let r = rows - 5;
         unpack_row(&packed, cols, r, &mut row);
         assert_eq!(row, &w[r * cols..(r + 1) * cols]);
-        for n in [1, 3, 8, 11, 20, 300] {
+        for n in [1, 3, 8, 11, 12, 20, 29, 300] {
             let x: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
                 .collect();
