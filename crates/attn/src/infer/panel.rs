@@ -507,9 +507,22 @@ fn tn_tasks<'x>(
             for p in 0..np {
                 let panel = &panels[base(p) + c0 * ps..];
                 let valid = NR.min(rows - p * NR);
-                for b in g * group..((g + 1) * group).min(blocks) {
+                let (b0, b1) = (g * group, ((g + 1) * group).min(blocks));
+                for b in b0..b1 {
                     let i0 = b * mb;
                     let m = mb.min(n - i0);
+                    if c0 == 0 {
+                        // The next block's output (or the next panel's first).
+                        let (nb, np_) = if b + 1 < b1 { (b + 1, p) } else { (b0, p + 1) };
+                        if np_ < np {
+                            let rows_next = mb.min(n.saturating_sub(nb * mb));
+                            prefetch_tile(
+                                op.get().wrapping_add(nb * mb * rows + np_ * NR),
+                                rows_next,
+                                rows,
+                            );
+                        }
+                    }
                     let acc = &mut acc[..m];
                     let (xb, step) = x(b, c0, c1);
                     panel_rows_t(isa, xb, step, m, panel, c1 - c0, ps, acc);
@@ -561,6 +574,28 @@ fn tn_tasks<'x>(
             }
         }
     });
+}
+
+/// Fetches the `NR`-wide output tiles of `rows` rows, `stride` apart, from `at` on: a
+/// hint issued one block ahead, so that the first write of an output row that was
+/// written long ago (or never) does not stall on memory. Anything may be passed; a
+/// prefetch cannot fault.
+#[inline(always)]
+fn prefetch_tile(at: *const f32, rows: usize, stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and cannot fault.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for r in 0..rows {
+            let a = at.wrapping_add(r * stride) as *const i8;
+            // A tile is 128 bytes: up to three lines when not aligned.
+            _mm_prefetch::<_MM_HINT_T0>(a);
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(4 * NR - 4));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, rows, stride);
 }
 
 /// Steps of a long sum taken at a time (a 32 KiB slice of a panel).
@@ -656,7 +691,24 @@ pub fn matmul_serial(
         for p in 0..rows.div_ceil(NR) {
             let panel = &panels[p * cols * NR + c0 * NR..p * cols * NR + c1 * NR];
             let valid = NR.min(rows - p * NR);
+            let nblocks = n.div_ceil(mb);
             for (b, xb) in xs.chunks(mb).enumerate() {
+                if c0 == 0 {
+                    // The next block's output (or the next panel's first).
+                    let (nb, np_) = if b + 1 < nblocks {
+                        (b + 1, p)
+                    } else {
+                        (0, p + 1)
+                    };
+                    if np_ < rows.div_ceil(NR) {
+                        let rows_next = mb.min(n.saturating_sub(nb * mb));
+                        prefetch_tile(
+                            out.as_ptr().wrapping_add(nb * mb * rows + np_ * NR),
+                            rows_next,
+                            rows,
+                        );
+                    }
+                }
                 let acc = &mut acc[..xb.len()];
                 part.clear();
                 part.extend(xb.iter().map(|r| &r[c0..c1]));
