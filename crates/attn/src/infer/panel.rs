@@ -271,7 +271,9 @@ unsafe fn body_t512<const MR: usize>(
     for kk in 0..k {
         if ld >= 16 {
             // As in body_t: strided inputs fetched ahead.
+            // The block's values of a step span two lines as often as not.
             _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld + MR - 1) as *const i8);
             if ps >= 64 {
                 _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + 16) as *const i8);
