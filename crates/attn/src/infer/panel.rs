@@ -277,6 +277,7 @@ unsafe fn body_t512<const MR: usize>(
             if ps >= 64 {
                 _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + 16) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + NR - 1) as *const i8);
             }
         }
         // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
