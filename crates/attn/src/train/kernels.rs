@@ -678,12 +678,82 @@ impl Head {
         let first = self.at(0, part);
         let stride = 3 * self.c;
         assert!(qkv.len() >= first + (t - 1) * stride + hd);
+        // Whole 16 × 16 blocks in registers where AVX-512 is there; the rest one by one.
+        let (d16, t16) = match crate::infer::isa() {
+            #[cfg(target_arch = "x86_64")]
+            crate::infer::Isa::Avx512 => (hd / 16 * 16, t / 16 * 16),
+            _ => (0, 0),
+        };
+        #[cfg(target_arch = "x86_64")]
+        for d0 in (0..d16).step_by(16) {
+            for i0 in (0..t16).step_by(16) {
+                // SAFETY: rows i0..i0 + 16 ≤ t of the source hold columns d0..d0 + 16 ≤
+                // hd (bound asserted above); rows d0..d0 + 16 ≤ hd of out hold columns
+                // i0..i0 + 16 ≤ t ≤ tp. The ISA was detected.
+                unsafe {
+                    transpose16(
+                        qkv.as_ptr().add(first + i0 * stride + d0),
+                        stride,
+                        out.as_mut_ptr().add(d0 * tp + i0),
+                        tp,
+                    )
+                }
+            }
+        }
         for (d, o) in out.chunks_exact_mut(tp).enumerate() {
-            for (i, o) in o[..t].iter_mut().enumerate() {
+            let from = if d < d16 { t16 } else { 0 };
+            for (i, o) in o[..t].iter_mut().enumerate().skip(from) {
                 *o = qkv[first + i * stride + d];
             }
             o[t..].iter_mut().for_each(|v| *v = 0.0);
         }
+    }
+}
+
+/// `dst[c·ldd + r] = src[r·lds + c]` for a 16 × 16 block, in registers: pairs of rows
+/// interleaved by 32 bits, then by 64 bits (each 128-bit lane then holds one column of
+/// four rows), then the lanes gathered across registers, twice.
+///
+/// # Safety
+/// AVX-512F must be present, and `src` (16 rows `lds` apart) and `dst` (16 rows `ldd`
+/// apart) must hold 16 floats per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
+    // t[2k], t[2k+1]: rows 2k, 2k+1 interleaved (low and high halves of each lane).
+    let mut t = [_mm512_setzero_ps(); 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // u[4g + m], lane L: column 4L + m of rows 4g..4g + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let d = |x: __m512| _mm512_castps_pd(x);
+        let (a, b, c, e) = (
+            d(t[4 * g]),
+            d(t[4 * g + 1]),
+            d(t[4 * g + 2]),
+            d(t[4 * g + 3]),
+        );
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    // Column 4L + m is lane L of u[m], u[4 + m], u[8 + m], u[12 + m].
+    for m in 0..4 {
+        let x_lo = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+        let x_hi = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+        let y_lo = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+        let y_hi = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+        let put = |col: usize, v: __m512| _mm512_storeu_ps(dst.add(col * ldd), v);
+        put(m, _mm512_shuffle_f32x4::<0x88>(x_lo, y_lo));
+        put(4 + m, _mm512_shuffle_f32x4::<0xDD>(x_lo, y_lo));
+        put(8 + m, _mm512_shuffle_f32x4::<0x88>(x_hi, y_hi));
+        put(12 + m, _mm512_shuffle_f32x4::<0xDD>(x_hi, y_hi));
     }
 }
 
@@ -1249,6 +1319,47 @@ mod tests {
                         (got_t[i * hd + d] - want_t).abs() < 1e-4,
                         "t {t} hd {hd}: ᵀ[{i},{d}]"
                     );
+                }
+            }
+        }
+    }
+
+    /// A head's transposed part (16 × 16 blocks in registers, the rest one by one)
+    /// against the plain gather, at widths and lengths with and without whole blocks.
+    #[test]
+    fn head_transposes_match_the_plain_gather() {
+        for (t, hd, c) in [
+            (64usize, 32usize, 128usize),
+            (40, 48, 96),
+            (7, 12, 24),
+            (33, 64, 64),
+        ] {
+            let qkv = data(t * 3 * c, 4);
+            for part in 0..3 {
+                let head = Head {
+                    bi: 0,
+                    h: 1 % (c / hd),
+                    t,
+                    c,
+                    hd,
+                };
+                let mut out = vec![f32::NAN; 5];
+                head.transposed(&qkv, part, &mut out);
+                let tp = t.next_multiple_of(NR);
+                assert_eq!(out.len(), hd * tp);
+                for d in 0..hd {
+                    for i in 0..tp {
+                        let want = if i < t {
+                            qkv[head.at(i, part) + d]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            out[d * tp + i],
+                            want,
+                            "t {t} hd {hd} part {part}: [{d},{i}]"
+                        );
+                    }
                 }
             }
         }
