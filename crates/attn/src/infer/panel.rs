@@ -32,9 +32,35 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
     if valid < NR {
         panel.iter_mut().for_each(|v| *v = 0.0);
     }
+    assert!(panel.len() >= cols * NR && values.len() >= (p * NR + valid) * cols);
+    // Whole 16 × 16 blocks in registers where AVX-512 is there.
+    #[cfg(target_arch = "x86_64")]
+    let whole = if isa() == Isa::Avx512 && valid == NR {
+        let c16 = cols / 16 * 16;
+        for c0 in (0..c16).step_by(16) {
+            for j0 in [0, 16] {
+                // SAFETY: rows p·NR + j0.. (16 of them, all < rows) hold columns
+                // c0..c0 + 16 ≤ cols; panel rows c0..c0 + 16 hold NR values (bounds
+                // asserted above). The ISA was detected.
+                unsafe {
+                    transpose16(
+                        values.as_ptr().add((p * NR + j0) * cols + c0),
+                        cols,
+                        panel.as_mut_ptr().add(c0 * NR + j0),
+                        NR,
+                    )
+                }
+            }
+        }
+        c16
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = 0;
     // Sixteen columns (one cache line of each row) at a time, so the sixteen panel
     // rows being written stay in L1 while all the rows are read.
-    for c0 in (0..cols).step_by(16) {
+    for c0 in (whole..cols).step_by(16) {
         let c1 = (c0 + 16).min(cols);
         for j in 0..valid {
             let row = &values[(p * NR + j) * cols + c0..(p * NR + j) * cols + c1];
@@ -42,6 +68,53 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
                 panel[(c0 + kk) * NR + j] = v;
             }
         }
+    }
+}
+
+/// `dst[c·ldd + r] = src[r·lds + c]` for a 16 × 16 block, in registers: pairs of rows
+/// interleaved by 32 bits, then by 64 bits (each 128-bit lane then holds one column of
+/// four rows), then the lanes gathered across registers, twice.
+///
+/// # Safety
+/// AVX-512F must be present, and `src` (16 rows `lds` apart) and `dst` (16 rows `ldd`
+/// apart) must hold 16 floats per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
+    // t[2k], t[2k+1]: rows 2k, 2k+1 interleaved (low and high halves of each lane).
+    let mut t = [_mm512_setzero_ps(); 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // u[4g + m], lane L: column 4L + m of rows 4g..4g + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let d = |x: __m512| _mm512_castps_pd(x);
+        let (a, b, c, e) = (
+            d(t[4 * g]),
+            d(t[4 * g + 1]),
+            d(t[4 * g + 2]),
+            d(t[4 * g + 3]),
+        );
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    // Column 4L + m is lane L of u[m], u[4 + m], u[8 + m], u[12 + m].
+    for m in 0..4 {
+        let x_lo = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+        let x_hi = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+        let y_lo = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+        let y_hi = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+        let put = |col: usize, v: __m512| _mm512_storeu_ps(dst.add(col * ldd), v);
+        put(m, _mm512_shuffle_f32x4::<0x88>(x_lo, y_lo));
+        put(4 + m, _mm512_shuffle_f32x4::<0xDD>(x_lo, y_lo));
+        put(8 + m, _mm512_shuffle_f32x4::<0x88>(x_hi, y_hi));
+        put(12 + m, _mm512_shuffle_f32x4::<0xDD>(x_hi, y_hi));
     }
 }
 
