@@ -276,15 +276,151 @@ dispatch!(
     /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
     causal_softmax = causal_softmax_body, causal_softmax512, causal_softmax256, (row: &mut [f32], live: usize) -> ()
 );
-dispatch!(
-    /// [`causal_softmax`] of every row `i` of the `t × t` block `p` with `i + 1` live
-    /// entries.
-    causal_softmax_rows = causal_softmax_rows_body, causal_softmax_rows512, causal_softmax_rows256, (p: &mut [f32], t: usize) -> ()
-);
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn causal_softmax_rows256(p: &mut [f32], t: usize) {
+    causal_softmax_rows_body(p, t)
+}
+
+/// [`causal_softmax`] of every row `i` of the `t × t` block `p` with `i + 1` live
+/// entries.
+pub fn causal_softmax_rows(p: &mut [f32], t: usize) {
+    match crate::infer::isa() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx512 => unsafe { avx512::causal_softmax_rows(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx2 => unsafe { causal_softmax_rows256(p, t) },
+        _ => causal_softmax_rows_body(p, t),
+    }
+}
+
+/// Row operations written with AVX-512 intrinsics: masked loads and stores finish a row
+/// in whole registers, and the reductions stay in registers (the plain loops, compiled
+/// for AVX-512, kept their partial sums on the stack and reduced them one value at a
+/// time).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Lanes `..n` of a register (all for `n` ≥ 16).
+    #[inline(always)]
+    pub(crate) fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// [`super::exp`] of sixteen values ≤ 0 (the polynomial and reduction of the
+    /// scalar version; 2^k applied with `scalef`, so values below −87.3 come out as
+    /// tiny subnormals rather than exactly 0).
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(crate) fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+        let k =
+            _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+                x,
+                _mm512_set1_ps(std::f32::consts::LOG2_E),
+                _mm512_set1_ps(0.5),
+            ));
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, k)
+    }
+
+    /// The causal softmax of the `t × t` block `p`, a row at a time (row `i`: `i + 1`
+    /// live values, zeros after). A row's values stay in registers (rather than being
+    /// stored between passes: a masked store is not forwarded to the load that reads it
+    /// back, which then waits for the store to retire). Rows past 128 values take the
+    /// plain loop.
+    ///
+    /// # Safety
+    /// AVX-512F must be present.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(crate) unsafe fn causal_softmax_rows(p: &mut [f32], t: usize) {
+        const MAXC: usize = 8;
+        if t > 16 * MAXC {
+            return super::causal_softmax_rows_body(p, t);
+        }
+        assert!(p.len() >= t * t);
+        for i in 0..t {
+            let row = p.as_mut_ptr().add(i * t);
+            let live = i + 1;
+            let chunks = live.div_ceil(16);
+            let mut x = [_mm512_set1_ps(f32::NEG_INFINITY); MAXC];
+            let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+            for (c, x) in x[..chunks].iter_mut().enumerate() {
+                // SAFETY (all accesses): lanes masked to the row's first t values.
+                *x = _mm512_mask_loadu_ps(*x, lanes(live - 16 * c), row.add(16 * c));
+                mx = _mm512_max_ps(mx, *x);
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+            let mut sum = _mm512_setzero_ps();
+            for (c, x) in x[..chunks].iter_mut().enumerate() {
+                *x = _mm512_maskz_mov_ps(lanes(live - 16 * c), exp16(_mm512_sub_ps(*x, max)));
+                sum = _mm512_add_ps(sum, *x);
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+            for (c, x) in x[..chunks].iter().enumerate() {
+                _mm512_mask_storeu_ps(row.add(16 * c), lanes(t - 16 * c), _mm512_mul_ps(*x, inv));
+            }
+            // The rest of the row: zeros.
+            let mut c = 16 * chunks;
+            while c < t {
+                _mm512_mask_storeu_ps(row.add(c), lanes(t - c), _mm512_setzero_ps());
+                c += 16;
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The causal softmax of whole blocks (the training attention's) and of single rows
+    /// (the decoder's) against the softmax in f64, at lengths with and without whole
+    /// registers, with spread-out scores (some far below the row's maximum).
+    #[test]
+    fn causal_softmaxes_match_f64() {
+        for t in [1usize, 7, 16, 33, 64, 70] {
+            let orig: Vec<f32> = (0..t * t)
+                .map(|i| ((i * 7919) % 1013) as f32 / 25.0 - 20.0)
+                .collect();
+            let mut block = orig.clone();
+            causal_softmax_rows(&mut block, t);
+            for i in 0..t {
+                let mut row = orig[i * t..(i + 1) * t].to_vec();
+                causal_softmax(&mut row, i + 1);
+                let src = &orig[i * t..i * t + i + 1];
+                let max = src.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+                let sum: f64 = src.iter().map(|&x| (x as f64 - max).exp()).sum();
+                for j in 0..t {
+                    let want = if j <= i {
+                        (orig[i * t + j] as f64 - max).exp() / sum
+                    } else {
+                        0.0
+                    };
+                    for (what, got) in [("rows", block[i * t + j]), ("row", row[j])] {
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-5 * want + 1e-8,
+                            "{what} t {t} [{i},{j}]: {got} vs {want}"
+                        );
+                        if j > i {
+                            assert_eq!(got, 0.0, "{what} t {t} [{i},{j}] is masked");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_and_gelu_match_the_library_functions() {

@@ -724,7 +724,7 @@ fn lower_products(a: &[f32], lda: usize, hd: usize, bt: &[f32], t: usize, out: &
             let valid = NR.min(t - j0);
             panel::panel_rows_strided(isa, &rows[..m], &bt[j0..], hd, tp, &mut acc[..m]);
             for (r, a) in acc[..m].iter().enumerate() {
-                out[(i0 + r) * t + j0..][..valid].copy_from_slice(&a[..valid]);
+                copy_row(&mut out[(i0 + r) * t + j0..][..valid], &a[..valid]);
             }
         }
     }
@@ -840,10 +840,58 @@ fn softmax_grad_body(p: &[f32], d: &mut [f32], live: usize) {
         *x = 0.0;
     }
 }
-dispatch!(
-    softmax_grad_row = softmax_grad_body, softmax_grad512, softmax_grad256,
-    (p: &[f32], d: &mut [f32], live: usize) -> ()
-);
+
+/// [`softmax_grad_body`] in AVX-512 registers: masked loads and stores for the row's
+/// last values, and the dot product reduced in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn softmax_grad512(p: &[f32], d: &mut [f32], live: usize) {
+    use crate::infer::vmath::avx512::lanes;
+    use std::arch::x86_64::*;
+    let n = d.len();
+    assert!(live <= n && p.len() >= live);
+    let (pp, dp) = (p.as_ptr(), d.as_mut_ptr());
+    let chunks = live.div_ceil(16);
+    let mut acc = _mm512_setzero_ps();
+    for c in 0..chunks {
+        // SAFETY (all accesses): lanes masked to ..live of both rows, or ..n of d.
+        let m = lanes(live - 16 * c);
+        let pv = _mm512_maskz_loadu_ps(m, pp.add(16 * c));
+        let dv = _mm512_maskz_loadu_ps(m, dp.add(16 * c));
+        acc = _mm512_fmadd_ps(pv, dv, acc);
+    }
+    let dot = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+    for c in 0..chunks {
+        let m = lanes(live - 16 * c);
+        let pv = _mm512_maskz_loadu_ps(m, pp.add(16 * c));
+        let dv = _mm512_maskz_loadu_ps(m, dp.add(16 * c));
+        let out = _mm512_maskz_mul_ps(m, pv, _mm512_sub_ps(dv, dot));
+        _mm512_mask_storeu_ps(dp.add(16 * c), lanes(n - 16 * c), out);
+    }
+    let mut c = chunks * 16;
+    while c < n {
+        _mm512_mask_storeu_ps(dp.add(c), lanes(n - c), _mm512_setzero_ps());
+        c += 16;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_grad256(p: &[f32], d: &mut [f32], live: usize) {
+    softmax_grad_body(p, d, live)
+}
+
+/// The softmax's backward for one row (see [`softmax_grad_body`]).
+fn softmax_grad_row(p: &[f32], d: &mut [f32], live: usize) {
+    match crate::infer::isa() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx512 => unsafe { softmax_grad512(p, d, live) },
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx2 => unsafe { softmax_grad256(p, d, live) },
+        _ => softmax_grad_body(p, d, live),
+    }
+}
 
 /// Causal multi-head attention for `b` sequences of `t` positions: queries, keys and
 /// values are the thirds of `qkv [b·t, 3c]`; writes the attention weights to
@@ -1313,6 +1361,33 @@ mod tests {
                             "t {t} hd {hd} part {part}: [{d},{i}]"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The softmax's row backward (whole registers with masked ends) against the plain
+    /// formula, for live lengths at, inside and past register boundaries.
+    #[test]
+    fn softmax_grad_rows_match_the_formula() {
+        for n in [5usize, 16, 40, 64, 70] {
+            for live in [1, n / 2, n.saturating_sub(1).max(1), n] {
+                let p = data(n, 5);
+                let d0 = data(n, 6);
+                let mut d = d0.clone();
+                softmax_grad_row(&p, &mut d, live);
+                let dot: f64 = (0..live).map(|j| p[j] as f64 * d0[j] as f64).sum();
+                for j in 0..n {
+                    let want = if j < live {
+                        p[j] as f64 * (d0[j] as f64 - dot)
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        (d[j] as f64 - want).abs() < 1e-5,
+                        "n {n} live {live} [{j}]: {} vs {want}",
+                        d[j]
+                    );
                 }
             }
         }
