@@ -268,10 +268,23 @@ dispatch!(
     /// `x ← e^{x − max}` in place; returns Σ.
     exp_shifted = softmax_body, softmax512, softmax256, (xs: &mut [f32], max: f32) -> f32
 );
-dispatch!(
-    /// Layer norm of one row; returns its mean and 1/√(var + eps).
-    layer_norm = norm_body, norm512, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32)
-);
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn norm256(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
+    norm_body(x, w, b, eps, out)
+}
+
+/// Layer norm of one row; returns its mean and 1/√(var + eps).
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
+    match crate::infer::isa() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx512 => unsafe { avx512::layer_norm(x, w, b, eps, out) },
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx2 => unsafe { norm256(x, w, b, eps, out) },
+        _ => norm_body(x, w, b, eps, out),
+    }
+}
 dispatch!(
     /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
     causal_softmax = causal_softmax_body, causal_softmax512, causal_softmax256, (row: &mut [f32], live: usize) -> ()
@@ -333,6 +346,45 @@ pub(crate) mod avx512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         _mm512_scalef_ps(p, k)
+    }
+
+    /// [`super::layer_norm`] for rows of whole registers (others take the plain loop).
+    ///
+    /// # Safety
+    /// AVX-512F must be present.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(crate) unsafe fn layer_norm(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> (f32, f32) {
+        let n = x.len();
+        if !n.is_multiple_of(16) || w.len() < n || b.len() < n || out.len() < n {
+            return super::norm_body(x, w, b, eps, out);
+        }
+        let (xp, wp, bp, op) = (x.as_ptr(), w.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        // SAFETY (all accesses): c + 16 ≤ n ≤ every length (checked above).
+        let mut s = _mm512_setzero_ps();
+        for c in (0..n).step_by(16) {
+            s = _mm512_add_ps(s, _mm512_loadu_ps(xp.add(c)));
+        }
+        let mean = _mm512_reduce_add_ps(s) / n as f32;
+        let mv = _mm512_set1_ps(mean);
+        let mut q = _mm512_setzero_ps();
+        for c in (0..n).step_by(16) {
+            let d = _mm512_sub_ps(_mm512_loadu_ps(xp.add(c)), mv);
+            q = _mm512_fmadd_ps(d, d, q);
+        }
+        let rstd = 1.0 / (_mm512_reduce_add_ps(q) / n as f32 + eps).sqrt();
+        let rv = _mm512_set1_ps(rstd);
+        for c in (0..n).step_by(16) {
+            let xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xp.add(c)), mv), rv);
+            let o = _mm512_fmadd_ps(xh, _mm512_loadu_ps(wp.add(c)), _mm512_loadu_ps(bp.add(c)));
+            _mm512_storeu_ps(op.add(c), o);
+        }
+        (mean, rstd)
     }
 
     /// The causal softmax of the `t × t` block `p`, a row at a time (row `i`: `i + 1`

@@ -559,10 +559,100 @@ fn ln_bwd_body(
         dx[i] += rstd * (g[i] * w[i] - m1 - xh * m2);
     }
 }
-dispatch!(
-    ln_bwd_row = ln_bwd_body, ln_bwd512, ln_bwd256,
-    (g: &[f32], x: &[f32], mean: f32, rstd: f32, w: &[f32], dx: &mut [f32], dwb: &mut [f32]) -> ()
-);
+
+/// [`ln_bwd_body`] in AVX-512 registers for rows of whole registers (others take the
+/// plain loop): the compiled loop kept its two partial sums on the stack.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn ln_bwd512(
+    g: &[f32],
+    x: &[f32],
+    mean: f32,
+    rstd: f32,
+    w: &[f32],
+    dx: &mut [f32],
+    dwb: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let n = g.len();
+    if !n.is_multiple_of(16) || x.len() < n || w.len() < n || dx.len() < n || dwb.len() < 2 * n {
+        return ln_bwd_body(g, x, mean, rstd, w, dx, dwb);
+    }
+    let (gp, xp, wp, dxp, dwp) = (
+        g.as_ptr(),
+        x.as_ptr(),
+        w.as_ptr(),
+        dx.as_mut_ptr(),
+        dwb.as_mut_ptr(),
+    );
+    let dbp = dwp.add(n);
+    let (mv, rv) = (_mm512_set1_ps(mean), _mm512_set1_ps(rstd));
+    let (mut s1, mut s2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    // SAFETY (all accesses): c + 16 ≤ n ≤ every length (checked above; dw and db are
+    // dwb's two halves).
+    for c in (0..n).step_by(16) {
+        let gv = _mm512_loadu_ps(gp.add(c));
+        let xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xp.add(c)), mv), rv);
+        let gw = _mm512_mul_ps(gv, _mm512_loadu_ps(wp.add(c)));
+        s1 = _mm512_add_ps(s1, gw);
+        s2 = _mm512_fmadd_ps(gw, xh, s2);
+        _mm512_storeu_ps(
+            dwp.add(c),
+            _mm512_fmadd_ps(gv, xh, _mm512_loadu_ps(dwp.add(c))),
+        );
+        _mm512_storeu_ps(dbp.add(c), _mm512_add_ps(gv, _mm512_loadu_ps(dbp.add(c))));
+    }
+    let m1 = _mm512_set1_ps(_mm512_reduce_add_ps(s1) / n as f32);
+    let m2 = _mm512_set1_ps(_mm512_reduce_add_ps(s2) / n as f32);
+    for c in (0..n).step_by(16) {
+        let gv = _mm512_loadu_ps(gp.add(c));
+        let xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xp.add(c)), mv), rv);
+        let gw = _mm512_mul_ps(gv, _mm512_loadu_ps(wp.add(c)));
+        // rstd·(g·w − m1 − x̂·m2)
+        let t = _mm512_fnmadd_ps(xh, m2, _mm512_sub_ps(gw, m1));
+        _mm512_storeu_ps(
+            dxp.add(c),
+            _mm512_fmadd_ps(rv, t, _mm512_loadu_ps(dxp.add(c))),
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn ln_bwd256(
+    g: &[f32],
+    x: &[f32],
+    mean: f32,
+    rstd: f32,
+    w: &[f32],
+    dx: &mut [f32],
+    dwb: &mut [f32],
+) {
+    ln_bwd_body(g, x, mean, rstd, w, dx, dwb)
+}
+
+/// One row of the layer norm's backward (see [`ln_bwd_body`]).
+#[allow(clippy::too_many_arguments)]
+fn ln_bwd_row(
+    g: &[f32],
+    x: &[f32],
+    mean: f32,
+    rstd: f32,
+    w: &[f32],
+    dx: &mut [f32],
+    dwb: &mut [f32],
+) {
+    match crate::infer::isa() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx512 => unsafe { ln_bwd512(g, x, mean, rstd, w, dx, dwb) },
+        #[cfg(target_arch = "x86_64")]
+        crate::infer::Isa::Avx2 => unsafe { ln_bwd256(g, x, mean, rstd, w, dx, dwb) },
+        _ => ln_bwd_body(g, x, mean, rstd, w, dx, dwb),
+    }
+}
 
 /// Backward of [`layer_norm`]: adds the input gradient into `dx` and the weight and
 /// bias gradients into `dw`, `db`.
