@@ -390,14 +390,14 @@ pub(crate) mod avx512 {
     /// The causal softmax of the `t × t` block `p`, a row at a time (row `i`: `i + 1`
     /// live values, zeros after). A row's values stay in registers (rather than being
     /// stored between passes: a masked store is not forwarded to the load that reads it
-    /// back, which then waits for the store to retire). Rows past 128 values take the
+    /// back, which then waits for the store to retire). Rows past 256 values take the
     /// plain loop.
     ///
     /// # Safety
     /// AVX-512F must be present.
     #[target_feature(enable = "avx512f,fma")]
     pub(crate) unsafe fn causal_softmax_rows(p: &mut [f32], t: usize) {
-        const MAXC: usize = 8;
+        const MAXC: usize = 16;
         if t > 16 * MAXC {
             return super::causal_softmax_rows_body(p, t);
         }
@@ -442,7 +442,7 @@ mod tests {
     /// registers, with spread-out scores (some far below the row's maximum).
     #[test]
     fn causal_softmaxes_match_f64() {
-        for t in [1usize, 7, 16, 33, 64, 70] {
+        for t in [1usize, 7, 16, 33, 64, 70, 200, 300] {
             let orig: Vec<f32> = (0..t * t)
                 .map(|i| ((i * 7919) % 1013) as f32 / 25.0 - 20.0)
                 .collect();
