@@ -15,6 +15,27 @@ use super::{isa, Isa};
 /// Weight rows per panel.
 pub const NR: usize = 32;
 
+/// `go!(M)` for the block's row count `$m` (1 to 12) as a constant.
+macro_rules! by_rows {
+    ($m:expr, $go:ident) => {
+        match $m {
+            1 => $go!(1),
+            2 => $go!(2),
+            3 => $go!(3),
+            4 => $go!(4),
+            5 => $go!(5),
+            6 => $go!(6),
+            7 => $go!(7),
+            8 => $go!(8),
+            9 => $go!(9),
+            10 => $go!(10),
+            11 => $go!(11),
+            12 => $go!(12),
+            m => unreachable!("{m} rows per block"),
+        }
+    };
+}
+
 /// Panels for row-major `values` `[rows, cols]`.
 pub fn pack(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let panels = rows.div_ceil(NR);
@@ -417,21 +438,7 @@ pub(crate) fn panel_rows_t(
             }
         }};
     }
-    match rows {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        4 => go!(4),
-        5 => go!(5),
-        6 => go!(6),
-        7 => go!(7),
-        8 => go!(8),
-        9 => go!(9),
-        10 => go!(10),
-        11 => go!(11),
-        12 => go!(12),
-        m => unreachable!("{m} rows per block"),
-    }
+    by_rows!(rows, go)
 }
 
 /// A pointer that tasks write through at disjoint places.
@@ -740,21 +747,7 @@ pub(crate) fn panel_rows_strided(
             run::<$m>(isa, xs, panel, k, ps, o)
         }};
     }
-    match x.len() {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        4 => go!(4),
-        5 => go!(5),
-        6 => go!(6),
-        7 => go!(7),
-        8 => go!(8),
-        9 => go!(9),
-        10 => go!(10),
-        11 => go!(11),
-        12 => go!(12),
-        m => unreachable!("{m} rows per block"),
-    }
+    by_rows!(x.len(), go)
 }
 
 /// [`matmul`] on the calling thread, for stored panels (small products inside a task).

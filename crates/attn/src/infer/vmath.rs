@@ -244,6 +244,18 @@ macro_rules! dispatch {
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }
+        $crate::infer::vmath::dispatch!(@pick $(#[$m])* $name = $body, $avx512, $avx2, ($($a: $t),*) -> $r);
+    };
+    // The AVX-512 variant written by hand (with intrinsics), `own $avx512`.
+    ($(#[$m:meta])* $name:ident = $body:ident, own $avx512:path, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($a: $t),*) -> $r {
+            $body($($a),*)
+        }
+        $crate::infer::vmath::dispatch!(@pick $(#[$m])* $name = $body, $avx512, $avx2, ($($a: $t),*) -> $r);
+    };
+    (@pick $(#[$m:meta])* $name:ident = $body:ident, $avx512:path, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         $(#[$m])*
         pub fn $name($($a: $t),*) -> $r {
             match $crate::infer::isa() {
@@ -268,45 +280,19 @@ dispatch!(
     /// `x ← e^{x − max}` in place; returns Σ.
     exp_shifted = softmax_body, softmax512, softmax256, (xs: &mut [f32], max: f32) -> f32
 );
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn norm256(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
-    norm_body(x, w, b, eps, out)
-}
-
-/// Layer norm of one row; returns its mean and 1/√(var + eps).
-pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
-    match crate::infer::isa() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx512 => unsafe { avx512::layer_norm(x, w, b, eps, out) },
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx2 => unsafe { norm256(x, w, b, eps, out) },
-        _ => norm_body(x, w, b, eps, out),
-    }
-}
+dispatch!(
+    /// Layer norm of one row; returns its mean and 1/√(var + eps).
+    layer_norm = norm_body, own avx512::layer_norm, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32)
+);
 dispatch!(
     /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
     causal_softmax = causal_softmax_body, causal_softmax512, causal_softmax256, (row: &mut [f32], live: usize) -> ()
 );
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn causal_softmax_rows256(p: &mut [f32], t: usize) {
-    causal_softmax_rows_body(p, t)
-}
-
-/// [`causal_softmax`] of every row `i` of the `t × t` block `p` with `i + 1` live
-/// entries.
-pub fn causal_softmax_rows(p: &mut [f32], t: usize) {
-    match crate::infer::isa() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx512 => unsafe { avx512::causal_softmax_rows(p, t) },
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx2 => unsafe { causal_softmax_rows256(p, t) },
-        _ => causal_softmax_rows_body(p, t),
-    }
-}
+dispatch!(
+    /// [`causal_softmax`] of every row `i` of the `t × t` block `p` with `i + 1` live
+    /// entries.
+    causal_softmax_rows = causal_softmax_rows_body, own avx512::causal_softmax_rows, causal_softmax_rows256, (p: &mut [f32], t: usize) -> ()
+);
 
 /// Row operations written with AVX-512 intrinsics: masked loads and stores finish a row
 /// in whole registers, and the reductions stay in registers (the plain loops, compiled

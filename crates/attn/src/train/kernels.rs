@@ -473,23 +473,11 @@ unsafe fn bias_gelu512(y: &mut [f32], b: &[f32], out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn bias_gelu256(y: &mut [f32], b: &[f32], out: &mut [f32]) {
-    bias_gelu_body(y, b, out)
-}
-
-/// `out = gelu(y + b)`, `y = gelu'(y + b)` for one row.
-pub fn bias_gelu_row(y: &mut [f32], b: &[f32], out: &mut [f32]) {
-    match crate::infer::isa() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx512 => unsafe { bias_gelu512(y, b, out) },
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx2 => unsafe { bias_gelu256(y, b, out) },
-        _ => bias_gelu_body(y, b, out),
-    }
-}
+dispatch!(
+    /// `out = gelu(y + b)`, `y = gelu'(y + b)` for one row.
+    bias_gelu_row = bias_gelu_body, own bias_gelu512, bias_gelu256,
+    (y: &mut [f32], b: &[f32], out: &mut [f32]) -> ()
+);
 
 #[inline(always)]
 fn add_clear_body(acc: &mut [f32], x: &mut [f32]) {
@@ -664,41 +652,11 @@ unsafe fn ln_bwd512(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn ln_bwd256(
-    g: &[f32],
-    x: &[f32],
-    mean: f32,
-    rstd: f32,
-    w: &[f32],
-    dx: &mut [f32],
-    dwb: &mut [f32],
-) {
-    ln_bwd_body(g, x, mean, rstd, w, dx, dwb)
-}
-
-/// One row of the layer norm's backward (see [`ln_bwd_body`]).
-#[allow(clippy::too_many_arguments)]
-fn ln_bwd_row(
-    g: &[f32],
-    x: &[f32],
-    mean: f32,
-    rstd: f32,
-    w: &[f32],
-    dx: &mut [f32],
-    dwb: &mut [f32],
-) {
-    match crate::infer::isa() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx512 => unsafe { ln_bwd512(g, x, mean, rstd, w, dx, dwb) },
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx2 => unsafe { ln_bwd256(g, x, mean, rstd, w, dx, dwb) },
-        _ => ln_bwd_body(g, x, mean, rstd, w, dx, dwb),
-    }
-}
+dispatch!(
+    /// One row of the layer norm's backward (see [`ln_bwd_body`]).
+    ln_bwd_row = ln_bwd_body, own ln_bwd512, ln_bwd256,
+    (g: &[f32], x: &[f32], mean: f32, rstd: f32, w: &[f32], dx: &mut [f32], dwb: &mut [f32]) -> ()
+);
 
 /// Backward of [`layer_norm`]: adds the input gradient into `dx` and the weight and
 /// bias gradients into `dw`, `db`.
@@ -1011,23 +969,11 @@ unsafe fn softmax_grad512(p: &[f32], d: &mut [f32], live: usize) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_grad256(p: &[f32], d: &mut [f32], live: usize) {
-    softmax_grad_body(p, d, live)
-}
-
-/// The softmax's backward for one row (see [`softmax_grad_body`]).
-fn softmax_grad_row(p: &[f32], d: &mut [f32], live: usize) {
-    match crate::infer::isa() {
-        // SAFETY: the features were detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx512 => unsafe { softmax_grad512(p, d, live) },
-        #[cfg(target_arch = "x86_64")]
-        crate::infer::Isa::Avx2 => unsafe { softmax_grad256(p, d, live) },
-        _ => softmax_grad_body(p, d, live),
-    }
-}
+dispatch!(
+    /// The softmax's backward for one row (see [`softmax_grad_body`]).
+    softmax_grad_row = softmax_grad_body, own softmax_grad512, softmax_grad256,
+    (p: &[f32], d: &mut [f32], live: usize) -> ()
+);
 
 /// Causal multi-head attention for `b` sequences of `t` positions: queries, keys and
 /// values are the thirds of `qkv [b·t, 3c]`; writes the attention weights to
