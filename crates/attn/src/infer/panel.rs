@@ -243,9 +243,44 @@ unsafe fn one256(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     body_one(x, panel, out)
 }
 
-/// [`body`] written with AVX-512 intrinsics, so that up to 12 rows (24 accumulator
-/// registers of the 32) stay in registers: the compiler leaves the plain loop's array
-/// in memory beyond 6 rows.
+/// The AVX-512 kernel of [`body512`] and [`body_t512`]: `out[r][j] = Σ_kk x(r, kk) ·
+/// panel[kk·ps + j]` for `MR` rows, with `ahead(kk)` issued at each step. Written with
+/// intrinsics so that up to 12 rows (24 accumulator registers of the 32) stay in
+/// registers: the compiler leaves the plain loop's array in memory beyond 6 rows.
+///
+/// # Safety
+/// AVX-512F and FMA must be present, `panel` must hold `(k − 1)·ps + NR` floats, and
+/// `x(r, kk)` must be readable for every `r < MR`, `kk < k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+unsafe fn fma_rows512<const MR: usize>(
+    panel: *const f32,
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]; MR],
+    x: impl Fn(usize, usize) -> f32,
+    ahead: impl Fn(usize),
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for kk in 0..k {
+        ahead(kk);
+        let p0 = _mm512_loadu_ps(panel.add(kk * ps));
+        let p1 = _mm512_loadu_ps(panel.add(kk * ps + 16));
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(x(r, kk));
+            a[0] = _mm512_fmadd_ps(xv, p0, a[0]);
+            a[1] = _mm512_fmadd_ps(xv, p1, a[1]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+        _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+    }
+}
+
+/// [`body`] for AVX-512 (see [`fma_rows512`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn body512<const MR: usize>(
@@ -255,28 +290,13 @@ unsafe fn body512<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    use std::arch::x86_64::*;
     for r in x {
         assert!(r.len() >= k);
     }
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     let xp: [*const f32; MR] = std::array::from_fn(|r| x[r].as_ptr());
-    let pp = panel.as_ptr();
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for kk in 0..k {
-        // SAFETY: kk·ps + NR ≤ panel.len() and kk < x[r].len() (asserted above).
-        let p0 = _mm512_loadu_ps(pp.add(kk * ps));
-        let p1 = _mm512_loadu_ps(pp.add(kk * ps + 16));
-        for (a, x) in acc.iter_mut().zip(&xp) {
-            let xv = _mm512_set1_ps(*x.add(kk));
-            a[0] = _mm512_fmadd_ps(xv, p0, a[0]);
-            a[1] = _mm512_fmadd_ps(xv, p1, a[1]);
-        }
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
-        _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
-    }
+    // SAFETY: kk < k ≤ x[r].len() and the panel's length (asserted above).
+    fma_rows512(panel.as_ptr(), k, ps, out, |r, kk| *xp[r].add(kk), |_| {})
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -355,9 +375,7 @@ fn body_t<const MR: usize>(
     *out = acc;
 }
 
-/// [`body_t`] written with AVX-512 intrinsics, so that up to 12 rows (24 accumulator
-/// registers of the 32) stay in registers: the compiler leaves the plain loop's array
-/// in memory beyond 6 rows.
+/// [`body_t`] for AVX-512 (see [`fma_rows512`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn body_t512<const MR: usize>(
@@ -368,36 +386,27 @@ unsafe fn body_t512<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    use std::arch::x86_64::*;
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
     let (xp, pp) = (x.as_ptr(), panel.as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for kk in 0..k {
+    let ahead = |kk: usize| {
         if ld >= 16 {
-            // As in body_t: strided inputs fetched ahead.
-            // The block's values of a step span two lines as often as not.
+            // As in body_t: strided inputs fetched ahead. The block's values of a step
+            // span two lines as often as not, and a step of the panel three when it is
+            // not 64-byte aligned.
+            // (A prefetch reads nothing and cannot fault.)
             _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld + MR - 1) as *const i8);
             if ps >= 64 {
-                _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + 16) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + NR - 1) as *const i8);
+                for off in [0, 16, NR - 1] {
+                    _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + off) as *const i8);
+                }
             }
         }
-        // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
-        let p0 = _mm512_loadu_ps(pp.add(kk * ps));
-        let p1 = _mm512_loadu_ps(pp.add(kk * ps + 16));
-        for (r, a) in acc.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(*xp.add(kk * ld + r));
-            a[0] = _mm512_fmadd_ps(xv, p0, a[0]);
-            a[1] = _mm512_fmadd_ps(xv, p1, a[1]);
-        }
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
-        _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
-    }
+    };
+    // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
+    fma_rows512(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -593,6 +602,13 @@ fn tn_tasks<'x>(
     let tasks = blocks.div_ceil(group).max(1);
     (0..tasks).into_par_iter().for_each(|g| {
         let mut acc = [[0f32; NR]; 12];
+        let walk = TileWalk {
+            blocks: (g * group, ((g + 1) * group).min(blocks)),
+            np,
+            mb,
+            n,
+            rows,
+        };
         // Sums up to 2·KC steps in one pass: each further pass re-reads and re-writes
         // the (cold) output, which costs more than the panel slice overflowing L1.
         let kc = if k <= 2 * KC { k.max(1) } else { KC };
@@ -601,21 +617,11 @@ fn tn_tasks<'x>(
             for p in 0..np {
                 let panel = &panels[base(p) + c0 * ps..];
                 let valid = NR.min(rows - p * NR);
-                let (b0, b1) = (g * group, ((g + 1) * group).min(blocks));
-                for b in b0..b1 {
+                for b in walk.blocks.0..walk.blocks.1 {
                     let i0 = b * mb;
                     let m = mb.min(n - i0);
                     if c0 == 0 {
-                        // The next block's output (or the next panel's first).
-                        let (nb, np_) = if b + 1 < b1 { (b + 1, p) } else { (b0, p + 1) };
-                        if np_ < np {
-                            let rows_next = mb.min(n.saturating_sub(nb * mb));
-                            prefetch_tile(
-                                op.get().wrapping_add(nb * mb * rows + np_ * NR),
-                                rows_next,
-                                rows,
-                            );
-                        }
+                        walk.prefetch_next(op.get(), b, p);
                     }
                     let acc = &mut acc[..m];
                     let (xb, step) = x(b, c0, c1);
@@ -670,26 +676,45 @@ fn tn_tasks<'x>(
     });
 }
 
-/// Fetches the `NR`-wide output tiles of `rows` rows, `stride` apart, from `at` on: a
-/// hint issued one block ahead, so that the first write of an output row that was
-/// written long ago (or never) does not stall on memory. Anything may be passed; a
-/// prefetch cannot fault.
-#[inline(always)]
-fn prefetch_tile(at: *const f32, rows: usize, stride: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing and cannot fault.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        for r in 0..rows {
-            let a = at.wrapping_add(r * stride) as *const i8;
-            // A tile is 128 bytes: up to three lines when not aligned.
-            _mm_prefetch::<_MM_HINT_T0>(a);
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(4 * NR - 4));
+/// Where the products walk their output: blocks `blocks` of `mb` rows (of `n`), each
+/// against panels `0..np` of an output `rows` wide, panel by panel.
+#[derive(Clone, Copy)]
+struct TileWalk {
+    blocks: (usize, usize),
+    np: usize,
+    mb: usize,
+    n: usize,
+    rows: usize,
+}
+
+impl TileWalk {
+    /// Fetches the `NR`-wide output tile that comes after block `b` of panel `p` (the
+    /// next block's, or the next panel's first block's) in `out`: a hint issued one
+    /// block ahead, so that the first write of an output row that was written long
+    /// ago (or never) does not stall on memory. A prefetch cannot fault.
+    #[inline(always)]
+    fn prefetch_next(&self, out: *const f32, b: usize, p: usize) {
+        let (b0, b1) = self.blocks;
+        let (nb, np) = if b + 1 < b1 { (b + 1, p) } else { (b0, p + 1) };
+        if np >= self.np {
+            return;
         }
+        let at = out.wrapping_add(nb * self.mb * self.rows + np * NR);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch reads nothing and cannot fault.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            for r in 0..self.mb.min(self.n.saturating_sub(nb * self.mb)) {
+                let a = at.wrapping_add(r * self.rows) as *const i8;
+                // A tile is 128 bytes: up to three lines when not aligned.
+                _mm_prefetch::<_MM_HINT_T0>(a);
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(4 * NR - 4));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = at;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, rows, stride);
 }
 
 /// Steps of a long sum taken at a time (a 32 KiB slice of a panel).
@@ -764,6 +789,13 @@ pub fn matmul_serial(
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
     let mut acc = vec![[0f32; NR]; mb];
     let mut part: Vec<&[f32]> = Vec::with_capacity(mb);
+    let walk = TileWalk {
+        blocks: (0, n.div_ceil(mb)),
+        np: rows.div_ceil(NR),
+        mb,
+        n,
+        rows,
+    };
     // Long sums go KC steps at a time, so that the panel's slice stays in L1 while
     // every block of rows passes over it.
     for c0 in (0..cols.max(1)).step_by(KC) {
@@ -771,23 +803,9 @@ pub fn matmul_serial(
         for p in 0..rows.div_ceil(NR) {
             let panel = &panels[p * cols * NR + c0 * NR..p * cols * NR + c1 * NR];
             let valid = NR.min(rows - p * NR);
-            let nblocks = n.div_ceil(mb);
             for (b, xb) in xs.chunks(mb).enumerate() {
                 if c0 == 0 {
-                    // The next block's output (or the next panel's first).
-                    let (nb, np_) = if b + 1 < nblocks {
-                        (b + 1, p)
-                    } else {
-                        (0, p + 1)
-                    };
-                    if np_ < rows.div_ceil(NR) {
-                        let rows_next = mb.min(n.saturating_sub(nb * mb));
-                        prefetch_tile(
-                            out.as_ptr().wrapping_add(nb * mb * rows + np_ * NR),
-                            rows_next,
-                            rows,
-                        );
-                    }
+                    walk.prefetch_next(out.as_ptr(), b, p);
                 }
                 let acc = &mut acc[..xb.len()];
                 part.clear();

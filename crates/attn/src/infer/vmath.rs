@@ -1,25 +1,39 @@
 //! Vectorisable exp, GELU, softmax and layer norm for the inference engine: plain Rust loops with no
 //! library calls inside, compiled for AVX-512, AVX2 or portably and picked at run time.
 
+/// ln 2 split in two (the high part exact in a few bits), for the exp's argument
+/// reduction.
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// e^r for |r| ≤ ln2/2: the Taylor coefficients from r⁶ down, for Horner's rule.
+const EXP_POLY: [f32; 7] = [
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+/// The GELU's tanh form: `u = C(x + A·x³)`.
+pub(crate) const GELU_C: f32 = 0.797_884_6;
+pub(crate) const GELU_A: f32 = 0.044715;
+
 /// e^x to about 2 ulp for x in the f32 range (0 below −87.3; e^88.3 ≈ 2·10³⁸ above 88.3):
 /// x = k·ln 2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^k from the exponent.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     let under = x < -87.3;
     let x = x.clamp(-87.3, 88.3);
     // Fused multiply-adds throughout (Rust never contracts `a * b + c` on its own): half
     // the instructions, and one rounding per step.
     let k = x.mul_add(LOG2E, 0.5).floor();
     let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
-    let p = (1.0f32 / 720.0).mul_add(r, 1.0 / 120.0);
-    let p = p.mul_add(r, 1.0 / 24.0);
-    let p = p.mul_add(r, 1.0 / 6.0);
-    let p = p.mul_add(r, 0.5);
-    let p = p.mul_add(r, 1.0);
-    let p = p.mul_add(r, 1.0);
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p.mul_add(r, *c);
+    }
     // SAFETY: x is clamped, so k is a finite integer in −126..=128 (no saturation needed;
     // the checked `as` conversion would not vectorise).
     let ki: i32 = unsafe { k.to_int_unchecked() };
@@ -35,8 +49,8 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `(1 + tanh u)/2` is the logistic of `2u`), one exp and one division.
 #[inline(always)]
 fn gelu_body(xs: &mut [f32]) {
-    const C: f32 = 0.797_884_6;
-    const A: f32 = 0.044715;
+    const C: f32 = GELU_C;
+    const A: f32 = GELU_A;
     for v in xs.iter_mut() {
         let x = *v;
         let e = exp(x * (x * x).mul_add(-2.0 * C * A, -2.0 * C));
@@ -325,11 +339,11 @@ pub(crate) mod avx512 {
                 _mm512_set1_ps(std::f32::consts::LOG2_E),
                 _mm512_set1_ps(0.5),
             ));
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(super::LN2_HI), x);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(super::LN2_LO), r);
+        let mut p = _mm512_set1_ps(super::EXP_POLY[0]);
+        for c in &super::EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
         }
         _mm512_scalef_ps(p, k)
     }

@@ -420,8 +420,8 @@ fn bias_body(y: &mut [f32], b: &[f32]) {
 /// `gelu = x·s` and `gelu' = s + 2·x·s(1 − s)·C(1 + 3A·x²)`, one exp and one division.
 #[inline(always)]
 fn bias_gelu_body(y: &mut [f32], b: &[f32], out: &mut [f32]) {
-    const C: f32 = 0.797_884_6;
-    const A: f32 = 0.044715;
+    const C: f32 = vmath::GELU_C;
+    const A: f32 = vmath::GELU_A;
     let n = y.len();
     let (b, out) = (&b[..n], &mut out[..n]);
     for i in 0..n {
@@ -448,8 +448,8 @@ dispatch!(
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn bias_gelu512(y: &mut [f32], b: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    const C: f32 = 0.797_884_6;
-    const A: f32 = 0.044715;
+    const C: f32 = vmath::GELU_C;
+    const A: f32 = vmath::GELU_A;
     let n = y.len();
     if !n.is_multiple_of(16) || b.len() < n || out.len() < n {
         return bias_gelu_body(y, b, out);
