@@ -21,6 +21,9 @@ pub const WEIGHTS: &str = "model.safetensors";
 pub const TOKENIZER: &str = "tokenizer.json";
 pub const GENERATION_CONFIG: &str = "generation_config.json";
 
+/// The largest JSON file (config, generation config, index) read from a model folder.
+pub const MAX_JSON_BYTES: u64 = 256 << 20;
+
 /// Write `bytes` to `path` through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
@@ -51,7 +54,9 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 /// Read and parse a JSON file, naming it in any error.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::guard::read_file(path, MAX_JSON_BYTES)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| Error::bad_file(path, format!("not valid UTF-8 JSON: {e}")))?;
     serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))
 }
 
@@ -65,13 +70,33 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
     write_atomic(path, &bytes)
 }
 
-/// Read every tensor of a safetensors file.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    if !path.is_file() {
-        return Err(Error::bad_file(path, "file not found"));
+/// An error naming the first value of tensor `name` that is NaN or infinite: weights
+/// like that load "fine" and then print `null` perplexities or garbage text.
+pub fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::bad_file(
+            path,
+            format!(
+                "tensor {name} holds {} at index {i}: the weights are corrupt (NaN or infinite values)",
+                values[i]
+            ),
+        )),
     }
-    candle_core::safetensors::load(path, device)
-        .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))
+}
+
+/// Read every tensor of a safetensors file, refusing NaN or infinite weights.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    crate::guard::regular_file(path)?;
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))?;
+    for (name, t) in &tensors {
+        if t.dtype().is_float() {
+            let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            check_finite(path, name, &v)?;
+        }
+    }
+    Ok(tensors)
 }
 
 /// Every tensor of a model folder: `model.safetensors`, or the shards listed in
@@ -177,7 +202,8 @@ pub fn load_gpt2_model(dir: &Path, device: &Device) -> Result<(Gpt2, Params)> {
         .validate()
         .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
     let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
-    let model = Gpt2::new(config, &mut pb)?;
+    let model = Gpt2::new(config, &mut pb)
+        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
     let params = pb
         .finish()
         .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
@@ -193,7 +219,8 @@ pub fn load_llama_model(dir: &Path, device: &Device) -> Result<(Llama, Params)> 
         .validate()
         .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
     let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
-    let model = Llama::new(config, &mut pb)?;
+    let model = Llama::new(config, &mut pb)
+        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
     let params = pb
         .finish()
         .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
@@ -428,7 +455,8 @@ pub fn load_bert_model(dir: &Path, device: &Device) -> Result<(crate::models::be
         .contains_key("classifier.weight")
         .then(|| config.labels());
     let mut pb = ParamBuilder::load(tensors, device);
-    let model = Bert::new(config, &mut pb, prefix, with_pooler, labels)?;
+    let model = Bert::new(config, &mut pb, prefix, with_pooler, labels)
+        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
     let params = pb
         .finish()
         .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
@@ -446,8 +474,12 @@ pub fn load_marian(dir: &Path, device: &Device) -> Result<(crate::models::marian
     }
     let config: MarianConfig = serde_json::from_value(value)
         .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid Marian config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
     let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
-    let model = Marian::new(config, &mut pb)?;
+    let model = Marian::new(config, &mut pb)
+        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
     let params = pb
         .finish()
         .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;

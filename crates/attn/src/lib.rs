@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod generate;
+pub mod guard;
 pub mod infer;
 pub mod metrics;
 pub mod models;

@@ -44,6 +44,10 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// The largest vocabulary [`Tokenizer::train_bpe`] accepts: the trainer sizes its tables
+/// by it, and no corpus needs more (published models stop near 256k).
+pub const MAX_BPE_VOCAB: usize = 1 << 20;
+
 impl Tokenizer {
     fn wrap(inner: tokenizers::Tokenizer) -> Self {
         let has_unk =
@@ -115,6 +119,15 @@ impl Tokenizer {
                 format!("{vocab_size} is too small for byte-level BPE (at least {min}: 256 bytes + <|endoftext|>)"),
             ));
         }
+        if vocab_size > MAX_BPE_VOCAB {
+            return Err(Error::invalid(
+                "vocab-size",
+                format!(
+                    "{vocab_size} is more than the {MAX_BPE_VOCAB} tokens attn trains (the largest \
+                     published vocabularies are about 256k)"
+                ),
+            ));
+        }
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
@@ -170,10 +183,8 @@ impl Tokenizer {
 
     /// Load a `tokenizer.json` file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::bad_file(path, "tokenizer file not found"));
-        }
-        let mut inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = crate::guard::read_file(path, crate::checkpoint::MAX_JSON_BYTES)?;
+        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
         // attn pads batches itself (with attention masks); a fixed padding stored in
         // the file would pad every single text.
@@ -254,6 +265,39 @@ impl Tokenizer {
         );
         let enc = self.inner.post_process(enc, None, true).map_err(tk_err)?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encode text as model inputs of at most `max_len` ids each, with the special tokens
+    /// of the tokenizer's post-processor in every one: the text's tokens are cut into
+    /// consecutive windows (one window when it fits). For scoring texts longer than the
+    /// model's limit.
+    pub fn encode_windows(&self, text: &str, max_len: usize) -> Result<Vec<Vec<u32>>> {
+        let mut enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let specials = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        let room = max_len.saturating_sub(specials).max(1);
+        enc.truncate(room, 0, tokenizers::TruncationDirection::Right);
+        let rest = enc.take_overflowing();
+        std::iter::once(enc)
+            .chain(rest)
+            .map(|w| {
+                let w = self.inner.post_process(w, None, true).map_err(tk_err)?;
+                Ok(w.get_ids().to_vec())
+            })
+            .collect()
+    }
+
+    /// Tokens of `text` with the post-processor's special tokens, without truncation
+    /// (to count the texts a limit would cut).
+    pub fn model_len(&self, text: &str) -> Result<usize> {
+        let enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let specials = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        Ok(enc.len() + specials)
     }
 
     /// Decode ids to text without special tokens (padding, end-of-sentence...).

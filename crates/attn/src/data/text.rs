@@ -31,9 +31,11 @@ impl FromStr for Encoding {
 }
 
 /// Read one text file in the given encoding, without normalising it.
-/// Invalid UTF-8 is an error naming the file and the byte offset of the first bad byte.
+/// Invalid UTF-8 is an error naming the file and the byte offset of the first bad byte;
+/// a folder, FIFO or device is refused for what it is (reading `/dev/urandom` would never
+/// end), and a file too large for the memory left is refused before it is read.
 pub fn read_text(path: &Path, encoding: Encoding) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::guard::read_file(path, u64::MAX)?;
     match encoding {
         Encoding::Utf8 => String::from_utf8(bytes).map_err(|e| Error::Encoding {
             path: path.to_path_buf(),

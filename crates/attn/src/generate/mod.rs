@@ -105,7 +105,8 @@ pub fn generate_ids(
     let mut cache = session(model);
     let mut logits = cache.feed(prompt)?;
     let mut history: Vec<u32> = prompt.to_vec();
-    let mut generated = Vec::with_capacity(max_new_tokens);
+    // Grown as tokens arrive: max_new_tokens is a user's bound, not a size to reserve.
+    let mut generated = Vec::with_capacity(max_new_tokens.min(4096));
     let eos = if sampling.ignore_eos {
         None
     } else {

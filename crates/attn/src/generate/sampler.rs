@@ -5,9 +5,14 @@ use serde::{Deserialize, Serialize};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
+/// Temperatures below this are greedy: dividing logits by a smaller one overflows f32
+/// (1e-39 gave infinities and garbage), and the distribution is one-hot long before.
+pub const MIN_TEMPERATURE: f64 = 1e-4;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingConfig {
-    /// 0 means greedy (always the most likely token).
+    /// 0 means greedy (always the most likely token); so does anything below
+    /// [`MIN_TEMPERATURE`].
     pub temperature: f64,
     pub top_k: Option<usize>,
     pub top_p: Option<f64>,
@@ -103,7 +108,7 @@ impl Sampler {
                 }
             }
         }
-        if c.temperature == 0.0 {
+        if c.temperature < MIN_TEMPERATURE {
             return argmax(logits);
         }
         let inv_t = 1.0 / c.temperature as f32;

@@ -113,7 +113,7 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
 fn to_f32(path: &Path, name: &str, t: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
     use safetensors::Dtype;
     let b = t.data();
-    Ok(match t.dtype() {
+    let v: Vec<f32> = match t.dtype() {
         Dtype::F32 => b
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -132,7 +132,9 @@ fn to_f32(path: &Path, name: &str, t: &safetensors::tensor::TensorView<'_>) -> R
                 format!("tensor {name} has dtype {other:?}; expected f32, f16 or bf16"),
             ))
         }
-    })
+    };
+    crate::checkpoint::check_finite(path, name, &v)?;
+    Ok(v)
 }
 
 impl Gpt2Engine {
@@ -232,7 +234,9 @@ impl Gpt2Engine {
             QMatrix::from_f32(&transpose(&v, i, o), o, i, ty)
         };
         let inner = config.inner();
-        let mut layers = Vec::with_capacity(config.n_layer);
+        // Grown layer by layer: n_layer comes from a file, and a wrong one is found at
+        // its first missing tensor, before anything of its size exists.
+        let mut layers = Vec::new();
         for l in 0..config.n_layer {
             let p = format!("h.{l}");
             let qkv = linear(&mut t, &format!("{p}.attn.c_attn.weight"), c, 3 * c)?;
@@ -273,6 +277,17 @@ impl Gpt2Engine {
             w: take(&mut t, "ln_f.weight", &[c])?,
             b: take(&mut t, "ln_f.bias", &[c])?,
         };
+        if !t.is_empty() {
+            let mut names: Vec<String> = t.keys().map(|k| format!("transformer.{k}")).collect();
+            names.sort();
+            return Err(bad(
+                path,
+                format!(
+                    "unexpected tensors (the config describes fewer layers or other shapes): {}",
+                    names.join(", ")
+                ),
+            ));
+        }
         Ok(Gpt2Engine {
             config,
             wte,

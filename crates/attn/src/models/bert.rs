@@ -172,6 +172,12 @@ impl BertConfig {
                 format!("{:?} is not supported", self.hidden_act),
             ));
         }
+        crate::guard::positive_finite("layer_norm_eps", self.layer_norm_eps)?;
+        crate::guard::probability("hidden_dropout_prob", self.hidden_dropout_prob as f64)?;
+        crate::guard::probability(
+            "attention_probs_dropout_prob",
+            self.attention_probs_dropout_prob as f64,
+        )?;
         Ok(())
     }
 

@@ -145,6 +145,7 @@ impl Gpt2Config {
                 "untied GPT-2 heads are not supported",
             ));
         }
+        crate::guard::positive_finite("layer_norm_epsilon", self.layer_norm_epsilon)?;
         Ok(())
     }
 

@@ -121,6 +121,10 @@ impl LlamaConfig {
                 format!("{:?} is not supported (silu)", self.hidden_act),
             ));
         }
+        crate::guard::positive_finite("rms_norm_eps", self.rms_norm_eps)?;
+        if let Some(t) = self.rope_theta {
+            crate::guard::positive_finite("rope_theta", t)?;
+        }
         Ok(())
     }
 
@@ -285,6 +289,12 @@ impl Llama {
             .map(|i| 1.0 / config.theta().powf(2.0 * i as f64 / hd as f64))
             .collect();
         let n = config.max_position_embeddings;
+        // The rotary tables are the one thing here sized by the config alone (not by a
+        // tensor in the file): check their size before building them.
+        crate::guard::check_memory(
+            "max_position_embeddings (its rotary tables)",
+            2.0 * n as f64 * half as f64 * 4.0,
+        )?;
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for pos in 0..n {

@@ -161,6 +161,9 @@ impl MarianConfig {
                 format!("{:?} is not supported", self.activation_function),
             ));
         }
+        crate::guard::probability("dropout", self.dropout as f64)?;
+        crate::guard::probability("attention_dropout", self.attention_dropout as f64)?;
+        crate::guard::probability("activation_dropout", self.activation_dropout as f64)?;
         Ok(())
     }
 }
@@ -228,7 +231,10 @@ impl MarianCache {
 /// sines fill the first half of each row and the cosines the second.
 pub fn sinusoidal_positions(n: usize, d: usize, device: &Device) -> Result<Tensor> {
     let half = d / 2;
-    let mut data = vec![0f32; n * d];
+    let len = n
+        .checked_mul(d)
+        .ok_or_else(|| crate::Error::invalid("max_position_embeddings", "too large"))?;
+    let mut data = crate::guard::try_filled("max_position_embeddings (its sinusoidal table)", len, 0f32)?;
     for p in 0..n {
         for j in 0..half {
             let angle = p as f64 / 10000f64.powf(2.0 * j as f64 / d as f64);

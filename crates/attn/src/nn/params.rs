@@ -16,6 +16,9 @@ pub enum Init {
     Normal { std: f64 },
 }
 
+/// How many missing or wrongly shaped tensors a load lists before it gives up.
+pub const MAX_PROBLEMS: usize = 12;
+
 /// The trainable parameters of a model, by name (HF tensor names).
 #[derive(Debug, Default, Clone)]
 pub struct Params {
@@ -133,16 +136,28 @@ impl ParamBuilder {
 
     /// The parameter `name` of shape `shape`. Problems with a loaded checkpoint are
     /// collected and reported together by [`ParamBuilder::finish`]; until then a
-    /// placeholder of the right shape is returned.
+    /// placeholder of the right shape is returned that allocates nothing (a zero
+    /// broadcast), so that a config declaring absurd sizes costs no memory. Past
+    /// [`MAX_PROBLEMS`] problems the build stops at once (a config with a million layers
+    /// is refused at its first missing layer, not after listing them all).
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let fresh = |rng: &mut Rng, device: &Device, dtype: DType| -> Result<Tensor> {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = match init {
-                Init::Zeros => vec![0.0; n],
-                Init::Ones => vec![1.0; n],
-                Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
-            };
+            let n = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| Error::invalid(name, format!("shape {shape:?} is too large")))?;
+            let mut data: Vec<f32> = crate::guard::try_filled(name, n, 0.0)?;
+            match init {
+                Init::Zeros => {}
+                Init::Ones => data.fill(1.0),
+                Init::Normal { std } => data
+                    .iter_mut()
+                    .for_each(|v| *v = (rng.normal() * std) as f32),
+            }
             Ok(Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?)
+        };
+        let placeholder = |dtype: DType, device: &Device| -> Result<Tensor> {
+            Ok(Tensor::zeros((), dtype, device)?.broadcast_as(shape)?)
         };
         let t = match &mut self.source {
             Source::Init(rng) => fresh(rng, &self.device, self.dtype)?,
@@ -153,12 +168,12 @@ impl ParamBuilder {
                 }
                 None => {
                     self.missing.push(format!("{name} {shape:?}"));
-                    Tensor::zeros(shape, self.dtype, &self.device)?
+                    return self.problem(placeholder(self.dtype, &self.device)?);
                 }
                 Some(t) if t.dims() != shape => {
                     self.wrong_shape
                         .push(format!("{name}: expected {shape:?}, found {:?}", t.dims()));
-                    Tensor::zeros(shape, self.dtype, &self.device)?
+                    return self.problem(placeholder(self.dtype, &self.device)?);
                 }
                 Some(t) => t.to_dtype(self.dtype)?.to_device(&self.device)?,
             },
@@ -173,6 +188,29 @@ impl ParamBuilder {
         Ok(out)
     }
 
+    /// After a missing or wrongly shaped tensor: the placeholder, or the error once
+    /// there are too many problems to go on.
+    fn problem(&self, placeholder: Tensor) -> Result<Tensor> {
+        if self.missing.len() + self.wrong_shape.len() >= MAX_PROBLEMS {
+            return Err(Error::Model(format!(
+                "{} (stopped after {MAX_PROBLEMS} problems: the config does not describe these weights)",
+                self.problems().join("; ")
+            )));
+        }
+        Ok(placeholder)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = vec![];
+        if !self.missing.is_empty() {
+            problems.push(format!("missing tensors: {}", self.missing.join(", ")));
+        }
+        if !self.wrong_shape.is_empty() {
+            problems.push(format!("wrong shapes: {}", self.wrong_shape.join("; ")));
+        }
+        problems
+    }
+
     /// Drop tensors that a checkpoint may carry but the model derives (a tied output
     /// head, attention-mask buffers...).
     pub fn ignore(&mut self, name: &str) {
@@ -184,13 +222,7 @@ impl ParamBuilder {
     /// The collected parameters, or an error listing every missing, unexpected or
     /// wrongly shaped tensor.
     pub fn finish(self) -> Result<Params> {
-        let mut problems = vec![];
-        if !self.missing.is_empty() {
-            problems.push(format!("missing tensors: {}", self.missing.join(", ")));
-        }
-        if !self.wrong_shape.is_empty() {
-            problems.push(format!("wrong shapes: {}", self.wrong_shape.join("; ")));
-        }
+        let mut problems = self.problems();
         if let Source::Load(rest) = &self.source {
             if !rest.is_empty() {
                 let mut names: Vec<_> = rest.keys().cloned().collect();
