@@ -347,6 +347,10 @@ fn training_runs_match_the_graph_trainer_and_resume_exactly() {
     let mut first = Trainer::new(config(4), data.clone(), &out, &dev).unwrap();
     let (fs, _) = run(&mut first);
     assert_eq!(fs, ns[..4]);
+    // While the first run lives it holds the folder: a second writer is refused.
+    let busy = Trainer::resume(&out, Some(8), None, &dev).map(|_| ()).unwrap_err();
+    assert!(busy.to_string().contains("in use by another attn run"), "{busy}");
+    drop(first);
     let mut resumed = Trainer::resume(&out, Some(8), None, &dev).unwrap();
     assert_eq!(resumed.engine(), "native");
     let (rs, _) = run(&mut resumed);

@@ -109,8 +109,49 @@ impl ClassifyConfig {
                 format!("hidden {} is not divisible by {}", self.hidden, self.heads),
             ));
         }
+        crate::guard::probability("--dropout", self.dropout as f64)?;
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                "--weight-decay",
+                format!("{} must be a finite number ≥ 0", self.weight_decay),
+            ));
+        }
+        if let Some(l) = &self.lora {
+            if !(l.lora_alpha.is_finite() && l.lora_alpha > 0.0) {
+                return Err(Error::invalid(
+                    "--lora-alpha",
+                    format!("{} must be a finite number above 0", l.lora_alpha),
+                ));
+            }
+        }
+        if let Some(n) = self.tokenizer.strip_prefix("bpe:") {
+            crate::train::check_bpe_size("--tokenizer", n)?;
+        }
+        // Estimates before anything is allocated: a from-scratch model's position table
+        // (weights, gradient and two AdamW moments) and one batch's activations (about
+        // 16 values per position, layer and hidden unit, plus the attention scores).
+        let (h, t, b, l) = (
+            self.hidden as f64,
+            self.max_len as f64,
+            self.batch_size as f64,
+            self.layers as f64,
+        );
+        crate::guard::check_memory("--max-len (the position embeddings)", 16.0 * t * h)?;
+        crate::guard::check_memory(
+            "--batch-size × --max-len (one batch's activations)",
+            4.0 * b * t * l * (16.0 * h + 2.0 * self.heads as f64 * t),
+        )?;
         Ok(())
     }
+}
+
+/// What prediction does with a text longer than the classifier's `max_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongTexts {
+    /// Keep its first `max_len` tokens (what training saw).
+    Truncate,
+    /// Score consecutive windows of `max_len` tokens and average them.
+    Windows,
 }
 
 /// A trained classifier: encoder with head, tokenizer, label names.
@@ -188,6 +229,9 @@ impl Classifier {
         } else {
             ""
         };
+        config
+            .validate()
+            .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
         let labels = config.label_names();
         let mut pb = ParamBuilder::load(tensors.into_iter().collect(), device);
         let model = Bert::new(config, &mut pb, prefix, true, Some(labels.len()))?;
@@ -238,21 +282,79 @@ impl Classifier {
         self.model.classify(&out, mode)
     }
 
-    /// Class probabilities for each text, batched by length.
+    /// Class probabilities for each text, batched by length (texts longer than
+    /// `max_len` are truncated).
     pub fn predict(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        let encoded = self.encode(texts)?;
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
-        order.sort_by_key(|&i| encoded[i].len());
-        let mut out = vec![vec![]; encoded.len()];
-        for chunk in order.chunks(batch_size.max(1)) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| encoded[i].as_slice()).collect();
-            let logits = self.logits(&batch, &mut Mode::Eval)?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-            for (&i, p) in chunk.iter().zip(probs) {
-                out[i] = p;
+        Ok(self
+            .predict_long(texts, batch_size, LongTexts::Truncate)?
+            .0)
+    }
+
+    /// Use up to `max_len` tokens per text (at most the model's position limit).
+    pub fn set_max_len(&mut self, max_len: usize) -> Result<()> {
+        let limit = self.model.config.max_position_embeddings;
+        if max_len < 2 || max_len > limit {
+            return Err(Error::invalid(
+                "--max-len",
+                format!("{max_len} is not between 2 and the model's position limit {limit}"),
+            ));
+        }
+        self.max_len = max_len;
+        Ok(())
+    }
+
+    /// Class probabilities for each text, and how many texts were longer than
+    /// `max_len`: those are truncated, or with [`LongTexts::Windows`] cut into
+    /// consecutive windows of `max_len` tokens whose probabilities are averaged,
+    /// weighted by each window's length in tokens.
+    pub fn predict_long(
+        &self,
+        texts: &[String],
+        batch_size: usize,
+        long: LongTexts,
+    ) -> Result<(Vec<Vec<f32>>, usize)> {
+        let mut long_count = 0;
+        // (text index, ids) for every window of every text.
+        let mut inputs: Vec<(usize, Vec<u32>)> = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            if self.tokenizer.model_len(t)? > self.max_len {
+                long_count += 1;
+            }
+            match long {
+                LongTexts::Truncate => {
+                    inputs.push((i, self.tokenizer.encode_for_model(t, self.max_len)?))
+                }
+                LongTexts::Windows => inputs.extend(
+                    self.tokenizer
+                        .encode_windows(t, self.max_len)?
+                        .into_iter()
+                        .map(|w| (i, w)),
+                ),
             }
         }
-        Ok(out)
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| inputs[i].1.len());
+        let mut sums = vec![vec![0f64; self.labels.len()]; texts.len()];
+        let mut weights = vec![0f64; texts.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| inputs[i].1.as_slice()).collect();
+            let logits = self.logits(&batch, &mut Mode::Eval)?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+            for (&k, p) in chunk.iter().zip(probs) {
+                let (text, ids) = (&inputs[k].0, &inputs[k].1);
+                let w = ids.len() as f64;
+                weights[*text] += w;
+                for (s, v) in sums[*text].iter_mut().zip(p) {
+                    *s += w * v as f64;
+                }
+            }
+        }
+        let out = sums
+            .into_iter()
+            .zip(weights)
+            .map(|(s, w)| s.into_iter().map(|v| (v / w.max(1.0)) as f32).collect())
+            .collect();
+        Ok((out, long_count))
     }
 
     /// The most probable label of each text.
@@ -260,12 +362,7 @@ impl Classifier {
         Ok(self
             .predict(texts, batch_size)?
             .iter()
-            .map(|p| {
-                let best = (0..p.len())
-                    .max_by(|&a, &b| p[a].total_cmp(&p[b]))
-                    .unwrap_or(0);
-                self.labels[best].clone()
-            })
+            .map(|p| self.best_label(p))
             .collect())
     }
 
@@ -288,9 +385,45 @@ impl Classifier {
                 ));
             }
         }
+        Ok(self
+            .evaluate_long(examples, batch_size, LongTexts::Truncate)?
+            .0)
+    }
+
+    /// [`Classifier::evaluate`] with a choice for long texts (see
+    /// [`Classifier::predict_long`]); also returns how many texts were long.
+    pub fn evaluate_long(
+        &self,
+        examples: &[Example],
+        batch_size: usize,
+        long: LongTexts,
+    ) -> Result<(ClassificationReport, usize)> {
+        for (i, e) in examples.iter().enumerate() {
+            if !self.labels.contains(&e.label) {
+                return Err(Error::invalid(
+                    "data",
+                    format!(
+                        "example {}: label {:?} was never seen in training (the model knows {})",
+                        i + 1,
+                        e.label,
+                        self.labels.join(", ")
+                    ),
+                ));
+            }
+        }
         let texts: Vec<String> = examples.iter().map(|e| e.text.clone()).collect();
         let gold: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
-        classification_report(&gold, &self.predict_labels(&texts, batch_size)?)
+        let (probs, long_count) = self.predict_long(&texts, batch_size, long)?;
+        let pred: Vec<String> = probs.iter().map(|p| self.best_label(p)).collect();
+        Ok((classification_report(&gold, &pred)?, long_count))
+    }
+
+    /// The label of the highest probability.
+    pub fn best_label(&self, p: &[f32]) -> String {
+        let best = (0..p.len())
+            .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+            .unwrap_or(0);
+        self.labels[best].clone()
     }
 
     /// Save as an HF `BertForSequenceClassification` folder (encoder names under
@@ -440,6 +573,9 @@ fn build(
             let mut config: BertConfig = serde_json::from_value(value)
                 .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
             config = config.with_labels(labels);
+            config
+                .validate()
+                .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
             let tensors = read_weights(dir, device)?;
             let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
                 "bert."

@@ -205,6 +205,39 @@ impl TranslateConfig {
                 format!("{} is not in [0, 1)", self.label_smoothing),
             ));
         }
+        crate::guard::probability("--dropout", self.dropout as f64)?;
+        crate::train::check_bpe_size("--vocab-size", &self.vocab_size.to_string())?;
+        // Before anything is read or written: the model with its gradients and AdamW
+        // moments (about 8 floats per parameter, as in LM training), and one batch's
+        // activations (encoder, decoder with cross-attention, and the logits).
+        let (d, l, f, v, t, b, h) = (
+            self.d_model as f64,
+            self.layers as f64,
+            self.ffn as f64,
+            self.vocab_size as f64,
+            self.max_len as f64,
+            self.batch_size as f64,
+            self.heads as f64,
+        );
+        let params = v * d + t * d + l * (4.0 * d * d + 2.0 * d * f) + l * (8.0 * d * d + 2.0 * d * f);
+        let parts = [
+            ("--vocab-size × --d-model (the embeddings)", 32.0 * (v * d + t * d)),
+            (
+                "--layers × --d-model (the encoder and decoder blocks)",
+                32.0 * (params - v * d - t * d),
+            ),
+            (
+                "--batch-size × --max-len × --layers (one batch's activations)",
+                4.0 * b * t * (2.0 * l * (20.0 * d + 4.0 * f + 4.0 * h * t) + 3.0 * v),
+            ),
+        ];
+        let total: f64 = parts.iter().map(|p| p.1).sum();
+        let what = parts
+            .iter()
+            .copied()
+            .fold(("", f64::MIN), |a, p| if p.1 > a.1 { p } else { a })
+            .0;
+        crate::guard::check_memory(what, total)?;
         Ok(())
     }
 }

@@ -188,7 +188,60 @@ impl TrainConfig {
                 format!("{} is not in [0, 1)", self.val_fraction),
             ));
         }
-        Ok(())
+        if let Some(n) = self.tokenizer.strip_prefix("bpe:") {
+            crate::train::check_bpe_size("--tokenizer", n)?;
+        }
+        // The vocabulary is known once the tokenizer exists; until then, bpe:N's N or
+        // a char vocabulary's usual size.
+        let vocab = self
+            .tokenizer
+            .strip_prefix("bpe:")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(256);
+        self.check_memory(vocab)
+    }
+
+    /// Refuse a run whose model, optimiser state and activations need more memory than
+    /// there is, naming the flags behind the largest part (checked before anything is
+    /// allocated; again with the real vocabulary once the tokenizer is built).
+    pub fn check_memory(&self, vocab_size: usize) -> Result<()> {
+        let (v, t, c, l) = (
+            vocab_size as f64,
+            self.block_size as f64,
+            self.n_embd as f64,
+            self.n_layer as f64,
+        );
+        let (b, h) = (self.batch_size as f64, self.n_head as f64);
+        // Weights, gradients, two AdamW moments, and the copies the trainer keeps for
+        // evaluation and saving: about 8 floats per parameter. Activations: a lower
+        // bound of what the backward pass keeps (15 values per position, layer and
+        // unit, the attention probabilities, the logits and their gradient), so that
+        // a run that fits is never refused; the point is to stop absurd ones.
+        let per_param = 8.0 * 4.0;
+        let parts = [
+            (
+                "--n-embd × the vocabulary size (the token embeddings)",
+                per_param * v * c,
+            ),
+            (
+                "--block-size × --n-embd (the position embeddings)",
+                per_param * t * c,
+            ),
+            (
+                "--n-layer × --n-embd² (the transformer blocks)",
+                per_param * l * (12.0 * c * c + 13.0 * c),
+            ),
+            (
+                "--batch-size × --block-size × --n-layer (one batch's activations)",
+                4.0 * b * t * (l * (15.0 * c + h * t) + 2.0 * v),
+            ),
+        ];
+        let total: f64 = parts.iter().map(|p| p.1).sum();
+        let (what, _) = parts
+            .iter()
+            .copied()
+            .fold(("", f64::MIN), |a, p| if p.1 > a.1 { p } else { a });
+        crate::guard::check_memory(what, total)
     }
 
     /// Tokens processed by one optimiser step.

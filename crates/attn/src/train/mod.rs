@@ -110,17 +110,30 @@ pub struct Summary {
 
 /// Build the tokenizer a config asks for: `char`, `bpe:N`, or a tokenizer.json path
 /// (or a folder holding one).
+/// The N of a `bpe:N` tokenizer spec given to `flag`: a number within what
+/// [`Tokenizer::train_bpe`] accepts, checked before any data is read.
+pub fn check_bpe_size(flag: &str, n: &str) -> Result<usize> {
+    let v: usize = n.parse().map_err(|_| {
+        Error::invalid(flag, format!("bpe:{n}: expected bpe:N with N a number"))
+    })?;
+    if !(257..=crate::tokenizer::MAX_BPE_VOCAB).contains(&v) {
+        return Err(Error::invalid(
+            flag,
+            format!(
+                "bpe:{v}: the vocab-size N of bpe:N must be between 257 and {}",
+                crate::tokenizer::MAX_BPE_VOCAB
+            ),
+        ));
+    }
+    Ok(v)
+}
+
 pub fn build_tokenizer(spec: &str, corpus: &str) -> Result<Tokenizer> {
     if spec == "char" {
         return Tokenizer::train_char(corpus);
     }
     if let Some(n) = spec.strip_prefix("bpe:") {
-        let n: usize = n.parse().map_err(|_| {
-            Error::invalid(
-                "tokenizer",
-                format!("{spec:?}: expected bpe:N with N a number"),
-            )
-        })?;
+        let n = check_bpe_size("tokenizer", n)?;
         return Tokenizer::train_bpe(corpus, n);
     }
     let path = Path::new(spec);
@@ -155,6 +168,9 @@ pub struct Trainer {
     /// otherwise steps go through candle's autograd on `model`. While it is in use,
     /// `params` is brought up to date at evaluations and saves ([`Trainer::sync_params`]).
     native: Option<NativeGpt2>,
+    /// Held for the life of a run that writes `out` (none for benchmarks): a second run
+    /// on the same folder is refused, naming this one's PID.
+    _lock: Option<crate::guard::DirLock>,
 }
 
 /// Whether the native step trains this model here: GPT-2 with the tanh GELU, f32 on
@@ -172,16 +188,38 @@ impl Trainer {
     /// Start a new run: read the data, build the tokenizer and a freshly initialised model.
     pub fn new(config: TrainConfig, data: DataSpec, out: &Path, device: &Device) -> Result<Self> {
         config.validate()?;
+        let lock = Self::lock(out)?;
+        // Stored absolute, so that `--resume` works from any working directory.
+        let data = DataSpec {
+            files: data
+                .files
+                .iter()
+                .map(|f| crate::guard::resolve_path(f))
+                .collect(),
+            encoding: data.encoding,
+        };
         let corpus = read_corpus(&data.files, data.encoding)?;
         let tokenizer = build_tokenizer(&config.tokenizer, &corpus)?;
+        config.check_memory(tokenizer.vocab_size())?;
         let mut rng = Rng::new(config.seed);
         let init_rng = rng.fork();
         let mut pb = ParamBuilder::init(init_rng, device);
         let model = Gpt2::new(model_config(&config, &tokenizer), &mut pb)?;
         let params = pb.finish()?;
-        Self::assemble(
+        let mut t = Self::assemble(
             config, data, &corpus, tokenizer, model, params, rng, out, device,
-        )
+        )?;
+        t._lock = Some(lock);
+        Ok(t)
+    }
+
+    /// Lock `out` for this run and remove what dead runs of ours left there.
+    fn lock(out: &Path) -> Result<crate::guard::DirLock> {
+        let lock = crate::guard::DirLock::acquire(out)?;
+        for p in crate::guard::clean_stale_temporaries(out) {
+            eprintln!("removed {} (left by an interrupted run)", p.display());
+        }
+        Ok(lock)
     }
 
     /// A run on random tokens, for benchmarks: the tokenizer has exactly
@@ -269,6 +307,7 @@ impl Trainer {
             device: device.clone(),
             last_train_loss: f64::NAN,
             native,
+            _lock: None,
         })
     }
 
@@ -281,6 +320,7 @@ impl Trainer {
         data: Option<DataSpec>,
         device: &Device,
     ) -> Result<Self> {
+        let lock = Self::lock(out)?;
         let ckpt = checkpoint::resolve_dir(&out.join(CHECKPOINT_DIR)).ok_or_else(|| {
             Error::bad_file(
                 out,
@@ -295,7 +335,12 @@ impl Trainer {
             config.max_iters = m;
         }
         config.validate()?;
-        let data = data.unwrap_or(state.data.clone());
+        let data = data
+            .map(|d| DataSpec {
+                files: d.files.iter().map(|f| crate::guard::resolve_path(f)).collect(),
+                encoding: d.encoding,
+            })
+            .unwrap_or(state.data.clone());
         let corpus = read_corpus(&data.files, data.encoding)?;
         let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
         let tensors = read_safetensors(&ckpt.join(checkpoint::WEIGHTS), device)?;
@@ -330,7 +375,37 @@ impl Trainer {
         }
         t.step = state.step;
         t.best_val_loss = state.best_val_loss;
+        t._lock = Some(lock);
+        t.cut_metrics(state.step)?;
         Ok(t)
+    }
+
+    /// Drop the lines of `metrics.jsonl` logged after step `step` (the checkpoint's): a
+    /// resumed run logs them again, and would otherwise repeat them.
+    fn cut_metrics(&self, step: usize) -> Result<()> {
+        let path = self.out.join(METRICS_FILE);
+        if path.is_symlink() || !path.is_file() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut kept = String::new();
+        let mut dropped = 0;
+        for line in text.lines() {
+            let later = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize > step);
+            if later || line.trim().is_empty() {
+                dropped += 1;
+            } else {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        if dropped > 0 {
+            checkpoint::write_atomic(&path, kept.as_bytes())?;
+        }
+        Ok(())
     }
 
     pub fn step(&self) -> usize {
@@ -519,16 +594,19 @@ impl Trainer {
             }
             self.save_model(&self.out.clone())?;
         }
-        self.save_checkpoint()?;
         let stats = EvalStats {
             step: self.step,
             train_loss,
             val_loss,
             best,
         };
+        // The line first, then the checkpoint: a run killed in between resumes from the
+        // previous checkpoint, which cuts this line away ([`Trainer::cut_metrics`]), so
+        // the log never lacks the evaluation at a checkpoint's step.
         let mut line = serde_json::to_value(&stats).unwrap();
         line["type"] = "eval".into();
         self.append_metrics(&line)?;
+        self.save_checkpoint()?;
         Ok(stats)
     }
 
@@ -584,11 +662,7 @@ impl Trainer {
     fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
         let path = self.out.join(METRICS_FILE);
         std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let mut f = crate::guard::open_append_no_follow(&path)?;
         writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
     }
 
