@@ -172,7 +172,11 @@ fn bench_bandwidth(a: BenchBandwidthArgs) -> Result<()> {
             "--mib and --repeats must be at least 1",
         ));
     }
-    let words = a.mib * (1 << 20) / 8;
+    let bytes = a.mib.checked_mul(1 << 20).ok_or_else(|| {
+        Error::invalid("--mib", format!("{} MiB does not fit in memory", a.mib))
+    })?;
+    attn::guard::check_memory("--mib", bytes as f64)?;
+    let words = bytes / 8;
     let buf: Vec<u64> = (0..words as u64)
         .into_par_iter()
         .map(|i| i.wrapping_mul(0x9E37_79B9))
@@ -284,6 +288,14 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             ))
         }
         (Some(e), b) => {
+            // Each sequence keeps keys and values for every layer and position.
+            let c = &e.config;
+            attn::guard::check_memory(
+                "--batch (the sequences' caches and activations)",
+                b as f64
+                    * (8.0 * c.n_layer as f64 * (p + n) as f64 * c.n_embd as f64
+                        + 4.0 * (p as f64 * 16.0 * c.n_embd as f64 + c.vocab_size as f64)),
+            )?;
             let prompts: Vec<Vec<u32>> = (0..b)
                 .map(|_| {
                     (0..p)

@@ -7,9 +7,11 @@ use attn::data::labelled::{read_labelled, split_holdout};
 use attn::data::Encoding;
 use attn::models::bert::LoraConfig;
 use attn::nn::default_device;
-use attn::tasks::classify::{train, Classifier, ClassifyConfig, ClassifyEvent, Start};
+use attn::tasks::classify::{
+    train, Classifier, ClassifyConfig, ClassifyEvent, LongTexts, Start,
+};
 use attn::{Error, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Subcommand)]
@@ -37,67 +39,151 @@ pub struct TrainArgs {
     /// Pretrained HF BERT folder to fine-tune.
     #[arg(long, conflicts_with = "preset")]
     model: Option<PathBuf>,
-    /// Train from scratch: bert-small (4 layers × 256) or bert-tiny (2 layers × 128).
+    /// Train from scratch: bert-small (4 layers × 256) or bert-tiny (2 layers × 128)
+    /// [default without --model: bert-small].
     #[arg(long)]
     preset: Option<String>,
+    /// Output folder: the best epoch's model (HF BertForSequenceClassification).
     #[arg(long)]
     out: PathBuf,
+    /// Replace a model already in --out (without it such a folder is refused; --out can
+    /// never be --model itself).
+    #[arg(long)]
+    overwrite: bool,
+    /// Encoding of the data files: utf8 or latin1.
     #[arg(long, default_value = "utf8")]
     encoding: Encoding,
     /// LoRA rank: adapters on the query and value projections instead of full fine-tuning.
     #[arg(long)]
     lora_rank: Option<usize>,
+    /// LoRA scale numerator (the adapters are scaled by alpha / rank).
     #[arg(long, default_value_t = 16.0)]
     lora_alpha: f64,
     /// Save LoRA adapters in adapter_model.safetensors instead of merging them.
     #[arg(long)]
     lora_separate: bool,
+    /// Passes over the training data [default: 3; 4 for bert-small].
     #[arg(long)]
     epochs: Option<usize>,
+    /// Examples per step [default: 32].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Peak learning rate [default: 5e-5 fine-tuning, 5e-4 with LoRA or bert-small,
+    /// 1e-3 bert-tiny].
     #[arg(long)]
     lr: Option<f64>,
+    /// AdamW weight decay [default: 0.01].
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Fraction of the steps warming the learning rate up, then linear decay to 0
+    /// [default: 0.1].
     #[arg(long)]
     warmup_ratio: Option<f64>,
+    /// Longest text in tokens; longer ones are truncated [default: 128, at most the
+    /// model's position limit].
     #[arg(long)]
     max_len: Option<usize>,
-    /// Tokenizer for training from scratch: bpe:N or char.
+    /// Tokenizer for training from scratch: bpe:N or char [default: bpe:8000].
     #[arg(long)]
     tokenizer: Option<String>,
+    /// Dropout probability, in [0, 1) [default: 0.1].
     #[arg(long)]
     dropout: Option<f32>,
+    /// Seed of the initialisation, shuffling and hold-out split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Print a JSON summary on stdout at the end.
     #[arg(long)]
     json: bool,
 }
 
+/// What to do with texts longer than --max-len.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Long {
+    /// Keep the first --max-len tokens (what training saw).
+    Truncate,
+    /// Score consecutive windows of --max-len tokens and average their probabilities
+    /// (weighted by each window's length).
+    Windows,
+}
+
+impl From<Long> for LongTexts {
+    fn from(l: Long) -> Self {
+        match l {
+            Long::Truncate => LongTexts::Truncate,
+            Long::Windows => LongTexts::Windows,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct PredictArgs {
+    /// Classifier folder (written by `attn classify train`, or an HF
+    /// BertForSequenceClassification folder).
     #[arg(long)]
     model: PathBuf,
     /// Print one JSON object per line with the label and every class probability.
     #[arg(long)]
     json: bool,
+    /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Tokens per text [default: the training --max-len]; at most the model's position
+    /// limit.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Texts longer than --max-len: truncate them, or average over windows.
+    #[arg(long, value_enum, default_value_t = Long::Truncate)]
+    long: Long,
 }
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// Classifier folder.
     #[arg(long)]
     model: PathBuf,
+    /// Labelled data: TSV, CSV, JSONL or a folder with one file per class.
     #[arg(long)]
     data: PathBuf,
+    /// Encoding of the data files: utf8 or latin1.
     #[arg(long, default_value = "utf8")]
     encoding: Encoding,
+    /// Print one JSON object (accuracy, P/R/F1, confusion matrix).
     #[arg(long)]
     json: bool,
+    /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Tokens per text [default: the training --max-len]; at most the model's position
+    /// limit.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Texts longer than --max-len: truncate them, or average over windows.
+    #[arg(long, value_enum, default_value_t = Long::Truncate)]
+    long: Long,
+}
+
+/// Load a classifier with the --max-len asked for.
+fn load(model: &std::path::Path, max_len: Option<usize>) -> Result<Classifier> {
+    let mut clf = Classifier::load(model, &default_device())?;
+    if let Some(n) = max_len {
+        clf.set_max_len(n)?;
+    }
+    Ok(clf)
+}
+
+/// Say how many texts were longer than the model reads.
+fn warn_long(count: usize, total: usize, clf: &Classifier, long: Long) {
+    if count > 0 {
+        let what = match long {
+            Long::Truncate => "only their first tokens were classified (--max-len up to the model's limit, or --long windows, reads them whole)",
+            Long::Windows => "they were scored as the average of their windows",
+        };
+        eprintln!(
+            "warning: {count} of {total} texts are longer than {} tokens; {what}",
+            clf.max_len
+        );
+    }
 }
 
 pub fn run(cmd: ClassifyCommand) -> Result<()> {
@@ -154,6 +240,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
         dropout
     );
     cfg.validate()?;
+    let inputs: Vec<&std::path::Path> = [Some(&a.data), a.valid.as_ref(), a.model.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect();
+    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
     let data = read_labelled(&a.data, a.encoding)?;
     let (train_set, val_set) = match &a.valid {
         Some(v) => (data, read_labelled(v, a.encoding)?),
@@ -216,14 +308,16 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_predict(a: PredictArgs) -> Result<()> {
-    let clf = Classifier::load(&a.model, &default_device())?;
+    crate::at_least_1("--batch-size", a.batch_size)?;
+    let clf = load(&a.model, a.max_len)?;
     let texts: Vec<String> = std::io::stdin()
         .lock()
         .lines()
         .collect::<std::io::Result<_>>()
         .map_err(|e| Error::invalid("stdin", format!("cannot read the texts: {e}")))?;
     let texts: Vec<String> = texts.iter().map(|t| attn::data::normalize(t)).collect();
-    let probs = clf.predict(&texts, a.batch_size)?;
+    let (probs, long_count) = clf.predict_long(&texts, a.batch_size, a.long.into())?;
+    warn_long(long_count, texts.len(), &clf, a.long);
     let mut out = std::io::stdout().lock();
     for p in probs {
         let best = (0..p.len())
@@ -248,9 +342,11 @@ fn run_predict(a: PredictArgs) -> Result<()> {
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
-    let clf = Classifier::load(&a.model, &default_device())?;
+    crate::at_least_1("--batch-size", a.batch_size)?;
+    let clf = load(&a.model, a.max_len)?;
     let data = read_labelled(&a.data, a.encoding)?;
-    let report = clf.evaluate(&data, a.batch_size)?;
+    let (report, long_count) = clf.evaluate_long(&data, a.batch_size, a.long.into())?;
+    warn_long(long_count, data.len(), &clf, a.long);
     if a.json {
         crate::print_json(&report.to_json());
     } else {

@@ -99,6 +99,14 @@ fn read_streams(a: &RefArgs) -> Result<(Vec<String>, Vec<Vec<String>>)> {
 
 fn run_bleu(a: BleuArgs) -> Result<()> {
     use attn::metrics::bleu::{corpus_bleu, sentence_bleu, BleuConfig, Smooth};
+    if let Some(v) = a.smooth_value {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(attn::Error::invalid(
+                "--smooth-value",
+                format!("{v} must be a finite number ≥ 0"),
+            ));
+        }
+    }
     let smooth = match a.smooth_method.as_str() {
         "exp" => Smooth::Exp,
         "none" => Smooth::None,
@@ -153,12 +161,28 @@ fn run_bleu(a: BleuArgs) -> Result<()> {
     Ok(())
 }
 
+/// The longest n-gram order chrF accepts (sacreBLEU's defaults are 6 and 2; each order
+/// costs memory and time per sentence).
+const MAX_NGRAM_ORDER: usize = 100;
+
 fn run_chrf(a: ChrfArgs) -> Result<()> {
     use attn::metrics::chrf::{corpus_chrf, sentence_chrf, ChrfConfig};
-    if a.char_order == 0 || !(a.beta > 0.0) {
+    if !(1..=MAX_NGRAM_ORDER).contains(&a.char_order) {
         return Err(attn::Error::invalid(
-            "char-order/beta",
-            "char-order must be ≥ 1 and beta > 0",
+            "--char-order",
+            format!("{} is not between 1 and {MAX_NGRAM_ORDER}", a.char_order),
+        ));
+    }
+    if a.word_order > MAX_NGRAM_ORDER {
+        return Err(attn::Error::invalid(
+            "--word-order",
+            format!("{} is not between 0 and {MAX_NGRAM_ORDER}", a.word_order),
+        ));
+    }
+    if !(a.beta.is_finite() && a.beta > 0.0) {
+        return Err(attn::Error::invalid(
+            "--beta",
+            format!("{} must be a finite number above 0", a.beta),
         ));
     }
     let cfg = ChrfConfig {
@@ -276,11 +300,26 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         EvalCommand::Bleu(a) => return run_bleu(a),
         EvalCommand::Chrf(a) => return run_chrf(a),
     };
+    crate::at_least_1("--batch-size", a.batch_size)?;
+    if let Some(n) = a.max_length {
+        crate::at_least_1("--max-length", n)?;
+    }
+    if let Some(n) = a.stride {
+        crate::at_least_1("--stride", n)?;
+    }
+    attn::guard::regular_file(&a.data)?;
     let loaded = load_causal_lm(&a.model, &default_device())?;
     let text = normalize(&read_text(&a.data, a.encoding)?);
     let ids = loaded.tokenizer.encode(&text)?;
     let max_length = a.max_length.unwrap_or(loaded.model.context());
     let stride = a.stride.unwrap_or(max_length);
+    // Logits of a whole batch of windows are held at once.
+    attn::guard::check_memory(
+        "--batch-size × --max-length (the logits of one batch)",
+        a.batch_size as f64 * max_length.min(loaded.model.context()) as f64
+            * loaded.model.vocab_size() as f64
+            * 8.0,
+    )?;
     let p = perplexity(
         loaded.model.as_ref(),
         &ids,

@@ -23,8 +23,13 @@ pub struct ExportArgs {
     /// Folder to write.
     #[arg(long)]
     out: PathBuf,
+    /// Weight type of the written folder.
     #[arg(long, value_enum, default_value_t = ExportDtype::F32)]
     dtype: ExportDtype,
+    /// Replace a model already in --out (without it such a folder is refused; --out can
+    /// never be --model itself).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
@@ -33,6 +38,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         ExportDtype::F16 => DType::F16,
         ExportDtype::Bf16 => DType::BF16,
     };
+    attn::guard::OutputDir::check("--out", &a.out, &[&a.model], a.overwrite)?;
     export(&a.model, &a.out, dtype, &default_device())?;
     eprintln!("wrote {}", a.out.display());
     Ok(())

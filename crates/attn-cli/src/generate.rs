@@ -17,9 +17,11 @@ pub struct GenerateArgs {
     /// Text to continue (empty: start from the start token or a newline).
     #[arg(long, default_value = "")]
     prompt: String,
+    /// Most tokens to generate (fewer when the end-of-text token or a --stop text comes).
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
-    /// Sampling temperature; 0 means greedy. Default: generation_config.json, else 1.
+    /// Sampling temperature; 0 (or below 1e-4) means greedy. Default:
+    /// generation_config.json, else 1.
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f64>,
     /// Keep only the K most likely tokens. Default: generation_config.json.
@@ -28,8 +30,10 @@ pub struct GenerateArgs {
     /// Keep the smallest set of tokens whose probability reaches P.
     #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f64>,
+    /// Divide the logits of tokens already present (HF's CTRL-style penalty); 1 disables.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repetition_penalty: f64,
+    /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop when this text is generated (may be repeated).
@@ -41,6 +45,12 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.stop.iter().any(|s| s.is_empty()) {
+        return Err(attn::Error::invalid(
+            "--stop",
+            "an empty stop text would stop before the first token",
+        ));
+    }
     let loaded = load_causal_lm(&a.model, &default_device())?;
     let g = &loaded.generation;
     let sampling = SamplingConfig {

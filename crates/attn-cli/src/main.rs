@@ -82,6 +82,16 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("../shared/data"))
 }
 
+/// A count flag that must be at least 1 (`--batch-size 0` would loop on nothing or divide
+/// by zero).
+pub fn at_least_1(flag: &str, v: usize) -> attn::Result<()> {
+    if v == 0 {
+        Err(attn::Error::invalid(flag, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
 /// Print a JSON value as one line on stdout.
 pub fn print_json(value: &serde_json::Value) {
     println!("{value}");

@@ -34,6 +34,9 @@ pub struct QuantizeArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Replace a model already in --out (without it such a folder is refused).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
@@ -67,16 +70,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             ))
         }
     }
-    let same = match (src.canonicalize(), a.out.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    };
-    if same {
-        return Err(Error::invalid(
-            "out",
-            "must be a different folder from --model",
-        ));
+    let mut inputs = vec![src.as_path()];
+    if let Some(d) = &a.eval_data {
+        inputs.push(d.as_path());
     }
+    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
     let t0 = Instant::now();
     let engine = Gpt2Engine::load(&src, Some(ty))?;
     engine.save(&a.out, Some(&src))?;

@@ -29,18 +29,28 @@ pub struct TrainTokenizerArgs {
     /// Vocabulary size for BPE (bytes and special tokens included).
     #[arg(long, default_value_t = 4096)]
     vocab_size: usize,
+    /// Byte-level BPE, or one token per character.
     #[arg(long, value_enum, default_value_t = Kind::Bpe)]
     kind: Kind,
     /// Encoding of the data files: utf8 or latin1.
     #[arg(long, default_value = "utf8")]
     encoding: Encoding,
-    /// Output folder.
+    /// Output folder (DIR/tokenizer.json is written).
     #[arg(long)]
     out: PathBuf,
+    /// Write into a folder that already holds a model or tokenizer, replacing its
+    /// tokenizer.json (a model with a new tokenizer no longer reads its own ids).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(cmd: TokenizerCommand) -> Result<()> {
     let TokenizerCommand::Train(a) = cmd;
+    let inputs: Vec<&std::path::Path> = a.data.iter().map(|p| p.as_path()).collect();
+    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+    if matches!(a.kind, Kind::Bpe) {
+        attn::train::check_bpe_size("--vocab-size", &a.vocab_size.to_string())?;
+    }
     let corpus = read_corpus(&a.data, a.encoding)?;
     let tok = match a.kind {
         Kind::Bpe => Tokenizer::train_bpe(&corpus, a.vocab_size)?,

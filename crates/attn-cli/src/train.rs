@@ -13,55 +13,70 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Flags that override a preset's values, one per hyperparameter.
 #[derive(Args, Clone, Default)]
 pub struct Overrides {
+    /// Transformer blocks [default: the preset's].
     #[arg(long)]
     pub n_layer: Option<usize>,
+    /// Attention heads per block (must divide --n-embd) [default: the preset's].
     #[arg(long)]
     pub n_head: Option<usize>,
+    /// Width of the embeddings and hidden states [default: the preset's].
     #[arg(long)]
     pub n_embd: Option<usize>,
-    /// Context length (the model's n_positions).
+    /// Context length (the model's n_positions). [default: the preset's]
     #[arg(long)]
     pub block_size: Option<usize>,
+    /// Dropout probability, in [0, 1) [default: the preset's].
     #[arg(long)]
     pub dropout: Option<f32>,
-    /// char, bpe:N, or a tokenizer.json (or a folder holding one).
+    /// char, bpe:N, or a tokenizer.json (or a folder holding one). [default: the preset's]
     #[arg(long)]
     pub tokenizer: Option<String>,
+    /// Sequences per micro-batch [default: the preset's].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Micro-batches per optimiser step.
+    /// Micro-batches per optimiser step. [default: the preset's]
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Optimiser steps in all (with --resume: extends the run) [default: the preset's].
     #[arg(long)]
     pub max_iters: Option<usize>,
-    /// Peak learning rate.
+    /// Peak learning rate. [default: the preset's]
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
+    /// Learning rate at the end of the cosine decay [default: the preset's].
     #[arg(long, allow_negative_numbers = true)]
     pub min_lr: Option<f64>,
+    /// Steps of linear learning-rate warm-up [default: the preset's].
     #[arg(long)]
     pub warmup_iters: Option<usize>,
+    /// Step at which the cosine decay reaches --min-lr [default: the preset's].
     #[arg(long)]
     pub lr_decay_iters: Option<usize>,
+    /// AdamW weight decay [default: the preset's].
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
+    /// AdamW β1 [default: the preset's].
     #[arg(long, allow_negative_numbers = true)]
     pub beta1: Option<f64>,
+    /// AdamW β2 [default: the preset's].
     #[arg(long, allow_negative_numbers = true)]
     pub beta2: Option<f64>,
-    /// Clip gradients to this global norm (0 disables).
+    /// Clip gradients to this global norm (0 disables). [default: the preset's]
     #[arg(long, allow_negative_numbers = true)]
     pub grad_clip: Option<f64>,
+    /// Steps between evaluations (the best model is saved then) [default: the preset's].
     #[arg(long)]
     pub eval_interval: Option<usize>,
-    /// Batches per loss estimate.
+    /// Batches per loss estimate. [default: the preset's]
     #[arg(long)]
     pub eval_iters: Option<usize>,
+    /// Steps between lines in metrics.jsonl [default: the preset's].
     #[arg(long)]
     pub log_interval: Option<usize>,
-    /// Fraction of the data (its end) held out for validation.
+    /// Fraction of the data (its end) held out for validation. [default: the preset's]
     #[arg(long, allow_negative_numbers = true)]
     pub val_fraction: Option<f64>,
+    /// Seed of the initialisation, batches and dropout [default: the preset's].
     #[arg(long)]
     pub seed: Option<u64>,
 }
@@ -118,6 +133,10 @@ pub struct TrainArgs {
     /// Print a JSON summary on stdout at the end.
     #[arg(long)]
     json: bool,
+    /// Start a new run in an --out folder that already holds a model or a run
+    /// (replacing them); without it such a folder is refused.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -133,9 +152,7 @@ fn default_corpus(preset: &str) -> &'static str {
 fn resolve_data(args: &TrainArgs) -> Result<Vec<PathBuf>> {
     if !args.data.is_empty() {
         for p in &args.data {
-            if !p.is_file() {
-                return Err(Error::bad_file(p, "data file not found"));
-            }
+            attn::guard::regular_file(p)?;
         }
         return Ok(args.data.clone());
     }
@@ -188,13 +205,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
             files: resolve_data(&a)?,
             encoding: a.encoding,
         };
-        if a.out.join(attn::train::CHECKPOINT_DIR).exists() {
+        if a.out.join(attn::train::CHECKPOINT_DIR).exists() && !a.overwrite {
             return Err(Error::bad_file(
                 &a.out,
-                "already holds a training run: pass --resume to continue it, or choose another --out",
+                "already holds a training run: pass --resume to continue it, --overwrite to start again, or choose another --out",
             ));
         }
-        Trainer::new(config, data, &a.out, &device)?
+        let inputs: Vec<&Path> = data.files.iter().map(|f| f.as_path()).collect();
+        attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+        let t = Trainer::new(config, data, &a.out, &device)?;
+        if a.overwrite {
+            // The old run's log and plot would mix with this one's.
+            for f in [attn::train::METRICS_FILE, "loss.png"] {
+                let p = a.out.join(f);
+                if p.symlink_metadata().is_ok() {
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+        }
+        t
     };
     let cfg = trainer.config.clone();
     eprintln!(

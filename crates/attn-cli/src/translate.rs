@@ -35,9 +35,11 @@ struct RunArgs {
     /// Beam size; 1 is greedy.
     #[arg(long, default_value_t = 4)]
     beam: usize,
+    /// Exponent of the length normalisation of beam scores (transformers'
+    /// length_penalty): above 0 favours longer translations.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     length_penalty: f64,
-    /// Most tokens to generate per sentence (default: the model's limit).
+    /// Most tokens to generate per sentence [default: the model's limit].
     #[arg(long)]
     max_len: Option<usize>,
     /// Sentences decoded together (batched beam search).
@@ -47,15 +49,19 @@ struct RunArgs {
 
 #[derive(Args)]
 struct TrainArgs {
+    /// Source sentences, one per line (parallel to --tgt).
     #[arg(long, requires = "tgt")]
     src: Option<PathBuf>,
+    /// Target sentences, one per line (parallel to --src).
     #[arg(long, requires = "src")]
     tgt: Option<PathBuf>,
     /// source<TAB>target[<TAB>ignored] lines (Tatoeba), instead of --src/--tgt.
     #[arg(long, conflicts_with_all = ["src", "tgt"])]
     pairs: Option<PathBuf>,
+    /// Validation source sentences (with --valid-tgt); without them pairs are held out.
     #[arg(long, requires = "valid_tgt")]
     valid_src: Option<PathBuf>,
+    /// Validation target sentences (with --valid-src).
     #[arg(long, requires = "valid_src")]
     valid_tgt: Option<PathBuf>,
     /// Without --valid-*: test pairs held out (after a fixed shuffle of the data) and
@@ -66,50 +72,72 @@ struct TrainArgs {
     /// Without --valid-*: validation pairs taken next from the shuffled data.
     #[arg(long, default_value_t = 500)]
     valid_size: usize,
+    /// Output folder: the best model (HF MarianMTModel layout), metrics.jsonl.
     #[arg(long)]
     out: PathBuf,
+    /// Replace a model already in --out (without it such a folder is refused).
+    #[arg(long)]
+    overwrite: bool,
+    /// Encoding of the data files: utf8 or latin1.
     #[arg(long, default_value = "utf8")]
     encoding: Encoding,
-    #[arg(long)]
-    d_model: Option<usize>,
-    #[arg(long)]
-    layers: Option<usize>,
-    #[arg(long)]
-    heads: Option<usize>,
-    #[arg(long)]
-    ffn: Option<usize>,
-    #[arg(long)]
-    max_len: Option<usize>,
-    #[arg(long)]
-    dropout: Option<f32>,
-    #[arg(long)]
-    vocab_size: Option<usize>,
-    #[arg(long)]
-    label_smoothing: Option<f64>,
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    warmup: Option<usize>,
-    #[arg(long)]
-    max_steps: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    eval_interval: Option<usize>,
-    #[arg(long)]
-    bleu_sample: Option<usize>,
+    /// Width of the model (embeddings and hidden states).
+    #[arg(long, default_value_t = TranslateConfig::default().d_model)]
+    d_model: usize,
+    /// Encoder layers, and as many decoder layers.
+    #[arg(long, default_value_t = TranslateConfig::default().layers)]
+    layers: usize,
+    /// Attention heads (must divide --d-model).
+    #[arg(long, default_value_t = TranslateConfig::default().heads)]
+    heads: usize,
+    /// Width of the feed-forward blocks.
+    #[arg(long, default_value_t = TranslateConfig::default().ffn)]
+    ffn: usize,
+    /// Longest sentence in tokens; longer ones are truncated.
+    #[arg(long, default_value_t = TranslateConfig::default().max_len)]
+    max_len: usize,
+    /// Dropout probability, in [0, 1).
+    #[arg(long, default_value_t = TranslateConfig::default().dropout)]
+    dropout: f32,
+    /// Shared byte-level BPE vocabulary of both languages.
+    #[arg(long, default_value_t = TranslateConfig::default().vocab_size)]
+    vocab_size: usize,
+    /// Label smoothing of the cross-entropy, in [0, 1).
+    #[arg(long, default_value_t = TranslateConfig::default().label_smoothing)]
+    label_smoothing: f64,
+    /// Peak learning rate, reached after --warmup steps, then ∝ 1/√step.
+    #[arg(long, default_value_t = TranslateConfig::default().lr)]
+    lr: f64,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, default_value_t = TranslateConfig::default().warmup)]
+    warmup: usize,
+    /// Optimiser steps in all.
+    #[arg(long, default_value_t = TranslateConfig::default().max_steps)]
+    max_steps: usize,
+    /// Sentence pairs per step.
+    #[arg(long, default_value_t = TranslateConfig::default().batch_size)]
+    batch_size: usize,
+    /// Steps between evaluations (validation loss and BLEU; the best is saved).
+    #[arg(long, default_value_t = TranslateConfig::default().eval_interval)]
+    eval_interval: usize,
+    /// Validation pairs decoded for the BLEU at each evaluation.
+    #[arg(long, default_value_t = TranslateConfig::default().bleu_sample)]
+    bleu_sample: usize,
     /// Beam size for the validation BLEU.
-    #[arg(long)]
-    beam: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
+    #[arg(long, default_value_t = TranslateConfig::default().beam)]
+    beam: usize,
+    /// Seed of the initialisation, batching and dropout.
+    #[arg(long, default_value_t = TranslateConfig::default().seed)]
+    seed: u64,
     /// Swap the two sides: translate what --tgt / the TSV's second column holds into
     /// the other (e.g. Tatoeba's Chinese into English).
     #[arg(long)]
     reverse: bool,
-    /// sacreBLEU tokenizer for the validation BLEU (13a, intl, zh, char, none, auto).
-    #[arg(long)]
-    bleu_tokenize: Option<String>,
+    /// sacreBLEU tokenizer for the validation BLEU (13a, intl, zh, char, none, or auto:
+    /// zh when the targets hold Chinese, else 13a).
+    #[arg(long, default_value = "auto")]
+    bleu_tokenize: String,
+    /// Print a JSON summary on stdout at the end.
     #[arg(long)]
     json: bool,
 }
@@ -128,7 +156,32 @@ fn run_decode(a: RunArgs) -> Result<()> {
     let model = a.model.ok_or_else(|| {
         Error::invalid("model", "give --model DIR (or use `attn translate train`)")
     })?;
+    crate::at_least_1("--beam", a.beam)?;
+    crate::at_least_1("--batch-size", a.batch_size)?;
+    if let Some(n) = a.max_len {
+        crate::at_least_1("--max-len", n)?;
+    }
+    if !a.length_penalty.is_finite() {
+        return Err(Error::invalid("--length-penalty", "must be a finite number"));
+    }
     let tr = Translator::load(&model, &default_device())?;
+    let c = &tr.model.config;
+    if a.beam > c.vocab_size {
+        return Err(Error::invalid(
+            "--beam",
+            format!("{} is more than the model's {} tokens", a.beam, c.vocab_size),
+        ));
+    }
+    // Each hypothesis of a batch keeps its decoder's keys and values (self- and
+    // cross-attention) and a row of logits.
+    let t = c.max_position_embeddings as f64;
+    attn::guard::check_memory(
+        "--beam × --batch-size (the hypotheses decoded together)",
+        a.beam as f64
+            * a.batch_size as f64
+            * 4.0
+            * (4.0 * c.decoder_layers as f64 * t * c.d_model as f64 + 3.0 * c.vocab_size as f64),
+    )?;
     let beam = BeamConfig {
         num_beams: a.beam,
         length_penalty: a.length_penalty,
@@ -166,7 +219,7 @@ fn run_decode(a: RunArgs) -> Result<()> {
 
 fn run_train(a: TrainArgs) -> Result<()> {
     let mut cfg = TranslateConfig::default();
-    macro_rules! set { ($($f:ident),*) => { $( if let Some(v) = a.$f { cfg.$f = v; } )* }; }
+    macro_rules! set { ($($f:ident),*) => { $( cfg.$f = a.$f.clone(); )* }; }
     set!(
         d_model,
         layers,
@@ -187,6 +240,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
         bleu_tokenize
     );
     cfg.validate()?;
+    let inputs: Vec<&std::path::Path> = [&a.pairs, &a.src, &a.tgt, &a.valid_src, &a.valid_tgt]
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect();
+    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
     let (mut pairs, mut skipped) = match (&a.pairs, &a.src, &a.tgt) {
         (Some(p), _, _) => read_pairs_tsv(p, a.encoding)?,
         (None, Some(s), Some(t)) => read_parallel(s, t, a.encoding)?,

@@ -55,6 +55,8 @@ fn with_tokenizer(name: &str, n: usize, dir: &Path) -> PathBuf {
         text.to_str().unwrap(),
         "--out",
         m.to_str().unwrap(),
+        // The folder holds a model without a tokenizer: adding one is deliberate.
+        "--overwrite",
     ]));
     m
 }
