@@ -416,12 +416,112 @@ def probes(r: Runner, w: Path, m: dict):
         r.results.append(("--resume from another directory", "FAIL", f"first run failed: {err[-300:]}"))
         print(f"FAIL --resume from another directory: first run failed: {err[-300:]}")
 
+    crash_safety(r, w)
+
     # 7. The careless user's first hour.
     r.probe("serve from the attn binary", ["serve", "--help"], expect="ok",
             check=lambda rc, o, e: None if "--model" in o else "no usage text")
     for sub in [["translate", "train"], ["classify", "train"], ["train"], ["generate"], ["eval", "perplexity"],
                 ["translate"], ["classify", "predict"], ["embed"], ["quantize"], ["export"]]:
         r.probe(f"help lines: {' '.join(sub)}", sub + ["--help"], expect="ok", check=help_complete)
+
+
+def crash_safety(r: Runner, w: Path):
+    """Kills, concurrent writers and leftovers around `attn train`'s output folder."""
+    base = w / "crash"
+    shutil.rmtree(base, ignore_errors=True)
+    data = write(base / "data.txt", TEXT)
+    args = ["--data", data, "--n-layer", 2, "--n-head", 2, "--n-embd", 32, "--block-size", 32,
+            "--batch-size", 4, "--eval-interval", 5, "--eval-iters", 2, "--log-interval", 1, "--seed", 5]
+    full = base / "full"
+    r.setup(["train", "--out", full, "--max-iters", 300] + args)
+
+    def record(name, problem, detail):
+        verdict = "WRONG" if problem else "ok"
+        r.results.append((name, verdict, problem or detail))
+        print(f"{'FAIL' if problem else 'pass'} {name}: {verdict} {problem or detail}", flush=True)
+
+    def spawn(argv):
+        def cap():
+            resource.setrlimit(resource.RLIMIT_AS, (r.mem, r.mem))
+        return subprocess.Popen([str(r.attn)] + [str(a) for a in argv], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, preexec_fn=cap)
+
+    # kill -9 at several moments (some inside checkpoint saves: one every 5 steps), then
+    # resume until done: the weights and the log must equal the uninterrupted run's.
+    killed = base / "killed"
+    import random
+    rnd = random.Random(11)
+    kills = 0
+    first = True
+    for attempt in range(30):
+        argv = (["train", "--out", killed, "--max-iters", 300] + args) if first else \
+               ["train", "--out", killed, "--resume"]
+        p = spawn(argv)
+        try:
+            p.wait(timeout=rnd.uniform(0.2, 1.2) if kills < 6 else 300)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            kills += 1
+        err = p.stderr.read().decode("utf-8", "replace")
+        if p.returncode == 0:
+            break
+        if p.returncode != -9:
+            # A run killed before its first checkpoint cannot be resumed: start again.
+            if first and "no checkpoint" in err or "already holds a training run" in err:
+                pass
+            elif not first and "no checkpoint" in err:
+                first = True
+                continue
+            else:
+                record("kill -9 and resume", f"exit {p.returncode}: {err.strip()[-300:]}", "")
+                break
+        if (killed / "checkpoint").is_dir() or (killed / "checkpoint.old").is_dir():
+            first = False
+    same_w = tree_hash(killed / "checkpoint/model.safetensors") == tree_hash(full / "checkpoint/model.safetensors") \
+        if (killed / "checkpoint/model.safetensors").exists() else False
+    log_a = (full / "metrics.jsonl").read_text().splitlines()
+    log_b = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
+    def strip(lines):
+        out = []
+        for l in lines:
+            try:
+                v = json.loads(l)
+            except json.JSONDecodeError:
+                out.append(f"unparsable: {l}")
+                continue
+            out.append(json.dumps({k: x for k, x in v.items() if k != "tokens_per_sec"}, sort_keys=True))
+        return out
+    same_log = strip(log_a) == strip(log_b)
+    record(f"kill -9 x{kills} during training and saves, then --resume",
+           None if same_w and same_log else f"weights identical: {same_w}; log identical: {same_log} "
+                                            f"({len(log_b)} lines vs {len(log_a)})",
+           "weights and metrics.jsonl identical to the uninterrupted run")
+
+    # Two runs on one folder: the second is refused, naming the first's PID.
+    busy = base / "busy"
+    p = spawn(["train", "--out", busy, "--max-iters", 100000] + args)
+    time.sleep(1.5)
+    rc, _, err, _, _ = r.exec(["train", "--out", busy, "--resume"])
+    rc2, _, err2, _, _ = r.exec(["train", "--out", busy, "--max-iters", 3, "--overwrite"] + args)
+    p.kill()
+    p.wait()
+    want = f"PID {p.pid}"
+    record("a second run on a folder in use (--resume, --overwrite)",
+           None if rc != 0 and rc2 != 0 and want in err and want in err2 else
+           f"exit {rc}/{rc2}: {err.strip()[-200:]} / {err2.strip()[-200:]}",
+           f"both refused naming {want}")
+
+    # Leftovers of dead runs are removed on the next start; our live files are not.
+    stale = [busy / ".model.safetensors.999999999.tmp", busy / "checkpoint.tmp"]
+    stale[0].write_bytes(b"x" * 1000)
+    stale[1].mkdir(exist_ok=True)
+    (stale[1] / "model.safetensors").write_bytes(b"partial")
+    rc, _, err, _, _ = r.exec(["train", "--out", busy, "--resume", "--max-iters", 1])
+    left = [str(x) for x in stale if x.exists()]
+    record("stale temporaries removed on --resume", None if not left else f"left: {left}; {err[-200:]}",
+           "removed")
 
 
 def help_complete(rc, out, err):

@@ -381,7 +381,8 @@ impl Trainer {
     }
 
     /// Drop the lines of `metrics.jsonl` logged after step `step` (the checkpoint's): a
-    /// resumed run logs them again, and would otherwise repeat them.
+    /// resumed run logs them again, and would otherwise repeat them. A line torn by a
+    /// kill mid-write is dropped as well.
     fn cut_metrics(&self, step: usize) -> Result<()> {
         let path = self.out.join(METRICS_FILE);
         if path.is_symlink() || !path.is_file() {
@@ -391,11 +392,12 @@ impl Trainer {
         let mut kept = String::new();
         let mut dropped = 0;
         for line in text.lines() {
-            let later = serde_json::from_str::<serde_json::Value>(line)
+            // A line cut short by a kill mid-write does not parse: it goes too.
+            let keep = serde_json::from_str::<serde_json::Value>(line)
                 .ok()
                 .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize > step);
-            if later || line.trim().is_empty() {
+                .is_some_and(|s| s as usize <= step);
+            if !keep {
                 dropped += 1;
             } else {
                 kept.push_str(line);
