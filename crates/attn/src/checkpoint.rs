@@ -85,9 +85,17 @@ pub fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()> {
     }
 }
 
+/// A weights file that is a regular file and whose bytes (read whole, then converted)
+/// fit in the memory available.
+pub fn check_weights_file(path: &Path) -> Result<()> {
+    crate::guard::regular_file(path)?;
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    crate::guard::check_memory(&path.display().to_string(), 2.0 * len as f64)
+}
+
 /// Read every tensor of a safetensors file, refusing NaN or infinite weights.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    crate::guard::regular_file(path)?;
+    check_weights_file(path)?;
     let tensors = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))?;
     for (name, t) in &tensors {

@@ -224,4 +224,22 @@ mod tests {
         .validate()
         .is_err());
     }
+
+    #[test]
+    fn temperatures_below_the_floor_are_greedy() {
+        // 1e-39 once divided the logits into infinities and sampled garbage.
+        let logits = [0.5f32, 3.0, -1.0, 2.9];
+        for t in [1e-39, 1e-20, MIN_TEMPERATURE / 2.0] {
+            let c = SamplingConfig {
+                temperature: t,
+                seed: 3,
+                ..Default::default()
+            };
+            c.validate().unwrap();
+            let mut s = Sampler::new(c, logits.len());
+            for _ in 0..20 {
+                assert_eq!(s.sample(&mut logits.to_vec(), &[]), 1, "temperature {t}");
+            }
+        }
+    }
 }

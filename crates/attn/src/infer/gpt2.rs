@@ -150,9 +150,7 @@ impl Gpt2Engine {
             .validate()
             .map_err(|e| bad(&cfg_path, e.to_string()))?;
         let path = dir.join(WEIGHTS);
-        if !path.is_file() {
-            return Err(bad(&path, "file not found"));
-        }
+        crate::checkpoint::check_weights_file(&path)?;
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(&path, format!("not a valid safetensors file: {e}")))?;
