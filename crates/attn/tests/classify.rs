@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use attn::data::labelled::Example;
 use attn::models::bert::LoraConfig;
 use attn::nn::{default_device, Mode};
-use attn::tasks::classify::{train, Classifier, ClassifyConfig, Start};
+use attn::tasks::classify::{train, Classifier, ClassifyConfig, LongTexts, Start};
 use attn::tokenizer::Tokenizer;
 
 /// Two classes told apart by their words: "good"/"great" vs "bad"/"awful", with noise words.
@@ -97,6 +97,33 @@ fn scratch_classifier_learns_saves_and_ignores_padding() {
             (a - b).abs() < 1e-5,
             "padding changed logits: {alone:?} vs {padded:?}"
         );
+    }
+    // Long texts: truncation is counted, and windows average the windows' own
+    // probabilities weighted by their lengths.
+    let mut clf = clf;
+    clf.set_max_len(16).unwrap();
+    assert!(clf.set_max_len(65).is_err(), "above the position limit");
+    let texts = vec![long.to_string(), short.to_string()];
+    let (_, n_long) = clf.predict_long(&texts, 4, LongTexts::Truncate).unwrap();
+    assert_eq!(n_long, 1);
+    let (win, n_long) = clf.predict_long(&texts, 4, LongTexts::Windows).unwrap();
+    assert_eq!(n_long, 1);
+    let windows = clf.tokenizer.encode_windows(long, 16).unwrap();
+    assert!(windows.len() > 3 && windows.iter().all(|w| w.len() <= 16));
+    let batch: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
+    let probs = candle_nn::ops::softmax_last_dim(&clf.logits(&batch, &mut Mode::Eval).unwrap())
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let total: f64 = windows.iter().map(|w| w.len() as f64).sum();
+    for k in 0..2 {
+        let want: f64 = windows
+            .iter()
+            .zip(&probs)
+            .map(|(w, p)| w.len() as f64 * p[k] as f64)
+            .sum::<f64>()
+            / total;
+        assert!((win[0][k] as f64 - want).abs() < 1e-5, "{win:?} vs {want}");
     }
     // An unseen label at evaluation time is named.
     let bad = vec![Example {
