@@ -142,12 +142,15 @@ fn embed_reproduces_sentence_transformers_for_minilm() {
         });
     let model = models.join("all-MiniLM-L6-v2");
     if !model.is_dir() {
+        // Missing data fails the test unless skips were asked for (never under CI).
+        let skip = std::env::var("ATTN_ALLOW_SKIPS").is_ok_and(|v| v == "1")
+            && std::env::var("CI").map_or(true, |v| v != "true");
         assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "{} missing under CI",
+            skip,
+            "{} is missing (set ATTN_MODELS_DIR, or ATTN_ALLOW_SKIPS=1 to skip)",
             model.display()
         );
-        eprintln!("skipping: {} not found", model.display());
+        eprintln!("skipping (ATTN_ALLOW_SKIPS=1): {} not found", model.display());
         return;
     }
     let meta: serde_json::Value = serde_json::from_str(

@@ -3,8 +3,26 @@
 
 use std::path::PathBuf;
 
+/// A test input that is absent: a failure, so that no test passes without its data,
+/// unless skips were asked for with `ATTN_ALLOW_SKIPS=1` (never under `CI=true`); then
+/// `None`, said on stderr.
+pub fn missing(what: &str, dir: &std::path::Path) -> Option<PathBuf> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let allowed = std::env::var("ATTN_ALLOW_SKIPS").is_ok_and(|v| v == "1");
+    if ci || !allowed {
+        panic!(
+            "the {what} {} is missing{}: put it there, point the variable at it, or set \
+             ATTN_ALLOW_SKIPS=1 to skip the tests that need it",
+            dir.display(),
+            if ci { " under CI" } else { "" }
+        );
+    }
+    eprintln!("skipping (ATTN_ALLOW_SKIPS=1): no {what} at {}", dir.display());
+    None
+}
+
 /// The shared data folder: `$ATTN_DATA_DIR`, else `../shared/data` beside the workspace.
-/// Returns None (and says so) when it is absent, except under CI, where it must exist.
+/// Absent, it is a failure (see [`missing`]).
 pub fn data_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("ATTN_DATA_DIR")
         .map(PathBuf::from)
@@ -12,17 +30,7 @@ pub fn data_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "the shared data folder {} is missing under CI",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: no data folder at {} (set ATTN_DATA_DIR)",
-        dir.display()
-    );
-    None
+    missing("shared data folder (ATTN_DATA_DIR)", &dir)
 }
 
 /// A fresh empty temporary folder for one test.
@@ -34,7 +42,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// The shared models folder (`$ATTN_MODELS_DIR`, else `../shared/models`), with the same
-/// rule as [`data_dir`]: absent is a skip locally and a failure under CI.
+/// rule as [`data_dir`].
 pub fn models_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("ATTN_MODELS_DIR")
         .map(PathBuf::from)
@@ -44,17 +52,7 @@ pub fn models_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "the shared models folder {} is missing under CI",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: no models folder at {} (set ATTN_MODELS_DIR)",
-        dir.display()
-    );
-    None
+    missing("shared models folder (ATTN_MODELS_DIR)", &dir)
 }
 
 /// Copy every file of `src` into a fresh folder `dst`.
