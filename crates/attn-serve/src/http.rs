@@ -505,7 +505,8 @@ async fn generate(
             sampling,
             stop: p.stop.clone(),
             arrived,
-            deadline: arrived + st.cfg.request_timeout,
+            // Checked: `Instant + Duration` panics on overflow (--request-timeout 1e19).
+            deadline: arrived.checked_add(st.cfg.request_timeout),
             events: tx,
         }),
     )?;
