@@ -294,7 +294,7 @@ fn faults_are_answered_and_the_server_keeps_serving() {
     {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\nContent-Length: 1000\r\n\r\n{\"prompt\"").unwrap();
+        s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sekret\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\"").unwrap();
     }
     still_serving();
     let m = get(addr, "/metrics").body;
