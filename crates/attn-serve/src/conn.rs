@@ -254,20 +254,19 @@ impl Registry {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tell the idle connection that has waited longest to close; false if none is idle.
-    fn evict_oldest_idle(map: &HashMap<u64, Arc<Conn>>) -> bool {
-        let victim = map
+    /// Tell the `n` idle connections that have waited longest to close; false if none
+    /// is idle.
+    fn evict_oldest_idle(map: &HashMap<u64, Arc<Conn>>, n: usize) -> bool {
+        let mut idle: Vec<&Arc<Conn>> = map
             .values()
             .filter(|c| !c.busy() && !c.evicting.load(Ordering::SeqCst))
-            .min_by_key(|c| c.idle_since.load(Ordering::SeqCst));
-        match victim {
-            Some(c) => {
-                c.evicting.store(true, Ordering::SeqCst);
-                c.evict.notify_one();
-                true
-            }
-            None => false,
+            .collect();
+        idle.sort_by_key(|c| c.idle_since.load(Ordering::SeqCst));
+        for c in idle.iter().take(n) {
+            c.evicting.store(true, Ordering::SeqCst);
+            c.evict.notify_one();
         }
+        !idle.is_empty()
     }
 
     /// Register a new connection, making room under `cap` by closing an idle one.
@@ -277,7 +276,7 @@ impl Registry {
             .values()
             .filter(|c| !c.evicting.load(Ordering::SeqCst))
             .count();
-        if live >= cap && !Self::evict_oldest_idle(&map) {
+        if live >= cap && !Self::evict_oldest_idle(&map, 1) {
             return Admit::Full;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -451,9 +450,10 @@ pub async fn serve(
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) if out_of_descriptors(&e) => {
-                // Close the oldest idle connection and give it a moment to go.
+                // Close the oldest idle connections (a few: more are likely waiting in
+                // the backlog) and give them a moment to go.
                 let mut count = registry.count.subscribe();
-                if Registry::evict_oldest_idle(&registry.lock()) {
+                if Registry::evict_oldest_idle(&registry.lock(), 8) {
                     let _ = tokio::time::timeout(Duration::from_millis(100), count.changed()).await;
                 } else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
