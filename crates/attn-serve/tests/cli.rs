@@ -13,18 +13,36 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_attn-serve");
 
-/// Run the program to its end (it must stop by itself): exit success and stderr.
+/// Run the program, which must stop by itself within 30 s (one that starts serving
+/// instead is killed and the test fails): exit success and stderr.
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("ATTN_API_KEY");
+    cmd.args(args)
+        .env_remove("ATTN_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut child = Child(cmd.spawn().unwrap());
+    let mut stderr = child.0.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "attn-serve {args:?} {env:?} did not stop (it is serving)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.success(), reader.join().unwrap())
 }
 
 #[test]
@@ -76,7 +94,7 @@ fn serving_without_a_key_warns() {
     assert!(!err.contains("warning"), "{err}");
 }
 
-/// The server started under `sh -c 'ulimit -n N'`; killed when dropped.
+/// A child process, killed (if still running) when dropped.
 struct Child(std::process::Child);
 
 impl Drop for Child {
