@@ -60,7 +60,8 @@ pub struct Args {
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = positive_seconds)]
     pub header_timeout: Duration,
     /// Seconds a connection may stay idle waiting for its next request (0: no
-    /// keep-alive, one request per connection).
+    /// keep-alive, one request per connection). The header timeout also runs from the
+    /// end of the previous response, so the longer of the two does not matter.
     #[arg(long, default_value = "5", value_name = "SECS", value_parser = seconds_or_zero)]
     pub keep_alive_timeout: Duration,
     /// Seconds to receive a whole request body (408 after).

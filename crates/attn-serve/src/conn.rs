@@ -8,7 +8,8 @@
 //!   the previous response); hyper enforces it and closes the connection.
 //! - **Keep-alive timeout** (`--keep-alive-timeout`): a connection on which no byte of a
 //!   next request has arrived this long after it became ready is closed. (Zero turns
-//!   keep-alive off: one request per connection.)
+//!   keep-alive off: one request per connection.) Since the header timeout runs from
+//!   the same moment, an idle connection goes after the shorter of the two.
 //! - **Write timeout** (`--write-timeout`): a response the client stops reading, so that
 //!   a write makes no progress for this long, closes its connection.
 //! - (The request body has its own limit, `--body-timeout`, applied where the body is

@@ -65,7 +65,8 @@ pub struct ServeConfig {
     /// previous response.
     pub header_timeout: Duration,
     /// How long a connection may wait for the first byte of its next request; zero
-    /// turns keep-alive off.
+    /// turns keep-alive off. (`header_timeout` runs from the same moment, so an idle
+    /// connection is closed after the shorter of the two.)
     pub keep_alive_timeout: Duration,
     /// To receive a whole request body once its head is in (408 after).
     pub body_timeout: Duration,

@@ -128,9 +128,10 @@ impl Access {
             HostName::Ip(Ipv4Addr::LOCALHOST.into()),
             HostName::Ip(Ipv6Addr::LOCALHOST.into()),
         ];
+        let mut extra = Vec::new();
         match parse_bare_host(bind_host.trim()) {
             Some(HostName::Ip(ip)) if ip.is_unspecified() => {}
-            Some(h) => hosts.push(h),
+            Some(h) => extra.push(h),
             None => {}
         }
         let mut any_host = false;
@@ -145,9 +146,13 @@ impl Access {
                     "--allowed-host '{h}': give a host name or an IP address, without a port (any port is allowed)"
                 )
             })?;
-            hosts.push(parsed);
+            extra.push(parsed);
         }
-        hosts.dedup();
+        for h in extra {
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
         let mut any_origin = false;
         let mut list = Vec::new();
         for o in origins {
