@@ -276,7 +276,7 @@ where
             "attn-serve: warning: no API key, so {who} can use this server; set one with --api-key-file PATH or ATTN_API_KEY"
         );
     }
-    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let addr = cfg.bind_address();
     let limits = cfg.conn_limits();
     let app = match crate::build(cfg) {
         Ok(app) => app,
@@ -450,5 +450,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.allowed_hosts, ["box.lan", "*"]);
         assert_eq!(c.allowed_origins, ["http://localhost:3000"]);
+        let v6 = config_from_args(["attn-serve", "--model", "m", "--host", "::1"]).unwrap();
+        assert_eq!(v6.bind_address(), "[::1]:8080");
+        assert_eq!(c.bind_address(), "127.0.0.1:8080");
     }
 }

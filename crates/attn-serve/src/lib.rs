@@ -160,6 +160,16 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// `host:port` to bind, with an IPv6 address in brackets (`--host ::1` works).
+    pub fn bind_address(&self) -> String {
+        let h = self.host.trim();
+        if h.contains(':') && !h.starts_with('[') {
+            format!("[{h}]:{}", self.port)
+        } else {
+            format!("{h}:{}", self.port)
+        }
+    }
+
     /// The limits the accept loop applies.
     pub fn conn_limits(&self) -> ConnLimits {
         ConnLimits {
@@ -341,7 +351,7 @@ pub async fn serve(
 /// Start a server on a background thread (its own runtime) and return its address:
 /// for tests and for embedding in other programs. `cfg.port` 0 picks a free port.
 pub fn spawn(cfg: ServeConfig) -> Result<SocketAddr, String> {
-    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let addr = cfg.bind_address();
     let limits = cfg.conn_limits();
     let app = build(cfg)?;
     let std_listener =
