@@ -49,7 +49,9 @@ pub struct GenJob {
     pub sampling: SamplingConfig,
     pub stop: Vec<String>,
     pub arrived: Instant,
-    pub deadline: Instant,
+    /// When the request's time is up; `None` when `arrived + --request-timeout` is past
+    /// what an `Instant` can hold (then there is no limit).
+    pub deadline: Option<Instant>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -236,7 +238,7 @@ impl<'a> Lm<'a> {
                     self.metrics.finished("client_disconnected");
                     return false;
                 }
-                if now > job.deadline {
+                if job.deadline.is_some_and(|d| now > d) {
                     self.metrics.finished("timeout");
                     let _ = job.events.send(Event::Error(timeout_error()));
                     return false;
@@ -310,7 +312,7 @@ impl<'a> Lm<'a> {
             return None;
         }
         let now = Instant::now();
-        if now > s.job.deadline {
+        if s.job.deadline.is_some_and(|d| now > d) {
             self.metrics.finished("timeout");
             let _ = s.job.events.send(Event::Error(timeout_error()));
             return None;

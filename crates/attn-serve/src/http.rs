@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{gen_params, ApiError, Fields, GenParams};
 use crate::chat::{parse_messages, SIMPLE_STOP};
 use crate::engine::{Event, Finish, GenJob, Job};
+use crate::security::{self, Verdict};
 use crate::AppState;
 
 const PLAYGROUND: &str = include_str!("../static/playground.html");
@@ -64,38 +65,57 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// API-key check for /v1/ routes, and request counting by endpoint and status.
+/// Every request passes here first: the Host allow-list, CORS preflight, the API key
+/// on /v1/ routes, JSON-only POST bodies (see [`crate::security`]); then the handler;
+/// then CORS headers for an allowed origin and request counting by endpoint and status.
 async fn guard(State(st): St, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let label = endpoint_label(&path);
-    let resp = match &st.cfg.api_key {
-        Some(key) if path.starts_with("/v1/") => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            match given {
-                Some(g) if same_secret(g.as_bytes(), key.as_bytes()) => next.run(req).await,
-                Some(_) => {
-                    ApiError::new(401, "invalid_request_error", "Incorrect API key provided.")
-                        .with_code("invalid_api_key")
-                        .into_response()
-                }
-                None => ApiError::new(
-                    401,
-                    "invalid_request_error",
-                    "Missing API key: send it as 'Authorization: Bearer KEY'.",
-                )
-                .with_code("invalid_api_key")
-                .into_response(),
-            }
-        }
-        _ => next.run(req).await,
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let answer = {
+        let checks: [&dyn Fn() -> Verdict; 4] = [
+            &|| security::check_host(&st.access, req.headers(), req.uri()),
+            &|| security::preflight(&st.access, req.method(), req.headers()),
+            &|| check_key(&st, &path, req.headers()),
+            &|| security::check_content_type(req.method(), req.headers()),
+        ];
+        checks.iter().find_map(|check| match check() {
+            Verdict::Answer(r) => Some(r),
+            Verdict::Pass => None,
+        })
     };
+    let mut resp = match answer {
+        Some(r) => r,
+        None => next.run(req).await,
+    };
+    security::add_cors(&st.access, origin.as_ref(), &mut resp);
     st.metrics.request(label, resp.status().as_u16());
     resp
+}
+
+/// `Authorization: Bearer KEY` on /v1/ routes when the server has a key.
+fn check_key(st: &AppState, path: &str, headers: &axum::http::HeaderMap) -> Verdict {
+    let Some(key) = &st.cfg.api_key else {
+        return Verdict::Pass;
+    };
+    if !path.starts_with("/v1/") {
+        return Verdict::Pass;
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let e = match given {
+        Some(g) if same_secret(g.as_bytes(), key.as_bytes()) => return Verdict::Pass,
+        Some(_) => ApiError::new(401, "invalid_request_error", "Incorrect API key provided."),
+        None => ApiError::new(
+            401,
+            "invalid_request_error",
+            "Missing API key: send it as 'Authorization: Bearer KEY'.",
+        ),
+    };
+    Verdict::Answer(e.with_code("invalid_api_key").into_response())
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -198,8 +218,25 @@ async fn read_json(st: &AppState, req: Request) -> Result<Value, ApiError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
+    // A body that trickles in would hold its connection (busy, so never closed to make
+    // room under --max-connections) for as long as the client likes: bound it.
+    let read = tokio::time::timeout(
+        st.cfg.body_timeout,
+        axum::body::to_bytes(req.into_body(), limit),
+    );
+    let bytes = read
         .await
+        .map_err(|_| {
+            ApiError::new(
+                408,
+                "invalid_request_error",
+                format!(
+                    "The request body did not arrive within {} s (--body-timeout)",
+                    st.cfg.body_timeout.as_secs_f64()
+                ),
+            )
+            .with_code("request_timeout")
+        })?
         .map_err(|e| {
             if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
                 || e.to_string().contains("length limit")
@@ -505,7 +542,8 @@ async fn generate(
             sampling,
             stop: p.stop.clone(),
             arrived,
-            deadline: arrived + st.cfg.request_timeout,
+            // Checked: `Instant + Duration` panics on overflow.
+            deadline: arrived.checked_add(st.cfg.request_timeout),
             events: tx,
         }),
     )?;

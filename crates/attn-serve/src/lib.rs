@@ -9,9 +9,12 @@
 pub mod api;
 pub mod backend;
 pub mod chat;
+mod cli;
+pub mod conn;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod security;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,11 +23,19 @@ use std::time::Duration;
 
 use attn::tokenizer::Tokenizer;
 
+pub use crate::cli::{config_from_args, main_with_args, Args};
+pub use crate::conn::ConnLimits;
+
 use crate::chat::ChatTemplate;
 use crate::engine::{EngineModel, Job};
 use crate::metrics::Metrics;
 
-/// Everything the command line sets.
+/// The longest any of the time limits may be: one day. (Longer ones used to overflow
+/// `Instant` arithmetic or `Duration::from_secs_f64`.)
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Everything the command line sets. [`ServeConfig::validate`] (also run by [`build`])
+/// checks it.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub model: PathBuf,
@@ -32,7 +43,15 @@ pub struct ServeConfig {
     pub model_name: Option<String>,
     pub host: String,
     pub port: u16,
+    /// `Authorization: Bearer KEY` required on /v1/ routes. `Some("")` is an error,
+    /// never "no key".
     pub api_key: Option<String>,
+    /// Host names (no port) accepted in the `Host` header besides the loopback names
+    /// and the bound address; `"*"` accepts any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`http://host:port`) allowed to call the API from a browser (CORS);
+    /// `"*"` allows any. None by default: no CORS headers at all.
+    pub allowed_origins: Vec<String>,
     /// Sequences decoded together.
     pub max_concurrency: usize,
     /// Requests that may wait for a slot; one more is answered 429.
@@ -42,6 +61,20 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// From arrival to the last token, queueing included.
     pub request_timeout: Duration,
+    /// To receive a whole request head, from the connection's accept or the end of its
+    /// previous response.
+    pub header_timeout: Duration,
+    /// How long a connection may wait for the first byte of its next request; zero
+    /// turns keep-alive off. (`header_timeout` runs from the same moment, so an idle
+    /// connection is closed after the shorter of the two.)
+    pub keep_alive_timeout: Duration,
+    /// To receive a whole request body once its head is in (408 after).
+    pub body_timeout: Duration,
+    /// How long a response write may wait for the client to read before the connection
+    /// is closed.
+    pub write_timeout: Duration,
+    /// Open connections at most; see [`conn`] for what happens past it.
+    pub max_connections: usize,
     /// Decode GPT-2 sequences as one batch per step (else one after the other).
     pub batched: bool,
     pub max_attention_tokens: usize,
@@ -55,20 +88,124 @@ impl Default for ServeConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             api_key: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             max_concurrency: 16,
             max_queue: 64,
             max_tokens_limit: 1024,
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 256,
             batched: true,
             max_attention_tokens: 64,
         }
     }
 }
 
+/// Upper bounds of the numeric settings: past them a value is a mistake (or an attempt
+/// to make the server allocate), not a configuration.
+const LIMITS: [(&str, usize, usize); 6] = [
+    ("--max-concurrency", 1, 1024),
+    ("--max-queue", 1, 100_000),
+    ("--max-tokens-limit", 1, 1 << 24),
+    ("--max-body-bytes", 64, 1 << 30),
+    ("--max-attention-tokens", 1, 4096),
+    ("--max-connections", 1, 65_536),
+];
+
+impl ServeConfig {
+    /// Check every setting; the error names the command-line flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.api_key {
+            check_api_key(key, "the API key")?;
+        }
+        let values = [
+            self.max_concurrency,
+            self.max_queue,
+            self.max_tokens_limit,
+            self.max_body_bytes,
+            self.max_attention_tokens,
+            self.max_connections,
+        ];
+        for ((flag, lo, hi), v) in LIMITS.iter().zip(values) {
+            if v < *lo || v > *hi {
+                return Err(format!("{flag} must be between {lo} and {hi} (got {v})"));
+            }
+        }
+        let times = [
+            ("--request-timeout", self.request_timeout, false),
+            ("--header-timeout", self.header_timeout, false),
+            ("--keep-alive-timeout", self.keep_alive_timeout, true),
+            ("--body-timeout", self.body_timeout, false),
+            ("--write-timeout", self.write_timeout, false),
+        ];
+        for (flag, d, zero_ok) in times {
+            if d > MAX_TIMEOUT || (d.is_zero() && !zero_ok) {
+                return Err(format!(
+                    "{flag} must be {} at most {} seconds (got {} s)",
+                    if zero_ok { "0 or" } else { "more than 0 and" },
+                    MAX_TIMEOUT.as_secs(),
+                    d.as_secs_f64()
+                ));
+            }
+        }
+        if self.host.trim().is_empty() {
+            return Err("--host must not be empty".into());
+        }
+        security::Access::new(&self.host, &self.allowed_hosts, &self.allowed_origins)?;
+        Ok(())
+    }
+
+    /// `host:port` to bind, with an IPv6 address in brackets (`--host ::1` works).
+    pub fn bind_address(&self) -> String {
+        let h = self.host.trim();
+        if h.contains(':') && !h.starts_with('[') {
+            format!("[{h}]:{}", self.port)
+        } else {
+            format!("{h}:{}", self.port)
+        }
+    }
+
+    /// The limits the accept loop applies.
+    pub fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            header_timeout: self.header_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// A key that can be sent and compared: not empty (an empty key used to turn
+/// authentication off), no surrounding whitespace (the server trims what it receives),
+/// printable ASCII (what an HTTP header carries as text).
+pub(crate) fn check_api_key(key: &str, what: &str) -> Result<(), String> {
+    if key.trim().is_empty() {
+        return Err(format!(
+            "{what} is empty; give a key, or none at all to serve without one"
+        ));
+    }
+    if key.trim() != key {
+        return Err(format!("{what} starts or ends with whitespace"));
+    }
+    if !key.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        return Err(format!(
+            "{what} has characters other than printable ASCII, which an Authorization header cannot carry"
+        ));
+    }
+    Ok(())
+}
+
 /// Shared by every handler.
 pub struct AppState {
     pub cfg: ServeConfig,
+    /// The Host allow-list and CORS origins.
+    pub access: security::Access,
     pub model_id: String,
     pub tokenizer: Tokenizer,
     pub chat: ChatTemplate,
@@ -91,11 +228,8 @@ impl AppState {
 
 /// Load the model, start its thread, and build the application.
 pub fn build(cfg: ServeConfig) -> Result<axum::Router, String> {
-    if cfg.max_concurrency == 0 || cfg.max_queue == 0 || cfg.max_tokens_limit == 0 {
-        return Err(
-            "--max-concurrency, --max-queue and --max-tokens-limit must be at least 1".into(),
-        );
-    }
+    cfg.validate()?;
+    let access = security::Access::new(&cfg.host, &cfg.allowed_hosts, &cfg.allowed_origins)?;
     let model_id = cfg.model_name.clone().unwrap_or_else(|| {
         cfg.model
             .canonicalize()
@@ -137,6 +271,7 @@ pub fn build(cfg: ServeConfig) -> Result<axum::Router, String> {
     } = info;
     let state = Arc::new(AppState {
         cfg,
+        access,
         model_id,
         tokenizer,
         chat,
@@ -201,21 +336,23 @@ fn load(dir: &std::path::Path, batched: bool) -> Result<(EngineModel, ModelInfo)
     Ok((EngineModel::Lm { backend, tokenizer }, info))
 }
 
-/// Serve `app` on `listener` until `shutdown` completes.
+/// Serve `app` on `listener` under `limits` (header and keep-alive timeouts, the
+/// connection cap: see [`conn`]) until `shutdown` completes; then stop accepting and
+/// return once the requests in flight are answered.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(listener, app, limits, shutdown).await
 }
 
 /// Start a server on a background thread (its own runtime) and return its address:
 /// for tests and for embedding in other programs. `cfg.port` 0 picks a free port.
 pub fn spawn(cfg: ServeConfig) -> Result<SocketAddr, String> {
-    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let addr = cfg.bind_address();
+    let limits = cfg.conn_limits();
     let app = build(cfg)?;
     let std_listener =
         std::net::TcpListener::bind(&addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
@@ -233,7 +370,7 @@ pub fn spawn(cfg: ServeConfig) -> Result<SocketAddr, String> {
                 .expect("tokio runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                let _ = serve(listener, app, std::future::pending()).await;
+                let _ = serve(listener, app, limits, std::future::pending()).await;
             });
         })
         .map_err(|e| e.to_string())?;

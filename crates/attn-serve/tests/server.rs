@@ -294,7 +294,7 @@ fn faults_are_answered_and_the_server_keeps_serving() {
     {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\nContent-Length: 1000\r\n\r\n{\"prompt\"").unwrap();
+        s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sekret\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\"").unwrap();
     }
     still_serving();
     let m = get(addr, "/metrics").body;
@@ -519,4 +519,569 @@ fn embeddings_from_minilm() {
         post(addr, "/v1/completions", &json!({"prompt": "x"})).status,
         400
     );
+}
+
+// ---- Hostile input: browsers (CSRF, DNS rebinding), keys, connections ----
+
+#[test]
+fn post_bodies_must_be_json() {
+    let model = tiny_model("json-only");
+    let addr = start(&model, |_| {});
+    let body = json!({"prompt": "ROMEO:", "max_tokens": 2}).to_string();
+    let host = ("Host", "127.0.0.1");
+    let before = metric(addr, "attn_prompt_tokens_total");
+    // What a web page can send without a CORS preflight, and no type at all: 415.
+    for ct in [
+        Some("text/plain"),
+        Some("text/plain; charset=utf-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut headers = vec![host];
+        headers.extend(ct.map(|c| ("Content-Type", c)));
+        let r = call_exact(addr, "POST", "/v1/completions", &headers, body.as_bytes());
+        assert_eq!(r.status, 415, "{ct:?}: {}", r.body);
+        assert_eq!(
+            r.error(),
+            (
+                "invalid_request_error".into(),
+                Some("unsupported_media_type".into()),
+                None
+            ),
+            "{ct:?}"
+        );
+    }
+    // Nothing reached the model.
+    assert_eq!(metric(addr, "attn_prompt_tokens_total"), before);
+    for ct in ["application/json", "Application/JSON; charset=UTF-8"] {
+        let r = call_exact(
+            addr,
+            "POST",
+            "/v1/completions",
+            &[host, ("Content-Type", ct)],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{ct}: {}", r.body);
+    }
+}
+
+#[test]
+fn foreign_hosts_are_refused() {
+    let model = tiny_model("hosts");
+    let addr = start(&model, |_| {});
+    let body = json!({"prompt": "ROMEO:", "max_tokens": 2}).to_string();
+    let json_ct = ("Content-Type", "application/json");
+    // DNS rebinding: the browser sends the attacker's name.
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "127.0.0.2",
+    ] {
+        for (method, path) in [
+            ("POST", "/v1/completions"),
+            ("GET", "/v1/models"),
+            ("GET", "/"),
+        ] {
+            let r = call_exact(
+                addr,
+                method,
+                path,
+                &[("Host", host), json_ct],
+                body.as_bytes(),
+            );
+            assert_eq!(r.status, 403, "{host} {path}: {}", r.body);
+            assert_eq!(r.error().1.as_deref(), Some("host_not_allowed"), "{host}");
+        }
+    }
+    // Two Host headers, one foreign; an absolute target naming another host.
+    let r = call_exact(
+        addr,
+        "GET",
+        "/v1/models",
+        &[("Host", "localhost"), ("Host", "evil.example")],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    let r = raw(
+        addr,
+        b"GET http://evil.example/v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Loopback names with any port.
+    for host in [
+        "localhost",
+        "LocalHost:1234",
+        "127.0.0.1:80",
+        "[::1]:8080",
+        &addr.to_string(),
+    ] {
+        let r = call_exact(
+            addr,
+            "POST",
+            "/v1/completions",
+            &[("Host", host), json_ct],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
+    // No Host at all (HTTP/1.0) cannot come from a browser: accepted.
+    let r = raw(addr, b"GET /v1/models HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        metric(
+            addr,
+            "attn_requests_total{endpoint=\"/v1/completions\",status=\"403\"}"
+        ),
+        4.0
+    );
+}
+
+#[test]
+fn allowed_extra_hosts_are_accepted() {
+    let model = tiny_model("extra-hosts");
+    let addr = start(&model, |c| c.allowed_hosts = vec!["Box.LAN".into()]);
+    assert_eq!(
+        call_exact(addr, "GET", "/v1/models", &[("Host", "box.lan:8080")], b"").status,
+        200
+    );
+    assert_eq!(
+        call_exact(addr, "GET", "/v1/models", &[("Host", "localhost")], b"").status,
+        200
+    );
+    assert_eq!(
+        call_exact(addr, "GET", "/v1/models", &[("Host", "evil.example")], b"").status,
+        403
+    );
+    let any = start(&model, |c| c.allowed_hosts = vec!["*".into()]);
+    assert_eq!(
+        call_exact(any, "GET", "/v1/models", &[("Host", "evil.example")], b"").status,
+        200
+    );
+}
+
+fn cors_headers(r: &Response) -> Vec<&(String, String)> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().starts_with("access-control-"))
+        .collect()
+}
+
+#[test]
+fn no_cors_headers_by_default() {
+    let model = tiny_model("no-cors");
+    let addr = start(&model, |_| {});
+    let origin = ("Origin", "http://evil.example");
+    let host = ("Host", "localhost");
+    let r = call_exact(addr, "GET", "/v1/models", &[host, origin], b"");
+    assert_eq!(r.status, 200);
+    assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
+    let r = call_exact(
+        addr,
+        "OPTIONS",
+        "/v1/completions",
+        &[
+            host,
+            origin,
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        b"",
+    );
+    assert_ne!(
+        r.status / 100,
+        2,
+        "a preflight must not succeed: {}",
+        r.body
+    );
+    assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
+    let body = json!({"prompt": "R", "max_tokens": 1}).to_string();
+    let r = call_exact(
+        addr,
+        "POST",
+        "/v1/completions",
+        &[host, origin, ("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
+}
+
+#[test]
+fn cors_only_for_allowed_origins() {
+    let model = tiny_model("cors");
+    let addr = start(&model, |c| {
+        c.allowed_origins = vec!["http://localhost:3000".into()];
+        c.api_key = Some("k3y".into());
+    });
+    let host = ("Host", "127.0.0.1");
+    let preflight = |origin: &str| {
+        call_exact(
+            addr,
+            "OPTIONS",
+            "/v1/chat/completions",
+            &[
+                host,
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                (
+                    "Access-Control-Request-Headers",
+                    "authorization, content-type, x-stainless-os",
+                ),
+            ],
+            b"",
+        )
+    };
+    // The allowed origin's preflight is answered (without a key: preflights carry none).
+    let r = preflight("http://localhost:3000");
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("authorization"));
+    // Another origin's is not.
+    let r = preflight("http://evil.example");
+    assert_ne!(r.status / 100, 2);
+    assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
+    // Actual requests: the header for the allowed origin only, errors included.
+    let body = json!({"prompt": "R", "max_tokens": 1}).to_string();
+    let post = |origin: &str, key: &str| {
+        call_exact(
+            addr,
+            "POST",
+            "/v1/completions",
+            &[
+                host,
+                ("Origin", origin),
+                ("Content-Type", "application/json"),
+                ("Authorization", key),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let r = post("http://localhost:3000", "Bearer k3y");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert!(r
+        .header("vary")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("origin")));
+    let r = post("http://localhost:3000", "Bearer wrong");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    let r = post("http://evil.example", "Bearer k3y");
+    assert!(
+        r.header("access-control-allow-origin").is_none(),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[test]
+fn empty_api_keys_are_start_up_errors() {
+    let model = tiny_model("empty-key");
+    let m = model.to_str().unwrap();
+    for args in [
+        vec!["attn-serve", "--model", m, "--api-key="],
+        vec!["attn-serve", "--model", m, "--api-key", "  "],
+    ] {
+        let e = attn_serve::config_from_args(&args).unwrap_err();
+        assert!(e.contains("empty"), "{args:?}: {e}");
+    }
+    // The library refuses it too, whoever builds the configuration.
+    let cfg = attn_serve::ServeConfig {
+        model: model.clone(),
+        api_key: Some(String::new()),
+        ..Default::default()
+    };
+    assert!(attn_serve::build(cfg.clone()).is_err());
+    assert!(attn_serve::spawn(cfg).is_err());
+    // An empty key file as well.
+    let dir = std::env::temp_dir().join(format!("attn-serve-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let e = attn_serve::config_from_args([
+        "attn-serve",
+        "--model",
+        m,
+        "--api-key-file",
+        empty.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("empty"), "{e}");
+    let e = attn_serve::config_from_args([
+        "attn-serve",
+        "--model",
+        m,
+        "--api-key-file",
+        "/nonexistent/key",
+    ])
+    .unwrap_err();
+    assert!(e.contains("cannot read"), "{e}");
+}
+
+#[test]
+fn api_key_file_works() {
+    let model = tiny_model("key-file");
+    let dir = std::env::temp_dir().join(format!("attn-serve-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, "s3cret-from-file\r\n").unwrap();
+    let mut cfg = attn_serve::config_from_args([
+        "attn-serve",
+        "--model",
+        model.to_str().unwrap(),
+        "--api-key-file",
+        file.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(cfg.api_key.as_deref(), Some("s3cret-from-file"));
+    cfg.port = 0;
+    let addr = attn_serve::spawn(cfg).unwrap();
+    assert_eq!(get(addr, "/v1/models").status, 401);
+    let r = call(
+        addr,
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer s3cret-from-file")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn partial_headers_are_cut_off_after_the_header_timeout() {
+    use std::io::Write;
+    let model = tiny_model("header-timeout");
+    let addr = start(&model, |c| {
+        c.header_timeout = Duration::from_millis(600);
+        c.keep_alive_timeout = Duration::from_secs(30);
+    });
+    // Slowloris: a head that never ends, one header line every 100 ms.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let t = std::time::Instant::now();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    let mut closed_after = None;
+    for i in 0..50 {
+        if is_closed(&mut s, Duration::from_millis(100))
+            || s.write_all(format!("X-Slow-{i}: x\r\n").as_bytes())
+                .is_err()
+        {
+            closed_after = Some(t.elapsed());
+            break;
+        }
+    }
+    let after = closed_after.expect("the server kept a trickling head open for 5 s");
+    assert!(
+        after >= Duration::from_millis(500) && after < Duration::from_secs(3),
+        "closed after {after:?}"
+    );
+    assert_eq!(get(addr, "/health").status, 200);
+}
+
+#[test]
+fn idle_connections_close_after_the_keep_alive_timeout() {
+    use std::io::{BufReader, Write};
+    let model = tiny_model("keep-alive");
+    let addr = start(&model, |c| {
+        c.keep_alive_timeout = Duration::from_millis(400);
+        c.header_timeout = Duration::from_secs(30);
+    });
+    // A connection that never sends anything.
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    let t = std::time::Instant::now();
+    assert!(is_closed(&mut silent, Duration::from_secs(5)));
+    let after = t.elapsed();
+    assert!(
+        after >= Duration::from_millis(300) && after < Duration::from_secs(3),
+        "{after:?}"
+    );
+    // One that made a request and then waits.
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    for _ in 0..2 {
+        // Kept alive between requests that come in time.
+        w.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut r).0, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = std::time::Instant::now();
+    assert!(is_closed(&mut w, Duration::from_secs(5)));
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn slow_bodies_are_answered_408() {
+    use std::io::{BufReader, Write};
+    let model = tiny_model("body-timeout");
+    let addr = start(&model, |c| c.body_timeout = Duration::from_millis(300));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let (status, headers) = read_head(&mut BufReader::new(s));
+    assert_eq!(status, 408, "{headers:?}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn past_the_connection_cap_a_request_is_still_served_quickly() {
+    use std::io::{BufReader, Write};
+    let model = tiny_model("cap");
+    // Long timeouts: only the cap can make room.
+    let addr = start(&model, |c| {
+        c.max_connections = 8;
+        c.header_timeout = Duration::from_secs(60);
+        c.keep_alive_timeout = Duration::from_secs(60);
+    });
+    // 24 connections: partial heads, idle keep-alive ones, and silent ones.
+    let mut held = Vec::new();
+    for i in 0..24 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        match i % 3 {
+            0 => s
+                .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+                .unwrap(),
+            1 => {
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    .unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                // It may already have been closed to make room for a later one.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    read_response(&mut r)
+                }));
+            }
+            _ => {}
+        }
+        held.push(s);
+    }
+    // A normal request is answered at once.
+    let t = std::time::Instant::now();
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "ROMEO:", "max_tokens": 2}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+    // And the server really holds at most 8: the older ones were closed.
+    let closed = held
+        .iter_mut()
+        .map(|s| is_closed(s, Duration::from_millis(300)))
+        .filter(|&c| c)
+        .count();
+    assert!(
+        closed >= 24 + 1 - 8,
+        "only {closed} of 24 idle connections closed"
+    );
+    assert!(!is_closed(
+        held.last_mut().unwrap(),
+        Duration::from_millis(10)
+    ));
+}
+
+#[test]
+fn past_the_cap_with_every_connection_busy_the_answer_is_503() {
+    use std::io::Write;
+    let model = tiny_model("cap-busy");
+    let addr = start(&model, |c| {
+        c.max_connections = 2;
+        c.max_tokens_limit = 1_000_000;
+    });
+    // Two busy connections: a long stream, and a request whose body is still coming.
+    let long =
+        json!({"prompt": "ROMEO:", "max_tokens": 1_000_000, "stream": true, "ignore_eos": true});
+    let mut a = Stream::open(addr, "/v1/completions", &long);
+    assert!(a.next_data().is_some());
+    let mut b = std::net::TcpStream::connect(addr).unwrap();
+    b.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let r = get(addr, "/health");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.error().1.as_deref(), Some("too_many_connections"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Both still served.
+    assert!(a.next_data().is_some());
+    b.write_all(format!("{:99}", "}").as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(b);
+    assert_eq!(read_head(&mut r).0, 400);
+    drop((a, r));
+    wait_until("a connection free", || get(addr, "/health").status == 200);
+}
+
+#[test]
+fn graceful_shutdown_finishes_the_streams_in_flight() {
+    let model = tiny_model("shutdown");
+    let cfg = attn_serve::ServeConfig {
+        model: model.clone(),
+        port: 0,
+        max_tokens_limit: 100_000,
+        ..Default::default()
+    };
+    let limits = cfg.conn_limits();
+    let app = attn_serve::build(cfg).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            attn_serve::serve(listener, app, limits, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    });
+    let req = json!({"prompt": "ROMEO:", "max_tokens": 300, "stream": true, "ignore_eos": true});
+    let mut s = Stream::open(addr, "/v1/completions", &req);
+    assert_eq!(s.status, 200);
+    assert!(s.next_data().is_some());
+    // An idle keep-alive connection is closed by the shutdown.
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stop_tx.send(()).unwrap();
+    assert!(is_closed(&mut idle, Duration::from_secs(5)));
+    // The stream runs to its end.
+    let mut events = 1;
+    let mut last = String::new();
+    while let Some(d) = s.next_data() {
+        events += 1;
+        last = d;
+    }
+    assert_eq!(last, "[DONE]");
+    assert!(events >= 300, "{events} events");
+    server.join().unwrap().unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err());
 }

@@ -102,7 +102,7 @@ fn request_bytes(
     out
 }
 
-fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+pub fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     let status: u16 = line
@@ -138,6 +138,89 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
         rest = &rest[eol + 2 + size + 2..];
     }
     out
+}
+
+/// Send `request` as it is and read the whole response (the request should say
+/// `Connection: close`, or be one the server closes after).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let _ = s.write_all(request);
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut raw = Vec::new();
+    let _ = r.read_to_end(&mut raw);
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(&raw) } else { raw };
+    Response {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
+/// A request with exactly the given header lines (no Host or Content-Type added), plus
+/// `Connection: close` and, with a body, its Content-Length.
+pub fn call_exact(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(addr, &bytes)
+}
+
+/// One response on a kept-alive connection (its body by Content-Length).
+pub fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String) {
+    let (status, headers) = read_head(r);
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Whether the server has closed `s` (end of stream or a reset), looking for at most
+/// `wait`; data the server sent before closing is skipped.
+pub fn is_closed(s: &mut TcpStream, wait: Duration) -> bool {
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = wait
+            .saturating_sub(t.elapsed())
+            .max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if t.elapsed() >= wait {
+                    return false;
+                }
+            }
+            Err(_) => return true,
+        }
+    }
 }
 
 /// One request, the whole response read (Connection: close).
