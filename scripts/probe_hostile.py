@@ -419,8 +419,19 @@ def probes(r: Runner, w: Path, m: dict):
     crash_safety(r, w)
 
     # 7. The careless user's first hour.
-    r.probe("serve from the attn binary", ["serve", "--help"], expect="ok",
-            check=lambda rc, o, e: None if "--model" in o else "no usage text")
+    # `cargo install` puts the attn binary alone on the PATH: `attn serve` must work so.
+    alone = w / "alone"
+    alone.mkdir(exist_ok=True)
+    try:
+        os.link(r.attn, alone / "attn")
+    except OSError:
+        shutil.copy(r.attn, alone / "attn")
+    solo = Runner(alone / "attn", w, r.mem, r.timeout, r.only)
+    solo.results = r.results
+    solo.probe("attn serve with no attn-serve binary anywhere", ["serve", "--model", m["gpt2"], "--api-key", ""],
+               contains="--api-key", env={"PATH": "/usr/bin:/bin"})
+    solo.probe("attn serve --help alone", ["serve", "--help"], expect="ok", env={"PATH": "/usr/bin:/bin"},
+               check=lambda rc, o, e: None if "--max-connections" in o else "no usage text")
     for sub in [["translate", "train"], ["classify", "train"], ["train"], ["generate"], ["eval", "perplexity"],
                 ["translate"], ["classify", "predict"], ["embed"], ["quantize"], ["export"]]:
         r.probe(f"help lines: {' '.join(sub)}", sub + ["--help"], expect="ok", check=help_complete)

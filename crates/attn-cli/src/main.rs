@@ -70,7 +70,7 @@ enum Command {
     /// Measure training and decoding speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Serve a model over HTTP (OpenAI-compatible API, playground): runs attn-serve.
+    /// Serve a model over HTTP (OpenAI-compatible API, playground, metrics).
     Serve(serve::ServeArgs),
 }
 
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         Command::Translate(c) => translate::run(c),
         Command::Export(a) => export::run(a),
         Command::Quantize(a) => quantize::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => return serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
