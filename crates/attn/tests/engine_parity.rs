@@ -207,3 +207,16 @@ fn native_trainer_loss_and_gradients_match_transformers() {
         eprintln!("{name}: native loss and {n} gradients match transformers");
     }
 }
+
+#[test]
+fn the_instruction_set_cap_is_honoured() {
+    // .ci/run runs these tests again with ATTN_ISA=avx2 and ATTN_ISA=portable: make sure
+    // the kernels really ran on the path asked for (a cap above the CPU is ignored).
+    let name = attn::infer::isa_name();
+    eprintln!("instruction set: {name}");
+    match std::env::var("ATTN_ISA").as_deref() {
+        Ok("portable") => assert_eq!(name, "portable"),
+        Ok("avx2") => assert!(name == "avx2" || name == "portable", "{name}"),
+        _ => {}
+    }
+}

@@ -330,9 +330,7 @@ fn avx2() -> bool {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
         *HAS.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
+            super::isa() >= super::Isa::Avx2 && std::is_x86_feature_detected!("f16c")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -349,10 +347,9 @@ fn avx512() -> bool {
         static HAS: OnceLock<bool> = OnceLock::new();
         *HAS.get_or_init(|| {
             avx2()
-                && std::is_x86_feature_detected!("avx512f")
+                && super::isa() == super::Isa::Avx512
                 && std::is_x86_feature_detected!("avx512bw")
                 && std::is_x86_feature_detected!("avx512vnni")
-                && std::env::var("ATTN_NO_AVX512").is_err()
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

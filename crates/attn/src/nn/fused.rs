@@ -974,8 +974,8 @@ mod simd {
     /// Σ a[i]·b[i].
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        if crate::infer::isa() >= crate::infer::Isa::Avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (isa() checked them).
             return unsafe { dot_avx2(a, b) };
         }
         a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -984,8 +984,8 @@ mod simd {
     /// y[i] += s·x[i].
     pub fn axpy(s: f32, x: &[f32], y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        if crate::infer::isa() >= crate::infer::Isa::Avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (isa() checked them).
             return unsafe { axpy_avx2(s, x, y) };
         }
         for (o, v) in y.iter_mut().zip(x) {
