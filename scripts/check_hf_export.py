@@ -15,7 +15,7 @@ unchanged and compute the same numbers.
    disjoint windows of the model's context, and compare with
    `attn eval perplexity --json` on the same text.
 
-    /work/venv/bin/python scripts/check_hf_export.py --attn target/release/attn \
+    $(scripts/python_env.sh) scripts/check_hf_export.py --attn target/release/attn \
         [--trained runs/shakespeare --text held-out.txt]
 """
 import argparse

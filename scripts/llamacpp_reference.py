@@ -2,7 +2,7 @@
 """attn's CPU decoding and prefill speed next to llama.cpp's, on the same model, per weight type.
 
     python3 scripts/llamacpp_reference.py \
-        --llama-bench /work/llama/llama.cpp/build/bin/llama-bench \
+        --llama-bench PATH/TO/llama.cpp/build/bin/llama-bench \
         --attn target/release/attn \
         --pair f32 gguf/gpt2-f32.gguf  models/gpt2 \
         --pair f16 gguf/gpt2-f16.gguf  models/gpt2-f16 \

@@ -3,7 +3,7 @@
 
 Run from the repository root:
 
-    /work/venv/bin/python scripts/make_bleu_fixtures.py
+    $(scripts/python_env.sh) scripts/make_bleu_fixtures.py
 
 Writes ``crates/attn/tests/fixtures/bleu/cases.json``: a JSON list of cases
 

@@ -3,7 +3,7 @@
 
 Run from the repository root:
 
-    /work/venv/bin/python scripts/make_classification_fixtures.py
+    $(scripts/python_env.sh) scripts/make_classification_fixtures.py
 
 Writes ``crates/attn/tests/fixtures/classification/cases.json``: a JSON list of
 cases, each ``{"name", "gold", "pred", "expected"}`` where ``expected`` is

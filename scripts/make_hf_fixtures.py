@@ -3,7 +3,7 @@
 
 Run from the repository root (offline; nothing is downloaded):
 
-    /work/venv/bin/python scripts/make_hf_fixtures.py
+    $(scripts/python_env.sh) scripts/make_hf_fixtures.py
 
 Writes crates/attn/tests/fixtures/hf/<name>/ for each tiny random model:
 
@@ -15,7 +15,8 @@ Writes crates/attn/tests/fixtures/hf/<name>/ for each tiny random model:
                                      key names found in model.safetensors
 
 and crates/attn/tests/fixtures/hf/minilm/ (reference.safetensors + meta.json
-only) for the real all-MiniLM-L6-v2 encoder at /work/shared/models.
+only) for the real all-MiniLM-L6-v2 encoder under $ATTN_MODELS_DIR (default
+../shared/models beside the checkout).
 
 Every random model is built from its config under torch.manual_seed(seed),
 then N(0, 0.02) noise is added to every trainable parameter so that biases
@@ -56,7 +57,7 @@ from transformers import (
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "crates" / "attn" / "tests" / "fixtures" / "hf"
-MINILM_SRC = Path("/work/shared/models/all-MiniLM-L6-v2")
+MINILM_SRC = Path(os.environ.get("ATTN_MODELS_DIR", REPO.parent / "shared" / "models")) / "all-MiniLM-L6-v2"
 NOISE_STD = 0.02
 KEEP_FILES = {"config.json", "model.safetensors", "generation_config.json"}
 
@@ -200,9 +201,11 @@ def make_causal(name, cfg, seed, ppl=False):
     tensors = {"input_ids": i64(input_ids)}
 
     model.zero_grad(set_to_none=True)
-    out = model(input_ids, labels=input_ids, output_hidden_states=True)
+    out = model(input_ids, labels=input_ids, output_hidden_states=True, output_attentions=True)
     out.loss.backward()
     tensors["logits"] = f32(out.logits)
+    for i, a in enumerate(out.attentions):
+        tensors[f"attentions.{i}"] = f32(a)
     tensors["loss"] = f32(out.loss.reshape(1))
     hs = out.hidden_states
     assert len(hs) == n_layer + 1, len(hs)
@@ -234,6 +237,7 @@ def make_causal(name, cfg, seed, ppl=False):
                                  "final norm applied (it equals last_hidden_state)",
             "loss": "model(input_ids, labels=input_ids).loss (shift inside HF, mean over 2*8 tokens), shape [1]",
             "grad.{param}": "d loss / d param for every model.named_parameters() entry (tied weights listed once)",
+            "attentions.{i}": "output_attentions of layer i (eager): softmax probabilities [2, heads, 9, 9]",
         },
         "hidden_states_last_equals_last_hidden_state": last_is_normed,
         "grad_params": grad_names,

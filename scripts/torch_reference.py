@@ -31,9 +31,9 @@ Two subcommands:
 
 Run from the repository root:
 
-  /work/venv/bin/python scripts/torch_reference.py bench --attn target/release/attn
-  /work/venv/bin/python scripts/torch_reference.py bench --steps 5 --json
-  /work/venv/bin/python scripts/torch_reference.py recipe [--iters 50] [--data PATH]
+  $(scripts/python_env.sh) scripts/torch_reference.py bench --attn target/release/attn
+  $(scripts/python_env.sh) scripts/torch_reference.py bench --steps 5 --json
+  $(scripts/python_env.sh) scripts/torch_reference.py recipe [--iters 50] [--data PATH]
 """
 import argparse
 import json

@@ -220,3 +220,41 @@ fn the_instruction_set_cap_is_honoured() {
         _ => {}
     }
 }
+
+#[test]
+fn attention_maps_match_transformers_output_attentions() {
+    // The maps the server's playground shows: every layer and head of both sequences,
+    // against transformers' `output_attentions` (eager softmax probabilities).
+    for name in MODELS {
+        let r = reference(name);
+        let engine = Gpt2Engine::load(&fixture(name), None).unwrap();
+        let rows = input_rows(&r);
+        let (h, t) = (engine.config.n_head, rows[0].len());
+        let mut worst = 0f32;
+        for (b, row) in rows.iter().enumerate() {
+            let maps = engine.attention_maps(row).unwrap();
+            assert_eq!(maps.len(), engine.config.n_layer);
+            for (l, layer) in maps.iter().enumerate() {
+                let want = floats(&r[&format!("attentions.{l}")]);
+                assert_eq!(layer.len(), h);
+                for (hi, head) in layer.iter().enumerate() {
+                    for (q, probs) in head.iter().enumerate() {
+                        // Causal rows: the engine gives q + 1 values, transformers t
+                        // (zeros past the diagonal).
+                        let at = ((b * h + hi) * t + q) * t;
+                        let got: Vec<f32> = (0..t)
+                            .map(|k| probs.get(k).copied().unwrap_or(0.0))
+                            .collect();
+                        let d = max_abs_diff(&got, &want[at..at + t]);
+                        assert!(
+                            d <= 1e-6,
+                            "{name}: layer {l} head {hi} row {q} of sequence {b} differs by {d}"
+                        );
+                        worst = worst.max(d);
+                    }
+                }
+            }
+        }
+        eprintln!("{name}: attention maps worst difference {worst:.2e}");
+    }
+}
