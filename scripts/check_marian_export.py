@@ -4,7 +4,7 @@ MarianMTModel: load it with transformers, translate sentences with the same beam
 (`generate(num_beams=N, length_penalty=A, early_stopping=True)`), and compare the output
 with `attn translate` on the same sentences.
 
-    python scripts/check_marian_export.py --model runs/multi30k --attn target/release/attn \
+    $(scripts/python_env.sh) scripts/check_marian_export.py --model runs/multi30k --attn target/release/attn \
         --src ../shared/data/multi30k/test_2016_flickr.de --n 200
 
 Prints how many translations are identical; exits 1 if any differ.

@@ -221,3 +221,66 @@ fn embed_reproduces_sentence_transformers_for_minilm() {
     assert!((norm - 1.0).abs() > 1e-3, "norm {norm}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn export_command_writes_every_family_in_half_precision() {
+    // `attn export` itself (the library's export is tested in attn's hf_io): each
+    // tensor is the original rounded to the dtype, the config is unchanged but for
+    // torch_dtype, and --out may not be the model.
+    let dir = temp("export");
+    for name in ["gpt2-tiny", "llama-gqa", "bert-tiny", "marian-tiny"] {
+        for (dtype, candle) in [
+            ("f16", candle_core::DType::F16),
+            ("bf16", candle_core::DType::BF16),
+        ] {
+            let out = dir.join(format!("{name}-{dtype}"));
+            let src = fixture(name);
+            ok(&attn(&[
+                "export",
+                "--model",
+                src.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--dtype",
+                dtype,
+            ]));
+            let dev = candle_core::Device::Cpu;
+            let a = attn::checkpoint::read_safetensors(&src.join("model.safetensors"), &dev).unwrap();
+            let b = attn::checkpoint::read_safetensors(&out.join("model.safetensors"), &dev).unwrap();
+            assert_eq!(a.len(), b.len(), "{name}");
+            for (k, t) in &a {
+                let want: Vec<f32> = t
+                    .to_dtype(candle)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(b[k].dtype(), candle, "{name} {k}");
+                let got: Vec<f32> = b[k]
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(got, want, "{name}: {k} in {dtype}");
+            }
+            let cfg = |p: &Path| -> serde_json::Value {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap())
+                        .unwrap();
+                v.as_object_mut().unwrap().remove("torch_dtype");
+                v
+            };
+            assert_eq!(cfg(&src), cfg(&out), "{name}: config changed");
+        }
+    }
+    let m = dir.join("gpt2-tiny-f16");
+    let o = attn(&["export", "--model", m.to_str().unwrap(), "--out", m.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different folder"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Folders written by attn, loaded by Hugging Face transformers (run by .ci/run):
+#   1. `attn export` of every HF fixture (gpt2, llama, bert, marian) in f32, f16 and
+#      bf16: no missing or unexpected keys, logits within bounds set from measured error;
+#   2. a GPT-2 trained by `attn train`: transformers' perplexity = `attn eval perplexity`;
+#   3. a classifier from `attn classify train`: class probabilities = `attn classify predict`;
+#   4. a translation model from `attn translate train`: transformers' beam search gives
+#      the same translations as `attn translate`.
+# Python (torch, transformers: scripts/requirements.txt) is installed outside the
+# repository by scripts/python_env.sh ($ATTN_VENV). Uses the debug attn binary that
+# `cargo test` built. Any failure exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ATTN=${ATTN_BIN:-$ROOT/target/debug/attn}
+DATA=${ATTN_DATA_DIR:-$ROOT/../shared/data}
+WORK=$(mktemp -d /tmp/attn-export-ci.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+step() { echo; echo "=== export: $* ($(date +%T))"; }
+
+step "python environment"
+PY=$(scripts/python_env.sh)
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+
+step "models"
+head -c 200000 "$DATA/tinyshakespeare/input.txt" > "$WORK/train.txt"
+tail -c 20000 "$DATA/tinyshakespeare/input.txt" > "$WORK/held.txt"
+"$ATTN" train --data "$WORK/train.txt" --out "$WORK/gpt2" --n-layer 2 --n-head 2 --n-embd 32 \
+  --block-size 64 --batch-size 8 --max-iters 60 --eval-interval 30 --eval-iters 2 2>/dev/null
+POS=$DATA/sentence-polarity/rt-polarity.pos
+NEG=$DATA/sentence-polarity/rt-polarity.neg
+{ head -n 300 "$POS" | sed 's/^/pos\t/'; head -n 300 "$NEG" | sed 's/^/neg\t/'; } > "$WORK/clf.tsv"
+{ tail -n 20 "$POS"; tail -n 20 "$NEG"; } > "$WORK/texts.txt"
+"$ATTN" classify train --data "$WORK/clf.tsv" --out "$WORK/clf" --preset bert-tiny --epochs 1 \
+  --tokenizer bpe:600 --max-len 48 2>/dev/null
+paste <(head -n 3000 "$DATA/multi30k/train.de") <(head -n 3000 "$DATA/multi30k/train.en") > "$WORK/pairs.tsv"
+"$ATTN" translate train --pairs "$WORK/pairs.tsv" --out "$WORK/marian" --holdout 50 --valid-size 50 \
+  --d-model 32 --layers 1 --heads 2 --ffn 64 --vocab-size 800 --max-steps 150 --batch-size 32 \
+  --eval-interval 150 --bleu-sample 10 2>/dev/null
+
+step "exports, a trained GPT-2, a classifier"
+"$PY" scripts/check_hf_export.py --attn "$ATTN" --trained "$WORK/gpt2" --text "$WORK/held.txt" \
+  --classifier "$WORK/clf" --texts "$WORK/texts.txt" 2>&1 | grep -v "Loading weights"
+
+step "translation: beam search against transformers' generate"
+"$PY" scripts/check_marian_export.py --model "$WORK/marian" --attn "$ATTN" --src "$WORK/marian/holdout.src" \
+  --n 50 --beam 3 2>&1 | grep -v -e "Loading weights" -e "seem to have been set"
+step "all export checks passed"
