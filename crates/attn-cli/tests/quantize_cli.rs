@@ -103,10 +103,12 @@ fn quantize_writes_smaller_folders_that_score_close_to_f32() {
     );
     assert!((g - n).abs() < 1e-4 * g, "graph {g} vs engine {n}");
 
+    // Relative perplexity change on this model and text, measured: f16 2.2e-5, q8
+    // 1.0e-4, q4 2.3e-3; the bounds are about 2.5x those.
     for (dtype, name, max_change) in [
-        ("f16", "f16", 0.001),
-        ("q8", "q8_0", 0.02),
-        ("q4", "q4_0", 0.5),
+        ("f16", "f16", 6e-5),
+        ("q8", "q8_0", 2.5e-4),
+        ("q4", "q4_0", 6e-3),
     ] {
         let out = dir.join(dtype);
         let o = out.to_str().unwrap();
@@ -135,6 +137,7 @@ fn quantize_writes_smaller_folders_that_score_close_to_f32() {
             "{v}"
         );
         let change = v["perplexity_change"].as_f64().unwrap();
+        eprintln!("{dtype}: perplexity change {change:.4e}");
         assert!(
             change.abs() < max_change,
             "{dtype}: perplexity change {change}"

@@ -153,14 +153,17 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
             .remove(0)
     };
     let reference = run(&Gpt2Engine::load(&dir, None).unwrap());
+    // Largest logit error as a fraction of the largest logit, measured on this model:
+    // f16 2.2e-4, q8 5.6e-3, q4 8.1e-2; the bounds are about 2.2x those.
     for (ty, tol) in [
-        (WeightType::F16, 2e-3),
-        (WeightType::Q8, 0.03),
-        (WeightType::Q4, 0.25),
+        (WeightType::F16, 5e-4),
+        (WeightType::Q8, 1.2e-2),
+        (WeightType::Q4, 0.18),
     ] {
         let engine = Gpt2Engine::load(&dir, Some(ty)).unwrap();
         let got = run(&engine);
         let err = max_rel(&got, &reference);
+        eprintln!("{ty:?}: largest logit error {err:.3e} of the largest logit");
         assert!(err < tol, "{ty:?}: {err}");
         assert!(err > 0.0, "{ty:?} changed nothing");
         let out = tempfile_dir(&format!("engine-quant-{}", ty.name()));
