@@ -44,6 +44,19 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// `f()`, or `None` if it panicked, without the panic message on stderr (for calls into
+/// the tokenizers crate, which panics on some malformed files).
+fn without_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
+    use std::sync::Mutex;
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _serial = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    r.ok()
+}
+
 /// The largest vocabulary [`Tokenizer::train_bpe`] accepts: the trainer sizes its tables
 /// by it, and no corpus needs more (published models stop near 256k).
 pub const MAX_BPE_VOCAB: usize = 1 << 20;
@@ -184,11 +197,28 @@ impl Tokenizer {
     /// Load a `tokenizer.json` file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = crate::guard::read_file(path, crate::checkpoint::MAX_JSON_BYTES)?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        let broken = |what: &str| {
+            Error::bad_file(
+                path,
+                format!("not a valid tokenizer.json: the tokenizers library failed {what}"),
+            )
+        };
+        // The tokenizers crate panics on some malformed files (a decoder that is not an
+        // object, a BPE merge longer than any token) instead of failing: contained here,
+        // so that a bad file is an error naming it.
+        let mut inner = without_panic(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .ok_or_else(|| broken("while reading it"))?
             .map_err(|e| Error::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
         // attn pads batches itself (with attention masks); a fixed padding stored in
         // the file would pad every single text.
         inner.with_padding(None);
+        // A post-processor template naming a special token the file does not define
+        // loads, then panics at the first encoding: try one now.
+        without_panic(|| {
+            let _ = inner.encode("a b", true);
+            let _ = inner.decode(&[0], true);
+        })
+        .ok_or_else(|| broken("on a first encoding (an inconsistent post-processor?)"))?;
         Ok(Self::wrap(inner))
     }
 
@@ -376,6 +406,36 @@ impl<'a> StreamDecoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_that_make_the_tokenizers_crate_panic_are_errors() {
+        // Inputs of the kinds the fuzzer found (fuzz/regressions/tokenizer_json): the
+        // tokenizers crate panics on each, attn must answer with an error naming the file.
+        let word_level = r#""model":{"type":"WordLevel","vocab":{"a":0,"[CLS]":1},"unk_token":"a"}"#;
+        let cases = [
+            ("malformed decoder", r#"{"decoder":{"#.to_string()),
+            (
+                "merge longer than any token",
+                r#"{"model":{"type":"BPE","vocab":{"a":0,"b":1},"merges":[["a","b"]]}}"#
+                    .to_string(),
+            ),
+            (
+                "template with an undefined special token",
+                format!(
+                    r#"{{"post_processor":{{"type":"TemplateProcessing","single":[{{"SpecialToken":{{"id":"[CLS]","type_id":0}}}},{{"Sequence":{{"id":"A","type_id":0}}}}],"pair":[{{"Sequence":{{"id":"A","type_id":0}}}},{{"Sequence":{{"id":"B","type_id":1}}}}],"special_tokens":{{}}}},{word_level}}}"#
+                ),
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("attn-tok-panics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (what, json) in cases {
+            let p = dir.join("tokenizer.json");
+            std::fs::write(&p, json).unwrap();
+            let e = Tokenizer::from_file(&p).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains("tokenizer.json"), "{what}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     const MIXED: &str =
         "To be, or not to be: that is the question.\n床前明月光，疑是地上霜。\n\tTabs & ümlauts!\n";
