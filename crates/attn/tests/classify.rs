@@ -160,11 +160,12 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
             r: 2,
             lora_alpha: 4.0,
         }),
-        epochs: 2,
-        lr: 5e-3,
+        epochs: 8,
+        lr: 2e-2,
         ..tiny_config()
     };
     let merged = dir.join("merged");
+    let mut step_losses = vec![];
     let s = train(
         &cfg,
         &Start::Pretrained(base.clone()),
@@ -172,9 +173,19 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
         &va,
         &merged,
         &default_device(),
-        &mut |_| {},
+        &mut |e| {
+            if let attn::tasks::classify::ClassifyEvent::Step { loss, .. } = e {
+                step_losses.push(loss);
+            }
+        },
     )
     .unwrap();
+    // It learns: the mean loss of the last ten steps is well below the first ten's.
+    let n = step_losses.len();
+    assert!(n >= 20, "{n} steps");
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let (first, last) = (mean(&step_losses[..10]), mean(&step_losses[n - 10..]));
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
     // 2 layers × 2 adapted projections × (2·32 + 32·2) + head (2·32 + 2).
     assert_eq!(s.trainable_params, 2 * 2 * (2 * 32 + 32 * 2) + 2 * 32 + 2);
     assert!(s.trainable_params * 10 < s.total_params);
@@ -223,6 +234,33 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
         separate.join("adapter_model.safetensors").is_file()
             && separate.join("adapter_config.json").is_file()
     );
+    // The adapters themselves trained: every lora_B starts at zero and moved, and the
+    // merged query/value weights differ from the base by B·A.
+    let adapters = attn::checkpoint::read_safetensors(
+        &separate.join("adapter_model.safetensors"),
+        &default_device(),
+    )
+    .unwrap();
+    let largest = |t: &candle_core::Tensor| -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let bs: Vec<_> = adapters.iter().filter(|(k, _)| k.contains("lora_B")).collect();
+    assert_eq!(bs.len(), 4, "{:?}", adapters.keys().collect::<Vec<_>>());
+    for (k, t) in bs {
+        assert!(largest(t) > 1e-4, "{k} never moved from zero");
+    }
+    for (name, t) in &a {
+        if name.ends_with("query.weight") || name.ends_with("value.weight") {
+            assert!(largest(&(t - &b[name]).unwrap()) > 1e-6, "{name} unchanged by merging");
+        }
+    }
     let m1 = Classifier::load(&merged, &default_device()).unwrap();
     let m2 = Classifier::load(&separate, &default_device()).unwrap();
     let texts = [
