@@ -541,3 +541,50 @@ pub fn export(dir: &Path, out: &Path, dtype: candle_core::DType, device: &Device
     .into();
     write_json(&out.join(CONFIG), &config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn write_atomic_replaces_whole_files_and_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("attn-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/config.json");
+        write_atomic(&path, b"first").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        write_atomic(&path, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
+        assert!(leftovers(path.parent().unwrap()).is_empty());
+        // A failed write (the target is a non-empty folder, so the rename fails) keeps
+        // what was there and removes its temporary file.
+        let blocked = dir.join("sub/blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        let e = write_atomic(&blocked, b"x").unwrap_err().to_string();
+        assert!(e.contains("blocked"), "{e}");
+        assert!(blocked.join("inside").is_dir());
+        assert!(leftovers(path.parent().unwrap()).is_empty());
+        assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
+        // A planted symlink is replaced, not written through.
+        #[cfg(unix)]
+        {
+            let victim = dir.join("victim");
+            std::fs::write(&victim, b"precious").unwrap();
+            let link = dir.join("sub/link.json");
+            std::os::unix::fs::symlink(&victim, &link).unwrap();
+            write_atomic(&link, b"new").unwrap();
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+            assert!(!link.is_symlink());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
