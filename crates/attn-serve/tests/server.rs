@@ -507,6 +507,33 @@ fn embeddings_from_minilm() {
     assert!((dot(&e[0], &e[0]) - 1.0).abs() < 1e-4);
     assert!(dot(&e[0], &e[1]) > dot(&e[0], &e[2]) + 0.2);
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    // The values themselves: sentence-transformers' normalized embeddings of the MiniLM
+    // fixture's sentences (scripts/make_hf_fixtures.py).
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../attn/tests/fixtures/hf/minilm");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("meta.json")).unwrap())
+            .unwrap();
+    let want = attn::checkpoint::read_safetensors(
+        &fixture.join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()["embeddings_normalized"]
+        .to_vec2::<f32>()
+        .unwrap();
+    let r = post(addr, "/v1/embeddings", &json!({"input": meta["sentences"]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let data = r.json()["data"].as_array().unwrap().clone();
+    assert_eq!(data.len(), want.len());
+    let mut worst = 0f64;
+    for (d, w) in data.iter().zip(&want) {
+        let got = d["embedding"].as_array().unwrap();
+        assert_eq!(got.len(), w.len());
+        for (g, x) in got.iter().zip(w) {
+            worst = worst.max((g.as_f64().unwrap() - *x as f64).abs());
+        }
+    }
+    assert!(worst < 1e-5, "server embeddings differ from sentence-transformers by {worst}");
     // base64 (what the openai package asks for by default): little-endian f32.
     let r = post(
         addr,

@@ -297,16 +297,27 @@ impl Stream {
     }
 }
 
-/// The value of an unlabelled metric or of one with the given label text.
-pub fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
+/// The value of an unlabelled metric or of one with the given label text, or `None`
+/// when /metrics does not have that series.
+pub fn try_metric(addr: SocketAddr, name_and_labels: &str) -> Option<f64> {
     let text = get(addr, "/metrics").body;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(name_and_labels)
                 .and_then(|rest| rest.strip_prefix(' '))
         })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{name_and_labels}: {v:?} is not a number ({e})"))
+        })
+}
+
+/// The value of a series that must be there: a series that disappears (or is renamed)
+/// fails the test instead of reading as 0.
+pub fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
+    try_metric(addr, name_and_labels)
+        .unwrap_or_else(|| panic!("/metrics has no series {name_and_labels}"))
 }
 
 /// Wait (up to 30 s) until `f` holds.
