@@ -138,6 +138,9 @@ pub struct GenParams {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// Token ids that also end the answer (like the model's end-of-text): the chat
+    /// template's `eos_token` for chat completions.
+    pub end_ids: Vec<u32>,
 }
 
 /// Read the sampling parameters. `default_max` applies when `max_tokens` is absent;
@@ -265,6 +268,7 @@ pub fn gen_params(f: &Fields, default_max: usize, limit: usize) -> Result<GenPar
         stream,
         include_usage,
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
+            end_ids: vec![],
     })
 }
 

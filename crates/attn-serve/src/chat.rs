@@ -2,7 +2,8 @@
 //!
 //! When the model folder's `tokenizer_config.json` has a `chat_template` (a Jinja
 //! template, as transformers uses), it is rendered with `messages`,
-//! `add_generation_prompt = true`, `bos_token` and `eos_token`. Otherwise the simple
+//! `add_generation_prompt = true`, `bos_token` and `eos_token` (when that is one token of
+//! the tokenizer, it also ends the answer). Otherwise the simple
 //! template below is used, and generation also stops at `"\nUser:"`:
 //!
 //! ```text
@@ -88,6 +89,14 @@ impl ChatTemplate {
 
     pub fn is_simple(&self) -> bool {
         self.jinja.is_none()
+    }
+
+    /// The template's `eos_token` text, when it has one.
+    pub fn eos_token(&self) -> Option<&str> {
+        self.jinja
+            .as_ref()
+            .map(|(_, _, eos)| eos.as_str())
+            .filter(|e| !e.is_empty())
     }
 
     pub fn render(&self, messages: &[Message]) -> Result<String, ApiError> {
@@ -220,5 +229,56 @@ mod tests {
             &serde_json::json!([{"role": "wizard", "content": "x"}])
         ))
         .is_err());
+    }
+
+    /// A template in the style HF Llama-2-chat folders ship (written here): the system
+    /// message folded into the first user turn, `bos_token`/`eos_token` around each
+    /// exchange, `raise_exception` when roles do not alternate, and the special tokens
+    /// given as objects in tokenizer_config.json.
+    #[test]
+    fn llama_style_template_with_eos_and_exceptions() {
+        let template = concat!(
+            "{% if messages[0]['role'] == 'system' %}",
+            "{% set sys = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}",
+            "{% set msgs = messages[1:] %}",
+            "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}",
+            "{% for m in msgs %}",
+            "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}",
+            "{{ raise_exception('roles must alternate user/assistant/user/...') }}",
+            "{% endif %}",
+            "{% if m['role'] == 'user' %}",
+            "{{ bos_token + '[INST] ' + (sys if loop.first else '') + m['content'] + ' [/INST]' }}",
+            "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}",
+            "{% endfor %}"
+        );
+        let cfg = serde_json::json!({
+            "bos_token": {"content": "<s>", "lstrip": false},
+            "eos_token": {"content": "</s>", "lstrip": false},
+            "chat_template": template,
+        });
+        let dir = std::env::temp_dir().join(format!("attn-serve-llama-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        let t = ChatTemplate::load(&dir).unwrap();
+        assert!(!t.is_simple());
+        let msgs = parse_messages(Some(&serde_json::json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"}
+        ])))
+        .unwrap();
+        assert_eq!(
+            t.render(&msgs).unwrap(),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] Bye [/INST]"
+        );
+        let bad = parse_messages(Some(&serde_json::json!([
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"}
+        ])))
+        .unwrap();
+        let e = t.render(&bad).unwrap_err().body().to_string();
+        assert!(e.contains("roles must alternate"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -48,6 +48,9 @@ pub struct GenJob {
     pub max_tokens: usize,
     pub sampling: SamplingConfig,
     pub stop: Vec<String>,
+    /// Ids that end the answer as the end-of-text id does (a chat template's
+    /// `eos_token`); ignored with `ignore_eos`.
+    pub end_ids: Vec<u32>,
     pub arrived: Instant,
     /// When the request's time is up; `None` when `arrived + --request-timeout` is past
     /// what an `Instant` can hold (then there is no limit).
@@ -331,7 +334,7 @@ impl<'a> Lm<'a> {
         } else {
             self.backend.eos()
         };
-        if Some(next) == eos {
+        if Some(next) == eos || (!s.job.sampling.ignore_eos && s.job.end_ids.contains(&next)) {
             self.finish(&mut s, "stop");
             return None;
         }

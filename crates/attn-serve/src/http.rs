@@ -399,6 +399,11 @@ async fn chat_completions(State(st): St, req: Request) -> Response {
         if st.chat.is_simple() && p.stop.len() < 4 {
             p.stop.push(SIMPLE_STOP.to_string());
         }
+        // A template's end-of-turn token ends the answer, as transformers' generate does
+        // with the eos ids of a chat model's generation config.
+        if let Some(id) = st.chat.eos_token().and_then(|t| st.tokenizer.token_to_id(t)) {
+            p.end_ids.push(id);
+        }
         let ids = encode_prompt(&st, &prompt, "messages")?;
         generate(&st, ids, p, true).await
     }
@@ -541,6 +546,7 @@ async fn generate(
             max_tokens: p.max_tokens,
             sampling,
             stop: p.stop.clone(),
+            end_ids: p.end_ids.clone(),
             arrived,
             // Checked: `Instant + Duration` panics on overflow.
             deadline: arrived.checked_add(st.cfg.request_timeout),

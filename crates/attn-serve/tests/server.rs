@@ -1115,3 +1115,91 @@ fn graceful_shutdown_finishes_the_streams_in_flight() {
     server.join().unwrap().unwrap();
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// A model that always answers "!" (its final norm gives one fixed vector, which only
+/// the embedding of "!" matches), with a chat template whose `eos_token` is "!".
+fn bang_model() -> std::path::PathBuf {
+    let src = tiny_model("bang-src");
+    let dir = std::env::temp_dir().join(format!("attn-serve-test-bang-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let tok = attn::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let bang = tok.token_to_id("!").unwrap() as usize;
+    let dev = candle_core::Device::Cpu;
+    let mut t = attn::checkpoint::read_safetensors(&src.join("model.safetensors"), &dev).unwrap();
+    let c = t["transformer.ln_f.weight"].dims()[0];
+    t.insert(
+        "transformer.ln_f.weight".into(),
+        candle_core::Tensor::zeros(c, candle_core::DType::F32, &dev).unwrap(),
+    );
+    t.insert(
+        "transformer.ln_f.bias".into(),
+        candle_core::Tensor::ones(c, candle_core::DType::F32, &dev).unwrap(),
+    );
+    let wte = &t["transformer.wte.weight"];
+    let mut rows: Vec<Vec<f32>> = wte.to_vec2().unwrap();
+    rows[bang] = vec![1.0; c];
+    let v = rows.len();
+    let wte = candle_core::Tensor::from_vec(rows.concat(), (v, c), &dev).unwrap();
+    t.insert("transformer.wte.weight".into(), wte);
+    attn::checkpoint::write_safetensors(&dir.join("model.safetensors"), &t.into_iter().collect())
+        .unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({
+            "chat_template": "{% for m in messages %}{{ m.content }}\n{% endfor %}",
+            "eos_token": "!",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn chat_answers_end_at_the_templates_eos_token() {
+    let addr = start(&bang_model(), |_| {});
+    // The completions endpoint has no template: the model's "!"s run to max_tokens.
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "Romeo", "max_tokens": 5, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["text"], "!!!!!");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    // Chat with the template: its eos_token "!" ends the answer at once, as "stop".
+    for stream in [false, true] {
+        let r = post(
+            addr,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Romeo?"}], "max_tokens": 5,
+                    "temperature": 0, "stream": stream}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let text = if stream {
+            let chunks: Vec<Value> = sse_events(&r.body)
+                .iter()
+                .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+                .collect();
+            assert!(
+                chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"),
+                "{chunks:?}"
+            );
+            chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+                .collect::<String>()
+        } else {
+            let v = r.json();
+            assert_eq!(v["choices"][0]["finish_reason"], "stop");
+            assert_eq!(v["usage"]["completion_tokens"], 0);
+            v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        };
+        assert_eq!(text, "", "stream {stream}");
+    }
+}
