@@ -212,11 +212,13 @@ impl Tokenizer {
         // attn pads batches itself (with attention masks); a fixed padding stored in
         // the file would pad every single text.
         inner.with_padding(None);
-        // A post-processor template naming a special token the file does not define
-        // loads, then panics at the first encoding: try one now.
+        // A post-processor template naming a special token the file does not define, or
+        // a decoder that strips more than a token holds, load and then panic at the
+        // first encoding or decoding: try an encoding, and decode every token once.
+        let ids: Vec<u32> = (0..inner.get_vocab_size(true).min(1 << 20) as u32).collect();
         without_panic(|| {
             let _ = inner.encode("a b", true);
-            let _ = inner.decode(&[0], true);
+            let _ = inner.decode(&ids, false);
         })
         .ok_or_else(|| broken("on a first encoding (an inconsistent post-processor?)"))?;
         Ok(Self::wrap(inner))
@@ -426,6 +428,14 @@ mod tests {
                 ),
             ),
         ];
+        let cases = {
+            let mut c = cases.to_vec();
+            c.push((
+                "strip decoder longer than a token",
+                r#"{"decoder":{"type":"Strip","content":" ","start":1,"stop":1},"model":{"type":"WordLevel","vocab":{"a":0," ":1},"unk_token":"a"}}"#.to_string(),
+            ));
+            c
+        };
         let dir = std::env::temp_dir().join(format!("attn-tok-panics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (what, json) in cases {
