@@ -235,20 +235,25 @@ def probes(r: Runner, w: Path, m: dict):
     cmds = {
         "gpt2": lambda d: [["generate", "--model", d, "--max-new-tokens", 2],
                            ["eval", "perplexity", "--model", d, "--data", corpus],
-                           ["export", "--model", d, "--out", w / "out/export-huge"]],
+                           ["export", "--model", d, "--out", w / "out/export-huge"],
+                           ["serve", "--model", d, "--port", 0]],
         "llama": lambda d: [["generate", "--model", d, "--max-new-tokens", 2, "--prompt", "ab"],
                             ["eval", "perplexity", "--model", d, "--data", w / "abc.txt"],
-                            ["export", "--model", d, "--out", w / "out/export-huge"]],
+                            ["export", "--model", d, "--out", w / "out/export-huge"],
+                            ["serve", "--model", d, "--port", 0]],
         "bert": lambda d: [["embed", "--model", d, "--input", corpus],
                            ["classify", "predict", "--model", d],
-                           ["export", "--model", d, "--out", w / "out/export-huge"]],
+                           ["export", "--model", d, "--out", w / "out/export-huge"],
+                           ["serve", "--model", d, "--port", 0]],
         "marian": lambda d: [["translate", "--model", d],
                              ["export", "--model", d, "--out", w / "out/export-huge"]],
     }
     for name, (src, change) in huge.items():
         d = edit_config(src, w / f"cfg/{name}", **change)
         for args in cmds[name.split("-")[0]](d):
-            r.probe(f"config {name}: {' '.join(map(str, args[:2]))}", args, stdin="hello\n")
+            # A server that loaded would listen until the time limit: that is a failure.
+            r.probe(f"config {name}: {' '.join(map(str, args[:2]))}", args, stdin="hello\n",
+                    timeout=60 if args[0] == "serve" else None)
     # A config with fewer layers than the weights: the rest are unexpected tensors.
     d = edit_config(gpt2, w / "cfg/gpt2-fewer", n_layer=1)
     r.probe("config n_layer below the weights: generate", ["generate", "--model", d], contains="unexpected")
