@@ -242,4 +242,34 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn validate_names_each_value_out_of_range() {
+        let ok = SamplingConfig::default();
+        ok.validate().unwrap();
+        let with = |f: &dyn Fn(&mut SamplingConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().map(|_| ()).map_err(|e| e.to_string())
+        };
+        // Edges that are valid: greedy, the whole distribution, no penalty.
+        assert!(with(&|c| c.temperature = 0.0).is_ok());
+        assert!(with(&|c| c.top_p = Some(1.0)).is_ok());
+        assert!(with(&|c| c.top_k = Some(1)).is_ok());
+        for (bad, name) in [
+            (with(&|c| c.temperature = -0.5), "temperature"),
+            (with(&|c| c.temperature = f64::NAN), "temperature"),
+            (with(&|c| c.temperature = f64::INFINITY), "temperature"),
+            (with(&|c| c.top_k = Some(0)), "top-k"),
+            (with(&|c| c.top_p = Some(0.0)), "top-p"),
+            (with(&|c| c.top_p = Some(-0.1)), "top-p"),
+            (with(&|c| c.top_p = Some(1.5)), "top-p"),
+            (with(&|c| c.top_p = Some(f64::NAN)), "top-p"),
+            (with(&|c| c.repetition_penalty = 0.0), "repetition-penalty"),
+            (with(&|c| c.repetition_penalty = f64::INFINITY), "repetition-penalty"),
+        ] {
+            let e = bad.expect_err(name);
+            assert!(e.contains(name), "{e}");
+        }
+    }
 }
