@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use attn_fuzz::known::guard;
+use attn_fuzz::known::{guard, note};
 use attn_fuzz::scratch::{cap_address_space, fuzz_cap_mib};
 use attn_fuzz::model_folder::Target;
 
@@ -12,7 +12,9 @@ libfuzzer_sys::fuzz_target!(
     |data: &[u8]| {
         static TARGET: OnceLock<Target> = OnceLock::new();
         let target = TARGET.get_or_init(Target::new);
-        // A known panic (src/known.rs) is not a new finding.
-        let _ = guard(|| target.run(data));
+        // A known panic (src/known.rs) is not a new finding: noted once per place.
+        if let Err(k) = guard(|| target.run(data)) {
+            note(&k, data, std::path::Path::new("artifacts/model_folder"));
+        }
     }
 );

@@ -61,8 +61,8 @@ pub fn replay(
                 report.accepted += usize::from(accepted);
                 accepted
             }
-            Ok(Err(finding)) => {
-                *report.known.entry(finding).or_default() += 1;
+            Ok(Err(k)) => {
+                *report.known.entry(k.finding).or_default() += 1;
                 false
             }
             Err(e) => {
