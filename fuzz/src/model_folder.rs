@@ -1,0 +1,161 @@
+//! Target `model_folder`: a model folder's `config.json` and `model.safetensors`.
+//!
+//! An input is `CONFIG 0xFF WEIGHTS`: the bytes before the first 0xFF byte are written
+//! as `config.json` (a byte that never occurs in UTF-8 text, so a real config never
+//! holds it), the rest as `model.safetensors`; an input without 0xFF is a config with an
+//! empty weights file. The folder also holds a fixed 4-token character tokenizer.
+//!
+//! The folder goes through every loader the CLI and the server use for its model type
+//! (`load_params`, `load_causal_lm` — the CPU inference engine for GPT-2 —,
+//! `load_causal_lm_graph`, `load_bert`, `load_marian`), and a model that loads runs one
+//! short forward pass: a config that loads must describe a model that can run.
+
+use std::path::Path;
+
+use attn::checkpoint;
+use attn::nn::Mode;
+use candle_core::{Device, Tensor};
+
+use crate::scratch::Scratch;
+
+/// The byte between the config and the weights.
+pub const SPLIT: u8 = 0xFF;
+
+/// The tokenizer of every fuzzed folder: characters `a`..`d`, ids 0..4.
+pub const TOKENIZER_TEXT: &str = "abcd";
+
+pub struct Target {
+    scratch: Scratch,
+}
+
+/// `(config, weights)` of an input.
+pub fn split(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == SPLIT) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// The input for a config and a weights file (the inverse of [`split`]).
+pub fn join(config: &[u8], weights: &[u8]) -> Vec<u8> {
+    let mut v = config.to_vec();
+    v.push(SPLIT);
+    v.extend_from_slice(weights);
+    v
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Target {
+    pub fn new() -> Target {
+        let scratch = Scratch::new("model");
+        attn::tokenizer::Tokenizer::train_char(TOKENIZER_TEXT)
+            .and_then(|t| t.save(&scratch.path().join(checkpoint::TOKENIZER)))
+            .expect("write the fixed tokenizer");
+        Target { scratch }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// Feed one input; returns how many loaders accepted the folder (for the smoke
+    /// test's tally and the seeds' check).
+    pub fn run(&self, data: &[u8]) -> usize {
+        let (config, weights) = split(data);
+        self.scratch.write(checkpoint::CONFIG, config);
+        self.scratch.write(checkpoint::WEIGHTS, weights);
+        let dir = self.scratch.path();
+        let dev = Device::Cpu;
+        let model_type = serde_json::from_slice::<serde_json::Value>(config)
+            .ok()
+            .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
+        let mut ok = 0;
+        let mut count = |loaded: bool| ok += usize::from(loaded);
+        // Each loader once for its own model type (they read every file again, and the
+        // fuzzer's speed counts); an unknown type goes through all of them.
+        let any = !matches!(
+            model_type.as_deref(),
+            Some("gpt2" | "llama" | "mistral" | "bert" | "marian")
+        );
+        let is = |names: &[&str]| any || names.contains(&model_type.as_deref().unwrap_or(""));
+        if let Ok(p) = checkpoint::load_params(dir, &dev) {
+            let _ = p.count();
+            count(true);
+        }
+        if is(&["gpt2", "llama", "mistral"]) {
+            if let Ok(lm) = checkpoint::load_causal_lm(dir, &dev) {
+                run_lm(lm.model.as_ref());
+                count(true);
+            }
+        }
+        if is(&["gpt2"]) {
+            if let Ok(lm) = checkpoint::load_causal_lm_graph(dir, &dev) {
+                run_lm(lm.model.as_ref());
+                count(true);
+            }
+        }
+        if is(&["bert"]) {
+            if let Ok(b) = checkpoint::load_bert(dir, &dev) {
+                run_bert(&b);
+                count(true);
+            }
+        }
+        if is(&["marian"]) {
+            if let Ok((m, _)) = checkpoint::load_marian(dir, &dev) {
+                run_marian(&m);
+                count(true);
+            }
+        }
+        ok
+    }
+}
+
+/// Ids `0, 1` clipped to a vocabulary of `n`.
+fn two_ids(n: usize) -> [u32; 2] {
+    let last = n.saturating_sub(1).min(u32::MAX as usize) as u32;
+    [0, 1.min(last)]
+}
+
+fn run_lm(m: &dyn attn::models::CausalLm) {
+    let ids = two_ids(m.vocab_size());
+    if let Ok(t) = Tensor::new(&[ids], &Device::Cpu) {
+        let _ = m.forward(&t, None, &mut Mode::Eval);
+    }
+    if let Some(mut s) = m.native_session() {
+        let _ = s.feed(&ids[..1]);
+        let _ = s.feed(&ids[1..]);
+    }
+}
+
+fn run_bert(b: &checkpoint::LoadedBert) {
+    let ids = two_ids(b.model.config.vocab_size);
+    let dev = Device::Cpu;
+    let (Ok(t), Ok(mask)) = (Tensor::new(&[ids], &dev), Tensor::new(&[[1u32, 1]], &dev)) else {
+        return;
+    };
+    if let Ok(out) = b.model.forward(&t, &mask, None, &mut Mode::Eval) {
+        let _ = b.model.classify(&out, &mut Mode::Eval);
+    }
+    if let Ok(ids) = b.tokenizer.encode_for_model("abcd", b.max_len) {
+        let _ = ids.len();
+    }
+}
+
+fn run_marian(m: &attn::models::marian::Marian) {
+    let c = &m.config;
+    let dev = Device::Cpu;
+    let src = [0, c.eos_token_id];
+    let (Ok(src), Ok(mask), Ok(tgt)) = (
+        Tensor::new(&[src], &dev),
+        Tensor::new(&[[1u32, 1]], &dev),
+        Tensor::new(&[[c.decoder_start_token_id]], &dev),
+    ) else {
+        return;
+    };
+    let _ = m.forward(&src, &mask, &tgt, &mut Mode::Eval);
+}
