@@ -347,12 +347,13 @@ pub fn load_causal_lm_graph(dir: &Path, device: &Device) -> Result<LoadedLm> {
 }
 
 fn check_vocab(dir: &Path, tokenizer: &Tokenizer, vocab_size: usize) -> Result<()> {
-    if tokenizer.vocab_size() > vocab_size {
+    let ids = tokenizer.id_limit();
+    if ids > vocab_size {
         return Err(Error::bad_file(
             dir.join(TOKENIZER),
             format!(
-                "the tokenizer has {} tokens but the model's vocab_size is {vocab_size}: they do not belong together",
-                tokenizer.vocab_size()
+                "the tokenizer's ids go up to {} but the model's vocab_size is {vocab_size}: they do not belong together",
+                ids - 1
             ),
         ));
     }

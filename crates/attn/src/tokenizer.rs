@@ -44,17 +44,33 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+thread_local! {
+    /// Set while [`without_panic`] runs its closure on this thread.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// `f()`, or `None` if it panicked, without the panic message on stderr (for calls into
-/// the tokenizers crate, which panics on some malformed files).
+/// the tokenizers crate, which panics on some malformed files and inputs instead of
+/// failing). The panic hook is wrapped once, process-wide, and stays silent only for the
+/// thread inside such a call: panics elsewhere are reported as before.
 fn without_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
-    use std::sync::Mutex;
-    static HOOK: Mutex<()> = Mutex::new(());
-    let _serial = HOOK.lock().unwrap_or_else(|e| e.into_inner());
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
+    QUIET.with(|q| q.set(was));
     r.ok()
+}
+
+fn library_failed() -> Error {
+    Error::Tokenizer("the tokenizers library failed on this input (a malformed tokenizer.json?)".into())
 }
 
 /// The largest vocabulary [`Tokenizer::train_bpe`] accepts: the trainer sizes its tables
@@ -62,6 +78,27 @@ fn without_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
 pub const MAX_BPE_VOCAB: usize = 1 << 20;
 
 impl Tokenizer {
+    /// `inner.encode(text)` without special tokens, a panic in the library an error.
+    fn enc(&self, text: &str) -> Result<tokenizers::Encoding> {
+        without_panic(|| self.inner.encode(text, false))
+            .ok_or_else(library_failed)?
+            .map_err(tk_err)
+    }
+
+    /// The post-processor's special tokens added to `enc`, a panic an error.
+    fn post(&self, enc: tokenizers::Encoding) -> Result<tokenizers::Encoding> {
+        without_panic(|| self.inner.post_process(enc, None, true))
+            .ok_or_else(library_failed)?
+            .map_err(tk_err)
+    }
+
+    /// `inner.decode`, a panic an error.
+    fn dec(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        without_panic(|| self.inner.decode(ids, skip_special))
+            .ok_or_else(library_failed)?
+            .map_err(tk_err)
+    }
+
     fn wrap(inner: tokenizers::Tokenizer) -> Self {
         let has_unk =
             matches!(inner.get_model(), ModelWrapper::BPE(b) if b.get_unk_token().is_some());
@@ -209,9 +246,28 @@ impl Tokenizer {
         let mut inner = without_panic(|| tokenizers::Tokenizer::from_bytes(&bytes))
             .ok_or_else(|| broken("while reading it"))?
             .map_err(|e| Error::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
-        // attn pads batches itself (with attention masks); a fixed padding stored in
-        // the file would pad every single text.
+        // attn pads and truncates itself (with attention masks, to the model's limit); a
+        // padding or truncation stored in the file would pad or cut every text (and a
+        // stored truncation of length 0, or a stride past the length, panics).
         inner.with_padding(None);
+        let _ = inner.with_truncation(None);
+        // Ids far past the number of tokens: saving the file records every missing id
+        // (gigabytes for an id near 2^31). Tokenizers number their tokens densely.
+        let n = inner.get_vocab_size(true) as u64;
+        let top = inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as u64)
+            .max()
+            .unwrap_or(0);
+        if top > 2 * n + 1024 {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "not a valid tokenizer.json: token id {top} is far past its {n} tokens (ids must be numbered densely)"
+                ),
+            ));
+        }
         // A post-processor template naming a special token the file does not define, or
         // a decoder that strips more than a token holds, load and then panic at the
         // first encoding or decoding: try an encoding, and decode every token once.
@@ -233,6 +289,19 @@ impl Tokenizer {
     /// The number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// One past the largest id the tokenizer can produce (at least [`Self::vocab_size`];
+    /// more when its ids have gaps): what a model's vocabulary must cover.
+    pub fn id_limit(&self) -> usize {
+        let top = self
+            .inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        top.max(self.vocab_size())
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -268,7 +337,7 @@ impl Tokenizer {
                 known.insert(c);
             }
         }
-        let enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let enc = self.enc(text)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -285,7 +354,7 @@ impl Tokenizer {
     pub fn encode_for_model(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
         // Truncate the text's own tokens so that the special tokens still fit, then let
         // the post-processor add them: no second encoding, no copy of the tokenizer.
-        let mut enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let mut enc = self.enc(text)?;
         let specials = self
             .inner
             .get_post_processor()
@@ -295,7 +364,7 @@ impl Tokenizer {
             0,
             tokenizers::TruncationDirection::Right,
         );
-        let enc = self.inner.post_process(enc, None, true).map_err(tk_err)?;
+        let enc = self.post(enc)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -304,7 +373,7 @@ impl Tokenizer {
     /// consecutive windows (one window when it fits). For scoring texts longer than the
     /// model's limit.
     pub fn encode_windows(&self, text: &str, max_len: usize) -> Result<Vec<Vec<u32>>> {
-        let mut enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let mut enc = self.enc(text)?;
         let specials = self
             .inner
             .get_post_processor()
@@ -315,7 +384,7 @@ impl Tokenizer {
         std::iter::once(enc)
             .chain(rest)
             .map(|w| {
-                let w = self.inner.post_process(w, None, true).map_err(tk_err)?;
+                let w = self.post(w)?;
                 Ok(w.get_ids().to_vec())
             })
             .collect()
@@ -324,7 +393,7 @@ impl Tokenizer {
     /// Tokens of `text` with the post-processor's special tokens, without truncation
     /// (to count the texts a limit would cut).
     pub fn model_len(&self, text: &str) -> Result<usize> {
-        let enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let enc = self.enc(text)?;
         let specials = self
             .inner
             .get_post_processor()
@@ -334,7 +403,7 @@ impl Tokenizer {
 
     /// Decode ids to text without special tokens (padding, end-of-sentence...).
     pub fn decode_clean(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(tk_err)
+        self.dec(ids, true)
     }
 
     /// Add special tokens (no-op for those already present); returns their ids in order.
@@ -358,7 +427,7 @@ impl Tokenizer {
                 "id {bad} is outside the vocabulary of {n} tokens"
             )));
         }
-        self.inner.decode(ids, false).map_err(tk_err)
+        self.dec(ids, false)
     }
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {
