@@ -9,6 +9,7 @@ use attn::data::Encoding;
 use attn::rng::Rng;
 use attn::train::{DataSpec, Event, TrainConfig, Trainer, CHECKPOINT_DIR};
 use candle_core::Device;
+use common::losses;
 
 fn synthetic_text(path: &Path) {
     // A small language with structure to learn: words from a fixed list.
@@ -48,16 +49,6 @@ fn tiny_config(max_iters: usize) -> TrainConfig {
     }
 }
 
-fn losses(t: &mut Trainer) -> Vec<(usize, f64)> {
-    let mut out = vec![];
-    t.run(&mut |e| {
-        if let Event::Step(s) = e {
-            out.push((s.step, s.loss))
-        }
-    })
-    .unwrap();
-    out
-}
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {

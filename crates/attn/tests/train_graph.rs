@@ -4,19 +4,10 @@
 mod common;
 
 use attn::data::Encoding;
-use attn::train::{DataSpec, Event, TrainConfig, Trainer};
+use attn::train::{DataSpec, TrainConfig, Trainer};
 use candle_core::Device;
+use common::losses;
 
-fn losses(t: &mut Trainer) -> Vec<(usize, f64)> {
-    let mut out = vec![];
-    t.run(&mut |e| {
-        if let Event::Step(s) = e {
-            out.push((s.step, s.loss))
-        }
-    })
-    .unwrap();
-    out
-}
 
 #[test]
 fn graph_trainer_resumes_exactly() {

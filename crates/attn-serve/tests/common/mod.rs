@@ -145,6 +145,8 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
 pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    // A server may answer (413) and close before reading a large body: ignore the
+    // write error then, the answer is what counts.
     let _ = s.write_all(request);
     let mut r = BufReader::new(s);
     let (status, headers) = read_head(&mut r);
@@ -231,24 +233,7 @@ pub fn call(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    // A server may answer (413) and close before reading a large body: ignore the
-    // write error then, the answer is what counts.
-    let _ = s.write_all(&request_bytes(addr, method, path, headers, body));
-    let mut r = BufReader::new(s);
-    let (status, headers) = read_head(&mut r);
-    let mut raw = Vec::new();
-    let _ = r.read_to_end(&mut raw);
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(&raw) } else { raw };
-    Response {
-        status,
-        headers,
-        body: String::from_utf8(body).unwrap(),
-    }
+    raw(addr, &request_bytes(addr, method, path, headers, body))
 }
 
 pub fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Response {

@@ -66,3 +66,15 @@ pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
         }
     }
 }
+
+/// The (step, loss) of every training step of a run to its end.
+pub fn losses(t: &mut attn::train::Trainer) -> Vec<(usize, f64)> {
+    let mut out = vec![];
+    t.run(&mut |e| {
+        if let attn::train::Event::Step(s) = e {
+            out.push((s.step, s.loss))
+        }
+    })
+    .unwrap();
+    out
+}
