@@ -438,7 +438,10 @@ def probes(r: Runner, w: Path, m: dict):
     solo.probe("attn serve --help alone", ["serve", "--help"], expect="ok", env={"PATH": "/usr/bin:/bin"},
                check=lambda rc, o, e: None if "--max-connections" in o else "no usage text")
     for sub in [["translate", "train"], ["classify", "train"], ["train"], ["generate"], ["eval", "perplexity"],
-                ["translate"], ["classify", "predict"], ["embed"], ["quantize"], ["export"]]:
+                ["translate"], ["classify", "predict"], ["embed"], ["quantize"], ["export"],
+                ["classify", "eval"], ["eval", "bleu"], ["eval", "chrf"], ["eval", "classify"],
+                ["tokenizer", "train"], ["bench", "train"], ["bench", "generate"], ["bench", "bandwidth"],
+                ["serve"]]:
         r.probe(f"help lines: {' '.join(sub)}", sub + ["--help"], expect="ok", check=help_complete)
 
 

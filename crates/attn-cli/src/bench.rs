@@ -37,6 +37,7 @@ pub struct BenchTrainArgs {
     /// Vocabulary size (default: 65, the char vocabulary of tinyshakespeare, or 50257 for BPE presets).
     #[arg(long)]
     vocab_size: Option<usize>,
+    /// Print one JSON object.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -57,6 +58,7 @@ pub struct BenchGenerateArgs {
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 1)]
     prompt_tokens: usize,
+    /// Vocabulary size of a preset's random model (default: as bench train chooses).
     #[arg(long)]
     vocab_size: Option<usize>,
     /// Store a GPT-2's matrices as f32, f16, q8 or q4 for this run (default: as the
@@ -70,6 +72,7 @@ pub struct BenchGenerateArgs {
     /// total tokens/s of the batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
@@ -82,6 +85,7 @@ pub struct BenchBandwidthArgs {
     /// Passes; the best is reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }

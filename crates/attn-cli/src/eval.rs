@@ -30,11 +30,13 @@ pub struct RefArgs {
     /// References, one per line, parallel to --hyp (repeat for several references).
     #[arg(long = "ref", required = true)]
     refs: Vec<PathBuf>,
+    /// Lowercase hypotheses and references before scoring.
     #[arg(long)]
     lowercase: bool,
     /// Score each line separately (sacreBLEU's sentence-level scores).
     #[arg(long)]
     sentence: bool,
+    /// Print JSON (one object, or one per line with --sentence).
     #[arg(long)]
     json: bool,
 }
@@ -49,6 +51,7 @@ pub struct BleuArgs {
     /// exp (default), floor, add-k or none.
     #[arg(long, default_value = "exp")]
     smooth_method: String,
+    /// The smoothing's value [default: sacreBLEU's, 0.1 for floor and 1 for add-k].
     #[arg(long)]
     smooth_value: Option<f64>,
 }
@@ -60,8 +63,10 @@ pub struct ChrfArgs {
     /// Word n-gram order: 0 for chrF, 2 for chrF++.
     #[arg(long, default_value_t = 0)]
     word_order: usize,
+    /// Character n-gram order (1 to 100).
     #[arg(long, default_value_t = 6)]
     char_order: usize,
+    /// Weight of recall against precision (chrF's β).
     #[arg(long, default_value_t = 2.0)]
     beta: f64,
     /// Keep whitespace in character n-grams.
@@ -218,10 +223,13 @@ fn run_chrf(a: ChrfArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct ClassifyArgs {
+    /// Predicted labels, one per line.
     #[arg(long)]
     pred: PathBuf,
+    /// Gold labels, one per line, parallel to --pred.
     #[arg(long)]
     gold: PathBuf,
+    /// Print one JSON object (accuracy, P/R/F1, confusion matrix).
     #[arg(long)]
     json: bool,
 }
