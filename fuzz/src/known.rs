@@ -94,12 +94,9 @@ pub fn note(k: &Known, data: &[u8], dir: &Path) {
     if !seen.get_or_insert_with(HashSet::new).insert(k.site.clone()) {
         return;
     }
-    let hash = k
-        .site
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = k.site.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let _ = std::fs::create_dir_all(dir);
     let path = dir.join(format!("known-{hash:016x}"));
     let _ = std::fs::write(&path, data);

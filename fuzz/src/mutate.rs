@@ -74,8 +74,7 @@ pub const STRINGS: [&str; 10] = [
 
 /// Bytes that matter to the formats fuzzed here.
 const BYTES: [u8; 16] = [
-    0, 0xFF, b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'\n', b'\r', b'\t', b'0', b'9',
-    0xC3,
+    0, 0xFF, b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'\n', b'\r', b'\t', b'0', b'9', 0xC3,
 ];
 
 /// Up to four stacked mutations of `seed`, with `others` for splices.
@@ -147,7 +146,8 @@ fn mutate_once(rng: &mut Rng, mut v: Vec<u8>, others: &[Vec<u8>]) -> Vec<u8> {
         }
         // A JSON value wrapped in an array or an object, or replaced by null/true/[]/{}.
         10 => {
-            if let Some((a, b)) = pick_run(rng, &v, |c| c.is_ascii_digit()).or(pick_string(rng, &v)) {
+            if let Some((a, b)) = pick_run(rng, &v, |c| c.is_ascii_digit()).or(pick_string(rng, &v))
+            {
                 let (a, b) = if v.get(a.wrapping_sub(1)) == Some(&b'"') {
                     (a - 1, (b + 1).min(len))
                 } else {

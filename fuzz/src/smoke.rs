@@ -71,10 +71,8 @@ pub fn replay(
                     .map(String::as_str)
                     .or_else(|| e.downcast_ref::<&str>().copied())
                     .unwrap_or("(no message)");
-                let saved = std::env::temp_dir().join(format!(
-                    "attn-fuzz-smoke-{target}-crash-{:016x}",
-                    fnv(data)
-                ));
+                let saved = std::env::temp_dir()
+                    .join(format!("attn-fuzz-smoke-{target}-crash-{:016x}", fnv(data)));
                 std::fs::write(&saved, data).expect("save the crashing input");
                 panic!(
                     "target {target} panicked on {what} ({} bytes, saved as {}): {msg}\n\

@@ -176,9 +176,10 @@ fn bench_bandwidth(a: BenchBandwidthArgs) -> Result<()> {
             "--mib and --repeats must be at least 1",
         ));
     }
-    let bytes = a.mib.checked_mul(1 << 20).ok_or_else(|| {
-        Error::invalid("--mib", format!("{} MiB does not fit in memory", a.mib))
-    })?;
+    let bytes = a
+        .mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| Error::invalid("--mib", format!("{} MiB does not fit in memory", a.mib)))?;
     attn::guard::check_memory("--mib", bytes as f64)?;
     let words = bytes / 8;
     let buf: Vec<u64> = (0..words as u64)

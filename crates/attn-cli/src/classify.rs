@@ -7,9 +7,7 @@ use attn::data::labelled::{read_labelled, split_holdout};
 use attn::data::Encoding;
 use attn::models::bert::LoraConfig;
 use attn::nn::default_device;
-use attn::tasks::classify::{
-    train, Classifier, ClassifyConfig, ClassifyEvent, LongTexts, Start,
-};
+use attn::tasks::classify::{train, Classifier, ClassifyConfig, ClassifyEvent, LongTexts, Start};
 use attn::{Error, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -324,7 +324,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     // Logits of a whole batch of windows are held at once.
     attn::guard::check_memory(
         "--batch-size × --max-length (the logits of one batch)",
-        a.batch_size as f64 * max_length.min(loaded.model.context()) as f64
+        a.batch_size as f64
+            * max_length.min(loaded.model.context()) as f64
             * loaded.model.vocab_size() as f64
             * 8.0,
     )?;

@@ -162,14 +162,20 @@ fn run_decode(a: RunArgs) -> Result<()> {
         crate::at_least_1("--max-len", n)?;
     }
     if !a.length_penalty.is_finite() {
-        return Err(Error::invalid("--length-penalty", "must be a finite number"));
+        return Err(Error::invalid(
+            "--length-penalty",
+            "must be a finite number",
+        ));
     }
     let tr = Translator::load(&model, &default_device())?;
     let c = &tr.model.config;
     if a.beam > c.vocab_size {
         return Err(Error::invalid(
             "--beam",
-            format!("{} is more than the model's {} tokens", a.beam, c.vocab_size),
+            format!(
+                "{} is more than the model's {} tokens",
+                a.beam, c.vocab_size
+            ),
         ));
     }
     // Each hypothesis of a batch keeps its decoder's keys and values (self- and

@@ -239,28 +239,62 @@ fn train_generate_eval_resume() {
     let learned = dir.join("learned");
     let data = dir.join("corpus.txt");
     let o = attn(&[
-        "train", "--data", data.to_str().unwrap(), "--out", learned.to_str().unwrap(),
-        "--max-iters", "60", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
-        "--block-size", "16", "--batch-size", "4", "--eval-interval", "20", "--eval-iters", "2",
-        "--warmup-iters", "1", "--lr", "1e-2", "--lr-decay-iters", "60",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        learned.to_str().unwrap(),
+        "--max-iters",
+        "60",
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "16",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--eval-interval",
+        "20",
+        "--eval-iters",
+        "2",
+        "--warmup-iters",
+        "1",
+        "--lr",
+        "1e-2",
+        "--lr-decay-iters",
+        "60",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let nll = |extra: &[&str]| -> f64 {
         let mut args = vec![
-            "eval", "perplexity", "--model", learned.to_str().unwrap(),
-            "--data", data.to_str().unwrap(), "--json",
+            "eval",
+            "perplexity",
+            "--model",
+            learned.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
         ];
         args.extend_from_slice(extra);
         let o = attn(&args);
         assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["nll"].as_f64().unwrap()
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["nll"]
+            .as_f64()
+            .unwrap()
     };
     let tok: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(learned.join("tokenizer.json")).unwrap())
             .unwrap();
     let vocab = tok["model"]["vocab"].as_object().unwrap().len() as f64;
     let (disjoint, overlapping) = (nll(&[]), nll(&["--stride", "5"]));
-    assert!(disjoint < 0.6 * vocab.ln(), "nll {disjoint} vs ln V {}", vocab.ln());
+    assert!(
+        disjoint < 0.6 * vocab.ln(),
+        "nll {disjoint} vs ln V {}",
+        vocab.ln()
+    );
     assert!(overlapping < disjoint, "{overlapping} vs {disjoint}");
 
     // Starting again over an existing run is refused; --resume continues it.

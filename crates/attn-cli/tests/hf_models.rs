@@ -150,7 +150,10 @@ fn embed_reproduces_sentence_transformers_for_minilm() {
             "{} is missing (set ATTN_MODELS_DIR, or ATTN_ALLOW_SKIPS=1 to skip)",
             model.display()
         );
-        eprintln!("skipping (ATTN_ALLOW_SKIPS=1): {} not found", model.display());
+        eprintln!(
+            "skipping (ATTN_ALLOW_SKIPS=1): {} not found",
+            model.display()
+        );
         return;
     }
     let meta: serde_json::Value = serde_json::from_str(
@@ -245,8 +248,10 @@ fn export_command_writes_every_family_in_half_precision() {
                 dtype,
             ]));
             let dev = candle_core::Device::Cpu;
-            let a = attn::checkpoint::read_safetensors(&src.join("model.safetensors"), &dev).unwrap();
-            let b = attn::checkpoint::read_safetensors(&out.join("model.safetensors"), &dev).unwrap();
+            let a =
+                attn::checkpoint::read_safetensors(&src.join("model.safetensors"), &dev).unwrap();
+            let b =
+                attn::checkpoint::read_safetensors(&out.join("model.safetensors"), &dev).unwrap();
             assert_eq!(a.len(), b.len(), "{name}");
             for (k, t) in &a {
                 let want: Vec<f32> = t
@@ -279,7 +284,13 @@ fn export_command_writes_every_family_in_half_precision() {
         }
     }
     let m = dir.join("gpt2-tiny-f16");
-    let o = attn(&["export", "--model", m.to_str().unwrap(), "--out", m.to_str().unwrap()]);
+    let o = attn(&[
+        "export",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("different folder"));
     std::fs::remove_dir_all(&dir).ok();

@@ -268,7 +268,7 @@ pub fn gen_params(f: &Fields, default_max: usize, limit: usize) -> Result<GenPar
         stream,
         include_usage,
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
-            end_ids: vec![],
+        end_ids: vec![],
     })
 }
 

@@ -401,7 +401,11 @@ async fn chat_completions(State(st): St, req: Request) -> Response {
         }
         // A template's end-of-turn token ends the answer, as transformers' generate does
         // with the eos ids of a chat model's generation config.
-        if let Some(id) = st.chat.eos_token().and_then(|t| st.tokenizer.token_to_id(t)) {
+        if let Some(id) = st
+            .chat
+            .eos_token()
+            .and_then(|t| st.tokenizer.token_to_id(t))
+        {
             p.end_ids.push(id);
         }
         let ids = encode_prompt(&st, &prompt, "messages")?;

@@ -512,8 +512,7 @@ fn embeddings_from_minilm() {
     let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../attn/tests/fixtures/hf/minilm");
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture.join("meta.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("meta.json")).unwrap()).unwrap();
     let want = attn::checkpoint::read_safetensors(
         &fixture.join("reference.safetensors"),
         &candle_core::Device::Cpu,
@@ -533,7 +532,10 @@ fn embeddings_from_minilm() {
             worst = worst.max((g.as_f64().unwrap() - *x as f64).abs());
         }
     }
-    assert!(worst < 1e-5, "server embeddings differ from sentence-transformers by {worst}");
+    assert!(
+        worst < 1e-5,
+        "server embeddings differ from sentence-transformers by {worst}"
+    );
     // base64 (what the openai package asks for by default): little-endian f32.
     let r = post(
         addr,
@@ -1187,18 +1189,27 @@ fn chat_answers_end_at_the_templates_eos_token() {
                 .filter_map(|e| serde_json::from_str::<Value>(e).ok())
                 .collect();
             assert!(
-                chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"),
+                chunks
+                    .iter()
+                    .any(|c| c["choices"][0]["finish_reason"] == "stop"),
                 "{chunks:?}"
             );
             chunks
                 .iter()
-                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+                .filter_map(|c| {
+                    c["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(String::from)
+                })
                 .collect::<String>()
         } else {
             let v = r.json();
             assert_eq!(v["choices"][0]["finish_reason"], "stop");
             assert_eq!(v["usage"]["completion_tokens"], 0);
-            v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
         };
         assert_eq!(text, "", "stream {stream}");
     }

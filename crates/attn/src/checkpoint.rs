@@ -89,7 +89,9 @@ pub fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()> {
 /// fit in the memory available.
 pub fn check_weights_file(path: &Path) -> Result<()> {
     crate::guard::regular_file(path)?;
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     crate::guard::check_memory(&path.display().to_string(), 2.0 * len as f64)
 }
 
@@ -100,7 +102,10 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
         .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))?;
     for (name, t) in &tensors {
         if t.dtype().is_float() {
-            let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            let v: Vec<f32> = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
             check_finite(path, name, &v)?;
         }
     }

@@ -139,7 +139,10 @@ pub fn positive_finite(name: &str, v: f64) -> Result<()> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
-        Err(Error::invalid(name, format!("{v} must be a finite number above 0")))
+        Err(Error::invalid(
+            name,
+            format!("{v} must be a finite number above 0"),
+        ))
     }
 }
 
@@ -202,7 +205,9 @@ pub fn regular_file(path: &Path) -> Result<()> {
 /// `max_bytes` with an error that names the file and the limit.
 pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     regular_file(path)?;
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len > max_bytes {
         return Err(Error::bad_file(
             path,
@@ -272,7 +277,11 @@ pub fn resolve_path(path: &Path) -> PathBuf {
             _ => {
                 // `..` at the end, or the root: pop it and carry on.
                 if let Some(parent) = existing.parent() {
-                    rest.push(existing.file_name().map_or("..".into(), |n| n.to_os_string()));
+                    rest.push(
+                        existing
+                            .file_name()
+                            .map_or("..".into(), |n| n.to_os_string()),
+                    );
                     existing = parent.to_path_buf();
                 } else {
                     return abs;
@@ -475,11 +484,15 @@ mod tests {
 
     #[test]
     fn non_regular_files_are_named() {
-        let e = regular_file(Path::new("/dev/null")).unwrap_err().to_string();
+        let e = regular_file(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("character device"), "{e}");
         let e = regular_file(&std::env::temp_dir()).unwrap_err().to_string();
         assert!(e.contains("a folder"), "{e}");
-        let e = regular_file(Path::new("/no/such/file")).unwrap_err().to_string();
+        let e = regular_file(Path::new("/no/such/file"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not found"), "{e}");
     }
 
@@ -503,7 +516,9 @@ mod tests {
         let other = root.join("other");
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("model.safetensors"), "x").unwrap();
-        let e = OutputDir::check("--out", &other, &[], false).unwrap_err().to_string();
+        let e = OutputDir::check("--out", &other, &[], false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--overwrite"), "{e}");
         OutputDir::check("--out", &other, &[], true).unwrap();
         OutputDir::check("--out", &root.join("new/deeper"), &[&model], false).unwrap();
@@ -547,7 +562,10 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         let link = dir.join("metrics.jsonl");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        let e = open_append_no_follow(&link).map(|_| ()).unwrap_err().to_string();
+        let e = open_append_no_follow(&link)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         std::fs::remove_dir_all(&dir).unwrap();

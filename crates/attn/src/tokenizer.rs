@@ -70,7 +70,9 @@ fn without_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
 }
 
 fn library_failed() -> Error {
-    Error::Tokenizer("the tokenizers library failed on this input (a malformed tokenizer.json?)".into())
+    Error::Tokenizer(
+        "the tokenizers library failed on this input (a malformed tokenizer.json?)".into(),
+    )
 }
 
 /// The largest vocabulary [`Tokenizer::train_bpe`] accepts: the trainer sizes its tables
@@ -482,7 +484,8 @@ mod tests {
     fn files_that_make_the_tokenizers_crate_panic_are_errors() {
         // Inputs of the kinds the fuzzer found (fuzz/regressions/tokenizer_json): the
         // tokenizers crate panics on each, attn must answer with an error naming the file.
-        let word_level = r#""model":{"type":"WordLevel","vocab":{"a":0,"[CLS]":1},"unk_token":"a"}"#;
+        let word_level =
+            r#""model":{"type":"WordLevel","vocab":{"a":0,"[CLS]":1},"unk_token":"a"}"#;
         let cases = [
             ("malformed decoder", r#"{"decoder":{"#.to_string()),
             (
@@ -510,7 +513,10 @@ mod tests {
         for (what, json) in cases {
             let p = dir.join("tokenizer.json");
             std::fs::write(&p, json).unwrap();
-            let e = Tokenizer::from_file(&p).map(|_| ()).unwrap_err().to_string();
+            let e = Tokenizer::from_file(&p)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("tokenizer.json"), "{what}: {e}");
         }
         std::fs::remove_dir_all(&dir).ok();

@@ -251,14 +251,20 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
             .to_scalar::<f32>()
             .unwrap()
     };
-    let bs: Vec<_> = adapters.iter().filter(|(k, _)| k.contains("lora_B")).collect();
+    let bs: Vec<_> = adapters
+        .iter()
+        .filter(|(k, _)| k.contains("lora_B"))
+        .collect();
     assert_eq!(bs.len(), 4, "{:?}", adapters.keys().collect::<Vec<_>>());
     for (k, t) in bs {
         assert!(largest(t) > 1e-4, "{k} never moved from zero");
     }
     for (name, t) in &a {
         if name.ends_with("query.weight") || name.ends_with("value.weight") {
-            assert!(largest(&(t - &b[name]).unwrap()) > 1e-6, "{name} unchanged by merging");
+            assert!(
+                largest(&(t - &b[name]).unwrap()) > 1e-6,
+                "{name} unchanged by merging"
+            );
         }
     }
     let m1 = Classifier::load(&merged, &default_device()).unwrap();

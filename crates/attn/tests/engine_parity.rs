@@ -77,7 +77,10 @@ fn engine_matches(name: &str, engine: &Gpt2Engine, tol: f32) -> f32 {
     let got1: Vec<f32> = first[1].iter().chain(&rest[0]).copied().collect();
     for (i, got) in [&first[0], &got1].into_iter().enumerate() {
         let d = max_abs_diff(got, &want[i * per_seq..(i + 1) * per_seq]);
-        assert!(d <= tol, "{name}: sequence {i} logits differ by {d} > {tol}");
+        assert!(
+            d <= tol,
+            "{name}: sequence {i} logits differ by {d} > {tol}"
+        );
         worst = worst.max(d);
     }
     // Token by token with the KV cache.
@@ -151,7 +154,11 @@ fn sliding_window_perplexity_matches_the_transformers_recipe() {
         .unwrap()
         .to_vec1::<f64>()
         .unwrap()[0];
-    let tokens = r["ppl_tokens"].flatten_all().unwrap().to_vec1::<i64>().unwrap()[0];
+    let tokens = r["ppl_tokens"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()[0];
     let engine = Gpt2Engine::load(&fixture("gpt2-tiny"), None).unwrap();
     let (graph, _) = load_gpt2_model(&fixture("gpt2-tiny"), &Device::Cpu).unwrap();
     for (what, model) in [
@@ -176,7 +183,10 @@ fn native_trainer_loss_and_gradients_match_transformers() {
         // transformers computed its loss and gradients in eval mode (no dropout).
         let mut config = model.config.clone();
         config.set_dropout(0.0);
-        assert!(NativeGpt2::supports(&config), "{name}: native trainer declines it");
+        assert!(
+            NativeGpt2::supports(&config),
+            "{name}: native trainer declines it"
+        );
         let mut native = NativeGpt2::from_params(&config, &params).unwrap();
         native.set_shards(1);
         // HF's loss with labels = input_ids: position t predicts token t + 1.

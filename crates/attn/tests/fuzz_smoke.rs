@@ -9,12 +9,12 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../fuzz/src/known.rs"]
+mod known;
 #[path = "../../../fuzz/src/labelled.rs"]
 mod labelled;
 #[path = "../../../fuzz/src/model_folder.rs"]
 mod model_folder;
-#[path = "../../../fuzz/src/known.rs"]
-mod known;
 #[path = "../../../fuzz/src/mutate.rs"]
 mod mutate;
 #[path = "../../../fuzz/src/scratch.rs"]
@@ -40,7 +40,9 @@ fn fuzz() -> PathBuf {
 fn fuzz_smoke_model_folder() {
     scratch::cap_address_space(CAP_MIB);
     let t = model_folder::Target::new();
-    let r = replay(&fuzz(), "model_folder", 3000, 0x6d6f_6465_6c, |d| t.run(d) > 0);
+    let r = replay(&fuzz(), "model_folder", 3000, 0x6d6f_6465_6c, |d| {
+        t.run(d) > 0
+    });
     assert!(r.accepted >= r.seeds, "{r:?}");
 }
 
@@ -48,7 +50,9 @@ fn fuzz_smoke_model_folder() {
 fn fuzz_smoke_tokenizer_json() {
     scratch::cap_address_space(CAP_MIB);
     let t = tokenizer_json::Target::new();
-    replay(&fuzz(), "tokenizer_json", 4000, 0x746f_6b65_6e, |d| t.run(d));
+    replay(&fuzz(), "tokenizer_json", 4000, 0x746f_6b65_6e, |d| {
+        t.run(d)
+    });
 }
 
 #[test]
@@ -284,9 +288,11 @@ mod seeds {
                       "vocab": {"<unk>": 0, "hello": 1, "world": 2, ",": 3, "!": 4, "abcd": 5}}
         });
         let mut vocab = serde_json::Map::new();
-        for (i, t) in ["<unk>", "<s>", "</s>", "▁", "h", "e", "l", "o", "▁h", "▁he", "ll", "▁hell"]
-            .iter()
-            .enumerate()
+        for (i, t) in [
+            "<unk>", "<s>", "</s>", "▁", "h", "e", "l", "o", "▁h", "▁he", "ll", "▁hell",
+        ]
+        .iter()
+        .enumerate()
         {
             vocab.insert(t.to_string(), json!(i));
         }
@@ -335,7 +341,11 @@ mod seeds {
         let mut out = BTreeMap::new();
         out.insert(
             "valid-tsv".into(),
-            with(0, false, b"pos\tgreat film\n\nneg\tdull, slow\r\npos\tcafe\xcc\x81 \"ok\"\n"),
+            with(
+                0,
+                false,
+                b"pos\tgreat film\n\nneg\tdull, slow\r\npos\tcafe\xcc\x81 \"ok\"\n",
+            ),
         );
         out.insert(
             "valid-csv".into(),
@@ -363,11 +373,19 @@ mod seeds {
         );
         out.insert(
             "valid-class-folder".into(),
-            with(5, false, b"awful\nboring film\n\xffgreat\n\nnice\n\xffmeh\n\xffhidden\tfile\n"),
+            with(
+                5,
+                false,
+                b"awful\nboring film\n\xffgreat\n\nnice\n\xffmeh\n\xffhidden\tfile\n",
+            ),
         );
         out.insert(
             "valid-upper-csv".into(),
-            with(6, false, b"ID,Label,Text\n1,x,hello\n2,y,\"world, again\"\n"),
+            with(
+                6,
+                false,
+                b"ID,Label,Text\n1,x,hello\n2,y,\"world, again\"\n",
+            ),
         );
         out.insert(
             "valid-latin1-tsv".into(),

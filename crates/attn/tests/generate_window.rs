@@ -74,7 +74,10 @@ fn tokens_past_the_window_are_those_of_the_kept_window() {
         let (got, _) = generate_ids(model, &prompt, n, &sampling(), &mut |_| true).unwrap();
         assert_eq!(got.len(), n);
         let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
-        assert_eq!(first_diff, None, "{name}: first difference at token {first_diff:?}");
+        assert_eq!(
+            first_diff, None,
+            "{name}: first difference at token {first_diff:?}"
+        );
     }
     // The check has teeth: the tokens vary, and keeping a window one token longer or
     // shorter after each refill gives another sequence.

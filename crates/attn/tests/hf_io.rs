@@ -89,12 +89,16 @@ fn assert_exported(src: &Path, out: &Path, dtype: DType) {
             &want.flatten_all().unwrap().to_vec1().unwrap(),
             &got.flatten_all().unwrap().to_vec1().unwrap(),
         );
-        assert_eq!(d, 0.0, "{}: {k} changed in export to {dtype:?}", src.display());
+        assert_eq!(
+            d,
+            0.0,
+            "{}: {k} changed in export to {dtype:?}",
+            src.display()
+        );
     }
     let read = |p: &Path| -> serde_json::Value {
         let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
         v.as_object_mut().unwrap().remove("torch_dtype");
         v
     };

@@ -348,8 +348,13 @@ fn training_runs_match_the_graph_trainer_and_resume_exactly() {
     let (fs, _) = run(&mut first);
     assert_eq!(fs, ns[..4]);
     // While the first run lives it holds the folder: a second writer is refused.
-    let busy = Trainer::resume(&out, Some(8), None, &dev).map(|_| ()).unwrap_err();
-    assert!(busy.to_string().contains("in use by another attn run"), "{busy}");
+    let busy = Trainer::resume(&out, Some(8), None, &dev)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        busy.to_string().contains("in use by another attn run"),
+        "{busy}"
+    );
     drop(first);
     let mut resumed = Trainer::resume(&out, Some(8), None, &dev).unwrap();
     assert_eq!(resumed.engine(), "native");

@@ -49,7 +49,6 @@ fn tiny_config(max_iters: usize) -> TrainConfig {
     }
 }
 
-
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let dir = common::temp_dir("resume");

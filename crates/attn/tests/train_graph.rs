@@ -8,7 +8,6 @@ use attn::train::{DataSpec, TrainConfig, Trainer};
 use candle_core::Device;
 use common::losses;
 
-
 #[test]
 fn graph_trainer_resumes_exactly() {
     std::env::set_var("ATTN_TRAINER", "graph");
@@ -47,6 +46,10 @@ fn graph_trainer_resumes_exactly() {
     assert_eq!(first, full[..3]);
     let mut resumed = Trainer::resume(&dir.join("b"), Some(6), None, &dev).unwrap();
     assert_eq!(resumed.engine(), "graph");
-    assert_eq!(losses(&mut resumed), full[3..], "graph trainer: resume differs");
+    assert_eq!(
+        losses(&mut resumed),
+        full[3..],
+        "graph trainer: resume differs"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -266,7 +266,10 @@ mod tests {
             (with(&|c| c.top_p = Some(1.5)), "top-p"),
             (with(&|c| c.top_p = Some(f64::NAN)), "top-p"),
             (with(&|c| c.repetition_penalty = 0.0), "repetition-penalty"),
-            (with(&|c| c.repetition_penalty = f64::INFINITY), "repetition-penalty"),
+            (
+                with(&|c| c.repetition_penalty = f64::INFINITY),
+                "repetition-penalty",
+            ),
         ] {
             let e = bad.expect_err(name);
             assert!(e.contains(name), "{e}");

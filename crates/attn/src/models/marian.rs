@@ -234,7 +234,8 @@ pub fn sinusoidal_positions(n: usize, d: usize, device: &Device) -> Result<Tenso
     let len = n
         .checked_mul(d)
         .ok_or_else(|| crate::Error::invalid("max_position_embeddings", "too large"))?;
-    let mut data = crate::guard::try_filled("max_position_embeddings (its sinusoidal table)", len, 0f32)?;
+    let mut data =
+        crate::guard::try_filled("max_position_embeddings (its sinusoidal table)", len, 0f32)?;
     for p in 0..n {
         for j in 0..half {
             let angle = p as f64 / 10000f64.powf(2.0 * j as f64 / d as f64);

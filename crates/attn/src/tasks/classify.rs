@@ -285,9 +285,7 @@ impl Classifier {
     /// Class probabilities for each text, batched by length (texts longer than
     /// `max_len` are truncated).
     pub fn predict(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        Ok(self
-            .predict_long(texts, batch_size, LongTexts::Truncate)?
-            .0)
+        Ok(self.predict_long(texts, batch_size, LongTexts::Truncate)?.0)
     }
 
     /// Use up to `max_len` tokens per text (at most the model's position limit).

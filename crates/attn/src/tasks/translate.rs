@@ -219,9 +219,13 @@ impl TranslateConfig {
             self.batch_size as f64,
             self.heads as f64,
         );
-        let params = v * d + t * d + l * (4.0 * d * d + 2.0 * d * f) + l * (8.0 * d * d + 2.0 * d * f);
+        let params =
+            v * d + t * d + l * (4.0 * d * d + 2.0 * d * f) + l * (8.0 * d * d + 2.0 * d * f);
         let parts = [
-            ("--vocab-size × --d-model (the embeddings)", 32.0 * (v * d + t * d)),
+            (
+                "--vocab-size × --d-model (the embeddings)",
+                32.0 * (v * d + t * d),
+            ),
             (
                 "--layers × --d-model (the encoder and decoder blocks)",
                 32.0 * (params - v * d - t * d),

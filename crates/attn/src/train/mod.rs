@@ -113,9 +113,9 @@ pub struct Summary {
 /// The N of a `bpe:N` tokenizer spec given to `flag`: a number within what
 /// [`Tokenizer::train_bpe`] accepts, checked before any data is read.
 pub fn check_bpe_size(flag: &str, n: &str) -> Result<usize> {
-    let v: usize = n.parse().map_err(|_| {
-        Error::invalid(flag, format!("bpe:{n}: expected bpe:N with N a number"))
-    })?;
+    let v: usize = n
+        .parse()
+        .map_err(|_| Error::invalid(flag, format!("bpe:{n}: expected bpe:N with N a number")))?;
     if !(257..=crate::tokenizer::MAX_BPE_VOCAB).contains(&v) {
         return Err(Error::invalid(
             flag,
@@ -337,7 +337,11 @@ impl Trainer {
         config.validate()?;
         let data = data
             .map(|d| DataSpec {
-                files: d.files.iter().map(|f| crate::guard::resolve_path(f)).collect(),
+                files: d
+                    .files
+                    .iter()
+                    .map(|f| crate::guard::resolve_path(f))
+                    .collect(),
                 encoding: d.encoding,
             })
             .unwrap_or(state.data.clone());

@@ -17,7 +17,10 @@ pub fn missing(what: &str, dir: &std::path::Path) -> Option<PathBuf> {
             if ci { " under CI" } else { "" }
         );
     }
-    eprintln!("skipping (ATTN_ALLOW_SKIPS=1): no {what} at {}", dir.display());
+    eprintln!(
+        "skipping (ATTN_ALLOW_SKIPS=1): no {what} at {}",
+        dir.display()
+    );
     None
 }
 
