@@ -253,23 +253,6 @@ impl Tokenizer {
         // stored truncation of length 0, or a stride past the length, panics).
         inner.with_padding(None);
         let _ = inner.with_truncation(None);
-        // Ids far past the number of tokens: saving the file records every missing id
-        // (gigabytes for an id near 2^31). Tokenizers number their tokens densely.
-        let n = inner.get_vocab_size(true) as u64;
-        let top = inner
-            .get_vocab(true)
-            .values()
-            .map(|&id| id as u64)
-            .max()
-            .unwrap_or(0);
-        if top > 2 * n + 1024 {
-            return Err(Error::bad_file(
-                path,
-                format!(
-                    "not a valid tokenizer.json: token id {top} is far past its {n} tokens (ids must be numbered densely)"
-                ),
-            ));
-        }
         // A post-processor template naming a special token the file does not define, or
         // a decoder that strips more than a token holds, load and then panic at the
         // first encoding or decoding: try an encoding, and decode every token once.
@@ -279,7 +262,19 @@ impl Tokenizer {
             let _ = inner.decode(&ids, false);
         })
         .ok_or_else(|| broken("on a first encoding (an inconsistent post-processor?)"))?;
-        Ok(Self::wrap(inner))
+        let tok = Self::wrap(inner);
+        // Ids far past the number of tokens: saving the file records every missing id
+        // (gigabytes for an id near 2^31). Tokenizers number their tokens densely.
+        let (n, top) = (tok.vocab_size(), tok.id_limit().saturating_sub(1));
+        if top > 2 * n + 1024 {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "not a valid tokenizer.json: token id {top} is far past its {n} tokens (ids must be numbered densely)"
+                ),
+            ));
+        }
+        Ok(tok)
     }
 
     /// Save as `tokenizer.json`, atomically.
