@@ -3,51 +3,10 @@
 
 mod common;
 
-use std::path::Path;
-
 use attn::data::Encoding;
-use attn::rng::Rng;
 use attn::train::{DataSpec, Event, TrainConfig, Trainer, CHECKPOINT_DIR};
 use candle_core::Device;
-use common::losses;
-
-fn synthetic_text(path: &Path) {
-    // A small language with structure to learn: words from a fixed list.
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far",
-    ];
-    let mut rng = Rng::new(9);
-    let text: String = (0..3000)
-        .map(|i| {
-            let w = words[rng.below(words.len())];
-            if i % 12 == 11 {
-                format!("{w}.\n")
-            } else {
-                format!("{w} ")
-            }
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
-
-fn tiny_config(max_iters: usize) -> TrainConfig {
-    TrainConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 16,
-        block_size: 16,
-        dropout: 0.1,
-        batch_size: 4,
-        grad_accum: 2,
-        max_iters,
-        warmup_iters: 2,
-        lr_decay_iters: 6,
-        eval_interval: 3,
-        eval_iters: 2,
-        log_interval: 1,
-        ..TrainConfig::default()
-    }
-}
+use common::{losses, synthetic_text, tiny_config};
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {

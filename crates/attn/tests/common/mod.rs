@@ -81,3 +81,43 @@ pub fn losses(t: &mut attn::train::Trainer) -> Vec<(usize, f64)> {
     .unwrap();
     out
 }
+
+/// A small language with structure to learn, written to `path`, and a tiny model and
+/// schedule to train on it (dropout on, so that resuming must restore the RNG).
+pub fn synthetic_text(path: &std::path::Path) {
+    // A small language with structure to learn: words from a fixed list.
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far",
+    ];
+    let mut rng = attn::rng::Rng::new(9);
+    let text: String = (0..3000)
+        .map(|i| {
+            let w = words[rng.below(words.len())];
+            if i % 12 == 11 {
+                format!("{w}.\n")
+            } else {
+                format!("{w} ")
+            }
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+pub fn tiny_config(max_iters: usize) -> attn::train::TrainConfig {
+    attn::train::TrainConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        block_size: 16,
+        dropout: 0.1,
+        batch_size: 4,
+        grad_accum: 2,
+        max_iters,
+        warmup_iters: 2,
+        lr_decay_iters: 6,
+        eval_interval: 3,
+        eval_iters: 2,
+        log_interval: 1,
+        ..attn::train::TrainConfig::default()
+    }
+}
