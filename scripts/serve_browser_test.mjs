@@ -49,7 +49,9 @@ try {
   await page.fill("#prompt", "ROMEO:");
   await page.fill("#temperature", "0.8");
   await page.fill("#top_p", "0.95");
-  await page.fill("#max_tokens", "300");
+  // 500 tokens (the CI server allows 512): long enough that a loaded machine still sees
+  // the text grow in several steps.
+  await page.fill("#max_tokens", "500");
   // Record the generated text's length every few milliseconds while it streams.
   await page.evaluate(() => {
     window.__lengths = [];
