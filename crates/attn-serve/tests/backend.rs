@@ -72,3 +72,84 @@ fn ragged_batch_steps_match_the_library_forward_pass() {
         (2, 4, seqs[1].len())
     );
 }
+
+/// A request whose time runs out while it waits in the queue ends with the timeout
+/// error and never reaches the model; the request queued beside it runs normally.
+#[test]
+fn a_request_that_times_out_while_queued_never_runs() {
+    use attn::generate::SamplingConfig;
+    use attn_serve::engine::{run, EngineModel, Event, GenJob, Job};
+    use attn_serve::metrics::Metrics;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let dir = common::tiny_model("queued-timeout");
+    let (engine, tokenizer) = load_gpt2_engine(&dir).unwrap();
+    let backend = Backend::gpt2(engine, true);
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let arrived = Instant::now();
+    let mut receivers = Vec::new();
+    // Both jobs wait in the queue before the model thread starts; the second one's
+    // deadline has already passed when it is taken off the queue.
+    for (prompt, deadline) in [
+        (vec![5u32, 6, 7], Some(arrived + Duration::from_secs(600))),
+        (vec![8u32, 9, 10, 11], Some(arrived)),
+    ] {
+        let (events, rx_events) = tokio::sync::mpsc::unbounded_channel();
+        let job = GenJob {
+            prompt_tokens: prompt.len(),
+            prompt,
+            max_tokens: 3,
+            sampling: SamplingConfig {
+                ignore_eos: true,
+                ..SamplingConfig::default()
+            },
+            stop: Vec::new(),
+            end_ids: Vec::new(),
+            arrived,
+            deadline,
+            events,
+        };
+        metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
+        tx.send(Job::Generate(job)).unwrap();
+        receivers.push(rx_events);
+    }
+    drop(tx);
+    std::thread::sleep(Duration::from_millis(2));
+    run(
+        EngineModel::Lm { backend, tokenizer },
+        rx,
+        metrics.clone(),
+        1,
+    );
+    let drain = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>| {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(e);
+        }
+        out
+    };
+    let first = drain(&mut receivers[0]);
+    match first.last() {
+        Some(Event::Done(f)) => assert_eq!((f.reason, f.completion_tokens), ("length", 3)),
+        other => panic!("the first request should finish normally, got {other:?}"),
+    }
+    let second = drain(&mut receivers[1]);
+    assert_eq!(second.len(), 1, "only the error is sent: {second:?}");
+    match &second[0] {
+        Event::Error(e) => {
+            let (status, body) = (e.status, e.body());
+            assert_eq!(status, 504);
+            assert_eq!(body["error"]["code"], "timeout", "{body}");
+        }
+        other => panic!("expected the timeout error, got {other:?}"),
+    }
+    // Only the first prompt went through the model.
+    assert_eq!(metrics.prompt_tokens.load(Ordering::SeqCst), 3);
+    assert_eq!(metrics.tokens_generated.load(Ordering::SeqCst), 3);
+    assert_eq!(metrics.finished_count("timeout"), 1);
+    assert_eq!(metrics.finished_count("length"), 1);
+    assert_eq!(metrics.queue_depth.load(Ordering::SeqCst), 0);
+}
