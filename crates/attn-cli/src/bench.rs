@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use attn::checkpoint::{load_causal_lm, load_causal_lm_graph, read_config};
+use attn::checkpoint::{load_causal_lm, load_causal_lm_graph};
+use attn::engine::Decoder;
 use attn::generate::{generate_ids, SamplingConfig};
-use attn::infer::{Gpt2Engine, WeightType};
+use attn::infer::WeightType;
 use attn::models::gpt2::Gpt2;
 use attn::models::CausalLm;
 use attn::nn::{default_device, ParamBuilder};
@@ -61,7 +62,7 @@ pub struct BenchGenerateArgs {
     /// Vocabulary size of a preset's random model (default: as bench train chooses).
     #[arg(long)]
     vocab_size: Option<usize>,
-    /// Store a GPT-2's matrices as f32, f16, q8 or q4 for this run (default: as the
+    /// Store the decoder's matrices as f32, f16, q8 or q4 for this run (default: as the
     /// folder holds them; f32 for presets).
     #[arg(long)]
     dtype: Option<String>,
@@ -219,15 +220,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let model: Box<dyn CausalLm> = match (&a.model, &a.preset) {
         (Some(dir), None) if a.graph => load_causal_lm_graph(dir, &device)?.model,
         (Some(dir), None) => match ty {
-            Some(ty) => {
-                if read_config(dir)?.get("model_type").and_then(|v| v.as_str()) != Some("gpt2") {
-                    return Err(Error::invalid(
-                        "dtype",
-                        "--dtype applies to GPT-2 models only",
-                    ));
-                }
-                Box::new(Gpt2Engine::load(dir, Some(ty))?)
-            }
+            Some(ty) => Box::new(Decoder::load(dir, Some(ty))?),
             None => load_causal_lm(dir, &device)?.model,
         },
         (None, Some(p)) => {
@@ -247,8 +240,8 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
                 Box::new(model)
             } else {
                 let params = pb.finish()?;
-                Box::new(Gpt2Engine::from_params(
-                    mc,
+                Box::new(Decoder::from_params(
+                    mc.to_hf_json(),
                     &params,
                     ty.unwrap_or(WeightType::F32),
                 )?)
@@ -257,7 +250,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         _ => return Err(Error::invalid("model", "give --model DIR or --preset NAME")),
     };
     // What one decoded token reads, when the model is on the inference engine.
-    let engine = model.as_any().and_then(|m| m.downcast_ref::<Gpt2Engine>());
+    let engine = model.as_any().and_then(|m| m.downcast_ref::<Decoder>());
     let weight_bytes = engine.map(|e| e.weight_bytes_per_token());
     let weight_type = engine.map(|e| e.weight_type().name());
     let ctx = model.context();
@@ -289,17 +282,19 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         (None, _) => {
             return Err(Error::invalid(
                 "batch",
-                "batched decoding needs the inference engine (a GPT-2, without --graph)",
+                "batched decoding needs the decoder engine (not --graph)",
             ))
         }
         (Some(e), b) => {
             // Each sequence keeps keys and values for every layer and position.
-            let c = &e.config;
+            let c = &e.spec;
             attn::guard::check_memory(
                 "--batch (the sequences' caches and activations)",
                 b as f64
-                    * (8.0 * c.n_layer as f64 * (p + n) as f64 * c.n_embd as f64
-                        + 4.0 * (p as f64 * 16.0 * c.n_embd as f64 + c.vocab_size as f64)),
+                    * (8.0 * c.n_layer as f64 * (p + n) as f64 * c.kv_width() as f64
+                        + 4.0
+                            * (p as f64 * 16.0 * c.d_model.max(c.inner) as f64
+                                + c.vocab_size as f64)),
             )?;
             let prompts: Vec<Vec<u32>> = (0..b)
                 .map(|_| {

@@ -1,4 +1,4 @@
-//! `attn quantize`: store a GPT-2 folder's weight matrices as f16, 8-bit or 4-bit blocks,
+//! `attn quantize`: store a decoder folder's (GPT-2, Llama) weight matrices as f16, 8-bit or 4-bit blocks,
 //! and optionally measure what that costs in perplexity on a text.
 
 use std::path::PathBuf;
@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use attn::checkpoint::{read_config, resolve_dir, TOKENIZER};
 use attn::data::{normalize, read_text, Encoding};
-use attn::infer::{Gpt2Engine, WeightType};
+use attn::engine::Decoder;
+use attn::infer::WeightType;
 use attn::metrics::perplexity;
 use attn::tokenizer::Tokenizer;
 use attn::{Error, Result};
@@ -14,7 +15,7 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// A GPT-2 model folder (f32, f16 or bf16 weights).
+    /// A decoder model folder, GPT-2 or Llama (f32, f16 or bf16 weights).
     #[arg(long)]
     model: PathBuf,
     /// Where to write the new folder (it must not be the model folder).
@@ -61,14 +62,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let src = resolve_dir(&a.model).unwrap_or(a.model.clone());
     let config = read_config(&src)?;
-    match config.get("model_type").and_then(|v| v.as_str()) {
-        Some("gpt2") => {}
-        other => {
-            return Err(Error::invalid(
-                "model",
-                format!("model_type {other:?}: attn quantize supports GPT-2 folders"),
-            ))
-        }
+    let model_type = config.get("model_type").and_then(|v| v.as_str());
+    if model_type
+        .and_then(attn::engine::Family::of_model_type)
+        .is_none()
+    {
+        return Err(Error::invalid(
+            "model",
+            format!(
+                "model_type {model_type:?}: attn quantize supports decoder folders (gpt2, llama)"
+            ),
+        ));
     }
     let mut inputs = vec![src.as_path()];
     if let Some(d) = &a.eval_data {
@@ -76,7 +80,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
     let t0 = Instant::now();
-    let engine = Gpt2Engine::load(&src, Some(ty))?;
+    let engine = Decoder::load(&src, Some(ty))?;
     engine.save(&a.out, Some(&src))?;
     let secs = t0.elapsed().as_secs_f64();
     let (before, after) = (dir_bytes(&src), dir_bytes(&a.out));
@@ -99,11 +103,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         );
     }
     if let Some(data) = &a.eval_data {
-        let reference = Gpt2Engine::load(&src, Some(WeightType::F32))?;
+        let reference = Decoder::load(&src, Some(WeightType::F32))?;
         let tokenizer = Tokenizer::from_file(&src.join(TOKENIZER))?;
         let text = normalize(&read_text(data, a.encoding)?);
         let ids = tokenizer.encode(&text)?;
-        let window = a.max_length.unwrap_or(engine.config.n_positions);
+        let window = a.max_length.unwrap_or(engine.context());
         let base = perplexity(&reference, &ids, window, window, 8)?;
         let quant = perplexity(&engine, &ids, window, window, 8)?;
         let change = quant.perplexity / base.perplexity - 1.0;

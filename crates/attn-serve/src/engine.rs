@@ -107,7 +107,7 @@ pub fn run(model: EngineModel, rx: Receiver<Job>, metrics: Arc<Metrics>, max_con
                     }
                     Job::Attention { reply, .. } => {
                         let _ = reply.send(Err(ApiError::bad_request(
-                            "attention maps need a GPT-2 model",
+                            "attention maps need a decoder (GPT-2 or Llama) model",
                         )));
                     }
                     Job::Generate(g) => {
@@ -231,7 +231,7 @@ impl<'a> Lm<'a> {
     }
 
     /// Admit jobs: run their prompts through the model, prompts of similar length
-    /// together (one padded pass for GPT-2).
+    /// together (one ragged pass).
     fn start(&self, jobs: Vec<GenJob>) -> Vec<Seq<'a>> {
         let now = Instant::now();
         let mut jobs: Vec<GenJob> = jobs

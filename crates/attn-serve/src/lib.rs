@@ -75,7 +75,7 @@ pub struct ServeConfig {
     pub write_timeout: Duration,
     /// Open connections at most; see [`conn`] for what happens past it.
     pub max_connections: usize,
-    /// Decode GPT-2 sequences as one batch per step (else one after the other).
+    /// Decode the running sequences as one batch per step (else one after the other).
     pub batched: bool,
     pub max_attention_tokens: usize,
 }
@@ -317,14 +317,8 @@ fn load(dir: &std::path::Path, batched: bool) -> Result<(EngineModel, ModelInfo)
         };
         return Ok((EngineModel::Bert(bert), info));
     }
-    let (backend, tokenizer) = if model_type == "gpt2" {
-        let (engine, tokenizer) =
-            attn::checkpoint::load_gpt2_engine(dir).map_err(|e| e.to_string())?;
-        (backend::Backend::gpt2(engine, batched), tokenizer)
-    } else {
-        let lm = attn::checkpoint::load_causal_lm_graph(dir, &dev).map_err(|e| e.to_string())?;
-        (backend::Backend::interleaved(lm.model), lm.tokenizer)
-    };
+    let (engine, tokenizer) = attn::checkpoint::load_decoder(dir).map_err(|e| e.to_string())?;
+    let backend = backend::Backend::new(engine, batched);
     let info = ModelInfo {
         tokenizer: tokenizer.clone(),
         context: backend.context(),

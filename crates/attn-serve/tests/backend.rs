@@ -3,7 +3,7 @@
 
 mod common;
 
-use attn::checkpoint::{load_causal_lm_graph, load_gpt2_engine};
+use attn::checkpoint::{load_causal_lm_graph, load_decoder};
 use attn::generate::full_logits;
 use attn_serve::backend::Backend;
 use candle_core::Device;
@@ -12,7 +12,7 @@ use candle_core::Device;
 fn ragged_batch_steps_match_the_library_forward_pass() {
     let dir = common::tiny_model("backend");
     let reference = load_causal_lm_graph(&dir, &Device::Cpu).unwrap();
-    let backend = Backend::gpt2(load_gpt2_engine(&dir).unwrap().0, true);
+    let backend = Backend::new(load_decoder(&dir).unwrap().0, true);
     assert!(backend.is_batched());
     let tok = &reference.tokenizer;
     // Three sequences of different lengths, each continued by the same five tokens.
@@ -85,8 +85,8 @@ fn a_request_that_times_out_while_queued_never_runs() {
     use std::time::{Duration, Instant};
 
     let dir = common::tiny_model("queued-timeout");
-    let (engine, tokenizer) = load_gpt2_engine(&dir).unwrap();
-    let backend = Backend::gpt2(engine, true);
+    let (engine, tokenizer) = load_decoder(&dir).unwrap();
+    let backend = Backend::new(engine, true);
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = std::sync::mpsc::channel();
     let arrived = Instant::now();

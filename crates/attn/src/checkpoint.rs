@@ -264,8 +264,8 @@ pub struct LoadedLm {
     pub model_type: String,
 }
 
-/// Whether GPT-2 inference goes through the tensor graph instead of the inference
-/// engine (`ATTN_ENGINE=graph`).
+/// Whether decoder inference goes through the tensor graph instead of the engine
+/// (`ATTN_ENGINE=graph`).
 pub fn graph_inference() -> bool {
     std::env::var("ATTN_ENGINE").is_ok_and(|v| v.eq_ignore_ascii_case("graph"))
 }
@@ -275,21 +275,22 @@ pub fn is_quantized(value: &serde_json::Value) -> bool {
     value.get("attn_quantization").is_some()
 }
 
-/// Load a GPT-2 or Llama model folder for generation or scoring. On the CPU a GPT-2
-/// runs on the inference engine ([`crate::infer::Gpt2Engine`], same logits, faster;
-/// `params` is then empty) unless `ATTN_ENGINE=graph`; quantized folders always do.
+/// Load a GPT-2 or Llama model folder for generation or scoring. On the CPU it runs on
+/// the decoder engine ([`crate::engine::Decoder`]; `params` is then empty) unless
+/// `ATTN_ENGINE=graph`; quantized folders always do.
 pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
     let value = read_config(dir)?;
     let model_type = model_type(dir, &value)?;
     let quantized = is_quantized(&value);
-    if model_type == "gpt2" && (quantized || (device.is_cpu() && !graph_inference())) {
+    let on_engine = crate::engine::Family::of_model_type(&model_type).is_some();
+    if on_engine && (quantized || (device.is_cpu() && !graph_inference())) {
         if quantized && !device.is_cpu() {
             return Err(Error::invalid(
                 "device",
                 "quantized models run on the CPU only",
             ));
         }
-        let (engine, tokenizer) = load_gpt2_engine(dir)?;
+        let (engine, tokenizer) = load_decoder(dir)?;
         return Ok(LoadedLm {
             model: Box::new(engine),
             params: Params::default(),
@@ -301,11 +302,11 @@ pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
     load_causal_lm_graph(dir, device)
 }
 
-/// A GPT-2 folder (any weight type) on the inference engine, with its tokenizer.
-pub fn load_gpt2_engine(dir: &Path) -> Result<(crate::infer::Gpt2Engine, Tokenizer)> {
-    let engine = crate::infer::Gpt2Engine::load(dir, None)?;
+/// A decoder folder (GPT-2 or Llama, any weight type) on the engine, with its tokenizer.
+pub fn load_decoder(dir: &Path) -> Result<(crate::engine::Decoder, Tokenizer)> {
+    let engine = crate::engine::Decoder::load(dir, None)?;
     let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
-    check_vocab(dir, &tokenizer, engine.config.vocab_size)?;
+    check_vocab(dir, &tokenizer, engine.vocab_size())?;
     Ok((engine, tokenizer))
 }
 

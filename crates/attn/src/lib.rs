@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod engine;
 mod error;
 pub mod generate;
 pub mod guard;

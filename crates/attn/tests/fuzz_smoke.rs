@@ -69,7 +69,8 @@ mod seeds {
     use std::collections::BTreeMap;
 
     use attn::checkpoint::write_safetensors;
-    use attn::infer::{Gpt2Engine, WeightType};
+    use attn::engine::Decoder;
+    use attn::infer::WeightType;
     use attn::models::bert::{Bert, BertConfig};
     use attn::models::gpt2::{Gpt2, Gpt2Config};
     use attn::models::llama::{Llama, LlamaConfig};
@@ -109,7 +110,7 @@ mod seeds {
         )
         .unwrap();
         std::fs::write(src.path().join("model.safetensors"), params_bytes(pb)).unwrap();
-        let engine = Gpt2Engine::load(src.path(), Some(ty)).unwrap();
+        let engine = Decoder::load(src.path(), Some(ty)).unwrap();
         let out = Scratch::new("seed-out");
         engine.save(out.path(), None).unwrap();
         model_folder::join(

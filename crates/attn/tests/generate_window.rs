@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use attn::checkpoint::load_gpt2_model;
+use attn::engine::Decoder;
 use attn::generate::{generate_ids, Sampler, SamplingConfig};
-use attn::infer::Gpt2Engine;
 use attn::models::CausalLm;
 use attn::nn::Mode;
 use candle_core::{Device, Tensor};
@@ -63,7 +63,7 @@ fn by_the_rule(model: &dyn CausalLm, prompt: &[u32], n: usize, keep: usize) -> V
 #[test]
 fn tokens_past_the_window_are_those_of_the_kept_window() {
     let (graph, _) = load_gpt2_model(&fixture("gpt2-tiny"), &Device::Cpu).unwrap();
-    let engine = Gpt2Engine::load(&fixture("gpt2-tiny"), None).unwrap();
+    let engine = Decoder::load(&fixture("gpt2-tiny"), None).unwrap();
     let ctx = graph.context();
     assert_eq!(ctx, 64);
     let prompt: Vec<u32> = (0..10).map(|i| (i * 7 + 3) % 99).collect();

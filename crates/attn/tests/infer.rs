@@ -1,9 +1,11 @@
-//! The inference engine against the tensor-graph model it mirrors: same folder, same
-//! logits, for whole sequences, token-by-token decoding and ragged batches.
+//! The decoder engine against the tensor-graph models it mirrors (GPT-2 and Llama):
+//! same folder, same logits, for whole sequences, token-by-token decoding and ragged
+//! batches; and its folders (every weight type) written and read back.
 
 use attn::checkpoint::{load_gpt2, save_gpt2};
+use attn::engine::{Decoder, Want};
 use attn::generate::full_logits;
-use attn::infer::{Gpt2Engine, Want, WeightType};
+use attn::infer::WeightType;
 use attn::models::gpt2::{Gpt2, Gpt2Config};
 use attn::nn::ParamBuilder;
 use attn::rng::Rng;
@@ -42,7 +44,7 @@ fn engine_logits_match_the_model_whole_incremental_and_batched() {
         let dir = tempfile_dir(&format!("engine-{act}"));
         let config = random_gpt2(&dir, act, 11 + i as u64);
         let lm = load_gpt2(&dir, &Device::Cpu).unwrap();
-        let engine = Gpt2Engine::load(&dir, None).unwrap();
+        let engine = Decoder::load(&dir, None).unwrap();
         assert_eq!(engine.weight_type(), WeightType::F32);
         let ids: Vec<u32> = (0..23)
             .map(|k| (k * 37 + 5) % config.vocab_size as u32)
@@ -114,7 +116,7 @@ fn engine_logits_match_the_model_whole_incremental_and_batched() {
 fn engine_refuses_bad_input() {
     let dir = tempfile_dir("engine-bad");
     let config = random_gpt2(&dir, "gelu_new", 3);
-    let engine = Gpt2Engine::load(&dir, None).unwrap();
+    let engine = Decoder::load(&dir, None).unwrap();
     let mut st = engine.new_state();
     let too_big = config.vocab_size as u32;
     let e = engine
@@ -128,7 +130,7 @@ fn engine_refuses_bad_input() {
         .is_err());
     assert!(engine.forward(&mut [&mut st], &[&[]], Want::Last).is_err());
     assert_eq!(st.len(), 0, "a refused call changes nothing");
-    let e = Gpt2Engine::load(&dir.join("missing"), None).err().unwrap();
+    let e = Decoder::load(&dir.join("missing"), None).err().unwrap();
     assert!(e.to_string().contains("config.json"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -146,13 +148,13 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
     let ids: Vec<u32> = (0..17)
         .map(|k| (k * 13 + 2) % config.vocab_size as u32)
         .collect();
-    let run = |e: &Gpt2Engine| {
+    let run = |e: &Decoder| {
         let mut st = e.new_state();
         e.forward(&mut [&mut st], &[&ids], Want::All)
             .unwrap()
             .remove(0)
     };
-    let reference = run(&Gpt2Engine::load(&dir, None).unwrap());
+    let reference = run(&Decoder::load(&dir, None).unwrap());
     // Largest logit error as a fraction of the largest logit, measured on this model
     // with the AVX-512, AVX2 and portable kernels: f16 1.8-3.2e-4, q8 5.6-7.3e-3, q4
     // 0.081-0.113 (the kernels round differently); bounds 1.6x the worst.
@@ -161,7 +163,7 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
         (WeightType::Q8, 1.2e-2),
         (WeightType::Q4, 0.18),
     ] {
-        let engine = Gpt2Engine::load(&dir, Some(ty)).unwrap();
+        let engine = Decoder::load(&dir, Some(ty)).unwrap();
         let got = run(&engine);
         let err = max_rel(&got, &reference);
         eprintln!("{ty:?}: largest logit error {err:.3e} of the largest logit");
@@ -170,7 +172,7 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
         let out = tempfile_dir(&format!("engine-quant-{}", ty.name()));
         engine.save(&out, Some(&dir)).unwrap();
         assert!(out.join("tokenizer.json").is_file());
-        let back = Gpt2Engine::load(&out, None).unwrap();
+        let back = Decoder::load(&out, None).unwrap();
         assert_eq!(back.weight_type(), ty);
         assert_eq!(
             run(&back),
@@ -182,7 +184,7 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
             engine.weight_bytes_per_token()
         );
         if ty.is_quantized() {
-            let e = Gpt2Engine::load(&out, Some(WeightType::F32)).err().unwrap();
+            let e = Decoder::load(&out, Some(WeightType::F32)).err().unwrap();
             assert!(e.to_string().contains("cannot be loaded as f32"), "{e}");
         } else {
             // f16 folders keep the Hugging Face layout: the tensor-graph model reads them.
@@ -207,7 +209,7 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
 fn attention_maps_are_causal_distributions() {
     let dir = tempfile_dir("engine-maps");
     let config = random_gpt2(&dir, "gelu_new", 9);
-    let engine = Gpt2Engine::load(&dir, None).unwrap();
+    let engine = Decoder::load(&dir, None).unwrap();
     let ids: Vec<u32> = (0..6).map(|k| k * 5 + 1).collect();
     let maps = engine.attention_maps(&ids).unwrap();
     assert_eq!(maps.len(), config.n_layer);
@@ -236,7 +238,7 @@ fn batched_generation_gives_each_sequence_its_own_decoding() {
     use attn::generate::{generate_ids, SamplingConfig};
     let dir = tempfile_dir("engine-gen");
     let config = random_gpt2(&dir, "gelu_new", 21);
-    let engine = Gpt2Engine::load(&dir, None).unwrap();
+    let engine = Decoder::load(&dir, None).unwrap();
     let lm = load_gpt2(&dir, &Device::Cpu).unwrap();
     let prompts: Vec<Vec<u32>> = vec![vec![3, 9, 27], vec![50], (10..22).collect()];
     let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
@@ -270,4 +272,110 @@ fn batched_generation_gives_each_sequence_its_own_decoding() {
         .unwrap();
     assert!(e.to_string().contains("context"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A random Llama (grouped key/value heads, untied head, biases where `bias`), saved as
+/// a Hugging Face folder; every dimension a multiple of 32 so that all weight types
+/// apply. Returns its config as written.
+fn random_llama(dir: &std::path::Path, seed: u64, bias: bool) -> serde_json::Value {
+    use attn::models::llama::{Llama, LlamaConfig};
+    let config = serde_json::json!({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "max_position_embeddings": 48, "rms_norm_eps": 1e-5,
+        "rope_theta": 500.0, "tie_word_embeddings": false,
+        "attention_bias": bias, "mlp_bias": bias, "hidden_act": "silu",
+        "bos_token_id": 1, "eos_token_id": 2,
+    });
+    let lc: LlamaConfig = serde_json::from_value(config.clone()).unwrap();
+    let mut pb = ParamBuilder::init(Rng::new(seed), &Device::Cpu);
+    let _model = Llama::new(lc, &mut pb).unwrap();
+    let params = pb.finish().unwrap();
+    // Norms and biases away from their initial ones and zeros (seeded noise, so that
+    // the measured errors below are the same every run).
+    let mut rng = Rng::new(seed + 100);
+    for (name, t) in params.tensors() {
+        if name.contains("norm") || name.contains("bias") {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let v: Vec<f32> = v.iter().map(|x| x + 0.1 * rng.normal() as f32).collect();
+            let noisy = candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+            params.get(&name).unwrap().set(&noisy).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    attn::checkpoint::write_safetensors(&dir.join("model.safetensors"), &params.tensors()).unwrap();
+    let text: String = (0..96u8).map(|b| (b' ' + b % 90) as char).collect();
+    Tokenizer::train_char(&text)
+        .unwrap()
+        .save(&dir.join("tokenizer.json"))
+        .unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    config
+}
+
+#[test]
+fn llama_on_the_engine_matches_the_graph_and_round_trips_every_weight_type() {
+    use attn::checkpoint::load_llama_model;
+    for bias in [false, true] {
+        let dir = tempfile_dir(&format!("engine-llama-{bias}"));
+        random_llama(&dir, 3, bias);
+        let (graph, _) = load_llama_model(&dir, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..21).map(|k| (k * 29 + 3) % 96).collect();
+        let want: Vec<f32> = full_logits(&graph, &ids)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        let run = |e: &Decoder| {
+            let mut st = e.new_state();
+            e.forward(&mut [&mut st], &[&ids], Want::All)
+                .unwrap()
+                .remove(0)
+        };
+        let engine = Decoder::load(&dir, None).unwrap();
+        let f32_err = max_rel(&run(&engine), &want);
+        assert!(f32_err < 1e-5, "bias {bias}: f32 engine vs graph {f32_err}");
+        // Saved as f32 it is the same folder again (the HF layout, split back into
+        // q/k/v and gate/up projections).
+        let out = tempfile_dir(&format!("engine-llama-f32-{bias}"));
+        engine.save(&out, Some(&dir)).unwrap();
+        let (again, _) = load_llama_model(&out, &Device::Cpu).unwrap();
+        let g: Vec<f32> = full_logits(&again, &ids)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(g, want, "bias {bias}: the f32 folder written back");
+        let _ = std::fs::remove_dir_all(&out);
+        // Largest logit error as a fraction of the largest logit, measured (the same
+        // with the AVX-512, AVX2 and portable kernels) without / with biases: f16
+        // 3.7e-4 / 2.1e-4, q8 1.02e-2 / 5.8e-3, q4 0.180 / 0.103; bounds 1.6x the worst.
+        for (ty, tol) in [
+            (WeightType::F16, 6e-4),
+            (WeightType::Q8, 1.6e-2),
+            (WeightType::Q4, 0.29),
+        ] {
+            let q = Decoder::load(&dir, Some(ty)).unwrap();
+            let got = run(&q);
+            let out = tempfile_dir(&format!("engine-llama-{}-{bias}", ty.name()));
+            q.save(&out, Some(&dir)).unwrap();
+            let back = Decoder::load(&out, None).unwrap();
+            assert_eq!(back.weight_type(), ty);
+            assert_eq!(
+                run(&back),
+                got,
+                "{ty:?}: the saved folder gives the same logits"
+            );
+            let err = max_rel(&got, &want);
+            eprintln!("llama bias {bias} {ty:?}: largest logit error {err:.3e}");
+            assert!(err > 0.0 && err < tol, "{ty:?}: {err}");
+            let _ = std::fs::remove_dir_all(&out);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,17 +1,12 @@
-//! Inference on the CPU outside the tensor graph, for speed: weight matrices stored for
-//! the product (f32, f16, or 8- and 4-bit blocks with SIMD dot products) and a GPT-2
-//! forward pass over ragged batches with a per-sequence key/value cache.
-//!
-//! Training and the gradient checks use [`crate::models`]; this module reads the same
-//! Hugging Face folders and gives the same logits (to rounding), faster.
+//! CPU kernels of the inference engine ([`crate::engine`]): weight matrices stored for
+//! the product (f32 panels, f16, or 8- and 4-bit blocks with SIMD dot products),
+//! attention of one head against its cache, and vectorised row operations.
 
-mod attend;
-pub mod gpt2;
+pub(crate) mod attend;
 pub mod panel;
 pub mod quant;
 pub(crate) mod vmath;
 
-pub use gpt2::{Gpt2Engine, Gpt2State, Want};
 pub use quant::{QMatrix, WeightType};
 
 /// The widest vector instructions the engine's kernels use, detected once. It can be
@@ -24,7 +19,6 @@ pub(crate) enum Isa {
     Avx2,
     Avx512,
 }
-
 pub(crate) fn isa() -> Isa {
     use std::sync::OnceLock;
     static ISA: OnceLock<Isa> = OnceLock::new();

@@ -218,6 +218,100 @@ impl QMatrix {
         }
     }
 
+    /// Rows `r0..r1` as a matrix of their own (the same weight type, the same values).
+    pub fn row_range(&self, r0: usize, r1: usize) -> QMatrix {
+        let (rows, cols) = (r1 - r0, self.cols);
+        let data = match &self.data {
+            Data::F32(_) => {
+                let mut v = vec![0f32; rows * cols];
+                for (i, o) in v.chunks_mut(cols.max(1)).enumerate() {
+                    self.row_to_f32(r0 + i, o);
+                }
+                Data::F32(super::panel::pack(&v, rows, cols))
+            }
+            Data::F16(v) => Data::F16(v[r0 * cols..r1 * cols].to_vec()),
+            Data::Q8 { qs, d } => Data::Q8 {
+                qs: qs[r0 * cols..r1 * cols].to_vec(),
+                d: d[r0 * cols / QK..r1 * cols / QK].to_vec(),
+            },
+            Data::Q4 { qs, d } => Data::Q4 {
+                qs: qs[r0 * cols / 2..r1 * cols / 2].to_vec(),
+                d: d[r0 * cols / QK..r1 * cols / QK].to_vec(),
+            },
+        };
+        QMatrix { rows, cols, data }
+    }
+
+    /// The rows of `parts` stacked in order; all must have the same columns and type.
+    pub fn concat_rows(parts: &[QMatrix]) -> Result<QMatrix> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::invalid("weights", "no matrices to stack"))?;
+        let (cols, ty) = (first.cols, first.weight_type());
+        if parts.len() == 1 {
+            return Ok(first.clone());
+        }
+        if let Some(p) = parts
+            .iter()
+            .find(|p| p.cols != cols || p.weight_type() != ty)
+        {
+            return Err(Error::invalid(
+                "weights",
+                format!(
+                    "cannot stack a {} {}×{} matrix under {} ones of {cols} columns",
+                    p.weight_type().name(),
+                    p.rows,
+                    p.cols,
+                    ty.name()
+                ),
+            ));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let data = match ty {
+            WeightType::F32 => {
+                let v: Vec<f32> = parts.iter().flat_map(|p| p.to_f32()).collect();
+                Data::F32(super::panel::pack(&v, rows, cols))
+            }
+            WeightType::F16 => Data::F16(
+                parts
+                    .iter()
+                    .flat_map(|p| match &p.data {
+                        Data::F16(v) => v.clone(),
+                        _ => unreachable!("checked: all f16"),
+                    })
+                    .collect(),
+            ),
+            WeightType::Q8 | WeightType::Q4 => {
+                let (mut codes8, mut codes4, mut scales) = (Vec::new(), Vec::new(), Vec::new());
+                for p in parts {
+                    match &p.data {
+                        Data::Q8 { qs, d } => {
+                            codes8.extend_from_slice(qs);
+                            scales.extend_from_slice(d);
+                        }
+                        Data::Q4 { qs, d } => {
+                            codes4.extend_from_slice(qs);
+                            scales.extend_from_slice(d);
+                        }
+                        _ => unreachable!("checked: all of one quantized type"),
+                    }
+                }
+                if ty == WeightType::Q8 {
+                    Data::Q8 {
+                        qs: codes8,
+                        d: scales,
+                    }
+                } else {
+                    Data::Q4 {
+                        qs: codes4,
+                        d: scales,
+                    }
+                }
+            }
+        };
+        Ok(QMatrix { rows, cols, data })
+    }
+
     /// All values as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];

@@ -144,6 +144,32 @@ fn norm_body(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32
     (mean, rstd)
 }
 
+/// RMSNorm of one row: out = x / √(mean(x²) + eps) · w; returns 1/√(mean(x²) + eps).
+#[inline(always)]
+fn rms_body(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
+    let mut q = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            q[j] += c[j] * c[j];
+        }
+    }
+    let ss = hsum16(q) + chunks.remainder().iter().map(|v| v * v).sum::<f32>();
+    let rstd = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for i in 0..out.len().min(x.len()).min(w.len()) {
+        out[i] = x[i] * rstd * w[i];
+    }
+    rstd
+}
+
+/// SwiGLU's product: out = silu(g) · u, with silu(g) = g / (1 + e^{−g}).
+#[inline(always)]
+fn silu_mul_body(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for i in 0..out.len().min(g.len()).min(u.len()) {
+        out[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
+    }
+}
+
 /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero. The
 /// last chunk of sixteen is padded with −∞ (whose exp is 0) instead of finished one
 /// value at a time: a causal row is short on average, and a scalar tail would cost as
@@ -298,6 +324,15 @@ dispatch!(
     /// Layer norm of one row; returns its mean and 1/√(var + eps).
     layer_norm = norm_body, own avx512::layer_norm, norm256, (x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32)
 );
+dispatch!(
+    /// RMSNorm of one row; returns 1/√(mean(x²) + eps).
+    rms_norm = rms_body, rms512, rms256, (x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32
+);
+dispatch!(
+    /// SwiGLU's product `silu(g) · u` into `out`.
+    silu_mul = silu_mul_body, silu_mul512, silu_mul256, (g: &[f32], u: &[f32], out: &mut [f32]) -> ()
+);
+
 dispatch!(
     /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero.
     causal_softmax = causal_softmax_body, causal_softmax512, causal_softmax256, (row: &mut [f32], live: usize) -> ()

@@ -1,0 +1,722 @@
+//! The decoder stack for inference on the CPU: embeddings (plus learned positions),
+//! pre-norm blocks of causal self-attention (rotary positions and grouped key/value
+//! heads where the spec says so) and an MLP (GELU or SwiGLU), a final norm and the head.
+//! Weights are stored for the product (f32 panels, f16, or 8- and 4-bit blocks); each
+//! sequence keeps its keys and values in a cache that grows in place, and one forward
+//! pass serves a ragged batch (a prompt, one new token for each of several sequences,
+//! or both at once).
+//!
+//! The tests check the logits against transformers' for GPT-2 and Llama fixtures.
+
+use rayon::prelude::*;
+
+use super::{DecoderSpec, Mlp};
+use crate::infer::attend::attend_head;
+use crate::infer::quant::{matmul, QMatrix, WeightType};
+use crate::infer::vmath;
+use crate::{Error, Result};
+
+pub(crate) struct Norm {
+    pub w: Vec<f32>,
+    pub b: Option<Vec<f32>>,
+}
+
+impl Norm {
+    /// Normalise each `w.len()`-long row of `x` into `out`.
+    fn apply(&self, x: &[f32], out: &mut [f32], eps: f32) {
+        let c = self.w.len();
+        crate::nn::fused::for_rows(out, c, |start, out| {
+            let x = &x[start * c..start * c + out.len()];
+            for (xr, or) in x.chunks(c).zip(out.chunks_mut(c)) {
+                match &self.b {
+                    Some(b) => {
+                        vmath::layer_norm(xr, &self.w, b, eps, or);
+                    }
+                    None => {
+                        vmath::rms_norm(xr, &self.w, eps, or);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A weight matrix `[out, in]` and its bias.
+pub(crate) struct Linear {
+    pub w: QMatrix,
+    pub b: Option<Vec<f32>>,
+}
+
+impl Linear {
+    fn apply(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        matmul(x, n, &self.w, self.b.as_deref(), out);
+    }
+}
+
+pub(crate) struct Layer {
+    pub norm1: Norm,
+    /// Queries of every head, then keys, then values.
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub norm2: Norm,
+    /// The MLP's first matrix (gate rows then up rows for SwiGLU).
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// Rotary tables `[context, head_dim / 2]`.
+pub(crate) struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl Rope {
+    pub(crate) fn new(spec: &DecoderSpec, theta: f64) -> Result<Self> {
+        let half = spec.head_dim / 2;
+        let n = spec.context;
+        // Sized by the config alone, not by a tensor in the file: check first.
+        crate::guard::check_memory(
+            "the context length (its rotary tables)",
+            2.0 * n as f64 * half as f64 * 4.0,
+        )?;
+        // As transformers: the frequencies in f32 from an f64 power, the angle in f32.
+        let inv: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / spec.head_dim as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for pos in 0..n {
+            for f in &inv {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Rope { cos, sin, half })
+    }
+
+    /// Rotate each `2·half`-long head of `x` (`heads` of them side by side) to position
+    /// `pos`: the pairs are `(i, i + half)`.
+    fn rotate(&self, x: &mut [f32], heads: usize, pos: usize) {
+        let h = self.half;
+        let (cos, sin) = (&self.cos[pos * h..][..h], &self.sin[pos * h..][..h]);
+        for head in x[..heads * 2 * h].chunks_exact_mut(2 * h) {
+            let (a, b) = head.split_at_mut(h);
+            for i in 0..h {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * cos[i] - x2 * sin[i];
+                b[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
+}
+
+/// The keys and values of one sequence: per layer `[len, kv_width]`, heads side by side.
+#[derive(Default)]
+pub struct DecoderState {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl DecoderState {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget every position (the buffers are kept for reuse).
+    pub fn clear(&mut self) {
+        self.k
+            .iter_mut()
+            .chain(self.v.iter_mut())
+            .for_each(Vec::clear);
+        self.len = 0;
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|b| b.capacity() * 4).sum()
+    }
+}
+
+/// Which positions' logits [`Decoder::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The last new position of each sequence: `[vocab]` each.
+    Last,
+    /// Every new position: `[t, vocab]` each.
+    All,
+    /// The final hidden states (after the last norm) of every new position:
+    /// `[t, d_model]` each.
+    Hidden,
+}
+
+/// Attention weights `[layer][head][query][key]`.
+pub type AttentionMaps = Vec<Vec<Vec<Vec<f32>>>>;
+
+/// A decoder-only model laid out for inference.
+pub struct Decoder {
+    pub spec: DecoderSpec,
+    /// The config as Hugging Face writes it (saved back with the weights).
+    pub(crate) hf_config: serde_json::Value,
+    /// Token embedding `[vocab, d_model]` (also the head when tied).
+    pub(crate) embed: QMatrix,
+    /// Learned positions `[context, d_model]`.
+    pub(crate) positions: Option<Vec<f32>>,
+    pub(crate) rope: Option<Rope>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm_f: Norm,
+    /// An untied head `[vocab, d_model]`.
+    pub(crate) head: Option<QMatrix>,
+}
+
+impl Decoder {
+    /// The weight type of the matrices.
+    pub fn weight_type(&self) -> WeightType {
+        self.embed.weight_type()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.spec.vocab_size
+    }
+
+    pub fn context(&self) -> usize {
+        self.spec.context
+    }
+
+    /// The config as written to `config.json`.
+    pub fn hf_config(&self) -> &serde_json::Value {
+        &self.hf_config
+    }
+
+    fn head_matrix(&self) -> &QMatrix {
+        self.head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Bytes of weights read to produce one token at batch 1: every matrix, one row of
+    /// the embeddings, the norms and biases.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let c = self.spec.d_model;
+        let vec_bytes = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, |v| 4 * v.len());
+        let norm_bytes = |n: &Norm| 4 * n.w.len() + vec_bytes(&n.b);
+        let mut total = self.head_matrix().bytes()
+            + self.embed.weight_type().row_bytes(c)
+            + norm_bytes(&self.norm_f);
+        if self.positions.is_some() {
+            total += 4 * c;
+        }
+        for l in &self.layers {
+            for m in [&l.qkv, &l.proj, &l.up, &l.down] {
+                total += m.w.bytes() + vec_bytes(&m.b);
+            }
+            total += norm_bytes(&l.norm1) + norm_bytes(&l.norm2);
+        }
+        total
+    }
+
+    pub fn new_state(&self) -> DecoderState {
+        DecoderState {
+            k: vec![Vec::new(); self.spec.n_layer],
+            v: vec![Vec::new(); self.spec.n_layer],
+            len: 0,
+        }
+    }
+
+    /// The MLP's activation, from `f` (`[n, up_rows]`) into `m` (`[n, inner]`); in
+    /// place (`m` unused) for the one-matrix MLPs.
+    fn activate(&self, f: &mut [f32], m: &mut [f32]) {
+        let inner = self.spec.inner;
+        match self.spec.mlp {
+            Mlp::Relu => crate::nn::fused::for_rows(f, 1, |_, xs| {
+                xs.iter_mut().for_each(|v| *v = v.max(0.0))
+            }),
+            Mlp::GeluErf => crate::nn::fused::for_rows(f, 1, |_, xs| {
+                xs.iter_mut().for_each(|v| {
+                    *v = 0.5
+                        * *v
+                        * (1.0 + candle_core::cpu::erf::erf_f32(*v / std::f32::consts::SQRT_2))
+                })
+            }),
+            Mlp::GeluTanh => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_tanh(xs)),
+            Mlp::SwiGlu => crate::nn::fused::for_rows(m, inner, |start, out| {
+                for (r, o) in out.chunks_mut(inner).enumerate() {
+                    let row = &f[(start + r) * 2 * inner..][..2 * inner];
+                    vmath::silu_mul(&row[..inner], &row[inner..], o);
+                }
+            }),
+        }
+    }
+
+    /// Run new tokens through the model: `tokens[s]` continues sequence `states[s]` (any
+    /// lengths, at least one token each). Returns per sequence what `want` asks for.
+    pub fn forward(
+        &self,
+        states: &mut [&mut DecoderState],
+        tokens: &[&[u32]],
+        want: Want,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.run(states, tokens, want, None)
+    }
+
+    /// Attention weights of every layer and head for `ids` from an empty cache:
+    /// `[layer][head][query][key]`, zero above the diagonal.
+    pub fn attention_maps(&self, ids: &[u32]) -> Result<AttentionMaps> {
+        let mut st = self.new_state();
+        let mut maps = Vec::with_capacity(self.spec.n_layer);
+        self.run(&mut [&mut st], &[ids], Want::Last, Some(&mut maps))?;
+        Ok(maps)
+    }
+
+    fn check(&self, states: &[&mut DecoderState], tokens: &[&[u32]]) -> Result<()> {
+        let spec = &self.spec;
+        if states.len() != tokens.len() {
+            return Err(Error::invalid(
+                "tokens",
+                "one token list per sequence is needed",
+            ));
+        }
+        for (st, t) in states.iter().zip(tokens) {
+            if t.is_empty() {
+                return Err(Error::invalid("tokens", "a sequence was given no tokens"));
+            }
+            crate::nn::check_positions(st.len + t.len(), spec.context)?;
+            if let Some(&bad) = t.iter().find(|&&id| id as usize >= spec.vocab_size) {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!("id {bad} is outside the vocabulary of {}", spec.vocab_size),
+                ));
+            }
+            if st.k.len() != spec.n_layer {
+                return Err(Error::invalid(
+                    "state",
+                    "was not made by this model's new_state",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        states: &mut [&mut DecoderState],
+        tokens: &[&[u32]],
+        want: Want,
+        mut maps: Option<&mut AttentionMaps>,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check(states, tokens)?;
+        let spec = &self.spec;
+        let capture = maps.is_some();
+        let c = spec.d_model;
+        let (nh, hd) = (spec.n_head, spec.head_dim);
+        let group = nh / spec.n_kv_head;
+        let (qw, kvw, w) = (spec.q_width(), spec.kv_width(), spec.qkv_width());
+        let n: usize = tokens.iter().map(|t| t.len()).sum();
+        // First row of each sequence in the batch.
+        let mut first = Vec::with_capacity(tokens.len());
+        let mut acc = 0;
+        for t in tokens {
+            first.push(acc);
+            acc += t.len();
+        }
+        let mut x = vec![0f32; n * c];
+        for (s, t) in tokens.iter().enumerate() {
+            for (j, &id) in t.iter().enumerate() {
+                let row = &mut x[(first[s] + j) * c..(first[s] + j + 1) * c];
+                self.embed.row_to_f32(id as usize, row);
+                if let Some(table) = &self.positions {
+                    let pos = states[s].len + j;
+                    for (o, p) in row.iter_mut().zip(&table[pos * c..(pos + 1) * c]) {
+                        *o += p;
+                    }
+                }
+            }
+        }
+        let (inner, up_rows) = (spec.inner, spec.up_rows());
+        let mut h = vec![0f32; n * c];
+        let mut qkv = vec![0f32; n * w];
+        let mut y = vec![0f32; n * qw];
+        let mut a = vec![0f32; n * c];
+        let mut f = vec![0f32; n * up_rows];
+        let mut m = if spec.mlp == Mlp::SwiGlu {
+            vec![0f32; n * inner]
+        } else {
+            Vec::new()
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            layer.norm1.apply(&x, &mut h, spec.eps);
+            layer.qkv.apply(&h, n, &mut qkv);
+            if let Some(rope) = &self.rope {
+                let pos_of: Vec<usize> = tokens
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(s, t)| (0..t.len()).map(move |j| (s, j)))
+                    .map(|(s, j)| states[s].len + j)
+                    .collect();
+                crate::nn::fused::for_rows(&mut qkv, w, |start, rows| {
+                    for (r, row) in rows.chunks_mut(w).enumerate() {
+                        let pos = pos_of[start + r];
+                        let (q, kv) = row.split_at_mut(qw);
+                        rope.rotate(q, nh, pos);
+                        rope.rotate(kv, spec.n_kv_head, pos);
+                    }
+                });
+            }
+            for (s, t) in tokens.iter().enumerate() {
+                let st = &mut *states[s];
+                for j in 0..t.len() {
+                    let row = &qkv[(first[s] + j) * w..(first[s] + j + 1) * w];
+                    st.k[l].extend_from_slice(&row[qw..qw + kvw]);
+                    st.v[l].extend_from_slice(&row[qw + kvw..]);
+                }
+            }
+            // One task per (sequence, head): its queries against its own cache.
+            let jobs: Vec<(usize, usize)> = (0..tokens.len())
+                .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
+                .collect();
+            let caches: Vec<(&[f32], &[f32], usize)> = states
+                .iter()
+                .map(|st| (st.k[l].as_slice(), st.v[l].as_slice(), st.len))
+                .collect();
+            let outs: Vec<(Vec<f32>, Vec<Vec<f32>>)> = jobs
+                .par_iter()
+                .map(|&(s, hh)| {
+                    let (kc, vc, past) = caches[s];
+                    let t = tokens[s].len();
+                    let g = hh / group;
+                    let mut out = vec![0f32; t * hd];
+                    let mut kept = Vec::new();
+                    let q = &qkv[first[s] * w + hh * hd..];
+                    let keep = if capture { Some(&mut kept) } else { None };
+                    attend_head(
+                        q,
+                        w,
+                        &kc[g * hd..],
+                        &vc[g * hd..],
+                        kvw,
+                        past,
+                        t,
+                        hd,
+                        scale,
+                        &mut out,
+                        keep,
+                    );
+                    (out, kept)
+                })
+                .collect();
+            if let Some(m) = maps.as_deref_mut() {
+                m.push(outs.iter().map(|(_, kept)| kept.clone()).collect());
+            }
+            for (&(s, hh), (out, _)) in jobs.iter().zip(&outs) {
+                for j in 0..tokens[s].len() {
+                    y[(first[s] + j) * qw + hh * hd..][..hd]
+                        .copy_from_slice(&out[j * hd..(j + 1) * hd]);
+                }
+            }
+            layer.proj.apply(&y, n, &mut a);
+            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+            layer.norm2.apply(&x, &mut h, spec.eps);
+            layer.up.apply(&h, n, &mut f);
+            self.activate(&mut f, &mut m);
+            let mid = if spec.mlp == Mlp::SwiGlu { &m } else { &f };
+            layer.down.apply(mid, n, &mut a);
+            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        }
+        for (st, t) in states.iter_mut().zip(tokens) {
+            st.len += t.len();
+        }
+        // The rows asked for, normalised, then through the head.
+        let rows: Vec<(usize, usize)> = match want {
+            Want::Last => tokens
+                .iter()
+                .enumerate()
+                .map(|(s, t)| (first[s] + t.len() - 1, 1))
+                .collect(),
+            _ => tokens
+                .iter()
+                .enumerate()
+                .map(|(s, t)| (first[s], t.len()))
+                .collect(),
+        };
+        let m: usize = rows.iter().map(|r| r.1).sum();
+        let mut sel = Vec::with_capacity(m * c);
+        for &(r, k) in &rows {
+            sel.extend_from_slice(&x[r * c..(r + k) * c]);
+        }
+        let mut hs = vec![0f32; m * c];
+        self.norm_f.apply(&sel, &mut hs, spec.eps);
+        let (width, out) = if want == Want::Hidden {
+            (c, hs)
+        } else {
+            (spec.vocab_size, self.head(&hs))
+        };
+        let mut res = Vec::with_capacity(rows.len());
+        let mut at = 0;
+        for &(_, k) in &rows {
+            res.push(out[at * width..(at + k) * width].to_vec());
+            at += k;
+        }
+        Ok(res)
+    }
+
+    /// Logits `[m, vocab]` for final hidden states `[m, d_model]`.
+    pub fn head(&self, hidden: &[f32]) -> Vec<f32> {
+        let m = hidden.len() / self.spec.d_model;
+        let mut logits = vec![0f32; m * self.spec.vocab_size];
+        matmul(hidden, m, self.head_matrix(), None, &mut logits);
+        logits
+    }
+
+    /// Generate after each prompt, all sequences advancing together: one forward pass
+    /// per step for every sequence still running (a sequence leaves the batch at the
+    /// model's end-of-text id or after `max_new_tokens`). Sequence `i` samples with seed
+    /// `sampling.seed + i`, so its tokens are those of decoding it alone with that seed.
+    pub fn generate_batch(
+        &self,
+        prompts: &[&[u32]],
+        max_new_tokens: usize,
+        sampling: &crate::generate::SamplingConfig,
+    ) -> Result<Vec<(Vec<u32>, crate::generate::FinishReason)>> {
+        use crate::generate::{FinishReason, Sampler, SamplingConfig};
+        sampling.validate()?;
+        let ctx = self.spec.context;
+        for p in prompts {
+            if p.is_empty() || p.len() + max_new_tokens > ctx {
+                return Err(Error::invalid(
+                    "prompt",
+                    format!(
+                        "has {} tokens; with {max_new_tokens} new ones it needs between 1 and the context of {ctx}",
+                        p.len()
+                    ),
+                ));
+            }
+        }
+        let eos = if sampling.ignore_eos {
+            None
+        } else {
+            self.spec.eos
+        };
+        let mut states: Vec<DecoderState> = prompts.iter().map(|_| self.new_state()).collect();
+        let mut samplers: Vec<Sampler> = (0..prompts.len())
+            .map(|i| {
+                let cfg = SamplingConfig {
+                    seed: sampling.seed.wrapping_add(i as u64),
+                    ..sampling.clone()
+                };
+                Sampler::new(cfg, self.spec.vocab_size)
+            })
+            .collect();
+        // Each sequence's prompt and tokens so far (the sampler's repetition history).
+        let mut history: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        let mut finish = vec![FinishReason::Length; prompts.len()];
+        let mut logits = {
+            let mut refs: Vec<&mut DecoderState> = states.iter_mut().collect();
+            self.forward(&mut refs, prompts, Want::Last)?
+        };
+        // Indices of the sequences still decoding, ascending; logits[k] is running[k]'s.
+        let mut running: Vec<usize> = (0..prompts.len()).collect();
+        loop {
+            let mut feed = Vec::with_capacity(running.len());
+            running = running
+                .iter()
+                .zip(logits.iter_mut())
+                .filter_map(|(&i, l)| {
+                    let id = samplers[i].sample(l, &history[i]);
+                    if Some(id) == eos {
+                        finish[i] = FinishReason::EndOfText;
+                        return None;
+                    }
+                    history[i].push(id);
+                    (history[i].len() - prompts[i].len() < max_new_tokens).then(|| {
+                        feed.push([id]);
+                        i
+                    })
+                })
+                .collect();
+            if running.is_empty() {
+                break;
+            }
+            let mut refs: Vec<&mut DecoderState> = states
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| running.binary_search(i).is_ok())
+                .map(|(_, st)| st)
+                .collect();
+            let toks: Vec<&[u32]> = feed.iter().map(|f| f.as_slice()).collect();
+            logits = self.forward(&mut refs, &toks, Want::Last)?;
+        }
+        let out = history
+            .into_iter()
+            .zip(prompts)
+            .zip(finish)
+            .map(|((h, p), f)| (h[p.len()..].to_vec(), f))
+            .collect();
+        Ok(out)
+    }
+}
+
+// ------------------------------------------------------------------ as a CausalLm
+
+impl Decoder {
+    fn whole(
+        &self,
+        ids: &candle_core::Tensor,
+        cache: Option<&mut crate::nn::KvCache>,
+        mode: &crate::nn::Mode,
+        want: Want,
+    ) -> Result<candle_core::Tensor> {
+        if cache.is_some() {
+            return Err(Error::invalid(
+                "cache",
+                "the inference engine keeps its own cache; decode through generate::session",
+            ));
+        }
+        if mode.is_train() {
+            return Err(Error::invalid(
+                "mode",
+                "the inference engine does not train; load the model for training instead",
+            ));
+        }
+        let rows = ids.to_dtype(candle_core::DType::U32)?.to_vec2::<u32>()?;
+        let (b, t) = ids.dims2()?;
+        let mut states: Vec<DecoderState> = (0..b).map(|_| self.new_state()).collect();
+        let mut refs: Vec<&mut DecoderState> = states.iter_mut().collect();
+        let toks: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+        let out = self.forward(&mut refs, &toks, want)?;
+        let width = out[0].len() / t;
+        let flat: Vec<f32> = out.into_iter().flatten().collect();
+        Ok(candle_core::Tensor::from_vec(
+            flat,
+            (b, t, width),
+            ids.device(),
+        )?)
+    }
+}
+
+impl crate::models::CausalLm for Decoder {
+    fn hidden(
+        &self,
+        ids: &candle_core::Tensor,
+        cache: Option<&mut crate::nn::KvCache>,
+        mode: &mut crate::nn::Mode,
+    ) -> Result<candle_core::Tensor> {
+        self.whole(ids, cache, mode, Want::Hidden)
+    }
+    fn logits(&self, h: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        let (b, t, _) = h.dims3()?;
+        let flat = h
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let logits = self.head(&flat);
+        Ok(candle_core::Tensor::from_vec(
+            logits,
+            (b, t, self.spec.vocab_size),
+            h.device(),
+        )?)
+    }
+    fn forward(
+        &self,
+        ids: &candle_core::Tensor,
+        cache: Option<&mut crate::nn::KvCache>,
+        mode: &mut crate::nn::Mode,
+    ) -> Result<candle_core::Tensor> {
+        self.whole(ids, cache, mode, Want::All)
+    }
+    fn context(&self) -> usize {
+        self.spec.context
+    }
+    fn vocab_size(&self) -> usize {
+        self.spec.vocab_size
+    }
+    fn n_layer(&self) -> usize {
+        self.spec.n_layer
+    }
+    fn bos(&self) -> Option<u32> {
+        self.spec.bos
+    }
+    fn eos(&self) -> Option<u32> {
+        self.spec.eos
+    }
+    fn native_session(&self) -> Option<Box<dyn crate::generate::Session + '_>> {
+        Some(Box::new(EngineSession {
+            engine: self,
+            state: self.new_state(),
+        }))
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+struct EngineSession<'a> {
+    engine: &'a Decoder,
+    state: DecoderState,
+}
+
+impl crate::generate::Session for EngineSession<'_> {
+    fn len(&self) -> usize {
+        self.state.len()
+    }
+    fn clear(&mut self) {
+        self.state.clear();
+    }
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        Ok(self
+            .engine
+            .forward(&mut [&mut self.state], &[ids], Want::Last)?
+            .remove(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{NormKind, Positions};
+
+    /// The rotation by table equals the textbook rotate-half form computed in f64.
+    #[test]
+    fn rope_rotates_pairs_half_a_head_apart() {
+        let spec = DecoderSpec {
+            family: super::super::Family::Llama,
+            vocab_size: 4,
+            d_model: 8,
+            n_layer: 1,
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 8,
+            inner: 4,
+            context: 16,
+            norm: NormKind::Rms,
+            eps: 1e-6,
+            positions: Positions::Rope { theta: 100.0 },
+            mlp: Mlp::SwiGlu,
+            attn_bias: false,
+            mlp_bias: false,
+            tied: true,
+            bos: None,
+            eos: None,
+        };
+        let rope = Rope::new(&spec, 100.0).unwrap();
+        let x: Vec<f32> = (0..8).map(|i| 0.3 * i as f32 - 1.0).collect();
+        for pos in [0, 1, 7, 15] {
+            let mut got = x.clone();
+            rope.rotate(&mut got, 1, pos);
+            for i in 0..4 {
+                let f = 1.0 / 100f64.powf(2.0 * i as f64 / 8.0);
+                let (c, s) = ((pos as f64 * f).cos(), (pos as f64 * f).sin());
+                let (x1, x2) = (x[i] as f64, x[i + 4] as f64);
+                assert!(
+                    (got[i] as f64 - (x1 * c - x2 * s)).abs() < 1e-5,
+                    "pos {pos} i {i}"
+                );
+                assert!((got[i + 4] as f64 - (x2 * c + x1 * s)).abs() < 1e-5);
+            }
+        }
+    }
+}
