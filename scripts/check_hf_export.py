@@ -81,6 +81,31 @@ def check_exports(attn, tmp, dtypes):
     return failures
 
 
+def check_engine_saves(attn, tmp):
+    """`attn quantize --dtype f16` writes decoders through the engine's own writer (the
+    stacked q/k/v and gate/up matrices split back into Hugging Face's tensors)."""
+    failures = 0
+    for name in sorted(os.listdir(FIXTURES)):
+        kind = name.split("-")[0]
+        if kind not in ("gpt2", "llama"):
+            continue
+        ref = load_file(os.path.join(FIXTURES, name, "reference.safetensors"))
+        out = os.path.join(tmp, f"{name}-engine-f16")
+        subprocess.run([attn, "quantize", "--model", os.path.join(FIXTURES, name), "--out", out,
+                        "--dtype", "f16"], check=True, capture_output=True)
+        model, info = CLASSES[kind].from_pretrained(out, output_loading_info=True,
+                                                    dtype=torch.float32)
+        model.eval()
+        missing, unexpected = info["missing_keys"], info["unexpected_keys"]
+        diff = (outputs(kind, model, ref) - ref["logits"]).abs().max().item()
+        rel = diff / ref["logits"].abs().max().item()
+        ok = not missing and not unexpected and rel <= REL_TOL["f16"]
+        failures += not ok
+        print(f"{name:20s} engine f16 missing={list(missing)} unexpected={list(unexpected)} "
+              f"max|logits diff|={diff:.3e} ({rel:.2e} of the largest) {'ok' if ok else 'FAIL'}")
+    return failures
+
+
 def check_trained(attn, model_dir, text_path):
     model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
@@ -152,6 +177,7 @@ def main():
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         failures = check_exports(os.path.abspath(a.attn), tmp, a.dtypes)
+        failures += check_engine_saves(os.path.abspath(a.attn), tmp)
     if a.trained:
         failures += check_trained(os.path.abspath(a.attn), a.trained, a.text)
     if a.classifier:

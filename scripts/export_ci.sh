@@ -2,6 +2,7 @@
 # Folders written by attn, loaded by Hugging Face transformers (run by .ci/run):
 #   1. `attn export` of every HF fixture (gpt2, llama, bert, marian) in f32, f16 and
 #      bf16: no missing or unexpected keys, logits within bounds set from measured error;
+#      and `attn quantize --dtype f16` of the decoder fixtures (the engine's own writer);
 #   2. a GPT-2 trained by `attn train`: transformers' perplexity = `attn eval perplexity`;
 #   3. a classifier from `attn classify train`: class probabilities = `attn classify predict`;
 #   4. a translation model from `attn translate train`: transformers' beam search gives

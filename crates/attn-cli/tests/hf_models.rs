@@ -119,6 +119,61 @@ fn generate_and_perplexity_work_on_llama_and_gpt2_folders() {
 }
 
 #[test]
+fn quantize_takes_llama_folders() {
+    let dir = temp("quant-llama");
+    let m = with_tokenizer("llama-gqa", 102, &dir);
+    let data = dir.join("text.txt");
+    std::fs::write(&data, "ABCDEFGHIJKLMNOPQRSTUVWXYZ".repeat(4)).unwrap();
+    let out = dir.join("f16");
+    let report = ok(&attn(&[
+        "quantize",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "f16",
+        "--eval-data",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let change = v["perplexity_change"].as_f64().unwrap();
+    // Halved weights of a random model: the perplexity moves by rounding only.
+    assert!(change.abs() < 1e-3, "f16 perplexity change {change}");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "llama");
+    assert_eq!(cfg["torch_dtype"], "float16");
+    // The f16 folder generates like any other.
+    ok(&attn(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "ABC",
+        "--max-new-tokens",
+        "4",
+    ]));
+    // Its MLP is 80 wide: 8-bit blocks of 32 cannot hold its rows, and the error says so.
+    let o = attn(&[
+        "quantize",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        dir.join("q8").to_str().unwrap(),
+        "--dtype",
+        "q8",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("multiple of 32"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn unknown_model_types_are_named() {
     let o = attn(&[
         "generate",

@@ -1,24 +1,23 @@
-//! The server's GPT-2 back end (the inference engine, batched) gives the tensor-graph
-//! model's logits for prompts, ragged prompt batches and decode steps.
+//! The server's back end (the decoder engine, batched) gives the tensor-graph model's
+//! logits for prompts, ragged prompt batches and decode steps, for GPT-2 and Llama.
 
 mod common;
 
 use attn::checkpoint::{load_causal_lm_graph, load_decoder};
 use attn::generate::full_logits;
+use attn::models::CausalLm;
 use attn_serve::backend::Backend;
 use candle_core::Device;
 
-#[test]
-fn ragged_batch_steps_match_the_library_forward_pass() {
-    let dir = common::tiny_model("backend");
-    let reference = load_causal_lm_graph(&dir, &Device::Cpu).unwrap();
-    let backend = Backend::new(load_decoder(&dir).unwrap().0, true);
-    assert!(backend.is_batched());
-    let tok = &reference.tokenizer;
-    // Three sequences of different lengths, each continued by the same five tokens.
-    let prompts = ["R", "ROMEO: But", "JULIET: O Romeo, Romeo!"];
-    let tail = tok.encode("light").unwrap();
-    let mut seqs: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
+/// The backend's prefill, batched prefill and decode steps for three ragged sequences
+/// against the graph model's whole-sequence logits; then its attention maps' shape.
+fn backend_matches(
+    backend: &Backend,
+    reference: &dyn CausalLm,
+    prompts: &[Vec<u32>],
+    tail: &[u32],
+) {
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     let mut caches = Vec::new();
     let close = |a: &[f32], b: &[f32], what: &str| {
         let d = a
@@ -28,49 +27,69 @@ fn ragged_batch_steps_match_the_library_forward_pass() {
             .fold(0f32, f32::max);
         assert!(d < 1e-4, "{what}: max difference {d}");
     };
+    let last = |s: &[u32]| -> Vec<f32> {
+        let want = full_logits(reference, s).unwrap();
+        want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap()
+    };
     for s in &seqs {
         let (cache, logits) = backend.prefill(s).unwrap();
-        let want = full_logits(reference.model.as_ref(), s).unwrap();
-        close(
-            &logits,
-            &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(),
-            "prefill",
-        );
+        close(&logits, &last(s), "prefill");
         caches.push(cache);
     }
-    // The three prompts in one padded pass: same logits, and caches that the decode
+    // The three prompts in one ragged pass: same logits, and caches that the decode
     // steps below continue (the second half of the rows).
     let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
     for ((cache, logits), s) in backend.prefill_many(&refs).unwrap().into_iter().zip(&seqs) {
-        let want = full_logits(reference.model.as_ref(), s).unwrap();
-        close(
-            &logits,
-            &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(),
-            "batched prefill",
-        );
+        close(&logits, &last(s), "batched prefill");
         assert_eq!(cache.len(), s.len());
         caches.push(cache);
     }
     seqs.extend(seqs.clone());
-    for &id in &tail {
+    for &id in tail {
         let mut rows: Vec<_> = caches.iter_mut().map(|c| (c, id)).collect();
         let got = backend.step(&mut rows).unwrap();
         for (s, g) in seqs.iter_mut().zip(&got) {
             s.push(id);
-            let want = full_logits(reference.model.as_ref(), s).unwrap();
-            close(
-                g,
-                &want.get(s.len() - 1).unwrap().to_vec1::<f32>().unwrap(),
-                "step",
-            );
+            close(g, &last(s), "step");
         }
     }
     // Attention maps: one [H, T, T] per layer.
     let maps = backend.attention(&seqs[1]).unwrap();
-    assert_eq!(
-        (maps.len(), maps[0].len(), maps[0][0].len()),
-        (2, 4, seqs[1].len())
-    );
+    assert_eq!(maps.len(), reference.n_layer());
+    assert!(maps[0].iter().all(|h| h.len() == seqs[1].len()));
+}
+
+#[test]
+fn ragged_batch_steps_match_the_library_forward_pass() {
+    let dir = common::tiny_model("backend");
+    let reference = load_causal_lm_graph(&dir, &Device::Cpu).unwrap();
+    let backend = Backend::new(load_decoder(&dir).unwrap().0, true);
+    assert!(backend.is_batched());
+    let tok = &reference.tokenizer;
+    // Three sequences of different lengths, each continued by the same five tokens.
+    let prompts: Vec<Vec<u32>> = ["R", "ROMEO: But", "JULIET: O Romeo, Romeo!"]
+        .iter()
+        .map(|p| tok.encode(p).unwrap())
+        .collect();
+    let tail = tok.encode("light").unwrap();
+    backend_matches(&backend, reference.model.as_ref(), &prompts, &tail);
+}
+
+#[test]
+fn a_llama_is_served_with_batched_decode() {
+    // transformers' llama-gqa fixture: grouped key/value heads, rotary positions.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../attn/tests/fixtures/hf/llama-gqa");
+    let (graph, _) = attn::checkpoint::load_llama_model(&dir, &Device::Cpu).unwrap();
+    for batched in [true, false] {
+        let backend = Backend::new(attn::engine::Decoder::load(&dir, None).unwrap(), batched);
+        let prompts = vec![
+            vec![5u32],
+            vec![9, 8, 7, 6],
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+        ];
+        backend_matches(&backend, &graph, &prompts, &[3, 50, 102]);
+    }
 }
 
 /// A request whose time runs out while it waits in the queue ends with the timeout
