@@ -1,4 +1,4 @@
-//! The native GPT-2 training step (hand-written backward pass on flat buffers) against
+//! The native decoder training step (hand-written backward pass on flat buffers) against
 //! candle's autograd on the same model: the loss and every gradient, finite differences,
 //! and whole training runs against the graph trainer.
 
@@ -8,7 +8,7 @@ use attn::data::Encoding;
 use attn::models::gpt2::{Gpt2, Gpt2Config};
 use attn::nn::{Mode, ParamBuilder};
 use attn::rng::Rng;
-use attn::train::native::NativeGpt2;
+use attn::train::native::NativeDecoder;
 use attn::train::optimizer::gradients;
 use attn::train::{DataSpec, Event, TrainConfig, Trainer};
 use candle_core::{Device, Tensor};
@@ -58,7 +58,7 @@ fn compare(c: usize, nh: usize, layers: usize, vocab: usize, b: usize, t: usize,
     let want_loss = loss.to_scalar::<f32>().unwrap() as f64;
     let want = gradients(&params, &loss.backward().unwrap());
 
-    let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+    let mut n = NativeDecoder::gpt2(&config, &params).unwrap();
     n.set_shards(shards);
     n.zero_grads();
     let got_loss = n.forward_backward(&x, &y, b, t, 1.0, 0).unwrap();
@@ -124,7 +124,7 @@ fn finite_differences(pdrop: f32, seed: u64) {
     let (b, t) = (2, 9);
     let x = ids(b * t, 23, 23);
     let y = ids(b * t, 23, 24);
-    let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+    let mut n = NativeDecoder::gpt2(&config, &params).unwrap();
     n.zero_grads();
     n.forward_backward(&x, &y, b, t, 1.0, seed).unwrap();
     let grads = n.gradient_tensors(&Device::Cpu).unwrap();
@@ -143,12 +143,12 @@ fn finite_differences(pdrop: f32, seed: u64) {
     let h = 1e-2f32;
     for (name, i) in probes {
         let analytic = grads[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()[i] as f64;
-        let orig = n.param_mut(name).unwrap()[i];
-        n.param_mut(name).unwrap()[i] = orig + h;
+        let orig = *n.param_mut(name, i).unwrap();
+        *n.param_mut(name, i).unwrap() = orig + h;
         let up = n.loss_in_training(&x, &y, b, t, seed).unwrap();
-        n.param_mut(name).unwrap()[i] = orig - h;
+        *n.param_mut(name, i).unwrap() = orig - h;
         let down = n.loss_in_training(&x, &y, b, t, seed).unwrap();
-        n.param_mut(name).unwrap()[i] = orig;
+        *n.param_mut(name, i).unwrap() = orig;
         let numeric = (up - down) / (2.0 * h as f64);
         assert!(
             (numeric - analytic).abs() <= 2e-3 * analytic.abs().max(1e-2),
@@ -170,7 +170,7 @@ fn shards_give_the_results_of_one_pass() {
     let x = [ids(b * t, 29, 33), ids(b * t, 29, 34)];
     let y = [ids(b * t, 29, 35), ids(b * t, 29, 36)];
     let run = |shards: usize| {
-        let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+        let mut n = NativeDecoder::gpt2(&config, &params).unwrap();
         n.set_shards(shards);
         n.zero_grads();
         let mut losses = Vec::new();
@@ -192,7 +192,7 @@ fn shards_give_the_results_of_one_pass() {
     // The two micro-batches accumulate: their gradients, each from zero_grads, add up
     // to those of the run (which also evaluates between them).
     let alone = |i: usize| {
-        let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+        let mut n = NativeDecoder::gpt2(&config, &params).unwrap();
         n.zero_grads();
         n.forward_backward(&x[i], &y[i], b, t, 0.5, 90 + i as u64)
             .unwrap();
@@ -235,7 +235,7 @@ fn bad_ids_are_refused() {
     let mut config = Gpt2Config::new(10, 8, 32, 1, 2);
     config.set_dropout(0.0);
     let (_, params) = model(&config, 1);
-    let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+    let mut n = NativeDecoder::gpt2(&config, &params).unwrap();
     let e = n.loss(&[1, 2, 10, 3], &[1, 2, 3, 4], 1, 4).unwrap_err();
     assert!(e.to_string().contains("token id 10"), "{e}");
     let e = n.loss(&[1; 9], &[1; 9], 1, 9).unwrap_err();
@@ -243,7 +243,7 @@ fn bad_ids_are_refused() {
     let e = n.loss(&[1; 4], &[1; 3], 1, 4).unwrap_err();
     assert!(e.to_string().contains("targets"), "{e}");
     config.activation_function = "relu".into();
-    assert!(NativeGpt2::from_params(&config, &params).is_err());
+    assert!(NativeDecoder::gpt2(&config, &params).is_err());
 }
 
 #[test]
@@ -254,7 +254,7 @@ fn dropout_changes_training_loss_only() {
     let (b, t) = (3, 16);
     let x = ids(b * t, 31, 6);
     let y = ids(b * t, 31, 7);
-    let mut n = NativeGpt2::from_params(&config, &params).unwrap();
+    let mut n = NativeDecoder::gpt2(&config, &params).unwrap();
     let eval = n.loss(&x, &y, b, t).unwrap();
     let a = n.loss_in_training(&x, &y, b, t, 1).unwrap();
     let a2 = n.loss_in_training(&x, &y, b, t, 1).unwrap();
@@ -263,7 +263,7 @@ fn dropout_changes_training_loss_only() {
     assert!(a != c && a != eval && c != eval, "{eval} {a} {c}");
     // Without dropout the training loss is the evaluation loss.
     config.set_dropout(0.0);
-    let mut n0 = NativeGpt2::from_params(&config, &params).unwrap();
+    let mut n0 = NativeDecoder::gpt2(&config, &params).unwrap();
     assert!((n0.loss_in_training(&x, &y, b, t, 1).unwrap() - eval).abs() < 1e-9);
 }
 
@@ -365,4 +365,66 @@ fn training_runs_match_the_graph_trainer_and_resume_exactly() {
         "resumed run differs from the uninterrupted one"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A Llama-style decoder (RMSNorm, rotary positions, grouped-query attention with two
+/// query heads per key/value head, SwiGLU, biases everywhere, untied head) with dropout
+/// on the attention weights and residual branches: the backward pass against finite
+/// differences of the loss, at parameters in every kind of tensor, including a key
+/// weight that two query heads share and a column block of each fused matrix.
+#[test]
+fn llama_gradients_match_finite_differences() {
+    use attn::engine::DecoderSpec;
+    use attn::models::llama::{Llama, LlamaConfig};
+    let config: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "vocab_size": 23, "hidden_size": 24,
+        "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 6, "max_position_embeddings": 12,
+        "rope_theta": 100.0, "tie_word_embeddings": false, "attention_bias": true,
+        "mlp_bias": true, "rms_norm_eps": 1e-5,
+    }))
+    .unwrap();
+    let mut pb = ParamBuilder::init(Rng::new(31), &Device::Cpu);
+    Llama::new(config.clone(), &mut pb).unwrap();
+    let params = pb.finish().unwrap();
+    perturb(&params, 32);
+    let spec = DecoderSpec::from_llama(&config).unwrap();
+    let (b, t, seed) = (2, 9, 5);
+    let x = ids(b * t, 23, 33);
+    let y = ids(b * t, 23, 34);
+    let mut n = NativeDecoder::from_params(&spec, (0.0, 0.2, 0.2), &params).unwrap();
+    n.zero_grads();
+    n.forward_backward(&x, &y, b, t, 1.0, seed).unwrap();
+    let grads = n.gradient_tensors(&Device::Cpu).unwrap();
+    let probes = [
+        ("model.embed_tokens.weight", 5 * 24 + 3),
+        ("model.layers.0.input_layernorm.weight", 2),
+        ("model.layers.0.self_attn.q_proj.weight", 7 * 24 + 5),
+        ("model.layers.0.self_attn.k_proj.weight", 8 * 24 + 11),
+        ("model.layers.1.self_attn.k_proj.bias", 3),
+        ("model.layers.1.self_attn.v_proj.weight", 4 * 24 + 20),
+        ("model.layers.1.self_attn.v_proj.bias", 9),
+        ("model.layers.0.self_attn.o_proj.weight", 3 * 24 + 7),
+        ("model.layers.1.post_attention_layernorm.weight", 13),
+        ("model.layers.0.mlp.gate_proj.weight", 17 * 24 + 2),
+        ("model.layers.0.mlp.up_proj.bias", 30),
+        ("model.layers.1.mlp.down_proj.weight", 5 * 40 + 33),
+        ("model.norm.weight", 11),
+        ("lm_head.weight", 6 * 24 + 19),
+    ];
+    let h = 1e-2f32;
+    for (name, i) in probes {
+        let analytic = grads[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()[i] as f64;
+        let orig = *n.param_mut(name, i).unwrap();
+        *n.param_mut(name, i).unwrap() = orig + h;
+        let up = n.loss_in_training(&x, &y, b, t, seed).unwrap();
+        *n.param_mut(name, i).unwrap() = orig - h;
+        let down = n.loss_in_training(&x, &y, b, t, seed).unwrap();
+        *n.param_mut(name, i).unwrap() = orig;
+        let numeric = (up - down) / (2.0 * h as f64);
+        assert!(
+            (numeric - analytic).abs() <= 2e-3 * analytic.abs().max(1e-2),
+            "{name}[{i}]: finite difference {numeric}, backward {analytic}"
+        );
+    }
 }

@@ -201,7 +201,7 @@ fn gemm_then(
     );
 }
 
-/// `out = a·b + bias` (bias added to every row).
+/// `out = a·b + bias` (bias added to every row), or `a·b` without one.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias(
     a: &[f32],
@@ -209,27 +209,34 @@ pub fn gemm_bias(
     k: usize,
     n: usize,
     b: Rhs,
-    bias: &[f32],
+    bias: Option<&[f32]>,
     out: &mut [f32],
     panels: &mut Vec<f32>,
 ) {
-    let e = |_: usize, rows: &mut [f32]| rows.chunks_mut(n).for_each(|r| bias_row(r, bias));
-    gemm_then(a, m, k, n, b, out, panels, Some(&e));
+    match bias {
+        Some(bias) => {
+            let e = |_: usize, rows: &mut [f32]| rows.chunks_mut(n).for_each(|r| bias_row(r, bias));
+            gemm_then(a, m, k, n, b, out, panels, Some(&e));
+        }
+        None => gemm_then(a, m, k, n, b, out, panels, None),
+    }
 }
 
-/// Where [`gemm_bias_residual`] also writes the layer norm of its output rows.
+/// Where [`gemm_bias_residual`] also writes the norm of its output rows: a layer norm
+/// with bias `b`, or an RMSNorm where `b` is `None`.
 pub struct NormOut<'a> {
     pub w: &'a [f32],
-    pub b: &'a [f32],
+    pub b: Option<&'a [f32]>,
     pub eps: f32,
     pub out: &'a mut [f32],
-    /// Each row's mean and 1/√(var + eps), as [`layer_norm`] keeps them.
+    /// Each row's mean (0 for RMSNorm) and 1/√(var + eps), as [`layer_norm`] keeps
+    /// them.
     pub stats: &'a mut [f32],
 }
 
-/// `out = res + dropout(a·b + bias)` (a residual connection); with `norm`, also the
-/// layer norm of each output row (the next sublayer's input), computed while the row
-/// is in cache.
+/// `out = res + dropout(a·b + bias)` (a residual connection; no bias where `bias` is
+/// `None`); with `norm`, also the norm of each output row (the next sublayer's input),
+/// computed while the row is in cache.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias_residual(
     a: &[f32],
@@ -237,7 +244,7 @@ pub fn gemm_bias_residual(
     k: usize,
     n: usize,
     b: Rhs,
-    bias: &[f32],
+    bias: Option<&[f32]>,
     res: &[f32],
     out: &mut [f32],
     panels: &mut Vec<f32>,
@@ -258,10 +265,13 @@ pub fn gemm_bias_residual(
         for (i, r) in rows.chunks_mut(n).enumerate() {
             let row = r0 + i;
             let res = &res[row * n..(row + 1) * n];
-            match dropout {
-                None => res_bias_row(r, res, bias),
-                Some(d) => {
-                    bias_row(r, bias);
+            match (dropout, bias) {
+                (None, Some(bias)) => res_bias_row(r, res, bias),
+                (None, None) => add_row(r, res),
+                (Some(d), _) => {
+                    if let Some(bias) = bias {
+                        bias_row(r, bias);
+                    }
                     drop_row(r, d, (row * n) as u64);
                     add_row(r, res);
                 }
@@ -275,7 +285,7 @@ pub fn gemm_bias_residual(
                         std::slice::from_raw_parts_mut(st.get().add(2 * row), 2),
                     )
                 };
-                let (mean, rstd) = vmath::layer_norm(r, w, b, eps, o);
+                let (mean, rstd) = norm_row(r, w, b, eps, o);
                 st[0] = mean;
                 st[1] = rstd;
             }
@@ -504,12 +514,22 @@ dispatch!(
 
 // ---------------------------------------------------------------- layer norm
 
-/// Layer norm of each row of `x [m, n]` into `out`, keeping each row's mean and
-/// 1/√(var + eps) in `stats [m, 2]` for the backward pass.
+/// One row's layer norm (with a bias) or RMSNorm (without); returns its mean (0 for
+/// RMSNorm) and 1/√(var + eps).
+fn norm_row(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) -> (f32, f32) {
+    match b {
+        Some(b) => vmath::layer_norm(x, w, b, eps, out),
+        None => (0.0, vmath::rms_norm(x, w, eps, out)),
+    }
+}
+
+/// Layer norm (with a bias `b`) or RMSNorm (`b` is `None`) of each row of `x [m, n]`
+/// into `out`, keeping each row's mean (0 for RMSNorm) and 1/√(var + eps) in
+/// `stats [m, 2]` for the backward pass.
 pub fn layer_norm(
     x: &[f32],
     w: &[f32],
-    b: &[f32],
+    b: Option<&[f32]>,
     eps: f32,
     m: usize,
     out: &mut [f32],
@@ -524,7 +544,7 @@ pub fn layer_norm(
         .for_each(|(c, (o, s))| {
             for (i, (row, st)) in o.chunks_mut(n).zip(s.chunks_mut(2)).enumerate() {
                 let r = (c * per + i) * n;
-                let (mean, rstd) = vmath::layer_norm(&x[r..r + n], w, b, eps, row);
+                let (mean, rstd) = norm_row(&x[r..r + n], w, b, eps, row);
                 st[0] = mean;
                 st[1] = rstd;
             }
@@ -658,8 +678,55 @@ dispatch!(
     (g: &[f32], x: &[f32], mean: f32, rstd: f32, w: &[f32], dx: &mut [f32], dwb: &mut [f32]) -> ()
 );
 
+/// One row of RMSNorm's backward: with x̂ = x·rstd, `dx += rstd·(g·w − x̂·mean(g·w·x̂))`
+/// and `dw += g·x̂` (`dwb`'s first half; the second is unused).
+#[inline(always)]
+fn rms_bwd_body(
+    g: &[f32],
+    x: &[f32],
+    _mean: f32,
+    rstd: f32,
+    w: &[f32],
+    dx: &mut [f32],
+    dwb: &mut [f32],
+) {
+    const L: usize = 16;
+    let n = g.len();
+    let (x, w, dx, dw) = (&x[..n], &w[..n], &mut dx[..n], &mut dwb[..n]);
+    let whole = n / L * L;
+    let mut s2 = [0f32; L];
+    for c in (0..whole).step_by(L) {
+        let g: &[f32; L] = g[c..c + L].try_into().unwrap();
+        let x: &[f32; L] = x[c..c + L].try_into().unwrap();
+        let w: &[f32; L] = w[c..c + L].try_into().unwrap();
+        let dw: &mut [f32; L] = (&mut dw[c..c + L]).try_into().unwrap();
+        for j in 0..L {
+            let xh = x[j] * rstd;
+            s2[j] += g[j] * w[j] * xh;
+            dw[j] += g[j] * xh;
+        }
+    }
+    let mut t2 = 0f32;
+    for i in whole..n {
+        let xh = x[i] * rstd;
+        t2 += g[i] * w[i] * xh;
+        dw[i] += g[i] * xh;
+    }
+    let m2 = (vmath::hsum16(s2) + t2) / n as f32;
+    for i in 0..n {
+        let xh = x[i] * rstd;
+        dx[i] += rstd * (g[i] * w[i] - xh * m2);
+    }
+}
+
+dispatch!(
+    /// One row of RMSNorm's backward (see [`rms_bwd_body`]).
+    rms_bwd_row = rms_bwd_body, rms_bwd512, rms_bwd256,
+    (g: &[f32], x: &[f32], mean: f32, rstd: f32, w: &[f32], dx: &mut [f32], dwb: &mut [f32]) -> ()
+);
+
 /// Backward of [`layer_norm`]: adds the input gradient into `dx` and the weight and
-/// bias gradients into `dw`, `db`.
+/// bias gradients into `dw`, `db` (RMSNorm, which has no bias, where `db` is `None`).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_backward(
     g: &[f32],
@@ -669,8 +736,13 @@ pub fn layer_norm_backward(
     m: usize,
     dx: &mut [f32],
     dw: &mut [f32],
-    db: &mut [f32],
+    db: Option<&mut [f32]>,
 ) {
+    let row_bwd = if db.is_some() {
+        ln_bwd_row
+    } else {
+        rms_bwd_row
+    };
     let n = w.len();
     let per = rows_per_task(m, n).max(16);
     let parts: Vec<Vec<f32>> = dx[..m * n]
@@ -680,7 +752,7 @@ pub fn layer_norm_backward(
             let mut acc = vec![0f32; 2 * n];
             for (i, row) in d.chunks_mut(n).enumerate() {
                 let r = c * per + i;
-                ln_bwd_row(
+                row_bwd(
                     &g[r * n..(r + 1) * n],
                     &x[r * n..(r + 1) * n],
                     stats[2 * r],
@@ -693,9 +765,12 @@ pub fn layer_norm_backward(
             acc
         })
         .collect();
+    let mut db = db;
     for p in parts {
         add_row(dw, &p[..n]);
-        add_row(db, &p[n..]);
+        if let Some(db) = db.as_deref_mut() {
+            add_row(db, &p[n..]);
+        }
     }
 }
 
@@ -726,20 +801,72 @@ thread_local! {
     static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
 }
 
-/// Where one head's values sit in `qkv [b·t, 3c]`.
+/// The attention heads: `n` query heads of width `dim`, sharing `kv` key/value heads
+/// (`n / kv` query heads each; `kv == n` is plain multi-head attention). A row of the
+/// fused projection holds every query head, then every key head, then every value head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub n: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+impl Heads {
+    /// Plain multi-head attention over a model width `c`.
+    #[cfg(test)]
+    fn mha(c: usize, n: usize) -> Self {
+        Heads {
+            n,
+            kv: n,
+            dim: c / n,
+        }
+    }
+    /// Width of the queries (and of the attention's output).
+    pub fn q_width(&self) -> usize {
+        self.n * self.dim
+    }
+    /// Width of one row of the fused query/key/value projection.
+    pub fn width(&self) -> usize {
+        (self.n + 2 * self.kv) * self.dim
+    }
+    fn group(&self) -> usize {
+        self.n / self.kv
+    }
+}
+
+/// Where one query head and its key/value head sit in `qkv [b·t, width]`.
 #[derive(Clone, Copy)]
 struct Head {
     bi: usize,
+    /// Query head.
     h: usize,
+    /// Its key/value head.
+    g: usize,
     t: usize,
-    c: usize,
+    heads: Heads,
     hd: usize,
 }
 
 impl Head {
-    /// Row `i` of part `part` (0 queries, 1 keys, 2 values) in a `[b·t, 3c]` array.
+    fn new(bi: usize, h: usize, t: usize, heads: Heads) -> Self {
+        Head {
+            bi,
+            h,
+            g: h / heads.group(),
+            t,
+            heads,
+            hd: heads.dim,
+        }
+    }
+    /// Row `i` of part `part` (0 queries, 1 keys, 2 values) in a `[b·t, width]` array.
     fn at(&self, i: usize, part: usize) -> usize {
-        (self.bi * self.t + i) * 3 * self.c + part * self.c + self.h * self.hd
+        let (qw, kvw) = (self.heads.q_width(), self.heads.kv * self.hd);
+        let col = match part {
+            0 => self.h * self.hd,
+            1 => qw + self.g * self.hd,
+            _ => qw + kvw + self.g * self.hd,
+        };
+        (self.bi * self.t + i) * self.heads.width() + col
     }
     fn hdp(&self) -> usize {
         self.hd.next_multiple_of(NR)
@@ -770,7 +897,7 @@ impl Head {
         let (hd, t, tp) = (self.hd, self.t, self.tp());
         out.resize(hd * tp, 0.0);
         let first = self.at(0, part);
-        let stride = 3 * self.c;
+        let stride = self.heads.width();
         assert!(qkv.len() >= first + (t - 1) * stride + hd);
         // Whole 16 × 16 blocks in registers where AVX-512 is there; the rest one by one.
         let (d16, t16) = match crate::infer::isa() {
@@ -975,38 +1102,31 @@ dispatch!(
     (p: &[f32], d: &mut [f32], live: usize) -> ()
 );
 
-/// Causal multi-head attention for `b` sequences of `t` positions: queries, keys and
-/// values are the thirds of `qkv [b·t, 3c]`; writes the attention weights to
-/// `probs [b, nh, t, t]` (zero above the diagonal) and the heads' outputs, side by side,
-/// to `y [b·t, c]`.
+/// Causal attention for `b` sequences of `t` positions: queries, keys and values are
+/// the parts of `qkv [b·t, heads.width()]`; writes the attention weights to
+/// `probs [b, heads.n, t, t]` (zero above the diagonal) and the heads' outputs, side by
+/// side, to `y [b·t, heads.q_width()]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     qkv: &[f32],
     b: usize,
     t: usize,
-    c: usize,
-    nh: usize,
+    heads: Heads,
     probs: &mut [f32],
     y: &mut [f32],
     dropout: Option<Dropout>,
 ) {
-    let hd = c / nh;
+    let (nh, hd, c) = (heads.n, heads.dim, heads.q_width());
     let scale = 1.0 / (hd as f32).sqrt();
     assert!(y.len() >= b * t * c && probs.len() >= b * nh * t * t);
-    assert!(qkv.len() >= b * t * 3 * c);
+    assert!(qkv.len() >= b * t * heads.width());
     let yp = SyncPtr(y.as_mut_ptr());
     probs[..b * nh * t * t]
         .par_chunks_mut(t * t)
         .enumerate()
         .for_each(|(bh, p)| {
             HEAD_SCRATCH.with_borrow_mut(|s| {
-                let head = Head {
-                    bi: bh / nh,
-                    h: bh % nh,
-                    t,
-                    c,
-                    hd,
-                };
+                let head = Head::new(bh / nh, bh % nh, t, heads);
                 head.rows(qkv, 0, scale, &mut s.q);
                 head.transposed(qkv, 1, &mut s.k);
                 head.rows(qkv, 2, 1.0, &mut s.v);
@@ -1044,8 +1164,10 @@ pub fn attention(
         });
 }
 
-/// Backward of [`attention`]: from the output gradient `dy [b·t, c]` writes the
-/// gradient of `qkv` to `dqkv [b·t, 3c]`.
+/// Backward of [`attention`]: from the output gradient `dy [b·t, heads.q_width()]`
+/// writes the gradient of `qkv` to `dqkv [b·t, heads.width()]`. One task per sequence
+/// and key/value head: the query heads that share it add their key and value
+/// gradients one after the other.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dy: &[f32],
@@ -1053,86 +1175,206 @@ pub fn attention_backward(
     probs: &[f32],
     b: usize,
     t: usize,
-    c: usize,
-    nh: usize,
+    heads: Heads,
     dqkv: &mut [f32],
     dropout: Option<Dropout>,
 ) {
-    let hd = c / nh;
+    let (nh, hd, c, group) = (heads.n, heads.dim, heads.q_width(), heads.group());
     let scale = 1.0 / (hd as f32).sqrt();
-    assert!(dqkv.len() >= b * t * 3 * c && dy.len() >= b * t * c);
+    assert!(dqkv.len() >= b * t * heads.width() && dy.len() >= b * t * c);
+    assert!(probs.len() >= b * nh * t * t);
     let dp = SyncPtr(dqkv.as_mut_ptr());
     probs[..b * nh * t * t]
-        .par_chunks(t * t)
+        .par_chunks(group * t * t)
         .enumerate()
-        .for_each(|(bh, p)| {
+        .for_each(|(bg, ps)| {
             HEAD_SCRATCH.with_borrow_mut(|s| {
-                let head = Head {
-                    bi: bh / nh,
-                    h: bh % nh,
-                    t,
-                    c,
-                    hd,
-                };
-                let hdp = head.hdp();
-                head.rows(qkv, 0, scale, &mut s.q);
-                head.rows(qkv, 1, 1.0, &mut s.k);
-                head.transposed(qkv, 2, &mut s.v);
-                // The output gradient of this head, [t][hdp].
-                s.g.resize(t * hdp, 0.0);
-                for i in 0..t {
-                    let row = &mut s.g[i * hdp..(i + 1) * hdp];
-                    copy_row(
-                        &mut row[..hd],
-                        &dy[(head.bi * t + i) * c + head.h * hd..][..hd],
-                    );
-                    row[hd..].iter_mut().for_each(|v| *v = 0.0);
-                }
-                let put = |part: usize, mul: f32| {
-                    move |i: usize, c0: usize, vals: &[f32]| {
-                        // SAFETY: row bi·t + i, columns part·c + h·hd.. of dqkv belong to
-                        // this task alone (bound asserted above).
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                dp.get().add(head.at(i, part) + c0),
-                                vals.len(),
-                            )
-                        };
-                        for (d, v) in dst.iter_mut().zip(vals) {
-                            *d = v * mul;
+                for (j, p) in ps.chunks(t * t).enumerate() {
+                    let bh = bg * group + j;
+                    let head = Head::new(bh / nh, bh % nh, t, heads);
+                    let hdp = head.hdp();
+                    head.rows(qkv, 0, scale, &mut s.q);
+                    head.rows(qkv, 1, 1.0, &mut s.k);
+                    head.transposed(qkv, 2, &mut s.v);
+                    // The output gradient of this head, [t][hdp].
+                    s.g.resize(t * hdp, 0.0);
+                    for i in 0..t {
+                        let row = &mut s.g[i * hdp..(i + 1) * hdp];
+                        copy_row(
+                            &mut row[..hd],
+                            &dy[(head.bi * t + i) * c + head.h * hd..][..hd],
+                        );
+                        row[hd..].iter_mut().for_each(|v| *v = 0.0);
+                    }
+                    // The first query head of a group writes the key and value gradients,
+                    // the others add to them.
+                    let first = j == 0;
+                    let put = |part: usize, mul: f32| {
+                        move |i: usize, c0: usize, vals: &[f32]| {
+                            // SAFETY: row bi·t + i of dqkv, the columns of this task's
+                            // query head (part 0) or key/value head (parts 1, 2): no other
+                            // task writes them (bound asserted above).
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    dp.get().add(head.at(i, part) + c0),
+                                    vals.len(),
+                                )
+                            };
+                            if part == 0 || first {
+                                for (d, v) in dst.iter_mut().zip(vals) {
+                                    *d = v * mul;
+                                }
+                            } else {
+                                for (d, v) in dst.iter_mut().zip(vals) {
+                                    *d += v * mul;
+                                }
+                            }
+                        }
+                    };
+                    // dV = P'ᵀ·dY, P' the weights after dropout.
+                    if let Some(d) = dropout {
+                        s.pd.resize(t * t, 0.0);
+                        s.pd.copy_from_slice(p);
+                        for i in 0..t {
+                            drop_row(
+                                &mut s.pd[i * t..i * t + i + 1],
+                                d,
+                                ((bh * t + i) * t) as u64,
+                            );
                         }
                     }
-                };
-                // dV = P'ᵀ·dY, P' the weights after dropout.
-                if let Some(d) = dropout {
-                    s.pd.resize(t * t, 0.0);
-                    s.pd.copy_from_slice(p);
+                    let w: &[f32] = if dropout.is_some() { &s.pd } else { p };
+                    suffix_sums(w, t, &s.g, hdp, hd, put(2, 1.0));
+                    // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above
+                    // the diagonal.
+                    s.ds.resize(t * t, 0.0);
+                    lower_products(&s.g, hdp, hd, &s.v, t, &mut s.ds);
                     for i in 0..t {
-                        drop_row(
-                            &mut s.pd[i * t..i * t + i + 1],
-                            d,
-                            ((bh * t + i) * t) as u64,
-                        );
+                        let row = &mut s.ds[i * t..(i + 1) * t];
+                        if let Some(d) = dropout {
+                            // Through the dropout: dP = dP' ⊙ mask.
+                            drop_row(&mut row[..i + 1], d, ((bh * t + i) * t) as u64);
+                        }
+                        softmax_grad_row(&p[i * t..(i + 1) * t], row, i + 1);
                     }
+                    // dQ = scale · dS·K, dK = dSᵀ·(scale·Q).
+                    prefix_sums(&s.ds, t, &s.k, hdp, hd, put(0, scale));
+                    suffix_sums(&s.ds, t, &s.q, hdp, hd, put(1, 1.0));
                 }
-                let w: &[f32] = if dropout.is_some() { &s.pd } else { p };
-                suffix_sums(w, t, &s.g, hdp, hd, put(2, 1.0));
-                // dP = dY·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) (row-wise), zero above the
-                // diagonal.
-                s.ds.resize(t * t, 0.0);
-                lower_products(&s.g, hdp, hd, &s.v, t, &mut s.ds);
-                for i in 0..t {
-                    let row = &mut s.ds[i * t..(i + 1) * t];
-                    if let Some(d) = dropout {
-                        // Through the dropout: dP = dP' ⊙ mask.
-                        drop_row(&mut row[..i + 1], d, ((bh * t + i) * t) as u64);
-                    }
-                    softmax_grad_row(&p[i * t..(i + 1) * t], row, i + 1);
-                }
-                // dQ = scale · dS·K, dK = dSᵀ·(scale·Q).
-                prefix_sums(&s.ds, t, &s.k, hdp, hd, put(0, scale));
-                suffix_sums(&s.ds, t, &s.q, hdp, hd, put(1, 1.0));
             })
+        });
+}
+
+// ---------------------------------------------------------------- rotary positions
+
+/// Rotary tables for positions `0..n`: `cos`, `sin` `[n, dim / 2]`, frequencies
+/// `theta^(−2i/dim)` (transformers' arithmetic: the frequency in f32 from an f64 power,
+/// the angle in f32).
+pub struct RopeTable {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub half: usize,
+}
+
+impl RopeTable {
+    pub fn new(dim: usize, n: usize, theta: f64) -> Self {
+        let half = dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / dim as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for pos in 0..n {
+            for f in &inv {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        RopeTable { cos, sin, half }
+    }
+
+    /// Rotate each `2·half`-long head in `x` to position `pos` (the pairs `(i, i + half)`,
+    /// transformers' rotate-half form); `inverse` rotates back, which is the backward
+    /// pass (the rotation's transpose).
+    pub fn rotate(&self, x: &mut [f32], pos: usize, inverse: bool) {
+        let h = self.half;
+        let (cos, sin) = (&self.cos[pos * h..][..h], &self.sin[pos * h..][..h]);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        for head in x.chunks_exact_mut(2 * h) {
+            let (a, b) = head.split_at_mut(h);
+            for i in 0..h {
+                let (x1, x2, s) = (a[i], b[i], sign * sin[i]);
+                a[i] = x1 * cos[i] - x2 * s;
+                b[i] = x2 * cos[i] + x1 * s;
+            }
+        }
+    }
+}
+
+/// Rotary positions on the queries and keys of `qkv [m, heads.width()]` in place; row
+/// `r` is position `r % t`. With `inverse`, the backward pass on their gradients.
+pub fn rope(qkv: &mut [f32], m: usize, t: usize, heads: Heads, table: &RopeTable, inverse: bool) {
+    let w = heads.width();
+    let rot = (heads.n + heads.kv) * heads.dim;
+    let per = rows_per_task(m, w);
+    qkv[..m * w]
+        .par_chunks_mut(per * w)
+        .enumerate()
+        .for_each(|(c, rows)| {
+            for (i, row) in rows.chunks_mut(w).enumerate() {
+                table.rotate(&mut row[..rot], (c * per + i) % t, inverse);
+            }
+        });
+}
+
+// ---------------------------------------------------------------- SwiGLU
+
+/// SwiGLU's product for each row of `gu [m, 2f]` (gate, then up): `act = silu(g)·u`.
+pub fn swiglu(gu: &[f32], m: usize, f: usize, act: &mut [f32]) {
+    let per = rows_per_task(m, 2 * f);
+    act[..m * f]
+        .par_chunks_mut(per * f)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (i, o) in out.chunks_mut(f).enumerate() {
+                let row = &gu[(c * per + i) * 2 * f..][..2 * f];
+                vmath::silu_mul(&row[..f], &row[f..], o);
+            }
+        });
+}
+
+#[inline(always)]
+fn swiglu_bwd_body(d: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    let n = d.len();
+    let (g, u, dg, du) = (&g[..n], &u[..n], &mut dg[..n], &mut du[..n]);
+    for i in 0..n {
+        let s = 1.0 / (1.0 + vmath::exp(-g[i]));
+        let silu = g[i] * s;
+        du[i] = d[i] * silu;
+        dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+    }
+}
+dispatch!(
+    /// One row of SwiGLU's backward.
+    swiglu_bwd_row = swiglu_bwd_body, swiglu_bwd512, swiglu_bwd256,
+    (d: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) -> ()
+);
+
+/// Backward of [`swiglu`]: from `d [m, f]`, the gradient of `act`, writes that of `gu`
+/// to `dgu [m, 2f]`.
+pub fn swiglu_backward(d: &[f32], gu: &[f32], m: usize, f: usize, dgu: &mut [f32]) {
+    let per = rows_per_task(m, 2 * f);
+    dgu[..m * 2 * f]
+        .par_chunks_mut(per * 2 * f)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (i, o) in out.chunks_mut(2 * f).enumerate() {
+                let r = c * per + i;
+                let row = &gu[r * 2 * f..][..2 * f];
+                let (dg, du) = o.split_at_mut(f);
+                swiglu_bwd_row(&d[r * f..][..f], &row[..f], &row[f..], dg, du);
+            }
         });
 }
 
@@ -1419,13 +1661,7 @@ mod tests {
         ] {
             let qkv = data(t * 3 * c, 4);
             for part in 0..3 {
-                let head = Head {
-                    bi: 0,
-                    h: 1 % (c / hd),
-                    t,
-                    c,
-                    hd,
-                };
+                let head = Head::new(0, 1 % (c / hd), t, Heads::mha(c, c / hd));
                 let mut out = vec![f32::NAN; 5];
                 head.transposed(&qkv, part, &mut out);
                 let tp = t.next_multiple_of(NR);

@@ -32,7 +32,7 @@ use crate::nn::{Mode, ParamBuilder, Params};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use native::NativeGpt2;
+use native::NativeDecoder;
 use optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
 use schedule::CosineSchedule;
 
@@ -167,7 +167,7 @@ pub struct Trainer {
     /// The hand-written training step, when it covers the model (see [`native`]);
     /// otherwise steps go through candle's autograd on `model`. While it is in use,
     /// `params` is brought up to date at evaluations and saves ([`Trainer::sync_params`]).
-    native: Option<NativeGpt2>,
+    native: Option<NativeDecoder>,
     /// Held for the life of a run that writes `out` (none for benchmarks): a second run
     /// on the same folder is refused, naming this one's PID.
     _lock: Option<crate::guard::DirLock>,
@@ -181,7 +181,8 @@ fn native_applies(model: &Gpt2, device: &Device) -> bool {
         && model.dtype() == candle_core::DType::F32
         && crate::nn::fused::enabled()
         && std::env::var("ATTN_TRAINER").map_or(true, |v| v != "graph")
-        && NativeGpt2::supports(&model.config)
+        && crate::engine::DecoderSpec::from_gpt2(&model.config)
+            .is_ok_and(|spec| NativeDecoder::supports(&spec))
 }
 
 impl Trainer {
@@ -281,7 +282,7 @@ impl Trainer {
             },
         )?;
         let native = if native_applies(&model, device) {
-            Some(NativeGpt2::from_params(&model.config, &params)?)
+            Some(NativeDecoder::gpt2(&model.config, &params)?)
         } else {
             None
         };

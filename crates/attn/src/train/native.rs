@@ -1,4 +1,5 @@
-//! GPT-2 training outside candle's autograd, for speed on the CPU.
+//! Decoder training outside candle's autograd, for speed on the CPU: GPT-2 and Llama
+//! (any [`DecoderSpec`] with a tanh-GELU or SwiGLU MLP).
 //!
 //! candle records every operation of the forward pass in a graph and, going backward,
 //! allocates and zero-fills a gradient for each, broadcasts biases with general binary
@@ -6,59 +7,102 @@
 //! costs more than the arithmetic. Here the parameters, their gradients and the AdamW
 //! moments are three flat `f32` buffers, every activation the backward pass needs has a
 //! buffer allocated once for the batch shape, and the backward pass is written out by
-//! hand (as llm.c does), over the slice kernels of [`super::kernels`]. The arithmetic is
-//! the model's in [`crate::models::gpt2`]; tests compare losses and every gradient with
-//! candle's autograd on that model, and whole training runs with the graph trainer.
+//! hand (as llm.c does), once for the decoder stack, over the slice kernels of
+//! [`super::kernels`]: LayerNorm or RMSNorm, learned or rotary positions, multi-head or
+//! grouped-query attention, GELU or SwiGLU, biases or none, tied or untied head. Tests
+//! compare the loss and every gradient with transformers' (fixtures) and with finite
+//! differences, and whole training runs with the graph trainer.
 //!
-//! Covered: GPT-2 with the tanh GELU (`gelu_new`, `gelu_pytorch_tanh`), f32 on the CPU,
-//! with dropout (embeddings, attention weights, residual branches; masks from a hash of
-//! a per-step seed, recomputed in the backward pass). The trainer uses the graph model
-//! for anything else.
+//! Every matrix is kept `[in, out]` (GPT-2's `Conv1D` layout): a Llama's `nn.Linear`
+//! weights are transposed on the way in and out, and its query, key and value
+//! projections (gate and up projections) are the column blocks of one fused matrix.
+//!
+//! Dropout (embeddings, attention weights, residual branches) uses masks from a hash of
+//! a per-step seed, recomputed in the backward pass.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 
-use super::kernels::{self as k, AdamWStep, Rhs};
+use super::kernels::{self as k, AdamWStep, Heads, Rhs, RopeTable};
 use super::optimizer::AdamWConfig;
 use super::profile::time;
+use crate::engine::families::{bias_name, schema, NormNames, Parts};
+use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
 use crate::models::gpt2::Gpt2Config;
 use crate::nn::Params;
 use crate::{Error, Result};
 
-/// One named parameter inside the flat buffers.
+/// Where a checkpoint tensor's values sit in the flat buffers.
+#[derive(Clone, Copy)]
+enum Place {
+    /// Contiguous, in the tensor's own order.
+    Plain(usize),
+    /// A `[rows, cols]` (`nn.Linear`, `[out, in]`) tensor stored transposed, as columns
+    /// `col0..col0 + rows` of the `[cols, width]` matrix at `off`.
+    Columns {
+        off: usize,
+        width: usize,
+        col0: usize,
+    },
+}
+
+/// One named parameter (a checkpoint tensor) inside the flat buffers.
 struct Slot {
     name: String,
-    off: usize,
+    /// The checkpoint's shape.
     shape: Vec<usize>,
+    place: Place,
 }
 
 impl Slot {
     fn len(&self) -> usize {
         self.shape.iter().product()
     }
-    /// Weight decay applies to matrices only (as in [`super::optimizer::AdamW`]).
-    fn decays(&self) -> bool {
-        self.shape.len() >= 2
+    /// The flat index of the tensor's element `i` (row-major in its own shape).
+    fn index(&self, i: usize) -> usize {
+        match self.place {
+            Place::Plain(off) => off + i,
+            Place::Columns { off, width, col0 } => {
+                let cols = self.shape[1];
+                off + (i % cols) * width + col0 + i / cols
+            }
+        }
     }
-    fn range(&self) -> std::ops::Range<usize> {
-        self.off..self.off + self.len()
+    /// The tensor's values, from `buf`.
+    fn read(&self, buf: &[f32]) -> Vec<f32> {
+        match self.place {
+            Place::Plain(off) => buf[off..off + self.len()].to_vec(),
+            Place::Columns { .. } => (0..self.len()).map(|i| buf[self.index(i)]).collect(),
+        }
+    }
+    /// Store the tensor's values into `buf`.
+    fn write(&self, buf: &mut [f32], values: &[f32]) {
+        match self.place {
+            Place::Plain(off) => buf[off..off + self.len()].copy_from_slice(values),
+            Place::Columns { .. } => {
+                for (i, v) in values.iter().enumerate() {
+                    buf[self.index(i)] = *v;
+                }
+            }
+        }
     }
 }
 
-/// Offsets of one block's parameters. Each norm's bias directly follows its weight.
+/// Offsets of one block's parameters. A norm's bias (LayerNorm) directly follows its
+/// weight, a matrix's bias (where there is one) directly follows the matrix.
 #[derive(Clone, Copy)]
 struct BlockAt {
     ln1: usize,
     qkv_w: usize,
-    qkv_b: usize,
+    qkv_b: Option<usize>,
     proj_w: usize,
-    proj_b: usize,
+    proj_b: Option<usize>,
     ln2: usize,
     fc_w: usize,
-    fc_b: usize,
+    fc_b: Option<usize>,
     fcp_w: usize,
-    fcp_b: usize,
+    fcp_b: Option<usize>,
 }
 
 /// Zeroed floats in memory of their own (not the allocator's), advised as transparent
@@ -209,9 +253,11 @@ struct Acts {
     mid: Layers,
     ln2: Layers,
     ln2_stats: Layers,
-    /// The GELU's derivative at each MLP pre-activation.
-    gelu_grad: Layers,
-    gelu: Layers,
+    /// The MLP's first product: the GELU's derivative there, or SwiGLU's gate and up
+    /// pre-activations `[m, 2f]`.
+    pre: Layers,
+    /// The MLP's activation `[m, f]`.
+    act: Layers,
     lnf: Vec<f32>,
     lnf_stats: Vec<f32>,
     logits: Vec<f32>,
@@ -220,8 +266,12 @@ struct Acts {
     dtmp: Vec<f32>,
     /// The dropout of the last forward pass.
     drops: Drops,
+    /// `[m, max(c, q_width)]`.
     dln: Vec<f32>,
+    /// The gradient at the MLP's first product, `[m, up]`.
     dbig: Vec<f32>,
+    /// SwiGLU: the gradient of its product, `[m, f]`.
+    dact: Vec<f32>,
     dqkv: Vec<f32>,
     /// Packed right-hand sides of the products.
     panels: Vec<f32>,
@@ -235,6 +285,7 @@ impl Acts {
             return;
         }
         let (m, c, f, nl) = (b * t, lay.c, lay.f, lay.blocks.len());
+        let (w, qw, up) = (lay.heads.width(), lay.heads.q_width(), lay.up);
         let per = Layers::new;
         *self = Acts {
             b,
@@ -242,23 +293,28 @@ impl Acts {
             res: per(m * c, nl + 1),
             ln1: per(m * c, nl),
             ln1_stats: per(2 * m, nl),
-            qkv: per(3 * m * c, nl),
-            probs: per(b * lay.nh * t * t, nl),
-            atty: per(m * c, nl),
+            qkv: per(m * w, nl),
+            probs: per(b * lay.heads.n * t * t, nl),
+            atty: per(m * qw, nl),
             mid: per(m * c, nl),
             ln2: per(m * c, nl),
             ln2_stats: per(2 * m, nl),
-            gelu_grad: per(m * f, nl),
-            gelu: per(m * f, nl),
+            pre: per(m * up, nl),
+            act: per(m * f, nl),
             lnf: vec![0f32; m * c],
             lnf_stats: vec![0f32; 2 * m],
             logits: vec![0f32; m * lay.vocab],
             dres: vec![0f32; m * c],
             dtmp: vec![0f32; m * c],
             drops: Drops::default(),
-            dln: vec![0f32; m * c],
-            dbig: vec![0f32; m * f],
-            dqkv: vec![0f32; 3 * m * c],
+            dln: vec![0f32; m * c.max(qw)],
+            dbig: vec![0f32; m * up],
+            dact: if lay.mlp == Mlp::SwiGlu {
+                vec![0f32; m * f]
+            } else {
+                Vec::new()
+            },
+            dqkv: vec![0f32; m * w],
             panels: Vec::new(),
             xpack: Vec::new(),
         };
@@ -322,18 +378,116 @@ struct Layout {
     vocab: usize,
     n_pos: usize,
     c: usize,
-    nh: usize,
+    heads: Heads,
+    /// The MLP's hidden width, and the columns of its first matrix (`2f` for SwiGLU).
     f: usize,
+    up: usize,
+    mlp: Mlp,
+    /// LayerNorm (with biases) rather than RMSNorm.
+    norm_bias: bool,
     eps: f32,
     /// Dropout probabilities: embeddings, attention weights, residual branches.
     pdrop: (f32, f32, f32),
     wte: usize,
-    wpe: usize,
+    /// Learned positions.
+    wpe: Option<usize>,
+    rope: Option<RopeTable>,
     blocks: Vec<BlockAt>,
     lnf: usize,
+    /// An untied output head `[vocab, c]`.
+    head: Option<usize>,
+    /// Contiguous runs of the flat buffers: `(start, end, decays)` (weight decay on
+    /// matrices only, as in [`super::optimizer::AdamW`]).
+    regions: Vec<(usize, usize, bool)>,
 }
 
-/// A GPT-2 with its parameters, gradients and AdamW moments in flat buffers.
+impl Layout {
+    fn norm_b<'a>(&self, w: &'a [f32], at: usize) -> Option<&'a [f32]> {
+        self.norm_bias.then(|| &w[at + self.c..at + 2 * self.c])
+    }
+    /// The output head's weights `[vocab, c]`.
+    fn head_at(&self) -> usize {
+        self.head.unwrap_or(self.wte)
+    }
+}
+
+/// Assigns the flat buffers' offsets, region by region, naming what is in them.
+struct Alloc {
+    off: usize,
+    slots: Vec<Slot>,
+    regions: Vec<(usize, usize, bool)>,
+}
+
+impl Alloc {
+    /// A region holding one checkpoint tensor as it is.
+    fn plain(&mut self, name: &str, shape: Vec<usize>) -> usize {
+        let at = self.off;
+        let len: usize = shape.iter().product();
+        self.off += len;
+        self.regions.push((at, self.off, shape.len() >= 2));
+        self.slots.push(Slot {
+            name: name.to_string(),
+            shape,
+            place: Place::Plain(at),
+        });
+        at
+    }
+    /// Vectors stored one after the other (the parts' biases of a fused matrix).
+    fn vectors(&mut self, names: &[(String, usize)]) -> usize {
+        let at = self.off;
+        for (name, len) in names {
+            self.slots.push(Slot {
+                name: name.clone(),
+                shape: vec![*len],
+                place: Place::Plain(self.off),
+            });
+            self.off += len;
+        }
+        self.regions.push((at, self.off, false));
+        at
+    }
+    /// An `[cols, width]` matrix (`cols` inputs) made of `parts`: in `[in, out]`
+    /// checkpoints (`in_out`) there is one part, stored as it is; otherwise each part is
+    /// an `[out, in]` tensor stored transposed as a block of columns.
+    fn matrix(&mut self, parts: &Parts, cols: usize, in_out: bool) -> usize {
+        let at = self.off;
+        let width: usize = parts.iter().map(|p| p.1).sum();
+        if in_out {
+            assert_eq!(parts.len(), 1, "an [in, out] matrix has one part");
+            return self.plain(&parts[0].0, vec![cols, width]);
+        }
+        let mut col0 = 0;
+        for (name, rows) in parts {
+            self.slots.push(Slot {
+                name: name.clone(),
+                shape: vec![*rows, cols],
+                place: Place::Columns {
+                    off: at,
+                    width,
+                    col0,
+                },
+            });
+            col0 += rows;
+        }
+        self.off += cols * width;
+        self.regions.push((at, self.off, true));
+        at
+    }
+    fn bias(&mut self, parts: &Parts, has: bool) -> Option<usize> {
+        has.then(|| {
+            let names: Vec<(String, usize)> =
+                parts.iter().map(|(n, r)| (bias_name(n), *r)).collect();
+            self.vectors(&names)
+        })
+    }
+    fn norm(&mut self, n: &NormNames, c: usize) -> usize {
+        let mut names = vec![(n.w.clone(), c)];
+        names.extend(n.b.iter().map(|b| (b.clone(), c)));
+        self.vectors(&names)
+    }
+}
+
+/// A decoder with its parameters, gradients and AdamW moments in flat buffers.
 ///
 /// A batch of several sequences is cut into shards of whole sequences, one per thread:
 /// each shard runs its forward and backward pass on its own activations and gradient
@@ -342,7 +496,7 @@ struct Layout {
 /// update. On two cores this beats splitting every operation of one pass between the
 /// threads: each thread keeps its own rows in its own cache and the threads meet once
 /// per pass instead of at some hundred joins, each of which can find the other asleep.
-pub struct NativeGpt2 {
+pub struct NativeDecoder {
     lay: Layout,
     slots: Vec<Slot>,
     params: Vec<f32>,
@@ -359,52 +513,68 @@ pub struct NativeGpt2 {
     shards: Option<usize>,
 }
 
-impl NativeGpt2 {
-    /// Whether this path computes the model `config` describes.
-    pub fn supports(config: &Gpt2Config) -> bool {
-        matches!(
-            config.activation_function.as_str(),
-            "gelu_new" | "gelu_pytorch_tanh"
-        ) && config.tie_word_embeddings
+impl NativeDecoder {
+    /// Whether this path computes the model `spec` describes: an MLP of the tanh GELU
+    /// (with biases, as GPT-2's) or SwiGLU.
+    pub fn supports(spec: &DecoderSpec) -> bool {
+        match spec.mlp {
+            Mlp::GeluTanh => spec.mlp_bias,
+            Mlp::SwiGlu => true,
+            Mlp::Relu | Mlp::GeluErf => false,
+        }
     }
 
-    /// Copy the parameters of a [`crate::models::gpt2::Gpt2`] built from `params`.
-    pub fn from_params(config: &Gpt2Config, params: &Params) -> Result<Self> {
-        if !Self::supports(config) {
-            return Err(Error::Model(
-                "the native trainer covers GPT-2 with the tanh GELU and a tied head".into(),
-            ));
+    /// A GPT-2 from the parameters of a [`crate::models::gpt2::Gpt2`], with its
+    /// config's dropout.
+    pub fn gpt2(config: &Gpt2Config, params: &Params) -> Result<Self> {
+        let spec = DecoderSpec::from_gpt2(config)?;
+        let pdrop = (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop);
+        Self::from_params(&spec, pdrop, params)
+    }
+
+    /// Copy the parameters of a graph model of `spec`'s family built from `params`
+    /// (checkpoint names); `pdrop` is the dropout on the embeddings, the attention
+    /// weights and the residual branches.
+    pub fn from_params(
+        spec: &DecoderSpec,
+        pdrop: (f32, f32, f32),
+        params: &Params,
+    ) -> Result<Self> {
+        if !Self::supports(spec) {
+            return Err(Error::Model(format!(
+                "the native trainer covers decoders with a tanh-GELU MLP with biases or a SwiGLU MLP, not {:?}",
+                spec.mlp
+            )));
         }
-        let (c, f) = (config.n_embd, config.inner());
-        let mut slots = Vec::new();
-        let mut off = 0;
-        let mut add = |name: String, shape: Vec<usize>| {
-            let at = off;
-            off += shape.iter().product::<usize>();
-            slots.push(Slot {
-                name,
-                off: at,
-                shape,
-            });
-            at
+        let names = schema(spec);
+        let (c, f) = (spec.d_model, spec.inner);
+        let heads = Heads {
+            n: spec.n_head,
+            kv: spec.n_kv_head,
+            dim: spec.head_dim,
         };
-        let wte = add("transformer.wte.weight".into(), vec![config.vocab_size, c]);
-        let wpe = add("transformer.wpe.weight".into(), vec![config.n_positions, c]);
+        let mut al = Alloc {
+            off: 0,
+            slots: Vec::new(),
+            regions: Vec::new(),
+        };
+        let wte = al.plain(&names.embed, vec![spec.vocab_size, c]);
+        let wpe = names
+            .positions
+            .as_ref()
+            .map(|p| al.plain(p, vec![spec.context, c]));
         let mut blocks = Vec::new();
-        for l in 0..config.n_layer {
-            let p = format!("transformer.h.{l}");
-            let ln1 = add(format!("{p}.ln_1.weight"), vec![c]);
-            add(format!("{p}.ln_1.bias"), vec![c]);
-            let qkv_w = add(format!("{p}.attn.c_attn.weight"), vec![c, 3 * c]);
-            let qkv_b = add(format!("{p}.attn.c_attn.bias"), vec![3 * c]);
-            let proj_w = add(format!("{p}.attn.c_proj.weight"), vec![c, c]);
-            let proj_b = add(format!("{p}.attn.c_proj.bias"), vec![c]);
-            let ln2 = add(format!("{p}.ln_2.weight"), vec![c]);
-            add(format!("{p}.ln_2.bias"), vec![c]);
-            let fc_w = add(format!("{p}.mlp.c_fc.weight"), vec![c, f]);
-            let fc_b = add(format!("{p}.mlp.c_fc.bias"), vec![f]);
-            let fcp_w = add(format!("{p}.mlp.c_proj.weight"), vec![f, c]);
-            let fcp_b = add(format!("{p}.mlp.c_proj.bias"), vec![c]);
+        for ln in &names.layers {
+            let ln1 = al.norm(&ln.norm1, c);
+            let qkv_w = al.matrix(&ln.qkv, c, names.in_out);
+            let qkv_b = al.bias(&ln.qkv, spec.attn_bias);
+            let proj_w = al.matrix(&ln.proj, heads.q_width(), names.in_out);
+            let proj_b = al.bias(&ln.proj, spec.attn_bias);
+            let ln2 = al.norm(&ln.norm2, c);
+            let fc_w = al.matrix(&ln.up, c, names.in_out);
+            let fc_b = al.bias(&ln.up, spec.mlp_bias);
+            let fcp_w = al.matrix(&ln.down, f, names.in_out);
+            let fcp_b = al.bias(&ln.down, spec.mlp_bias);
             blocks.push(BlockAt {
                 ln1,
                 qkv_w,
@@ -418,11 +588,14 @@ impl NativeGpt2 {
                 fcp_b,
             });
         }
-        let lnf = add("transformer.ln_f.weight".into(), vec![c]);
-        add("transformer.ln_f.bias".into(), vec![c]);
-        let total = off;
+        let lnf = al.norm(&names.norm_f, c);
+        let head = names
+            .head
+            .as_ref()
+            .map(|h| al.plain(h, vec![spec.vocab_size, c]));
+        let total = al.off;
         let mut flat = vec![0f32; total];
-        for s in &slots {
+        for s in &al.slots {
             let var = params
                 .get(&s.name)
                 .ok_or_else(|| Error::Model(format!("the model has no parameter {}", s.name)))?;
@@ -439,23 +612,39 @@ impl NativeGpt2 {
                 .to_dtype(candle_core::DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            flat[s.range()].copy_from_slice(&values);
+            s.write(&mut flat, &values);
         }
-        Ok(NativeGpt2 {
+        let rope = match spec.positions {
+            Positions::Rope { theta } => {
+                crate::guard::check_memory(
+                    "the context length (its rotary tables)",
+                    spec.context as f64 * spec.head_dim as f64 * 4.0,
+                )?;
+                Some(RopeTable::new(spec.head_dim, spec.context, theta))
+            }
+            Positions::Learned => None,
+        };
+        Ok(NativeDecoder {
             lay: Layout {
-                vocab: config.vocab_size,
-                n_pos: config.n_positions,
+                vocab: spec.vocab_size,
+                n_pos: spec.context,
                 c,
-                nh: config.n_head,
+                heads,
                 f,
-                eps: config.layer_norm_epsilon as f32,
-                pdrop: (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop),
+                up: spec.up_rows(),
+                mlp: spec.mlp,
+                norm_bias: spec.norm == NormKind::Layer,
+                eps: spec.eps,
+                pdrop,
                 wte,
                 wpe,
+                rope,
                 blocks,
                 lnf,
+                head,
+                regions: al.regions,
             },
-            slots,
+            slots: al.slots,
             params: flat,
             grads: vec![0f32; total],
             m: vec![0f32; total],
@@ -474,9 +663,8 @@ impl NativeGpt2 {
     pub fn write_params(&self, params: &Params) -> Result<()> {
         for s in &self.slots {
             if let Some(var) = params.get(&s.name) {
-                let t =
-                    Tensor::from_slice(&self.params[s.range()], s.shape.as_slice(), var.device())?
-                        .to_dtype(var.dtype())?;
+                let t = Tensor::from_vec(s.read(&self.params), s.shape.as_slice(), var.device())?
+                    .to_dtype(var.dtype())?;
                 var.set(&t)?;
             }
         }
@@ -491,7 +679,7 @@ impl NativeGpt2 {
             for (prefix, buf) in [("exp_avg", &self.m), ("exp_avg_sq", &self.v)] {
                 out.insert(
                     format!("{prefix}.{}", s.name),
-                    Tensor::from_slice(&buf[s.range()], s.shape.as_slice(), device)?,
+                    Tensor::from_vec(s.read(buf), s.shape.as_slice(), device)?,
                 );
             }
         }
@@ -518,7 +706,7 @@ impl NativeGpt2 {
                     .to_dtype(candle_core::DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                buf[s.range()].copy_from_slice(&values);
+                s.write(buf, &values);
             }
         }
         self.t = t;
@@ -532,16 +720,21 @@ impl NativeGpt2 {
             .map(|s| {
                 Ok((
                     s.name.clone(),
-                    Tensor::from_slice(&self.grads[s.range()], s.shape.as_slice(), device)?,
+                    Tensor::from_vec(s.read(&self.grads), s.shape.as_slice(), device)?,
                 ))
             })
             .collect()
     }
 
-    /// The values of parameter `name`, for changing them in place.
-    pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
-        let r = self.slots.iter().find(|s| s.name == name)?.range();
-        Some(&mut self.params[r])
+    /// Element `i` of parameter `name` (row-major in its checkpoint shape), for
+    /// changing it in place.
+    pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        let s = self.slots.iter().find(|s| s.name == name)?;
+        if i >= s.len() {
+            return None;
+        }
+        let at = s.index(i);
+        Some(&mut self.params[at])
     }
 
     /// Whether training draws dropout masks.
@@ -670,7 +863,7 @@ impl NativeGpt2 {
                 // in the whole batch.
                 let (b0, b1) = (s * b / n, (s + 1) * b / n);
                 let rows = b0 * t..b1 * t;
-                let d = drops.at_sequence(b0, t, lay.c, lay.nh);
+                let d = drops.at_sequence(b0, t, lay.c, lay.heads.n);
                 forward(lay, w, a, &ids[rows.clone()], b1 - b0, t, d);
                 let scale = train.and_then(|(_, s)| s).map(|s| s / m as f32);
                 let sum = k::cross_entropy(&mut a.logits, lay.vocab, &targets[rows.clone()], scale);
@@ -724,11 +917,7 @@ impl NativeGpt2 {
         self.t += 1;
         let bc1 = 1.0 - config.beta1.powi(self.t as i32);
         let bc2 = 1.0 - config.beta2.powi(self.t as i32);
-        let segments: Vec<(usize, usize, bool)> = self
-            .slots
-            .iter()
-            .map(|s| (s.off, s.off + s.len(), s.decays()))
-            .collect();
+        let segments = self.lay.regions.clone();
         let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
         k::in_pool(|| {
             time("adamw", || {
@@ -759,12 +948,21 @@ impl NativeGpt2 {
 fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usize, drops: Drops) {
     a.ensure(lay, b, t);
     a.drops = drops;
-    let (m, c, f, nh, eps) = (b * t, lay.c, lay.f, lay.nh, lay.eps);
+    let (m, c, f, eps) = (b * t, lay.c, lay.f, lay.eps);
+    let (heads, up) = (lay.heads, lay.up);
+    let (qw, width) = (heads.q_width(), heads.width());
     let p = |off: usize, len: usize| &w[off..off + len];
+    let bias = |off: Option<usize>, len: usize| off.map(|o| p(o, len));
     for (r, &id) in ids.iter().enumerate() {
-        let (e, pos) = (p(lay.wte + id as usize * c, c), p(lay.wpe + (r % t) * c, c));
-        for ((o, x), y) in a.res[0][r * c..(r + 1) * c].iter_mut().zip(e).zip(pos) {
-            *o = x + y;
+        let e = p(lay.wte + id as usize * c, c);
+        let row = &mut a.res[0][r * c..(r + 1) * c];
+        match lay.wpe {
+            Some(wpe) => {
+                for ((o, x), y) in row.iter_mut().zip(e).zip(p(wpe + (r % t) * c, c)) {
+                    *o = x + y;
+                }
+            }
+            None => row.copy_from_slice(e),
         }
     }
     if let Some(d) = drops.embd() {
@@ -778,7 +976,7 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
                 k::layer_norm(
                     &a.res[0],
                     p(at.ln1, c),
-                    p(at.ln1 + c, c),
+                    lay.norm_b(w, at.ln1),
                     eps,
                     m,
                     &mut a.ln1[0],
@@ -791,20 +989,22 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
                 &a.ln1[l],
                 m,
                 c,
-                3 * c,
-                Rhs::Nn(p(at.qkv_w, 3 * c * c)),
-                p(at.qkv_b, 3 * c),
+                width,
+                Rhs::Nn(p(at.qkv_w, c * width)),
+                bias(at.qkv_b, width),
                 &mut a.qkv[l],
                 &mut a.panels,
             )
         });
+        if let Some(table) = &lay.rope {
+            time("rope", || k::rope(&mut a.qkv[l], m, t, heads, table, false));
+        }
         time("attention", || {
             k::attention(
                 &a.qkv[l],
                 b,
                 t,
-                c,
-                nh,
+                heads,
                 &mut a.probs[l],
                 &mut a.atty[l],
                 drops.attn(l),
@@ -814,61 +1014,75 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
             k::gemm_bias_residual(
                 &a.atty[l],
                 m,
+                qw,
                 c,
-                c,
-                Rhs::Nn(p(at.proj_w, c * c)),
-                p(at.proj_b, c),
+                Rhs::Nn(p(at.proj_w, qw * c)),
+                bias(at.proj_b, c),
                 &a.res[l],
                 &mut a.mid[l],
                 &mut a.panels,
                 drops.resid_attn(l),
                 Some(k::NormOut {
                     w: p(at.ln2, c),
-                    b: p(at.ln2 + c, c),
+                    b: lay.norm_b(w, at.ln2),
                     eps,
                     out: &mut a.ln2[l],
                     stats: &mut a.ln2_stats[l],
                 }),
             )
         });
-
-        time("gemm fc+gelu", || {
-            k::gemm_bias_gelu(
-                &a.ln2[l],
-                m,
-                c,
-                f,
-                Rhs::Nn(p(at.fc_w, c * f)),
-                p(at.fc_b, f),
-                &mut a.gelu_grad[l],
-                &mut a.gelu[l],
-                &mut a.panels,
-            )
-        });
+        match lay.mlp {
+            Mlp::SwiGlu => time("gemm gate+up, swiglu", || {
+                k::gemm_bias(
+                    &a.ln2[l],
+                    m,
+                    c,
+                    up,
+                    Rhs::Nn(p(at.fc_w, c * up)),
+                    bias(at.fc_b, up),
+                    &mut a.pre[l],
+                    &mut a.panels,
+                );
+                k::swiglu(&a.pre[l], m, f, &mut a.act[l]);
+            }),
+            _ => time("gemm fc+gelu", || {
+                k::gemm_bias_gelu(
+                    &a.ln2[l],
+                    m,
+                    c,
+                    f,
+                    Rhs::Nn(p(at.fc_w, c * f)),
+                    p(at.fc_b.expect("a GELU MLP has biases (supports)"), f),
+                    &mut a.pre[l],
+                    &mut a.act[l],
+                    &mut a.panels,
+                )
+            }),
+        }
         time("gemm fcproj", || {
             k::gemm_bias_residual(
-                &a.gelu[l],
+                &a.act[l],
                 m,
                 f,
                 c,
                 Rhs::Nn(p(at.fcp_w, f * c)),
-                p(at.fcp_b, c),
+                bias(at.fcp_b, c),
                 &a.mid[l],
                 &mut a.res[l + 1],
                 &mut a.panels,
                 drops.resid_mlp(l),
-                // The next block's first layer norm, or the final one.
+                // The next block's first norm, or the final one.
                 Some(match lay.blocks.get(l + 1) {
                     Some(nb) => k::NormOut {
                         w: p(nb.ln1, c),
-                        b: p(nb.ln1 + c, c),
+                        b: lay.norm_b(w, nb.ln1),
                         eps,
                         out: &mut a.ln1[l + 1],
                         stats: &mut a.ln1_stats[l + 1],
                     },
                     None => k::NormOut {
                         w: p(lay.lnf, c),
-                        b: p(lay.lnf + c, c),
+                        b: lay.norm_b(w, lay.lnf),
                         eps,
                         out: &mut a.lnf,
                         stats: &mut a.lnf_stats,
@@ -877,7 +1091,7 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
             )
         });
     }
-    // ln_f was applied in the last block's residual epilogue.
+    // The final norm was applied in the last block's residual epilogue.
 
     time("gemm", || {
         k::gemm(
@@ -885,21 +1099,39 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
             m,
             c,
             lay.vocab,
-            Rhs::Nt(p(lay.wte, lay.vocab * c)),
+            Rhs::Nt(p(lay.head_at(), lay.vocab * c)),
             &mut a.logits,
             &mut a.panels,
         )
     });
 }
 
+/// The gradients of a norm's weight and (LayerNorm) bias, at `at` in `g`.
+fn norm_grads<'g>(
+    lay: &Layout,
+    g: &'g mut [f32],
+    at: usize,
+) -> (&'g mut [f32], Option<&'g mut [f32]>) {
+    let c = lay.c;
+    if lay.norm_bias {
+        let (gw, gb) = g[at..at + 2 * c].split_at_mut(c);
+        (gw, Some(gb))
+    } else {
+        (&mut g[at..at + c], None)
+    }
+}
+
 /// The backward pass of the last forward pass, whose logits now hold the loss
 /// gradient.
 /// Adds the gradients to `g`.
 fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b: usize, t: usize) {
-    let (m, c, f, nh, v) = (b * t, lay.c, lay.f, lay.nh, lay.vocab);
+    let (m, c, f, v) = (b * t, lay.c, lay.f, lay.vocab);
+    let (heads, up) = (lay.heads, lay.up);
+    let (qw, width) = (heads.q_width(), heads.width());
     let drops = a.drops;
     let p = |off: usize, len: usize| &w[off..off + len];
-    // Output head, tied to wte: dwte += dlogitsᵀ·lnf, dlnf = dlogits·wte.
+    let head = lay.head_at();
+    // Output head: dhead += dlogitsᵀ·lnf, dlnf = dlogits·head.
     time("gemm_tn_acc", || {
         k::gemm_tn_acc(
             &a.logits,
@@ -907,7 +1139,7 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
             v,
             &a.lnf,
             c,
-            &mut g[lay.wte..],
+            &mut g[head..],
             (&mut a.panels, &mut a.xpack),
             false,
         )
@@ -918,7 +1150,7 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
             m,
             v,
             c,
-            Rhs::Nn(p(lay.wte, v * c)),
+            Rhs::Nn(p(head, v * c)),
             &mut a.dln,
             &mut a.panels,
         )
@@ -926,7 +1158,7 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
     a.dres.iter_mut().for_each(|x| *x = 0.0);
     let nl = lay.blocks.len();
     {
-        let (gw, gb) = g[lay.lnf..lay.lnf + 2 * c].split_at_mut(c);
+        let (gw, gb) = norm_grads(lay, g, lay.lnf);
         time("layer_norm_backward", || {
             k::layer_norm_backward(
                 &a.dln,
@@ -941,7 +1173,7 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
         });
     }
     for (l, at) in lay.blocks.iter().enumerate().rev() {
-        // MLP: res[l+1] = mid + dropout(gelu(ln2·Wfc + bfc)·Wfcp + bfcp).
+        // MLP: res[l+1] = mid + dropout(act(ln2·Wfc + bfc)·Wfcp + bfcp).
         let dy: &[f32] = match drops.resid_mlp(l) {
             Some(d) => {
                 k::dropout_into(&a.dres, d, &mut a.dtmp);
@@ -949,37 +1181,51 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
             }
             None => &a.dres,
         };
-        time("gemm dgelu", || {
-            k::gemm_gelu_grad(
-                dy,
-                m,
-                c,
-                f,
-                Rhs::Nt(p(at.fcp_w, f * c)),
-                &a.gelu_grad[l],
-                &mut a.dbig,
-                &mut a.panels,
-            )
-        });
+        match lay.mlp {
+            Mlp::SwiGlu => time("gemm, swiglu backward", || {
+                k::gemm(
+                    dy,
+                    m,
+                    c,
+                    f,
+                    Rhs::Nt(p(at.fcp_w, f * c)),
+                    &mut a.dact,
+                    &mut a.panels,
+                );
+                k::swiglu_backward(&a.dact, &a.pre[l], m, f, &mut a.dbig);
+            }),
+            _ => time("gemm dgelu", || {
+                k::gemm_gelu_grad(
+                    dy,
+                    m,
+                    c,
+                    f,
+                    Rhs::Nt(p(at.fcp_w, f * c)),
+                    &a.pre[l],
+                    &mut a.dbig,
+                    &mut a.panels,
+                )
+            }),
+        }
         time("gemm_tn_acc", || {
             k::gemm_tn_acc(
-                &a.gelu[l],
+                &a.act[l],
                 m,
                 f,
                 dy,
                 c,
                 &mut g[at.fcp_w..],
                 (&mut a.panels, &mut a.xpack),
-                true,
+                at.fcp_b.is_some(),
             )
         });
         time("gemm", || {
             k::gemm(
                 &a.dbig,
                 m,
-                f,
+                up,
                 c,
-                Rhs::Nt(p(at.fc_w, c * f)),
+                Rhs::Nt(p(at.fc_w, c * up)),
                 &mut a.dln,
                 &mut a.panels,
             )
@@ -990,14 +1236,14 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
                 m,
                 c,
                 &a.dbig,
-                f,
+                up,
                 &mut g[at.fc_w..],
                 (&mut a.panels, &mut a.xpack),
-                true,
+                at.fc_b.is_some(),
             )
         });
         {
-            let (gw, gb) = g[at.ln2..at.ln2 + 2 * c].split_at_mut(c);
+            let (gw, gb) = norm_grads(lay, g, at.ln2);
             time("layer_norm_backward", || {
                 k::layer_norm_backward(
                     &a.dln,
@@ -1024,8 +1270,8 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
                 dy,
                 m,
                 c,
-                c,
-                Rhs::Nt(p(at.proj_w, c * c)),
+                qw,
+                Rhs::Nt(p(at.proj_w, qw * c)),
                 &mut a.dln,
                 &mut a.panels,
             )
@@ -1034,12 +1280,12 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
             k::gemm_tn_acc(
                 &a.atty[l],
                 m,
-                c,
+                qw,
                 dy,
                 c,
                 &mut g[at.proj_w..],
                 (&mut a.panels, &mut a.xpack),
-                true,
+                at.proj_b.is_some(),
             )
         });
         time("attention_backward", || {
@@ -1049,19 +1295,21 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
                 &a.probs[l],
                 b,
                 t,
-                c,
-                nh,
+                heads,
                 &mut a.dqkv,
                 drops.attn(l),
             )
         });
+        if let Some(table) = &lay.rope {
+            time("rope", || k::rope(&mut a.dqkv, m, t, heads, table, true));
+        }
         time("gemm", || {
             k::gemm(
                 &a.dqkv,
                 m,
-                3 * c,
+                width,
                 c,
-                Rhs::Nt(p(at.qkv_w, 3 * c * c)),
+                Rhs::Nt(p(at.qkv_w, c * width)),
                 &mut a.dln,
                 &mut a.panels,
             )
@@ -1072,14 +1320,14 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
                 m,
                 c,
                 &a.dqkv,
-                3 * c,
+                width,
                 &mut g[at.qkv_w..],
                 (&mut a.panels, &mut a.xpack),
-                true,
+                at.qkv_b.is_some(),
             )
         });
         {
-            let (gw, gb) = g[at.ln1..at.ln1 + 2 * c].split_at_mut(c);
+            let (gw, gb) = norm_grads(lay, g, at.ln1);
             time("layer_norm_backward", || {
                 k::layer_norm_backward(
                     &a.dln,
@@ -1106,9 +1354,11 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
         for (x, y) in g[e..e + c].iter_mut().zip(d) {
             *x += y;
         }
-        let q = lay.wpe + (r % t) * c;
-        for (x, y) in g[q..q + c].iter_mut().zip(d) {
-            *x += y;
+        if let Some(wpe) = lay.wpe {
+            let q = wpe + (r % t) * c;
+            for (x, y) in g[q..q + c].iter_mut().zip(d) {
+                *x += y;
+            }
         }
     }
 }
