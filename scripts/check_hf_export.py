@@ -10,9 +10,10 @@ unchanged and compute the same numbers.
 3. With --classifier DIR --texts FILE (a folder written by `attn classify train`),
    load it as a BertForSequenceClassification and compare its class probabilities
    with `attn classify predict --json` on the texts.
-2. With --trained DIR (a folder written by `attn train`), load it as a
-   GPT2LMHeadModel with its tokenizer.json through `tokenizers`, score a text with
-   disjoint windows of the model's context, and compare with
+2. With --trained DIR [DIR ...] (folders written by `attn train`, GPT-2 or
+   `--arch llama`), load each as a GPT2LMHeadModel or LlamaForCausalLM (by its
+   config's model_type) with its tokenizer.json through `tokenizers`, score a text
+   with disjoint windows of the model's context, and compare with
    `attn eval perplexity --json` on the same text.
 
     $(scripts/python_env.sh) scripts/check_hf_export.py --attn target/release/attn \
@@ -107,12 +108,14 @@ def check_engine_saves(attn, tmp):
 
 
 def check_trained(attn, model_dir, text_path):
-    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        kind = json.load(f)["model_type"]
+    model = CLASSES[kind].from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     with open(text_path, encoding="utf-8") as f:
         text = f.read()
     ids = torch.tensor([tok.encode(text, add_special_tokens=False).ids])
-    ctx = model.config.n_positions
+    ctx = model.config.max_position_embeddings if kind == "llama" else model.config.n_positions
     total, count = 0.0, 0
     with torch.no_grad():
         for begin in range(0, ids.shape[1], ctx):
@@ -127,7 +130,7 @@ def check_trained(attn, model_dir, text_path):
                                     text=True).stdout)
     nll = total / count
     ok = count == ref["tokens"] and abs(nll - ref["nll"]) < 1e-4
-    print(f"trained {model_dir}: transformers nll {nll:.6f} over {count} tokens, "
+    print(f"trained {kind} {model_dir}: transformers nll {nll:.6f} over {count} tokens, "
           f"attn nll {ref['nll']:.6f} over {ref['tokens']} {'ok' if ok else 'FAIL'}")
     return 0 if ok else 1
 
@@ -169,7 +172,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--attn", required=True, help="path to the attn binary")
     p.add_argument("--dtypes", nargs="+", default=["f32", "f16", "bf16"])
-    p.add_argument("--trained", help="a folder written by attn train")
+    p.add_argument("--trained", nargs="+", default=[], help="folders written by attn train")
     p.add_argument("--text", help="text to score with --trained")
     p.add_argument("--classifier", help="a folder written by attn classify train")
     p.add_argument("--texts", help="texts (one per line) to classify with --classifier")
@@ -178,8 +181,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         failures = check_exports(os.path.abspath(a.attn), tmp, a.dtypes)
         failures += check_engine_saves(os.path.abspath(a.attn), tmp)
-    if a.trained:
-        failures += check_trained(os.path.abspath(a.attn), a.trained, a.text)
+    for trained in a.trained:
+        failures += check_trained(os.path.abspath(a.attn), trained, a.text)
     if a.classifier:
         failures += check_classifier(os.path.abspath(a.attn), a.classifier, a.texts)
     print("all checks passed" if failures == 0 else f"{failures} checks failed")

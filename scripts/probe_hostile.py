@@ -337,6 +337,15 @@ def probes(r: Runner, w: Path, m: dict):
                                            "--preset", "bert-tiny", "--dropout", 2], contains="dropout")
     r.probe("train --dropout 2", ["train", "--data", corpus, "--out", w / "out/drop2", "--dropout", 2],
             contains="dropout")
+    llama = ["train", "--arch", "llama", "--data", corpus, "--max-iters", 1]
+    r.probe("train --arch llama --intermediate-size 1e9", llama + ["--out", w / "out/llinter",
+            "--intermediate-size", big], contains="n-embd")
+    r.probe("train --arch llama --n-kv-head 3 (of 4)", llama + ["--out", w / "out/llkv", "--n-head", 4,
+            "--n-kv-head", 3], contains="n-kv-head")
+    r.probe("train --n-kv-head 2 on gpt2", ["train", "--data", corpus, "--out", w / "out/gkv",
+            "--n-kv-head", 2], contains="n-kv-head")
+    r.probe("train --arch bogus", ["train", "--data", corpus, "--out", w / "out/bogus", "--arch", "bogus"],
+            contains="arch")
     r.probe("eval bleu --smooth-value NaN", ["eval", "bleu", "--hyp", corpus, "--ref", corpus,
                                              "--smooth-method", "floor", "--smooth-value", "NaN"],
             contains="smooth-value")

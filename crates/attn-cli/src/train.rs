@@ -13,6 +13,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Flags that override a preset's values, one per hyperparameter.
 #[derive(Args, Clone, Default)]
 pub struct Overrides {
+    /// Model family: gpt2 (learned positions, LayerNorm, GELU, tied head) or llama
+    /// (rotary positions, RMSNorm, SwiGLU, grouped key/value heads, untied head)
+    /// [default: gpt2].
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Key/value heads, dividing --n-head (llama only) [default: --n-head].
+    #[arg(long)]
+    pub n_kv_head: Option<usize>,
+    /// Width of the MLP's hidden layer [default: 4 × --n-embd for gpt2; 8/3 × --n-embd
+    /// rounded up to a multiple of 32 for llama].
+    #[arg(long)]
+    pub intermediate_size: Option<usize>,
     /// Transformer blocks [default: the preset's].
     #[arg(long)]
     pub n_layer: Option<usize>,
@@ -82,9 +94,18 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    pub fn apply(&self, c: &mut TrainConfig) {
+    pub fn apply(&self, c: &mut TrainConfig) -> Result<()> {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        if let Some(a) = &self.arch {
+            c.arch = attn::train::Arch::parse(a)?;
+        }
+        if self.n_kv_head.is_some() {
+            c.n_kv_head = self.n_kv_head;
+        }
+        if self.intermediate_size.is_some() {
+            c.intermediate_size = self.intermediate_size;
         }
         set!(
             n_layer,
@@ -110,6 +131,7 @@ impl Overrides {
             val_fraction,
             seed
         );
+        Ok(())
     }
 }
 
@@ -199,7 +221,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         t
     } else {
         let mut config = TrainConfig::preset(&a.preset)?;
-        a.overrides.apply(&mut config);
+        a.overrides.apply(&mut config)?;
         config.validate()?;
         let data = DataSpec {
             files: resolve_data(&a)?,
@@ -226,13 +248,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         t
     };
     let cfg = trainer.config.clone();
+    let arch = match cfg.arch {
+        attn::train::Arch::Gpt2 => "GPT-2".to_string(),
+        attn::train::Arch::Llama => format!("Llama ({} key/value heads)", cfg.kv_heads()),
+    };
     eprintln!(
-        "model: {} layers, {} heads, {} wide, context {}, vocab {} — {:.2}M parameters; {} training / {} validation tokens",
+        "model: {arch}, {} layers, {} heads, {} wide, context {}, vocab {} — {:.2}M parameters; {} training / {} validation tokens",
         cfg.n_layer,
         cfg.n_head,
         cfg.n_embd,
         cfg.block_size,
-        trainer.model.config.vocab_size,
+        trainer.vocab_size(),
         trainer.params.count() as f64 / 1e6,
         trainer.splits().train.len(),
         trainer.splits().val.len()

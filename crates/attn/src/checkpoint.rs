@@ -157,12 +157,24 @@ pub fn save_gpt2(
     tokenizer: &Tokenizer,
     generation: &serde_json::Value,
 ) -> Result<()> {
+    save_model_folder(dir, &config.to_hf_json(), params, tokenizer, generation)
+}
+
+/// Save a model folder in HF layout: `config` is its `config.json`, `params` its
+/// tensors under their HF names.
+pub fn save_model_folder(
+    dir: &Path,
+    config: &serde_json::Value,
+    params: &Params,
+    tokenizer: &Tokenizer,
+    generation: &serde_json::Value,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // Weights first and config last: a folder is complete once config.json is there.
     write_safetensors(&dir.join(WEIGHTS), &params.tensors())?;
     tokenizer.save(&dir.join(TOKENIZER))?;
     write_json(&dir.join(GENERATION_CONFIG), generation)?;
-    write_json(&dir.join(CONFIG), &config.to_hf_json())
+    write_json(&dir.join(CONFIG), config)
 }
 
 /// A loaded causal language model with its tokenizer.

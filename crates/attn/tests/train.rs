@@ -69,7 +69,8 @@ fn loss_falls_on_real_shakespeare() {
     };
     let mut t = Trainer::new(config, data, &dir, &Device::Cpu).unwrap();
     assert_eq!(
-        t.model.config.vocab_size, 65,
+        t.vocab_size(),
+        65,
         "tinyshakespeare has 65 distinct characters"
     );
     let mut evals = vec![];

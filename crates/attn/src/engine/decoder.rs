@@ -77,7 +77,7 @@ impl Rope {
         let n = spec.context;
         // Sized by the config alone, not by a tensor in the file: check first.
         crate::guard::check_memory(
-            "the context length (its rotary tables)",
+            "max_position_embeddings (its rotary tables)",
             2.0 * n as f64 * half as f64 * 4.0,
         )?;
         // As transformers: the frequencies in f32 from an f64 power, the angle in f32.

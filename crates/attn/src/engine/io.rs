@@ -250,7 +250,9 @@ impl Decoder {
                     QMatrix::concat_rows(&ms)?
                 }
                 None => {
-                    let mut v = Vec::with_capacity(rows * cols);
+                    // Sizes come from the config: nothing is reserved for them before
+                    // the file's tensors are found to have them.
+                    let mut v = Vec::new();
                     for (name, r) in parts {
                         if names.in_out {
                             v.extend(transpose(&take(t, name, &[cols, *r])?, cols, *r));
@@ -262,7 +264,7 @@ impl Decoder {
                 }
             };
             let b = if bias {
-                let mut v = Vec::with_capacity(rows);
+                let mut v = Vec::new();
                 for (name, r) in parts {
                     v.extend(take(t, &bias_name(name), &[*r])?);
                 }

@@ -4,12 +4,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// The decoder family trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Learned positions, LayerNorm, a 4×-wide GELU MLP with biases, tied head.
+    #[default]
+    Gpt2,
+    /// Rotary positions, RMSNorm, a SwiGLU MLP, grouped key/value heads, no biases,
+    /// untied head (`LlamaForCausalLM`).
+    Llama,
+}
+
+impl Arch {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "gpt2" => Ok(Arch::Gpt2),
+            "llama" => Ok(Arch::Llama),
+            other => Err(Error::invalid(
+                "arch",
+                format!("{other:?} is not gpt2 or llama"),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     // Model shape.
+    /// The family (checkpoints of older runs, without the field, are GPT-2).
+    #[serde(default)]
+    pub arch: Arch,
     pub n_layer: usize,
     pub n_head: usize,
     pub n_embd: usize,
+    /// Key/value heads (Llama; they must divide `n_head`); default `n_head`.
+    #[serde(default)]
+    pub n_kv_head: Option<usize>,
+    /// Width of the MLP's hidden layer; default 4·n_embd (GPT-2), or for Llama
+    /// 8/3·n_embd rounded up to a multiple of 32 (the SwiGLU width with about the
+    /// parameters of a 4× GELU MLP).
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
     /// Context length: the model's n_positions and the training window.
     pub block_size: usize,
     pub dropout: f32,
@@ -53,6 +89,9 @@ impl TrainConfig {
     /// * `gpt2-small`: GPT-2's 124M shape (12 × 12 × 768, context 1024, BPE 50257).
     pub fn preset(name: &str) -> Result<Self> {
         let base = TrainConfig {
+            arch: Arch::Gpt2,
+            n_kv_head: None,
+            intermediate_size: None,
             n_layer: 4,
             n_head: 4,
             n_embd: 128,
@@ -142,6 +181,32 @@ impl TrainConfig {
                 ),
             ));
         }
+        if let Some(kv) = self.n_kv_head {
+            if kv == 0 || self.n_head % kv != 0 {
+                return Err(Error::invalid(
+                    "n-kv-head",
+                    format!("{kv} does not divide n-head {}", self.n_head),
+                ));
+            }
+            if self.arch != Arch::Llama && kv != self.n_head {
+                return Err(Error::invalid(
+                    "n-kv-head",
+                    "grouped key/value heads need --arch llama",
+                ));
+            }
+        }
+        if self.arch == Arch::Llama && (self.n_embd / self.n_head) % 2 != 0 {
+            return Err(Error::invalid(
+                "n-head",
+                format!(
+                    "the head width n-embd / n-head = {} must be even for rotary positions",
+                    self.n_embd / self.n_head
+                ),
+            ));
+        }
+        if self.intermediate_size == Some(0) {
+            return Err(Error::invalid("intermediate-size", "must be at least 1"));
+        }
         let finite_pos = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -229,7 +294,7 @@ impl TrainConfig {
             ),
             (
                 "--n-layer × --n-embd² (the transformer blocks)",
-                per_param * l * (12.0 * c * c + 13.0 * c),
+                per_param * l * (4.0 * c * c + 3.0 * c * self.inner() as f64 + 13.0 * c),
             ),
             (
                 "--batch-size × --block-size × --n-layer (one batch's activations)",
@@ -242,6 +307,19 @@ impl TrainConfig {
             .copied()
             .fold(("", f64::MIN), |a, p| if p.1 > a.1 { p } else { a });
         crate::guard::check_memory(what, total)
+    }
+
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+
+    /// Width of the MLP's hidden layer.
+    pub fn inner(&self) -> usize {
+        self.intermediate_size.unwrap_or(match self.arch {
+            Arch::Gpt2 => 4 * self.n_embd,
+            Arch::Llama => (8 * self.n_embd).div_ceil(3).next_multiple_of(32),
+        })
     }
 
     /// Tokens processed by one optimiser step.

@@ -15,7 +15,7 @@ pub mod optimizer;
 pub mod profile;
 pub mod schedule;
 
-pub use config::{TrainConfig, PRESETS};
+pub use config::{Arch, TrainConfig, PRESETS};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, read_safetensors, write_json, write_safetensors};
 use crate::data::{lm, read_corpus, Encoding, LmSplits};
 use crate::models::gpt2::{Gpt2, Gpt2Config};
+use crate::models::llama::{Llama, LlamaConfig};
 use crate::nn::{Mode, ParamBuilder, Params};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
@@ -151,7 +152,11 @@ pub fn build_tokenizer(spec: &str, corpus: &str) -> Result<Tokenizer> {
 
 pub struct Trainer {
     pub config: TrainConfig,
-    pub model: Gpt2,
+    /// The model's `config.json` (Hugging Face field names).
+    hf_config: serde_json::Value,
+    /// The GPT-2 as a tensor graph, for the graph path (other devices,
+    /// `ATTN_TRAINER=graph`); `None` for Llama, which trains on the native path only.
+    graph: Option<Gpt2>,
     pub params: Params,
     pub tokenizer: Tokenizer,
     opt: AdamW,
@@ -173,9 +178,8 @@ pub struct Trainer {
     _lock: Option<crate::guard::DirLock>,
 }
 
-/// Whether the native step trains this model here: GPT-2 with the tanh GELU, f32 on
-/// the CPU, fused kernels on (`ATTN_FUSED=0` turns them off) and
-/// `ATTN_TRAINER` not `graph`.
+/// Whether the native step trains this GPT-2 here: the tanh GELU, f32 on the CPU,
+/// fused kernels on (`ATTN_FUSED=0` turns them off) and `ATTN_TRAINER` not `graph`.
 fn native_applies(model: &Gpt2, device: &Device) -> bool {
     device.is_cpu()
         && model.dtype() == candle_core::DType::F32
@@ -183,6 +187,36 @@ fn native_applies(model: &Gpt2, device: &Device) -> bool {
         && std::env::var("ATTN_TRAINER").map_or(true, |v| v != "graph")
         && crate::engine::DecoderSpec::from_gpt2(&model.config)
             .is_ok_and(|spec| NativeDecoder::supports(&spec))
+}
+
+/// A freshly initialised (or, from a checkpoint's tensors, loaded) model of the
+/// config's family: its `config.json`, the GPT-2 graph (`None` for Llama), and the
+/// native step where it applies.
+fn build_model(
+    config: &TrainConfig,
+    tokenizer: &Tokenizer,
+    pb: &mut ParamBuilder,
+    device: &Device,
+) -> Result<(serde_json::Value, Option<Gpt2>)> {
+    match config.arch {
+        Arch::Gpt2 => {
+            let model = Gpt2::new(model_config(config, tokenizer), pb)?;
+            Ok((model.config.to_hf_json(), Some(model)))
+        }
+        Arch::Llama => {
+            if !device.is_cpu() {
+                return Err(Error::invalid(
+                    "arch",
+                    "Llama models train on the CPU (the native trainer) for now",
+                ));
+            }
+            let hf = llama_config(config, tokenizer);
+            let lc: LlamaConfig = serde_json::from_value(hf.clone())
+                .map_err(|e| Error::invalid("arch", format!("Llama config: {e}")))?;
+            Llama::new(lc, pb)?;
+            Ok((hf, None))
+        }
+    }
 }
 
 impl Trainer {
@@ -205,7 +239,7 @@ impl Trainer {
         let mut rng = Rng::new(config.seed);
         let init_rng = rng.fork();
         let mut pb = ParamBuilder::init(init_rng, device);
-        let model = Gpt2::new(model_config(&config, &tokenizer), &mut pb)?;
+        let model = build_model(&config, &tokenizer, &mut pb, device)?;
         let params = pb.finish()?;
         let mut t = Self::assemble(
             config, data, &corpus, tokenizer, model, params, rng, out, device,
@@ -245,7 +279,7 @@ impl Trainer {
                 .collect()
         };
         let mut pb = ParamBuilder::init(rng.fork(), device);
-        let model = Gpt2::new(model_config(&config, &tokenizer), &mut pb)?;
+        let model = build_model(&config, &tokenizer, &mut pb, device)?;
         let params = pb.finish()?;
         let data = DataSpec {
             files: vec![],
@@ -263,7 +297,7 @@ impl Trainer {
         data: DataSpec,
         corpus: &str,
         tokenizer: Tokenizer,
-        model: Gpt2,
+        (hf_config, graph): (serde_json::Value, Option<Gpt2>),
         params: Params,
         rng: Rng,
         out: &Path,
@@ -281,10 +315,20 @@ impl Trainer {
                 weight_decay: config.weight_decay,
             },
         )?;
-        let native = if native_applies(&model, device) {
-            Some(NativeDecoder::gpt2(&model.config, &params)?)
-        } else {
-            None
+        let native = match &graph {
+            Some(model) if native_applies(model, device) => {
+                Some(NativeDecoder::gpt2(&model.config, &params)?)
+            }
+            Some(_) => None,
+            None => {
+                // Llama: attention dropout only, as transformers' Llama has.
+                let spec = crate::engine::io::spec_of(&hf_config)?;
+                Some(NativeDecoder::from_params(
+                    &spec,
+                    (0.0, config.dropout, 0.0),
+                    &params,
+                )?)
+            }
         };
         let schedule = CosineSchedule {
             lr: config.lr,
@@ -294,7 +338,8 @@ impl Trainer {
         };
         Ok(Trainer {
             config,
-            model,
+            hf_config,
+            graph,
             params,
             tokenizer,
             opt,
@@ -350,7 +395,7 @@ impl Trainer {
         let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
         let tensors = read_safetensors(&ckpt.join(checkpoint::WEIGHTS), device)?;
         let mut pb = ParamBuilder::load(tensors, device);
-        let model = Gpt2::new(model_config(&config, &tokenizer), &mut pb)?;
+        let model = build_model(&config, &tokenizer, &mut pb, device)?;
         let params = pb.finish()?;
         let mut t = Self::assemble(
             config,
@@ -439,6 +484,12 @@ impl Trainer {
     /// Train through candle's autograd from here on even where the native step applies
     /// (for comparing the two): the parameters and moments move to the graph model.
     pub fn without_native(mut self) -> Result<Self> {
+        if self.graph.is_none() {
+            return Err(Error::invalid(
+                "arch",
+                "Llama models train on the native path only",
+            ));
+        }
         if let Some(n) = self.native.take() {
             n.write_params(&self.params)?;
             let moments = n.moment_tensors(&self.device)?.into_iter().collect();
@@ -541,9 +592,8 @@ impl Trainer {
                 &mut self.rng,
             );
             let batch = lm::batch_at(&self.splits.train, &starts, cfg.block_size, &self.device)?;
-            let loss = self
-                .model
-                .loss(&batch.x, &batch.y, &mut Mode::Train(&mut self.rng))?;
+            let model = self.graph.as_ref().expect("the graph path trains a GPT-2");
+            let loss = model.loss(&batch.x, &batch.y, &mut Mode::Train(&mut self.rng))?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let loss = (loss / cfg.grad_accum as f64)?;
             for (name, g) in gradients(&self.params, &loss.backward()?) {
@@ -573,7 +623,8 @@ impl Trainer {
                 continue;
             }
             let batch = lm::batch_at(ids, &starts, cfg.block_size, &self.device)?;
-            let loss = self.model.loss(&batch.x, &batch.y, &mut Mode::Eval)?;
+            let model = self.graph.as_ref().expect("the graph path trains a GPT-2");
+            let loss = model.loss(&batch.x, &batch.y, &mut Mode::Eval)?;
             total += loss.to_scalar::<f32>()? as f64;
         }
         Ok(total / cfg.eval_iters as f64)
@@ -629,9 +680,9 @@ impl Trainer {
     /// Save the current model as an HF folder at `dir`.
     pub fn save_model(&self, dir: &Path) -> Result<()> {
         self.sync_params()?;
-        checkpoint::save_gpt2(
+        checkpoint::save_model_folder(
             dir,
-            &self.model.config,
+            &self.hf_config,
             &self.params,
             &self.tokenizer,
             &self.generation_config(),
@@ -708,6 +759,42 @@ impl Trainer {
             best_val_loss: self.best_val_loss,
             train_seconds,
         })
+    }
+}
+
+/// The Llama `config.json` for a training config and tokenizer.
+pub fn llama_config(config: &TrainConfig, tokenizer: &Tokenizer) -> serde_json::Value {
+    let eos = tokenizer.eos_id();
+    serde_json::json!({
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": tokenizer.vocab_size(),
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.inner(),
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads(),
+        "head_dim": config.n_embd / config.n_head,
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": false,
+        "attention_bias": false,
+        "mlp_bias": false,
+        "attention_dropout": config.dropout,
+        "initializer_range": 0.02,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+        "use_cache": true,
+    })
+}
+
+impl Trainer {
+    /// The vocabulary size of the model being trained.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
     }
 }
 

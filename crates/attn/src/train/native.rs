@@ -617,7 +617,7 @@ impl NativeDecoder {
         let rope = match spec.positions {
             Positions::Rope { theta } => {
                 crate::guard::check_memory(
-                    "the context length (its rotary tables)",
+                    "--block-size (the rotary tables)",
                     spec.context as f64 * spec.head_dim as f64 * 4.0,
                 )?;
                 Some(RopeTable::new(spec.head_dim, spec.context, theta))
