@@ -12,6 +12,8 @@ Two subcommands:
             shape      model                         what
             cpu        4 layers, 4 heads, 128 wide   train: ctx 64, batch 12
             6x384      6 layers, 6 heads, 384 wide   train: ctx 256, batch 8
+            llama-6x384 LlamaForCausalLM, 6 layers,     train: ctx 256, batch 8
+                       384 wide, 6 query / 2 key-value heads, SwiGLU 1024, untied
             cpu        (decode)                      1-token prompt, 63 new tokens
             gpt2-small 12 layers, 12 heads, 768 wide decode: 1-token prompt, 128 new
                        (vocab 50257, n_positions 1024, random init)
@@ -50,11 +52,15 @@ from transformers.utils import logging as hf_logging
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
 
-# name -> (n_layer, n_head, n_embd, context, batch, vocab)
+# name -> (n_layer, n_head, n_embd, context, batch, vocab); llama-* shapes are
+# LlamaForCausalLM with 2 key/value heads and attn's default SwiGLU width (8/3 x n_embd
+# rounded up to 32), untied head.
 TRAIN_SHAPES = {
     "cpu": (4, 4, 128, 64, 12, 65),
     "6x384": (6, 6, 384, 256, 8, 65),
+    "llama-6x384": (6, 6, 384, 256, 8, 65),
 }
+LLAMA_KV_HEADS = 2
 # name -> (n_layer, n_head, n_embd, n_positions, vocab, new tokens)
 DECODE_SHAPES = {
     "cpu": (4, 4, 128, 64, 65, 63),
@@ -64,6 +70,8 @@ DECODE_SHAPES = {
 ATTN_TRAIN_ARGS = {
     "cpu": ["--preset", "shakespeare-char-cpu"],
     "6x384": ["--preset", "shakespeare-char", "--batch-size", "8", "--dropout", "0"],
+    "llama-6x384": ["--preset", "shakespeare-char", "--batch-size", "8", "--dropout", "0",
+                    "--arch", "llama", "--n-kv-head", str(LLAMA_KV_HEADS)],
 }
 ATTN_DECODE_ARGS = {
     "cpu": ["--preset", "shakespeare-char-cpu"],
@@ -87,10 +95,23 @@ def make_model(n_layer, n_head, n_embd, n_positions, vocab):
 
 # ---------------------------------------------------------------- bench
 
+def make_llama(n_layer, n_head, n_embd, n_positions, vocab):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    inter = -(-8 * n_embd // 3)
+    inter = -(-inter // 32) * 32
+    cfg = LlamaConfig(hidden_size=n_embd, intermediate_size=inter, num_hidden_layers=n_layer,
+                      num_attention_heads=n_head, num_key_value_heads=LLAMA_KV_HEADS,
+                      max_position_embeddings=n_positions, vocab_size=vocab,
+                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+                      attn_implementation="eager")
+    return LlamaForCausalLM(cfg)
+
+
 def torch_train_tps(shape, steps, warmup, seed):
     n_layer, n_head, n_embd, ctx, batch, vocab = TRAIN_SHAPES[shape]
     torch.manual_seed(seed)
-    model = make_model(n_layer, n_head, n_embd, ctx, vocab).train()
+    build = make_llama if shape.startswith("llama") else make_model
+    model = build(n_layer, n_head, n_embd, ctx, vocab).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, vocab, (batch, ctx), generator=gen)

@@ -299,6 +299,50 @@ unsafe fn body512<const MR: usize>(
     fma_rows512(panel.as_ptr(), k, ps, out, |r, kk| *xp[r].add(kk), |_| {})
 }
 
+/// The AVX2 kernel of [`body256`] and [`body_t256`]: as [`fma_rows512`], in two
+/// passes of sixteen columns each, so that up to 6 rows keep their accumulators in 12
+/// of AVX2's 16 registers (the whole 32 columns of 3 rows, as the plain loop compiled
+/// for AVX2 has them, need 12 accumulators, 4 panel registers and a broadcast: more
+/// than there are, and every step spilled). The inputs are read twice, from L1.
+///
+/// # Safety
+/// AVX2 and FMA must be present, `panel` must hold `(k − 1)·ps + NR` floats, and
+/// `x(r, kk)` must be readable for every `r < MR`, `kk < k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn fma_rows256<const MR: usize>(
+    panel: *const f32,
+    k: usize,
+    ps: usize,
+    out: &mut [[f32; NR]; MR],
+    x: impl Fn(usize, usize) -> f32,
+    ahead: impl Fn(usize),
+) {
+    use std::arch::x86_64::*;
+    for half in 0..2 {
+        let ph = panel.add(16 * half);
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        for kk in 0..k {
+            if half == 0 {
+                ahead(kk);
+            }
+            let p0 = _mm256_loadu_ps(ph.add(kk * ps));
+            let p1 = _mm256_loadu_ps(ph.add(kk * ps + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_set1_ps(x(r, kk));
+                a[0] = _mm256_fmadd_ps(xv, p0, a[0]);
+                a[1] = _mm256_fmadd_ps(xv, p1, a[1]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            _mm256_storeu_ps(o.as_mut_ptr().add(16 * half), a[0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(16 * half + 8), a[1]);
+        }
+    }
+}
+
+/// [`body`] for AVX2 (see [`fma_rows256`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn body256<const MR: usize>(
@@ -308,7 +352,16 @@ unsafe fn body256<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    body::<MR>(x, panel, k, ps, out)
+    if MR > 6 {
+        return body::<MR>(x, panel, k, ps, out);
+    }
+    for r in x {
+        assert!(r.len() >= k);
+    }
+    assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
+    let xp: [*const f32; MR] = std::array::from_fn(|r| x[r].as_ptr());
+    // SAFETY: kk < k ≤ x[r].len() and the panel's length (asserted above).
+    fma_rows256(panel.as_ptr(), k, ps, out, |r, kk| *xp[r].add(kk), |_| {})
 }
 
 fn run<const MR: usize>(
@@ -409,6 +462,7 @@ unsafe fn body_t512<const MR: usize>(
     fma_rows512(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }
 
+/// [`body_t`] for AVX2 (see [`fma_rows256`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn body_t256<const MR: usize>(
@@ -419,7 +473,27 @@ unsafe fn body_t256<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    body_t::<MR>(x, ld, panel, k, ps, out)
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    if MR > 6 {
+        return body_t::<MR>(x, ld, panel, k, ps, out);
+    }
+    assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
+    assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
+    let (xp, pp) = (x.as_ptr(), panel.as_ptr());
+    let ahead = |kk: usize| {
+        if ld >= 16 {
+            // As in body_t512 (a prefetch reads nothing and cannot fault).
+            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld + MR - 1) as *const i8);
+            if ps >= 64 {
+                for off in [0, 16, NR - 1] {
+                    _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + off) as *const i8);
+                }
+            }
+        }
+    };
+    // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
+    fma_rows256(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }
 
 /// One panel of `k` steps `ps` apart against `rows` (at most 12) transposed input rows.
@@ -733,8 +807,7 @@ pub(crate) fn product_rows(isa: Isa) -> usize {
 /// smaller block wastes less of the causal triangle).
 pub(crate) fn block_rows(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 => 6,
-        Isa::Avx2 => 3,
+        Isa::Avx512 | Isa::Avx2 => 6,
         Isa::Portable => 2,
     }
 }
