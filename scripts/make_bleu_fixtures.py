@@ -668,6 +668,16 @@ def build():
                       whitespace=True)
     add_sentence_chrf("sentence_chrf_lc", CASE_HYP + DE_HYP, [CASE_REF + DE_REF],
                       lowercase=True)
+    # Sentences shorter than the n-gram orders (no hypothesis or reference n-grams of
+    # the higher orders) and with nothing in common, in both smoothing modes: the
+    # branches for empty orders and zero matches (found by mutation testing).
+    SHORT_CHRF_HYP = ["ab", "abcdefgh", "xyz", "x", "a b"]
+    SHORT_CHRF_REF = ["abcdefg", "ab", "qqq", "xyzzyx", "a b c d e f g"]
+    add_sentence_chrf("sentence_chrf_short", SHORT_CHRF_HYP, [SHORT_CHRF_REF])
+    add_sentence_chrf("sentence_chrf_short_eps", SHORT_CHRF_HYP, [SHORT_CHRF_REF],
+                      eps_smoothing=True)
+    add_sentence_chrf("sentence_chrfpp_short_eps", SHORT_CHRF_HYP, [SHORT_CHRF_REF],
+                      word_order=2, eps_smoothing=True)
 
 
 def main():
