@@ -88,20 +88,13 @@ fn quantize_writes_smaller_folders_that_score_close_to_f32() {
     let m = model.to_str().unwrap();
     let c = corpus.to_str().unwrap();
 
-    // The engine's f32 perplexity equals the tensor graph's.
-    let graph = json(&attn(
-        &["eval", "perplexity", "--model", m, "--data", c, "--json"],
-        &[("ATTN_ENGINE", "graph")],
-    ));
+    // (The engine's perplexity itself is checked against transformers' in
+    // crates/attn/tests/engine_parity.rs.)
     let native = json(&attn(
         &["eval", "perplexity", "--model", m, "--data", c, "--json"],
         &[],
     ));
-    let (g, n) = (
-        graph["perplexity"].as_f64().unwrap(),
-        native["perplexity"].as_f64().unwrap(),
-    );
-    assert!((g - n).abs() < 1e-4 * g, "graph {g} vs engine {n}");
+    let n = native["perplexity"].as_f64().unwrap();
 
     // Relative perplexity change on this model and text, measured: f16 2.2e-5, q8
     // 1.0e-4, q4 2.3e-3; the bounds are about 2.5x those.

@@ -276,26 +276,20 @@ pub struct LoadedLm {
     pub model_type: String,
 }
 
-/// Whether decoder inference goes through the tensor graph instead of the engine
-/// (`ATTN_ENGINE=graph`).
-pub fn graph_inference() -> bool {
-    std::env::var("ATTN_ENGINE").is_ok_and(|v| v.eq_ignore_ascii_case("graph"))
-}
-
 /// Whether a folder holds 8- or 4-bit weights written by `attn quantize`.
 pub fn is_quantized(value: &serde_json::Value) -> bool {
     value.get("attn_quantization").is_some()
 }
 
 /// Load a GPT-2 or Llama model folder for generation or scoring. On the CPU it runs on
-/// the decoder engine ([`crate::engine::Decoder`]; `params` is then empty) unless
-/// `ATTN_ENGINE=graph`; quantized folders always do.
+/// the decoder engine ([`crate::engine::Decoder`]; `params` is then empty); on other
+/// devices through the tensor graph (quantized folders: the CPU only).
 pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
     let value = read_config(dir)?;
     let model_type = model_type(dir, &value)?;
     let quantized = is_quantized(&value);
     let on_engine = crate::engine::Family::of_model_type(&model_type).is_some();
-    if on_engine && (quantized || (device.is_cpu() && !graph_inference())) {
+    if on_engine && (quantized || device.is_cpu()) {
         if quantized && !device.is_cpu() {
             return Err(Error::invalid(
                 "device",

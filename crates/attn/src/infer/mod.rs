@@ -11,7 +11,7 @@ pub use quant::{QMatrix, WeightType};
 
 /// The widest vector instructions the engine's kernels use, detected once. It can be
 /// capped for testing and for comparing instruction sets on one machine:
-/// `ATTN_ISA=avx2` (also `ATTN_NO_AVX512=1`) or `ATTN_ISA=portable` (plain Rust, no
+/// `ATTN_ISA=avx2` or `ATTN_ISA=portable` (plain Rust, no
 /// explicit vector code); a cap above what the CPU has is ignored.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum Isa {
@@ -26,7 +26,6 @@ pub(crate) fn isa() -> Isa {
         let cap = match std::env::var("ATTN_ISA").as_deref() {
             Ok("portable") => Isa::Portable,
             Ok("avx2") => Isa::Avx2,
-            _ if std::env::var("ATTN_NO_AVX512").is_ok() => Isa::Avx2,
             _ => Isa::Avx512,
         };
         detected().min(cap)
