@@ -233,12 +233,16 @@ fn body_one(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are asserted in the body.
 unsafe fn one512(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     body_one(x, panel, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted in the body.
 unsafe fn one256(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     body_one(x, panel, out)
 }
@@ -283,6 +287,9 @@ unsafe fn fma_rows512<const MR: usize>(
 /// [`body`] for AVX-512 (see [`fma_rows512`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are asserted before any access.
 unsafe fn body512<const MR: usize>(
     x: &[&[f32]; MR],
     panel: &[f32],
@@ -345,6 +352,9 @@ unsafe fn fma_rows256<const MR: usize>(
 /// [`body`] for AVX2 (see [`fma_rows256`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted before any access.
 unsafe fn body256<const MR: usize>(
     x: &[&[f32]; MR],
     panel: &[f32],
@@ -431,6 +441,9 @@ fn body_t<const MR: usize>(
 /// [`body_t`] for AVX-512 (see [`fma_rows512`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are asserted before any access.
 unsafe fn body_t512<const MR: usize>(
     x: &[f32],
     ld: usize,
@@ -465,6 +478,9 @@ unsafe fn body_t512<const MR: usize>(
 /// [`body_t`] for AVX2 (see [`fma_rows256`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted before any access.
 unsafe fn body_t256<const MR: usize>(
     x: &[f32],
     ld: usize,

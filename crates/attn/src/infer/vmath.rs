@@ -276,11 +276,15 @@ macro_rules! dispatch {
     ($(#[$m:meta])* $name:ident = $body:ident, $avx512:ident, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,fma")]
+        /// # Safety
+        /// The CPU must have AVX-512F and FMA (the dispatcher checks).
         unsafe fn $avx512($($a: $t),*) -> $r {
             $body($($a),*)
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
+        /// # Safety
+        /// The CPU must have AVX2 and FMA (the dispatcher checks).
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }
@@ -290,6 +294,8 @@ macro_rules! dispatch {
     ($(#[$m:meta])* $name:ident = $body:ident, own $avx512:path, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
+        /// # Safety
+        /// The CPU must have AVX2 and FMA (the dispatcher checks).
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }

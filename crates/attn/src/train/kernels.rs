@@ -456,6 +456,9 @@ dispatch!(
 /// the divider for about as long as the rest of the arithmetic.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Rows of other lengths take the plain loop, so any slices are sound.
 unsafe fn bias_gelu512(y: &mut [f32], b: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     const C: f32 = vmath::GELU_C;
@@ -619,6 +622,9 @@ fn ln_bwd_body(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[allow(clippy::too_many_arguments)]
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are checked; rows that do not fit take the plain loop.
 unsafe fn ln_bwd512(
     g: &[f32],
     x: &[f32],
@@ -1066,6 +1072,9 @@ fn softmax_grad_body(p: &[f32], d: &mut [f32], live: usize) {
 /// last values, and the dot product reduced in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller); `live ≤ d.len()` and `p.len() ≥ live` (asserted).
 unsafe fn softmax_grad512(p: &[f32], d: &mut [f32], live: usize) {
     use crate::infer::vmath::avx512::lanes;
     use std::arch::x86_64::*;
