@@ -14,6 +14,7 @@ use super::{DecoderSpec, Mlp};
 use crate::infer::attend::attend_head;
 use crate::infer::quant::{matmul, QMatrix, WeightType};
 use crate::infer::vmath;
+use crate::train::kernels::RopeTable;
 use crate::{Error, Result};
 
 pub(crate) struct Norm {
@@ -62,54 +63,6 @@ pub(crate) struct Layer {
     /// The MLP's first matrix (gate rows then up rows for SwiGLU).
     pub up: Linear,
     pub down: Linear,
-}
-
-/// Rotary tables `[context, head_dim / 2]`.
-pub(crate) struct Rope {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    half: usize,
-}
-
-impl Rope {
-    pub(crate) fn new(spec: &DecoderSpec, theta: f64) -> Result<Self> {
-        let half = spec.head_dim / 2;
-        let n = spec.context;
-        // Sized by the config alone, not by a tensor in the file: check first.
-        crate::guard::check_memory(
-            "max_position_embeddings (its rotary tables)",
-            2.0 * n as f64 * half as f64 * 4.0,
-        )?;
-        // As transformers: the frequencies in f32 from an f64 power, the angle in f32.
-        let inv: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / spec.head_dim as f64)) as f32)
-            .collect();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for pos in 0..n {
-            for f in &inv {
-                let a = pos as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        Ok(Rope { cos, sin, half })
-    }
-
-    /// Rotate each `2·half`-long head of `x` (`heads` of them side by side) to position
-    /// `pos`: the pairs are `(i, i + half)`.
-    fn rotate(&self, x: &mut [f32], heads: usize, pos: usize) {
-        let h = self.half;
-        let (cos, sin) = (&self.cos[pos * h..][..h], &self.sin[pos * h..][..h]);
-        for head in x[..heads * 2 * h].chunks_exact_mut(2 * h) {
-            let (a, b) = head.split_at_mut(h);
-            for i in 0..h {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = x1 * cos[i] - x2 * sin[i];
-                b[i] = x2 * cos[i] + x1 * sin[i];
-            }
-        }
-    }
 }
 
 /// The keys and values of one sequence: per layer `[len, kv_width]`, heads side by side.
@@ -168,7 +121,7 @@ pub struct Decoder {
     pub(crate) embed: QMatrix,
     /// Learned positions `[context, d_model]`.
     pub(crate) positions: Option<Vec<f32>>,
-    pub(crate) rope: Option<Rope>,
+    pub(crate) rope: Option<RopeTable>,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm_f: Norm,
     /// An untied head `[vocab, d_model]`.
@@ -358,12 +311,11 @@ impl Decoder {
                     .flat_map(|(s, t)| (0..t.len()).map(move |j| (s, j)))
                     .map(|(s, j)| states[s].len + j)
                     .collect();
+                // The queries and keys (side by side at the row's start) turn; the
+                // values do not.
                 crate::nn::fused::for_rows(&mut qkv, w, |start, rows| {
                     for (r, row) in rows.chunks_mut(w).enumerate() {
-                        let pos = pos_of[start + r];
-                        let (q, kv) = row.split_at_mut(qw);
-                        rope.rotate(q, nh, pos);
-                        rope.rotate(kv, spec.n_kv_head, pos);
+                        rope.rotate(&mut row[..qw + kvw], pos_of[start + r], false);
                     }
                 });
             }
@@ -671,52 +623,5 @@ impl crate::generate::Session for EngineSession<'_> {
             .engine
             .forward(&mut [&mut self.state], &[ids], Want::Last)?
             .remove(0))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::{NormKind, Positions};
-
-    /// The rotation by table equals the textbook rotate-half form computed in f64.
-    #[test]
-    fn rope_rotates_pairs_half_a_head_apart() {
-        let spec = DecoderSpec {
-            family: super::super::Family::Llama,
-            vocab_size: 4,
-            d_model: 8,
-            n_layer: 1,
-            n_head: 1,
-            n_kv_head: 1,
-            head_dim: 8,
-            inner: 4,
-            context: 16,
-            norm: NormKind::Rms,
-            eps: 1e-6,
-            positions: Positions::Rope { theta: 100.0 },
-            mlp: Mlp::SwiGlu,
-            attn_bias: false,
-            mlp_bias: false,
-            tied: true,
-            bos: None,
-            eos: None,
-        };
-        let rope = Rope::new(&spec, 100.0).unwrap();
-        let x: Vec<f32> = (0..8).map(|i| 0.3 * i as f32 - 1.0).collect();
-        for pos in [0, 1, 7, 15] {
-            let mut got = x.clone();
-            rope.rotate(&mut got, 1, pos);
-            for i in 0..4 {
-                let f = 1.0 / 100f64.powf(2.0 * i as f64 / 8.0);
-                let (c, s) = ((pos as f64 * f).cos(), (pos as f64 * f).sin());
-                let (x1, x2) = (x[i] as f64, x[i + 4] as f64);
-                assert!(
-                    (got[i] as f64 - (x1 * c - x2 * s)).abs() < 1e-5,
-                    "pos {pos} i {i}"
-                );
-                assert!((got[i + 4] as f64 - (x2 * c + x1 * s)).abs() < 1e-5);
-            }
-        }
     }
 }

@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::decoder::{Decoder, Layer, Linear, Norm, Rope};
+use super::decoder::{Decoder, Layer, Linear, Norm};
 use super::families::{bias_name, canonical_name, schema, NormNames, Parts, Schema};
 use super::{DecoderSpec, Family, Positions};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::infer::quant::{Data, QMatrix, WeightType, QK};
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;
+use crate::train::kernels::RopeTable;
 use crate::{Error, Result};
 
 /// Safetensors metadata key naming the block format of a quantized folder.
@@ -323,7 +324,12 @@ impl Decoder {
             ));
         }
         let rope = match spec.positions {
-            Positions::Rope { theta } => Some(Rope::new(&spec, theta)?),
+            Positions::Rope { theta } => Some(RopeTable::new(
+                spec.head_dim,
+                spec.context,
+                theta,
+                "max_position_embeddings (its rotary tables)",
+            )?),
             Positions::Learned => None,
         };
         Ok(Decoder {

@@ -1286,8 +1286,11 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    pub fn new(dim: usize, n: usize, theta: f64) -> Self {
+    /// The tables for `n` positions of heads `dim` wide; sized by a config alone, so
+    /// their memory is checked first (`what` names the setting in the error).
+    pub fn new(dim: usize, n: usize, theta: f64, what: &str) -> crate::Result<Self> {
         let half = dim / 2;
+        crate::guard::check_memory(what, 2.0 * n as f64 * half as f64 * 4.0)?;
         let inv: Vec<f32> = (0..half)
             .map(|i| (1.0 / theta.powf(2.0 * i as f64 / dim as f64)) as f32)
             .collect();
@@ -1300,7 +1303,7 @@ impl RopeTable {
                 sin.push(a.sin());
             }
         }
-        RopeTable { cos, sin, half }
+        Ok(RopeTable { cos, sin, half })
     }
 
     /// Rotate each `2·half`-long head in `x` to position `pos` (the pairs `(i, i + half)`,
@@ -1777,6 +1780,38 @@ mod tests {
             assert!(!same(d, e) && !same(d, f));
         }
         assert!(Dropout::new(0.0, 1).is_none());
+    }
+
+    /// The rotation by table equals the textbook rotate-half form computed in f64, and
+    /// the inverse rotation undoes it.
+    #[test]
+    fn rope_rotates_pairs_half_a_head_apart() {
+        let rope = RopeTable::new(8, 16, 100.0, "test").unwrap();
+        let x: Vec<f32> = (0..16).map(|i| 0.3 * i as f32 - 1.0).collect();
+        for pos in [0, 1, 7, 15] {
+            let mut got = x.clone();
+            rope.rotate(&mut got, pos, false);
+            for head in 0..2 {
+                for i in 0..4 {
+                    let (a, b) = (head * 8 + i, head * 8 + i + 4);
+                    let f = 1.0 / 100f64.powf(2.0 * i as f64 / 8.0);
+                    let (c, s) = ((pos as f64 * f).cos(), (pos as f64 * f).sin());
+                    let (x1, x2) = (x[a] as f64, x[b] as f64);
+                    assert!(
+                        (got[a] as f64 - (x1 * c - x2 * s)).abs() < 1e-5,
+                        "pos {pos} i {i}"
+                    );
+                    assert!((got[b] as f64 - (x2 * c + x1 * s)).abs() < 1e-5);
+                }
+            }
+            rope.rotate(&mut got, pos, true);
+            for (g, w) in got.iter().zip(&x) {
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "pos {pos}: the inverse gives {g}, not {w}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! * `metrics.jsonl`: one JSON object per logged step and per evaluation.
 
 mod config;
-mod kernels;
+pub(crate) mod kernels;
 pub mod native;
 pub mod optimizer;
 pub mod profile;

@@ -615,13 +615,12 @@ impl NativeDecoder {
             s.write(&mut flat, &values);
         }
         let rope = match spec.positions {
-            Positions::Rope { theta } => {
-                crate::guard::check_memory(
-                    "--block-size (the rotary tables)",
-                    spec.context as f64 * spec.head_dim as f64 * 4.0,
-                )?;
-                Some(RopeTable::new(spec.head_dim, spec.context, theta))
-            }
+            Positions::Rope { theta } => Some(RopeTable::new(
+                spec.head_dim,
+                spec.context,
+                theta,
+                "--block-size (the rotary tables)",
+            )?),
             Positions::Learned => None,
         };
         Ok(NativeDecoder {
