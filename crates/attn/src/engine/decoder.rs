@@ -276,13 +276,19 @@ impl Decoder {
             first.push(acc);
             acc += t.len();
         }
+        // The position of each row (the same in every layer: the caches grow after).
+        let pos_of: Vec<usize> = tokens
+            .iter()
+            .zip(states.iter())
+            .flat_map(|(t, st)| (0..t.len()).map(move |j| st.len + j))
+            .collect();
         let mut x = vec![0f32; n * c];
         for (s, t) in tokens.iter().enumerate() {
             for (j, &id) in t.iter().enumerate() {
                 let row = &mut x[(first[s] + j) * c..(first[s] + j + 1) * c];
                 self.embed.row_to_f32(id as usize, row);
                 if let Some(table) = &self.positions {
-                    let pos = states[s].len + j;
+                    let pos = pos_of[first[s] + j];
                     for (o, p) in row.iter_mut().zip(&table[pos * c..(pos + 1) * c]) {
                         *o += p;
                     }
@@ -305,12 +311,6 @@ impl Decoder {
             layer.norm1.apply(&x, &mut h, spec.eps);
             layer.qkv.apply(&h, n, &mut qkv);
             if let Some(rope) = &self.rope {
-                let pos_of: Vec<usize> = tokens
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(s, t)| (0..t.len()).map(move |j| (s, j)))
-                    .map(|(s, j)| states[s].len + j)
-                    .collect();
                 // The queries and keys (side by side at the row's start) turn; the
                 // values do not.
                 crate::nn::fused::for_rows(&mut qkv, w, |start, rows| {
