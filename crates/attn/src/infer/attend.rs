@@ -127,9 +127,10 @@ fn weighted_sum(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32])
 mod avx {
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma")]
     /// # Safety
-    /// The CPU must have AVX2 and FMA (detected at run time by the caller); `q` must hold `hd` values (rounded up to 8), and `k` position `p < count` at `p·stride` must hold as many.
+    /// The CPU must have AVX2 and FMA (detected at run time by the caller); `q` must hold `hd`
+    /// values (rounded up to 8), and `k` position `p < count` at `p·stride` must hold as many.
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn scores(
         q: &[f32],
         k: &[f32],
@@ -165,9 +166,11 @@ mod avx {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
     /// # Safety
-    /// The CPU must have AVX2 and FMA (detected at run time by the caller); `out` must hold `hd` values and `v` position `p < w.len()` at `p·stride` must hold `hd` values (rounded up to 8).
+    /// The CPU must have AVX2 and FMA (detected at run time by the caller); `out` must hold
+    /// `hd` values and `v` position `p < w.len()` at `p·stride` must hold `hd` values (rounded
+    /// up to 8).
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn weighted_sum(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
         let pv = v.as_ptr();
         let po = out.as_mut_ptr();

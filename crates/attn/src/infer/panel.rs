@@ -231,18 +231,20 @@ fn body_one(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     }
 }
 
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are
+/// asserted in the body.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-/// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are asserted in the body.
 unsafe fn one512(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     body_one(x, panel, out)
 }
 
+/// # Safety
+/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted in
+/// the body.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-/// # Safety
-/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted in the body.
 unsafe fn one256(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     body_one(x, panel, out)
 }
@@ -285,11 +287,12 @@ unsafe fn fma_rows512<const MR: usize>(
 }
 
 /// [`body`] for AVX-512 (see [`fma_rows512`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are asserted before any access.
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are
+/// asserted before any access.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
 unsafe fn body512<const MR: usize>(
     x: &[&[f32]; MR],
     panel: &[f32],
@@ -350,11 +353,12 @@ unsafe fn fma_rows256<const MR: usize>(
 }
 
 /// [`body`] for AVX2 (see [`fma_rows256`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted before any access.
+/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted
+/// before any access.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn body256<const MR: usize>(
     x: &[&[f32]; MR],
     panel: &[f32],
@@ -439,11 +443,12 @@ fn body_t<const MR: usize>(
 }
 
 /// [`body_t`] for AVX-512 (see [`fma_rows512`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are asserted before any access.
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are
+/// asserted before any access.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
 unsafe fn body_t512<const MR: usize>(
     x: &[f32],
     ld: usize,
@@ -452,35 +457,44 @@ unsafe fn body_t512<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
     let (xp, pp) = (x.as_ptr(), panel.as_ptr());
-    let ahead = |kk: usize| {
-        if ld >= 16 {
-            // As in body_t: strided inputs fetched ahead. The block's values of a step
-            // span two lines as often as not, and a step of the panel three when it is
-            // not 64-byte aligned.
-            // (A prefetch reads nothing and cannot fault.)
-            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld + MR - 1) as *const i8);
-            if ps >= 64 {
-                for off in [0, 16, NR - 1] {
-                    _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + off) as *const i8);
-                }
-            }
-        }
-    };
+    let ahead = |kk| prefetch_t(xp, ld, pp, ps, MR, kk);
     // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
     fma_rows512(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }
 
-/// [`body_t`] for AVX2 (see [`fma_rows256`]).
+/// What step `kk + 6` of a transposed product reads, fetched ahead: as in [`body_t`],
+/// the strided inputs (a block's values of a step span two lines as often as not) and,
+/// for a panel read in place, its step (three lines when not 64-byte aligned).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
+fn prefetch_t(xp: *const f32, ld: usize, pp: *const f32, ps: usize, rows: usize, kk: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    if ld < 16 {
+        return;
+    }
+    // SAFETY: a prefetch reads nothing and cannot fault (the addresses are only
+    // computed, with wrapping arithmetic).
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld + rows - 1) as *const i8);
+        if ps >= 64 {
+            for off in [0, 16, NR - 1] {
+                _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + off) as *const i8);
+            }
+        }
+    }
+}
+
+/// [`body_t`] for AVX2 (see [`fma_rows256`]).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted before any access.
+/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted
+/// before any access.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn body_t256<const MR: usize>(
     x: &[f32],
     ld: usize,
@@ -489,25 +503,13 @@ unsafe fn body_t256<const MR: usize>(
     ps: usize,
     out: &mut [[f32; NR]; MR],
 ) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     if MR > 6 {
         return body_t::<MR>(x, ld, panel, k, ps, out);
     }
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
     let (xp, pp) = (x.as_ptr(), panel.as_ptr());
-    let ahead = |kk: usize| {
-        if ld >= 16 {
-            // As in body_t512 (a prefetch reads nothing and cannot fault).
-            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add((kk + 6) * ld + MR - 1) as *const i8);
-            if ps >= 64 {
-                for off in [0, 16, NR - 1] {
-                    _mm_prefetch::<_MM_HINT_T0>(pp.wrapping_add((kk + 6) * ps + off) as *const i8);
-                }
-            }
-        }
-    };
+    let ahead = |kk| prefetch_t(xp, ld, pp, ps, MR, kk);
     // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
     fma_rows256(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }

@@ -494,9 +494,9 @@ mod avx {
     use super::QK;
     use std::arch::x86_64::*;
 
-    #[inline(always)]
     /// # Safety
     /// The CPU must have AVX (the callers' `target_feature`s include it).
+    #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -504,9 +504,10 @@ mod avx {
         _mm_cvtss_f32(s)
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
     /// # Safety
-    /// The CPU must have the features in `target_feature`. The slices may differ in length (the shorter one bounds the sum).
+    /// The CPU must have the features in `target_feature`. The slices may differ in length (the
+    /// shorter one bounds the sum).
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
         let n = x.len().min(w.len());
         let (px, pw) = (x.as_ptr(), w.as_ptr());
@@ -537,10 +538,10 @@ mod avx {
     }
 
     /// Σ over 32 lanes of x·w for signed bytes (|x| ≤ 127), as 8 f32 partial sums.
-    #[inline(always)]
     ///
     /// # Safety
     /// The CPU must have AVX2 (inlined into the callers' AVX2 code).
+    #[inline(always)]
     unsafe fn block_dot(x: __m256i, w: __m256i) -> __m256 {
         let ax = _mm256_sign_epi8(x, x);
         let sw = _mm256_sign_epi8(w, x);
@@ -550,10 +551,10 @@ mod avx {
     }
 
     /// The scales of blocks `b..b+8`: x's f32 scales times w's f16 scales.
-    #[inline(always)]
     ///
     /// # Safety
     /// The CPU must have AVX2 and F16C; `xd` and `wd` must each point at 8 readable values.
+    #[inline(always)]
     pub(super) unsafe fn scales8(xd: *const f32, wd: *const u16) -> [f32; 8] {
         let w = _mm256_cvtph_ps(_mm_loadu_si128(wd as *const __m128i));
         let s = _mm256_mul_ps(_mm256_loadu_ps(xd), w);
@@ -562,9 +563,9 @@ mod avx {
         out
     }
 
-    #[inline(always)]
     /// # Safety
     /// The CPU must have AVX2; `p` must point at 16 readable bytes (one Q4 block).
+    #[inline(always)]
     unsafe fn unpack_q4(p: *const u8) -> __m256i {
         let raw = _mm_loadu_si128(p as *const __m128i);
         let m = _mm_set1_epi8(15);
@@ -573,9 +574,10 @@ mod avx {
         _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
     /// # Safety
-    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq` and `wq` must hold `32·nb` codes and `xd` `nb` scales.
+    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
+    /// and `wq` must hold `32·nb` codes and `xd` `nb` scales.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
@@ -606,9 +608,10 @@ mod avx {
         hsum(_mm256_add_ps(acc0, acc1))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
     /// # Safety
-    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq` must hold `32·nb` codes, `wq` `16·nb` bytes and `xd` `nb` scales.
+    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
+    /// must hold `32·nb` codes, `wq` `16·nb` bytes and `xd` `nb` scales.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
@@ -644,9 +647,10 @@ mod avx512 {
     use super::QK;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx512f,f16c,fma")]
     /// # Safety
-    /// The CPU must have the features in `target_feature`. The slices may differ in length (the shorter one bounds the sum).
+    /// The CPU must have the features in `target_feature`. The slices may differ in length (the
+    /// shorter one bounds the sum).
+    #[target_feature(enable = "avx512f,f16c,fma")]
     pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
         let n = x.len().min(w.len());
         let (px, pw) = (x.as_ptr(), w.as_ptr());
@@ -688,10 +692,10 @@ mod avx512 {
 
     /// Σ x·w over 64 signed bytes (two blocks) as 16 i32 lanes, lanes 0–7 the first
     /// block's and 8–15 the second's: |x| (unsigned) times w with x's sign, by VNNI.
-    #[inline(always)]
     ///
     /// # Safety
     /// The CPU must have AVX-512BW and AVX-512 VNNI (inlined into the callers' code).
+    #[inline(always)]
     unsafe fn pair_dot(x: __m512i, w: __m512i) -> __m512 {
         let ax = _mm512_abs_epi8(x);
         let neg = _mm512_movepi8_mask(x);
@@ -700,19 +704,19 @@ mod avx512 {
     }
 
     /// Scale `a` in lanes 0–7 and `b` in lanes 8–15.
-    #[inline(always)]
     ///
     /// # Safety
     /// The CPU must have AVX-512F.
+    #[inline(always)]
     unsafe fn pair_scale(a: f32, b: f32) -> __m512 {
         _mm512_shuffle_f32x4::<0b01_00_01_00>(_mm512_set1_ps(a), _mm512_set1_ps(b))
     }
 
     /// Two Q4 blocks (32 packed bytes) as 64 signed codes in element order.
-    #[inline(always)]
     ///
     /// # Safety
     /// The CPU must have AVX-512BW; `p` must point at 32 readable bytes (two Q4 blocks).
+    #[inline(always)]
     unsafe fn unpack_q4_pair(p: *const u8) -> __m512i {
         let raw = _mm256_loadu_si256(p as *const __m256i);
         let m = _mm256_set1_epi8(15);
@@ -724,9 +728,10 @@ mod avx512 {
         _mm512_sub_epi8(v, _mm512_set1_epi8(8))
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
     /// # Safety
-    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq` and `wq` must hold `32·nb` codes and `xd` `nb` scales.
+    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
+    /// and `wq` must hold `32·nb` codes and `xd` `nb` scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
     pub unsafe fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
@@ -758,9 +763,10 @@ mod avx512 {
         total
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
     /// # Safety
-    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq` must hold `32·nb` codes, `wq` `16·nb` bytes and `xd` `nb` scales.
+    /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
+    /// must hold `32·nb` codes, `wq` `16·nb` bytes and `xd` `nb` scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
     pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());

@@ -274,17 +274,17 @@ fn causal_softmax_rows_body(p: &mut [f32], t: usize) {
 /// whichever [`isa`] says this CPU has.
 macro_rules! dispatch {
     ($(#[$m:meta])* $name:ident = $body:ident, $avx512:ident, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,fma")]
         /// # Safety
         /// The CPU must have AVX-512F and FMA (the dispatcher checks).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,fma")]
         unsafe fn $avx512($($a: $t),*) -> $r {
             $body($($a),*)
         }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
         /// # Safety
         /// The CPU must have AVX2 and FMA (the dispatcher checks).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }
@@ -292,10 +292,10 @@ macro_rules! dispatch {
     };
     // The AVX-512 variant written by hand (with intrinsics), `own $avx512`.
     ($(#[$m:meta])* $name:ident = $body:ident, own $avx512:path, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
         /// # Safety
         /// The CPU must have AVX2 and FMA (the dispatcher checks).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }

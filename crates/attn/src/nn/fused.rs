@@ -993,10 +993,11 @@ mod simd {
         }
     }
 
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (detected at run time by the caller). The slices may
+    /// differ in length (the shorter one bounds the sum).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    /// # Safety
-    /// The CPU must have AVX2 and FMA (detected at run time by the caller). The slices may differ in length (the shorter one bounds the sum).
     unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         use std::arch::x86_64::*;
         let n = a.len().min(b.len());
@@ -1029,10 +1030,11 @@ mod simd {
         total
     }
 
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (detected at run time by the caller). The slices may
+    /// differ in length (the shorter one bounds the update).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    /// # Safety
-    /// The CPU must have AVX2 and FMA (detected at run time by the caller). The slices may differ in length (the shorter one bounds the update).
     unsafe fn axpy_avx2(s: f32, x: &[f32], y: &mut [f32]) {
         use std::arch::x86_64::*;
         let n = x.len().min(y.len());

@@ -454,11 +454,12 @@ dispatch!(
 /// plain loop): the exp of [`vmath::avx512::exp16`], and the reciprocal as the 14-bit
 /// estimate with one Newton step (about 1 ulp) instead of a division, which occupies
 /// the divider for about as long as the rest of the arithmetic.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Rows of other lengths take the plain loop, so any slices are sound.
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Rows of other
+/// lengths take the plain loop, so any slices are sound.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
 unsafe fn bias_gelu512(y: &mut [f32], b: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     const C: f32 = vmath::GELU_C;
@@ -619,12 +620,13 @@ fn ln_bwd_body(
 
 /// [`ln_bwd_body`] in AVX-512 registers for rows of whole registers (others take the
 /// plain loop): the compiled loop kept its two partial sums on the stack.
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are
+/// checked; rows that do not fit take the plain loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[allow(clippy::too_many_arguments)]
-///
-/// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are checked; rows that do not fit take the plain loop.
 unsafe fn ln_bwd512(
     g: &[f32],
     x: &[f32],
@@ -1070,11 +1072,12 @@ fn softmax_grad_body(p: &[f32], d: &mut [f32], live: usize) {
 
 /// [`softmax_grad_body`] in AVX-512 registers: masked loads and stores for the row's
 /// last values, and the dot product reduced in registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller); `live ≤ d.len()` and `p.len() ≥ live` (asserted).
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller); `live ≤ d.len()`
+/// and `p.len() ≥ live` (asserted).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
 unsafe fn softmax_grad512(p: &[f32], d: &mut [f32], live: usize) {
     use crate::infer::vmath::avx512::lanes;
     use std::arch::x86_64::*;
