@@ -481,11 +481,14 @@ impl Decoder {
             } else {
                 vec![rows, cols]
             };
-            match &m.data {
+            // f32 and f16 as one tensor in the family's layout; the quantized types as
+            // codes and scales.
+            let (codes, dtype, width, d): (Vec<u8>, _, _, _) = match &m.data {
                 Data::F32(_) => {
                     let v = m.to_f32();
                     let v = if in_out { transpose(&v, rows, cols) } else { v };
                     out.push((name.to_string(), Dtype::F32, shape, f32_bytes(&v)));
+                    return;
                 }
                 Data::F16(v) => {
                     let v = if in_out {
@@ -495,34 +498,19 @@ impl Decoder {
                     };
                     let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                     out.push((name.to_string(), Dtype::F16, shape, b));
+                    return;
                 }
-                Data::Q8 { qs, d } => {
-                    let codes = qs.iter().map(|&q| q as u8).collect();
-                    out.push((format!("{name}{QS}"), Dtype::I8, vec![rows, cols], codes));
-                    let scales = d.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    out.push((
-                        format!("{name}{SCALES}"),
-                        Dtype::F16,
-                        vec![rows, cols / QK],
-                        scales,
-                    ));
-                }
-                Data::Q4 { qs, d } => {
-                    out.push((
-                        format!("{name}{QS}"),
-                        Dtype::U8,
-                        vec![rows, cols / 2],
-                        qs.clone(),
-                    ));
-                    let scales = d.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    out.push((
-                        format!("{name}{SCALES}"),
-                        Dtype::F16,
-                        vec![rows, cols / QK],
-                        scales,
-                    ));
-                }
-            }
+                Data::Q8 { qs, d } => (qs.iter().map(|&q| q as u8).collect(), Dtype::I8, cols, d),
+                Data::Q4 { qs, d } => (qs.clone(), Dtype::U8, cols / 2, d),
+            };
+            out.push((format!("{name}{QS}"), dtype, vec![rows, width], codes));
+            let scales = d.iter().flat_map(|x| x.to_le_bytes()).collect();
+            out.push((
+                format!("{name}{SCALES}"),
+                Dtype::F16,
+                vec![rows, cols / QK],
+                scales,
+            ));
         };
         let linear = |out: &mut Vec<_>, parts: &Parts, l: &Linear| {
             let mut r0 = 0;
