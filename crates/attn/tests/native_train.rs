@@ -124,10 +124,7 @@ fn finite_differences(pdrop: f32, seed: u64) {
     let (b, t) = (2, 9);
     let x = ids(b * t, 23, 23);
     let y = ids(b * t, 23, 24);
-    let mut n = NativeDecoder::gpt2(&config, &params).unwrap();
-    n.zero_grads();
-    n.forward_backward(&x, &y, b, t, 1.0, seed).unwrap();
-    let grads = n.gradient_tensors(&Device::Cpu).unwrap();
+    let n = NativeDecoder::gpt2(&config, &params).unwrap();
     let probes = [
         ("transformer.wte.weight", 5 * 24 + 3),
         ("transformer.wpe.weight", 4 * 24 + 7),
@@ -140,14 +137,29 @@ fn finite_differences(pdrop: f32, seed: u64) {
         ("transformer.h.1.mlp.c_proj.bias", 4),
         ("transformer.ln_f.bias", 11),
     ];
+    check_finite_differences(n, &probes, (&x, &y), (b, t), seed);
+}
+
+/// The backward pass's gradient at each of `probes` (parameter, element) against the
+/// central finite difference of the training loss with dropout seed `seed`.
+fn check_finite_differences(
+    mut n: NativeDecoder,
+    probes: &[(&str, usize)],
+    (x, y): (&[u32], &[u32]),
+    (b, t): (usize, usize),
+    seed: u64,
+) {
+    n.zero_grads();
+    n.forward_backward(x, y, b, t, 1.0, seed).unwrap();
+    let grads = n.gradient_tensors(&Device::Cpu).unwrap();
     let h = 1e-2f32;
-    for (name, i) in probes {
+    for &(name, i) in probes {
         let analytic = grads[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()[i] as f64;
         let orig = *n.param_mut(name, i).unwrap();
         *n.param_mut(name, i).unwrap() = orig + h;
-        let up = n.loss_in_training(&x, &y, b, t, seed).unwrap();
+        let up = n.loss_in_training(x, y, b, t, seed).unwrap();
         *n.param_mut(name, i).unwrap() = orig - h;
-        let down = n.loss_in_training(&x, &y, b, t, seed).unwrap();
+        let down = n.loss_in_training(x, y, b, t, seed).unwrap();
         *n.param_mut(name, i).unwrap() = orig;
         let numeric = (up - down) / (2.0 * h as f64);
         assert!(
@@ -392,10 +404,7 @@ fn llama_gradients_match_finite_differences() {
     let (b, t, seed) = (2, 9, 5);
     let x = ids(b * t, 23, 33);
     let y = ids(b * t, 23, 34);
-    let mut n = NativeDecoder::from_params(&spec, (0.0, 0.2, 0.2), &params).unwrap();
-    n.zero_grads();
-    n.forward_backward(&x, &y, b, t, 1.0, seed).unwrap();
-    let grads = n.gradient_tensors(&Device::Cpu).unwrap();
+    let n = NativeDecoder::from_params(&spec, (0.0, 0.2, 0.2), &params).unwrap();
     let probes = [
         ("model.embed_tokens.weight", 5 * 24 + 3),
         ("model.layers.0.input_layernorm.weight", 2),
@@ -412,21 +421,7 @@ fn llama_gradients_match_finite_differences() {
         ("model.norm.weight", 11),
         ("lm_head.weight", 6 * 24 + 19),
     ];
-    let h = 1e-2f32;
-    for (name, i) in probes {
-        let analytic = grads[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()[i] as f64;
-        let orig = *n.param_mut(name, i).unwrap();
-        *n.param_mut(name, i).unwrap() = orig + h;
-        let up = n.loss_in_training(&x, &y, b, t, seed).unwrap();
-        *n.param_mut(name, i).unwrap() = orig - h;
-        let down = n.loss_in_training(&x, &y, b, t, seed).unwrap();
-        *n.param_mut(name, i).unwrap() = orig;
-        let numeric = (up - down) / (2.0 * h as f64);
-        assert!(
-            (numeric - analytic).abs() <= 2e-3 * analytic.abs().max(1e-2),
-            "{name}[{i}]: finite difference {numeric}, backward {analytic}"
-        );
-    }
+    check_finite_differences(n, &probes, (&x, &y), (b, t), seed);
 }
 
 /// `attn train --arch llama`: a Llama (grouped key/value heads, attention dropout)
