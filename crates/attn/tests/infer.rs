@@ -322,13 +322,11 @@ fn llama_on_the_engine_matches_the_graph_and_round_trips_every_weight_type() {
         random_llama(&dir, 3, bias);
         let (graph, _) = load_llama_model(&dir, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..21).map(|k| (k * 29 + 3) % 96).collect();
-        let want: Vec<f32> = full_logits(&graph, &ids)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .flatten()
-            .collect();
+        let graph_logits = |m: &dyn attn::models::CausalLm| -> Vec<f32> {
+            let l = full_logits(m, &ids).unwrap().to_vec2::<f32>().unwrap();
+            l.into_iter().flatten().collect()
+        };
+        let want = graph_logits(&graph);
         let run = |e: &Decoder| {
             let mut st = e.new_state();
             e.forward(&mut [&mut st], &[&ids], Want::All)
@@ -343,13 +341,7 @@ fn llama_on_the_engine_matches_the_graph_and_round_trips_every_weight_type() {
         let out = tempfile_dir(&format!("engine-llama-f32-{bias}"));
         engine.save(&out, Some(&dir)).unwrap();
         let (again, _) = load_llama_model(&out, &Device::Cpu).unwrap();
-        let g: Vec<f32> = full_logits(&again, &ids)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .flatten()
-            .collect();
+        let g = graph_logits(&again);
         assert_eq!(g, want, "bias {bias}: the f32 folder written back");
         let _ = std::fs::remove_dir_all(&out);
         // Largest logit error as a fraction of the largest logit, measured (the same
