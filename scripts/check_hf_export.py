@@ -56,29 +56,41 @@ def outputs(kind, model, ref):
                      decoder_input_ids=ref["decoder_input_ids"]).logits
 
 
-def check_exports(attn, tmp, dtypes):
-    failures = 0
+def check_folder(name, kind, out, ref, dtype, label):
+    """Load `out` (written by attn) in transformers: no missing or unexpected keys, and its
+    logits on the fixture's inputs within REL_TOL[dtype] of the reference. Returns 0 or 1
+    (a failure), after printing a line."""
+    model, info = CLASSES[kind].from_pretrained(out, output_loading_info=True,
+                                                dtype=torch.float32)
+    model.eval()
+    missing, unexpected = info["missing_keys"], info["unexpected_keys"]
+    diff = (outputs(kind, model, ref) - ref["logits"]).abs().max().item()
+    # Relative to the largest reference logit: rounding the weights to f16 / bf16
+    # (11 / 8 bits) moves the logits by a fraction of their size.
+    rel = diff / ref["logits"].abs().max().item()
+    ok = not missing and not unexpected and rel <= REL_TOL[dtype]
+    print(f"{name:20s} {label:5s} missing={list(missing)} unexpected={list(unexpected)} "
+          f"max|logits diff|={diff:.3e} ({rel:.2e} of the largest) {'ok' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def fixtures(kinds):
+    """(name, kind, path, reference tensors) of each fixture of the given kinds."""
     for name in sorted(os.listdir(FIXTURES)):
         kind = name.split("-")[0]
-        if kind not in CLASSES:
-            continue
-        ref = load_file(os.path.join(FIXTURES, name, "reference.safetensors"))
+        if kind in kinds:
+            path = os.path.join(FIXTURES, name)
+            yield name, kind, path, load_file(os.path.join(path, "reference.safetensors"))
+
+
+def check_exports(attn, tmp, dtypes):
+    failures = 0
+    for name, kind, path, ref in fixtures(CLASSES):
         for dtype in dtypes:
             out = os.path.join(tmp, f"{name}-{dtype}")
-            subprocess.run([attn, "export", "--model", os.path.join(FIXTURES, name), "--out", out,
-                            "--dtype", dtype], check=True, capture_output=True)
-            model, info = CLASSES[kind].from_pretrained(out, output_loading_info=True,
-                                                        dtype=torch.float32)
-            model.eval()
-            missing, unexpected = info["missing_keys"], info["unexpected_keys"]
-            diff = (outputs(kind, model, ref) - ref["logits"]).abs().max().item()
-            # Relative to the largest reference logit: rounding the weights to f16 / bf16
-            # (11 / 8 bits) moves the logits by a fraction of their size.
-            rel = diff / ref["logits"].abs().max().item()
-            ok = not missing and not unexpected and rel <= REL_TOL[dtype]
-            failures += not ok
-            print(f"{name:20s} {dtype:5s} missing={list(missing)} unexpected={list(unexpected)} "
-                  f"max|logits diff|={diff:.3e} ({rel:.2e} of the largest) {'ok' if ok else 'FAIL'}")
+            subprocess.run([attn, "export", "--model", path, "--out", out, "--dtype", dtype],
+                           check=True, capture_output=True)
+            failures += check_folder(name, kind, out, ref, dtype, dtype)
     return failures
 
 
@@ -86,24 +98,11 @@ def check_engine_saves(attn, tmp):
     """`attn quantize --dtype f16` writes decoders through the engine's own writer (the
     stacked q/k/v and gate/up matrices split back into Hugging Face's tensors)."""
     failures = 0
-    for name in sorted(os.listdir(FIXTURES)):
-        kind = name.split("-")[0]
-        if kind not in ("gpt2", "llama"):
-            continue
-        ref = load_file(os.path.join(FIXTURES, name, "reference.safetensors"))
+    for name, kind, path, ref in fixtures(("gpt2", "llama")):
         out = os.path.join(tmp, f"{name}-engine-f16")
-        subprocess.run([attn, "quantize", "--model", os.path.join(FIXTURES, name), "--out", out,
-                        "--dtype", "f16"], check=True, capture_output=True)
-        model, info = CLASSES[kind].from_pretrained(out, output_loading_info=True,
-                                                    dtype=torch.float32)
-        model.eval()
-        missing, unexpected = info["missing_keys"], info["unexpected_keys"]
-        diff = (outputs(kind, model, ref) - ref["logits"]).abs().max().item()
-        rel = diff / ref["logits"].abs().max().item()
-        ok = not missing and not unexpected and rel <= REL_TOL["f16"]
-        failures += not ok
-        print(f"{name:20s} engine f16 missing={list(missing)} unexpected={list(unexpected)} "
-              f"max|logits diff|={diff:.3e} ({rel:.2e} of the largest) {'ok' if ok else 'FAIL'}")
+        subprocess.run([attn, "quantize", "--model", path, "--out", out, "--dtype", "f16"],
+                       check=True, capture_output=True)
+        failures += check_folder(name, kind, out, ref, "f16", "engine f16")
     return failures
 
 
