@@ -142,11 +142,6 @@ impl Decoder {
         self.spec.context
     }
 
-    /// The config as written to `config.json`.
-    pub fn hf_config(&self) -> &serde_json::Value {
-        &self.hf_config
-    }
-
     fn head_matrix(&self) -> &QMatrix {
         self.head.as_ref().unwrap_or(&self.embed)
     }

@@ -472,6 +472,11 @@ impl Trainer {
         &self.splits
     }
 
+    /// The vocabulary size of the model being trained.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+
     /// Which implementation runs the steps: `"native"` or `"graph"`.
     pub fn engine(&self) -> &'static str {
         if self.native.is_some() {
@@ -789,13 +794,6 @@ pub fn llama_config(config: &TrainConfig, tokenizer: &Tokenizer) -> serde_json::
         "torch_dtype": "float32",
         "use_cache": true,
     })
-}
-
-impl Trainer {
-    /// The vocabulary size of the model being trained.
-    pub fn vocab_size(&self) -> usize {
-        self.tokenizer.vocab_size()
-    }
 }
 
 /// The GPT-2 config for a training config and tokenizer.
