@@ -6,7 +6,7 @@ use std::time::Instant;
 use attn::checkpoint::{load_causal_lm, load_causal_lm_graph};
 use attn::engine::Decoder;
 use attn::generate::{generate_ids, SamplingConfig};
-use attn::infer::WeightType;
+use attn::kernels::WeightType;
 use attn::models::gpt2::Gpt2;
 use attn::models::CausalLm;
 use attn::nn::{default_device, ParamBuilder};

@@ -7,7 +7,7 @@ use std::time::Instant;
 use attn::checkpoint::{read_config, resolve_dir, TOKENIZER};
 use attn::data::{normalize, read_text, Encoding};
 use attn::engine::Decoder;
-use attn::infer::WeightType;
+use attn::kernels::WeightType;
 use attn::metrics::perplexity;
 use attn::tokenizer::Tokenizer;
 use attn::{Error, Result};

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use attn::infer::quant::matmul;
-use attn::infer::{QMatrix, WeightType};
+use attn::kernels::cpu::quant::matmul;
+use attn::kernels::{QMatrix, WeightType};
 
 fn main() {
     let (rows, cols) = (50257usize, 768usize);

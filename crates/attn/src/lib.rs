@@ -23,7 +23,7 @@ pub mod engine;
 mod error;
 pub mod generate;
 pub mod guard;
-pub mod infer;
+pub mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod nn;

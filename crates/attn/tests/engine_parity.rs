@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use attn::checkpoint::{load_gpt2_model, load_llama_model, read_safetensors};
 use attn::engine::DecoderSpec;
 use attn::engine::{Decoder, Want};
-use attn::infer::quant::WeightType;
+use attn::kernels::WeightType;
 use attn::metrics::perplexity;
 use attn::train::native::NativeDecoder;
 use candle_core::{DType, Device, Tensor};
@@ -255,7 +255,7 @@ fn native_trainer_loss_and_gradients_match_transformers() {
 fn the_instruction_set_cap_is_honoured() {
     // .ci/run runs these tests again with ATTN_ISA=avx2 and ATTN_ISA=portable: make sure
     // the kernels really ran on the path asked for (a cap above the CPU is ignored).
-    let name = attn::infer::isa_name();
+    let name = attn::kernels::isa_name();
     eprintln!("instruction set: {name}");
     match std::env::var("ATTN_ISA").as_deref() {
         Ok("portable") => assert_eq!(name, "portable"),

@@ -70,7 +70,7 @@ mod seeds {
 
     use attn::checkpoint::write_safetensors;
     use attn::engine::Decoder;
-    use attn::infer::WeightType;
+    use attn::kernels::WeightType;
     use attn::models::bert::{Bert, BertConfig};
     use attn::models::gpt2::{Gpt2, Gpt2Config};
     use attn::models::llama::{Llama, LlamaConfig};

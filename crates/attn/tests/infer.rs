@@ -5,7 +5,7 @@
 use attn::checkpoint::{load_gpt2, save_gpt2};
 use attn::engine::{Decoder, Want};
 use attn::generate::full_logits;
-use attn::infer::WeightType;
+use attn::kernels::WeightType;
 use attn::models::gpt2::{Gpt2, Gpt2Config};
 use attn::nn::ParamBuilder;
 use attn::rng::Rng;

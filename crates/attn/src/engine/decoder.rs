@@ -11,10 +11,10 @@
 use rayon::prelude::*;
 
 use super::{DecoderSpec, Mlp};
-use crate::infer::attend::attend_head;
-use crate::infer::quant::{matmul, QMatrix, WeightType};
-use crate::infer::vmath;
-use crate::train::kernels::RopeTable;
+use crate::kernels::cpu::attend::attend_head;
+use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
+use crate::kernels::cpu::rope::RopeTable;
+use crate::kernels::cpu::vmath;
 use crate::{Error, Result};
 
 pub(crate) struct Norm {

@@ -12,10 +12,10 @@ use super::decoder::{Decoder, Layer, Linear, Norm};
 use super::families::{bias_name, canonical_name, schema, NormNames, Parts, Schema};
 use super::{DecoderSpec, Family, Positions};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
-use crate::infer::quant::{Data, QMatrix, WeightType, QK};
+use crate::kernels::cpu::quant::{Data, QMatrix, WeightType, QK};
+use crate::kernels::cpu::rope::RopeTable;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;
-use crate::train::kernels::RopeTable;
 use crate::{Error, Result};
 
 /// Safetensors metadata key naming the block format of a quantized folder.

@@ -9,6 +9,9 @@
 //! work is large) and whose `bwd` is another such op, so autodiff works through it.
 //! They take f32 and f64 tensors on the CPU; the callers in `nn` fall back to the
 //! composite paths elsewhere, or when [`set_enabled`]`(false)` (or `ATTN_FUSED=0`).
+//!
+//! Its length is temporary: this file serves the candle graph, which BERT and Marian
+//! still run on and which "One engine, part 2" removes together with this file.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -974,7 +977,7 @@ mod simd {
     /// Σ a[i]·b[i].
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if crate::infer::isa() >= crate::infer::Isa::Avx2 {
+        if crate::kernels::cpu::isa() >= crate::kernels::cpu::Isa::Avx2 {
             // SAFETY: the CPU has AVX2 and FMA (isa() checked them).
             return unsafe { dot_avx2(a, b) };
         }
@@ -984,7 +987,7 @@ mod simd {
     /// y[i] += s·x[i].
     pub fn axpy(s: f32, x: &[f32], y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if crate::infer::isa() >= crate::infer::Isa::Avx2 {
+        if crate::kernels::cpu::isa() >= crate::kernels::cpu::Isa::Avx2 {
             // SAFETY: the CPU has AVX2 and FMA (isa() checked them).
             return unsafe { axpy_avx2(s, x, y) };
         }
@@ -1147,7 +1150,7 @@ pub fn small_matmul(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> 
 // ---------------------------------------------------------------- panel matmul
 
 /// `a [m, k] @ b'` where `b'` is `b [k, n]`, or `bᵀ` for `b [n, k]` (`transposed`), by
-/// the inference engine's panel kernel (see [`crate::infer::panel`]): `b'` is packed into
+/// the inference engine's panel kernel (see [`crate::kernels::cpu::panel`]): `b'` is packed into
 /// 32-column panels once per call (cost k·n, against m·k·n for the product), then
 /// streamed against blocks of rows of `a`. The backward pass is two more such products.
 struct PanelMatmul {
@@ -1165,7 +1168,7 @@ impl candle_core::CustomOp2 for PanelMatmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use crate::infer::panel::{matmul, pack_panel, Panels, NR};
+        use crate::kernels::cpu::panel::{matmul, pack_panel, Panels, NR};
         let (a, b) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?);
         let (m, k) = l1.shape().dims2()?;
         let (r, c) = l2.shape().dims2()?;

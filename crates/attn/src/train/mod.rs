@@ -7,9 +7,11 @@
 //! * `checkpoint/`: the latest complete training state (model, `optimizer.safetensors`,
 //!   `trainer_state.json` with step, RNG state and config), replaced atomically;
 //! * `metrics.jsonl`: one JSON object per logged step and per evaluation.
+//!
+//! Just over 800 lines because the graph trainer (non-CPU devices) still lives here
+//! beside the native one until "One engine, part 2" removes the graph path.
 
 mod config;
-pub(crate) mod kernels;
 pub mod native;
 pub mod optimizer;
 pub mod profile;

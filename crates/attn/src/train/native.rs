@@ -8,7 +8,7 @@
 //! moments are three flat `f32` buffers, every activation the backward pass needs has a
 //! buffer allocated once for the batch shape, and the backward pass is written out by
 //! hand (as llm.c does), once for the decoder stack, over the slice kernels of
-//! [`super::kernels`]: LayerNorm or RMSNorm, learned or rotary positions, multi-head or
+//! [`crate::kernels::cpu`]: LayerNorm or RMSNorm, learned or rotary positions, multi-head or
 //! grouped-query attention, GELU or SwiGLU, biases or none, tied or untied head. Tests
 //! compare the loss and every gradient with transformers' (fixtures) and with finite
 //! differences, and whole training runs with the graph trainer.
@@ -19,16 +19,20 @@
 //!
 //! Dropout (embeddings, attention weights, residual branches) uses masks from a hash of
 //! a per-step seed, recomputed in the backward pass.
+//!
+//! Why one file of this length: the forward and the backward of the stack are read side
+//! by side (every buffer the backward consumes is named where the forward fills it), and
+//! the parameter layout that both index is defined here too.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 
-use super::kernels::{self as k, AdamWStep, Heads, Rhs, RopeTable};
 use super::optimizer::AdamWConfig;
 use super::profile::time;
 use crate::engine::families::{bias_name, schema, NormNames, Parts};
 use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
+use crate::kernels::cpu::{self as k, AdamWStep, Heads, Rhs, RopeTable};
 use crate::models::gpt2::Gpt2Config;
 use crate::nn::Params;
 use crate::{Error, Result};

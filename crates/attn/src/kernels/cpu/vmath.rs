@@ -288,7 +288,7 @@ macro_rules! dispatch {
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }
-        $crate::infer::vmath::dispatch!(@pick $(#[$m])* $name = $body, $avx512, $avx2, ($($a: $t),*) -> $r);
+        $crate::kernels::cpu::vmath::dispatch!(@pick $(#[$m])* $name = $body, $avx512, $avx2, ($($a: $t),*) -> $r);
     };
     // The AVX-512 variant written by hand (with intrinsics), `own $avx512`.
     ($(#[$m:meta])* $name:ident = $body:ident, own $avx512:path, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
@@ -299,17 +299,17 @@ macro_rules! dispatch {
         unsafe fn $avx2($($a: $t),*) -> $r {
             $body($($a),*)
         }
-        $crate::infer::vmath::dispatch!(@pick $(#[$m])* $name = $body, $avx512, $avx2, ($($a: $t),*) -> $r);
+        $crate::kernels::cpu::vmath::dispatch!(@pick $(#[$m])* $name = $body, $avx512, $avx2, ($($a: $t),*) -> $r);
     };
     (@pick $(#[$m:meta])* $name:ident = $body:ident, $avx512:path, $avx2:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         $(#[$m])*
         pub fn $name($($a: $t),*) -> $r {
-            match $crate::infer::isa() {
+            match $crate::kernels::cpu::isa() {
                 // SAFETY: the features were detected at run time.
                 #[cfg(target_arch = "x86_64")]
-                $crate::infer::Isa::Avx512 => unsafe { $avx512($($a),*) },
+                $crate::kernels::cpu::Isa::Avx512 => unsafe { $avx512($($a),*) },
                 #[cfg(target_arch = "x86_64")]
-                $crate::infer::Isa::Avx2 => unsafe { $avx2($($a),*) },
+                $crate::kernels::cpu::Isa::Avx2 => unsafe { $avx2($($a),*) },
                 _ => $body($($a),*),
             }
         }

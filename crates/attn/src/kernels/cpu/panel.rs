@@ -7,6 +7,12 @@
 //! input rows sharing each panel load, a compute-bound matrix product for prompts. The
 //! inner loop is plain Rust over fixed-size arrays, compiled three times (AVX-512, AVX2,
 //! portable) and picked at run time.
+//!
+//! Why one file of this length: the packing, the three ISA variants of the register
+//! block (plain and transposed-input), their prefetching and the task splitting are one
+//! kernel whose parts only make sense together (block shapes, panel width and prefetch
+//! distances are tuned against each other); splitting them would scatter `NR` and the
+//! row-block constants across files.
 
 use rayon::prelude::*;
 

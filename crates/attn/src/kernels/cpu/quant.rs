@@ -14,6 +14,10 @@
 //! one instruction. For the quantized types the input vector is itself quantized to 8
 //! bits per block of 32 (scale `max|x| / 127`) and each block's dot product is done in
 //! integers (AVX2 `maddubs`/`madd`), then scaled.
+//!
+//! Why one file of this length: the storage formats, their quantizers and their dot
+//! products (scalar, AVX2 and AVX-512 VNNI for each of f16, 8-bit and 4-bit) must agree
+//! on one block layout; keeping them together is what keeps them agreeing.
 
 use half::f16;
 use rayon::prelude::*;

@@ -1,0 +1,103 @@
+//! The CPU backend: every operation of the engine as a function over `f32` slices, each
+//! inner loop compiled for AVX-512, AVX2 + FMA and portably and picked once at run time
+//! ([`isa`]; the [`vmath::dispatch`] macro, or an explicit match for the hand-written
+//! intrinsics). Each operation's backward sits beside its forward in the same file.
+//!
+//! | file | operations |
+//! |---|---|
+//! | [`panel`] | f32 matrix products over weights packed in column panels (the GEMM engine: decode, prefill, training products) |
+//! | [`quant`] | f16, 8-bit and 4-bit weight matrices and their products |
+//! | [`gemm`] | the training products with their fused epilogues (bias, residual + dropout + next norm, GELU and its derivative), and `xᵀ·dy` |
+//! | [`norm`] | LayerNorm and RMSNorm, forward and backward |
+//! | [`attention`] | causal attention over whole sequences with grouped key/value heads, forward and backward |
+//! | [`attend`] | one query against a KV cache (decoding) |
+//! | [`rope`] | rotary position tables and rotation (its inverse is the backward) |
+//! | [`swiglu`] | SwiGLU, forward and backward |
+//! | [`loss`] | softmax cross-entropy with its gradient |
+//! | [`optim`] | AdamW and the gradient norm |
+//! | [`dropout`] | counter-based inverted dropout (the mask recomputed, not stored) |
+//! | [`vmath`] | row operations: exp, softmax, norms of one row, GELU, SiLU |
+
+pub(crate) mod attend;
+pub mod attention;
+pub mod dropout;
+pub mod gemm;
+pub mod loss;
+pub mod norm;
+pub mod optim;
+pub mod panel;
+pub mod quant;
+pub mod rope;
+pub mod swiglu;
+pub(crate) mod vmath;
+
+pub use attention::{attention, attention_backward, Heads};
+pub use dropout::{dropout_into, Dropout};
+pub use gemm::{
+    add_and_clear, gemm, gemm_bias, gemm_bias_gelu, gemm_bias_residual, gemm_gelu_grad,
+    gemm_tn_acc, NormOut, Rhs,
+};
+pub use loss::cross_entropy;
+pub use norm::{layer_norm, layer_norm_backward};
+pub use optim::{adamw, sum_squares, AdamWStep};
+pub use rope::{rope, RopeTable};
+pub use swiglu::{swiglu, swiglu_backward};
+
+/// Run `f` on a thread of the rayon pool, so that the many parallel loops inside it
+/// start from a worker (cheap) instead of each waking the pool from outside and putting
+/// the caller to sleep until it finishes.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
+/// The widest vector instructions the engine's kernels use, detected once. It can be
+/// capped for testing and for comparing instruction sets on one machine:
+/// `ATTN_ISA=avx2` or `ATTN_ISA=portable` (plain Rust, no
+/// explicit vector code); a cap above what the CPU has is ignored.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+pub(crate) fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let cap = match std::env::var("ATTN_ISA").as_deref() {
+            Ok("portable") => Isa::Portable,
+            Ok("avx2") => Isa::Avx2,
+            _ => Isa::Avx512,
+        };
+        detected().min(cap)
+    })
+}
+
+/// What the CPU has, uncapped.
+fn detected() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fma = std::is_x86_feature_detected!("fma");
+        if fma && std::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if fma && std::is_x86_feature_detected!("avx2") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
+/// The instruction set in use, by name (for benchmarks and test logs).
+pub fn isa_name() -> &'static str {
+    match isa() {
+        Isa::Avx512 => "avx512",
+        Isa::Avx2 => "avx2",
+        Isa::Portable => "portable",
+    }
+}
+
+/// Rows per parallel task for rows of `row` elements: about 16K elements each.
+pub(crate) fn rows_per_task(rows: usize, row: usize) -> usize {
+    (16384 / row.max(1)).clamp(1, rows.max(1))
+}
