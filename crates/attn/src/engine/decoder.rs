@@ -249,7 +249,20 @@ impl Decoder {
         Ok(())
     }
 
+    /// [`Self::run_in_pool`] on a thread of the rayon pool: the caller's thread would
+    /// otherwise sleep and wake once per matrix product (dozens per token), which costs
+    /// as much as a small product when decoding one token.
     fn run(
+        &self,
+        states: &mut [&mut DecoderState],
+        tokens: &[&[u32]],
+        want: Want,
+        maps: Option<&mut AttentionMaps>,
+    ) -> Result<Vec<Vec<f32>>> {
+        crate::kernels::in_pool(|| self.run_in_pool(states, tokens, want, maps))
+    }
+
+    fn run_in_pool(
         &self,
         states: &mut [&mut DecoderState],
         tokens: &[&[u32]],
@@ -302,7 +315,21 @@ impl Decoder {
             Vec::new()
         };
         let scale = 1.0 / (hd as f32).sqrt();
+        // Rows of x per sequence: all new positions, until the last layer narrows them.
+        let mut rows_of: Vec<(usize, usize)> = first
+            .iter()
+            .zip(tokens)
+            .map(|(&f, t)| (f, t.len()))
+            .collect();
+        let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
+            // Only the last position of each sequence is asked for: after the last
+            // layer's keys and values go into the caches, its attention output and MLP
+            // are needed for those rows alone (a prompt's other rows would be discarded).
+            let narrow = want == Want::Last
+                && !capture
+                && l + 1 == self.layers.len()
+                && n_rows > tokens.len();
             layer.norm1.apply(&x, &mut h, spec.eps);
             layer.qkv.apply(&h, n, &mut qkv);
             if let Some(rope) = &self.rope {
@@ -335,10 +362,12 @@ impl Decoder {
                 .map(|&(s, hh)| {
                     let (kc, vc, past) = caches[s];
                     let t = tokens[s].len();
+                    // The queries kept: every new one, or the last when narrowing.
+                    let j0 = if narrow { t - 1 } else { 0 };
                     let g = hh / group;
-                    let mut out = vec![0f32; t * hd];
+                    let mut out = vec![0f32; (t - j0) * hd];
                     let mut kept = Vec::new();
-                    let q = &qkv[first[s] * w + hh * hd..];
+                    let q = &qkv[(first[s] + j0) * w + hh * hd..];
                     let keep = if capture { Some(&mut kept) } else { None };
                     attend_head(
                         q,
@@ -346,8 +375,8 @@ impl Decoder {
                         &kc[g * hd..],
                         &vc[g * hd..],
                         kvw,
-                        past,
-                        t,
+                        past + j0,
+                        t - j0,
                         hd,
                         scale,
                         &mut out,
@@ -359,12 +388,29 @@ impl Decoder {
             if let Some(m) = maps.as_deref_mut() {
                 m.push(outs.iter().map(|(_, kept)| kept.clone()).collect());
             }
-            for (&(s, hh), (out, _)) in jobs.iter().zip(&outs) {
-                for j in 0..tokens[s].len() {
-                    y[(first[s] + j) * qw + hh * hd..][..hd]
-                        .copy_from_slice(&out[j * hd..(j + 1) * hd]);
+            if narrow {
+                // x keeps the last row of each sequence, in order.
+                for (s, t) in tokens.iter().enumerate() {
+                    x.copy_within(
+                        (first[s] + t.len() - 1) * c..(first[s] + t.len()) * c,
+                        s * c,
+                    );
+                    rows_of[s] = (s, 1);
+                }
+                n_rows = tokens.len();
+                x.truncate(n_rows * c);
+                for buf in [&mut h, &mut y, &mut a, &mut f, &mut m] {
+                    let keep = buf.len() / n * n_rows;
+                    buf.truncate(keep);
                 }
             }
+            for (&(s, hh), (out, _)) in jobs.iter().zip(&outs) {
+                let r0 = rows_of[s].0;
+                for j in 0..out.len() / hd {
+                    y[(r0 + j) * qw + hh * hd..][..hd].copy_from_slice(&out[j * hd..(j + 1) * hd]);
+                }
+            }
+            let n = n_rows;
             layer.proj.apply(&y, n, &mut a);
             x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
             layer.norm2.apply(&x, &mut h, spec.eps);
@@ -379,16 +425,8 @@ impl Decoder {
         }
         // The rows asked for, normalised, then through the head.
         let rows: Vec<(usize, usize)> = match want {
-            Want::Last => tokens
-                .iter()
-                .enumerate()
-                .map(|(s, t)| (first[s] + t.len() - 1, 1))
-                .collect(),
-            _ => tokens
-                .iter()
-                .enumerate()
-                .map(|(s, t)| (first[s], t.len()))
-                .collect(),
+            Want::Last => rows_of.iter().map(|&(r, k)| (r + k - 1, 1)).collect(),
+            _ => rows_of,
         };
         let m: usize = rows.iter().map(|r| r.1).sum();
         let mut sel = Vec::with_capacity(m * c);
