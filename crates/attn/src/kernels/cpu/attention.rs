@@ -134,20 +134,23 @@ impl Head {
         let first = self.at(0, part);
         let stride = self.heads.width();
         assert!(qkv.len() >= first + (t - 1) * stride + hd);
-        // Whole 16 × 16 blocks in registers where AVX-512 is there; the rest one by one.
-        let (d16, t16) = match crate::kernels::cpu::isa() {
-            #[cfg(target_arch = "x86_64")]
-            crate::kernels::cpu::Isa::Avx512 => (hd / 16 * 16, t / 16 * 16),
-            _ => (0, 0),
+        // Whole square blocks in registers where the ISA has them; the rest one by one.
+        let isa = crate::kernels::cpu::isa();
+        let side = panel::transpose_side(isa);
+        let (d16, t16) = if side > 0 {
+            (hd / side * side, t / side * side)
+        } else {
+            (0, 0)
         };
         #[cfg(target_arch = "x86_64")]
-        for d0 in (0..d16).step_by(16) {
-            for i0 in (0..t16).step_by(16) {
-                // SAFETY: rows i0..i0 + 16 ≤ t of the source hold columns d0..d0 + 16 ≤
-                // hd (bound asserted above); rows d0..d0 + 16 ≤ hd of out hold columns
-                // i0..i0 + 16 ≤ t ≤ tp. The ISA was detected.
+        for d0 in (0..d16).step_by(side.max(1)) {
+            for i0 in (0..t16).step_by(side.max(1)) {
+                // SAFETY: rows i0..i0 + side ≤ t of the source hold columns
+                // d0..d0 + side ≤ hd (bound asserted above); rows d0..d0 + side ≤ hd of
+                // out hold columns i0..i0 + side ≤ t ≤ tp. The ISA was detected.
                 unsafe {
-                    panel::transpose16(
+                    panel::transpose_block(
+                        isa,
                         qkv.as_ptr().add(first + i0 * stride + d0),
                         stride,
                         out.as_mut_ptr().add(d0 * tp + i0),

@@ -60,11 +60,12 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
         panel.iter_mut().for_each(|v| *v = 0.0);
     }
     assert!(panel.len() >= cols * NR && values.len() >= (p * NR + valid) * cols);
-    // Whole 16 × 16 blocks in registers where AVX-512 is there.
+    // Whole square blocks in registers where the ISA has them.
     #[cfg(target_arch = "x86_64")]
-    let whole = if isa() == Isa::Avx512 && valid == NR {
-        let c16 = cols / 16 * 16;
-        for c0 in (0..c16).step_by(16) {
+    let whole = if transpose_side(isa()) > 0 && valid == NR {
+        let side = transpose_side(isa());
+        let c16 = cols / side * side;
+        for c0 in (0..c16).step_by(side) {
             // The rows' next sixteen values (a line further on each of 32 rows, often
             // pages apart: more streams than the hardware prefetcher follows).
             for j in 0..NR {
@@ -76,12 +77,13 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
                     )
                 };
             }
-            for j0 in [0, 16] {
-                // SAFETY: rows p·NR + j0.. (16 of them, all < rows) hold columns
-                // c0..c0 + 16 ≤ cols; panel rows c0..c0 + 16 hold NR values (bounds
+            for j0 in (0..NR).step_by(side) {
+                // SAFETY: rows p·NR + j0.. (`side` of them, all < rows) hold columns
+                // c0..c0 + side ≤ cols; panel rows c0..c0 + side hold NR values (bounds
                 // asserted above). The ISA was detected.
                 unsafe {
-                    transpose16(
+                    transpose_block(
+                        isa(),
                         values.as_ptr().add((p * NR + j0) * cols + c0),
                         cols,
                         panel.as_mut_ptr().add(c0 * NR + j0),
@@ -109,6 +111,72 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
     }
 }
 
+/// The side of the square blocks [`transpose_block`] moves in registers: 16 with
+/// AVX-512, 8 with AVX2, none portably (the callers then copy element by element).
+pub(crate) fn transpose_side(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+        Isa::Portable => 0,
+    }
+}
+
+/// `dst[c·ldd + r] = src[r·lds + c]` for one block of [`transpose_side`]`(isa)`.
+///
+/// # Safety
+/// `isa` must be [`isa()`] or lower and not portable; `src` (`side` rows `lds` apart)
+/// and `dst` (`side` rows `ldd` apart) must hold `side` floats per row.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn transpose_block(
+    isa: Isa,
+    src: *const f32,
+    lds: usize,
+    dst: *mut f32,
+    ldd: usize,
+) {
+    match isa {
+        Isa::Avx512 => transpose16(src, lds, dst, ldd),
+        Isa::Avx2 => transpose8(src, lds, dst, ldd),
+        Isa::Portable => unreachable!("no register transpose without SIMD"),
+    }
+}
+
+/// [`transpose16`] for an 8 × 8 block in AVX2 registers: rows interleaved by 32 bits,
+/// then by 64 bits, then the 128-bit halves exchanged.
+///
+/// # Safety
+/// AVX must be present, and `src` (8 rows `lds` apart) and `dst` (8 rows `ldd` apart)
+/// must hold 8 floats per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+    let mut t = [_mm256_setzero_ps(); 8];
+    for k in 0..4 {
+        t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // u[4g + m], each half: column 4·half + m of rows 4g..4g + 4.
+    let mut u = [_mm256_setzero_ps(); 8];
+    for g in 0..2 {
+        u[4 * g] = _mm256_shuffle_ps::<0x44>(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 1] = _mm256_shuffle_ps::<0xEE>(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 2] = _mm256_shuffle_ps::<0x44>(t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g + 3] = _mm256_shuffle_ps::<0xEE>(t[4 * g + 1], t[4 * g + 3]);
+    }
+    for m in 0..4 {
+        _mm256_storeu_ps(
+            dst.add(m * ldd),
+            _mm256_permute2f128_ps::<0x20>(u[m], u[4 + m]),
+        );
+        _mm256_storeu_ps(
+            dst.add((4 + m) * ldd),
+            _mm256_permute2f128_ps::<0x31>(u[m], u[4 + m]),
+        );
+    }
+}
+
 /// `dst[c·ldd + r] = src[r·lds + c]` for a 16 × 16 block, in registers: pairs of rows
 /// interleaved by 32 bits, then by 64 bits (each 128-bit lane then holds one column of
 /// four rows), then the lanes gathered across registers, twice.
@@ -118,7 +186,7 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
 /// apart) must hold 16 floats per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     use std::arch::x86_64::*;
     let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
     // t[2k], t[2k+1]: rows 2k, 2k+1 interleaved (low and high halves of each lane).
@@ -1083,6 +1151,32 @@ pub fn matmul_then(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The register transposes of every ISA this CPU has against the plain index swap,
+    /// inside larger matrices (strides other than the block's side).
+    #[test]
+    fn register_transposes_swap_rows_and_columns() {
+        #[cfg(target_arch = "x86_64")]
+        for level in [Isa::Avx2, Isa::Avx512] {
+            let side = transpose_side(level);
+            if isa() < level {
+                continue;
+            }
+            let (lds, ldd) = (side + 3, side + 5);
+            let src: Vec<f32> = (0..side * lds).map(|i| i as f32).collect();
+            let mut dst = vec![-1f32; side * ldd];
+            // SAFETY: the ISA was detected; both buffers hold `side` rows of their strides.
+            unsafe { transpose_block(level, src.as_ptr(), lds, dst.as_mut_ptr(), ldd) };
+            for r in 0..side {
+                for c in 0..side {
+                    assert_eq!(dst[c * ldd + r], src[r * lds + c], "{level:?} ({r}, {c})");
+                }
+                assert!(dst[r * ldd + side..(r + 1) * ldd]
+                    .iter()
+                    .all(|&v| v == -1.0));
+            }
+        }
+    }
 
     /// Both strategies of the transposed product (in place below 1024 steps, packed
     /// above), with and without the row of column sums, against the plain sum.

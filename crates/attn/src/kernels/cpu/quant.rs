@@ -182,6 +182,27 @@ impl QMatrix {
                     *t = [0.0; T];
                 }
             }
+            let side = super::panel::transpose_side(super::isa());
+            if side > 0 && width == T {
+                for i0 in (0..T).step_by(side) {
+                    for j0 in (0..T).step_by(side) {
+                        // SAFETY: the tile is T × T and panel rows c0..c0 + T (within
+                        // `cols`) hold T values each; the ISA was detected.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            assert!(panel.len() >= (c0 + T) * T);
+                            super::panel::transpose_block(
+                                super::isa(),
+                                tile.as_ptr().cast::<f32>().add(j0 * T + i0),
+                                T,
+                                panel.as_mut_ptr().add((c0 + i0) * T + j0),
+                                T,
+                            )
+                        }
+                    }
+                }
+                continue;
+            }
             for i in 0..width {
                 let dst: &mut [f32] = &mut panel[(c0 + i) * T..(c0 + i + 1) * T];
                 for (j, d) in dst.iter_mut().enumerate() {
