@@ -429,6 +429,10 @@ fn quantize_q4_block(x: &[f32], q: &mut [u8]) -> u16 {
 struct QVec {
     qs: Vec<i8>,
     d: Vec<f32>,
+    /// Per block, the scale times the sum of the codes: with it the 4-bit kernels
+    /// multiply the stored unsigned codes `u` directly and subtract `8·Σx` afterwards
+    /// (`Σ (u − 8)·x = Σ u·x − 8·Σ x`), which saves unpacking signs per block.
+    s: Vec<f32>,
 }
 
 fn quantize_input(x: &[f32]) -> QVec {
@@ -437,7 +441,12 @@ fn quantize_input(x: &[f32]) -> QVec {
     for ((q, d), x) in qs.chunks_mut(QK).zip(d.iter_mut()).zip(x.chunks(QK)) {
         *d = quantize_8bit(x, q);
     }
-    QVec { qs, d }
+    let s = qs
+        .chunks(QK)
+        .zip(&d)
+        .map(|(q, d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+        .collect();
+    QVec { qs, d, s }
 }
 
 // ------------------------------------------------------------------ dot products
@@ -499,7 +508,8 @@ mod scalar {
         sum
     }
 
-    pub fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+    /// The reference: codes shifted to signed before the product (`xs` is not used).
+    pub fn dot_q4(xq: &[i8], xd: &[f32], _xs: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
         let mut sum = 0f32;
         for b in 0..wd.len() {
             let mut acc = 0i32;
@@ -589,17 +599,6 @@ mod avx {
     }
 
     /// # Safety
-    /// The CPU must have AVX2; `p` must point at 16 readable bytes (one Q4 block).
-    #[inline(always)]
-    unsafe fn unpack_q4(p: *const u8) -> __m256i {
-        let raw = _mm_loadu_si128(p as *const __m128i);
-        let m = _mm_set1_epi8(15);
-        let lo = _mm_and_si128(raw, m);
-        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
-        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
-    }
-
-    /// # Safety
     /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
     /// and `wq` must hold `32·nb` codes and `xd` `nb` scales.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -633,36 +632,68 @@ mod avx {
         hsum(_mm256_add_ps(acc0, acc1))
     }
 
+    /// One Q4 block's 32 unsigned codes (0..16) in element order.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `p` must point at 16 readable bytes (one Q4 block).
+    #[inline(always)]
+    unsafe fn unpack_q4(p: *const u8) -> __m256i {
+        let raw = _mm_loadu_si128(p as *const __m128i);
+        let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+        _mm256_and_si256(both, _mm256_set1_epi8(15))
+    }
+
+    /// Σ over 32 lanes of u·x for unsigned codes `u` < 16 and signed `x`, as 8 f32
+    /// partial sums (the pair sums, at most 2·15·127, fit in i16).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (inlined into the callers' AVX2 code).
+    #[inline(always)]
+    unsafe fn block_dot_u(x: __m256i, u: __m256i) -> __m256 {
+        let p16 = _mm256_maddubs_epi16(u, x);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+
     /// # Safety
     /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
-    /// must hold `32·nb` codes, `wq` `16·nb` bytes and `xd` `nb` scales.
+    /// must hold `32·nb` codes, `wq` `16·nb` bytes and `xd`, `xs` `nb` values.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+    pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], xs: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
         let nb = wd.len();
+        assert!(xq.len() >= nb * QK && xd.len() >= nb && xs.len() >= nb && wq.len() >= nb * QK / 2);
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
+        // Σ_b w-scale · x-scale · Σ x-codes, subtracted 8 times at the end.
+        let mut corr = _mm256_setzero_ps();
         let mut b = 0;
         while b + 8 <= nb {
-            let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
+            let wd8 = _mm256_cvtph_ps(_mm_loadu_si128(wd.as_ptr().add(b) as *const __m128i));
+            corr = _mm256_fmadd_ps(wd8, _mm256_loadu_ps(xs.as_ptr().add(b)), corr);
+            let mut s = [0f32; 8];
+            _mm256_storeu_ps(
+                s.as_mut_ptr(),
+                _mm256_mul_ps(wd8, _mm256_loadu_ps(xd.as_ptr().add(b))),
+            );
             for k in (0..8).step_by(2) {
                 let x0 = _mm256_loadu_si256(px.add((b + k) * QK) as *const __m256i);
                 let x1 = _mm256_loadu_si256(px.add((b + k + 1) * QK) as *const __m256i);
                 let w0 = unpack_q4(pw.add((b + k) * QK / 2));
                 let w1 = unpack_q4(pw.add((b + k + 1) * QK / 2));
-                acc0 = _mm256_fmadd_ps(block_dot(x0, w0), _mm256_set1_ps(s[k]), acc0);
-                acc1 = _mm256_fmadd_ps(block_dot(x1, w1), _mm256_set1_ps(s[k + 1]), acc1);
+                acc0 = _mm256_fmadd_ps(block_dot_u(x0, w0), _mm256_set1_ps(s[k]), acc0);
+                acc1 = _mm256_fmadd_ps(block_dot_u(x1, w1), _mm256_set1_ps(s[k + 1]), acc1);
             }
             b += 8;
         }
+        let mut total = hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * hsum(corr);
         while b < nb {
             let x0 = _mm256_loadu_si256(px.add(b * QK) as *const __m256i);
             let w0 = unpack_q4(pw.add(b * QK / 2));
-            let s = xd[b] * half::f16::from_bits(wd[b]).to_f32();
-            acc0 = _mm256_fmadd_ps(block_dot(x0, w0), _mm256_set1_ps(s), acc0);
+            let wdb = half::f16::from_bits(wd[b]).to_f32();
+            total += hsum(block_dot_u(x0, w0)) * xd[b] * wdb - 8.0 * wdb * xs[b];
             b += 1;
         }
-        hsum(_mm256_add_ps(acc0, acc1))
+        total
     }
 }
 
@@ -737,7 +768,7 @@ mod avx512 {
         _mm512_shuffle_f32x4::<0b01_00_01_00>(_mm512_set1_ps(a), _mm512_set1_ps(b))
     }
 
-    /// Two Q4 blocks (32 packed bytes) as 64 signed codes in element order.
+    /// Two Q4 blocks (32 packed bytes) as 64 unsigned codes (0..16) in element order.
     ///
     /// # Safety
     /// The CPU must have AVX-512BW; `p` must point at 32 readable bytes (two Q4 blocks).
@@ -749,8 +780,7 @@ mod avx512 {
         let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m);
         // [b.lo, b1.lo, b.hi, b1.hi] → [b.lo, b.hi, b1.lo, b1.hi]
         let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-        let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v);
-        _mm512_sub_epi8(v, _mm512_set1_epi8(8))
+        _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v)
     }
 
     /// # Safety
@@ -790,33 +820,58 @@ mod avx512 {
 
     /// # Safety
     /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
-    /// must hold `32·nb` codes, `wq` `16·nb` bytes and `xd` `nb` scales.
+    /// must hold `32·nb` codes, `wq` `16·nb` bytes and `xd`, `xs` `nb` values. The
+    /// stored unsigned codes go straight into VNNI's unsigned × signed product; `8·Σx`
+    /// is subtracted at the end (see [`super::QVec::s`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
-    pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+    pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], xs: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
         let nb = wd.len();
+        assert!(xq.len() >= nb * QK && xd.len() >= nb && xs.len() >= nb && wq.len() >= nb * QK / 2);
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
         let mut a0 = _mm512_setzero_ps();
         let mut a1 = _mm512_setzero_ps();
+        let mut corr = _mm256_setzero_ps();
         let mut b = 0;
         while b + 8 <= nb {
             // The codes 1 KiB ahead, and the scales.
             _mm_prefetch::<_MM_HINT_T0>(pw.add(b * QK / 2 + 1024) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(pw.add(b * QK / 2 + 1024 + 64) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(wd.as_ptr().add(b + 64) as *const i8);
-            let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
+            let wd8 = _mm256_cvtph_ps(_mm_loadu_si128(wd.as_ptr().add(b) as *const __m128i));
+            corr = _mm256_fmadd_ps(wd8, _mm256_loadu_ps(xs.as_ptr().add(b)), corr);
+            let mut s = [0f32; 8];
+            _mm256_storeu_ps(
+                s.as_mut_ptr(),
+                _mm256_mul_ps(wd8, _mm256_loadu_ps(xd.as_ptr().add(b))),
+            );
             for k in (0..8).step_by(4) {
                 let x0 = _mm512_loadu_si512(px.add((b + k) * QK) as *const __m512i);
                 let x1 = _mm512_loadu_si512(px.add((b + k + 2) * QK) as *const __m512i);
                 let w0 = unpack_q4_pair(pw.add((b + k) * QK / 2));
                 let w1 = unpack_q4_pair(pw.add((b + k + 2) * QK / 2));
-                a0 = _mm512_fmadd_ps(pair_dot(x0, w0), pair_scale(s[k], s[k + 1]), a0);
-                a1 = _mm512_fmadd_ps(pair_dot(x1, w1), pair_scale(s[k + 2], s[k + 3]), a1);
+                let zero = _mm512_setzero_si512();
+                let d0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w0, x0));
+                let d1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w1, x1));
+                a0 = _mm512_fmadd_ps(d0, pair_scale(s[k], s[k + 1]), a0);
+                a1 = _mm512_fmadd_ps(d1, pair_scale(s[k + 2], s[k + 3]), a1);
             }
             b += 8;
         }
-        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        let c = _mm_add_ps(
+            _mm256_castps256_ps128(corr),
+            _mm256_extractf128_ps::<1>(corr),
+        );
+        let c = _mm_add_ps(c, _mm_movehl_ps(c, c));
+        let c = _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)));
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) - 8.0 * c;
         if b < nb {
-            total += super::scalar::dot_q4(&xq[b * QK..], &xd[b..], &wq[b * QK / 2..], &wd[b..]);
+            total += super::scalar::dot_q4(
+                &xq[b * QK..],
+                &xd[b..],
+                &xs[b..],
+                &wq[b * QK / 2..],
+                &wd[b..],
+            );
         }
         total
     }
@@ -845,7 +900,7 @@ macro_rules! widest {
 
 widest!(dot_f16(x: &[f32], w: &[u16]));
 widest!(dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]));
-widest!(dot_q4(xq: &[i8], xd: &[f32], wq: &[u8], wd: &[u16]));
+widest!(dot_q4(xq: &[i8], xd: &[f32], xs: &[f32], wq: &[u8], wd: &[u16]));
 
 // ------------------------------------------------------------------ products
 
@@ -895,6 +950,7 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
                     dot_q4(
                         &qx[i].qs,
                         &qx[i].d,
+                        &qx[i].s,
                         &qs[r * cols / 2..(r + 1) * cols / 2],
                         &d[r * nb..(r + 1) * nb],
                     )
@@ -1000,8 +1056,8 @@ mod tests {
                             scalar::dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK]),
                         ),
                         Data::Q4 { qs, d } => (
-                            dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK]),
-                            scalar::dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK]),
+                            dot_q4(&qx.qs, &qx.d, &qx.s, &qs[..cols / 2], &d[..cols / QK]),
+                            scalar::dot_q4(&qx.qs, &qx.d, &qx.s, &qs[..cols / 2], &d[..cols / QK]),
                         ),
                         _ => unreachable!(),
                     };
@@ -1017,7 +1073,7 @@ mod tests {
                                 avx::dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK])
                             },
                             Data::Q4 { qs, d } => unsafe {
-                                avx::dot_q4(&qx.qs, &qx.d, &qs[..cols / 2], &d[..cols / QK])
+                                avx::dot_q4(&qx.qs, &qx.d, &qx.s, &qs[..cols / 2], &d[..cols / QK])
                             },
                             _ => unreachable!(),
                         };
