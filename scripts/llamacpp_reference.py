@@ -42,11 +42,12 @@ Building llama.cpp for it (a benchmark reference only, outside this repository):
 
     pip download --no-binary llama-cpp-python --no-deps llama-cpp-python   # its sdist vendors llama.cpp
     tar xzf llama_cpp_python-*.tar.gz && cd llama_cpp_python-*/vendor/llama.cpp
-    cmake -S . -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release
-    cmake --build build -j2 --target llama-bench llama-quantize
-    pip install -e gguf-py        # for convert_hf_to_gguf.py
-    python convert_hf_to_gguf.py MODEL_DIR --outtype f32 --outfile gpt2-f32.gguf   # and f16
-    build/bin/llama-quantize gpt2-f32.gguf gpt2-q8_0.gguf q8_0                     # and q4_0
+    # one build per instruction set: GGML_AVX512=OFF (AVX2 + FMA) and =ON
+    cmake -S . -B build-avx2 -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DCMAKE_BUILD_TYPE=Release \
+        -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+    cmake --build build-avx2 -j2 --target llama-bench llama-quantize
+    # the models on both sides: scripts/llamacpp_models.py (random GPT-2 and Llama
+    # folders, attn quantize, convert_hf_to_gguf.py, llama-quantize)
 
 On CPUs that report AMX where the hypervisor does not really enable it, llama.cpp's
 quantized prefill dies with SIGILL; add -DCMAKE_C_FLAGS=... and -DCMAKE_CXX_FLAGS=
