@@ -509,13 +509,8 @@ pub fn attention_backward(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data as data;
     use super::*;
-
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
-            .collect()
-    }
 
     /// The attention heads' three products (scores, weighted sums of rows, and the
     /// transposed weighted sums) against plain loops, for head widths below, at and above

@@ -421,13 +421,8 @@ dispatch!(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data as data;
     use super::*;
-
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
-            .collect()
-    }
 
     #[test]
     fn products_match_plain_loops() {

@@ -101,3 +101,11 @@ pub fn isa_name() -> &'static str {
 pub(crate) fn rows_per_task(rows: usize, row: usize) -> usize {
     (16384 / row.max(1)).clamp(1, rows.max(1))
 }
+
+/// Deterministic test values in [−1, 1) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
+        .collect()
+}

@@ -112,13 +112,8 @@ pub fn adamw(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data as data;
     use super::*;
-
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
-            .collect()
-    }
 
     #[test]
     fn adamw_matches_the_recurrence() {
