@@ -331,7 +331,7 @@ impl Decoder {
                 && l + 1 == self.layers.len()
                 && n_rows > tokens.len();
             layer.norm1.apply(&x, &mut h, spec.eps);
-            layer.qkv.apply(&h, n, &mut qkv);
+            layer.qkv.apply(&h, n_rows, &mut qkv);
             if let Some(rope) = &self.rope {
                 // The queries and keys (side by side at the row's start) turn; the
                 // values do not.
@@ -410,14 +410,13 @@ impl Decoder {
                     y[(r0 + j) * qw + hh * hd..][..hd].copy_from_slice(&out[j * hd..(j + 1) * hd]);
                 }
             }
-            let n = n_rows;
-            layer.proj.apply(&y, n, &mut a);
+            layer.proj.apply(&y, n_rows, &mut a);
             x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
             layer.norm2.apply(&x, &mut h, spec.eps);
-            layer.up.apply(&h, n, &mut f);
+            layer.up.apply(&h, n_rows, &mut f);
             self.activate(&mut f, &mut m);
             let mid = if spec.mlp == Mlp::SwiGlu { &m } else { &f };
-            layer.down.apply(mid, n, &mut a);
+            layer.down.apply(mid, n_rows, &mut a);
             x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
         }
         for (st, t) in states.iter_mut().zip(tokens) {

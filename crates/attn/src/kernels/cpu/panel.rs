@@ -62,8 +62,9 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
     assert!(panel.len() >= cols * NR && values.len() >= (p * NR + valid) * cols);
     // Whole square blocks in registers where the ISA has them.
     #[cfg(target_arch = "x86_64")]
-    let whole = if transpose_side(isa()) > 0 && valid == NR {
-        let side = transpose_side(isa());
+    let (level, side) = (isa(), transpose_side(isa()));
+    #[cfg(target_arch = "x86_64")]
+    let whole = if side > 0 && valid == NR {
         let c16 = cols / side * side;
         for c0 in (0..c16).step_by(side) {
             // The rows' next sixteen values (a line further on each of 32 rows, often
@@ -83,7 +84,7 @@ pub fn pack_panel(values: &[f32], rows: usize, cols: usize, p: usize, panel: &mu
                 // asserted above). The ISA was detected.
                 unsafe {
                     transpose_block(
-                        isa(),
+                        level,
                         values.as_ptr().add((p * NR + j0) * cols + c0),
                         cols,
                         panel.as_mut_ptr().add(c0 * NR + j0),

@@ -173,6 +173,11 @@ impl QMatrix {
         let r0 = p * T;
         let valid = T.min(rows - r0);
         let mut tile = [[0f32; T]; T];
+        let isa = super::isa();
+        let side = super::panel::transpose_side(isa);
+        assert!(panel.len() >= cols * T);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = side;
         for c0 in (0..cols).step_by(T) {
             let width = T.min(cols - c0);
             for (j, t) in tile.iter_mut().enumerate() {
@@ -182,17 +187,15 @@ impl QMatrix {
                     *t = [0.0; T];
                 }
             }
-            let side = super::panel::transpose_side(super::isa());
+            #[cfg(target_arch = "x86_64")]
             if side > 0 && width == T {
                 for i0 in (0..T).step_by(side) {
                     for j0 in (0..T).step_by(side) {
-                        // SAFETY: the tile is T × T and panel rows c0..c0 + T (within
-                        // `cols`) hold T values each; the ISA was detected.
-                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the tile is T × T and panel rows c0..c0 + T ≤ cols hold
+                        // T values each (asserted above); the ISA was detected.
                         unsafe {
-                            assert!(panel.len() >= (c0 + T) * T);
                             super::panel::transpose_block(
-                                super::isa(),
+                                isa,
                                 tile.as_ptr().cast::<f32>().add(j0 * T + i0),
                                 T,
                                 panel.as_mut_ptr().add((c0 + i0) * T + j0),
@@ -532,7 +535,7 @@ mod avx {
     /// # Safety
     /// The CPU must have AVX (the callers' `target_feature`s include it).
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -857,13 +860,7 @@ mod avx512 {
             }
             b += 8;
         }
-        let c = _mm_add_ps(
-            _mm256_castps256_ps128(corr),
-            _mm256_extractf128_ps::<1>(corr),
-        );
-        let c = _mm_add_ps(c, _mm_movehl_ps(c, c));
-        let c = _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)));
-        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) - 8.0 * c;
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) - 8.0 * super::avx::hsum(corr);
         if b < nb {
             total += super::scalar::dot_q4(
                 &xq[b * QK..],
