@@ -88,7 +88,7 @@ impl Target {
             count(true);
         }
         if is(&["gpt2", "llama", "mistral"]) {
-            if let Ok(lm) = checkpoint::load_causal_lm(dir, &dev) {
+            if let Ok(lm) = checkpoint::load_causal_lm(dir) {
                 run_lm(lm.model.as_ref());
                 count(true);
             }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use attn::checkpoint::{load_causal_lm, load_causal_lm_graph};
+use attn::checkpoint::load_causal_lm;
 use attn::engine::Decoder;
 use attn::generate::{generate_ids, SamplingConfig};
 use attn::kernels::WeightType;
@@ -66,9 +66,6 @@ pub struct BenchGenerateArgs {
     /// folder holds them; f32 for presets).
     #[arg(long)]
     dtype: Option<String>,
-    /// Decode through the tensor graph instead of the inference engine.
-    #[arg(long)]
-    graph: bool,
     /// Also decode this many sequences together (inference engine) and report the
     /// total tokens/s of the batch.
     #[arg(long, default_value_t = 1)]
@@ -154,13 +151,11 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
             "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
             "block_size": config.block_size, "batch_size": config.batch_size, "vocab_size": vocab,
             "last_loss": last_loss,
-            "engine": trainer.engine(),
         }));
     } else {
         println!(
-            "train {} ({}): {:.0} tokens/s ({:.1} ms/step, {} steps)",
+            "train {}: {:.0} tokens/s ({:.1} ms/step, {} steps)",
             a.preset,
-            trainer.engine(),
             tps,
             1e3 * secs / a.steps as f64,
             a.steps
@@ -218,10 +213,9 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let device = default_device();
     let ty = a.dtype.as_deref().map(WeightType::parse).transpose()?;
     let model: Box<dyn CausalLm> = match (&a.model, &a.preset) {
-        (Some(dir), None) if a.graph => load_causal_lm_graph(dir, &device)?.model,
         (Some(dir), None) => match ty {
             Some(ty) => Box::new(Decoder::load(dir, Some(ty))?),
-            None => load_causal_lm(dir, &device)?.model,
+            None => load_causal_lm(dir)?.model,
         },
         (None, Some(p)) => {
             let config = TrainConfig::preset(p)?;
@@ -235,17 +229,13 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             );
             mc.set_dropout(0.0);
             let mut pb = ParamBuilder::init(Rng::new(1), &device);
-            let model = Gpt2::new(mc.clone(), &mut pb)?;
-            if a.graph || !device.is_cpu() {
-                Box::new(model)
-            } else {
-                let params = pb.finish()?;
-                Box::new(Decoder::from_params(
-                    mc.to_hf_json(),
-                    &params,
-                    ty.unwrap_or(WeightType::F32),
-                )?)
-            }
+            Gpt2::new(mc.clone(), &mut pb)?;
+            let params = pb.finish()?;
+            Box::new(Decoder::from_params(
+                mc.to_hf_json(),
+                &params,
+                ty.unwrap_or(WeightType::F32),
+            )?)
         }
         _ => return Err(Error::invalid("model", "give --model DIR or --preset NAME")),
     };

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use attn::checkpoint::load_causal_lm;
 use attn::data::{normalize, read_text, Encoding};
 use attn::metrics::perplexity;
-use attn::nn::default_device;
 use attn::Result;
 use clap::{Args, Subcommand};
 
@@ -316,7 +315,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         crate::at_least_1("--stride", n)?;
     }
     attn::guard::regular_file(&a.data)?;
-    let loaded = load_causal_lm(&a.model, &default_device())?;
+    let loaded = load_causal_lm(&a.model)?;
     let text = normalize(&read_text(&a.data, a.encoding)?);
     let ids = loaded.tokenizer.encode(&text)?;
     let max_length = a.max_length.unwrap_or(loaded.model.context());

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use attn::checkpoint::load_causal_lm;
 use attn::generate::{generate, SamplingConfig};
-use attn::nn::default_device;
 use attn::Result;
 use clap::Args;
 
@@ -51,7 +50,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             "an empty stop text would stop before the first token",
         ));
     }
-    let loaded = load_causal_lm(&a.model, &default_device())?;
+    let loaded = load_causal_lm(&a.model)?;
     let g = &loaded.generation;
     let sampling = SamplingConfig {
         temperature: a

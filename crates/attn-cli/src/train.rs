@@ -259,7 +259,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cfg.n_embd,
         cfg.block_size,
         trainer.vocab_size(),
-        trainer.params.count() as f64 / 1e6,
+        trainer.param_count() as f64 / 1e6,
         trainer.splits().train.len(),
         trainer.splits().val.len()
     );

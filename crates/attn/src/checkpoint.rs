@@ -157,21 +157,27 @@ pub fn save_gpt2(
     tokenizer: &Tokenizer,
     generation: &serde_json::Value,
 ) -> Result<()> {
-    save_model_folder(dir, &config.to_hf_json(), params, tokenizer, generation)
+    save_model_folder(
+        dir,
+        &config.to_hf_json(),
+        &params.tensors(),
+        tokenizer,
+        generation,
+    )
 }
 
-/// Save a model folder in HF layout: `config` is its `config.json`, `params` its
-/// tensors under their HF names.
+/// Save a model folder in HF layout: `config` is its `config.json`, `tensors` its
+/// weights under their HF names.
 pub fn save_model_folder(
     dir: &Path,
     config: &serde_json::Value,
-    params: &Params,
+    tensors: &BTreeMap<String, Tensor>,
     tokenizer: &Tokenizer,
     generation: &serde_json::Value,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // Weights first and config last: a folder is complete once config.json is there.
-    write_safetensors(&dir.join(WEIGHTS), &params.tensors())?;
+    write_safetensors(&dir.join(WEIGHTS), tensors)?;
     tokenizer.save(&dir.join(TOKENIZER))?;
     write_json(&dir.join(GENERATION_CONFIG), generation)?;
     write_json(&dir.join(CONFIG), config)
@@ -281,31 +287,25 @@ pub fn is_quantized(value: &serde_json::Value) -> bool {
     value.get("attn_quantization").is_some()
 }
 
-/// Load a GPT-2 or Llama model folder for generation or scoring. On the CPU it runs on
-/// the decoder engine ([`crate::engine::Decoder`]; `params` is then empty); on other
-/// devices through the tensor graph (quantized folders: the CPU only).
-pub fn load_causal_lm(dir: &Path, device: &Device) -> Result<LoadedLm> {
+/// Load a GPT-2 or Llama model folder (any weight type) for generation or scoring, on
+/// the decoder engine ([`crate::engine::Decoder`]; `params` is empty).
+pub fn load_causal_lm(dir: &Path) -> Result<LoadedLm> {
     let value = read_config(dir)?;
     let model_type = model_type(dir, &value)?;
-    let quantized = is_quantized(&value);
-    let on_engine = crate::engine::Family::of_model_type(&model_type).is_some();
-    if on_engine && (quantized || device.is_cpu()) {
-        if quantized && !device.is_cpu() {
-            return Err(Error::invalid(
-                "device",
-                "quantized models run on the CPU only",
-            ));
-        }
-        let (engine, tokenizer) = load_decoder(dir)?;
-        return Ok(LoadedLm {
-            model: Box::new(engine),
-            params: Params::default(),
-            tokenizer,
-            generation: read_generation(dir)?,
-            model_type,
-        });
+    if crate::engine::Family::of_model_type(&model_type).is_none() {
+        return Err(Error::bad_file(
+            dir.join(CONFIG),
+            format!("model_type {model_type:?} is not a causal language model attn knows (expected gpt2 or llama)"),
+        ));
     }
-    load_causal_lm_graph(dir, device)
+    let (engine, tokenizer) = load_decoder(dir)?;
+    Ok(LoadedLm {
+        model: Box::new(engine),
+        params: Params::default(),
+        tokenizer,
+        generation: read_generation(dir)?,
+        model_type,
+    })
 }
 
 /// A decoder folder (GPT-2 or Llama, any weight type) on the engine, with its tokenizer.
@@ -316,8 +316,9 @@ pub fn load_decoder(dir: &Path) -> Result<(crate::engine::Decoder, Tokenizer)> {
     Ok((engine, tokenizer))
 }
 
-/// [`load_causal_lm`] through the tensor graph, with the parameters (not for quantized
-/// folders).
+/// A GPT-2 or Llama folder as a tensor graph, with its parameters (not for quantized
+/// folders): the second implementation the engine is tested against, until the graph
+/// models go with candle ("One engine, part 2"). Nothing outside tests runs it.
 pub fn load_causal_lm_graph(dir: &Path, device: &Device) -> Result<LoadedLm> {
     let value = read_config(dir)?;
     let cfg_path = dir.join(CONFIG);

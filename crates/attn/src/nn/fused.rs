@@ -8,7 +8,7 @@
 //! custom op whose forward is one pass per row (rows split over the rayon pool when the
 //! work is large) and whose `bwd` is another such op, so autodiff works through it.
 //! They take f32 and f64 tensors on the CPU; the callers in `nn` fall back to the
-//! composite paths elsewhere, or when [`set_enabled`]`(false)` (or `ATTN_FUSED=0`).
+//! composite paths elsewhere, or when a test calls [`set_enabled`]`(false)`.
 //!
 //! Its length is temporary: this file serves the candle graph, which BERT and Marian
 //! still run on and which "One engine, part 2" removes together with this file.
@@ -24,25 +24,17 @@ use rayon::prelude::*;
 
 use crate::Result;
 
-/// 0: not decided yet (read ATTN_FUSED), 1: on, 2: off.
+/// 0: on (the default), 1: off.
 static STATE: AtomicU8 = AtomicU8::new(0);
 
-/// Whether the fused kernels are used (default yes; `ATTN_FUSED=0` turns them off).
+/// Whether the fused kernels are used (yes unless a test turned them off).
 pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = std::env::var("ATTN_FUSED").map_or(true, |v| v != "0");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-    }
+    STATE.load(Ordering::Relaxed) == 0
 }
 
 /// Turn the fused kernels on or off for the whole process (tests compare both paths).
 pub fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    STATE.store(if on { 0 } else { 1 }, Ordering::Relaxed);
 }
 
 /// Whether `t` can go through the fused kernels.

@@ -8,8 +8,8 @@
 //!   `trainer_state.json` with step, RNG state and config), replaced atomically;
 //! * `metrics.jsonl`: one JSON object per logged step and per evaluation.
 //!
-//! Just over 800 lines because the graph trainer (non-CPU devices) still lives here
-//! beside the native one until "One engine, part 2" removes the graph path.
+//! The steps are [`native`]'s: the parameters, gradients and AdamW moments live in its
+//! flat buffers and nowhere else; saves write them straight from there.
 
 mod config;
 pub mod native;
@@ -19,24 +19,23 @@ pub mod schedule;
 
 pub use config::{Arch, TrainConfig, PRESETS};
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, read_safetensors, write_json, write_safetensors};
 use crate::data::{lm, read_corpus, Encoding, LmSplits};
 use crate::models::gpt2::{Gpt2, Gpt2Config};
 use crate::models::llama::{Llama, LlamaConfig};
-use crate::nn::{Mode, ParamBuilder, Params};
+use crate::nn::ParamBuilder;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use native::NativeDecoder;
-use optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
+use optimizer::AdamWConfig;
 use schedule::CosineSchedule;
 
 const STATE_FILE: &str = "trainer_state.json";
@@ -156,12 +155,8 @@ pub struct Trainer {
     pub config: TrainConfig,
     /// The model's `config.json` (Hugging Face field names).
     hf_config: serde_json::Value,
-    /// The GPT-2 as a tensor graph, for the graph path (other devices,
-    /// `ATTN_TRAINER=graph`); `None` for Llama, which trains on the native path only.
-    graph: Option<Gpt2>,
-    pub params: Params,
     pub tokenizer: Tokenizer,
-    opt: AdamW,
+    opt: AdamWConfig,
     schedule: CosineSchedule,
     splits: LmSplits,
     data: DataSpec,
@@ -171,52 +166,46 @@ pub struct Trainer {
     out: PathBuf,
     device: Device,
     last_train_loss: f64,
-    /// The hand-written training step, when it covers the model (see [`native`]);
-    /// otherwise steps go through candle's autograd on `model`. While it is in use,
-    /// `params` is brought up to date at evaluations and saves ([`Trainer::sync_params`]).
-    native: Option<NativeDecoder>,
+    /// The model being trained: its parameters, gradients and moments, and the steps.
+    native: NativeDecoder,
     /// Held for the life of a run that writes `out` (none for benchmarks): a second run
     /// on the same folder is refused, naming this one's PID.
     _lock: Option<crate::guard::DirLock>,
 }
 
-/// Whether the native step trains this GPT-2 here: the tanh GELU, f32 on the CPU,
-/// fused kernels on (`ATTN_FUSED=0` turns them off) and `ATTN_TRAINER` not `graph`.
-fn native_applies(model: &Gpt2, device: &Device) -> bool {
-    device.is_cpu()
-        && model.dtype() == candle_core::DType::F32
-        && crate::nn::fused::enabled()
-        && std::env::var("ATTN_TRAINER").map_or(true, |v| v != "graph")
-        && crate::engine::DecoderSpec::from_gpt2(&model.config)
-            .is_ok_and(|spec| NativeDecoder::supports(&spec))
-}
-
 /// A freshly initialised (or, from a checkpoint's tensors, loaded) model of the
-/// config's family: its `config.json`, the GPT-2 graph (`None` for Llama), and the
-/// native step where it applies.
+/// config's family, ready to train: its `config.json` and the native step over its
+/// parameters. The parameters are drawn in the graph models' order, so that a seed
+/// gives the same initial model as before.
 fn build_model(
     config: &TrainConfig,
     tokenizer: &Tokenizer,
-    pb: &mut ParamBuilder,
+    mut pb: ParamBuilder,
     device: &Device,
-) -> Result<(serde_json::Value, Option<Gpt2>)> {
+) -> Result<(serde_json::Value, NativeDecoder)> {
+    if !device.is_cpu() {
+        return Err(Error::invalid(
+            "device",
+            "attn trains on the CPU (a GPU backend comes with the engine's CUDA kernels)",
+        ));
+    }
     match config.arch {
         Arch::Gpt2 => {
-            let model = Gpt2::new(model_config(config, tokenizer), pb)?;
-            Ok((model.config.to_hf_json(), Some(model)))
+            let model = Gpt2::new(model_config(config, tokenizer), &mut pb)?;
+            let params = pb.finish()?;
+            let native = NativeDecoder::gpt2(&model.config, &params)?;
+            Ok((model.config.to_hf_json(), native))
         }
         Arch::Llama => {
-            if !device.is_cpu() {
-                return Err(Error::invalid(
-                    "arch",
-                    "Llama models train on the CPU (the native trainer) for now",
-                ));
-            }
             let hf = llama_config(config, tokenizer);
             let lc: LlamaConfig = serde_json::from_value(hf.clone())
                 .map_err(|e| Error::invalid("arch", format!("Llama config: {e}")))?;
-            Llama::new(lc, pb)?;
-            Ok((hf, None))
+            Llama::new(lc, &mut pb)?;
+            let params = pb.finish()?;
+            let spec = crate::engine::io::spec_of(&hf)?;
+            // Attention dropout only, as transformers' Llama has.
+            let native = NativeDecoder::from_params(&spec, (0.0, config.dropout, 0.0), &params)?;
+            Ok((hf, native))
         }
     }
 }
@@ -240,12 +229,13 @@ impl Trainer {
         config.check_memory(tokenizer.vocab_size())?;
         let mut rng = Rng::new(config.seed);
         let init_rng = rng.fork();
-        let mut pb = ParamBuilder::init(init_rng, device);
-        let model = build_model(&config, &tokenizer, &mut pb, device)?;
-        let params = pb.finish()?;
-        let mut t = Self::assemble(
-            config, data, &corpus, tokenizer, model, params, rng, out, device,
+        let model = build_model(
+            &config,
+            &tokenizer,
+            ParamBuilder::init(init_rng, device),
+            device,
         )?;
+        let mut t = Self::assemble(config, data, &corpus, tokenizer, model, rng, out, device)?;
         t._lock = Some(lock);
         Ok(t)
     }
@@ -280,17 +270,14 @@ impl Trainer {
                 .map(|_| chars[rng.below(chars.len())])
                 .collect()
         };
-        let mut pb = ParamBuilder::init(rng.fork(), device);
-        let model = build_model(&config, &tokenizer, &mut pb, device)?;
-        let params = pb.finish()?;
+        let pb = ParamBuilder::init(rng.fork(), device);
+        let model = build_model(&config, &tokenizer, pb, device)?;
         let data = DataSpec {
             files: vec![],
             encoding: Encoding::Utf8,
         };
         let out = std::env::temp_dir().join("attn-synthetic");
-        Self::assemble(
-            config, data, &corpus, tokenizer, model, params, rng, &out, device,
-        )
+        Self::assemble(config, data, &corpus, tokenizer, model, rng, &out, device)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -299,8 +286,7 @@ impl Trainer {
         data: DataSpec,
         corpus: &str,
         tokenizer: Tokenizer,
-        (hf_config, graph): (serde_json::Value, Option<Gpt2>),
-        params: Params,
+        (hf_config, native): (serde_json::Value, NativeDecoder),
         rng: Rng,
         out: &Path,
         device: &Device,
@@ -308,29 +294,11 @@ impl Trainer {
         let ids = tokenizer.encode(corpus)?;
         let splits = LmSplits::new(ids, config.val_fraction)?;
         splits.check_block(config.block_size)?;
-        let opt = AdamW::new(
-            &params,
-            AdamWConfig {
-                beta1: config.beta1,
-                beta2: config.beta2,
-                eps: 1e-8,
-                weight_decay: config.weight_decay,
-            },
-        )?;
-        let native = match &graph {
-            Some(model) if native_applies(model, device) => {
-                Some(NativeDecoder::gpt2(&model.config, &params)?)
-            }
-            Some(_) => None,
-            None => {
-                // Llama: attention dropout only, as transformers' Llama has.
-                let spec = crate::engine::io::spec_of(&hf_config)?;
-                Some(NativeDecoder::from_params(
-                    &spec,
-                    (0.0, config.dropout, 0.0),
-                    &params,
-                )?)
-            }
+        let opt = AdamWConfig {
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: 1e-8,
+            weight_decay: config.weight_decay,
         };
         let schedule = CosineSchedule {
             lr: config.lr,
@@ -341,8 +309,6 @@ impl Trainer {
         Ok(Trainer {
             config,
             hf_config,
-            graph,
-            params,
             tokenizer,
             opt,
             schedule,
@@ -396,16 +362,14 @@ impl Trainer {
         let corpus = read_corpus(&data.files, data.encoding)?;
         let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
         let tensors = read_safetensors(&ckpt.join(checkpoint::WEIGHTS), device)?;
-        let mut pb = ParamBuilder::load(tensors, device);
-        let model = build_model(&config, &tokenizer, &mut pb, device)?;
-        let params = pb.finish()?;
+        let pb = ParamBuilder::load(tensors, device);
+        let model = build_model(&config, &tokenizer, pb, device)?;
         let mut t = Self::assemble(
             config,
             data,
             &corpus,
             tokenizer,
             model,
-            params,
             Rng::from_state(state.rng_state),
             out,
             device,
@@ -421,10 +385,7 @@ impl Trainer {
             ));
         }
         let moments = read_safetensors(&ckpt.join(OPTIMIZER_FILE), device)?;
-        t.opt.load_state(moments, state.step)?;
-        if let Some(n) = t.native.as_mut() {
-            n.load_moments(&t.opt.state_tensors(), state.step)?;
-        }
+        t.native.load_moments(&moments, state.step)?;
         t.step = state.step;
         t.best_val_loss = state.best_val_loss;
         t._lock = Some(lock);
@@ -479,44 +440,14 @@ impl Trainer {
         self.tokenizer.vocab_size()
     }
 
-    /// Which implementation runs the steps: `"native"` or `"graph"`.
-    pub fn engine(&self) -> &'static str {
-        if self.native.is_some() {
-            "native"
-        } else {
-            "graph"
-        }
-    }
-
-    /// Train through candle's autograd from here on even where the native step applies
-    /// (for comparing the two): the parameters and moments move to the graph model.
-    pub fn without_native(mut self) -> Result<Self> {
-        if self.graph.is_none() {
-            return Err(Error::invalid(
-                "arch",
-                "Llama models train on the native path only",
-            ));
-        }
-        if let Some(n) = self.native.take() {
-            n.write_params(&self.params)?;
-            let moments = n.moment_tensors(&self.device)?.into_iter().collect();
-            self.opt.load_state(moments, self.opt.t)?;
-        }
-        Ok(self)
-    }
-
-    /// Copy the native step's parameters into `params` (and so `model`); a no-op on
-    /// the graph path. Evaluations and saves do this themselves.
-    pub fn sync_params(&self) -> Result<()> {
-        match &self.native {
-            Some(n) => n.write_params(&self.params),
-            None => Ok(()),
-        }
+    /// The number of trained values.
+    pub fn param_count(&self) -> usize {
+        self.native.param_count()
     }
 
     fn native_step(&mut self, lr: f64) -> Result<(f64, f64)> {
         let cfg = &self.config;
-        let n = self.native.as_mut().expect("native step");
+        let n = &mut self.native;
         n.zero_grads();
         let mut loss_sum = 0f64;
         for _ in 0..cfg.grad_accum {
@@ -527,8 +458,8 @@ impl Trainer {
                 &mut self.rng,
             );
             let (x, y) = lm::windows(&self.splits.train, &starts, cfg.block_size);
-            // Drawn only with dropout, so that without it the batches are those the graph
-            // trainer draws.
+            // Drawn only with dropout, so that runs without it draw the batches that
+            // runs without it always drew.
             let seed = if n.has_dropout() {
                 self.rng.next_u64()
             } else {
@@ -549,8 +480,7 @@ impl Trainer {
         } else {
             1.0
         };
-        n.adamw_step(&self.opt.config, lr, scale);
-        self.opt.t += 1;
+        n.adamw_step(&self.opt, lr, scale);
         Ok((loss_sum, norm))
     }
 
@@ -558,11 +488,7 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepStats> {
         let started = Instant::now();
         let lr = self.schedule.at(self.step);
-        let (loss_sum, grad_norm) = if self.native.is_some() {
-            self.native_step(lr)?
-        } else {
-            self.graph_step(lr)?
-        };
+        let (loss_sum, grad_norm) = self.native_step(lr)?;
         self.step += 1;
         let cfg = &self.config;
         let loss = loss_sum / cfg.grad_accum as f64;
@@ -585,37 +511,6 @@ impl Trainer {
         })
     }
 
-    /// A step through candle's autograd; returns the summed micro-batch losses and the
-    /// gradient norm before clipping.
-    fn graph_step(&mut self, lr: f64) -> Result<(f64, f64)> {
-        let cfg = &self.config;
-        let mut grads: HashMap<String, Tensor> = HashMap::new();
-        let mut loss_sum = 0f64;
-        for _ in 0..cfg.grad_accum {
-            let starts = lm::random_windows(
-                &self.splits.train,
-                cfg.batch_size,
-                cfg.block_size,
-                &mut self.rng,
-            );
-            let batch = lm::batch_at(&self.splits.train, &starts, cfg.block_size, &self.device)?;
-            let model = self.graph.as_ref().expect("the graph path trains a GPT-2");
-            let loss = model.loss(&batch.x, &batch.y, &mut Mode::Train(&mut self.rng))?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let loss = (loss / cfg.grad_accum as f64)?;
-            for (name, g) in gradients(&self.params, &loss.backward()?) {
-                let g = match grads.remove(&name) {
-                    Some(acc) => (acc + g)?,
-                    None => g,
-                };
-                grads.insert(name, g);
-            }
-        }
-        let grad_norm = clip_global_norm(&mut grads, cfg.grad_clip)?;
-        self.opt.step(&grads, lr)?;
-        Ok((loss_sum, grad_norm))
-    }
-
     /// Mean loss over `eval_iters` fixed batches of `ids` (the same windows at every
     /// evaluation, so successive estimates are comparable).
     fn estimate(&mut self, ids: &[u32], salt: u64) -> Result<f64> {
@@ -624,15 +519,8 @@ impl Trainer {
         let mut total = 0f64;
         for _ in 0..cfg.eval_iters {
             let starts = lm::random_windows(ids, cfg.batch_size, cfg.block_size, &mut rng);
-            if let Some(n) = self.native.as_mut() {
-                let (x, y) = lm::windows(ids, &starts, cfg.block_size);
-                total += n.loss(&x, &y, cfg.batch_size, cfg.block_size)?;
-                continue;
-            }
-            let batch = lm::batch_at(ids, &starts, cfg.block_size, &self.device)?;
-            let model = self.graph.as_ref().expect("the graph path trains a GPT-2");
-            let loss = model.loss(&batch.x, &batch.y, &mut Mode::Eval)?;
-            total += loss.to_scalar::<f32>()? as f64;
+            let (x, y) = lm::windows(ids, &starts, cfg.block_size);
+            total += self.native.loss(&x, &y, cfg.batch_size, cfg.block_size)?;
         }
         Ok(total / cfg.eval_iters as f64)
     }
@@ -686,11 +574,10 @@ impl Trainer {
 
     /// Save the current model as an HF folder at `dir`.
     pub fn save_model(&self, dir: &Path) -> Result<()> {
-        self.sync_params()?;
         checkpoint::save_model_folder(
             dir,
             &self.hf_config,
-            &self.params,
+            &self.native.param_tensors(&self.device)?,
             &self.tokenizer,
             &self.generation_config(),
         )
@@ -704,10 +591,7 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         self.save_model(&tmp)?;
-        let moments = match &self.native {
-            Some(n) => n.moment_tensors(&self.device)?,
-            None => self.opt.state_tensors(),
-        };
+        let moments = self.native.moment_tensors(&self.device)?;
         write_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
         let state = TrainerState {
             step: self.step,

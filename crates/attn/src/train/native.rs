@@ -11,7 +11,7 @@
 //! [`crate::kernels::cpu`]: LayerNorm or RMSNorm, learned or rotary positions, multi-head or
 //! grouped-query attention, GELU or SwiGLU, biases or none, tied or untied head. Tests
 //! compare the loss and every gradient with transformers' (fixtures) and with finite
-//! differences, and whole training runs with the graph trainer.
+//! differences.
 //!
 //! Every matrix is kept `[in, out]` (GPT-2's `Conv1D` layout): a Llama's `nn.Linear`
 //! weights are transposed on the way in and out, and its query, key and value
@@ -513,7 +513,7 @@ pub struct NativeDecoder {
     acts: Vec<Acts>,
     /// Gradients of shards 1.. (shard 0 adds into `grads`); zero between passes.
     shard_grads: Vec<Vec<f32>>,
-    /// Shards wanted: `ATTN_SHARDS`, or [`Self::set_shards`]; by default one per thread.
+    /// Shards wanted ([`Self::set_shards`]); by default one per thread.
     shards: Option<usize>,
 }
 
@@ -655,23 +655,26 @@ impl NativeDecoder {
             t: 0,
             acts: Vec::new(),
             shard_grads: Vec::new(),
-            shards: std::env::var("ATTN_SHARDS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&n| n > 0),
+            shards: None,
         })
     }
 
-    /// Write the current parameters into `params` (the graph model's variables).
-    pub fn write_params(&self, params: &Params) -> Result<()> {
-        for s in &self.slots {
-            if let Some(var) = params.get(&s.name) {
-                let t = Tensor::from_vec(s.read(&self.params), s.shape.as_slice(), var.device())?
-                    .to_dtype(var.dtype())?;
-                var.set(&t)?;
-            }
-        }
-        Ok(())
+    /// The parameters as tensors under their checkpoint (HF) names, for saving.
+    pub fn param_tensors(&self, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                Ok((
+                    s.name.clone(),
+                    Tensor::from_vec(s.read(&self.params), s.shape.as_slice(), device)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The number of trained values.
+    pub fn param_count(&self) -> usize {
+        self.params.len()
     }
 
     /// The AdamW moments as `exp_avg.<name>` / `exp_avg_sq.<name>` tensors, the names
@@ -689,9 +692,8 @@ impl NativeDecoder {
         Ok(out)
     }
 
-    /// Restore moments saved by [`Self::moment_tensors`] (or the graph trainer) after
-    /// `t` updates.
-    pub fn load_moments(&mut self, tensors: &BTreeMap<String, Tensor>, t: usize) -> Result<()> {
+    /// Restore moments saved by [`Self::moment_tensors`] after `t` updates.
+    pub fn load_moments(&mut self, tensors: &HashMap<String, Tensor>, t: usize) -> Result<()> {
         for s in &self.slots {
             for (prefix, buf) in [("exp_avg", &mut self.m), ("exp_avg_sq", &mut self.v)] {
                 let key = format!("{prefix}.{}", s.name);
