@@ -482,6 +482,33 @@ fn quantize_input(x: &[f32]) -> QVec {
     QVec { qs, d, s }
 }
 
+/// [`quantize_input`] for the 4-bit kernels: the codes of each pair of blocks in the
+/// order in which those kernels unpack 32 stored bytes (the low nibbles of both blocks,
+/// then the high nibbles), that is elements `0..16, 32..48, 16..32, 48..64` of the pair
+/// (a last unpaired block keeps its order). Each product then reads the weights with
+/// one shift and mask per 64 codes and no shuffle.
+fn quantize_input_q4(x: &[f32]) -> QVec {
+    let mut v = quantize_input(x);
+    let mut tmp = [0i8; 2 * QK];
+    for pair in v.qs.chunks_exact_mut(2 * QK) {
+        tmp.copy_from_slice(pair);
+        pair[16..32].copy_from_slice(&tmp[32..48]);
+        pair[32..48].copy_from_slice(&tmp[16..32]);
+    }
+    v
+}
+
+/// Where element `e` of block `b` (of `nb`) sits in a [`quantize_input_q4`] vector.
+fn q4_input_index(b: usize, e: usize, nb: usize) -> usize {
+    if b + 1 < nb || b % 2 == 1 {
+        let (pair, second) = (b / 2, b % 2);
+        let half = e / 16;
+        pair * 2 * QK + half * 32 + second * 16 + e % 16
+    } else {
+        b * QK + e
+    }
+}
+
 // ------------------------------------------------------------------ dot products
 
 /// Whether the AVX2 kernels can run here.
@@ -519,8 +546,42 @@ fn avx512() -> bool {
     }
 }
 
+/// For each module of dot products, `rows(x, w, out)`: the product of one input vector
+/// with consecutive weight rows (`out.len()` of them, from the first of `w`), inside the
+/// module's `target_feature`s so that the per-row kernel is inlined and the CPU check
+/// and call happen once per run of rows rather than once per row.
+macro_rules! rows_of {
+    ($(#[$attr:meta])* $vis:vis) => {
+        /// # Safety
+        /// The CPU must have the module's features (those of its dot products).
+        $(#[$attr])*
+        $vis unsafe fn rows(x: super::Input<'_>, w: &super::Data, cols: usize, r0: usize, out: &mut [f32]) {
+            let nb = cols / QK;
+            for (k, o) in out.iter_mut().enumerate() {
+                let r = r0 + k;
+                *o = match (w, x) {
+                    (super::Data::F16(v), super::Input::F32(x)) => dot_f16(x, &v[r * cols..(r + 1) * cols]),
+                    (super::Data::Q8 { qs, d }, super::Input::Q(q)) => {
+                        dot_q8(&q.qs, &q.d, &qs[r * cols..(r + 1) * cols], &d[r * nb..(r + 1) * nb])
+                    }
+                    (super::Data::Q4 { qs, d }, super::Input::Q(q)) => dot_q4(
+                        &q.qs,
+                        &q.d,
+                        &q.s,
+                        &qs[r * cols / 2..(r + 1) * cols / 2],
+                        &d[r * nb..(r + 1) * nb],
+                    ),
+                    _ => unreachable!("an input of the weights' kind"),
+                };
+            }
+        }
+    };
+}
+
 mod scalar {
     use super::{f16, QK};
+
+    rows_of!(pub);
 
     pub fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
         x.iter()
@@ -541,15 +602,18 @@ mod scalar {
         sum
     }
 
-    /// The reference: codes shifted to signed before the product (`xs` is not used).
+    /// The reference: codes shifted to signed before the product (`xs` is not used);
+    /// `xq` in [`super::quantize_input_q4`]'s order.
     pub fn dot_q4(xq: &[i8], xd: &[f32], _xs: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
+        let nb = wd.len();
         let mut sum = 0f32;
-        for b in 0..wd.len() {
+        for b in 0..nb {
             let mut acc = 0i32;
+            let x = |e: usize| xq[super::q4_input_index(b, e, nb)] as i32;
             for i in 0..QK / 2 {
                 let byte = wq[b * QK / 2 + i];
-                acc += xq[b * QK + i] as i32 * ((byte & 15) as i32 - 8);
-                acc += xq[b * QK + i + QK / 2] as i32 * ((byte >> 4) as i32 - 8);
+                acc += x(i) * ((byte & 15) as i32 - 8);
+                acc += x(i + QK / 2) * ((byte >> 4) as i32 - 8);
             }
             sum += acc as f32 * xd[b] * f16::from_bits(wd[b]).to_f32();
         }
@@ -561,6 +625,8 @@ mod scalar {
 mod avx {
     use super::QK;
     use std::arch::x86_64::*;
+
+    rows_of!(#[target_feature(enable = "avx2,fma,f16c")] pub);
 
     /// # Safety
     /// The CPU must have AVX (the callers' `target_feature`s include it).
@@ -576,6 +642,7 @@ mod avx {
     /// The CPU must have the features in `target_feature`. The slices may differ in length (the
     /// shorter one bounds the sum).
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
         let n = x.len().min(w.len());
         let (px, pw) = (x.as_ptr(), w.as_ptr());
@@ -635,6 +702,7 @@ mod avx {
     /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
     /// and `wq` must hold `32·nb` codes and `xd` `nb` scales.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub unsafe fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
@@ -742,10 +810,25 @@ mod avx {
     /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
     /// must hold `32·nb` codes, `wq` `16·nb` bytes and `xd`, `xs` `nb` values.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], xs: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         assert!(xq.len() >= nb * QK && xd.len() >= nb && xs.len() >= nb && wq.len() >= nb * QK / 2);
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
+        let mask = _mm256_set1_epi8(15);
+        let ones = _mm256_set1_epi16(1);
+        // Σ over a pair of blocks (32 stored bytes, 64 input codes in pair order) as 8
+        // i32 lanes, lanes 0–3 the first block's and 4–7 the second's.
+        let pair = |p: usize| {
+            let raw = _mm256_loadu_si256(pw.add(p * QK) as *const __m256i);
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            let xlo = _mm256_loadu_si256(px.add(p * 2 * QK) as *const __m256i);
+            let xhi = _mm256_loadu_si256(px.add(p * 2 * QK + QK) as *const __m256i);
+            let dlo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xlo), ones);
+            let dhi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xhi), ones);
+            _mm256_cvtepi32_ps(_mm256_add_epi32(dlo, dhi))
+        };
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
         // Σ_b w-scale · x-scale · Σ x-codes, subtracted 8 times at the end.
@@ -754,28 +837,34 @@ mod avx {
         while b + 8 <= nb {
             let wd8 = _mm256_cvtph_ps(_mm_loadu_si128(wd.as_ptr().add(b) as *const __m128i));
             corr = _mm256_fmadd_ps(wd8, _mm256_loadu_ps(xs.as_ptr().add(b)), corr);
-            let mut s = [0f32; 8];
-            _mm256_storeu_ps(
-                s.as_mut_ptr(),
-                _mm256_mul_ps(wd8, _mm256_loadu_ps(xd.as_ptr().add(b))),
-            );
-            for k in (0..8).step_by(2) {
-                let x0 = _mm256_loadu_si256(px.add((b + k) * QK) as *const __m256i);
-                let x1 = _mm256_loadu_si256(px.add((b + k + 1) * QK) as *const __m256i);
-                let w0 = unpack_q4(pw.add((b + k) * QK / 2));
-                let w1 = unpack_q4(pw.add((b + k + 1) * QK / 2));
-                acc0 = _mm256_fmadd_ps(block_dot_u(x0, w0), _mm256_set1_ps(s[k]), acc0);
-                acc1 = _mm256_fmadd_ps(block_dot_u(x1, w1), _mm256_set1_ps(s[k + 1]), acc1);
-            }
+            let s = _mm256_mul_ps(wd8, _mm256_loadu_ps(xd.as_ptr().add(b)));
+            // The scales of blocks (k, k + 1) in lanes 0–3 and 4–7.
+            let sc = |k: i32| {
+                _mm256_permutevar8x32_ps(
+                    s,
+                    _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1),
+                )
+            };
+            let p = b / 2;
+            acc0 = _mm256_fmadd_ps(pair(p), sc(0), acc0);
+            acc1 = _mm256_fmadd_ps(pair(p + 1), sc(2), acc1);
+            acc0 = _mm256_fmadd_ps(pair(p + 2), sc(4), acc0);
+            acc1 = _mm256_fmadd_ps(pair(p + 3), sc(6), acc1);
             b += 8;
         }
         let mut total = hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * hsum(corr);
-        while b < nb {
+        let scale = |b: usize| xd[b] * half::f16::from_bits(wd[b]).to_f32();
+        let corr_of = |b: usize| 8.0 * half::f16::from_bits(wd[b]).to_f32() * xs[b];
+        while b + 2 <= nb {
+            let sc = _mm256_set_m128(_mm_set1_ps(scale(b + 1)), _mm_set1_ps(scale(b)));
+            total += hsum(_mm256_mul_ps(pair(b / 2), sc)) - corr_of(b) - corr_of(b + 1);
+            b += 2;
+        }
+        if b < nb {
+            // The last, unpaired block, in element order.
             let x0 = _mm256_loadu_si256(px.add(b * QK) as *const __m256i);
             let w0 = unpack_q4(pw.add(b * QK / 2));
-            let wdb = half::f16::from_bits(wd[b]).to_f32();
-            total += hsum(block_dot_u(x0, w0)) * xd[b] * wdb - 8.0 * wdb * xs[b];
-            b += 1;
+            total += hsum(block_dot_u(x0, w0)) * scale(b) - corr_of(b);
         }
         total
     }
@@ -787,10 +876,13 @@ mod avx512 {
     use super::QK;
     use std::arch::x86_64::*;
 
+    rows_of!(#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")] pub);
+
     /// # Safety
     /// The CPU must have the features in `target_feature`. The slices may differ in length (the
     /// shorter one bounds the sum).
     #[target_feature(enable = "avx512f,f16c,fma")]
+    #[inline]
     pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
         let n = x.len().min(w.len());
         let (px, pw) = (x.as_ptr(), w.as_ptr());
@@ -871,6 +963,7 @@ mod avx512 {
     /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
     /// and `wq` must hold `32·nb` codes and `xd` `nb` scales.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
+    #[inline]
     pub unsafe fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
@@ -908,10 +1001,22 @@ mod avx512 {
     /// stored unsigned codes go straight into VNNI's unsigned × signed product; `8·Σx`
     /// is subtracted at the end (see [`super::QVec::s`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")]
+    #[inline]
     pub unsafe fn dot_q4(xq: &[i8], xd: &[f32], xs: &[f32], wq: &[u8], wd: &[u16]) -> f32 {
         let nb = wd.len();
         assert!(xq.len() >= nb * QK && xd.len() >= nb && xs.len() >= nb && wq.len() >= nb * QK / 2);
         let (px, pw) = (xq.as_ptr(), wq.as_ptr());
+        let mask = _mm512_set1_epi8(15);
+        // Σ over a pair of blocks (32 stored bytes, 64 input codes in pair order) as 16
+        // i32 lanes: 0–3 and 8–11 the first block's, 4–7 and 12–15 the second's.
+        let pair = |p: usize| {
+            let raw = _mm256_loadu_si256(pw.add(p * QK) as *const __m256i);
+            let both =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4));
+            let x = _mm512_loadu_si512(px.add(p * 2 * QK) as *const __m512i);
+            let w = _mm512_and_si512(both, mask);
+            _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x))
+        };
         let mut a0 = _mm512_setzero_ps();
         let mut a1 = _mm512_setzero_ps();
         let mut corr = _mm256_setzero_ps();
@@ -923,27 +1028,26 @@ mod avx512 {
             _mm_prefetch::<_MM_HINT_T0>(wd.as_ptr().add(b + 64) as *const i8);
             let wd8 = _mm256_cvtph_ps(_mm_loadu_si128(wd.as_ptr().add(b) as *const __m128i));
             corr = _mm256_fmadd_ps(wd8, _mm256_loadu_ps(xs.as_ptr().add(b)), corr);
-            let mut s = [0f32; 8];
-            _mm256_storeu_ps(
-                s.as_mut_ptr(),
-                _mm256_mul_ps(wd8, _mm256_loadu_ps(xd.as_ptr().add(b))),
-            );
-            for k in (0..8).step_by(4) {
-                let x0 = _mm512_loadu_si512(px.add((b + k) * QK) as *const __m512i);
-                let x1 = _mm512_loadu_si512(px.add((b + k + 2) * QK) as *const __m512i);
-                let w0 = unpack_q4_pair(pw.add((b + k) * QK / 2));
-                let w1 = unpack_q4_pair(pw.add((b + k + 2) * QK / 2));
-                let zero = _mm512_setzero_si512();
-                let d0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w0, x0));
-                let d1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w1, x1));
-                a0 = _mm512_fmadd_ps(d0, pair_scale(s[k], s[k + 1]), a0);
-                a1 = _mm512_fmadd_ps(d1, pair_scale(s[k + 2], s[k + 3]), a1);
-            }
+            let s = _mm512_castps256_ps512(_mm256_mul_ps(wd8, _mm256_loadu_ps(xd.as_ptr().add(b))));
+            // The scales of blocks (k, k + 1) in the lanes of `pair`.
+            let sc = |k: i32| {
+                let (u, v) = (k, k + 1);
+                _mm512_permutexvar_ps(
+                    _mm512_setr_epi32(u, u, u, u, v, v, v, v, u, u, u, u, v, v, v, v),
+                    s,
+                )
+            };
+            let p = b / 2;
+            a0 = _mm512_fmadd_ps(pair(p), sc(0), a0);
+            a1 = _mm512_fmadd_ps(pair(p + 1), sc(2), a1);
+            a0 = _mm512_fmadd_ps(pair(p + 2), sc(4), a0);
+            a1 = _mm512_fmadd_ps(pair(p + 3), sc(6), a1);
             b += 8;
         }
         let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) - 8.0 * super::avx::hsum(corr);
         if b < nb {
-            total += super::scalar::dot_q4(
+            // Fewer than eight blocks left: the AVX2 kernel takes them (pair order too).
+            total += super::avx::dot_q4(
                 &xq[b * QK..],
                 &xd[b..],
                 &xs[b..],
@@ -953,6 +1057,29 @@ mod avx512 {
         }
         total
     }
+}
+
+/// One input vector as the dot products of a weight type take it.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    F32(&'a [f32]),
+    Q(&'a QVec),
+}
+
+/// [`rows_of`] for the widest kernels this CPU has.
+fn dot_rows(x: Input<'_>, w: &Data, cols: usize, r0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F/BW/VNNI (and AVX2, FMA, F16C) were detected.
+        return unsafe { avx512::rows(x, w, cols, r0, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        return unsafe { avx::rows(x, w, cols, r0, out) };
+    }
+    // SAFETY: the portable module needs no CPU feature.
+    unsafe { scalar::rows(x, w, cols, r0, out) }
 }
 
 /// A dot product that runs the widest kernel this CPU has: AVX-512 (with VNNI), AVX2,
@@ -1003,10 +1130,10 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         super::panel::matmul(x, n, rows, cols, super::panel::Panels::Fill(&fill), out);
     } else {
         // Quantize the inputs once for the integer kernels.
-        let qx: Vec<QVec> = if w.weight_type().is_quantized() {
-            x.chunks(cols).map(quantize_input).collect()
-        } else {
-            vec![]
+        let qx: Vec<QVec> = match w.weight_type() {
+            WeightType::Q8 => x.chunks(cols).map(quantize_input).collect(),
+            WeightType::Q4 => x.chunks(cols).map(quantize_input_q4).collect(),
+            _ => vec![],
         };
         // Each task takes a run of weight rows and computes them for every input row.
         let dot = |r: usize, i: usize| -> f32 {
@@ -1038,11 +1165,13 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         let threads = rayon::current_num_threads().max(1);
         let per = (rows / (threads * 8)).clamp(8, 256).min(rows.max(1));
         if n == 1 {
-            out.par_chunks_mut(per).enumerate().for_each(|(t, o)| {
-                for (k, o) in o.iter_mut().enumerate() {
-                    *o = dot(t * per + k, 0);
-                }
-            });
+            let input = match qx.first() {
+                Some(q) => Input::Q(q),
+                None => Input::F32(x),
+            };
+            out.par_chunks_mut(per)
+                .enumerate()
+                .for_each(|(t, o)| dot_rows(input, &w.data, cols, t * per, o));
         } else {
             // Written `[rows, n]` by the tasks, then transposed into `out`.
             let mut tmp = vec![0f32; rows * n];
@@ -1118,7 +1247,14 @@ mod tests {
 
     #[test]
     fn products_match_the_dequantized_weights() {
-        let (rows, cols) = (37, 320);
+        // 7, 10 and 11 blocks a row: the 4-bit kernels' pairs, groups of eight blocks,
+        // and a last unpaired block.
+        for cols in [224, 320, 352] {
+            products_match(37, cols);
+        }
+    }
+
+    fn products_match(rows: usize, cols: usize) {
         let w = values(rows * cols, 1);
         for n in [1, 3, 9] {
             let x = values(n * cols, 2 + n as u64);
@@ -1148,7 +1284,11 @@ mod tests {
                 }
                 // The scalar and SIMD kernels agree closely on the integer path.
                 if ty.is_quantized() {
-                    let qx = quantize_input(&x[..cols]);
+                    let qx = if ty == WeightType::Q4 {
+                        quantize_input_q4(&x[..cols])
+                    } else {
+                        quantize_input(&x[..cols])
+                    };
                     let (simd, scal) = match &q.data {
                         Data::Q8 { qs, d } => (
                             dot_q8(&qx.qs, &qx.d, &qs[..cols], &d[..cols / QK]),
