@@ -275,4 +275,47 @@ mod tests {
             assert!(e.contains(name), "{e}");
         }
     }
+
+    /// Ids at or past `vocab_limit` are never chosen, greedy or sampled; a limit of 0,
+    /// or one that is not below the logits' length, limits nothing.
+    #[test]
+    fn ids_past_the_vocabulary_limit_are_never_chosen() {
+        // The largest logits sit past the limit of 3.
+        let logits = [0.5f32, 2.0, 1.0, 9.0, 8.0];
+        let limited = |temperature, vocab_limit| SamplingConfig {
+            temperature,
+            vocab_limit,
+            seed: 11,
+            ..Default::default()
+        };
+        assert_eq!(
+            counts(limited(0.0, Some(3)), &logits, 3),
+            vec![0, 3, 0, 0, 0]
+        );
+        let c = counts(limited(1.0, Some(3)), &logits, 2000);
+        assert_eq!(c[3] + c[4], 0, "{c:?}");
+        assert!(c[0] > 0 && c[2] > 0, "{c:?}");
+        for whole in [Some(0), Some(5), Some(9), None] {
+            assert_eq!(
+                counts(limited(0.0, whole), &logits, 2),
+                vec![0, 0, 0, 2, 0],
+                "limit {whole:?}"
+            );
+        }
+    }
+
+    /// A history id outside the vocabulary (a prompt encoded for a larger one) is
+    /// skipped by the penalty, not an out-of-bounds index.
+    #[test]
+    fn history_ids_outside_the_vocabulary_are_ignored() {
+        let cfg = SamplingConfig {
+            temperature: 0.0,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(cfg, 3);
+        let mut logits = [4.0f32, 3.0, -1.0];
+        assert_eq!(s.sample(&mut logits, &[3, 7, 1]), 0);
+        assert_eq!(logits, [4.0, 1.5, -1.0]);
+    }
 }
