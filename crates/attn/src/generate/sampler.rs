@@ -318,4 +318,23 @@ mod tests {
         assert_eq!(s.sample(&mut logits, &[3, 7, 1]), 0);
         assert_eq!(logits, [4.0, 1.5, -1.0]);
     }
+
+    /// The temperature divides the logits: at 0.5, tokens 1 and 2 of [1, 3, 2, 0]
+    /// (top-k 2) are drawn in the ratio e² : 1 (0.881 of the draws for token 1); at 2,
+    /// e^0.5 : 1 (0.622).
+    #[test]
+    fn temperature_divides_the_logits() {
+        let logits = [1.0f32, 3.0, 2.0, 0.0];
+        for (t, want) in [(0.5, 0.881), (2.0, 0.622)] {
+            let cfg = SamplingConfig {
+                temperature: t,
+                top_k: Some(2),
+                seed: 5,
+                ..Default::default()
+            };
+            let c = counts(cfg, &logits, 4000);
+            let frac = c[1] as f64 / 4000.0;
+            assert!((frac - want).abs() < 0.03, "temperature {t}: {frac}");
+        }
+    }
 }
