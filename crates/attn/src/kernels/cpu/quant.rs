@@ -878,6 +878,10 @@ mod avx512 {
 
     rows_of!(#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")] pub);
 
+    /// Four sums, no software prefetch: a version with eight sums and four prefetches
+    /// 2 KiB ahead per 128 weights read 20–30% fewer weights per second (the hardware
+    /// prefetcher follows the rows by itself).
+    ///
     /// # Safety
     /// The CPU must have the features in `target_feature`. The slices may differ in length (the
     /// shorter one bounds the sum).
@@ -886,34 +890,24 @@ mod avx512 {
     pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
         let n = x.len().min(w.len());
         let (px, pw) = (x.as_ptr(), w.as_ptr());
-        // Eight independent sums: enough to hide the FMA latency.
-        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        while i + 128 <= n {
-            // Ask for the weights 2 KiB ahead (the rest of this row or the next one).
-            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024 + 32) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024 + 64) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(pw.add(i + 1024 + 96) as *const i8);
+        while i + 64 <= n {
             for (u, a) in acc.iter_mut().enumerate() {
                 let o = i + 16 * u;
                 let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(o) as *const __m256i));
                 *a = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(o)), wv, *a);
             }
-            i += 128;
+            i += 64;
         }
         while i + 16 <= n {
             let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
             acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), wv, acc[0]);
             i += 16;
         }
-        let s01 = _mm512_add_ps(acc[0], acc[1]);
-        let s23 = _mm512_add_ps(acc[2], acc[3]);
-        let s45 = _mm512_add_ps(acc[4], acc[5]);
-        let s67 = _mm512_add_ps(acc[6], acc[7]);
         let mut total = _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(s01, s23),
-            _mm512_add_ps(s45, s67),
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
         ));
         while i < n {
             total += *px.add(i) * half::f16::from_bits(*pw.add(i)).to_f32();
