@@ -200,9 +200,42 @@ mod tests {
             top_p: Some(0.7),
             ..Default::default()
         };
-        let c = counts(nucleus, &logits, 1000);
+        let c = counts(nucleus, &logits, 4000);
         assert_eq!(c[0] + c[3], 0);
-        assert!(c[2] > 0);
+        // Renormalised over the kept two: .644 / (.644 + .237) = 0.731 for token 1.
+        let frac = c[1] as f64 / 4000.0;
+        assert!((frac - 0.731).abs() < 0.03, "{frac}");
+    }
+
+    /// Greedy ties go to the lowest id, as torch.argmax's do.
+    #[test]
+    fn greedy_ties_pick_the_lowest_id() {
+        let greedy = SamplingConfig {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            counts(greedy.clone(), &[1.0, 3.0, 3.0, 3.0], 2),
+            vec![0, 2, 0, 0]
+        );
+        assert_eq!(counts(greedy, &[2.0, 2.0], 2), vec![2, 0]);
+    }
+
+    /// Logits in the thousands (an unnormalised head, a low temperature) sample as
+    /// their differences say instead of overflowing the exponentials.
+    #[test]
+    fn large_logits_do_not_overflow() {
+        for shift in [800.0f32, -800.0, 3000.0] {
+            let logits = [1.0 + shift, 3.0 + shift, 2.0 + shift, shift];
+            let cfg = SamplingConfig {
+                top_k: Some(2),
+                seed: 9,
+                ..Default::default()
+            };
+            let c = counts(cfg, &logits, 2000);
+            let frac = c[1] as f64 / 2000.0;
+            assert!((frac - 0.731).abs() < 0.04, "shift {shift}: {frac} {c:?}");
+        }
     }
 
     #[test]

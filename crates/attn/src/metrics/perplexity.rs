@@ -16,7 +16,9 @@ pub struct Perplexity {
     /// Mean negative log-likelihood per scored token, in nats.
     pub nll: f64,
     pub perplexity: f64,
-    /// Number of tokens scored (all but the first).
+    /// Number of tokens scored: all but the first, and, as in the transformers recipe,
+    /// but the first of each window that starts past every scored token (with a stride
+    /// equal to `max_length`, the first token of every window has no left context).
     pub tokens: usize,
 }
 
@@ -46,10 +48,10 @@ pub fn perplexity(
     batch: usize,
 ) -> Result<Perplexity> {
     let ctx = model.context();
-    if max_length == 0 || max_length > ctx {
+    if max_length < 2 || max_length > ctx {
         return Err(Error::invalid(
             "max-length",
-            format!("{max_length} must be between 1 and the model's context ({ctx})"),
+            format!("{max_length} must be between 2 and the model's context ({ctx})"),
         ));
     }
     if stride == 0 || stride > max_length {
@@ -100,4 +102,142 @@ pub fn perplexity(
         perplexity: nll.exp(),
         tokens: count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::KvCache;
+
+    const V: usize = 5;
+
+    /// A toy model whose logits for the next token depend on the current token and,
+    /// when `by_position`, on the position inside the window (so a token scored with
+    /// the wrong left context, or twice, changes the sum).
+    struct Toy {
+        ctx: usize,
+        by_position: bool,
+    }
+
+    impl Toy {
+        fn row(&self, cur: u32, pos: usize) -> [f32; V] {
+            let mut r = [0f32; V];
+            for (v, x) in r.iter_mut().enumerate() {
+                *x = ((cur as usize * 7 + v * 3) % 5) as f32 * 0.4;
+                if self.by_position {
+                    *x += (pos * (v + 1)) as f32 * 0.05;
+                }
+            }
+            r
+        }
+
+        /// −log p(next | cur, pos), computed in f64 without the model's code path.
+        fn nll(&self, cur: u32, next: u32, pos: usize) -> f64 {
+            let r = self.row(cur, pos);
+            let lse = r.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            lse - r[next as usize] as f64
+        }
+    }
+
+    impl CausalLm for Toy {
+        fn hidden(&self, ids: &Tensor, _: Option<&mut KvCache>, _: &mut Mode) -> Result<Tensor> {
+            let rows = ids.to_vec2::<u32>()?;
+            let (b, t) = (rows.len(), rows[0].len());
+            let mut out = Vec::with_capacity(b * t * V);
+            for row in &rows {
+                for (p, &id) in row.iter().enumerate() {
+                    out.extend_from_slice(&self.row(id, p));
+                }
+            }
+            Ok(Tensor::from_vec(out, (b, t, V), &Device::Cpu)?)
+        }
+        fn logits(&self, h: &Tensor) -> Result<Tensor> {
+            Ok(h.clone())
+        }
+        fn context(&self) -> usize {
+            self.ctx
+        }
+        fn vocab_size(&self) -> usize {
+            V
+        }
+        fn n_layer(&self) -> usize {
+            1
+        }
+        fn bos(&self) -> Option<u32> {
+            None
+        }
+        fn eos(&self) -> Option<u32> {
+            None
+        }
+    }
+
+    fn stream(n: usize) -> Vec<u32> {
+        (0..n).map(|i| ((i * 13 + i / 3) % V) as u32).collect()
+    }
+
+    /// The window recipe stated per target: token k belongs to the first window
+    /// (starts 0, stride, 2·stride, …) that contains it, and is scored there at its
+    /// position in that window unless it is that window's first token.
+    fn expected(m: &Toy, ids: &[u32], max_length: usize, stride: usize) -> (f64, usize) {
+        let (mut sum, mut count) = (0.0, 0);
+        for k in 1..ids.len() {
+            let begin = (0..)
+                .map(|j| j * stride)
+                .find(|b| b + max_length > k)
+                .unwrap();
+            if begin < k {
+                sum += m.nll(ids[k - 1], ids[k], k - begin - 1);
+                count += 1;
+            }
+        }
+        (sum / count as f64, count)
+    }
+
+    #[test]
+    fn every_token_is_scored_once_with_its_windows_context() {
+        for by_position in [false, true] {
+            let m = Toy {
+                ctx: 8,
+                by_position,
+            };
+            for n in [2, 3, 7, 8, 9, 17, 24] {
+                let ids = stream(n);
+                for (max_length, stride) in [(8, 8), (8, 3), (8, 1), (5, 5), (5, 2), (2, 2), (2, 1)]
+                {
+                    for batch in [1, 3] {
+                        let got = perplexity(&m, &ids, max_length, stride, batch).unwrap();
+                        let (nll, count) = expected(&m, &ids, max_length, stride);
+                        assert_eq!(got.tokens, count, "n {n} max {max_length} stride {stride}");
+                        assert!(
+                            (got.nll - nll).abs() < 1e-6,
+                            "n {n} max {max_length} stride {stride} batch {batch}: {} vs {nll}",
+                            got.nll
+                        );
+                        assert!((got.perplexity - nll.exp()).abs() < 1e-5 * nll.exp());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_named() {
+        let m = Toy {
+            ctx: 8,
+            by_position: true,
+        };
+        let ids = stream(12);
+        // The model's context and a stride equal to the window are allowed.
+        assert!(perplexity(&m, &ids, 8, 8, 1).is_ok());
+        assert!(perplexity(&m, &ids, 2, 2, 1).is_ok());
+        assert!(perplexity(&m, &ids[..2], 8, 8, 1).is_ok());
+        let err = |r: Result<Perplexity>| r.unwrap_err().to_string();
+        assert!(err(perplexity(&m, &ids, 9, 8, 1)).contains("max-length"));
+        // A window of one token predicts nothing.
+        assert!(err(perplexity(&m, &ids, 1, 1, 1)).contains("max-length"));
+        assert!(err(perplexity(&m, &ids, 8, 9, 1)).contains("stride"));
+        assert!(err(perplexity(&m, &ids, 8, 0, 1)).contains("stride"));
+        assert!(err(perplexity(&m, &ids[..1], 8, 8, 1)).contains("data"));
+        assert!(err(perplexity(&m, &[], 8, 8, 1)).contains("data"));
+    }
 }
