@@ -100,8 +100,12 @@ impl Target {
             }
         }
         if is(&["bert"]) {
-            if let Ok(b) = checkpoint::load_bert(dir, &dev) {
+            if let Ok(b) = checkpoint::load_bert(dir) {
                 run_bert(&b);
+                count(true);
+            }
+            if let Ok((m, _)) = checkpoint::load_bert_model(dir, &dev) {
+                run_bert_graph(&m);
                 count(true);
             }
         }
@@ -133,16 +137,26 @@ fn run_lm(m: &dyn attn::models::CausalLm) {
 }
 
 fn run_bert(b: &checkpoint::LoadedBert) {
-    let ids = two_ids(b.model.config.vocab_size);
+    let ids = two_ids(b.encoder.config.vocab_size);
+    let _ = b
+        .encoder
+        .embed(&[&ids[..], &ids[..1]], attn::engine::Pooling::Mean, true);
+    if b.encoder.has_classifier() {
+        let _ = b.encoder.classify(&[&ids[..]], None);
+    }
+    if let Ok(ids) = b.tokenizer.encode_for_model("abcd", b.max_len) {
+        let _ = ids.len();
+    }
+}
+
+fn run_bert_graph(m: &attn::models::bert::Bert) {
+    let ids = two_ids(m.config.vocab_size);
     let dev = Device::Cpu;
     let (Ok(t), Ok(mask)) = (Tensor::new(&[ids], &dev), Tensor::new(&[[1u32, 1]], &dev)) else {
         return;
     };
-    if let Ok(out) = b.model.forward(&t, &mask, None, &mut Mode::Eval) {
-        let _ = b.model.classify(&out, &mut Mode::Eval);
-    }
-    if let Ok(ids) = b.tokenizer.encode_for_model("abcd", b.max_len) {
-        let _ = ids.len();
+    if let Ok(out) = m.forward(&t, &mask, None, &mut Mode::Eval) {
+        let _ = m.classify(&out, &mut Mode::Eval);
     }
 }
 

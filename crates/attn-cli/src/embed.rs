@@ -4,10 +4,7 @@ use std::path::PathBuf;
 
 use attn::checkpoint::load_bert;
 use attn::data::{read_text, Encoding};
-use attn::models::bert::{l2_normalize, mean_pool};
-use attn::nn::{default_device, Mode};
 use attn::{Error, Result};
-use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -45,7 +42,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     if a.batch_size == 0 {
         return Err(Error::invalid("batch-size", "must be at least 1"));
     }
-    let loaded = load_bert(&a.model, &default_device())?;
+    let loaded = load_bert(&a.model)?;
     let text = read_text(&a.input, a.encoding)?;
     let lines: Vec<&str> = text.lines().collect();
     if lines.is_empty() {
@@ -55,30 +52,14 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     for line in &lines {
         encoded.push(loaded.tokenizer.encode_for_model(line, loaded.max_len)?);
     }
-    let pad = loaded.model.config.pad_token_id.unwrap_or(0);
+    let pooling = match a.pooling {
+        Pooling::Mean => attn::engine::Pooling::Mean,
+        Pooling::Cls => attn::engine::Pooling::Cls,
+    };
     let mut out: Vec<Vec<f32>> = Vec::with_capacity(lines.len());
-    let dev = default_device();
     for chunk in encoded.chunks(a.batch_size) {
-        let t = chunk.iter().map(|e| e.len()).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(chunk.len() * t);
-        let mut mask = Vec::with_capacity(chunk.len() * t);
-        for e in chunk {
-            ids.extend(e.iter().copied().chain(std::iter::repeat(pad)).take(t));
-            mask.extend((0..t).map(|i| u32::from(i < e.len())));
-        }
-        let ids = Tensor::from_vec(ids, (chunk.len(), t), &dev)?;
-        let mask = Tensor::from_vec(mask, (chunk.len(), t), &dev)?;
-        let o = loaded.model.forward(&ids, &mask, None, &mut Mode::Eval)?;
-        let pooled = match a.pooling {
-            Pooling::Mean => mean_pool(&o.last_hidden_state, &mask)?,
-            Pooling::Cls => o.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?,
-        };
-        let pooled = if a.normalize {
-            l2_normalize(&pooled)?
-        } else {
-            pooled
-        };
-        out.extend(pooled.to_vec2::<f32>()?);
+        let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        out.extend(loaded.encoder.embed(&seqs, pooling, a.normalize)?);
     }
     crate::print_json(&serde_json::json!({ "embeddings": out }));
     Ok(())

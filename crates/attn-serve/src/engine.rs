@@ -14,10 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use attn::generate::{Sampler, SamplingConfig};
-use attn::models::bert::{l2_normalize, mean_pool};
-use attn::nn::Mode;
 use attn::tokenizer::{StreamDecoder, Tokenizer};
-use candle_core::Tensor;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use crate::api::ApiError;
@@ -123,20 +120,8 @@ pub fn run(model: EngineModel, rx: Receiver<Job>, metrics: Arc<Metrics>, max_con
 
 /// Mean-pooled, L2-normalised sentence embeddings (sentence-transformers' recipe).
 fn embed(bert: &attn::checkpoint::LoadedBert, batch: &[Vec<u32>]) -> attn::Result<Vec<Vec<f32>>> {
-    let pad = bert.model.config.pad_token_id.unwrap_or(0);
-    let t = batch.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(batch.len() * t);
-    let mut mask = Vec::with_capacity(batch.len() * t);
-    for e in batch {
-        ids.extend(e.iter().copied().chain(std::iter::repeat(pad)).take(t));
-        mask.extend((0..t).map(|i| u32::from(i < e.len())));
-    }
-    let dev = candle_core::Device::Cpu;
-    let ids = Tensor::from_vec(ids, (batch.len(), t), &dev)?;
-    let mask = Tensor::from_vec(mask, (batch.len(), t), &dev)?;
-    let out = bert.model.forward(&ids, &mask, None, &mut Mode::Eval)?;
-    let pooled = l2_normalize(&mean_pool(&out.last_hidden_state, &mask)?)?;
-    Ok(pooled.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    let seqs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+    bert.encoder.embed(&seqs, attn::engine::Pooling::Mean, true)
 }
 
 struct Seq<'t> {

@@ -299,18 +299,17 @@ struct ModelInfo {
 }
 
 fn load(dir: &std::path::Path, batched: bool) -> Result<(EngineModel, ModelInfo), String> {
-    let dev = candle_core::Device::Cpu;
     let config = attn::checkpoint::read_config(dir).map_err(|e| e.to_string())?;
     let model_type = config
         .get("model_type")
         .and_then(|v| v.as_str())
         .unwrap_or("");
     if model_type == "bert" {
-        let bert = attn::checkpoint::load_bert(dir, &dev).map_err(|e| e.to_string())?;
+        let bert = attn::checkpoint::load_bert(dir).map_err(|e| e.to_string())?;
         let info = ModelInfo {
             tokenizer: bert.tokenizer.clone(),
             context: 0,
-            vocab_size: bert.model.config.vocab_size,
+            vocab_size: bert.encoder.config.vocab_size,
             bos: None,
             encoder_max_len: bert.max_len,
             batched: false,

@@ -416,20 +416,21 @@ pub fn resolve_dir(dst: &Path) -> Option<PathBuf> {
     }
 }
 
-/// A loaded BERT encoder (`BertModel` or `BertForSequenceClassification`).
+/// A loaded BERT encoder (`BertModel` or `BertForSequenceClassification`) on the
+/// inference engine, with its tokenizer.
 pub struct LoadedBert {
-    pub model: crate::models::bert::Bert,
-    pub params: Params,
+    pub encoder: crate::engine::Encoder,
     pub tokenizer: Tokenizer,
     /// The longest input in tokens: sentence-transformers' `max_seq_length` when the
     /// folder has `sentence_bert_config.json`, else `max_position_embeddings`.
     pub max_len: usize,
 }
 
-pub fn load_bert(dir: &Path, device: &Device) -> Result<LoadedBert> {
-    let (model, params) = load_bert_model(dir, device)?;
+pub fn load_bert(dir: &Path) -> Result<LoadedBert> {
+    let encoder = crate::engine::Encoder::load(dir)?;
     let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
-    check_vocab(dir, &tokenizer, model.config.vocab_size)?;
+    let limit = encoder.config.max_position_embeddings;
+    check_vocab(dir, &tokenizer, encoder.config.vocab_size)?;
     let st = dir.join("sentence_bert_config.json");
     let max_len = if st.is_file() {
         read_json(&st)?
@@ -439,11 +440,10 @@ pub fn load_bert(dir: &Path, device: &Device) -> Result<LoadedBert> {
     } else {
         None
     }
-    .unwrap_or(model.config.max_position_embeddings)
-    .min(model.config.max_position_embeddings);
+    .unwrap_or(limit)
+    .min(limit);
     Ok(LoadedBert {
-        model,
-        params,
+        encoder,
         tokenizer,
         max_len,
     })

@@ -278,5 +278,15 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
     for (x, y) in l1.iter().flatten().zip(l2.iter().flatten()) {
         assert!((x - y).abs() < 1e-4, "{l1:?} vs {l2:?}");
     }
+    // Predictions run on the engine (ragged batches): the graph's probabilities.
+    let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+    let probs = m1.predict(&owned, 2).unwrap();
+    for (p, l) in probs.iter().zip(&l1) {
+        let e: Vec<f64> = l.iter().map(|&x| (x as f64).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for (pi, ei) in p.iter().zip(&e) {
+            assert!((*pi as f64 - ei / sum).abs() < 1e-5, "{probs:?} vs {l1:?}");
+        }
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

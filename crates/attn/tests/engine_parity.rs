@@ -328,3 +328,69 @@ fn attention_maps_match_transformers_output_attentions() {
         eprintln!("{name}: attention maps worst difference {worst:.2e}");
     }
 }
+
+/// The real (unpadded) positions of row `i` of a `[B, T, C]` fixture tensor.
+fn real_rows(t: &Tensor, i: usize, len: usize) -> Vec<f32> {
+    floats(&t.get(i).unwrap().narrow(0, 0, len).unwrap())
+}
+
+/// BERT on the engine: each padded fixture row is given unpadded (its own keys only),
+/// and its hidden states after the embeddings and after every layer, the pooler output
+/// and the classification logits match transformers' (which masked the padding).
+#[test]
+fn encoder_matches_transformers_without_padding() {
+    use attn::engine::Encoder;
+    for name in ["bert-tiny", "bert-3heads"] {
+        let r = reference(name);
+        let enc = Encoder::load(&fixture(name)).unwrap();
+        let rows = input_rows(&r);
+        let mask: Vec<Vec<u32>> = r["attention_mask"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let types: Vec<Vec<u32>> = r["token_type_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let lens: Vec<usize> = mask
+            .iter()
+            .map(|m| m.iter().sum::<u32>() as usize)
+            .collect();
+        assert!(
+            lens.iter().any(|&l| l < rows[0].len()),
+            "{name}: the fixture should pad a row"
+        );
+        let seqs: Vec<&[u32]> = rows.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
+        let tys: Vec<&[u32]> = types.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
+        let out = enc.encode(&seqs, Some(&tys), true).unwrap();
+        assert_eq!(out.all.len(), enc.config.num_hidden_layers + 1);
+        let mut worst = 0f32;
+        for (i, &len) in lens.iter().enumerate() {
+            for (l, layer) in out.all.iter().enumerate() {
+                let want = real_rows(&r[&format!("hidden_states.{l}")], i, len);
+                let d = max_abs_diff(&layer[i], &want);
+                assert!(d <= 1e-4, "{name} row {i} hidden_states.{l}: {d}");
+                worst = worst.max(d);
+            }
+            let d = max_abs_diff(&out.last[i], &real_rows(&r["last_hidden_state"], i, len));
+            assert!(d <= 1e-4, "{name} row {i} last_hidden_state: {d}");
+        }
+        let pooled = enc.pool(&out.last).unwrap();
+        let d = max_abs_diff(&pooled.concat(), &floats(&r["pooler_output"]));
+        assert!(d <= 1e-4, "{name} pooler: {d}");
+        let logits = enc.classify(&seqs, Some(&tys)).unwrap();
+        let d = max_abs_diff(&logits.concat(), &floats(&r["logits"]));
+        assert!(d <= 1e-4, "{name} logits: {d}");
+        // Token types left out are type 0.
+        let zeros: Vec<Vec<u32>> = lens.iter().map(|&l| vec![0; l]).collect();
+        let zeros: Vec<&[u32]> = zeros.iter().map(|v| v.as_slice()).collect();
+        assert_eq!(
+            enc.encode(&seqs, Some(&zeros), false).unwrap().last,
+            enc.encode(&seqs, None, false).unwrap().last,
+            "{name}: missing token types"
+        );
+        eprintln!("{name}: encoder hidden states within {worst:.3e} of transformers");
+    }
+}

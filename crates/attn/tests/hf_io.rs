@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use attn::checkpoint::{
     export, load_bert, load_gpt2_model, load_params, read_safetensors, write_safetensors,
 };
-use attn::models::bert::{l2_normalize, mean_pool};
 use attn::nn::Mode;
 use candle_core::{DType, Device, Tensor};
 
@@ -239,7 +238,7 @@ fn minilm_matches_sentence_transformers() {
         &Device::Cpu,
     )
     .unwrap();
-    let loaded = load_bert(&dir, &Device::Cpu).unwrap();
+    let loaded = load_bert(&dir).unwrap();
     assert_eq!(loaded.max_len, 256);
     let sentences: Vec<&str> = meta["sentences"]
         .as_array()
@@ -257,8 +256,7 @@ fn minilm_matches_sentence_transformers() {
         .unwrap()
         .to_vec2::<u32>()
         .unwrap();
-    let t = want_ids[0].len();
-    let (mut ids, mut mask) = (vec![], vec![]);
+    let mut seqs = vec![];
     for (i, s) in sentences.iter().enumerate() {
         let e = loaded
             .tokenizer
@@ -266,17 +264,13 @@ fn minilm_matches_sentence_transformers() {
             .unwrap();
         let n = want_mask[i].iter().sum::<u32>() as usize;
         assert_eq!(e, want_ids[i][..n], "token ids of {s:?}");
-        ids.extend(e.iter().copied().chain(std::iter::repeat(0)).take(t));
-        mask.extend((0..t).map(|j| u32::from(j < e.len())));
+        seqs.push(e);
     }
-    let ids = Tensor::from_vec(ids, (sentences.len(), t), &Device::Cpu).unwrap();
-    let mask = Tensor::from_vec(mask, (sentences.len(), t), &Device::Cpu).unwrap();
-    let out = loaded
-        .model
-        .forward(&ids, &mask, None, &mut Mode::Eval)
+    let seqs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let got = loaded
+        .encoder
+        .embed(&seqs, attn::engine::Pooling::Mean, true)
         .unwrap();
-    let emb = l2_normalize(&mean_pool(&out.last_hidden_state, &mask).unwrap()).unwrap();
-    let got = emb.to_vec2::<f32>().unwrap();
     let want = r["embeddings_normalized"].to_vec2::<f32>().unwrap();
     let mut worst_cos = 1f64;
     let mut worst_abs = 0f32;

@@ -24,7 +24,7 @@ pub(crate) struct Norm {
 
 impl Norm {
     /// Normalise each `w.len()`-long row of `x` into `out`.
-    fn apply(&self, x: &[f32], out: &mut [f32], eps: f32) {
+    pub(crate) fn apply(&self, x: &[f32], out: &mut [f32], eps: f32) {
         let c = self.w.len();
         crate::nn::fused::for_rows(out, c, |start, out| {
             let x = &x[start * c..start * c + out.len()];
@@ -49,11 +49,36 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    fn apply(&self, x: &[f32], n: usize, out: &mut [f32]) {
+    pub(crate) fn apply(&self, x: &[f32], n: usize, out: &mut [f32]) {
         matmul(x, n, &self.w, self.b.as_deref(), out);
     }
 }
 
+/// The MLP's activation, from `f` (`[n, up_rows]`) into `m` (`[n, inner]`); in place
+/// (`m` unused) for the one-matrix MLPs.
+pub(crate) fn activate(mlp: Mlp, inner: usize, f: &mut [f32], m: &mut [f32]) {
+    match mlp {
+        Mlp::Relu => {
+            crate::nn::fused::for_rows(f, 1, |_, xs| xs.iter_mut().for_each(|v| *v = v.max(0.0)))
+        }
+        Mlp::GeluErf => crate::nn::fused::for_rows(f, 1, |_, xs| {
+            xs.iter_mut().for_each(|v| {
+                *v =
+                    0.5 * *v * (1.0 + candle_core::cpu::erf::erf_f32(*v / std::f32::consts::SQRT_2))
+            })
+        }),
+        Mlp::GeluTanh => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_tanh(xs)),
+        Mlp::SwiGlu => crate::nn::fused::for_rows(m, inner, |start, out| {
+            for (r, o) in out.chunks_mut(inner).enumerate() {
+                let row = &f[(start + r) * 2 * inner..][..2 * inner];
+                vmath::silu_mul(&row[..inner], &row[inner..], o);
+            }
+        }),
+    }
+}
+
+/// One block's weights. The decoder applies `norm1` before attention and `norm2`
+/// before the MLP (pre-norm); the encoder applies them after each residual sum.
 pub(crate) struct Layer {
     pub norm1: Norm,
     /// Queries of every head, then keys, then values.
@@ -172,31 +197,6 @@ impl Decoder {
             k: vec![Vec::new(); self.spec.n_layer],
             v: vec![Vec::new(); self.spec.n_layer],
             len: 0,
-        }
-    }
-
-    /// The MLP's activation, from `f` (`[n, up_rows]`) into `m` (`[n, inner]`); in
-    /// place (`m` unused) for the one-matrix MLPs.
-    fn activate(&self, f: &mut [f32], m: &mut [f32]) {
-        let inner = self.spec.inner;
-        match self.spec.mlp {
-            Mlp::Relu => crate::nn::fused::for_rows(f, 1, |_, xs| {
-                xs.iter_mut().for_each(|v| *v = v.max(0.0))
-            }),
-            Mlp::GeluErf => crate::nn::fused::for_rows(f, 1, |_, xs| {
-                xs.iter_mut().for_each(|v| {
-                    *v = 0.5
-                        * *v
-                        * (1.0 + candle_core::cpu::erf::erf_f32(*v / std::f32::consts::SQRT_2))
-                })
-            }),
-            Mlp::GeluTanh => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_tanh(xs)),
-            Mlp::SwiGlu => crate::nn::fused::for_rows(m, inner, |start, out| {
-                for (r, o) in out.chunks_mut(inner).enumerate() {
-                    let row = &f[(start + r) * 2 * inner..][..2 * inner];
-                    vmath::silu_mul(&row[..inner], &row[inner..], o);
-                }
-            }),
         }
     }
 
@@ -379,6 +379,7 @@ impl Decoder {
                         t - j0,
                         hd,
                         scale,
+                        true,
                         &mut out,
                         keep,
                     );
@@ -414,7 +415,7 @@ impl Decoder {
             x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
             layer.norm2.apply(&x, &mut h, spec.eps);
             layer.up.apply(&h, n_rows, &mut f);
-            self.activate(&mut f, &mut m);
+            activate(spec.mlp, spec.inner, &mut f, &mut m);
             let mid = if spec.mlp == Mlp::SwiGlu { &m } else { &f };
             layer.down.apply(mid, n_rows, &mut a);
             x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);

@@ -26,7 +26,7 @@ const QS: &str = ".qs";
 const SCALES: &str = ".scales";
 
 /// Tensors by (canonical) name, as f32 with their shapes.
-type Plain = HashMap<String, (Vec<f32>, Vec<usize>)>;
+pub(crate) type Plain = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
 /// Reads the matrix `name` of `[rows, cols]` from a quantized file.
 type QuantSource<'a> = &'a dyn Fn(&str, usize, usize) -> Result<QMatrix>;
@@ -125,17 +125,47 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
+/// The bytes of a folder's weight files (each checked for size first).
+pub(crate) fn read_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Vec<u8>>)> {
+    let files = weight_files(dir)?;
+    let mut blobs = Vec::with_capacity(files.len());
+    for path in &files {
+        crate::checkpoint::check_weights_file(path)?;
+        blobs.push(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+    }
+    Ok((files, blobs))
+}
+
+/// Every tensor of the files as f32, under the name `key` gives it (`None` skips it);
+/// also whether any was stored in f16 or bf16.
+pub(crate) fn plain_tensors(
+    files: &[PathBuf],
+    blobs: &[Vec<u8>],
+    key: impl Fn(&str) -> Option<String>,
+) -> Result<(Plain, bool)> {
+    let mut half_weights = false;
+    let mut tensors = HashMap::new();
+    for (path, bytes) in files.iter().zip(blobs) {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
+        for (name, t) in st.tensors() {
+            let Some(key) = key(&name) else { continue };
+            half_weights |= matches!(
+                t.dtype(),
+                safetensors::Dtype::F16 | safetensors::Dtype::BF16
+            );
+            tensors.insert(key, (to_f32(path, &name, &t)?, t.shape().to_vec()));
+        }
+    }
+    Ok((tensors, half_weights))
+}
+
 impl Decoder {
     /// Load a decoder folder of any family the engine runs, storing its matrices as
     /// `ty` (default: as stored, f16 for f16/bf16 folders).
     pub fn load(dir: &Path, ty: Option<WeightType>) -> Result<Self> {
         let (spec, hf_config) = read_spec(dir)?;
-        let files = weight_files(dir)?;
-        let mut blobs = Vec::with_capacity(files.len());
-        for path in &files {
-            crate::checkpoint::check_weights_file(path)?;
-            blobs.push(std::fs::read(path).map_err(|e| Error::io(path, e))?);
-        }
+        let (files, blobs) = read_weight_files(dir)?;
         let path = &files[0];
         if files.len() == 1 {
             let (_, meta) = safetensors::SafeTensors::read_metadata(&blobs[0])
@@ -158,24 +188,11 @@ impl Decoder {
                 return Self::from_quantized(spec, hf_config, path, &st, qty);
             }
         }
-        let mut half_weights = false;
-        let mut tensors = HashMap::new();
         let ignored = schema(&spec).ignored;
-        for (path, bytes) in files.iter().zip(&blobs) {
-            let st = safetensors::SafeTensors::deserialize(bytes)
-                .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
-            for (name, t) in st.tensors() {
-                let key = canonical_name(spec.family, &name);
-                if ignored(&key) {
-                    continue;
-                }
-                half_weights |= matches!(
-                    t.dtype(),
-                    safetensors::Dtype::F16 | safetensors::Dtype::BF16
-                );
-                tensors.insert(key, (to_f32(path, &name, &t)?, t.shape().to_vec()));
-            }
-        }
+        let (tensors, half_weights) = plain_tensors(&files, &blobs, |name| {
+            let key = canonical_name(spec.family, name);
+            (!ignored(&key)).then_some(key)
+        })?;
         let ty = ty.unwrap_or(if half_weights {
             WeightType::F16
         } else {

@@ -6,6 +6,9 @@
 //! - [`decoder`]: the stack for inference — weights in their product layout (f32, f16,
 //!   8- or 4-bit blocks), a key/value cache per sequence (grouped-query aware), one
 //!   forward pass over a ragged batch, batched generation, attention maps.
+//! - [`encoder`]: BERT's post-norm bidirectional stack on the same kernels and layers,
+//!   over ragged batches (no padding computed), with pooler, classification head and
+//!   sentence embeddings.
 //! - [`io`]: reading Hugging Face folders (single or sharded safetensors, f32/f16/bf16,
 //!   or the quantized folders `attn quantize` writes) and writing them back.
 //!
@@ -14,10 +17,12 @@
 //! untied head) are the two configurations today.
 
 pub mod decoder;
+pub mod encoder;
 pub mod families;
 pub mod io;
 
 pub use decoder::{Decoder, DecoderState, Want};
+pub use encoder::{Encoder, Pooling};
 
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;

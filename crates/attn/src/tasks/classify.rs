@@ -196,6 +196,14 @@ fn merge_adapters(tensors: &mut BTreeMap<String, Tensor>, scale: f64) -> Result<
     Ok(())
 }
 
+/// Probabilities of logits.
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let e: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
 impl Classifier {
     /// Load a classifier folder written by [`train`] (or any HF
     /// `BertForSequenceClassification` folder); LoRA adapters saved beside the weights
@@ -330,20 +338,29 @@ impl Classifier {
                 ),
             }
         }
+        // Inference runs on the engine, laid out from the current parameters (adapters
+        // folded in): batches are ragged, so no padding is computed.
+        let engine = crate::engine::Encoder::from_params(
+            self.model.config.clone(),
+            &self.params,
+            self.lora.map(|l| l.scale()),
+        )?;
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].1.len());
         let mut sums = vec![vec![0f64; self.labels.len()]; texts.len()];
         let mut weights = vec![0f64; texts.len()];
         for chunk in order.chunks(batch_size.max(1)) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| inputs[i].1.as_slice()).collect();
-            let logits = self.logits(&batch, &mut Mode::Eval)?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+            let probs = engine
+                .classify(&batch, None)?
+                .into_iter()
+                .map(|l| softmax(&l));
             for (&k, p) in chunk.iter().zip(probs) {
                 let (text, ids) = (&inputs[k].0, &inputs[k].1);
                 let w = ids.len() as f64;
                 weights[*text] += w;
                 for (s, v) in sums[*text].iter_mut().zip(p) {
-                    *s += w * v as f64;
+                    *s += w * v;
                 }
             }
         }

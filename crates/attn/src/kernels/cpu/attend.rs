@@ -12,8 +12,11 @@ const GEMM_MIN_QUERIES: usize = 8;
 
 /// Attention of `t` new queries of one head. Query `j` is `q[j·q_stride..][..hd]` at
 /// position `past + j`; key and value `p` are `k[p·kv_stride..][..hd]` and
-/// `v[p·kv_stride..][..hd]` (the cache already holds the new positions). Writes
-/// `out` `[t, hd]`; with `keep`, also each query's weights over `past + t` positions.
+/// `v[p·kv_stride..][..hd]` (the cache already holds the new positions). A `causal`
+/// query sees the positions up to its own; otherwise every query sees all `past + t`
+/// (an encoder's bidirectional attention over one sequence, padding left out by
+/// giving each sequence its own keys). Writes `out` `[t, hd]`; with `keep`, also each
+/// query's weights over `past + t` positions.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head(
     q: &[f32],
@@ -25,10 +28,12 @@ pub(crate) fn attend_head(
     t: usize,
     hd: usize,
     scale: f32,
+    causal: bool,
     out: &mut [f32],
     keep: Option<&mut Vec<Vec<f32>>>,
 ) {
     let n = past + t;
+    let seen = |j: usize| if causal { past + j + 1 } else { n };
     let mut w = if t >= GEMM_MIN_QUERIES {
         // S = scale · Q Kᵀ, with the keys as the panel matrix ([n, hd], one key a row).
         let mut qs = Vec::with_capacity(t * hd);
@@ -49,12 +54,12 @@ pub(crate) fn attend_head(
         let mut s = vec![0f32; t * n];
         for j in 0..t {
             let qj = &q[j * q_stride..][..hd];
-            scores(qj, k, kv_stride, past + j + 1, hd, scale, &mut s[j * n..]);
+            scores(qj, k, kv_stride, seen(j), hd, scale, &mut s[j * n..]);
         }
         s
     };
     for j in 0..t {
-        super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], past + j + 1);
+        super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], seen(j));
     }
     if t >= GEMM_MIN_QUERIES {
         // O = P V, with Vᵀ ([hd, n]) as the panel matrix: panel rows are value
@@ -70,7 +75,7 @@ pub(crate) fn attend_head(
     } else {
         for j in 0..t {
             weighted_sum(
-                &w[j * n..j * n + past + j + 1],
+                &w[j * n..j * n + seen(j)],
                 v,
                 kv_stride,
                 hd,

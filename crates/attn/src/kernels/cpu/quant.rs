@@ -938,21 +938,6 @@ mod avx512 {
         _mm512_shuffle_f32x4::<0b01_00_01_00>(_mm512_set1_ps(a), _mm512_set1_ps(b))
     }
 
-    /// Two Q4 blocks (32 packed bytes) as 64 unsigned codes (0..16) in element order.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512BW; `p` must point at 32 readable bytes (two Q4 blocks).
-    #[inline(always)]
-    unsafe fn unpack_q4_pair(p: *const u8) -> __m512i {
-        let raw = _mm256_loadu_si256(p as *const __m256i);
-        let m = _mm256_set1_epi8(15);
-        let lo = _mm256_and_si256(raw, m);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m);
-        // [b.lo, b1.lo, b.hi, b1.hi] → [b.lo, b.hi, b1.lo, b1.hi]
-        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-        _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v)
-    }
-
     /// # Safety
     /// The CPU must have the features in `target_feature`; with `nb = wd.len()` blocks, `xq`
     /// and `wq` must hold `32·nb` codes and `xd` `nb` scales.
