@@ -394,3 +394,67 @@ fn encoder_matches_transformers_without_padding() {
         eprintln!("{name}: encoder hidden states within {worst:.3e} of transformers");
     }
 }
+
+/// BERT's training step on the engine: loss, logits and the gradient of every
+/// parameter against transformers' (`loss.backward()` on the padded fixture batch),
+/// each gradient within 1e-4 of the largest reference value of its tensor.
+#[test]
+fn encoder_training_step_matches_transformers_gradients() {
+    use attn::train::encoder::NativeEncoder;
+    for name in ["bert-tiny", "bert-3heads"] {
+        let r = reference(name);
+        let mut enc = NativeEncoder::load(&fixture(name)).unwrap();
+        let rows = input_rows(&r);
+        let mask: Vec<Vec<u32>> = r["attention_mask"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let types: Vec<Vec<u32>> = r["token_type_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let labels: Vec<u32> = r["labels"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+        let lens: Vec<usize> = mask
+            .iter()
+            .map(|m| m.iter().sum::<u32>() as usize)
+            .collect();
+        let seqs: Vec<&[u32]> = rows.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
+        let tys: Vec<&[u32]> = types.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
+        let logits = enc.logits(&seqs, Some(&tys)).unwrap();
+        let d = max_abs_diff(&logits.concat(), &floats(&r["logits"]));
+        assert!(d <= 1e-4, "{name} logits: {d}");
+        let loss = enc.forward_backward(&seqs, Some(&tys), &labels).unwrap();
+        let want = floats(&r["loss"])[0] as f64;
+        assert!((loss - want).abs() <= 1e-5, "{name} loss {loss} vs {want}");
+        let mut compared = 0;
+        let mut worst = 0f32;
+        let names: Vec<(String, Vec<usize>)> = enc
+            .names()
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect();
+        for (pname, _) in &names {
+            let hf = if pname.starts_with("classifier.") {
+                pname.clone()
+            } else {
+                format!("bert.{pname}")
+            };
+            let want = r
+                .get(&format!("grad.{hf}"))
+                .unwrap_or_else(|| panic!("{name}: the fixture has no gradient for {hf}"));
+            let want = floats(want);
+            let got = enc.gradient(pname).unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let d = max_abs_diff(got, &want);
+            assert!(
+                d <= 1e-4 * scale,
+                "{name}: gradient of {hf} differs by {d} (largest {scale})"
+            );
+            worst = worst.max(d / scale);
+            compared += 1;
+        }
+        assert_eq!(compared, names.len());
+        eprintln!("{name}: {compared} gradients, worst relative difference {worst:.3e}");
+    }
+}

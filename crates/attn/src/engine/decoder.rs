@@ -61,12 +61,7 @@ pub(crate) fn activate(mlp: Mlp, inner: usize, f: &mut [f32], m: &mut [f32]) {
         Mlp::Relu => {
             crate::nn::fused::for_rows(f, 1, |_, xs| xs.iter_mut().for_each(|v| *v = v.max(0.0)))
         }
-        Mlp::GeluErf => crate::nn::fused::for_rows(f, 1, |_, xs| {
-            xs.iter_mut().for_each(|v| {
-                *v =
-                    0.5 * *v * (1.0 + candle_core::cpu::erf::erf_f32(*v / std::f32::consts::SQRT_2))
-            })
-        }),
+        Mlp::GeluErf => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_erf(xs)),
         Mlp::GeluTanh => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_tanh(xs)),
         Mlp::SwiGlu => crate::nn::fused::for_rows(m, inner, |start, out| {
             for (r, o) in out.chunks_mut(inner).enumerate() {

@@ -276,6 +276,19 @@ mod tests {
         }
     }
 
+    /// At the floor itself the sampler still samples: logits 1e-5 apart become 0.1
+    /// apart, and both are drawn.
+    #[test]
+    fn the_temperature_floor_itself_samples() {
+        let cfg = SamplingConfig {
+            temperature: MIN_TEMPERATURE,
+            seed: 4,
+            ..Default::default()
+        };
+        let c = counts(cfg, &[0.0, 1e-5], 400);
+        assert!(c[0] > 100 && c[1] > 100, "{c:?}");
+    }
+
     #[test]
     fn validate_names_each_value_out_of_range() {
         let ok = SamplingConfig::default();

@@ -12,6 +12,7 @@
 //! flat buffers and nowhere else; saves write them straight from there.
 
 mod config;
+pub mod encoder;
 pub mod native;
 pub mod optimizer;
 pub mod profile;

@@ -1,0 +1,901 @@
+//! BERT's training step on the engine's kernels: the sequence classifier
+//! (`BertForSequenceClassification`) forward over a ragged batch, its loss, the backward
+//! pass written by hand, and AdamW, with parameters, gradients and moments in flat
+//! buffers under Hugging Face's names.
+//!
+//! Matrices keep transformers' `[out, in]` layout (products take them transposed), and
+//! a layer's query, key and value weights (and biases) sit next to each other, so the
+//! three projections are one product. Each sequence attends over its own tokens only
+//! (no padding is computed), as the padding mask makes transformers do.
+//!
+//! This stage has no dropout: it is checked against transformers' gradients for every
+//! parameter (`tests/engine_parity.rs`) and is what `classify train` moves onto next.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::engine::io::{plain_tensors, read_weight_files, Plain};
+use crate::kernels::cpu as k;
+use crate::kernels::cpu::{vmath, Rhs};
+use crate::models::bert::BertConfig;
+use crate::train::optimizer::AdamWConfig;
+use crate::{Error, Result};
+
+/// Where one layer's tensors start in the flat buffers.
+struct LayerAt {
+    /// `[3c, c]`: query, key and value weights stacked; biases `[3c]` likewise.
+    qkv_w: usize,
+    qkv_b: usize,
+    proj_w: usize,
+    proj_b: usize,
+    ln1_w: usize,
+    ln1_b: usize,
+    up_w: usize,
+    up_b: usize,
+    down_w: usize,
+    down_b: usize,
+    ln2_w: usize,
+    ln2_b: usize,
+}
+
+struct Layout {
+    word: usize,
+    pos: usize,
+    typ: usize,
+    emb_w: usize,
+    emb_b: usize,
+    layers: Vec<LayerAt>,
+    pool_w: usize,
+    pool_b: usize,
+    cls_w: usize,
+    cls_b: usize,
+}
+
+/// A BERT sequence classifier's parameters, gradients and AdamW moments.
+pub struct NativeEncoder {
+    pub config: BertConfig,
+    /// (canonical name, offset, shape) of every tensor, in buffer order.
+    tensors: Vec<(String, usize, Vec<usize>)>,
+    lay: Layout,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// AdamW updates applied.
+    pub t: usize,
+}
+
+/// The activations of one forward pass that the backward pass reads.
+struct Saved {
+    n: usize,
+    /// First row and length of each sequence.
+    spans: Vec<(usize, usize)>,
+    /// The embeddings' sum before their norm, and its statistics.
+    emb: Vec<f32>,
+    emb_st: Vec<f32>,
+    /// Each layer's input (`x[0]` the embeddings' output) and the last layer's output.
+    x: Vec<Vec<f32>>,
+    layers: Vec<LayerActs>,
+    pooled: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+struct LayerActs {
+    qkv: Vec<f32>,
+    /// Attention weights per (sequence, head), `len × len` each.
+    probs: Vec<Vec<f32>>,
+    y: Vec<f32>,
+    s1: Vec<f32>,
+    st1: Vec<f32>,
+    h1: Vec<f32>,
+    /// The MLP's pre-activation and activation.
+    u: Vec<f32>,
+    g: Vec<f32>,
+    s2: Vec<f32>,
+    st2: Vec<f32>,
+}
+
+/// `out [m, out] = x [m, in] · wᵀ + b` for `w [out, in]`.
+fn linear(x: &[f32], m: usize, w: &[f32], b: &[f32], out: &mut [f32], panels: &mut Vec<f32>) {
+    let (o, i) = (b.len(), w.len() / b.len());
+    k::gemm_bias(x, m, i, o, Rhs::Nt(w), Some(b), out, panels);
+}
+
+/// Backward of [`linear`]: `dw += dyᵀ·x`, `db += Σ dy`, and `dx = dy · w` (written, not
+/// added) when asked.
+#[allow(clippy::too_many_arguments)]
+fn linear_backward(
+    dy: &[f32],
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<&mut [f32]>,
+    scratch: &mut Scratch,
+) {
+    let (o, i) = (db.len(), w.len() / db.len());
+    k::gemm_tn_acc(
+        dy,
+        m,
+        o,
+        x,
+        i,
+        dw,
+        (&mut scratch.panels, &mut scratch.xpack),
+        false,
+    );
+    for row in dy[..m * o].chunks(o) {
+        db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+    }
+    if let Some(dx) = dx {
+        k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels);
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    panels: Vec<f32>,
+    xpack: Vec<f32>,
+}
+
+/// Disjoint mutable views of the gradient buffer, by offset and length.
+fn views<const N: usize>(buf: &mut [f32], parts: [(usize, usize); N]) -> [&mut [f32]; N] {
+    let mut order: Vec<usize> = (0..N).collect();
+    order.sort_by_key(|&i| parts[i].0);
+    let mut out: [Option<&mut [f32]>; N] = std::array::from_fn(|_| None);
+    let mut rest = buf;
+    let mut at = 0;
+    for &i in &order {
+        let (off, len) = parts[i];
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(off - at);
+        let (mine, tail) = tail.split_at_mut(len);
+        out[i] = Some(mine);
+        rest = tail;
+        at = off + len;
+    }
+    out.map(|o| o.unwrap())
+}
+
+impl NativeEncoder {
+    /// Load a `BertForSequenceClassification` folder (or a bare BERT with pooler and
+    /// classifier tensors under either naming).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join(crate::checkpoint::CONFIG);
+        let config: BertConfig =
+            serde_json::from_value(crate::checkpoint::read_json(&cfg_path)?)
+                .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
+        let (files, blobs) = read_weight_files(dir)?;
+        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
+            let key = name.strip_prefix("bert.").unwrap_or(name);
+            (!key.ends_with("position_ids") && !key.ends_with("token_type_ids"))
+                .then(|| key.to_string())
+        })?;
+        Self::from_plain(config, tensors)
+            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+    }
+
+    fn from_plain(config: BertConfig, mut t: Plain) -> Result<Self> {
+        config.validate()?;
+        if config.hidden_act != "gelu" {
+            return Err(Error::invalid(
+                "hidden_act",
+                format!(
+                    "{:?}: the encoder's training step has the erf GELU",
+                    config.hidden_act
+                ),
+            ));
+        }
+        let c = config.hidden_size;
+        let inner = config.intermediate_size;
+        let labels = config.labels();
+        let mut tensors: Vec<(String, usize, Vec<usize>)> = Vec::new();
+        let mut params: Vec<f32> = Vec::new();
+        let mut put = |name: String, shape: Vec<usize>, t: &mut Plain| -> Result<usize> {
+            let (v, s) = t
+                .remove(&name)
+                .ok_or_else(|| Error::invalid("weights", format!("tensor {name} is missing")))?;
+            if s != shape {
+                return Err(Error::invalid(
+                    "weights",
+                    format!("tensor {name} has shape {s:?}, expected {shape:?}"),
+                ));
+            }
+            let at = params.len();
+            params.extend_from_slice(&v);
+            tensors.push((name, at, shape));
+            Ok(at)
+        };
+        let word = put(
+            "embeddings.word_embeddings.weight".into(),
+            vec![config.vocab_size, c],
+            &mut t,
+        )?;
+        let pos = put(
+            "embeddings.position_embeddings.weight".into(),
+            vec![config.max_position_embeddings, c],
+            &mut t,
+        )?;
+        let typ = put(
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![config.type_vocab_size, c],
+            &mut t,
+        )?;
+        let emb_w = put("embeddings.LayerNorm.weight".into(), vec![c], &mut t)?;
+        let emb_b = put("embeddings.LayerNorm.bias".into(), vec![c], &mut t)?;
+        let mut layers = Vec::new();
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            let s = |m: &str| format!("{p}.attention.self.{m}");
+            let qkv_w = put(s("query.weight"), vec![c, c], &mut t)?;
+            put(s("key.weight"), vec![c, c], &mut t)?;
+            put(s("value.weight"), vec![c, c], &mut t)?;
+            let qkv_b = put(s("query.bias"), vec![c], &mut t)?;
+            put(s("key.bias"), vec![c], &mut t)?;
+            put(s("value.bias"), vec![c], &mut t)?;
+            let o = |m: &str| format!("{p}.{m}");
+            layers.push(LayerAt {
+                qkv_w,
+                qkv_b,
+                proj_w: put(o("attention.output.dense.weight"), vec![c, c], &mut t)?,
+                proj_b: put(o("attention.output.dense.bias"), vec![c], &mut t)?,
+                ln1_w: put(o("attention.output.LayerNorm.weight"), vec![c], &mut t)?,
+                ln1_b: put(o("attention.output.LayerNorm.bias"), vec![c], &mut t)?,
+                up_w: put(o("intermediate.dense.weight"), vec![inner, c], &mut t)?,
+                up_b: put(o("intermediate.dense.bias"), vec![inner], &mut t)?,
+                down_w: put(o("output.dense.weight"), vec![c, inner], &mut t)?,
+                down_b: put(o("output.dense.bias"), vec![c], &mut t)?,
+                ln2_w: put(o("output.LayerNorm.weight"), vec![c], &mut t)?,
+                ln2_b: put(o("output.LayerNorm.bias"), vec![c], &mut t)?,
+            });
+        }
+        let pool_w = put("pooler.dense.weight".into(), vec![c, c], &mut t)?;
+        let pool_b = put("pooler.dense.bias".into(), vec![c], &mut t)?;
+        let cls_w = put("classifier.weight".into(), vec![labels, c], &mut t)?;
+        let cls_b = put("classifier.bias".into(), vec![labels], &mut t)?;
+        if !t.is_empty() {
+            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
+            left.sort_unstable();
+            return Err(Error::invalid(
+                "weights",
+                format!("unexpected tensors: {}", left.join(", ")),
+            ));
+        }
+        let n = params.len();
+        Ok(NativeEncoder {
+            config,
+            tensors,
+            lay: Layout {
+                word,
+                pos,
+                typ,
+                emb_w,
+                emb_b,
+                layers,
+                pool_w,
+                pool_b,
+                cls_w,
+                cls_b,
+            },
+            params,
+            grads: vec![0.0; n],
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+        })
+    }
+
+    /// The gradient of the tensor `name` (transformers' name without `bert.`).
+    pub fn gradient(&self, name: &str) -> Option<&[f32]> {
+        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
+        Some(&self.grads[*at..at + shape.iter().product::<usize>()])
+    }
+
+    /// The values of the tensor `name`.
+    pub fn param(&self, name: &str) -> Option<&[f32]> {
+        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
+        Some(&self.params[*at..at + shape.iter().product::<usize>()])
+    }
+
+    /// Every tensor's name and shape, in buffer order.
+    pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.tensors
+            .iter()
+            .map(|(n, _, s)| (n.as_str(), s.as_slice()))
+    }
+
+    pub fn zero_grads(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = 0.0);
+    }
+
+    fn check(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>, labels: &[u32]) -> Result<()> {
+        let cfg = &self.config;
+        if seqs.is_empty() || labels.len() != seqs.len() {
+            return Err(Error::invalid(
+                "batch",
+                "one label per sequence, at least one sequence",
+            ));
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= cfg.labels()) {
+            return Err(Error::invalid(
+                "labels",
+                format!("{bad} is not below the {} labels", cfg.labels()),
+            ));
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            if s.is_empty() {
+                return Err(Error::invalid("tokens", "a sequence was given no tokens"));
+            }
+            crate::nn::check_positions(s.len(), cfg.max_position_embeddings)?;
+            if let Some(&bad) = s.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!("id {bad} is outside the vocabulary of {}", cfg.vocab_size),
+                ));
+            }
+            if let Some(tt) = types {
+                if tt.len() != seqs.len() || tt[i].len() != s.len() {
+                    return Err(Error::invalid(
+                        "token_type_ids",
+                        "one token type per token is needed",
+                    ));
+                }
+                if tt[i].iter().any(|&t| t as usize >= cfg.type_vocab_size) {
+                    return Err(Error::invalid(
+                        "token_type_ids",
+                        format!(
+                            "a type is not below type_vocab_size {}",
+                            cfg.type_vocab_size
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mean cross-entropy of the batch, and its gradient added to the gradients.
+    pub fn forward_backward(
+        &mut self,
+        seqs: &[&[u32]],
+        types: Option<&[&[u32]]>,
+        labels: &[u32],
+    ) -> Result<f64> {
+        self.check(seqs, types, labels)?;
+        Ok(k::in_pool(|| {
+            let mut scratch = Scratch::default();
+            let (saved, loss) = self.forward(seqs, types, labels, &mut scratch);
+            self.backward(seqs, types, labels, saved, &mut scratch);
+            loss
+        }))
+    }
+
+    /// Mean cross-entropy of the batch, without gradients.
+    pub fn loss(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>, labels: &[u32]) -> Result<f64> {
+        self.check(seqs, types, labels)?;
+        Ok(k::in_pool(|| {
+            self.forward(seqs, types, labels, &mut Scratch::default()).1
+        }))
+    }
+
+    /// Classification logits `[labels]` per sequence.
+    pub fn logits(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>) -> Result<Vec<Vec<f32>>> {
+        let labels = vec![0u32; seqs.len()];
+        self.check(seqs, types, &labels)?;
+        let (saved, _) = k::in_pool(|| self.forward(seqs, types, &labels, &mut Scratch::default()));
+        let nl = self.config.labels();
+        Ok(saved.logits.chunks(nl).map(<[f32]>::to_vec).collect())
+    }
+
+    fn forward(
+        &self,
+        seqs: &[&[u32]],
+        types: Option<&[&[u32]]>,
+        labels: &[u32],
+        scratch: &mut Scratch,
+    ) -> (Saved, f64) {
+        let cfg = &self.config;
+        let (lay, w) = (&self.lay, &self.params);
+        let c = cfg.hidden_size;
+        let inner = cfg.intermediate_size;
+        let eps = cfg.layer_norm_eps as f32;
+        let nh = cfg.num_attention_heads;
+        let hd = c / nh;
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut n = 0;
+        for s in seqs {
+            spans.push((n, s.len()));
+            n += s.len();
+        }
+        let mut emb = vec![0f32; n * c];
+        for (s, ids) in seqs.iter().enumerate() {
+            for (j, &id) in ids.iter().enumerate() {
+                let ty = types.map_or(0, |tt| tt[s][j] as usize);
+                let row = &mut emb[(spans[s].0 + j) * c..][..c];
+                let (a, b, d) = (
+                    &w[lay.word + id as usize * c..][..c],
+                    &w[lay.pos + j * c..][..c],
+                    &w[lay.typ + ty * c..][..c],
+                );
+                for i in 0..c {
+                    row[i] = a[i] + b[i] + d[i];
+                }
+            }
+        }
+        let ln = |x: &[f32], at_w: usize, at_b: usize, out: &mut Vec<f32>, st: &mut Vec<f32>| {
+            out.resize(n * c, 0.0);
+            st.resize(2 * n, 0.0);
+            k::layer_norm(
+                x,
+                &w[at_w..at_w + c],
+                Some(&w[at_b..at_b + c]),
+                eps,
+                n,
+                out,
+                st,
+            );
+        };
+        let (mut x0, mut emb_st) = (Vec::new(), Vec::new());
+        ln(&emb, lay.emb_w, lay.emb_b, &mut x0, &mut emb_st);
+        let mut xs = vec![x0];
+        let mut acts = Vec::with_capacity(lay.layers.len());
+        let scale = 1.0 / (hd as f32).sqrt();
+        for at in &lay.layers {
+            let x = xs.last().unwrap();
+            let mut qkv = vec![0f32; n * 3 * c];
+            linear(
+                x,
+                n,
+                &w[at.qkv_w..at.qkv_w + 3 * c * c],
+                &w[at.qkv_b..at.qkv_b + 3 * c],
+                &mut qkv,
+                &mut scratch.panels,
+            );
+            let jobs: Vec<(usize, usize)> = (0..seqs.len())
+                .flat_map(|s| (0..nh).map(move |h| (s, h)))
+                .collect();
+            let heads: Vec<(Vec<f32>, Vec<f32>)> = jobs
+                .par_iter()
+                .map(|&(s, h)| head_forward(&qkv, spans[s], h, c, hd, scale))
+                .collect();
+            let mut y = vec![0f32; n * c];
+            let mut probs = Vec::with_capacity(jobs.len());
+            for (&(s, h), (p, out)) in jobs.iter().zip(heads) {
+                let (r0, len) = spans[s];
+                for j in 0..len {
+                    y[(r0 + j) * c + h * hd..][..hd].copy_from_slice(&out[j * hd..][..hd]);
+                }
+                probs.push(p);
+            }
+            let mut s1 = vec![0f32; n * c];
+            linear(
+                &y,
+                n,
+                &w[at.proj_w..at.proj_w + c * c],
+                &w[at.proj_b..at.proj_b + c],
+                &mut s1,
+                &mut scratch.panels,
+            );
+            s1.iter_mut().zip(x).for_each(|(s, x)| *s += x);
+            let (mut h1, mut st1) = (Vec::new(), Vec::new());
+            ln(&s1, at.ln1_w, at.ln1_b, &mut h1, &mut st1);
+            let mut u = vec![0f32; n * inner];
+            linear(
+                &h1,
+                n,
+                &w[at.up_w..at.up_w + inner * c],
+                &w[at.up_b..at.up_b + inner],
+                &mut u,
+                &mut scratch.panels,
+            );
+            let mut g = u.clone();
+            g.par_chunks_mut(4096).for_each(vmath::gelu_erf);
+            let mut s2 = vec![0f32; n * c];
+            linear(
+                &g,
+                n,
+                &w[at.down_w..at.down_w + c * inner],
+                &w[at.down_b..at.down_b + c],
+                &mut s2,
+                &mut scratch.panels,
+            );
+            s2.iter_mut().zip(&h1).for_each(|(s, h)| *s += h);
+            let (mut x1, mut st2) = (Vec::new(), Vec::new());
+            ln(&s2, at.ln2_w, at.ln2_b, &mut x1, &mut st2);
+            acts.push(LayerActs {
+                qkv,
+                probs,
+                y,
+                s1,
+                st1,
+                h1,
+                u,
+                g,
+                s2,
+                st2,
+            });
+            xs.push(x1);
+        }
+        // Pooler over each sequence's first token, then the head.
+        let b = seqs.len();
+        let last = xs.last().unwrap();
+        let firsts: Vec<f32> = spans
+            .iter()
+            .flat_map(|&(r0, _)| last[r0 * c..(r0 + 1) * c].iter().copied())
+            .collect();
+        let mut pooled = vec![0f32; b * c];
+        linear(
+            &firsts,
+            b,
+            &w[lay.pool_w..lay.pool_w + c * c],
+            &w[lay.pool_b..lay.pool_b + c],
+            &mut pooled,
+            &mut scratch.panels,
+        );
+        pooled.iter_mut().for_each(|v| *v = v.tanh());
+        let nl = cfg.labels();
+        let mut logits = vec![0f32; b * nl];
+        linear(
+            &pooled,
+            b,
+            &w[lay.cls_w..lay.cls_w + nl * c],
+            &w[lay.cls_b..lay.cls_b + nl],
+            &mut logits,
+            &mut scratch.panels,
+        );
+        let mut tmp = logits.clone();
+        let loss = k::cross_entropy(&mut tmp, nl, labels, None) / b as f64;
+        (
+            Saved {
+                n,
+                spans,
+                emb,
+                emb_st,
+                x: xs,
+                layers: acts,
+                pooled,
+                logits,
+            },
+            loss,
+        )
+    }
+
+    fn backward(
+        &mut self,
+        seqs: &[&[u32]],
+        types: Option<&[&[u32]]>,
+        labels: &[u32],
+        s: Saved,
+        scratch: &mut Scratch,
+    ) {
+        let cfg = &self.config;
+        let (lay, w) = (&self.lay, &self.params);
+        let g = &mut self.grads;
+        let c = cfg.hidden_size;
+        let inner = cfg.intermediate_size;
+        let nh = cfg.num_attention_heads;
+        let hd = c / nh;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (n, b, nl) = (s.n, seqs.len(), cfg.labels());
+        // The head: dlogits = (softmax − onehot) / b (set by cross_entropy below).
+        let mut dlogits = s.logits.clone();
+        k::cross_entropy(&mut dlogits, nl, labels, Some(1.0 / b as f32));
+        let mut dpooled = vec![0f32; b * c];
+        {
+            let [dw, db] = views(g, [(lay.cls_w, nl * c), (lay.cls_b, nl)]);
+            linear_backward(
+                &dlogits,
+                &s.pooled,
+                b,
+                &w[lay.cls_w..lay.cls_w + nl * c],
+                dw,
+                db,
+                Some(&mut dpooled),
+                scratch,
+            );
+        }
+        dpooled
+            .iter_mut()
+            .zip(&s.pooled)
+            .for_each(|(d, p)| *d *= 1.0 - p * p);
+        let last = s.x.last().unwrap();
+        let firsts: Vec<f32> = s
+            .spans
+            .iter()
+            .flat_map(|&(r0, _)| last[r0 * c..(r0 + 1) * c].iter().copied())
+            .collect();
+        let mut dfirst = vec![0f32; b * c];
+        {
+            let [dw, db] = views(g, [(lay.pool_w, c * c), (lay.pool_b, c)]);
+            linear_backward(
+                &dpooled,
+                &firsts,
+                b,
+                &w[lay.pool_w..lay.pool_w + c * c],
+                dw,
+                db,
+                Some(&mut dfirst),
+                scratch,
+            );
+        }
+        let mut dx = vec![0f32; n * c];
+        for (i, &(r0, _)) in s.spans.iter().enumerate() {
+            dx[r0 * c..(r0 + 1) * c].copy_from_slice(&dfirst[i * c..(i + 1) * c]);
+        }
+        let mut tmp = vec![0f32; n * c];
+        for (l, at) in lay.layers.iter().enumerate().rev() {
+            let a = &s.layers[l];
+            // x[l+1] = LN2(s2), s2 = h1 + down(g).
+            let mut ds2 = vec![0f32; n * c];
+            {
+                let [dw, db] = views(g, [(at.ln2_w, c), (at.ln2_b, c)]);
+                k::layer_norm_backward(
+                    &dx,
+                    &a.s2,
+                    &a.st2,
+                    &w[at.ln2_w..at.ln2_w + c],
+                    n,
+                    &mut ds2,
+                    dw,
+                    Some(db),
+                );
+            }
+            let mut dgel = vec![0f32; n * inner];
+            {
+                let [dw, db] = views(g, [(at.down_w, c * inner), (at.down_b, c)]);
+                linear_backward(
+                    &ds2,
+                    &a.g,
+                    n,
+                    &w[at.down_w..at.down_w + c * inner],
+                    dw,
+                    db,
+                    Some(&mut dgel),
+                    scratch,
+                );
+            }
+            dgel.par_iter_mut()
+                .zip(&a.u)
+                .for_each(|(d, &u)| *d *= vmath::gelu_erf_grad(u));
+            // dh1 = ds2 (the residual) + du·W_up.
+            {
+                let [dw, db] = views(g, [(at.up_w, inner * c), (at.up_b, inner)]);
+                linear_backward(
+                    &dgel,
+                    &a.h1,
+                    n,
+                    &w[at.up_w..at.up_w + inner * c],
+                    dw,
+                    db,
+                    Some(&mut tmp),
+                    scratch,
+                );
+            }
+            tmp.iter_mut().zip(&ds2).for_each(|(t, d)| *t += d);
+            let mut ds1 = vec![0f32; n * c];
+            {
+                let [dw, db] = views(g, [(at.ln1_w, c), (at.ln1_b, c)]);
+                k::layer_norm_backward(
+                    &tmp,
+                    &a.s1,
+                    &a.st1,
+                    &w[at.ln1_w..at.ln1_w + c],
+                    n,
+                    &mut ds1,
+                    dw,
+                    Some(db),
+                );
+            }
+            let mut dy = vec![0f32; n * c];
+            {
+                let [dw, db] = views(g, [(at.proj_w, c * c), (at.proj_b, c)]);
+                linear_backward(
+                    &ds1,
+                    &a.y,
+                    n,
+                    &w[at.proj_w..at.proj_w + c * c],
+                    dw,
+                    db,
+                    Some(&mut dy),
+                    scratch,
+                );
+            }
+            let jobs: Vec<(usize, usize)> =
+                (0..b).flat_map(|q| (0..nh).map(move |h| (q, h))).collect();
+            let parts: Vec<Vec<f32>> = jobs
+                .par_iter()
+                .zip(&a.probs)
+                .map(|(&(q, h), p)| head_backward(&dy, &a.qkv, p, s.spans[q], h, c, hd, scale))
+                .collect();
+            let mut dqkv = vec![0f32; n * 3 * c];
+            for (&(q, h), part) in jobs.iter().zip(&parts) {
+                let (r0, len) = s.spans[q];
+                for j in 0..len {
+                    for (which, chunk) in part[j * 3 * hd..(j + 1) * 3 * hd].chunks(hd).enumerate()
+                    {
+                        dqkv[(r0 + j) * 3 * c + which * c + h * hd..][..hd].copy_from_slice(chunk);
+                    }
+                }
+            }
+            // dx = ds1 (the residual) + dqkv·W_qkv.
+            {
+                let [dw, db] = views(g, [(at.qkv_w, 3 * c * c), (at.qkv_b, 3 * c)]);
+                linear_backward(
+                    &dqkv,
+                    &s.x[l],
+                    n,
+                    &w[at.qkv_w..at.qkv_w + 3 * c * c],
+                    dw,
+                    db,
+                    Some(&mut dx),
+                    scratch,
+                );
+            }
+            dx.iter_mut().zip(&ds1).for_each(|(d, s)| *d += s);
+        }
+        // The embeddings: their norm, then the three tables.
+        let mut de = vec![0f32; n * c];
+        {
+            let [dw, db] = views(g, [(lay.emb_w, c), (lay.emb_b, c)]);
+            k::layer_norm_backward(
+                &dx,
+                &s.emb,
+                &s.emb_st,
+                &w[lay.emb_w..lay.emb_w + c],
+                n,
+                &mut de,
+                dw,
+                Some(db),
+            );
+        }
+        for (q, ids) in seqs.iter().enumerate() {
+            for (j, &id) in ids.iter().enumerate() {
+                let ty = types.map_or(0, |tt| tt[q][j] as usize);
+                let row = &de[(s.spans[q].0 + j) * c..][..c];
+                for at in [
+                    lay.word + id as usize * c,
+                    lay.pos + j * c,
+                    lay.typ + ty * c,
+                ] {
+                    g[at..at + c].iter_mut().zip(row).for_each(|(g, d)| *g += d);
+                }
+            }
+        }
+    }
+
+    /// One AdamW update with the accumulated gradients times `grad_scale`; norms,
+    /// biases and embeddings' norms are not decayed (transformers' usual grouping).
+    pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
+        self.t += 1;
+        let bc1 = 1.0 - config.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - config.beta2.powi(self.t as i32);
+        let segments: Vec<(usize, usize, bool)> = self
+            .tensors
+            .iter()
+            .map(|(name, at, shape)| {
+                let len: usize = shape.iter().product();
+                let decays = !(name.ends_with(".bias") || name.contains("LayerNorm"));
+                (*at, at + len, decays)
+            })
+            .collect();
+        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        k::in_pool(|| {
+            k::adamw(
+                params,
+                grads,
+                m,
+                v,
+                &segments,
+                k::AdamWStep {
+                    lr: lr as f32,
+                    decay: config.weight_decay as f32,
+                    beta1: config.beta1 as f32,
+                    beta2: config.beta2 as f32,
+                    bc1: bc1 as f32,
+                    bc2: bc2 as f32,
+                    eps: config.eps as f32,
+                    grad_scale: grad_scale as f32,
+                },
+            )
+        });
+    }
+
+    /// √Σ g² over every gradient.
+    pub fn grad_norm(&self) -> f64 {
+        k::sum_squares(&self.grads).sqrt()
+    }
+
+    /// Tensors by name (canonical, without `bert.`), for saving.
+    pub fn tensors(&self) -> HashMap<String, (Vec<f32>, Vec<usize>)> {
+        self.tensors
+            .iter()
+            .map(|(name, at, shape)| {
+                let len: usize = shape.iter().product();
+                (
+                    name.clone(),
+                    (self.params[*at..at + len].to_vec(), shape.clone()),
+                )
+            })
+            .collect()
+    }
+}
+
+/// One head of one sequence: its attention weights `[len, len]` and output `[len, hd]`.
+fn head_forward(
+    qkv: &[f32],
+    (r0, len): (usize, usize),
+    h: usize,
+    c: usize,
+    hd: usize,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let w = 3 * c;
+    let row = |j: usize, part: usize| &qkv[(r0 + j) * w + part * c + h * hd..][..hd];
+    let mut p = vec![0f32; len * len];
+    for i in 0..len {
+        let q = row(i, 0);
+        let pr = &mut p[i * len..(i + 1) * len];
+        for (j, s) in pr.iter_mut().enumerate() {
+            *s = q.iter().zip(row(j, 1)).map(|(a, b)| a * b).sum::<f32>() * scale;
+        }
+        let max = pr.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0f32;
+        for s in pr.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        pr.iter_mut().for_each(|s| *s /= sum);
+    }
+    let mut out = vec![0f32; len * hd];
+    for i in 0..len {
+        let o = &mut out[i * hd..(i + 1) * hd];
+        for j in 0..len {
+            let pij = p[i * len + j];
+            o.iter_mut().zip(row(j, 2)).for_each(|(o, v)| *o += pij * v);
+        }
+    }
+    (p, out)
+}
+
+/// Backward of [`head_forward`]: the gradients of the head's query, key and value rows,
+/// `[len, 3·hd]` (q, k, v side by side per position).
+#[allow(clippy::too_many_arguments)]
+fn head_backward(
+    dy: &[f32],
+    qkv: &[f32],
+    p: &[f32],
+    (r0, len): (usize, usize),
+    h: usize,
+    c: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let w = 3 * c;
+    let row = |j: usize, part: usize| &qkv[(r0 + j) * w + part * c + h * hd..][..hd];
+    let dyr = |i: usize| &dy[(r0 + i) * c + h * hd..][..hd];
+    let mut out = vec![0f32; len * 3 * hd];
+    let mut ds = vec![0f32; len];
+    for i in 0..len {
+        // dP_ij = dy_i · v_j; dS = P ⊙ (dP − Σ_j P·dP).
+        let pr = &p[i * len..(i + 1) * len];
+        for (j, d) in ds.iter_mut().enumerate() {
+            *d = dyr(i).iter().zip(row(j, 2)).map(|(a, b)| a * b).sum();
+        }
+        let dot: f32 = pr.iter().zip(&ds).map(|(a, b)| a * b).sum();
+        for (d, &pij) in ds.iter_mut().zip(pr) {
+            *d = pij * (*d - dot);
+        }
+        for j in 0..len {
+            // dv_j += P_ij dy_i; dq_i += scale·dS_ij k_j; dk_j += scale·dS_ij q_i.
+            let (pij, dsij) = (pr[j], ds[j] * scale);
+            for d in 0..hd {
+                out[j * 3 * hd + 2 * hd + d] += pij * dyr(i)[d];
+                out[i * 3 * hd + d] += dsij * row(j, 1)[d];
+                out[j * 3 * hd + hd + d] += dsij * row(i, 0)[d];
+            }
+        }
+    }
+    out
+}
