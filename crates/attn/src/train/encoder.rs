@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::kernels::cpu as k;
+use crate::kernels::cpu::attend::attend_head;
 use crate::kernels::cpu::{vmath, Rhs};
 use crate::models::bert::BertConfig;
 use crate::train::optimizer::AdamWConfig;
@@ -65,6 +66,7 @@ pub struct NativeEncoder {
     v: Vec<f32>,
     /// AdamW updates applied.
     pub t: usize,
+    scratch: Scratch,
 }
 
 /// The activations of one forward pass that the backward pass reads.
@@ -139,6 +141,32 @@ fn linear_backward(
 struct Scratch {
     panels: Vec<f32>,
     xpack: Vec<f32>,
+    pool: Pool,
+}
+
+/// Activation buffers kept between steps: freeing and allocating megabytes at every
+/// step costs page faults and TLB shootdowns (a quarter of a MiniLM step).
+#[derive(Default)]
+struct Pool(Vec<Vec<f32>>);
+
+impl Pool {
+    /// A zeroed buffer of `n` values: the smallest kept one that fits, or a new one.
+    fn take(&mut self, n: usize) -> Vec<f32> {
+        let best = (0..self.0.len())
+            .filter(|&i| self.0[i].capacity() >= n)
+            .min_by_key(|&i| self.0[i].capacity());
+        let mut v = match best {
+            Some(i) => self.0.swap_remove(i),
+            None => Vec::with_capacity(n),
+        };
+        v.clear();
+        v.resize(n, 0.0);
+        v
+    }
+
+    fn give(&mut self, v: Vec<f32>) {
+        self.0.push(v);
+    }
 }
 
 /// Disjoint mutable views of the gradient buffer, by offset and length.
@@ -173,6 +201,38 @@ impl NativeEncoder {
             (!key.ends_with("position_ids") && !key.ends_with("token_type_ids"))
                 .then(|| key.to_string())
         })?;
+        Self::from_plain(config, tensors)
+            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+    }
+
+    /// Load a pretrained BERT folder and put a new classification head of `labels`
+    /// classes on it (weights drawn from N(0, 0.02²) with `seed`, biases zero, as
+    /// transformers initialises one); a missing pooler is drawn the same way.
+    pub fn load_with_head(dir: &Path, labels: &[String], seed: u64) -> Result<Self> {
+        let cfg_path = dir.join(crate::checkpoint::CONFIG);
+        let config: BertConfig =
+            serde_json::from_value(crate::checkpoint::read_json(&cfg_path)?)
+                .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
+        let config = config.with_labels(labels);
+        let (files, blobs) = read_weight_files(dir)?;
+        let (mut tensors, _) = plain_tensors(&files, &blobs, |name| {
+            let key = name.strip_prefix("bert.").unwrap_or(name);
+            (!key.ends_with("position_ids")
+                && !key.ends_with("token_type_ids")
+                && !key.starts_with("classifier."))
+            .then(|| key.to_string())
+        })?;
+        let c = config.hidden_size;
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut normal =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.normal() * 0.02) as f32).collect() };
+        if !tensors.contains_key("pooler.dense.weight") {
+            tensors.insert("pooler.dense.weight".into(), (normal(c * c), vec![c, c]));
+            tensors.insert("pooler.dense.bias".into(), (vec![0.0; c], vec![c]));
+        }
+        let k = labels.len();
+        tensors.insert("classifier.weight".into(), (normal(k * c), vec![k, c]));
+        tensors.insert("classifier.bias".into(), (vec![0.0; k], vec![k]));
         Self::from_plain(config, tensors)
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
@@ -284,6 +344,7 @@ impl NativeEncoder {
             m: vec![0.0; n],
             v: vec![0.0; n],
             t: 0,
+            scratch: Scratch::default(),
         })
     }
 
@@ -364,12 +425,14 @@ impl NativeEncoder {
         labels: &[u32],
     ) -> Result<f64> {
         self.check(seqs, types, labels)?;
-        Ok(k::in_pool(|| {
-            let mut scratch = Scratch::default();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let loss = k::in_pool(|| {
             let (saved, loss) = self.forward(seqs, types, labels, &mut scratch);
             self.backward(seqs, types, labels, saved, &mut scratch);
             loss
-        }))
+        });
+        self.scratch = scratch;
+        Ok(loss)
     }
 
     /// Mean cross-entropy of the batch, without gradients.
@@ -409,7 +472,7 @@ impl NativeEncoder {
             spans.push((n, s.len()));
             n += s.len();
         }
-        let mut emb = vec![0f32; n * c];
+        let mut emb = scratch.pool.take(n * c);
         for (s, ids) in seqs.iter().enumerate() {
             for (j, &id) in ids.iter().enumerate() {
                 let ty = types.map_or(0, |tt| tt[s][j] as usize);
@@ -425,8 +488,6 @@ impl NativeEncoder {
             }
         }
         let ln = |x: &[f32], at_w: usize, at_b: usize, out: &mut Vec<f32>, st: &mut Vec<f32>| {
-            out.resize(n * c, 0.0);
-            st.resize(2 * n, 0.0);
             k::layer_norm(
                 x,
                 &w[at_w..at_w + c],
@@ -437,14 +498,14 @@ impl NativeEncoder {
                 st,
             );
         };
-        let (mut x0, mut emb_st) = (Vec::new(), Vec::new());
+        let (mut x0, mut emb_st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
         ln(&emb, lay.emb_w, lay.emb_b, &mut x0, &mut emb_st);
         let mut xs = vec![x0];
         let mut acts = Vec::with_capacity(lay.layers.len());
         let scale = 1.0 / (hd as f32).sqrt();
         for at in &lay.layers {
             let x = xs.last().unwrap();
-            let mut qkv = vec![0f32; n * 3 * c];
+            let mut qkv = scratch.pool.take(n * 3 * c);
             linear(
                 x,
                 n,
@@ -460,7 +521,7 @@ impl NativeEncoder {
                 .par_iter()
                 .map(|&(s, h)| head_forward(&qkv, spans[s], h, c, hd, scale))
                 .collect();
-            let mut y = vec![0f32; n * c];
+            let mut y = scratch.pool.take(n * c);
             let mut probs = Vec::with_capacity(jobs.len());
             for (&(s, h), (p, out)) in jobs.iter().zip(heads) {
                 let (r0, len) = spans[s];
@@ -469,7 +530,7 @@ impl NativeEncoder {
                 }
                 probs.push(p);
             }
-            let mut s1 = vec![0f32; n * c];
+            let mut s1 = scratch.pool.take(n * c);
             linear(
                 &y,
                 n,
@@ -479,9 +540,9 @@ impl NativeEncoder {
                 &mut scratch.panels,
             );
             s1.iter_mut().zip(x).for_each(|(s, x)| *s += x);
-            let (mut h1, mut st1) = (Vec::new(), Vec::new());
+            let (mut h1, mut st1) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
             ln(&s1, at.ln1_w, at.ln1_b, &mut h1, &mut st1);
-            let mut u = vec![0f32; n * inner];
+            let mut u = scratch.pool.take(n * inner);
             linear(
                 &h1,
                 n,
@@ -490,9 +551,10 @@ impl NativeEncoder {
                 &mut u,
                 &mut scratch.panels,
             );
-            let mut g = u.clone();
+            let mut g = scratch.pool.take(n * inner);
+            g.copy_from_slice(&u);
             g.par_chunks_mut(4096).for_each(vmath::gelu_erf);
-            let mut s2 = vec![0f32; n * c];
+            let mut s2 = scratch.pool.take(n * c);
             linear(
                 &g,
                 n,
@@ -502,7 +564,7 @@ impl NativeEncoder {
                 &mut scratch.panels,
             );
             s2.iter_mut().zip(&h1).for_each(|(s, h)| *s += h);
-            let (mut x1, mut st2) = (Vec::new(), Vec::new());
+            let (mut x1, mut st2) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
             ln(&s2, at.ln2_w, at.ln2_b, &mut x1, &mut st2);
             acts.push(LayerActs {
                 qkv,
@@ -620,15 +682,15 @@ impl NativeEncoder {
                 scratch,
             );
         }
-        let mut dx = vec![0f32; n * c];
+        let mut dx = scratch.pool.take(n * c);
         for (i, &(r0, _)) in s.spans.iter().enumerate() {
             dx[r0 * c..(r0 + 1) * c].copy_from_slice(&dfirst[i * c..(i + 1) * c]);
         }
-        let mut tmp = vec![0f32; n * c];
+        let mut tmp = scratch.pool.take(n * c);
         for (l, at) in lay.layers.iter().enumerate().rev() {
             let a = &s.layers[l];
             // x[l+1] = LN2(s2), s2 = h1 + down(g).
-            let mut ds2 = vec![0f32; n * c];
+            let mut ds2 = scratch.pool.take(n * c);
             {
                 let [dw, db] = views(g, [(at.ln2_w, c), (at.ln2_b, c)]);
                 k::layer_norm_backward(
@@ -642,7 +704,7 @@ impl NativeEncoder {
                     Some(db),
                 );
             }
-            let mut dgel = vec![0f32; n * inner];
+            let mut dgel = scratch.pool.take(n * inner);
             {
                 let [dw, db] = views(g, [(at.down_w, c * inner), (at.down_b, c)]);
                 linear_backward(
@@ -656,9 +718,9 @@ impl NativeEncoder {
                     scratch,
                 );
             }
-            dgel.par_iter_mut()
-                .zip(&a.u)
-                .for_each(|(d, &u)| *d *= vmath::gelu_erf_grad(u));
+            dgel.par_chunks_mut(4096)
+                .zip(a.u.par_chunks(4096))
+                .for_each(|(d, u)| gelu_grad_mul(d, u));
             // dh1 = ds2 (the residual) + du·W_up.
             {
                 let [dw, db] = views(g, [(at.up_w, inner * c), (at.up_b, inner)]);
@@ -674,7 +736,7 @@ impl NativeEncoder {
                 );
             }
             tmp.iter_mut().zip(&ds2).for_each(|(t, d)| *t += d);
-            let mut ds1 = vec![0f32; n * c];
+            let mut ds1 = scratch.pool.take(n * c);
             {
                 let [dw, db] = views(g, [(at.ln1_w, c), (at.ln1_b, c)]);
                 k::layer_norm_backward(
@@ -688,7 +750,7 @@ impl NativeEncoder {
                     Some(db),
                 );
             }
-            let mut dy = vec![0f32; n * c];
+            let mut dy = scratch.pool.take(n * c);
             {
                 let [dw, db] = views(g, [(at.proj_w, c * c), (at.proj_b, c)]);
                 linear_backward(
@@ -709,7 +771,7 @@ impl NativeEncoder {
                 .zip(&a.probs)
                 .map(|(&(q, h), p)| head_backward(&dy, &a.qkv, p, s.spans[q], h, c, hd, scale))
                 .collect();
-            let mut dqkv = vec![0f32; n * 3 * c];
+            let mut dqkv = scratch.pool.take(n * 3 * c);
             for (&(q, h), part) in jobs.iter().zip(&parts) {
                 let (r0, len) = s.spans[q];
                 for j in 0..len {
@@ -734,9 +796,12 @@ impl NativeEncoder {
                 );
             }
             dx.iter_mut().zip(&ds1).for_each(|(d, s)| *d += s);
+            for v in [ds2, dgel, ds1, dy, dqkv] {
+                scratch.pool.give(v);
+            }
         }
         // The embeddings: their norm, then the three tables.
-        let mut de = vec![0f32; n * c];
+        let mut de = scratch.pool.take(n * c);
         {
             let [dw, db] = views(g, [(lay.emb_w, c), (lay.emb_b, c)]);
             k::layer_norm_backward(
@@ -761,6 +826,14 @@ impl NativeEncoder {
                 ] {
                     g[at..at + c].iter_mut().zip(row).for_each(|(g, d)| *g += d);
                 }
+            }
+        }
+        for v in [dx, tmp, de, s.emb, s.emb_st].into_iter().chain(s.x) {
+            scratch.pool.give(v);
+        }
+        for a in s.layers {
+            for v in [a.qkv, a.y, a.s1, a.st1, a.h1, a.u, a.g, a.s2, a.st2] {
+                scratch.pool.give(v);
             }
         }
     }
@@ -822,6 +895,18 @@ impl NativeEncoder {
     }
 }
 
+#[inline(always)]
+fn gelu_grad_mul_body(d: &mut [f32], u: &[f32]) {
+    for (d, &u) in d.iter_mut().zip(u) {
+        *d *= vmath::gelu_erf_grad(u);
+    }
+}
+vmath::dispatch!(
+    /// `d ← d · gelu'(u)`, the gradient through the erf GELU.
+    gelu_grad_mul = gelu_grad_mul_body, gelu_grad_mul512, gelu_grad_mul256,
+    (d: &mut [f32], u: &[f32]) -> ()
+);
+
 /// One head of one sequence: its attention weights `[len, len]` and output `[len, hd]`.
 fn head_forward(
     qkv: &[f32],
@@ -831,33 +916,68 @@ fn head_forward(
     hd: usize,
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let w = 3 * c;
-    let row = |j: usize, part: usize| &qkv[(r0 + j) * w + part * c + h * hd..][..hd];
-    let mut p = vec![0f32; len * len];
-    for i in 0..len {
-        let q = row(i, 0);
-        let pr = &mut p[i * len..(i + 1) * len];
-        for (j, s) in pr.iter_mut().enumerate() {
-            *s = q.iter().zip(row(j, 1)).map(|(a, b)| a * b).sum::<f32>() * scale;
-        }
-        let max = pr.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
-        for s in pr.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        pr.iter_mut().for_each(|s| *s /= sum);
-    }
+    let base = &qkv[r0 * 3 * c + h * hd..];
     let mut out = vec![0f32; len * hd];
+    let mut rows = Vec::with_capacity(len);
+    attend_head(
+        base,
+        3 * c,
+        &base[c..],
+        &base[2 * c..],
+        3 * c,
+        0,
+        len,
+        hd,
+        scale,
+        false,
+        &mut out,
+        Some(&mut rows),
+    );
+    (rows.concat(), out)
+}
+
+/// The gradients of one head's queries, keys and values (`[len, hd]` each, contiguous)
+/// from `ins` = (q, k, v, the output gradient dy, the weights p) into `outs` =
+/// (dq, dk, dv, scratch `[len]`).
+#[inline(always)]
+fn head_grads_body(ins: [&[f32]; 5], outs: [&mut [f32]; 4], hd: usize, scale: f32) {
+    let [q, k, v, dy, p] = ins;
+    let [dq, dk, dv, ds] = outs;
+    let len = ds.len();
     for i in 0..len {
-        let o = &mut out[i * hd..(i + 1) * hd];
+        let dyi = &dy[i * hd..(i + 1) * hd];
+        let pr = &p[i * len..(i + 1) * len];
+        // dP_ij = dy_i · v_j; dS = P ⊙ (dP − Σ_j P·dP).
+        for (j, d) in ds.iter_mut().enumerate() {
+            let vj = &v[j * hd..(j + 1) * hd];
+            *d = dyi.iter().zip(vj).map(|(a, b)| a * b).sum();
+        }
+        let dot: f32 = pr.iter().zip(&*ds).map(|(a, b)| a * b).sum();
+        for (d, &pij) in ds.iter_mut().zip(pr) {
+            *d = pij * (*d - dot) * scale;
+        }
+        let qi = &q[i * hd..(i + 1) * hd];
+        let dqi = &mut dq[i * hd..(i + 1) * hd];
         for j in 0..len {
-            let pij = p[i * len + j];
-            o.iter_mut().zip(row(j, 2)).for_each(|(o, v)| *o += pij * v);
+            let (pij, dsij) = (pr[j], ds[j]);
+            let kj = &k[j * hd..(j + 1) * hd];
+            for (o, &x) in dqi.iter_mut().zip(kj) {
+                *o += dsij * x;
+            }
+            for (o, &x) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyi) {
+                *o += pij * x;
+            }
+            for (o, &x) in dk[j * hd..(j + 1) * hd].iter_mut().zip(qi) {
+                *o += dsij * x;
+            }
         }
     }
-    (p, out)
 }
+vmath::dispatch!(
+    /// See [`head_grads_body`].
+    head_grads = head_grads_body, head_grads512, head_grads256,
+    (ins: [&[f32]; 5], outs: [&mut [f32]; 4], hd: usize, scale: f32) -> ()
+);
 
 /// Backward of [`head_forward`]: the gradients of the head's query, key and value rows,
 /// `[len, 3·hd]` (q, k, v side by side per position).
@@ -873,28 +993,35 @@ fn head_backward(
     scale: f32,
 ) -> Vec<f32> {
     let w = 3 * c;
-    let row = |j: usize, part: usize| &qkv[(r0 + j) * w + part * c + h * hd..][..hd];
-    let dyr = |i: usize| &dy[(r0 + i) * c + h * hd..][..hd];
-    let mut out = vec![0f32; len * 3 * hd];
-    let mut ds = vec![0f32; len];
-    for i in 0..len {
-        // dP_ij = dy_i · v_j; dS = P ⊙ (dP − Σ_j P·dP).
-        let pr = &p[i * len..(i + 1) * len];
-        for (j, d) in ds.iter_mut().enumerate() {
-            *d = dyr(i).iter().zip(row(j, 2)).map(|(a, b)| a * b).sum();
-        }
-        let dot: f32 = pr.iter().zip(&ds).map(|(a, b)| a * b).sum();
-        for (d, &pij) in ds.iter_mut().zip(pr) {
-            *d = pij * (*d - dot);
-        }
+    let gather = |src: &[f32], stride: usize, off: usize| -> Vec<f32> {
+        let mut out = Vec::with_capacity(len * hd);
         for j in 0..len {
-            // dv_j += P_ij dy_i; dq_i += scale·dS_ij k_j; dk_j += scale·dS_ij q_i.
-            let (pij, dsij) = (pr[j], ds[j] * scale);
-            for d in 0..hd {
-                out[j * 3 * hd + 2 * hd + d] += pij * dyr(i)[d];
-                out[i * 3 * hd + d] += dsij * row(j, 1)[d];
-                out[j * 3 * hd + hd + d] += dsij * row(i, 0)[d];
-            }
+            out.extend_from_slice(&src[(r0 + j) * stride + off..][..hd]);
+        }
+        out
+    };
+    let (q, k, v) = (
+        gather(qkv, w, h * hd),
+        gather(qkv, w, c + h * hd),
+        gather(qkv, w, 2 * c + h * hd),
+    );
+    let g = gather(dy, c, h * hd);
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; len * hd],
+        vec![0f32; len * hd],
+        vec![0f32; len * hd],
+    );
+    let mut ds = vec![0f32; len];
+    head_grads(
+        [&q, &k, &v, &g, p],
+        [&mut dq, &mut dk, &mut dv, &mut ds],
+        hd,
+        scale,
+    );
+    let mut out = Vec::with_capacity(len * 3 * hd);
+    for j in 0..len {
+        for part in [&dq, &dk, &dv] {
+            out.extend_from_slice(&part[j * hd..(j + 1) * hd]);
         }
     }
     out
