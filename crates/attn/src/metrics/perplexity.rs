@@ -73,7 +73,8 @@ pub fn perplexity(
     while prev_end < ids.len() {
         let end = (begin + max_length).min(ids.len());
         let first_target = prev_end.max(begin + 1);
-        if end - begin >= 2 && first_target < end {
+        // first_target > begin, so a window with a target has at least two tokens.
+        if first_target < end {
             jobs.push((begin, end, first_target));
         }
         prev_end = end;
