@@ -329,6 +329,18 @@ fn attention_maps_match_transformers_output_attentions() {
     }
 }
 
+/// A BERT fixture's padded input rows, each row's real length (from the attention
+/// mask) and the token types.
+fn bert_inputs(r: &HashMap<String, Tensor>) -> (Vec<Vec<u32>>, Vec<usize>, Vec<Vec<u32>>) {
+    let u32s =
+        |name: &str| -> Vec<Vec<u32>> { r[name].to_dtype(DType::U32).unwrap().to_vec2().unwrap() };
+    let lens = u32s("attention_mask")
+        .iter()
+        .map(|m| m.iter().sum::<u32>() as usize)
+        .collect();
+    (input_rows(r), lens, u32s("token_type_ids"))
+}
+
 /// The real (unpadded) positions of row `i` of a `[B, T, C]` fixture tensor.
 fn real_rows(t: &Tensor, i: usize, len: usize) -> Vec<f32> {
     floats(&t.get(i).unwrap().narrow(0, 0, len).unwrap())
@@ -343,21 +355,7 @@ fn encoder_matches_transformers_without_padding() {
     for name in ["bert-tiny", "bert-3heads"] {
         let r = reference(name);
         let enc = Encoder::load(&fixture(name)).unwrap();
-        let rows = input_rows(&r);
-        let mask: Vec<Vec<u32>> = r["attention_mask"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let types: Vec<Vec<u32>> = r["token_type_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let lens: Vec<usize> = mask
-            .iter()
-            .map(|m| m.iter().sum::<u32>() as usize)
-            .collect();
+        let (rows, lens, types) = bert_inputs(&r);
         assert!(
             lens.iter().any(|&l| l < rows[0].len()),
             "{name}: the fixture should pad a row"
@@ -404,22 +402,8 @@ fn encoder_training_step_matches_transformers_gradients() {
     for name in ["bert-tiny", "bert-3heads"] {
         let r = reference(name);
         let mut enc = NativeEncoder::load(&fixture(name)).unwrap();
-        let rows = input_rows(&r);
-        let mask: Vec<Vec<u32>> = r["attention_mask"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let types: Vec<Vec<u32>> = r["token_type_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let (rows, lens, types) = bert_inputs(&r);
         let labels: Vec<u32> = r["labels"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
-        let lens: Vec<usize> = mask
-            .iter()
-            .map(|m| m.iter().sum::<u32>() as usize)
-            .collect();
         let seqs: Vec<&[u32]> = rows.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
         let tys: Vec<&[u32]> = types.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
         let logits = enc.logits(&seqs, Some(&tys)).unwrap();

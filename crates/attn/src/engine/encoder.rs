@@ -16,7 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::decoder::{activate, Layer, Linear, Norm};
-use super::io::{plain_tensors, read_weight_files, Plain};
+use super::io::{plain_tensors, read_weight_files, take, Plain};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::attend_head;
@@ -116,18 +116,7 @@ impl Encoder {
         config.validate()?;
         let c = config.hidden_size;
         let inner = config.intermediate_size;
-        let take = |t: &mut Plain, name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let (v, s) = t
-                .remove(name)
-                .ok_or_else(|| bad(path, format!("tensor {name} is missing")))?;
-            if s != shape {
-                return Err(bad(
-                    path,
-                    format!("tensor {name} has shape {s:?}, expected {shape:?}"),
-                ));
-            }
-            Ok(v)
-        };
+        let take = |t: &mut Plain, name: &str, shape: &[usize]| take(t, path, name, shape);
         let norm = |t: &mut Plain, name: &str| -> Result<Norm> {
             Ok(Norm {
                 w: take(t, &format!("{name}.weight"), &[c])?,
@@ -229,46 +218,7 @@ impl Encoder {
     }
 
     fn check(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>) -> Result<()> {
-        let cfg = &self.config;
-        if let Some(tt) = types {
-            if tt.len() != seqs.len() {
-                return Err(Error::invalid(
-                    "token_type_ids",
-                    "one list of token types per sequence is needed",
-                ));
-            }
-        }
-        for (i, s) in seqs.iter().enumerate() {
-            if s.is_empty() {
-                return Err(Error::invalid("tokens", "a sequence was given no tokens"));
-            }
-            crate::nn::check_positions(s.len(), cfg.max_position_embeddings)?;
-            if let Some(&bad) = s.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-                return Err(Error::invalid(
-                    "tokens",
-                    format!("id {bad} is outside the vocabulary of {}", cfg.vocab_size),
-                ));
-            }
-            if let Some(tt) = types {
-                if tt[i].len() != s.len() {
-                    return Err(Error::invalid(
-                        "token_type_ids",
-                        format!(
-                            "sequence {i} has {} tokens and {} token types",
-                            s.len(),
-                            tt[i].len()
-                        ),
-                    ));
-                }
-                if let Some(&bad) = tt[i].iter().find(|&&t| t as usize >= cfg.type_vocab_size) {
-                    return Err(Error::invalid(
-                        "token_type_ids",
-                        format!("{bad} is not below type_vocab_size {}", cfg.type_vocab_size),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        check_batch(&self.config, seqs, types)
     }
 
     /// Encode a ragged batch: `seqs[s]` with token types `types[s]` (all 0 when not
@@ -455,6 +405,54 @@ fn is_buffer(name: &str) -> bool {
         name,
         "embeddings.position_ids" | "embeddings.token_type_ids"
     )
+}
+
+/// A ragged batch fits the model: every sequence has tokens, fits the positions and the
+/// vocabulary, and has one token type (below `type_vocab_size`) per token when given.
+pub(crate) fn check_batch(
+    cfg: &BertConfig,
+    seqs: &[&[u32]],
+    types: Option<&[&[u32]]>,
+) -> Result<()> {
+    if let Some(tt) = types {
+        if tt.len() != seqs.len() {
+            return Err(Error::invalid(
+                "token_type_ids",
+                "one list of token types per sequence is needed",
+            ));
+        }
+    }
+    for (i, s) in seqs.iter().enumerate() {
+        if s.is_empty() {
+            return Err(Error::invalid("tokens", "a sequence was given no tokens"));
+        }
+        crate::nn::check_positions(s.len(), cfg.max_position_embeddings)?;
+        if let Some(&bad) = s.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(Error::invalid(
+                "tokens",
+                format!("id {bad} is outside the vocabulary of {}", cfg.vocab_size),
+            ));
+        }
+        if let Some(tt) = types {
+            if tt[i].len() != s.len() {
+                return Err(Error::invalid(
+                    "token_type_ids",
+                    format!(
+                        "sequence {i} has {} tokens and {} token types",
+                        s.len(),
+                        tt[i].len()
+                    ),
+                ));
+            }
+            if let Some(&bad) = tt[i].iter().find(|&&t| t as usize >= cfg.type_vocab_size) {
+                return Err(Error::invalid(
+                    "token_type_ids",
+                    format!("{bad} is not below type_vocab_size {}", cfg.type_vocab_size),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint name without the task checkpoints' `bert.` prefix.

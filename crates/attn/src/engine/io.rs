@@ -125,6 +125,20 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
+/// Remove the tensor `name` from `t`, checking its shape (errors name `path`).
+pub(crate) fn take(t: &mut Plain, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let (v, s) = t
+        .remove(name)
+        .ok_or_else(|| bad(path, format!("tensor {name} is missing")))?;
+    if s != shape {
+        return Err(bad(
+            path,
+            format!("tensor {name} has shape {s:?}, expected {shape:?}"),
+        ));
+    }
+    Ok(v)
+}
+
 /// The bytes of a folder's weight files (each checked for size first).
 pub(crate) fn read_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Vec<u8>>)> {
     let files = weight_files(dir)?;
@@ -238,18 +252,7 @@ impl Decoder {
     ) -> Result<Self> {
         let names = schema(&spec);
         let c = spec.d_model;
-        let take = |t: &mut Plain, name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let (v, s) = t
-                .remove(name)
-                .ok_or_else(|| bad(path, format!("tensor {name} is missing")))?;
-            if s != shape {
-                return Err(bad(
-                    path,
-                    format!("tensor {name} has shape {s:?}, expected {shape:?}"),
-                ));
-            }
-            Ok(v)
-        };
+        let take = |t: &mut Plain, name: &str, shape: &[usize]| take(t, path, name, shape);
         let norm = |t: &mut Plain, n: &NormNames| -> Result<Norm> {
             Ok(Norm {
                 w: take(t, &n.w, &[c])?,

@@ -385,36 +385,7 @@ impl NativeEncoder {
                 format!("{bad} is not below the {} labels", cfg.labels()),
             ));
         }
-        for (i, s) in seqs.iter().enumerate() {
-            if s.is_empty() {
-                return Err(Error::invalid("tokens", "a sequence was given no tokens"));
-            }
-            crate::nn::check_positions(s.len(), cfg.max_position_embeddings)?;
-            if let Some(&bad) = s.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-                return Err(Error::invalid(
-                    "tokens",
-                    format!("id {bad} is outside the vocabulary of {}", cfg.vocab_size),
-                ));
-            }
-            if let Some(tt) = types {
-                if tt.len() != seqs.len() || tt[i].len() != s.len() {
-                    return Err(Error::invalid(
-                        "token_type_ids",
-                        "one token type per token is needed",
-                    ));
-                }
-                if tt[i].iter().any(|&t| t as usize >= cfg.type_vocab_size) {
-                    return Err(Error::invalid(
-                        "token_type_ids",
-                        format!(
-                            "a type is not below type_vocab_size {}",
-                            cfg.type_vocab_size
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        crate::engine::encoder::check_batch(cfg, seqs, types)
     }
 
     /// Mean cross-entropy of the batch, and its gradient added to the gradients.
@@ -842,8 +813,6 @@ impl NativeEncoder {
     /// biases and embeddings' norms are not decayed (transformers' usual grouping).
     pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
         self.t += 1;
-        let bc1 = 1.0 - config.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - config.beta2.powi(self.t as i32);
         let segments: Vec<(usize, usize, bool)> = self
             .tensors
             .iter()
@@ -854,25 +823,8 @@ impl NativeEncoder {
             })
             .collect();
         let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
-        k::in_pool(|| {
-            k::adamw(
-                params,
-                grads,
-                m,
-                v,
-                &segments,
-                k::AdamWStep {
-                    lr: lr as f32,
-                    decay: config.weight_decay as f32,
-                    beta1: config.beta1 as f32,
-                    beta2: config.beta2 as f32,
-                    bc1: bc1 as f32,
-                    bc2: bc2 as f32,
-                    eps: config.eps as f32,
-                    grad_scale: grad_scale as f32,
-                },
-            )
-        });
+        let step = config.kernel_step(self.t, lr, grad_scale);
+        k::in_pool(|| k::adamw(params, grads, m, v, &segments, step));
     }
 
     /// √Σ g² over every gradient.

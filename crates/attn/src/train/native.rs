@@ -32,7 +32,7 @@ use super::optimizer::AdamWConfig;
 use super::profile::time;
 use crate::engine::families::{bias_name, schema, NormNames, Parts};
 use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
-use crate::kernels::cpu::{self as k, AdamWStep, Heads, Rhs, RopeTable};
+use crate::kernels::cpu::{self as k, Heads, Rhs, RopeTable};
 use crate::models::gpt2::Gpt2Config;
 use crate::nn::Params;
 use crate::{Error, Result};
@@ -920,31 +920,10 @@ impl NativeDecoder {
     /// `grad_scale` (clipping).
     pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
         self.t += 1;
-        let bc1 = 1.0 - config.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - config.beta2.powi(self.t as i32);
+        let step = config.kernel_step(self.t, lr, grad_scale);
         let segments = self.lay.regions.clone();
         let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
-        k::in_pool(|| {
-            time("adamw", || {
-                k::adamw(
-                    params,
-                    grads,
-                    m,
-                    v,
-                    &segments,
-                    AdamWStep {
-                        lr: lr as f32,
-                        decay: config.weight_decay as f32,
-                        beta1: config.beta1 as f32,
-                        beta2: config.beta2 as f32,
-                        bc1: bc1 as f32,
-                        bc2: bc2 as f32,
-                        eps: config.eps as f32,
-                        grad_scale: grad_scale as f32,
-                    },
-                )
-            })
-        });
+        k::in_pool(|| time("adamw", || k::adamw(params, grads, m, v, &segments, step)));
     }
 }
 

@@ -17,6 +17,27 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+impl AdamWConfig {
+    /// The constants of update number `t` (from 1) for the AdamW kernel.
+    pub fn kernel_step(
+        &self,
+        t: usize,
+        lr: f64,
+        grad_scale: f64,
+    ) -> crate::kernels::cpu::AdamWStep {
+        crate::kernels::cpu::AdamWStep {
+            lr: lr as f32,
+            decay: self.weight_decay as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            bc1: (1.0 - self.beta1.powi(t as i32)) as f32,
+            bc2: (1.0 - self.beta2.powi(t as i32)) as f32,
+            eps: self.eps as f32,
+            grad_scale: grad_scale as f32,
+        }
+    }
+}
+
 pub struct AdamW {
     pub config: AdamWConfig,
     /// Number of updates applied so far.
