@@ -31,7 +31,9 @@ fn main() {
     for i in 0..steps + 1 {
         let t0 = std::time::Instant::now();
         enc.zero_grads();
-        let loss = enc.forward_backward(&refs, None, &ys).unwrap();
+        let loss = enc
+            .forward_backward(&refs, None, &ys, Some(i as u64))
+            .unwrap();
         enc.adamw_step(&opt, 2e-5, 1.0);
         let dt = t0.elapsed().as_secs_f64();
         if i > 0 {

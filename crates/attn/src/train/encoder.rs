@@ -8,8 +8,11 @@
 //! three projections are one product. Each sequence attends over its own tokens only
 //! (no padding is computed), as the padding mask makes transformers do.
 //!
-//! This stage has no dropout: it is checked against transformers' gradients for every
-//! parameter (`tests/engine_parity.rs`) and is what `classify train` moves onto next.
+//! Dropout (hidden states and attention weights, as transformers places it) uses
+//! counter-based masks recomputed in the backward pass. Checked against transformers'
+//! gradients for every parameter, and with dropout against finite differences
+//! (`tests/engine_parity.rs`); `classify train` moves onto it next (LoRA adapters are
+//! still to come here).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +22,7 @@ use rayon::prelude::*;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::attend::attend_head;
-use crate::kernels::cpu::{vmath, Rhs};
+use crate::kernels::cpu::{vmath, Dropout, Rhs};
 use crate::models::bert::BertConfig;
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
@@ -69,6 +72,45 @@ pub struct NativeEncoder {
     scratch: Scratch,
 }
 
+/// The dropout of one step (none when evaluating): where the hidden states are
+/// dropped (embeddings' output, each sublayer's output before its residual sum, the
+/// pooled vector before the head) and the attention weights.
+#[derive(Clone, Copy, Default)]
+struct Drops {
+    hidden: Option<Dropout>,
+    attn: Option<Dropout>,
+}
+
+impl Drops {
+    fn emb(&self) -> Option<Dropout> {
+        self.hidden.map(|d| d.site(0))
+    }
+    fn proj(&self, l: usize) -> Option<Dropout> {
+        self.hidden.map(|d| d.site(1 + 2 * l as u64))
+    }
+    fn down(&self, l: usize) -> Option<Dropout> {
+        self.hidden.map(|d| d.site(2 + 2 * l as u64))
+    }
+    fn pooled(&self) -> Option<Dropout> {
+        self.hidden.map(|d| d.site(u64::MAX))
+    }
+    /// Head `h` of sequence `s` in layer `l`: element `i·len + j` is weight (i, j).
+    fn attn_head(&self, l: usize, s: usize, h: usize) -> Option<Dropout> {
+        self.attn
+            .map(|d| d.site(((l as u64) << 48) ^ ((s as u64) << 16) ^ h as u64))
+    }
+}
+
+/// `x ← x ⊙ mask` (element `i` of `x` is mask element `i`), on both cores.
+fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
+    const CH: usize = 1 << 14;
+    if let Some(d) = d {
+        x.par_chunks_mut(CH)
+            .enumerate()
+            .for_each(|(c, part)| k::dropout::drop_row(part, d, (c * CH) as u64));
+    }
+}
+
 /// The activations of one forward pass that the backward pass reads.
 struct Saved {
     n: usize,
@@ -80,7 +122,9 @@ struct Saved {
     /// Each layer's input (`x[0]` the embeddings' output) and the last layer's output.
     x: Vec<Vec<f32>>,
     layers: Vec<LayerActs>,
+    /// The pooler's output, and after the classifier's dropout.
     pooled: Vec<f32>,
+    pooled_d: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -388,37 +432,72 @@ impl NativeEncoder {
         crate::engine::encoder::check_batch(cfg, seqs, types)
     }
 
-    /// Mean cross-entropy of the batch, and its gradient added to the gradients.
+    /// Mean cross-entropy of the batch, and its gradient added to the gradients. With
+    /// `dropout_seed`, the config's dropout applies (masks drawn from the seed: the same
+    /// seed gives the same masks); without, none does.
     pub fn forward_backward(
         &mut self,
         seqs: &[&[u32]],
         types: Option<&[&[u32]]>,
         labels: &[u32],
+        dropout_seed: Option<u64>,
     ) -> Result<f64> {
         self.check(seqs, types, labels)?;
+        let drops = self.drops(dropout_seed);
         let mut scratch = std::mem::take(&mut self.scratch);
         let loss = k::in_pool(|| {
-            let (saved, loss) = self.forward(seqs, types, labels, &mut scratch);
-            self.backward(seqs, types, labels, saved, &mut scratch);
+            let (saved, loss) = self.forward(seqs, types, labels, drops, &mut scratch);
+            self.backward(seqs, types, labels, saved, drops, &mut scratch);
             loss
         });
         self.scratch = scratch;
         Ok(loss)
     }
 
-    /// Mean cross-entropy of the batch, without gradients.
-    pub fn loss(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>, labels: &[u32]) -> Result<f64> {
+    /// Mean cross-entropy of the batch, without gradients (dropout as in
+    /// [`NativeEncoder::forward_backward`]).
+    pub fn loss(
+        &self,
+        seqs: &[&[u32]],
+        types: Option<&[&[u32]]>,
+        labels: &[u32],
+        dropout_seed: Option<u64>,
+    ) -> Result<f64> {
         self.check(seqs, types, labels)?;
+        let drops = self.drops(dropout_seed);
         Ok(k::in_pool(|| {
-            self.forward(seqs, types, labels, &mut Scratch::default()).1
+            self.forward(seqs, types, labels, drops, &mut Scratch::default())
+                .1
         }))
+    }
+
+    fn drops(&self, seed: Option<u64>) -> Drops {
+        let at = |p: f32, site: u64| seed.and_then(|s| Dropout::new(p, s).map(|d| d.site(site)));
+        Drops {
+            hidden: at(self.config.hidden_dropout_prob, 1),
+            attn: at(self.config.attention_probs_dropout_prob, 2),
+        }
+    }
+
+    /// Element `i` of the tensor `name`, to change (finite-difference tests).
+    pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
+        (i < shape.iter().product::<usize>()).then(|| &mut self.params[at + i])
     }
 
     /// Classification logits `[labels]` per sequence.
     pub fn logits(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>) -> Result<Vec<Vec<f32>>> {
         let labels = vec![0u32; seqs.len()];
         self.check(seqs, types, &labels)?;
-        let (saved, _) = k::in_pool(|| self.forward(seqs, types, &labels, &mut Scratch::default()));
+        let (saved, _) = k::in_pool(|| {
+            self.forward(
+                seqs,
+                types,
+                &labels,
+                Drops::default(),
+                &mut Scratch::default(),
+            )
+        });
         let nl = self.config.labels();
         Ok(saved.logits.chunks(nl).map(<[f32]>::to_vec).collect())
     }
@@ -428,6 +507,7 @@ impl NativeEncoder {
         seqs: &[&[u32]],
         types: Option<&[&[u32]]>,
         labels: &[u32],
+        drops: Drops,
         scratch: &mut Scratch,
     ) -> (Saved, f64) {
         let cfg = &self.config;
@@ -471,10 +551,11 @@ impl NativeEncoder {
         };
         let (mut x0, mut emb_st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
         ln(&emb, lay.emb_w, lay.emb_b, &mut x0, &mut emb_st);
+        drop_in_place(&mut x0, drops.emb());
         let mut xs = vec![x0];
         let mut acts = Vec::with_capacity(lay.layers.len());
         let scale = 1.0 / (hd as f32).sqrt();
-        for at in &lay.layers {
+        for (l, at) in lay.layers.iter().enumerate() {
             let x = xs.last().unwrap();
             let mut qkv = scratch.pool.take(n * 3 * c);
             linear(
@@ -490,7 +571,10 @@ impl NativeEncoder {
                 .collect();
             let heads: Vec<(Vec<f32>, Vec<f32>)> = jobs
                 .par_iter()
-                .map(|&(s, h)| head_forward(&qkv, spans[s], h, c, hd, scale))
+                .map(|&(s, h)| {
+                    let d = drops.attn_head(l, s, h);
+                    head_forward(&qkv, spans[s], h, c, hd, scale, d)
+                })
                 .collect();
             let mut y = scratch.pool.take(n * c);
             let mut probs = Vec::with_capacity(jobs.len());
@@ -510,6 +594,7 @@ impl NativeEncoder {
                 &mut s1,
                 &mut scratch.panels,
             );
+            drop_in_place(&mut s1, drops.proj(l));
             s1.iter_mut().zip(x).for_each(|(s, x)| *s += x);
             let (mut h1, mut st1) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
             ln(&s1, at.ln1_w, at.ln1_b, &mut h1, &mut st1);
@@ -534,6 +619,7 @@ impl NativeEncoder {
                 &mut s2,
                 &mut scratch.panels,
             );
+            drop_in_place(&mut s2, drops.down(l));
             s2.iter_mut().zip(&h1).for_each(|(s, h)| *s += h);
             let (mut x1, mut st2) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
             ln(&s2, at.ln2_w, at.ln2_b, &mut x1, &mut st2);
@@ -568,10 +654,12 @@ impl NativeEncoder {
             &mut scratch.panels,
         );
         pooled.iter_mut().for_each(|v| *v = v.tanh());
+        let mut pooled_d = pooled.clone();
+        drop_in_place(&mut pooled_d, drops.pooled());
         let nl = cfg.labels();
         let mut logits = vec![0f32; b * nl];
         linear(
-            &pooled,
+            &pooled_d,
             b,
             &w[lay.cls_w..lay.cls_w + nl * c],
             &w[lay.cls_b..lay.cls_b + nl],
@@ -589,6 +677,7 @@ impl NativeEncoder {
                 x: xs,
                 layers: acts,
                 pooled,
+                pooled_d,
                 logits,
             },
             loss,
@@ -601,6 +690,7 @@ impl NativeEncoder {
         types: Option<&[&[u32]]>,
         labels: &[u32],
         s: Saved,
+        drops: Drops,
         scratch: &mut Scratch,
     ) {
         let cfg = &self.config;
@@ -620,7 +710,7 @@ impl NativeEncoder {
             let [dw, db] = views(g, [(lay.cls_w, nl * c), (lay.cls_b, nl)]);
             linear_backward(
                 &dlogits,
-                &s.pooled,
+                &s.pooled_d,
                 b,
                 &w[lay.cls_w..lay.cls_w + nl * c],
                 dw,
@@ -629,6 +719,7 @@ impl NativeEncoder {
                 scratch,
             );
         }
+        drop_in_place(&mut dpooled, drops.pooled());
         dpooled
             .iter_mut()
             .zip(&s.pooled)
@@ -678,8 +769,11 @@ impl NativeEncoder {
             let mut dgel = scratch.pool.take(n * inner);
             {
                 let [dw, db] = views(g, [(at.down_w, c * inner), (at.down_b, c)]);
+                let mut ds2d = scratch.pool.take(n * c);
+                ds2d.copy_from_slice(&ds2);
+                drop_in_place(&mut ds2d, drops.down(l));
                 linear_backward(
-                    &ds2,
+                    &ds2d,
                     &a.g,
                     n,
                     &w[at.down_w..at.down_w + c * inner],
@@ -688,6 +782,7 @@ impl NativeEncoder {
                     Some(&mut dgel),
                     scratch,
                 );
+                scratch.pool.give(ds2d);
             }
             dgel.par_chunks_mut(4096)
                 .zip(a.u.par_chunks(4096))
@@ -724,8 +819,11 @@ impl NativeEncoder {
             let mut dy = scratch.pool.take(n * c);
             {
                 let [dw, db] = views(g, [(at.proj_w, c * c), (at.proj_b, c)]);
+                let mut ds1d = scratch.pool.take(n * c);
+                ds1d.copy_from_slice(&ds1);
+                drop_in_place(&mut ds1d, drops.proj(l));
                 linear_backward(
-                    &ds1,
+                    &ds1d,
                     &a.y,
                     n,
                     &w[at.proj_w..at.proj_w + c * c],
@@ -734,13 +832,17 @@ impl NativeEncoder {
                     Some(&mut dy),
                     scratch,
                 );
+                scratch.pool.give(ds1d);
             }
             let jobs: Vec<(usize, usize)> =
                 (0..b).flat_map(|q| (0..nh).map(move |h| (q, h))).collect();
             let parts: Vec<Vec<f32>> = jobs
                 .par_iter()
                 .zip(&a.probs)
-                .map(|(&(q, h), p)| head_backward(&dy, &a.qkv, p, s.spans[q], h, c, hd, scale))
+                .map(|(&(q, h), p)| {
+                    let d = drops.attn_head(l, q, h);
+                    head_backward(&dy, &a.qkv, p, s.spans[q], h, c, hd, scale, d)
+                })
                 .collect();
             let mut dqkv = scratch.pool.take(n * 3 * c);
             for (&(q, h), part) in jobs.iter().zip(&parts) {
@@ -772,6 +874,7 @@ impl NativeEncoder {
             }
         }
         // The embeddings: their norm, then the three tables.
+        drop_in_place(&mut dx, drops.emb());
         let mut de = scratch.pool.take(n * c);
         {
             let [dw, db] = views(g, [(lay.emb_w, c), (lay.emb_b, c)]);
@@ -867,6 +970,7 @@ fn head_forward(
     c: usize,
     hd: usize,
     scale: f32,
+    drop: Option<Dropout>,
 ) -> (Vec<f32>, Vec<f32>) {
     let base = &qkv[r0 * 3 * c + h * hd..];
     let mut out = vec![0f32; len * hd];
@@ -885,33 +989,51 @@ fn head_forward(
         &mut out,
         Some(&mut rows),
     );
-    (rows.concat(), out)
+    let p = rows.concat();
+    if let Some(d) = drop {
+        // The output is a sum over the dropped weights: recompute it.
+        let mut pd = p.clone();
+        k::dropout::drop_row(&mut pd, d, 0);
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for i in 0..len {
+            let o = &mut out[i * hd..(i + 1) * hd];
+            for j in 0..len {
+                let w = pd[i * len + j];
+                let vj = &base[j * 3 * c + 2 * c..][..hd];
+                o.iter_mut().zip(vj).for_each(|(o, v)| *o += w * v);
+            }
+        }
+    }
+    (p, out)
 }
 
 /// The gradients of one head's queries, keys and values (`[len, hd]` each, contiguous)
-/// from `ins` = (q, k, v, the output gradient dy, the weights p) into `outs` =
-/// (dq, dk, dv, scratch `[len]`).
+/// from `ins` = (q, k, v, the output gradient dy, the weights p, the weights after
+/// dropout pd) into `outs` = (dq, dk, dv, scratch `[len]`). With dropout mask M,
+/// pd = p ⊙ M: dV = pdᵀ·dY, and with dP' = dY·Vᵀ,
+/// dS = pd ⊙ dP' − p · Σ_j pd·dP' (row by row).
 #[inline(always)]
-fn head_grads_body(ins: [&[f32]; 5], outs: [&mut [f32]; 4], hd: usize, scale: f32) {
-    let [q, k, v, dy, p] = ins;
+fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) {
+    let [q, k, v, dy, p, pd] = ins;
     let [dq, dk, dv, ds] = outs;
     let len = ds.len();
     for i in 0..len {
         let dyi = &dy[i * hd..(i + 1) * hd];
         let pr = &p[i * len..(i + 1) * len];
-        // dP_ij = dy_i · v_j; dS = P ⊙ (dP − Σ_j P·dP).
+        let pdr = &pd[i * len..(i + 1) * len];
+        // dP'_ij = dy_i · v_j.
         for (j, d) in ds.iter_mut().enumerate() {
             let vj = &v[j * hd..(j + 1) * hd];
             *d = dyi.iter().zip(vj).map(|(a, b)| a * b).sum();
         }
-        let dot: f32 = pr.iter().zip(&*ds).map(|(a, b)| a * b).sum();
-        for (d, &pij) in ds.iter_mut().zip(pr) {
-            *d = pij * (*d - dot) * scale;
+        let dot: f32 = pdr.iter().zip(&*ds).map(|(a, b)| a * b).sum();
+        for ((d, &pij), &pdij) in ds.iter_mut().zip(pr).zip(pdr) {
+            *d = (pdij * *d - pij * dot) * scale;
         }
         let qi = &q[i * hd..(i + 1) * hd];
         let dqi = &mut dq[i * hd..(i + 1) * hd];
         for j in 0..len {
-            let (pij, dsij) = (pr[j], ds[j]);
+            let (pij, dsij) = (pdr[j], ds[j]);
             let kj = &k[j * hd..(j + 1) * hd];
             for (o, &x) in dqi.iter_mut().zip(kj) {
                 *o += dsij * x;
@@ -928,7 +1050,7 @@ fn head_grads_body(ins: [&[f32]; 5], outs: [&mut [f32]; 4], hd: usize, scale: f3
 vmath::dispatch!(
     /// See [`head_grads_body`].
     head_grads = head_grads_body, head_grads512, head_grads256,
-    (ins: [&[f32]; 5], outs: [&mut [f32]; 4], hd: usize, scale: f32) -> ()
+    (ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) -> ()
 );
 
 /// Backward of [`head_forward`]: the gradients of the head's query, key and value rows,
@@ -943,6 +1065,7 @@ fn head_backward(
     c: usize,
     hd: usize,
     scale: f32,
+    drop: Option<Dropout>,
 ) -> Vec<f32> {
     let w = 3 * c;
     let gather = |src: &[f32], stride: usize, off: usize| -> Vec<f32> {
@@ -964,8 +1087,18 @@ fn head_backward(
         vec![0f32; len * hd],
     );
     let mut ds = vec![0f32; len];
+    let dropped;
+    let pd = match drop {
+        Some(d) => {
+            let mut x = p.to_vec();
+            k::dropout::drop_row(&mut x, d, 0);
+            dropped = x;
+            &dropped
+        }
+        None => p,
+    };
     head_grads(
-        [&q, &k, &v, &g, p],
+        [&q, &k, &v, &g, p, pd],
         [&mut dq, &mut dk, &mut dv, &mut ds],
         hd,
         scale,
