@@ -455,9 +455,8 @@ fn encoder_training_step_with_dropout_matches_finite_differences() {
     let r = reference("bert-tiny");
     let dir = std::env::temp_dir().join(format!("attn-enc-fd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.safetensors"] {
-        std::fs::copy(fixture("bert-tiny").join(f), dir.join(f)).unwrap();
-    }
+    let weights = "model.safetensors";
+    std::fs::copy(fixture("bert-tiny").join(weights), dir.join(weights)).unwrap();
     let mut cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("bert-tiny").join("config.json")).unwrap(),
     )
