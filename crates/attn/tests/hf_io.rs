@@ -287,3 +287,57 @@ fn minilm_matches_sentence_transformers() {
     assert!(worst_cos >= 0.99999, "cosine {worst_cos}");
     assert!(worst_abs <= 1e-4, "max abs difference {worst_abs}");
 }
+
+/// What `read_weights` refuses, each named: NaN or infinite weights (with the tensor),
+/// a weights path that is not a regular file, shard names that leave the folder; and a
+/// sharded folder (index, no single file) loads every shard.
+#[test]
+fn weight_files_are_checked_before_use() {
+    use attn::checkpoint::read_weights;
+    let dir = common::temp_dir("weights-checks");
+    let dev = Device::Cpu;
+    let t = |v: Vec<f32>| Tensor::from_vec(v.clone(), v.len(), &dev).unwrap();
+    let err = |d: &Path| read_weights(d, &dev).unwrap_err().to_string();
+    for (bad, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
+        let d = dir.join(format!("nonfinite-{what}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut m = BTreeMap::new();
+        m.insert("fine".to_string(), t(vec![1.0, 2.0]));
+        m.insert("broken".to_string(), t(vec![0.5, bad, 3.0]));
+        write_safetensors(&d.join("model.safetensors"), &m).unwrap();
+        let e = err(&d);
+        assert!(e.contains("broken") && e.contains("index 1"), "{e}");
+    }
+    // A directory where the weights file should be.
+    let d = dir.join("not-a-file");
+    std::fs::create_dir_all(d.join("model.safetensors")).unwrap();
+    assert!(err(&d).contains("not a regular file"), "{}", err(&d));
+    // Shards: two files listed by the index load together; names that leave the
+    // folder (a path, or "..") are refused.
+    let d = dir.join("sharded");
+    std::fs::create_dir_all(&d).unwrap();
+    for (file, name) in [("a.safetensors", "x"), ("b.safetensors", "y")] {
+        let mut m = BTreeMap::new();
+        m.insert(name.to_string(), t(vec![1.0]));
+        write_safetensors(&d.join(file), &m).unwrap();
+    }
+    let index = |map: serde_json::Value| {
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            serde_json::json!({ "weight_map": map }).to_string(),
+        )
+        .unwrap()
+    };
+    index(serde_json::json!({"x": "a.safetensors", "y": "b.safetensors"}));
+    let all = read_weights(&d, &dev).unwrap();
+    assert!(
+        all.contains_key("x") && all.contains_key("y"),
+        "{:?}",
+        all.keys()
+    );
+    for bad in ["sub/a.safetensors", "..a.safetensors"] {
+        index(serde_json::json!({ "x": bad }));
+        assert!(err(&d).contains("plain file name"), "{bad}: {}", err(&d));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
