@@ -341,3 +341,30 @@ fn weight_files_are_checked_before_use() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A tokenizer whose ids reach past the model's vocabulary does not belong to it: the
+/// folder is refused, naming the tokenizer file (one that fits loads).
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
+    let dir = common::temp_dir("vocab-check");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bert-tiny");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    // bert-tiny has 101 ids: 26 letters fit; 120 distinct characters do not.
+    let small = attn::tokenizer::Tokenizer::train_char("abcdefghijklmnopqrstuvwxyz").unwrap();
+    small.save(&dir.join("tokenizer.json")).unwrap();
+    assert!(load_bert(&dir).is_ok());
+    let many: String = (0..120u32)
+        .map(|i| char::from_u32(0x4e00 + i).unwrap())
+        .collect();
+    let big = attn::tokenizer::Tokenizer::train_char(&many).unwrap();
+    assert!(big.id_limit() > 101);
+    big.save(&dir.join("tokenizer.json")).unwrap();
+    let e = load_bert(&dir).err().expect("refused").to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("vocab_size is 101"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
