@@ -13,7 +13,13 @@ fn main() {
     let t: usize = args.get(3).map_or(64, |s| s.parse().unwrap());
     let steps: usize = args.get(4).map_or(5, |s| s.parse().unwrap());
     let labels = vec!["neg".to_string(), "pos".to_string()];
-    let mut enc = NativeEncoder::load_with_head(&dir, &labels, 0).unwrap();
+    let lora = std::env::var("LORA_R")
+        .ok()
+        .map(|r| attn::models::bert::LoraConfig {
+            r: r.parse().unwrap(),
+            lora_alpha: 16.0,
+        });
+    let mut enc = NativeEncoder::load_with_head(&dir, &labels, 0, lora).unwrap();
     let v = enc.config.vocab_size as u64;
     let mut rng = attn::rng::Rng::new(1);
     let seqs: Vec<Vec<u32>> = (0..b)

@@ -517,3 +517,129 @@ fn encoder_training_step_with_dropout_matches_finite_differences() {
         "dropout gradients: worst relative difference {worst:.2e} against finite differences"
     );
 }
+
+/// LoRA on the engine's BERT step: only the adapters and the new head get gradients
+/// (every other gradient stays zero and an AdamW step leaves those tensors
+/// bit-identical), the adapters' gradients match central differences of the loss, and
+/// the adapted model's logits equal those of the folder with the adapters folded into
+/// the query and value weights, loaded by the inference encoder.
+#[test]
+fn encoder_lora_trains_only_adapters_and_head() {
+    use attn::engine::Encoder;
+    use attn::models::bert::LoraConfig;
+    use attn::train::encoder::NativeEncoder;
+    let r = reference("bert-tiny");
+    let labels: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_string()).collect();
+    let lora = LoraConfig {
+        r: 2,
+        lora_alpha: 4.0,
+    };
+    let mut enc =
+        NativeEncoder::load_with_head(&fixture("bert-tiny"), &labels, 3, Some(lora)).unwrap();
+    let names: Vec<(String, usize)> = enc
+        .names()
+        .map(|(n, s)| (n.to_string(), s.iter().product()))
+        .collect();
+    // B starts at zero; give it values so that A's gradients are not zero too.
+    for (name, len) in names.iter().filter(|(n, _)| n.contains("lora_B")) {
+        for i in 0..*len {
+            *enc.param_mut(name, i).unwrap() = ((i * 7 + name.len()) % 11) as f32 / 50.0 - 0.1;
+        }
+    }
+    let (rows, lens, types) = bert_inputs(&r);
+    let seqs: Vec<&[u32]> = rows.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
+    let tys: Vec<&[u32]> = types.iter().zip(&lens).map(|(r, &l)| &r[..l]).collect();
+    let ys = [2u32, 0];
+    enc.zero_grads();
+    enc.forward_backward(&seqs, Some(&tys), &ys, None).unwrap();
+    let trainable = |n: &str| n.contains("lora_") || n.starts_with("classifier.");
+    for (name, _) in &names {
+        let g = enc.gradient(name).unwrap();
+        let nonzero = g.iter().any(|v| *v != 0.0);
+        assert_eq!(
+            nonzero,
+            trainable(name),
+            "{name}: gradient present = {nonzero}"
+        );
+    }
+    let mut worst = 0f64;
+    for (name, i) in [
+        ("encoder.layer.0.attention.self.query.lora_A.weight", 5),
+        ("encoder.layer.0.attention.self.query.lora_B.weight", 17),
+        ("encoder.layer.1.attention.self.value.lora_A.weight", 40),
+        ("encoder.layer.1.attention.self.value.lora_B.weight", 3),
+        ("classifier.weight", 50),
+    ] {
+        let analytic = enc.gradient(name).unwrap()[i] as f64;
+        let h = 1e-2f32;
+        let x0 = *enc.param_mut(name, i).unwrap();
+        *enc.param_mut(name, i).unwrap() = x0 + h;
+        let up = enc.loss(&seqs, Some(&tys), &ys, None).unwrap();
+        *enc.param_mut(name, i).unwrap() = x0 - h;
+        let down = enc.loss(&seqs, Some(&tys), &ys, None).unwrap();
+        *enc.param_mut(name, i).unwrap() = x0;
+        let numeric = (up - down) / (2.0 * h as f64);
+        let err = (numeric - analytic).abs() / analytic.abs().max(1e-3);
+        assert!(
+            err < 2e-2,
+            "{name}[{i}]: analytic {analytic}, numeric {numeric}"
+        );
+        worst = worst.max(err);
+    }
+    eprintln!("LoRA gradients: worst relative difference {worst:.2e} against finite differences");
+    // One AdamW step moves the adapters and the head only.
+    let before: Vec<Vec<f32>> = names
+        .iter()
+        .map(|(n, _)| enc.param(n).unwrap().to_vec())
+        .collect();
+    let opt = attn::train::optimizer::AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    enc.adamw_step(&opt, 1e-2, 1.0);
+    for ((name, _), old) in names.iter().zip(&before) {
+        let moved = enc.param(name).unwrap() != old.as_slice();
+        assert_eq!(moved, trainable(name), "{name}: moved = {moved}");
+    }
+    // The adapters folded into the weights give the same logits on the inference engine.
+    let scale = lora.scale() as f32;
+    let mut tensors = enc.tensors();
+    for l in 0..2 {
+        for target in attn::models::bert::LORA_TARGETS {
+            let m = format!("encoder.layer.{l}.{target}");
+            let (a, sa) = tensors.remove(&format!("{m}.lora_A.weight")).unwrap();
+            let (b, _) = tensors.remove(&format!("{m}.lora_B.weight")).unwrap();
+            let (rk, cols) = (sa[0], sa[1]);
+            let w = &mut tensors.get_mut(&format!("{m}.weight")).unwrap().0;
+            for i in 0..w.len() / cols {
+                for j in 0..cols {
+                    let ba: f32 = (0..rk).map(|k| b[i * rk + k] * a[k * cols + j]).sum();
+                    w[i * cols + j] += scale * ba;
+                }
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("attn-lora-fold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let named: std::collections::BTreeMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(n, (v, s))| {
+            let n = if n.starts_with("classifier.") {
+                n
+            } else {
+                format!("bert.{n}")
+            };
+            (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
+        })
+        .collect();
+    attn::checkpoint::write_safetensors(&dir.join("model.safetensors"), &named).unwrap();
+    std::fs::write(dir.join("config.json"), enc.config.to_hf_json().to_string()).unwrap();
+    let merged = Encoder::load(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let want = enc.logits(&seqs, Some(&tys)).unwrap();
+    let got = merged.classify(&seqs, Some(&tys)).unwrap();
+    let d = max_abs_diff(&got.concat(), &want.concat());
+    assert!(d < 1e-5, "folded adapters: logits differ by {d}");
+}

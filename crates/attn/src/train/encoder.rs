@@ -11,8 +11,9 @@
 //! Dropout (hidden states and attention weights, as transformers places it) uses
 //! counter-based masks recomputed in the backward pass. Checked against transformers'
 //! gradients for every parameter, and with dropout against finite differences
-//! (`tests/engine_parity.rs`); `classify train` moves onto it next (LoRA adapters are
-//! still to come here).
+//! (`tests/engine_parity.rs`). LoRA adapters on the query and value projections freeze
+//! everything else: frozen tensors get no weight gradients computed and no AdamW
+//! moments. `classify train` moves onto this step next.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +24,7 @@ use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::attend::attend_head;
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
-use crate::models::bert::BertConfig;
+use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
@@ -70,6 +71,19 @@ pub struct NativeEncoder {
     /// AdamW updates applied.
     pub t: usize,
     scratch: Scratch,
+    /// Low-rank adapters on every layer's query and value projections: the rest of the
+    /// encoder is frozen, and only the adapters and the classification head (the
+    /// buffers' tail from `trainable_from`) get gradients and AdamW moments.
+    lora: Option<(LoraConfig, Vec<AdapterAt>)>,
+    trainable_from: usize,
+}
+
+/// Where a layer's adapters start: `A [r, c]` and `B [c, r]` for the query and value.
+struct AdapterAt {
+    qa: usize,
+    qb: usize,
+    va: usize,
+    vb: usize,
 }
 
 /// The dropout of one step (none when evaluating): where the hidden states are
@@ -130,6 +144,8 @@ struct Saved {
 
 struct LayerActs {
     qkv: Vec<f32>,
+    /// With adapters: `x·Aᵀ` `[n, r]` for the query's and the value's.
+    adapted: Vec<Vec<f32>>,
     /// Attention weights per (sequence, head), `len × len` each.
     probs: Vec<Vec<f32>>,
     y: Vec<f32>,
@@ -149,32 +165,35 @@ fn linear(x: &[f32], m: usize, w: &[f32], b: &[f32], out: &mut [f32], panels: &m
     k::gemm_bias(x, m, i, o, Rhs::Nt(w), Some(b), out, panels);
 }
 
-/// Backward of [`linear`]: `dw += dyᵀ·x`, `db += Σ dy`, and `dx = dy · w` (written, not
-/// added) when asked.
+/// Backward of [`linear`] for `w [o, i]`: `dw += dyᵀ·x`, `db += Σ dy` unless the
+/// weights are frozen (`grads` is `None`), and `dx = dy · w` (written, not added) when
+/// asked.
 #[allow(clippy::too_many_arguments)]
 fn linear_backward(
     dy: &[f32],
     x: &[f32],
     m: usize,
     w: &[f32],
-    dw: &mut [f32],
-    db: &mut [f32],
+    o: usize,
+    grads: Option<[&mut [f32]; 2]>,
     dx: Option<&mut [f32]>,
     scratch: &mut Scratch,
 ) {
-    let (o, i) = (db.len(), w.len() / db.len());
-    k::gemm_tn_acc(
-        dy,
-        m,
-        o,
-        x,
-        i,
-        dw,
-        (&mut scratch.panels, &mut scratch.xpack),
-        false,
-    );
-    for row in dy[..m * o].chunks(o) {
-        db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+    let i = w.len() / o;
+    if let Some([dw, db]) = grads {
+        k::gemm_tn_acc(
+            dy,
+            m,
+            o,
+            x,
+            i,
+            dw,
+            (&mut scratch.panels, &mut scratch.xpack),
+            false,
+        );
+        for row in dy[..m * o].chunks(o) {
+            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+        }
     }
     if let Some(dx) = dx {
         k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels);
@@ -213,6 +232,33 @@ impl Pool {
     }
 }
 
+/// A linear layer's weight and bias gradients, or `None` when the layer is frozen.
+fn wgrads(
+    g: &mut [f32],
+    frozen: bool,
+    w: (usize, usize),
+    b: (usize, usize),
+) -> Option<[&mut [f32]; 2]> {
+    (!frozen).then(|| views(g, [w, b]))
+}
+
+/// A norm's weight and bias gradients, or (frozen) two throwaway rows of `junk`.
+fn norm_grads<'a>(
+    g: &'a mut [f32],
+    junk: &'a mut [f32],
+    frozen: bool,
+    w: usize,
+    b: usize,
+    c: usize,
+) -> [&'a mut [f32]; 2] {
+    if frozen {
+        let (x, y) = junk[..2 * c].split_at_mut(c);
+        [x, y]
+    } else {
+        views(g, [(w, c), (b, c)])
+    }
+}
+
 /// Disjoint mutable views of the gradient buffer, by offset and length.
 fn views<const N: usize>(buf: &mut [f32], parts: [(usize, usize); N]) -> [&mut [f32]; N] {
     let mut order: Vec<usize> = (0..N).collect();
@@ -245,14 +291,22 @@ impl NativeEncoder {
             (!key.ends_with("position_ids") && !key.ends_with("token_type_ids"))
                 .then(|| key.to_string())
         })?;
-        Self::from_plain(config, tensors)
+        Self::from_plain(config, tensors, None)
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
 
     /// Load a pretrained BERT folder and put a new classification head of `labels`
     /// classes on it (weights drawn from N(0, 0.02²) with `seed`, biases zero, as
     /// transformers initialises one); a missing pooler is drawn the same way.
-    pub fn load_with_head(dir: &Path, labels: &[String], seed: u64) -> Result<Self> {
+    ///
+    /// With `lora`, adapters go on every query and value projection and everything but
+    /// them and the head is frozen.
+    pub fn load_with_head(
+        dir: &Path,
+        labels: &[String],
+        seed: u64,
+        lora: Option<LoraConfig>,
+    ) -> Result<Self> {
         let cfg_path = dir.join(crate::checkpoint::CONFIG);
         let config: BertConfig =
             serde_json::from_value(crate::checkpoint::read_json(&cfg_path)?)
@@ -277,11 +331,15 @@ impl NativeEncoder {
         let k = labels.len();
         tensors.insert("classifier.weight".into(), (normal(k * c), vec![k, c]));
         tensors.insert("classifier.bias".into(), (vec![0.0; k], vec![k]));
-        Self::from_plain(config, tensors)
+        Self::from_plain(config, tensors, lora.map(|l| (l, seed ^ 0x10a)))
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
 
-    fn from_plain(config: BertConfig, mut t: Plain) -> Result<Self> {
+    fn from_plain(
+        config: BertConfig,
+        mut t: Plain,
+        lora: Option<(LoraConfig, u64)>,
+    ) -> Result<Self> {
         config.validate()?;
         if config.hidden_act != "gelu" {
             return Err(Error::invalid(
@@ -357,6 +415,42 @@ impl NativeEncoder {
         }
         let pool_w = put("pooler.dense.weight".into(), vec![c, c], &mut t)?;
         let pool_b = put("pooler.dense.bias".into(), vec![c], &mut t)?;
+        // Adapters (drawn when the tensors do not hold them: A from N(0, 1/c), B zero,
+        // so training starts from the pretrained function), then the head: the
+        // trainable tail.
+        // The pooler's bias is the last frozen tensor.
+        let trainable_from = if lora.is_some() { pool_b + c } else { 0 };
+        let lora = match lora {
+            None => None,
+            Some((cfg, seed)) => {
+                let mut rng = crate::rng::Rng::new(seed);
+                let std = 1.0 / (c as f64).sqrt();
+                let mut adapters = Vec::new();
+                for l in 0..config.num_hidden_layers {
+                    let mut at = [0usize; 4];
+                    for (i, target) in LORA_TARGETS.iter().enumerate() {
+                        let m = format!("encoder.layer.{l}.{target}");
+                        let (a, b) = (format!("{m}.lora_A.weight"), format!("{m}.lora_B.weight"));
+                        if !t.contains_key(&a) {
+                            let v = (0..cfg.r * c)
+                                .map(|_| (rng.normal() * std) as f32)
+                                .collect();
+                            t.insert(a.clone(), (v, vec![cfg.r, c]));
+                            t.insert(b.clone(), (vec![0.0; c * cfg.r], vec![c, cfg.r]));
+                        }
+                        at[2 * i] = put(a, vec![cfg.r, c], &mut t)?;
+                        at[2 * i + 1] = put(b, vec![c, cfg.r], &mut t)?;
+                    }
+                    adapters.push(AdapterAt {
+                        qa: at[0],
+                        qb: at[1],
+                        va: at[2],
+                        vb: at[3],
+                    });
+                }
+                Some((cfg, adapters))
+            }
+        };
         let cls_w = put("classifier.weight".into(), vec![labels, c], &mut t)?;
         let cls_b = put("classifier.bias".into(), vec![labels], &mut t)?;
         if !t.is_empty() {
@@ -368,6 +462,7 @@ impl NativeEncoder {
             ));
         }
         let n = params.len();
+        let moments = n - trainable_from;
         Ok(NativeEncoder {
             config,
             tensors,
@@ -385,10 +480,12 @@ impl NativeEncoder {
             },
             params,
             grads: vec![0.0; n],
-            m: vec![0.0; n],
-            v: vec![0.0; n],
+            m: vec![0.0; moments],
+            v: vec![0.0; moments],
             t: 0,
             scratch: Scratch::default(),
+            lora,
+            trainable_from,
         })
     }
 
@@ -566,6 +663,24 @@ impl NativeEncoder {
                 &mut qkv,
                 &mut scratch.panels,
             );
+            // Adapters add scale·(x·Aᵀ)·Bᵀ to the queries and values.
+            let mut adapted = Vec::new();
+            if let Some((cfg, ads)) = &self.lora {
+                let (r, sc) = (cfg.r, cfg.scale() as f32);
+                let mut u = scratch.pool.take(n * c);
+                for (part, a_at, b_at) in [(0, ads[l].qa, ads[l].qb), (2, ads[l].va, ads[l].vb)] {
+                    let mut t = scratch.pool.take(n * r);
+                    let (a, b) = (&w[a_at..a_at + r * c], &w[b_at..b_at + c * r]);
+                    k::gemm(x, n, c, r, Rhs::Nt(a), &mut t, &mut scratch.panels);
+                    k::gemm(&t, n, r, c, Rhs::Nt(b), &mut u, &mut scratch.panels);
+                    for (row, ur) in qkv.chunks_mut(3 * c).zip(u.chunks(c)) {
+                        let out = &mut row[part * c..(part + 1) * c];
+                        out.iter_mut().zip(ur).for_each(|(o, v)| *o += sc * v);
+                    }
+                    adapted.push(t);
+                }
+                scratch.pool.give(u);
+            }
             let jobs: Vec<(usize, usize)> = (0..seqs.len())
                 .flat_map(|s| (0..nh).map(move |h| (s, h)))
                 .collect();
@@ -625,6 +740,7 @@ impl NativeEncoder {
             ln(&s2, at.ln2_w, at.ln2_b, &mut x1, &mut st2);
             acts.push(LayerActs {
                 qkv,
+                adapted,
                 probs,
                 y,
                 s1,
@@ -702,19 +818,21 @@ impl NativeEncoder {
         let hd = c / nh;
         let scale = 1.0 / (hd as f32).sqrt();
         let (n, b, nl) = (s.n, seqs.len(), cfg.labels());
+        let frozen = self.lora.is_some();
+        let mut junk = vec![0f32; 2 * c];
         // The head: dlogits = (softmax − onehot) / b (set by cross_entropy below).
         let mut dlogits = s.logits.clone();
         k::cross_entropy(&mut dlogits, nl, labels, Some(1.0 / b as f32));
         let mut dpooled = vec![0f32; b * c];
         {
-            let [dw, db] = views(g, [(lay.cls_w, nl * c), (lay.cls_b, nl)]);
+            let gr = wgrads(g, false, (lay.cls_w, nl * c), (lay.cls_b, nl));
             linear_backward(
                 &dlogits,
                 &s.pooled_d,
                 b,
                 &w[lay.cls_w..lay.cls_w + nl * c],
-                dw,
-                db,
+                nl,
+                gr,
                 Some(&mut dpooled),
                 scratch,
             );
@@ -732,14 +850,14 @@ impl NativeEncoder {
             .collect();
         let mut dfirst = vec![0f32; b * c];
         {
-            let [dw, db] = views(g, [(lay.pool_w, c * c), (lay.pool_b, c)]);
+            let gr = wgrads(g, frozen, (lay.pool_w, c * c), (lay.pool_b, c));
             linear_backward(
                 &dpooled,
                 &firsts,
                 b,
                 &w[lay.pool_w..lay.pool_w + c * c],
-                dw,
-                db,
+                c,
+                gr,
                 Some(&mut dfirst),
                 scratch,
             );
@@ -754,7 +872,7 @@ impl NativeEncoder {
             // x[l+1] = LN2(s2), s2 = h1 + down(g).
             let mut ds2 = scratch.pool.take(n * c);
             {
-                let [dw, db] = views(g, [(at.ln2_w, c), (at.ln2_b, c)]);
+                let [dw, db] = norm_grads(g, &mut junk, frozen, at.ln2_w, at.ln2_b, c);
                 k::layer_norm_backward(
                     &dx,
                     &a.s2,
@@ -768,7 +886,7 @@ impl NativeEncoder {
             }
             let mut dgel = scratch.pool.take(n * inner);
             {
-                let [dw, db] = views(g, [(at.down_w, c * inner), (at.down_b, c)]);
+                let gr = wgrads(g, frozen, (at.down_w, c * inner), (at.down_b, c));
                 let mut ds2d = scratch.pool.take(n * c);
                 ds2d.copy_from_slice(&ds2);
                 drop_in_place(&mut ds2d, drops.down(l));
@@ -777,8 +895,8 @@ impl NativeEncoder {
                     &a.g,
                     n,
                     &w[at.down_w..at.down_w + c * inner],
-                    dw,
-                    db,
+                    c,
+                    gr,
                     Some(&mut dgel),
                     scratch,
                 );
@@ -789,14 +907,14 @@ impl NativeEncoder {
                 .for_each(|(d, u)| gelu_grad_mul(d, u));
             // dh1 = ds2 (the residual) + du·W_up.
             {
-                let [dw, db] = views(g, [(at.up_w, inner * c), (at.up_b, inner)]);
+                let gr = wgrads(g, frozen, (at.up_w, inner * c), (at.up_b, inner));
                 linear_backward(
                     &dgel,
                     &a.h1,
                     n,
                     &w[at.up_w..at.up_w + inner * c],
-                    dw,
-                    db,
+                    inner,
+                    gr,
                     Some(&mut tmp),
                     scratch,
                 );
@@ -804,7 +922,7 @@ impl NativeEncoder {
             tmp.iter_mut().zip(&ds2).for_each(|(t, d)| *t += d);
             let mut ds1 = scratch.pool.take(n * c);
             {
-                let [dw, db] = views(g, [(at.ln1_w, c), (at.ln1_b, c)]);
+                let [dw, db] = norm_grads(g, &mut junk, frozen, at.ln1_w, at.ln1_b, c);
                 k::layer_norm_backward(
                     &tmp,
                     &a.s1,
@@ -818,7 +936,7 @@ impl NativeEncoder {
             }
             let mut dy = scratch.pool.take(n * c);
             {
-                let [dw, db] = views(g, [(at.proj_w, c * c), (at.proj_b, c)]);
+                let gr = wgrads(g, frozen, (at.proj_w, c * c), (at.proj_b, c));
                 let mut ds1d = scratch.pool.take(n * c);
                 ds1d.copy_from_slice(&ds1);
                 drop_in_place(&mut ds1d, drops.proj(l));
@@ -827,8 +945,8 @@ impl NativeEncoder {
                     &a.y,
                     n,
                     &w[at.proj_w..at.proj_w + c * c],
-                    dw,
-                    db,
+                    c,
+                    gr,
                     Some(&mut dy),
                     scratch,
                 );
@@ -856,17 +974,76 @@ impl NativeEncoder {
             }
             // dx = ds1 (the residual) + dqkv·W_qkv.
             {
-                let [dw, db] = views(g, [(at.qkv_w, 3 * c * c), (at.qkv_b, 3 * c)]);
+                let gr = wgrads(g, frozen, (at.qkv_w, 3 * c * c), (at.qkv_b, 3 * c));
                 linear_backward(
                     &dqkv,
                     &s.x[l],
                     n,
                     &w[at.qkv_w..at.qkv_w + 3 * c * c],
-                    dw,
-                    db,
+                    3 * c,
+                    gr,
                     Some(&mut dx),
                     scratch,
                 );
+            }
+            if let Some((cfg, ads)) = &self.lora {
+                // Through the adapters: with dy' = scale·dy of the queries (values),
+                // dB += dy'ᵀ·(x·Aᵀ), dt = dy'·B, dA += dtᵀ·x, dx += dt·A.
+                let (r, sc) = (cfg.r, cfg.scale() as f32);
+                let mut dyp = scratch.pool.take(n * c);
+                let mut dt = scratch.pool.take(n * r);
+                let mut dxa = scratch.pool.take(n * c);
+                let parts = [(0, ads[l].qa, ads[l].qb), (2, ads[l].va, ads[l].vb)];
+                for (i, (part, a_at, b_at)) in parts.into_iter().enumerate() {
+                    for (d, row) in dyp.chunks_mut(c).zip(dqkv.chunks(3 * c)) {
+                        let src = &row[part * c..(part + 1) * c];
+                        d.iter_mut().zip(src).for_each(|(o, v)| *o = sc * v);
+                    }
+                    let pack = (&mut scratch.panels, &mut scratch.xpack);
+                    k::gemm_tn_acc(
+                        &dyp,
+                        n,
+                        c,
+                        &a.adapted[i],
+                        r,
+                        &mut g[b_at..b_at + c * r],
+                        pack,
+                        false,
+                    );
+                    k::gemm(
+                        &dyp,
+                        n,
+                        c,
+                        r,
+                        Rhs::Nn(&w[b_at..b_at + c * r]),
+                        &mut dt,
+                        &mut scratch.panels,
+                    );
+                    let pack = (&mut scratch.panels, &mut scratch.xpack);
+                    k::gemm_tn_acc(
+                        &dt,
+                        n,
+                        r,
+                        &s.x[l],
+                        c,
+                        &mut g[a_at..a_at + r * c],
+                        pack,
+                        false,
+                    );
+                    k::gemm(
+                        &dt,
+                        n,
+                        r,
+                        c,
+                        Rhs::Nn(&w[a_at..a_at + r * c]),
+                        &mut dxa,
+                        &mut scratch.panels,
+                    );
+                    dx.iter_mut().zip(&dxa).for_each(|(d, v)| *d += v);
+                }
+                for v in [dyp, dt, dxa] {
+                    scratch.pool.give(v);
+                }
             }
             dx.iter_mut().zip(&ds1).for_each(|(d, s)| *d += s);
             for v in [ds2, dgel, ds1, dy, dqkv] {
@@ -877,7 +1054,7 @@ impl NativeEncoder {
         drop_in_place(&mut dx, drops.emb());
         let mut de = scratch.pool.take(n * c);
         {
-            let [dw, db] = views(g, [(lay.emb_w, c), (lay.emb_b, c)]);
+            let [dw, db] = norm_grads(g, &mut junk, frozen, lay.emb_w, lay.emb_b, c);
             k::layer_norm_backward(
                 &dx,
                 &s.emb,
@@ -889,7 +1066,7 @@ impl NativeEncoder {
                 Some(db),
             );
         }
-        for (q, ids) in seqs.iter().enumerate() {
+        for (q, ids) in seqs.iter().enumerate().filter(|_| !frozen) {
             for (j, &id) in ids.iter().enumerate() {
                 let ty = types.map_or(0, |tt| tt[q][j] as usize);
                 let row = &de[(s.spans[q].0 + j) * c..][..c];
@@ -906,7 +1083,10 @@ impl NativeEncoder {
             scratch.pool.give(v);
         }
         for a in s.layers {
-            for v in [a.qkv, a.y, a.s1, a.st1, a.h1, a.u, a.g, a.s2, a.st2] {
+            for v in [a.qkv, a.y, a.s1, a.st1, a.h1, a.u, a.g, a.s2, a.st2]
+                .into_iter()
+                .chain(a.adapted)
+            {
                 scratch.pool.give(v);
             }
         }
@@ -916,23 +1096,30 @@ impl NativeEncoder {
     /// biases and embeddings' norms are not decayed (transformers' usual grouping).
     pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
         self.t += 1;
+        let from = self.trainable_from;
         let segments: Vec<(usize, usize, bool)> = self
             .tensors
             .iter()
+            .filter(|(_, at, _)| *at >= from)
             .map(|(name, at, shape)| {
                 let len: usize = shape.iter().product();
                 let decays = !(name.ends_with(".bias") || name.contains("LayerNorm"));
-                (*at, at + len, decays)
+                (at - from, at - from + len, decays)
             })
             .collect();
-        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        let (params, grads, m, v) = (
+            &mut self.params[from..],
+            &self.grads[from..],
+            &mut self.m,
+            &mut self.v,
+        );
         let step = config.kernel_step(self.t, lr, grad_scale);
         k::in_pool(|| k::adamw(params, grads, m, v, &segments, step));
     }
 
     /// √Σ g² over every gradient.
     pub fn grad_norm(&self) -> f64 {
-        k::sum_squares(&self.grads).sqrt()
+        k::sum_squares(&self.grads[self.trainable_from..]).sqrt()
     }
 
     /// Tensors by name (canonical, without `bert.`), for saving.
