@@ -368,3 +368,23 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A decoder folder's generation_config.json comes with it (transformers' defaults
+/// for generate); a folder without one gives an empty object.
+#[test]
+fn generation_config_is_read_with_the_model() {
+    let dir = common::temp_dir("generation-config");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gpt2-tiny");
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let tok = attn::tokenizer::Tokenizer::train_char("abcdefghij").unwrap();
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+    let lm = attn::checkpoint::load_causal_lm(&dir).unwrap();
+    assert_eq!(lm.generation["eos_token_id"], 98);
+    assert_eq!(lm.generation["bos_token_id"], 98);
+    std::fs::remove_file(dir.join("generation_config.json")).unwrap();
+    let lm = attn::checkpoint::load_causal_lm(&dir).unwrap();
+    assert_eq!(lm.generation, serde_json::json!({}));
+    std::fs::remove_dir_all(&dir).ok();
+}
