@@ -76,6 +76,37 @@ pub struct NativeEncoder {
     /// buffers' tail from `trainable_from`) get gradients and AdamW moments.
     lora: Option<(LoraConfig, Vec<AdapterAt>)>,
     trainable_from: usize,
+    act: Act,
+}
+
+/// The MLP's activation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Act {
+    fn of(hidden_act: &str) -> Result<Self> {
+        match hidden_act {
+            "gelu" => Ok(Act::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Act::GeluTanh),
+            "relu" => Ok(Act::Relu),
+            other => Err(Error::invalid(
+                "hidden_act",
+                format!("{other:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"),
+            )),
+        }
+    }
+
+    fn apply(self, xs: &mut [f32]) {
+        match self {
+            Act::GeluErf => vmath::gelu_erf(xs),
+            Act::GeluTanh => vmath::gelu_tanh(xs),
+            Act::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
+        }
+    }
 }
 
 /// Where a layer's adapters start: `A [r, c]` and `B [c, r]` for the query and value.
@@ -335,21 +366,54 @@ impl NativeEncoder {
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
 
+    /// From a tensor-graph classifier's parameters (Hugging Face names, with or without
+    /// `bert.`; adapters among them when `lora` is given).
+    pub fn from_params(
+        config: BertConfig,
+        params: &crate::nn::Params,
+        lora: Option<LoraConfig>,
+    ) -> Result<Self> {
+        let mut plain = Plain::new();
+        for (name, t) in params.tensors() {
+            let shape = t.dims().to_vec();
+            let v = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            plain.insert(
+                name.strip_prefix("bert.").unwrap_or(&name).to_string(),
+                (v, shape),
+            );
+        }
+        Self::from_plain(config, plain, lora.map(|l| (l, 0)))
+    }
+
+    /// Write the current values into a tensor-graph model's parameters of the same
+    /// names (with or without `bert.`), for saving and evaluating through it.
+    pub fn write_into(&self, params: &crate::nn::Params) -> Result<()> {
+        for (name, at, shape) in &self.tensors {
+            let var = params
+                .get(&format!("bert.{name}"))
+                .or_else(|| params.get(name))
+                .ok_or_else(|| Error::Model(format!("no parameter {name} to write into")))?;
+            let len: usize = shape.iter().product();
+            let t = candle_core::Tensor::from_vec(
+                self.params[*at..at + len].to_vec(),
+                shape.as_slice(),
+                var.device(),
+            )?;
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
     fn from_plain(
         config: BertConfig,
         mut t: Plain,
         lora: Option<(LoraConfig, u64)>,
     ) -> Result<Self> {
         config.validate()?;
-        if config.hidden_act != "gelu" {
-            return Err(Error::invalid(
-                "hidden_act",
-                format!(
-                    "{:?}: the encoder's training step has the erf GELU",
-                    config.hidden_act
-                ),
-            ));
-        }
+        let act = Act::of(&config.hidden_act)?;
         let c = config.hidden_size;
         let inner = config.intermediate_size;
         let labels = config.labels();
@@ -486,6 +550,7 @@ impl NativeEncoder {
             scratch: Scratch::default(),
             lora,
             trainable_from,
+            act,
         })
     }
 
@@ -724,7 +789,8 @@ impl NativeEncoder {
             );
             let mut g = scratch.pool.take(n * inner);
             g.copy_from_slice(&u);
-            g.par_chunks_mut(4096).for_each(vmath::gelu_erf);
+            let act = self.act;
+            g.par_chunks_mut(4096).for_each(|xs| act.apply(xs));
             let mut s2 = scratch.pool.take(n * c);
             linear(
                 &g,
@@ -904,7 +970,7 @@ impl NativeEncoder {
             }
             dgel.par_chunks_mut(4096)
                 .zip(a.u.par_chunks(4096))
-                .for_each(|(d, u)| gelu_grad_mul(d, u));
+                .for_each(|(d, u)| act_grad_mul(d, u, self.act as u8));
             // dh1 = ds2 (the residual) + du·W_up.
             {
                 let gr = wgrads(g, frozen, (at.up_w, inner * c), (at.up_b, inner));
@@ -1092,8 +1158,8 @@ impl NativeEncoder {
         }
     }
 
-    /// One AdamW update with the accumulated gradients times `grad_scale`; norms,
-    /// biases and embeddings' norms are not decayed (transformers' usual grouping).
+    /// One AdamW update with the accumulated gradients times `grad_scale`; matrices
+    /// (and embedding tables) are decayed, vectors (biases, norms) are not.
     pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
         self.t += 1;
         let from = self.trainable_from;
@@ -1101,10 +1167,9 @@ impl NativeEncoder {
             .tensors
             .iter()
             .filter(|(_, at, _)| *at >= from)
-            .map(|(name, at, shape)| {
+            .map(|(_, at, shape)| {
                 let len: usize = shape.iter().product();
-                let decays = !(name.ends_with(".bias") || name.contains("LayerNorm"));
-                (at - from, at - from + len, decays)
+                (at - from, at - from + len, shape.len() >= 2)
             })
             .collect();
         let (params, grads, m, v) = (
@@ -1137,16 +1202,35 @@ impl NativeEncoder {
     }
 }
 
+/// `d ← d · act'(u)`: `kind` 0 is the erf GELU, 1 the tanh GELU, 2 ReLU.
 #[inline(always)]
-fn gelu_grad_mul_body(d: &mut [f32], u: &[f32]) {
-    for (d, &u) in d.iter_mut().zip(u) {
-        *d *= vmath::gelu_erf_grad(u);
+fn act_grad_mul_body(d: &mut [f32], u: &[f32], kind: u8) {
+    const C: f32 = vmath::GELU_C;
+    const A: f32 = vmath::GELU_A;
+    for (d, &x) in d.iter_mut().zip(u) {
+        let g = match kind {
+            0 => vmath::gelu_erf_grad(x),
+            1 => {
+                // x·s with s = 1/(1 + e^{−2u}), u = C(x + A·x³): s + x·s(1 − s)·du/dx·2.
+                let x2 = x * x;
+                let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * C * A, -2.0 * C)));
+                (x * (s - s * s)).mul_add(x2.mul_add(6.0 * C * A, 2.0 * C), s)
+            }
+            _ => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        };
+        *d *= g;
     }
 }
 vmath::dispatch!(
-    /// `d ← d · gelu'(u)`, the gradient through the erf GELU.
-    gelu_grad_mul = gelu_grad_mul_body, gelu_grad_mul512, gelu_grad_mul256,
-    (d: &mut [f32], u: &[f32]) -> ()
+    /// See [`act_grad_mul_body`].
+    act_grad_mul = act_grad_mul_body, act_grad_mul512, act_grad_mul256,
+    (d: &mut [f32], u: &[f32], kind: u8) -> ()
 );
 
 /// One head of one sequence: its attention weights `[len, len]` and output `[len, hd]`.
