@@ -16,10 +16,11 @@ use crate::checkpoint::{self, read_json, read_weights, write_json, write_safeten
 use crate::data::labelled::Example;
 use crate::metrics::{classification_report, ClassificationReport};
 use crate::models::bert::{Bert, BertConfig, LoraConfig, LORA_TARGETS};
-use crate::nn::{cross_entropy, Mode, ParamBuilder, Params};
+use crate::nn::{Mode, ParamBuilder, Params};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use crate::train::optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
+use crate::train::encoder::NativeEncoder;
+use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -650,20 +651,21 @@ pub fn train(
     }
     let clf = build(cfg, start, train, &labels, device)?;
     // Trainable: everything for full training; adapters and head for LoRA.
-    let trainable = if cfg.lora.is_some() {
-        clf.params.filter(|n| is_lora(n) || is_head(n))
+    let trainable_params = if cfg.lora.is_some() {
+        clf.params.filter(|n| is_lora(n) || is_head(n)).count()
     } else {
-        clf.params.clone()
+        clf.params.count()
     };
-    let mut opt = AdamW::new(
-        &trainable,
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: cfg.weight_decay,
-        },
-    )?;
+    // The steps run on the engine's encoder (forward, backward, AdamW in flat buffers);
+    // the graph model keeps the weights for evaluation and saving, written from the
+    // engine's at the end of each epoch.
+    let mut native = NativeEncoder::from_params(clf.model.config.clone(), &clf.params, cfg.lora)?;
+    let opt = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    };
     let label_id: HashMap<&str, u32> = labels
         .iter()
         .enumerate()
@@ -710,14 +712,9 @@ pub fn train(
         let batches = super::length_batches(&lengths, cfg.batch_size, &mut rng);
         for b in &batches {
             let ids: Vec<&[u32]> = b.iter().map(|&i| encoded[i].as_slice()).collect();
-            let y = Tensor::from_vec(
-                b.iter().map(|&i| targets[i]).collect::<Vec<_>>(),
-                b.len(),
-                device,
-            )?;
-            let logits = clf.logits(&ids, &mut Mode::Train(&mut rng))?;
-            let loss = cross_entropy(&logits, &y)?;
-            let l = loss.to_scalar::<f32>()? as f64;
+            let y: Vec<u32> = b.iter().map(|&i| targets[i]).collect();
+            native.zero_grads();
+            let l = native.forward_backward(&ids, None, &y, Some(rng.next_u64()))?;
             if !l.is_finite() {
                 return Err(Error::invalid(
                     "training",
@@ -725,9 +722,14 @@ pub fn train(
                 ));
             }
             loss_sum += l;
-            let mut grads = gradients(&trainable, &loss.backward()?);
-            clip_global_norm(&mut grads, cfg.grad_clip)?;
-            opt.step(&grads, lr_at(step))?;
+            // Clipped to a global norm of grad_clip.
+            let norm = native.grad_norm();
+            let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+                cfg.grad_clip / (norm + 1e-6)
+            } else {
+                1.0
+            };
+            native.adamw_step(&opt, lr_at(step), scale);
             step += 1;
             on_event(ClassifyEvent::Step {
                 step,
@@ -736,6 +738,7 @@ pub fn train(
             });
         }
         train_seconds += t0.elapsed().as_secs_f64();
+        native.write_into(&clf.params)?;
         let report = clf.evaluate(val, 64)?;
         let is_best = best.is_none_or(|(_, acc)| report.accuracy > acc);
         if is_best {
@@ -760,7 +763,7 @@ pub fn train(
         best_epoch,
         best_val_accuracy,
         total_params: clf.params.count(),
-        trainable_params: trainable.count(),
+        trainable_params,
         train_seconds,
         epochs: reports,
     })
