@@ -16,7 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::decoder::{activate, Layer, Linear, Norm};
-use super::io::{plain_tensors, read_weight_files, take, Plain};
+use super::io::{plain_of_params, plain_tensors, read_weight_files, take, Plain};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::attend_head;
@@ -67,25 +67,7 @@ impl Encoder {
     /// Load a BERT folder (`model_type` "bert"; bare `BertModel` names or the `bert.`
     /// names of a task checkpoint, with or without pooler and classification head).
     pub fn load(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join(CONFIG);
-        let value = read_json(&cfg_path)?;
-        if value.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
-            return Err(bad(
-                &cfg_path,
-                "model_type is not \"bert\" (the encoder runs BERT models)",
-            ));
-        }
-        let config: BertConfig = serde_json::from_value(value)
-            .map_err(|e| bad(&cfg_path, format!("not a valid BERT config: {e}")))?;
-        config
-            .validate()
-            .map_err(|e| bad(&cfg_path, e.to_string()))?;
-        let (files, blobs) = read_weight_files(dir)?;
-        // position_ids and token_type_ids are integer buffers some checkpoints keep.
-        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
-            let key = canonical(name);
-            (!is_buffer(&key)).then_some(key)
-        })?;
+        let (config, tensors) = read_bert(dir, |_| true)?;
         Self::from_plain(config, &dir.join(WEIGHTS), tensors)
     }
 
@@ -97,15 +79,7 @@ impl Encoder {
         params: &crate::nn::Params,
         lora_scale: Option<f64>,
     ) -> Result<Self> {
-        let mut plain: Plain = Plain::new();
-        for (name, t) in params.tensors() {
-            let shape = t.dims().to_vec();
-            let v = t
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            plain.insert(canonical(&name), (v, shape));
-        }
+        let mut plain = plain_of_params(params, |name| Some(canonical(name)))?;
         if let Some(scale) = lora_scale {
             fold_adapters(&mut plain, scale)?;
         }
@@ -455,8 +429,33 @@ pub(crate) fn check_batch(
     Ok(())
 }
 
+/// A BERT folder's config (validated; `model_type` must be "bert") and its tensors as
+/// f32 under [`canonical`] names, those `keep` accepts; the integer buffers some
+/// checkpoints keep (`position_ids`, `token_type_ids`) are left out.
+pub(crate) fn read_bert(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(BertConfig, Plain)> {
+    let cfg_path = dir.join(CONFIG);
+    let value = read_json(&cfg_path)?;
+    if value.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
+        return Err(bad(
+            &cfg_path,
+            "model_type is not \"bert\" (the encoder runs BERT models)",
+        ));
+    }
+    let config: BertConfig = serde_json::from_value(value)
+        .map_err(|e| bad(&cfg_path, format!("not a valid BERT config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| bad(&cfg_path, e.to_string()))?;
+    let (files, blobs) = read_weight_files(dir)?;
+    let (tensors, _) = plain_tensors(&files, &blobs, |name| {
+        let key = canonical(name);
+        (!is_buffer(&key) && keep(&key)).then_some(key)
+    })?;
+    Ok((config, tensors))
+}
+
 /// A checkpoint name without the task checkpoints' `bert.` prefix.
-fn canonical(name: &str) -> String {
+pub(crate) fn canonical(name: &str) -> String {
     name.strip_prefix("bert.").unwrap_or(name).to_string()
 }
 

@@ -139,6 +139,25 @@ pub(crate) fn take(t: &mut Plain, path: &Path, name: &str, shape: &[usize]) -> R
     Ok(v)
 }
 
+/// A tensor-graph model's parameters as f32 under the name `key` gives each (`None`
+/// skips it).
+pub(crate) fn plain_of_params(
+    params: &crate::nn::Params,
+    key: impl Fn(&str) -> Option<String>,
+) -> Result<Plain> {
+    let mut plain = Plain::new();
+    for (name, t) in params.tensors() {
+        let Some(key) = key(&name) else { continue };
+        let shape = t.dims().to_vec();
+        let v = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        plain.insert(key, (v, shape));
+    }
+    Ok(plain)
+}
+
 /// The bytes of a folder's weight files (each checked for size first).
 pub(crate) fn read_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Vec<u8>>)> {
     let files = weight_files(dir)?;
@@ -224,19 +243,10 @@ impl Decoder {
     ) -> Result<Self> {
         let spec = spec_of(&hf_config)?;
         let ignored = schema(&spec).ignored;
-        let mut plain: Plain = HashMap::new();
-        for (name, t) in params.tensors() {
-            let key = canonical_name(spec.family, &name);
-            if ignored(&key) {
-                continue;
-            }
-            let shape = t.dims().to_vec();
-            let v = t
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            plain.insert(key, (v, shape));
-        }
+        let plain = plain_of_params(params, |name| {
+            let key = canonical_name(spec.family, name);
+            (!ignored(&key)).then_some(key)
+        })?;
         Self::from_plain(spec, hf_config, Path::new("(parameters)"), plain, ty, None)
     }
 

@@ -20,7 +20,8 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::engine::io::{plain_tensors, read_weight_files, Plain};
+use crate::engine::encoder::{canonical, read_bert};
+use crate::engine::io::{plain_of_params, Plain};
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::attend::attend_head;
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
@@ -312,16 +313,7 @@ impl NativeEncoder {
     /// Load a `BertForSequenceClassification` folder (or a bare BERT with pooler and
     /// classifier tensors under either naming).
     pub fn load(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join(crate::checkpoint::CONFIG);
-        let config: BertConfig =
-            serde_json::from_value(crate::checkpoint::read_json(&cfg_path)?)
-                .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
-        let (files, blobs) = read_weight_files(dir)?;
-        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
-            let key = name.strip_prefix("bert.").unwrap_or(name);
-            (!key.ends_with("position_ids") && !key.ends_with("token_type_ids"))
-                .then(|| key.to_string())
-        })?;
+        let (config, tensors) = read_bert(dir, |_| true)?;
         Self::from_plain(config, tensors, None)
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
@@ -338,19 +330,8 @@ impl NativeEncoder {
         seed: u64,
         lora: Option<LoraConfig>,
     ) -> Result<Self> {
-        let cfg_path = dir.join(crate::checkpoint::CONFIG);
-        let config: BertConfig =
-            serde_json::from_value(crate::checkpoint::read_json(&cfg_path)?)
-                .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
+        let (config, mut tensors) = read_bert(dir, |key| !key.starts_with("classifier."))?;
         let config = config.with_labels(labels);
-        let (files, blobs) = read_weight_files(dir)?;
-        let (mut tensors, _) = plain_tensors(&files, &blobs, |name| {
-            let key = name.strip_prefix("bert.").unwrap_or(name);
-            (!key.ends_with("position_ids")
-                && !key.ends_with("token_type_ids")
-                && !key.starts_with("classifier."))
-            .then(|| key.to_string())
-        })?;
         let c = config.hidden_size;
         let mut rng = crate::rng::Rng::new(seed);
         let mut normal =
@@ -373,18 +354,7 @@ impl NativeEncoder {
         params: &crate::nn::Params,
         lora: Option<LoraConfig>,
     ) -> Result<Self> {
-        let mut plain = Plain::new();
-        for (name, t) in params.tensors() {
-            let shape = t.dims().to_vec();
-            let v = t
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            plain.insert(
-                name.strip_prefix("bert.").unwrap_or(&name).to_string(),
-                (v, shape),
-            );
-        }
+        let plain = plain_of_params(params, |name| Some(canonical(name)))?;
         Self::from_plain(config, plain, lora.map(|l| (l, 0)))
     }
 
