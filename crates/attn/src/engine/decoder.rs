@@ -377,6 +377,7 @@ impl Decoder {
                         true,
                         &mut out,
                         keep,
+                        None,
                     );
                     (out, kept)
                 })

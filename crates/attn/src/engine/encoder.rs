@@ -279,6 +279,7 @@ impl Encoder {
                         false,
                         &mut out,
                         None,
+                        None,
                     );
                     out
                 })

@@ -1229,23 +1229,9 @@ fn head_forward(
         false,
         &mut out,
         Some(&mut rows),
+        drop,
     );
-    let p = rows.concat();
-    if let Some(d) = drop {
-        // The output is a sum over the dropped weights: recompute it.
-        let mut pd = p.clone();
-        k::dropout::drop_row(&mut pd, d, 0);
-        out.iter_mut().for_each(|o| *o = 0.0);
-        for i in 0..len {
-            let o = &mut out[i * hd..(i + 1) * hd];
-            for j in 0..len {
-                let w = pd[i * len + j];
-                let vj = &base[j * 3 * c + 2 * c..][..hd];
-                o.iter_mut().zip(vj).for_each(|(o, v)| *o += w * v);
-            }
-        }
-    }
-    (p, out)
+    (rows.concat(), out)
 }
 
 /// The gradients of one head's queries, keys and values (`[len, hd]` each, contiguous)

@@ -16,7 +16,9 @@ const GEMM_MIN_QUERIES: usize = 8;
 /// query sees the positions up to its own; otherwise every query sees all `past + t`
 /// (an encoder's bidirectional attention over one sequence, padding left out by
 /// giving each sequence its own keys). Writes `out` `[t, hd]`; with `keep`, also each
-/// query's weights over `past + t` positions.
+/// query's weights over `past + t` positions. With `drop` (training), the values are
+/// summed with the weights after dropout (weight (j, p) is mask element `j·(past + t) + p`);
+/// `keep` gets them before.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head(
     q: &[f32],
@@ -31,6 +33,7 @@ pub(crate) fn attend_head(
     causal: bool,
     out: &mut [f32],
     keep: Option<&mut Vec<Vec<f32>>>,
+    drop: Option<super::Dropout>,
 ) {
     let n = past + t;
     let seen = |j: usize| if causal { past + j + 1 } else { n };
@@ -61,6 +64,12 @@ pub(crate) fn attend_head(
     for j in 0..t {
         super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], seen(j));
     }
+    if let Some(keep) = keep {
+        keep.extend(w.chunks(n).map(|r| r.to_vec()));
+    }
+    if let Some(d) = drop {
+        super::dropout::drop_row(&mut w, d, 0);
+    }
     if t >= GEMM_MIN_QUERIES {
         // O = P V, with Vᵀ ([hd, n]) as the panel matrix: panel rows are value
         // dimensions, so each panel step is a slice of one value row.
@@ -82,9 +91,6 @@ pub(crate) fn attend_head(
                 &mut out[j * hd..(j + 1) * hd],
             );
         }
-    }
-    if let Some(keep) = keep {
-        keep.extend(w.chunks(n).map(|r| r.to_vec()));
     }
 }
 
