@@ -157,6 +157,16 @@ fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
     }
 }
 
+/// `src ⊙ mask` in a pooled buffer, or `None` without dropout (then `src` itself is the
+/// gradient to use: no copy).
+fn masked_copy(pool: &mut Pool, src: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
+    let d = d?;
+    let mut v = pool.take(src.len());
+    v.copy_from_slice(src);
+    drop_in_place(&mut v, Some(d));
+    Some(v)
+}
+
 /// The activations of one forward pass that the backward pass reads.
 struct Saved {
     n: usize,
@@ -923,11 +933,9 @@ impl NativeEncoder {
             let mut dgel = scratch.pool.take(n * inner);
             {
                 let gr = wgrads(g, frozen, (at.down_w, c * inner), (at.down_b, c));
-                let mut ds2d = scratch.pool.take(n * c);
-                ds2d.copy_from_slice(&ds2);
-                drop_in_place(&mut ds2d, drops.down(l));
+                let ds2d = masked_copy(&mut scratch.pool, &ds2, drops.down(l));
                 linear_backward(
-                    &ds2d,
+                    ds2d.as_deref().unwrap_or(&ds2),
                     &a.g,
                     n,
                     &w[at.down_w..at.down_w + c * inner],
@@ -936,7 +944,9 @@ impl NativeEncoder {
                     Some(&mut dgel),
                     scratch,
                 );
-                scratch.pool.give(ds2d);
+                if let Some(v) = ds2d {
+                    scratch.pool.give(v);
+                }
             }
             dgel.par_chunks_mut(4096)
                 .zip(a.u.par_chunks(4096))
@@ -973,11 +983,9 @@ impl NativeEncoder {
             let mut dy = scratch.pool.take(n * c);
             {
                 let gr = wgrads(g, frozen, (at.proj_w, c * c), (at.proj_b, c));
-                let mut ds1d = scratch.pool.take(n * c);
-                ds1d.copy_from_slice(&ds1);
-                drop_in_place(&mut ds1d, drops.proj(l));
+                let ds1d = masked_copy(&mut scratch.pool, &ds1, drops.proj(l));
                 linear_backward(
-                    &ds1d,
+                    ds1d.as_deref().unwrap_or(&ds1),
                     &a.y,
                     n,
                     &w[at.proj_w..at.proj_w + c * c],
@@ -986,7 +994,9 @@ impl NativeEncoder {
                     Some(&mut dy),
                     scratch,
                 );
-                scratch.pool.give(ds1d);
+                if let Some(v) = ds1d {
+                    scratch.pool.give(v);
+                }
             }
             let jobs: Vec<(usize, usize)> =
                 (0..b).flat_map(|q| (0..nh).map(move |h| (q, h))).collect();
