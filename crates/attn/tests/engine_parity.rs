@@ -457,6 +457,25 @@ fn encoder_training_step_with_dropout_matches_finite_differences() {
     }
 }
 
+/// Element `i` of tensor `name`: the gradient the last backward pass left, and the
+/// central difference of `loss` there (step 1e-2; the parameter is restored).
+fn gradient_and_difference(
+    enc: &mut attn::train::encoder::NativeEncoder,
+    name: &str,
+    i: usize,
+    loss: impl Fn(&attn::train::encoder::NativeEncoder) -> f64,
+) -> (f64, f64) {
+    let analytic = enc.gradient(name).unwrap()[i] as f64;
+    let h = 1e-2f32;
+    let x0 = *enc.param_mut(name, i).unwrap();
+    *enc.param_mut(name, i).unwrap() = x0 + h;
+    let up = loss(enc);
+    *enc.param_mut(name, i).unwrap() = x0 - h;
+    let down = loss(enc);
+    *enc.param_mut(name, i).unwrap() = x0;
+    (analytic, (up - down) / (2.0 * h as f64))
+}
+
 fn dropout_gradients_match_finite_differences(act: &str) {
     use attn::train::encoder::NativeEncoder;
     let r = reference("bert-tiny");
@@ -517,15 +536,9 @@ fn dropout_gradients_match_finite_differences(act: &str) {
     ];
     let mut worst = 0f64;
     for (name, i) in probes {
-        let analytic = enc.gradient(name).unwrap()[i] as f64;
-        let h = 1e-2f32;
-        let x0 = *enc.param_mut(name, i).unwrap();
-        *enc.param_mut(name, i).unwrap() = x0 + h;
-        let up = enc.loss(&seqs, Some(&tys), &labels, seed).unwrap();
-        *enc.param_mut(name, i).unwrap() = x0 - h;
-        let down = enc.loss(&seqs, Some(&tys), &labels, seed).unwrap();
-        *enc.param_mut(name, i).unwrap() = x0;
-        let numeric = (up - down) / (2.0 * h as f64);
+        let (analytic, numeric) = gradient_and_difference(&mut enc, name, i, |e| {
+            e.loss(&seqs, Some(&tys), &labels, seed).unwrap()
+        });
         let err = (numeric - analytic).abs() / analytic.abs().max(1e-2);
         assert!(
             err < 2e-2,
@@ -588,15 +601,9 @@ fn encoder_lora_trains_only_adapters_and_head() {
         ("encoder.layer.1.attention.self.value.lora_B.weight", 3),
         ("classifier.weight", 50),
     ] {
-        let analytic = enc.gradient(name).unwrap()[i] as f64;
-        let h = 1e-2f32;
-        let x0 = *enc.param_mut(name, i).unwrap();
-        *enc.param_mut(name, i).unwrap() = x0 + h;
-        let up = enc.loss(&seqs, Some(&tys), &ys, None).unwrap();
-        *enc.param_mut(name, i).unwrap() = x0 - h;
-        let down = enc.loss(&seqs, Some(&tys), &ys, None).unwrap();
-        *enc.param_mut(name, i).unwrap() = x0;
-        let numeric = (up - down) / (2.0 * h as f64);
+        let (analytic, numeric) = gradient_and_difference(&mut enc, name, i, |e| {
+            e.loss(&seqs, Some(&tys), &ys, None).unwrap()
+        });
         let err = (numeric - analytic).abs() / analytic.abs().max(1e-3);
         assert!(
             err < 2e-2,
