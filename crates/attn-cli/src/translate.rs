@@ -167,7 +167,7 @@ fn run_decode(a: RunArgs) -> Result<()> {
             "must be a finite number",
         ));
     }
-    let tr = Translator::load(&model, &default_device())?;
+    let tr = Translator::load(&model)?;
     let c = &tr.model.config;
     if a.beam > c.vocab_size {
         return Err(Error::invalid(

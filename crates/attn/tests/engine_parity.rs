@@ -668,3 +668,163 @@ fn encoder_lora_trains_only_adapters_and_head() {
     let d = max_abs_diff(&got.concat(), &want.concat());
     assert!(d < 1e-5, "folded adapters: logits differ by {d}");
 }
+
+const MARIANS: [&str; 2] = ["marian-tiny", "marian-3heads"];
+
+/// A Marian fixture's source rows without their padding, and the decoder input rows.
+fn marian_inputs(r: &HashMap<String, Tensor>) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let rows = input_rows(r);
+    let mask: Vec<Vec<u32>> = r["attention_mask"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let lens: Vec<usize> = mask
+        .iter()
+        .map(|m| m.iter().sum::<u32>() as usize)
+        .collect();
+    assert!(
+        lens.iter().any(|&l| l < rows[0].len()),
+        "the fixture should pad a source row"
+    );
+    let srcs = rows
+        .iter()
+        .zip(&lens)
+        .map(|(r, &l)| r[..l].to_vec())
+        .collect();
+    let dec = r["decoder_input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    (srcs, dec)
+}
+
+/// Marian on the engine: the encoder's states of the unpadded sources, and the logits
+/// of every target position — both sentences as one ragged batch (the second fed in two
+/// pieces), and token by token through the caches — match transformers' (which masked
+/// the source padding).
+#[test]
+fn seq2seq_matches_transformers() {
+    use attn::engine::Seq2Seq;
+    for name in MARIANS {
+        let r = reference(name);
+        let model = Seq2Seq::load(&fixture(name)).unwrap();
+        let (srcs, dec) = marian_inputs(&r);
+        let src_refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
+        let enc = model.encode(&src_refs).unwrap();
+        let mut worst = 0f32;
+        for (i, s) in srcs.iter().enumerate() {
+            let want = real_rows(&r["encoder_last_hidden_state"], i, s.len());
+            let d = max_abs_diff(&enc[i], &want);
+            assert!(d <= 1e-4, "{name} row {i} encoder: {d}");
+            worst = worst.max(d);
+        }
+        let mems = model.memories(&src_refs).unwrap();
+        let want = floats(&r["logits"]);
+        let per_row = want.len() / dec.len();
+        let v = model.vocab_size();
+        // One ragged batch: row 0 whole, row 1 in two pieces.
+        let (mut s0, mut s1) = (model.new_state(), model.new_state());
+        let split = dec[1].len() / 2;
+        let first = model
+            .decode(
+                &[&mems[0], &mems[1]],
+                &mut [&mut s0, &mut s1],
+                &[&dec[0], &dec[1][..split]],
+                Want::All,
+            )
+            .unwrap();
+        let rest = model
+            .decode(&[&mems[1]], &mut [&mut s1], &[&dec[1][split..]], Want::All)
+            .unwrap();
+        let got1: Vec<f32> = first[1].iter().chain(&rest[0]).copied().collect();
+        for (i, got) in [&first[0], &got1].into_iter().enumerate() {
+            let d = max_abs_diff(got, &want[i * per_row..(i + 1) * per_row]);
+            assert!(d <= 1e-4, "{name} row {i} logits: {d}");
+            worst = worst.max(d);
+        }
+        // Token by token, both rows each step.
+        let (mut s0, mut s1) = (model.new_state(), model.new_state());
+        for t in 0..dec[0].len() {
+            let out = model
+                .decode(
+                    &[&mems[0], &mems[1]],
+                    &mut [&mut s0, &mut s1],
+                    &[&dec[0][t..t + 1], &dec[1][t..t + 1]],
+                    Want::Last,
+                )
+                .unwrap();
+            for (i, got) in out.iter().enumerate() {
+                let at = i * per_row + t * v;
+                let d = max_abs_diff(got, &want[at..at + v]);
+                assert!(d <= 1e-4, "{name} row {i} step {t}: {d}");
+                worst = worst.max(d);
+            }
+        }
+        eprintln!("{name}: encoder states and logits within {worst:.3e} of transformers");
+        // A wrong state or an id outside the vocabulary is an error, not a panic.
+        let bad = [v as u32];
+        let mut st = model.new_state();
+        assert!(model
+            .decode(&[&mems[0]], &mut [&mut st], &[&bad], Want::Last)
+            .is_err());
+        assert!(model.memories(&[&bad]).is_err());
+        assert!(model.memories(&[&[]]).is_err());
+    }
+}
+
+/// Greedy and beam search on the engine give transformers' `generate` tokens (and beam
+/// scores) on the Marian fixtures: num_beams 3, length_penalty 1.0 and 0.6,
+/// early_stopping, 12 new tokens; one sentence at a time and both as one batch.
+#[test]
+fn seq2seq_beam_search_matches_transformers_generate() {
+    use attn::engine::Seq2Seq;
+    use attn::generate::beam::{translate, translate_batch, BeamConfig};
+    for name in MARIANS {
+        let r = reference(name);
+        let model = Seq2Seq::load(&fixture(name)).unwrap();
+        let (srcs, _) = marian_inputs(&r);
+        let pad = model.config.pad_token_id;
+        for (key, beams, lp) in [
+            ("greedy", 1, 1.0),
+            ("beam3_lp1.0", 3, 1.0),
+            ("beam3_lp0.6", 3, 0.6),
+        ] {
+            let want: Vec<Vec<u32>> = r[key].to_dtype(DType::U32).unwrap().to_vec2().unwrap();
+            let cfg = BeamConfig {
+                num_beams: beams,
+                length_penalty: lp,
+                max_new_tokens: 12,
+                forced_eos: true,
+            };
+            let refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
+            let batched = translate_batch(&model, &refs, &cfg).unwrap();
+            assert_eq!(batched.len(), srcs.len());
+            for row in 0..srcs.len() {
+                let h = translate(&model, refs[row], &cfg).unwrap();
+                assert_eq!(batched[row].ids, h.ids, "{name} {key} row {row}: batched");
+                assert!(
+                    (batched[row].score - h.score).abs() < 1e-4,
+                    "{name} {key} row {row}: batched score {} vs {}",
+                    batched[row].score,
+                    h.score
+                );
+                // transformers' rows: start token, the tokens, then padding.
+                let mut expected: Vec<u32> = want[row][1..].to_vec();
+                while expected.last() == Some(&pad) && expected.len() > h.ids.len() {
+                    expected.pop();
+                }
+                assert_eq!(h.ids, expected, "{name} {key} row {row}");
+                if beams > 1 {
+                    let s = floats(&r[&format!("{key}_scores")])[row] as f64;
+                    assert!(
+                        (h.score - s).abs() < 1e-4,
+                        "{name} {key} row {row}: score {} vs {s}",
+                        h.score
+                    );
+                }
+            }
+        }
+    }
+}

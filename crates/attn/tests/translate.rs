@@ -58,7 +58,7 @@ fn learns_a_word_mapping_and_reloads() {
     })
     .unwrap();
     assert!(s.best_val_bleu > 90.0, "BLEU {}", s.best_val_bleu);
-    let t = Translator::load(&dir, &default_device()).unwrap();
+    let t = Translator::load(&dir).unwrap();
     let beam = BeamConfig {
         num_beams: 3,
         length_penalty: 1.0,

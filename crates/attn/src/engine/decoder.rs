@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::{DecoderSpec, Mlp};
-use crate::kernels::cpu::attend::attend_head;
+use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
 use crate::kernels::cpu::rope::RopeTable;
 use crate::kernels::cpu::vmath;
@@ -63,6 +63,7 @@ pub(crate) fn activate(mlp: Mlp, inner: usize, f: &mut [f32], m: &mut [f32]) {
         }
         Mlp::GeluErf => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_erf(xs)),
         Mlp::GeluTanh => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_tanh(xs)),
+        Mlp::Silu => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::silu(xs)),
         Mlp::SwiGlu => crate::nn::fused::for_rows(m, inner, |start, out| {
             for (r, o) in out.chunks_mut(inner).enumerate() {
                 let row = &f[(start + r) * 2 * inner..][..2 * inner];
@@ -86,14 +87,23 @@ pub(crate) struct Layer {
 }
 
 /// The keys and values of one sequence: per layer `[len, kv_width]`, heads side by side.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct DecoderState {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
+    pub(crate) k: Vec<Vec<f32>>,
+    pub(crate) v: Vec<Vec<f32>>,
+    pub(crate) len: usize,
 }
 
 impl DecoderState {
+    /// An empty cache for a stack of `layers` layers.
+    pub(crate) fn with_layers(layers: usize) -> Self {
+        DecoderState {
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+            len: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -188,11 +198,7 @@ impl Decoder {
     }
 
     pub fn new_state(&self) -> DecoderState {
-        DecoderState {
-            k: vec![Vec::new(); self.spec.n_layer],
-            v: vec![Vec::new(); self.spec.n_layer],
-            len: 0,
-        }
+        DecoderState::with_layers(self.spec.n_layer)
     }
 
     /// Run new tokens through the model: `tokens[s]` continues sequence `states[s]` (any
@@ -370,11 +376,10 @@ impl Decoder {
                         &kc[g * hd..],
                         &vc[g * hd..],
                         kvw,
-                        past + j0,
+                        Span::Causal { past: past + j0 },
                         t - j0,
                         hd,
                         scale,
-                        true,
                         &mut out,
                         keep,
                         None,

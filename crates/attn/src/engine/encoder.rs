@@ -19,7 +19,7 @@ use super::decoder::{activate, Layer, Linear, Norm};
 use super::io::{plain_of_params, plain_tensors, read_weight_files, take, Plain};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
-use crate::kernels::cpu::attend::attend_head;
+use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::quant::{QMatrix, WeightType};
 use crate::models::bert::BertConfig;
 use crate::{Error, Result};
@@ -213,8 +213,6 @@ impl Encoder {
         let cfg = &self.config;
         let c = cfg.hidden_size;
         let nh = cfg.num_attention_heads;
-        let hd = c / nh;
-        let w = 3 * c;
         let eps = cfg.layer_norm_eps as f32;
         let n: usize = seqs.iter().map(|s| s.len()).sum();
         let mut first = Vec::with_capacity(seqs.len());
@@ -238,7 +236,7 @@ impl Encoder {
         }
         let mut h = vec![0f32; n * c];
         self.emb_norm.apply(&x, &mut h, eps);
-        std::mem::swap(&mut x, &mut h);
+        let mut x = h;
         let split = |x: &[f32]| -> Vec<Vec<f32>> {
             seqs.iter()
                 .zip(&first)
@@ -249,60 +247,12 @@ impl Encoder {
         if all_layers {
             all.push(split(&x));
         }
-        let mut qkv = vec![0f32; n * w];
-        let mut y = vec![0f32; n * c];
-        let mut a = vec![0f32; n * c];
-        let mut f = vec![0f32; n * cfg.intermediate_size];
-        let scale = 1.0 / (hd as f32).sqrt();
-        let jobs: Vec<(usize, usize)> = (0..seqs.len())
-            .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
-            .collect();
-        for layer in &self.layers {
-            layer.qkv.apply(&x, n, &mut qkv);
-            // One task per (sequence, head): its queries against its own keys.
-            let outs: Vec<Vec<f32>> = jobs
-                .par_iter()
-                .map(|&(s, hh)| {
-                    let t = seqs[s].len();
-                    let base = &qkv[first[s] * w + hh * hd..];
-                    let mut out = vec![0f32; t * hd];
-                    attend_head(
-                        base,
-                        w,
-                        &base[c..],
-                        &base[2 * c..],
-                        w,
-                        0,
-                        t,
-                        hd,
-                        scale,
-                        false,
-                        &mut out,
-                        None,
-                        None,
-                    );
-                    out
-                })
-                .collect();
-            for (&(s, hh), out) in jobs.iter().zip(&outs) {
-                for (j, o) in out.chunks(hd).enumerate() {
-                    y[(first[s] + j) * c + hh * hd..][..hd].copy_from_slice(o);
-                }
-            }
-            layer.proj.apply(&y, n, &mut a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            layer.norm1.apply(&x, &mut h, eps);
-            std::mem::swap(&mut x, &mut h);
-            layer.up.apply(&x, n, &mut f);
-            activate(self.mlp, cfg.intermediate_size, &mut f, &mut []);
-            layer.down.apply(&f, n, &mut a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            layer.norm2.apply(&x, &mut h, eps);
-            std::mem::swap(&mut x, &mut h);
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        post_norm_blocks(&self.layers, self.mlp, nh, eps, &lens, &mut x, |x| {
             if all_layers {
-                all.push(split(&x));
+                all.push(split(x));
             }
-        }
+        });
         Encoded {
             last: split(&x),
             all,
@@ -372,6 +322,88 @@ impl Encoder {
                 v
             })
             .collect())
+    }
+}
+
+/// Bidirectional post-norm blocks over a ragged batch (BERT's and Marian's encoders):
+/// `x` `[n, d_model]` holds the sequences' rows one after another (`lens[s]` rows for
+/// sequence `s`), and each block attends within a sequence, adds the attention's output
+/// and normalises (`norm1`), then adds the MLP's output and normalises (`norm2`).
+/// `each` sees `x` after every block.
+pub(crate) fn post_norm_blocks(
+    layers: &[Layer],
+    mlp: Mlp,
+    nh: usize,
+    eps: f32,
+    lens: &[usize],
+    x: &mut Vec<f32>,
+    mut each: impl FnMut(&[f32]),
+) {
+    let Some(first_layer) = layers.first() else {
+        return;
+    };
+    let c = first_layer.proj.w.rows;
+    let inner = first_layer.up.w.rows;
+    let hd = c / nh;
+    let w = 3 * c;
+    let n: usize = lens.iter().sum();
+    let mut first = Vec::with_capacity(lens.len());
+    let mut acc = 0;
+    for &len in lens {
+        first.push(acc);
+        acc += len;
+    }
+    let mut h = vec![0f32; n * c];
+    let mut qkv = vec![0f32; n * w];
+    let mut y = vec![0f32; n * c];
+    let mut a = vec![0f32; n * c];
+    let mut f = vec![0f32; n * inner];
+    let scale = 1.0 / (hd as f32).sqrt();
+    let jobs: Vec<(usize, usize)> = (0..lens.len())
+        .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
+        .collect();
+    for layer in layers {
+        layer.qkv.apply(x, n, &mut qkv);
+        // One task per (sequence, head): its queries against its own keys.
+        let outs: Vec<Vec<f32>> = jobs
+            .par_iter()
+            .map(|&(s, hh)| {
+                let t = lens[s];
+                let base = &qkv[first[s] * w + hh * hd..];
+                let mut out = vec![0f32; t * hd];
+                attend_head(
+                    base,
+                    w,
+                    &base[c..],
+                    &base[2 * c..],
+                    w,
+                    Span::All { keys: t },
+                    t,
+                    hd,
+                    scale,
+                    &mut out,
+                    None,
+                    None,
+                );
+                out
+            })
+            .collect();
+        for (&(s, hh), out) in jobs.iter().zip(&outs) {
+            for (j, o) in out.chunks(hd).enumerate() {
+                y[(first[s] + j) * c + hh * hd..][..hd].copy_from_slice(o);
+            }
+        }
+        layer.proj.apply(&y, n, &mut a);
+        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        layer.norm1.apply(x, &mut h, eps);
+        std::mem::swap(x, &mut h);
+        layer.up.apply(x, n, &mut f);
+        activate(mlp, inner, &mut f, &mut []);
+        layer.down.apply(&f, n, &mut a);
+        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        layer.norm2.apply(x, &mut h, eps);
+        std::mem::swap(x, &mut h);
+        each(x);
     }
 }
 

@@ -9,6 +9,9 @@
 //! - [`encoder`]: BERT's post-norm bidirectional stack on the same kernels and layers,
 //!   over ragged batches (no padding computed), with pooler, classification head and
 //!   sentence embeddings.
+//! - [`seq2seq`]: Marian's encoder-decoder — the encoder's post-norm blocks, a decoder
+//!   of causal self-attention, cross-attention to each source sentence's keys and
+//!   values (computed once per sentence) and an MLP.
 //! - [`io`]: reading Hugging Face folders (single or sharded safetensors, f32/f16/bf16,
 //!   or the quantized folders `attn quantize` writes) and writing them back.
 //!
@@ -20,9 +23,11 @@ pub mod decoder;
 pub mod encoder;
 pub mod families;
 pub mod io;
+pub mod seq2seq;
 
 pub use decoder::{Decoder, DecoderState, Want};
 pub use encoder::{Encoder, Pooling};
+pub use seq2seq::{Memory, Seq2Seq};
 
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;
@@ -76,6 +81,8 @@ pub enum Mlp {
     GeluErf,
     /// GELU, tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
+    /// SiLU (swish), ungated (Marian's default).
+    Silu,
     /// `down(silu(gate(x)) · up(x))`.
     SwiGlu,
 }

@@ -6,10 +6,9 @@
 //! hypotheses are finished. The last position is forced to end-of-sentence when the
 //! model's generation config asks for it.
 
-use candle_core::{DType, Tensor, D};
+use rayon::prelude::*;
 
-use crate::models::marian::Marian;
-use crate::nn::Mode;
+use crate::engine::{DecoderState, Seq2Seq, Want};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -42,51 +41,40 @@ pub struct Hypothesis {
     pub score: f64,
 }
 
-fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let l = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    Ok(l.to_vec2::<f32>()?)
+/// Decode one source sentence.
+pub fn translate(model: &Seq2Seq, src: &[u32], cfg: &BeamConfig) -> Result<Hypothesis> {
+    Ok(translate_batch(model, &[src], cfg)?.swap_remove(0))
 }
 
-/// Encoder outputs for a batch of source sentences (token ids with end-of-sentence),
-/// padded to the longest, each row repeated `copies` times (one per beam).
-fn encode_batch(model: &Marian, srcs: &[&[u32]], copies: usize) -> Result<(Tensor, Tensor)> {
-    let dev = model.device().clone();
-    let pad = model.config.pad_token_id;
-    let s_len = srcs.iter().map(|s| s.len()).max().unwrap_or(0);
-    if s_len == 0 || srcs.iter().any(|s| s.is_empty()) {
-        return Err(Error::invalid("source", "an empty source sentence"));
-    }
-    let (mut ids, mut mask) = (vec![], vec![]);
-    for s in srcs {
-        ids.extend(s.iter().copied().chain(std::iter::repeat(pad)).take(s_len));
-        mask.extend((0..s_len).map(|j| u32::from(j < s.len())));
-    }
-    let ids = Tensor::from_vec(ids, (srcs.len(), s_len), &dev)?;
-    let mask = Tensor::from_vec(mask, (srcs.len(), s_len), &dev)?;
-    let enc = model.encode(&ids, &mask, &mut Mode::Eval)?;
-    if copies == 1 {
-        return Ok((enc, mask));
-    }
-    let rep: Vec<u32> = (0..srcs.len() as u32)
-        .flat_map(|i| std::iter::repeat_n(i, copies))
-        .collect();
-    let rep = Tensor::new(rep.as_slice(), &dev)?;
-    Ok((enc.index_select(&rep, 0)?, mask.index_select(&rep, 0)?))
-}
-
-/// Apply the forced end-of-sentence rule for a sequence of `cur_len` tokens (start included).
-fn force_eos(rows: &mut [Vec<f32>], cur_len: usize, cfg: &BeamConfig, eos: u32) {
-    if cfg.forced_eos && cur_len == cfg.max_new_tokens {
-        for r in rows.iter_mut() {
-            r.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-            r[eos as usize] = 0.0;
+/// The `m` best continuations of one hypothesis from its logits: (log-probability,
+/// token), best first, ties to the lower token. At the length limit, when the config
+/// forces it, end-of-sentence has probability 1 and every other token 0.
+fn best_tokens(row: &mut [f32], m: usize, forced: Option<u32>) -> Vec<(f32, u32)> {
+    match forced {
+        Some(eos) => {
+            row.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            row[eos as usize] = 0.0;
+        }
+        None => {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            let lse = max + sum.ln() as f32;
+            row.iter_mut().for_each(|x| *x -= lse);
         }
     }
-}
-
-/// Decode one source sentence.
-pub fn translate(model: &Marian, src: &[u32], cfg: &BeamConfig) -> Result<Hypothesis> {
-    Ok(translate_batch(model, &[src], cfg)?.swap_remove(0))
+    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let mut cand: Vec<(f32, u32)> = row
+        .iter()
+        .enumerate()
+        .map(|(t, &lp)| (lp, t as u32))
+        .collect();
+    let m = m.min(cand.len());
+    if m < cand.len() {
+        cand.select_nth_unstable_by(m - 1, order);
+        cand.truncate(m);
+    }
+    cand.sort_by(order);
+    cand
 }
 
 /// The search state of one sentence: its `k` live beams and its finished hypotheses.
@@ -99,9 +87,10 @@ struct Search {
 
 /// Decode a batch of source sentences together: one decoder call per step for all the
 /// live beams of all unfinished sentences; a sentence leaves the batch once it is done.
+/// Each sentence is encoded once and its beams share the encoder's keys and values.
 /// Each result is what [`translate`] gives for that sentence alone.
 pub fn translate_batch(
-    model: &Marian,
+    model: &Seq2Seq,
     srcs: &[&[u32]],
     cfg: &BeamConfig,
 ) -> Result<Vec<Hypothesis>> {
@@ -114,13 +103,20 @@ pub fn translate_batch(
     if srcs.is_empty() {
         return Ok(vec![]);
     }
+    if srcs.iter().any(|s| s.is_empty()) {
+        return Err(Error::invalid("source", "an empty source sentence"));
+    }
     let c = &model.config;
     let (eos, start) = (c.eos_token_id, c.decoder_start_token_id);
     let k = cfg.num_beams;
-    let dev = model.device().clone();
-    let (mut enc, mut mask) = encode_batch(model, srcs, k)?;
-    let mut cache = model.new_cache(&enc)?;
-    // Only the first beam of each sentence is live at the start, as transformers does.
+    // Candidates kept per hypothesis: the best 2k over all beams of a sentence are
+    // among the best 2k of each beam.
+    let per_row = if k == 1 { 1 } else { 2 * k };
+    let mut mems: Vec<Option<crate::engine::Memory>> =
+        model.memories(srcs)?.into_iter().map(Some).collect();
+    // Only the first beam of each sentence is live at the start, as transformers does:
+    // the first step decodes one hypothesis per sentence and its continuations seed
+    // all k beams.
     let mut states: Vec<Search> = srcs
         .iter()
         .map(|_| Search {
@@ -130,49 +126,53 @@ pub fn translate_batch(
             done: false,
         })
         .collect();
-    // The sentences still in the batch, in row order (each owns k consecutive rows).
+    // The sentences still in the batch, in row order, and their hypotheses' caches
+    // (one per sentence at the first step, then k each).
     let mut active: Vec<usize> = (0..srcs.len()).collect();
-    let mut last: Vec<u32> = vec![start; active.len() * k];
+    let mut caches: Vec<DecoderState> = (0..srcs.len()).map(|_| model.new_state()).collect();
+    let mut last: Vec<u32> = vec![start; srcs.len()];
     for step in 0..cfg.max_new_tokens {
         let cur_len = step + 1;
-        let x = Tensor::new(last.as_slice(), &dev)?.unsqueeze(1)?;
-        let h = model.decode_hidden(&x, &enc, &mask, Some(&mut cache), &mut Mode::Eval)?;
-        let mut rows = log_softmax_rows(&model.logits(&h)?.squeeze(1)?)?;
-        force_eos(&mut rows, cur_len, cfg, eos);
-        // Rows of the next step's batch (indices into this step's rows) and their tokens.
+        let rows_per = if step == 0 { 1 } else { k };
+        let memories: Vec<&crate::engine::Memory> = active
+            .iter()
+            .flat_map(|&si| std::iter::repeat_n(mems[si].as_ref().unwrap(), rows_per))
+            .collect();
+        let tokens: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
+        let token_refs: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
+        let mut refs: Vec<&mut DecoderState> = caches.iter_mut().collect();
+        let mut logits = model.decode(&memories, &mut refs, &token_refs, Want::Last)?;
+        let forced = (cfg.forced_eos && cur_len == cfg.max_new_tokens).then_some(eos);
+        let best: Vec<Vec<(f32, u32)>> = logits
+            .par_iter_mut()
+            .map(|row| best_tokens(row, per_row, forced))
+            .collect();
+        // The caches of the next step (indices into this step's) and their tokens.
         let (mut keep, mut next_last, mut next_active) = (vec![], vec![], vec![]);
-        // Rows (k per sentence) of the sentences that stay, for the encoder side.
-        let mut stay_rows: Vec<u32> = vec![];
         for (slot, &si) in active.iter().enumerate() {
             let st = &mut states[si];
-            let rows = &rows[slot * k..(slot + 1) * k];
+            let rows: Vec<&[(f32, u32)]> = (0..k)
+                .map(|b| best[slot * rows_per + b.min(rows_per - 1)].as_slice())
+                .collect();
             let chosen = if k == 1 {
-                greedy_step(st, &rows[0], eos)
+                greedy_step(st, rows[0], eos)
             } else {
-                beam_step(st, rows, k, eos, cfg.length_penalty)
+                beam_step(st, &rows, k, eos, cfg.length_penalty)
             };
             if st.done {
+                mems[si] = None;
                 continue;
             }
             next_active.push(si);
-            stay_rows.extend((slot * k) as u32..((slot + 1) * k) as u32);
             for (b, t) in chosen {
-                keep.push((slot * k + b) as u32);
+                keep.push(slot * rows_per + b.min(rows_per - 1));
                 next_last.push(t);
             }
         }
         if next_active.is_empty() {
             break;
         }
-        let idx = Tensor::new(keep.as_slice(), &dev)?;
-        cache.self_attn.select(&idx)?;
-        if next_active.len() != active.len() {
-            // Sentences left: drop their rows from the encoder side too.
-            let rows = Tensor::new(stay_rows.as_slice(), &dev)?;
-            enc = enc.index_select(&rows, 0)?;
-            mask = mask.index_select(&rows, 0)?;
-            cache.select_cross(&rows)?;
-        }
+        caches = reorder(caches, &keep);
         active = next_active;
         last = next_last;
     }
@@ -182,40 +182,50 @@ pub fn translate_batch(
         .collect()
 }
 
-/// Greedy: extend the single beam with its most likely token; returns (beam, token).
-fn greedy_step(st: &mut Search, row: &[f32], eos: u32) -> Vec<(usize, u32)> {
-    let (tok, lp) = row
-        .iter()
-        .enumerate()
-        .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
-            if v > b.1 {
-                (i, v)
+/// The caches `keep` names, in that order: moved when named once, copied otherwise.
+fn reorder(caches: Vec<DecoderState>, keep: &[usize]) -> Vec<DecoderState> {
+    let mut uses = vec![0usize; caches.len()];
+    keep.iter().for_each(|&i| uses[i] += 1);
+    let mut old: Vec<Option<DecoderState>> = caches.into_iter().map(Some).collect();
+    keep.iter()
+        .map(|&i| {
+            uses[i] -= 1;
+            if uses[i] == 0 {
+                old[i]
+                    .take()
+                    .expect("a cache is moved once, after its copies")
             } else {
-                b
+                old[i].clone().expect("copies come before the move")
             }
-        });
-    st.seqs[0].push(tok as u32);
+        })
+        .collect()
+}
+
+/// Greedy: extend the single beam with its most likely token; returns (beam, token).
+fn greedy_step(st: &mut Search, best: &[(f32, u32)], eos: u32) -> Vec<(usize, u32)> {
+    let (lp, tok) = best[0];
+    st.seqs[0].push(tok);
     st.scores[0] += lp as f64;
-    if tok as u32 == eos {
+    if tok == eos {
         st.done = true;
     }
-    vec![(0, tok as u32)]
+    vec![(0, tok)]
 }
 
 /// One beam-search step for one sentence: the 2k best (beam, token) continuations by
-/// accumulated score; returns the k kept as (beam, token), in rank order.
+/// accumulated score (`rows[b]`: beam b's best continuations, see [`best_tokens`]);
+/// returns the k kept as (beam, token), in rank order.
 fn beam_step(
     st: &mut Search,
-    rows: &[Vec<f32>],
+    rows: &[&[(f32, u32)]],
     k: usize,
     eos: u32,
     length_penalty: f64,
 ) -> Vec<(usize, u32)> {
-    let v = rows[0].len();
-    let mut cand: Vec<(f64, usize, u32)> = Vec::with_capacity(k * v);
+    let mut cand: Vec<(f64, usize, u32)> = Vec::with_capacity(rows.len() * 2 * k);
     for (b, row) in rows.iter().enumerate() {
-        for (t, &lp) in row.iter().enumerate() {
-            cand.push((st.scores[b] + lp as f64, b, t as u32));
+        for &(lp, t) in row.iter() {
+            cand.push((st.scores[b] + lp as f64, b, t));
         }
     }
     let top = (2 * k).min(cand.len());

@@ -227,22 +227,9 @@ impl MarianCache {
     }
 }
 
-/// Marian's sinusoidal table: for position p and j < d/2, angle p / 10000^(2j/d); the
-/// sines fill the first half of each row and the cosines the second.
+/// Marian's sinusoidal table `[n, d]` ([`crate::engine::seq2seq::sinusoid_table`]).
 pub fn sinusoidal_positions(n: usize, d: usize, device: &Device) -> Result<Tensor> {
-    let half = d / 2;
-    let len = n
-        .checked_mul(d)
-        .ok_or_else(|| crate::Error::invalid("max_position_embeddings", "too large"))?;
-    let mut data =
-        crate::guard::try_filled("max_position_embeddings (its sinusoidal table)", len, 0f32)?;
-    for p in 0..n {
-        for j in 0..half {
-            let angle = p as f64 / 10000f64.powf(2.0 * j as f64 / d as f64);
-            data[p * d + j] = angle.sin() as f32;
-            data[p * d + half + j] = angle.cos() as f32;
-        }
-    }
+    let data = crate::engine::seq2seq::sinusoid_table(n, d)?;
     Ok(Tensor::from_vec(data, (n, d), device)?)
 }
 

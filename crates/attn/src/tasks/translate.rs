@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, read_json, write_json, write_safetensors};
 use crate::data::{normalize, read_text, Encoding};
+use crate::engine::Seq2Seq;
 use crate::generate::beam::{translate_batch as decode_batch, BeamConfig};
 use crate::metrics::bleu::{corpus_bleu, BleuConfig};
 use crate::metrics::sacre_tokenize::SacreTokenizer;
@@ -246,49 +247,63 @@ impl TranslateConfig {
     }
 }
 
+/// A translation model for decoding (on the engine), its tokenizer and the longest
+/// source it takes.
 pub struct Translator {
-    pub model: Marian,
-    pub params: Params,
+    pub model: Seq2Seq,
     pub tokenizer: Tokenizer,
     pub max_len: usize,
 }
 
+/// The `max_len` a translation folder records (`attn_translate.json`), else the model's
+/// positions.
+fn folder_max_len(dir: &Path, config: &MarianConfig) -> usize {
+    read_json(&dir.join("attn_translate.json"))
+        .ok()
+        .and_then(|v| v["max_len"].as_u64())
+        .map(|v| v as usize)
+        .unwrap_or(config.max_position_embeddings)
+        .min(config.max_position_embeddings)
+}
+
+/// Write a translation folder: weights, tokenizer, HF config and generation config, and
+/// the longest source (`attn_translate.json`).
+fn save_folder(
+    dir: &Path,
+    config: &MarianConfig,
+    params: &Params,
+    tokenizer: &Tokenizer,
+    max_len: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_safetensors(&dir.join(checkpoint::WEIGHTS), &params.tensors())?;
+    tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
+    let c = config;
+    write_json(
+        &dir.join(checkpoint::GENERATION_CONFIG),
+        &serde_json::json!({
+            "decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
+            "forced_eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
+            "num_beams": 4, "max_length": max_len,
+        }),
+    )?;
+    write_json(
+        &dir.join("attn_translate.json"),
+        &serde_json::json!({ "max_len": max_len }),
+    )?;
+    write_json(&dir.join(checkpoint::CONFIG), &c.to_hf_json())
+}
+
 impl Translator {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let (model, params) = checkpoint::load_marian(dir, device)?;
+    pub fn load(dir: &Path) -> Result<Self> {
+        let model = Seq2Seq::load(dir)?;
         let tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
-        let max_len = read_json(&dir.join("attn_translate.json"))
-            .ok()
-            .and_then(|v| v["max_len"].as_u64())
-            .map(|v| v as usize)
-            .unwrap_or(model.config.max_position_embeddings)
-            .min(model.config.max_position_embeddings);
+        let max_len = folder_max_len(dir, &model.config);
         Ok(Translator {
             model,
-            params,
             tokenizer,
             max_len,
         })
-    }
-
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        write_safetensors(&dir.join(checkpoint::WEIGHTS), &self.params.tensors())?;
-        self.tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
-        let c = &self.model.config;
-        write_json(
-            &dir.join(checkpoint::GENERATION_CONFIG),
-            &serde_json::json!({
-                "decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
-                "forced_eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
-                "num_beams": 4, "max_length": self.max_len,
-            }),
-        )?;
-        write_json(
-            &dir.join("attn_translate.json"),
-            &serde_json::json!({ "max_len": self.max_len }),
-        )?;
-        write_json(&dir.join(checkpoint::CONFIG), &c.to_hf_json())
     }
 
     /// Source ids with end-of-sentence, truncated to `max_len`; the flag says whether
@@ -458,9 +473,10 @@ pub fn train(
     let mut pb = ParamBuilder::init(rng.fork(), device);
     let model = Marian::new(mc, &mut pb)?;
     let params = pb.finish()?;
-    let tr = Translator {
-        model,
-        params,
+    // Decoding (for the validation BLEU) runs on the engine, from the parameters of
+    // the moment.
+    let mut tr = Translator {
+        model: Seq2Seq::from_params(model.config.clone(), &params)?,
         tokenizer,
         max_len: cfg.max_len,
     };
@@ -477,7 +493,7 @@ pub fn train(
     };
     let (etrain, eval) = (encode(train)?, encode(val)?);
     let mut opt = AdamW::new(
-        &tr.params,
+        &params,
         AdamWConfig {
             beta1: 0.9,
             beta2: 0.98,
@@ -490,7 +506,7 @@ pub fn train(
         let w = cfg.warmup.max(1) as f64;
         cfg.lr * (s / w).min((w / s).sqrt())
     };
-    let start = tr.model.config.decoder_start_token_id;
+    let start = model.config.decoder_start_token_id;
     let lengths: Vec<usize> = etrain
         .src
         .iter()
@@ -530,7 +546,7 @@ pub fn train(
         let t0 = Instant::now();
         let [src, smask, dec, tgt, tmask] = batch(&etrain, &idx, pad, start, device)?;
         let mut mode = Mode::Train(&mut rng);
-        let logits = tr.model.forward(&src, &smask, &dec, &mut mode)?;
+        let logits = model.forward(&src, &smask, &dec, &mut mode)?;
         let loss = smoothed_loss(&logits, &tgt, &tmask, cfg.label_smoothing)?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
@@ -539,7 +555,7 @@ pub fn train(
                 format!("the loss became {l} at step {step}; lower --lr"),
             ));
         }
-        let mut grads = gradients(&tr.params, &loss.backward()?);
+        let mut grads = gradients(&params, &loss.backward()?);
         clip_global_norm(&mut grads, cfg.grad_clip)?;
         let lr = lr_at(step);
         opt.step(&grads, lr)?;
@@ -557,17 +573,18 @@ pub fn train(
             let chunks: Vec<&[usize]> = all.chunks(64).collect();
             for c in &chunks {
                 let [s, sm, d, t, tm] = batch(&eval, c, pad, start, device)?;
-                let lg = tr.model.forward(&s, &sm, &d, &mut Mode::Eval)?;
+                let lg = model.forward(&s, &sm, &d, &mut Mode::Eval)?;
                 vl += smoothed_loss(&lg, &t, &tm, 0.0)?.to_scalar::<f32>()? as f64;
             }
             let srcs: Vec<String> = val[..bleu_n].iter().map(|p| p.src.clone()).collect();
+            tr.model = Seq2Seq::from_params(model.config.clone(), &params)?;
             let (hyps, _) = tr.translate(&srcs, &beam, 32)?;
             let bleu = corpus_bleu(&hyps, &refs, &bleu_cfg)?.score;
             let is_best = bleu > best;
             if is_best {
                 best = bleu;
                 best_step = step + 1;
-                tr.save(out)?;
+                save_folder(out, &model.config, &params, &tr.tokenizer, cfg.max_len)?;
             }
             let e = TranslateEval {
                 step: step + 1,
@@ -586,7 +603,7 @@ pub fn train(
         steps: cfg.max_steps,
         best_val_bleu: best,
         best_step,
-        parameters: tr.params.count(),
+        parameters: params.count(),
         train_seconds,
     })
 }

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::engine::encoder::{canonical, read_bert};
 use crate::engine::io::{plain_of_params, Plain};
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::attend::attend_head;
+use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
 use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
 use crate::train::optimizer::AdamWConfig;
@@ -1232,11 +1232,10 @@ fn head_forward(
         &base[c..],
         &base[2 * c..],
         3 * c,
-        0,
+        Span::All { keys: len },
         len,
         hd,
         scale,
-        false,
         &mut out,
         Some(&mut rows),
         drop,

@@ -524,7 +524,7 @@ impl NativeDecoder {
         match spec.mlp {
             Mlp::GeluTanh => spec.mlp_bias,
             Mlp::SwiGlu => true,
-            Mlp::Relu | Mlp::GeluErf => false,
+            Mlp::Relu | Mlp::GeluErf | Mlp::Silu => false,
         }
     }
 

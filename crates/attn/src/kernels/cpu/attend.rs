@@ -10,15 +10,24 @@ use super::{isa, Isa};
 /// Queries at or above which the products go through the blocked GEMM.
 const GEMM_MIN_QUERIES: usize = 8;
 
-/// Attention of `t` new queries of one head. Query `j` is `q[j·q_stride..][..hd]` at
-/// position `past + j`; key and value `p` are `k[p·kv_stride..][..hd]` and
-/// `v[p·kv_stride..][..hd]` (the cache already holds the new positions). A `causal`
-/// query sees the positions up to its own; otherwise every query sees all `past + t`
-/// (an encoder's bidirectional attention over one sequence, padding left out by
-/// giving each sequence its own keys). Writes `out` `[t, hd]`; with `keep`, also each
-/// query's weights over `past + t` positions. With `drop` (training), the values are
-/// summed with the weights after dropout (weight (j, p) is mask element `j·(past + t) + p`);
-/// `keep` gets them before.
+/// Which keys a query sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Span {
+    /// Query `j` is at position `past + j` and sees the positions up to its own (the
+    /// cache already holds the new positions).
+    Causal { past: usize },
+    /// Every query sees all `keys` keys: an encoder's bidirectional attention over one
+    /// sequence (padding left out by giving each sequence its own keys), or a
+    /// decoder's cross-attention to one source sentence.
+    All { keys: usize },
+}
+
+/// Attention of `t` queries of one head. Query `j` is `q[j·q_stride..][..hd]`; key and
+/// value `p` are `k[p·kv_stride..][..hd]` and `v[p·kv_stride..][..hd]`; `span` says
+/// which keys each query sees, `n` of them in all (`past + t`, or `keys`). Writes `out`
+/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys. With `drop`
+/// (training), the values are summed with the weights after dropout (weight (j, p) is
+/// mask element `j·n + p`); `keep` gets them before.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head(
     q: &[f32],
@@ -26,17 +35,22 @@ pub(crate) fn attend_head(
     k: &[f32],
     v: &[f32],
     kv_stride: usize,
-    past: usize,
+    span: Span,
     t: usize,
     hd: usize,
     scale: f32,
-    causal: bool,
     out: &mut [f32],
     keep: Option<&mut Vec<Vec<f32>>>,
     drop: Option<super::Dropout>,
 ) {
-    let n = past + t;
-    let seen = |j: usize| if causal { past + j + 1 } else { n };
+    let n = match span {
+        Span::Causal { past } => past + t,
+        Span::All { keys } => keys,
+    };
+    let seen = |j: usize| match span {
+        Span::Causal { past } => past + j + 1,
+        Span::All { keys } => keys,
+    };
     let mut w = if t >= GEMM_MIN_QUERIES {
         // S = scale · Q Kᵀ, with the keys as the panel matrix ([n, hd], one key a row).
         let mut qs = Vec::with_capacity(t * hd);

@@ -210,6 +210,14 @@ fn silu_mul_body(g: &[f32], u: &[f32], out: &mut [f32]) {
     }
 }
 
+/// SiLU (swish) in place: x / (1 + e^{−x}).
+#[inline(always)]
+fn silu_body(xs: &mut [f32]) {
+    for x in xs.iter_mut() {
+        *x /= 1.0 + exp(-*x);
+    }
+}
+
 /// Softmax of `row[..live]` in place; the rest of the row (masked) set to zero. The
 /// last chunk of sixteen is padded with −∞ (whose exp is 0) instead of finished one
 /// value at a time: a causal row is short on average, and a scalar tail would cost as
@@ -377,6 +385,10 @@ dispatch!(
 dispatch!(
     /// RMSNorm of one row; returns 1/√(mean(x²) + eps).
     rms_norm = rms_body, rms512, rms256, (x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32
+);
+dispatch!(
+    /// SiLU (swish) in place.
+    silu = silu_body, silu512, silu256, (xs: &mut [f32]) -> ()
 );
 dispatch!(
     /// SwiGLU's product `silu(g) · u` into `out`.
