@@ -18,13 +18,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use rayon::prelude::*;
-
+use super::blocks::{
+    attn_backward, attn_forward, drop_in_place, linear, linear_backward, mlp_backward, mlp_forward,
+    norm_grads, wgrads, Act, AttnActs, Dims, HeadAt, Job, MlpActs, MlpAt, PostAt, Scratch,
+};
 use crate::engine::encoder::{canonical, read_bert};
 use crate::engine::io::{plain_of_params, Plain};
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::attend::{attend_head, Span};
-use crate::kernels::cpu::{vmath, Dropout, Rhs};
+use crate::kernels::cpu::{Dropout, Rhs};
 use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
@@ -34,16 +35,9 @@ struct LayerAt {
     /// `[3c, c]`: query, key and value weights stacked; biases `[3c]` likewise.
     qkv_w: usize,
     qkv_b: usize,
-    proj_w: usize,
-    proj_b: usize,
-    ln1_w: usize,
-    ln1_b: usize,
-    up_w: usize,
-    up_b: usize,
-    down_w: usize,
-    down_b: usize,
-    ln2_w: usize,
-    ln2_b: usize,
+    /// The attention's output projection and norm.
+    post: PostAt,
+    mlp: MlpAt,
 }
 
 struct Layout {
@@ -78,36 +72,6 @@ pub struct NativeEncoder {
     lora: Option<(LoraConfig, Vec<AdapterAt>)>,
     trainable_from: usize,
     act: Act,
-}
-
-/// The MLP's activation.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Act {
-    GeluErf,
-    GeluTanh,
-    Relu,
-}
-
-impl Act {
-    fn of(hidden_act: &str) -> Result<Self> {
-        match hidden_act {
-            "gelu" => Ok(Act::GeluErf),
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(Act::GeluTanh),
-            "relu" => Ok(Act::Relu),
-            other => Err(Error::invalid(
-                "hidden_act",
-                format!("{other:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"),
-            )),
-        }
-    }
-
-    fn apply(self, xs: &mut [f32]) {
-        match self {
-            Act::GeluErf => vmath::gelu_erf(xs),
-            Act::GeluTanh => vmath::gelu_tanh(xs),
-            Act::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
-        }
-    }
 }
 
 /// Where a layer's adapters start: `A [r, c]` and `B [c, r]` for the query and value.
@@ -147,26 +111,6 @@ impl Drops {
     }
 }
 
-/// `x ← x ⊙ mask` (element `i` of `x` is mask element `i`), on both cores.
-fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
-    const CH: usize = 1 << 14;
-    if let Some(d) = d {
-        x.par_chunks_mut(CH)
-            .enumerate()
-            .for_each(|(c, part)| k::dropout::drop_row(part, d, (c * CH) as u64));
-    }
-}
-
-/// `src ⊙ mask` in a pooled buffer, or `None` without dropout (then `src` itself is the
-/// gradient to use: no copy).
-fn masked_copy(pool: &mut Pool, src: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
-    let d = d?;
-    let mut v = pool.take(src.len());
-    v.copy_from_slice(src);
-    drop_in_place(&mut v, Some(d));
-    Some(v)
-}
-
 /// The activations of one forward pass that the backward pass reads.
 struct Saved {
     n: usize,
@@ -188,135 +132,10 @@ struct LayerActs {
     qkv: Vec<f32>,
     /// With adapters: `x·Aᵀ` `[n, r]` for the query's and the value's.
     adapted: Vec<Vec<f32>>,
-    /// Attention weights per (sequence, head), `len × len` each.
-    probs: Vec<Vec<f32>>,
-    y: Vec<f32>,
-    s1: Vec<f32>,
-    st1: Vec<f32>,
+    attn: AttnActs,
+    /// The attention sublayer's output (the MLP's input).
     h1: Vec<f32>,
-    /// The MLP's pre-activation and activation.
-    u: Vec<f32>,
-    g: Vec<f32>,
-    s2: Vec<f32>,
-    st2: Vec<f32>,
-}
-
-/// `out [m, out] = x [m, in] · wᵀ + b` for `w [out, in]`.
-fn linear(x: &[f32], m: usize, w: &[f32], b: &[f32], out: &mut [f32], panels: &mut Vec<f32>) {
-    let (o, i) = (b.len(), w.len() / b.len());
-    k::gemm_bias(x, m, i, o, Rhs::Nt(w), Some(b), out, panels);
-}
-
-/// Backward of [`linear`] for `w [o, i]`: `dw += dyᵀ·x`, `db += Σ dy` unless the
-/// weights are frozen (`grads` is `None`), and `dx = dy · w` (written, not added) when
-/// asked.
-#[allow(clippy::too_many_arguments)]
-fn linear_backward(
-    dy: &[f32],
-    x: &[f32],
-    m: usize,
-    w: &[f32],
-    o: usize,
-    grads: Option<[&mut [f32]; 2]>,
-    dx: Option<&mut [f32]>,
-    scratch: &mut Scratch,
-) {
-    let i = w.len() / o;
-    if let Some([dw, db]) = grads {
-        k::gemm_tn_acc(
-            dy,
-            m,
-            o,
-            x,
-            i,
-            dw,
-            (&mut scratch.panels, &mut scratch.xpack),
-            false,
-        );
-        for row in dy[..m * o].chunks(o) {
-            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-        }
-    }
-    if let Some(dx) = dx {
-        k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels);
-    }
-}
-
-#[derive(Default)]
-struct Scratch {
-    panels: Vec<f32>,
-    xpack: Vec<f32>,
-    pool: Pool,
-}
-
-/// Activation buffers kept between steps: freeing and allocating megabytes at every
-/// step costs page faults and TLB shootdowns (a quarter of a MiniLM step).
-#[derive(Default)]
-struct Pool(Vec<Vec<f32>>);
-
-impl Pool {
-    /// A zeroed buffer of `n` values: the smallest kept one that fits, or a new one.
-    fn take(&mut self, n: usize) -> Vec<f32> {
-        let best = (0..self.0.len())
-            .filter(|&i| self.0[i].capacity() >= n)
-            .min_by_key(|&i| self.0[i].capacity());
-        let mut v = match best {
-            Some(i) => self.0.swap_remove(i),
-            None => Vec::with_capacity(n),
-        };
-        v.clear();
-        v.resize(n, 0.0);
-        v
-    }
-
-    fn give(&mut self, v: Vec<f32>) {
-        self.0.push(v);
-    }
-}
-
-/// A linear layer's weight and bias gradients, or `None` when the layer is frozen.
-fn wgrads(
-    g: &mut [f32],
-    frozen: bool,
-    w: (usize, usize),
-    b: (usize, usize),
-) -> Option<[&mut [f32]; 2]> {
-    (!frozen).then(|| views(g, [w, b]))
-}
-
-/// A norm's weight and bias gradients, or (frozen) two throwaway rows of `junk`.
-fn norm_grads<'a>(
-    g: &'a mut [f32],
-    junk: &'a mut [f32],
-    frozen: bool,
-    w: usize,
-    b: usize,
-    c: usize,
-) -> [&'a mut [f32]; 2] {
-    if frozen {
-        let (x, y) = junk[..2 * c].split_at_mut(c);
-        [x, y]
-    } else {
-        views(g, [(w, c), (b, c)])
-    }
-}
-
-/// Disjoint mutable views of the gradient buffer, by offset and length.
-fn views<const N: usize>(buf: &mut [f32], parts: [(usize, usize); N]) -> [&mut [f32]; N] {
-    let mut order: Vec<usize> = (0..N).collect();
-    order.sort_by_key(|&i| parts[i].0);
-    let mut out: [Option<&mut [f32]>; N] = std::array::from_fn(|_| None);
-    let mut rest = buf;
-    let mut at = 0;
-    for &i in &order {
-        let (off, len) = parts[i];
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(off - at);
-        let (mine, tail) = tail.split_at_mut(len);
-        out[i] = Some(mine);
-        rest = tail;
-        at = off + len;
-    }
-    out.map(|o| o.unwrap())
+    mlp: MlpActs,
 }
 
 impl NativeEncoder {
@@ -445,16 +264,21 @@ impl NativeEncoder {
             layers.push(LayerAt {
                 qkv_w,
                 qkv_b,
-                proj_w: put(o("attention.output.dense.weight"), vec![c, c], &mut t)?,
-                proj_b: put(o("attention.output.dense.bias"), vec![c], &mut t)?,
-                ln1_w: put(o("attention.output.LayerNorm.weight"), vec![c], &mut t)?,
-                ln1_b: put(o("attention.output.LayerNorm.bias"), vec![c], &mut t)?,
-                up_w: put(o("intermediate.dense.weight"), vec![inner, c], &mut t)?,
-                up_b: put(o("intermediate.dense.bias"), vec![inner], &mut t)?,
-                down_w: put(o("output.dense.weight"), vec![c, inner], &mut t)?,
-                down_b: put(o("output.dense.bias"), vec![c], &mut t)?,
-                ln2_w: put(o("output.LayerNorm.weight"), vec![c], &mut t)?,
-                ln2_b: put(o("output.LayerNorm.bias"), vec![c], &mut t)?,
+                post: PostAt {
+                    proj_w: put(o("attention.output.dense.weight"), vec![c, c], &mut t)?,
+                    proj_b: put(o("attention.output.dense.bias"), vec![c], &mut t)?,
+                    ln_w: put(o("attention.output.LayerNorm.weight"), vec![c], &mut t)?,
+                    ln_b: put(o("attention.output.LayerNorm.bias"), vec![c], &mut t)?,
+                },
+                mlp: MlpAt {
+                    up_w: put(o("intermediate.dense.weight"), vec![inner, c], &mut t)?,
+                    up_b: put(o("intermediate.dense.bias"), vec![inner], &mut t)?,
+                    down_w: put(o("output.dense.weight"), vec![c, inner], &mut t)?,
+                    down_b: put(o("output.dense.bias"), vec![c], &mut t)?,
+                    ln_w: put(o("output.LayerNorm.weight"), vec![c], &mut t)?,
+                    ln_b: put(o("output.LayerNorm.bias"), vec![c], &mut t)?,
+                    inner,
+                },
             });
         }
         let pool_w = put("pooler.dense.weight".into(), vec![c, c], &mut t)?;
@@ -644,6 +468,42 @@ impl NativeEncoder {
         Ok(saved.logits.chunks(nl).map(<[f32]>::to_vec).collect())
     }
 
+    /// The sizes of the blocks.
+    fn dims(&self) -> Dims {
+        Dims {
+            c: self.config.hidden_size,
+            nh: self.config.num_attention_heads,
+            eps: self.config.layer_norm_eps as f32,
+        }
+    }
+
+    /// Layer `l`'s attention heads: every head of every sequence over its own tokens.
+    fn jobs(d: Dims, spans: &[(usize, usize)], l: usize, drops: Drops) -> Vec<Job> {
+        let (c, hd) = (d.c, d.hd());
+        spans
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &(r0, len))| {
+                (0..d.nh).map(move |h| Job {
+                    at: HeadAt {
+                        q0: r0,
+                        tq: len,
+                        qs: 3 * c,
+                        qo: h * hd,
+                        k0: r0,
+                        tk: len,
+                        ks: 3 * c,
+                        ko: c + h * hd,
+                        vo: 2 * c + h * hd,
+                        causal: false,
+                    },
+                    h,
+                    drop: drops.attn_head(l, s, h),
+                })
+            })
+            .collect()
+    }
+
     fn forward(
         &self,
         seqs: &[&[u32]],
@@ -652,13 +512,11 @@ impl NativeEncoder {
         drops: Drops,
         scratch: &mut Scratch,
     ) -> (Saved, f64) {
+        let dims = self.dims();
         let cfg = &self.config;
         let (lay, w) = (&self.lay, &self.params);
         let c = cfg.hidden_size;
-        let inner = cfg.intermediate_size;
         let eps = cfg.layer_norm_eps as f32;
-        let nh = cfg.num_attention_heads;
-        let hd = c / nh;
         let mut spans = Vec::with_capacity(seqs.len());
         let mut n = 0;
         for s in seqs {
@@ -696,7 +554,6 @@ impl NativeEncoder {
         drop_in_place(&mut x0, drops.emb());
         let mut xs = vec![x0];
         let mut acts = Vec::with_capacity(lay.layers.len());
-        let scale = 1.0 / (hd as f32).sqrt();
         for (l, at) in lay.layers.iter().enumerate() {
             let x = xs.last().unwrap();
             let mut qkv = scratch.pool.take(n * 3 * c);
@@ -726,76 +583,34 @@ impl NativeEncoder {
                 }
                 scratch.pool.give(u);
             }
-            let jobs: Vec<(usize, usize)> = (0..seqs.len())
-                .flat_map(|s| (0..nh).map(move |h| (s, h)))
-                .collect();
-            let heads: Vec<(Vec<f32>, Vec<f32>)> = jobs
-                .par_iter()
-                .map(|&(s, h)| {
-                    let d = drops.attn_head(l, s, h);
-                    head_forward(&qkv, spans[s], h, c, hd, scale, d)
-                })
-                .collect();
-            let mut y = scratch.pool.take(n * c);
-            let mut probs = Vec::with_capacity(jobs.len());
-            for (&(s, h), (p, out)) in jobs.iter().zip(heads) {
-                let (r0, len) = spans[s];
-                for j in 0..len {
-                    y[(r0 + j) * c + h * hd..][..hd].copy_from_slice(&out[j * hd..][..hd]);
-                }
-                probs.push(p);
-            }
-            let mut s1 = scratch.pool.take(n * c);
-            linear(
-                &y,
-                n,
-                &w[at.proj_w..at.proj_w + c * c],
-                &w[at.proj_b..at.proj_b + c],
-                &mut s1,
-                &mut scratch.panels,
+            let jobs = Self::jobs(dims, &spans, l, drops);
+            let (attn, h1) = attn_forward(
+                w,
+                dims,
+                &at.post,
+                x,
+                &qkv,
+                &qkv,
+                &jobs,
+                drops.proj(l),
+                scratch,
             );
-            drop_in_place(&mut s1, drops.proj(l));
-            s1.iter_mut().zip(x).for_each(|(s, x)| *s += x);
-            let (mut h1, mut st1) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
-            ln(&s1, at.ln1_w, at.ln1_b, &mut h1, &mut st1);
-            let mut u = scratch.pool.take(n * inner);
-            linear(
+            let (mlp, x1) = mlp_forward(
+                w,
+                dims,
+                &at.mlp,
+                self.act,
                 &h1,
-                n,
-                &w[at.up_w..at.up_w + inner * c],
-                &w[at.up_b..at.up_b + inner],
-                &mut u,
-                &mut scratch.panels,
+                None,
+                drops.down(l),
+                scratch,
             );
-            let mut g = scratch.pool.take(n * inner);
-            g.copy_from_slice(&u);
-            let act = self.act;
-            g.par_chunks_mut(4096).for_each(|xs| act.apply(xs));
-            let mut s2 = scratch.pool.take(n * c);
-            linear(
-                &g,
-                n,
-                &w[at.down_w..at.down_w + c * inner],
-                &w[at.down_b..at.down_b + c],
-                &mut s2,
-                &mut scratch.panels,
-            );
-            drop_in_place(&mut s2, drops.down(l));
-            s2.iter_mut().zip(&h1).for_each(|(s, h)| *s += h);
-            let (mut x1, mut st2) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
-            ln(&s2, at.ln2_w, at.ln2_b, &mut x1, &mut st2);
             acts.push(LayerActs {
                 qkv,
                 adapted,
-                probs,
-                y,
-                s1,
-                st1,
+                attn,
                 h1,
-                u,
-                g,
-                s2,
-                st2,
+                mlp,
             });
             xs.push(x1);
         }
@@ -855,14 +670,11 @@ impl NativeEncoder {
         drops: Drops,
         scratch: &mut Scratch,
     ) {
+        let dims = self.dims();
         let cfg = &self.config;
         let (lay, w) = (&self.lay, &self.params);
         let g = &mut self.grads;
         let c = cfg.hidden_size;
-        let inner = cfg.intermediate_size;
-        let nh = cfg.num_attention_heads;
-        let hd = c / nh;
-        let scale = 1.0 / (hd as f32).sqrt();
         let (n, b, nl) = (s.n, seqs.len(), cfg.labels());
         let frozen = self.lora.is_some();
         let mut junk = vec![0f32; 2 * c];
@@ -912,112 +724,42 @@ impl NativeEncoder {
         for (i, &(r0, _)) in s.spans.iter().enumerate() {
             dx[r0 * c..(r0 + 1) * c].copy_from_slice(&dfirst[i * c..(i + 1) * c]);
         }
-        let mut tmp = scratch.pool.take(n * c);
         for (l, at) in lay.layers.iter().enumerate().rev() {
             let a = &s.layers[l];
-            // x[l+1] = LN2(s2), s2 = h1 + down(g).
-            let mut ds2 = scratch.pool.take(n * c);
-            {
-                let [dw, db] = norm_grads(g, &mut junk, frozen, at.ln2_w, at.ln2_b, c);
-                k::layer_norm_backward(
-                    &dx,
-                    &a.s2,
-                    &a.st2,
-                    &w[at.ln2_w..at.ln2_w + c],
-                    n,
-                    &mut ds2,
-                    dw,
-                    Some(db),
-                );
-            }
-            let mut dgel = scratch.pool.take(n * inner);
-            {
-                let gr = wgrads(g, frozen, (at.down_w, c * inner), (at.down_b, c));
-                let ds2d = masked_copy(&mut scratch.pool, &ds2, drops.down(l));
-                linear_backward(
-                    ds2d.as_deref().unwrap_or(&ds2),
-                    &a.g,
-                    n,
-                    &w[at.down_w..at.down_w + c * inner],
-                    c,
-                    gr,
-                    Some(&mut dgel),
-                    scratch,
-                );
-                if let Some(v) = ds2d {
-                    scratch.pool.give(v);
-                }
-            }
-            dgel.par_chunks_mut(4096)
-                .zip(a.u.par_chunks(4096))
-                .for_each(|(d, u)| act_grad_mul(d, u, self.act as u8));
-            // dh1 = ds2 (the residual) + du·W_up.
-            {
-                let gr = wgrads(g, frozen, (at.up_w, inner * c), (at.up_b, inner));
-                linear_backward(
-                    &dgel,
-                    &a.h1,
-                    n,
-                    &w[at.up_w..at.up_w + inner * c],
-                    inner,
-                    gr,
-                    Some(&mut tmp),
-                    scratch,
-                );
-            }
-            tmp.iter_mut().zip(&ds2).for_each(|(t, d)| *t += d);
-            let mut ds1 = scratch.pool.take(n * c);
-            {
-                let [dw, db] = norm_grads(g, &mut junk, frozen, at.ln1_w, at.ln1_b, c);
-                k::layer_norm_backward(
-                    &tmp,
-                    &a.s1,
-                    &a.st1,
-                    &w[at.ln1_w..at.ln1_w + c],
-                    n,
-                    &mut ds1,
-                    dw,
-                    Some(db),
-                );
-            }
-            let mut dy = scratch.pool.take(n * c);
-            {
-                let gr = wgrads(g, frozen, (at.proj_w, c * c), (at.proj_b, c));
-                let ds1d = masked_copy(&mut scratch.pool, &ds1, drops.proj(l));
-                linear_backward(
-                    ds1d.as_deref().unwrap_or(&ds1),
-                    &a.y,
-                    n,
-                    &w[at.proj_w..at.proj_w + c * c],
-                    c,
-                    gr,
-                    Some(&mut dy),
-                    scratch,
-                );
-                if let Some(v) = ds1d {
-                    scratch.pool.give(v);
-                }
-            }
-            let jobs: Vec<(usize, usize)> =
-                (0..b).flat_map(|q| (0..nh).map(move |h| (q, h))).collect();
-            let parts: Vec<Vec<f32>> = jobs
-                .par_iter()
-                .zip(&a.probs)
-                .map(|(&(q, h), p)| {
-                    let d = drops.attn_head(l, q, h);
-                    head_backward(&dy, &a.qkv, p, s.spans[q], h, c, hd, scale, d)
-                })
-                .collect();
+            let dh1 = mlp_backward(
+                w,
+                g,
+                &mut junk,
+                frozen,
+                dims,
+                &at.mlp,
+                self.act,
+                &dx,
+                &a.h1,
+                &a.mlp,
+                None,
+                drops.down(l),
+                scratch,
+            );
+            let jobs = Self::jobs(dims, &s.spans, l, drops);
             let mut dqkv = scratch.pool.take(n * 3 * c);
-            for (&(q, h), part) in jobs.iter().zip(&parts) {
-                let (r0, len) = s.spans[q];
-                for j in 0..len {
-                    for (which, chunk) in part[j * 3 * hd..(j + 1) * 3 * hd].chunks(hd).enumerate()
-                    {
-                        dqkv[(r0 + j) * 3 * c + which * c + h * hd..][..hd].copy_from_slice(chunk);
-                    }
-                }
-            }
+            let ds1 = attn_backward(
+                w,
+                g,
+                &mut junk,
+                frozen,
+                dims,
+                &at.post,
+                &dh1,
+                &a.attn,
+                &a.qkv,
+                &a.qkv,
+                &jobs,
+                drops.proj(l),
+                scratch,
+                &mut dqkv,
+                None,
+            );
             // dx = ds1 (the residual) + dqkv·W_qkv.
             {
                 let gr = wgrads(g, frozen, (at.qkv_w, 3 * c * c), (at.qkv_b, 3 * c));
@@ -1092,7 +834,7 @@ impl NativeEncoder {
                 }
             }
             dx.iter_mut().zip(&ds1).for_each(|(d, s)| *d += s);
-            for v in [ds2, dgel, ds1, dy, dqkv] {
+            for v in [dh1, ds1, dqkv] {
                 scratch.pool.give(v);
             }
         }
@@ -1125,14 +867,13 @@ impl NativeEncoder {
                 }
             }
         }
-        for v in [dx, tmp, de, s.emb, s.emb_st].into_iter().chain(s.x) {
+        for v in [dx, de, s.emb, s.emb_st].into_iter().chain(s.x) {
             scratch.pool.give(v);
         }
         for a in s.layers {
-            for v in [a.qkv, a.y, a.s1, a.st1, a.h1, a.u, a.g, a.s2, a.st2]
-                .into_iter()
-                .chain(a.adapted)
-            {
+            a.attn.give(&mut scratch.pool);
+            a.mlp.give(&mut scratch.pool);
+            for v in [a.qkv, a.h1].into_iter().chain(a.adapted) {
                 scratch.pool.give(v);
             }
         }
@@ -1180,170 +921,4 @@ impl NativeEncoder {
             })
             .collect()
     }
-}
-
-/// `d ← d · act'(u)`: `kind` 0 is the erf GELU, 1 the tanh GELU, 2 ReLU.
-#[inline(always)]
-fn act_grad_mul_body(d: &mut [f32], u: &[f32], kind: u8) {
-    const C: f32 = vmath::GELU_C;
-    const A: f32 = vmath::GELU_A;
-    for (d, &x) in d.iter_mut().zip(u) {
-        let g = match kind {
-            0 => vmath::gelu_erf_grad(x),
-            1 => {
-                // x·s with s = 1/(1 + e^{−2u}), u = C(x + A·x³): s + x·s(1 − s)·du/dx·2.
-                let x2 = x * x;
-                let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * C * A, -2.0 * C)));
-                (x * (s - s * s)).mul_add(x2.mul_add(6.0 * C * A, 2.0 * C), s)
-            }
-            _ => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-        };
-        *d *= g;
-    }
-}
-vmath::dispatch!(
-    /// See [`act_grad_mul_body`].
-    act_grad_mul = act_grad_mul_body, act_grad_mul512, act_grad_mul256,
-    (d: &mut [f32], u: &[f32], kind: u8) -> ()
-);
-
-/// One head of one sequence: its attention weights `[len, len]` and output `[len, hd]`.
-fn head_forward(
-    qkv: &[f32],
-    (r0, len): (usize, usize),
-    h: usize,
-    c: usize,
-    hd: usize,
-    scale: f32,
-    drop: Option<Dropout>,
-) -> (Vec<f32>, Vec<f32>) {
-    let base = &qkv[r0 * 3 * c + h * hd..];
-    let mut out = vec![0f32; len * hd];
-    let mut rows = Vec::with_capacity(len);
-    attend_head(
-        base,
-        3 * c,
-        &base[c..],
-        &base[2 * c..],
-        3 * c,
-        Span::All { keys: len },
-        len,
-        hd,
-        scale,
-        &mut out,
-        Some(&mut rows),
-        drop,
-    );
-    (rows.concat(), out)
-}
-
-/// The gradients of one head's queries, keys and values (`[len, hd]` each, contiguous)
-/// from `ins` = (q, k, v, the output gradient dy, the weights p, the weights after
-/// dropout pd) into `outs` = (dq, dk, dv, scratch `[len]`). With dropout mask M,
-/// pd = p ⊙ M: dV = pdᵀ·dY, and with dP' = dY·Vᵀ,
-/// dS = pd ⊙ dP' − p · Σ_j pd·dP' (row by row).
-#[inline(always)]
-fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) {
-    let [q, k, v, dy, p, pd] = ins;
-    let [dq, dk, dv, ds] = outs;
-    let len = ds.len();
-    for i in 0..len {
-        let dyi = &dy[i * hd..(i + 1) * hd];
-        let pr = &p[i * len..(i + 1) * len];
-        let pdr = &pd[i * len..(i + 1) * len];
-        // dP'_ij = dy_i · v_j.
-        for (j, d) in ds.iter_mut().enumerate() {
-            let vj = &v[j * hd..(j + 1) * hd];
-            *d = dyi.iter().zip(vj).map(|(a, b)| a * b).sum();
-        }
-        let dot: f32 = pdr.iter().zip(&*ds).map(|(a, b)| a * b).sum();
-        for ((d, &pij), &pdij) in ds.iter_mut().zip(pr).zip(pdr) {
-            *d = (pdij * *d - pij * dot) * scale;
-        }
-        let qi = &q[i * hd..(i + 1) * hd];
-        let dqi = &mut dq[i * hd..(i + 1) * hd];
-        for j in 0..len {
-            let (pij, dsij) = (pdr[j], ds[j]);
-            let kj = &k[j * hd..(j + 1) * hd];
-            for (o, &x) in dqi.iter_mut().zip(kj) {
-                *o += dsij * x;
-            }
-            for (o, &x) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyi) {
-                *o += pij * x;
-            }
-            for (o, &x) in dk[j * hd..(j + 1) * hd].iter_mut().zip(qi) {
-                *o += dsij * x;
-            }
-        }
-    }
-}
-vmath::dispatch!(
-    /// See [`head_grads_body`].
-    head_grads = head_grads_body, head_grads512, head_grads256,
-    (ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) -> ()
-);
-
-/// Backward of [`head_forward`]: the gradients of the head's query, key and value rows,
-/// `[len, 3·hd]` (q, k, v side by side per position).
-#[allow(clippy::too_many_arguments)]
-fn head_backward(
-    dy: &[f32],
-    qkv: &[f32],
-    p: &[f32],
-    (r0, len): (usize, usize),
-    h: usize,
-    c: usize,
-    hd: usize,
-    scale: f32,
-    drop: Option<Dropout>,
-) -> Vec<f32> {
-    let w = 3 * c;
-    let gather = |src: &[f32], stride: usize, off: usize| -> Vec<f32> {
-        let mut out = Vec::with_capacity(len * hd);
-        for j in 0..len {
-            out.extend_from_slice(&src[(r0 + j) * stride + off..][..hd]);
-        }
-        out
-    };
-    let (q, k, v) = (
-        gather(qkv, w, h * hd),
-        gather(qkv, w, c + h * hd),
-        gather(qkv, w, 2 * c + h * hd),
-    );
-    let g = gather(dy, c, h * hd);
-    let (mut dq, mut dk, mut dv) = (
-        vec![0f32; len * hd],
-        vec![0f32; len * hd],
-        vec![0f32; len * hd],
-    );
-    let mut ds = vec![0f32; len];
-    let dropped;
-    let pd = match drop {
-        Some(d) => {
-            let mut x = p.to_vec();
-            k::dropout::drop_row(&mut x, d, 0);
-            dropped = x;
-            &dropped
-        }
-        None => p,
-    };
-    head_grads(
-        [&q, &k, &v, &g, p, pd],
-        [&mut dq, &mut dk, &mut dv, &mut ds],
-        hd,
-        scale,
-    );
-    let mut out = Vec::with_capacity(len * 3 * hd);
-    for j in 0..len {
-        for part in [&dq, &dk, &dv] {
-            out.extend_from_slice(&part[j * hd..(j + 1) * hd]);
-        }
-    }
-    out
 }

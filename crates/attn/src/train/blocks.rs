@@ -1,0 +1,743 @@
+//! The pieces the training steps on the engine's kernels are built from: linear layers
+//! and their backward, post-norm sublayers (attention with its output projection,
+//! residual sum and norm; the MLP likewise) forward and backward, one attention head
+//! forward and backward over any query and key rows (self-attention, causal or not, and
+//! cross-attention), dropout sites, and the buffer pool that keeps activations between
+//! steps. BERT's encoder (`train::encoder`) and Marian's encoder-decoder
+//! (`train::seq2seq`) are written with them.
+
+use rayon::prelude::*;
+
+use crate::kernels::cpu as k;
+use crate::kernels::cpu::attend::{attend_head, Span};
+use crate::kernels::cpu::{vmath, Dropout, Rhs};
+use crate::{Error, Result};
+
+/// The MLP's activation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Act {
+    GeluErf,
+    GeluTanh,
+    Relu,
+    /// SiLU (swish), Marian's default.
+    Silu,
+}
+
+impl Act {
+    /// BERT's `hidden_act`.
+    pub(crate) fn of(hidden_act: &str) -> Result<Self> {
+        match hidden_act {
+            "gelu" => Ok(Act::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Act::GeluTanh),
+            "relu" => Ok(Act::Relu),
+            other => Err(Error::invalid(
+                "hidden_act",
+                format!("{other:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"),
+            )),
+        }
+    }
+
+    /// Marian's `activation_function`.
+    pub(crate) fn of_marian(name: &str) -> Result<Self> {
+        match name {
+            "swish" | "silu" => Ok(Act::Silu),
+            "gelu" => Ok(Act::GeluErf),
+            "gelu_new" => Ok(Act::GeluTanh),
+            "relu" => Ok(Act::Relu),
+            other => Err(Error::invalid(
+                "activation_function",
+                format!("{other:?} is not supported (swish, silu, gelu, gelu_new, relu)"),
+            )),
+        }
+    }
+
+    pub(crate) fn apply(self, xs: &mut [f32]) {
+        match self {
+            Act::GeluErf => vmath::gelu_erf(xs),
+            Act::GeluTanh => vmath::gelu_tanh(xs),
+            Act::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Act::Silu => vmath::silu(xs),
+        }
+    }
+
+    /// `d ← d · act'(u)`, on both cores.
+    pub(crate) fn grad_mul(self, d: &mut [f32], u: &[f32]) {
+        d.par_chunks_mut(4096)
+            .zip(u.par_chunks(4096))
+            .for_each(|(d, u)| act_grad_mul(d, u, self as u8));
+    }
+}
+
+/// `x ← x ⊙ mask` (element `i` of `x` is mask element `i`), on both cores.
+pub(super) fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
+    const CH: usize = 1 << 14;
+    if let Some(d) = d {
+        x.par_chunks_mut(CH)
+            .enumerate()
+            .for_each(|(c, part)| k::dropout::drop_row(part, d, (c * CH) as u64));
+    }
+}
+
+/// `src ⊙ mask` in a pooled buffer, or `None` without dropout (then `src` itself is the
+/// gradient to use: no copy).
+pub(super) fn masked_copy(pool: &mut Pool, src: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
+    let d = d?;
+    let mut v = pool.take(src.len());
+    v.copy_from_slice(src);
+    drop_in_place(&mut v, Some(d));
+    Some(v)
+}
+
+/// `out [m, out] = x [m, in] · wᵀ + b` for `w [out, in]`.
+pub(super) fn linear(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    panels: &mut Vec<f32>,
+) {
+    let (o, i) = (b.len(), w.len() / b.len());
+    k::gemm_bias(x, m, i, o, Rhs::Nt(w), Some(b), out, panels);
+}
+
+/// Backward of [`linear`] for `w [o, i]`: `dw += dyᵀ·x`, `db += Σ dy` unless the
+/// weights are frozen (`grads` is `None`), and `dx = dy · w` (written, not added) when
+/// asked.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear_backward(
+    dy: &[f32],
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    o: usize,
+    grads: Option<[&mut [f32]; 2]>,
+    dx: Option<&mut [f32]>,
+    scratch: &mut Scratch,
+) {
+    let i = w.len() / o;
+    if let Some([dw, db]) = grads {
+        k::gemm_tn_acc(
+            dy,
+            m,
+            o,
+            x,
+            i,
+            dw,
+            (&mut scratch.panels, &mut scratch.xpack),
+            false,
+        );
+        for row in dy[..m * o].chunks(o) {
+            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+        }
+    }
+    if let Some(dx) = dx {
+        k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels);
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub panels: Vec<f32>,
+    pub xpack: Vec<f32>,
+    pub pool: Pool,
+}
+
+/// Activation buffers kept between steps: freeing and allocating megabytes at every
+/// step costs page faults and TLB shootdowns (a quarter of a MiniLM step).
+#[derive(Default)]
+pub(super) struct Pool(Vec<Vec<f32>>);
+
+impl Pool {
+    /// A zeroed buffer of `n` values: the smallest kept one that fits, or a new one.
+    pub(super) fn take(&mut self, n: usize) -> Vec<f32> {
+        let best = (0..self.0.len())
+            .filter(|&i| self.0[i].capacity() >= n)
+            .min_by_key(|&i| self.0[i].capacity());
+        let mut v = match best {
+            Some(i) => self.0.swap_remove(i),
+            None => Vec::with_capacity(n),
+        };
+        v.clear();
+        v.resize(n, 0.0);
+        v
+    }
+
+    pub(super) fn give(&mut self, v: Vec<f32>) {
+        self.0.push(v);
+    }
+}
+
+/// A linear layer's weight and bias gradients, or `None` when the layer is frozen.
+pub(super) fn wgrads(
+    g: &mut [f32],
+    frozen: bool,
+    w: (usize, usize),
+    b: (usize, usize),
+) -> Option<[&mut [f32]; 2]> {
+    (!frozen).then(|| views(g, [w, b]))
+}
+
+/// A norm's weight and bias gradients, or (frozen) two throwaway rows of `junk`.
+pub(super) fn norm_grads<'a>(
+    g: &'a mut [f32],
+    junk: &'a mut [f32],
+    frozen: bool,
+    w: usize,
+    b: usize,
+    c: usize,
+) -> [&'a mut [f32]; 2] {
+    if frozen {
+        let (x, y) = junk[..2 * c].split_at_mut(c);
+        [x, y]
+    } else {
+        views(g, [(w, c), (b, c)])
+    }
+}
+
+/// Disjoint mutable views of the gradient buffer, by offset and length.
+pub(super) fn views<const N: usize>(
+    buf: &mut [f32],
+    parts: [(usize, usize); N],
+) -> [&mut [f32]; N] {
+    let mut order: Vec<usize> = (0..N).collect();
+    order.sort_by_key(|&i| parts[i].0);
+    let mut out: [Option<&mut [f32]>; N] = std::array::from_fn(|_| None);
+    let mut rest = buf;
+    let mut at = 0;
+    for &i in &order {
+        let (off, len) = parts[i];
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(off - at);
+        let (mine, tail) = tail.split_at_mut(len);
+        out[i] = Some(mine);
+        rest = tail;
+        at = off + len;
+    }
+    out.map(|o| o.unwrap())
+}
+
+/// `d ← d · act'(u)`: `kind` 0 is the erf GELU, 1 the tanh GELU, 2 ReLU, 3 SiLU.
+#[inline(always)]
+fn act_grad_mul_body(d: &mut [f32], u: &[f32], kind: u8) {
+    const C: f32 = vmath::GELU_C;
+    const A: f32 = vmath::GELU_A;
+    for (d, &x) in d.iter_mut().zip(u) {
+        let g = match kind {
+            0 => vmath::gelu_erf_grad(x),
+            1 => {
+                // x·s with s = 1/(1 + e^{−2u}), u = C(x + A·x³): s + x·s(1 − s)·du/dx·2.
+                let x2 = x * x;
+                let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * C * A, -2.0 * C)));
+                (x * (s - s * s)).mul_add(x2.mul_add(6.0 * C * A, 2.0 * C), s)
+            }
+            2 => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            _ => {
+                // x·s with s = 1/(1 + e^{−x}): s + x·s(1 − s).
+                let s = 1.0 / (1.0 + vmath::exp(-x));
+                (x * (s - s * s)) + s
+            }
+        };
+        *d *= g;
+    }
+}
+vmath::dispatch!(
+    /// See [`act_grad_mul_body`].
+    act_grad_mul = act_grad_mul_body, act_grad_mul512, act_grad_mul256,
+    (d: &mut [f32], u: &[f32], kind: u8) -> ()
+);
+
+/// Where one attention head reads: query rows `q0..q0 + tq` of a query buffer (row
+/// stride `qs`, this head's columns from `qo`), key and value rows `k0..k0 + tk` of a
+/// key/value buffer (row stride `ks`, this head's keys from column `ko`, values from
+/// `vo`). A causal head (self-attention of a decoder) has `tq == tk`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HeadAt {
+    pub q0: usize,
+    pub tq: usize,
+    pub qs: usize,
+    pub qo: usize,
+    pub k0: usize,
+    pub tk: usize,
+    pub ks: usize,
+    pub ko: usize,
+    pub vo: usize,
+    pub causal: bool,
+}
+
+/// One head's attention weights `[tq, tk]` (zero above the diagonal when causal) and
+/// output `[tq, hd]`; with `drop`, the values are summed with the dropped weights.
+pub(super) fn head_forward(
+    q: &[f32],
+    kv: &[f32],
+    at: HeadAt,
+    hd: usize,
+    scale: f32,
+    drop: Option<Dropout>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut out = vec![0f32; at.tq * hd];
+    let mut rows = Vec::with_capacity(at.tq);
+    let span = if at.causal {
+        Span::Causal { past: 0 }
+    } else {
+        Span::All { keys: at.tk }
+    };
+    attend_head(
+        &q[at.q0 * at.qs + at.qo..],
+        at.qs,
+        &kv[at.k0 * at.ks + at.ko..],
+        &kv[at.k0 * at.ks + at.vo..],
+        at.ks,
+        span,
+        at.tq,
+        hd,
+        scale,
+        &mut out,
+        Some(&mut rows),
+        drop,
+    );
+    (rows.concat(), out)
+}
+
+/// The gradients of one head's queries (`[tq, hd]`), keys and values (`[tk, hd]`,
+/// contiguous) from `ins` = (q, k, v, the output gradient dy `[tq, hd]`, the weights
+/// p, the weights after dropout pd) into `outs` = (dq, dk, dv, scratch `[tk]`). With
+/// dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY, and with dP' = dY·Vᵀ,
+/// dS = pd ⊙ dP' − p · Σ_j pd·dP' (row by row). Weights that are zero (masked) give
+/// zero score gradients.
+#[inline(always)]
+fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) {
+    let [q, k, v, dy, p, pd] = ins;
+    let [dq, dk, dv, ds] = outs;
+    let tk = ds.len();
+    let tq = dy.len() / hd;
+    for i in 0..tq {
+        let dyi = &dy[i * hd..(i + 1) * hd];
+        let pr = &p[i * tk..(i + 1) * tk];
+        let pdr = &pd[i * tk..(i + 1) * tk];
+        // dP'_ij = dy_i · v_j.
+        for (j, d) in ds.iter_mut().enumerate() {
+            let vj = &v[j * hd..(j + 1) * hd];
+            *d = dyi.iter().zip(vj).map(|(a, b)| a * b).sum();
+        }
+        let dot: f32 = pdr.iter().zip(&*ds).map(|(a, b)| a * b).sum();
+        for ((d, &pij), &pdij) in ds.iter_mut().zip(pr).zip(pdr) {
+            *d = (pdij * *d - pij * dot) * scale;
+        }
+        let qi = &q[i * hd..(i + 1) * hd];
+        let dqi = &mut dq[i * hd..(i + 1) * hd];
+        for j in 0..tk {
+            let (pij, dsij) = (pdr[j], ds[j]);
+            let kj = &k[j * hd..(j + 1) * hd];
+            for (o, &x) in dqi.iter_mut().zip(kj) {
+                *o += dsij * x;
+            }
+            for (o, &x) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyi) {
+                *o += pij * x;
+            }
+            for (o, &x) in dk[j * hd..(j + 1) * hd].iter_mut().zip(qi) {
+                *o += dsij * x;
+            }
+        }
+    }
+}
+vmath::dispatch!(
+    /// See [`head_grads_body`].
+    head_grads = head_grads_body, head_grads512, head_grads256,
+    (ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) -> ()
+);
+
+/// Backward of [`head_forward`]: from the gradient of the head's output (rows `q0..`
+/// of `dy`, row stride `dys`, columns from `dyo`), the gradients of its queries
+/// `[tq, hd]`, keys and values `[tk, hd]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn head_backward(
+    dy: &[f32],
+    (dys, dyo): (usize, usize),
+    q: &[f32],
+    kv: &[f32],
+    p: &[f32],
+    at: HeadAt,
+    hd: usize,
+    scale: f32,
+    drop: Option<Dropout>,
+) -> [Vec<f32>; 3] {
+    let gather = |src: &[f32], r0: usize, rows: usize, stride: usize, off: usize| {
+        let mut out = Vec::with_capacity(rows * hd);
+        for j in 0..rows {
+            out.extend_from_slice(&src[(r0 + j) * stride + off..][..hd]);
+        }
+        out
+    };
+    let qh = gather(q, at.q0, at.tq, at.qs, at.qo);
+    let kh = gather(kv, at.k0, at.tk, at.ks, at.ko);
+    let vh = gather(kv, at.k0, at.tk, at.ks, at.vo);
+    let g = gather(dy, at.q0, at.tq, dys, dyo);
+    let mut dq = vec![0f32; at.tq * hd];
+    let (mut dk, mut dv) = (vec![0f32; at.tk * hd], vec![0f32; at.tk * hd]);
+    let mut ds = vec![0f32; at.tk];
+    let dropped;
+    let pd = match drop {
+        Some(d) => {
+            let mut x = p.to_vec();
+            k::dropout::drop_row(&mut x, d, 0);
+            dropped = x;
+            &dropped
+        }
+        None => p,
+    };
+    head_grads(
+        [&qh, &kh, &vh, &g, p, pd],
+        [&mut dq, &mut dk, &mut dv, &mut ds],
+        hd,
+        scale,
+    );
+    [dq, dk, dv]
+}
+
+/// The sizes of a stack's sublayers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Dims {
+    pub c: usize,
+    pub nh: usize,
+    pub eps: f32,
+}
+
+impl Dims {
+    pub fn hd(&self) -> usize {
+        self.c / self.nh
+    }
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.hd() as f32).sqrt()
+    }
+}
+
+/// Where an attention sublayer's output projection and its norm (after the residual
+/// sum) start in the flat buffers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PostAt {
+    pub proj_w: usize,
+    pub proj_b: usize,
+    pub ln_w: usize,
+    pub ln_b: usize,
+}
+
+/// One head's job in a sublayer: where it reads, its head index, its weights' dropout.
+#[derive(Clone, Copy)]
+pub(super) struct Job {
+    pub at: HeadAt,
+    pub h: usize,
+    pub drop: Option<Dropout>,
+}
+
+/// What an attention sublayer's backward pass reads.
+pub(super) struct AttnActs {
+    /// Attention weights per job.
+    pub probs: Vec<Vec<f32>>,
+    /// Heads' outputs side by side `[n, c]`.
+    pub y: Vec<f32>,
+    /// The residual sum before the norm, and the norm's statistics.
+    pub s: Vec<f32>,
+    pub st: Vec<f32>,
+}
+
+impl AttnActs {
+    pub fn give(self, pool: &mut Pool) {
+        for v in [self.y, self.s, self.st] {
+            pool.give(v);
+        }
+    }
+}
+
+/// Heads, output projection, dropout, residual sum and norm:
+/// `out = LN(x + drop(concat(heads)·Wpᵀ + b))`, with the queries in `q` and the keys
+/// and values in `kv` as the jobs say. Returns the activations and `out`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attn_forward(
+    w: &[f32],
+    d: Dims,
+    at: &PostAt,
+    x: &[f32],
+    q: &[f32],
+    kv: &[f32],
+    jobs: &[Job],
+    drop_out: Option<Dropout>,
+    scratch: &mut Scratch,
+) -> (AttnActs, Vec<f32>) {
+    let (c, hd) = (d.c, d.hd());
+    let n = x.len() / c;
+    let heads: Vec<(Vec<f32>, Vec<f32>)> = jobs
+        .par_iter()
+        .map(|j| head_forward(q, kv, j.at, hd, d.scale(), j.drop))
+        .collect();
+    let mut y = scratch.pool.take(n * c);
+    let mut probs = Vec::with_capacity(jobs.len());
+    for (j, (p, out)) in jobs.iter().zip(heads) {
+        for (i, o) in out.chunks(hd).enumerate() {
+            y[(j.at.q0 + i) * c + j.h * hd..][..hd].copy_from_slice(o);
+        }
+        probs.push(p);
+    }
+    let mut s = scratch.pool.take(n * c);
+    linear(
+        &y,
+        n,
+        &w[at.proj_w..at.proj_w + c * c],
+        &w[at.proj_b..at.proj_b + c],
+        &mut s,
+        &mut scratch.panels,
+    );
+    drop_in_place(&mut s, drop_out);
+    s.iter_mut().zip(x).for_each(|(s, x)| *s += x);
+    let (mut out, mut st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
+    k::layer_norm(
+        &s,
+        &w[at.ln_w..at.ln_w + c],
+        Some(&w[at.ln_b..at.ln_b + c]),
+        d.eps,
+        n,
+        &mut out,
+        &mut st,
+    );
+    (AttnActs { probs, y, s, st }, out)
+}
+
+/// Backward of [`attn_forward`] from `dout`: the norm's and the projection's gradients
+/// (unless `frozen`), the queries' gradients into `dq` (same layout as `q`) and the
+/// keys' and values' into `dkv` (same layout as `kv`; `None` when they share `q`'s
+/// buffer, as in self-attention). Returns the gradient of the residual sum, which is
+/// also the gradient reaching `x` through the residual.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attn_backward(
+    w: &[f32],
+    g: &mut [f32],
+    junk: &mut [f32],
+    frozen: bool,
+    d: Dims,
+    at: &PostAt,
+    dout: &[f32],
+    a: &AttnActs,
+    q: &[f32],
+    kv: &[f32],
+    jobs: &[Job],
+    drop_out: Option<Dropout>,
+    scratch: &mut Scratch,
+    dq: &mut [f32],
+    mut dkv: Option<&mut [f32]>,
+) -> Vec<f32> {
+    let (c, hd) = (d.c, d.hd());
+    let n = dout.len() / c;
+    let mut ds = scratch.pool.take(n * c);
+    {
+        let [dw, db] = norm_grads(g, junk, frozen, at.ln_w, at.ln_b, c);
+        k::layer_norm_backward(
+            dout,
+            &a.s,
+            &a.st,
+            &w[at.ln_w..at.ln_w + c],
+            n,
+            &mut ds,
+            dw,
+            Some(db),
+        );
+    }
+    let mut dy = scratch.pool.take(n * c);
+    {
+        let gr = wgrads(g, frozen, (at.proj_w, c * c), (at.proj_b, c));
+        let dsd = masked_copy(&mut scratch.pool, &ds, drop_out);
+        linear_backward(
+            dsd.as_deref().unwrap_or(&ds),
+            &a.y,
+            n,
+            &w[at.proj_w..at.proj_w + c * c],
+            c,
+            gr,
+            Some(&mut dy),
+            scratch,
+        );
+        if let Some(v) = dsd {
+            scratch.pool.give(v);
+        }
+    }
+    let parts: Vec<[Vec<f32>; 3]> = jobs
+        .par_iter()
+        .zip(&a.probs)
+        .map(|(j, p)| head_backward(&dy, (c, j.h * hd), q, kv, p, j.at, hd, d.scale(), j.drop))
+        .collect();
+    for (j, [gq, gk, gv]) in jobs.iter().zip(&parts) {
+        let at = j.at;
+        for (i, row) in gq.chunks(hd).enumerate() {
+            dq[(at.q0 + i) * at.qs + at.qo..][..hd].copy_from_slice(row);
+        }
+        let dst: &mut [f32] = match dkv.as_deref_mut() {
+            Some(b) => b,
+            None => &mut *dq,
+        };
+        for (i, (rk, rv)) in gk.chunks(hd).zip(gv.chunks(hd)).enumerate() {
+            let r = (at.k0 + i) * at.ks;
+            dst[r + at.ko..][..hd].copy_from_slice(rk);
+            dst[r + at.vo..][..hd].copy_from_slice(rv);
+        }
+    }
+    scratch.pool.give(dy);
+    ds
+}
+
+/// Where an MLP sublayer's matrices and norm start, and its width.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MlpAt {
+    pub up_w: usize,
+    pub up_b: usize,
+    pub down_w: usize,
+    pub down_b: usize,
+    pub ln_w: usize,
+    pub ln_b: usize,
+    pub inner: usize,
+}
+
+/// What an MLP sublayer's backward pass reads.
+pub(super) struct MlpActs {
+    /// The pre-activation, and the activation (after its dropout).
+    pub u: Vec<f32>,
+    pub g: Vec<f32>,
+    pub s: Vec<f32>,
+    pub st: Vec<f32>,
+}
+
+impl MlpActs {
+    pub fn give(self, pool: &mut Pool) {
+        for v in [self.u, self.g, self.s, self.st] {
+            pool.give(v);
+        }
+    }
+}
+
+/// `out = LN(x + drop(drop_act(act(x·Wupᵀ + b))·Wdownᵀ + b))`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mlp_forward(
+    w: &[f32],
+    d: Dims,
+    at: &MlpAt,
+    act: Act,
+    x: &[f32],
+    drop_act: Option<Dropout>,
+    drop_out: Option<Dropout>,
+    scratch: &mut Scratch,
+) -> (MlpActs, Vec<f32>) {
+    let (c, inner) = (d.c, at.inner);
+    let n = x.len() / c;
+    let mut u = scratch.pool.take(n * inner);
+    linear(
+        x,
+        n,
+        &w[at.up_w..at.up_w + inner * c],
+        &w[at.up_b..at.up_b + inner],
+        &mut u,
+        &mut scratch.panels,
+    );
+    let mut g = scratch.pool.take(n * inner);
+    g.copy_from_slice(&u);
+    g.par_chunks_mut(4096).for_each(|xs| act.apply(xs));
+    drop_in_place(&mut g, drop_act);
+    let mut s = scratch.pool.take(n * c);
+    linear(
+        &g,
+        n,
+        &w[at.down_w..at.down_w + c * inner],
+        &w[at.down_b..at.down_b + c],
+        &mut s,
+        &mut scratch.panels,
+    );
+    drop_in_place(&mut s, drop_out);
+    s.iter_mut().zip(x).for_each(|(s, x)| *s += x);
+    let (mut out, mut st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
+    k::layer_norm(
+        &s,
+        &w[at.ln_w..at.ln_w + c],
+        Some(&w[at.ln_b..at.ln_b + c]),
+        d.eps,
+        n,
+        &mut out,
+        &mut st,
+    );
+    (MlpActs { u, g, s, st }, out)
+}
+
+/// Backward of [`mlp_forward`] from `dout`: the gradients of its tensors (unless
+/// `frozen`); returns the gradient of its input `x` (residual included).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mlp_backward(
+    w: &[f32],
+    g: &mut [f32],
+    junk: &mut [f32],
+    frozen: bool,
+    d: Dims,
+    at: &MlpAt,
+    act: Act,
+    dout: &[f32],
+    x: &[f32],
+    a: &MlpActs,
+    drop_act: Option<Dropout>,
+    drop_out: Option<Dropout>,
+    scratch: &mut Scratch,
+) -> Vec<f32> {
+    let (c, inner) = (d.c, at.inner);
+    let n = dout.len() / c;
+    let mut ds = scratch.pool.take(n * c);
+    {
+        let [dw, db] = norm_grads(g, junk, frozen, at.ln_w, at.ln_b, c);
+        k::layer_norm_backward(
+            dout,
+            &a.s,
+            &a.st,
+            &w[at.ln_w..at.ln_w + c],
+            n,
+            &mut ds,
+            dw,
+            Some(db),
+        );
+    }
+    let mut dgel = scratch.pool.take(n * inner);
+    {
+        let gr = wgrads(g, frozen, (at.down_w, c * inner), (at.down_b, c));
+        let dsd = masked_copy(&mut scratch.pool, &ds, drop_out);
+        linear_backward(
+            dsd.as_deref().unwrap_or(&ds),
+            &a.g,
+            n,
+            &w[at.down_w..at.down_w + c * inner],
+            c,
+            gr,
+            Some(&mut dgel),
+            scratch,
+        );
+        if let Some(v) = dsd {
+            scratch.pool.give(v);
+        }
+    }
+    drop_in_place(&mut dgel, drop_act);
+    act.grad_mul(&mut dgel, &a.u);
+    let mut dx = scratch.pool.take(n * c);
+    {
+        let gr = wgrads(g, frozen, (at.up_w, inner * c), (at.up_b, inner));
+        linear_backward(
+            &dgel,
+            x,
+            n,
+            &w[at.up_w..at.up_w + inner * c],
+            inner,
+            gr,
+            Some(&mut dx),
+            scratch,
+        );
+    }
+    dx.iter_mut().zip(&ds).for_each(|(d, s)| *d += s);
+    scratch.pool.give(ds);
+    scratch.pool.give(dgel);
+    dx
+}
