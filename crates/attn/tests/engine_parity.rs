@@ -457,16 +457,40 @@ fn encoder_training_step_with_dropout_matches_finite_differences() {
     }
 }
 
+/// A training step's parameters and gradients, by tensor name and element.
+trait Probe {
+    fn grad(&self, name: &str, i: usize) -> f32;
+    fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32>;
+}
+
+impl Probe for attn::train::encoder::NativeEncoder {
+    fn grad(&self, name: &str, i: usize) -> f32 {
+        self.gradient(name).unwrap()[i]
+    }
+    fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        self.param_mut(name, i)
+    }
+}
+
+impl Probe for attn::train::seq2seq::NativeSeq2Seq {
+    fn grad(&self, name: &str, i: usize) -> f32 {
+        self.gradient(name).unwrap()[i]
+    }
+    fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        self.param_mut(name, i)
+    }
+}
+
 /// Element `i` of tensor `name`: the gradient the last backward pass left, and the
-/// central difference of `loss` there (step 1e-2; the parameter is restored).
-fn gradient_and_difference(
-    enc: &mut attn::train::encoder::NativeEncoder,
+/// central difference of `loss` there with step `h` (the parameter is restored).
+fn gradient_and_difference<M: Probe>(
+    enc: &mut M,
     name: &str,
     i: usize,
-    loss: impl Fn(&attn::train::encoder::NativeEncoder) -> f64,
+    h: f32,
+    loss: impl Fn(&mut M) -> f64,
 ) -> (f64, f64) {
-    let analytic = enc.gradient(name).unwrap()[i] as f64;
-    let h = 1e-2f32;
+    let analytic = enc.grad(name, i) as f64;
     let x0 = *enc.param_mut(name, i).unwrap();
     *enc.param_mut(name, i).unwrap() = x0 + h;
     let up = loss(enc);
@@ -536,7 +560,7 @@ fn dropout_gradients_match_finite_differences(act: &str) {
     ];
     let mut worst = 0f64;
     for (name, i) in probes {
-        let (analytic, numeric) = gradient_and_difference(&mut enc, name, i, |e| {
+        let (analytic, numeric) = gradient_and_difference(&mut enc, name, i, 1e-2, |e| {
             e.loss(&seqs, Some(&tys), &labels, seed).unwrap()
         });
         let err = (numeric - analytic).abs() / analytic.abs().max(1e-2);
@@ -601,7 +625,7 @@ fn encoder_lora_trains_only_adapters_and_head() {
         ("encoder.layer.1.attention.self.value.lora_B.weight", 3),
         ("classifier.weight", 50),
     ] {
-        let (analytic, numeric) = gradient_and_difference(&mut enc, name, i, |e| {
+        let (analytic, numeric) = gradient_and_difference(&mut enc, name, i, 1e-2, |e| {
             e.loss(&seqs, Some(&tys), &ys, None).unwrap()
         });
         let err = (numeric - analytic).abs() / analytic.abs().max(1e-3);
@@ -826,5 +850,168 @@ fn seq2seq_beam_search_matches_transformers_generate() {
                 }
             }
         }
+    }
+}
+
+/// Marian's training step on the engine: the loss transformers computes from labels
+/// (the decoder reading them shifted right) and the gradient of every parameter that
+/// gets one there, each within 1e-4 of the largest reference value of its tensor;
+/// `final_logits_bias` (a buffer in transformers) is the one tensor without a
+/// reference. The same step with label smoothing gives the smoothed loss computed here
+/// from the engine's logits.
+#[test]
+fn seq2seq_training_step_matches_transformers_gradients() {
+    use attn::engine::{Seq2Seq, Want};
+    use attn::train::seq2seq::NativeSeq2Seq;
+    for name in MARIANS {
+        let r = reference(name);
+        let mut model = NativeSeq2Seq::load(&fixture(name)).unwrap();
+        let (srcs, _) = marian_inputs(&r);
+        let labels: Vec<Vec<u32>> = r["labels"].to_dtype(DType::U32).unwrap().to_vec2().unwrap();
+        let pairs: Vec<(&[u32], &[u32])> = srcs
+            .iter()
+            .zip(&labels)
+            .map(|(s, l)| (s.as_slice(), l.as_slice()))
+            .collect();
+        let loss = model.forward_backward(&pairs, 0.0, None).unwrap();
+        let want = floats(&r["loss"])[0] as f64;
+        assert!((loss - want).abs() <= 1e-5, "{name} loss {loss} vs {want}");
+        let names: Vec<String> = model.names().map(|(n, _)| n.to_string()).collect();
+        let (mut compared, mut worst) = (0, 0f32);
+        for pname in &names {
+            let Some(want) = r.get(&format!("grad.{pname}")) else {
+                assert_eq!(
+                    pname, "final_logits_bias",
+                    "{name}: no reference for {pname}"
+                );
+                continue;
+            };
+            let want = floats(want);
+            let got = model.gradient(pname).unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let d = max_abs_diff(got, &want);
+            assert!(
+                d <= 1e-4 * scale,
+                "{name}: gradient of {pname} differs by {d} (largest {scale})"
+            );
+            worst = worst.max(d / scale);
+            compared += 1;
+        }
+        let references = r.keys().filter(|k| k.starts_with("grad.")).count();
+        assert_eq!(
+            compared, references,
+            "{name}: every reference gradient compared"
+        );
+        eprintln!("{name}: loss {loss:.6} vs {want:.6}, {compared} gradients, worst relative difference {worst:.3e}");
+
+        // Label smoothing 0.1: (1 − ε)·NLL + ε·mean over the vocabulary of −log p, from
+        // the inference engine's logits of the same decoder inputs.
+        let engine = Seq2Seq::load(&fixture(name)).unwrap();
+        let refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
+        let mems = engine.memories(&refs).unwrap();
+        let dec_in: Vec<Vec<u32>> = r["loss_decoder_input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let v = engine.vocab_size();
+        let (mut sum, mut count) = (0f64, 0usize);
+        for (i, row) in dec_in.iter().enumerate() {
+            let mut st = engine.new_state();
+            let logits = engine
+                .decode(&[&mems[i]], &mut [&mut st], &[row], Want::All)
+                .unwrap()
+                .remove(0);
+            for (t, lg) in logits.chunks(v).enumerate() {
+                let max = lg.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+                let lse = max + lg.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+                let nll = lse - lg[labels[i][t] as usize] as f64;
+                let smooth = lse - lg.iter().map(|&x| x as f64).sum::<f64>() / v as f64;
+                sum += 0.9 * nll + 0.1 * smooth;
+                count += 1;
+            }
+        }
+        let smoothed = model.loss(&pairs, 0.1, None).unwrap();
+        let want = sum / count as f64;
+        assert!(
+            (smoothed - want).abs() <= 1e-5,
+            "{name}: smoothed loss {smoothed} vs {want}"
+        );
+    }
+}
+
+/// Marian's step with dropout on (0.1 on hidden states and the MLP's activation, 0.2
+/// on attention weights, masks fixed by the seed), for each activation (SiLU, erf
+/// GELU, tanh GELU, ReLU): the gradients are the loss's, against central differences
+/// in f64 over elements of every kind of tensor, encoder and decoder, self- and
+/// cross-attention; label smoothing 0.1. A different seed gives a different loss, and
+/// no seed none of the dropout.
+#[test]
+fn seq2seq_training_step_with_dropout_matches_finite_differences() {
+    use attn::train::seq2seq::NativeSeq2Seq;
+    let r = reference("marian-tiny");
+    let (srcs, _) = marian_inputs(&r);
+    let labels: Vec<Vec<u32>> = r["labels"].to_dtype(DType::U32).unwrap().to_vec2().unwrap();
+    let pairs: Vec<(&[u32], &[u32])> = srcs
+        .iter()
+        .zip(&labels)
+        .map(|(s, l)| (s.as_slice(), l.as_slice()))
+        .collect();
+    for act in ["swish", "gelu", "gelu_new", "relu"] {
+        let dir = std::env::temp_dir().join(format!("attn-s2s-fd-{act}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let weights = "model.safetensors";
+        std::fs::copy(fixture("marian-tiny").join(weights), dir.join(weights)).unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("marian-tiny").join("config.json")).unwrap(),
+        )
+        .unwrap();
+        cfg["dropout"] = 0.1.into();
+        cfg["attention_dropout"] = 0.2.into();
+        cfg["activation_dropout"] = 0.1.into();
+        cfg["activation_function"] = act.into();
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let mut model = NativeSeq2Seq::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let seed = Some(11);
+        let plain = model.loss(&pairs, 0.1, None).unwrap();
+        let dropped = model.loss(&pairs, 0.1, seed).unwrap();
+        let other = model.loss(&pairs, 0.1, Some(12)).unwrap();
+        assert!((dropped - plain).abs() > 1e-4 && (dropped - other).abs() > 1e-4);
+        model.zero_grads();
+        let loss = model.forward_backward(&pairs, 0.1, seed).unwrap();
+        assert_eq!(loss, dropped);
+        let probes = [
+            ("model.shared.weight", 32 * 7 + 3),
+            ("final_logits_bias", 5),
+            ("model.encoder.layers.0.self_attn.q_proj.weight", 37),
+            ("model.encoder.layers.1.self_attn.v_proj.bias", 3),
+            ("model.encoder.layers.0.fc1.weight", 300),
+            ("model.encoder.layers.1.final_layer_norm.weight", 4),
+            ("model.decoder.layers.0.self_attn.k_proj.weight", 100),
+            ("model.decoder.layers.1.self_attn.out_proj.weight", 65),
+            ("model.decoder.layers.0.encoder_attn.q_proj.weight", 21),
+            ("model.decoder.layers.0.encoder_attn.k_proj.weight", 50),
+            ("model.decoder.layers.1.encoder_attn.v_proj.weight", 7),
+            ("model.decoder.layers.1.encoder_attn_layer_norm.bias", 9),
+            ("model.decoder.layers.1.fc2.bias", 10),
+        ];
+        // ReLU's kink is crossed by some of the 14×64 pre-activations when a shared
+        // tensor moves by 1e-2 (a central difference across it averages the two
+        // slopes): a smaller step for it.
+        let h = if act == "relu" { 2e-3 } else { 1e-2 };
+        let mut worst = 0f64;
+        for (name, i) in probes {
+            let (analytic, numeric) = gradient_and_difference(&mut model, name, i, h, |m| {
+                m.loss(&pairs, 0.1, seed).unwrap()
+            });
+            let err = (numeric - analytic).abs() / analytic.abs().max(1e-2);
+            assert!(
+                err < 2e-2,
+                "{act} {name}[{i}]: analytic {analytic}, numeric {numeric}"
+            );
+            worst = worst.max(err);
+        }
+        eprintln!("{act}: dropout gradients within {worst:.2e} (relative) of finite differences");
     }
 }

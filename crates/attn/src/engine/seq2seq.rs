@@ -101,7 +101,7 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
 
 /// Names a Marian checkpoint may hold that are copies of others (the tied embedding
 /// and head) or computed (the sinusoidal tables).
-fn is_tied_copy(name: &str) -> bool {
+pub(crate) fn is_tied_copy(name: &str) -> bool {
     matches!(
         name,
         "model.encoder.embed_tokens.weight"
@@ -112,19 +112,25 @@ fn is_tied_copy(name: &str) -> bool {
     )
 }
 
+/// A Marian folder's config, validated (`model_type` must be "marian").
+pub(crate) fn read_marian_config(dir: &Path) -> Result<MarianConfig> {
+    let cfg_path = dir.join(CONFIG);
+    let value = read_json(&cfg_path)?;
+    if value.get("model_type").and_then(|v| v.as_str()) != Some("marian") {
+        return Err(bad(&cfg_path, "model_type is not \"marian\""));
+    }
+    let config: MarianConfig = serde_json::from_value(value)
+        .map_err(|e| bad(&cfg_path, format!("not a valid Marian config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| bad(&cfg_path, e.to_string()))?;
+    Ok(config)
+}
+
 impl Seq2Seq {
     /// Load a `MarianMTModel` folder (`model_type` "marian").
     pub fn load(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join(CONFIG);
-        let value = read_json(&cfg_path)?;
-        if value.get("model_type").and_then(|v| v.as_str()) != Some("marian") {
-            return Err(bad(&cfg_path, "model_type is not \"marian\""));
-        }
-        let config: MarianConfig = serde_json::from_value(value)
-            .map_err(|e| bad(&cfg_path, format!("not a valid Marian config: {e}")))?;
-        config
-            .validate()
-            .map_err(|e| bad(&cfg_path, e.to_string()))?;
+        let config = read_marian_config(dir)?;
         let (files, blobs) = read_weight_files(dir)?;
         let (tensors, _) = plain_tensors(&files, &blobs, |name| {
             (!is_tied_copy(name)).then(|| name.to_string())
@@ -138,6 +144,11 @@ impl Seq2Seq {
             (!is_tied_copy(name)).then(|| name.to_string())
         })?;
         Self::from_plain(config, Path::new("(parameters)"), plain)
+    }
+
+    /// Build from f32 tensors under Hugging Face's names (a training step's).
+    pub(crate) fn from_tensors(config: MarianConfig, tensors: Plain) -> Result<Self> {
+        Self::from_plain(config, Path::new("(parameters)"), tensors)
     }
 
     fn from_plain(config: MarianConfig, path: &Path, mut t: Plain) -> Result<Self> {

@@ -18,6 +18,7 @@ pub mod native;
 pub mod optimizer;
 pub mod profile;
 pub mod schedule;
+pub mod seq2seq;
 
 pub use config::{Arch, TrainConfig, PRESETS};
 

@@ -16,6 +16,20 @@ pub fn cross_entropy(
     targets: &[u32],
     grad_scale: Option<f32>,
 ) -> f64 {
+    smoothed_cross_entropy(logits, v, targets, 0.0, grad_scale)
+}
+
+/// [`cross_entropy`] with label smoothing `eps`: the target distribution puts `1 − eps`
+/// on the target and spreads `eps` evenly over the vocabulary, so each row's loss is
+/// `(1 − eps)·(lse − x_y) + eps·(lse − mean(x))` and its gradient
+/// `grad_scale · (softmax − (1 − eps)·onehot − eps/v)`.
+pub fn smoothed_cross_entropy(
+    logits: &mut [f32],
+    v: usize,
+    targets: &[u32],
+    eps: f32,
+    grad_scale: Option<f32>,
+) -> f64 {
     let m = targets.len();
     let per = rows_per_task(m, v).max(8);
     logits[..m * v]
@@ -27,12 +41,23 @@ pub fn cross_entropy(
                 let y = targets[c * per + i] as usize;
                 let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
                 let logit_y = row[y];
+                let mean = if eps > 0.0 {
+                    (row.iter().map(|&x| x as f64).sum::<f64>() / v as f64) as f32
+                } else {
+                    0.0
+                };
                 let sum = vmath::exp_shifted(row, max);
-                loss += (sum.ln() + max - logit_y) as f64;
+                let lse = sum.ln() + max;
+                loss += if eps > 0.0 {
+                    (1.0 - eps) * (lse - logit_y) + eps * (lse - mean)
+                } else {
+                    lse - logit_y
+                } as f64;
                 if let Some(s) = grad_scale {
                     let inv = s / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                    row[y] -= s;
+                    let spread = s * eps / v as f32;
+                    row.iter_mut().for_each(|x| *x = *x * inv - spread);
+                    row[y] -= s * (1.0 - eps);
                 }
             }
             loss

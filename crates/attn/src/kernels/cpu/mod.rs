@@ -37,7 +37,7 @@ pub use gemm::{
     add_and_clear, gemm, gemm_bias, gemm_bias_gelu, gemm_bias_residual, gemm_gelu_grad,
     gemm_tn_acc, NormOut, Rhs,
 };
-pub use loss::cross_entropy;
+pub use loss::{cross_entropy, smoothed_cross_entropy};
 pub use norm::{layer_norm, layer_norm_backward};
 pub use optim::{adamw, sum_squares, AdamWStep};
 pub use rope::{rope, RopeTable};

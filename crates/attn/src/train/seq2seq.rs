@@ -1,0 +1,1029 @@
+//! Marian's training step on the engine's kernels: the encoder-decoder forward over a
+//! ragged batch of sentence pairs (no padding computed: each source sentence attends
+//! over its own tokens, each target over its own earlier tokens and its own source),
+//! label-smoothed cross-entropy over every target token, the backward pass, and AdamW,
+//! with parameters, gradients and moments in flat buffers under Hugging Face's names.
+//!
+//! The sublayers are [`super::blocks`]' (the same as BERT's); the shared embedding is
+//! the token table of both stacks (scaled by √d, its padding row getting no gradient
+//! from the lookup, as `padding_idx` makes transformers do) and the output head, with
+//! `final_logits_bias` added (trained here; transformers keeps it as a buffer).
+//! Dropout follows transformers' places: the embeddings' output, every sublayer's
+//! output before its residual sum, the attention weights and the MLP's activation.
+//! Checked against transformers' loss and every parameter gradient
+//! (`tests/engine_parity.rs`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::blocks::{
+    attn_backward, attn_forward, drop_in_place, linear, linear_backward, mlp_backward, mlp_forward,
+    wgrads, Act, AttnActs, Dims, HeadAt, Job, MlpActs, MlpAt, PostAt, Scratch,
+};
+use crate::engine::io::{plain_tensors, read_weight_files, Plain};
+use crate::engine::seq2seq::{is_tied_copy, sinusoid_table};
+use crate::kernels::cpu as k;
+use crate::kernels::cpu::Dropout;
+use crate::models::marian::MarianConfig;
+use crate::rng::Rng;
+use crate::train::optimizer::AdamWConfig;
+use crate::{Error, Result};
+
+/// A self-attention sublayer: query, key and value weights stacked `[3c, c]` (biases
+/// likewise), then the output projection and norm.
+struct SelfAt {
+    qkv_w: usize,
+    qkv_b: usize,
+    post: PostAt,
+}
+
+/// A cross-attention sublayer: the query projection, the key and value weights stacked
+/// `[2c, c]` (biases likewise), then the output projection and norm.
+struct CrossAt {
+    q_w: usize,
+    q_b: usize,
+    kv_w: usize,
+    kv_b: usize,
+    post: PostAt,
+}
+
+struct EncAt {
+    attn: SelfAt,
+    mlp: MlpAt,
+}
+
+struct DecAt {
+    attn: SelfAt,
+    cross: CrossAt,
+    mlp: MlpAt,
+}
+
+#[derive(Clone, Copy)]
+enum Init {
+    Normal,
+    Zeros,
+    Ones,
+}
+
+/// Every tensor in buffer order, with its shape and its initial values when drawn.
+fn schema(cfg: &MarianConfig) -> Vec<(String, Vec<usize>, Init)> {
+    let (c, v) = (cfg.d_model, cfg.vocab_size);
+    let mut s = vec![
+        ("model.shared.weight".to_string(), vec![v, c], Init::Normal),
+        ("final_logits_bias".to_string(), vec![1, v], Init::Zeros),
+    ];
+    let lin = |s: &mut Vec<_>, names: &[String], rows: usize, cols: usize| {
+        for n in names {
+            s.push((format!("{n}.weight"), vec![rows, cols], Init::Normal));
+        }
+        for n in names {
+            s.push((format!("{n}.bias"), vec![rows], Init::Zeros));
+        }
+    };
+    let norm = |s: &mut Vec<(String, Vec<usize>, Init)>, name: String| {
+        s.push((format!("{name}.weight"), vec![c], Init::Ones));
+        s.push((format!("{name}.bias"), vec![c], Init::Zeros));
+    };
+    let stacks = [
+        ("encoder", cfg.encoder_layers, cfg.encoder_ffn_dim),
+        ("decoder", cfg.decoder_layers, cfg.decoder_ffn_dim),
+    ];
+    for (stack, layers, inner) in stacks {
+        for l in 0..layers {
+            let p = format!("model.{stack}.layers.{l}");
+            let a = format!("{p}.self_attn");
+            let qkv = [
+                format!("{a}.q_proj"),
+                format!("{a}.k_proj"),
+                format!("{a}.v_proj"),
+            ];
+            lin(&mut s, &qkv, c, c);
+            lin(&mut s, &[format!("{a}.out_proj")], c, c);
+            norm(&mut s, format!("{p}.self_attn_layer_norm"));
+            if stack == "decoder" {
+                let e = format!("{p}.encoder_attn");
+                lin(&mut s, &[format!("{e}.q_proj")], c, c);
+                lin(
+                    &mut s,
+                    &[format!("{e}.k_proj"), format!("{e}.v_proj")],
+                    c,
+                    c,
+                );
+                lin(&mut s, &[format!("{e}.out_proj")], c, c);
+                norm(&mut s, format!("{p}.encoder_attn_layer_norm"));
+            }
+            lin(&mut s, &[format!("{p}.fc1")], inner, c);
+            lin(&mut s, &[format!("{p}.fc2")], c, inner);
+            norm(&mut s, format!("{p}.final_layer_norm"));
+        }
+    }
+    s
+}
+
+/// The dropout of one step (none when evaluating).
+#[derive(Clone, Copy, Default)]
+struct Drops {
+    hidden: Option<Dropout>,
+    attn: Option<Dropout>,
+    act: Option<Dropout>,
+}
+
+/// The places dropout applies in a layer (or, `Emb`, after the embeddings).
+#[derive(Clone, Copy)]
+enum Site {
+    Emb,
+    SelfOut,
+    CrossOut,
+    MlpOut,
+}
+
+impl Drops {
+    /// Stack 0 is the encoder, 1 the decoder.
+    fn hidden(&self, stack: u64, l: usize, site: Site) -> Option<Dropout> {
+        self.hidden
+            .map(|d| d.site((stack << 40) | ((l as u64) << 8) | site as u64))
+    }
+    fn act(&self, stack: u64, l: usize) -> Option<Dropout> {
+        self.act.map(|d| d.site((stack << 40) | ((l as u64) << 8)))
+    }
+    /// Head `h` of sequence `s` in a layer's self- (`cross` false) or cross-attention.
+    fn head(&self, stack: u64, l: usize, cross: bool, s: usize, h: usize) -> Option<Dropout> {
+        self.attn.map(|d| {
+            d.site(
+                (stack << 60)
+                    ^ ((cross as u64) << 56)
+                    ^ ((l as u64) << 40)
+                    ^ ((s as u64) << 16)
+                    ^ h as u64,
+            )
+        })
+    }
+}
+
+/// Query and key rows of every head of every sequence: self-attention over the rows of
+/// a `[n, 3c]` buffer (`spans` for both sides), or cross-attention from a `[n, c]`
+/// query buffer (`spans`) to a `[m, 2c]` key/value buffer (`kv_spans`).
+fn jobs(
+    d: Dims,
+    spans: &[(usize, usize)],
+    kv_spans: Option<&[(usize, usize)]>,
+    causal: bool,
+    drop: impl Fn(usize, usize) -> Option<Dropout>,
+) -> Vec<Job> {
+    let (c, hd) = (d.c, d.hd());
+    let mut out = Vec::with_capacity(spans.len() * d.nh);
+    for (s, &(q0, tq)) in spans.iter().enumerate() {
+        for h in 0..d.nh {
+            let at = match kv_spans {
+                None => HeadAt {
+                    q0,
+                    tq,
+                    qs: 3 * c,
+                    qo: h * hd,
+                    k0: q0,
+                    tk: tq,
+                    ks: 3 * c,
+                    ko: c + h * hd,
+                    vo: 2 * c + h * hd,
+                    causal,
+                },
+                Some(kv) => HeadAt {
+                    q0,
+                    tq,
+                    qs: c,
+                    qo: h * hd,
+                    k0: kv[s].0,
+                    tk: kv[s].1,
+                    ks: 2 * c,
+                    ko: h * hd,
+                    vo: c + h * hd,
+                    causal: false,
+                },
+            };
+            out.push(Job {
+                at,
+                h,
+                drop: drop(s, h),
+            });
+        }
+    }
+    out
+}
+
+/// First row and length of each sequence.
+fn spans_of(seqs: &[&[u32]]) -> (Vec<(usize, usize)>, usize) {
+    let mut spans = Vec::with_capacity(seqs.len());
+    let mut n = 0;
+    for s in seqs {
+        spans.push((n, s.len()));
+        n += s.len();
+    }
+    (spans, n)
+}
+
+/// One encoder or decoder layer's activations.
+struct LayerActs {
+    qkv: Vec<f32>,
+    attn: AttnActs,
+    /// The self-attention sublayer's output.
+    h1: Vec<f32>,
+    /// Decoder only: the cross-attention's queries `[n, c]`, the source's keys and
+    /// values `[m, 2c]`, its activations and output.
+    cross: Option<(Vec<f32>, Vec<f32>, AttnActs, Vec<f32>)>,
+    mlp: MlpActs,
+}
+
+/// The activations of one forward pass that the backward pass reads.
+struct Saved {
+    src_spans: Vec<(usize, usize)>,
+    tgt_spans: Vec<(usize, usize)>,
+    /// Each encoder layer's input and the encoder's output; likewise the decoder's.
+    enc_x: Vec<Vec<f32>>,
+    dec_x: Vec<Vec<f32>>,
+    enc: Vec<LayerActs>,
+    dec: Vec<LayerActs>,
+}
+
+/// A Marian model's parameters, gradients and AdamW moments.
+pub struct NativeSeq2Seq {
+    pub config: MarianConfig,
+    /// (name, offset, shape) of every tensor, in buffer order.
+    tensors: Vec<(String, usize, Vec<usize>)>,
+    shared: usize,
+    bias: usize,
+    enc: Vec<EncAt>,
+    dec: Vec<DecAt>,
+    positions: Vec<f32>,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// AdamW updates applied.
+    pub t: usize,
+    scratch: Scratch,
+    act: Act,
+}
+
+impl NativeSeq2Seq {
+    /// Load a `MarianMTModel` folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = crate::engine::seq2seq::read_marian_config(dir)?;
+        let (files, blobs) = read_weight_files(dir)?;
+        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
+            (!is_tied_copy(name)).then(|| name.to_string())
+        })?;
+        Self::from_plain(config, tensors)
+            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+    }
+
+    /// A model with weights drawn as transformers initialises Marian: N(0, 0.02) for
+    /// matrices and the embedding (its padding row zero), zero biases, unit norms.
+    pub fn init(config: MarianConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut rng = Rng::new(seed);
+        let mut plain = Plain::new();
+        for (name, shape, init) in schema(&config) {
+            let len: usize = shape.iter().product();
+            let mut v = crate::guard::try_filled(&name, len, 0f32)?;
+            match init {
+                Init::Normal => v.iter_mut().for_each(|x| *x = (rng.normal() * 0.02) as f32),
+                Init::Ones => v.iter_mut().for_each(|x| *x = 1.0),
+                Init::Zeros => {}
+            }
+            plain.insert(name, (v, shape));
+        }
+        let (c, pad) = (config.d_model, config.pad_token_id as usize);
+        if let Some((e, _)) = plain.get_mut("model.shared.weight") {
+            e[pad * c..(pad + 1) * c].iter_mut().for_each(|x| *x = 0.0);
+        }
+        Self::from_plain(config, plain)
+    }
+
+    fn from_plain(config: MarianConfig, mut t: Plain) -> Result<Self> {
+        config.validate()?;
+        let act = Act::of_marian(&config.activation_function)?;
+        let mut tensors = Vec::new();
+        let mut params = Vec::new();
+        let mut at = HashMap::new();
+        for (name, shape, _) in schema(&config) {
+            let (vals, s) = t
+                .remove(&name)
+                .ok_or_else(|| Error::Model(format!("tensor {name} is missing")))?;
+            if s != shape {
+                return Err(Error::Model(format!(
+                    "tensor {name} has shape {s:?}, expected {shape:?}"
+                )));
+            }
+            at.insert(name.clone(), params.len());
+            params.extend_from_slice(&vals);
+            tensors.push((name, params.len() - vals.len(), shape));
+        }
+        if !t.is_empty() {
+            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
+            left.sort_unstable();
+            return Err(Error::Model(format!(
+                "unexpected tensors (the config describes fewer layers or other shapes): {}",
+                left.join(", ")
+            )));
+        }
+        let of = |n: String| at[&n];
+        let post = |attn: &str, norm: &str| PostAt {
+            proj_w: of(format!("{attn}.out_proj.weight")),
+            proj_b: of(format!("{attn}.out_proj.bias")),
+            ln_w: of(format!("{norm}.weight")),
+            ln_b: of(format!("{norm}.bias")),
+        };
+        let self_at = |p: &str| SelfAt {
+            qkv_w: of(format!("{p}.self_attn.q_proj.weight")),
+            qkv_b: of(format!("{p}.self_attn.q_proj.bias")),
+            post: post(
+                &format!("{p}.self_attn"),
+                &format!("{p}.self_attn_layer_norm"),
+            ),
+        };
+        let mlp_at = |p: &str, inner: usize| MlpAt {
+            up_w: of(format!("{p}.fc1.weight")),
+            up_b: of(format!("{p}.fc1.bias")),
+            down_w: of(format!("{p}.fc2.weight")),
+            down_b: of(format!("{p}.fc2.bias")),
+            ln_w: of(format!("{p}.final_layer_norm.weight")),
+            ln_b: of(format!("{p}.final_layer_norm.bias")),
+            inner,
+        };
+        let enc = (0..config.encoder_layers)
+            .map(|l| {
+                let p = format!("model.encoder.layers.{l}");
+                EncAt {
+                    attn: self_at(&p),
+                    mlp: mlp_at(&p, config.encoder_ffn_dim),
+                }
+            })
+            .collect();
+        let dec = (0..config.decoder_layers)
+            .map(|l| {
+                let p = format!("model.decoder.layers.{l}");
+                let e = format!("{p}.encoder_attn");
+                DecAt {
+                    attn: self_at(&p),
+                    cross: CrossAt {
+                        q_w: of(format!("{e}.q_proj.weight")),
+                        q_b: of(format!("{e}.q_proj.bias")),
+                        kv_w: of(format!("{e}.k_proj.weight")),
+                        kv_b: of(format!("{e}.k_proj.bias")),
+                        post: post(&e, &format!("{p}.encoder_attn_layer_norm")),
+                    },
+                    mlp: mlp_at(&p, config.decoder_ffn_dim),
+                }
+            })
+            .collect();
+        let positions = sinusoid_table(config.max_position_embeddings, config.d_model)?;
+        let n = params.len();
+        Ok(NativeSeq2Seq {
+            shared: at["model.shared.weight"],
+            bias: at["final_logits_bias"],
+            tensors,
+            enc,
+            dec,
+            positions,
+            grads: vec![0.0; n],
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            params,
+            t: 0,
+            scratch: Scratch::default(),
+            act,
+            config,
+        })
+    }
+
+    fn dims(&self, decoder: bool) -> Dims {
+        let c = &self.config;
+        Dims {
+            c: c.d_model,
+            nh: if decoder {
+                c.decoder_attention_heads
+            } else {
+                c.encoder_attention_heads
+            },
+            eps: 1e-5,
+        }
+    }
+
+    /// Number of parameters.
+    pub fn count(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn gradient(&self, name: &str) -> Option<&[f32]> {
+        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
+        Some(&self.grads[*at..at + shape.iter().product::<usize>()])
+    }
+
+    pub fn param(&self, name: &str) -> Option<&[f32]> {
+        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
+        Some(&self.params[*at..at + shape.iter().product::<usize>()])
+    }
+
+    /// Element `i` of the tensor `name`, to change (finite-difference tests).
+    pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
+        (i < shape.iter().product::<usize>()).then(|| &mut self.params[at + i])
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.tensors
+            .iter()
+            .map(|(n, _, s)| (n.as_str(), s.as_slice()))
+    }
+
+    pub fn zero_grads(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = 0.0);
+    }
+
+    /// Tensors by name, for saving and for the inference engine.
+    pub fn tensors(&self) -> Plain {
+        self.tensors
+            .iter()
+            .map(|(name, at, shape)| {
+                let len: usize = shape.iter().product();
+                (
+                    name.clone(),
+                    (self.params[*at..at + len].to_vec(), shape.clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// The model as the inference engine runs it (beam search).
+    pub fn to_engine(&self) -> Result<crate::engine::Seq2Seq> {
+        crate::engine::Seq2Seq::from_tensors(self.config.clone(), self.tensors())
+    }
+
+    fn check(&self, pairs: &[(&[u32], &[u32])]) -> Result<()> {
+        let (v, max) = (self.config.vocab_size, self.config.max_position_embeddings);
+        for (side, seqs) in [
+            ("source", pairs.iter().map(|p| p.0).collect::<Vec<_>>()),
+            ("target", pairs.iter().map(|p| p.1).collect()),
+        ] {
+            for s in seqs {
+                if s.is_empty() {
+                    return Err(Error::invalid(side, "a sentence was given no tokens"));
+                }
+                crate::nn::check_positions(s.len(), max)?;
+                if let Some(&bad) = s.iter().find(|&&id| id as usize >= v) {
+                    return Err(Error::invalid(
+                        side,
+                        format!("id {bad} is outside the vocabulary of {v}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drops(&self, seed: Option<u64>) -> Drops {
+        let c = &self.config;
+        let at = |p: f32, site: u64| seed.and_then(|s| Dropout::new(p, s).map(|d| d.site(site)));
+        Drops {
+            hidden: at(c.dropout, 1),
+            attn: at(c.attention_dropout, 2),
+            act: at(c.activation_dropout, 3),
+        }
+    }
+
+    /// Forward and backward over a batch of (source, target) pairs, both ending with
+    /// end-of-sentence; the decoder reads the start token and the target without its
+    /// last token. Adds the gradient of the mean label-smoothed loss over the batch's
+    /// target tokens to the accumulated gradients and returns that loss. With
+    /// `dropout_seed`, the config's dropout applies.
+    pub fn forward_backward(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<f64> {
+        self.check(pairs)?;
+        let drops = self.drops(dropout_seed);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let loss = k::in_pool(|| {
+            let (saved, mut logits, ntok, targets) = self.forward(pairs, drops, &mut scratch);
+            let loss = k::smoothed_cross_entropy(
+                &mut logits,
+                self.config.vocab_size,
+                &targets,
+                smoothing as f32,
+                Some(1.0 / ntok as f32),
+            ) / ntok as f64;
+            self.backward(pairs, saved, logits, drops, &mut scratch);
+            loss
+        });
+        self.scratch = scratch;
+        Ok(loss)
+    }
+
+    /// The mean label-smoothed loss over the batch's target tokens, without gradients
+    /// (and without dropout unless `dropout_seed` is given).
+    pub fn loss(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<f64> {
+        self.check(pairs)?;
+        let drops = self.drops(dropout_seed);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let loss = k::in_pool(|| {
+            let (saved, mut logits, ntok, targets) = self.forward(pairs, drops, &mut scratch);
+            let loss = k::smoothed_cross_entropy(
+                &mut logits,
+                self.config.vocab_size,
+                &targets,
+                smoothing as f32,
+                None,
+            ) / ntok as f64;
+            Self::give(saved, &mut scratch);
+            scratch.pool.give(logits);
+            loss
+        });
+        self.scratch = scratch;
+        Ok(loss)
+    }
+
+    /// Scaled token embeddings plus positions, then the embeddings' dropout.
+    fn embed(
+        &self,
+        seqs: &[&[u32]],
+        n: usize,
+        drop: Option<Dropout>,
+        scratch: &mut Scratch,
+    ) -> Vec<f32> {
+        let c = self.config.d_model;
+        let scale = self.embed_scale();
+        let w = &self.params[self.shared..];
+        let mut x = scratch.pool.take(n * c);
+        let mut rows = x.chunks_mut(c);
+        for s in seqs {
+            for (j, &id) in s.iter().enumerate() {
+                let row = rows.next().expect("one row per token");
+                let e = &w[id as usize * c..][..c];
+                let p = &self.positions[j * c..][..c];
+                for i in 0..c {
+                    row[i] = e[i] * scale + p[i];
+                }
+            }
+        }
+        drop_in_place(&mut x, drop);
+        x
+    }
+
+    fn embed_scale(&self) -> f32 {
+        if self.config.scale_embedding {
+            (self.config.d_model as f32).sqrt()
+        } else {
+            1.0
+        }
+    }
+
+    /// The decoder's inputs: the start token, then each target without its last token.
+    fn decoder_inputs(&self, pairs: &[(&[u32], &[u32])]) -> Vec<Vec<u32>> {
+        let start = self.config.decoder_start_token_id;
+        pairs
+            .iter()
+            .map(|(_, t)| {
+                std::iter::once(start)
+                    .chain(t[..t.len() - 1].iter().copied())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Self-attention sublayer of layer `l` (stack 0 encoder, 1 decoder): the
+    /// projections, then [`attn_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn self_attn(
+        &self,
+        stack: u64,
+        l: usize,
+        at: &SelfAt,
+        x: &[f32],
+        spans: &[(usize, usize)],
+        drops: Drops,
+        scratch: &mut Scratch,
+    ) -> (Vec<f32>, AttnActs, Vec<f32>) {
+        let d = self.dims(stack == 1);
+        let (c, w) = (d.c, &self.params);
+        let n = x.len() / c;
+        let mut qkv = scratch.pool.take(n * 3 * c);
+        linear(
+            x,
+            n,
+            &w[at.qkv_w..at.qkv_w + 3 * c * c],
+            &w[at.qkv_b..at.qkv_b + 3 * c],
+            &mut qkv,
+            &mut scratch.panels,
+        );
+        let jobs = jobs(d, spans, None, stack == 1, |s, h| {
+            drops.head(stack, l, false, s, h)
+        });
+        let (acts, out) = attn_forward(
+            w,
+            d,
+            &at.post,
+            x,
+            &qkv,
+            &qkv,
+            &jobs,
+            drops.hidden(stack, l, Site::SelfOut),
+            scratch,
+        );
+        (qkv, acts, out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn forward(
+        &self,
+        pairs: &[(&[u32], &[u32])],
+        drops: Drops,
+        scratch: &mut Scratch,
+    ) -> (Saved, Vec<f32>, usize, Vec<u32>) {
+        let cfg = &self.config;
+        let (c, v) = (cfg.d_model, cfg.vocab_size);
+        let w = &self.params;
+        let srcs: Vec<&[u32]> = pairs.iter().map(|p| p.0).collect();
+        let dec_in = self.decoder_inputs(pairs);
+        let dec_refs: Vec<&[u32]> = dec_in.iter().map(|s| s.as_slice()).collect();
+        let (src_spans, ns) = spans_of(&srcs);
+        let (tgt_spans, nt) = spans_of(&dec_refs);
+        let de = self.dims(false);
+        let mut enc_x = vec![self.embed(&srcs, ns, drops.hidden(0, 0, Site::Emb), scratch)];
+        let mut enc = Vec::with_capacity(self.enc.len());
+        for (l, at) in self.enc.iter().enumerate() {
+            let x = enc_x.last().unwrap();
+            let (qkv, attn, h1) = self.self_attn(0, l, &at.attn, x, &src_spans, drops, scratch);
+            let (mlp, out) = mlp_forward(
+                w,
+                de,
+                &at.mlp,
+                self.act,
+                &h1,
+                drops.act(0, l),
+                drops.hidden(0, l, Site::MlpOut),
+                scratch,
+            );
+            enc.push(LayerActs {
+                qkv,
+                attn,
+                h1,
+                cross: None,
+                mlp,
+            });
+            enc_x.push(out);
+        }
+        let memory = enc_x.last().unwrap();
+        let dd = self.dims(true);
+        let mut dec_x = vec![self.embed(&dec_refs, nt, drops.hidden(1, 0, Site::Emb), scratch)];
+        let mut dec = Vec::with_capacity(self.dec.len());
+        for (l, at) in self.dec.iter().enumerate() {
+            let x = dec_x.last().unwrap();
+            let (qkv, attn, h1) = self.self_attn(1, l, &at.attn, x, &tgt_spans, drops, scratch);
+            let cr = &at.cross;
+            let mut q = scratch.pool.take(nt * c);
+            linear(
+                &h1,
+                nt,
+                &w[cr.q_w..cr.q_w + c * c],
+                &w[cr.q_b..cr.q_b + c],
+                &mut q,
+                &mut scratch.panels,
+            );
+            let mut kv = scratch.pool.take(ns * 2 * c);
+            linear(
+                memory,
+                ns,
+                &w[cr.kv_w..cr.kv_w + 2 * c * c],
+                &w[cr.kv_b..cr.kv_b + 2 * c],
+                &mut kv,
+                &mut scratch.panels,
+            );
+            let jobs = jobs(dd, &tgt_spans, Some(&src_spans), false, |s, h| {
+                drops.head(1, l, true, s, h)
+            });
+            let (cacts, h2) = attn_forward(
+                w,
+                dd,
+                &cr.post,
+                &h1,
+                &q,
+                &kv,
+                &jobs,
+                drops.hidden(1, l, Site::CrossOut),
+                scratch,
+            );
+            let (mlp, out) = mlp_forward(
+                w,
+                dd,
+                &at.mlp,
+                self.act,
+                &h2,
+                drops.act(1, l),
+                drops.hidden(1, l, Site::MlpOut),
+                scratch,
+            );
+            dec.push(LayerActs {
+                qkv,
+                attn,
+                h1,
+                cross: Some((q, kv, cacts, h2)),
+                mlp,
+            });
+            dec_x.push(out);
+        }
+        let mut logits = scratch.pool.take(nt * v);
+        linear(
+            dec_x.last().unwrap(),
+            nt,
+            &w[self.shared..self.shared + v * c],
+            &w[self.bias..self.bias + v],
+            &mut logits,
+            &mut scratch.panels,
+        );
+        let targets: Vec<u32> = pairs.iter().flat_map(|p| p.1.iter().copied()).collect();
+        (
+            Saved {
+                src_spans,
+                tgt_spans,
+                enc_x,
+                dec_x,
+                enc,
+                dec,
+            },
+            logits,
+            nt,
+            targets,
+        )
+    }
+
+    fn give(s: Saved, scratch: &mut Scratch) {
+        for v in s.enc_x.into_iter().chain(s.dec_x) {
+            scratch.pool.give(v);
+        }
+        for a in s.enc.into_iter().chain(s.dec) {
+            a.attn.give(&mut scratch.pool);
+            a.mlp.give(&mut scratch.pool);
+            for v in [a.qkv, a.h1] {
+                scratch.pool.give(v);
+            }
+            if let Some((q, kv, acts, h2)) = a.cross {
+                acts.give(&mut scratch.pool);
+                for v in [q, kv, h2] {
+                    scratch.pool.give(v);
+                }
+            }
+        }
+    }
+
+    /// Gradients of a stack's embeddings: `dx` (after the embeddings' dropout) into the
+    /// shared table's rows, scaled; the padding row gets none.
+    fn embed_backward(&mut self, seqs: &[&[u32]], dx: &mut [f32], drop: Option<Dropout>) {
+        drop_in_place(dx, drop);
+        let c = self.config.d_model;
+        let (scale, pad) = (self.embed_scale(), self.config.pad_token_id);
+        let g = &mut self.grads[self.shared..];
+        for (row, &id) in dx.chunks(c).zip(seqs.iter().flat_map(|s| s.iter())) {
+            if id == pad {
+                continue;
+            }
+            g[id as usize * c..][..c]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(g, d)| *g += d * scale);
+        }
+    }
+
+    /// Backward of a self-attention sublayer from the gradient of its output; returns
+    /// the gradient of its input.
+    #[allow(clippy::too_many_arguments)]
+    fn self_attn_backward(
+        &mut self,
+        stack: u64,
+        l: usize,
+        dout: &[f32],
+        x: &[f32],
+        a: &LayerActs,
+        spans: &[(usize, usize)],
+        drops: Drops,
+        scratch: &mut Scratch,
+    ) -> Vec<f32> {
+        let d = self.dims(stack == 1);
+        let c = d.c;
+        let n = x.len() / c;
+        let at = if stack == 1 {
+            &self.dec[l].attn
+        } else {
+            &self.enc[l].attn
+        };
+        let (w, g) = (&self.params, &mut self.grads);
+        let jobs = jobs(d, spans, None, stack == 1, |s, h| {
+            drops.head(stack, l, false, s, h)
+        });
+        let mut dqkv = scratch.pool.take(n * 3 * c);
+        let mut junk = [0f32; 0];
+        let dres = attn_backward(
+            w,
+            g,
+            &mut junk,
+            false,
+            d,
+            &at.post,
+            dout,
+            &a.attn,
+            &a.qkv,
+            &a.qkv,
+            &jobs,
+            drops.hidden(stack, l, Site::SelfOut),
+            scratch,
+            &mut dqkv,
+            None,
+        );
+        let mut dx = scratch.pool.take(n * c);
+        linear_backward(
+            &dqkv,
+            x,
+            n,
+            &w[at.qkv_w..at.qkv_w + 3 * c * c],
+            3 * c,
+            wgrads(g, false, (at.qkv_w, 3 * c * c), (at.qkv_b, 3 * c)),
+            Some(&mut dx),
+            scratch,
+        );
+        dx.iter_mut().zip(&dres).for_each(|(d, r)| *d += r);
+        scratch.pool.give(dqkv);
+        scratch.pool.give(dres);
+        dx
+    }
+
+    fn backward(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        s: Saved,
+        dlogits: Vec<f32>,
+        drops: Drops,
+        scratch: &mut Scratch,
+    ) {
+        let (c, v) = (self.config.d_model, self.config.vocab_size);
+        let (ns, nt) = (s.enc_x[0].len() / c, s.dec_x[0].len() / c);
+        let act = self.act;
+        let mut junk = [0f32; 0];
+        // The head, tied to the embedding: dW += dlogitsᵀ·h, dbias += Σ dlogits.
+        let mut dx = scratch.pool.take(nt * c);
+        {
+            let (w, g) = (&self.params, &mut self.grads);
+            linear_backward(
+                &dlogits,
+                s.dec_x.last().unwrap(),
+                nt,
+                &w[self.shared..self.shared + v * c],
+                v,
+                wgrads(g, false, (self.shared, v * c), (self.bias, v)),
+                Some(&mut dx),
+                scratch,
+            );
+        }
+        scratch.pool.give(dlogits);
+        let memory = s.enc_x.last().unwrap();
+        let mut dmem = scratch.pool.take(ns * c);
+        let dd = self.dims(true);
+        for l in (0..self.dec.len()).rev() {
+            let a = &s.dec[l];
+            let (q, kv, cacts, h2) = a.cross.as_ref().expect("decoder layers cross-attend");
+            let dh2 = {
+                let at = &self.dec[l];
+                mlp_backward(
+                    &self.params,
+                    &mut self.grads,
+                    &mut junk,
+                    false,
+                    dd,
+                    &at.mlp,
+                    act,
+                    &dx,
+                    h2,
+                    &a.mlp,
+                    drops.act(1, l),
+                    drops.hidden(1, l, Site::MlpOut),
+                    scratch,
+                )
+            };
+            let jobs = jobs(dd, &s.tgt_spans, Some(&s.src_spans), false, |q, h| {
+                drops.head(1, l, true, q, h)
+            });
+            let mut dq = scratch.pool.take(nt * c);
+            let mut dkv = scratch.pool.take(ns * 2 * c);
+            let cr = &self.dec[l].cross;
+            let (w, g) = (&self.params, &mut self.grads);
+            let dres = attn_backward(
+                w,
+                g,
+                &mut junk,
+                false,
+                dd,
+                &cr.post,
+                &dh2,
+                cacts,
+                q,
+                kv,
+                &jobs,
+                drops.hidden(1, l, Site::CrossOut),
+                scratch,
+                &mut dq,
+                Some(&mut dkv),
+            );
+            let mut dh1 = scratch.pool.take(nt * c);
+            linear_backward(
+                &dq,
+                &a.h1,
+                nt,
+                &w[cr.q_w..cr.q_w + c * c],
+                c,
+                wgrads(g, false, (cr.q_w, c * c), (cr.q_b, c)),
+                Some(&mut dh1),
+                scratch,
+            );
+            dh1.iter_mut().zip(&dres).for_each(|(d, r)| *d += r);
+            let mut dm = scratch.pool.take(ns * c);
+            linear_backward(
+                &dkv,
+                memory,
+                ns,
+                &w[cr.kv_w..cr.kv_w + 2 * c * c],
+                2 * c,
+                wgrads(g, false, (cr.kv_w, 2 * c * c), (cr.kv_b, 2 * c)),
+                Some(&mut dm),
+                scratch,
+            );
+            dmem.iter_mut().zip(&dm).for_each(|(d, x)| *d += x);
+            let dxl =
+                self.self_attn_backward(1, l, &dh1, &s.dec_x[l], a, &s.tgt_spans, drops, scratch);
+            for b in [dh2, dq, dkv, dres, dh1, dm, std::mem::replace(&mut dx, dxl)] {
+                scratch.pool.give(b);
+            }
+        }
+        let dec_in = self.decoder_inputs(pairs);
+        let dec_refs: Vec<&[u32]> = dec_in.iter().map(|s| s.as_slice()).collect();
+        self.embed_backward(&dec_refs, &mut dx, drops.hidden(1, 0, Site::Emb));
+        scratch.pool.give(dx);
+        let de = self.dims(false);
+        let mut dx = dmem;
+        for l in (0..self.enc.len()).rev() {
+            let a = &s.enc[l];
+            let dh1 = {
+                let at = &self.enc[l];
+                mlp_backward(
+                    &self.params,
+                    &mut self.grads,
+                    &mut junk,
+                    false,
+                    de,
+                    &at.mlp,
+                    act,
+                    &dx,
+                    &a.h1,
+                    &a.mlp,
+                    drops.act(0, l),
+                    drops.hidden(0, l, Site::MlpOut),
+                    scratch,
+                )
+            };
+            let dxl =
+                self.self_attn_backward(0, l, &dh1, &s.enc_x[l], a, &s.src_spans, drops, scratch);
+            scratch.pool.give(dh1);
+            scratch.pool.give(std::mem::replace(&mut dx, dxl));
+        }
+        let srcs: Vec<&[u32]> = pairs.iter().map(|p| p.0).collect();
+        self.embed_backward(&srcs, &mut dx, drops.hidden(0, 0, Site::Emb));
+        scratch.pool.give(dx);
+        Self::give(s, scratch);
+    }
+
+    /// One AdamW update with the accumulated gradients times `grad_scale`; matrices
+    /// (and the embedding) are decayed, vectors (biases, norms) are not.
+    pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
+        self.t += 1;
+        let segments: Vec<(usize, usize, bool)> = self
+            .tensors
+            .iter()
+            .map(|(_, at, shape)| {
+                let len: usize = shape.iter().product();
+                (*at, at + len, shape.len() >= 2 && shape[0] > 1)
+            })
+            .collect();
+        let step = config.kernel_step(self.t, lr, grad_scale);
+        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        k::in_pool(|| k::adamw(params, grads, m, v, &segments, step));
+    }
+
+    /// √Σ g² over every gradient.
+    pub fn grad_norm(&self) -> f64 {
+        k::sum_squares(&self.grads).sqrt()
+    }
+}
