@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use attn::data::Encoding;
 use attn::generate::beam::BeamConfig;
-use attn::nn::default_device;
 use attn::tasks::translate::{
     read_pairs_tsv, read_parallel, train, TranslateConfig, TranslateEvent, Translator,
 };
@@ -321,28 +320,21 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
     eprintln!("{} training / {} validation pairs", pairs.len(), val.len());
     let quiet = !std::io::stderr().is_terminal();
-    let summary = train(
-        &cfg,
-        &pairs,
-        &val,
-        &a.out,
-        &default_device(),
-        &mut |e| match e {
-            TranslateEvent::Step { step, loss, lr } => {
-                if step % 100 == 0 || (!quiet && step % 10 == 0) {
-                    eprintln!("step {step}: loss {loss:.4} lr {lr:.2e}");
-                }
+    let summary = train(&cfg, &pairs, &val, &a.out, &mut |e| match e {
+        TranslateEvent::Step { step, loss, lr } => {
+            if step % 100 == 0 || (!quiet && step % 10 == 0) {
+                eprintln!("step {step}: loss {loss:.4} lr {lr:.2e}");
             }
-            TranslateEvent::Eval(e) => eprintln!(
-                "step {}: train loss {:.4}, val loss {:.4}, val BLEU {:.2}{}",
-                e.step,
-                e.train_loss,
-                e.val_loss,
-                e.val_bleu,
-                if e.best { " (best, saved)" } else { "" }
-            ),
-        },
-    )?;
+        }
+        TranslateEvent::Eval(e) => eprintln!(
+            "step {}: train loss {:.4}, val loss {:.4}, val BLEU {:.2}{}",
+            e.step,
+            e.train_loss,
+            e.val_loss,
+            e.val_bleu,
+            if e.best { " (best, saved)" } else { "" }
+        ),
+    })?;
     eprintln!(
         "best val BLEU {:.2} at step {}; {:.1}M parameters; {:.0} s of training; model in {}",
         summary.best_val_bleu,

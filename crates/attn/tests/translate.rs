@@ -5,7 +5,6 @@ mod common;
 
 use attn::data::Encoding;
 use attn::generate::beam::BeamConfig;
-use attn::nn::default_device;
 use attn::rng::Rng;
 use attn::tasks::translate::{read_parallel, train, Pair, TranslateConfig, Translator};
 
@@ -51,7 +50,7 @@ fn learns_a_word_mapping_and_reloads() {
         ..Default::default()
     };
     let (tr, va) = (pairs(2000, 1), pairs(50, 2));
-    let s = train(&cfg, &tr, &va, &dir, &default_device(), &mut |e| {
+    let s = train(&cfg, &tr, &va, &dir, &mut |e| {
         if let attn::tasks::translate::TranslateEvent::Eval(e) = e {
             eprintln!("{e:?}")
         }

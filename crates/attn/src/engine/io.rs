@@ -158,6 +158,33 @@ pub(crate) fn plain_of_params(
     Ok(plain)
 }
 
+/// Write f32 tensors as a safetensors file (atomically), names sorted.
+pub(crate) fn write_plain(path: &Path, tensors: &Plain) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let blobs: Vec<(&String, &Vec<usize>, Vec<u8>)> = names
+        .into_iter()
+        .map(|n| {
+            let (v, shape) = &tensors[n];
+            (n, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    let views = blobs
+        .iter()
+        .map(|(n, shape, b)| {
+            TensorView::new(safetensors::Dtype::F32, shape.to_vec(), b)
+                .map(|v| (n.to_string(), v))
+                .map_err(|e| Error::invalid("weights", format!("{n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| bad(path, format!("cannot serialise tensors: {e}")))?;
+    crate::checkpoint::write_atomic(path, &bytes)
+}
+
 /// The bytes of a folder's weight files (each checked for size first).
 pub(crate) fn read_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Vec<u8>>)> {
     let files = weight_files(dir)?;

@@ -7,20 +7,19 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, read_json, write_json, write_safetensors};
+use crate::checkpoint::{self, read_json, write_json};
 use crate::data::{normalize, read_text, Encoding};
 use crate::engine::Seq2Seq;
 use crate::generate::beam::{translate_batch as decode_batch, BeamConfig};
 use crate::metrics::bleu::{corpus_bleu, BleuConfig};
 use crate::metrics::sacre_tokenize::SacreTokenizer;
-use crate::models::marian::{Marian, MarianConfig};
-use crate::nn::{Mode, ParamBuilder, Params};
+use crate::models::marian::MarianConfig;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use crate::train::optimizer::{clip_global_norm, gradients, AdamW, AdamWConfig};
+use crate::train::optimizer::AdamWConfig;
+use crate::train::seq2seq::NativeSeq2Seq;
 use crate::{Error, Result};
 
 pub const PAD: &str = "<pad>";
@@ -270,13 +269,13 @@ fn folder_max_len(dir: &Path, config: &MarianConfig) -> usize {
 /// the longest source (`attn_translate.json`).
 fn save_folder(
     dir: &Path,
-    config: &MarianConfig,
-    params: &Params,
+    model: &NativeSeq2Seq,
     tokenizer: &Tokenizer,
     max_len: usize,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_safetensors(&dir.join(checkpoint::WEIGHTS), &params.tensors())?;
+    crate::engine::io::write_plain(&dir.join(checkpoint::WEIGHTS), &model.tensors())?;
+    let config = &model.config;
     tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
     let c = config;
     write_json(
@@ -347,67 +346,18 @@ impl Translator {
     }
 }
 
-/// Mean label-smoothed cross-entropy over the positions where `mask` is 1.
-fn smoothed_loss(logits: &Tensor, targets: &Tensor, mask: &Tensor, eps: f64) -> Result<Tensor> {
-    let (b, t, v) = logits.dims3()?;
-    if crate::nn::fused::usable(logits) {
-        let mask = mask.reshape(b * t)?.to_dtype(logits.dtype())?;
-        let total = mask
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        let weights = (&mask / total.max(1.0))?;
-        return crate::nn::fused::cross_entropy(
-            &logits.reshape((b * t, v))?,
-            &targets.reshape(b * t)?,
-            &weights,
-            eps,
-        );
-    }
-    let logp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
-    let nll = logp
-        .gather(&targets.reshape((b * t, 1))?, 1)?
-        .squeeze(1)?
-        .neg()?;
-    let smooth = logp.mean(D::Minus1)?.neg()?;
-    let per_token = ((nll * (1.0 - eps))? + (smooth * eps)?)?;
-    let mask = mask.reshape(b * t)?.to_dtype(per_token.dtype())?;
-    Ok(((per_token * &mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()? as f64)?)
-}
-
 struct Encoded {
     src: Vec<Vec<u32>>,
     tgt: Vec<Vec<u32>>,
 }
 
-/// Tensors of one batch: source ids and mask, decoder inputs, targets and mask.
-fn batch(e: &Encoded, idx: &[usize], pad: u32, start: u32, dev: &Device) -> Result<[Tensor; 5]> {
-    let s_len = idx.iter().map(|&i| e.src[i].len()).max().unwrap_or(1);
-    let t_len = idx.iter().map(|&i| e.tgt[i].len()).max().unwrap_or(1);
-    let (mut src, mut smask, mut dec, mut tgt, mut tmask) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for &i in idx {
-        let (s, t) = (&e.src[i], &e.tgt[i]);
-        src.extend(s.iter().copied().chain(std::iter::repeat(pad)).take(s_len));
-        smask.extend((0..s_len).map(|j| u32::from(j < s.len())));
-        // Decoder reads [start] + target without its last token; learns the target.
-        dec.extend(
-            std::iter::once(start)
-                .chain(t.iter().copied())
-                .chain(std::iter::repeat(pad))
-                .take(t_len),
-        );
-        tgt.extend(t.iter().copied().chain(std::iter::repeat(pad)).take(t_len));
-        tmask.extend((0..t_len).map(|j| u32::from(j < t.len())));
+impl Encoded {
+    /// The (source, target) pairs `idx` names.
+    fn pairs(&self, idx: &[usize]) -> Vec<(&[u32], &[u32])> {
+        idx.iter()
+            .map(|&i| (self.src[i].as_slice(), self.tgt[i].as_slice()))
+            .collect()
     }
-    let n = idx.len();
-    Ok([
-        Tensor::from_vec(src, (n, s_len), dev)?,
-        Tensor::from_vec(smask, (n, s_len), dev)?,
-        Tensor::from_vec(dec, (n, t_len), dev)?,
-        Tensor::from_vec(tgt, (n, t_len), dev)?,
-        Tensor::from_vec(tmask, (n, t_len), dev)?,
-    ])
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -439,7 +389,6 @@ pub fn train(
     train: &[Pair],
     val: &[Pair],
     out: &Path,
-    device: &Device,
     on_event: &mut dyn FnMut(TranslateEvent),
 ) -> Result<TranslateSummary> {
     cfg.validate()?;
@@ -470,13 +419,11 @@ pub fn train(
         )
     };
     let mut rng = Rng::new(cfg.seed);
-    let mut pb = ParamBuilder::init(rng.fork(), device);
-    let model = Marian::new(mc, &mut pb)?;
-    let params = pb.finish()?;
-    // Decoding (for the validation BLEU) runs on the engine, from the parameters of
-    // the moment.
+    let mut model = NativeSeq2Seq::init(mc, rng.next_u64())?;
+    // Decoding (for the validation BLEU) runs on the inference engine, from the
+    // weights of the moment.
     let mut tr = Translator {
-        model: Seq2Seq::from_params(model.config.clone(), &params)?,
+        model: model.to_engine()?,
         tokenizer,
         max_len: cfg.max_len,
     };
@@ -492,21 +439,17 @@ pub fn train(
         Ok(e)
     };
     let (etrain, eval) = (encode(train)?, encode(val)?);
-    let mut opt = AdamW::new(
-        &params,
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-9,
-            weight_decay: 0.0,
-        },
-    )?;
+    let adamw = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.98,
+        eps: 1e-9,
+        weight_decay: 0.0,
+    };
     let lr_at = |s: usize| -> f64 {
         let s = (s + 1) as f64;
         let w = cfg.warmup.max(1) as f64;
         cfg.lr * (s / w).min((w / s).sqrt())
     };
-    let start = model.config.decoder_start_token_id;
     let lengths: Vec<usize> = etrain
         .src
         .iter()
@@ -544,21 +487,27 @@ pub fn train(
         }
         let idx = order.pop().unwrap();
         let t0 = Instant::now();
-        let [src, smask, dec, tgt, tmask] = batch(&etrain, &idx, pad, start, device)?;
-        let mut mode = Mode::Train(&mut rng);
-        let logits = model.forward(&src, &smask, &dec, &mut mode)?;
-        let loss = smoothed_loss(&logits, &tgt, &tmask, cfg.label_smoothing)?;
-        let l = loss.to_scalar::<f32>()? as f64;
+        model.zero_grads();
+        let l = model.forward_backward(
+            &etrain.pairs(&idx),
+            cfg.label_smoothing,
+            Some(rng.next_u64()),
+        )?;
         if !l.is_finite() {
             return Err(Error::invalid(
                 "training",
                 format!("the loss became {l} at step {step}; lower --lr"),
             ));
         }
-        let mut grads = gradients(&params, &loss.backward()?);
-        clip_global_norm(&mut grads, cfg.grad_clip)?;
+        // Clip the gradients' global norm to grad_clip (as a scale on the update).
+        let norm = model.grad_norm();
+        let scale = if norm > cfg.grad_clip {
+            cfg.grad_clip / norm
+        } else {
+            1.0
+        };
         let lr = lr_at(step);
-        opt.step(&grads, lr)?;
+        model.adamw_step(&adamw, lr, scale);
         train_seconds += t0.elapsed().as_secs_f64();
         loss_acc += l;
         loss_n += 1;
@@ -568,28 +517,28 @@ pub fn train(
             lr,
         });
         if (step + 1) % cfg.eval_interval == 0 || step + 1 == cfg.max_steps {
-            let mut vl = 0.0;
+            // The validation loss: mean cross-entropy over every target token.
+            let (mut vl, mut vt) = (0.0, 0usize);
             let all: Vec<usize> = (0..val.len()).collect();
-            let chunks: Vec<&[usize]> = all.chunks(64).collect();
-            for c in &chunks {
-                let [s, sm, d, t, tm] = batch(&eval, c, pad, start, device)?;
-                let lg = model.forward(&s, &sm, &d, &mut Mode::Eval)?;
-                vl += smoothed_loss(&lg, &t, &tm, 0.0)?.to_scalar::<f32>()? as f64;
+            for c in all.chunks(64) {
+                let tokens: usize = c.iter().map(|&i| eval.tgt[i].len()).sum();
+                vl += model.loss(&eval.pairs(c), 0.0, None)? * tokens as f64;
+                vt += tokens;
             }
             let srcs: Vec<String> = val[..bleu_n].iter().map(|p| p.src.clone()).collect();
-            tr.model = Seq2Seq::from_params(model.config.clone(), &params)?;
+            tr.model = model.to_engine()?;
             let (hyps, _) = tr.translate(&srcs, &beam, 32)?;
             let bleu = corpus_bleu(&hyps, &refs, &bleu_cfg)?.score;
             let is_best = bleu > best;
             if is_best {
                 best = bleu;
                 best_step = step + 1;
-                save_folder(out, &model.config, &params, &tr.tokenizer, cfg.max_len)?;
+                save_folder(out, &model, &tr.tokenizer, cfg.max_len)?;
             }
             let e = TranslateEval {
                 step: step + 1,
                 train_loss: loss_acc / loss_n as f64,
-                val_loss: vl / chunks.len() as f64,
+                val_loss: vl / vt as f64,
                 val_bleu: bleu,
                 best: is_best,
             };
@@ -603,7 +552,7 @@ pub fn train(
         steps: cfg.max_steps,
         best_val_bleu: best,
         best_step,
-        parameters: params.count(),
+        parameters: model.count(),
         train_seconds,
     })
 }
