@@ -195,6 +195,7 @@ fn run_decode(a: RunArgs) -> Result<()> {
             .unwrap_or(tr.max_len)
             .min(tr.model.config.max_position_embeddings - 1),
         forced_eos: true,
+        suppress: Vec::new(),
     };
     let lines: Vec<String> = std::io::stdin()
         .lock()

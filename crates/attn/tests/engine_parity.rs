@@ -821,6 +821,7 @@ fn seq2seq_beam_search_matches_transformers_generate() {
                 length_penalty: lp,
                 max_new_tokens: 12,
                 forced_eos: true,
+                suppress: Vec::new(),
             };
             let refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
             let batched = translate_batch(&model, &refs, &cfg).unwrap();

@@ -42,7 +42,7 @@ fn learns_a_word_mapping_and_reloads() {
         vocab_size: 300,
         lr: 3e-3,
         warmup: 50,
-        max_steps: 1000,
+        max_steps: 1500,
         batch_size: 32,
         eval_interval: 500,
         bleu_sample: 50,
@@ -58,11 +58,30 @@ fn learns_a_word_mapping_and_reloads() {
     .unwrap();
     assert!(s.best_val_bleu > 90.0, "BLEU {}", s.best_val_bleu);
     let t = Translator::load(&dir).unwrap();
+    // Published Marian's conventions, which CTranslate2's converter relies on: <pad>
+    // is the last id, the decoder's start, never generated, and its embedding stays
+    // zero through training (the decoder starts from a zero vector).
+    let c = &t.model.config;
+    assert_eq!(c.pad_token_id as usize, c.vocab_size - 1);
+    assert_eq!(c.decoder_start_token_id, c.pad_token_id);
+    assert_eq!(c.eos_token_id as usize, c.vocab_size - 2);
+    assert_eq!(t.suppress, vec![c.pad_token_id]);
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let shared = st.tensor("model.shared.weight").unwrap();
+    let row = c.d_model * 4;
+    let pad_row = &shared.data()[c.pad_token_id as usize * row..][..row];
+    assert!(pad_row.iter().all(|&b| b == 0), "the pad row was trained");
+    assert!(shared.data().iter().any(|&b| b != 0));
+    for f in ["tokenizer_config.json", "special_tokens_map.json"] {
+        assert!(dir.join(f).is_file(), "{f} is written for AutoTokenizer");
+    }
     let beam = BeamConfig {
         num_beams: 3,
         length_penalty: 1.0,
         max_new_tokens: 16,
         forced_eos: true,
+        suppress: Vec::new(),
     };
     let (out, cut) = t
         .translate(&["red cat runs".to_string(), "".to_string()], &beam, 2)

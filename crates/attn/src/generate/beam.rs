@@ -20,6 +20,10 @@ pub struct BeamConfig {
     pub max_new_tokens: usize,
     /// Force end-of-sentence as the last token when the length limit is reached.
     pub forced_eos: bool,
+    /// Tokens never generated (a generation config's one-token `bad_words_ids`, as
+    /// Marian models ban `<pad>`): their log-probabilities are set to −∞ after the
+    /// softmax, as transformers' logits processor does.
+    pub suppress: Vec<u32>,
 }
 
 impl Default for BeamConfig {
@@ -29,6 +33,7 @@ impl Default for BeamConfig {
             length_penalty: 1.0,
             max_new_tokens: 128,
             forced_eos: true,
+            suppress: Vec::new(),
         }
     }
 }
@@ -49,7 +54,12 @@ pub fn translate(model: &Seq2Seq, src: &[u32], cfg: &BeamConfig) -> Result<Hypot
 /// The `m` best continuations of one hypothesis from its logits: (log-probability,
 /// token), best first, ties to the lower token. At the length limit, when the config
 /// forces it, end-of-sentence has probability 1 and every other token 0.
-fn best_tokens(row: &mut [f32], m: usize, forced: Option<u32>) -> Vec<(f32, u32)> {
+fn best_tokens(
+    row: &mut [f32],
+    m: usize,
+    forced: Option<u32>,
+    suppress: &[u32],
+) -> Vec<(f32, u32)> {
     match forced {
         Some(eos) => {
             row.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
@@ -60,6 +70,11 @@ fn best_tokens(row: &mut [f32], m: usize, forced: Option<u32>) -> Vec<(f32, u32)
             let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
             let lse = max + sum.ln() as f32;
             row.iter_mut().for_each(|x| *x -= lse);
+            for &t in suppress {
+                if let Some(x) = row.get_mut(t as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
         }
     }
     let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -145,7 +160,7 @@ pub fn translate_batch(
         let forced = (cfg.forced_eos && cur_len == cfg.max_new_tokens).then_some(eos);
         let best: Vec<Vec<(f32, u32)>> = logits
             .par_iter_mut()
-            .map(|row| best_tokens(row, per_row, forced))
+            .map(|row| best_tokens(row, per_row, forced, &cfg.suppress))
             .collect();
         // The caches of the next step (indices into this step's) and their tokens.
         let (mut keep, mut next_last, mut next_active) = (vec![], vec![], vec![]);

@@ -252,6 +252,28 @@ pub struct Translator {
     pub model: Seq2Seq,
     pub tokenizer: Tokenizer,
     pub max_len: usize,
+    /// Tokens never generated: the folder's one-token `bad_words_ids` (`<pad>` in
+    /// Marian models).
+    pub suppress: Vec<u32>,
+}
+
+/// The one-token `bad_words_ids` of a folder's generation config.
+fn folder_suppress(dir: &Path) -> Vec<u32> {
+    let Ok(v) = read_json(&dir.join(checkpoint::GENERATION_CONFIG)) else {
+        return Vec::new();
+    };
+    v["bad_words_ids"]
+        .as_array()
+        .map(|words| {
+            words
+                .iter()
+                .filter_map(|w| match w.as_array().map(|a| a.as_slice()) {
+                    Some([id]) => id.as_u64().map(|id| id as u32),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The `max_len` a translation folder records (`attn_translate.json`), else the model's
@@ -283,8 +305,22 @@ fn save_folder(
         &serde_json::json!({
             "decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
             "forced_eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
+            "bad_words_ids": [[c.pad_token_id]],
             "num_beams": 4, "max_length": max_len,
         }),
+    )?;
+    // What transformers' AutoTokenizer (and so CTranslate2's converter) needs to load
+    // tokenizer.json with its special tokens.
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": EOS, "pad_token": PAD, "model_max_length": max_len,
+        }),
+    )?;
+    write_json(
+        &dir.join("special_tokens_map.json"),
+        &serde_json::json!({ "eos_token": EOS, "pad_token": PAD }),
     )?;
     write_json(
         &dir.join("attn_translate.json"),
@@ -302,6 +338,7 @@ impl Translator {
             model,
             tokenizer,
             max_len,
+            suppress: folder_suppress(dir),
         })
     }
 
@@ -323,6 +360,8 @@ impl Translator {
         beam: &BeamConfig,
         batch_size: usize,
     ) -> Result<(Vec<String>, usize)> {
+        let mut beam = beam.clone();
+        beam.suppress.extend(&self.suppress);
         let mut out = vec![String::new(); texts.len()];
         let mut truncated = 0;
         let mut encoded: Vec<(usize, Vec<u32>)> = vec![];
@@ -337,7 +376,7 @@ impl Translator {
         encoded.sort_by_key(|(_, ids)| ids.len());
         for chunk in encoded.chunks(batch_size.max(1)) {
             let srcs: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
-            let hyps = decode_batch(&self.model, &srcs, beam)?;
+            let hyps = decode_batch(&self.model, &srcs, &beam)?;
             for ((i, _), h) in chunk.iter().zip(hyps) {
                 out[*i] = self.tokenizer.decode_clean(&h.ids)?.trim().to_string();
             }
@@ -403,8 +442,11 @@ pub fn train(
         .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
         .collect();
     let mut tokenizer = Tokenizer::train_bpe(&corpus, cfg.vocab_size)?;
-    let ids = tokenizer.add_specials(&[PAD, EOS])?;
-    let (pad, eos) = (ids[0], ids[1]);
+    // `<pad>` last, as in published Marian vocabularies: it is the decoder's start,
+    // whose embedding stays zero (Marian starts decoding from a zero vector), and it is
+    // never generated; CTranslate2's converter drops the last token on that basis.
+    let ids = tokenizer.add_specials(&[EOS, PAD])?;
+    let (eos, pad) = (ids[0], ids[1]);
     let mc = MarianConfig {
         dropout: cfg.dropout,
         ..MarianConfig::transformer(
@@ -420,12 +462,14 @@ pub fn train(
     };
     let mut rng = Rng::new(cfg.seed);
     let mut model = NativeSeq2Seq::init(mc, rng.next_u64())?;
+    model.freeze_pad_row();
     // Decoding (for the validation BLEU) runs on the inference engine, from the
     // weights of the moment.
     let mut tr = Translator {
         model: model.to_engine()?,
         tokenizer,
         max_len: cfg.max_len,
+        suppress: vec![pad],
     };
     let encode = |pairs: &[Pair]| -> Result<Encoded> {
         let mut e = Encoded {
@@ -462,6 +506,7 @@ pub fn train(
         length_penalty: 1.0,
         max_new_tokens: cfg.max_len,
         forced_eos: true,
+        suppress: Vec::new(),
     };
     let bleu_n = cfg.bleu_sample.min(val.len());
     let refs = vec![val[..bleu_n]

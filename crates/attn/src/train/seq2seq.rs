@@ -262,9 +262,19 @@ pub struct NativeSeq2Seq {
     pub t: usize,
     scratch: Scratch,
     act: Act,
+    /// The padding row of the embedding gets no gradient at all ([`Self::freeze_pad_row`]).
+    pad_frozen: bool,
 }
 
 impl NativeSeq2Seq {
+    /// Keep the embedding's padding row as it is (zero after [`Self::init`]): it is
+    /// Marian's decoder start, a zero vector in Marian's own models (and in
+    /// CTranslate2), and never a target. Without this only the lookup leaves it alone
+    /// (transformers' `padding_idx`); the tied head still trains it.
+    pub fn freeze_pad_row(&mut self) {
+        self.pad_frozen = true;
+    }
+
     /// Load a `MarianMTModel` folder.
     pub fn load(dir: &Path) -> Result<Self> {
         let config = crate::engine::seq2seq::read_marian_config(dir)?;
@@ -392,6 +402,7 @@ impl NativeSeq2Seq {
             t: 0,
             scratch: Scratch::default(),
             act,
+            pad_frozen: false,
             config,
         })
     }
@@ -1003,6 +1014,11 @@ impl NativeSeq2Seq {
         self.embed_backward(&srcs, &mut dx, drops.hidden(0, 0, Site::Emb));
         scratch.pool.give(dx);
         Self::give(s, scratch);
+        if self.pad_frozen {
+            let (c, pad) = (self.config.d_model, self.config.pad_token_id as usize);
+            let at = self.shared + pad * c;
+            self.grads[at..at + c].iter_mut().for_each(|g| *g = 0.0);
+        }
     }
 
     /// One AdamW update with the accumulated gradients times `grad_scale`; matrices
