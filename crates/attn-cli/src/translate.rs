@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use attn::data::Encoding;
 use attn::generate::beam::BeamConfig;
 use attn::tasks::translate::{
-    read_pairs_tsv, read_parallel, train, TranslateConfig, TranslateEvent, Translator,
+    read_pairs_tsv, read_parallel, saved_run, train, Begin, TranslateConfig, TranslateEvent,
+    Translator,
 };
 use attn::{Error, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -46,6 +47,13 @@ struct RunArgs {
     batch_size: usize,
 }
 
+/// `translate train`'s arguments on their own, to read back a run's saved arguments.
+#[derive(Parser)]
+struct SavedTrainArgs {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// Source sentences, one per line (parallel to --tgt).
@@ -77,6 +85,10 @@ struct TrainArgs {
     /// Replace a model already in --out (without it such a folder is refused).
     #[arg(long)]
     overwrite: bool,
+    /// Continue the run in --out from its checkpoint (written at every evaluation),
+    /// with the data and settings it started with; --max-steps, when given, extends it.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
     /// Encoding of the data files: utf8 or latin1.
     #[arg(long, default_value = "utf8")]
     encoding: Encoding,
@@ -224,6 +236,37 @@ fn run_decode(a: RunArgs) -> Result<()> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
+    if a.resume {
+        return resume_train(a.out, a.max_steps, a.json);
+    }
+    // The arguments after `train`, kept in the checkpoint for --resume.
+    let argv: Vec<String> = std::env::args()
+        .skip_while(|x| x != "train")
+        .skip(1)
+        .collect();
+    run_train_with(a, Some(argv))
+}
+
+/// Continue the run in `out` with the arguments it started with.
+fn resume_train(out: PathBuf, max_steps: usize, json: bool) -> Result<()> {
+    let (_, data) = saved_run(&out)?;
+    let argv: Vec<String> = serde_json::from_value(data["argv"].clone())
+        .map_err(|_| Error::bad_file(&out, "the checkpoint does not record its arguments"))?;
+    let mut a = SavedTrainArgs::try_parse_from(std::iter::once("train".to_string()).chain(argv))
+        .map_err(|e| Error::bad_file(&out, format!("its saved arguments do not parse: {e}")))?
+        .args;
+    let given = std::env::args().any(|x| x == "--max-steps" || x.starts_with("--max-steps="));
+    if given {
+        a.max_steps = max_steps;
+    }
+    a.out = out;
+    a.json |= json;
+    run_train_with(a, None)
+}
+
+/// Train with `a`: a new run when `argv` (its arguments, kept for --resume) is given,
+/// else the continuation of the run in `a.out`.
+fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>) -> Result<()> {
     let mut cfg = TranslateConfig::default();
     macro_rules! set { ($($f:ident),*) => { $( cfg.$f = a.$f.clone(); )* }; }
     set!(
@@ -251,7 +294,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
         .flatten()
         .map(|p| p.as_path())
         .collect();
-    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+    if argv.is_some() {
+        attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+    }
     let (mut pairs, mut skipped) = match (&a.pairs, &a.src, &a.tgt) {
         (Some(p), _, _) => read_pairs_tsv(p, a.encoding)?,
         (None, Some(s), Some(t)) => read_parallel(s, t, a.encoding)?,
@@ -321,7 +366,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
     eprintln!("{} training / {} validation pairs", pairs.len(), val.len());
     let quiet = !std::io::stderr().is_terminal();
-    let summary = train(&cfg, &pairs, &val, &a.out, &mut |e| match e {
+    let data = serde_json::json!({ "argv": argv });
+    let begin = match &argv {
+        Some(_) => Begin::New { data: &data },
+        None => Begin::Resume,
+    };
+    let summary = train(&cfg, &pairs, &val, &a.out, begin, &mut |e| match e {
         TranslateEvent::Step { step, loss, lr } => {
             if step % 100 == 0 || (!quiet && step % 10 == 0) {
                 eprintln!("step {step}: loss {loss:.4} lr {lr:.2e}");

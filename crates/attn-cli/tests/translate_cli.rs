@@ -238,3 +238,95 @@ fn bad_translation_input_is_named() {
     assert!(stderr(&o).contains("--holdout 20"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A run continued with --resume from its checkpoint (written at every evaluation)
+/// is the run that was never stopped: the same log line for line and the same weights;
+/// --resume on a folder without a checkpoint says so.
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    let dir = temp_dir("resume");
+    let tsv = dir.join("pairs.tsv");
+    write_pairs(&tsv, 400);
+    let args = |out: &Path, steps: &str| -> Vec<String> {
+        [
+            "translate",
+            "train",
+            "--pairs",
+            tsv.to_str().unwrap(),
+            "--holdout",
+            "0",
+            "--valid-size",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+            "--d-model",
+            "16",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--ffn",
+            "32",
+            "--max-len",
+            "12",
+            "--vocab-size",
+            "280",
+            "--lr",
+            "3e-3",
+            "--warmup",
+            "10",
+            "--max-steps",
+            steps,
+            "--batch-size",
+            "16",
+            "--eval-interval",
+            "10",
+            "--bleu-sample",
+            "10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        let o = attn(&a, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let (straight, stopped) = (dir.join("straight"), dir.join("stopped"));
+    run(args(&straight, "30"));
+    run(args(&stopped, "20"));
+    let o = attn(
+        &[
+            "translate",
+            "train",
+            "--resume",
+            "--out",
+            stopped.to_str().unwrap(),
+            "--max-steps",
+            "30",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    assert_eq!(log(&stopped).lines().count(), 3);
+    assert_eq!(log(&stopped), log(&straight));
+    let weights = |d: &Path| std::fs::read(d.join("checkpoint/model.safetensors")).unwrap();
+    assert_eq!(weights(&stopped), weights(&straight));
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = attn(
+        &[
+            "translate",
+            "train",
+            "--resume",
+            "--out",
+            empty.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no checkpoint"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -6,7 +6,7 @@ mod common;
 use attn::data::Encoding;
 use attn::generate::beam::BeamConfig;
 use attn::rng::Rng;
-use attn::tasks::translate::{read_parallel, train, Pair, TranslateConfig, Translator};
+use attn::tasks::translate::{read_parallel, train, Begin, Pair, TranslateConfig, Translator};
 
 /// "Source" words map one-to-one onto "target" words, in the same order.
 fn pairs(n: usize, seed: u64) -> Vec<Pair> {
@@ -50,7 +50,8 @@ fn learns_a_word_mapping_and_reloads() {
         ..Default::default()
     };
     let (tr, va) = (pairs(2000, 1), pairs(50, 2));
-    let s = train(&cfg, &tr, &va, &dir, &mut |e| {
+    let data = serde_json::Value::Null;
+    let s = train(&cfg, &tr, &va, &dir, Begin::New { data: &data }, &mut |e| {
         if let attn::tasks::translate::TranslateEvent::Eval(e) = e {
             eprintln!("{e:?}")
         }

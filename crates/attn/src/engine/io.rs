@@ -185,6 +185,13 @@ pub(crate) fn write_plain(path: &Path, tensors: &Plain) -> Result<()> {
     crate::checkpoint::write_atomic(path, &bytes)
 }
 
+/// Every tensor of one safetensors file as f32, under its own name.
+pub(crate) fn read_plain(path: &Path) -> Result<Plain> {
+    crate::checkpoint::check_weights_file(path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(plain_tensors(&[path.to_path_buf()], &[bytes], |n| Some(n.to_string()))?.0)
+}
+
 /// The bytes of a folder's weight files (each checked for size first).
 pub(crate) fn read_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Vec<u8>>)> {
     let files = weight_files(dir)?;

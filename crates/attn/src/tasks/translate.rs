@@ -3,7 +3,6 @@
 //! validation loss and BLEU during training, and greedy or beam-search decoding.
 //! Output folders are HF `MarianMTModel` folders with a `tokenizer.json`.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -310,18 +309,17 @@ fn save_folder(
         }),
     )?;
     // What transformers' AutoTokenizer (and so CTranslate2's converter) needs to load
-    // tokenizer.json with its special tokens.
-    write_json(
-        &dir.join("tokenizer_config.json"),
-        &serde_json::json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "eos_token": EOS, "pad_token": PAD, "model_max_length": max_len,
-        }),
-    )?;
-    write_json(
-        &dir.join("special_tokens_map.json"),
-        &serde_json::json!({ "eos_token": EOS, "pad_token": PAD }),
-    )?;
+    // tokenizer.json with its special tokens. Byte-level BPE has no unknown tokens;
+    // its reserved end-of-text token, which no text encodes to, stands in as the
+    // unknown token CTranslate2 requires.
+    let specials = serde_json::json!({
+        "eos_token": EOS, "pad_token": PAD, "unk_token": crate::tokenizer::END_OF_TEXT,
+    });
+    let mut config = specials.clone();
+    config["tokenizer_class"] = "PreTrainedTokenizerFast".into();
+    config["model_max_length"] = max_len.into();
+    write_json(&dir.join("tokenizer_config.json"), &config)?;
+    write_json(&dir.join("special_tokens_map.json"), &specials)?;
     write_json(
         &dir.join("attn_translate.json"),
         &serde_json::json!({ "max_len": max_len }),
@@ -422,12 +420,58 @@ pub struct TranslateSummary {
     pub train_seconds: f64,
 }
 
-/// Train a translator; the model with the best validation BLEU is saved to `out`.
+/// What a translation run's checkpoint records besides the model and the moments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TranslateState {
+    step: usize,
+    rng_state: u64,
+    best_val_bleu: f64,
+    best_step: usize,
+    train_seconds: f64,
+    /// The batches left in the current pass over the data.
+    order: Vec<Vec<usize>>,
+    n_train: usize,
+    n_val: usize,
+    config: TranslateConfig,
+    /// The caller's description of the data (the CLI keeps its arguments here).
+    data: serde_json::Value,
+}
+
+const STATE_FILE: &str = "translate_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// The config and data description of the run saved in `out/checkpoint`, for a caller
+/// that resumes it (and has to read the same data again).
+pub fn saved_run(out: &Path) -> Result<(TranslateConfig, serde_json::Value)> {
+    let st = read_state(&crate::train::run::require_checkpoint(
+        out,
+        "attn translate train",
+    )?)?;
+    Ok((st.config, st.data))
+}
+
+fn read_state(ckpt: &Path) -> Result<TranslateState> {
+    let path = ckpt.join(STATE_FILE);
+    serde_json::from_value(read_json(&path)?)
+        .map_err(|e| Error::bad_file(&path, format!("not a valid translation run state: {e}")))
+}
+
+/// How [`train`] starts.
+pub enum Begin<'a> {
+    /// A new run; `data` describes the data for a later resume.
+    New { data: &'a serde_json::Value },
+    /// Continue the run in `out/checkpoint` (the same data, read again by the caller).
+    Resume,
+}
+
+/// Train a translator; the model with the best validation BLEU is saved to `out`, and
+/// at every evaluation a checkpoint to resume from (`out/checkpoint`).
 pub fn train(
     cfg: &TranslateConfig,
     train: &[Pair],
     val: &[Pair],
     out: &Path,
+    begin: Begin,
     on_event: &mut dyn FnMut(TranslateEvent),
 ) -> Result<TranslateSummary> {
     cfg.validate()?;
@@ -437,31 +481,79 @@ pub fn train(
             "training and validation pairs must both be non-empty",
         ));
     }
-    let corpus: String = train
-        .iter()
-        .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
-        .collect();
-    let mut tokenizer = Tokenizer::train_bpe(&corpus, cfg.vocab_size)?;
-    // `<pad>` last, as in published Marian vocabularies: it is the decoder's start,
-    // whose embedding stays zero (Marian starts decoding from a zero vector), and it is
-    // never generated; CTranslate2's converter drops the last token on that basis.
-    let ids = tokenizer.add_specials(&[EOS, PAD])?;
-    let (eos, pad) = (ids[0], ids[1]);
-    let mc = MarianConfig {
-        dropout: cfg.dropout,
-        ..MarianConfig::transformer(
-            tokenizer.vocab_size(),
-            cfg.d_model,
-            cfg.layers,
-            cfg.heads,
-            cfg.ffn,
-            cfg.max_len + 1,
-            pad,
-            eos,
-        )
+    let _lock = crate::train::run::lock(out)?;
+    let (tokenizer, mut model, mut rng, resumed) = match begin {
+        Begin::New { data } => {
+            let corpus: String = train
+                .iter()
+                .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
+                .collect();
+            let mut tokenizer = Tokenizer::train_bpe(&corpus, cfg.vocab_size)?;
+            // `<pad>` last, as in published Marian vocabularies: it is the decoder's
+            // start, whose embedding stays zero (Marian starts decoding from a zero
+            // vector), and it is never generated; CTranslate2's converter drops the
+            // last token on that basis.
+            let ids = tokenizer.add_specials(&[EOS, PAD])?;
+            let (eos, pad) = (ids[0], ids[1]);
+            let mc = MarianConfig {
+                dropout: cfg.dropout,
+                ..MarianConfig::transformer(
+                    tokenizer.vocab_size(),
+                    cfg.d_model,
+                    cfg.layers,
+                    cfg.heads,
+                    cfg.ffn,
+                    cfg.max_len + 1,
+                    pad,
+                    eos,
+                )
+            };
+            let mut rng = Rng::new(cfg.seed);
+            let model = NativeSeq2Seq::init(mc, rng.next_u64())?;
+            // A new run starts a new log.
+            let log = out.join(crate::train::METRICS_FILE);
+            if log.is_file() && !log.is_symlink() {
+                std::fs::remove_file(&log).map_err(|e| Error::io(&log, e))?;
+            }
+            let state = TranslateState {
+                step: 0,
+                rng_state: 0,
+                best_val_bleu: f64::NEG_INFINITY,
+                best_step: 0,
+                train_seconds: 0.0,
+                order: vec![],
+                n_train: train.len(),
+                n_val: val.len(),
+                config: cfg.clone(),
+                data: data.clone(),
+            };
+            (tokenizer, model, rng, state)
+        }
+        Begin::Resume => {
+            let ckpt = crate::train::run::require_checkpoint(out, "attn translate train")?;
+            let st = read_state(&ckpt)?;
+            if (st.n_train, st.n_val) != (train.len(), val.len()) {
+                return Err(Error::invalid(
+                    "data",
+                    format!(
+                        "{} training and {} validation pairs now, but the run started with {} and {}: resume with the same data",
+                        train.len(),
+                        val.len(),
+                        st.n_train,
+                        st.n_val
+                    ),
+                ));
+            }
+            let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
+            let mut model = NativeSeq2Seq::load(&ckpt)?;
+            let moments = crate::engine::io::read_plain(&ckpt.join(OPTIMIZER_FILE))?;
+            model.load_moments(moments, st.step)?;
+            crate::train::run::cut_metrics(out, st.step)?;
+            (tokenizer, model, Rng::from_state(st.rng_state), st)
+        }
     };
-    let mut rng = Rng::new(cfg.seed);
-    let mut model = NativeSeq2Seq::init(mc, rng.next_u64())?;
+    let data = resumed.data.clone();
+    let pad = model.config.pad_token_id;
     model.freeze_pad_row();
     // Decoding (for the validation BLEU) runs on the inference engine, from the
     // weights of the moment.
@@ -500,7 +592,7 @@ pub fn train(
         .zip(&etrain.tgt)
         .map(|(s, t)| s.len().max(t.len()))
         .collect();
-    let mut order: Vec<Vec<usize>> = vec![];
+    let mut order: Vec<Vec<usize>> = resumed.order;
     let beam = BeamConfig {
         num_beams: cfg.beam,
         length_penalty: 1.0,
@@ -521,12 +613,14 @@ pub fn train(
         ..BleuConfig::default()
     };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
-    let (mut best, mut best_step, mut train_seconds, mut loss_acc, mut loss_n) =
-        (f64::NEG_INFINITY, 0, 0.0, 0.0, 0);
-    for step in 0..cfg.max_steps {
+    let (mut best, mut best_step, mut train_seconds, mut loss_acc, mut loss_n) = (
+        resumed.best_val_bleu,
+        resumed.best_step,
+        resumed.train_seconds,
+        0.0,
+        0,
+    );
+    for step in resumed.step..cfg.max_steps {
         if order.is_empty() {
             order = crate::tasks::length_batches(&lengths, cfg.batch_size, &mut rng);
         }
@@ -588,8 +682,29 @@ pub fn train(
                 best: is_best,
             };
             (loss_acc, loss_n) = (0.0, 0);
-            writeln!(metrics, "{}", serde_json::to_string(&e).unwrap())
-                .map_err(|e| Error::io(&metrics_path, e))?;
+            // The line first, then the checkpoint (a run killed in between resumes
+            // from the previous checkpoint and cuts the line away).
+            crate::train::run::append_metrics(out, &serde_json::to_value(&e).unwrap())?;
+            let state = TranslateState {
+                step: step + 1,
+                rng_state: rng.state(),
+                best_val_bleu: best,
+                best_step,
+                train_seconds,
+                order: order.clone(),
+                n_train: train.len(),
+                n_val: val.len(),
+                config: cfg.clone(),
+                data: data.clone(),
+            };
+            crate::train::run::write_checkpoint(out, |tmp| {
+                save_folder(tmp, &model, &tr.tokenizer, cfg.max_len)?;
+                crate::engine::io::write_plain(&tmp.join(OPTIMIZER_FILE), &model.moments())?;
+                write_json(
+                    &tmp.join(STATE_FILE),
+                    &serde_json::to_value(&state).unwrap(),
+                )
+            })?;
             on_event(TranslateEvent::Eval(&e));
         }
     }

@@ -17,12 +17,12 @@ pub mod encoder;
 pub mod native;
 pub mod optimizer;
 pub mod profile;
+pub mod run;
 pub mod schedule;
 pub mod seq2seq;
 
 pub use config::{Arch, TrainConfig, PRESETS};
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,8 +43,7 @@ use schedule::CosineSchedule;
 
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub use run::{CHECKPOINT_DIR, METRICS_FILE};
 
 /// Where the training text comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,7 +216,7 @@ impl Trainer {
     /// Start a new run: read the data, build the tokenizer and a freshly initialised model.
     pub fn new(config: TrainConfig, data: DataSpec, out: &Path, device: &Device) -> Result<Self> {
         config.validate()?;
-        let lock = Self::lock(out)?;
+        let lock = run::lock(out)?;
         // Stored absolute, so that `--resume` works from any working directory.
         let data = DataSpec {
             files: data
@@ -241,15 +240,6 @@ impl Trainer {
         let mut t = Self::assemble(config, data, &corpus, tokenizer, model, rng, out, device)?;
         t._lock = Some(lock);
         Ok(t)
-    }
-
-    /// Lock `out` for this run and remove what dead runs of ours left there.
-    fn lock(out: &Path) -> Result<crate::guard::DirLock> {
-        let lock = crate::guard::DirLock::acquire(out)?;
-        for p in crate::guard::clean_stale_temporaries(out) {
-            eprintln!("removed {} (left by an interrupted run)", p.display());
-        }
-        Ok(lock)
     }
 
     /// A run on random tokens, for benchmarks: the tokenizer has exactly
@@ -337,13 +327,8 @@ impl Trainer {
         data: Option<DataSpec>,
         device: &Device,
     ) -> Result<Self> {
-        let lock = Self::lock(out)?;
-        let ckpt = checkpoint::resolve_dir(&out.join(CHECKPOINT_DIR)).ok_or_else(|| {
-            Error::bad_file(
-                out,
-                "no checkpoint/ folder to resume from (was this folder written by attn train?)",
-            )
-        })?;
+        let lock = run::lock(out)?;
+        let ckpt = run::require_checkpoint(out, "attn train")?;
         let state_path = ckpt.join(STATE_FILE);
         let state: TrainerState = serde_json::from_value(checkpoint::read_json(&state_path)?)
             .map_err(|e| Error::bad_file(&state_path, format!("not a valid trainer state: {e}")))?;
@@ -392,38 +377,8 @@ impl Trainer {
         t.step = state.step;
         t.best_val_loss = state.best_val_loss;
         t._lock = Some(lock);
-        t.cut_metrics(state.step)?;
+        run::cut_metrics(out, state.step)?;
         Ok(t)
-    }
-
-    /// Drop the lines of `metrics.jsonl` logged after step `step` (the checkpoint's): a
-    /// resumed run logs them again, and would otherwise repeat them. A line torn by a
-    /// kill mid-write is dropped as well.
-    fn cut_metrics(&self, step: usize) -> Result<()> {
-        let path = self.out.join(METRICS_FILE);
-        if path.is_symlink() || !path.is_file() {
-            return Ok(());
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let mut kept = String::new();
-        let mut dropped = 0;
-        for line in text.lines() {
-            // A line cut short by a kill mid-write does not parse: it goes too.
-            let keep = serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step);
-            if !keep {
-                dropped += 1;
-            } else {
-                kept.push_str(line);
-                kept.push('\n');
-            }
-        }
-        if dropped > 0 {
-            checkpoint::write_atomic(&path, kept.as_bytes())?;
-        }
-        Ok(())
     }
 
     pub fn step(&self) -> usize {
@@ -557,7 +512,7 @@ impl Trainer {
             best,
         };
         // The line first, then the checkpoint: a run killed in between resumes from the
-        // previous checkpoint, which cuts this line away ([`Trainer::cut_metrics`]), so
+        // previous checkpoint, which cuts this line away ([`run::cut_metrics`]), so
         // the log never lacks the evaluation at a checkpoint's step.
         let mut line = serde_json::to_value(&stats).unwrap();
         line["type"] = "eval".into();
@@ -588,34 +543,27 @@ impl Trainer {
 
     /// Write the complete training state to `out/checkpoint`, atomically as a folder.
     pub fn save_checkpoint(&self) -> Result<()> {
-        let dst = self.out.join(CHECKPOINT_DIR);
-        let tmp = self.out.join(format!("{CHECKPOINT_DIR}.tmp"));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        self.save_model(&tmp)?;
-        let moments = self.native.moment_tensors(&self.device)?;
-        write_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
-        let state = TrainerState {
-            step: self.step,
-            rng_state: self.rng.state(),
-            best_val_loss: self.best_val_loss,
-            config: self.config.clone(),
-            data: self.data.clone(),
-            n_tokens: self.splits.train.len() + self.splits.val.len(),
-        };
-        write_json(
-            &tmp.join(STATE_FILE),
-            &serde_json::to_value(&state).unwrap(),
-        )?;
-        checkpoint::replace_dir(&tmp, &dst)
+        run::write_checkpoint(&self.out, |tmp| {
+            self.save_model(tmp)?;
+            let moments = self.native.moment_tensors(&self.device)?;
+            write_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
+            let state = TrainerState {
+                step: self.step,
+                rng_state: self.rng.state(),
+                best_val_loss: self.best_val_loss,
+                config: self.config.clone(),
+                data: self.data.clone(),
+                n_tokens: self.splits.train.len() + self.splits.val.len(),
+            };
+            write_json(
+                &tmp.join(STATE_FILE),
+                &serde_json::to_value(&state).unwrap(),
+            )
+        })
     }
 
     fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
-        let path = self.out.join(METRICS_FILE);
-        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
-        let mut f = crate::guard::open_append_no_follow(&path)?;
-        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+        run::append_metrics(&self.out, line)
     }
 
     /// Train until `max_iters`, evaluating every `eval_interval` steps (and at the start

@@ -465,6 +465,42 @@ impl NativeSeq2Seq {
             .collect()
     }
 
+    /// The AdamW moments by name (`m.NAME`, `v.NAME`), for a checkpoint.
+    pub fn moments(&self) -> Plain {
+        let mut out = Plain::new();
+        for (name, at, shape) in &self.tensors {
+            let len: usize = shape.iter().product();
+            for (kind, buf) in [("m", &self.m), ("v", &self.v)] {
+                out.insert(
+                    format!("{kind}.{name}"),
+                    (buf[*at..at + len].to_vec(), shape.clone()),
+                );
+            }
+        }
+        out
+    }
+
+    /// Restore the moments [`Self::moments`] wrote, after `t` updates.
+    pub fn load_moments(&mut self, mut moments: Plain, t: usize) -> Result<()> {
+        for (name, at, shape) in &self.tensors {
+            let len: usize = shape.iter().product();
+            for (kind, buf) in [("m", &mut self.m), ("v", &mut self.v)] {
+                let key = format!("{kind}.{name}");
+                let (vals, s) = moments
+                    .remove(&key)
+                    .ok_or_else(|| Error::Model(format!("optimizer state {key} is missing")))?;
+                if &s != shape {
+                    return Err(Error::Model(format!(
+                        "optimizer state {key} has shape {s:?}, expected {shape:?}"
+                    )));
+                }
+                buf[*at..at + len].copy_from_slice(&vals);
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+
     /// The model as the inference engine runs it (beam search).
     pub fn to_engine(&self) -> Result<crate::engine::Seq2Seq> {
         crate::engine::Seq2Seq::from_tensors(self.config.clone(), self.tensors())
