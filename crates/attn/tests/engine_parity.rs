@@ -25,6 +25,21 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A copy of fixture `name`'s weights in a temporary folder, its config changed by
+/// `edit`.
+fn fixture_with(name: &str, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attn-{name}-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = "model.safetensors";
+    std::fs::copy(fixture(name).join(weights), dir.join(weights)).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap())
+            .unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
 fn reference(name: &str) -> HashMap<String, Tensor> {
     read_safetensors(&fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap()
 }
@@ -503,18 +518,11 @@ fn gradient_and_difference<M: Probe>(
 fn dropout_gradients_match_finite_differences(act: &str) {
     use attn::train::encoder::NativeEncoder;
     let r = reference("bert-tiny");
-    let dir = std::env::temp_dir().join(format!("attn-enc-fd-{act}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let weights = "model.safetensors";
-    std::fs::copy(fixture("bert-tiny").join(weights), dir.join(weights)).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("bert-tiny").join("config.json")).unwrap(),
-    )
-    .unwrap();
-    cfg["hidden_dropout_prob"] = 0.1.into();
-    cfg["attention_probs_dropout_prob"] = 0.2.into();
-    cfg["hidden_act"] = act.into();
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let dir = fixture_with("bert-tiny", &format!("fd-{act}"), |cfg| {
+        cfg["hidden_dropout_prob"] = 0.1.into();
+        cfg["attention_probs_dropout_prob"] = 0.2.into();
+        cfg["hidden_act"] = act.into();
+    });
     let mut enc = NativeEncoder::load(&dir).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     let (rows, lens, types) = bert_inputs(&r);
@@ -959,19 +967,12 @@ fn seq2seq_training_step_with_dropout_matches_finite_differences() {
         .map(|(s, l)| (s.as_slice(), l.as_slice()))
         .collect();
     for act in ["swish", "gelu", "gelu_new", "relu"] {
-        let dir = std::env::temp_dir().join(format!("attn-s2s-fd-{act}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let weights = "model.safetensors";
-        std::fs::copy(fixture("marian-tiny").join(weights), dir.join(weights)).unwrap();
-        let mut cfg: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture("marian-tiny").join("config.json")).unwrap(),
-        )
-        .unwrap();
-        cfg["dropout"] = 0.1.into();
-        cfg["attention_dropout"] = 0.2.into();
-        cfg["activation_dropout"] = 0.1.into();
-        cfg["activation_function"] = act.into();
-        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let dir = fixture_with("marian-tiny", &format!("fd-{act}"), |cfg| {
+            cfg["dropout"] = 0.1.into();
+            cfg["attention_dropout"] = 0.2.into();
+            cfg["activation_dropout"] = 0.1.into();
+            cfg["activation_function"] = act.into();
+        });
         let mut model = NativeSeq2Seq::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).ok();
         let seed = Some(11);

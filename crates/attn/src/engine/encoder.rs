@@ -91,23 +91,9 @@ impl Encoder {
         let c = config.hidden_size;
         let inner = config.intermediate_size;
         let take = |t: &mut Plain, name: &str, shape: &[usize]| take(t, path, name, shape);
-        let norm = |t: &mut Plain, name: &str| -> Result<Norm> {
-            Ok(Norm {
-                w: take(t, &format!("{name}.weight"), &[c])?,
-                b: Some(take(t, &format!("{name}.bias"), &[c])?),
-            })
-        };
-        // `[out, in]` matrices stacked by rows, with their biases.
-        let linear = |t: &mut Plain, names: &[&str], rows: usize, cols: usize| -> Result<Linear> {
-            let (mut w, mut b) = (Vec::new(), Vec::new());
-            for name in names {
-                w.extend(take(t, &format!("{name}.weight"), &[rows, cols])?);
-                b.extend(take(t, &format!("{name}.bias"), &[rows])?);
-            }
-            Ok(Linear {
-                w: QMatrix::from_f32(&w, rows * names.len(), cols, WeightType::F32)?,
-                b: Some(b),
-            })
+        let norm = |t: &mut Plain, name: &str| take_norm(t, path, name, c);
+        let linear = |t: &mut Plain, names: &[&str], rows: usize, cols: usize| {
+            take_linear(t, path, names, rows, cols)
         };
         let word = take(
             &mut t,
@@ -405,6 +391,33 @@ pub(crate) fn post_norm_blocks(
         std::mem::swap(x, &mut h);
         each(x);
     }
+}
+
+/// The norm `name` (`.weight` and `.bias`, `[c]` each).
+pub(crate) fn take_norm(t: &mut Plain, path: &Path, name: &str, c: usize) -> Result<Norm> {
+    Ok(Norm {
+        w: take(t, path, &format!("{name}.weight"), &[c])?,
+        b: Some(take(t, path, &format!("{name}.bias"), &[c])?),
+    })
+}
+
+/// The `[rows, cols]` matrices `names` stacked by rows (f32), with their biases.
+pub(crate) fn take_linear(
+    t: &mut Plain,
+    path: &Path,
+    names: &[&str],
+    rows: usize,
+    cols: usize,
+) -> Result<Linear> {
+    let (mut w, mut b) = (Vec::new(), Vec::new());
+    for name in names {
+        w.extend(take(t, path, &format!("{name}.weight"), &[rows, cols])?);
+        b.extend(take(t, path, &format!("{name}.bias"), &[rows])?);
+    }
+    Ok(Linear {
+        w: QMatrix::from_f32(&w, rows * names.len(), cols, WeightType::F32)?,
+        b: Some(b),
+    })
 }
 
 fn is_buffer(name: &str) -> bool {

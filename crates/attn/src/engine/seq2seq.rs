@@ -19,7 +19,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::decoder::{activate, DecoderState, Layer, Linear, Norm};
-use super::encoder::post_norm_blocks;
+use super::encoder::{post_norm_blocks, take_linear, take_norm};
 use super::io::{plain_of_params, plain_tensors, read_weight_files, take, Plain};
 use super::{Mlp, Want};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
@@ -155,23 +155,9 @@ impl Seq2Seq {
         config.validate()?;
         let c = config.d_model;
         let take = |t: &mut Plain, name: &str, shape: &[usize]| take(t, path, name, shape);
-        let norm = |t: &mut Plain, name: &str| -> Result<Norm> {
-            Ok(Norm {
-                w: take(t, &format!("{name}.weight"), &[c])?,
-                b: Some(take(t, &format!("{name}.bias"), &[c])?),
-            })
-        };
-        // `[out, in]` matrices stacked by rows, with their biases.
-        let linear = |t: &mut Plain, names: &[&str], rows: usize, cols: usize| -> Result<Linear> {
-            let (mut w, mut b) = (Vec::new(), Vec::new());
-            for name in names {
-                w.extend(take(t, &format!("{name}.weight"), &[rows, cols])?);
-                b.extend(take(t, &format!("{name}.bias"), &[rows])?);
-            }
-            Ok(Linear {
-                w: QMatrix::from_f32(&w, rows * names.len(), cols, WeightType::F32)?,
-                b: Some(b),
-            })
+        let norm = |t: &mut Plain, name: &str| take_norm(t, path, name, c);
+        let linear = |t: &mut Plain, names: &[&str], rows: usize, cols: usize| {
+            take_linear(t, path, names, rows, cols)
         };
         let v = config.vocab_size;
         let embed = take(&mut t, "model.shared.weight", &[v, c])?;

@@ -417,6 +417,106 @@ impl Dims {
     }
 }
 
+/// A sublayer's last matrix (`[c, i]`, its bias) and the norm after the residual sum.
+pub(super) struct Tail {
+    pub w: usize,
+    pub b: usize,
+    pub ln_w: usize,
+    pub ln_b: usize,
+}
+
+/// A sublayer's end: `s = x + drop(h·Wᵀ + b)`, `out = LN(s)`. Returns `s`, the norm's
+/// statistics and `out`.
+fn tail_forward(
+    w: &[f32],
+    d: Dims,
+    t: &Tail,
+    h: &[f32],
+    x: &[f32],
+    drop: Option<Dropout>,
+    scratch: &mut Scratch,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = d.c;
+    let n = x.len() / c;
+    let i = h.len() / n;
+    let mut s = scratch.pool.take(n * c);
+    linear(
+        h,
+        n,
+        &w[t.w..t.w + c * i],
+        &w[t.b..t.b + c],
+        &mut s,
+        &mut scratch.panels,
+    );
+    drop_in_place(&mut s, drop);
+    s.iter_mut().zip(x).for_each(|(s, x)| *s += x);
+    let (mut out, mut st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
+    k::layer_norm(
+        &s,
+        &w[t.ln_w..t.ln_w + c],
+        Some(&w[t.ln_b..t.ln_b + c]),
+        d.eps,
+        n,
+        &mut out,
+        &mut st,
+    );
+    (s, st, out)
+}
+
+/// Backward of [`tail_forward`] from `dout`: the norm's and the matrix's gradients
+/// (unless `frozen`). Returns the gradient of `s` (also `x`'s through the residual)
+/// and of `h`.
+#[allow(clippy::too_many_arguments)]
+fn tail_backward(
+    w: &[f32],
+    g: &mut [f32],
+    junk: &mut [f32],
+    frozen: bool,
+    d: Dims,
+    t: &Tail,
+    dout: &[f32],
+    h: &[f32],
+    s: &[f32],
+    st: &[f32],
+    drop: Option<Dropout>,
+    scratch: &mut Scratch,
+) -> (Vec<f32>, Vec<f32>) {
+    let c = d.c;
+    let n = dout.len() / c;
+    let i = h.len() / n;
+    let mut ds = scratch.pool.take(n * c);
+    {
+        let [dw, db] = norm_grads(g, junk, frozen, t.ln_w, t.ln_b, c);
+        k::layer_norm_backward(
+            dout,
+            s,
+            st,
+            &w[t.ln_w..t.ln_w + c],
+            n,
+            &mut ds,
+            dw,
+            Some(db),
+        );
+    }
+    let mut dh = scratch.pool.take(n * i);
+    let gr = wgrads(g, frozen, (t.w, c * i), (t.b, c));
+    let dsd = masked_copy(&mut scratch.pool, &ds, drop);
+    linear_backward(
+        dsd.as_deref().unwrap_or(&ds),
+        h,
+        n,
+        &w[t.w..t.w + c * i],
+        c,
+        gr,
+        Some(&mut dh),
+        scratch,
+    );
+    if let Some(v) = dsd {
+        scratch.pool.give(v);
+    }
+    (ds, dh)
+}
+
 /// Where an attention sublayer's output projection and its norm (after the residual
 /// sum) start in the flat buffers.
 #[derive(Clone, Copy, Debug)]
@@ -483,27 +583,7 @@ pub(super) fn attn_forward(
         }
         probs.push(p);
     }
-    let mut s = scratch.pool.take(n * c);
-    linear(
-        &y,
-        n,
-        &w[at.proj_w..at.proj_w + c * c],
-        &w[at.proj_b..at.proj_b + c],
-        &mut s,
-        &mut scratch.panels,
-    );
-    drop_in_place(&mut s, drop_out);
-    s.iter_mut().zip(x).for_each(|(s, x)| *s += x);
-    let (mut out, mut st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
-    k::layer_norm(
-        &s,
-        &w[at.ln_w..at.ln_w + c],
-        Some(&w[at.ln_b..at.ln_b + c]),
-        d.eps,
-        n,
-        &mut out,
-        &mut st,
-    );
+    let (s, st, out) = tail_forward(w, d, &at.tail(), &y, x, drop_out, scratch);
     (AttnActs { probs, y, s, st }, out)
 }
 
@@ -531,39 +611,20 @@ pub(super) fn attn_backward(
     mut dkv: Option<&mut [f32]>,
 ) -> Vec<f32> {
     let (c, hd) = (d.c, d.hd());
-    let n = dout.len() / c;
-    let mut ds = scratch.pool.take(n * c);
-    {
-        let [dw, db] = norm_grads(g, junk, frozen, at.ln_w, at.ln_b, c);
-        k::layer_norm_backward(
-            dout,
-            &a.s,
-            &a.st,
-            &w[at.ln_w..at.ln_w + c],
-            n,
-            &mut ds,
-            dw,
-            Some(db),
-        );
-    }
-    let mut dy = scratch.pool.take(n * c);
-    {
-        let gr = wgrads(g, frozen, (at.proj_w, c * c), (at.proj_b, c));
-        let dsd = masked_copy(&mut scratch.pool, &ds, drop_out);
-        linear_backward(
-            dsd.as_deref().unwrap_or(&ds),
-            &a.y,
-            n,
-            &w[at.proj_w..at.proj_w + c * c],
-            c,
-            gr,
-            Some(&mut dy),
-            scratch,
-        );
-        if let Some(v) = dsd {
-            scratch.pool.give(v);
-        }
-    }
+    let (ds, dy) = tail_backward(
+        w,
+        g,
+        junk,
+        frozen,
+        d,
+        &at.tail(),
+        dout,
+        &a.y,
+        &a.s,
+        &a.st,
+        drop_out,
+        scratch,
+    );
     let parts: Vec<[Vec<f32>; 3]> = jobs
         .par_iter()
         .zip(&a.probs)
@@ -598,6 +659,28 @@ pub(super) struct MlpAt {
     pub ln_w: usize,
     pub ln_b: usize,
     pub inner: usize,
+}
+
+impl PostAt {
+    fn tail(&self) -> Tail {
+        Tail {
+            w: self.proj_w,
+            b: self.proj_b,
+            ln_w: self.ln_w,
+            ln_b: self.ln_b,
+        }
+    }
+}
+
+impl MlpAt {
+    fn tail(&self) -> Tail {
+        Tail {
+            w: self.down_w,
+            b: self.down_b,
+            ln_w: self.ln_w,
+            ln_b: self.ln_b,
+        }
+    }
 }
 
 /// What an MLP sublayer's backward pass reads.
@@ -644,27 +727,7 @@ pub(super) fn mlp_forward(
     g.copy_from_slice(&u);
     g.par_chunks_mut(4096).for_each(|xs| act.apply(xs));
     drop_in_place(&mut g, drop_act);
-    let mut s = scratch.pool.take(n * c);
-    linear(
-        &g,
-        n,
-        &w[at.down_w..at.down_w + c * inner],
-        &w[at.down_b..at.down_b + c],
-        &mut s,
-        &mut scratch.panels,
-    );
-    drop_in_place(&mut s, drop_out);
-    s.iter_mut().zip(x).for_each(|(s, x)| *s += x);
-    let (mut out, mut st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
-    k::layer_norm(
-        &s,
-        &w[at.ln_w..at.ln_w + c],
-        Some(&w[at.ln_b..at.ln_b + c]),
-        d.eps,
-        n,
-        &mut out,
-        &mut st,
-    );
+    let (s, st, out) = tail_forward(w, d, &at.tail(), &g, x, drop_out, scratch);
     (MlpActs { u, g, s, st }, out)
 }
 
@@ -688,38 +751,20 @@ pub(super) fn mlp_backward(
 ) -> Vec<f32> {
     let (c, inner) = (d.c, at.inner);
     let n = dout.len() / c;
-    let mut ds = scratch.pool.take(n * c);
-    {
-        let [dw, db] = norm_grads(g, junk, frozen, at.ln_w, at.ln_b, c);
-        k::layer_norm_backward(
-            dout,
-            &a.s,
-            &a.st,
-            &w[at.ln_w..at.ln_w + c],
-            n,
-            &mut ds,
-            dw,
-            Some(db),
-        );
-    }
-    let mut dgel = scratch.pool.take(n * inner);
-    {
-        let gr = wgrads(g, frozen, (at.down_w, c * inner), (at.down_b, c));
-        let dsd = masked_copy(&mut scratch.pool, &ds, drop_out);
-        linear_backward(
-            dsd.as_deref().unwrap_or(&ds),
-            &a.g,
-            n,
-            &w[at.down_w..at.down_w + c * inner],
-            c,
-            gr,
-            Some(&mut dgel),
-            scratch,
-        );
-        if let Some(v) = dsd {
-            scratch.pool.give(v);
-        }
-    }
+    let (ds, mut dgel) = tail_backward(
+        w,
+        g,
+        junk,
+        frozen,
+        d,
+        &at.tail(),
+        dout,
+        &a.g,
+        &a.s,
+        &a.st,
+        drop_out,
+        scratch,
+    );
     drop_in_place(&mut dgel, drop_act);
     act.grad_mul(&mut dgel, &a.u);
     let mut dx = scratch.pool.take(n * c);

@@ -22,6 +22,7 @@ use super::blocks::{
     attn_backward, attn_forward, drop_in_place, linear, linear_backward, mlp_backward, mlp_forward,
     norm_grads, wgrads, Act, AttnActs, Dims, HeadAt, Job, MlpActs, MlpAt, PostAt, Scratch,
 };
+use super::flat::Flat;
 use crate::engine::encoder::{canonical, read_bert};
 use crate::engine::io::{plain_of_params, Plain};
 use crate::kernels::cpu as k;
@@ -56,21 +57,14 @@ struct Layout {
 /// A BERT sequence classifier's parameters, gradients and AdamW moments.
 pub struct NativeEncoder {
     pub config: BertConfig,
-    /// (canonical name, offset, shape) of every tensor, in buffer order.
-    tensors: Vec<(String, usize, Vec<usize>)>,
     lay: Layout,
-    params: Vec<f32>,
-    grads: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
-    /// AdamW updates applied.
-    pub t: usize,
+    /// Parameters, gradients and moments under canonical names.
+    flat: Flat,
     scratch: Scratch,
     /// Low-rank adapters on every layer's query and value projections: the rest of the
     /// encoder is frozen, and only the adapters and the classification head (the
     /// buffers' tail from `trainable_from`) get gradients and AdamW moments.
     lora: Option<(LoraConfig, Vec<AdapterAt>)>,
-    trainable_from: usize,
     act: Act,
 }
 
@@ -190,14 +184,14 @@ impl NativeEncoder {
     /// Write the current values into a tensor-graph model's parameters of the same
     /// names (with or without `bert.`), for saving and evaluating through it.
     pub fn write_into(&self, params: &crate::nn::Params) -> Result<()> {
-        for (name, at, shape) in &self.tensors {
+        for (name, at, shape) in &self.flat.tensors {
             let var = params
                 .get(&format!("bert.{name}"))
                 .or_else(|| params.get(name))
                 .ok_or_else(|| Error::Model(format!("no parameter {name} to write into")))?;
             let len: usize = shape.iter().product();
             let t = candle_core::Tensor::from_vec(
-                self.params[*at..at + len].to_vec(),
+                self.flat.params[*at..at + len].to_vec(),
                 shape.as_slice(),
                 var.device(),
             )?;
@@ -329,11 +323,9 @@ impl NativeEncoder {
                 format!("unexpected tensors: {}", left.join(", ")),
             ));
         }
-        let n = params.len();
-        let moments = n - trainable_from;
         Ok(NativeEncoder {
             config,
-            tensors,
+            flat: Flat::new(tensors, params, trainable_from),
             lay: Layout {
                 word,
                 pos,
@@ -346,39 +338,29 @@ impl NativeEncoder {
                 cls_w,
                 cls_b,
             },
-            params,
-            grads: vec![0.0; n],
-            m: vec![0.0; moments],
-            v: vec![0.0; moments],
-            t: 0,
             scratch: Scratch::default(),
             lora,
-            trainable_from,
             act,
         })
     }
 
     /// The gradient of the tensor `name` (transformers' name without `bert.`).
     pub fn gradient(&self, name: &str) -> Option<&[f32]> {
-        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
-        Some(&self.grads[*at..at + shape.iter().product::<usize>()])
+        self.flat.gradient(name)
     }
 
     /// The values of the tensor `name`.
     pub fn param(&self, name: &str) -> Option<&[f32]> {
-        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
-        Some(&self.params[*at..at + shape.iter().product::<usize>()])
+        self.flat.param(name)
     }
 
     /// Every tensor's name and shape, in buffer order.
     pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
-        self.tensors
-            .iter()
-            .map(|(n, _, s)| (n.as_str(), s.as_slice()))
+        self.flat.names()
     }
 
     pub fn zero_grads(&mut self) {
-        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        self.flat.zero_grads()
     }
 
     fn check(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>, labels: &[u32]) -> Result<()> {
@@ -447,8 +429,7 @@ impl NativeEncoder {
 
     /// Element `i` of the tensor `name`, to change (finite-difference tests).
     pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
-        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
-        (i < shape.iter().product::<usize>()).then(|| &mut self.params[at + i])
+        self.flat.param_mut(name, i)
     }
 
     /// Classification logits `[labels]` per sequence.
@@ -514,7 +495,7 @@ impl NativeEncoder {
     ) -> (Saved, f64) {
         let dims = self.dims();
         let cfg = &self.config;
-        let (lay, w) = (&self.lay, &self.params);
+        let (lay, w) = (&self.lay, &self.flat.params);
         let c = cfg.hidden_size;
         let eps = cfg.layer_norm_eps as f32;
         let mut spans = Vec::with_capacity(seqs.len());
@@ -672,8 +653,8 @@ impl NativeEncoder {
     ) {
         let dims = self.dims();
         let cfg = &self.config;
-        let (lay, w) = (&self.lay, &self.params);
-        let g = &mut self.grads;
+        let (lay, w) = (&self.lay, &self.flat.params);
+        let g = &mut self.flat.grads;
         let c = cfg.hidden_size;
         let (n, b, nl) = (s.n, seqs.len(), cfg.labels());
         let frozen = self.lora.is_some();
@@ -879,46 +860,20 @@ impl NativeEncoder {
         }
     }
 
-    /// One AdamW update with the accumulated gradients times `grad_scale`; matrices
-    /// (and embedding tables) are decayed, vectors (biases, norms) are not.
+    /// One AdamW update with the accumulated gradients times `grad_scale` (the
+    /// trainable tensors only); matrices (and embedding tables) are decayed, vectors
+    /// (biases, norms) are not.
     pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
-        self.t += 1;
-        let from = self.trainable_from;
-        let segments: Vec<(usize, usize, bool)> = self
-            .tensors
-            .iter()
-            .filter(|(_, at, _)| *at >= from)
-            .map(|(_, at, shape)| {
-                let len: usize = shape.iter().product();
-                (at - from, at - from + len, shape.len() >= 2)
-            })
-            .collect();
-        let (params, grads, m, v) = (
-            &mut self.params[from..],
-            &self.grads[from..],
-            &mut self.m,
-            &mut self.v,
-        );
-        let step = config.kernel_step(self.t, lr, grad_scale);
-        k::in_pool(|| k::adamw(params, grads, m, v, &segments, step));
+        self.flat.adamw_step(config, lr, grad_scale)
     }
 
-    /// √Σ g² over every gradient.
+    /// √Σ g² over every trainable gradient.
     pub fn grad_norm(&self) -> f64 {
-        k::sum_squares(&self.grads[self.trainable_from..]).sqrt()
+        self.flat.grad_norm()
     }
 
     /// Tensors by name (canonical, without `bert.`), for saving.
     pub fn tensors(&self) -> HashMap<String, (Vec<f32>, Vec<usize>)> {
-        self.tensors
-            .iter()
-            .map(|(name, at, shape)| {
-                let len: usize = shape.iter().product();
-                (
-                    name.clone(),
-                    (self.params[*at..at + len].to_vec(), shape.clone()),
-                )
-            })
-            .collect()
+        self.flat.tensors()
     }
 }

@@ -20,6 +20,7 @@ use super::blocks::{
     attn_backward, attn_forward, drop_in_place, linear, linear_backward, mlp_backward, mlp_forward,
     wgrads, Act, AttnActs, Dims, HeadAt, Job, MlpActs, MlpAt, PostAt, Scratch,
 };
+use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::engine::seq2seq::{is_tied_copy, sinusoid_table};
 use crate::kernels::cpu as k;
@@ -247,19 +248,13 @@ struct Saved {
 /// A Marian model's parameters, gradients and AdamW moments.
 pub struct NativeSeq2Seq {
     pub config: MarianConfig,
-    /// (name, offset, shape) of every tensor, in buffer order.
-    tensors: Vec<(String, usize, Vec<usize>)>,
+    /// Parameters, gradients and moments under Hugging Face's names.
+    flat: Flat,
     shared: usize,
     bias: usize,
     enc: Vec<EncAt>,
     dec: Vec<DecAt>,
     positions: Vec<f32>,
-    params: Vec<f32>,
-    grads: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
-    /// AdamW updates applied.
-    pub t: usize,
     scratch: Scratch,
     act: Act,
     /// The padding row of the embedding gets no gradient at all ([`Self::freeze_pad_row`]).
@@ -387,19 +382,13 @@ impl NativeSeq2Seq {
             })
             .collect();
         let positions = sinusoid_table(config.max_position_embeddings, config.d_model)?;
-        let n = params.len();
         Ok(NativeSeq2Seq {
             shared: at["model.shared.weight"],
             bias: at["final_logits_bias"],
-            tensors,
+            flat: Flat::new(tensors, params, 0),
             enc,
             dec,
             positions,
-            grads: vec![0.0; n],
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            params,
-            t: 0,
             scratch: Scratch::default(),
             act,
             pad_frozen: false,
@@ -422,55 +411,42 @@ impl NativeSeq2Seq {
 
     /// Number of parameters.
     pub fn count(&self) -> usize {
-        self.params.len()
+        self.flat.params.len()
     }
 
     pub fn gradient(&self, name: &str) -> Option<&[f32]> {
-        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
-        Some(&self.grads[*at..at + shape.iter().product::<usize>()])
+        self.flat.gradient(name)
     }
 
     pub fn param(&self, name: &str) -> Option<&[f32]> {
-        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
-        Some(&self.params[*at..at + shape.iter().product::<usize>()])
+        self.flat.param(name)
     }
 
     /// Element `i` of the tensor `name`, to change (finite-difference tests).
     pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
-        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
-        (i < shape.iter().product::<usize>()).then(|| &mut self.params[at + i])
+        self.flat.param_mut(name, i)
     }
 
     pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
-        self.tensors
-            .iter()
-            .map(|(n, _, s)| (n.as_str(), s.as_slice()))
+        self.flat.names()
     }
 
     pub fn zero_grads(&mut self) {
-        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        self.flat.zero_grads()
     }
 
     /// Tensors by name, for saving and for the inference engine.
     pub fn tensors(&self) -> Plain {
-        self.tensors
-            .iter()
-            .map(|(name, at, shape)| {
-                let len: usize = shape.iter().product();
-                (
-                    name.clone(),
-                    (self.params[*at..at + len].to_vec(), shape.clone()),
-                )
-            })
-            .collect()
+        self.flat.tensors()
     }
 
     /// The AdamW moments by name (`m.NAME`, `v.NAME`), for a checkpoint.
     pub fn moments(&self) -> Plain {
+        let f = &self.flat;
         let mut out = Plain::new();
-        for (name, at, shape) in &self.tensors {
+        for (name, at, shape) in &f.tensors {
             let len: usize = shape.iter().product();
-            for (kind, buf) in [("m", &self.m), ("v", &self.v)] {
+            for (kind, buf) in [("m", &f.m), ("v", &f.v)] {
                 out.insert(
                     format!("{kind}.{name}"),
                     (buf[*at..at + len].to_vec(), shape.clone()),
@@ -482,9 +458,10 @@ impl NativeSeq2Seq {
 
     /// Restore the moments [`Self::moments`] wrote, after `t` updates.
     pub fn load_moments(&mut self, mut moments: Plain, t: usize) -> Result<()> {
-        for (name, at, shape) in &self.tensors {
+        let f = &mut self.flat;
+        for (name, at, shape) in &f.tensors {
             let len: usize = shape.iter().product();
-            for (kind, buf) in [("m", &mut self.m), ("v", &mut self.v)] {
+            for (kind, buf) in [("m", &mut f.m), ("v", &mut f.v)] {
                 let key = format!("{kind}.{name}");
                 let (vals, s) = moments
                     .remove(&key)
@@ -497,7 +474,7 @@ impl NativeSeq2Seq {
                 buf[*at..at + len].copy_from_slice(&vals);
             }
         }
-        self.t = t;
+        f.t = t;
         Ok(())
     }
 
@@ -549,23 +526,7 @@ impl NativeSeq2Seq {
         smoothing: f64,
         dropout_seed: Option<u64>,
     ) -> Result<f64> {
-        self.check(pairs)?;
-        let drops = self.drops(dropout_seed);
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let loss = k::in_pool(|| {
-            let (saved, mut logits, ntok, targets) = self.forward(pairs, drops, &mut scratch);
-            let loss = k::smoothed_cross_entropy(
-                &mut logits,
-                self.config.vocab_size,
-                &targets,
-                smoothing as f32,
-                Some(1.0 / ntok as f32),
-            ) / ntok as f64;
-            self.backward(pairs, saved, logits, drops, &mut scratch);
-            loss
-        });
-        self.scratch = scratch;
-        Ok(loss)
+        self.run(pairs, smoothing, dropout_seed, true)
     }
 
     /// The mean label-smoothed loss over the batch's target tokens, without gradients
@@ -575,6 +536,17 @@ impl NativeSeq2Seq {
         pairs: &[(&[u32], &[u32])],
         smoothing: f64,
         dropout_seed: Option<u64>,
+    ) -> Result<f64> {
+        self.run(pairs, smoothing, dropout_seed, false)
+    }
+
+    /// The forward pass and the loss, then the backward pass when `backward`.
+    fn run(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+        backward: bool,
     ) -> Result<f64> {
         self.check(pairs)?;
         let drops = self.drops(dropout_seed);
@@ -586,10 +558,14 @@ impl NativeSeq2Seq {
                 self.config.vocab_size,
                 &targets,
                 smoothing as f32,
-                None,
+                backward.then_some(1.0 / ntok as f32),
             ) / ntok as f64;
-            Self::give(saved, &mut scratch);
-            scratch.pool.give(logits);
+            if backward {
+                self.backward(pairs, saved, logits, drops, &mut scratch);
+            } else {
+                Self::give(saved, &mut scratch);
+                scratch.pool.give(logits);
+            }
             loss
         });
         self.scratch = scratch;
@@ -606,7 +582,7 @@ impl NativeSeq2Seq {
     ) -> Vec<f32> {
         let c = self.config.d_model;
         let scale = self.embed_scale();
-        let w = &self.params[self.shared..];
+        let w = &self.flat.params[self.shared..];
         let mut x = scratch.pool.take(n * c);
         let mut rows = x.chunks_mut(c);
         for s in seqs {
@@ -658,7 +634,7 @@ impl NativeSeq2Seq {
         scratch: &mut Scratch,
     ) -> (Vec<f32>, AttnActs, Vec<f32>) {
         let d = self.dims(stack == 1);
-        let (c, w) = (d.c, &self.params);
+        let (c, w) = (d.c, &self.flat.params);
         let n = x.len() / c;
         let mut qkv = scratch.pool.take(n * 3 * c);
         linear(
@@ -695,7 +671,7 @@ impl NativeSeq2Seq {
     ) -> (Saved, Vec<f32>, usize, Vec<u32>) {
         let cfg = &self.config;
         let (c, v) = (cfg.d_model, cfg.vocab_size);
-        let w = &self.params;
+        let w = &self.flat.params;
         let srcs: Vec<&[u32]> = pairs.iter().map(|p| p.0).collect();
         let dec_in = self.decoder_inputs(pairs);
         let dec_refs: Vec<&[u32]> = dec_in.iter().map(|s| s.as_slice()).collect();
@@ -835,7 +811,7 @@ impl NativeSeq2Seq {
         drop_in_place(dx, drop);
         let c = self.config.d_model;
         let (scale, pad) = (self.embed_scale(), self.config.pad_token_id);
-        let g = &mut self.grads[self.shared..];
+        let g = &mut self.flat.grads[self.shared..];
         for (row, &id) in dx.chunks(c).zip(seqs.iter().flat_map(|s| s.iter())) {
             if id == pad {
                 continue;
@@ -869,7 +845,7 @@ impl NativeSeq2Seq {
         } else {
             &self.enc[l].attn
         };
-        let (w, g) = (&self.params, &mut self.grads);
+        let (w, g) = (&self.flat.params, &mut self.flat.grads);
         let jobs = jobs(d, spans, None, stack == 1, |s, h| {
             drops.head(stack, l, false, s, h)
         });
@@ -924,7 +900,7 @@ impl NativeSeq2Seq {
         // The head, tied to the embedding: dW += dlogitsᵀ·h, dbias += Σ dlogits.
         let mut dx = scratch.pool.take(nt * c);
         {
-            let (w, g) = (&self.params, &mut self.grads);
+            let (w, g) = (&self.flat.params, &mut self.flat.grads);
             linear_backward(
                 &dlogits,
                 s.dec_x.last().unwrap(),
@@ -946,8 +922,8 @@ impl NativeSeq2Seq {
             let dh2 = {
                 let at = &self.dec[l];
                 mlp_backward(
-                    &self.params,
-                    &mut self.grads,
+                    &self.flat.params,
+                    &mut self.flat.grads,
                     &mut junk,
                     false,
                     dd,
@@ -967,7 +943,7 @@ impl NativeSeq2Seq {
             let mut dq = scratch.pool.take(nt * c);
             let mut dkv = scratch.pool.take(ns * 2 * c);
             let cr = &self.dec[l].cross;
-            let (w, g) = (&self.params, &mut self.grads);
+            let (w, g) = (&self.flat.params, &mut self.flat.grads);
             let dres = attn_backward(
                 w,
                 g,
@@ -1026,8 +1002,8 @@ impl NativeSeq2Seq {
             let dh1 = {
                 let at = &self.enc[l];
                 mlp_backward(
-                    &self.params,
-                    &mut self.grads,
+                    &self.flat.params,
+                    &mut self.flat.grads,
                     &mut junk,
                     false,
                     de,
@@ -1053,29 +1029,20 @@ impl NativeSeq2Seq {
         if self.pad_frozen {
             let (c, pad) = (self.config.d_model, self.config.pad_token_id as usize);
             let at = self.shared + pad * c;
-            self.grads[at..at + c].iter_mut().for_each(|g| *g = 0.0);
+            self.flat.grads[at..at + c]
+                .iter_mut()
+                .for_each(|g| *g = 0.0);
         }
     }
 
     /// One AdamW update with the accumulated gradients times `grad_scale`; matrices
     /// (and the embedding) are decayed, vectors (biases, norms) are not.
     pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
-        self.t += 1;
-        let segments: Vec<(usize, usize, bool)> = self
-            .tensors
-            .iter()
-            .map(|(_, at, shape)| {
-                let len: usize = shape.iter().product();
-                (*at, at + len, shape.len() >= 2 && shape[0] > 1)
-            })
-            .collect();
-        let step = config.kernel_step(self.t, lr, grad_scale);
-        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
-        k::in_pool(|| k::adamw(params, grads, m, v, &segments, step));
+        self.flat.adamw_step(config, lr, grad_scale)
     }
 
     /// √Σ g² over every gradient.
     pub fn grad_norm(&self) -> f64 {
-        k::sum_squares(&self.grads).sqrt()
+        self.flat.grad_norm()
     }
 }

@@ -1,0 +1,119 @@
+//! A model's tensors for a training step on the engine: parameters, gradients and AdamW
+//! moments in flat buffers, each tensor a range of them under its Hugging Face name.
+//! Tensors before `trainable_from` are frozen (LoRA): they keep no moments and AdamW
+//! leaves them alone.
+
+use crate::engine::io::Plain;
+use crate::kernels::cpu as k;
+use crate::train::optimizer::AdamWConfig;
+
+pub(crate) struct Flat {
+    /// (name, offset, shape) of every tensor, in buffer order.
+    pub tensors: Vec<(String, usize, Vec<usize>)>,
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    /// Moments of the trainable tail.
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// AdamW updates applied.
+    pub t: usize,
+    pub trainable_from: usize,
+}
+
+impl Flat {
+    /// Buffers for `params` (laid out as `tensors` says), trainable from
+    /// `trainable_from`.
+    pub fn new(
+        tensors: Vec<(String, usize, Vec<usize>)>,
+        params: Vec<f32>,
+        trainable_from: usize,
+    ) -> Self {
+        let n = params.len();
+        Flat {
+            tensors,
+            grads: vec![0.0; n],
+            m: vec![0.0; n - trainable_from],
+            v: vec![0.0; n - trainable_from],
+            params,
+            t: 0,
+            trainable_from,
+        }
+    }
+
+    /// Offset and length of the tensor `name`.
+    fn range(&self, name: &str) -> Option<(usize, usize)> {
+        let (_, at, shape) = self.tensors.iter().find(|(n, _, _)| n == name)?;
+        Some((*at, shape.iter().product()))
+    }
+
+    pub fn gradient(&self, name: &str) -> Option<&[f32]> {
+        let (at, len) = self.range(name)?;
+        Some(&self.grads[at..at + len])
+    }
+
+    pub fn param(&self, name: &str) -> Option<&[f32]> {
+        let (at, len) = self.range(name)?;
+        Some(&self.params[at..at + len])
+    }
+
+    /// Element `i` of the tensor `name`, to change (finite-difference tests).
+    pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        let (at, len) = self.range(name)?;
+        (i < len).then(|| &mut self.params[at + i])
+    }
+
+    /// Every tensor's name and shape, in buffer order.
+    pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.tensors
+            .iter()
+            .map(|(n, _, s)| (n.as_str(), s.as_slice()))
+    }
+
+    pub fn zero_grads(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = 0.0);
+    }
+
+    /// Every tensor by name.
+    pub fn tensors(&self) -> Plain {
+        self.tensors
+            .iter()
+            .map(|(name, at, shape)| {
+                let len: usize = shape.iter().product();
+                (
+                    name.clone(),
+                    (self.params[*at..at + len].to_vec(), shape.clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// One AdamW update of the trainable tensors with the accumulated gradients times
+    /// `grad_scale`; matrices and embedding tables are decayed, vectors (biases, norms,
+    /// a `[1, n]` bias row) are not.
+    pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
+        self.t += 1;
+        let from = self.trainable_from;
+        let segments: Vec<(usize, usize, bool)> = self
+            .tensors
+            .iter()
+            .filter(|(_, at, _)| *at >= from)
+            .map(|(_, at, shape)| {
+                let len: usize = shape.iter().product();
+                (at - from, at - from + len, shape.len() >= 2 && shape[0] > 1)
+            })
+            .collect();
+        let (params, grads, m, v) = (
+            &mut self.params[from..],
+            &self.grads[from..],
+            &mut self.m,
+            &mut self.v,
+        );
+        let step = config.kernel_step(self.t, lr, grad_scale);
+        k::in_pool(|| k::adamw(params, grads, m, v, &segments, step));
+    }
+
+    /// √Σ g² over the trainable tensors' gradients.
+    pub fn grad_norm(&self) -> f64 {
+        k::sum_squares(&self.grads[self.trainable_from..]).sqrt()
+    }
+}
