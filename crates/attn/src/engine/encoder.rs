@@ -351,46 +351,81 @@ pub(crate) fn post_norm_blocks(
     for layer in layers {
         layer.qkv.apply(x, n, &mut qkv);
         // One task per (sequence, head): its queries against its own keys.
-        let outs: Vec<Vec<f32>> = jobs
-            .par_iter()
+        let heads: Vec<HeadJob> = jobs
+            .iter()
             .map(|&(s, hh)| {
-                let t = lens[s];
                 let base = &qkv[first[s] * w + hh * hd..];
-                let mut out = vec![0f32; t * hd];
-                attend_head(
-                    base,
-                    w,
-                    &base[c..],
-                    &base[2 * c..],
-                    w,
-                    Span::All { keys: t },
-                    t,
-                    hd,
-                    scale,
-                    &mut out,
-                    None,
-                    None,
-                );
-                out
+                HeadJob {
+                    q: base,
+                    qs: w,
+                    k: &base[c..],
+                    v: &base[2 * c..],
+                    ks: w,
+                    span: Span::All { keys: lens[s] },
+                    t: lens[s],
+                    row0: first[s],
+                    col0: hh * hd,
+                }
             })
             .collect();
-        for (&(s, hh), out) in jobs.iter().zip(&outs) {
-            for (j, o) in out.chunks(hd).enumerate() {
-                y[(first[s] + j) * c + hh * hd..][..hd].copy_from_slice(o);
-            }
-        }
-        layer.proj.apply(&y, n, &mut a);
-        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-        layer.norm1.apply(x, &mut h, eps);
-        std::mem::swap(x, &mut h);
+        attend_into(&heads, hd, scale, c, &mut y);
+        add_and_norm(&layer.proj, &y, x, &mut a, &mut h, &layer.norm1, eps);
         layer.up.apply(x, n, &mut f);
         activate(mlp, inner, &mut f, &mut []);
-        layer.down.apply(&f, n, &mut a);
-        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-        layer.norm2.apply(x, &mut h, eps);
-        std::mem::swap(x, &mut h);
+        add_and_norm(&layer.down, &f, x, &mut a, &mut h, &layer.norm2, eps);
         each(x);
     }
+}
+
+/// One head's attention in a ragged batch: its queries (row stride `qs`), keys and
+/// values (row stride `ks`), which keys it sees, its `t` queries, and where its output
+/// goes (rows from `row0`, columns from `col0`).
+pub(crate) struct HeadJob<'a> {
+    pub q: &'a [f32],
+    pub qs: usize,
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub ks: usize,
+    pub span: Span,
+    pub t: usize,
+    pub row0: usize,
+    pub col0: usize,
+}
+
+/// Every job's attention, in parallel, written into `y` (rows `c` wide).
+pub(crate) fn attend_into(jobs: &[HeadJob], hd: usize, scale: f32, c: usize, y: &mut [f32]) {
+    let outs: Vec<Vec<f32>> = jobs
+        .par_iter()
+        .map(|j| {
+            let mut out = vec![0f32; j.t * hd];
+            attend_head(
+                j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, &mut out, None, None,
+            );
+            out
+        })
+        .collect();
+    for (j, out) in jobs.iter().zip(&outs) {
+        for (r, o) in out.chunks(hd).enumerate() {
+            y[(j.row0 + r) * c + j.col0..][..hd].copy_from_slice(o);
+        }
+    }
+}
+
+/// A post-norm residual step: `x ← norm(x + lin(inp))` (`a` and `h` are scratch).
+pub(crate) fn add_and_norm(
+    lin: &Linear,
+    inp: &[f32],
+    x: &mut Vec<f32>,
+    a: &mut [f32],
+    h: &mut Vec<f32>,
+    norm: &Norm,
+    eps: f32,
+) {
+    let n = a.len() / norm.w.len();
+    lin.apply(inp, n, a);
+    x.iter_mut().zip(a.iter()).for_each(|(x, a)| *x += a);
+    norm.apply(x, h, eps);
+    std::mem::swap(x, h);
 }
 
 /// The norm `name` (`.weight` and `.bias`, `[c]` each).

@@ -16,14 +16,14 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use super::decoder::{activate, DecoderState, Layer, Linear, Norm};
-use super::encoder::{post_norm_blocks, take_linear, take_norm};
+use super::encoder::{
+    add_and_norm, attend_into, post_norm_blocks, take_linear, take_norm, HeadJob,
+};
 use super::io::{plain_of_params, plain_tensors, read_weight_files, take, Plain};
 use super::{Mlp, Want};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
-use crate::kernels::cpu::attend::{attend_head, Span};
+use crate::kernels::cpu::attend::Span;
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
 use crate::models::marian::MarianConfig;
 use crate::{Error, Result};
@@ -419,14 +419,6 @@ impl Seq2Seq {
         let jobs: Vec<(usize, usize)> = (0..tokens.len())
             .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
             .collect();
-        // Writes each job's `[t, hd]` output into its rows and head of y.
-        let gather = |y: &mut [f32], outs: &[Vec<f32>]| {
-            for (&(s, hh), out) in jobs.iter().zip(outs) {
-                for (j, o) in out.chunks(hd).enumerate() {
-                    y[(first[s] + j) * c + hh * hd..][..hd].copy_from_slice(o);
-                }
-            }
-        };
         for (l, layer) in self.decoder.iter().enumerate() {
             let b = &layer.block;
             b.qkv.apply(&x, n, &mut qkv);
@@ -438,77 +430,48 @@ impl Seq2Seq {
                     st.v[l].extend_from_slice(&row[2 * c..]);
                 }
             }
-            let caches: Vec<(&[f32], &[f32])> = states
+            let heads: Vec<HeadJob> = jobs
                 .iter()
-                .map(|st| (st.k[l].as_slice(), st.v[l].as_slice()))
-                .collect();
-            let outs: Vec<Vec<f32>> = jobs
-                .par_iter()
-                .map(|&(s, hh)| {
-                    let (kc, vc) = caches[s];
-                    let t = tokens[s].len();
-                    let mut out = vec![0f32; t * hd];
-                    attend_head(
-                        &qkv[first[s] * w + hh * hd..],
-                        w,
-                        &kc[hh * hd..],
-                        &vc[hh * hd..],
-                        c,
-                        Span::Causal { past: past[s] },
-                        t,
-                        hd,
-                        scale,
-                        &mut out,
-                        None,
-                        None,
-                    );
-                    out
+                .map(|&(s, hh)| HeadJob {
+                    q: &qkv[first[s] * w + hh * hd..],
+                    qs: w,
+                    k: &states[s].k[l][hh * hd..],
+                    v: &states[s].v[l][hh * hd..],
+                    ks: c,
+                    span: Span::Causal { past: past[s] },
+                    t: tokens[s].len(),
+                    row0: first[s],
+                    col0: hh * hd,
                 })
                 .collect();
-            gather(&mut y, &outs);
-            b.proj.apply(&y, n, &mut a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            b.norm1.apply(&x, &mut h, eps);
-            std::mem::swap(&mut x, &mut h);
+            attend_into(&heads, hd, scale, c, &mut y);
+            add_and_norm(&b.proj, &y, &mut x, &mut a, &mut h, &b.norm1, eps);
 
             let cr = &layer.cross;
             cr.q.apply(&x, n, &mut q);
-            let outs: Vec<Vec<f32>> = jobs
-                .par_iter()
+            let heads: Vec<HeadJob> = jobs
+                .iter()
                 .map(|&(s, hh)| {
                     let m = memories[s];
-                    let kv = &m.kv[l];
-                    let t = tokens[s].len();
-                    let mut out = vec![0f32; t * hd];
-                    attend_head(
-                        &q[first[s] * c + hh * hd..],
-                        c,
-                        &kv[hh * hd..],
-                        &kv[c + hh * hd..],
-                        2 * c,
-                        Span::All { keys: m.len },
-                        t,
-                        hd,
-                        scale,
-                        &mut out,
-                        None,
-                        None,
-                    );
-                    out
+                    HeadJob {
+                        q: &q[first[s] * c + hh * hd..],
+                        qs: c,
+                        k: &m.kv[l][hh * hd..],
+                        v: &m.kv[l][c + hh * hd..],
+                        ks: 2 * c,
+                        span: Span::All { keys: m.len },
+                        t: tokens[s].len(),
+                        row0: first[s],
+                        col0: hh * hd,
+                    }
                 })
                 .collect();
-            gather(&mut y, &outs);
-            cr.proj.apply(&y, n, &mut a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            cr.norm.apply(&x, &mut h, eps);
-            std::mem::swap(&mut x, &mut h);
+            attend_into(&heads, hd, scale, c, &mut y);
+            add_and_norm(&cr.proj, &y, &mut x, &mut a, &mut h, &cr.norm, eps);
 
             b.up.apply(&x, n, &mut f);
             activate(self.mlp, inner, &mut f, &mut []);
-            b.down.apply(&f, n, &mut a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            b.norm2.apply(&x, &mut h, eps);
-            std::mem::swap(&mut x, &mut h);
+            add_and_norm(&b.down, &f, &mut x, &mut a, &mut h, &b.norm2, eps);
         }
         for (st, t) in states.iter_mut().zip(tokens) {
             st.len += t.len();
