@@ -25,6 +25,19 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The largest difference between a gradient and its reference, relative to the
+/// largest reference value of the tensor (at least 1e-3); it must be within 1e-4.
+fn gradient_error(what: &str, got: &[f32], want: &Tensor) -> f32 {
+    let want = floats(want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let d = max_abs_diff(got, &want);
+    assert!(
+        d <= 1e-4 * scale,
+        "gradient of {what} differs by {d} (largest {scale})"
+    );
+    d / scale
+}
+
 /// A copy of fixture `name`'s weights in a temporary folder, its config changed by
 /// `edit`.
 fn fixture_with(name: &str, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
@@ -444,15 +457,8 @@ fn encoder_training_step_matches_transformers_gradients() {
             let want = r
                 .get(&format!("grad.{hf}"))
                 .unwrap_or_else(|| panic!("{name}: the fixture has no gradient for {hf}"));
-            let want = floats(want);
-            let got = enc.gradient(pname).unwrap();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-            let d = max_abs_diff(got, &want);
-            assert!(
-                d <= 1e-4 * scale,
-                "{name}: gradient of {hf} differs by {d} (largest {scale})"
-            );
-            worst = worst.max(d / scale);
+            let err = gradient_error(&hf, enc.gradient(pname).unwrap(), want);
+            worst = worst.max(err);
             compared += 1;
         }
         assert_eq!(compared, names.len());
@@ -895,15 +901,8 @@ fn seq2seq_training_step_matches_transformers_gradients() {
                 );
                 continue;
             };
-            let want = floats(want);
-            let got = model.gradient(pname).unwrap();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-            let d = max_abs_diff(got, &want);
-            assert!(
-                d <= 1e-4 * scale,
-                "{name}: gradient of {pname} differs by {d} (largest {scale})"
-            );
-            worst = worst.max(d / scale);
+            let err = gradient_error(pname, model.gradient(pname).unwrap(), want);
+            worst = worst.max(err);
             compared += 1;
         }
         let references = r.keys().filter(|k| k.starts_with("grad.")).count();
