@@ -228,10 +228,18 @@ struct LayerActs {
     attn: AttnActs,
     /// The self-attention sublayer's output.
     h1: Vec<f32>,
-    /// Decoder only: the cross-attention's queries `[n, c]`, the source's keys and
-    /// values `[m, 2c]`, its activations and output.
-    cross: Option<(Vec<f32>, Vec<f32>, AttnActs, Vec<f32>)>,
+    /// Decoder only.
+    cross: Option<CrossActs>,
     mlp: MlpActs,
+}
+
+/// A decoder layer's cross-attention: its queries `[n, c]`, the source's keys and
+/// values `[m, 2c]`, the sublayer's activations and its output.
+struct CrossActs {
+    q: Vec<f32>,
+    kv: Vec<f32>,
+    acts: AttnActs,
+    out: Vec<f32>,
 }
 
 /// The activations of one forward pass that the backward pass reads.
@@ -756,7 +764,12 @@ impl NativeSeq2Seq {
                 qkv,
                 attn,
                 h1,
-                cross: Some((q, kv, cacts, h2)),
+                cross: Some(CrossActs {
+                    q,
+                    kv,
+                    acts: cacts,
+                    out: h2,
+                }),
                 mlp,
             });
             dec_x.push(out);
@@ -796,7 +809,13 @@ impl NativeSeq2Seq {
             for v in [a.qkv, a.h1] {
                 scratch.pool.give(v);
             }
-            if let Some((q, kv, acts, h2)) = a.cross {
+            if let Some(CrossActs {
+                q,
+                kv,
+                acts,
+                out: h2,
+            }) = a.cross
+            {
                 acts.give(&mut scratch.pool);
                 for v in [q, kv, h2] {
                     scratch.pool.give(v);
@@ -918,7 +937,12 @@ impl NativeSeq2Seq {
         let dd = self.dims(true);
         for l in (0..self.dec.len()).rev() {
             let a = &s.dec[l];
-            let (q, kv, cacts, h2) = a.cross.as_ref().expect("decoder layers cross-attend");
+            let CrossActs {
+                q,
+                kv,
+                acts: cacts,
+                out: h2,
+            } = a.cross.as_ref().expect("decoder layers cross-attend");
             let dh2 = {
                 let at = &self.dec[l];
                 mlp_backward(
