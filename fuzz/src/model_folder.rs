@@ -110,8 +110,13 @@ impl Target {
             }
         }
         if is(&["marian"]) {
-            if let Ok((m, _)) = checkpoint::load_marian(dir, &dev) {
+            if let Ok(m) = attn::engine::Seq2Seq::load(dir) {
                 run_marian(&m);
+                count(true);
+            }
+            if let Ok(mut m) = attn::train::seq2seq::NativeSeq2Seq::load(dir) {
+                let src = [0, m.config.eos_token_id];
+                let _ = m.forward_backward(&[(&src[..], &src[..])], 0.1, Some(1));
                 count(true);
             }
         }
@@ -160,16 +165,23 @@ fn run_bert_graph(m: &attn::models::bert::Bert) {
     }
 }
 
-fn run_marian(m: &attn::models::marian::Marian) {
+fn run_marian(m: &attn::engine::Seq2Seq) {
     let c = &m.config;
-    let dev = Device::Cpu;
     let src = [0, c.eos_token_id];
-    let (Ok(src), Ok(mask), Ok(tgt)) = (
-        Tensor::new(&[src], &dev),
-        Tensor::new(&[[1u32, 1]], &dev),
-        Tensor::new(&[[c.decoder_start_token_id]], &dev),
-    ) else {
-        return;
+    if let Ok(mems) = m.memories(&[&src[..]]) {
+        let mut st = m.new_state();
+        let start = [c.decoder_start_token_id];
+        let _ = m.decode(
+            &[&mems[0]],
+            &mut [&mut st],
+            &[&start[..]],
+            attn::engine::Want::Last,
+        );
+    }
+    let beam = attn::generate::beam::BeamConfig {
+        num_beams: 2,
+        max_new_tokens: 3,
+        ..Default::default()
     };
-    let _ = m.forward(&src, &mask, &tgt, &mut Mode::Eval);
+    let _ = attn::generate::beam::translate_batch(m, &[&src[..]], &beam);
 }

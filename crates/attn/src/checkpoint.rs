@@ -485,27 +485,20 @@ pub fn load_bert_model(dir: &Path, device: &Device) -> Result<(crate::models::be
     Ok((model, params))
 }
 
-/// Load a Marian encoder-decoder folder (the tokenizer is optional here: translation
-/// as a task comes with its own tokenizer handling).
-pub fn load_marian(dir: &Path, device: &Device) -> Result<(crate::models::marian::Marian, Params)> {
-    use crate::models::marian::{Marian, MarianConfig};
-    let cfg_path = dir.join(CONFIG);
-    let value = read_config(dir)?;
-    if value.get("model_type").and_then(|v| v.as_str()) != Some("marian") {
-        return Err(Error::bad_file(&cfg_path, "model_type is not \"marian\""));
-    }
-    let config: MarianConfig = serde_json::from_value(value)
-        .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid Marian config: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
+/// A Marian folder's parameters, checked against its config: every tensor the model
+/// has, with its shape (the tied and computed copies a checkpoint may hold are skipped).
+fn marian_params(dir: &Path, device: &Device) -> Result<Params> {
+    let config = crate::engine::seq2seq::read_marian_config(dir)?;
     let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
-    let model = Marian::new(config, &mut pb)
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    let params = pb
-        .finish()
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    Ok((model, params))
+    let weights = |e: Error| Error::bad_file(dir.join(WEIGHTS), e.to_string());
+    for (name, shape) in crate::train::seq2seq::tensor_shapes(&config) {
+        pb.get(&name, &shape, crate::nn::Init::Zeros)
+            .map_err(weights)?;
+    }
+    for tied in crate::engine::seq2seq::TIED_COPIES {
+        pb.ignore(tied);
+    }
+    pb.finish().map_err(weights)
 }
 
 /// Load any supported model folder just to collect its parameters (for export).
@@ -515,7 +508,7 @@ pub fn load_params(dir: &Path, device: &Device) -> Result<Params> {
         Some("gpt2") => Ok(load_gpt2_model(dir, device)?.1),
         Some("llama") | Some("mistral") => Ok(load_llama_model(dir, device)?.1),
         Some("bert") => Ok(load_bert_model(dir, device)?.1),
-        Some("marian") => Ok(load_marian(dir, device)?.1),
+        Some("marian") => marian_params(dir, device),
         other => Err(Error::bad_file(
             dir.join(CONFIG),
             format!("model_type {other:?} is not supported (gpt2, llama, bert, marian)"),

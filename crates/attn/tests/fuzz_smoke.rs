@@ -74,10 +74,11 @@ mod seeds {
     use attn::models::bert::{Bert, BertConfig};
     use attn::models::gpt2::{Gpt2, Gpt2Config};
     use attn::models::llama::{Llama, LlamaConfig};
-    use attn::models::marian::{Marian, MarianConfig};
+    use attn::models::marian::MarianConfig;
     use attn::nn::ParamBuilder;
     use attn::rng::Rng;
     use attn::tokenizer::Tokenizer;
+    use attn::train::seq2seq::NativeSeq2Seq;
     use candle_core::Device;
     use serde_json::{json, Value};
 
@@ -176,11 +177,24 @@ mod seeds {
         );
         // Marian: shared vocabulary, decoder starting from the pad token.
         let marian = MarianConfig::transformer(8, 4, 1, 2, 8, 8, 0, 3);
-        let mut pb = init();
-        Marian::new(marian.clone(), &mut pb).unwrap();
+        let model = NativeSeq2Seq::init(marian.clone(), 7).unwrap();
+        let tensors: BTreeMap<String, candle_core::Tensor> = model
+            .tensors()
+            .into_iter()
+            .map(|(n, (v, shape))| {
+                let t = candle_core::Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+                (n, t)
+            })
+            .collect();
+        let s = Scratch::new("seed-marian");
+        let p = s.path().join("w.safetensors");
+        write_safetensors(&p, &tensors).unwrap();
         out.insert(
             "valid-marian".into(),
-            model_folder::join(&json_bytes(&marian.to_hf_json()), &params_bytes(pb)),
+            model_folder::join(
+                &json_bytes(&marian.to_hf_json()),
+                &std::fs::read(p).unwrap(),
+            ),
         );
         out
     }

@@ -101,15 +101,16 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
 
 /// Names a Marian checkpoint may hold that are copies of others (the tied embedding
 /// and head) or computed (the sinusoidal tables).
+pub(crate) const TIED_COPIES: [&str; 5] = [
+    "model.encoder.embed_tokens.weight",
+    "model.decoder.embed_tokens.weight",
+    "lm_head.weight",
+    "model.encoder.embed_positions.weight",
+    "model.decoder.embed_positions.weight",
+];
+
 pub(crate) fn is_tied_copy(name: &str) -> bool {
-    matches!(
-        name,
-        "model.encoder.embed_tokens.weight"
-            | "model.decoder.embed_tokens.weight"
-            | "lm_head.weight"
-            | "model.encoder.embed_positions.weight"
-            | "model.decoder.embed_positions.weight"
-    )
+    TIED_COPIES.contains(&name)
 }
 
 /// A Marian folder's config, validated (`model_type` must be "marian").

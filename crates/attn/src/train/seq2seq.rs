@@ -121,6 +121,11 @@ fn schema(cfg: &MarianConfig) -> Vec<(String, Vec<usize>, Init)> {
     s
 }
 
+/// Every tensor of a Marian model (besides the tied copies) with its shape.
+pub(crate) fn tensor_shapes(cfg: &MarianConfig) -> Vec<(String, Vec<usize>)> {
+    schema(cfg).into_iter().map(|(n, s, _)| (n, s)).collect()
+}
+
 /// The dropout of one step (none when evaluating).
 #[derive(Clone, Copy, Default)]
 struct Drops {
