@@ -486,9 +486,11 @@ pub fn load_bert_model(dir: &Path, device: &Device) -> Result<(crate::models::be
 }
 
 /// A Marian folder's parameters, checked against its config: every tensor the model
-/// has, with its shape (the tied and computed copies a checkpoint may hold are skipped).
+/// has, with its shape (the tied and computed copies a checkpoint may hold are skipped),
+/// once the inference engine has loaded the folder.
 fn marian_params(dir: &Path, device: &Device) -> Result<Params> {
-    let config = crate::engine::seq2seq::read_marian_config(dir)?;
+    // Only a folder the engine can run is exported (its config's limits included).
+    let config = crate::engine::Seq2Seq::load(dir)?.config;
     let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
     let weights = |e: Error| Error::bad_file(dir.join(WEIGHTS), e.to_string());
     for (name, shape) in crate::train::seq2seq::tensor_shapes(&config) {
