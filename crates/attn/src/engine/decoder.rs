@@ -279,12 +279,7 @@ impl Decoder {
         let (qw, kvw, w) = (spec.q_width(), spec.kv_width(), spec.qkv_width());
         let n: usize = tokens.iter().map(|t| t.len()).sum();
         // First row of each sequence in the batch.
-        let mut first = Vec::with_capacity(tokens.len());
-        let mut acc = 0;
-        for t in tokens {
-            first.push(acc);
-            acc += t.len();
-        }
+        let first = super::row_starts(tokens.iter().map(|t| t.len()));
         // The position of each row (the same in every layer: the caches grow after).
         let pos_of: Vec<usize> = tokens
             .iter()

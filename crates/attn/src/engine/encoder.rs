@@ -16,7 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::decoder::{activate, Layer, Linear, Norm};
-use super::io::{plain_of_params, plain_tensors, read_weight_files, take, Plain};
+use super::io::{plain_of_params, plain_tensors, read_weight_files, take, unexpected, Plain};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::{attend_head, Span};
@@ -139,17 +139,7 @@ impl Encoder {
             None
         };
         t.retain(|k, _| !is_buffer(k));
-        if !t.is_empty() {
-            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
-            left.sort_unstable();
-            return Err(bad(
-                path,
-                format!(
-                    "unexpected tensors (the config describes fewer layers or other shapes): {}",
-                    left.join(", ")
-                ),
-            ));
-        }
+        unexpected(&t, path)?;
         let mlp = match config.hidden_act.as_str() {
             "gelu" => Mlp::GeluErf,
             "relu" => Mlp::Relu,
@@ -201,12 +191,7 @@ impl Encoder {
         let nh = cfg.num_attention_heads;
         let eps = cfg.layer_norm_eps as f32;
         let n: usize = seqs.iter().map(|s| s.len()).sum();
-        let mut first = Vec::with_capacity(seqs.len());
-        let mut acc = 0;
-        for s in seqs {
-            first.push(acc);
-            acc += s.len();
-        }
+        let first = super::row_starts(seqs.iter().map(|s| s.len()));
         let mut x = vec![0f32; n * c];
         for (s, ids) in seqs.iter().enumerate() {
             for (j, &id) in ids.iter().enumerate() {
@@ -333,12 +318,7 @@ pub(crate) fn post_norm_blocks(
     let hd = c / nh;
     let w = 3 * c;
     let n: usize = lens.iter().sum();
-    let mut first = Vec::with_capacity(lens.len());
-    let mut acc = 0;
-    for &len in lens {
-        first.push(acc);
-        acc += len;
-    }
+    let first = super::row_starts(lens.iter().copied());
     let mut h = vec![0f32; n * c];
     let mut qkv = vec![0f32; n * w];
     let mut y = vec![0f32; n * c];

@@ -139,6 +139,22 @@ pub(crate) fn take(t: &mut Plain, path: &Path, name: &str, shape: &[usize]) -> R
     Ok(v)
 }
 
+/// An error naming the tensors left in `t` after a model took all it has (sorted).
+pub(crate) fn unexpected(t: &Plain, path: &Path) -> Result<()> {
+    if t.is_empty() {
+        return Ok(());
+    }
+    let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
+    left.sort_unstable();
+    Err(bad(
+        path,
+        format!(
+            "unexpected tensors (the config describes fewer layers or other shapes): {}",
+            left.join(", ")
+        ),
+    ))
+}
+
 /// A tensor-graph model's parameters as f32 under the name `key` gives each (`None`
 /// skips it).
 pub(crate) fn plain_of_params(

@@ -33,6 +33,19 @@ use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;
 use crate::Result;
 
+/// The first row of each sequence of a ragged batch (sequences stacked row after row),
+/// from their lengths.
+pub(crate) fn row_starts(lens: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    let mut acc = 0;
+    lens.into_iter()
+        .map(|len| {
+            let first = acc;
+            acc += len;
+            first
+        })
+        .collect()
+}
+
 /// The model families the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

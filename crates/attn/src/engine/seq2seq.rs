@@ -20,7 +20,7 @@ use super::decoder::{activate, DecoderState, Layer, Linear, Norm};
 use super::encoder::{
     add_and_norm, attend_into, post_norm_blocks, take_linear, take_norm, HeadJob,
 };
-use super::io::{plain_of_params, plain_tensors, read_weight_files, take, Plain};
+use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
 use super::{Mlp, Want};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::Span;
@@ -139,14 +139,6 @@ impl Seq2Seq {
         Self::from_plain(config, &dir.join(WEIGHTS), tensors)
     }
 
-    /// Build from a tensor-graph model's parameters (Hugging Face names).
-    pub fn from_params(config: MarianConfig, params: &crate::nn::Params) -> Result<Self> {
-        let plain = plain_of_params(params, |name| {
-            (!is_tied_copy(name)).then(|| name.to_string())
-        })?;
-        Self::from_plain(config, Path::new("(parameters)"), plain)
-    }
-
     /// Build from f32 tensors under Hugging Face's names (a training step's).
     pub(crate) fn from_tensors(config: MarianConfig, tensors: Plain) -> Result<Self> {
         Self::from_plain(config, Path::new("(parameters)"), tensors)
@@ -212,17 +204,7 @@ impl Seq2Seq {
                 },
             });
         }
-        if !t.is_empty() {
-            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
-            left.sort_unstable();
-            return Err(bad(
-                path,
-                format!(
-                    "unexpected tensors (the config describes fewer layers or other shapes): {}",
-                    left.join(", ")
-                ),
-            ));
-        }
+        unexpected(&t, path)?;
         let mlp = match config.activation_function.as_str() {
             "gelu" => Mlp::GeluErf,
             "gelu_new" => Mlp::GeluTanh,
@@ -302,11 +284,21 @@ impl Seq2Seq {
     /// (end-of-sentence included): `[len, d_model]` each.
     pub fn encode(&self, srcs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         self.check_ids("source", srcs, &vec![0; srcs.len()])?;
-        Ok(crate::kernels::in_pool(|| self.run_encoder(srcs)))
+        let x = crate::kernels::in_pool(|| self.run_encoder(srcs));
+        let c = self.d_model();
+        let mut rows = x.as_slice();
+        Ok(srcs
+            .iter()
+            .map(|s| {
+                let (h, rest) = rows.split_at(s.len() * c);
+                rows = rest;
+                h.to_vec()
+            })
+            .collect())
     }
 
-    fn run_encoder(&self, srcs: &[&[u32]]) -> Vec<Vec<f32>> {
-        let c = self.d_model();
+    /// The encoder's output rows `[Σ len, d_model]`, sentence after sentence.
+    fn run_encoder(&self, srcs: &[&[u32]]) -> Vec<f32> {
         let lens: Vec<usize> = srcs.iter().map(|s| s.len()).collect();
         let mut x = self.embed_rows(srcs, &vec![0; srcs.len()]);
         post_norm_blocks(
@@ -318,24 +310,16 @@ impl Seq2Seq {
             &mut x,
             |_| {},
         );
-        let mut at = 0;
-        lens.iter()
-            .map(|&len| {
-                let h = x[at * c..(at + len) * c].to_vec();
-                at += len;
-                h
-            })
-            .collect()
+        x
     }
 
     /// Encode source sentences into the memories the decoder reads, one per sentence.
     pub fn memories(&self, srcs: &[&[u32]]) -> Result<Vec<Memory>> {
         self.check_ids("source", srcs, &vec![0; srcs.len()])?;
         Ok(crate::kernels::in_pool(|| {
-            let enc = self.run_encoder(srcs);
+            let flat = self.run_encoder(srcs);
             let c = self.d_model();
             let n: usize = srcs.iter().map(|s| s.len()).sum();
-            let flat: Vec<f32> = enc.concat();
             let mut mems: Vec<Memory> = srcs
                 .iter()
                 .map(|s| Memory {
@@ -403,12 +387,7 @@ impl Seq2Seq {
         let scale = 1.0 / (hd as f32).sqrt();
         let past: Vec<usize> = states.iter().map(|s| s.len).collect();
         let n: usize = tokens.iter().map(|t| t.len()).sum();
-        let mut first = Vec::with_capacity(tokens.len());
-        let mut acc = 0;
-        for t in tokens {
-            first.push(acc);
-            acc += t.len();
-        }
+        let first = super::row_starts(tokens.iter().map(|t| t.len()));
         let mut x = self.embed_rows(tokens, &past);
         let w = 3 * c;
         let mut h = vec![0f32; n * c];

@@ -249,6 +249,8 @@ struct CrossActs {
 
 /// The activations of one forward pass that the backward pass reads.
 struct Saved {
+    /// The decoder's input ids (start token, then each target but its last token).
+    dec_in: Vec<Vec<u32>>,
     src_spans: Vec<(usize, usize)>,
     tgt_spans: Vec<(usize, usize)>,
     /// Each encoder layer's input and the encoder's output; likewise the decoder's.
@@ -791,6 +793,7 @@ impl NativeSeq2Seq {
         let targets: Vec<u32> = pairs.iter().flat_map(|p| p.1.iter().copied()).collect();
         (
             Saved {
+                dec_in,
                 src_spans,
                 tgt_spans,
                 enc_x,
@@ -1020,8 +1023,7 @@ impl NativeSeq2Seq {
                 scratch.pool.give(b);
             }
         }
-        let dec_in = self.decoder_inputs(pairs);
-        let dec_refs: Vec<&[u32]> = dec_in.iter().map(|s| s.as_slice()).collect();
+        let dec_refs: Vec<&[u32]> = s.dec_in.iter().map(|s| s.as_slice()).collect();
         self.embed_backward(&dec_refs, &mut dx, drops.hidden(1, 0, Site::Emb));
         scratch.pool.give(dx);
         let de = self.dims(false);
