@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use attn::data::labelled::{read_labelled, split_holdout};
 use attn::data::Encoding;
 use attn::models::bert::LoraConfig;
-use attn::nn::default_device;
-use attn::tasks::classify::{train, Classifier, ClassifyConfig, ClassifyEvent, LongTexts, Start};
+use attn::tasks::classify::{
+    saved_run, train, Begin, Classifier, ClassifyConfig, ClassifyEvent, LongTexts, Start,
+};
 use attn::{Error, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Subcommand)]
@@ -22,12 +23,19 @@ pub enum ClassifyCommand {
     Eval(EvalArgs),
 }
 
+/// `classify train`'s arguments on their own, to read back a run's saved arguments.
+#[derive(Parser)]
+struct SavedTrainArgs {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
 #[derive(Args)]
 pub struct TrainArgs {
     /// Training data: TSV (label<TAB>text), CSV with label,text header, JSONL, or a
     /// folder with one file per class.
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
     /// Validation data (same formats); without it a fraction of --data is held out.
     #[arg(long)]
     valid: Option<PathBuf>,
@@ -48,6 +56,10 @@ pub struct TrainArgs {
     /// never be --model itself).
     #[arg(long)]
     overwrite: bool,
+    /// Continue the run in --out from its checkpoint (written after every epoch), with
+    /// the data and settings it started with.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
     /// Encoding of the data files: utf8 or latin1.
     #[arg(long, default_value = "utf8")]
     encoding: Encoding,
@@ -163,7 +175,7 @@ pub struct EvalArgs {
 
 /// Load a classifier with the --max-len asked for.
 fn load(model: &std::path::Path, max_len: Option<usize>) -> Result<Classifier> {
-    let mut clf = Classifier::load(model, &default_device())?;
+    let mut clf = Classifier::load(model)?;
     if let Some(n) = max_len {
         clf.set_max_len(n)?;
     }
@@ -193,6 +205,37 @@ pub fn run(cmd: ClassifyCommand) -> Result<()> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
+    if a.resume {
+        return resume_train(a.out, a.json);
+    }
+    // The arguments after `train`, kept in the checkpoint for --resume.
+    let argv: Vec<String> = std::env::args()
+        .skip_while(|x| x != "train")
+        .skip(1)
+        .collect();
+    run_train_with(a, Some(argv))
+}
+
+/// Continue the run in `out` with the arguments it started with.
+fn resume_train(out: PathBuf, json: bool) -> Result<()> {
+    let (_, data) = saved_run(&out)?;
+    let argv: Vec<String> = serde_json::from_value(data["argv"].clone())
+        .map_err(|_| Error::bad_file(&out, "the checkpoint does not record its arguments"))?;
+    let mut a = SavedTrainArgs::try_parse_from(std::iter::once("train".to_string()).chain(argv))
+        .map_err(|e| Error::bad_file(&out, format!("its saved arguments do not parse: {e}")))?
+        .args;
+    a.out = out;
+    a.json |= json;
+    run_train_with(a, None)
+}
+
+/// Train with `a`: a new run when `argv` (its arguments, kept for --resume) is given,
+/// else the continuation of the run in `a.out`.
+fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>) -> Result<()> {
+    let data_path = a
+        .data
+        .clone()
+        .ok_or_else(|| Error::invalid("--data", "the training data is required"))?;
     let mut cfg = ClassifyConfig {
         seed: a.seed,
         merge_lora: !a.lora_separate,
@@ -238,13 +281,15 @@ fn run_train(a: TrainArgs) -> Result<()> {
         dropout
     );
     cfg.validate()?;
-    let inputs: Vec<&std::path::Path> = [Some(&a.data), a.valid.as_ref(), a.model.as_ref()]
+    let inputs: Vec<&std::path::Path> = [Some(&data_path), a.valid.as_ref(), a.model.as_ref()]
         .into_iter()
         .flatten()
         .map(|p| p.as_path())
         .collect();
-    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
-    let data = read_labelled(&a.data, a.encoding)?;
+    if argv.is_some() {
+        attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+    }
+    let data = read_labelled(&data_path, a.encoding)?;
     let (train_set, val_set) = match &a.valid {
         Some(v) => (data, read_labelled(v, a.encoding)?),
         None => split_holdout(data, a.val_fraction, a.seed)?,
@@ -258,15 +303,21 @@ fn run_train(a: TrainArgs) -> Result<()> {
     pb.set_style(
         ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}").unwrap(),
     );
+    let run_data = serde_json::json!({ "argv": argv });
+    let begin = match &argv {
+        Some(_) => Begin::New { data: &run_data },
+        None => Begin::Resume,
+    };
     let summary = train(
         &cfg,
         &start,
         &train_set,
         &val_set,
         &a.out,
-        &default_device(),
+        begin,
         &mut |e| match e {
-            ClassifyEvent::Step { step, total, loss } => {
+            ClassifyEvent::Step(s) => {
+                let (step, total, loss) = (s.step, s.total, s.loss);
                 // Without a terminal the bar is hidden: leave a line in the log now and then.
                 if !std::io::stderr().is_terminal() && step % 50 == 0 {
                     eprintln!("step {step}/{total}: loss {loss:.4}");
@@ -275,7 +326,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 pb.set_position(step as u64);
                 pb.set_message(format!("loss {loss:.4}"));
             }
-            ClassifyEvent::Epoch(r) => pb.suspend(|| {
+            ClassifyEvent::Eval(r) => pb.suspend(|| {
                 eprintln!(
                     "epoch {}: train loss {:.4}, val accuracy {:.4}, macro F1 {:.4} ({:.0} s){}",
                     r.epoch,

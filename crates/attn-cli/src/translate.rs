@@ -372,9 +372,9 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>) -> Result<()> {
         None => Begin::Resume,
     };
     let summary = train(&cfg, &pairs, &val, &a.out, begin, &mut |e| match e {
-        TranslateEvent::Step { step, loss, lr } => {
-            if step % 100 == 0 || (!quiet && step % 10 == 0) {
-                eprintln!("step {step}: loss {loss:.4} lr {lr:.2e}");
+        TranslateEvent::Step(s) => {
+            if s.step % 100 == 0 || (!quiet && s.step % 10 == 0) {
+                eprintln!("step {}: loss {:.4} lr {:.2e}", s.step, s.loss, s.lr);
             }
         }
         TranslateEvent::Eval(e) => eprintln!(

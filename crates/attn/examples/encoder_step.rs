@@ -4,6 +4,7 @@
 //! shapes match a padded batch of transformers without padding.
 
 use attn::train::encoder::NativeEncoder;
+use attn::train::fit::Trainable;
 use attn::train::optimizer::AdamWConfig;
 
 fn main() {

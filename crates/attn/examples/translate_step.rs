@@ -6,6 +6,7 @@
 //! Prints target tokens per second over the steps after the first.
 
 use attn::tasks::translate::Translator;
+use attn::train::fit::Trainable;
 use attn::train::optimizer::AdamWConfig;
 use attn::train::seq2seq::NativeSeq2Seq;
 

@@ -6,9 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use attn::data::labelled::Example;
+use attn::engine::io::read_plain;
 use attn::models::bert::LoraConfig;
-use attn::nn::{default_device, Mode};
-use attn::tasks::classify::{train, Classifier, ClassifyConfig, LongTexts, Start};
+use attn::tasks::classify::{train, Begin, Classifier, ClassifyConfig, LongTexts, Start};
 use attn::tokenizer::Tokenizer;
 
 /// Two classes told apart by their words: "good"/"great" vs "bad"/"awful", with noise words.
@@ -57,10 +57,15 @@ fn logits_of(clf: &Classifier, texts: &[&str]) -> Vec<Vec<f32>> {
         .encode(&texts.iter().map(|t| t.to_string()).collect::<Vec<_>>())
         .unwrap();
     let batch: Vec<&[u32]> = enc.iter().map(|e| e.as_slice()).collect();
-    clf.logits(&batch, &mut Mode::Eval)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
+    clf.logits(&batch).unwrap()
+}
+
+/// A new run's start.
+fn new_run() -> Begin<'static> {
+    static DATA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Begin::New {
+        data: DATA.get_or_init(|| serde_json::Value::Null),
+    }
 }
 
 #[test]
@@ -77,12 +82,12 @@ fn scratch_classifier_learns_saves_and_ignores_padding() {
         &tr,
         &va,
         &dir,
-        &default_device(),
+        new_run(),
         &mut |_| {},
     )
     .unwrap();
     assert!(s.best_val_accuracy >= 0.95, "{s:?}");
-    let clf = Classifier::load(&dir, &default_device()).unwrap();
+    let clf = Classifier::load(&dir).unwrap();
     assert_eq!(clf.labels, vec!["neg", "pos"]);
     // Reloaded model scores like the one that was saved (its accuracy at the best epoch).
     let report = clf.evaluate(&va, 7).unwrap();
@@ -111,10 +116,16 @@ fn scratch_classifier_learns_saves_and_ignores_padding() {
     let windows = clf.tokenizer.encode_windows(long, 16).unwrap();
     assert!(windows.len() > 3 && windows.iter().all(|w| w.len() <= 16));
     let batch: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
-    let probs = candle_nn::ops::softmax_last_dim(&clf.logits(&batch, &mut Mode::Eval).unwrap())
+    let probs: Vec<Vec<f32>> = clf
+        .logits(&batch)
         .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+        .iter()
+        .map(|l| {
+            let e: Vec<f32> = l.iter().map(|x| x.exp()).collect();
+            let sum: f32 = e.iter().sum();
+            e.iter().map(|x| x / sum).collect()
+        })
+        .collect();
     let total: f64 = windows.iter().map(|w| w.len() as f64).sum();
     for k in 0..2 {
         let want: f64 = windows
@@ -172,10 +183,10 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
         &tr,
         &va,
         &merged,
-        &default_device(),
+        new_run(),
         &mut |e| {
-            if let attn::tasks::classify::ClassifyEvent::Step { loss, .. } = e {
-                step_losses.push(loss);
+            if let attn::tasks::classify::ClassifyEvent::Step(s) = e {
+                step_losses.push(s.loss);
             }
         },
     )
@@ -191,11 +202,8 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
     assert!(s.trainable_params * 10 < s.total_params);
     // Frozen weights did not move: the merged folder differs from the base only in the
     // adapted query/value weights and the new head.
-    let a = attn::checkpoint::read_safetensors(&base.join("model.safetensors"), &default_device())
-        .unwrap();
-    let b =
-        attn::checkpoint::read_safetensors(&merged.join("model.safetensors"), &default_device())
-            .unwrap();
+    let a = read_plain(&base.join("model.safetensors")).unwrap();
+    let b = read_plain(&merged.join("model.safetensors")).unwrap();
     for (name, t) in &a {
         if name.starts_with("classifier.")
             || name.ends_with("query.weight")
@@ -203,17 +211,7 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
         {
             continue;
         }
-        let d = (t - &b[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{name} changed under LoRA");
+        assert_eq!(t, &b[name], "{name} changed under LoRA");
     }
     assert!(!b.keys().any(|k| k.contains("lora_")));
     // Separate adapters: the folder holds the base weights plus adapter files, and
@@ -226,7 +224,7 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
         &tr,
         &va,
         &separate,
-        &default_device(),
+        new_run(),
         &mut |_| {},
     )
     .unwrap();
@@ -236,39 +234,24 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
     );
     // The adapters themselves trained: every lora_B starts at zero and moved, and the
     // merged query/value weights differ from the base by B·A.
-    let adapters = attn::checkpoint::read_safetensors(
-        &separate.join("adapter_model.safetensors"),
-        &default_device(),
-    )
-    .unwrap();
-    let largest = |t: &candle_core::Tensor| -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let adapters = read_plain(&separate.join("adapter_model.safetensors")).unwrap();
+    let largest = |t: &[f32]| -> f32 { t.iter().fold(0f32, |m, x| m.max(x.abs())) };
     let bs: Vec<_> = adapters
         .iter()
         .filter(|(k, _)| k.contains("lora_B"))
         .collect();
     assert_eq!(bs.len(), 4, "{:?}", adapters.keys().collect::<Vec<_>>());
     for (k, t) in bs {
-        assert!(largest(t) > 1e-4, "{k} never moved from zero");
+        assert!(largest(&t.0) > 1e-4, "{k} never moved from zero");
     }
     for (name, t) in &a {
         if name.ends_with("query.weight") || name.ends_with("value.weight") {
-            assert!(
-                largest(&(t - &b[name]).unwrap()) > 1e-6,
-                "{name} unchanged by merging"
-            );
+            let diff: Vec<f32> = t.0.iter().zip(&b[name].0).map(|(x, y)| x - y).collect();
+            assert!(largest(&diff) > 1e-6, "{name} unchanged by merging");
         }
     }
-    let m1 = Classifier::load(&merged, &default_device()).unwrap();
-    let m2 = Classifier::load(&separate, &default_device()).unwrap();
+    let m1 = Classifier::load(&merged).unwrap();
+    let m2 = Classifier::load(&separate).unwrap();
     let texts = [
         "good film",
         "awful plot and bad actors",
@@ -278,7 +261,7 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
     for (x, y) in l1.iter().flatten().zip(l2.iter().flatten()) {
         assert!((x - y).abs() < 1e-4, "{l1:?} vs {l2:?}");
     }
-    // Predictions run on the engine (ragged batches): the graph's probabilities.
+    // Predictions (batched by length) are the softmax of the logits.
     let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
     let probs = m1.predict(&owned, 2).unwrap();
     for (p, l) in probs.iter().zip(&l1) {
@@ -288,5 +271,75 @@ fn lora_trains_only_adapters_and_head_and_saves_both_ways() {
             assert!((*pi as f64 - ei / sum).abs() < 1e-5, "{probs:?} vs {l1:?}");
         }
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A run killed after its first epoch and resumed from the checkpoint ends where the
+/// run that was never stopped ends: the same weights (bit for bit), the same
+/// validation scores at every epoch, the same best epoch; and for LoRA the adapters
+/// are what the checkpoint keeps apart, so they go on training.
+#[test]
+fn a_killed_classification_run_resumes_exactly() {
+    let dir = common::temp_dir("clf-resume");
+    let base = pretrained(&dir);
+    let (tr, va) = (synthetic(200, 6), synthetic(40, 7));
+    for lora in [
+        None,
+        Some(LoraConfig {
+            r: 2,
+            lora_alpha: 4.0,
+        }),
+    ] {
+        let cfg = ClassifyConfig {
+            epochs: 3,
+            lora,
+            dropout: 0.1,
+            lr: if lora.is_some() { 2e-2 } else { 3e-3 },
+            ..tiny_config()
+        };
+        let start = Start::Pretrained(base.clone());
+        let straight = dir.join("straight");
+        let s = train(&cfg, &start, &tr, &va, &straight, new_run(), &mut |_| {}).unwrap();
+        // Killed once the first epoch's checkpoint is written.
+        let stopped = dir.join("stopped");
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            train(&cfg, &start, &tr, &va, &stopped, new_run(), &mut |e| {
+                if let attn::tasks::classify::ClassifyEvent::Eval(_) = e {
+                    panic!("killed");
+                }
+            })
+        }));
+        assert!(killed.is_err());
+        let r = train(&cfg, &start, &tr, &va, &stopped, Begin::Resume, &mut |_| {}).unwrap();
+        assert_eq!(r.epochs.len(), 2, "{r:?}");
+        for (a, b) in s.epochs[1..].iter().zip(&r.epochs) {
+            assert_eq!(
+                (a.step, a.val_accuracy, a.train_loss, a.best),
+                (b.step, b.val_accuracy, b.train_loss, b.best)
+            );
+        }
+        assert_eq!(s.best_epoch, r.best_epoch);
+        let weights = |d: &Path| read_plain(&d.join("checkpoint/model.safetensors")).unwrap();
+        assert_eq!(weights(&straight), weights(&stopped), "lora {lora:?}");
+        // The log holds each epoch once.
+        let log = std::fs::read_to_string(stopped.join("metrics.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 3, "{log}");
+        for d in [straight, stopped] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+    let e = train(
+        &tiny_config(),
+        &Start::Scratch,
+        &tr,
+        &va,
+        &dir.join("none"),
+        Begin::Resume,
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no checkpoint"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -12,6 +12,7 @@ use attn::engine::DecoderSpec;
 use attn::engine::{Decoder, Want};
 use attn::kernels::WeightType;
 use attn::metrics::perplexity;
+use attn::train::fit::Trainable;
 use attn::train::native::NativeDecoder;
 use candle_core::{DType, Device, Tensor};
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::decoder::{activate, Layer, Linear, Norm};
-use super::io::{plain_of_params, plain_tensors, read_weight_files, take, unexpected, Plain};
+use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::{attend_head, Span};
@@ -71,22 +71,17 @@ impl Encoder {
         Self::from_plain(config, &dir.join(WEIGHTS), tensors)
     }
 
-    /// Build from a tensor-graph model's parameters (Hugging Face names, with or
-    /// without the `bert.` prefix). LoRA adapters among them (`<module>.lora_A.weight`,
-    /// `<module>.lora_B.weight`) are folded into their module's weight with `lora_scale`.
-    pub fn from_params(
-        config: BertConfig,
-        params: &crate::nn::Params,
-        lora_scale: Option<f64>,
-    ) -> Result<Self> {
-        let mut plain = plain_of_params(params, |name| Some(canonical(name)))?;
+    /// Build from tensors under their canonical names (without `bert.`). LoRA adapters
+    /// among them (`<module>.lora_A.weight`, `<module>.lora_B.weight`) are folded into
+    /// their module's weight with `lora_scale`.
+    pub fn from_tensors(config: BertConfig, mut t: Plain, lora_scale: Option<f64>) -> Result<Self> {
         if let Some(scale) = lora_scale {
-            fold_adapters(&mut plain, scale)?;
+            fold_adapters(&mut t, scale)?;
         }
-        Self::from_plain(config, Path::new("(parameters)"), plain)
+        Self::from_plain(config, Path::new("(parameters)"), t)
     }
 
-    fn from_plain(config: BertConfig, path: &Path, mut t: Plain) -> Result<Self> {
+    pub(crate) fn from_plain(config: BertConfig, path: &Path, mut t: Plain) -> Result<Self> {
         config.validate()?;
         let c = config.hidden_size;
         let inner = config.intermediate_size;
@@ -522,7 +517,7 @@ pub(crate) fn canonical(name: &str) -> String {
 
 /// Fold `<m>.lora_A.weight` `[r, in]` and `<m>.lora_B.weight` `[out, r]` into
 /// `<m>.weight` `[out, in]` as `W + scale·B·A`, removing the adapters.
-fn fold_adapters(t: &mut Plain, scale: f64) -> Result<()> {
+pub(crate) fn fold_adapters(t: &mut Plain, scale: f64) -> Result<()> {
     let modules: Vec<String> = t
         .keys()
         .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))

@@ -26,7 +26,7 @@ const QS: &str = ".qs";
 const SCALES: &str = ".scales";
 
 /// Tensors by (canonical) name, as f32 with their shapes.
-pub(crate) type Plain = HashMap<String, (Vec<f32>, Vec<usize>)>;
+pub type Plain = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
 /// Reads the matrix `name` of `[rows, cols]` from a quantized file.
 type QuantSource<'a> = &'a dyn Fn(&str, usize, usize) -> Result<QMatrix>;
@@ -175,7 +175,7 @@ pub(crate) fn plain_of_params(
 }
 
 /// Write f32 tensors as a safetensors file (atomically), names sorted.
-pub(crate) fn write_plain(path: &Path, tensors: &Plain) -> Result<()> {
+pub fn write_plain(path: &Path, tensors: &Plain) -> Result<()> {
     use safetensors::tensor::TensorView;
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
@@ -202,7 +202,7 @@ pub(crate) fn write_plain(path: &Path, tensors: &Plain) -> Result<()> {
 }
 
 /// Every tensor of one safetensors file as f32, under its own name.
-pub(crate) fn read_plain(path: &Path) -> Result<Plain> {
+pub fn read_plain(path: &Path) -> Result<Plain> {
     crate::checkpoint::check_weights_file(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     Ok(plain_tensors(&[path.to_path_buf()], &[bytes], |n| Some(n.to_string()))?.0)

@@ -4,27 +4,31 @@
 //! evaluation. Texts are batched by length, padded, and masked, so padding never
 //! changes a text's logits.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, read_json, read_weights, write_json, write_safetensors};
+use crate::checkpoint::{self, read_json, write_json};
 use crate::data::labelled::Example;
+use crate::engine::encoder::{canonical, fold_adapters, read_bert};
+use crate::engine::io::{read_plain, write_plain, Plain};
+use crate::engine::Encoder;
 use crate::metrics::{classification_report, ClassificationReport};
-use crate::models::bert::{Bert, BertConfig, LoraConfig, LORA_TARGETS};
-use crate::nn::{Mode, ParamBuilder, Params};
+use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::encoder::NativeEncoder;
+use crate::train::fit::{Event, Job, Passes, Plan, Run, Trainable};
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
+pub use crate::train::fit::Begin;
+
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// The classifier's own settings (its length limit).
+const CLASSIFIER_FILE: &str = "attn_classifier.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifyConfig {
@@ -157,15 +161,10 @@ pub enum LongTexts {
 
 /// A trained classifier: encoder with head, tokenizer, label names.
 pub struct Classifier {
-    pub model: Bert,
-    pub params: Params,
+    pub model: Encoder,
     pub tokenizer: Tokenizer,
     pub labels: Vec<String>,
     pub max_len: usize,
-    pad: u32,
-    /// The checkpoint's name prefix for encoder tensors (`"bert."` or `""`).
-    prefix: String,
-    lora: Option<LoraConfig>,
 }
 
 fn is_lora(name: &str) -> bool {
@@ -176,27 +175,6 @@ fn is_head(name: &str) -> bool {
     name.starts_with("classifier.")
 }
 
-/// Fold `<module>.lora_A/B.weight` pairs into `<module>.weight` (W + scale·B·A) and
-/// drop them.
-fn merge_adapters(tensors: &mut BTreeMap<String, Tensor>, scale: f64) -> Result<()> {
-    let modules: Vec<String> = tensors
-        .keys()
-        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
-        .collect();
-    for m in modules {
-        let a = tensors.remove(&format!("{m}.lora_A.weight")).unwrap();
-        let b = tensors
-            .remove(&format!("{m}.lora_B.weight"))
-            .ok_or_else(|| Error::Model(format!("adapter {m} has lora_A but no lora_B")))?;
-        let w = tensors
-            .get(&format!("{m}.weight"))
-            .ok_or_else(|| Error::Model(format!("adapter {m} has no base weight {m}.weight")))?;
-        let merged = (w + (b.matmul(&a)? * scale)?)?;
-        tensors.insert(format!("{m}.weight"), merged);
-    }
-    Ok(())
-}
-
 /// Probabilities of logits.
 fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
@@ -205,65 +183,62 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
     e.into_iter().map(|v| v / sum).collect()
 }
 
+/// The LoRA config saved beside a folder's adapters, if it has any.
+fn read_adapter_config(dir: &Path) -> Result<Option<LoraConfig>> {
+    if !dir.join(ADAPTER_WEIGHTS).is_file() {
+        return Ok(None);
+    }
+    let path = dir.join(ADAPTER_CONFIG);
+    serde_json::from_value(read_json(&path)?)
+        .map(Some)
+        .map_err(|e| Error::bad_file(&path, format!("not a valid adapter config: {e}")))
+}
+
+/// A folder's adapters (canonical names, without `bert.`).
+pub(crate) fn read_adapters(dir: &Path) -> Result<Plain> {
+    Ok(read_plain(&dir.join(ADAPTER_WEIGHTS))?
+        .into_iter()
+        .map(|(k, v)| (canonical(&k), v))
+        .collect())
+}
+
 impl Classifier {
     /// Load a classifier folder written by [`train`] (or any HF
     /// `BertForSequenceClassification` folder); LoRA adapters saved beside the weights
-    /// are merged in.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    /// are folded in.
+    pub fn load(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join(checkpoint::CONFIG);
-        let config: BertConfig = serde_json::from_value(checkpoint::read_config(dir)?)
-            .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
+        let (config, mut tensors) = read_bert(dir, |_| true)?;
         if !config.is_classifier() {
             return Err(Error::bad_file(
                 &cfg_path,
                 "not a sequence classifier (architectures lacks BertForSequenceClassification)",
             ));
         }
-        let mut tensors: BTreeMap<String, Tensor> =
-            read_weights(dir, device)?.into_iter().collect();
-        let adapter = dir.join(ADAPTER_WEIGHTS);
-        if adapter.is_file() {
-            let lora: LoraConfig = serde_json::from_value(read_json(&dir.join(ADAPTER_CONFIG))?)
-                .map_err(|e| {
-                    Error::bad_file(
-                        dir.join(ADAPTER_CONFIG),
-                        format!("not a valid adapter config: {e}"),
-                    )
-                })?;
-            tensors.extend(checkpoint::read_safetensors(&adapter, device)?);
-            merge_adapters(&mut tensors, lora.scale())?;
+        if let Some(lora) = read_adapter_config(dir)? {
+            tensors.extend(read_adapters(dir)?);
+            fold_adapters(&mut tensors, lora.scale())
+                .map_err(|e| Error::bad_file(dir.join(ADAPTER_WEIGHTS), e.to_string()))?;
         }
-        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
-        config
-            .validate()
-            .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
-        let labels = config.label_names();
-        let mut pb = ParamBuilder::load(tensors.into_iter().collect(), device);
-        let model = Bert::new(config, &mut pb, prefix, true, Some(labels.len()))?;
-        let params = pb
-            .finish()
-            .map_err(|e| Error::bad_file(dir.join(checkpoint::WEIGHTS), e.to_string()))?;
+        let model = Encoder::from_plain(config, &dir.join(checkpoint::WEIGHTS), tensors)?;
+        if !model.has_classifier() {
+            return Err(Error::bad_file(
+                dir.join(checkpoint::WEIGHTS),
+                "no pooler and classification head (pooler.dense, classifier)",
+            ));
+        }
         let tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
-        let max_len = read_json(&dir.join("attn_classifier.json"))
+        let limit = model.config.max_position_embeddings;
+        let max_len = read_json(&dir.join(CLASSIFIER_FILE))
             .ok()
             .and_then(|v| v["max_len"].as_u64())
-            .map(|v| v as usize)
-            .unwrap_or(model.config.max_position_embeddings)
-            .min(model.config.max_position_embeddings);
-        let pad = model.config.pad_token_id.unwrap_or(0);
+            .map_or(limit, |v| v as usize)
+            .min(limit);
         Ok(Classifier {
+            labels: model.config.label_names(),
             model,
-            params,
             tokenizer,
-            labels,
             max_len,
-            pad,
-            prefix: prefix.into(),
-            lora: None,
         })
     }
 
@@ -275,20 +250,9 @@ impl Classifier {
             .collect()
     }
 
-    /// Logits `[n, labels]` for encoded texts, padded to the longest with a mask.
-    pub fn logits(&self, batch: &[&[u32]], mode: &mut Mode) -> Result<Tensor> {
-        let dev = Device::Cpu;
-        let t = batch.iter().map(|e| e.len()).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(batch.len() * t);
-        let mut mask = Vec::with_capacity(batch.len() * t);
-        for e in batch {
-            ids.extend(e.iter().copied().chain(std::iter::repeat(self.pad)).take(t));
-            mask.extend((0..t).map(|i| u32::from(i < e.len())));
-        }
-        let ids = Tensor::from_vec(ids, (batch.len(), t), &dev)?;
-        let mask = Tensor::from_vec(mask, (batch.len(), t), &dev)?;
-        let out = self.model.forward(&ids, &mask, None, mode)?;
-        self.model.classify(&out, mode)
+    /// Logits `[labels]` of each encoded text (a ragged batch: no padding is computed).
+    pub fn logits(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        self.model.classify(batch, None)
     }
 
     /// Class probabilities for each text, batched by length (texts longer than
@@ -339,23 +303,14 @@ impl Classifier {
                 ),
             }
         }
-        // Inference runs on the engine, laid out from the current parameters (adapters
-        // folded in): batches are ragged, so no padding is computed.
-        let engine = crate::engine::Encoder::from_params(
-            self.model.config.clone(),
-            &self.params,
-            self.lora.map(|l| l.scale()),
-        )?;
+        // Batches are ragged: no padding is computed.
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].1.len());
         let mut sums = vec![vec![0f64; self.labels.len()]; texts.len()];
         let mut weights = vec![0f64; texts.len()];
         for chunk in order.chunks(batch_size.max(1)) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| inputs[i].1.as_slice()).collect();
-            let probs = engine
-                .classify(&batch, None)?
-                .into_iter()
-                .map(|l| softmax(&l));
+            let probs = self.logits(&batch)?.into_iter().map(|l| softmax(&l));
             for (&k, p) in chunk.iter().zip(probs) {
                 let (text, ids) = (&inputs[k].0, &inputs[k].1);
                 let w = ids.len() as f64;
@@ -428,47 +383,6 @@ impl Classifier {
             .unwrap_or(0);
         self.labels[best].clone()
     }
-
-    /// Save as an HF `BertForSequenceClassification` folder (encoder names under
-    /// `bert.`). LoRA adapters are merged, or written to `adapter_model.safetensors`
-    /// with `adapter_config.json` when `merge` is false.
-    pub fn save(&self, dir: &Path, merge: bool) -> Result<()> {
-        let mut tensors = BTreeMap::new();
-        for (name, t) in self.params.tensors() {
-            let name = if is_head(&name) || self.prefix == "bert." {
-                name
-            } else {
-                format!("bert.{name}")
-            };
-            tensors.insert(name, t);
-        }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        match self.lora {
-            Some(l) if !merge => {
-                let adapters: BTreeMap<String, Tensor> = tensors
-                    .iter()
-                    .filter(|(k, _)| is_lora(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                tensors.retain(|k, _| !is_lora(k));
-                write_safetensors(&dir.join(ADAPTER_WEIGHTS), &adapters)?;
-                let mut cfg = serde_json::to_value(l).unwrap();
-                cfg["target_modules"] = serde_json::json!(LORA_TARGETS);
-                write_json(&dir.join(ADAPTER_CONFIG), &cfg)?;
-            }
-            Some(l) => merge_adapters(&mut tensors, l.scale())?,
-            None => {}
-        }
-        write_safetensors(&dir.join(checkpoint::WEIGHTS), &tensors)?;
-        self.tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
-        write_json(
-            &dir.join("attn_classifier.json"),
-            &serde_json::json!({ "max_len": self.max_len }),
-        )?;
-        let mut config = self.model.config.clone().with_labels(&self.labels);
-        config.pad_token_id = Some(self.pad);
-        write_json(&dir.join(checkpoint::CONFIG), &config.to_hf_json())
-    }
 }
 
 /// Where a classifier starts.
@@ -479,24 +393,20 @@ pub enum Start {
     Pretrained(PathBuf),
 }
 
+/// One evaluation: at the end of each epoch.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochReport {
     pub epoch: usize,
+    pub step: usize,
     pub train_loss: f64,
     pub val_accuracy: f64,
     pub val_macro_f1: f64,
+    /// Seconds since the previous evaluation (training and evaluating).
     pub seconds: f64,
     pub best: bool,
 }
 
-pub enum ClassifyEvent<'a> {
-    Step {
-        step: usize,
-        total: usize,
-        loss: f64,
-    },
-    Epoch(&'a EpochReport),
-}
+pub type ClassifyEvent<'a> = Event<'a, EpochReport>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassifySummary {
@@ -504,7 +414,10 @@ pub struct ClassifySummary {
     pub best_val_accuracy: f64,
     pub total_params: usize,
     pub trainable_params: usize,
+    /// Seconds in training steps over the whole run (resumed parts included).
     pub train_seconds: f64,
+    /// The epochs evaluated by this call (a resumed run reports those after its
+    /// checkpoint).
     pub epochs: Vec<EpochReport>,
 }
 
@@ -516,13 +429,13 @@ pub fn label_set(train: &[Example]) -> Vec<String> {
     labels
 }
 
+/// The model to train and the tokenizer, for a new run.
 fn build(
     cfg: &ClassifyConfig,
     start: &Start,
     train: &[Example],
     labels: &[String],
-    device: &Device,
-) -> Result<Classifier> {
+) -> Result<(NativeEncoder, Tokenizer)> {
     let mut rng = Rng::new(cfg.seed);
     match start {
         Start::Scratch => {
@@ -551,85 +464,205 @@ fn build(
             config.hidden_dropout_prob = cfg.dropout;
             config.attention_probs_dropout_prob = cfg.dropout;
             config.pad_token_id = Some(pad);
-            let mut pb = ParamBuilder::init(rng.fork(), device);
-            let model = Bert::new(config, &mut pb, "bert.", true, Some(labels.len()))?;
-            Ok(Classifier {
-                model,
-                params: pb.finish()?,
-                tokenizer,
-                labels: labels.to_vec(),
-                max_len: cfg.max_len,
-                pad,
-                prefix: "bert.".into(),
-                lora: None,
-            })
+            Ok((NativeEncoder::init(config, rng.next_u64())?, tokenizer))
         }
         Start::Pretrained(dir) => {
-            let cfg_path = dir.join(checkpoint::CONFIG);
-            let value = checkpoint::read_config(dir)?;
-            if value.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
-                return Err(Error::bad_file(
-                    &cfg_path,
-                    "fine-tuning needs a BERT model (model_type \"bert\")",
-                ));
-            }
-            let mut config: BertConfig = serde_json::from_value(value)
-                .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
-            config = config.with_labels(labels);
-            config
-                .validate()
-                .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
-            let tensors = read_weights(dir, device)?;
-            let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-                "bert."
-            } else {
-                ""
-            };
-            // A new head (and adapters) on top of the pretrained encoder; any head the
-            // checkpoint had is replaced because the labels are new.
-            let mut tensors = tensors;
-            tensors.retain(|k, _| !is_head(k));
-            let lora = cfg.lora;
-            let mut pb = ParamBuilder::load(tensors, device).init_missing(rng.fork(), move |n| {
-                is_head(n) || is_lora(n) || n.contains("pooler.")
-            });
-            if lora.is_some() {
-                pb = pb.freeze(|n| !(is_lora(n) || is_head(n)));
-            }
-            let model = Bert::with_lora(config, &mut pb, prefix, true, Some(labels.len()), lora)?;
-            let params = pb
-                .finish()
-                .map_err(|e| Error::bad_file(dir.join(checkpoint::WEIGHTS), e.to_string()))?;
+            let model = NativeEncoder::load_with_head(dir, labels, rng.next_u64(), cfg.lora)?;
             let mut tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
             let max_len = cfg.max_len.min(model.config.max_position_embeddings);
-            let pad = model.config.pad_token_id.unwrap_or(0);
             if tokenizer.encode_for_model("x", max_len)?.len() < 2 {
                 // No [CLS]/[SEP] post-processor in this tokenizer: add ours.
                 tokenizer.add_classifier_specials()?;
             }
-            Ok(Classifier {
-                model,
-                params,
-                tokenizer,
-                labels: labels.to_vec(),
-                max_len,
-                pad,
-                prefix: prefix.into(),
-                lora,
-            })
+            Ok((model, tokenizer))
         }
     }
 }
 
-/// Train a classifier on `train`, choosing the epoch with the best validation accuracy
-/// (saved to `out`).
+/// Save `model` as an HF `BertForSequenceClassification` folder (encoder names under
+/// `bert.`). LoRA adapters are folded into the weights, or with `merge` false written
+/// to `adapter_model.safetensors` with `adapter_config.json`.
+fn save_classifier(
+    dir: &Path,
+    model: &NativeEncoder,
+    tokenizer: &Tokenizer,
+    labels: &[String],
+    max_len: usize,
+    merge: bool,
+) -> Result<()> {
+    let named = |t: Plain| -> Plain {
+        t.into_iter()
+            .map(|(k, v)| {
+                if is_head(&k) {
+                    (k, v)
+                } else {
+                    (format!("bert.{k}"), v)
+                }
+            })
+            .collect()
+    };
+    let mut tensors = model.tensors();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    match model.lora() {
+        Some(l) if !merge => {
+            let adapters: Plain = tensors
+                .iter()
+                .filter(|(k, _)| is_lora(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            tensors.retain(|k, _| !is_lora(k));
+            write_plain(&dir.join(ADAPTER_WEIGHTS), &named(adapters))?;
+            let mut cfg = serde_json::to_value(l).unwrap();
+            cfg["target_modules"] = serde_json::json!(LORA_TARGETS);
+            write_json(&dir.join(ADAPTER_CONFIG), &cfg)?;
+        }
+        Some(l) => fold_adapters(&mut tensors, l.scale())?,
+        None => {}
+    }
+    if merge || model.lora().is_none() {
+        // A folder reused for a run without separate adapters must not keep old ones.
+        for f in [ADAPTER_WEIGHTS, ADAPTER_CONFIG] {
+            let p = dir.join(f);
+            if p.is_file() {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+    }
+    write_plain(&dir.join(checkpoint::WEIGHTS), &named(tensors))?;
+    tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
+    write_json(
+        &dir.join(CLASSIFIER_FILE),
+        &serde_json::json!({ "max_len": max_len }),
+    )?;
+    let config = model.config.clone().with_labels(labels);
+    write_json(&dir.join(checkpoint::CONFIG), &config.to_hf_json())
+}
+
+/// What a classification run's checkpoint keeps besides the model and moments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClassifyState {
+    config: ClassifyConfig,
+    labels: Vec<String>,
+    n_train: usize,
+    n_val: usize,
+    passes: Passes,
+    /// The caller's description of the data (the CLI keeps its arguments here).
+    data: serde_json::Value,
+}
+
+const WRITTEN_BY: &str = "attn classify train";
+
+/// The config and data description of the run saved in `out/checkpoint`, for a caller
+/// that resumes it (and has to read the same data again).
+pub fn saved_run(out: &Path) -> Result<(ClassifyConfig, serde_json::Value)> {
+    let st: ClassifyState = serde_json::from_value(Run::saved_task(out, WRITTEN_BY)?)
+        .map_err(|e| Error::bad_file(out, format!("not a classification run: {e}")))?;
+    Ok((st.config, st.data))
+}
+
+/// The classification task as the training loop runs it.
+struct ClassifyJob<'a> {
+    cfg: &'a ClassifyConfig,
+    model: NativeEncoder,
+    /// Tokenizer, labels and length limit; its encoder is refreshed for evaluations.
+    clf: Classifier,
+    encoded: Vec<Vec<u32>>,
+    targets: Vec<u32>,
+    lengths: Vec<usize>,
+    val: &'a [Example],
+    state: ClassifyState,
+    steps_per_epoch: usize,
+    total: usize,
+    warmup: usize,
+    since: Instant,
+}
+
+impl Job for ClassifyJob<'_> {
+    type Model = NativeEncoder;
+    type Eval = EpochReport;
+
+    fn model(&mut self) -> &mut NativeEncoder {
+        &mut self.model
+    }
+
+    /// Linear warm-up, then linear decay to zero at the last step.
+    fn lr(&self, s: usize) -> f64 {
+        let (lr, warmup, total) = (self.cfg.lr, self.warmup, self.total);
+        if s < warmup {
+            lr * (s + 1) as f64 / warmup as f64
+        } else {
+            lr * (total - s) as f64 / (total - warmup).max(1) as f64
+        }
+    }
+
+    fn micro_batch(&mut self, rng: &mut Rng) -> Result<(f64, usize)> {
+        let b = self
+            .state
+            .passes
+            .next(&self.lengths, self.cfg.batch_size, rng);
+        let ids: Vec<&[u32]> = b.iter().map(|&i| self.encoded[i].as_slice()).collect();
+        let y: Vec<u32> = b.iter().map(|&i| self.targets[i]).collect();
+        let tokens = ids.iter().map(|s| s.len()).sum();
+        let loss = self
+            .model
+            .forward_backward(&ids, None, &y, Some(rng.next_u64()))?;
+        Ok((loss, tokens))
+    }
+
+    fn evaluate(&mut self, step: usize, train_loss: f64) -> Result<EpochReport> {
+        let lora = self.model.lora().map(|l| l.scale());
+        self.clf.model =
+            Encoder::from_tensors(self.model.config.clone(), self.model.tensors(), lora)?;
+        let report = self.clf.evaluate(self.val, 64)?;
+        let seconds = self.since.elapsed().as_secs_f64();
+        self.since = Instant::now();
+        Ok(EpochReport {
+            epoch: step.div_ceil(self.steps_per_epoch),
+            step,
+            train_loss,
+            val_accuracy: report.accuracy,
+            val_macro_f1: report.macro_avg.f1,
+            seconds,
+            best: false,
+        })
+    }
+
+    fn score(e: &EpochReport) -> Option<f64> {
+        Some(e.val_accuracy)
+    }
+
+    fn mark_best(e: &mut EpochReport, best: bool) {
+        e.best = best;
+    }
+
+    fn save_model(&mut self, dir: &Path, resumable: bool) -> Result<()> {
+        // A checkpoint keeps adapters apart, to train them on.
+        let merge = self.cfg.merge_lora && !resumable;
+        save_classifier(
+            dir,
+            &self.model,
+            &self.clf.tokenizer,
+            &self.clf.labels,
+            self.clf.max_len,
+            merge,
+        )
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).unwrap()
+    }
+}
+
+/// Train a classifier on `train`, evaluating after every epoch; the epoch with the best
+/// validation accuracy is saved to `out`, and each epoch's state to `out/checkpoint`,
+/// from which [`Begin::Resume`] continues a killed run.
 pub fn train(
     cfg: &ClassifyConfig,
     start: &Start,
     train: &[Example],
     val: &[Example],
     out: &Path,
-    device: &Device,
+    begin: Begin,
     on_event: &mut dyn FnMut(ClassifyEvent),
 ) -> Result<ClassifySummary> {
     cfg.validate()?;
@@ -649,34 +682,8 @@ pub fn train(
             ),
         ));
     }
-    let clf = build(cfg, start, train, &labels, device)?;
-    // Trainable: everything for full training; adapters and head for LoRA.
-    let trainable_params = if cfg.lora.is_some() {
-        clf.params.filter(|n| is_lora(n) || is_head(n)).count()
-    } else {
-        clf.params.count()
-    };
-    // The steps run on the engine's encoder (forward, backward, AdamW in flat buffers);
-    // the graph model keeps the weights for evaluation and saving, written from the
-    // engine's at the end of each epoch.
-    let mut native = NativeEncoder::from_params(clf.model.config.clone(), &clf.params, cfg.lora)?;
-    let opt = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: cfg.weight_decay,
-    };
-    let label_id: HashMap<&str, u32> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i as u32))
-        .collect();
-    let train_texts: Vec<String> = train.iter().map(|e| e.text.clone()).collect();
-    let encoded = clf.encode(&train_texts)?;
-    let targets: Vec<u32> = train.iter().map(|e| label_id[e.label.as_str()]).collect();
-    let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
     for (i, e) in val.iter().enumerate() {
-        if !label_id.contains_key(e.label.as_str()) {
+        if labels.binary_search(&e.label).is_err() {
             return Err(Error::invalid(
                 "valid",
                 format!(
@@ -687,84 +694,107 @@ pub fn train(
             ));
         }
     }
-    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
-    let warmup = (total as f64 * cfg.warmup_ratio).round() as usize;
-    let lr_at = |s: usize| -> f64 {
-        if s < warmup {
-            cfg.lr * (s + 1) as f64 / warmup as f64
-        } else {
-            cfg.lr * (total - s) as f64 / (total - warmup).max(1) as f64
-        }
+    let plan = Plan {
+        max_steps: total,
+        eval_every: steps_per_epoch,
+        log_every: 0,
+        eval_at_start: false,
+        accum: 1,
+        clip: cfg.grad_clip,
+        adamw: AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: cfg.weight_decay,
+        },
     };
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
-    let mut step = 0;
-    let mut reports = vec![];
-    let mut best: Option<(usize, f64)> = None;
-    let mut train_seconds = 0.0;
-    for epoch in 1..=cfg.epochs {
-        let t0 = Instant::now();
-        let mut loss_sum = 0.0;
-        let batches = super::length_batches(&lengths, cfg.batch_size, &mut rng);
-        for b in &batches {
-            let ids: Vec<&[u32]> = b.iter().map(|&i| encoded[i].as_slice()).collect();
-            let y: Vec<u32> = b.iter().map(|&i| targets[i]).collect();
-            native.zero_grads();
-            let l = native.forward_backward(&ids, None, &y, Some(rng.next_u64()))?;
-            if !l.is_finite() {
+    let (model, tokenizer, state, run) = match begin {
+        Begin::New { data } => {
+            let (model, tokenizer) = build(cfg, start, train, &labels)?;
+            let state = ClassifyState {
+                config: cfg.clone(),
+                labels: labels.clone(),
+                n_train: train.len(),
+                n_val: val.len(),
+                passes: Passes::default(),
+                data: data.clone(),
+            };
+            let run = Run::start(out, plan, Rng::new(cfg.seed ^ 0x5eed))?;
+            (model, tokenizer, state, run)
+        }
+        Begin::Resume => {
+            let (ckpt, task, reopened) = Run::reopen(out, WRITTEN_BY)?;
+            let state: ClassifyState = serde_json::from_value(task)
+                .map_err(|e| Error::bad_file(&ckpt, format!("not a classification run: {e}")))?;
+            if (state.n_train, state.n_val, &state.labels) != (train.len(), val.len(), &labels) {
                 return Err(Error::invalid(
-                    "training",
-                    format!("the loss became {l} at step {step}; lower --lr"),
+                    "data",
+                    format!(
+                        "{} training and {} validation examples now, but the run started with {} and {} (labels {}): resume with the same data",
+                        train.len(),
+                        val.len(),
+                        state.n_train,
+                        state.n_val,
+                        state.labels.join(", ")
+                    ),
                 ));
             }
-            loss_sum += l;
-            // Clipped to a global norm of grad_clip.
-            let norm = native.grad_norm();
-            let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-                cfg.grad_clip / (norm + 1e-6)
-            } else {
-                1.0
-            };
-            native.adamw_step(&opt, lr_at(step), scale);
-            step += 1;
-            on_event(ClassifyEvent::Step {
-                step,
-                total,
-                loss: l,
-            });
+            let mut model = NativeEncoder::load_adapted(&ckpt, cfg.lora)?;
+            let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
+            let run = reopened.restore(&ckpt, &mut model, plan)?;
+            (model, tokenizer, state, run)
         }
-        train_seconds += t0.elapsed().as_secs_f64();
-        native.write_into(&clf.params)?;
-        let report = clf.evaluate(val, 64)?;
-        let is_best = best.is_none_or(|(_, acc)| report.accuracy > acc);
-        if is_best {
-            best = Some((epoch, report.accuracy));
-            clf.save(out, cfg.merge_lora)?;
+    };
+    let max_len = cfg.max_len.min(model.config.max_position_embeddings);
+    let clf = Classifier {
+        model: Encoder::from_tensors(
+            model.config.clone(),
+            model.tensors(),
+            model.lora().map(|l| l.scale()),
+        )?,
+        tokenizer,
+        labels: labels.clone(),
+        max_len,
+    };
+    let texts: Vec<String> = train.iter().map(|e| e.text.clone()).collect();
+    let encoded = clf.encode(&texts)?;
+    let targets: Vec<u32> = train
+        .iter()
+        .map(|e| labels.binary_search(&e.label).unwrap() as u32)
+        .collect();
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
+    let (total_params, trainable_params) = (model.count(), model.trainable_count());
+    let mut job = ClassifyJob {
+        cfg,
+        model,
+        clf,
+        encoded,
+        targets,
+        lengths,
+        val,
+        state,
+        steps_per_epoch,
+        total,
+        warmup: (total as f64 * cfg.warmup_ratio).round() as usize,
+        since: Instant::now(),
+    };
+    let mut run = run;
+    let mut epochs = Vec::new();
+    run.fit(&mut job, &mut |e| {
+        if let Event::Eval(r) = &e {
+            epochs.push((*r).clone());
         }
-        let r = EpochReport {
-            epoch,
-            train_loss: loss_sum / batches.len() as f64,
-            val_accuracy: report.accuracy,
-            val_macro_f1: report.macro_avg.f1,
-            seconds: t0.elapsed().as_secs_f64(),
-            best: is_best,
-        };
-        writeln!(metrics, "{}", serde_json::to_string(&r).unwrap())
-            .map_err(|e| Error::io(&metrics_path, e))?;
-        on_event(ClassifyEvent::Epoch(&r));
-        reports.push(r);
-    }
-    let (best_epoch, best_val_accuracy) = best.unwrap();
+        on_event(e)
+    })?;
+    let p = &run.progress;
     Ok(ClassifySummary {
-        best_epoch,
-        best_val_accuracy,
-        total_params: clf.params.count(),
+        best_epoch: p.best_step.div_ceil(steps_per_epoch),
+        best_val_accuracy: p.best.unwrap_or(f64::NAN),
+        total_params,
         trainable_params,
-        train_seconds,
-        epochs: reports,
+        train_seconds: p.train_seconds,
+        epochs,
     })
 }

@@ -4,7 +4,6 @@
 //! Output folders are HF `MarianMTModel` folders with a `tokenizer.json`.
 
 use std::path::Path;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +16,11 @@ use crate::metrics::sacre_tokenize::SacreTokenizer;
 use crate::models::marian::MarianConfig;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
+use crate::train::fit::{Event, Job, Passes, Plan, Run};
 use crate::train::optimizer::AdamWConfig;
 use crate::train::seq2seq::NativeSeq2Seq;
+
+pub use crate::train::fit::Begin;
 use crate::{Error, Result};
 
 pub const PAD: &str = "<pad>";
@@ -406,10 +408,7 @@ pub struct TranslateEval {
     pub best: bool,
 }
 
-pub enum TranslateEvent<'a> {
-    Step { step: usize, loss: f64, lr: f64 },
-    Eval(&'a TranslateEval),
-}
+pub type TranslateEvent<'a> = Event<'a, TranslateEval>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TranslateSummary {
@@ -423,13 +422,7 @@ pub struct TranslateSummary {
 /// What a translation run's checkpoint records besides the model and the moments.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TranslateState {
-    step: usize,
-    rng_state: u64,
-    best_val_bleu: f64,
-    best_step: usize,
-    train_seconds: f64,
-    /// The batches left in the current pass over the data.
-    order: Vec<Vec<usize>>,
+    passes: Passes,
     n_train: usize,
     n_val: usize,
     config: TranslateConfig,
@@ -437,31 +430,104 @@ struct TranslateState {
     data: serde_json::Value,
 }
 
-const STATE_FILE: &str = "translate_state.json";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const WRITTEN_BY: &str = "attn translate train";
 
 /// The config and data description of the run saved in `out/checkpoint`, for a caller
 /// that resumes it (and has to read the same data again).
 pub fn saved_run(out: &Path) -> Result<(TranslateConfig, serde_json::Value)> {
-    let st = read_state(&crate::train::run::require_checkpoint(
-        out,
-        "attn translate train",
-    )?)?;
+    let st: TranslateState = serde_json::from_value(Run::saved_task(out, WRITTEN_BY)?)
+        .map_err(|e| Error::bad_file(out, format!("not a translation run: {e}")))?;
     Ok((st.config, st.data))
 }
 
-fn read_state(ckpt: &Path) -> Result<TranslateState> {
-    let path = ckpt.join(STATE_FILE);
-    serde_json::from_value(read_json(&path)?)
-        .map_err(|e| Error::bad_file(&path, format!("not a valid translation run state: {e}")))
+/// Translation as the training loop runs it.
+struct TranslateJob<'a> {
+    cfg: &'a TranslateConfig,
+    model: NativeSeq2Seq,
+    /// Tokenizer and limits; its model is refreshed for each evaluation's decoding.
+    tr: Translator,
+    train: Encoded,
+    eval: Encoded,
+    lengths: Vec<usize>,
+    /// The validation sources and references scored by BLEU.
+    bleu_src: Vec<String>,
+    refs: Vec<Vec<String>>,
+    bleu_cfg: BleuConfig,
+    state: TranslateState,
 }
 
-/// How [`train`] starts.
-pub enum Begin<'a> {
-    /// A new run; `data` describes the data for a later resume.
-    New { data: &'a serde_json::Value },
-    /// Continue the run in `out/checkpoint` (the same data, read again by the caller).
-    Resume,
+impl Job for TranslateJob<'_> {
+    type Model = NativeSeq2Seq;
+    type Eval = TranslateEval;
+
+    fn model(&mut self) -> &mut NativeSeq2Seq {
+        &mut self.model
+    }
+
+    /// The Transformer's schedule: linear warm-up, then decay with 1/√step.
+    fn lr(&self, s: usize) -> f64 {
+        let s = (s + 1) as f64;
+        let w = self.cfg.warmup.max(1) as f64;
+        self.cfg.lr * (s / w).min((w / s).sqrt())
+    }
+
+    fn micro_batch(&mut self, rng: &mut Rng) -> Result<(f64, usize)> {
+        let idx = self
+            .state
+            .passes
+            .next(&self.lengths, self.cfg.batch_size, rng);
+        let tokens = idx.iter().map(|&i| self.train.tgt[i].len()).sum();
+        let loss = self.model.forward_backward(
+            &self.train.pairs(&idx),
+            self.cfg.label_smoothing,
+            Some(rng.next_u64()),
+        )?;
+        Ok((loss, tokens))
+    }
+
+    /// The validation loss (mean cross-entropy over every target token) and BLEU of
+    /// beam search over the first `bleu_sample` pairs.
+    fn evaluate(&mut self, step: usize, train_loss: f64) -> Result<TranslateEval> {
+        let (mut vl, mut vt) = (0.0, 0usize);
+        let all: Vec<usize> = (0..self.eval.src.len()).collect();
+        for c in all.chunks(64) {
+            let tokens: usize = c.iter().map(|&i| self.eval.tgt[i].len()).sum();
+            vl += self.model.loss(&self.eval.pairs(c), 0.0, None)? * tokens as f64;
+            vt += tokens;
+        }
+        let beam = BeamConfig {
+            num_beams: self.cfg.beam,
+            length_penalty: 1.0,
+            max_new_tokens: self.cfg.max_len,
+            forced_eos: true,
+            suppress: Vec::new(),
+        };
+        self.tr.model = self.model.to_engine()?;
+        let (hyps, _) = self.tr.translate(&self.bleu_src, &beam, 32)?;
+        Ok(TranslateEval {
+            step,
+            train_loss,
+            val_loss: vl / vt as f64,
+            val_bleu: corpus_bleu(&hyps, &self.refs, &self.bleu_cfg)?.score,
+            best: false,
+        })
+    }
+
+    fn score(e: &TranslateEval) -> Option<f64> {
+        Some(e.val_bleu)
+    }
+
+    fn mark_best(e: &mut TranslateEval, best: bool) {
+        e.best = best;
+    }
+
+    fn save_model(&mut self, dir: &Path, _resumable: bool) -> Result<()> {
+        save_folder(dir, &self.model, &self.tr.tokenizer, self.cfg.max_len)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).unwrap()
+    }
 }
 
 /// Train a translator; the model with the best validation BLEU is saved to `out`, and
@@ -481,8 +547,21 @@ pub fn train(
             "training and validation pairs must both be non-empty",
         ));
     }
-    let _lock = crate::train::run::lock(out)?;
-    let (tokenizer, mut model, mut rng, resumed) = match begin {
+    let plan = Plan {
+        max_steps: cfg.max_steps,
+        eval_every: cfg.eval_interval,
+        log_every: 0,
+        eval_at_start: false,
+        accum: 1,
+        clip: cfg.grad_clip,
+        adamw: AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-9,
+            weight_decay: 0.0,
+        },
+    };
+    let (tokenizer, mut model, state, mut run) = match begin {
         Begin::New { data } => {
             let corpus: String = train
                 .iter()
@@ -510,54 +589,40 @@ pub fn train(
             };
             let mut rng = Rng::new(cfg.seed);
             let model = NativeSeq2Seq::init(mc, rng.next_u64())?;
-            // A new run starts a new log.
-            let log = out.join(crate::train::METRICS_FILE);
-            if log.is_file() && !log.is_symlink() {
-                std::fs::remove_file(&log).map_err(|e| Error::io(&log, e))?;
-            }
             let state = TranslateState {
-                step: 0,
-                rng_state: 0,
-                best_val_bleu: f64::NEG_INFINITY,
-                best_step: 0,
-                train_seconds: 0.0,
-                order: vec![],
+                passes: Passes::default(),
                 n_train: train.len(),
                 n_val: val.len(),
                 config: cfg.clone(),
                 data: data.clone(),
             };
-            (tokenizer, model, rng, state)
+            (tokenizer, model, state, Run::start(out, plan, rng)?)
         }
         Begin::Resume => {
-            let ckpt = crate::train::run::require_checkpoint(out, "attn translate train")?;
-            let st = read_state(&ckpt)?;
-            if (st.n_train, st.n_val) != (train.len(), val.len()) {
+            let (ckpt, task, reopened) = Run::reopen(out, WRITTEN_BY)?;
+            let state: TranslateState = serde_json::from_value(task)
+                .map_err(|e| Error::bad_file(&ckpt, format!("not a translation run: {e}")))?;
+            if (state.n_train, state.n_val) != (train.len(), val.len()) {
                 return Err(Error::invalid(
                     "data",
                     format!(
                         "{} training and {} validation pairs now, but the run started with {} and {}: resume with the same data",
                         train.len(),
                         val.len(),
-                        st.n_train,
-                        st.n_val
+                        state.n_train,
+                        state.n_val
                     ),
                 ));
             }
             let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
             let mut model = NativeSeq2Seq::load(&ckpt)?;
-            let moments = crate::engine::io::read_plain(&ckpt.join(OPTIMIZER_FILE))?;
-            model.load_moments(moments, st.step)?;
-            crate::train::run::cut_metrics(out, st.step)?;
-            (tokenizer, model, Rng::from_state(st.rng_state), st)
+            let run = reopened.restore(&ckpt, &mut model, plan)?;
+            (tokenizer, model, state, run)
         }
     };
-    let data = resumed.data.clone();
     let pad = model.config.pad_token_id;
     model.freeze_pad_row();
-    // Decoding (for the validation BLEU) runs on the inference engine, from the
-    // weights of the moment.
-    let mut tr = Translator {
+    let tr = Translator {
         model: model.to_engine()?,
         tokenizer,
         max_len: cfg.max_len,
@@ -575,31 +640,12 @@ pub fn train(
         Ok(e)
     };
     let (etrain, eval) = (encode(train)?, encode(val)?);
-    let adamw = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.98,
-        eps: 1e-9,
-        weight_decay: 0.0,
-    };
-    let lr_at = |s: usize| -> f64 {
-        let s = (s + 1) as f64;
-        let w = cfg.warmup.max(1) as f64;
-        cfg.lr * (s / w).min((w / s).sqrt())
-    };
     let lengths: Vec<usize> = etrain
         .src
         .iter()
         .zip(&etrain.tgt)
         .map(|(s, t)| s.len().max(t.len()))
         .collect();
-    let mut order: Vec<Vec<usize>> = resumed.order;
-    let beam = BeamConfig {
-        num_beams: cfg.beam,
-        length_penalty: 1.0,
-        max_new_tokens: cfg.max_len,
-        forced_eos: true,
-        suppress: Vec::new(),
-    };
     let bleu_n = cfg.bleu_sample.min(val.len());
     let refs = vec![val[..bleu_n]
         .iter()
@@ -612,107 +658,24 @@ pub fn train(
         },
         ..BleuConfig::default()
     };
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let (mut best, mut best_step, mut train_seconds, mut loss_acc, mut loss_n) = (
-        resumed.best_val_bleu,
-        resumed.best_step,
-        resumed.train_seconds,
-        0.0,
-        0,
-    );
-    for step in resumed.step..cfg.max_steps {
-        if order.is_empty() {
-            order = crate::tasks::length_batches(&lengths, cfg.batch_size, &mut rng);
-        }
-        let idx = order.pop().unwrap();
-        let t0 = Instant::now();
-        model.zero_grads();
-        let l = model.forward_backward(
-            &etrain.pairs(&idx),
-            cfg.label_smoothing,
-            Some(rng.next_u64()),
-        )?;
-        if !l.is_finite() {
-            return Err(Error::invalid(
-                "training",
-                format!("the loss became {l} at step {step}; lower --lr"),
-            ));
-        }
-        // Clip the gradients' global norm to grad_clip (as a scale on the update).
-        let norm = model.grad_norm();
-        let scale = if norm > cfg.grad_clip {
-            cfg.grad_clip / norm
-        } else {
-            1.0
-        };
-        let lr = lr_at(step);
-        model.adamw_step(&adamw, lr, scale);
-        train_seconds += t0.elapsed().as_secs_f64();
-        loss_acc += l;
-        loss_n += 1;
-        on_event(TranslateEvent::Step {
-            step: step + 1,
-            loss: l,
-            lr,
-        });
-        if (step + 1) % cfg.eval_interval == 0 || step + 1 == cfg.max_steps {
-            // The validation loss: mean cross-entropy over every target token.
-            let (mut vl, mut vt) = (0.0, 0usize);
-            let all: Vec<usize> = (0..val.len()).collect();
-            for c in all.chunks(64) {
-                let tokens: usize = c.iter().map(|&i| eval.tgt[i].len()).sum();
-                vl += model.loss(&eval.pairs(c), 0.0, None)? * tokens as f64;
-                vt += tokens;
-            }
-            let srcs: Vec<String> = val[..bleu_n].iter().map(|p| p.src.clone()).collect();
-            tr.model = model.to_engine()?;
-            let (hyps, _) = tr.translate(&srcs, &beam, 32)?;
-            let bleu = corpus_bleu(&hyps, &refs, &bleu_cfg)?.score;
-            let is_best = bleu > best;
-            if is_best {
-                best = bleu;
-                best_step = step + 1;
-                save_folder(out, &model, &tr.tokenizer, cfg.max_len)?;
-            }
-            let e = TranslateEval {
-                step: step + 1,
-                train_loss: loss_acc / loss_n as f64,
-                val_loss: vl / vt as f64,
-                val_bleu: bleu,
-                best: is_best,
-            };
-            (loss_acc, loss_n) = (0.0, 0);
-            // The line first, then the checkpoint (a run killed in between resumes
-            // from the previous checkpoint and cuts the line away).
-            crate::train::run::append_metrics(out, &serde_json::to_value(&e).unwrap())?;
-            let state = TranslateState {
-                step: step + 1,
-                rng_state: rng.state(),
-                best_val_bleu: best,
-                best_step,
-                train_seconds,
-                order: order.clone(),
-                n_train: train.len(),
-                n_val: val.len(),
-                config: cfg.clone(),
-                data: data.clone(),
-            };
-            crate::train::run::write_checkpoint(out, |tmp| {
-                save_folder(tmp, &model, &tr.tokenizer, cfg.max_len)?;
-                crate::engine::io::write_plain(&tmp.join(OPTIMIZER_FILE), &model.moments())?;
-                write_json(
-                    &tmp.join(STATE_FILE),
-                    &serde_json::to_value(&state).unwrap(),
-                )
-            })?;
-            on_event(TranslateEvent::Eval(&e));
-        }
-    }
+    let mut job = TranslateJob {
+        cfg,
+        model,
+        tr,
+        train: etrain,
+        eval,
+        lengths,
+        bleu_src: val[..bleu_n].iter().map(|p| p.src.clone()).collect(),
+        refs,
+        bleu_cfg,
+        state,
+    };
+    run.fit(&mut job, on_event)?;
     Ok(TranslateSummary {
-        steps: cfg.max_steps,
-        best_val_bleu: best,
-        best_step,
-        parameters: model.count(),
-        train_seconds,
+        steps: run.progress.step,
+        best_val_bleu: run.progress.best.unwrap_or(f64::NAN),
+        best_step: run.progress.best_step,
+        parameters: job.model.count(),
+        train_seconds: run.progress.train_seconds,
     })
 }

@@ -23,12 +23,11 @@ use super::blocks::{
     norm_grads, wgrads, Act, AttnActs, Dims, HeadAt, Job, MlpActs, MlpAt, PostAt, Scratch,
 };
 use super::flat::Flat;
-use crate::engine::encoder::{canonical, read_bert};
-use crate::engine::io::{plain_of_params, Plain};
+use crate::engine::encoder::read_bert;
+use crate::engine::io::Plain;
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::{Dropout, Rhs};
 use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
-use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
 /// Where one layer's tensors start in the flat buffers.
@@ -137,7 +136,7 @@ impl NativeEncoder {
     /// classifier tensors under either naming).
     pub fn load(dir: &Path) -> Result<Self> {
         let (config, tensors) = read_bert(dir, |_| true)?;
-        Self::from_plain(config, tensors, None)
+        Self::from_plain(config, tensors, None, None)
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
 
@@ -153,57 +152,55 @@ impl NativeEncoder {
         seed: u64,
         lora: Option<LoraConfig>,
     ) -> Result<Self> {
-        let (config, mut tensors) = read_bert(dir, |key| !key.starts_with("classifier."))?;
-        let config = config.with_labels(labels);
-        let c = config.hidden_size;
-        let mut rng = crate::rng::Rng::new(seed);
-        let mut normal =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.normal() * 0.02) as f32).collect() };
-        if !tensors.contains_key("pooler.dense.weight") {
-            tensors.insert("pooler.dense.weight".into(), (normal(c * c), vec![c, c]));
-            tensors.insert("pooler.dense.bias".into(), (vec![0.0; c], vec![c]));
-        }
-        let k = labels.len();
-        tensors.insert("classifier.weight".into(), (normal(k * c), vec![k, c]));
-        tensors.insert("classifier.bias".into(), (vec![0.0; k], vec![k]));
-        Self::from_plain(config, tensors, lora.map(|l| (l, seed ^ 0x10a)))
+        let (config, tensors) = read_bert(dir, |key| !key.starts_with("classifier."))?;
+        let lora = lora.map(|l| (l, seed ^ 0x10a));
+        Self::from_plain(config.with_labels(labels), tensors, lora, Some(seed))
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
 
-    /// From a tensor-graph classifier's parameters (Hugging Face names, with or without
-    /// `bert.`; adapters among them when `lora` is given).
-    pub fn from_params(
-        config: BertConfig,
-        params: &crate::nn::Params,
-        lora: Option<LoraConfig>,
-    ) -> Result<Self> {
-        let plain = plain_of_params(params, |name| Some(canonical(name)))?;
-        Self::from_plain(config, plain, lora.map(|l| (l, 0)))
-    }
-
-    /// Write the current values into a tensor-graph model's parameters of the same
-    /// names (with or without `bert.`), for saving and evaluating through it.
-    pub fn write_into(&self, params: &crate::nn::Params) -> Result<()> {
-        for (name, at, shape) in &self.flat.tensors {
-            let var = params
-                .get(&format!("bert.{name}"))
-                .or_else(|| params.get(name))
-                .ok_or_else(|| Error::Model(format!("no parameter {name} to write into")))?;
-            let len: usize = shape.iter().product();
-            let t = candle_core::Tensor::from_vec(
-                self.flat.params[*at..at + len].to_vec(),
-                shape.as_slice(),
-                var.device(),
-            )?;
-            var.set(&t)?;
+    /// A classifier of `config`'s shape with weights drawn as transformers initialises
+    /// BERT: N(0, 0.02²) for matrices and embeddings (the padding row zero), zero
+    /// biases, unit norms.
+    pub fn init(config: BertConfig, seed: u64) -> Result<Self> {
+        let mut enc = Self::from_plain(config, Plain::new(), None, Some(seed))?;
+        if let Some(pad) = enc.config.pad_token_id {
+            let (c, at) = (enc.config.hidden_size, enc.lay.word);
+            let row = at + pad as usize * c;
+            enc.flat.params[row..row + c]
+                .iter_mut()
+                .for_each(|v| *v = 0.0);
         }
-        Ok(())
+        Ok(enc)
     }
 
+    /// Load a classifier folder to train on: with `lora`, its adapters (beside the
+    /// weights, as a checkpoint keeps them) are trained and the rest is frozen.
+    pub fn load_adapted(dir: &Path, lora: Option<LoraConfig>) -> Result<Self> {
+        let (config, mut tensors) = read_bert(dir, |_| true)?;
+        if lora.is_some() {
+            tensors.extend(crate::tasks::classify::read_adapters(dir)?);
+        }
+        Self::from_plain(config, tensors, lora.map(|l| (l, 0)), None)
+            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+    }
+
+    /// The number of values (trained or frozen).
+    pub fn count(&self) -> usize {
+        self.flat.params.len()
+    }
+
+    /// The LoRA adapters' config, when the encoder has them.
+    pub fn lora(&self) -> Option<LoraConfig> {
+        self.lora.as_ref().map(|(l, _)| *l)
+    }
+
+    /// Lay out the tensors `t` holds; with `fill`, the ones it lacks are drawn from
+    /// that seed (norms one, biases zero, the rest N(0, 0.02²)).
     fn from_plain(
         config: BertConfig,
         mut t: Plain,
         lora: Option<(LoraConfig, u64)>,
+        fill: Option<u64>,
     ) -> Result<Self> {
         config.validate()?;
         let act = Act::of(&config.hidden_act)?;
@@ -212,10 +209,18 @@ impl NativeEncoder {
         let labels = config.labels();
         let mut tensors: Vec<(String, usize, Vec<usize>)> = Vec::new();
         let mut params: Vec<f32> = Vec::new();
+        let mut fill = fill.map(crate::rng::Rng::new);
         let mut put = |name: String, shape: Vec<usize>, t: &mut Plain| -> Result<usize> {
-            let (v, s) = t
-                .remove(&name)
-                .ok_or_else(|| Error::invalid("weights", format!("tensor {name} is missing")))?;
+            let (v, s) = match (t.remove(&name), fill.as_mut()) {
+                (Some(found), _) => found,
+                (None, Some(rng)) => (draw(&name, &shape, rng)?, shape.clone()),
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "weights",
+                        format!("tensor {name} is missing"),
+                    ))
+                }
+            };
             if s != shape {
                 return Err(Error::invalid(
                     "weights",
@@ -357,10 +362,6 @@ impl NativeEncoder {
     /// Every tensor's name and shape, in buffer order.
     pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
         self.flat.names()
-    }
-
-    pub fn zero_grads(&mut self) {
-        self.flat.zero_grads()
     }
 
     fn check(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>, labels: &[u32]) -> Result<()> {
@@ -860,20 +861,22 @@ impl NativeEncoder {
         }
     }
 
-    /// One AdamW update with the accumulated gradients times `grad_scale` (the
-    /// trainable tensors only); matrices (and embedding tables) are decayed, vectors
-    /// (biases, norms) are not.
-    pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
-        self.flat.adamw_step(config, lr, grad_scale)
-    }
-
-    /// √Σ g² over every trainable gradient.
-    pub fn grad_norm(&self) -> f64 {
-        self.flat.grad_norm()
-    }
-
     /// Tensors by name (canonical, without `bert.`), for saving.
     pub fn tensors(&self) -> HashMap<String, (Vec<f32>, Vec<usize>)> {
         self.flat.tensors()
     }
+}
+
+super::flat::trainable_by_flat!(NativeEncoder);
+
+/// A new tensor `name` of `shape` as transformers initialises BERT's.
+fn draw(name: &str, shape: &[usize], rng: &mut crate::rng::Rng) -> Result<Vec<f32>> {
+    let len = shape.iter().product();
+    let mut v = crate::guard::try_filled(name, len, 0f32)?;
+    if name.ends_with("LayerNorm.weight") {
+        v.iter_mut().for_each(|x| *x = 1.0);
+    } else if !name.ends_with(".bias") {
+        v.iter_mut().for_each(|x| *x = (rng.normal() * 0.02) as f32);
+    }
+    Ok(v)
 }

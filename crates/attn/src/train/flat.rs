@@ -6,6 +6,7 @@
 use crate::engine::io::Plain;
 use crate::kernels::cpu as k;
 use crate::train::optimizer::AdamWConfig;
+use crate::{Error, Result};
 
 pub(crate) struct Flat {
     /// (name, offset, shape) of every tensor, in buffer order.
@@ -116,4 +117,88 @@ impl Flat {
     pub fn grad_norm(&self) -> f64 {
         k::sum_squares(&self.grads[self.trainable_from..]).sqrt()
     }
+
+    /// The AdamW moments of the trainable tensors by name (`exp_avg.NAME`,
+    /// `exp_avg_sq.NAME`, PyTorch's names), for a checkpoint.
+    pub fn moments(&self) -> Plain {
+        let mut out = Plain::new();
+        for (name, at, shape) in &self.tensors {
+            if *at < self.trainable_from {
+                continue;
+            }
+            let (at, len) = (at - self.trainable_from, shape.iter().product::<usize>());
+            for (kind, buf) in [("exp_avg", &self.m), ("exp_avg_sq", &self.v)] {
+                out.insert(
+                    format!("{kind}.{name}"),
+                    (buf[at..at + len].to_vec(), shape.clone()),
+                );
+            }
+        }
+        out
+    }
+
+    /// Restore the moments [`Self::moments`] gave, after `t` updates.
+    pub fn load_moments(&mut self, mut moments: Plain, t: usize) -> Result<()> {
+        for (name, at, shape) in &self.tensors {
+            if *at < self.trainable_from {
+                continue;
+            }
+            let (at, len) = (at - self.trainable_from, shape.iter().product::<usize>());
+            for (kind, buf) in [("exp_avg", &mut self.m), ("exp_avg_sq", &mut self.v)] {
+                let key = format!("{kind}.{name}");
+                let (vals, s) = moments
+                    .remove(&key)
+                    .ok_or_else(|| Error::Model(format!("optimizer state {key} is missing")))?;
+                if &s != shape {
+                    return Err(Error::Model(format!(
+                        "optimizer state {key} has shape {s:?}, expected {shape:?}"
+                    )));
+                }
+                buf[at..at + len].copy_from_slice(&vals);
+            }
+        }
+        if let Some(left) = moments.keys().next() {
+            return Err(Error::Model(format!(
+                "optimizer state {left} belongs to no trained tensor"
+            )));
+        }
+        self.t = t;
+        Ok(())
+    }
 }
+
+/// [`super::fit::Trainable`] for a model whose buffers are a [`Flat`] in its `flat` field.
+macro_rules! trainable_by_flat {
+    ($t:ty) => {
+        impl $crate::train::fit::Trainable for $t {
+            fn zero_grads(&mut self) {
+                self.flat.zero_grads()
+            }
+            fn grad_norm(&self) -> f64 {
+                self.flat.grad_norm()
+            }
+            fn adamw_step(
+                &mut self,
+                config: &$crate::train::optimizer::AdamWConfig,
+                lr: f64,
+                grad_scale: f64,
+            ) {
+                self.flat.adamw_step(config, lr, grad_scale)
+            }
+            fn moments(&self) -> $crate::engine::io::Plain {
+                self.flat.moments()
+            }
+            fn load_moments(
+                &mut self,
+                moments: $crate::engine::io::Plain,
+                t: usize,
+            ) -> $crate::Result<()> {
+                self.flat.load_moments(moments, t)
+            }
+            fn trainable_count(&self) -> usize {
+                self.flat.params.len() - self.flat.trainable_from
+            }
+        }
+    };
+}
+pub(crate) use trainable_by_flat;

@@ -14,6 +14,7 @@
 mod blocks;
 mod config;
 pub mod encoder;
+pub mod fit;
 mod flat;
 pub mod native;
 pub mod optimizer;

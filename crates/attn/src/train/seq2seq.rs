@@ -27,7 +27,6 @@ use crate::kernels::cpu as k;
 use crate::kernels::cpu::Dropout;
 use crate::models::marian::MarianConfig;
 use crate::rng::Rng;
-use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
 /// A self-attention sublayer: query, key and value weights stacked `[3c, c]` (biases
@@ -446,51 +445,9 @@ impl NativeSeq2Seq {
         self.flat.names()
     }
 
-    pub fn zero_grads(&mut self) {
-        self.flat.zero_grads()
-    }
-
     /// Tensors by name, for saving and for the inference engine.
     pub fn tensors(&self) -> Plain {
         self.flat.tensors()
-    }
-
-    /// The AdamW moments by name (`m.NAME`, `v.NAME`), for a checkpoint.
-    pub fn moments(&self) -> Plain {
-        let f = &self.flat;
-        let mut out = Plain::new();
-        for (name, at, shape) in &f.tensors {
-            let len: usize = shape.iter().product();
-            for (kind, buf) in [("m", &f.m), ("v", &f.v)] {
-                out.insert(
-                    format!("{kind}.{name}"),
-                    (buf[*at..at + len].to_vec(), shape.clone()),
-                );
-            }
-        }
-        out
-    }
-
-    /// Restore the moments [`Self::moments`] wrote, after `t` updates.
-    pub fn load_moments(&mut self, mut moments: Plain, t: usize) -> Result<()> {
-        let f = &mut self.flat;
-        for (name, at, shape) in &f.tensors {
-            let len: usize = shape.iter().product();
-            for (kind, buf) in [("m", &mut f.m), ("v", &mut f.v)] {
-                let key = format!("{kind}.{name}");
-                let (vals, s) = moments
-                    .remove(&key)
-                    .ok_or_else(|| Error::Model(format!("optimizer state {key} is missing")))?;
-                if &s != shape {
-                    return Err(Error::Model(format!(
-                        "optimizer state {key} has shape {s:?}, expected {shape:?}"
-                    )));
-                }
-                buf[*at..at + len].copy_from_slice(&vals);
-            }
-        }
-        f.t = t;
-        Ok(())
     }
 
     /// The model as the inference engine runs it (beam search).
@@ -1065,15 +1022,6 @@ impl NativeSeq2Seq {
                 .for_each(|g| *g = 0.0);
         }
     }
-
-    /// One AdamW update with the accumulated gradients times `grad_scale`; matrices
-    /// (and the embedding) are decayed, vectors (biases, norms) are not.
-    pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
-        self.flat.adamw_step(config, lr, grad_scale)
-    }
-
-    /// √Σ g² over every gradient.
-    pub fn grad_norm(&self) -> f64 {
-        self.flat.grad_norm()
-    }
 }
+
+super::flat::trainable_by_flat!(NativeSeq2Seq);
