@@ -112,7 +112,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     a.overrides.apply(&mut config)?;
     let vocab = vocab_for(&config, a.vocab_size);
     let n_tokens = (config.block_size + 1) * 64;
-    let mut trainer = Trainer::synthetic(config.clone(), vocab, n_tokens, &default_device())?;
+    let mut trainer = Trainer::synthetic(config.clone(), vocab, n_tokens)?;
     for _ in 0..2 {
         trainer.train_step()?;
     }

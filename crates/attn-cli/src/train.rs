@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use attn::data::Encoding;
-use attn::nn::default_device;
 use attn::train::{DataSpec, Event, TrainConfig, Trainer, METRICS_FILE};
 use attn::{Error, Result};
 use clap::Args;
@@ -206,7 +205,6 @@ fn resolve_data(args: &TrainArgs) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let device = default_device();
     let mut trainer = if a.resume {
         let data = if a.data.is_empty() {
             None
@@ -216,7 +214,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 encoding: a.encoding,
             })
         };
-        let t = Trainer::resume(&a.out, a.overrides.max_iters, data, &device)?;
+        let t = Trainer::resume(&a.out, a.overrides.max_iters, data)?;
         eprintln!("resuming {} at step {}", a.out.display(), t.step());
         t
     } else {
@@ -235,7 +233,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         let inputs: Vec<&Path> = data.files.iter().map(|f| f.as_path()).collect();
         attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
-        let t = Trainer::new(config, data, &a.out, &device)?;
+        let t = Trainer::new(config, data, &a.out)?;
         if a.overwrite {
             // The old run's log and plot would mix with this one's.
             for f in [attn::train::METRICS_FILE, "loss.png"] {
@@ -247,7 +245,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         t
     };
-    let cfg = trainer.config.clone();
+    let cfg = trainer.config().clone();
     let arch = match cfg.arch {
         attn::train::Arch::Gpt2 => "GPT-2".to_string(),
         attn::train::Arch::Llama => format!("Llama ({} key/value heads)", cfg.kv_heads()),

@@ -160,7 +160,7 @@ pub fn save_gpt2(
     save_model_folder(
         dir,
         &config.to_hf_json(),
-        &params.tensors(),
+        &crate::engine::io::plain_of_params(params, |n| Some(n.to_string()))?,
         tokenizer,
         generation,
     )
@@ -171,13 +171,13 @@ pub fn save_gpt2(
 pub fn save_model_folder(
     dir: &Path,
     config: &serde_json::Value,
-    tensors: &BTreeMap<String, Tensor>,
+    tensors: &crate::engine::io::Plain,
     tokenizer: &Tokenizer,
     generation: &serde_json::Value,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // Weights first and config last: a folder is complete once config.json is there.
-    write_safetensors(&dir.join(WEIGHTS), tensors)?;
+    crate::engine::io::write_plain(&dir.join(WEIGHTS), tensors)?;
     tokenizer.save(&dir.join(TOKENIZER))?;
     write_json(&dir.join(GENERATION_CONFIG), generation)?;
     write_json(&dir.join(CONFIG), config)

@@ -363,8 +363,7 @@ fn gpt2_training_learns_saves_and_resumes_exactly() {
         files: vec![file],
         encoding: Encoding::Utf8,
     };
-    let dev = Device::Cpu;
-    let mut whole = Trainer::new(config(8), data.clone(), &dir.join("n"), &dev).unwrap();
+    let mut whole = Trainer::new(config(8), data.clone(), &dir.join("n")).unwrap();
     let (ns, ne) = run(&mut whole);
     assert_eq!(ns.len(), 8);
     assert!(
@@ -384,11 +383,11 @@ fn gpt2_training_learns_saves_and_resumes_exactly() {
 
     // Stopped after 4 steps and resumed: the same losses, bit for bit.
     let out = dir.join("r");
-    let mut first = Trainer::new(config(4), data.clone(), &out, &dev).unwrap();
+    let mut first = Trainer::new(config(4), data.clone(), &out).unwrap();
     let (fs, _) = run(&mut first);
     assert_eq!(fs, ns[..4]);
     // While the first run lives it holds the folder: a second writer is refused.
-    let busy = Trainer::resume(&out, Some(8), None, &dev)
+    let busy = Trainer::resume(&out, Some(8), None)
         .map(|_| ())
         .unwrap_err();
     assert!(
@@ -396,7 +395,7 @@ fn gpt2_training_learns_saves_and_resumes_exactly() {
         "{busy}"
     );
     drop(first);
-    let mut resumed = Trainer::resume(&out, Some(8), None, &dev).unwrap();
+    let mut resumed = Trainer::resume(&out, Some(8), None).unwrap();
     let (rs, _) = run(&mut resumed);
     assert_eq!(
         rs,
@@ -465,7 +464,6 @@ fn llama_training_learns_saves_and_resumes_exactly() {
         files: vec![file],
         encoding: Encoding::Utf8,
     };
-    let dev = Device::Cpu;
     let cfg = |max_iters| TrainConfig {
         arch: Arch::Llama,
         n_head: 4,
@@ -473,7 +471,7 @@ fn llama_training_learns_saves_and_resumes_exactly() {
         dropout: 0.1,
         ..config(max_iters)
     };
-    let mut whole = Trainer::new(cfg(8), data.clone(), &dir.join("w"), &dev).unwrap();
+    let mut whole = Trainer::new(cfg(8), data.clone(), &dir.join("w")).unwrap();
     let (ws, we) = run(&mut whole);
     assert_eq!(ws.len(), 8);
     // Measured 2.66 → 2.44 over the 8 steps.
@@ -496,11 +494,11 @@ fn llama_training_learns_saves_and_resumes_exactly() {
     );
 
     let out = dir.join("r");
-    let mut first = Trainer::new(cfg(4), data.clone(), &out, &dev).unwrap();
+    let mut first = Trainer::new(cfg(4), data.clone(), &out).unwrap();
     let (fs, _) = run(&mut first);
     assert_eq!(fs, ws[..4]);
     drop(first);
-    let mut resumed = Trainer::resume(&out, Some(8), None, &dev).unwrap();
+    let mut resumed = Trainer::resume(&out, Some(8), None).unwrap();
     let (rs, re) = run(&mut resumed);
     assert_eq!(
         rs,

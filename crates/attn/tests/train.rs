@@ -18,12 +18,11 @@ fn resumed_run_equals_uninterrupted_run() {
         encoding: Encoding::Utf8,
     };
     let dev = Device::Cpu;
-    let full =
-        losses(&mut Trainer::new(tiny_config(6), data.clone(), &dir.join("a"), &dev).unwrap());
+    let full = losses(&mut Trainer::new(tiny_config(6), data.clone(), &dir.join("a")).unwrap());
     assert_eq!(full.len(), 6);
 
     let out_b = dir.join("b");
-    let first = losses(&mut Trainer::new(tiny_config(3), data.clone(), &out_b, &dev).unwrap());
+    let first = losses(&mut Trainer::new(tiny_config(3), data.clone(), &out_b).unwrap());
     assert_eq!(first, full[..3]);
     // Simulate a kill between the two renames of a checkpoint replacement: only the
     // previous folder (renamed to .old) and a half-written temporary folder remain.
@@ -36,7 +35,7 @@ fn resumed_run_equals_uninterrupted_run() {
     )
     .unwrap();
 
-    let mut resumed = Trainer::resume(&out_b, Some(6), None, &dev).unwrap();
+    let mut resumed = Trainer::resume(&out_b, Some(6), None).unwrap();
     assert_eq!(resumed.step(), 3);
     let rest = losses(&mut resumed);
     assert_eq!(
@@ -67,7 +66,7 @@ fn loss_falls_on_real_shakespeare() {
         warmup_iters: 10,
         ..TrainConfig::default()
     };
-    let mut t = Trainer::new(config, data, &dir, &Device::Cpu).unwrap();
+    let mut t = Trainer::new(config, data, &dir).unwrap();
     assert_eq!(
         t.vocab_size(),
         65,

@@ -26,16 +26,12 @@ pub mod seq2seq;
 pub use config::{Arch, TrainConfig, PRESETS};
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, read_safetensors, write_json, write_safetensors};
+use crate::checkpoint;
 use crate::data::{lm, read_corpus, Encoding, LmSplits};
-use crate::models::gpt2::{Gpt2, Gpt2Config};
-use crate::models::llama::{Llama, LlamaConfig};
-use crate::nn::ParamBuilder;
+use crate::models::gpt2::Gpt2Config;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -43,8 +39,6 @@ use native::NativeDecoder;
 use optimizer::AdamWConfig;
 use schedule::CosineSchedule;
 
-const STATE_FILE: &str = "trainer_state.json";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub use run::{CHECKPOINT_DIR, METRICS_FILE};
 
 /// Where the training text comes from.
@@ -70,25 +64,15 @@ mod encoding_serde {
     }
 }
 
-/// What is saved in `checkpoint/trainer_state.json`.
+/// What an LM run's checkpoint keeps besides the model, moments and progress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainerState {
-    step: usize,
-    rng_state: u64,
-    best_val_loss: Option<f64>,
+struct LmState {
     config: TrainConfig,
     data: DataSpec,
     n_tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct StepStats {
-    pub step: usize,
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens_per_sec: f64,
-}
+pub use fit::StepStats;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalStats {
@@ -99,10 +83,7 @@ pub struct EvalStats {
     pub best: bool,
 }
 
-pub enum Event<'a> {
-    Step(&'a StepStats),
-    Eval(&'a EvalStats),
-}
+pub type Event<'a> = fit::Event<'a, EvalStats>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -110,7 +91,8 @@ pub struct Summary {
     pub final_train_loss: f64,
     pub final_val_loss: Option<f64>,
     pub best_val_loss: Option<f64>,
-    /// Seconds spent in training steps (evaluation and saving excluded).
+    /// Seconds spent in training steps over the whole run (evaluation and saving
+    /// excluded; a resumed run's earlier part included).
     pub train_seconds: f64,
 }
 
@@ -155,70 +137,178 @@ pub fn build_tokenizer(spec: &str, corpus: &str) -> Result<Tokenizer> {
     ))
 }
 
-pub struct Trainer {
-    pub config: TrainConfig,
+/// Language modelling as the training loop runs it.
+struct LmJob {
+    config: TrainConfig,
     /// The model's `config.json` (Hugging Face field names).
     hf_config: serde_json::Value,
-    pub tokenizer: Tokenizer,
-    opt: AdamWConfig,
+    tokenizer: Tokenizer,
     schedule: CosineSchedule,
     splits: LmSplits,
     data: DataSpec,
-    rng: Rng,
-    step: usize,
-    best_val_loss: Option<f64>,
-    out: PathBuf,
-    device: Device,
-    last_train_loss: f64,
     /// The model being trained: its parameters, gradients and moments, and the steps.
     native: NativeDecoder,
-    /// Held for the life of a run that writes `out` (none for benchmarks): a second run
-    /// on the same folder is refused, naming this one's PID.
-    _lock: Option<crate::guard::DirLock>,
 }
 
-/// A freshly initialised (or, from a checkpoint's tensors, loaded) model of the
-/// config's family, ready to train: its `config.json` and the native step over its
-/// parameters. The parameters are drawn in the graph models' order, so that a seed
-/// gives the same initial model as before.
+/// Where a new model's weights come from.
+enum Weights {
+    Init(u64),
+    Tensors(crate::engine::io::Plain),
+}
+
+/// A model of the config's family, ready to train: its `config.json` and the native
+/// step over its parameters, drawn fresh or from a checkpoint's tensors.
 fn build_model(
     config: &TrainConfig,
     tokenizer: &Tokenizer,
-    mut pb: ParamBuilder,
-    device: &Device,
+    weights: Weights,
 ) -> Result<(serde_json::Value, NativeDecoder)> {
-    if !device.is_cpu() {
-        return Err(Error::invalid(
-            "device",
-            "attn trains on the CPU (a GPU backend comes with the engine's CUDA kernels)",
-        ));
-    }
-    match config.arch {
+    let (hf, pdrop) = match config.arch {
         Arch::Gpt2 => {
-            let model = Gpt2::new(model_config(config, tokenizer), &mut pb)?;
-            let params = pb.finish()?;
-            let native = NativeDecoder::gpt2(&model.config, &params)?;
-            Ok((model.config.to_hf_json(), native))
+            let d = config.dropout;
+            (model_config(config, tokenizer).to_hf_json(), (d, d, d))
         }
-        Arch::Llama => {
-            let hf = llama_config(config, tokenizer);
-            let lc: LlamaConfig = serde_json::from_value(hf.clone())
-                .map_err(|e| Error::invalid("arch", format!("Llama config: {e}")))?;
-            Llama::new(lc, &mut pb)?;
-            let params = pb.finish()?;
-            let spec = crate::engine::io::spec_of(&hf)?;
-            // Attention dropout only, as transformers' Llama has.
-            let native = NativeDecoder::from_params(&spec, (0.0, config.dropout, 0.0), &params)?;
-            Ok((hf, native))
+        // Attention dropout only, as transformers' Llama has.
+        Arch::Llama => (llama_config(config, tokenizer), (0.0, config.dropout, 0.0)),
+    };
+    let spec = crate::engine::io::spec_of(&hf)?;
+    let native = match weights {
+        Weights::Init(seed) => NativeDecoder::init(&spec, pdrop, seed, 0.02)?,
+        Weights::Tensors(t) => NativeDecoder::from_plain(&spec, pdrop, t)?,
+    };
+    Ok((hf, native))
+}
+
+impl LmJob {
+    /// Mean loss over `eval_iters` fixed batches of `ids` (the same windows at every
+    /// evaluation, so successive estimates are comparable).
+    fn estimate(&mut self, ids: &[u32], salt: u64) -> Result<f64> {
+        let cfg = &self.config;
+        let mut rng = Rng::new(cfg.seed ^ salt);
+        let mut total = 0f64;
+        for _ in 0..cfg.eval_iters {
+            let starts = lm::random_windows(ids, cfg.batch_size, cfg.block_size, &mut rng);
+            let (x, y) = lm::windows(ids, &starts, cfg.block_size);
+            total += self.native.loss(&x, &y, cfg.batch_size, cfg.block_size)?;
         }
+        Ok(total / cfg.eval_iters as f64)
+    }
+
+    fn generation_config(&self) -> serde_json::Value {
+        let mut g = serde_json::json!({ "do_sample": true, "temperature": 0.8, "top_k": 200 });
+        if let Some(eos) = self.tokenizer.eos_id() {
+            g["eos_token_id"] = eos.into();
+            g["bos_token_id"] = eos.into();
+        }
+        g
     }
 }
 
+impl fit::Job for LmJob {
+    type Model = NativeDecoder;
+    type Eval = EvalStats;
+
+    fn model(&mut self) -> &mut NativeDecoder {
+        &mut self.native
+    }
+
+    fn lr(&self, step: usize) -> f64 {
+        self.schedule.at(step)
+    }
+
+    fn micro_batch(&mut self, rng: &mut Rng) -> Result<(f64, usize)> {
+        let cfg = &self.config;
+        let starts = lm::random_windows(&self.splits.train, cfg.batch_size, cfg.block_size, rng);
+        let (x, y) = lm::windows(&self.splits.train, &starts, cfg.block_size);
+        // Drawn only with dropout, so that runs without it draw the batches that runs
+        // without it always drew.
+        let seed = if self.native.has_dropout() {
+            rng.next_u64()
+        } else {
+            0
+        };
+        let (b, t) = (cfg.batch_size, cfg.block_size);
+        let loss = self.native.forward_backward(&x, &y, b, t, 1.0, seed)?;
+        Ok((loss, b * t))
+    }
+
+    /// Training and validation loss estimated on fixed windows.
+    fn evaluate(&mut self, step: usize, _: f64) -> Result<EvalStats> {
+        let splits = std::mem::take(&mut self.splits);
+        let train_loss = self.estimate(&splits.train, 0x7472_6169_6e00);
+        let val_loss = if splits.val.len() > self.config.block_size {
+            self.estimate(&splits.val, 0x7661_6c00).map(Some)
+        } else {
+            Ok(None)
+        };
+        self.splits = splits;
+        Ok(EvalStats {
+            step,
+            train_loss: train_loss?,
+            val_loss: val_loss?,
+            best: false,
+        })
+    }
+
+    /// The lowest validation loss is best; without a validation split, the latest.
+    fn score(e: &EvalStats) -> Option<f64> {
+        e.val_loss.map(|v| -v)
+    }
+
+    fn mark_best(e: &mut EvalStats, best: bool) {
+        e.best = best;
+    }
+
+    fn save_model(&mut self, dir: &Path, _: bool) -> Result<()> {
+        checkpoint::save_model_folder(
+            dir,
+            &self.hf_config,
+            &self.native.tensors(),
+            &self.tokenizer,
+            &self.generation_config(),
+        )
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(LmState {
+            config: self.config.clone(),
+            data: self.data.clone(),
+            n_tokens: self.splits.train.len() + self.splits.val.len(),
+        })
+        .unwrap()
+    }
+}
+
+/// A language-model training run.
+pub struct Trainer {
+    job: LmJob,
+    run: fit::Run,
+}
+
+/// How the loop runs an LM config.
+fn plan(config: &TrainConfig) -> fit::Plan {
+    fit::Plan {
+        max_steps: config.max_iters,
+        eval_every: config.eval_interval,
+        log_every: config.log_interval,
+        eval_at_start: true,
+        accum: config.grad_accum,
+        clip: config.grad_clip,
+        adamw: AdamWConfig {
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: 1e-8,
+            weight_decay: config.weight_decay,
+        },
+    }
+}
+
+const WRITTEN_BY: &str = "attn train";
+
 impl Trainer {
     /// Start a new run: read the data, build the tokenizer and a freshly initialised model.
-    pub fn new(config: TrainConfig, data: DataSpec, out: &Path, device: &Device) -> Result<Self> {
+    pub fn new(config: TrainConfig, data: DataSpec, out: &Path) -> Result<Self> {
         config.validate()?;
-        let lock = run::lock(out)?;
         // Stored absolute, so that `--resume` works from any working directory.
         let data = DataSpec {
             files: data
@@ -232,27 +322,16 @@ impl Trainer {
         let tokenizer = build_tokenizer(&config.tokenizer, &corpus)?;
         config.check_memory(tokenizer.vocab_size())?;
         let mut rng = Rng::new(config.seed);
-        let init_rng = rng.fork();
-        let model = build_model(
-            &config,
-            &tokenizer,
-            ParamBuilder::init(init_rng, device),
-            device,
-        )?;
-        let mut t = Self::assemble(config, data, &corpus, tokenizer, model, rng, out, device)?;
-        t._lock = Some(lock);
-        Ok(t)
+        let model = build_model(&config, &tokenizer, Weights::Init(rng.next_u64()))?;
+        let job = Self::job(config, data, &corpus, tokenizer, model)?;
+        let run = fit::Run::start(out, plan(&job.config), rng)?;
+        Ok(Trainer { job, run })
     }
 
     /// A run on random tokens, for benchmarks: the tokenizer has exactly
     /// `vocab_size` single-character tokens and the data is `n_tokens` random ids.
     /// Nothing is written unless a save method is called.
-    pub fn synthetic(
-        config: TrainConfig,
-        vocab_size: usize,
-        n_tokens: usize,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn synthetic(config: TrainConfig, vocab_size: usize, n_tokens: usize) -> Result<Self> {
         config.validate()?;
         let alphabet: String = (0x100u32..0x100 + vocab_size as u32)
             .filter_map(char::from_u32)
@@ -265,75 +344,54 @@ impl Trainer {
                 .map(|_| chars[rng.below(chars.len())])
                 .collect()
         };
-        let pb = ParamBuilder::init(rng.fork(), device);
-        let model = build_model(&config, &tokenizer, pb, device)?;
+        let model = build_model(&config, &tokenizer, Weights::Init(rng.next_u64()))?;
         let data = DataSpec {
             files: vec![],
             encoding: Encoding::Utf8,
         };
-        let out = std::env::temp_dir().join("attn-synthetic");
-        Self::assemble(config, data, &corpus, tokenizer, model, rng, &out, device)
+        let job = Self::job(config, data, &corpus, tokenizer, model)?;
+        let run = fit::Run::detached(plan(&job.config), rng);
+        Ok(Trainer { job, run })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
+    fn job(
         config: TrainConfig,
         data: DataSpec,
         corpus: &str,
         tokenizer: Tokenizer,
         (hf_config, native): (serde_json::Value, NativeDecoder),
-        rng: Rng,
-        out: &Path,
-        device: &Device,
-    ) -> Result<Self> {
+    ) -> Result<LmJob> {
         let ids = tokenizer.encode(corpus)?;
         let splits = LmSplits::new(ids, config.val_fraction)?;
         splits.check_block(config.block_size)?;
-        let opt = AdamWConfig {
-            beta1: config.beta1,
-            beta2: config.beta2,
-            eps: 1e-8,
-            weight_decay: config.weight_decay,
-        };
         let schedule = CosineSchedule {
             lr: config.lr,
             min_lr: config.min_lr,
             warmup_iters: config.warmup_iters,
             decay_iters: config.lr_decay_iters,
         };
-        Ok(Trainer {
+        Ok(LmJob {
             config,
             hf_config,
             tokenizer,
-            opt,
             schedule,
             splits,
             data,
-            rng,
-            step: 0,
-            best_val_loss: None,
-            out: out.to_path_buf(),
-            device: device.clone(),
-            last_train_loss: f64::NAN,
             native,
-            _lock: None,
         })
     }
 
     /// Continue the run saved in `out/checkpoint`. `max_iters`, when given, replaces the
     /// saved value (to extend a finished run); `data`, when given, replaces the saved file
     /// list (the text must tokenize to the same number of tokens).
-    pub fn resume(
-        out: &Path,
-        max_iters: Option<usize>,
-        data: Option<DataSpec>,
-        device: &Device,
-    ) -> Result<Self> {
-        let lock = run::lock(out)?;
-        let ckpt = run::require_checkpoint(out, "attn train")?;
-        let state_path = ckpt.join(STATE_FILE);
-        let state: TrainerState = serde_json::from_value(checkpoint::read_json(&state_path)?)
-            .map_err(|e| Error::bad_file(&state_path, format!("not a valid trainer state: {e}")))?;
+    pub fn resume(out: &Path, max_iters: Option<usize>, data: Option<DataSpec>) -> Result<Self> {
+        let (ckpt, task, reopened) = fit::Run::reopen(out, WRITTEN_BY)?;
+        let state: LmState = serde_json::from_value(task).map_err(|e| {
+            Error::bad_file(
+                ckpt.join(fit::STATE_FILE),
+                format!("not a valid trainer state: {e}"),
+            )
+        })?;
         let mut config = state.config.clone();
         if let Some(m) = max_iters {
             config.max_iters = m;
@@ -351,20 +409,11 @@ impl Trainer {
             .unwrap_or(state.data.clone());
         let corpus = read_corpus(&data.files, data.encoding)?;
         let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
-        let tensors = read_safetensors(&ckpt.join(checkpoint::WEIGHTS), device)?;
-        let pb = ParamBuilder::load(tensors, device);
-        let model = build_model(&config, &tokenizer, pb, device)?;
-        let mut t = Self::assemble(
-            config,
-            data,
-            &corpus,
-            tokenizer,
-            model,
-            Rng::from_state(state.rng_state),
-            out,
-            device,
-        )?;
-        let n_tokens = t.splits.train.len() + t.splits.val.len();
+        let tensors = crate::engine::io::read_plain(&ckpt.join(checkpoint::WEIGHTS))?;
+        let model = build_model(&config, &tokenizer, Weights::Tensors(tensors))
+            .map_err(|e| Error::bad_file(ckpt.join(checkpoint::WEIGHTS), e.to_string()))?;
+        let mut job = Self::job(config, data, &corpus, tokenizer, model)?;
+        let n_tokens = job.splits.train.len() + job.splits.val.len();
         if n_tokens != state.n_tokens {
             return Err(Error::invalid(
                 "data",
@@ -374,234 +423,84 @@ impl Trainer {
                 ),
             ));
         }
-        let moments = read_safetensors(&ckpt.join(OPTIMIZER_FILE), device)?;
-        t.native.load_moments(&moments, state.step)?;
-        t.step = state.step;
-        t.best_val_loss = state.best_val_loss;
-        t._lock = Some(lock);
-        run::cut_metrics(out, state.step)?;
-        Ok(t)
+        let run = reopened.restore(&ckpt, &mut job.native, plan(&job.config))?;
+        Ok(Trainer { job, run })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.job.config
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.job.tokenizer
     }
 
     pub fn step(&self) -> usize {
-        self.step
+        self.run.progress.step
     }
 
     pub fn out_dir(&self) -> &Path {
-        &self.out
+        &self.run.out
     }
 
     pub fn splits(&self) -> &LmSplits {
-        &self.splits
+        &self.job.splits
     }
 
     /// The vocabulary size of the model being trained.
     pub fn vocab_size(&self) -> usize {
-        self.tokenizer.vocab_size()
+        self.job.tokenizer.vocab_size()
     }
 
     /// The number of trained values.
     pub fn param_count(&self) -> usize {
-        self.native.param_count()
+        self.job.native.param_count()
     }
 
-    fn native_step(&mut self, lr: f64) -> Result<(f64, f64)> {
-        let cfg = &self.config;
-        let n = &mut self.native;
-        n.zero_grads();
-        let mut loss_sum = 0f64;
-        for _ in 0..cfg.grad_accum {
-            let starts = lm::random_windows(
-                &self.splits.train,
-                cfg.batch_size,
-                cfg.block_size,
-                &mut self.rng,
-            );
-            let (x, y) = lm::windows(&self.splits.train, &starts, cfg.block_size);
-            // Drawn only with dropout, so that runs without it draw the batches that
-            // runs without it always drew.
-            let seed = if n.has_dropout() {
-                self.rng.next_u64()
-            } else {
-                0
-            };
-            loss_sum += n.forward_backward(
-                &x,
-                &y,
-                cfg.batch_size,
-                cfg.block_size,
-                1.0 / cfg.grad_accum as f32,
-                seed,
-            )?;
-        }
-        let norm = n.grad_norm();
-        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            cfg.grad_clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
-        n.adamw_step(&self.opt, lr, scale);
-        Ok((loss_sum, norm))
+    /// The lowest validation loss so far.
+    pub fn best_val_loss(&self) -> Option<f64> {
+        self.run.progress.best.map(|b| -b)
     }
 
     /// One optimiser step (over `grad_accum` micro-batches); returns its statistics.
     pub fn train_step(&mut self) -> Result<StepStats> {
-        let started = Instant::now();
-        let lr = self.schedule.at(self.step);
-        let (loss_sum, grad_norm) = self.native_step(lr)?;
-        self.step += 1;
-        let cfg = &self.config;
-        let loss = loss_sum / cfg.grad_accum as f64;
-        if !loss.is_finite() {
-            return Err(Error::invalid(
-                "training",
-                format!(
-                    "the loss became {loss} at step {}; lower --lr or check the data",
-                    self.step
-                ),
-            ));
-        }
-        self.last_train_loss = loss;
-        Ok(StepStats {
-            step: self.step,
-            loss,
-            lr,
-            grad_norm,
-            tokens_per_sec: cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64(),
-        })
-    }
-
-    /// Mean loss over `eval_iters` fixed batches of `ids` (the same windows at every
-    /// evaluation, so successive estimates are comparable).
-    fn estimate(&mut self, ids: &[u32], salt: u64) -> Result<f64> {
-        let cfg = &self.config;
-        let mut rng = Rng::new(cfg.seed ^ salt);
-        let mut total = 0f64;
-        for _ in 0..cfg.eval_iters {
-            let starts = lm::random_windows(ids, cfg.batch_size, cfg.block_size, &mut rng);
-            let (x, y) = lm::windows(ids, &starts, cfg.block_size);
-            total += self.native.loss(&x, &y, cfg.batch_size, cfg.block_size)?;
-        }
-        Ok(total / cfg.eval_iters as f64)
+        self.run.step(&mut self.job)
     }
 
     /// Estimate training and validation loss; save the model if validation improved
     /// (or, without a validation split, always), then save the resumable checkpoint.
     pub fn evaluate_and_save(&mut self) -> Result<EvalStats> {
-        let splits = std::mem::take(&mut self.splits);
-        let train_loss = self.estimate(&splits.train, 0x7472_6169_6e00);
-        let val_loss = if splits.val.len() > self.config.block_size {
-            self.estimate(&splits.val, 0x7661_6c00).map(Some)
-        } else {
-            Ok(None)
-        };
-        self.splits = splits;
-        let (train_loss, val_loss) = (train_loss?, val_loss?);
-        let best = match (val_loss, self.best_val_loss) {
-            (Some(v), Some(b)) => v < b,
-            _ => true,
-        };
-        if best {
-            if let Some(v) = val_loss {
-                self.best_val_loss = Some(v);
-            }
-            self.save_model(&self.out.clone())?;
-        }
-        let stats = EvalStats {
-            step: self.step,
-            train_loss,
-            val_loss,
-            best,
-        };
-        // The line first, then the checkpoint: a run killed in between resumes from the
-        // previous checkpoint, which cuts this line away ([`run::cut_metrics`]), so
-        // the log never lacks the evaluation at a checkpoint's step.
-        let mut line = serde_json::to_value(&stats).unwrap();
-        line["type"] = "eval".into();
-        self.append_metrics(&line)?;
-        self.save_checkpoint()?;
-        Ok(stats)
-    }
-
-    fn generation_config(&self) -> serde_json::Value {
-        let mut g = serde_json::json!({ "do_sample": true, "temperature": 0.8, "top_k": 200 });
-        if let Some(eos) = self.tokenizer.eos_id() {
-            g["eos_token_id"] = eos.into();
-            g["bos_token_id"] = eos.into();
-        }
-        g
+        self.run.evaluate(&mut self.job)
     }
 
     /// Save the current model as an HF folder at `dir`.
-    pub fn save_model(&self, dir: &Path) -> Result<()> {
-        checkpoint::save_model_folder(
-            dir,
-            &self.hf_config,
-            &self.native.param_tensors(&self.device)?,
-            &self.tokenizer,
-            &self.generation_config(),
-        )
+    pub fn save_model(&mut self, dir: &Path) -> Result<()> {
+        fit::Job::save_model(&mut self.job, dir, false)
     }
 
     /// Write the complete training state to `out/checkpoint`, atomically as a folder.
-    pub fn save_checkpoint(&self) -> Result<()> {
-        run::write_checkpoint(&self.out, |tmp| {
-            self.save_model(tmp)?;
-            let moments = self.native.moment_tensors(&self.device)?;
-            write_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
-            let state = TrainerState {
-                step: self.step,
-                rng_state: self.rng.state(),
-                best_val_loss: self.best_val_loss,
-                config: self.config.clone(),
-                data: self.data.clone(),
-                n_tokens: self.splits.train.len() + self.splits.val.len(),
-            };
-            write_json(
-                &tmp.join(STATE_FILE),
-                &serde_json::to_value(&state).unwrap(),
-            )
-        })
-    }
-
-    fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
-        run::append_metrics(&self.out, line)
+    pub fn save_checkpoint(&mut self) -> Result<()> {
+        self.run.checkpoint(&mut self.job)
     }
 
     /// Train until `max_iters`, evaluating every `eval_interval` steps (and at the start
     /// of a new run and at the end), reporting to `on_event`.
     pub fn run(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
-        let mut train_seconds = 0f64;
-        let mut last_eval = None;
-        if self.step == 0 {
-            let e = self.evaluate_and_save()?;
-            on_event(Event::Eval(&e));
-            last_eval = Some(e);
-        }
-        while self.step < self.config.max_iters {
-            let t0 = Instant::now();
-            let s = self.train_step()?;
-            train_seconds += t0.elapsed().as_secs_f64();
-            if s.step % self.config.log_interval == 0 || s.step == self.config.max_iters {
-                let mut line = serde_json::to_value(&s).unwrap();
-                line["type"] = "train".into();
-                self.append_metrics(&line)?;
+        let mut last_eval: Option<EvalStats> = None;
+        self.run.fit(&mut self.job, &mut |e| {
+            if let fit::Event::Eval(v) = &e {
+                last_eval = Some((*v).clone());
             }
-            on_event(Event::Step(&s));
-            if s.step % self.config.eval_interval == 0 || s.step == self.config.max_iters {
-                let e = self.evaluate_and_save()?;
-                on_event(Event::Eval(&e));
-                last_eval = Some(e);
-            }
-        }
+            on_event(e)
+        })?;
         Ok(Summary {
-            steps: self.step,
+            steps: self.step(),
             final_train_loss: last_eval
                 .as_ref()
-                .map_or(self.last_train_loss, |e| e.train_loss),
+                .map_or(self.run.last_loss, |e| e.train_loss),
             final_val_loss: last_eval.and_then(|e| e.val_loss),
-            best_val_loss: self.best_val_loss,
-            train_seconds,
+            best_val_loss: self.best_val_loss(),
+            train_seconds: self.run.progress.train_seconds,
         })
     }
 }

@@ -31,6 +31,7 @@ use candle_core::{Device, Tensor};
 use super::optimizer::AdamWConfig;
 use super::profile::time;
 use crate::engine::families::{bias_name, schema, NormNames, Parts};
+use crate::engine::io::Plain;
 use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
 use crate::kernels::cpu::{self as k, Heads, Rhs, RopeTable};
 use crate::models::gpt2::Gpt2Config;
@@ -544,6 +545,76 @@ impl NativeDecoder {
         pdrop: (f32, f32, f32),
         params: &Params,
     ) -> Result<Self> {
+        Self::from_source(spec, pdrop, |s| {
+            let var = params
+                .get(&s.name)
+                .ok_or_else(|| Error::Model(format!("the model has no parameter {}", s.name)))?;
+            if var.dims() != s.shape.as_slice() {
+                return Err(Error::Model(format!(
+                    "{} has shape {:?}, expected {:?}",
+                    s.name,
+                    var.dims(),
+                    s.shape
+                )));
+            }
+            Ok(var
+                .as_tensor()
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        })
+    }
+
+    /// A decoder of `spec` from its checkpoint tensors (every one it needs; extra
+    /// ones are refused).
+    pub fn from_plain(spec: &DecoderSpec, pdrop: (f32, f32, f32), mut t: Plain) -> Result<Self> {
+        let n = Self::from_source(spec, pdrop, |s| {
+            let (v, shape) = t.remove(&s.name).ok_or_else(|| {
+                Error::invalid("weights", format!("tensor {} is missing", s.name))
+            })?;
+            if shape != s.shape {
+                return Err(Error::invalid(
+                    "weights",
+                    format!(
+                        "tensor {} has shape {shape:?}, expected {:?}",
+                        s.name, s.shape
+                    ),
+                ));
+            }
+            Ok(v)
+        })?;
+        crate::engine::io::unexpected(&t, std::path::Path::new("(weights)"))?;
+        Ok(n)
+    }
+
+    /// A decoder of `spec` with fresh weights from `seed`: normal with std `std` for
+    /// matrices and embeddings (GPT-2's residual projections, `c_proj`, scaled by
+    /// 1/√(2·layers) as GPT-2 and nanoGPT do), zero biases, unit norms.
+    pub fn init(spec: &DecoderSpec, pdrop: (f32, f32, f32), seed: u64, std: f64) -> Result<Self> {
+        let mut rng = crate::rng::Rng::new(seed);
+        let proj_std = std / (2.0 * spec.n_layer as f64).sqrt();
+        Self::from_source(spec, pdrop, |s| {
+            let mut v = crate::guard::try_filled(&s.name, s.len(), 0f32)?;
+            if s.shape.len() >= 2 {
+                let sd = if s.name.ends_with("c_proj.weight") {
+                    proj_std
+                } else {
+                    std
+                };
+                v.iter_mut().for_each(|x| *x = (rng.normal() * sd) as f32);
+            } else if !s.name.ends_with(".bias") {
+                v.iter_mut().for_each(|x| *x = 1.0);
+            }
+            Ok(v)
+        })
+    }
+
+    /// Lay out the buffers for `spec`, each tensor's values from `source`.
+    fn from_source(
+        spec: &DecoderSpec,
+        pdrop: (f32, f32, f32),
+        mut source: impl FnMut(&Slot) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
         if !Self::supports(spec) {
             return Err(Error::Model(format!(
                 "the native trainer covers decoders with a tanh-GELU MLP with biases or a SwiGLU MLP, not {:?}",
@@ -598,25 +669,9 @@ impl NativeDecoder {
             .as_ref()
             .map(|h| al.plain(h, vec![spec.vocab_size, c]));
         let total = al.off;
-        let mut flat = vec![0f32; total];
+        let mut flat = crate::guard::try_filled("the model's parameters", total, 0f32)?;
         for s in &al.slots {
-            let var = params
-                .get(&s.name)
-                .ok_or_else(|| Error::Model(format!("the model has no parameter {}", s.name)))?;
-            if var.dims() != s.shape.as_slice() {
-                return Err(Error::Model(format!(
-                    "{} has shape {:?}, expected {:?}",
-                    s.name,
-                    var.dims(),
-                    s.shape
-                )));
-            }
-            let values = var
-                .as_tensor()
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            s.write(&mut flat, &values);
+            s.write(&mut flat, &source(s)?);
         }
         let rope = match spec.positions {
             Positions::Rope { theta } => Some(RopeTable::new(
@@ -657,6 +712,23 @@ impl NativeDecoder {
             shard_grads: Vec::new(),
             shards: None,
         })
+    }
+
+    /// The parameters under their checkpoint (HF) names, for saving.
+    pub fn tensors(&self) -> Plain {
+        self.read_all(&self.params)
+    }
+
+    /// The gradients of the last [`Self::forward_backward`] calls by parameter name.
+    pub fn gradients(&self) -> Plain {
+        self.read_all(&self.grads)
+    }
+
+    fn read_all(&self, buf: &[f32]) -> Plain {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), (s.read(buf), s.shape.clone())))
+            .collect()
     }
 
     /// The parameters as tensors under their checkpoint (HF) names, for saving.
@@ -1367,5 +1439,53 @@ mod tests {
                 assert!(l[i].iter().all(|&v| v == i as f32 + 1.0), "layer {i}");
             }
         }
+    }
+}
+
+impl super::fit::Trainable for NativeDecoder {
+    fn zero_grads(&mut self) {
+        NativeDecoder::zero_grads(self)
+    }
+    fn grad_norm(&self) -> f64 {
+        NativeDecoder::grad_norm(self)
+    }
+    fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
+        NativeDecoder::adamw_step(self, config, lr, grad_scale)
+    }
+    /// `exp_avg.NAME` and `exp_avg_sq.NAME` (PyTorch's names).
+    fn moments(&self) -> Plain {
+        let mut out = self.read_all(&self.m);
+        out = out
+            .into_iter()
+            .map(|(k, v)| (format!("exp_avg.{k}"), v))
+            .collect();
+        out.extend(
+            self.read_all(&self.v)
+                .into_iter()
+                .map(|(k, v)| (format!("exp_avg_sq.{k}"), v)),
+        );
+        out
+    }
+    fn load_moments(&mut self, mut moments: Plain, t: usize) -> Result<()> {
+        for s in &self.slots {
+            for (prefix, buf) in [("exp_avg", &mut self.m), ("exp_avg_sq", &mut self.v)] {
+                let key = format!("{prefix}.{}", s.name);
+                let (values, shape) = moments
+                    .remove(&key)
+                    .ok_or_else(|| Error::Model(format!("optimizer state lacks {key}")))?;
+                if shape != s.shape {
+                    return Err(Error::Model(format!(
+                        "optimizer state {key} has shape {shape:?}, the parameter {:?}",
+                        s.shape
+                    )));
+                }
+                s.write(buf, &values);
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+    fn trainable_count(&self) -> usize {
+        self.params.len()
     }
 }
