@@ -267,7 +267,7 @@ def probes(r: Runner, w: Path, m: dict):
     shutil.copytree(gpt2, run)
     state_path = run / "checkpoint/trainer_state.json"
     state = json.loads(state_path.read_text())
-    state["config"]["n_layer"] = 1_000_000
+    state["task"]["config"]["n_layer"] = 1_000_000
     state_path.write_text(json.dumps(state))
     r.probe("train --resume with a huge saved config", ["train", "--out", run, "--resume"], contains="--n-layer")
 

@@ -6,15 +6,14 @@
 //! empty weights file. The folder also holds a fixed 4-token character tokenizer.
 //!
 //! The folder goes through every loader the CLI and the server use for its model type
-//! (`load_params`, `load_causal_lm` — the CPU inference engine for GPT-2 —,
-//! `load_causal_lm_graph`, `load_bert`, `load_marian`), and a model that loads runs one
-//! short forward pass: a config that loads must describe a model that can run.
+//! (`load_params` for export, `load_causal_lm` — the inference engine —, `load_bert`
+//! and the BERT training step, the Marian engine and training step), and a model that
+//! loads runs one short forward pass: a config that loads must describe a model that
+//! can run.
 
 use std::path::Path;
 
 use attn::checkpoint;
-use attn::nn::Mode;
-use candle_core::{Device, Tensor};
 
 use crate::scratch::Scratch;
 
@@ -70,7 +69,7 @@ impl Target {
         self.scratch.write(checkpoint::CONFIG, config);
         self.scratch.write(checkpoint::WEIGHTS, weights);
         let dir = self.scratch.path();
-        let dev = Device::Cpu;
+        let dev = candle_core::Device::Cpu;
         let model_type = serde_json::from_slice::<serde_json::Value>(config)
             .ok()
             .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
@@ -93,19 +92,14 @@ impl Target {
                 count(true);
             }
         }
-        if is(&["gpt2"]) {
-            if let Ok(lm) = checkpoint::load_causal_lm_graph(dir, &dev) {
-                run_lm(lm.model.as_ref());
-                count(true);
-            }
-        }
         if is(&["bert"]) {
             if let Ok(b) = checkpoint::load_bert(dir) {
                 run_bert(&b);
                 count(true);
             }
-            if let Ok((m, _)) = checkpoint::load_bert_model(dir, &dev) {
-                run_bert_graph(&m);
+            if let Ok(mut m) = attn::train::encoder::NativeEncoder::load(dir) {
+                let ids = two_ids(m.config.vocab_size);
+                let _ = m.forward_backward(&[&ids[..]], None, &[0], Some(1));
                 count(true);
             }
         }
@@ -132,13 +126,10 @@ fn two_ids(n: usize) -> [u32; 2] {
 
 fn run_lm(m: &dyn attn::models::CausalLm) {
     let ids = two_ids(m.vocab_size());
-    if let Ok(t) = Tensor::new(&[ids], &Device::Cpu) {
-        let _ = m.forward(&t, None, &mut Mode::Eval);
-    }
-    if let Some(mut s) = m.native_session() {
-        let _ = s.feed(&ids[..1]);
-        let _ = s.feed(&ids[1..]);
-    }
+    let _ = m.logits_all(&[&ids[..]]);
+    let mut s = m.session();
+    let _ = s.feed(&ids[..1]);
+    let _ = s.feed(&ids[1..]);
 }
 
 fn run_bert(b: &checkpoint::LoadedBert) {
@@ -151,17 +142,6 @@ fn run_bert(b: &checkpoint::LoadedBert) {
     }
     if let Ok(ids) = b.tokenizer.encode_for_model("abcd", b.max_len) {
         let _ = ids.len();
-    }
-}
-
-fn run_bert_graph(m: &attn::models::bert::Bert) {
-    let ids = two_ids(m.config.vocab_size);
-    let dev = Device::Cpu;
-    let (Ok(t), Ok(mask)) = (Tensor::new(&[ids], &dev), Tensor::new(&[[1u32, 1]], &dev)) else {
-        return;
-    };
-    if let Ok(out) = m.forward(&t, &mask, None, &mut Mode::Eval) {
-        let _ = m.classify(&out, &mut Mode::Eval);
     }
 }
 

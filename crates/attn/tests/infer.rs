@@ -49,10 +49,7 @@ fn engine_logits_match_the_model_whole_incremental_and_batched() {
         let ids: Vec<u32> = (0..23)
             .map(|k| (k * 37 + 5) % config.vocab_size as u32)
             .collect();
-        let want = full_logits(&lm.model, &ids)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let want = rows(full_logits(&lm.model, &ids).unwrap(), ids.len());
         let want_flat: Vec<f32> = want.iter().flatten().copied().collect();
 
         // The whole sequence at once (GEMM path, more than 8 rows).
@@ -189,10 +186,7 @@ fn quantized_folders_round_trip_and_stay_close_to_f32() {
         } else {
             // f16 folders keep the Hugging Face layout: the tensor-graph model reads them.
             let lm = load_gpt2(&out, &Device::Cpu).unwrap();
-            let g = full_logits(&lm.model, &ids)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
+            let g = rows(full_logits(&lm.model, &ids).unwrap(), ids.len());
             let g: Vec<f32> = g.into_iter().flatten().collect();
             assert!(
                 max_rel(&g, &got) < 1e-4,
@@ -323,7 +317,7 @@ fn llama_on_the_engine_matches_the_graph_and_round_trips_every_weight_type() {
         let (graph, _) = load_llama_model(&dir, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..21).map(|k| (k * 29 + 3) % 96).collect();
         let graph_logits = |m: &dyn attn::models::CausalLm| -> Vec<f32> {
-            let l = full_logits(m, &ids).unwrap().to_vec2::<f32>().unwrap();
+            let l = rows(full_logits(m, &ids).unwrap(), ids.len());
             l.into_iter().flatten().collect()
         };
         let want = graph_logits(&graph);
@@ -370,4 +364,9 @@ fn llama_on_the_engine_matches_the_graph_and_round_trips_every_weight_type() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Logits `[t, vocab]` as rows.
+fn rows(flat: Vec<f32>, t: usize) -> Vec<Vec<f32>> {
+    flat.chunks(flat.len() / t).map(<[f32]>::to_vec).collect()
 }

@@ -119,17 +119,11 @@ fn every_parameter_receives_a_nonzero_gradient() {
 fn causal_mask_hides_the_future() {
     let (model, _) = tiny(DType::F32, 0.0);
     let base: Vec<u32> = vec![1, 5, 2, 9, 10, 0, 3, 7];
-    let before = full_logits(&model, &base)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let before = rows(full_logits(&model, &base).unwrap(), base.len());
     for t in 0..base.len() - 1 {
         let mut changed = base.clone();
         changed[t + 1] = (changed[t + 1] + 3) % 11;
-        let after = full_logits(&model, &changed)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let after = rows(full_logits(&model, &changed).unwrap(), changed.len());
         for p in 0..=t {
             for (a, b) in before[p].iter().zip(&after[p]) {
                 assert!(
@@ -170,10 +164,7 @@ fn kv_cache_equals_full_recompute() {
             .unwrap()
             .pop()
             .unwrap();
-        let full = full_logits(&model, &ids)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
+        let full = rows(full_logits(&model, &ids).unwrap(), ids.len())
             .pop()
             .unwrap();
         let diff = cached_last
@@ -214,10 +205,7 @@ fn generate_matches_greedy_recompute_through_the_tokenizer() {
     .unwrap();
     let mut ids = tok.encode("abc").unwrap();
     for _ in 0..9 {
-        let logits = full_logits(&model, &ids)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
+        let logits = rows(full_logits(&model, &ids).unwrap(), ids.len())
             .pop()
             .unwrap();
         ids.push(argmax(&logits));
@@ -247,18 +235,13 @@ fn checkpoint_round_trip_is_bit_exact() {
     }
     assert_eq!(a.len(), loaded.params.len());
     let ids = [1u32, 2, 3, 4];
-    let l1 = full_logits(&model, &ids)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let l2 = full_logits(&loaded.model, &ids)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let l1 = full_logits(&model, &ids).unwrap();
+    let l2 = full_logits(&loaded.model, &ids).unwrap();
     assert!(l1.iter().zip(&l2).all(|(p, q)| p.to_bits() == q.to_bits()));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Logits `[t, vocab]` as rows.
+fn rows(flat: Vec<f32>, t: usize) -> Vec<Vec<f32>> {
+    flat.chunks(flat.len() / t).map(<[f32]>::to_vec).collect()
 }

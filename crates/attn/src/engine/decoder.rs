@@ -543,71 +543,17 @@ impl Decoder {
 
 // ------------------------------------------------------------------ as a CausalLm
 
-impl Decoder {
-    fn whole(
-        &self,
-        ids: &candle_core::Tensor,
-        cache: Option<&mut crate::nn::KvCache>,
-        mode: &crate::nn::Mode,
-        want: Want,
-    ) -> Result<candle_core::Tensor> {
-        if cache.is_some() {
-            return Err(Error::invalid(
-                "cache",
-                "the inference engine keeps its own cache; decode through generate::session",
-            ));
-        }
-        if mode.is_train() {
-            return Err(Error::invalid(
-                "mode",
-                "the inference engine does not train; load the model for training instead",
-            ));
-        }
-        let rows = ids.to_dtype(candle_core::DType::U32)?.to_vec2::<u32>()?;
-        let (b, t) = ids.dims2()?;
-        let mut states: Vec<DecoderState> = (0..b).map(|_| self.new_state()).collect();
-        let mut refs: Vec<&mut DecoderState> = states.iter_mut().collect();
-        let toks: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-        let out = self.forward(&mut refs, &toks, want)?;
-        let width = out[0].len() / t;
-        let flat: Vec<f32> = out.into_iter().flatten().collect();
-        Ok(candle_core::Tensor::from_vec(
-            flat,
-            (b, t, width),
-            ids.device(),
-        )?)
-    }
-}
-
 impl crate::models::CausalLm for Decoder {
-    fn hidden(
-        &self,
-        ids: &candle_core::Tensor,
-        cache: Option<&mut crate::nn::KvCache>,
-        mode: &mut crate::nn::Mode,
-    ) -> Result<candle_core::Tensor> {
-        self.whole(ids, cache, mode, Want::Hidden)
+    fn logits_all(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let mut states: Vec<DecoderState> = seqs.iter().map(|_| self.new_state()).collect();
+        let mut refs: Vec<&mut DecoderState> = states.iter_mut().collect();
+        self.forward(&mut refs, seqs, Want::All)
     }
-    fn logits(&self, h: &candle_core::Tensor) -> Result<candle_core::Tensor> {
-        let (b, t, _) = h.dims3()?;
-        let flat = h
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let logits = self.head(&flat);
-        Ok(candle_core::Tensor::from_vec(
-            logits,
-            (b, t, self.spec.vocab_size),
-            h.device(),
-        )?)
-    }
-    fn forward(
-        &self,
-        ids: &candle_core::Tensor,
-        cache: Option<&mut crate::nn::KvCache>,
-        mode: &mut crate::nn::Mode,
-    ) -> Result<candle_core::Tensor> {
-        self.whole(ids, cache, mode, Want::All)
+    fn session(&self) -> Box<dyn crate::generate::Session + '_> {
+        Box::new(EngineSession {
+            engine: self,
+            state: self.new_state(),
+        })
     }
     fn context(&self) -> usize {
         self.spec.context
@@ -623,12 +569,6 @@ impl crate::models::CausalLm for Decoder {
     }
     fn eos(&self) -> Option<u32> {
         self.spec.eos
-    }
-    fn native_session(&self) -> Option<Box<dyn crate::generate::Session + '_>> {
-        Some(Box::new(EngineSession {
-            engine: self,
-            state: self.new_state(),
-        }))
     }
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)

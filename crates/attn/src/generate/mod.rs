@@ -6,10 +6,7 @@ mod sampler;
 
 pub use sampler::{Sampler, SamplingConfig};
 
-use candle_core::{Device, Tensor, D};
-
 use crate::models::CausalLm;
-use crate::nn::{KvCache, Mode};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 
@@ -45,38 +42,9 @@ pub trait Session {
     fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
 }
 
-/// A session over any [`CausalLm`] through its `hidden` pass and a [`KvCache`].
-struct GraphSession<'a> {
-    model: &'a dyn CausalLm,
-    cache: KvCache,
-}
-
-impl Session for GraphSession<'_> {
-    fn len(&self) -> usize {
-        self.cache.len()
-    }
-    fn clear(&mut self) {
-        self.cache.clear();
-    }
-    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
-        let h = self
-            .model
-            .hidden(&x, Some(&mut self.cache), &mut Mode::Eval)?;
-        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
-        let logits = self.model.logits(&last)?.squeeze(0)?.squeeze(0)?;
-        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?)
-    }
-}
-
-/// A decoding session for `model`: its own when it has one, else a [`KvCache`].
+/// A decoding session for `model`.
 pub fn session(model: &dyn CausalLm) -> Box<dyn Session + '_> {
-    model.native_session().unwrap_or_else(|| {
-        Box::new(GraphSession {
-            model,
-            cache: KvCache::new(model.n_layer()),
-        })
-    })
+    model.session()
 }
 
 /// Generate up to `max_new_tokens` ids after the prompt `ids` (which must fit the
@@ -236,15 +204,21 @@ fn safe_prefix_len(text: &str, from: usize, stop: &[String]) -> usize {
     safe
 }
 
-/// Logits `[T, vocab]` of a whole sequence in one pass, without a cache (for checks).
-pub fn full_logits(model: &dyn CausalLm, ids: &[u32]) -> Result<Tensor> {
-    let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
-    Ok(model.forward(&x, None, &mut Mode::Eval)?.squeeze(0)?)
+/// Logits `[T, vocab]` (row-major) of a whole sequence in one pass, without a cache
+/// (for checks).
+pub fn full_logits(model: &dyn CausalLm, ids: &[u32]) -> Result<Vec<f32>> {
+    Ok(model.logits_all(&[ids])?.remove(0))
 }
 
-/// Index of the largest value (greedy choice).
-pub fn argmax(logits: &Tensor) -> Result<u32> {
-    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+/// Index of the largest value (greedy choice; the first of equal ones).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 #[cfg(test)]

@@ -4,11 +4,9 @@
 //! with as much left context as that window gives. `stride == max_length` gives disjoint
 //! windows; a smaller stride gives every scored token more context.
 
-use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::models::CausalLm;
-use crate::nn::Mode;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -24,17 +22,21 @@ pub struct Perplexity {
 
 /// Sum of −log p(target) over the positions `from..` of each row.
 fn window_nll(model: &dyn CausalLm, windows: &[&[u32]], from: &[usize]) -> Result<f64> {
-    let t = windows[0].len();
-    let flat: Vec<u32> = windows.iter().flat_map(|w| w.iter().copied()).collect();
-    let x = Tensor::from_vec(flat, (windows.len(), t), &Device::Cpu)?;
-    let logits = model.forward(&x, None, &mut Mode::Eval)?;
-    let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
-    let logp = logp.to_dtype(candle_core::DType::F32)?.to_vec3::<f32>()?;
+    let v = model.vocab_size();
+    let logits = model.logits_all(windows)?;
     let mut sum = 0f64;
-    for (r, w) in windows.iter().enumerate() {
-        // Position p predicts token p+1.
-        for p in from[r]..t - 1 {
-            sum -= logp[r][p][w[p + 1] as usize] as f64;
+    for ((w, rows), &from) in windows.iter().zip(&logits).zip(from) {
+        // Position p predicts token p+1: −log softmax(row p)[w[p+1]], in f64.
+        for p in from..w.len() - 1 {
+            let row = &rows[p * v..(p + 1) * v];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            sum += lse - row[w[p + 1] as usize] as f64;
         }
     }
     Ok(sum)
@@ -108,7 +110,6 @@ pub fn perplexity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::KvCache;
 
     const V: usize = 5;
 
@@ -140,20 +141,37 @@ mod tests {
         }
     }
 
-    impl CausalLm for Toy {
-        fn hidden(&self, ids: &Tensor, _: Option<&mut KvCache>, _: &mut Mode) -> Result<Tensor> {
-            let rows = ids.to_vec2::<u32>()?;
-            let (b, t) = (rows.len(), rows[0].len());
-            let mut out = Vec::with_capacity(b * t * V);
-            for row in &rows {
-                for (p, &id) in row.iter().enumerate() {
-                    out.extend_from_slice(&self.row(id, p));
-                }
-            }
-            Ok(Tensor::from_vec(out, (b, t, V), &Device::Cpu)?)
+    /// The toy decoding one token at a time (its logits need only the last token and
+    /// the position).
+    struct ToySession<'a>(&'a Toy, usize);
+
+    impl crate::generate::Session for ToySession<'_> {
+        fn len(&self) -> usize {
+            self.1
         }
-        fn logits(&self, h: &Tensor) -> Result<Tensor> {
-            Ok(h.clone())
+        fn clear(&mut self) {
+            self.1 = 0;
+        }
+        fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+            self.1 += ids.len();
+            Ok(self.0.row(*ids.last().unwrap(), self.1 - 1).to_vec())
+        }
+    }
+
+    impl CausalLm for Toy {
+        fn logits_all(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+            Ok(seqs
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .enumerate()
+                        .flat_map(|(p, &id)| self.row(id, p))
+                        .collect()
+                })
+                .collect())
+        }
+        fn session(&self) -> Box<dyn crate::generate::Session + '_> {
+            Box::new(ToySession(self, 0))
         }
         fn context(&self) -> usize {
             self.ctx
