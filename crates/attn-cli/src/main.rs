@@ -121,3 +121,12 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The arguments a task's training run started with (kept in its checkpoint as
+/// `argv`), parsed again to resume it.
+fn saved_args<T: clap::Parser>(out: &std::path::Path, data: &serde_json::Value) -> attn::Result<T> {
+    let argv: Vec<String> = serde_json::from_value(data["argv"].clone())
+        .map_err(|_| attn::Error::bad_file(out, "the checkpoint does not record its arguments"))?;
+    T::try_parse_from(std::iter::once("train".to_string()).chain(argv))
+        .map_err(|e| attn::Error::bad_file(out, format!("its saved arguments do not parse: {e}")))
+}

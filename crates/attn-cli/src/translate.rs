@@ -250,11 +250,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 /// Continue the run in `out` with the arguments it started with.
 fn resume_train(out: PathBuf, max_steps: usize, json: bool) -> Result<()> {
     let (_, data) = saved_run(&out)?;
-    let argv: Vec<String> = serde_json::from_value(data["argv"].clone())
-        .map_err(|_| Error::bad_file(&out, "the checkpoint does not record its arguments"))?;
-    let mut a = SavedTrainArgs::try_parse_from(std::iter::once("train".to_string()).chain(argv))
-        .map_err(|e| Error::bad_file(&out, format!("its saved arguments do not parse: {e}")))?
-        .args;
+    let mut a = crate::saved_args::<SavedTrainArgs>(&out, &data)?.args;
     let given = std::env::args().any(|x| x == "--max-steps" || x.starts_with("--max-steps="));
     if given {
         a.max_steps = max_steps;

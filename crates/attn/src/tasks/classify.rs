@@ -19,7 +19,7 @@ use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::encoder::NativeEncoder;
-use crate::train::fit::{Event, Job, Passes, Plan, Run, Trainable};
+use crate::train::fit::{Event, ExamplesState, Job, Passes, Plan, Run, Trainable};
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
@@ -538,25 +538,14 @@ fn save_classifier(
     write_json(&dir.join(checkpoint::CONFIG), &config.to_hf_json())
 }
 
-/// What a classification run's checkpoint keeps besides the model and moments.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ClassifyState {
-    config: ClassifyConfig,
-    labels: Vec<String>,
-    n_train: usize,
-    n_val: usize,
-    passes: Passes,
-    /// The caller's description of the data (the CLI keeps its arguments here).
-    data: serde_json::Value,
-}
+type ClassifyState = ExamplesState<ClassifyConfig>;
 
 const WRITTEN_BY: &str = "attn classify train";
 
 /// The config and data description of the run saved in `out/checkpoint`, for a caller
 /// that resumes it (and has to read the same data again).
 pub fn saved_run(out: &Path) -> Result<(ClassifyConfig, serde_json::Value)> {
-    let st: ClassifyState = serde_json::from_value(Run::saved_task(out, WRITTEN_BY)?)
-        .map_err(|e| Error::bad_file(out, format!("not a classification run: {e}")))?;
+    let st = ClassifyState::saved(out, WRITTEN_BY)?;
     Ok((st.config, st.data))
 }
 
@@ -725,22 +714,8 @@ pub fn train(
             (model, tokenizer, state, run)
         }
         Begin::Resume => {
-            let (ckpt, task, reopened) = Run::reopen(out, WRITTEN_BY)?;
-            let state: ClassifyState = serde_json::from_value(task)
-                .map_err(|e| Error::bad_file(&ckpt, format!("not a classification run: {e}")))?;
-            if (state.n_train, state.n_val, &state.labels) != (train.len(), val.len(), &labels) {
-                return Err(Error::invalid(
-                    "data",
-                    format!(
-                        "{} training and {} validation examples now, but the run started with {} and {} (labels {}): resume with the same data",
-                        train.len(),
-                        val.len(),
-                        state.n_train,
-                        state.n_val,
-                        state.labels.join(", ")
-                    ),
-                ));
-            }
+            let (ckpt, state, reopened) =
+                ClassifyState::reopen(out, WRITTEN_BY, train.len(), val.len(), &labels)?;
             let mut model = NativeEncoder::load_adapted(&ckpt, cfg.lora)?;
             let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
             let run = reopened.restore(&ckpt, &mut model, plan)?;

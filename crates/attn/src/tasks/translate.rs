@@ -16,7 +16,7 @@ use crate::metrics::sacre_tokenize::SacreTokenizer;
 use crate::models::marian::MarianConfig;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use crate::train::fit::{Event, Job, Passes, Plan, Run};
+use crate::train::fit::{Event, ExamplesState, Job, Passes, Plan, Run};
 use crate::train::optimizer::AdamWConfig;
 use crate::train::seq2seq::NativeSeq2Seq;
 
@@ -419,24 +419,14 @@ pub struct TranslateSummary {
     pub train_seconds: f64,
 }
 
-/// What a translation run's checkpoint records besides the model and the moments.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TranslateState {
-    passes: Passes,
-    n_train: usize,
-    n_val: usize,
-    config: TranslateConfig,
-    /// The caller's description of the data (the CLI keeps its arguments here).
-    data: serde_json::Value,
-}
+type TranslateState = ExamplesState<TranslateConfig>;
 
 const WRITTEN_BY: &str = "attn translate train";
 
 /// The config and data description of the run saved in `out/checkpoint`, for a caller
 /// that resumes it (and has to read the same data again).
 pub fn saved_run(out: &Path) -> Result<(TranslateConfig, serde_json::Value)> {
-    let st: TranslateState = serde_json::from_value(Run::saved_task(out, WRITTEN_BY)?)
-        .map_err(|e| Error::bad_file(out, format!("not a translation run: {e}")))?;
+    let st = TranslateState::saved(out, WRITTEN_BY)?;
     Ok((st.config, st.data))
 }
 
@@ -593,27 +583,15 @@ pub fn train(
                 passes: Passes::default(),
                 n_train: train.len(),
                 n_val: val.len(),
+                labels: Vec::new(),
                 config: cfg.clone(),
                 data: data.clone(),
             };
             (tokenizer, model, state, Run::start(out, plan, rng)?)
         }
         Begin::Resume => {
-            let (ckpt, task, reopened) = Run::reopen(out, WRITTEN_BY)?;
-            let state: TranslateState = serde_json::from_value(task)
-                .map_err(|e| Error::bad_file(&ckpt, format!("not a translation run: {e}")))?;
-            if (state.n_train, state.n_val) != (train.len(), val.len()) {
-                return Err(Error::invalid(
-                    "data",
-                    format!(
-                        "{} training and {} validation pairs now, but the run started with {} and {}: resume with the same data",
-                        train.len(),
-                        val.len(),
-                        state.n_train,
-                        state.n_val
-                    ),
-                ));
-            }
+            let (ckpt, state, reopened) =
+                TranslateState::reopen(out, WRITTEN_BY, train.len(), val.len(), &[])?;
             let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
             let mut model = NativeSeq2Seq::load(&ckpt)?;
             let run = reopened.restore(&ckpt, &mut model, plan)?;

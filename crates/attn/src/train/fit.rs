@@ -372,6 +372,56 @@ impl ReopenedRun {
     }
 }
 
+/// What a task over examples (classification, translation) keeps in its checkpoint
+/// besides the model and moments: its config, the data's size and label set (to refuse
+/// other data on resume), the batch order, and the caller's description of the data
+/// (the CLI keeps its arguments there).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExamplesState<C> {
+    pub config: C,
+    pub n_train: usize,
+    pub n_val: usize,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub passes: Passes,
+    pub data: serde_json::Value,
+}
+
+impl<C: Serialize + serde::de::DeserializeOwned> ExamplesState<C> {
+    /// The state of the run in `out/checkpoint`, unlocked (for a caller rebuilding the
+    /// run's arguments).
+    pub fn saved(out: &Path, written_by: &str) -> Result<Self> {
+        serde_json::from_value(Run::saved_task(out, written_by)?)
+            .map_err(|e| Error::bad_file(out, format!("not a run of {written_by}: {e}")))
+    }
+
+    /// Lock `out` and read its checkpoint's state, refusing data of another size or
+    /// label set than the run started with.
+    pub fn reopen(
+        out: &Path,
+        written_by: &str,
+        n_train: usize,
+        n_val: usize,
+        labels: &[String],
+    ) -> Result<(PathBuf, Self, ReopenedRun)> {
+        let (ckpt, task, reopened) = Run::reopen(out, written_by)?;
+        let st: Self = serde_json::from_value(task)
+            .map_err(|e| Error::bad_file(&ckpt, format!("not a run of {written_by}: {e}")))?;
+        if (st.n_train, st.n_val, st.labels.as_slice()) != (n_train, n_val, labels) {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "{n_train} training and {n_val} validation examples now, but the run started with {} and {}{}: resume with the same data",
+                    st.n_train,
+                    st.n_val,
+                    if st.labels.is_empty() { String::new() } else { format!(" (labels {})", st.labels.join(", ")) }
+                ),
+            ));
+        }
+        Ok((ckpt, st, reopened))
+    }
+}
+
 /// Batches of example indices for passes over a dataset, grouped by length
 /// ([`crate::tasks::length_batches`]), drawn one at a time; the batches left in the
 /// current pass are part of a checkpoint.
