@@ -11,7 +11,7 @@
 //! # fn main() -> attn::Result<()> {
 //! let config = TrainConfig::preset("shakespeare-char-cpu")?;
 //! let data = DataSpec { files: vec!["input.txt".into()], encoding: Encoding::Utf8 };
-//! let mut trainer = Trainer::new(config, data, "out".as_ref(), &attn::nn::default_device())?;
+//! let mut trainer = Trainer::new(config, data, "out".as_ref())?;
 //! let summary = trainer.run(&mut |_event| {})?;
 //! println!("best validation loss {:?}", summary.best_val_loss);
 //! # Ok(()) }
