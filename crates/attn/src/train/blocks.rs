@@ -786,3 +786,64 @@ pub(super) fn mlp_backward(
     scratch.pool.give(dgel);
     dx
 }
+
+/// Query and key rows of every head of every sequence: self-attention over the rows of
+/// a `[n, 3c]` buffer (`spans` for both sides), or cross-attention from a `[n, c]`
+/// query buffer (`spans`) to a `[m, 2c]` key/value buffer (`kv_spans`).
+pub(crate) fn head_jobs(
+    d: Dims,
+    spans: &[(usize, usize)],
+    kv_spans: Option<&[(usize, usize)]>,
+    causal: bool,
+    drop: impl Fn(usize, usize) -> Option<Dropout>,
+) -> Vec<Job> {
+    let (c, hd) = (d.c, d.hd());
+    let mut out = Vec::with_capacity(spans.len() * d.nh);
+    for (s, &(q0, tq)) in spans.iter().enumerate() {
+        for h in 0..d.nh {
+            let at = match kv_spans {
+                None => HeadAt {
+                    q0,
+                    tq,
+                    qs: 3 * c,
+                    qo: h * hd,
+                    k0: q0,
+                    tk: tq,
+                    ks: 3 * c,
+                    ko: c + h * hd,
+                    vo: 2 * c + h * hd,
+                    causal,
+                },
+                Some(kv) => HeadAt {
+                    q0,
+                    tq,
+                    qs: c,
+                    qo: h * hd,
+                    k0: kv[s].0,
+                    tk: kv[s].1,
+                    ks: 2 * c,
+                    ko: h * hd,
+                    vo: c + h * hd,
+                    causal: false,
+                },
+            };
+            out.push(Job {
+                at,
+                h,
+                drop: drop(s, h),
+            });
+        }
+    }
+    out
+}
+
+/// First row and length of each sequence.
+pub(crate) fn spans_of(seqs: &[&[u32]]) -> (Vec<(usize, usize)>, usize) {
+    let mut spans = Vec::with_capacity(seqs.len());
+    let mut n = 0;
+    for s in seqs {
+        spans.push((n, s.len()));
+        n += s.len();
+    }
+    (spans, n)
+}

@@ -19,8 +19,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::blocks::{
-    attn_backward, attn_forward, drop_in_place, linear, linear_backward, mlp_backward, mlp_forward,
-    norm_grads, wgrads, Act, AttnActs, Dims, HeadAt, Job, MlpActs, MlpAt, PostAt, Scratch,
+    attn_backward, attn_forward, drop_in_place, head_jobs, linear, linear_backward, mlp_backward,
+    mlp_forward, norm_grads, spans_of, wgrads, Act, AttnActs, Dims, MlpActs, MlpAt, PostAt,
+    Scratch,
 };
 use super::flat::Flat;
 use crate::engine::encoder::read_bert;
@@ -459,33 +460,6 @@ impl NativeEncoder {
         }
     }
 
-    /// Layer `l`'s attention heads: every head of every sequence over its own tokens.
-    fn jobs(d: Dims, spans: &[(usize, usize)], l: usize, drops: Drops) -> Vec<Job> {
-        let (c, hd) = (d.c, d.hd());
-        spans
-            .iter()
-            .enumerate()
-            .flat_map(|(s, &(r0, len))| {
-                (0..d.nh).map(move |h| Job {
-                    at: HeadAt {
-                        q0: r0,
-                        tq: len,
-                        qs: 3 * c,
-                        qo: h * hd,
-                        k0: r0,
-                        tk: len,
-                        ks: 3 * c,
-                        ko: c + h * hd,
-                        vo: 2 * c + h * hd,
-                        causal: false,
-                    },
-                    h,
-                    drop: drops.attn_head(l, s, h),
-                })
-            })
-            .collect()
-    }
-
     fn forward(
         &self,
         seqs: &[&[u32]],
@@ -499,12 +473,7 @@ impl NativeEncoder {
         let (lay, w) = (&self.lay, &self.flat.params);
         let c = cfg.hidden_size;
         let eps = cfg.layer_norm_eps as f32;
-        let mut spans = Vec::with_capacity(seqs.len());
-        let mut n = 0;
-        for s in seqs {
-            spans.push((n, s.len()));
-            n += s.len();
-        }
+        let (spans, n) = spans_of(seqs);
         let mut emb = scratch.pool.take(n * c);
         for (s, ids) in seqs.iter().enumerate() {
             for (j, &id) in ids.iter().enumerate() {
@@ -565,7 +534,7 @@ impl NativeEncoder {
                 }
                 scratch.pool.give(u);
             }
-            let jobs = Self::jobs(dims, &spans, l, drops);
+            let jobs = head_jobs(dims, &spans, None, false, |s, h| drops.attn_head(l, s, h));
             let (attn, h1) = attn_forward(
                 w,
                 dims,
@@ -723,7 +692,7 @@ impl NativeEncoder {
                 drops.down(l),
                 scratch,
             );
-            let jobs = Self::jobs(dims, &s.spans, l, drops);
+            let jobs = head_jobs(dims, &s.spans, None, false, |q, h| drops.attn_head(l, q, h));
             let mut dqkv = scratch.pool.take(n * 3 * c);
             let ds1 = attn_backward(
                 w,

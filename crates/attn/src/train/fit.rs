@@ -147,6 +147,15 @@ struct Saved {
     task: serde_json::Value,
 }
 
+/// The checkpoint folder of the run in `out` and its saved state.
+fn read_saved(out: &Path, written_by: &str) -> Result<(PathBuf, Saved)> {
+    let ckpt = run::require_checkpoint(out, written_by)?;
+    let path = ckpt.join(STATE_FILE);
+    let saved = serde_json::from_value(read_json(&path)?)
+        .map_err(|e| Error::bad_file(&path, format!("not a valid training state: {e}")))?;
+    Ok((ckpt, saved))
+}
+
 /// A run: the loop's state and the folder it writes.
 pub struct Run {
     pub progress: Progress,
@@ -199,10 +208,7 @@ impl Run {
         written_by: &str,
     ) -> Result<(PathBuf, serde_json::Value, ReopenedRun)> {
         let lock = run::lock(out)?;
-        let ckpt = run::require_checkpoint(out, written_by)?;
-        let path = ckpt.join(STATE_FILE);
-        let saved: Saved = serde_json::from_value(read_json(&path)?)
-            .map_err(|e| Error::bad_file(&path, format!("not a valid training state: {e}")))?;
+        let (ckpt, saved) = read_saved(out, written_by)?;
         Ok((
             ckpt,
             saved.task,
@@ -217,11 +223,7 @@ impl Run {
     /// The task's saved state in `out/checkpoint`, without locking (to rebuild a
     /// resumed run's arguments first).
     pub fn saved_task(out: &Path, written_by: &str) -> Result<serde_json::Value> {
-        let ckpt = run::require_checkpoint(out, written_by)?;
-        let path = ckpt.join(STATE_FILE);
-        let saved: Saved = serde_json::from_value(read_json(&path)?)
-            .map_err(|e| Error::bad_file(&path, format!("not a valid training state: {e}")))?;
-        Ok(saved.task)
+        Ok(read_saved(out, written_by)?.1.task)
     }
 
     /// Train until the plan's last step.

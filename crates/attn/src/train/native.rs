@@ -24,7 +24,7 @@
 //! by side (every buffer the backward consumes is named where the forward fills it), and
 //! the parameter layout that both index is defined here too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
@@ -731,75 +731,16 @@ impl NativeDecoder {
             .collect()
     }
 
-    /// The parameters as tensors under their checkpoint (HF) names, for saving.
-    pub fn param_tensors(&self, device: &Device) -> Result<BTreeMap<String, Tensor>> {
-        self.slots
-            .iter()
-            .map(|s| {
-                Ok((
-                    s.name.clone(),
-                    Tensor::from_vec(s.read(&self.params), s.shape.as_slice(), device)?,
-                ))
-            })
-            .collect()
-    }
-
     /// The number of trained values.
     pub fn param_count(&self) -> usize {
         self.params.len()
     }
 
-    /// The AdamW moments as `exp_avg.<name>` / `exp_avg_sq.<name>` tensors, the names
-    /// [`super::optimizer::AdamW::state_tensors`] uses (checkpoints are interchangeable).
-    pub fn moment_tensors(&self, device: &Device) -> Result<BTreeMap<String, Tensor>> {
-        let mut out = BTreeMap::new();
-        for s in &self.slots {
-            for (prefix, buf) in [("exp_avg", &self.m), ("exp_avg_sq", &self.v)] {
-                out.insert(
-                    format!("{prefix}.{}", s.name),
-                    Tensor::from_vec(s.read(buf), s.shape.as_slice(), device)?,
-                );
-            }
-        }
-        Ok(out)
-    }
-
-    /// Restore moments saved by [`Self::moment_tensors`] after `t` updates.
-    pub fn load_moments(&mut self, tensors: &HashMap<String, Tensor>, t: usize) -> Result<()> {
-        for s in &self.slots {
-            for (prefix, buf) in [("exp_avg", &mut self.m), ("exp_avg_sq", &mut self.v)] {
-                let key = format!("{prefix}.{}", s.name);
-                let saved = tensors
-                    .get(&key)
-                    .ok_or_else(|| Error::Model(format!("optimizer state lacks {key}")))?;
-                if saved.dims() != s.shape.as_slice() {
-                    return Err(Error::Model(format!(
-                        "optimizer state {key} has shape {:?}, the parameter {:?}",
-                        saved.dims(),
-                        s.shape
-                    )));
-                }
-                let values = saved
-                    .to_dtype(candle_core::DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                s.write(buf, &values);
-            }
-        }
-        self.t = t;
-        Ok(())
-    }
-
-    /// The gradients of the last [`Self::forward_backward`] calls, by parameter name.
+    /// [`Self::gradients`] as tensors (for the tests that compare them with candle's).
     pub fn gradient_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        self.slots
-            .iter()
-            .map(|s| {
-                Ok((
-                    s.name.clone(),
-                    Tensor::from_vec(s.read(&self.grads), s.shape.as_slice(), device)?,
-                ))
-            })
+        self.gradients()
+            .into_iter()
+            .map(|(name, (v, shape))| Ok((name, Tensor::from_vec(v, shape, device)?)))
             .collect()
     }
 
@@ -1419,29 +1360,6 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Layer buffers above the huge-page threshold (their own mapping on Linux) and
-    /// below it: zeroed, each layer its own disjoint range, and writable to the end.
-    #[test]
-    fn layer_buffers_are_zeroed_and_disjoint() {
-        for each in [1000usize, 300_000] {
-            let mut l = Layers::new(each, 3);
-            #[cfg(target_os = "linux")]
-            assert_eq!(matches!(l.buf, HugeBuf::Mapped { .. }), each == 300_000);
-            for i in 0..3 {
-                assert!(l[i].len() == each && l[i].iter().all(|&v| v == 0.0));
-                l[i].fill(i as f32 + 1.0);
-            }
-            for i in 0..3 {
-                assert!(l[i].iter().all(|&v| v == i as f32 + 1.0), "layer {i}");
-            }
-        }
-    }
-}
-
 impl super::fit::Trainable for NativeDecoder {
     fn zero_grads(&mut self) {
         NativeDecoder::zero_grads(self)
@@ -1487,5 +1405,28 @@ impl super::fit::Trainable for NativeDecoder {
     }
     fn trainable_count(&self) -> usize {
         self.params.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Layer buffers above the huge-page threshold (their own mapping on Linux) and
+    /// below it: zeroed, each layer its own disjoint range, and writable to the end.
+    #[test]
+    fn layer_buffers_are_zeroed_and_disjoint() {
+        for each in [1000usize, 300_000] {
+            let mut l = Layers::new(each, 3);
+            #[cfg(target_os = "linux")]
+            assert_eq!(matches!(l.buf, HugeBuf::Mapped { .. }), each == 300_000);
+            for i in 0..3 {
+                assert!(l[i].len() == each && l[i].iter().all(|&v| v == 0.0));
+                l[i].fill(i as f32 + 1.0);
+            }
+            for i in 0..3 {
+                assert!(l[i].iter().all(|&v| v == i as f32 + 1.0), "layer {i}");
+            }
+        }
     }
 }

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::blocks::{
-    attn_backward, attn_forward, drop_in_place, linear, linear_backward, mlp_backward, mlp_forward,
-    wgrads, Act, AttnActs, Dims, HeadAt, Job, MlpActs, MlpAt, PostAt, Scratch,
+    attn_backward, attn_forward, drop_in_place, head_jobs, linear, linear_backward, mlp_backward,
+    mlp_forward, spans_of, wgrads, Act, AttnActs, Dims, MlpActs, MlpAt, PostAt, Scratch,
 };
 use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
@@ -163,67 +163,6 @@ impl Drops {
             )
         })
     }
-}
-
-/// Query and key rows of every head of every sequence: self-attention over the rows of
-/// a `[n, 3c]` buffer (`spans` for both sides), or cross-attention from a `[n, c]`
-/// query buffer (`spans`) to a `[m, 2c]` key/value buffer (`kv_spans`).
-fn jobs(
-    d: Dims,
-    spans: &[(usize, usize)],
-    kv_spans: Option<&[(usize, usize)]>,
-    causal: bool,
-    drop: impl Fn(usize, usize) -> Option<Dropout>,
-) -> Vec<Job> {
-    let (c, hd) = (d.c, d.hd());
-    let mut out = Vec::with_capacity(spans.len() * d.nh);
-    for (s, &(q0, tq)) in spans.iter().enumerate() {
-        for h in 0..d.nh {
-            let at = match kv_spans {
-                None => HeadAt {
-                    q0,
-                    tq,
-                    qs: 3 * c,
-                    qo: h * hd,
-                    k0: q0,
-                    tk: tq,
-                    ks: 3 * c,
-                    ko: c + h * hd,
-                    vo: 2 * c + h * hd,
-                    causal,
-                },
-                Some(kv) => HeadAt {
-                    q0,
-                    tq,
-                    qs: c,
-                    qo: h * hd,
-                    k0: kv[s].0,
-                    tk: kv[s].1,
-                    ks: 2 * c,
-                    ko: h * hd,
-                    vo: c + h * hd,
-                    causal: false,
-                },
-            };
-            out.push(Job {
-                at,
-                h,
-                drop: drop(s, h),
-            });
-        }
-    }
-    out
-}
-
-/// First row and length of each sequence.
-fn spans_of(seqs: &[&[u32]]) -> (Vec<(usize, usize)>, usize) {
-    let mut spans = Vec::with_capacity(seqs.len());
-    let mut n = 0;
-    for s in seqs {
-        spans.push((n, s.len()));
-        n += s.len();
-    }
-    (spans, n)
 }
 
 /// One encoder or decoder layer's activations.
@@ -617,7 +556,7 @@ impl NativeSeq2Seq {
             &mut qkv,
             &mut scratch.panels,
         );
-        let jobs = jobs(d, spans, None, stack == 1, |s, h| {
+        let jobs = head_jobs(d, spans, None, stack == 1, |s, h| {
             drops.head(stack, l, false, s, h)
         });
         let (acts, out) = attn_forward(
@@ -700,7 +639,7 @@ impl NativeSeq2Seq {
                 &mut kv,
                 &mut scratch.panels,
             );
-            let jobs = jobs(dd, &tgt_spans, Some(&src_spans), false, |s, h| {
+            let jobs = head_jobs(dd, &tgt_spans, Some(&src_spans), false, |s, h| {
                 drops.head(1, l, true, s, h)
             });
             let (cacts, h2) = attn_forward(
@@ -830,7 +769,7 @@ impl NativeSeq2Seq {
             &self.enc[l].attn
         };
         let (w, g) = (&self.flat.params, &mut self.flat.grads);
-        let jobs = jobs(d, spans, None, stack == 1, |s, h| {
+        let jobs = head_jobs(d, spans, None, stack == 1, |s, h| {
             drops.head(stack, l, false, s, h)
         });
         let mut dqkv = scratch.pool.take(n * 3 * c);
@@ -926,7 +865,7 @@ impl NativeSeq2Seq {
                     scratch,
                 )
             };
-            let jobs = jobs(dd, &s.tgt_spans, Some(&s.src_spans), false, |q, h| {
+            let jobs = head_jobs(dd, &s.tgt_spans, Some(&s.src_spans), false, |q, h| {
                 drops.head(1, l, true, q, h)
             });
             let mut dq = scratch.pool.take(nt * c);
