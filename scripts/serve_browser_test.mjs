@@ -52,17 +52,21 @@ try {
   // 500 tokens (the CI server allows 512): long enough that a loaded machine still sees
   // the text grow in several steps.
   await page.fill("#max_tokens", "500");
-  // Record the generated text's length every few milliseconds while it streams.
+  // Record the generated text's length at every change of the page while it streams
+  // (an observer, not a timer: on a loaded machine a timer can be starved until the
+  // stream has ended, and then sees only the final text).
   await page.evaluate(() => {
     window.__lengths = [];
-    window.__timer = setInterval(() => {
+    // The generated text's element is created inside #output when generation starts.
+    window.__observer = new MutationObserver(() => {
       const g = document.getElementById("generated");
       if (g) window.__lengths.push(g.textContent.length);
-    }, 5);
+    });
+    window.__observer.observe(document.getElementById("output"), { childList: true, characterData: true, subtree: true });
   });
   await page.click("#generate");
   await page.waitForFunction(() => document.getElementById("status").textContent.includes("finished"), null, { timeout: 60000 });
-  const lengths = await page.evaluate(() => { clearInterval(window.__timer); return window.__lengths; });
+  const lengths = await page.evaluate(() => { window.__observer.disconnect(); return window.__lengths; });
   const text = await page.textContent("#generated");
   const distinct = new Set(lengths.filter((n) => n > 0 && n < text.length)).size;
   console.log(`ok: generated ${text.length} characters; ${distinct} intermediate lengths seen while streaming`);
