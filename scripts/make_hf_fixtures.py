@@ -24,6 +24,9 @@ and norm weights are not trivially 0 / 1.  Inputs come from a separate
 torch.Generator seeded per config.  At the end every model folder is reloaded
 with from_pretrained and its recorded logits are recomputed; the max abs
 difference is printed (expected 0).
+
+    --only NAME[,NAME...]   write only these fixtures (others are left as they are)
+    --skip-minilm           do not write minilm/
 """
 import os
 
@@ -642,48 +645,86 @@ def main():
                          share_encoder_decoder_embeddings=True, dropout=0.0, attention_dropout=0.0,
                          activation_dropout=0.0)
 
-    checks = {}
-    checks["gpt2-tiny"] = make_causal(
-        "gpt2-tiny", GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=99,
-                                bos_token_id=98, eos_token_id=98, **gpt2_common),
+    only = None
+    if "--only" in sys.argv:
+        only = set(sys.argv[sys.argv.index("--only") + 1].split(","))
+
+    class Checks(dict):
+        """Builds a fixture only when --only names it (or is not given)."""
+
+        def add(self, name, make, *args, **kwargs):
+            if only is None or name in only:
+                self[name] = make(name, *args, **kwargs)
+
+    checks = Checks()
+    checks.add("gpt2-tiny", make_causal,
+        GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=99,
+        bos_token_id=98, eos_token_id=98, **gpt2_common),
         seed=11, ppl=True)
-    checks["gpt2-3heads"] = make_causal(
-        "gpt2-3heads", GPT2Config(n_layer=2, n_head=3, n_embd=24, n_positions=32, vocab_size=101,
-                                  bos_token_id=100, eos_token_id=100, **gpt2_common),
+
+    checks.add("gpt2-3heads", make_causal,
+        GPT2Config(n_layer=2, n_head=3, n_embd=24, n_positions=32, vocab_size=101,
+        bos_token_id=100, eos_token_id=100, **gpt2_common),
         seed=12)
-    checks["llama-gqa"] = make_causal(
-        "llama-gqa", LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=80,
-                                 vocab_size=103, tie_word_embeddings=False,
-                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **llama_common),
+
+    checks.add("llama-gqa", make_causal,
+        LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=80,
+        vocab_size=103, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **llama_common),
         seed=21)
-    checks["llama-tied-6heads"] = make_causal(
-        "llama-tied-6heads", LlamaConfig(hidden_size=48, num_attention_heads=6, num_key_value_heads=6,
-                                         intermediate_size=96, vocab_size=97, tie_word_embeddings=True,
-                                         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-                                         **llama_common),
+
+    checks.add("llama-tied-6heads", make_causal,
+        LlamaConfig(hidden_size=48, num_attention_heads=6, num_key_value_heads=6,
+        intermediate_size=96, vocab_size=97, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        **llama_common),
         seed=22)
-    checks["bert-tiny"] = make_bert(
-        "bert-tiny", BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=101,
-                                num_labels=3, **bert_common),
+
+    checks.add("bert-tiny", make_bert,
+        BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=101,
+        num_labels=3, **bert_common),
         seed=31)
-    checks["bert-3heads"] = make_bert(
-        "bert-3heads", BertConfig(hidden_size=24, num_attention_heads=3, intermediate_size=48, vocab_size=97,
-                                  num_labels=2, **bert_common),
+
+    checks.add("bert-3heads", make_bert,
+        BertConfig(hidden_size=24, num_attention_heads=3, intermediate_size=48, vocab_size=97,
+        num_labels=2, **bert_common),
         seed=32)
-    checks["marian-tiny"] = make_marian(
-        "marian-tiny", MarianConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                                    decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                    vocab_size=99, pad_token_id=98, decoder_start_token_id=98,
-                                    activation_function="swish", **marian_common),
+
+    checks.add("marian-tiny", make_marian,
+        MarianConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        vocab_size=99, pad_token_id=98, decoder_start_token_id=98,
+        activation_function="swish", **marian_common),
         seed=41, eos_bias=2.0)
-    checks["marian-3heads"] = make_marian(
-        "marian-3heads", MarianConfig(d_model=24, encoder_layers=1, decoder_layers=2, encoder_attention_heads=3,
-                                      decoder_attention_heads=3, encoder_ffn_dim=48, decoder_ffn_dim=48,
-                                      vocab_size=101, pad_token_id=100, decoder_start_token_id=100,
-                                      activation_function="gelu", **marian_common),
+
+    checks.add("marian-3heads", make_marian,
+        MarianConfig(d_model=24, encoder_layers=1, decoder_layers=2, encoder_attention_heads=3,
+        decoder_attention_heads=3, encoder_ffn_dim=48, decoder_ffn_dim=48,
+        vocab_size=101, pad_token_id=100, decoder_start_token_id=100,
+        activation_function="gelu", **marian_common),
         seed=42, eos_bias=1.0)
 
-    if "--skip-minilm" not in sys.argv:
+    checks.add("gpt2-relu", make_causal,
+        GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=53, activation_function="relu",
+        bos_token_id=52, eos_token_id=52, **gpt2_common),
+        seed=13)
+
+    checks.add("gpt2-gelu-erf", make_causal,
+        GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=53, activation_function="gelu",
+        bos_token_id=52, eos_token_id=52, **gpt2_common),
+        seed=14)
+
+    checks.add("llama-bias", make_causal,
+        LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+        vocab_size=59, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **llama_common),
+        seed=23)
+
+    if only is not None:
+        missing = only - set(checks)
+        if missing:
+            raise SystemExit(f"--only: no fixture named {sorted(missing)}")
+    if "--skip-minilm" not in sys.argv and only is None:
         make_minilm()
 
     print("\nreload check (from_pretrained, recompute recorded logits):")

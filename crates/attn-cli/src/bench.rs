@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use attn::checkpoint::load_causal_lm;
+use attn::checkpoint::load_decoder;
 use attn::engine::Decoder;
+use attn::engine::DecoderSpec;
 use attn::generate::{generate_ids, SamplingConfig};
 use attn::kernels::WeightType;
-use attn::models::gpt2::Gpt2;
 use attn::models::CausalLm;
-use attn::nn::{default_device, ParamBuilder};
 use attn::rng::Rng;
+use attn::train::native::NativeDecoder;
 use attn::train::{TrainConfig, Trainer};
 use attn::{Error, Result};
 use clap::{Args, Subcommand};
@@ -210,12 +210,11 @@ fn bench_bandwidth(a: BenchBandwidthArgs) -> Result<()> {
 }
 
 fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
-    let device = default_device();
     let ty = a.dtype.as_deref().map(WeightType::parse).transpose()?;
-    let model: Box<dyn CausalLm> = match (&a.model, &a.preset) {
+    let engine: Decoder = match (&a.model, &a.preset) {
         (Some(dir), None) => match ty {
-            Some(ty) => Box::new(Decoder::load(dir, Some(ty))?),
-            None => load_causal_lm(dir)?.model,
+            Some(ty) => Decoder::load(dir, Some(ty))?,
+            None => load_decoder(dir)?.0,
         },
         (None, Some(p)) => {
             let config = TrainConfig::preset(p)?;
@@ -228,21 +227,16 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
                 config.n_head,
             );
             mc.set_dropout(0.0);
-            let mut pb = ParamBuilder::init(Rng::new(1), &device);
-            Gpt2::new(mc.clone(), &mut pb)?;
-            let params = pb.finish()?;
-            Box::new(Decoder::from_params(
-                mc.to_hf_json(),
-                &params,
-                ty.unwrap_or(WeightType::F32),
-            )?)
+            let spec = DecoderSpec::from_gpt2(&mc)?;
+            let weights = NativeDecoder::init(&spec, (0.0, 0.0, 0.0), 1, 0.02)?.tensors();
+            Decoder::from_tensors(mc.to_hf_json(), weights, ty.unwrap_or(WeightType::F32))?
         }
         _ => return Err(Error::invalid("model", "give --model DIR or --preset NAME")),
     };
-    // What one decoded token reads, when the model is on the inference engine.
-    let engine = model.as_any().and_then(|m| m.downcast_ref::<Decoder>());
-    let weight_bytes = engine.map(|e| e.weight_bytes_per_token());
-    let weight_type = engine.map(|e| e.weight_type().name());
+    let model: &dyn CausalLm = &engine;
+    // What one decoded token reads.
+    let weight_bytes = engine.weight_bytes_per_token();
+    let weight_type = engine.weight_type().name();
     let ctx = model.context();
     let p = a.prompt_tokens.clamp(1, ctx - 1);
     let n = a.max_new_tokens.unwrap_or(128).min(ctx - p);
@@ -256,26 +250,21 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         ..Default::default()
     };
     // Warm-up, then a timed run: the first token's time is the prefill.
-    generate_ids(model.as_ref(), &prompt, 2, &greedy, &mut |_| true)?;
+    generate_ids(model, &prompt, 2, &greedy, &mut |_| true)?;
     let t0 = Instant::now();
     let mut first = None;
-    let (ids, _) = generate_ids(model.as_ref(), &prompt, n, &greedy, &mut |_| {
+    let (ids, _) = generate_ids(model, &prompt, n, &greedy, &mut |_| {
         first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
         true
     })?;
     let total = t0.elapsed().as_secs_f64();
     let prefill = first.unwrap_or(total);
     // Several sequences at once: every weight read serves all of them.
-    let batch_tps = match (engine, a.batch) {
-        (_, 0) => return Err(Error::invalid("batch", "must be at least 1")),
-        (_, 1) => None,
-        (None, _) => {
-            return Err(Error::invalid(
-                "batch",
-                "batched decoding needs the decoder engine (not --graph)",
-            ))
-        }
-        (Some(e), b) => {
+    let e = &engine;
+    let batch_tps = match a.batch {
+        0 => return Err(Error::invalid("batch", "must be at least 1")),
+        1 => None,
+        b => {
             // Each sequence keeps keys and values for every layer and position.
             let c = &e.spec;
             attn::guard::check_memory(
@@ -310,7 +299,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             "new_tokens": ids.len(),
             "prompt_tokens": p,
             "n_layer": model.n_layer(), "vocab_size": model.vocab_size(),
-            "engine": if engine.is_some() { "native" } else { "graph" },
+            "engine": "native",
             "weight_type": weight_type,
             "weight_bytes_per_token": weight_bytes,
             "threads": rayon::current_num_threads(),

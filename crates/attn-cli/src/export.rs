@@ -2,10 +2,8 @@
 
 use std::path::PathBuf;
 
-use attn::checkpoint::export;
-use attn::nn::default_device;
+use attn::checkpoint::{export, FloatType};
 use attn::Result;
-use candle_core::DType;
 use clap::{Args, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -34,12 +32,12 @@ pub struct ExportArgs {
 
 pub fn run(a: ExportArgs) -> Result<()> {
     let dtype = match a.dtype {
-        ExportDtype::F32 => DType::F32,
-        ExportDtype::F16 => DType::F16,
-        ExportDtype::Bf16 => DType::BF16,
+        ExportDtype::F32 => FloatType::F32,
+        ExportDtype::F16 => FloatType::F16,
+        ExportDtype::Bf16 => FloatType::Bf16,
     };
     attn::guard::OutputDir::check("--out", &a.out, &[&a.model], a.overwrite)?;
-    export(&a.model, &a.out, dtype, &default_device())?;
+    export(&a.model, &a.out, dtype)?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `attn quantize` end to end on a tiny trained model: f16, q8 and q4 folders, their
-//! perplexity against the f32 model (and the f32 figure against the tensor-graph path),
+//! perplexity against the f32 model (and the f32 figure against `eval perplexity`),
 //! generation and benchmarking from them, and bad input.
 
 use std::path::{Path, PathBuf};

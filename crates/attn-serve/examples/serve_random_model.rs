@@ -13,13 +13,10 @@
 
 use std::path::PathBuf;
 
-use attn::checkpoint::save_gpt2;
-use attn::models::gpt2::{Gpt2, Gpt2Config};
-use attn::nn::ParamBuilder;
-use attn::rng::Rng;
+use attn::checkpoint::save_random_gpt2;
+use attn::models::gpt2::Gpt2Config;
 use attn::tokenizer::Tokenizer;
 use attn::train::TrainConfig;
-use candle_core::Device;
 
 fn main() -> attn::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,10 +45,7 @@ fn main() -> attn::Result<()> {
     cfg.set_dropout(0.0);
     cfg.eos_token_id = tok.eos_id();
     cfg.bos_token_id = tok.eos_id();
-    let mut pb = ParamBuilder::init(Rng::new(1234), &Device::Cpu);
-    let _model = Gpt2::new(cfg.clone(), &mut pb)?;
-    let params = pb.finish()?;
-    save_gpt2(&out, &cfg, &params, &tok, &serde_json::json!({}))?;
+    let n_params = save_random_gpt2(&out, &cfg, &tok, 1234)?;
     eprintln!(
         "wrote {}: {} layers, {} wide, context {}, vocab {} (tokenizer {}), {:.1}M parameters",
         out.display(),
@@ -60,7 +54,7 @@ fn main() -> attn::Result<()> {
         cfg.n_positions,
         cfg.vocab_size,
         tok.vocab_size(),
-        params.count() as f64 / 1e6
+        n_params as f64 / 1e6
     );
     Ok(())
 }

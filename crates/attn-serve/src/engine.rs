@@ -1,4 +1,4 @@
-//! The model thread. One OS thread owns the model (candle is synchronous); the HTTP
+//! The model thread. One OS thread owns the model (its passes are synchronous); the HTTP
 //! side sends it jobs over a channel. Each turn of its loop admits waiting jobs up to
 //! `--max-concurrency` running sequences (running each new prompt through the model),
 //! samples one token for every running sequence, streams the new text to its client,

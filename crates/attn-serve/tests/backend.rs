@@ -1,16 +1,17 @@
-//! The server's back end (the decoder engine, batched) gives the tensor-graph model's
-//! logits for prompts, ragged prompt batches and decode steps, for GPT-2 and Llama.
+//! The server's back end (the decoder engine, batched, with its caches) gives the
+//! library's whole-sequence logits (what `engine_parity` checks against transformers)
+//! for prompts, ragged prompt batches and decode steps, for GPT-2 and Llama.
 
 mod common;
 
-use attn::checkpoint::{load_causal_lm_graph, load_decoder};
+use attn::checkpoint::load_decoder;
 use attn::generate::full_logits;
 use attn::models::CausalLm;
 use attn_serve::backend::Backend;
-use candle_core::Device;
 
 /// The backend's prefill, batched prefill and decode steps for three ragged sequences
-/// against the graph model's whole-sequence logits; then its attention maps' shape.
+/// against whole-sequence logits from a fresh pass of the library; then its attention
+/// maps' shape.
 fn backend_matches(
     backend: &Backend,
     reference: &dyn CausalLm,
@@ -63,17 +64,16 @@ fn backend_matches(
 #[test]
 fn ragged_batch_steps_match_the_library_forward_pass() {
     let dir = common::tiny_model("backend");
-    let reference = load_causal_lm_graph(&dir, &Device::Cpu).unwrap();
+    let (reference, tok) = load_decoder(&dir).unwrap();
     let backend = Backend::new(load_decoder(&dir).unwrap().0, true);
     assert!(backend.is_batched());
-    let tok = &reference.tokenizer;
     // Three sequences of different lengths, each continued by the same five tokens.
     let prompts: Vec<Vec<u32>> = ["R", "ROMEO: But", "JULIET: O Romeo, Romeo!"]
         .iter()
         .map(|p| tok.encode(p).unwrap())
         .collect();
     let tail = tok.encode("light").unwrap();
-    backend_matches(&backend, reference.model.as_ref(), &prompts, &tail);
+    backend_matches(&backend, &reference, &prompts, &tail);
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn a_llama_is_served_with_batched_decode() {
     // transformers' llama-gqa fixture: grouped key/value heads, rotary positions.
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../attn/tests/fixtures/hf/llama-gqa");
-    let (graph, _) = attn::checkpoint::load_llama_model(&dir, &Device::Cpu).unwrap();
+    let reference = attn::engine::Decoder::load(&dir, None).unwrap();
     for batched in [true, false] {
         let backend = Backend::new(attn::engine::Decoder::load(&dir, None).unwrap(), batched);
         let prompts = vec![
@@ -89,7 +89,7 @@ fn a_llama_is_served_with_batched_decode() {
             vec![9, 8, 7, 6],
             vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
         ];
-        backend_matches(&backend, &graph, &prompts, &[3, 50, 102]);
+        backend_matches(&backend, &reference, &prompts, &[3, 50, 102]);
     }
 }
 

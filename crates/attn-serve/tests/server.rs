@@ -513,13 +513,18 @@ fn embeddings_from_minilm() {
         .join("../attn/tests/fixtures/hf/minilm");
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("meta.json")).unwrap()).unwrap();
-    let want = attn::checkpoint::read_safetensors(
-        &fixture.join("reference.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()["embeddings_normalized"]
-        .to_vec2::<f32>()
-        .unwrap();
+    let want: Vec<Vec<f32>> = {
+        let bytes = std::fs::read(fixture.join("reference.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("embeddings_normalized").unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        v.chunks(t.shape()[1]).map(|c| c.to_vec()).collect()
+    };
     let r = post(addr, "/v1/embeddings", &json!({"input": meta["sentences"]}));
     assert_eq!(r.status, 200, "{}", r.body);
     let data = r.json()["data"].as_array().unwrap().clone();
@@ -1130,25 +1135,13 @@ fn bang_model() -> std::path::PathBuf {
     }
     let tok = attn::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let bang = tok.token_to_id("!").unwrap() as usize;
-    let dev = candle_core::Device::Cpu;
-    let mut t = attn::checkpoint::read_safetensors(&src.join("model.safetensors"), &dev).unwrap();
-    let c = t["transformer.ln_f.weight"].dims()[0];
-    t.insert(
-        "transformer.ln_f.weight".into(),
-        candle_core::Tensor::zeros(c, candle_core::DType::F32, &dev).unwrap(),
-    );
-    t.insert(
-        "transformer.ln_f.bias".into(),
-        candle_core::Tensor::ones(c, candle_core::DType::F32, &dev).unwrap(),
-    );
-    let wte = &t["transformer.wte.weight"];
-    let mut rows: Vec<Vec<f32>> = wte.to_vec2().unwrap();
-    rows[bang] = vec![1.0; c];
-    let v = rows.len();
-    let wte = candle_core::Tensor::from_vec(rows.concat(), (v, c), &dev).unwrap();
-    t.insert("transformer.wte.weight".into(), wte);
-    attn::checkpoint::write_safetensors(&dir.join("model.safetensors"), &t.into_iter().collect())
-        .unwrap();
+    let mut t = attn::checkpoint::read_weights(&src).unwrap();
+    let c = t["transformer.ln_f.weight"].1[0];
+    t.insert("transformer.ln_f.weight".into(), (vec![0.0; c], vec![c]));
+    t.insert("transformer.ln_f.bias".into(), (vec![1.0; c], vec![c]));
+    let wte = &mut t.get_mut("transformer.wte.weight").unwrap().0;
+    wte[bang * c..(bang + 1) * c].fill(1.0);
+    attn::engine::io::write_plain(&dir.join("model.safetensors"), &t).unwrap();
     std::fs::write(
         dir.join("tokenizer_config.json"),
         json!({

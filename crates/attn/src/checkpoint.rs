@@ -3,16 +3,11 @@
 //! same folder, flushed, then renamed over the old one), so a run killed at any moment
 //! leaves the previous complete file in place.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-
-use crate::models::gpt2::{Gpt2, Gpt2Config};
-use crate::models::llama::{Llama, LlamaConfig};
+use crate::engine::io::Plain;
 use crate::models::CausalLm;
-use crate::nn::{ParamBuilder, Params};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -60,16 +55,6 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))
 }
 
-/// Serialise tensors as safetensors (with HF's `format: pt` metadata), atomically.
-pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    let tensors: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    let bytes = safetensors::tensor::serialize(tensors, Some(meta))
-        .map_err(|e| Error::bad_file(path, format!("cannot serialise tensors: {e}")))?;
-    write_atomic(path, &bytes)
-}
-
 /// An error naming the first value of tensor `name` that is NaN or infinite: weights
 /// like that load "fine" and then print `null` perplexities or garbage text.
 pub fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()> {
@@ -95,75 +80,25 @@ pub fn check_weights_file(path: &Path) -> Result<()> {
     crate::guard::check_memory(&path.display().to_string(), 2.0 * len as f64)
 }
 
-/// Read every tensor of a safetensors file, refusing NaN or infinite weights.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    check_weights_file(path)?;
-    let tensors = candle_core::safetensors::load(path, device)
-        .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))?;
-    for (name, t) in &tensors {
-        if t.dtype().is_float() {
-            let v: Vec<f32> = t
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1()?;
-            check_finite(path, name, &v)?;
+/// Every tensor of a model folder as f32 under its own name: `model.safetensors`, or
+/// the shards listed in `model.safetensors.index.json` (each of which must hold what the
+/// index says it does). NaN or infinite weights are refused, naming the tensor.
+pub fn read_weights(dir: &Path) -> Result<Plain> {
+    let (files, blobs) = crate::engine::io::read_weight_files(dir)?;
+    let (tensors, _) = crate::engine::io::plain_tensors(&files, &blobs, |n| Some(n.to_string()))?;
+    let index = dir.join("model.safetensors.index.json");
+    if files.len() > 1 || !dir.join(WEIGHTS).is_file() && index.is_file() {
+        let value = read_json(&index)?;
+        if let Some(map) = value.get("weight_map").and_then(|m| m.as_object()) {
+            if let Some(name) = map.keys().find(|n| !tensors.contains_key(n.as_str())) {
+                return Err(Error::bad_file(
+                    &index,
+                    format!("lists {name} but no shard holds it"),
+                ));
+            }
         }
     }
     Ok(tensors)
-}
-
-/// Every tensor of a model folder: `model.safetensors`, or the shards listed in
-/// `model.safetensors.index.json`.
-pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let single = dir.join(WEIGHTS);
-    let index = dir.join("model.safetensors.index.json");
-    if single.is_file() || !index.is_file() {
-        return read_safetensors(&single, device);
-    }
-    let value = read_json(&index)?;
-    let map = value
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::bad_file(&index, "no weight_map object"))?;
-    let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    files.sort();
-    files.dedup();
-    let mut out = HashMap::new();
-    for f in files {
-        if f.contains('/') || f.contains("..") {
-            return Err(Error::bad_file(
-                &index,
-                format!("shard name {f:?} must be a plain file name"),
-            ));
-        }
-        out.extend(read_safetensors(&dir.join(f), device)?);
-    }
-    for name in map.keys() {
-        if !out.contains_key(name) {
-            return Err(Error::bad_file(
-                &index,
-                format!("lists {name} but no shard holds it"),
-            ));
-        }
-    }
-    Ok(out)
-}
-
-/// Save a GPT-2 model folder in HF layout.
-pub fn save_gpt2(
-    dir: &Path,
-    config: &Gpt2Config,
-    params: &Params,
-    tokenizer: &Tokenizer,
-    generation: &serde_json::Value,
-) -> Result<()> {
-    save_model_folder(
-        dir,
-        &config.to_hf_json(),
-        &crate::engine::io::plain_of_params(params, |n| Some(n.to_string()))?,
-        tokenizer,
-        generation,
-    )
 }
 
 /// Save a model folder in HF layout: `config` is its `config.json`, `tensors` its
@@ -181,15 +116,6 @@ pub fn save_model_folder(
     tokenizer.save(&dir.join(TOKENIZER))?;
     write_json(&dir.join(GENERATION_CONFIG), generation)?;
     write_json(&dir.join(CONFIG), config)
-}
-
-/// A loaded causal language model with its tokenizer.
-pub struct LoadedGpt2 {
-    pub model: Gpt2,
-    pub params: Params,
-    pub tokenizer: Tokenizer,
-    pub generation: serde_json::Value,
-    pub dir: PathBuf,
 }
 
 /// Read the `model_type` of a model folder's config.
@@ -216,67 +142,35 @@ fn model_type(dir: &Path, value: &serde_json::Value) -> Result<String> {
         .ok_or_else(|| Error::bad_file(dir.join(CONFIG), "has no model_type"))
 }
 
-/// Build a GPT-2 from a folder's config and weights (no tokenizer needed).
-pub fn load_gpt2_model(dir: &Path, device: &Device) -> Result<(Gpt2, Params)> {
-    let cfg_path = dir.join(CONFIG);
-    let value = read_config(dir)?;
-    let mt = model_type(dir, &value)?;
-    if mt != "gpt2" {
-        return Err(Error::bad_file(
-            &cfg_path,
-            format!("model_type {mt:?} is not a GPT-2 model (expected \"gpt2\")"),
-        ));
-    }
-    let config: Gpt2Config = serde_json::from_value(value)
-        .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid GPT-2 config: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
-    let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
-    let model = Gpt2::new(config, &mut pb)
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    let params = pb
-        .finish()
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    Ok((model, params))
-}
-
-/// Build a Llama from a folder's config and weights (no tokenizer needed).
-pub fn load_llama_model(dir: &Path, device: &Device) -> Result<(Llama, Params)> {
-    let cfg_path = dir.join(CONFIG);
-    let config: LlamaConfig = serde_json::from_value(read_config(dir)?)
-        .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid Llama config: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
-    let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
-    let model = Llama::new(config, &mut pb)
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    let params = pb
-        .finish()
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    Ok((model, params))
-}
-
-/// Load a GPT-2 model folder, checking that config, weights and tokenizer agree.
-pub fn load_gpt2(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
-    let (model, params) = load_gpt2_model(dir, device)?;
-    let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
-    check_vocab(dir, &tokenizer, model.config.vocab_size)?;
-    let generation = read_generation(dir)?;
-    Ok(LoadedGpt2 {
-        model,
-        params,
+/// Save a GPT-2 of `config` with fresh weights (GPT-2's initialisation, drawn from
+/// `seed`) as a model folder with `tokenizer`; returns its number of parameters. For
+/// tests, benchmarks and serving checks that need a model but no training run.
+pub fn save_random_gpt2(
+    dir: &Path,
+    config: &crate::models::gpt2::Gpt2Config,
+    tokenizer: &Tokenizer,
+    seed: u64,
+) -> Result<usize> {
+    let spec = crate::engine::DecoderSpec::from_gpt2(config)?;
+    let model = crate::train::native::NativeDecoder::init(
+        &spec,
+        (0.0, 0.0, 0.0),
+        seed,
+        config.initializer_range,
+    )?;
+    save_model_folder(
+        dir,
+        &config.to_hf_json(),
+        &model.tensors(),
         tokenizer,
-        generation,
-        dir: dir.to_path_buf(),
-    })
+        &serde_json::json!({}),
+    )?;
+    Ok(model.param_count())
 }
 
 /// A decoder-only language model of any supported family, with its tokenizer.
 pub struct LoadedLm {
     pub model: Box<dyn CausalLm>,
-    pub params: Params,
     pub tokenizer: Tokenizer,
     pub generation: serde_json::Value,
     pub model_type: String,
@@ -288,7 +182,7 @@ pub fn is_quantized(value: &serde_json::Value) -> bool {
 }
 
 /// Load a GPT-2 or Llama model folder (any weight type) for generation or scoring, on
-/// the decoder engine ([`crate::engine::Decoder`]; `params` is empty).
+/// the decoder engine ([`crate::engine::Decoder`]).
 pub fn load_causal_lm(dir: &Path) -> Result<LoadedLm> {
     let value = read_config(dir)?;
     let model_type = model_type(dir, &value)?;
@@ -301,7 +195,6 @@ pub fn load_causal_lm(dir: &Path) -> Result<LoadedLm> {
     let (engine, tokenizer) = load_decoder(dir)?;
     Ok(LoadedLm {
         model: Box::new(engine),
-        params: Params::default(),
         tokenizer,
         generation: read_generation(dir)?,
         model_type,
@@ -314,49 +207,6 @@ pub fn load_decoder(dir: &Path) -> Result<(crate::engine::Decoder, Tokenizer)> {
     let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
     check_vocab(dir, &tokenizer, engine.vocab_size())?;
     Ok((engine, tokenizer))
-}
-
-/// A GPT-2 or Llama folder as a tensor graph, with its parameters (not for quantized
-/// folders): the second implementation the engine is tested against, until the graph
-/// models go with candle ("One engine, part 2"). Nothing outside tests runs it.
-pub fn load_causal_lm_graph(dir: &Path, device: &Device) -> Result<LoadedLm> {
-    let value = read_config(dir)?;
-    let cfg_path = dir.join(CONFIG);
-    let model_type = model_type(dir, &value)?;
-    if is_quantized(&value) {
-        return Err(Error::bad_file(
-            &cfg_path,
-            "the folder holds quantized weights (attn quantize), which only the inference engine reads",
-        ));
-    }
-    match model_type.as_str() {
-        "gpt2" => {
-            let l = load_gpt2(dir, device)?;
-            Ok(LoadedLm {
-                model: Box::new(l.model),
-                params: l.params,
-                tokenizer: l.tokenizer,
-                generation: l.generation,
-                model_type,
-            })
-        }
-        "llama" | "mistral" => {
-            let (model, params) = load_llama_model(dir, device)?;
-            let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
-            check_vocab(dir, &tokenizer, model.config.vocab_size)?;
-            Ok(LoadedLm {
-                model: Box::new(model),
-                params,
-                tokenizer,
-                generation: read_generation(dir)?,
-                model_type,
-            })
-        }
-        other => Err(Error::bad_file(
-            &cfg_path,
-            format!("model_type {other:?} is not a causal language model attn knows (expected gpt2 or llama)"),
-        )),
-    }
 }
 
 fn check_vocab(dir: &Path, tokenizer: &Tokenizer, vocab_size: usize) -> Result<()> {
@@ -449,85 +299,63 @@ pub fn load_bert(dir: &Path) -> Result<LoadedBert> {
     })
 }
 
-/// Build a BERT from a folder's config and weights: `BertModel` (bare names) or
-/// `BertForSequenceClassification` (`bert.` names and `classifier.*`).
-pub fn load_bert_model(dir: &Path, device: &Device) -> Result<(crate::models::bert::Bert, Params)> {
-    use crate::models::bert::{Bert, BertConfig};
-    let cfg_path = dir.join(CONFIG);
+/// The floating-point types a folder can be exported in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FloatType {
+    /// The name transformers writes as `torch_dtype`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            FloatType::F32 => "float32",
+            FloatType::F16 => "float16",
+            FloatType::Bf16 => "bfloat16",
+        }
+    }
+}
+
+/// Copy a model folder to `out` with its weights converted to `ty` (each value rounded
+/// to nearest, ties to even, as PyTorch converts): config (with `torch_dtype` set),
+/// weights in one file, and the tokenizer and generation files when present. Only a
+/// folder the engine runs is exported (the engine loads it first, so its config's limits
+/// and every shape are checked), and only the tensors the model reads: the buffers and
+/// tied or computed copies some checkpoints also hold are left out.
+pub fn export(dir: &Path, out: &Path, ty: FloatType) -> Result<()> {
+    use crate::engine::{encoder, families, seq2seq, Family};
     let value = read_config(dir)?;
-    if value.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
+    if is_quantized(&value) {
         return Err(Error::bad_file(
-            &cfg_path,
-            "model_type is not \"bert\" (attn embeds with BERT encoders)",
+            dir.join(CONFIG),
+            "the folder holds quantized weights (attn quantize); export reads f32, f16 or bf16 folders",
         ));
     }
-    let config: BertConfig = serde_json::from_value(value)
-        .map_err(|e| Error::bad_file(&cfg_path, format!("not a valid BERT config: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
-    let tensors = read_weights(dir, device)?;
-    let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-        "bert."
+    let mt = model_type(dir, &value)?;
+    let keep: Box<dyn Fn(&str) -> bool> = if let Some(family) = Family::of_model_type(&mt) {
+        let spec = crate::engine::Decoder::load(dir, Some(crate::kernels::WeightType::F32))?.spec;
+        let ignored = families::schema(&spec).ignored;
+        Box::new(move |n| !ignored(&families::canonical_name(family, n)))
+    } else if mt == "bert" {
+        crate::engine::Encoder::load(dir)?;
+        Box::new(|n| !encoder::is_buffer(&encoder::canonical(n)))
+    } else if mt == "marian" {
+        crate::engine::Seq2Seq::load(dir)?;
+        Box::new(|n| !seq2seq::is_tied_copy(n))
     } else {
-        ""
-    };
-    let with_pooler = tensors.contains_key(&format!("{prefix}pooler.dense.weight"));
-    let labels = tensors
-        .contains_key("classifier.weight")
-        .then(|| config.labels());
-    let mut pb = ParamBuilder::load(tensors, device);
-    let model = Bert::new(config, &mut pb, prefix, with_pooler, labels)
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    let params = pb
-        .finish()
-        .map_err(|e| Error::bad_file(dir.join(WEIGHTS), e.to_string()))?;
-    Ok((model, params))
-}
-
-/// A Marian folder's parameters, checked against its config: every tensor the model
-/// has, with its shape (the tied and computed copies a checkpoint may hold are skipped),
-/// once the inference engine has loaded the folder.
-fn marian_params(dir: &Path, device: &Device) -> Result<Params> {
-    // Only a folder the engine can run is exported (its config's limits included).
-    let config = crate::engine::Seq2Seq::load(dir)?.config;
-    let mut pb = ParamBuilder::load(read_weights(dir, device)?, device);
-    let weights = |e: Error| Error::bad_file(dir.join(WEIGHTS), e.to_string());
-    for (name, shape) in crate::train::seq2seq::tensor_shapes(&config) {
-        pb.get(&name, &shape, crate::nn::Init::Zeros)
-            .map_err(weights)?;
-    }
-    for tied in crate::engine::seq2seq::TIED_COPIES {
-        pb.ignore(tied);
-    }
-    pb.finish().map_err(weights)
-}
-
-/// Load any supported model folder just to collect its parameters (for export).
-pub fn load_params(dir: &Path, device: &Device) -> Result<Params> {
-    let value = read_config(dir)?;
-    match value.get("model_type").and_then(|v| v.as_str()) {
-        Some("gpt2") => Ok(load_gpt2_model(dir, device)?.1),
-        Some("llama") | Some("mistral") => Ok(load_llama_model(dir, device)?.1),
-        Some("bert") => Ok(load_bert_model(dir, device)?.1),
-        Some("marian") => marian_params(dir, device),
-        other => Err(Error::bad_file(
+        return Err(Error::bad_file(
             dir.join(CONFIG),
-            format!("model_type {other:?} is not supported (gpt2, llama, bert, marian)"),
-        )),
-    }
-}
-
-/// Copy a model folder to `out` with its weights converted to `dtype`: config (with
-/// `torch_dtype` set), weights, and the tokenizer and generation files when present.
-pub fn export(dir: &Path, out: &Path, dtype: candle_core::DType, device: &Device) -> Result<()> {
-    let params = load_params(dir, device)?;
-    let mut tensors = BTreeMap::new();
-    for (name, t) in params.tensors() {
-        tensors.insert(name, t.to_dtype(dtype)?);
-    }
+            format!("model_type {mt:?} is not supported (gpt2, llama, bert, marian)"),
+        ));
+    };
+    let (files, blobs) = crate::engine::io::read_weight_files(dir)?;
+    let (tensors, _) =
+        crate::engine::io::plain_tensors(&files, &blobs, |n| keep(n).then(|| n.to_string()))?;
+    drop(blobs);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    write_safetensors(&out.join(WEIGHTS), &tensors)?;
+    crate::engine::io::write_plain_as(&out.join(WEIGHTS), &tensors, ty)?;
     for f in [
         TOKENIZER,
         GENERATION_CONFIG,
@@ -541,13 +369,8 @@ pub fn export(dir: &Path, out: &Path, dtype: candle_core::DType, device: &Device
             write_atomic(&out.join(f), &bytes)?;
         }
     }
-    let mut config = read_config(dir)?;
-    config["torch_dtype"] = match dtype {
-        candle_core::DType::F16 => "float16",
-        candle_core::DType::BF16 => "bfloat16",
-        _ => "float32",
-    }
-    .into();
+    let mut config = value;
+    config["torch_dtype"] = ty.torch_name().into();
     write_json(&out.join(CONFIG), &config)
 }
 

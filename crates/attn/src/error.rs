@@ -34,9 +34,6 @@ pub enum Error {
     /// The tokenizer could not do what was asked.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// An error from the tensor library.
-    #[error("tensor: {0}")]
-    Candle(#[from] candle_core::Error),
 }
 
 impl Error {

@@ -26,7 +26,6 @@ pub mod guard;
 pub mod kernels;
 pub mod metrics;
 pub mod models;
-pub mod nn;
 pub mod rng;
 pub mod tasks;
 pub mod tokenizer;

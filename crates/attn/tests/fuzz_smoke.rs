@@ -68,32 +68,33 @@ fn fuzz_smoke_labelled() {
 mod seeds {
     use std::collections::BTreeMap;
 
-    use attn::checkpoint::write_safetensors;
-    use attn::engine::Decoder;
+    use attn::engine::io::{write_plain, Plain};
+    use attn::engine::{Decoder, DecoderSpec};
     use attn::kernels::WeightType;
-    use attn::models::bert::{Bert, BertConfig};
-    use attn::models::gpt2::{Gpt2, Gpt2Config};
-    use attn::models::llama::{Llama, LlamaConfig};
+    use attn::models::bert::BertConfig;
+    use attn::models::gpt2::Gpt2Config;
+    use attn::models::llama::LlamaConfig;
     use attn::models::marian::MarianConfig;
-    use attn::nn::ParamBuilder;
-    use attn::rng::Rng;
     use attn::tokenizer::Tokenizer;
+    use attn::train::encoder::NativeEncoder;
+    use attn::train::native::NativeDecoder;
     use attn::train::seq2seq::NativeSeq2Seq;
-    use candle_core::Device;
     use serde_json::{json, Value};
 
     use super::{labelled, model_folder, scratch::Scratch};
 
-    fn params_bytes(pb: ParamBuilder) -> Vec<u8> {
-        let params = pb.finish().unwrap();
+    fn params_bytes(tensors: &Plain) -> Vec<u8> {
         let s = Scratch::new("seed-weights");
         let p = s.path().join("w.safetensors");
-        write_safetensors(&p, &params.tensors()).unwrap();
+        write_plain(&p, tensors).unwrap();
         std::fs::read(p).unwrap()
     }
 
-    fn init() -> ParamBuilder {
-        ParamBuilder::init(Rng::new(7), &Device::Cpu)
+    /// Fresh decoder weights of `spec` (seed 7).
+    fn init(spec: &DecoderSpec) -> Plain {
+        NativeDecoder::init(spec, (0.0, 0.0, 0.0), 7, 0.02)
+            .unwrap()
+            .tensors()
     }
 
     fn json_bytes(v: &Value) -> Vec<u8> {
@@ -102,15 +103,14 @@ mod seeds {
 
     /// A GPT-2 folder's files after a trip through the inference engine as `ty`.
     fn engine_folder(config: &Gpt2Config, ty: WeightType) -> Vec<u8> {
-        let mut pb = init();
-        Gpt2::new(config.clone(), &mut pb).unwrap();
+        let weights = init(&DecoderSpec::from_gpt2(config).unwrap());
         let src = Scratch::new("seed-src");
         std::fs::write(
             src.path().join("config.json"),
             json_bytes(&config.to_hf_json()),
         )
         .unwrap();
-        std::fs::write(src.path().join("model.safetensors"), params_bytes(pb)).unwrap();
+        std::fs::write(src.path().join("model.safetensors"), params_bytes(&weights)).unwrap();
         let engine = Decoder::load(src.path(), Some(ty)).unwrap();
         let out = Scratch::new("seed-out");
         engine.save(out.path(), None).unwrap();
@@ -127,11 +127,10 @@ mod seeds {
         let mut gpt2 = Gpt2Config::new(8, 8, 4, 1, 2);
         gpt2.bos_token_id = Some(0);
         gpt2.eos_token_id = Some(3);
-        let mut pb = init();
-        Gpt2::new(gpt2.clone(), &mut pb).unwrap();
+        let weights = init(&DecoderSpec::from_gpt2(&gpt2).unwrap());
         out.insert(
             "valid-gpt2-f32".into(),
-            model_folder::join(&json_bytes(&gpt2.to_hf_json()), &params_bytes(pb)),
+            model_folder::join(&json_bytes(&gpt2.to_hf_json()), &params_bytes(&weights)),
         );
         out.insert(
             "valid-gpt2-f16".into(),
@@ -150,50 +149,50 @@ mod seeds {
             "bos_token_id": 0, "eos_token_id": 3
         });
         let cfg: LlamaConfig = serde_json::from_value(llama.clone()).unwrap();
-        let mut pb = init();
-        Llama::new(cfg, &mut pb).unwrap();
+        let weights = init(&DecoderSpec::from_llama(&cfg).unwrap());
         out.insert(
             "valid-llama-gqa".into(),
-            model_folder::join(&json_bytes(&llama), &params_bytes(pb)),
+            model_folder::join(&json_bytes(&llama), &params_bytes(&weights)),
         );
         // BERT: a bare BertModel with its pooler, and a sequence classifier.
         let labels = ["neg".to_string(), "pos".to_string()];
         let clf = BertConfig::classifier(8, 4, 1, 2, 8, &labels);
-        let mut pb = init();
-        Bert::new(clf.clone(), &mut pb, "bert.", true, Some(2)).unwrap();
+        let encoder = NativeEncoder::init(clf.clone(), 7).unwrap().tensors();
+        let task: Plain = encoder
+            .iter()
+            .map(|(n, t)| {
+                let n = if n.starts_with("classifier.") {
+                    n.clone()
+                } else {
+                    format!("bert.{n}")
+                };
+                (n, t.clone())
+            })
+            .collect();
         out.insert(
             "valid-bert-classifier".into(),
-            model_folder::join(&json_bytes(&clf.to_hf_json()), &params_bytes(pb)),
+            model_folder::join(&json_bytes(&clf.to_hf_json()), &params_bytes(&task)),
         );
         let mut bare = clf.clone();
         bare.id2label = None;
         bare.num_labels = None;
         bare.architectures = Some(vec!["BertModel".into()]);
-        let mut pb = init();
-        Bert::new(bare.clone(), &mut pb, "", true, None).unwrap();
+        let base: Plain = encoder
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("classifier."))
+            .collect();
         out.insert(
             "valid-bert-model".into(),
-            model_folder::join(&json_bytes(&bare.to_hf_json()), &params_bytes(pb)),
+            model_folder::join(&json_bytes(&bare.to_hf_json()), &params_bytes(&base)),
         );
         // Marian: shared vocabulary, decoder starting from the pad token.
         let marian = MarianConfig::transformer(8, 4, 1, 2, 8, 8, 0, 3);
         let model = NativeSeq2Seq::init(marian.clone(), 7).unwrap();
-        let tensors: BTreeMap<String, candle_core::Tensor> = model
-            .tensors()
-            .into_iter()
-            .map(|(n, (v, shape))| {
-                let t = candle_core::Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
-                (n, t)
-            })
-            .collect();
-        let s = Scratch::new("seed-marian");
-        let p = s.path().join("w.safetensors");
-        write_safetensors(&p, &tensors).unwrap();
         out.insert(
             "valid-marian".into(),
             model_folder::join(
                 &json_bytes(&marian.to_hf_json()),
-                &std::fs::read(p).unwrap(),
+                &params_bytes(&model.tensors()),
             ),
         );
         out

@@ -3,36 +3,43 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use attn::checkpoint::{
-    export, load_bert, load_gpt2_model, load_params, read_safetensors, write_safetensors,
-};
-use attn::nn::Mode;
-use candle_core::{DType, Device, Tensor};
+use attn::checkpoint::{export, load_bert, read_weights, FloatType};
+use attn::engine::io::{write_plain, Plain};
+use attn::engine::{Decoder, Encoder, Seq2Seq, Want};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
+    common::hf_fixture(name)
 }
 
+/// The logits of gpt2-tiny's reference inputs from the GPT-2 folder `dir`, on the engine
+/// (f32 matrices whatever the folder stores).
 fn logits(dir: &Path) -> Vec<f32> {
-    let r = read_safetensors(
-        &fixture("gpt2-tiny").join("reference.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let x = r["input_ids"].to_dtype(DType::U32).unwrap();
-    let (model, _) = load_gpt2_model(dir, &Device::Cpu).unwrap();
-    model
-        .forward(&x, None, &mut Mode::Eval)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    let r = common::read_reference(&fixture("gpt2-tiny").join("reference.safetensors"));
+    let engine = Decoder::load(dir, Some(attn::kernels::WeightType::F32)).unwrap();
+    let mut out = Vec::new();
+    for row in r["input_ids"].id_rows() {
+        let mut st = engine.new_state();
+        out.extend(
+            engine
+                .forward(&mut [&mut st], &[&row], Want::All)
+                .unwrap()
+                .remove(0),
+        );
+    }
+    out
+}
+
+/// Load a fixture folder of any family on its engine (a check that it loads whole).
+fn load_any(name: &str, dir: &Path) {
+    if name.starts_with("bert") {
+        Encoder::load(dir).unwrap();
+    } else if name.starts_with("marian") {
+        Seq2Seq::load(dir).unwrap();
+    } else {
+        Decoder::load(dir, None).unwrap();
+    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -46,9 +53,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn sharded_weights_load_like_a_single_file() {
     let dir = common::temp_dir("sharded");
     common::copy_dir(&fixture("gpt2-tiny"), &dir);
-    let tensors = read_safetensors(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors: Vec<_> = read_weights(&dir).unwrap().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let mut shards = [BTreeMap::new(), BTreeMap::new()];
+    let mut shards = [Plain::new(), Plain::new()];
     let mut map = serde_json::Map::new();
     for (i, (k, v)) in tensors.into_iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
@@ -56,7 +64,7 @@ fn sharded_weights_load_like_a_single_file() {
         shards[i % 2].insert(k, v);
     }
     for (i, s) in shards.iter().enumerate() {
-        write_safetensors(
+        write_plain(
             &dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)),
             s,
         )
@@ -68,30 +76,37 @@ fn sharded_weights_load_like_a_single_file() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Every tensor of `out` is the tensor of `src` rounded to `dtype` (bit for bit), and the
-/// configs agree but for `torch_dtype`.
-fn assert_exported(src: &Path, out: &Path, dtype: DType) {
-    let a = read_safetensors(&src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let b = read_safetensors(&out.join("model.safetensors"), &Device::Cpu).unwrap();
+/// Every tensor of `out` is the tensor of `src` rounded to `ty` (bit for bit, rounded
+/// by the `half` crate here), stored as `ty`, and the configs agree but for
+/// `torch_dtype`.
+fn assert_exported(src: &Path, out: &Path, ty: FloatType) {
+    let a = common::read_reference(&src.join("model.safetensors"));
+    let b = common::read_reference(&out.join("model.safetensors"));
     let mut ka: Vec<_> = a.keys().collect();
     let mut kb: Vec<_> = b.keys().collect();
     ka.sort();
     kb.sort();
     assert_eq!(ka, kb, "{}: exported names differ", src.display());
+    let (dtype, round): (safetensors::Dtype, fn(f64) -> f64) = match ty {
+        FloatType::F32 => (safetensors::Dtype::F32, |x| x),
+        FloatType::F16 => (safetensors::Dtype::F16, |x| {
+            half::f16::from_f32(x as f32).to_f64()
+        }),
+        FloatType::Bf16 => (safetensors::Dtype::BF16, |x| {
+            half::bf16::from_f32(x as f32).to_f64()
+        }),
+    };
     for (k, t) in &a {
-        let want = t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
         let got = &b[k];
-        assert_eq!(got.dtype(), dtype, "{k}");
-        assert_eq!(got.dims(), t.dims(), "{k}");
-        let got = got.to_dtype(DType::F32).unwrap();
-        let d = max_diff(
-            &want.flatten_all().unwrap().to_vec1().unwrap(),
-            &got.flatten_all().unwrap().to_vec1().unwrap(),
-        );
-        assert_eq!(
-            d,
-            0.0,
-            "{}: {k} changed in export to {dtype:?}",
+        assert_eq!(got.dtype, dtype, "{k}");
+        assert_eq!(got.shape, t.shape, "{k}");
+        let want: Vec<f64> = t.v.iter().map(|&x| round(x)).collect();
+        assert!(
+            got.v
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits()),
+            "{}: {k} changed in export to {ty:?}",
             src.display()
         );
     }
@@ -110,21 +125,25 @@ fn export_round_trips_in_every_dtype() {
     let want = logits(&fixture("gpt2-tiny"));
     // Logits of the exported gpt2-tiny against the f32 original (they span about ±0.2):
     // measured 2.3e-4 (f16) and 2.1e-3 (bf16); bounds about 2.5x those.
-    for (dtype, tol) in [(DType::F32, 0.0), (DType::F16, 6e-4), (DType::BF16, 5e-3)] {
-        let out = dir.join(format!("{dtype:?}"));
-        export(&fixture("gpt2-tiny"), &out, dtype, &Device::Cpu).unwrap();
+    for (ty, tol) in [
+        (FloatType::F32, 0.0),
+        (FloatType::F16, 6e-4),
+        (FloatType::Bf16, 5e-3),
+    ] {
+        let out = dir.join(format!("{ty:?}"));
+        export(&fixture("gpt2-tiny"), &out, ty).unwrap();
         let cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
-        let name = match dtype {
-            DType::F16 => "float16",
-            DType::BF16 => "bfloat16",
-            _ => "float32",
+        let name = match ty {
+            FloatType::F16 => "float16",
+            FloatType::Bf16 => "bfloat16",
+            FloatType::F32 => "float32",
         };
         assert_eq!(cfg["torch_dtype"], name);
         let d = max_diff(&logits(&out), &want);
-        eprintln!("gpt2-tiny exported as {dtype:?}: logits differ by {d:.2e}");
-        assert!(d <= tol, "{dtype:?}: logits differ by {d}");
+        eprintln!("gpt2-tiny exported as {ty:?}: logits differ by {d:.2e}");
+        assert!(d <= tol, "{ty:?}: logits differ by {d}");
     }
     // Every family exports exactly the tensors and config it loaded, in every dtype.
     for name in [
@@ -137,24 +156,32 @@ fn export_round_trips_in_every_dtype() {
         "marian-tiny",
         "marian-3heads",
     ] {
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let out = dir.join(format!("{name}-{dtype:?}"));
-            export(&fixture(name), &out, dtype, &Device::Cpu).unwrap();
-            assert_exported(&fixture(name), &out, dtype);
-            load_params(&out, &Device::Cpu).unwrap();
+        for ty in [FloatType::F32, FloatType::F16, FloatType::Bf16] {
+            let out = dir.join(format!("{name}-{ty:?}"));
+            export(&fixture(name), &out, ty).unwrap();
+            assert_exported(&fixture(name), &out, ty);
+            load_any(name, &out);
         }
     }
+    // A GPT-2 checkpoint's attention-mask buffers are not model tensors: left out.
+    let src = dir.join("with-buffers");
+    common::copy_dir(&fixture("gpt2-tiny"), &src);
+    rewrite(&src, |t| {
+        t.insert(
+            "transformer.h.0.attn.bias".into(),
+            (vec![1.0; 4], vec![1, 1, 2, 2]),
+        );
+    });
+    let out = dir.join("without-buffers");
+    export(&src, &out, FloatType::F32).unwrap();
+    assert_exported(&fixture("gpt2-tiny"), &out, FloatType::F32);
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn rewrite(dir: &Path, f: impl FnOnce(&mut BTreeMap<String, Tensor>)) {
-    let mut t: BTreeMap<String, Tensor> =
-        read_safetensors(&dir.join("model.safetensors"), &Device::Cpu)
-            .unwrap()
-            .into_iter()
-            .collect();
+fn rewrite(dir: &Path, f: impl FnOnce(&mut Plain)) {
+    let mut t = read_weights(dir).unwrap();
     f(&mut t);
-    write_safetensors(&dir.join("model.safetensors"), &t).unwrap();
+    write_plain(&dir.join("model.safetensors"), &t).unwrap();
 }
 
 #[test]
@@ -165,10 +192,10 @@ fn mismatched_checkpoints_list_expected_and_found() {
         common::copy_dir(&fixture("gpt2-tiny"), &d);
         d
     };
+    // What `attn export` (and every command) says about the folder: the engine's loader.
     let err = |d: &Path| {
-        load_params(d, &Device::Cpu)
-            .err()
-            .expect("loading must fail")
+        export(d, &d.join("out"), FloatType::F32)
+            .expect_err("loading must fail")
             .to_string()
     };
 
@@ -178,33 +205,27 @@ fn mismatched_checkpoints_list_expected_and_found() {
     });
     let e = err(&d);
     assert!(
-        e.contains("missing tensors: transformer.h.1.mlp.c_fc.weight [32, 128]"),
+        e.contains("tensor transformer.h.1.mlp.c_fc.weight [32, 128] is missing"),
         "{e}"
     );
 
     let d = case("unexpected");
     rewrite(&d, |t| {
-        t.insert(
-            "transformer.h.9.extra".into(),
-            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
-        );
+        t.insert("transformer.h.9.extra".into(), (vec![0.0; 3], vec![3]));
     });
     let e = err(&d);
     assert!(
-        e.contains("unexpected tensors: transformer.h.9.extra"),
+        e.contains("unexpected tensors") && e.contains("transformer.h.9.extra"),
         "{e}"
     );
 
     let d = case("shape");
     rewrite(&d, |t| {
-        t.insert(
-            "transformer.ln_f.bias".into(),
-            Tensor::zeros(31, DType::F32, &Device::Cpu).unwrap(),
-        );
+        t.insert("transformer.ln_f.bias".into(), (vec![0.0; 31], vec![31]));
     });
     let e = err(&d);
     assert!(
-        e.contains("transformer.ln_f.bias: expected [32], found [31]"),
+        e.contains("tensor transformer.ln_f.bias has shape [31], expected [32]"),
         "{e}"
     );
 
@@ -233,11 +254,7 @@ fn minilm_matches_sentence_transformers() {
         &std::fs::read_to_string(fixture("minilm").join("meta.json")).unwrap(),
     )
     .unwrap();
-    let r = read_safetensors(
-        &fixture("minilm").join("reference.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let r = common::read_reference(&fixture("minilm").join("reference.safetensors"));
     let loaded = load_bert(&dir).unwrap();
     assert_eq!(loaded.max_len, 256);
     let sentences: Vec<&str> = meta["sentences"]
@@ -246,16 +263,8 @@ fn minilm_matches_sentence_transformers() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    let want_ids = r["input_ids"]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .to_vec2::<u32>()
-        .unwrap();
-    let want_mask = r["attention_mask"]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .to_vec2::<u32>()
-        .unwrap();
+    let want_ids = r["input_ids"].id_rows();
+    let want_mask = r["attention_mask"].id_rows();
     let mut seqs = vec![];
     for (i, s) in sentences.iter().enumerate() {
         let e = loaded
@@ -271,7 +280,8 @@ fn minilm_matches_sentence_transformers() {
         .encoder
         .embed(&seqs, attn::engine::Pooling::Mean, true)
         .unwrap();
-    let want = r["embeddings_normalized"].to_vec2::<f32>().unwrap();
+    let e = &r["embeddings_normalized"];
+    let want: Vec<Vec<f32>> = e.f32().chunks(e.shape[1]).map(|c| c.to_vec()).collect();
     let mut worst_cos = 1f64;
     let mut worst_abs = 0f32;
     for (g, w) in got.iter().zip(&want) {
@@ -293,18 +303,19 @@ fn minilm_matches_sentence_transformers() {
 /// sharded folder (index, no single file) loads every shard.
 #[test]
 fn weight_files_are_checked_before_use() {
-    use attn::checkpoint::read_weights;
     let dir = common::temp_dir("weights-checks");
-    let dev = Device::Cpu;
-    let t = |v: Vec<f32>| Tensor::from_vec(v.clone(), v.len(), &dev).unwrap();
-    let err = |d: &Path| read_weights(d, &dev).unwrap_err().to_string();
+    let t = |v: Vec<f32>| {
+        let n = v.len();
+        (v, vec![n])
+    };
+    let err = |d: &Path| read_weights(d).unwrap_err().to_string();
     for (bad, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
         let d = dir.join(format!("nonfinite-{what}"));
         std::fs::create_dir_all(&d).unwrap();
-        let mut m = BTreeMap::new();
+        let mut m = Plain::new();
         m.insert("fine".to_string(), t(vec![1.0, 2.0]));
         m.insert("broken".to_string(), t(vec![0.5, bad, 3.0]));
-        write_safetensors(&d.join("model.safetensors"), &m).unwrap();
+        write_plain(&d.join("model.safetensors"), &m).unwrap();
         let e = err(&d);
         assert!(e.contains("broken") && e.contains("index 1"), "{e}");
     }
@@ -317,9 +328,9 @@ fn weight_files_are_checked_before_use() {
     let d = dir.join("sharded");
     std::fs::create_dir_all(&d).unwrap();
     for (file, name) in [("a.safetensors", "x"), ("b.safetensors", "y")] {
-        let mut m = BTreeMap::new();
+        let mut m = Plain::new();
         m.insert(name.to_string(), t(vec![1.0]));
-        write_safetensors(&d.join(file), &m).unwrap();
+        write_plain(&d.join(file), &m).unwrap();
     }
     let index = |map: serde_json::Value| {
         std::fs::write(
@@ -329,7 +340,7 @@ fn weight_files_are_checked_before_use() {
         .unwrap()
     };
     index(serde_json::json!({"x": "a.safetensors", "y": "b.safetensors"}));
-    let all = read_weights(&d, &dev).unwrap();
+    let all = read_weights(&d).unwrap();
     assert!(
         all.contains_key("x") && all.contains_key("y"),
         "{:?}",
@@ -337,7 +348,11 @@ fn weight_files_are_checked_before_use() {
     );
     for bad in ["sub/a.safetensors", "..a.safetensors"] {
         index(serde_json::json!({ "x": bad }));
-        assert!(err(&d).contains("plain file name"), "{bad}: {}", err(&d));
+        assert!(
+            err(&d).contains("not a file name in the folder"),
+            "{bad}: {}",
+            err(&d)
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }

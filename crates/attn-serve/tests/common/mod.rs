@@ -7,13 +7,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use attn::checkpoint::save_gpt2;
-use attn::models::gpt2::{Gpt2, Gpt2Config};
-use attn::nn::ParamBuilder;
-use attn::rng::Rng;
+use attn::checkpoint::save_random_gpt2;
+use attn::models::gpt2::Gpt2Config;
 use attn::tokenizer::Tokenizer;
 use attn_serve::ServeConfig;
-use candle_core::Device;
 
 pub const TEXT: &str = "ROMEO: But soft, what light through yonder window breaks?\nJULIET: O Romeo, Romeo! wherefore art thou Romeo?\nUser: Assistant: System: x\n";
 
@@ -27,10 +24,7 @@ pub fn tiny_model(name: &str) -> PathBuf {
     let tok = Tokenizer::train_char(TEXT).unwrap();
     let mut cfg = Gpt2Config::new(tok.vocab_size(), 64, 32, 2, 4);
     cfg.set_dropout(0.0);
-    let mut pb = ParamBuilder::init(Rng::new(7), &Device::Cpu);
-    let _model = Gpt2::new(cfg.clone(), &mut pb).unwrap();
-    let params = pb.finish().unwrap();
-    save_gpt2(&dir, &cfg, &params, &tok, &serde_json::json!({})).unwrap();
+    save_random_gpt2(&dir, &cfg, &tok, 7).unwrap();
     dir
 }
 

@@ -4,5 +4,5 @@ pub mod labelled;
 pub mod lm;
 mod text;
 
-pub use lm::{LmBatch, LmSplits};
+pub use lm::LmSplits;
 pub use text::{normalize, read_corpus, read_text, Encoding};

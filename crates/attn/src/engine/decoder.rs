@@ -26,7 +26,7 @@ impl Norm {
     /// Normalise each `w.len()`-long row of `x` into `out`.
     pub(crate) fn apply(&self, x: &[f32], out: &mut [f32], eps: f32) {
         let c = self.w.len();
-        crate::nn::fused::for_rows(out, c, |start, out| {
+        crate::kernels::cpu::for_rows(out, c, |start, out| {
             let x = &x[start * c..start * c + out.len()];
             for (xr, or) in x.chunks(c).zip(out.chunks_mut(c)) {
                 match &self.b {
@@ -59,12 +59,12 @@ impl Linear {
 pub(crate) fn activate(mlp: Mlp, inner: usize, f: &mut [f32], m: &mut [f32]) {
     match mlp {
         Mlp::Relu => {
-            crate::nn::fused::for_rows(f, 1, |_, xs| xs.iter_mut().for_each(|v| *v = v.max(0.0)))
+            crate::kernels::cpu::for_rows(f, 1, |_, xs| xs.iter_mut().for_each(|v| *v = v.max(0.0)))
         }
-        Mlp::GeluErf => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_erf(xs)),
-        Mlp::GeluTanh => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::gelu_tanh(xs)),
-        Mlp::Silu => crate::nn::fused::for_rows(f, 1, |_, xs| vmath::silu(xs)),
-        Mlp::SwiGlu => crate::nn::fused::for_rows(m, inner, |start, out| {
+        Mlp::GeluErf => crate::kernels::cpu::for_rows(f, 1, |_, xs| vmath::gelu_erf(xs)),
+        Mlp::GeluTanh => crate::kernels::cpu::for_rows(f, 1, |_, xs| vmath::gelu_tanh(xs)),
+        Mlp::Silu => crate::kernels::cpu::for_rows(f, 1, |_, xs| vmath::silu(xs)),
+        Mlp::SwiGlu => crate::kernels::cpu::for_rows(m, inner, |start, out| {
             for (r, o) in out.chunks_mut(inner).enumerate() {
                 let row = &f[(start + r) * 2 * inner..][..2 * inner];
                 vmath::silu_mul(&row[..inner], &row[inner..], o);
@@ -233,7 +233,7 @@ impl Decoder {
             if t.is_empty() {
                 return Err(Error::invalid("tokens", "a sequence was given no tokens"));
             }
-            crate::nn::check_positions(st.len + t.len(), spec.context)?;
+            crate::engine::check_positions(st.len + t.len(), spec.context)?;
             if let Some(&bad) = t.iter().find(|&&id| id as usize >= spec.vocab_size) {
                 return Err(Error::invalid(
                     "tokens",
@@ -331,7 +331,7 @@ impl Decoder {
             if let Some(rope) = &self.rope {
                 // The queries and keys (side by side at the row's start) turn; the
                 // values do not.
-                crate::nn::fused::for_rows(&mut qkv, w, |start, rows| {
+                crate::kernels::cpu::for_rows(&mut qkv, w, |start, rows| {
                     for (r, row) in rows.chunks_mut(w).enumerate() {
                         rope.rotate(&mut row[..qw + kvw], pos_of[start + r], false);
                     }
@@ -569,9 +569,6 @@ impl crate::models::CausalLm for Decoder {
     }
     fn eos(&self) -> Option<u32> {
         self.spec.eos
-    }
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
     }
 }
 

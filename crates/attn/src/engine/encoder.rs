@@ -430,7 +430,7 @@ pub(crate) fn take_linear(
     })
 }
 
-fn is_buffer(name: &str) -> bool {
+pub(crate) fn is_buffer(name: &str) -> bool {
     matches!(
         name,
         "embeddings.position_ids" | "embeddings.token_type_ids"
@@ -456,7 +456,7 @@ pub(crate) fn check_batch(
         if s.is_empty() {
             return Err(Error::invalid("tokens", "a sequence was given no tokens"));
         }
-        crate::nn::check_positions(s.len(), cfg.max_position_embeddings)?;
+        crate::engine::check_positions(s.len(), cfg.max_position_embeddings)?;
         if let Some(&bad) = s.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(Error::invalid(
                 "tokens",

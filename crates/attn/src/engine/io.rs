@@ -129,7 +129,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub(crate) fn take(t: &mut Plain, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let (v, s) = t
         .remove(name)
-        .ok_or_else(|| bad(path, format!("tensor {name} is missing")))?;
+        .ok_or_else(|| bad(path, format!("tensor {name} {shape:?} is missing")))?;
     if s != shape {
         return Err(bad(
             path,
@@ -155,41 +155,49 @@ pub(crate) fn unexpected(t: &Plain, path: &Path) -> Result<()> {
     ))
 }
 
-/// A tensor-graph model's parameters as f32 under the name `key` gives each (`None`
-/// skips it).
-pub(crate) fn plain_of_params(
-    params: &crate::nn::Params,
-    key: impl Fn(&str) -> Option<String>,
-) -> Result<Plain> {
-    let mut plain = Plain::new();
-    for (name, t) in params.tensors() {
-        let Some(key) = key(&name) else { continue };
-        let shape = t.dims().to_vec();
-        let v = t
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        plain.insert(key, (v, shape));
-    }
-    Ok(plain)
-}
-
 /// Write f32 tensors as a safetensors file (atomically), names sorted.
 pub fn write_plain(path: &Path, tensors: &Plain) -> Result<()> {
+    write_plain_as(path, tensors, crate::checkpoint::FloatType::F32)
+}
+
+/// Write tensors as a safetensors file of `ty` values (rounded to nearest, ties to
+/// even), atomically, names sorted, with Hugging Face's `format: pt` metadata.
+pub fn write_plain_as(
+    path: &Path,
+    tensors: &Plain,
+    ty: crate::checkpoint::FloatType,
+) -> Result<()> {
+    use crate::checkpoint::FloatType;
     use safetensors::tensor::TensorView;
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
+    let dtype = match ty {
+        FloatType::F32 => safetensors::Dtype::F32,
+        FloatType::F16 => safetensors::Dtype::F16,
+        FloatType::Bf16 => safetensors::Dtype::BF16,
+    };
     let blobs: Vec<(&String, &Vec<usize>, Vec<u8>)> = names
         .into_iter()
         .map(|n| {
             let (v, shape) = &tensors[n];
-            (n, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            let bytes: Vec<u8> = match ty {
+                FloatType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                FloatType::F16 => v
+                    .iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                FloatType::Bf16 => v
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            };
+            (n, shape, bytes)
         })
         .collect();
     let views = blobs
         .iter()
         .map(|(n, shape, b)| {
-            TensorView::new(safetensors::Dtype::F32, shape.to_vec(), b)
+            TensorView::new(dtype, shape.to_vec(), b)
                 .map(|v| (n.to_string(), v))
                 .map_err(|e| Error::invalid("weights", format!("{n}: {e}")))
         })
@@ -284,20 +292,23 @@ impl Decoder {
         Self::from_plain(spec, hf_config, path, tensors, ty, None)
     }
 
-    /// Build from a tensor-graph model's parameters (Hugging Face names) and its
-    /// config, storing the matrices as `ty`.
-    pub fn from_params(
+    /// Build from a config (`config.json`'s value) and tensors under their Hugging Face
+    /// names (extra buffers the family ignores are skipped), storing the matrices as `ty`.
+    pub fn from_tensors(
         hf_config: serde_json::Value,
-        params: &crate::nn::Params,
+        tensors: Plain,
         ty: WeightType,
     ) -> Result<Self> {
         let spec = spec_of(&hf_config)?;
         let ignored = schema(&spec).ignored;
-        let plain = plain_of_params(params, |name| {
-            let key = canonical_name(spec.family, name);
-            (!ignored(&key)).then_some(key)
-        })?;
-        Self::from_plain(spec, hf_config, Path::new("(parameters)"), plain, ty, None)
+        let plain = tensors
+            .into_iter()
+            .filter_map(|(name, t)| {
+                let key = canonical_name(spec.family, &name);
+                (!ignored(&key)).then_some((key, t))
+            })
+            .collect();
+        Self::from_plain(spec, hf_config, Path::new("(tensors)"), plain, ty, None)
     }
 
     /// Build from the plain tensors `t` (vectors, and matrices unless `quantized` reads

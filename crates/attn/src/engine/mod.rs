@@ -33,6 +33,17 @@ use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;
 use crate::Result;
 
+/// Error unless `needed` positions fit a model made for `limit`.
+pub(crate) fn check_positions(needed: usize, limit: usize) -> Result<()> {
+    if needed > limit {
+        return Err(crate::Error::invalid(
+            "sequence length",
+            format!("{needed} positions exceed the model's context of {limit}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The first row of each sequence of a ragged batch (sequences stacked row after row),
 /// from their lengths.
 pub(crate) fn row_starts(lens: impl IntoIterator<Item = usize>) -> Vec<usize> {

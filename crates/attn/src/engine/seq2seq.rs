@@ -241,7 +241,7 @@ impl Seq2Seq {
             if s.is_empty() {
                 return Err(Error::invalid(what, "a sequence was given no tokens"));
             }
-            crate::nn::check_positions(p + s.len(), self.config.max_position_embeddings)?;
+            crate::engine::check_positions(p + s.len(), self.config.max_position_embeddings)?;
             if let Some(&bad) = s.iter().find(|&&id| id as usize >= self.vocab_size()) {
                 return Err(Error::invalid(
                     what,

@@ -3,12 +3,12 @@
 //! self-attention and a 4×-wide GELU MLP with residual connections, a final LayerNorm,
 //! and an output head tied to the token embedding.
 //!
-//! Linear layers are stored as GPT-2's `Conv1D`, weight `[in, out]`.
+//! Linear layers are stored as GPT-2's `Conv1D`, weight `[in, out]`. This file holds
+//! the configuration; the model runs on the engine (`engine::Decoder` for inference,
+//! `train::native` for training).
 
-use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{causal_attention, conv1d, dropout, layer_norm, Init, KvCache, Mode, ParamBuilder};
 use crate::{Error, Result};
 
 fn default_eps() -> f64 {
@@ -162,165 +162,5 @@ impl Gpt2Config {
         o.insert("scale_attn_weights".into(), true.into());
         o.insert("use_cache".into(), true.into());
         v
-    }
-}
-
-struct Block {
-    ln_1: (Tensor, Tensor),
-    c_attn: (Tensor, Tensor),
-    attn_proj: (Tensor, Tensor),
-    ln_2: (Tensor, Tensor),
-    c_fc: (Tensor, Tensor),
-    mlp_proj: (Tensor, Tensor),
-}
-
-/// A GPT-2 language model.
-pub struct Gpt2 {
-    pub config: Gpt2Config,
-    wte: Tensor,
-    wpe: Tensor,
-    blocks: Vec<Block>,
-    ln_f: (Tensor, Tensor),
-}
-
-impl Gpt2 {
-    /// Build the model, taking every parameter from `pb`: GPT-2's initialisation
-    /// (normal with std `initializer_range`, residual projections scaled by
-    /// 1/√(2·n_layer), zero biases, unit norms) or the tensors of a checkpoint.
-    pub fn new(config: Gpt2Config, pb: &mut ParamBuilder) -> Result<Self> {
-        config.validate()?;
-        let c = config.n_embd;
-        let std = config.initializer_range;
-        let proj_std = std / (2.0 * config.n_layer as f64).sqrt();
-        let normal = Init::Normal { std };
-        let wte = pb.get("transformer.wte.weight", &[config.vocab_size, c], normal)?;
-        let wpe = pb.get("transformer.wpe.weight", &[config.n_positions, c], normal)?;
-        let ln = |pb: &mut ParamBuilder, name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((
-                pb.get(&format!("{name}.weight"), &[c], Init::Ones)?,
-                pb.get(&format!("{name}.bias"), &[c], Init::Zeros)?,
-            ))
-        };
-        let lin = |pb: &mut ParamBuilder,
-                   name: &str,
-                   i: usize,
-                   o: usize,
-                   std: f64|
-         -> Result<(Tensor, Tensor)> {
-            Ok((
-                pb.get(&format!("{name}.weight"), &[i, o], Init::Normal { std })?,
-                pb.get(&format!("{name}.bias"), &[o], Init::Zeros)?,
-            ))
-        };
-        let mut blocks = Vec::with_capacity(config.n_layer);
-        for l in 0..config.n_layer {
-            let p = format!("transformer.h.{l}");
-            blocks.push(Block {
-                ln_1: ln(pb, &format!("{p}.ln_1"))?,
-                c_attn: lin(pb, &format!("{p}.attn.c_attn"), c, 3 * c, std)?,
-                attn_proj: lin(pb, &format!("{p}.attn.c_proj"), c, c, proj_std)?,
-                ln_2: ln(pb, &format!("{p}.ln_2"))?,
-                c_fc: lin(pb, &format!("{p}.mlp.c_fc"), c, config.inner(), std)?,
-                mlp_proj: lin(pb, &format!("{p}.mlp.c_proj"), config.inner(), c, proj_std)?,
-            });
-            // Buffers that older transformers versions saved with the weights.
-            pb.ignore(&format!("{p}.attn.bias"));
-            pb.ignore(&format!("{p}.attn.masked_bias"));
-        }
-        let ln_f = ln(pb, "transformer.ln_f")?;
-        pb.ignore("lm_head.weight");
-        Ok(Gpt2 {
-            config,
-            wte,
-            wpe,
-            blocks,
-            ln_f,
-        })
-    }
-
-    fn act(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self.config.activation_function.as_str() {
-            "gelu" => x.gelu_erf()?,
-            "relu" => x.relu()?,
-            _ => crate::nn::gelu_tanh(x)?, // gelu_new / gelu_pytorch_tanh: the tanh approximation
-        })
-    }
-
-    /// Logits `[B, T, vocab]` for token ids `[B, T]`. With a cache, the ids continue the
-    /// cached positions and their keys and values are appended to it.
-    pub fn forward(
-        &self,
-        ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let h = self.hidden(ids, cache.as_deref_mut(), mode)?;
-        self.logits(&h)
-    }
-
-    /// The output head (tied to the token embedding) applied to hidden states `[B, T, C]`.
-    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = h.dims3()?;
-        let logits = crate::nn::linear(&h.reshape((b * t, c))?, &self.wte, None)?;
-        Ok(logits.reshape((b, t, self.config.vocab_size))?)
-    }
-
-    /// The final hidden states `[B, T, C]` (after `ln_f`).
-    pub fn hidden(
-        &self,
-        ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let cfg = &self.config;
-        let (b, t) = ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        crate::nn::check_positions(offset + t, cfg.n_positions)?;
-        let (c, nh) = (cfg.n_embd, cfg.n_head);
-        let hd = c / nh;
-        let eps = cfg.layer_norm_epsilon;
-        let pos = Tensor::arange(offset as u32, (offset + t) as u32, ids.device())?;
-        let tok = self
-            .wte
-            .embedding(&ids.flatten_all()?)?
-            .reshape((b, t, c))?;
-        let x = tok.broadcast_add(&self.wpe.embedding(&pos)?)?;
-        let mut x = dropout(&x, cfg.embd_pdrop, mode)?;
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let h = layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, eps, mode)?;
-            let qkv = conv1d(&h, &blk.c_attn.0, Some(&blk.c_attn.1))?;
-            let heads = |i: usize| -> Result<Tensor> {
-                Ok(qkv
-                    .narrow(2, i * c, c)?
-                    .reshape((b, t, nh, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
-            };
-            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-            let (k, v) = match cache.as_deref_mut() {
-                Some(cache) => cache.append(l, &k, &v)?,
-                None => (k, v),
-            };
-            let y = causal_attention(&q, &k, &v, cfg.attn_pdrop, mode)?;
-            let y = y.transpose(1, 2)?.reshape((b, t, c))?;
-            let y = conv1d(&y, &blk.attn_proj.0, Some(&blk.attn_proj.1))?;
-            x = (x + dropout(&y, cfg.resid_pdrop, mode)?)?;
-            let h = layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, eps, mode)?;
-            let h = self.act(&conv1d(&h, &blk.c_fc.0, Some(&blk.c_fc.1))?)?;
-            let h = conv1d(&h, &blk.mlp_proj.0, Some(&blk.mlp_proj.1))?;
-            x = (x + dropout(&h, cfg.resid_pdrop, mode)?)?;
-        }
-        layer_norm(&x, &self.ln_f.0, &self.ln_f.1, eps, mode)
-    }
-
-    /// Mean next-token cross-entropy of `ids` `[B, T]` against `targets` `[B, T]`.
-    pub fn loss(&self, ids: &Tensor, targets: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let logits = self.forward(ids, None, mode)?;
-        let (b, t, v) = logits.dims3()?;
-        crate::nn::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.wte.dtype()
     }
 }

@@ -1,10 +1,9 @@
-//! Decoder training outside candle's autograd, for speed on the CPU: GPT-2 and Llama
-//! (any [`DecoderSpec`] with a tanh-GELU or SwiGLU MLP).
+//! Decoder training on the CPU: GPT-2 and Llama (any [`DecoderSpec`] with a tanh-GELU
+//! or SwiGLU MLP).
 //!
-//! candle records every operation of the forward pass in a graph and, going backward,
-//! allocates and zero-fills a gradient for each, broadcasts biases with general binary
-//! ops and copies strided transposes; at the sizes trained on a laptop that machinery
-//! costs more than the arithmetic. Here the parameters, their gradients and the AdamW
+//! There is no autograd graph: recording every operation of the forward pass and
+//! allocating a gradient for each costs more than the arithmetic at the sizes trained
+//! on a laptop. Here the parameters, their gradients and the AdamW
 //! moments are three flat `f32` buffers, every activation the backward pass needs has a
 //! buffer allocated once for the batch shape, and the backward pass is written out by
 //! hand (as llm.c does), once for the decoder stack, over the slice kernels of
@@ -24,18 +23,12 @@
 //! by side (every buffer the backward consumes is named where the forward fills it), and
 //! the parameter layout that both index is defined here too.
 
-use std::collections::HashMap;
-
-use candle_core::{Device, Tensor};
-
 use super::optimizer::AdamWConfig;
 use super::profile::time;
 use crate::engine::families::{bias_name, schema, NormNames, Parts};
 use crate::engine::io::Plain;
 use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
 use crate::kernels::cpu::{self as k, Heads, Rhs, RopeTable};
-use crate::models::gpt2::Gpt2Config;
-use crate::nn::Params;
 use crate::{Error, Result};
 
 /// Where a checkpoint tensor's values sit in the flat buffers.
@@ -402,7 +395,7 @@ struct Layout {
     /// An untied output head `[vocab, c]`.
     head: Option<usize>,
     /// Contiguous runs of the flat buffers: `(start, end, decays)` (weight decay on
-    /// matrices only, as in [`super::optimizer::AdamW`]).
+    /// matrices only, as GPT-2 and nanoGPT train).
     regions: Vec<(usize, usize, bool)>,
 }
 
@@ -527,42 +520,6 @@ impl NativeDecoder {
             Mlp::SwiGlu => true,
             Mlp::Relu | Mlp::GeluErf | Mlp::Silu => false,
         }
-    }
-
-    /// A GPT-2 from the parameters of a [`crate::models::gpt2::Gpt2`], with its
-    /// config's dropout.
-    pub fn gpt2(config: &Gpt2Config, params: &Params) -> Result<Self> {
-        let spec = DecoderSpec::from_gpt2(config)?;
-        let pdrop = (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop);
-        Self::from_params(&spec, pdrop, params)
-    }
-
-    /// Copy the parameters of a graph model of `spec`'s family built from `params`
-    /// (checkpoint names); `pdrop` is the dropout on the embeddings, the attention
-    /// weights and the residual branches.
-    pub fn from_params(
-        spec: &DecoderSpec,
-        pdrop: (f32, f32, f32),
-        params: &Params,
-    ) -> Result<Self> {
-        Self::from_source(spec, pdrop, |s| {
-            let var = params
-                .get(&s.name)
-                .ok_or_else(|| Error::Model(format!("the model has no parameter {}", s.name)))?;
-            if var.dims() != s.shape.as_slice() {
-                return Err(Error::Model(format!(
-                    "{} has shape {:?}, expected {:?}",
-                    s.name,
-                    var.dims(),
-                    s.shape
-                )));
-            }
-            Ok(var
-                .as_tensor()
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        })
     }
 
     /// A decoder of `spec` from its checkpoint tensors (every one it needs; extra
@@ -734,14 +691,6 @@ impl NativeDecoder {
     /// The number of trained values.
     pub fn param_count(&self) -> usize {
         self.params.len()
-    }
-
-    /// [`Self::gradients`] as tensors (for the tests that compare them with candle's).
-    pub fn gradient_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        self.gradients()
-            .into_iter()
-            .map(|(name, (v, shape))| Ok((name, Tensor::from_vec(v, shape, device)?)))
-            .collect()
     }
 
     /// Element `i` of parameter `name` (row-major in its checkpoint shape), for

@@ -120,11 +120,6 @@ fn schema(cfg: &MarianConfig) -> Vec<(String, Vec<usize>, Init)> {
     s
 }
 
-/// Every tensor of a Marian model (besides the tied copies) with its shape.
-pub(crate) fn tensor_shapes(cfg: &MarianConfig) -> Vec<(String, Vec<usize>)> {
-    schema(cfg).into_iter().map(|(n, s, _)| (n, s)).collect()
-}
-
 /// The dropout of one step (none when evaluating).
 #[derive(Clone, Copy, Default)]
 struct Drops {
@@ -404,7 +399,7 @@ impl NativeSeq2Seq {
                 if s.is_empty() {
                     return Err(Error::invalid(side, "a sentence was given no tokens"));
                 }
-                crate::nn::check_positions(s.len(), max)?;
+                crate::engine::check_positions(s.len(), max)?;
                 if let Some(&bad) = s.iter().find(|&&id| id as usize >= v) {
                     return Err(Error::invalid(
                         side,

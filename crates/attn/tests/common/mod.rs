@@ -121,3 +121,82 @@ pub fn tiny_config(max_iters: usize) -> attn::train::TrainConfig {
         ..attn::train::TrainConfig::default()
     }
 }
+
+/// A tensor of a reference file (the fixtures' `reference.safetensors`, written by
+/// transformers through `scripts/make_hf_fixtures.py`): its values as f64, whatever
+/// their stored type, and its shape.
+pub struct Ref {
+    pub v: Vec<f64>,
+    pub shape: Vec<usize>,
+    pub dtype: safetensors::Dtype,
+}
+
+impl Ref {
+    pub fn f32(&self) -> Vec<f32> {
+        self.v.iter().map(|&x| x as f32).collect()
+    }
+    /// The values as token ids.
+    pub fn ids(&self) -> Vec<u32> {
+        self.v.iter().map(|&x| x as u32).collect()
+    }
+    /// The rows of a matrix of ids.
+    pub fn id_rows(&self) -> Vec<Vec<u32>> {
+        let cols = *self.shape.last().unwrap();
+        self.ids().chunks(cols).map(|c| c.to_vec()).collect()
+    }
+}
+
+/// Every tensor of a safetensors file, read with the `safetensors` crate alone (not
+/// through attn's loaders, which are what the tests check).
+pub fn read_reference(path: &std::path::Path) -> std::collections::HashMap<String, Ref> {
+    use safetensors::Dtype;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let b = t.data();
+            let v: Vec<f64> = match t.dtype() {
+                Dtype::F32 => b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::F64 => b
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                Dtype::F16 => b
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                    .collect(),
+                Dtype::BF16 => b
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+                    .collect(),
+                Dtype::I64 => b
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::I32 => b
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::U32 => b
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::U8 => b.iter().map(|&x| x as f64).collect(),
+                other => panic!("{}: {name} has dtype {other:?}", path.display()),
+            };
+            let (shape, dtype) = (t.shape().to_vec(), t.dtype());
+            (name, Ref { v, shape, dtype })
+        })
+        .collect()
+}
+
+/// A fixture of `tests/fixtures/hf`.
+pub fn hf_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}

@@ -102,6 +102,25 @@ pub(crate) fn rows_per_task(rows: usize, row: usize) -> usize {
     (16384 / row.max(1)).clamp(1, rows.max(1))
 }
 
+/// Run `f(first_row, rows)` over `out`, split into groups of whole rows of `row`
+/// elements (one group, on the calling thread, when the job is small).
+pub(crate) fn for_rows<T: Send>(
+    out: &mut [T],
+    row: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    let rows = out.len() / row.max(1);
+    let per = rows_per_task(rows, row);
+    if per >= rows {
+        f(0, out);
+        return;
+    }
+    out.par_chunks_mut(per * row)
+        .enumerate()
+        .for_each(|(i, chunk)| f(i * per, chunk));
+}
+
 /// Deterministic test values in [−1, 1) for the kernels' tests.
 #[cfg(test)]
 pub(crate) fn test_data(n: usize, seed: usize) -> Vec<f32> {
