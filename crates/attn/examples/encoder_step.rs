@@ -48,6 +48,18 @@ fn main() {
         }
         eprintln!("step {i}: loss {loss:.4}, {dt:.3} s");
     }
+    if attn::train::profile::enabled() {
+        let total: f64 = times.iter().sum::<f64>() + 1e-12;
+        let mut rows = attn::train::profile::report();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, secs, calls) in rows {
+            eprintln!(
+                "{name:>22}: {:7.1} ms/step ({:4.1}%), {calls} calls",
+                secs * 1e3 / (steps + 1) as f64,
+                100.0 * secs / total * steps as f64 / (steps + 1) as f64
+            );
+        }
+    }
     times.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{{\"batch\": {b}, \"tokens\": {t}, \"isa\": \"{}\", \"median_step_s\": {:.4}}}",

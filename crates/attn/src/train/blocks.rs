@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::profile::time;
+
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
@@ -82,7 +84,7 @@ pub(super) fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
 /// gradient to use: no copy).
 pub(super) fn masked_copy(pool: &mut Pool, src: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
     let d = d?;
-    let mut v = pool.take(src.len());
+    let mut v = pool.take_written(src.len());
     v.copy_from_slice(src);
     drop_in_place(&mut v, Some(d));
     Some(v)
@@ -98,7 +100,9 @@ pub(super) fn linear(
     panels: &mut Vec<f32>,
 ) {
     let (o, i) = (b.len(), w.len() / b.len());
-    k::gemm_bias(x, m, i, o, Rhs::Nt(w), Some(b), out, panels);
+    time("linear", || {
+        k::gemm_bias(x, m, i, o, Rhs::Nt(w), Some(b), out, panels)
+    });
 }
 
 /// Backward of [`linear`] for `w [o, i]`: `dw += dyᵀ·x`, `db += Σ dy` unless the
@@ -117,22 +121,28 @@ pub(super) fn linear_backward(
 ) {
     let i = w.len() / o;
     if let Some([dw, db]) = grads {
-        k::gemm_tn_acc(
-            dy,
-            m,
-            o,
-            x,
-            i,
-            dw,
-            (&mut scratch.panels, &mut scratch.xpack),
-            false,
-        );
-        for row in dy[..m * o].chunks(o) {
-            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-        }
+        time("linear dW", || {
+            k::gemm_tn_acc(
+                dy,
+                m,
+                o,
+                x,
+                i,
+                dw,
+                (&mut scratch.panels, &mut scratch.xpack),
+                false,
+            )
+        });
+        time("linear db", || {
+            for row in dy[..m * o].chunks(o) {
+                db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+            }
+        });
     }
     if let Some(dx) = dx {
-        k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels);
+        time("linear dx", || {
+            k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels)
+        });
     }
 }
 
@@ -149,17 +159,43 @@ pub(super) struct Scratch {
 pub(super) struct Pool(Vec<Vec<f32>>);
 
 impl Pool {
-    /// A zeroed buffer of `n` values: the smallest kept one that fits, or a new one.
-    pub(super) fn take(&mut self, n: usize) -> Vec<f32> {
+    /// The smallest kept buffer of capacity `n` or more, or a new one.
+    fn fit(&mut self, n: usize) -> Vec<f32> {
         let best = (0..self.0.len())
             .filter(|&i| self.0[i].capacity() >= n)
             .min_by_key(|&i| self.0[i].capacity());
-        let mut v = match best {
+        match best {
             Some(i) => self.0.swap_remove(i),
             None => Vec::with_capacity(n),
-        };
-        v.clear();
-        v.resize(n, 0.0);
+        }
+    }
+
+    /// A zeroed buffer of `n` values (zeroed on both cores: a step zeroes hundreds of
+    /// megabytes).
+    pub(super) fn take(&mut self, n: usize) -> Vec<f32> {
+        let mut v = self.fit(n);
+        time("pool zero", || {
+            let keep = v.len().min(n);
+            v.truncate(keep);
+            v.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+            v.resize(n, 0.0);
+        });
+        v
+    }
+
+    /// A buffer of `n` values for an output the caller overwrites whole (a product's,
+    /// a norm's, a copy's): its old values are left in place. Debug builds fill it with
+    /// NaN, so that a caller that leaves any value unwritten fails the tests.
+    pub(super) fn take_written(&mut self, n: usize) -> Vec<f32> {
+        let mut v = self.fit(n);
+        if cfg!(debug_assertions) {
+            v.clear();
+            v.resize(n, f32::NAN);
+        } else if v.len() >= n {
+            v.truncate(n);
+        } else {
+            v.resize(n, 0.0);
+        }
         v
     }
 
@@ -305,14 +341,14 @@ pub(super) fn head_forward(
 }
 
 /// The gradients of one head's queries (`[tq, hd]`), keys and values (`[tk, hd]`,
-/// contiguous) from `ins` = (q, k, v, the output gradient dy `[tq, hd]`, the weights
-/// p, the weights after dropout pd) into `outs` = (dq, dk, dv, scratch `[tk]`). With
+/// contiguous) from `ins` = (q, k, the values transposed `[hd, tk]`, the output gradient dy
+/// `[tq, hd]`, the weights p, the weights after dropout pd) into `outs` = (dq, dk, dv, scratch `[tk]`). With
 /// dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY, and with dP' = dY·Vᵀ,
 /// dS = pd ⊙ dP' − p · Σ_j pd·dP' (row by row). Weights that are zero (masked) give
 /// zero score gradients.
 #[inline(always)]
 fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) {
-    let [q, k, v, dy, p, pd] = ins;
+    let [q, k, vt, dy, p, pd] = ins;
     let [dq, dk, dv, ds] = outs;
     let tk = ds.len();
     let tq = dy.len() / hd;
@@ -320,12 +356,15 @@ fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f3
         let dyi = &dy[i * hd..(i + 1) * hd];
         let pr = &p[i * tk..(i + 1) * tk];
         let pdr = &pd[i * tk..(i + 1) * tk];
-        // dP'_ij = dy_i · v_j.
-        for (j, d) in ds.iter_mut().enumerate() {
-            let vj = &v[j * hd..(j + 1) * hd];
-            *d = dyi.iter().zip(vj).map(|(a, b)| a * b).sum();
+        // dP'_i = Σ_d dy_id · vᵀ_d (rows of the transposed values: whole-row vector
+        // operations, where dot products per key would be scalar reductions).
+        ds.fill(0.0);
+        for (&g, vd) in dyi.iter().zip(vt.chunks_exact(tk)) {
+            for (d, &x) in ds.iter_mut().zip(vd) {
+                *d += g * x;
+            }
         }
-        let dot: f32 = pdr.iter().zip(&*ds).map(|(a, b)| a * b).sum();
+        let dot = dot16(pdr, ds);
         for ((d, &pij), &pdij) in ds.iter_mut().zip(pr).zip(pdr) {
             *d = (pdij * *d - pij * dot) * scale;
         }
@@ -352,13 +391,32 @@ vmath::dispatch!(
     (ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) -> ()
 );
 
-/// Backward of [`head_forward`]: from the gradient of the head's output (rows `q0..`
+/// `a · b` over sixteen lanes of partial sums (which the compiler keeps in vector
+/// registers; a running scalar sum would not be vectorized).
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = vmath::hsum16(acc);
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Backward of [`head_forward`]: from the gradient of the head's output (rows `dy0..`
 /// of `dy`, row stride `dys`, columns from `dyo`), the gradients of its queries
 /// `[tq, hd]`, keys and values `[tk, hd]`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head_backward(
     dy: &[f32],
-    (dys, dyo): (usize, usize),
+    (dys, dyo, dy0): (usize, usize, usize),
     q: &[f32],
     kv: &[f32],
     p: &[f32],
@@ -376,8 +434,14 @@ pub(super) fn head_backward(
     };
     let qh = gather(q, at.q0, at.tq, at.qs, at.qo);
     let kh = gather(kv, at.k0, at.tk, at.ks, at.ko);
-    let vh = gather(kv, at.k0, at.tk, at.ks, at.vo);
-    let g = gather(dy, at.q0, at.tq, dys, dyo);
+    let mut vt = vec![0f32; at.tk * hd];
+    for j in 0..at.tk {
+        let row = &kv[(at.k0 + j) * at.ks + at.vo..][..hd];
+        for (d, &x) in row.iter().enumerate() {
+            vt[d * at.tk + j] = x;
+        }
+    }
+    let g = gather(dy, dy0, at.tq, dys, dyo);
     let mut dq = vec![0f32; at.tq * hd];
     let (mut dk, mut dv) = (vec![0f32; at.tk * hd], vec![0f32; at.tk * hd]);
     let mut ds = vec![0f32; at.tk];
@@ -392,7 +456,7 @@ pub(super) fn head_backward(
         None => p,
     };
     head_grads(
-        [&qh, &kh, &vh, &g, p, pd],
+        [&qh, &kh, &vt, &g, p, pd],
         [&mut dq, &mut dk, &mut dv, &mut ds],
         hd,
         scale,
@@ -439,7 +503,7 @@ fn tail_forward(
     let c = d.c;
     let n = x.len() / c;
     let i = h.len() / n;
-    let mut s = scratch.pool.take(n * c);
+    let mut s = scratch.pool.take_written(n * c);
     linear(
         h,
         n,
@@ -449,17 +513,24 @@ fn tail_forward(
         &mut scratch.panels,
     );
     drop_in_place(&mut s, drop);
-    s.iter_mut().zip(x).for_each(|(s, x)| *s += x);
-    let (mut out, mut st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
-    k::layer_norm(
-        &s,
-        &w[t.ln_w..t.ln_w + c],
-        Some(&w[t.ln_b..t.ln_b + c]),
-        d.eps,
-        n,
-        &mut out,
-        &mut st,
+    time("residual", || {
+        s.iter_mut().zip(x).for_each(|(s, x)| *s += x)
+    });
+    let (mut out, mut st) = (
+        scratch.pool.take_written(n * c),
+        scratch.pool.take_written(2 * n),
     );
+    time("layer norm", || {
+        k::layer_norm(
+            &s,
+            &w[t.ln_w..t.ln_w + c],
+            Some(&w[t.ln_b..t.ln_b + c]),
+            d.eps,
+            n,
+            &mut out,
+            &mut st,
+        )
+    });
     (s, st, out)
 }
 
@@ -487,18 +558,20 @@ fn tail_backward(
     let mut ds = scratch.pool.take(n * c);
     {
         let [dw, db] = norm_grads(g, junk, frozen, t.ln_w, t.ln_b, c);
-        k::layer_norm_backward(
-            dout,
-            s,
-            st,
-            &w[t.ln_w..t.ln_w + c],
-            n,
-            &mut ds,
-            dw,
-            Some(db),
-        );
+        time("layer norm backward", || {
+            k::layer_norm_backward(
+                dout,
+                s,
+                st,
+                &w[t.ln_w..t.ln_w + c],
+                n,
+                &mut ds,
+                dw,
+                Some(db),
+            )
+        });
     }
-    let mut dh = scratch.pool.take(n * i);
+    let mut dh = scratch.pool.take_written(n * i);
     let gr = wgrads(g, frozen, (t.w, c * i), (t.b, c));
     let dsd = masked_copy(&mut scratch.pool, &ds, drop);
     linear_backward(
@@ -527,12 +600,26 @@ pub(super) struct PostAt {
     pub ln_b: usize,
 }
 
-/// One head's job in a sublayer: where it reads, its head index, its weights' dropout.
+/// One head's job in a sublayer: where it reads, its head index, its weights' dropout,
+/// and the row of its first query in the sublayer's output (its query row, unless the
+/// sublayer computes only some rows: [`first_queries_only`]).
 #[derive(Clone, Copy)]
 pub(super) struct Job {
     pub at: HeadAt,
     pub h: usize,
     pub drop: Option<Dropout>,
+    pub y0: usize,
+}
+
+/// Self-attention jobs (of [`head_jobs`], `nh` heads per sequence) narrowed to each
+/// sequence's first query, every key still attended, the output row of sequence `s`
+/// being row `s`: the last layer of a classifier, whose loss reads the first token's
+/// state alone, computes that row only.
+pub(super) fn first_queries_only(jobs: &mut [Job], nh: usize) {
+    for (i, j) in jobs.iter_mut().enumerate() {
+        j.at.tq = 1;
+        j.y0 = i / nh;
+    }
 }
 
 /// What an attention sublayer's backward pass reads.
@@ -571,18 +658,21 @@ pub(super) fn attn_forward(
 ) -> (AttnActs, Vec<f32>) {
     let (c, hd) = (d.c, d.hd());
     let n = x.len() / c;
-    let heads: Vec<(Vec<f32>, Vec<f32>)> = jobs
-        .par_iter()
-        .map(|j| head_forward(q, kv, j.at, hd, d.scale(), j.drop))
-        .collect();
-    let mut y = scratch.pool.take(n * c);
+    let heads: Vec<(Vec<f32>, Vec<f32>)> = time("heads", || {
+        jobs.par_iter()
+            .map(|j| head_forward(q, kv, j.at, hd, d.scale(), j.drop))
+            .collect()
+    });
+    let mut y = scratch.pool.take_written(n * c);
     let mut probs = Vec::with_capacity(jobs.len());
-    for (j, (p, out)) in jobs.iter().zip(heads) {
-        for (i, o) in out.chunks(hd).enumerate() {
-            y[(j.at.q0 + i) * c + j.h * hd..][..hd].copy_from_slice(o);
+    time("heads gather", || {
+        for (j, (p, out)) in jobs.iter().zip(heads) {
+            for (i, o) in out.chunks(hd).enumerate() {
+                y[(j.y0 + i) * c + j.h * hd..][..hd].copy_from_slice(o);
+            }
+            probs.push(p);
         }
-        probs.push(p);
-    }
+    });
     let (s, st, out) = tail_forward(w, d, &at.tail(), &y, x, drop_out, scratch);
     (AttnActs { probs, y, s, st }, out)
 }
@@ -625,26 +715,32 @@ pub(super) fn attn_backward(
         drop_out,
         scratch,
     );
-    let parts: Vec<[Vec<f32>; 3]> = jobs
-        .par_iter()
-        .zip(&a.probs)
-        .map(|(j, p)| head_backward(&dy, (c, j.h * hd), q, kv, p, j.at, hd, d.scale(), j.drop))
-        .collect();
-    for (j, [gq, gk, gv]) in jobs.iter().zip(&parts) {
-        let at = j.at;
-        for (i, row) in gq.chunks(hd).enumerate() {
-            dq[(at.q0 + i) * at.qs + at.qo..][..hd].copy_from_slice(row);
+    let parts: Vec<[Vec<f32>; 3]> = time("heads backward", || {
+        jobs.par_iter()
+            .zip(&a.probs)
+            .map(|(j, p)| {
+                let dy_at = (c, j.h * hd, j.y0);
+                head_backward(&dy, dy_at, q, kv, p, j.at, hd, d.scale(), j.drop)
+            })
+            .collect()
+    });
+    time("heads scatter", || {
+        for (j, [gq, gk, gv]) in jobs.iter().zip(&parts) {
+            let at = j.at;
+            for (i, row) in gq.chunks(hd).enumerate() {
+                dq[(at.q0 + i) * at.qs + at.qo..][..hd].copy_from_slice(row);
+            }
+            let dst: &mut [f32] = match dkv.as_deref_mut() {
+                Some(b) => b,
+                None => &mut *dq,
+            };
+            for (i, (rk, rv)) in gk.chunks(hd).zip(gv.chunks(hd)).enumerate() {
+                let r = (at.k0 + i) * at.ks;
+                dst[r + at.ko..][..hd].copy_from_slice(rk);
+                dst[r + at.vo..][..hd].copy_from_slice(rv);
+            }
         }
-        let dst: &mut [f32] = match dkv.as_deref_mut() {
-            Some(b) => b,
-            None => &mut *dq,
-        };
-        for (i, (rk, rv)) in gk.chunks(hd).zip(gv.chunks(hd)).enumerate() {
-            let r = (at.k0 + i) * at.ks;
-            dst[r + at.ko..][..hd].copy_from_slice(rk);
-            dst[r + at.vo..][..hd].copy_from_slice(rv);
-        }
-    }
+    });
     scratch.pool.give(dy);
     ds
 }
@@ -714,7 +810,7 @@ pub(super) fn mlp_forward(
 ) -> (MlpActs, Vec<f32>) {
     let (c, inner) = (d.c, at.inner);
     let n = x.len() / c;
-    let mut u = scratch.pool.take(n * inner);
+    let mut u = scratch.pool.take_written(n * inner);
     linear(
         x,
         n,
@@ -723,9 +819,11 @@ pub(super) fn mlp_forward(
         &mut u,
         &mut scratch.panels,
     );
-    let mut g = scratch.pool.take(n * inner);
-    g.copy_from_slice(&u);
-    g.par_chunks_mut(4096).for_each(|xs| act.apply(xs));
+    let mut g = scratch.pool.take_written(n * inner);
+    time("act", || {
+        g.copy_from_slice(&u);
+        g.par_chunks_mut(4096).for_each(|xs| act.apply(xs));
+    });
     drop_in_place(&mut g, drop_act);
     let (s, st, out) = tail_forward(w, d, &at.tail(), &g, x, drop_out, scratch);
     (MlpActs { u, g, s, st }, out)
@@ -766,7 +864,7 @@ pub(super) fn mlp_backward(
         scratch,
     );
     drop_in_place(&mut dgel, drop_act);
-    act.grad_mul(&mut dgel, &a.u);
+    time("act backward", || act.grad_mul(&mut dgel, &a.u));
     let mut dx = scratch.pool.take(n * c);
     {
         let gr = wgrads(g, frozen, (at.up_w, inner * c), (at.up_b, inner));
@@ -781,7 +879,9 @@ pub(super) fn mlp_backward(
             scratch,
         );
     }
-    dx.iter_mut().zip(&ds).for_each(|(d, s)| *d += s);
+    time("residual", || {
+        dx.iter_mut().zip(&ds).for_each(|(d, s)| *d += s)
+    });
     scratch.pool.give(ds);
     scratch.pool.give(dgel);
     dx
@@ -831,6 +931,7 @@ pub(crate) fn head_jobs(
                 at,
                 h,
                 drop: drop(s, h),
+                y0: q0,
             });
         }
     }

@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::blocks::{
-    attn_backward, attn_forward, drop_in_place, head_jobs, linear, linear_backward, mlp_backward,
-    mlp_forward, norm_grads, spans_of, wgrads, Act, AttnActs, Dims, MlpActs, MlpAt, PostAt,
-    Scratch,
+    attn_backward, attn_forward, drop_in_place, first_queries_only, head_jobs, linear,
+    linear_backward, mlp_backward, mlp_forward, norm_grads, spans_of, wgrads, Act, AttnActs, Dims,
+    MlpActs, MlpAt, PostAt, Scratch,
 };
 use super::flat::Flat;
 use crate::engine::encoder::read_bert;
@@ -130,6 +130,14 @@ struct LayerActs {
     /// The attention sublayer's output (the MLP's input).
     h1: Vec<f32>,
     mlp: MlpActs,
+}
+
+/// Each sequence's first row of `x` (`[n, c]`), as `[spans, c]`.
+fn first_rows(x: &[f32], spans: &[(usize, usize)], c: usize) -> Vec<f32> {
+    spans
+        .iter()
+        .flat_map(|&(r0, _)| x[r0 * c..(r0 + 1) * c].iter().copied())
+        .collect()
 }
 
 impl NativeEncoder {
@@ -474,7 +482,7 @@ impl NativeEncoder {
         let c = cfg.hidden_size;
         let eps = cfg.layer_norm_eps as f32;
         let (spans, n) = spans_of(seqs);
-        let mut emb = scratch.pool.take(n * c);
+        let mut emb = scratch.pool.take_written(n * c);
         for (s, ids) in seqs.iter().enumerate() {
             for (j, &id) in ids.iter().enumerate() {
                 let ty = types.map_or(0, |tt| tt[s][j] as usize);
@@ -500,14 +508,17 @@ impl NativeEncoder {
                 st,
             );
         };
-        let (mut x0, mut emb_st) = (scratch.pool.take(n * c), scratch.pool.take(2 * n));
+        let (mut x0, mut emb_st) = (
+            scratch.pool.take_written(n * c),
+            scratch.pool.take_written(2 * n),
+        );
         ln(&emb, lay.emb_w, lay.emb_b, &mut x0, &mut emb_st);
         drop_in_place(&mut x0, drops.emb());
         let mut xs = vec![x0];
         let mut acts = Vec::with_capacity(lay.layers.len());
         for (l, at) in lay.layers.iter().enumerate() {
             let x = xs.last().unwrap();
-            let mut qkv = scratch.pool.take(n * 3 * c);
+            let mut qkv = scratch.pool.take_written(n * 3 * c);
             linear(
                 x,
                 n,
@@ -534,7 +545,17 @@ impl NativeEncoder {
                 }
                 scratch.pool.give(u);
             }
-            let jobs = head_jobs(dims, &spans, None, false, |s, h| drops.attn_head(l, s, h));
+            let mut jobs = head_jobs(dims, &spans, None, false, |s, h| drops.attn_head(l, s, h));
+            // The last layer computes each sequence's first row alone (what the pooler
+            // reads); its keys and values are still every row's.
+            let firsts;
+            let x = if l + 1 == lay.layers.len() {
+                first_queries_only(&mut jobs, dims.nh);
+                firsts = first_rows(x, &spans, c);
+                &firsts
+            } else {
+                x
+            };
             let (attn, h1) = attn_forward(
                 w,
                 dims,
@@ -565,16 +586,13 @@ impl NativeEncoder {
             });
             xs.push(x1);
         }
-        // Pooler over each sequence's first token, then the head.
+        // Pooler over each sequence's first token (the last layer's output rows), then
+        // the head.
         let b = seqs.len();
-        let last = xs.last().unwrap();
-        let firsts: Vec<f32> = spans
-            .iter()
-            .flat_map(|&(r0, _)| last[r0 * c..(r0 + 1) * c].iter().copied())
-            .collect();
+        let firsts = xs.last().unwrap();
         let mut pooled = vec![0f32; b * c];
         linear(
-            &firsts,
+            firsts,
             b,
             &w[lay.pool_w..lay.pool_w + c * c],
             &w[lay.pool_b..lay.pool_b + c],
@@ -651,18 +669,13 @@ impl NativeEncoder {
             .iter_mut()
             .zip(&s.pooled)
             .for_each(|(d, p)| *d *= 1.0 - p * p);
-        let last = s.x.last().unwrap();
-        let firsts: Vec<f32> = s
-            .spans
-            .iter()
-            .flat_map(|&(r0, _)| last[r0 * c..(r0 + 1) * c].iter().copied())
-            .collect();
-        let mut dfirst = vec![0f32; b * c];
+        let firsts = s.x.last().unwrap();
+        let mut dfirst = scratch.pool.take(b * c);
         {
             let gr = wgrads(g, frozen, (lay.pool_w, c * c), (lay.pool_b, c));
             linear_backward(
                 &dpooled,
-                &firsts,
+                firsts,
                 b,
                 &w[lay.pool_w..lay.pool_w + c * c],
                 c,
@@ -671,12 +684,11 @@ impl NativeEncoder {
                 scratch,
             );
         }
-        let mut dx = scratch.pool.take(n * c);
-        for (i, &(r0, _)) in s.spans.iter().enumerate() {
-            dx[r0 * c..(r0 + 1) * c].copy_from_slice(&dfirst[i * c..(i + 1) * c]);
-        }
+        // The gradient of the last layer's output: its rows are the sequences' first.
+        let mut dx = dfirst;
         for (l, at) in lay.layers.iter().enumerate().rev() {
             let a = &s.layers[l];
+            let last = l + 1 == lay.layers.len();
             let dh1 = mlp_backward(
                 w,
                 g,
@@ -692,7 +704,10 @@ impl NativeEncoder {
                 drops.down(l),
                 scratch,
             );
-            let jobs = head_jobs(dims, &s.spans, None, false, |q, h| drops.attn_head(l, q, h));
+            let mut jobs = head_jobs(dims, &s.spans, None, false, |q, h| drops.attn_head(l, q, h));
+            if last {
+                first_queries_only(&mut jobs, dims.nh);
+            }
             let mut dqkv = scratch.pool.take(n * 3 * c);
             let ds1 = attn_backward(
                 w,
@@ -711,7 +726,12 @@ impl NativeEncoder {
                 &mut dqkv,
                 None,
             );
-            // dx = ds1 (the residual) + dqkv·W_qkv.
+            // dx = ds1 (the residual) + dqkv·W_qkv; the last layer's input has every
+            // row (its keys and values are every row's).
+            if last {
+                let first_rows_only = std::mem::replace(&mut dx, scratch.pool.take_written(n * c));
+                scratch.pool.give(first_rows_only);
+            }
             {
                 let gr = wgrads(g, frozen, (at.qkv_w, 3 * c * c), (at.qkv_b, 3 * c));
                 linear_backward(
@@ -784,7 +804,16 @@ impl NativeEncoder {
                     scratch.pool.give(v);
                 }
             }
-            dx.iter_mut().zip(&ds1).for_each(|(d, s)| *d += s);
+            if last {
+                for (i, &(r0, _)) in s.spans.iter().enumerate() {
+                    let row = &mut dx[r0 * c..(r0 + 1) * c];
+                    row.iter_mut()
+                        .zip(&ds1[i * c..(i + 1) * c])
+                        .for_each(|(d, s)| *d += s);
+                }
+            } else {
+                dx.iter_mut().zip(&ds1).for_each(|(d, s)| *d += s);
+            }
             for v in [dh1, ds1, dqkv] {
                 scratch.pool.give(v);
             }

@@ -489,7 +489,7 @@ impl NativeSeq2Seq {
         let c = self.config.d_model;
         let scale = self.embed_scale();
         let w = &self.flat.params[self.shared..];
-        let mut x = scratch.pool.take(n * c);
+        let mut x = scratch.pool.take_written(n * c);
         let mut rows = x.chunks_mut(c);
         for s in seqs {
             for (j, &id) in s.iter().enumerate() {
@@ -542,7 +542,7 @@ impl NativeSeq2Seq {
         let d = self.dims(stack == 1);
         let (c, w) = (d.c, &self.flat.params);
         let n = x.len() / c;
-        let mut qkv = scratch.pool.take(n * 3 * c);
+        let mut qkv = scratch.pool.take_written(n * 3 * c);
         linear(
             x,
             n,
@@ -616,7 +616,7 @@ impl NativeSeq2Seq {
             let x = dec_x.last().unwrap();
             let (qkv, attn, h1) = self.self_attn(1, l, &at.attn, x, &tgt_spans, drops, scratch);
             let cr = &at.cross;
-            let mut q = scratch.pool.take(nt * c);
+            let mut q = scratch.pool.take_written(nt * c);
             linear(
                 &h1,
                 nt,
@@ -625,7 +625,7 @@ impl NativeSeq2Seq {
                 &mut q,
                 &mut scratch.panels,
             );
-            let mut kv = scratch.pool.take(ns * 2 * c);
+            let mut kv = scratch.pool.take_written(ns * 2 * c);
             linear(
                 memory,
                 ns,
@@ -672,7 +672,7 @@ impl NativeSeq2Seq {
             });
             dec_x.push(out);
         }
-        let mut logits = scratch.pool.take(nt * v);
+        let mut logits = scratch.pool.take_written(nt * v);
         linear(
             dec_x.last().unwrap(),
             nt,
