@@ -9,8 +9,7 @@ Each round runs attn's example (forward, backward and AdamW on random ids, every
 sequence `--tokens` long, median of 4 steps after a first) and then a plain
 transformers loop at the same shape (BertForSequenceClassification, eager attention,
 AdamW, 2 threads, median of 4 steps after a first); rounds alternate so that the
-machine's drift hits both. attn has no dropout in this stage; transformers runs with the
-model's (0.1), which costs it a few percent. `ATTN_ISA=avx2` restricts attn; restrict
+machine's drift hits both. Both run with the model's dropout (0.1). `ATTN_ISA=avx2` restricts attn; restrict
 torch with ATEN_CPU_CAPABILITY=avx2.
 """
 
