@@ -4,6 +4,7 @@
 
 mod bench;
 mod classify;
+mod data;
 mod embed;
 mod eval;
 mod export;
@@ -61,6 +62,9 @@ enum Command {
     /// Train and save tokenizers.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
+    /// Corpus preparation: MinHash signatures (near-duplicate detection).
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Sentence embeddings from a BERT encoder (one text per line in, JSON out).
     Embed(embed::EmbedArgs),
     /// Write a model folder in Hugging Face layout, optionally in f16 or bf16.
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(c) => tokenizer::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Embed(a) => embed::run(a),
+        Command::Data(c) => data::run(c),
         Command::Classify(c) => classify::run(c),
         Command::Translate(c) => translate::run(c),
         Command::Export(a) => export::run(a),

@@ -2,6 +2,8 @@
 
 pub mod labelled;
 pub mod lm;
+pub mod minhash;
+pub mod stream;
 mod text;
 
 pub use lm::LmSplits;

@@ -1,0 +1,131 @@
+//! `attn data minhash` end to end: the signatures of a file's lines equal datasketch's
+//! (the fixtures of `scripts/make_minhash_fixtures.py`), and bad input is named.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn attn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attn"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("attn-data-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fails_with(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success(), "should fail");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.starts_with("error: "), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "{n:?} not in {e}");
+    }
+}
+
+#[test]
+fn minhash_lines_equal_datasketch() {
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../attn/tests/fixtures/minhash/cases.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(fixtures).unwrap()).unwrap();
+    let texts: Vec<&str> = doc["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    // Texts that are one line each (a text holding a line break is two lines here).
+    let keep: Vec<usize> = (0..texts.len())
+        .filter(|&i| !texts[i].contains(['\n', '\r']))
+        .collect();
+    let dir = temp("minhash");
+    let input = dir.join("lines.txt");
+    let body: String = keep.iter().map(|&i| format!("{}\n", texts[i])).collect();
+    std::fs::write(&input, body).unwrap();
+    let mut compared = 0;
+    for case in doc["cases"].as_array().unwrap() {
+        let o = attn(&[
+            "data",
+            "minhash",
+            "--input",
+            input.to_str().unwrap(),
+            "--num-perm",
+            &case["num_perm"].to_string(),
+            "--seed",
+            &case["seed"].to_string(),
+            "--ngram",
+            &case["ngram"].to_string(),
+            "--shingle",
+            case["shingle"].as_str().unwrap(),
+            "--scheme",
+            case["scheme"].as_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let lines: Vec<Value> = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), keep.len());
+        for (line, &i) in lines.iter().zip(&keep) {
+            assert_eq!(
+                line["signature"], case["signatures"][i],
+                "text {i}, {}",
+                case["scheme"]
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 100);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn minhash_bad_input_is_named() {
+    let dir = temp("minhash-bad");
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, b"fine line\nsecond \xc3\x28 line\n").unwrap();
+    let p = bad.to_str().unwrap();
+    fails_with(
+        &attn(&["data", "minhash", "--input", p]),
+        &["bad.txt", "line 2", "UTF-8", "byte 17"],
+    );
+    let missing = dir.join("missing.txt");
+    fails_with(
+        &attn(&["data", "minhash", "--input", missing.to_str().unwrap()]),
+        &["missing.txt"],
+    );
+    std::fs::write(&bad, b"ok\n").unwrap();
+    fails_with(
+        &attn(&["data", "minhash", "--input", p, "--num-perm", "0"]),
+        &["num-perm"],
+    );
+    fails_with(
+        &attn(&["data", "minhash", "--input", p, "--seed", "4294967296"]),
+        &["seed"],
+    );
+    fails_with(
+        &attn(&["data", "minhash", "--input", p, "--shingle", "bytes"]),
+        &["shingle"],
+    );
+    fails_with(
+        &attn(&["data", "minhash", "--input", p, "--scheme", "affine16"]),
+        &["scheme"],
+    );
+    fails_with(
+        &attn(&["data", "minhash", "--input", p, "--ngram", "0"]),
+        &["ngram"],
+    );
+    fails_with(
+        &attn(&["data", "minhash", "--input", dir.to_str().unwrap()]),
+        &["regular file"],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
