@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use attn::data::dedup::{dedup, DedupConfig, Near, Unit};
 use attn::data::minhash::{MinHasher, Scheme, Shingle};
 use attn::data::stream::LineBatches;
 use attn::{Error, Result};
@@ -14,6 +15,59 @@ pub enum DataCommand {
     /// MinHash signatures of each line of a file, equal to the `datasketch` package's:
     /// one JSON line `{"signature": [...]}` per input line.
     Minhash(MinhashArgs),
+    /// Remove exact duplicates (same normalised text) and near duplicates (MinHash + LSH
+    /// banding, as datasketch's MinHashLSH), keeping the first unit of each cluster; one
+    /// output file per input, and dedup_report.json.
+    Dedup(DedupArgs),
+}
+
+#[derive(Args)]
+pub struct DedupArgs {
+    /// Text files (UTF-8).
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Output folder: the inputs' kept units under the same file names.
+    #[arg(long)]
+    out: PathBuf,
+    /// What one document is: line, paragraph (lines between blank lines) or document
+    /// (a whole file).
+    #[arg(long, default_value = "line")]
+    unit: String,
+    /// Remove exact duplicates (NFC, whitespace runs as one space, trimmed).
+    #[arg(long)]
+    exact: bool,
+    /// Remove near duplicates (estimated Jaccard similarity of shingle sets at or above
+    /// --threshold).
+    #[arg(long)]
+    near: bool,
+    #[arg(long, default_value_t = 0.8)]
+    threshold: f64,
+    #[arg(long, default_value_t = 128)]
+    num_perm: usize,
+    /// Shingle size in words (or characters with --shingle char).
+    #[arg(long, default_value_t = 5)]
+    ngram: usize,
+    #[arg(long, default_value = "word")]
+    shingle: String,
+    /// datasketch's permutation scheme: affine32 or legacy.
+    #[arg(long, default_value = "affine32")]
+    scheme: String,
+    /// LSH bands and rows per band (default: datasketch's choice for --threshold).
+    #[arg(long, requires = "rows")]
+    bands: Option<usize>,
+    #[arg(long, requires = "bands")]
+    rows: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the clusters (clusters.jsonl: each cluster's units by file and line).
+    #[arg(long)]
+    explain: bool,
+    /// Replace the outputs of an earlier run in --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -45,7 +99,72 @@ pub struct MinhashArgs {
 pub fn run(c: DataCommand) -> Result<()> {
     match c {
         DataCommand::Minhash(a) => minhash(a),
+        DataCommand::Dedup(a) => dedup_cmd(a),
     }
+}
+
+fn dedup_cmd(a: DedupArgs) -> Result<()> {
+    let inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
+    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+    if !a.overwrite && a.out.join("dedup_report.json").exists() {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} holds an earlier run's outputs; pass --overwrite to replace them",
+                a.out.display()
+            ),
+        ));
+    }
+    let near = if a.near {
+        crate::at_least_1("--ngram", a.ngram)?;
+        crate::at_least_1("--num-perm", a.num_perm)?;
+        if !(0.0..=1.0).contains(&a.threshold) {
+            return Err(Error::invalid(
+                "--threshold",
+                format!("{} is not in [0, 1]", a.threshold),
+            ));
+        }
+        let (bands, rows) = match (a.bands, a.rows) {
+            (Some(b), Some(r)) => (b, r),
+            _ => Near::optimal_bands(a.threshold, a.num_perm),
+        };
+        Some(Near {
+            threshold: a.threshold,
+            num_perm: a.num_perm,
+            ngram: a.ngram,
+            shingle: a.shingle.clone(),
+            scheme: a.scheme.clone(),
+            seed: a.seed,
+            bands,
+            rows,
+        })
+    } else {
+        None
+    };
+    let cfg = DedupConfig {
+        unit: Unit::parse(&a.unit)?,
+        exact: a.exact,
+        near,
+    };
+    let t0 = std::time::Instant::now();
+    let r = dedup(&a.input, &a.out, &cfg, a.explain)?;
+    eprintln!(
+        "{} units: kept {}, removed {} exact and {} near duplicates in {} clusters (largest {}), {:.1} s; report in {}",
+        r.units,
+        r.kept,
+        r.exact_duplicates,
+        r.near_duplicates,
+        r.clusters,
+        r.largest_cluster,
+        t0.elapsed().as_secs_f64(),
+        a.out.join("dedup_report.json").display()
+    );
+    if a.json {
+        crate::print_json(
+            &serde_json::to_value(&r).map_err(|e| Error::invalid("report", e.to_string()))?,
+        );
+    }
+    Ok(())
 }
 
 fn minhash(a: MinhashArgs) -> Result<()> {

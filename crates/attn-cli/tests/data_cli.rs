@@ -129,3 +129,71 @@ fn minhash_bad_input_is_named() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn dedup_writes_kept_lines_and_refuses_bad_requests() {
+    let dir = temp("dedup");
+    let input = dir.join("docs.txt");
+    std::fs::write(
+        &input,
+        "alpha beta gamma\nsomething else\nalpha  beta gamma \n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "data",
+            "dedup",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        attn(&args)
+    };
+    let o = run(&["--exact", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["units"].as_u64(), v["kept"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("docs.txt")).unwrap(),
+        "alpha beta gamma\nsomething else\n"
+    );
+    // A second run into the same folder needs --overwrite.
+    fails_with(&run(&["--exact"]), &["--overwrite"]);
+    assert!(run(&["--exact", "--overwrite"]).status.success());
+    fails_with(&run(&["--overwrite"]), &["--exact", "--near"]);
+    fails_with(
+        &run(&["--near", "--overwrite", "--bands", "20", "--rows", "10"]),
+        &["200 permutations", "128"],
+    );
+    fails_with(
+        &run(&["--near", "--overwrite", "--threshold", "1.5"]),
+        &["threshold"],
+    );
+    fails_with(
+        &run(&["--near", "--overwrite", "--unit", "sentence"]),
+        &["unit"],
+    );
+    // The output folder may not hold the input.
+    let o = attn(&[
+        "data",
+        "dedup",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--exact",
+    ]);
+    fails_with(&o, &["--out"]);
+    std::fs::write(&input, b"ok\n\xff\n").unwrap();
+    fails_with(
+        &run(&["--exact", "--overwrite"]),
+        &["docs.txt", "line 2", "UTF-8"],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

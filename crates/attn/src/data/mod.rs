@@ -1,5 +1,6 @@
 //! Reading, cleaning and splitting text, and cutting it into language-model batches.
 
+pub mod dedup;
 pub mod labelled;
 pub mod lm;
 pub mod minhash;
