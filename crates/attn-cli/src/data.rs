@@ -19,6 +19,33 @@ pub enum DataCommand {
     /// banding, as datasketch's MinHashLSH), keeping the first unit of each cluster; one
     /// output file per input, and dedup_report.json.
     Dedup(DedupArgs),
+    /// Replace (or drop the lines holding) personal data: e-mail addresses, phone numbers,
+    /// card numbers (Luhn), IBANs (mod 97), IP addresses, URLs, Chinese resident IDs
+    /// (GB 11643) and mobile numbers; counts by kind in scrub_report.json.
+    Scrub(ScrubArgs),
+}
+
+#[derive(Args)]
+pub struct ScrubArgs {
+    /// Text files (UTF-8).
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Output folder: the scrubbed files under the input names.
+    #[arg(long)]
+    out: PathBuf,
+    /// Kinds to find, comma-separated (default: all of
+    /// email,phone,credit-card,iban,ip,url,cn-id,cn-mobile).
+    #[arg(long)]
+    types: Option<String>,
+    /// mask (typed placeholders such as <EMAIL>) or remove-line.
+    #[arg(long, default_value = "mask")]
+    mode: String,
+    /// Replace the outputs of an earlier run in --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -100,6 +127,7 @@ pub fn run(c: DataCommand) -> Result<()> {
     match c {
         DataCommand::Minhash(a) => minhash(a),
         DataCommand::Dedup(a) => dedup_cmd(a),
+        DataCommand::Scrub(a) => scrub_cmd(a),
     }
 }
 
@@ -192,4 +220,34 @@ fn minhash(a: MinhashArgs) -> Result<()> {
         }
     }
     out.flush().map_err(io)
+}
+
+fn scrub_cmd(a: ScrubArgs) -> Result<()> {
+    use attn::data::pii::{scrub, Mode, PiiType, ALL};
+    let inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
+    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+    if !a.overwrite && a.out.join("scrub_report.json").exists() {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} holds an earlier run's outputs; pass --overwrite to replace them",
+                a.out.display()
+            ),
+        ));
+    }
+    let types = match &a.types {
+        Some(t) => PiiType::parse_list(t)?,
+        None => ALL.to_vec(),
+    };
+    let r = scrub(&a.input, &a.out, &types, Mode::parse(&a.mode)?)?;
+    eprintln!(
+        "{} lines, {} with personal data ({} removed); {:?}",
+        r.lines, r.lines_with_pii, r.lines_removed, r.counts
+    );
+    if a.json {
+        crate::print_json(
+            &serde_json::to_value(&r).map_err(|e| Error::invalid("report", e.to_string()))?,
+        );
+    }
+    Ok(())
 }

@@ -62,7 +62,7 @@ enum Command {
     /// Train and save tokenizers.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
-    /// Corpus preparation: MinHash signatures (near-duplicate detection).
+    /// Corpus preparation: near-duplicate removal (MinHash, LSH), personal-data scrubbing.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Sentence embeddings from a BERT encoder (one text per line in, JSON out).

@@ -197,3 +197,51 @@ fn dedup_writes_kept_lines_and_refuses_bad_requests() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn scrub_masks_or_drops_lines_and_counts_kinds() {
+    let dir = temp("scrub");
+    let input = dir.join("notes.txt");
+    std::fs::write(
+        &input,
+        "write to a.b+x@example.co.uk today\nno personal data, order 4111111111111112\n卡号4111-1111-1111-1111，手机13812345678\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "data",
+            "scrub",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        attn(&args)
+    };
+    let o = run(&["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["counts"],
+        serde_json::json!({"email": 1, "credit-card": 1, "cn-mobile": 1})
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "write to <EMAIL> today\nno personal data, order 4111111111111112\n卡号<CREDIT_CARD>，手机<CN_MOBILE>\n"
+    );
+    fails_with(&run(&[]), &["--overwrite"]);
+    let o = run(&["--overwrite", "--mode", "remove-line", "--types", "email"]);
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "no personal data, order 4111111111111112\n卡号4111-1111-1111-1111，手机13812345678\n"
+    );
+    fails_with(
+        &run(&["--overwrite", "--types", "email,ssn"]),
+        &["ssn", "email, "],
+    );
+    fails_with(&run(&["--overwrite", "--mode", "redact"]), &["redact"]);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -4,6 +4,7 @@ pub mod dedup;
 pub mod labelled;
 pub mod lm;
 pub mod minhash;
+pub mod pii;
 pub mod stream;
 mod text;
 
