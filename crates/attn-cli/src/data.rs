@@ -23,6 +23,38 @@ pub enum DataCommand {
     /// card numbers (Luhn), IBANs (mod 97), IP addresses, URLs, Chinese resident IDs
     /// (GB 11643) and mobile numbers; counts by kind in scrub_report.json.
     Scrub(ScrubArgs),
+    /// Tokenize text files once into binary shards (u16 or u32 ids, a header and an
+    /// index, plus a validation shard): the tokens `attn train` would make of them.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Text files, concatenated in this order.
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// The tokenizer (tokenizer.json), copied beside the shards.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Output folder: train-NNNNN.bin, val.bin, index.json, tokenizer.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Tokens per training shard.
+    #[arg(long, default_value_t = 100_000_000)]
+    shard_tokens: usize,
+    /// The last fraction of the tokens, held out for validation (as attn train's
+    /// --val-fraction).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Encoding of the files: utf8 or latin1.
+    #[arg(long, default_value = "utf8")]
+    encoding: String,
+    /// Replace the shards of an earlier run in --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -128,6 +160,7 @@ pub fn run(c: DataCommand) -> Result<()> {
         DataCommand::Minhash(a) => minhash(a),
         DataCommand::Dedup(a) => dedup_cmd(a),
         DataCommand::Scrub(a) => scrub_cmd(a),
+        DataCommand::Tokenize(a) => tokenize_cmd(a),
     }
 }
 
@@ -243,6 +276,50 @@ fn scrub_cmd(a: ScrubArgs) -> Result<()> {
     eprintln!(
         "{} lines, {} with personal data ({} removed); {:?}",
         r.lines, r.lines_with_pii, r.lines_removed, r.counts
+    );
+    if a.json {
+        crate::print_json(
+            &serde_json::to_value(&r).map_err(|e| Error::invalid("report", e.to_string()))?,
+        );
+    }
+    Ok(())
+}
+
+fn tokenize_cmd(a: TokenizeArgs) -> Result<()> {
+    let mut inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
+    inputs.push(&a.tokenizer);
+    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
+    if !a.overwrite && a.out.join(attn::data::shards::INDEX).exists() {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} holds shards already; pass --overwrite to replace them",
+                a.out.display()
+            ),
+        ));
+    }
+    let encoding: attn::data::Encoding = a.encoding.parse()?;
+    let tok = attn::tokenizer::Tokenizer::from_file(&a.tokenizer)?;
+    let t0 = std::time::Instant::now();
+    let r = attn::data::shards::tokenize(
+        &a.input,
+        encoding,
+        &tok,
+        &a.out,
+        a.shard_tokens,
+        a.val_fraction,
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{} tokens ({} training in {} shards, {} validation) of {} bytes, u{} ids, in {:.1} s ({:.1} MB/s)",
+        r.tokens,
+        r.train_tokens,
+        r.shards,
+        r.val_tokens,
+        r.bytes,
+        8 * r.width,
+        secs,
+        r.bytes as f64 / 1e6 / secs.max(1e-9)
     );
     if a.json {
         crate::print_json(

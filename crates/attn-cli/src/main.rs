@@ -62,7 +62,8 @@ enum Command {
     /// Train and save tokenizers.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
-    /// Corpus preparation: near-duplicate removal (MinHash, LSH), personal-data scrubbing.
+    /// Corpus preparation: near-duplicate removal (MinHash, LSH), personal-data scrubbing,
+    /// tokenizing into shards.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Sentence embeddings from a BERT encoder (one text per line in, JSON out).

@@ -245,3 +245,68 @@ fn scrub_masks_or_drops_lines_and_counts_kinds() {
     fails_with(&run(&["--overwrite", "--mode", "redact"]), &["redact"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn tokenize_writes_shards_an_index_and_the_tokenizer() {
+    let dir = temp("tokenize");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "the cat sat on the mat\nthe dog ran\n".repeat(50)).unwrap();
+    let tok = dir.join("tok");
+    let o = attn(&[
+        "tokenizer",
+        "train",
+        "--data",
+        text.to_str().unwrap(),
+        "--vocab-size",
+        "280",
+        "--out",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.join("shards");
+    let tj = tok.join("tokenizer.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "data",
+            "tokenize",
+            "--input",
+            text.to_str().unwrap(),
+            "--tokenizer",
+            tj.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        attn(&args)
+    };
+    let o = run(&["--shard-tokens", "100", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["width"], 2);
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).unwrap()).unwrap();
+    let train: u64 = index["train"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(train, v["train_tokens"].as_u64().unwrap());
+    assert_eq!(
+        train + index["val"]["tokens"].as_u64().unwrap(),
+        v["tokens"].as_u64().unwrap()
+    );
+    assert!(index["train"].as_array().unwrap().len() > 1);
+    assert!(out.join("tokenizer.json").is_file() && out.join("val.bin").is_file());
+    fails_with(&run(&[]), &["--overwrite"]);
+    fails_with(
+        &run(&["--overwrite", "--val-fraction", "1.5"]),
+        &["val-fraction"],
+    );
+    fails_with(
+        &run(&["--overwrite", "--shard-tokens", "0"]),
+        &["shard-tokens"],
+    );
+    fails_with(&run(&["--overwrite", "--encoding", "utf16"]), &["utf16"]);
+    std::fs::remove_dir_all(&dir).ok();
+}

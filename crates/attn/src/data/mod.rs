@@ -5,6 +5,7 @@ pub mod labelled;
 pub mod lm;
 pub mod minhash;
 pub mod pii;
+pub mod shards;
 pub mod stream;
 mod text;
 
