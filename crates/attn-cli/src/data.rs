@@ -164,18 +164,35 @@ pub fn run(c: DataCommand) -> Result<()> {
     }
 }
 
-fn dedup_cmd(a: DedupArgs) -> Result<()> {
-    let inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
-    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
-    if !a.overwrite && a.out.join("dedup_report.json").exists() {
+/// `--out` may not hold the inputs, nor (without `--overwrite`) an earlier run's
+/// outputs, which `marker` (a file every run writes) shows.
+fn check_out(
+    out: &std::path::Path,
+    inputs: &[PathBuf],
+    more: &[&PathBuf],
+    marker: &str,
+    overwrite: bool,
+) -> Result<()> {
+    let all: Vec<&std::path::Path> = inputs
+        .iter()
+        .chain(more.iter().copied())
+        .map(|p| p.as_path())
+        .collect();
+    attn::guard::OutputDir::check("--out", out, &all, overwrite)?;
+    if !overwrite && out.join(marker).exists() {
         return Err(Error::invalid(
             "--out",
             format!(
-                "{} holds an earlier run's outputs; pass --overwrite to replace them",
-                a.out.display()
+                "{} holds an earlier run's outputs ({marker}); pass --overwrite to replace them",
+                out.display()
             ),
         ));
     }
+    Ok(())
+}
+
+fn dedup_cmd(a: DedupArgs) -> Result<()> {
+    check_out(&a.out, &a.input, &[], "dedup_report.json", a.overwrite)?;
     let near = if a.near {
         crate::at_least_1("--ngram", a.ngram)?;
         crate::at_least_1("--num-perm", a.num_perm)?;
@@ -257,17 +274,7 @@ fn minhash(a: MinhashArgs) -> Result<()> {
 
 fn scrub_cmd(a: ScrubArgs) -> Result<()> {
     use attn::data::pii::{scrub, Mode, PiiType, ALL};
-    let inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
-    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
-    if !a.overwrite && a.out.join("scrub_report.json").exists() {
-        return Err(Error::invalid(
-            "--out",
-            format!(
-                "{} holds an earlier run's outputs; pass --overwrite to replace them",
-                a.out.display()
-            ),
-        ));
-    }
+    check_out(&a.out, &a.input, &[], "scrub_report.json", a.overwrite)?;
     let types = match &a.types {
         Some(t) => PiiType::parse_list(t)?,
         None => ALL.to_vec(),
@@ -286,18 +293,13 @@ fn scrub_cmd(a: ScrubArgs) -> Result<()> {
 }
 
 fn tokenize_cmd(a: TokenizeArgs) -> Result<()> {
-    let mut inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
-    inputs.push(&a.tokenizer);
-    attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
-    if !a.overwrite && a.out.join(attn::data::shards::INDEX).exists() {
-        return Err(Error::invalid(
-            "--out",
-            format!(
-                "{} holds shards already; pass --overwrite to replace them",
-                a.out.display()
-            ),
-        ));
-    }
+    check_out(
+        &a.out,
+        &a.input,
+        &[&a.tokenizer],
+        attn::data::shards::INDEX,
+        a.overwrite,
+    )?;
     let encoding: attn::data::Encoding = a.encoding.parse()?;
     let tok = attn::tokenizer::Tokenizer::from_file(&a.tokenizer)?;
     let t0 = std::time::Instant::now();

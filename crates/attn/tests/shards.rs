@@ -83,7 +83,16 @@ fn bad_shards_and_inputs_are_named() {
     std::fs::write(&f, "hello world\n").unwrap();
     let tok = Tokenizer::train_char("hello world\n").unwrap();
     let out = dir.join("out");
-    tokenize_in_pieces(std::slice::from_ref(&f), Encoding::Utf8, &tok, &out, 4, 0.25, 5).unwrap();
+    tokenize_in_pieces(
+        std::slice::from_ref(&f),
+        Encoding::Utf8,
+        &tok,
+        &out,
+        4,
+        0.25,
+        5,
+    )
+    .unwrap();
     let shard = out.join("train-00000.bin");
     let mut bytes = std::fs::read(&shard).unwrap();
     bytes.pop();

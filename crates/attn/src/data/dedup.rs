@@ -443,24 +443,7 @@ pub fn dedup(
     cfg: &DedupConfig,
     explain: bool,
 ) -> Result<DedupReport> {
-    if files.is_empty() {
-        return Err(Error::invalid("input", "give at least one file"));
-    }
-    let mut names = std::collections::HashSet::new();
-    for f in files {
-        let name = f
-            .file_name()
-            .ok_or_else(|| Error::bad_file(f, "has no file name"))?;
-        if !names.insert(name.to_owned()) {
-            return Err(Error::invalid(
-                "input",
-                format!(
-                    "two inputs are named {}: outputs keep the input names, so they must differ",
-                    name.to_string_lossy()
-                ),
-            ));
-        }
-    }
+    super::stream::output_names(files)?;
     let mut report = DedupReport::default();
     let found = find(files, cfg, &mut report)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;

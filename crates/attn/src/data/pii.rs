@@ -536,24 +536,7 @@ pub fn scrub(
     mode: Mode,
 ) -> Result<ScrubReport> {
     use rayon::prelude::*;
-    if files.is_empty() {
-        return Err(Error::invalid("input", "give at least one file"));
-    }
-    let mut names = std::collections::HashSet::new();
-    for f in files {
-        let name = f
-            .file_name()
-            .ok_or_else(|| Error::bad_file(f, "has no file name"))?;
-        if !names.insert(name.to_owned()) {
-            return Err(Error::invalid(
-                "input",
-                format!(
-                    "two inputs are named {}: outputs keep the input names",
-                    name.to_string_lossy()
-                ),
-            ));
-        }
-    }
+    super::stream::output_names(files)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut report = ScrubReport::default();
     for f in files {

@@ -90,6 +90,30 @@ impl LineBatches {
     }
 }
 
+/// Check that `files` can each give their name to an output file in one folder: at
+/// least one, each with a file name, no two alike.
+pub fn output_names(files: &[PathBuf]) -> Result<()> {
+    if files.is_empty() {
+        return Err(Error::invalid("input", "give at least one file"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for f in files {
+        let name = f
+            .file_name()
+            .ok_or_else(|| Error::bad_file(f, "has no file name"))?;
+        if !names.insert(name.to_owned()) {
+            return Err(Error::invalid(
+                "input",
+                format!(
+                    "two inputs are named {}: outputs keep the input names, so they must differ",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
