@@ -101,23 +101,13 @@ pub struct DedupArgs {
     near: bool,
     #[arg(long, default_value_t = 0.8)]
     threshold: f64,
-    #[arg(long, default_value_t = 128)]
-    num_perm: usize,
-    /// Shingle size in words (or characters with --shingle char).
-    #[arg(long, default_value_t = 5)]
-    ngram: usize,
-    #[arg(long, default_value = "word")]
-    shingle: String,
-    /// datasketch's permutation scheme: affine32 or legacy.
-    #[arg(long, default_value = "affine32")]
-    scheme: String,
+    #[command(flatten)]
+    sketch: Sketch,
     /// LSH bands and rows per band (default: datasketch's choice for --threshold).
     #[arg(long, requires = "rows")]
     bands: Option<usize>,
     #[arg(long, requires = "bands")]
     rows: Option<usize>,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Also write the clusters (clusters.jsonl: each cluster's units by file and line).
     #[arg(long)]
     explain: bool,
@@ -134,6 +124,16 @@ pub struct MinhashArgs {
     /// Text file, one document per line (UTF-8).
     #[arg(long)]
     input: PathBuf,
+    #[command(flatten)]
+    sketch: Sketch,
+    /// One JSON object per line (the only output format).
+    #[arg(long)]
+    json: bool,
+}
+
+/// MinHash's parameters, as datasketch's `MinHash(num_perm, seed)` takes them.
+#[derive(Args)]
+pub struct Sketch {
     /// Permutations (values per signature).
     #[arg(long, default_value_t = 128)]
     num_perm: usize,
@@ -150,9 +150,6 @@ pub struct MinhashArgs {
     /// datasketch's permutation scheme: affine32 (its default since 2.0) or legacy.
     #[arg(long, default_value = "affine32")]
     scheme: String,
-    /// One JSON object per line (the only output format).
-    #[arg(long)]
-    json: bool,
 }
 
 pub fn run(c: DataCommand) -> Result<()> {
@@ -193,9 +190,10 @@ fn check_out(
 
 fn dedup_cmd(a: DedupArgs) -> Result<()> {
     check_out(&a.out, &a.input, &[], "dedup_report.json", a.overwrite)?;
+    let k = &a.sketch;
     let near = if a.near {
-        crate::at_least_1("--ngram", a.ngram)?;
-        crate::at_least_1("--num-perm", a.num_perm)?;
+        crate::at_least_1("--ngram", k.ngram)?;
+        crate::at_least_1("--num-perm", k.num_perm)?;
         if !(0.0..=1.0).contains(&a.threshold) {
             return Err(Error::invalid(
                 "--threshold",
@@ -204,15 +202,15 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
         }
         let (bands, rows) = match (a.bands, a.rows) {
             (Some(b), Some(r)) => (b, r),
-            _ => Near::optimal_bands(a.threshold, a.num_perm),
+            _ => Near::optimal_bands(a.threshold, k.num_perm),
         };
         Some(Near {
             threshold: a.threshold,
-            num_perm: a.num_perm,
-            ngram: a.ngram,
-            shingle: a.shingle.clone(),
-            scheme: a.scheme.clone(),
-            seed: a.seed,
+            num_perm: k.num_perm,
+            ngram: k.ngram,
+            shingle: k.shingle.clone(),
+            scheme: k.scheme.clone(),
+            seed: k.seed,
             bands,
             rows,
         })
@@ -246,9 +244,10 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
 }
 
 fn minhash(a: MinhashArgs) -> Result<()> {
-    crate::at_least_1("--ngram", a.ngram)?;
-    let kind = Shingle::parse(&a.shingle)?;
-    let hasher = MinHasher::new(a.num_perm, a.seed, Scheme::parse(&a.scheme)?)?;
+    let k = &a.sketch;
+    crate::at_least_1("--ngram", k.ngram)?;
+    let kind = Shingle::parse(&k.shingle)?;
+    let hasher = MinHasher::new(k.num_perm, k.seed, Scheme::parse(&k.scheme)?)?;
     let mut lines = LineBatches::open(&a.input)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -261,7 +260,7 @@ fn minhash(a: MinhashArgs) -> Result<()> {
         let rows: Vec<String> = batch
             .par_iter()
             .map(|t| {
-                let sig = hasher.signature_of(t, a.ngram, kind);
+                let sig = hasher.signature_of(t, k.ngram, kind);
                 serde_json::json!({ "signature": sig }).to_string()
             })
             .collect();

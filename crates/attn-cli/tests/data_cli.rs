@@ -13,6 +13,20 @@ fn attn(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `attn data CMD --input INPUT --out OUT EXTRA...`.
+fn in_out(cmd: &str, input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "data",
+        cmd,
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    attn(&args)
+}
+
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("attn-data-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -140,18 +154,7 @@ fn dedup_writes_kept_lines_and_refuses_bad_requests() {
     )
     .unwrap();
     let out = dir.join("out");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "data",
-            "dedup",
-            "--input",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        attn(&args)
-    };
+    let run = |extra: &[&str]| in_out("dedup", &input, &out, extra);
     let o = run(&["--exact", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -208,18 +211,7 @@ fn scrub_masks_or_drops_lines_and_counts_kinds() {
     )
     .unwrap();
     let out = dir.join("out");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "data",
-            "scrub",
-            "--input",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        attn(&args)
-    };
+    let run = |extra: &[&str]| in_out("scrub", &input, &out, extra);
     let o = run(&["--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -266,18 +258,9 @@ fn tokenize_writes_shards_an_index_and_the_tokenizer() {
     let out = dir.join("shards");
     let tj = tok.join("tokenizer.json");
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "data",
-            "tokenize",
-            "--input",
-            text.to_str().unwrap(),
-            "--tokenizer",
-            tj.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
+        let mut args = vec!["--tokenizer", tj.to_str().unwrap()];
         args.extend_from_slice(extra);
-        attn(&args)
+        in_out("tokenize", &text, &out, &args)
     };
     let o = run(&["--shard-tokens", "100", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
