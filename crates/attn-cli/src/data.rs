@@ -26,6 +26,22 @@ pub enum DataCommand {
     /// Tokenize text files once into binary shards (u16 or u32 ids, a header and an
     /// index, plus a validation shard): the tokens `attn train` would make of them.
     Tokenize(TokenizeArgs),
+    /// Describe a corpus: lines, documents, characters, tokens, the exact-duplicate
+    /// rate, personal data by kind, the mix of scripts (JSON with --json).
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Text files (UTF-8).
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Count tokens with this tokenizer (tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Print the figures as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +174,7 @@ pub fn run(c: DataCommand) -> Result<()> {
         DataCommand::Dedup(a) => dedup_cmd(a),
         DataCommand::Scrub(a) => scrub_cmd(a),
         DataCommand::Tokenize(a) => tokenize_cmd(a),
+        DataCommand::Stats(a) => stats_cmd(a),
     }
 }
 
@@ -326,6 +343,42 @@ fn tokenize_cmd(a: TokenizeArgs) -> Result<()> {
         crate::print_json(
             &serde_json::to_value(&r).map_err(|e| Error::invalid("report", e.to_string()))?,
         );
+    }
+    Ok(())
+}
+
+fn stats_cmd(a: StatsArgs) -> Result<()> {
+    let tok = a
+        .tokenizer
+        .as_deref()
+        .map(attn::tokenizer::Tokenizer::from_file)
+        .transpose()?;
+    let s = attn::data::stats::stats(&a.input, tok.as_ref())?;
+    let v = serde_json::to_value(&s).map_err(|e| Error::invalid("stats", e.to_string()))?;
+    if a.json {
+        crate::print_json(&v);
+    } else {
+        println!(
+            "{} lines ({} empty), {} documents, {} characters, {} bytes{}",
+            s.lines,
+            s.empty_lines,
+            s.documents,
+            s.chars,
+            s.bytes,
+            s.tokens.map_or(String::new(), |t| format!(", {t} tokens"))
+        );
+        println!(
+            "exact duplicate lines: {} ({:.2}%)",
+            s.duplicate_lines,
+            100.0 * s.duplicate_rate
+        );
+        println!("personal data: {} lines; {:?}", s.lines_with_pii, s.pii);
+        let mix: Vec<String> = s
+            .scripts
+            .iter()
+            .map(|(k, v)| format!("{k} {:.1}%", 100.0 * v))
+            .collect();
+        println!("scripts (letters): {}", mix.join(", "));
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ enum Command {
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
     /// Corpus preparation: near-duplicate removal (MinHash, LSH), personal-data scrubbing,
-    /// tokenizing into shards.
+    /// tokenizing into shards, corpus statistics.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Sentence embeddings from a BERT encoder (one text per line in, JSON out).

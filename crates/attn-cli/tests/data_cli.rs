@@ -293,3 +293,39 @@ fn tokenize_writes_shards_an_index_and_the_tokenizer() {
     fails_with(&run(&["--overwrite", "--encoding", "utf16"]), &["utf16"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn stats_describe_a_corpus() {
+    let dir = temp("stats");
+    let input = dir.join("c.txt");
+    std::fs::write(
+        &input,
+        "one line\none line\n\n第二段 call +1 415 555 0132\n",
+    )
+    .unwrap();
+    let o = attn(&[
+        "data",
+        "stats",
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["lines"], 4);
+    assert_eq!(v["documents"], 2);
+    assert_eq!(v["duplicate_lines"], 1);
+    assert_eq!(v["pii"]["phone"], 1);
+    assert!(v["scripts"]["han"].as_f64().unwrap() > 0.0);
+    assert!(v["tokens"].is_null());
+    fails_with(
+        &attn(&[
+            "data",
+            "stats",
+            "--input",
+            dir.join("nope.txt").to_str().unwrap(),
+        ]),
+        &["nope.txt"],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

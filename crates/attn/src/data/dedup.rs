@@ -262,7 +262,7 @@ fn band_key(band: usize, values: &[u32]) -> u64 {
 }
 
 /// The exact key of a unit's normalised text: the first 16 bytes of its SHA-1.
-fn exact_key(norm: &str) -> u128 {
+pub(crate) fn exact_key(norm: &str) -> u128 {
     use sha1::{Digest, Sha1};
     let d = Sha1::digest(norm.as_bytes());
     u128::from_le_bytes(d[..16].try_into().unwrap())
