@@ -162,7 +162,7 @@ mod tests {
             "the exact repeat (case differs in the other)"
         );
         assert_eq!(s.pii.get("email"), Some(&1));
-        assert_eq!(s.chars, 11 + 12 + 11 + 0 + 16);
+        assert_eq!(s.chars, 11 + 12 + 11 + 16, "the empty line has none");
         let han = s.scripts["han"];
         let latin = s.scripts["latin"];
         // Letters: 3 × 10 + 8 Latin ("mail a@b.co"), 4 Han.
