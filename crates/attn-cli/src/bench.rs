@@ -260,13 +260,12 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let total = t0.elapsed().as_secs_f64();
     let prefill = first.unwrap_or(total);
     // Several sequences at once: every weight read serves all of them.
-    let e = &engine;
     let batch_tps = match a.batch {
         0 => return Err(Error::invalid("batch", "must be at least 1")),
         1 => None,
         b => {
             // Each sequence keeps keys and values for every layer and position.
-            let c = &e.spec;
+            let c = &engine.spec;
             attn::guard::check_memory(
                 "--batch (the sequences' caches and activations)",
                 b as f64
@@ -284,7 +283,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
                 .collect();
             let refs: Vec<&[u32]> = prompts.iter().map(|x| x.as_slice()).collect();
             let t = Instant::now();
-            let out = e.generate_batch(&refs, n, &greedy)?;
+            let out = engine.generate_batch(&refs, n, &greedy)?;
             let tokens: usize = out.iter().map(|o| o.0.len()).sum();
             Some(tokens as f64 / t.elapsed().as_secs_f64())
         }

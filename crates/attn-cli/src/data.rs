@@ -168,6 +168,13 @@ pub struct Sketch {
     scheme: String,
 }
 
+impl Sketch {
+    /// The shingle kind and permutation scheme named.
+    fn kinds(&self) -> Result<(Shingle, Scheme)> {
+        Ok((Shingle::parse(&self.shingle)?, Scheme::parse(&self.scheme)?))
+    }
+}
+
 pub fn run(c: DataCommand) -> Result<()> {
     match c {
         DataCommand::Minhash(a) => minhash(a),
@@ -217,6 +224,7 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
                 format!("{} is not in [0, 1]", a.threshold),
             ));
         }
+        let (shingle, scheme) = k.kinds()?;
         let (bands, rows) = match (a.bands, a.rows) {
             (Some(b), Some(r)) => (b, r),
             _ => Near::optimal_bands(a.threshold, k.num_perm),
@@ -225,8 +233,8 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
             threshold: a.threshold,
             num_perm: k.num_perm,
             ngram: k.ngram,
-            shingle: k.shingle.clone(),
-            scheme: k.scheme.clone(),
+            shingle,
+            scheme,
             seed: k.seed,
             bands,
             rows,
@@ -263,8 +271,8 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
 fn minhash(a: MinhashArgs) -> Result<()> {
     let k = &a.sketch;
     crate::at_least_1("--ngram", k.ngram)?;
-    let kind = Shingle::parse(&k.shingle)?;
-    let hasher = MinHasher::new(k.num_perm, k.seed, Scheme::parse(&k.scheme)?)?;
+    let (kind, scheme) = k.kinds()?;
+    let hasher = MinHasher::new(k.num_perm, k.seed, scheme)?;
     let mut lines = LineBatches::open(&a.input)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -87,7 +87,8 @@ pub fn read_weights(dir: &Path) -> Result<Plain> {
     let (files, blobs) = crate::engine::io::read_weight_files(dir)?;
     let (tensors, _) = crate::engine::io::plain_tensors(&files, &blobs, |n| Some(n.to_string()))?;
     let index = dir.join("model.safetensors.index.json");
-    if files.len() > 1 || !dir.join(WEIGHTS).is_file() && index.is_file() {
+    // The shards an index lists (what `read_weight_files` read instead of one file).
+    if !dir.join(WEIGHTS).is_file() && index.is_file() {
         let value = read_json(&index)?;
         if let Some(map) = value.get("weight_map").and_then(|m| m.as_object()) {
             if let Some(name) = map.keys().find(|n| !tensors.contains_key(n.as_str())) {

@@ -52,8 +52,8 @@ pub struct Near {
     pub threshold: f64,
     pub num_perm: usize,
     pub ngram: usize,
-    pub shingle: String,
-    pub scheme: String,
+    pub shingle: Shingle,
+    pub scheme: Scheme,
     pub seed: u64,
     pub bands: usize,
     pub rows: usize,
@@ -268,17 +268,21 @@ pub(crate) fn exact_key(norm: &str) -> u128 {
     u128::from_le_bytes(d[..16].try_into().unwrap())
 }
 
-/// Each unit's cluster root after the first pass, and whether it was removed as an
-/// exact copy.
+/// Each unit's cluster root after the first pass.
 pub struct Found {
     roots: Vec<u32>,
-    exact: Vec<bool>,
-    /// `(file, line)` of each unit, for `--explain`.
+    /// `(file, line)` of each unit, kept when asked for (for `--explain`).
     places: Vec<(u32, u64)>,
 }
 
-/// Find the duplicates among the units of `files`.
-pub fn find(files: &[PathBuf], cfg: &DedupConfig, report: &mut DedupReport) -> Result<Found> {
+/// Find the duplicates among the units of `files`; with `keep_places`, remember where
+/// each unit is (for [`Found::clusters`]).
+pub fn find(
+    files: &[PathBuf],
+    cfg: &DedupConfig,
+    report: &mut DedupReport,
+    keep_places: bool,
+) -> Result<Found> {
     if !cfg.exact && cfg.near.is_none() {
         return Err(Error::invalid("dedup", "ask for --exact, --near or both"));
     }
@@ -302,8 +306,7 @@ pub fn find(files: &[PathBuf], cfg: &DedupConfig, report: &mut DedupReport) -> R
                     ),
                 ));
             }
-            let h = MinHasher::new(n.num_perm, n.seed, Scheme::parse(&n.scheme)?)?;
-            Some((h, Shingle::parse(&n.shingle)?, n))
+            Some((MinHasher::new(n.num_perm, n.seed, n.scheme)?, n))
         }
         None => None,
     };
@@ -314,7 +317,7 @@ pub fn find(files: &[PathBuf], cfg: &DedupConfig, report: &mut DedupReport) -> R
     let mut seen: HashMap<u128, u32> = HashMap::new();
     let mut buckets: Vec<HashMap<u64, u32>> = near
         .as_ref()
-        .map_or(Vec::new(), |(_, _, n)| vec![HashMap::new(); n.bands]);
+        .map_or(Vec::new(), |(_, n)| vec![HashMap::new(); n.bands]);
     loop {
         let batch = units.next_batch(8192)?;
         if batch.is_empty() {
@@ -329,8 +332,8 @@ pub fn find(files: &[PathBuf], cfg: &DedupConfig, report: &mut DedupReport) -> R
                     return None;
                 }
                 let bands = match &near {
-                    Some((h, kind, n)) => {
-                        let sig = h.signature_of(&norm, n.ngram, *kind);
+                    Some((h, n)) => {
+                        let sig = h.signature_of(&norm, n.ngram, n.shingle);
                         (0..n.bands)
                             .map(|b| band_key(b, &sig[b * n.rows..(b + 1) * n.rows]))
                             .collect()
@@ -344,7 +347,9 @@ pub fn find(files: &[PathBuf], cfg: &DedupConfig, report: &mut DedupReport) -> R
             let id = u32::try_from(clusters.0.len())
                 .map_err(|_| Error::invalid("input", "more than 2^32 units"))?;
             clusters.0.push(id);
-            places.push((it.file as u32, it.line));
+            if keep_places {
+                places.push((it.file as u32, it.line));
+            }
             report.units += 1;
             report.bytes_in += it.text.len() as u64;
             let Some((ek, bands)) = k else {
@@ -400,11 +405,7 @@ pub fn find(files: &[PathBuf], cfg: &DedupConfig, report: &mut DedupReport) -> R
         }
     }
     report.near = cfg.near.clone();
-    Ok(Found {
-        roots,
-        exact,
-        places,
-    })
+    Ok(Found { roots, places })
 }
 
 impl Found {
@@ -414,7 +415,7 @@ impl Found {
     }
 
     /// The clusters of two or more units, each as its units' `(file, line)`, the kept
-    /// one first.
+    /// one first (the places [`find`] was asked to keep).
     pub fn clusters(&self) -> Vec<Vec<(u32, u64)>> {
         let mut by_root: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, &r) in self.roots.iter().enumerate() {
@@ -425,11 +426,6 @@ impl Found {
         out.into_iter()
             .map(|v| v.into_iter().map(|i| self.places[i]).collect())
             .collect()
-    }
-
-    /// Whether unit `i` was removed as an exact copy.
-    pub fn is_exact(&self, i: usize) -> bool {
-        self.exact[i]
     }
 }
 
@@ -445,7 +441,7 @@ pub fn dedup(
 ) -> Result<DedupReport> {
     super::stream::output_names(files)?;
     let mut report = DedupReport::default();
-    let found = find(files, cfg, &mut report)?;
+    let found = find(files, cfg, &mut report, explain)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Second pass: the kept units, file by file.
     let mut units = Units::new(files, cfg.unit);

@@ -19,7 +19,8 @@
 use crate::{Error, Result};
 
 /// datasketch's permutation schemes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scheme {
     Affine32,
     Legacy,
@@ -39,7 +40,8 @@ impl Scheme {
 }
 
 /// What a shingle is made of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Shingle {
     /// `k` consecutive whitespace-separated words, joined by one space.
     Word,
