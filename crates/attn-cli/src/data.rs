@@ -39,6 +39,10 @@ pub struct StatsArgs {
     /// Count tokens with this tokenizer (tokenizer.json).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Skip lines that are not valid UTF-8, counting them in the report, instead of
+    /// stopping at the first with an error naming its file and byte.
+    #[arg(long)]
+    skip_invalid: bool,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -65,6 +69,10 @@ pub struct TokenizeArgs {
     /// Encoding of the files: utf8 or latin1.
     #[arg(long, default_value = "utf8")]
     encoding: String,
+    /// Drop byte sequences that are not valid UTF-8, counting them in the report,
+    /// instead of stopping at the first with an error naming its file and byte.
+    #[arg(long)]
+    skip_invalid: bool,
     /// Replace the shards of an earlier run in --out.
     #[arg(long)]
     overwrite: bool,
@@ -88,6 +96,10 @@ pub struct ScrubArgs {
     /// mask (typed placeholders such as <EMAIL>) or remove-line.
     #[arg(long, default_value = "mask")]
     mode: String,
+    /// Skip lines that are not valid UTF-8, counting them in the report, instead of
+    /// stopping at the first with an error naming its file and byte.
+    #[arg(long)]
+    skip_invalid: bool,
     /// Replace the outputs of an earlier run in --out.
     #[arg(long)]
     overwrite: bool,
@@ -127,6 +139,10 @@ pub struct DedupArgs {
     /// Also write the clusters (clusters.jsonl: each cluster's units by file and line).
     #[arg(long)]
     explain: bool,
+    /// Skip lines that are not valid UTF-8, counting them in the report, instead of
+    /// stopping at the first with an error naming its file and byte.
+    #[arg(long)]
+    skip_invalid: bool,
     /// Replace the outputs of an earlier run in --out.
     #[arg(long)]
     overwrite: bool,
@@ -246,6 +262,7 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
         unit: Unit::parse(&a.unit)?,
         exact: a.exact,
         near,
+        skip_invalid: a.skip_invalid,
     };
     let t0 = std::time::Instant::now();
     let r = dedup(&a.input, &a.out, &cfg, a.explain)?;
@@ -303,7 +320,13 @@ fn scrub_cmd(a: ScrubArgs) -> Result<()> {
         Some(t) => PiiType::parse_list(t)?,
         None => ALL.to_vec(),
     };
-    let r = scrub(&a.input, &a.out, &types, Mode::parse(&a.mode)?)?;
+    let r = scrub(
+        &a.input,
+        &a.out,
+        &types,
+        Mode::parse(&a.mode)?,
+        a.skip_invalid,
+    )?;
     eprintln!(
         "{} lines, {} with personal data ({} removed); {:?}",
         r.lines, r.lines_with_pii, r.lines_removed, r.counts
@@ -327,14 +350,14 @@ fn tokenize_cmd(a: TokenizeArgs) -> Result<()> {
     let encoding: attn::data::Encoding = a.encoding.parse()?;
     let tok = attn::tokenizer::Tokenizer::from_file(&a.tokenizer)?;
     let t0 = std::time::Instant::now();
-    let r = attn::data::shards::tokenize(
-        &a.input,
+    let cfg = attn::data::shards::TokenizeConfig {
         encoding,
-        &tok,
-        &a.out,
-        a.shard_tokens,
-        a.val_fraction,
-    )?;
+        shard_tokens: a.shard_tokens,
+        val_fraction: a.val_fraction,
+        skip_invalid: a.skip_invalid,
+        ..Default::default()
+    };
+    let r = attn::data::shards::tokenize(&a.input, &tok, &a.out, &cfg)?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "{} tokens ({} training in {} shards, {} validation) of {} bytes, u{} ids, in {:.1} s ({:.1} MB/s)",
@@ -361,7 +384,7 @@ fn stats_cmd(a: StatsArgs) -> Result<()> {
         .as_deref()
         .map(attn::tokenizer::Tokenizer::from_file)
         .transpose()?;
-    let s = attn::data::stats::stats(&a.input, tok.as_ref())?;
+    let s = attn::data::stats::stats(&a.input, tok.as_ref(), a.skip_invalid)?;
     let v = serde_json::to_value(&s).map_err(|e| Error::invalid("stats", e.to_string()))?;
     if a.json {
         crate::print_json(&v);

@@ -139,6 +139,11 @@ pub struct TrainArgs {
     /// Training text files (default: the preset's corpus under $ATTN_DATA_DIR).
     #[arg(long, num_args = 1..)]
     data: Vec<PathBuf>,
+    /// Train on a folder of token shards written by `attn data tokenize` instead of
+    /// text: memory-mapped, never tokenized again; its tokenizer and validation split
+    /// are the ones the shards were written with.
+    #[arg(long, conflicts_with_all = ["data", "tokenizer", "val_fraction", "encoding"])]
+    shards: Option<PathBuf>,
     /// Output folder: the best model (HF layout), checkpoint/, metrics.jsonl, loss.png.
     #[arg(long)]
     out: PathBuf,
@@ -206,13 +211,12 @@ fn resolve_data(args: &TrainArgs) -> Result<Vec<PathBuf>> {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let mut trainer = if a.resume {
-        let data = if a.data.is_empty() {
+        let data = if let Some(dir) = &a.shards {
+            Some(DataSpec::shards(dir.clone()))
+        } else if a.data.is_empty() {
             None
         } else {
-            Some(DataSpec {
-                files: resolve_data(&a)?,
-                encoding: a.encoding,
-            })
+            Some(DataSpec::text(resolve_data(&a)?, a.encoding))
         };
         let t = Trainer::resume(&a.out, a.overrides.max_iters, data)?;
         eprintln!("resuming {} at step {}", a.out.display(), t.step());
@@ -221,9 +225,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let mut config = TrainConfig::preset(&a.preset)?;
         a.overrides.apply(&mut config)?;
         config.validate()?;
-        let data = DataSpec {
-            files: resolve_data(&a)?,
-            encoding: a.encoding,
+        let data = match &a.shards {
+            Some(dir) => DataSpec::shards(dir.clone()),
+            None => DataSpec::text(resolve_data(&a)?, a.encoding),
         };
         if a.out.join(attn::train::CHECKPOINT_DIR).exists() && !a.overwrite {
             return Err(Error::bad_file(
@@ -231,7 +235,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 "already holds a training run: pass --resume to continue it, --overwrite to start again, or choose another --out",
             ));
         }
-        let inputs: Vec<&Path> = data.files.iter().map(|f| f.as_path()).collect();
+        let inputs: Vec<&Path> = data
+            .files
+            .iter()
+            .map(|f| f.as_path())
+            .chain(data.shards.as_deref())
+            .collect();
         attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
         let t = Trainer::new(config, data, &a.out)?;
         if a.overwrite {

@@ -291,6 +291,60 @@ fn tokenize_writes_shards_an_index_and_the_tokenizer() {
         &["shard-tokens"],
     );
     fails_with(&run(&["--overwrite", "--encoding", "utf16"]), &["utf16"]);
+
+    // attn train reads the shards: their tokenizer, their split, no text.
+    let model = dir.join("model");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--shards",
+            out.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--n-layer",
+            "1",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "16",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--max-iters",
+            "3",
+            "--eval-interval",
+            "3",
+            "--eval-iters",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        attn(&args)
+    };
+    let o = train(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["steps"], 3, "{v}");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["vocab_size"], index["vocab_size"]);
+    fails_with(
+        &train(&["--tokenizer", "char"]),
+        &["--tokenizer", "--shards"],
+    );
+    fails_with(
+        &train(&["--data", text.to_str().unwrap()]),
+        &["--data", "--shards"],
+    );
+    let o = attn(&[
+        "train",
+        "--shards",
+        dir.to_str().unwrap(),
+        "--out",
+        dir.join("m2").to_str().unwrap(),
+    ]);
+    fails_with(&o, &["index.json", "attn data tokenize"]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -10,7 +10,7 @@
 //! use attn::data::Encoding;
 //! # fn main() -> attn::Result<()> {
 //! let config = TrainConfig::preset("shakespeare-char-cpu")?;
-//! let data = DataSpec { files: vec!["input.txt".into()], encoding: Encoding::Utf8 };
+//! let data = DataSpec::text(vec!["input.txt".into()], Encoding::Utf8);
 //! let mut trainer = Trainer::new(config, data, "out".as_ref())?;
 //! let summary = trainer.run(&mut |_event| {})?;
 //! println!("best validation loss {:?}", summary.best_val_loss);

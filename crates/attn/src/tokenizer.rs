@@ -279,8 +279,12 @@ impl Tokenizer {
 
     /// Save as `tokenizer.json`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.inner.to_string(true).map_err(tk_err)?;
-        crate::checkpoint::write_atomic(path, json.as_bytes())
+        crate::checkpoint::write_atomic(path, self.to_json()?.as_bytes())
+    }
+
+    /// The tokenizer.json text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(tk_err)
     }
 
     /// The number of ids, added tokens included.

@@ -89,6 +89,7 @@ fn exact_and_near_copies_go_and_clusters_equal_a_brute_force_comparison() {
         unit: Unit::Line,
         exact: true,
         near: Some(n.clone()),
+        skip_invalid: false,
     };
     let out = dir.join("out");
     let r = dedup(std::slice::from_ref(&input), &out, &cfg, true).unwrap();
@@ -191,6 +192,7 @@ fn paragraphs_and_documents_are_units_too() {
         unit,
         exact: true,
         near: None,
+        skip_invalid: false,
     };
     let out = dir.join("p");
     let r = dedup(
@@ -236,7 +238,70 @@ fn paragraphs_and_documents_are_units_too() {
         unit: Unit::Line,
         exact: false,
         near: None,
+        skip_invalid: false,
     };
     assert!(dedup(&[a], &dir.join("y"), &none, false).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A line that is not UTF-8 stops dedup and scrub with its file and byte, leaving no
+/// output behind (the first file's included); with `skip_invalid` the line is skipped
+/// and counted, and the rest goes through.
+#[test]
+fn bad_bytes_stop_cleanly_or_are_skipped_and_counted() {
+    use attn::data::pii::{scrub, Mode, ALL};
+    let dir = common::temp_dir("dedup-bad-bytes");
+    let a = dir.join("a.txt");
+    std::fs::write(&a, "one line\none line\nmail me: x@example.com\n").unwrap();
+    let b = dir.join("b.txt");
+    std::fs::write(&b, b"fine\nbroken \xc3\x28 line\nfine\n").unwrap();
+    let files = [a, b];
+    let mut cfg = DedupConfig {
+        unit: Unit::Line,
+        exact: true,
+        near: None,
+        skip_invalid: false,
+    };
+    let outputs = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let out = dir.join("d");
+    let e = dedup(&files, &out, &cfg, false).unwrap_err().to_string();
+    assert!(
+        e.contains("b.txt") && e.contains("line 2") && e.contains("byte 12"),
+        "{e}"
+    );
+    assert!(outputs(&out).is_empty(), "{:?}", outputs(&out));
+    let out = dir.join("s");
+    let e = scrub(&files, &out, &ALL, Mode::Mask, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("b.txt") && e.contains("line 2"), "{e}");
+    assert!(outputs(&out).is_empty(), "{:?}", outputs(&out));
+
+    cfg.skip_invalid = true;
+    let out = dir.join("d2");
+    let r = dedup(&files, &out, &cfg, false).unwrap();
+    assert_eq!((r.units, r.kept, r.invalid_skipped), (5, 3, 1));
+    assert_eq!(
+        std::fs::read_to_string(out.join("b.txt")).unwrap(),
+        "fine\n"
+    );
+    assert_eq!(outputs(&out), ["a.txt", "b.txt", "dedup_report.json"]);
+    let out = dir.join("s2");
+    let r = scrub(&files, &out, &ALL, Mode::Mask, true).unwrap();
+    assert_eq!((r.lines, r.invalid_skipped), (5, 1));
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).unwrap(),
+        "one line\none line\nmail me: <EMAIL>\n"
+    );
+    assert_eq!(outputs(&out), ["a.txt", "b.txt", "scrub_report.json"]);
     std::fs::remove_dir_all(&dir).ok();
 }

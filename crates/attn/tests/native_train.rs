@@ -305,8 +305,9 @@ fn engine_val_loss(dir: &std::path::Path, t: &Trainer, cfg: &TrainConfig) -> f64
     let mut rng = Rng::new(cfg.seed ^ 0x7661_6c00);
     let (mut total, mut n) = (0f64, 0usize);
     for _ in 0..cfg.eval_iters {
-        let starts = attn::data::lm::random_windows(val, cfg.batch_size, cfg.block_size, &mut rng);
-        let (x, y) = attn::data::lm::windows(val, &starts, cfg.block_size);
+        let starts =
+            attn::data::lm::random_windows(val.len(), cfg.batch_size, cfg.block_size, &mut rng);
+        let (x, y) = attn::data::lm::windows(val, &starts, cfg.block_size).unwrap();
         for (xs, ys) in x.chunks(cfg.block_size).zip(y.chunks(cfg.block_size)) {
             let mut st = engine.new_state();
             let logits = engine.forward(&mut [&mut st], &[xs], Want::All).unwrap();
@@ -335,10 +336,7 @@ fn gpt2_training_learns_saves_and_resumes_exactly() {
     let dir = common::temp_dir("native-train");
     let file = dir.join("data.txt");
     text(&file);
-    let data = DataSpec {
-        files: vec![file],
-        encoding: Encoding::Utf8,
-    };
+    let data = DataSpec::text(vec![file], Encoding::Utf8);
     let mut whole = Trainer::new(config(8), data.clone(), &dir.join("n")).unwrap();
     let (ns, ne) = run(&mut whole);
     assert_eq!(ns.len(), 8);
@@ -432,10 +430,7 @@ fn llama_training_learns_saves_and_resumes_exactly() {
     let dir = common::temp_dir("llama-train");
     let file = dir.join("data.txt");
     text(&file);
-    let data = DataSpec {
-        files: vec![file],
-        encoding: Encoding::Utf8,
-    };
+    let data = DataSpec::text(vec![file], Encoding::Utf8);
     let cfg = |max_iters| TrainConfig {
         arch: Arch::Llama,
         n_head: 4,
@@ -478,5 +473,72 @@ fn llama_training_learns_saves_and_resumes_exactly() {
         "resumed run differs from the uninterrupted one"
     );
     assert_eq!(re.last(), we.last());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Training from token shards (`data tokenize`, small shards so that windows cross
+/// shard boundaries) gives the text path's losses and weights bit for bit with the
+/// same tokenizer and seed; a run stopped at step 4 resumes from the shards exactly.
+#[test]
+fn training_from_shards_equals_the_text_path_and_resumes() {
+    use attn::data::shards::{tokenize, TokenizeConfig};
+    let dir = common::temp_dir("shard-train");
+    let file = dir.join("data.txt");
+    text(&file);
+    let corpus = std::fs::read_to_string(&file).unwrap();
+    let tok = attn::tokenizer::Tokenizer::train_bpe(&corpus, 300).unwrap();
+    let tok_path = dir.join("tokenizer.json");
+    tok.save(&tok_path).unwrap();
+    let shards = dir.join("shards");
+    let cfg = TokenizeConfig {
+        shard_tokens: 97,
+        val_fraction: 0.1,
+        piece_bytes: 300,
+        ..Default::default()
+    };
+    let r = tokenize(std::slice::from_ref(&file), &tok, &shards, &cfg).unwrap();
+    assert!(r.shards > 10, "{} shards", r.shards);
+    let config = |max_iters| TrainConfig {
+        tokenizer: tok_path.display().to_string(),
+        dropout: 0.1,
+        ..config(max_iters)
+    };
+    let mut text_run = Trainer::new(
+        config(8),
+        DataSpec::text(vec![file.clone()], Encoding::Utf8),
+        &dir.join("t"),
+    )
+    .unwrap();
+    let (ts, te) = run(&mut text_run);
+    let data = DataSpec::shards(shards.clone());
+    let mut shard_run = Trainer::new(config(8), data.clone(), &dir.join("s")).unwrap();
+    assert_eq!(
+        (shard_run.splits().train.len(), shard_run.splits().val.len()),
+        (text_run.splits().train.len(), text_run.splits().val.len())
+    );
+    let (ss, se) = run(&mut shard_run);
+    assert_eq!(ss.len(), 8);
+    assert_eq!(ss, ts, "step losses differ between shards and text");
+    assert_eq!(se, te, "validation losses differ between shards and text");
+    let weights = |d: &str| std::fs::read(dir.join(d).join("model.safetensors")).unwrap();
+    assert!(weights("s") == weights("t"), "the saved models differ");
+
+    let out = dir.join("r");
+    let mut first = Trainer::new(config(4), data.clone(), &out).unwrap();
+    let (fs, _) = run(&mut first);
+    assert_eq!(fs, ss[..4]);
+    drop(first);
+    let mut resumed = Trainer::resume(&out, Some(8), None).unwrap();
+    let (rs, _) = run(&mut resumed);
+    assert_eq!(rs, ss[4..], "the run resumed from shards differs");
+    drop(resumed);
+    // Resuming on other data is refused.
+    let other = dir.join("other");
+    std::fs::write(&file, corpus.repeat(2)).unwrap();
+    tokenize(std::slice::from_ref(&file), &tok, &other, &cfg).unwrap();
+    let e = Trainer::resume(&out, Some(8), Some(DataSpec::shards(other)))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.to_string().contains("tokens"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

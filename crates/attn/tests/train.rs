@@ -12,10 +12,7 @@ fn resumed_run_equals_uninterrupted_run() {
     let dir = common::temp_dir("resume");
     let data_file = dir.join("data.txt");
     synthetic_text(&data_file);
-    let data = DataSpec {
-        files: vec![data_file],
-        encoding: Encoding::Utf8,
-    };
+    let data = DataSpec::text(vec![data_file], Encoding::Utf8);
     let full = losses(&mut Trainer::new(tiny_config(6), data.clone(), &dir.join("a")).unwrap());
     assert_eq!(full.len(), 6);
 
@@ -52,10 +49,10 @@ fn loss_falls_on_real_shakespeare() {
         return;
     };
     let dir = common::temp_dir("shakespeare");
-    let data = DataSpec {
-        files: vec![data_dir.join("tinyshakespeare/input.txt")],
-        encoding: Encoding::Utf8,
-    };
+    let data = DataSpec::text(
+        vec![data_dir.join("tinyshakespeare/input.txt")],
+        Encoding::Utf8,
+    );
     let config = TrainConfig {
         max_iters: 60,
         eval_interval: 60,

@@ -98,6 +98,9 @@ pub struct DedupConfig {
     pub unit: Unit,
     pub exact: bool,
     pub near: Option<Near>,
+    /// Skip (and count) lines, or documents, that are not valid UTF-8 instead of
+    /// failing; a skipped unit is neither compared nor written.
+    pub skip_invalid: bool,
 }
 
 /// What a run found and wrote.
@@ -115,6 +118,8 @@ pub struct DedupReport {
     pub largest_cluster: usize,
     /// Units with nothing to compare (empty after normalisation): kept, not matched.
     pub empty_units: usize,
+    /// Lines (documents with `--unit document`) skipped as not valid UTF-8.
+    pub invalid_skipped: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub near: Option<Near>,
@@ -141,16 +146,21 @@ struct Units<'a> {
     lines: Option<LineBatches>,
     /// A paragraph being gathered: its first line and text.
     para: Option<(u64, String)>,
+    skip_invalid: bool,
+    /// Lines or documents skipped as not UTF-8.
+    skipped: u64,
 }
 
 impl<'a> Units<'a> {
-    fn new(files: &'a [PathBuf], unit: Unit) -> Self {
+    fn new(files: &'a [PathBuf], cfg: &DedupConfig) -> Self {
         Units {
             files,
-            unit,
+            unit: cfg.unit,
             at: 0,
             lines: None,
             para: None,
+            skip_invalid: cfg.skip_invalid,
+            skipped: 0,
         }
     }
 
@@ -161,26 +171,33 @@ impl<'a> Units<'a> {
             let path = &self.files[self.at];
             if self.unit == Unit::Document {
                 let bytes = crate::guard::read_file(path, 1 << 30)?;
-                let text = String::from_utf8(bytes).map_err(|e| {
-                    Error::bad_file(
-                        path,
-                        format!("is not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-                    )
-                })?;
-                out.push(Item {
-                    file: self.at,
-                    line: 1,
-                    text,
-                });
+                match String::from_utf8(bytes) {
+                    Ok(text) => out.push(Item {
+                        file: self.at,
+                        line: 1,
+                        text,
+                    }),
+                    Err(_) if self.skip_invalid => self.skipped += 1,
+                    Err(e) => {
+                        return Err(Error::bad_file(
+                            path,
+                            format!(
+                                "is not valid UTF-8 (byte {}); pass --skip-invalid to skip such documents",
+                                e.utf8_error().valid_up_to()
+                            ),
+                        ))
+                    }
+                }
                 self.at += 1;
                 continue;
             }
             if self.lines.is_none() {
-                self.lines = Some(LineBatches::open(path)?);
+                self.lines = Some(LineBatches::open(path)?.skip_invalid(self.skip_invalid));
             }
             let lines = self.lines.as_mut().unwrap();
-            let first = lines.line();
-            let batch = lines.next_batch(4096)?;
+            let before = lines.skipped();
+            let batch = lines.next_numbered(4096)?;
+            self.skipped += lines.skipped() - before;
             if batch.is_empty() {
                 if let Some((line, text)) = self.para.take() {
                     out.push(Item {
@@ -193,8 +210,7 @@ impl<'a> Units<'a> {
                 self.at += 1;
                 continue;
             }
-            for (i, l) in batch.into_iter().enumerate() {
-                let line = first + i as u64;
+            for (line, l) in batch {
                 match self.unit {
                     Unit::Line => out.push(Item {
                         file: self.at,
@@ -310,7 +326,7 @@ pub fn find(
         }
         None => None,
     };
-    let mut units = Units::new(files, cfg.unit);
+    let mut units = Units::new(files, cfg);
     let mut clusters = Clusters(Vec::new());
     let mut exact = Vec::new();
     let mut places = Vec::new();
@@ -405,6 +421,7 @@ pub fn find(
         }
     }
     report.near = cfg.near.clone();
+    report.invalid_skipped = units.skipped;
     Ok(Found { roots, places })
 }
 
@@ -442,28 +459,17 @@ pub fn dedup(
     super::stream::output_names(files)?;
     let mut report = DedupReport::default();
     let found = find(files, cfg, &mut report, explain)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // Second pass: the kept units, file by file.
-    let mut units = Units::new(files, cfg.unit);
+    let mut outputs = super::stream::Outputs::new(out)?;
+    // Second pass: the kept units, file by file, streamed to the outputs.
+    let mut units = Units::new(files, cfg);
     let mut id = 0usize;
-    let mut current: Option<(usize, Vec<u8>)> = None;
+    let mut current: Option<(usize, super::stream::Staged)> = None;
     let sep: &[u8] = if cfg.unit == Unit::Paragraph {
         b"\n\n"
     } else {
         b"\n"
     };
-    let flush = |cur: Option<(usize, Vec<u8>)>, report: &mut DedupReport| -> Result<()> {
-        if let Some((f, bytes)) = cur {
-            // A removed document leaves no file.
-            if cfg.unit == Unit::Document && bytes.is_empty() {
-                return Ok(());
-            }
-            report.bytes_out += bytes.len() as u64;
-            let name = files[f].file_name().unwrap();
-            crate::checkpoint::write_atomic(&out.join(name), &bytes)?;
-        }
-        Ok(())
-    };
+    let name = |f: usize| files[f].file_name().unwrap().to_string_lossy().into_owned();
     let mut written = vec![false; files.len()];
     loop {
         let batch = units.next_batch(8192)?;
@@ -472,28 +478,36 @@ pub fn dedup(
         }
         for it in batch {
             if current.as_ref().is_some_and(|(f, _)| *f != it.file) {
-                let cur = current.take();
-                written[cur.as_ref().unwrap().0] = true;
-                flush(cur, &mut report)?;
+                outputs.keep(current.take().unwrap().1)?;
             }
-            let buf = &mut current.get_or_insert_with(|| (it.file, Vec::new())).1;
-            if found.kept(id) {
-                buf.extend_from_slice(it.text.as_bytes());
+            let kept = found.kept(id);
+            id += 1;
+            // A removed document leaves no file.
+            if cfg.unit == Unit::Document && !kept {
+                continue;
+            }
+            if current.is_none() {
+                written[it.file] = true;
+                current = Some((it.file, outputs.create(&name(it.file))?));
+            }
+            if kept {
+                let w = &mut current.as_mut().unwrap().1;
+                w.write_all(it.text.as_bytes())?;
+                report.bytes_out += it.text.len() as u64;
                 if cfg.unit != Unit::Document {
-                    buf.extend_from_slice(sep);
+                    w.write_all(sep)?;
+                    report.bytes_out += sep.len() as u64;
                 }
             }
-            id += 1;
         }
     }
-    if let Some((f, _)) = &current {
-        written[*f] = true;
+    if let Some((_, w)) = current {
+        outputs.keep(w)?;
     }
-    flush(current, &mut report)?;
     // Inputs without any unit (empty files) give empty outputs.
     for (f, w) in written.iter().enumerate() {
         if !w && cfg.unit != Unit::Document {
-            crate::checkpoint::write_atomic(&out.join(files[f].file_name().unwrap()), b"")?;
+            outputs.write(&name(f), b"")?;
         }
     }
     if id != found.roots.len() {
@@ -514,11 +528,12 @@ pub fn dedup(
             text.push_str(&serde_json::json!({ "size": c.len(), "units": members }).to_string());
             text.push('\n');
         }
-        crate::checkpoint::write_atomic(&out.join("clusters.jsonl"), text.as_bytes())?;
+        outputs.write("clusters.jsonl", text.as_bytes())?;
     }
     let json =
         serde_json::to_value(&report).map_err(|e| Error::invalid("report", e.to_string()))?;
-    crate::checkpoint::write_json(&out.join("dedup_report.json"), &json)?;
+    outputs.write_json("dedup_report.json", &json)?;
+    outputs.commit()?;
     Ok(report)
 }
 

@@ -523,25 +523,29 @@ pub struct ScrubReport {
     pub lines: usize,
     pub lines_with_pii: usize,
     pub lines_removed: usize,
+    /// Lines skipped as not valid UTF-8 (with `skip_invalid`; left out of the output).
+    pub invalid_skipped: u64,
     /// Matches by kind.
     pub counts: std::collections::BTreeMap<String, usize>,
 }
 
-/// Scrub each of `files` line by line into `out` (same file names, each written
-/// atomically; the report as `scrub_report.json`).
+/// Scrub each of `files` line by line into `out` (same file names; the report as
+/// `scrub_report.json`), streaming: the outputs appear together when every input was
+/// read. With `skip_invalid`, lines that are not UTF-8 are left out and counted.
 pub fn scrub(
     files: &[std::path::PathBuf],
     out: &std::path::Path,
     types: &[PiiType],
     mode: Mode,
+    skip_invalid: bool,
 ) -> Result<ScrubReport> {
     use rayon::prelude::*;
     super::stream::output_names(files)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut outputs = super::stream::Outputs::new(out)?;
     let mut report = ScrubReport::default();
     for f in files {
-        let mut lines = super::stream::LineBatches::open(f)?;
-        let mut buf = Vec::new();
+        let mut lines = super::stream::LineBatches::open(f)?.skip_invalid(skip_invalid);
+        let mut buf = outputs.create(&f.file_name().unwrap().to_string_lossy())?;
         loop {
             let batch = lines.next_batch(8192)?;
             if batch.is_empty() {
@@ -570,17 +574,19 @@ pub fn scrub(
                 }
                 match line {
                     Some(l) => {
-                        buf.extend_from_slice(l.as_bytes());
-                        buf.push(b'\n');
+                        buf.write_all(l.as_bytes())?;
+                        buf.write_all(b"\n")?;
                     }
                     None => report.lines_removed += 1,
                 }
             }
         }
-        crate::checkpoint::write_atomic(&out.join(f.file_name().unwrap()), &buf)?;
+        report.invalid_skipped += lines.skipped();
+        outputs.keep(buf)?;
     }
     let json =
         serde_json::to_value(&report).map_err(|e| Error::invalid("report", e.to_string()))?;
-    crate::checkpoint::write_json(&out.join("scrub_report.json"), &json)?;
+    outputs.write_json("scrub_report.json", &json)?;
+    outputs.commit()?;
     Ok(report)
 }

@@ -18,6 +18,8 @@ pub struct Stats {
     pub files: usize,
     pub lines: u64,
     pub empty_lines: u64,
+    /// Lines skipped as not valid UTF-8 (with `skip_invalid`; not counted elsewhere).
+    pub invalid_skipped: u64,
     /// Blocks of non-empty lines between blank lines.
     pub documents: u64,
     pub chars: u64,
@@ -50,8 +52,13 @@ fn script(c: char) -> &'static str {
     }
 }
 
-/// Describe `files` (UTF-8), counting tokens with `tokenizer` when given.
-pub fn stats(files: &[PathBuf], tokenizer: Option<&Tokenizer>) -> Result<Stats> {
+/// Describe `files` (UTF-8), counting tokens with `tokenizer` when given; with
+/// `skip_invalid`, lines that are not UTF-8 are skipped and counted.
+pub fn stats(
+    files: &[PathBuf],
+    tokenizer: Option<&Tokenizer>,
+    skip_invalid: bool,
+) -> Result<Stats> {
     let mut s = Stats {
         files: files.len(),
         tokens: tokenizer.map(|_| 0),
@@ -60,7 +67,7 @@ pub fn stats(files: &[PathBuf], tokenizer: Option<&Tokenizer>) -> Result<Stats> 
     let mut seen: HashSet<u128> = HashSet::new();
     let mut letters: BTreeMap<&'static str, u64> = BTreeMap::new();
     for f in files {
-        let mut lines = LineBatches::open(f)?;
+        let mut lines = LineBatches::open(f)?.skip_invalid(skip_invalid);
         let mut in_doc = false;
         loop {
             let batch = lines.next_batch(8192)?;
@@ -126,6 +133,7 @@ pub fn stats(files: &[PathBuf], tokenizer: Option<&Tokenizer>) -> Result<Stats> 
                 }
             }
         }
+        s.invalid_skipped += lines.skipped();
     }
     let nonempty = s.lines - s.empty_lines;
     s.duplicate_rate = if nonempty > 0 {
@@ -155,7 +163,7 @@ mod tests {
             "Hello world\nhello  world\nHello world\n\n你好世界 mail a@b.co\n",
         )
         .unwrap();
-        let s = stats(std::slice::from_ref(&p), None).unwrap();
+        let s = stats(std::slice::from_ref(&p), None, false).unwrap();
         assert_eq!((s.lines, s.empty_lines, s.documents), (5, 1, 2));
         assert_eq!(
             s.duplicate_lines, 1,

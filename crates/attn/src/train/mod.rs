@@ -41,12 +41,94 @@ use schedule::CosineSchedule;
 
 pub use run::{CHECKPOINT_DIR, METRICS_FILE};
 
-/// Where the training text comes from.
+/// Where the training text comes from: text files, tokenized at the start of the run,
+/// or a folder of token shards written by `attn data tokenize` (then `files` is empty).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSpec {
     pub files: Vec<PathBuf>,
     #[serde(with = "encoding_serde")]
     pub encoding: Encoding,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<PathBuf>,
+}
+
+impl DataSpec {
+    /// Text files in `encoding`.
+    pub fn text(files: Vec<PathBuf>, encoding: Encoding) -> Self {
+        DataSpec {
+            files,
+            encoding,
+            shards: None,
+        }
+    }
+
+    /// The token shard folder `dir`.
+    pub fn shards(dir: PathBuf) -> Self {
+        DataSpec {
+            files: Vec::new(),
+            encoding: Encoding::Utf8,
+            shards: Some(dir),
+        }
+    }
+
+    /// The same data with its paths absolute, so that `--resume` works from any
+    /// working directory.
+    fn resolved(&self) -> Self {
+        DataSpec {
+            files: self
+                .files
+                .iter()
+                .map(|f| crate::guard::resolve_path(f))
+                .collect(),
+            encoding: self.encoding,
+            shards: self.shards.as_deref().map(crate::guard::resolve_path),
+        }
+    }
+
+    /// The tokens (split into training and validation parts) and, for shards, the
+    /// tokenizer that wrote them. Text is read whole and tokenized by `tokenizer`
+    /// (built from the text when it is `None`).
+    fn load(
+        &self,
+        config: &mut TrainConfig,
+        tokenizer: Option<Tokenizer>,
+    ) -> Result<(LmSplits, Tokenizer)> {
+        match &self.shards {
+            Some(dir) => {
+                let set = crate::data::shards::ShardSet::open(dir)?;
+                if let Some(t) = &tokenizer {
+                    if t.vocab_size() != set.tokenizer.vocab_size() {
+                        return Err(Error::invalid(
+                            "shards",
+                            format!(
+                                "{} was tokenized with {} ids but the run's tokenizer has {}",
+                                dir.display(),
+                                set.tokenizer.vocab_size(),
+                                t.vocab_size()
+                            ),
+                        ));
+                    }
+                }
+                // The split was made when the shards were written.
+                config.val_fraction = set.val_fraction;
+                config.tokenizer = dir.join(checkpoint::TOKENIZER).display().to_string();
+                let splits = LmSplits {
+                    train: lm::Tokens::Mapped(set.train),
+                    val: lm::Tokens::Mapped(set.val),
+                };
+                Ok((splits, tokenizer.unwrap_or(set.tokenizer)))
+            }
+            None => {
+                let corpus = read_corpus(&self.files, self.encoding)?;
+                let tokenizer = match tokenizer {
+                    Some(t) => t,
+                    None => build_tokenizer(&config.tokenizer, &corpus)?,
+                };
+                let ids = tokenizer.encode(&corpus)?;
+                Ok((LmSplits::new(ids, config.val_fraction)?, tokenizer))
+            }
+        }
+    }
 }
 
 mod encoding_serde {
@@ -182,13 +264,13 @@ fn build_model(
 impl LmJob {
     /// Mean loss over `eval_iters` fixed batches of `ids` (the same windows at every
     /// evaluation, so successive estimates are comparable).
-    fn estimate(&mut self, ids: &[u32], salt: u64) -> Result<f64> {
+    fn estimate(&mut self, ids: &lm::Tokens, salt: u64) -> Result<f64> {
         let cfg = &self.config;
         let mut rng = Rng::new(cfg.seed ^ salt);
         let mut total = 0f64;
         for _ in 0..cfg.eval_iters {
-            let starts = lm::random_windows(ids, cfg.batch_size, cfg.block_size, &mut rng);
-            let (x, y) = lm::windows(ids, &starts, cfg.block_size);
+            let starts = lm::random_windows(ids.len(), cfg.batch_size, cfg.block_size, &mut rng);
+            let (x, y) = lm::windows(ids, &starts, cfg.block_size)?;
             total += self.native.loss(&x, &y, cfg.batch_size, cfg.block_size)?;
         }
         Ok(total / cfg.eval_iters as f64)
@@ -218,8 +300,9 @@ impl fit::Job for LmJob {
 
     fn micro_batch(&mut self, rng: &mut Rng) -> Result<(f64, usize)> {
         let cfg = &self.config;
-        let starts = lm::random_windows(&self.splits.train, cfg.batch_size, cfg.block_size, rng);
-        let (x, y) = lm::windows(&self.splits.train, &starts, cfg.block_size);
+        let train = &self.splits.train;
+        let starts = lm::random_windows(train.len(), cfg.batch_size, cfg.block_size, rng);
+        let (x, y) = lm::windows(train, &starts, cfg.block_size)?;
         // Drawn only with dropout, so that runs without it draw the batches that runs
         // without it always drew.
         let seed = if self.native.has_dropout() {
@@ -306,24 +389,16 @@ fn plan(config: &TrainConfig) -> fit::Plan {
 const WRITTEN_BY: &str = "attn train";
 
 impl Trainer {
-    /// Start a new run: read the data, build the tokenizer and a freshly initialised model.
-    pub fn new(config: TrainConfig, data: DataSpec, out: &Path) -> Result<Self> {
+    /// Start a new run: read the data, build the tokenizer (or take the shards') and a
+    /// freshly initialised model.
+    pub fn new(mut config: TrainConfig, data: DataSpec, out: &Path) -> Result<Self> {
         config.validate()?;
-        // Stored absolute, so that `--resume` works from any working directory.
-        let data = DataSpec {
-            files: data
-                .files
-                .iter()
-                .map(|f| crate::guard::resolve_path(f))
-                .collect(),
-            encoding: data.encoding,
-        };
-        let corpus = read_corpus(&data.files, data.encoding)?;
-        let tokenizer = build_tokenizer(&config.tokenizer, &corpus)?;
+        let data = data.resolved();
+        let (splits, tokenizer) = data.load(&mut config, None)?;
         config.check_memory(tokenizer.vocab_size())?;
         let mut rng = Rng::new(config.seed);
         let model = build_model(&config, &tokenizer, Weights::Init(rng.next_u64()))?;
-        let job = Self::job(config, data, &corpus, tokenizer, model)?;
+        let job = Self::job(config, data, splits, tokenizer, model)?;
         let run = fit::Run::start(out, plan(&job.config), rng)?;
         Ok(Trainer { job, run })
     }
@@ -345,11 +420,9 @@ impl Trainer {
                 .collect()
         };
         let model = build_model(&config, &tokenizer, Weights::Init(rng.next_u64()))?;
-        let data = DataSpec {
-            files: vec![],
-            encoding: Encoding::Utf8,
-        };
-        let job = Self::job(config, data, &corpus, tokenizer, model)?;
+        let data = DataSpec::text(vec![], Encoding::Utf8);
+        let splits = LmSplits::new(tokenizer.encode(&corpus)?, config.val_fraction)?;
+        let job = Self::job(config, data, splits, tokenizer, model)?;
         let run = fit::Run::detached(plan(&job.config), rng);
         Ok(Trainer { job, run })
     }
@@ -357,12 +430,10 @@ impl Trainer {
     fn job(
         config: TrainConfig,
         data: DataSpec,
-        corpus: &str,
+        splits: LmSplits,
         tokenizer: Tokenizer,
         (hf_config, native): (serde_json::Value, NativeDecoder),
     ) -> Result<LmJob> {
-        let ids = tokenizer.encode(corpus)?;
-        let splits = LmSplits::new(ids, config.val_fraction)?;
         splits.check_block(config.block_size)?;
         let schedule = CosineSchedule {
             lr: config.lr,
@@ -383,7 +454,7 @@ impl Trainer {
 
     /// Continue the run saved in `out/checkpoint`. `max_iters`, when given, replaces the
     /// saved value (to extend a finished run); `data`, when given, replaces the saved file
-    /// list (the text must tokenize to the same number of tokens).
+    /// list or shard folder (the data must hold the same number of tokens).
     pub fn resume(out: &Path, max_iters: Option<usize>, data: Option<DataSpec>) -> Result<Self> {
         let (ckpt, task, reopened) = fit::Run::reopen(out, WRITTEN_BY)?;
         let state: LmState = serde_json::from_value(task).map_err(|e| {
@@ -397,22 +468,13 @@ impl Trainer {
             config.max_iters = m;
         }
         config.validate()?;
-        let data = data
-            .map(|d| DataSpec {
-                files: d
-                    .files
-                    .iter()
-                    .map(|f| crate::guard::resolve_path(f))
-                    .collect(),
-                encoding: d.encoding,
-            })
-            .unwrap_or(state.data.clone());
-        let corpus = read_corpus(&data.files, data.encoding)?;
+        let data = data.map(|d| d.resolved()).unwrap_or(state.data.clone());
         let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
+        let (splits, tokenizer) = data.load(&mut config, Some(tokenizer))?;
         let tensors = crate::engine::io::read_plain(&ckpt.join(checkpoint::WEIGHTS))?;
         let model = build_model(&config, &tokenizer, Weights::Tensors(tensors))
             .map_err(|e| Error::bad_file(ckpt.join(checkpoint::WEIGHTS), e.to_string()))?;
-        let mut job = Self::job(config, data, &corpus, tokenizer, model)?;
+        let mut job = Self::job(config, data, splits, tokenizer, model)?;
         let n_tokens = job.splits.train.len() + job.splits.val.len();
         if n_tokens != state.n_tokens {
             return Err(Error::invalid(
