@@ -131,6 +131,12 @@ pub struct DedupArgs {
     threshold: f64,
     #[command(flatten)]
     sketch: Sketch,
+    /// Check each candidate pair's true Jaccard similarity (of the shingle sets) before
+    /// joining it, in a pass of its own: clusters hold only pairs at or above
+    /// --threshold, and the default bands and rows favour recall (datasketch's choice
+    /// with weights 0.1 for false positives, 0.9 for false negatives).
+    #[arg(long, requires = "near")]
+    verify: bool,
     /// LSH bands and rows per band (default: datasketch's choice for --threshold).
     #[arg(long, requires = "rows")]
     bands: Option<usize>,
@@ -243,6 +249,7 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
         let (shingle, scheme) = k.kinds()?;
         let (bands, rows) = match (a.bands, a.rows) {
             (Some(b), Some(r)) => (b, r),
+            _ if a.verify => Near::weighted_bands(a.threshold, k.num_perm, 0.1, 0.9),
             _ => Near::optimal_bands(a.threshold, k.num_perm),
         };
         Some(Near {
@@ -254,6 +261,7 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
             seed: k.seed,
             bands,
             rows,
+            verify: a.verify,
         })
     } else {
         None
