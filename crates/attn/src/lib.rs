@@ -29,6 +29,7 @@ pub mod models;
 pub mod rng;
 pub mod tasks;
 pub mod tokenizer;
+mod tokenizer_fast;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -32,6 +32,8 @@ pub struct Tokenizer {
     /// input character must be in the vocabulary, which the BPE model would otherwise
     /// drop silently.
     strict_coverage: bool,
+    /// The lean encoder, for the tokenizer kinds it reproduces exactly.
+    fast: Option<std::sync::Arc<crate::tokenizer_fast::Fast>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -67,6 +69,17 @@ fn without_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     QUIET.with(|q| q.set(was));
     r.ok()
+}
+
+/// One past the largest id of `inner`, at least `vocab_size`.
+fn id_limit(inner: &tokenizers::Tokenizer, vocab_size: usize) -> usize {
+    let top = inner
+        .get_vocab(true)
+        .values()
+        .map(|&id| id as usize + 1)
+        .max()
+        .unwrap_or(0);
+    top.max(vocab_size)
 }
 
 fn library_failed() -> Error {
@@ -106,10 +119,33 @@ impl Tokenizer {
             matches!(inner.get_model(), ModelWrapper::BPE(b) if b.get_unk_token().is_some());
         let strict_coverage =
             inner.get_normalizer().is_none() && inner.get_pre_tokenizer().is_none() && !has_unk;
-        Tokenizer {
+        let mut t = Tokenizer {
             inner,
             strict_coverage,
-        }
+            fast: None,
+        };
+        t.refresh();
+        t
+    }
+
+    /// Rebuild the lean encoder after the library's tokenizer changed.
+    fn refresh(&mut self) {
+        self.fast = if std::env::var_os("ATTN_TOKENIZER_LIBRARY").is_some() {
+            None
+        } else {
+            self.inner
+                .to_string(false)
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .and_then(|v| crate::tokenizer_fast::Fast::new(&v))
+                .map(std::sync::Arc::new)
+        };
+    }
+
+    /// Whether [`Self::encode`] takes attn's own encoder (byte-level BPE and char-level
+    /// tokenizers, and other BPE files of those shapes) rather than the library's.
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
     }
 
     /// A character-level tokenizer whose vocabulary is every distinct character of `text`,
@@ -230,6 +266,7 @@ impl Tokenizer {
             .build()
             .map_err(tk_err)?;
         self.inner.with_post_processor(Some(post));
+        self.refresh();
         Ok(pad)
     }
 
@@ -262,10 +299,11 @@ impl Tokenizer {
             let _ = inner.decode(&ids, false);
         })
         .ok_or_else(|| broken("on a first encoding (an inconsistent post-processor?)"))?;
-        let tok = Self::wrap(inner);
-        // Ids far past the number of tokens: saving the file records every missing id
+        // Ids far past the number of tokens (checked before anything serialises the
+        // tokenizer): saving the file records every missing id
         // (gigabytes for an id near 2^31). Tokenizers number their tokens densely.
-        let (n, top) = (tok.vocab_size(), tok.id_limit().saturating_sub(1));
+        let n = inner.get_vocab_size(true);
+        let top = id_limit(&inner, n).saturating_sub(1);
         if top > 2 * n + 1024 {
             return Err(Error::bad_file(
                 path,
@@ -274,6 +312,7 @@ impl Tokenizer {
                 ),
             ));
         }
+        let tok = Self::wrap(inner);
         Ok(tok)
     }
 
@@ -295,14 +334,7 @@ impl Tokenizer {
     /// One past the largest id the tokenizer can produce (at least [`Self::vocab_size`];
     /// more when its ids have gaps): what a model's vocabulary must cover.
     pub fn id_limit(&self) -> usize {
-        let top = self
-            .inner
-            .get_vocab(true)
-            .values()
-            .map(|&id| id as usize + 1)
-            .max()
-            .unwrap_or(0);
-        top.max(self.vocab_size())
+        id_limit(&self.inner, self.vocab_size())
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -323,6 +355,17 @@ impl Tokenizer {
     /// Encode text without adding special tokens. A character the vocabulary cannot
     /// represent is an error naming it, never a silent drop.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(f) = &self.fast {
+            return f.encode(text).map_err(|e| match e {
+                crate::tokenizer_fast::Miss::Uncovered(at) => self.uncovered(text, at),
+            });
+        }
+        self.encode_library(text)
+    }
+
+    /// [`Self::encode`] by the `tokenizers` library alone (what attn's own encoder must
+    /// equal; for checks and benchmarks).
+    pub fn encode_library(&self, text: &str) -> Result<Vec<u32>> {
         if self.strict_coverage {
             // Every character must be a token of its own (BPE merges only combine
             // characters that are in the vocabulary).
@@ -411,6 +454,7 @@ impl Tokenizer {
     pub fn add_specials(&mut self, tokens: &[&str]) -> Result<Vec<u32>> {
         let added: Vec<AddedToken> = tokens.iter().map(|t| AddedToken::from(*t, true)).collect();
         self.inner.add_special_tokens(added).map_err(tk_err)?;
+        self.refresh();
         tokens
             .iter()
             .map(|t| {
