@@ -23,6 +23,10 @@ pub enum DataCommand {
     /// card numbers (Luhn), IBANs (mod 97), IP addresses, URLs, Chinese resident IDs
     /// (GB 11643) and mobile numbers; counts by kind in scrub_report.json.
     Scrub(ScrubArgs),
+    /// Find personal data without changing anything: one JSON line per input line,
+    /// `{"spans": [[start, end, "kind"], ...]}` in character offsets (what scrub masks,
+    /// exposed so that it can be checked against other detectors).
+    Pii(PiiArgs),
     /// Tokenize text files once into binary shards (u16 or u32 ids, a header and an
     /// index, plus a validation shard): the tokens `attn train` would make of them.
     Tokenize(TokenizeArgs),
@@ -158,6 +162,19 @@ pub struct DedupArgs {
 }
 
 #[derive(Args)]
+pub struct PiiArgs {
+    /// Text file (UTF-8), one record per line.
+    #[arg(long)]
+    input: PathBuf,
+    /// Kinds to find, comma-separated (default: all).
+    #[arg(long)]
+    types: Option<String>,
+    /// One JSON object per line (the only output format).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct MinhashArgs {
     /// Text file, one document per line (UTF-8).
     #[arg(long)]
@@ -202,9 +219,42 @@ pub fn run(c: DataCommand) -> Result<()> {
         DataCommand::Minhash(a) => minhash(a),
         DataCommand::Dedup(a) => dedup_cmd(a),
         DataCommand::Scrub(a) => scrub_cmd(a),
+        DataCommand::Pii(a) => pii_cmd(a),
         DataCommand::Tokenize(a) => tokenize_cmd(a),
         DataCommand::Stats(a) => stats_cmd(a),
     }
+}
+
+/// Run `f`, showing on stderr (when it is a terminal) how much of `passes` reads of
+/// `inputs` is done.
+fn with_progress<T>(inputs: &[PathBuf], passes: u64, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let size: u64 = inputs
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let pb = ProgressBar::new(size * passes.max(1));
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let start = attn::data::stream::bytes_read();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                pb.set_position(attn::data::stream::bytes_read() - start);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    pb.finish_and_clear();
+    r
 }
 
 /// `--out` may not hold the inputs, nor (without `--overwrite`) an earlier run's
@@ -273,7 +323,10 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
         skip_invalid: a.skip_invalid,
     };
     let t0 = std::time::Instant::now();
-    let r = dedup(&a.input, &a.out, &cfg, a.explain)?;
+    let passes = if a.verify { 3 } else { 2 };
+    let r = with_progress(&a.input, passes, || {
+        dedup(&a.input, &a.out, &cfg, a.explain)
+    })?;
     eprintln!(
         "{} units: kept {}, removed {} exact and {} near duplicates in {} clusters (largest {}), {:.1} s; report in {}",
         r.units,
@@ -293,12 +346,10 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
     Ok(())
 }
 
-fn minhash(a: MinhashArgs) -> Result<()> {
-    let k = &a.sketch;
-    crate::at_least_1("--ngram", k.ngram)?;
-    let (kind, scheme) = k.kinds()?;
-    let hasher = MinHasher::new(k.num_perm, k.seed, scheme)?;
-    let mut lines = LineBatches::open(&a.input)?;
+/// One row per line of `input` on stdout, in order, the rows of a batch of lines
+/// computed on every core.
+fn per_line(input: &std::path::Path, row: impl Fn(&str) -> String + Sync) -> Result<()> {
+    let mut lines = LineBatches::open(input)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let io = |e: std::io::Error| Error::io("stdout", e);
@@ -307,18 +358,40 @@ fn minhash(a: MinhashArgs) -> Result<()> {
         if batch.is_empty() {
             break;
         }
-        let rows: Vec<String> = batch
-            .par_iter()
-            .map(|t| {
-                let sig = hasher.signature_of(t, k.ngram, kind);
-                serde_json::json!({ "signature": sig }).to_string()
-            })
-            .collect();
+        let rows: Vec<String> = batch.par_iter().map(|t| row(t)).collect();
         for r in rows {
             writeln!(out, "{r}").map_err(io)?;
         }
     }
     out.flush().map_err(io)
+}
+
+fn pii_cmd(a: PiiArgs) -> Result<()> {
+    use attn::data::pii::{find, PiiType, ALL};
+    let types = match &a.types {
+        Some(t) => PiiType::parse_list(t)?,
+        None => ALL.to_vec(),
+    };
+    per_line(&a.input, |t| {
+        // Byte offsets to character offsets.
+        let chars = |b: usize| t[..b].chars().count();
+        let spans: Vec<serde_json::Value> = find(t, &types)
+            .iter()
+            .map(|s| serde_json::json!([chars(s.start), chars(s.end), s.ty.name()]))
+            .collect();
+        serde_json::json!({ "spans": spans }).to_string()
+    })
+}
+
+fn minhash(a: MinhashArgs) -> Result<()> {
+    let k = &a.sketch;
+    crate::at_least_1("--ngram", k.ngram)?;
+    let (kind, scheme) = k.kinds()?;
+    let hasher = MinHasher::new(k.num_perm, k.seed, scheme)?;
+    per_line(&a.input, |t| {
+        let sig = hasher.signature_of(t, k.ngram, kind);
+        serde_json::json!({ "signature": sig }).to_string()
+    })
 }
 
 fn scrub_cmd(a: ScrubArgs) -> Result<()> {
@@ -328,13 +401,10 @@ fn scrub_cmd(a: ScrubArgs) -> Result<()> {
         Some(t) => PiiType::parse_list(t)?,
         None => ALL.to_vec(),
     };
-    let r = scrub(
-        &a.input,
-        &a.out,
-        &types,
-        Mode::parse(&a.mode)?,
-        a.skip_invalid,
-    )?;
+    let mode = Mode::parse(&a.mode)?;
+    let r = with_progress(&a.input, 1, || {
+        scrub(&a.input, &a.out, &types, mode, a.skip_invalid)
+    })?;
     eprintln!(
         "{} lines, {} with personal data ({} removed); {:?}",
         r.lines, r.lines_with_pii, r.lines_removed, r.counts
@@ -365,7 +435,9 @@ fn tokenize_cmd(a: TokenizeArgs) -> Result<()> {
         skip_invalid: a.skip_invalid,
         ..Default::default()
     };
-    let r = attn::data::shards::tokenize(&a.input, &tok, &a.out, &cfg)?;
+    let r = with_progress(&a.input, 1, || {
+        attn::data::shards::tokenize(&a.input, &tok, &a.out, &cfg)
+    })?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "{} tokens ({} training in {} shards, {} validation) of {} bytes, u{} ids, in {:.1} s ({:.1} MB/s)",
@@ -392,7 +464,9 @@ fn stats_cmd(a: StatsArgs) -> Result<()> {
         .as_deref()
         .map(attn::tokenizer::Tokenizer::from_file)
         .transpose()?;
-    let s = attn::data::stats::stats(&a.input, tok.as_ref(), a.skip_invalid)?;
+    let s = with_progress(&a.input, 1, || {
+        attn::data::stats::stats(&a.input, tok.as_ref(), a.skip_invalid)
+    })?;
     let v = serde_json::to_value(&s).map_err(|e| Error::invalid("stats", e.to_string()))?;
     if a.json {
         crate::print_json(&v);

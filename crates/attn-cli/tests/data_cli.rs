@@ -1,5 +1,6 @@
-//! `attn data minhash` end to end: the signatures of a file's lines equal datasketch's
-//! (the fixtures of `scripts/make_minhash_fixtures.py`), and bad input is named.
+//! The `attn data` commands end to end: minhash's signatures equal datasketch's (the
+//! fixtures of `scripts/make_minhash_fixtures.py`), dedup, scrub, pii, tokenize (and
+//! `attn train --shards` on its output), stats; bad input is named.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -380,6 +381,65 @@ fn stats_describe_a_corpus() {
             dir.join("nope.txt").to_str().unwrap(),
         ]),
         &["nope.txt"],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `attn data pii`: one line of spans per input line, in character offsets (CJK text
+/// before a span counts one per character), kinds filtered by --types; and
+/// --skip-invalid on scrub skips a line that is not UTF-8 and counts it.
+#[test]
+fn pii_spans_are_in_characters_and_bad_lines_can_be_skipped() {
+    let dir = temp("pii");
+    let f = dir.join("lines.txt");
+    std::fs::write(
+        &f,
+        "访问john@example.com了解\nnothing here\nip 10.0.0.1 and x@y.org\n",
+    )
+    .unwrap();
+    let o = attn(&["data", "pii", "--input", f.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["spans"], serde_json::json!([[2, 18, "email"]]));
+    assert_eq!(rows[1]["spans"], serde_json::json!([]));
+    assert_eq!(
+        rows[2]["spans"],
+        serde_json::json!([[3, 11, "ip"], [16, 23, "email"]])
+    );
+    let o = attn(&[
+        "data",
+        "pii",
+        "--input",
+        f.to_str().unwrap(),
+        "--types",
+        "ip",
+        "--json",
+    ]);
+    let last: Value =
+        serde_json::from_str(String::from_utf8(o.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(last["spans"], serde_json::json!([[3, 11, "ip"]]));
+
+    std::fs::write(&f, b"a@b.org\nbad \xff\n").unwrap();
+    let out = dir.join("out");
+    fails_with(
+        &in_out("scrub", &f, &out, &[]),
+        &["lines.txt", "line 2", "--skip-invalid"],
+    );
+    let o = in_out("scrub", &f, &out, &["--skip-invalid", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["lines"].as_u64(), v["invalid_skipped"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("lines.txt")).unwrap(),
+        "<EMAIL>\n"
     );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -188,6 +188,7 @@ impl<'a> Units<'a> {
             let path = &self.files[self.at];
             if self.unit == Unit::Document {
                 let bytes = crate::guard::read_file(path, 1 << 30)?;
+                super::stream::count_read(bytes.len());
                 match String::from_utf8(bytes) {
                     Ok(text) => out.push(Item {
                         file: self.at,

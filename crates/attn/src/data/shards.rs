@@ -187,6 +187,7 @@ impl Pieces<'_> {
                 .map_err(|e| Error::io(path, e))?;
             buf.truncate(n);
             self.bytes += n as u64;
+            super::stream::count_read(n);
             self.read += n as u64;
             let at_end = n == 0;
             let mut raw = std::mem::take(&mut self.raw);

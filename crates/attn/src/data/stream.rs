@@ -11,6 +11,20 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// Bytes of text read by the data commands' readers in this process, for progress
+/// displays (a count, never reset).
+static READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The bytes of input the data readers have read so far in this process.
+pub fn bytes_read() -> u64 {
+    READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Count `n` bytes as read (see [`bytes_read`]).
+pub(crate) fn count_read(n: usize) {
+    READ.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The longest line accepted (a file without line breaks is not a corpus of lines).
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
@@ -78,6 +92,7 @@ impl LineBatches {
                 .take(MAX_LINE_BYTES as u64 + 2)
                 .read_until(b'\n', &mut buf)
                 .map_err(|e| Error::io(&self.path, e))?;
+            count_read(n);
             if n == 0 {
                 self.done = true;
                 break;
