@@ -30,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dedup_reference import edit  # noqa: E402  (the same edit model as the recall test)
+
 BANDS, ROWS, NGRAM = 14, 8, 5
 FILES = 8
 
@@ -47,22 +50,6 @@ def bases(data: Path):
         for i in range(0, len(lines) - 5, 5):
             out.append(" ".join(lines[i:i + 5]).split())
     return out
-
-
-def edit(words, rate, rnd, vocab):
-    out = []
-    for w in words:
-        if rnd.random() < rate:
-            op = rnd.randrange(3)
-            if op == 0:
-                out.append(rnd.choice(vocab))
-            elif op == 1:
-                continue
-            else:
-                out += [w, rnd.choice(vocab)]
-        else:
-            out.append(w)
-    return out or words
 
 
 def make_corpus(work: Path, data: Path, gb: float, seed: int):
@@ -88,7 +75,7 @@ def make_corpus(work: Path, data: Path, gb: float, seed: int):
                 words = rnd.choice(base)
                 u = rnd.random()
                 rate = 0.0 if u < 0.1 else 0.02 if u < 0.2 else 0.1 if u < 0.3 else 0.5
-                doc = " ".join(edit(words, rate, rnd, vocab))
+                doc = " ".join(edit(words, rate, rnd, vocab) or words)
                 ft.write(doc + "\n")
                 fj.write(json.dumps({"text": doc, "id": str(n)}) + "\n")
                 written += len(doc.encode("utf-8")) + 1

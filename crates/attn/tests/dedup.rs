@@ -68,6 +68,22 @@ fn corpus(base: &[String]) -> (Vec<String>, Vec<usize>) {
     docs.into_iter().unzip()
 }
 
+/// Each document's signature (128 permutations, seed 1, word 5-shingles).
+fn signatures(docs: &[String]) -> Vec<Vec<u32>> {
+    let h = MinHasher::new(128, 1, Scheme::Affine32).unwrap();
+    docs.iter()
+        .map(|d| h.signature_of(&normalise(d), 5, Shingle::Word))
+        .collect()
+}
+
+/// The root of `x` in the union-find forest `r`.
+fn find(r: &mut [usize], mut x: usize) -> usize {
+    while r[x] != x {
+        x = r[x];
+    }
+    x
+}
+
 fn write(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(
@@ -102,18 +118,8 @@ fn exact_and_near_copies_go_and_clusters_equal_a_brute_force_comparison() {
         "every exact copy"
     );
     // Brute force: every pair's bands compared, components by union-find.
-    let h = MinHasher::new(128, 1, Scheme::Affine32).unwrap();
-    let sigs: Vec<Vec<u32>> = docs
-        .iter()
-        .map(|d| h.signature_of(&normalise(d), 5, Shingle::Word))
-        .collect();
+    let sigs = signatures(&docs);
     let mut root: Vec<usize> = (0..docs.len()).collect();
-    fn find(r: &mut [usize], mut x: usize) -> usize {
-        while r[x] != x {
-            x = r[x];
-        }
-        x
-    }
     for i in 0..docs.len() {
         for j in i + 1..docs.len() {
             let shares = (0..n.bands).any(|b| {
@@ -207,18 +213,8 @@ fn verified_clusters_hold_only_pairs_at_the_threshold() {
     };
     let r = dedup(std::slice::from_ref(&input), &dir.join("out"), &cfg, false).unwrap();
     assert!(r.candidate_pairs > 0 && r.rejected_pairs <= r.candidate_pairs);
-    let h = MinHasher::new(128, 1, Scheme::Affine32).unwrap();
-    let sigs: Vec<Vec<u32>> = docs
-        .iter()
-        .map(|d| h.signature_of(&normalise(d), 5, Shingle::Word))
-        .collect();
+    let sigs = signatures(&docs);
     let mut root: Vec<usize> = (0..docs.len()).collect();
-    fn find(r: &mut [usize], mut x: usize) -> usize {
-        while r[x] != x {
-            x = r[x];
-        }
-        x
-    }
     let (mut candidates, mut rejected) = (0, 0);
     for i in 0..docs.len() {
         for j in i + 1..docs.len() {
