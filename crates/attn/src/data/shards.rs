@@ -85,12 +85,6 @@ fn header(width: u32, n: u64) -> Vec<u8> {
     h
 }
 
-fn shard_bytes(width: u32, ids: &[u32]) -> Vec<u8> {
-    let mut b = header(width, ids.len() as u64);
-    b.extend(token_bytes(width, ids));
-    b
-}
-
 fn token_bytes(width: u32, ids: &[u32]) -> Vec<u8> {
     let mut b = Vec::with_capacity(ids.len() * width as usize);
     for &id in ids {
@@ -302,15 +296,19 @@ pub fn tokenize(
         width,
         ..Default::default()
     };
-    let mut current: Vec<u32> = Vec::new();
+    // The shard being written (its header's count patched when it is full), and the
+    // finished ones.
+    let mut current: Option<(super::stream::Staged, String, u64)> = None;
     let mut shards: Vec<(String, u64)> = Vec::new();
-    let write_shard =
-        |ids: &[u32], shards: &mut Vec<(String, u64)>, o: &mut super::stream::Outputs| {
-            let name = format!("train-{:05}.bin", shards.len());
-            o.write(&name, &shard_bytes(width, ids))?;
-            shards.push((name, ids.len() as u64));
-            Ok::<_, Error>(())
-        };
+    let close = |cur: (super::stream::Staged, String, u64),
+                 shards: &mut Vec<(String, u64)>,
+                 o: &mut super::stream::Outputs| {
+        let (mut w, name, n) = cur;
+        w.patch(0, &header(width, n))?;
+        o.keep(w)?;
+        shards.push((name, n));
+        Ok::<_, Error>(())
+    };
     loop {
         // A few pieces at a time, tokenized on every core, in order.
         let mut batch = Vec::new();
@@ -329,41 +327,78 @@ pub fn tokenize(
             .collect::<Result<_>>()?;
         for v in ids {
             report.tokens += v.len() as u64;
-            current.extend(v);
-            while current.len() >= cfg.shard_tokens {
-                let rest = current.split_off(cfg.shard_tokens);
-                write_shard(&current, &mut shards, &mut outputs)?;
-                current = rest;
+            let mut rest = &v[..];
+            while !rest.is_empty() {
+                if current.is_none() {
+                    let name = format!("train-{:05}.bin", shards.len());
+                    let mut w = outputs.create(&name)?;
+                    w.write_all(&header(width, 0))?;
+                    current = Some((w, name, 0));
+                }
+                let (w, _, n) = current.as_mut().unwrap();
+                let take = rest.len().min(cfg.shard_tokens - *n as usize);
+                w.write_all(&token_bytes(width, &rest[..take]))?;
+                *n += take as u64;
+                rest = &rest[take..];
+                if *n as usize == cfg.shard_tokens {
+                    close(current.take().unwrap(), &mut shards, &mut outputs)?;
+                }
             }
         }
     }
-    if !current.is_empty() {
-        write_shard(&current, &mut shards, &mut outputs)?;
+    if let Some(cur) = current.take() {
+        close(cur, &mut shards, &mut outputs)?;
     }
     report.bytes = pieces.bytes;
     report.invalid_bytes_skipped = pieces.skipped;
-    // The validation split: the last tokens, moved from the training shards' tail a
-    // shard at a time.
+    // The validation split: the last tokens, moved from the training shards' tail, read
+    // back through a map a block at a time.
     let total = report.tokens;
     let n_train = ((total as f64) * (1.0 - cfg.val_fraction)).round() as u64;
     let mut val = outputs.create("val.bin")?;
     val.write_all(&header(width, total - n_train))?;
     let mut kept = 0u64;
     let mut index_train = Vec::new();
+    // As many tokens at a time as the text's blocks have bytes (tests cut both small).
+    let mut block = vec![0u32; cfg.piece_bytes.clamp(1, 1 << 20)];
     for (name, n) in &shards {
         if kept + n <= n_train {
             kept += n;
             index_train.push((name.clone(), *n));
             continue;
         }
-        let ids = read_shard(outputs.staged_path(name).expect("the shard was kept"))?;
+        let staged = outputs
+            .staged_path(name)
+            .expect("the shard was kept")
+            .to_path_buf();
+        let ids = Mapped::open(&[(staged, *n)], width, u32::MAX)?;
         let keep = (n_train - kept.min(n_train)) as usize;
-        val.write_all(&token_bytes(width, &ids[keep..]))?;
-        if keep > 0 {
-            outputs.write(name, &shard_bytes(width, &ids[..keep]))?;
-            index_train.push((name.clone(), keep as u64));
-        } else {
-            outputs.discard(name);
+        let mut head = (keep > 0).then(|| outputs.create(name)).transpose()?;
+        if let Some(h) = head.as_mut() {
+            h.write_all(&header(width, keep as u64))?;
+        }
+        let mut at = 0;
+        while at < ids.len() {
+            let len = block.len().min(ids.len() - at);
+            ids.read(at, &mut block[..len])?;
+            // Tokens before `keep` stay in training, the rest go to validation.
+            let split = keep.clamp(at, at + len) - at;
+            let (train_part, val_part) = block[..len].split_at(split);
+            if let (false, Some(h)) = (train_part.is_empty(), head.as_mut()) {
+                h.write_all(&token_bytes(width, train_part))?;
+            }
+            if !val_part.is_empty() {
+                val.write_all(&token_bytes(width, val_part))?;
+            }
+            at += len;
+        }
+        drop(ids);
+        match head {
+            Some(h) => {
+                outputs.keep(h)?;
+                index_train.push((name.clone(), keep as u64));
+            }
+            None => outputs.discard(name),
         }
         kept += *n;
     }

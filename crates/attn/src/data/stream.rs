@@ -295,6 +295,21 @@ impl Drop for Outputs {
 }
 
 impl Staged {
+    /// Overwrite `bytes` at `offset` (a header whose counts are known at the end), then
+    /// go on writing at the end.
+    pub fn patch(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let w = self
+            .w
+            .as_mut()
+            .expect("a staged file is written before it is kept");
+        let io = |e| Error::io(&self.dst, e);
+        w.seek(SeekFrom::Start(offset)).map_err(io)?;
+        w.write_all(bytes).map_err(io)?;
+        w.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok(())
+    }
+
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         self.w
             .as_mut()
