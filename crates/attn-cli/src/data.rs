@@ -242,6 +242,14 @@ fn with_progress<T>(inputs: &[PathBuf], passes: u64, f: impl FnOnce() -> Result<
     );
     let start = attn::data::stream::bytes_read();
     let done = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the display however `f` ends (a panic included, which would otherwise
+    /// leave the scope waiting for it).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let r = std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
@@ -249,9 +257,8 @@ fn with_progress<T>(inputs: &[PathBuf], passes: u64, f: impl FnOnce() -> Result<
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
         });
-        let r = f();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        r
+        let _stop = Stop(&done);
+        f()
     });
     pb.finish_and_clear();
     r
@@ -373,11 +380,21 @@ fn pii_cmd(a: PiiArgs) -> Result<()> {
         None => ALL.to_vec(),
     };
     per_line(&a.input, |t| {
-        // Byte offsets to character offsets.
-        let chars = |b: usize| t[..b].chars().count();
-        let spans: Vec<serde_json::Value> = find(t, &types)
+        let spans = find(t, &types);
+        // Byte offsets to character offsets, in one walk over the line.
+        let mut offsets: Vec<usize> = spans.iter().flat_map(|s| [s.start, s.end]).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let mut chars = std::collections::HashMap::with_capacity(offsets.len());
+        let mut next = offsets.iter().peekable();
+        for (n, (b, _)) in t.char_indices().chain([(t.len(), ' ')]).enumerate() {
+            while next.peek().is_some_and(|&&o| o <= b) {
+                chars.insert(*next.next().unwrap(), n);
+            }
+        }
+        let spans: Vec<serde_json::Value> = spans
             .iter()
-            .map(|s| serde_json::json!([chars(s.start), chars(s.end), s.ty.name()]))
+            .map(|s| serde_json::json!([chars[&s.start], chars[&s.end], s.ty.name()]))
             .collect();
         serde_json::json!({ "spans": spans }).to_string()
     })

@@ -137,10 +137,15 @@ impl Fast {
             };
             let (ia, ib) = (*vocab.get(a)?, *vocab.get(b)?);
             let id = *vocab.get(&format!("{a}{b}"))?;
-            // The library keeps the first rank of a pair listed twice.
-            merges.entry((ia, ib)).or_insert((rank as u32, id));
+            // The library keeps the last rank of a pair listed twice (its files, written
+            // by the library, list each pair once).
+            merges.insert((ia, ib), (rank as u32, id));
         }
         let whole = (model["ignore_merges"] == true).then(|| vocab.clone());
+        // Without a pre-tokenizer the whole text would be the word looked up.
+        if whole.is_some() && matches!(pre, Pre::Chars { .. }) {
+            return None;
+        }
         // Added tokens: any option that changes how they match leaves this path.
         let mut raw = (Vec::new(), Vec::new());
         let mut normed = (Vec::new(), Vec::new());

@@ -540,5 +540,13 @@ fn training_from_shards_equals_the_text_path_and_resumes() {
         .map(|_| ())
         .unwrap_err();
     assert!(e.to_string().contains("tokens"), "{e}");
+    // ...and so is data written by another tokenizer.
+    let other_tok = attn::tokenizer::Tokenizer::train_char(&format!("{corpus}\n")).unwrap();
+    let third = dir.join("third");
+    tokenize(std::slice::from_ref(&file), &other_tok, &third, &cfg).unwrap();
+    let e = Trainer::resume(&out, Some(8), Some(DataSpec::shards(third)))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.to_string().contains("another tokenizer"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

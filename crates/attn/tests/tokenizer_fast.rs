@@ -175,6 +175,12 @@ fn char_level_gives_the_librarys_ids_and_errors() {
     assert!(e.contains("U+00E9") && e.contains("byte 3"), "{e}");
     let unk = Tokenizer::train_char_with_unk("abc ").unwrap();
     check(&unk, "char with unk", &texts[texts.len() - 50..]);
+    // Merges ignored for whole words, with no pre-tokenizer: the whole text would be
+    // the word, which this encoder does not do; the library keeps such files.
+    let mut j: serde_json::Value =
+        serde_json::from_str(&narrow.inner().to_string(false).unwrap()).unwrap();
+    j["model"]["ignore_merges"] = true.into();
+    assert!(!from_json(&j, "fast-char-ignore").has_fast_path());
 }
 
 #[test]

@@ -478,11 +478,13 @@ pub fn find(
                 continue;
             };
             let mut is_exact = false;
+            let mut copy = false;
             if cfg.exact || near.is_some() {
                 match seen.get(&ek) {
                     Some(&first) => {
                         clusters.join(first, id);
                         is_exact = cfg.exact;
+                        copy = true;
                     }
                     None => {
                         seen.insert(ek, id);
@@ -490,6 +492,11 @@ pub fn find(
                 }
             }
             exact.push(is_exact);
+            // An exact copy has its first copy's bands, which are in the buckets already:
+            // it would only add the same joins (and, with `verify`, the same checks).
+            if copy {
+                continue;
+            }
             for (b, key) in bands.into_iter().enumerate() {
                 match buckets[b].get(&key) {
                     Some(&other) if verify => {

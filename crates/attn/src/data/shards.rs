@@ -280,10 +280,6 @@ pub fn tokenize(
     if cfg.shard_tokens == 0 {
         return Err(Error::invalid("shard-tokens", "must be at least 1"));
     }
-    crate::guard::check_memory(
-        "--shard-tokens (one shard's tokens)",
-        8.0 * cfg.shard_tokens as f64,
-    )?;
     let width: u32 = if tokenizer.id_limit() <= 1 << 16 {
         2
     } else {

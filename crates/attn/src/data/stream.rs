@@ -190,12 +190,18 @@ impl Outputs {
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .rsplit_once(PARTIAL)
-                .map(|(_, p)| p.split('-').next().unwrap_or(""))
+            // Only names this writes: `.NAME.attn-partial-PID-SEQ`.
+            let Some((pid, seq)) = name
+                .strip_prefix('.')
+                .and_then(|n| n.rsplit_once(PARTIAL))
+                .and_then(|(_, tail)| tail.split_once('-'))
             else {
                 continue;
             };
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            if !digits(pid) || !digits(seq) {
+                continue;
+            }
             let alive = pid
                 .parse::<i32>()
                 .is_ok_and(|p| p == std::process::id() as i32 || process_alive(p));
@@ -245,10 +251,14 @@ impl Outputs {
     /// file kept earlier under the same name is replaced.
     pub fn keep(&mut self, mut s: Staged) -> Result<()> {
         let w = s.w.take().expect("a staged file is kept once");
-        let f = w
+        let flushed = w
             .into_inner()
-            .map_err(|e| Error::io(&s.tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&s.tmp, e))?;
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all());
+        if let Err(e) = flushed {
+            let _ = std::fs::remove_file(&s.tmp);
+            return Err(Error::io(&s.dst, e));
+        }
         let (tmp, dst) = (std::mem::take(&mut s.tmp), std::mem::take(&mut s.dst));
         if let Some(i) = self.kept.iter().position(|(_, d)| *d == dst) {
             let (old, _) = self.kept.remove(i);
@@ -277,10 +287,14 @@ impl Outputs {
     }
 
     /// Put every kept file in place, in the order kept (so a command keeps its index
-    /// or report last).
+    /// or report last, and a folder with the report holds every output). The renames
+    /// are ordered, not one atomic step: if one fails, those before it are in place,
+    /// the rest are removed, and the report is not written.
     pub fn commit(mut self) -> Result<()> {
-        for (tmp, dst) in std::mem::take(&mut self.kept) {
-            std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        while !self.kept.is_empty() {
+            let (tmp, dst) = &self.kept[0];
+            std::fs::rename(tmp, dst).map_err(|e| Error::io(dst, e))?;
+            self.kept.remove(0);
         }
         Ok(())
     }
@@ -374,9 +388,12 @@ mod tests {
             v
         };
         // A killed run's leftover (a pid that cannot be alive) is cleared.
-        std::fs::write(dir.join(format!(".x{PARTIAL}{}", i32::MAX)), b"old").unwrap();
+        std::fs::write(dir.join(format!(".x{PARTIAL}{}-0", i32::MAX)), b"old").unwrap();
+        // A file of the user's that merely looks alike stays.
+        std::fs::write(dir.join(format!("notes{PARTIAL}v2")), b"mine").unwrap();
         let mut o = Outputs::new(&dir).unwrap();
-        assert!(listing().is_empty(), "{:?}", listing());
+        assert_eq!(listing(), [format!("notes{PARTIAL}v2")]);
+        std::fs::remove_file(dir.join(format!("notes{PARTIAL}v2"))).unwrap();
         o.write("a", b"first").unwrap();
         let mut b = o.create("b").unwrap();
         b.write_all(b"second").unwrap();

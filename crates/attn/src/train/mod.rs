@@ -97,11 +97,11 @@ impl DataSpec {
             Some(dir) => {
                 let set = crate::data::shards::ShardSet::open(dir)?;
                 if let Some(t) = &tokenizer {
-                    if t.vocab_size() != set.tokenizer.vocab_size() {
+                    if t.to_json()? != set.tokenizer.to_json()? {
                         return Err(Error::invalid(
                             "shards",
                             format!(
-                                "{} was tokenized with {} ids but the run's tokenizer has {}",
+                                "{} was tokenized with another tokenizer than the run's ({} and {} ids)",
                                 dir.display(),
                                 set.tokenizer.vocab_size(),
                                 t.vocab_size()
