@@ -235,6 +235,16 @@ impl Pieces<'_> {
                     .next_back()
                     .unwrap_or(0)
             };
+            if upto == 0 && self.text.len() > super::stream::MAX_LINE_BYTES {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "more than {} MiB without whitespace before byte {} (not text that can be tokenized in pieces)",
+                        super::stream::MAX_LINE_BYTES >> 20,
+                        self.read
+                    ),
+                ));
+            }
             let rest = self.text.split_off(upto);
             let norm = normalize(&std::mem::replace(&mut self.text, rest));
             if let Some(c) = norm.chars().next_back() {
