@@ -64,7 +64,7 @@ pub struct TokenizeArgs {
     #[arg(long)]
     out: PathBuf,
     /// Tokens per training shard.
-    #[arg(long, default_value_t = 100_000_000)]
+    #[arg(long, default_value_t = attn::data::shards::DEFAULT_SHARD_TOKENS)]
     shard_tokens: usize,
     /// The last fraction of the tokens, held out for validation (as attn train's
     /// --val-fraction).

@@ -209,14 +209,21 @@ fn resolve_data(args: &TrainArgs) -> Result<Vec<PathBuf>> {
     ))
 }
 
+/// The shard folder, or the text files, the arguments name.
+fn data_spec(a: &TrainArgs) -> Result<DataSpec> {
+    Ok(match &a.shards {
+        Some(dir) => DataSpec::shards(dir.clone()),
+        None => DataSpec::text(resolve_data(a)?, a.encoding),
+    })
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let mut trainer = if a.resume {
-        let data = if let Some(dir) = &a.shards {
-            Some(DataSpec::shards(dir.clone()))
-        } else if a.data.is_empty() {
+        // Without --data or --shards the run's own data.
+        let data = if a.data.is_empty() && a.shards.is_none() {
             None
         } else {
-            Some(DataSpec::text(resolve_data(&a)?, a.encoding))
+            Some(data_spec(&a)?)
         };
         let t = Trainer::resume(&a.out, a.overrides.max_iters, data)?;
         eprintln!("resuming {} at step {}", a.out.display(), t.step());
@@ -225,10 +232,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let mut config = TrainConfig::preset(&a.preset)?;
         a.overrides.apply(&mut config)?;
         config.validate()?;
-        let data = match &a.shards {
-            Some(dir) => DataSpec::shards(dir.clone()),
-            None => DataSpec::text(resolve_data(&a)?, a.encoding),
-        };
+        let data = data_spec(&a)?;
         if a.out.join(attn::train::CHECKPOINT_DIR).exists() && !a.overwrite {
             return Err(Error::bad_file(
                 &a.out,

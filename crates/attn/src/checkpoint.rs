@@ -42,9 +42,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Write a JSON value, pretty-printed, atomically.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    write_atomic(path, json_text(value).as_bytes())
+}
+
+/// A JSON value as attn writes it to a file: pretty-printed, ending in a newline.
+pub fn json_text(value: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(value).expect("JSON values serialise");
     s.push('\n');
-    write_atomic(path, s.as_bytes())
+    s
 }
 
 /// Read and parse a JSON file, naming it in any error.

@@ -22,14 +22,16 @@ use serde_json::Value;
 /// How the text is cut before BPE.
 enum Pre {
     /// GPT-2's byte-level pattern; symbols are bytes.
-    ByteLevel { byte_ids: Box<[u32; 256]> },
+    ByteLevel {
+        byte_ids: Box<[u32; 256]>,
+        regex: Regex,
+    },
     /// None: the whole text is one word; symbols are characters.
     Chars { char_ids: HashMap<char, u32> },
 }
 
 pub(crate) struct Fast {
     pre: Pre,
-    regex: Option<Regex>,
     /// Merges by the ids of the pair: (rank, id of the merged token).
     merges: HashMap<(u32, u32), (u32, u32)>,
     /// With `ignore_merges`: whole words found in the vocabulary (byte-level strings).
@@ -124,6 +126,7 @@ impl Fast {
             }
             Pre::ByteLevel {
                 byte_ids: Box::new(byte_ids),
+                regex: Regex::new(GPT2_PATTERN).ok()?,
             }
         } else {
             return None;
@@ -177,13 +180,8 @@ impl Fast {
                 .ok()?;
             added.push((ac, ids));
         }
-        let regex = match pre {
-            Pre::ByteLevel { .. } => Some(Regex::new(GPT2_PATTERN).ok()?),
-            Pre::Chars { .. } => None,
-        };
         Some(Fast {
             pre,
-            regex,
             merges,
             whole,
             byte_chars: byte_chars(),
@@ -258,8 +256,10 @@ impl Fast {
                 out.extend(syms.iter().copied().filter(|&s| s != u32::MAX));
                 Ok(())
             }
-            Pre::ByteLevel { byte_ids } => {
-                let re = self.regex.as_ref().unwrap();
+            Pre::ByteLevel {
+                byte_ids,
+                regex: re,
+            } => {
                 let mut pos = 0;
                 while pos < text.len() {
                     let m = re

@@ -57,6 +57,18 @@ impl Tokens {
     }
 }
 
+/// How many of `n` tokens are for training when the last `val_fraction` of them is
+/// held out (the one rule the text path and the shard writer share).
+pub fn train_len(n: usize, val_fraction: f64) -> Result<usize> {
+    if !(0.0..1.0).contains(&val_fraction) {
+        return Err(Error::invalid(
+            "val-fraction",
+            format!("{val_fraction} is not in [0, 1)"),
+        ));
+    }
+    Ok((((n as f64) * (1.0 - val_fraction)).round() as usize).min(n))
+}
+
 /// Token ids split deterministically: the first part for training, the rest for validation,
 /// as nanoGPT does.
 #[derive(Debug, Default)]
@@ -68,15 +80,9 @@ pub struct LmSplits {
 impl LmSplits {
     /// Split `ids` so that the last `val_fraction` of them is the validation set.
     pub fn new(ids: Vec<u32>, val_fraction: f64) -> Result<Self> {
-        if !(0.0..1.0).contains(&val_fraction) {
-            return Err(Error::invalid(
-                "val-fraction",
-                format!("{val_fraction} is not in [0, 1)"),
-            ));
-        }
-        let n_train = ((ids.len() as f64) * (1.0 - val_fraction)).round() as usize;
+        let n_train = train_len(ids.len(), val_fraction)?;
         let mut train = ids;
-        let val = train.split_off(n_train.min(train.len()));
+        let val = train.split_off(n_train);
         Ok(LmSplits {
             train: Tokens::Memory(train),
             val: Tokens::Memory(val),

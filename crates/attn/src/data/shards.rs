@@ -33,6 +33,8 @@ pub const MAGIC: &[u8; 8] = b"ATTNTOK1";
 pub const VERSION: u32 = 1;
 pub const HEADER: usize = 32;
 pub const INDEX: &str = "index.json";
+/// Tokens per training shard unless asked otherwise (200 MB of u16 ids).
+pub const DEFAULT_SHARD_TOKENS: usize = 100_000_000;
 
 /// What `tokenize` wrote.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -67,7 +69,7 @@ impl Default for TokenizeConfig {
     fn default() -> Self {
         TokenizeConfig {
             encoding: Encoding::Utf8,
-            shard_tokens: 100_000_000,
+            shard_tokens: DEFAULT_SHARD_TOKENS,
             val_fraction: 0.1,
             skip_invalid: false,
             piece_bytes: 1 << 18,
@@ -281,12 +283,7 @@ pub fn tokenize(
     if files.is_empty() {
         return Err(Error::invalid("input", "no data file given"));
     }
-    if !(0.0..1.0).contains(&cfg.val_fraction) {
-        return Err(Error::invalid(
-            "val-fraction",
-            format!("{} is not in [0, 1)", cfg.val_fraction),
-        ));
-    }
+    super::lm::train_len(0, cfg.val_fraction)?;
     if cfg.shard_tokens == 0 {
         return Err(Error::invalid("shard-tokens", "must be at least 1"));
     }
@@ -360,7 +357,7 @@ pub fn tokenize(
     // The validation split: the last tokens, moved from the training shards' tail, read
     // back through a map a block at a time.
     let total = report.tokens;
-    let n_train = ((total as f64) * (1.0 - cfg.val_fraction)).round() as u64;
+    let n_train = super::lm::train_len(total as usize, cfg.val_fraction)? as u64;
     let mut val = outputs.create("val.bin")?;
     val.write_all(&header(width, total - n_train))?;
     let mut kept = 0u64;
@@ -500,7 +497,6 @@ pub fn read_shard(path: &Path) -> Result<Vec<u32>> {
 struct MappedShard {
     path: PathBuf,
     map: memmap2::Mmap,
-    width: u32,
     n: usize,
 }
 
@@ -509,6 +505,8 @@ pub struct Mapped {
     shards: Vec<MappedShard>,
     /// Where each shard's tokens end in the stream.
     ends: Vec<usize>,
+    /// Bytes per id, the same in every shard.
+    width: u32,
     /// Ids must be below this (the model's vocabulary).
     limit: u32,
 }
@@ -562,13 +560,13 @@ impl Mapped {
             shards.push(MappedShard {
                 path: path.clone(),
                 map,
-                width,
                 n,
             });
         }
         Ok(Mapped {
             shards,
             ends,
+            width,
             limit,
         })
     }
@@ -602,10 +600,10 @@ impl Mapped {
             let s = &self.shards[i];
             let off = pos - (self.ends[i] - s.n);
             let take = (s.n - off).min(out.len() - filled);
-            let w = s.width as usize;
+            let w = self.width as usize;
             let bytes = &s.map[HEADER + off * w..HEADER + (off + take) * w];
             let dst = &mut out[filled..filled + take];
-            decode(s.width, bytes, dst);
+            decode(self.width, bytes, dst);
             if let Some(k) = dst.iter().position(|&id| id >= self.limit) {
                 return Err(Error::bad_file(
                     &s.path,
@@ -633,7 +631,6 @@ pub struct ShardSet {
     pub tokenizer: Tokenizer,
     /// The share of the tokens held out for validation when the shards were written.
     pub val_fraction: f64,
-    pub width: u32,
 }
 
 impl ShardSet {
@@ -733,7 +730,6 @@ impl ShardSet {
             val: Mapped::open(&[val], width, limit)?,
             tokenizer,
             val_fraction,
-            width,
         })
     }
 }

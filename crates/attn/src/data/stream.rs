@@ -242,9 +242,7 @@ impl Outputs {
 
     /// Write the output file `name` as pretty-printed JSON.
     pub fn write_json(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
-        let mut s = serde_json::to_string_pretty(value).expect("JSON values serialise");
-        s.push('\n');
-        self.write(name, s.as_bytes())
+        self.write(name, crate::checkpoint::json_text(value).as_bytes())
     }
 
     /// A finished file: flushed to disk, to be put in place by [`Outputs::commit`]. A
@@ -260,10 +258,7 @@ impl Outputs {
             return Err(Error::io(&s.dst, e));
         }
         let (tmp, dst) = (std::mem::take(&mut s.tmp), std::mem::take(&mut s.dst));
-        if let Some(i) = self.kept.iter().position(|(_, d)| *d == dst) {
-            let (old, _) = self.kept.remove(i);
-            let _ = std::fs::remove_file(old);
-        }
+        self.forget(&dst);
         self.kept.push((tmp, dst));
         Ok(())
     }
@@ -279,8 +274,12 @@ impl Outputs {
 
     /// Forget the kept file `name` (its temporary is removed).
     pub fn discard(&mut self, name: &str) {
-        let dst = self.dir.join(name);
-        if let Some(i) = self.kept.iter().position(|(_, d)| *d == dst) {
+        self.forget(&self.dir.join(name));
+    }
+
+    /// Drop the kept file bound for `dst`, if any, removing its temporary.
+    fn forget(&mut self, dst: &Path) {
+        if let Some(i) = self.kept.iter().position(|(_, d)| d == dst) {
             let (old, _) = self.kept.remove(i);
             let _ = std::fs::remove_file(old);
         }
