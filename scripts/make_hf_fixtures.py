@@ -56,6 +56,8 @@ from transformers import (
     GPT2Config,
     LlamaConfig,
     MarianConfig,
+    MistralConfig,
+    Qwen2Config,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,7 +191,21 @@ def sliding_window_ppl(model, ids, max_length, stride):
     return nll_sum / n_tokens, n_tokens, windows
 
 
-def make_causal(name, cfg, seed, ppl=False):
+def cached_logits(model, input_ids):
+    """Logits of feeding input_ids one position at a time through the KV cache, as
+    generate() does: [batch, len, vocab]. Equal to the full forward pass except where
+    transformers' arithmetic depends on the call (dynamic NTK scaling recomputes the
+    rotary frequencies for each call's length, and cached keys keep their rotation)."""
+    out, past = [], None
+    with torch.no_grad():
+        for t in range(input_ids.size(1)):
+            r = model(input_ids[:, t:t + 1], past_key_values=past, use_cache=True)
+            past = r.past_key_values
+            out.append(r.logits[:, -1])
+    return torch.stack(out, dim=1)
+
+
+def make_causal(name, cfg, seed, ppl=False, length=9):
     d = OUT / name
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
@@ -200,7 +216,7 @@ def make_causal(name, cfg, seed, ppl=False):
     V = cfg.vocab_size
     n_layer = cfg.num_hidden_layers
     g = torch.Generator().manual_seed(1000 + seed)
-    input_ids = torch.randint(0, V, (2, 9), generator=g)
+    input_ids = torch.randint(0, V, (2, length), generator=g)
     tensors = {"input_ids": i64(input_ids)}
 
     model.zero_grad(set_to_none=True)
@@ -214,7 +230,22 @@ def make_causal(name, cfg, seed, ppl=False):
     assert len(hs) == n_layer + 1, len(hs)
     for i, h in enumerate(hs):
         tensors[f"hidden_states.{i}"] = f32(h)
+    dynamic = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type") == "dynamic"
+    if dynamic:
+        # Dynamic NTK scaling gives the logits of the first L-1 positions frequencies
+        # that depend on whether the last token is there. attn trains on windows of
+        # inputs and targets, so its loss and gradients are taken here the same way:
+        # the logits of input_ids[:, :-1] against input_ids[:, 1:]. A short forward
+        # first resets transformers' cached frequencies (they only grow otherwise).
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model(input_ids[:, :2])
+        lo = model(input_ids[:, :-1]).logits
+        loss = F.cross_entropy(lo.reshape(-1, V), input_ids[:, 1:].reshape(-1))
+        loss.backward()
+        tensors["loss"] = f32(loss.reshape(1))
     grad_names, no_grad = grads_of(model, tensors)
+    tensors["cached_logits"] = f32(cached_logits(model, input_ids))
 
     # is the last hidden state the post-final-norm one?
     with torch.no_grad():
@@ -232,17 +263,24 @@ def make_causal(name, cfg, seed, ppl=False):
         "config": config_summary(cfg, ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                        "num_key_value_heads", "intermediate_size", "max_position_embeddings",
                                        "n_positions", "rms_norm_eps", "layer_norm_epsilon", "rope_parameters",
-                                       "tie_word_embeddings", "activation_function", "hidden_act"]),
-        "inputs": {"input_ids": "int64 [2, 9], uniform random ids in [0, vocab_size)"},
+                                       "tie_word_embeddings", "activation_function", "hidden_act",
+                                       "head_dim", "attention_bias", "mlp_bias", "sliding_window",
+                                       "use_sliding_window", "max_window_layers", "layer_types"]),
+        "inputs": {"input_ids": f"int64 [2, {length}], uniform random ids in [0, vocab_size)"},
         "outputs": {
-            "logits": "model(input_ids).logits, [2, 9, vocab]",
+            "logits": f"model(input_ids).logits, [2, {length}, vocab]",
+            "cached_logits": "the logits of feeding input_ids one position at a time with use_cache=True "
+                             "(as generate does), [2, len, vocab]",
             "hidden_states.{i}": f"output_hidden_states, i = 0..{n_layer}; 0 = embeddings; the last one has the "
                                  "final norm applied (it equals last_hidden_state)",
             "loss": "model(input_ids, labels=input_ids).loss (shift inside HF, mean over 2*8 tokens), shape [1]",
             "grad.{param}": "d loss / d param for every model.named_parameters() entry (tied weights listed once)",
-            "attentions.{i}": "output_attentions of layer i (eager): softmax probabilities [2, heads, 9, 9]",
+            "attentions.{i}": "output_attentions of layer i (eager): softmax probabilities [2, heads, len, len]",
         },
         "hidden_states_last_equals_last_hidden_state": last_is_normed,
+        "loss_and_grads_from": ("cross_entropy(model(input_ids[:, :-1]).logits, input_ids[:, 1:]) after a "
+                                "2-token forward that resets the dynamic rotary frequencies"
+                                if dynamic else "model(input_ids, labels=input_ids).loss"),
         "grad_params": grad_names,
         "params_without_grad": no_grad,
         "tied_parameter_groups": tied_groups(model),
@@ -719,6 +757,50 @@ def main():
         vocab_size=59, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **llama_common),
         seed=23)
+
+    # The Hugging Face decoders people load most, at awkward sizes: head counts that are
+    # not powers of two, grouped key/value heads, head widths of their own, vocabularies
+    # that are not multiples of 8, and sequences past the sliding window and past the
+    # original context.
+    checks.add("llama3-scaled", make_causal,
+        LlamaConfig(hidden_size=40, num_attention_heads=5, num_key_value_heads=1, head_dim=12,
+        intermediate_size=56, vocab_size=61, tie_word_embeddings=False, attention_bias=True, mlp_bias=False,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        **llama_common),
+        seed=24)
+
+    checks.add("llama-linear", make_causal,
+        LlamaConfig(hidden_size=30, num_attention_heads=3, num_key_value_heads=3, intermediate_size=44,
+        vocab_size=53, tie_word_embeddings=True, mlp_bias=True,
+        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.5},
+        **llama_common),
+        seed=25)
+
+    checks.add("llama-dynamic", make_causal,
+        LlamaConfig(hidden_size=36, num_attention_heads=6, num_key_value_heads=3, intermediate_size=40,
+        vocab_size=67, tie_word_embeddings=False, num_hidden_layers=2, max_position_embeddings=6,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+        rms_norm_eps=1e-6, attention_dropout=0.0),
+        seed=26, length=11)
+
+    checks.add("qwen2-window", make_causal,
+        Qwen2Config(hidden_size=36, num_attention_heads=6, num_key_value_heads=2, intermediate_size=50,
+        vocab_size=71, tie_word_embeddings=True, use_sliding_window=True, sliding_window=5, max_window_layers=1,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, **llama_common),
+        seed=27, length=12)
+
+    checks.add("qwen2", make_causal,
+        Qwen2Config(hidden_size=28, num_attention_heads=7, num_key_value_heads=1, intermediate_size=36,
+        vocab_size=59, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **llama_common),
+        seed=28)
+
+    checks.add("mistral-window", make_causal,
+        MistralConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=10,
+        intermediate_size=52, vocab_size=73, tie_word_embeddings=False, sliding_window=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **llama_common),
+        seed=29, ppl=True, length=12)
 
     if only is not None:
         missing = only - set(checks)

@@ -19,8 +19,14 @@ use common::Ref;
 /// Every decoder fixture the engine runs: GPT-2 (with the tanh GELU, and with the erf
 /// GELU and ReLU other checkpoints use), and Llama with grouped key/value heads and an
 /// untied head (`llama-gqa`, and with biases on every projection `llama-bias`) or tied
-/// (`llama-tied-6heads`).
-const DECODERS: [&str; 7] = [
+/// (`llama-tied-6heads`); the checkpoints of other families on the same stack: Llama 3's
+/// rotary scaling with biases on the attention and a head width of its own
+/// (`llama3-scaled`), linear scaling with MLP biases (`llama-linear`), dynamic NTK
+/// scaling on sequences past the original context (`llama-dynamic`), Qwen2 with 7
+/// query heads sharing one key/value head (`qwen2`) and with a sliding window in its
+/// second layer (`qwen2-window`), and Mistral's sliding window in every layer on
+/// sequences three times as long (`mistral-window`).
+const DECODERS: [&str; 13] = [
     "gpt2-tiny",
     "gpt2-3heads",
     "gpt2-relu",
@@ -28,7 +34,21 @@ const DECODERS: [&str; 7] = [
     "llama-gqa",
     "llama-tied-6heads",
     "llama-bias",
+    "llama3-scaled",
+    "llama-linear",
+    "llama-dynamic",
+    "qwen2",
+    "qwen2-window",
+    "mistral-window",
 ];
+
+/// Fixtures whose logits depend on how the sequence is cut into calls (dynamic NTK
+/// scaling computes the rotary frequencies from each call's length, as transformers
+/// does): only whole sequences in one call match `logits`, and token by token through
+/// the cache matches `cached_logits`.
+fn call_dependent(name: &str) -> bool {
+    name == "llama-dynamic"
+}
 
 fn fixture(name: &str) -> PathBuf {
     common::hf_fixture(name)
@@ -92,7 +112,70 @@ fn engine_matches(name: &str, engine: &Decoder, tol: f32) -> f32 {
     let per_seq = want.len() / rows.len();
     let v = engine.spec.vocab_size;
     let mut worst = 0f32;
-    // Both sequences in one ragged batch (the second fed shorter first, then its rest).
+    if call_dependent(name) {
+        // Both whole sequences in one ragged batch.
+        let (mut s0, mut s1) = (engine.new_state(), engine.new_state());
+        let all = engine
+            .forward(&mut [&mut s0, &mut s1], &[&rows[0], &rows[1]], Want::All)
+            .unwrap();
+        for (i, got) in all.iter().enumerate() {
+            let d = max_abs_diff(got, &want[i * per_seq..(i + 1) * per_seq]);
+            assert!(
+                d <= tol,
+                "{name}: sequence {i} logits differ by {d} > {tol}"
+            );
+            worst = worst.max(d);
+        }
+    } else {
+        worst = worst.max(split_calls_match(name, engine, &rows, &want, tol));
+    }
+    // Token by token with the KV cache.
+    let cached = r.get("cached_logits").map(floats);
+    assert!(
+        cached.is_some() || !call_dependent(name),
+        "{name}: no cached_logits"
+    );
+    let want_cached = cached.as_ref().unwrap_or(&want);
+    for (i, row) in rows.iter().enumerate() {
+        let mut st = engine.new_state();
+        for (t, tok) in row.iter().enumerate() {
+            let out = engine
+                .forward(&mut [&mut st], &[std::slice::from_ref(tok)], Want::Last)
+                .unwrap();
+            let at = i * per_seq + t * v;
+            let d = max_abs_diff(&out[0], &want_cached[at..at + v]);
+            assert!(
+                d <= tol,
+                "{name}: sequence {i} token {t} (cached) differs by {d} > {tol}"
+            );
+            worst = worst.max(d);
+        }
+    }
+    // Final hidden states (after ln_f): transformers' last hidden_states entry.
+    let n_hidden = r.keys().filter(|k| k.starts_with("hidden_states.")).count();
+    let want_h = floats(&r[&format!("hidden_states.{}", n_hidden - 1)]);
+    let c = engine.spec.d_model;
+    let mut st = engine.new_state();
+    let h = engine
+        .forward(&mut [&mut st], &[&rows[0]], Want::Hidden)
+        .unwrap();
+    let d = max_abs_diff(&h[0], &want_h[..rows[0].len() * c]);
+    assert!(d <= tol, "{name}: hidden states differ by {d} > {tol}");
+    worst.max(d)
+}
+
+/// The fixture's sequences cut into calls: both in one ragged batch (the second fed
+/// shorter first, then its rest), all logits and only the last position's.
+fn split_calls_match(
+    name: &str,
+    engine: &Decoder,
+    rows: &[Vec<u32>],
+    want: &[f32],
+    tol: f32,
+) -> f32 {
+    let per_seq = want.len() / rows.len();
+    let v = engine.spec.vocab_size;
+    let mut worst = 0f32;
     let (mut s0, mut s1) = (engine.new_state(), engine.new_state());
     let split = rows[1].len() / 2;
     let first = engine
@@ -141,33 +224,7 @@ fn engine_matches(name: &str, engine: &Decoder, tol: f32) -> f32 {
         );
         worst = worst.max(d);
     }
-    // Token by token with the KV cache.
-    for (i, row) in rows.iter().enumerate() {
-        let mut st = engine.new_state();
-        for (t, tok) in row.iter().enumerate() {
-            let out = engine
-                .forward(&mut [&mut st], &[std::slice::from_ref(tok)], Want::Last)
-                .unwrap();
-            let at = i * per_seq + t * v;
-            let d = max_abs_diff(&out[0], &want[at..at + v]);
-            assert!(
-                d <= tol,
-                "{name}: sequence {i} token {t} (cached) differs by {d} > {tol}"
-            );
-            worst = worst.max(d);
-        }
-    }
-    // Final hidden states (after ln_f): transformers' last hidden_states entry.
-    let n_hidden = r.keys().filter(|k| k.starts_with("hidden_states.")).count();
-    let want_h = floats(&r[&format!("hidden_states.{}", n_hidden - 1)]);
-    let c = engine.spec.d_model;
-    let mut st = engine.new_state();
-    let h = engine
-        .forward(&mut [&mut st], &[&rows[0]], Want::Hidden)
-        .unwrap();
-    let d = max_abs_diff(&h[0], &want_h[..rows[0].len() * c]);
-    assert!(d <= tol, "{name}: hidden states differ by {d} > {tol}");
-    worst.max(d)
+    worst
 }
 
 #[test]
@@ -199,19 +256,22 @@ fn engine_f16_is_within_its_rounding_of_transformers() {
 #[test]
 fn sliding_window_perplexity_matches_the_transformers_recipe() {
     // Windows of 32 advancing by 16 over 200 random ids, on the engine (what `attn eval
-    // perplexity` runs).
-    let r = reference("gpt2-tiny");
-    let seq: Vec<u32> = r["ppl_ids"].ids();
-    let want = r["ppl_nll"].v[0];
-    let tokens = r["ppl_tokens"].v[0] as i64;
-    let engine = Decoder::load(&fixture("gpt2-tiny"), None).unwrap();
-    let p = perplexity(&engine, &seq, 32, 16, 4).unwrap();
-    assert_eq!(p.tokens as i64, tokens);
-    assert!(
-        (p.nll - want).abs() < 1e-5,
-        "nll {} vs transformers {want}",
-        p.nll
-    );
+    // perplexity` runs): GPT-2, and Mistral, whose attention window of 4 is far shorter
+    // than the perplexity windows.
+    for name in ["gpt2-tiny", "mistral-window"] {
+        let r = reference(name);
+        let seq: Vec<u32> = r["ppl_ids"].ids();
+        let want = r["ppl_nll"].v[0];
+        let tokens = r["ppl_tokens"].v[0] as i64;
+        let engine = Decoder::load(&fixture(name), None).unwrap();
+        let p = perplexity(&engine, &seq, 32, 16, 4).unwrap();
+        assert_eq!(p.tokens as i64, tokens);
+        assert!(
+            (p.nll - want).abs() < 1e-5,
+            "{name}: nll {} vs transformers {want}",
+            p.nll
+        );
+    }
 }
 
 /// The native trainer for fixture `name`, from its weights, without dropout

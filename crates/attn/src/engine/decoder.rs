@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::{DecoderSpec, Mlp};
+use super::{DecoderSpec, Mlp, Positions};
 use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
 use crate::kernels::cpu::rope::RopeTable;
@@ -286,6 +286,25 @@ impl Decoder {
             .zip(states.iter())
             .flat_map(|(t, st)| (0..t.len()).map(move |j| st.len + j))
             .collect();
+        // The sequence of each row, and the rotary tables of sequences that dynamic
+        // scaling stretches (each call's positions with the frequencies of the
+        // sequence's length after it, as transformers computes them).
+        let seq_of: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .flat_map(|(s, t)| std::iter::repeat_n(s, t.len()))
+            .collect();
+        let stretched: Vec<Option<RopeTable>> = tokens
+            .iter()
+            .zip(states.iter())
+            .map(|(t, st)| match spec.positions {
+                Positions::Rope(rope) if rope.stretches(st.len + t.len()) => {
+                    let end = st.len + t.len();
+                    Some(RopeTable::for_len(hd, st.len..end, end, &rope))
+                }
+                _ => None,
+            })
+            .collect();
         let mut x = vec![0f32; n * c];
         for (s, t) in tokens.iter().enumerate() {
             for (j, &id) in t.iter().enumerate() {
@@ -326,6 +345,7 @@ impl Decoder {
                 && !capture
                 && l + 1 == self.layers.len()
                 && n_rows > tokens.len();
+            let window = spec.windows[l];
             layer.norm1.apply(&x, &mut h, spec.eps);
             layer.qkv.apply(&h, n_rows, &mut qkv);
             if let Some(rope) = &self.rope {
@@ -333,7 +353,8 @@ impl Decoder {
                 // values do not.
                 crate::kernels::cpu::for_rows(&mut qkv, w, |start, rows| {
                     for (r, row) in rows.chunks_mut(w).enumerate() {
-                        rope.rotate(&mut row[..qw + kvw], pos_of[start + r], false);
+                        let table = stretched[seq_of[start + r]].as_ref().unwrap_or(rope);
+                        table.rotate(&mut row[..qw + kvw], pos_of[start + r], false);
                     }
                 });
             }
@@ -371,7 +392,13 @@ impl Decoder {
                         &kc[g * hd..],
                         &vc[g * hd..],
                         kvw,
-                        Span::Causal { past: past + j0 },
+                        match window {
+                            Some(window) => Span::Window {
+                                past: past + j0,
+                                window,
+                            },
+                            None => Span::Causal { past: past + j0 },
+                        },
                         t - j0,
                         hd,
                         scale,

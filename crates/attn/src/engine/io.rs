@@ -90,7 +90,10 @@ pub fn spec_of(value: &serde_json::Value) -> Result<DecoderSpec> {
         }
         None => Err(Error::invalid(
             "model_type",
-            format!("{model_type:?} is not a decoder the engine runs (gpt2, llama, mistral)"),
+            format!(
+                "{model_type:?} is not a decoder the engine runs (supported: {})",
+                super::DECODER_TYPES.join(", ")
+            ),
         )),
     }
 }
@@ -372,8 +375,8 @@ impl Decoder {
         for ln in &names.layers {
             layers.push(Layer {
                 norm1: norm(&mut t, &ln.norm1)?,
-                qkv: linear(&mut t, &ln.qkv, c, spec.attn_bias)?,
-                proj: linear(&mut t, &ln.proj, spec.q_width(), spec.attn_bias)?,
+                qkv: linear(&mut t, &ln.qkv, c, spec.qkv_bias)?,
+                proj: linear(&mut t, &ln.proj, spec.q_width(), spec.proj_bias)?,
                 norm2: norm(&mut t, &ln.norm2)?,
                 up: linear(&mut t, &ln.up, c, spec.mlp_bias)?,
                 down: linear(&mut t, &ln.down, spec.inner, spec.mlp_bias)?,
@@ -415,10 +418,10 @@ impl Decoder {
             ));
         }
         let rope = match spec.positions {
-            Positions::Rope { theta } => Some(RopeTable::new(
+            Positions::Rope(rope) => Some(RopeTable::new(
                 spec.head_dim,
                 spec.context,
-                theta,
+                &rope,
                 "max_position_embeddings (its rotary tables)",
             )?),
             Positions::Learned => None,

@@ -29,6 +29,7 @@ pub use decoder::{Decoder, DecoderState, Want};
 pub use encoder::{Encoder, Pooling};
 pub use seq2seq::{Memory, Seq2Seq};
 
+use crate::kernels::cpu::Rope;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;
 use crate::Result;
@@ -57,10 +58,14 @@ pub(crate) fn row_starts(lens: impl IntoIterator<Item = usize>) -> Vec<usize> {
         .collect()
 }
 
+/// The Hugging Face `model_type`s of the decoders the engine runs.
+pub const DECODER_TYPES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
+
 /// The model families the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Gpt2,
+    /// Llama, and Mistral and Qwen2, which differ from it in configuration alone.
     Llama,
 }
 
@@ -69,7 +74,7 @@ impl Family {
     pub fn of_model_type(model_type: &str) -> Option<Family> {
         match model_type {
             "gpt2" => Some(Family::Gpt2),
-            "llama" | "mistral" => Some(Family::Llama),
+            "llama" | "mistral" | "qwen2" => Some(Family::Llama),
             _ => None,
         }
     }
@@ -94,8 +99,9 @@ pub enum NormKind {
 pub enum Positions {
     /// A learned `[context, d_model]` table added to the token embedding.
     Learned,
-    /// Rotary positions on queries and keys (rotate-half convention, base `theta`).
-    Rope { theta: f64 },
+    /// Rotary positions on queries and keys (rotate-half convention), with their base
+    /// and scaling.
+    Rope(Rope),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +135,17 @@ pub struct DecoderSpec {
     pub eps: f32,
     pub positions: Positions,
     pub mlp: Mlp,
-    /// Biases on the query/key/value and output projections.
-    pub attn_bias: bool,
+    /// Biases on the query/key/value projection.
+    pub qkv_bias: bool,
+    /// A bias on the attention's output projection.
+    pub proj_bias: bool,
     /// Biases on the MLP's matrices.
     pub mlp_bias: bool,
     /// The output head is the token embedding.
     pub tied: bool,
+    /// Each layer's sliding attention window: a query sees itself and the `w − 1`
+    /// positions before it (`None`: every earlier position). One entry per layer.
+    pub windows: Vec<Option<usize>>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
 }
@@ -160,9 +171,11 @@ impl DecoderSpec {
                 "gelu" => Mlp::GeluErf,
                 _ => Mlp::GeluTanh,
             },
-            attn_bias: true,
+            qkv_bias: true,
+            proj_bias: true,
             mlp_bias: true,
             tied: true,
+            windows: vec![None; c.n_layer],
             bos: c.bos_token_id,
             eos: c.eos_token_id,
         })
@@ -179,14 +192,16 @@ impl DecoderSpec {
             n_kv_head: c.kv_heads(),
             head_dim: c.head_dim(),
             inner: c.intermediate_size,
-            context: c.max_position_embeddings,
+            context: c.context(),
             norm: NormKind::Rms,
             eps: c.rms_norm_eps as f32,
-            positions: Positions::Rope { theta: c.theta() },
+            positions: Positions::Rope(c.rope()?),
             mlp: Mlp::SwiGlu,
-            attn_bias: c.attention_bias,
-            mlp_bias: c.mlp_bias,
+            qkv_bias: c.qkv_bias(),
+            proj_bias: c.proj_bias(),
+            mlp_bias: c.mlp_bias(),
             tied: c.tie_word_embeddings,
+            windows: c.windows()?,
             bos: c.bos(),
             eos: c.eos(),
         })

@@ -1,11 +1,24 @@
-//! Llama-style decoders (Llama 2/3, Mistral-like shapes), as in Hugging Face's
-//! `LlamaForCausalLM`: token embedding, pre-RMSNorm blocks of rotary-position attention
-//! with grouped key/value heads and a SwiGLU MLP, a final RMSNorm and an output head
-//! (tied to the embedding or not). Linear weights are `[out, in]` (PyTorch `nn.Linear`).
+//! Llama-style decoders, as in Hugging Face's `LlamaForCausalLM`: token embedding,
+//! pre-RMSNorm blocks of rotary-position attention with grouped key/value heads and a
+//! SwiGLU MLP, a final RMSNorm and an output head (tied to the embedding or not). Linear
+//! weights are `[out, in]` (PyTorch `nn.Linear`).
+//!
+//! Three `model_type`s share these tensor names and this arithmetic, and differ only in
+//! configuration, read here:
+//! - `llama`: optional biases (`attention_bias` on the four attention projections,
+//!   `mlp_bias` on the MLP's), `head_dim` of its own, and rotary scaling (`rope_scaling`,
+//!   or transformers 5's `rope_parameters`) of type `linear`, `dynamic` or `llama3`;
+//! - `mistral`: no biases, and a sliding attention window (`sliding_window`) in every
+//!   layer;
+//! - `qwen2`: biases on the query, key and value projections only, and a sliding window
+//!   (when `use_sliding_window`) in the layers from `max_window_layers` on, or as
+//!   `layer_types` lists them.
+//!
 //! This file holds the configuration; the model runs on the engine, as GPT-2 does.
 
 use serde::Deserialize;
 
+use crate::kernels::cpu::{Rope, RopeScaling};
 use crate::{Error, Result};
 
 fn default_eps() -> f64 {
@@ -17,9 +30,15 @@ fn default_theta() -> f64 {
 fn default_act() -> String {
     "silu".into()
 }
+fn default_type() -> String {
+    "llama".into()
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LlamaConfig {
+    /// `llama`, `mistral` or `qwen2`.
+    #[serde(default = "default_type")]
+    pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -52,7 +71,22 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    /// Mistral and Qwen2: the attention window.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Qwen2: whether the window is used at all (transformers' default: no).
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// Qwen2: layers below this one attend to every earlier position.
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    /// Qwen2 (transformers 5): `full_attention` or `sliding_attention` per layer.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
 }
+
+/// The rotary scaling types the engine computes.
+const ROPE_TYPES: &str = "default, linear, dynamic, llama3";
 
 impl LlamaConfig {
     pub fn kv_heads(&self) -> usize {
@@ -93,26 +127,13 @@ impl LlamaConfig {
                 format!("{} must be even for rotary positions", self.head_dim()),
             ));
         }
-        if let Some(s) = &self.rope_scaling {
-            if !s.is_null() {
-                return Err(Error::invalid(
-                    "rope_scaling",
-                    format!("{s} is not supported yet"),
-                ));
-            }
-        }
-        if let Some(kind) = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_type"))
-            .and_then(|v| v.as_str())
-        {
-            if kind != "default" {
-                return Err(Error::invalid(
-                    "rope_parameters.rope_type",
-                    format!("{kind:?} is not supported yet (default)"),
-                ));
-            }
+        self.rope()?;
+        self.windows()?;
+        if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(Error::invalid(
+                "model_type",
+                format!("{:?} is not llama, mistral or qwen2", self.model_type),
+            ));
         }
         if self.hidden_act != "silu" {
             return Err(Error::invalid(
@@ -127,14 +148,154 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// The rotary base: `rope_parameters.rope_theta`, else `rope_theta`, else 10000.
-    pub fn theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
+    /// The rotary parameters as written: transformers 5's `rope_parameters`, else the
+    /// older `rope_scaling` (with `rope_theta` beside it), else none.
+    fn rope_params(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        [&self.rope_parameters, &self.rope_scaling]
+            .into_iter()
+            .find_map(|p| p.as_ref().and_then(|v| v.as_object()))
+    }
+
+    /// The rotary base and scaling; an error names a type the engine does not compute
+    /// or a missing or unusable parameter.
+    pub fn rope(&self) -> Result<Rope> {
+        let p = self.rope_params();
+        let get = |k: &str| p.and_then(|p| p.get(k)).filter(|v| !v.is_null());
+        let theta = get("rope_theta")
             .and_then(|v| v.as_f64())
             .or(self.rope_theta)
-            .unwrap_or_else(default_theta)
+            .unwrap_or_else(default_theta);
+        crate::guard::positive_finite("rope_theta", theta)?;
+        let kind = get("rope_type")
+            .or_else(|| get("type"))
+            .map(|v| v.as_str().unwrap_or("?"))
+            .unwrap_or("default");
+        let num = |k: &str| -> Result<f64> {
+            let what = format!("rope_parameters.{k}");
+            let v = get(k).and_then(|v| v.as_f64()).ok_or_else(|| {
+                Error::invalid(&what, format!("a number is needed for rope type {kind:?}"))
+            })?;
+            crate::guard::positive_finite(&what, v)?;
+            Ok(v)
+        };
+        let original = |k: &str| -> Result<usize> {
+            match get(k) {
+                None => Ok(self.max_position_embeddings),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| n as usize)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            &format!("rope_parameters.{k}"),
+                            format!("{v} is not a positive integer"),
+                        )
+                    }),
+            }
+        };
+        let scaling = match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear {
+                factor: num("factor")?,
+            },
+            "dynamic" => RopeScaling::Dynamic {
+                factor: num("factor")?,
+                original: self.max_position_embeddings,
+            },
+            "llama3" => {
+                let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+                if high <= low {
+                    return Err(Error::invalid(
+                        "rope_parameters.high_freq_factor",
+                        format!("{high} must exceed low_freq_factor {low}"),
+                    ));
+                }
+                RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original: original("original_max_position_embeddings")?,
+                }
+            }
+            other => {
+                return Err(Error::invalid(
+                    "rope_parameters.rope_type",
+                    format!("{other:?} is not supported (supported: {ROPE_TYPES})"),
+                ))
+            }
+        };
+        Ok(Rope { theta, scaling })
+    }
+
+    /// The longest sequence: `max_position_embeddings`, stretched by the factor of
+    /// dynamic NTK scaling (which exists to run past it).
+    pub fn context(&self) -> usize {
+        match self.rope().map(|r| r.scaling) {
+            Ok(RopeScaling::Dynamic { factor, .. }) if factor > 1.0 => {
+                (self.max_position_embeddings as f64 * factor).floor() as usize
+            }
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    /// Biases on the query, key and value projections.
+    pub fn qkv_bias(&self) -> bool {
+        match self.model_type.as_str() {
+            "qwen2" => true,
+            "mistral" => false,
+            _ => self.attention_bias,
+        }
+    }
+
+    /// A bias on the attention's output projection.
+    pub fn proj_bias(&self) -> bool {
+        self.model_type == "llama" && self.attention_bias
+    }
+
+    /// Biases on the MLP's matrices.
+    pub fn mlp_bias(&self) -> bool {
+        self.model_type == "llama" && self.mlp_bias
+    }
+
+    /// Each layer's attention window, as transformers reads the config.
+    pub fn windows(&self) -> Result<Vec<Option<usize>>> {
+        let n = self.num_hidden_layers;
+        let window = match self.sliding_window {
+            Some(0) => return Err(Error::invalid("sliding_window", "must be at least 1")),
+            w => w,
+        };
+        Ok(match self.model_type.as_str() {
+            "mistral" => vec![window; n],
+            "qwen2" => {
+                let window = window.filter(|_| self.use_sliding_window);
+                match &self.layer_types {
+                    Some(types) => {
+                        if types.len() != n {
+                            return Err(Error::invalid(
+                                "layer_types",
+                                format!("{} entries for {n} layers", types.len()),
+                            ));
+                        }
+                        types
+                            .iter()
+                            .map(|t| match t.as_str() {
+                                "full_attention" => Ok(None),
+                                "sliding_attention" => Ok(window),
+                                other => Err(Error::invalid(
+                                    "layer_types",
+                                    format!("{other:?} is not full_attention or sliding_attention"),
+                                )),
+                            })
+                            .collect::<Result<_>>()?
+                    }
+                    None => {
+                        let from = self.max_window_layers.unwrap_or(28);
+                        (0..n).map(|l| window.filter(|_| l >= from)).collect()
+                    }
+                }
+            }
+            _ => vec![None; n],
+        })
     }
 
     /// The first end-of-sequence id (`eos_token_id` may be a number or a list).

@@ -28,7 +28,7 @@ use super::profile::time;
 use crate::engine::families::{bias_name, schema, NormNames, Parts};
 use crate::engine::io::Plain;
 use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
-use crate::kernels::cpu::{self as k, Heads, Rhs, RopeTable};
+use crate::kernels::cpu::{self as k, Heads, Rhs, Rope, RopeTable};
 use crate::{Error, Result};
 
 /// Where a checkpoint tensor's values sit in the flat buffers.
@@ -390,6 +390,11 @@ struct Layout {
     /// Learned positions.
     wpe: Option<usize>,
     rope: Option<RopeTable>,
+    /// The rotary positions' base and scaling (dynamic scaling needs tables of its own
+    /// for windows past the original context).
+    rope_spec: Option<Rope>,
+    /// Each layer's sliding attention window.
+    windows: Vec<Option<usize>>,
     blocks: Vec<BlockAt>,
     lnf: usize,
     /// An untied output head `[vocab, c]`.
@@ -400,6 +405,13 @@ struct Layout {
 }
 
 impl Layout {
+    /// The rotary tables of windows `t` long when dynamic scaling gives them frequencies
+    /// of their own (past the original context); `None` means the model's tables.
+    fn stretched_rope(&self, t: usize) -> Option<RopeTable> {
+        let rope = self.rope_spec.filter(|r| r.stretches(t))?;
+        Some(RopeTable::for_len(self.heads.dim, 0..t, t, &rope))
+    }
+
     fn norm_b<'a>(&self, w: &'a [f32], at: usize) -> Option<&'a [f32]> {
         self.norm_bias.then(|| &w[at + self.c..at + 2 * self.c])
     }
@@ -599,9 +611,9 @@ impl NativeDecoder {
         for ln in &names.layers {
             let ln1 = al.norm(&ln.norm1, c);
             let qkv_w = al.matrix(&ln.qkv, c, names.in_out);
-            let qkv_b = al.bias(&ln.qkv, spec.attn_bias);
+            let qkv_b = al.bias(&ln.qkv, spec.qkv_bias);
             let proj_w = al.matrix(&ln.proj, heads.q_width(), names.in_out);
-            let proj_b = al.bias(&ln.proj, spec.attn_bias);
+            let proj_b = al.bias(&ln.proj, spec.proj_bias);
             let ln2 = al.norm(&ln.norm2, c);
             let fc_w = al.matrix(&ln.up, c, names.in_out);
             let fc_b = al.bias(&ln.up, spec.mlp_bias);
@@ -631,10 +643,10 @@ impl NativeDecoder {
             s.write(&mut flat, &source(s)?);
         }
         let rope = match spec.positions {
-            Positions::Rope { theta } => Some(RopeTable::new(
+            Positions::Rope(rope) => Some(RopeTable::new(
                 spec.head_dim,
                 spec.context,
-                theta,
+                &rope,
                 "--block-size (the rotary tables)",
             )?),
             Positions::Learned => None,
@@ -654,6 +666,11 @@ impl NativeDecoder {
                 wte,
                 wpe,
                 rope,
+                rope_spec: match spec.positions {
+                    Positions::Rope(r) => Some(r),
+                    Positions::Learned => None,
+                },
+                windows: spec.windows.clone(),
                 blocks,
                 lnf,
                 head,
@@ -892,6 +909,7 @@ impl NativeDecoder {
 /// The forward pass for `ids [b, t]` (checked), up to the logits, with the dropout
 /// `drops` (none in evaluation), into `a`.
 fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usize, drops: Drops) {
+    let stretched = lay.stretched_rope(t);
     a.ensure(lay, b, t);
     a.drops = drops;
     let (m, c, f, eps) = (b * t, lay.c, lay.f, lay.eps);
@@ -942,7 +960,7 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
                 &mut a.panels,
             )
         });
-        if let Some(table) = &lay.rope {
+        if let Some(table) = stretched.as_ref().or(lay.rope.as_ref()) {
             time("rope", || k::rope(&mut a.qkv[l], m, t, heads, table, false));
         }
         time("attention", || {
@@ -951,6 +969,7 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
                 b,
                 t,
                 heads,
+                lay.windows[l],
                 &mut a.probs[l],
                 &mut a.atty[l],
                 drops.attn(l),
@@ -1071,6 +1090,7 @@ fn norm_grads<'g>(
 /// gradient.
 /// Adds the gradients to `g`.
 fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b: usize, t: usize) {
+    let stretched = lay.stretched_rope(t);
     let (m, c, f, v) = (b * t, lay.c, lay.f, lay.vocab);
     let (heads, up) = (lay.heads, lay.up);
     let (qw, width) = (heads.q_width(), heads.width());
@@ -1246,7 +1266,7 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
                 drops.attn(l),
             )
         });
-        if let Some(table) = &lay.rope {
+        if let Some(table) = stretched.as_ref().or(lay.rope.as_ref()) {
             time("rope", || k::rope(&mut a.dqkv, m, t, heads, table, true));
         }
         time("gemm", || {

@@ -16,6 +16,9 @@ pub(crate) enum Span {
     /// Query `j` is at position `past + j` and sees the positions up to its own (the
     /// cache already holds the new positions).
     Causal { past: usize },
+    /// As `Causal`, but query `j` sees only the last `window` positions up to its own
+    /// (a sliding window, as Mistral's: the earlier keys get weight zero).
+    Window { past: usize, window: usize },
     /// Every query sees all `keys` keys: an encoder's bidirectional attention over one
     /// sequence (padding left out by giving each sequence its own keys), or a
     /// decoder's cross-attention to one source sentence.
@@ -44,11 +47,11 @@ pub(crate) fn attend_head(
     drop: Option<super::Dropout>,
 ) {
     let n = match span {
-        Span::Causal { past } => past + t,
+        Span::Causal { past } | Span::Window { past, .. } => past + t,
         Span::All { keys } => keys,
     };
     let seen = |j: usize| match span {
-        Span::Causal { past } => past + j + 1,
+        Span::Causal { past } | Span::Window { past, .. } => past + j + 1,
         Span::All { keys } => keys,
     };
     let mut w = if t >= GEMM_MIN_QUERIES {
@@ -75,6 +78,12 @@ pub(crate) fn attend_head(
         }
         s
     };
+    if let Span::Window { window, .. } = span {
+        for j in 0..t {
+            let hidden = seen(j).saturating_sub(window);
+            w[j * n..j * n + hidden].fill(f32::NEG_INFINITY);
+        }
+    }
     for j in 0..t {
         super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], seen(j));
     }

@@ -347,13 +347,16 @@ dispatch!(
 /// Causal attention for `b` sequences of `t` positions: queries, keys and values are
 /// the parts of `qkv [b·t, heads.width()]`; writes the attention weights to
 /// `probs [b, heads.n, t, t]` (zero above the diagonal) and the heads' outputs, side by
-/// side, to `y [b·t, heads.q_width()]`.
+/// side, to `y [b·t, heads.q_width()]`. With a sliding `window`, position `i` sees
+/// positions `i + 1 − window ..= i` alone (the weights of the others are zero, so the
+/// backward pass needs no window of its own).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     qkv: &[f32],
     b: usize,
     t: usize,
     heads: Heads,
+    window: Option<usize>,
     probs: &mut [f32],
     y: &mut [f32],
     dropout: Option<Dropout>,
@@ -374,6 +377,11 @@ pub fn attention(
                 head.rows(qkv, 2, 1.0, &mut s.v);
                 let hdp = head.hdp();
                 lower_products(&s.q, hdp, hd, &s.k, t, p);
+                if let Some(w) = window {
+                    for i in w..t {
+                        p[i * t..i * t + i + 1 - w].fill(f32::NEG_INFINITY);
+                    }
+                }
                 vmath::causal_softmax_rows(p, t);
                 // The weights the values are summed with: dropped out, or as they are.
                 let w: &[f32] = match dropout {

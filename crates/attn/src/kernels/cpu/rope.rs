@@ -8,34 +8,138 @@ use super::rows_per_task;
 
 // ---------------------------------------------------------------- rotary positions
 
-/// Rotary tables for positions `0..n`: `cos`, `sin` `[n, dim / 2]`, frequencies
-/// `theta^(−2i/dim)` (transformers' arithmetic: the frequency in f32 from an f64 power,
-/// the angle in f32).
+/// How the rotary frequencies are stretched for contexts longer than the model was
+/// first trained on (transformers' `rope_type`; the attention scale is 1 for all of them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// `theta^(−2i/dim)`.
+    None,
+    /// Every frequency divided by `factor` (positions interpolated).
+    Linear { factor: f64 },
+    /// Llama 3.1's: wavelengths longer than `original / low_freq_factor` divided by
+    /// `factor`, shorter than `original / high_freq_factor` kept, and a smooth blend
+    /// between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original: usize,
+    },
+    /// Dynamic NTK: a sequence of `len > original` positions uses the base
+    /// `theta · (factor·len/original − (factor − 1))^(dim/(dim−2))`, computed for the
+    /// positions of each call (as transformers does: keys already cached keep the
+    /// rotation they were given).
+    Dynamic { factor: f64, original: usize },
+}
+
+/// Rotary positions: the base and its scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+impl Rope {
+    pub fn plain(theta: f64) -> Self {
+        Rope {
+            theta,
+            scaling: RopeScaling::None,
+        }
+    }
+
+    /// Whether a sequence of `len` positions needs frequencies of its own (dynamic NTK
+    /// past the original context).
+    pub fn stretches(&self, len: usize) -> bool {
+        matches!(self.scaling, RopeScaling::Dynamic { original, .. } if len > original)
+    }
+
+    /// The inverse frequencies of heads `dim` wide for a sequence of `len` positions
+    /// (computed in f64 and rounded to f32, where transformers keeps them).
+    pub fn inv_freq(&self, dim: usize, len: usize) -> Vec<f32> {
+        let base = match self.scaling {
+            RopeScaling::Dynamic { factor, original } if len > original => {
+                let d = dim as f64;
+                self.theta
+                    * (factor * len as f64 / original as f64 - (factor - 1.0)).powf(d / (d - 2.0))
+            }
+            _ => self.theta,
+        };
+        let plain = (0..dim / 2).map(|i| (1.0 / base.powf(2.0 * i as f64 / dim as f64)) as f32);
+        match self.scaling {
+            RopeScaling::None | RopeScaling::Dynamic { .. } => plain.collect(),
+            RopeScaling::Linear { factor } => plain.map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original,
+            } => {
+                let old = original as f64;
+                let (low_wave, high_wave) = (old / low_freq_factor, old / high_freq_factor);
+                plain
+                    .map(|f| {
+                        let f = f as f64;
+                        let wave = 2.0 * std::f64::consts::PI / f;
+                        let g = if wave > low_wave {
+                            f / factor
+                        } else if wave < high_wave {
+                            f
+                        } else {
+                            let s = (old / wave - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - s) * f / factor + s * f
+                        };
+                        g as f32
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Rotary tables for positions `first..first + n`: `cos`, `sin` `[n, dim / 2]` (the
+/// angle `position · frequency` in f32, as transformers computes it).
 pub struct RopeTable {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
     pub half: usize,
+    /// The first position the table holds.
+    pub first: usize,
 }
 
 impl RopeTable {
-    /// The tables for `n` positions of heads `dim` wide; sized by a config alone, so
-    /// their memory is checked first (`what` names the setting in the error).
-    pub fn new(dim: usize, n: usize, theta: f64, what: &str) -> crate::Result<Self> {
+    /// The tables for `n` positions of heads `dim` wide, with the frequencies of a
+    /// sequence no longer than the original context; sized by a config alone, so their
+    /// memory is checked first (`what` names the setting in the error).
+    pub fn new(dim: usize, n: usize, rope: &Rope, what: &str) -> crate::Result<Self> {
+        crate::guard::check_memory(what, 2.0 * n as f64 * (dim / 2) as f64 * 4.0)?;
+        Ok(Self::span(dim, 0..n, &rope.inv_freq(dim, 0)))
+    }
+
+    /// The tables for `positions` of a sequence `len` long (dynamic NTK frequencies
+    /// when it is past the original context).
+    pub fn for_len(dim: usize, positions: std::ops::Range<usize>, len: usize, rope: &Rope) -> Self {
+        Self::span(dim, positions, &rope.inv_freq(dim, len))
+    }
+
+    fn span(dim: usize, positions: std::ops::Range<usize>, inv: &[f32]) -> Self {
         let half = dim / 2;
-        crate::guard::check_memory(what, 2.0 * n as f64 * half as f64 * 4.0)?;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / dim as f64)) as f32)
-            .collect();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for pos in 0..n {
-            for f in &inv {
+        let first = positions.start;
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for pos in positions {
+            for f in inv {
                 let a = pos as f32 * f;
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
         }
-        Ok(RopeTable { cos, sin, half })
+        RopeTable {
+            cos,
+            sin,
+            half,
+            first,
+        }
     }
 
     /// Rotate each `2·half`-long head in `x` to position `pos` (the pairs `(i, i + half)`,
@@ -43,7 +147,8 @@ impl RopeTable {
     /// pass (the rotation's transpose).
     pub fn rotate(&self, x: &mut [f32], pos: usize, inverse: bool) {
         let h = self.half;
-        let (cos, sin) = (&self.cos[pos * h..][..h], &self.sin[pos * h..][..h]);
+        let at = (pos - self.first) * h;
+        let (cos, sin) = (&self.cos[at..][..h], &self.sin[at..][..h]);
         let sign = if inverse { -1.0 } else { 1.0 };
         for head in x.chunks_exact_mut(2 * h) {
             let (a, b) = head.split_at_mut(h);
@@ -80,7 +185,7 @@ mod tests {
     /// the inverse rotation undoes it.
     #[test]
     fn rope_rotates_pairs_half_a_head_apart() {
-        let rope = RopeTable::new(8, 16, 100.0, "test").unwrap();
+        let rope = RopeTable::new(8, 16, &Rope::plain(100.0), "test").unwrap();
         let x: Vec<f32> = (0..16).map(|i| 0.3 * i as f32 - 1.0).collect();
         for pos in [0, 1, 7, 15] {
             let mut got = x.clone();
