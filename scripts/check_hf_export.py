@@ -2,17 +2,16 @@
 """Check that model folders written by attn load in Hugging Face transformers
 unchanged and compute the same numbers.
 
-1. For every fixture under crates/attn/tests/fixtures/hf (gpt2, llama, bert,
-   marian), run `attn export --model FIXTURE --out TMP/NAME`, load the result with
+1. For every fixture under crates/attn/tests/fixtures/hf (gpt2, llama, qwen2,
+   mistral, bert, marian), run `attn export --model FIXTURE --out TMP/NAME`, load the result with
    transformers (`output_loading_info=True`), require no missing and no unexpected
    keys, and compare its outputs on the fixture's recorded inputs with the recorded
    reference (max abs difference printed).
 3. With --classifier DIR --texts FILE (a folder written by `attn classify train`),
    load it as a BertForSequenceClassification and compare its class probabilities
    with `attn classify predict --json` on the texts.
-2. With --trained DIR [DIR ...] (folders written by `attn train`, GPT-2 or
-   `--arch llama`), load each as a GPT2LMHeadModel or LlamaForCausalLM (by its
-   config's model_type) with its tokenizer.json through `tokenizers`, score a text
+2. With --trained DIR [DIR ...] (folders written by `attn train`, any --arch),
+   load each as its config's model_type's class with its tokenizer.json through `tokenizers`, score a text
    with disjoint windows of the model's context, and compare with
    `attn eval perplexity --json` on the same text.
 
@@ -31,12 +30,15 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import (BertForSequenceClassification, GPT2LMHeadModel,
-                          LlamaForCausalLM, MarianMTModel)
+                          LlamaForCausalLM, MarianMTModel, MistralForCausalLM,
+                          Qwen2ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "crates", "attn", "tests", "fixtures", "hf")
-CLASSES = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM,
-           "bert": BertForSequenceClassification, "marian": MarianMTModel}
+CLASSES = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM,
+           "mistral": MistralForCausalLM, "bert": BertForSequenceClassification,
+           "marian": MarianMTModel}
+DECODERS = ("gpt2", "llama", "qwen2", "mistral")
 
 
 # Largest logit difference allowed, as a fraction of the largest reference logit, over
@@ -47,7 +49,7 @@ REL_TOL = {"f32": 1e-5, "f16": 2.5e-3, "bf16": 2.5e-2}
 
 def outputs(kind, model, ref):
     with torch.no_grad():
-        if kind in ("gpt2", "llama"):
+        if kind in DECODERS:
             return model(ref["input_ids"]).logits
         if kind == "bert":
             return model(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
@@ -75,9 +77,14 @@ def check_folder(name, kind, out, ref, dtype, label):
 
 
 def fixtures(kinds):
-    """(name, kind, path, reference tensors) of each fixture of the given kinds."""
+    """(name, kind, path, reference tensors) of each fixture of the given kinds (its
+    config's model_type)."""
     for name in sorted(os.listdir(FIXTURES)):
-        kind = name.split("-")[0]
+        config = os.path.join(FIXTURES, name, "config.json")
+        if not os.path.exists(config):
+            continue
+        with open(config, encoding="utf-8") as f:
+            kind = json.load(f)["model_type"]
         if kind in kinds:
             path = os.path.join(FIXTURES, name)
             yield name, kind, path, load_file(os.path.join(path, "reference.safetensors"))
@@ -98,7 +105,7 @@ def check_engine_saves(attn, tmp):
     """`attn quantize --dtype f16` writes decoders through the engine's own writer (the
     stacked q/k/v and gate/up matrices split back into Hugging Face's tensors)."""
     failures = 0
-    for name, kind, path, ref in fixtures(("gpt2", "llama")):
+    for name, kind, path, ref in fixtures(DECODERS):
         out = os.path.join(tmp, f"{name}-engine-f16")
         subprocess.run([attn, "quantize", "--model", path, "--out", out, "--dtype", "f16"],
                        check=True, capture_output=True)
@@ -114,7 +121,7 @@ def check_trained(attn, model_dir, text_path):
     with open(text_path, encoding="utf-8") as f:
         text = f.read()
     ids = torch.tensor([tok.encode(text, add_special_tokens=False).ids])
-    ctx = model.config.max_position_embeddings if kind == "llama" else model.config.n_positions
+    ctx = model.config.n_positions if kind == "gpt2" else model.config.max_position_embeddings
     total, count = 0.0, 0
     with torch.no_grad():
         for begin in range(0, ids.shape[1], ctx):

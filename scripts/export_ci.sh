@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Folders written by attn, loaded by Hugging Face transformers (run by .ci/run):
-#   1. `attn export` of every HF fixture (gpt2, llama, bert, marian) in f32, f16 and
+#   1. `attn export` of every HF fixture (gpt2, llama, qwen2, mistral, bert, marian) in f32, f16 and
 #      bf16: no missing or unexpected keys, logits within bounds set from measured error;
 #      and `attn quantize --dtype f16` of the decoder fixtures (the engine's own writer);
-#   2. a GPT-2 and a Llama trained by `attn train`: transformers' perplexity =
+#   2. a GPT-2, a Llama, a Qwen2 and a Mistral (sliding window) trained by `attn train`:
+#      transformers' perplexity =
 #      `attn eval perplexity`;
 #   3. a classifier from `attn classify train`: class probabilities = `attn classify predict`;
 #   4. a translation model from `attn translate train`: transformers' beam search gives
@@ -32,6 +33,12 @@ tail -c 20000 "$DATA/tinyshakespeare/input.txt" > "$WORK/held.txt"
 "$ATTN" train --arch llama --data "$WORK/train.txt" --out "$WORK/llama" --n-layer 2 --n-head 4 \
   --n-kv-head 2 --n-embd 32 --block-size 64 --batch-size 8 --max-iters 60 --eval-interval 30 \
   --eval-iters 2 2>/dev/null
+"$ATTN" train --arch qwen2 --data "$WORK/train.txt" --out "$WORK/qwen2" --n-layer 2 --n-head 6 \
+  --n-kv-head 2 --n-embd 48 --block-size 64 --batch-size 8 --max-iters 30 --eval-interval 30 \
+  --eval-iters 2 2>/dev/null
+"$ATTN" train --arch mistral --sliding-window 8 --data "$WORK/train.txt" --out "$WORK/mistral" \
+  --n-layer 2 --n-head 4 --n-kv-head 2 --n-embd 32 --block-size 64 --batch-size 8 --max-iters 30 \
+  --eval-interval 30 --eval-iters 2 2>/dev/null
 POS=$DATA/sentence-polarity/rt-polarity.pos
 NEG=$DATA/sentence-polarity/rt-polarity.neg
 { head -n 300 "$POS" | sed 's/^/pos\t/'; head -n 300 "$NEG" | sed 's/^/neg\t/'; } > "$WORK/clf.tsv"
@@ -44,7 +51,8 @@ paste <(head -n 3000 "$DATA/multi30k/train.de") <(head -n 3000 "$DATA/multi30k/t
   --eval-interval 150 --bleu-sample 10 2>/dev/null
 
 step "exports, a trained GPT-2 and Llama, a classifier"
-"$PY" scripts/check_hf_export.py --attn "$ATTN" --trained "$WORK/gpt2" "$WORK/llama" --text "$WORK/held.txt" \
+"$PY" scripts/check_hf_export.py --attn "$ATTN" --trained "$WORK/gpt2" "$WORK/llama" "$WORK/qwen2" \
+  "$WORK/mistral" --text "$WORK/held.txt" \
   --classifier "$WORK/clf" --texts "$WORK/texts.txt" 2>&1 | grep -v "Loading weights"
 
 step "translation: beam search against transformers' generate"

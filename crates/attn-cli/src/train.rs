@@ -12,14 +12,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Flags that override a preset's values, one per hyperparameter.
 #[derive(Args, Clone, Default)]
 pub struct Overrides {
-    /// Model family: gpt2 (learned positions, LayerNorm, GELU, tied head) or llama
-    /// (rotary positions, RMSNorm, SwiGLU, grouped key/value heads, untied head)
-    /// [default: gpt2].
+    /// Model family: gpt2 (learned positions, LayerNorm, GELU, tied head); llama
+    /// (rotary positions, RMSNorm, SwiGLU, grouped key/value heads, untied head); qwen2
+    /// (llama with biases on the query, key and value projections); mistral (llama
+    /// without biases, with --sliding-window) [default: gpt2].
     #[arg(long)]
     pub arch: Option<String>,
-    /// Key/value heads, dividing --n-head (llama only) [default: --n-head].
+    /// Key/value heads, dividing --n-head (not gpt2) [default: --n-head].
     #[arg(long)]
     pub n_kv_head: Option<usize>,
+    /// Attention window of every layer: each position sees itself and the N − 1
+    /// before it (qwen2 and mistral) [default: none, every earlier position].
+    #[arg(long)]
+    pub sliding_window: Option<usize>,
     /// Width of the MLP's hidden layer [default: 4 × --n-embd for gpt2; 8/3 × --n-embd
     /// rounded up to a multiple of 32 for llama].
     #[arg(long)]
@@ -102,6 +107,9 @@ impl Overrides {
         }
         if self.n_kv_head.is_some() {
             c.n_kv_head = self.n_kv_head;
+        }
+        if self.sliding_window.is_some() {
+            c.sliding_window = self.sliding_window;
         }
         if self.intermediate_size.is_some() {
             c.intermediate_size = self.intermediate_size;
@@ -261,7 +269,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = trainer.config().clone();
     let arch = match cfg.arch {
         attn::train::Arch::Gpt2 => "GPT-2".to_string(),
-        attn::train::Arch::Llama => format!("Llama ({} key/value heads)", cfg.kv_heads()),
+        a => {
+            let name = match a {
+                attn::train::Arch::Qwen2 => "Qwen2",
+                attn::train::Arch::Mistral => "Mistral",
+                _ => "Llama",
+            };
+            let window = cfg
+                .sliding_window
+                .map(|w| format!(", window {w}"))
+                .unwrap_or_default();
+            format!("{name} ({} key/value heads{window})", cfg.kv_heads())
+        }
     };
     eprintln!(
         "model: {arch}, {} layers, {} heads, {} wide, context {}, vocab {} — {:.2}M parameters; {} training / {} validation tokens",

@@ -62,10 +62,16 @@ fn with_tokenizer(name: &str, n: usize, dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn generate_and_perplexity_work_on_llama_and_gpt2_folders() {
+fn generate_and_perplexity_work_on_every_decoder_family() {
     let dir = temp("causal");
     // The char tokenizer also gets "\n" from the file ending: n - 1 letters + newline.
-    for (name, vocab) in [("llama-gqa", 103), ("gpt2-tiny", 99)] {
+    for (name, vocab) in [
+        ("llama-gqa", 103),
+        ("gpt2-tiny", 99),
+        ("llama3-scaled", 61),
+        ("qwen2-window", 71),
+        ("mistral-window", 73),
+    ] {
         let m = with_tokenizer(name, vocab - 1, &dir);
         let mdir = m.to_str().unwrap();
         let g1 = ok(&attn(&[
@@ -183,7 +189,9 @@ fn unknown_model_types_are_named() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("error:") && err.contains("\"bert\"") && err.contains("gpt2 or llama"),
+        err.contains("error:")
+            && err.contains("\"bert\"")
+            && err.contains("supported: gpt2, llama, mistral, qwen2"),
         "{err}"
     );
 }

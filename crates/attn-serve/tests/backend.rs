@@ -77,19 +77,28 @@ fn ragged_batch_steps_match_the_library_forward_pass() {
 }
 
 #[test]
-fn a_llama_is_served_with_batched_decode() {
-    // transformers' llama-gqa fixture: grouped key/value heads, rotary positions.
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../attn/tests/fixtures/hf/llama-gqa");
-    let reference = attn::engine::Decoder::load(&dir, None).unwrap();
-    for batched in [true, false] {
-        let backend = Backend::new(attn::engine::Decoder::load(&dir, None).unwrap(), batched);
-        let prompts = vec![
-            vec![5u32],
-            vec![9, 8, 7, 6],
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
-        ];
-        backend_matches(&backend, &reference, &prompts, &[3, 50, 102]);
+fn llama_qwen2_and_mistral_are_served_with_batched_decode() {
+    // transformers' fixtures: grouped key/value heads and rotary positions (llama-gqa);
+    // q/k/v biases and a window of 5 in the second layer (qwen2-window); a window of 4
+    // in every layer (mistral-window), which the longer prompts and decodes pass.
+    for (name, vocab) in [
+        ("llama-gqa", 103u32),
+        ("qwen2-window", 71),
+        ("mistral-window", 73),
+    ] {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../attn/tests/fixtures/hf")
+            .join(name);
+        let reference = attn::engine::Decoder::load(&dir, None).unwrap();
+        for batched in [true, false] {
+            let backend = Backend::new(attn::engine::Decoder::load(&dir, None).unwrap(), batched);
+            let prompts = vec![
+                vec![5u32],
+                vec![9, 8, 7, 6],
+                vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+            ];
+            backend_matches(&backend, &reference, &prompts, &[3, 50, vocab - 1]);
+        }
     }
 }
 

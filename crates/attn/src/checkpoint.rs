@@ -195,7 +195,10 @@ pub fn load_causal_lm(dir: &Path) -> Result<LoadedLm> {
     if crate::engine::Family::of_model_type(&model_type).is_none() {
         return Err(Error::bad_file(
             dir.join(CONFIG),
-            format!("model_type {model_type:?} is not a causal language model attn knows (expected gpt2 or llama)"),
+            format!(
+                "model_type {model_type:?} is not a causal language model attn runs (supported: {})",
+                crate::engine::DECODER_TYPES.join(", ")
+            ),
         ));
     }
     let (engine, tokenizer) = load_decoder(dir)?;
@@ -353,7 +356,10 @@ pub fn export(dir: &Path, out: &Path, ty: FloatType) -> Result<()> {
     } else {
         return Err(Error::bad_file(
             dir.join(CONFIG),
-            format!("model_type {mt:?} is not supported (gpt2, llama, bert, marian)"),
+            format!(
+                "model_type {mt:?} is not supported (supported: {}, bert, marian)",
+                crate::engine::DECODER_TYPES.join(", ")
+            ),
         ));
     };
     let (files, blobs) = crate::engine::io::read_weight_files(dir)?;

@@ -14,6 +14,12 @@ pub enum Arch {
     /// Rotary positions, RMSNorm, a SwiGLU MLP, grouped key/value heads, no biases,
     /// untied head (`LlamaForCausalLM`).
     Llama,
+    /// Llama's stack with biases on the query, key and value projections
+    /// (`Qwen2ForCausalLM`).
+    Qwen2,
+    /// Llama's stack without biases, with an optional sliding attention window in
+    /// every layer (`MistralForCausalLM`).
+    Mistral,
 }
 
 impl Arch {
@@ -21,11 +27,28 @@ impl Arch {
         match s {
             "gpt2" => Ok(Arch::Gpt2),
             "llama" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
+            "mistral" => Ok(Arch::Mistral),
             other => Err(Error::invalid(
                 "arch",
-                format!("{other:?} is not gpt2 or llama"),
+                format!("{other:?} is not gpt2, llama, qwen2 or mistral"),
             )),
         }
+    }
+
+    /// The Hugging Face `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Mistral => "mistral",
+        }
+    }
+
+    /// Rotary positions, RMSNorm and SwiGLU: every family but GPT-2.
+    pub fn is_llama_like(self) -> bool {
+        self != Arch::Gpt2
     }
 }
 
@@ -41,6 +64,9 @@ pub struct TrainConfig {
     /// Key/value heads (Llama; they must divide `n_head`); default `n_head`.
     #[serde(default)]
     pub n_kv_head: Option<usize>,
+    /// A sliding attention window in every layer (Qwen2 and Mistral).
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
     /// Width of the MLP's hidden layer; default 4·n_embd (GPT-2), or for Llama
     /// 8/3·n_embd rounded up to a multiple of 32 (the SwiGLU width with about the
     /// parameters of a 4× GELU MLP).
@@ -91,6 +117,7 @@ impl TrainConfig {
         let base = TrainConfig {
             arch: Arch::Gpt2,
             n_kv_head: None,
+            sliding_window: None,
             intermediate_size: None,
             n_layer: 4,
             n_head: 4,
@@ -188,14 +215,24 @@ impl TrainConfig {
                     format!("{kv} does not divide n-head {}", self.n_head),
                 ));
             }
-            if self.arch != Arch::Llama && kv != self.n_head {
+            if !self.arch.is_llama_like() && kv != self.n_head {
                 return Err(Error::invalid(
                     "n-kv-head",
-                    "grouped key/value heads need --arch llama",
+                    "grouped key/value heads need --arch llama, qwen2 or mistral",
                 ));
             }
         }
-        if self.arch == Arch::Llama && (self.n_embd / self.n_head) % 2 != 0 {
+        match self.sliding_window {
+            Some(0) => return Err(Error::invalid("sliding-window", "must be at least 1")),
+            Some(_) if !matches!(self.arch, Arch::Qwen2 | Arch::Mistral) => {
+                return Err(Error::invalid(
+                    "sliding-window",
+                    "a sliding window needs --arch qwen2 or mistral",
+                ))
+            }
+            _ => {}
+        }
+        if self.arch.is_llama_like() && (self.n_embd / self.n_head) % 2 != 0 {
             return Err(Error::invalid(
                 "n-head",
                 format!(
@@ -318,7 +355,9 @@ impl TrainConfig {
     pub fn inner(&self) -> usize {
         self.intermediate_size.unwrap_or(match self.arch {
             Arch::Gpt2 => 4 * self.n_embd,
-            Arch::Llama => (8 * self.n_embd).div_ceil(3).next_multiple_of(32),
+            Arch::Llama | Arch::Qwen2 | Arch::Mistral => {
+                (8 * self.n_embd).div_ceil(3).next_multiple_of(32)
+            }
         })
     }
 

@@ -251,7 +251,9 @@ fn build_model(
             (model_config(config, tokenizer).to_hf_json(), (d, d, d))
         }
         // Attention dropout only, as transformers' Llama has.
-        Arch::Llama => (llama_config(config, tokenizer), (0.0, config.dropout, 0.0)),
+        Arch::Llama | Arch::Qwen2 | Arch::Mistral => {
+            (llama_config(config, tokenizer), (0.0, config.dropout, 0.0))
+        }
     };
     let spec = crate::engine::io::spec_of(&hf)?;
     let native = match weights {
@@ -570,9 +572,15 @@ impl Trainer {
 /// The Llama `config.json` for a training config and tokenizer.
 pub fn llama_config(config: &TrainConfig, tokenizer: &Tokenizer) -> serde_json::Value {
     let eos = tokenizer.eos_id();
-    serde_json::json!({
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+    let arch = config.arch;
+    let class = match arch {
+        Arch::Qwen2 => "Qwen2ForCausalLM",
+        Arch::Mistral => "MistralForCausalLM",
+        _ => "LlamaForCausalLM",
+    };
+    let mut c = serde_json::json!({
+        "model_type": arch.model_type(),
+        "architectures": [class],
         "vocab_size": tokenizer.vocab_size(),
         "hidden_size": config.n_embd,
         "intermediate_size": config.inner(),
@@ -585,15 +593,32 @@ pub fn llama_config(config: &TrainConfig, tokenizer: &Tokenizer) -> serde_json::
         "rope_theta": 10000.0,
         "hidden_act": "silu",
         "tie_word_embeddings": false,
-        "attention_bias": false,
-        "mlp_bias": false,
         "attention_dropout": config.dropout,
         "initializer_range": 0.02,
         "bos_token_id": eos,
         "eos_token_id": eos,
         "torch_dtype": "float32",
         "use_cache": true,
-    })
+    });
+    match arch {
+        Arch::Qwen2 => {
+            c["use_sliding_window"] = config.sliding_window.is_some().into();
+            c["sliding_window"] = config.sliding_window.into();
+            c["max_window_layers"] = 0.into();
+            let kind = if config.sliding_window.is_some() {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            };
+            c["layer_types"] = vec![kind; config.n_layer].into();
+        }
+        Arch::Mistral => c["sliding_window"] = config.sliding_window.into(),
+        _ => {
+            c["attention_bias"] = false.into();
+            c["mlp_bias"] = false.into();
+        }
+    }
+    c
 }
 
 /// The GPT-2 config for a training config and tokenizer.
