@@ -53,11 +53,14 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     BertConfig,
+    DistilBertConfig,
     GPT2Config,
     LlamaConfig,
     MarianConfig,
     MistralConfig,
     Qwen2Config,
+    RobertaConfig,
+    XLMRobertaConfig,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -316,7 +319,10 @@ def make_causal(name, cfg, seed, ppl=False, length=9):
 
 
 def make_bert(name, cfg, seed):
+    """A sequence classifier of any BERT-style family (BERT, RoBERTa, XLM-RoBERTa,
+    DistilBERT): the padded batch's hidden states, logits, loss and every gradient."""
     d = OUT / name
+    kind = cfg.model_type
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
     model.eval()
@@ -324,30 +330,38 @@ def make_bert(name, cfg, seed):
     info = save_model(model, d)  # before any forward: forward sets config.problem_type
 
     V, H = cfg.vocab_size, cfg.hidden_size
+    pad = cfg.pad_token_id
     g = torch.Generator().manual_seed(1000 + seed)
-    input_ids = torch.randint(1, V, (2, 8), generator=g)
-    input_ids[1, 5:] = cfg.pad_token_id
+    if kind == "bert":  # the draw the BERT fixtures were made with
+        input_ids = torch.randint(1, V, (2, 8), generator=g)
+    else:
+        input_ids = torch.randint(0, V, (2, 8), generator=g)
+        input_ids[input_ids == pad] = (pad + 1) % V  # real tokens are not the padding id
+    input_ids[1, 5:] = pad
     attention_mask = torch.ones(2, 8, dtype=torch.int64)
     attention_mask[1, 5:] = 0
-    token_type_ids = torch.zeros(2, 8, dtype=torch.int64)
-    token_type_ids[0, 4:] = 1
-    labels = torch.randint(0, cfg.num_labels, (2,), generator=g)
     tensors = {
         "input_ids": i64(input_ids),
         "attention_mask": i64(attention_mask),
-        "token_type_ids": i64(token_type_ids),
-        "labels": i64(labels),
     }
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask)
+    if kind == "bert":
+        token_type_ids = torch.zeros(2, 8, dtype=torch.int64)
+        token_type_ids[0, 4:] = 1
+        tensors["token_type_ids"] = i64(token_type_ids)
+        kw["token_type_ids"] = token_type_ids
+    labels = torch.randint(0, cfg.num_labels, (2,), generator=g)
+    tensors["labels"] = i64(labels)
     with torch.no_grad():
-        base = model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                          output_hidden_states=True)
+        base = model.base_model(**kw, output_hidden_states=True)
     tensors["last_hidden_state"] = f32(base.last_hidden_state)
-    tensors["pooler_output"] = f32(base.pooler_output)
+    if getattr(base, "pooler_output", None) is not None:
+        tensors["pooler_output"] = f32(base.pooler_output)
     for i, h in enumerate(base.hidden_states):
         tensors[f"hidden_states.{i}"] = f32(h)
 
     model.zero_grad(set_to_none=True)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
+    out = model(**kw, labels=labels)
     out.loss.backward()
     tensors["logits"] = f32(out.logits)
     tensors["loss"] = f32(out.loss.reshape(1))
@@ -364,20 +378,22 @@ def make_bert(name, cfg, seed):
         "config": config_summary(cfg, ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                        "intermediate_size", "max_position_embeddings", "type_vocab_size",
                                        "hidden_act", "layer_norm_eps", "pad_token_id", "num_labels",
-                                       "problem_type"]),
+                                       "problem_type", "model_type", "dim", "n_layers", "n_heads",
+                                       "hidden_dim", "activation"]),
         "inputs": {
-            "input_ids": "int64 [2, 8]; random ids in [1, vocab); row 1 padded with pad_token_id 0 at positions 5..7",
+            "input_ids": "int64 [2, 8]; random ids other than pad_token_id; row 1 padded with pad_token_id "
+                         "at positions 5..7",
             "attention_mask": "int64 [2, 8]; 0 on the padded positions",
-            "token_type_ids": "int64 [2, 8]; row 0: 0 for positions 0..3, 1 after; row 1 all 0",
+            "token_type_ids": "(bert only) int64 [2, 8]; row 0: 0 for positions 0..3, 1 after; row 1 all 0",
             "labels": "int64 [2], class ids",
         },
         "outputs": {
-            "last_hidden_state": "model.bert(...).last_hidden_state [2, 8, H] (padded positions are computed too; "
-                                 "they are not meaningful and may be masked in comparisons)",
-            "pooler_output": "model.bert(...).pooler_output [2, H] = tanh(dense(h[:, 0]))",
-            "hidden_states.{i}": "model.bert(..., output_hidden_states=True).hidden_states, i = 0..num_layers; "
-                                 "0 = embeddings after LayerNorm",
-            "logits": "BertForSequenceClassification logits [2, num_labels]",
+            "last_hidden_state": "model.base_model(...).last_hidden_state [2, 8, H] (padded positions are "
+                                 "computed too; they are not meaningful and may be masked in comparisons)",
+            "pooler_output": "(bert only) base_model(...).pooler_output [2, H] = tanh(dense(h[:, 0]))",
+            "hidden_states.{i}": "model.base_model(..., output_hidden_states=True).hidden_states, i = "
+                                 "0..num_layers; 0 = embeddings after LayerNorm",
+            "logits": "…ForSequenceClassification logits [2, num_labels]",
             "loss": "cross-entropy loss with labels (mean over batch), shape [1]",
             "grad.{param}": "d loss / d param for every parameter of the classification model. Note: "
                             "word_embeddings has padding_idx = pad_token_id, so its pad row gets zero gradient",
@@ -392,11 +408,10 @@ def make_bert(name, cfg, seed):
         m = AutoModelForSequenceClassification.from_pretrained(d, attn_implementation="eager",
                                                                dtype=torch.float32).eval()
         with torch.no_grad():
-            logits = m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-            pooled = m.bert(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids).pooler_output
+            logits = m(**kw).logits
+            hidden = m.base_model(**kw).last_hidden_state
         diff = max(float((logits - tensors["logits"]).abs().max()),
-                   float((pooled - tensors["pooler_output"]).abs().max()))
+                   float((hidden - tensors["last_hidden_state"]).abs().max()))
         return state_diff(model, m), diff
 
     return check
@@ -801,6 +816,27 @@ def main():
         intermediate_size=52, vocab_size=73, tie_word_embeddings=False, sliding_window=4,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **llama_common),
         seed=29, ppl=True, length=12)
+
+    # The encoders people fine-tune for classification besides BERT: RoBERTa and
+    # XLM-RoBERTa (positions counted past the padding id 1, one token type, the head
+    # classifier.dense / out_proj), DistilBERT (its own names, no token types, a ReLU
+    # head); 3 and 5 heads, vocabularies that are not multiples of 8.
+    roberta_common = dict(num_hidden_layers=2, max_position_embeddings=24, type_vocab_size=1, hidden_act="gelu",
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
+                          pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    checks.add("roberta-3heads", make_bert,
+        RobertaConfig(hidden_size=24, num_attention_heads=3, intermediate_size=40, vocab_size=83, num_labels=3,
+        **roberta_common),
+        seed=33)
+    checks.add("xlm-roberta-5heads", make_bert,
+        XLMRobertaConfig(hidden_size=40, num_attention_heads=5, intermediate_size=56, vocab_size=91,
+        num_labels=2, **roberta_common),
+        seed=34)
+    checks.add("distilbert-3heads", make_bert,
+        DistilBertConfig(dim=24, n_heads=3, n_layers=2, hidden_dim=44, vocab_size=79, max_position_embeddings=32,
+        activation="gelu", dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0,
+        num_labels=3),
+        seed=35)
 
     if only is not None:
         missing = only - set(checks)

@@ -347,9 +347,11 @@ pub fn export(dir: &Path, out: &Path, ty: FloatType) -> Result<()> {
         let spec = crate::engine::Decoder::load(dir, Some(crate::kernels::WeightType::F32))?.spec;
         let ignored = families::schema(&spec).ignored;
         Box::new(move |n| !ignored(&families::canonical_name(family, n)))
-    } else if mt == "bert" {
+    } else if let Some(family) = crate::models::bert::EncoderFamily::of_model_type(&mt) {
         crate::engine::Encoder::load(dir)?;
-        Box::new(|n| !encoder::is_buffer(&encoder::canonical(n)))
+        Box::new(move |n| {
+            family.exported(n) && family.canonical(n).is_none_or(|k| !encoder::is_buffer(&k))
+        })
     } else if mt == "marian" {
         crate::engine::Seq2Seq::load(dir)?;
         Box::new(|n| !seq2seq::is_tied_copy(n))
@@ -357,8 +359,9 @@ pub fn export(dir: &Path, out: &Path, ty: FloatType) -> Result<()> {
         return Err(Error::bad_file(
             dir.join(CONFIG),
             format!(
-                "model_type {mt:?} is not supported (supported: {}, bert, marian)",
-                crate::engine::DECODER_TYPES.join(", ")
+                "model_type {mt:?} is not supported (supported: {}, {}, marian)",
+                crate::engine::DECODER_TYPES.join(", "),
+                crate::models::bert::ENCODER_TYPES.join(", ")
             ),
         ));
     };

@@ -236,7 +236,10 @@ fn mismatched_checkpoints_list_expected_and_found() {
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let e = err(&d);
     assert!(
-        e.contains("gpt-j") && e.contains("gpt2, llama, mistral, qwen2, bert, marian"),
+        e.contains("gpt-j")
+            && e.contains(
+                "gpt2, llama, mistral, qwen2, bert, roberta, xlm-roberta, distilbert, marian"
+            ),
         "{e}"
     );
     std::fs::remove_dir_all(&dir).ok();

@@ -100,11 +100,15 @@ impl Encoder {
             "embeddings.position_embeddings.weight",
             &[config.max_position_embeddings, c],
         )?;
-        let types = take(
-            &mut t,
-            "embeddings.token_type_embeddings.weight",
-            &[config.type_vocab_size, c],
-        )?;
+        let types = if config.type_vocab_size > 0 {
+            take(
+                &mut t,
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, c],
+            )?
+        } else {
+            Vec::new()
+        };
         let emb_norm = norm(&mut t, "embeddings.LayerNorm")?;
         // Grown layer by layer: a wrong layer count is found at its first missing
         // tensor, before anything of its size exists.
@@ -188,15 +192,19 @@ impl Encoder {
         let n: usize = seqs.iter().map(|s| s.len()).sum();
         let first = super::row_starts(seqs.iter().map(|s| s.len()));
         let mut x = vec![0f32; n * c];
+        let off = cfg.position_offset();
         for (s, ids) in seqs.iter().enumerate() {
             for (j, &id) in ids.iter().enumerate() {
-                let ty = types.map_or(0, |tt| tt[s][j] as usize);
                 let row = &mut x[(first[s] + j) * c..][..c];
                 let word = &self.word[id as usize * c..][..c];
-                let pos = &self.positions[j * c..][..c];
-                let typ = &self.types[ty * c..][..c];
+                let pos = &self.positions[(off + j) * c..][..c];
                 for (i, o) in row.iter_mut().enumerate() {
-                    *o = word[i] + pos[i] + typ[i];
+                    *o = word[i] + pos[i];
+                }
+                if cfg.type_vocab_size > 0 {
+                    let ty = types.map_or(0, |tt| tt[s][j] as usize);
+                    let typ = &self.types[ty * c..][..c];
+                    row.iter_mut().zip(typ).for_each(|(o, t)| *o += t);
                 }
             }
         }
@@ -236,7 +244,11 @@ impl Encoder {
         let firsts: Vec<f32> = last.iter().flat_map(|h| h[..c].iter().copied()).collect();
         let mut out = vec![0f32; firsts.len()];
         pooler.apply(&firsts, last.len(), &mut out);
-        out.iter_mut().for_each(|v| *v = v.tanh());
+        if self.config.family.relu_head() {
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        } else {
+            out.iter_mut().for_each(|v| *v = v.tanh());
+        }
         Ok(out.chunks(c).map(<[f32]>::to_vec).collect())
     }
 
@@ -456,7 +468,10 @@ pub(crate) fn check_batch(
         if s.is_empty() {
             return Err(Error::invalid("tokens", "a sequence was given no tokens"));
         }
-        crate::engine::check_positions(s.len(), cfg.max_position_embeddings)?;
+        crate::engine::check_positions(
+            s.len(),
+            cfg.max_position_embeddings - cfg.position_offset(),
+        )?;
         if let Some(&bad) = s.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(Error::invalid(
                 "tokens",
@@ -474,7 +489,10 @@ pub(crate) fn check_batch(
                     ),
                 ));
             }
-            if let Some(&bad) = tt[i].iter().find(|&&t| t as usize >= cfg.type_vocab_size) {
+            if let Some(&bad) = tt[i]
+                .iter()
+                .find(|&&t| t as usize >= cfg.type_vocab_size.max(1))
+            {
                 return Err(Error::invalid(
                     "token_type_ids",
                     format!("{bad} is not below type_vocab_size {}", cfg.type_vocab_size),
@@ -485,34 +503,25 @@ pub(crate) fn check_batch(
     Ok(())
 }
 
-/// A BERT folder's config (validated; `model_type` must be "bert") and its tensors as
-/// f32 under [`canonical`] names, those `keep` accepts; the integer buffers some
-/// checkpoints keep (`position_ids`, `token_type_ids`) are left out.
+/// An encoder folder's config (validated; `model_type` one of
+/// [`crate::models::bert::ENCODER_TYPES`]) and its tensors as f32 under canonical
+/// (BERT's) names, those `keep` accepts; the integer buffers some checkpoints keep
+/// (`position_ids`, `token_type_ids`) and the tensors nothing reads (masked-LM heads)
+/// are left out.
 pub(crate) fn read_bert(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(BertConfig, Plain)> {
     let cfg_path = dir.join(CONFIG);
     let value = read_json(&cfg_path)?;
-    if value.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
-        return Err(bad(
-            &cfg_path,
-            "model_type is not \"bert\" (the encoder runs BERT models)",
-        ));
-    }
-    let config: BertConfig = serde_json::from_value(value)
-        .map_err(|e| bad(&cfg_path, format!("not a valid BERT config: {e}")))?;
+    let config = BertConfig::from_hf(&value).map_err(|e| bad(&cfg_path, e.to_string()))?;
     config
         .validate()
         .map_err(|e| bad(&cfg_path, e.to_string()))?;
+    let family = config.family;
     let (files, blobs) = read_weight_files(dir)?;
     let (tensors, _) = plain_tensors(&files, &blobs, |name| {
-        let key = canonical(name);
+        let key = family.canonical(name)?;
         (!is_buffer(&key) && keep(&key)).then_some(key)
     })?;
     Ok((config, tensors))
-}
-
-/// A checkpoint name without the task checkpoints' `bert.` prefix.
-pub(crate) fn canonical(name: &str) -> String {
-    name.strip_prefix("bert.").unwrap_or(name).to_string()
 }
 
 /// Fold `<m>.lora_A.weight` `[r, in]` and `<m>.lora_B.weight` `[out, r]` into

@@ -5,6 +5,17 @@
 //! classification head. Linear weights are `[out, in]`. This file holds the
 //! configuration and LoRA's; the model runs on the engine (`engine::Encoder` for
 //! inference, `train::encoder` for training).
+//!
+//! RoBERTa, XLM-RoBERTa and DistilBERT are the same stack in other words, so they are
+//! read into BERT's names ([`EncoderFamily::canonical`]) and written back in their
+//! own ([`EncoderFamily::hf_name`]); what differs is configuration:
+//! - RoBERTa / XLM-RoBERTa: positions start past the padding id (`pad_token_id + 1`),
+//!   one token type; the classification head `classifier.dense` → tanh →
+//!   `classifier.out_proj` is BERT's pooler and classifier under other names, with a
+//!   dropout before its first matrix as well; a base model's `pooler` is not used.
+//! - DistilBERT: its own config names (`dim`, `n_layers`, …) and tensor names
+//!   (`q_lin`, `sa_layer_norm`, `ffn.lin1`, …), no token types, and a head
+//!   `pre_classifier` → ReLU → `classifier`.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +36,205 @@ fn default_drop() -> f32 {
     0.1
 }
 
+/// The encoder families that run as BERT's stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncoderFamily {
+    #[default]
+    Bert,
+    Roberta,
+    XlmRoberta,
+    DistilBert,
+}
+
+/// The encoder `model_type`s attn runs.
+pub const ENCODER_TYPES: [&str; 4] = ["bert", "roberta", "xlm-roberta", "distilbert"];
+
+/// DistilBERT's config keys and BERT's for the same setting.
+const DISTILBERT_KEYS: [(&str, &str); 6] = [
+    ("dim", "hidden_size"),
+    ("n_layers", "num_hidden_layers"),
+    ("n_heads", "num_attention_heads"),
+    ("hidden_dim", "intermediate_size"),
+    ("activation", "hidden_act"),
+    ("dropout", "hidden_dropout_prob"),
+];
+
+/// DistilBERT's names inside a layer, and BERT's.
+const DISTILBERT_LAYER: [(&str, &str); 8] = [
+    ("attention.q_lin", "attention.self.query"),
+    ("attention.k_lin", "attention.self.key"),
+    ("attention.v_lin", "attention.self.value"),
+    ("attention.out_lin", "attention.output.dense"),
+    ("sa_layer_norm", "attention.output.LayerNorm"),
+    ("ffn.lin1", "intermediate.dense"),
+    ("ffn.lin2", "output.dense"),
+    ("output_layer_norm", "output.LayerNorm"),
+];
+
+impl EncoderFamily {
+    pub fn of_model_type(t: &str) -> Option<Self> {
+        match t {
+            "bert" => Some(Self::Bert),
+            "roberta" => Some(Self::Roberta),
+            "xlm-roberta" => Some(Self::XlmRoberta),
+            "distilbert" => Some(Self::DistilBert),
+            _ => None,
+        }
+    }
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Bert => "bert",
+            Self::Roberta => "roberta",
+            Self::XlmRoberta => "xlm-roberta",
+            Self::DistilBert => "distilbert",
+        }
+    }
+
+    /// transformers' sequence-classification class.
+    pub fn classifier_class(self) -> &'static str {
+        match self {
+            Self::Bert => "BertForSequenceClassification",
+            Self::Roberta => "RobertaForSequenceClassification",
+            Self::XlmRoberta => "XLMRobertaForSequenceClassification",
+            Self::DistilBert => "DistilBertForSequenceClassification",
+        }
+    }
+
+    /// The prefix of the encoder's tensors in a task checkpoint.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Bert => "bert.",
+            Self::Roberta | Self::XlmRoberta => "roberta.",
+            Self::DistilBert => "distilbert.",
+        }
+    }
+
+    fn is_roberta(self) -> bool {
+        matches!(self, Self::Roberta | Self::XlmRoberta)
+    }
+
+    /// The head applies a dropout to the first token's vector before its first matrix
+    /// (RoBERTa's `classifier.dense`; BERT's pooler has none).
+    pub fn drops_before_head(self) -> bool {
+        self.is_roberta()
+    }
+
+    /// The head's activation after its first matrix is ReLU (DistilBERT), not tanh.
+    pub fn relu_head(self) -> bool {
+        self == Self::DistilBert
+    }
+
+    /// A checkpoint tensor's name in BERT's words (without `bert.`), or `None` for a
+    /// tensor the encoder and its classification head do not use (masked-LM heads, a
+    /// RoBERTa base model's pooler).
+    pub fn canonical(self, name: &str) -> Option<String> {
+        let bare = name.strip_prefix(self.prefix()).unwrap_or(name);
+        let unused = [
+            "cls.",
+            "lm_head.",
+            "vocab_transform.",
+            "vocab_layer_norm.",
+            "vocab_projector.",
+        ];
+        if unused.iter().any(|u| bare.starts_with(u)) {
+            return None;
+        }
+        match self {
+            Self::Bert => Some(bare.to_string()),
+            Self::Roberta | Self::XlmRoberta => {
+                if bare.starts_with("pooler.") {
+                    None
+                } else if let Some(rest) = bare.strip_prefix("classifier.dense.") {
+                    Some(format!("pooler.dense.{rest}"))
+                } else if let Some(rest) = bare.strip_prefix("classifier.out_proj.") {
+                    Some(format!("classifier.{rest}"))
+                } else {
+                    Some(bare.to_string())
+                }
+            }
+            Self::DistilBert => {
+                if let Some(rest) = bare.strip_prefix("pre_classifier.") {
+                    return Some(format!("pooler.dense.{rest}"));
+                }
+                if let Some(rest) = bare.strip_prefix("transformer.layer.") {
+                    let (l, tail) = rest.split_once('.')?;
+                    for (theirs, ours) in DISTILBERT_LAYER {
+                        if let Some(end) = tail.strip_prefix(theirs) {
+                            return Some(format!("encoder.layer.{l}.{ours}{end}"));
+                        }
+                    }
+                }
+                Some(bare.to_string())
+            }
+        }
+    }
+
+    /// The family's checkpoint name of a canonical tensor name, as its
+    /// `…ForSequenceClassification` class names it.
+    pub fn hf_name(self, canonical: &str) -> String {
+        let head = |rest: &str| canonical.strip_prefix(rest);
+        match self {
+            Self::Bert => {
+                if canonical.starts_with("classifier.") {
+                    canonical.to_string()
+                } else {
+                    format!("bert.{canonical}")
+                }
+            }
+            Self::Roberta | Self::XlmRoberta => {
+                if let Some(rest) = head("pooler.dense.") {
+                    format!("classifier.dense.{rest}")
+                } else if let Some(rest) = head("classifier.") {
+                    format!("classifier.out_proj.{rest}")
+                } else {
+                    format!("roberta.{canonical}")
+                }
+            }
+            Self::DistilBert => {
+                if let Some(rest) = head("pooler.dense.") {
+                    return format!("pre_classifier.{rest}");
+                }
+                if canonical.starts_with("classifier.") {
+                    return canonical.to_string();
+                }
+                if let Some(rest) = head("encoder.layer.") {
+                    if let Some((l, tail)) = rest.split_once('.') {
+                        for (theirs, ours) in DISTILBERT_LAYER {
+                            if let Some(end) = tail.strip_prefix(ours) {
+                                return format!("distilbert.transformer.layer.{l}.{theirs}{end}");
+                            }
+                        }
+                    }
+                }
+                format!("distilbert.{canonical}")
+            }
+        }
+    }
+
+    /// Whether `attn export` writes a checkpoint tensor: everything the encoder or its
+    /// head reads, and a RoBERTa base model's pooler (unused here, but part of the
+    /// model a user exports); not masked-LM heads.
+    pub fn exported(self, name: &str) -> bool {
+        let bare = name.strip_prefix(self.prefix()).unwrap_or(name);
+        self.canonical(name).is_some() || (self.is_roberta() && bare.starts_with("pooler."))
+    }
+
+    /// The module names LoRA adapts, as the family names them (PEFT's
+    /// `target_modules`).
+    pub fn lora_modules(self) -> [&'static str; 2] {
+        match self {
+            Self::DistilBert => ["q_lin", "v_lin"],
+            _ => ["query", "value"],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
+    /// Which family's names and conventions (read from `model_type`).
+    #[serde(skip)]
+    pub family: EncoderFamily,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -54,6 +262,9 @@ pub struct BertConfig {
     pub num_labels: Option<usize>,
     #[serde(default)]
     pub architectures: Option<Vec<String>>,
+    /// The config's other settings, written back as they were read.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl BertConfig {
@@ -83,6 +294,8 @@ impl BertConfig {
             id2label: None,
             num_labels: None,
             architectures: None,
+            family: EncoderFamily::Bert,
+            extra: serde_json::Map::new(),
         }
         .with_labels(labels)
     }
@@ -98,8 +311,63 @@ impl BertConfig {
                 .collect(),
         );
         self.num_labels = Some(labels.len());
-        self.architectures = Some(vec!["BertForSequenceClassification".into()]);
+        self.architectures = Some(vec![self.family.classifier_class().into()]);
         self
+    }
+
+    /// Read a Hugging Face encoder config of any [`EncoderFamily`] (DistilBERT's keys
+    /// renamed to BERT's).
+    pub fn from_hf(value: &serde_json::Value) -> Result<Self> {
+        let model_type = value
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let family = EncoderFamily::of_model_type(model_type).ok_or_else(|| {
+            Error::invalid(
+                "model_type",
+                format!(
+                    "{model_type:?} is not an encoder attn runs (supported: {})",
+                    ENCODER_TYPES.join(", ")
+                ),
+            )
+        })?;
+        let mut v = value.clone();
+        let o = v
+            .as_object_mut()
+            .ok_or_else(|| Error::invalid("config", "not a JSON object"))?;
+        if family == EncoderFamily::DistilBert {
+            for (theirs, ours) in DISTILBERT_KEYS {
+                if let Some(x) = o.remove(theirs) {
+                    o.insert(ours.into(), x);
+                }
+            }
+            if let Some(x) = o.remove("attention_dropout") {
+                o.insert("attention_probs_dropout_prob".into(), x);
+            }
+            o.insert("type_vocab_size".into(), 0.into());
+            if o.get("sinusoidal_pos_embds").and_then(|x| x.as_bool()) == Some(true) {
+                return Err(Error::invalid(
+                    "sinusoidal_pos_embds",
+                    "DistilBERT with fixed sinusoidal positions is not supported",
+                ));
+            }
+        }
+        o.remove("model_type");
+        o.remove("label2id");
+        let mut config: BertConfig = serde_json::from_value(v).map_err(|e| {
+            Error::invalid("config", format!("not a valid {model_type} config: {e}"))
+        })?;
+        config.family = family;
+        Ok(config)
+    }
+
+    /// The first position id of a sequence: RoBERTa counts from past the padding id.
+    pub fn position_offset(&self) -> usize {
+        if self.family.is_roberta() {
+            self.pad_token_id.map_or(0, |p| p as usize + 1)
+        } else {
+            0
+        }
     }
 
     /// Label names in id order.
@@ -115,17 +383,28 @@ impl BertConfig {
             .collect()
     }
 
-    /// The HF `config.json` content.
+    /// The HF `config.json` content, in the family's own keys.
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("config serialises");
         let o = v.as_object_mut().unwrap();
-        o.insert("model_type".into(), "bert".into());
+        o.insert("model_type".into(), self.family.model_type().into());
         if let Some(m) = &self.id2label {
             let l2i: serde_json::Map<String, serde_json::Value> = m
                 .iter()
                 .map(|(i, l)| (l.clone(), i.parse::<u64>().unwrap_or(0).into()))
                 .collect();
             o.insert("label2id".into(), l2i.into());
+        }
+        if self.family == EncoderFamily::DistilBert {
+            o.remove("type_vocab_size");
+            for (theirs, ours) in DISTILBERT_KEYS {
+                if let Some(x) = o.remove(ours) {
+                    o.insert(theirs.into(), x);
+                }
+            }
+            if let Some(x) = o.remove("attention_probs_dropout_prob") {
+                o.insert("attention_dropout".into(), x);
+            }
         }
         o.retain(|_, v| !v.is_null());
         v
@@ -143,6 +422,19 @@ impl BertConfig {
             if v == 0 {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
+        }
+        if self.type_vocab_size == 0 && self.family != EncoderFamily::DistilBert {
+            return Err(Error::invalid("type_vocab_size", "must be at least 1"));
+        }
+        if self.position_offset() >= self.max_position_embeddings {
+            return Err(Error::invalid(
+                "pad_token_id",
+                format!(
+                    "positions start at {} (past the padding id), beyond max_position_embeddings {}",
+                    self.position_offset(),
+                    self.max_position_embeddings
+                ),
+            ));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(Error::invalid(

@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, read_json, write_json};
 use crate::data::labelled::Example;
-use crate::engine::encoder::{canonical, fold_adapters, read_bert};
+use crate::engine::encoder::{fold_adapters, read_bert};
 use crate::engine::io::{read_plain, write_plain, Plain};
 use crate::engine::Encoder;
 use crate::metrics::{classification_report, ClassificationReport};
-use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
+use crate::models::bert::{BertConfig, EncoderFamily, LoraConfig};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::encoder::NativeEncoder;
@@ -171,10 +171,6 @@ fn is_lora(name: &str) -> bool {
     name.contains(".lora_A.") || name.contains(".lora_B.")
 }
 
-fn is_head(name: &str) -> bool {
-    name.starts_with("classifier.")
-}
-
 /// Probabilities of logits.
 fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
@@ -194,11 +190,11 @@ fn read_adapter_config(dir: &Path) -> Result<Option<LoraConfig>> {
         .map_err(|e| Error::bad_file(&path, format!("not a valid adapter config: {e}")))
 }
 
-/// A folder's adapters (canonical names, without `bert.`).
-pub(crate) fn read_adapters(dir: &Path) -> Result<Plain> {
+/// A folder's adapters (canonical names, BERT's without `bert.`).
+pub(crate) fn read_adapters(dir: &Path, family: EncoderFamily) -> Result<Plain> {
     Ok(read_plain(&dir.join(ADAPTER_WEIGHTS))?
         .into_iter()
-        .map(|(k, v)| (canonical(&k), v))
+        .filter_map(|(k, v)| Some((family.canonical(&k)?, v)))
         .collect())
 }
 
@@ -212,11 +208,11 @@ impl Classifier {
         if !config.is_classifier() {
             return Err(Error::bad_file(
                 &cfg_path,
-                "not a sequence classifier (architectures lacks BertForSequenceClassification)",
+                "not a sequence classifier (architectures lacks a …ForSequenceClassification)",
             ));
         }
         if let Some(lora) = read_adapter_config(dir)? {
-            tensors.extend(read_adapters(dir)?);
+            tensors.extend(read_adapters(dir, config.family)?);
             fold_adapters(&mut tensors, lora.scale())
                 .map_err(|e| Error::bad_file(dir.join(ADAPTER_WEIGHTS), e.to_string()))?;
         }
@@ -490,15 +486,10 @@ fn save_classifier(
     max_len: usize,
     merge: bool,
 ) -> Result<()> {
+    let family = model.config.family;
     let named = |t: Plain| -> Plain {
         t.into_iter()
-            .map(|(k, v)| {
-                if is_head(&k) {
-                    (k, v)
-                } else {
-                    (format!("bert.{k}"), v)
-                }
-            })
+            .map(|(k, v)| (family.hf_name(&k), v))
             .collect()
     };
     let mut tensors = model.tensors();
@@ -513,7 +504,7 @@ fn save_classifier(
             tensors.retain(|k, _| !is_lora(k));
             write_plain(&dir.join(ADAPTER_WEIGHTS), &named(adapters))?;
             let mut cfg = serde_json::to_value(l).unwrap();
-            cfg["target_modules"] = serde_json::json!(LORA_TARGETS);
+            cfg["target_modules"] = serde_json::json!(family.lora_modules());
             write_json(&dir.join(ADAPTER_CONFIG), &cfg)?;
         }
         Some(l) => fold_adapters(&mut tensors, l.scale())?,

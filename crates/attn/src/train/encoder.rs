@@ -44,7 +44,8 @@ struct LayerAt {
 struct Layout {
     word: usize,
     pos: usize,
-    typ: usize,
+    /// Token types (none in DistilBERT).
+    typ: Option<usize>,
     emb_w: usize,
     emb_b: usize,
     layers: Vec<LayerAt>,
@@ -97,6 +98,10 @@ impl Drops {
     }
     fn pooled(&self) -> Option<Dropout> {
         self.hidden.map(|d| d.site(u64::MAX))
+    }
+    /// RoBERTa's: the first token's vector before the head.
+    fn head_in(&self) -> Option<Dropout> {
+        self.hidden.map(|d| d.site(u64::MAX - 1))
     }
     /// Head `h` of sequence `s` in layer `l`: element `i·len + j` is weight (i, j).
     fn attn_head(&self, l: usize, s: usize, h: usize) -> Option<Dropout> {
@@ -187,7 +192,7 @@ impl NativeEncoder {
     pub fn load_adapted(dir: &Path, lora: Option<LoraConfig>) -> Result<Self> {
         let (config, mut tensors) = read_bert(dir, |_| true)?;
         if lora.is_some() {
-            tensors.extend(crate::tasks::classify::read_adapters(dir)?);
+            tensors.extend(crate::tasks::classify::read_adapters(dir, config.family)?);
         }
         Self::from_plain(config, tensors, lora.map(|l| (l, 0)), None)
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
@@ -251,11 +256,15 @@ impl NativeEncoder {
             vec![config.max_position_embeddings, c],
             &mut t,
         )?;
-        let typ = put(
-            "embeddings.token_type_embeddings.weight".into(),
-            vec![config.type_vocab_size, c],
-            &mut t,
-        )?;
+        let typ = if config.type_vocab_size > 0 {
+            Some(put(
+                "embeddings.token_type_embeddings.weight".into(),
+                vec![config.type_vocab_size, c],
+                &mut t,
+            )?)
+        } else {
+            None
+        };
         let emb_w = put("embeddings.LayerNorm.weight".into(), vec![c], &mut t)?;
         let emb_b = put("embeddings.LayerNorm.bias".into(), vec![c], &mut t)?;
         let mut layers = Vec::new();
@@ -483,17 +492,21 @@ impl NativeEncoder {
         let eps = cfg.layer_norm_eps as f32;
         let (spans, n) = spans_of(seqs);
         let mut emb = scratch.pool.take_written(n * c);
+        let off = cfg.position_offset();
         for (s, ids) in seqs.iter().enumerate() {
             for (j, &id) in ids.iter().enumerate() {
-                let ty = types.map_or(0, |tt| tt[s][j] as usize);
                 let row = &mut emb[(spans[s].0 + j) * c..][..c];
-                let (a, b, d) = (
+                let (a, b) = (
                     &w[lay.word + id as usize * c..][..c],
-                    &w[lay.pos + j * c..][..c],
-                    &w[lay.typ + ty * c..][..c],
+                    &w[lay.pos + (off + j) * c..][..c],
                 );
                 for i in 0..c {
-                    row[i] = a[i] + b[i] + d[i];
+                    row[i] = a[i] + b[i];
+                }
+                if let Some(typ) = lay.typ {
+                    let ty = types.map_or(0, |tt| tt[s][j] as usize);
+                    let d = &w[typ + ty * c..][..c];
+                    row.iter_mut().zip(d).for_each(|(r, d)| *r += d);
                 }
             }
         }
@@ -589,6 +602,10 @@ impl NativeEncoder {
         // Pooler over each sequence's first token (the last layer's output rows), then
         // the head.
         let b = seqs.len();
+        // RoBERTa's head drops the first token's vector out before its first matrix.
+        if cfg.family.drops_before_head() {
+            drop_in_place(xs.last_mut().unwrap(), drops.head_in());
+        }
         let firsts = xs.last().unwrap();
         let mut pooled = vec![0f32; b * c];
         linear(
@@ -599,7 +616,11 @@ impl NativeEncoder {
             &mut pooled,
             &mut scratch.panels,
         );
-        pooled.iter_mut().for_each(|v| *v = v.tanh());
+        if cfg.family.relu_head() {
+            pooled.iter_mut().for_each(|v| *v = v.max(0.0));
+        } else {
+            pooled.iter_mut().for_each(|v| *v = v.tanh());
+        }
         let mut pooled_d = pooled.clone();
         drop_in_place(&mut pooled_d, drops.pooled());
         let nl = cfg.labels();
@@ -665,10 +686,17 @@ impl NativeEncoder {
             );
         }
         drop_in_place(&mut dpooled, drops.pooled());
-        dpooled
-            .iter_mut()
-            .zip(&s.pooled)
-            .for_each(|(d, p)| *d *= 1.0 - p * p);
+        if cfg.family.relu_head() {
+            dpooled
+                .iter_mut()
+                .zip(&s.pooled)
+                .for_each(|(d, p)| *d = if *p > 0.0 { *d } else { 0.0 });
+        } else {
+            dpooled
+                .iter_mut()
+                .zip(&s.pooled)
+                .for_each(|(d, p)| *d *= 1.0 - p * p);
+        }
         let firsts = s.x.last().unwrap();
         let mut dfirst = scratch.pool.take(b * c);
         {
@@ -683,6 +711,9 @@ impl NativeEncoder {
                 Some(&mut dfirst),
                 scratch,
             );
+        }
+        if cfg.family.drops_before_head() {
+            drop_in_place(&mut dfirst, drops.head_in());
         }
         // The gradient of the last layer's output: its rows are the sequences' first.
         let mut dx = dfirst;
@@ -834,15 +865,20 @@ impl NativeEncoder {
                 Some(db),
             );
         }
+        let off = cfg.position_offset();
         for (q, ids) in seqs.iter().enumerate().filter(|_| !frozen) {
             for (j, &id) in ids.iter().enumerate() {
                 let ty = types.map_or(0, |tt| tt[q][j] as usize);
                 let row = &de[(s.spans[q].0 + j) * c..][..c];
+                let typ = lay.typ.map(|typ| typ + ty * c);
                 for at in [
-                    lay.word + id as usize * c,
-                    lay.pos + j * c,
-                    lay.typ + ty * c,
-                ] {
+                    Some(lay.word + id as usize * c),
+                    Some(lay.pos + (off + j) * c),
+                    typ,
+                ]
+                .into_iter()
+                .flatten()
+                {
                     g[at..at + c].iter_mut().zip(row).for_each(|(g, d)| *g += d);
                 }
             }
