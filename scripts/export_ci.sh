@@ -45,6 +45,19 @@ NEG=$DATA/sentence-polarity/rt-polarity.neg
 { tail -n 20 "$POS"; tail -n 20 "$NEG"; } > "$WORK/texts.txt"
 "$ATTN" classify train --data "$WORK/clf.tsv" --out "$WORK/clf" --preset bert-tiny --epochs 1 \
   --tokenizer bpe:600 --max-len 48 2>/dev/null
+# A RoBERTa and a DistilBERT fine-tuned from transformers' fixtures, with a char
+# tokenizer of the texts' letters (fewer ids than the fixtures' vocabularies).
+for ENC in roberta-3heads distilbert-3heads; do
+  mkdir -p "$WORK/$ENC"
+  cp "crates/attn/tests/fixtures/hf/$ENC/config.json" "crates/attn/tests/fixtures/hf/$ENC/model.safetensors" "$WORK/$ENC/"
+  echo "abcdefghijklmnopqrstuvwxyz .,'" > "$WORK/letters.txt"
+  "$ATTN" tokenizer train --kind char --data "$WORK/letters.txt" --out "$WORK/$ENC" --overwrite 2>/dev/null
+  { head -n 200 "$POS" | sed 's/^/pos\t/'; head -n 200 "$NEG" | sed 's/^/neg\t/'; } \
+    | tr 'A-Z' 'a-z' | tr -cd "a-z .,'\t\n" > "$WORK/clf-lower.tsv"
+  "$ATTN" classify train --data "$WORK/clf-lower.tsv" --model "$WORK/$ENC" --out "$WORK/$ENC-clf" --epochs 1 \
+    --max-len 48 2>/dev/null
+done
+tr 'A-Z' 'a-z' < "$WORK/texts.txt" | tr -cd "a-z .,'\n" > "$WORK/texts-lower.txt"
 paste <(head -n 3000 "$DATA/multi30k/train.de") <(head -n 3000 "$DATA/multi30k/train.en") > "$WORK/pairs.tsv"
 "$ATTN" translate train --pairs "$WORK/pairs.tsv" --out "$WORK/marian" --holdout 50 --valid-size 50 \
   --d-model 32 --layers 1 --heads 2 --ffn 64 --vocab-size 800 --max-steps 150 --batch-size 32 \
@@ -54,6 +67,8 @@ step "exports, a trained GPT-2 and Llama, a classifier"
 "$PY" scripts/check_hf_export.py --attn "$ATTN" --trained "$WORK/gpt2" "$WORK/llama" "$WORK/qwen2" \
   "$WORK/mistral" --text "$WORK/held.txt" \
   --classifier "$WORK/clf" --texts "$WORK/texts.txt" 2>&1 | grep -v "Loading weights"
+"$PY" scripts/check_hf_export.py --attn "$ATTN" --no-fixtures --classifier "$WORK/roberta-3heads-clf" \
+  "$WORK/distilbert-3heads-clf" --texts "$WORK/texts-lower.txt" 2>&1 | grep -v "Loading weights"
 
 step "translation: beam search against transformers' generate"
 "$PY" scripts/check_marian_export.py --model "$WORK/marian" --attn "$ATTN" --src "$WORK/marian/holdout.src" \

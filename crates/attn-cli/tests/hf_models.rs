@@ -362,3 +362,101 @@ fn export_command_writes_every_family_in_half_precision() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("different folder"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// RoBERTa, XLM-RoBERTa and DistilBERT folders (transformers' fixtures, with a char
+/// tokenizer) through `embed`, `classify train` (full and LoRA), `classify predict` and
+/// `classify eval`: the classifier is saved under the family's own names and config.
+#[test]
+fn roberta_xlm_roberta_and_distilbert_embed_and_classify() {
+    let dir = temp("encoders");
+    let data = dir.join("train.tsv");
+    let mut rows = String::new();
+    for i in 0..48 {
+        let (label, text) = if i % 2 == 0 {
+            ("pos", ["goodfilm", "greatplot", "finecast"][i % 3])
+        } else {
+            ("neg", ["badfilm", "dullplot", "poorcast"][i % 3])
+        };
+        rows.push_str(&format!("{label}\t{text}\n"));
+    }
+    std::fs::write(&data, rows).unwrap();
+    let texts = dir.join("texts.txt");
+    std::fs::write(&texts, "goodfilm\nbadplot\n").unwrap();
+    for (name, vocab, hidden, head) in [
+        ("roberta-3heads", 83, 24, "classifier.out_proj.weight"),
+        ("xlm-roberta-5heads", 91, 40, "classifier.dense.weight"),
+        ("distilbert-3heads", 79, 24, "pre_classifier.weight"),
+    ] {
+        // Room for the special tokens classification adds to a tokenizer without them.
+        let m = with_tokenizer(name, vocab - 4, &dir);
+        let model_type = config_of(&m)["model_type"].clone();
+        let e = ok(&attn(&[
+            "embed",
+            "--model",
+            m.to_str().unwrap(),
+            "--input",
+            texts.to_str().unwrap(),
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        let rows = v["embeddings"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{name}");
+        assert_eq!(rows[0].as_array().unwrap().len(), hidden, "{name}");
+        for lora in [false, true] {
+            let out = dir.join(format!("{name}-clf-{lora}"));
+            let mut args = vec![
+                "classify",
+                "train",
+                "--model",
+                m.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ];
+            if lora {
+                args.extend(["--lora-rank", "2"]);
+            }
+            ok(&attn(&args));
+            let cfg = config_of(&out);
+            assert_eq!(cfg["model_type"], model_type, "{name}");
+            assert!(
+                cfg["architectures"][0]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("ForSequenceClassification"),
+                "{name}: {cfg}"
+            );
+            let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+            assert!(names.iter().any(|n| n == head), "{name}: {names:?}");
+            assert!(
+                !names
+                    .iter()
+                    .any(|n| n.starts_with("bert.") || n.starts_with("pooler.")),
+                "{name}: BERT's names in {names:?}"
+            );
+            let p = ok(&attn(&[
+                "classify",
+                "eval",
+                "--model",
+                out.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--json",
+            ]));
+            let r: serde_json::Value = serde_json::from_str(&p).unwrap();
+            assert_eq!(r["per_class"]["pos"]["support"], 24, "{name}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn config_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
+}

@@ -288,7 +288,7 @@ pub struct LoadedBert {
 pub fn load_bert(dir: &Path) -> Result<LoadedBert> {
     let encoder = crate::engine::Encoder::load(dir)?;
     let tokenizer = Tokenizer::from_file(&dir.join(TOKENIZER))?;
-    let limit = encoder.config.max_position_embeddings;
+    let limit = encoder.config.max_len();
     check_vocab(dir, &tokenizer, encoder.config.vocab_size)?;
     let st = dir.join("sentence_bert_config.json");
     let max_len = if st.is_file() {

@@ -468,10 +468,7 @@ pub(crate) fn check_batch(
         if s.is_empty() {
             return Err(Error::invalid("tokens", "a sequence was given no tokens"));
         }
-        crate::engine::check_positions(
-            s.len(),
-            cfg.max_position_embeddings - cfg.position_offset(),
-        )?;
+        crate::engine::check_positions(s.len(), cfg.max_len())?;
         if let Some(&bad) = s.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(Error::invalid(
                 "tokens",

@@ -361,6 +361,11 @@ impl BertConfig {
         Ok(config)
     }
 
+    /// The longest sequence: the position table less the ids RoBERTa skips.
+    pub fn max_len(&self) -> usize {
+        self.max_position_embeddings - self.position_offset()
+    }
+
     /// The first position id of a sequence: RoBERTa counts from past the padding id.
     pub fn position_offset(&self) -> usize {
         if self.family.is_roberta() {

@@ -224,7 +224,7 @@ impl Classifier {
             ));
         }
         let tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
-        let limit = model.config.max_position_embeddings;
+        let limit = model.config.max_len();
         let max_len = read_json(&dir.join(CLASSIFIER_FILE))
             .ok()
             .and_then(|v| v["max_len"].as_u64())
@@ -259,7 +259,7 @@ impl Classifier {
 
     /// Use up to `max_len` tokens per text (at most the model's position limit).
     pub fn set_max_len(&mut self, max_len: usize) -> Result<()> {
-        let limit = self.model.config.max_position_embeddings;
+        let limit = self.model.config.max_len();
         if max_len < 2 || max_len > limit {
             return Err(Error::invalid(
                 "--max-len",
@@ -465,7 +465,7 @@ fn build(
         Start::Pretrained(dir) => {
             let model = NativeEncoder::load_with_head(dir, labels, rng.next_u64(), cfg.lora)?;
             let mut tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
-            let max_len = cfg.max_len.min(model.config.max_position_embeddings);
+            let max_len = cfg.max_len.min(model.config.max_len());
             if tokenizer.encode_for_model("x", max_len)?.len() < 2 {
                 // No [CLS]/[SEP] post-processor in this tokenizer: add ours.
                 tokenizer.add_classifier_specials()?;
@@ -713,7 +713,7 @@ pub fn train(
             (model, tokenizer, state, run)
         }
     };
-    let max_len = cfg.max_len.min(model.config.max_position_embeddings);
+    let max_len = cfg.max_len.min(model.config.max_len());
     let clf = Classifier {
         model: Encoder::from_tensors(
             model.config.clone(),
