@@ -6,7 +6,9 @@
 #   2. a GPT-2, a Llama, a Qwen2 and a Mistral (sliding window) trained by `attn train`:
 #      transformers' perplexity =
 #      `attn eval perplexity`;
-#   3. a classifier from `attn classify train`: class probabilities = `attn classify predict`;
+#   3. classifiers from `attn classify train` (BERT from scratch; RoBERTa and DistilBERT
+#      fine-tuned): class probabilities = `attn classify predict`; RoBERTa fine-tuning's
+#      first 20 losses = a transformers loop's (scripts/classify_curve.py);
 #   4. a translation model from `attn translate train`: transformers' beam search gives
 #      the same translations as `attn translate`.
 # Python (torch, transformers: scripts/requirements.txt) is installed outside the
@@ -69,6 +71,9 @@ step "exports, a trained GPT-2 and Llama, a classifier"
   --classifier "$WORK/clf" --texts "$WORK/texts.txt" 2>&1 | grep -v "Loading weights"
 "$PY" scripts/check_hf_export.py --attn "$ATTN" --no-fixtures --classifier "$WORK/roberta-3heads-clf" \
   "$WORK/distilbert-3heads-clf" --texts "$WORK/texts-lower.txt" 2>&1 | grep -v "Loading weights"
+
+step "RoBERTa fine-tuning: attn's loss curve against a transformers loop"
+"$PY" scripts/classify_curve.py --attn "$ATTN" 2>&1 | grep -v -e "Loading weights" -e "Writing model" | tail -3
 
 step "translation: beam search against transformers' generate"
 "$PY" scripts/check_marian_export.py --model "$WORK/marian" --attn "$ATTN" --src "$WORK/marian/holdout.src" \

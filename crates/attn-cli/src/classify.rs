@@ -42,14 +42,14 @@ pub struct TrainArgs {
     /// Fraction held out when --valid is not given (shuffled with --seed).
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
-    /// Pretrained HF BERT folder to fine-tune.
+    /// Pretrained HF encoder folder to fine-tune (bert, roberta, xlm-roberta, distilbert).
     #[arg(long, conflicts_with = "preset")]
     model: Option<PathBuf>,
     /// Train from scratch: bert-small (4 layers × 256) or bert-tiny (2 layers × 128)
     /// [default without --model: bert-small].
     #[arg(long)]
     preset: Option<String>,
-    /// Output folder: the best epoch's model (HF BertForSequenceClassification).
+    /// Output folder: the best epoch's model (HF …ForSequenceClassification of the model's family).
     #[arg(long)]
     out: PathBuf,
     /// Replace a model already in --out (without it such a folder is refused; --out can

@@ -1,4 +1,4 @@
-//! `attn embed`: sentence embeddings from a BERT encoder, one text per input line.
+//! `attn embed`: sentence embeddings from a BERT-style encoder (BERT, RoBERTa, XLM-RoBERTa, DistilBERT), one text per input line.
 
 use std::path::PathBuf;
 
@@ -17,7 +17,7 @@ pub enum Pooling {
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// Model folder (an HF BERT model, e.g. a sentence-transformers folder).
+    /// Model folder (an HF BERT, RoBERTa, XLM-RoBERTa or DistilBERT model, e.g. a sentence-transformers folder).
     #[arg(long)]
     model: PathBuf,
     /// Text file, one text per line.

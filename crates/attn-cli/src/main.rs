@@ -66,7 +66,7 @@ enum Command {
     /// tokenizing into shards, corpus statistics.
     #[command(subcommand)]
     Data(data::DataCommand),
-    /// Sentence embeddings from a BERT encoder (one text per line in, JSON out).
+    /// Sentence embeddings from a BERT-style encoder (one text per line in, JSON out).
     Embed(embed::EmbedArgs),
     /// Write a model folder in Hugging Face layout, optionally in f16 or bf16.
     Export(export::ExportArgs),

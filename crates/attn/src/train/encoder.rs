@@ -154,9 +154,11 @@ impl NativeEncoder {
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
 
-    /// Load a pretrained BERT folder and put a new classification head of `labels`
+    /// Load a pretrained encoder folder and put a new classification head of `labels`
     /// classes on it (weights drawn from N(0, 0.02²) with `seed`, biases zero, as
-    /// transformers initialises one); a missing pooler is drawn the same way.
+    /// transformers initialises one), unless the folder is a classifier of the same
+    /// labels in the same order, whose head is kept; a missing pooler is drawn the same
+    /// way.
     ///
     /// With `lora`, adapters go on every query and value projection and everything but
     /// them and the head is frozen.
@@ -166,7 +168,12 @@ impl NativeEncoder {
         seed: u64,
         lora: Option<LoraConfig>,
     ) -> Result<Self> {
-        let (config, tensors) = read_bert(dir, |key| !key.starts_with("classifier."))?;
+        let (config, mut tensors) = read_bert(dir, |_| true)?;
+        // A classifier of these very labels keeps its head (as transformers loads a
+        // `…ForSequenceClassification` folder); any other gets a new one.
+        if !(config.is_classifier() && config.label_names() == labels) {
+            tensors.retain(|k, _| !k.starts_with("classifier."));
+        }
         let lora = lora.map(|l| (l, seed ^ 0x10a));
         Self::from_plain(config.with_labels(labels), tensors, lora, Some(seed))
             .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
