@@ -25,6 +25,10 @@ The shapes (both about GPT-2 small's 124M parameters):
   gpt2    GPT2LMHeadModel, 12 layers x 768, 12 heads, vocabulary 50257, tied head.
   llama   LlamaForCausalLM, 12 layers x 768, 12 query / 4 key-value heads, SwiGLU
           intermediate 2048, vocabulary 32000, untied head (124.6M parameters).
+  qwen2   Qwen2ForCausalLM of the same shape: biases on the query, key and value
+          projections, tied head.
+  mistral MistralForCausalLM of the same shape, a sliding window of 1024 (longer than
+          the benchmark's 256 positions, as Mistral's 4096 is at its usual lengths).
 
 llama.cpp's converter recognises a BPE tokenizer by hashing how it splits a test string;
 a tokenizer trained here is unknown to it, so this script tells it the pre-tokenizer is
@@ -90,13 +94,25 @@ def write_hf(shape, out, seed, tok):
         )
         model = transformers.GPT2LMHeadModel(cfg)
     else:
-        cfg = transformers.LlamaConfig(
-            num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
-            num_key_value_heads=4, intermediate_size=2048, vocab_size=32000,
-            max_position_embeddings=2048, tie_word_embeddings=False,
-            bos_token_id=0, eos_token_id=0, rope_theta=10000.0,
-        )
-        model = transformers.LlamaForCausalLM(cfg)
+        # Llama, and the same shape as Qwen2 (q/k/v biases, tied head, Qwen's base) and
+        # as Mistral (a sliding window longer than the benchmark's context).
+        common = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
+                      num_key_value_heads=4, intermediate_size=2048, vocab_size=32000,
+                      max_position_embeddings=2048, bos_token_id=0, eos_token_id=0)
+        if shape == "qwen2":
+            cfg = transformers.Qwen2Config(tie_word_embeddings=True, rope_theta=1000000.0, **common)
+            model = transformers.Qwen2ForCausalLM(cfg)
+            with torch.no_grad():  # transformers draws zero biases: give them values
+                for name, p in model.named_parameters():
+                    if name.endswith("bias"):
+                        p.normal_(0.0, 0.02)
+        elif shape == "mistral":
+            cfg = transformers.MistralConfig(tie_word_embeddings=False, rope_theta=10000.0,
+                                             sliding_window=1024, **common)
+            model = transformers.MistralForCausalLM(cfg)
+        else:
+            cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=10000.0, **common)
+            model = transformers.LlamaForCausalLM(cfg)
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     tok.save(os.path.join(out, "tokenizer.json"))
@@ -134,7 +150,8 @@ def main():
     p.add_argument("--quantize", default=None,
                    help="llama-quantize (default: LLAMA_CPP/build*/bin/llama-quantize)")
     p.add_argument("--attn", required=True)
-    p.add_argument("--shapes", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
+    p.add_argument("--shapes", nargs="+", default=["gpt2", "llama"],
+                   choices=["gpt2", "llama", "qwen2", "mistral"])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     quantize = a.quantize or (sorted(glob.glob(os.path.join(a.llama_cpp, "build*", "bin",
