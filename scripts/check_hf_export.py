@@ -151,7 +151,6 @@ def check_trained(attn, model_dir, text_path):
 def check_classifier(attn, model_dir, texts_path):
     model, info = AutoModelForSequenceClassification.from_pretrained(model_dir, output_loading_info=True)
     model.eval()
-    roberta = model.config.model_type in ("roberta", "xlm-roberta")
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tok.no_padding()
     # attn reads at most the training max_len tokens (special tokens included).
@@ -169,13 +168,8 @@ def check_classifier(attn, model_dir, texts_path):
     worst = 0.0
     for text, line in zip(texts, out):
         ids = torch.tensor([tok.encode(text).ids])
-        kw = {}
-        if roberta:
-            # Every token is text (a char tokenizer may give a letter the padding id,
-            # which transformers would otherwise not count): positions from pad + 1.
-            kw["position_ids"] = model.config.pad_token_id + 1 + torch.arange(ids.shape[1])[None]
         with torch.no_grad():
-            probs = model(ids, **kw).logits.softmax(-1)[0]
+            probs = model(ids).logits.softmax(-1)[0]
         got = json.loads(line)["probabilities"]
         for i, p in enumerate(probs.tolist()):
             worst = max(worst, abs(p - got[model.config.id2label[i]]))

@@ -70,7 +70,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         return Err(Error::invalid(
             "model",
             format!(
-                "model_type {model_type:?}: attn quantize supports decoder folders (gpt2, llama)"
+                "model_type {model_type:?}: attn quantize supports decoder folders ({})",
+                attn::engine::DECODER_TYPES.join(", ")
             ),
         ));
     }

@@ -173,7 +173,7 @@ impl<'a> Lm<'a> {
                     }
                     Job::Embed { reply, .. } => {
                         let _ = reply.send(Err(ApiError::bad_request(
-                            "embeddings need an encoder (BERT) model",
+                            "embeddings need an encoder model (bert, roberta, xlm-roberta, distilbert)",
                         )));
                     }
                 }

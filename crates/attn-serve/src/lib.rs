@@ -304,7 +304,7 @@ fn load(dir: &std::path::Path, batched: bool) -> Result<(EngineModel, ModelInfo)
         .get("model_type")
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    if model_type == "bert" {
+    if attn::models::bert::EncoderFamily::of_model_type(model_type).is_some() {
         let bert = attn::checkpoint::load_bert(dir).map_err(|e| e.to_string())?;
         let info = ModelInfo {
             tokenizer: bert.tokenizer.clone(),

@@ -349,9 +349,9 @@ pub fn export(dir: &Path, out: &Path, ty: FloatType) -> Result<()> {
         Box::new(move |n| !ignored(&families::canonical_name(family, n)))
     } else if let Some(family) = crate::models::bert::EncoderFamily::of_model_type(&mt) {
         crate::engine::Encoder::load(dir)?;
-        Box::new(move |n| {
-            family.exported(n) && family.canonical(n).is_none_or(|k| !encoder::is_buffer(&k))
-        })
+        // Every tensor but the integer buffers: a masked-LM head or a base model's
+        // pooler, which attn's tasks do not read, is still part of the model exported.
+        Box::new(move |n| family.canonical(n).is_none_or(|k| !encoder::is_buffer(&k)))
     } else if mt == "marian" {
         crate::engine::Seq2Seq::load(dir)?;
         Box::new(|n| !seq2seq::is_tied_copy(n))

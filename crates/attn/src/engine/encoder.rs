@@ -192,12 +192,12 @@ impl Encoder {
         let n: usize = seqs.iter().map(|s| s.len()).sum();
         let first = super::row_starts(seqs.iter().map(|s| s.len()));
         let mut x = vec![0f32; n * c];
-        let off = cfg.position_offset();
         for (s, ids) in seqs.iter().enumerate() {
+            let positions = cfg.position_ids(ids);
             for (j, &id) in ids.iter().enumerate() {
                 let row = &mut x[(first[s] + j) * c..][..c];
                 let word = &self.word[id as usize * c..][..c];
-                let pos = &self.positions[(off + j) * c..][..c];
+                let pos = &self.positions[positions[j] * c..][..c];
                 for (i, o) in row.iter_mut().enumerate() {
                     *o = word[i] + pos[i];
                 }

@@ -420,7 +420,7 @@ impl Decoder {
         let rope = match spec.positions {
             Positions::Rope(rope) => Some(RopeTable::new(
                 spec.head_dim,
-                spec.context,
+                rope.table_rows(spec.context),
                 &rope,
                 "max_position_embeddings (its rotary tables)",
             )?),

@@ -212,14 +212,6 @@ impl EncoderFamily {
         }
     }
 
-    /// Whether `attn export` writes a checkpoint tensor: everything the encoder or its
-    /// head reads, and a RoBERTa base model's pooler (unused here, but part of the
-    /// model a user exports); not masked-LM heads.
-    pub fn exported(self, name: &str) -> bool {
-        let bare = name.strip_prefix(self.prefix()).unwrap_or(name);
-        self.canonical(name).is_some() || (self.is_roberta() && bare.starts_with("pooler."))
-    }
-
     /// The module names LoRA adapts, as the family names them (PEFT's
     /// `target_modules`).
     pub fn lora_modules(self) -> [&'static str; 2] {
@@ -312,6 +304,11 @@ impl BertConfig {
         );
         self.num_labels = Some(labels.len());
         self.architectures = Some(vec![self.family.classifier_class().into()]);
+        // What attn trains and writes: one label per text (cross-entropy), f32 weights.
+        self.extra
+            .insert("problem_type".into(), "single_label_classification".into());
+        self.extra.remove("dtype");
+        self.extra.insert("torch_dtype".into(), "float32".into());
         self
     }
 
@@ -354,11 +351,47 @@ impl BertConfig {
         }
         o.remove("model_type");
         o.remove("label2id");
+        if family.is_roberta() && o.get("pad_token_id").is_none_or(|v| v.is_null()) {
+            o.insert("pad_token_id".into(), 1.into()); // RobertaConfig's default
+        }
         let mut config: BertConfig = serde_json::from_value(v).map_err(|e| {
             Error::invalid("config", format!("not a valid {model_type} config: {e}"))
         })?;
         config.family = family;
         Ok(config)
+    }
+
+    /// The dropout rate of the classification head: DistilBERT's `seq_classif_dropout`
+    /// (transformers' default 0.2), else `classifier_dropout` when set, else the hidden
+    /// states' rate.
+    pub fn head_dropout(&self) -> f32 {
+        let get = |k: &str| self.extra.get(k).and_then(|v| v.as_f64()).map(|v| v as f32);
+        match self.family {
+            EncoderFamily::DistilBert => get("seq_classif_dropout").unwrap_or(0.2),
+            _ => get("classifier_dropout").unwrap_or(self.hidden_dropout_prob),
+        }
+    }
+
+    /// The position id of each token of a sequence, as transformers numbers them: BERT
+    /// and DistilBERT count from 0; RoBERTa counts the tokens that are not the padding
+    /// id from `pad_token_id + 1`, and gives a padding id the position `pad_token_id`.
+    pub fn position_ids(&self, ids: &[u32]) -> Vec<usize> {
+        match (self.family.is_roberta(), self.pad_token_id) {
+            (true, Some(pad)) => {
+                let mut seen = 0;
+                ids.iter()
+                    .map(|&id| {
+                        if id == pad {
+                            pad as usize
+                        } else {
+                            seen += 1;
+                            pad as usize + seen
+                        }
+                    })
+                    .collect()
+            }
+            _ => (0..ids.len()).collect(),
+        }
     }
 
     /// The longest sequence: the position table less the ids RoBERTa skips.

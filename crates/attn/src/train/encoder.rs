@@ -28,7 +28,7 @@ use crate::engine::encoder::read_bert;
 use crate::engine::io::Plain;
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::{Dropout, Rhs};
-use crate::models::bert::{BertConfig, LoraConfig, LORA_TARGETS};
+use crate::models::bert::{BertConfig, EncoderFamily, LoraConfig, LORA_TARGETS};
 use crate::{Error, Result};
 
 /// Where one layer's tensors start in the flat buffers.
@@ -84,6 +84,12 @@ struct AdapterAt {
 struct Drops {
     hidden: Option<Dropout>,
     attn: Option<Dropout>,
+    /// The classification head's (its own rate: `classifier_dropout`, DistilBERT's
+    /// `seq_classif_dropout`).
+    head: Option<Dropout>,
+    /// Whether the attention's output is dropped before its residual sum (not in
+    /// DistilBERT).
+    after_attention: bool,
 }
 
 impl Drops {
@@ -91,17 +97,19 @@ impl Drops {
         self.hidden.map(|d| d.site(0))
     }
     fn proj(&self, l: usize) -> Option<Dropout> {
-        self.hidden.map(|d| d.site(1 + 2 * l as u64))
+        self.hidden
+            .filter(|_| self.after_attention)
+            .map(|d| d.site(1 + 2 * l as u64))
     }
     fn down(&self, l: usize) -> Option<Dropout> {
         self.hidden.map(|d| d.site(2 + 2 * l as u64))
     }
     fn pooled(&self) -> Option<Dropout> {
-        self.hidden.map(|d| d.site(u64::MAX))
+        self.head.map(|d| d.site(u64::MAX))
     }
     /// RoBERTa's: the first token's vector before the head.
     fn head_in(&self) -> Option<Dropout> {
-        self.hidden.map(|d| d.site(u64::MAX - 1))
+        self.head.map(|d| d.site(u64::MAX - 1))
     }
     /// Head `h` of sequence `s` in layer `l`: element `i·len + j` is weight (i, j).
     fn attn_head(&self, l: usize, s: usize, h: usize) -> Option<Dropout> {
@@ -450,6 +458,8 @@ impl NativeEncoder {
         Drops {
             hidden: at(self.config.hidden_dropout_prob, 1),
             attn: at(self.config.attention_probs_dropout_prob, 2),
+            head: at(self.config.head_dropout(), 3),
+            after_attention: self.config.family != EncoderFamily::DistilBert,
         }
     }
 
@@ -499,13 +509,13 @@ impl NativeEncoder {
         let eps = cfg.layer_norm_eps as f32;
         let (spans, n) = spans_of(seqs);
         let mut emb = scratch.pool.take_written(n * c);
-        let off = cfg.position_offset();
         for (s, ids) in seqs.iter().enumerate() {
+            let positions = cfg.position_ids(ids);
             for (j, &id) in ids.iter().enumerate() {
                 let row = &mut emb[(spans[s].0 + j) * c..][..c];
                 let (a, b) = (
                     &w[lay.word + id as usize * c..][..c],
-                    &w[lay.pos + (off + j) * c..][..c],
+                    &w[lay.pos + positions[j] * c..][..c],
                 );
                 for i in 0..c {
                     row[i] = a[i] + b[i];
@@ -872,15 +882,15 @@ impl NativeEncoder {
                 Some(db),
             );
         }
-        let off = cfg.position_offset();
         for (q, ids) in seqs.iter().enumerate().filter(|_| !frozen) {
+            let positions = cfg.position_ids(ids);
             for (j, &id) in ids.iter().enumerate() {
                 let ty = types.map_or(0, |tt| tt[q][j] as usize);
                 let row = &de[(s.spans[q].0 + j) * c..][..c];
                 let typ = lay.typ.map(|typ| typ + ty * c);
                 for at in [
                     Some(lay.word + id as usize * c),
-                    Some(lay.pos + (off + j) * c),
+                    Some(lay.pos + positions[j] * c),
                     typ,
                 ]
                 .into_iter()

@@ -645,7 +645,7 @@ impl NativeDecoder {
         let rope = match spec.positions {
             Positions::Rope(rope) => Some(RopeTable::new(
                 spec.head_dim,
-                spec.context,
+                rope.table_rows(spec.context),
                 &rope,
                 "--block-size (the rotary tables)",
             )?),

@@ -53,6 +53,16 @@ impl Rope {
         matches!(self.scaling, RopeScaling::Dynamic { original, .. } if len > original)
     }
 
+    /// Rows the model's own table needs for a context of `context` positions: with
+    /// dynamic scaling, a sequence past the original context gets tables of its own, so
+    /// the shared one stops there.
+    pub fn table_rows(&self, context: usize) -> usize {
+        match self.scaling {
+            RopeScaling::Dynamic { original, .. } => context.min(original),
+            _ => context,
+        }
+    }
+
     /// The inverse frequencies of heads `dim` wide for a sequence of `len` positions
     /// (computed in f64 and rounded to f32, where transformers keeps them).
     pub fn inv_freq(&self, dim: usize, len: usize) -> Vec<f32> {
