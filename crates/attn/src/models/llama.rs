@@ -187,7 +187,7 @@ impl LlamaConfig {
                     .map(|n| n as usize)
                     .ok_or_else(|| {
                         Error::invalid(
-                            &format!("rope_parameters.{k}"),
+                            format!("rope_parameters.{k}"),
                             format!("{v} is not a positive integer"),
                         )
                     }),
