@@ -1207,3 +1207,60 @@ fn chat_answers_end_at_the_templates_eos_token() {
         assert_eq!(text, "", "stream {stream}");
     }
 }
+
+/// RoBERTa and DistilBERT folders (transformers' fixtures with a char tokenizer) are
+/// served as encoders: their embeddings are the engine's mean-pooled, normalised ones.
+#[test]
+fn embeddings_from_roberta_and_distilbert_folders() {
+    for name in ["roberta-3heads", "distilbert-3heads"] {
+        let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../attn/tests/fixtures/hf")
+            .join(name);
+        let dir = std::env::temp_dir().join(format!("attn-serve-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let tok = attn::tokenizer::Tokenizer::train_char("abcdefghijklmnopqrstuvwxyz ").unwrap();
+        tok.save(&dir.join("tokenizer.json")).unwrap();
+        let texts = ["a cat sat", "dogs bark loudly"];
+        let want = {
+            let loaded = attn::checkpoint::load_bert(&dir).unwrap();
+            let ids: Vec<Vec<u32>> = texts
+                .iter()
+                .map(|t| {
+                    loaded
+                        .tokenizer
+                        .encode_for_model(t, loaded.max_len)
+                        .unwrap()
+                })
+                .collect();
+            let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+            loaded
+                .encoder
+                .embed(&refs, attn::engine::Pooling::Mean, true)
+                .unwrap()
+        };
+        let addr = start(&dir, |_| {});
+        let r = post(addr, "/v1/embeddings", &json!({"input": texts}));
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+        let data = r.json()["data"].as_array().unwrap().clone();
+        assert_eq!(data.len(), 2);
+        for (d, w) in data.iter().zip(&want) {
+            let got: Vec<f64> = d["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.len(), 24, "{name}");
+            let worst = got
+                .iter()
+                .zip(w)
+                .map(|(g, x)| (g - *x as f64).abs())
+                .fold(0f64, f64::max);
+            assert!(worst < 1e-6, "{name}: served embeddings differ by {worst}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
