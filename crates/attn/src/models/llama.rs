@@ -30,6 +30,10 @@ fn default_theta() -> f64 {
 fn default_act() -> String {
     "silu".into()
 }
+/// `sliding_window` absent from a config: transformers' default for Mistral and Qwen2.
+fn absent_window() -> Option<usize> {
+    Some(4096)
+}
 fn default_type() -> String {
     "llama".into()
 }
@@ -71,8 +75,9 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
-    /// Mistral and Qwen2: the attention window.
-    #[serde(default)]
+    /// Mistral and Qwen2: the attention window. Absent, it is transformers' default
+    /// of 4096; `null` means none.
+    #[serde(default = "absent_window")]
     pub sliding_window: Option<usize>,
     /// Qwen2: whether the window is used at all (transformers' default: no).
     #[serde(default)]
@@ -313,5 +318,64 @@ pub(crate) fn first_id(v: &Option<serde_json::Value>) -> Option<u32> {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32),
         Some(serde_json::Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> LlamaConfig {
+        let mut v = serde_json::json!({
+            "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 3, "num_attention_heads": 2, "max_position_embeddings": 32,
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The windows transformers reads from each kind of config: Mistral's absent
+    /// `sliding_window` is its default 4096 and `null` none; Qwen2's window needs
+    /// `use_sliding_window` and starts at `max_window_layers`, or follows `layer_types`;
+    /// Llama has none.
+    #[test]
+    fn windows_follow_transformers_defaults() {
+        let w = |extra| config(extra).windows().unwrap();
+        use serde_json::json;
+        assert_eq!(w(json!({"model_type": "mistral"})), vec![Some(4096); 3]);
+        assert_eq!(
+            w(json!({"model_type": "mistral", "sliding_window": null})),
+            vec![None; 3]
+        );
+        assert_eq!(
+            w(json!({"model_type": "mistral", "sliding_window": 5})),
+            vec![Some(5); 3]
+        );
+        assert_eq!(
+            w(json!({"model_type": "qwen2", "sliding_window": 5})),
+            vec![None; 3]
+        );
+        assert_eq!(
+            w(json!({"model_type": "qwen2", "use_sliding_window": true, "max_window_layers": 1})),
+            vec![None, Some(4096), Some(4096)]
+        );
+        assert_eq!(
+            w(
+                json!({"model_type": "qwen2", "use_sliding_window": true, "sliding_window": 7,
+                      "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]})
+            ),
+            vec![Some(7), None, Some(7)]
+        );
+        assert_eq!(
+            w(json!({"model_type": "llama", "sliding_window": 5})),
+            vec![None; 3]
+        );
+        assert!(
+            config(json!({"model_type": "mistral", "sliding_window": 0}))
+                .windows()
+                .is_err()
+        );
     }
 }
