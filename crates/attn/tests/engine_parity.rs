@@ -1084,3 +1084,46 @@ fn seq2seq_training_step_with_dropout_matches_finite_differences() {
         eprintln!("{act}: dropout gradients within {worst:.2e} (relative) of finite differences");
     }
 }
+
+/// Decoding far past a sliding window: each layer with a window drops the positions no
+/// later query can see, and the logits of 60 tokens fed one at a time still equal one
+/// pass over the whole sequence (which holds every position while it runs). Mistral's
+/// cache stays under twice its window of 4; Qwen2's full-attention first layer keeps
+/// everything.
+#[test]
+fn windowed_caches_forget_what_no_query_sees() {
+    for (name, bounded) in [("mistral-window", true), ("qwen2-window", false)] {
+        let engine = Decoder::load(&fixture(name), None).unwrap();
+        let v = engine.spec.vocab_size;
+        let ids: Vec<u32> = (0..60).map(|i| (i * 7 + 3) as u32 % v as u32).collect();
+        let mut whole = engine.new_state();
+        let want = engine
+            .forward(&mut [&mut whole], &[&ids], Want::All)
+            .unwrap()
+            .remove(0);
+        let mut st = engine.new_state();
+        let mut worst = 0f32;
+        for (t, tok) in ids.iter().enumerate() {
+            let got = engine
+                .forward(&mut [&mut st], &[std::slice::from_ref(tok)], Want::Last)
+                .unwrap();
+            worst = worst.max(max_abs_diff(&got[0], &want[t * v..(t + 1) * v]));
+            if bounded {
+                assert!(
+                    st.cached() < 8,
+                    "{name}: {} positions cached at {t}",
+                    st.cached()
+                );
+            }
+        }
+        assert_eq!(st.len(), 60);
+        if !bounded {
+            assert_eq!(st.cached(), 60, "{name}: the full-attention layer forgot");
+        }
+        assert!(
+            worst <= 1e-5,
+            "{name}: token-by-token logits differ by {worst}"
+        );
+        eprintln!("{name}: 60 tokens through a trimmed cache within {worst:.1e}");
+    }
+}

@@ -92,6 +92,9 @@ pub struct DecoderState {
     pub(crate) k: Vec<Vec<f32>>,
     pub(crate) v: Vec<Vec<f32>>,
     pub(crate) len: usize,
+    /// Per layer, the positions dropped from the front of its cache: a layer with a
+    /// sliding window forgets what no later query can see.
+    pub(crate) dropped: Vec<usize>,
 }
 
 impl DecoderState {
@@ -101,6 +104,7 @@ impl DecoderState {
             k: vec![Vec::new(); layers],
             v: vec![Vec::new(); layers],
             len: 0,
+            dropped: vec![0; layers],
         }
     }
 
@@ -118,7 +122,30 @@ impl DecoderState {
             .iter_mut()
             .chain(self.v.iter_mut())
             .for_each(Vec::clear);
+        self.dropped.iter_mut().for_each(|d| *d = 0);
         self.len = 0;
+    }
+
+    /// The most positions any layer's cache holds (`len()` unless sliding windows let
+    /// layers forget the oldest).
+    pub fn cached(&self) -> usize {
+        self.dropped.iter().map(|d| self.len - d).max().unwrap_or(0)
+    }
+
+    /// Forget, in each layer with a sliding window, the positions no later query can
+    /// see (all but the last `window − 1`), once they are as many as the window: the
+    /// cache stays under twice the window, and the copy is paid once per window.
+    fn forget_outside(&mut self, windows: &[Option<usize>], kv_width: usize) {
+        for (l, w) in windows.iter().enumerate() {
+            let Some(w) = *w else { continue };
+            let held = self.len - self.dropped[l];
+            if held >= 2 * w {
+                let drop = held - (w - 1);
+                self.k[l].drain(..drop * kv_width);
+                self.v[l].drain(..drop * kv_width);
+                self.dropped[l] += drop;
+            }
+        }
     }
 
     /// Bytes held by the cache.
@@ -372,7 +399,13 @@ impl Decoder {
                 .collect();
             let caches: Vec<(&[f32], &[f32], usize)> = states
                 .iter()
-                .map(|st| (st.k[l].as_slice(), st.v[l].as_slice(), st.len))
+                .map(|st| {
+                    (
+                        st.k[l].as_slice(),
+                        st.v[l].as_slice(),
+                        st.len - st.dropped[l],
+                    )
+                })
                 .collect();
             let outs: Vec<(Vec<f32>, Vec<Vec<f32>>)> = jobs
                 .par_iter()
@@ -445,6 +478,7 @@ impl Decoder {
         }
         for (st, t) in states.iter_mut().zip(tokens) {
             st.len += t.len();
+            st.forget_outside(&spec.windows, kvw);
         }
         // The rows asked for, normalised, then through the head.
         let rows: Vec<(usize, usize)> = match want {
