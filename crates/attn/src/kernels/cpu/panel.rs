@@ -279,10 +279,12 @@ fn body_one(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch reads nothing and cannot fault.
         unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
             let ahead = panel.as_ptr().wrapping_add(kk * NR + 2048) as *const i8;
+            let far = panel.as_ptr().wrapping_add(kk * NR + 8192) as *const i8;
             for l in 0..8 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l));
+                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64 * l));
             }
         }
         for (u, a) in acc.iter_mut().enumerate() {
