@@ -313,25 +313,35 @@ impl Decoder {
             .zip(states.iter())
             .flat_map(|(t, st)| (0..t.len()).map(move |j| st.len + j))
             .collect();
-        // The sequence of each row, and the rotary tables of sequences that dynamic
-        // scaling stretches (each call's positions with the frequencies of the
-        // sequence's length after it, as transformers computes them).
-        let seq_of: Vec<usize> = tokens
-            .iter()
-            .enumerate()
-            .flat_map(|(s, t)| std::iter::repeat_n(s, t.len()))
-            .collect();
-        let stretched: Vec<Option<RopeTable>> = tokens
-            .iter()
-            .zip(states.iter())
-            .map(|(t, st)| match spec.positions {
-                Positions::Rope(rope) if rope.stretches(st.len + t.len()) => {
-                    let end = st.len + t.len();
-                    Some(RopeTable::for_len(hd, st.len..end, end, &rope))
-                }
-                _ => None,
-            })
-            .collect();
+        // The rotary tables of sequences that dynamic scaling stretches (this call's
+        // positions with the frequencies of the sequence's length after it, as
+        // transformers computes them), and the sequence of each row; both empty when
+        // no sequence is stretched, which is every call of every other model.
+        let (stretched, seq_of): (Vec<Option<RopeTable>>, Vec<usize>) = match spec.positions {
+            Positions::Rope(rope)
+                if tokens
+                    .iter()
+                    .zip(states.iter())
+                    .any(|(t, st)| rope.stretches(st.len + t.len())) =>
+            {
+                let tables = tokens
+                    .iter()
+                    .zip(states.iter())
+                    .map(|(t, st)| {
+                        let end = st.len + t.len();
+                        rope.stretches(end)
+                            .then(|| RopeTable::for_len(hd, st.len..end, end, &rope))
+                    })
+                    .collect();
+                let seq_of = tokens
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(s, t)| std::iter::repeat_n(s, t.len()))
+                    .collect();
+                (tables, seq_of)
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
         let mut x = vec![0f32; n * c];
         for (s, t) in tokens.iter().enumerate() {
             for (j, &id) in t.iter().enumerate() {
@@ -380,7 +390,10 @@ impl Decoder {
                 // values do not.
                 crate::kernels::cpu::for_rows(&mut qkv, w, |start, rows| {
                     for (r, row) in rows.chunks_mut(w).enumerate() {
-                        let table = stretched[seq_of[start + r]].as_ref().unwrap_or(rope);
+                        let table = seq_of
+                            .get(start + r)
+                            .and_then(|&s| stretched[s].as_ref())
+                            .unwrap_or(rope);
                         table.rotate(&mut row[..qw + kvw], pos_of[start + r], false);
                     }
                 });

@@ -244,11 +244,7 @@ impl Encoder {
         let firsts: Vec<f32> = last.iter().flat_map(|h| h[..c].iter().copied()).collect();
         let mut out = vec![0f32; firsts.len()];
         pooler.apply(&firsts, last.len(), &mut out);
-        if self.config.family.relu_head() {
-            out.iter_mut().for_each(|v| *v = v.max(0.0));
-        } else {
-            out.iter_mut().for_each(|v| *v = v.tanh());
-        }
+        self.config.family.head_activation(&mut out);
         Ok(out.chunks(c).map(<[f32]>::to_vec).collect())
     }
 

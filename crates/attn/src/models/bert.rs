@@ -120,9 +120,26 @@ impl EncoderFamily {
         self.is_roberta()
     }
 
-    /// The head's activation after its first matrix is ReLU (DistilBERT), not tanh.
-    pub fn relu_head(self) -> bool {
-        self == Self::DistilBert
+    /// The head's activation after its first matrix, in place: ReLU (DistilBERT) or
+    /// tanh (BERT's pooler, RoBERTa's `classifier.dense`).
+    pub fn head_activation(self, v: &mut [f32]) {
+        if self == Self::DistilBert {
+            v.iter_mut().for_each(|x| *x = x.max(0.0));
+        } else {
+            v.iter_mut().for_each(|x| *x = x.tanh());
+        }
+    }
+
+    /// The backward of [`Self::head_activation`]: `d` (the gradient of its outputs
+    /// `y`) becomes the gradient of its inputs.
+    pub fn head_activation_backward(self, d: &mut [f32], y: &[f32]) {
+        if self == Self::DistilBert {
+            d.iter_mut()
+                .zip(y)
+                .for_each(|(d, y)| *d = if *y > 0.0 { *d } else { 0.0 });
+        } else {
+            d.iter_mut().zip(y).for_each(|(d, y)| *d *= 1.0 - y * y);
+        }
     }
 
     /// A checkpoint tensor's name in BERT's words (without `bert.`), or `None` for a

@@ -633,11 +633,7 @@ impl NativeEncoder {
             &mut pooled,
             &mut scratch.panels,
         );
-        if cfg.family.relu_head() {
-            pooled.iter_mut().for_each(|v| *v = v.max(0.0));
-        } else {
-            pooled.iter_mut().for_each(|v| *v = v.tanh());
-        }
+        cfg.family.head_activation(&mut pooled);
         let mut pooled_d = pooled.clone();
         drop_in_place(&mut pooled_d, drops.pooled());
         let nl = cfg.labels();
@@ -703,17 +699,7 @@ impl NativeEncoder {
             );
         }
         drop_in_place(&mut dpooled, drops.pooled());
-        if cfg.family.relu_head() {
-            dpooled
-                .iter_mut()
-                .zip(&s.pooled)
-                .for_each(|(d, p)| *d = if *p > 0.0 { *d } else { 0.0 });
-        } else {
-            dpooled
-                .iter_mut()
-                .zip(&s.pooled)
-                .for_each(|(d, p)| *d *= 1.0 - p * p);
-        }
+        cfg.family.head_activation_backward(&mut dpooled, &s.pooled);
         let firsts = s.x.last().unwrap();
         let mut dfirst = scratch.pool.take(b * c);
         {

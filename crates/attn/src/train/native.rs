@@ -835,6 +835,9 @@ impl NativeDecoder {
         }
         let (lay, w, m) = (&self.lay, &self.params, b * t);
         let drops = Drops::new(lay.pdrop, train.map(|(seed, _)| seed));
+        // The rotary table of windows t long: the model's, or one of their own.
+        let stretched = lay.stretched_rope(t);
+        let rope = stretched.as_ref().or(lay.rope.as_ref());
         let mut grads: Vec<&mut [f32]> = Vec::with_capacity(n);
         if backward_too {
             grads.push(&mut self.grads);
@@ -848,11 +851,11 @@ impl NativeDecoder {
                 let (b0, b1) = (s * b / n, (s + 1) * b / n);
                 let rows = b0 * t..b1 * t;
                 let d = drops.at_sequence(b0, t, lay.c, lay.heads.n);
-                forward(lay, w, a, &ids[rows.clone()], b1 - b0, t, d);
+                forward(lay, w, a, &ids[rows.clone()], b1 - b0, t, d, rope);
                 let scale = train.and_then(|(_, s)| s).map(|s| s / m as f32);
                 let sum = k::cross_entropy(&mut a.logits, lay.vocab, &targets[rows.clone()], scale);
                 if let Some(g) = g {
-                    backward(lay, w, g, a, &ids[rows], b1 - b0, t);
+                    backward(lay, w, g, a, &ids[rows], b1 - b0, t, rope);
                 }
                 sum
             };
@@ -908,8 +911,17 @@ impl NativeDecoder {
 
 /// The forward pass for `ids [b, t]` (checked), up to the logits, with the dropout
 /// `drops` (none in evaluation), into `a`.
-fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usize, drops: Drops) {
-    let stretched = lay.stretched_rope(t);
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    lay: &Layout,
+    w: &[f32],
+    a: &mut Acts,
+    ids: &[u32],
+    b: usize,
+    t: usize,
+    drops: Drops,
+    rope: Option<&RopeTable>,
+) {
     a.ensure(lay, b, t);
     a.drops = drops;
     let (m, c, f, eps) = (b * t, lay.c, lay.f, lay.eps);
@@ -960,7 +972,7 @@ fn forward(lay: &Layout, w: &[f32], a: &mut Acts, ids: &[u32], b: usize, t: usiz
                 &mut a.panels,
             )
         });
-        if let Some(table) = stretched.as_ref().or(lay.rope.as_ref()) {
+        if let Some(table) = rope {
             time("rope", || k::rope(&mut a.qkv[l], m, t, heads, table, false));
         }
         time("attention", || {
@@ -1089,8 +1101,17 @@ fn norm_grads<'g>(
 /// The backward pass of the last forward pass, whose logits now hold the loss
 /// gradient.
 /// Adds the gradients to `g`.
-fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b: usize, t: usize) {
-    let stretched = lay.stretched_rope(t);
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    lay: &Layout,
+    w: &[f32],
+    g: &mut [f32],
+    a: &mut Acts,
+    ids: &[u32],
+    b: usize,
+    t: usize,
+    rope: Option<&RopeTable>,
+) {
     let (m, c, f, v) = (b * t, lay.c, lay.f, lay.vocab);
     let (heads, up) = (lay.heads, lay.up);
     let (qw, width) = (heads.q_width(), heads.width());
@@ -1266,7 +1287,7 @@ fn backward(lay: &Layout, w: &[f32], g: &mut [f32], a: &mut Acts, ids: &[u32], b
                 drops.attn(l),
             )
         });
-        if let Some(table) = stretched.as_ref().or(lay.rope.as_ref()) {
+        if let Some(table) = rope {
             time("rope", || k::rope(&mut a.dqkv, m, t, heads, table, true));
         }
         time("gemm", || {

@@ -713,7 +713,7 @@ mod avx {
             // The codes 4 KiB ahead into L2 (the rows follow each other, so this runs
             // into the next rows): more reads in flight than the hardware starts alone.
             for l in 0..4 {
-                _mm_prefetch::<_MM_HINT_T1>(pw.wrapping_add(b * QK + 4096 + 64 * l) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(pw.wrapping_add(b * QK + 4096 + 64 * l));
             }
             let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
             for k in (0..8).step_by(2) {
@@ -963,8 +963,8 @@ mod avx512 {
         while b + 8 <= nb {
             // The codes 2 KiB ahead, and 8 KiB ahead into L2, and the scales.
             for l in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(pw.add(b * QK + 2048 + 64 * l) as *const i8);
-                _mm_prefetch::<_MM_HINT_T1>(pw.wrapping_add(b * QK + 8192 + 64 * l) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(pw.add(b * QK + 2048 + 64 * l));
+                _mm_prefetch::<_MM_HINT_T1>(pw.wrapping_add(b * QK + 8192 + 64 * l));
             }
             _mm_prefetch::<_MM_HINT_T0>(wd.as_ptr().add(b + 64) as *const i8);
             let s = scales8(xd.as_ptr().add(b), wd.as_ptr().add(b));
