@@ -60,6 +60,7 @@ from transformers import (
     MistralConfig,
     Qwen2Config,
     RobertaConfig,
+    T5Config,
     XLMRobertaConfig,
 )
 
@@ -582,6 +583,183 @@ def make_marian(name, cfg, seed, eos_bias):
     return check
 
 
+def t5_untie(model, d: Path, seed):
+    """transformers 5 ties T5's head to the embedding whatever the config says (and
+    writes tie_word_embeddings: true); a v1.1 checkpoint has a head of its own. Write
+    one as published (lm_head.weight, tie_word_embeddings false) and load it back."""
+    from safetensors.torch import load_file
+
+    model.save_pretrained(d)
+    sd = load_file(str(d / "model.safetensors"))
+    g = torch.Generator().manual_seed(3000 + seed)
+    sd["lm_head.weight"] = sd["shared.weight"].clone() * 0.5 + torch.randn(sd["shared.weight"].shape, generator=g)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with open(d / "config.json") as f:
+        c = json.load(f)
+    c["tie_word_embeddings"] = False
+    c.pop("scale_decoder_outputs", None)
+    with open(d / "config.json", "w") as f:
+        json.dump(c, f, indent=2)
+    m = AutoModelForSeq2SeqLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
+    assert m.lm_head.weight is not m.shared.weight and not m.config.scale_decoder_outputs
+    return m
+
+
+def make_t5(name, cfg, seed, eos_boost, untied=False):
+    """T5 (v1.0: ReLU, tied head scaled by d_model^-0.5; v1.1: gated GELU, a head of its
+    own, unscaled), a padded source batch, the loss and every gradient, the relative
+    position buckets for every distance in [-2048, 2048], and greedy and 4-beam
+    generations of 50 sources."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    d = OUT / name
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    model.eval()
+    skipped = add_noise(model)
+    # Raise the end-of-sentence logit (along the mean direction of the decoder's output)
+    # so that some generations end before the length limit.
+    with torch.no_grad():
+        gb = torch.Generator().manual_seed(2000 + seed)
+        src = torch.randint(2, cfg.vocab_size, (8, 10), generator=gb)
+        h = model(input_ids=src, decoder_input_ids=src[:, :6], output_hidden_states=True).decoder_hidden_states[-1]
+        if model.config.scale_decoder_outputs:
+            h = h * cfg.d_model ** -0.5
+        mean = h.reshape(-1, cfg.d_model).mean(0)
+        model.lm_head.weight[cfg.eos_token_id] += eos_boost * mean / mean.dot(mean)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    if untied:
+        model = t5_untie(model, d, seed)
+    else:
+        model.save_pretrained(d)
+    for f in sorted(d.iterdir()):
+        if f.name not in KEEP_FILES:
+            f.unlink()
+    with safe_open(str(d / "model.safetensors"), framework="pt") as sf:
+        keys = {k: list(sf.get_slice(k).get_shape()) for k in sorted(sf.keys())}
+
+    V, pad, eos, start = cfg.vocab_size, cfg.pad_token_id, cfg.eos_token_id, cfg.decoder_start_token_id
+    g = torch.Generator().manual_seed(1000 + seed)
+    input_ids = torch.randint(2, V, (2, 9), generator=g)
+    input_ids[0, 8] = eos
+    input_ids[1, 5] = eos
+    input_ids[1, 6:] = pad
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, 6:] = 0
+    labels = torch.randint(2, V, (2, 7), generator=g)
+    labels[0, 6] = eos
+    labels[1, 4] = eos
+    labels[1, 5:] = -100
+    decoder_input_ids = model._shift_right(labels)
+    tensors = {
+        "input_ids": i64(input_ids),
+        "attention_mask": i64(attention_mask),
+        "labels": i64(labels),
+        "decoder_input_ids": i64(decoder_input_ids),
+    }
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                    output_hidden_states=True)
+    tensors["encoder_last_hidden_state"] = f32(out.encoder_last_hidden_state)
+    for i, h in enumerate(out.encoder_hidden_states):
+        tensors[f"encoder_hidden_states.{i}"] = f32(h)
+    tensors["decoder_last_hidden_state"] = f32(out.decoder_hidden_states[-1])
+    tensors["logits"] = f32(out.logits)
+    model.zero_grad(set_to_none=True)
+    lout = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    lout.loss.backward()
+    tensors["loss"] = f32(lout.loss.reshape(1))
+    grad_names, no_grad = grads_of(model, tensors)
+    model.zero_grad(set_to_none=True)
+
+    rel = torch.arange(-2048, 2049)
+    buckets = {}
+    for nb, md in {(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance), (32, 128)}:
+        for bi in (True, False):
+            key = f"buckets.{nb}.{md}.{'bi' if bi else 'causal'}"
+            tensors[key] = i64(T5Attention._relative_position_bucket(rel, bidirectional=bi, num_buckets=nb,
+                                                                        max_distance=md))
+            buckets[key] = f"_relative_position_bucket(arange(-2048, 2049), bidirectional={bi}, " \
+                           f"num_buckets={nb}, max_distance={md})"
+
+    # 50 sources of 3 to 12 ids (the last one eos), each generated alone (no padding).
+    n_gen, max_new = 50, 10
+    lens = torch.randint(3, 13, (n_gen,), generator=g)
+    srcs = torch.full((n_gen, 12), -1, dtype=torch.int64)
+    kw = {"greedy": dict(num_beams=1, do_sample=False, max_new_tokens=max_new),
+          "beam4": dict(num_beams=4, do_sample=False, max_new_tokens=max_new, early_stopping=True,
+                        length_penalty=1.0)}
+    outs = {k: torch.full((n_gen, max_new + 1), -1, dtype=torch.int64) for k in kw}
+    early = {k: 0 for k in kw}
+    with torch.no_grad():
+        for i in range(n_gen):
+            n = int(lens[i])
+            s = torch.randint(2, V, (1, n), generator=g)
+            s[0, -1] = eos
+            srcs[i, :n] = s[0]
+            for k, a in kw.items():
+                # use_cache=False: transformers 5.24 sizes the cache by num_layers, not
+                # num_decoder_layers (IndexError when they differ)
+                seq = model.generate(input_ids=s, attention_mask=torch.ones_like(s), use_cache=False, **a)[0]
+                outs[k][i, :len(seq)] = seq
+                early[k] += int(len(seq) < max_new + 1)
+    tensors["gen_sources"] = i64(srcs)
+    for k in kw:
+        tensors[f"gen_{k}"] = i64(outs[k])
+    differ = sum(int(not torch.equal(outs["greedy"][i], outs["beam4"][i])) for i in range(n_gen))
+    print(f"  {name}: generations ending before the limit {early}, beam differs from greedy on {differ}/50")
+
+    meta = {
+        "name": name,
+        "model_class": type(model).__name__,
+        "attn_implementation": "eager",
+        "seed": seed,
+        "input_seed": 1000 + seed,
+        "noise_std": NOISE_STD,
+        "noise_skipped_params": skipped,
+        "untied_head": untied,
+        "config": {k: v for k, v in cfg.to_dict().items() if k in (
+            "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+            "relative_attention_num_buckets", "relative_attention_max_distance", "feed_forward_proj",
+            "layer_norm_epsilon", "pad_token_id", "eos_token_id", "decoder_start_token_id")},
+        "inputs": {
+            "input_ids": "int64 [2, 9]; row 1: 5 ids, eos, 3 pad",
+            "attention_mask": "int64 [2, 9]",
+            "labels": "int64 [2, 7]; row 1 ends with eos at 4 and -100 after",
+            "decoder_input_ids": "model._shift_right(labels): decoder start, labels shifted, -100 -> pad",
+        },
+        "outputs": {
+            "encoder_hidden_states.{i}": "[2, 9, d_model]: the embeddings (0), each block's output; the last "
+                                         "one before the final norm",
+            "encoder_last_hidden_state": "after encoder.final_layer_norm",
+            "decoder_last_hidden_state": "after decoder.final_layer_norm, before any output scaling",
+            "logits": "[2, 7, vocab] from model(input_ids, attention_mask, decoder_input_ids)",
+            "loss": "mean CE over the labels that are not -100 (12 tokens)",
+            "grad.{param}": "d loss / d param for every parameter",
+            "buckets.*": buckets,
+            "gen_sources": "int64 [50, 12]: source i is the ids before the first -1 (ends with eos)",
+            "gen_greedy / gen_beam4": "generate(source alone, **generation_kwargs[k]) as returned (decoder "
+                                      "start first), then -1",
+        },
+        "generation_kwargs": kw,
+        "grad_params": grad_names,
+        "params_without_grad": no_grad,
+        "tied_parameter_groups": tied_groups(model),
+        "checkpoint_keys": keys,
+    }
+    write_reference(d, tensors, meta)
+
+    def check():
+        m = AutoModelForSeq2SeqLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
+        with torch.no_grad():
+            o = m(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+        return state_diff(model, m), float((o.logits - tensors["logits"]).abs().max())
+
+    return check
+
+
 def state_diff(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     if set(sa) != set(sb):
@@ -837,6 +1015,21 @@ def main():
         activation="gelu", dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0,
         num_labels=3),
         seed=35)
+
+    # T5 v1.0 (ReLU, tied and scaled head) and v1.1 (gated GELU, a head of its own): head
+    # counts that are not powers of two, d_kv x heads != d_model, odd vocabularies.
+    t5_common = dict(dropout_rate=0.0, layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
+                     decoder_start_token_id=0)
+    checks.add("t5-v1_0", make_t5,
+        T5Config(vocab_size=61, d_model=20, d_kv=6, d_ff=36, num_layers=2, num_decoder_layers=2, num_heads=3,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20, feed_forward_proj="relu",
+        **t5_common),
+        seed=51, eos_boost=4.0)
+    checks.add("t5-v1_1", make_t5,
+        T5Config(vocab_size=67, d_model=24, d_kv=8, d_ff=30, num_layers=2, num_decoder_layers=3, num_heads=5,
+        relative_attention_num_buckets=10, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
+        **t5_common),
+        seed=52, eos_boost=4.0, untied=True)
 
     if only is not None:
         missing = only - set(checks)

@@ -179,7 +179,7 @@ fn run_decode(a: RunArgs) -> Result<()> {
         ));
     }
     let tr = Translator::load(&model)?;
-    let c = &tr.model.config;
+    let c = &tr.model.spec;
     if a.beam > c.vocab_size {
         return Err(Error::invalid(
             "--beam",
@@ -191,7 +191,7 @@ fn run_decode(a: RunArgs) -> Result<()> {
     }
     // Each hypothesis of a batch keeps its decoder's keys and values (self- and
     // cross-attention) and a row of logits.
-    let t = c.max_position_embeddings as f64;
+    let t = (a.max_len.unwrap_or(tr.max_len) + 1).min(c.context.unwrap_or(usize::MAX)) as f64;
     attn::guard::check_memory(
         "--beam × --batch-size (the hypotheses decoded together)",
         a.beam as f64
@@ -205,7 +205,7 @@ fn run_decode(a: RunArgs) -> Result<()> {
         max_new_tokens: a
             .max_len
             .unwrap_or(tr.max_len)
-            .min(tr.model.config.max_position_embeddings - 1),
+            .min(c.context.map_or(usize::MAX, |n| n - 1)),
         forced_eos: true,
         suppress: Vec::new(),
     };

@@ -895,7 +895,7 @@ fn seq2seq_beam_search_matches_transformers_generate() {
         let r = reference(name);
         let model = Seq2Seq::load(&fixture(name)).unwrap();
         let (srcs, _) = marian_inputs(&r);
-        let pad = model.config.pad_token_id;
+        let pad = model.spec.pad;
         for (key, beams, lp) in [
             ("greedy", 1, 1.0),
             ("beam3_lp1.0", 3, 1.0),

@@ -62,7 +62,7 @@ fn learns_a_word_mapping_and_reloads() {
     // Published Marian's conventions, which CTranslate2's converter relies on: <pad>
     // is the last id, the decoder's start, never generated, and its embedding stays
     // zero through training (the decoder starts from a zero vector).
-    let c = &t.model.config;
+    let c = t.model.marian.as_ref().unwrap();
     assert_eq!(c.pad_token_id as usize, c.vocab_size - 1);
     assert_eq!(c.decoder_start_token_id, c.pad_token_id);
     assert_eq!(c.eos_token_id as usize, c.vocab_size - 2);

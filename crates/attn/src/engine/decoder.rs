@@ -448,6 +448,7 @@ impl Decoder {
                         t - j0,
                         hd,
                         scale,
+                        None,
                         &mut out,
                         keep,
                         None,

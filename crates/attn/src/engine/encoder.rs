@@ -348,6 +348,7 @@ pub(crate) fn post_norm_blocks(
                     t: lens[s],
                     row0: first[s],
                     col0: hh * hd,
+                    bias: None,
                 }
             })
             .collect();
@@ -373,6 +374,8 @@ pub(crate) struct HeadJob<'a> {
     pub t: usize,
     pub row0: usize,
     pub col0: usize,
+    /// Added to the scores (`[t, keys]`): T5's relative-position bias.
+    pub bias: Option<&'a [f32]>,
 }
 
 /// Every job's attention, in parallel, written into `y` (rows `c` wide).
@@ -382,7 +385,7 @@ pub(crate) fn attend_into(jobs: &[HeadJob], hd: usize, scale: f32, c: usize, y: 
         .map(|j| {
             let mut out = vec![0f32; j.t * hd];
             attend_head(
-                j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, &mut out, None, None,
+                j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, j.bias, &mut out, None, None,
             );
             out
         })

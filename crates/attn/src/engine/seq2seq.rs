@@ -26,6 +26,7 @@ use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::Span;
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
 use crate::models::marian::MarianConfig;
+use crate::models::t5::{bucket_grid, T5Act, T5Config, T5Ffn};
 use crate::{Error, Result};
 
 /// Marian's sinusoidal table `[n, d]`: for position p and j < d/2, angle
@@ -81,16 +82,68 @@ impl Memory {
     }
 }
 
-/// A Marian model laid out for inference.
+/// What the encoder-decoder stack needs to know about a model, in family-neutral words:
+/// Marian's and T5's configs both become one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seq2SeqSpec {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub encoder_heads: usize,
+    pub decoder_heads: usize,
+    /// Width of one head (d_model / heads for Marian; T5's `d_kv`).
+    pub head_dim: usize,
+    pub encoder_inner: usize,
+    pub decoder_inner: usize,
+    /// The longest sequence the positions allow (`None`: relative positions, any length).
+    pub context: Option<usize>,
+    /// The longest source the model was made for (a default for truncating inputs).
+    pub max_source: usize,
+    pub pad: u32,
+    pub eos: u32,
+    pub decoder_start: u32,
+}
+
+/// How the two families differ, beyond sizes.
+enum Arch {
+    /// Sinusoidal positions `[max_positions, d_model]`, embeddings scaled by √d,
+    /// post-LayerNorm blocks, scores scaled by 1/√d_head, head = the embedding plus
+    /// `final_logits_bias`.
+    Marian {
+        mlp: Mlp,
+        positions: Vec<f32>,
+        final_bias: Vec<f32>,
+        embed_scale: f32,
+    },
+    /// Pre-norm RMS blocks, unscaled scores plus a relative-position bias per head
+    /// (`[buckets, heads]`, one table per stack), final norms, and a head that is
+    /// either the embedding (its input scaled by `out_scale`) or a matrix of its own.
+    T5 {
+        ffn: T5Ffn,
+        buckets: usize,
+        max_distance: usize,
+        enc_bias: Vec<f32>,
+        dec_bias: Vec<f32>,
+        enc_final: Norm,
+        dec_final: Norm,
+        head: Option<QMatrix>,
+        out_scale: f32,
+        eps: f32,
+    },
+}
+
+/// An encoder-decoder model laid out for inference: Marian / the original Transformer,
+/// or T5.
 pub struct Seq2Seq {
-    pub config: MarianConfig,
-    mlp: Mlp,
-    /// The shared embedding `[vocab, d_model]`, also the output head.
+    pub spec: Seq2SeqSpec,
+    /// The Marian config, for Marian models.
+    pub marian: Option<MarianConfig>,
+    /// The T5 config, for T5 models.
+    pub t5: Option<T5Config>,
+    arch: Arch,
+    /// The shared embedding `[vocab, d_model]` (also the head when tied).
     embed: QMatrix,
-    /// `[vocab]`.
-    final_bias: Vec<f32>,
-    /// `[max_position_embeddings, d_model]`.
-    positions: Vec<f32>,
     encoder: Vec<Layer>,
     decoder: Vec<DecoderLayer>,
 }
@@ -128,20 +181,175 @@ pub(crate) fn read_marian_config(dir: &Path) -> Result<MarianConfig> {
     Ok(config)
 }
 
+/// A T5 folder's config, validated (`model_type` must be "t5").
+pub(crate) fn read_t5_config(dir: &Path) -> Result<T5Config> {
+    let cfg_path = dir.join(CONFIG);
+    let value = read_json(&cfg_path)?;
+    if value.get("model_type").and_then(|v| v.as_str()) != Some("t5") {
+        return Err(bad(&cfg_path, "model_type is not \"t5\""));
+    }
+    let config: T5Config = serde_json::from_value(value)
+        .map_err(|e| bad(&cfg_path, format!("not a valid T5 config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| bad(&cfg_path, e.to_string()))?;
+    Ok(config)
+}
+
+/// The encoder-decoder `model_type`s the engine runs.
+pub const SEQ2SEQ_TYPES: [&str; 2] = ["marian", "t5"];
+
+/// Names a T5 checkpoint may hold that are copies of the shared embedding.
+pub(crate) fn is_t5_copy(name: &str) -> bool {
+    matches!(
+        name,
+        "encoder.embed_tokens.weight" | "decoder.embed_tokens.weight"
+    )
+}
+
+/// A scale-only RMS norm `[c]`.
+fn take_rms(t: &mut Plain, path: &Path, name: &str, c: usize) -> Result<Norm> {
+    Ok(Norm {
+        w: take(t, path, name, &[c])?,
+        b: None,
+    })
+}
+
+/// The `[rows, cols]` matrices `names` stacked by rows, without biases.
+fn take_matrix(
+    t: &mut Plain,
+    path: &Path,
+    names: &[String],
+    rows: usize,
+    cols: usize,
+) -> Result<Linear> {
+    let mut w = Vec::new();
+    for name in names {
+        w.extend(take(t, path, name, &[rows, cols])?);
+    }
+    Ok(Linear {
+        w: QMatrix::from_f32(&w, rows * names.len(), cols, WeightType::F32)?,
+        b: None,
+    })
+}
+
+impl T5Config {
+    /// The engine's sizes for this config.
+    pub fn spec(&self) -> Seq2SeqSpec {
+        Seq2SeqSpec {
+            vocab_size: self.vocab_size,
+            d_model: self.d_model,
+            encoder_layers: self.num_layers,
+            decoder_layers: self.decoder_layers(),
+            encoder_heads: self.num_heads,
+            decoder_heads: self.num_heads,
+            head_dim: self.d_kv,
+            encoder_inner: self.d_ff,
+            decoder_inner: self.d_ff,
+            context: None,
+            max_source: self.n_positions.unwrap_or(512),
+            pad: self.pad_token_id,
+            eos: self.eos_token_id,
+            decoder_start: self.decoder_start_token_id,
+        }
+    }
+}
+
+impl MarianConfig {
+    /// The engine's sizes for this config.
+    pub fn spec(&self) -> Seq2SeqSpec {
+        Seq2SeqSpec {
+            vocab_size: self.vocab_size,
+            d_model: self.d_model,
+            encoder_layers: self.encoder_layers,
+            decoder_layers: self.decoder_layers,
+            encoder_heads: self.encoder_attention_heads,
+            decoder_heads: self.decoder_attention_heads,
+            head_dim: self.d_model / self.encoder_attention_heads,
+            encoder_inner: self.encoder_ffn_dim,
+            decoder_inner: self.decoder_ffn_dim,
+            context: Some(self.max_position_embeddings),
+            max_source: self.max_position_embeddings,
+            pad: self.pad_token_id,
+            eos: self.eos_token_id,
+            decoder_start: self.decoder_start_token_id,
+        }
+    }
+}
+
+/// The gated MLP's middle: `m[r] = act(f[r][..inner]) · f[r][inner..]` for each row.
+fn gate(act: T5Act, inner: usize, f: &[f32], m: &mut [f32]) {
+    crate::kernels::cpu::for_rows(m, inner, |start, out| {
+        for (r, o) in out.chunks_mut(inner).enumerate() {
+            let row = &f[(start + r) * 2 * inner..][..2 * inner];
+            o.copy_from_slice(&row[..inner]);
+            apply_act(act, o);
+            o.iter_mut().zip(&row[inner..]).for_each(|(a, u)| *a *= u);
+        }
+    });
+}
+
+fn apply_act(act: T5Act, xs: &mut [f32]) {
+    use crate::kernels::cpu::vmath;
+    match act {
+        T5Act::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
+        T5Act::GeluTanh => vmath::gelu_tanh(xs),
+        T5Act::GeluErf => vmath::gelu_erf(xs),
+        T5Act::Silu => vmath::silu(xs),
+    }
+}
+
+/// One head's relative-position bias `[tq, tk]` for queries at positions `q0..q0 + tq`
+/// against keys `0..tk`, from a `[buckets, heads]` table.
+fn head_bias(
+    table: &[f32],
+    grid: &[u32],
+    heads: usize,
+    h: usize,
+) -> Vec<f32> {
+    grid.iter().map(|&b| table[b as usize * heads + h]).collect()
+}
+
 impl Seq2Seq {
-    /// Load a `MarianMTModel` folder (`model_type` "marian").
+    /// Load a `MarianMTModel` (`model_type` "marian") or `T5ForConditionalGeneration`
+    /// (`model_type` "t5") folder.
     pub fn load(dir: &Path) -> Result<Self> {
-        let config = read_marian_config(dir)?;
+        let cfg_path = dir.join(CONFIG);
+        let value = read_json(&cfg_path)?;
         let (files, blobs) = read_weight_files(dir)?;
-        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
-            (!is_tied_copy(name)).then(|| name.to_string())
-        })?;
-        Self::from_plain(config, &dir.join(WEIGHTS), tensors)
+        match value.get("model_type").and_then(|v| v.as_str()) {
+            Some("t5") => {
+                let config = read_t5_config(dir)?;
+                let (tensors, _) = plain_tensors(&files, &blobs, |name| {
+                    (!is_t5_copy(name)).then(|| name.to_string())
+                })?;
+                Self::from_t5_plain(config, &dir.join(WEIGHTS), tensors)
+            }
+            Some("marian") => {
+                let config = read_marian_config(dir)?;
+                let (tensors, _) = plain_tensors(&files, &blobs, |name| {
+                    (!is_tied_copy(name)).then(|| name.to_string())
+                })?;
+                Self::from_plain(config, &dir.join(WEIGHTS), tensors)
+            }
+            other => Err(bad(
+                &cfg_path,
+                format!(
+                    "model_type {other:?} is not an encoder-decoder attn runs (supported: {})",
+                    SEQ2SEQ_TYPES.join(", ")
+                ),
+            )),
+        }
     }
 
     /// Build from f32 tensors under Hugging Face's names (a training step's).
     pub(crate) fn from_tensors(config: MarianConfig, tensors: Plain) -> Result<Self> {
         Self::from_plain(config, Path::new("(parameters)"), tensors)
+    }
+
+    /// Build a T5 model from f32 tensors under Hugging Face's names.
+    pub(crate) fn from_t5_tensors(config: T5Config, tensors: Plain) -> Result<Self> {
+        Self::from_t5_plain(config, Path::new("(parameters)"), tensors)
     }
 
     fn from_plain(config: MarianConfig, path: &Path, mut t: Plain) -> Result<Self> {
@@ -212,23 +420,146 @@ impl Seq2Seq {
             _ => Mlp::Silu,
         };
         let positions = sinusoid_table(config.max_position_embeddings, c)?;
+        let embed_scale = if config.scale_embedding {
+            (c as f32).sqrt()
+        } else {
+            1.0
+        };
         Ok(Seq2Seq {
-            mlp,
+            spec: config.spec(),
+            arch: Arch::Marian {
+                mlp,
+                positions,
+                final_bias,
+                embed_scale,
+            },
             embed: QMatrix::from_f32(&embed, v, c, WeightType::F32)?,
-            final_bias,
-            positions,
             encoder,
             decoder,
-            config,
+            marian: Some(config),
+            t5: None,
+        })
+    }
+
+    fn from_t5_plain(config: T5Config, path: &Path, mut t: Plain) -> Result<Self> {
+        config.validate()?;
+        let (c, v, a, ff) = (config.d_model, config.vocab_size, config.inner(), config.d_ff);
+        let (nb, nh) = (config.relative_attention_num_buckets, config.num_heads);
+        let ffn = config.ffn()?;
+        let embed = take(&mut t, path, "shared.weight", &[v, c])?;
+        let head = if config.tied() {
+            None
+        } else {
+            let w = take(&mut t, path, "lm_head.weight", &[v, c])?;
+            Some(QMatrix::from_f32(&w, v, c, WeightType::F32)?)
+        };
+        let rms = |t: &mut Plain, name: &str| take_rms(t, path, name, c);
+        let mat = |t: &mut Plain, names: &[String], rows: usize, cols: usize| {
+            take_matrix(t, path, names, rows, cols)
+        };
+        let attn = |t: &mut Plain, p: &str| -> Result<(Linear, Linear)> {
+            let qkv = ["q", "k", "v"].map(|n| format!("{p}.{n}.weight"));
+            Ok((mat(t, &qkv, a, c)?, mat(t, &[format!("{p}.o.weight")], c, a)?))
+        };
+        let mlp = |t: &mut Plain, p: &str| -> Result<(Linear, Linear)> {
+            let up = match ffn {
+                T5Ffn::Plain(_) => mat(t, &[format!("{p}.wi.weight")], ff, c)?,
+                T5Ffn::Gated(_) => mat(
+                    t,
+                    &[format!("{p}.wi_0.weight"), format!("{p}.wi_1.weight")],
+                    ff,
+                    c,
+                )?,
+            };
+            Ok((up, mat(t, &[format!("{p}.wo.weight")], c, ff)?))
+        };
+        let bias_of = |t: &mut Plain, stack: &str| {
+            take(
+                t,
+                path,
+                &format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                &[nb, nh],
+            )
+        };
+        let enc_bias = bias_of(&mut t, "encoder")?;
+        let dec_bias = if config.decoder_layers() > 0 {
+            bias_of(&mut t, "decoder")?
+        } else {
+            Vec::new()
+        };
+        let mut encoder = Vec::new();
+        for l in 0..config.num_layers {
+            let p = format!("encoder.block.{l}.layer");
+            let (qkv, proj) = attn(&mut t, &format!("{p}.0.SelfAttention"))?;
+            let (up, down) = mlp(&mut t, &format!("{p}.1.DenseReluDense"))?;
+            encoder.push(Layer {
+                norm1: rms(&mut t, &format!("{p}.0.layer_norm.weight"))?,
+                qkv,
+                proj,
+                norm2: rms(&mut t, &format!("{p}.1.layer_norm.weight"))?,
+                up,
+                down,
+            });
+        }
+        let mut decoder = Vec::new();
+        for l in 0..config.decoder_layers() {
+            let p = format!("decoder.block.{l}.layer");
+            let (qkv, proj) = attn(&mut t, &format!("{p}.0.SelfAttention"))?;
+            let e = format!("{p}.1.EncDecAttention");
+            let cross = Cross {
+                q: mat(&mut t, &[format!("{e}.q.weight")], a, c)?,
+                kv: mat(&mut t, &[format!("{e}.k.weight"), format!("{e}.v.weight")], a, c)?,
+                proj: mat(&mut t, &[format!("{e}.o.weight")], c, a)?,
+                norm: rms(&mut t, &format!("{p}.1.layer_norm.weight"))?,
+            };
+            let (up, down) = mlp(&mut t, &format!("{p}.2.DenseReluDense"))?;
+            decoder.push(DecoderLayer {
+                block: Layer {
+                    norm1: rms(&mut t, &format!("{p}.0.layer_norm.weight"))?,
+                    qkv,
+                    proj,
+                    norm2: rms(&mut t, &format!("{p}.2.layer_norm.weight"))?,
+                    up,
+                    down,
+                },
+                cross,
+            });
+        }
+        let enc_final = rms(&mut t, "encoder.final_layer_norm.weight")?;
+        let dec_final = rms(&mut t, "decoder.final_layer_norm.weight")?;
+        unexpected(&t, path)?;
+        Ok(Seq2Seq {
+            spec: config.spec(),
+            arch: Arch::T5 {
+                ffn,
+                buckets: nb,
+                max_distance: config.relative_attention_max_distance,
+                enc_bias,
+                dec_bias,
+                enc_final,
+                dec_final,
+                head,
+                out_scale: if config.scales_output() {
+                    (c as f32).powf(-0.5)
+                } else {
+                    1.0
+                },
+                eps: config.layer_norm_epsilon as f32,
+            },
+            embed: QMatrix::from_f32(&embed, v, c, WeightType::F32)?,
+            encoder,
+            decoder,
+            marian: None,
+            t5: Some(config),
         })
     }
 
     pub fn d_model(&self) -> usize {
-        self.config.d_model
+        self.spec.d_model
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.config.vocab_size
+        self.spec.vocab_size
     }
 
     /// An empty self-attention cache for one hypothesis.
@@ -241,7 +572,9 @@ impl Seq2Seq {
             if s.is_empty() {
                 return Err(Error::invalid(what, "a sequence was given no tokens"));
             }
-            crate::engine::check_positions(p + s.len(), self.config.max_position_embeddings)?;
+            if let Some(limit) = self.spec.context {
+                crate::engine::check_positions(p + s.len(), limit)?;
+            }
             if let Some(&bad) = s.iter().find(|&&id| id as usize >= self.vocab_size()) {
                 return Err(Error::invalid(
                     what,
@@ -255,15 +588,10 @@ impl Seq2Seq {
         Ok(())
     }
 
-    /// Token embeddings (scaled) plus sinusoidal positions; sequence `s`'s tokens start
-    /// at position `past[s]`.
+    /// Token embeddings (scaled, plus sinusoidal positions for Marian); sequence `s`'s
+    /// tokens start at position `past[s]`.
     fn embed_rows(&self, seqs: &[&[u32]], past: &[usize]) -> Vec<f32> {
         let c = self.d_model();
-        let scale = if self.config.scale_embedding {
-            (c as f32).sqrt()
-        } else {
-            1.0
-        };
         let n: usize = seqs.iter().map(|s| s.len()).sum();
         let mut x = vec![0f32; n * c];
         let mut rows = x.chunks_mut(c);
@@ -271,10 +599,17 @@ impl Seq2Seq {
             for (j, &id) in s.iter().enumerate() {
                 let row = rows.next().expect("one row per token");
                 self.embed.row_to_f32(id as usize, row);
-                let pos = &self.positions[(p0 + j) * c..][..c];
-                row.iter_mut()
-                    .zip(pos)
-                    .for_each(|(o, &p)| *o = *o * scale + p);
+                if let Arch::Marian {
+                    positions,
+                    embed_scale,
+                    ..
+                } = &self.arch
+                {
+                    let pos = &positions[(p0 + j) * c..][..c];
+                    row.iter_mut()
+                        .zip(pos)
+                        .for_each(|(o, &p)| *o = *o * embed_scale + p);
+                }
             }
         }
         x
@@ -301,16 +636,76 @@ impl Seq2Seq {
     fn run_encoder(&self, srcs: &[&[u32]]) -> Vec<f32> {
         let lens: Vec<usize> = srcs.iter().map(|s| s.len()).collect();
         let mut x = self.embed_rows(srcs, &vec![0; srcs.len()]);
-        post_norm_blocks(
-            &self.encoder,
-            self.mlp,
-            self.config.encoder_attention_heads,
-            1e-5,
-            &lens,
-            &mut x,
-            |_| {},
-        );
+        match &self.arch {
+            Arch::Marian { mlp, .. } => post_norm_blocks(
+                &self.encoder,
+                *mlp,
+                self.spec.encoder_heads,
+                1e-5,
+                &lens,
+                &mut x,
+                |_| {},
+            ),
+            Arch::T5 {
+                ffn,
+                buckets,
+                max_distance,
+                enc_bias,
+                enc_final,
+                eps,
+                ..
+            } => {
+                let (c, nh, hd) = (self.d_model(), self.spec.encoder_heads, self.spec.head_dim);
+                let n = x.len() / c;
+                let first = super::row_starts(lens.iter().copied());
+                let (mut h, mut a) = (vec![0f32; n * c], vec![0f32; n * c]);
+                let aw = nh * hd;
+                let (mut qkv, mut y) = (vec![0f32; n * 3 * aw], vec![0f32; n * aw]);
+                // One bias per (sequence, head), shared by every layer.
+                let biases: Vec<Vec<f32>> = (0..lens.len())
+                    .flat_map(|s| {
+                        let grid = bucket_grid(0, lens[s], lens[s], true, *buckets, *max_distance);
+                        (0..nh)
+                            .map(|hh| head_bias(enc_bias, &grid, nh, hh))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                for layer in &self.encoder {
+                    layer.norm1.apply(&x, &mut h, *eps);
+                    layer.qkv.apply(&h, n, &mut qkv);
+                    let jobs: Vec<HeadJob> = (0..lens.len())
+                        .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
+                        .map(|(s, hh)| {
+                            let base = &qkv[first[s] * 3 * aw + hh * hd..];
+                            HeadJob {
+                                q: base,
+                                qs: 3 * aw,
+                                k: &base[aw..],
+                                v: &base[2 * aw..],
+                                ks: 3 * aw,
+                                span: Span::All { keys: lens[s] },
+                                t: lens[s],
+                                row0: first[s],
+                                col0: hh * hd,
+                                bias: Some(&biases[s * nh + hh]),
+                            }
+                        })
+                        .collect();
+                    attend_into(&jobs, hd, 1.0, aw, &mut y);
+                    add_into(&layer.proj, &y, &mut x, &mut a);
+                    t5_mlp(layer, *ffn, &x, &mut h, &mut a, *eps);
+                    x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+                }
+                enc_final.apply(&x, &mut h, *eps);
+                std::mem::swap(&mut x, &mut h);
+            }
+        }
         x
+    }
+
+    /// Width of the attention's queries, keys and values in the decoder.
+    fn attn_width(&self) -> usize {
+        self.spec.decoder_heads * self.spec.head_dim
     }
 
     /// Encode source sentences into the memories the decoder reads, one per sentence.
@@ -318,7 +713,7 @@ impl Seq2Seq {
         self.check_ids("source", srcs, &vec![0; srcs.len()])?;
         Ok(crate::kernels::in_pool(|| {
             let flat = self.run_encoder(srcs);
-            let c = self.d_model();
+            let aw = self.attn_width();
             let n: usize = srcs.iter().map(|s| s.len()).sum();
             let mut mems: Vec<Memory> = srcs
                 .iter()
@@ -327,12 +722,12 @@ impl Seq2Seq {
                     len: s.len(),
                 })
                 .collect();
-            let mut kv = vec![0f32; n * 2 * c];
+            let mut kv = vec![0f32; n * 2 * aw];
             for layer in &self.decoder {
                 layer.cross.kv.apply(&flat, n, &mut kv);
                 let mut at = 0;
                 for m in mems.iter_mut() {
-                    m.kv.push(kv[at * 2 * c..(at + m.len) * 2 * c].to_vec());
+                    m.kv.push(kv[at * 2 * aw..(at + m.len) * 2 * aw].to_vec());
                     at += m.len;
                 }
             }
@@ -378,80 +773,132 @@ impl Seq2Seq {
         tokens: &[&[u32]],
         want: Want,
     ) -> Vec<Vec<f32>> {
-        let cfg = &self.config;
-        let c = cfg.d_model;
-        let nh = cfg.decoder_attention_heads;
-        let hd = c / nh;
-        let inner = cfg.decoder_ffn_dim;
-        let eps = 1e-5;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let spec = &self.spec;
+        let c = spec.d_model;
+        let nh = spec.decoder_heads;
+        let hd = spec.head_dim;
+        let aw = nh * hd;
+        let inner = spec.decoder_inner;
         let past: Vec<usize> = states.iter().map(|s| s.len).collect();
         let n: usize = tokens.iter().map(|t| t.len()).sum();
         let first = super::row_starts(tokens.iter().map(|t| t.len()));
         let mut x = self.embed_rows(tokens, &past);
-        let w = 3 * c;
+        let w = 3 * aw;
         let mut h = vec![0f32; n * c];
         let mut qkv = vec![0f32; n * w];
-        let mut q = vec![0f32; n * c];
-        let mut y = vec![0f32; n * c];
+        let mut q = vec![0f32; n * aw];
+        let mut y = vec![0f32; n * aw];
         let mut a = vec![0f32; n * c];
         let mut f = vec![0f32; n * inner];
         let jobs: Vec<(usize, usize)> = (0..tokens.len())
             .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
             .collect();
+        // T5: each (hypothesis, head)'s bias over its new queries and all its keys.
+        let biases: Vec<Vec<f32>> = match &self.arch {
+            Arch::T5 {
+                buckets,
+                max_distance,
+                dec_bias,
+                ..
+            } => jobs
+                .iter()
+                .map(|&(s, hh)| {
+                    let t = tokens[s].len();
+                    let grid = bucket_grid(past[s], t, past[s] + t, false, *buckets, *max_distance);
+                    head_bias(dec_bias, &grid, nh, hh)
+                })
+                .collect(),
+            Arch::Marian { .. } => Vec::new(),
+        };
+        let (scale, pre) = match &self.arch {
+            Arch::Marian { .. } => (1.0 / (hd as f32).sqrt(), None),
+            Arch::T5 { ffn, eps, .. } => (1.0, Some((*ffn, *eps))),
+        };
         for (l, layer) in self.decoder.iter().enumerate() {
             let b = &layer.block;
-            b.qkv.apply(&x, n, &mut qkv);
+            match pre {
+                Some((_, eps)) => {
+                    b.norm1.apply(&x, &mut h, eps);
+                    b.qkv.apply(&h, n, &mut qkv);
+                }
+                None => b.qkv.apply(&x, n, &mut qkv),
+            }
             for (s, t) in tokens.iter().enumerate() {
                 let st = &mut *states[s];
                 for j in 0..t.len() {
                     let row = &qkv[(first[s] + j) * w..][..w];
-                    st.k[l].extend_from_slice(&row[c..2 * c]);
-                    st.v[l].extend_from_slice(&row[2 * c..]);
+                    st.k[l].extend_from_slice(&row[aw..2 * aw]);
+                    st.v[l].extend_from_slice(&row[2 * aw..]);
                 }
             }
             let heads: Vec<HeadJob> = jobs
                 .iter()
-                .map(|&(s, hh)| HeadJob {
+                .enumerate()
+                .map(|(i, &(s, hh))| HeadJob {
                     q: &qkv[first[s] * w + hh * hd..],
                     qs: w,
                     k: &states[s].k[l][hh * hd..],
                     v: &states[s].v[l][hh * hd..],
-                    ks: c,
+                    ks: aw,
                     span: Span::Causal { past: past[s] },
                     t: tokens[s].len(),
                     row0: first[s],
                     col0: hh * hd,
+                    bias: biases.get(i).map(|b| b.as_slice()),
                 })
                 .collect();
-            attend_into(&heads, hd, scale, c, &mut y);
-            add_and_norm(&b.proj, &y, &mut x, &mut a, &mut h, &b.norm1, eps);
-
+            attend_into(&heads, hd, scale, aw, &mut y);
             let cr = &layer.cross;
-            cr.q.apply(&x, n, &mut q);
+            match pre {
+                Some((_, eps)) => {
+                    add_into(&b.proj, &y, &mut x, &mut a);
+                    cr.norm.apply(&x, &mut h, eps);
+                    cr.q.apply(&h, n, &mut q);
+                }
+                None => {
+                    add_and_norm(&b.proj, &y, &mut x, &mut a, &mut h, &b.norm1, 1e-5);
+                    cr.q.apply(&x, n, &mut q);
+                }
+            }
             let heads: Vec<HeadJob> = jobs
                 .iter()
                 .map(|&(s, hh)| {
                     let m = memories[s];
                     HeadJob {
-                        q: &q[first[s] * c + hh * hd..],
-                        qs: c,
+                        q: &q[first[s] * aw + hh * hd..],
+                        qs: aw,
                         k: &m.kv[l][hh * hd..],
-                        v: &m.kv[l][c + hh * hd..],
-                        ks: 2 * c,
+                        v: &m.kv[l][aw + hh * hd..],
+                        ks: 2 * aw,
                         span: Span::All { keys: m.len },
                         t: tokens[s].len(),
                         row0: first[s],
                         col0: hh * hd,
+                        bias: None,
                     }
                 })
                 .collect();
-            attend_into(&heads, hd, scale, c, &mut y);
-            add_and_norm(&cr.proj, &y, &mut x, &mut a, &mut h, &cr.norm, eps);
-
-            b.up.apply(&x, n, &mut f);
-            activate(self.mlp, inner, &mut f, &mut []);
-            add_and_norm(&b.down, &f, &mut x, &mut a, &mut h, &b.norm2, eps);
+            attend_into(&heads, hd, scale, aw, &mut y);
+            match pre {
+                Some((ffn, eps)) => {
+                    add_into(&cr.proj, &y, &mut x, &mut a);
+                    t5_mlp(b, ffn, &x, &mut h, &mut a, eps);
+                    x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+                }
+                None => {
+                    let Arch::Marian { mlp, .. } = &self.arch else {
+                        unreachable!("post-norm is Marian's")
+                    };
+                    add_and_norm(&cr.proj, &y, &mut x, &mut a, &mut h, &cr.norm, 1e-5);
+                    b.up.apply(&x, n, &mut f);
+                    activate(*mlp, inner, &mut f, &mut []);
+                    add_and_norm(&b.down, &f, &mut x, &mut a, &mut h, &b.norm2, 1e-5);
+                }
+            }
+        }
+        if let Arch::T5 { dec_final, eps, .. } = &self.arch {
+            dec_final.apply(&x, &mut h, *eps);
+            std::mem::swap(&mut x, &mut h);
         }
         for (st, t) in states.iter_mut().zip(tokens) {
             st.len += t.len();
@@ -484,11 +931,56 @@ impl Seq2Seq {
         res
     }
 
-    /// Logits `[m, vocab]` for decoder hidden states `[m, d_model]`.
+    /// Logits `[m, vocab]` for decoder hidden states `[m, d_model]` (after the decoder's
+    /// final norm, for T5).
     pub fn head(&self, hidden: &[f32]) -> Vec<f32> {
         let m = hidden.len() / self.d_model();
         let mut logits = vec![0f32; m * self.vocab_size()];
-        matmul(hidden, m, &self.embed, Some(&self.final_bias), &mut logits);
+        match &self.arch {
+            Arch::Marian { final_bias, .. } => {
+                matmul(hidden, m, &self.embed, Some(final_bias), &mut logits)
+            }
+            Arch::T5 {
+                head, out_scale, ..
+            } => {
+                let scaled: Vec<f32>;
+                let x = if *out_scale != 1.0 {
+                    scaled = hidden.iter().map(|v| v * out_scale).collect();
+                    &scaled
+                } else {
+                    hidden
+                };
+                matmul(x, m, head.as_ref().unwrap_or(&self.embed), None, &mut logits)
+            }
+        }
         logits
+    }
+}
+
+/// `x += lin(inp)` (`a` is scratch): a pre-norm residual step.
+fn add_into(lin: &Linear, inp: &[f32], x: &mut [f32], a: &mut [f32]) {
+    let n = a.len() / lin.w.rows;
+    lin.apply(inp, n, a);
+    x.iter_mut().zip(a.iter()).for_each(|(x, a)| *x += a);
+}
+
+/// T5's MLP sublayer on the normalised `x`: `a = wo(act(...))` (`h` is scratch).
+fn t5_mlp(layer: &Layer, ffn: T5Ffn, x: &[f32], h: &mut [f32], a: &mut [f32], eps: f32) {
+    let c = layer.down.w.rows;
+    let n = x.len() / c;
+    let inner = layer.down.w.cols;
+    layer.norm2.apply(x, h, eps);
+    let mut f = vec![0f32; n * layer.up.w.rows];
+    layer.up.apply(h, n, &mut f);
+    match ffn {
+        T5Ffn::Plain(act) => {
+            crate::kernels::cpu::for_rows(&mut f, 1, |_, xs| apply_act(act, xs));
+            layer.down.apply(&f, n, a);
+        }
+        T5Ffn::Gated(act) => {
+            let mut m = vec![0f32; n * inner];
+            gate(act, inner, &f, &mut m);
+            layer.down.apply(&m, n, a);
+        }
     }
 }

@@ -121,8 +121,7 @@ pub fn translate_batch(
     if srcs.iter().any(|s| s.is_empty()) {
         return Err(Error::invalid("source", "an empty source sentence"));
     }
-    let c = &model.config;
-    let (eos, start) = (c.eos_token_id, c.decoder_start_token_id);
+    let (eos, start) = (model.spec.eos, model.spec.decoder_start);
     let k = cfg.num_beams;
     // Candidates kept per hypothesis: the best 2k over all beams of a sentence are
     // among the best 2k of each beam.
@@ -172,7 +171,7 @@ pub fn translate_batch(
             let chosen = if k == 1 {
                 greedy_step(st, rows[0], eos)
             } else {
-                beam_step(st, &rows, k, eos, cfg.length_penalty)
+                beam_step(st, &rows, k, eos, cfg.length_penalty, cur_len == cfg.max_new_tokens)
             };
             if st.done {
                 mems[si] = None;
@@ -229,13 +228,16 @@ fn greedy_step(st: &mut Search, best: &[(f32, u32)], eos: u32) -> Vec<(usize, u3
 
 /// One beam-search step for one sentence: the 2k best (beam, token) continuations by
 /// accumulated score (`rows[b]`: beam b's best continuations, see [`best_tokens`]);
-/// returns the k kept as (beam, token), in rank order.
+/// returns the k kept as (beam, token), in rank order. At the `last` step (the length
+/// limit) the k best continuations all finish, whatever their token, and compete with
+/// the hypotheses finished before, as transformers' length criterion makes them.
 fn beam_step(
     st: &mut Search,
     rows: &[&[(f32, u32)]],
     k: usize,
     eos: u32,
     length_penalty: f64,
+    last: bool,
 ) -> Vec<(usize, u32)> {
     let mut cand: Vec<(f64, usize, u32)> = Vec::with_capacity(rows.len() * 2 * k);
     for (b, row) in rows.iter().enumerate() {
@@ -247,6 +249,16 @@ fn beam_step(
     cand.select_nth_unstable_by(top - 1, |a, b| b.0.total_cmp(&a.0));
     cand.truncate(top);
     cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    if last {
+        for &(score, beam, tok) in cand.iter().take(k) {
+            let mut ids = st.seqs[beam].clone();
+            ids.push(tok);
+            let norm = score / (ids.len() as f64).powf(length_penalty);
+            add_finished(&mut st.finished, Hypothesis { ids, score: norm }, k);
+        }
+        st.done = true;
+        return vec![];
+    }
     let mut next: Vec<(f64, usize, u32)> = Vec::with_capacity(k);
     for (rank, &(score, beam, tok)) in cand.iter().enumerate() {
         if tok == eos {

@@ -5,6 +5,7 @@ pub mod bert;
 pub mod gpt2;
 pub mod llama;
 pub mod marian;
+pub mod t5;
 
 use crate::generate::Session;
 use crate::Result;

@@ -279,13 +279,13 @@ fn folder_suppress(dir: &Path) -> Vec<u32> {
 
 /// The `max_len` a translation folder records (`attn_translate.json`), else the model's
 /// positions.
-fn folder_max_len(dir: &Path, config: &MarianConfig) -> usize {
+fn folder_max_len(dir: &Path, limit: usize) -> usize {
     read_json(&dir.join("attn_translate.json"))
         .ok()
         .and_then(|v| v["max_len"].as_u64())
         .map(|v| v as usize)
-        .unwrap_or(config.max_position_embeddings)
-        .min(config.max_position_embeddings)
+        .unwrap_or(limit)
+        .min(limit)
 }
 
 /// Write a translation folder: weights, tokenizer, HF config and generation config, and
@@ -333,7 +333,7 @@ impl Translator {
     pub fn load(dir: &Path) -> Result<Self> {
         let model = Seq2Seq::load(dir)?;
         let tokenizer = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
-        let max_len = folder_max_len(dir, &model.config);
+        let max_len = folder_max_len(dir, model.spec.max_source);
         Ok(Translator {
             model,
             tokenizer,
@@ -348,7 +348,7 @@ impl Translator {
         let mut ids = self.tokenizer.encode(text)?;
         let cut = ids.len() > self.max_len - 1;
         ids.truncate(self.max_len - 1);
-        ids.push(self.model.config.eos_token_id);
+        ids.push(self.model.spec.eos);
         Ok((ids, cut))
     }
 

@@ -314,6 +314,7 @@ pub(super) fn head_forward(
     at: HeadAt,
     hd: usize,
     scale: f32,
+    bias: Option<&[f32]>,
     drop: Option<Dropout>,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![0f32; at.tq * hd];
@@ -333,6 +334,7 @@ pub(super) fn head_forward(
         at.tq,
         hd,
         scale,
+        bias,
         &mut out,
         Some(&mut rows),
         drop,
@@ -342,14 +344,16 @@ pub(super) fn head_forward(
 
 /// The gradients of one head's queries (`[tq, hd]`), keys and values (`[tk, hd]`,
 /// contiguous) from `ins` = (q, k, the values transposed `[hd, tk]`, the output gradient dy
-/// `[tq, hd]`, the weights p, the weights after dropout pd) into `outs` = (dq, dk, dv, scratch `[tk]`). With
+/// `[tq, hd]`, the weights p, the weights after dropout pd) into `outs` = (dq, dk, dv, scratch
+/// `[tk]`, and the gradient of the scores after scaling `[tq, tk]` — an additive bias's —
+/// or nothing when it is empty). With
 /// dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY, and with dP' = dY·Vᵀ,
 /// dS = pd ⊙ dP' − p · Σ_j pd·dP' (row by row). Weights that are zero (masked) give
 /// zero score gradients.
 #[inline(always)]
-fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) {
+fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 5], hd: usize, scale: f32) {
     let [q, k, vt, dy, p, pd] = ins;
-    let [dq, dk, dv, ds] = outs;
+    let [dq, dk, dv, ds, dbias] = outs;
     let tk = ds.len();
     let tq = dy.len() / hd;
     for i in 0..tq {
@@ -366,8 +370,12 @@ fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f3
         }
         let dot = dot16(pdr, ds);
         for ((d, &pij), &pdij) in ds.iter_mut().zip(pr).zip(pdr) {
-            *d = (pdij * *d - pij * dot) * scale;
+            *d = pdij * *d - pij * dot;
         }
+        if !dbias.is_empty() {
+            dbias[i * tk..(i + 1) * tk].copy_from_slice(ds);
+        }
+        ds.iter_mut().for_each(|d| *d *= scale);
         let qi = &q[i * hd..(i + 1) * hd];
         let dqi = &mut dq[i * hd..(i + 1) * hd];
         for j in 0..tk {
@@ -388,7 +396,7 @@ fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f3
 vmath::dispatch!(
     /// See [`head_grads_body`].
     head_grads = head_grads_body, head_grads512, head_grads256,
-    (ins: [&[f32]; 6], outs: [&mut [f32]; 4], hd: usize, scale: f32) -> ()
+    (ins: [&[f32]; 6], outs: [&mut [f32]; 5], hd: usize, scale: f32) -> ()
 );
 
 /// `a · b` over sixteen lanes of partial sums (which the compiler keeps in vector
@@ -412,7 +420,8 @@ fn dot16(a: &[f32], b: &[f32]) -> f32 {
 
 /// Backward of [`head_forward`]: from the gradient of the head's output (rows `dy0..`
 /// of `dy`, row stride `dys`, columns from `dyo`), the gradients of its queries
-/// `[tq, hd]`, keys and values `[tk, hd]`.
+/// `[tq, hd]`, keys and values `[tk, hd]`, and with `score_grads` of its scores after
+/// scaling `[tq, tk]` (an additive bias's; empty otherwise).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head_backward(
     dy: &[f32],
@@ -424,7 +433,8 @@ pub(super) fn head_backward(
     hd: usize,
     scale: f32,
     drop: Option<Dropout>,
-) -> [Vec<f32>; 3] {
+    score_grads: bool,
+) -> [Vec<f32>; 4] {
     let gather = |src: &[f32], r0: usize, rows: usize, stride: usize, off: usize| {
         let mut out = Vec::with_capacity(rows * hd);
         for j in 0..rows {
@@ -445,6 +455,11 @@ pub(super) fn head_backward(
     let mut dq = vec![0f32; at.tq * hd];
     let (mut dk, mut dv) = (vec![0f32; at.tk * hd], vec![0f32; at.tk * hd]);
     let mut ds = vec![0f32; at.tk];
+    let mut dbias = if score_grads {
+        vec![0f32; at.tq * at.tk]
+    } else {
+        Vec::new()
+    };
     let dropped;
     let pd = match drop {
         Some(d) => {
@@ -457,11 +472,11 @@ pub(super) fn head_backward(
     };
     head_grads(
         [&qh, &kh, &vt, &g, p, pd],
-        [&mut dq, &mut dk, &mut dv, &mut ds],
+        [&mut dq, &mut dk, &mut dv, &mut ds, &mut dbias],
         hd,
         scale,
     );
-    [dq, dk, dv]
+    [dq, dk, dv, dbias]
 }
 
 /// The sizes of a stack's sublayers.
@@ -660,7 +675,7 @@ pub(super) fn attn_forward(
     let n = x.len() / c;
     let heads: Vec<(Vec<f32>, Vec<f32>)> = time("heads", || {
         jobs.par_iter()
-            .map(|j| head_forward(q, kv, j.at, hd, d.scale(), j.drop))
+            .map(|j| head_forward(q, kv, j.at, hd, d.scale(), None, j.drop))
             .collect()
     });
     let mut y = scratch.pool.take_written(n * c);
@@ -715,17 +730,17 @@ pub(super) fn attn_backward(
         drop_out,
         scratch,
     );
-    let parts: Vec<[Vec<f32>; 3]> = time("heads backward", || {
+    let parts: Vec<[Vec<f32>; 4]> = time("heads backward", || {
         jobs.par_iter()
             .zip(&a.probs)
             .map(|(j, p)| {
                 let dy_at = (c, j.h * hd, j.y0);
-                head_backward(&dy, dy_at, q, kv, p, j.at, hd, d.scale(), j.drop)
+                head_backward(&dy, dy_at, q, kv, p, j.at, hd, d.scale(), j.drop, false)
             })
             .collect()
     });
     time("heads scatter", || {
-        for (j, [gq, gk, gv]) in jobs.iter().zip(&parts) {
+        for (j, [gq, gk, gv, _]) in jobs.iter().zip(&parts) {
             let at = j.at;
             for (i, row) in gq.chunks(hd).enumerate() {
                 dq[(at.q0 + i) * at.qs + at.qo..][..hd].copy_from_slice(row);

@@ -30,7 +30,8 @@ pub(crate) enum Span {
 /// which keys each query sees, `n` of them in all (`past + t`, or `keys`). Writes `out`
 /// `[t, hd]`; with `keep`, also each query's weights over the `n` keys. With `drop`
 /// (training), the values are summed with the weights after dropout (weight (j, p) is
-/// mask element `j·n + p`); `keep` gets them before.
+/// mask element `j·n + p`); `keep` gets them before. With `bias` (`[t, n]`, T5's
+/// relative positions), `bias[j·n + p]` is added to score (j, p) after the scaling.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head(
     q: &[f32],
@@ -42,6 +43,7 @@ pub(crate) fn attend_head(
     t: usize,
     hd: usize,
     scale: f32,
+    bias: Option<&[f32]>,
     out: &mut [f32],
     keep: Option<&mut Vec<Vec<f32>>>,
     drop: Option<super::Dropout>,
@@ -78,6 +80,12 @@ pub(crate) fn attend_head(
         }
         s
     };
+    if let Some(b) = bias {
+        for j in 0..t {
+            let row = &mut w[j * n..j * n + seen(j)];
+            row.iter_mut().zip(&b[j * n..]).for_each(|(s, b)| *s += b);
+        }
+    }
     if let Span::Window { window, .. } = span {
         for j in 0..t {
             let hidden = seen(j).saturating_sub(window);
