@@ -142,7 +142,9 @@ fn t5_engine_matches_transformers() {
         let want_h = r["decoder_last_hidden_state"].f32();
         let d = max_abs_diff(&hidden[0], &want_h[..hidden[0].len()]);
         assert!(d <= 1e-4, "{name} decoder states: {d}");
-        eprintln!("{name}: encoder states, decoder states and logits within {worst:.3e} of transformers");
+        eprintln!(
+            "{name}: encoder states, decoder states and logits within {worst:.3e} of transformers"
+        );
     }
 }
 
@@ -172,7 +174,10 @@ fn t5_greedy_and_beam_search_match_transformers_generate() {
             for (i, src) in refs.iter().enumerate() {
                 assert_eq!(want[i][0], model.spec.decoder_start);
                 let expected = &want[i][1..];
-                assert_eq!(batched[i].ids, expected, "{name} {key} source {i} (batched)");
+                assert_eq!(
+                    batched[i].ids, expected,
+                    "{name} {key} source {i} (batched)"
+                );
                 if i % 10 == 0 {
                     let alone = translate(&model, src, &cfg).unwrap();
                     assert_eq!(alone.ids, expected, "{name} {key} source {i}");
@@ -181,5 +186,142 @@ fn t5_greedy_and_beam_search_match_transformers_generate() {
             }
             eprintln!("{name} {key}: 50 of 50 identical ({ended} end before the limit)");
         }
+    }
+}
+
+/// The largest difference between a gradient and its reference, relative to the
+/// largest reference value of the tensor (at least 1e-3); it must be within 1e-4.
+fn gradient_error(what: &str, got: &[f32], want: &Ref) -> f32 {
+    let want = want.f32();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let d = max_abs_diff(got, &want);
+    assert!(
+        d <= 1e-4 * scale,
+        "gradient of {what} differs by {d} (largest {scale})"
+    );
+    d / scale
+}
+
+/// T5's training step on the engine: transformers' loss from labels (row 1 shorter,
+/// its tail ignored) and the gradient of every parameter, each within 1e-4 of the
+/// largest reference value of its tensor; the trained model handed to the inference
+/// engine gives the same logits.
+#[test]
+fn t5_training_step_matches_transformers_gradients() {
+    use attn::train::t5::NativeT5;
+    for name in T5S {
+        let r = reference(name);
+        let mut model = NativeT5::load(&common::hf_fixture(name)).unwrap();
+        let (srcs, _) = inputs(&r);
+        let labels = rows_until_negative(&r["labels"]);
+        assert!(
+            labels[1].len() < labels[0].len(),
+            "labels of different lengths"
+        );
+        let pairs: Vec<(&[u32], &[u32])> = srcs
+            .iter()
+            .zip(&labels)
+            .map(|(s, l)| (s.as_slice(), l.as_slice()))
+            .collect();
+        let loss = model.forward_backward(&pairs, 0.0, None).unwrap();
+        let want = r["loss"].v[0];
+        assert!((loss - want).abs() <= 1e-5, "{name} loss {loss} vs {want}");
+        let (mut compared, mut worst) = (0, 0f32);
+        for (pname, _) in model.names() {
+            let want = r
+                .get(&format!("grad.{pname}"))
+                .unwrap_or_else(|| panic!("{name}: no reference gradient for {pname}"));
+            worst = worst.max(gradient_error(pname, model.gradient(pname).unwrap(), want));
+            compared += 1;
+        }
+        let references = r.keys().filter(|k| k.starts_with("grad.")).count();
+        assert_eq!(
+            compared, references,
+            "{name}: every reference gradient compared"
+        );
+        eprintln!("{name}: loss {loss:.6} vs {want:.6}, {compared} gradients, worst relative difference {worst:.3e}");
+        // Dropout changes the loss; evaluation without it does not.
+        let dropped = model.loss(&pairs, 0.0, Some(7)).unwrap();
+        let plain = model.loss(&pairs, 0.0, None).unwrap();
+        assert!((plain - loss).abs() < 1e-9);
+        let cfg_rate = model.config.dropout_rate;
+        assert_eq!(
+            cfg_rate == 0.0,
+            (dropped - plain).abs() < 1e-12,
+            "{name}: dropout {cfg_rate}"
+        );
+        let engine = model.to_engine().unwrap();
+        let refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
+        let mems = engine.memories(&refs).unwrap();
+        let dec = r["decoder_input_ids"].id_rows();
+        let mut st = engine.new_state();
+        let got = engine
+            .decode(&[&mems[0]], &mut [&mut st], &[&dec[0]], Want::All)
+            .unwrap();
+        let want = r["logits"].f32();
+        let d = max_abs_diff(&got[0], &want[..got[0].len()]);
+        assert!(
+            d <= 1e-4,
+            "{name}: the trained model's engine logits differ by {d}"
+        );
+    }
+}
+
+/// With dropout (rate 0.2 at every site) and label smoothing, each tensor's gradient
+/// g gives the loss's slope along g: (L(w + h·ĝ) − L(w − h·ĝ)) / 2h = |g| (ĝ = g/|g|),
+/// under the same dropout masks. On the v1.1 fixture: its GELU is smooth, where v1.0's
+/// ReLU puts kinks inside the finite-difference steps (its gradients without dropout
+/// equal transformers' above).
+#[test]
+fn t5_dropout_gradients_match_finite_differences() {
+    use attn::train::fit::Trainable;
+    use attn::train::t5::NativeT5;
+    for name in ["t5-v1_1"] {
+        let r = reference(name);
+        let mut model = NativeT5::load(&common::hf_fixture(name)).unwrap();
+        model.config.dropout_rate = 0.2;
+        let (srcs, _) = inputs(&r);
+        let labels = rows_until_negative(&r["labels"]);
+        let pairs: Vec<(&[u32], &[u32])> = srcs
+            .iter()
+            .zip(&labels)
+            .map(|(s, l)| (s.as_slice(), l.as_slice()))
+            .collect();
+        let (seed, smooth) = (Some(11), 0.1);
+        model.zero_grads();
+        let loss = model.forward_backward(&pairs, smooth, seed).unwrap();
+        let plain = model.loss(&pairs, smooth, None).unwrap();
+        assert!(
+            (loss - plain).abs() > 1e-4,
+            "{name}: dropout changed nothing"
+        );
+
+        let names: Vec<String> = model.names().map(|(n, _)| n.to_string()).collect();
+        let mut worst = 0f64;
+        for pname in &names {
+            let g = model.gradient(pname).unwrap().to_vec();
+            let norm = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            if norm < 1e-6 {
+                continue;
+            }
+            let orig = model.param(pname).unwrap().to_vec();
+            let h = 3e-3;
+            let mut at = |sign: f64, model: &mut NativeT5| {
+                for (i, (&w, &gi)) in orig.iter().zip(&g).enumerate() {
+                    *model.param_mut(pname, i).unwrap() =
+                        (w as f64 + sign * h * gi as f64 / norm) as f32;
+                }
+                model.loss(&pairs, smooth, seed).unwrap()
+            };
+            let (up, down) = (at(1.0, &mut model), at(-1.0, &mut model));
+            for (i, &w) in orig.iter().enumerate() {
+                *model.param_mut(pname, i).unwrap() = w;
+            }
+            let slope = (up - down) / (2.0 * h);
+            let err = (slope - norm).abs() / norm;
+            assert!(err < 2e-3, "{name} {pname}: |g| {norm} vs slope {slope}");
+            worst = worst.max(err);
+        }
+        eprintln!("{name}: {} tensors' dropout gradients within {worst:.2e} (relative) of finite differences", names.len());
     }
 }

@@ -301,13 +301,10 @@ fn apply_act(act: T5Act, xs: &mut [f32]) {
 
 /// One head's relative-position bias `[tq, tk]` for queries at positions `q0..q0 + tq`
 /// against keys `0..tk`, from a `[buckets, heads]` table.
-fn head_bias(
-    table: &[f32],
-    grid: &[u32],
-    heads: usize,
-    h: usize,
-) -> Vec<f32> {
-    grid.iter().map(|&b| table[b as usize * heads + h]).collect()
+fn head_bias(table: &[f32], grid: &[u32], heads: usize, h: usize) -> Vec<f32> {
+    grid.iter()
+        .map(|&b| table[b as usize * heads + h])
+        .collect()
 }
 
 impl Seq2Seq {
@@ -443,7 +440,12 @@ impl Seq2Seq {
 
     fn from_t5_plain(config: T5Config, path: &Path, mut t: Plain) -> Result<Self> {
         config.validate()?;
-        let (c, v, a, ff) = (config.d_model, config.vocab_size, config.inner(), config.d_ff);
+        let (c, v, a, ff) = (
+            config.d_model,
+            config.vocab_size,
+            config.inner(),
+            config.d_ff,
+        );
         let (nb, nh) = (config.relative_attention_num_buckets, config.num_heads);
         let ffn = config.ffn()?;
         let embed = take(&mut t, path, "shared.weight", &[v, c])?;
@@ -459,7 +461,10 @@ impl Seq2Seq {
         };
         let attn = |t: &mut Plain, p: &str| -> Result<(Linear, Linear)> {
             let qkv = ["q", "k", "v"].map(|n| format!("{p}.{n}.weight"));
-            Ok((mat(t, &qkv, a, c)?, mat(t, &[format!("{p}.o.weight")], c, a)?))
+            Ok((
+                mat(t, &qkv, a, c)?,
+                mat(t, &[format!("{p}.o.weight")], c, a)?,
+            ))
         };
         let mlp = |t: &mut Plain, p: &str| -> Result<(Linear, Linear)> {
             let up = match ffn {
@@ -508,7 +513,12 @@ impl Seq2Seq {
             let e = format!("{p}.1.EncDecAttention");
             let cross = Cross {
                 q: mat(&mut t, &[format!("{e}.q.weight")], a, c)?,
-                kv: mat(&mut t, &[format!("{e}.k.weight"), format!("{e}.v.weight")], a, c)?,
+                kv: mat(
+                    &mut t,
+                    &[format!("{e}.k.weight"), format!("{e}.v.weight")],
+                    a,
+                    c,
+                )?,
                 proj: mat(&mut t, &[format!("{e}.o.weight")], c, a)?,
                 norm: rms(&mut t, &format!("{p}.1.layer_norm.weight"))?,
             };
@@ -950,7 +960,13 @@ impl Seq2Seq {
                 } else {
                     hidden
                 };
-                matmul(x, m, head.as_ref().unwrap_or(&self.embed), None, &mut logits)
+                matmul(
+                    x,
+                    m,
+                    head.as_ref().unwrap_or(&self.embed),
+                    None,
+                    &mut logits,
+                )
             }
         }
         logits

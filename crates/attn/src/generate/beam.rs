@@ -171,7 +171,14 @@ pub fn translate_batch(
             let chosen = if k == 1 {
                 greedy_step(st, rows[0], eos)
             } else {
-                beam_step(st, &rows, k, eos, cfg.length_penalty, cur_len == cfg.max_new_tokens)
+                beam_step(
+                    st,
+                    &rows,
+                    k,
+                    eos,
+                    cfg.length_penalty,
+                    cur_len == cfg.max_new_tokens,
+                )
             };
             if st.done {
                 mems[si] = None;

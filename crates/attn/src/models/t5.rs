@@ -97,7 +97,13 @@ pub enum T5Act {
 
 impl T5Config {
     /// A T5 v1.1-style model (gated GELU, untied head) for training from scratch.
-    pub fn v1_1(vocab_size: usize, d_model: usize, layers: usize, heads: usize, d_ff: usize) -> Self {
+    pub fn v1_1(
+        vocab_size: usize,
+        d_model: usize,
+        layers: usize,
+        heads: usize,
+        d_ff: usize,
+    ) -> Self {
         T5Config {
             vocab_size,
             d_model,
@@ -159,9 +165,9 @@ impl T5Config {
                 return Err(Error::invalid(
                     "feed_forward_proj",
                     format!(
-                        "{:?} is not supported (relu, gelu, gelu_new, silu, or gated-<one of them>)",
-                        self.feed_forward_proj
-                    ),
+                    "{:?} is not supported (relu, gelu, gelu_new, silu, or gated-<one of them>)",
+                    self.feed_forward_proj
+                ),
                 ))
             }
         };
@@ -196,7 +202,10 @@ impl T5Config {
             ("d_kv", self.d_kv),
             ("d_ff", self.d_ff),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
         ] {
             if v == 0 {
                 return Err(Error::invalid(name, "must be at least 1"));
@@ -204,7 +213,10 @@ impl T5Config {
         }
         for (name, v) in [
             ("num_heads × d_kv", self.num_heads.checked_mul(self.d_kv)),
-            ("d_model × vocab_size", self.d_model.checked_mul(self.vocab_size)),
+            (
+                "d_model × vocab_size",
+                self.d_model.checked_mul(self.vocab_size),
+            ),
         ] {
             if v.is_none_or(|v| v > 1 << 40) {
                 return Err(Error::invalid(name, "is too large"));
@@ -228,7 +240,10 @@ impl T5Config {
             ));
         }
         if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
-            return Err(Error::invalid("layer_norm_epsilon", "must be a positive number"));
+            return Err(Error::invalid(
+                "layer_norm_epsilon",
+                "must be a positive number",
+            ));
         }
         self.ffn()?;
         for (name, id) in [
@@ -254,7 +269,12 @@ impl T5Config {
 /// logarithmically up to `max_distance`, beyond which all distances share the last
 /// bucket. Without `bidirectional` (the decoder) keys after the query fall in bucket 0.
 /// Computed in f32 as transformers does, so the boundaries fall where they fall there.
-pub fn relative_bucket(rel: i64, bidirectional: bool, buckets: usize, max_distance: usize) -> usize {
+pub fn relative_bucket(
+    rel: i64,
+    bidirectional: bool,
+    buckets: usize,
+    max_distance: usize,
+) -> usize {
     let mut nb = buckets as i64;
     let mut base = 0i64;
     let dist = if bidirectional {

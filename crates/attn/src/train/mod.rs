@@ -22,6 +22,7 @@ pub mod profile;
 pub mod run;
 pub mod schedule;
 pub mod seq2seq;
+pub mod t5;
 
 pub use config::{Arch, TrainConfig, PRESETS};
 

@@ -1,0 +1,1255 @@
+//! T5's training step on the engine's kernels: the encoder-decoder forward over a
+//! ragged batch of (source, target) pairs (no padding computed), cross-entropy over
+//! every target token (label smoothing optional), the backward pass and AdamW, with
+//! parameters, gradients and moments in flat buffers under Hugging Face's names.
+//!
+//! What T5 adds to the pieces of [`super::blocks`]: pre-norm sublayers
+//! (`x + drop(f(rms(x)))`) with a scale-only RMS norm, matrices without biases, and
+//! attention scores left unscaled plus a learned bias per head and relative-position
+//! bucket (`relative_attention_bias`, one table per stack, read by every layer; its
+//! gradient is the sum of the score gradients of the pairs in each bucket). Dropout
+//! (one rate) where transformers puts it: the embeddings' output, the attention
+//! weights, each sublayer's output, the MLP's activation and the final norm's output.
+//! Checked against transformers' loss and every parameter gradient (`tests/t5.rs`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::blocks::{
+    drop_in_place, head_backward, head_forward, head_jobs, spans_of, Dims, Job, Scratch,
+};
+use super::flat::Flat;
+use crate::engine::io::{plain_tensors, read_weight_files, Plain};
+use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
+use crate::kernels::cpu as k;
+use crate::kernels::cpu::{vmath, Dropout, Rhs};
+use crate::models::t5::{bucket_grid, T5Act, T5Config, T5Ffn};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// Offsets of a self-attention sublayer: q, k and v weights one after another
+/// (`[3a, c]`), the output matrix `[c, a]`, the norm before it.
+struct AttnAt {
+    qkv: usize,
+    o: usize,
+    ln: usize,
+}
+
+/// Offsets of a cross-attention sublayer: q `[a, c]`, k and v one after the other
+/// (`[2a, c]`), the output matrix and the norm.
+struct CrossAt {
+    q: usize,
+    kv: usize,
+    o: usize,
+    ln: usize,
+}
+
+/// Offsets of an MLP sublayer: `wi` (or `wi_0` then `wi_1`), `wo`, the norm.
+struct FfAt {
+    wi: usize,
+    wo: usize,
+    ln: usize,
+}
+
+struct LayerAt {
+    attn: AttnAt,
+    cross: Option<CrossAt>,
+    ff: FfAt,
+}
+
+#[derive(Clone, Copy)]
+enum Init {
+    Normal(f32),
+    Ones,
+}
+
+/// Every tensor in buffer order, with its shape and initial values as transformers
+/// draws them (`initializer_factor` 1).
+fn schema(cfg: &T5Config) -> Vec<(String, Vec<usize>, Init)> {
+    let (c, v, a, ff) = (cfg.d_model, cfg.vocab_size, cfg.inner(), cfg.d_ff);
+    let (nb, nh) = (cfg.relative_attention_num_buckets, cfg.num_heads);
+    let sd = |n: usize| Init::Normal((n as f32).powf(-0.5));
+    let mut s = vec![("shared.weight".to_string(), vec![v, c], Init::Normal(1.0))];
+    if !cfg.tied() {
+        s.push(("lm_head.weight".into(), vec![v, c], Init::Normal(1.0)));
+    }
+    let gated = matches!(cfg.ffn(), Ok(T5Ffn::Gated(_)));
+    let stacks = [
+        ("encoder", cfg.num_layers, false),
+        ("decoder", cfg.decoder_layers(), true),
+    ];
+    for (stack, layers, decoder) in stacks {
+        for l in 0..layers {
+            let p = format!("{stack}.block.{l}.layer");
+            let at = format!("{p}.0.SelfAttention");
+            s.push((format!("{at}.q.weight"), vec![a, c], sd(c * cfg.d_kv)));
+            s.push((format!("{at}.k.weight"), vec![a, c], sd(c)));
+            s.push((format!("{at}.v.weight"), vec![a, c], sd(c)));
+            s.push((format!("{at}.o.weight"), vec![c, a], sd(a)));
+            if l == 0 {
+                s.push((
+                    format!("{at}.relative_attention_bias.weight"),
+                    vec![nb, nh],
+                    sd(c),
+                ));
+            }
+            s.push((format!("{p}.0.layer_norm.weight"), vec![c], Init::Ones));
+            let mut f = 1;
+            if decoder {
+                let e = format!("{p}.1.EncDecAttention");
+                s.push((format!("{e}.q.weight"), vec![a, c], sd(c * cfg.d_kv)));
+                s.push((format!("{e}.k.weight"), vec![a, c], sd(c)));
+                s.push((format!("{e}.v.weight"), vec![a, c], sd(c)));
+                s.push((format!("{e}.o.weight"), vec![c, a], sd(a)));
+                s.push((format!("{p}.1.layer_norm.weight"), vec![c], Init::Ones));
+                f = 2;
+            }
+            let d = format!("{p}.{f}.DenseReluDense");
+            if gated {
+                s.push((format!("{d}.wi_0.weight"), vec![ff, c], sd(c)));
+                s.push((format!("{d}.wi_1.weight"), vec![ff, c], sd(c)));
+            } else {
+                s.push((format!("{d}.wi.weight"), vec![ff, c], sd(c)));
+            }
+            s.push((format!("{d}.wo.weight"), vec![c, ff], sd(ff)));
+            s.push((format!("{p}.{f}.layer_norm.weight"), vec![c], Init::Ones));
+        }
+        s.push((
+            format!("{stack}.final_layer_norm.weight"),
+            vec![c],
+            Init::Ones,
+        ));
+    }
+    s
+}
+
+/// The dropout of one step (none when evaluating): one rate, a site per place.
+#[derive(Clone, Copy, Default)]
+struct Drops(Option<Dropout>);
+
+impl Drops {
+    /// Place `site` of layer `l` of stack 0 (encoder) or 1 (decoder); layer
+    /// `usize::MAX >> 24` stands for the stack's embeddings and final norm.
+    fn at(&self, stack: u64, l: usize, site: u64) -> Option<Dropout> {
+        self.0
+            .map(|d| d.site((1 << 62) | (stack << 48) | ((l as u64) << 8) | site))
+    }
+    fn head(&self, stack: u64, l: usize, cross: bool, s: usize, h: usize) -> Option<Dropout> {
+        self.0.map(|d| {
+            d.site(
+                (stack << 60)
+                    ^ ((cross as u64) << 56)
+                    ^ ((l as u64) << 40)
+                    ^ ((s as u64) << 16)
+                    ^ h as u64,
+            )
+        })
+    }
+}
+
+const EMB: u64 = 1;
+const FINAL: u64 = 2;
+const SELF_OUT: u64 = 3;
+const CROSS_OUT: u64 = 4;
+const FF_OUT: u64 = 5;
+const FF_ACT: u64 = 6;
+/// The "layer" of the per-stack dropout sites.
+const STACK: usize = 0xff_ffff;
+
+/// A norm's input, its output and statistics.
+struct Normed {
+    h: Vec<f32>,
+    st: Vec<f32>,
+}
+
+/// An attention sublayer's activations: the norm, the projections (self: `[n, 3a]`;
+/// cross: queries `[n, a]` and the memory's keys and values `[m, 2a]`), each job's
+/// weights, and the heads' outputs `[n, a]`.
+struct AttnActs {
+    norm: Normed,
+    q: Vec<f32>,
+    kv: Vec<f32>,
+    probs: Vec<Vec<f32>>,
+    y: Vec<f32>,
+}
+
+/// An MLP sublayer's activations: the norm, the first product `[n, ff]` (gated: the
+/// gate's then the linear half's, `[n, 2ff]`), and the activation after dropout.
+struct FfActs {
+    norm: Normed,
+    u: Vec<f32>,
+    g: Vec<f32>,
+}
+
+/// One layer: the residual stream entering each sublayer, and their activations.
+struct LayerActs {
+    x: Vec<Vec<f32>>,
+    attn: AttnActs,
+    cross: Option<AttnActs>,
+    ff: FfActs,
+}
+
+/// What the backward pass reads of a forward pass.
+struct Saved {
+    dec_in: Vec<Vec<u32>>,
+    src_spans: Vec<(usize, usize)>,
+    tgt_spans: Vec<(usize, usize)>,
+    /// Each sequence's relative-position buckets `[len, len]` (encoder: both
+    /// directions; decoder: causal).
+    enc_grids: Vec<Vec<u32>>,
+    dec_grids: Vec<Vec<u32>>,
+    enc: Vec<LayerActs>,
+    dec: Vec<LayerActs>,
+    /// Each stack's last residual stream, its final norm, and its output (after
+    /// dropout; the decoder's scaled for the head).
+    enc_last: Vec<f32>,
+    enc_final: Normed,
+    memory: Vec<f32>,
+    dec_last: Vec<f32>,
+    dec_final: Normed,
+    head_in: Vec<f32>,
+}
+
+/// A T5 model's parameters, gradients and AdamW moments.
+pub struct NativeT5 {
+    pub config: T5Config,
+    flat: Flat,
+    shared: usize,
+    /// The head's matrix (the shared embedding when tied).
+    head: usize,
+    rel: [usize; 2],
+    enc: Vec<LayerAt>,
+    dec: Vec<LayerAt>,
+    final_ln: [usize; 2],
+    ffn: T5Ffn,
+    scratch: Scratch,
+}
+
+/// `out [m, o] = x [m, i] · wᵀ` for `w [o, i]`.
+fn matmul_nt(x: &[f32], m: usize, w: &[f32], o: usize, out: &mut [f32], scratch: &mut Scratch) {
+    let i = w.len() / o;
+    k::gemm_bias(x, m, i, o, Rhs::Nt(w), None, out, &mut scratch.panels);
+}
+
+/// Backward of [`matmul_nt`]: `dw += dyᵀ·x` (when given), `dx = dy·w` (written, when given).
+#[allow(clippy::too_many_arguments)]
+fn matmul_nt_backward(
+    dy: &[f32],
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    o: usize,
+    dw: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
+    scratch: &mut Scratch,
+) {
+    let i = w.len() / o;
+    if let Some(dw) = dw {
+        k::gemm_tn_acc(
+            dy,
+            m,
+            o,
+            x,
+            i,
+            dw,
+            (&mut scratch.panels, &mut scratch.xpack),
+            false,
+        );
+    }
+    if let Some(dx) = dx {
+        k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels);
+    }
+}
+
+fn act_apply(act: T5Act, xs: &mut [f32]) {
+    match act {
+        T5Act::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
+        T5Act::GeluTanh => vmath::gelu_tanh(xs),
+        T5Act::GeluErf => vmath::gelu_erf(xs),
+        T5Act::Silu => vmath::silu(xs),
+    }
+}
+
+/// The derivative of the activation at `x`.
+fn act_grad(act: T5Act, x: f32) -> f32 {
+    match act {
+        T5Act::Relu => (x > 0.0) as u8 as f32,
+        T5Act::GeluErf => vmath::gelu_erf_grad(x),
+        T5Act::GeluTanh => {
+            let (c, a) = (vmath::GELU_C, vmath::GELU_A);
+            let x2 = x * x;
+            let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * c * a, -2.0 * c)));
+            (x * (s - s * s)).mul_add(x2.mul_add(6.0 * c * a, 2.0 * c), s)
+        }
+        T5Act::Silu => {
+            let s = 1.0 / (1.0 + vmath::exp(-x));
+            x * (s - s * s) + s
+        }
+    }
+}
+
+/// One head's bias `[tq, tk]` from a `[buckets, heads]` table.
+fn head_bias(table: &[f32], grid: &[u32], nh: usize, h: usize) -> Vec<f32> {
+    grid.iter().map(|&b| table[b as usize * nh + h]).collect()
+}
+
+impl NativeT5 {
+    /// Load a `T5ForConditionalGeneration` folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = read_t5_config(dir)?;
+        let (files, blobs) = read_weight_files(dir)?;
+        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
+            (!is_t5_copy(name)).then(|| name.to_string())
+        })?;
+        Self::from_plain(config, tensors)
+            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+    }
+
+    /// A model with weights drawn as transformers initialises T5.
+    pub fn init(config: T5Config, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut rng = Rng::new(seed);
+        let mut plain = Plain::new();
+        for (name, shape, init) in schema(&config) {
+            let len: usize = shape.iter().product();
+            let mut v = crate::guard::try_filled(&name, len, 0f32)?;
+            match init {
+                Init::Normal(sd) => v.iter_mut().for_each(|x| *x = rng.normal() as f32 * sd),
+                Init::Ones => v.iter_mut().for_each(|x| *x = 1.0),
+            }
+            plain.insert(name, (v, shape));
+        }
+        Self::from_plain(config, plain)
+    }
+
+    fn from_plain(config: T5Config, mut t: Plain) -> Result<Self> {
+        config.validate()?;
+        let ffn = config.ffn()?;
+        let mut tensors = Vec::new();
+        let mut params = Vec::new();
+        let mut at = HashMap::new();
+        for (name, shape, _) in schema(&config) {
+            let (vals, s) = t
+                .remove(&name)
+                .ok_or_else(|| Error::Model(format!("tensor {name} is missing")))?;
+            if s != shape {
+                return Err(Error::Model(format!(
+                    "tensor {name} has shape {s:?}, expected {shape:?}"
+                )));
+            }
+            at.insert(name.clone(), params.len());
+            params.extend_from_slice(&vals);
+            tensors.push((name, params.len() - vals.len(), shape));
+        }
+        if !t.is_empty() {
+            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
+            left.sort_unstable();
+            return Err(Error::Model(format!(
+                "unexpected tensors (the config describes fewer layers or other shapes): {}",
+                left.join(", ")
+            )));
+        }
+        let of = |n: String| at[&n];
+        let gated = matches!(ffn, T5Ffn::Gated(_));
+        let layer = |stack: &str, l: usize, decoder: bool| {
+            let p = format!("{stack}.block.{l}.layer");
+            let f = if decoder { 2 } else { 1 };
+            let d = format!("{p}.{f}.DenseReluDense");
+            LayerAt {
+                attn: AttnAt {
+                    qkv: of(format!("{p}.0.SelfAttention.q.weight")),
+                    o: of(format!("{p}.0.SelfAttention.o.weight")),
+                    ln: of(format!("{p}.0.layer_norm.weight")),
+                },
+                cross: decoder.then(|| CrossAt {
+                    q: of(format!("{p}.1.EncDecAttention.q.weight")),
+                    kv: of(format!("{p}.1.EncDecAttention.k.weight")),
+                    o: of(format!("{p}.1.EncDecAttention.o.weight")),
+                    ln: of(format!("{p}.1.layer_norm.weight")),
+                }),
+                ff: FfAt {
+                    wi: of(format!("{d}.{}.weight", if gated { "wi_0" } else { "wi" })),
+                    wo: of(format!("{d}.wo.weight")),
+                    ln: of(format!("{p}.{f}.layer_norm.weight")),
+                },
+            }
+        };
+        let enc = (0..config.num_layers)
+            .map(|l| layer("encoder", l, false))
+            .collect();
+        let dec = (0..config.decoder_layers())
+            .map(|l| layer("decoder", l, true))
+            .collect();
+        let rel = |stack: &str| {
+            at.get(&format!(
+                "{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+            ))
+            .copied()
+            .unwrap_or(0)
+        };
+        let shared = at["shared.weight"];
+        Ok(NativeT5 {
+            head: at.get("lm_head.weight").copied().unwrap_or(shared),
+            shared,
+            rel: [rel("encoder"), rel("decoder")],
+            final_ln: [
+                at["encoder.final_layer_norm.weight"],
+                at["decoder.final_layer_norm.weight"],
+            ],
+            flat: Flat::new(tensors, params, 0),
+            enc,
+            dec,
+            ffn,
+            scratch: Scratch::default(),
+            config,
+        })
+    }
+
+    /// Number of parameters.
+    pub fn count(&self) -> usize {
+        self.flat.params.len()
+    }
+
+    pub fn gradient(&self, name: &str) -> Option<&[f32]> {
+        self.flat.gradient(name)
+    }
+
+    pub fn param(&self, name: &str) -> Option<&[f32]> {
+        self.flat.param(name)
+    }
+
+    /// Element `i` of the tensor `name`, to change (finite-difference tests).
+    pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        self.flat.param_mut(name, i)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.flat.names()
+    }
+
+    /// Tensors by name, for saving and for the inference engine.
+    pub fn tensors(&self) -> Plain {
+        self.flat.tensors()
+    }
+
+    /// The model as the inference engine runs it (greedy and beam search).
+    pub fn to_engine(&self) -> Result<crate::engine::Seq2Seq> {
+        crate::engine::Seq2Seq::from_t5_tensors(self.config.clone(), self.tensors())
+    }
+
+    fn check(&self, pairs: &[(&[u32], &[u32])]) -> Result<()> {
+        let v = self.config.vocab_size;
+        for (side, seqs) in [
+            ("source", pairs.iter().map(|p| p.0).collect::<Vec<_>>()),
+            ("target", pairs.iter().map(|p| p.1).collect()),
+        ] {
+            for s in seqs {
+                if s.is_empty() {
+                    return Err(Error::invalid(side, "a sentence was given no tokens"));
+                }
+                if let Some(&bad) = s.iter().find(|&&id| id as usize >= v) {
+                    return Err(Error::invalid(
+                        side,
+                        format!("id {bad} is outside the vocabulary of {v}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward and backward over a batch of (source, target) pairs; the decoder reads
+    /// the start token and the target without its last token. Adds the gradient of the
+    /// mean (label-smoothed) loss over the batch's target tokens to the accumulated
+    /// gradients and returns that loss. With `dropout_seed`, the config's dropout
+    /// applies.
+    pub fn forward_backward(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<f64> {
+        self.run(pairs, smoothing, dropout_seed, true)
+    }
+
+    /// The mean (label-smoothed) loss over the batch's target tokens, without gradients.
+    pub fn loss(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<f64> {
+        self.run(pairs, smoothing, dropout_seed, false)
+    }
+
+    fn run(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+        backward: bool,
+    ) -> Result<f64> {
+        self.check(pairs)?;
+        let drops = Drops(dropout_seed.and_then(|s| Dropout::new(self.config.dropout_rate, s)));
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let loss = k::in_pool(|| {
+            let (saved, mut logits, targets) = self.forward(pairs, drops, &mut scratch);
+            let ntok = targets.len();
+            let loss = k::smoothed_cross_entropy(
+                &mut logits,
+                self.config.vocab_size,
+                &targets,
+                smoothing as f32,
+                backward.then_some(1.0 / ntok as f32),
+            ) / ntok as f64;
+            if backward {
+                self.backward(pairs, saved, logits, drops, &mut scratch);
+            }
+            loss
+        });
+        self.scratch = scratch;
+        Ok(loss)
+    }
+
+    fn dims(&self) -> Dims {
+        Dims {
+            c: self.config.inner(),
+            nh: self.config.num_heads,
+            eps: self.config.layer_norm_epsilon as f32,
+        }
+    }
+
+    fn rms(&self, x: &[f32], ln: usize) -> Normed {
+        let c = self.config.d_model;
+        let n = x.len() / c;
+        let (mut h, mut st) = (vec![0f32; n * c], vec![0f32; 2 * n]);
+        let w = &self.flat.params[ln..ln + c];
+        k::layer_norm(x, w, None, self.dims().eps, n, &mut h, &mut st);
+        Normed { h, st }
+    }
+
+    /// The token embeddings of `seqs`, then the embeddings' dropout.
+    fn embed(&self, seqs: &[&[u32]], drop: Option<Dropout>) -> Vec<f32> {
+        let c = self.config.d_model;
+        let w = &self.flat.params[self.shared..];
+        let mut x = Vec::with_capacity(seqs.iter().map(|s| s.len()).sum::<usize>() * c);
+        for &id in seqs.iter().flat_map(|s| s.iter()) {
+            x.extend_from_slice(&w[id as usize * c..][..c]);
+        }
+        drop_in_place(&mut x, drop);
+        x
+    }
+
+    /// Run the heads of `jobs` (biases per job, or none) into `[n, a]`.
+    fn heads(
+        &self,
+        q: &[f32],
+        kv: &[f32],
+        jobs: &[Job],
+        biases: Option<&[Vec<f32>]>,
+        n: usize,
+    ) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let d = self.dims();
+        let (a, hd) = (d.c, d.hd());
+        let outs: Vec<(Vec<f32>, Vec<f32>)> = jobs
+            .par_iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let b = biases.map(|b| b[i].as_slice());
+                head_forward(q, kv, j.at, hd, 1.0, b, j.drop)
+            })
+            .collect();
+        let mut y = vec![0f32; n * a];
+        let mut probs = Vec::with_capacity(jobs.len());
+        for (j, (p, out)) in jobs.iter().zip(outs) {
+            for (r, o) in out.chunks(hd).enumerate() {
+                y[(j.y0 + r) * a + j.h * hd..][..hd].copy_from_slice(o);
+            }
+            probs.push(p);
+        }
+        (probs, y)
+    }
+
+    /// The biases of every (sequence, head) job from a stack's table.
+    fn job_biases(&self, stack: usize, grids: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let (nb, nh) = (
+            self.config.relative_attention_num_buckets,
+            self.config.num_heads,
+        );
+        let table = &self.flat.params[self.rel[stack]..self.rel[stack] + nb * nh];
+        grids
+            .iter()
+            .flat_map(|g| (0..nh).map(move |h| head_bias(table, g, nh, h)))
+            .collect()
+    }
+
+    /// An MLP sublayer's forward from the stream `x`: `x + drop(wo(drop(act(...))))`.
+    fn ff_forward(
+        &self,
+        at: &FfAt,
+        x: &[f32],
+        drop_act: Option<Dropout>,
+        drop_out: Option<Dropout>,
+        scratch: &mut Scratch,
+    ) -> (FfActs, Vec<f32>) {
+        let (c, ff) = (self.config.d_model, self.config.d_ff);
+        let n = x.len() / c;
+        let w = &self.flat.params;
+        let norm = self.rms(x, at.ln);
+        let rows = match self.ffn {
+            T5Ffn::Gated(_) => 2 * ff,
+            T5Ffn::Plain(_) => ff,
+        };
+        let mut u = vec![0f32; n * rows];
+        matmul_nt(
+            &norm.h,
+            n,
+            &w[at.wi..at.wi + rows * c],
+            rows,
+            &mut u,
+            scratch,
+        );
+        let mut g = vec![0f32; n * ff];
+        match self.ffn {
+            T5Ffn::Plain(act) => {
+                g.copy_from_slice(&u);
+                g.par_chunks_mut(4096).for_each(|xs| act_apply(act, xs));
+            }
+            T5Ffn::Gated(act) => {
+                g.par_chunks_mut(ff)
+                    .zip(u.par_chunks(2 * ff))
+                    .for_each(|(o, r)| {
+                        o.copy_from_slice(&r[..ff]);
+                        act_apply(act, o);
+                        o.iter_mut().zip(&r[ff..]).for_each(|(o, l)| *o *= l);
+                    });
+            }
+        }
+        drop_in_place(&mut g, drop_act);
+        let mut out = vec![0f32; n * c];
+        matmul_nt(&g, n, &w[at.wo..at.wo + c * ff], c, &mut out, scratch);
+        drop_in_place(&mut out, drop_out);
+        out.iter_mut().zip(x).for_each(|(o, x)| *o += x);
+        (FfActs { norm, u, g }, out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn forward(
+        &self,
+        pairs: &[(&[u32], &[u32])],
+        drops: Drops,
+        scratch: &mut Scratch,
+    ) -> (Saved, Vec<f32>, Vec<u32>) {
+        let cfg = &self.config;
+        let (c, v, a) = (cfg.d_model, cfg.vocab_size, cfg.inner());
+        let (nb, md) = (
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+        );
+        let w = &self.flat.params;
+        let d = self.dims();
+        let srcs: Vec<&[u32]> = pairs.iter().map(|p| p.0).collect();
+        let start = cfg.decoder_start_token_id;
+        let dec_in: Vec<Vec<u32>> = pairs
+            .iter()
+            .map(|(_, t)| {
+                std::iter::once(start)
+                    .chain(t[..t.len() - 1].iter().copied())
+                    .collect()
+            })
+            .collect();
+        let dec_refs: Vec<&[u32]> = dec_in.iter().map(|s| s.as_slice()).collect();
+        let (src_spans, ns) = spans_of(&srcs);
+        let (tgt_spans, nt) = spans_of(&dec_refs);
+        let enc_grids: Vec<Vec<u32>> = src_spans
+            .iter()
+            .map(|&(_, t)| bucket_grid(0, t, t, true, nb, md))
+            .collect();
+        let dec_grids: Vec<Vec<u32>> = tgt_spans
+            .iter()
+            .map(|&(_, t)| bucket_grid(0, t, t, false, nb, md))
+            .collect();
+
+        // The encoder.
+        let enc_bias = self.job_biases(0, &enc_grids);
+        let mut x = self.embed(&srcs, drops.at(0, STACK, EMB));
+        let mut enc = Vec::with_capacity(self.enc.len());
+        for (l, at) in self.enc.iter().enumerate() {
+            let x0 = x;
+            let norm = self.rms(&x0, at.attn.ln);
+            let mut qkv = vec![0f32; ns * 3 * a];
+            matmul_nt(
+                &norm.h,
+                ns,
+                &w[at.attn.qkv..at.attn.qkv + 3 * a * c],
+                3 * a,
+                &mut qkv,
+                scratch,
+            );
+            let jobs = head_jobs(d, &src_spans, None, false, |s, h| {
+                drops.head(0, l, false, s, h)
+            });
+            let (probs, y) = self.heads(&qkv, &qkv, &jobs, Some(&enc_bias), ns);
+            let mut x1 = vec![0f32; ns * c];
+            matmul_nt(
+                &y,
+                ns,
+                &w[at.attn.o..at.attn.o + c * a],
+                c,
+                &mut x1,
+                scratch,
+            );
+            drop_in_place(&mut x1, drops.at(0, l, SELF_OUT));
+            x1.iter_mut().zip(&x0).for_each(|(o, x)| *o += x);
+            let (ff, x2) = self.ff_forward(
+                &at.ff,
+                &x1,
+                drops.at(0, l, FF_ACT),
+                drops.at(0, l, FF_OUT),
+                scratch,
+            );
+            enc.push(LayerActs {
+                x: vec![x0, x1],
+                attn: AttnActs {
+                    norm,
+                    q: qkv,
+                    kv: Vec::new(),
+                    probs,
+                    y,
+                },
+                cross: None,
+                ff,
+            });
+            x = x2;
+        }
+        let enc_last = x;
+        let enc_final = self.rms(&enc_last, self.final_ln[0]);
+        let mut memory = enc_final.h.clone();
+        drop_in_place(&mut memory, drops.at(0, STACK, FINAL));
+
+        // The decoder.
+        let dec_bias = self.job_biases(1, &dec_grids);
+        let mut x = self.embed(&dec_refs, drops.at(1, STACK, EMB));
+        let mut dec = Vec::with_capacity(self.dec.len());
+        for (l, at) in self.dec.iter().enumerate() {
+            let x0 = x;
+            let norm = self.rms(&x0, at.attn.ln);
+            let mut qkv = vec![0f32; nt * 3 * a];
+            matmul_nt(
+                &norm.h,
+                nt,
+                &w[at.attn.qkv..at.attn.qkv + 3 * a * c],
+                3 * a,
+                &mut qkv,
+                scratch,
+            );
+            let jobs = head_jobs(d, &tgt_spans, None, true, |s, h| {
+                drops.head(1, l, false, s, h)
+            });
+            let (probs, y) = self.heads(&qkv, &qkv, &jobs, Some(&dec_bias), nt);
+            let mut x1 = vec![0f32; nt * c];
+            matmul_nt(
+                &y,
+                nt,
+                &w[at.attn.o..at.attn.o + c * a],
+                c,
+                &mut x1,
+                scratch,
+            );
+            drop_in_place(&mut x1, drops.at(1, l, SELF_OUT));
+            x1.iter_mut().zip(&x0).for_each(|(o, x)| *o += x);
+
+            let cr = at.cross.as_ref().expect("decoder layers cross-attend");
+            let cnorm = self.rms(&x1, cr.ln);
+            let mut q = vec![0f32; nt * a];
+            matmul_nt(&cnorm.h, nt, &w[cr.q..cr.q + a * c], a, &mut q, scratch);
+            let mut kv = vec![0f32; ns * 2 * a];
+            matmul_nt(
+                &memory,
+                ns,
+                &w[cr.kv..cr.kv + 2 * a * c],
+                2 * a,
+                &mut kv,
+                scratch,
+            );
+            let jobs = head_jobs(d, &tgt_spans, Some(&src_spans), false, |s, h| {
+                drops.head(1, l, true, s, h)
+            });
+            let (cprobs, cy) = self.heads(&q, &kv, &jobs, None, nt);
+            let mut x2 = vec![0f32; nt * c];
+            matmul_nt(&cy, nt, &w[cr.o..cr.o + c * a], c, &mut x2, scratch);
+            drop_in_place(&mut x2, drops.at(1, l, CROSS_OUT));
+            x2.iter_mut().zip(&x1).for_each(|(o, x)| *o += x);
+
+            let (ff, x3) = self.ff_forward(
+                &at.ff,
+                &x2,
+                drops.at(1, l, FF_ACT),
+                drops.at(1, l, FF_OUT),
+                scratch,
+            );
+            dec.push(LayerActs {
+                x: vec![x0, x1, x2],
+                attn: AttnActs {
+                    norm,
+                    q: qkv,
+                    kv: Vec::new(),
+                    probs,
+                    y,
+                },
+                cross: Some(AttnActs {
+                    norm: cnorm,
+                    q,
+                    kv,
+                    probs: cprobs,
+                    y: cy,
+                }),
+                ff,
+            });
+            x = x3;
+        }
+        let dec_last = x;
+        let dec_final = self.rms(&dec_last, self.final_ln[1]);
+        let mut head_in = dec_final.h.clone();
+        drop_in_place(&mut head_in, drops.at(1, STACK, FINAL));
+        if cfg.scales_output() {
+            let s = (c as f32).powf(-0.5);
+            head_in.iter_mut().for_each(|x| *x *= s);
+        }
+        let mut logits = vec![0f32; nt * v];
+        matmul_nt(
+            &head_in,
+            nt,
+            &w[self.head..self.head + v * c],
+            v,
+            &mut logits,
+            scratch,
+        );
+        let targets: Vec<u32> = pairs.iter().flat_map(|p| p.1.iter().copied()).collect();
+        (
+            Saved {
+                dec_in,
+                src_spans,
+                tgt_spans,
+                enc_grids,
+                dec_grids,
+                enc,
+                dec,
+                enc_last,
+                enc_final,
+                memory,
+                dec_last,
+                dec_final,
+                head_in,
+            },
+            logits,
+            targets,
+        )
+    }
+
+    /// `dx += rms_backward(dh)` for the norm at `ln` over the stream `x`.
+    fn rms_backward(&mut self, dh: &[f32], x: &[f32], norm: &Normed, ln: usize, dx: &mut [f32]) {
+        let c = self.config.d_model;
+        let n = x.len() / c;
+        let (w, g) = (&self.flat.params, &mut self.flat.grads);
+        k::layer_norm_backward(
+            dh,
+            x,
+            &norm.st,
+            &w[ln..ln + c],
+            n,
+            dx,
+            &mut g[ln..ln + c],
+            None,
+        );
+    }
+
+    /// The backward of the heads of `jobs`: the queries' gradients into `dq` (as `q`
+    /// is laid out), the keys' and values' into `dkv` (or `dq` when they share a
+    /// buffer); with `grids`, the bias table of `stack` gets the score gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn heads_backward(
+        &mut self,
+        dy: &[f32],
+        q: &[f32],
+        kv: &[f32],
+        probs: &[Vec<f32>],
+        jobs: &[Job],
+        bias: Option<(usize, &[Vec<u32>])>,
+        dq: &mut [f32],
+        mut dkv: Option<&mut [f32]>,
+    ) {
+        let d = self.dims();
+        let (a, hd) = (d.c, d.hd());
+        let parts: Vec<[Vec<f32>; 4]> = jobs
+            .par_iter()
+            .zip(probs)
+            .map(|(j, p)| {
+                head_backward(
+                    dy,
+                    (a, j.h * hd, j.y0),
+                    q,
+                    kv,
+                    p,
+                    j.at,
+                    hd,
+                    1.0,
+                    j.drop,
+                    bias.is_some(),
+                )
+            })
+            .collect();
+        for (i, (j, [gq, gk, gv, gb])) in jobs.iter().zip(&parts).enumerate() {
+            let at = j.at;
+            for (r, row) in gq.chunks(hd).enumerate() {
+                dq[(at.q0 + r) * at.qs + at.qo..][..hd].copy_from_slice(row);
+            }
+            let dst: &mut [f32] = match dkv.as_deref_mut() {
+                Some(b) => b,
+                None => &mut *dq,
+            };
+            for (r, (rk, rv)) in gk.chunks(hd).zip(gv.chunks(hd)).enumerate() {
+                let row = (at.k0 + r) * at.ks;
+                dst[row + at.ko..][..hd].copy_from_slice(rk);
+                dst[row + at.vo..][..hd].copy_from_slice(rv);
+            }
+            if let Some((stack, grids)) = bias {
+                let nh = d.nh;
+                let at_table = self.rel[stack];
+                let g = &mut self.flat.grads[at_table..];
+                let grid = &grids[i / nh];
+                for (&b, &x) in grid.iter().zip(gb) {
+                    g[b as usize * nh + j.h] += x;
+                }
+            }
+        }
+    }
+
+    /// Backward of an MLP sublayer: `dx` holds the gradient of its output and gets its
+    /// input's added (the residual's is already there).
+    fn ff_backward(
+        &mut self,
+        at: &FfAt,
+        x: &[f32],
+        acts: &FfActs,
+        dx: &mut [f32],
+        drop_act: Option<Dropout>,
+        drop_out: Option<Dropout>,
+        scratch: &mut Scratch,
+    ) {
+        let (c, ff) = (self.config.d_model, self.config.d_ff);
+        let n = x.len() / c;
+        let mut dout = dx.to_vec();
+        drop_in_place(&mut dout, drop_out);
+        let mut dg = vec![0f32; n * ff];
+        {
+            let (w, g) = (&self.flat.params, &mut self.flat.grads);
+            matmul_nt_backward(
+                &dout,
+                &acts.g,
+                n,
+                &w[at.wo..at.wo + c * ff],
+                c,
+                Some(&mut g[at.wo..at.wo + c * ff]),
+                Some(&mut dg),
+                scratch,
+            );
+        }
+        drop_in_place(&mut dg, drop_act);
+        let rows = match self.ffn {
+            T5Ffn::Gated(_) => 2 * ff,
+            T5Ffn::Plain(_) => ff,
+        };
+        let mut du = vec![0f32; n * rows];
+        match self.ffn {
+            T5Ffn::Plain(act) => {
+                du.par_chunks_mut(4096)
+                    .zip(dg.par_chunks(4096).zip(acts.u.par_chunks(4096)))
+                    .for_each(|(o, (d, u))| {
+                        for ((o, &d), &u) in o.iter_mut().zip(d).zip(u) {
+                            *o = d * act_grad(act, u);
+                        }
+                    });
+            }
+            T5Ffn::Gated(act) => {
+                du.par_chunks_mut(2 * ff)
+                    .zip(dg.par_chunks(ff).zip(acts.u.par_chunks(2 * ff)))
+                    .for_each(|(o, (d, u))| {
+                        let (gate, lin) = u.split_at(ff);
+                        let (dgate, dlin) = o.split_at_mut(ff);
+                        let mut ag = gate.to_vec();
+                        act_apply(act, &mut ag);
+                        for i in 0..ff {
+                            dlin[i] = d[i] * ag[i];
+                            dgate[i] = d[i] * lin[i] * act_grad(act, gate[i]);
+                        }
+                    });
+            }
+        }
+        let mut dh = vec![0f32; n * c];
+        {
+            let (w, g) = (&self.flat.params, &mut self.flat.grads);
+            matmul_nt_backward(
+                &du,
+                &acts.norm.h,
+                n,
+                &w[at.wi..at.wi + rows * c],
+                rows,
+                Some(&mut g[at.wi..at.wi + rows * c]),
+                Some(&mut dh),
+                scratch,
+            );
+        }
+        self.rms_backward(&dh, x, &acts.norm, at.ln, dx);
+    }
+
+    /// The gradient of an attention sublayer's heads' output `[n, a]` from `dx` (the
+    /// gradient of the sublayer's output), after the output matrix and its dropout.
+    fn out_backward(
+        &mut self,
+        o: usize,
+        y: &[f32],
+        dx: &[f32],
+        drop: Option<Dropout>,
+        scratch: &mut Scratch,
+    ) -> Vec<f32> {
+        let (c, a) = (self.config.d_model, self.config.inner());
+        let n = dx.len() / c;
+        let mut dout = dx.to_vec();
+        drop_in_place(&mut dout, drop);
+        let mut dy = vec![0f32; n * a];
+        let (w, g) = (&self.flat.params, &mut self.flat.grads);
+        matmul_nt_backward(
+            &dout,
+            y,
+            n,
+            &w[o..o + c * a],
+            c,
+            Some(&mut g[o..o + c * a]),
+            Some(&mut dy),
+            scratch,
+        );
+        dy
+    }
+
+    /// Backward of a self-attention sublayer; `dx` as in [`Self::ff_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn self_backward(
+        &mut self,
+        stack: usize,
+        l: usize,
+        at: &AttnAt,
+        x: &[f32],
+        acts: &AttnActs,
+        spans: &[(usize, usize)],
+        grids: &[Vec<u32>],
+        dx: &mut [f32],
+        drops: Drops,
+        scratch: &mut Scratch,
+    ) {
+        let (c, a) = (self.config.d_model, self.config.inner());
+        let n = x.len() / c;
+        let s = stack as u64;
+        let dy = self.out_backward(at.o, &acts.y, dx, drops.at(s, l, SELF_OUT), scratch);
+        let jobs = head_jobs(self.dims(), spans, None, stack == 1, |q, h| {
+            drops.head(s, l, false, q, h)
+        });
+        let mut dqkv = vec![0f32; n * 3 * a];
+        self.heads_backward(
+            &dy,
+            &acts.q,
+            &acts.q,
+            &acts.probs,
+            &jobs,
+            Some((stack, grids)),
+            &mut dqkv,
+            None,
+        );
+        let mut dh = vec![0f32; n * c];
+        {
+            let (w, g) = (&self.flat.params, &mut self.flat.grads);
+            let r = at.qkv..at.qkv + 3 * a * c;
+            matmul_nt_backward(
+                &dqkv,
+                &acts.norm.h,
+                n,
+                &w[r.clone()],
+                3 * a,
+                Some(&mut g[r]),
+                Some(&mut dh),
+                scratch,
+            );
+        }
+        self.rms_backward(&dh, x, &acts.norm, at.ln, dx);
+    }
+
+    fn backward(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        s: Saved,
+        dlogits: Vec<f32>,
+        drops: Drops,
+        scratch: &mut Scratch,
+    ) {
+        let cfg = self.config.clone();
+        let (c, v, a) = (cfg.d_model, cfg.vocab_size, cfg.inner());
+        let ns = s.memory.len() / c;
+        let nt = s.head_in.len() / c;
+        // The head: dW += dlogitsᵀ·z, dz = dlogits·W, then the scaling and the final
+        // norm's dropout.
+        let mut dz = vec![0f32; nt * c];
+        {
+            let (w, g) = (&self.flat.params, &mut self.flat.grads);
+            let r = self.head..self.head + v * c;
+            matmul_nt_backward(
+                &dlogits,
+                &s.head_in,
+                nt,
+                &w[r.clone()],
+                v,
+                Some(&mut g[r]),
+                Some(&mut dz),
+                scratch,
+            );
+        }
+        if cfg.scales_output() {
+            let sc = (c as f32).powf(-0.5);
+            dz.iter_mut().for_each(|x| *x *= sc);
+        }
+        drop_in_place(&mut dz, drops.at(1, STACK, FINAL));
+        let mut dx = vec![0f32; nt * c];
+        self.rms_backward(&dz, &s.dec_last, &s.dec_final, self.final_ln[1], &mut dx);
+        let mut dmem = vec![0f32; ns * c];
+        let dec_at = std::mem::take(&mut self.dec);
+        for l in (0..dec_at.len()).rev() {
+            let (at, acts) = (&dec_at[l], &s.dec[l]);
+            self.ff_backward(
+                &at.ff,
+                &acts.x[2],
+                &acts.ff,
+                &mut dx,
+                drops.at(1, l, FF_ACT),
+                drops.at(1, l, FF_OUT),
+                scratch,
+            );
+            // Cross-attention.
+            let cr = at.cross.as_ref().expect("decoder layers cross-attend");
+            let ca = acts.cross.as_ref().expect("decoder layers cross-attend");
+            let dy = self.out_backward(cr.o, &ca.y, &dx, drops.at(1, l, CROSS_OUT), scratch);
+            let jobs = head_jobs(
+                self.dims(),
+                &s.tgt_spans,
+                Some(&s.src_spans),
+                false,
+                |q, h| drops.head(1, l, true, q, h),
+            );
+            let mut dq = vec![0f32; nt * a];
+            let mut dkv = vec![0f32; ns * 2 * a];
+            self.heads_backward(
+                &dy,
+                &ca.q,
+                &ca.kv,
+                &ca.probs,
+                &jobs,
+                None,
+                &mut dq,
+                Some(&mut dkv),
+            );
+            let mut dh = vec![0f32; nt * c];
+            {
+                let (w, g) = (&self.flat.params, &mut self.flat.grads);
+                let r = cr.q..cr.q + a * c;
+                matmul_nt_backward(
+                    &dq,
+                    &ca.norm.h,
+                    nt,
+                    &w[r.clone()],
+                    a,
+                    Some(&mut g[r]),
+                    Some(&mut dh),
+                    scratch,
+                );
+                let r = cr.kv..cr.kv + 2 * a * c;
+                let mut dm = vec![0f32; ns * c];
+                matmul_nt_backward(
+                    &dkv,
+                    &s.memory,
+                    ns,
+                    &w[r.clone()],
+                    2 * a,
+                    Some(&mut g[r]),
+                    Some(&mut dm),
+                    scratch,
+                );
+                dmem.iter_mut().zip(&dm).for_each(|(d, x)| *d += x);
+            }
+            self.rms_backward(&dh, &acts.x[1], &ca.norm, cr.ln, &mut dx);
+            self.self_backward(
+                1,
+                l,
+                &at.attn,
+                &acts.x[0],
+                &acts.attn,
+                &s.tgt_spans,
+                &s.dec_grids,
+                &mut dx,
+                drops,
+                scratch,
+            );
+        }
+        self.dec = dec_at;
+        let dec_refs: Vec<&[u32]> = s.dec_in.iter().map(|x| x.as_slice()).collect();
+        self.embed_backward(&dec_refs, &mut dx, drops.at(1, STACK, EMB));
+
+        // The encoder, from the memory's gradient.
+        drop_in_place(&mut dmem, drops.at(0, STACK, FINAL));
+        let mut dx = vec![0f32; ns * c];
+        self.rms_backward(&dmem, &s.enc_last, &s.enc_final, self.final_ln[0], &mut dx);
+        let enc_at = std::mem::take(&mut self.enc);
+        for l in (0..enc_at.len()).rev() {
+            let (at, acts) = (&enc_at[l], &s.enc[l]);
+            self.ff_backward(
+                &at.ff,
+                &acts.x[1],
+                &acts.ff,
+                &mut dx,
+                drops.at(0, l, FF_ACT),
+                drops.at(0, l, FF_OUT),
+                scratch,
+            );
+            self.self_backward(
+                0,
+                l,
+                &at.attn,
+                &acts.x[0],
+                &acts.attn,
+                &s.src_spans,
+                &s.enc_grids,
+                &mut dx,
+                drops,
+                scratch,
+            );
+        }
+        self.enc = enc_at;
+        let srcs: Vec<&[u32]> = pairs.iter().map(|p| p.0).collect();
+        self.embed_backward(&srcs, &mut dx, drops.at(0, STACK, EMB));
+    }
+
+    /// The embedding rows' gradients from `dx` (the gradient after the embeddings'
+    /// dropout).
+    fn embed_backward(&mut self, seqs: &[&[u32]], dx: &mut [f32], drop: Option<Dropout>) {
+        drop_in_place(dx, drop);
+        let c = self.config.d_model;
+        let g = &mut self.flat.grads[self.shared..];
+        for (row, &id) in dx.chunks(c).zip(seqs.iter().flat_map(|s| s.iter())) {
+            g[id as usize * c..][..c]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(g, d)| *g += d);
+        }
+    }
+}
+
+super::flat::trainable_by_flat!(NativeT5);
