@@ -19,6 +19,10 @@ pub enum EvalCommand {
     Bleu(BleuArgs),
     /// Corpus chrF / chrF++ as sacreBLEU 2.x computes it.
     Chrf(ChrfArgs),
+    /// ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum as Google's rouge-score 0.1.2 computes
+    /// them (RougeScorer(...).score(target=ref, prediction=hyp) per line), averaged over
+    /// lines.
+    Rouge(RougeArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +75,38 @@ pub struct ChrfArgs {
     /// Keep whitespace in character n-grams.
     #[arg(long)]
     whitespace: bool,
+}
+
+#[derive(Args)]
+pub struct RougeArgs {
+    /// Hypotheses (predicted summaries), one per line.
+    #[arg(long)]
+    hyp: PathBuf,
+    /// References (target summaries), one per line, parallel to --hyp.
+    #[arg(long = "ref")]
+    reference: PathBuf,
+    /// Porter-stem words longer than 3 characters (rouge-score's use_stemmer=True).
+    #[arg(long)]
+    stem: bool,
+    /// default: rouge-score's tokenizer (lowercase; ASCII letters and digits only, so
+    /// Chinese scores 0). zh-char: the same, plus every character of Hiragana
+    /// U+3040-309F, Katakana U+30A0-30FF and U+31F0-31FF, CJK ideographs U+3400-4DBF,
+    /// U+4E00-9FFF, U+F900-FAFF, U+20000-2A6DF, U+2A700-2EE5F, U+2F800-2FA1F,
+    /// U+30000-323AF and Hangul syllables U+AC00-D7A3 as a token of its own; any other
+    /// character separates tokens.
+    #[arg(long, default_value = "default")]
+    tokenize: String,
+    /// Replace this string by a newline in every line before scoring, so that rougeLsum
+    /// sees sentence breaks (e.g. "<n>").
+    #[arg(long)]
+    newline_token: Option<String>,
+    /// Print each line's scores instead of the mean.
+    #[arg(long)]
+    sentence: bool,
+    /// Print JSON: {"rouge1": {"precision", "recall", "fmeasure"}, "rouge2", "rougeL",
+    /// "rougeLsum", "lines"} (one object per line with --sentence, without "lines").
+    #[arg(long)]
+    json: bool,
 }
 
 fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
@@ -220,6 +256,82 @@ fn run_chrf(a: ChrfArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_rouge(a: RougeArgs) -> Result<()> {
+    use attn::metrics::rouge::{score_corpus, RougeConfig, ROUGE_SCORE_VERSION};
+    if a.newline_token.as_deref() == Some("") {
+        return Err(attn::Error::invalid("--newline-token", "must not be empty"));
+    }
+    let cfg = RougeConfig {
+        stem: a.stem,
+        tokenize: a.tokenize.parse()?,
+        newline_token: a.newline_token.clone(),
+    };
+    let hyps = read_lines(&a.hyp)?;
+    let refs = read_lines(&a.reference)?;
+    if refs.len() != hyps.len() {
+        return Err(attn::Error::bad_file(
+            &a.reference,
+            format!(
+                "{} lines, but {} has {}: hypotheses and references must be parallel",
+                refs.len(),
+                a.hyp.display(),
+                hyps.len()
+            ),
+        ));
+    }
+    if hyps.is_empty() {
+        return Err(attn::Error::bad_file(&a.hyp, "no lines to score"));
+    }
+    let (mean, lines) = score_corpus(&hyps, &refs, &cfg)?;
+    if a.sentence {
+        for s in &lines {
+            if a.json {
+                // Straight from the struct: keys in rouge-score's order.
+                println!("{}", serde_json::to_string(s).unwrap());
+            } else {
+                let f: Vec<String> = s
+                    .named()
+                    .iter()
+                    .map(|(name, s)| format!("{name} {:.4}", s.fmeasure))
+                    .collect();
+                println!("{}", f.join("  "));
+            }
+        }
+        return Ok(());
+    }
+    if a.json {
+        #[derive(serde::Serialize)]
+        struct Mean<'a> {
+            #[serde(flatten)]
+            scores: &'a attn::metrics::rouge::RougeScores,
+            lines: usize,
+        }
+        let m = Mean {
+            scores: &mean,
+            lines: lines.len(),
+        };
+        println!("{}", serde_json::to_string(&m).unwrap());
+    } else {
+        println!(
+            "{:<10} {:>9} {:>9} {:>9}",
+            "", "precision", "recall", "fmeasure"
+        );
+        for (name, s) in mean.named() {
+            println!(
+                "{name:<10} {:>9.4} {:>9.4} {:>9.4}",
+                s.precision, s.recall, s.fmeasure
+            );
+        }
+        println!(
+            "mean over {} lines; rouge-score {ROUGE_SCORE_VERSION}, tokenize {}, stemmer {}",
+            lines.len(),
+            a.tokenize,
+            if a.stem { "on" } else { "off" }
+        );
+    }
+    Ok(())
+}
+
 #[derive(Args)]
 pub struct ClassifyArgs {
     /// Predicted labels, one per line.
@@ -306,6 +418,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         EvalCommand::Classify(a) => return run_classify(a),
         EvalCommand::Bleu(a) => return run_bleu(a),
         EvalCommand::Chrf(a) => return run_chrf(a),
+        EvalCommand::Rouge(a) => return run_rouge(a),
     };
     crate::at_least_1("--batch-size", a.batch_size)?;
     if let Some(n) = a.max_length {
