@@ -78,7 +78,7 @@ impl Target {
         // fuzzer's speed counts); an unknown type goes through all of them.
         let any = !matches!(
             model_type.as_deref(),
-            Some("gpt2" | "llama" | "mistral" | "bert" | "marian")
+            Some("gpt2" | "llama" | "mistral" | "bert" | "marian" | "t5")
         );
         let is = |names: &[&str]| any || names.contains(&model_type.as_deref().unwrap_or(""));
         // Export writes beside the input (a folder the next input's export replaces).
@@ -108,6 +108,17 @@ impl Target {
                 count(true);
             }
             if let Ok(mut m) = attn::train::seq2seq::NativeSeq2Seq::load(dir) {
+                let src = [0, m.config.eos_token_id];
+                let _ = m.forward_backward(&[(&src[..], &src[..])], 0.1, Some(1));
+                count(true);
+            }
+        }
+        if is(&["t5"]) {
+            if let Ok(m) = attn::engine::Seq2Seq::load(dir) {
+                run_marian(&m);
+                count(true);
+            }
+            if let Ok(mut m) = attn::train::t5::NativeT5::load(dir) {
                 let src = [0, m.config.eos_token_id];
                 let _ = m.forward_backward(&[(&src[..], &src[..])], 0.1, Some(1));
                 count(true);
@@ -144,12 +155,13 @@ fn run_bert(b: &checkpoint::LoadedBert) {
     }
 }
 
+/// Marian and T5.
 fn run_marian(m: &attn::engine::Seq2Seq) {
-    let c = &m.config;
-    let src = [0, c.eos_token_id];
+    let c = &m.spec;
+    let src = [0, c.eos];
     if let Ok(mems) = m.memories(&[&src[..]]) {
         let mut st = m.new_state();
-        let start = [c.decoder_start_token_id];
+        let start = [c.decoder_start];
         let _ = m.decode(
             &[&mems[0]],
             &mut [&mut st],

@@ -195,6 +195,13 @@ mod seeds {
                 &params_bytes(&model.tensors()),
             ),
         );
+        // T5 v1.1: gated GELU, a head of its own, relative positions.
+        let t5 = attn::models::t5::T5Config::v1_1(9, 4, 1, 2, 6);
+        let model = attn::train::t5::NativeT5::init(t5.clone(), 7).unwrap();
+        out.insert(
+            "valid-t5".into(),
+            model_folder::join(&json_bytes(&t5.to_hf_json()), &params_bytes(&model.tensors())),
+        );
         out
     }
 
