@@ -690,7 +690,12 @@ def make_t5(name, cfg, seed, eos_boost, untied=False):
     srcs = torch.full((n_gen, 12), -1, dtype=torch.int64)
     kw = {"greedy": dict(num_beams=1, do_sample=False, max_new_tokens=max_new),
           "beam4": dict(num_beams=4, do_sample=False, max_new_tokens=max_new, early_stopping=True,
-                        length_penalty=1.0)}
+                        length_penalty=1.0),
+          # the summarizer's options: no repeated n-gram, a minimum length
+          "greedy_rules": dict(num_beams=1, do_sample=False, max_new_tokens=max_new, no_repeat_ngram_size=2,
+                               min_new_tokens=4),
+          "beam4_rules": dict(num_beams=4, do_sample=False, max_new_tokens=max_new, early_stopping=True,
+                              length_penalty=0.8, no_repeat_ngram_size=3, min_new_tokens=5)}
     outs = {k: torch.full((n_gen, max_new + 1), -1, dtype=torch.int64) for k in kw}
     early = {k: 0 for k in kw}
     with torch.no_grad():

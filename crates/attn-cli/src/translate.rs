@@ -54,8 +54,26 @@ struct SavedTrainArgs {
     args: TrainArgs,
 }
 
+/// The sequence-to-sequence jobs that share this command's training.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Task {
+    Translate,
+    Summarize,
+    Pretrain,
+}
+
+impl Task {
+    /// The word after which the run's own arguments start (kept for --resume).
+    fn keyword(self) -> &'static str {
+        match self {
+            Task::Pretrain => "pretrain",
+            _ => "train",
+        }
+    }
+}
+
 #[derive(Args)]
-struct TrainArgs {
+pub(crate) struct TrainArgs {
     /// Source sentences, one per line (parallel to --tgt).
     #[arg(long, requires = "tgt")]
     src: Option<PathBuf>,
@@ -65,6 +83,28 @@ struct TrainArgs {
     /// source<TAB>target[<TAB>ignored] lines (Tatoeba), instead of --src/--tgt.
     #[arg(long, conflicts_with_all = ["src", "tgt"])]
     pairs: Option<PathBuf>,
+    /// Documents, one per line (pre-training: span corruption makes the pairs).
+    #[arg(long, num_args = 1.., conflicts_with_all = ["src", "tgt", "pairs"])]
+    data: Vec<PathBuf>,
+    /// Fine-tune this model folder (marian or t5, with its tokenizer.json) instead of
+    /// training a new model; the size flags are then the folder's.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The family of a new model: marian (post-LN, sinusoidal positions) or t5 (T5
+    /// v1.1: pre-RMS-norm, relative positions, gated GELU) [default: t5 for summarize
+    /// and pretrain, marian for translate].
+    #[arg(long)]
+    arch: Option<String>,
+    /// A new model's vocabulary: bpe (byte-level BPE of --vocab-size tokens) or char
+    /// (every character of the training text: Chinese, for instance).
+    #[arg(long, default_value = "bpe")]
+    vocab: String,
+    /// Span corruption: the fraction of tokens hidden (pretrain).
+    #[arg(long, default_value_t = 0.15)]
+    noise_density: f64,
+    /// Span corruption: the mean length of a hidden span (pretrain).
+    #[arg(long, default_value_t = 3.0)]
+    mean_span: f64,
     /// Validation source sentences (with --valid-tgt); without them pairs are held out.
     #[arg(long, requires = "valid_tgt")]
     valid_src: Option<PathBuf>,
@@ -153,12 +193,38 @@ struct TrainArgs {
     json: bool,
 }
 
+/// Documents, one per non-empty line of each file, as (document, document) pairs.
+fn read_documents(
+    files: &[PathBuf],
+    encoding: Encoding,
+) -> Result<(Vec<attn::tasks::translate::Pair>, usize)> {
+    let mut out = vec![];
+    let mut skipped = 0;
+    for f in files {
+        for line in attn::data::read_text(f, encoding)?.lines() {
+            let doc = attn::data::normalize(line).trim().to_string();
+            if doc.is_empty() {
+                skipped += 1;
+                continue;
+            }
+            out.push(attn::tasks::translate::Pair {
+                src: doc.clone(),
+                tgt: doc,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::invalid("data", "the files hold no documents"));
+    }
+    Ok((out, skipped))
+}
+
 /// Seed of the shuffle that splits a single parallel file into train / valid / test.
 const HOLDOUT_SEED: u64 = 20_261_128;
 
 pub fn run(cmd: TranslateCommand) -> Result<()> {
     match cmd.sub {
-        Some(TranslateSub::Train(a)) => run_train(a),
+        Some(TranslateSub::Train(a)) => run_train(a, Task::Translate),
         None => run_decode(cmd.run),
     }
 }
@@ -206,8 +272,10 @@ fn run_decode(a: RunArgs) -> Result<()> {
             .max_len
             .unwrap_or(tr.max_len)
             .min(c.context.map_or(usize::MAX, |n| n - 1)),
-        forced_eos: true,
+        forced_eos: tr.forced_eos,
         suppress: Vec::new(),
+        min_new_tokens: 0,
+        no_repeat_ngram_size: 0,
     };
     let lines: Vec<String> = std::io::stdin()
         .lock()
@@ -235,20 +303,20 @@ fn run_decode(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_train(a: TrainArgs) -> Result<()> {
+pub(crate) fn run_train(a: TrainArgs, task: Task) -> Result<()> {
     if a.resume {
-        return resume_train(a.out, a.max_steps, a.json);
+        return resume_train(a.out, a.max_steps, a.json, task);
     }
     // The arguments after `train`, kept in the checkpoint for --resume.
     let argv: Vec<String> = std::env::args()
-        .skip_while(|x| x != "train")
+        .skip_while(|x| x != task.keyword())
         .skip(1)
         .collect();
-    run_train_with(a, Some(argv))
+    run_train_with(a, Some(argv), task)
 }
 
 /// Continue the run in `out` with the arguments it started with.
-fn resume_train(out: PathBuf, max_steps: usize, json: bool) -> Result<()> {
+fn resume_train(out: PathBuf, max_steps: usize, json: bool, task: Task) -> Result<()> {
     let (_, data) = saved_run(&out)?;
     let mut a = crate::saved_args::<SavedTrainArgs>(&out, &data)?.args;
     let given = std::env::args().any(|x| x == "--max-steps" || x.starts_with("--max-steps="));
@@ -257,12 +325,12 @@ fn resume_train(out: PathBuf, max_steps: usize, json: bool) -> Result<()> {
     }
     a.out = out;
     a.json |= json;
-    run_train_with(a, None)
+    run_train_with(a, None, task)
 }
 
 /// Train with `a`: a new run when `argv` (its arguments, kept for --resume) is given,
 /// else the continuation of the run in `a.out`.
-fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>) -> Result<()> {
+fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result<()> {
     let mut cfg = TranslateConfig::default();
     macro_rules! set { ($($f:ident),*) => { $( cfg.$f = a.$f.clone(); )* }; }
     set!(
@@ -282,18 +350,41 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>) -> Result<()> {
         bleu_sample,
         beam,
         seed,
-        bleu_tokenize
+        bleu_tokenize,
+        vocab
     );
+    cfg.arch = a.arch.clone().unwrap_or_else(|| {
+        match task {
+            Task::Translate => "marian",
+            _ => "t5",
+        }
+        .into()
+    });
+    cfg.init = a.model.clone();
+    cfg.metric = match task {
+        Task::Translate => "bleu",
+        Task::Summarize => "rouge",
+        Task::Pretrain => "loss",
+    }
+    .into();
+    if task == Task::Pretrain {
+        cfg.span_corruption = Some((a.noise_density, a.mean_span));
+    }
     cfg.validate()?;
-    let inputs: Vec<&std::path::Path> = [&a.pairs, &a.src, &a.tgt, &a.valid_src, &a.valid_tgt]
+    let inputs: Vec<&std::path::Path> = [&a.pairs, &a.src, &a.tgt, &a.valid_src, &a.valid_tgt, &a.model]
         .into_iter()
         .flatten()
+        .chain(&a.data)
         .map(|p| p.as_path())
         .collect();
     if argv.is_some() {
         attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
     }
     let (mut pairs, mut skipped) = match (&a.pairs, &a.src, &a.tgt) {
+        _ if !a.data.is_empty() => read_documents(&a.data, a.encoding)?,
+        _ if task == Task::Pretrain => {
+            return Err(Error::invalid("data", "give --data FILE... (one document per line)"))
+        }
         (Some(p), _, _) => read_pairs_tsv(p, a.encoding)?,
         (None, Some(s), Some(t)) => read_parallel(s, t, a.encoding)?,
         _ => {
@@ -374,16 +465,22 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>) -> Result<()> {
             }
         }
         TranslateEvent::Eval(e) => eprintln!(
-            "step {}: train loss {:.4}, val loss {:.4}, val BLEU {:.2}{}",
+            "step {}: train loss {:.4}, val loss {:.4}{}{}{}",
             e.step,
             e.train_loss,
             e.val_loss,
-            e.val_bleu,
+            e.val_bleu.map(|b| format!(", val BLEU {b:.2}")).unwrap_or_default(),
+            e.val_rouge_l.map(|r| format!(", val ROUGE-L {r:.2}")).unwrap_or_default(),
             if e.best { " (best, saved)" } else { "" }
         ),
     })?;
     eprintln!(
-        "best val BLEU {:.2} at step {}; {:.1}M parameters; {:.0} s of training; model in {}",
+        "best val {} {:.2} at step {}; {:.1}M parameters; {:.0} s of training; model in {}",
+        match task {
+            Task::Translate => "BLEU",
+            Task::Summarize => "ROUGE-L",
+            Task::Pretrain => "-loss",
+        },
         summary.best_val_bleu,
         summary.best_step,
         summary.parameters as f64 / 1e6,

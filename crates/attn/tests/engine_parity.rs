@@ -908,6 +908,8 @@ fn seq2seq_beam_search_matches_transformers_generate() {
                 max_new_tokens: 12,
                 forced_eos: true,
                 suppress: Vec::new(),
+                min_new_tokens: 0,
+                no_repeat_ngram_size: 0,
             };
             let refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
             let batched = translate_batch(&model, &refs, &cfg).unwrap();

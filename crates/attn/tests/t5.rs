@@ -149,8 +149,9 @@ fn t5_engine_matches_transformers() {
 }
 
 /// Greedy and 4-beam decoding (early stopping, length penalty 1, 10 new tokens, no
-/// forced end) give transformers' `generate` tokens on 50 sources, each alone and all
-/// in one batch.
+/// forced end), and both with the summarizer's rules (no repeated 2- or 3-grams, at
+/// least 4 or 5 tokens, length penalty 0.8) give transformers' `generate` tokens on 50
+/// sources, each alone and all in one batch.
 #[test]
 fn t5_greedy_and_beam_search_match_transformers_generate() {
     use attn::generate::beam::{translate, translate_batch, BeamConfig};
@@ -160,14 +161,21 @@ fn t5_greedy_and_beam_search_match_transformers_generate() {
         let srcs = rows_until_negative(&r["gen_sources"]);
         assert_eq!(srcs.len(), 50);
         let refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
-        for (key, beams) in [("gen_greedy", 1), ("gen_beam4", 4)] {
+        for (key, beams, lp, no_repeat, min_new) in [
+            ("gen_greedy", 1, 1.0, 0, 0),
+            ("gen_beam4", 4, 1.0, 0, 0),
+            ("gen_greedy_rules", 1, 1.0, 2, 4),
+            ("gen_beam4_rules", 4, 0.8, 3, 5),
+        ] {
             let want = rows_until_negative(&r[key]);
             let cfg = BeamConfig {
                 num_beams: beams,
-                length_penalty: 1.0,
+                length_penalty: lp,
                 max_new_tokens: 10,
                 forced_eos: false,
                 suppress: Vec::new(),
+                min_new_tokens: min_new,
+                no_repeat_ngram_size: no_repeat,
             };
             let batched = translate_batch(&model, &refs, &cfg).unwrap();
             let mut ended = 0;

@@ -83,6 +83,8 @@ fn learns_a_word_mapping_and_reloads() {
         max_new_tokens: 16,
         forced_eos: true,
         suppress: Vec::new(),
+        min_new_tokens: 0,
+        no_repeat_ngram_size: 0,
     };
     let (out, cut) = t
         .translate(&["red cat runs".to_string(), "".to_string()], &beam, 2)

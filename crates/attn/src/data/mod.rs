@@ -6,6 +6,7 @@ pub mod lm;
 pub mod minhash;
 pub mod pii;
 pub mod shards;
+pub mod span;
 pub mod stats;
 pub mod stream;
 mod text;

@@ -24,6 +24,12 @@ pub struct BeamConfig {
     /// Marian models ban `<pad>`): their log-probabilities are set to −∞ after the
     /// softmax, as transformers' logits processor does.
     pub suppress: Vec<u32>,
+    /// End-of-sentence is banned until this many tokens are generated (transformers'
+    /// `min_new_tokens`).
+    pub min_new_tokens: usize,
+    /// No n-gram of this size occurs twice in a hypothesis (the decoder's start token
+    /// counted, as transformers' `no_repeat_ngram_size` counts it); 0: no limit.
+    pub no_repeat_ngram_size: usize,
 }
 
 impl Default for BeamConfig {
@@ -34,8 +40,23 @@ impl Default for BeamConfig {
             max_new_tokens: 128,
             forced_eos: true,
             suppress: Vec::new(),
+            min_new_tokens: 0,
+            no_repeat_ngram_size: 0,
         }
     }
+}
+
+/// The tokens that would repeat an `n`-gram of `seq` (which starts with the decoder's
+/// start token): those that followed an earlier occurrence of its last `n − 1` tokens.
+fn repeated_ngram_ends(seq: &[u32], n: usize) -> Vec<u32> {
+    if n == 0 || seq.len() + 1 < n {
+        return Vec::new();
+    }
+    let tail = &seq[seq.len() + 1 - n..];
+    seq.windows(n)
+        .filter(|w| &w[..n - 1] == tail)
+        .map(|w| w[n - 1])
+        .collect()
 }
 
 /// One decoded sentence: the ids after the start token (end-of-sentence included when
@@ -157,9 +178,28 @@ pub fn translate_batch(
         let mut refs: Vec<&mut DecoderState> = caches.iter_mut().collect();
         let mut logits = model.decode(&memories, &mut refs, &token_refs, Want::Last)?;
         let forced = (cfg.forced_eos && cur_len == cfg.max_new_tokens).then_some(eos);
+        // Each row's banned tokens: the config's, end-of-sentence before the minimum
+        // length, and the ends of repeated n-grams.
+        let banned: Vec<Vec<u32>> = active
+            .iter()
+            .flat_map(|&si| (0..rows_per).map(move |b| (si, b)))
+            .map(|(si, b)| {
+                let mut ban = cfg.suppress.clone();
+                if step < cfg.min_new_tokens {
+                    ban.push(eos);
+                }
+                if cfg.no_repeat_ngram_size > 0 {
+                    let mut seq = vec![start];
+                    seq.extend(&states[si].seqs[b]);
+                    ban.extend(repeated_ngram_ends(&seq, cfg.no_repeat_ngram_size));
+                }
+                ban
+            })
+            .collect();
         let best: Vec<Vec<(f32, u32)>> = logits
             .par_iter_mut()
-            .map(|row| best_tokens(row, per_row, forced, &cfg.suppress))
+            .zip(&banned)
+            .map(|(row, ban)| best_tokens(row, per_row, forced, ban))
             .collect();
         // The caches of the next step (indices into this step's) and their tokens.
         let (mut keep, mut next_last, mut next_active) = (vec![], vec![], vec![]);

@@ -12,13 +12,15 @@ use crate::data::{normalize, read_text, Encoding};
 use crate::engine::Seq2Seq;
 use crate::generate::beam::{translate_batch as decode_batch, BeamConfig};
 use crate::metrics::bleu::{corpus_bleu, BleuConfig};
+use crate::metrics::rouge::{is_zh_char, score_corpus, RougeConfig, RougeTokenize};
 use crate::metrics::sacre_tokenize::SacreTokenizer;
 use crate::models::marian::MarianConfig;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::fit::{Event, ExamplesState, Job, Passes, Plan, Run};
 use crate::train::optimizer::AdamWConfig;
-use crate::train::seq2seq::NativeSeq2Seq;
+use crate::models::t5::T5Config;
+use crate::train::encdec::EncDecModel;
 
 pub use crate::train::fit::Begin;
 use crate::{Error, Result};
@@ -124,10 +126,40 @@ pub struct TranslateConfig {
     /// "auto" (zh when the validation targets contain Chinese characters, else 13a).
     #[serde(default = "auto")]
     pub bleu_tokenize: String,
+    /// The model family trained from scratch: `marian` (post-LN, sinusoidal positions)
+    /// or `t5` (v1.1: pre-RMS-norm, relative positions, gated GELU).
+    #[serde(default = "marian")]
+    pub arch: String,
+    /// The vocabulary built from the training text when training from scratch: `bpe`
+    /// (byte-level BPE of `vocab_size` tokens) or `char` (every character of the
+    /// training text a token: Chinese, for instance).
+    #[serde(default = "bpe")]
+    pub vocab: String,
+    /// What chooses the best checkpoint: `bleu` (sacreBLEU of beam search on the first
+    /// `bleu_sample` validation pairs), `rouge` (ROUGE-L F1, Chinese scored by
+    /// characters) or `loss` (the validation loss alone).
+    #[serde(default = "bleu")]
+    pub metric: String,
+    /// Fine-tune this model folder (its tokenizer and weights) instead of a new model.
+    #[serde(default)]
+    pub init: Option<std::path::PathBuf>,
+    /// Span corruption (T5's objective) on the sources instead of pairs: the fraction
+    /// of tokens masked and the mean length of a masked span.
+    #[serde(default)]
+    pub span_corruption: Option<(f64, f64)>,
 }
 
 fn auto() -> String {
     "auto".into()
+}
+fn marian() -> String {
+    "marian".into()
+}
+fn bpe() -> String {
+    "bpe".into()
+}
+fn bleu() -> String {
+    "bleu".into()
 }
 
 /// The tokenizer "auto" picks for reference texts: zh when any contains a CJK ideograph.
@@ -161,6 +193,11 @@ impl Default for TranslateConfig {
             beam: 1,
             seed: 7,
             bleu_tokenize: auto(),
+            arch: marian(),
+            vocab: bpe(),
+            metric: bleu(),
+            init: None,
+            span_corruption: None,
         }
     }
 }
@@ -199,6 +236,26 @@ impl TranslateConfig {
         }
         if self.bleu_tokenize != "auto" {
             self.bleu_tokenize.parse::<SacreTokenizer>()?;
+        }
+        for (name, v, ok) in [
+            ("arch", &self.arch, &["marian", "t5"][..]),
+            ("vocab", &self.vocab, &["bpe", "char"][..]),
+            ("metric", &self.metric, &["bleu", "rouge", "loss"][..]),
+        ] {
+            if !ok.contains(&v.as_str()) {
+                return Err(Error::invalid(
+                    name,
+                    format!("{v:?} is not one of {}", ok.join(", ")),
+                ));
+            }
+        }
+        if let Some((density, span)) = self.span_corruption {
+            if !(density > 0.0 && density < 1.0) || !(span >= 1.0 && span.is_finite()) {
+                return Err(Error::invalid(
+                    "span corruption",
+                    format!("noise density {density} must be in (0, 1) and mean span {span} at least 1"),
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(Error::invalid(
@@ -256,6 +313,18 @@ pub struct Translator {
     /// Tokens never generated: the folder's one-token `bad_words_ids` (`<pad>` in
     /// Marian models).
     pub suppress: Vec<u32>,
+    /// The folder's generation config forces end-of-sentence at the length limit
+    /// (`forced_eos_token_id`, as Marian's do; T5's do not).
+    pub forced_eos: bool,
+}
+
+/// Whether a folder's generation config (or, without one, its config) names a
+/// `forced_eos_token_id`.
+fn folder_forces_eos(dir: &Path) -> bool {
+    [checkpoint::GENERATION_CONFIG, checkpoint::CONFIG]
+        .iter()
+        .find_map(|f| read_json(&dir.join(f)).ok())
+        .is_some_and(|v| v["forced_eos_token_id"].is_u64())
 }
 
 /// The one-token `bad_words_ids` of a folder's generation config.
@@ -292,31 +361,41 @@ fn folder_max_len(dir: &Path, limit: usize) -> usize {
 /// the longest source (`attn_translate.json`).
 fn save_folder(
     dir: &Path,
-    model: &NativeSeq2Seq,
+    model: &EncDecModel,
     tokenizer: &Tokenizer,
     max_len: usize,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     crate::engine::io::write_plain(&dir.join(checkpoint::WEIGHTS), &model.tensors())?;
-    let config = &model.config;
     tokenizer.save(&dir.join(checkpoint::TOKENIZER))?;
-    let c = config;
-    write_json(
-        &dir.join(checkpoint::GENERATION_CONFIG),
-        &serde_json::json!({
-            "decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
-            "forced_eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
-            "bad_words_ids": [[c.pad_token_id]],
+    let (pad, eos, start) = model.special_ids();
+    let generation = match model {
+        EncDecModel::Marian(_) => serde_json::json!({
+            "decoder_start_token_id": start, "eos_token_id": eos,
+            "forced_eos_token_id": eos, "pad_token_id": pad,
+            "bad_words_ids": [[pad]],
             "num_beams": 4, "max_length": max_len,
         }),
-    )?;
+        EncDecModel::T5(_) => serde_json::json!({
+            "decoder_start_token_id": start, "eos_token_id": eos, "pad_token_id": pad,
+            "bad_words_ids": [[pad]],
+        }),
+    };
+    write_json(&dir.join(checkpoint::GENERATION_CONFIG), &generation)?;
     // What transformers' AutoTokenizer (and so CTranslate2's converter) needs to load
     // tokenizer.json with its special tokens. Byte-level BPE has no unknown tokens;
     // its reserved end-of-text token, which no text encodes to, stands in as the
     // unknown token CTranslate2 requires.
-    let specials = serde_json::json!({
-        "eos_token": EOS, "pad_token": PAD, "unk_token": crate::tokenizer::END_OF_TEXT,
-    });
+    let unk = if tokenizer.inner().token_to_id(crate::tokenizer::END_OF_TEXT).is_some() {
+        crate::tokenizer::END_OF_TEXT
+    } else {
+        UNK
+    };
+    let mut specials = serde_json::json!({ "eos_token": EOS, "pad_token": PAD, "unk_token": unk });
+    let sentinels = sentinel_tokens(tokenizer);
+    if !sentinels.is_empty() {
+        specials["additional_special_tokens"] = sentinels.into();
+    }
     let mut config = specials.clone();
     config["tokenizer_class"] = "PreTrainedTokenizerFast".into();
     config["model_max_length"] = max_len.into();
@@ -326,7 +405,23 @@ fn save_folder(
         &dir.join("attn_translate.json"),
         &serde_json::json!({ "max_len": max_len }),
     )?;
-    write_json(&dir.join(checkpoint::CONFIG), &c.to_hf_json())
+    write_json(&dir.join(checkpoint::CONFIG), &model.hf_config())
+}
+
+/// The unknown token of character vocabularies.
+pub const UNK: &str = "<unk>";
+
+/// T5's sentinel `i`: `<extra_id_i>`.
+pub fn sentinel(i: usize) -> String {
+    format!("<extra_id_{i}>")
+}
+
+/// The sentinels a tokenizer has, in order (`<extra_id_0>`, `<extra_id_1>`, …).
+pub fn sentinel_tokens(tokenizer: &Tokenizer) -> Vec<String> {
+    (0..)
+        .map(sentinel)
+        .take_while(|t| tokenizer.inner().token_to_id(t).is_some())
+        .collect()
 }
 
 impl Translator {
@@ -339,6 +434,7 @@ impl Translator {
             tokenizer,
             max_len,
             suppress: folder_suppress(dir),
+            forced_eos: folder_forces_eos(dir),
         })
     }
 
@@ -404,8 +500,22 @@ pub struct TranslateEval {
     pub step: usize,
     pub train_loss: f64,
     pub val_loss: f64,
-    pub val_bleu: f64,
+    /// With `metric` bleu.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_bleu: Option<f64>,
+    /// With `metric` rouge: ROUGE-L F1 (×100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_rouge_l: Option<f64>,
     pub best: bool,
+}
+
+impl TranslateEval {
+    /// The score that chooses the best model (higher is better).
+    pub fn score(&self) -> f64 {
+        self.val_bleu
+            .or(self.val_rouge_l)
+            .unwrap_or(-self.val_loss)
+    }
 }
 
 pub type TranslateEvent<'a> = Event<'a, TranslateEval>;
@@ -413,6 +523,7 @@ pub type TranslateEvent<'a> = Event<'a, TranslateEval>;
 #[derive(Debug, Clone, Serialize)]
 pub struct TranslateSummary {
     pub steps: usize,
+    /// The best evaluation's score: BLEU, ROUGE-L F1 ×100, or minus the loss.
     pub best_val_bleu: f64,
     pub best_step: usize,
     pub parameters: usize,
@@ -430,10 +541,14 @@ pub fn saved_run(out: &Path) -> Result<(TranslateConfig, serde_json::Value)> {
     Ok((st.config, st.data))
 }
 
-/// Translation as the training loop runs it.
+/// Translation (and summarization, and span-corruption pre-training) as the training
+/// loop runs it.
 struct TranslateJob<'a> {
     cfg: &'a TranslateConfig,
-    model: NativeSeq2Seq,
+    model: EncDecModel,
+    /// Span corruption: the sentinels' ids and end-of-sentence (the sources of `train`
+    /// are documents, corrupted afresh at each draw).
+    corrupt: Option<(Vec<u32>, u32)>,
     /// Tokenizer and limits; its model is refreshed for each evaluation's decoding.
     tr: Translator,
     train: Encoded,
@@ -447,10 +562,10 @@ struct TranslateJob<'a> {
 }
 
 impl Job for TranslateJob<'_> {
-    type Model = NativeSeq2Seq;
+    type Model = EncDecModel;
     type Eval = TranslateEval;
 
-    fn model(&mut self) -> &mut NativeSeq2Seq {
+    fn model(&mut self) -> &mut EncDecModel {
         &mut self.model
     }
 
@@ -466,9 +581,27 @@ impl Job for TranslateJob<'_> {
             .state
             .passes
             .next(&self.lengths, self.cfg.batch_size, rng);
-        let tokens = idx.iter().map(|&i| self.train.tgt[i].len()).sum();
+        let corrupted: Vec<(Vec<u32>, Vec<u32>)>;
+        let pairs = match (&self.corrupt, self.cfg.span_corruption) {
+            (Some((sentinels, eos)), Some((density, span))) => {
+                corrupted = idx
+                    .iter()
+                    .map(|&i| {
+                        let doc = &self.train.src[i];
+                        let body = &doc[..doc.len() - 1];
+                        crate::data::span::corrupt(body, density, span, sentinels, *eos, rng)
+                    })
+                    .collect();
+                corrupted
+                    .iter()
+                    .map(|(s, t)| (s.as_slice(), t.as_slice()))
+                    .collect()
+            }
+            _ => self.train.pairs(&idx),
+        };
+        let tokens = pairs.iter().map(|p| p.1.len()).sum();
         let loss = self.model.forward_backward(
-            &self.train.pairs(&idx),
+            &pairs,
             self.cfg.label_smoothing,
             Some(rng.next_u64()),
         )?;
@@ -485,26 +618,39 @@ impl Job for TranslateJob<'_> {
             vl += self.model.loss(&self.eval.pairs(c), 0.0, None)? * tokens as f64;
             vt += tokens;
         }
+        let mut eval = TranslateEval {
+            step,
+            train_loss,
+            val_loss: vl / vt as f64,
+            val_bleu: None,
+            val_rouge_l: None,
+            best: false,
+        };
+        if self.cfg.metric == "loss" {
+            return Ok(eval);
+        }
         let beam = BeamConfig {
             num_beams: self.cfg.beam,
             length_penalty: 1.0,
             max_new_tokens: self.cfg.max_len,
-            forced_eos: true,
+            forced_eos: self.tr.forced_eos,
             suppress: Vec::new(),
+            min_new_tokens: 0,
+            no_repeat_ngram_size: 0,
         };
         self.tr.model = self.model.to_engine()?;
         let (hyps, _) = self.tr.translate(&self.bleu_src, &beam, 32)?;
-        Ok(TranslateEval {
-            step,
-            train_loss,
-            val_loss: vl / vt as f64,
-            val_bleu: corpus_bleu(&hyps, &self.refs, &self.bleu_cfg)?.score,
-            best: false,
-        })
+        if self.cfg.metric == "rouge" {
+            let (mean, _) = score_corpus(&hyps, &self.refs[0], &rouge_config(&self.refs[0]))?;
+            eval.val_rouge_l = Some(100.0 * mean.rouge_l.fmeasure);
+        } else {
+            eval.val_bleu = Some(corpus_bleu(&hyps, &self.refs, &self.bleu_cfg)?.score);
+        }
+        Ok(eval)
     }
 
     fn score(e: &TranslateEval) -> Option<f64> {
-        Some(e.val_bleu)
+        Some(e.score())
     }
 
     fn mark_best(e: &mut TranslateEval, best: bool) {
@@ -517,6 +663,69 @@ impl Job for TranslateJob<'_> {
 
     fn state(&self) -> serde_json::Value {
         serde_json::to_value(&self.state).unwrap()
+    }
+}
+
+/// A new model and its vocabulary, built from the training text as the config says.
+fn new_model(cfg: &TranslateConfig, train: &[Pair], rng: &mut Rng) -> Result<(Tokenizer, EncDecModel)> {
+    let corpus: String = train
+        .iter()
+        .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
+        .collect();
+    let mut tokenizer = match cfg.vocab.as_str() {
+        "char" => Tokenizer::train_char(&corpus)?,
+        _ => Tokenizer::train_bpe(&corpus, cfg.vocab_size)?,
+    };
+    if cfg.arch == "t5" {
+        // T5's conventions: the decoder starts from <pad>, and sentinels for span
+        // corruption (100, as T5's vocabularies have).
+        let mut names = vec![PAD.to_string(), EOS.to_string(), UNK.to_string()];
+        names.extend((0..100).map(sentinel));
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let ids = tokenizer.add_specials(&refs)?;
+        let (pad, eos) = (ids[0], ids[1]);
+        let heads = cfg.heads;
+        let t5 = T5Config {
+            dropout_rate: cfg.dropout,
+            pad_token_id: pad,
+            eos_token_id: eos,
+            decoder_start_token_id: pad,
+            n_positions: Some(cfg.max_len),
+            ..T5Config::v1_1(tokenizer.vocab_size(), cfg.d_model, cfg.layers, heads, cfg.ffn)
+        };
+        return Ok((tokenizer, EncDecModel::new_t5(t5, rng.next_u64())?));
+    }
+    // `<pad>` last, as in published Marian vocabularies: it is the decoder's start,
+    // whose embedding stays zero (Marian starts decoding from a zero vector), and it is
+    // never generated; CTranslate2's converter drops the last token on that basis.
+    let ids = tokenizer.add_specials(&[EOS, PAD])?;
+    let (eos, pad) = (ids[0], ids[1]);
+    let mc = MarianConfig {
+        dropout: cfg.dropout,
+        ..MarianConfig::transformer(
+            tokenizer.vocab_size(),
+            cfg.d_model,
+            cfg.layers,
+            cfg.heads,
+            cfg.ffn,
+            cfg.max_len + 1,
+            pad,
+            eos,
+        )
+    };
+    Ok((tokenizer, EncDecModel::new_marian(mc, rng.next_u64())?))
+}
+
+/// ROUGE as the summarization metric reads it: Chinese by characters when the
+/// references hold any, else rouge-score's default tokens.
+pub fn rouge_config(refs: &[String]) -> RougeConfig {
+    RougeConfig {
+        tokenize: if refs.iter().any(|r| r.chars().any(is_zh_char)) {
+            RougeTokenize::ZhChar
+        } else {
+            RougeTokenize::Default
+        },
+        ..RougeConfig::default()
     }
 }
 
@@ -553,32 +762,14 @@ pub fn train(
     };
     let (tokenizer, mut model, state, mut run) = match begin {
         Begin::New { data } => {
-            let corpus: String = train
-                .iter()
-                .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
-                .collect();
-            let mut tokenizer = Tokenizer::train_bpe(&corpus, cfg.vocab_size)?;
-            // `<pad>` last, as in published Marian vocabularies: it is the decoder's
-            // start, whose embedding stays zero (Marian starts decoding from a zero
-            // vector), and it is never generated; CTranslate2's converter drops the
-            // last token on that basis.
-            let ids = tokenizer.add_specials(&[EOS, PAD])?;
-            let (eos, pad) = (ids[0], ids[1]);
-            let mc = MarianConfig {
-                dropout: cfg.dropout,
-                ..MarianConfig::transformer(
-                    tokenizer.vocab_size(),
-                    cfg.d_model,
-                    cfg.layers,
-                    cfg.heads,
-                    cfg.ffn,
-                    cfg.max_len + 1,
-                    pad,
-                    eos,
-                )
-            };
             let mut rng = Rng::new(cfg.seed);
-            let model = NativeSeq2Seq::init(mc, rng.next_u64())?;
+            let (tokenizer, model) = match &cfg.init {
+                Some(dir) => (
+                    Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?,
+                    EncDecModel::load(dir)?,
+                ),
+                None => new_model(cfg, train, &mut rng)?,
+            };
             let state = TranslateState {
                 passes: Passes::default(),
                 n_train: train.len(),
@@ -593,18 +784,41 @@ pub fn train(
             let (ckpt, state, reopened) =
                 TranslateState::reopen(out, WRITTEN_BY, train.len(), val.len(), &[])?;
             let tokenizer = Tokenizer::from_file(&ckpt.join(checkpoint::TOKENIZER))?;
-            let mut model = NativeSeq2Seq::load(&ckpt)?;
+            let mut model = EncDecModel::load(&ckpt)?;
             let run = reopened.restore(&ckpt, &mut model, plan)?;
             (tokenizer, model, state, run)
         }
     };
-    let pad = model.config.pad_token_id;
-    model.freeze_pad_row();
+    let (pad, eos, _) = model.special_ids();
+    if let EncDecModel::Marian(m) = &mut model {
+        m.freeze_pad_row();
+    }
+    let max_len = match model.context() {
+        Some(n) => cfg.max_len.min(n - 1),
+        None => cfg.max_len,
+    };
     let tr = Translator {
         model: model.to_engine()?,
         tokenizer,
-        max_len: cfg.max_len,
+        max_len,
         suppress: vec![pad],
+        forced_eos: matches!(model, EncDecModel::Marian(_)),
+    };
+    let corrupt = match cfg.span_corruption {
+        Some(_) => {
+            let sentinels: Vec<u32> = sentinel_tokens(&tr.tokenizer)
+                .iter()
+                .filter_map(|t| tr.tokenizer.inner().token_to_id(t))
+                .collect();
+            if sentinels.is_empty() {
+                return Err(Error::invalid(
+                    "span corruption",
+                    "the tokenizer has no sentinel tokens (<extra_id_0>, ...)",
+                ));
+            }
+            Some((sentinels, eos))
+        }
+        None => None,
     };
     let encode = |pairs: &[Pair]| -> Result<Encoded> {
         let mut e = Encoded {
@@ -617,7 +831,17 @@ pub fn train(
         }
         Ok(e)
     };
-    let (etrain, eval) = (encode(train)?, encode(val)?);
+    let (etrain, mut eval) = (encode(train)?, encode(val)?);
+    if let (Some((sentinels, eos)), Some((density, span))) = (&corrupt, cfg.span_corruption) {
+        // The validation documents corrupted once, the same at every evaluation.
+        let mut vrng = Rng::new(cfg.seed ^ 0x5EED);
+        let (src, tgt) = eval
+            .src
+            .iter()
+            .map(|d| crate::data::span::corrupt(&d[..d.len() - 1], density, span, sentinels, *eos, &mut vrng))
+            .unzip();
+        eval = Encoded { src, tgt };
+    }
     let lengths: Vec<usize> = etrain
         .src
         .iter()
@@ -639,6 +863,7 @@ pub fn train(
     let mut job = TranslateJob {
         cfg,
         model,
+        corrupt,
         tr,
         train: etrain,
         eval,

@@ -23,6 +23,7 @@ pub mod run;
 pub mod schedule;
 pub mod seq2seq;
 pub mod t5;
+pub mod encdec;
 
 pub use config::{Arch, TrainConfig, PRESETS};
 

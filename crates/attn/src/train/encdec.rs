@@ -1,0 +1,152 @@
+//! The encoder-decoder families the trainer runs, behind one type: what the
+//! sequence-to-sequence tasks (translation, summarization, span-corruption
+//! pre-training) need from a model, whichever family it is.
+
+use std::path::Path;
+
+use super::fit::Trainable;
+use super::optimizer::AdamWConfig;
+use super::seq2seq::NativeSeq2Seq;
+use super::t5::NativeT5;
+use crate::engine::io::Plain;
+use crate::models::marian::MarianConfig;
+use crate::models::t5::T5Config;
+use crate::{Error, Result};
+
+/// A Marian or T5 model with its gradients and optimizer state.
+pub enum EncDecModel {
+    Marian(NativeSeq2Seq),
+    T5(NativeT5),
+}
+
+macro_rules! each {
+    ($self:expr, $m:ident => $e:expr) => {
+        match $self {
+            EncDecModel::Marian($m) => $e,
+            EncDecModel::T5($m) => $e,
+        }
+    };
+}
+
+impl EncDecModel {
+    /// Load a `marian` or `t5` folder for training.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg = crate::checkpoint::read_json(&dir.join(crate::checkpoint::CONFIG))?;
+        match cfg.get("model_type").and_then(|v| v.as_str()) {
+            Some("t5") => Ok(EncDecModel::T5(NativeT5::load(dir)?)),
+            Some("marian") => Ok(EncDecModel::Marian(NativeSeq2Seq::load(dir)?)),
+            other => Err(Error::bad_file(
+                dir.join(crate::checkpoint::CONFIG),
+                format!(
+                    "model_type {other:?} is not an encoder-decoder attn trains (supported: {})",
+                    crate::engine::seq2seq::SEQ2SEQ_TYPES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    pub fn new_marian(config: MarianConfig, seed: u64) -> Result<Self> {
+        Ok(EncDecModel::Marian(NativeSeq2Seq::init(config, seed)?))
+    }
+
+    pub fn new_t5(config: T5Config, seed: u64) -> Result<Self> {
+        Ok(EncDecModel::T5(NativeT5::init(config, seed)?))
+    }
+
+    /// `marian` or `t5`.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            EncDecModel::Marian(_) => "marian",
+            EncDecModel::T5(_) => "t5",
+        }
+    }
+
+    /// See [`NativeSeq2Seq::forward_backward`].
+    pub fn forward_backward(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<f64> {
+        each!(self, m => m.forward_backward(pairs, smoothing, dropout_seed))
+    }
+
+    pub fn loss(
+        &mut self,
+        pairs: &[(&[u32], &[u32])],
+        smoothing: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<f64> {
+        each!(self, m => m.loss(pairs, smoothing, dropout_seed))
+    }
+
+    pub fn to_engine(&self) -> Result<crate::engine::Seq2Seq> {
+        each!(self, m => m.to_engine())
+    }
+
+    pub fn count(&self) -> usize {
+        each!(self, m => m.count())
+    }
+
+    pub fn tensors(&self) -> Plain {
+        each!(self, m => m.tensors())
+    }
+
+    /// The Hugging Face `config.json`.
+    pub fn hf_config(&self) -> serde_json::Value {
+        match self {
+            EncDecModel::Marian(m) => m.config.to_hf_json(),
+            EncDecModel::T5(m) => m.config.to_hf_json(),
+        }
+    }
+
+    /// (pad, end-of-sentence, decoder start) ids.
+    pub fn special_ids(&self) -> (u32, u32, u32) {
+        match self {
+            EncDecModel::Marian(m) => {
+                let c = &m.config;
+                (c.pad_token_id, c.eos_token_id, c.decoder_start_token_id)
+            }
+            EncDecModel::T5(m) => {
+                let c = &m.config;
+                (c.pad_token_id, c.eos_token_id, c.decoder_start_token_id)
+            }
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            EncDecModel::Marian(m) => m.config.vocab_size,
+            EncDecModel::T5(m) => m.config.vocab_size,
+        }
+    }
+
+    /// The longest sequence its positions allow (`None`: relative positions).
+    pub fn context(&self) -> Option<usize> {
+        match self {
+            EncDecModel::Marian(m) => Some(m.config.max_position_embeddings),
+            EncDecModel::T5(_) => None,
+        }
+    }
+}
+
+impl Trainable for EncDecModel {
+    fn zero_grads(&mut self) {
+        each!(self, m => m.zero_grads())
+    }
+    fn grad_norm(&self) -> f64 {
+        each!(self, m => m.grad_norm())
+    }
+    fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
+        each!(self, m => m.adamw_step(config, lr, grad_scale))
+    }
+    fn moments(&self) -> Plain {
+        each!(self, m => m.moments())
+    }
+    fn load_moments(&mut self, moments: Plain, t: usize) -> Result<()> {
+        each!(self, m => m.load_moments(moments, t))
+    }
+    fn trainable_count(&self) -> usize {
+        each!(self, m => m.trainable_count())
+    }
+}
