@@ -10,8 +10,10 @@ mod eval;
 mod export;
 mod generate;
 mod plot;
+mod pretrain;
 mod quantize;
 mod serve;
+mod summarize;
 mod tokenizer;
 mod train;
 mod translate;
@@ -53,6 +55,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Translate stdin to stdout with an encoder-decoder model, or train one.
     Translate(translate::TranslateCommand),
+    /// Summarize documents (one per line) with an encoder-decoder model, or train one.
+    Summarize(summarize::SummarizeCommand),
+    /// Pre-train an encoder-decoder (T5) with span corruption on documents, one per line.
+    Pretrain(Box<translate::TrainArgs>),
     /// Text classification: train, predict, evaluate.
     #[command(subcommand)]
     Classify(classify::ClassifyCommand),
@@ -115,6 +121,8 @@ fn main() -> ExitCode {
         Command::Data(c) => data::run(c),
         Command::Classify(c) => classify::run(c),
         Command::Translate(c) => translate::run(c),
+        Command::Summarize(c) => summarize::run(c),
+        Command::Pretrain(a) => pretrain::run(*a),
         Command::Export(a) => export::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => return serve::run(a),

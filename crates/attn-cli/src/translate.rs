@@ -28,8 +28,9 @@ enum TranslateSub {
 }
 
 #[derive(Args)]
-struct RunArgs {
-    /// Model folder (HF MarianMTModel layout with tokenizer.json).
+pub(crate) struct RunArgs {
+    /// Model folder (HF MarianMTModel or T5ForConditionalGeneration layout with
+    /// tokenizer.json).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Beam size; 1 is greedy.
@@ -39,9 +40,17 @@ struct RunArgs {
     /// length_penalty): above 0 favours longer translations.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     length_penalty: f64,
-    /// Most tokens to generate per sentence [default: the model's limit].
+    /// Most tokens to generate per sentence (transformers' max_new_tokens) [default:
+    /// the model's limit].
     #[arg(long)]
     max_len: Option<usize>,
+    /// Fewest tokens to generate: end-of-sentence is banned before (transformers'
+    /// min_new_tokens).
+    #[arg(long, default_value_t = 0)]
+    min_len: usize,
+    /// Never repeat an n-gram of this size in an output (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram_size: usize,
     /// Sentences decoded together (batched beam search).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -225,13 +234,19 @@ const HOLDOUT_SEED: u64 = 20_261_128;
 pub fn run(cmd: TranslateCommand) -> Result<()> {
     match cmd.sub {
         Some(TranslateSub::Train(a)) => run_train(a, Task::Translate),
-        None => run_decode(cmd.run),
+        None => run_decode(cmd.run, Task::Translate),
     }
 }
 
-fn run_decode(a: RunArgs) -> Result<()> {
+pub(crate) fn run_decode(a: RunArgs, task: Task) -> Result<()> {
     let model = a.model.ok_or_else(|| {
-        Error::invalid("model", "give --model DIR (or use `attn translate train`)")
+        Error::invalid(
+            "model",
+            match task {
+                Task::Summarize => "give --model DIR (or use `attn summarize train`)",
+                _ => "give --model DIR (or use `attn translate train`)",
+            },
+        )
     })?;
     crate::at_least_1("--beam", a.beam)?;
     crate::at_least_1("--batch-size", a.batch_size)?;
@@ -274,9 +289,15 @@ fn run_decode(a: RunArgs) -> Result<()> {
             .min(c.context.map_or(usize::MAX, |n| n - 1)),
         forced_eos: tr.forced_eos,
         suppress: Vec::new(),
-        min_new_tokens: 0,
-        no_repeat_ngram_size: 0,
+        min_new_tokens: a.min_len,
+        no_repeat_ngram_size: a.no_repeat_ngram_size,
     };
+    if beam.min_new_tokens > beam.max_new_tokens {
+        return Err(Error::invalid(
+            "--min-len",
+            format!("{} is more than the {} tokens --max-len allows", beam.min_new_tokens, beam.max_new_tokens),
+        ));
+    }
     let lines: Vec<String> = std::io::stdin()
         .lock()
         .lines()

@@ -160,6 +160,12 @@ impl Tokenizer {
         Self::char_vocab(text, Some("[UNK]"))
     }
 
+    /// [`Self::train_char_with_unk`] with the unknown token named `unk` (`<unk>` in
+    /// T5's and Marian's vocabularies).
+    pub fn train_char_with_unk_named(text: &str, unk: &str) -> Result<Self> {
+        Self::char_vocab(text, Some(unk))
+    }
+
     fn char_vocab(text: &str, unk: Option<&str>) -> Result<Self> {
         let chars: BTreeSet<char> = text.chars().collect();
         if chars.is_empty() {

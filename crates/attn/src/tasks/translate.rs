@@ -673,7 +673,9 @@ fn new_model(cfg: &TranslateConfig, train: &[Pair], rng: &mut Rng) -> Result<(To
         .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
         .collect();
     let mut tokenizer = match cfg.vocab.as_str() {
-        "char" => Tokenizer::train_char(&corpus)?,
+        // Characters the training text lacks read as <unk> (validation and test text
+        // meets new ones).
+        "char" => Tokenizer::train_char_with_unk_named(&corpus, UNK)?,
         _ => Tokenizer::train_bpe(&corpus, cfg.vocab_size)?,
     };
     if cfg.arch == "t5" {

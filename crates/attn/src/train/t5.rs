@@ -73,7 +73,10 @@ fn schema(cfg: &T5Config) -> Vec<(String, Vec<usize>, Init)> {
     let sd = |n: usize| Init::Normal((n as f32).powf(-0.5));
     let mut s = vec![("shared.weight".to_string(), vec![v, c], Init::Normal(1.0))];
     if !cfg.tied() {
-        s.push(("lm_head.weight".into(), vec![v, c], Init::Normal(1.0)));
+        // transformers draws it N(0, 1), which puts the first logits at a standard
+        // deviation of √d_model (a loss of 50 for a new model of width 256); scaled as
+        // the other matrices, a new model starts near log(vocab).
+        s.push(("lm_head.weight".into(), vec![v, c], sd(c)));
     }
     let gated = matches!(cfg.ffn(), Ok(T5Ffn::Gated(_)));
     let stacks = [
