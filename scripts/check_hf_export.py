@@ -3,7 +3,7 @@
 unchanged and compute the same numbers.
 
 1. For every fixture under crates/attn/tests/fixtures/hf (gpt2, llama, qwen2,
-   mistral, bert, roberta, xlm-roberta, distilbert, marian), run `attn export --model FIXTURE --out TMP/NAME`, load the result with
+   mistral, bert, roberta, xlm-roberta, distilbert, marian, t5), run `attn export --model FIXTURE --out TMP/NAME`, load the result with
    transformers (`output_loading_info=True`), require no missing and no unexpected
    keys, and compare its outputs on the fixture's recorded inputs with the recorded
    reference (max abs difference printed).
@@ -35,7 +35,7 @@ from transformers import (AutoModelForSequenceClassification,
                           GPT2LMHeadModel, RobertaForSequenceClassification,
                           XLMRobertaForSequenceClassification,
                           LlamaForCausalLM, MarianMTModel, MistralForCausalLM,
-                          Qwen2ForCausalLM)
+                          Qwen2ForCausalLM, T5ForConditionalGeneration)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "crates", "attn", "tests", "fixtures", "hf")
@@ -43,7 +43,8 @@ CLASSES = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "qwen2": Qwen2For
            "mistral": MistralForCausalLM, "bert": BertForSequenceClassification,
            "roberta": RobertaForSequenceClassification,
            "xlm-roberta": XLMRobertaForSequenceClassification,
-           "distilbert": DistilBertForSequenceClassification, "marian": MarianMTModel}
+           "distilbert": DistilBertForSequenceClassification, "marian": MarianMTModel,
+           "t5": T5ForConditionalGeneration}
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert")
 DECODERS = ("gpt2", "llama", "qwen2", "mistral")
 

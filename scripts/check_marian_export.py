@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Check that a folder written by `attn translate train` is a working Hugging Face
-MarianMTModel: load it with transformers, translate sentences with the same beam search
+"""Check that a folder written by `attn translate train` (a MarianMTModel) or by `attn
+summarize train` / `attn pretrain` (a T5ForConditionalGeneration) is a working Hugging
+Face model: load it with transformers, decode sentences with the same beam search
 (`generate(num_beams=N, length_penalty=A, early_stopping=True)`), and compare the output
 with `attn translate` on the same sentences.
 
@@ -15,7 +16,10 @@ import sys
 
 import torch
 from tokenizers import Tokenizer
-from transformers import MarianMTModel
+import json
+import os
+
+from transformers import AutoModelForSeq2SeqLM
 
 
 def main():
@@ -36,10 +40,17 @@ def main():
     ).stdout.splitlines()
 
     torch.set_num_threads(2)
-    model = MarianMTModel.from_pretrained(a.model).eval()
+    model, info = AutoModelForSeq2SeqLM.from_pretrained(a.model, output_loading_info=True)
+    model.eval()
+    if info["missing_keys"] or info["unexpected_keys"]:
+        print(f"missing {info['missing_keys']}, unexpected {info['unexpected_keys']}")
+        sys.exit(1)
+    print(f"{type(model).__name__}: no missing or unexpected keys")
     tok = Tokenizer.from_file(f"{a.model}/tokenizer.json")
     eos = model.config.eos_token_id
-    max_len = model.generation_config.max_length
+    # The longest source and output `attn translate` uses: the folder's max_len.
+    with open(os.path.join(a.model, "attn_translate.json")) as f:
+        max_len = json.load(f)["max_len"]
     same = 0
     for i, (src, mine) in enumerate(zip(lines, out)):
         ids = tok.encode(src, add_special_tokens=False).ids[: max_len - 1] + [eos]

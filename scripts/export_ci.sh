@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Folders written by attn, loaded by Hugging Face transformers (run by .ci/run):
-#   1. `attn export` of every HF fixture (gpt2, llama, qwen2, mistral, bert, marian) in f32, f16 and
+#   1. `attn export` of every HF fixture (gpt2, llama, qwen2, mistral, bert, marian, t5) in f32, f16 and
 #      bf16: no missing or unexpected keys, logits within bounds set from measured error;
 #      and `attn quantize --dtype f16` of the decoder fixtures (the engine's own writer);
 #   2. a GPT-2, a Llama, a Qwen2 and a Mistral (sliding window) trained by `attn train`:
@@ -9,8 +9,9 @@
 #   3. classifiers from `attn classify train` (BERT from scratch; RoBERTa and DistilBERT
 #      fine-tuned): class probabilities = `attn classify predict`; RoBERTa fine-tuning's
 #      first 20 losses = a transformers loop's (scripts/classify_curve.py);
-#   4. a translation model from `attn translate train`: transformers' beam search gives
-#      the same translations as `attn translate`.
+#   4. a translation model from `attn translate train`, and a T5 from `attn pretrain` then
+#      `attn summarize train --model`: transformers' beam search gives the same outputs as
+#      `attn translate`.
 # Python (torch, transformers: scripts/requirements.txt) is installed outside the
 # repository by scripts/python_env.sh ($ATTN_VENV). Uses the debug attn binary that
 # `cargo test` built. Any failure exits non-zero.
@@ -64,6 +65,13 @@ paste <(head -n 3000 "$DATA/multi30k/train.de") <(head -n 3000 "$DATA/multi30k/t
 "$ATTN" translate train --pairs "$WORK/pairs.tsv" --out "$WORK/marian" --holdout 50 --valid-size 50 \
   --d-model 32 --layers 1 --heads 2 --ffn 64 --vocab-size 800 --max-steps 150 --batch-size 32 \
   --eval-interval 150 --bleu-sample 10 2>/dev/null
+# A T5: span-corruption pre-training on sentences, then fine-tuning on pairs.
+head -n 2000 "$DATA/multi30k/train.en" > "$WORK/docs.txt"
+"$ATTN" pretrain --data "$WORK/docs.txt" --out "$WORK/t5-pre" --holdout 0 --valid-size 50 --arch t5 \
+  --d-model 32 --layers 2 --heads 3 --ffn 48 --vocab-size 600 --max-steps 40 --batch-size 16 \
+  --eval-interval 40 2>/dev/null
+"$ATTN" summarize train --pairs "$WORK/pairs.tsv" --model "$WORK/t5-pre" --out "$WORK/t5" --holdout 50 \
+  --valid-size 50 --max-steps 40 --batch-size 16 --eval-interval 40 --bleu-sample 10 2>/dev/null
 
 step "exports, a trained GPT-2 and Llama, a classifier"
 "$PY" scripts/check_hf_export.py --attn "$ATTN" --trained "$WORK/gpt2" "$WORK/llama" "$WORK/qwen2" \
@@ -78,4 +86,7 @@ step "RoBERTa fine-tuning: attn's loss curve against a transformers loop"
 step "translation: beam search against transformers' generate"
 "$PY" scripts/check_marian_export.py --model "$WORK/marian" --attn "$ATTN" --src "$WORK/marian/holdout.src" \
   --n 50 --beam 3 2>&1 | grep -v -e "Loading weights" -e "seem to have been set"
+step "T5 (pre-trained, then fine-tuned): beam search against transformers' generate"
+"$PY" scripts/check_marian_export.py --model "$WORK/t5" --attn "$ATTN" --src "$WORK/t5/holdout.src" \
+  --n 50 --beam 3 2>&1 | grep -v -e "Loading weights" -e "seem to have been set" -e "tied weights mapping"
 step "all export checks passed"

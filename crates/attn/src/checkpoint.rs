@@ -355,13 +355,17 @@ pub fn export(dir: &Path, out: &Path, ty: FloatType) -> Result<()> {
     } else if mt == "marian" {
         crate::engine::Seq2Seq::load(dir)?;
         Box::new(|n| !seq2seq::is_tied_copy(n))
+    } else if mt == "t5" {
+        crate::engine::Seq2Seq::load(dir)?;
+        Box::new(|n| !seq2seq::is_t5_copy(n))
     } else {
         return Err(Error::bad_file(
             dir.join(CONFIG),
             format!(
-                "model_type {mt:?} is not supported (supported: {}, {}, marian)",
+                "model_type {mt:?} is not supported (supported: {}, {}, {})",
                 crate::engine::DECODER_TYPES.join(", "),
-                crate::models::bert::ENCODER_TYPES.join(", ")
+                crate::models::bert::ENCODER_TYPES.join(", "),
+                seq2seq::SEQ2SEQ_TYPES.join(", ")
             ),
         ));
     };
