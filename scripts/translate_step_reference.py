@@ -2,8 +2,8 @@
 
 Usage: translate_step_reference.py MODEL_DIR SRC TGT STEPS [BATCH]
 
-MODEL_DIR is a translation folder written by `attn translate train` (a MarianMTModel
-folder with tokenizer.json). Batch k is pairs k*BATCH .. (k+1)*BATCH of the files,
+MODEL_DIR is a folder written by `attn translate train` (a MarianMTModel folder with
+tokenizer.json) or by `attn summarize train` / `attn pretrain` (a T5ForConditionalGeneration). Batch k is pairs k*BATCH .. (k+1)*BATCH of the files,
 encoded with the folder's tokenizer as attn encodes them (NFC, truncated to max_len - 1
 tokens, then </s>), padded to the batch's longest side. One step is what
 `attn translate train` does: forward with dropout, label-smoothed (0.1) cross-entropy over
@@ -19,7 +19,7 @@ import unicodedata
 
 import torch
 from tokenizers import Tokenizer
-from transformers import MarianMTModel
+from transformers import AutoModelForSeq2SeqLM
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     torch.manual_seed(0)
     tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
     max_len = json.load(open(os.path.join(folder, "attn_translate.json")))["max_len"]
-    model = MarianMTModel.from_pretrained(folder, attn_implementation="eager")
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
     cfg = model.config
     model.train()
 

@@ -295,7 +295,10 @@ pub(crate) fn run_decode(a: RunArgs, task: Task) -> Result<()> {
     if beam.min_new_tokens > beam.max_new_tokens {
         return Err(Error::invalid(
             "--min-len",
-            format!("{} is more than the {} tokens --max-len allows", beam.min_new_tokens, beam.max_new_tokens),
+            format!(
+                "{} is more than the {} tokens --max-len allows",
+                beam.min_new_tokens, beam.max_new_tokens
+            ),
         ));
     }
     let lines: Vec<String> = std::io::stdin()
@@ -392,19 +395,29 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result
         cfg.span_corruption = Some((a.noise_density, a.mean_span));
     }
     cfg.validate()?;
-    let inputs: Vec<&std::path::Path> = [&a.pairs, &a.src, &a.tgt, &a.valid_src, &a.valid_tgt, &a.model]
-        .into_iter()
-        .flatten()
-        .chain(&a.data)
-        .map(|p| p.as_path())
-        .collect();
+    let inputs: Vec<&std::path::Path> = [
+        &a.pairs,
+        &a.src,
+        &a.tgt,
+        &a.valid_src,
+        &a.valid_tgt,
+        &a.model,
+    ]
+    .into_iter()
+    .flatten()
+    .chain(&a.data)
+    .map(|p| p.as_path())
+    .collect();
     if argv.is_some() {
         attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
     }
     let (mut pairs, mut skipped) = match (&a.pairs, &a.src, &a.tgt) {
         _ if !a.data.is_empty() => read_documents(&a.data, a.encoding)?,
         _ if task == Task::Pretrain => {
-            return Err(Error::invalid("data", "give --data FILE... (one document per line)"))
+            return Err(Error::invalid(
+                "data",
+                "give --data FILE... (one document per line)",
+            ))
         }
         (Some(p), _, _) => read_pairs_tsv(p, a.encoding)?,
         (None, Some(s), Some(t)) => read_parallel(s, t, a.encoding)?,
@@ -490,8 +503,12 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result
             e.step,
             e.train_loss,
             e.val_loss,
-            e.val_bleu.map(|b| format!(", val BLEU {b:.2}")).unwrap_or_default(),
-            e.val_rouge_l.map(|r| format!(", val ROUGE-L {r:.2}")).unwrap_or_default(),
+            e.val_bleu
+                .map(|b| format!(", val BLEU {b:.2}"))
+                .unwrap_or_default(),
+            e.val_rouge_l
+                .map(|r| format!(", val ROUGE-L {r:.2}"))
+                .unwrap_or_default(),
             if e.best { " (best, saved)" } else { "" }
         ),
     })?;
@@ -500,9 +517,13 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result
         match task {
             Task::Translate => "BLEU",
             Task::Summarize => "ROUGE-L",
-            Task::Pretrain => "-loss",
+            Task::Pretrain => "loss",
         },
-        summary.best_val_bleu,
+        if task == Task::Pretrain {
+            -summary.best_val_bleu
+        } else {
+            summary.best_val_bleu
+        },
         summary.best_step,
         summary.parameters as f64 / 1e6,
         summary.train_seconds,

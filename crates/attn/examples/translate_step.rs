@@ -1,14 +1,15 @@
 //! Time `translate train`'s step on the engine (forward, backward, clipping, AdamW) on
 //! real sentence pairs: `cargo run --release --example translate_step -- MODEL_DIR SRC
-//! TGT STEPS [BATCH]`. MODEL_DIR is a translation folder (`attn translate train`); batch
+//! TGT STEPS [BATCH]`. MODEL_DIR is a Marian or T5 folder (`attn translate train`,
+//! `attn summarize train`, `attn pretrain`); batch
 //! k is pairs k·BATCH .. (k+1)·BATCH of the files, encoded as `translate train` encodes
 //! them. `scripts/translate_step_reference.py` runs transformers on the same batches.
 //! Prints target tokens per second over the steps after the first.
 
 use attn::tasks::translate::Translator;
+use attn::train::encdec::EncDecModel;
 use attn::train::fit::Trainable;
 use attn::train::optimizer::AdamWConfig;
-use attn::train::seq2seq::NativeSeq2Seq;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -18,7 +19,7 @@ fn main() {
     let steps: usize = args.get(4).map_or(10, |s| s.parse().unwrap());
     let b: usize = args.get(5).map_or(64, |s| s.parse().unwrap());
     let tr = Translator::load(&dir).unwrap();
-    let mut model = NativeSeq2Seq::load(&dir).unwrap();
+    let mut model = EncDecModel::load(&dir).unwrap();
     let enc = |s: &str| tr.encode_src(&attn::data::normalize(s)).unwrap().0;
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = src
         .lines()
@@ -52,7 +53,8 @@ fn main() {
         eprintln!("step {i}: loss {loss:.4}, {n} target tokens, {dt:.3} s");
     }
     println!(
-        "{{\"impl\": \"attn\", \"batch\": {b}, \"steps\": {steps}, \"isa\": \"{}\", \"target_tokens\": {tokens}, \"seconds\": {seconds:.3}, \"tokens_per_s\": {:.1}}}",
+        "{{\"impl\": \"attn\", \"model\": \"{}\", \"batch\": {b}, \"steps\": {steps}, \"isa\": \"{}\", \"target_tokens\": {tokens}, \"seconds\": {seconds:.3}, \"tokens_per_s\": {:.1}}}",
+        model.model_type(),
         attn::kernels::isa_name(),
         tokens as f64 / seconds
     );

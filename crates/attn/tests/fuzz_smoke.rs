@@ -200,7 +200,10 @@ mod seeds {
         let model = attn::train::t5::NativeT5::init(t5.clone(), 7).unwrap();
         out.insert(
             "valid-t5".into(),
-            model_folder::join(&json_bytes(&t5.to_hf_json()), &params_bytes(&model.tensors())),
+            model_folder::join(
+                &json_bytes(&t5.to_hf_json()),
+                &params_bytes(&model.tensors()),
+            ),
         );
         out
     }

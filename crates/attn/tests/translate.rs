@@ -117,3 +117,54 @@ fn parallel_files_must_have_equal_line_counts() {
     assert_eq!((p.len(), skipped), (3, 1));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The same task with a new T5 (pre-RMS-norm, relative positions, gated GELU) and a
+/// character vocabulary: learned too, and its folder reloads to the same outputs; the
+/// summarization metric (ROUGE-L) chooses its checkpoint.
+#[test]
+fn a_t5_learns_the_mapping_with_characters_and_reloads() {
+    let dir = common::temp_dir("translate-t5");
+    let cfg = TranslateConfig {
+        d_model: 32,
+        layers: 1,
+        heads: 2,
+        ffn: 48,
+        max_len: 48,
+        dropout: 0.0,
+        lr: 3e-3,
+        warmup: 50,
+        max_steps: 1200,
+        batch_size: 32,
+        eval_interval: 400,
+        bleu_sample: 50,
+        beam: 1,
+        arch: "t5".into(),
+        vocab: "char".into(),
+        metric: "rouge".into(),
+        ..Default::default()
+    };
+    let (tr, va) = (pairs(2000, 1), pairs(50, 2));
+    let data = serde_json::Value::Null;
+    let s = train(&cfg, &tr, &va, &dir, Begin::New { data: &data }, &mut |e| {
+        if let attn::tasks::translate::TranslateEvent::Eval(e) = e {
+            eprintln!("{e:?}")
+        }
+    })
+    .unwrap();
+    assert!(s.best_val_bleu > 85.0, "ROUGE-L {}", s.best_val_bleu);
+    let t = Translator::load(&dir).unwrap();
+    assert!(t.model.t5.is_some() && !t.forced_eos);
+    let beam = BeamConfig {
+        num_beams: 2,
+        max_new_tokens: 48,
+        forced_eos: false,
+        ..Default::default()
+    };
+    let srcs: Vec<String> = va.iter().map(|p| p.src.clone()).collect();
+    let (out, _) = t.translate(&srcs, &beam, 8).unwrap();
+    let right = out.iter().zip(&va).filter(|(o, p)| *o == &p.tgt).count();
+    assert!(right >= 25, "{right} of 50 exact: {:?}", &out[..3]);
+    // A character the training text never had reads as <unk> instead of failing.
+    let (ids, _) = t.encode_src("red ☃ cat").unwrap();
+    assert!(ids.contains(&t.tokenizer.inner().token_to_id("<unk>").unwrap()));
+}

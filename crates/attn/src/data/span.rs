@@ -110,11 +110,17 @@ mod tests {
                 let spans = src.iter().filter(|t| sentinels.contains(t)).count();
                 assert_eq!(src.len(), n - noise + spans + 1, "n {n}");
                 assert_eq!(tgt.len(), noise + spans + 1, "n {n}");
-                let want = ((noise as f64 / 3.0).round() as usize).max(1).min(n - noise);
+                let want = ((noise as f64 / 3.0).round() as usize)
+                    .max(1)
+                    .min(n - noise);
                 assert_eq!(spans, want.min(noise), "n {n}");
                 assert_eq!(restore(&src, &tgt, &sentinels, 9999), toks);
                 // Sentinels in order, the input starting with a kept token.
-                let used: Vec<u32> = tgt.iter().copied().filter(|t| sentinels.contains(t)).collect();
+                let used: Vec<u32> = tgt
+                    .iter()
+                    .copied()
+                    .filter(|t| sentinels.contains(t))
+                    .collect();
                 assert_eq!(used, sentinels[..spans]);
                 assert!(!sentinels.contains(&src[0]));
                 span_total += noise;
@@ -142,7 +148,13 @@ mod tests {
     #[test]
     fn too_short_or_no_sentinels_keeps_the_text_as_target() {
         let mut rng = Rng::new(1);
-        assert_eq!(corrupt(&[5], 0.15, 3.0, &[100], 9, &mut rng), (vec![9], vec![5, 9]));
-        assert_eq!(corrupt(&[5, 6], 0.15, 3.0, &[], 9, &mut rng), (vec![9], vec![5, 6, 9]));
+        assert_eq!(
+            corrupt(&[5], 0.15, 3.0, &[100], 9, &mut rng),
+            (vec![9], vec![5, 9])
+        );
+        assert_eq!(
+            corrupt(&[5, 6], 0.15, 3.0, &[], 9, &mut rng),
+            (vec![9], vec![5, 6, 9])
+        );
     }
 }

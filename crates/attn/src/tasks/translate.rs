@@ -15,12 +15,12 @@ use crate::metrics::bleu::{corpus_bleu, BleuConfig};
 use crate::metrics::rouge::{is_zh_char, score_corpus, RougeConfig, RougeTokenize};
 use crate::metrics::sacre_tokenize::SacreTokenizer;
 use crate::models::marian::MarianConfig;
+use crate::models::t5::T5Config;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
+use crate::train::encdec::EncDecModel;
 use crate::train::fit::{Event, ExamplesState, Job, Passes, Plan, Run};
 use crate::train::optimizer::AdamWConfig;
-use crate::models::t5::T5Config;
-use crate::train::encdec::EncDecModel;
 
 pub use crate::train::fit::Begin;
 use crate::{Error, Result};
@@ -253,7 +253,9 @@ impl TranslateConfig {
             if !(density > 0.0 && density < 1.0) || !(span >= 1.0 && span.is_finite()) {
                 return Err(Error::invalid(
                     "span corruption",
-                    format!("noise density {density} must be in (0, 1) and mean span {span} at least 1"),
+                    format!(
+                        "noise density {density} must be in (0, 1) and mean span {span} at least 1"
+                    ),
                 ));
             }
         }
@@ -386,7 +388,11 @@ fn save_folder(
     // tokenizer.json with its special tokens. Byte-level BPE has no unknown tokens;
     // its reserved end-of-text token, which no text encodes to, stands in as the
     // unknown token CTranslate2 requires.
-    let unk = if tokenizer.inner().token_to_id(crate::tokenizer::END_OF_TEXT).is_some() {
+    let unk = if tokenizer
+        .inner()
+        .token_to_id(crate::tokenizer::END_OF_TEXT)
+        .is_some()
+    {
         crate::tokenizer::END_OF_TEXT
     } else {
         UNK
@@ -512,9 +518,7 @@ pub struct TranslateEval {
 impl TranslateEval {
     /// The score that chooses the best model (higher is better).
     pub fn score(&self) -> f64 {
-        self.val_bleu
-            .or(self.val_rouge_l)
-            .unwrap_or(-self.val_loss)
+        self.val_bleu.or(self.val_rouge_l).unwrap_or(-self.val_loss)
     }
 }
 
@@ -600,11 +604,9 @@ impl Job for TranslateJob<'_> {
             _ => self.train.pairs(&idx),
         };
         let tokens = pairs.iter().map(|p| p.1.len()).sum();
-        let loss = self.model.forward_backward(
-            &pairs,
-            self.cfg.label_smoothing,
-            Some(rng.next_u64()),
-        )?;
+        let loss =
+            self.model
+                .forward_backward(&pairs, self.cfg.label_smoothing, Some(rng.next_u64()))?;
         Ok((loss, tokens))
     }
 
@@ -667,7 +669,11 @@ impl Job for TranslateJob<'_> {
 }
 
 /// A new model and its vocabulary, built from the training text as the config says.
-fn new_model(cfg: &TranslateConfig, train: &[Pair], rng: &mut Rng) -> Result<(Tokenizer, EncDecModel)> {
+fn new_model(
+    cfg: &TranslateConfig,
+    train: &[Pair],
+    rng: &mut Rng,
+) -> Result<(Tokenizer, EncDecModel)> {
     let corpus: String = train
         .iter()
         .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
@@ -693,7 +699,13 @@ fn new_model(cfg: &TranslateConfig, train: &[Pair], rng: &mut Rng) -> Result<(To
             eos_token_id: eos,
             decoder_start_token_id: pad,
             n_positions: Some(cfg.max_len),
-            ..T5Config::v1_1(tokenizer.vocab_size(), cfg.d_model, cfg.layers, heads, cfg.ffn)
+            ..T5Config::v1_1(
+                tokenizer.vocab_size(),
+                cfg.d_model,
+                cfg.layers,
+                heads,
+                cfg.ffn,
+            )
         };
         return Ok((tokenizer, EncDecModel::new_t5(t5, rng.next_u64())?));
     }
@@ -840,7 +852,16 @@ pub fn train(
         let (src, tgt) = eval
             .src
             .iter()
-            .map(|d| crate::data::span::corrupt(&d[..d.len() - 1], density, span, sentinels, *eos, &mut vrng))
+            .map(|d| {
+                crate::data::span::corrupt(
+                    &d[..d.len() - 1],
+                    density,
+                    span,
+                    sentinels,
+                    *eos,
+                    &mut vrng,
+                )
+            })
             .unzip();
         eval = Encoded { src, tgt };
     }

@@ -13,6 +13,7 @@
 
 mod blocks;
 mod config;
+pub mod encdec;
 pub mod encoder;
 pub mod fit;
 mod flat;
@@ -23,7 +24,6 @@ pub mod run;
 pub mod schedule;
 pub mod seq2seq;
 pub mod t5;
-pub mod encdec;
 
 pub use config::{Arch, TrainConfig, PRESETS};
 
