@@ -333,3 +333,53 @@ fn t5_dropout_gradients_match_finite_differences() {
         eprintln!("{name}: {} tensors' dropout gradients within {worst:.2e} (relative) of finite differences", names.len());
     }
 }
+
+/// A T5-style SentencePiece/Unigram `tokenizer.json` (NFKC, Metaspace, `$A </s>`,
+/// sentinels as the last ids; `scripts/make_t5_tokenizer_fixture.py`) encodes and
+/// decodes as the `tokenizers` library does: plain, with the end-of-sentence the model
+/// input gets, and decoded with and without the special tokens.
+#[test]
+fn t5_unigram_tokenizer_matches_the_tokenizers_library() {
+    use attn::tokenizer::Tokenizer;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5-tokenizer");
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        cases["vocab_size"].as_u64().unwrap()
+    );
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 50);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let plain = ids(&c["ids"]);
+        assert_eq!(tok.encode(text).unwrap(), plain, "{text:?}");
+        assert_eq!(
+            tok.encode_for_model(text, 512).unwrap(),
+            ids(&c["ids_with_specials"]),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode(&plain).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode_clean(&plain).unwrap(),
+            c["decoded_skip_special"].as_str().unwrap(),
+            "{text:?}"
+        );
+    }
+    assert_eq!(
+        tok.inner().token_to_id("<extra_id_0>"),
+        Some(tok.vocab_size() as u32 - 1)
+    );
+}
