@@ -2,8 +2,10 @@
 # Summarization example and the pre-training experiment of attn's T5: Tang poems,
 # body -> title (a headline task in Chinese), characters as tokens.
 #
-#   scripts/tang_summarize.sh [WORKDIR] [FINETUNE_STEPS] [PRETRAIN_STEPS]
+#   scripts/tang_summarize.sh [WORKDIR] [FINETUNE_STEPS] [PRETRAIN_STEPS] [SOURCE_LEN]
 #
+# SOURCE_LEN (default 96) caps a poem at that many characters (end-of-sentence included)
+# in training, pre-training and decoding alike.
 # (a) a T5 trained from scratch on the pairs for FINETUNE_STEPS steps;
 # (b) the same T5 pre-trained with span corruption on the training bodies for
 #     PRETRAIN_STEPS steps, then fine-tuned on the pairs with the same FINETUNE_STEPS.
@@ -14,12 +16,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=${1:-/tmp/tang}
 FT=${2:-1500}
 PT=${3:-3000}
+LEN=${4:-96}
 ATTN=${ATTN:-$ROOT/target/release/attn}
 [ -x "$ATTN" ] || (cd "$ROOT" && cargo build --release -p attn-cli)
 python3 "$ROOT/scripts/tang_titles.py" "$W"
 SIZE=(--d-model 256 --layers 4 --heads 4 --ffn 512 --batch-size 32 --lr 1e-3 --warmup 200 --seed 7)
 FINE=(--pairs "$W/train.tsv" --valid-src "$W/valid.src" --valid-tgt "$W/valid.tgt"
-      --max-len 96 --max-steps "$FT" --eval-interval 500 --bleu-sample 300)
+      --max-len "$LEN" --max-steps "$FT" --eval-interval 500 --bleu-sample 300)
 
 run() { local t0=$SECONDS; "$@"; echo "  ($((SECONDS - t0)) s wall)" >&2; }
 
@@ -28,18 +31,20 @@ run "$ATTN" summarize train "${FINE[@]}" "${SIZE[@]}" --arch t5 --vocab char \
   --out "$W/scratch" --overwrite --json > "$W/scratch.json"
 echo "== (b) span-corruption pre-training: $PT steps" >&2
 run "$ATTN" pretrain --data "$W/train_bodies.txt" "${SIZE[@]}" --arch t5 --vocab char \
-  --max-len 128 --max-steps "$PT" --eval-interval 1000 --holdout 0 --valid-size 1000 \
+  --max-len "$LEN" --max-steps "$PT" --eval-interval 1000 --holdout 0 --valid-size 1000 \
   --out "$W/pretrained" --overwrite --json > "$W/pretrained.json"
 echo "== (b) fine-tuning the pre-trained model: $FT steps" >&2
 run "$ATTN" summarize train "${FINE[@]}" --batch-size 32 --lr 1e-3 --warmup 200 --seed 7 \
   --model "$W/pretrained" --out "$W/finetuned" --overwrite --json > "$W/finetuned.json"
 
 for m in scratch finetuned; do
-  t0=$SECONDS
-  "$ATTN" summarize --model "$W/$m" --beam 4 --max-len 16 --batch-size 64 < "$W/test.src" > "$W/$m.hyp"
-  echo "== $m: test decoding $((SECONDS - t0)) s" >&2
-  echo "$m ROUGE (zh-char): $("$ATTN" eval rouge --hyp "$W/$m.hyp" --ref "$W/test.tgt" --tokenize zh-char --json)"
-  echo "$m chrF: $("$ATTN" eval chrf --hyp "$W/$m.hyp" --ref "$W/test.tgt" --json)"
+  for beam in 1 4; do
+    t0=$SECONDS
+    "$ATTN" summarize --model "$W/$m" --beam $beam --max-len 16 --batch-size 64 < "$W/test.src" > "$W/$m.beam$beam"
+    echo "== $m beam $beam: test decoding $((SECONDS - t0)) s, $(sort -u "$W/$m.beam$beam" | wc -l) distinct titles" >&2
+    echo "$m beam $beam ROUGE (zh-char): $("$ATTN" eval rouge --hyp "$W/$m.beam$beam" --ref "$W/test.tgt" --tokenize zh-char --json)"
+    echo "$m beam $beam chrF: $("$ATTN" eval chrf --hyp "$W/$m.beam$beam" --ref "$W/test.tgt" --json)"
+  done
 done
-echo "== a dozen test poems: real title | (a) scratch | (b) pre-trained + fine-tuned"
-paste "$W/test.tgt" "$W/scratch.hyp" "$W/finetuned.hyp" | head -12
+echo "== a dozen test poems: real title | (a) scratch | (b) pre-trained + fine-tuned (greedy)"
+paste "$W/test.tgt" "$W/scratch.beam1" "$W/finetuned.beam1" | head -12
