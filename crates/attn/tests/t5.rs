@@ -314,7 +314,7 @@ fn t5_dropout_gradients_match_finite_differences() {
             }
             let orig = model.param(pname).unwrap().to_vec();
             let h = 3e-3;
-            let mut at = |sign: f64, model: &mut NativeT5| {
+            let at = |sign: f64, model: &mut NativeT5| {
                 for (i, (&w, &gi)) in orig.iter().zip(&g).enumerate() {
                     *model.param_mut(pname, i).unwrap() =
                         (w as f64 + sign * h * gi as f64 / norm) as f32;

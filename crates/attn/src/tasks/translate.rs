@@ -250,7 +250,7 @@ impl TranslateConfig {
             }
         }
         if let Some((density, span)) = self.span_corruption {
-            if !(density > 0.0 && density < 1.0) || !(span >= 1.0 && span.is_finite()) {
+            if !(density > 0.0 && density < 1.0 && span >= 1.0 && span.is_finite()) {
                 return Err(Error::invalid(
                     "span corruption",
                     format!(

@@ -932,6 +932,7 @@ impl NativeT5 {
 
     /// Backward of an MLP sublayer: `dx` holds the gradient of its output and gets its
     /// input's added (the residual's is already there).
+    #[allow(clippy::too_many_arguments)]
     fn ff_backward(
         &mut self,
         at: &FfAt,
