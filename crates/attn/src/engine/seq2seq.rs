@@ -26,7 +26,7 @@ use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::Span;
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
 use crate::models::marian::MarianConfig;
-use crate::models::t5::{bucket_grid, T5Act, T5Config, T5Ffn};
+use crate::models::t5::{bucket_grid, head_bias, T5Act, T5Config, T5Ffn};
 use crate::{Error, Result};
 
 /// Marian's sinusoidal table `[n, d]`: for position p and j < d/2, angle
@@ -277,34 +277,26 @@ impl MarianConfig {
     }
 }
 
+/// The MLP activation of a T5 activation.
+fn mlp_of(act: T5Act) -> Mlp {
+    match act {
+        T5Act::Relu => Mlp::Relu,
+        T5Act::GeluTanh => Mlp::GeluTanh,
+        T5Act::GeluErf => Mlp::GeluErf,
+        T5Act::Silu => Mlp::Silu,
+    }
+}
+
 /// The gated MLP's middle: `m[r] = act(f[r][..inner]) · f[r][inner..]` for each row.
 fn gate(act: T5Act, inner: usize, f: &[f32], m: &mut [f32]) {
     crate::kernels::cpu::for_rows(m, inner, |start, out| {
         for (r, o) in out.chunks_mut(inner).enumerate() {
             let row = &f[(start + r) * 2 * inner..][..2 * inner];
             o.copy_from_slice(&row[..inner]);
-            apply_act(act, o);
+            activate(mlp_of(act), inner, o, &mut []);
             o.iter_mut().zip(&row[inner..]).for_each(|(a, u)| *a *= u);
         }
     });
-}
-
-fn apply_act(act: T5Act, xs: &mut [f32]) {
-    use crate::kernels::cpu::vmath;
-    match act {
-        T5Act::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
-        T5Act::GeluTanh => vmath::gelu_tanh(xs),
-        T5Act::GeluErf => vmath::gelu_erf(xs),
-        T5Act::Silu => vmath::silu(xs),
-    }
-}
-
-/// One head's relative-position bias `[tq, tk]` for queries at positions `q0..q0 + tq`
-/// against keys `0..tk`, from a `[buckets, heads]` table.
-fn head_bias(table: &[f32], grid: &[u32], heads: usize, h: usize) -> Vec<f32> {
-    grid.iter()
-        .map(|&b| table[b as usize * heads + h])
-        .collect()
 }
 
 impl Seq2Seq {
@@ -990,7 +982,7 @@ fn t5_mlp(layer: &Layer, ffn: T5Ffn, x: &[f32], h: &mut [f32], a: &mut [f32], ep
     layer.up.apply(h, n, &mut f);
     match ffn {
         T5Ffn::Plain(act) => {
-            crate::kernels::cpu::for_rows(&mut f, 1, |_, xs| apply_act(act, xs));
+            activate(mlp_of(act), inner, &mut f, &mut []);
             layer.down.apply(&f, n, a);
         }
         T5Ffn::Gated(act) => {

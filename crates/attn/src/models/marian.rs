@@ -157,23 +157,35 @@ impl MarianConfig {
                 format!("{:?} is not supported", self.activation_function),
             ));
         }
-        for (name, id) in [
-            ("pad_token_id", self.pad_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("decoder_start_token_id", self.decoder_start_token_id),
-        ] {
-            if id as usize >= self.vocab_size {
-                return Err(Error::invalid(
-                    name,
-                    format!("{id} is outside the vocabulary of {}", self.vocab_size),
-                ));
-            }
-        }
+        special_ids_in_vocabulary(
+            self.vocab_size,
+            [
+                ("pad_token_id", self.pad_token_id),
+                ("eos_token_id", self.eos_token_id),
+                ("decoder_start_token_id", self.decoder_start_token_id),
+            ],
+        )?;
         crate::guard::probability("dropout", self.dropout as f64)?;
         crate::guard::probability("attention_dropout", self.attention_dropout as f64)?;
         crate::guard::probability("activation_dropout", self.activation_dropout as f64)?;
         Ok(())
     }
+}
+
+/// An encoder-decoder's special ids (by config field) lie inside its vocabulary.
+pub(crate) fn special_ids_in_vocabulary<const N: usize>(
+    vocab_size: usize,
+    ids: [(&str, u32); N],
+) -> Result<()> {
+    for (name, id) in ids {
+        if id as usize >= vocab_size {
+            return Err(Error::invalid(
+                name,
+                format!("{id} is outside the vocabulary of {vocab_size}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

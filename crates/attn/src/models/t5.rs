@@ -246,18 +246,14 @@ impl T5Config {
             ));
         }
         self.ffn()?;
-        for (name, id) in [
-            ("pad_token_id", self.pad_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("decoder_start_token_id", self.decoder_start_token_id),
-        ] {
-            if id as usize >= self.vocab_size {
-                return Err(Error::invalid(
-                    name,
-                    format!("{id} is outside the vocabulary of {}", self.vocab_size),
-                ));
-            }
-        }
+        super::marian::special_ids_in_vocabulary(
+            self.vocab_size,
+            [
+                ("pad_token_id", self.pad_token_id),
+                ("eos_token_id", self.eos_token_id),
+                ("decoder_start_token_id", self.decoder_start_token_id),
+            ],
+        )?;
         crate::guard::probability("dropout_rate", self.dropout_rate as f64)?;
         Ok(())
     }
@@ -314,6 +310,14 @@ pub fn bucket_grid(
         }
     }
     out
+}
+
+/// One head's relative-position bias `[tq, tk]` from a stack's `[buckets, heads]`
+/// table and the pairs' buckets ([`bucket_grid`]).
+pub fn head_bias(table: &[f32], grid: &[u32], heads: usize, h: usize) -> Vec<f32> {
+    grid.iter()
+        .map(|&b| table[b as usize * heads + h])
+        .collect()
 }
 
 #[cfg(test)]

@@ -22,6 +22,40 @@ pub(crate) struct Flat {
 }
 
 impl Flat {
+    /// Buffers holding the tensors `schema` names (in its order, with its shapes), taken
+    /// from `t`, every one trainable; also each tensor's offset by name. A tensor
+    /// missing, of another shape, or left over in `t` is an error.
+    pub fn from_schema(
+        schema: impl IntoIterator<Item = (String, Vec<usize>)>,
+        mut t: Plain,
+    ) -> Result<(Self, std::collections::HashMap<String, usize>)> {
+        let mut tensors = Vec::new();
+        let mut params = Vec::new();
+        let mut at = std::collections::HashMap::new();
+        for (name, shape) in schema {
+            let (vals, s) = t
+                .remove(&name)
+                .ok_or_else(|| Error::Model(format!("tensor {name} is missing")))?;
+            if s != shape {
+                return Err(Error::Model(format!(
+                    "tensor {name} has shape {s:?}, expected {shape:?}"
+                )));
+            }
+            at.insert(name.clone(), params.len());
+            params.extend_from_slice(&vals);
+            tensors.push((name, params.len() - vals.len(), shape));
+        }
+        if !t.is_empty() {
+            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
+            left.sort_unstable();
+            return Err(Error::Model(format!(
+                "unexpected tensors (the config describes fewer layers or other shapes): {}",
+                left.join(", ")
+            )));
+        }
+        Ok((Flat::new(tensors, params, 0), at))
+    }
+
     /// Buffers for `params` (laid out as `tensors` says), trainable from
     /// `trainable_from`.
     pub fn new(
@@ -166,6 +200,40 @@ impl Flat {
         Ok(())
     }
 }
+
+/// A model's accessors to the [`Flat`] in its `flat` field (inside its `impl`): its
+/// parameter count, gradients and parameters by name, and its tensors.
+macro_rules! flat_accessors {
+    () => {
+        /// Number of parameters.
+        pub fn count(&self) -> usize {
+            self.flat.params.len()
+        }
+
+        pub fn gradient(&self, name: &str) -> Option<&[f32]> {
+            self.flat.gradient(name)
+        }
+
+        pub fn param(&self, name: &str) -> Option<&[f32]> {
+            self.flat.param(name)
+        }
+
+        /// Element `i` of the tensor `name`, to change (finite-difference tests).
+        pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+            self.flat.param_mut(name, i)
+        }
+
+        pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
+            self.flat.names()
+        }
+
+        /// Tensors by name, for saving and for the inference engine.
+        pub fn tensors(&self) -> $crate::engine::io::Plain {
+            self.flat.tensors()
+        }
+    };
+}
+pub(crate) use flat_accessors;
 
 /// [`super::fit::Trainable`] for a model whose buffers are a [`Flat`] in its `flat` field.
 macro_rules! trainable_by_flat {

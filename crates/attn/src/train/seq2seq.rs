@@ -13,7 +13,6 @@
 //! Checked against transformers' loss and every parameter gradient
 //! (`tests/engine_parity.rs`).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use super::blocks::{
@@ -252,33 +251,10 @@ impl NativeSeq2Seq {
         Self::from_plain(config, plain)
     }
 
-    fn from_plain(config: MarianConfig, mut t: Plain) -> Result<Self> {
+    fn from_plain(config: MarianConfig, t: Plain) -> Result<Self> {
         config.validate()?;
         let act = Act::of_marian(&config.activation_function)?;
-        let mut tensors = Vec::new();
-        let mut params = Vec::new();
-        let mut at = HashMap::new();
-        for (name, shape, _) in schema(&config) {
-            let (vals, s) = t
-                .remove(&name)
-                .ok_or_else(|| Error::Model(format!("tensor {name} is missing")))?;
-            if s != shape {
-                return Err(Error::Model(format!(
-                    "tensor {name} has shape {s:?}, expected {shape:?}"
-                )));
-            }
-            at.insert(name.clone(), params.len());
-            params.extend_from_slice(&vals);
-            tensors.push((name, params.len() - vals.len(), shape));
-        }
-        if !t.is_empty() {
-            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
-            left.sort_unstable();
-            return Err(Error::Model(format!(
-                "unexpected tensors (the config describes fewer layers or other shapes): {}",
-                left.join(", ")
-            )));
-        }
+        let (flat, at) = Flat::from_schema(schema(&config).into_iter().map(|(n, s, _)| (n, s)), t)?;
         let of = |n: String| at[&n];
         let post = |attn: &str, norm: &str| PostAt {
             proj_w: of(format!("{attn}.out_proj.weight")),
@@ -333,7 +309,7 @@ impl NativeSeq2Seq {
         Ok(NativeSeq2Seq {
             shared: at["model.shared.weight"],
             bias: at["final_logits_bias"],
-            flat: Flat::new(tensors, params, 0),
+            flat,
             enc,
             dec,
             positions,
@@ -357,32 +333,7 @@ impl NativeSeq2Seq {
         }
     }
 
-    /// Number of parameters.
-    pub fn count(&self) -> usize {
-        self.flat.params.len()
-    }
-
-    pub fn gradient(&self, name: &str) -> Option<&[f32]> {
-        self.flat.gradient(name)
-    }
-
-    pub fn param(&self, name: &str) -> Option<&[f32]> {
-        self.flat.param(name)
-    }
-
-    /// Element `i` of the tensor `name`, to change (finite-difference tests).
-    pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
-        self.flat.param_mut(name, i)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
-        self.flat.names()
-    }
-
-    /// Tensors by name, for saving and for the inference engine.
-    pub fn tensors(&self) -> Plain {
-        self.flat.tensors()
-    }
+    super::flat::flat_accessors!();
 
     /// The model as the inference engine runs it (beam search).
     pub fn to_engine(&self) -> Result<crate::engine::Seq2Seq> {

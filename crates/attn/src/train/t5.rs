@@ -12,20 +12,19 @@
 //! weights, each sublayer's output, the MLP's activation and the final norm's output.
 //! Checked against transformers' loss and every parameter gradient (`tests/t5.rs`).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use rayon::prelude::*;
 
 use super::blocks::{
-    drop_in_place, head_backward, head_forward, head_jobs, spans_of, Dims, Job, Scratch,
+    drop_in_place, head_backward, head_forward, head_jobs, spans_of, Act, Dims, Job, Scratch,
 };
 use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::{vmath, Dropout, Rhs};
-use crate::models::t5::{bucket_grid, T5Act, T5Config, T5Ffn};
+use crate::kernels::cpu::{Dropout, Rhs};
+use crate::models::t5::{bucket_grid, head_bias, T5Act, T5Config, T5Ffn};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -266,36 +265,14 @@ fn matmul_nt_backward(
     }
 }
 
-fn act_apply(act: T5Act, xs: &mut [f32]) {
+/// The trainer's activation (forward and backward) of a T5 activation.
+fn act_of(act: T5Act) -> Act {
     match act {
-        T5Act::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
-        T5Act::GeluTanh => vmath::gelu_tanh(xs),
-        T5Act::GeluErf => vmath::gelu_erf(xs),
-        T5Act::Silu => vmath::silu(xs),
+        T5Act::Relu => Act::Relu,
+        T5Act::GeluTanh => Act::GeluTanh,
+        T5Act::GeluErf => Act::GeluErf,
+        T5Act::Silu => Act::Silu,
     }
-}
-
-/// The derivative of the activation at `x`.
-fn act_grad(act: T5Act, x: f32) -> f32 {
-    match act {
-        T5Act::Relu => (x > 0.0) as u8 as f32,
-        T5Act::GeluErf => vmath::gelu_erf_grad(x),
-        T5Act::GeluTanh => {
-            let (c, a) = (vmath::GELU_C, vmath::GELU_A);
-            let x2 = x * x;
-            let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * c * a, -2.0 * c)));
-            (x * (s - s * s)).mul_add(x2.mul_add(6.0 * c * a, 2.0 * c), s)
-        }
-        T5Act::Silu => {
-            let s = 1.0 / (1.0 + vmath::exp(-x));
-            x * (s - s * s) + s
-        }
-    }
-}
-
-/// One head's bias `[tq, tk]` from a `[buckets, heads]` table.
-fn head_bias(table: &[f32], grid: &[u32], nh: usize, h: usize) -> Vec<f32> {
-    grid.iter().map(|&b| table[b as usize * nh + h]).collect()
 }
 
 impl NativeT5 {
@@ -327,33 +304,10 @@ impl NativeT5 {
         Self::from_plain(config, plain)
     }
 
-    fn from_plain(config: T5Config, mut t: Plain) -> Result<Self> {
+    fn from_plain(config: T5Config, t: Plain) -> Result<Self> {
         config.validate()?;
         let ffn = config.ffn()?;
-        let mut tensors = Vec::new();
-        let mut params = Vec::new();
-        let mut at = HashMap::new();
-        for (name, shape, _) in schema(&config) {
-            let (vals, s) = t
-                .remove(&name)
-                .ok_or_else(|| Error::Model(format!("tensor {name} is missing")))?;
-            if s != shape {
-                return Err(Error::Model(format!(
-                    "tensor {name} has shape {s:?}, expected {shape:?}"
-                )));
-            }
-            at.insert(name.clone(), params.len());
-            params.extend_from_slice(&vals);
-            tensors.push((name, params.len() - vals.len(), shape));
-        }
-        if !t.is_empty() {
-            let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
-            left.sort_unstable();
-            return Err(Error::Model(format!(
-                "unexpected tensors (the config describes fewer layers or other shapes): {}",
-                left.join(", ")
-            )));
-        }
+        let (flat, at) = Flat::from_schema(schema(&config).into_iter().map(|(n, s, _)| (n, s)), t)?;
         let of = |n: String| at[&n];
         let gated = matches!(ffn, T5Ffn::Gated(_));
         let layer = |stack: &str, l: usize, decoder: bool| {
@@ -401,7 +355,7 @@ impl NativeT5 {
                 at["encoder.final_layer_norm.weight"],
                 at["decoder.final_layer_norm.weight"],
             ],
-            flat: Flat::new(tensors, params, 0),
+            flat,
             enc,
             dec,
             ffn,
@@ -410,32 +364,7 @@ impl NativeT5 {
         })
     }
 
-    /// Number of parameters.
-    pub fn count(&self) -> usize {
-        self.flat.params.len()
-    }
-
-    pub fn gradient(&self, name: &str) -> Option<&[f32]> {
-        self.flat.gradient(name)
-    }
-
-    pub fn param(&self, name: &str) -> Option<&[f32]> {
-        self.flat.param(name)
-    }
-
-    /// Element `i` of the tensor `name`, to change (finite-difference tests).
-    pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
-        self.flat.param_mut(name, i)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = (&str, &[usize])> {
-        self.flat.names()
-    }
-
-    /// Tensors by name, for saving and for the inference engine.
-    pub fn tensors(&self) -> Plain {
-        self.flat.tensors()
-    }
+    super::flat::flat_accessors!();
 
     /// The model as the inference engine runs it (greedy and beam search).
     pub fn to_engine(&self) -> Result<crate::engine::Seq2Seq> {
@@ -618,14 +547,14 @@ impl NativeT5 {
         match self.ffn {
             T5Ffn::Plain(act) => {
                 g.copy_from_slice(&u);
-                g.par_chunks_mut(4096).for_each(|xs| act_apply(act, xs));
+                g.par_chunks_mut(4096).for_each(|xs| act_of(act).apply(xs));
             }
             T5Ffn::Gated(act) => {
                 g.par_chunks_mut(ff)
                     .zip(u.par_chunks(2 * ff))
                     .for_each(|(o, r)| {
                         o.copy_from_slice(&r[..ff]);
-                        act_apply(act, o);
+                        act_of(act).apply(o);
                         o.iter_mut().zip(&r[ff..]).for_each(|(o, l)| *o *= l);
                     });
             }
@@ -969,27 +898,30 @@ impl NativeT5 {
         let mut du = vec![0f32; n * rows];
         match self.ffn {
             T5Ffn::Plain(act) => {
-                du.par_chunks_mut(4096)
-                    .zip(dg.par_chunks(4096).zip(acts.u.par_chunks(4096)))
-                    .for_each(|(o, (d, u))| {
-                        for ((o, &d), &u) in o.iter_mut().zip(d).zip(u) {
-                            *o = d * act_grad(act, u);
-                        }
-                    });
+                du.copy_from_slice(&dg);
+                act_of(act).grad_mul(&mut du, &acts.u);
             }
             T5Ffn::Gated(act) => {
-                du.par_chunks_mut(2 * ff)
-                    .zip(dg.par_chunks(ff).zip(acts.u.par_chunks(2 * ff)))
-                    .for_each(|(o, (d, u))| {
-                        let (gate, lin) = u.split_at(ff);
-                        let (dgate, dlin) = o.split_at_mut(ff);
-                        let mut ag = gate.to_vec();
-                        act_apply(act, &mut ag);
-                        for i in 0..ff {
-                            dlin[i] = d[i] * ag[i];
-                            dgate[i] = d[i] * lin[i] * act_grad(act, gate[i]);
-                        }
-                    });
+                // m = act(gate) · lin: dlin = dm · act(gate), dgate = dm · lin · act'(gate).
+                let (mut dgate, mut dlin) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+                let mut gate = vec![0f32; n * ff];
+                for (r, u) in acts.u.chunks(2 * ff).enumerate() {
+                    gate[r * ff..(r + 1) * ff].copy_from_slice(&u[..ff]);
+                    let (d, l) = (&dg[r * ff..(r + 1) * ff], &u[ff..]);
+                    for i in 0..ff {
+                        dgate[r * ff + i] = d[i] * l[i];
+                    }
+                }
+                act_of(act).grad_mul(&mut dgate, &gate);
+                gate.par_chunks_mut(4096)
+                    .for_each(|xs| act_of(act).apply(xs));
+                dlin.iter_mut()
+                    .zip(dg.iter().zip(&gate))
+                    .for_each(|(o, (d, a))| *o = d * a);
+                for (r, o) in du.chunks_mut(2 * ff).enumerate() {
+                    o[..ff].copy_from_slice(&dgate[r * ff..(r + 1) * ff]);
+                    o[ff..].copy_from_slice(&dlin[r * ff..(r + 1) * ff]);
+                }
             }
         }
         let mut dh = vec![0f32; n * c];
