@@ -341,25 +341,8 @@ impl NativeSeq2Seq {
     }
 
     fn check(&self, pairs: &[(&[u32], &[u32])]) -> Result<()> {
-        let (v, max) = (self.config.vocab_size, self.config.max_position_embeddings);
-        for (side, seqs) in [
-            ("source", pairs.iter().map(|p| p.0).collect::<Vec<_>>()),
-            ("target", pairs.iter().map(|p| p.1).collect()),
-        ] {
-            for s in seqs {
-                if s.is_empty() {
-                    return Err(Error::invalid(side, "a sentence was given no tokens"));
-                }
-                crate::engine::check_positions(s.len(), max)?;
-                if let Some(&bad) = s.iter().find(|&&id| id as usize >= v) {
-                    return Err(Error::invalid(
-                        side,
-                        format!("id {bad} is outside the vocabulary of {v}"),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        let c = &self.config;
+        check_pairs(pairs, c.vocab_size, Some(c.max_position_embeddings))
     }
 
     fn drops(&self, seed: Option<u64>) -> Drops {
@@ -910,3 +893,28 @@ impl NativeSeq2Seq {
 }
 
 super::flat::trainable_by_flat!(NativeSeq2Seq);
+
+/// Sentence pairs an encoder-decoder can train on: every side has tokens, inside the
+/// vocabulary of `v` and, with positions of their own, within `max` of them.
+pub(crate) fn check_pairs(pairs: &[(&[u32], &[u32])], v: usize, max: Option<usize>) -> Result<()> {
+    for (side, seqs) in [
+        ("source", pairs.iter().map(|p| p.0).collect::<Vec<_>>()),
+        ("target", pairs.iter().map(|p| p.1).collect()),
+    ] {
+        for s in seqs {
+            if s.is_empty() {
+                return Err(Error::invalid(side, "a sentence was given no tokens"));
+            }
+            if let Some(max) = max {
+                crate::engine::check_positions(s.len(), max)?;
+            }
+            if let Some(&bad) = s.iter().find(|&&id| id as usize >= v) {
+                return Err(Error::invalid(
+                    side,
+                    format!("id {bad} is outside the vocabulary of {v}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

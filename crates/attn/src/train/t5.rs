@@ -371,27 +371,6 @@ impl NativeT5 {
         crate::engine::Seq2Seq::from_t5_tensors(self.config.clone(), self.tensors())
     }
 
-    fn check(&self, pairs: &[(&[u32], &[u32])]) -> Result<()> {
-        let v = self.config.vocab_size;
-        for (side, seqs) in [
-            ("source", pairs.iter().map(|p| p.0).collect::<Vec<_>>()),
-            ("target", pairs.iter().map(|p| p.1).collect()),
-        ] {
-            for s in seqs {
-                if s.is_empty() {
-                    return Err(Error::invalid(side, "a sentence was given no tokens"));
-                }
-                if let Some(&bad) = s.iter().find(|&&id| id as usize >= v) {
-                    return Err(Error::invalid(
-                        side,
-                        format!("id {bad} is outside the vocabulary of {v}"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Forward and backward over a batch of (source, target) pairs; the decoder reads
     /// the start token and the target without its last token. Adds the gradient of the
     /// mean (label-smoothed) loss over the batch's target tokens to the accumulated
@@ -423,7 +402,7 @@ impl NativeT5 {
         dropout_seed: Option<u64>,
         backward: bool,
     ) -> Result<f64> {
-        self.check(pairs)?;
+        super::seq2seq::check_pairs(pairs, self.config.vocab_size, None)?;
         let drops = Drops(dropout_seed.and_then(|s| Dropout::new(self.config.dropout_rate, s)));
         let mut scratch = std::mem::take(&mut self.scratch);
         let loss = k::in_pool(|| {
