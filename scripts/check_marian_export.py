@@ -22,6 +22,11 @@ import os
 from transformers import AutoModelForSeq2SeqLM
 
 
+# The characters Rust's str::trim removes (Unicode White_Space).
+RUST_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                   "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -37,7 +42,7 @@ def main():
         [a.attn, "translate", "--model", a.model, "--beam", str(a.beam),
          "--length-penalty", str(a.length_penalty)],
         input="\n".join(lines) + "\n", capture_output=True, text=True, check=True,
-    ).stdout.splitlines()
+    ).stdout.split("\n")[: len(lines)]
 
     torch.set_num_threads(2)
     model, info = AutoModelForSeq2SeqLM.from_pretrained(a.model, output_loading_info=True)
@@ -61,7 +66,9 @@ def main():
                 max_new_tokens=max_len, do_sample=False,
             )[0].tolist()
         theirs = tok.decode([t for t in gen[1:] if t != eos and t != model.config.pad_token_id],
-                            skip_special_tokens=True).strip()
+                            skip_special_tokens=True)
+        # attn writes one line per input: line breaks become spaces, then Rust's trim().
+        theirs = theirs.replace("\n", " ").replace("\r", " ").strip(RUST_WHITESPACE)
         if theirs == mine:
             same += 1
         else:

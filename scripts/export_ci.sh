@@ -68,7 +68,7 @@ paste <(head -n 3000 "$DATA/multi30k/train.de") <(head -n 3000 "$DATA/multi30k/t
 # A T5: span-corruption pre-training on sentences, then fine-tuning on pairs.
 head -n 2000 "$DATA/multi30k/train.en" > "$WORK/docs.txt"
 "$ATTN" pretrain --data "$WORK/docs.txt" --out "$WORK/t5-pre" --holdout 0 --valid-size 50 --arch t5 \
-  --d-model 32 --layers 2 --heads 3 --ffn 48 --vocab-size 600 --max-steps 40 --batch-size 16 \
+  --d-model 36 --layers 2 --heads 3 --ffn 48 --vocab-size 600 --max-steps 40 --batch-size 16 \
   --eval-interval 40 2>/dev/null
 "$ATTN" summarize train --pairs "$WORK/pairs.tsv" --model "$WORK/t5-pre" --out "$WORK/t5" --holdout 50 \
   --valid-size 50 --max-steps 40 --batch-size 16 --eval-interval 40 --bleu-sample 10 2>/dev/null

@@ -414,6 +414,13 @@ fn save_folder(
     write_json(&dir.join(checkpoint::CONFIG), &model.hf_config())
 }
 
+/// A decoded output as one line: line breaks (which a byte-level vocabulary can
+/// produce) become spaces, and the ends are trimmed, so that output line i is input
+/// line i's.
+pub fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ").trim().to_string()
+}
+
 /// The unknown token of character vocabularies.
 pub const UNK: &str = "<unk>";
 
@@ -480,7 +487,7 @@ impl Translator {
             let srcs: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
             let hyps = decode_batch(&self.model, &srcs, &beam)?;
             for ((i, _), h) in chunk.iter().zip(hyps) {
-                out[*i] = self.tokenizer.decode_clean(&h.ids)?.trim().to_string();
+                out[*i] = one_line(&self.tokenizer.decode_clean(&h.ids)?);
             }
         }
         Ok((out, truncated))
