@@ -802,14 +802,20 @@ impl Seq2Seq {
                 max_distance,
                 dec_bias,
                 ..
-            } => jobs
-                .iter()
-                .map(|&(s, hh)| {
-                    let t = tokens[s].len();
-                    let grid = bucket_grid(past[s], t, past[s] + t, false, *buckets, *max_distance);
-                    head_bias(dec_bias, &grid, nh, hh)
-                })
-                .collect(),
+            } => {
+                // One grid of buckets per hypothesis, gathered for each of its heads (jobs
+                // run hypothesis by hypothesis, head by head).
+                let grids: Vec<Vec<u32>> = tokens
+                    .iter()
+                    .zip(&past)
+                    .map(|(t, &p)| {
+                        bucket_grid(p, t.len(), p + t.len(), false, *buckets, *max_distance)
+                    })
+                    .collect();
+                jobs.iter()
+                    .map(|&(s, hh)| head_bias(dec_bias, &grids[s], nh, hh))
+                    .collect()
+            }
             Arch::Marian { .. } => Vec::new(),
         };
         let (scale, pre) = match &self.arch {
