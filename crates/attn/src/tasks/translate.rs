@@ -699,7 +699,6 @@ fn new_model(
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         let ids = tokenizer.add_specials(&refs)?;
         let (pad, eos) = (ids[0], ids[1]);
-        let heads = cfg.heads;
         let t5 = T5Config {
             dropout_rate: cfg.dropout,
             pad_token_id: pad,
@@ -710,7 +709,7 @@ fn new_model(
                 tokenizer.vocab_size(),
                 cfg.d_model,
                 cfg.layers,
-                heads,
+                cfg.heads,
                 cfg.ffn,
             )
         };

@@ -114,13 +114,6 @@ impl EncDecModel {
         }
     }
 
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            EncDecModel::Marian(m) => m.config.vocab_size,
-            EncDecModel::T5(m) => m.config.vocab_size,
-        }
-    }
-
     /// The longest sequence its positions allow (`None`: relative positions).
     pub fn context(&self) -> Option<usize> {
         match self {
