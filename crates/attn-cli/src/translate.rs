@@ -108,6 +108,10 @@ pub(crate) struct TrainArgs {
     /// (every character of the training text: Chinese, for instance).
     #[arg(long, default_value = "bpe")]
     vocab: String,
+    /// A new model's vocabulary from this tokenizer.json (another run's, say, so that
+    /// two models share one vocabulary) instead of one built from the training text.
+    #[arg(long, conflicts_with = "model")]
+    tokenizer: Option<PathBuf>,
     /// Span corruption: the fraction of tokens hidden (pretrain).
     #[arg(long, default_value_t = 0.15)]
     noise_density: f64,
@@ -385,6 +389,7 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result
         .into()
     });
     cfg.init = a.model.clone();
+    cfg.tokenizer = a.tokenizer.clone();
     cfg.metric = match task {
         Task::Translate => "bleu",
         Task::Summarize => "rouge",
@@ -402,6 +407,7 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result
         &a.valid_src,
         &a.valid_tgt,
         &a.model,
+        &a.tokenizer,
     ]
     .into_iter()
     .flatten()

@@ -168,3 +168,72 @@ fn a_t5_learns_the_mapping_with_characters_and_reloads() {
     let (ids, _) = t.encode_src("red ☃ cat").unwrap();
     assert!(ids.contains(&t.tokenizer.inner().token_to_id("<unk>").unwrap()));
 }
+
+#[test]
+fn a_new_model_can_take_its_vocabulary_from_a_given_tokenizer() {
+    // Two runs that must share one vocabulary (a pre-training and the model trained
+    // from scratch it is compared with): the second reads the first's tokenizer.json
+    // instead of building its own from its (different) training text.
+    let dir = common::temp_dir("translate-given-tokenizer");
+    let given =
+        attn::tokenizer::Tokenizer::train_char_with_unk_named("abc ☃✓xyz", "<unk>").unwrap();
+    let path = dir.join("given.json");
+    given.save(&path).unwrap();
+    let cfg = TranslateConfig {
+        d_model: 16,
+        layers: 1,
+        heads: 2,
+        ffn: 16,
+        max_len: 16,
+        max_steps: 2,
+        batch_size: 4,
+        eval_interval: 2,
+        bleu_sample: 4,
+        arch: "t5".into(),
+        vocab: "char".into(),
+        metric: "loss".into(),
+        tokenizer: Some(path.clone()),
+        ..Default::default()
+    };
+    let (tr, va) = (pairs(20, 1), pairs(4, 2));
+    let data = serde_json::Value::Null;
+    let out = dir.join("run");
+    train(
+        &cfg,
+        &tr,
+        &va,
+        &out,
+        Begin::New { data: &data },
+        &mut |_| {},
+    )
+    .unwrap();
+    let t = Translator::load(&out).unwrap();
+    // Every token of the given vocabulary keeps its id (☃ and ✓ never occur in the
+    // training pairs, so a vocabulary built from them would lack both), and T5's
+    // specials come after: <pad>, </s> and 100 sentinels (<unk> was there already).
+    for tok in ["a", "☃", "✓", "z", "<unk>"] {
+        assert_eq!(
+            t.tokenizer.token_to_id(tok),
+            given.token_to_id(tok),
+            "{tok}"
+        );
+    }
+    assert_eq!(t.tokenizer.vocab_size(), given.vocab_size() + 102);
+    assert_eq!(t.model.spec.vocab_size, t.tokenizer.vocab_size());
+    // A fine-tuned model keeps its own folder's tokenizer: both together are refused.
+    let both = TranslateConfig {
+        init: Some(out.clone()),
+        ..cfg
+    };
+    let err = train(
+        &both,
+        &tr,
+        &va,
+        &dir.join("r2"),
+        Begin::New { data: &data },
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tokenizer"), "{err}");
+}

@@ -147,6 +147,12 @@ pub struct TranslateConfig {
     /// of tokens masked and the mean length of a masked span.
     #[serde(default)]
     pub span_corruption: Option<(f64, f64)>,
+    /// A new model's vocabulary read from this `tokenizer.json` instead of built from
+    /// the training text (`vocab` is then unused): two runs that should share one
+    /// vocabulary, such as a pre-training and a model trained from scratch to compare
+    /// it with. The family's special tokens are added when it lacks them.
+    #[serde(default)]
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 fn auto() -> String {
@@ -198,6 +204,7 @@ impl Default for TranslateConfig {
             metric: bleu(),
             init: None,
             span_corruption: None,
+            tokenizer: None,
         }
     }
 }
@@ -248,6 +255,12 @@ impl TranslateConfig {
                     format!("{v:?} is not one of {}", ok.join(", ")),
                 ));
             }
+        }
+        if self.init.is_some() && self.tokenizer.is_some() {
+            return Err(Error::invalid(
+                "tokenizer",
+                "a fine-tuned model keeps its folder's tokenizer; give either a model or a tokenizer",
+            ));
         }
         if let Some((density, span)) = self.span_corruption {
             if !(density > 0.0 && density < 1.0 && span >= 1.0 && span.is_finite()) {
@@ -686,6 +699,7 @@ fn new_model(
         .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
         .collect();
     let mut tokenizer = match cfg.vocab.as_str() {
+        _ if cfg.tokenizer.is_some() => Tokenizer::from_file(cfg.tokenizer.as_ref().unwrap())?,
         // Characters the training text lacks read as <unk> (validation and test text
         // meets new ones).
         "char" => Tokenizer::train_char_with_unk_named(&corpus, UNK)?,
