@@ -694,16 +694,20 @@ fn new_model(
     train: &[Pair],
     rng: &mut Rng,
 ) -> Result<(Tokenizer, EncDecModel)> {
-    let corpus: String = train
-        .iter()
-        .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
-        .collect();
-    let mut tokenizer = match cfg.vocab.as_str() {
-        _ if cfg.tokenizer.is_some() => Tokenizer::from_file(cfg.tokenizer.as_ref().unwrap())?,
-        // Characters the training text lacks read as <unk> (validation and test text
-        // meets new ones).
-        "char" => Tokenizer::train_char_with_unk_named(&corpus, UNK)?,
-        _ => Tokenizer::train_bpe(&corpus, cfg.vocab_size)?,
+    let mut tokenizer = match &cfg.tokenizer {
+        Some(path) => Tokenizer::from_file(path)?,
+        None => {
+            let corpus: String = train
+                .iter()
+                .flat_map(|p| [p.src.as_str(), "\n", p.tgt.as_str(), "\n"])
+                .collect();
+            match cfg.vocab.as_str() {
+                // Characters the training text lacks read as <unk> (validation and
+                // test text meets new ones).
+                "char" => Tokenizer::train_char_with_unk_named(&corpus, UNK)?,
+                _ => Tokenizer::train_bpe(&corpus, cfg.vocab_size)?,
+            }
+        }
     };
     if cfg.arch == "t5" {
         // T5's conventions: the decoder starts from <pad>, and sentinels for span
