@@ -2,6 +2,7 @@
 # Summarization example and the pre-training experiment of attn's T5: Tang poems,
 # body -> title (a headline task in Chinese), characters as tokens.
 #
+#   [MODEL="--d-model D --layers L --heads H --ffn F"] \
 #   scripts/tang_summarize.sh [WORKDIR] [FINETUNE_STEPS] [PRETRAIN_STEPS] [SOURCE_LEN]
 #
 # SOURCE_LEN (default 96) caps a poem at that many characters (end-of-sentence included)
@@ -22,7 +23,9 @@ LEN=${4:-96}
 ATTN=${ATTN:-$ROOT/target/release/attn}
 [ -x "$ATTN" ] || (cd "$ROOT" && cargo build --release -p attn-cli)
 python3 "$ROOT/scripts/tang_titles.py" "$W"
-SIZE=(--d-model 256 --layers 4 --heads 4 --ffn 512 --batch-size 32 --lr 1e-3 --warmup 200 --seed 7)
+# MODEL (environment) overrides the model's shape, e.g. MODEL="--d-model 128 --layers 2 --heads 4 --ffn 256".
+read -r -a SHAPE <<< "${MODEL:---d-model 256 --layers 4 --heads 4 --ffn 512}"
+SIZE=("${SHAPE[@]}" --batch-size 32 --lr 1e-3 --warmup 200 --seed 7)
 FINE=(--pairs "$W/train.tsv" --valid-src "$W/valid.src" --valid-tgt "$W/valid.tgt"
       --max-len "$LEN" --max-steps "$FT" --eval-interval 500 --bleu-sample 1000)
 
