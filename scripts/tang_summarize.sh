@@ -25,7 +25,8 @@ ATTN=${ATTN:-$ROOT/target/release/attn}
 python3 "$ROOT/scripts/tang_titles.py" "$W"
 # MODEL (environment) overrides the model's shape, e.g. MODEL="--d-model 128 --layers 2 --heads 4 --ffn 256".
 read -r -a SHAPE <<< "${MODEL:---d-model 256 --layers 4 --heads 4 --ffn 512}"
-SIZE=("${SHAPE[@]}" --batch-size 32 --lr 1e-3 --warmup 200 --seed 7)
+RECIPE=(--batch-size 32 --lr 1e-3 --warmup 200 --seed 7)
+SIZE=("${SHAPE[@]}" "${RECIPE[@]}")
 FINE=(--pairs "$W/train.tsv" --valid-src "$W/valid.src" --valid-tgt "$W/valid.tgt"
       --max-len "$LEN" --max-steps "$FT" --eval-interval 500 --bleu-sample 1000)
 
@@ -39,7 +40,7 @@ run "$ATTN" pretrain --data "$W/train_bodies.txt" "${SIZE[@]}" --arch t5 --token
   --max-len "$LEN" --max-steps "$PT" --eval-interval 2000 --holdout 0 --valid-size 1000 \
   --out "$W/pretrained" --overwrite --json > "$W/pretrained.json"
 echo "== (b) fine-tuning the pre-trained model: $FT steps" >&2
-run "$ATTN" summarize train "${FINE[@]}" --batch-size 32 --lr 1e-3 --warmup 200 --seed 7 \
+run "$ATTN" summarize train "${FINE[@]}" "${RECIPE[@]}" \
   --model "$W/pretrained" --out "$W/finetuned" --overwrite --json > "$W/finetuned.json"
 
 for m in scratch finetuned; do
