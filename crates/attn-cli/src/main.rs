@@ -108,9 +108,23 @@ pub fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
 
+/// A reader that closes stdout early (`attn eval rouge --sentence ... | head`) ends the
+/// process quietly, as it ends other Unix tools, instead of making `println!` panic.
+/// Not for the server: it writes to sockets and must outlive clients that hang up.
+fn default_sigpipe() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: restores the signal's default disposition; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        default_sigpipe();
+    }
     let result = match cli.command {
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),

@@ -534,3 +534,42 @@ fn bench_reports_tokens_per_second() {
     assert_eq!(v["new_tokens"], 8);
     assert!(v["tokens_per_sec"].as_f64().unwrap() > 0.0);
 }
+
+/// A reader that stops early (`| head`) ends attn quietly, as it ends other Unix tools:
+/// no panic from printing to a closed pipe.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = temp("pipe");
+    // Per-line scores of 20,000 lines: far more than a pipe's buffer holds.
+    let text = "the cat sat on the mat\n".repeat(20_000);
+    let f = dir.join("lines.txt");
+    std::fs::write(&f, text).unwrap();
+    let f = f.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attn"))
+        .args([
+            "eval",
+            "rouge",
+            "--hyp",
+            f,
+            "--ref",
+            f,
+            "--sentence",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("rouge1"), "{first}");
+    // The reader is gone; attn must not panic writing the rest.
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
