@@ -518,25 +518,26 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result
             if e.best { " (best, saved)" } else { "" }
         ),
     })?;
+    // The task's own name and sign for the best score (the loss, not minus it).
+    let (metric, key, best) = match task {
+        Task::Translate => ("BLEU", "best_val_bleu", summary.best_score),
+        Task::Summarize => ("ROUGE-L", "best_val_rouge_l", summary.best_score),
+        Task::Pretrain => ("loss", "best_val_loss", -summary.best_score),
+    };
     eprintln!(
-        "best val {} {:.2} at step {}; {:.1}M parameters; {:.0} s of training; model in {}",
-        match task {
-            Task::Translate => "BLEU",
-            Task::Summarize => "ROUGE-L",
-            Task::Pretrain => "loss",
-        },
-        if task == Task::Pretrain {
-            -summary.best_val_bleu
-        } else {
-            summary.best_val_bleu
-        },
+        "best val {metric} {best:.2} at step {}; {:.1}M parameters; {:.0} s of training; model in {}",
         summary.best_step,
         summary.parameters as f64 / 1e6,
         summary.train_seconds,
         a.out.display()
     );
     if a.json {
-        crate::print_json(&serde_json::to_value(&summary).unwrap());
+        let mut v = serde_json::to_value(&summary).unwrap();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("best_score");
+            o.insert(key.into(), best.into());
+        }
+        crate::print_json(&v);
     }
     Ok(())
 }

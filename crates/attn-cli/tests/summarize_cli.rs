@@ -102,14 +102,20 @@ fn pretraining_resumes_exactly_and_fine_tunes_into_a_summarizer() {
     let (straight, stopped) = (dir.join("straight"), dir.join("stopped"));
     pre(&straight, "18");
     pre(&stopped, "12");
-    ok(&[
+    let o = ok(&[
         "pretrain",
         "--resume",
         "--out",
         stopped.to_str().unwrap(),
         "--max-steps",
         "18",
+        "--json",
     ]);
+    // The summary names the pre-training's measure: the loss itself, not minus it.
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let loss = summary["best_val_loss"].as_f64().unwrap();
+    assert!(loss > 0.0 && loss.is_finite(), "{summary}");
+    assert!(summary.get("best_val_bleu").is_none(), "{summary}");
     let log = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
     assert_eq!(log(&stopped).lines().count(), 3, "{}", log(&stopped));
     assert!(log(&stopped).contains("val_loss"));
@@ -149,6 +155,8 @@ fn pretraining_resumes_exactly_and_fine_tunes_into_a_summarizer() {
     ]);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["steps"], 12);
+    assert!(summary["best_val_rouge_l"].as_f64().is_some(), "{summary}");
+    assert!(summary.get("best_val_bleu").is_none(), "{summary}");
     assert!(log(&sum).contains("val_rouge_l"), "{}", log(&sum));
     let held = sum.join("holdout.src");
     let o = attn(

@@ -547,8 +547,9 @@ pub type TranslateEvent<'a> = Event<'a, TranslateEval>;
 #[derive(Debug, Clone, Serialize)]
 pub struct TranslateSummary {
     pub steps: usize,
-    /// The best evaluation's score: BLEU, ROUGE-L F1 ×100, or minus the loss.
-    pub best_val_bleu: f64,
+    /// The best evaluation's score: BLEU, ROUGE-L F1 ×100, or minus the loss (what
+    /// [`TranslateEval::score`] gives for the task).
+    pub best_score: f64,
     pub best_step: usize,
     pub parameters: usize,
     pub train_seconds: f64,
@@ -923,7 +924,7 @@ pub fn train(
     run.fit(&mut job, on_event)?;
     Ok(TranslateSummary {
         steps: run.progress.step,
-        best_val_bleu: run.progress.best.unwrap_or(f64::NAN),
+        best_score: run.progress.best.unwrap_or(f64::NAN),
         best_step: run.progress.best_step,
         parameters: job.model.count(),
         train_seconds: run.progress.train_seconds,
