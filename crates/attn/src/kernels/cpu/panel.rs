@@ -656,9 +656,12 @@ pub fn matmul_tn(
 ) {
     // Short sums read xt in place; long ones pack it first (measured: in place is
     // faster at 768 steps, packing at 2048, where the block's reads spaced ld apart
-    // miss cache often enough to cost more than one packing pass).
+    // miss cache often enough to cost more than one packing pass). AVX2 always packs:
+    // its kernel reads each step's inputs twice (once per half of the panel), and
+    // packed they are one sequential stream (`examples/gemm_speed.rs`, 384 × 128 ×
+    // 384 and 384 × 512 × 128: 96 GFLOP/s packed, 92 and 87 in place).
     let mb = tn_block();
-    if k < 1024 {
+    if k < in_place_steps() {
         let x = |b: usize, c0: usize, _: usize| (&xt[c0 * ld + b * mb..], ld);
         return tn_tasks(n, rows, k, (panels, NR), out, accumulate, ones, &x);
     }
@@ -703,13 +706,25 @@ pub fn matmul_tn_unpacked(
     accumulate: bool,
     ones: bool,
 ) -> Option<()> {
-    if k >= 1024 || !rows.is_multiple_of(NR) {
+    if k >= in_place_steps() || !rows.is_multiple_of(NR) {
         return None;
     }
     let mb = tn_block();
     let x = |b: usize, c0: usize, _: usize| (&xt[c0 * ld + b * mb..], ld);
     tn_tasks(n, rows, k, (wt, rows), out, accumulate, ones, &x);
     Some(())
+}
+
+/// The longest sums that the transposed products read in place rather than pack: 1024
+/// steps, but none with AVX2, where reading the right-hand matrix in place ran the
+/// weight gradients at 71–87 GFLOP/s a core against 87–92 packed (`examples/gemm_speed.rs`
+/// 384 128 384, 384 512 128 and 768 384 1152; AVX-512 100–113 either way, in place a
+/// little ahead).
+fn in_place_steps() -> usize {
+    match isa() {
+        Isa::Avx2 => 0,
+        _ => 1024,
+    }
 }
 
 /// One step of one block of packed columns: `dst = src` (at most 12 values), as
@@ -1217,7 +1232,7 @@ mod tests {
                 }
                 let mut out2 = vec![0.25f32; out_rows * rows];
                 let done = matmul_tn_unpacked(&xt, n, n, rows, k, &wt, &mut out2, true, ones);
-                assert_eq!(done.is_some(), k < 1024 && rows % NR == 0);
+                assert_eq!(done.is_some(), k < in_place_steps() && rows % NR == 0);
                 if done.is_some() {
                     for (a, b) in out.iter().zip(&out2) {
                         assert!(
