@@ -1,11 +1,12 @@
 //! Speed of the training step's matrix products at one shape, for comparing instruction
 //! sets (`ATTN_ISA=avx2` caps the choice):
 //! `cargo run --release -p attn --example gemm_speed -- M K N [THREADS] [REPEATS]`.
-//! Times `y [M, N] = x [M, K] · Wᵀ` (the forward product, `W [N, K]` as stored), `dx [M,
-//! K] = dy · W` (the input gradient), `dW [N, K] += dyᵀ · x` (the weight gradient of
-//! `W` stored `[out, in]`, as Llama's and BERT's) and `dW [K, N] += xᵀ · dy` with the
-//! bias gradient (stored `[in, out]`, as GPT-2's) on a pool of THREADS threads (default 1: the trainer gives each thread its own shard)
-//! and prints the best of REPEATS (default 50) for each, in GFLOP/s.
+//! Times `y [M, N] = x [M, K] · Wᵀ` (the forward product, `W [N, K]` as stored),
+//! `dx [M, K] = dy · W` (the input gradient), `dW [N, K] += dyᵀ · x` (the weight
+//! gradient of `W` stored `[out, in]`, as Llama's and BERT's) and `dW [K, N] += xᵀ · dy`
+//! with the bias gradient (stored `[in, out]`, as GPT-2's) on a pool of THREADS threads
+//! (default 1: the trainer gives each thread its own shard), and prints the best of
+//! REPEATS (default 50) for each, in GFLOP/s.
 
 use std::time::Instant;
 

@@ -656,10 +656,7 @@ pub fn matmul_tn(
 ) {
     // Short sums read xt in place; long ones pack it first (measured: in place is
     // faster at 768 steps, packing at 2048, where the block's reads spaced ld apart
-    // miss cache often enough to cost more than one packing pass). AVX2 always packs:
-    // its kernel reads each step's inputs twice (once per half of the panel), and
-    // packed they are one sequential stream (`examples/gemm_speed.rs`, 384 × 128 ×
-    // 384 and 384 × 512 × 128: 96 GFLOP/s packed, 92 and 87 in place).
+    // miss cache often enough to cost more than one packing pass); see in_place_steps.
     let mb = tn_block();
     if k < in_place_steps() {
         let x = |b: usize, c0: usize, _: usize| (&xt[c0 * ld + b * mb..], ld);
@@ -716,10 +713,11 @@ pub fn matmul_tn_unpacked(
 }
 
 /// The longest sums that the transposed products read in place rather than pack: 1024
-/// steps, but none with AVX2, where reading the right-hand matrix in place ran the
-/// weight gradients at 71–87 GFLOP/s a core against 87–92 packed (`examples/gemm_speed.rs`
-/// 384 128 384, 384 512 128 and 768 384 1152; AVX-512 100–113 either way, in place a
-/// little ahead).
+/// steps, but none with AVX2, whose kernel reads each step's inputs twice (once per
+/// half of the panel); packed, they are one sequential stream. Weight gradients with
+/// AVX2 ran at 71–87 GFLOP/s a core in place against 86–97 packed
+/// (`examples/gemm_speed.rs` 384 128 384, 384 512 128 and 768 384 1152); AVX-512 runs
+/// at 100–113 either way, in place a little ahead.
 fn in_place_steps() -> usize {
     match isa() {
         Isa::Avx2 => 0,
