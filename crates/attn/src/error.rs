@@ -34,6 +34,9 @@ pub enum Error {
     /// The tokenizer could not do what was asked.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A compute device (a GPU) is missing, or failed.
+    #[error("{0}")]
+    Device(String),
 }
 
 impl Error {

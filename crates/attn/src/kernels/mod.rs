@@ -14,6 +14,7 @@
 //! sibling module of `cpu`; model code chooses the backend once, not per operation.
 
 pub mod cpu;
+pub mod cuda;
 
 pub use cpu::quant::{QMatrix, WeightType};
 pub use cpu::{in_pool, isa_name};

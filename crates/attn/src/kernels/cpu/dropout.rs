@@ -47,6 +47,16 @@ impl Dropout {
         }
     }
 
+    /// The drop threshold on the hash's top 32 bits (`p · 2³²`), for other backends.
+    pub fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
+    /// The factor kept elements are scaled by, `1/(1−p)`.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
     /// The mask value of element `i`: 0 or `1/(1−p)`.
     #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {
