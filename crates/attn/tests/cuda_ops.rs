@@ -7,7 +7,7 @@
 //! `ATTN_REQUIRE_GPU=1` a missing GPU fails it instead (the device script sets this).
 
 use attn::kernels::cpu::{self, Dropout, Heads, Rhs};
-use attn::kernels::cuda::{Buf, Gpu};
+use attn::kernels::cuda::{Buf, Gpu, Precision};
 
 /// Fresh values in [−1, 1) from a xorshift seeded per call.
 fn rand(n: usize, seed: u64) -> Vec<f32> {
@@ -130,6 +130,22 @@ fn gemms(c: &mut Check) {
             .unwrap();
         c.gpu.mul_into(&g2, &out, m * n).unwrap();
         c.same("(dy·w) ⊙ gelu'", &g2, &want2, 1e-4);
+        // The tensor cores' arithmetic for f32 buffers: TF32 (10-bit mantissas) and bf16
+        // (8-bit) operands with f32 sums; their rounding bounds the error.
+        for (p, bound) in [(Precision::Tf32, 2e-3), (Precision::Bf16, 1e-2)] {
+            cpu::gemm(&a, m, k, n, Rhs::Nt(&bt), &mut want, &mut panels);
+            c.gpu.set_precision(p);
+            c.gpu
+                .gemm(false, true, m, n, k, &ga, &gbt, &out, false)
+                .unwrap();
+            c.gpu.set_precision(Precision::F32);
+            c.same(
+                &format!("{} gemm {m}x{k}·({n}x{k})ᵀ", p.name()),
+                &out,
+                &want,
+                bound,
+            );
+        }
         // bf16 operands, f32 accumulation.
         cpu::gemm(&a, m, k, n, Rhs::Nn(&b), &mut want, &mut panels);
         let (ha, hb) = (c.gpu.to_bf16(&ga).unwrap(), c.gpu.to_bf16(&gb).unwrap());

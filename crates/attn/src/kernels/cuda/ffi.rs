@@ -32,6 +32,7 @@ pub const CUBLAS_OP_T: c_int = 1;
 pub const CUDA_R_32F: c_int = 0;
 pub const CUDA_R_16BF: c_int = 14;
 pub const CUBLAS_COMPUTE_32F: c_int = 68;
+pub const CUBLAS_COMPUTE_32F_FAST_TF32: c_int = 77;
 pub const CUBLAS_GEMM_DEFAULT: c_int = -1;
 
 /// An opened shared library; never closed (the functions taken from it live as long as
@@ -168,6 +169,7 @@ table!(
     /// cuBLAS (column-major matrix products).
     Cublas {
         cublasCreate_v2: fn(*mut cublasHandle_t) -> c_int;
+        cublasDestroy_v2: fn(cublasHandle_t) -> c_int;
         cublasSgemm_v2: fn(
             cublasHandle_t, c_int, c_int, c_int, c_int, c_int, *const f32, *const f32, c_int,
             *const f32, c_int, *const f32, *mut f32, c_int
@@ -175,6 +177,11 @@ table!(
         cublasSgemmStridedBatched: fn(
             cublasHandle_t, c_int, c_int, c_int, c_int, c_int, *const f32, *const f32, c_int,
             i64, *const f32, c_int, i64, *const f32, *mut f32, c_int, i64, c_int
+        ) -> c_int;
+        cublasGemmStridedBatchedEx: fn(
+            cublasHandle_t, c_int, c_int, c_int, c_int, c_int, *const c_void, *const c_void,
+            c_int, c_int, i64, *const c_void, c_int, c_int, i64, *const c_void, *mut c_void,
+            c_int, c_int, i64, c_int, c_int, c_int
         ) -> c_int;
         cublasGemmEx: fn(
             cublasHandle_t, c_int, c_int, c_int, c_int, c_int, *const c_void, *const c_void,

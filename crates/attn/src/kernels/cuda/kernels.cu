@@ -54,6 +54,11 @@ extern "C" __global__ void add_bias(float* y, const float* b, i64 m, int n) {
     EACH(i, m * n) y[i] += b[i % n];
 }
 
+// out[i] = a[i] + b[i]
+extern "C" __global__ void add(float* out, const float* a, const float* b, i64 n) {
+    EACH(i, n) out[i] = a[i] + b[i];
+}
+
 // out[i] += a[i]
 extern "C" __global__ void add_into(float* out, const float* a, i64 n) { EACH(i, n) out[i] += a[i]; }
 

@@ -116,6 +116,94 @@ fn info(api: &Api, ordinal: usize) -> Result<DeviceInfo> {
     }
 }
 
+/// The arithmetic of the matrix products (everything else is f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// IEEE f32: the CPU engine's results to rounding.
+    F32,
+    /// f32 operands rounded to TF32 (10-bit mantissas) on the tensor cores, f32 sums.
+    Tf32,
+    /// Operands rounded to bf16 (8-bit mantissas) on the tensor cores, f32 sums and
+    /// results; weights, gradients and optimizer state stay f32 (mixed precision).
+    Bf16,
+}
+
+impl Precision {
+    /// `f32`, `tf32` or `bf16`; `auto` is bf16 on GPUs with bf16 tensor cores (compute
+    /// capability 8.0 and later) and f32 on others.
+    pub fn parse(s: &str, gpu: &Gpu) -> Result<Precision> {
+        Ok(match s {
+            "f32" => Precision::F32,
+            "tf32" => Precision::Tf32,
+            "bf16" => Precision::Bf16,
+            "auto" if gpu.info().capability.0 >= 8 => Precision::Bf16,
+            "auto" => Precision::F32,
+            _ => {
+                return Err(Error::invalid(
+                    "--dtype",
+                    format!("{s:?}: expected auto, f32, tf32 or bf16"),
+                ))
+            }
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Where a command runs, as `--device` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// A CUDA GPU when one is found (GPU 0), else the CPU.
+    Auto,
+    Cpu,
+    /// CUDA GPU `n` (`cuda` is `cuda:0`); an error when there is none.
+    Cuda(usize),
+}
+
+impl Device {
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(s: &str) -> Result<Device> {
+        let bad = || {
+            Error::invalid(
+                "--device",
+                format!("{s:?}: expected auto, cpu, cuda or cuda:N (N a GPU number)"),
+            )
+        };
+        Ok(match s {
+            "auto" => Device::Auto,
+            "cpu" => Device::Cpu,
+            "cuda" | "gpu" => Device::Cuda(0),
+            _ => Device::Cuda(
+                s.strip_prefix("cuda:")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(bad)?,
+            ),
+        })
+    }
+
+    /// The GPU to run on: `None` for the CPU (asked for, or `auto` finding no GPU);
+    /// `cuda` without a usable GPU is an error saying why.
+    pub fn open(self) -> Result<Option<Gpu>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(n) => Gpu::open(n).map(Some),
+            Device::Auto => Ok(Gpu::open(0).ok()),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Device> {
+        Device::parse(s)
+    }
+}
+
 /// Versions of the driver, NVRTC and cuBLAS found, for logs.
 pub fn versions() -> Result<String> {
     let api = Api::get().map_err(|e| err("CUDA", e))?;
@@ -137,7 +225,23 @@ pub struct Buf<T> {
     ptr: CUdeviceptr,
     len: usize,
     ctx: CUcontext,
+    /// Freed on drop (a [`View`] or a scratch buffer is not).
+    owned: bool,
     _t: PhantomData<T>,
+}
+
+/// Part of a [`Buf`], usable wherever a buffer is (it derefs to one), borrowing the
+/// buffer it was cut from.
+pub struct View<'a, T> {
+    buf: Buf<T>,
+    _of: PhantomData<&'a Buf<T>>,
+}
+
+impl<T> std::ops::Deref for View<'_, T> {
+    type Target = Buf<T>;
+    fn deref(&self) -> &Buf<T> {
+        &self.buf
+    }
 }
 
 impl<T> Buf<T> {
@@ -146,6 +250,24 @@ impl<T> Buf<T> {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    /// Values `off..off + len`.
+    pub fn view(&self, off: usize, len: usize) -> View<'_, T> {
+        assert!(
+            off + len <= self.len,
+            "view {off}+{len} of a buffer of {}",
+            self.len
+        );
+        View {
+            buf: Buf {
+                ptr: self.at(off),
+                len,
+                ctx: self.ctx,
+                owned: false,
+                _t: PhantomData,
+            },
+            _of: PhantomData,
+        }
     }
     /// The device address of element `i` (for the kernels' arguments).
     fn at(&self, i: usize) -> CUdeviceptr {
@@ -156,6 +278,9 @@ impl<T> Buf<T> {
 
 impl<T> Drop for Buf<T> {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Ok(api) = Api::get() {
             // SAFETY: the context that allocated the buffer, and the buffer's own address.
             unsafe {
@@ -183,6 +308,11 @@ pub struct Gpu {
     info: DeviceInfo,
     funcs: HashMap<String, CUfunction>,
     blas: ffi::cublasHandle_t,
+    /// Scratch buffers of the operations, by slot, grown on demand and reused: the
+    /// work is queued in order on one stream, so a later call's use of a slot waits
+    /// for the earlier one's (and freeing one to grow it waits for the device).
+    scratch: std::cell::RefCell<Vec<Option<Buf<f32>>>>,
+    precision: std::cell::Cell<Precision>,
 }
 
 // SAFETY: the context and handles are plain identifiers the driver lets any thread use
@@ -272,6 +402,7 @@ fn cubin(api: &Api, arch: (i32, i32)) -> Result<&'static [u8]> {
 /// The kernels `kernels.cu` defines (each looked up once when a GPU is opened).
 const KERNELS: &[&str] = &[
     "fill",
+    "add",
     "add_bias",
     "add_into",
     "mul_into",
@@ -297,6 +428,21 @@ const KERNELS: &[&str] = &[
     "rope",
     "to_bf16",
 ];
+
+/// Scratch slots (see [`Gpu::scratch`]).
+const S_PART: usize = 0;
+const S_LOSS: usize = 1;
+const S_Q: usize = 2;
+const S_K: usize = 3;
+const S_V: usize = 4;
+const S_DROPPED: usize = 5;
+const S_YH: usize = 6;
+const S_DP: usize = 7;
+const S_DV: usize = 8;
+const S_DQ: usize = 9;
+const S_DK: usize = 10;
+const S_HA: usize = 11;
+const S_HB: usize = 12;
 
 /// Threads per block of the elementwise kernels, and of the row kernels.
 const THREADS: u32 = 256;
@@ -379,11 +525,22 @@ impl Gpu {
             info,
             funcs,
             blas,
+            scratch: Default::default(),
+            precision: std::cell::Cell::new(Precision::F32),
         })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// The arithmetic of the matrix products from now on (f32 when opened).
+    pub fn set_precision(&self, p: Precision) {
+        self.precision.set(p);
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision.get()
     }
 
     fn bind(&self) -> Result<()> {
@@ -442,6 +599,28 @@ impl Gpu {
             ptr,
             len: n,
             ctx: self.ctx,
+            owned: true,
+            _t: PhantomData,
+        })
+    }
+
+    /// Scratch slot `slot` with room for `n` f32 values (or `n / 2` f64), as a buffer
+    /// that is not freed on drop; its contents are whatever the slot last held.
+    fn scratch(&self, slot: usize, n: usize) -> Result<Buf<f32>> {
+        let mut pool = self.scratch.borrow_mut();
+        if pool.len() <= slot {
+            pool.resize_with(slot + 1, || None);
+        }
+        if pool[slot].as_ref().is_none_or(|b| b.len < n) {
+            pool[slot] = None; // free the smaller one first
+            pool[slot] = Some(self.alloc::<f32>(n)?);
+        }
+        let b = pool[slot].as_ref().unwrap();
+        Ok(Buf {
+            ptr: b.ptr,
+            len: n,
+            ctx: self.ctx,
+            owned: false,
             _t: PhantomData,
         })
     }
@@ -613,6 +792,56 @@ impl Gpu {
         let ldb = if tb { k } else { n };
         let lda = if ta { m } else { k };
         let blas = &self.api.blas;
+        let precision = self.precision.get();
+        if precision != Precision::F32 {
+            // The operands as they are (TF32) or rounded to bf16 in scratch.
+            let (a, b, kind, compute) = match precision {
+                Precision::Bf16 => {
+                    let na = sa * (batch - 1) + m * k;
+                    let nb = sb * (batch - 1) + k * n;
+                    let ha = self.scratch(S_HA, na.div_ceil(2))?;
+                    let hb = self.scratch(S_HB, nb.div_ceil(2))?;
+                    for (src, dst, len) in [(a, ha.ptr, na), (b, hb.ptr, nb)] {
+                        self.each(
+                            "to_bf16",
+                            len,
+                            &mut [Arg::P(src), Arg::P(dst), Arg::L(len as i64)],
+                        )?;
+                    }
+                    (ha.ptr, hb.ptr, ffi::CUDA_R_16BF, ffi::CUBLAS_COMPUTE_32F)
+                }
+                _ => (a, b, ffi::CUDA_R_32F, ffi::CUBLAS_COMPUTE_32F_FAST_TF32),
+            };
+            // SAFETY: as below; the bf16 copies hold the same extents.
+            let r = unsafe {
+                (blas.cublasGemmStridedBatchedEx)(
+                    self.blas,
+                    op(tb),
+                    op(ta),
+                    n as c_int,
+                    m as c_int,
+                    k as c_int,
+                    &alpha as *const f32 as *const c_void,
+                    b as *const c_void,
+                    kind,
+                    ldb as c_int,
+                    sb as i64,
+                    a as *const c_void,
+                    kind,
+                    lda as c_int,
+                    sa as i64,
+                    &beta as *const f32 as *const c_void,
+                    c as *mut c_void,
+                    ffi::CUDA_R_32F,
+                    n as c_int,
+                    sc as i64,
+                    batch as c_int,
+                    compute,
+                    ffi::CUBLAS_GEMM_DEFAULT,
+                )
+            };
+            return check_blas(r, "cublasGemmStridedBatchedEx");
+        }
         // SAFETY: the buffers behind a, b, c hold the products' operands at these
         // strides (the callers check their lengths).
         let r = unsafe {
@@ -776,6 +1005,33 @@ impl Gpu {
                 Arg::L(m as i64),
                 Arg::I(n as i32),
             ],
+        )
+    }
+
+    /// `out[i] = a[i] + b[i]` for the first `n` (`out` may be either).
+    pub fn add(&self, out: &Buf<f32>, a: &Buf<f32>, b: &Buf<f32>, n: usize) -> Result<()> {
+        assert!(out.len >= n && a.len >= n && b.len >= n);
+        self.each(
+            "add",
+            n,
+            &mut [
+                Arg::P(out.ptr),
+                Arg::P(a.ptr),
+                Arg::P(b.ptr),
+                Arg::L(n as i64),
+            ],
+        )
+    }
+
+    /// Sets the first `n` values to zero.
+    pub fn clear(&self, x: &Buf<f32>, n: usize) -> Result<()> {
+        assert!(x.len >= n);
+        self.bind()?;
+        // SAFETY: n words of the buffer (asserted).
+        check(
+            self.api,
+            unsafe { (self.api.cu.cuMemsetD32_v2)(x.ptr, 0, n) },
+            "cuMemsetD32",
         )
     }
 
@@ -962,7 +1218,7 @@ impl Gpu {
         }
         let per = rows_per_block(m);
         let chunks = m.div_ceil(per);
-        let part = self.alloc::<f32>(chunks * 2 * n)?;
+        let part = self.scratch(S_PART, chunks * 2 * n)?;
         self.launch(
             "layer_norm_bwd_wb",
             (n.div_ceil(THREADS as usize) as u32, chunks as u32),
@@ -1015,7 +1271,7 @@ impl Gpu {
         }
         let per = rows_per_block(m);
         let chunks = m.div_ceil(per);
-        let part = self.alloc::<f32>(chunks * n)?;
+        let part = self.scratch(S_PART, chunks * n)?;
         self.launch(
             "col_sums",
             (n.div_ceil(THREADS as usize) as u32, chunks as u32),
@@ -1045,7 +1301,7 @@ impl Gpu {
     ) -> Result<f64> {
         let m = targets.len;
         assert!(logits.len >= m * v);
-        let losses = self.alloc::<f32>(m)?;
+        let losses = self.scratch(S_LOSS, m)?;
         self.per_row(
             "cross_entropy",
             m,
@@ -1237,9 +1493,9 @@ impl Gpu {
     /// Queries, keys and values of `qkv` as heads `[b, heads, t, dim]`.
     fn split_qkv(&self, qkv: &Buf<f32>, b: usize, t: usize, h: Heads) -> Result<[Buf<f32>; 3]> {
         let (w, hd) = (h.width(), h.dim);
-        let q = self.alloc::<f32>(b * h.n * t * hd)?;
-        let k = self.alloc::<f32>(b * h.kv * t * hd)?;
-        let v = self.alloc::<f32>(b * h.kv * t * hd)?;
+        let q = self.scratch(S_Q, b * h.n * t * hd)?;
+        let k = self.scratch(S_K, b * h.kv * t * hd)?;
+        let v = self.scratch(S_V, b * h.kv * t * hd)?;
         self.gather(qkv.ptr, w, 0, (b, t, h.n, hd), q.ptr)?;
         self.gather(qkv.ptr, w, h.n * hd, (b, t, h.kv, hd), k.ptr)?;
         self.gather(qkv.ptr, w, (h.n + h.kv) * hd, (b, t, h.kv, hd), v.ptr)?;
@@ -1299,12 +1555,12 @@ impl Gpu {
         let weights = match dropout {
             None => probs.ptr,
             Some(d) => {
-                dropped = self.alloc::<f32>(b * nh * t * t)?;
+                dropped = self.scratch(S_DROPPED, b * nh * t * t)?;
                 self.dropout_at(probs.ptr, d, dropped.ptr, b * nh * t * t)?;
                 dropped.ptr
             }
         };
-        let yh = self.alloc::<f32>(b * nh * t * hd)?;
+        let yh = self.scratch(S_YH, b * nh * t * hd)?;
         self.sgemm(
             (false, false),
             (group * t, hd, t),
@@ -1339,10 +1595,10 @@ impl Gpu {
         let group = nh / kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let [q, k, v] = self.split_qkv(qkv, b, t, heads)?;
-        let dyh = self.alloc::<f32>(b * nh * t * hd)?;
+        let dyh = self.scratch(S_YH, b * nh * t * hd)?;
         self.gather(dy.ptr, nh * hd, 0, (b, t, nh, hd), dyh.ptr)?;
         let tt = b * nh * t * t;
-        let dp = self.alloc::<f32>(tt)?;
+        let dp = self.scratch(S_DP, tt)?;
         // dP = dY·Vᵀ, through the dropout mask when there is one.
         self.sgemm(
             (false, true),
@@ -1360,12 +1616,12 @@ impl Gpu {
             None => probs.ptr,
             Some(d) => {
                 self.dropout_at(dp.ptr, d, dp.ptr, tt)?;
-                dropped = self.alloc::<f32>(tt)?;
+                dropped = self.scratch(S_DROPPED, tt)?;
                 self.dropout_at(probs.ptr, d, dropped.ptr, tt)?;
                 dropped.ptr
             }
         };
-        let dv = self.alloc::<f32>(b * kv * t * hd)?;
+        let dv = self.scratch(S_DV, b * kv * t * hd)?;
         self.sgemm(
             (true, false),
             (t, hd, group * t),
@@ -1382,7 +1638,7 @@ impl Gpu {
             b * nh * t,
             &mut [Arg::P(probs.ptr), Arg::P(dp.ptr), Arg::I(t as i32)],
         )?;
-        let dq = self.alloc::<f32>(b * nh * t * hd)?;
+        let dq = self.scratch(S_DQ, b * nh * t * hd)?;
         self.sgemm(
             (false, false),
             (group * t, hd, t),
@@ -1394,7 +1650,7 @@ impl Gpu {
             b * kv,
             (group * t * t, t * hd, group * t * hd),
         )?;
-        let dk = self.alloc::<f32>(b * kv * t * hd)?;
+        let dk = self.scratch(S_DK, b * kv * t * hd)?;
         self.sgemm(
             (true, false),
             (t, hd, group * t),
@@ -1492,6 +1748,17 @@ impl Gpu {
             (cu.cuEventDestroy_v2)(b);
             r?;
             Ok(ms)
+        }
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        self.scratch.borrow_mut().clear();
+        // SAFETY: this GPU's context and its own cuBLAS handle, destroyed once.
+        unsafe {
+            (self.api.cu.cuCtxSetCurrent)(self.ctx);
+            (self.api.blas.cublasDestroy_v2)(self.blas);
         }
     }
 }
