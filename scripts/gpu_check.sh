@@ -9,21 +9,27 @@
 #     scripts/gpu_check.sh run
 #
 # It prints the GPU, runs every CUDA operation against the CPU engine
-# (tests/cuda_ops.rs, with ATTN_REQUIRE_GPU=1 so a GPU that fails to open fails it), then
-# times attn's operations and PyTorch's at the same shapes (examples/cuda_speed.rs,
-# scripts/cuda_ops_reference.py).
+# (tests/cuda_ops.rs), the trainer on the GPU against transformers' gradients
+# (engine_parity.rs) and against the CPU trainer (cuda_train.rs: one step with dropout,
+# a 200-step loss curve), all with ATTN_REQUIRE_GPU=1 so a GPU that fails to open fails
+# them; trains with `attn train --device cuda` and `--device cpu`; then times attn's
+# operations and PyTorch's at the same shapes (examples/cuda_speed.rs,
+# scripts/cuda_ops_reference.py) and whole training steps beside PyTorch's
+# (scripts/torch_gpu_reference.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-run}" in
 build)
     mkdir -p .dev
-    cargo build --release -p attn --test cuda_ops --example cuda_speed || exit 1
-    bin=$(cargo test --release -p attn --test cuda_ops --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
+    cargo build --release -p attn-cli -p attn --tests --example cuda_speed || exit 1
+    cargo test --release -p attn --test cuda_ops --test cuda_train --test engine_parity --no-run \
+        --message-format=json 2>/dev/null | python3 -c 'import json, shutil, sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("executable") and m.get("target", {}).get("name") == "cuda_ops": print(m["executable"])')
-    cp "$bin" .dev/cuda_ops && cp target/release/examples/cuda_speed .dev/cuda_speed
+    name = m.get("target", {}).get("name")
+    if m.get("executable") and name in ("cuda_ops", "cuda_train", "engine_parity"):
+        shutil.copy(m["executable"], ".dev/" + name)'
+    cp target/release/examples/cuda_speed target/release/attn .dev/
     ls -la .dev
     ;;
 run)
@@ -36,9 +42,24 @@ run)
     export ATTN_CUDA_LIBS="${ATTN_CUDA_LIBS:-}:$dirs"
     echo "library folders: $ATTN_CUDA_LIBS"
     status=0
-    ATTN_REQUIRE_GPU=1 .dev/cuda_ops --nocapture 2>&1 | tee "$out/ops.log" || status=1
-    .dev/cuda_speed "${REPEATS:-20}" 2>&1 | tee "$out/attn_speed.log" || status=1
-    PYTHONUNBUFFERED=1 python3 scripts/cuda_ops_reference.py "${REPEATS:-20}" 2>&1 | tee "$out/torch_speed.log" || status=1
+    export ATTN_REQUIRE_GPU=1
+    step() { echo "== $*"; "$@" || { echo "FAILED: $*"; return 1; }; }
+    step .dev/cuda_ops --nocapture 2>&1 | tee "$out/ops.log" || status=1
+    step .dev/engine_parity native_trainer_on_a_gpu --nocapture 2>&1 | tail -n 20 || status=1
+    step .dev/cuda_train --nocapture --test-threads 1 2>&1 | tail -n 20 || status=1
+    # The train command end to end on a character corpus (this repository's Rust source).
+    cat crates/attn/src/*/*.rs > /tmp/corpus.txt
+    for dev in cuda cpu; do
+        step .dev/attn train --device $dev --data /tmp/corpus.txt --out /tmp/run-$dev --overwrite \
+            --max-iters 300 --eval-interval 100 --eval-iters 20 --json 2>&1 | tail -n 4 || status=1
+    done
+    [ -n "${SKIP_OPS_SPEED:-}" ] || {
+        step .dev/cuda_speed "${REPEATS:-20}" 2>&1 | tee "$out/attn_speed.log" || status=1
+        PYTHONUNBUFFERED=1 step python3 scripts/cuda_ops_reference.py "${REPEATS:-20}" 2>&1 |
+            tee "$out/torch_speed.log" || status=1
+    }
+    PYTHONUNBUFFERED=1 step python3 scripts/torch_gpu_reference.py --attn .dev/attn --steps "${STEPS:-20}" \
+        ${SHAPES:+--shapes $SHAPES} 2>&1 | tee "$out/train_speed.log" || status=1
     exit $status
     ;;
 *)

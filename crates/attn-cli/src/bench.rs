@@ -41,6 +41,12 @@ pub struct BenchTrainArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Where to train: auto, cpu, cuda or cuda:N (see `attn train --device`).
+    #[arg(long, default_value = "auto")]
+    device: attn::kernels::cuda::Device,
+    /// The matrix products' arithmetic on a GPU (see `attn train --dtype`).
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -112,7 +118,16 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     a.overrides.apply(&mut config)?;
     let vocab = vocab_for(&config, a.vocab_size);
     let n_tokens = (config.block_size + 1) * 64;
+    let gpu = crate::open_device(a.device, &a.dtype)?;
     let mut trainer = Trainer::synthetic(config.clone(), vocab, n_tokens)?;
+    let device = match gpu {
+        Some(gpu) => {
+            let name = format!("{} ({})", gpu.info().name, gpu.precision().name());
+            trainer.to_gpu(gpu)?;
+            name
+        }
+        None => format!("CPU ({})", attn::kernels::isa_name()),
+    };
     for _ in 0..2 {
         trainer.train_step()?;
     }
@@ -151,6 +166,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
             "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
             "block_size": config.block_size, "batch_size": config.batch_size, "vocab_size": vocab,
             "last_loss": last_loss,
+            "device": device,
         }));
     } else {
         println!(

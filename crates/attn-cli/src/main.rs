@@ -158,3 +158,23 @@ fn saved_args<T: clap::Parser>(out: &std::path::Path, data: &serde_json::Value) 
     T::try_parse_from(std::iter::once("train".to_string()).chain(argv))
         .map_err(|e| attn::Error::bad_file(out, format!("its saved arguments do not parse: {e}")))
 }
+
+/// The GPU `device` names (`None`: the CPU) with its matrix products set to `dtype`;
+/// a dtype other than f32 (or auto) on the CPU is refused.
+pub(crate) fn open_device(
+    device: attn::kernels::cuda::Device,
+    dtype: &str,
+) -> attn::Result<Option<attn::kernels::cuda::Gpu>> {
+    let gpu = device.open()?;
+    match &gpu {
+        Some(g) => g.set_precision(attn::kernels::cuda::Precision::parse(dtype, g)?),
+        None if dtype == "auto" || dtype == "f32" => {}
+        None => {
+            return Err(attn::Error::invalid(
+                "--dtype",
+                format!("{dtype} is for GPUs; the CPU computes in f32 (--dtype f32 or auto)"),
+            ))
+        }
+    }
+    Ok(gpu)
+}

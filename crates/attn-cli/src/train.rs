@@ -171,6 +171,15 @@ pub struct TrainArgs {
     /// (replacing them); without it such a folder is refused.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Where to train: auto (a CUDA GPU when one is found, else the CPU), cpu, cuda,
+    /// or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: attn::kernels::cuda::Device,
+    /// The matrix products' arithmetic on a GPU: auto (bf16 where the GPU has it),
+    /// bf16 (mixed precision: weights, gradients and optimizer state stay f32), tf32 or
+    /// f32. The CPU computes in f32.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -226,6 +235,8 @@ fn data_spec(a: &TrainArgs) -> Result<DataSpec> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    // The device first: asking for a GPU that is not there writes nothing.
+    let gpu = crate::open_device(a.device, &a.dtype)?;
     let mut trainer = if a.resume {
         // Without --data or --shards the run's own data.
         let data = if a.data.is_empty() && a.shards.is_none() {
@@ -266,6 +277,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         t
     };
+    if let Some(gpu) = gpu {
+        let i = gpu.info();
+        eprintln!(
+            "training on the GPU: {} ({:.0} GiB), {} matrix products{}",
+            i.name,
+            i.memory as f64 / (1u64 << 30) as f64,
+            gpu.precision().name(),
+            if a.device == attn::kernels::cuda::Device::Auto {
+                " — --device cpu to train on the CPU"
+            } else {
+                ""
+            }
+        );
+        trainer.to_gpu(gpu)?;
+    }
     let cfg = trainer.config().clone();
     let arch = match cfg.arch {
         attn::train::Arch::Gpt2 => "GPT-2".to_string(),

@@ -289,6 +289,25 @@ fn native_for(name: &str) -> NativeDecoder {
 
 #[test]
 fn native_trainer_loss_and_gradients_match_transformers() {
+    native_trainer_matches(None);
+}
+
+/// The same on a CUDA GPU (skipped with a message where there is none, unless
+/// `ATTN_REQUIRE_GPU` is set).
+#[test]
+fn native_trainer_on_a_gpu_matches_transformers() {
+    match attn::kernels::cuda::Gpu::open(0) {
+        Ok(_) => native_trainer_matches(Some(0)),
+        Err(e) => {
+            assert!(std::env::var("ATTN_REQUIRE_GPU").is_err(), "no GPU: {e}");
+            eprintln!("skipped: no CUDA GPU here ({e})");
+        }
+    }
+}
+
+/// The native trainer's loss and gradients for every decoder fixture against
+/// transformers', on the CPU or on GPU `gpu`.
+fn native_trainer_matches(gpu: Option<usize>) {
     // The trainer computes the tanh-GELU and SwiGLU MLPs (what GPT-2 and Llama train
     // with); the engine alone runs the others.
     for name in DECODERS {
@@ -300,6 +319,11 @@ fn native_trainer_loss_and_gradients_match_transformers() {
         let r = reference(name);
         let mut native = native_for(name);
         native.set_shards(1);
+        if let Some(n) = gpu {
+            native
+                .to_gpu(attn::kernels::cuda::Gpu::open(n).unwrap())
+                .unwrap();
+        }
         // HF's loss with labels = input_ids: position t predicts token t + 1.
         let rows = input_rows(&r);
         let (b, t) = (rows.len(), rows[0].len() - 1);
@@ -316,6 +340,7 @@ fn native_trainer_loss_and_gradients_match_transformers() {
             .forward_backward(&ids, &targets, b, t, 1.0, 0)
             .unwrap();
         assert!((loss - want_loss).abs() < 1e-5);
+        native.sync_to_host().unwrap();
         let grads = native.gradients();
         let mut n = 0;
         let mut worst = 0f32;
@@ -341,7 +366,8 @@ fn native_trainer_loss_and_gradients_match_transformers() {
             "{name}: {n} gradients compared of {}",
             grads.len()
         );
-        eprintln!("{name}: native loss and {n} gradients match transformers (worst {worst:.1e} of the largest)");
+        let on = gpu.map_or("the CPU".to_string(), |n| format!("GPU {n}"));
+        eprintln!("{name} on {on}: native loss and {n} gradients match transformers (worst {worst:.1e} of the largest)");
     }
 }
 

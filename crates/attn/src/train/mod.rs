@@ -347,6 +347,7 @@ impl fit::Job for LmJob {
     }
 
     fn save_model(&mut self, dir: &Path, _: bool) -> Result<()> {
+        self.native.sync_to_host()?;
         checkpoint::save_model_folder(
             dir,
             &self.hf_config,
@@ -551,6 +552,12 @@ impl Trainer {
 
     /// Train until `max_iters`, evaluating every `eval_interval` steps (and at the start
     /// of a new run and at the end), reporting to `on_event`.
+    /// Moves training onto `gpu` (parameters, gradients, optimizer state and every
+    /// step); call before [`Trainer::run`].
+    pub fn to_gpu(&mut self, gpu: crate::kernels::cuda::Gpu) -> Result<()> {
+        self.job.native.to_gpu(gpu)
+    }
+
     pub fn run(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
         let mut last_eval: Option<EvalStats> = None;
         self.run.fit(&mut self.job, &mut |e| {

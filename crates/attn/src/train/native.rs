@@ -31,6 +31,8 @@ use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
 use crate::kernels::cpu::{self as k, Heads, Rhs, Rope, RopeTable};
 use crate::{Error, Result};
 
+mod gpu;
+
 /// Where a checkpoint tensor's values sit in the flat buffers.
 #[derive(Clone, Copy)]
 enum Place {
@@ -521,6 +523,9 @@ pub struct NativeDecoder {
     shard_grads: Vec<Vec<f32>>,
     /// Shards wanted ([`Self::set_shards`]); by default one per thread.
     shards: Option<usize>,
+    /// Training on a GPU ([`Self::to_gpu`]): the parameters, gradients and moments live
+    /// there, and the host's copies are brought up to date by [`Self::sync_to_host`].
+    gpu: Option<Box<gpu::OnGpu>>,
 }
 
 impl NativeDecoder {
@@ -685,10 +690,45 @@ impl NativeDecoder {
             acts: Vec::new(),
             shard_grads: Vec::new(),
             shards: None,
+            gpu: None,
         })
     }
 
-    /// The parameters under their checkpoint (HF) names, for saving.
+    /// Moves training to `gpu`: the parameters, gradients and moments are uploaded, and
+    /// every pass, gradient norm and update from now on runs there.
+    pub fn to_gpu(&mut self, gpu: crate::kernels::cuda::Gpu) -> Result<()> {
+        if self.gpu.is_some() {
+            return Err(Error::Device("the model is already on a GPU".into()));
+        }
+        let on = gpu::OnGpu::new(
+            gpu,
+            &self.lay,
+            [&self.params, &self.grads, &self.m, &self.v],
+        )?;
+        self.gpu = Some(Box::new(on));
+        Ok(())
+    }
+
+    /// The GPU training runs on, by name (`None` on the CPU).
+    pub fn gpu_name(&self) -> Option<String> {
+        self.gpu.as_ref().map(|g| g.gpu.info().name.clone())
+    }
+
+    /// Brings the host's parameters, gradients and moments up to date with the GPU's
+    /// (nothing to do on the CPU): before [`Self::tensors`], [`Self::gradients`] or the
+    /// moments are read.
+    pub fn sync_to_host(&mut self) -> Result<()> {
+        if let Some(g) = &self.gpu {
+            self.params = g.gpu.download(&g.params)?;
+            self.grads = g.gpu.download(&g.grads)?;
+            self.m = g.gpu.download(&g.m)?;
+            self.v = g.gpu.download(&g.v)?;
+        }
+        Ok(())
+    }
+
+    /// The parameters under their checkpoint (HF) names, for saving (on a GPU, as of
+    /// the last [`Self::sync_to_host`]).
     pub fn tensors(&self) -> Plain {
         self.read_all(&self.params)
     }
@@ -712,7 +752,11 @@ impl NativeDecoder {
 
     /// Element `i` of parameter `name` (row-major in its checkpoint shape), for
     /// changing it in place.
+    /// (`None` while training on a GPU: the host copy would be overwritten.)
     pub fn param_mut(&mut self, name: &str, i: usize) -> Option<&mut f32> {
+        if self.gpu.is_some() {
+            return None;
+        }
         let s = self.slots.iter().find(|s| s.name == name)?;
         if i >= s.len() {
             return None;
@@ -773,6 +817,9 @@ impl NativeDecoder {
     /// Set every gradient to zero (before the micro-batches of a step).
     pub fn zero_grads(&mut self) {
         use rayon::prelude::*;
+        if let Some(gpu) = &self.gpu {
+            return gpu.zero_grads();
+        }
         let g = &mut self.grads;
         k::in_pool(|| {
             g.par_chunks_mut(1 << 16)
@@ -823,6 +870,18 @@ impl NativeDecoder {
         use rayon::prelude::*;
         self.check_ids(ids, "input ids", b, t)?;
         self.check_ids(targets, "targets", b, t)?;
+        if let Some(gpu) = &mut self.gpu {
+            let drops = Drops::new(self.lay.pdrop, train.map(|(seed, _)| seed));
+            return gpu.pass(
+                &self.lay,
+                ids,
+                targets,
+                b,
+                t,
+                drops,
+                train.and_then(|(_, s)| s),
+            );
+        }
         let n = self.shard_count(b);
         self.acts.resize_with(n, Acts::default);
         let backward_too = matches!(train, Some((_, Some(_))));
@@ -895,6 +954,9 @@ impl NativeDecoder {
 
     /// The global L2 norm of the gradients.
     pub fn grad_norm(&self) -> f64 {
+        if let Some(gpu) = &self.gpu {
+            return gpu.grad_norm();
+        }
         k::sum_squares(&self.grads).sqrt()
     }
 
@@ -903,6 +965,9 @@ impl NativeDecoder {
     pub fn adamw_step(&mut self, config: &AdamWConfig, lr: f64, grad_scale: f64) {
         self.t += 1;
         let step = config.kernel_step(self.t, lr, grad_scale);
+        if let Some(gpu) = &self.gpu {
+            return gpu.adamw(&self.lay, step);
+        }
         let segments = self.lay.regions.clone();
         let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
         k::in_pool(|| time("adamw", || k::adamw(params, grads, m, v, &segments, step)));
@@ -1391,6 +1456,10 @@ impl super::fit::Trainable for NativeDecoder {
             }
         }
         self.t = t;
+        if let Some(g) = &self.gpu {
+            g.gpu.write(&g.m, &self.m)?;
+            g.gpu.write(&g.v, &self.v)?;
+        }
         Ok(())
     }
     fn trainable_count(&self) -> usize {
