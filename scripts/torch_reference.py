@@ -66,11 +66,12 @@ DECODE_SHAPES = {
     "cpu": (4, 4, 128, 64, 65, 63),
     "gpt2-small": (12, 12, 768, 1024, 50257, 128),
 }
-# attn CLI arguments that measure the same shape
+# attn CLI arguments that measure the same shape (on the CPU, as PyTorch here, also on
+# a machine with a GPU)
 ATTN_TRAIN_ARGS = {
-    "cpu": ["--preset", "shakespeare-char-cpu"],
-    "6x384": ["--preset", "shakespeare-char", "--batch-size", "8", "--dropout", "0"],
-    "llama-6x384": ["--preset", "shakespeare-char", "--batch-size", "8", "--dropout", "0",
+    "cpu": ["--device", "cpu", "--preset", "shakespeare-char-cpu"],
+    "6x384": ["--device", "cpu", "--preset", "shakespeare-char", "--batch-size", "8", "--dropout", "0"],
+    "llama-6x384": ["--device", "cpu", "--preset", "shakespeare-char", "--batch-size", "8", "--dropout", "0",
                     "--arch", "llama", "--n-kv-head", str(LLAMA_KV_HEADS)],
 }
 ATTN_DECODE_ARGS = {
