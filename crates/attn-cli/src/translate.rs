@@ -160,7 +160,8 @@ pub(crate) struct TrainArgs {
     /// Longest sentence in tokens; longer ones are truncated.
     #[arg(long, default_value_t = TranslateConfig::default().max_len)]
     max_len: usize,
-    /// Dropout probability, in [0, 1).
+    /// Dropout probability, in [0, 1); with --model it replaces the loaded model's own
+    /// (a model pre-trained without dropout is fine-tuned with this one).
     #[arg(long, default_value_t = TranslateConfig::default().dropout)]
     dropout: f32,
     /// Shared byte-level BPE vocabulary of both languages.

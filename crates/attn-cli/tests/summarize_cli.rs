@@ -151,10 +151,18 @@ fn pretraining_resumes_exactly_and_fine_tunes_into_a_summarizer() {
         "6",
         "--bleu-sample",
         "5",
+        "--dropout",
+        "0.25",
         "--json",
     ]);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["steps"], 12);
+    // --dropout replaces the pre-trained model's own (0.1 here) for the fine-tuning.
+    let tuned: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sum.join("config.json")).unwrap()).unwrap();
+    let rate = |c: &serde_json::Value| c["dropout_rate"].as_f64().unwrap();
+    assert!((rate(&cfg) - 0.1).abs() < 1e-6, "{cfg}");
+    assert_eq!(rate(&tuned), 0.25, "{tuned}");
     assert!(summary["best_val_rouge_l"].as_f64().is_some(), "{summary}");
     assert!(summary.get("best_val_bleu").is_none(), "{summary}");
     assert!(log(&sum).contains("val_rouge_l"), "{}", log(&sum));

@@ -803,10 +803,14 @@ pub fn train(
         Begin::New { data } => {
             let mut rng = Rng::new(cfg.seed);
             let (tokenizer, model) = match &cfg.init {
-                Some(dir) => (
-                    Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?,
-                    EncDecModel::load(dir)?,
-                ),
+                Some(dir) => {
+                    let mut model = EncDecModel::load(dir)?;
+                    model.set_dropout(cfg.dropout);
+                    (
+                        Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?,
+                        model,
+                    )
+                }
                 None => new_model(cfg, train, &mut rng)?,
             };
             let state = TranslateState {

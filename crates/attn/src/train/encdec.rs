@@ -53,6 +53,17 @@ impl EncDecModel {
         Ok(EncDecModel::T5(NativeT5::init(config, seed)?))
     }
 
+    /// Sets the dropout probability of the next training steps (T5's `dropout_rate`,
+    /// Marian's `dropout`), which the saved config then carries: fine-tuning takes the
+    /// `--dropout` asked for, not whatever the loaded folder was trained with (a model
+    /// pre-trained without dropout would otherwise be fine-tuned without it too).
+    pub fn set_dropout(&mut self, p: f32) {
+        match self {
+            EncDecModel::Marian(m) => m.config.dropout = p,
+            EncDecModel::T5(m) => m.config.dropout_rate = p,
+        }
+    }
+
     /// `marian` or `t5`.
     pub fn model_type(&self) -> &'static str {
         match self {
