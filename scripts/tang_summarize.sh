@@ -43,7 +43,9 @@ run "$ATTN" pretrain --data "$W/train_bodies.txt" "${SIZE[@]}" --dropout 0 --arc
   --max-len "$LEN" --max-steps "$PT" --eval-interval 2000 --holdout 0 --valid-size 1000 \
   --out "$W/pretrained" --overwrite --json > "$W/pretrained.json"
 echo "== (b) fine-tuning the pre-trained model: $FT steps" >&2
-run "$ATTN" summarize train "${FINE[@]}" "${RECIPE[@]}" \
+# FT_DROPOUT: the fine-tuning's dropout (the README's table ran with 0: the fine-tuning
+# then kept the pre-trained folder's own rate; 0.1 is (a)'s).
+run "$ATTN" summarize train "${FINE[@]}" "${RECIPE[@]}" --dropout "${FT_DROPOUT:-0}" \
   --model "$W/pretrained" --out "$W/finetuned" --overwrite --json > "$W/finetuned.json"
 
 for m in scratch finetuned; do
