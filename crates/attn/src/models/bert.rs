@@ -257,8 +257,10 @@ pub struct BertConfig {
     #[serde(default = "default_act")]
     pub hidden_act: String,
     #[serde(default = "default_drop")]
+    #[serde(serialize_with = "super::short_f32")]
     pub hidden_dropout_prob: f32,
     #[serde(default = "default_drop")]
+    #[serde(serialize_with = "super::short_f32")]
     pub attention_probs_dropout_prob: f32,
     #[serde(default)]
     pub pad_token_id: Option<u32>,

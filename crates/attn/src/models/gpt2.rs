@@ -40,10 +40,13 @@ pub struct Gpt2Config {
     #[serde(default = "default_act")]
     pub activation_function: String,
     #[serde(default = "default_pdrop")]
+    #[serde(serialize_with = "super::short_f32")]
     pub resid_pdrop: f32,
     #[serde(default = "default_pdrop")]
+    #[serde(serialize_with = "super::short_f32")]
     pub embd_pdrop: f32,
     #[serde(default = "default_pdrop")]
+    #[serde(serialize_with = "super::short_f32")]
     pub attn_pdrop: f32,
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,

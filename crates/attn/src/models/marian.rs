@@ -39,10 +39,13 @@ pub struct MarianConfig {
     #[serde(default)]
     pub normalize_before: bool,
     #[serde(default = "default_drop")]
+    #[serde(serialize_with = "super::short_f32")]
     pub dropout: f32,
     #[serde(default)]
+    #[serde(serialize_with = "super::short_f32")]
     pub attention_dropout: f32,
     #[serde(default)]
+    #[serde(serialize_with = "super::short_f32")]
     pub activation_dropout: f32,
     pub pad_token_id: u32,
     pub eos_token_id: u32,

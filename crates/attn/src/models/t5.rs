@@ -45,6 +45,7 @@ pub struct T5Config {
     #[serde(default = "default_max_distance")]
     pub relative_attention_max_distance: usize,
     #[serde(default = "default_drop")]
+    #[serde(serialize_with = "super::short_f32")]
     pub dropout_rate: f32,
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
