@@ -15,7 +15,9 @@
 # them; trains with `attn train --device cuda` and `--device cpu`; then times attn's
 # operations and PyTorch's at the same shapes (examples/cuda_speed.rs,
 # scripts/cuda_ops_reference.py) and whole training steps beside PyTorch's
-# (scripts/torch_gpu_reference.py).
+# (scripts/torch_gpu_reference.py); with RECIPE=1, nanoGPT's shakespeare-char recipe on
+# both. SKIP_OPS_SPEED=1 skips the per-operation timings, SHAPES="gpt2-small" narrows the
+# training timings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-run}" in
@@ -30,6 +32,9 @@ for l in sys.stdin:
     if m.get("executable") and name in ("cuda_ops", "cuda_train", "engine_parity"):
         shutil.copy(m["executable"], ".dev/" + name)'
     cp target/release/examples/cuda_speed target/release/attn .dev/
+    # The recipe's corpus (RECIPE=1 below), from the data folder when it is there.
+    corpus=${ATTN_DATA_DIR:-../shared/data}/tinyshakespeare/input.txt
+    [ -f "$corpus" ] && cp "$corpus" .dev/input.txt
     ls -la .dev
     ;;
 run)
@@ -60,6 +65,10 @@ run)
     }
     PYTHONUNBUFFERED=1 step python3 scripts/torch_gpu_reference.py --attn .dev/attn --steps "${STEPS:-20}" \
         ${SHAPES:+--shapes $SHAPES} 2>&1 | tee "$out/train_speed.log" || status=1
+    # RECIPE=1: nanoGPT's shakespeare-char recipe, attn then PyTorch (bf16 + compile),
+    # 5,000 steps each (about 4 minutes for attn on an H200).
+    [ -z "${RECIPE:-}" ] || PYTHONUNBUFFERED=1 step python3 scripts/torch_gpu_reference.py --attn .dev/attn \
+        --recipe .dev/input.txt 2>&1 | tee "$out/recipe.log" || status=1
     exit $status
     ;;
 *)

@@ -14,6 +14,14 @@ autocast eager, and bf16 autocast with torch.compile. A step: forward with label
 backward, clip_grad_norm_(1.0), fused AdamW, zero_grad; dropout 0; random token ids.
 MFU counts 6 N + 12 L C T FLOPs per token (nanoGPT's estimate) against --peak TFLOP/s
 (790: the bf16 matrix rate measured on this H200).
+
+With --recipe input.txt it runs nanoGPT's shakespeare-char recipe instead, attn
+(`attn train --preset shakespeare-char --device cuda`) then PyTorch (transformers GPT-2
+blocks, bf16 autocast, torch.compile unless --modes says bf16): 6x384, context 256,
+batch 64, dropout 0.2, AdamW lr 1e-3 (betas 0.9/0.99, weight decay 0.1 on matrices),
+100 warm-up steps and cosine decay to 1e-4 over 5,000, clipping at 1.0, the loss of 200
+batches of each split every 250 steps; it prints each side's best validation loss,
+training seconds and wall seconds.
 """
 import argparse
 import json
@@ -93,6 +101,91 @@ def attn_tps(binary, s, steps, dtype):
     return json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_sec"]
 
 
+def torch_recipe(path, mode, iters, eval_iters=200, seed=1337):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_reference import get_lr
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    wall0 = time.perf_counter()
+    text = open(path, encoding="utf-8").read()
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long, device=DEV)
+    n = int(0.9 * len(data))
+    splits = {"train": data[:n], "val": data[n:]}
+    block, batch, eval_interval = 256, 64, 250
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=6, n_head=6, n_embd=384, n_positions=block, vocab_size=len(chars),
+                     resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.2, bos_token_id=0, eos_token_id=0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(DEV)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), fused=DEV == "cuda")
+    run = torch.compile(model) if mode == "bf16+compile" else model
+    offsets = torch.arange(block, device=DEV)
+
+    def get_batch(split):
+        d = splits[split]
+        ix = torch.randint(len(d) - block - 1, (batch,), device=DEV)
+        return d[ix[:, None] + offsets], d[ix[:, None] + offsets + 1]
+
+    def lm_loss(x, y):
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=mode != "f32"):
+            logits = run(input_ids=x).logits
+        return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+    @torch.no_grad()
+    def estimate():
+        model.eval()
+        out = {k: torch.stack([lm_loss(*get_batch(k)) for _ in range(eval_iters)]).mean().item()
+               for k in ("train", "val")}
+        model.train()
+        return out
+
+    train_seconds, best = 0.0, float("inf")
+    for it in range(iters + 1):
+        if it % eval_interval == 0 or it == iters:
+            losses = estimate()
+            best = min(best, losses["val"])
+            print(f"torch step {it}: train {losses['train']:.4f}, val {losses['val']:.4f}", flush=True)
+        if it == iters:
+            break
+        sync()
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = get_lr(it, 1e-3, 1e-4, 100, 5000)
+        loss = lm_loss(*get_batch("train"))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        train_seconds += time.perf_counter() - t0
+    return {"best_val_loss": best, "final_val_loss": losses["val"], "train_seconds": train_seconds,
+            "wall_seconds": time.perf_counter() - wall0}
+
+
+def recipe(a):
+    rows = []
+    if a.attn:
+        cmd = [a.attn, "train", "--preset", "shakespeare-char", "--data", a.recipe, "--device", "cuda",
+               "--out", "/tmp/attn-recipe", "--overwrite", "--max-iters", str(a.iters),
+               "--eval-iters", str(a.eval_iters), "--json"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0:
+            rows.append(("attn (bf16)", json.loads(r.stdout.strip().splitlines()[-1])))
+        else:
+            print(f"attn failed: {' '.join(cmd)}\n{r.stderr[-2000:]}", file=sys.stderr)
+    for mode in a.modes:
+        rows.append((f"torch ({mode})", torch_recipe(a.recipe, mode, a.iters, a.eval_iters)))
+    print(f"\nshakespeare-char, {a.iters} steps")
+    print(f"{'run':<22}{'best val':>10}{'final val':>11}{'train s':>10}{'wall s':>9}")
+    for name, r in rows:
+        print(f"{name:<22}{r['best_val_loss']:>10.4f}{r['final_val_loss']:>11.4f}"
+              f"{r['train_seconds']:>10.1f}{r['wall_seconds']:>9.1f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--attn", help="the attn binary (run first, on the same shapes)")
@@ -100,8 +193,16 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peak", type=float, default=790.0, help="TFLOP/s for MFU")
     p.add_argument("--shapes", nargs="*", default=list(SHAPES))
-    p.add_argument("--modes", nargs="*", default=["f32", "bf16", "bf16+compile"])
+    p.add_argument("--modes", nargs="*", default=None,
+                   help="PyTorch modes (default: f32 bf16 bf16+compile; with --recipe, bf16+compile)")
+    p.add_argument("--recipe", help="tinyshakespeare input.txt: run the shakespeare-char recipe")
+    p.add_argument("--iters", type=int, default=5000, help="recipe steps (default 5000)")
+    p.add_argument("--eval-iters", type=int, default=200, help="recipe: batches per loss estimate")
     a = p.parse_args()
+    if a.recipe:
+        a.modes = a.modes or ["bf16+compile"]
+        return recipe(a)
+    a.modes = a.modes or ["f32", "bf16", "bf16+compile"]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     print(torch.cuda.get_device_name(0) if DEV == "cuda" else DEV, "torch", torch.__version__, flush=True)
