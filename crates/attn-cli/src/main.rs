@@ -165,21 +165,7 @@ pub(crate) fn open_device(
     device: attn::kernels::cuda::Device,
     dtype: &str,
 ) -> attn::Result<Option<attn::kernels::cuda::Gpu>> {
-    use attn::kernels::cuda::{devices, Device, Gpu};
-    let gpu = match device {
-        // A GPU that the driver lists but that cannot be opened (NVRTC or cuBLAS
-        // missing, say) is worth a line: the user expected it to be used.
-        Device::Auto => match Gpu::open(0) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                if devices().is_ok_and(|d| !d.is_empty()) {
-                    eprintln!("not using the GPU ({e}); running on the CPU");
-                }
-                None
-            }
-        },
-        d => d.open()?,
-    };
+    let gpu = device.open()?;
     match &gpu {
         Some(g) => g.set_precision(attn::kernels::cuda::Precision::parse(dtype, g)?),
         None if dtype == "auto" || dtype == "f32" => {}

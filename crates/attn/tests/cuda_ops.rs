@@ -6,6 +6,8 @@
 //! libraries are opened at run time, and their absence is the expected case there. With
 //! `ATTN_REQUIRE_GPU=1` a missing GPU fails it instead (the device script sets this).
 
+mod common;
+
 use attn::kernels::cpu::{self, Dropout, Heads, Rhs};
 use attn::kernels::cuda::{Buf, Gpu, Precision};
 
@@ -456,17 +458,8 @@ fn rope_swiglu(c: &mut Check) {
 
 #[test]
 fn every_operation_matches_the_cpu_engine() {
-    let gpu = match Gpu::open(0) {
-        Ok(g) => g,
-        Err(e) => {
-            assert!(
-                std::env::var("ATTN_REQUIRE_GPU").is_err(),
-                "ATTN_REQUIRE_GPU is set and no GPU opened: {e}"
-            );
-            assert!(e.to_string().contains("CUDA"), "an unclear error: {e}");
-            println!("skipped: no CUDA GPU here ({e})");
-            return;
-        }
+    let Some(gpu) = common::gpu_or_skip() else {
+        return;
     };
     let i = gpu.info();
     println!(

@@ -16,17 +16,6 @@ use attn::rng::Rng;
 use attn::train::native::NativeDecoder;
 use attn::train::optimizer::AdamWConfig;
 
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            assert!(std::env::var("ATTN_REQUIRE_GPU").is_err(), "no GPU: {e}");
-            eprintln!("skipped: no CUDA GPU here ({e})");
-            None
-        }
-    }
-}
-
 fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.below(vocab) as u32).collect()
@@ -66,7 +55,9 @@ fn same_step(
     (precision, bound): (Precision, f32),
     what: &str,
 ) {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::gpu_or_skip() else {
+        return;
+    };
     gpu.set_precision(precision);
     let what = format!("{what} ({})", precision.name());
     let x = ids(b * t, vocab, 1);
@@ -191,7 +182,9 @@ fn train(mut model: NativeDecoder, steps: usize, (b, t): (usize, usize), data: &
 
 #[test]
 fn two_hundred_gpt2_steps_follow_the_cpu_loss_curve() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::gpu_or_skip() else {
+        return;
+    };
     drop(gpu);
     let (vocab, b, t) = (65, 16, 64);
     let data = corpus(20_000, vocab);

@@ -296,12 +296,8 @@ fn native_trainer_loss_and_gradients_match_transformers() {
 /// `ATTN_REQUIRE_GPU` is set).
 #[test]
 fn native_trainer_on_a_gpu_matches_transformers() {
-    match attn::kernels::cuda::Gpu::open(0) {
-        Ok(_) => native_trainer_matches(Some(0)),
-        Err(e) => {
-            assert!(std::env::var("ATTN_REQUIRE_GPU").is_err(), "no GPU: {e}");
-            eprintln!("skipped: no CUDA GPU here ({e})");
-        }
+    if common::gpu_or_skip().is_some() {
+        native_trainer_matches(Some(0));
     }
 }
 

@@ -200,3 +200,21 @@ pub fn hf_fixture(name: &str) -> PathBuf {
         .join("tests/fixtures/hf")
         .join(name)
 }
+
+/// CUDA GPU 0, or `None` where none opens (the expected case on CPU machines and in CI),
+/// said on stderr with the reason, which must name CUDA; with `ATTN_REQUIRE_GPU` set
+/// (the device script sets it) a GPU that does not open fails the test instead.
+pub fn gpu_or_skip() -> Option<attn::kernels::cuda::Gpu> {
+    match attn::kernels::cuda::Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            assert!(
+                std::env::var("ATTN_REQUIRE_GPU").is_err(),
+                "ATTN_REQUIRE_GPU is set and no GPU opened: {e}"
+            );
+            assert!(e.to_string().contains("CUDA"), "an unclear error: {e}");
+            eprintln!("skipped: no CUDA GPU here ({e})");
+            None
+        }
+    }
+}

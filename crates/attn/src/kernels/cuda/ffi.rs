@@ -183,11 +183,6 @@ table!(
             c_int, c_int, i64, *const c_void, c_int, c_int, i64, *const c_void, *mut c_void,
             c_int, c_int, i64, c_int, c_int, c_int
         ) -> c_int;
-        cublasGemmEx: fn(
-            cublasHandle_t, c_int, c_int, c_int, c_int, c_int, *const c_void, *const c_void,
-            c_int, c_int, *const c_void, c_int, c_int, *const c_void, *mut c_void, c_int, c_int,
-            c_int, c_int
-        ) -> c_int;
     }
 );
 

@@ -47,8 +47,6 @@ __device__ float block_max(float v, float* sh) {
 
 // ------------------------------------------------------------------ elementwise
 
-extern "C" __global__ void fill(float* x, float v, i64 n) { EACH(i, n) x[i] = v; }
-
 // y[r, j] += b[j]
 extern "C" __global__ void add_bias(float* y, const float* b, i64 m, int n) {
     EACH(i, m * n) y[i] += b[i % n];
@@ -58,9 +56,6 @@ extern "C" __global__ void add_bias(float* y, const float* b, i64 m, int n) {
 extern "C" __global__ void add(float* out, const float* a, const float* b, i64 n) {
     EACH(i, n) out[i] = a[i] + b[i];
 }
-
-// out[i] += a[i]
-extern "C" __global__ void add_into(float* out, const float* a, i64 n) { EACH(i, n) out[i] += a[i]; }
 
 // y[i] *= d[i]
 extern "C" __global__ void mul_into(float* y, const float* d, i64 n) { EACH(i, n) y[i] *= d[i]; }

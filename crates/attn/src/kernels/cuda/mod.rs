@@ -187,12 +187,22 @@ impl Device {
     }
 
     /// The GPU to run on: `None` for the CPU (asked for, or `auto` finding no GPU);
-    /// `cuda` without a usable GPU is an error saying why.
+    /// `cuda` without a usable GPU is an error saying why. `auto` says on stderr why a
+    /// GPU that the driver lists cannot be used (NVRTC or cuBLAS missing, say): the
+    /// user expected it to be.
     pub fn open(self) -> Result<Option<Gpu>> {
         match self {
             Device::Cpu => Ok(None),
             Device::Cuda(n) => Gpu::open(n).map(Some),
-            Device::Auto => Ok(Gpu::open(0).ok()),
+            Device::Auto => match Gpu::open(0) {
+                Ok(g) => Ok(Some(g)),
+                Err(e) => {
+                    if devices().is_ok_and(|d| !d.is_empty()) {
+                        eprintln!("not using the GPU ({e}); running on the CPU");
+                    }
+                    Ok(None)
+                }
+            },
         }
     }
 }
@@ -401,10 +411,8 @@ fn cubin(api: &Api, arch: (i32, i32)) -> Result<&'static [u8]> {
 
 /// The kernels `kernels.cu` defines (each looked up once when a GPU is opened).
 const KERNELS: &[&str] = &[
-    "fill",
     "add",
     "add_bias",
-    "add_into",
     "mul_into",
     "bias_gelu",
     "swiglu",
@@ -792,55 +800,45 @@ impl Gpu {
         let ldb = if tb { k } else { n };
         let lda = if ta { m } else { k };
         let blas = &self.api.blas;
-        let precision = self.precision.get();
-        if precision != Precision::F32 {
-            // The operands as they are (TF32) or rounded to bf16 in scratch.
-            let (a, b, kind, compute) = match precision {
-                Precision::Bf16 => {
-                    let na = sa * (batch - 1) + m * k;
-                    let nb = sb * (batch - 1) + k * n;
-                    let ha = self.scratch(S_HA, na.div_ceil(2))?;
-                    let hb = self.scratch(S_HB, nb.div_ceil(2))?;
-                    for (src, dst, len) in [(a, ha.ptr, na), (b, hb.ptr, nb)] {
-                        self.each(
-                            "to_bf16",
-                            len,
-                            &mut [Arg::P(src), Arg::P(dst), Arg::L(len as i64)],
-                        )?;
-                    }
-                    (ha.ptr, hb.ptr, ffi::CUDA_R_16BF, ffi::CUBLAS_COMPUTE_32F)
-                }
-                _ => (a, b, ffi::CUDA_R_32F, ffi::CUBLAS_COMPUTE_32F_FAST_TF32),
-            };
-            // SAFETY: as below; the bf16 copies hold the same extents.
-            let r = unsafe {
-                (blas.cublasGemmStridedBatchedEx)(
-                    self.blas,
-                    op(tb),
-                    op(ta),
-                    n as c_int,
-                    m as c_int,
-                    k as c_int,
-                    &alpha as *const f32 as *const c_void,
-                    b as *const c_void,
+        match self.precision.get() {
+            Precision::F32 => {}
+            Precision::Tf32 => {
+                let kind = (ffi::CUDA_R_32F, ffi::CUBLAS_COMPUTE_32F_FAST_TF32);
+                return self.gemm_ex(
+                    (ta, tb),
+                    (m, n, k),
+                    alpha,
+                    a,
+                    b,
                     kind,
-                    ldb as c_int,
-                    sb as i64,
-                    a as *const c_void,
+                    beta,
+                    c,
+                    batch,
+                    (sa, sb, sc),
+                );
+            }
+            Precision::Bf16 => {
+                // The operands rounded to bf16 in scratch.
+                let na = sa * (batch - 1) + m * k;
+                let nb = sb * (batch - 1) + k * n;
+                let ha = self.scratch(S_HA, na.div_ceil(2))?;
+                let hb = self.scratch(S_HB, nb.div_ceil(2))?;
+                self.convert_bf16(a, ha.ptr, na)?;
+                self.convert_bf16(b, hb.ptr, nb)?;
+                let kind = (ffi::CUDA_R_16BF, ffi::CUBLAS_COMPUTE_32F);
+                return self.gemm_ex(
+                    (ta, tb),
+                    (m, n, k),
+                    alpha,
+                    ha.ptr,
+                    hb.ptr,
                     kind,
-                    lda as c_int,
-                    sa as i64,
-                    &beta as *const f32 as *const c_void,
-                    c as *mut c_void,
-                    ffi::CUDA_R_32F,
-                    n as c_int,
-                    sc as i64,
-                    batch as c_int,
-                    compute,
-                    ffi::CUBLAS_GEMM_DEFAULT,
-                )
-            };
-            return check_blas(r, "cublasGemmStridedBatchedEx");
+                    beta,
+                    c,
+                    batch,
+                    (sa, sb, sc),
+                );
+            }
         }
         // SAFETY: the buffers behind a, b, c hold the products' operands at these
         // strides (the callers check their lengths).
@@ -886,6 +884,72 @@ impl Gpu {
             }
         };
         check_blas(r, "cublasSgemm")
+    }
+
+    /// [`Gpu::sgemm`] on the tensor cores: operands of type `kind.0` (f32 read as TF32,
+    /// or bf16) with compute type `kind.1`, f32 results; sizes checked by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_ex(
+        &self,
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        a: CUdeviceptr,
+        b: CUdeviceptr,
+        (kind, compute): (c_int, c_int),
+        beta: f32,
+        c: CUdeviceptr,
+        batch: usize,
+        (sa, sb, sc): (usize, usize, usize),
+    ) -> Result<()> {
+        let op = |t| {
+            if t {
+                ffi::CUBLAS_OP_T
+            } else {
+                ffi::CUBLAS_OP_N
+            }
+        };
+        let ldb = if tb { k } else { n };
+        let lda = if ta { m } else { k };
+        // SAFETY: the buffers behind a, b, c hold the products' operands (of `kind`) at
+        // these strides (the callers check their lengths).
+        let r = unsafe {
+            (self.api.blas.cublasGemmStridedBatchedEx)(
+                self.blas,
+                op(tb),
+                op(ta),
+                n as c_int,
+                m as c_int,
+                k as c_int,
+                &alpha as *const f32 as *const c_void,
+                b as *const c_void,
+                kind,
+                ldb as c_int,
+                sb as i64,
+                a as *const c_void,
+                kind,
+                lda as c_int,
+                sa as i64,
+                &beta as *const f32 as *const c_void,
+                c as *mut c_void,
+                ffi::CUDA_R_32F,
+                n as c_int,
+                sc as i64,
+                batch as c_int,
+                compute,
+                ffi::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        check_blas(r, "cublasGemmStridedBatchedEx")
+    }
+
+    /// `len` f32 values at `src` rounded to bf16 at `dst`.
+    fn convert_bf16(&self, src: CUdeviceptr, dst: CUdeviceptr, len: usize) -> Result<()> {
+        self.each(
+            "to_bf16",
+            len,
+            &mut [Arg::P(src), Arg::P(dst), Arg::L(len as i64)],
+        )
     }
 
     /// `c [m, n] = op(a) · op(b)` (`beta` 0) or `c += op(a) · op(b)` (`accumulate`), in f32
@@ -943,51 +1007,26 @@ impl Gpu {
             "gemm operands too short"
         );
         self.bind()?;
-        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0.0 });
-        let op = |t| {
-            if t {
-                ffi::CUBLAS_OP_T
-            } else {
-                ffi::CUBLAS_OP_N
-            }
-        };
-        let ldb = if tb { k } else { n };
-        let lda = if ta { m } else { k };
-        // SAFETY: operand lengths asserted above.
-        let r = unsafe {
-            (self.api.blas.cublasGemmEx)(
-                self.blas,
-                op(tb),
-                op(ta),
-                n as c_int,
-                m as c_int,
-                k as c_int,
-                &alpha as *const f32 as *const c_void,
-                b.ptr as *const c_void,
-                ffi::CUDA_R_16BF,
-                ldb as c_int,
-                a.ptr as *const c_void,
-                ffi::CUDA_R_16BF,
-                lda as c_int,
-                &beta as *const f32 as *const c_void,
-                c.ptr as *mut c_void,
-                ffi::CUDA_R_32F,
-                n as c_int,
-                ffi::CUBLAS_COMPUTE_32F,
-                ffi::CUBLAS_GEMM_DEFAULT,
-            )
-        };
-        check_blas(r, "cublasGemmEx (bf16)")
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        let kind = (ffi::CUDA_R_16BF, ffi::CUBLAS_COMPUTE_32F);
+        self.gemm_ex(
+            (ta, tb),
+            (m, n, k),
+            1.0,
+            a.ptr,
+            b.ptr,
+            kind,
+            beta,
+            c.ptr,
+            1,
+            (0, 0, 0),
+        )
     }
 
     /// bf16 copies of `x` (round to nearest even).
     pub fn to_bf16(&self, x: &Buf<f32>) -> Result<Buf<u16>> {
         let y = self.alloc::<u16>(x.len)?;
-        self.each(
-            "to_bf16",
-            x.len,
-            &mut [Arg::P(x.ptr), Arg::P(y.ptr), Arg::L(x.len as i64)],
-        )?;
+        self.convert_bf16(x.ptr, y.ptr, x.len)?;
         Ok(y)
     }
 
@@ -1032,16 +1071,6 @@ impl Gpu {
             self.api,
             unsafe { (self.api.cu.cuMemsetD32_v2)(x.ptr, 0, n) },
             "cuMemsetD32",
-        )
-    }
-
-    /// `out[i] += a[i]` for the first `n`.
-    pub fn add_into(&self, out: &Buf<f32>, a: &Buf<f32>, n: usize) -> Result<()> {
-        assert!(out.len >= n && a.len >= n);
-        self.each(
-            "add_into",
-            n,
-            &mut [Arg::P(out.ptr), Arg::P(a.ptr), Arg::L(n as i64)],
         )
     }
 
