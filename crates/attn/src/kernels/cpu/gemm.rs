@@ -390,9 +390,47 @@ unsafe fn bias_gelu512(y: &mut [f32], b: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`bias_gelu512`] in AVX2 registers (the plain loop, compiled for AVX2, ran at about
+/// 2.7 cycles an element: 60% slower than this): [`vmath::avx2::exp8`], and the
+/// reciprocal as the 12-bit estimate with one Newton step (within about 2 ulp).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (detected at run time by the caller). Rows of other
+/// lengths take the plain loop, so any slices are sound.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bias_gelu256(y: &mut [f32], b: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const C: f32 = vmath::GELU_C;
+    const A: f32 = vmath::GELU_A;
+    let n = y.len();
+    if !n.is_multiple_of(8) || b.len() < n || out.len() < n {
+        return bias_gelu_body(y, b, out);
+    }
+    let (yp, bp, op) = (y.as_mut_ptr(), b.as_ptr(), out.as_mut_ptr());
+    let set = _mm256_set1_ps;
+    for c in (0..n).step_by(8) {
+        // SAFETY: c + 8 ≤ n ≤ every length (checked above).
+        let x = _mm256_add_ps(_mm256_loadu_ps(yp.add(c)), _mm256_loadu_ps(bp.add(c)));
+        let x2 = _mm256_mul_ps(x, x);
+        let m2u = _mm256_mul_ps(x, _mm256_fmadd_ps(x2, set(-2.0 * C * A), set(-2.0 * C)));
+        let e = vmath::avx2::exp8(m2u);
+        let d = _mm256_add_ps(set(1.0), e);
+        let r = _mm256_rcp_ps(d);
+        let s = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, set(2.0)));
+        _mm256_storeu_ps(op.add(c), _mm256_mul_ps(x, s));
+        let du = _mm256_fmadd_ps(x2, set(6.0 * C * A), set(2.0 * C));
+        // s(1 − s) as s²·e (1 − s = e·s): s − s² would cancel where s ≈ 1 and leave
+        // the estimate's error, times x·du (hundreds for large x).
+        let xs = _mm256_mul_ps(x, _mm256_mul_ps(_mm256_mul_ps(s, s), e));
+        _mm256_storeu_ps(yp.add(c), _mm256_fmadd_ps(xs, du, s));
+    }
+}
+
 dispatch!(
+    @pick
     /// `out = gelu(y + b)`, `y = gelu'(y + b)` for one row.
-    bias_gelu_row = bias_gelu_body, own bias_gelu512, bias_gelu256,
+    bias_gelu_row = bias_gelu_body, bias_gelu512, bias_gelu256,
     (y: &mut [f32], b: &[f32], out: &mut [f32]) -> ()
 );
 

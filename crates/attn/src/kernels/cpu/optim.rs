@@ -53,6 +53,10 @@ pub struct AdamWStep {
 #[inline(always)]
 fn adamw_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     let keep = 1.0 - s.lr * s.decay;
+    // The bias corrections folded into two constants, as PyTorch does: the step
+    // `lr/bc1` and `1/√bc2` (√(v/bc2) = √v/√bc2). One square root and one division an
+    // element, not three divisions: the dividers were the loop's bottleneck.
+    let (step, rs) = (s.lr / s.bc1, 1.0 / s.bc2.sqrt());
     // Cut to one length first, or each element keeps its bounds checks (scalar loop).
     let n = p.len();
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
@@ -60,7 +64,7 @@ fn adamw_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWSt
         let gi = g[i] * s.grad_scale;
         m[i] = s.beta1 * m[i] + (1.0 - s.beta1) * gi;
         v[i] = s.beta2 * v[i] + (1.0 - s.beta2) * gi * gi;
-        p[i] = p[i] * keep - s.lr * (m[i] / s.bc1) / ((v[i] / s.bc2).sqrt() + s.eps);
+        p[i] = p[i] * keep - step * m[i] / v[i].sqrt().mul_add(rs, s.eps);
     }
 }
 dispatch!(

@@ -405,6 +405,41 @@ dispatch!(
     causal_softmax_rows = causal_softmax_rows_body, own avx512::causal_softmax_rows, causal_softmax_rows256, (p: &mut [f32], t: usize) -> ()
 );
 
+/// [`exp`] in AVX2 registers, for the row operations that the compiler does not
+/// vectorise well on their own (see `gemm::bias_gelu256`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// [`super::exp`] of eight values: the same reduction and polynomial; inputs are
+    /// clamped to −87.3..=88.3 (so 2^k, built in the exponent bits, stays a normal
+    /// number: k is −126..=127).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+            _mm256_set1_ps(88.3),
+        );
+        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm256_fmadd_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            _mm256_set1_ps(0.5),
+        ));
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(super::LN2_HI), x);
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(super::LN2_LO), r);
+        let mut p = _mm256_set1_ps(super::EXP_POLY[0]);
+        for c in &super::EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(k),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    }
+}
+
 /// Row operations written with AVX-512 intrinsics: masked loads and stores finish a row
 /// in whole registers, and the reductions stay in registers (the plain loops, compiled
 /// for AVX-512, kept their partial sums on the stack and reduced them one value at a

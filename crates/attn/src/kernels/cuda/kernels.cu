@@ -235,14 +235,15 @@ extern "C" __global__ void cross_entropy(float* logits, int v, const unsigned* t
 extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, i64 n, float lr,
                                  float decay, float b1, float b2, float bc1, float bc2, float eps,
                                  float gs) {
-    float keep = 1.f - lr * decay;
+    // As the CPU's: the bias corrections folded into a step and 1/sqrt(bc2).
+    float keep = 1.f - lr * decay, step = lr / bc1, rs = 1.f / sqrtf(bc2);
     EACH(i, n) {
         float gi = g[i] * gs;
         float mi = b1 * m[i] + (1.f - b1) * gi;
         float vi = b2 * v[i] + (1.f - b2) * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        p[i] = p[i] * keep - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        p[i] = p[i] * keep - step * mi / fmaf(sqrtf(vi), rs, eps);
     }
 }
 
