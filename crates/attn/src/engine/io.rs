@@ -258,6 +258,12 @@ impl Decoder {
     /// Load a decoder folder of any family the engine runs, storing its matrices as
     /// `ty` (default: as stored, f16 for f16/bf16 folders).
     pub fn load(dir: &Path, ty: Option<WeightType>) -> Result<Self> {
+        let d = Self::load_weights(dir, ty);
+        crate::kernels::cpu::huge::release_freed();
+        d
+    }
+
+    fn load_weights(dir: &Path, ty: Option<WeightType>) -> Result<Self> {
         let (spec, hf_config) = read_spec(dir)?;
         let (files, blobs) = read_weight_files(dir)?;
         let path = &files[0];
@@ -488,7 +494,7 @@ impl Decoder {
                     d,
                 },
                 _ => Data::Q4 {
-                    qs: tensor(&format!("{name}{QS}"), Dtype::U8, &[rows, cols / 2])?,
+                    qs: tensor(&format!("{name}{QS}"), Dtype::U8, &[rows, cols / 2])?.into(),
                     d,
                 },
             };
@@ -588,14 +594,14 @@ impl Decoder {
                     let v = if in_out {
                         transpose(v, rows, cols)
                     } else {
-                        v.clone()
+                        v.to_vec()
                     };
                     let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                     out.push((name.to_string(), Dtype::F16, shape, b));
                     return;
                 }
                 Data::Q8 { qs, d } => (qs.iter().map(|&q| q as u8).collect(), Dtype::I8, cols, d),
-                Data::Q4 { qs, d } => (qs.clone(), Dtype::U8, cols / 2, d),
+                Data::Q4 { qs, d } => (qs.to_vec(), Dtype::U8, cols / 2, d),
             };
             out.push((format!("{name}{QS}"), dtype, vec![rows, width], codes));
             let scales = d.iter().flat_map(|x| x.to_le_bytes()).collect();

@@ -28,6 +28,7 @@ use super::profile::time;
 use crate::engine::families::{bias_name, schema, NormNames, Parts};
 use crate::engine::io::Plain;
 use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
+use crate::kernels::cpu::huge::HugeVec;
 use crate::kernels::cpu::{self as k, Heads, Rhs, Rope, RopeTable};
 use crate::{Error, Result};
 
@@ -105,108 +106,12 @@ struct BlockAt {
     fcp_b: Option<usize>,
 }
 
-/// Zeroed floats in memory of their own (not the allocator's), advised as transparent
-/// huge pages (where the system leaves that to `madvise`). The activations are read
-/// back in the backward pass with strides of kilobytes over megabytes: with 4 KiB pages
-/// most of those reads also miss the TLB (measured: 3.5–10% more tokens/s with huge
-/// pages). Memory from the allocator would often be reused, already backed by small
-/// pages; a mapping of its own is fresh. Whole 2 MiB pages are taken once touched, so
-/// small buffers stay plain vectors.
-enum HugeBuf {
-    Plain(Vec<f32>),
-    #[cfg(target_os = "linux")]
-    Mapped {
-        map: *mut libc::c_void,
-        map_len: usize,
-        data: *mut f32,
-        len: usize,
-    },
-}
-
-// SAFETY: the mapping is owned by the buffer alone, like a Vec's allocation.
-unsafe impl Send for HugeBuf {}
-unsafe impl Sync for HugeBuf {}
-
-impl Default for HugeBuf {
-    fn default() -> Self {
-        HugeBuf::Plain(Vec::new())
-    }
-}
-
-impl HugeBuf {
-    fn zeroed(n: usize) -> Self {
-        #[cfg(target_os = "linux")]
-        if n * 4 >= 256 << 10 {
-            const HUGE: usize = 2 << 20;
-            let whole = (n * 4).next_multiple_of(HUGE);
-            let map_len = whole + HUGE;
-            // SAFETY: a fresh private anonymous mapping (zero-filled by the kernel);
-            // checked for failure below.
-            let map = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    map_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if map != libc::MAP_FAILED {
-                let addr = map as usize;
-                let data = addr.next_multiple_of(HUGE) as *mut f32;
-                // SAFETY: data..data + whole lies inside the mapping (at most HUGE
-                // bytes of it precede data). The advice only changes how pages are
-                // backed; if refused, they stay small.
-                unsafe { libc::madvise(data as *mut libc::c_void, whole, libc::MADV_HUGEPAGE) };
-                return HugeBuf::Mapped {
-                    map,
-                    map_len,
-                    data,
-                    len: n,
-                };
-            }
-        }
-        HugeBuf::Plain(vec![0f32; n])
-    }
-
-    fn as_slice(&self) -> &[f32] {
-        match self {
-            HugeBuf::Plain(v) => v,
-            // SAFETY: len floats at data lie inside the mapping, which lives as long as
-            // self; they were zeroed by the kernel.
-            #[cfg(target_os = "linux")]
-            HugeBuf::Mapped { data, len, .. } => unsafe { std::slice::from_raw_parts(*data, *len) },
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [f32] {
-        match self {
-            HugeBuf::Plain(v) => v,
-            // SAFETY: as in as_slice, and &mut self makes the borrow unique.
-            #[cfg(target_os = "linux")]
-            HugeBuf::Mapped { data, len, .. } => unsafe {
-                std::slice::from_raw_parts_mut(*data, *len)
-            },
-        }
-    }
-}
-
-impl Drop for HugeBuf {
-    fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        if let HugeBuf::Mapped { map, map_len, .. } = *self {
-            // SAFETY: the mapping made in zeroed, unmapped once.
-            unsafe { libc::munmap(map, map_len) };
-        }
-    }
-}
-
-/// One buffer of `each` floats per layer, all in one [`HugeBuf`]; `layers[l]` is layer
+/// One buffer of `each` floats per layer, all in one [`HugeVec`] (huge pages: the
+/// backward pass reads these with strides of kilobytes); `layers[l]` is layer
 /// `l`'s.
 #[derive(Default)]
 struct Layers {
-    buf: HugeBuf,
+    buf: HugeVec<f32>,
     each: usize,
     count: usize,
 }
@@ -214,7 +119,7 @@ struct Layers {
 impl Layers {
     fn new(each: usize, count: usize) -> Self {
         Layers {
-            buf: HugeBuf::zeroed(each * count),
+            buf: HugeVec::zeroed(each * count),
             each,
             count,
         }
@@ -225,7 +130,7 @@ impl std::ops::Index<usize> for Layers {
     type Output = [f32];
     fn index(&self, l: usize) -> &[f32] {
         assert!(l < self.count, "layer {l} of {}", self.count);
-        &self.buf.as_slice()[l * self.each..][..self.each]
+        &self.buf[l * self.each..][..self.each]
     }
 }
 
@@ -233,7 +138,7 @@ impl std::ops::IndexMut<usize> for Layers {
     fn index_mut(&mut self, l: usize) -> &mut [f32] {
         assert!(l < self.count, "layer {l} of {}", self.count);
         let each = self.each;
-        &mut self.buf.as_mut_slice()[l * each..][..each]
+        &mut self.buf[l * each..][..each]
     }
 }
 
@@ -1477,8 +1382,6 @@ mod tests {
     fn layer_buffers_are_zeroed_and_disjoint() {
         for each in [1000usize, 300_000] {
             let mut l = Layers::new(each, 3);
-            #[cfg(target_os = "linux")]
-            assert_eq!(matches!(l.buf, HugeBuf::Mapped { .. }), each == 300_000);
             for i in 0..3 {
                 assert!(l[i].len() == each && l[i].iter().all(|&v| v == 0.0));
                 l[i].fill(i as f32 + 1.0);

@@ -22,6 +22,7 @@ pub(crate) mod attend;
 pub mod attention;
 pub mod dropout;
 pub mod gemm;
+pub mod huge;
 pub mod loss;
 pub mod norm;
 pub mod optim;

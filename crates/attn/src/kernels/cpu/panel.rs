@@ -44,12 +44,23 @@ macro_rules! by_rows {
 
 /// Panels for row-major `values` `[rows, cols]`.
 pub fn pack(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let panels = rows.div_ceil(NR);
-    let mut out = vec![0f32; panels * cols * NR];
-    out.par_chunks_mut(cols * NR)
+    let mut out = vec![0f32; packed_len(rows, cols)];
+    pack_into(values, rows, cols, &mut out);
+    out
+}
+
+/// The length of the panels of a `[rows, cols]` matrix.
+pub fn packed_len(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(NR) * cols * NR
+}
+
+/// [`pack`] into `out` ([`packed_len`] long), for panels kept in a buffer of the
+/// caller's choosing (weights: [`super::huge::HugeVec`]).
+pub fn pack_into(values: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    out[..packed_len(rows, cols)]
+        .par_chunks_mut(cols.max(1) * NR)
         .enumerate()
         .for_each(|(p, panel)| pack_panel(values, rows, cols, p, panel));
-    out
 }
 
 /// Panel `p` of row-major `values` `[rows, cols]`, written into `panel` (`cols · NR`

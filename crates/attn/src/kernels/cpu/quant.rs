@@ -22,6 +22,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::huge::HugeVec;
 use crate::{Error, Result};
 
 /// Weights per quantization block.
@@ -81,13 +82,13 @@ impl WeightType {
 #[derive(Clone)]
 pub enum Data {
     /// Panels of 32 rows, `[cols][32]` each (see [`super::panel`]).
-    F32(Vec<f32>),
+    F32(HugeVec<f32>),
     /// IEEE half bits.
-    F16(Vec<u16>),
+    F16(HugeVec<u16>),
     /// Codes `[rows · cols]` and f16 scale bits `[rows · cols / 32]`.
-    Q8 { qs: Vec<i8>, d: Vec<u16> },
+    Q8 { qs: HugeVec<i8>, d: Vec<u16> },
     /// Packed codes `[rows · cols / 2]` and f16 scale bits `[rows · cols / 32]`.
-    Q4 { qs: Vec<u8>, d: Vec<u16> },
+    Q4 { qs: HugeVec<u8>, d: Vec<u16> },
 }
 
 /// A `[rows, cols]` weight matrix (one output per row).
@@ -96,6 +97,14 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub data: Data,
+}
+
+/// The panels of row-major `values` `[rows, cols]` in a buffer of their own (huge
+/// pages: decoding streams every weight at every token).
+fn packed(values: &[f32], rows: usize, cols: usize) -> HugeVec<f32> {
+    let mut out = HugeVec::zeroed(super::panel::packed_len(rows, cols));
+    super::panel::pack_into(values, rows, cols, &mut out);
+    out
 }
 
 impl QMatrix {
@@ -118,12 +127,12 @@ impl QMatrix {
             ));
         }
         let data = match ty {
-            WeightType::F32 => Data::F32(super::panel::pack(values, rows, cols)),
+            WeightType::F32 => Data::F32(packed(values, rows, cols)),
             WeightType::F16 => {
                 Data::F16(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
             }
             WeightType::Q8 => {
-                let mut qs = vec![0i8; values.len()];
+                let mut qs = HugeVec::<i8>::zeroed(values.len());
                 let mut d = vec![0u16; values.len() / QK];
                 qs.par_chunks_mut(QK)
                     .zip(d.par_iter_mut())
@@ -132,7 +141,7 @@ impl QMatrix {
                 Data::Q8 { qs, d }
             }
             WeightType::Q4 => {
-                let mut qs = vec![0u8; values.len() / 2];
+                let mut qs = HugeVec::<u8>::zeroed(values.len() / 2);
                 let mut d = vec![0u16; values.len() / QK];
                 qs.par_chunks_mut(QK / 2)
                     .zip(d.par_iter_mut())
@@ -285,15 +294,15 @@ impl QMatrix {
                 for (i, o) in v.chunks_mut(cols.max(1)).enumerate() {
                     self.row_to_f32(r0 + i, o);
                 }
-                Data::F32(super::panel::pack(&v, rows, cols))
+                Data::F32(packed(&v, rows, cols))
             }
-            Data::F16(v) => Data::F16(v[r0 * cols..r1 * cols].to_vec()),
+            Data::F16(v) => Data::F16(HugeVec::from_slice(&v[r0 * cols..r1 * cols])),
             Data::Q8 { qs, d } => Data::Q8 {
-                qs: qs[r0 * cols..r1 * cols].to_vec(),
+                qs: HugeVec::from_slice(&qs[r0 * cols..r1 * cols]),
                 d: d[r0 * cols / QK..r1 * cols / QK].to_vec(),
             },
             Data::Q4 { qs, d } => Data::Q4 {
-                qs: qs[r0 * cols / 2..r1 * cols / 2].to_vec(),
+                qs: HugeVec::from_slice(&qs[r0 * cols / 2..r1 * cols / 2]),
                 d: d[r0 * cols / QK..r1 * cols / QK].to_vec(),
             },
         };
@@ -328,13 +337,13 @@ impl QMatrix {
         let data = match ty {
             WeightType::F32 => {
                 let v: Vec<f32> = parts.iter().flat_map(|p| p.to_f32()).collect();
-                Data::F32(super::panel::pack(&v, rows, cols))
+                Data::F32(packed(&v, rows, cols))
             }
             WeightType::F16 => Data::F16(
                 parts
                     .iter()
                     .flat_map(|p| match &p.data {
-                        Data::F16(v) => v.clone(),
+                        Data::F16(v) => v.to_vec(),
                         _ => unreachable!("checked: all f16"),
                     })
                     .collect(),
@@ -356,12 +365,12 @@ impl QMatrix {
                 }
                 if ty == WeightType::Q8 {
                     Data::Q8 {
-                        qs: codes8,
+                        qs: codes8.into(),
                         d: scales,
                     }
                 } else {
                     Data::Q4 {
-                        qs: codes4,
+                        qs: codes4.into(),
                         d: scales,
                     }
                 }
