@@ -41,10 +41,17 @@ fn fill(b: Rhs, k: usize, n: usize, p: usize, out: &mut [f32]) {
     }
 }
 
-/// All panels of the right-hand matrix into `panels`, on both cores.
-fn pack_all(b: Rhs, k: usize, n: usize, panels: &mut Vec<f32>) {
+/// All panels of the right-hand matrix into `panels`, on both cores; returns them (the
+/// front of `panels`). The scratch only grows: resizing it to each product's length
+/// would zero the difference at every call (the products of a step alternate between
+/// sizes), and every element used is written here.
+fn pack_all<'p>(b: Rhs, k: usize, n: usize, panels: &'p mut Vec<f32>) -> &'p [f32] {
     let np = n.div_ceil(NR);
-    panels.resize(np * k * NR, 0.0);
+    let need = np * k * NR;
+    if panels.len() < need {
+        panels.resize(need, 0.0);
+    }
+    let panels = &mut panels[..need];
     match b {
         Rhs::Nn(b) if n.is_multiple_of(NR) && k >= 64 => {
             // Row by row (each row of b read once, front to back), into every panel:
@@ -64,11 +71,12 @@ fn pack_all(b: Rhs, k: usize, n: usize, panels: &mut Vec<f32>) {
                 }
             });
         }
-        _ => panels[..np * k * NR]
+        _ => panels
             .par_chunks_mut(k * NR)
             .enumerate()
             .for_each(|(p, out)| fill(b, k, n, p, out)),
     }
+    panels
 }
 
 /// `out [m, n] = a [m, k] · b`, on both cores; `panels` is scratch for the packed `b`.
@@ -97,7 +105,7 @@ fn gemm_then(
     epilogue: Option<panel::Epilogue<'_>>,
 ) {
     debug_assert!(a.len() >= m * k && out.len() >= m * n);
-    pack_all(b, k, n, panels);
+    let panels = pack_all(b, k, n, panels);
     panel::matmul_then(
         a,
         m,
@@ -280,7 +288,7 @@ pub fn gemm_tn_acc(
     {
         return;
     }
-    pack_all(Rhs::Nn(dy), m, cols, panels);
+    let panels = pack_all(Rhs::Nn(dy), m, cols, panels);
     panel::matmul_tn(
         x,
         rows,
