@@ -119,7 +119,7 @@ struct Layers {
 impl Layers {
     fn new(each: usize, count: usize) -> Self {
         Layers {
-            buf: HugeVec::zeroed(each * count),
+            buf: HugeVec::zeroed_rounded(each * count),
             each,
             count,
         }

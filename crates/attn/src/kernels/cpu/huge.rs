@@ -9,9 +9,10 @@
 //! with huge pages on a Zen 4 VM). With 4 KiB pages every 1,024 floats cross a page and
 //! can cost a page walk. Memory from the allocator is often reused, already backed by
 //! small pages (the advice would not change it); a mapping of its own is fresh, so the
-//! advice takes effect at the first write. Only the whole 2 MiB pages inside a buffer are
-//! advised, so no buffer takes more memory than its length; buffers under 2 MiB are
-//! plain vectors.
+//! advice takes effect at the first write. Weights ([`HugeVec::zeroed`]) advise only the
+//! whole 2 MiB pages inside them, so they take no memory beyond their length, and stay
+//! plain vectors under 2 MiB; activations ([`HugeVec::zeroed_rounded`]) are mapped from
+//! 256 KiB and advised to the end of their last 2 MiB page.
 
 use std::ops::{Deref, DerefMut};
 
@@ -46,25 +47,47 @@ unsafe impl<T: Zeroed> Sync for HugeVec<T> {}
 const HUGE: usize = 2 << 20;
 
 impl<T: Zeroed> HugeVec<T> {
-    /// `n` zeros.
+    /// `n` zeros; the whole 2 MiB pages inside advised (weights: no memory beyond the
+    /// length).
     pub fn zeroed(n: usize) -> Self {
+        Self::make(n, HUGE, false)
+    }
+
+    /// `n` zeros, from 256 KiB up, advised to the end of the last 2 MiB page (which
+    /// then takes its whole 2 MiB once touched): for the trainer's activations, where
+    /// the TLB misses of a partly small-paged buffer cost more than the memory.
+    pub fn zeroed_rounded(n: usize) -> Self {
+        Self::make(n, 256 << 10, true)
+    }
+
+    fn make(n: usize, from: usize, round_up: bool) -> Self {
         #[cfg(target_os = "linux")]
         if let Some(bytes) = n.checked_mul(std::mem::size_of::<T>()) {
-            if bytes >= HUGE {
-                if let Some(v) = Self::mapped(n, bytes) {
+            if bytes >= from {
+                if let Some(v) = Self::mapped(n, bytes, round_up) {
                     return v;
                 }
             }
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (from, round_up);
         HugeVec {
             inner: Inner::Plain(vec![zero::<T>(); n]),
         }
     }
 
     #[cfg(target_os = "linux")]
-    fn mapped(n: usize, bytes: usize) -> Option<Self> {
+    fn mapped(n: usize, bytes: usize, round_up: bool) -> Option<Self> {
+        let whole = if round_up {
+            bytes.checked_next_multiple_of(HUGE)?
+        } else {
+            bytes / HUGE * HUGE
+        };
         // Room to start the data on a 2 MiB boundary; only touched pages take memory.
-        let map_len = bytes.next_multiple_of(4096).checked_add(HUGE)?;
+        let map_len = bytes
+            .max(whole)
+            .checked_next_multiple_of(4096)?
+            .checked_add(HUGE)?;
         // SAFETY: a fresh private anonymous mapping (zero-filled by the kernel);
         // checked for failure below.
         let map = unsafe {
@@ -81,9 +104,8 @@ impl<T: Zeroed> HugeVec<T> {
             return None;
         }
         let data = (map as usize).next_multiple_of(HUGE);
-        let whole = bytes / HUGE * HUGE;
-        // SAFETY: data..data + bytes lies inside the mapping (at most HUGE bytes of it
-        // precede data), so does the advised data..data + whole. The advice only changes
+        // SAFETY: data..data + max(bytes, whole) lies inside the mapping (at most HUGE
+        // bytes of it precede data). The advice only changes
         // how pages are backed; if refused, they stay small.
         unsafe { libc::madvise(data as *mut libc::c_void, whole, libc::MADV_HUGEPAGE) };
         Some(HugeVec {
@@ -202,18 +224,26 @@ pub fn release_freed() {
 mod tests {
     use super::*;
 
-    /// Buffers below and above 2 MiB: zeroed, writable to the end, copied by clone and
+    /// Buffers below and above 256 KiB and 2 MiB: zeroed, writable to the end, copied by clone and
     /// from a vector, the large ones in a mapping of their own (Linux) that starts on a
     /// 2 MiB boundary.
     #[test]
     fn buffers_are_zeroed_writable_and_copied() {
-        for n in [1000usize, (2 << 20) / 4 + 77, 3 << 20] {
-            let mut v = HugeVec::<f32>::zeroed(n);
+        for (n, rounded) in [1000usize, 100_000, (2 << 20) / 4 + 77, 3 << 20]
+            .into_iter()
+            .flat_map(|n| [(n, false), (n, true)])
+        {
+            let mut v = if rounded {
+                HugeVec::<f32>::zeroed_rounded(n)
+            } else {
+                HugeVec::<f32>::zeroed(n)
+            };
             assert!(v.len() == n && v.iter().all(|&x| x == 0.0));
             #[cfg(target_os = "linux")]
             {
                 let mapped = matches!(v.inner, Inner::Mapped { .. });
-                assert_eq!(mapped, n * 4 >= HUGE, "n {n}");
+                let from = if rounded { 256 << 10 } else { HUGE };
+                assert_eq!(mapped, n * 4 >= from, "n {n}");
                 if mapped {
                     assert_eq!(v.as_ptr() as usize % HUGE, 0);
                 }
