@@ -16,8 +16,9 @@
 
 use std::ops::{Deref, DerefMut};
 
-/// Element types for which all-zero bytes are a value (a fresh mapping reads as zeros).
-pub trait Zeroed: Copy + Send + Sync + 'static {}
+/// Element types for which all-zero bytes are a value (a fresh mapping reads as zeros),
+/// their `Default`.
+pub trait Zeroed: Copy + Default + Send + Sync + 'static {}
 impl Zeroed for f32 {}
 impl Zeroed for u16 {}
 impl Zeroed for u8 {}
@@ -72,7 +73,7 @@ impl<T: Zeroed> HugeVec<T> {
         #[cfg(not(target_os = "linux"))]
         let _ = (from, round_up);
         HugeVec {
-            inner: Inner::Plain(vec![zero::<T>(); n]),
+            inner: Inner::Plain(vec![T::default(); n]),
         }
     }
 
@@ -105,8 +106,8 @@ impl<T: Zeroed> HugeVec<T> {
         }
         let data = (map as usize).next_multiple_of(HUGE);
         // SAFETY: data..data + max(bytes, whole) lies inside the mapping (at most HUGE
-        // bytes of it precede data). The advice only changes
-        // how pages are backed; if refused, they stay small.
+        // bytes of it precede data). The advice only changes how pages are backed; if
+        // refused, they stay small.
         unsafe { libc::madvise(data as *mut libc::c_void, whole, libc::MADV_HUGEPAGE) };
         Some(HugeVec {
             inner: Inner::Mapped {
@@ -120,16 +121,19 @@ impl<T: Zeroed> HugeVec<T> {
 
     /// A copy of `values`.
     pub fn from_slice(values: &[T]) -> Self {
-        let mut v = Self::zeroed(values.len());
-        v.copy_from_slice(values);
+        Self::concat(&[values])
+    }
+
+    /// `parts` one after the other, copied once.
+    pub fn concat(parts: &[&[T]]) -> Self {
+        let mut v = Self::zeroed(parts.iter().map(|p| p.len()).sum());
+        let mut at = 0;
+        for p in parts {
+            v[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
         v
     }
-}
-
-/// The zero of `T` (every `Zeroed` type has all-zero bytes as a value).
-fn zero<T: Zeroed>() -> T {
-    // SAFETY: Zeroed is implemented only for types whose all-zero bytes are a value.
-    unsafe { std::mem::zeroed() }
 }
 
 impl<T: Zeroed> Default for HugeVec<T> {
@@ -198,12 +202,6 @@ impl<T: Zeroed> From<Vec<T>> for HugeVec<T> {
 impl<T: Zeroed> FromIterator<T> for HugeVec<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         iter.into_iter().collect::<Vec<T>>().into()
-    }
-}
-
-impl<T: Zeroed + std::fmt::Debug> std::fmt::Debug for HugeVec<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.iter().take(8)).finish()
     }
 }
 

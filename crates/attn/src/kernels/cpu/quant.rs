@@ -129,7 +129,11 @@ impl QMatrix {
         let data = match ty {
             WeightType::F32 => Data::F32(packed(values, rows, cols)),
             WeightType::F16 => {
-                Data::F16(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
+                let mut h = HugeVec::<u16>::zeroed(values.len());
+                h.par_iter_mut()
+                    .zip(values.par_iter())
+                    .for_each(|(h, &v)| *h = f16::from_f32(v).to_bits());
+                Data::F16(h)
             }
             WeightType::Q8 => {
                 let mut qs = HugeVec::<i8>::zeroed(values.len());
@@ -339,25 +343,26 @@ impl QMatrix {
                 let v: Vec<f32> = parts.iter().flat_map(|p| p.to_f32()).collect();
                 Data::F32(packed(&v, rows, cols))
             }
-            WeightType::F16 => Data::F16(
-                parts
+            WeightType::F16 => {
+                let halves: Vec<&[u16]> = parts
                     .iter()
-                    .flat_map(|p| match &p.data {
-                        Data::F16(v) => v.to_vec(),
+                    .map(|p| match &p.data {
+                        Data::F16(v) => &v[..],
                         _ => unreachable!("checked: all f16"),
                     })
-                    .collect(),
-            ),
+                    .collect();
+                Data::F16(HugeVec::concat(&halves))
+            }
             WeightType::Q8 | WeightType::Q4 => {
                 let (mut codes8, mut codes4, mut scales) = (Vec::new(), Vec::new(), Vec::new());
                 for p in parts {
                     match &p.data {
                         Data::Q8 { qs, d } => {
-                            codes8.extend_from_slice(qs);
+                            codes8.push(&qs[..]);
                             scales.extend_from_slice(d);
                         }
                         Data::Q4 { qs, d } => {
-                            codes4.extend_from_slice(qs);
+                            codes4.push(&qs[..]);
                             scales.extend_from_slice(d);
                         }
                         _ => unreachable!("checked: all of one quantized type"),
@@ -365,12 +370,12 @@ impl QMatrix {
                 }
                 if ty == WeightType::Q8 {
                     Data::Q8 {
-                        qs: codes8.into(),
+                        qs: HugeVec::concat(&codes8),
                         d: scales,
                     }
                 } else {
                     Data::Q4 {
-                        qs: codes4.into(),
+                        qs: HugeVec::concat(&codes4),
                         d: scales,
                     }
                 }

@@ -41,6 +41,18 @@ fn check(api: &Api, r: ffi::CUresult, what: &str) -> Result<()> {
     }
 }
 
+/// How cuBLAS is given a row-major operand `op(x)` of shape `[rows, cols]`, stored as
+/// is or (with `t`) transposed, `[cols, rows]`: the operation and the stored row length
+/// (leading dimension). cuBLAS is column-major, so `c = op(a)·op(b)` is given as
+/// `cᵀ = op(b)ᵀ·op(a)ᵀ`, b first, each stored array read as its own transpose.
+fn blas_operand(t: bool, rows: usize, cols: usize) -> (c_int, usize) {
+    if t {
+        (ffi::CUBLAS_OP_T, rows)
+    } else {
+        (ffi::CUBLAS_OP_N, cols)
+    }
+}
+
 fn check_blas(r: c_int, what: &str) -> Result<()> {
     if r == 0 {
         Ok(())
@@ -789,16 +801,7 @@ impl Gpu {
                 format!("{m}×{k}·{k}×{n} is too large for cuBLAS"),
             ));
         }
-        // Column-major, the product is cᵀ = op(b)ᵀ · op(a)ᵀ: b comes first.
-        let op = |t| {
-            if t {
-                ffi::CUBLAS_OP_T
-            } else {
-                ffi::CUBLAS_OP_N
-            }
-        };
-        let ldb = if tb { k } else { n };
-        let lda = if ta { m } else { k };
+        let ((opb, ldb), (opa, lda)) = (blas_operand(tb, k, n), blas_operand(ta, m, k));
         let blas = &self.api.blas;
         match self.precision.get() {
             Precision::F32 => {}
@@ -846,8 +849,8 @@ impl Gpu {
             if batch == 1 {
                 (blas.cublasSgemm_v2)(
                     self.blas,
-                    op(tb),
-                    op(ta),
+                    opb,
+                    opa,
                     n as c_int,
                     m as c_int,
                     k as c_int,
@@ -863,8 +866,8 @@ impl Gpu {
             } else {
                 (blas.cublasSgemmStridedBatched)(
                     self.blas,
-                    op(tb),
-                    op(ta),
+                    opb,
+                    opa,
                     n as c_int,
                     m as c_int,
                     k as c_int,
@@ -902,22 +905,14 @@ impl Gpu {
         batch: usize,
         (sa, sb, sc): (usize, usize, usize),
     ) -> Result<()> {
-        let op = |t| {
-            if t {
-                ffi::CUBLAS_OP_T
-            } else {
-                ffi::CUBLAS_OP_N
-            }
-        };
-        let ldb = if tb { k } else { n };
-        let lda = if ta { m } else { k };
+        let ((opb, ldb), (opa, lda)) = (blas_operand(tb, k, n), blas_operand(ta, m, k));
         // SAFETY: the buffers behind a, b, c hold the products' operands (of `kind`) at
         // these strides (the callers check their lengths).
         let r = unsafe {
             (self.api.blas.cublasGemmStridedBatchedEx)(
                 self.blas,
-                op(tb),
-                op(ta),
+                opb,
+                opa,
                 n as c_int,
                 m as c_int,
                 k as c_int,
