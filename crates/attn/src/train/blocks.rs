@@ -11,7 +11,8 @@ use rayon::prelude::*;
 use super::profile::time;
 
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::attend::{attend_head, Span};
+use crate::kernels::cpu::attend::{attend_head, attend_head_backward, Span};
+use crate::kernels::cpu::panel::SyncPtr;
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
 use crate::{Error, Result};
 
@@ -318,7 +319,7 @@ pub(super) fn head_forward(
     drop: Option<Dropout>,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![0f32; at.tq * hd];
-    let mut rows = Vec::with_capacity(at.tq);
+    let mut weights = Vec::new();
     let span = if at.causal {
         Span::Causal { past: 0 }
     } else {
@@ -336,86 +337,10 @@ pub(super) fn head_forward(
         scale,
         bias,
         &mut out,
-        Some(&mut rows),
+        Some(&mut weights),
         drop,
     );
-    (rows.concat(), out)
-}
-
-/// The gradients of one head's queries (`[tq, hd]`), keys and values (`[tk, hd]`,
-/// contiguous) from `ins` = (q, k, the values transposed `[hd, tk]`, the output gradient dy
-/// `[tq, hd]`, the weights p, the weights after dropout pd) into `outs` = (dq, dk, dv, scratch
-/// `[tk]`, and the gradient of the scores after scaling `[tq, tk]` — an additive bias's —
-/// or nothing when it is empty). With
-/// dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY, and with dP' = dY·Vᵀ,
-/// dS = pd ⊙ dP' − p · Σ_j pd·dP' (row by row). Weights that are zero (masked) give
-/// zero score gradients.
-#[inline(always)]
-fn head_grads_body(ins: [&[f32]; 6], outs: [&mut [f32]; 5], hd: usize, scale: f32) {
-    let [q, k, vt, dy, p, pd] = ins;
-    let [dq, dk, dv, ds, dbias] = outs;
-    let tk = ds.len();
-    let tq = dy.len() / hd;
-    for i in 0..tq {
-        let dyi = &dy[i * hd..(i + 1) * hd];
-        let pr = &p[i * tk..(i + 1) * tk];
-        let pdr = &pd[i * tk..(i + 1) * tk];
-        // dP'_i = Σ_d dy_id · vᵀ_d (rows of the transposed values: whole-row vector
-        // operations, where dot products per key would be scalar reductions).
-        ds.fill(0.0);
-        for (&g, vd) in dyi.iter().zip(vt.chunks_exact(tk)) {
-            for (d, &x) in ds.iter_mut().zip(vd) {
-                *d += g * x;
-            }
-        }
-        let dot = dot16(pdr, ds);
-        for ((d, &pij), &pdij) in ds.iter_mut().zip(pr).zip(pdr) {
-            *d = pdij * *d - pij * dot;
-        }
-        if !dbias.is_empty() {
-            dbias[i * tk..(i + 1) * tk].copy_from_slice(ds);
-        }
-        ds.iter_mut().for_each(|d| *d *= scale);
-        let qi = &q[i * hd..(i + 1) * hd];
-        let dqi = &mut dq[i * hd..(i + 1) * hd];
-        for j in 0..tk {
-            let (pij, dsij) = (pdr[j], ds[j]);
-            let kj = &k[j * hd..(j + 1) * hd];
-            for (o, &x) in dqi.iter_mut().zip(kj) {
-                *o += dsij * x;
-            }
-            for (o, &x) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyi) {
-                *o += pij * x;
-            }
-            for (o, &x) in dk[j * hd..(j + 1) * hd].iter_mut().zip(qi) {
-                *o += dsij * x;
-            }
-        }
-    }
-}
-vmath::dispatch!(
-    /// See [`head_grads_body`].
-    head_grads = head_grads_body, head_grads512, head_grads256,
-    (ins: [&[f32]; 6], outs: [&mut [f32]; 5], hd: usize, scale: f32) -> ()
-);
-
-/// `a · b` over sixteen lanes of partial sums (which the compiler keeps in vector
-/// registers; a running scalar sum would not be vectorized).
-#[inline(always)]
-fn dot16(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = vmath::hsum16(acc);
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
+    (weights, out)
 }
 
 /// Backward of [`head_forward`]: from the gradient of the head's output (rows `dy0..`
@@ -435,48 +360,166 @@ pub(super) fn head_backward(
     drop: Option<Dropout>,
     score_grads: bool,
 ) -> [Vec<f32>; 4] {
-    let gather = |src: &[f32], r0: usize, rows: usize, stride: usize, off: usize| {
-        let mut out = Vec::with_capacity(rows * hd);
-        for j in 0..rows {
-            out.extend_from_slice(&src[(r0 + j) * stride + off..][..hd]);
-        }
-        out
-    };
-    let qh = gather(q, at.q0, at.tq, at.qs, at.qo);
-    let kh = gather(kv, at.k0, at.tk, at.ks, at.ko);
-    let mut vt = vec![0f32; at.tk * hd];
-    for j in 0..at.tk {
-        let row = &kv[(at.k0 + j) * at.ks + at.vo..][..hd];
-        for (d, &x) in row.iter().enumerate() {
-            vt[d * at.tk + j] = x;
-        }
-    }
-    let g = gather(dy, dy0, at.tq, dys, dyo);
     let mut dq = vec![0f32; at.tq * hd];
     let (mut dk, mut dv) = (vec![0f32; at.tk * hd], vec![0f32; at.tk * hd]);
-    let mut ds = vec![0f32; at.tk];
     let mut dbias = if score_grads {
         vec![0f32; at.tq * at.tk]
     } else {
         Vec::new()
     };
-    let dropped;
-    let pd = match drop {
-        Some(d) => {
-            let mut x = p.to_vec();
-            k::dropout::drop_row(&mut x, d, 0);
-            dropped = x;
-            &dropped
-        }
-        None => p,
-    };
-    head_grads(
-        [&qh, &kh, &vt, &g, p, pd],
-        [&mut dq, &mut dk, &mut dv, &mut ds, &mut dbias],
-        hd,
-        scale,
+    attend_head_backward(
+        (&q[at.q0 * at.qs + at.qo..], at.qs),
+        (
+            &kv[at.k0 * at.ks + at.ko..],
+            &kv[at.k0 * at.ks + at.vo..],
+            at.ks,
+        ),
+        (&dy[dy0 * dys + dyo..], dys),
+        (at.tq, at.tk, hd, scale),
+        p,
+        drop,
+        [&mut dq, &mut dk, &mut dv, &mut dbias],
     );
     [dq, dk, dv, dbias]
+}
+
+/// One place an attention pass writes: rows `r0..r1` (of some row stride) at columns
+/// `col..col + hd`.
+type Cell = (usize, usize, usize);
+
+/// Whether no two cells overlap (cells of one width `hd`).
+fn disjoint(mut cells: Vec<Cell>, hd: usize) -> bool {
+    cells.sort_unstable();
+    cells.windows(2).all(|w| {
+        let ((c0, _, e0), (c1, s1, _)) = (w[0], w[1]);
+        c1 >= c0 + hd || (c1 == c0 && s1 >= e0)
+    })
+}
+
+/// Copies `rows` (`hd` wide, contiguous) to `dst` rows `r0..` of stride `stride` from
+/// column `col`.
+///
+/// # Safety
+/// `dst` must be valid for writes up to `(r0 + rows) · stride` (checked by the callers
+/// against its length), and no other thread may touch those elements meanwhile.
+unsafe fn put_rows(
+    dst: SyncPtr,
+    (r0, stride, col): (usize, usize, usize),
+    rows: &[f32],
+    hd: usize,
+) {
+    for (r, row) in rows.chunks_exact(hd).enumerate() {
+        std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add((r0 + r) * stride + col), hd);
+    }
+}
+
+/// Every job's head ([`head_forward`]), on the rayon pool, each task writing its output
+/// rows into `y` (`[n, c]`, the job's head at columns `h·hd..`) while they are in its
+/// cache; with `biases`, job `i` adds `biases[i]` to its scores. Returns each job's
+/// attention weights.
+pub(super) fn heads_forward(
+    q: &[f32],
+    kv: &[f32],
+    jobs: &[Job],
+    (hd, scale): (usize, f32),
+    biases: Option<&[Vec<f32>]>,
+    (c, y): (usize, &mut [f32]),
+) -> Vec<Vec<f32>> {
+    let cells = jobs
+        .iter()
+        .map(|j| (j.h * hd, j.y0, j.y0 + j.at.tq))
+        .collect();
+    assert!(
+        disjoint(cells, hd)
+            && jobs
+                .iter()
+                .all(|j| (j.h + 1) * hd <= c && (j.y0 + j.at.tq) * c <= y.len()),
+        "attention jobs overlap or overrun their output"
+    );
+    let out = SyncPtr(y.as_mut_ptr());
+    jobs.par_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let b = biases.map(|b| b[i].as_slice());
+            let (p, o) = head_forward(q, kv, j.at, hd, scale, b, j.drop);
+            // SAFETY: inside `y` and no cell written by two jobs (both asserted above).
+            unsafe { put_rows(out, (j.y0, c, j.h * hd), &o, hd) };
+            p
+        })
+        .collect()
+}
+
+/// Every job's head backward ([`head_backward`]) from the output gradient `dy` (laid
+/// out as [`heads_forward`]'s `y`, rows `c` wide), on the rayon pool, each task writing
+/// its queries' gradients into `dq` (laid out as `q`) and its keys' and values' into
+/// `dkv` (as `kv`; into `dq` when `None`: self-attention, one buffer). Returns each
+/// job's score gradients with `score_grads` (empty otherwise).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn heads_backward(
+    (dy, c): (&[f32], usize),
+    q: &[f32],
+    kv: &[f32],
+    probs: &[Vec<f32>],
+    jobs: &[Job],
+    (hd, scale): (usize, f32),
+    score_grads: bool,
+    dq: &mut [f32],
+    dkv: Option<&mut [f32]>,
+) -> Vec<Vec<f32>> {
+    let (dq_len, qp) = (dq.len(), SyncPtr(dq.as_mut_ptr()));
+    let shared = dkv.is_none();
+    let (kv_len, kvp) = match dkv {
+        Some(b) => (b.len(), SyncPtr(b.as_mut_ptr())),
+        None => (dq_len, qp),
+    };
+    let q_cells = jobs.iter().map(|j| (j.at.qo, j.at.q0, j.at.q0 + j.at.tq));
+    let kv_cells = jobs.iter().flat_map(|j| {
+        let r = (j.at.k0, j.at.k0 + j.at.tk);
+        [(j.at.ko, r.0, r.1), (j.at.vo, r.0, r.1)]
+    });
+    let fits = jobs.iter().all(|j| {
+        let a = j.at;
+        (a.q0 + a.tq) * a.qs <= dq_len
+            && a.qo + hd <= a.qs
+            && (a.k0 + a.tk) * a.ks <= kv_len
+            && a.ko.max(a.vo) + hd <= a.ks
+            && (!shared || a.qs == a.ks)
+    });
+    let apart = if shared {
+        disjoint(q_cells.chain(kv_cells).collect(), hd)
+    } else {
+        disjoint(q_cells.collect(), hd) && disjoint(kv_cells.collect(), hd)
+    };
+    assert!(
+        fits && apart,
+        "attention jobs overlap or overrun their gradients"
+    );
+    jobs.par_iter()
+        .zip(probs)
+        .map(|(j, p)| {
+            let a = j.at;
+            let [gq, gk, gv, gb] = head_backward(
+                dy,
+                (c, j.h * hd, j.y0),
+                q,
+                kv,
+                p,
+                a,
+                hd,
+                scale,
+                j.drop,
+                score_grads,
+            );
+            // SAFETY: inside the buffers and no cell written by two jobs (both asserted
+            // above).
+            unsafe {
+                put_rows(qp, (a.q0, a.qs, a.qo), &gq, hd);
+                put_rows(kvp, (a.k0, a.ks, a.ko), &gk, hd);
+                put_rows(kvp, (a.k0, a.ks, a.vo), &gv, hd);
+            }
+            gb
+        })
+        .collect()
 }
 
 /// The sizes of a stack's sublayers.
@@ -673,20 +716,9 @@ pub(super) fn attn_forward(
 ) -> (AttnActs, Vec<f32>) {
     let (c, hd) = (d.c, d.hd());
     let n = x.len() / c;
-    let heads: Vec<(Vec<f32>, Vec<f32>)> = time("heads", || {
-        jobs.par_iter()
-            .map(|j| head_forward(q, kv, j.at, hd, d.scale(), None, j.drop))
-            .collect()
-    });
     let mut y = scratch.pool.take_written(n * c);
-    let mut probs = Vec::with_capacity(jobs.len());
-    time("heads gather", || {
-        for (j, (p, out)) in jobs.iter().zip(heads) {
-            for (i, o) in out.chunks(hd).enumerate() {
-                y[(j.y0 + i) * c + j.h * hd..][..hd].copy_from_slice(o);
-            }
-            probs.push(p);
-        }
+    let probs = time("heads", || {
+        heads_forward(q, kv, jobs, (hd, d.scale()), None, (c, &mut y))
     });
     let (s, st, out) = tail_forward(w, d, &at.tail(), &y, x, drop_out, scratch);
     (AttnActs { probs, y, s, st }, out)
@@ -713,7 +745,7 @@ pub(super) fn attn_backward(
     drop_out: Option<Dropout>,
     scratch: &mut Scratch,
     dq: &mut [f32],
-    mut dkv: Option<&mut [f32]>,
+    dkv: Option<&mut [f32]>,
 ) -> Vec<f32> {
     let (c, hd) = (d.c, d.hd());
     let (ds, dy) = tail_backward(
@@ -730,31 +762,18 @@ pub(super) fn attn_backward(
         drop_out,
         scratch,
     );
-    let parts: Vec<[Vec<f32>; 4]> = time("heads backward", || {
-        jobs.par_iter()
-            .zip(&a.probs)
-            .map(|(j, p)| {
-                let dy_at = (c, j.h * hd, j.y0);
-                head_backward(&dy, dy_at, q, kv, p, j.at, hd, d.scale(), j.drop, false)
-            })
-            .collect()
-    });
-    time("heads scatter", || {
-        for (j, [gq, gk, gv, _]) in jobs.iter().zip(&parts) {
-            let at = j.at;
-            for (i, row) in gq.chunks(hd).enumerate() {
-                dq[(at.q0 + i) * at.qs + at.qo..][..hd].copy_from_slice(row);
-            }
-            let dst: &mut [f32] = match dkv.as_deref_mut() {
-                Some(b) => b,
-                None => &mut *dq,
-            };
-            for (i, (rk, rv)) in gk.chunks(hd).zip(gv.chunks(hd)).enumerate() {
-                let r = (at.k0 + i) * at.ks;
-                dst[r + at.ko..][..hd].copy_from_slice(rk);
-                dst[r + at.vo..][..hd].copy_from_slice(rv);
-            }
-        }
+    time("heads backward", || {
+        heads_backward(
+            (&dy, c),
+            q,
+            kv,
+            &a.probs,
+            jobs,
+            (hd, d.scale()),
+            false,
+            dq,
+            dkv,
+        )
     });
     scratch.pool.give(dy);
     ds

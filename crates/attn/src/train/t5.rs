@@ -17,7 +17,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::blocks::{
-    drop_in_place, head_backward, head_forward, head_jobs, spans_of, Act, Dims, Job, Scratch,
+    drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, Act, Dims, Job, Scratch,
 };
 use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
@@ -464,22 +464,8 @@ impl NativeT5 {
     ) -> (Vec<Vec<f32>>, Vec<f32>) {
         let d = self.dims();
         let (a, hd) = (d.c, d.hd());
-        let outs: Vec<(Vec<f32>, Vec<f32>)> = jobs
-            .par_iter()
-            .enumerate()
-            .map(|(i, j)| {
-                let b = biases.map(|b| b[i].as_slice());
-                head_forward(q, kv, j.at, hd, 1.0, b, j.drop)
-            })
-            .collect();
         let mut y = vec![0f32; n * a];
-        let mut probs = Vec::with_capacity(jobs.len());
-        for (j, (p, out)) in jobs.iter().zip(outs) {
-            for (r, o) in out.chunks(hd).enumerate() {
-                y[(j.y0 + r) * a + j.h * hd..][..hd].copy_from_slice(o);
-            }
-            probs.push(p);
-        }
+        let probs = heads_forward(q, kv, jobs, (hd, 1.0), biases, (a, &mut y));
         (probs, y)
     }
 
@@ -790,48 +776,26 @@ impl NativeT5 {
         jobs: &[Job],
         bias: Option<(usize, &[Vec<u32>])>,
         dq: &mut [f32],
-        mut dkv: Option<&mut [f32]>,
+        dkv: Option<&mut [f32]>,
     ) {
         let d = self.dims();
         let (a, hd) = (d.c, d.hd());
-        let parts: Vec<[Vec<f32>; 4]> = jobs
-            .par_iter()
-            .zip(probs)
-            .map(|(j, p)| {
-                head_backward(
-                    dy,
-                    (a, j.h * hd, j.y0),
-                    q,
-                    kv,
-                    p,
-                    j.at,
-                    hd,
-                    1.0,
-                    j.drop,
-                    bias.is_some(),
-                )
-            })
-            .collect();
-        for (i, (j, [gq, gk, gv, gb])) in jobs.iter().zip(&parts).enumerate() {
-            let at = j.at;
-            for (r, row) in gq.chunks(hd).enumerate() {
-                dq[(at.q0 + r) * at.qs + at.qo..][..hd].copy_from_slice(row);
-            }
-            let dst: &mut [f32] = match dkv.as_deref_mut() {
-                Some(b) => b,
-                None => &mut *dq,
-            };
-            for (r, (rk, rv)) in gk.chunks(hd).zip(gv.chunks(hd)).enumerate() {
-                let row = (at.k0 + r) * at.ks;
-                dst[row + at.ko..][..hd].copy_from_slice(rk);
-                dst[row + at.vo..][..hd].copy_from_slice(rv);
-            }
-            if let Some((stack, grids)) = bias {
-                let nh = d.nh;
-                let at_table = self.rel[stack];
-                let g = &mut self.flat.grads[at_table..];
-                let grid = &grids[i / nh];
-                for (&b, &x) in grid.iter().zip(gb) {
+        let score_grads = heads_backward(
+            (dy, a),
+            q,
+            kv,
+            probs,
+            jobs,
+            (hd, 1.0),
+            bias.is_some(),
+            dq,
+            dkv,
+        );
+        if let Some((stack, grids)) = bias {
+            let nh = d.nh;
+            let g = &mut self.flat.grads[self.rel[stack]..];
+            for (i, (j, gb)) in jobs.iter().zip(&score_grads).enumerate() {
+                for (&b, &x) in grids[i / nh].iter().zip(gb) {
                     g[b as usize * nh + j.h] += x;
                 }
             }

@@ -28,7 +28,7 @@ pub(crate) enum Span {
 /// Attention of `t` queries of one head. Query `j` is `q[j·q_stride..][..hd]`; key and
 /// value `p` are `k[p·kv_stride..][..hd]` and `v[p·kv_stride..][..hd]`; `span` says
 /// which keys each query sees, `n` of them in all (`past + t`, or `keys`). Writes `out`
-/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys. With `drop`
+/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys (`[t, n]`). With `drop`
 /// (training), the values are summed with the weights after dropout (weight (j, p) is
 /// mask element `j·n + p`); `keep` gets them before. With `bias` (`[t, n]`, T5's
 /// relative positions), `bias[j·n + p]` is added to score (j, p) after the scaling.
@@ -45,7 +45,7 @@ pub(crate) fn attend_head(
     scale: f32,
     bias: Option<&[f32]>,
     out: &mut [f32],
-    keep: Option<&mut Vec<Vec<f32>>>,
+    keep: Option<&mut Vec<f32>>,
     drop: Option<super::Dropout>,
 ) {
     let n = match span {
@@ -62,13 +62,7 @@ pub(crate) fn attend_head(
         for j in 0..t {
             qs.extend(q[j * q_stride..][..hd].iter().map(|v| v * scale));
         }
-        let mut keys = vec![0f32; n.div_ceil(NR) * hd * NR];
-        for p in 0..n {
-            let dst = &mut keys[(p / NR) * hd * NR..];
-            for (d, &v) in k[p * kv_stride..][..hd].iter().enumerate() {
-                dst[d * NR + p % NR] = v;
-            }
-        }
+        let keys = row_panels(k, kv_stride, n, hd);
         let mut s = vec![0f32; t * n];
         matmul_serial(&qs, t, n, hd, &keys, &mut s);
         s
@@ -96,7 +90,7 @@ pub(crate) fn attend_head(
         super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], seen(j));
     }
     if let Some(keep) = keep {
-        keep.extend(w.chunks(n).map(|r| r.to_vec()));
+        keep.extend_from_slice(&w);
     }
     if let Some(d) = drop {
         super::dropout::drop_row(&mut w, d, 0);
@@ -104,13 +98,7 @@ pub(crate) fn attend_head(
     if t >= GEMM_MIN_QUERIES {
         // O = P V, with Vᵀ ([hd, n]) as the panel matrix: panel rows are value
         // dimensions, so each panel step is a slice of one value row.
-        let mut vals = vec![0f32; hd.div_ceil(NR) * n * NR];
-        for p in 0..n {
-            let row = &v[p * kv_stride..][..hd];
-            for (b, chunk) in row.chunks(NR).enumerate() {
-                vals[b * n * NR + p * NR..][..chunk.len()].copy_from_slice(chunk);
-            }
-        }
+        let vals = col_panels(v, kv_stride, n, hd);
         matmul_serial(&w, t, hd, n, &vals, out);
     } else {
         for j in 0..t {
@@ -123,6 +111,132 @@ pub(crate) fn attend_head(
             );
         }
     }
+}
+
+/// Panels (see [`super::panel`]) of the `[n, hd]` matrix whose row `p` is
+/// `src[p·stride..][..hd]`: a product against them sums over a head's dimensions (the
+/// keys in `Q·Kᵀ`).
+fn row_panels(src: &[f32], stride: usize, n: usize, hd: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n.div_ceil(NR) * hd * NR];
+    for p in 0..n {
+        let dst = &mut out[(p / NR) * hd * NR..];
+        for (d, &v) in src[p * stride..][..hd].iter().enumerate() {
+            dst[d * NR + p % NR] = v;
+        }
+    }
+    out
+}
+
+/// Panels of the transpose `[hd, n]` of those rows: a product against them sums over
+/// positions (the values in `P·V`). Panel rows are a head's dimensions, so each panel
+/// step is a slice of one source row.
+fn col_panels(src: &[f32], stride: usize, n: usize, hd: usize) -> Vec<f32> {
+    let mut out = vec![0f32; hd.div_ceil(NR) * n * NR];
+    for p in 0..n {
+        let row = &src[p * stride..][..hd];
+        for (b, chunk) in row.chunks(NR).enumerate() {
+            out[b * n * NR + p * NR..][..chunk.len()].copy_from_slice(chunk);
+        }
+    }
+    out
+}
+
+/// `[cols, rows]` from row-major `[rows, cols]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    for (i, row) in x.chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[j * rows + i] = v;
+        }
+    }
+    out
+}
+
+/// One row of the scores' gradient: with `dp` = dY·Vᵀ's row, the weights `p` and the
+/// weights after dropout `pd`, `ds = pd ⊙ dp − p · (pd · dp)`, written over `dp`;
+/// `dbias` (when not empty) gets it before the scaling, `dp` after.
+#[inline(always)]
+fn score_grad_row_body(dp: &mut [f32], p: &[f32], pd: &[f32], dbias: &mut [f32], scale: f32) {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (pd.chunks_exact(16), dp.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut dot = super::vmath::hsum16(acc);
+    for (x, y) in ra.iter().zip(rb) {
+        dot += x * y;
+    }
+    for ((d, &pij), &pdij) in dp.iter_mut().zip(p).zip(pd) {
+        *d = pdij * *d - pij * dot;
+    }
+    if !dbias.is_empty() {
+        dbias.copy_from_slice(dp);
+    }
+    dp.iter_mut().for_each(|d| *d *= scale);
+}
+super::vmath::dispatch!(
+    /// See [`score_grad_row_body`].
+    score_grad_row = score_grad_row_body, score_grad_row512, score_grad_row256,
+    (dp: &mut [f32], p: &[f32], pd: &[f32], dbias: &mut [f32], scale: f32) -> ()
+);
+
+/// Backward of [`attend_head`] in training, for `t` queries against `n` keys (laid out
+/// as there) whose weights `p` `[t, n]` (before dropout; zero where a query does not
+/// see a key) the forward kept: from the output gradient `dy` (query `j`'s row at
+/// `dy[j·dy_stride..][..hd]`), writes the gradients of the queries `dq` `[t, hd]`, keys
+/// `dk` and values `dv` `[n, hd]`, and with a non-empty `dbias` `[t, n]` those of the
+/// scaled scores (an additive bias's). With dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY,
+/// and with dP = dY·Vᵀ, dS = pd ⊙ dP − p · rowsum(pd ⊙ dP); dQ = scale·dS·K and dK =
+/// scale·dSᵀ·Q. The four products are panel products, as the forward's two.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_head_backward(
+    (q, q_stride): (&[f32], usize),
+    (k, v, kv_stride): (&[f32], &[f32], usize),
+    (dy, dy_stride): (&[f32], usize),
+    (t, n, hd, scale): (usize, usize, usize, f32),
+    p: &[f32],
+    drop: Option<super::Dropout>,
+    [dq, dk, dv, dbias]: [&mut [f32]; 4],
+) {
+    let dropped;
+    let pd = match drop {
+        Some(d) => {
+            let mut x = p[..t * n].to_vec();
+            super::dropout::drop_row(&mut x, d, 0);
+            dropped = x;
+            &dropped[..]
+        }
+        None => &p[..t * n],
+    };
+    let mut g = Vec::with_capacity(t * hd);
+    for j in 0..t {
+        g.extend_from_slice(&dy[j * dy_stride..][..hd]);
+    }
+    let mut ds = vec![0f32; t * n];
+    matmul_serial(&g, t, n, hd, &row_panels(v, kv_stride, n, hd), &mut ds);
+    for j in 0..t {
+        let dbias = if dbias.is_empty() {
+            &mut []
+        } else {
+            &mut dbias[j * n..(j + 1) * n]
+        };
+        let r = j * n..(j + 1) * n;
+        score_grad_row(&mut ds[r.clone()], &p[r.clone()], &pd[r], dbias, scale);
+    }
+    matmul_serial(&ds, t, hd, n, &col_panels(k, kv_stride, n, hd), dq);
+    let qp = col_panels(q, q_stride, t, hd);
+    matmul_serial(&transpose(&ds, t, n), n, hd, t, &qp, dk);
+    matmul_serial(
+        &transpose(pd, t, n),
+        n,
+        hd,
+        t,
+        &col_panels(&g, hd, t, hd),
+        dv,
+    );
 }
 
 /// `out[p] = scale · q·k_p` for `p < count`.
@@ -236,6 +350,116 @@ mod avx {
                 d += 16;
             } else {
                 d += 8;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_data as data;
+    use super::*;
+
+    /// [`attend_head_backward`] against the gradients written out as plain loops (in
+    /// f64), for causal and bidirectional heads, with and without dropout, strided
+    /// inputs, head widths below and above one panel and key counts that are not whole
+    /// panels; with a bias gradient asked for.
+    #[test]
+    fn head_backward_matches_plain_loops() {
+        for (t, n, hd, causal, p_drop) in [
+            (5usize, 5usize, 8usize, true, 0.0f32),
+            (6, 9, 12, false, 0.2),
+            (33, 33, 32, true, 0.1),
+            (1, 40, 40, false, 0.0),
+            (20, 70, 16, false, 0.3),
+        ] {
+            let (qs, ks) = (hd + 3, 2 * hd + 5);
+            let q = data(t * qs, 1);
+            let kv = data(n * ks, 2);
+            let dy_s = hd + 1;
+            let dy = data(t * dy_s, 3);
+            let (k, v) = (&kv[..], &kv[hd + 2..]);
+            let scale = 0.37;
+            let drop = super::super::Dropout::new(p_drop, 9);
+            // The forward's kept weights, through the forward itself.
+            let mut out = vec![0f32; t * hd];
+            let mut p = Vec::new();
+            let span = if causal {
+                Span::Causal { past: n - t }
+            } else {
+                Span::All { keys: n }
+            };
+            attend_head(
+                &q,
+                qs,
+                k,
+                v,
+                ks,
+                span,
+                t,
+                hd,
+                scale,
+                None,
+                &mut out,
+                Some(&mut p),
+                drop,
+            );
+            let seen = |j: usize| if causal { n - t + j + 1 } else { n };
+            let mask = |j: usize, i: usize| drop.map_or(1.0, |d| d.factor((j * n + i) as u64));
+            let (mut dq, mut dk, mut dv, mut db) = (
+                vec![f32::NAN; t * hd],
+                vec![f32::NAN; n * hd],
+                vec![f32::NAN; n * hd],
+                vec![f32::NAN; t * n],
+            );
+            attend_head_backward(
+                (&q, qs),
+                (k, v, ks),
+                (&dy, dy_s),
+                (t, n, hd, scale),
+                &p,
+                drop,
+                [&mut dq, &mut dk, &mut dv, &mut db],
+            );
+            let at = |x: &[f32], r: usize, s: usize, d: usize| x[r * s + d] as f64;
+            let mut want_q = vec![0f64; t * hd];
+            let mut want_k = vec![0f64; n * hd];
+            let mut want_v = vec![0f64; n * hd];
+            for j in 0..t {
+                // dP_ji = dy_j · v_i; dS_ji = m·p·dP − p·Σ_i' m·p·dP.
+                let dp: Vec<f64> = (0..n)
+                    .map(|i| (0..hd).map(|d| at(&dy, j, dy_s, d) * at(v, i, ks, d)).sum())
+                    .collect();
+                let pji = |i: usize| p[j * n + i] as f64;
+                let dot: f64 = (0..n).map(|i| pji(i) * mask(j, i) as f64 * dp[i]).sum();
+                for i in 0..n {
+                    let ds = pji(i) * (mask(j, i) as f64 * dp[i] - dot);
+                    let got = db[j * n + i] as f64;
+                    assert!(
+                        (got - ds).abs() < 1e-4,
+                        "t {t} n {n}: dbias[{j},{i}] {got} vs {ds}"
+                    );
+                    if i >= seen(j) {
+                        assert_eq!(p[j * n + i], 0.0);
+                    }
+                    for d in 0..hd {
+                        want_q[j * hd + d] += scale as f64 * ds * at(k, i, ks, d);
+                        want_k[i * hd + d] += scale as f64 * ds * at(&q, j, qs, d);
+                        want_v[i * hd + d] += pji(i) * mask(j, i) as f64 * at(&dy, j, dy_s, d);
+                    }
+                }
+            }
+            for (what, got, want) in [
+                ("dq", &dq, &want_q),
+                ("dk", &dk, &want_k),
+                ("dv", &dv, &want_v),
+            ] {
+                for (i, (&g, &w)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()),
+                        "t {t} n {n} hd {hd}: {what}[{i}] {g} vs {w}"
+                    );
+                }
             }
         }
     }
