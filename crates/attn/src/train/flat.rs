@@ -5,6 +5,7 @@
 
 use crate::engine::io::Plain;
 use crate::kernels::cpu as k;
+use crate::kernels::cpu::huge::HugeVec;
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
@@ -12,10 +13,12 @@ pub(crate) struct Flat {
     /// (name, offset, shape) of every tensor, in buffer order.
     pub tensors: Vec<(String, usize, Vec<usize>)>,
     pub params: Vec<f32>,
-    pub grads: Vec<f32>,
-    /// Moments of the trainable tail.
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+    /// The gradients and the moments of the trainable tail, in buffers advised as huge
+    /// pages (AdamW streams all four once a step; small pages cost a TLB miss every 4
+    /// KiB and, on first touch, a fault and a TLB shootdown per page).
+    pub grads: HugeVec<f32>,
+    pub m: HugeVec<f32>,
+    pub v: HugeVec<f32>,
     /// AdamW updates applied.
     pub t: usize,
     pub trainable_from: usize,
@@ -66,9 +69,9 @@ impl Flat {
         let n = params.len();
         Flat {
             tensors,
-            grads: vec![0.0; n],
-            m: vec![0.0; n - trainable_from],
-            v: vec![0.0; n - trainable_from],
+            grads: HugeVec::zeroed_rounded(n),
+            m: HugeVec::zeroed_rounded(n - trainable_from),
+            v: HugeVec::zeroed_rounded(n - trainable_from),
             params,
             t: 0,
             trainable_from,

@@ -417,9 +417,10 @@ pub struct NativeDecoder {
     lay: Layout,
     slots: Vec<Slot>,
     params: Vec<f32>,
-    grads: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    /// Gradients and moments in huge-page buffers (see `train::flat`).
+    grads: HugeVec<f32>,
+    m: HugeVec<f32>,
+    v: HugeVec<f32>,
     /// AdamW updates applied so far (for the bias corrections).
     t: usize,
     /// Activations of each shard of the batch.
@@ -588,9 +589,9 @@ impl NativeDecoder {
             },
             slots: al.slots,
             params: flat,
-            grads: vec![0f32; total],
-            m: vec![0f32; total],
-            v: vec![0f32; total],
+            grads: HugeVec::zeroed_rounded(total),
+            m: HugeVec::zeroed_rounded(total),
+            v: HugeVec::zeroed_rounded(total),
             t: 0,
             acts: Vec::new(),
             shard_grads: Vec::new(),
@@ -625,9 +626,9 @@ impl NativeDecoder {
     pub fn sync_to_host(&mut self) -> Result<()> {
         if let Some(g) = &self.gpu {
             self.params = g.gpu.download(&g.params)?;
-            self.grads = g.gpu.download(&g.grads)?;
-            self.m = g.gpu.download(&g.m)?;
-            self.v = g.gpu.download(&g.v)?;
+            self.grads = g.gpu.download(&g.grads)?.into();
+            self.m = g.gpu.download(&g.m)?.into();
+            self.v = g.gpu.download(&g.v)?.into();
         }
         Ok(())
     }
