@@ -547,8 +547,8 @@ pub(super) struct Tail {
     pub ln_b: usize,
 }
 
-/// A sublayer's end: `s = x + drop(h·Wᵀ + b)`, `out = LN(s)`. Returns `s`, the norm's
-/// statistics and `out`.
+/// A sublayer's end: `s = x + drop(h·Wᵀ + b)`, `out = LN(s)`, in one pass over the
+/// product's rows. Returns `s`, the norm's statistics and `out`.
 fn tail_forward(
     w: &[f32],
     d: Dims,
@@ -562,31 +562,31 @@ fn tail_forward(
     let n = x.len() / c;
     let i = h.len() / n;
     let mut s = scratch.pool.take_written(n * c);
-    linear(
-        h,
-        n,
-        &w[t.w..t.w + c * i],
-        &w[t.b..t.b + c],
-        &mut s,
-        &mut scratch.panels,
-    );
-    drop_in_place(&mut s, drop);
-    time("residual", || {
-        s.iter_mut().zip(x).for_each(|(s, x)| *s += x)
-    });
     let (mut out, mut st) = (
         scratch.pool.take_written(n * c),
         scratch.pool.take_written(2 * n),
     );
-    time("layer norm", || {
-        k::layer_norm(
-            &s,
-            &w[t.ln_w..t.ln_w + c],
-            Some(&w[t.ln_b..t.ln_b + c]),
-            d.eps,
+    // One pass: the product, its bias and dropout, the residual sum and the norm of
+    // each block of rows while it is in cache.
+    time("linear", || {
+        k::gemm_bias_residual(
+            h,
             n,
-            &mut out,
-            &mut st,
+            i,
+            c,
+            Rhs::Nt(&w[t.w..t.w + c * i]),
+            Some(&w[t.b..t.b + c]),
+            x,
+            &mut s,
+            &mut scratch.panels,
+            drop,
+            Some(k::NormOut {
+                w: &w[t.ln_w..t.ln_w + c],
+                b: Some(&w[t.ln_b..t.ln_b + c]),
+                eps: d.eps,
+                out: &mut out,
+                stats: &mut st,
+            }),
         )
     });
     (s, st, out)
