@@ -790,8 +790,13 @@ fn tn_tasks<'x>(
     }
     let op = SyncPtr(out.as_mut_ptr());
     assert!(out.len() >= (n + ones as usize) * rows);
+    // Tasks of at most 64 blocks, as many as a multiple of the threads: AVX2's query,
+    // key and value gradient (192 blocks) had made 3 tasks for 2 threads, one thread
+    // idle for a third of the product (126-140 against 163-177 GFLOP/s after,
+    // `examples/gemm_speed 2048 384 1152 2`).
     let threads = rayon::current_num_threads().max(1);
-    let group = blocks.div_ceil(threads).clamp(1, 64);
+    let rounds = blocks.div_ceil(64 * threads).max(1);
+    let group = blocks.div_ceil(threads * rounds).max(1);
     let tasks = blocks.div_ceil(group).max(1);
     (0..tasks).into_par_iter().for_each(|g| {
         let mut acc = [[0f32; NR]; 12];
@@ -1068,8 +1073,18 @@ pub fn matmul_then(
                 &filled
             }
         };
+        // Tasks of at most 192 rows (whole blocks), at least four a thread, and as many
+        // as a multiple of the threads, the rows shared evenly: 2048 rows had made
+        // eleven tasks of 192 (and one of 128), one thread working a task longer
+        // than the other at the end.
         let mb = product_rows(isa());
-        let chunk = n.div_ceil(threads * 4).clamp(mb, 192).div_ceil(mb) * mb;
+        let blocks = n.div_ceil(mb);
+        let tasks = blocks
+            .div_ceil((192 / mb).max(1))
+            .max(threads * 4)
+            .next_multiple_of(threads)
+            .min(blocks);
+        let chunk = blocks.div_ceil(tasks) * mb;
         out.par_chunks_mut(chunk * rows)
             .enumerate()
             .for_each(|(c, o)| {
