@@ -4,7 +4,7 @@
 //! with the dot products and sums in AVX2 registers. Many queries (a prompt): the scores
 //! and the weighted sum are two panel products (see [`super::panel`]).
 
-use super::panel::{matmul_serial, NR};
+use super::panel::{matmul_serial, matmul_t_serial, NR};
 use super::{isa, Isa};
 
 /// Queries at or above which the products go through the blocked GEMM.
@@ -28,7 +28,8 @@ pub(crate) enum Span {
 /// Attention of `t` queries of one head. Query `j` is `q[j·q_stride..][..hd]`; key and
 /// value `p` are `k[p·kv_stride..][..hd]` and `v[p·kv_stride..][..hd]`; `span` says
 /// which keys each query sees, `n` of them in all (`past + t`, or `keys`). Writes `out`
-/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys (`[t, n]`). With `drop`
+/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys (`[t, n]`),
+/// followed with `drop` by the weights after dropout (`[t, n]` more: the backward's). With `drop`
 /// (training), the values are summed with the weights after dropout (weight (j, p) is
 /// mask element `j·n + p`); `keep` gets them before. With `bias` (`[t, n]`, T5's
 /// relative positions), `bias[j·n + p]` is added to score (j, p) after the scaling.
@@ -45,7 +46,7 @@ pub(crate) fn attend_head(
     scale: f32,
     bias: Option<&[f32]>,
     out: &mut [f32],
-    keep: Option<&mut Vec<f32>>,
+    mut keep: Option<&mut Vec<f32>>,
     drop: Option<super::Dropout>,
 ) {
     let n = match span {
@@ -89,11 +90,14 @@ pub(crate) fn attend_head(
     for j in 0..t {
         super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], seen(j));
     }
-    if let Some(keep) = keep {
+    if let Some(keep) = keep.as_deref_mut() {
         keep.extend_from_slice(&w);
     }
     if let Some(d) = drop {
         super::dropout::drop_row(&mut w, d, 0);
+        if let Some(keep) = keep {
+            keep.extend_from_slice(&w);
+        }
     }
     if t >= GEMM_MIN_QUERIES {
         // O = P V, with Vᵀ ([hd, n]) as the panel matrix: panel rows are value
@@ -141,17 +145,6 @@ fn col_panels(src: &[f32], stride: usize, n: usize, hd: usize) -> Vec<f32> {
     out
 }
 
-/// `[cols, rows]` from row-major `[rows, cols]`.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    for (i, row) in x.chunks_exact(cols).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            out[j * rows + i] = v;
-        }
-    }
-    out
-}
-
 /// One row of the scores' gradient: with `dp` = dY·Vᵀ's row, the weights `p` and the
 /// weights after dropout `pd`, `ds = pd ⊙ dp − p · (pd · dp)`, written over `dp`;
 /// `dbias` (when not empty) gets it before the scaling, `dp` after.
@@ -185,7 +178,7 @@ super::vmath::dispatch!(
 
 /// Backward of [`attend_head`] in training, for `t` queries against `n` keys (laid out
 /// as there) whose weights `p` `[t, n]` (before dropout; zero where a query does not
-/// see a key) the forward kept: from the output gradient `dy` (query `j`'s row at
+/// see a key; with `drop`, followed by the weights after it) the forward kept: from the output gradient `dy` (query `j`'s row at
 /// `dy[j·dy_stride..][..hd]`), writes the gradients of the queries `dq` `[t, hd]`, keys
 /// `dk` and values `dv` `[n, hd]`, and with a non-empty `dbias` `[t, n]` those of the
 /// scaled scores (an additive bias's). With dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY,
@@ -201,14 +194,8 @@ pub(crate) fn attend_head_backward(
     drop: Option<super::Dropout>,
     [dq, dk, dv, dbias]: [&mut [f32]; 4],
 ) {
-    let dropped;
     let pd = match drop {
-        Some(d) => {
-            let mut x = p[..t * n].to_vec();
-            super::dropout::drop_row(&mut x, d, 0);
-            dropped = x;
-            &dropped[..]
-        }
+        Some(_) => &p[t * n..2 * t * n],
         None => &p[..t * n],
     };
     let mut g = Vec::with_capacity(t * hd);
@@ -227,16 +214,9 @@ pub(crate) fn attend_head_backward(
         score_grad_row(&mut ds[r.clone()], &p[r.clone()], &pd[r], dbias, scale);
     }
     matmul_serial(&ds, t, hd, n, &col_panels(k, kv_stride, n, hd), dq);
-    let qp = col_panels(q, q_stride, t, hd);
-    matmul_serial(&transpose(&ds, t, n), n, hd, t, &qp, dk);
-    matmul_serial(
-        &transpose(pd, t, n),
-        n,
-        hd,
-        t,
-        &col_panels(&g, hd, t, hd),
-        dv,
-    );
+    // dK and dV read dS and pd by columns, in place (a transposed-input product).
+    matmul_t_serial(&ds, n, n, hd, t, &col_panels(q, q_stride, t, hd), dk);
+    matmul_t_serial(pd, n, n, hd, t, &col_panels(&g, hd, t, hd), dv);
 }
 
 /// `out[p] = scale · q·k_p` for `p < count`.
