@@ -676,10 +676,22 @@ fn dropout_gradients_match_finite_differences(fixture_name: &str, act: &str) {
     ];
     let mut worst = 0f64;
     for (name, i) in probes {
-        let (analytic, numeric) = gradient_and_difference(&mut enc, name, i, 2e-3, |e| {
-            e.loss(&seqs, Some(&tys), &labels, seed).unwrap()
-        });
-        let err = (numeric - analytic).abs() / analytic.abs().max(1e-2);
+        let at = |enc: &mut NativeEncoder, h: f32| {
+            gradient_and_difference(enc, name, i, h, |e| {
+                e.loss(&seqs, Some(&tys), &labels, seed).unwrap()
+            })
+        };
+        let (analytic, mut numeric) = at(&mut enc, 2e-3);
+        let mut err = (numeric - analytic).abs() / analytic.abs().max(1e-2);
+        if err >= 2e-2 {
+            // A ReLU (DistilBERT's head, the `relu` runs) whose input lies within the
+            // step of zero for some example makes the central difference average two
+            // slopes: a step five times shorter leaves the kink outside (seen with one
+            // mask: pooler.dense.weight[11], the kink between 4e-4 and 1e-3 away). A
+            // wrong gradient fails at both steps.
+            numeric = at(&mut enc, 4e-4).1;
+            err = (numeric - analytic).abs() / analytic.abs().max(1e-2);
+        }
         assert!(
             err < 2e-2,
             "{fixture_name} {act} {name}[{i}]: analytic {analytic}, numeric {numeric}"

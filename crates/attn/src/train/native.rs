@@ -913,9 +913,7 @@ fn forward(
         }
     }
     if let Some(d) = drops.embd() {
-        for (i, v) in a.res[0][..m * c].iter_mut().enumerate() {
-            *v *= d.factor(i as u64);
-        }
+        k::dropout::drop_row(&mut a.res[0][..m * c], d, 0);
     }
     for (l, at) in lay.blocks.iter().enumerate() {
         if l == 0 {
@@ -1302,9 +1300,7 @@ fn backward(
     }
     // Embeddings (through their dropout).
     if let Some(d) = drops.embd() {
-        for (i, v) in a.dres[..m * c].iter_mut().enumerate() {
-            *v *= d.factor(i as u64);
-        }
+        k::dropout::drop_row(&mut a.dres[..m * c], d, 0);
     }
     for (r, &id) in ids.iter().enumerate() {
         let d = &a.dres[r * c..(r + 1) * c];

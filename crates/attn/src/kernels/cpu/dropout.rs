@@ -39,10 +39,12 @@ impl Dropout {
     }
 
     /// The masks from element `by` on: element `i` of the result is element `by + i`
-    /// here (a shard of a batch).
+    /// here (a shard of a batch). The counter is the seed's low half, so the shift moves
+    /// it alone.
     pub fn shifted(self, by: u64) -> Self {
+        let lo = (self.seed as u32).wrapping_add((by as u32).wrapping_mul(STEP));
         Dropout {
-            seed: self.seed.wrapping_add(by.wrapping_mul(GOLDEN)),
+            seed: (self.seed & !0xFFFF_FFFF) | lo as u64,
             ..self
         }
     }
@@ -57,10 +59,16 @@ impl Dropout {
         self.scale
     }
 
-    /// The mask value of element `i`: 0 or `1/(1−p)`.
+    /// The mask value of element `i`: 0 or `1/(1−p)`. The hash is 32 bits wide (a
+    /// counter, the seed's low half plus `i` steps, keyed with its high half, through a
+    /// 32-bit finaliser): 32-bit multiplies are one instruction in AVX2 and AVX-512F,
+    /// where SplitMix64's 64-bit ones cost three each and the mask had cost 0.9 ns an
+    /// element. Sites' seeds still come from the 64-bit mix. The CUDA kernel computes the
+    /// same bits.
     #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {
-        if (mix(self.seed.wrapping_add(i.wrapping_mul(GOLDEN))) >> 32) < self.threshold {
+        let z = (self.seed as u32).wrapping_add((i as u32).wrapping_mul(STEP));
+        if (mix32(z ^ (self.seed >> 32) as u32) as u64) < self.threshold {
             0.0
         } else {
             self.scale
@@ -68,8 +76,19 @@ impl Dropout {
     }
 }
 
-/// The counter's step (SplitMix64's).
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The counter's step: 2³² over the golden ratio, odd (every step distinct mod 2³²).
+const STEP: u32 = 0x9E37_79B9;
+
+/// A 32-bit finaliser (xor-shifts and two odd multipliers: every bit of the input
+/// reaches every bit of the output).
+#[inline(always)]
+fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7FEB_352D);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846C_A68B);
+    x ^ (x >> 16)
+}
 
 /// SplitMix64's finaliser.
 #[inline(always)]
@@ -81,8 +100,17 @@ fn mix(mut z: u64) -> u64 {
 
 #[inline(always)]
 fn drop_body(x: &mut [f32], d: Dropout, first: u64) {
-    for (i, v) in x.iter_mut().enumerate() {
-        *v *= d.factor(first + i as u64);
+    // The counter and the comparison in 32-bit lanes (eight to an AVX2 register; the
+    // 64-bit index of `factor` would halve that).
+    let z0 = (d.seed as u32).wrapping_add((first as u32).wrapping_mul(STEP));
+    let key = (d.seed >> 32) as u32;
+    let all = d.threshold > u32::MAX as u64;
+    let thr = d.threshold.min(u32::MAX as u64) as u32;
+    let mut z = z0;
+    for v in x.iter_mut() {
+        let h = mix32(z ^ key);
+        *v *= if h < thr || all { 0.0 } else { d.scale };
+        z = z.wrapping_add(STEP);
     }
 }
 dispatch!(

@@ -96,18 +96,22 @@ extern "C" __global__ void swiglu_bwd(const float* d, const float* gu, i64 m, in
 
 // ------------------------------------------------------------------ dropout
 
-#define GOLDEN 0x9E3779B97F4A7C15ull
-__device__ __forceinline__ u64 mix(u64 z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+__device__ __forceinline__ unsigned mix32(unsigned x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
 }
 
-// out[i] = x[i] * mask(i): the CPU engine's counter-based mask, bit for bit.
+// out[i] = x[i] * mask(i): the CPU engine's counter-based mask, bit for bit (a 32-bit
+// counter, the seed's low half plus i steps, keyed with its high half).
 extern "C" __global__ void dropout(const float* x, float* out, i64 n, u64 seed, u64 threshold,
                                    float scale) {
     EACH(i, n) {
-        float f = (mix(seed + (u64)i * GOLDEN) >> 32) < threshold ? 0.f : scale;
+        unsigned z = (unsigned)seed + (unsigned)i * 0x9E3779B9u;
+        unsigned h = mix32(z ^ (unsigned)(seed >> 32));
+        float f = (u64)h < threshold ? 0.f : scale;
         out[i] = x[i] * f;
     }
 }
