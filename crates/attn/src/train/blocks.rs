@@ -253,6 +253,47 @@ pub(super) fn views<const N: usize>(
     out.map(|o| o.unwrap())
 }
 
+/// One pre-activation row `u` (its bias `b` added here): `g = act(u + b)`, and `u`
+/// replaced by `act'(u + b)`, all the backward needs (a multiplication instead of the
+/// activation's derivative computed again). `kind` as in [`act_grad_mul_body`].
+#[inline(always)]
+fn act_and_grad_body(u: &mut [f32], b: &[f32], g: &mut [f32], kind: u8) {
+    const C: f32 = vmath::GELU_C;
+    const A: f32 = vmath::GELU_A;
+    for ((u, &b), g) in u.iter_mut().zip(b).zip(g.iter_mut()) {
+        let x = *u + b;
+        let (y, d) = match kind {
+            0 => vmath::gelu_erf_and_grad(x),
+            1 => {
+                let x2 = x * x;
+                let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * C * A, -2.0 * C)));
+                (
+                    x * s,
+                    (x * (s - s * s)).mul_add(x2.mul_add(6.0 * C * A, 2.0 * C), s),
+                )
+            }
+            2 => {
+                if x > 0.0 {
+                    (x, 1.0)
+                } else {
+                    (0.0, 0.0)
+                }
+            }
+            _ => {
+                let s = 1.0 / (1.0 + vmath::exp(-x));
+                (x * s, (x * (s - s * s)) + s)
+            }
+        };
+        *g = y;
+        *u = d;
+    }
+}
+vmath::dispatch!(
+    /// See [`act_and_grad_body`].
+    act_and_grad = act_and_grad_body, act_and_grad512, act_and_grad256,
+    (u: &mut [f32], b: &[f32], g: &mut [f32], kind: u8) -> ()
+);
+
 /// `d ← d · act'(u)`: `kind` 0 is the erf GELU, 1 the tanh GELU, 2 ReLU, 3 SiLU.
 #[inline(always)]
 fn act_grad_mul_body(d: &mut [f32], u: &[f32], kind: u8) {
@@ -815,7 +856,8 @@ impl MlpAt {
 
 /// What an MLP sublayer's backward pass reads.
 pub(super) struct MlpActs {
-    /// The pre-activation, and the activation (after its dropout).
+    /// The activation's derivative at the pre-activation, and the activation (after
+    /// its dropout).
     pub u: Vec<f32>,
     pub g: Vec<f32>,
     pub s: Vec<f32>,
@@ -844,19 +886,34 @@ pub(super) fn mlp_forward(
 ) -> (MlpActs, Vec<f32>) {
     let (c, inner) = (d.c, at.inner);
     let n = x.len() / c;
-    let mut u = scratch.pool.take_written(n * inner);
-    linear(
-        x,
-        n,
-        &w[at.up_w..at.up_w + inner * c],
-        &w[at.up_b..at.up_b + inner],
-        &mut u,
-        &mut scratch.panels,
+    // The product's epilogue adds the bias and writes the activation into `g` and its
+    // derivative over `u`, each block of rows while it is in cache.
+    let (mut u, mut g) = (
+        scratch.pool.take_written(n * inner),
+        scratch.pool.take_written(n * inner),
     );
-    let mut g = scratch.pool.take_written(n * inner);
-    time("act", || {
-        g.copy_from_slice(&u);
-        g.par_chunks_mut(4096).for_each(|xs| act.apply(xs));
+    let gp = SyncPtr(g.as_mut_ptr());
+    let bias = &w[at.up_b..at.up_b + inner];
+    let epilogue = |r0: usize, rows: &mut [f32]| {
+        assert!((r0 * inner + rows.len()) <= n * inner);
+        // SAFETY: rows r0.. of `g` (inside it, asserted), the rows of `u` this task
+        // computed, which no other task touches.
+        let gr = unsafe { std::slice::from_raw_parts_mut(gp.get().add(r0 * inner), rows.len()) };
+        for (ur, gr) in rows.chunks_mut(inner).zip(gr.chunks_mut(inner)) {
+            act_and_grad(ur, bias, gr, act as u8);
+        }
+    };
+    time("linear", || {
+        k::gemm::gemm_then(
+            x,
+            n,
+            c,
+            inner,
+            Rhs::Nt(&w[at.up_w..at.up_w + inner * c]),
+            &mut u,
+            &mut scratch.panels,
+            Some(&epilogue),
+        )
     });
     drop_in_place(&mut g, drop_act);
     let (s, st, out) = tail_forward(w, d, &at.tail(), &g, x, drop_out, scratch);
@@ -873,7 +930,6 @@ pub(super) fn mlp_backward(
     frozen: bool,
     d: Dims,
     at: &MlpAt,
-    act: Act,
     dout: &[f32],
     x: &[f32],
     a: &MlpActs,
@@ -898,7 +954,11 @@ pub(super) fn mlp_backward(
         scratch,
     );
     drop_in_place(&mut dgel, drop_act);
-    time("act backward", || act.grad_mul(&mut dgel, &a.u));
+    time("act backward", || {
+        dgel.par_chunks_mut(4096)
+            .zip(a.u.par_chunks(4096))
+            .for_each(|(d, u)| k::gemm::mul_row(d, u))
+    });
     let mut dx = scratch.pool.take(n * c);
     {
         let gr = wgrads(g, frozen, (at.up_w, inner * c), (at.up_b, inner));

@@ -730,7 +730,6 @@ impl NativeEncoder {
                 frozen,
                 dims,
                 &at.mlp,
-                self.act,
                 &dx,
                 &a.h1,
                 &a.mlp,

@@ -747,7 +747,6 @@ impl NativeSeq2Seq {
     ) {
         let (c, v) = (self.config.d_model, self.config.vocab_size);
         let (ns, nt) = (s.enc_x[0].len() / c, s.dec_x[0].len() / c);
-        let act = self.act;
         let mut junk = [0f32; 0];
         // The head, tied to the embedding: dW += dlogitsᵀ·h, dbias += Σ dlogits.
         let mut dx = scratch.pool.take(nt * c);
@@ -785,7 +784,6 @@ impl NativeSeq2Seq {
                     false,
                     dd,
                     &at.mlp,
-                    act,
                     &dx,
                     h2,
                     &a.mlp,
@@ -864,7 +862,6 @@ impl NativeSeq2Seq {
                     false,
                     de,
                     &at.mlp,
-                    act,
                     &dx,
                     &a.h1,
                     &a.mlp,

@@ -94,7 +94,7 @@ pub fn gemm(
 
 /// [`gemm`], then `epilogue` on each block of finished rows while it is in cache.
 #[allow(clippy::too_many_arguments)]
-fn gemm_then(
+pub(crate) fn gemm_then(
     a: &[f32],
     m: usize,
     k: usize,

@@ -63,6 +63,13 @@ fn gelu_body(xs: &mut [f32]) {
 /// with the sign of x.
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
+    erf_parts(x).0
+}
+
+/// erf(x) and the `e^{−x²}` it is computed with (which the erf GELU's derivative needs
+/// too, as `φ(√2·x)·√(2π)`).
+#[inline(always)]
+fn erf_parts(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         1.061_405_4,
@@ -77,8 +84,9 @@ pub(crate) fn erf(x: f32) -> f32 {
     for c in &A[1..] {
         poly = poly.mul_add(t, *c);
     }
-    let y = 1.0 - poly * t * exp(-ax * ax);
-    y.copysign(x)
+    let e = exp(-ax * ax);
+    let y = 1.0 - poly * t * e;
+    (y.copysign(x), e)
 }
 
 /// GELU with the error function, `x·Φ(x) = x·(1 + erf(x/√2))/2`, in place.
@@ -93,9 +101,17 @@ fn gelu_erf_body(xs: &mut [f32]) {
 /// The derivative of the erf GELU at `x`: `Φ(x) + x·φ(x)`.
 #[inline(always)]
 pub(crate) fn gelu_erf_grad(x: f32) -> f32 {
+    gelu_erf_and_grad(x).1
+}
+
+/// The erf GELU at `x` and its derivative, with one exponential: `φ(x)·√(2π) =
+/// e^{−x²/2}` is the one inside `erf(x/√2)`.
+#[inline(always)]
+pub(crate) fn gelu_erf_and_grad(x: f32) -> (f32, f32) {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+    let (erf, e) = erf_parts(x * std::f32::consts::FRAC_1_SQRT_2);
+    let cdf = 0.5 * (1.0 + erf);
+    (x * cdf, cdf + x * INV_SQRT_2PI * e)
 }
 
 /// The sum of sixteen partial sums, pairwise (four dependent steps rather than the
