@@ -19,7 +19,8 @@ use super::decoder::{activate, Layer, Linear, Norm};
 use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
-use crate::kernels::cpu::attend::{attend_head, Span};
+use crate::kernels::cpu::attend::{attend_head, disjoint, put_rows, Span};
+use crate::kernels::cpu::panel::SyncPtr;
 use crate::kernels::cpu::quant::{QMatrix, WeightType};
 use crate::models::bert::BertConfig;
 use crate::{Error, Result};
@@ -378,23 +379,29 @@ pub(crate) struct HeadJob<'a> {
     pub bias: Option<&'a [f32]>,
 }
 
-/// Every job's attention, in parallel, written into `y` (rows `c` wide).
+/// Every job's attention, in parallel, each task writing its output rows into `y` (rows
+/// `c` wide) while they are in its cache.
 pub(crate) fn attend_into(jobs: &[HeadJob], hd: usize, scale: f32, c: usize, y: &mut [f32]) {
-    let outs: Vec<Vec<f32>> = jobs
-        .par_iter()
-        .map(|j| {
-            let mut out = vec![0f32; j.t * hd];
-            attend_head(
-                j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, j.bias, &mut out, None, None,
-            );
-            out
-        })
+    let cells = jobs
+        .iter()
+        .map(|j| (j.col0, j.row0, j.row0 + j.t))
         .collect();
-    for (j, out) in jobs.iter().zip(&outs) {
-        for (r, o) in out.chunks(hd).enumerate() {
-            y[(j.row0 + r) * c + j.col0..][..hd].copy_from_slice(o);
-        }
-    }
+    assert!(
+        disjoint(cells, hd)
+            && jobs
+                .iter()
+                .all(|j| j.col0 + hd <= c && (j.row0 + j.t) * c <= y.len()),
+        "attention jobs overlap or overrun their output"
+    );
+    let yp = SyncPtr(y.as_mut_ptr());
+    jobs.par_iter().for_each(|j| {
+        let mut out = vec![0f32; j.t * hd];
+        attend_head(
+            j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, j.bias, &mut out, None, None,
+        );
+        // SAFETY: inside `y` and no cell written by two jobs (both asserted above).
+        unsafe { put_rows(yp, (j.row0, c, j.col0), &out, hd) };
+    });
 }
 
 /// A post-norm residual step: `x ← norm(x + lin(inp))` (`a` and `h` are scratch).

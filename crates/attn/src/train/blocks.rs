@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::profile::time;
 
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::attend::{attend_head, attend_head_backward, Span};
+use crate::kernels::cpu::attend::{attend_head, attend_head_backward, disjoint, put_rows, Span};
 use crate::kernels::cpu::panel::SyncPtr;
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
 use crate::{Error, Result};
@@ -422,36 +422,6 @@ pub(super) fn head_backward(
         [&mut dq, &mut dk, &mut dv, &mut dbias],
     );
     [dq, dk, dv, dbias]
-}
-
-/// One place an attention pass writes: rows `r0..r1` (of some row stride) at columns
-/// `col..col + hd`.
-type Cell = (usize, usize, usize);
-
-/// Whether no two cells overlap (cells of one width `hd`).
-fn disjoint(mut cells: Vec<Cell>, hd: usize) -> bool {
-    cells.sort_unstable();
-    cells.windows(2).all(|w| {
-        let ((c0, _, e0), (c1, s1, _)) = (w[0], w[1]);
-        c1 >= c0 + hd || (c1 == c0 && s1 >= e0)
-    })
-}
-
-/// Copies `rows` (`hd` wide, contiguous) to `dst` rows `r0..` of stride `stride` from
-/// column `col`.
-///
-/// # Safety
-/// `dst` must be valid for writes up to `(r0 + rows) · stride` (checked by the callers
-/// against its length), and no other thread may touch those elements meanwhile.
-unsafe fn put_rows(
-    dst: SyncPtr,
-    (r0, stride, col): (usize, usize, usize),
-    rows: &[f32],
-    hd: usize,
-) {
-    for (r, row) in rows.chunks_exact(hd).enumerate() {
-        std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add((r0 + r) * stride + col), hd);
-    }
 }
 
 /// Every job's head ([`head_forward`]), on the rayon pool, each task writing its output

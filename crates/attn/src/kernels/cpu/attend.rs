@@ -4,7 +4,7 @@
 //! with the dot products and sums in AVX2 registers. Many queries (a prompt): the scores
 //! and the weighted sum are two panel products (see [`super::panel`]).
 
-use super::panel::{matmul_serial, matmul_t_serial, NR};
+use super::panel::{matmul_serial, matmul_t_serial, SyncPtr, NR};
 use super::{isa, Isa};
 
 /// Queries at or above which the products go through the blocked GEMM.
@@ -217,6 +217,36 @@ pub(crate) fn attend_head_backward(
     // dK and dV read dS and pd by columns, in place (a transposed-input product).
     matmul_t_serial(&ds, n, n, hd, t, &col_panels(q, q_stride, t, hd), dk);
     matmul_t_serial(pd, n, n, hd, t, &col_panels(&g, hd, t, hd), dv);
+}
+
+/// One place the heads of an attention pass write: rows `r0..r1` (of some row stride) at columns
+/// `col..col + hd`.
+pub(crate) type Cell = (usize, usize, usize);
+
+/// Whether no two cells overlap (cells of one width `hd`).
+pub(crate) fn disjoint(mut cells: Vec<Cell>, hd: usize) -> bool {
+    cells.sort_unstable();
+    cells.windows(2).all(|w| {
+        let ((c0, _, e0), (c1, s1, _)) = (w[0], w[1]);
+        c1 >= c0 + hd || (c1 == c0 && s1 >= e0)
+    })
+}
+
+/// Copies `rows` (`hd` wide, contiguous) to `dst` rows `r0..` of stride `stride` from
+/// column `col`.
+///
+/// # Safety
+/// `dst` must be valid for writes up to `(r0 + rows) · stride` (checked by the callers
+/// against its length), and no other thread may touch those elements meanwhile.
+pub(crate) unsafe fn put_rows(
+    dst: SyncPtr,
+    (r0, stride, col): (usize, usize, usize),
+    rows: &[f32],
+    hd: usize,
+) {
+    for (r, row) in rows.chunks_exact(hd).enumerate() {
+        std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add((r0 + r) * stride + col), hd);
+    }
 }
 
 /// `out[p] = scale · q·k_p` for `p < count`.
