@@ -28,10 +28,10 @@ pub(crate) enum Span {
 /// Attention of `t` queries of one head. Query `j` is `q[j·q_stride..][..hd]`; key and
 /// value `p` are `k[p·kv_stride..][..hd]` and `v[p·kv_stride..][..hd]`; `span` says
 /// which keys each query sees, `n` of them in all (`past + t`, or `keys`). Writes `out`
-/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys (`[t, n]`),
-/// followed with `drop` by the weights after dropout (`[t, n]` more: the backward's). With `drop`
-/// (training), the values are summed with the weights after dropout (weight (j, p) is
-/// mask element `j·n + p`); `keep` gets them before. With `bias` (`[t, n]`, T5's
+/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys (`[t, n]`). With
+/// `drop` (training), the values are summed with the weights after dropout (weight
+/// (j, p) is mask element `j·n + p`), and `keep` gets those too, after the weights
+/// before it (`[t, n]` more: what the backward reads). With `bias` (`[t, n]`, T5's
 /// relative positions), `bias[j·n + p]` is added to score (j, p) after the scaling.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head(
@@ -178,10 +178,10 @@ super::vmath::dispatch!(
 
 /// Backward of [`attend_head`] in training, for `t` queries against `n` keys (laid out
 /// as there) whose weights `p` `[t, n]` (before dropout; zero where a query does not
-/// see a key; with `drop`, followed by the weights after it) the forward kept: from the output gradient `dy` (query `j`'s row at
-/// `dy[j·dy_stride..][..hd]`), writes the gradients of the queries `dq` `[t, hd]`, keys
-/// `dk` and values `dv` `[n, hd]`, and with a non-empty `dbias` `[t, n]` those of the
-/// scaled scores (an additive bias's). With dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY,
+/// see a key; with `drop`, followed by the weights after it) the forward kept: from the
+/// output gradient `dy` (query `j`'s row at `dy[j·dy_stride..][..hd]`), writes the
+/// gradients of the queries `dq` `[t, hd]`, keys `dk` and values `dv` `[n, hd]`, and
+/// with a non-empty `dbias` `[t, n]` those of the scaled scores (an additive bias's). With dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY,
 /// and with dP = dY·Vᵀ, dS = pd ⊙ dP − p · rowsum(pd ⊙ dP); dQ = scale·dS·K and dK =
 /// scale·dSᵀ·Q. The four products are panel products, as the forward's two.
 #[allow(clippy::too_many_arguments)]
@@ -219,8 +219,8 @@ pub(crate) fn attend_head_backward(
     matmul_t_serial(pd, n, n, hd, t, &col_panels(&g, hd, t, hd), dv);
 }
 
-/// One place the heads of an attention pass write: rows `r0..r1` (of some row stride) at columns
-/// `col..col + hd`.
+/// One place the heads of an attention pass write: rows `r0..r1` (of some row stride)
+/// at columns `col..col + hd`.
 pub(crate) type Cell = (usize, usize, usize);
 
 /// Whether no two cells overlap (cells of one width `hd`).
