@@ -253,39 +253,45 @@ pub(super) fn views<const N: usize>(
     out.map(|o| o.unwrap())
 }
 
-/// One pre-activation row `u` (its bias `b` added here): `g = act(u + b)`, and `u`
-/// replaced by `act'(u + b)`, all the backward needs (a multiplication instead of the
-/// activation's derivative computed again). `kind` as in [`act_grad_mul_body`].
+/// The activation at `x` and its derivative: `kind` 0 is the erf GELU, 1 the tanh GELU,
+/// 2 ReLU, 3 SiLU.
 #[inline(always)]
-fn act_and_grad_body(u: &mut [f32], b: &[f32], g: &mut [f32], kind: u8) {
+fn act_and_grad_at(x: f32, kind: u8) -> (f32, f32) {
     const C: f32 = vmath::GELU_C;
     const A: f32 = vmath::GELU_A;
+    match kind {
+        0 => vmath::gelu_erf_and_grad(x),
+        1 => {
+            // x·s with s = 1/(1 + e^{−2u}), u = C(x + A·x³): s + x·s(1 − s)·du/dx·2.
+            let x2 = x * x;
+            let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * C * A, -2.0 * C)));
+            (
+                x * s,
+                (x * (s - s * s)).mul_add(x2.mul_add(6.0 * C * A, 2.0 * C), s),
+            )
+        }
+        2 => {
+            if x > 0.0 {
+                (x, 1.0)
+            } else {
+                (0.0, 0.0)
+            }
+        }
+        _ => {
+            // x·s with s = 1/(1 + e^{−x}): s + x·s(1 − s).
+            let s = 1.0 / (1.0 + vmath::exp(-x));
+            (x * s, (x * (s - s * s)) + s)
+        }
+    }
+}
+
+/// One pre-activation row `u` (its bias `b` added here): `g = act(u + b)`, and `u`
+/// replaced by `act'(u + b)`, all the backward needs (a multiplication instead of the
+/// activation's derivative computed again).
+#[inline(always)]
+fn act_and_grad_body(u: &mut [f32], b: &[f32], g: &mut [f32], kind: u8) {
     for ((u, &b), g) in u.iter_mut().zip(b).zip(g.iter_mut()) {
-        let x = *u + b;
-        let (y, d) = match kind {
-            0 => vmath::gelu_erf_and_grad(x),
-            1 => {
-                let x2 = x * x;
-                let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * C * A, -2.0 * C)));
-                (
-                    x * s,
-                    (x * (s - s * s)).mul_add(x2.mul_add(6.0 * C * A, 2.0 * C), s),
-                )
-            }
-            2 => {
-                if x > 0.0 {
-                    (x, 1.0)
-                } else {
-                    (0.0, 0.0)
-                }
-            }
-            _ => {
-                let s = 1.0 / (1.0 + vmath::exp(-x));
-                (x * s, (x * (s - s * s)) + s)
-            }
-        };
-        *g = y;
-        *u = d;
+        (*g, *u) = act_and_grad_at(*u + b, kind);
     }
 }
 vmath::dispatch!(
@@ -294,34 +300,11 @@ vmath::dispatch!(
     (u: &mut [f32], b: &[f32], g: &mut [f32], kind: u8) -> ()
 );
 
-/// `d ← d · act'(u)`: `kind` 0 is the erf GELU, 1 the tanh GELU, 2 ReLU, 3 SiLU.
+/// `d ← d · act'(u)` ([`act_and_grad_at`]'s `kind`).
 #[inline(always)]
 fn act_grad_mul_body(d: &mut [f32], u: &[f32], kind: u8) {
-    const C: f32 = vmath::GELU_C;
-    const A: f32 = vmath::GELU_A;
     for (d, &x) in d.iter_mut().zip(u) {
-        let g = match kind {
-            0 => vmath::gelu_erf_grad(x),
-            1 => {
-                // x·s with s = 1/(1 + e^{−2u}), u = C(x + A·x³): s + x·s(1 − s)·du/dx·2.
-                let x2 = x * x;
-                let s = 1.0 / (1.0 + vmath::exp(x * x2.mul_add(-2.0 * C * A, -2.0 * C)));
-                (x * (s - s * s)).mul_add(x2.mul_add(6.0 * C * A, 2.0 * C), s)
-            }
-            2 => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            _ => {
-                // x·s with s = 1/(1 + e^{−x}): s + x·s(1 − s).
-                let s = 1.0 / (1.0 + vmath::exp(-x));
-                (x * (s - s * s)) + s
-            }
-        };
-        *d *= g;
+        *d *= act_and_grad_at(x, kind).1;
     }
 }
 vmath::dispatch!(

@@ -42,11 +42,22 @@ impl Dropout {
     /// here (a shard of a batch). The counter is the seed's low half, so the shift moves
     /// it alone.
     pub fn shifted(self, by: u64) -> Self {
-        let lo = (self.seed as u32).wrapping_add((by as u32).wrapping_mul(STEP));
         Dropout {
-            seed: (self.seed & !0xFFFF_FFFF) | lo as u64,
+            seed: (self.seed & !0xFFFF_FFFF) | self.counter(by) as u64,
             ..self
         }
+    }
+
+    /// Element `i`'s counter: the seed's low half plus `i` steps (mod 2³²).
+    #[inline(always)]
+    fn counter(&self, i: u64) -> u32 {
+        (self.seed as u32).wrapping_add((i as u32).wrapping_mul(STEP))
+    }
+
+    /// The hash of a counter, keyed with the seed's high half.
+    #[inline(always)]
+    fn hash(&self, z: u32) -> u32 {
+        mix32(z ^ (self.seed >> 32) as u32)
     }
 
     /// The drop threshold on the hash's top 32 bits (`p · 2³²`), for other backends.
@@ -67,8 +78,7 @@ impl Dropout {
     /// same bits.
     #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {
-        let z = (self.seed as u32).wrapping_add((i as u32).wrapping_mul(STEP));
-        if (mix32(z ^ (self.seed >> 32) as u32) as u64) < self.threshold {
+        if (self.hash(self.counter(i)) as u64) < self.threshold {
             0.0
         } else {
             self.scale
@@ -102,14 +112,11 @@ fn mix(mut z: u64) -> u64 {
 fn drop_body(x: &mut [f32], d: Dropout, first: u64) {
     // The counter and the comparison in 32-bit lanes (eight to an AVX2 register; the
     // 64-bit index of `factor` would halve that).
-    let z0 = (d.seed as u32).wrapping_add((first as u32).wrapping_mul(STEP));
-    let key = (d.seed >> 32) as u32;
     let all = d.threshold > u32::MAX as u64;
     let thr = d.threshold.min(u32::MAX as u64) as u32;
-    let mut z = z0;
+    let mut z = d.counter(first);
     for v in x.iter_mut() {
-        let h = mix32(z ^ key);
-        *v *= if h < thr || all { 0.0 } else { d.scale };
+        *v *= if d.hash(z) < thr || all { 0.0 } else { d.scale };
         z = z.wrapping_add(STEP);
     }
 }

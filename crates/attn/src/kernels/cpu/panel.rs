@@ -790,13 +790,8 @@ fn tn_tasks<'x>(
     }
     let op = SyncPtr(out.as_mut_ptr());
     assert!(out.len() >= (n + ones as usize) * rows);
-    // Tasks of at most 64 blocks, as many as a multiple of the threads: AVX2's query,
-    // key and value gradient (192 blocks) had made 3 tasks for 2 threads, one thread
-    // idle for a third of the product (126-140 against 163-177 GFLOP/s after,
-    // `examples/gemm_speed 2048 384 1152 2`).
     let threads = rayon::current_num_threads().max(1);
-    let rounds = blocks.div_ceil(64 * threads).max(1);
-    let group = blocks.div_ceil(threads * rounds).max(1);
+    let group = blocks_per_task(blocks, 64, threads, threads);
     let tasks = blocks.div_ceil(group).max(1);
     (0..tasks).into_par_iter().for_each(|g| {
         let mut acc = [[0f32; NR]; 12];
@@ -1056,6 +1051,22 @@ pub fn matmul_t_serial(
     }
 }
 
+/// Blocks per task when `blocks` are shared out as at most `max` a task, in at least
+/// `min_tasks` tasks and as many as a multiple of the `threads`, evenly: 3 tasks for 2
+/// threads leave one thread idle for a third of the product (AVX2's query, key and value
+/// weight gradient, 192 blocks, ran at 126-140 GFLOP/s that way and 163-177 after,
+/// `examples/gemm_speed 2048 384 1152 2`; 2048 forward rows had made eleven tasks of 192
+/// and one of 128).
+fn blocks_per_task(blocks: usize, max: usize, min_tasks: usize, threads: usize) -> usize {
+    let tasks = blocks
+        .div_ceil(max)
+        .max(min_tasks)
+        .next_multiple_of(threads)
+        .min(blocks)
+        .max(1);
+    blocks.div_ceil(tasks).max(1)
+}
+
 /// Input rows above which [`matmul`] blocks over rows instead of over panels.
 const LARGE_N: usize = 256;
 
@@ -1102,18 +1113,9 @@ pub fn matmul_then(
                 &filled
             }
         };
-        // Tasks of at most 192 rows (whole blocks), at least four a thread, and as many
-        // as a multiple of the threads, the rows shared evenly: 2048 rows had made
-        // eleven tasks of 192 (and one of 128), one thread working a task longer
-        // than the other at the end.
+        // Tasks of at most 192 rows (whole blocks), at least four a thread.
         let mb = product_rows(isa());
-        let blocks = n.div_ceil(mb);
-        let tasks = blocks
-            .div_ceil((192 / mb).max(1))
-            .max(threads * 4)
-            .next_multiple_of(threads)
-            .min(blocks);
-        let chunk = blocks.div_ceil(tasks) * mb;
+        let chunk = blocks_per_task(n.div_ceil(mb), (192 / mb).max(1), threads * 4, threads) * mb;
         out.par_chunks_mut(chunk * rows)
             .enumerate()
             .for_each(|(c, o)| {

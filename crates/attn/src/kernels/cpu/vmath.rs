@@ -98,14 +98,8 @@ fn gelu_erf_body(xs: &mut [f32]) {
     }
 }
 
-/// The derivative of the erf GELU at `x`: `Φ(x) + x·φ(x)`.
-#[inline(always)]
-pub(crate) fn gelu_erf_grad(x: f32) -> f32 {
-    gelu_erf_and_grad(x).1
-}
-
-/// The erf GELU at `x` and its derivative, with one exponential: `φ(x)·√(2π) =
-/// e^{−x²/2}` is the one inside `erf(x/√2)`.
+/// The erf GELU at `x` and its derivative `Φ(x) + x·φ(x)`, with one exponential:
+/// `φ(x)·√(2π) = e^{−x²/2}` is the one inside `erf(x/√2)`.
 #[inline(always)]
 pub(crate) fn gelu_erf_and_grad(x: f32) -> (f32, f32) {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
@@ -623,7 +617,7 @@ mod tests {
             );
             let h = 1e-4;
             let slope = (gelu64(x as f64 + h) - gelu64(x as f64 - h)) / (2.0 * h);
-            let d = gelu_erf_grad(x) as f64;
+            let d = gelu_erf_and_grad(x).1 as f64;
             assert!((d - slope).abs() < 1e-6, "gelu'({x}) = {d}, want {slope}");
         }
         assert!((erf_f64(0.5) - 0.520_499_877_813_046_5).abs() < 1e-15);
