@@ -1067,13 +1067,44 @@ fn blocks_per_task(blocks: usize, max: usize, min_tasks: usize, threads: usize) 
     blocks.div_ceil(tasks).max(1)
 }
 
+/// The bytes of an f32 slice, for prefetching.
+fn bytes_of(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 memory may be read as bytes; the length covers the same memory.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
 /// Input rows above which [`matmul`] blocks over rows instead of over panels.
 const LARGE_N: usize = 256;
 
 /// Where each panel comes from: stored, or produced on demand into a scratch buffer.
 pub enum Panels<'a> {
     Stored(&'a [f32]),
-    Fill(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+    /// `fill(p, buf)` writes panel `p`; `source(p)` gives the bytes it reads (empty when
+    /// unknown), which are fetched into L2 while the panel before it is multiplied.
+    Fill(&'a Fill<'a>, &'a Source<'a>),
+}
+
+/// Writes panel `p` (`[cols][NR]`) into the buffer.
+pub type Fill<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+/// The bytes panel `p` is made from.
+pub type Source<'a> = dyn Fn(usize) -> &'a [u8] + Sync + 'a;
+
+/// Fetches the `part`-th of `parts` shares of `bytes`' cache lines into L2.
+#[inline]
+fn prefetch_share(bytes: &[u8], part: usize, parts: usize) {
+    let lines = bytes.len() / 64;
+    let share = lines.div_ceil(parts.max(1));
+    #[cfg(target_arch = "x86_64")]
+    for l in part * share..((part + 1) * share).min(lines) {
+        // SAFETY: a prefetch reads nothing and cannot fault; the address is inside
+        // `bytes`.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().add(64 * l) as *const i8);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = share;
 }
 
 /// `out[i, r] = Σ_c x[i, c] · W[r, c]` for `n` input rows, `out` `[n, rows]`, with `W`
@@ -1104,7 +1135,7 @@ pub fn matmul_then(
         let filled;
         let all: &[f32] = match panels {
             Panels::Stored(p) => p,
-            Panels::Fill(f) => {
+            Panels::Fill(f, _) => {
                 let mut v = vec![0f32; rows.div_ceil(NR) * cols * NR];
                 v.par_chunks_mut(cols * NR)
                     .enumerate()
@@ -1148,48 +1179,44 @@ pub fn matmul_then(
         let p1 = (p0 + per).min(np);
         let mut scratch = match panels {
             Panels::Stored(_) => Vec::new(),
-            Panels::Fill(_) => vec![0f32; cols * NR],
+            Panels::Fill(..) => vec![0f32; cols * NR],
         };
         let mut acc = vec![[0f32; NR]; mb];
         let mut xk: Vec<&[f32]> = Vec::with_capacity(mb);
+        // A long panel KC steps at a time, so that its slice stays in L1 while every
+        // block of rows passes over it (whole, it would stream from L2 once per block).
+        let kc = if n > 1 { KC } else { cols.max(1) };
         for p in p0..p1 {
             let panel: &[f32] = match panels {
                 Panels::Stored(all) => &all[p * cols * NR..(p + 1) * cols * NR],
-                Panels::Fill(f) => {
+                Panels::Fill(f, _) => {
                     f(p, &mut scratch);
                     &scratch
                 }
             };
+            let slices = cols.max(1).div_ceil(kc);
             let valid = NR.min(rows - p * NR);
-            // A long panel KC steps at a time, so that its slice stays in L1 while every
-            // block of rows passes over it (whole, it would stream from L2 once per
-            // block).
-            let kc = if n > 1 { KC } else { cols.max(1) };
-            for c0 in (0..cols.max(1)).step_by(kc) {
+            for (s, c0) in (0..cols.max(1)).step_by(kc).enumerate() {
                 let c1 = (c0 + kc).min(cols);
                 let slice = &panel[c0 * NR..c1 * NR];
-                // The next slice (of this panel or the next stored one) is fetched into
-                // L2 while the blocks pass over this one, a share of its lines per block.
-                let next = match panels {
+                // What comes next is fetched into L2 while the blocks pass over this
+                // slice, a share of its lines per block: the next slice of this panel
+                // or the next stored one; or, spread over the whole panel, the source of
+                // the next panel to fill (the next task's first, which the same thread
+                // most often takes, when this is the task's last).
+                let (next, part0, parts): (&[u8], usize, usize) = match panels {
                     Panels::Stored(all) if blocks > 1 => {
                         let at = p * cols * NR + c1 * NR;
                         let end = (at + kc * NR).min(p1 * cols * NR).min(all.len());
-                        &all[at.min(end)..end]
+                        (bytes_of(&all[at.min(end)..end]), 0, blocks)
                     }
-                    _ => &[],
+                    Panels::Fill(_, source) if p + 1 < np => {
+                        (source(p + 1), s * blocks, slices * blocks)
+                    }
+                    _ => (&[], 0, 1),
                 };
-                let lines = next.len() / 16;
-                let share = lines.div_ceil(blocks);
                 for (b, xb) in xs.chunks(mb).enumerate() {
-                    #[cfg(target_arch = "x86_64")]
-                    for l in (b * share..((b + 1) * share).min(lines)).step_by(1) {
-                        // SAFETY: a prefetch reads nothing and cannot fault; the address
-                        // is inside `next`.
-                        unsafe {
-                            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                            _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().add(16 * l) as *const i8);
-                        }
-                    }
+                    prefetch_share(next, part0 + b, parts);
                     let acc = &mut acc[..xb.len()];
                     xk.clear();
                     xk.extend(xb.iter().map(|r| &r[c0..c1]));
@@ -1340,7 +1367,7 @@ mod tests {
                 buf.copy_from_slice(&packed[p * cols * NR..(p + 1) * cols * NR])
             };
             let mut out2 = vec![0f32; n * rows];
-            matmul(&x, n, rows, cols, Panels::Fill(&fill), &mut out2);
+            matmul(&x, n, rows, cols, Panels::Fill(&fill, &|_| &[]), &mut out2);
             assert_eq!(out, out2);
             let mut out3 = vec![0f32; n * rows];
             matmul_serial(&x, n, rows, cols, &packed, &mut out3);

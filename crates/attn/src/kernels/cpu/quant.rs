@@ -228,6 +228,24 @@ impl QMatrix {
         }
     }
 
+    /// The codes [`Self::fill_panel`] reads for panel `p` (rows `32p..32p+32`, which
+    /// are contiguous; the scales, 1/16 of the bytes for 8 bits, are left out).
+    pub(crate) fn panel_source(&self, p: usize) -> &[u8] {
+        let c = self.cols;
+        let r0 = (p * QK).min(self.rows);
+        let r1 = (r0 + QK).min(self.rows);
+        fn bytes<T>(v: &[T]) -> &[u8] {
+            // SAFETY: the codes are plain integers; any of their memory reads as bytes.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+        }
+        match &self.data {
+            Data::F32(_) => &[],
+            Data::F16(v) => bytes(&v[r0 * c..r1 * c]),
+            Data::Q8 { qs, .. } => bytes(&qs[r0 * c..r1 * c]),
+            Data::Q4 { qs, .. } => &qs[r0 * c / 2..r1 * c / 2],
+        }
+    }
+
     /// Elements `c0..c0 + out.len()` of row `r` as f32 (for the quantized types `c0` is
     /// a block start and the length one block, which is how `row_to_f32` and
     /// `fill_panel` call it).
@@ -1133,8 +1151,10 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         // inputs) and runs the panel product on it.
         let nr = super::panel::NR;
         let fill = |p: usize, panel: &mut [f32]| w.fill_panel(p, panel);
+        let source = |p: usize| w.panel_source(p);
         debug_assert_eq!(nr, QK);
-        super::panel::matmul(x, n, rows, cols, super::panel::Panels::Fill(&fill), out);
+        let panels = super::panel::Panels::Fill(&fill, &source);
+        super::panel::matmul(x, n, rows, cols, panels, out);
     } else {
         // Quantize the inputs once for the integer kernels.
         let qx: Vec<QVec> = match w.weight_type() {
