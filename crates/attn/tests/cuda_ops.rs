@@ -406,7 +406,7 @@ fn attention(c: &mut Check) {
         c.same(&format!("{what}: output"), &gy, &y, 1e-4);
         let dy = rand(y.len(), 61);
         let mut dqkv = vec![0f32; qkv.len()];
-        cpu::attention_backward(&dy, &qkv, &probs, b, t, h, &mut dqkv, drop);
+        cpu::attention_backward(&dy, &qkv, &probs, b, t, h, window, &mut dqkv, drop);
         let gd = c.gpu.alloc(qkv.len()).unwrap();
         c.gpu
             .attention_backward(&c.up(&dy), &gq, &gp, b, t, h, &gd, drop)

@@ -429,9 +429,10 @@ impl Decoder {
                     let j0 = if narrow { t - 1 } else { 0 };
                     let g = hh / group;
                     let mut out = vec![0f32; (t - j0) * hd];
-                    let mut kept = Vec::new();
+                    let keys = past + t;
+                    let mut kept = vec![0f32; if capture { (t - j0) * keys } else { 0 }];
                     let q = &qkv[(first[s] + j0) * w + hh * hd..];
-                    let keep = if capture { Some(&mut kept) } else { None };
+                    let keep = if capture { Some(&mut kept[..]) } else { None };
                     attend_head(
                         q,
                         w,

@@ -331,6 +331,18 @@ pub(super) struct HeadAt {
     pub causal: bool,
 }
 
+impl HeadAt {
+    /// The keys each query sees: those up to its own position (a decoder's
+    /// self-attention, `tq` = `tk`), or all `tk`.
+    fn span(&self) -> Span {
+        if self.causal {
+            Span::Causal { past: 0 }
+        } else {
+            Span::All { keys: self.tk }
+        }
+    }
+}
+
 /// One head's attention weights `[tq, tk]` (zero above the diagonal when causal) and
 /// output `[tq, hd]`; with `drop`, the values are summed with the dropped weights.
 pub(super) fn head_forward(
@@ -343,12 +355,8 @@ pub(super) fn head_forward(
     drop: Option<Dropout>,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![0f32; at.tq * hd];
-    let mut weights = Vec::new();
-    let span = if at.causal {
-        Span::Causal { past: 0 }
-    } else {
-        Span::All { keys: at.tk }
-    };
+    let mut weights = vec![0f32; at.tq * at.tk * if drop.is_some() { 2 } else { 1 }];
+    let span = at.span();
     attend_head(
         &q[at.q0 * at.qs + at.qo..],
         at.qs,
@@ -399,7 +407,8 @@ pub(super) fn head_backward(
             at.ks,
         ),
         (&dy[dy0 * dys + dyo..], dys),
-        (at.tq, at.tk, hd, scale),
+        (at.tq, hd, scale),
+        at.span(),
         p,
         drop,
         [&mut dq, &mut dk, &mut dv, &mut dbias],

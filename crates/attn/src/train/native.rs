@@ -1252,6 +1252,7 @@ fn backward(
                 b,
                 t,
                 heads,
+                lay.windows[l],
                 &mut a.dqkv,
                 drops.attn(l),
             )

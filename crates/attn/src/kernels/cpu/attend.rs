@@ -1,13 +1,22 @@
-//! Causal attention of one head against its key/value cache, for the inference engine.
+//! One attention head, forward and backward: the one implementation every attention in
+//! the CPU engine runs — decoders' causal self-attention (training, prompts and decoding
+//! against a cache, with a sliding window or grouped key/value heads), encoders'
+//! bidirectional attention and encoder-decoders' cross-attention, with T5's additive
+//! score bias and dropout on the weights.
 //!
 //! A few queries (decoding): scores, softmax and the weighted sum of values row by row,
-//! with the dot products and sums in AVX2 registers. Many queries (a prompt): the scores
-//! and the weighted sum are two panel products (see [`super::panel`]).
+//! with the dot products and sums in AVX2 registers. Many queries: every product is a
+//! panel product (see [`super::panel`]) over per-thread copies of the head's operands,
+//! with the panel read in place from a row-major copy; causal heads compute only the
+//! panels a block of queries sees (the lower triangle, by whole panels), in the forward
+//! and in the backward.
 
-use super::panel::{matmul_serial, matmul_t_serial, SyncPtr, NR};
+use std::cell::RefCell;
+
+use super::panel::{self, SyncPtr, NR};
 use super::{isa, Isa};
 
-/// Queries at or above which the products go through the blocked GEMM.
+/// Queries at or above which the products go through the panel kernel.
 const GEMM_MIN_QUERIES: usize = 8;
 
 /// Which keys a query sees.
@@ -25,13 +34,53 @@ pub(crate) enum Span {
     All { keys: usize },
 }
 
+impl Span {
+    /// Keys in all.
+    fn keys(self, t: usize) -> usize {
+        match self {
+            Span::Causal { past } | Span::Window { past, .. } => past + t,
+            Span::All { keys } => keys,
+        }
+    }
+    /// Keys `..seen(j)` are those query `j` may see (a window zeroes the first of them).
+    fn seen(self, j: usize) -> usize {
+        match self {
+            Span::Causal { past } | Span::Window { past, .. } => past + j + 1,
+            Span::All { keys } => keys,
+        }
+    }
+    /// The first query that sees key `p`.
+    fn first_query(self, p: usize) -> usize {
+        match self {
+            Span::Causal { past } | Span::Window { past, .. } => p.saturating_sub(past),
+            Span::All { .. } => 0,
+        }
+    }
+}
+
+/// Per-thread copies of a head's operands (kept: fresh buffers of a few hundred
+/// kilobytes would be new pages to fault in at every call).
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    g: Vec<f32>,
+    s: Vec<f32>,
+    pd: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// Attention of `t` queries of one head. Query `j` is `q[j·q_stride..][..hd]`; key and
 /// value `p` are `k[p·kv_stride..][..hd]` and `v[p·kv_stride..][..hd]`; `span` says
 /// which keys each query sees, `n` of them in all (`past + t`, or `keys`). Writes `out`
-/// `[t, hd]`; with `keep`, also each query's weights over the `n` keys (`[t, n]`). With
-/// `drop` (training), the values are summed with the weights after dropout (weight
-/// (j, p) is mask element `j·n + p`), and `keep` gets those too, after the weights
-/// before it (`[t, n]` more: what the backward reads). With `bias` (`[t, n]`, T5's
+/// `[t, hd]`; with `keep` (`[t, n]`), also each query's weights over the `n` keys (zero
+/// for keys it does not see). With `drop` (training), the values are summed with the
+/// weights after dropout (weight (j, p) is mask element `j·n + p`), and a `keep` of
+/// `[2, t, n]` gets those too, after the weights before it. With `bias` (`[t, n]`, T5's
 /// relative positions), `bias[j·n + p]` is added to score (j, p) after the scaling.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head(
@@ -46,103 +95,227 @@ pub(crate) fn attend_head(
     scale: f32,
     bias: Option<&[f32]>,
     out: &mut [f32],
-    mut keep: Option<&mut Vec<f32>>,
+    keep: Option<&mut [f32]>,
     drop: Option<super::Dropout>,
 ) {
-    let n = match span {
-        Span::Causal { past } | Span::Window { past, .. } => past + t,
-        Span::All { keys } => keys,
+    let n = span.keys(t);
+    assert!(out.len() >= t * hd, "attend_head: output length");
+    SCRATCH.with_borrow_mut(|s| {
+        let gemm = t >= GEMM_MIN_QUERIES;
+        let (hdp, np) = (hd.next_multiple_of(NR), n.next_multiple_of(NR));
+        s.s.resize(t * n, 0.0);
+        if gemm {
+            // S = (scale·Q)·Kᵀ, Kᵀ `[hd][np]` read as panels in place.
+            rows_into(q, q_stride, t, hd, scale, &mut s.a);
+            transposed_into(k, kv_stride, n, hd, &mut s.b);
+            lower_products(&s.a, hdp, hd, &s.b, np, (t, n, span), &mut s.s);
+        } else {
+            for j in 0..t {
+                let qj = &q[j * q_stride..][..hd];
+                scores(qj, k, kv_stride, span.seen(j), hd, scale, &mut s.s[j * n..]);
+            }
+        }
+        let w = &mut s.s;
+        if let Some(b) = bias {
+            for j in 0..t {
+                let row = &mut w[j * n..j * n + span.seen(j)];
+                row.iter_mut().zip(&b[j * n..]).for_each(|(s, b)| *s += b);
+            }
+        }
+        if let Span::Window { window, .. } = span {
+            for j in 0..t {
+                let hidden = span.seen(j).saturating_sub(window);
+                w[j * n..j * n + hidden].fill(f32::NEG_INFINITY);
+            }
+        }
+        if span == (Span::Causal { past: 0 }) {
+            // The t × t causal block, four rows in step.
+            super::vmath::causal_softmax_rows(w, t);
+        } else {
+            for j in 0..t {
+                super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], span.seen(j));
+            }
+        }
+        let mut keep = keep;
+        if let Some(keep) = keep.as_deref_mut() {
+            keep[..t * n].copy_from_slice(w);
+        }
+        if let Some(d) = drop {
+            for j in 0..t {
+                super::dropout::drop_row(&mut w[j * n..j * n + span.seen(j)], d, (j * n) as u64);
+            }
+            if let Some(keep) = keep.filter(|k| k.len() >= 2 * t * n) {
+                keep[t * n..2 * t * n].copy_from_slice(w);
+            }
+        }
+        if gemm {
+            // O = P·V, V `[n][hdp]` read as panels in place.
+            rows_into(v, kv_stride, n, hd, 1.0, &mut s.c);
+            prefix_sums(w, (t, n, span), &s.c, hdp, hd, |j, c0, vals| {
+                out[j * hd + c0..][..vals.len()].copy_from_slice(vals)
+            });
+        } else {
+            for j in 0..t {
+                let wj = &w[j * n..j * n + span.seen(j)];
+                weighted_sum(wj, v, kv_stride, hd, &mut out[j * hd..(j + 1) * hd]);
+            }
+        }
+    })
+}
+
+/// `out = [count][hdp]` (`hdp` = `hd` rounded up to [`NR`], zero padding): row `i` is
+/// `mul · src[i·stride..][..hd]`.
+fn rows_into(src: &[f32], stride: usize, count: usize, hd: usize, mul: f32, out: &mut Vec<f32>) {
+    let hdp = hd.next_multiple_of(NR);
+    out.resize(count * hdp, 0.0);
+    for (i, dst) in out.chunks_exact_mut(hdp).enumerate() {
+        let row = &src[i * stride..][..hd];
+        if mul == 1.0 {
+            dst[..hd].copy_from_slice(row);
+        } else {
+            dst.iter_mut().zip(row).for_each(|(d, &x)| *d = x * mul);
+        }
+        dst[hd..].fill(0.0);
+    }
+}
+
+/// `out = [hd][np]` (`np` = `count` rounded up to [`NR`], zero padding), the transpose
+/// of the rows `src[i·stride..][..hd]`: square blocks in registers where the ISA has
+/// them, the rest one by one.
+fn transposed_into(src: &[f32], stride: usize, count: usize, hd: usize, out: &mut Vec<f32>) {
+    let np = count.next_multiple_of(NR);
+    out.resize(hd * np, 0.0);
+    if count == 0 {
+        return;
+    }
+    assert!(src.len() >= (count - 1) * stride + hd);
+    let isa = isa();
+    let side = panel::transpose_side(isa);
+    let (d_whole, i_whole) = match side {
+        0 => (0, 0),
+        s => (hd / s * s, count / s * s),
     };
-    let seen = |j: usize| match span {
-        Span::Causal { past } | Span::Window { past, .. } => past + j + 1,
-        Span::All { keys } => keys,
-    };
-    let mut w = if t >= GEMM_MIN_QUERIES {
-        // S = scale · Q Kᵀ, with the keys as the panel matrix ([n, hd], one key a row).
-        let mut qs = Vec::with_capacity(t * hd);
-        for j in 0..t {
-            qs.extend(q[j * q_stride..][..hd].iter().map(|v| v * scale));
-        }
-        let keys = row_panels(k, kv_stride, n, hd);
-        let mut s = vec![0f32; t * n];
-        matmul_serial(&qs, t, n, hd, &keys, &mut s);
-        s
-    } else {
-        let mut s = vec![0f32; t * n];
-        for j in 0..t {
-            let qj = &q[j * q_stride..][..hd];
-            scores(qj, k, kv_stride, seen(j), hd, scale, &mut s[j * n..]);
-        }
-        s
-    };
-    if let Some(b) = bias {
-        for j in 0..t {
-            let row = &mut w[j * n..j * n + seen(j)];
-            row.iter_mut().zip(&b[j * n..]).for_each(|(s, b)| *s += b);
+    #[cfg(target_arch = "x86_64")]
+    for d0 in (0..d_whole).step_by(side.max(1)) {
+        for i0 in (0..i_whole).step_by(side.max(1)) {
+            // SAFETY: rows i0..i0 + side ≤ count of the source hold columns
+            // d0..d0 + side ≤ hd (bound asserted above); rows d0..d0 + side ≤ hd of out
+            // hold columns i0..i0 + side ≤ count ≤ np. The ISA was detected.
+            unsafe {
+                panel::transpose_block(
+                    isa,
+                    src.as_ptr().add(i0 * stride + d0),
+                    stride,
+                    out.as_mut_ptr().add(d0 * np + i0),
+                    np,
+                )
+            }
         }
     }
-    if let Span::Window { window, .. } = span {
-        for j in 0..t {
-            let hidden = seen(j).saturating_sub(window);
-            w[j * n..j * n + hidden].fill(f32::NEG_INFINITY);
+    for (d, o) in out.chunks_exact_mut(np).enumerate() {
+        let from = if d < d_whole { i_whole } else { 0 };
+        for (i, o) in o[..count].iter_mut().enumerate().skip(from) {
+            *o = src[i * stride + d];
         }
+        o[count..].fill(0.0);
     }
-    for j in 0..t {
-        super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], seen(j));
-    }
-    if let Some(keep) = keep.as_deref_mut() {
-        keep.extend_from_slice(&w);
-    }
-    if let Some(d) = drop {
-        super::dropout::drop_row(&mut w, d, 0);
-        if let Some(keep) = keep {
-            keep.extend_from_slice(&w);
-        }
-    }
-    if t >= GEMM_MIN_QUERIES {
-        // O = P V, with Vᵀ ([hd, n]) as the panel matrix: panel rows are value
-        // dimensions, so each panel step is a slice of one value row.
-        let vals = col_panels(v, kv_stride, n, hd);
-        matmul_serial(&w, t, hd, n, &vals, out);
-    } else {
-        for j in 0..t {
-            weighted_sum(
-                &w[j * n..j * n + seen(j)],
-                v,
-                kv_stride,
-                hd,
-                &mut out[j * hd..(j + 1) * hd],
-            );
+}
+
+/// `out[i][j] = Σ_d a[i][d] · bt[d][j]` (rows of `out` `n` apart) for the `t` rows of
+/// `a` (`lda` apart, `hd` long) and, for each block of rows, the panels of `bt`
+/// (`[hd][ldb]`, `ldb` ≥ `n` a multiple of [`NR`]) that the span lets the block's last
+/// row see. Entries a row does not see may be written (the rest of a panel) or not.
+fn lower_products(
+    a: &[f32],
+    lda: usize,
+    hd: usize,
+    bt: &[f32],
+    ldb: usize,
+    (t, n, span): (usize, usize, Span),
+    out: &mut [f32],
+) {
+    let isa = isa();
+    let mb = panel::block_rows(isa);
+    let mut acc = [[0f32; NR]; 8];
+    for i0 in (0..t).step_by(mb) {
+        let m = mb.min(t - i0);
+        let rows: [&[f32]; 8] = std::array::from_fn(|r| &a[(i0 + r.min(m - 1)) * lda..][..hd]);
+        for j0 in (0..span.seen(i0 + m - 1)).step_by(NR) {
+            let valid = NR.min(n - j0);
+            panel::panel_rows_strided(isa, &rows[..m], &bt[j0..], hd, ldb, &mut acc[..m]);
+            for (r, a) in acc[..m].iter().enumerate() {
+                out[(i0 + r) * n + j0..][..valid].copy_from_slice(&a[..valid]);
+            }
         }
     }
 }
 
-/// Panels (see [`super::panel`]) of the `[n, hd]` matrix whose row `p` is
-/// `src[p·stride..][..hd]`: a product against them sums over a head's dimensions (the
-/// keys in `Q·Kᵀ`).
-fn row_panels(src: &[f32], stride: usize, n: usize, hd: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n.div_ceil(NR) * hd * NR];
-    for p in 0..n {
-        let dst = &mut out[(p / NR) * hd * NR..];
-        for (d, &v) in src[p * stride..][..hd].iter().enumerate() {
-            dst[d * NR + p % NR] = v;
+/// `Σ_p w[i][p] · b[p][..hd]` for each of the `t` rows of `w` (`n` long, zero past what
+/// the row sees), `b` rows `ldb` apart (a multiple of [`NR`], zero padded past `hd`);
+/// handed to `put(i, c0, values)` a panel of columns `c0..` at a time. A block of rows
+/// sums only over the keys its last row sees.
+fn prefix_sums(
+    w: &[f32],
+    (t, n, span): (usize, usize, Span),
+    b: &[f32],
+    ldb: usize,
+    hd: usize,
+    mut put: impl FnMut(usize, usize, &[f32]),
+) {
+    let isa = isa();
+    let mb = panel::block_rows(isa);
+    let mut acc = [[0f32; NR]; 8];
+    for i0 in (0..t).step_by(mb) {
+        let m = mb.min(t - i0);
+        let k = span.seen(i0 + m - 1).min(n);
+        let rows: [&[f32]; 8] = std::array::from_fn(|r| &w[(i0 + r.min(m - 1)) * n..][..k]);
+        for c0 in (0..hd).step_by(NR) {
+            panel::panel_rows_strided(isa, &rows[..m], &b[c0..], k, ldb, &mut acc[..m]);
+            for (r, a) in acc[..m].iter().enumerate() {
+                put(i0 + r, c0, &a[..NR.min(hd - c0)]);
+            }
         }
     }
-    out
 }
 
-/// Panels of the transpose `[hd, n]` of those rows: a product against them sums over
-/// positions (the values in `P·V`). Panel rows are a head's dimensions, so each panel
-/// step is a slice of one source row.
-fn col_panels(src: &[f32], stride: usize, n: usize, hd: usize) -> Vec<f32> {
-    let mut out = vec![0f32; hd.div_ceil(NR) * n * NR];
-    for p in 0..n {
-        let row = &src[p * stride..][..hd];
-        for (b, chunk) in row.chunks(NR).enumerate() {
-            out[b * n * NR + p * NR..][..chunk.len()].copy_from_slice(chunk);
+/// `Σ_i w[i][p] · b[i][..hd]` for each column `p < n` of `w` `[t][n]` (that is, `wᵀ·b`),
+/// `b` rows `ldb` apart (as in [`prefix_sums`]); handed to `put(p, c0, values)`. A block
+/// of columns sums only over the rows from the first that sees its first key.
+fn suffix_sums(
+    w: &[f32],
+    (t, n, span): (usize, usize, Span),
+    b: &[f32],
+    ldb: usize,
+    hd: usize,
+    mut put: impl FnMut(usize, usize, &[f32]),
+) {
+    let isa = isa();
+    let mb = panel::block_rows(isa).min(6);
+    let mut acc = [[0f32; NR]; 6];
+    for p0 in (0..n).step_by(mb) {
+        let m = mb.min(n - p0);
+        let i0 = span.first_query(p0).min(t);
+        for c0 in (0..hd).step_by(NR) {
+            if i0 == t {
+                acc[..m].iter_mut().for_each(|a| a.fill(0.0));
+            } else {
+                // Steps i = i0..t: w[i][p0..p0 + m] are adjacent.
+                panel::panel_rows_t(
+                    isa,
+                    &w[i0 * n + p0..],
+                    n,
+                    m,
+                    &b[i0 * ldb + c0..],
+                    t - i0,
+                    ldb,
+                    &mut acc[..m],
+                );
+            }
+            for (r, a) in acc[..m].iter().enumerate() {
+                put(p0 + r, c0, &a[..NR.min(hd - c0)]);
+            }
         }
     }
-    out
 }
 
 /// One row of the scores' gradient: with `dp` = dY·Vᵀ's row, the weights `p` and the
@@ -176,47 +349,78 @@ super::vmath::dispatch!(
     (dp: &mut [f32], p: &[f32], pd: &[f32], dbias: &mut [f32], scale: f32) -> ()
 );
 
-/// Backward of [`attend_head`] in training, for `t` queries against `n` keys (laid out
-/// as there) whose weights `p` `[t, n]` (before dropout; zero where a query does not
-/// see a key; with `drop`, followed by the weights after it) the forward kept: from the
-/// output gradient `dy` (query `j`'s row at `dy[j·dy_stride..][..hd]`), writes the
-/// gradients of the queries `dq` `[t, hd]`, keys `dk` and values `dv` `[n, hd]`, and
-/// with a non-empty `dbias` `[t, n]` those of the scaled scores (an additive bias's). With dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY,
+/// Backward of [`attend_head`] in training, for `t` queries against `n` keys seen as
+/// `span` says (laid out as there), whose weights `p` `[t, n]` the forward kept (before
+/// dropout; zero where a query does not see a key). With `drop`, the weights after it
+/// follow in `p` when the forward kept them (`[2, t, n]`), and are drawn again from the
+/// same masks otherwise. From the output gradient `dy` (query `j`'s row at
+/// `dy[j·dy_stride..][..hd]`), writes the gradients of the queries `dq` `[t, hd]`, keys
+/// `dk` and values `dv` `[n, hd]`, and with a non-empty `dbias` `[t, n]` those of the
+/// scaled scores (an additive bias's). With dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY,
 /// and with dP = dY·Vᵀ, dS = pd ⊙ dP − p · rowsum(pd ⊙ dP); dQ = scale·dS·K and dK =
-/// scale·dSᵀ·Q. The four products are panel products, as the forward's two.
+/// scale·dSᵀ·Q. The four products are panel products, as the forward's two, over the
+/// lower triangle when the head is causal.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head_backward(
     (q, q_stride): (&[f32], usize),
     (k, v, kv_stride): (&[f32], &[f32], usize),
     (dy, dy_stride): (&[f32], usize),
-    (t, n, hd, scale): (usize, usize, usize, f32),
+    (t, hd, scale): (usize, usize, f32),
+    span: Span,
     p: &[f32],
     drop: Option<super::Dropout>,
     [dq, dk, dv, dbias]: [&mut [f32]; 4],
 ) {
-    let pd = match drop {
-        Some(_) => &p[t * n..2 * t * n],
-        None => &p[..t * n],
-    };
-    let mut g = Vec::with_capacity(t * hd);
-    for j in 0..t {
-        g.extend_from_slice(&dy[j * dy_stride..][..hd]);
-    }
-    let mut ds = vec![0f32; t * n];
-    matmul_serial(&g, t, n, hd, &row_panels(v, kv_stride, n, hd), &mut ds);
-    for j in 0..t {
-        let dbias = if dbias.is_empty() {
-            &mut []
-        } else {
-            &mut dbias[j * n..(j + 1) * n]
+    let n = span.keys(t);
+    assert!(p.len() >= t * n && dq.len() >= t * hd && dk.len() >= n * hd && dv.len() >= n * hd);
+    assert!(dbias.is_empty() || dbias.len() >= t * n);
+    let (hdp, np) = (hd.next_multiple_of(NR), n.next_multiple_of(NR));
+    SCRATCH.with_borrow_mut(|s| {
+        let pd: &[f32] = match drop {
+            Some(_) if p.len() >= 2 * t * n => &p[t * n..2 * t * n],
+            Some(d) => {
+                s.pd.clear();
+                s.pd.extend_from_slice(&p[..t * n]);
+                for j in 0..t {
+                    let row = &mut s.pd[j * n..j * n + span.seen(j)];
+                    super::dropout::drop_row(row, d, (j * n) as u64);
+                }
+                &s.pd
+            }
+            None => &p[..t * n],
         };
-        let r = j * n..(j + 1) * n;
-        score_grad_row(&mut ds[r.clone()], &p[r.clone()], &pd[r], dbias, scale);
-    }
-    matmul_serial(&ds, t, hd, n, &col_panels(k, kv_stride, n, hd), dq);
-    // dK and dV read dS and pd by columns, in place (a transposed-input product).
-    matmul_t_serial(&ds, n, n, hd, t, &col_panels(q, q_stride, t, hd), dk);
-    matmul_t_serial(pd, n, n, hd, t, &col_panels(&g, hd, t, hd), dv);
+        // dP = dY·Vᵀ (the triangle a causal head sees), then dS row by row.
+        rows_into(dy, dy_stride, t, hd, 1.0, &mut s.g);
+        transposed_into(v, kv_stride, n, hd, &mut s.b);
+        s.s.resize(t * n, 0.0);
+        lower_products(&s.g, hdp, hd, &s.b, np, (t, n, span), &mut s.s);
+        let ds = &mut s.s;
+        for j in 0..t {
+            let (r, live) = (j * n..(j + 1) * n, span.seen(j).min(n));
+            let dbias = if dbias.is_empty() {
+                &mut []
+            } else {
+                dbias[r.clone()][live..].fill(0.0);
+                &mut dbias[j * n..j * n + live]
+            };
+            let (row, pr, pdr) = (&mut ds[r.clone()], &p[r.clone()], &pd[r]);
+            score_grad_row(&mut row[..live], &pr[..live], &pdr[..live], dbias, scale);
+            row[live..].fill(0.0);
+        }
+        let ds = &s.s;
+        // dQ = dS·K; dK = dSᵀ·Q and dV = pdᵀ·dY (by columns of dS and pd).
+        rows_into(k, kv_stride, n, hd, 1.0, &mut s.c);
+        prefix_sums(ds, (t, n, span), &s.c, hdp, hd, |j, c0, vals| {
+            dq[j * hd + c0..][..vals.len()].copy_from_slice(vals)
+        });
+        rows_into(q, q_stride, t, hd, 1.0, &mut s.a);
+        suffix_sums(ds, (t, n, span), &s.a, hdp, hd, |p, c0, vals| {
+            dk[p * hd + c0..][..vals.len()].copy_from_slice(vals)
+        });
+        suffix_sums(pd, (t, n, span), &s.g, hdp, hd, |p, c0, vals| {
+            dv[p * hd + c0..][..vals.len()].copy_from_slice(vals)
+        });
+    })
 }
 
 /// One place the heads of an attention pass write: rows `r0..r1` (of some row stride)
@@ -370,18 +574,134 @@ mod tests {
     use super::super::test_data as data;
     use super::*;
 
+    /// The heads' three products (the lower triangle of scores, weighted sums of rows,
+    /// and the transposed weighted sums) against plain loops, for head widths below, at
+    /// and above one panel, key counts that are not whole panels, and causal spans with
+    /// and without a past (a prompt after a cache) as well as bidirectional ones.
+    #[test]
+    fn head_products_match_plain_loops() {
+        for (t, hd, past) in [
+            (7usize, 12usize, 0usize),
+            (33, 32, 0),
+            (64, 48, 0),
+            (40, 64, 0),
+            (9, 40, 30),
+            (20, 8, 45),
+        ] {
+            for causal in [true, false] {
+                let n = past + t;
+                let span = if causal {
+                    Span::Causal { past }
+                } else {
+                    Span::All { keys: n }
+                };
+                let sees = |i: usize, j: usize| !causal || j <= past + i;
+                let (hdp, np) = (hd.next_multiple_of(NR), n.next_multiple_of(NR));
+                let (a_src, b_src) = (data(t * hd, 1), data(n * hd, 2));
+                let mut a = Vec::new();
+                rows_into(&a_src, hd, t, hd, 1.0, &mut a);
+                let mut b = Vec::new();
+                rows_into(&b_src, hd, n, hd, 1.0, &mut b);
+                let mut bt = Vec::new();
+                transposed_into(&b_src, hd, n, hd, &mut bt);
+                assert_eq!((a.len(), b.len(), bt.len()), (t * hdp, n * hdp, hd * np));
+                // Scores: every entry a row sees.
+                let mut s = vec![f32::NAN; t * n];
+                lower_products(&a, hdp, hd, &bt, np, (t, n, span), &mut s);
+                for i in 0..t {
+                    for j in (0..n).filter(|&j| sees(i, j)) {
+                        let w: f32 = (0..hd).map(|d| a_src[i * hd + d] * b_src[j * hd + d]).sum();
+                        assert!(
+                            (s[i * n + j] - w).abs() < 1e-4,
+                            "t {t} hd {hd} past {past}: s[{i},{j}]"
+                        );
+                    }
+                }
+                // Weights zero where a row does not see a key, against b's rows.
+                let mut w = data(t * n, 3);
+                for i in 0..t {
+                    for j in 0..n {
+                        if !sees(i, j) {
+                            w[i * n + j] = 0.0;
+                        }
+                    }
+                }
+                let mut got = vec![f32::NAN; t * hd];
+                prefix_sums(&w, (t, n, span), &b, hdp, hd, |i, c0, v| {
+                    got[i * hd + c0..i * hd + c0 + v.len()].copy_from_slice(v)
+                });
+                let mut got_t = vec![f32::NAN; n * hd];
+                let mut a_rows = Vec::new();
+                rows_into(&a_src, hd, t, hd, 1.0, &mut a_rows);
+                suffix_sums(&w, (t, n, span), &a_rows, hdp, hd, |j, c0, v| {
+                    got_t[j * hd + c0..j * hd + c0 + v.len()].copy_from_slice(v)
+                });
+                for i in 0..t {
+                    for d in 0..hd {
+                        let want: f32 = (0..n).map(|j| w[i * n + j] * b_src[j * hd + d]).sum();
+                        assert!(
+                            (got[i * hd + d] - want).abs() < 1e-4,
+                            "t {t} hd {hd} past {past}: [{i},{d}]"
+                        );
+                    }
+                }
+                for j in 0..n {
+                    for d in 0..hd {
+                        let want: f32 = (0..t).map(|i| w[i * n + j] * a_src[i * hd + d]).sum();
+                        assert!(
+                            (got_t[j * hd + d] - want).abs() < 1e-4,
+                            "t {t} hd {hd} past {past}: ᵀ[{j},{d}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A head's transposed copy (square blocks in registers, the rest one by one)
+    /// against the plain gather, at widths and lengths with and without whole blocks,
+    /// from rows of a wider matrix.
+    #[test]
+    fn head_transposes_match_the_plain_gather() {
+        for (count, hd, stride) in [
+            (64usize, 32usize, 128usize),
+            (40, 48, 96),
+            (7, 12, 24),
+            (33, 64, 64),
+        ] {
+            let src = data(count * stride + 3, 4);
+            let mut out = vec![f32::NAN; 5];
+            transposed_into(&src[3..], stride, count, hd, &mut out);
+            let np = count.next_multiple_of(NR);
+            assert_eq!(out.len(), hd * np);
+            for d in 0..hd {
+                for i in 0..np {
+                    let want = if i < count {
+                        src[3 + i * stride + d]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(out[d * np + i], want, "count {count} hd {hd}: [{d},{i}]");
+                }
+            }
+        }
+    }
+
     /// [`attend_head_backward`] against the gradients written out as plain loops (in
     /// f64), for causal and bidirectional heads, with and without dropout, strided
     /// inputs, head widths below and above one panel and key counts that are not whole
     /// panels; with a bias gradient asked for.
     #[test]
     fn head_backward_matches_plain_loops() {
-        for (t, n, hd, causal, p_drop) in [
-            (5usize, 5usize, 8usize, true, 0.0f32),
-            (6, 9, 12, false, 0.2),
-            (33, 33, 32, true, 0.1),
-            (1, 40, 40, false, 0.0),
-            (20, 70, 16, false, 0.3),
+        // (queries, keys, head width, causal, dropout, the weights after dropout kept)
+        for (t, n, hd, causal, p_drop, kept) in [
+            (5usize, 5usize, 8usize, true, 0.0f32, true),
+            (6, 9, 12, false, 0.2, true),
+            (33, 33, 32, true, 0.1, true),
+            (33, 33, 32, true, 0.1, false),
+            (40, 52, 24, true, 0.25, false),
+            (1, 40, 40, false, 0.0, true),
+            (20, 70, 16, false, 0.3, false),
         ] {
             let (qs, ks) = (hd + 3, 2 * hd + 5);
             let q = data(t * qs, 1);
@@ -393,7 +713,7 @@ mod tests {
             let drop = super::super::Dropout::new(p_drop, 9);
             // The forward's kept weights, through the forward itself.
             let mut out = vec![0f32; t * hd];
-            let mut p = Vec::new();
+            let mut p = vec![f32::NAN; t * n * if p_drop > 0.0 && kept { 2 } else { 1 }];
             let span = if causal {
                 Span::Causal { past: n - t }
             } else {
@@ -426,7 +746,8 @@ mod tests {
                 (&q, qs),
                 (k, v, ks),
                 (&dy, dy_s),
-                (t, n, hd, scale),
+                (t, hd, scale),
+                span,
                 &p,
                 drop,
                 [&mut dq, &mut dk, &mut dv, &mut db],

@@ -1022,35 +1022,6 @@ pub fn matmul_serial(
     }
 }
 
-/// [`matmul_serial`] with its input given transposed: `out[i, r] = Σ_c xt[c, i] ·
-/// W[r, c]` for the `n` columns `i` of `xt [k, ld]`, `out` `[n, rows]`, on the calling
-/// thread (small products inside a task, such as an attention head's gradients).
-pub fn matmul_t_serial(
-    xt: &[f32],
-    ld: usize,
-    n: usize,
-    rows: usize,
-    k: usize,
-    panels: &[f32],
-    out: &mut [f32],
-) {
-    let isa = isa();
-    let mb = tn_block();
-    let mut acc = [[0f32; NR]; 12];
-    for p in 0..rows.div_ceil(NR) {
-        let panel = &panels[p * k * NR..(p + 1) * k * NR];
-        let valid = NR.min(rows - p * NR);
-        for i0 in (0..n).step_by(mb) {
-            let m = mb.min(n - i0);
-            let acc = &mut acc[..m];
-            panel_rows_t(isa, &xt[i0..], ld, m, panel, k, NR, acc);
-            for (i, a) in acc.iter().enumerate() {
-                out[(i0 + i) * rows + p * NR..][..valid].copy_from_slice(&a[..valid]);
-            }
-        }
-    }
-}
-
 /// Blocks per task when `blocks` are shared out as at most `max` a task, in at least
 /// `min_tasks` tasks and as many as a multiple of the `threads`, evenly: 3 tasks for 2
 /// threads leave one thread idle for a third of the product (AVX2's query, key and value
