@@ -2,6 +2,11 @@
 //! encoder-decoder Transformer trained with label smoothing and a warm-up schedule,
 //! validation loss and BLEU during training, and greedy or beam-search decoding.
 //! Output folders are HF `MarianMTModel` folders with a `tokenizer.json`.
+//!
+//! Why one file of this length: the task is what `translate`, `summarize` and
+//! `pretrain` configure (their data, vocabulary, model, metric and checkpoint folder),
+//! so its reading of pairs, its configuration's validation, the translator and the
+//! trainer's job are kept together.
 
 use std::path::Path;
 

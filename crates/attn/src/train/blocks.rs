@@ -1,10 +1,14 @@
 //! The pieces the training steps on the engine's kernels are built from: linear layers
 //! and their backward, post-norm sublayers (attention with its output projection,
-//! residual sum and norm; the MLP likewise) forward and backward, one attention head
-//! forward and backward over any query and key rows (self-attention, causal or not, and
-//! cross-attention), dropout sites, and the buffer pool that keeps activations between
-//! steps. BERT's encoder (`train::encoder`) and Marian's encoder-decoder
-//! (`train::seq2seq`) are written with them.
+//! residual sum and norm; the MLP likewise) forward and backward, the attention heads
+//! of a pass over any query and key rows (self-attention, causal or not, and
+//! cross-attention) on `kernels::cpu::attend`'s head, dropout sites, and the buffer
+//! pool that keeps activations between steps. BERT's encoder (`train::encoder`),
+//! Marian's encoder-decoder (`train::seq2seq`) and T5's (`train::t5`) are written with
+//! them.
+//!
+//! Why one file of this length: each piece's forward and backward are written next to
+//! each other, and the three trainers share them.
 
 use rayon::prelude::*;
 

@@ -9,11 +9,12 @@
 //! (no padding is computed), as the padding mask makes transformers do.
 //!
 //! Dropout (hidden states and attention weights, as transformers places it) uses
-//! counter-based masks recomputed in the backward pass. Checked against transformers'
-//! gradients for every parameter, and with dropout against finite differences
-//! (`tests/engine_parity.rs`). LoRA adapters on the query and value projections freeze
-//! everything else: frozen tensors get no weight gradients computed and no AdamW
-//! moments. `classify train` moves onto this step next.
+//! counter-based masks, so the backward draws the hidden states' masks again; the
+//! forward keeps the attention weights after dropout beside those before it. Checked
+//! against transformers' gradients for every parameter, and with dropout against finite
+//! differences (`tests/engine_parity.rs`). LoRA adapters on the query and value
+//! projections freeze everything else: frozen tensors get no weight gradients computed
+//! and no AdamW moments. `classify train` runs this step.
 
 use std::collections::HashMap;
 use std::path::Path;

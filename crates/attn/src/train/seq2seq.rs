@@ -12,6 +12,9 @@
 //! output before its residual sum, the attention weights and the MLP's activation.
 //! Checked against transformers' loss and every parameter gradient
 //! (`tests/engine_parity.rs`).
+//!
+//! Why one file of this length: the stack's forward and backward are read side by side,
+//! as in `train/native.rs`.
 
 use std::path::Path;
 

@@ -11,6 +11,11 @@
 //! (one rate) where transformers puts it: the embeddings' output, the attention
 //! weights, each sublayer's output, the MLP's activation and the final norm's output.
 //! Checked against transformers' loss and every parameter gradient (`tests/t5.rs`).
+//!
+//! Why one file of this length: the stack's forward and its backward are read side by
+//! side (the backward undoes the forward's steps in reverse over the activations one
+//! struct saves), and T5's pieces that differ from [`super::blocks`]' (pre-norm RMS
+//! sublayers, the position bias and its gradient, the gated MLP) are used nowhere else.
 
 use std::path::Path;
 

@@ -14,6 +14,11 @@
 //! Every operation is queued on the device's default stream in call order; a download
 //! waits for what came before it. Errors from a kernel surface at the next download or
 //! [`Gpu::sync`].
+//!
+//! Why one file of this length: [`Gpu`]'s methods are the backend's list of operations,
+//! one each for every CPU kernel it mirrors, each a few lines of shape checks and launch
+//! arithmetic over the device's private state (the compiled module, the cuBLAS handle,
+//! scratch slots); the kernels themselves are in `kernels.cu`, the loading in `ffi.rs`.
 
 mod ffi;
 
