@@ -152,7 +152,7 @@ pub(crate) fn attend_head(
             // O = P·V, V `[n][hdp]` read as panels in place.
             rows_into(v, kv_stride, n, hd, 1.0, &mut s.c);
             prefix_sums(w, (t, n, span), &s.c, hdp, hd, |j, c0, vals| {
-                out[j * hd + c0..][..vals.len()].copy_from_slice(vals)
+                copy_row(&mut out[j * hd + c0..][..vals.len()], vals)
             });
         } else {
             for j in 0..t {
@@ -163,6 +163,23 @@ pub(crate) fn attend_head(
     })
 }
 
+/// `dst.copy_from_slice(src)` as fixed-size moves for the usual head widths (a call to
+/// memcpy per row of 128 bytes costs more than the copy).
+#[inline(always)]
+pub(crate) fn copy_row(dst: &mut [f32], src: &[f32]) {
+    match dst.len() {
+        32 => {
+            let d: &mut [f32; 32] = dst.try_into().unwrap();
+            *d = src.try_into().unwrap();
+        }
+        64 => {
+            let d: &mut [f32; 64] = dst.try_into().unwrap();
+            *d = src.try_into().unwrap();
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// `out = [count][hdp]` (`hdp` = `hd` rounded up to [`NR`], zero padding): row `i` is
 /// `mul · src[i·stride..][..hd]`.
 fn rows_into(src: &[f32], stride: usize, count: usize, hd: usize, mul: f32, out: &mut Vec<f32>) {
@@ -171,7 +188,7 @@ fn rows_into(src: &[f32], stride: usize, count: usize, hd: usize, mul: f32, out:
     for (i, dst) in out.chunks_exact_mut(hdp).enumerate() {
         let row = &src[i * stride..][..hd];
         if mul == 1.0 {
-            dst[..hd].copy_from_slice(row);
+            copy_row(&mut dst[..hd], row);
         } else {
             dst.iter_mut().zip(row).for_each(|(d, &x)| *d = x * mul);
         }
@@ -244,7 +261,7 @@ fn lower_products(
             let valid = NR.min(n - j0);
             panel::panel_rows_strided(isa, &rows[..m], &bt[j0..], hd, ldb, &mut acc[..m]);
             for (r, a) in acc[..m].iter().enumerate() {
-                out[(i0 + r) * n + j0..][..valid].copy_from_slice(&a[..valid]);
+                copy_row(&mut out[(i0 + r) * n + j0..][..valid], &a[..valid]);
             }
         }
     }
@@ -411,14 +428,14 @@ pub(crate) fn attend_head_backward(
         // dQ = dS·K; dK = dSᵀ·Q and dV = pdᵀ·dY (by columns of dS and pd).
         rows_into(k, kv_stride, n, hd, 1.0, &mut s.c);
         prefix_sums(ds, (t, n, span), &s.c, hdp, hd, |j, c0, vals| {
-            dq[j * hd + c0..][..vals.len()].copy_from_slice(vals)
+            copy_row(&mut dq[j * hd + c0..][..vals.len()], vals)
         });
         rows_into(q, q_stride, t, hd, 1.0, &mut s.a);
         suffix_sums(ds, (t, n, span), &s.a, hdp, hd, |p, c0, vals| {
-            dk[p * hd + c0..][..vals.len()].copy_from_slice(vals)
+            copy_row(&mut dk[p * hd + c0..][..vals.len()], vals)
         });
         suffix_sums(pd, (t, n, span), &s.g, hdp, hd, |p, c0, vals| {
-            dv[p * hd + c0..][..vals.len()].copy_from_slice(vals)
+            copy_row(&mut dv[p * hd + c0..][..vals.len()], vals)
         });
     })
 }
@@ -449,7 +466,8 @@ pub(crate) unsafe fn put_rows(
     hd: usize,
 ) {
     for (r, row) in rows.chunks_exact(hd).enumerate() {
-        std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add((r0 + r) * stride + col), hd);
+        let at = dst.get().add((r0 + r) * stride + col);
+        copy_row(std::slice::from_raw_parts_mut(at, hd), row);
     }
 }
 

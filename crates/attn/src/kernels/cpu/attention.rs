@@ -4,6 +4,8 @@
 //! CPU engine shares; this file places the heads in the fused query/key/value rows and
 //! sums the key and value gradients of the query heads that share a key/value head.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::attend::{attend_head, attend_head_backward, put_rows, Span};
@@ -45,6 +47,13 @@ impl Heads {
     }
 }
 
+thread_local! {
+    /// Per-thread head outputs and gradients (`[t, hd]` each: the output or dQ, dK, dV
+    /// and the group's sums of dK and dV), overwritten whole by every task: kept, so that
+    /// no task zeroes fresh buffers.
+    static ROWS: RefCell<[Vec<f32>; 5]> = RefCell::new(Default::default());
+}
+
 /// Which keys position `i` sees: those up to its own, or the last `window` of them.
 fn span(window: Option<usize>) -> Span {
     match window {
@@ -82,26 +91,28 @@ pub fn attention(
         .for_each(|(bh, p)| {
             let (bi, h) = (bh / nh, bh % nh);
             let [qo, ko, vo] = heads.at(bi, h, t);
-            let mut out = vec![0f32; t * hd];
             let drop = dropout.map(|d| d.shifted((bh * t * t) as u64));
-            attend_head(
-                &qkv[qo..],
-                w,
-                &qkv[ko..],
-                &qkv[vo..],
-                w,
-                span(window),
-                t,
-                hd,
-                scale,
-                None,
-                &mut out,
-                Some(p),
-                drop,
-            );
-            // SAFETY: rows bi·t.. of y at columns h·hd..(h + 1)·hd belong to this task
-            // alone, and lie inside y (asserted above).
-            unsafe { put_rows(yp, (bi * t, c, h * hd), &out, hd) };
+            ROWS.with_borrow_mut(|[out, ..]| {
+                out.resize(t * hd, 0.0);
+                attend_head(
+                    &qkv[qo..],
+                    w,
+                    &qkv[ko..],
+                    &qkv[vo..],
+                    w,
+                    span(window),
+                    t,
+                    hd,
+                    scale,
+                    None,
+                    out,
+                    Some(p),
+                    drop,
+                );
+                // SAFETY: rows bi·t.. of y at columns h·hd..(h + 1)·hd belong to this
+                // task alone, and lie inside y (asserted above).
+                unsafe { put_rows(yp, (bi * t, c, h * hd), out, hd) };
+            })
         });
 }
 
@@ -136,43 +147,45 @@ pub fn attention_backward(
         .par_chunks(group * t * t)
         .enumerate()
         .for_each(|(bg, ps)| {
-            let mut dq = vec![0f32; t * hd];
-            let (mut dk, mut dv) = (vec![0f32; t * hd], vec![0f32; t * hd]);
-            let (mut sum_k, mut sum_v) = (vec![0f32; t * hd], vec![0f32; t * hd]);
-            let mut bi_of_group = 0;
-            for (j, p) in ps.chunks(t * t).enumerate() {
-                let bh = bg * group + j;
-                let (bi, h) = (bh / nh, bh % nh);
-                bi_of_group = bi;
-                let [qo, ko, vo] = heads.at(bi, h, t);
-                attend_head_backward(
-                    (&qkv[qo..], w),
-                    (&qkv[ko..], &qkv[vo..], w),
-                    (&dy[bi * t * c + h * hd..], c),
-                    (t, hd, scale),
-                    span(window),
-                    p,
-                    dropout.map(|d| d.shifted((bh * t * t) as u64)),
-                    [&mut dq, &mut dk, &mut dv, &mut []],
-                );
-                // SAFETY: rows bi·t.. of dqkv at this query head's columns belong to
-                // this task alone, inside dqkv (asserted above).
-                unsafe { put_rows(dp, (bi * t, w, qo - bi * t * w), &dq, hd) };
-                if j == 0 {
-                    sum_k.copy_from_slice(&dk);
-                    sum_v.copy_from_slice(&dv);
-                } else {
-                    sum_k.iter_mut().zip(&dk).for_each(|(s, d)| *s += d);
-                    sum_v.iter_mut().zip(&dv).for_each(|(s, d)| *s += d);
+            ROWS.with_borrow_mut(|[dq, dk, dv, sum_k, sum_v]| {
+                for v in [&mut *dq, &mut *dk, &mut *dv, &mut *sum_k, &mut *sum_v] {
+                    v.resize(t * hd, 0.0);
                 }
-            }
-            let [_, ko, vo] = heads.at(bi_of_group, bg % heads.kv * group, t);
-            let row0 = bi_of_group * t * w;
-            // SAFETY: as above, for the key and value columns of this task's key/value
-            // head (one task per sequence and key/value head).
-            unsafe {
-                put_rows(dp, (bi_of_group * t, w, ko - row0), &sum_k, hd);
-                put_rows(dp, (bi_of_group * t, w, vo - row0), &sum_v, hd);
-            }
+                let mut bi_of_group = 0;
+                for (j, p) in ps.chunks(t * t).enumerate() {
+                    let bh = bg * group + j;
+                    let (bi, h) = (bh / nh, bh % nh);
+                    bi_of_group = bi;
+                    let [qo, ko, vo] = heads.at(bi, h, t);
+                    attend_head_backward(
+                        (&qkv[qo..], w),
+                        (&qkv[ko..], &qkv[vo..], w),
+                        (&dy[bi * t * c + h * hd..], c),
+                        (t, hd, scale),
+                        span(window),
+                        p,
+                        dropout.map(|d| d.shifted((bh * t * t) as u64)),
+                        [&mut dq[..], &mut dk[..], &mut dv[..], &mut []],
+                    );
+                    // SAFETY: rows bi·t.. of dqkv at this query head's columns belong to
+                    // this task alone, inside dqkv (asserted above).
+                    unsafe { put_rows(dp, (bi * t, w, qo - bi * t * w), dq, hd) };
+                    if j == 0 {
+                        sum_k.copy_from_slice(dk);
+                        sum_v.copy_from_slice(dv);
+                    } else {
+                        sum_k.iter_mut().zip(dk.iter()).for_each(|(s, d)| *s += d);
+                        sum_v.iter_mut().zip(dv.iter()).for_each(|(s, d)| *s += d);
+                    }
+                }
+                let [_, ko, vo] = heads.at(bi_of_group, bg % heads.kv * group, t);
+                let row0 = bi_of_group * t * w;
+                // SAFETY: as above, for the key and value columns of this task's key/value
+                // head (one task per sequence and key/value head).
+                unsafe {
+                    put_rows(dp, (bi_of_group * t, w, ko - row0), sum_k, hd);
+                    put_rows(dp, (bi_of_group * t, w, vo - row0), sum_v, hd);
+                }
+            })
         });
 }
