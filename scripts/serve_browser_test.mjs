@@ -64,8 +64,23 @@ try {
     });
     window.__observer.observe(document.getElementById("output"), { childList: true, characterData: true, subtree: true });
   });
+  // The page is what is tested here: that it shows the text as the events arrive. The
+  // tiny CI model writes 500 tokens in a quarter of a second, so a browser slow to start
+  // reading (a loaded machine) could find the whole stream buffered and take it in one
+  // read (seen in CI: 0 intermediate lengths). The network is therefore slowed while it
+  // streams, so the response comes in many reads whatever the machine's load; that the
+  // server writes each event as its token is made is checked by the openai client's test
+  // (`serve_openai_test.py` times a 500-token stream's first and last pieces).
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline: false, latency: 0, downloadThroughput: 32 * 1024, uploadThroughput: -1,
+  });
   await page.click("#generate");
   await page.waitForFunction(() => document.getElementById("status").textContent.includes("finished"), null, { timeout: 60000 });
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+  });
   const lengths = await page.evaluate(() => { window.__observer.disconnect(); return window.__lengths; });
   const text = await page.textContent("#generated");
   const distinct = new Set(lengths.filter((n) => n > 0 && n < text.length)).size;

@@ -11,6 +11,7 @@ errors arrive as the openai package's typed exceptions: wrong key (401), unknown
 
 import argparse
 import sys
+import time
 
 import openai
 from openai import OpenAI
@@ -70,6 +71,19 @@ def main():
     check("".join(pieces) == text, "streamed text equals the non-streamed text for the same seed")
     check(finish in ("length", "stop"), f"stream finish_reason {finish}")
     check(usage is not None and usage.completion_tokens > 0, f"usage chunk {usage}")
+
+    # Each event is written as its token is made, not held to the end: over a long
+    # stream the first piece arrives well before the last (the browser test slows its
+    # network and so checks the page alone).
+    t0 = time.perf_counter()
+    times = []
+    for chunk in client.completions.create(model=model, prompt="ROMEO:", max_tokens=500, temperature=0.8,
+                                           seed=7, stream=True, extra_body={"ignore_eos": True}):
+        if any(ch.text for ch in chunk.choices):
+            times.append(time.perf_counter() - t0)
+    check(len(times) > 100 and times[0] < 0.5 * times[-1],
+          f"a 500-token stream's first piece after {times[0]:.3f} s, its last after {times[-1]:.3f} s "
+          f"({len(times)} pieces)")
 
     stop_at = text[len(text) // 2:len(text) // 2 + 2]
     s = client.completions.create(model=model, prompt="ROMEO:", max_tokens=32, temperature=0.8, top_p=0.95,
