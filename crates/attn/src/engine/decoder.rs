@@ -420,7 +420,7 @@ impl Decoder {
                     )
                 })
                 .collect();
-            let outs: Vec<(Vec<f32>, Vec<f32>)> = jobs
+            let outs: Vec<(Vec<f32>, Vec<Vec<f32>>)> = jobs
                 .par_iter()
                 .map(|&(s, hh)| {
                     let (kc, vc, past) = caches[s];
@@ -454,19 +454,12 @@ impl Decoder {
                         keep,
                         None,
                     );
-                    (out, kept)
+                    // The weights of each kept query over its keys, one row each.
+                    (out, kept.chunks(keys).map(<[f32]>::to_vec).collect())
                 })
                 .collect();
             if let Some(m) = maps.as_deref_mut() {
-                m.push(
-                    jobs.iter()
-                        .zip(&outs)
-                        .map(|(&(s, _), (_, kept))| {
-                            let keys = caches[s].2 + tokens[s].len();
-                            kept.chunks(keys).map(<[f32]>::to_vec).collect()
-                        })
-                        .collect(),
-                );
+                m.push(outs.iter().map(|(_, kept)| kept.clone()).collect());
             }
             if narrow {
                 // x keeps the last row of each sequence, in order.

@@ -151,12 +151,19 @@ pub fn attention_backward(
                 for v in [&mut *dq, &mut *dk, &mut *dv, &mut *sum_k, &mut *sum_v] {
                     v.resize(t * hd, 0.0);
                 }
-                let mut bi_of_group = 0;
+                // The group's query heads h0.. of sequence bi share one key/value head.
+                let (bi, h0) = (bg * group / nh, bg * group % nh);
+                let row0 = bi * t * w;
                 for (j, p) in ps.chunks(t * t).enumerate() {
-                    let bh = bg * group + j;
-                    let (bi, h) = (bh / nh, bh % nh);
-                    bi_of_group = bi;
+                    let (bh, h) = (bg * group + j, h0 + j);
                     let [qo, ko, vo] = heads.at(bi, h, t);
+                    // The first head writes the key and value gradients' sums, the
+                    // others their own, added after.
+                    let (gk, gv) = if j == 0 {
+                        (&mut *sum_k, &mut *sum_v)
+                    } else {
+                        (&mut *dk, &mut *dv)
+                    };
                     attend_head_backward(
                         (&qkv[qo..], w),
                         (&qkv[ko..], &qkv[vo..], w),
@@ -165,26 +172,22 @@ pub fn attention_backward(
                         span(window),
                         p,
                         dropout.map(|d| d.shifted((bh * t * t) as u64)),
-                        [&mut dq[..], &mut dk[..], &mut dv[..], &mut []],
+                        [&mut dq[..], &mut gk[..], &mut gv[..], &mut []],
                     );
                     // SAFETY: rows bi·t.. of dqkv at this query head's columns belong to
                     // this task alone, inside dqkv (asserted above).
-                    unsafe { put_rows(dp, (bi * t, w, qo - bi * t * w), dq, hd) };
-                    if j == 0 {
-                        sum_k.copy_from_slice(dk);
-                        sum_v.copy_from_slice(dv);
-                    } else {
+                    unsafe { put_rows(dp, (bi * t, w, qo - row0), dq, hd) };
+                    if j > 0 {
                         sum_k.iter_mut().zip(dk.iter()).for_each(|(s, d)| *s += d);
                         sum_v.iter_mut().zip(dv.iter()).for_each(|(s, d)| *s += d);
                     }
                 }
-                let [_, ko, vo] = heads.at(bi_of_group, bg % heads.kv * group, t);
-                let row0 = bi_of_group * t * w;
+                let [_, ko, vo] = heads.at(bi, h0, t);
                 // SAFETY: as above, for the key and value columns of this task's key/value
                 // head (one task per sequence and key/value head).
                 unsafe {
-                    put_rows(dp, (bi_of_group * t, w, ko - row0), sum_k, hd);
-                    put_rows(dp, (bi_of_group * t, w, vo - row0), sum_v, hd);
+                    put_rows(dp, (bi * t, w, ko - row0), sum_k, hd);
+                    put_rows(dp, (bi * t, w, vo - row0), sum_v, hd);
                 }
             })
         });

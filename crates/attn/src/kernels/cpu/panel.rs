@@ -1076,9 +1076,10 @@ fn blocks_per_task(blocks: usize, max: usize, min_tasks: usize, threads: usize) 
     blocks.div_ceil(tasks).max(1)
 }
 
-/// The bytes of an f32 slice, for prefetching.
-fn bytes_of(v: &[f32]) -> &[u8] {
-    // SAFETY: any f32 memory may be read as bytes; the length covers the same memory.
+/// The bytes of a slice of plain numbers, for prefetching.
+pub(crate) fn bytes_of<T: super::huge::Zeroed>(v: &[T]) -> &[u8] {
+    // SAFETY: the element types are plain numbers without padding, whose memory may be
+    // read as bytes; the length covers the same memory.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 

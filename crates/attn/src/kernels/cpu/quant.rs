@@ -234,14 +234,11 @@ impl QMatrix {
         let c = self.cols;
         let r0 = (p * QK).min(self.rows);
         let r1 = (r0 + QK).min(self.rows);
-        fn bytes<T>(v: &[T]) -> &[u8] {
-            // SAFETY: the codes are plain integers; any of their memory reads as bytes.
-            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
-        }
+        use super::panel::bytes_of;
         match &self.data {
             Data::F32(_) => &[],
-            Data::F16(v) => bytes(&v[r0 * c..r1 * c]),
-            Data::Q8 { qs, .. } => bytes(&qs[r0 * c..r1 * c]),
+            Data::F16(v) => bytes_of(&v[r0 * c..r1 * c]),
+            Data::Q8 { qs, .. } => bytes_of(&qs[r0 * c..r1 * c]),
             Data::Q4 { qs, .. } => &qs[r0 * c / 2..r1 * c / 2],
         }
     }
