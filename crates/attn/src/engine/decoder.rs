@@ -10,11 +10,13 @@
 
 use rayon::prelude::*;
 
+use super::block::{self, NormW};
 use super::{DecoderSpec, Mlp, Positions};
 use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
 use crate::kernels::cpu::rope::RopeTable;
 use crate::kernels::cpu::vmath;
+use crate::kernels::cpu::{Heads, Rhs};
 use crate::{Error, Result};
 
 pub(crate) struct Norm {
@@ -39,6 +41,15 @@ impl Norm {
                 }
             }
         });
+    }
+}
+
+impl Norm {
+    pub(crate) fn weights(&self) -> NormW<'_> {
+        NormW {
+            w: &self.w,
+            b: self.b.as_deref(),
+        }
     }
 }
 
@@ -84,6 +95,23 @@ pub(crate) struct Layer {
     /// The MLP's first matrix (gate rows then up rows for SwiGLU).
     pub up: Linear,
     pub down: Linear,
+}
+
+impl Layer {
+    /// The weights as a decoder block reads them.
+    pub(crate) fn weights(&self) -> block::Weights<'_> {
+        block::Weights {
+            qkv: Rhs::Q(&self.qkv.w),
+            qkv_b: self.qkv.b.as_deref(),
+            proj: Rhs::Q(&self.proj.w),
+            proj_b: self.proj.b.as_deref(),
+            norm2: self.norm2.weights(),
+            up: Rhs::Q(&self.up.w),
+            up_b: self.up.b.as_deref(),
+            down: Rhs::Q(&self.down.w),
+            down_b: self.down.b.as_deref(),
+        }
+    }
 }
 
 /// The keys and values of one sequence: per layer `[len, kv_width]`, heads side by side.
@@ -356,16 +384,40 @@ impl Decoder {
             }
         }
         let (inner, up_rows) = (spec.inner, spec.up_rows());
-        let mut h = vec![0f32; n * c];
+        let shape = block::Shape {
+            c,
+            heads: Heads {
+                n: nh,
+                kv: spec.n_kv_head,
+                dim: hd,
+            },
+            inner,
+            up: up_rows,
+            mlp: spec.mlp,
+            eps: spec.eps,
+        };
+        // Each block reads the residual stream and its norm from one pair of buffers and
+        // writes the next pair to the other (the trainer keeps every layer's instead).
+        let mut x_out = vec![0f32; n * c];
+        let mut mid = vec![0f32; n * c];
+        let (mut h, mut h_next) = (vec![0f32; n * c], vec![0f32; n * c]);
+        let (mut st, mut st_next) = (vec![0f32; 2 * n], vec![0f32; 2 * n]);
         let mut qkv = vec![0f32; n * w];
         let mut y = vec![0f32; n * qw];
-        let mut a = vec![0f32; n * c];
-        let mut f = vec![0f32; n * up_rows];
-        let mut m = if spec.mlp == Mlp::SwiGlu {
-            vec![0f32; n * inner]
-        } else {
-            Vec::new()
-        };
+        let (mut ln2, mut ln2_stats) = (vec![0f32; n * c], vec![0f32; 2 * n]);
+        let mut pre = vec![0f32; n * up_rows];
+        let mut act = vec![
+            0f32;
+            if spec.mlp == Mlp::SwiGlu {
+                n * inner
+            } else {
+                0
+            }
+        ];
+        let mut panels = Vec::new();
+        let first_norm = self.layers.first().map_or(&self.norm_f, |l| &l.norm1);
+        let NormW { w: nw, b: nb } = first_norm.weights();
+        crate::kernels::cpu::layer_norm(&x, nw, nb, spec.eps, n, &mut h, &mut st);
         let scale = 1.0 / (hd as f32).sqrt();
         // Rows of x per sequence: all new positions, until the last layer narrows them.
         let mut rows_of: Vec<(usize, usize)> = first
@@ -373,141 +425,163 @@ impl Decoder {
             .zip(tokens)
             .map(|(&f, t)| (f, t.len()))
             .collect();
-        let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
             // Only the last position of each sequence is asked for: after the last
             // layer's keys and values go into the caches, its attention output and MLP
             // are needed for those rows alone (a prompt's other rows would be discarded).
-            let narrow = want == Want::Last
-                && !capture
-                && l + 1 == self.layers.len()
-                && n_rows > tokens.len();
+            let narrow =
+                want == Want::Last && !capture && l + 1 == self.layers.len() && n > tokens.len();
+            let kept = if narrow { tokens.len() } else { n };
             let window = spec.windows[l];
-            layer.norm1.apply(&x, &mut h, spec.eps);
-            layer.qkv.apply(&h, n_rows, &mut qkv);
-            if let Some(rope) = &self.rope {
-                // The queries and keys (side by side at the row's start) turn; the
-                // values do not.
-                crate::kernels::cpu::for_rows(&mut qkv, w, |start, rows| {
-                    for (r, row) in rows.chunks_mut(w).enumerate() {
-                        let table = seq_of
-                            .get(start + r)
-                            .and_then(|&s| stretched[s].as_ref())
-                            .unwrap_or(rope);
-                        table.rotate(&mut row[..qw + kvw], pos_of[start + r], false);
-                    }
-                });
-            }
-            for (s, t) in tokens.iter().enumerate() {
-                let st = &mut *states[s];
-                for j in 0..t.len() {
-                    let row = &qkv[(first[s] + j) * w..(first[s] + j + 1) * w];
-                    st.k[l].extend_from_slice(&row[qw..qw + kvw]);
-                    st.v[l].extend_from_slice(&row[qw + kvw..]);
+            let last_rows: Vec<f32>;
+            let res: &[f32] = if narrow {
+                last_rows = rows_of
+                    .iter()
+                    .flat_map(|&(r, k)| &x[(r + k - 1) * c..(r + k) * c])
+                    .copied()
+                    .collect();
+                &last_rows
+            } else {
+                &x
+            };
+            let maps = maps.as_deref_mut();
+            let states = &mut *states;
+            let attend = |qkv: &mut [f32], y: &mut [f32]| {
+                if let Some(rope) = &self.rope {
+                    // The queries and keys (side by side at the row's start) turn; the
+                    // values do not.
+                    crate::kernels::cpu::for_rows(qkv, w, |start, rows| {
+                        for (r, row) in rows.chunks_mut(w).enumerate() {
+                            let table = seq_of
+                                .get(start + r)
+                                .and_then(|&s| stretched[s].as_ref())
+                                .unwrap_or(rope);
+                            table.rotate(&mut row[..qw + kvw], pos_of[start + r], false);
+                        }
+                    });
                 }
-            }
-            // One task per (sequence, head): its queries against its own cache.
-            let jobs: Vec<(usize, usize)> = (0..tokens.len())
-                .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
-                .collect();
-            let caches: Vec<(&[f32], &[f32], usize)> = states
-                .iter()
-                .map(|st| {
-                    (
-                        st.k[l].as_slice(),
-                        st.v[l].as_slice(),
-                        st.len - st.dropped[l],
-                    )
-                })
-                .collect();
-            let outs: Vec<(Vec<f32>, Vec<Vec<f32>>)> = jobs
-                .par_iter()
-                .map(|&(s, hh)| {
-                    let (kc, vc, past) = caches[s];
-                    let t = tokens[s].len();
-                    // The queries kept: every new one, or the last when narrowing.
-                    let j0 = if narrow { t - 1 } else { 0 };
-                    let g = hh / group;
-                    let mut out = vec![0f32; (t - j0) * hd];
-                    let keys = past + t;
-                    let mut kept = vec![0f32; if capture { (t - j0) * keys } else { 0 }];
-                    let q = &qkv[(first[s] + j0) * w + hh * hd..];
-                    let keep = if capture { Some(&mut kept[..]) } else { None };
-                    attend_head(
-                        q,
-                        w,
-                        &kc[g * hd..],
-                        &vc[g * hd..],
-                        kvw,
-                        match window {
-                            Some(window) => Span::Window {
-                                past: past + j0,
-                                window,
-                            },
-                            None => Span::Causal { past: past + j0 },
-                        },
-                        t - j0,
-                        hd,
-                        scale,
-                        None,
-                        &mut out,
-                        keep,
-                        None,
-                    );
-                    // The weights of each kept query over its keys, one row each.
-                    (out, kept.chunks(keys).map(<[f32]>::to_vec).collect())
-                })
-                .collect();
-            if let Some(m) = maps.as_deref_mut() {
-                m.push(outs.iter().map(|(_, kept)| kept.clone()).collect());
-            }
-            if narrow {
-                // x keeps the last row of each sequence, in order.
                 for (s, t) in tokens.iter().enumerate() {
-                    x.copy_within(
-                        (first[s] + t.len() - 1) * c..(first[s] + t.len()) * c,
-                        s * c,
-                    );
-                    rows_of[s] = (s, 1);
+                    let st = &mut *states[s];
+                    for j in 0..t.len() {
+                        let row = &qkv[(first[s] + j) * w..(first[s] + j + 1) * w];
+                        st.k[l].extend_from_slice(&row[qw..qw + kvw]);
+                        st.v[l].extend_from_slice(&row[qw + kvw..]);
+                    }
                 }
-                n_rows = tokens.len();
-                x.truncate(n_rows * c);
-                for buf in [&mut h, &mut y, &mut a, &mut f, &mut m] {
-                    let keep = buf.len() / n * n_rows;
-                    buf.truncate(keep);
+                let qkv = &*qkv;
+                // One task per (sequence, head): its queries against its own cache.
+                let jobs: Vec<(usize, usize)> = (0..tokens.len())
+                    .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
+                    .collect();
+                let caches: Vec<(&[f32], &[f32], usize)> = states
+                    .iter()
+                    .map(|st| {
+                        (
+                            st.k[l].as_slice(),
+                            st.v[l].as_slice(),
+                            st.len - st.dropped[l],
+                        )
+                    })
+                    .collect();
+                let outs: Vec<(Vec<f32>, Vec<Vec<f32>>)> = jobs
+                    .par_iter()
+                    .map(|&(s, hh)| {
+                        let (kc, vc, past) = caches[s];
+                        let t = tokens[s].len();
+                        // The queries kept: every new one, or the last when narrowing.
+                        let j0 = if narrow { t - 1 } else { 0 };
+                        let g = hh / group;
+                        let mut out = vec![0f32; (t - j0) * hd];
+                        let keys = past + t;
+                        let mut kept = vec![0f32; if capture { (t - j0) * keys } else { 0 }];
+                        let q = &qkv[(first[s] + j0) * w + hh * hd..];
+                        let keep = if capture { Some(&mut kept[..]) } else { None };
+                        attend_head(
+                            q,
+                            w,
+                            &kc[g * hd..],
+                            &vc[g * hd..],
+                            kvw,
+                            match window {
+                                Some(window) => Span::Window {
+                                    past: past + j0,
+                                    window,
+                                },
+                                None => Span::Causal { past: past + j0 },
+                            },
+                            t - j0,
+                            hd,
+                            scale,
+                            None,
+                            &mut out,
+                            keep,
+                            None,
+                        );
+                        // The weights of each kept query over its keys, one row each.
+                        (out, kept.chunks(keys).map(<[f32]>::to_vec).collect())
+                    })
+                    .collect();
+                if let Some(m) = maps {
+                    m.push(outs.iter().map(|(_, kept)| kept.clone()).collect());
+                }
+                for (&(s, hh), (out, _)) in jobs.iter().zip(&outs) {
+                    let r0 = if narrow { s } else { first[s] };
+                    for j in 0..out.len() / hd {
+                        y[(r0 + j) * qw + hh * hd..][..hd]
+                            .copy_from_slice(&out[j * hd..(j + 1) * hd]);
+                    }
+                }
+            };
+            let next = self.layers.get(l + 1).map_or(&self.norm_f, |n| &n.norm1);
+            let io = block::Io {
+                ln1: &h,
+                qkv: &mut qkv,
+                atty: &mut y,
+                res,
+                mid: &mut mid,
+                ln2: &mut ln2,
+                ln2_stats: &mut ln2_stats,
+                pre: &mut pre,
+                act: &mut act,
+                train: false,
+                out: &mut x_out,
+                next: next.weights().into(spec.eps, &mut h_next, &mut st_next),
+            };
+            let weights = layer.weights();
+            block::forward(
+                &shape,
+                &weights,
+                io,
+                n,
+                kept,
+                attend,
+                block::Drops::default(),
+                &mut panels,
+            );
+            if narrow {
+                for (s, r) in rows_of.iter_mut().enumerate() {
+                    *r = (s, 1);
                 }
             }
-            for (&(s, hh), (out, _)) in jobs.iter().zip(&outs) {
-                let r0 = rows_of[s].0;
-                for j in 0..out.len() / hd {
-                    y[(r0 + j) * qw + hh * hd..][..hd].copy_from_slice(&out[j * hd..(j + 1) * hd]);
-                }
-            }
-            layer.proj.apply(&y, n_rows, &mut a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            layer.norm2.apply(&x, &mut h, spec.eps);
-            layer.up.apply(&h, n_rows, &mut f);
-            activate(spec.mlp, spec.inner, &mut f, &mut m);
-            let mid = if spec.mlp == Mlp::SwiGlu { &m } else { &f };
-            layer.down.apply(mid, n_rows, &mut a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+            std::mem::swap(&mut x, &mut x_out);
+            std::mem::swap(&mut h, &mut h_next);
+            std::mem::swap(&mut st, &mut st_next);
         }
         for (st, t) in states.iter_mut().zip(tokens) {
             st.len += t.len();
             st.forget_outside(&spec.windows, kvw);
         }
-        // The rows asked for, normalised, then through the head.
+        // The rows asked for, normalised (by the last block's epilogue), then through
+        // the head.
         let rows: Vec<(usize, usize)> = match want {
             Want::Last => rows_of.iter().map(|&(r, k)| (r + k - 1, 1)).collect(),
             _ => rows_of,
         };
         let m: usize = rows.iter().map(|r| r.1).sum();
-        let mut sel = Vec::with_capacity(m * c);
+        let mut hs = Vec::with_capacity(m * c);
         for &(r, k) in &rows {
-            sel.extend_from_slice(&x[r * c..(r + k) * c]);
+            hs.extend_from_slice(&h[r * c..(r + k) * c]);
         }
-        let mut hs = vec![0f32; m * c];
-        self.norm_f.apply(&sel, &mut hs, spec.eps);
         let (width, out) = if want == Want::Hidden {
             (c, hs)
         } else {

@@ -19,6 +19,7 @@
 //! positions, RMSNorm, SwiGLU MLP, grouped key/value heads, optional biases, tied or
 //! untied head) are the two configurations today.
 
+pub(crate) mod block;
 pub mod decoder;
 pub mod encoder;
 pub mod families;

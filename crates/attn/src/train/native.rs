@@ -25,6 +25,7 @@
 
 use super::optimizer::AdamWConfig;
 use super::profile::time;
+use crate::engine::block::{self, NormW};
 use crate::engine::families::{bias_name, schema, NormNames, Parts};
 use crate::engine::io::Plain;
 use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
@@ -123,6 +124,21 @@ impl Layers {
             each,
             count,
         }
+    }
+}
+
+impl Layers {
+    /// Layer `l`'s buffer, and layer `l + 1`'s to write.
+    fn pair_mut(&mut self, l: usize) -> (&[f32], &mut [f32]) {
+        assert!(
+            l + 1 < self.count,
+            "layers {l} and {} of {}",
+            l + 1,
+            self.count
+        );
+        let each = self.each;
+        let (lo, hi) = self.buf[..(l + 2) * each].split_at_mut((l + 1) * each);
+        (&lo[l * each..], hi)
     }
 }
 
@@ -321,6 +337,40 @@ impl Layout {
 
     fn norm_b<'a>(&self, w: &'a [f32], at: usize) -> Option<&'a [f32]> {
         self.norm_bias.then(|| &w[at + self.c..at + 2 * self.c])
+    }
+    /// The norm whose weight is at `at`.
+    fn norm_at<'a>(&self, w: &'a [f32], at: usize) -> NormW<'a> {
+        NormW {
+            w: &w[at..at + self.c],
+            b: self.norm_b(w, at),
+        }
+    }
+    fn shape(&self) -> block::Shape {
+        block::Shape {
+            c: self.c,
+            heads: self.heads,
+            inner: self.f,
+            up: self.up,
+            mlp: self.mlp,
+            eps: self.eps,
+        }
+    }
+    /// Block `at`'s weights in the flat buffer `w`.
+    fn block_weights<'a>(&self, w: &'a [f32], at: &BlockAt) -> block::Weights<'a> {
+        let (c, f, up) = (self.c, self.f, self.up);
+        let (qw, width) = (self.heads.q_width(), self.heads.width());
+        let p = |off: usize, len: usize| &w[off..off + len];
+        block::Weights {
+            qkv: Rhs::Nn(p(at.qkv_w, c * width)),
+            qkv_b: at.qkv_b.map(|o| p(o, width)),
+            proj: Rhs::Nn(p(at.proj_w, qw * c)),
+            proj_b: at.proj_b.map(|o| p(o, c)),
+            norm2: self.norm_at(w, at.ln2),
+            up: Rhs::Nn(p(at.fc_w, c * up)),
+            up_b: at.fc_b.map(|o| p(o, up)),
+            down: Rhs::Nn(p(at.fcp_w, f * c)),
+            down_b: at.fcp_b.map(|o| p(o, c)),
+        }
     }
     /// The output head's weights `[vocab, c]`.
     fn head_at(&self) -> usize {
@@ -895,11 +945,8 @@ fn forward(
 ) {
     a.ensure(lay, b, t);
     a.drops = drops;
-    let (m, c, f, eps) = (b * t, lay.c, lay.f, lay.eps);
-    let (heads, up) = (lay.heads, lay.up);
-    let (qw, width) = (heads.q_width(), heads.width());
+    let (m, c, eps, heads) = (b * t, lay.c, lay.eps, lay.heads);
     let p = |off: usize, len: usize| &w[off..off + len];
-    let bias = |off: Option<usize>, len: usize| off.map(|o| p(o, len));
     for (r, &id) in ids.iter().enumerate() {
         let e = p(lay.wte + id as usize * c, c);
         let row = &mut a.res[0][r * c..(r + 1) * c];
@@ -915,6 +962,8 @@ fn forward(
     if let Some(d) = drops.embd() {
         k::dropout::drop_row(&mut a.res[0][..m * c], d, 0);
     }
+    let shape = lay.shape();
+    let nl = lay.blocks.len();
     for (l, at) in lay.blocks.iter().enumerate() {
         if l == 0 {
             time("layer_norm", || {
@@ -929,113 +978,49 @@ fn forward(
                 )
             });
         }
-        time("gemm qkv", || {
-            k::gemm_bias(
-                &a.ln1[l],
-                m,
-                c,
-                width,
-                Rhs::Nn(p(at.qkv_w, c * width)),
-                bias(at.qkv_b, width),
-                &mut a.qkv[l],
-                &mut a.panels,
+        // The block's output is normed by the next block's first norm, or the final one.
+        let (ln1, next) = if l + 1 < nl {
+            let nb = lay.blocks[l + 1].ln1;
+            let (ln1, next) = a.ln1.pair_mut(l);
+            (
+                ln1,
+                lay.norm_at(w, nb).into(eps, next, &mut a.ln1_stats[l + 1]),
             )
-        });
-        if let Some(table) = rope {
-            time("rope", || k::rope(&mut a.qkv[l], m, t, heads, table, false));
-        }
-        time("attention", || {
-            k::attention(
-                &a.qkv[l],
-                b,
-                t,
-                heads,
-                lay.windows[l],
-                &mut a.probs[l],
-                &mut a.atty[l],
-                drops.attn(l),
+        } else {
+            let (ln1, lnf) = (&a.ln1[l], &mut a.lnf);
+            (
+                ln1,
+                lay.norm_at(w, lay.lnf).into(eps, lnf, &mut a.lnf_stats),
             )
-        });
-        time("gemm proj", || {
-            k::gemm_bias_residual(
-                &a.atty[l],
-                m,
-                qw,
-                c,
-                Rhs::Nn(p(at.proj_w, qw * c)),
-                bias(at.proj_b, c),
-                &a.res[l],
-                &mut a.mid[l],
-                &mut a.panels,
-                drops.resid_attn(l),
-                Some(k::NormOut {
-                    w: p(at.ln2, c),
-                    b: lay.norm_b(w, at.ln2),
-                    eps,
-                    out: &mut a.ln2[l],
-                    stats: &mut a.ln2_stats[l],
-                }),
-            )
-        });
-        match lay.mlp {
-            Mlp::SwiGlu => time("gemm gate+up, swiglu", || {
-                k::gemm_bias(
-                    &a.ln2[l],
-                    m,
-                    c,
-                    up,
-                    Rhs::Nn(p(at.fc_w, c * up)),
-                    bias(at.fc_b, up),
-                    &mut a.pre[l],
-                    &mut a.panels,
-                );
-                k::swiglu(&a.pre[l], m, f, &mut a.act[l]);
-            }),
-            _ => time("gemm fc+gelu", || {
-                k::gemm_bias_gelu(
-                    &a.ln2[l],
-                    m,
-                    c,
-                    f,
-                    Rhs::Nn(p(at.fc_w, c * f)),
-                    p(at.fc_b.expect("a GELU MLP has biases (supports)"), f),
-                    &mut a.pre[l],
-                    &mut a.act[l],
-                    &mut a.panels,
-                )
-            }),
-        }
-        time("gemm fcproj", || {
-            k::gemm_bias_residual(
-                &a.act[l],
-                m,
-                f,
-                c,
-                Rhs::Nn(p(at.fcp_w, f * c)),
-                bias(at.fcp_b, c),
-                &a.mid[l],
-                &mut a.res[l + 1],
-                &mut a.panels,
-                drops.resid_mlp(l),
-                // The next block's first norm, or the final one.
-                Some(match lay.blocks.get(l + 1) {
-                    Some(nb) => k::NormOut {
-                        w: p(nb.ln1, c),
-                        b: lay.norm_b(w, nb.ln1),
-                        eps,
-                        out: &mut a.ln1[l + 1],
-                        stats: &mut a.ln1_stats[l + 1],
-                    },
-                    None => k::NormOut {
-                        w: p(lay.lnf, c),
-                        b: lay.norm_b(w, lay.lnf),
-                        eps,
-                        out: &mut a.lnf,
-                        stats: &mut a.lnf_stats,
-                    },
-                }),
-            )
-        });
+        };
+        let (res, out) = a.res.pair_mut(l);
+        let io = block::Io {
+            ln1,
+            qkv: &mut a.qkv[l],
+            atty: &mut a.atty[l],
+            res,
+            mid: &mut a.mid[l],
+            ln2: &mut a.ln2[l],
+            ln2_stats: &mut a.ln2_stats[l],
+            pre: &mut a.pre[l],
+            act: &mut a.act[l],
+            train: true,
+            out,
+            next,
+        };
+        let (probs, window, dropout) = (&mut a.probs[l], lay.windows[l], drops.attn(l));
+        let attend = |qkv: &mut [f32], atty: &mut [f32]| {
+            if let Some(table) = rope {
+                k::rope(qkv, m, t, heads, table, false);
+            }
+            k::attention(qkv, b, t, heads, window, probs, atty, dropout)
+        };
+        let d = block::Drops {
+            attn: drops.resid_attn(l),
+            mlp: drops.resid_mlp(l),
+        };
+        let weights = lay.block_weights(w, at);
+        block::forward(&shape, &weights, io, m, m, attend, d, &mut a.panels);
     }
     // The final norm was applied in the last block's residual epilogue.
 

@@ -9,20 +9,25 @@ use rayon::prelude::*;
 use super::dropout::{drop_row, Dropout};
 use super::norm::norm_row;
 use super::panel::{self, Panels, SyncPtr, NR};
+use super::quant::{self, QMatrix};
 use super::vmath::{self, dispatch};
 
 /// The right-hand matrix of a product: `Nn(b)` is `b [k, n]` row-major, `Nt(b)` is
-/// `b [n, k]` row-major and its transpose is used.
+/// `b [n, k]` row-major and its transpose is used; `Q(w)` is a `[n, k]` matrix kept for
+/// inference (f32 panels, f16, 8- or 4-bit blocks), multiplied by [`quant::matmul_then`]
+/// (the training products and inference's go through the same functions here).
 #[derive(Clone, Copy)]
 pub enum Rhs<'a> {
     Nn(&'a [f32]),
     Nt(&'a [f32]),
+    Q(&'a QMatrix),
 }
 
 /// Panel `p` (output columns `p·NR..`) of the right-hand matrix, `[k][NR]`.
 fn fill(b: Rhs, k: usize, n: usize, p: usize, out: &mut [f32]) {
     match b {
         Rhs::Nt(b) => panel::pack_panel(b, n, k, p, out),
+        Rhs::Q(w) => w.fill_panel(p, out),
         Rhs::Nn(b) => {
             let c0 = p * NR;
             let w = NR.min(n - c0);
@@ -105,6 +110,13 @@ pub(crate) fn gemm_then(
     epilogue: Option<panel::Epilogue<'_>>,
 ) {
     debug_assert!(a.len() >= m * k && out.len() >= m * n);
+    if let Rhs::Q(w) = b {
+        assert!(
+            w.rows == n && w.cols == k,
+            "gemm: a [{n}, {k}] matrix was expected"
+        );
+        return quant::matmul_then(&a[..m * k], m, w, &mut out[..m * n], epilogue);
+    }
     let panels = pack_all(b, k, n, panels);
     panel::matmul_then(
         a,

@@ -1138,11 +1138,34 @@ const PANEL_MIN_ROWS: usize = 8;
 /// `[n, rows]`. Work is split over the rayon pool by weight rows, so each weight is read
 /// once for all `n` inputs.
 pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    match bias {
+        Some(b) => {
+            let add = |_: usize, rows: &mut [f32]| {
+                for o in rows.chunks_mut(w.rows) {
+                    o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+                }
+            };
+            matmul_then(x, n, w, out, Some(&add))
+        }
+        None => matmul_then(x, n, w, out, None),
+    }
+}
+
+/// [`matmul`], then `epilogue` on the finished output rows (as
+/// [`super::panel::matmul_then`] runs it).
+pub fn matmul_then(
+    x: &[f32],
+    n: usize,
+    w: &QMatrix,
+    out: &mut [f32],
+    epilogue: Option<super::panel::Epilogue<'_>>,
+) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(x.len(), n * cols, "matmul: input length");
     assert_eq!(out.len(), n * rows, "matmul: output length");
     if let Data::F32(panels) = &w.data {
-        super::panel::matmul(x, n, rows, cols, super::panel::Panels::Stored(panels), out);
+        let panels = super::panel::Panels::Stored(panels);
+        super::panel::matmul_then(x, n, rows, cols, panels, out, epilogue);
     } else if n >= PANEL_MIN_ROWS {
         // Many input rows: each task expands a panel of weight rows to f32 (once for all
         // inputs) and runs the panel product on it.
@@ -1151,7 +1174,7 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
         let source = |p: usize| w.panel_source(p);
         debug_assert_eq!(nr, QK);
         let panels = super::panel::Panels::Fill(&fill, &source);
-        super::panel::matmul(x, n, rows, cols, panels, out);
+        super::panel::matmul_then(x, n, rows, cols, panels, out, epilogue);
     } else {
         // Quantize the inputs once for the integer kernels.
         let qx: Vec<QVec> = match w.weight_type() {
@@ -1214,12 +1237,8 @@ pub fn matmul(x: &[f32], n: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut 
                 }
             }
         }
-    }
-    if let Some(b) = bias {
-        for o in out.chunks_mut(rows) {
-            for (o, b) in o.iter_mut().zip(b) {
-                *o += b;
-            }
+        if let Some(e) = epilogue {
+            e(0, out);
         }
     }
 }
