@@ -20,6 +20,7 @@
 
 pub(crate) mod attend;
 pub mod attention;
+pub(crate) mod bf16;
 pub mod dropout;
 pub mod gemm;
 pub mod huge;

@@ -41,6 +41,7 @@ macro_rules! by_rows {
         }
     };
 }
+pub(crate) use by_rows;
 
 /// Panels for row-major `values` `[rows, cols]`.
 pub fn pack(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -1250,9 +1251,13 @@ pub fn matmul_then(
             }
         }
     });
+    run_epilogue(&mut out[..n * rows], rows, epilogue);
+}
+
+/// `epilogue` over the finished rows of `out` (each `rows` wide), 16 rows a task.
+pub(crate) fn run_epilogue(out: &mut [f32], rows: usize, epilogue: Option<Epilogue<'_>>) {
     if let Some(e) = epilogue {
-        out[..n * rows]
-            .par_chunks_mut(16 * rows.max(1))
+        out.par_chunks_mut(16 * rows.max(1))
             .enumerate()
             .for_each(|(i, o)| e(16 * i, o));
     }
