@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use super::block::{self, NormW};
+use super::sublayers::{MlpW, TailW};
 use super::{DecoderSpec, Mlp, Positions};
 use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
@@ -112,6 +113,34 @@ impl Layer {
             down: Rhs::Q(&self.down.w),
             down_b: self.down.b.as_deref(),
         }
+    }
+}
+
+impl Layer {
+    /// A post-norm block's attention tail: the projection, then `norm1` after the
+    /// residual sum.
+    pub(crate) fn attn_tail(&self) -> TailW<'_> {
+        tail(&self.proj, &self.norm1)
+    }
+    /// A post-norm block's MLP: `up`, then `down` and `norm2` after the residual sum.
+    pub(crate) fn mlp(&self) -> MlpW<'_> {
+        MlpW {
+            up: Rhs::Q(&self.up.w),
+            up_b: self.up.b.as_deref().expect(POST_NORM_BIASES),
+            tail: tail(&self.down, &self.norm2),
+        }
+    }
+}
+
+/// The post-norm families (BERT, RoBERTa, DistilBERT, Marian) load every bias.
+const POST_NORM_BIASES: &str = "post-norm layers have biases and LayerNorms";
+
+fn tail<'a>(lin: &'a Linear, norm: &'a Norm) -> TailW<'a> {
+    TailW {
+        w: Rhs::Q(&lin.w),
+        b: lin.b.as_deref().expect(POST_NORM_BIASES),
+        ln_w: &norm.w,
+        ln_b: norm.b.as_deref().expect(POST_NORM_BIASES),
     }
 }
 

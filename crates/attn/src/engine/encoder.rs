@@ -15,13 +15,15 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::decoder::{activate, Layer, Linear, Norm};
+use super::decoder::{Layer, Linear, Norm};
 use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
+use super::sublayers::{attn_forward, head_jobs, mlp_forward, Act, Dims, Scratch};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::{attend_head, disjoint, put_rows, Span};
 use crate::kernels::cpu::panel::SyncPtr;
 use crate::kernels::cpu::quant::{QMatrix, WeightType};
+use crate::kernels::cpu::Rhs;
 use crate::models::bert::BertConfig;
 use crate::{Error, Result};
 
@@ -318,46 +320,37 @@ pub(crate) fn post_norm_blocks(
         return;
     };
     let c = first_layer.proj.w.rows;
-    let inner = first_layer.up.w.rows;
-    let hd = c / nh;
-    let w = 3 * c;
     let n: usize = lens.iter().sum();
-    let first = super::row_starts(lens.iter().copied());
-    let mut h = vec![0f32; n * c];
-    let mut qkv = vec![0f32; n * w];
-    let mut y = vec![0f32; n * c];
-    let mut a = vec![0f32; n * c];
-    let mut f = vec![0f32; n * inner];
-    let scale = 1.0 / (hd as f32).sqrt();
-    let jobs: Vec<(usize, usize)> = (0..lens.len())
-        .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
+    let d = Dims { c, nh, eps };
+    let act = Act::of_mlp(mlp);
+    let spans: Vec<(usize, usize)> = super::row_starts(lens.iter().copied())
+        .into_iter()
+        .zip(lens.iter().copied())
         .collect();
+    // One job per (sequence, head): its queries against its own keys.
+    let jobs = head_jobs(d, &spans, None, false, |_, _| None);
+    let mut scratch = Scratch::default();
+    let mut qkv = vec![0f32; n * 3 * c];
     for layer in layers {
-        layer.qkv.apply(x, n, &mut qkv);
-        // One task per (sequence, head): its queries against its own keys.
-        let heads: Vec<HeadJob> = jobs
-            .iter()
-            .map(|&(s, hh)| {
-                let base = &qkv[first[s] * w + hh * hd..];
-                HeadJob {
-                    q: base,
-                    qs: w,
-                    k: &base[c..],
-                    v: &base[2 * c..],
-                    ks: w,
-                    span: Span::All { keys: lens[s] },
-                    t: lens[s],
-                    row0: first[s],
-                    col0: hh * hd,
-                    bias: None,
-                }
-            })
-            .collect();
-        attend_into(&heads, hd, scale, c, &mut y);
-        add_and_norm(&layer.proj, &y, x, &mut a, &mut h, &layer.norm1, eps);
-        layer.up.apply(x, n, &mut f);
-        activate(mlp, inner, &mut f, &mut []);
-        add_and_norm(&layer.down, &f, x, &mut a, &mut h, &layer.norm2, eps);
+        let b = layer.qkv.b.as_deref();
+        let qkv_w = Rhs::Q(&layer.qkv.w);
+        crate::kernels::cpu::gemm_bias(x, n, c, 3 * c, qkv_w, b, &mut qkv, &mut scratch.panels);
+        let (a, h1) = attn_forward(
+            d,
+            layer.attn_tail(),
+            x,
+            &qkv,
+            &qkv,
+            &jobs,
+            None,
+            &mut scratch,
+            false,
+        );
+        a.give(&mut scratch.pool);
+        let (m, out) = mlp_forward(d, layer.mlp(), act, &h1, None, None, &mut scratch, false);
+        m.give(&mut scratch.pool);
+        scratch.pool.give(h1);
+        scratch.pool.give(std::mem::replace(x, out));
         each(x);
     }
 }

@@ -25,6 +25,7 @@ pub mod encoder;
 pub mod families;
 pub mod io;
 pub mod seq2seq;
+pub(crate) mod sublayers;
 
 pub use decoder::{Decoder, DecoderState, Want};
 pub use encoder::{Encoder, Pooling};

@@ -19,14 +19,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::blocks::{
+use super::flat::Flat;
+use crate::engine::encoder::read_bert;
+use crate::engine::io::Plain;
+use crate::engine::sublayers::{
     attn_backward, attn_forward, drop_in_place, first_queries_only, head_jobs, linear,
     linear_backward, mlp_backward, mlp_forward, norm_grads, spans_of, wgrads, Act, AttnActs, Dims,
     MlpActs, MlpAt, PostAt, Scratch,
 };
-use super::flat::Flat;
-use crate::engine::encoder::read_bert;
-use crate::engine::io::Plain;
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::{Dropout, Rhs};
 use crate::models::bert::{BertConfig, EncoderFamily, LoraConfig, LORA_TARGETS};
@@ -588,25 +588,25 @@ impl NativeEncoder {
                 x
             };
             let (attn, h1) = attn_forward(
-                w,
                 dims,
-                &at.post,
+                at.post.weights(w, c),
                 x,
                 &qkv,
                 &qkv,
                 &jobs,
                 drops.proj(l),
                 scratch,
+                true,
             );
             let (mlp, x1) = mlp_forward(
-                w,
                 dims,
-                &at.mlp,
+                at.mlp.weights(w, c),
                 self.act,
                 &h1,
                 None,
                 drops.down(l),
                 scratch,
+                true,
             );
             acts.push(LayerActs {
                 qkv,

@@ -11,7 +11,6 @@
 //! The steps are [`native`]'s: the parameters, gradients and AdamW moments live in its
 //! flat buffers and nowhere else; saves write them straight from there.
 
-mod blocks;
 mod config;
 pub mod encdec;
 pub mod encoder;

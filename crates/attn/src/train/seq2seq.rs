@@ -18,13 +18,13 @@
 
 use std::path::Path;
 
-use super::blocks::{
-    attn_backward, attn_forward, drop_in_place, head_jobs, linear, linear_backward, mlp_backward,
-    mlp_forward, spans_of, wgrads, Act, AttnActs, Dims, MlpActs, MlpAt, PostAt, Scratch,
-};
 use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::engine::seq2seq::{is_tied_copy, sinusoid_table};
+use crate::engine::sublayers::{
+    attn_backward, attn_forward, drop_in_place, head_jobs, linear, linear_backward, mlp_backward,
+    mlp_forward, spans_of, wgrads, Act, AttnActs, Dims, MlpActs, MlpAt, PostAt, Scratch,
+};
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::Dropout;
 use crate::models::marian::MarianConfig;
@@ -492,15 +492,15 @@ impl NativeSeq2Seq {
             drops.head(stack, l, false, s, h)
         });
         let (acts, out) = attn_forward(
-            w,
             d,
-            &at.post,
+            at.post.weights(w, c),
             x,
             &qkv,
             &qkv,
             &jobs,
             drops.hidden(stack, l, Site::SelfOut),
             scratch,
+            true,
         );
         (qkv, acts, out)
     }
@@ -527,14 +527,14 @@ impl NativeSeq2Seq {
             let x = enc_x.last().unwrap();
             let (qkv, attn, h1) = self.self_attn(0, l, &at.attn, x, &src_spans, drops, scratch);
             let (mlp, out) = mlp_forward(
-                w,
                 de,
-                &at.mlp,
+                at.mlp.weights(w, c),
                 self.act,
                 &h1,
                 drops.act(0, l),
                 drops.hidden(0, l, Site::MlpOut),
                 scratch,
+                true,
             );
             enc.push(LayerActs {
                 qkv,
@@ -575,25 +575,25 @@ impl NativeSeq2Seq {
                 drops.head(1, l, true, s, h)
             });
             let (cacts, h2) = attn_forward(
-                w,
                 dd,
-                &cr.post,
+                cr.post.weights(w, c),
                 &h1,
                 &q,
                 &kv,
                 &jobs,
                 drops.hidden(1, l, Site::CrossOut),
                 scratch,
+                true,
             );
             let (mlp, out) = mlp_forward(
-                w,
                 dd,
-                &at.mlp,
+                at.mlp.weights(w, c),
                 self.act,
                 &h2,
                 drops.act(1, l),
                 drops.hidden(1, l, Site::MlpOut),
                 scratch,
+                true,
             );
             dec.push(LayerActs {
                 qkv,

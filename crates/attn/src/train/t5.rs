@@ -21,12 +21,12 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::blocks::{
-    drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, Act, Dims, Job, Scratch,
-};
 use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
+use crate::engine::sublayers::{
+    drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, Act, Dims, Job, Scratch,
+};
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::{Dropout, Rhs};
 use crate::models::t5::{bucket_grid, head_bias, T5Act, T5Config, T5Ffn};
@@ -470,7 +470,7 @@ impl NativeT5 {
         let d = self.dims();
         let (a, hd) = (d.c, d.hd());
         let mut y = vec![0f32; n * a];
-        let probs = heads_forward(q, kv, jobs, (hd, 1.0), biases, (a, &mut y));
+        let probs = heads_forward(q, kv, jobs, (hd, 1.0), biases, (a, &mut y), true);
         (probs, y)
     }
 

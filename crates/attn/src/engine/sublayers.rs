@@ -1,18 +1,21 @@
-//! The pieces the training steps on the engine's kernels are built from: linear layers
-//! and their backward, post-norm sublayers (attention with its output projection,
-//! residual sum and norm; the MLP likewise) forward and backward, the attention heads
-//! of a pass over any query and key rows (self-attention, causal or not, and
-//! cross-attention) on `kernels::cpu::attend`'s head, dropout sites, and the buffer
-//! pool that keeps activations between steps. BERT's encoder (`train::encoder`),
-//! Marian's encoder-decoder (`train::seq2seq`) and T5's (`train::t5`) are written with
-//! them.
+//! The pieces the encoder and encoder-decoder layers are built from, for training and
+//! inference alike: linear layers and their backward, post-norm sublayers (attention
+//! with its output projection, residual sum and norm; the MLP likewise) forward and
+//! backward, the attention heads of a pass over any query and key rows (self-attention,
+//! causal or not, and cross-attention) on `kernels::cpu::attend`'s head, dropout sites,
+//! and the buffer pool that keeps activations between steps. BERT's encoder (the
+//! trainer `train::encoder` and the engine's `engine::encoder`), Marian's
+//! encoder-decoder (`train::seq2seq`, `engine::seq2seq`) and T5's trainer (`train::t5`)
+//! are written with them. The sublayers take their weights as the products read them
+//! (`Rhs`: the trainers' flat matrices or the engine's `QMatrix`), and keep what a
+//! backward pass reads only when asked.
 //!
 //! Why one file of this length: each piece's forward and backward are written next to
 //! each other, and the three trainers share them.
 
 use rayon::prelude::*;
 
-use super::profile::time;
+use crate::train::profile::time;
 
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::attend::{attend_head, attend_head_backward, disjoint, put_rows, Span};
@@ -58,6 +61,17 @@ impl Act {
         }
     }
 
+    /// The activation of an engine MLP (not SwiGLU, which no post-norm family has).
+    pub(crate) fn of_mlp(mlp: super::Mlp) -> Self {
+        match mlp {
+            super::Mlp::GeluErf => Act::GeluErf,
+            super::Mlp::GeluTanh => Act::GeluTanh,
+            super::Mlp::Relu => Act::Relu,
+            super::Mlp::Silu => Act::Silu,
+            super::Mlp::SwiGlu => unreachable!("post-norm blocks have no SwiGLU"),
+        }
+    }
+
     pub(crate) fn apply(self, xs: &mut [f32]) {
         match self {
             Act::GeluErf => vmath::gelu_erf(xs),
@@ -76,7 +90,7 @@ impl Act {
 }
 
 /// `x ← x ⊙ mask` (element `i` of `x` is mask element `i`), on both cores.
-pub(super) fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
+pub(crate) fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
     const CH: usize = 1 << 14;
     if let Some(d) = d {
         x.par_chunks_mut(CH)
@@ -87,7 +101,7 @@ pub(super) fn drop_in_place(x: &mut [f32], d: Option<Dropout>) {
 
 /// `src ⊙ mask` in a pooled buffer, or `None` without dropout (then `src` itself is the
 /// gradient to use: no copy).
-pub(super) fn masked_copy(pool: &mut Pool, src: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
+pub(crate) fn masked_copy(pool: &mut Pool, src: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
     let d = d?;
     let mut v = pool.take_written(src.len());
     v.copy_from_slice(src);
@@ -96,7 +110,7 @@ pub(super) fn masked_copy(pool: &mut Pool, src: &[f32], d: Option<Dropout>) -> O
 }
 
 /// `out [m, out] = x [m, in] · wᵀ + b` for `w [out, in]`.
-pub(super) fn linear(
+pub(crate) fn linear(
     x: &[f32],
     m: usize,
     w: &[f32],
@@ -114,7 +128,7 @@ pub(super) fn linear(
 /// weights are frozen (`grads` is `None`), and `dx = dy · w` (written, not added) when
 /// asked.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear_backward(
+pub(crate) fn linear_backward(
     dy: &[f32],
     x: &[f32],
     m: usize,
@@ -152,7 +166,7 @@ pub(super) fn linear_backward(
 }
 
 #[derive(Default)]
-pub(super) struct Scratch {
+pub(crate) struct Scratch {
     pub panels: Vec<f32>,
     pub xpack: Vec<f32>,
     pub pool: Pool,
@@ -161,7 +175,7 @@ pub(super) struct Scratch {
 /// Activation buffers kept between steps: freeing and allocating megabytes at every
 /// step costs page faults and TLB shootdowns (a quarter of a MiniLM step).
 #[derive(Default)]
-pub(super) struct Pool(Vec<Vec<f32>>);
+pub(crate) struct Pool(Vec<Vec<f32>>);
 
 impl Pool {
     /// The smallest kept buffer of capacity `n` or more, or a new one.
@@ -177,7 +191,7 @@ impl Pool {
 
     /// A zeroed buffer of `n` values (zeroed on both cores: a step zeroes hundreds of
     /// megabytes).
-    pub(super) fn take(&mut self, n: usize) -> Vec<f32> {
+    pub(crate) fn take(&mut self, n: usize) -> Vec<f32> {
         let mut v = self.fit(n);
         time("pool zero", || {
             let keep = v.len().min(n);
@@ -191,7 +205,7 @@ impl Pool {
     /// A buffer of `n` values for an output the caller overwrites whole (a product's,
     /// a norm's, a copy's): its old values are left in place. Debug builds fill it with
     /// NaN, so that a caller that leaves any value unwritten fails the tests.
-    pub(super) fn take_written(&mut self, n: usize) -> Vec<f32> {
+    pub(crate) fn take_written(&mut self, n: usize) -> Vec<f32> {
         let mut v = self.fit(n);
         if cfg!(debug_assertions) {
             v.clear();
@@ -204,13 +218,13 @@ impl Pool {
         v
     }
 
-    pub(super) fn give(&mut self, v: Vec<f32>) {
+    pub(crate) fn give(&mut self, v: Vec<f32>) {
         self.0.push(v);
     }
 }
 
 /// A linear layer's weight and bias gradients, or `None` when the layer is frozen.
-pub(super) fn wgrads(
+pub(crate) fn wgrads(
     g: &mut [f32],
     frozen: bool,
     w: (usize, usize),
@@ -220,7 +234,7 @@ pub(super) fn wgrads(
 }
 
 /// A norm's weight and bias gradients, or (frozen) two throwaway rows of `junk`.
-pub(super) fn norm_grads<'a>(
+pub(crate) fn norm_grads<'a>(
     g: &'a mut [f32],
     junk: &'a mut [f32],
     frozen: bool,
@@ -237,7 +251,7 @@ pub(super) fn norm_grads<'a>(
 }
 
 /// Disjoint mutable views of the gradient buffer, by offset and length.
-pub(super) fn views<const N: usize>(
+pub(crate) fn views<const N: usize>(
     buf: &mut [f32],
     parts: [(usize, usize); N],
 ) -> [&mut [f32]; N] {
@@ -322,7 +336,7 @@ vmath::dispatch!(
 /// key/value buffer (row stride `ks`, this head's keys from column `ko`, values from
 /// `vo`). A causal head (self-attention of a decoder) has `tq == tk`.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct HeadAt {
+pub(crate) struct HeadAt {
     pub q0: usize,
     pub tq: usize,
     pub qs: usize,
@@ -347,9 +361,10 @@ impl HeadAt {
     }
 }
 
-/// One head's attention weights `[tq, tk]` (zero above the diagonal when causal) and
-/// output `[tq, hd]`; with `drop`, the values are summed with the dropped weights.
-pub(super) fn head_forward(
+/// One head's attention weights `[tq, tk]` (zero above the diagonal when causal; with
+/// `keep` only, else empty) and output `[tq, hd]`; with `drop`, the values are summed
+/// with the dropped weights.
+pub(crate) fn head_forward(
     q: &[f32],
     kv: &[f32],
     at: HeadAt,
@@ -357,9 +372,11 @@ pub(super) fn head_forward(
     scale: f32,
     bias: Option<&[f32]>,
     drop: Option<Dropout>,
+    keep: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![0f32; at.tq * hd];
-    let mut weights = vec![0f32; at.tq * at.tk * if drop.is_some() { 2 } else { 1 }];
+    let kept = if keep { at.tq * at.tk } else { 0 };
+    let mut weights = vec![0f32; kept * if drop.is_some() { 2 } else { 1 }];
     let span = at.span();
     attend_head(
         &q[at.q0 * at.qs + at.qo..],
@@ -373,7 +390,7 @@ pub(super) fn head_forward(
         scale,
         bias,
         &mut out,
-        Some(&mut weights),
+        keep.then_some(&mut weights[..]),
         drop,
     );
     (weights, out)
@@ -384,7 +401,7 @@ pub(super) fn head_forward(
 /// `[tq, hd]`, keys and values `[tk, hd]`, and with `score_grads` of its scores after
 /// scaling `[tq, tk]` (an additive bias's; empty otherwise).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn head_backward(
+pub(crate) fn head_backward(
     dy: &[f32],
     (dys, dyo, dy0): (usize, usize, usize),
     q: &[f32],
@@ -424,13 +441,14 @@ pub(super) fn head_backward(
 /// rows into `y` (`[n, c]`, the job's head at columns `h·hd..`) while they are in its
 /// cache; with `biases`, job `i` adds `biases[i]` to its scores. Returns each job's
 /// attention weights.
-pub(super) fn heads_forward(
+pub(crate) fn heads_forward(
     q: &[f32],
     kv: &[f32],
     jobs: &[Job],
     (hd, scale): (usize, f32),
     biases: Option<&[Vec<f32>]>,
     (c, y): (usize, &mut [f32]),
+    keep: bool,
 ) -> Vec<Vec<f32>> {
     let cells = jobs
         .iter()
@@ -448,7 +466,7 @@ pub(super) fn heads_forward(
         .enumerate()
         .map(|(i, j)| {
             let b = biases.map(|b| b[i].as_slice());
-            let (p, o) = head_forward(q, kv, j.at, hd, scale, b, j.drop);
+            let (p, o) = head_forward(q, kv, j.at, hd, scale, b, j.drop, keep);
             // SAFETY: inside `y` and no cell written by two jobs (both asserted above).
             unsafe { put_rows(out, (j.y0, c, j.h * hd), &o, hd) };
             p
@@ -462,7 +480,7 @@ pub(super) fn heads_forward(
 /// `dkv` (as `kv`; into `dq` when `None`: self-attention, one buffer). Returns each
 /// job's score gradients with `score_grads` (empty otherwise).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn heads_backward(
+pub(crate) fn heads_backward(
     (dy, c): (&[f32], usize),
     q: &[f32],
     kv: &[f32],
@@ -531,7 +549,7 @@ pub(super) fn heads_backward(
 
 /// The sizes of a stack's sublayers.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Dims {
+pub(crate) struct Dims {
     pub c: usize,
     pub nh: usize,
     pub eps: f32,
@@ -547,19 +565,49 @@ impl Dims {
 }
 
 /// A sublayer's last matrix (`[c, i]`, its bias) and the norm after the residual sum.
-pub(super) struct Tail {
+pub(crate) struct Tail {
     pub w: usize,
     pub b: usize,
     pub ln_w: usize,
     pub ln_b: usize,
 }
 
+impl Tail {
+    /// The tensors at these offsets of `w`, the matrix `[c, i]`.
+    fn weights<'a>(&self, w: &'a [f32], c: usize, i: usize) -> TailW<'a> {
+        TailW {
+            w: Rhs::Nt(&w[self.w..self.w + c * i]),
+            b: &w[self.b..self.b + c],
+            ln_w: &w[self.ln_w..self.ln_w + c],
+            ln_b: &w[self.ln_b..self.ln_b + c],
+        }
+    }
+}
+
+/// A sublayer's last product (`[c, i]` as the product reads it: a trainer's flat
+/// matrix or the engine's), its bias, and the norm after the residual sum.
+#[derive(Clone, Copy)]
+pub(crate) struct TailW<'a> {
+    pub w: Rhs<'a>,
+    pub b: &'a [f32],
+    pub ln_w: &'a [f32],
+    pub ln_b: &'a [f32],
+}
+
+/// An MLP sublayer's weights: the first product (`[inner, c]`) and its bias, then the
+/// tail.
+#[derive(Clone, Copy)]
+pub(crate) struct MlpW<'a> {
+    pub up: Rhs<'a>,
+    pub up_b: &'a [f32],
+    pub tail: TailW<'a>,
+}
+
 /// A sublayer's end: `s = x + drop(h·Wᵀ + b)`, `out = LN(s)`, in one pass over the
 /// product's rows. Returns `s`, the norm's statistics and `out`.
 fn tail_forward(
-    w: &[f32],
     d: Dims,
-    t: &Tail,
+    t: TailW<'_>,
     h: &[f32],
     x: &[f32],
     drop: Option<Dropout>,
@@ -581,15 +629,15 @@ fn tail_forward(
             n,
             i,
             c,
-            Rhs::Nt(&w[t.w..t.w + c * i]),
-            Some(&w[t.b..t.b + c]),
+            t.w,
+            Some(t.b),
             x,
             &mut s,
             &mut scratch.panels,
             drop,
             Some(k::NormOut {
-                w: &w[t.ln_w..t.ln_w + c],
-                b: Some(&w[t.ln_b..t.ln_b + c]),
+                w: t.ln_w,
+                b: Some(t.ln_b),
                 eps: d.eps,
                 out: &mut out,
                 stats: &mut st,
@@ -658,7 +706,7 @@ fn tail_backward(
 /// Where an attention sublayer's output projection and its norm (after the residual
 /// sum) start in the flat buffers.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct PostAt {
+pub(crate) struct PostAt {
     pub proj_w: usize,
     pub proj_b: usize,
     pub ln_w: usize,
@@ -669,7 +717,7 @@ pub(super) struct PostAt {
 /// and the row of its first query in the sublayer's output (its query row, unless the
 /// sublayer computes only some rows: [`first_queries_only`]).
 #[derive(Clone, Copy)]
-pub(super) struct Job {
+pub(crate) struct Job {
     pub at: HeadAt,
     pub h: usize,
     pub drop: Option<Dropout>,
@@ -680,7 +728,7 @@ pub(super) struct Job {
 /// sequence's first query, every key still attended, the output row of sequence `s`
 /// being row `s`: the last layer of a classifier, whose loss reads the first token's
 /// state alone, computes that row only.
-pub(super) fn first_queries_only(jobs: &mut [Job], nh: usize) {
+pub(crate) fn first_queries_only(jobs: &mut [Job], nh: usize) {
     for (i, j) in jobs.iter_mut().enumerate() {
         j.at.tq = 1;
         j.y0 = i / nh;
@@ -688,7 +736,7 @@ pub(super) fn first_queries_only(jobs: &mut [Job], nh: usize) {
 }
 
 /// What an attention sublayer's backward pass reads.
-pub(super) struct AttnActs {
+pub(crate) struct AttnActs {
     /// Attention weights per job.
     pub probs: Vec<Vec<f32>>,
     /// Heads' outputs side by side `[n, c]`.
@@ -708,26 +756,27 @@ impl AttnActs {
 
 /// Heads, output projection, dropout, residual sum and norm:
 /// `out = LN(x + drop(concat(heads)·Wpᵀ + b))`, with the queries in `q` and the keys
-/// and values in `kv` as the jobs say. Returns the activations and `out`.
+/// and values in `kv` as the jobs say. Returns the activations (the attention weights
+/// only with `keep`, for a backward pass) and `out`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attn_forward(
-    w: &[f32],
+pub(crate) fn attn_forward(
     d: Dims,
-    at: &PostAt,
+    tail: TailW<'_>,
     x: &[f32],
     q: &[f32],
     kv: &[f32],
     jobs: &[Job],
     drop_out: Option<Dropout>,
     scratch: &mut Scratch,
+    keep: bool,
 ) -> (AttnActs, Vec<f32>) {
     let (c, hd) = (d.c, d.hd());
     let n = x.len() / c;
     let mut y = scratch.pool.take_written(n * c);
     let probs = time("heads", || {
-        heads_forward(q, kv, jobs, (hd, d.scale()), None, (c, &mut y))
+        heads_forward(q, kv, jobs, (hd, d.scale()), None, (c, &mut y), keep)
     });
-    let (s, st, out) = tail_forward(w, d, &at.tail(), &y, x, drop_out, scratch);
+    let (s, st, out) = tail_forward(d, tail, &y, x, drop_out, scratch);
     (AttnActs { probs, y, s, st }, out)
 }
 
@@ -737,7 +786,7 @@ pub(super) fn attn_forward(
 /// buffer, as in self-attention). Returns the gradient of the residual sum, which is
 /// also the gradient reaching `x` through the residual.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attn_backward(
+pub(crate) fn attn_backward(
     w: &[f32],
     g: &mut [f32],
     junk: &mut [f32],
@@ -788,7 +837,7 @@ pub(super) fn attn_backward(
 
 /// Where an MLP sublayer's matrices and norm start, and its width.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct MlpAt {
+pub(crate) struct MlpAt {
     pub up_w: usize,
     pub up_b: usize,
     pub down_w: usize,
@@ -799,6 +848,10 @@ pub(super) struct MlpAt {
 }
 
 impl PostAt {
+    /// The projection (`[c, c]`) and norm in `w`.
+    pub(crate) fn weights<'a>(&self, w: &'a [f32], c: usize) -> TailW<'a> {
+        self.tail().weights(w, c, c)
+    }
     fn tail(&self) -> Tail {
         Tail {
             w: self.proj_w,
@@ -810,6 +863,14 @@ impl PostAt {
 }
 
 impl MlpAt {
+    /// The MLP's tensors in `w`.
+    pub(crate) fn weights<'a>(&self, w: &'a [f32], c: usize) -> MlpW<'a> {
+        MlpW {
+            up: Rhs::Nt(&w[self.up_w..self.up_w + self.inner * c]),
+            up_b: &w[self.up_b..self.up_b + self.inner],
+            tail: self.tail().weights(w, c, self.inner),
+        }
+    }
     fn tail(&self) -> Tail {
         Tail {
             w: self.down_w,
@@ -821,7 +882,7 @@ impl MlpAt {
 }
 
 /// What an MLP sublayer's backward pass reads.
-pub(super) struct MlpActs {
+pub(crate) struct MlpActs {
     /// The activation's derivative at the pre-activation, and the activation (after
     /// its dropout).
     pub u: Vec<f32>,
@@ -838,29 +899,40 @@ impl MlpActs {
     }
 }
 
-/// `out = LN(x + drop(drop_act(act(x·Wupᵀ + b))·Wdownᵀ + b))`.
+/// `out = LN(x + drop(drop_act(act(x·Wupᵀ + b))·Wdownᵀ + b))`. With `keep` (a backward
+/// pass follows) the activations keep the activation's derivative beside it.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn mlp_forward(
-    w: &[f32],
+pub(crate) fn mlp_forward(
     d: Dims,
-    at: &MlpAt,
+    m: MlpW<'_>,
     act: Act,
     x: &[f32],
     drop_act: Option<Dropout>,
     drop_out: Option<Dropout>,
     scratch: &mut Scratch,
+    keep: bool,
 ) -> (MlpActs, Vec<f32>) {
-    let (c, inner) = (d.c, at.inner);
+    let (c, inner) = (d.c, m.up_b.len());
     let n = x.len() / c;
     // The product's epilogue adds the bias and writes the activation into `g` and its
-    // derivative over `u`, each block of rows while it is in cache.
-    let (mut u, mut g) = (
-        scratch.pool.take_written(n * inner),
-        scratch.pool.take_written(n * inner),
-    );
+    // derivative over `u` (without `keep`, the activation over `u`), each block of rows
+    // while it is in cache.
+    let mut u = scratch.pool.take_written(n * inner);
+    let mut g = if keep {
+        scratch.pool.take_written(n * inner)
+    } else {
+        Vec::new()
+    };
     let gp = SyncPtr(g.as_mut_ptr());
-    let bias = &w[at.up_b..at.up_b + inner];
+    let bias = m.up_b;
     let epilogue = |r0: usize, rows: &mut [f32]| {
+        if !keep {
+            for ur in rows.chunks_mut(inner) {
+                ur.iter_mut().zip(bias).for_each(|(u, b)| *u += b);
+                act.apply(ur);
+            }
+            return;
+        }
         assert!((r0 * inner + rows.len()) <= n * inner);
         // SAFETY: rows r0.. of `g` (inside it, asserted), the rows of `u` this task
         // computed, which no other task touches.
@@ -875,21 +947,24 @@ pub(super) fn mlp_forward(
             n,
             c,
             inner,
-            Rhs::Nt(&w[at.up_w..at.up_w + inner * c]),
+            m.up,
             &mut u,
             &mut scratch.panels,
             Some(&epilogue),
         )
     });
+    if !keep {
+        std::mem::swap(&mut u, &mut g);
+    }
     drop_in_place(&mut g, drop_act);
-    let (s, st, out) = tail_forward(w, d, &at.tail(), &g, x, drop_out, scratch);
+    let (s, st, out) = tail_forward(d, m.tail, &g, x, drop_out, scratch);
     (MlpActs { u, g, s, st }, out)
 }
 
 /// Backward of [`mlp_forward`] from `dout`: the gradients of its tensors (unless
 /// `frozen`); returns the gradient of its input `x` (residual included).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn mlp_backward(
+pub(crate) fn mlp_backward(
     w: &[f32],
     g: &mut [f32],
     junk: &mut [f32],
