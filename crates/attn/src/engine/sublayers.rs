@@ -364,6 +364,7 @@ impl HeadAt {
 /// One head's attention weights `[tq, tk]` (zero above the diagonal when causal; with
 /// `keep` only, else empty) and output `[tq, hd]`; with `drop`, the values are summed
 /// with the dropped weights.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn head_forward(
     q: &[f32],
     kv: &[f32],
