@@ -120,14 +120,14 @@ impl Layer {
     /// A post-norm block's attention tail: the projection, then `norm1` after the
     /// residual sum.
     pub(crate) fn attn_tail(&self) -> TailW<'_> {
-        tail(&self.proj, &self.norm1)
+        post_norm_tail(&self.proj, &self.norm1)
     }
     /// A post-norm block's MLP: `up`, then `down` and `norm2` after the residual sum.
     pub(crate) fn mlp(&self) -> MlpW<'_> {
         MlpW {
             up: Rhs::Q(&self.up.w),
             up_b: self.up.b.as_deref().expect(POST_NORM_BIASES),
-            tail: tail(&self.down, &self.norm2),
+            tail: post_norm_tail(&self.down, &self.norm2),
         }
     }
 }
@@ -135,7 +135,8 @@ impl Layer {
 /// The post-norm families (BERT, RoBERTa, DistilBERT, Marian) load every bias.
 const POST_NORM_BIASES: &str = "post-norm layers have biases and LayerNorms";
 
-fn tail<'a>(lin: &'a Linear, norm: &'a Norm) -> TailW<'a> {
+/// A post-norm sublayer's last product `lin` and the `norm` after its residual sum.
+pub(crate) fn post_norm_tail<'a>(lin: &'a Linear, norm: &'a Norm) -> TailW<'a> {
     TailW {
         w: Rhs::Q(&lin.w),
         b: lin.b.as_deref().expect(POST_NORM_BIASES),

@@ -397,23 +397,6 @@ pub(crate) fn attend_into(jobs: &[HeadJob], hd: usize, scale: f32, c: usize, y: 
     });
 }
 
-/// A post-norm residual step: `x ← norm(x + lin(inp))` (`a` and `h` are scratch).
-pub(crate) fn add_and_norm(
-    lin: &Linear,
-    inp: &[f32],
-    x: &mut Vec<f32>,
-    a: &mut [f32],
-    h: &mut Vec<f32>,
-    norm: &Norm,
-    eps: f32,
-) {
-    let n = a.len() / norm.w.len();
-    lin.apply(inp, n, a);
-    x.iter_mut().zip(a.iter()).for_each(|(x, a)| *x += a);
-    norm.apply(x, h, eps);
-    std::mem::swap(x, h);
-}
-
 /// The norm `name` (`.weight` and `.bias`, `[c]` each).
 pub(crate) fn take_norm(t: &mut Plain, path: &Path, name: &str, c: usize) -> Result<Norm> {
     Ok(Norm {

@@ -20,11 +20,10 @@
 
 use std::path::Path;
 
-use super::decoder::{activate, DecoderState, Layer, Linear, Norm};
-use super::encoder::{
-    add_and_norm, attend_into, post_norm_blocks, take_linear, take_norm, HeadJob,
-};
+use super::decoder::{activate, post_norm_tail, DecoderState, Layer, Linear, Norm};
+use super::encoder::{attend_into, post_norm_blocks, take_linear, take_norm, HeadJob};
 use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
+use super::sublayers::{mlp_forward, post_norm_step, Act, Dims, Scratch};
 use super::{Mlp, Want};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::Span;
@@ -786,7 +785,6 @@ impl Seq2Seq {
         let nh = spec.decoder_heads;
         let hd = spec.head_dim;
         let aw = nh * hd;
-        let inner = spec.decoder_inner;
         let past: Vec<usize> = states.iter().map(|s| s.len).collect();
         let n: usize = tokens.iter().map(|t| t.len()).sum();
         let first = super::row_starts(tokens.iter().map(|t| t.len()));
@@ -797,7 +795,8 @@ impl Seq2Seq {
         let mut q = vec![0f32; n * aw];
         let mut y = vec![0f32; n * aw];
         let mut a = vec![0f32; n * c];
-        let mut f = vec![0f32; n * inner];
+        let mut scratch = Scratch::default();
+        let d = Dims { c, nh, eps: 1e-5 };
         let jobs: Vec<(usize, usize)> = (0..tokens.len())
             .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
             .collect();
@@ -870,7 +869,7 @@ impl Seq2Seq {
                     cr.q.apply(&h, n, &mut q);
                 }
                 None => {
-                    add_and_norm(&b.proj, &y, &mut x, &mut a, &mut h, &b.norm1, 1e-5);
+                    post_norm_step(d, b.attn_tail(), &y, &mut x, &mut scratch);
                     cr.q.apply(&x, n, &mut q);
                 }
             }
@@ -903,10 +902,18 @@ impl Seq2Seq {
                     let Arch::Marian { mlp, .. } = &self.arch else {
                         unreachable!("post-norm is Marian's")
                     };
-                    add_and_norm(&cr.proj, &y, &mut x, &mut a, &mut h, &cr.norm, 1e-5);
-                    b.up.apply(&x, n, &mut f);
-                    activate(*mlp, inner, &mut f, &mut []);
-                    add_and_norm(&b.down, &f, &mut x, &mut a, &mut h, &b.norm2, 1e-5);
+                    post_norm_step(
+                        d,
+                        post_norm_tail(&cr.proj, &cr.norm),
+                        &y,
+                        &mut x,
+                        &mut scratch,
+                    );
+                    let act = Act::of_mlp(*mlp);
+                    let (m, out) =
+                        mlp_forward(d, b.mlp(), act, &x, None, None, &mut scratch, false);
+                    m.give(&mut scratch.pool);
+                    scratch.pool.give(std::mem::replace(&mut x, out));
                 }
             }
         }

@@ -648,6 +648,20 @@ fn tail_forward(
     (s, st, out)
 }
 
+/// A post-norm residual step with no backward pass to follow: `x ← LN(x + h·Wᵀ + b)`.
+pub(crate) fn post_norm_step(
+    d: Dims,
+    t: TailW<'_>,
+    h: &[f32],
+    x: &mut Vec<f32>,
+    scratch: &mut Scratch,
+) {
+    let (s, st, out) = tail_forward(d, t, h, x, None, scratch);
+    scratch.pool.give(s);
+    scratch.pool.give(st);
+    scratch.pool.give(std::mem::replace(x, out));
+}
+
 /// Backward of [`tail_forward`] from `dout`: the norm's and the matrix's gradients
 /// (unless `frozen`). Returns the gradient of `s` (also `x`'s through the residual)
 /// and of `h`.
