@@ -14,6 +14,7 @@
 use std::path::Path;
 
 use attn::checkpoint;
+use attn::train::encdec::PairTrainer;
 
 use crate::scratch::Scratch;
 

@@ -8,6 +8,7 @@
 
 use attn::tasks::translate::Translator;
 use attn::train::encdec::EncDecModel;
+use attn::train::encdec::PairTrainer;
 use attn::train::fit::Trainable;
 use attn::train::optimizer::AdamWConfig;
 

@@ -12,6 +12,7 @@ mod common;
 use attn::engine::{Decoder, Want};
 use attn::kernels::WeightType;
 use attn::metrics::perplexity;
+use attn::train::encdec::PairTrainer;
 use attn::train::fit::Trainable;
 use attn::train::native::NativeDecoder;
 use common::Ref;

@@ -216,6 +216,7 @@ fn gradient_error(what: &str, got: &[f32], want: &Ref) -> f32 {
 /// engine gives the same logits.
 #[test]
 fn t5_training_step_matches_transformers_gradients() {
+    use attn::train::encdec::PairTrainer;
     use attn::train::t5::NativeT5;
     for name in T5S {
         let r = reference(name);
@@ -282,6 +283,7 @@ fn t5_training_step_matches_transformers_gradients() {
 /// equal transformers' above).
 #[test]
 fn t5_dropout_gradients_match_finite_differences() {
+    use attn::train::encdec::PairTrainer;
     use attn::train::fit::Trainable;
     use attn::train::t5::NativeT5;
     for name in ["t5-v1_1"] {

@@ -23,7 +23,7 @@ use crate::models::marian::MarianConfig;
 use crate::models::t5::T5Config;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use crate::train::encdec::EncDecModel;
+use crate::train::encdec::{EncDecModel, PairTrainer};
 use crate::train::fit::{Event, ExamplesState, Job, Passes, Plan, Run};
 use crate::train::optimizer::AdamWConfig;
 

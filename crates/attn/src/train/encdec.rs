@@ -9,6 +9,8 @@ use super::optimizer::AdamWConfig;
 use super::seq2seq::NativeSeq2Seq;
 use super::t5::NativeT5;
 use crate::engine::io::Plain;
+use crate::engine::sublayers::Scratch;
+use crate::kernels::cpu as k;
 use crate::models::marian::MarianConfig;
 use crate::models::t5::T5Config;
 use crate::{Error, Result};
@@ -72,25 +74,6 @@ impl EncDecModel {
         }
     }
 
-    /// See [`NativeSeq2Seq::forward_backward`].
-    pub fn forward_backward(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-    ) -> Result<f64> {
-        each!(self, m => m.forward_backward(pairs, smoothing, dropout_seed))
-    }
-
-    pub fn loss(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-    ) -> Result<f64> {
-        each!(self, m => m.loss(pairs, smoothing, dropout_seed))
-    }
-
     pub fn to_engine(&self) -> Result<crate::engine::Seq2Seq> {
         each!(self, m => m.to_engine())
     }
@@ -131,6 +114,96 @@ impl EncDecModel {
             EncDecModel::Marian(m) => Some(m.config.max_position_embeddings),
             EncDecModel::T5(_) => None,
         }
+    }
+}
+
+/// A batch of (source, target) pairs.
+pub type Pairs<'a> = &'a [(&'a [u32], &'a [u32])];
+
+/// Training and evaluation passes over a batch of (source, target) pairs, both ending
+/// with end-of-sentence: the decoder reads the start token and the target without its
+/// last token, and the loss is the mean (label-smoothed) loss over the batch's target
+/// tokens. With a dropout seed, the config's dropout applies.
+pub trait PairTrainer {
+    /// The loss, after adding its gradient to the accumulated gradients when
+    /// `backward`.
+    fn pass(&mut self, pairs: Pairs, smooth: f64, seed: Option<u64>, backward: bool)
+        -> Result<f64>;
+
+    /// Forward and backward: adds the loss's gradient, returns the loss.
+    fn forward_backward(&mut self, pairs: Pairs, smooth: f64, seed: Option<u64>) -> Result<f64> {
+        self.pass(pairs, smooth, seed, true)
+    }
+
+    /// The loss alone (no gradients).
+    fn loss(&mut self, pairs: Pairs, smooth: f64, seed: Option<u64>) -> Result<f64> {
+        self.pass(pairs, smooth, seed, false)
+    }
+}
+
+/// What a family's trainer gives [`PairTrainer`]: its checks, dropout, forward pass (the
+/// saved activations, the logits and the targets) and backward pass.
+pub(crate) trait Passes: Send {
+    type Saved: Send;
+    type Drops: Copy + Send + Sync;
+    fn vocab(&self) -> usize;
+    fn check(&self, pairs: Pairs) -> Result<()>;
+    fn drops(&self, seed: Option<u64>) -> Self::Drops;
+    /// The saved activations, the logits and the targets.
+    fn forward(&self, pairs: Pairs, drops: Self::Drops, scratch: &mut Scratch) -> Forward<Self>;
+    fn backward(&mut self, pairs: Pairs, fwd: Forward<Self>, d: Self::Drops, s: &mut Scratch);
+    /// Return a forward pass's buffers to the pool (no backward pass follows).
+    fn give(saved: Self::Saved, scratch: &mut Scratch);
+    fn scratch(&mut self) -> &mut Scratch;
+}
+
+/// A forward pass's saved activations, logits (the loss's gradient after it) and targets.
+pub(crate) type Forward<M> = (<M as Passes>::Saved, Vec<f32>, Vec<u32>);
+
+impl<M: Passes> PairTrainer for M {
+    fn pass(
+        &mut self,
+        pairs: Pairs,
+        smooth: f64,
+        seed: Option<u64>,
+        backward: bool,
+    ) -> Result<f64> {
+        self.check(pairs)?;
+        let drops = self.drops(seed);
+        let mut scratch = std::mem::take(self.scratch());
+        let vocab = self.vocab();
+        let loss = k::in_pool(|| {
+            let (saved, mut logits, targets) = self.forward(pairs, drops, &mut scratch);
+            let ntok = targets.len();
+            let loss = k::smoothed_cross_entropy(
+                &mut logits,
+                vocab,
+                &targets,
+                smooth as f32,
+                backward.then_some(1.0 / ntok as f32),
+            ) / ntok as f64;
+            if backward {
+                self.backward(pairs, (saved, logits, targets), drops, &mut scratch);
+            } else {
+                M::give(saved, &mut scratch);
+                scratch.pool.give(logits);
+            }
+            loss
+        });
+        *self.scratch() = scratch;
+        Ok(loss)
+    }
+}
+
+impl PairTrainer for EncDecModel {
+    fn pass(
+        &mut self,
+        pairs: Pairs,
+        smooth: f64,
+        seed: Option<u64>,
+        backward: bool,
+    ) -> Result<f64> {
+        each!(self, m => m.pass(pairs, smooth, seed, backward))
     }
 }
 

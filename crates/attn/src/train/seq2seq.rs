@@ -18,6 +18,7 @@
 
 use std::path::Path;
 
+use super::encdec::{Forward, Pairs, Passes};
 use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::engine::seq2seq::{is_tied_copy, sinusoid_table};
@@ -25,7 +26,6 @@ use crate::engine::sublayers::{
     attn_backward, attn_forward, drop_in_place, head_jobs, linear, linear_backward, mlp_backward,
     mlp_forward, spans_of, wgrads, Act, AttnActs, Dims, MlpActs, MlpAt, PostAt, Scratch,
 };
-use crate::kernels::cpu as k;
 use crate::kernels::cpu::Dropout;
 use crate::models::marian::MarianConfig;
 use crate::rng::Rng;
@@ -124,7 +124,7 @@ fn schema(cfg: &MarianConfig) -> Vec<(String, Vec<usize>, Init)> {
 
 /// The dropout of one step (none when evaluating).
 #[derive(Clone, Copy, Default)]
-struct Drops {
+pub(crate) struct Drops {
     hidden: Option<Dropout>,
     attn: Option<Dropout>,
     act: Option<Dropout>,
@@ -183,7 +183,7 @@ struct CrossActs {
 }
 
 /// The activations of one forward pass that the backward pass reads.
-struct Saved {
+pub(crate) struct Saved {
     /// The decoder's input ids (start token, then each target but its last token).
     dec_in: Vec<Vec<u32>>,
     src_spans: Vec<(usize, usize)>,
@@ -343,12 +343,7 @@ impl NativeSeq2Seq {
         crate::engine::Seq2Seq::from_tensors(self.config.clone(), self.tensors())
     }
 
-    fn check(&self, pairs: &[(&[u32], &[u32])]) -> Result<()> {
-        let c = &self.config;
-        check_pairs(pairs, c.vocab_size, Some(c.max_position_embeddings))
-    }
-
-    fn drops(&self, seed: Option<u64>) -> Drops {
+    fn dropout(&self, seed: Option<u64>) -> Drops {
         let c = &self.config;
         let at = |p: f32, site: u64| seed.and_then(|s| Dropout::new(p, s).map(|d| d.site(site)));
         Drops {
@@ -356,63 +351,6 @@ impl NativeSeq2Seq {
             attn: at(c.attention_dropout, 2),
             act: at(c.activation_dropout, 3),
         }
-    }
-
-    /// Forward and backward over a batch of (source, target) pairs, both ending with
-    /// end-of-sentence; the decoder reads the start token and the target without its
-    /// last token. Adds the gradient of the mean label-smoothed loss over the batch's
-    /// target tokens to the accumulated gradients and returns that loss. With
-    /// `dropout_seed`, the config's dropout applies.
-    pub fn forward_backward(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-    ) -> Result<f64> {
-        self.run(pairs, smoothing, dropout_seed, true)
-    }
-
-    /// The mean label-smoothed loss over the batch's target tokens, without gradients
-    /// (and without dropout unless `dropout_seed` is given).
-    pub fn loss(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-    ) -> Result<f64> {
-        self.run(pairs, smoothing, dropout_seed, false)
-    }
-
-    /// The forward pass and the loss, then the backward pass when `backward`.
-    fn run(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-        backward: bool,
-    ) -> Result<f64> {
-        self.check(pairs)?;
-        let drops = self.drops(dropout_seed);
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let loss = k::in_pool(|| {
-            let (saved, mut logits, ntok, targets) = self.forward(pairs, drops, &mut scratch);
-            let loss = k::smoothed_cross_entropy(
-                &mut logits,
-                self.config.vocab_size,
-                &targets,
-                smoothing as f32,
-                backward.then_some(1.0 / ntok as f32),
-            ) / ntok as f64;
-            if backward {
-                self.backward(pairs, saved, logits, drops, &mut scratch);
-            } else {
-                Self::give(saved, &mut scratch);
-                scratch.pool.give(logits);
-            }
-            loss
-        });
-        self.scratch = scratch;
-        Ok(loss)
     }
 
     /// Scaled token embeddings plus positions, then the embeddings' dropout.
@@ -506,12 +444,12 @@ impl NativeSeq2Seq {
     }
 
     #[allow(clippy::type_complexity)]
-    fn forward(
+    fn forward_pass(
         &self,
         pairs: &[(&[u32], &[u32])],
         drops: Drops,
         scratch: &mut Scratch,
-    ) -> (Saved, Vec<f32>, usize, Vec<u32>) {
+    ) -> Forward<Self> {
         let cfg = &self.config;
         let (c, v) = (cfg.d_model, cfg.vocab_size);
         let w = &self.flat.params;
@@ -630,12 +568,11 @@ impl NativeSeq2Seq {
                 dec,
             },
             logits,
-            nt,
             targets,
         )
     }
 
-    fn give(s: Saved, scratch: &mut Scratch) {
+    fn give_back(s: Saved, scratch: &mut Scratch) {
         for v in s.enc_x.into_iter().chain(s.dec_x) {
             scratch.pool.give(v);
         }
@@ -740,7 +677,7 @@ impl NativeSeq2Seq {
         dx
     }
 
-    fn backward(
+    fn backward_pass(
         &mut self,
         pairs: &[(&[u32], &[u32])],
         s: Saved,
@@ -917,4 +854,31 @@ pub(crate) fn check_pairs(pairs: &[(&[u32], &[u32])], v: usize, max: Option<usiz
         }
     }
     Ok(())
+}
+
+impl Passes for NativeSeq2Seq {
+    type Saved = Saved;
+    type Drops = Drops;
+    fn vocab(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn check(&self, pairs: Pairs) -> Result<()> {
+        let c = &self.config;
+        check_pairs(pairs, c.vocab_size, Some(c.max_position_embeddings))
+    }
+    fn drops(&self, seed: Option<u64>) -> Drops {
+        self.dropout(seed)
+    }
+    fn forward(&self, pairs: Pairs, drops: Drops, scratch: &mut Scratch) -> Forward<Self> {
+        self.forward_pass(pairs, drops, scratch)
+    }
+    fn backward(&mut self, pairs: Pairs, fwd: Forward<Self>, d: Drops, s: &mut Scratch) {
+        self.backward_pass(pairs, fwd.0, fwd.1, d, s)
+    }
+    fn give(saved: Saved, scratch: &mut Scratch) {
+        NativeSeq2Seq::give_back(saved, scratch)
+    }
+    fn scratch(&mut self) -> &mut Scratch {
+        &mut self.scratch
+    }
 }

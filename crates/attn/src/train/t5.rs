@@ -21,6 +21,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use super::encdec::{Forward, Pairs, Passes};
 use super::flat::Flat;
 use crate::engine::io::{plain_tensors, read_weight_files, Plain};
 use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
@@ -134,7 +135,7 @@ fn schema(cfg: &T5Config) -> Vec<(String, Vec<usize>, Init)> {
 
 /// The dropout of one step (none when evaluating): one rate, a site per place.
 #[derive(Clone, Copy, Default)]
-struct Drops(Option<Dropout>);
+pub(crate) struct Drops(Option<Dropout>);
 
 impl Drops {
     /// Place `site` of layer `l` of stack 0 (encoder) or 1 (decoder); layer
@@ -199,7 +200,7 @@ struct LayerActs {
 }
 
 /// What the backward pass reads of a forward pass.
-struct Saved {
+pub(crate) struct Saved {
     dec_in: Vec<Vec<u32>>,
     src_spans: Vec<(usize, usize)>,
     tgt_spans: Vec<(usize, usize)>,
@@ -376,59 +377,6 @@ impl NativeT5 {
         crate::engine::Seq2Seq::from_t5_tensors(self.config.clone(), self.tensors())
     }
 
-    /// Forward and backward over a batch of (source, target) pairs; the decoder reads
-    /// the start token and the target without its last token. Adds the gradient of the
-    /// mean (label-smoothed) loss over the batch's target tokens to the accumulated
-    /// gradients and returns that loss. With `dropout_seed`, the config's dropout
-    /// applies.
-    pub fn forward_backward(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-    ) -> Result<f64> {
-        self.run(pairs, smoothing, dropout_seed, true)
-    }
-
-    /// The mean (label-smoothed) loss over the batch's target tokens, without gradients.
-    pub fn loss(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-    ) -> Result<f64> {
-        self.run(pairs, smoothing, dropout_seed, false)
-    }
-
-    fn run(
-        &mut self,
-        pairs: &[(&[u32], &[u32])],
-        smoothing: f64,
-        dropout_seed: Option<u64>,
-        backward: bool,
-    ) -> Result<f64> {
-        super::seq2seq::check_pairs(pairs, self.config.vocab_size, None)?;
-        let drops = Drops(dropout_seed.and_then(|s| Dropout::new(self.config.dropout_rate, s)));
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let loss = k::in_pool(|| {
-            let (saved, mut logits, targets) = self.forward(pairs, drops, &mut scratch);
-            let ntok = targets.len();
-            let loss = k::smoothed_cross_entropy(
-                &mut logits,
-                self.config.vocab_size,
-                &targets,
-                smoothing as f32,
-                backward.then_some(1.0 / ntok as f32),
-            ) / ntok as f64;
-            if backward {
-                self.backward(pairs, saved, logits, drops, &mut scratch);
-            }
-            loss
-        });
-        self.scratch = scratch;
-        Ok(loss)
-    }
-
     fn dims(&self) -> Dims {
         Dims {
             c: self.config.inner(),
@@ -538,7 +486,7 @@ impl NativeT5 {
     }
 
     #[allow(clippy::type_complexity)]
-    fn forward(
+    fn forward_pass(
         &self,
         pairs: &[(&[u32], &[u32])],
         drops: Drops,
@@ -969,7 +917,7 @@ impl NativeT5 {
         self.rms_backward(&dh, x, &acts.norm, at.ln, dx);
     }
 
-    fn backward(
+    fn backward_pass(
         &mut self,
         pairs: &[(&[u32], &[u32])],
         s: Saved,
@@ -1137,3 +1085,28 @@ impl NativeT5 {
 }
 
 super::flat::trainable_by_flat!(NativeT5);
+
+impl Passes for NativeT5 {
+    type Saved = Saved;
+    type Drops = Drops;
+    fn vocab(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn check(&self, pairs: Pairs) -> Result<()> {
+        super::seq2seq::check_pairs(pairs, self.config.vocab_size, None)
+    }
+    fn drops(&self, seed: Option<u64>) -> Drops {
+        Drops(seed.and_then(|s| Dropout::new(self.config.dropout_rate, s)))
+    }
+    fn forward(&self, pairs: Pairs, drops: Drops, scratch: &mut Scratch) -> Forward<Self> {
+        self.forward_pass(pairs, drops, scratch)
+    }
+    fn backward(&mut self, pairs: Pairs, fwd: Forward<Self>, d: Drops, s: &mut Scratch) {
+        self.backward_pass(pairs, fwd.0, fwd.1, d, s)
+    }
+    /// The activations are not pooled: dropped.
+    fn give(_: Saved, _: &mut Scratch) {}
+    fn scratch(&mut self) -> &mut Scratch {
+        &mut self.scratch
+    }
+}
