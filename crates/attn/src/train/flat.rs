@@ -9,6 +9,39 @@ use crate::kernels::cpu::huge::HugeVec;
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
 
+/// A model's tensors drawn afresh, in `schema`'s order (name, shape, how to draw): each
+/// value is `value(how, rng)`, with one generator seeded by `seed` for all of them.
+pub(crate) fn draw<I: Copy>(
+    schema: Vec<(String, Vec<usize>, I)>,
+    seed: u64,
+    value: impl Fn(I, &mut crate::rng::Rng) -> f32,
+) -> Result<Plain> {
+    let mut rng = crate::rng::Rng::new(seed);
+    let mut plain = Plain::new();
+    for (name, shape, how) in schema {
+        let len: usize = shape.iter().product();
+        let mut v = crate::guard::try_filled(&name, len, 0f32)?;
+        v.iter_mut().for_each(|x| *x = value(how, &mut rng));
+        plain.insert(name, (v, shape));
+    }
+    Ok(plain)
+}
+
+/// The tensors of the model folder `dir`, less the copies `copy` names (tied weights
+/// written twice), for `from_plain` (whose error is reported against the weights file).
+pub(crate) fn read_folder<M>(
+    dir: &std::path::Path,
+    copy: impl Fn(&str) -> bool,
+    from_plain: impl FnOnce(Plain) -> Result<M>,
+) -> Result<M> {
+    let (files, blobs) = crate::engine::io::read_weight_files(dir)?;
+    let (tensors, _) = crate::engine::io::plain_tensors(&files, &blobs, |name| {
+        (!copy(name)).then(|| name.to_string())
+    })?;
+    from_plain(tensors)
+        .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+}
+
 pub(crate) struct Flat {
     /// (name, offset, shape) of every tensor, in buffer order.
     pub tensors: Vec<(String, usize, Vec<usize>)>,

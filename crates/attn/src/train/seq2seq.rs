@@ -20,7 +20,7 @@ use std::path::Path;
 
 use super::encdec::{Forward, Pairs, Passes};
 use super::flat::Flat;
-use crate::engine::io::{plain_tensors, read_weight_files, Plain};
+use crate::engine::io::Plain;
 use crate::engine::seq2seq::{is_tied_copy, sinusoid_table};
 use crate::engine::sublayers::{
     attn_backward, attn_forward, drop_in_place, head_jobs, linear, linear_backward, mlp_backward,
@@ -28,7 +28,6 @@ use crate::engine::sublayers::{
 };
 use crate::kernels::cpu::Dropout;
 use crate::models::marian::MarianConfig;
-use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// A self-attention sublayer: query, key and value weights stacked `[3c, c]` (biases
@@ -223,30 +222,18 @@ impl NativeSeq2Seq {
     /// Load a `MarianMTModel` folder.
     pub fn load(dir: &Path) -> Result<Self> {
         let config = crate::engine::seq2seq::read_marian_config(dir)?;
-        let (files, blobs) = read_weight_files(dir)?;
-        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
-            (!is_tied_copy(name)).then(|| name.to_string())
-        })?;
-        Self::from_plain(config, tensors)
-            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+        super::flat::read_folder(dir, is_tied_copy, |t| Self::from_plain(config, t))
     }
 
     /// A model with weights drawn as transformers initialises Marian: N(0, 0.02) for
     /// matrices and the embedding (its padding row zero), zero biases, unit norms.
     pub fn init(config: MarianConfig, seed: u64) -> Result<Self> {
         config.validate()?;
-        let mut rng = Rng::new(seed);
-        let mut plain = Plain::new();
-        for (name, shape, init) in schema(&config) {
-            let len: usize = shape.iter().product();
-            let mut v = crate::guard::try_filled(&name, len, 0f32)?;
-            match init {
-                Init::Normal => v.iter_mut().for_each(|x| *x = (rng.normal() * 0.02) as f32),
-                Init::Ones => v.iter_mut().for_each(|x| *x = 1.0),
-                Init::Zeros => {}
-            }
-            plain.insert(name, (v, shape));
-        }
+        let mut plain = super::flat::draw(schema(&config), seed, |init, rng| match init {
+            Init::Normal => (rng.normal() * 0.02) as f32,
+            Init::Ones => 1.0,
+            Init::Zeros => 0.0,
+        })?;
         let (c, pad) = (config.d_model, config.pad_token_id as usize);
         if let Some((e, _)) = plain.get_mut("model.shared.weight") {
             e[pad * c..(pad + 1) * c].iter_mut().for_each(|x| *x = 0.0);

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::encdec::{Forward, Pairs, Passes};
 use super::flat::Flat;
-use crate::engine::io::{plain_tensors, read_weight_files, Plain};
+use crate::engine::io::Plain;
 use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
 use crate::engine::sublayers::{
     drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, Act, Dims, Job, Scratch,
@@ -31,8 +31,7 @@ use crate::engine::sublayers::{
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::{Dropout, Rhs};
 use crate::models::t5::{bucket_grid, head_bias, T5Act, T5Config, T5Ffn};
-use crate::rng::Rng;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Offsets of a self-attention sublayer: q, k and v weights one after another
 /// (`[3a, c]`), the output matrix `[c, a]`, the norm before it.
@@ -285,28 +284,16 @@ impl NativeT5 {
     /// Load a `T5ForConditionalGeneration` folder.
     pub fn load(dir: &Path) -> Result<Self> {
         let config = read_t5_config(dir)?;
-        let (files, blobs) = read_weight_files(dir)?;
-        let (tensors, _) = plain_tensors(&files, &blobs, |name| {
-            (!is_t5_copy(name)).then(|| name.to_string())
-        })?;
-        Self::from_plain(config, tensors)
-            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+        super::flat::read_folder(dir, is_t5_copy, |t| Self::from_plain(config, t))
     }
 
     /// A model with weights drawn as transformers initialises T5.
     pub fn init(config: T5Config, seed: u64) -> Result<Self> {
         config.validate()?;
-        let mut rng = Rng::new(seed);
-        let mut plain = Plain::new();
-        for (name, shape, init) in schema(&config) {
-            let len: usize = shape.iter().product();
-            let mut v = crate::guard::try_filled(&name, len, 0f32)?;
-            match init {
-                Init::Normal(sd) => v.iter_mut().for_each(|x| *x = rng.normal() as f32 * sd),
-                Init::Ones => v.iter_mut().for_each(|x| *x = 1.0),
-            }
-            plain.insert(name, (v, shape));
-        }
+        let plain = super::flat::draw(schema(&config), seed, |init, rng| match init {
+            Init::Normal(sd) => rng.normal() as f32 * sd,
+            Init::Ones => 1.0,
+        })?;
         Self::from_plain(config, plain)
     }
 
