@@ -118,47 +118,158 @@ pub(crate) fn forward(
     drops: Drops,
     panels: &mut Vec<f32>,
 ) {
-    let (c, inner, up, eps) = (s.c, s.inner, s.up, s.eps);
-    let (qw, width) = (s.heads.q_width(), s.heads.width());
+    let Io {
+        ln1,
+        qkv,
+        atty,
+        res,
+        mid,
+        ln2,
+        ln2_stats,
+        pre,
+        act,
+        train,
+        out,
+        next,
+    } = io;
+    let first = First {
+        w: w.qkv,
+        b: w.qkv_b,
+        width: s.heads.width(),
+    };
+    let ln2_out = w.norm2.into(s.eps, &mut *ln2, &mut *ln2_stats);
+    let rows = (m, kept);
+    let proj = (w.proj, w.proj_b);
+    let sub = Sublayer {
+        res,
+        out: mid,
+        next: ln2_out,
+        drop: drops.attn,
+    };
+    attention(s, first, proj, ln1, (qkv, atty), rows, attend, sub, panels);
+    let mlp_w = MlpWeights {
+        up: w.up,
+        up_b: w.up_b,
+        down: w.down,
+        down_b: w.down_b,
+    };
+    let sub = Sublayer {
+        res: mid,
+        out,
+        next,
+        drop: drops.mlp,
+    };
+    mlp(s, &mlp_w, ln2, (pre, act), train, kept, sub, panels);
+}
+
+/// An attention sublayer's first product: `[width, in]` (queries, keys and values side
+/// by side; the queries alone for a cross-attention, whose keys and values come from
+/// elsewhere) and its bias.
+#[derive(Clone, Copy)]
+pub(crate) struct First<'a> {
+    pub w: Rhs<'a>,
+    pub b: Option<&'a [f32]>,
+    pub width: usize,
+}
+
+/// An MLP's products and biases.
+#[derive(Clone, Copy)]
+pub(crate) struct MlpWeights<'a> {
+    pub up: Rhs<'a>,
+    pub up_b: Option<&'a [f32]>,
+    pub down: Rhs<'a>,
+    pub down_b: Option<&'a [f32]>,
+}
+
+/// A pre-norm sublayer's end: `out = res + drop(branch)`, and `next` the norm of `out`.
+pub(crate) struct Sublayer<'a> {
+    pub res: &'a [f32],
+    pub out: &'a mut [f32],
+    pub next: NormOut<'a>,
+    pub drop: Option<Dropout>,
+}
+
+/// The attention sublayer over `m` rows of the normed stream `ln`, `kept` of which
+/// leave it: the first product into `bufs.0`, then `attend(bufs.0, bufs.1)`, then the
+/// output projection `proj` with the residual sum and the next norm (`sub`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    s: &Shape,
+    first: First<'_>,
+    proj: (Rhs<'_>, Option<&[f32]>),
+    ln: &[f32],
+    (qkv, atty): (&mut [f32], &mut [f32]),
+    (m, kept): (usize, usize),
+    attend: impl FnOnce(&mut [f32], &mut [f32]),
+    sub: Sublayer<'_>,
+    panels: &mut Vec<f32>,
+) {
+    let (c, qw) = (s.c, s.heads.q_width());
     time("gemm qkv", || {
-        k::gemm_bias(io.ln1, m, c, width, w.qkv, w.qkv_b, io.qkv, panels)
+        k::gemm_bias(ln, m, c, first.width, first.w, first.b, qkv, panels)
     });
-    time("attention", || attend(io.qkv, io.atty));
+    time("attention", || attend(qkv, atty));
     time("gemm proj", || {
         k::gemm_bias_residual(
-            io.atty,
+            atty,
             kept,
             qw,
             c,
-            w.proj,
-            w.proj_b,
-            io.res,
-            io.mid,
+            proj.0,
+            proj.1,
+            sub.res,
+            sub.out,
             panels,
-            drops.attn,
-            Some(w.norm2.into(eps, io.ln2, io.ln2_stats)),
+            sub.drop,
+            Some(sub.next),
         )
     });
+}
+
+/// The MLP sublayer over `kept` rows of the normed stream `ln`: the first product into
+/// `bufs.0`, its activation (into `bufs.1` when gated, or when training keeps the tanh
+/// GELU's derivative in `bufs.0`), the second product with the residual sum and the
+/// next norm (`sub`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mlp(
+    s: &Shape,
+    w: &MlpWeights<'_>,
+    ln: &[f32],
+    (pre, act): (&mut [f32], &mut [f32]),
+    train: bool,
+    kept: usize,
+    sub: Sublayer<'_>,
+    panels: &mut Vec<f32>,
+) {
+    let (c, inner, up) = (s.c, s.inner, s.up);
     let hidden: &[f32] = match (s.mlp, w.up_b) {
         (Mlp::SwiGlu, b) => {
             time("gemm gate+up, swiglu", || {
-                k::gemm_bias(io.ln2, kept, c, up, w.up, b, io.pre, panels);
-                k::swiglu(io.pre, kept, inner, io.act);
+                k::gemm_bias(ln, kept, c, up, w.up, b, pre, panels);
+                k::swiglu(pre, kept, inner, act);
             });
-            io.act
+            act
         }
-        (Mlp::GeluTanh, Some(b)) if io.train => {
-            time("gemm fc+gelu", || {
-                k::gemm_bias_gelu(io.ln2, kept, c, inner, w.up, b, io.pre, io.act, panels)
+        (Mlp::Gated(_), b) => {
+            time("gemm gate+up, gate", || {
+                k::gemm_bias(ln, kept, c, up, w.up, b, pre, panels);
+                let (pre, act) = (&mut pre[..kept * up], &mut act[..kept * inner]);
+                super::decoder::activate(s.mlp, inner, pre, act);
             });
-            io.act
+            act
+        }
+        (Mlp::GeluTanh, Some(b)) if train => {
+            time("gemm fc+gelu", || {
+                k::gemm_bias_gelu(ln, kept, c, inner, w.up, b, pre, act, panels)
+            });
+            act
         }
         (mlp, b) => {
             time("gemm fc, activation", || {
-                k::gemm_bias(io.ln2, kept, c, inner, w.up, b, io.pre, panels);
-                super::decoder::activate(mlp, inner, &mut io.pre[..kept * inner], &mut []);
+                k::gemm_bias(ln, kept, c, inner, w.up, b, pre, panels);
+                super::decoder::activate(mlp, inner, &mut pre[..kept * inner], &mut []);
             });
-            io.pre
+            pre
         }
     };
     time("gemm fcproj", || {
@@ -169,11 +280,100 @@ pub(crate) fn forward(
             c,
             w.down,
             w.down_b,
-            io.mid,
-            io.out,
+            sub.res,
+            sub.out,
             panels,
-            drops.mlp,
-            Some(io.next),
+            sub.drop,
+            Some(sub.next),
         )
     });
+}
+
+/// The buffers an inference pass reuses from block to block: the residual stream and
+/// its norm in pairs (each block reads one and writes the other), and the blocks'
+/// intermediates, for `n` rows.
+pub(crate) struct Buffers {
+    pub x_out: Vec<f32>,
+    pub mid: Vec<f32>,
+    pub h: Vec<f32>,
+    pub h_next: Vec<f32>,
+    pub st: Vec<f32>,
+    pub st_next: Vec<f32>,
+    pub qkv: Vec<f32>,
+    pub atty: Vec<f32>,
+    pub ln2: Vec<f32>,
+    pub ln2_stats: Vec<f32>,
+    pub pre: Vec<f32>,
+    pub act: Vec<f32>,
+    pub panels: Vec<f32>,
+}
+
+impl Buffers {
+    pub fn new(s: &Shape, n: usize) -> Self {
+        let c = s.c;
+        let gated = matches!(s.mlp, Mlp::SwiGlu | Mlp::Gated(_));
+        Buffers {
+            x_out: vec![0f32; n * c],
+            mid: vec![0f32; n * c],
+            h: vec![0f32; n * c],
+            h_next: vec![0f32; n * c],
+            st: vec![0f32; 2 * n],
+            st_next: vec![0f32; 2 * n],
+            qkv: vec![0f32; n * s.heads.width()],
+            atty: vec![0f32; n * s.heads.q_width()],
+            ln2: vec![0f32; n * c],
+            ln2_stats: vec![0f32; 2 * n],
+            pre: vec![0f32; n * s.up],
+            act: vec![0f32; if gated { n * s.inner } else { 0 }],
+            panels: Vec::new(),
+        }
+    }
+
+    /// `h` = the first block's norm of the `n` rows of `x`.
+    pub fn first_norm(&mut self, x: &[f32], norm: NormW<'_>, eps: f32, n: usize) {
+        k::layer_norm(x, norm.w, norm.b, eps, n, &mut self.h, &mut self.st);
+    }
+
+    /// One block over `m` rows of `x` (its norm in `h`), `kept` of which leave it
+    /// (`res`: those rows of `x`, when fewer); `x` and `h` then hold the block's output
+    /// and its `next` norm.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &mut self,
+        s: &Shape,
+        w: &Weights<'_>,
+        x: &mut Vec<f32>,
+        res: Option<&[f32]>,
+        next: NormW<'_>,
+        (m, kept): (usize, usize),
+        attend: impl FnOnce(&mut [f32], &mut [f32]),
+    ) {
+        let io = Io {
+            ln1: &self.h,
+            qkv: &mut self.qkv,
+            atty: &mut self.atty,
+            res: res.unwrap_or(x),
+            mid: &mut self.mid,
+            ln2: &mut self.ln2,
+            ln2_stats: &mut self.ln2_stats,
+            pre: &mut self.pre,
+            act: &mut self.act,
+            train: false,
+            out: &mut self.x_out,
+            next: next.into(s.eps, &mut self.h_next, &mut self.st_next),
+        };
+        forward(
+            s,
+            w,
+            io,
+            m,
+            kept,
+            attend,
+            Drops::default(),
+            &mut self.panels,
+        );
+        std::mem::swap(x, &mut self.x_out);
+        std::mem::swap(&mut self.h, &mut self.h_next);
+        std::mem::swap(&mut self.st, &mut self.st_next);
+    }
 }

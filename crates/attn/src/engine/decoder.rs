@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::block::{self, NormW};
 use super::sublayers::{MlpW, TailW};
-use super::{DecoderSpec, Mlp, Positions};
+use super::{DecoderSpec, Gate, Mlp, Positions};
 use crate::kernels::cpu::attend::{attend_head, Span};
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
 use crate::kernels::cpu::rope::RopeTable;
@@ -81,6 +81,18 @@ pub(crate) fn activate(mlp: Mlp, inner: usize, f: &mut [f32], m: &mut [f32]) {
             for (r, o) in out.chunks_mut(inner).enumerate() {
                 let row = &f[(start + r) * 2 * inner..][..2 * inner];
                 vmath::silu_mul(&row[..inner], &row[inner..], o);
+            }
+        }),
+        Mlp::Gated(gate) => crate::kernels::cpu::for_rows(m, inner, |start, out| {
+            for (r, o) in out.chunks_mut(inner).enumerate() {
+                let row = &f[(start + r) * 2 * inner..][..2 * inner];
+                o.copy_from_slice(&row[..inner]);
+                match gate {
+                    Gate::Relu => o.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    Gate::GeluErf => vmath::gelu_erf(o),
+                    Gate::GeluTanh => vmath::gelu_tanh(o),
+                }
+                o.iter_mut().zip(&row[inner..]).for_each(|(a, u)| *a *= u);
             }
         }),
     }
@@ -427,28 +439,9 @@ impl Decoder {
             mlp: spec.mlp,
             eps: spec.eps,
         };
-        // Each block reads the residual stream and its norm from one pair of buffers and
-        // writes the next pair to the other (the trainer keeps every layer's instead).
-        let mut x_out = vec![0f32; n * c];
-        let mut mid = vec![0f32; n * c];
-        let (mut h, mut h_next) = (vec![0f32; n * c], vec![0f32; n * c]);
-        let (mut st, mut st_next) = (vec![0f32; 2 * n], vec![0f32; 2 * n]);
-        let mut qkv = vec![0f32; n * w];
-        let mut y = vec![0f32; n * qw];
-        let (mut ln2, mut ln2_stats) = (vec![0f32; n * c], vec![0f32; 2 * n]);
-        let mut pre = vec![0f32; n * up_rows];
-        let mut act = vec![
-            0f32;
-            if spec.mlp == Mlp::SwiGlu {
-                n * inner
-            } else {
-                0
-            }
-        ];
-        let mut panels = Vec::new();
+        let mut bufs = block::Buffers::new(&shape, n);
         let first_norm = self.layers.first().map_or(&self.norm_f, |l| &l.norm1);
-        let NormW { w: nw, b: nb } = first_norm.weights();
-        crate::kernels::cpu::layer_norm(&x, nw, nb, spec.eps, n, &mut h, &mut st);
+        bufs.first_norm(&x, first_norm.weights(), spec.eps, n);
         let scale = 1.0 / (hd as f32).sqrt();
         // Rows of x per sequence: all new positions, until the last layer narrows them.
         let mut rows_of: Vec<(usize, usize)> = first
@@ -464,16 +457,15 @@ impl Decoder {
                 want == Want::Last && !capture && l + 1 == self.layers.len() && n > tokens.len();
             let kept = if narrow { tokens.len() } else { n };
             let window = spec.windows[l];
-            let last_rows: Vec<f32>;
-            let res: &[f32] = if narrow {
-                last_rows = rows_of
+            // The residual rows of a narrowed block: each sequence's last.
+            let last_rows: Vec<f32> = if narrow {
+                rows_of
                     .iter()
                     .flat_map(|&(r, k)| &x[(r + k - 1) * c..(r + k) * c])
                     .copied()
-                    .collect();
-                &last_rows
+                    .collect()
             } else {
-                &x
+                Vec::new()
             };
             let maps = maps.as_deref_mut();
             let states = &mut *states;
@@ -564,39 +556,22 @@ impl Decoder {
                 }
             };
             let next = self.layers.get(l + 1).map_or(&self.norm_f, |n| &n.norm1);
-            let io = block::Io {
-                ln1: &h,
-                qkv: &mut qkv,
-                atty: &mut y,
-                res,
-                mid: &mut mid,
-                ln2: &mut ln2,
-                ln2_stats: &mut ln2_stats,
-                pre: &mut pre,
-                act: &mut act,
-                train: false,
-                out: &mut x_out,
-                next: next.weights().into(spec.eps, &mut h_next, &mut st_next),
-            };
-            let weights = layer.weights();
-            block::forward(
+            let res = narrow.then_some(&last_rows[..]);
+            let rows = (n, kept);
+            bufs.run(
                 &shape,
-                &weights,
-                io,
-                n,
-                kept,
+                &layer.weights(),
+                &mut x,
+                res,
+                next.weights(),
+                rows,
                 attend,
-                block::Drops::default(),
-                &mut panels,
             );
             if narrow {
                 for (s, r) in rows_of.iter_mut().enumerate() {
                     *r = (s, 1);
                 }
             }
-            std::mem::swap(&mut x, &mut x_out);
-            std::mem::swap(&mut h, &mut h_next);
-            std::mem::swap(&mut st, &mut st_next);
         }
         for (st, t) in states.iter_mut().zip(tokens) {
             st.len += t.len();
@@ -611,7 +586,7 @@ impl Decoder {
         let m: usize = rows.iter().map(|r| r.1).sum();
         let mut hs = Vec::with_capacity(m * c);
         for &(r, k) in &rows {
-            hs.extend_from_slice(&h[r * c..(r + k) * c]);
+            hs.extend_from_slice(&bufs.h[r * c..(r + k) * c]);
         }
         let (width, out) = if want == Want::Hidden {
             (c, hs)

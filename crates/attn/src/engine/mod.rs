@@ -117,6 +117,17 @@ pub enum Mlp {
     Silu,
     /// `down(silu(gate(x)) · up(x))`.
     SwiGlu,
+    /// `down(act(gate(x)) · up(x))` with another activation (T5 v1.1 and Flan-T5: the
+    /// tanh GELU); gate rows first, then up rows, as SwiGLU's.
+    Gated(Gate),
+}
+
+/// The activation of a [`Mlp::Gated`] gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Relu,
+    GeluErf,
+    GeluTanh,
 }
 
 /// What the decoder stack needs to know about a model, in family-neutral words.
@@ -227,7 +238,7 @@ impl DecoderSpec {
     /// Rows of the MLP's first matrix: gate and up side by side for SwiGLU.
     pub fn up_rows(&self) -> usize {
         match self.mlp {
-            Mlp::SwiGlu => 2 * self.inner,
+            Mlp::SwiGlu | Mlp::Gated(_) => 2 * self.inner,
             _ => self.inner,
         }
     }

@@ -20,14 +20,16 @@
 
 use std::path::Path;
 
-use super::decoder::{activate, post_norm_tail, DecoderState, Layer, Linear, Norm};
+use super::block;
+use super::decoder::{post_norm_tail, DecoderState, Layer, Linear, Norm};
 use super::encoder::{attend_into, post_norm_blocks, take_linear, take_norm, HeadJob};
 use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
 use super::sublayers::{mlp_forward, post_norm_step, Act, Dims, Scratch};
-use super::{Mlp, Want};
+use super::{Gate, Mlp, Want};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::Span;
 use crate::kernels::cpu::quant::{matmul, QMatrix, WeightType};
+use crate::kernels::cpu::{Heads, Rhs};
 use crate::models::marian::MarianConfig;
 use crate::models::t5::{bucket_grid, head_bias, T5Act, T5Config, T5Ffn};
 use crate::{Error, Result};
@@ -292,16 +294,28 @@ fn mlp_of(act: T5Act) -> Mlp {
     }
 }
 
-/// The gated MLP's middle: `m[r] = act(f[r][..inner]) · f[r][inner..]` for each row.
-fn gate(act: T5Act, inner: usize, f: &[f32], m: &mut [f32]) {
-    crate::kernels::cpu::for_rows(m, inner, |start, out| {
-        for (r, o) in out.chunks_mut(inner).enumerate() {
-            let row = &f[(start + r) * 2 * inner..][..2 * inner];
-            o.copy_from_slice(&row[..inner]);
-            activate(mlp_of(act), inner, o, &mut []);
-            o.iter_mut().zip(&row[inner..]).for_each(|(a, u)| *a *= u);
-        }
-    });
+/// The block shape of a T5 stack: `nh` heads of `hd`, the FFN of the config, RMSNorm.
+fn t5_shape(c: usize, nh: usize, hd: usize, inner: usize, ffn: T5Ffn, eps: f32) -> block::Shape {
+    let mlp = match ffn {
+        T5Ffn::Plain(act) => mlp_of(act),
+        T5Ffn::Gated(T5Act::Silu) => Mlp::SwiGlu,
+        T5Ffn::Gated(T5Act::Relu) => Mlp::Gated(Gate::Relu),
+        T5Ffn::Gated(T5Act::GeluErf) => Mlp::Gated(Gate::GeluErf),
+        T5Ffn::Gated(T5Act::GeluTanh) => Mlp::Gated(Gate::GeluTanh),
+    };
+    let gated = matches!(ffn, T5Ffn::Gated(_));
+    block::Shape {
+        c,
+        heads: Heads {
+            n: nh,
+            kv: nh,
+            dim: hd,
+        },
+        inner,
+        up: if gated { 2 * inner } else { inner },
+        mlp,
+        eps,
+    }
 }
 
 impl Seq2Seq {
@@ -665,9 +679,7 @@ impl Seq2Seq {
                 let (c, nh, hd) = (self.d_model(), self.spec.encoder_heads, self.spec.head_dim);
                 let n = x.len() / c;
                 let first = super::row_starts(lens.iter().copied());
-                let (mut h, mut a) = (vec![0f32; n * c], vec![0f32; n * c]);
                 let aw = nh * hd;
-                let (mut qkv, mut y) = (vec![0f32; n * 3 * aw], vec![0f32; n * aw]);
                 // One bias per (sequence, head), shared by every layer.
                 let biases: Vec<Vec<f32>> = (0..lens.len())
                     .flat_map(|s| {
@@ -677,34 +689,41 @@ impl Seq2Seq {
                             .collect::<Vec<_>>()
                     })
                     .collect();
-                for layer in &self.encoder {
-                    layer.norm1.apply(&x, &mut h, *eps);
-                    layer.qkv.apply(&h, n, &mut qkv);
-                    let jobs: Vec<HeadJob> = (0..lens.len())
-                        .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
-                        .map(|(s, hh)| {
-                            let base = &qkv[first[s] * 3 * aw + hh * hd..];
-                            HeadJob {
-                                q: base,
-                                qs: 3 * aw,
-                                k: &base[aw..],
-                                v: &base[2 * aw..],
-                                ks: 3 * aw,
-                                span: Span::All { keys: lens[s] },
-                                t: lens[s],
-                                row0: first[s],
-                                col0: hh * hd,
-                                bias: Some(&biases[s * nh + hh]),
-                            }
-                        })
-                        .collect();
-                    attend_into(&jobs, hd, 1.0, aw, &mut y);
-                    add_into(&layer.proj, &y, &mut x, &mut a);
-                    t5_mlp(layer, *ffn, &x, &mut h, &mut a, *eps);
-                    x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+                let shape = t5_shape(c, nh, hd, self.spec.encoder_inner, *ffn, *eps);
+                let mut bufs = block::Buffers::new(&shape, n);
+                let first_norm = self.encoder.first().map_or(enc_final, |l| &l.norm1);
+                bufs.first_norm(&x, first_norm.weights(), *eps, n);
+                for (l, layer) in self.encoder.iter().enumerate() {
+                    // Each (sequence, head) over its own keys, with its position bias and
+                    // unscaled scores.
+                    let attend = |qkv: &mut [f32], y: &mut [f32]| {
+                        let qkv = &*qkv;
+                        let jobs: Vec<HeadJob> = (0..lens.len())
+                            .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
+                            .map(|(s, hh)| {
+                                let base = &qkv[first[s] * 3 * aw + hh * hd..];
+                                HeadJob {
+                                    q: base,
+                                    qs: 3 * aw,
+                                    k: &base[aw..],
+                                    v: &base[2 * aw..],
+                                    ks: 3 * aw,
+                                    span: Span::All { keys: lens[s] },
+                                    t: lens[s],
+                                    row0: first[s],
+                                    col0: hh * hd,
+                                    bias: Some(&biases[s * nh + hh]),
+                                }
+                            })
+                            .collect();
+                        attend_into(&jobs, hd, 1.0, aw, y);
+                    };
+                    let next = self.encoder.get(l + 1).map_or(enc_final, |n| &n.norm1);
+                    let w = layer.weights();
+                    bufs.run(&shape, &w, &mut x, None, next.weights(), (n, n), attend);
                 }
-                enc_final.apply(&x, &mut h, *eps);
-                std::mem::swap(&mut x, &mut h);
+                // The final norm, which the last block wrote.
+                x = bufs.h;
             }
         }
         x
@@ -790,13 +809,6 @@ impl Seq2Seq {
         let first = super::row_starts(tokens.iter().map(|t| t.len()));
         let mut x = self.embed_rows(tokens, &past);
         let w = 3 * aw;
-        let mut h = vec![0f32; n * c];
-        let mut qkv = vec![0f32; n * w];
-        let mut q = vec![0f32; n * aw];
-        let mut y = vec![0f32; n * aw];
-        let mut a = vec![0f32; n * c];
-        let mut scratch = Scratch::default();
-        let d = Dims { c, nh, eps: 1e-5 };
         let jobs: Vec<(usize, usize)> = (0..tokens.len())
             .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
             .collect();
@@ -823,56 +835,42 @@ impl Seq2Seq {
             }
             Arch::Marian { .. } => Vec::new(),
         };
-        let (scale, pre) = match &self.arch {
-            Arch::Marian { .. } => (1.0 / (hd as f32).sqrt(), None),
-            Arch::T5 { ffn, eps, .. } => (1.0, Some((*ffn, *eps))),
+        let scale = match &self.arch {
+            Arch::Marian { .. } => 1.0 / (hd as f32).sqrt(),
+            Arch::T5 { .. } => 1.0,
         };
-        for (l, layer) in self.decoder.iter().enumerate() {
-            let b = &layer.block;
-            match pre {
-                Some((_, eps)) => {
-                    b.norm1.apply(&x, &mut h, eps);
-                    b.qkv.apply(&h, n, &mut qkv);
+        // Layer l's self-attention: this call's keys and values join the caches, then
+        // each (hypothesis, head) attends over its cache.
+        let self_heads =
+            |l: usize, qkv: &[f32], states: &mut [&mut DecoderState], y: &mut [f32]| {
+                for (s, t) in tokens.iter().enumerate() {
+                    let st = &mut *states[s];
+                    for j in 0..t.len() {
+                        let row = &qkv[(first[s] + j) * w..][..w];
+                        st.k[l].extend_from_slice(&row[aw..2 * aw]);
+                        st.v[l].extend_from_slice(&row[2 * aw..]);
+                    }
                 }
-                None => b.qkv.apply(&x, n, &mut qkv),
-            }
-            for (s, t) in tokens.iter().enumerate() {
-                let st = &mut *states[s];
-                for j in 0..t.len() {
-                    let row = &qkv[(first[s] + j) * w..][..w];
-                    st.k[l].extend_from_slice(&row[aw..2 * aw]);
-                    st.v[l].extend_from_slice(&row[2 * aw..]);
-                }
-            }
-            let heads: Vec<HeadJob> = jobs
-                .iter()
-                .enumerate()
-                .map(|(i, &(s, hh))| HeadJob {
-                    q: &qkv[first[s] * w + hh * hd..],
-                    qs: w,
-                    k: &states[s].k[l][hh * hd..],
-                    v: &states[s].v[l][hh * hd..],
-                    ks: aw,
-                    span: Span::Causal { past: past[s] },
-                    t: tokens[s].len(),
-                    row0: first[s],
-                    col0: hh * hd,
-                    bias: biases.get(i).map(|b| b.as_slice()),
-                })
-                .collect();
-            attend_into(&heads, hd, scale, aw, &mut y);
-            let cr = &layer.cross;
-            match pre {
-                Some((_, eps)) => {
-                    add_into(&b.proj, &y, &mut x, &mut a);
-                    cr.norm.apply(&x, &mut h, eps);
-                    cr.q.apply(&h, n, &mut q);
-                }
-                None => {
-                    post_norm_step(d, b.attn_tail(), &y, &mut x, &mut scratch);
-                    cr.q.apply(&x, n, &mut q);
-                }
-            }
+                let heads: Vec<HeadJob> = jobs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(s, hh))| HeadJob {
+                        q: &qkv[first[s] * w + hh * hd..],
+                        qs: w,
+                        k: &states[s].k[l][hh * hd..],
+                        v: &states[s].v[l][hh * hd..],
+                        ks: aw,
+                        span: Span::Causal { past: past[s] },
+                        t: tokens[s].len(),
+                        row0: first[s],
+                        col0: hh * hd,
+                        bias: biases.get(i).map(|b| b.as_slice()),
+                    })
+                    .collect();
+                attend_into(&heads, hd, scale, aw, y);
+            };
+        // Layer l's cross-attention: each hypothesis's queries over its memory.
+        let cross_heads = |l: usize, q: &[f32], y: &mut [f32]| {
             let heads: Vec<HeadJob> = jobs
                 .iter()
                 .map(|&(s, hh)| {
@@ -891,35 +889,118 @@ impl Seq2Seq {
                     }
                 })
                 .collect();
-            attend_into(&heads, hd, scale, aw, &mut y);
-            match pre {
-                Some((ffn, eps)) => {
-                    add_into(&cr.proj, &y, &mut x, &mut a);
-                    t5_mlp(b, ffn, &x, &mut h, &mut a, eps);
-                    x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-                }
-                None => {
-                    let Arch::Marian { mlp, .. } = &self.arch else {
-                        unreachable!("post-norm is Marian's")
+            attend_into(&heads, hd, scale, aw, y);
+        };
+        match &self.arch {
+            Arch::T5 {
+                ffn,
+                eps,
+                dec_final,
+                ..
+            } => {
+                // Pre-norm blocks with a cross-attention sublayer between the two.
+                let eps = *eps;
+                let shape = t5_shape(c, nh, hd, spec.decoder_inner, *ffn, eps);
+                let mut bufs = block::Buffers::new(&shape, n);
+                let first_norm = self.decoder.first().map_or(dec_final, |l| &l.block.norm1);
+                bufs.first_norm(&x, first_norm.weights(), eps, n);
+                for (l, layer) in self.decoder.iter().enumerate() {
+                    let (b, cr, bf) = (&layer.block, &layer.cross, &mut bufs);
+                    let first = block::First {
+                        w: Rhs::Q(&b.qkv.w),
+                        b: b.qkv.b.as_deref(),
+                        width: w,
                     };
-                    post_norm_step(
-                        d,
-                        post_norm_tail(&cr.proj, &cr.norm),
-                        &y,
-                        &mut x,
-                        &mut scratch,
+                    let sub = block::Sublayer {
+                        res: &x,
+                        out: &mut bf.mid,
+                        next: cr.norm.weights().into(eps, &mut bf.h_next, &mut bf.st_next),
+                        drop: None,
+                    };
+                    let attend = |qkv: &mut [f32], y: &mut [f32]| self_heads(l, qkv, states, y);
+                    let proj = (Rhs::Q(&b.proj.w), b.proj.b.as_deref());
+                    let bufs2 = (&mut bf.qkv[..], &mut bf.atty[..]);
+                    block::attention(
+                        &shape,
+                        first,
+                        proj,
+                        &bf.h,
+                        bufs2,
+                        (n, n),
+                        attend,
+                        sub,
+                        &mut bf.panels,
                     );
-                    let act = Act::of_mlp(*mlp);
+                    let first = block::First {
+                        w: Rhs::Q(&cr.q.w),
+                        b: cr.q.b.as_deref(),
+                        width: aw,
+                    };
+                    let sub = block::Sublayer {
+                        res: &bf.mid,
+                        out: &mut bf.x_out,
+                        next: b.norm2.weights().into(eps, &mut bf.ln2, &mut bf.ln2_stats),
+                        drop: None,
+                    };
+                    let attend = |q: &mut [f32], y: &mut [f32]| cross_heads(l, q, y);
+                    let proj = (Rhs::Q(&cr.proj.w), cr.proj.b.as_deref());
+                    let bufs2 = (&mut bf.qkv[..], &mut bf.atty[..]);
+                    block::attention(
+                        &shape,
+                        first,
+                        proj,
+                        &bf.h_next,
+                        bufs2,
+                        (n, n),
+                        attend,
+                        sub,
+                        &mut bf.panels,
+                    );
+                    let next = self
+                        .decoder
+                        .get(l + 1)
+                        .map_or(dec_final, |n| &n.block.norm1);
+                    let sub = block::Sublayer {
+                        res: &bf.x_out,
+                        out: &mut x,
+                        next: next.weights().into(eps, &mut bf.h, &mut bf.st),
+                        drop: None,
+                    };
+                    let mlp = block::MlpWeights {
+                        up: Rhs::Q(&b.up.w),
+                        up_b: b.up.b.as_deref(),
+                        down: Rhs::Q(&b.down.w),
+                        down_b: b.down.b.as_deref(),
+                    };
+                    let bufs2 = (&mut bf.pre[..], &mut bf.act[..]);
+                    block::mlp(&shape, &mlp, &bf.ln2, bufs2, false, n, sub, &mut bf.panels);
+                }
+                // The final norm, which the last sublayer wrote.
+                x = std::mem::take(&mut bufs.h);
+            }
+            Arch::Marian { mlp, .. } => {
+                // Post-norm blocks: self-attention, cross-attention, MLP, each followed
+                // by its residual sum and norm.
+                let mut scratch = Scratch::default();
+                let d = Dims { c, nh, eps: 1e-5 };
+                let act = Act::of_mlp(*mlp);
+                let (mut qkv, mut q, mut y) =
+                    (vec![0f32; n * w], vec![0f32; n * aw], vec![0f32; n * aw]);
+                for (l, layer) in self.decoder.iter().enumerate() {
+                    let (b, cr) = (&layer.block, &layer.cross);
+                    b.qkv.apply(&x, n, &mut qkv);
+                    self_heads(l, &qkv, states, &mut y);
+                    post_norm_step(d, b.attn_tail(), &y, &mut x, &mut scratch);
+                    cr.q.apply(&x, n, &mut q);
+                    cross_heads(l, &q, &mut y);
+                    let tail = post_norm_tail(&cr.proj, &cr.norm);
+                    post_norm_step(d, tail, &y, &mut x, &mut scratch);
                     let (m, out) =
                         mlp_forward(d, b.mlp(), act, &x, None, None, &mut scratch, false);
                     m.give(&mut scratch.pool);
                     scratch.pool.give(std::mem::replace(&mut x, out));
                 }
             }
-        }
-        if let Arch::T5 { dec_final, eps, .. } = &self.arch {
-            dec_final.apply(&x, &mut h, *eps);
-            std::mem::swap(&mut x, &mut h);
         }
         for (st, t) in states.iter_mut().zip(tokens) {
             st.len += t.len();
@@ -981,33 +1062,5 @@ impl Seq2Seq {
             }
         }
         logits
-    }
-}
-
-/// `x += lin(inp)` (`a` is scratch): a pre-norm residual step.
-fn add_into(lin: &Linear, inp: &[f32], x: &mut [f32], a: &mut [f32]) {
-    let n = a.len() / lin.w.rows;
-    lin.apply(inp, n, a);
-    x.iter_mut().zip(a.iter()).for_each(|(x, a)| *x += a);
-}
-
-/// T5's MLP sublayer on the normalised `x`: `a = wo(act(...))` (`h` is scratch).
-fn t5_mlp(layer: &Layer, ffn: T5Ffn, x: &[f32], h: &mut [f32], a: &mut [f32], eps: f32) {
-    let c = layer.down.w.rows;
-    let n = x.len() / c;
-    let inner = layer.down.w.cols;
-    layer.norm2.apply(x, h, eps);
-    let mut f = vec![0f32; n * layer.up.w.rows];
-    layer.up.apply(h, n, &mut f);
-    match ffn {
-        T5Ffn::Plain(act) => {
-            activate(mlp_of(act), inner, &mut f, &mut []);
-            layer.down.apply(&f, n, a);
-        }
-        T5Ffn::Gated(act) => {
-            let mut m = vec![0f32; n * inner];
-            gate(act, inner, &f, &mut m);
-            layer.down.apply(&m, n, a);
-        }
     }
 }

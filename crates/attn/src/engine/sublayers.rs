@@ -68,7 +68,9 @@ impl Act {
             super::Mlp::GeluTanh => Act::GeluTanh,
             super::Mlp::Relu => Act::Relu,
             super::Mlp::Silu => Act::Silu,
-            super::Mlp::SwiGlu => unreachable!("post-norm blocks have no SwiGLU"),
+            super::Mlp::SwiGlu | super::Mlp::Gated(_) => {
+                unreachable!("post-norm blocks have no gated MLP")
+            }
         }
     }
 

@@ -492,7 +492,7 @@ impl NativeDecoder {
         match spec.mlp {
             Mlp::GeluTanh => spec.mlp_bias,
             Mlp::SwiGlu => true,
-            Mlp::Relu | Mlp::GeluErf | Mlp::Silu => false,
+            Mlp::Relu | Mlp::GeluErf | Mlp::Silu | Mlp::Gated(_) => false,
         }
     }
 
