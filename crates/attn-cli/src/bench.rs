@@ -253,6 +253,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     // What one decoded token reads.
     let weight_bytes = engine.weight_bytes_per_token();
     let weight_type = engine.weight_type().name();
+    let prompt_arithmetic = engine.weight_type().prompt_arithmetic();
     let ctx = model.context();
     let p = a.prompt_tokens.clamp(1, ctx - 1);
     let n = a.max_new_tokens.unwrap_or(128).min(ctx - p);
@@ -317,17 +318,21 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
             "engine": "native",
             "weight_type": weight_type,
             "weight_bytes_per_token": weight_bytes,
+            "isa": attn::kernels::isa_name(),
+            "prompt_arithmetic": prompt_arithmetic,
             "threads": rayon::current_num_threads(),
             "batch": a.batch,
             "batch_tokens_per_sec": batch_tps,
         }));
     } else {
         println!(
-            "generate: {:.1} tokens/s overall, {:.1} decode tokens/s, prefill {} tokens in {:.1} ms",
+            "generate: {:.1} tokens/s overall, {:.1} decode tokens/s, prefill {} tokens in {:.1} ms ({}, prompt products in {})",
             overall,
             decode_tps,
             p,
-            prefill * 1e3
+            prefill * 1e3,
+            attn::kernels::isa_name(),
+            prompt_arithmetic
         );
         if let Some(t) = batch_tps {
             println!(

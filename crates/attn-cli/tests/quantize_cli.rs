@@ -173,6 +173,39 @@ fn quantize_writes_smaller_folders_that_score_close_to_f32() {
         ));
         assert_eq!(b["weight_type"], name);
         assert_eq!(b["engine"], "native");
+        // Prompts of 8- and 4-bit weights are multiplied in bf16 only where the CPU has
+        // AVX-512 BF16 and the instruction set is not capped below AVX-512.
+        let capped = std::env::var("ATTN_ISA").is_ok_and(|v| v == "avx2" || v == "portable");
+        #[cfg(target_arch = "x86_64")]
+        let bf16 = std::is_x86_feature_detected!("avx512bf16")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let bf16 = false;
+        let quantized = dtype == "q8" || dtype == "q4";
+        let want = if quantized && bf16 && !capped {
+            "bf16"
+        } else {
+            "f32"
+        };
+        assert_eq!(b["prompt_arithmetic"], want, "{dtype}");
+        let avx2 = json(&attn(
+            &[
+                "bench",
+                "generate",
+                "--model",
+                o,
+                "--max-new-tokens",
+                "2",
+                "--json",
+            ],
+            &[("ATTN_ISA", "avx2")],
+        ));
+        assert_eq!(
+            avx2["prompt_arithmetic"], "f32",
+            "{dtype} with ATTN_ISA=avx2"
+        );
     }
 
     // Bad input: each a one-line error naming the problem.

@@ -63,6 +63,16 @@ impl WeightType {
         }
     }
 
+    /// The arithmetic of a prompt's products with weights of this type on this CPU:
+    /// `"bf16"` for 8- and 4-bit weights where AVX-512 BF16 runs them, else `"f32"`.
+    pub fn prompt_arithmetic(self) -> &'static str {
+        if self.is_quantized() && super::bf16::available() {
+            "bf16"
+        } else {
+            "f32"
+        }
+    }
+
     pub fn is_quantized(self) -> bool {
         matches!(self, WeightType::Q8 | WeightType::Q4)
     }
