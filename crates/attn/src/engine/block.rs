@@ -159,7 +159,7 @@ pub(crate) fn forward(
         next,
         drop: drops.mlp,
     };
-    mlp(s, &mlp_w, ln2, (pre, act), train, kept, sub, panels);
+    mlp(s, &mlp_w, ln2, (pre, act), train, kept, None, sub, panels);
 }
 
 /// An attention sublayer's first product: `[width, in]` (queries, keys and values side
@@ -227,9 +227,10 @@ pub(crate) fn attention(
 }
 
 /// The MLP sublayer over `kept` rows of the normed stream `ln`: the first product into
-/// `bufs.0`, its activation (into `bufs.1` when gated, or when training keeps the tanh
-/// GELU's derivative in `bufs.0`), the second product with the residual sum and the
-/// next norm (`sub`).
+/// `bufs.0`, its activation (into `bufs.1` when gated or when training, which keeps the
+/// pre-activations in `bufs.0`, or the tanh GELU's derivative there when it has a bias,
+/// the decoder trainer's), the activation's dropout `drop_act`, the second product with
+/// the residual sum and the next norm (`sub`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mlp(
     s: &Shape,
@@ -238,11 +239,12 @@ pub(crate) fn mlp(
     (pre, act): (&mut [f32], &mut [f32]),
     train: bool,
     kept: usize,
+    drop_act: Option<Dropout>,
     sub: Sublayer<'_>,
     panels: &mut Vec<f32>,
 ) {
     let (c, inner, up) = (s.c, s.inner, s.up);
-    let hidden: &[f32] = match (s.mlp, w.up_b) {
+    let hidden: &mut [f32] = match (s.mlp, w.up_b) {
         (Mlp::SwiGlu, b) => {
             time("gemm gate+up, swiglu", || {
                 k::gemm_bias(ln, kept, c, up, w.up, b, pre, panels);
@@ -264,6 +266,15 @@ pub(crate) fn mlp(
             });
             act
         }
+        (mlp, b) if train => {
+            // The backward pass reads the pre-activations: the activations go to `act`.
+            time("gemm fc, activation", || {
+                k::gemm_bias(ln, kept, c, inner, w.up, b, pre, panels);
+                act[..kept * inner].copy_from_slice(&pre[..kept * inner]);
+                super::decoder::activate(mlp, inner, &mut act[..kept * inner], &mut []);
+            });
+            act
+        }
         (mlp, b) => {
             time("gemm fc, activation", || {
                 k::gemm_bias(ln, kept, c, inner, w.up, b, pre, panels);
@@ -272,6 +283,8 @@ pub(crate) fn mlp(
             pre
         }
     };
+    super::sublayers::drop_in_place(&mut hidden[..kept * inner], drop_act);
+    let hidden: &[f32] = hidden;
     time("gemm fcproj", || {
         k::gemm_bias_residual(
             hidden,

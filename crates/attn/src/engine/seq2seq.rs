@@ -295,7 +295,14 @@ fn mlp_of(act: T5Act) -> Mlp {
 }
 
 /// The block shape of a T5 stack: `nh` heads of `hd`, the FFN of the config, RMSNorm.
-fn t5_shape(c: usize, nh: usize, hd: usize, inner: usize, ffn: T5Ffn, eps: f32) -> block::Shape {
+pub(crate) fn t5_shape(
+    c: usize,
+    nh: usize,
+    hd: usize,
+    inner: usize,
+    ffn: T5Ffn,
+    eps: f32,
+) -> block::Shape {
     let mlp = match ffn {
         T5Ffn::Plain(act) => mlp_of(act),
         T5Ffn::Gated(T5Act::Silu) => Mlp::SwiGlu,
@@ -973,7 +980,17 @@ impl Seq2Seq {
                         down_b: b.down.b.as_deref(),
                     };
                     let bufs2 = (&mut bf.pre[..], &mut bf.act[..]);
-                    block::mlp(&shape, &mlp, &bf.ln2, bufs2, false, n, sub, &mut bf.panels);
+                    block::mlp(
+                        &shape,
+                        &mlp,
+                        &bf.ln2,
+                        bufs2,
+                        false,
+                        n,
+                        None,
+                        sub,
+                        &mut bf.panels,
+                    );
                 }
                 // The final norm, which the last sublayer wrote.
                 x = std::mem::take(&mut bufs.h);

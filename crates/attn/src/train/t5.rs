@@ -23,12 +23,14 @@ use rayon::prelude::*;
 
 use super::encdec::{Forward, Pairs, Passes};
 use super::flat::Flat;
+use crate::engine::block;
 use crate::engine::io::Plain;
 use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
 use crate::engine::sublayers::{
     drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, Act, Dims, Job, Scratch,
 };
 use crate::kernels::cpu as k;
+use crate::kernels::cpu::NormOut;
 use crate::kernels::cpu::{Dropout, Rhs};
 use crate::models::t5::{bucket_grid, head_bias, T5Act, T5Config, T5Ffn};
 use crate::Result;
@@ -165,10 +167,18 @@ const FF_ACT: u64 = 6;
 /// The "layer" of the per-stack dropout sites.
 const STACK: usize = 0xff_ffff;
 
-/// A norm's input, its output and statistics.
+/// A norm's output and statistics.
 struct Normed {
     h: Vec<f32>,
     st: Vec<f32>,
+}
+
+/// A zeroed norm output for `n` rows of `c`.
+fn normed(n: usize, c: usize) -> Normed {
+    Normed {
+        h: vec![0f32; n * c],
+        st: vec![0f32; 2 * n],
+    }
 }
 
 /// An attention sublayer's activations: the norm, the projections (self: `[n, 3a]`;
@@ -393,22 +403,6 @@ impl NativeT5 {
         x
     }
 
-    /// Run the heads of `jobs` (biases per job, or none) into `[n, a]`.
-    fn heads(
-        &self,
-        q: &[f32],
-        kv: &[f32],
-        jobs: &[Job],
-        biases: Option<&[Vec<f32>]>,
-        n: usize,
-    ) -> (Vec<Vec<f32>>, Vec<f32>) {
-        let d = self.dims();
-        let (a, hd) = (d.c, d.hd());
-        let mut y = vec![0f32; n * a];
-        let probs = heads_forward(q, kv, jobs, (hd, 1.0), biases, (a, &mut y), true);
-        (probs, y)
-    }
-
     /// The biases of every (sequence, head) job from a stack's table.
     fn job_biases(&self, stack: usize, grids: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let (nb, nh) = (
@@ -422,54 +416,127 @@ impl NativeT5 {
             .collect()
     }
 
-    /// An MLP sublayer's forward from the stream `x`: `x + drop(wo(drop(act(...))))`.
-    fn ff_forward(
+    /// The engine's block shape for this model.
+    fn shape(&self) -> block::Shape {
+        let cfg = &self.config;
+        crate::engine::seq2seq::t5_shape(
+            cfg.d_model,
+            cfg.num_heads,
+            cfg.d_kv,
+            cfg.d_ff,
+            self.ffn,
+            cfg.layer_norm_epsilon as f32,
+        )
+    }
+
+    /// Where a sublayer writes the norm (at `ln`) of its output: the next sublayer's input.
+    fn norm_out<'a>(&'a self, ln: usize, out: &'a mut Normed) -> NormOut<'a> {
+        let c = self.config.d_model;
+        NormOut {
+            w: &self.flat.params[ln..ln + c],
+            b: None,
+            eps: self.dims().eps,
+            out: &mut out.h,
+            stats: &mut out.st,
+        }
+    }
+
+    /// An attention sublayer on the engine's block: `width` columns of the first product
+    /// (weights at `first`) of the normed stream `ln`, the heads (`heads(q, y)` returns
+    /// their weights), the output matrix at `o`, the residual `x` with dropout, and the
+    /// norm at `next_ln` of the result. Returns the first product, the heads' weights and
+    /// output, the sublayer's output and its norm.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn attn_block(
+        &self,
+        ln: &Normed,
+        (first, width): (usize, usize),
+        o: usize,
+        x: &[f32],
+        heads: impl FnOnce(&[f32], &mut [f32]) -> Vec<Vec<f32>>,
+        drop: Option<Dropout>,
+        next_ln: usize,
+        scratch: &mut Scratch,
+    ) -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>, Vec<f32>, Normed) {
+        let (c, a) = (self.config.d_model, self.config.inner());
+        let n = x.len() / c;
+        let w = &self.flat.params;
+        let (mut q, mut y, mut out) = (vec![0f32; n * width], vec![0f32; n * a], vec![0f32; n * c]);
+        let mut next = normed(n, c);
+        let mut probs = Vec::new();
+        let first = block::First {
+            w: Rhs::Nt(&w[first..first + width * c]),
+            b: None,
+            width,
+        };
+        let sub = block::Sublayer {
+            res: x,
+            out: &mut out,
+            next: self.norm_out(next_ln, &mut next),
+            drop,
+        };
+        let proj = (Rhs::Nt(&w[o..o + c * a]), None);
+        let attend = |q: &mut [f32], y: &mut [f32]| probs = heads(q, y);
+        let shape = self.shape();
+        let bufs = (&mut q[..], &mut y[..]);
+        block::attention(
+            &shape,
+            first,
+            proj,
+            &ln.h,
+            bufs,
+            (n, n),
+            attend,
+            sub,
+            &mut scratch.panels,
+        );
+        (q, probs, y, out, next)
+    }
+
+    /// An MLP sublayer on the engine's block from the normed stream `ln` and the residual
+    /// `x`: its activations, its output and the norm at `next_ln` of that.
+    #[allow(clippy::too_many_arguments)]
+    fn ff_block(
         &self,
         at: &FfAt,
+        ln: Normed,
         x: &[f32],
         drop_act: Option<Dropout>,
         drop_out: Option<Dropout>,
+        next_ln: usize,
         scratch: &mut Scratch,
-    ) -> (FfActs, Vec<f32>) {
-        let (c, ff) = (self.config.d_model, self.config.d_ff);
+    ) -> (FfActs, Vec<f32>, Normed) {
+        let shape = self.shape();
+        let (c, ff, rows) = (self.config.d_model, self.config.d_ff, shape.up);
         let n = x.len() / c;
         let w = &self.flat.params;
-        let norm = self.rms(x, at.ln);
-        let rows = match self.ffn {
-            T5Ffn::Gated(_) => 2 * ff,
-            T5Ffn::Plain(_) => ff,
+        let (mut u, mut g, mut out) = (vec![0f32; n * rows], vec![0f32; n * ff], vec![0f32; n * c]);
+        let mut next = normed(n, c);
+        let mlp = block::MlpWeights {
+            up: Rhs::Nt(&w[at.wi..at.wi + rows * c]),
+            up_b: None,
+            down: Rhs::Nt(&w[at.wo..at.wo + c * ff]),
+            down_b: None,
         };
-        let mut u = vec![0f32; n * rows];
-        matmul_nt(
-            &norm.h,
+        let sub = block::Sublayer {
+            res: x,
+            out: &mut out,
+            next: self.norm_out(next_ln, &mut next),
+            drop: drop_out,
+        };
+        let bufs = (&mut u[..], &mut g[..]);
+        block::mlp(
+            &shape,
+            &mlp,
+            &ln.h,
+            bufs,
+            true,
             n,
-            &w[at.wi..at.wi + rows * c],
-            rows,
-            &mut u,
-            scratch,
+            drop_act,
+            sub,
+            &mut scratch.panels,
         );
-        let mut g = vec![0f32; n * ff];
-        match self.ffn {
-            T5Ffn::Plain(act) => {
-                g.copy_from_slice(&u);
-                g.par_chunks_mut(4096).for_each(|xs| act_of(act).apply(xs));
-            }
-            T5Ffn::Gated(act) => {
-                g.par_chunks_mut(ff)
-                    .zip(u.par_chunks(2 * ff))
-                    .for_each(|(o, r)| {
-                        o.copy_from_slice(&r[..ff]);
-                        act_of(act).apply(o);
-                        o.iter_mut().zip(&r[ff..]).for_each(|(o, l)| *o *= l);
-                    });
-            }
-        }
-        drop_in_place(&mut g, drop_act);
-        let mut out = vec![0f32; n * c];
-        matmul_nt(&g, n, &w[at.wo..at.wo + c * ff], c, &mut out, scratch);
-        drop_in_place(&mut out, drop_out);
-        out.iter_mut().zip(x).for_each(|(o, x)| *o += x);
-        (FfActs { norm, u, g }, out)
+        (FfActs { norm: ln, u, g }, out, next)
     }
 
     #[allow(clippy::type_complexity)]
@@ -513,38 +580,36 @@ impl NativeT5 {
         let enc_bias = self.job_biases(0, &enc_grids);
         let mut x = self.embed(&srcs, drops.at(0, STACK, EMB));
         let mut enc = Vec::with_capacity(self.enc.len());
+        // Each sublayer writes the norm of its output, the next one's input; the last, the
+        // stack's final norm.
+        let mut norm = self.rms(&x, self.enc.first().map_or(self.final_ln[0], |l| l.attn.ln));
+        let hd = d.hd();
         for (l, at) in self.enc.iter().enumerate() {
             let x0 = x;
-            let norm = self.rms(&x0, at.attn.ln);
-            let mut qkv = vec![0f32; ns * 3 * a];
-            matmul_nt(
-                &norm.h,
-                ns,
-                &w[at.attn.qkv..at.attn.qkv + 3 * a * c],
-                3 * a,
-                &mut qkv,
-                scratch,
-            );
             let jobs = head_jobs(d, &src_spans, None, false, |s, h| {
                 drops.head(0, l, false, s, h)
             });
-            let (probs, y) = self.heads(&qkv, &qkv, &jobs, Some(&enc_bias), ns);
-            let mut x1 = vec![0f32; ns * c];
-            matmul_nt(
-                &y,
-                ns,
-                &w[at.attn.o..at.attn.o + c * a],
-                c,
-                &mut x1,
+            let heads = |qkv: &[f32], y: &mut [f32]| {
+                heads_forward(qkv, qkv, &jobs, (hd, 1.0), Some(&enc_bias), (a, y), true)
+            };
+            let (qkv, probs, y, x1, ff_norm) = self.attn_block(
+                &norm,
+                (at.attn.qkv, 3 * a),
+                at.attn.o,
+                &x0,
+                heads,
+                drops.at(0, l, SELF_OUT),
+                at.ff.ln,
                 scratch,
             );
-            drop_in_place(&mut x1, drops.at(0, l, SELF_OUT));
-            x1.iter_mut().zip(&x0).for_each(|(o, x)| *o += x);
-            let (ff, x2) = self.ff_forward(
+            let next_ln = self.enc.get(l + 1).map_or(self.final_ln[0], |n| n.attn.ln);
+            let (ff, x2, next) = self.ff_block(
                 &at.ff,
+                ff_norm,
                 &x1,
                 drops.at(0, l, FF_ACT),
                 drops.at(0, l, FF_OUT),
+                next_ln,
                 scratch,
             );
             enc.push(LayerActs {
@@ -560,9 +625,10 @@ impl NativeT5 {
                 ff,
             });
             x = x2;
+            norm = next;
         }
         let enc_last = x;
-        let enc_final = self.rms(&enc_last, self.final_ln[0]);
+        let enc_final = norm;
         let mut memory = enc_final.h.clone();
         drop_in_place(&mut memory, drops.at(0, STACK, FINAL));
 
@@ -570,38 +636,27 @@ impl NativeT5 {
         let dec_bias = self.job_biases(1, &dec_grids);
         let mut x = self.embed(&dec_refs, drops.at(1, STACK, EMB));
         let mut dec = Vec::with_capacity(self.dec.len());
+        let mut norm = self.rms(&x, self.dec.first().map_or(self.final_ln[1], |l| l.attn.ln));
         for (l, at) in self.dec.iter().enumerate() {
             let x0 = x;
-            let norm = self.rms(&x0, at.attn.ln);
-            let mut qkv = vec![0f32; nt * 3 * a];
-            matmul_nt(
-                &norm.h,
-                nt,
-                &w[at.attn.qkv..at.attn.qkv + 3 * a * c],
-                3 * a,
-                &mut qkv,
-                scratch,
-            );
+            let cr = at.cross.as_ref().expect("decoder layers cross-attend");
             let jobs = head_jobs(d, &tgt_spans, None, true, |s, h| {
                 drops.head(1, l, false, s, h)
             });
-            let (probs, y) = self.heads(&qkv, &qkv, &jobs, Some(&dec_bias), nt);
-            let mut x1 = vec![0f32; nt * c];
-            matmul_nt(
-                &y,
-                nt,
-                &w[at.attn.o..at.attn.o + c * a],
-                c,
-                &mut x1,
+            let heads = |qkv: &[f32], y: &mut [f32]| {
+                heads_forward(qkv, qkv, &jobs, (hd, 1.0), Some(&dec_bias), (a, y), true)
+            };
+            let (qkv, probs, y, x1, cnorm) = self.attn_block(
+                &norm,
+                (at.attn.qkv, 3 * a),
+                at.attn.o,
+                &x0,
+                heads,
+                drops.at(1, l, SELF_OUT),
+                cr.ln,
                 scratch,
             );
-            drop_in_place(&mut x1, drops.at(1, l, SELF_OUT));
-            x1.iter_mut().zip(&x0).for_each(|(o, x)| *o += x);
-
-            let cr = at.cross.as_ref().expect("decoder layers cross-attend");
-            let cnorm = self.rms(&x1, cr.ln);
-            let mut q = vec![0f32; nt * a];
-            matmul_nt(&cnorm.h, nt, &w[cr.q..cr.q + a * c], a, &mut q, scratch);
+            // The memory's keys and values, then the queries' heads over them.
             let mut kv = vec![0f32; ns * 2 * a];
             matmul_nt(
                 &memory,
@@ -614,17 +669,27 @@ impl NativeT5 {
             let jobs = head_jobs(d, &tgt_spans, Some(&src_spans), false, |s, h| {
                 drops.head(1, l, true, s, h)
             });
-            let (cprobs, cy) = self.heads(&q, &kv, &jobs, None, nt);
-            let mut x2 = vec![0f32; nt * c];
-            matmul_nt(&cy, nt, &w[cr.o..cr.o + c * a], c, &mut x2, scratch);
-            drop_in_place(&mut x2, drops.at(1, l, CROSS_OUT));
-            x2.iter_mut().zip(&x1).for_each(|(o, x)| *o += x);
-
-            let (ff, x3) = self.ff_forward(
+            let heads = |q: &[f32], y: &mut [f32]| {
+                heads_forward(q, &kv, &jobs, (hd, 1.0), None, (a, y), true)
+            };
+            let (q, cprobs, cy, x2, ff_norm) = self.attn_block(
+                &cnorm,
+                (cr.q, a),
+                cr.o,
+                &x1,
+                heads,
+                drops.at(1, l, CROSS_OUT),
+                at.ff.ln,
+                scratch,
+            );
+            let next_ln = self.dec.get(l + 1).map_or(self.final_ln[1], |n| n.attn.ln);
+            let (ff, x3, next) = self.ff_block(
                 &at.ff,
+                ff_norm,
                 &x2,
                 drops.at(1, l, FF_ACT),
                 drops.at(1, l, FF_OUT),
+                next_ln,
                 scratch,
             );
             dec.push(LayerActs {
@@ -646,9 +711,10 @@ impl NativeT5 {
                 ff,
             });
             x = x3;
+            norm = next;
         }
         let dec_last = x;
-        let dec_final = self.rms(&dec_last, self.final_ln[1]);
+        let dec_final = norm;
         let mut head_in = dec_final.h.clone();
         drop_in_place(&mut head_in, drops.at(1, STACK, FINAL));
         if cfg.scales_output() {
