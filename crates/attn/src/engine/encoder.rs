@@ -13,15 +13,11 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use super::decoder::{Layer, Linear, Norm};
 use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
 use super::sublayers::{attn_forward, head_jobs, mlp_forward, Act, Dims, Scratch};
 use super::Mlp;
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
-use crate::kernels::cpu::attend::{attend_head, disjoint, put_rows, Span};
-use crate::kernels::cpu::panel::SyncPtr;
 use crate::kernels::cpu::quant::{QMatrix, WeightType};
 use crate::kernels::cpu::Rhs;
 use crate::models::bert::BertConfig;
@@ -353,48 +349,6 @@ pub(crate) fn post_norm_blocks(
         scratch.pool.give(std::mem::replace(x, out));
         each(x);
     }
-}
-
-/// One head's attention in a ragged batch: its queries (row stride `qs`), keys and
-/// values (row stride `ks`), which keys it sees, its `t` queries, and where its output
-/// goes (rows from `row0`, columns from `col0`).
-pub(crate) struct HeadJob<'a> {
-    pub q: &'a [f32],
-    pub qs: usize,
-    pub k: &'a [f32],
-    pub v: &'a [f32],
-    pub ks: usize,
-    pub span: Span,
-    pub t: usize,
-    pub row0: usize,
-    pub col0: usize,
-    /// Added to the scores (`[t, keys]`): T5's relative-position bias.
-    pub bias: Option<&'a [f32]>,
-}
-
-/// Every job's attention, in parallel, each task writing its output rows into `y` (rows
-/// `c` wide) while they are in its cache.
-pub(crate) fn attend_into(jobs: &[HeadJob], hd: usize, scale: f32, c: usize, y: &mut [f32]) {
-    let cells = jobs
-        .iter()
-        .map(|j| (j.col0, j.row0, j.row0 + j.t))
-        .collect();
-    assert!(
-        disjoint(cells, hd)
-            && jobs
-                .iter()
-                .all(|j| j.col0 + hd <= c && (j.row0 + j.t) * c <= y.len()),
-        "attention jobs overlap or overrun their output"
-    );
-    let yp = SyncPtr(y.as_mut_ptr());
-    jobs.par_iter().for_each(|j| {
-        let mut out = vec![0f32; j.t * hd];
-        attend_head(
-            j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, j.bias, &mut out, None, None,
-        );
-        // SAFETY: inside `y` and no cell written by two jobs (both asserted above).
-        unsafe { put_rows(yp, (j.row0, c, j.col0), &out, hd) };
-    });
 }
 
 /// The norm `name` (`.weight` and `.bias`, `[c]` each).

@@ -22,9 +22,9 @@ use std::path::Path;
 
 use super::block;
 use super::decoder::{post_norm_tail, DecoderState, Layer, Linear, Norm};
-use super::encoder::{attend_into, post_norm_blocks, take_linear, take_norm, HeadJob};
+use super::encoder::{post_norm_blocks, take_linear, take_norm};
 use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
-use super::sublayers::{mlp_forward, post_norm_step, Act, Dims, Scratch};
+use super::sublayers::{attend_into, mlp_forward, post_norm_step, Act, Dims, HeadJob, Scratch};
 use super::{Gate, Mlp, Want};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::Span;
@@ -720,10 +720,11 @@ impl Seq2Seq {
                                     row0: first[s],
                                     col0: hh * hd,
                                     bias: Some(&biases[s * nh + hh]),
+                                    drop: None,
                                 }
                             })
                             .collect();
-                        attend_into(&jobs, hd, 1.0, aw, y);
+                        attend_into(&jobs, hd, 1.0, aw, y, false);
                     };
                     let next = self.encoder.get(l + 1).map_or(enc_final, |n| &n.norm1);
                     let w = layer.weights();
@@ -872,9 +873,10 @@ impl Seq2Seq {
                         row0: first[s],
                         col0: hh * hd,
                         bias: biases.get(i).map(|b| b.as_slice()),
+                        drop: None,
                     })
                     .collect();
-                attend_into(&heads, hd, scale, aw, y);
+                attend_into(&heads, hd, scale, aw, y, false);
             };
         // Layer l's cross-attention: each hypothesis's queries over its memory.
         let cross_heads = |l: usize, q: &[f32], y: &mut [f32]| {
@@ -893,10 +895,11 @@ impl Seq2Seq {
                         row0: first[s],
                         col0: hh * hd,
                         bias: None,
+                        drop: None,
                     }
                 })
                 .collect();
-            attend_into(&heads, hd, scale, aw, y);
+            attend_into(&heads, hd, scale, aw, y, false);
         };
         match &self.arch {
             Arch::T5 {

@@ -363,43 +363,7 @@ impl HeadAt {
     }
 }
 
-/// One head's attention weights `[tq, tk]` (zero above the diagonal when causal; with
-/// `keep` only, else empty) and output `[tq, hd]`; with `drop`, the values are summed
-/// with the dropped weights.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn head_forward(
-    q: &[f32],
-    kv: &[f32],
-    at: HeadAt,
-    hd: usize,
-    scale: f32,
-    bias: Option<&[f32]>,
-    drop: Option<Dropout>,
-    keep: bool,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut out = vec![0f32; at.tq * hd];
-    let kept = if keep { at.tq * at.tk } else { 0 };
-    let mut weights = vec![0f32; kept * if drop.is_some() { 2 } else { 1 }];
-    let span = at.span();
-    attend_head(
-        &q[at.q0 * at.qs + at.qo..],
-        at.qs,
-        &kv[at.k0 * at.ks + at.ko..],
-        &kv[at.k0 * at.ks + at.vo..],
-        at.ks,
-        span,
-        at.tq,
-        hd,
-        scale,
-        bias,
-        &mut out,
-        keep.then_some(&mut weights[..]),
-        drop,
-    );
-    (weights, out)
-}
-
-/// Backward of [`head_forward`]: from the gradient of the head's output (rows `dy0..`
+/// Backward of one head's [`attend_into`] job: from the gradient of the head's output (rows `dy0..`
 /// of `dy`, row stride `dys`, columns from `dyo`), the gradients of its queries
 /// `[tq, hd]`, keys and values `[tk, hd]`, and with `score_grads` of its scores after
 /// scaling `[tq, tk]` (an additive bias's; empty otherwise).
@@ -440,10 +404,69 @@ pub(crate) fn head_backward(
     [dq, dk, dv, dbias]
 }
 
-/// Every job's head ([`head_forward`]), on the rayon pool, each task writing its output
-/// rows into `y` (`[n, c]`, the job's head at columns `h·hd..`) while they are in its
-/// cache; with `biases`, job `i` adds `biases[i]` to its scores. Returns each job's
-/// attention weights.
+/// One head's attention in a ragged batch: its queries (row stride `qs`), keys and
+/// values (row stride `ks`), which keys it sees, its `t` queries, and where its output
+/// goes (rows from `row0`, columns from `col0`).
+pub(crate) struct HeadJob<'a> {
+    pub q: &'a [f32],
+    pub qs: usize,
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub ks: usize,
+    pub span: Span,
+    pub t: usize,
+    pub row0: usize,
+    pub col0: usize,
+    /// Added to the scores (`[t, keys]`): T5's relative-position bias.
+    pub bias: Option<&'a [f32]>,
+    /// Dropout on the attention weights (the values are summed with the dropped ones).
+    pub drop: Option<Dropout>,
+}
+
+/// Every job's attention, in parallel, each task writing its output rows into `y` (rows
+/// `c` wide) while they are in its cache. With `keep`, returns each job's attention
+/// weights `[t, keys]` (zero above the diagonal when causal; with dropout, the weights
+/// after it follow), for a backward pass; else empty ones.
+pub(crate) fn attend_into(
+    jobs: &[HeadJob],
+    hd: usize,
+    scale: f32,
+    c: usize,
+    y: &mut [f32],
+    keep: bool,
+) -> Vec<Vec<f32>> {
+    let cells = jobs
+        .iter()
+        .map(|j| (j.col0, j.row0, j.row0 + j.t))
+        .collect();
+    assert!(
+        disjoint(cells, hd)
+            && jobs
+                .iter()
+                .all(|j| j.col0 + hd <= c && (j.row0 + j.t) * c <= y.len()),
+        "attention jobs overlap or overrun their output"
+    );
+    let yp = SyncPtr(y.as_mut_ptr());
+    jobs.par_iter()
+        .map(|j| {
+            let mut out = vec![0f32; j.t * hd];
+            let kept = if keep { j.t * j.span.keys(j.t) } else { 0 };
+            let mut weights = vec![0f32; kept * if j.drop.is_some() { 2 } else { 1 }];
+            let w = keep.then_some(&mut weights[..]);
+            attend_head(
+                j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, j.bias, &mut out, w, j.drop,
+            );
+            // SAFETY: inside `y` and no cell written by two jobs (both asserted above).
+            unsafe { put_rows(yp, (j.row0, c, j.col0), &out, hd) };
+            weights
+        })
+        .collect()
+}
+
+/// Every job's head ([`attend_into`]): job `i`'s queries and keys as its [`HeadAt`] places
+/// them in `q` and `kv`, its output at columns `h·hd..` of `y` (`[n, c]`), adding
+/// `biases[i]` to its scores when given. Returns each job's attention weights (with
+/// `keep`).
 pub(crate) fn heads_forward(
     q: &[f32],
     kv: &[f32],
@@ -453,28 +476,27 @@ pub(crate) fn heads_forward(
     (c, y): (usize, &mut [f32]),
     keep: bool,
 ) -> Vec<Vec<f32>> {
-    let cells = jobs
+    let heads: Vec<HeadJob> = jobs
         .iter()
-        .map(|j| (j.h * hd, j.y0, j.y0 + j.at.tq))
-        .collect();
-    assert!(
-        disjoint(cells, hd)
-            && jobs
-                .iter()
-                .all(|j| (j.h + 1) * hd <= c && (j.y0 + j.at.tq) * c <= y.len()),
-        "attention jobs overlap or overrun their output"
-    );
-    let out = SyncPtr(y.as_mut_ptr());
-    jobs.par_iter()
         .enumerate()
         .map(|(i, j)| {
-            let b = biases.map(|b| b[i].as_slice());
-            let (p, o) = head_forward(q, kv, j.at, hd, scale, b, j.drop, keep);
-            // SAFETY: inside `y` and no cell written by two jobs (both asserted above).
-            unsafe { put_rows(out, (j.y0, c, j.h * hd), &o, hd) };
-            p
+            let at = j.at;
+            HeadJob {
+                q: &q[at.q0 * at.qs + at.qo..],
+                qs: at.qs,
+                k: &kv[at.k0 * at.ks + at.ko..],
+                v: &kv[at.k0 * at.ks + at.vo..],
+                ks: at.ks,
+                span: at.span(),
+                t: at.tq,
+                row0: j.y0,
+                col0: j.h * hd,
+                bias: biases.map(|b| b[i].as_slice()),
+                drop: j.drop,
+            }
         })
-        .collect()
+        .collect();
+    attend_into(&heads, hd, scale, c, y, keep)
 }
 
 /// Every job's head backward ([`head_backward`]) from the output gradient `dy` (laid

@@ -36,7 +36,7 @@ pub(crate) enum Span {
 
 impl Span {
     /// Keys in all.
-    fn keys(self, t: usize) -> usize {
+    pub(crate) fn keys(self, t: usize) -> usize {
         match self {
             Span::Causal { past } | Span::Window { past, .. } => past + t,
             Span::All { keys } => keys,
