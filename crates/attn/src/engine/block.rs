@@ -1,9 +1,11 @@
-//! The decoder's pre-norm block, written once for training and inference: the fused
+//! The pre-norm block, written once for training and inference, of every pre-norm family
+//! (GPT-2, Llama, Qwen2, Mistral, T5): the attention sublayer — the fused
 //! query/key/value product, the attention its caller runs (a whole batch of equal
 //! sequences when training; ragged sequences against their key/value caches when
-//! decoding), the output projection with the residual sum and the second norm, the MLP
-//! (GELU, SwiGLU, ReLU, SiLU) and its residual sum with the next norm — the next
-//! block's first, or the final one.
+//! decoding; T5's with its position bias), the output projection with the residual sum
+//! and the next norm — and the MLP sublayer (GELU, ReLU, SiLU, SwiGLU and other gated
+//! MLPs) with its residual sum and the next norm: the next sublayer's, or the final one.
+//! A cross-attention is the attention sublayer with a queries-only first product.
 //!
 //! The weights may be the trainer's flat `[in, out]` matrices or inference's (f32
 //! panels, f16, 8- or 4-bit blocks): [`Rhs`] carries either to the same products, whose
@@ -45,8 +47,8 @@ impl<'a> NormW<'a> {
 pub(crate) struct Shape {
     pub c: usize,
     pub heads: Heads,
-    /// The MLP's hidden width, and the columns of its first product (`2·inner` for
-    /// SwiGLU: gate, then up).
+    /// The MLP's hidden width, and the columns of its first product (`2·inner` for the
+    /// gated MLPs: gate, then up).
     pub inner: usize,
     pub up: usize,
     pub mlp: Mlp,
@@ -83,13 +85,13 @@ pub(crate) struct Io<'a> {
     /// `mid` normed, `[kept, c]`, and its statistics `[kept, 2]`.
     pub ln2: &'a mut [f32],
     pub ln2_stats: &'a mut [f32],
-    /// The MLP's first product `[kept, up]`: SwiGLU's gate and up pre-activations, the
-    /// GELU's derivative (when training), or the activations themselves (otherwise).
+    /// The MLP's first product `[kept, up]`: a gated MLP's gate and up pre-activations;
+    /// when training, an ungated MLP's pre-activations (the tanh GELU with a bias: its
+    /// derivative); otherwise the activations themselves.
     pub pre: &'a mut [f32],
-    /// The activations `[kept, inner]` (SwiGLU; the GELU when training).
+    /// The activations `[kept, inner]` (gated MLPs, and every MLP when training).
     pub act: &'a mut [f32],
-    /// Whether a backward pass follows: the tanh GELU then also keeps its derivative
-    /// (computed with the activation, from the same tanh).
+    /// Whether a backward pass follows (see `pre`).
     pub train: bool,
     /// The residual stream leaving the block, `[kept, c]`.
     pub out: &'a mut [f32],
