@@ -1,7 +1,7 @@
 //! The decoder stack for inference on the CPU: embeddings (plus learned positions),
 //! pre-norm blocks of causal self-attention (rotary positions and grouped key/value
 //! heads where the spec says so) and an MLP (GELU or SwiGLU), a final norm and the head.
-//! The blocks are [`super::block`]'s, which the trainer runs too; what is this file's
+//! The blocks are `engine::block`'s, which the trainer runs too; what is this file's
 //! own is the attention against the caches. Weights are stored for the product (f32
 //! panels, f16, or 8- and 4-bit blocks); each sequence keeps its keys and values in a
 //! cache that grows in place, and one forward pass serves a ragged batch (a prompt, one

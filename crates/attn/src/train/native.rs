@@ -7,7 +7,7 @@
 //! moments are three flat `f32` buffers, every activation the backward pass needs has a
 //! buffer allocated once for the batch shape, and the backward pass is written out by
 //! hand (as llm.c does), once for the decoder stack (whose forward is the engine's block,
-//! [`crate::engine::block`], with every layer's buffers kept), over the slice kernels of
+//! `engine::block`, with every layer's buffers kept), over the slice kernels of
 //! [`crate::kernels::cpu`]: LayerNorm or RMSNorm, learned or rotary positions, multi-head or
 //! grouped-query attention, GELU or SwiGLU, biases or none, tied or untied head. Tests
 //! compare the loss and every gradient with transformers' (fixtures) and with finite

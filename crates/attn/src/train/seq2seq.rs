@@ -4,7 +4,7 @@
 //! label-smoothed cross-entropy over every target token, the backward pass, and AdamW,
 //! with parameters, gradients and moments in flat buffers under Hugging Face's names.
 //!
-//! The sublayers are [`super::blocks`]' (the same as BERT's); the shared embedding is
+//! The sublayers are `engine::sublayers`' (the same as BERT's); the shared embedding is
 //! the token table of both stacks (scaled by √d, its padding row getting no gradient
 //! from the lookup, as `padding_idx` makes transformers do) and the output head, with
 //! `final_logits_bias` added (trained here; transformers keeps it as a buffer).

@@ -3,8 +3,9 @@
 //! every target token (label smoothing optional), the backward pass and AdamW, with
 //! parameters, gradients and moments in flat buffers under Hugging Face's names.
 //!
-//! What T5 adds to the pieces of [`super::blocks`]: pre-norm sublayers
-//! (`x + drop(f(rms(x)))`) with a scale-only RMS norm, matrices without biases, and
+//! The forward runs the engine's pre-norm block sublayers (`engine::block`, as T5's
+//! inference does) and the attention heads of `engine::sublayers`; what T5 adds:
+//! pre-norm sublayers (`x + drop(f(rms(x)))`) with a scale-only RMS norm, matrices without biases, and
 //! attention scores left unscaled plus a learned bias per head and relative-position
 //! bucket (`relative_attention_bias`, one table per stack, read by every layer; its
 //! gradient is the sum of the score gradients of the pairs in each bucket). Dropout
@@ -14,8 +15,8 @@
 //!
 //! Why one file of this length: the stack's forward and its backward are read side by
 //! side (the backward undoes the forward's steps in reverse over the activations one
-//! struct saves), and T5's pieces that differ from [`super::blocks`]' (pre-norm RMS
-//! sublayers, the position bias and its gradient, the gated MLP) are used nowhere else.
+//! struct saves), and T5's backward pieces (pre-norm RMS sublayers, the position bias and
+//! its gradient, the gated MLP) are used nowhere else.
 
 use std::path::Path;
 
