@@ -3,6 +3,10 @@
 //! which norm, which positions, which MLP, how many key/value heads) plus the names its
 //! Hugging Face checkpoints give the tensors ([`families`]).
 //!
+//! - `block` and `sublayers` (crate-internal): the layers, each written once and run by
+//!   inference and training alike — the pre-norm block (GPT-2, Llama, Qwen2, Mistral,
+//!   T5) and the post-norm sublayers (BERT and its relatives, Marian), over one runner
+//!   of attention heads.
 //! - [`decoder`]: the stack for inference — weights in their product layout (f32, f16,
 //!   8- or 4-bit blocks), a key/value cache per sequence (grouped-query aware), one
 //!   forward pass over a ragged batch, batched generation, attention maps.
