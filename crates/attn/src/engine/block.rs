@@ -62,10 +62,7 @@ pub(crate) struct Weights<'a> {
     pub proj: Rhs<'a>,
     pub proj_b: Option<&'a [f32]>,
     pub norm2: NormW<'a>,
-    pub up: Rhs<'a>,
-    pub up_b: Option<&'a [f32]>,
-    pub down: Rhs<'a>,
-    pub down_b: Option<&'a [f32]>,
+    pub mlp: MlpWeights<'a>,
 }
 
 /// The buffers of one block: its input and output, and everything in between (which
@@ -149,19 +146,13 @@ pub(crate) fn forward(
         drop: drops.attn,
     };
     attention(s, first, proj, ln1, (qkv, atty), rows, attend, sub, panels);
-    let mlp_w = MlpWeights {
-        up: w.up,
-        up_b: w.up_b,
-        down: w.down,
-        down_b: w.down_b,
-    };
     let sub = Sublayer {
         res: mid,
         out,
         next,
         drop: drops.mlp,
     };
-    mlp(s, &mlp_w, ln2, (pre, act), train, kept, None, sub, panels);
+    mlp(s, &w.mlp, ln2, (pre, act), train, kept, None, sub, panels);
 }
 
 /// An attention sublayer's first product: `[width, in]` (queries, keys and values side

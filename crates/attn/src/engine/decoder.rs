@@ -27,6 +27,13 @@ pub(crate) struct Norm {
 }
 
 impl Norm {
+    pub(crate) fn weights(&self) -> NormW<'_> {
+        NormW {
+            w: &self.w,
+            b: self.b.as_deref(),
+        }
+    }
+
     /// Normalise each `w.len()`-long row of `x` into `out`.
     pub(crate) fn apply(&self, x: &[f32], out: &mut [f32], eps: f32) {
         let c = self.w.len();
@@ -43,15 +50,6 @@ impl Norm {
                 }
             }
         });
-    }
-}
-
-impl Norm {
-    pub(crate) fn weights(&self) -> NormW<'_> {
-        NormW {
-            w: &self.w,
-            b: self.b.as_deref(),
-        }
     }
 }
 
@@ -120,15 +118,20 @@ impl Layer {
             proj: Rhs::Q(&self.proj.w),
             proj_b: self.proj.b.as_deref(),
             norm2: self.norm2.weights(),
+            mlp: self.mlp_weights(),
+        }
+    }
+
+    /// The MLP's products and biases, as a block's MLP sublayer reads them.
+    pub(crate) fn mlp_weights(&self) -> block::MlpWeights<'_> {
+        block::MlpWeights {
             up: Rhs::Q(&self.up.w),
             up_b: self.up.b.as_deref(),
             down: Rhs::Q(&self.down.w),
             down_b: self.down.b.as_deref(),
         }
     }
-}
 
-impl Layer {
     /// A post-norm block's attention tail: the projection, then `norm1` after the
     /// residual sum.
     pub(crate) fn attn_tail(&self) -> TailW<'_> {

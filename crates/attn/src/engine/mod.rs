@@ -126,6 +126,17 @@ pub enum Mlp {
     Gated(Gate),
 }
 
+impl Mlp {
+    /// Rows of the first matrix of an MLP `inner` wide: gate and up rows side by side
+    /// for the gated MLPs.
+    pub fn up_rows(self, inner: usize) -> usize {
+        match self {
+            Mlp::SwiGlu | Mlp::Gated(_) => 2 * inner,
+            _ => inner,
+        }
+    }
+}
+
 /// The activation of a [`Mlp::Gated`] gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -241,9 +252,6 @@ impl DecoderSpec {
 
     /// Rows of the MLP's first matrix: gate and up side by side for SwiGLU.
     pub fn up_rows(&self) -> usize {
-        match self.mlp {
-            Mlp::SwiGlu | Mlp::Gated(_) => 2 * self.inner,
-            _ => self.inner,
-        }
+        self.mlp.up_rows(self.inner)
     }
 }

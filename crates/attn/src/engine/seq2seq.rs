@@ -310,7 +310,6 @@ pub(crate) fn t5_shape(
         T5Ffn::Gated(T5Act::GeluErf) => Mlp::Gated(Gate::GeluErf),
         T5Ffn::Gated(T5Act::GeluTanh) => Mlp::Gated(Gate::GeluTanh),
     };
-    let gated = matches!(ffn, T5Ffn::Gated(_));
     block::Shape {
         c,
         heads: Heads {
@@ -319,7 +318,7 @@ pub(crate) fn t5_shape(
             dim: hd,
         },
         inner,
-        up: if gated { 2 * inner } else { inner },
+        up: mlp.up_rows(inner),
         mlp,
         eps,
     }
@@ -976,12 +975,7 @@ impl Seq2Seq {
                         next: next.weights().into(eps, &mut bf.h, &mut bf.st),
                         drop: None,
                     };
-                    let mlp = block::MlpWeights {
-                        up: Rhs::Q(&b.up.w),
-                        up_b: b.up.b.as_deref(),
-                        down: Rhs::Q(&b.down.w),
-                        down_b: b.down.b.as_deref(),
-                    };
+                    let mlp = b.mlp_weights();
                     let bufs2 = (&mut bf.pre[..], &mut bf.act[..]);
                     block::mlp(
                         &shape,

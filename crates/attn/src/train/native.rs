@@ -367,10 +367,12 @@ impl Layout {
             proj: Rhs::Nn(p(at.proj_w, qw * c)),
             proj_b: at.proj_b.map(|o| p(o, c)),
             norm2: self.norm_at(w, at.ln2),
-            up: Rhs::Nn(p(at.fc_w, c * up)),
-            up_b: at.fc_b.map(|o| p(o, up)),
-            down: Rhs::Nn(p(at.fcp_w, f * c)),
-            down_b: at.fcp_b.map(|o| p(o, c)),
+            mlp: block::MlpWeights {
+                up: Rhs::Nn(p(at.fc_w, c * up)),
+                up_b: at.fc_b.map(|o| p(o, up)),
+                down: Rhs::Nn(p(at.fcp_w, f * c)),
+                down_b: at.fcp_b.map(|o| p(o, c)),
+            },
         }
     }
     /// The output head's weights `[vocab, c]`.
