@@ -319,10 +319,7 @@ pub(crate) fn post_norm_blocks(
     let n: usize = lens.iter().sum();
     let d = Dims { c, nh, eps };
     let act = Act::of_mlp(mlp);
-    let spans: Vec<(usize, usize)> = super::row_starts(lens.iter().copied())
-        .into_iter()
-        .zip(lens.iter().copied())
-        .collect();
+    let spans = super::spans(lens);
     // One job per (sequence, head): its queries against its own keys.
     let jobs = head_jobs(d, &spans, None, false, |_, _| None);
     let mut scratch = Scratch::default();

@@ -51,6 +51,14 @@ pub(crate) fn check_positions(needed: usize, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// Each sequence's first row and length in a ragged batch of sequences `lens` long.
+pub(crate) fn spans(lens: &[usize]) -> Vec<(usize, usize)> {
+    row_starts(lens.iter().copied())
+        .into_iter()
+        .zip(lens.iter().copied())
+        .collect()
+}
+
 /// The first row of each sequence of a ragged batch (sequences stacked row after row),
 /// from their lengths.
 pub(crate) fn row_starts(lens: impl IntoIterator<Item = usize>) -> Vec<usize> {

@@ -24,7 +24,9 @@ use super::block;
 use super::decoder::{post_norm_tail, DecoderState, Layer, Linear, Norm};
 use super::encoder::{post_norm_blocks, take_linear, take_norm};
 use super::io::{plain_tensors, read_weight_files, take, unexpected, Plain};
-use super::sublayers::{attend_into, mlp_forward, post_norm_step, Act, Dims, HeadJob, Scratch};
+use super::sublayers::{
+    attend_into, head_jobs, heads_forward, mlp_forward, post_norm_step, Act, Dims, HeadJob, Scratch,
+};
 use super::{Gate, Mlp, Want};
 use crate::checkpoint::{read_json, CONFIG, WEIGHTS};
 use crate::kernels::cpu::attend::Span;
@@ -684,7 +686,6 @@ impl Seq2Seq {
             } => {
                 let (c, nh, hd) = (self.d_model(), self.spec.encoder_heads, self.spec.head_dim);
                 let n = x.len() / c;
-                let first = super::row_starts(lens.iter().copied());
                 let aw = nh * hd;
                 // One bias per (sequence, head), shared by every layer.
                 let biases: Vec<Vec<f32>> = (0..lens.len())
@@ -695,35 +696,22 @@ impl Seq2Seq {
                             .collect::<Vec<_>>()
                     })
                     .collect();
+                // Each (sequence, head) over its own keys, in the order of `biases`.
+                let spans = super::spans(&lens);
+                let dims = Dims {
+                    c: aw,
+                    nh,
+                    eps: *eps,
+                };
+                let jobs = head_jobs(dims, &spans, None, false, |_, _| None);
                 let shape = t5_shape(c, nh, hd, self.spec.encoder_inner, *ffn, *eps);
                 let mut bufs = block::Buffers::new(&shape, n);
                 let first_norm = self.encoder.first().map_or(enc_final, |l| &l.norm1);
                 bufs.first_norm(&x, first_norm.weights(), *eps, n);
                 for (l, layer) in self.encoder.iter().enumerate() {
-                    // Each (sequence, head) over its own keys, with its position bias and
-                    // unscaled scores.
+                    // Unscaled scores plus the position bias.
                     let attend = |qkv: &mut [f32], y: &mut [f32]| {
-                        let qkv = &*qkv;
-                        let jobs: Vec<HeadJob> = (0..lens.len())
-                            .flat_map(|s| (0..nh).map(move |hh| (s, hh)))
-                            .map(|(s, hh)| {
-                                let base = &qkv[first[s] * 3 * aw + hh * hd..];
-                                HeadJob {
-                                    q: base,
-                                    qs: 3 * aw,
-                                    k: &base[aw..],
-                                    v: &base[2 * aw..],
-                                    ks: 3 * aw,
-                                    span: Span::All { keys: lens[s] },
-                                    t: lens[s],
-                                    row0: first[s],
-                                    col0: hh * hd,
-                                    bias: Some(&biases[s * nh + hh]),
-                                    drop: None,
-                                }
-                            })
-                            .collect();
-                        attend_into(&jobs, hd, 1.0, aw, y, false);
+                        heads_forward(qkv, qkv, &jobs, (hd, 1.0), Some(&biases), (aw, y), false);
                     };
                     let next = self.encoder.get(l + 1).map_or(enc_final, |n| &n.norm1);
                     let w = layer.weights();
