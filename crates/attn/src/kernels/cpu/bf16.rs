@@ -78,10 +78,12 @@ pub(crate) fn matmul_then(
                 for b0 in (0..n).step_by(MB) {
                     let m = MB.min(n - b0);
                     let acc = &mut acc[..m];
-                    let xs: Vec<&[u32]> = (b0..b0 + m)
-                        .map(|i| &xb[i * half + k0..i * half + k1])
-                        .collect();
-                    rows_kernel(&xs, &panel[k0 * NR..k1 * NR], acc);
+                    // The block's input rows (the last repeated past `m`, unused).
+                    let xs: [&[u32]; MB] = std::array::from_fn(|r| {
+                        let i = b0 + r.min(m - 1);
+                        &xb[i * half + k0..i * half + k1]
+                    });
+                    rows_kernel(&xs[..m], &panel[k0 * NR..k1 * NR], acc);
                     for (i, a) in acc.iter().enumerate() {
                         // SAFETY: columns p·NR.. of every row belong to this task (its
                         // panels), and row (b0 + i) < n lies inside `out` (asserted).
