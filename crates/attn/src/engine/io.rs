@@ -590,13 +590,15 @@ impl Decoder {
                     out.push((name.to_string(), Dtype::F32, shape, f32_bytes(&v)));
                     return;
                 }
-                Data::F16(v) => {
-                    let v = if in_out {
-                        transpose(v, rows, cols)
-                    } else {
-                        v.to_vec()
-                    };
-                    let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Data::F16(_) => {
+                    // Row-major again (the values are f16's, so the round trip through
+                    // f32 is exact).
+                    let v = m.to_f32();
+                    let v = if in_out { transpose(&v, rows, cols) } else { v };
+                    let b = v
+                        .iter()
+                        .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+                        .collect();
                     out.push((name.to_string(), Dtype::F16, shape, b));
                     return;
                 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`panel`] | f32 matrix products over weights packed in column panels (the GEMM engine: decode, prefill, training products) |
 //! | [`quant`] | f16, 8-bit and 4-bit weight matrices and their products |
+//! | [`half`] | f16 weights in the panels' layout: packing, expansion, the batch-1 product |
 //! | [`gemm`] | the training products with their fused epilogues (bias, residual + dropout + next norm, GELU and its derivative), and `xᵀ·dy` |
 //! | [`norm`] | LayerNorm and RMSNorm, forward and backward |
 //! | [`attention`] | causal attention over whole sequences with grouped key/value heads, forward and backward |
@@ -23,6 +24,7 @@ pub mod attention;
 pub(crate) mod bf16;
 pub mod dropout;
 pub mod gemm;
+pub(crate) mod half;
 pub mod huge;
 pub mod loss;
 pub mod norm;

@@ -162,7 +162,8 @@ pub(crate) unsafe fn transpose_block(
 /// must hold 8 floats per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+#[inline]
+pub(crate) unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     use std::arch::x86_64::*;
     let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
     let mut t = [_mm256_setzero_ps(); 8];

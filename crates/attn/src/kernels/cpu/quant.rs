@@ -1,8 +1,8 @@
 //! Weight matrices for inference in four storage types, and the matrix products over them.
 //!
-//! A [`QMatrix`] is `[rows, cols]` row-major with one output per row (`y = W x`), so a
-//! product reads each row once, front to back. Storage types:
-//! - `F32`, `F16` (IEEE half, converted in registers with F16C);
+//! A [`QMatrix`] is `[rows, cols]` with one output per row (`y = W x`). Storage types:
+//! - `F32` and `F16` (IEEE half, converted in registers with F16C) in column panels of 32
+//!   rows ([`super::panel`], [`super::half`]), which a product streams front to back;
 //! - `Q8`: blocks of 32 weights along a row, each an `i8` in −127..=127 times one f16
 //!   scale per block (`max|w| / 127`): 34 bytes per 32 weights;
 //! - `Q4`: blocks of 32, each a 4-bit code 0..=15 standing for `(code − 8) · d` with the
@@ -10,13 +10,14 @@
 //!   two codes per byte (element `i` in the low nibble of byte `i`, element `i + 16` in the
 //!   high nibble): 18 bytes per 32 weights.
 //!
+//! The quantized types are row-major, so a product reads each row once, front to back.
 //! Codes and scales are kept in two separate arrays, so that eight scales convert with
 //! one instruction. For the quantized types the input vector is itself quantized to 8
 //! bits per block of 32 (scale `max|x| / 127`) and each block's dot product is done in
 //! integers (AVX2 `maddubs`/`madd`), then scaled.
 //!
 //! Why one file of this length: the storage formats, their quantizers and their dot
-//! products (scalar, AVX2 and AVX-512 VNNI for each of f16, 8-bit and 4-bit) must agree
+//! products (scalar, AVX2 and AVX-512 VNNI for each of 8-bit and 4-bit) must agree
 //! on one block layout; keeping them together is what keeps them agreeing.
 
 use half::f16;
@@ -93,7 +94,7 @@ impl WeightType {
 pub enum Data {
     /// Panels of 32 rows, `[cols][32]` each (see [`super::panel`]).
     F32(HugeVec<f32>),
-    /// IEEE half bits.
+    /// IEEE half bits in the same panels (see [`super::half`]).
     F16(HugeVec<u16>),
     /// Codes `[rows · cols]` and f16 scale bits `[rows · cols / 32]`.
     Q8 { qs: HugeVec<i8>, d: Vec<u16> },
@@ -117,6 +118,14 @@ fn packed(values: &[f32], rows: usize, cols: usize) -> HugeVec<f32> {
     out
 }
 
+/// Row-major `v` `[rows, cols]` as f32 or f16 panels (`ty` one of the two).
+fn float_data(v: &[f32], rows: usize, cols: usize, ty: WeightType) -> Data {
+    match ty {
+        WeightType::F16 => Data::F16(super::half::pack(v, rows, cols)),
+        _ => Data::F32(packed(v, rows, cols)),
+    }
+}
+
 impl QMatrix {
     /// Store row-major f32 values `[rows, cols]` as `ty`. The quantized types need `cols`
     /// to be a multiple of 32.
@@ -138,13 +147,7 @@ impl QMatrix {
         }
         let data = match ty {
             WeightType::F32 => Data::F32(packed(values, rows, cols)),
-            WeightType::F16 => {
-                let mut h = HugeVec::<u16>::zeroed(values.len());
-                h.par_iter_mut()
-                    .zip(values.par_iter())
-                    .for_each(|(h, &v)| *h = f16::from_f32(v).to_bits());
-                Data::F16(h)
-            }
+            WeightType::F16 => Data::F16(super::half::pack(values, rows, cols)),
             WeightType::Q8 => {
                 let mut qs = HugeVec::<i8>::zeroed(values.len());
                 let mut d = vec![0u16; values.len() / QK];
@@ -193,8 +196,20 @@ impl QMatrix {
     pub(crate) fn fill_panel(&self, p: usize, panel: &mut [f32]) {
         const T: usize = 32;
         let (rows, cols) = (self.rows, self.cols);
+        if let Data::F16(h) = &self.data {
+            // Already in panel order: one conversion pass.
+            return super::half::expand(&h[p * cols * T..(p + 1) * cols * T], panel);
+        }
         let r0 = p * T;
         let valid = T.min(rows - r0);
+        assert!(panel.len() >= cols * T);
+        #[cfg(target_arch = "x86_64")]
+        if super::isa() == super::Isa::Avx2 && avx2() && self.weight_type().is_quantized() {
+            // SAFETY: AVX2, FMA and F16C were detected; the matrix is quantized, with
+            // rows r0..r0 + valid and cols a multiple of 32; the panel's length was
+            // asserted.
+            return unsafe { avx::fill_quantized(&self.data, cols, r0, valid, panel.as_mut_ptr()) };
+        }
         let mut tile = [[0f32; T]; T];
         let isa = super::isa();
         let side = super::panel::transpose_side(isa);
@@ -239,7 +254,8 @@ impl QMatrix {
     }
 
     /// The codes [`Self::fill_panel`] reads for panel `p` (rows `32p..32p+32`, which
-    /// are contiguous; the scales, 1/16 of the bytes for 8 bits, are left out).
+    /// are contiguous; the scales, 1/16 of the bytes for 8 bits, are left out; for f16,
+    /// the panel).
     pub(crate) fn panel_source(&self, p: usize) -> &[u8] {
         let c = self.cols;
         let r0 = (p * QK).min(self.rows);
@@ -247,7 +263,10 @@ impl QMatrix {
         use super::panel::bytes_of;
         match &self.data {
             Data::F32(_) => &[],
-            Data::F16(v) => bytes_of(&v[r0 * c..r1 * c]),
+            Data::F16(v) => {
+                let end = ((p + 1) * c * QK).min(v.len());
+                bytes_of(&v[(p * c * QK).min(end)..end])
+            }
             Data::Q8 { qs, .. } => bytes_of(&qs[r0 * c..r1 * c]),
             Data::Q4 { qs, .. } => &qs[r0 * c / 2..r1 * c / 2],
         }
@@ -264,11 +283,7 @@ impl QMatrix {
             // indices are those of the portable code below, which checks them).
             unsafe {
                 match &self.data {
-                    Data::F32(_) => {}
-                    Data::F16(v) => {
-                        let src = &v[r * c + c0..r * c + c0 + QK];
-                        return avx::expand_f16(src.as_ptr(), out.as_mut_ptr());
-                    }
+                    Data::F32(_) | Data::F16(_) => {}
                     Data::Q8 { qs, d } => {
                         let b = (r * c + c0) / QK;
                         let src = &qs[b * QK..(b + 1) * QK];
@@ -290,11 +305,7 @@ impl QMatrix {
         let c = self.cols;
         match &self.data {
             Data::F32(v) => super::panel::unpack_range(v, c, r, c0, out),
-            Data::F16(v) => {
-                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                let src: &[f16] = v[r * c + c0..r * c + c0 + out.len()].reinterpret_cast();
-                src.convert_to_f32_slice(out);
-            }
+            Data::F16(v) => super::half::unpack_range(v, c, r, c0, out),
             Data::Q8 { qs, d } => {
                 let s = f16::from_bits(d[(r * c + c0) / QK]).to_f32();
                 for (o, &q) in out.iter_mut().zip(&qs[r * c + c0..r * c + c0 + QK]) {
@@ -318,14 +329,15 @@ impl QMatrix {
     pub fn row_range(&self, r0: usize, r1: usize) -> QMatrix {
         let (rows, cols) = (r1 - r0, self.cols);
         let data = match &self.data {
-            Data::F32(_) => {
+            Data::F32(_) | Data::F16(_) => {
+                // Panels start at multiples of 32 rows: packed again (f16 values convert
+                // to f32 and back exactly).
                 let mut v = vec![0f32; rows * cols];
                 for (i, o) in v.chunks_mut(cols.max(1)).enumerate() {
                     self.row_to_f32(r0 + i, o);
                 }
-                Data::F32(packed(&v, rows, cols))
+                float_data(&v, rows, cols, self.weight_type())
             }
-            Data::F16(v) => Data::F16(HugeVec::from_slice(&v[r0 * cols..r1 * cols])),
             Data::Q8 { qs, d } => Data::Q8 {
                 qs: HugeVec::from_slice(&qs[r0 * cols..r1 * cols]),
                 d: d[r0 * cols / QK..r1 * cols / QK].to_vec(),
@@ -364,19 +376,9 @@ impl QMatrix {
         }
         let rows = parts.iter().map(|p| p.rows).sum();
         let data = match ty {
-            WeightType::F32 => {
+            WeightType::F32 | WeightType::F16 => {
                 let v: Vec<f32> = parts.iter().flat_map(|p| p.to_f32()).collect();
-                Data::F32(packed(&v, rows, cols))
-            }
-            WeightType::F16 => {
-                let halves: Vec<&[u16]> = parts
-                    .iter()
-                    .map(|p| match &p.data {
-                        Data::F16(v) => &v[..],
-                        _ => unreachable!("checked: all f16"),
-                    })
-                    .collect();
-                Data::F16(HugeVec::concat(&halves))
+                float_data(&v, rows, cols, ty)
             }
             WeightType::Q8 | WeightType::Q4 => {
                 let (mut codes8, mut codes4, mut scales) = (Vec::new(), Vec::new(), Vec::new());
@@ -594,23 +596,22 @@ macro_rules! rows_of {
         /// # Safety
         /// The CPU must have the module's features (those of its dot products).
         $(#[$attr])*
-        $vis unsafe fn rows(x: super::Input<'_>, w: &super::Data, cols: usize, r0: usize, out: &mut [f32]) {
+        $vis unsafe fn rows(q: &super::QVec, w: &super::Data, cols: usize, r0: usize, out: &mut [f32]) {
             let nb = cols / QK;
             for (k, o) in out.iter_mut().enumerate() {
                 let r = r0 + k;
-                *o = match (w, x) {
-                    (super::Data::F16(v), super::Input::F32(x)) => dot_f16(x, &v[r * cols..(r + 1) * cols]),
-                    (super::Data::Q8 { qs, d }, super::Input::Q(q)) => {
+                *o = match w {
+                    super::Data::Q8 { qs, d } => {
                         dot_q8(&q.qs, &q.d, &qs[r * cols..(r + 1) * cols], &d[r * nb..(r + 1) * nb])
                     }
-                    (super::Data::Q4 { qs, d }, super::Input::Q(q)) => dot_q4(
+                    super::Data::Q4 { qs, d } => dot_q4(
                         &q.qs,
                         &q.d,
                         &q.s,
                         &qs[r * cols / 2..(r + 1) * cols / 2],
                         &d[r * nb..(r + 1) * nb],
                     ),
-                    _ => unreachable!("an input of the weights' kind"),
+                    _ => unreachable!("f32 and f16 products go through the panels"),
                 };
             }
         }
@@ -621,13 +622,6 @@ mod scalar {
     use super::{f16, QK};
 
     rows_of!(pub);
-
-    pub fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
-        x.iter()
-            .zip(w)
-            .map(|(&a, &b)| a * f16::from_bits(b).to_f32())
-            .sum()
-    }
 
     pub fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]) -> f32 {
         let mut sum = 0f32;
@@ -675,40 +669,6 @@ mod avx {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
-    }
-
-    /// # Safety
-    /// The CPU must have the features in `target_feature`. The slices may differ in length (the
-    /// shorter one bounds the sum).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
-        let n = x.len().min(w.len());
-        let (px, pw) = (x.as_ptr(), w.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 8 * u;
-                let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(o) as *const __m128i));
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(o)), wv, *a);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i) as *const __m128i));
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), wv, acc[0]);
-            i += 8;
-        }
-        let mut total = hsum(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            total += *px.add(i) * half::f16::from_bits(*pw.add(i)).to_f32();
-            i += 1;
-        }
-        total
     }
 
     /// Σ over 32 lanes of x·w for signed bytes (|x| ≤ 127), as 8 f32 partial sums.
@@ -777,28 +737,15 @@ mod avx {
         hsum(_mm256_add_ps(acc0, acc1))
     }
 
-    /// One Q4 block's 32 unsigned codes (0..16) in element order.
-    ///
-    /// One block of 32 f16 values at `src` as f32 at `dst`.
-    ///
-    /// # Safety
-    /// The CPU must have the features in `target_feature`; `src` must hold 32 values and
-    /// `dst` room for 32.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn expand_f16(src: *const u16, dst: *mut f32) {
-        for i in (0..QK).step_by(8) {
-            let h = _mm_loadu_si128(src.add(i) as *const __m128i);
-            _mm256_storeu_ps(dst.add(i), _mm256_cvtph_ps(h));
-        }
-    }
-
     /// One 8-bit block (32 codes at `src`, scale `d`) as f32 at `dst`.
     ///
     /// # Safety
-    /// As [`expand_f16`]: `src` must hold 32 codes and `dst` room for 32.
+    /// The CPU must have the features in `target_feature`; `src` must hold 32 codes and
+    /// `dst` room for 32.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub unsafe fn expand_q8(src: *const i8, d: u16, dst: *mut f32) {
-        let s = _mm256_set1_ps(half::f16::from_bits(d).to_f32());
+        let s = _mm256_set1_ps(scale(d));
         for i in (0..QK).step_by(8) {
             let q = _mm_loadl_epi64(src.add(i) as *const __m128i);
             let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
@@ -810,10 +757,12 @@ mod avx {
     /// the last 16; scale `d`) as f32 at `dst`.
     ///
     /// # Safety
-    /// As [`expand_f16`]: `src` must hold 16 bytes and `dst` room for 32.
+    /// The CPU must have the features in `target_feature`; `src` must hold 16 bytes and
+    /// `dst` room for 32.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub unsafe fn expand_q4(src: *const u8, d: u16, dst: *mut f32) {
-        let s = _mm256_set1_ps(half::f16::from_bits(d).to_f32());
+        let s = _mm256_set1_ps(scale(d));
         let eight = _mm256_set1_epi32(8);
         let raw = _mm_loadu_si128(src as *const __m128i);
         let mask = _mm_set1_epi8(15);
@@ -826,6 +775,65 @@ mod avx {
                 let q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(part), eight);
                 let v = _mm256_mul_ps(_mm256_cvtepi32_ps(q), s);
                 _mm256_storeu_ps(dst.add(16 * h + 8 * j), v);
+            }
+        }
+    }
+
+    /// One f16 scale as f32, by F16C.
+    ///
+    /// # Safety
+    /// The CPU must have F16C (inlined into the callers' code, which has it).
+    #[inline(always)]
+    unsafe fn scale(d: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d as i32)))
+    }
+
+    /// Rows `r0..r0 + valid` (`valid` ≤ 32) of an 8- or 4-bit matrix `cols` wide as one
+    /// f32 panel `[cols][32]` at `panel` (rows past `valid` zero): each 32 × 32 tile
+    /// expanded block by block into a stack tile, then transposed in 8 × 8 register
+    /// blocks, everything inlined (through `QMatrix::tile_row`, a call and a match per
+    /// block and a call per 8 × 8 block took as long as the work: 14% of an AVX2 4-bit
+    /// prompt's time against 72% in the products).
+    ///
+    /// # Safety
+    /// The CPU must have the features in `target_feature`; `w` must be `Q8` or `Q4` with
+    /// at least `r0 + valid` rows of `cols` (a multiple of 32) and `panel` must hold
+    /// `cols · 32` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn fill_quantized(
+        w: &super::Data,
+        cols: usize,
+        r0: usize,
+        valid: usize,
+        panel: *mut f32,
+    ) {
+        let nb = cols / QK;
+        let mut tile = [[0f32; QK]; QK];
+        for kb in 0..nb {
+            for (j, t) in tile.iter_mut().enumerate().take(valid) {
+                let b = (r0 + j) * nb + kb;
+                match w {
+                    super::Data::Q8 { qs, d } => {
+                        expand_q8(qs.as_ptr().add(b * QK), *d.get_unchecked(b), t.as_mut_ptr())
+                    }
+                    super::Data::Q4 { qs, d } => expand_q4(
+                        qs.as_ptr().add(b * QK / 2),
+                        *d.get_unchecked(b),
+                        t.as_mut_ptr(),
+                    ),
+                    _ => unreachable!("8- or 4-bit weights"),
+                }
+            }
+            let src = tile.as_ptr().cast::<f32>();
+            for i0 in (0..QK).step_by(8) {
+                for j0 in (0..QK).step_by(8) {
+                    super::super::panel::transpose8(
+                        src.add(j0 * QK + i0),
+                        QK,
+                        panel.add((kb * QK + i0) * QK + j0),
+                        QK,
+                    );
+                }
             }
         }
     }
@@ -927,44 +935,6 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     rows_of!(#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c,fma")] pub);
-
-    /// Four sums, no software prefetch: a version with eight sums and four prefetches
-    /// 2 KiB ahead per 128 weights read 20–30% fewer weights per second (the hardware
-    /// prefetcher follows the rows by itself).
-    ///
-    /// # Safety
-    /// The CPU must have the features in `target_feature`. The slices may differ in length (the
-    /// shorter one bounds the sum).
-    #[target_feature(enable = "avx512f,f16c,fma")]
-    #[inline]
-    pub unsafe fn dot_f16(x: &[f32], w: &[u16]) -> f32 {
-        let n = x.len().min(w.len());
-        let (px, pw) = (x.as_ptr(), w.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 16 * u;
-                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(o) as *const __m256i));
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(o)), wv, *a);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), wv, acc[0]);
-            i += 16;
-        }
-        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            total += *px.add(i) * half::f16::from_bits(*pw.add(i)).to_f32();
-            i += 1;
-        }
-        total
-    }
 
     /// Σ x·w over 64 signed bytes (two blocks) as 16 i32 lanes, lanes 0–7 the first
     /// block's and 8–15 the second's: |x| (unsigned) times w with x's sign, by VNNI.
@@ -1091,15 +1061,8 @@ mod avx512 {
     }
 }
 
-/// One input vector as the dot products of a weight type take it.
-#[derive(Clone, Copy)]
-enum Input<'a> {
-    F32(&'a [f32]),
-    Q(&'a QVec),
-}
-
 /// [`rows_of`] for the widest kernels this CPU has.
-fn dot_rows(x: Input<'_>, w: &Data, cols: usize, r0: usize, out: &mut [f32]) {
+fn dot_rows(x: &QVec, w: &Data, cols: usize, r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: AVX-512F/BW/VNNI (and AVX2, FMA, F16C) were detected.
@@ -1135,13 +1098,12 @@ macro_rules! widest {
     };
 }
 
-widest!(dot_f16(x: &[f32], w: &[u16]));
 widest!(dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[u16]));
 widest!(dot_q4(xq: &[i8], xd: &[f32], xs: &[f32], wq: &[u8], wd: &[u16]));
 
 // ------------------------------------------------------------------ products
 
-/// Input rows from which an f16 or quantized product expands its weights to f32 panels.
+/// Input rows from which a quantized product expands its weights to f32 panels.
 const PANEL_MIN_ROWS: usize = 8;
 
 /// `out[i, r] = Σ_c x[i, c] · W[r, c] (+ bias[r])` for `n` input rows. `out` is
@@ -1176,13 +1138,18 @@ pub fn matmul_then(
     if let Data::F32(panels) = &w.data {
         let panels = super::panel::Panels::Stored(panels);
         super::panel::matmul_then(x, n, rows, cols, panels, out, epilogue);
+    } else if let (Data::F16(panels), 1) = (&w.data, n) {
+        // One input row: the panels streamed, converted in registers.
+        super::half::matvec(x, panels, rows, cols, out);
+        super::panel::run_epilogue(out, rows, epilogue);
     } else if n >= PANEL_MIN_ROWS && w.weight_type().is_quantized() && super::bf16::available() {
         // Many input rows, quantized weights, a CPU with bf16 dot products: panels of
         // bf16 pairs, twice the multiply-adds of f32 an instruction.
         super::bf16::matmul_then(x, n, w, out, epilogue);
-    } else if n >= PANEL_MIN_ROWS {
-        // Many input rows: each task expands a panel of weight rows to f32 (once for all
-        // inputs) and runs the panel product on it.
+    } else if n >= PANEL_MIN_ROWS || w.weight_type() == WeightType::F16 {
+        // Many input rows (or f16 panels, whose expansion is one conversion pass): each
+        // task expands a panel of weight rows to f32 (once for all inputs) and runs the
+        // panel product on it.
         let nr = super::panel::NR;
         let fill = |p: usize, panel: &mut [f32]| w.fill_panel(p, panel);
         let source = |p: usize| w.panel_source(p);
@@ -1193,15 +1160,12 @@ pub fn matmul_then(
         // Quantize the inputs once for the integer kernels.
         let qx: Vec<QVec> = match w.weight_type() {
             WeightType::Q8 => x.chunks(cols).map(quantize_input).collect(),
-            WeightType::Q4 => x.chunks(cols).map(quantize_input_q4).collect(),
-            _ => vec![],
+            _ => x.chunks(cols).map(quantize_input_q4).collect(),
         };
         // Each task takes a run of weight rows and computes them for every input row.
         let dot = |r: usize, i: usize| -> f32 {
-            let xi = &x[i * cols..(i + 1) * cols];
             match &w.data {
-                Data::F32(_) => unreachable!("f32 products go through the panels"),
-                Data::F16(v) => dot_f16(xi, &v[r * cols..(r + 1) * cols]),
+                Data::F32(_) | Data::F16(_) => unreachable!("f32 and f16 go through the panels"),
                 Data::Q8 { qs, d } => {
                     let nb = cols / QK;
                     dot_q8(
@@ -1226,13 +1190,9 @@ pub fn matmul_then(
         let threads = rayon::current_num_threads().max(1);
         let per = (rows / (threads * 8)).clamp(8, 256).min(rows.max(1));
         if n == 1 {
-            let input = match qx.first() {
-                Some(q) => Input::Q(q),
-                None => Input::F32(x),
-            };
             out.par_chunks_mut(per)
                 .enumerate()
-                .for_each(|(t, o)| dot_rows(input, &w.data, cols, t * per, o));
+                .for_each(|(t, o)| dot_rows(&qx[0], &w.data, cols, t * per, o));
         } else {
             // Written `[rows, n]` by the tasks, then transposed into `out`.
             let mut tmp = vec![0f32; rows * n];
