@@ -27,7 +27,10 @@ llama-quantize):
     first token's logits; llama-bench's pp also computes the last token's logits only).
 
 The two programs alternate, pair by pair, --repeats times; the best of each figure is
-kept. The table shows tokens/s, attn ÷ llama.cpp, and the fraction of the memory-bandwidth
+kept, and so is every round's pair of figures: the JSON's `rounds` and
+`median_decode_ratio` / `median_prefill_ratio`, the median over rounds of the ratio of
+the two programs' figures in the same round (taken a few seconds apart, so a machine
+whose memory bandwidth drifts over minutes moves both). The table shows tokens/s, attn ÷ llama.cpp, and the fraction of the memory-bandwidth
 bound each program reaches while decoding: weight bytes read per token × tokens/s ÷ read
 bandwidth. Weight bytes per token: attn's `weight_bytes_per_token` (else the size of the
 folder's *.safetensors files); for llama.cpp the GGUF's tensor data, parsed from the file,
@@ -315,16 +318,28 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def median_ratio(rounds, key):
+    """The median over rounds of attn ÷ llama.cpp within each round (None if a side
+    was skipped)."""
+    rs = sorted(r["attn"][key] / r["llama_cpp"][key] for r in rounds
+                if r.get("attn") and r.get("llama_cpp") and r["llama_cpp"][key])
+    if not rs:
+        return None
+    m = len(rs) // 2
+    return rs[m] if len(rs) % 2 else (rs[m - 1] + rs[m]) / 2
+
+
 def table(rows, bw, bw_source, args):
-    head = ["dtype", "attn dec", "llama dec", "ratio", "attn pre", "llama pre", "ratio",
-            "attn bw", "llama bw", "attn MB/tok", "llama MB/tok"]
+    head = ["dtype", "attn dec", "llama dec", "ratio", "med", "attn pre", "llama pre", "ratio",
+            "med", "attn bw", "llama bw", "attn MB/tok", "llama MB/tok"]
     lines = []
     for r in rows:
         a, l = r["attn"], r["llama_cpp"]
         lines.append([
             r["dtype"], fmt(a["decode_tokens_per_sec"]), fmt(l["decode_tokens_per_sec"]),
-            fmt(r["decode_ratio"], ".2f"), fmt(a["prefill_tokens_per_sec"]),
-            fmt(l["prefill_tokens_per_sec"]), fmt(r["prefill_ratio"], ".2f"),
+            fmt(r["decode_ratio"], ".2f"), fmt(r["median_decode_ratio"], ".2f"),
+            fmt(a["prefill_tokens_per_sec"]), fmt(l["prefill_tokens_per_sec"]),
+            fmt(r["prefill_ratio"], ".2f"), fmt(r["median_prefill_ratio"], ".2f"),
             pct(a["bound_fraction"]), pct(l["bound_fraction"]),
             fmt(None if a["weight_bytes_per_token"] is None else a["weight_bytes_per_token"] / 1e6),
             fmt(None if l["weight_bytes_per_token"] is None else l["weight_bytes_per_token"] / 1e6),
@@ -332,7 +347,8 @@ def table(rows, bw, bw_source, args):
     widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(head)]
     out = [f"tokens/s, {args.threads} threads, best of {args.repeats}; prefill = {args.prompt_tokens} "
            f"tokens; decode = {args.gen_tokens} tokens after {args.prompt_tokens} (attn) / "
-           f"{args.llama_depth} (llama.cpp) tokens of context; ratio = attn / llama.cpp",
+           f"{args.llama_depth} (llama.cpp) tokens of context; ratio = attn / llama.cpp "
+           "(best against best); med = the median over rounds of the ratio within a round",
            "  ".join(h.rjust(w) for h, w in zip(head, widths)),
            "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.rjust(w) for c, w in zip(x, widths)) for x in lines]
@@ -412,20 +428,25 @@ def check_paths(args):
 def main(argv=None):
     args = parse_args(argv)
     pairs = check_paths(args)
-    best = {d: {"lp": None, "ld": None, "ap": None, "ad": None, "awb": None, "ajson": None}
+    best = {d: {"lp": None, "ld": None, "ap": None, "ad": None, "awb": None, "ajson": None,
+                "rounds": []}
             for d, _, _ in pairs}
     for rep in range(args.repeats):
         for dtype, gguf, model in pairs:
             b = best[dtype]
+            this = {"llama_cpp": None, "attn": None}
             if gguf:
                 log(f"[{rep + 1}/{args.repeats}] {dtype}: llama-bench {os.path.basename(gguf)}")
                 pp, tg = llama_once(args, gguf)
                 b["lp"], b["ld"] = max(pp, b["lp"] or 0), max(tg, b["ld"] or 0)
+                this["llama_cpp"] = {"prefill": pp, "decode": tg}
             if model:
                 log(f"[{rep + 1}/{args.repeats}] {dtype}: attn bench generate {os.path.basename(model)}")
                 pp, tg, wb, v = attn_once(args, model)
                 b["ap"], b["ad"] = max(pp, b["ap"] or 0), max(tg, b["ad"] or 0)
                 b["awb"], b["ajson"] = wb, v
+                this["attn"] = {"prefill": pp, "decode": tg}
+            b["rounds"].append(this)
     bw, bw_source = bandwidth(args, args.attn)
 
     rows = []
@@ -455,6 +476,9 @@ def main(argv=None):
                           "file_bytes": os.path.getsize(gguf) if gguf else None},
             "decode_ratio": ratio(b["ad"], b["ld"]),
             "prefill_ratio": ratio(b["ap"], b["lp"]),
+            "rounds": b["rounds"],
+            "median_decode_ratio": median_ratio(b["rounds"], "decode"),
+            "median_prefill_ratio": median_ratio(b["rounds"], "prefill"),
         })
     text = table(rows, bw, bw_source, args)
     if args.json:

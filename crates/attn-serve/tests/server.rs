@@ -1,4 +1,8 @@
 //! The server on an ephemeral port, spoken to over raw TCP.
+//!
+//! One file of this length because every test shares the same server helpers and raw
+//! HTTP/SSE readers: endpoints and streaming first, then faults and limits, hosts, CORS
+//! and keys, connection timeouts and caps, shutdown, chat templates and embeddings.
 
 mod common;
 

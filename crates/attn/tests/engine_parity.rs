@@ -3,6 +3,10 @@
 //! (generate, eval perplexity, serve, quantize) on whole sequences, ragged batches and
 //! token by token, with f32 and f16 weights; and the native trainer's forward loss and
 //! every parameter gradient.
+//!
+//! One file of this length because every test reads the same fixtures through the same
+//! helpers (fixture loading, tolerances, the gradient comparison); the families' tests
+//! follow one another.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -15,6 +15,10 @@
 //! differences (`tests/engine_parity.rs`). LoRA adapters on the query and value
 //! projections freeze everything else: frozen tensors get no weight gradients computed
 //! and no AdamW moments. `classify train` runs this step.
+//!
+//! Why one file of this length: the layout of the flat buffers, the forward that keeps
+//! what the backward reads, the hand-written backward and the adapters' freezing are one
+//! contract over the same offsets; split, each part would restate the others' layout.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -10,6 +10,10 @@
 //! with the panel read in place from a row-major copy; causal heads compute only the
 //! panels a block of queries sees (the lower triangle, by whole panels), in the forward
 //! and in the backward.
+//!
+//! Why one file of this length: the forward and backward of one head share its operand
+//! copies, block shapes and the causal triangle's panel bounds; they are kept together so
+//! that the backward visits exactly the panels the forward computed.
 
 use std::cell::RefCell;
 
