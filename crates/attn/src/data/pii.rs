@@ -135,7 +135,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A card number's issuer prefix and length are those of a network (Visa, Mastercard,

@@ -474,7 +474,7 @@ impl Decoder {
                 .collect()
         };
         let qmatrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
-            if cols % QK != 0 {
+            if !cols.is_multiple_of(QK) {
                 return Err(bad(
                     path,
                     format!("{name}: {cols} columns is not a multiple of {QK}"),
@@ -674,7 +674,7 @@ fn copy_side_files(src: &Path, dst: &Path) -> Result<()> {
             || name.ends_with(".bin")
             || !entry.path().is_file();
         if !skip {
-            let bytes = std::fs::read(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+            let bytes = std::fs::read(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
             crate::checkpoint::write_atomic(&dst.join(&*name), &bytes)?;
         }
     }

@@ -112,7 +112,7 @@ impl Gpt2Config {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::invalid(
                 "n_head",
                 format!(

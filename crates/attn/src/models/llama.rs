@@ -116,7 +116,7 @@ impl LlamaConfig {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
         }
-        if self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(Error::invalid(
                 "num_key_value_heads",
                 format!(
@@ -126,7 +126,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::invalid(
                 "head_dim",
                 format!("{} must be even for rotary positions", self.head_dim()),

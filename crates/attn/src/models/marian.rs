@@ -122,14 +122,14 @@ impl MarianConfig {
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
         ] {
-            if self.d_model % heads != 0 {
+            if !self.d_model.is_multiple_of(heads) {
                 return Err(Error::invalid(
                     name,
                     format!("d_model {} is not divisible by {heads}", self.d_model),
                 ));
             }
         }
-        if self.d_model % 2 != 0 {
+        if !self.d_model.is_multiple_of(2) {
             return Err(Error::invalid(
                 "d_model",
                 "must be even for sinusoidal positions",

@@ -108,7 +108,7 @@ impl ClassifyConfig {
                 return Err(Error::invalid("lora-rank", "must be at least 1"));
             }
         }
-        if self.hidden % self.heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) {
             return Err(Error::invalid(
                 "heads",
                 format!("hidden {} is not divisible by {}", self.hidden, self.heads),

@@ -231,7 +231,7 @@ impl TranslateConfig {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
         }
-        if self.d_model % self.heads != 0 || self.d_model % 2 != 0 {
+        if !self.d_model.is_multiple_of(self.heads) || !self.d_model.is_multiple_of(2) {
             return Err(Error::invalid(
                 "heads",
                 format!(

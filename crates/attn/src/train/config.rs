@@ -199,7 +199,7 @@ impl TrainConfig {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::invalid(
                 "n-head",
                 format!(
@@ -209,7 +209,7 @@ impl TrainConfig {
             ));
         }
         if let Some(kv) = self.n_kv_head {
-            if kv == 0 || self.n_head % kv != 0 {
+            if kv == 0 || !self.n_head.is_multiple_of(kv) {
                 return Err(Error::invalid(
                     "n-kv-head",
                     format!("{kv} does not divide n-head {}", self.n_head),
@@ -232,7 +232,7 @@ impl TrainConfig {
             }
             _ => {}
         }
-        if self.arch.is_llama_like() && (self.n_embd / self.n_head) % 2 != 0 {
+        if self.arch.is_llama_like() && !(self.n_embd / self.n_head).is_multiple_of(2) {
             return Err(Error::invalid(
                 "n-head",
                 format!(

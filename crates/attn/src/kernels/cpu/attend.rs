@@ -486,7 +486,7 @@ fn scores(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && isa() != Isa::Portable {
+    if hd.is_multiple_of(8) && isa() != Isa::Portable {
         // SAFETY: AVX2 and FMA are present (every non-portable level has them); every
         // row p < count lies inside k.
         unsafe { avx::scores(q, k, stride, count, hd, scale, out) };
@@ -501,7 +501,7 @@ fn scores(
 /// `out = Σ_p w[p] · v_p`.
 fn weighted_sum(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && isa() != Isa::Portable {
+    if hd.is_multiple_of(8) && isa() != Isa::Portable {
         // SAFETY: AVX2 and FMA are present (as above); every row p < w.len() lies
         // inside v.
         unsafe { avx::weighted_sum(w, v, stride, hd, out) };

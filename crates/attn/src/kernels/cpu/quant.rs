@@ -136,7 +136,7 @@ impl QMatrix {
                 format!("{} values for a {rows}×{cols} matrix", values.len()),
             ));
         }
-        if ty.is_quantized() && cols % QK != 0 {
+        if ty.is_quantized() && !cols.is_multiple_of(QK) {
             return Err(Error::invalid(
                 "dtype",
                 format!(
