@@ -216,11 +216,19 @@ unsafe fn fill_pairs(w: &QMatrix, p: usize, panel: &mut [u32]) {
     }
 }
 
+/// Never called off x86-64 ([`available`] is false there).
+///
+/// # Safety
+/// None needed; it only panics.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn to_pairs(_: &[f32], _: &mut [u32]) {
     unreachable!("bf16 products need AVX-512 BF16")
 }
 
+/// Never called off x86-64 ([`available`] is false there).
+///
+/// # Safety
+/// None needed; it only panics.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn fill_pairs(_: &QMatrix, _: usize, _: &mut [u32]) {
     unreachable!("bf16 products need AVX-512 BF16")
