@@ -146,8 +146,7 @@ impl QMatrix {
             ));
         }
         let data = match ty {
-            WeightType::F32 => Data::F32(packed(values, rows, cols)),
-            WeightType::F16 => Data::F16(super::half::pack(values, rows, cols)),
+            WeightType::F32 | WeightType::F16 => float_data(values, rows, cols, ty),
             WeightType::Q8 => {
                 let mut qs = HugeVec::<i8>::zeroed(values.len());
                 let mut d = vec![0u16; values.len() / QK];
