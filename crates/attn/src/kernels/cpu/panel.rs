@@ -251,16 +251,61 @@ pub fn unpack_range(panels: &[f32], cols: usize, r: usize, c0: usize, out: &mut 
     }
 }
 
+/// Where a kernel leaves its `MR × NR` block of sums: row `r` at `ptr + r·ld`, written
+/// over what is there or, with `add`, added to it. The kernels store (or load, add and
+/// store) each row straight from their accumulators: a block kept aside and then copied
+/// or added into the output by generic code had cost 3–4% of a training step.
+#[derive(Clone, Copy)]
+pub(crate) struct Dst {
+    ptr: *mut f32,
+    ld: usize,
+    add: bool,
+}
+
+impl Dst {
+    /// A block of its own, overwritten.
+    fn block(out: &mut [[f32; NR]]) -> Dst {
+        Dst {
+            ptr: out.as_mut_ptr().cast(),
+            ld: NR,
+            add: false,
+        }
+    }
+
+    /// Rows of `NR` values `ld` apart from `ptr`, overwritten or (with `add`) added to.
+    ///
+    /// # Safety
+    /// Every kernel handed it writes `NR` values at `ptr + r·ld` for each of its rows `r`:
+    /// those must be valid for reads and writes, and touched by no other thread meanwhile.
+    pub(crate) unsafe fn rows(ptr: *mut f32, ld: usize, add: bool) -> Dst {
+        Dst { ptr, ld, add }
+    }
+
+    /// Stores row `r`'s sums `v` (portable kernels).
+    ///
+    /// # Safety
+    /// As for [`Dst::rows`].
+    #[inline(always)]
+    unsafe fn put(self, r: usize, v: &[f32; NR]) {
+        let o = &mut *(self.ptr.add(r * self.ld) as *mut [f32; NR]);
+        if self.add {
+            for (o, v) in o.iter_mut().zip(v) {
+                *o += v;
+            }
+        } else {
+            *o = *v;
+        }
+    }
+}
+
 /// `out[r][j] = Σ_kk x_r[kk] · panel[kk·ps + j]` for `k` steps of the `MR` input rows
-/// `x_r` (`ps` = [`NR`] for a packed panel; more for one read in place).
+/// `x_r` (`ps` = [`NR`] for a packed panel; more for one read in place), left in `out`
+/// (see [`Dst`]).
+///
+/// # Safety
+/// `out` must be valid for the `MR` rows (see [`Dst::rows`]).
 #[inline(always)]
-fn body<const MR: usize>(
-    x: &[&[f32]; MR],
-    panel: &[f32],
-    k: usize,
-    ps: usize,
-    out: &mut [[f32; NR]; MR],
-) {
+unsafe fn body<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], k: usize, ps: usize, out: Dst) {
     for r in x {
         assert!(r.len() >= k);
     }
@@ -276,7 +321,9 @@ fn body<const MR: usize>(
             }
         }
     }
-    *out = acc;
+    for (r, a) in acc.iter().enumerate() {
+        out.put(r, a);
+    }
 }
 
 /// One input row: four independent partial sums over alternating steps, so that the
@@ -345,8 +392,9 @@ unsafe fn one256(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
 /// registers: the compiler leaves the plain loop's array in memory beyond 6 rows.
 ///
 /// # Safety
-/// AVX-512F and FMA must be present, `panel` must hold `(k − 1)·ps + NR` floats, and
-/// `x(r, kk)` must be readable for every `r < MR`, `kk < k`.
+/// AVX-512F and FMA must be present, `panel` must hold `(k − 1)·ps + NR` floats,
+/// `x(r, kk)` must be readable for every `r < MR`, `kk < k`, and `out` valid for `MR`
+/// rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
@@ -354,7 +402,7 @@ unsafe fn fma_rows512<const MR: usize>(
     panel: *const f32,
     k: usize,
     ps: usize,
-    out: &mut [[f32; NR]; MR],
+    out: Dst,
     x: impl Fn(usize, usize) -> f32,
     ahead: impl Fn(usize),
 ) {
@@ -370,33 +418,33 @@ unsafe fn fma_rows512<const MR: usize>(
             a[1] = _mm512_fmadd_ps(xv, p1, a[1]);
         }
     }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
-        _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+    for (r, a) in acc.iter().enumerate() {
+        let o = out.ptr.add(r * out.ld);
+        let (mut v0, mut v1) = (a[0], a[1]);
+        if out.add {
+            v0 = _mm512_add_ps(_mm512_loadu_ps(o), v0);
+            v1 = _mm512_add_ps(_mm512_loadu_ps(o.add(16)), v1);
+        }
+        _mm512_storeu_ps(o, v0);
+        _mm512_storeu_ps(o.add(16), v1);
     }
 }
 
 /// [`body`] for AVX-512 (see [`fma_rows512`]).
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are
-/// asserted before any access.
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller), and `out`
+/// be valid for `MR` rows. Lengths are asserted before any access.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn body512<const MR: usize>(
-    x: &[&[f32]; MR],
-    panel: &[f32],
-    k: usize,
-    ps: usize,
-    out: &mut [[f32; NR]; MR],
-) {
+unsafe fn body512<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], k: usize, ps: usize, out: Dst) {
     for r in x {
         assert!(r.len() >= k);
     }
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     let xp: [*const f32; MR] = std::array::from_fn(|r| x[r].as_ptr());
     // SAFETY: kk < k ≤ x[r].len() and the panel's length (asserted above).
-    fma_rows512(panel.as_ptr(), k, ps, out, |r, kk| *xp[r].add(kk), |_| {})
+    fma_rows512::<MR>(panel.as_ptr(), k, ps, out, |r, kk| *xp[r].add(kk), |_| {})
 }
 
 /// The AVX2 kernel of [`body256`] and [`body_t256`]: as [`fma_rows512`], in two
@@ -406,8 +454,8 @@ unsafe fn body512<const MR: usize>(
 /// than there are, and every step spilled). The inputs are read twice, from L1.
 ///
 /// # Safety
-/// AVX2 and FMA must be present, `panel` must hold `(k − 1)·ps + NR` floats, and
-/// `x(r, kk)` must be readable for every `r < MR`, `kk < k`.
+/// AVX2 and FMA must be present, `panel` must hold `(k − 1)·ps + NR` floats, `x(r, kk)`
+/// must be readable for every `r < MR`, `kk < k`, and `out` valid for `MR` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -415,7 +463,7 @@ unsafe fn fma_rows256<const MR: usize>(
     panel: *const f32,
     k: usize,
     ps: usize,
-    out: &mut [[f32; NR]; MR],
+    out: Dst,
     x: impl Fn(usize, usize) -> f32,
     ahead: impl Fn(usize),
 ) {
@@ -435,9 +483,15 @@ unsafe fn fma_rows256<const MR: usize>(
                 a[1] = _mm256_fmadd_ps(xv, p1, a[1]);
             }
         }
-        for (o, a) in out.iter_mut().zip(&acc) {
-            _mm256_storeu_ps(o.as_mut_ptr().add(16 * half), a[0]);
-            _mm256_storeu_ps(o.as_mut_ptr().add(16 * half + 8), a[1]);
+        for (r, a) in acc.iter().enumerate() {
+            let o = out.ptr.add(r * out.ld + 16 * half);
+            let (mut v0, mut v1) = (a[0], a[1]);
+            if out.add {
+                v0 = _mm256_add_ps(_mm256_loadu_ps(o), v0);
+                v1 = _mm256_add_ps(_mm256_loadu_ps(o.add(8)), v1);
+            }
+            _mm256_storeu_ps(o, v0);
+            _mm256_storeu_ps(o.add(8), v1);
         }
     }
 }
@@ -445,17 +499,11 @@ unsafe fn fma_rows256<const MR: usize>(
 /// [`body`] for AVX2 (see [`fma_rows256`]).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted
-/// before any access.
+/// The CPU must have AVX2 and FMA (detected at run time by the caller), and `out` be
+/// valid for `MR` rows. Lengths are asserted before any access.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn body256<const MR: usize>(
-    x: &[&[f32]; MR],
-    panel: &[f32],
-    k: usize,
-    ps: usize,
-    out: &mut [[f32; NR]; MR],
-) {
+unsafe fn body256<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], k: usize, ps: usize, out: Dst) {
     if MR > 6 {
         return body::<MR>(x, panel, k, ps, out);
     }
@@ -465,38 +513,43 @@ unsafe fn body256<const MR: usize>(
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     let xp: [*const f32; MR] = std::array::from_fn(|r| x[r].as_ptr());
     // SAFETY: kk < k ≤ x[r].len() and the panel's length (asserted above).
-    fma_rows256(panel.as_ptr(), k, ps, out, |r, kk| *xp[r].add(kk), |_| {})
+    fma_rows256::<MR>(panel.as_ptr(), k, ps, out, |r, kk| *xp[r].add(kk), |_| {})
 }
 
-fn run<const MR: usize>(
+/// # Safety
+/// `out` must be valid for `MR` rows (see [`Dst::rows`]).
+unsafe fn run<const MR: usize>(
     isa: Isa,
     x: &[&[f32]; MR],
     panel: &[f32],
     k: usize,
     ps: usize,
-    out: &mut [[f32; NR]; MR],
+    out: Dst,
 ) {
     match isa {
         // SAFETY: the features were detected at run time.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { body512::<MR>(x, panel, k, ps, out) },
+        Isa::Avx512 => body512::<MR>(x, panel, k, ps, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { body256::<MR>(x, panel, k, ps, out) },
+        Isa::Avx2 => body256::<MR>(x, panel, k, ps, out),
         _ => body::<MR>(x, panel, k, ps, out),
     }
 }
 
 /// `out[r][j] = Σ_kk x[kk·ld + r] · panel[kk][j]` for `MR` input rows given as
 /// columns of `x` (the transposed layout: the `MR` values of one step are adjacent).
+///
+/// # Safety
+/// `out` must be valid for `MR` rows (see [`Dst::rows`]).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // r indexes both x (with an offset) and acc
-fn body_t<const MR: usize>(
+unsafe fn body_t<const MR: usize>(
     x: &[f32],
     ld: usize,
     panel: &[f32],
     k: usize,
     ps: usize,
-    out: &mut [[f32; NR]; MR],
+    out: Dst,
 ) {
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
@@ -529,14 +582,16 @@ fn body_t<const MR: usize>(
             }
         }
     }
-    *out = acc;
+    for (r, a) in acc.iter().enumerate() {
+        out.put(r, a);
+    }
 }
 
 /// [`body_t`] for AVX-512 (see [`fma_rows512`]).
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA (detected at run time by the caller). Lengths are
-/// asserted before any access.
+/// The CPU must have AVX-512F and FMA (detected at run time by the caller), and `out`
+/// be valid for `MR` rows. Lengths are asserted before any access.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn body_t512<const MR: usize>(
@@ -545,14 +600,14 @@ unsafe fn body_t512<const MR: usize>(
     panel: &[f32],
     k: usize,
     ps: usize,
-    out: &mut [[f32; NR]; MR],
+    out: Dst,
 ) {
     assert!(k == 0 || panel.len() >= (k - 1) * ps + NR);
     assert!(k == 0 || x.len() >= (k - 1) * ld + MR);
     let (xp, pp) = (x.as_ptr(), panel.as_ptr());
     let ahead = |kk| prefetch_t(xp, ld, pp, ps, MR, kk);
     // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
-    fma_rows512(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
+    fma_rows512::<MR>(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }
 
 /// What step `kk + 6` of a transposed product reads, fetched ahead: as in [`body_t`],
@@ -581,8 +636,8 @@ fn prefetch_t(xp: *const f32, ld: usize, pp: *const f32, ps: usize, rows: usize,
 /// [`body_t`] for AVX2 (see [`fma_rows256`]).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA (detected at run time by the caller). Lengths are asserted
-/// before any access.
+/// The CPU must have AVX2 and FMA (detected at run time by the caller), and `out` be
+/// valid for `MR` rows. Lengths are asserted before any access.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn body_t256<const MR: usize>(
@@ -591,7 +646,7 @@ unsafe fn body_t256<const MR: usize>(
     panel: &[f32],
     k: usize,
     ps: usize,
-    out: &mut [[f32; NR]; MR],
+    out: Dst,
 ) {
     if MR > 6 {
         return body_t::<MR>(x, ld, panel, k, ps, out);
@@ -601,7 +656,7 @@ unsafe fn body_t256<const MR: usize>(
     let (xp, pp) = (x.as_ptr(), panel.as_ptr());
     let ahead = |kk| prefetch_t(xp, ld, pp, ps, MR, kk);
     // SAFETY: kk·ps + NR ≤ panel.len() and kk·ld + MR ≤ x.len() (asserted above).
-    fma_rows256(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
+    fma_rows256::<MR>(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }
 
 /// One panel of `k` steps `ps` apart against `rows` (at most 12) transposed input rows.
@@ -616,16 +671,35 @@ pub(crate) fn panel_rows_t(
     ps: usize,
     out: &mut [[f32; NR]],
 ) {
+    assert!(out.len() == rows);
+    // SAFETY: `out` holds the `rows` rows.
+    unsafe { panel_rows_t_into(isa, x, ld, rows, panel, k, ps, Dst::block(out)) }
+}
+
+/// [`panel_rows_t`] into `out`.
+///
+/// # Safety
+/// `out` must be valid for `rows` rows (see [`Dst::rows`]).
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_rows_t_into(
+    isa: Isa,
+    x: &[f32],
+    ld: usize,
+    rows: usize,
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: Dst,
+) {
     macro_rules! go {
         ($m:literal) => {{
-            let o: &mut [[f32; NR]; $m] = out.try_into().unwrap();
             match isa {
                 // SAFETY: the features were detected at run time.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { body_t512::<$m>(x, ld, panel, k, ps, o) },
+                Isa::Avx512 => body_t512::<$m>(x, ld, panel, k, ps, out),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { body_t256::<$m>(x, ld, panel, k, ps, o) },
-                _ => body_t::<$m>(x, ld, panel, k, ps, o),
+                Isa::Avx2 => body_t256::<$m>(x, ld, panel, k, ps, out),
+                _ => body_t::<$m>(x, ld, panel, k, ps, out),
             }
         }};
     }
@@ -856,8 +930,19 @@ fn tn_tasks<'x>(
                     if c0 == 0 {
                         walk.prefetch_next(op.get(), b, p);
                     }
-                    let acc = &mut acc[..m];
                     let (xb, step) = x(b, c0, c1);
+                    let add = accumulate || c0 > 0;
+                    if valid == NR {
+                        // SAFETY: rows i0..i0 + m, columns p·NR..(p + 1)·NR belong to
+                        // this task alone and lie inside out (asserted above).
+                        unsafe {
+                            let at = op.get().add(i0 * rows + p * NR);
+                            let dst = Dst::rows(at, rows, add);
+                            panel_rows_t_into(isa, xb, step, m, panel, c1 - c0, ps, dst);
+                        }
+                        continue;
+                    }
+                    let acc = &mut acc[..m];
                     panel_rows_t(isa, xb, step, m, panel, c1 - c0, ps, acc);
                     for (i, a) in acc.iter().enumerate() {
                         // SAFETY: rows i0.. belong to this task alone;
@@ -868,7 +953,7 @@ fn tn_tasks<'x>(
                                 valid,
                             )
                         };
-                        if accumulate || c0 > 0 {
+                        if add {
                             for (o, v) in o.iter_mut().zip(a) {
                                 *o += v;
                             }
@@ -971,19 +1056,24 @@ pub(crate) fn block_rows(isa: Isa) -> usize {
     }
 }
 
-/// One panel against up to `block_rows` input rows, written to `out[i][..NR]`.
-fn panel_rows(isa: Isa, x: &[&[f32]], panel: &[f32], out: &mut [[f32; NR]]) {
+/// One panel against up to `block_rows` input rows, into `out` (see [`Dst`]).
+///
+/// # Safety
+/// `out` must be valid for `x.len()` rows (see [`Dst::rows`]).
+unsafe fn panel_rows_into(isa: Isa, x: &[&[f32]], panel: &[f32], out: Dst) {
     if x.len() == 1 {
-        return match isa {
+        let mut sums = [0f32; NR];
+        match isa {
             // SAFETY: the features were detected at run time.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { one512(x[0], panel, &mut out[0]) },
+            Isa::Avx512 => one512(x[0], panel, &mut sums),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { one256(x[0], panel, &mut out[0]) },
-            _ => body_one(x[0], panel, &mut out[0]),
+            Isa::Avx2 => one256(x[0], panel, &mut sums),
+            _ => body_one(x[0], panel, &mut sums),
         };
+        return out.put(0, &sums);
     }
-    panel_rows_strided(isa, x, panel, panel.len() / NR, NR, out)
+    panel_rows_strided_into(isa, x, panel, panel.len() / NR, NR, out)
 }
 
 /// `out[i][j] = Σ_kk x[i][kk] · panel[kk·ps + j]` over `k` steps, for up to 8 input
@@ -997,11 +1087,27 @@ pub(crate) fn panel_rows_strided(
     ps: usize,
     out: &mut [[f32; NR]],
 ) {
+    assert!(out.len() == x.len());
+    // SAFETY: `out` holds a row for each input row.
+    unsafe { panel_rows_strided_into(isa, x, panel, k, ps, Dst::block(out)) }
+}
+
+/// [`panel_rows_strided`] into `out`.
+///
+/// # Safety
+/// `out` must be valid for `x.len()` rows (see [`Dst::rows`]).
+unsafe fn panel_rows_strided_into(
+    isa: Isa,
+    x: &[&[f32]],
+    panel: &[f32],
+    k: usize,
+    ps: usize,
+    out: Dst,
+) {
     macro_rules! go {
         ($m:literal) => {{
             let xs: &[&[f32]; $m] = x.try_into().unwrap();
-            let o: &mut [[f32; NR]; $m] = out.try_into().unwrap();
-            run::<$m>(isa, xs, panel, k, ps, o)
+            run::<$m>(isa, xs, panel, k, ps, out)
         }};
     }
     by_rows!(x.len(), go)
@@ -1039,10 +1145,22 @@ pub fn matmul_serial(
                 if c0 == 0 {
                     walk.prefetch_next(out.as_ptr(), b, p);
                 }
-                let acc = &mut acc[..xb.len()];
                 part.clear();
                 part.extend(xb.iter().map(|r| &r[c0..c1]));
-                panel_rows(isa, &part, panel, acc);
+                if valid == NR {
+                    let at = b * mb * rows + p * NR;
+                    assert!(at + (xb.len() - 1) * rows + NR <= out.len());
+                    // SAFETY: the block's rows, NR columns from p·NR, lie inside out
+                    // (asserted), which this call holds exclusively.
+                    unsafe {
+                        let dst = Dst::rows(out.as_mut_ptr().add(at), rows, c0 > 0);
+                        panel_rows_into(isa, &part, panel, dst);
+                    }
+                    continue;
+                }
+                let acc = &mut acc[..xb.len()];
+                // SAFETY: acc holds a row for each input row.
+                unsafe { panel_rows_into(isa, &part, panel, Dst::block(acc)) };
                 for (i, a) in acc.iter().enumerate() {
                     let row = b * mb + i;
                     let o = &mut out[row * rows + p * NR..][..valid];
@@ -1229,10 +1347,20 @@ pub fn matmul_then(
                 };
                 for (b, xb) in xs.chunks(mb).enumerate() {
                     prefetch_share(next, part0 + b, parts);
-                    let acc = &mut acc[..xb.len()];
                     xk.clear();
                     xk.extend(xb.iter().map(|r| &r[c0..c1]));
-                    panel_rows(isa, &xk, slice, acc);
+                    if valid == NR {
+                        // SAFETY: columns p·NR..(p + 1)·NR of the block's rows belong to
+                        // this task (its panels) and lie inside out (asserted above).
+                        unsafe {
+                            let at = op.get().add(b * mb * rows + p * NR);
+                            panel_rows_into(isa, &xk, slice, Dst::rows(at, rows, c0 > 0));
+                        }
+                        continue;
+                    }
+                    let acc = &mut acc[..xb.len()];
+                    // SAFETY: acc holds a row for each input row.
+                    unsafe { panel_rows_into(isa, &xk, slice, Dst::block(acc)) };
                     for (i, a) in acc.iter().enumerate() {
                         // SAFETY: columns p·NR.. of every row belong to this task (its
                         // panels); row·rows + p·NR + valid ≤ n·rows (asserted above).
