@@ -1096,7 +1096,7 @@ pub(crate) fn panel_rows_strided(
 ///
 /// # Safety
 /// `out` must be valid for `x.len()` rows (see [`Dst::rows`]).
-unsafe fn panel_rows_strided_into(
+pub(crate) unsafe fn panel_rows_strided_into(
     isa: Isa,
     x: &[&[f32]],
     panel: &[f32],
