@@ -277,26 +277,17 @@ fn lower_products(
 ) {
     let isa = isa();
     let mb = panel::block_rows(isa);
-    let mut acc = [[0f32; NR]; 8];
     for i0 in (0..t).step_by(mb) {
         let m = mb.min(t - i0);
         let rows: [&[f32]; 8] = std::array::from_fn(|r| &a[(i0 + r.min(m - 1)) * lda..][..hd]);
         for j0 in (0..span.seen(i0 + m - 1)).step_by(NR) {
-            let valid = NR.min(n - j0);
-            if valid == NR {
-                let at = i0 * n + j0;
-                assert!(at + (m - 1) * n + NR <= out.len());
-                // SAFETY: rows i0..i0 + m of out, columns j0..j0 + NR, lie inside it
-                // (asserted), which this call holds exclusively.
-                unsafe {
-                    let dst = panel::Dst::rows(out.as_mut_ptr().add(at), n, false);
-                    panel::panel_rows_strided_into(isa, &rows[..m], &bt[j0..], hd, ldb, dst);
-                }
-                continue;
-            }
-            panel::panel_rows_strided(isa, &rows[..m], &bt[j0..], hd, ldb, &mut acc[..m]);
-            for (r, a) in acc[..m].iter().enumerate() {
-                copy_row(&mut out[(i0 + r) * n + j0..][..valid], &a[..valid]);
+            let (valid, at) = (NR.min(n - j0), i0 * n + j0);
+            assert!(at + (m - 1) * n + valid <= out.len());
+            // SAFETY: rows i0..i0 + m of out, columns j0..j0 + valid, lie inside it
+            // (asserted), which this call holds exclusively.
+            unsafe {
+                let dst = panel::Dst::rows(out.as_mut_ptr().add(at), n, valid, false);
+                panel::panel_rows_strided_into(isa, &rows[..m], &bt[j0..], hd, ldb, dst);
             }
         }
     }

@@ -251,14 +251,17 @@ pub fn unpack_range(panels: &[f32], cols: usize, r: usize, c0: usize, out: &mut 
     }
 }
 
-/// Where a kernel leaves its `MR × NR` block of sums: row `r` at `ptr + r·ld`, written
-/// over what is there or, with `add`, added to it. The kernels store (or load, add and
-/// store) each row straight from their accumulators: a block kept aside and then copied
-/// or added into the output by generic code had cost 3–4% of a training step.
+/// Where a product leaves its block of sums: the first `cols` (at most [`NR`]) of row
+/// `r` at `ptr + r·ld`, written over what is there or, with `add`, added to it. Whole
+/// panels are stored (or loaded, added and stored) by the kernels straight from their
+/// accumulators; a last panel narrower than [`NR`] goes through a block of its own
+/// ([`through_block`]). A block kept aside and then copied or added into the output by
+/// generic code had cost 3–4% of a training step.
 #[derive(Clone, Copy)]
 pub(crate) struct Dst {
     ptr: *mut f32,
     ld: usize,
+    cols: usize,
     add: bool,
 }
 
@@ -268,33 +271,57 @@ impl Dst {
         Dst {
             ptr: out.as_mut_ptr().cast(),
             ld: NR,
+            cols: NR,
             add: false,
         }
     }
 
-    /// Rows of `NR` values `ld` apart from `ptr`, overwritten or (with `add`) added to.
+    /// The first `cols` values of rows `ld` apart from `ptr`, overwritten or (with `add`)
+    /// added to.
     ///
     /// # Safety
-    /// Every kernel handed it writes `NR` values at `ptr + r·ld` for each of its rows `r`:
-    /// those must be valid for reads and writes, and touched by no other thread meanwhile.
-    pub(crate) unsafe fn rows(ptr: *mut f32, ld: usize, add: bool) -> Dst {
-        Dst { ptr, ld, add }
+    /// Every product handed it writes `cols` values at `ptr + r·ld` for each of its rows
+    /// `r`: those must be valid for reads and writes, and touched by no other thread
+    /// meanwhile.
+    pub(crate) unsafe fn rows(ptr: *mut f32, ld: usize, cols: usize, add: bool) -> Dst {
+        debug_assert!(cols <= NR);
+        Dst { ptr, ld, cols, add }
     }
 
-    /// Stores row `r`'s sums `v` (portable kernels).
+    /// Stores row `r`'s sums `v` (portable kernels, and narrow panels).
     ///
     /// # Safety
     /// As for [`Dst::rows`].
     #[inline(always)]
     unsafe fn put(self, r: usize, v: &[f32; NR]) {
-        let o = &mut *(self.ptr.add(r * self.ld) as *mut [f32; NR]);
+        let o = std::slice::from_raw_parts_mut(self.ptr.add(r * self.ld), self.cols);
         if self.add {
             for (o, v) in o.iter_mut().zip(v) {
                 *o += v;
             }
         } else {
-            *o = *v;
+            o.copy_from_slice(&v[..self.cols]);
         }
+    }
+}
+
+/// Runs `kernel` for `rows` rows into `out`: straight when `out` is a whole panel wide
+/// (the kernels store [`NR`] values a row), else into a block whose first `out.cols`
+/// columns are then stored.
+///
+/// # Safety
+/// `out` must be valid for `rows` rows (see [`Dst::rows`]), and `kernel` write `rows`
+/// rows of the [`Dst`] it is given.
+#[inline(always)]
+unsafe fn through_block(out: Dst, rows: usize, kernel: impl FnOnce(Dst)) {
+    if out.cols == NR {
+        return kernel(out);
+    }
+    let mut block = [[0f32; NR]; 12];
+    let block = &mut block[..rows];
+    kernel(Dst::block(block));
+    for (r, v) in block.iter().enumerate() {
+        out.put(r, v);
     }
 }
 
@@ -693,14 +720,14 @@ unsafe fn panel_rows_t_into(
 ) {
     macro_rules! go {
         ($m:literal) => {{
-            match isa {
+            through_block(out, $m, |out| match isa {
                 // SAFETY: the features were detected at run time.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => body_t512::<$m>(x, ld, panel, k, ps, out),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => body_t256::<$m>(x, ld, panel, k, ps, out),
                 _ => body_t::<$m>(x, ld, panel, k, ps, out),
-            }
+            })
         }};
     }
     by_rows!(rows, go)
@@ -908,7 +935,6 @@ fn tn_tasks<'x>(
     let group = blocks_per_task(blocks, 64, threads, threads);
     let tasks = blocks.div_ceil(group).max(1);
     (0..tasks).into_par_iter().for_each(|g| {
-        let mut acc = [[0f32; NR]; 12];
         let walk = TileWalk {
             blocks: (g * group, ((g + 1) * group).min(blocks)),
             np,
@@ -931,35 +957,13 @@ fn tn_tasks<'x>(
                         walk.prefetch_next(op.get(), b, p);
                     }
                     let (xb, step) = x(b, c0, c1);
-                    let add = accumulate || c0 > 0;
-                    if valid == NR {
-                        // SAFETY: rows i0..i0 + m, columns p·NR..(p + 1)·NR belong to
-                        // this task alone and lie inside out (asserted above).
-                        unsafe {
-                            let at = op.get().add(i0 * rows + p * NR);
-                            let dst = Dst::rows(at, rows, add);
-                            panel_rows_t_into(isa, xb, step, m, panel, c1 - c0, ps, dst);
-                        }
-                        continue;
-                    }
-                    let acc = &mut acc[..m];
-                    panel_rows_t(isa, xb, step, m, panel, c1 - c0, ps, acc);
-                    for (i, a) in acc.iter().enumerate() {
-                        // SAFETY: rows i0.. belong to this task alone;
-                        // (i0 + i)·rows + p·NR + valid ≤ n·rows (asserted above).
-                        let o = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                op.get().add((i0 + i) * rows + p * NR),
-                                valid,
-                            )
-                        };
-                        if add {
-                            for (o, v) in o.iter_mut().zip(a) {
-                                *o += v;
-                            }
-                        } else {
-                            o.copy_from_slice(&a[..valid]);
-                        }
+                    // SAFETY: rows i0..i0 + m, columns p·NR..p·NR + valid belong to this
+                    // task alone and lie inside out ((i0 + m − 1)·rows + p·NR + valid ≤
+                    // n·rows, asserted above).
+                    unsafe {
+                        let at = op.get().add(i0 * rows + p * NR);
+                        let dst = Dst::rows(at, rows, valid, accumulate || c0 > 0);
+                        panel_rows_t_into(isa, xb, step, m, panel, c1 - c0, ps, dst);
                     }
                 }
             }
@@ -1107,7 +1111,7 @@ pub(crate) unsafe fn panel_rows_strided_into(
     macro_rules! go {
         ($m:literal) => {{
             let xs: &[&[f32]; $m] = x.try_into().unwrap();
-            run::<$m>(isa, xs, panel, k, ps, out)
+            through_block(out, $m, |out| run::<$m>(isa, xs, panel, k, ps, out))
         }};
     }
     by_rows!(x.len(), go)
@@ -1125,7 +1129,6 @@ pub fn matmul_serial(
     let isa = isa();
     let mb = product_rows(isa);
     let xs: Vec<&[f32]> = x.chunks(cols).take(n).collect();
-    let mut acc = vec![[0f32; NR]; mb];
     let mut part: Vec<&[f32]> = Vec::with_capacity(mb);
     let walk = TileWalk {
         blocks: (0, n.div_ceil(mb)),
@@ -1147,33 +1150,13 @@ pub fn matmul_serial(
                 }
                 part.clear();
                 part.extend(xb.iter().map(|r| &r[c0..c1]));
-                if valid == NR {
-                    let at = b * mb * rows + p * NR;
-                    assert!(at + (xb.len() - 1) * rows + NR <= out.len());
-                    // SAFETY: the block's rows, NR columns from p·NR, lie inside out
-                    // (asserted), which this call holds exclusively.
-                    unsafe {
-                        let dst = Dst::rows(out.as_mut_ptr().add(at), rows, c0 > 0);
-                        panel_rows_into(isa, &part, panel, dst);
-                    }
-                    continue;
-                }
-                let acc = &mut acc[..xb.len()];
-                // SAFETY: acc holds a row for each input row.
-                unsafe { panel_rows_into(isa, &part, panel, Dst::block(acc)) };
-                for (i, a) in acc.iter().enumerate() {
-                    let row = b * mb + i;
-                    let o = &mut out[row * rows + p * NR..][..valid];
-                    if c0 > 0 {
-                        for (o, v) in o.iter_mut().zip(a) {
-                            *o += v;
-                        }
-                    } else if valid == NR {
-                        let o: &mut [f32; NR] = o.try_into().unwrap();
-                        *o = *a;
-                    } else {
-                        o.copy_from_slice(&a[..valid]);
-                    }
+                let at = b * mb * rows + p * NR;
+                assert!(at + (xb.len() - 1) * rows + valid <= out.len());
+                // SAFETY: the block's rows, `valid` columns from p·NR, lie inside out
+                // (asserted), which this call holds exclusively.
+                unsafe {
+                    let dst = Dst::rows(out.as_mut_ptr().add(at), rows, valid, c0 > 0);
+                    panel_rows_into(isa, &part, panel, dst);
                 }
             }
         }
@@ -1311,7 +1294,6 @@ pub fn matmul_then(
             Panels::Stored(_) => Vec::new(),
             Panels::Fill(..) => vec![0f32; cols * NR],
         };
-        let mut acc = vec![[0f32; NR]; mb];
         let mut xk: Vec<&[f32]> = Vec::with_capacity(mb);
         // A long panel KC steps at a time, so that its slice stays in L1 while every
         // block of rows passes over it (whole, it would stream from L2 once per block).
@@ -1349,32 +1331,12 @@ pub fn matmul_then(
                     prefetch_share(next, part0 + b, parts);
                     xk.clear();
                     xk.extend(xb.iter().map(|r| &r[c0..c1]));
-                    if valid == NR {
-                        // SAFETY: columns p·NR..(p + 1)·NR of the block's rows belong to
-                        // this task (its panels) and lie inside out (asserted above).
-                        unsafe {
-                            let at = op.get().add(b * mb * rows + p * NR);
-                            panel_rows_into(isa, &xk, slice, Dst::rows(at, rows, c0 > 0));
-                        }
-                        continue;
-                    }
-                    let acc = &mut acc[..xb.len()];
-                    // SAFETY: acc holds a row for each input row.
-                    unsafe { panel_rows_into(isa, &xk, slice, Dst::block(acc)) };
-                    for (i, a) in acc.iter().enumerate() {
-                        // SAFETY: columns p·NR.. of every row belong to this task (its
-                        // panels); row·rows + p·NR + valid ≤ n·rows (asserted above).
-                        let o = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                op.get().add((b * mb + i) * rows + p * NR),
-                                valid,
-                            )
-                        };
-                        if c0 == 0 {
-                            o.copy_from_slice(&a[..valid]);
-                        } else {
-                            o.iter_mut().zip(a).for_each(|(o, a)| *o += a);
-                        }
+                    // SAFETY: columns p·NR..p·NR + valid of the block's rows belong to
+                    // this task (its panels) and lie inside out (asserted above).
+                    unsafe {
+                        let at = op.get().add(b * mb * rows + p * NR);
+                        let dst = Dst::rows(at, rows, valid, c0 > 0);
+                        panel_rows_into(isa, &xk, slice, dst);
                     }
                 }
             }
