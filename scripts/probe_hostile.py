@@ -193,6 +193,14 @@ def make_models(r: Runner, w: Path):
              "--d-model", 16, "--layers", 1, "--heads", 2, "--ffn", 32, "--vocab-size", 300,
              "--max-steps", 2, "--batch-size", 8, "--eval-interval", 2, "--bleu-sample", 2])
     models["marian"] = marian
+    # T5 (summarization): characters as tokens, one layer each side.
+    docs = write(w / "docs.txt", "".join(f"the cat number {i} sleeps on the mat\n" for i in range(10)))
+    models["docs"] = docs
+    t5 = w / "m/t5"
+    r.setup(["summarize", "train", "--pairs", pairs, "--out", t5, "--arch", "t5", "--vocab", "char",
+             "--holdout", 5, "--valid-size", 5, "--d-model", 16, "--layers", 1, "--heads", 2, "--ffn", 32,
+             "--max-steps", 2, "--batch-size", 8, "--eval-interval", 2, "--bleu-sample", 2])
+    models["t5"] = t5
     # Llama: the HF fixture's weights with a char tokenizer that fits its vocabulary.
     llama = w / "m/llama"
     shutil.copytree(FIXTURES / "llama-gqa", llama)
@@ -208,7 +216,7 @@ def make_models(r: Runner, w: Path):
 
 def probes(r: Runner, w: Path, m: dict):
     corpus = w / "corpus.txt"
-    gpt2, bert, marian, llama = m["gpt2"], m["bert"], m["marian"], m["llama"]
+    gpt2, bert, marian, llama, t5 = m["gpt2"], m["bert"], m["marian"], m["llama"], m["t5"]
     big = 1_000_000_000
 
     # 1. Configs that declare huge sizes: refused before anything of that size exists.
@@ -231,6 +239,13 @@ def probes(r: Runner, w: Path, m: dict):
         "marian-max_pos": (marian, {"max_position_embeddings": 3_000_000_000}),
         "marian-layers": (marian, {"encoder_layers": 1_000_000, "decoder_layers": 1_000_000}),
         "marian-vocab": (marian, {"vocab_size": 3_000_000_000}),
+        "t5-d_model": (t5, {"d_model": 3_000_000_000}),
+        "t5-layers": (t5, {"num_layers": 1_000_000, "num_decoder_layers": 1_000_000}),
+        "t5-vocab": (t5, {"vocab_size": 3_000_000_000}),
+        "t5-d_ff": (t5, {"d_ff": 3_000_000_000}),
+        "t5-d_kv": (t5, {"d_kv": 3_000_000_000}),
+        "t5-buckets": (t5, {"relative_attention_num_buckets": 3_000_000_000}),
+        "t5-start": (t5, {"decoder_start_token_id": 3_000_000_000}),
     }
     cmds = {
         "gpt2": lambda d: [["generate", "--model", d, "--max-new-tokens", 2],
@@ -243,10 +258,17 @@ def probes(r: Runner, w: Path, m: dict):
                             ["serve", "--model", d, "--port", 0]],
         "bert": lambda d: [["embed", "--model", d, "--input", corpus],
                            ["classify", "predict", "--model", d],
+                           ["classify", "train", "--data", m["clf_data"], "--model", d, "--out",
+                            w / "out/bert-huge", "--epochs", 1],
                            ["export", "--model", d, "--out", w / "out/export-huge"],
                            ["serve", "--model", d, "--port", 0]],
         "marian": lambda d: [["translate", "--model", d],
+                             ["translate", "train", "--pairs", m["pairs"], "--model", d, "--out",
+                              w / "out/marian-huge", "--holdout", 5, "--valid-size", 5, "--max-steps", 1],
                              ["export", "--model", d, "--out", w / "out/export-huge"]],
+        "t5": lambda d: [["summarize", "--model", d],
+                         ["summarize", "train", "--pairs", m["pairs"], "--model", d, "--out", w / "out/t5-huge",
+                          "--holdout", 5, "--valid-size", 5, "--max-steps", 1]],
     }
     for name, (src, change) in huge.items():
         d = edit_config(src, w / f"cfg/{name}", **change)
@@ -306,6 +328,30 @@ def probes(r: Runner, w: Path, m: dict):
             check=lambda rc, o, e: "holdout files written" if (w / "out/tr-novocab/holdout.src").exists() else None)
     r.probe("translate --beam 1e6", ["translate", "--model", marian, "--beam", 1_000_000], stdin="the cat\n",
             contains="beam")
+    r.probe("summarize --beam 1e6", ["summarize", "--model", t5, "--beam", 1_000_000], stdin="the cat\n",
+            contains="beam")
+    r.probe("summarize --max-len 1e12", ["summarize", "--model", t5, "--max-len", 1_000_000_000_000],
+            stdin="the cat\n", contains="max-len")
+    r.probe("summarize --min-len above --max-len", ["summarize", "--model", t5, "--min-len", 10, "--max-len", 2],
+            stdin="the cat\n", contains="min-len")
+    r.probe("summarize --length-penalty NaN", ["summarize", "--model", t5, "--length-penalty", "NaN"],
+            stdin="the cat\n", contains="length-penalty")
+    r.probe("summarize --batch-size 0", ["summarize", "--model", t5, "--batch-size", 0], stdin="the cat\n",
+            contains="batch-size")
+    r.probe("summarize: binary on stdin", ["summarize", "--model", t5], stdin=b"\xff\xfe the cat\n",
+            contains=["utf-8", "stdin"])
+    for flag in ["--max-len", "--d-model", "--layers"]:
+        val = 1_000_000 if flag == "--layers" else big
+        extra = ["--heads", 1] if flag == "--d-model" else []
+        r.probe(f"pretrain {flag} {val}", ["pretrain", "--arch", "t5", "--data", m["docs"], "--out",
+                                           w / f"out/pt{flag}", "--max-steps", 1, flag, val] + extra,
+                contains=flag)
+    r.probe("eval rouge --tokenize bogus", ["eval", "rouge", "--hyp", m["docs"], "--ref", m["docs"],
+                                            "--tokenize", "bogus"], contains="tokenize")
+    r.probe("eval rouge --newline-token ''", ["eval", "rouge", "--hyp", m["docs"], "--ref", m["docs"],
+                                              "--newline-token", ""], contains="newline-token")
+    r.probe("eval rouge: lines not parallel", ["eval", "rouge", "--hyp", m["docs"], "--ref", corpus],
+            contains="parallel")
     r.probe("eval chrf --char-order 1e9", ["eval", "chrf", "--hyp", corpus, "--ref", corpus, "--char-order", big],
             contains="char-order")
     r.probe("bench generate --batch 1e6", ["bench", "generate", "--model", gpt2, "--batch", 1_000_000],
@@ -317,6 +363,10 @@ def probes(r: Runner, w: Path, m: dict):
         r.probe(f"eval perplexity --data {what}", ["eval", "perplexity", "--model", gpt2, "--data", path],
                 contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
         r.probe(f"embed --input {what}", ["embed", "--model", bert, "--input", path],
+                contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
+        r.probe(f"pretrain --data {what}", ["pretrain", "--arch", "t5", "--data", path, "--out", w / "out/pt-dev"],
+                contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
+        r.probe(f"eval rouge --hyp {what}", ["eval", "rouge", "--hyp", path, "--ref", m["docs"]],
                 contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
     fifo = w / "fifo"
     if not fifo.exists():
@@ -404,6 +454,12 @@ def probes(r: Runner, w: Path, m: dict):
     r.probe("classify train --out <a model>", ["classify", "train", "--data", m["clf_data"], "--out", g6,
                                                "--preset", "bert-tiny", "--epochs", 1], contains="--overwrite",
             unchanged=[g6])
+    t1 = fresh("t5-self", t5)
+    r.probe("summarize train --model X --out X", ["summarize", "train", "--pairs", m["pairs"], "--model", t1,
+                                                  "--out", t1, "--max-steps", 1], unchanged=[t1])
+    g7 = fresh("gpt2-for-pretrain", gpt2)
+    r.probe("pretrain --out <a model>", ["pretrain", "--arch", "t5", "--data", m["docs"], "--out", g7,
+                                         "--max-steps", 1], contains="--overwrite", unchanged=[g7])
     # metrics.jsonl through a symlink is not followed.
     run = w / "runs/symlink"
     if run.exists():
@@ -449,6 +505,7 @@ def probes(r: Runner, w: Path, m: dict):
     for sub in [["translate", "train"], ["classify", "train"], ["train"], ["generate"], ["eval", "perplexity"],
                 ["translate"], ["classify", "predict"], ["embed"], ["quantize"], ["export"],
                 ["classify", "eval"], ["eval", "bleu"], ["eval", "chrf"], ["eval", "classify"],
+                ["eval", "rouge"], ["summarize"], ["summarize", "train"], ["pretrain"],
                 ["tokenizer", "train"], ["bench", "train"], ["bench", "generate"], ["bench", "bandwidth"],
                 ["serve"]]:
         r.probe(f"help lines: {' '.join(sub)}", sub + ["--help"], expect="ok", check=help_complete)

@@ -279,7 +279,8 @@ pub(crate) fn run_decode(a: RunArgs, task: Task) -> Result<()> {
     // cross-attention) and a row of logits.
     let t = (a.max_len.unwrap_or(tr.max_len) + 1).min(c.context.unwrap_or(usize::MAX)) as f64;
     attn::guard::check_memory(
-        "--beam × --batch-size (the hypotheses decoded together)",
+        "--beam × --batch-size × --max-len (the hypotheses decoded together, each with the \
+         keys and values of up to --max-len tokens)",
         a.beam as f64
             * a.batch_size as f64
             * 4.0

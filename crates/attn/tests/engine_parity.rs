@@ -1168,3 +1168,33 @@ fn windowed_caches_forget_what_no_query_sees() {
         eprintln!("{name}: 60 tokens through a trimmed cache within {worst:.1e}");
     }
 }
+
+/// A pretrained encoder given a new head draws only the head (and a missing pooler):
+/// a folder whose config declares a layer more than its weights hold is refused,
+/// naming the missing tensor, rather than completed with a layer of random weights.
+#[test]
+fn a_new_head_does_not_draw_missing_encoder_layers() {
+    use attn::train::encoder::NativeEncoder;
+    let labels: Vec<String> = ["x", "y"].iter().map(|s| s.to_string()).collect();
+    let dir = std::env::temp_dir().join(format!("attn-bert-short-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("bert-tiny");
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let layers = cfg["num_hidden_layers"].as_u64().unwrap();
+    // As it is, the folder loads with a new head.
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    NativeEncoder::load_with_head(&dir, &labels, 3, None).unwrap();
+    cfg["num_hidden_layers"] = (layers + 1).into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let err = NativeEncoder::load_with_head(&dir, &labels, 3, None)
+        .err()
+        .expect("a folder missing a layer's weights loaded")
+        .to_string();
+    assert!(
+        err.contains(&format!("encoder.layer.{layers}.")) && err.contains("missing"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

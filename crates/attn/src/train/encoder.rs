@@ -158,6 +158,16 @@ fn first_rows(x: &[f32], spans: &[(usize, usize)], c: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Which tensors a load may draw when the folder lacks them.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// Every one (a new model).
+    All(u64),
+    /// The pooler and the classifier only (a pretrained encoder given a new head): a
+    /// folder missing an encoder layer is refused, not completed with random weights.
+    Head(u64),
+}
+
 impl NativeEncoder {
     /// Load a `BertForSequenceClassification` folder (or a bare BERT with pooler and
     /// classifier tensors under either naming).
@@ -188,15 +198,20 @@ impl NativeEncoder {
             tensors.retain(|k, _| !k.starts_with("classifier."));
         }
         let lora = lora.map(|l| (l, seed ^ 0x10a));
-        Self::from_plain(config.with_labels(labels), tensors, lora, Some(seed))
-            .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
+        Self::from_plain(
+            config.with_labels(labels),
+            tensors,
+            lora,
+            Some(Fill::Head(seed)),
+        )
+        .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
     }
 
     /// A classifier of `config`'s shape with weights drawn as transformers initialises
     /// BERT: N(0, 0.02²) for matrices and embeddings (the padding row zero), zero
     /// biases, unit norms.
     pub fn init(config: BertConfig, seed: u64) -> Result<Self> {
-        let mut enc = Self::from_plain(config, Plain::new(), None, Some(seed))?;
+        let mut enc = Self::from_plain(config, Plain::new(), None, Some(Fill::All(seed)))?;
         if let Some(pad) = enc.config.pad_token_id {
             let (c, at) = (enc.config.hidden_size, enc.lay.word);
             let row = at + pad as usize * c;
@@ -228,13 +243,13 @@ impl NativeEncoder {
         self.lora.as_ref().map(|(l, _)| *l)
     }
 
-    /// Lay out the tensors `t` holds; with `fill`, the ones it lacks are drawn from
-    /// that seed (norms one, biases zero, the rest N(0, 0.02²)).
+    /// Lay out the tensors `t` holds; with `fill`, those it lacks that `fill` may draw
+    /// are drawn from its seed (norms one, biases zero, the rest N(0, 0.02²)).
     fn from_plain(
         config: BertConfig,
         mut t: Plain,
         lora: Option<(LoraConfig, u64)>,
-        fill: Option<u64>,
+        fill: Option<Fill>,
     ) -> Result<Self> {
         config.validate()?;
         let act = Act::of(&config.hidden_act)?;
@@ -243,12 +258,17 @@ impl NativeEncoder {
         let labels = config.labels();
         let mut tensors: Vec<(String, usize, Vec<usize>)> = Vec::new();
         let mut params: Vec<f32> = Vec::new();
-        let mut fill = fill.map(crate::rng::Rng::new);
+        let head_only = matches!(fill, Some(Fill::Head(_)));
+        let mut fill = fill.map(|f| match f {
+            Fill::All(seed) | Fill::Head(seed) => crate::rng::Rng::new(seed),
+        });
         let mut put = |name: String, shape: Vec<usize>, t: &mut Plain| -> Result<usize> {
+            let drawn =
+                !head_only || name.starts_with("pooler.") || name.starts_with("classifier.");
             let (v, s) = match (t.remove(&name), fill.as_mut()) {
                 (Some(found), _) => found,
-                (None, Some(rng)) => (draw(&name, &shape, rng)?, shape.clone()),
-                (None, None) => {
+                (None, Some(rng)) if drawn => (draw(&name, &shape, rng)?, shape.clone()),
+                (None, _) => {
                     return Err(Error::invalid(
                         "weights",
                         format!("tensor {name} is missing"),

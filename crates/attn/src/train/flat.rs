@@ -42,6 +42,30 @@ pub(crate) fn read_folder<M>(
         .map_err(|e| Error::bad_file(dir.join(crate::checkpoint::WEIGHTS), e.to_string()))
 }
 
+/// A config's layer count checked against the tensors of a folder before anything is
+/// built per layer: every layer has tensors of its own (`first(l)` names one of layer
+/// `l`'s), so more layers than the folder has tensors, or a last layer that is absent,
+/// means tensors are missing. The schemas list every layer's tensors before they are
+/// looked up, and a config declaring a million layers would otherwise have them
+/// listed (gigabytes of names) before the first lookup failed.
+pub(crate) fn layers_present(
+    t: &Plain,
+    layers: usize,
+    first: impl Fn(usize) -> String,
+) -> Result<()> {
+    if layers == 0 || (layers <= t.len() && t.contains_key(&first(layers - 1))) {
+        return Ok(());
+    }
+    // At most t.len() + 1 names are tried: that many distinct names cannot all be there.
+    let l = (0..layers.min(t.len() + 1))
+        .find(|&l| !t.contains_key(&first(l)))
+        .unwrap_or(layers - 1);
+    Err(Error::Model(format!(
+        "tensor {} is missing (the config declares {layers} layers)",
+        first(l)
+    )))
+}
+
 pub(crate) struct Flat {
     /// (name, offset, shape) of every tensor, in buffer order.
     pub tensors: Vec<(String, usize, Vec<usize>)>,

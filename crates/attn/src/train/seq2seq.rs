@@ -244,6 +244,14 @@ impl NativeSeq2Seq {
     fn from_plain(config: MarianConfig, t: Plain) -> Result<Self> {
         config.validate()?;
         let act = Act::of_marian(&config.activation_function)?;
+        for (stack, layers) in [
+            ("encoder", config.encoder_layers),
+            ("decoder", config.decoder_layers),
+        ] {
+            super::flat::layers_present(&t, layers, |l| {
+                format!("model.{stack}.layers.{l}.self_attn.q_proj.weight")
+            })?;
+        }
         let (flat, at) = Flat::from_schema(schema(&config).into_iter().map(|(n, s, _)| (n, s)), t)?;
         let of = |n: String| at[&n];
         let post = |attn: &str, norm: &str| PostAt {

@@ -311,6 +311,14 @@ impl NativeT5 {
     fn from_plain(config: T5Config, t: Plain) -> Result<Self> {
         config.validate()?;
         let ffn = config.ffn()?;
+        for (stack, layers) in [
+            ("encoder", config.num_layers),
+            ("decoder", config.decoder_layers()),
+        ] {
+            super::flat::layers_present(&t, layers, |l| {
+                format!("{stack}.block.{l}.layer.0.SelfAttention.q.weight")
+            })?;
+        }
         let (flat, at) = Flat::from_schema(schema(&config).into_iter().map(|(n, s, _)| (n, s)), t)?;
         let of = |n: String| at[&n];
         let gated = matches!(ffn, T5Ffn::Gated(_));
