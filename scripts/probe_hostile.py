@@ -352,6 +352,24 @@ def probes(r: Runner, w: Path, m: dict):
                                               "--newline-token", ""], contains="newline-token")
     r.probe("eval rouge: lines not parallel", ["eval", "rouge", "--hyp", m["docs"], "--ref", corpus],
             contains="parallel")
+    docs = m["docs"]
+    r.probe("data dedup --num-perm 4e9 (bands chosen)", ["data", "dedup", "--input", docs, "--out",
+            w / "out/dedup-perm", "--near", "--num-perm", 4_000_000_000], contains="num-perm", timeout=60)
+    r.probe("data dedup --num-perm 4e9 --bands 2 --rows 2", ["data", "dedup", "--input", docs, "--out",
+            w / "out/dedup-perm2", "--near", "--num-perm", 4_000_000_000, "--bands", 2, "--rows", 2],
+            contains="num-perm", timeout=60)
+    r.probe("data dedup --threshold NaN", ["data", "dedup", "--input", docs, "--out", w / "out/dedup-nan",
+                                           "--near", "--threshold", "NaN"], contains="threshold")
+    r.probe("data minhash --num-perm 0", ["data", "minhash", "--input", docs, "--num-perm", 0],
+            contains="num-perm")
+    r.probe("data tokenize --val-fraction 1", ["data", "tokenize", "--input", docs, "--tokenizer",
+                                               t5 / "tokenizer.json", "--out", w / "out/tok-val",
+                                               "--val-fraction", 1], contains="val-fraction")
+    r.probe("data tokenize --shard-tokens 0", ["data", "tokenize", "--input", docs, "--tokenizer",
+                                               t5 / "tokenizer.json", "--out", w / "out/tok-shard",
+                                               "--shard-tokens", 0], contains="shard-tokens")
+    r.probe("data scrub --types bogus", ["data", "scrub", "--input", docs, "--out", w / "out/scrub-bogus",
+                                         "--types", "bogus"], contains="types")
     r.probe("eval chrf --char-order 1e9", ["eval", "chrf", "--hyp", corpus, "--ref", corpus, "--char-order", big],
             contains="char-order")
     r.probe("bench generate --batch 1e6", ["bench", "generate", "--model", gpt2, "--batch", 1_000_000],
@@ -367,6 +385,12 @@ def probes(r: Runner, w: Path, m: dict):
         r.probe(f"pretrain --data {what}", ["pretrain", "--arch", "t5", "--data", path, "--out", w / "out/pt-dev"],
                 contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
         r.probe(f"eval rouge --hyp {what}", ["eval", "rouge", "--hyp", path, "--ref", m["docs"]],
+                contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
+        for sub in (["dedup", "--exact"], ["scrub"], ["tokenize", "--tokenizer", m["t5"] / "tokenizer.json"]):
+            r.probe(f"data {sub[0]} --input {what}", ["data", *sub, "--input", path, "--out",
+                                                      w / f"out/data-{sub[0]}-dev"],
+                    contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
+        r.probe(f"data stats --input {what}", ["data", "stats", "--input", path],
                 contains=["not a regular file", "a folder", "directory", "device"], timeout=60)
     fifo = w / "fifo"
     if not fifo.exists():
@@ -460,6 +484,11 @@ def probes(r: Runner, w: Path, m: dict):
     g7 = fresh("gpt2-for-pretrain", gpt2)
     r.probe("pretrain --out <a model>", ["pretrain", "--arch", "t5", "--data", m["docs"], "--out", g7,
                                          "--max-steps", 1], contains="--overwrite", unchanged=[g7])
+    d1 = fresh("docs-dir", w / "m/t5")
+    r.probe("data dedup --out = the inputs' folder", ["data", "dedup", "--input", d1 / "holdout.src",
+                                                      "--out", d1, "--exact"], unchanged=[d1])
+    r.probe("data scrub --out <a model>", ["data", "scrub", "--input", m["docs"], "--out", d1],
+            contains="--overwrite", unchanged=[d1])
     # metrics.jsonl through a symlink is not followed.
     run = w / "runs/symlink"
     if run.exists():
@@ -506,6 +535,8 @@ def probes(r: Runner, w: Path, m: dict):
                 ["translate"], ["classify", "predict"], ["embed"], ["quantize"], ["export"],
                 ["classify", "eval"], ["eval", "bleu"], ["eval", "chrf"], ["eval", "classify"],
                 ["eval", "rouge"], ["summarize"], ["summarize", "train"], ["pretrain"],
+                ["data", "dedup"], ["data", "minhash"], ["data", "scrub"], ["data", "pii"], ["data", "tokenize"],
+                ["data", "stats"],
                 ["tokenizer", "train"], ["bench", "train"], ["bench", "generate"], ["bench", "bandwidth"],
                 ["serve"]]:
         r.probe(f"help lines: {' '.join(sub)}", sub + ["--help"], expect="ok", check=help_complete)

@@ -141,9 +141,11 @@ pub struct DedupArgs {
     /// with weights 0.1 for false positives, 0.9 for false negatives).
     #[arg(long, requires = "near")]
     verify: bool,
-    /// LSH bands and rows per band (default: datasketch's choice for --threshold).
+    /// LSH bands (with --rows; default: datasketch's choice for --threshold, for at most
+    /// 16,384 permutations).
     #[arg(long, requires = "rows")]
     bands: Option<usize>,
+    /// Rows (permutations) per LSH band (with --bands; bands × rows ≤ --num-perm).
     #[arg(long, requires = "bands")]
     rows: Option<usize>,
     /// Also write the clusters (clusters.jsonl: each cluster's units by file and line).
@@ -291,6 +293,8 @@ fn check_out(
     Ok(())
 }
 
+/// The most permutations for which dedup chooses the LSH bands and rows itself.
+const MAX_CHOSEN_PERM: usize = 16_384;
 fn dedup_cmd(a: DedupArgs) -> Result<()> {
     check_out(&a.out, &a.input, &[], "dedup_report.json", a.overwrite)?;
     let k = &a.sketch;
@@ -306,6 +310,18 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
         let (shingle, scheme) = k.kinds()?;
         let (bands, rows) = match (a.bands, a.rows) {
             (Some(b), Some(r)) => (b, r),
+            // datasketch's choice tries every split of the permutations (about n·ln n of
+            // them, each two integrals): 3 s at 8,192, hours at a few million.
+            _ if k.num_perm > MAX_CHOSEN_PERM => {
+                return Err(Error::invalid(
+                    "--num-perm",
+                    format!(
+                        "{} permutations are too many to choose --bands and --rows for \
+                         (at most {MAX_CHOSEN_PERM}); give both",
+                        k.num_perm
+                    ),
+                ))
+            }
             _ if a.verify => Near::weighted_bands(a.threshold, k.num_perm, 0.1, 0.9),
             _ => Near::optimal_bands(a.threshold, k.num_perm),
         };

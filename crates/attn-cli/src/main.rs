@@ -49,7 +49,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a GPT-2-style language model from scratch (or resume a run).
+    /// Train a decoder language model from scratch (GPT-2; Llama with --arch llama), or resume.
     Train(train::TrainArgs),
     /// Generate text from a trained model, streaming it to stdout.
     Generate(generate::GenerateArgs),
@@ -76,7 +76,7 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Write a model folder in Hugging Face layout, optionally in f16 or bf16.
     Export(export::ExportArgs),
-    /// Store a GPT-2's weights as f16, 8-bit or 4-bit blocks (smaller, faster decoding).
+    /// Store a GPT-2 or Llama folder's weights as f16, 8-bit or 4-bit blocks (faster decoding).
     Quantize(quantize::QuantizeArgs),
     /// Measure training and decoding speed.
     #[command(subcommand)]
