@@ -208,6 +208,19 @@ pub(crate) fn read_t5_config(dir: &Path) -> Result<T5Config> {
 /// The encoder-decoder `model_type`s the engine runs.
 pub const SEQ2SEQ_TYPES: [&str; 2] = ["marian", "t5"];
 
+/// The error for a folder whose `model_type` (or its absence) is no encoder-decoder
+/// family; `verb` says what attn would do with it ("runs", "trains").
+pub(crate) fn not_seq2seq(model_type: Option<&str>, verb: &str) -> String {
+    let what = match model_type {
+        Some(t) => format!("model_type {t:?}"),
+        None => "a config without a model_type".into(),
+    };
+    format!(
+        "{what} is not an encoder-decoder attn {verb} (supported: {})",
+        SEQ2SEQ_TYPES.join(", ")
+    )
+}
+
 /// Names a T5 checkpoint may hold that are copies of the shared embedding.
 pub(crate) fn is_t5_copy(name: &str) -> bool {
     matches!(
@@ -348,13 +361,7 @@ impl Seq2Seq {
                 })?;
                 Self::from_plain(config, &dir.join(WEIGHTS), tensors)
             }
-            other => Err(bad(
-                &cfg_path,
-                format!(
-                    "model_type {other:?} is not an encoder-decoder attn runs (supported: {})",
-                    SEQ2SEQ_TYPES.join(", ")
-                ),
-            )),
+            other => Err(bad(&cfg_path, not_seq2seq(other, "runs"))),
         }
     }
 

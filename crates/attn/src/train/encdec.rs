@@ -39,10 +39,7 @@ impl EncDecModel {
             Some("marian") => Ok(EncDecModel::Marian(NativeSeq2Seq::load(dir)?)),
             other => Err(Error::bad_file(
                 dir.join(crate::checkpoint::CONFIG),
-                format!(
-                    "model_type {other:?} is not an encoder-decoder attn trains (supported: {})",
-                    crate::engine::seq2seq::SEQ2SEQ_TYPES.join(", ")
-                ),
+                crate::engine::seq2seq::not_seq2seq(other, "trains"),
             )),
         }
     }
