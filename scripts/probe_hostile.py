@@ -350,6 +350,9 @@ def probes(r: Runner, w: Path, m: dict):
                                             "--tokenize", "bogus"], contains="tokenize")
     r.probe("eval rouge --newline-token ''", ["eval", "rouge", "--hyp", m["docs"], "--ref", m["docs"],
                                               "--newline-token", ""], contains="newline-token")
+    long_line = write(w / "long_line.txt", "the cat " * 1_000_000 + "\n")
+    r.probe("eval rouge: a line of two million tokens", ["eval", "rouge", "--hyp", long_line, "--ref", long_line],
+            contains="line 1", timeout=60)
     r.probe("eval rouge: lines not parallel", ["eval", "rouge", "--hyp", m["docs"], "--ref", corpus],
             contains="parallel")
     docs = m["docs"]

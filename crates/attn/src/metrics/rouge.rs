@@ -374,16 +374,48 @@ fn rouge_lsum(hyp: &Text, reference: &Text, vocab: usize) -> Score {
     score(hits, n, m)
 }
 
-/// The four ROUGE scores of one hypothesis against its reference.
+/// The four ROUGE scores of one hypothesis against its reference. ROUGE-L's time and
+/// ROUGE-Lsum's table grow with the product of the two lengths: [`score_corpus`] checks
+/// it against [`MAX_LCS_CELLS`] first.
 pub fn score_pair(hyp: &str, reference: &str, cfg: &RougeConfig) -> RougeScores {
     let mut ids = HashMap::new();
     let h = prepare(hyp, cfg, &mut ids);
     let r = prepare(reference, cfg, &mut ids);
+    score_texts(&h, &r, ids.len())
+}
+
+/// The most cells of the longest-common-subsequence table of one line (hypothesis
+/// tokens × reference tokens): about a second of ROUGE-L, and a 1 GiB table for a
+/// ROUGE-Lsum sentence pair that long. Two lines of 16,000 tokens each stay below it.
+pub const MAX_LCS_CELLS: u64 = 1 << 28;
+
+/// [`score_pair`] for line `i` (counted from 1 in the error), refused when its LCS
+/// table would pass [`MAX_LCS_CELLS`].
+fn score_line(i: usize, hyp: &str, reference: &str, cfg: &RougeConfig) -> Result<RougeScores> {
+    let mut ids = HashMap::new();
+    let h = prepare(hyp, cfg, &mut ids);
+    let r = prepare(reference, cfg, &mut ids);
+    let cells = h.all.len() as u64 * r.all.len() as u64;
+    if cells > MAX_LCS_CELLS {
+        return Err(Error::invalid(
+            "hyp",
+            format!(
+                "line {i}: {} hypothesis × {} reference tokens is {cells} cells of ROUGE-L's \
+                 table, more than the {MAX_LCS_CELLS} scored per line; shorten the line",
+                h.all.len(),
+                r.all.len()
+            ),
+        ));
+    }
+    Ok(score_texts(&h, &r, ids.len()))
+}
+
+fn score_texts(h: &Text, r: &Text, vocab: usize) -> RougeScores {
     RougeScores {
         rouge1: rouge_n(&h.all, &r.all, 1),
         rouge2: rouge_n(&h.all, &r.all, 2),
         rouge_l: rouge_l(&h.all, &r.all),
-        rouge_lsum: rouge_lsum(&h, &r, ids.len()),
+        rouge_lsum: rouge_lsum(h, r, vocab),
     }
 }
 
@@ -456,11 +488,12 @@ where
     if cfg.newline_token.as_deref() == Some("") {
         return Err(Error::invalid("newline-token", "must not be empty"));
     }
-    let lines: Vec<RougeScores> = hyps
+    let lines = hyps
         .par_iter()
         .zip(refs.par_iter())
-        .map(|(h, r)| score_pair(h.as_ref(), r.as_ref(), cfg))
-        .collect();
+        .enumerate()
+        .map(|(i, (h, r))| score_line(i + 1, h.as_ref(), r.as_ref(), cfg))
+        .collect::<Result<Vec<RougeScores>>>()?;
     Ok((mean(&lines), lines))
 }
 
@@ -479,6 +512,20 @@ mod tests {
         assert_eq!(s.rouge_l.fmeasure, s.rouge1.fmeasure);
         let z = score_pair("", "the cat", &cfg);
         assert_eq!(z, RougeScores::default());
+    }
+
+    /// A line whose LCS table would pass the limit is refused before any of it is
+    /// computed, naming the line.
+    #[test]
+    fn overlong_lines_are_refused_by_number() {
+        let cfg = RougeConfig::default();
+        let side = 1usize << 14; // side² = MAX_LCS_CELLS
+        let at = "w ".repeat(side);
+        let over = "w ".repeat(side + 1);
+        let e = score_corpus(&["a", over.as_str()], &["a", at.as_str()], &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2:") && e.contains("16385"), "{e}");
     }
 
     #[test]
