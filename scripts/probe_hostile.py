@@ -305,6 +305,9 @@ def probes(r: Runner, w: Path, m: dict):
     r.probe("generate --max-new-tokens 1e12 streams", ["generate", "--model", gpt2, "--max-new-tokens",
                                                         1_000_000_000_000, "--prompt", "RO"],
             expect="streams", timeout=10)
+    run = write(w / "one_word.txt", "acgt" * 500_000 + "\n")
+    r.probe("tokenizer train on a two-million-letter word", ["tokenizer", "train", "--data", run,
+            "--vocab-size", 600, "--out", w / "out/tok-word", "--overwrite"], expect="ok", timeout=60)
     r.probe("tokenizer train --vocab-size 1e9", ["tokenizer", "train", "--data", corpus, "--vocab-size", big,
                                                  "--out", w / "out/tok"], contains="vocab")
     for flag, val in [("--n-layer", 1_000_000), ("--n-embd", big), ("--block-size", big),
