@@ -531,8 +531,8 @@ const MAX_RUN: usize = 1024;
 /// `text` for the BPE trainer: its lines, with every run of more than [`MAX_RUN`]
 /// bytes without whitespace cut (at character boundaries) into pieces of at most that.
 /// The tokenizers library's trainer slows down with the length of a pre-tokenized word
-/// far more than linearly (a 200,000-letter word took 13–22 s, two million letters
-/// more than an hour), and text such as base64 blobs or sequence data holds such words.
+/// far more than linearly (a 200,000-letter word took 13–22 s; one of two million letters
+/// was still running after a minute), and base64 blobs or sequence data hold such words.
 /// Cuts fall only inside such runs, so every other word is counted as before.
 fn training_pieces(text: &str) -> Vec<&str> {
     let mut pieces = Vec::new();

@@ -378,10 +378,16 @@ fn rouge_lsum(hyp: &Text, reference: &Text, vocab: usize) -> Score {
 /// ROUGE-Lsum's table grow with the product of the two lengths: [`score_corpus`] checks
 /// it against [`MAX_LCS_CELLS`] first.
 pub fn score_pair(hyp: &str, reference: &str, cfg: &RougeConfig) -> RougeScores {
+    let (h, r, vocab) = prepare_pair(hyp, reference, cfg);
+    score_texts(&h, &r, vocab)
+}
+
+/// Both sides tokenized over one vocabulary, and its size.
+fn prepare_pair(hyp: &str, reference: &str, cfg: &RougeConfig) -> (Text, Text, usize) {
     let mut ids = HashMap::new();
     let h = prepare(hyp, cfg, &mut ids);
     let r = prepare(reference, cfg, &mut ids);
-    score_texts(&h, &r, ids.len())
+    (h, r, ids.len())
 }
 
 /// The most cells of the longest-common-subsequence table of one line (hypothesis
@@ -392,9 +398,7 @@ pub const MAX_LCS_CELLS: u64 = 1 << 28;
 /// [`score_pair`] for line `i` (counted from 1 in the error), refused when its LCS
 /// table would pass [`MAX_LCS_CELLS`].
 fn score_line(i: usize, hyp: &str, reference: &str, cfg: &RougeConfig) -> Result<RougeScores> {
-    let mut ids = HashMap::new();
-    let h = prepare(hyp, cfg, &mut ids);
-    let r = prepare(reference, cfg, &mut ids);
+    let (h, r, vocab) = prepare_pair(hyp, reference, cfg);
     let cells = h.all.len() as u64 * r.all.len() as u64;
     if cells > MAX_LCS_CELLS {
         return Err(Error::invalid(
@@ -407,7 +411,7 @@ fn score_line(i: usize, hyp: &str, reference: &str, cfg: &RougeConfig) -> Result
             ),
         ));
     }
-    Ok(score_texts(&h, &r, ids.len()))
+    Ok(score_texts(&h, &r, vocab))
 }
 
 fn score_texts(h: &Text, r: &Text, vocab: usize) -> RougeScores {
