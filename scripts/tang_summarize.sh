@@ -30,7 +30,6 @@ python3 "$ROOT/scripts/tang_titles.py" "$W"
 # MODEL (environment) overrides the model's shape (default: 3.3M parameters), e.g.
 # MODEL="--d-model 256 --layers 4 --heads 4 --ffn 512" for 11.3M.
 read -r -a SHAPE <<< "${MODEL:---d-model 128 --layers 2 --heads 4 --ffn 256}"
-recipe() { echo --batch-size 32 --lr 1e-3 --warmup 200 --seed "$1"; }
 FINE=(--pairs "$W/train.tsv" --valid-src "$W/valid.src" --valid-tgt "$W/valid.tgt"
       --max-len "$LEN" --max-steps "$FT" --eval-interval 500 --bleu-sample 1000)
 # The first seed's runs keep the plain names (scratch, finetuned); the others get theirs.
@@ -40,7 +39,7 @@ run() { local t0=$SECONDS; "$@"; echo "  ($((SECONDS - t0)) s wall)" >&2; }
 
 for s in "${SEED_LIST[@]}"; do
   echo "== (a) from scratch: $FT steps, seed $s" >&2
-  read -r -a R <<< "$(recipe "$s")"
+  R=(--batch-size 32 --lr 1e-3 --warmup 200 --seed "$s")
   run "$ATTN" summarize train "${FINE[@]}" "${SHAPE[@]}" "${R[@]}" --arch t5 --vocab char \
     --out "$W/$(name scratch "$s")" --overwrite --json > "$W/$(name scratch "$s").json"
   if [ "$s" = "${SEED_LIST[0]}" ]; then
@@ -83,4 +82,6 @@ for beam in 1 4; do
     --tokenize zh-char --samples 4000 "${A[@]}" "${B[@]}"
 done
 echo "== a dozen test poems: real title | (a) scratch | (b) pre-trained + fine-tuned (greedy)"
-paste "$W/test.tgt" "$W/scratch.beam1" "$W/finetuned.beam1" | head -12
+# The first lines of each file (paste | head would end the script with SIGPIPE under
+# pipefail).
+paste <(head -12 "$W/test.tgt") <(head -12 "$W/scratch.beam1") <(head -12 "$W/finetuned.beam1")

@@ -295,6 +295,7 @@ fn check_out(
 
 /// The most permutations for which dedup chooses the LSH bands and rows itself.
 const MAX_CHOSEN_PERM: usize = 16_384;
+
 fn dedup_cmd(a: DedupArgs) -> Result<()> {
     check_out(&a.out, &a.input, &[], "dedup_report.json", a.overwrite)?;
     let k = &a.sketch;
@@ -311,7 +312,7 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
         let (bands, rows) = match (a.bands, a.rows) {
             (Some(b), Some(r)) => (b, r),
             // datasketch's choice tries every split of the permutations (about n·ln n of
-            // them, each two integrals): 3 s at 8,192, hours at a few million.
+            // them, each two integrals): 0.6 s at 2,048, 2.7 s at 8,192.
             _ if k.num_perm > MAX_CHOSEN_PERM => {
                 return Err(Error::invalid(
                     "--num-perm",

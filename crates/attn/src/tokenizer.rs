@@ -245,7 +245,7 @@ impl Tokenizer {
         .map_err(tk_err)?
         .into();
         inner
-            .train(&mut trainer, training_pieces(text).into_iter())
+            .train(&mut trainer, training_pieces(text))
             .map_err(tk_err)?;
         Ok(Self::wrap(inner))
     }
@@ -534,24 +534,34 @@ const MAX_RUN: usize = 1024;
 /// far more than linearly (a 200,000-letter word took 13–22 s; one of two million letters
 /// was still running after a minute), and base64 blobs or sequence data hold such words.
 /// Cuts fall only inside such runs, so every other word is counted as before.
-fn training_pieces(text: &str) -> Vec<&str> {
-    let mut pieces = Vec::new();
-    for line in text.split_inclusive('\n') {
-        let (mut start, mut run) = (0, 0);
-        for (i, c) in line.char_indices() {
-            if c.is_whitespace() {
-                run = 0;
-                continue;
+fn training_pieces(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n').flat_map(|line| {
+        let mut rest = line;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
             }
-            if run + c.len_utf8() > MAX_RUN {
-                pieces.push(&line[start..i]);
-                (start, run) = (i, 0);
-            }
+            let (piece, tail) = rest.split_at(first_piece_len(rest));
+            rest = tail;
+            Some(piece)
+        })
+    })
+}
+
+/// The length of the first piece of `line` ([`training_pieces`]): up to the character
+/// that would make a run without whitespace longer than [`MAX_RUN`] bytes, or all of it.
+fn first_piece_len(line: &str) -> usize {
+    let mut run = 0;
+    for (i, c) in line.char_indices() {
+        if c.is_whitespace() {
+            run = 0;
+        } else if run + c.len_utf8() > MAX_RUN {
+            return i;
+        } else {
             run += c.len_utf8();
         }
-        pieces.push(&line[start..]);
     }
-    pieces
+    line.len()
 }
 
 #[cfg(test)]
@@ -564,7 +574,7 @@ mod tests {
     fn training_pieces_cut_only_overlong_runs() {
         let plain = "the cat sat\non the mat\n  two  spaces\nlast";
         assert_eq!(
-            training_pieces(plain),
+            training_pieces(plain).collect::<Vec<_>>(),
             plain.split_inclusive('\n').collect::<Vec<_>>()
         );
         // A run of 2,500 three-byte characters and one of 1,024 ASCII letters (exactly
@@ -574,7 +584,7 @@ mod tests {
             "語".repeat(2500),
             "x".repeat(MAX_RUN)
         );
-        let pieces = training_pieces(&long);
+        let pieces: Vec<&str> = training_pieces(&long).collect();
         assert_eq!(pieces.concat(), long);
         for p in &pieces {
             let longest = p.split(char::is_whitespace).map(str::len).max().unwrap();
