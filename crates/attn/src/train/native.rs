@@ -7,8 +7,9 @@
 //! moments are three flat `f32` buffers, every activation the backward pass needs has a
 //! buffer allocated once for the batch shape, and the backward pass is written out by
 //! hand (as llm.c does), once for the decoder stack (whose forward is the engine's block,
-//! `engine::block`, with every layer's buffers kept), over the slice kernels of
-//! [`crate::kernels::cpu`]: LayerNorm or RMSNorm, learned or rotary positions, multi-head or
+//! `engine::block`, with every layer's buffers kept), over a backend's operations
+//! ([`backward`]; here [`Cpu`], the slice kernels of [`crate::kernels::cpu`], and in
+//! `gpu.rs` the CUDA backend's): LayerNorm or RMSNorm, learned or rotary positions, multi-head or
 //! grouped-query attention, GELU or SwiGLU, biases or none, tied or untied head. Tests
 //! compare the loss and every gradient with transformers' (fixtures) and with finite
 //! differences.
@@ -34,6 +35,7 @@ use crate::kernels::cpu::huge::HugeVec;
 use crate::kernels::cpu::{self as k, Heads, Rhs, Rope, RopeTable};
 use crate::{Error, Result};
 
+mod backward;
 mod gpu;
 
 /// Where a checkpoint tensor's values sit in the flat buffers.
@@ -1055,9 +1057,8 @@ fn norm_grads<'g>(
     }
 }
 
-/// The backward pass of the last forward pass, whose logits now hold the loss
-/// gradient.
-/// Adds the gradients to `g`.
+/// The backward pass of the last forward pass into `a` (whose logits now hold the loss
+/// gradient), over `ids [b, t]`: adds the gradients to `g`.
 #[allow(clippy::too_many_arguments)]
 fn backward(
     lay: &Layout,
@@ -1069,240 +1070,199 @@ fn backward(
     t: usize,
     rope: Option<&RopeTable>,
 ) {
-    let (m, c, f, v) = (b * t, lay.c, lay.f, lay.vocab);
-    let (heads, up) = (lay.heads, lay.up);
-    let (qw, width) = (heads.q_width(), heads.width());
-    let drops = a.drops;
-    let p = |off: usize, len: usize| &w[off..off + len];
-    let head = lay.head_at();
-    // Output head: dhead += dlogitsᵀ·lnf, dlnf = dlogits·head.
-    time("gemm_tn_acc", || {
-        k::gemm_tn_acc(
-            &a.logits,
-            m,
-            v,
-            &a.lnf,
-            c,
-            &mut g[head..],
-            (&mut a.panels, &mut a.xpack),
-            false,
-        )
-    });
-    time("gemm", || {
-        k::gemm(
-            &a.logits,
-            m,
-            v,
-            c,
-            Rhs::Nn(p(head, v * c)),
-            &mut a.dln,
-            &mut a.panels,
-        )
-    });
-    a.dres.iter_mut().for_each(|x| *x = 0.0);
-    let nl = lay.blocks.len();
-    {
-        let (gw, gb) = norm_grads(lay, g, lay.lnf);
+    let kept = backward::Kept {
+        res: &a.res,
+        ln1: &a.ln1,
+        ln1_stats: &a.ln1_stats,
+        qkv: &a.qkv,
+        probs: &a.probs,
+        atty: &a.atty,
+        mid: &a.mid,
+        ln2: &a.ln2,
+        ln2_stats: &a.ln2_stats,
+        pre: &a.pre,
+        act: &a.act,
+        lnf: &a.lnf[..],
+        lnf_stats: &a.lnf_stats[..],
+        logits: &a.logits[..],
+    };
+    let scratch = backward::Scratch {
+        dres: &mut a.dres[..],
+        dtmp: &mut a.dtmp[..],
+        dln: &mut a.dln[..],
+        dbig: &mut a.dbig[..],
+        dact: &mut a.dact[..],
+        dqkv: &mut a.dqkv[..],
+    };
+    let mut ops = Cpu {
+        lay,
+        w,
+        g,
+        ids,
+        b,
+        t,
+        rope,
+        panels: &mut a.panels,
+        xpack: &mut a.xpack,
+    };
+    let done = backward::backward(&mut ops, lay, &kept, scratch, b * t, a.drops);
+    done.expect("the CPU's operations cannot fail");
+}
+
+/// The CPU's operations of the backward pass: the slice kernels, for one shard's batch
+/// `ids [b, t]`, over the parameters `w`, adding to the gradients `g`.
+struct Cpu<'a> {
+    lay: &'a Layout,
+    w: &'a [f32],
+    g: &'a mut [f32],
+    ids: &'a [u32],
+    b: usize,
+    t: usize,
+    rope: Option<&'a RopeTable>,
+    /// Packed right-hand sides of the products.
+    panels: &'a mut Vec<f32>,
+    /// Packed left-hand sides of the weight-gradient products.
+    xpack: &'a mut Vec<f32>,
+}
+
+/// The `len` floats of matrix `at` in the parameters `w`, as a product's right-hand side.
+fn rhs(w: &[f32], at: backward::Weight, len: usize) -> Rhs<'_> {
+    match at {
+        backward::Weight::Nn(at) => Rhs::Nn(&w[at..at + len]),
+        backward::Weight::Nt(at) => Rhs::Nt(&w[at..at + len]),
+    }
+}
+
+impl backward::Ops for Cpu<'_> {
+    type B = [f32];
+
+    fn matmul(
+        &mut self,
+        a: &[f32],
+        (m, k, n): (usize, usize, usize),
+        w: backward::Weight,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (w, panels) = (rhs(self.w, w, k * n), &mut *self.panels);
+        time("gemm", || k::gemm(a, m, k, n, w, out, panels));
+        Ok(())
+    }
+
+    fn matmul_times(
+        &mut self,
+        a: &[f32],
+        (m, k, n): (usize, usize, usize),
+        w: backward::Weight,
+        by: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (w, panels) = (rhs(self.w, w, k * n), &mut *self.panels);
+        time("gemm dgelu", || {
+            k::gemm_gelu_grad(a, m, k, n, w, by, out, panels)
+        });
+        Ok(())
+    }
+
+    fn weight_grad(
+        &mut self,
+        x: &[f32],
+        dy: &[f32],
+        (m, rows, cols): (usize, usize, usize),
+        (w, bias): (usize, Option<usize>),
+    ) -> Result<()> {
+        // The kernel finds the bias's gradient right after the matrix's.
+        debug_assert!(bias.is_none_or(|b| b == w + rows * cols));
+        let scratch = (&mut *self.panels, &mut *self.xpack);
+        let g = &mut self.g[w..];
+        time("gemm_tn_acc", || {
+            k::gemm_tn_acc(x, m, rows, dy, cols, g, scratch, bias.is_some())
+        });
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &mut self,
+        d: &[f32],
+        gu: &[f32],
+        (m, f): (usize, usize),
+        dgu: &mut [f32],
+    ) -> Result<()> {
+        time("swiglu_backward", || k::swiglu_backward(d, gu, m, f, dgu));
+        Ok(())
+    }
+
+    fn norm_backward(
+        &mut self,
+        dy: &[f32],
+        x: &[f32],
+        stats: &[f32],
+        at: usize,
+        dx: &mut [f32],
+    ) -> Result<()> {
+        let (c, m) = (self.lay.c, self.b * self.t);
+        let nw = &self.w[at..at + c];
+        let (gw, gb) = norm_grads(self.lay, self.g, at);
         time("layer_norm_backward", || {
-            k::layer_norm_backward(
-                &a.dln,
-                &a.res[nl],
-                &a.lnf_stats,
-                p(lay.lnf, c),
-                m,
-                &mut a.dres,
-                gw,
-                gb,
-            )
+            k::layer_norm_backward(dy, x, stats, nw, m, dx, gw, gb)
         });
+        Ok(())
     }
-    for (l, at) in lay.blocks.iter().enumerate().rev() {
-        // MLP: res[l+1] = mid + dropout(act(ln2·Wfc + bfc)·Wfcp + bfcp).
-        let dy: &[f32] = match drops.resid_mlp(l) {
-            Some(d) => {
-                k::dropout_into(&a.dres, d, &mut a.dtmp);
-                &a.dtmp
-            }
-            None => &a.dres,
-        };
-        match lay.mlp {
-            Mlp::SwiGlu => time("gemm, swiglu backward", || {
-                k::gemm(
-                    dy,
-                    m,
-                    c,
-                    f,
-                    Rhs::Nt(p(at.fcp_w, f * c)),
-                    &mut a.dact,
-                    &mut a.panels,
-                );
-                k::swiglu_backward(&a.dact, &a.pre[l], m, f, &mut a.dbig);
-            }),
-            _ => time("gemm dgelu", || {
-                k::gemm_gelu_grad(
-                    dy,
-                    m,
-                    c,
-                    f,
-                    Rhs::Nt(p(at.fcp_w, f * c)),
-                    &a.pre[l],
-                    &mut a.dbig,
-                    &mut a.panels,
-                )
-            }),
-        }
-        time("gemm_tn_acc", || {
-            k::gemm_tn_acc(
-                &a.act[l],
-                m,
-                f,
-                dy,
-                c,
-                &mut g[at.fcp_w..],
-                (&mut a.panels, &mut a.xpack),
-                at.fcp_b.is_some(),
-            )
-        });
-        time("gemm", || {
-            k::gemm(
-                &a.dbig,
-                m,
-                up,
-                c,
-                Rhs::Nt(p(at.fc_w, c * up)),
-                &mut a.dln,
-                &mut a.panels,
-            )
-        });
-        time("gemm_tn_acc", || {
-            k::gemm_tn_acc(
-                &a.ln2[l],
-                m,
-                c,
-                &a.dbig,
-                up,
-                &mut g[at.fc_w..],
-                (&mut a.panels, &mut a.xpack),
-                at.fc_b.is_some(),
-            )
-        });
-        {
-            let (gw, gb) = norm_grads(lay, g, at.ln2);
-            time("layer_norm_backward", || {
-                k::layer_norm_backward(
-                    &a.dln,
-                    &a.mid[l],
-                    &a.ln2_stats[l],
-                    p(at.ln2, c),
-                    m,
-                    &mut a.dres,
-                    gw,
-                    gb,
-                )
-            });
-        }
-        // Attention: mid = res[l] + dropout(attn(ln1)·Wproj + bproj).
-        let dy: &[f32] = match drops.resid_attn(l) {
-            Some(d) => {
-                k::dropout_into(&a.dres, d, &mut a.dtmp);
-                &a.dtmp
-            }
-            None => &a.dres,
-        };
-        time("gemm", || {
-            k::gemm(
-                dy,
-                m,
-                c,
-                qw,
-                Rhs::Nt(p(at.proj_w, qw * c)),
-                &mut a.dln,
-                &mut a.panels,
-            )
-        });
-        time("gemm_tn_acc", || {
-            k::gemm_tn_acc(
-                &a.atty[l],
-                m,
-                qw,
-                dy,
-                c,
-                &mut g[at.proj_w..],
-                (&mut a.panels, &mut a.xpack),
-                at.proj_b.is_some(),
-            )
-        });
+
+    fn attention_backward(
+        &mut self,
+        dy: &[f32],
+        qkv: &[f32],
+        probs: &[f32],
+        window: Option<usize>,
+        dropout: Option<k::Dropout>,
+        dqkv: &mut [f32],
+    ) -> Result<()> {
+        let (b, t, heads) = (self.b, self.t, self.lay.heads);
         time("attention_backward", || {
-            k::attention_backward(
-                &a.dln,
-                &a.qkv[l],
-                &a.probs[l],
-                b,
-                t,
-                heads,
-                lay.windows[l],
-                &mut a.dqkv,
-                drops.attn(l),
-            )
+            k::attention_backward(dy, qkv, probs, b, t, heads, window, dqkv, dropout)
         });
-        if let Some(table) = rope {
-            time("rope", || k::rope(&mut a.dqkv, m, t, heads, table, true));
-        }
-        time("gemm", || {
-            k::gemm(
-                &a.dqkv,
-                m,
-                width,
-                c,
-                Rhs::Nt(p(at.qkv_w, c * width)),
-                &mut a.dln,
-                &mut a.panels,
-            )
-        });
-        time("gemm_tn_acc", || {
-            k::gemm_tn_acc(
-                &a.ln1[l],
-                m,
-                c,
-                &a.dqkv,
-                width,
-                &mut g[at.qkv_w..],
-                (&mut a.panels, &mut a.xpack),
-                at.qkv_b.is_some(),
-            )
-        });
-        {
-            let (gw, gb) = norm_grads(lay, g, at.ln1);
-            time("layer_norm_backward", || {
-                k::layer_norm_backward(
-                    &a.dln,
-                    &a.res[l],
-                    &a.ln1_stats[l],
-                    p(at.ln1, c),
-                    m,
-                    &mut a.dres,
-                    gw,
-                    gb,
-                )
-            });
-        }
+        Ok(())
     }
-    // Embeddings (through their dropout).
-    if let Some(d) = drops.embd() {
-        k::dropout::drop_row(&mut a.dres[..m * c], d, 0);
-    }
-    for (r, &id) in ids.iter().enumerate() {
-        let d = &a.dres[r * c..(r + 1) * c];
-        let e = lay.wte + id as usize * c;
-        for (x, y) in g[e..e + c].iter_mut().zip(d) {
-            *x += y;
+
+    fn rope_backward(&mut self, dqkv: &mut [f32]) -> Result<()> {
+        if let Some(table) = self.rope {
+            let (m, t, heads) = (self.b * self.t, self.t, self.lay.heads);
+            time("rope", || k::rope(dqkv, m, t, heads, table, true));
         }
-        if let Some(wpe) = lay.wpe {
-            let q = wpe + (r % t) * c;
-            for (x, y) in g[q..q + c].iter_mut().zip(d) {
+        Ok(())
+    }
+
+    fn dropout_into(&mut self, x: &[f32], d: k::Dropout, n: usize, out: &mut [f32]) -> Result<()> {
+        k::dropout_into(&x[..n], d, &mut out[..n]);
+        Ok(())
+    }
+
+    fn dropout_in_place(&mut self, x: &mut [f32], d: k::Dropout, n: usize) -> Result<()> {
+        k::dropout::drop_row(&mut x[..n], d, 0);
+        Ok(())
+    }
+
+    fn clear(&mut self, x: &mut [f32], n: usize) -> Result<()> {
+        x[..n].fill(0.0);
+        Ok(())
+    }
+
+    fn embed_backward(&mut self, d: &[f32]) -> Result<()> {
+        let (lay, c, t) = (self.lay, self.lay.c, self.t);
+        for (r, &id) in self.ids.iter().enumerate() {
+            let d = &d[r * c..(r + 1) * c];
+            let e = lay.wte + id as usize * c;
+            for (x, y) in self.g[e..e + c].iter_mut().zip(d) {
                 *x += y;
             }
+            if let Some(wpe) = lay.wpe {
+                let q = wpe + (r % t) * c;
+                for (x, y) in self.g[q..q + c].iter_mut().zip(d) {
+                    *x += y;
+                }
+            }
         }
+        Ok(())
     }
 }
 

@@ -1,11 +1,14 @@
-//! The decoder's training passes on a CUDA GPU: the same steps as the CPU passes in
-//! [`super`] (`forward`, `backward`), in the same order, over the CUDA backend's
-//! operations and the same flat parameter layout, with the parameters, gradients, AdamW
-//! moments and activations resident on the device. The CPU passes fuse some steps into
-//! their products' epilogues; here they are separate launches (the GPU's memory
-//! bandwidth makes that cheap, and fusing them is later work). Tests compare the loss
-//! and every gradient with the CPU passes (`tests/cuda_train.rs`).
+//! The decoder's training passes on a CUDA GPU, with the parameters, gradients, AdamW
+//! moments and activations resident on the device, in the CPU's flat parameter layout.
+//! The backward pass is the CPU's ([`super::backward`]) over this backend's operations
+//! ([`Dev`]: the CPU's fused products are separate launches here, the GPU's memory
+//! bandwidth making that cheap). The forward pass below is the same steps as the CPU's
+//! (the engine's block, `engine::block`) in the same order, composed here from separate
+//! launches: putting the engine's block over the same kind of operations is the next
+//! step. Tests compare the loss and every gradient with the CPU passes
+//! (`tests/cuda_train.rs`).
 
+use super::backward::{self, Weight};
 use super::{Drops, Layout};
 use crate::engine::Mlp;
 use crate::kernels::cpu::{AdamWStep, Dropout, RopeTable};
@@ -184,7 +187,42 @@ impl OnGpu {
             scale.map(|s| s / m as f32),
         )?;
         if scale.is_some() {
-            backward(gpu, lay, &self.params, &self.grads, a, b, t, drops, rope)?;
+            let a = self.acts.as_mut().unwrap();
+            let kept = backward::Kept {
+                res: &a.res,
+                ln1: &a.ln1,
+                ln1_stats: &a.ln1_stats,
+                qkv: &a.qkv,
+                probs: &a.probs,
+                atty: &a.atty,
+                mid: &a.mid,
+                ln2: &a.ln2,
+                ln2_stats: &a.ln2_stats,
+                pre: &a.pre,
+                act: &a.act,
+                lnf: &a.lnf,
+                lnf_stats: &a.lnf_stats,
+                logits: &a.logits,
+            };
+            let scratch = backward::Scratch {
+                dres: &mut a.dres,
+                dtmp: &mut a.tmp,
+                dln: &mut a.dln,
+                dbig: &mut a.dbig,
+                dact: &mut a.dact,
+                dqkv: &mut a.dqkv,
+            };
+            let mut ops = Dev {
+                gpu,
+                lay,
+                w: &self.params,
+                g: &self.grads,
+                ids: &a.ids,
+                b,
+                t,
+                rope,
+            };
+            backward::backward(&mut ops, lay, &kept, scratch, m, drops)?;
         }
         Ok(sum / m as f64)
     }
@@ -209,25 +247,6 @@ fn linear(
     }
 }
 
-/// The weight gradient of [`linear`]: `dW += xᵀ·dy`, and the bias's `db += Σ dy`.
-#[allow(clippy::too_many_arguments)]
-fn linear_grads(
-    gpu: &Gpu,
-    x: &Buf<f32>,
-    dy: &Buf<f32>,
-    grads: &Buf<f32>,
-    (w, bias): (usize, Option<usize>),
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<()> {
-    gpu.gemm(true, false, k, n, m, x, dy, &grads.view(w, k * n), true)?;
-    match bias {
-        Some(o) => gpu.col_sums_acc(dy, m, n, &grads.view(o, n)),
-        None => Ok(()),
-    }
-}
-
 /// A norm's weight and (LayerNorm) bias at `at`.
 fn norm_of<'a>(
     lay: &Layout,
@@ -236,18 +255,6 @@ fn norm_of<'a>(
 ) -> (View<'a, f32>, Option<View<'a, f32>>) {
     let c = lay.c;
     (buf.view(at, c), lay.norm_bias.then(|| buf.view(at + c, c)))
-}
-
-/// The gradient entering a residual branch: `dres` through the branch's dropout (into
-/// `tmp`), or `dres` as it is.
-fn branch<'a>(gpu: &Gpu, a: &'a Acts, d: Option<Dropout>, n: usize) -> Result<&'a Buf<f32>> {
-    Ok(match d {
-        Some(d) => {
-            gpu.dropout(&a.dres, d, &a.tmp, n)?;
-            &a.tmp
-        }
-        None => &a.dres,
-    })
 }
 
 /// `out = res + dropout(y)` over `[m, c]` (`y` is changed by the dropout).
@@ -365,141 +372,140 @@ fn forward(
     )
 }
 
-/// The backward pass of the last forward pass, whose logits now hold the loss gradient;
-/// adds the gradients to `g`.
-#[allow(clippy::too_many_arguments)]
-fn backward(
-    gpu: &Gpu,
-    lay: &Layout,
-    w: &Buf<f32>,
-    g: &Buf<f32>,
-    a: &Acts,
+/// The CUDA backend's operations of the backward pass, for the batch `ids [b, t]` on the
+/// device, over the parameters `w`, adding to the gradients `g`: the CPU's fused
+/// products are separate launches here.
+struct Dev<'a> {
+    gpu: &'a Gpu,
+    lay: &'a Layout,
+    w: &'a Buf<f32>,
+    g: &'a Buf<f32>,
+    ids: &'a Buf<u32>,
     b: usize,
     t: usize,
-    drops: Drops,
-    rope: Option<&GpuRope>,
-) -> Result<()> {
-    let (m, c, f, v) = (b * t, lay.c, lay.f, lay.vocab);
-    let (heads, up) = (lay.heads, lay.up);
-    let (qw, width) = (heads.q_width(), heads.width());
-    let head = lay.head_at();
-    // Output head: dhead += dlogitsᵀ·lnf, dlnf = dlogits·head.
-    gpu.gemm(
-        true,
-        false,
-        v,
-        c,
-        m,
-        &a.logits,
-        &a.lnf,
-        &g.view(head, v * c),
-        true,
-    )?;
-    gpu.gemm(
-        false,
-        false,
-        m,
-        c,
-        v,
-        &a.logits,
-        &w.view(head, v * c),
-        &a.dln,
-        false,
-    )?;
-    gpu.clear(&a.dres, m * c)?;
-    let norm_back = |dy: &Buf<f32>, x: &Buf<f32>, stats: &Buf<f32>, at: usize| {
-        let (nw, _) = norm_of(lay, w, at);
-        let (gw, gb) = norm_of(lay, g, at);
-        gpu.layer_norm_backward(dy, x, stats, &nw, m, &a.dres, &gw, gb.as_deref())
-    };
-    let nl = lay.blocks.len();
-    norm_back(&a.dln, &a.res[nl], &a.lnf_stats, lay.lnf)?;
-    for (l, at) in lay.blocks.iter().enumerate().rev() {
-        let dy = branch(gpu, a, drops.resid_mlp(l), m * c)?;
-        let fcp = w.view(at.fcp_w, f * c);
-        match lay.mlp {
-            Mlp::SwiGlu => {
-                gpu.gemm(false, true, m, f, c, dy, &fcp, &a.dact, false)?;
-                gpu.swiglu_backward(&a.dact, &a.pre[l], m, f, &a.dbig)?;
-            }
-            _ => {
-                gpu.gemm(false, true, m, f, c, dy, &fcp, &a.dbig, false)?;
-                gpu.mul_into(&a.dbig, &a.pre[l], m * f)?;
-            }
-        }
-        linear_grads(gpu, &a.act[l], dy, g, (at.fcp_w, at.fcp_b), m, f, c)?;
-        gpu.gemm(
-            false,
-            true,
-            m,
-            c,
-            up,
-            &a.dbig,
-            &w.view(at.fc_w, c * up),
-            &a.dln,
-            false,
-        )?;
-        linear_grads(gpu, &a.ln2[l], &a.dbig, g, (at.fc_w, at.fc_b), m, c, up)?;
-        norm_back(&a.dln, &a.mid[l], &a.ln2_stats[l], at.ln2)?;
-        let dy = branch(gpu, a, drops.resid_attn(l), m * c)?;
-        gpu.gemm(
-            false,
-            true,
-            m,
-            qw,
-            c,
-            dy,
-            &w.view(at.proj_w, qw * c),
-            &a.dln,
-            false,
-        )?;
-        linear_grads(gpu, &a.atty[l], dy, g, (at.proj_w, at.proj_b), m, qw, c)?;
-        gpu.attention_backward(
-            &a.dln,
-            &a.qkv[l],
-            &a.probs[l],
-            b,
-            t,
-            heads,
-            &a.dqkv,
-            drops.attn(l),
-        )?;
-        if let Some(table) = rope {
-            gpu.rope(&a.dqkv, m, t, heads, table, true)?;
-        }
-        gpu.gemm(
-            false,
-            true,
-            m,
-            c,
-            width,
-            &a.dqkv,
-            &w.view(at.qkv_w, c * width),
-            &a.dln,
-            false,
-        )?;
-        linear_grads(
-            gpu,
-            &a.ln1[l],
-            &a.dqkv,
-            g,
-            (at.qkv_w, at.qkv_b),
-            m,
-            c,
-            width,
-        )?;
-        norm_back(&a.dln, &a.res[l], &a.ln1_stats[l], at.ln1)?;
+    rope: Option<&'a GpuRope>,
+}
+
+impl backward::Ops for Dev<'_> {
+    type B = Buf<f32>;
+
+    fn matmul(
+        &mut self,
+        a: &Buf<f32>,
+        (m, k, n): (usize, usize, usize),
+        w: Weight,
+        out: &mut Buf<f32>,
+    ) -> Result<()> {
+        let (tb, at) = match w {
+            Weight::Nn(at) => (false, at),
+            Weight::Nt(at) => (true, at),
+        };
+        let w = self.w.view(at, k * n);
+        self.gpu.gemm(false, tb, m, n, k, a, &w, out, false)
     }
-    if let Some(d) = drops.embd() {
-        gpu.dropout(&a.dres, d, &a.dres, m * c)?;
+
+    fn matmul_times(
+        &mut self,
+        a: &Buf<f32>,
+        (m, k, n): (usize, usize, usize),
+        w: Weight,
+        by: &Buf<f32>,
+        out: &mut Buf<f32>,
+    ) -> Result<()> {
+        self.matmul(a, (m, k, n), w, out)?;
+        self.gpu.mul_into(out, by, m * n)
     }
-    let dwpe = lay.wpe.map(|o| g.view(o, lay.n_pos * c));
-    gpu.embed_backward(
-        &a.ids,
-        &a.dres,
-        t,
-        c,
-        &g.view(lay.wte, lay.vocab * c),
-        dwpe.as_deref(),
-    )
+
+    fn weight_grad(
+        &mut self,
+        x: &Buf<f32>,
+        dy: &Buf<f32>,
+        (m, rows, cols): (usize, usize, usize),
+        (w, bias): (usize, Option<usize>),
+    ) -> Result<()> {
+        let gw = self.g.view(w, rows * cols);
+        self.gpu
+            .gemm(true, false, rows, cols, m, x, dy, &gw, true)?;
+        match bias {
+            Some(o) => self.gpu.col_sums_acc(dy, m, cols, &self.g.view(o, cols)),
+            None => Ok(()),
+        }
+    }
+
+    fn swiglu_backward(
+        &mut self,
+        d: &Buf<f32>,
+        gu: &Buf<f32>,
+        (m, f): (usize, usize),
+        dgu: &mut Buf<f32>,
+    ) -> Result<()> {
+        self.gpu.swiglu_backward(d, gu, m, f, dgu)
+    }
+
+    fn norm_backward(
+        &mut self,
+        dy: &Buf<f32>,
+        x: &Buf<f32>,
+        stats: &Buf<f32>,
+        at: usize,
+        dx: &mut Buf<f32>,
+    ) -> Result<()> {
+        let (nw, _) = norm_of(self.lay, self.w, at);
+        let (gw, gb) = norm_of(self.lay, self.g, at);
+        let m = self.b * self.t;
+        self.gpu
+            .layer_norm_backward(dy, x, stats, &nw, m, dx, &gw, gb.as_deref())
+    }
+
+    fn attention_backward(
+        &mut self,
+        dy: &Buf<f32>,
+        qkv: &Buf<f32>,
+        probs: &Buf<f32>,
+        _window: Option<usize>,
+        dropout: Option<Dropout>,
+        dqkv: &mut Buf<f32>,
+    ) -> Result<()> {
+        // The weights outside a window are zero in `probs`: the backward needs no window.
+        let (b, t, heads) = (self.b, self.t, self.lay.heads);
+        self.gpu
+            .attention_backward(dy, qkv, probs, b, t, heads, dqkv, dropout)
+    }
+
+    fn rope_backward(&mut self, dqkv: &mut Buf<f32>) -> Result<()> {
+        match self.rope {
+            Some(table) => {
+                let (m, t, heads) = (self.b * self.t, self.t, self.lay.heads);
+                self.gpu.rope(dqkv, m, t, heads, table, true)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn dropout_into(
+        &mut self,
+        x: &Buf<f32>,
+        d: Dropout,
+        n: usize,
+        out: &mut Buf<f32>,
+    ) -> Result<()> {
+        self.gpu.dropout(x, d, out, n)
+    }
+
+    fn dropout_in_place(&mut self, x: &mut Buf<f32>, d: Dropout, n: usize) -> Result<()> {
+        let x: &Buf<f32> = x;
+        self.gpu.dropout(x, d, x, n)
+    }
+
+    fn clear(&mut self, x: &mut Buf<f32>, n: usize) -> Result<()> {
+        self.gpu.clear(x, n)
+    }
+
+    fn embed_backward(&mut self, d: &Buf<f32>) -> Result<()> {
+        let (lay, c) = (self.lay, self.lay.c);
+        let dwpe = lay.wpe.map(|o| self.g.view(o, lay.n_pos * c));
+        let dwte = self.g.view(lay.wte, lay.vocab * c);
+        self.gpu
+            .embed_backward(self.ids, d, self.t, c, &dwte, dwpe.as_deref())
+    }
 }
