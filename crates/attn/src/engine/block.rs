@@ -7,28 +7,218 @@
 //! MLPs) with its residual sum and the next norm: the next sublayer's, or the final one.
 //! A cross-attention is the attention sublayer with a queries-only first product.
 //!
-//! The weights may be the trainer's flat `[in, out]` matrices or inference's (f32
-//! panels, f16, 8- or 4-bit blocks): [`Rhs`] carries either to the same products, whose
-//! epilogues add the biases, residuals, dropout and norms while each block of rows is in
-//! cache. The trainer keeps every buffer written here for its backward pass
-//! (`train::native`, where the block's backward is written, beside the stack's); the
-//! engine reuses them from layer to layer.
+//! The block is written over a backend's operations ([`Exec`]): the CPU's ([`Cpu`]),
+//! whose products take the trainer's flat `[in, out]` matrices or inference's (f32
+//! panels, f16, 8- or 4-bit blocks) as [`Rhs`] and add the biases, residuals, dropout
+//! and norms in their epilogues while each block of rows is in cache; or a GPU's (the
+//! decoder trainer's, `train::native::gpu`), where the same steps are separate launches.
+//! The trainer keeps every buffer written here for its backward pass
+//! (`train::native::backward`); the engine reuses them from layer to layer.
+
+use std::convert::Infallible;
 
 use super::Mlp;
-use crate::kernels::cpu::{self as k, Dropout, Heads, NormOut, Rhs};
+use crate::kernels::cpu::{self as k, Dropout, Heads, Rhs};
 use crate::train::profile::time;
 
-/// A norm's weight and, for a LayerNorm, its bias (RMSNorm has none).
-#[derive(Clone, Copy)]
-pub(crate) struct NormW<'a> {
-    pub w: &'a [f32],
-    pub b: Option<&'a [f32]>,
+/// What a backend's buffers and weights are: an activation buffer `B`, a vector of
+/// weights (a bias, a norm's weight) `Vector`, and a matrix `W`, the right-hand side of
+/// a product.
+pub(crate) trait Backend {
+    type B: ?Sized;
+    type Vector: ?Sized;
+    type W<'a>: Copy;
 }
 
-impl<'a> NormW<'a> {
+/// The CPU's memory: slices, and the products' right-hand sides.
+#[derive(Clone, Copy)]
+pub(crate) struct Host;
+
+impl Backend for Host {
+    type B = [f32];
+    type Vector = [f32];
+    type W<'a> = Rhs<'a>;
+}
+
+/// A backend's operations on a block, for `m` rows (`mkn`: an `[m, k]` input, `n`
+/// outputs). The CPU's cannot fail (`Err = Infallible`); a GPU's report device errors.
+pub(crate) trait Exec {
+    type K: Backend;
+    type Err;
+    /// `out [m, n] = x [m, k] · w (+ b)`.
+    fn gemm_bias(
+        &mut self,
+        x: &<Self::K as Backend>::B,
+        mkn: (usize, usize, usize),
+        w: <Self::K as Backend>::W<'_>,
+        b: Option<&<Self::K as Backend>::Vector>,
+        out: &mut <Self::K as Backend>::B,
+    ) -> Result<(), Self::Err>;
+    /// `out = res + drop(x · w (+ b))`, and `next` the norm of `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bias_residual(
+        &mut self,
+        x: &<Self::K as Backend>::B,
+        mkn: (usize, usize, usize),
+        w: <Self::K as Backend>::W<'_>,
+        b: Option<&<Self::K as Backend>::Vector>,
+        res: &<Self::K as Backend>::B,
+        out: &mut <Self::K as Backend>::B,
+        drop: Option<Dropout>,
+        next: NormOut<'_, Self::K>,
+    ) -> Result<(), Self::Err>;
+    /// The tanh GELU of `x · w + b` into `act`, and its derivative there into `pre`.
+    fn gemm_bias_gelu(
+        &mut self,
+        x: &<Self::K as Backend>::B,
+        mkn: (usize, usize, usize),
+        w: <Self::K as Backend>::W<'_>,
+        b: &<Self::K as Backend>::Vector,
+        pre: &mut <Self::K as Backend>::B,
+        act: &mut <Self::K as Backend>::B,
+    ) -> Result<(), Self::Err>;
+    /// A gated MLP's activation `act [m, inner]` of its gate and up products `gu [m,
+    /// 2·inner]`.
+    fn gate(
+        &mut self,
+        mlp: Mlp,
+        mi: (usize, usize),
+        gu: &mut <Self::K as Backend>::B,
+        act: &mut <Self::K as Backend>::B,
+    ) -> Result<(), Self::Err>;
+    /// An ungated MLP's activation, in place on `x [m, inner]`.
+    fn activate(
+        &mut self,
+        mlp: Mlp,
+        mi: (usize, usize),
+        x: &mut <Self::K as Backend>::B,
+    ) -> Result<(), Self::Err>;
+    /// `out[..n] = x[..n]`.
+    fn copy(
+        &mut self,
+        x: &<Self::K as Backend>::B,
+        n: usize,
+        out: &mut <Self::K as Backend>::B,
+    ) -> Result<(), Self::Err>;
+    /// `x[..n] = d(x[..n])`.
+    fn drop_in_place(
+        &mut self,
+        x: &mut <Self::K as Backend>::B,
+        n: usize,
+        d: Dropout,
+    ) -> Result<(), Self::Err>;
+}
+
+/// The CPU's operations: the kernels of [`crate::kernels::cpu`], with their scratch for
+/// packed right-hand sides.
+pub(crate) struct Cpu<'p>(pub &'p mut Vec<f32>);
+
+impl Exec for Cpu<'_> {
+    type K = Host;
+    type Err = Infallible;
+
+    fn gemm_bias(
+        &mut self,
+        x: &[f32],
+        (m, k, n): (usize, usize, usize),
+        w: Rhs<'_>,
+        b: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<(), Infallible> {
+        k::gemm_bias(x, m, k, n, w, b, out, self.0);
+        Ok(())
+    }
+
+    fn gemm_bias_residual(
+        &mut self,
+        x: &[f32],
+        (m, k, n): (usize, usize, usize),
+        w: Rhs<'_>,
+        b: Option<&[f32]>,
+        res: &[f32],
+        out: &mut [f32],
+        drop: Option<Dropout>,
+        next: NormOut<'_>,
+    ) -> Result<(), Infallible> {
+        let next = k::NormOut {
+            w: next.w,
+            b: next.b,
+            eps: next.eps,
+            out: next.out,
+            stats: next.stats,
+        };
+        k::gemm_bias_residual(x, m, k, n, w, b, res, out, self.0, drop, Some(next));
+        Ok(())
+    }
+
+    fn gemm_bias_gelu(
+        &mut self,
+        x: &[f32],
+        (m, k, n): (usize, usize, usize),
+        w: Rhs<'_>,
+        b: &[f32],
+        pre: &mut [f32],
+        act: &mut [f32],
+    ) -> Result<(), Infallible> {
+        k::gemm_bias_gelu(x, m, k, n, w, b, pre, act, self.0);
+        Ok(())
+    }
+
+    fn gate(
+        &mut self,
+        mlp: Mlp,
+        (m, inner): (usize, usize),
+        gu: &mut [f32],
+        act: &mut [f32],
+    ) -> Result<(), Infallible> {
+        match mlp {
+            Mlp::SwiGlu => k::swiglu(gu, m, inner, act),
+            _ => {
+                let (gu, act) = (&mut gu[..m * 2 * inner], &mut act[..m * inner]);
+                super::decoder::activate(mlp, inner, gu, act);
+            }
+        }
+        Ok(())
+    }
+
+    fn activate(
+        &mut self,
+        mlp: Mlp,
+        (m, inner): (usize, usize),
+        x: &mut [f32],
+    ) -> Result<(), Infallible> {
+        super::decoder::activate(mlp, inner, &mut x[..m * inner], &mut []);
+        Ok(())
+    }
+
+    fn copy(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Infallible> {
+        out[..n].copy_from_slice(&x[..n]);
+        Ok(())
+    }
+
+    fn drop_in_place(&mut self, x: &mut [f32], n: usize, d: Dropout) -> Result<(), Infallible> {
+        super::sublayers::drop_in_place(&mut x[..n], Some(d));
+        Ok(())
+    }
+}
+
+/// A norm's weight and, for a LayerNorm, its bias (RMSNorm has none).
+pub(crate) struct NormW<'a, K: Backend + ?Sized = Host> {
+    pub w: &'a K::Vector,
+    pub b: Option<&'a K::Vector>,
+}
+
+impl<K: Backend + ?Sized> Clone for NormW<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K: Backend + ?Sized> Copy for NormW<'_, K> {}
+
+impl<'a, K: Backend + ?Sized> NormW<'a, K> {
     /// The norm, written to `out` (and each row's statistics to `stats`) by the
     /// product that computes its input.
-    pub fn into<'o>(self, eps: f32, out: &'o mut [f32], stats: &'o mut [f32]) -> NormOut<'o>
+    pub fn into<'o>(self, eps: f32, out: &'o mut K::B, stats: &'o mut K::B) -> NormOut<'o, K>
     where
         'a: 'o,
     {
@@ -40,6 +230,16 @@ impl<'a> NormW<'a> {
             stats,
         }
     }
+}
+
+/// A norm to apply to a product's output rows: its weights, and where the normed rows
+/// and each row's statistics (mean, 0 for RMSNorm, and 1/√(var + eps)) go.
+pub(crate) struct NormOut<'o, K: Backend + ?Sized = Host> {
+    pub w: &'o K::Vector,
+    pub b: Option<&'o K::Vector>,
+    pub eps: f32,
+    pub out: &'o mut K::B,
+    pub stats: &'o mut K::B,
 }
 
 /// The sizes of a block.
@@ -56,44 +256,44 @@ pub(crate) struct Shape {
 }
 
 /// One block's weights (its first norm is applied by whatever computes its input).
-pub(crate) struct Weights<'a> {
-    pub qkv: Rhs<'a>,
-    pub qkv_b: Option<&'a [f32]>,
-    pub proj: Rhs<'a>,
-    pub proj_b: Option<&'a [f32]>,
-    pub norm2: NormW<'a>,
-    pub mlp: MlpWeights<'a>,
+pub(crate) struct Weights<'a, K: Backend + ?Sized = Host> {
+    pub qkv: K::W<'a>,
+    pub qkv_b: Option<&'a K::Vector>,
+    pub proj: K::W<'a>,
+    pub proj_b: Option<&'a K::Vector>,
+    pub norm2: NormW<'a, K>,
+    pub mlp: MlpWeights<'a, K>,
 }
 
 /// The buffers of one block: its input and output, and everything in between (which
 /// the trainer keeps for the backward pass). `m` rows enter; `kept` rows leave (fewer
 /// when decoding wants only each sequence's last position after the last block).
-pub(crate) struct Io<'a> {
+pub(crate) struct Io<'a, K: Backend + ?Sized = Host> {
     /// The residual stream entering the block, normed: `[m, c]`.
-    pub ln1: &'a [f32],
+    pub ln1: &'a K::B,
     /// `[m, heads.width()]`: queries, keys, values.
-    pub qkv: &'a mut [f32],
+    pub qkv: &'a mut K::B,
     /// The heads' outputs side by side, `[kept, heads.q_width()]`.
-    pub atty: &'a mut [f32],
+    pub atty: &'a mut K::B,
     /// The residual stream entering the block, the rows kept: `[kept, c]`.
-    pub res: &'a [f32],
+    pub res: &'a K::B,
     /// The residual stream after attention, `[kept, c]`.
-    pub mid: &'a mut [f32],
+    pub mid: &'a mut K::B,
     /// `mid` normed, `[kept, c]`, and its statistics `[kept, 2]`.
-    pub ln2: &'a mut [f32],
-    pub ln2_stats: &'a mut [f32],
+    pub ln2: &'a mut K::B,
+    pub ln2_stats: &'a mut K::B,
     /// The MLP's first product `[kept, up]`: a gated MLP's gate and up pre-activations;
     /// when training, an ungated MLP's pre-activations (the tanh GELU with a bias: its
     /// derivative); otherwise the activations themselves.
-    pub pre: &'a mut [f32],
+    pub pre: &'a mut K::B,
     /// The activations `[kept, inner]` (gated MLPs, and every MLP when training).
-    pub act: &'a mut [f32],
+    pub act: &'a mut K::B,
     /// Whether a backward pass follows (see `pre`).
     pub train: bool,
     /// The residual stream leaving the block, `[kept, c]`.
-    pub out: &'a mut [f32],
+    pub out: &'a mut K::B,
     /// Where the norm of `out` goes: the next block's first norm or the final one.
-    pub next: NormOut<'a>,
+    pub next: NormOut<'a, K>,
 }
 
 /// Dropout on the two residual branches (none in evaluation and inference).
@@ -103,20 +303,20 @@ pub(crate) struct Drops {
     pub mlp: Option<Dropout>,
 }
 
-/// Run one block over `m` rows, `kept` of which leave it. `attend(qkv, atty)` applies
-/// the positions and the attention: it reads the `m` rows of `qkv` and writes the `kept`
-/// rows of `atty`.
+/// Run one block over `m` rows, `kept` of which leave it, on `ex`'s operations.
+/// `attend(qkv, atty)` applies the positions and the attention: it reads the `m` rows
+/// of `qkv` and writes the `kept` rows of `atty`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn forward(
+pub(crate) fn forward<X: Exec>(
+    ex: &mut X,
     s: &Shape,
-    w: &Weights<'_>,
-    io: Io<'_>,
+    w: &Weights<'_, X::K>,
+    io: Io<'_, X::K>,
     m: usize,
     kept: usize,
-    attend: impl FnOnce(&mut [f32], &mut [f32]),
+    attend: impl FnOnce(&mut <X::K as Backend>::B, &mut <X::K as Backend>::B) -> Result<(), X::Err>,
     drops: Drops,
-    panels: &mut Vec<f32>,
-) {
+) -> Result<(), X::Err> {
     let Io {
         ln1,
         qkv,
@@ -145,40 +345,38 @@ pub(crate) fn forward(
         next: ln2_out,
         drop: drops.attn,
     };
-    attention(s, first, proj, ln1, (qkv, atty), rows, attend, sub, panels);
+    attention(ex, s, first, proj, ln1, (qkv, atty), rows, attend, sub)?;
     let sub = Sublayer {
         res: mid,
         out,
         next,
         drop: drops.mlp,
     };
-    mlp(s, &w.mlp, ln2, (pre, act), train, kept, None, sub, panels);
+    mlp(ex, s, &w.mlp, ln2, (pre, act), train, kept, None, sub)
 }
 
 /// An attention sublayer's first product: `[width, in]` (queries, keys and values side
 /// by side; the queries alone for a cross-attention, whose keys and values come from
 /// elsewhere) and its bias.
-#[derive(Clone, Copy)]
-pub(crate) struct First<'a> {
-    pub w: Rhs<'a>,
-    pub b: Option<&'a [f32]>,
+pub(crate) struct First<'a, K: Backend + ?Sized = Host> {
+    pub w: K::W<'a>,
+    pub b: Option<&'a K::Vector>,
     pub width: usize,
 }
 
 /// An MLP's products and biases.
-#[derive(Clone, Copy)]
-pub(crate) struct MlpWeights<'a> {
-    pub up: Rhs<'a>,
-    pub up_b: Option<&'a [f32]>,
-    pub down: Rhs<'a>,
-    pub down_b: Option<&'a [f32]>,
+pub(crate) struct MlpWeights<'a, K: Backend + ?Sized = Host> {
+    pub up: K::W<'a>,
+    pub up_b: Option<&'a K::Vector>,
+    pub down: K::W<'a>,
+    pub down_b: Option<&'a K::Vector>,
 }
 
 /// A pre-norm sublayer's end: `out = res + drop(branch)`, and `next` the norm of `out`.
-pub(crate) struct Sublayer<'a> {
-    pub res: &'a [f32],
-    pub out: &'a mut [f32],
-    pub next: NormOut<'a>,
+pub(crate) struct Sublayer<'a, K: Backend + ?Sized = Host> {
+    pub res: &'a K::B,
+    pub out: &'a mut K::B,
+    pub next: NormOut<'a, K>,
     pub drop: Option<Dropout>,
 }
 
@@ -186,37 +384,34 @@ pub(crate) struct Sublayer<'a> {
 /// leave it: the first product into `bufs.0`, then `attend(bufs.0, bufs.1)`, then the
 /// output projection `proj` with the residual sum and the next norm (`sub`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention(
+pub(crate) fn attention<X: Exec>(
+    ex: &mut X,
     s: &Shape,
-    first: First<'_>,
-    proj: (Rhs<'_>, Option<&[f32]>),
-    ln: &[f32],
-    (qkv, atty): (&mut [f32], &mut [f32]),
+    first: First<'_, X::K>,
+    proj: (<X::K as Backend>::W<'_>, Option<&<X::K as Backend>::Vector>),
+    ln: &<X::K as Backend>::B,
+    (qkv, atty): (&mut <X::K as Backend>::B, &mut <X::K as Backend>::B),
     (m, kept): (usize, usize),
-    attend: impl FnOnce(&mut [f32], &mut [f32]),
-    sub: Sublayer<'_>,
-    panels: &mut Vec<f32>,
-) {
+    attend: impl FnOnce(&mut <X::K as Backend>::B, &mut <X::K as Backend>::B) -> Result<(), X::Err>,
+    sub: Sublayer<'_, X::K>,
+) -> Result<(), X::Err> {
     let (c, qw) = (s.c, s.heads.q_width());
     time("gemm qkv", || {
-        k::gemm_bias(ln, m, c, first.width, first.w, first.b, qkv, panels)
-    });
-    time("attention", || attend(qkv, atty));
+        ex.gemm_bias(ln, (m, c, first.width), first.w, first.b, qkv)
+    })?;
+    time("attention", || attend(qkv, atty))?;
     time("gemm proj", || {
-        k::gemm_bias_residual(
+        ex.gemm_bias_residual(
             atty,
-            kept,
-            qw,
-            c,
+            (kept, qw, c),
             proj.0,
             proj.1,
             sub.res,
             sub.out,
-            panels,
             sub.drop,
-            Some(sub.next),
+            sub.next,
         )
-    });
+    })
 }
 
 /// The MLP sublayer over `kept` rows of the normed stream `ln`: the first product into
@@ -225,74 +420,65 @@ pub(crate) fn attention(
 /// the decoder trainer's), the activation's dropout `drop_act`, the second product with
 /// the residual sum and the next norm (`sub`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn mlp(
+pub(crate) fn mlp<X: Exec>(
+    ex: &mut X,
     s: &Shape,
-    w: &MlpWeights<'_>,
-    ln: &[f32],
-    (pre, act): (&mut [f32], &mut [f32]),
+    w: &MlpWeights<'_, X::K>,
+    ln: &<X::K as Backend>::B,
+    (pre, act): (&mut <X::K as Backend>::B, &mut <X::K as Backend>::B),
     train: bool,
     kept: usize,
     drop_act: Option<Dropout>,
-    sub: Sublayer<'_>,
-    panels: &mut Vec<f32>,
-) {
+    sub: Sublayer<'_, X::K>,
+) -> Result<(), X::Err> {
     let (c, inner, up) = (s.c, s.inner, s.up);
-    let hidden: &mut [f32] = match (s.mlp, w.up_b) {
-        (Mlp::SwiGlu, b) => {
-            time("gemm gate+up, swiglu", || {
-                k::gemm_bias(ln, kept, c, up, w.up, b, pre, panels);
-                k::swiglu(pre, kept, inner, act);
-            });
-            act
-        }
-        (Mlp::Gated(_), b) => {
+    let hidden: &mut <X::K as Backend>::B = match (s.mlp, w.up_b) {
+        (Mlp::SwiGlu | Mlp::Gated(_), b) => {
             time("gemm gate+up, gate", || {
-                k::gemm_bias(ln, kept, c, up, w.up, b, pre, panels);
-                let (pre, act) = (&mut pre[..kept * up], &mut act[..kept * inner]);
-                super::decoder::activate(s.mlp, inner, pre, act);
-            });
+                ex.gemm_bias(ln, (kept, c, up), w.up, b, pre)?;
+                ex.gate(s.mlp, (kept, inner), pre, act)
+            })?;
             act
         }
         (Mlp::GeluTanh, Some(b)) if train => {
             time("gemm fc+gelu", || {
-                k::gemm_bias_gelu(ln, kept, c, inner, w.up, b, pre, act, panels)
-            });
+                ex.gemm_bias_gelu(ln, (kept, c, inner), w.up, b, pre, act)
+            })?;
             act
         }
         (mlp, b) if train => {
             // The backward pass reads the pre-activations: the activations go to `act`.
             time("gemm fc, activation", || {
-                k::gemm_bias(ln, kept, c, inner, w.up, b, pre, panels);
-                act[..kept * inner].copy_from_slice(&pre[..kept * inner]);
-                super::decoder::activate(mlp, inner, &mut act[..kept * inner], &mut []);
-            });
+                ex.gemm_bias(ln, (kept, c, inner), w.up, b, pre)?;
+                ex.copy(pre, kept * inner, act)?;
+                ex.activate(mlp, (kept, inner), act)
+            })?;
             act
         }
         (mlp, b) => {
             time("gemm fc, activation", || {
-                k::gemm_bias(ln, kept, c, inner, w.up, b, pre, panels);
-                super::decoder::activate(mlp, inner, &mut pre[..kept * inner], &mut []);
-            });
+                ex.gemm_bias(ln, (kept, c, inner), w.up, b, pre)?;
+                ex.activate(mlp, (kept, inner), pre)
+            })?;
             pre
         }
     };
-    super::sublayers::drop_in_place(&mut hidden[..kept * inner], drop_act);
-    let hidden: &[f32] = hidden;
+    if let Some(d) = drop_act {
+        ex.drop_in_place(hidden, kept * inner, d)?;
+    }
+    let hidden: &<X::K as Backend>::B = hidden;
     time("gemm fcproj", || {
-        k::gemm_bias_residual(
+        ex.gemm_bias_residual(
             hidden,
-            kept,
-            inner,
-            c,
+            (kept, inner, c),
             w.down,
             w.down_b,
             sub.res,
             sub.out,
-            panels,
             sub.drop,
-            Some(sub.next),
+            sub.next,
         )
-    });
+    })
 }
 
 /// The buffers an inference pass reuses from block to block: the residual stream and
@@ -355,20 +541,25 @@ impl Buffers {
         attend: impl FnOnce(&mut [f32], &mut [f32]),
     ) {
         let io = Io {
-            ln1: &self.h,
-            qkv: &mut self.qkv,
-            atty: &mut self.atty,
-            res: res.unwrap_or(x),
-            mid: &mut self.mid,
-            ln2: &mut self.ln2,
-            ln2_stats: &mut self.ln2_stats,
-            pre: &mut self.pre,
-            act: &mut self.act,
+            ln1: &self.h[..],
+            qkv: &mut self.qkv[..],
+            atty: &mut self.atty[..],
+            res: res.unwrap_or(&x[..]),
+            mid: &mut self.mid[..],
+            ln2: &mut self.ln2[..],
+            ln2_stats: &mut self.ln2_stats[..],
+            pre: &mut self.pre[..],
+            act: &mut self.act[..],
             train: false,
-            out: &mut self.x_out,
-            next: next.into(s.eps, &mut self.h_next, &mut self.st_next),
+            out: &mut self.x_out[..],
+            next: next.into(s.eps, &mut self.h_next[..], &mut self.st_next[..]),
         };
-        forward(
+        let attend = |q: &mut [f32], y: &mut [f32]| {
+            attend(q, y);
+            Ok(())
+        };
+        let Ok(()) = forward(
+            &mut Cpu(&mut self.panels),
             s,
             w,
             io,
@@ -376,7 +567,6 @@ impl Buffers {
             kept,
             attend,
             Drops::default(),
-            &mut self.panels,
         );
         std::mem::swap(x, &mut self.x_out);
         std::mem::swap(&mut self.h, &mut self.h_next);

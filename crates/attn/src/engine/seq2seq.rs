@@ -916,15 +916,22 @@ impl Seq2Seq {
                         width: w,
                     };
                     let sub = block::Sublayer {
-                        res: &x,
-                        out: &mut bf.mid,
-                        next: cr.norm.weights().into(eps, &mut bf.h_next, &mut bf.st_next),
+                        res: &x[..],
+                        out: &mut bf.mid[..],
+                        next: cr
+                            .norm
+                            .weights()
+                            .into(eps, &mut bf.h_next[..], &mut bf.st_next[..]),
                         drop: None,
                     };
-                    let attend = |qkv: &mut [f32], y: &mut [f32]| self_heads(l, qkv, states, y);
+                    let attend = |qkv: &mut [f32], y: &mut [f32]| {
+                        self_heads(l, qkv, states, y);
+                        Ok(())
+                    };
                     let proj = (Rhs::Q(&b.proj.w), b.proj.b.as_deref());
                     let bufs2 = (&mut bf.qkv[..], &mut bf.atty[..]);
-                    block::attention(
+                    let Ok(()) = block::attention(
+                        &mut block::Cpu(&mut bf.panels),
                         &shape,
                         first,
                         proj,
@@ -933,7 +940,6 @@ impl Seq2Seq {
                         (n, n),
                         attend,
                         sub,
-                        &mut bf.panels,
                     );
                     let first = block::First {
                         w: Rhs::Q(&cr.q.w),
@@ -941,15 +947,22 @@ impl Seq2Seq {
                         width: aw,
                     };
                     let sub = block::Sublayer {
-                        res: &bf.mid,
-                        out: &mut bf.x_out,
-                        next: b.norm2.weights().into(eps, &mut bf.ln2, &mut bf.ln2_stats),
+                        res: &bf.mid[..],
+                        out: &mut bf.x_out[..],
+                        next: b
+                            .norm2
+                            .weights()
+                            .into(eps, &mut bf.ln2[..], &mut bf.ln2_stats[..]),
                         drop: None,
                     };
-                    let attend = |q: &mut [f32], y: &mut [f32]| cross_heads(l, q, y);
+                    let attend = |q: &mut [f32], y: &mut [f32]| {
+                        cross_heads(l, q, y);
+                        Ok(())
+                    };
                     let proj = (Rhs::Q(&cr.proj.w), cr.proj.b.as_deref());
                     let bufs2 = (&mut bf.qkv[..], &mut bf.atty[..]);
-                    block::attention(
+                    let Ok(()) = block::attention(
+                        &mut block::Cpu(&mut bf.panels),
                         &shape,
                         first,
                         proj,
@@ -958,21 +971,21 @@ impl Seq2Seq {
                         (n, n),
                         attend,
                         sub,
-                        &mut bf.panels,
                     );
                     let next = self
                         .decoder
                         .get(l + 1)
                         .map_or(dec_final, |n| &n.block.norm1);
                     let sub = block::Sublayer {
-                        res: &bf.x_out,
-                        out: &mut x,
-                        next: next.weights().into(eps, &mut bf.h, &mut bf.st),
+                        res: &bf.x_out[..],
+                        out: &mut x[..],
+                        next: next.weights().into(eps, &mut bf.h[..], &mut bf.st[..]),
                         drop: None,
                     };
                     let mlp = b.mlp_weights();
                     let bufs2 = (&mut bf.pre[..], &mut bf.act[..]);
-                    block::mlp(
+                    let Ok(()) = block::mlp(
+                        &mut block::Cpu(&mut bf.panels),
                         &shape,
                         &mlp,
                         &bf.ln2,
@@ -981,7 +994,6 @@ impl Seq2Seq {
                         n,
                         None,
                         sub,
-                        &mut bf.panels,
                     );
                 }
                 // The final norm, which the last sublayer wrote.

@@ -34,6 +34,7 @@ use crate::engine::{DecoderSpec, Mlp, NormKind, Positions};
 use crate::kernels::cpu::huge::HugeVec;
 use crate::kernels::cpu::{self as k, Heads, Rhs, Rope, RopeTable};
 use crate::{Error, Result};
+use std::convert::Infallible;
 
 mod backward;
 mod gpu;
@@ -992,10 +993,10 @@ fn forward(
                 lay.norm_at(w, nb).into(eps, next, &mut a.ln1_stats[l + 1]),
             )
         } else {
-            let (ln1, lnf) = (&a.ln1[l], &mut a.lnf);
+            let (ln1, lnf) = (&a.ln1[l], &mut a.lnf[..]);
             (
                 ln1,
-                lay.norm_at(w, lay.lnf).into(eps, lnf, &mut a.lnf_stats),
+                lay.norm_at(w, lay.lnf).into(eps, lnf, &mut a.lnf_stats[..]),
             )
         };
         let (res, out) = a.res.pair_mut(l);
@@ -1018,14 +1019,16 @@ fn forward(
             if let Some(table) = rope {
                 k::rope(qkv, m, t, heads, table, false);
             }
-            k::attention(qkv, b, t, heads, window, probs, atty, dropout)
+            k::attention(qkv, b, t, heads, window, probs, atty, dropout);
+            Ok(())
         };
         let d = block::Drops {
             attn: drops.resid_attn(l),
             mlp: drops.resid_mlp(l),
         };
         let weights = lay.block_weights(w, at);
-        block::forward(&shape, &weights, io, m, m, attend, d, &mut a.panels);
+        let ex = &mut block::Cpu(&mut a.panels);
+        let Ok(()) = block::forward(ex, &shape, &weights, io, m, m, attend, d);
     }
     // The final norm was applied in the last block's residual epilogue.
 
@@ -1105,8 +1108,7 @@ fn backward(
         panels: &mut a.panels,
         xpack: &mut a.xpack,
     };
-    let done = backward::backward(&mut ops, lay, &kept, scratch, b * t, a.drops);
-    done.expect("the CPU's operations cannot fail");
+    let Ok(()) = backward::backward(&mut ops, lay, &kept, scratch, b * t, a.drops);
 }
 
 /// The CPU's operations of the backward pass: the slice kernels, for one shard's batch
@@ -1135,6 +1137,7 @@ fn rhs(w: &[f32], at: backward::Weight, len: usize) -> Rhs<'_> {
 
 impl backward::Ops for Cpu<'_> {
     type B = [f32];
+    type Err = Infallible;
 
     fn matmul(
         &mut self,
@@ -1142,7 +1145,7 @@ impl backward::Ops for Cpu<'_> {
         (m, k, n): (usize, usize, usize),
         w: backward::Weight,
         out: &mut [f32],
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Infallible> {
         let (w, panels) = (rhs(self.w, w, k * n), &mut *self.panels);
         time("gemm", || k::gemm(a, m, k, n, w, out, panels));
         Ok(())
@@ -1155,7 +1158,7 @@ impl backward::Ops for Cpu<'_> {
         w: backward::Weight,
         by: &[f32],
         out: &mut [f32],
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Infallible> {
         let (w, panels) = (rhs(self.w, w, k * n), &mut *self.panels);
         time("gemm dgelu", || {
             k::gemm_gelu_grad(a, m, k, n, w, by, out, panels)
@@ -1169,7 +1172,7 @@ impl backward::Ops for Cpu<'_> {
         dy: &[f32],
         (m, rows, cols): (usize, usize, usize),
         (w, bias): (usize, Option<usize>),
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Infallible> {
         // The kernel finds the bias's gradient right after the matrix's.
         debug_assert!(bias.is_none_or(|b| b == w + rows * cols));
         let scratch = (&mut *self.panels, &mut *self.xpack);
@@ -1186,7 +1189,7 @@ impl backward::Ops for Cpu<'_> {
         gu: &[f32],
         (m, f): (usize, usize),
         dgu: &mut [f32],
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Infallible> {
         time("swiglu_backward", || k::swiglu_backward(d, gu, m, f, dgu));
         Ok(())
     }
@@ -1198,7 +1201,7 @@ impl backward::Ops for Cpu<'_> {
         stats: &[f32],
         at: usize,
         dx: &mut [f32],
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Infallible> {
         let (c, m) = (self.lay.c, self.b * self.t);
         let nw = &self.w[at..at + c];
         let (gw, gb) = norm_grads(self.lay, self.g, at);
@@ -1216,7 +1219,7 @@ impl backward::Ops for Cpu<'_> {
         window: Option<usize>,
         dropout: Option<k::Dropout>,
         dqkv: &mut [f32],
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Infallible> {
         let (b, t, heads) = (self.b, self.t, self.lay.heads);
         time("attention_backward", || {
             k::attention_backward(dy, qkv, probs, b, t, heads, window, dqkv, dropout)
@@ -1224,7 +1227,7 @@ impl backward::Ops for Cpu<'_> {
         Ok(())
     }
 
-    fn rope_backward(&mut self, dqkv: &mut [f32]) -> Result<()> {
+    fn rope_backward(&mut self, dqkv: &mut [f32]) -> std::result::Result<(), Infallible> {
         if let Some(table) = self.rope {
             let (m, t, heads) = (self.b * self.t, self.t, self.lay.heads);
             time("rope", || k::rope(dqkv, m, t, heads, table, true));
@@ -1232,22 +1235,33 @@ impl backward::Ops for Cpu<'_> {
         Ok(())
     }
 
-    fn dropout_into(&mut self, x: &[f32], d: k::Dropout, n: usize, out: &mut [f32]) -> Result<()> {
+    fn dropout_into(
+        &mut self,
+        x: &[f32],
+        d: k::Dropout,
+        n: usize,
+        out: &mut [f32],
+    ) -> std::result::Result<(), Infallible> {
         k::dropout_into(&x[..n], d, &mut out[..n]);
         Ok(())
     }
 
-    fn dropout_in_place(&mut self, x: &mut [f32], d: k::Dropout, n: usize) -> Result<()> {
+    fn dropout_in_place(
+        &mut self,
+        x: &mut [f32],
+        d: k::Dropout,
+        n: usize,
+    ) -> std::result::Result<(), Infallible> {
         k::dropout::drop_row(&mut x[..n], d, 0);
         Ok(())
     }
 
-    fn clear(&mut self, x: &mut [f32], n: usize) -> Result<()> {
+    fn clear(&mut self, x: &mut [f32], n: usize) -> std::result::Result<(), Infallible> {
         x[..n].fill(0.0);
         Ok(())
     }
 
-    fn embed_backward(&mut self, d: &[f32]) -> Result<()> {
+    fn embed_backward(&mut self, d: &[f32]) -> std::result::Result<(), Infallible> {
         let (lay, c, t) = (self.lay, self.lay.c, self.t);
         for (r, &id) in self.ids.iter().enumerate() {
             let d = &d[r * c..(r + 1) * c];

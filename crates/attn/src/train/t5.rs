@@ -25,13 +25,13 @@ use rayon::prelude::*;
 use super::encdec::{Forward, Pairs, Passes};
 use super::flat::Flat;
 use crate::engine::block;
+use crate::engine::block::NormOut;
 use crate::engine::io::Plain;
 use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
 use crate::engine::sublayers::{
     drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, Act, Dims, Job, Scratch,
 };
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::NormOut;
 use crate::kernels::cpu::{Dropout, Rhs};
 use crate::models::t5::{bucket_grid, head_bias, T5Act, T5Config, T5Ffn};
 use crate::Result;
@@ -445,8 +445,8 @@ impl NativeT5 {
             w: &self.flat.params[ln..ln + c],
             b: None,
             eps: self.dims().eps,
-            out: &mut out.h,
-            stats: &mut out.st,
+            out: &mut out.h[..],
+            stats: &mut out.st[..],
         }
     }
 
@@ -480,15 +480,19 @@ impl NativeT5 {
         };
         let sub = block::Sublayer {
             res: x,
-            out: &mut out,
+            out: &mut out[..],
             next: self.norm_out(next_ln, &mut next),
             drop,
         };
         let proj = (Rhs::Nt(&w[o..o + c * a]), None);
-        let attend = |q: &mut [f32], y: &mut [f32]| probs = heads(q, y);
+        let attend = |q: &mut [f32], y: &mut [f32]| {
+            probs = heads(q, y);
+            Ok(())
+        };
         let shape = self.shape();
         let bufs = (&mut q[..], &mut y[..]);
-        block::attention(
+        let Ok(()) = block::attention(
+            &mut block::Cpu(&mut scratch.panels),
             &shape,
             first,
             proj,
@@ -497,7 +501,6 @@ impl NativeT5 {
             (n, n),
             attend,
             sub,
-            &mut scratch.panels,
         );
         (q, probs, y, out, next)
     }
@@ -529,12 +532,13 @@ impl NativeT5 {
         };
         let sub = block::Sublayer {
             res: x,
-            out: &mut out,
+            out: &mut out[..],
             next: self.norm_out(next_ln, &mut next),
             drop: drop_out,
         };
         let bufs = (&mut u[..], &mut g[..]);
-        block::mlp(
+        let Ok(()) = block::mlp(
+            &mut block::Cpu(&mut scratch.panels),
             &shape,
             &mlp,
             &ln.h,
@@ -543,7 +547,6 @@ impl NativeT5 {
             n,
             drop_act,
             sub,
-            &mut scratch.panels,
         );
         (FfActs { norm: ln, u, g }, out, next)
     }

@@ -8,7 +8,6 @@
 use super::{Drops, Layout};
 use crate::engine::Mlp;
 use crate::kernels::cpu::Dropout;
-use crate::Result;
 
 /// A matrix in the flat parameters, at `at`, multiplying from the right: `Nn` stored
 /// `[k, n]` (used as it is), `Nt` stored `[n, k]` (used transposed).
@@ -24,6 +23,8 @@ pub(super) enum Weight {
 /// implementation was made for, with that pass's batch `[b, t]`.
 pub(super) trait Ops {
     type B: ?Sized;
+    /// The CPU's operations cannot fail (`Infallible`); a GPU's report device errors.
+    type Err;
     /// `out [m, n] = a [m, k] · w` for `mkn = (m, k, n)`.
     fn matmul(
         &mut self,
@@ -31,7 +32,7 @@ pub(super) trait Ops {
         mkn: (usize, usize, usize),
         w: Weight,
         out: &mut Self::B,
-    ) -> Result<()>;
+    ) -> Result<(), Self::Err>;
     /// `out [m, n] = (a [m, k] · w) ⊙ by` (the tanh GELU's backward, whose forward left
     /// its derivative in `by`).
     fn matmul_times(
@@ -41,7 +42,7 @@ pub(super) trait Ops {
         w: Weight,
         by: &Self::B,
         out: &mut Self::B,
-    ) -> Result<()>;
+    ) -> Result<(), Self::Err>;
     /// For `sizes = (m, rows, cols)` and `at = (w, bias)`: a weight's gradient `[rows,
     /// cols]` at `w` `+= xᵀ·dy` over `m` rows, and its bias's at `bias` (which directly
     /// follows the matrix) `+= Σ dy`.
@@ -51,7 +52,7 @@ pub(super) trait Ops {
         dy: &Self::B,
         sizes: (usize, usize, usize),
         at: (usize, Option<usize>),
-    ) -> Result<()>;
+    ) -> Result<(), Self::Err>;
     /// SwiGLU's backward, `mf = (m, f)`: `dgu [m, 2f]` from the gradient `d [m, f]` of its output and
     /// the gate and up pre-activations `gu`.
     fn swiglu_backward(
@@ -60,7 +61,7 @@ pub(super) trait Ops {
         gu: &Self::B,
         mf: (usize, usize),
         dgu: &mut Self::B,
-    ) -> Result<()>;
+    ) -> Result<(), Self::Err>;
     /// The backward of the norm at `at` (weight, and a LayerNorm's bias after it) of
     /// `x` with row statistics `stats`: `dx += ` the gradient through it of `dy`, and its
     /// weights' gradients.
@@ -71,7 +72,7 @@ pub(super) trait Ops {
         stats: &Self::B,
         at: usize,
         dx: &mut Self::B,
-    ) -> Result<()>;
+    ) -> Result<(), Self::Err>;
     /// The attention's backward (queries, keys, values `qkv`, weights `probs`, the
     /// layer's window and dropout): `dqkv` from the heads' output gradient `dy`.
     fn attention_backward(
@@ -82,18 +83,24 @@ pub(super) trait Ops {
         window: Option<usize>,
         dropout: Option<Dropout>,
         dqkv: &mut Self::B,
-    ) -> Result<()>;
+    ) -> Result<(), Self::Err>;
     /// The rotary positions' backward on `dqkv` (nothing without them).
-    fn rope_backward(&mut self, dqkv: &mut Self::B) -> Result<()>;
+    fn rope_backward(&mut self, dqkv: &mut Self::B) -> Result<(), Self::Err>;
     /// `out = dropout(x)` over `n` elements.
-    fn dropout_into(&mut self, x: &Self::B, d: Dropout, n: usize, out: &mut Self::B) -> Result<()>;
+    fn dropout_into(
+        &mut self,
+        x: &Self::B,
+        d: Dropout,
+        n: usize,
+        out: &mut Self::B,
+    ) -> Result<(), Self::Err>;
     /// `x = dropout(x)` over `n` elements.
-    fn dropout_in_place(&mut self, x: &mut Self::B, d: Dropout, n: usize) -> Result<()>;
+    fn dropout_in_place(&mut self, x: &mut Self::B, d: Dropout, n: usize) -> Result<(), Self::Err>;
     /// Zeroes the first `n` elements.
-    fn clear(&mut self, x: &mut Self::B, n: usize) -> Result<()>;
+    fn clear(&mut self, x: &mut Self::B, n: usize) -> Result<(), Self::Err>;
     /// The embeddings' gradients (tokens, and learned positions) from the gradient
     /// `d [b·t, c]` entering the first block.
-    fn embed_backward(&mut self, d: &Self::B) -> Result<()>;
+    fn embed_backward(&mut self, d: &Self::B) -> Result<(), Self::Err>;
 }
 
 /// What the forward pass kept: per layer (`L`, indexed by layer; `res` has one more,
@@ -139,7 +146,7 @@ pub(super) fn backward<O, L>(
     d: Scratch<'_, O::B>,
     m: usize,
     drops: Drops,
-) -> Result<()>
+) -> Result<(), O::Err>
 where
     O: Ops,
     L: std::ops::Index<usize, Output = O::B> + ?Sized,

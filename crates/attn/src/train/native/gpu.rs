@@ -388,6 +388,7 @@ struct Dev<'a> {
 
 impl backward::Ops for Dev<'_> {
     type B = Buf<f32>;
+    type Err = crate::Error;
 
     fn matmul(
         &mut self,
