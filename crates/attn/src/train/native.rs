@@ -37,6 +37,7 @@ use crate::{Error, Result};
 use std::convert::Infallible;
 
 mod backward;
+mod forward;
 mod gpu;
 
 /// Where a checkpoint tensor's values sit in the flat buffers.
@@ -951,98 +952,121 @@ fn forward(
 ) {
     a.ensure(lay, b, t);
     a.drops = drops;
-    let (m, c, eps, heads) = (b * t, lay.c, lay.eps, lay.heads);
-    let p = |off: usize, len: usize| &w[off..off + len];
-    for (r, &id) in ids.iter().enumerate() {
-        let e = p(lay.wte + id as usize * c, c);
-        let row = &mut a.res[0][r * c..(r + 1) * c];
-        match lay.wpe {
-            Some(wpe) => {
-                for ((o, x), y) in row.iter_mut().zip(e).zip(p(wpe + (r % t) * c, c)) {
-                    *o = x + y;
-                }
-            }
-            None => row.copy_from_slice(e),
-        }
-    }
-    if let Some(d) = drops.embd() {
-        k::dropout::drop_row(&mut a.res[0][..m * c], d, 0);
-    }
-    let shape = lay.shape();
-    let nl = lay.blocks.len();
-    for (l, at) in lay.blocks.iter().enumerate() {
-        if l == 0 {
-            time("layer_norm", || {
-                k::layer_norm(
-                    &a.res[0],
-                    p(at.ln1, c),
-                    lay.norm_b(w, at.ln1),
-                    eps,
-                    m,
-                    &mut a.ln1[0],
-                    &mut a.ln1_stats[0],
-                )
-            });
-        }
-        // The block's output is normed by the next block's first norm, or the final one.
-        let (ln1, next) = if l + 1 < nl {
-            let nb = lay.blocks[l + 1].ln1;
-            let (ln1, next) = a.ln1.pair_mut(l);
-            (
-                ln1,
-                lay.norm_at(w, nb).into(eps, next, &mut a.ln1_stats[l + 1]),
-            )
-        } else {
-            let (ln1, lnf) = (&a.ln1[l], &mut a.lnf[..]);
-            (
-                ln1,
-                lay.norm_at(w, lay.lnf).into(eps, lnf, &mut a.lnf_stats[..]),
-            )
-        };
-        let (res, out) = a.res.pair_mut(l);
-        let io = block::Io {
-            ln1,
-            qkv: &mut a.qkv[l],
-            atty: &mut a.atty[l],
-            res,
-            mid: &mut a.mid[l],
-            ln2: &mut a.ln2[l],
-            ln2_stats: &mut a.ln2_stats[l],
-            pre: &mut a.pre[l],
-            act: &mut a.act[l],
-            train: true,
-            out,
-            next,
-        };
-        let (probs, window, dropout) = (&mut a.probs[l], lay.windows[l], drops.attn(l));
-        let attend = |qkv: &mut [f32], atty: &mut [f32]| {
-            if let Some(table) = rope {
-                k::rope(qkv, m, t, heads, table, false);
-            }
-            k::attention(qkv, b, t, heads, window, probs, atty, dropout);
-            Ok(())
-        };
-        let d = block::Drops {
-            attn: drops.resid_attn(l),
-            mlp: drops.resid_mlp(l),
-        };
-        let weights = lay.block_weights(w, at);
-        let ex = &mut block::Cpu(&mut a.panels);
-        let Ok(()) = block::forward(ex, &shape, &weights, io, m, m, attend, d);
-    }
-    // The final norm was applied in the last block's residual epilogue.
+    let pass = CpuPass {
+        lay,
+        w,
+        ids,
+        b,
+        t,
+        rope,
+    };
+    let fill = forward::Fill {
+        res: &mut a.res,
+        ln1: &mut a.ln1,
+        ln1_stats: &mut a.ln1_stats,
+        qkv: &mut a.qkv,
+        probs: &mut a.probs,
+        atty: &mut a.atty,
+        mid: &mut a.mid,
+        ln2: &mut a.ln2,
+        ln2_stats: &mut a.ln2_stats,
+        pre: &mut a.pre,
+        act: &mut a.act,
+        lnf: &mut a.lnf[..],
+        lnf_stats: &mut a.lnf_stats[..],
+        logits: &mut a.logits[..],
+    };
+    let ex = &mut block::Cpu(&mut a.panels);
+    let Ok(()) = forward::forward(ex, &pass, lay, fill, b * t, drops);
+}
 
-    time("gemm", || {
-        k::gemm(
-            &a.lnf,
-            m,
-            c,
-            lay.vocab,
-            Rhs::Nt(p(lay.head_at(), lay.vocab * c)),
-            &mut a.logits,
-            &mut a.panels,
-        )
-    });
+impl forward::PerLayer<[f32]> for Layers {
+    fn at(&self, l: usize) -> &[f32] {
+        &self[l]
+    }
+    fn at_mut(&mut self, l: usize) -> &mut [f32] {
+        &mut self[l]
+    }
+    fn pair_mut(&mut self, l: usize) -> (&[f32], &mut [f32]) {
+        Layers::pair_mut(self, l)
+    }
+}
+
+/// What the CPU's forward pass reads besides the block's operations: the batch `ids
+/// [b, t]`, the parameters `w`, the rotary table.
+struct CpuPass<'a> {
+    lay: &'a Layout,
+    w: &'a [f32],
+    ids: &'a [u32],
+    b: usize,
+    t: usize,
+    rope: Option<&'a RopeTable>,
+}
+
+impl forward::Pass for CpuPass<'_> {
+    type K = block::Host;
+    type Err = Infallible;
+
+    fn embed(&self, x: &mut [f32]) -> std::result::Result<(), Infallible> {
+        let (lay, w, c, t) = (self.lay, self.w, self.lay.c, self.t);
+        for (r, &id) in self.ids.iter().enumerate() {
+            let e = &w[lay.wte + id as usize * c..][..c];
+            let row = &mut x[r * c..(r + 1) * c];
+            match lay.wpe {
+                Some(wpe) => {
+                    let p = &w[wpe + (r % t) * c..][..c];
+                    for ((o, x), y) in row.iter_mut().zip(e).zip(p) {
+                        *o = x + y;
+                    }
+                }
+                None => row.copy_from_slice(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn norm(
+        &self,
+        x: &[f32],
+        at: usize,
+        out: &mut [f32],
+        stats: &mut [f32],
+    ) -> std::result::Result<(), Infallible> {
+        let (lay, m) = (self.lay, self.b * self.t);
+        let nw = lay.norm_at(self.w, at);
+        k::layer_norm(x, nw.w, nw.b, lay.eps, m, out, stats);
+        Ok(())
+    }
+
+    fn attend(
+        &self,
+        l: usize,
+        qkv: &mut [f32],
+        probs: &mut [f32],
+        atty: &mut [f32],
+        dropout: Option<k::Dropout>,
+    ) -> std::result::Result<(), Infallible> {
+        let (b, t, heads) = (self.b, self.t, self.lay.heads);
+        if let Some(table) = self.rope {
+            k::rope(qkv, b * t, t, heads, table, false);
+        }
+        let window = self.lay.windows[l];
+        k::attention(qkv, b, t, heads, window, probs, atty, dropout);
+        Ok(())
+    }
+
+    fn weights(&self, l: usize) -> block::Weights<'_> {
+        self.lay.block_weights(self.w, &self.lay.blocks[l])
+    }
+
+    fn norm_w(&self, at: usize) -> NormW<'_> {
+        self.lay.norm_at(self.w, at)
+    }
+
+    fn head(&self) -> Rhs<'_> {
+        let (lay, at) = (self.lay, self.lay.head_at());
+        Rhs::Nt(&self.w[at..at + lay.vocab * lay.c])
+    }
 }
 
 /// The gradients of a norm's weight and (LayerNorm) bias, at `at` in `g`.

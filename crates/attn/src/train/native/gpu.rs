@@ -1,15 +1,16 @@
 //! The decoder's training passes on a CUDA GPU, with the parameters, gradients, AdamW
 //! moments and activations resident on the device, in the CPU's flat parameter layout.
-//! The backward pass is the CPU's ([`super::backward`]) over this backend's operations
-//! ([`Dev`]: the CPU's fused products are separate launches here, the GPU's memory
-//! bandwidth making that cheap). The forward pass below is the same steps as the CPU's
-//! (the engine's block, `engine::block`) in the same order, composed here from separate
-//! launches: putting the engine's block over the same kind of operations is the next
-//! step. Tests compare the loss and every gradient with the CPU passes
-//! (`tests/cuda_train.rs`).
+//! Both passes are the CPU's, written once: the forward ([`super::forward`], whose
+//! blocks are the engine's `engine::block`) over [`GpuBlock`] and [`GpuPass`], the
+//! backward ([`super::backward`]) over [`Dev`]. The CPU fuses biases, residual sums,
+//! dropout, norms and the GELU into its products' epilogues; here they are separate
+//! launches (the GPU's memory bandwidth makes that cheap). Tests compare the loss and
+//! every gradient with the CPU passes (`tests/cuda_train.rs`).
 
 use super::backward::{self, Weight};
+use super::forward;
 use super::{Drops, Layout};
+use crate::engine::block::{self, Backend, Exec, NormOut, NormW};
 use crate::engine::Mlp;
 use crate::kernels::cpu::{AdamWStep, Dropout, RopeTable};
 use crate::kernels::cuda::{Buf, Gpu, GpuRope, View};
@@ -51,8 +52,7 @@ struct Acts {
     lnf: Buf<f32>,
     lnf_stats: Buf<f32>,
     logits: Buf<f32>,
-    /// A branch's output before it joins the residual stream; in the backward pass,
-    /// the gradient through a residual branch's dropout.
+    /// The gradient through a residual branch's dropout.
     tmp: Buf<f32>,
     dres: Buf<f32>,
     dln: Buf<f32>,
@@ -173,12 +173,29 @@ impl OnGpu {
             .map(|r: RopeTable| self.gpu.upload_rope(&r))
             .transpose()?;
         let rope = stretched.as_ref().or(self.rope.as_ref());
-        let a = self.acts.as_ref().unwrap();
+        let a = self.acts.as_mut().unwrap();
         let gpu = &self.gpu;
         gpu.write(&a.ids, ids)?;
         gpu.write(&a.targets, targets)?;
         let m = b * t;
-        forward(gpu, lay, &self.params, a, b, t, drops, rope)?;
+        let pass = GpuPass::new(gpu, lay, &self.params, &a.ids, b, t, rope);
+        let fill = forward::Fill {
+            res: &mut a.res,
+            ln1: &mut a.ln1,
+            ln1_stats: &mut a.ln1_stats,
+            qkv: &mut a.qkv,
+            probs: &mut a.probs,
+            atty: &mut a.atty,
+            mid: &mut a.mid,
+            ln2: &mut a.ln2,
+            ln2_stats: &mut a.ln2_stats,
+            pre: &mut a.pre,
+            act: &mut a.act,
+            lnf: &mut a.lnf,
+            lnf_stats: &mut a.lnf_stats,
+            logits: &mut a.logits,
+        };
+        forward::forward(&mut GpuBlock(gpu), &pass, lay, fill, m, drops)?;
         let sum = gpu.cross_entropy(
             &a.logits,
             lay.vocab,
@@ -228,25 +245,6 @@ impl OnGpu {
     }
 }
 
-/// `out = x·W (+ bias)` for `x [m, k]`, `W [k, n]` at `w` in the parameters.
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    gpu: &Gpu,
-    x: &Buf<f32>,
-    params: &Buf<f32>,
-    (w, bias): (usize, Option<usize>),
-    m: usize,
-    k: usize,
-    n: usize,
-    out: &Buf<f32>,
-) -> Result<()> {
-    gpu.gemm(false, false, m, n, k, x, &params.view(w, k * n), out, false)?;
-    match bias {
-        Some(o) => gpu.add_bias(out, &params.view(o, n), m, n),
-        None => Ok(()),
-    }
-}
-
 /// A norm's weight and (LayerNorm) bias at `at`.
 fn norm_of<'a>(
     lay: &Layout,
@@ -257,119 +255,293 @@ fn norm_of<'a>(
     (buf.view(at, c), lay.norm_bias.then(|| buf.view(at + c, c)))
 }
 
-/// `out = res + dropout(y)` over `[m, c]` (`y` is changed by the dropout).
-fn residual(
-    gpu: &Gpu,
-    res: &Buf<f32>,
-    y: &Buf<f32>,
-    d: Option<Dropout>,
-    n: usize,
-    out: &Buf<f32>,
-) -> Result<()> {
-    if let Some(d) = d {
-        gpu.dropout(y, d, y, n)?;
-    }
-    gpu.add(out, res, y, n)
+/// A GPU's memory, for the engine's block: device buffers, and matrices in them
+/// (`[k, n]`, or `[n, k]` used transposed).
+pub(super) struct Device;
+
+impl Backend for Device {
+    type B = Buf<f32>;
+    type Vector = Buf<f32>;
+    type W<'a> = Mat<'a>;
 }
 
-#[allow(clippy::too_many_arguments)]
-fn forward(
-    gpu: &Gpu,
-    lay: &Layout,
-    w: &Buf<f32>,
-    a: &Acts,
+/// A matrix on the device, the right-hand side of a product.
+#[derive(Clone, Copy)]
+pub(super) struct Mat<'a> {
+    buf: &'a Buf<f32>,
+    /// Stored `[n, k]`, used transposed.
+    t: bool,
+}
+
+impl<'a> Mat<'a> {
+    /// A `[k, n]` matrix.
+    fn used_as_is(buf: &'a Buf<f32>) -> Self {
+        Mat { buf, t: false }
+    }
+}
+
+/// The CUDA backend's operations on the engine's block: the CPU's fused epilogues are
+/// separate launches.
+struct GpuBlock<'a>(&'a Gpu);
+
+/// Not on the GPU: the trainer takes the GPU only for the tanh GELU and SwiGLU.
+fn unsupported(what: &str) -> crate::Error {
+    crate::Error::Device(format!("{what} is not implemented on the GPU"))
+}
+
+impl Exec for GpuBlock<'_> {
+    type K = Device;
+    type Err = crate::Error;
+
+    fn gemm_bias(
+        &mut self,
+        x: &Buf<f32>,
+        (m, k, n): (usize, usize, usize),
+        w: Mat<'_>,
+        b: Option<&Buf<f32>>,
+        out: &mut Buf<f32>,
+    ) -> Result<()> {
+        self.0.gemm(false, w.t, m, n, k, x, w.buf, out, false)?;
+        match b {
+            Some(b) => self.0.add_bias(out, b, m, n),
+            None => Ok(()),
+        }
+    }
+
+    fn gemm_bias_residual(
+        &mut self,
+        x: &Buf<f32>,
+        (m, k, n): (usize, usize, usize),
+        w: Mat<'_>,
+        b: Option<&Buf<f32>>,
+        res: &Buf<f32>,
+        out: &mut Buf<f32>,
+        drop: Option<Dropout>,
+        next: NormOut<'_, Device>,
+    ) -> Result<()> {
+        self.gemm_bias(x, (m, k, n), w, b, out)?;
+        let out: &Buf<f32> = out;
+        if let Some(d) = drop {
+            self.0.dropout(out, d, out, m * n)?;
+        }
+        self.0.add(out, res, out, m * n)?;
+        let NormOut {
+            w,
+            b,
+            eps,
+            out: normed,
+            stats,
+        } = next;
+        self.0.layer_norm(out, w, b, eps, m, normed, stats)
+    }
+
+    fn gemm_bias_gelu(
+        &mut self,
+        x: &Buf<f32>,
+        (m, k, n): (usize, usize, usize),
+        w: Mat<'_>,
+        b: &Buf<f32>,
+        pre: &mut Buf<f32>,
+        act: &mut Buf<f32>,
+    ) -> Result<()> {
+        // The product without its bias: bias_gelu adds it, and leaves the GELU's
+        // derivative in `pre` for the backward pass.
+        self.gemm_bias(x, (m, k, n), w, None, pre)?;
+        self.0.bias_gelu(pre, Some(b), act, m, n)
+    }
+
+    fn gate(
+        &mut self,
+        mlp: Mlp,
+        (m, inner): (usize, usize),
+        gu: &mut Buf<f32>,
+        act: &mut Buf<f32>,
+    ) -> Result<()> {
+        match mlp {
+            Mlp::SwiGlu => self.0.swiglu(gu, m, inner, act),
+            _ => Err(unsupported("this gated MLP")),
+        }
+    }
+
+    fn activate(&mut self, _: Mlp, _: (usize, usize), _: &mut Buf<f32>) -> Result<()> {
+        Err(unsupported("this activation"))
+    }
+
+    fn copy(&mut self, x: &Buf<f32>, n: usize, out: &mut Buf<f32>) -> Result<()> {
+        self.0.copy(&x.view(0, n), out)
+    }
+
+    fn drop_in_place(&mut self, x: &mut Buf<f32>, n: usize, d: Dropout) -> Result<()> {
+        let x: &Buf<f32> = x;
+        self.0.dropout(x, d, x, n)
+    }
+}
+
+impl forward::PerLayer<Buf<f32>> for Vec<Buf<f32>> {
+    fn at(&self, l: usize) -> &Buf<f32> {
+        &self[l]
+    }
+    fn at_mut(&mut self, l: usize) -> &mut Buf<f32> {
+        &mut self[l]
+    }
+    fn pair_mut(&mut self, l: usize) -> (&Buf<f32>, &mut Buf<f32>) {
+        let (lo, hi) = self.split_at_mut(l + 1);
+        (&lo[l], &mut hi[0])
+    }
+}
+
+/// One block's matrices and biases: views of the parameters.
+struct BlockViews<'a> {
+    qkv: View<'a, f32>,
+    qkv_b: Option<View<'a, f32>>,
+    proj: View<'a, f32>,
+    proj_b: Option<View<'a, f32>>,
+    fc: View<'a, f32>,
+    fc_b: Option<View<'a, f32>>,
+    fcp: View<'a, f32>,
+    fcp_b: Option<View<'a, f32>>,
+}
+
+/// What the GPU's forward pass reads besides the block's operations: the batch `ids
+/// [b, t]` on the device, views of the parameters, the rotary table.
+struct GpuPass<'a> {
+    gpu: &'a Gpu,
+    lay: &'a Layout,
+    w: &'a Buf<f32>,
+    ids: &'a Buf<u32>,
     b: usize,
     t: usize,
-    drops: Drops,
-    rope: Option<&GpuRope>,
-) -> Result<()> {
-    let (m, c, f, eps) = (b * t, lay.c, lay.f, lay.eps);
-    let (heads, up) = (lay.heads, lay.up);
-    let (qw, width) = (heads.q_width(), heads.width());
-    let wpe = lay.wpe.map(|o| w.view(o, lay.n_pos * c));
-    gpu.embed(
-        &a.ids,
-        &w.view(lay.wte, lay.vocab * c),
-        wpe.as_deref(),
-        t,
-        c,
-        &a.res[0],
-    )?;
-    if let Some(d) = drops.embd() {
-        gpu.dropout(&a.res[0], d, &a.res[0], m * c)?;
-    }
-    let norm = |x: &Buf<f32>, at: usize, out: &Buf<f32>, stats: &Buf<f32>| {
-        let (nw, nb) = norm_of(lay, w, at);
-        gpu.layer_norm(x, &nw, nb.as_deref(), eps, m, out, stats)
-    };
-    for (l, at) in lay.blocks.iter().enumerate() {
-        if l == 0 {
-            norm(&a.res[0], at.ln1, &a.ln1[0], &a.ln1_stats[0])?;
-        }
-        linear(
+    rope: Option<&'a GpuRope>,
+    blocks: Vec<BlockViews<'a>>,
+    /// Each norm's weights (and LayerNorm's bias), by where they are.
+    norms: Vec<(usize, View<'a, f32>, Option<View<'a, f32>>)>,
+    head: View<'a, f32>,
+}
+
+impl<'a> GpuPass<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        gpu: &'a Gpu,
+        lay: &'a Layout,
+        w: &'a Buf<f32>,
+        ids: &'a Buf<u32>,
+        b: usize,
+        t: usize,
+        rope: Option<&'a GpuRope>,
+    ) -> Self {
+        let (c, f, up) = (lay.c, lay.f, lay.up);
+        let (qw, width) = (lay.heads.q_width(), lay.heads.width());
+        let blocks = lay
+            .blocks
+            .iter()
+            .map(|at| BlockViews {
+                qkv: w.view(at.qkv_w, c * width),
+                qkv_b: at.qkv_b.map(|o| w.view(o, width)),
+                proj: w.view(at.proj_w, qw * c),
+                proj_b: at.proj_b.map(|o| w.view(o, c)),
+                fc: w.view(at.fc_w, c * up),
+                fc_b: at.fc_b.map(|o| w.view(o, up)),
+                fcp: w.view(at.fcp_w, f * c),
+                fcp_b: at.fcp_b.map(|o| w.view(o, c)),
+            })
+            .collect();
+        let ats = lay.blocks.iter().flat_map(|at| [at.ln1, at.ln2]);
+        let norms = ats
+            .chain([lay.lnf])
+            .map(|at| {
+                let (nw, nb) = norm_of(lay, w, at);
+                (at, nw, nb)
+            })
+            .collect();
+        GpuPass {
             gpu,
-            &a.ln1[l],
+            lay,
             w,
-            (at.qkv_w, at.qkv_b),
-            m,
-            c,
-            width,
-            &a.qkv[l],
-        )?;
-        if let Some(table) = rope {
-            gpu.rope(&a.qkv[l], m, t, heads, table, false)?;
-        }
-        gpu.attention(
-            &a.qkv[l],
+            ids,
             b,
             t,
-            heads,
-            lay.windows[l],
-            &a.probs[l],
-            &a.atty[l],
-            drops.attn(l),
-        )?;
-        linear(gpu, &a.atty[l], w, (at.proj_w, at.proj_b), m, qw, c, &a.tmp)?;
-        residual(
-            gpu,
-            &a.res[l],
-            &a.tmp,
-            drops.resid_attn(l),
-            m * c,
-            &a.mid[l],
-        )?;
-        norm(&a.mid[l], at.ln2, &a.ln2[l], &a.ln2_stats[l])?;
-        match lay.mlp {
-            Mlp::SwiGlu => {
-                linear(gpu, &a.ln2[l], w, (at.fc_w, at.fc_b), m, c, up, &a.pre[l])?;
-                gpu.swiglu(&a.pre[l], m, f, &a.act[l])?;
-            }
-            _ => {
-                // The product without its bias: bias_gelu adds it, and leaves the
-                // GELU's derivative in `pre` for the backward pass.
-                linear(gpu, &a.ln2[l], w, (at.fc_w, None), m, c, f, &a.pre[l])?;
-                let bias = at.fc_b.map(|o| w.view(o, f));
-                gpu.bias_gelu(&a.pre[l], bias.as_deref(), &a.act[l], m, f)?;
-            }
-        }
-        linear(gpu, &a.act[l], w, (at.fcp_w, at.fcp_b), m, f, c, &a.tmp)?;
-        residual(
-            gpu,
-            &a.mid[l],
-            &a.tmp,
-            drops.resid_mlp(l),
-            m * c,
-            &a.res[l + 1],
-        )?;
-        match lay.blocks.get(l + 1) {
-            Some(nb) => norm(&a.res[l + 1], nb.ln1, &a.ln1[l + 1], &a.ln1_stats[l + 1])?,
-            None => norm(&a.res[l + 1], lay.lnf, &a.lnf, &a.lnf_stats)?,
+            rope,
+            blocks,
+            norms,
+            head: w.view(lay.head_at(), lay.vocab * c),
         }
     }
-    let head = w.view(lay.head_at(), lay.vocab * c);
-    gpu.gemm(
-        false, true, m, lay.vocab, c, &a.lnf, &head, &a.logits, false,
-    )
+}
+
+impl forward::Pass for GpuPass<'_> {
+    type K = Device;
+    type Err = crate::Error;
+
+    fn embed(&self, x: &mut Buf<f32>) -> Result<()> {
+        let (lay, c) = (self.lay, self.lay.c);
+        let wpe = lay.wpe.map(|o| self.w.view(o, lay.n_pos * c));
+        let wte = self.w.view(lay.wte, lay.vocab * c);
+        self.gpu.embed(self.ids, &wte, wpe.as_deref(), self.t, c, x)
+    }
+
+    fn norm(
+        &self,
+        x: &Buf<f32>,
+        at: usize,
+        out: &mut Buf<f32>,
+        stats: &mut Buf<f32>,
+    ) -> Result<()> {
+        let nw = self.norm_w(at);
+        let m = self.b * self.t;
+        self.gpu
+            .layer_norm(x, nw.w, nw.b, self.lay.eps, m, out, stats)
+    }
+
+    fn attend(
+        &self,
+        l: usize,
+        qkv: &mut Buf<f32>,
+        probs: &mut Buf<f32>,
+        atty: &mut Buf<f32>,
+        dropout: Option<Dropout>,
+    ) -> Result<()> {
+        let (b, t, heads) = (self.b, self.t, self.lay.heads);
+        if let Some(table) = self.rope {
+            self.gpu.rope(qkv, b * t, t, heads, table, false)?;
+        }
+        let window = self.lay.windows[l];
+        self.gpu
+            .attention(qkv, b, t, heads, window, probs, atty, dropout)
+    }
+
+    fn weights(&self, l: usize) -> block::Weights<'_, Device> {
+        let (v, at) = (&self.blocks[l], &self.lay.blocks[l]);
+        let mat = Mat::used_as_is;
+        block::Weights {
+            qkv: mat(&v.qkv),
+            qkv_b: v.qkv_b.as_deref(),
+            proj: mat(&v.proj),
+            proj_b: v.proj_b.as_deref(),
+            norm2: self.norm_w(at.ln2),
+            mlp: block::MlpWeights {
+                up: mat(&v.fc),
+                up_b: v.fc_b.as_deref(),
+                down: mat(&v.fcp),
+                down_b: v.fcp_b.as_deref(),
+            },
+        }
+    }
+
+    fn norm_w(&self, at: usize) -> NormW<'_, Device> {
+        let (_, w, b) = self
+            .norms
+            .iter()
+            .find(|n| n.0 == at)
+            .expect("every norm has its views");
+        NormW { w, b: b.as_deref() }
+    }
+
+    fn head(&self) -> Mat<'_> {
+        Mat {
+            buf: &self.head,
+            t: true,
+        }
+    }
 }
 
 /// The CUDA backend's operations of the backward pass, for the batch `ids [b, t]` on the
