@@ -429,19 +429,18 @@ unsafe fn one256(x: &[f32], panel: &[f32], out: &mut [f32; NR]) {
     while kk + 2 <= k {
         let q = p.add(kk * NR);
         let (x0, x1) = (_mm256_set1_ps(*xp.add(kk)), _mm256_set1_ps(*xp.add(kk + 1)));
-        for j in 0..4 {
-            a[j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(q.add(8 * j)), a[j]);
-        }
-        for j in 0..4 {
-            a[4 + j] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(q.add(NR + 8 * j)), a[4 + j]);
+        for (j, s) in a.iter_mut().enumerate() {
+            // Sums 0..4 take step kk's columns 8·j.., sums 4..8 step kk + 1's.
+            let xv = if j < 4 { x0 } else { x1 };
+            *s = _mm256_fmadd_ps(xv, _mm256_loadu_ps(q.add(8 * j)), *s);
         }
         kk += 2;
     }
     if kk < k {
         let q = p.add(kk * NR);
         let x0 = _mm256_set1_ps(*xp.add(kk));
-        for j in 0..4 {
-            a[j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(q.add(8 * j)), a[j]);
+        for (j, s) in a[..4].iter_mut().enumerate() {
+            *s = _mm256_fmadd_ps(x0, _mm256_loadu_ps(q.add(8 * j)), *s);
         }
     }
     for j in 0..4 {
