@@ -1,18 +1,19 @@
-//! Decoder training on the CPU: GPT-2 and Llama (any [`DecoderSpec`] with a tanh-GELU
-//! or SwiGLU MLP).
+//! Decoder training: GPT-2 and Llama (any [`DecoderSpec`] with a tanh-GELU or SwiGLU
+//! MLP), on the CPU or (`gpu.rs`) a CUDA GPU.
 //!
 //! There is no autograd graph: recording every operation of the forward pass and
 //! allocating a gradient for each costs more than the arithmetic at the sizes trained
-//! on a laptop. Here the parameters, their gradients and the AdamW
-//! moments are three flat `f32` buffers, every activation the backward pass needs has a
-//! buffer allocated once for the batch shape, and the backward pass is written out by
-//! hand (as llm.c does), once for the decoder stack (whose forward is the engine's block,
-//! `engine::block`, with every layer's buffers kept), over a backend's operations
-//! ([`backward`]; here [`Cpu`], the slice kernels of [`crate::kernels::cpu`], and in
-//! `gpu.rs` the CUDA backend's): LayerNorm or RMSNorm, learned or rotary positions, multi-head or
-//! grouped-query attention, GELU or SwiGLU, biases or none, tied or untied head. Tests
-//! compare the loss and every gradient with transformers' (fixtures) and with finite
-//! differences.
+//! on a laptop. Here the parameters, their gradients and the AdamW moments are three
+//! flat `f32` buffers, every activation the backward pass needs has a buffer allocated
+//! once for the batch shape ([`forward::Acts`]), and the two passes are written once
+//! each, over a backend's operations: the forward ([`forward`]: embeddings, the engine's
+//! block `engine::block` for every layer with its buffers kept, head) and the backward,
+//! written out by hand as llm.c does ([`backward`]). This file holds the CPU's
+//! operations for both ([`CpuPass`] and [`block::Cpu`]; [`Cpu`]: the slice kernels of
+//! [`crate::kernels::cpu`]) and `gpu.rs` the CUDA backend's. LayerNorm or RMSNorm,
+//! learned or rotary positions, multi-head or grouped-query attention, GELU or SwiGLU,
+//! biases or none, tied or untied head. Tests compare the loss and every gradient with
+//! transformers' (fixtures) and with finite differences.
 //!
 //! Every matrix is kept `[in, out]` (GPT-2's `Conv1D` layout): a Llama's `nn.Linear`
 //! weights are transposed on the way in and out, and its query, key and value
@@ -21,9 +22,10 @@
 //! Dropout (embeddings, attention weights, residual branches) uses masks from a hash of
 //! a per-step seed, recomputed in the backward pass.
 //!
-//! Why one file of this length: the forward and the backward of the stack are read side
-//! by side (every buffer the backward consumes is named where the forward fills it), and
-//! the parameter layout that both index is defined here too.
+//! Why one file of this length: the parameter layout (every checkpoint tensor's place in
+//! the flat buffers, for loading, saving and the optimizer's regions), the decoder that
+//! owns the buffers and cuts batches into shards, and the CPU's implementations of the
+//! passes' operations over that layout are read together.
 
 use super::optimizer::AdamWConfig;
 use super::profile::time;
@@ -163,42 +165,13 @@ impl std::ops::IndexMut<usize> for Layers {
     }
 }
 
-/// Activations kept for the backward pass, and its scratch, for one batch shape.
+/// One shard's buffers for one batch shape: the pass's activations and scratch, the
+/// dropout of its last forward pass, and the products' packing scratch.
 #[derive(Default)]
 struct Acts {
-    b: usize,
-    t: usize,
-    /// Residual stream entering each block, and after the last (`n_layer + 1`).
-    res: Layers,
-    ln1: Layers,
-    ln1_stats: Layers,
-    qkv: Layers,
-    probs: Layers,
-    atty: Layers,
-    /// Residual stream after each block's attention.
-    mid: Layers,
-    ln2: Layers,
-    ln2_stats: Layers,
-    /// The MLP's first product: the GELU's derivative there, or SwiGLU's gate and up
-    /// pre-activations `[m, 2f]`.
-    pre: Layers,
-    /// The MLP's activation `[m, f]`.
-    act: Layers,
-    lnf: Vec<f32>,
-    lnf_stats: Vec<f32>,
-    logits: Vec<f32>,
-    dres: Vec<f32>,
-    /// The gradient through a residual branch's dropout.
-    dtmp: Vec<f32>,
+    keep: forward::Acts<Layers, Vec<f32>>,
     /// The dropout of the last forward pass.
     drops: Drops,
-    /// `[m, max(c, q_width)]`.
-    dln: Vec<f32>,
-    /// The gradient at the MLP's first product, `[m, up]`.
-    dbig: Vec<f32>,
-    /// SwiGLU: the gradient of its product, `[m, f]`.
-    dact: Vec<f32>,
-    dqkv: Vec<f32>,
     /// Packed right-hand sides of the products.
     panels: Vec<f32>,
     /// Packed left-hand sides of the weight-gradient products.
@@ -207,43 +180,12 @@ struct Acts {
 
 impl Acts {
     fn ensure(&mut self, lay: &Layout, b: usize, t: usize) {
-        if self.b == b && self.t == t {
+        if self.keep.b == b && self.keep.t == t {
             return;
         }
-        let (m, c, f, nl) = (b * t, lay.c, lay.f, lay.blocks.len());
-        let (w, qw, up) = (lay.heads.width(), lay.heads.q_width(), lay.up);
-        let per = Layers::new;
-        *self = Acts {
-            b,
-            t,
-            res: per(m * c, nl + 1),
-            ln1: per(m * c, nl),
-            ln1_stats: per(2 * m, nl),
-            qkv: per(m * w, nl),
-            probs: per(b * lay.heads.n * t * t, nl),
-            atty: per(m * qw, nl),
-            mid: per(m * c, nl),
-            ln2: per(m * c, nl),
-            ln2_stats: per(2 * m, nl),
-            pre: per(m * up, nl),
-            act: per(m * f, nl),
-            lnf: vec![0f32; m * c],
-            lnf_stats: vec![0f32; 2 * m],
-            logits: vec![0f32; m * lay.vocab],
-            dres: vec![0f32; m * c],
-            dtmp: vec![0f32; m * c],
-            drops: Drops::default(),
-            dln: vec![0f32; m * c.max(qw)],
-            dbig: vec![0f32; m * up],
-            dact: if lay.mlp == Mlp::SwiGlu {
-                vec![0f32; m * f]
-            } else {
-                Vec::new()
-            },
-            dqkv: vec![0f32; m * w],
-            panels: Vec::new(),
-            xpack: Vec::new(),
-        };
+        let per = |n, count| Ok::<_, Infallible>(Layers::new(n, count));
+        let Ok(keep) = forward::Acts::new(lay, (b, t), per, |n| Ok(vec![0f32; n]));
+        self.keep = keep;
     }
 }
 
@@ -875,7 +817,8 @@ impl NativeDecoder {
                 let d = drops.at_sequence(b0, t, lay.c, lay.heads.n);
                 forward(lay, w, a, &ids[rows.clone()], b1 - b0, t, d, rope);
                 let scale = train.and_then(|(_, s)| s).map(|s| s / m as f32);
-                let sum = k::cross_entropy(&mut a.logits, lay.vocab, &targets[rows.clone()], scale);
+                let sum =
+                    k::cross_entropy(&mut a.keep.logits, lay.vocab, &targets[rows.clone()], scale);
                 if let Some(g) = g {
                     backward(lay, w, g, a, &ids[rows], b1 - b0, t, rope);
                 }
@@ -960,22 +903,7 @@ fn forward(
         t,
         rope,
     };
-    let fill = forward::Fill {
-        res: &mut a.res,
-        ln1: &mut a.ln1,
-        ln1_stats: &mut a.ln1_stats,
-        qkv: &mut a.qkv,
-        probs: &mut a.probs,
-        atty: &mut a.atty,
-        mid: &mut a.mid,
-        ln2: &mut a.ln2,
-        ln2_stats: &mut a.ln2_stats,
-        pre: &mut a.pre,
-        act: &mut a.act,
-        lnf: &mut a.lnf[..],
-        lnf_stats: &mut a.lnf_stats[..],
-        logits: &mut a.logits[..],
-    };
+    let fill = a.keep.fill();
     let ex = &mut block::Cpu(&mut a.panels);
     let Ok(()) = forward::forward(ex, &pass, lay, fill, b * t, drops);
 }
@@ -1097,30 +1025,7 @@ fn backward(
     t: usize,
     rope: Option<&RopeTable>,
 ) {
-    let kept = backward::Kept {
-        res: &a.res,
-        ln1: &a.ln1,
-        ln1_stats: &a.ln1_stats,
-        qkv: &a.qkv,
-        probs: &a.probs,
-        atty: &a.atty,
-        mid: &a.mid,
-        ln2: &a.ln2,
-        ln2_stats: &a.ln2_stats,
-        pre: &a.pre,
-        act: &a.act,
-        lnf: &a.lnf[..],
-        lnf_stats: &a.lnf_stats[..],
-        logits: &a.logits[..],
-    };
-    let scratch = backward::Scratch {
-        dres: &mut a.dres[..],
-        dtmp: &mut a.dtmp[..],
-        dln: &mut a.dln[..],
-        dbig: &mut a.dbig[..],
-        dact: &mut a.dact[..],
-        dqkv: &mut a.dqkv[..],
-    };
+    let (kept, scratch) = a.keep.backward_io();
     let mut ops = Cpu {
         lay,
         w,

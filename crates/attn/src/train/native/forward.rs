@@ -4,8 +4,12 @@
 //! the output head. The CPU's operations are [`block::Cpu`] and [`super::CpuPass`]; the
 //! CUDA backend's are in `gpu.rs`.
 
+use std::borrow::BorrowMut;
+
+use super::backward::{Kept, Scratch};
 use super::Layout;
 use crate::engine::block::{self, Backend, Exec, NormW};
+use crate::engine::Mlp;
 use crate::kernels::cpu::Dropout;
 use crate::train::profile::time;
 
@@ -139,4 +143,128 @@ where
     time("gemm", || {
         ex.gemm_bias(lnf, (m, c, lay.vocab), pass.head(), None, logits)
     })
+}
+
+/// A training pass's buffers for one batch shape `[b, t]`, on either backend: what the
+/// forward pass keeps for the backward pass, per layer (`L`, one buffer a layer; `res`
+/// has one more, the stream after the last block) and after the last block (`V`), and
+/// the backward pass's scratch (`V`; see [`Kept`] and [`Scratch`]).
+#[derive(Default)]
+pub(super) struct Acts<L, V> {
+    pub b: usize,
+    pub t: usize,
+    res: L,
+    ln1: L,
+    ln1_stats: L,
+    qkv: L,
+    probs: L,
+    atty: L,
+    mid: L,
+    ln2: L,
+    ln2_stats: L,
+    pre: L,
+    act: L,
+    lnf: V,
+    lnf_stats: V,
+    pub logits: V,
+    dres: V,
+    dtmp: V,
+    dln: V,
+    dbig: V,
+    dact: V,
+    dqkv: V,
+}
+
+impl<L, V> Acts<L, V> {
+    /// The buffers of a pass over `[b, t]`: `per(n, count)` makes `count` buffers of `n`
+    /// floats, `one(n)` one.
+    pub fn new<E>(
+        lay: &Layout,
+        (b, t): (usize, usize),
+        mut per: impl FnMut(usize, usize) -> Result<L, E>,
+        mut one: impl FnMut(usize) -> Result<V, E>,
+    ) -> Result<Self, E> {
+        let (m, c, f, nl) = (b * t, lay.c, lay.f, lay.blocks.len());
+        let (w, qw, up) = (lay.heads.width(), lay.heads.q_width(), lay.up);
+        Ok(Acts {
+            b,
+            t,
+            res: per(m * c, nl + 1)?,
+            ln1: per(m * c, nl)?,
+            ln1_stats: per(2 * m, nl)?,
+            qkv: per(m * w, nl)?,
+            probs: per(b * lay.heads.n * t * t, nl)?,
+            atty: per(m * qw, nl)?,
+            mid: per(m * c, nl)?,
+            ln2: per(m * c, nl)?,
+            ln2_stats: per(2 * m, nl)?,
+            // The tanh GELU's derivative, or SwiGLU's gate and up pre-activations.
+            pre: per(m * up, nl)?,
+            act: per(m * f, nl)?,
+            lnf: one(m * c)?,
+            lnf_stats: one(2 * m)?,
+            logits: one(m * lay.vocab)?,
+            dres: one(m * c)?,
+            dtmp: one(m * c)?,
+            dln: one(m * c.max(qw))?,
+            dbig: one(m * up)?,
+            dact: one(if lay.mlp == Mlp::SwiGlu { m * f } else { 1 })?,
+            dqkv: one(m * w)?,
+        })
+    }
+
+    /// The buffers the forward pass fills.
+    pub fn fill<B: ?Sized>(&mut self) -> Fill<'_, L, B>
+    where
+        V: BorrowMut<B>,
+    {
+        Fill {
+            res: &mut self.res,
+            ln1: &mut self.ln1,
+            ln1_stats: &mut self.ln1_stats,
+            qkv: &mut self.qkv,
+            probs: &mut self.probs,
+            atty: &mut self.atty,
+            mid: &mut self.mid,
+            ln2: &mut self.ln2,
+            ln2_stats: &mut self.ln2_stats,
+            pre: &mut self.pre,
+            act: &mut self.act,
+            lnf: self.lnf.borrow_mut(),
+            lnf_stats: self.lnf_stats.borrow_mut(),
+            logits: self.logits.borrow_mut(),
+        }
+    }
+
+    /// What the backward pass reads, and its scratch.
+    pub fn backward_io<B: ?Sized>(&mut self) -> (Kept<'_, L, B>, Scratch<'_, B>)
+    where
+        V: BorrowMut<B>,
+    {
+        let kept = Kept {
+            res: &self.res,
+            ln1: &self.ln1,
+            ln1_stats: &self.ln1_stats,
+            qkv: &self.qkv,
+            probs: &self.probs,
+            atty: &self.atty,
+            mid: &self.mid,
+            ln2: &self.ln2,
+            ln2_stats: &self.ln2_stats,
+            pre: &self.pre,
+            act: &self.act,
+            lnf: self.lnf.borrow(),
+            lnf_stats: self.lnf_stats.borrow(),
+            logits: self.logits.borrow(),
+        };
+        let scratch = Scratch {
+            dres: self.dres.borrow_mut(),
+            dtmp: self.dtmp.borrow_mut(),
+            dln: self.dln.borrow_mut(),
+            dbig: self.dbig.borrow_mut(),
+            dact: self.dact.borrow_mut(),
+            dqkv: self.dqkv.borrow_mut(),
+        };
+        (kept, scratch)
+    }
 }

@@ -32,69 +32,21 @@ pub(super) struct OnGpu {
     failure: std::cell::RefCell<Option<crate::Error>>,
 }
 
-/// Activations kept for the backward pass, and its scratch, for one batch shape.
+/// A pass's buffers for one batch shape: the tokens and targets, the activations kept
+/// for the backward pass and its scratch.
 struct Acts {
-    b: usize,
-    t: usize,
     ids: Buf<u32>,
     targets: Buf<u32>,
-    res: Vec<Buf<f32>>,
-    ln1: Vec<Buf<f32>>,
-    ln1_stats: Vec<Buf<f32>>,
-    qkv: Vec<Buf<f32>>,
-    probs: Vec<Buf<f32>>,
-    atty: Vec<Buf<f32>>,
-    mid: Vec<Buf<f32>>,
-    ln2: Vec<Buf<f32>>,
-    ln2_stats: Vec<Buf<f32>>,
-    pre: Vec<Buf<f32>>,
-    act: Vec<Buf<f32>>,
-    lnf: Buf<f32>,
-    lnf_stats: Buf<f32>,
-    logits: Buf<f32>,
-    /// The gradient through a residual branch's dropout.
-    tmp: Buf<f32>,
-    dres: Buf<f32>,
-    dln: Buf<f32>,
-    dbig: Buf<f32>,
-    dact: Buf<f32>,
-    dqkv: Buf<f32>,
+    keep: forward::Acts<Vec<Buf<f32>>, Buf<f32>>,
 }
 
 impl Acts {
     fn new(gpu: &Gpu, lay: &Layout, b: usize, t: usize) -> Result<Self> {
-        let (m, c, f, nl) = (b * t, lay.c, lay.f, lay.blocks.len());
-        let (w, qw, up) = (lay.heads.width(), lay.heads.q_width(), lay.up);
-        let per = |n: usize, count: usize| {
-            (0..count)
-                .map(|_| gpu.alloc::<f32>(n))
-                .collect::<Result<Vec<_>>>()
-        };
+        let per = |n: usize, count: usize| (0..count).map(|_| gpu.alloc::<f32>(n)).collect();
         Ok(Acts {
-            b,
-            t,
-            ids: gpu.alloc(m)?,
-            targets: gpu.alloc(m)?,
-            res: per(m * c, nl + 1)?,
-            ln1: per(m * c, nl)?,
-            ln1_stats: per(2 * m, nl)?,
-            qkv: per(m * w, nl)?,
-            probs: per(b * lay.heads.n * t * t, nl)?,
-            atty: per(m * qw, nl)?,
-            mid: per(m * c, nl)?,
-            ln2: per(m * c, nl)?,
-            ln2_stats: per(2 * m, nl)?,
-            pre: per(m * up, nl)?,
-            act: per(m * f, nl)?,
-            lnf: gpu.alloc(m * c)?,
-            lnf_stats: gpu.alloc(2 * m)?,
-            logits: gpu.alloc(m * lay.vocab)?,
-            tmp: gpu.alloc(m * c)?,
-            dres: gpu.alloc(m * c)?,
-            dln: gpu.alloc(m * c.max(qw))?,
-            dbig: gpu.alloc(m * up)?,
-            dact: gpu.alloc(if lay.mlp == Mlp::SwiGlu { m * f } else { 1 })?,
-            dqkv: gpu.alloc(m * w)?,
+            ids: gpu.alloc(b * t)?,
+            targets: gpu.alloc(b * t)?,
+            keep: forward::Acts::new(lay, (b, t), per, |n| gpu.alloc(n))?,
         })
     }
 }
@@ -163,7 +115,11 @@ impl OnGpu {
         if let Some(e) = self.failure.borrow_mut().take() {
             return Err(e);
         }
-        if self.acts.as_ref().is_none_or(|a| a.b != b || a.t != t) {
+        if self
+            .acts
+            .as_ref()
+            .is_none_or(|a| a.keep.b != b || a.keep.t != t)
+        {
             self.acts = None; // free the old shape's buffers first
             self.acts = Some(Acts::new(&self.gpu, lay, b, t)?);
         }
@@ -179,25 +135,10 @@ impl OnGpu {
         gpu.write(&a.targets, targets)?;
         let m = b * t;
         let pass = GpuPass::new(gpu, lay, &self.params, &a.ids, b, t, rope);
-        let fill = forward::Fill {
-            res: &mut a.res,
-            ln1: &mut a.ln1,
-            ln1_stats: &mut a.ln1_stats,
-            qkv: &mut a.qkv,
-            probs: &mut a.probs,
-            atty: &mut a.atty,
-            mid: &mut a.mid,
-            ln2: &mut a.ln2,
-            ln2_stats: &mut a.ln2_stats,
-            pre: &mut a.pre,
-            act: &mut a.act,
-            lnf: &mut a.lnf,
-            lnf_stats: &mut a.lnf_stats,
-            logits: &mut a.logits,
-        };
+        let fill = a.keep.fill();
         forward::forward(&mut GpuBlock(gpu), &pass, lay, fill, m, drops)?;
         let sum = gpu.cross_entropy(
-            &a.logits,
+            &a.keep.logits,
             lay.vocab,
             &a.targets,
             0.0,
@@ -205,36 +146,13 @@ impl OnGpu {
         )?;
         if scale.is_some() {
             let a = self.acts.as_mut().unwrap();
-            let kept = backward::Kept {
-                res: &a.res,
-                ln1: &a.ln1,
-                ln1_stats: &a.ln1_stats,
-                qkv: &a.qkv,
-                probs: &a.probs,
-                atty: &a.atty,
-                mid: &a.mid,
-                ln2: &a.ln2,
-                ln2_stats: &a.ln2_stats,
-                pre: &a.pre,
-                act: &a.act,
-                lnf: &a.lnf,
-                lnf_stats: &a.lnf_stats,
-                logits: &a.logits,
-            };
-            let scratch = backward::Scratch {
-                dres: &mut a.dres,
-                dtmp: &mut a.tmp,
-                dln: &mut a.dln,
-                dbig: &mut a.dbig,
-                dact: &mut a.dact,
-                dqkv: &mut a.dqkv,
-            };
+            let (ids, (kept, scratch)) = (&a.ids, a.keep.backward_io());
             let mut ops = Dev {
                 gpu,
                 lay,
                 w: &self.params,
                 g: &self.grads,
-                ids: &a.ids,
+                ids,
                 b,
                 t,
                 rope,
