@@ -419,6 +419,10 @@ fn run_train_with(a: TrainArgs, argv: Option<Vec<String>>, task: Task) -> Result
     if argv.is_some() {
         attn::guard::OutputDir::check("--out", &a.out, &inputs, a.overwrite)?;
     }
+    if let Some(model) = &a.model {
+        // Before the held-out pairs are written to --out.
+        attn::train::encdec::EncDecModel::type_of(model)?;
+    }
     let (mut pairs, mut skipped) = match (&a.pairs, &a.src, &a.tgt) {
         _ if !a.data.is_empty() => read_documents(&a.data, a.encoding)?,
         _ if task == Task::Pretrain => {

@@ -236,6 +236,34 @@ fn bad_translation_input_is_named() {
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--holdout 20"), "{}", stderr(&o));
+
+    // A --model that is not an encoder-decoder is refused before the held-out pairs
+    // would be written to --out.
+    let bert = dir.join("bert");
+    std::fs::create_dir_all(&bert).unwrap();
+    std::fs::write(bert.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let out2 = dir.join("m2");
+    let o = attn(
+        &[
+            "translate",
+            "train",
+            "--pairs",
+            tsv.to_str().unwrap(),
+            "--holdout",
+            "5",
+            "--valid-size",
+            "5",
+            "--model",
+            bert.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.starts_with("error:") && e.contains("bert"), "{e}");
+    assert!(!out2.join("holdout.src").exists(), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -33,12 +33,23 @@ macro_rules! each {
 impl EncDecModel {
     /// Load a `marian` or `t5` folder for training.
     pub fn load(dir: &Path) -> Result<Self> {
-        let cfg = crate::checkpoint::read_json(&dir.join(crate::checkpoint::CONFIG))?;
+        match Self::type_of(dir)? {
+            "t5" => Ok(EncDecModel::T5(NativeT5::load(dir)?)),
+            _ => Ok(EncDecModel::Marian(NativeSeq2Seq::load(dir)?)),
+        }
+    }
+
+    /// The `model_type` of the folder `dir` when it is one this trains (`t5` or
+    /// `marian`), else the error naming what it is: for checking a `--model` before
+    /// anything is written.
+    pub fn type_of(dir: &Path) -> Result<&'static str> {
+        let path = dir.join(crate::checkpoint::CONFIG);
+        let cfg = crate::checkpoint::read_json(&path)?;
         match cfg.get("model_type").and_then(|v| v.as_str()) {
-            Some("t5") => Ok(EncDecModel::T5(NativeT5::load(dir)?)),
-            Some("marian") => Ok(EncDecModel::Marian(NativeSeq2Seq::load(dir)?)),
+            Some("t5") => Ok("t5"),
+            Some("marian") => Ok("marian"),
             other => Err(Error::bad_file(
-                dir.join(crate::checkpoint::CONFIG),
+                path,
                 crate::engine::seq2seq::not_seq2seq(other, "trains"),
             )),
         }
