@@ -395,6 +395,11 @@ fn prepare_pair(hyp: &str, reference: &str, cfg: &RougeConfig) -> (Text, Text, u
 /// ROUGE-Lsum sentence pair that long. Two lines of 16,000 tokens each stay below it.
 pub const MAX_LCS_CELLS: u64 = 1 << 28;
 
+/// The number of tokens ROUGE scores in `text` (what [`MAX_LCS_CELLS`] is counted in).
+pub fn token_count(text: &str, cfg: &RougeConfig) -> usize {
+    prepare(text, cfg, &mut HashMap::new()).all.len()
+}
+
 /// [`score_pair`] for line `i` (counted from 1 in the error), refused when its LCS
 /// table would pass [`MAX_LCS_CELLS`].
 fn score_line(i: usize, hyp: &str, reference: &str, cfg: &RougeConfig) -> Result<RougeScores> {

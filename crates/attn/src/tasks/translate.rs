@@ -760,6 +760,31 @@ fn new_model(
     Ok((tokenizer, EncDecModel::new_marian(mc, rng.next_u64())?))
 }
 
+/// Refuses, before training starts, a validation reference too long for ROUGE-L to
+/// score against a hypothesis of `max_len` tokens (one token a word, the usual case):
+/// the evaluation would stop the run at its first ROUGE score (`metrics::rouge`'s
+/// per-line limit), after the steps before it.
+fn check_rouge_refs(refs: &[String], max_len: usize) -> Result<()> {
+    let rc = rouge_config(refs);
+    for (i, r) in refs.iter().enumerate() {
+        let tokens = crate::metrics::rouge::token_count(r, &rc);
+        let cells = tokens as u64 * max_len.max(1) as u64;
+        if cells > crate::metrics::rouge::MAX_LCS_CELLS {
+            return Err(Error::invalid(
+                "validation set",
+                format!(
+                    "reference {} has {tokens} tokens: ROUGE-L against a \
+                     hypothesis of --max-len {max_len} tokens would need {cells} cells, more \
+                     than the {} scored per line; shorten it or lower --max-len",
+                    i + 1,
+                    crate::metrics::rouge::MAX_LCS_CELLS
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// ROUGE as the summarization metric reads it: Chinese by characters when the
 /// references hold any, else rouge-score's default tokens.
 pub fn rouge_config(refs: &[String]) -> RougeConfig {
@@ -910,6 +935,9 @@ pub fn train(
         .iter()
         .map(|p| p.tgt.clone())
         .collect::<Vec<_>>()];
+    if cfg.metric == "rouge" {
+        check_rouge_refs(&refs[0], cfg.max_len)?;
+    }
     let bleu_cfg = BleuConfig {
         tokenize: match cfg.bleu_tokenize.as_str() {
             "auto" => auto_bleu_tokenizer(&refs[0]),
@@ -938,4 +966,23 @@ pub fn train(
         parameters: job.model.count(),
         train_seconds: run.progress.train_seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rouge_references_too_long_for_the_hypotheses_are_refused_up_front() {
+        let refs = vec!["the cat sat".to_string(), "a b c d".to_string()];
+        assert!(check_rouge_refs(&refs, 64).is_ok());
+        // 3 × 7e7 cells pass (below 2^28), 4 × 7e7 do not: the second reference, named
+        // from 1.
+        let e = check_rouge_refs(&refs, 70_000_000).unwrap_err().to_string();
+        assert!(
+            e.contains("validation set: reference 2 has 4 tokens"),
+            "{e}"
+        );
+        assert!(e.contains("--max-len"), "{e}");
+    }
 }
