@@ -903,9 +903,8 @@ fn forward(
         t,
         rope,
     };
-    let fill = a.keep.fill();
     let ex = &mut block::Cpu(&mut a.panels);
-    let Ok(()) = forward::forward(ex, &pass, lay, fill, b * t, drops);
+    let Ok(()) = forward::forward(ex, &pass, lay, &mut a.keep, b * t, drops);
 }
 
 impl forward::PerLayer<[f32]> for Layers {
@@ -1025,7 +1024,6 @@ fn backward(
     t: usize,
     rope: Option<&RopeTable>,
 ) {
-    let (kept, scratch) = a.keep.backward_io();
     let mut ops = Cpu {
         lay,
         w,
@@ -1037,7 +1035,7 @@ fn backward(
         panels: &mut a.panels,
         xpack: &mut a.xpack,
     };
-    let Ok(()) = backward::backward(&mut ops, lay, &kept, scratch, b * t, a.drops);
+    let Ok(()) = backward::backward(&mut ops, lay, &mut a.keep, b * t, a.drops);
 }
 
 /// The CPU's operations of the backward pass: the slice kernels, for one shard's batch

@@ -5,6 +5,9 @@
 //! parity tests of the CPU pass (transformers' gradients, finite differences) check
 //! the composition the GPU runs too.
 
+use std::borrow::BorrowMut;
+
+use super::forward::{Acts, PerLayer};
 use super::{Drops, Layout};
 use crate::engine::Mlp;
 use crate::kernels::cpu::Dropout;
@@ -103,104 +106,79 @@ pub(super) trait Ops {
     fn embed_backward(&mut self, d: &Self::B) -> Result<(), Self::Err>;
 }
 
-/// What the forward pass kept: per layer (`L`, indexed by layer; `res` has one more,
-/// the stream after the last block), and after the last block. `logits` holds the
-/// loss's gradient.
-pub(super) struct Kept<'a, L: ?Sized, B: ?Sized> {
-    pub res: &'a L,
-    pub ln1: &'a L,
-    pub ln1_stats: &'a L,
-    pub qkv: &'a L,
-    pub probs: &'a L,
-    pub atty: &'a L,
-    pub mid: &'a L,
-    pub ln2: &'a L,
-    pub ln2_stats: &'a L,
-    /// The MLP's first product: the tanh GELU's derivative, or SwiGLU's gate and up.
-    pub pre: &'a L,
-    pub act: &'a L,
-    pub lnf: &'a B,
-    pub lnf_stats: &'a B,
-    pub logits: &'a B,
-}
-
-/// The backward pass's scratch: the residual stream's gradient `dres [m, c]`, the
-/// gradient through a branch's dropout `dtmp [m, c]`, `dln [m, max(c, q_width)]`, the
-/// MLP's first product's `dbig [m, up]`, SwiGLU's output's `dact [m, f]`, `dqkv [m,
-/// width]`.
-pub(super) struct Scratch<'a, B: ?Sized> {
-    pub dres: &'a mut B,
-    pub dtmp: &'a mut B,
-    pub dln: &'a mut B,
-    pub dbig: &'a mut B,
-    pub dact: &'a mut B,
-    pub dqkv: &'a mut B,
-}
-
-/// The backward pass of the forward pass that filled `s` over a batch of `m` rows:
-/// adds every parameter's gradient (through `ops`).
-pub(super) fn backward<O, L>(
+/// The backward pass of the forward pass that filled `a` over a batch of `m` rows (its
+/// logits now hold the loss's gradient): adds every parameter's gradient (through `ops`).
+pub(super) fn backward<O, L, V>(
     ops: &mut O,
     lay: &Layout,
-    s: &Kept<'_, L, O::B>,
-    d: Scratch<'_, O::B>,
+    a: &mut Acts<L, V>,
     m: usize,
     drops: Drops,
 ) -> Result<(), O::Err>
 where
     O: Ops,
-    L: std::ops::Index<usize, Output = O::B> + ?Sized,
+    L: PerLayer<O::B>,
+    V: BorrowMut<O::B>,
 {
+    let (lnf, lnf_stats, logits): (&O::B, &O::B, &O::B) =
+        (a.lnf.borrow(), a.lnf_stats.borrow(), a.logits.borrow());
+    let (dres, dtmp, dln): (&mut O::B, &mut O::B, &mut O::B) =
+        (a.dres.borrow_mut(), a.dtmp.borrow_mut(), a.dln.borrow_mut());
+    let (dbig, dact, dqkv): (&mut O::B, &mut O::B, &mut O::B) = (
+        a.dbig.borrow_mut(),
+        a.dact.borrow_mut(),
+        a.dqkv.borrow_mut(),
+    );
     let (c, f, v) = (lay.c, lay.f, lay.vocab);
     let (heads, up) = (lay.heads, lay.up);
     let (qw, width) = (heads.q_width(), heads.width());
     let head = lay.head_at();
     // Output head: dhead += dlogitsᵀ·lnf, dlnf = dlogits·head.
-    ops.weight_grad(s.logits, s.lnf, (m, v, c), (head, None))?;
-    ops.matmul(s.logits, (m, v, c), Weight::Nn(head), d.dln)?;
-    ops.clear(d.dres, m * c)?;
+    ops.weight_grad(logits, lnf, (m, v, c), (head, None))?;
+    ops.matmul(logits, (m, v, c), Weight::Nn(head), dln)?;
+    ops.clear(dres, m * c)?;
     let nl = lay.blocks.len();
-    ops.norm_backward(d.dln, &s.res[nl], s.lnf_stats, lay.lnf, d.dres)?;
+    ops.norm_backward(dln, a.res.at(nl), lnf_stats, lay.lnf, dres)?;
     for (l, at) in lay.blocks.iter().enumerate().rev() {
         // MLP: res[l+1] = mid + dropout(act(ln2·Wfc + bfc)·Wfcp + bfcp).
         let dy: &O::B = match drops.resid_mlp(l) {
             Some(dr) => {
-                ops.dropout_into(d.dres, dr, m * c, d.dtmp)?;
-                d.dtmp
+                ops.dropout_into(dres, dr, m * c, dtmp)?;
+                &*dtmp
             }
-            None => d.dres,
+            None => &*dres,
         };
         match lay.mlp {
             Mlp::SwiGlu => {
-                ops.matmul(dy, (m, c, f), Weight::Nt(at.fcp_w), d.dact)?;
-                ops.swiglu_backward(d.dact, &s.pre[l], (m, f), d.dbig)?;
+                ops.matmul(dy, (m, c, f), Weight::Nt(at.fcp_w), dact)?;
+                ops.swiglu_backward(dact, a.pre.at(l), (m, f), dbig)?;
             }
-            _ => ops.matmul_times(dy, (m, c, f), Weight::Nt(at.fcp_w), &s.pre[l], d.dbig)?,
+            _ => ops.matmul_times(dy, (m, c, f), Weight::Nt(at.fcp_w), a.pre.at(l), dbig)?,
         }
-        ops.weight_grad(&s.act[l], dy, (m, f, c), (at.fcp_w, at.fcp_b))?;
-        ops.matmul(d.dbig, (m, up, c), Weight::Nt(at.fc_w), d.dln)?;
-        ops.weight_grad(&s.ln2[l], d.dbig, (m, c, up), (at.fc_w, at.fc_b))?;
-        ops.norm_backward(d.dln, &s.mid[l], &s.ln2_stats[l], at.ln2, d.dres)?;
+        ops.weight_grad(a.act.at(l), dy, (m, f, c), (at.fcp_w, at.fcp_b))?;
+        ops.matmul(dbig, (m, up, c), Weight::Nt(at.fc_w), dln)?;
+        ops.weight_grad(a.ln2.at(l), dbig, (m, c, up), (at.fc_w, at.fc_b))?;
+        ops.norm_backward(dln, a.mid.at(l), a.ln2_stats.at(l), at.ln2, dres)?;
         // Attention: mid = res[l] + dropout(attn(ln1)·Wproj + bproj).
         let dy: &O::B = match drops.resid_attn(l) {
             Some(dr) => {
-                ops.dropout_into(d.dres, dr, m * c, d.dtmp)?;
-                d.dtmp
+                ops.dropout_into(dres, dr, m * c, dtmp)?;
+                &*dtmp
             }
-            None => d.dres,
+            None => &*dres,
         };
-        ops.matmul(dy, (m, c, qw), Weight::Nt(at.proj_w), d.dln)?;
-        ops.weight_grad(&s.atty[l], dy, (m, qw, c), (at.proj_w, at.proj_b))?;
+        ops.matmul(dy, (m, c, qw), Weight::Nt(at.proj_w), dln)?;
+        ops.weight_grad(a.atty.at(l), dy, (m, qw, c), (at.proj_w, at.proj_b))?;
         let (window, dropout) = (lay.windows[l], drops.attn(l));
-        ops.attention_backward(d.dln, &s.qkv[l], &s.probs[l], window, dropout, d.dqkv)?;
-        ops.rope_backward(d.dqkv)?;
-        ops.matmul(d.dqkv, (m, width, c), Weight::Nt(at.qkv_w), d.dln)?;
-        ops.weight_grad(&s.ln1[l], d.dqkv, (m, c, width), (at.qkv_w, at.qkv_b))?;
-        ops.norm_backward(d.dln, &s.res[l], &s.ln1_stats[l], at.ln1, d.dres)?;
+        ops.attention_backward(dln, a.qkv.at(l), a.probs.at(l), window, dropout, dqkv)?;
+        ops.rope_backward(dqkv)?;
+        ops.matmul(dqkv, (m, width, c), Weight::Nt(at.qkv_w), dln)?;
+        ops.weight_grad(a.ln1.at(l), dqkv, (m, c, width), (at.qkv_w, at.qkv_b))?;
+        ops.norm_backward(dln, a.res.at(l), a.ln1_stats.at(l), at.ln1, dres)?;
     }
     // Embeddings (through their dropout).
     if let Some(dr) = drops.embd() {
-        ops.dropout_in_place(d.dres, dr, m * c)?;
+        ops.dropout_in_place(dres, dr, m * c)?;
     }
-    ops.embed_backward(d.dres)
+    ops.embed_backward(dres)
 }

@@ -6,7 +6,6 @@
 
 use std::borrow::BorrowMut;
 
-use super::backward::{Kept, Scratch};
 use super::Layout;
 use crate::engine::block::{self, Backend, Exec, NormW};
 use crate::engine::Mlp;
@@ -58,38 +57,21 @@ pub(super) trait Pass {
     fn head(&self) -> <Self::K as Backend>::W<'_>;
 }
 
-/// The buffers the forward pass fills (see `Kept` in [`super::backward`]).
-pub(super) struct Fill<'a, L: ?Sized, B: ?Sized> {
-    pub res: &'a mut L,
-    pub ln1: &'a mut L,
-    pub ln1_stats: &'a mut L,
-    pub qkv: &'a mut L,
-    pub probs: &'a mut L,
-    pub atty: &'a mut L,
-    pub mid: &'a mut L,
-    pub ln2: &'a mut L,
-    pub ln2_stats: &'a mut L,
-    pub pre: &'a mut L,
-    pub act: &'a mut L,
-    pub lnf: &'a mut B,
-    pub lnf_stats: &'a mut B,
-    pub logits: &'a mut B,
-}
-
 /// The forward pass over `m` rows up to the logits, with the pass's dropout `drops`
 /// (none in evaluation).
-pub(super) fn forward<X, P, L>(
+pub(super) fn forward<X, P, L, V>(
     ex: &mut X,
     pass: &P,
     lay: &Layout,
-    f: Fill<'_, L, Buf<X::K>>,
+    f: &mut Acts<L, V>,
     m: usize,
     drops: super::Drops,
 ) -> Result<(), X::Err>
 where
     X: Exec,
     P: Pass<K = X::K, Err = X::Err>,
-    L: PerLayer<Buf<X::K>> + ?Sized,
+    L: PerLayer<Buf<X::K>>,
+    V: BorrowMut<Buf<X::K>>,
 {
     let c = lay.c;
     pass.embed(f.res.at_mut(0))?;
@@ -111,7 +93,7 @@ where
             (ln1, pass.norm_w(nb).into(lay.eps, next, stats))
         } else {
             let ln1 = f.ln1.at(l);
-            let (lnf, stats) = (&mut *f.lnf, &mut *f.lnf_stats);
+            let (lnf, stats) = (f.lnf.borrow_mut(), f.lnf_stats.borrow_mut());
             (ln1, pass.norm_w(lay.lnf).into(lay.eps, lnf, stats))
         };
         let (res, out) = f.res.pair_mut(l);
@@ -139,7 +121,7 @@ where
         block::forward(ex, &shape, &pass.weights(l), io, m, m, attend, d)?;
     }
     // The final norm was applied in the last block's residual epilogue.
-    let (lnf, logits) = (&*f.lnf, &mut *f.logits);
+    let (lnf, logits): (&Buf<X::K>, _) = (f.lnf.borrow(), f.logits.borrow_mut());
     time("gemm", || {
         ex.gemm_bias(lnf, (m, c, lay.vocab), pass.head(), None, logits)
     })
@@ -148,31 +130,38 @@ where
 /// A training pass's buffers for one batch shape `[b, t]`, on either backend: what the
 /// forward pass keeps for the backward pass, per layer (`L`, one buffer a layer; `res`
 /// has one more, the stream after the last block) and after the last block (`V`), and
-/// the backward pass's scratch (`V`; see [`Kept`] and [`Scratch`]).
+/// the backward pass's scratch (`V`).
 #[derive(Default)]
 pub(super) struct Acts<L, V> {
     pub b: usize,
     pub t: usize,
-    res: L,
-    ln1: L,
-    ln1_stats: L,
-    qkv: L,
-    probs: L,
-    atty: L,
-    mid: L,
-    ln2: L,
-    ln2_stats: L,
-    pre: L,
-    act: L,
-    lnf: V,
-    lnf_stats: V,
+    pub res: L,
+    pub ln1: L,
+    pub ln1_stats: L,
+    pub qkv: L,
+    pub probs: L,
+    pub atty: L,
+    pub mid: L,
+    pub ln2: L,
+    pub ln2_stats: L,
+    /// The MLP's first product: the tanh GELU's derivative, or SwiGLU's gate and up.
+    pub pre: L,
+    pub act: L,
+    pub lnf: V,
+    pub lnf_stats: V,
+    /// The logits, then (after the loss) their gradient.
     pub logits: V,
-    dres: V,
-    dtmp: V,
-    dln: V,
-    dbig: V,
-    dact: V,
-    dqkv: V,
+    /// The residual stream's gradient `[m, c]`.
+    pub dres: V,
+    /// The gradient through a residual branch's dropout `[m, c]`.
+    pub dtmp: V,
+    /// `[m, max(c, q_width)]`.
+    pub dln: V,
+    /// The MLP's first product's gradient `[m, up]`.
+    pub dbig: V,
+    /// SwiGLU's output's gradient `[m, f]`.
+    pub dact: V,
+    pub dqkv: V,
 }
 
 impl<L, V> Acts<L, V> {
@@ -198,7 +187,6 @@ impl<L, V> Acts<L, V> {
             mid: per(m * c, nl)?,
             ln2: per(m * c, nl)?,
             ln2_stats: per(2 * m, nl)?,
-            // The tanh GELU's derivative, or SwiGLU's gate and up pre-activations.
             pre: per(m * up, nl)?,
             act: per(m * f, nl)?,
             lnf: one(m * c)?,
@@ -211,60 +199,5 @@ impl<L, V> Acts<L, V> {
             dact: one(if lay.mlp == Mlp::SwiGlu { m * f } else { 1 })?,
             dqkv: one(m * w)?,
         })
-    }
-
-    /// The buffers the forward pass fills.
-    pub fn fill<B: ?Sized>(&mut self) -> Fill<'_, L, B>
-    where
-        V: BorrowMut<B>,
-    {
-        Fill {
-            res: &mut self.res,
-            ln1: &mut self.ln1,
-            ln1_stats: &mut self.ln1_stats,
-            qkv: &mut self.qkv,
-            probs: &mut self.probs,
-            atty: &mut self.atty,
-            mid: &mut self.mid,
-            ln2: &mut self.ln2,
-            ln2_stats: &mut self.ln2_stats,
-            pre: &mut self.pre,
-            act: &mut self.act,
-            lnf: self.lnf.borrow_mut(),
-            lnf_stats: self.lnf_stats.borrow_mut(),
-            logits: self.logits.borrow_mut(),
-        }
-    }
-
-    /// What the backward pass reads, and its scratch.
-    pub fn backward_io<B: ?Sized>(&mut self) -> (Kept<'_, L, B>, Scratch<'_, B>)
-    where
-        V: BorrowMut<B>,
-    {
-        let kept = Kept {
-            res: &self.res,
-            ln1: &self.ln1,
-            ln1_stats: &self.ln1_stats,
-            qkv: &self.qkv,
-            probs: &self.probs,
-            atty: &self.atty,
-            mid: &self.mid,
-            ln2: &self.ln2,
-            ln2_stats: &self.ln2_stats,
-            pre: &self.pre,
-            act: &self.act,
-            lnf: self.lnf.borrow(),
-            lnf_stats: self.lnf_stats.borrow(),
-            logits: self.logits.borrow(),
-        };
-        let scratch = Scratch {
-            dres: self.dres.borrow_mut(),
-            dtmp: self.dtmp.borrow_mut(),
-            dln: self.dln.borrow_mut(),
-            dbig: self.dbig.borrow_mut(),
-            dact: self.dact.borrow_mut(),
-            dqkv: self.dqkv.borrow_mut(),
-        };
-        (kept, scratch)
     }
 }

@@ -135,8 +135,7 @@ impl OnGpu {
         gpu.write(&a.targets, targets)?;
         let m = b * t;
         let pass = GpuPass::new(gpu, lay, &self.params, &a.ids, b, t, rope);
-        let fill = a.keep.fill();
-        forward::forward(&mut GpuBlock(gpu), &pass, lay, fill, m, drops)?;
+        forward::forward(&mut GpuBlock(gpu), &pass, lay, &mut a.keep, m, drops)?;
         let sum = gpu.cross_entropy(
             &a.keep.logits,
             lay.vocab,
@@ -145,19 +144,17 @@ impl OnGpu {
             scale.map(|s| s / m as f32),
         )?;
         if scale.is_some() {
-            let a = self.acts.as_mut().unwrap();
-            let (ids, (kept, scratch)) = (&a.ids, a.keep.backward_io());
             let mut ops = Dev {
                 gpu,
                 lay,
                 w: &self.params,
                 g: &self.grads,
-                ids,
+                ids: &a.ids,
                 b,
                 t,
                 rope,
             };
-            backward::backward(&mut ops, lay, &kept, scratch, m, drops)?;
+            backward::backward(&mut ops, lay, &mut a.keep, m, drops)?;
         }
         Ok(sum / m as f64)
     }
