@@ -17,7 +17,9 @@ use crate::data::{normalize, read_text, Encoding};
 use crate::engine::Seq2Seq;
 use crate::generate::beam::{translate_batch as decode_batch, BeamConfig};
 use crate::metrics::bleu::{corpus_bleu, BleuConfig};
-use crate::metrics::rouge::{is_zh_char, score_corpus, RougeConfig, RougeTokenize};
+use crate::metrics::rouge::{
+    is_zh_char, score_corpus, token_count, RougeConfig, RougeTokenize, MAX_LCS_CELLS,
+};
 use crate::metrics::sacre_tokenize::SacreTokenizer;
 use crate::models::marian::MarianConfig;
 use crate::models::t5::T5Config;
@@ -767,17 +769,16 @@ fn new_model(
 fn check_rouge_refs(refs: &[String], max_len: usize) -> Result<()> {
     let rc = rouge_config(refs);
     for (i, r) in refs.iter().enumerate() {
-        let tokens = crate::metrics::rouge::token_count(r, &rc);
+        let tokens = token_count(r, &rc);
         let cells = tokens as u64 * max_len.max(1) as u64;
-        if cells > crate::metrics::rouge::MAX_LCS_CELLS {
+        if cells > MAX_LCS_CELLS {
             return Err(Error::invalid(
                 "validation set",
                 format!(
                     "reference {} has {tokens} tokens: ROUGE-L against a \
                      hypothesis of --max-len {max_len} tokens would need {cells} cells, more \
-                     than the {} scored per line; shorten it or lower --max-len",
+                     than the {MAX_LCS_CELLS} scored per line; shorten it or lower --max-len",
                     i + 1,
-                    crate::metrics::rouge::MAX_LCS_CELLS
                 ),
             ));
         }
