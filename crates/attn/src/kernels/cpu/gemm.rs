@@ -484,7 +484,13 @@ mod tests {
 
     #[test]
     fn products_match_plain_loops() {
-        let (m, k, n) = (37, 45, 70);
+        // m = 100: four panels of bias sums, taken two at a time.
+        for m in [37, 100] {
+            products_of(m, 45, 70);
+        }
+    }
+
+    fn products_of(m: usize, k: usize, n: usize) {
         let a = data(m * k, 1);
         let bn = data(k * n, 2); // [k, n]
         let mut bt = vec![0f32; n * k]; // [n, k]
