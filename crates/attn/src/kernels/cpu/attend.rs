@@ -107,19 +107,27 @@ pub(crate) fn attend_head(
     SCRATCH.with_borrow_mut(|s| {
         let gemm = t >= GEMM_MIN_QUERIES;
         let (hdp, np) = (hd.next_multiple_of(NR), n.next_multiple_of(NR));
-        s.s.resize(t * n, 0.0);
+        // The weights are computed where they are kept, when they are (training): a
+        // copy of them from scratch had cost as much again in memory traffic (a 256 ×
+        // 256 head's are 256 KiB, half of an L2).
+        let (w, after): (&mut [f32], &mut [f32]) = match keep {
+            Some(keep) if keep.len() >= t * n => keep.split_at_mut(t * n),
+            _ => {
+                s.s.resize(t * n, 0.0);
+                (&mut s.s[..t * n], &mut [])
+            }
+        };
         if gemm {
             // S = (scale·Q)·Kᵀ, Kᵀ `[hd][np]` read as panels in place.
             rows_into(q, q_stride, t, hd, scale, &mut s.a);
             transposed_into(k, kv_stride, n, hd, &mut s.b);
-            lower_products(&s.a, hdp, hd, &s.b, np, (t, n, span), &mut s.s);
+            lower_products(&s.a, hdp, hd, &s.b, np, (t, n, span), w);
         } else {
             for j in 0..t {
                 let qj = &q[j * q_stride..][..hd];
-                scores(qj, k, kv_stride, span.seen(j), hd, scale, &mut s.s[j * n..]);
+                scores(qj, k, kv_stride, span.seen(j), hd, scale, &mut w[j * n..]);
             }
         }
-        let w = &mut s.s;
         if let Some(b) = bias {
             for j in 0..t {
                 let row = &mut w[j * n..j * n + span.seen(j)];
@@ -140,18 +148,25 @@ pub(crate) fn attend_head(
                 super::vmath::causal_softmax(&mut w[j * n..(j + 1) * n], span.seen(j));
             }
         }
-        let mut keep = keep;
-        if let Some(keep) = keep.as_deref_mut() {
-            keep[..t * n].copy_from_slice(w);
-        }
-        if let Some(d) = drop {
-            for j in 0..t {
-                super::dropout::drop_row(&mut w[j * n..j * n + span.seen(j)], d, (j * n) as u64);
+        // With dropout, the values are summed with the weights after it: kept after the
+        // weights before it when there is room, else in scratch.
+        let w: &[f32] = match drop {
+            Some(d) => {
+                let wd: &mut [f32] = if after.len() >= t * n {
+                    &mut after[..t * n]
+                } else {
+                    s.pd.resize(t * n, 0.0);
+                    &mut s.pd[..t * n]
+                };
+                wd.copy_from_slice(w);
+                for j in 0..t {
+                    let row = &mut wd[j * n..j * n + span.seen(j)];
+                    super::dropout::drop_row(row, d, (j * n) as u64);
+                }
+                wd
             }
-            if let Some(keep) = keep.filter(|k| k.len() >= 2 * t * n) {
-                keep[t * n..2 * t * n].copy_from_slice(w);
-            }
-        }
+            None => w,
+        };
         if gemm {
             // O = P·V, V's rows read as panels.
             let (vr, ldv) = rows_view(v, kv_stride, n, hd, &mut s.c);
