@@ -977,9 +977,7 @@ fn tn_tasks<'x>(
             n,
             rows,
         };
-        // Sums up to 2·KC steps in one pass: each further pass re-reads and re-writes
-        // the (cold) output, which costs more than the panel slice overflowing L1.
-        let kc = if k <= 2 * KC { k.max(1) } else { KC };
+        let kc = pass_steps(k);
         for c0 in (0..k.max(1)).step_by(kc) {
             let c1 = (c0 + kc).min(k);
             for p in 0..np {
@@ -1005,12 +1003,13 @@ fn tn_tasks<'x>(
         }
         if ones {
             // Row n: the column sums of W (the sums over steps of each panel), panels
-            // shared out between the tasks, two at a time.
-            let mine: Vec<usize> = (g..np).step_by(tasks).collect();
-            for pair in mine.chunks(2) {
-                let at = |i: usize| &panels[base(pair[i.min(pair.len() - 1)])..];
-                let sums = panel_sums(at(0), at(1), k, ps);
-                for (&p, sum) in pair.iter().zip(&sums) {
+            // shared out between the tasks (p ≡ g mod tasks), two at a time (a lone last
+            // one summed beside itself).
+            for p0 in (g..np).step_by(2 * tasks) {
+                let pair = [p0, p0 + tasks];
+                let live = if pair[1] < np { 2 } else { 1 };
+                let sums = panel_sums(&panels[base(p0)..], &panels[base(pair[live - 1])..], k, ps);
+                for (&p, sum) in pair[..live].iter().zip(&sums) {
                     let valid = NR.min(rows - p * NR);
                     // SAFETY: row n, columns p·NR.. belong to this task (p ≡ g mod tasks).
                     let o = unsafe {
@@ -1098,6 +1097,21 @@ impl TileWalk {
 
 /// Steps of a long sum taken at a time (a 32 KiB slice of a panel).
 const KC: usize = 256;
+
+/// Steps a product of many rows sums in one pass over its output, for sums of `k`
+/// steps: all of them up to 2·KC, else KC at a time (so that the panel's slice stays in
+/// L1 while every block of rows passes over it). Each further pass re-reads and
+/// re-writes an output that has left L2 by then (a task's 192 rows of a 2048-wide
+/// product are 1.5 MB), which costs more than a slice of up to 2·KC overflowing L1:
+/// Llama 6×384's gate and up product, 384 steps, ran 3–4% faster in a training step in
+/// one pass than in two (`ATTN_PROFILE=1 attn bench train`).
+fn pass_steps(k: usize) -> usize {
+    if k <= 2 * KC {
+        k.max(1)
+    } else {
+        KC
+    }
+}
 
 /// Input rows per kernel call in the matrix products: as many as the registers hold
 /// accumulators for (24 of AVX-512's 32 registers).
@@ -1194,13 +1208,7 @@ pub fn matmul_serial(
         n,
         rows,
     };
-    // Sums of up to 2·KC steps in one pass, as the transposed products do: a second
-    // pass re-reads and re-writes the output, out of L2 by then (a task's 192 rows of a
-    // 2048-wide product are 1.5 MB), which costs more than the panel's slice overflowing
-    // L1 (Llama 6×384's gate and up product, 384 steps, 3–4% faster in a training step
-    // in one pass; `ATTN_PROFILE=1 attn bench train`). Longer sums go KC steps at a time,
-    // so that the slice stays in L1 while every block of rows passes over it.
-    let kc = if cols <= 2 * KC { cols.max(1) } else { KC };
+    let kc = pass_steps(cols);
     for c0 in (0..cols.max(1)).step_by(kc) {
         let c1 = (c0 + kc).min(cols);
         for p in 0..rows.div_ceil(NR) {
