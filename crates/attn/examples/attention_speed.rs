@@ -1,0 +1,66 @@
+//! Speed of the training step's causal attention at one shape, forward and backward:
+//! `cargo run --release -p attn --example attention_speed -- B T HEADS KV_HEADS HEAD_DIM
+//! [THREADS] [REPEATS]`. Prints the best of REPEATS (default 200) for each pass, in
+//! microseconds and in GFLOP/s of the products over the causal triangle (the weights'
+//! softmax and gradient not counted), on a pool of THREADS threads (default 1: the
+//! trainer gives each thread a shard of the batch).
+
+use std::time::Instant;
+
+use attn::kernels::cpu::{attention, attention_backward, isa_name, Heads};
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| {
+            s.parse()
+                .expect("B T HEADS KV_HEADS HEAD_DIM [THREADS] [REPEATS] as numbers")
+        })
+        .collect();
+    let [b, t, n, kv, dim] = args[..5.min(args.len())] else {
+        eprintln!("usage: attention_speed B T HEADS KV_HEADS HEAD_DIM [THREADS] [REPEATS]");
+        std::process::exit(2);
+    };
+    let threads = args.get(5).copied().unwrap_or(1);
+    let repeats = args.get(6).copied().unwrap_or(200);
+    let heads = Heads { n, kv, dim };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let fill = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 2654435761 + seed) % 1000) as f32 - 500.0) / 1000.0)
+            .collect()
+    };
+    let qkv = fill(b * t * heads.width(), 1);
+    let dy = fill(b * t * heads.q_width(), 2);
+    let mut probs = vec![0f32; b * n * t * t];
+    let mut y = vec![0f32; b * t * heads.q_width()];
+    let mut dqkv = vec![0f32; b * t * heads.width()];
+    let best = |f: &mut dyn FnMut()| -> f64 {
+        let mut best = f64::MAX;
+        for _ in 0..repeats {
+            let s = Instant::now();
+            f();
+            best = best.min(s.elapsed().as_secs_f64());
+        }
+        best
+    };
+    // Two products forward and four backward, each over the causal triangle.
+    let flops = (b * n) as f64 * 2.0 * (t * (t + 1) / 2 * dim) as f64;
+    pool.install(|| {
+        let fwd = best(&mut || attention(&qkv, b, t, heads, None, &mut probs, &mut y, None));
+        let bwd =
+            best(&mut || attention_backward(&dy, &qkv, &probs, b, t, heads, None, &mut dqkv, None));
+        println!(
+            "{} B {b} T {t} heads {n}/{kv} dim {dim}, {threads} thread(s): forward {:.1} µs \
+             ({:.1} GFLOP/s), backward {:.1} µs ({:.1} GFLOP/s), best of {repeats}",
+            isa_name(),
+            fwd * 1e6,
+            2.0 * flops / fwd / 1e9,
+            bwd * 1e6,
+            4.0 * flops / bwd / 1e9,
+        );
+    });
+}
