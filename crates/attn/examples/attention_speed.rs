@@ -9,34 +9,22 @@
 //! 6 64 4 4 32, are about 30 MB: both passes then take about 1.45 times as long as with
 //! one set on a Zen 3 machine, while 4 sets, within its L3, take no longer than one).
 
-use std::time::Instant;
-
 use attn::kernels::cpu::{attention, attention_backward, isa_name, Heads};
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|s| {
-            s.parse()
-                .expect("B T HEADS KV_HEADS HEAD_DIM [THREADS] [REPEATS] as numbers")
-        })
-        .collect();
-    let [b, t, n, kv, dim] = args[..5.min(args.len())] else {
-        eprintln!("usage: attention_speed B T HEADS KV_HEADS HEAD_DIM [THREADS] [REPEATS]");
-        std::process::exit(2);
-    };
+    let args = common::numbers(
+        "attention_speed B T HEADS KV_HEADS HEAD_DIM [THREADS] [REPEATS] [SETS]",
+        5,
+    );
+    let [b, t, n, kv, dim] = [args[0], args[1], args[2], args[3], args[4]];
     let threads = args.get(5).copied().unwrap_or(1);
     let repeats = args.get(6).copied().unwrap_or(200);
     let heads = Heads { n, kv, dim };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
-    let fill = |len: usize, seed: usize| -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 2654435761 + seed) % 1000) as f32 - 500.0) / 1000.0)
-            .collect()
-    };
+    let pool = common::pool(threads);
+    let fill = common::fill;
     let sets = args.get(7).copied().unwrap_or(1).max(1);
     let qkvs: Vec<Vec<f32>> = (0..sets)
         .map(|s| fill(b * t * heads.width(), 1 + s))
@@ -52,15 +40,7 @@ fn main() {
         .map(|_| vec![0f32; b * t * heads.width()])
         .collect();
     let mut at = 0usize;
-    let best = |f: &mut dyn FnMut()| -> f64 {
-        let mut best = f64::MAX;
-        for _ in 0..repeats {
-            let s = Instant::now();
-            f();
-            best = best.min(s.elapsed().as_secs_f64());
-        }
-        best
-    };
+    let best = |f: &mut dyn FnMut()| common::best_of(repeats, f);
     // Two products forward and four backward, each over the causal triangle.
     let flops = (b * n) as f64 * 2.0 * (t * (t + 1) / 2 * dim) as f64;
     pool.install(|| {

@@ -6,46 +6,28 @@
 //! gradient of `W` stored `[out, in]`, as Llama's and BERT's) and `dW [K, N] += xᵀ · dy`
 //! with the bias gradient (stored `[in, out]`, as GPT-2's) on a pool of THREADS threads
 //! (default 1: the trainer gives each thread its own shard), and prints the best of
-//! REPEATS (default 50) for each, in GFLOP/s.
-
-use std::time::Instant;
+//! REPEATS (default 50) for each, in GFLOP/s. The best is not the typical call: on a
+//! shared 2-core VM the mean of warm calls ran about 13% slower (384 128 384: 472 µs mean
+//! against 418 µs best), which is also how fast the training step's products run.
 
 use attn::kernels::cpu::{gemm, gemm_tn_acc, isa_name, Rhs};
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|s| s.parse().expect("M K N [THREADS] [REPEATS] as numbers"))
-        .collect();
-    let [m, k, n] = args[..3.min(args.len())] else {
-        eprintln!("usage: gemm_speed M K N [THREADS] [REPEATS]");
-        std::process::exit(2);
-    };
+    let args = common::numbers("gemm_speed M K N [THREADS] [REPEATS]", 3);
+    let [m, k, n] = [args[0], args[1], args[2]];
     let threads = args.get(3).copied().unwrap_or(1);
     let repeats = args.get(4).copied().unwrap_or(50);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
-    let fill = |len: usize, seed: usize| -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 2654435761 + seed) % 1000) as f32 - 500.0) / 1000.0)
-            .collect()
-    };
+    let pool = common::pool(threads);
+    let fill = common::fill;
     let (x, w, dy) = (fill(m * k, 1), fill(n * k, 2), fill(m * n, 3));
     let (mut y, mut dx, mut dw) = (vec![0f32; m * n], vec![0f32; m * k], vec![0f32; n * k]);
     let mut dwb = vec![0f32; (k + 1) * n];
     let (mut panels, mut xpack) = (Vec::new(), Vec::new());
     let flops = 2.0 * (m * k * n) as f64;
-    let best = |f: &mut dyn FnMut()| -> f64 {
-        let mut best = f64::MAX;
-        for _ in 0..repeats {
-            let t = Instant::now();
-            f();
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        best
-    };
+    let best = |f: &mut dyn FnMut()| common::best_of(repeats, f);
     pool.install(|| {
         let fwd = best(&mut || gemm(&x, m, k, n, Rhs::Nt(&w), &mut y, &mut panels));
         let dgrad = best(&mut || gemm(&dy, m, n, k, Rhs::Nn(&w), &mut dx, &mut panels));
