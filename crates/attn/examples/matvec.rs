@@ -2,10 +2,11 @@
 //! memory read bandwidth: `cargo run --release -p attn --example matvec`.
 //! A product at batch 1 reads every weight once, so GB/s of weights is the figure.
 
-use std::time::Instant;
-
 use attn::kernels::cpu::quant::matmul;
 use attn::kernels::{QMatrix, WeightType};
+
+#[path = "common/mod.rs"]
+mod common;
 
 fn main() {
     let (rows, cols) = (50257usize, 768usize);
@@ -28,13 +29,7 @@ fn main() {
         let q = QMatrix::from_f32(&w, rows, cols, ty).unwrap();
         let mut out = vec![0f32; rows];
         matmul(&x, 1, &q, None, &mut out);
-        let reps = 20;
-        let mut best = f64::INFINITY;
-        for _ in 0..reps {
-            let t = Instant::now();
-            matmul(&x, 1, &q, None, &mut out);
-            best = best.min(t.elapsed().as_secs_f64());
-        }
+        let best = common::best_of(20, &mut || matmul(&x, 1, &q, None, &mut out));
         println!(
             "{:5} {rows}x{cols}: {:.2} ms, {:.1} GB/s of weights",
             ty.name(),
@@ -48,12 +43,7 @@ fn main() {
     for ty in [WeightType::F32, WeightType::Q4] {
         let q = QMatrix::from_f32(&w[..rows * cols], rows, cols, ty).unwrap();
         let mut out = vec![0f32; n * rows];
-        let mut best = f64::INFINITY;
-        for _ in 0..20 {
-            let t = Instant::now();
-            matmul(&x, n, &q, None, &mut out);
-            best = best.min(t.elapsed().as_secs_f64());
-        }
+        let best = common::best_of(20, &mut || matmul(&x, n, &q, None, &mut out));
         println!(
             "{:5} {n}x{cols} · {cols}x{rows}: {:.2} ms, {:.1} GFLOP/s",
             ty.name(),

@@ -1,6 +1,9 @@
 //! What the speed examples share: their numeric arguments, thread pool, filler data and
 //! best-of timing (included with `#[path]`; not an example of its own).
 
+// Each example compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
 use std::time::Instant;
 
 /// The command line's arguments as numbers; with fewer than `need`, or one that is not a
