@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::dropout::{drop_row, Dropout};
-use super::norm::norm_row;
+use super::norm::norm_rows;
 use super::panel::{self, Panels, SyncPtr, NR};
 use super::quant::{self, QMatrix};
 use super::vmath::{self, dispatch};
@@ -204,19 +204,18 @@ pub fn gemm_bias_residual(
                     add_row(r, res);
                 }
             }
-            if let Some((w, b, eps, o, st)) = norm {
-                // SAFETY: row `row` < m of the norm's output and stats (asserted above),
-                // written only by the task that computed that row.
-                let (o, st) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(o.get().add(row * n), n),
-                        std::slice::from_raw_parts_mut(st.get().add(2 * row), 2),
-                    )
-                };
-                let (mean, rstd) = norm_row(r, w, b, eps, o);
-                st[0] = mean;
-                st[1] = rstd;
-            }
+        }
+        if let Some((w, b, eps, o, st)) = norm {
+            let k = rows.len() / n;
+            // SAFETY: rows r0..r0 + k < m of the norm's output and stats (asserted
+            // above), written only by the task that computed those rows.
+            let (o, st) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(o.get().add(r0 * n), k * n),
+                    std::slice::from_raw_parts_mut(st.get().add(2 * r0), 2 * k),
+                )
+            };
+            norm_rows(&rows[..k * n], n, w, b, eps, o, st);
         }
     };
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
