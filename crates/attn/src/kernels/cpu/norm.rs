@@ -37,7 +37,7 @@ pub(super) fn norm_rows(
     out: &mut [f32],
     stats: &mut [f32],
 ) {
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     assert!(out.len() >= rows * n && stats.len() >= 2 * rows && w.len() >= n);
     assert!(b.is_none_or(|b| b.len() >= n));
     let mut done = 0;
@@ -81,6 +81,7 @@ pub(super) fn norm_rows(
 /// and `w` (and `b`) `n` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // r indexes the four rows' registers and x
 unsafe fn norm4(
     x: &[f32],
     n: usize,

@@ -616,6 +616,7 @@ pub(crate) mod avx2 {
     /// the four rows together. A row's steps depend on each other from its first max to
     /// its last store, and one row at a time left the core waiting on those chains.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // r indexes the rows' registers and the rows
     pub(crate) fn causal_softmax_rows(p: &mut [f32], t: usize) {
         const G: usize = 4;
         assert!(p.len() >= t * t);
