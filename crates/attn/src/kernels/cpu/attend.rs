@@ -408,6 +408,62 @@ super::vmath::dispatch!(
     (dp: &mut [f32], p: &[f32], pd: &[f32], dbias: &mut [f32], scale: f32) -> ()
 );
 
+/// [`score_grad_row`] for four rows `n` long (of which `live[r]` are seen, the rest
+/// set to zero) without a bias gradient, in AVX2 registers: the four rows' dot
+/// products, reductions and second passes in step (one row at a time waited on its
+/// dot product's chain).
+///
+/// # Safety
+/// AVX2 and FMA; `dp`, `p` and `pd` hold four rows of `n`, and every `live[r]` ≤ `n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // r indexes the rows' registers and the rows
+unsafe fn score_grad_rows4(
+    dp: &mut [f32],
+    p: &[f32],
+    pd: &[f32],
+    n: usize,
+    live: [usize; 4],
+    scale: f32,
+) {
+    use super::vmath::avx2::{hsum, lanes, store_lanes};
+    use std::arch::x86_64::*;
+    assert!(dp.len() >= 4 * n && p.len() >= 4 * n && pd.len() >= 4 * n);
+    assert!(live.iter().all(|&l| l <= n));
+    let (dpp, pp, pdp) = (dp.as_mut_ptr(), p.as_ptr(), pd.as_ptr());
+    // Register c of row r of a matrix, zero past what the row sees.
+    let ld = |m: *const f32, r: usize, c: usize| {
+        let at = m.add(r * n + 8 * c);
+        if live[r] >= 8 * c + 8 {
+            _mm256_loadu_ps(at)
+        } else {
+            _mm256_maskload_ps(at, lanes(live[r].saturating_sub(8 * c)))
+        }
+    };
+    let regs = live.iter().max().unwrap().div_ceil(8);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for c in 0..regs {
+        for r in 0..4 {
+            acc[r] = _mm256_fmadd_ps(ld(pdp, r, c), ld(dpp, r, c), acc[r]);
+        }
+    }
+    let dot = acc.map(|a| _mm256_set1_ps(hsum(a)));
+    let sv = _mm256_set1_ps(scale);
+    for r in 0..4 {
+        for c in 0..regs {
+            // (pd ⊙ dp − p · dot) · scale: zero past the row's live values.
+            let ds = _mm256_fnmadd_ps(
+                ld(pp, r, c),
+                dot[r],
+                _mm256_mul_ps(ld(pdp, r, c), ld(dpp, r, c)),
+            );
+            store_lanes(dpp.add(r * n + 8 * c), n - 8 * c, _mm256_mul_ps(ds, sv));
+        }
+        let done = (8 * regs).min(n);
+        std::slice::from_raw_parts_mut(dpp.add(r * n + done), n - done).fill(0.0);
+    }
+}
+
 /// Backward of [`attend_head`] in training, for `t` queries against `n` keys seen as
 /// `span` says (laid out as there), whose weights `p` `[t, n]` the forward kept (before
 /// dropout; zero where a query does not see a key). With `drop`, the weights after it
@@ -454,7 +510,27 @@ pub(crate) fn attend_head_backward(
         s.s.resize(t * n, 0.0);
         lower_products(dyr, lddy, hd, &s.b, np, (t, n, span), &mut s.s);
         let ds = &mut s.s;
-        for j in 0..t {
+        let mut first = 0;
+        #[cfg(target_arch = "x86_64")]
+        if dbias.is_empty() && isa() == Isa::Avx2 {
+            first = t / 4 * 4;
+            for j0 in (0..first).step_by(4) {
+                let live: [usize; 4] = std::array::from_fn(|r| span.seen(j0 + r).min(n));
+                let rows = j0 * n..(j0 + 4) * n;
+                // SAFETY: AVX2 and FMA were detected; four rows of n in each.
+                unsafe {
+                    score_grad_rows4(
+                        &mut ds[rows.clone()],
+                        &p[rows.clone()],
+                        &pd[rows],
+                        n,
+                        live,
+                        scale,
+                    )
+                };
+            }
+        }
+        for j in first..t {
             let (r, live) = (j * n..(j + 1) * n, span.seen(j).min(n));
             let dbias = if dbias.is_empty() {
                 &mut []
@@ -786,7 +862,7 @@ mod tests {
     /// [`attend_head_backward`] against the gradients written out as plain loops (in
     /// f64), for causal and bidirectional heads, with and without dropout, strided
     /// inputs, head widths below and above one panel and key counts that are not whole
-    /// panels; with a bias gradient asked for.
+    /// panels; with a bias gradient asked for, and the same gradients without one.
     #[test]
     fn head_backward_matches_plain_loops() {
         // (queries, keys, head width, causal, dropout, the weights after dropout kept)
@@ -848,6 +924,31 @@ mod tests {
                 drop,
                 [&mut dq, &mut dk, &mut dv, &mut db],
             );
+            // Without a bias gradient (the decoders' training): the same gradients (the
+            // score gradient's rows take another path there).
+            let (mut dq2, mut dk2, mut dv2) = (
+                vec![f32::NAN; t * hd],
+                vec![f32::NAN; n * hd],
+                vec![f32::NAN; n * hd],
+            );
+            attend_head_backward(
+                (&q, qs),
+                (k, v, ks),
+                (&dy, dy_s),
+                (t, hd, scale),
+                span,
+                &p,
+                drop,
+                [&mut dq2, &mut dk2, &mut dv2, &mut []],
+            );
+            for (what, a, b) in [("dq", &dq, &dq2), ("dk", &dk, &dk2), ("dv", &dv, &dv2)] {
+                for (i, (&x, &y)) in a.iter().zip(b.iter()).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                        "t {t} n {n}: {what}[{i}] {x} vs {y} without dbias"
+                    );
+                }
+            }
             let at = |x: &[f32], r: usize, s: usize, d: usize| x[r * s + d] as f64;
             let mut want_q = vec![0f64; t * hd];
             let mut want_k = vec![0f64; n * hd];

@@ -481,7 +481,7 @@ pub(crate) mod avx2 {
     /// Lanes `..n` of a register (all for `n` ≥ 8), as a mask of whole lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn lanes(n: usize) -> __m256i {
+    pub(crate) fn lanes(n: usize) -> __m256i {
         let n = n.min(8) as i32;
         _mm256_cmpgt_epi32(
             _mm256_set1_epi32(n),
@@ -497,7 +497,7 @@ pub(crate) mod avx2 {
     /// `p` must be writable for `min(n, 8)` values.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn store_lanes(p: *mut f32, n: usize, v: __m256) {
+    pub(crate) unsafe fn store_lanes(p: *mut f32, n: usize, v: __m256) {
         if n >= 8 {
             _mm256_storeu_ps(p, v);
         } else {
