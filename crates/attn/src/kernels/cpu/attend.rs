@@ -170,9 +170,7 @@ pub(crate) fn attend_head(
         if gemm {
             // O = P·V, V's rows read as panels.
             let (vr, ldv) = rows_view(v, kv_stride, n, hd, &mut s.c);
-            prefix_sums(w, (t, n, span), vr, ldv, hd, |j, c0, vals| {
-                copy_row(&mut out[j * hd + c0..][..vals.len()], vals)
-            });
+            prefix_sums(w, (t, n, span), vr, ldv, hd, out);
         } else {
             for j in 0..t {
                 let wj = &w[j * n..j * n + span.seen(j)];
@@ -308,58 +306,73 @@ fn lower_products(
     }
 }
 
-/// `Σ_p w[i][p] · b[p][..hd]` for each of the `t` rows of `w` (`n` long, zero past what
-/// the row sees), `b` rows `ldb` apart, read [`NR`] columns at a time (zero padded past
-/// `hd` unless `hd` is whole panels; see [`rows_view`]);
-/// handed to `put(i, c0, values)` a panel of columns `c0..` at a time. A block of rows
-/// sums only over the keys its last row sees.
+/// `out[i][..hd] = Σ_p w[i][p] · b[p][..hd]` for each of the `t` rows of `w` (`n`
+/// long, zero past what the row sees), `b` rows `ldb` apart, read [`NR`] columns at a
+/// time (zero padded past `hd` unless `hd` is whole panels; see [`rows_view`]); `out`
+/// is `[t, hd]`, written by the kernel in place. A block of rows sums only over the
+/// keys its last row sees.
 fn prefix_sums(
     w: &[f32],
     (t, n, span): (usize, usize, Span),
     b: &[f32],
     ldb: usize,
     hd: usize,
-    mut put: impl FnMut(usize, usize, &[f32]),
+    out: &mut [f32],
 ) {
+    assert!(out.len() >= t * hd);
     let isa = isa();
     let mb = panel::block_rows(isa);
-    let mut acc = [[0f32; NR]; 8];
     for i0 in (0..t).step_by(mb) {
         let m = mb.min(t - i0);
         let k = span.seen(i0 + m - 1).min(n);
         let rows: [&[f32]; 8] = std::array::from_fn(|r| &w[(i0 + r.min(m - 1)) * n..][..k]);
         for c0 in (0..hd).step_by(NR) {
-            panel::panel_rows_strided(isa, &rows[..m], &b[c0..], k, ldb, &mut acc[..m]);
-            for (r, a) in acc[..m].iter().enumerate() {
-                put(i0 + r, c0, &a[..NR.min(hd - c0)]);
+            // SAFETY: rows i0..i0 + m of out, columns c0..c0 + cols ≤ hd, lie inside it
+            // (asserted), which this call holds exclusively.
+            unsafe {
+                let dst = panel::Dst::rows(
+                    out.as_mut_ptr().add(i0 * hd + c0),
+                    hd,
+                    NR.min(hd - c0),
+                    false,
+                );
+                panel::panel_rows_strided_into(isa, &rows[..m], &b[c0..], k, ldb, dst);
             }
         }
     }
 }
 
-/// `Σ_i w[i][p] · b[i][..hd]` for each column `p < n` of `w` `[t][n]` (that is, `wᵀ·b`),
-/// `b` rows `ldb` apart (as in [`prefix_sums`]); handed to `put(p, c0, values)`. A block
-/// of columns sums only over the rows from the first that sees its first key.
+/// `out[p][..hd] = Σ_i w[i][p] · b[i][..hd]` for each column `p < n` of `w` `[t][n]`
+/// (that is, `wᵀ·b`), `b` rows `ldb` apart (as in [`prefix_sums`]); `out` is `[n, hd]`.
+/// A block of columns sums only over the rows from the first that sees its first key.
 fn suffix_sums(
     w: &[f32],
     (t, n, span): (usize, usize, Span),
     b: &[f32],
     ldb: usize,
     hd: usize,
-    mut put: impl FnMut(usize, usize, &[f32]),
+    out: &mut [f32],
 ) {
+    assert!(out.len() >= n * hd);
     let isa = isa();
     let mb = panel::block_rows(isa).min(6);
-    let mut acc = [[0f32; NR]; 6];
     for p0 in (0..n).step_by(mb) {
         let m = mb.min(n - p0);
         let i0 = span.first_query(p0).min(t);
         for c0 in (0..hd).step_by(NR) {
+            let cols = NR.min(hd - c0);
             if i0 == t {
-                acc[..m].iter_mut().for_each(|a| a.fill(0.0));
-            } else {
-                // Steps i = i0..t: w[i][p0..p0 + m] are adjacent.
-                panel::panel_rows_t(
+                for r in p0..p0 + m {
+                    out[r * hd + c0..r * hd + c0 + cols].fill(0.0);
+                }
+                continue;
+            }
+            // SAFETY: rows p0..p0 + m of out, columns c0..c0 + cols ≤ hd, lie inside it
+            // (asserted), which this call holds exclusively. Steps i = i0..t:
+            // w[i][p0..p0 + m] are adjacent.
+            unsafe {
+                let dst = panel::Dst::rows(out.as_mut_ptr().add(p0 * hd + c0), hd, cols, false);
+                panel::panel_rows_t_into(
                     isa,
                     &w[i0 * n + p0..],
                     n,
@@ -367,11 +380,8 @@ fn suffix_sums(
                     &b[i0 * ldb + c0..],
                     t - i0,
                     ldb,
-                    &mut acc[..m],
+                    dst,
                 );
-            }
-            for (r, a) in acc[..m].iter().enumerate() {
-                put(p0 + r, c0, &a[..NR.min(hd - c0)]);
             }
         }
     }
@@ -545,16 +555,10 @@ pub(crate) fn attend_head_backward(
         let ds = &s.s;
         // dQ = dS·K; dK = dSᵀ·Q and dV = pdᵀ·dY (by columns of dS and pd).
         let (kr, ldk) = rows_view(k, kv_stride, n, hd, &mut s.c);
-        prefix_sums(ds, (t, n, span), kr, ldk, hd, |j, c0, vals| {
-            copy_row(&mut dq[j * hd + c0..][..vals.len()], vals)
-        });
+        prefix_sums(ds, (t, n, span), kr, ldk, hd, dq);
         let (qr, ldq) = rows_view(q, q_stride, t, hd, &mut s.a);
-        suffix_sums(ds, (t, n, span), qr, ldq, hd, |p, c0, vals| {
-            copy_row(&mut dk[p * hd + c0..][..vals.len()], vals)
-        });
-        suffix_sums(pd, (t, n, span), dyr, lddy, hd, |p, c0, vals| {
-            copy_row(&mut dv[p * hd + c0..][..vals.len()], vals)
-        });
+        suffix_sums(ds, (t, n, span), qr, ldq, hd, dk);
+        suffix_sums(pd, (t, n, span), dyr, lddy, hd, dv);
     })
 }
 
@@ -763,15 +767,11 @@ mod tests {
                     }
                 }
                 let mut got = vec![f32::NAN; t * hd];
-                prefix_sums(&w, (t, n, span), &b, hdp, hd, |i, c0, v| {
-                    got[i * hd + c0..i * hd + c0 + v.len()].copy_from_slice(v)
-                });
+                prefix_sums(&w, (t, n, span), &b, hdp, hd, &mut got);
                 let mut got_t = vec![f32::NAN; n * hd];
                 let mut a_rows = Vec::new();
                 rows_into(&a_src, hd, t, hd, 1.0, &mut a_rows);
-                suffix_sums(&w, (t, n, span), &a_rows, hdp, hd, |j, c0, v| {
-                    got_t[j * hd + c0..j * hd + c0 + v.len()].copy_from_slice(v)
-                });
+                suffix_sums(&w, (t, n, span), &a_rows, hdp, hd, &mut got_t);
                 for i in 0..t {
                     for d in 0..hd {
                         let want: f32 = (0..n).map(|j| w[i * n + j] * b_src[j * hd + d]).sum();
@@ -811,13 +811,9 @@ mod tests {
                     let mut s2 = vec![f32::NAN; t * n];
                     lower_products(av, lda, hd, &bt, np, (t, n, span), &mut s2);
                     let mut got2 = vec![f32::NAN; t * hd];
-                    prefix_sums(&w, (t, n, span), bv, ldb, hd, |i, c0, v| {
-                        got2[i * hd + c0..i * hd + c0 + v.len()].copy_from_slice(v)
-                    });
+                    prefix_sums(&w, (t, n, span), bv, ldb, hd, &mut got2);
                     let mut got2_t = vec![f32::NAN; n * hd];
-                    suffix_sums(&w, (t, n, span), av, lda, hd, |j, c0, v| {
-                        got2_t[j * hd + c0..j * hd + c0 + v.len()].copy_from_slice(v)
-                    });
+                    suffix_sums(&w, (t, n, span), av, lda, hd, &mut got2_t);
                     for i in 0..t {
                         for j in (0..n).filter(|&j| sees(i, j)) {
                             assert_eq!(s2[i * n + j], s[i * n + j], "in place s[{i},{j}]");

@@ -721,29 +721,13 @@ unsafe fn body_t256<const MR: usize>(
     fma_rows256::<MR>(pp, k, ps, out, |r, kk| *xp.add(kk * ld + r), ahead)
 }
 
-/// One panel of `k` steps `ps` apart against `rows` (at most 12) transposed input rows.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn panel_rows_t(
-    isa: Isa,
-    x: &[f32],
-    ld: usize,
-    rows: usize,
-    panel: &[f32],
-    k: usize,
-    ps: usize,
-    out: &mut [[f32; NR]],
-) {
-    assert!(out.len() == rows);
-    // SAFETY: `out` holds the `rows` rows.
-    unsafe { panel_rows_t_into(isa, x, ld, rows, panel, k, ps, Dst::block(out)) }
-}
-
-/// [`panel_rows_t`] into `out`.
+/// One panel of `k` steps `ps` apart against `rows` (at most 12) transposed input rows
+/// (step `kk` of row `r` at `x[kk·ld + r]`), into `out`.
 ///
 /// # Safety
 /// `out` must be valid for `rows` rows (see [`Dst::rows`]).
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel_rows_t_into(
+pub(crate) unsafe fn panel_rows_t_into(
     isa: Isa,
     x: &[f32],
     ld: usize,
@@ -1171,22 +1155,8 @@ unsafe fn panel_rows_into(isa: Isa, x: &[&[f32]], panel: &[f32], out: Dst) {
 }
 
 /// `out[i][j] = Σ_kk x[i][kk] · panel[kk·ps + j]` over `k` steps, for up to 8 input
-/// rows: a panel read in place from a row-major matrix `ps` wide (its columns `j..j+NR`
-/// starting at `panel[0]`).
-pub(crate) fn panel_rows_strided(
-    isa: Isa,
-    x: &[&[f32]],
-    panel: &[f32],
-    k: usize,
-    ps: usize,
-    out: &mut [[f32; NR]],
-) {
-    assert!(out.len() == x.len());
-    // SAFETY: `out` holds a row for each input row.
-    unsafe { panel_rows_strided_into(isa, x, panel, k, ps, Dst::block(out)) }
-}
-
-/// [`panel_rows_strided`] into `out`.
+/// rows, into `out`: a panel read in place from a row-major matrix `ps` wide (its
+/// columns `j..j+NR` starting at `panel[0]`).
 ///
 /// # Safety
 /// `out` must be valid for `x.len()` rows (see [`Dst::rows`]).
