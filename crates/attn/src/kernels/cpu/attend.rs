@@ -904,39 +904,29 @@ mod tests {
             );
             let seen = |j: usize| if causal { n - t + j + 1 } else { n };
             let mask = |j: usize, i: usize| drop.map_or(1.0, |d| d.factor((j * n + i) as u64));
-            let (mut dq, mut dk, mut dv, mut db) = (
-                vec![f32::NAN; t * hd],
-                vec![f32::NAN; n * hd],
-                vec![f32::NAN; n * hd],
-                vec![f32::NAN; t * n],
-            );
-            attend_head_backward(
-                (&q, qs),
-                (k, v, ks),
-                (&dy, dy_s),
-                (t, hd, scale),
-                span,
-                &p,
-                drop,
-                [&mut dq, &mut dk, &mut dv, &mut db],
-            );
-            // Without a bias gradient (the decoders' training): the same gradients (the
-            // score gradient's rows take another path there).
-            let (mut dq2, mut dk2, mut dv2) = (
-                vec![f32::NAN; t * hd],
-                vec![f32::NAN; n * hd],
-                vec![f32::NAN; n * hd],
-            );
-            attend_head_backward(
-                (&q, qs),
-                (k, v, ks),
-                (&dy, dy_s),
-                (t, hd, scale),
-                span,
-                &p,
-                drop,
-                [&mut dq2, &mut dk2, &mut dv2, &mut []],
-            );
+            // With the bias gradient asked for, and without it (the decoders' training,
+            // where the score gradient's rows take another path): the same gradients.
+            let backward = |db: &mut [f32]| {
+                let (mut dq, mut dk, mut dv) = (
+                    vec![f32::NAN; t * hd],
+                    vec![f32::NAN; n * hd],
+                    vec![f32::NAN; n * hd],
+                );
+                attend_head_backward(
+                    (&q, qs),
+                    (k, v, ks),
+                    (&dy, dy_s),
+                    (t, hd, scale),
+                    span,
+                    &p,
+                    drop,
+                    [&mut dq, &mut dk, &mut dv, db],
+                );
+                (dq, dk, dv)
+            };
+            let mut db = vec![f32::NAN; t * n];
+            let (dq, dk, dv) = backward(&mut db);
+            let (dq2, dk2, dv2) = backward(&mut []);
             for (what, a, b) in [("dq", &dq, &dq2), ("dk", &dk, &dk2), ("dv", &dv, &dv2)] {
                 for (i, (&x, &y)) in a.iter().zip(b.iter()).enumerate() {
                     assert!(

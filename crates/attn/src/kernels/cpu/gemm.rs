@@ -206,16 +206,16 @@ pub fn gemm_bias_residual(
             }
         }
         if let Some((w, b, eps, o, st)) = norm {
-            let k = rows.len() / n;
-            // SAFETY: rows r0..r0 + k < m of the norm's output and stats (asserted
+            let count = rows.len() / n;
+            // SAFETY: rows r0..r0 + count ≤ m of the norm's output and stats (asserted
             // above), written only by the task that computed those rows.
             let (o, st) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(o.get().add(r0 * n), k * n),
-                    std::slice::from_raw_parts_mut(st.get().add(2 * r0), 2 * k),
+                    std::slice::from_raw_parts_mut(o.get().add(r0 * n), count * n),
+                    std::slice::from_raw_parts_mut(st.get().add(2 * r0), 2 * count),
                 )
             };
-            norm_rows(&rows[..k * n], n, w, b, eps, o, st);
+            norm_rows(&rows[..count * n], n, w, b, eps, o, st);
         }
     };
     gemm_then(a, m, k, n, b, out, panels, Some(&e));
