@@ -97,8 +97,8 @@ pub(crate) fn hsum(v: __m256) -> f32 {
 }
 
 /// [`super::causal_softmax`]: the softmax of `row[..live]` in place, the rest of the
-/// row zero. The row's registers go through [`exp8x`] four at a time, and the last,
-/// partial one is read and written under a mask instead of value by value.
+/// row zero. The row's registers go through [`exp8x`] four at a time; the last, partial
+/// one is read under a mask and stored lane by lane ([`store_lanes`]).
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn softmax_row(row: &mut [f32], live: usize) {
     let (len, live) = (row.len(), live.min(row.len()));
@@ -111,8 +111,8 @@ pub(crate) fn softmax_row(row: &mut [f32], live: usize) {
     let tail = lanes(rest);
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     // SAFETY (all accesses): registers c < whole lie in row[..live]; the partial
-    // one is read under `tail` (its lanes < live) and written under the mask of
-    // the lanes the row has.
+    // one is read under `tail` (its lanes < live) and stored only into the lanes
+    // the row has.
     let load = |c: usize| unsafe { _mm256_loadu_ps(p.add(8 * c)) };
     let last = || unsafe {
         _mm256_blendv_ps(
@@ -255,9 +255,9 @@ pub(crate) fn causal_softmax_rows(p: &mut [f32], t: usize) {
     }
 }
 
-/// `f(c, N)` over a row of `n` values: from `c = 0`, four registers (32 values) at a
-/// time, then one at a time; returns where the whole registers end (the caller finishes
-/// the rest, fewer than eight values).
+/// Walks a row of `n` values by whole registers: `four(c)` for the 32 values from `c`
+/// while they fit, then `one(c)` for each remaining register; returns where the whole
+/// registers end (the caller finishes the rest, fewer than eight values).
 #[inline(always)]
 pub(crate) fn by_registers(
     n: usize,
