@@ -290,11 +290,20 @@ fn lower_products(
 ) {
     let isa = isa();
     let mb = panel::block_rows(isa);
+    // AVX2's kernel takes a panel as two halves: a block's last panel is cut to the
+    // first when the block sees no further (the causal triangle's edge).
+    let half = if isa == Isa::Avx2 { NR / 2 } else { 0 };
     for i0 in (0..t).step_by(mb) {
         let m = mb.min(t - i0);
         let rows: [&[f32]; 8] = std::array::from_fn(|r| &a[(i0 + r.min(m - 1)) * lda..][..hd]);
-        for j0 in (0..span.seen(i0 + m - 1)).step_by(NR) {
-            let (valid, at) = (NR.min(n - j0), i0 * n + j0);
+        let seen = span.seen(i0 + m - 1).min(n);
+        for j0 in (0..seen).step_by(NR) {
+            let valid = if seen - j0 <= half {
+                seen - j0
+            } else {
+                NR.min(n - j0)
+            };
+            let at = i0 * n + j0;
             assert!(at + (m - 1) * n + valid <= out.len());
             // SAFETY: rows i0..i0 + m of out, columns j0..j0 + valid, lie inside it
             // (asserted), which this call holds exclusively.

@@ -266,12 +266,14 @@ pub(crate) struct Dst {
 }
 
 impl Dst {
-    /// A block of its own, overwritten.
-    fn block(out: &mut [[f32; NR]]) -> Dst {
+    /// A block of its own, overwritten, of which the first `cols` columns are wanted
+    /// (the AVX2 kernel leaves the second half alone when `cols` ≤ 16; the others
+    /// write whole rows).
+    fn block(out: &mut [[f32; NR]], cols: usize) -> Dst {
         Dst {
             ptr: out.as_mut_ptr().cast(),
             ld: NR,
-            cols: NR,
+            cols,
             add: false,
         }
     }
@@ -319,7 +321,7 @@ unsafe fn through_block(out: Dst, rows: usize, kernel: impl FnOnce(Dst)) {
     }
     let mut block = [[0f32; NR]; 12];
     let block = &mut block[..rows];
-    kernel(Dst::block(block));
+    kernel(Dst::block(block, out.cols));
     for (r, v) in block.iter().enumerate() {
         out.put(r, v);
     }
@@ -530,7 +532,10 @@ unsafe fn fma_rows256<const MR: usize>(
     ahead: impl Fn(usize),
 ) {
     use std::arch::x86_64::*;
-    for half in 0..2 {
+    // A destination that wants at most sixteen columns (a block's; see `Dst::block`)
+    // gets the first half only.
+    let halves = if out.cols <= 16 { 1 } else { 2 };
+    for half in 0..halves {
         let ph = panel.add(16 * half);
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for kk in 0..k {
