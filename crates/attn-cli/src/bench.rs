@@ -134,10 +134,17 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     attn::train::profile::reset();
     let t0 = Instant::now();
     let mut last_loss = 0.0;
+    let mut times = Vec::with_capacity(a.steps);
     for _ in 0..a.steps {
+        let t = Instant::now();
         last_loss = trainer.train_step()?.loss;
+        times.push(t.elapsed().as_secs_f64());
     }
     let secs = t0.elapsed().as_secs_f64();
+    // On a shared machine the mean mixes fast and slowed stretches; the median step and
+    // the fastest tenth's bound compare builds more steadily.
+    times.sort_by(f64::total_cmp);
+    let (median, fast) = (times[times.len() / 2], times[times.len() / 10]);
     if attn::train::profile::enabled() {
         // Per-operation times of the native step (ATTN_PROFILE=1), per step; with the
         // batch in shards on several threads, the threads' times add up.
@@ -161,6 +168,8 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         crate::print_json(&serde_json::json!({
             "tokens_per_sec": tps,
             "seconds_per_step": secs / a.steps as f64,
+            "median_step_seconds": median,
+            "p10_step_seconds": fast,
             "steps": a.steps,
             "preset": a.preset,
             "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
@@ -170,11 +179,14 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         }));
     } else {
         println!(
-            "train {}: {:.0} tokens/s ({:.1} ms/step, {} steps)",
+            "train {}: {:.0} tokens/s ({:.1} ms/step, {} steps; median step {:.1} ms, \
+             fastest tenth under {:.1} ms)",
             a.preset,
             tps,
             1e3 * secs / a.steps as f64,
-            a.steps
+            a.steps,
+            1e3 * median,
+            1e3 * fast
         );
     }
     Ok(())
