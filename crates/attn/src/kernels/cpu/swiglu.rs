@@ -33,13 +33,13 @@ fn swiglu_bwd_body(d: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f3
     }
 }
 /// [`swiglu_bwd_body`] in AVX2 registers, the exp of four registers in step (see
-/// [`vmath::avx2::exp8x`]); the last values of a row that are not a whole register take
+/// [`vmath::avx2::by_exp_neg`]); the last values of a row that are not a whole register take
 /// the plain loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn swiglu_bwd_avx2(d: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
     use std::arch::x86_64::*;
-    use vmath::avx2::{by_registers, exp8x};
+    use vmath::avx2::by_exp_neg;
     let n = d
         .len()
         .min(g.len())
@@ -75,15 +75,8 @@ fn swiglu_bwd_avx2(d: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f3
             }
         }
     };
-    // e^{−g} of register i from c (SAFETY: c + 8·(i + 1) ≤ n).
-    let neg = |c: usize, i: usize| unsafe {
-        _mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(gp.add(c + 8 * i)))
-    };
-    let done = by_registers(
-        n,
-        |c| regs(c, &exp8x::<4>(std::array::from_fn(|i| neg(c, i)))),
-        |c| regs(c, &exp8x([neg(c, 0)])),
-    );
+    // SAFETY: g holds n values.
+    let done = unsafe { by_exp_neg(gp, n, regs) };
     swiglu_bwd_body(
         &d[done..n],
         &g[done..n],

@@ -255,22 +255,30 @@ pub(crate) fn causal_softmax_rows(p: &mut [f32], t: usize) {
     }
 }
 
-/// Walks a row of `n` values by whole registers: `four(c)` for the 32 values from `c`
-/// while they fit, then `one(c)` for each remaining register; returns where the whole
-/// registers end (the caller finishes the rest, fewer than eight values).
-#[inline(always)]
-pub(crate) fn by_registers(
+/// Walks `g[..n]` by whole registers, handing `regs(c, e)` the e^{−g} of the registers
+/// from `c`: four in step (see [`exp8x`]) while they fit, then one at a time; returns
+/// where the whole registers end (the caller finishes the rest, fewer than eight
+/// values). The sigmoid of SiLU and SwiGLU, forward and backward, starts here.
+///
+/// # Safety
+/// `g` must be readable for `n` values.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn by_exp_neg(
+    g: *const f32,
     n: usize,
-    mut four: impl FnMut(usize),
-    mut one: impl FnMut(usize),
+    mut regs: impl FnMut(usize, &[__m256]),
 ) -> usize {
+    // −g of register i from c (c + 8·(i + 1) ≤ n: the walk's bound).
+    let neg =
+        |c: usize, i: usize| _mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(g.add(c + 8 * i)));
     let mut c = 0;
     while c + 32 <= n {
-        four(c);
+        regs(c, &exp8x::<4>(std::array::from_fn(|i| neg(c, i))));
         c += 32;
     }
     while c + 8 <= n {
-        one(c);
+        regs(c, &exp8x([neg(c, 0)]));
         c += 8;
     }
     c
@@ -292,14 +300,7 @@ pub(crate) fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
             }
         }
     };
-    // e^{−g} of the registers from c (SAFETY: c + 8·N ≤ n).
-    let neg = |c: usize, i: usize| unsafe {
-        _mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(gp.add(c + 8 * i)))
-    };
-    let done = by_registers(
-        n,
-        |c| regs(c, &exp8x::<4>(std::array::from_fn(|i| neg(c, i)))),
-        |c| regs(c, &exp8x([neg(c, 0)])),
-    );
+    // SAFETY: g holds n values.
+    let done = unsafe { by_exp_neg(gp, n, regs) };
     super::silu_mul_body(&g[done..n], &u[done..n], &mut out[done..n]);
 }
