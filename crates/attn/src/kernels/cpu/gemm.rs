@@ -619,33 +619,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod tmp_speed {
-    #[test]
-    #[ignore]
-    fn gelu_speed() {
-        for rows in [8usize, 64, 384] {
-            let n = 512;
-            let b: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.1).collect();
-            let src: Vec<f32> = (0..rows * n)
-                .map(|i| ((i * 7) % 13) as f32 * 0.3 - 2.0)
-                .collect();
-            let mut y = src.clone();
-            let mut out = vec![0f32; rows * n];
-            let mut best = f64::MAX;
-            for _ in 0..200 {
-                y.copy_from_slice(&src);
-                let t0 = std::time::Instant::now();
-                for (r, o) in y.chunks_mut(n).zip(out.chunks_mut(n)) {
-                    super::bias_gelu_row(r, &b, o);
-                }
-                best = best.min(t0.elapsed().as_secs_f64());
-            }
-            eprintln!(
-                "gelu {rows}x{n}: {:.1} µs, {:.2} ns/elem",
-                best * 1e6,
-                best * 1e9 / (rows * n) as f64
-            );
-        }
-    }
-}
