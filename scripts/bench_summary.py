@@ -57,6 +57,11 @@ def commit_of(doc, pairs=()):
     return ", ".join(f"`{c}`" for c in own) or "—"
 
 
+def isa_of(pair):
+    """A pair's instruction set ("avx2 (the machine has no AVX-512)" reads as avx2)."""
+    return pair.get("isa", "avx2").split()[0]
+
+
 def row(label, machine, isa, pairs, commit=""):
     ratios = sorted(p["attn_train_seconds"] / p["torch_train_seconds"] for p in pairs)
     a = [p["attn_train_seconds"] for p in pairs]
@@ -74,36 +79,39 @@ def docs(pattern):
 
 
 def load(path):
-    with open(path) as f:
-        return json.load(f)
+    """A file's JSON; a file that cannot be read or parsed raises ValueError naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def recipe(files):
-    print("| file | attn at | machine | ISA | pairs | attn s | PyTorch s | attn ÷ PyTorch | median "
-          "| ≤ 0.5 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    """The recipe table's lines."""
+    out = ["| file | attn at | machine | ISA | pairs | attn s | PyTorch s | attn ÷ PyTorch "
+           "| median | ≤ 0.5 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     pooled, dropped = {}, 0
     for path in files:
+        doc = load(path)
         try:
-            doc = load(path)
             pairs = pairs_of(doc)
-        except (OSError, ValueError) as e:
-            print(f"{path}: {e}", file=sys.stderr)
-            return 2
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         kept = [p for p in pairs if not p.get("discarded")]
         dropped += len(pairs) - len(kept)
         machine = machine_of(path)
-        isa_of = lambda p: p.get("isa", "avx2").split()[0]  # "avx2 (the machine has ...)"
         for isa in sorted({isa_of(p) for p in kept}):
             mine = [p for p in kept if isa_of(p) == isa]
-            print(row(f"`{os.path.basename(path)}`", machine, isa, mine, commit_of(doc, mine)))
+            out.append(row(f"`{os.path.basename(path)}`", machine, isa, mine, commit_of(doc, mine)))
             pooled.setdefault((machine, isa), []).extend(mine)
     for (machine, isa), pairs in sorted(pooled.items()):
-        print(row("**all**", machine, isa, pairs, "—"))
+        out.append(row("**all**", machine, isa, pairs, "—"))
     if dropped:
-        print(f"\n({dropped} {'pair' if dropped == 1 else 'pairs'} marked discarded in the "
-              "files left out.)")
-    return 0
+        out += ["", f"({dropped} {'pair' if dropped == 1 else 'pairs'} marked discarded in "
+                "the files left out.)"]
+    return out
 
 
 def results(x, isa):
@@ -120,10 +128,12 @@ def results(x, isa):
 
 
 def train(files):
+    """The training benches' table's lines."""
     shapes = ("cpu", "6x384", "llama-6x384")
     names = {"cpu": "GPT-2 4×128", "6x384": "GPT-2 6×384", "llama-6x384": "Llama 6×384"}
-    print("| file | attn at | machine | ISA | runs | " + " | ".join(names[s] for s in shapes) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(shapes))
+    out = ["| file | attn at | machine | ISA | runs | " + " | ".join(names[s] for s in shapes)
+           + " |",
+           "|---|---|---|---|---|" + "---|" * len(shapes)]
     pooled = {}
 
     def line(label, commit, machine, isa, runs, by_shape):
@@ -139,14 +149,11 @@ def train(files):
             else:
                 cells.append(f"{min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f}, "
                              f"{sum(v < 1.2 for v in r)} under 1.2)")
-        print(f"| {label} | {commit} | {machine} | {isa} | {runs} | " + " | ".join(cells) + " |")
+        out.append(f"| {label} | {commit} | {machine} | {isa} | {runs} | " + " | ".join(cells)
+                   + " |")
 
     for path in files:
-        try:
-            doc = load(path)
-        except (OSError, ValueError) as e:
-            print(f"{path}: {e}", file=sys.stderr)
-            return 2
+        doc = load(path)
         machine = machine_of(path)
         default = "avx2" if machine == "Zen 3" else "?"
         groups = {}
@@ -164,24 +171,14 @@ def train(files):
                 p[1].setdefault(s, []).extend(r)
     for (machine, isa), (runs, by_shape) in sorted(pooled.items()):
         line("**all**", "—", machine, isa, runs, by_shape)
-    return 0
+    return out
 
 
-def check(path):
-    import contextlib
-    import io
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = recipe(docs("recipe_runs_*.json")) or train(docs("torch_train_bench_*-zen*.json"))
-    if status:
-        return status
-    try:
-        with open(path) as f:
-            have = set(f.read().split("\n"))
-    except OSError as e:
-        print(f"{path}: {e}", file=sys.stderr)
-        return 2
-    missing = [l for l in out.getvalue().split("\n") if l and l not in have]
+def check(path, lines):
+    """0 when every one of `lines` is a line of the file at `path`, else 1 (naming them)."""
+    with open(path) as f:
+        have = set(f.read().split("\n"))
+    missing = [l for l in lines if l and l not in have]
     for l in missing:
         print(f"{path} lacks: {l}", file=sys.stderr)
     if missing:
@@ -191,17 +188,23 @@ def check(path):
 
 
 def main(argv):
-    if len(argv) == 2 and argv[0] == "--check":
-        return check(argv[1])
-    if not argv or argv[0] not in ("recipe", "train"):
-        print("usage: bench_summary.py recipe|train [FILES...] | --check README.md",
-              file=sys.stderr)
+    recipes, benches = docs("recipe_runs_*.json"), docs("torch_train_bench_*-zen*.json")
+    try:
+        if len(argv) == 2 and argv[0] == "--check":
+            return check(argv[1], recipe(recipes) + train(benches))
+        if argv and argv[0] == "recipe":
+            lines = recipe(argv[1:] or recipes)
+        elif argv and argv[0] == "train":
+            lines = train(argv[1:] or benches)
+        else:
+            print("usage: bench_summary.py recipe|train [FILES...] | --check README.md",
+                  file=sys.stderr)
+            return 2
+    except (OSError, ValueError) as e:
+        print(e, file=sys.stderr)
         return 2
-    if argv[0] == "recipe":
-        files = argv[1:] or docs("recipe_runs_*.json")
-        return recipe(files) if files else 2
-    files = argv[1:] or docs("torch_train_bench_*-zen*.json")
-    return train(files) if files else 2
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":

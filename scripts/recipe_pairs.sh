@@ -3,7 +3,8 @@
 # other, PAIRS times, alternating which side goes first (on a shared machine the speed
 # drifts over minutes; alternating keeps the drift from favouring one side). Appends one
 # JSON line per pair to OUT: both training times (evaluation excluded on both sides),
-# both best validation losses, and attn ÷ PyTorch.
+# both best validation losses, and attn ÷ PyTorch. Its attn_commit is the checkout's
+# HEAD: where ATTN_BINARY is another build, say which in the file that keeps the pairs.
 #
 #   scripts/recipe_pairs.sh PAIRS OUT.jsonl [ATTN_BINARY]
 #
