@@ -524,6 +524,11 @@ mod tests {
         for m in [37, 100] {
             products_of(m, 45, 70);
         }
+        // Many rows (blocks over rows, whole blocks of six looped in one call, a
+        // remainder after them) and sums long enough to take several passes, on both
+        // sides of the transposed product.
+        products_of(263, 600, 70);
+        products_of(300, 45, 600);
     }
 
     fn products_of(m: usize, k: usize, n: usize) {
