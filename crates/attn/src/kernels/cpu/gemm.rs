@@ -524,6 +524,8 @@ mod tests {
         for m in [37, 100] {
             products_of(m, 45, 70);
         }
+        // Blocks of six and then two rows (on both sides of the transposed product).
+        products_of(38, 44, 70);
         // Many rows (blocks over rows, whole blocks of six looped in one call, a
         // remainder after them) and sums long enough to take several passes, on both
         // sides of the transposed product.

@@ -515,7 +515,8 @@ unsafe fn body512<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], k: usize, ps
 /// passes of sixteen columns each, so that up to 6 rows keep their accumulators in 12
 /// of AVX2's 16 registers (the whole 32 columns of 3 rows, as the plain loop compiled
 /// for AVX2 has them, need 12 accumulators, 4 panel registers and a broadcast: more
-/// than there are, and every step spilled). The inputs are read twice, from L1.
+/// than there are, and every step spilled). The inputs are read twice, from L1. One or
+/// two rows take all 32 columns in one pass.
 ///
 /// # Safety
 /// AVX2 and FMA must be present, `panel` must hold `(k − 1)·ps + NR` floats, `x(r, kk)`
@@ -535,6 +536,35 @@ unsafe fn fma_rows256<const MR: usize>(
     // A destination that wants at most sixteen columns (a block's; see `Dst::block`)
     // gets the first half only.
     let halves = if out.cols <= 16 { 1 } else { 2 };
+    if MR <= 2 && halves == 2 {
+        // One or two rows (a product's last rows after its blocks of six) in one pass
+        // over all 32 columns: 8 accumulators and 4 panel registers fit, and two rows'
+        // 8 chains of sums keep both FMA units busy where a half's 4 kept one.
+        let mut acc = [[_mm256_setzero_ps(); 4]; MR];
+        for kk in 0..k {
+            ahead(kk);
+            let p: [__m256; 4] =
+                std::array::from_fn(|j| _mm256_loadu_ps(panel.add(kk * ps + 8 * j)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_set1_ps(x(r, kk));
+                for j in 0..4 {
+                    a[j] = _mm256_fmadd_ps(xv, p[j], a[j]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let o = out.ptr.add(r * out.ld);
+            for (j, &v) in a.iter().enumerate() {
+                let v = if out.add {
+                    _mm256_add_ps(_mm256_loadu_ps(o.add(8 * j)), v)
+                } else {
+                    v
+                };
+                _mm256_storeu_ps(o.add(8 * j), v);
+            }
+        }
+        return;
+    }
     for half in 0..halves {
         let ph = panel.add(16 * half);
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
