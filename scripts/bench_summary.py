@@ -131,6 +131,8 @@ def train(files):
     """The training benches' table's lines."""
     shapes = ("cpu", "6x384", "llama-6x384")
     names = {"cpu": "GPT-2 4×128", "6x384": "GPT-2 6×384", "llama-6x384": "Llama 6×384"}
+    # The issue's bar for each shape: 1.5× PyTorch for the recipe's, 1.2× for the others.
+    bars = {"cpu": 1.5, "6x384": 1.2, "llama-6x384": 1.2}
     out = ["| file | attn at | machine | ISA | runs | " + " | ".join(names[s] for s in shapes)
            + " |",
            "|---|---|---|---|---|" + "---|" * len(shapes)]
@@ -148,7 +150,7 @@ def train(files):
                 cells.append(", ".join(f"{v:.2f}" for v in r) + f" (median {statistics.median(r):.2f})")
             else:
                 cells.append(f"{min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f}, "
-                             f"{sum(v < 1.2 for v in r)} under 1.2)")
+                             f"{sum(v < bars[s] for v in r)} under {bars[s]})")
         out.append(f"| {label} | {commit} | {machine} | {isa} | {runs} | " + " | ".join(cells)
                    + " |")
 
