@@ -281,6 +281,10 @@ pub fn gemm_tn_acc(
     scratch: (&mut Vec<f32>, &mut Vec<f32>),
     with_bias: bool,
 ) {
+    if m == 0 {
+        // A sum over no rows adds nothing (and panels of no steps cannot be cut).
+        return;
+    }
     let (panels, xpack) = scratch;
     let out_rows = rows + with_bias as usize;
     // Short sums read dy's strips in place; long ones pack them.
@@ -526,6 +530,11 @@ mod tests {
         }
         // Blocks of six and then two rows (on both sides of the transposed product).
         products_of(38, 44, 70);
+        // A weight gradient over no rows (an empty sum) adds nothing.
+        let mut dw = vec![0.25f32; 45 * 70];
+        let scratch = (&mut Vec::new(), &mut Vec::new());
+        gemm_tn_acc(&[], 0, 45, &[], 70, &mut dw, scratch, false);
+        assert!(dw.iter().all(|&v| v == 0.25));
         // Many rows (blocks over rows, whole blocks of six looped in one call, a
         // remainder after them) and sums long enough to take several passes, on both
         // sides of the transposed product.

@@ -1098,7 +1098,7 @@ fn tn_tasks(
                     TnInput::Packed(px) if isa == Isa::Avx2 && mb == 6 && valid == NR => {
                         let blocks = b1.min(n / 6).saturating_sub(b0);
                         assert!(blocks == 0 || ((b0 + blocks) * k) * 6 <= px.len());
-                        assert!(panel.len() >= (c1 - c0).saturating_sub(1) * ps + NR);
+                        assert!(c1 == c0 || panel.len() >= (c1 - c0 - 1) * ps + NR);
                         let then = (c0 == 0 && p + 1 < np && b0 + blocks == b1).then(|| {
                             op.get().wrapping_add(b0 * mb * rows + (p + 1) * NR) as *const f32
                         });
