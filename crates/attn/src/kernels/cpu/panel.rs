@@ -616,9 +616,8 @@ unsafe fn body256<const MR: usize>(x: &[&[f32]; MR], panel: &[f32], k: usize, ps
 /// `blocks` whole blocks of six input rows against one panel, block `b` into `out`'s
 /// rows `6·b..`: the AVX2 kernel looped in place, so that a block costs no calls,
 /// slices or checks of its own (they had cost 4% of a 384 × 128 × 384 product,
-/// `examples/gemm_speed`). Step `kk` of row `r` of block `b` is `x(b, r, kk)`. Before
-/// each block, the output tile of the next one (or, after the last, `then`'s six rows)
-/// is fetched, as [`TileWalk::prefetch_next`] does.
+/// `examples/gemm_speed`). Step `kk` of row `r` of block `b` is `x(b, r, kk)`;
+/// `ahead(b)` runs before block `b` (the callers' [`TileWalk::prefetch_next`]).
 ///
 /// # Safety
 /// AVX2 and FMA must be present; `x(b, r, kk)` must be readable for every `b <
@@ -633,24 +632,11 @@ unsafe fn column256(
     k: usize,
     ps: usize,
     out: Dst,
-    then: Option<*const f32>,
+    ahead: impl Fn(usize),
     x: impl Fn(usize, usize, usize) -> f32,
 ) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    let fetch = |at: *const f32| {
-        for r in 0..6 {
-            let a = at.wrapping_add(r * out.ld) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(a);
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(4 * NR - 4));
-        }
-    };
     for b in 0..blocks {
-        match (b + 1 < blocks, then) {
-            (true, _) => fetch(out.ptr.wrapping_add((b + 1) * 6 * out.ld)),
-            (false, Some(t)) => fetch(t),
-            (false, None) => {}
-        }
+        ahead(b);
         let o = Dst {
             ptr: out.ptr.add(b * 6 * out.ld),
             ..out
@@ -1099,9 +1085,6 @@ fn tn_tasks(
                         let blocks = b1.min(n / 6).saturating_sub(b0);
                         assert!(blocks == 0 || ((b0 + blocks) * k) * 6 <= px.len());
                         assert!(c1 == c0 || panel.len() >= (c1 - c0 - 1) * ps + NR);
-                        let then = (c0 == 0 && p + 1 < np && b0 + blocks == b1).then(|| {
-                            op.get().wrapping_add(b0 * mb * rows + (p + 1) * NR) as *const f32
-                        });
                         // SAFETY: AVX2 was detected; the blocks' packed steps lie inside
                         // px and the slice inside the panel (asserted); rows 6·b0.. of
                         // columns p·NR.. belong to this task (and lie inside out).
@@ -1119,7 +1102,11 @@ fn tn_tasks(
                                 c1 - c0,
                                 ps,
                                 dst,
-                                then,
+                                |b| {
+                                    if c0 == 0 {
+                                        walk.prefetch_next(op.get(), b0 + b, p);
+                                    }
+                                },
                                 |b, r, kk| *xp.add((b * k + c0 + kk) * 6 + r),
                             );
                         }
@@ -1352,12 +1339,16 @@ pub fn matmul_serial(
                 let at = p * NR;
                 assert!(blocks == 0 || (at + (6 * blocks - 1) * rows + NR <= out.len()));
                 assert!(blocks == 0 || (6 * blocks - 1) * cols + c1 <= x.len());
-                let then = (c0 == 0 && p + 1 < rows.div_ceil(NR) && n.is_multiple_of(6))
-                    .then(|| out.as_ptr().wrapping_add(at + NR));
                 // SAFETY: AVX2 was detected; x's rows (asserted) and the panel's slice
                 // (its length) hold what the blocks read; out holds their rows.
                 unsafe {
                     let dst = Dst::rows(out.as_mut_ptr().add(at), rows, valid, c0 > 0);
+                    let start = out.as_ptr();
+                    let ahead = |b| {
+                        if c0 == 0 {
+                            walk.prefetch_next(start, b, p);
+                        }
+                    };
                     let x = x.as_ptr().add(c0);
                     column256(
                         blocks,
@@ -1365,7 +1356,7 @@ pub fn matmul_serial(
                         c1 - c0,
                         NR,
                         dst,
-                        then,
+                        ahead,
                         |b, r, kk| *x.add((6 * b + r) * cols + kk),
                     );
                 }
