@@ -540,6 +540,9 @@ mod tests {
         // sides of the transposed product.
         products_of(263, 600, 70);
         products_of(300, 45, 600);
+        // A transposed product's sum long enough for passes of its own (2100 steps:
+        // 1024, 1024 and 52), over whole panels and blocks and a remainder of both.
+        products_of(40, 13, 2100);
     }
 
     fn products_of(m: usize, k: usize, n: usize) {
