@@ -536,8 +536,8 @@ mod tests {
         gemm_tn_acc(&[], 0, 45, &[], 70, &mut dw, scratch, false);
         assert!(dw.iter().all(|&v| v == 0.25));
         // Many rows (blocks over rows, whole blocks of six looped in one call, a
-        // remainder after them) and sums long enough to take several passes, on both
-        // sides of the transposed product.
+        // remainder after them), on both sides of the transposed product; 600 steps
+        // take several passes in the plain product (one in the transposed).
         products_of(263, 600, 70);
         products_of(300, 45, 600);
         // A transposed product's sum long enough for passes of its own (2100 steps:
