@@ -92,6 +92,26 @@ fn detected() -> Isa {
     Isa::Portable
 }
 
+/// Whether the CPU is AMD's (its CPUID vendor string is "AuthenticAMD"): where the same
+/// instructions run at different speeds on AMD's and Intel's cores, and a kernel choice
+/// depends on it (see `bf16::available`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vendor_is_amd() -> bool {
+    use std::sync::OnceLock;
+    static AMD: OnceLock<bool> = OnceLock::new();
+    *AMD.get_or_init(|| {
+        #[allow(unused_unsafe)]
+        // SAFETY: leaf 0 of CPUID exists on every x86-64 CPU.
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
+        // The twelve bytes of the vendor string, in the order EBX, EDX, ECX.
+        let mut vendor = [0u8; 12];
+        vendor[..4].copy_from_slice(&id.ebx.to_le_bytes());
+        vendor[4..8].copy_from_slice(&id.edx.to_le_bytes());
+        vendor[8..].copy_from_slice(&id.ecx.to_le_bytes());
+        &vendor == b"AuthenticAMD"
+    })
+}
+
 /// The instruction set in use, by name (for benchmarks and test logs).
 pub fn isa_name() -> &'static str {
     match isa() {
