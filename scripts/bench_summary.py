@@ -7,9 +7,10 @@ README.md's "Training against PyTorch on the CPU":
   instruction set: the pairs, attn's and PyTorch's training times, the range and
   median of attn ÷ PyTorch (from the times, not the files' rounded ratios) and how many
   pairs are at or under 0.5; then the same pooled over the files of one machine kind
-  (the file name's -zen3 / -zen4 suffix). Pairs marked "discarded" (with the reason)
+  (the file name's -zen3 / -zen4 / -emr suffix; -emr: an Intel Xeon of the Emerald
+  Rapids generation). Pairs marked "discarded" (with the reason)
   are left out and counted apart.
-- `train`: the training benches of docs/torch_train_bench_*-zen*.json
+- `train`: the training benches of docs/torch_train_bench_*-zen*.json and *-emr*.json
   (scripts/torch_reference.py bench --json): for each file, instruction set and shape,
   every run's attn ÷ transformers ratio and their median; then pooled by machine kind.
 
@@ -40,7 +41,9 @@ def pairs_of(doc):
 
 def machine_of(path):
     m = re.search(r"-zen(\d)[^/]*\.json$", path)
-    return f"Zen {m.group(1)}" if m else "?"
+    if m:
+        return f"Zen {m.group(1)}"
+    return "Xeon EMR" if re.search(r"-emr[^/]*\.json$", path) else "?"
 
 
 def commit_of(doc, pairs=()):
@@ -190,7 +193,8 @@ def check(path, lines):
 
 
 def main(argv):
-    recipes, benches = docs("recipe_runs_*.json"), docs("torch_train_bench_*-zen*.json")
+    recipes, benches = docs("recipe_runs_*.json"), sorted(
+        docs("torch_train_bench_*-zen*.json") + docs("torch_train_bench_*-emr*.json"))
     try:
         if len(argv) == 2 and argv[0] == "--check":
             return check(argv[1], recipe(recipes) + train(benches))

@@ -35,7 +35,8 @@ a tokenizer trained here is unknown to it, so this script tells it the pre-token
 GPT-2's (which is what the trained tokenizer's byte-level pre-tokenizer is). Vocabulary
 entries beyond the trained tokenizer's become llama.cpp's [PAD] tokens.
 
-Needs torch, transformers and tokenizers (scripts/python_env.sh) and llama.cpp's gguf-py
+Needs torch, transformers, tokenizers and sentencepiece (scripts/python_env.sh; the
+converter imports sentencepiece for Llama folders) and llama.cpp's gguf-py
 (found beside convert_hf_to_gguf.py). Exits 1 when a step fails.
 """
 
