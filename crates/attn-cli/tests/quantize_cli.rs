@@ -174,10 +174,20 @@ fn quantize_writes_smaller_folders_that_score_close_to_f32() {
         assert_eq!(b["weight_type"], name);
         assert_eq!(b["engine"], "native");
         // Prompts of 8- and 4-bit weights are multiplied in bf16 only where the CPU has
-        // AVX-512 BF16 and the instruction set is not capped below AVX-512.
+        // AVX-512 BF16, is AMD's (Intel's run them faster in f32) and the instruction
+        // set is not capped below AVX-512.
         let capped = std::env::var("ATTN_ISA").is_ok_and(|v| v == "avx2" || v == "portable");
         #[cfg(target_arch = "x86_64")]
-        let bf16 = std::is_x86_feature_detected!("avx512bf16")
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        let amd = {
+            // "AuthenticAMD" is "Auth" in EBX, "enti" in EDX, "cAMD" in ECX.
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+        };
+        #[cfg(target_arch = "x86_64")]
+        let bf16 = amd
+            && std::is_x86_feature_detected!("avx512bf16")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("fma");
