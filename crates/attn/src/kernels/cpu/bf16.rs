@@ -50,11 +50,7 @@ pub(crate) fn supported() -> bool {
 /// against 1497–1528 in f32, GPT-2 q4 775–790 against 1233–1322).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static FASTER: OnceLock<bool> = OnceLock::new();
-        *FASTER.get_or_init(|| supported() && super::vendor_is_amd())
-    }
+    return supported() && super::vendor_is_amd();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
