@@ -856,9 +856,9 @@ pub fn matmul_tn(
 ) {
     // Short sums read xt in place; long ones pack it first (measured: in place is
     // faster at 768 steps, packing at 2048, where the block's reads spaced ld apart
-    // miss cache often enough to cost more than one packing pass); see in_place_steps.
+    // miss cache often enough to cost more than one packing pass); see reads_in_place.
     let mb = tn_block();
-    if k < in_place_steps() {
+    if reads_in_place(k, n) {
         let x = TnInput::InPlace(xt, ld);
         return tn_tasks(n, rows, k, (panels, NR), out, accumulate, ones, x);
     }
@@ -932,18 +932,45 @@ pub fn matmul_tn_unpacked(
     Some(())
 }
 
-/// The longest sums that the transposed products read in place rather than pack: 1024
-/// steps, but none with AVX2, whose kernel reads each step's inputs twice (once per
-/// half of the panel); packed, they are one sequential stream. Weight gradients with
-/// AVX2 ran at 71–87 GFLOP/s a core in place against 86–97 packed
-/// (`examples/gemm_speed.rs` 384 128 384, 384 512 128 and 768 384 1152); AVX-512 runs
-/// at 100–113 either way, in place a little ahead.
+/// The longest sums that the transposed products read wholly in place (`W` too, in
+/// [`matmul_tn_unpacked`]) rather than pack: 1024 steps, but none with AVX2, whose
+/// kernel reads each step's inputs twice (once per half of the panel); packed, they are
+/// one sequential stream. Weight gradients with AVX2 ran at 71–87 GFLOP/s a core in
+/// place against 86–97 packed (`examples/gemm_speed.rs` 384 128 384, 384 512 128 and
+/// 768 384 1152, on Zen 3, in one pass over all steps; [`reads_in_place`] has AVX2's
+/// exception for `xt` alone); AVX-512 runs at 100–113 either way, in place a little
+/// ahead.
 fn in_place_steps() -> usize {
     match isa() {
         Isa::Avx2 => 0,
         _ => 1024,
     }
 }
+
+/// Whether [`matmul_tn`] reads `xt` (`k` steps of `n` values) in place rather than
+/// packing it. AVX-512: below [`in_place_steps`]. AVX2: when it is small enough to stay
+/// in L2 while the panels pass over it (at most [`AVX2_IN_PLACE_VALUES`], a GPT-2 4×128
+/// shard's widest), summed in passes of [`AVX2_IN_PLACE_PASS`] steps, so that a
+/// pass's slices of the panel and of `xt` stay in L1. Packing `xt` had cost about 9% of
+/// those products: `examples/gemm_speed` on an Intel Xeon (Emerald Rapids, AVX2), best
+/// of 200, the weight gradients of 384 128 384 ran 491 / 504 µs packed and 451 / 467 in
+/// place, 384 128 128 176 / 176 → 162 / 154, 384 512 128 662 / 667 → 665 / 618, and
+/// 384 128 512 663 / 671 → 614 / 679 (`[out, in]` / `[in, out]`); in place without the
+/// short passes was 15–25% slower than packed, and so was 1024 384 1152 in place (its
+/// `xt`, 4.7 MB, leaves L2 between panels).
+fn reads_in_place(k: usize, n: usize) -> bool {
+    match isa() {
+        Isa::Avx2 => k < 1024 && k * n <= AVX2_IN_PLACE_VALUES,
+        _ => k < in_place_steps(),
+    }
+}
+
+/// The largest `xt` (in values) that AVX2's transposed products read in place.
+const AVX2_IN_PLACE_VALUES: usize = 384 * 512;
+
+/// Steps per pass of AVX2's transposed products reading `xt` in place (see
+/// [`reads_in_place`]): 32, 48, 64 and 80 measured, 64 the best overall.
+const AVX2_IN_PLACE_PASS: usize = 64;
 
 /// Rows ahead that [`pack_whole`] fetches: the weight-gradient products of GPT-2 4×128's
 /// step took about 2% less time with 8 than with none (`ATTN_PROFILE=1 attn bench
@@ -1071,7 +1098,10 @@ fn tn_tasks(
             n,
             rows,
         };
-        let kc = tn_pass_steps(k);
+        let kc = match x {
+            TnInput::InPlace(..) if isa == Isa::Avx2 => AVX2_IN_PLACE_PASS,
+            _ => tn_pass_steps(k),
+        };
         for c0 in (0..k.max(1)).step_by(kc) {
             let c1 = (c0 + kc).min(k);
             for p in 0..np {
@@ -1108,6 +1138,43 @@ fn tn_tasks(
                                     }
                                 },
                                 |b, r, kk| *xp.add((b * k + c0 + kk) * 6 + r),
+                            );
+                        }
+                        blocks
+                    }
+                    // The same, reading xt in place: block b's step kk is the six
+                    // values from column 6·b of row kk.
+                    TnInput::InPlace(xt, ld) if isa == Isa::Avx2 && mb == 6 && valid == NR => {
+                        let blocks = b1.min(n / 6).saturating_sub(b0);
+                        assert!(
+                            blocks == 0
+                                || c1 == c0
+                                || xt.len() >= (c1 - 1) * ld + (b0 + blocks) * 6
+                        );
+                        assert!(c1 == c0 || panel.len() >= (c1 - c0 - 1) * ps + NR);
+                        // SAFETY: AVX2 was detected; every step c0..c1 of the blocks'
+                        // columns lies inside xt and the slice inside the panel
+                        // (asserted); rows 6·b0.. of columns p·NR.. belong to this task.
+                        unsafe {
+                            let dst = Dst::rows(
+                                op.get().add(b0 * 6 * rows + p * NR),
+                                rows,
+                                NR,
+                                accumulate || c0 > 0,
+                            );
+                            let xp = xt.as_ptr().add(c0 * ld + b0 * 6);
+                            column256(
+                                blocks,
+                                panel.as_ptr(),
+                                c1 - c0,
+                                ps,
+                                dst,
+                                |b| {
+                                    if c0 == 0 {
+                                        walk.prefetch_next(op.get(), b0 + b, p);
+                                    }
+                                },
+                                |b, r, kk| *xp.add(kk * ld + b * 6 + r),
                             );
                         }
                         blocks
@@ -1624,8 +1691,9 @@ mod tests {
     }
 
     /// Both strategies of the transposed product (in place below 1024 steps, packed
-    /// above; AVX2 always packs), with and without the row of column sums, against the
-    /// plain sum; with groups of whole blocks (48, 100 columns) and partial ones.
+    /// above; AVX2 in place only for small inputs, in passes of 64 steps), with and
+    /// without the row of column sums, against the plain sum; with groups of whole
+    /// blocks (48, 100 columns) and partial ones.
     #[test]
     fn transposed_products_match_the_plain_sum() {
         for (k, n, rows) in [
@@ -1634,6 +1702,7 @@ mod tests {
             (70, 29, 64),
             (1100, 19, 64),
             (70, 100, 64),
+            (200, 48, 96),
             (1100, 48, 32),
         ] {
             let xt: Vec<f32> = (0..k * n)
