@@ -1108,78 +1108,45 @@ fn tn_tasks(
                 let panel = &panels[base(p) + c0 * ps..];
                 let valid = NR.min(rows - p * NR);
                 let (b0, b1) = walk.blocks;
-                // Whole blocks of a packed input, with AVX2, in one call (see column256).
+                // Whole blocks, with AVX2, in one call (see column256): step kk of row r
+                // of block b0 + b is `$x(b, r, kk)` (a closure, so that its strides stay
+                // constants where they are: reading them from variables had cost 3% of
+                // 384 128 384's weight gradients in place).
                 #[cfg(target_arch = "x86_64")]
-                let whole = match x {
-                    TnInput::Packed(px) if isa == Isa::Avx2 && mb == 6 && valid == NR => {
-                        let blocks = b1.min(n / 6).saturating_sub(b0);
-                        assert!(blocks == 0 || ((b0 + blocks) * k) * 6 <= px.len());
-                        assert!(c1 == c0 || panel.len() >= (c1 - c0 - 1) * ps + NR);
-                        // SAFETY: AVX2 was detected; the blocks' packed steps lie inside
-                        // px and the slice inside the panel (asserted); rows 6·b0.. of
-                        // columns p·NR.. belong to this task (and lie inside out).
-                        unsafe {
-                            let dst = Dst::rows(
-                                op.get().add(b0 * 6 * rows + p * NR),
-                                rows,
-                                NR,
-                                accumulate || c0 > 0,
-                            );
-                            let xp = px.as_ptr().add(b0 * k * 6);
-                            column256(
-                                blocks,
-                                panel.as_ptr(),
-                                c1 - c0,
-                                ps,
-                                dst,
-                                |b| {
-                                    if c0 == 0 {
-                                        walk.prefetch_next(op.get(), b0 + b, p);
-                                    }
-                                },
-                                |b, r, kk| *xp.add((b * k + c0 + kk) * 6 + r),
-                            );
-                        }
-                        blocks
+                let whole = if isa == Isa::Avx2 && mb == 6 && valid == NR {
+                    let blocks = b1.min(n / 6).saturating_sub(b0);
+                    assert!(c1 == c0 || panel.len() >= (c1 - c0 - 1) * ps + NR);
+                    macro_rules! whole {
+                        ($x:expr) => {
+                            // SAFETY: AVX2 was detected; the blocks' steps lie inside
+                            // the input (asserted in each arm) and the slice inside
+                            // the panel (asserted above); rows 6·b0.. of columns p·NR..
+                            // belong to this task (and lie inside out).
+                            unsafe {
+                                let r = ((p, b0, blocks), (c0, c1));
+                                whole_blocks256(&walk, r, panel, ps, op, accumulate, $x)
+                            }
+                        };
                     }
-                    // The same, reading xt in place: block b's step kk is the six
-                    // values from column 6·b of row kk.
-                    TnInput::InPlace(xt, ld) if isa == Isa::Avx2 && mb == 6 && valid == NR => {
-                        let blocks = b1.min(n / 6).saturating_sub(b0);
-                        assert!(
-                            blocks == 0
-                                || c1 == c0
-                                || xt.len() >= (c1 - 1) * ld + (b0 + blocks) * 6
-                        );
-                        assert!(c1 == c0 || panel.len() >= (c1 - c0 - 1) * ps + NR);
-                        // SAFETY: AVX2 was detected; every step c0..c1 of the blocks'
-                        // columns lies inside xt and the slice inside the panel
-                        // (asserted); rows 6·b0.. of columns p·NR.. belong to this task.
-                        unsafe {
-                            let dst = Dst::rows(
-                                op.get().add(b0 * 6 * rows + p * NR),
-                                rows,
-                                NR,
-                                accumulate || c0 > 0,
-                            );
-                            let xp = xt.as_ptr().add(c0 * ld + b0 * 6);
-                            column256(
-                                blocks,
-                                panel.as_ptr(),
-                                c1 - c0,
-                                ps,
-                                dst,
-                                |b| {
-                                    if c0 == 0 {
-                                        walk.prefetch_next(op.get(), b0 + b, p);
-                                    }
-                                },
-                                |b, r, kk| *xp.add(kk * ld + b * 6 + r),
-                            );
+                    match x {
+                        TnInput::Packed(px) => {
+                            assert!(blocks == 0 || ((b0 + blocks) * k) * 6 <= px.len());
+                            let xp = px[(b0 * k * 6).min(px.len())..].as_ptr();
+                            whole!(|b, r, kk| *xp.add((b * k + c0 + kk) * 6 + r))
                         }
-                        blocks
+                        // In place: the six values from column 6·b of row kk.
+                        TnInput::InPlace(xt, ld) => {
+                            assert!(
+                                blocks == 0
+                                    || c1 == c0
+                                    || xt.len() >= (c1 - 1) * ld + (b0 + blocks) * 6
+                            );
+                            let xp = xt[(c0 * ld + b0 * 6).min(xt.len())..].as_ptr();
+                            whole!(|b, r, kk| *xp.add(kk * ld + b * 6 + r))
+                        }
                     }
-                    _ => 0,
+                } else {
+                    0
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 let whole = 0;
@@ -1226,6 +1193,43 @@ fn tn_tasks(
             }
         }
     });
+}
+
+/// `blocks` whole blocks of six columns of a transposed product's input, from block
+/// `b0`, against panel `p`'s steps `c0..c1` (`panel` starting at step `c0`), with AVX2
+/// in one call (see [`column256`]); step `kk` (from `c0`) of row `r` of block `b` (from
+/// `b0`) is `x(b, r, kk)`. Adds to the output (rows `6·b0..`, columns `p·NR..` of the
+/// `walk`'s `rows`-wide `out`) when `acc` or after the first pass. Returns `blocks`.
+///
+/// # Safety
+/// AVX2 and FMA must be present, `x(b, r, kk)` readable for every `b < blocks`, `r <
+/// 6`, `kk < c1 − c0`, the panel for `(c1 − c0 − 1)·ps + NR` values, and the output's
+/// rows `6·b0..6·(b0 + blocks)`, columns `p·NR..(p + 1)·NR` valid and this task's alone.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn whole_blocks256(
+    walk: &TileWalk,
+    ((p, b0, blocks), (c0, c1)): ((usize, usize, usize), (usize, usize)),
+    panel: &[f32],
+    ps: usize,
+    out: SyncPtr,
+    acc: bool,
+    x: impl Fn(usize, usize, usize) -> f32,
+) -> usize {
+    let rows = walk.rows;
+    let dst = Dst::rows(
+        out.get().add(b0 * 6 * rows + p * NR),
+        rows,
+        NR,
+        acc || c0 > 0,
+    );
+    let ahead = |b| {
+        if c0 == 0 {
+            walk.prefetch_next(out.get(), b0 + b, p);
+        }
+    };
+    column256(blocks, panel.as_ptr(), c1 - c0, ps, dst, ahead, x);
+    blocks
 }
 
 /// The sums over `k` steps `ps` apart of two panels (`[k][NR]` from `a[0]` and `b[0]`),
