@@ -177,16 +177,10 @@ fn quantize_writes_smaller_folders_that_score_close_to_f32() {
         // AVX-512 BF16, is AMD's (Intel's run them faster in f32) and the instruction
         // set is not capped below AVX-512.
         let capped = std::env::var("ATTN_ISA").is_ok_and(|v| v == "avx2" || v == "portable");
+        // The vendor as the library reads it (its own test checks that reading against
+        // /proc/cpuinfo).
         #[cfg(target_arch = "x86_64")]
-        #[allow(unused_unsafe)]
-        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
-        let amd = {
-            // "AuthenticAMD" is "Auth" in EBX, "enti" in EDX, "cAMD" in ECX.
-            let id = unsafe { std::arch::x86_64::__cpuid(0) };
-            (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
-        };
-        #[cfg(target_arch = "x86_64")]
-        let bf16 = amd
+        let bf16 = attn::kernels::cpu::vendor_is_amd()
             && std::is_x86_feature_detected!("avx512bf16")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512f")

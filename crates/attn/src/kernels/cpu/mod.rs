@@ -94,9 +94,10 @@ fn detected() -> Isa {
 
 /// Whether the CPU is AMD's (its CPUID vendor string is "AuthenticAMD"): where the same
 /// instructions run at different speeds on AMD's and Intel's cores, and a kernel choice
-/// depends on it (see `bf16::available`).
+/// depends on it (see `bf16::available`). Public for the command's tests, which check
+/// the choice it makes.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn vendor_is_amd() -> bool {
+pub fn vendor_is_amd() -> bool {
     use std::sync::OnceLock;
     static AMD: OnceLock<bool> = OnceLock::new();
     *AMD.get_or_init(|| {

@@ -956,8 +956,11 @@ fn in_place_steps() -> usize {
 /// of 200, the weight gradients of 384 128 384 ran 491 / 504 µs packed and 451 / 467 in
 /// place, 384 128 128 176 / 176 → 162 / 154, 384 512 128 662 / 667 → 665 / 618, and
 /// 384 128 512 663 / 671 → 614 / 679 (`[out, in]` / `[in, out]`); in place without the
-/// short passes was 15–25% slower than packed, and so was 1024 384 1152 in place (its
-/// `xt`, 4.7 MB, leaves L2 between panels).
+/// short passes was 15–25% slower than packed. Larger inputs pack: at 1024 positions
+/// reading in place was 5% faster alone for some shapes (1024 384 384, 1024 384 1152
+/// `[out, in]`) but 12% slower where the output is too wide for L2 (1024 384 1536
+/// `[in, out]`, 1024 1536 384 `[out, in]`), and it gained nothing in GPT-2's or Llama's
+/// 6×384 training step (`ATTN_PROFILE=1 attn bench train`).
 fn reads_in_place(k: usize, n: usize) -> bool {
     match isa() {
         Isa::Avx2 => k < 1024 && k * n <= AVX2_IN_PLACE_VALUES,
