@@ -120,8 +120,8 @@ pub(crate) fn attend_head(
         if gemm {
             // S = (scale·Q)·Kᵀ, Kᵀ `[hd][np]` read as panels in place.
             rows_into(q, q_stride, t, hd, scale, &mut s.a);
-            transposed_into(k, kv_stride, n, hd, &mut s.b);
-            lower_products(&s.a, hdp, hd, &s.b, np, (t, n, span), w);
+            let kt = transposed_into(k, kv_stride, n, hd, &mut s.b);
+            lower_products(&s.a, hdp, hd, kt, np, (t, n, span), w);
         } else {
             for j in 0..t {
                 let qj = &q[j * q_stride..][..hd];
@@ -233,14 +233,21 @@ fn rows_view<'a>(
     (&out[..], hd.next_multiple_of(NR))
 }
 
-/// `out = [hd][np]` (`np` = `count` rounded up to [`NR`], zero padding), the transpose
-/// of the rows `src[i·stride..][..hd]`: square blocks in registers where the ISA has
-/// them, the rest one by one.
-fn transposed_into(src: &[f32], stride: usize, count: usize, hd: usize, out: &mut Vec<f32>) {
+/// `[hd][np]` (`np` = `count` rounded up to [`NR`], zero padding), the transpose of the
+/// rows `src[i·stride..][..hd]`, in `out` from a cache line's start (the products load
+/// it as panels; see [`panel::aligned_front`]) and returned: square blocks in registers
+/// where the ISA has them, the rest one by one.
+fn transposed_into<'o>(
+    src: &[f32],
+    stride: usize,
+    count: usize,
+    hd: usize,
+    out: &'o mut Vec<f32>,
+) -> &'o [f32] {
     let np = count.next_multiple_of(NR);
-    out.resize(hd * np, 0.0);
+    let out = panel::aligned_front(out, hd * np);
     if count == 0 {
-        return;
+        return out;
     }
     assert!(src.len() >= (count - 1) * stride + hd);
     let isa = isa();
@@ -273,6 +280,7 @@ fn transposed_into(src: &[f32], stride: usize, count: usize, hd: usize, out: &mu
         }
         o[count..].fill(0.0);
     }
+    out
 }
 
 /// `out[i][j] = Σ_d a[i][d] · bt[d][j]` (rows of `out` `n` apart) for the `t` rows of
@@ -525,9 +533,9 @@ pub(crate) fn attend_head_backward(
         };
         // dP = dY·Vᵀ (the triangle a causal head sees), then dS row by row.
         let (dyr, lddy) = rows_view(dy, dy_stride, t, hd, &mut s.g);
-        transposed_into(v, kv_stride, n, hd, &mut s.b);
+        let vt = transposed_into(v, kv_stride, n, hd, &mut s.b);
         s.s.resize(t * n, 0.0);
-        lower_products(dyr, lddy, hd, &s.b, np, (t, n, span), &mut s.s);
+        lower_products(dyr, lddy, hd, vt, np, (t, n, span), &mut s.s);
         let ds = &mut s.s;
         let mut first = 0;
         #[cfg(target_arch = "x86_64")]
@@ -751,12 +759,13 @@ mod tests {
                 rows_into(&a_src, hd, t, hd, 1.0, &mut a);
                 let mut b = Vec::new();
                 rows_into(&b_src, hd, n, hd, 1.0, &mut b);
-                let mut bt = Vec::new();
-                transposed_into(&b_src, hd, n, hd, &mut bt);
+                let mut bt_buf = Vec::new();
+                let bt = transposed_into(&b_src, hd, n, hd, &mut bt_buf);
                 assert_eq!((a.len(), b.len(), bt.len()), (t * hdp, n * hdp, hd * np));
+                assert_eq!(bt.as_ptr() as usize % 64, 0, "the transpose starts a line");
                 // Scores: every entry a row sees.
                 let mut s = vec![f32::NAN; t * n];
-                lower_products(&a, hdp, hd, &bt, np, (t, n, span), &mut s);
+                lower_products(&a, hdp, hd, bt, np, (t, n, span), &mut s);
                 for i in 0..t {
                     for j in (0..n).filter(|&j| sees(i, j)) {
                         let w: f32 = (0..hd).map(|d| a_src[i * hd + d] * b_src[j * hd + d]).sum();
@@ -818,7 +827,7 @@ mod tests {
                     assert!(std::ptr::eq(bv.as_ptr(), bw[hd..].as_ptr()));
                     assert!(lda == 3 * hd && ldb == lda);
                     let mut s2 = vec![f32::NAN; t * n];
-                    lower_products(av, lda, hd, &bt, np, (t, n, span), &mut s2);
+                    lower_products(av, lda, hd, bt, np, (t, n, span), &mut s2);
                     let mut got2 = vec![f32::NAN; t * hd];
                     prefix_sums(&w, (t, n, span), bv, ldb, hd, &mut got2);
                     let mut got2_t = vec![f32::NAN; n * hd];
@@ -847,8 +856,8 @@ mod tests {
             (33, 64, 64),
         ] {
             let src = data(count * stride + 3, 4);
-            let mut out = vec![f32::NAN; 5];
-            transposed_into(&src[3..], stride, count, hd, &mut out);
+            let mut buf = vec![f32::NAN; 5];
+            let out = transposed_into(&src[3..], stride, count, hd, &mut buf);
             let np = count.next_multiple_of(NR);
             assert_eq!(out.len(), hd * np);
             for d in 0..hd {

@@ -46,17 +46,16 @@ fn fill(b: Rhs, k: usize, n: usize, p: usize, out: &mut [f32]) {
     }
 }
 
-/// All panels of the right-hand matrix into `panels`, on both cores; returns them (the
-/// front of `panels`). The scratch only grows: resizing it to each product's length
-/// would zero the difference at every call (the products of a step alternate between
-/// sizes), and every element used is written here.
+/// All panels of the right-hand matrix into `panels`, on both cores; returns them (from
+/// the first cache line that starts in `panels`: see [`panel::aligned_front`]; GPT-2
+/// 4×128's training step ran about 1% faster with AVX2 and with AVX-512 than from the
+/// vector's own 16-byte alignment). The scratch only grows: resizing it to each
+/// product's length would zero the difference at every call (the products of a step
+/// alternate between sizes), and every element used is written here.
 fn pack_all<'p>(b: Rhs, k: usize, n: usize, panels: &'p mut Vec<f32>) -> &'p [f32] {
     let np = n.div_ceil(NR);
     let need = np * k * NR;
-    if panels.len() < need {
-        panels.resize(need, 0.0);
-    }
-    let panels = &mut panels[..need];
+    let panels = panel::aligned_front(panels, need);
     match b {
         Rhs::Nn(b) if n.is_multiple_of(NR) && k >= 64 => {
             // Row by row (each row of b read once, front to back), into every panel:

@@ -1492,6 +1492,19 @@ fn blocks_per_task(blocks: usize, max: usize, min_tasks: usize, threads: usize) 
     blocks.div_ceil(tasks).max(1)
 }
 
+/// The first `len` values of `v` from a cache line's start (64 bytes), `v` grown as
+/// needed (it only grows; see `gemm::pack_all`). The kernels load panels a register
+/// (32 or 64 bytes) at a time; from a vector's own alignment (16 bytes) every other
+/// AVX2 load of a panel straddled two cache lines.
+pub(crate) fn aligned_front(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const LINE: usize = 64 / std::mem::size_of::<f32>();
+    if v.len() < len + LINE {
+        v.resize(len + LINE, 0.0);
+    }
+    let at = v.as_ptr().align_offset(64).min(LINE);
+    &mut v[at..at + len]
+}
+
 /// The bytes of a slice of plain numbers, for prefetching.
 pub(crate) fn bytes_of<T: super::huge::Zeroed>(v: &[T]) -> &[u8] {
     // SAFETY: the element types are plain numbers without padding, whose memory may be
@@ -1558,16 +1571,15 @@ pub fn matmul_then(
         // Many input rows (training): fill every panel once, then give each task a block
         // of input rows against all panels, so the rows stay in cache while the panels
         // stream past them.
-        let filled;
+        let mut filled = Vec::new();
         let all: &[f32] = match panels {
             Panels::Stored(p) => p,
             Panels::Fill(f, _) => {
-                let mut v = vec![0f32; rows.div_ceil(NR) * cols * NR];
+                let v = aligned_front(&mut filled, rows.div_ceil(NR) * cols * NR);
                 v.par_chunks_mut(cols * NR)
                     .enumerate()
                     .for_each(|(p, buf)| f(p, buf));
-                filled = v;
-                &filled
+                v
             }
         };
         // Tasks of at most 192 rows (whole blocks), at least four a thread.
@@ -1603,9 +1615,10 @@ pub fn matmul_then(
     (0..np.div_ceil(per)).into_par_iter().for_each(|t| {
         let p0 = t * per;
         let p1 = (p0 + per).min(np);
-        let mut scratch = match panels {
-            Panels::Stored(_) => Vec::new(),
-            Panels::Fill(..) => vec![0f32; cols * NR],
+        let mut buf = Vec::new();
+        let scratch: &mut [f32] = match panels {
+            Panels::Stored(_) => &mut [],
+            Panels::Fill(..) => aligned_front(&mut buf, cols * NR),
         };
         let mut xk: Vec<&[f32]> = Vec::with_capacity(mb);
         // A long panel KC steps at a time, so that its slice stays in L1 while every
@@ -1615,8 +1628,8 @@ pub fn matmul_then(
             let panel: &[f32] = match panels {
                 Panels::Stored(all) => &all[p * cols * NR..(p + 1) * cols * NR],
                 Panels::Fill(f, _) => {
-                    f(p, &mut scratch);
-                    &scratch
+                    f(p, scratch);
+                    scratch
                 }
             };
             let slices = cols.max(1).div_ceil(kc);
@@ -1670,6 +1683,25 @@ pub(crate) fn run_epilogue(out: &mut [f32], rows: usize, epilogue: Option<Epilog
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The aligned scratch starts a cache line and holds the length asked for, whatever
+    /// the vector's own start (small allocations start 16 bytes apart, so some of these
+    /// do not start a line), length and later growth.
+    #[test]
+    fn aligned_front_starts_a_line() {
+        let mut keep = Vec::new();
+        for start_len in 1..40usize {
+            let mut v = vec![0f32; start_len];
+            for len in [0usize, 1, 31, 32, 1000, 5000] {
+                let got = aligned_front(&mut v, len);
+                assert_eq!(got.len(), len);
+                assert_eq!(got.as_ptr() as usize % 64, 0, "from {start_len}, len {len}");
+                got.fill(1.0);
+            }
+            // Kept, so that the next vector comes from elsewhere in the heap.
+            keep.push(v);
+        }
+    }
 
     /// The register transposes of every ISA this CPU has against the plain index swap,
     /// inside larger matrices (strides other than the block's side).
