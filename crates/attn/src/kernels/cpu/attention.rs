@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::attend::{attend_head, attend_head_backward, put_rows, Span};
 use super::dropout::Dropout;
-use super::panel::SyncPtr;
+use super::panel::{aligned_front, SyncPtr};
 
 /// The attention heads: `n` query heads of width `dim`, sharing `kv` key/value heads
 /// (`n / kv` query heads each; `kv == n` is plain multi-head attention). A row of the
@@ -50,7 +50,8 @@ impl Heads {
 thread_local! {
     /// Per-thread head outputs and gradients (`[t, hd]` each: the output or dQ, dK, dV
     /// and the group's sums of dK and dV), overwritten whole by every task: kept, so that
-    /// no task zeroes fresh buffers.
+    /// no task zeroes fresh buffers, and used from a cache line's start (the products
+    /// store them a register at a time).
     static ROWS: RefCell<[Vec<f32>; 5]> = RefCell::new(Default::default());
 }
 
@@ -93,7 +94,7 @@ pub fn attention(
             let [qo, ko, vo] = heads.at(bi, h, t);
             let drop = dropout.map(|d| d.shifted((bh * t * t) as u64));
             ROWS.with_borrow_mut(|[out, ..]| {
-                out.resize(t * hd, 0.0);
+                let out = aligned_front(out, t * hd);
                 attend_head(
                     &qkv[qo..],
                     w,
@@ -148,9 +149,8 @@ pub fn attention_backward(
         .enumerate()
         .for_each(|(bg, ps)| {
             ROWS.with_borrow_mut(|[dq, dk, dv, sum_k, sum_v]| {
-                for v in [&mut *dq, &mut *dk, &mut *dv, &mut *sum_k, &mut *sum_v] {
-                    v.resize(t * hd, 0.0);
-                }
+                let [dq, dk, dv, sum_k, sum_v] =
+                    [dq, dk, dv, sum_k, sum_v].map(|v| aligned_front(v, t * hd));
                 // The group's query heads h0.. of sequence bi share one key/value head.
                 let (bi, h0) = (bg * group / nh, bg * group % nh);
                 let row0 = bi * t * w;
