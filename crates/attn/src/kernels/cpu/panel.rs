@@ -1128,14 +1128,14 @@ fn tn_tasks(
                             unsafe {
                                 let r = ((p, b0, blocks), (c0, c1));
                                 whole_blocks256(&walk, r, panel, ps, op, accumulate, $x)
-                            }
+                            };
                         };
                     }
                     match x {
                         TnInput::Packed(px) => {
                             assert!(blocks == 0 || ((b0 + blocks) * k) * 6 <= px.len());
                             let xp = px[(b0 * k * 6).min(px.len())..].as_ptr();
-                            whole!(|b, r, kk| *xp.add((b * k + c0 + kk) * 6 + r))
+                            whole!(|b, r, kk| *xp.add((b * k + c0 + kk) * 6 + r));
                         }
                         // In place: the six values from column 6·b of row kk.
                         TnInput::InPlace(xt, ld) => {
@@ -1145,9 +1145,10 @@ fn tn_tasks(
                                     || xt.len() >= (c1 - 1) * ld + (b0 + blocks) * 6
                             );
                             let xp = xt[(c0 * ld + b0 * 6).min(xt.len())..].as_ptr();
-                            whole!(|b, r, kk| *xp.add(kk * ld + b * 6 + r))
+                            whole!(|b, r, kk| *xp.add(kk * ld + b * 6 + r));
                         }
                     }
+                    blocks
                 } else {
                     0
                 };
@@ -1202,7 +1203,7 @@ fn tn_tasks(
 /// `b0`, against panel `p`'s steps `c0..c1` (`panel` starting at step `c0`), with AVX2
 /// in one call (see [`column256`]); step `kk` (from `c0`) of row `r` of block `b` (from
 /// `b0`) is `x(b, r, kk)`. Adds to the output (rows `6·b0..`, columns `p·NR..` of the
-/// `walk`'s `rows`-wide `out`) when `acc` or after the first pass. Returns `blocks`.
+/// `walk`'s `rows`-wide `out`) when `acc` or after the first pass.
 ///
 /// # Safety
 /// AVX2 and FMA must be present, `x(b, r, kk)` readable for every `b < blocks`, `r <
@@ -1218,7 +1219,7 @@ unsafe fn whole_blocks256(
     out: SyncPtr,
     acc: bool,
     x: impl Fn(usize, usize, usize) -> f32,
-) -> usize {
+) {
     let rows = walk.rows;
     let dst = Dst::rows(
         out.get().add(b0 * 6 * rows + p * NR),
@@ -1232,7 +1233,6 @@ unsafe fn whole_blocks256(
         }
     };
     column256(blocks, panel.as_ptr(), c1 - c0, ps, dst, ahead, x);
-    blocks
 }
 
 /// The sums over `k` steps `ps` apart of two panels (`[k][NR]` from `a[0]` and `b[0]`),
