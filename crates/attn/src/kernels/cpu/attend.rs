@@ -78,6 +78,41 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// Where a head's rows go: row `j`, `hd` values, at `ptr + j·ld`, overwritten or (with
+/// `add`) added to. The heads of a pass write theirs straight into the rows they share
+/// (their columns of `[positions, heads·hd]`): a per-thread copy then copied into those
+/// rows had cost about 1% of GPT-2 4×128's training step.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadOut {
+    pub(crate) ptr: *mut f32,
+    pub(crate) ld: usize,
+    pub(crate) add: bool,
+}
+
+impl HeadOut {
+    /// `rows` contiguous rows of `hd` values in `out` (checked), overwritten.
+    fn of(out: &mut [f32], rows: usize, hd: usize) -> HeadOut {
+        assert!(
+            out.len() >= rows * hd,
+            "a head's output: {rows} rows of {hd} expected"
+        );
+        HeadOut {
+            ptr: out.as_mut_ptr(),
+            ld: hd,
+            add: false,
+        }
+    }
+
+    /// Row `j`'s `hd` values.
+    ///
+    /// # Safety
+    /// As for the functions that take a `HeadOut`: row `j` must be valid for `hd` values
+    /// that no other thread touches meanwhile.
+    unsafe fn row<'a>(self, j: usize, hd: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.ptr.add(j * self.ld), hd)
+    }
+}
+
 /// Attention of `t` queries of one head. Query `j` is `q[j·q_stride..][..hd]`; key and
 /// value `p` are `k[p·kv_stride..][..hd]` and `v[p·kv_stride..][..hd]`; `span` says
 /// which keys each query sees, `n` of them in all (`past + t`, or `keys`). Writes `out`
@@ -102,8 +137,42 @@ pub(crate) fn attend_head(
     keep: Option<&mut [f32]>,
     drop: Option<super::Dropout>,
 ) {
+    let out = HeadOut::of(out, t, hd);
+    // SAFETY: `out` holds the t rows (checked by HeadOut::of) and is borrowed whole.
+    unsafe {
+        attend_head_to(
+            q,
+            q_stride,
+            (k, v, kv_stride),
+            span,
+            (t, hd, scale),
+            bias,
+            out,
+            keep,
+            drop,
+        )
+    }
+}
+
+/// [`attend_head`] into rows `out` (overwritten: `out.add` must be false).
+///
+/// # Safety
+/// `out` must be valid for `t` rows of `hd` values that no other thread touches
+/// meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_head_to(
+    q: &[f32],
+    q_stride: usize,
+    (k, v, kv_stride): (&[f32], &[f32], usize),
+    span: Span,
+    (t, hd, scale): (usize, usize, f32),
+    bias: Option<&[f32]>,
+    out: HeadOut,
+    keep: Option<&mut [f32]>,
+    drop: Option<super::Dropout>,
+) {
     let n = span.keys(t);
-    assert!(out.len() >= t * hd, "attend_head: output length");
+    assert!(!out.add, "attend_head_to overwrites its output");
     SCRATCH.with_borrow_mut(|s| {
         let gemm = t >= GEMM_MIN_QUERIES;
         let (hdp, np) = (hd.next_multiple_of(NR), n.next_multiple_of(NR));
@@ -170,11 +239,13 @@ pub(crate) fn attend_head(
         if gemm {
             // O = P·V, V's rows read as panels.
             let (vr, ldv) = rows_view(v, kv_stride, n, hd, &mut s.c);
-            prefix_sums(w, (t, n, span), vr, ldv, hd, out);
+            // SAFETY: the caller's contract on out.
+            unsafe { prefix_sums_to(w, (t, n, span), vr, ldv, hd, out) };
         } else {
             for j in 0..t {
                 let wj = &w[j * n..j * n + span.seen(j)];
-                weighted_sum(wj, v, kv_stride, hd, &mut out[j * hd..(j + 1) * hd]);
+                // SAFETY: row j < t of out (the caller's contract).
+                weighted_sum(wj, v, kv_stride, hd, unsafe { out.row(j, hd) });
             }
         }
     })
@@ -328,6 +399,7 @@ fn lower_products(
 /// time (zero padded past `hd` unless `hd` is whole panels; see [`rows_view`]); `out`
 /// is `[t, hd]`, written by the kernel in place. A block of rows sums only over the
 /// keys its last row sees.
+#[cfg(test)] // the products write into `HeadOut`s; tests read plain rows
 fn prefix_sums(
     w: &[f32],
     (t, n, span): (usize, usize, Span),
@@ -336,7 +408,24 @@ fn prefix_sums(
     hd: usize,
     out: &mut [f32],
 ) {
-    assert!(out.len() >= t * hd);
+    let out = HeadOut::of(out, t, hd);
+    // SAFETY: out's t rows are checked by HeadOut::of and borrowed whole.
+    unsafe { prefix_sums_to(w, (t, n, span), b, ldb, hd, out) }
+}
+
+/// [`prefix_sums`] into the `t` rows `out`.
+///
+/// # Safety
+/// `out` must be valid for `t` rows of `hd` values that no other thread touches
+/// meanwhile.
+unsafe fn prefix_sums_to(
+    w: &[f32],
+    (t, n, span): (usize, usize, Span),
+    b: &[f32],
+    ldb: usize,
+    hd: usize,
+    out: HeadOut,
+) {
     let isa = isa();
     let mb = panel::block_rows(isa);
     for i0 in (0..t).step_by(mb) {
@@ -344,14 +433,14 @@ fn prefix_sums(
         let k = span.seen(i0 + m - 1).min(n);
         let rows: [&[f32]; 8] = std::array::from_fn(|r| &w[(i0 + r.min(m - 1)) * n..][..k]);
         for c0 in (0..hd).step_by(NR) {
-            // SAFETY: rows i0..i0 + m of out, columns c0..c0 + cols ≤ hd, lie inside it
-            // (asserted), which this call holds exclusively.
+            // SAFETY: rows i0..i0 + m < t of out, columns c0..c0 + cols ≤ hd (the
+            // caller's contract).
             unsafe {
                 let dst = panel::Dst::rows(
-                    out.as_mut_ptr().add(i0 * hd + c0),
-                    hd,
+                    out.ptr.add(i0 * out.ld + c0),
+                    out.ld,
                     NR.min(hd - c0),
-                    false,
+                    out.add,
                 );
                 panel::panel_rows_strided_into(isa, &rows[..m], &b[c0..], k, ldb, dst);
             }
@@ -362,6 +451,7 @@ fn prefix_sums(
 /// `out[p][..hd] = Σ_i w[i][p] · b[i][..hd]` for each column `p < n` of `w` `[t][n]`
 /// (that is, `wᵀ·b`), `b` rows `ldb` apart (as in [`prefix_sums`]); `out` is `[n, hd]`.
 /// A block of columns sums only over the rows from the first that sees its first key.
+#[cfg(test)] // the products write into `HeadOut`s; tests read plain rows
 fn suffix_sums(
     w: &[f32],
     (t, n, span): (usize, usize, Span),
@@ -370,7 +460,24 @@ fn suffix_sums(
     hd: usize,
     out: &mut [f32],
 ) {
-    assert!(out.len() >= n * hd);
+    let out = HeadOut::of(out, n, hd);
+    // SAFETY: out's n rows are checked by HeadOut::of and borrowed whole.
+    unsafe { suffix_sums_to(w, (t, n, span), b, ldb, hd, out) }
+}
+
+/// [`suffix_sums`] into the `n` rows `out` (with `out.add`, added to them).
+///
+/// # Safety
+/// `out` must be valid for `n` rows of `hd` values that no other thread touches
+/// meanwhile.
+unsafe fn suffix_sums_to(
+    w: &[f32],
+    (t, n, span): (usize, usize, Span),
+    b: &[f32],
+    ldb: usize,
+    hd: usize,
+    out: HeadOut,
+) {
     let isa = isa();
     let mb = panel::block_rows(isa).min(6);
     for p0 in (0..n).step_by(mb) {
@@ -379,16 +486,19 @@ fn suffix_sums(
         for c0 in (0..hd).step_by(NR) {
             let cols = NR.min(hd - c0);
             if i0 == t {
-                for r in p0..p0 + m {
-                    out[r * hd + c0..r * hd + c0 + cols].fill(0.0);
+                // No query sees these keys: their sums are zero (nothing to add).
+                if !out.add {
+                    for r in p0..p0 + m {
+                        // SAFETY: row r < n of out (the caller's contract).
+                        unsafe { out.row(r, hd)[c0..c0 + cols].fill(0.0) };
+                    }
                 }
                 continue;
             }
-            // SAFETY: rows p0..p0 + m of out, columns c0..c0 + cols ≤ hd, lie inside it
-            // (asserted), which this call holds exclusively. Steps i = i0..t:
-            // w[i][p0..p0 + m] are adjacent.
+            // SAFETY: rows p0..p0 + m < n of out, columns c0..c0 + cols ≤ hd (the
+            // caller's contract). Steps i = i0..t: w[i][p0..p0 + m] are adjacent.
             unsafe {
-                let dst = panel::Dst::rows(out.as_mut_ptr().add(p0 * hd + c0), hd, cols, false);
+                let dst = panel::Dst::rows(out.ptr.add(p0 * out.ld + c0), out.ld, cols, out.add);
                 panel::panel_rows_t_into(
                     isa,
                     &w[i0 * n + p0..],
@@ -514,7 +624,48 @@ pub(crate) fn attend_head_backward(
     [dq, dk, dv, dbias]: [&mut [f32]; 4],
 ) {
     let n = span.keys(t);
-    assert!(p.len() >= t * n && dq.len() >= t * hd && dk.len() >= n * hd && dv.len() >= n * hd);
+    let outs = [
+        HeadOut::of(dq, t, hd),
+        HeadOut::of(dk, n, hd),
+        HeadOut::of(dv, n, hd),
+    ];
+    // SAFETY: the three outputs' rows are checked by HeadOut::of and borrowed whole.
+    unsafe {
+        attend_head_backward_to(
+            (q, q_stride),
+            (k, v, kv_stride),
+            (dy, dy_stride),
+            (t, hd, scale),
+            span,
+            p,
+            drop,
+            outs,
+            dbias,
+        )
+    }
+}
+
+/// [`attend_head_backward`] into the rows `dq` (`t` of them, overwritten) and `dk`, `dv`
+/// (`n` each, overwritten or, with their `add`, added to: the query heads that share a
+/// key/value head sum their gradients there).
+///
+/// # Safety
+/// Each output must be valid for its rows of `hd` values, which no other thread (and no
+/// other of the three) touches meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_head_backward_to(
+    (q, q_stride): (&[f32], usize),
+    (k, v, kv_stride): (&[f32], &[f32], usize),
+    (dy, dy_stride): (&[f32], usize),
+    (t, hd, scale): (usize, usize, f32),
+    span: Span,
+    p: &[f32],
+    drop: Option<super::Dropout>,
+    [dq, dk, dv]: [HeadOut; 3],
+    dbias: &mut [f32],
+) {
+    let n = span.keys(t);
+    assert!(p.len() >= t * n && !dq.add);
     assert!(dbias.is_empty() || dbias.len() >= t * n);
     let np = n.next_multiple_of(NR);
     SCRATCH.with_borrow_mut(|s| {
@@ -572,10 +723,13 @@ pub(crate) fn attend_head_backward(
         let ds = &s.s;
         // dQ = dS·K; dK = dSᵀ·Q and dV = pdᵀ·dY (by columns of dS and pd).
         let (kr, ldk) = rows_view(k, kv_stride, n, hd, &mut s.c);
-        prefix_sums(ds, (t, n, span), kr, ldk, hd, dq);
         let (qr, ldq) = rows_view(q, q_stride, t, hd, &mut s.a);
-        suffix_sums(ds, (t, n, span), qr, ldq, hd, dk);
-        suffix_sums(pd, (t, n, span), dyr, lddy, hd, dv);
+        // SAFETY: the caller's contract on the three outputs.
+        unsafe {
+            prefix_sums_to(ds, (t, n, span), kr, ldk, hd, dq);
+            suffix_sums_to(ds, (t, n, span), qr, ldq, hd, dk);
+            suffix_sums_to(pd, (t, n, span), dyr, lddy, hd, dv);
+        }
     })
 }
 
@@ -806,6 +960,48 @@ mod tests {
                             (got_t[j * hd + d] - want).abs() < 1e-4,
                             "t {t} hd {hd} past {past}: ᵀ[{j},{d}]"
                         );
+                    }
+                }
+                // Into rows of a wider matrix (a head's columns 3..3 + hd of rows hd + 7
+                // apart), overwritten and added to: the same sums there, the columns
+                // around them untouched.
+                let ld = hd + 7;
+                for add in [false, true] {
+                    let (before, before_t) = (data(t * ld, 11), data(n * ld, 12));
+                    let (mut wide, mut wide_t) = (before.clone(), before_t.clone());
+                    // SAFETY: t (n) rows of ld values, the head's columns inside them.
+                    unsafe {
+                        let out = HeadOut {
+                            ptr: wide.as_mut_ptr().add(3),
+                            ld,
+                            add,
+                        };
+                        prefix_sums_to(&w, (t, n, span), &b, hdp, hd, out);
+                        let out = HeadOut {
+                            ptr: wide_t.as_mut_ptr().add(3),
+                            ld,
+                            add,
+                        };
+                        suffix_sums_to(&w, (t, n, span), &a_rows, hdp, hd, out);
+                    }
+                    for (rows, (wide, before), plain) in [
+                        (t, (&wide, &before), &got),
+                        (n, (&wide_t, &before_t), &got_t),
+                    ] {
+                        for r in 0..rows {
+                            for col in 0..ld {
+                                let (at, was) = (wide[r * ld + col], before[r * ld + col]);
+                                let want = match col.checked_sub(3).filter(|&d| d < hd) {
+                                    Some(d) if add => was + plain[r * hd + d],
+                                    Some(d) => plain[r * hd + d],
+                                    None => was,
+                                };
+                                assert!(
+                                    (at - want).abs() < 1e-5,
+                                    "t {t} hd {hd} add {add}: [{r},{col}] {at} vs {want}"
+                                );
+                            }
+                        }
                     }
                 }
                 // Whole-panel heads are read in place, as columns hd..2·hd of rows

@@ -4,13 +4,11 @@
 //! CPU engine shares; this file places the heads in the fused query/key/value rows and
 //! sums the key and value gradients of the query heads that share a key/value head.
 
-use std::cell::RefCell;
-
 use rayon::prelude::*;
 
-use super::attend::{attend_head, attend_head_backward, put_rows, Span};
+use super::attend::{attend_head_backward_to, attend_head_to, HeadOut, Span};
 use super::dropout::Dropout;
-use super::panel::{aligned_front, SyncPtr};
+use super::panel::SyncPtr;
 
 /// The attention heads: `n` query heads of width `dim`, sharing `kv` key/value heads
 /// (`n / kv` query heads each; `kv == n` is plain multi-head attention). A row of the
@@ -45,14 +43,6 @@ impl Heads {
             row + qw + kvw + g * self.dim,
         ]
     }
-}
-
-thread_local! {
-    /// Per-thread head outputs and gradients (`[t, hd]` each: the output or dQ, dK, dV
-    /// and the group's sums of dK and dV), overwritten whole by every task: kept, so that
-    /// no task zeroes fresh buffers, and used from a cache line's start (the products
-    /// store them a register at a time).
-    static ROWS: RefCell<[Vec<f32>; 5]> = RefCell::new(Default::default());
 }
 
 /// Which keys position `i` sees: those up to its own, or the last `window` of them.
@@ -93,27 +83,27 @@ pub fn attention(
             let (bi, h) = (bh / nh, bh % nh);
             let [qo, ko, vo] = heads.at(bi, h, t);
             let drop = dropout.map(|d| d.shifted((bh * t * t) as u64));
-            ROWS.with_borrow_mut(|[out, ..]| {
-                let out = aligned_front(out, t * hd);
-                attend_head(
+            // This head's columns of its sequence's rows of y.
+            let out = HeadOut {
+                ptr: yp.get().wrapping_add(bi * t * c + h * hd),
+                ld: c,
+                add: false,
+            };
+            // SAFETY: rows bi·t..(bi + 1)·t of y at columns h·hd..(h + 1)·hd belong to
+            // this task alone, and lie inside y (asserted above).
+            unsafe {
+                attend_head_to(
                     &qkv[qo..],
                     w,
-                    &qkv[ko..],
-                    &qkv[vo..],
-                    w,
+                    (&qkv[ko..], &qkv[vo..], w),
                     span(window),
-                    t,
-                    hd,
-                    scale,
+                    (t, hd, scale),
                     None,
                     out,
                     Some(p),
                     drop,
-                );
-                // SAFETY: rows bi·t.. of y at columns h·hd..(h + 1)·hd belong to this
-                // task alone, and lie inside y (asserted above).
-                unsafe { put_rows(yp, (bi * t, c, h * hd), out, hd) };
-            })
+                )
+            };
         });
 }
 
@@ -148,23 +138,26 @@ pub fn attention_backward(
         .par_chunks(group * t * t)
         .enumerate()
         .for_each(|(bg, ps)| {
-            ROWS.with_borrow_mut(|[dq, dk, dv, sum_k, sum_v]| {
-                let [dq, dk, dv, sum_k, sum_v] =
-                    [dq, dk, dv, sum_k, sum_v].map(|v| aligned_front(v, t * hd));
-                // The group's query heads h0.. of sequence bi share one key/value head.
-                let (bi, h0) = (bg * group / nh, bg * group % nh);
-                let row0 = bi * t * w;
-                for (j, p) in ps.chunks(t * t).enumerate() {
-                    let (bh, h) = (bg * group + j, h0 + j);
-                    let [qo, ko, vo] = heads.at(bi, h, t);
-                    // The first head writes the key and value gradients' sums, the
-                    // others their own, added after.
-                    let (gk, gv) = if j == 0 {
-                        (&mut *sum_k, &mut *sum_v)
-                    } else {
-                        (&mut *dk, &mut *dv)
-                    };
-                    attend_head_backward(
+            // The group's query heads h0.. of sequence bi share one key/value head.
+            let (bi, h0) = (bg * group / nh, bg * group % nh);
+            for (j, p) in ps.chunks(t * t).enumerate() {
+                let (bh, h) = (bg * group + j, h0 + j);
+                let [qo, ko, vo] = heads.at(bi, h, t);
+                // The head's columns of its sequence's rows of dqkv (qo, ko and vo are
+                // offsets into qkv, laid out as dqkv): its query gradient, and the
+                // key/value head's gradients, which the first query head of the group
+                // writes and the others add to.
+                let at = |o: usize, add: bool| HeadOut {
+                    ptr: dp.get().wrapping_add(o),
+                    ld: w,
+                    add,
+                };
+                // SAFETY: rows bi·t..(bi + 1)·t of dqkv at this query head's columns and
+                // at its key/value head's belong to this task alone (one task per
+                // sequence and key/value head), inside dqkv (asserted above); the three
+                // column ranges are disjoint.
+                unsafe {
+                    attend_head_backward_to(
                         (&qkv[qo..], w),
                         (&qkv[ko..], &qkv[vo..], w),
                         (&dy[bi * t * c + h * hd..], c),
@@ -172,23 +165,10 @@ pub fn attention_backward(
                         span(window),
                         p,
                         dropout.map(|d| d.shifted((bh * t * t) as u64)),
-                        [&mut dq[..], &mut gk[..], &mut gv[..], &mut []],
-                    );
-                    // SAFETY: rows bi·t.. of dqkv at this query head's columns belong to
-                    // this task alone, inside dqkv (asserted above).
-                    unsafe { put_rows(dp, (bi * t, w, qo - row0), dq, hd) };
-                    if j > 0 {
-                        sum_k.iter_mut().zip(dk.iter()).for_each(|(s, d)| *s += d);
-                        sum_v.iter_mut().zip(dv.iter()).for_each(|(s, d)| *s += d);
-                    }
-                }
-                let [_, ko, vo] = heads.at(bi, h0, t);
-                // SAFETY: as above, for the key and value columns of this task's key/value
-                // head (one task per sequence and key/value head).
-                unsafe {
-                    put_rows(dp, (bi * t, w, ko - row0), sum_k, hd);
-                    put_rows(dp, (bi * t, w, vo - row0), sum_v, hd);
-                }
-            })
+                        [at(qo, false), at(ko, j > 0), at(vo, j > 0)],
+                        &mut [],
+                    )
+                };
+            }
         });
 }
