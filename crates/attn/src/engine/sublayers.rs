@@ -18,7 +18,9 @@ use rayon::prelude::*;
 use crate::train::profile::time;
 
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::attend::{attend_head, attend_head_backward, disjoint, put_rows, Span};
+use crate::kernels::cpu::attend::{
+    attend_head_backward_to, attend_head_to, disjoint, HeadOut, Span,
+};
 use crate::kernels::cpu::panel::SyncPtr;
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
 use crate::{Error, Result};
@@ -363,47 +365,6 @@ impl HeadAt {
     }
 }
 
-/// Backward of one head's [`attend_into`] job: from the gradient of the head's output (rows `dy0..`
-/// of `dy`, row stride `dys`, columns from `dyo`), the gradients of its queries
-/// `[tq, hd]`, keys and values `[tk, hd]`, and with `score_grads` of its scores after
-/// scaling `[tq, tk]` (an additive bias's; empty otherwise).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn head_backward(
-    dy: &[f32],
-    (dys, dyo, dy0): (usize, usize, usize),
-    q: &[f32],
-    kv: &[f32],
-    p: &[f32],
-    at: HeadAt,
-    hd: usize,
-    scale: f32,
-    drop: Option<Dropout>,
-    score_grads: bool,
-) -> [Vec<f32>; 4] {
-    let mut dq = vec![0f32; at.tq * hd];
-    let (mut dk, mut dv) = (vec![0f32; at.tk * hd], vec![0f32; at.tk * hd]);
-    let mut dbias = if score_grads {
-        vec![0f32; at.tq * at.tk]
-    } else {
-        Vec::new()
-    };
-    attend_head_backward(
-        (&q[at.q0 * at.qs + at.qo..], at.qs),
-        (
-            &kv[at.k0 * at.ks + at.ko..],
-            &kv[at.k0 * at.ks + at.vo..],
-            at.ks,
-        ),
-        (&dy[dy0 * dys + dyo..], dys),
-        (at.tq, hd, scale),
-        at.span(),
-        p,
-        drop,
-        [&mut dq, &mut dk, &mut dv, &mut dbias],
-    );
-    [dq, dk, dv, dbias]
-}
-
 /// One head's attention in a ragged batch: its queries (row stride `qs`), keys and
 /// values (row stride `ks`), which keys it sees, its `t` queries, and where its output
 /// goes (rows from `row0`, columns from `col0`).
@@ -449,15 +410,29 @@ pub(crate) fn attend_into(
     let yp = SyncPtr(y.as_mut_ptr());
     jobs.par_iter()
         .map(|j| {
-            let mut out = vec![0f32; j.t * hd];
             let kept = if keep { j.t * j.span.keys(j.t) } else { 0 };
             let mut weights = vec![0f32; kept * if j.drop.is_some() { 2 } else { 1 }];
             let w = keep.then_some(&mut weights[..]);
-            attend_head(
-                j.q, j.qs, j.k, j.v, j.ks, j.span, j.t, hd, scale, j.bias, &mut out, w, j.drop,
-            );
-            // SAFETY: inside `y` and no cell written by two jobs (both asserted above).
-            unsafe { put_rows(yp, (j.row0, c, j.col0), &out, hd) };
+            let out = HeadOut {
+                ptr: yp.get().wrapping_add(j.row0 * c + j.col0),
+                ld: c,
+                add: false,
+            };
+            // SAFETY: the job's rows and columns are inside `y` and no cell is written
+            // by two jobs (both asserted above).
+            unsafe {
+                attend_head_to(
+                    j.q,
+                    j.qs,
+                    (j.k, j.v, j.ks),
+                    j.span,
+                    (j.t, hd, scale),
+                    j.bias,
+                    out,
+                    w,
+                    j.drop,
+                )
+            };
             weights
         })
         .collect()
@@ -548,25 +523,35 @@ pub(crate) fn heads_backward(
         .zip(probs)
         .map(|(j, p)| {
             let a = j.at;
-            let [gq, gk, gv, gb] = head_backward(
-                dy,
-                (c, j.h * hd, j.y0),
-                q,
-                kv,
-                p,
-                a,
-                hd,
-                scale,
-                j.drop,
-                score_grads,
-            );
+            // The gradients of the head's queries `[tq, hd]`, keys and values `[tk, hd]`,
+            // written where they are laid out; with `score_grads`, those of its scores
+            // after scaling `[tq, tk]` (an additive bias's), returned.
+            let mut gb = vec![0f32; if score_grads { a.tq * a.tk } else { 0 }];
+            let at = |ptr: SyncPtr, row0: usize, ld: usize, col: usize| HeadOut {
+                ptr: ptr.get().wrapping_add(row0 * ld + col),
+                ld,
+                add: false,
+            };
+            let outs = [
+                at(qp, a.q0, a.qs, a.qo),
+                at(kvp, a.k0, a.ks, a.ko),
+                at(kvp, a.k0, a.ks, a.vo),
+            ];
             // SAFETY: inside the buffers and no cell written by two jobs (both asserted
             // above).
             unsafe {
-                put_rows(qp, (a.q0, a.qs, a.qo), &gq, hd);
-                put_rows(kvp, (a.k0, a.ks, a.ko), &gk, hd);
-                put_rows(kvp, (a.k0, a.ks, a.vo), &gv, hd);
-            }
+                attend_head_backward_to(
+                    (&q[a.q0 * a.qs + a.qo..], a.qs),
+                    (&kv[a.k0 * a.ks + a.ko..], &kv[a.k0 * a.ks + a.vo..], a.ks),
+                    (&dy[j.y0 * c + j.h * hd..], c),
+                    (a.tq, hd, scale),
+                    a.span(),
+                    p,
+                    j.drop,
+                    outs,
+                    &mut gb,
+                )
+            };
             gb
         })
         .collect()

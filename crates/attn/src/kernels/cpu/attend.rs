@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 
-use super::panel::{self, SyncPtr, NR};
+use super::panel::{self, NR};
 use super::{isa, Isa};
 
 /// Queries at or above which the products go through the panel kernel.
@@ -612,6 +612,7 @@ unsafe fn score_grad_rows4(
 /// and with dP = dY·Vᵀ, dS = pd ⊙ dP − p · rowsum(pd ⊙ dP); dQ = scale·dS·K and dK =
 /// scale·dSᵀ·Q. The four products are panel products, as the forward's two, over the
 /// lower triangle when the head is causal.
+#[cfg(test)] // the passes write into `HeadOut`s; tests read plain rows
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head_backward(
     (q, q_stride): (&[f32], usize),
@@ -744,24 +745,6 @@ pub(crate) fn disjoint(mut cells: Vec<Cell>, hd: usize) -> bool {
         let ((c0, _, e0), (c1, s1, _)) = (w[0], w[1]);
         c1 >= c0 + hd || (c1 == c0 && s1 >= e0)
     })
-}
-
-/// Copies `rows` (`hd` wide, contiguous) to `dst` rows `r0..` of stride `stride` from
-/// column `col`.
-///
-/// # Safety
-/// `dst` must be valid for writes up to `(r0 + rows) · stride` (checked by the callers
-/// against its length), and no other thread may touch those elements meanwhile.
-pub(crate) unsafe fn put_rows(
-    dst: SyncPtr,
-    (r0, stride, col): (usize, usize, usize),
-    rows: &[f32],
-    hd: usize,
-) {
-    for (r, row) in rows.chunks_exact(hd).enumerate() {
-        let at = dst.get().add((r0 + r) * stride + col);
-        copy_row(std::slice::from_raw_parts_mut(at, hd), row);
-    }
 }
 
 /// `out[p] = scale · q·k_p` for `p < count`.
