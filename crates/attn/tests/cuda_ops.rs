@@ -264,7 +264,15 @@ fn optimiser(c: &mut Check) {
         (40_100, n, true),
     ];
     let (mut pc, mut mc, mut vc) = (p.clone(), m0.clone(), v0.clone());
-    cpu::adamw(&mut pc, &g, &mut mc, &mut vc, &segments, step);
+    cpu::adamw(
+        &mut pc,
+        &mut g.clone(),
+        &mut mc,
+        &mut vc,
+        &segments,
+        step,
+        false,
+    );
     let (gp, gm, gv) = (c.up(&p), c.up(&m0), c.up(&v0));
     let gg = c.up(&g);
     c.gpu.adamw(&gp, &gg, &gm, &gv, &segments, step).unwrap();

@@ -199,12 +199,12 @@ impl Flat {
             .collect();
         let (params, grads, m, v) = (
             &mut self.params[from..],
-            &self.grads[from..],
+            &mut self.grads[from..],
             &mut self.m,
             &mut self.v,
         );
         let step = config.kernel_step(self.t, lr, grad_scale);
-        k::in_pool(|| k::adamw(params, grads, m, v, &segments, step));
+        k::in_pool(|| k::adamw(params, grads, m, v, &segments, step, false));
     }
 
     /// √Σ g² over the trainable tensors' gradients.

@@ -428,6 +428,11 @@ pub struct NativeDecoder {
     shard_grads: Vec<Vec<f32>>,
     /// Shards wanted ([`Self::set_shards`]); by default one per thread.
     shards: Option<usize>,
+    /// Whether every gradient is zero (AdamW clears them as it reads them, so that
+    /// [`Self::zero_grads`] has nothing left to do).
+    grads_zero: bool,
+    /// Σ g² of the gradients as they are, where the shards' sum computed it.
+    norm_sq: Option<f64>,
     /// Training on a GPU ([`Self::to_gpu`]): the parameters, gradients and moments live
     /// there, and the host's copies are brought up to date by [`Self::sync_to_host`].
     gpu: Option<Box<gpu::OnGpu>>,
@@ -595,6 +600,8 @@ impl NativeDecoder {
             acts: Vec::new(),
             shard_grads: Vec::new(),
             shards: None,
+            grads_zero: true,
+            norm_sq: None,
             gpu: None,
         })
     }
@@ -626,6 +633,7 @@ impl NativeDecoder {
         if let Some(g) = &self.gpu {
             self.params = g.gpu.download(&g.params)?;
             self.grads = g.gpu.download(&g.grads)?.into();
+            (self.grads_zero, self.norm_sq) = (false, None);
             self.m = g.gpu.download(&g.m)?.into();
             self.v = g.gpu.download(&g.v)?.into();
         }
@@ -725,6 +733,10 @@ impl NativeDecoder {
         if let Some(gpu) = &self.gpu {
             return gpu.zero_grads();
         }
+        self.norm_sq = None;
+        if std::mem::replace(&mut self.grads_zero, true) {
+            return;
+        }
         let g = &mut self.grads;
         k::in_pool(|| {
             g.par_chunks_mut(1 << 16)
@@ -791,6 +803,7 @@ impl NativeDecoder {
         self.acts.resize_with(n, Acts::default);
         let backward_too = matches!(train, Some((_, Some(_))));
         if backward_too {
+            (self.grads_zero, self.norm_sq) = (false, None);
             let len = self.params.len();
             self.shard_grads.truncate(n - 1);
             while self.shard_grads.len() < n - 1 {
@@ -839,21 +852,27 @@ impl NativeDecoder {
         });
         if backward_too && n > 1 {
             // Sum the shards' gradients into shard 0's (the trainer's), leaving theirs
-            // zero for the next pass.
+            // zero for the next pass, and Σ g² of the sums while they are in cache (for
+            // the clipping's norm, which would otherwise read them all again).
             let (first, rest) = grads.split_first_mut().expect("one shard at least");
             const CH: usize = 1 << 14;
-            k::in_pool(|| {
+            let squares: Vec<f64> = k::in_pool(|| {
                 let mut rest: Vec<_> = rest.iter_mut().map(|g| g.chunks_mut(CH)).collect();
                 let mut jobs: Vec<(&mut [f32], Vec<&mut [f32]>)> = Vec::new();
                 for c in first.chunks_mut(CH) {
                     jobs.push((c, rest.iter_mut().map(|r| r.next().unwrap()).collect()));
                 }
-                jobs.into_par_iter().for_each(|(acc, parts)| {
-                    for p in parts {
-                        k::add_and_clear(acc, p);
-                    }
-                })
+                jobs.into_par_iter()
+                    .map(|(acc, parts)| {
+                        for p in parts {
+                            k::add_and_clear(acc, p);
+                        }
+                        k::chunk_squares(acc)
+                    })
+                    .collect()
             });
+            // In chunk order: the same total on every run.
+            self.norm_sq = Some(squares.iter().sum());
         }
         Ok(sums.iter().sum::<f64>() / m as f64)
     }
@@ -863,7 +882,9 @@ impl NativeDecoder {
         if let Some(gpu) = &self.gpu {
             return gpu.grad_norm();
         }
-        k::sum_squares(&self.grads).sqrt()
+        self.norm_sq
+            .unwrap_or_else(|| k::sum_squares(&self.grads))
+            .sqrt()
     }
 
     /// One AdamW update with learning rate `lr`, the gradients first multiplied by
@@ -875,8 +896,14 @@ impl NativeDecoder {
             return gpu.adamw(&self.lay, step);
         }
         let segments = self.lay.regions.clone();
-        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
-        k::in_pool(|| time("adamw", || k::adamw(params, grads, m, v, &segments, step)));
+        let (params, grads, m, v) = (&mut self.params, &mut self.grads, &mut self.m, &mut self.v);
+        // The regions cover every parameter: all the gradients are cleared.
+        k::in_pool(|| {
+            time("adamw", || {
+                k::adamw(params, grads, m, v, &segments, step, true)
+            })
+        });
+        (self.grads_zero, self.norm_sq) = (true, None);
     }
 }
 
@@ -1262,6 +1289,70 @@ impl super::fit::Trainable for NativeDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The clipping norm the shards' sum computes is the gradients' (as a pass over them
+    /// computes it), for one shard and several; AdamW leaves every gradient zero (its
+    /// regions cover them all), so that the next step's `zero_grads` may skip its pass;
+    /// and a step after that gives the gradients a model given a plain zeroing does.
+    #[test]
+    fn the_step_keeps_its_norm_and_clears_the_gradients() {
+        use crate::models::{gpt2::Gpt2Config, llama::LlamaConfig};
+        let llama: LlamaConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "vocab_size": 23, "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 16,
+            "tie_word_embeddings": false, "rms_norm_eps": 1e-5,
+        }))
+        .unwrap();
+        let specs = [
+            DecoderSpec::from_gpt2(&Gpt2Config::new(29, 16, 64, 2, 2)).unwrap(),
+            DecoderSpec::from_llama(&llama).unwrap(),
+        ];
+        let adamw = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let (b, t) = (4, 8);
+        let x: Vec<u32> = (0..b * t).map(|i| (i * 7 % 23) as u32).collect();
+        for spec in specs {
+            for shards in [1, 2, 3] {
+                let mut n = NativeDecoder::init(&spec, (0.0, 0.0, 0.0), 3, 0.02).unwrap();
+                n.set_shards(shards);
+                for step in 0..3 {
+                    n.zero_grads();
+                    n.forward_backward(&x, &x, b, t, 1.0, step).unwrap();
+                    let norm = n.grad_norm();
+                    let want = k::sum_squares(&n.grads).sqrt();
+                    // (Sixteen f32 partial sums a chunk, over chunks of other lengths.)
+                    assert!(
+                        norm > 0.0 && (norm - want).abs() <= 1e-5 * want,
+                        "{norm} {want}"
+                    );
+                    // A second model at the same parameters, its gradients zeroed by
+                    // the plain pass, gives the same gradients.
+                    let mut fresh = NativeDecoder::init(&spec, (0.0, 0.0, 0.0), 3, 0.02).unwrap();
+                    fresh.params.copy_from_slice(&n.params);
+                    fresh.set_shards(shards);
+                    fresh.grads.fill(1.0);
+                    fresh.grads_zero = false;
+                    fresh.zero_grads();
+                    fresh.forward_backward(&x, &x, b, t, 1.0, step).unwrap();
+                    assert!(
+                        fresh.grads[..] == n.grads[..],
+                        "{shards} shards, step {step}"
+                    );
+                    n.adamw_step(&adamw, 1e-2, 1.0);
+                    assert!(
+                        n.grads.iter().all(|&g| g == 0.0),
+                        "a gradient left after AdamW"
+                    );
+                    assert_eq!(n.grad_norm(), 0.0);
+                }
+            }
+        }
+    }
 
     /// Layer buffers above the huge-page threshold (their own mapping on Linux) and
     /// below it: zeroed, each layer its own disjoint range, and writable to the end.

@@ -47,17 +47,18 @@ mod tests {
             weight_decay: 0.1,
         };
         let lr = 0.01;
-        let g = [0.5f32, -2.0, 0.5, -2.0];
+        let mut g = [0.5f32, -2.0, 0.5, -2.0];
         let (mut p, mut m, mut v) = (vec![1f32; 4], vec![0f32; 4], vec![0f32; 4]);
         for t in 1..=2 {
             let s = cfg.kernel_step(t, lr, 1.0);
             crate::kernels::cpu::adamw(
                 &mut p,
-                &g,
+                &mut g,
                 &mut m,
                 &mut v,
                 &[(0, 2, true), (2, 4, false)],
                 s,
+                false,
             );
         }
         let reference = |g: f64, decay: bool| {

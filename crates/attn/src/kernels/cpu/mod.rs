@@ -43,7 +43,7 @@ pub use gemm::{
 };
 pub use loss::{cross_entropy, smoothed_cross_entropy};
 pub use norm::{layer_norm, layer_norm_backward};
-pub use optim::{adamw, sum_squares, AdamWStep};
+pub use optim::{adamw, chunk_squares, sum_squares, AdamWStep};
 pub use rope::{rope, Rope, RopeScaling, RopeTable};
 pub use swiglu::{swiglu, swiglu_backward};
 

@@ -27,6 +27,12 @@ dispatch!(
     squares = squares_body, squares512, squares256, (c: &[f32]) -> f64
 );
 
+/// Σ x² (f64) of one chunk, on the calling thread (as [`sum_squares`] sums each of
+/// its chunks).
+pub fn chunk_squares(x: &[f32]) -> f64 {
+    squares(x)
+}
+
 /// Σ x² (f64), on both cores.
 pub fn sum_squares(x: &[f32]) -> f64 {
     x.par_chunks(1 << 15)
@@ -74,14 +80,17 @@ dispatch!(
 
 /// One AdamW update of `p` in place, with moments `m`, `v`, on both cores, in one
 /// parallel pass over `segments` (`start..end` ranges, each with or without weight
-/// decay; `s.decay` applies to those with).
+/// decay; `s.decay` applies to those with). With `clear`, each chunk of the gradients
+/// `g` is set to zero once read, while it is in cache (for the next step's sums: a
+/// separate pass of zeroes had read the whole buffer from memory again).
 pub fn adamw(
     p: &mut [f32],
-    g: &[f32],
+    g: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     segments: &[(usize, usize, bool)],
     s: AdamWStep,
+    clear: bool,
 ) {
     const CH: usize = 1 << 14;
     let n = p.len();
@@ -91,17 +100,19 @@ pub fn adamw(
         assert!(a <= b && b <= n);
         tasks.extend((a..b).step_by(CH).map(|c| (c, (c + CH).min(b), decays)));
     }
-    let (pp, mp, vp) = (
+    let (pp, gp, mp, vp) = (
         SyncPtr(p.as_mut_ptr()),
+        SyncPtr(g.as_mut_ptr()),
         SyncPtr(m.as_mut_ptr()),
         SyncPtr(v.as_mut_ptr()),
     );
     tasks.par_iter().for_each(|&(a, b, decays)| {
         // SAFETY: a..b lies inside every buffer (asserted) and the tasks' ranges do
         // not overlap (the segments are disjoint parameters).
-        let (p, m, v) = unsafe {
+        let (p, g, m, v) = unsafe {
             (
                 std::slice::from_raw_parts_mut(pp.get().add(a), b - a),
+                std::slice::from_raw_parts_mut(gp.get().add(a), b - a),
                 std::slice::from_raw_parts_mut(mp.get().add(a), b - a),
                 std::slice::from_raw_parts_mut(vp.get().add(a), b - a),
             )
@@ -110,7 +121,10 @@ pub fn adamw(
             decay: if decays { s.decay } else { 0.0 },
             ..s
         };
-        adamw_chunk(p, &g[a..b], m, v, step);
+        adamw_chunk(p, g, m, v, step);
+        if clear {
+            g.fill(0.0);
+        }
     });
 }
 
@@ -124,6 +138,7 @@ mod tests {
         let n = 1000;
         let mut p = data(n, 3);
         let g = data(n, 4);
+        let mut gc = g.clone();
         let (mut m, mut v) = (vec![0.1f32; n], vec![0.2f32; n]);
         let p0 = p.clone();
         let s = AdamWStep {
@@ -136,15 +151,18 @@ mod tests {
             eps: 1e-8,
             grad_scale: 0.5,
         };
+        // The last 100 gradients belong to no segment: they are neither used nor cleared.
         adamw(
             &mut p,
-            &g,
+            &mut gc,
             &mut m,
             &mut v,
-            &[(0, 400, true), (400, n, false)],
+            &[(0, 400, true), (400, 900, false)],
             s,
+            true,
         );
-        for i in 0..n {
+        assert!(gc[..900].iter().all(|&x| x == 0.0) && gc[900..] == g[900..]);
+        for i in 0..900 {
             let gi = g[i] as f64 * 0.5;
             let mi = 0.9 * 0.1 + 0.1 * gi;
             let vi = 0.99 * 0.2 + 0.01 * gi * gi;
