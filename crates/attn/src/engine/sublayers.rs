@@ -18,9 +18,7 @@ use rayon::prelude::*;
 use crate::train::profile::time;
 
 use crate::kernels::cpu as k;
-use crate::kernels::cpu::attend::{
-    attend_head_backward_to, attend_head_to, disjoint, HeadOut, Span,
-};
+use crate::kernels::cpu::attend::{attend_head_backward, attend_head_to, disjoint, HeadOut, Span};
 use crate::kernels::cpu::panel::SyncPtr;
 use crate::kernels::cpu::{vmath, Dropout, Rhs};
 use crate::{Error, Result};
@@ -540,7 +538,7 @@ pub(crate) fn heads_backward(
             // SAFETY: inside the buffers and no cell written by two jobs (both asserted
             // above).
             unsafe {
-                attend_head_backward_to(
+                attend_head_backward(
                     (&q[a.q0 * a.qs + a.qo..], a.qs),
                     (&kv[a.k0 * a.ks + a.ko..], &kv[a.k0 * a.ks + a.vo..], a.ks),
                     (&dy[j.y0 * c + j.h * hd..], c),

@@ -240,7 +240,7 @@ pub(crate) unsafe fn attend_head_to(
             // O = P·V, V's rows read as panels.
             let (vr, ldv) = rows_view(v, kv_stride, n, hd, &mut s.c);
             // SAFETY: the caller's contract on out.
-            unsafe { prefix_sums_to(w, (t, n, span), vr, ldv, hd, out) };
+            unsafe { prefix_sums(w, (t, n, span), vr, ldv, hd, out) };
         } else {
             for j in 0..t {
                 let wj = &w[j * n..j * n + span.seen(j)];
@@ -396,29 +396,14 @@ fn lower_products(
 
 /// `out[i][..hd] = Σ_p w[i][p] · b[p][..hd]` for each of the `t` rows of `w` (`n`
 /// long, zero past what the row sees), `b` rows `ldb` apart, read [`NR`] columns at a
-/// time (zero padded past `hd` unless `hd` is whole panels; see [`rows_view`]); `out`
-/// is `[t, hd]`, written by the kernel in place. A block of rows sums only over the
-/// keys its last row sees.
-#[cfg(test)] // the products write into `HeadOut`s; tests read plain rows
-fn prefix_sums(
-    w: &[f32],
-    (t, n, span): (usize, usize, Span),
-    b: &[f32],
-    ldb: usize,
-    hd: usize,
-    out: &mut [f32],
-) {
-    let out = HeadOut::of(out, t, hd);
-    // SAFETY: out's t rows are checked by HeadOut::of and borrowed whole.
-    unsafe { prefix_sums_to(w, (t, n, span), b, ldb, hd, out) }
-}
-
-/// [`prefix_sums`] into the `t` rows `out`.
+/// time (zero padded past `hd` unless `hd` is whole panels; see [`rows_view`]), into
+/// the `t` rows `out` (see [`HeadOut`]), written by the kernel in place. A block of rows
+/// sums only over the keys its last row sees.
 ///
 /// # Safety
 /// `out` must be valid for `t` rows of `hd` values that no other thread touches
 /// meanwhile.
-unsafe fn prefix_sums_to(
+unsafe fn prefix_sums(
     w: &[f32],
     (t, n, span): (usize, usize, Span),
     b: &[f32],
@@ -449,28 +434,14 @@ unsafe fn prefix_sums_to(
 }
 
 /// `out[p][..hd] = Σ_i w[i][p] · b[i][..hd]` for each column `p < n` of `w` `[t][n]`
-/// (that is, `wᵀ·b`), `b` rows `ldb` apart (as in [`prefix_sums`]); `out` is `[n, hd]`.
-/// A block of columns sums only over the rows from the first that sees its first key.
-#[cfg(test)] // the products write into `HeadOut`s; tests read plain rows
-fn suffix_sums(
-    w: &[f32],
-    (t, n, span): (usize, usize, Span),
-    b: &[f32],
-    ldb: usize,
-    hd: usize,
-    out: &mut [f32],
-) {
-    let out = HeadOut::of(out, n, hd);
-    // SAFETY: out's n rows are checked by HeadOut::of and borrowed whole.
-    unsafe { suffix_sums_to(w, (t, n, span), b, ldb, hd, out) }
-}
-
-/// [`suffix_sums`] into the `n` rows `out` (with `out.add`, added to them).
+/// (that is, `wᵀ·b`), `b` rows `ldb` apart (as in [`prefix_sums`]), into the `n` rows
+/// `out` (with `out.add`, added to them). A block of columns sums only over the rows
+/// from the first that sees its first key.
 ///
 /// # Safety
 /// `out` must be valid for `n` rows of `hd` values that no other thread touches
 /// meanwhile.
-unsafe fn suffix_sums_to(
+unsafe fn suffix_sums(
     w: &[f32],
     (t, n, span): (usize, usize, Span),
     b: &[f32],
@@ -611,50 +582,15 @@ unsafe fn score_grad_rows4(
 /// scaled scores (an additive bias's). With dropout mask M, pd = p ⊙ M: dV = pdᵀ·dY,
 /// and with dP = dY·Vᵀ, dS = pd ⊙ dP − p · rowsum(pd ⊙ dP); dQ = scale·dS·K and dK =
 /// scale·dSᵀ·Q. The four products are panel products, as the forward's two, over the
-/// lower triangle when the head is causal.
-#[cfg(test)] // the passes write into `HeadOut`s; tests read plain rows
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attend_head_backward(
-    (q, q_stride): (&[f32], usize),
-    (k, v, kv_stride): (&[f32], &[f32], usize),
-    (dy, dy_stride): (&[f32], usize),
-    (t, hd, scale): (usize, usize, f32),
-    span: Span,
-    p: &[f32],
-    drop: Option<super::Dropout>,
-    [dq, dk, dv, dbias]: [&mut [f32]; 4],
-) {
-    let n = span.keys(t);
-    let outs = [
-        HeadOut::of(dq, t, hd),
-        HeadOut::of(dk, n, hd),
-        HeadOut::of(dv, n, hd),
-    ];
-    // SAFETY: the three outputs' rows are checked by HeadOut::of and borrowed whole.
-    unsafe {
-        attend_head_backward_to(
-            (q, q_stride),
-            (k, v, kv_stride),
-            (dy, dy_stride),
-            (t, hd, scale),
-            span,
-            p,
-            drop,
-            outs,
-            dbias,
-        )
-    }
-}
-
-/// [`attend_head_backward`] into the rows `dq` (`t` of them, overwritten) and `dk`, `dv`
-/// (`n` each, overwritten or, with their `add`, added to: the query heads that share a
-/// key/value head sum their gradients there).
+/// lower triangle when the head is causal. The gradients go to the rows `dq` (`t` of
+/// them, overwritten) and `dk`, `dv` (`n` each, overwritten or, with their `add`, added
+/// to: the query heads that share a key/value head sum their gradients there).
 ///
 /// # Safety
 /// Each output must be valid for its rows of `hd` values, which no other thread (and no
 /// other of the three) touches meanwhile.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn attend_head_backward_to(
+pub(crate) unsafe fn attend_head_backward(
     (q, q_stride): (&[f32], usize),
     (k, v, kv_stride): (&[f32], &[f32], usize),
     (dy, dy_stride): (&[f32], usize),
@@ -727,9 +663,9 @@ pub(crate) unsafe fn attend_head_backward_to(
         let (qr, ldq) = rows_view(q, q_stride, t, hd, &mut s.a);
         // SAFETY: the caller's contract on the three outputs.
         unsafe {
-            prefix_sums_to(ds, (t, n, span), kr, ldk, hd, dq);
-            suffix_sums_to(ds, (t, n, span), qr, ldq, hd, dk);
-            suffix_sums_to(pd, (t, n, span), dyr, lddy, hd, dv);
+            prefix_sums(ds, (t, n, span), kr, ldk, hd, dq);
+            suffix_sums(ds, (t, n, span), qr, ldq, hd, dk);
+            suffix_sums(pd, (t, n, span), dyr, lddy, hd, dv);
         }
     })
 }
@@ -922,11 +858,20 @@ mod tests {
                     }
                 }
                 let mut got = vec![f32::NAN; t * hd];
-                prefix_sums(&w, (t, n, span), &b, hdp, hd, &mut got);
+                unsafe { prefix_sums(&w, (t, n, span), &b, hdp, hd, HeadOut::of(&mut got, t, hd)) };
                 let mut got_t = vec![f32::NAN; n * hd];
                 let mut a_rows = Vec::new();
                 rows_into(&a_src, hd, t, hd, 1.0, &mut a_rows);
-                suffix_sums(&w, (t, n, span), &a_rows, hdp, hd, &mut got_t);
+                unsafe {
+                    suffix_sums(
+                        &w,
+                        (t, n, span),
+                        &a_rows,
+                        hdp,
+                        hd,
+                        HeadOut::of(&mut got_t, n, hd),
+                    )
+                };
                 for i in 0..t {
                     for d in 0..hd {
                         let want: f32 = (0..n).map(|j| w[i * n + j] * b_src[j * hd + d]).sum();
@@ -959,13 +904,13 @@ mod tests {
                             ld,
                             add,
                         };
-                        prefix_sums_to(&w, (t, n, span), &b, hdp, hd, out);
+                        prefix_sums(&w, (t, n, span), &b, hdp, hd, out);
                         let out = HeadOut {
                             ptr: wide_t.as_mut_ptr().add(3),
                             ld,
                             add,
                         };
-                        suffix_sums_to(&w, (t, n, span), &a_rows, hdp, hd, out);
+                        suffix_sums(&w, (t, n, span), &a_rows, hdp, hd, out);
                     }
                     for (rows, (wide, before), plain) in [
                         (t, (&wide, &before), &got),
@@ -1008,9 +953,20 @@ mod tests {
                     let mut s2 = vec![f32::NAN; t * n];
                     lower_products(av, lda, hd, bt, np, (t, n, span), &mut s2);
                     let mut got2 = vec![f32::NAN; t * hd];
-                    prefix_sums(&w, (t, n, span), bv, ldb, hd, &mut got2);
+                    unsafe {
+                        prefix_sums(&w, (t, n, span), bv, ldb, hd, HeadOut::of(&mut got2, t, hd))
+                    };
                     let mut got2_t = vec![f32::NAN; n * hd];
-                    suffix_sums(&w, (t, n, span), av, lda, hd, &mut got2_t);
+                    unsafe {
+                        suffix_sums(
+                            &w,
+                            (t, n, span),
+                            av,
+                            lda,
+                            hd,
+                            HeadOut::of(&mut got2_t, n, hd),
+                        )
+                    };
                     for i in 0..t {
                         for j in (0..n).filter(|&j| sees(i, j)) {
                             assert_eq!(s2[i * n + j], s[i * n + j], "in place s[{i},{j}]");
@@ -1109,16 +1065,25 @@ mod tests {
                     vec![f32::NAN; n * hd],
                     vec![f32::NAN; n * hd],
                 );
-                attend_head_backward(
-                    (&q, qs),
-                    (k, v, ks),
-                    (&dy, dy_s),
-                    (t, hd, scale),
-                    span,
-                    &p,
-                    drop,
-                    [&mut dq, &mut dk, &mut dv, db],
-                );
+                let outs = [
+                    HeadOut::of(&mut dq, t, hd),
+                    HeadOut::of(&mut dk, n, hd),
+                    HeadOut::of(&mut dv, n, hd),
+                ];
+                // SAFETY: three vectors of their rows (checked by HeadOut::of).
+                unsafe {
+                    attend_head_backward(
+                        (&q, qs),
+                        (k, v, ks),
+                        (&dy, dy_s),
+                        (t, hd, scale),
+                        span,
+                        &p,
+                        drop,
+                        outs,
+                        db,
+                    )
+                };
                 (dq, dk, dv)
             };
             let mut db = vec![f32::NAN; t * n];

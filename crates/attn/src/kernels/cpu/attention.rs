@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::attend::{attend_head_backward_to, attend_head_to, HeadOut, Span};
+use super::attend::{attend_head_backward, attend_head_to, HeadOut, Span};
 use super::dropout::Dropout;
 use super::panel::SyncPtr;
 
@@ -157,7 +157,7 @@ pub fn attention_backward(
                 // sequence and key/value head), inside dqkv (asserted above); the three
                 // column ranges are disjoint.
                 unsafe {
-                    attend_head_backward_to(
+                    attend_head_backward(
                         (&qkv[qo..], w),
                         (&qkv[ko..], &qkv[vo..], w),
                         (&dy[bi * t * c + h * hd..], c),
