@@ -411,11 +411,7 @@ pub(crate) fn attend_into(
             let kept = if keep { j.t * j.span.keys(j.t) } else { 0 };
             let mut weights = vec![0f32; kept * if j.drop.is_some() { 2 } else { 1 }];
             let w = keep.then_some(&mut weights[..]);
-            let out = HeadOut {
-                ptr: yp.get().wrapping_add(j.row0 * c + j.col0),
-                ld: c,
-                add: false,
-            };
+            let out = HeadOut::at(yp, j.row0 * c + j.col0, c, false);
             // SAFETY: the job's rows and columns are inside `y` and no cell is written
             // by two jobs (both asserted above).
             unsafe {
@@ -525,15 +521,10 @@ pub(crate) fn heads_backward(
             // written where they are laid out; with `score_grads`, those of its scores
             // after scaling `[tq, tk]` (an additive bias's), returned.
             let mut gb = vec![0f32; if score_grads { a.tq * a.tk } else { 0 }];
-            let at = |ptr: SyncPtr, row0: usize, ld: usize, col: usize| HeadOut {
-                ptr: ptr.get().wrapping_add(row0 * ld + col),
-                ld,
-                add: false,
-            };
             let outs = [
-                at(qp, a.q0, a.qs, a.qo),
-                at(kvp, a.k0, a.ks, a.ko),
-                at(kvp, a.k0, a.ks, a.vo),
+                HeadOut::at(qp, a.q0 * a.qs + a.qo, a.qs, false),
+                HeadOut::at(kvp, a.k0 * a.ks + a.ko, a.ks, false),
+                HeadOut::at(kvp, a.k0 * a.ks + a.vo, a.ks, false),
             ];
             // SAFETY: inside the buffers and no cell written by two jobs (both asserted
             // above).

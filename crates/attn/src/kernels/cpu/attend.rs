@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 
-use super::panel::{self, NR};
+use super::panel::{self, SyncPtr, NR};
 use super::{isa, Isa};
 
 /// Queries at or above which the products go through the panel kernel.
@@ -100,6 +100,16 @@ impl HeadOut {
             ptr: out.as_mut_ptr(),
             ld: hd,
             add: false,
+        }
+    }
+
+    /// Rows `ld` apart from element `offset` of the buffer at `base` (the rows a pass's
+    /// heads share; computed with wrapping arithmetic, dereferenced only by the products).
+    pub(crate) fn at(base: SyncPtr, offset: usize, ld: usize, add: bool) -> HeadOut {
+        HeadOut {
+            ptr: base.get().wrapping_add(offset),
+            ld,
+            add,
         }
     }
 

@@ -84,11 +84,7 @@ pub fn attention(
             let [qo, ko, vo] = heads.at(bi, h, t);
             let drop = dropout.map(|d| d.shifted((bh * t * t) as u64));
             // This head's columns of its sequence's rows of y.
-            let out = HeadOut {
-                ptr: yp.get().wrapping_add(bi * t * c + h * hd),
-                ld: c,
-                add: false,
-            };
+            let out = HeadOut::at(yp, bi * t * c + h * hd, c, false);
             // SAFETY: rows bi·t..(bi + 1)·t of y at columns h·hd..(h + 1)·hd belong to
             // this task alone, and lie inside y (asserted above).
             unsafe {
@@ -147,11 +143,6 @@ pub fn attention_backward(
                 // offsets into qkv, laid out as dqkv): its query gradient, and the
                 // key/value head's gradients, which the first query head of the group
                 // writes and the others add to.
-                let at = |o: usize, add: bool| HeadOut {
-                    ptr: dp.get().wrapping_add(o),
-                    ld: w,
-                    add,
-                };
                 // SAFETY: rows bi·t..(bi + 1)·t of dqkv at this query head's columns and
                 // at its key/value head's belong to this task alone (one task per
                 // sequence and key/value head), inside dqkv (asserted above); the three
@@ -165,7 +156,11 @@ pub fn attention_backward(
                         span(window),
                         p,
                         dropout.map(|d| d.shifted((bh * t * t) as u64)),
-                        [at(qo, false), at(ko, j > 0), at(vo, j > 0)],
+                        [
+                            HeadOut::at(dp, qo, w, false),
+                            HeadOut::at(dp, ko, w, j > 0),
+                            HeadOut::at(dp, vo, w, j > 0),
+                        ],
                         &mut [],
                     )
                 };
