@@ -140,8 +140,32 @@ pub(crate) fn linear_backward(
     dx: Option<&mut [f32]>,
     scratch: &mut Scratch,
 ) {
+    let dw = grads.map(|[dw, db]| {
+        time("linear db", || {
+            for row in dy[..m * o].chunks(o) {
+                db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+            }
+        });
+        dw
+    });
+    weight_backward(dy, x, m, w, o, dw, dx, scratch);
+}
+
+/// Backward of `y [m, o] = x [m, i] · wᵀ` for `w [o, i]` without a bias: `dw += dyᵀ·x`
+/// when given, `dx = dy · w` (written, not added) when asked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn weight_backward(
+    dy: &[f32],
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    o: usize,
+    dw: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
+    scratch: &mut Scratch,
+) {
     let i = w.len() / o;
-    if let Some([dw, db]) = grads {
+    if let Some(dw) = dw {
         time("linear dW", || {
             k::gemm_tn_acc(
                 dy,
@@ -153,11 +177,6 @@ pub(crate) fn linear_backward(
                 (&mut scratch.panels, &mut scratch.xpack),
                 false,
             )
-        });
-        time("linear db", || {
-            for row in dy[..m * o].chunks(o) {
-                db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-            }
         });
     }
     if let Some(dx) = dx {

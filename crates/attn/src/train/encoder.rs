@@ -28,8 +28,8 @@ use crate::engine::encoder::read_bert;
 use crate::engine::io::Plain;
 use crate::engine::sublayers::{
     attn_backward, attn_forward, drop_in_place, first_queries_only, head_jobs, linear,
-    linear_backward, mlp_backward, mlp_forward, norm_grads, spans_of, wgrads, Act, AttnActs, Dims,
-    MlpActs, MlpAt, PostAt, Scratch,
+    linear_backward, mlp_backward, mlp_forward, norm_grads, spans_of, weight_backward, wgrads, Act,
+    AttnActs, Dims, MlpActs, MlpAt, PostAt, Scratch,
 };
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::{Dropout, Rhs};
@@ -816,45 +816,26 @@ impl NativeEncoder {
                         let src = &row[part * c..(part + 1) * c];
                         d.iter_mut().zip(src).for_each(|(o, v)| *o = sc * v);
                     }
-                    let pack = (&mut scratch.panels, &mut scratch.xpack);
-                    k::gemm_tn_acc(
+                    let (bw, aw) = (b_at..b_at + c * r, a_at..a_at + r * c);
+                    weight_backward(
                         &dyp,
-                        n,
-                        c,
                         &a.adapted[i],
-                        r,
-                        &mut g[b_at..b_at + c * r],
-                        pack,
-                        false,
-                    );
-                    k::gemm(
-                        &dyp,
                         n,
+                        &w[bw.clone()],
                         c,
-                        r,
-                        Rhs::Nn(&w[b_at..b_at + c * r]),
-                        &mut dt,
-                        &mut scratch.panels,
+                        Some(&mut g[bw]),
+                        Some(&mut dt),
+                        scratch,
                     );
-                    let pack = (&mut scratch.panels, &mut scratch.xpack);
-                    k::gemm_tn_acc(
+                    weight_backward(
                         &dt,
-                        n,
-                        r,
                         &s.x[l],
-                        c,
-                        &mut g[a_at..a_at + r * c],
-                        pack,
-                        false,
-                    );
-                    k::gemm(
-                        &dt,
                         n,
+                        &w[aw.clone()],
                         r,
-                        c,
-                        Rhs::Nn(&w[a_at..a_at + r * c]),
-                        &mut dxa,
-                        &mut scratch.panels,
+                        Some(&mut g[aw]),
+                        Some(&mut dxa),
+                        scratch,
                     );
                     dx.iter_mut().zip(&dxa).for_each(|(d, v)| *d += v);
                 }

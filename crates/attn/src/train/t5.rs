@@ -29,7 +29,8 @@ use crate::engine::block::NormOut;
 use crate::engine::io::Plain;
 use crate::engine::seq2seq::{is_t5_copy, read_t5_config};
 use crate::engine::sublayers::{
-    drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, Act, Dims, Job, Scratch,
+    drop_in_place, head_jobs, heads_backward, heads_forward, spans_of, weight_backward, Act, Dims,
+    Job, Scratch,
 };
 use crate::kernels::cpu as k;
 use crate::kernels::cpu::{Dropout, Rhs};
@@ -249,36 +250,6 @@ pub struct NativeT5 {
 fn matmul_nt(x: &[f32], m: usize, w: &[f32], o: usize, out: &mut [f32], scratch: &mut Scratch) {
     let i = w.len() / o;
     k::gemm_bias(x, m, i, o, Rhs::Nt(w), None, out, &mut scratch.panels);
-}
-
-/// Backward of [`matmul_nt`]: `dw += dyᵀ·x` (when given), `dx = dy·w` (written, when given).
-#[allow(clippy::too_many_arguments)]
-fn matmul_nt_backward(
-    dy: &[f32],
-    x: &[f32],
-    m: usize,
-    w: &[f32],
-    o: usize,
-    dw: Option<&mut [f32]>,
-    dx: Option<&mut [f32]>,
-    scratch: &mut Scratch,
-) {
-    let i = w.len() / o;
-    if let Some(dw) = dw {
-        k::gemm_tn_acc(
-            dy,
-            m,
-            o,
-            x,
-            i,
-            dw,
-            (&mut scratch.panels, &mut scratch.xpack),
-            false,
-        );
-    }
-    if let Some(dx) = dx {
-        k::gemm(dy, m, o, i, Rhs::Nn(w), dx, &mut scratch.panels);
-    }
 }
 
 /// The trainer's activation (forward and backward) of a T5 activation.
@@ -840,7 +811,7 @@ impl NativeT5 {
         let mut dg = vec![0f32; n * ff];
         {
             let (w, g) = (&self.flat.params, &mut self.flat.grads);
-            matmul_nt_backward(
+            weight_backward(
                 &dout,
                 &acts.g,
                 n,
@@ -888,7 +859,7 @@ impl NativeT5 {
         let mut dh = vec![0f32; n * c];
         {
             let (w, g) = (&self.flat.params, &mut self.flat.grads);
-            matmul_nt_backward(
+            weight_backward(
                 &du,
                 &acts.norm.h,
                 n,
@@ -918,7 +889,7 @@ impl NativeT5 {
         drop_in_place(&mut dout, drop);
         let mut dy = vec![0f32; n * a];
         let (w, g) = (&self.flat.params, &mut self.flat.grads);
-        matmul_nt_backward(
+        weight_backward(
             &dout,
             y,
             n,
@@ -968,7 +939,7 @@ impl NativeT5 {
         {
             let (w, g) = (&self.flat.params, &mut self.flat.grads);
             let r = at.qkv..at.qkv + 3 * a * c;
-            matmul_nt_backward(
+            weight_backward(
                 &dqkv,
                 &acts.norm.h,
                 n,
@@ -1000,7 +971,7 @@ impl NativeT5 {
         {
             let (w, g) = (&self.flat.params, &mut self.flat.grads);
             let r = self.head..self.head + v * c;
-            matmul_nt_backward(
+            weight_backward(
                 &dlogits,
                 &s.head_in,
                 nt,
@@ -1058,7 +1029,7 @@ impl NativeT5 {
             {
                 let (w, g) = (&self.flat.params, &mut self.flat.grads);
                 let r = cr.q..cr.q + a * c;
-                matmul_nt_backward(
+                weight_backward(
                     &dq,
                     &ca.norm.h,
                     nt,
@@ -1070,7 +1041,7 @@ impl NativeT5 {
                 );
                 let r = cr.kv..cr.kv + 2 * a * c;
                 let mut dm = vec![0f32; ns * c];
-                matmul_nt_backward(
+                weight_backward(
                     &dkv,
                     &s.memory,
                     ns,
