@@ -177,31 +177,33 @@ pub(crate) fn is_tied_copy(name: &str) -> bool {
 
 /// A Marian folder's config, validated (`model_type` must be "marian").
 pub(crate) fn read_marian_config(dir: &Path) -> Result<MarianConfig> {
-    let cfg_path = dir.join(CONFIG);
-    let value = read_json(&cfg_path)?;
-    if value.get("model_type").and_then(|v| v.as_str()) != Some("marian") {
-        return Err(bad(&cfg_path, "model_type is not \"marian\""));
-    }
-    let config: MarianConfig = serde_json::from_value(value)
-        .map_err(|e| bad(&cfg_path, format!("not a valid Marian config: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| bad(&cfg_path, e.to_string()))?;
-    Ok(config)
+    read_typed_config(dir, "marian", "Marian", MarianConfig::validate)
 }
 
 /// A T5 folder's config, validated (`model_type` must be "t5").
 pub(crate) fn read_t5_config(dir: &Path) -> Result<T5Config> {
+    read_typed_config(dir, "t5", "T5", T5Config::validate)
+}
+
+/// The config of the folder `dir`, which must say `model_type` (`label` names the
+/// family in errors), read and checked by `validate`; every error names the file.
+fn read_typed_config<C: serde::de::DeserializeOwned>(
+    dir: &Path,
+    model_type: &str,
+    label: &str,
+    validate: impl FnOnce(&C) -> Result<()>,
+) -> Result<C> {
     let cfg_path = dir.join(CONFIG);
     let value = read_json(&cfg_path)?;
-    if value.get("model_type").and_then(|v| v.as_str()) != Some("t5") {
-        return Err(bad(&cfg_path, "model_type is not \"t5\""));
+    if value.get("model_type").and_then(|v| v.as_str()) != Some(model_type) {
+        return Err(bad(
+            &cfg_path,
+            format!("model_type is not \"{model_type}\""),
+        ));
     }
-    let config: T5Config = serde_json::from_value(value)
-        .map_err(|e| bad(&cfg_path, format!("not a valid T5 config: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| bad(&cfg_path, e.to_string()))?;
+    let config: C = serde_json::from_value(value)
+        .map_err(|e| bad(&cfg_path, format!("not a valid {label} config: {e}")))?;
+    validate(&config).map_err(|e| bad(&cfg_path, e.to_string()))?;
     Ok(config)
 }
 
