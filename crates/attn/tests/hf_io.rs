@@ -406,3 +406,62 @@ fn generation_config_is_read_with_the_model() {
     assert_eq!(lm.generation, serde_json::json!({}));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An encoder-decoder folder's config is checked for each family by the same reader:
+/// the trainers refuse the other family's folder, a field of the wrong type and a value
+/// the family cannot run, each error naming config.json (and the good folders load).
+#[test]
+fn seq2seq_configs_are_checked_for_each_family() {
+    use attn::train::seq2seq::NativeSeq2Seq;
+    use attn::train::t5::NativeT5;
+    let dir = common::temp_dir("seq2seq-config");
+    let edit = |name: &str, tag: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let d = dir.join(tag);
+        common::copy_dir(&fixture(name), &d);
+        let path = d.join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&path, v.to_string()).unwrap();
+        d
+    };
+    let keep = |_: &mut serde_json::Value| {};
+    let (marian, t5) = (
+        edit("marian-tiny", "marian", &keep),
+        edit("t5-v1_1", "t5", &keep),
+    );
+    NativeSeq2Seq::load(&marian).unwrap();
+    NativeT5::load(&t5).unwrap();
+    let msg = |r: attn::Result<()>| r.unwrap_err().to_string();
+    let marian_err = |d: &Path| msg(NativeSeq2Seq::load(d).map(|_| ()));
+    let t5_err = |d: &Path| msg(NativeT5::load(d).map(|_| ()));
+    for (e, want) in [
+        (marian_err(&t5), "model_type is not \"marian\""),
+        (t5_err(&marian), "model_type is not \"t5\""),
+    ] {
+        assert!(e.contains(want) && e.contains("config.json"), "{e}");
+    }
+    let wrong_type = edit("t5-v1_1", "t5-type", &|v| v["d_model"] = "wide".into());
+    let e = t5_err(&wrong_type);
+    assert!(
+        e.contains("not a valid T5 config") && e.contains("config.json"),
+        "{e}"
+    );
+    let wrong_type = edit("marian-tiny", "marian-type", &|v| {
+        v["d_model"] = "wide".into()
+    });
+    let e = marian_err(&wrong_type);
+    assert!(
+        e.contains("not a valid Marian config") && e.contains("config.json"),
+        "{e}"
+    );
+    let no_heads = edit("t5-v1_1", "t5-heads", &|v| v["num_heads"] = 0.into());
+    let e = t5_err(&no_heads);
+    assert!(e.contains("config.json") && e.contains("num_heads"), "{e}");
+    let no_heads = edit("marian-tiny", "marian-heads", &|v| {
+        v["encoder_attention_heads"] = 0.into()
+    });
+    let e = marian_err(&no_heads);
+    assert!(e.contains("config.json") && e.contains("heads"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
