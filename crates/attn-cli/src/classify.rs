@@ -13,6 +13,8 @@ use attn::{Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum ClassifyCommand {
     /// Train a text classifier from labelled data (from scratch or by fine-tuning --model).

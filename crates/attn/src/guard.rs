@@ -56,6 +56,8 @@ pub fn available_memory() -> Option<u64> {
                         .and_then(|v| v.parse::<u64>().ok())
                 })
                 .map_or(0, |kib| kib * 1024);
+            // rlim_t is u64 here but not on every target.
+            #[allow(clippy::unnecessary_cast)]
             take((lim.rlim_cur as u64).saturating_sub(used));
         }
     }

@@ -40,7 +40,7 @@ fn fuzz() -> PathBuf {
 fn fuzz_smoke_model_folder() {
     scratch::cap_address_space(CAP_MIB);
     let t = model_folder::Target::new();
-    let r = replay(&fuzz(), "model_folder", 3000, 0x6d6f_6465_6c, |d| {
+    let r = replay(&fuzz(), "model_folder", 3000, 0x6d6f64656c, |d| {
         t.run(d) > 0
     });
     assert!(r.accepted >= r.seeds, "{r:?}");
@@ -50,16 +50,14 @@ fn fuzz_smoke_model_folder() {
 fn fuzz_smoke_tokenizer_json() {
     scratch::cap_address_space(CAP_MIB);
     let t = tokenizer_json::Target::new();
-    replay(&fuzz(), "tokenizer_json", 4000, 0x746f_6b65_6e, |d| {
-        t.run(d)
-    });
+    replay(&fuzz(), "tokenizer_json", 4000, 0x746f6b656e, |d| t.run(d));
 }
 
 #[test]
 fn fuzz_smoke_labelled() {
     scratch::cap_address_space(CAP_MIB);
     let t = labelled::Target::new();
-    replay(&fuzz(), "labelled", 6000, 0x6c61_6265_6c, |d| t.run(d) > 0);
+    replay(&fuzz(), "labelled", 6000, 0x6c6162656c, |d| t.run(d) > 0);
 }
 
 // ---------------------------------------------------------------------------------------

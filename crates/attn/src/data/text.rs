@@ -99,7 +99,7 @@ mod tests {
         );
         assert_eq!(read_text(&p, Encoding::Latin1).unwrap(), "abc\u{e9}def");
         std::fs::write(&p, b"  \n").unwrap();
-        let err = read_corpus(&[p.clone()], Encoding::Utf8)
+        let err = read_corpus(std::slice::from_ref(&p), Encoding::Utf8)
             .unwrap_err()
             .to_string();
         assert!(err.contains("empty"), "{err}");

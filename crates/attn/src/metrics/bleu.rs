@@ -165,6 +165,8 @@ impl BleuConfig {
         }
         let mut smooth_mteval = 1.0;
         let mut eff_order = max;
+        // n indexes the counts, the totals and the precisions alike.
+        #[allow(clippy::needless_range_loop)]
         for n in 0..max {
             if let Smooth::AddK(k) = self.smooth {
                 if n > 0 {
