@@ -897,13 +897,15 @@ impl NativeDecoder {
         }
         let segments = self.lay.regions.clone();
         let (params, grads, m, v) = (&mut self.params, &mut self.grads, &mut self.m, &mut self.v);
-        // The regions cover every parameter: all the gradients are cleared.
         k::in_pool(|| {
             time("adamw", || {
                 k::adamw(params, grads, m, v, &segments, step, true)
             })
         });
-        (self.grads_zero, self.norm_sq) = (true, None);
+        // AdamW cleared what its (disjoint) regions cover: every gradient when they
+        // cover every parameter, as the layout's do.
+        let covered: usize = segments.iter().map(|&(a, b, _)| b - a).sum();
+        (self.grads_zero, self.norm_sq) = (covered == self.grads.len(), None);
     }
 }
 
