@@ -856,20 +856,22 @@ impl NativeDecoder {
             // the clipping's norm, which would otherwise read them all again).
             let (first, rest) = grads.split_first_mut().expect("one shard at least");
             const CH: usize = 1 << 14;
-            let squares: Vec<f64> = k::in_pool(|| {
-                let mut rest: Vec<_> = rest.iter_mut().map(|g| g.chunks_mut(CH)).collect();
-                let mut jobs: Vec<(&mut [f32], Vec<&mut [f32]>)> = Vec::new();
-                for c in first.chunks_mut(CH) {
-                    jobs.push((c, rest.iter_mut().map(|r| r.next().unwrap()).collect()));
-                }
-                jobs.into_par_iter()
-                    .map(|(acc, parts)| {
-                        for p in parts {
-                            k::add_and_clear(acc, p);
-                        }
-                        k::chunk_squares(acc)
-                    })
-                    .collect()
+            let squares: Vec<f64> = time("shard sum", || {
+                k::in_pool(|| {
+                    let mut rest: Vec<_> = rest.iter_mut().map(|g| g.chunks_mut(CH)).collect();
+                    let mut jobs: Vec<(&mut [f32], Vec<&mut [f32]>)> = Vec::new();
+                    for c in first.chunks_mut(CH) {
+                        jobs.push((c, rest.iter_mut().map(|r| r.next().unwrap()).collect()));
+                    }
+                    jobs.into_par_iter()
+                        .map(|(acc, parts)| {
+                            for p in parts {
+                                k::add_and_clear(acc, p);
+                            }
+                            k::chunk_squares(acc)
+                        })
+                        .collect()
+                })
             });
             // In chunk order: the same total on every run.
             self.norm_sq = Some(squares.iter().sum());
