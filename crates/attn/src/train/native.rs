@@ -821,7 +821,9 @@ impl NativeDecoder {
             grads.extend(self.shard_grads.iter_mut().map(|g| g.as_mut_slice()));
         }
         let acts = &mut self.acts;
-        let sums: Vec<f64> = k::in_pool(|| {
+        // One pool region for the shards and their sum: the pool's threads go on from
+        // one to the other instead of sleeping and waking between them.
+        let (sums, squares) = k::in_pool(|| {
             let run = |s: usize, a: &mut Acts, g: Option<&mut &mut [f32]>| {
                 // Whole sequences b0..b1; the dropout masks are those of the same rows
                 // in the whole batch.
@@ -837,42 +839,46 @@ impl NativeDecoder {
                 }
                 sum
             };
-            if backward_too {
-                acts.par_iter_mut()
-                    .zip(grads.par_iter_mut())
-                    .enumerate()
-                    .map(|(s, (a, g))| run(s, a, Some(g)))
-                    .collect()
-            } else {
-                acts.par_iter_mut()
+            if !backward_too {
+                let sums: Vec<f64> = acts
+                    .par_iter_mut()
                     .enumerate()
                     .map(|(s, a)| run(s, a, None))
-                    .collect()
+                    .collect();
+                return (sums, None);
             }
-        });
-        if backward_too && n > 1 {
+            let sums: Vec<f64> = acts
+                .par_iter_mut()
+                .zip(grads.par_iter_mut())
+                .enumerate()
+                .map(|(s, (a, g))| run(s, a, Some(g)))
+                .collect();
+            if n == 1 {
+                return (sums, None);
+            }
             // Sum the shards' gradients into shard 0's (the trainer's), leaving theirs
             // zero for the next pass, and Σ g² of the sums while they are in cache (for
             // the clipping's norm, which would otherwise read them all again).
             let (first, rest) = grads.split_first_mut().expect("one shard at least");
             const CH: usize = 1 << 14;
             let squares: Vec<f64> = time("shard sum", || {
-                k::in_pool(|| {
-                    let mut rest: Vec<_> = rest.iter_mut().map(|g| g.chunks_mut(CH)).collect();
-                    let mut jobs: Vec<(&mut [f32], Vec<&mut [f32]>)> = Vec::new();
-                    for c in first.chunks_mut(CH) {
-                        jobs.push((c, rest.iter_mut().map(|r| r.next().unwrap()).collect()));
-                    }
-                    jobs.into_par_iter()
-                        .map(|(acc, parts)| {
-                            for p in parts {
-                                k::add_and_clear(acc, p);
-                            }
-                            k::chunk_squares(acc)
-                        })
-                        .collect()
-                })
+                let mut rest: Vec<_> = rest.iter_mut().map(|g| g.chunks_mut(CH)).collect();
+                let mut jobs: Vec<(&mut [f32], Vec<&mut [f32]>)> = Vec::new();
+                for c in first.chunks_mut(CH) {
+                    jobs.push((c, rest.iter_mut().map(|r| r.next().unwrap()).collect()));
+                }
+                jobs.into_par_iter()
+                    .map(|(acc, parts)| {
+                        for p in parts {
+                            k::add_and_clear(acc, p);
+                        }
+                        k::chunk_squares(acc)
+                    })
+                    .collect()
             });
+            (sums, Some(squares))
+        });
+        if let Some(squares) = squares {
             // In chunk order: the same total on every run.
             self.norm_sq = Some(squares.iter().sum());
         }
