@@ -22,21 +22,15 @@ fn squares_body(c: &[f32]) -> f64 {
     s.iter().map(|&v| v as f64).sum::<f64>() + tail
 }
 dispatch!(
-    /// Σ x² of a chunk: sixteen f32 partial sums (a `s[i % 16]` index had kept the loop
-    /// scalar), added in f64.
-    squares = squares_body, squares512, squares256, (c: &[f32]) -> f64
+    /// Σ x² (f64) of one chunk, on the calling thread: sixteen f32 partial sums (a
+    /// `s[i % 16]` index had kept the loop scalar), added in f64.
+    chunk_squares = squares_body, squares512, squares256, (c: &[f32]) -> f64
 );
-
-/// Σ x² (f64) of one chunk, on the calling thread (as [`sum_squares`] sums each of
-/// its chunks).
-pub fn chunk_squares(x: &[f32]) -> f64 {
-    squares(x)
-}
 
 /// Σ x² (f64), on both cores.
 pub fn sum_squares(x: &[f32]) -> f64 {
     x.par_chunks(1 << 15)
-        .map(squares)
+        .map(chunk_squares)
         .collect::<Vec<f64>>()
         .iter()
         .sum() // in chunk order: the same total on every run
