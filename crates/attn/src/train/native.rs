@@ -903,11 +903,11 @@ impl NativeDecoder {
         if let Some(gpu) = &self.gpu {
             return gpu.adamw(&self.lay, step);
         }
-        let segments = self.lay.regions.clone();
+        let segments = &self.lay.regions;
         let (params, grads, m, v) = (&mut self.params, &mut self.grads, &mut self.m, &mut self.v);
         k::in_pool(|| {
             time("adamw", || {
-                k::adamw(params, grads, m, v, &segments, step, true)
+                k::adamw(params, grads, m, v, segments, step, true)
             })
         });
         // AdamW cleared what its (disjoint) regions cover: every gradient when they
